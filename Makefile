@@ -1,0 +1,55 @@
+# Two commands matter: `make book` and `make test`. Both create .venv and install
+# everything the first time (and again whenever pyproject.toml changes).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
+JOBS   ?= 2
+
+.PHONY: install book test outputs check-fast bench sync clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[book,test,offline]"
+	touch $(STAMP)
+
+# Builds the HTML book from the outputs stored in notebooks/*.ipynb (no execution).
+book: $(STAMP)
+	$(BIN)/jupyter-book build . -W -n --keep-going
+
+# Every test: companion unit tests, nbval over every notebook in the `ci` profile,
+# the jupytext twins and headers, and a -W build of the book (tests/test_book.py).
+test: $(STAMP)
+	BOOK_PROFILE=ci $(BIN)/python -m pytest tests $(NOTEBOOKS) --nbval --nbval-current-env \
+	  --nbval-sanitize-with tests/sanitize.cfg --nbval-cell-timeout 600 \
+	  -n $(JOBS) --dist loadfile -p no:cacheprovider -r fEs
+
+# Re-executes every notebook in place with the best profile available (gpu > cpu,
+# or BOOK_PROFILE=...) and stores the outputs; the MyST twins are synced first.
+outputs: $(STAMP)
+	$(BIN)/jupytext --sync $(NOTEBOOKS:.ipynb=.md)
+	for nb in $(NOTEBOOKS); do \
+	  $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+	    --ExecutePreprocessor.timeout=-1 "$$nb" || exit 1; \
+	done
+	$(BIN)/jupytext --sync $(NOTEBOOKS)
+
+# Lint plus the quick unit tests: the pre-stop hook runs this, keep it under a minute.
+check-fast: $(STAMP)
+	$(BIN)/ruff check companion tests benchmarks
+	BOOK_PROFILE=ci $(BIN)/python -m pytest tests -m "not slow" -q -x -p no:cacheprovider
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
+
+# After editing a .md twin: carry the edit into its .ipynb (outputs are kept).
+sync: $(STAMP)
+	$(BIN)/jupytext --sync $(NOTEBOOKS:.ipynb=.md)
+
+clean:
+	rm -rf _build .pytest_cache .ruff_cache .cache
+	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +

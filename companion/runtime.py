@@ -1,0 +1,53 @@
+"""Device, seeding and the notebook setup line."""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+
+import numpy as np
+import torch
+
+from .profiles import Profile, get_profile
+
+
+def get_device(name: str | None = None) -> torch.device:
+    """`name` if given, else CUDA when available, else CPU."""
+    if name is not None:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch (CPU and CUDA); returns a CPU generator seeded alike."""
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def describe(profile: Profile, device: torch.device) -> str:
+    """One line naming the profile, device and versions that produced a notebook's outputs."""
+    where = device.type
+    if device.type == "cuda":
+        where = f"cuda ({torch.cuda.get_device_name(device)})"
+    return (
+        f"profile={profile.name} device={where} torch={torch.__version__} "
+        f"python={platform.python_version()}"
+    )
+
+
+def setup(seed: int = 0, profile: str | None = None, device: str | None = None):
+    """Seed everything, pick the profile and device, print them; returns (profile, device)."""
+    seed_everything(seed)
+    prof = get_profile(profile)
+    dev = get_device(device)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    print(describe(prof, dev))
+    return prof, dev

@@ -1,0 +1,252 @@
+"""One small fit loop for every chapter.
+
+    result = fit(model, loss_fn, data.x_train, epochs=profile.epochs, batch_size=128,
+                 checkpoint=checkpoint_path("vae", profile), config=cfg)
+
+`loss_fn(model, batch)` returns a scalar loss, or `(loss, {"name": scalar, ...})` to log
+more. The loop adds what every chapter needs and nothing else: a progress bar (silent
+in the ci profile), bf16 autocast on CUDA, optional torch.compile, gradient clipping, an
+EMA of the weights with warm-up, a clear error naming the step when the loss stops being
+finite, and checkpoints that resume (and refuse a checkpoint of another model or config).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .data import batches
+from .progress import progress
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the message names the step."""
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint belongs to another model or configuration."""
+
+
+class EMA:
+    """Exponential moving average of a model's weights, with warm-up.
+
+    The decay at update n is min(decay, (1 + n) / (10 + n)): early on the average
+    follows the weights closely. With a fixed 0.995 and a short run, the average would
+    still be mostly the random initialization.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.999):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"EMA decay must lie in (0, 1), got {decay}")
+        self.decay = decay
+        self.updates = 0
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def current_decay(self) -> float:
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        d = self.current_decay()
+        ema_p = [p for p in self.model.parameters()]
+        new_p = [p.detach() for p in model.parameters()]
+        torch._foreach_lerp_(ema_p, new_p, 1.0 - d)
+        for b_ema, b in zip(self.model.buffers(), model.buffers(), strict=True):
+            b_ema.copy_(b)
+        self.updates += 1
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "updates": self.updates, "model": self.model.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decay, self.updates = float(state["decay"]), int(state["updates"])
+        self.model.load_state_dict(state["model"])
+
+
+@dataclass
+class FitResult:
+    """history: per-step lists ("step", "loss", and every logged metric)."""
+
+    history: dict[str, list[float]]
+    steps: int
+    seconds: float
+    resumed_at: int
+    ema: EMA | None
+
+
+def cache_dir() -> Path:
+    """$BOOK_CACHE, else ~/.cache/companion."""
+    return Path(os.environ.get("BOOK_CACHE", Path.home() / ".cache" / "companion"))
+
+
+def checkpoint_path(name: str, profile) -> Path:
+    """Where the load-or-train checkpoint of `name` lives for this profile."""
+    pname = getattr(profile, "name", profile)
+    return cache_dir() / "checkpoints" / f"{name}-{pname}.pt"
+
+
+def _identity(model: nn.Module, config: dict | None) -> dict:
+    return {
+        "model": type(model).__qualname__,
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "config": dict(config or {}),
+    }
+
+
+def _check_identity(path: Path, saved: dict, expected: dict) -> None:
+    diffs = []
+    for key in ("model", "n_params"):
+        if saved.get(key) != expected[key]:
+            diffs.append(f"{key}: checkpoint has {saved.get(key)!r}, this run {expected[key]!r}")
+    scfg, ecfg = saved.get("config", {}), expected["config"]
+    for key in sorted(set(scfg) | set(ecfg)):
+        if scfg.get(key) != ecfg.get(key):
+            diffs.append(f"config[{key!r}]: checkpoint has {scfg.get(key)!r}, "
+                         f"this run {ecfg.get(key)!r}")
+    if diffs:
+        raise CheckpointMismatchError(
+            f"checkpoint {path} was saved by another model or configuration:\n  "
+            + "\n  ".join(diffs)
+            + "\nDelete it to train from scratch, or pass a different checkpoint path.")
+
+
+def save_checkpoint(path: Path, model, optimizer, ema, step, history, identity) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "identity": identity,
+        "step": step,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "ema": ema.state_dict() if ema is not None else None,
+        "history": history,
+        "rng": torch.get_rng_state(),
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # never leave a half-written checkpoint behind
+
+
+def load_checkpoint(path: Path, model, optimizer, ema, identity) -> tuple[int, dict]:
+    """Load a checkpoint into model/optimizer/ema; returns (step, history)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointMismatchError(
+            f"cannot read checkpoint {path} ({err}). It is damaged or was not written by "
+            "companion.fit; delete it to train from scratch.") from err
+    _check_identity(path, state.get("identity", {}), identity)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise CheckpointMismatchError(
+            f"checkpoint {path} does not fit this model's weights ({err}). "
+            "Delete it to train from scratch, or pass a different checkpoint path.") from err
+    optimizer.load_state_dict(state["optimizer"])
+    if ema is not None and state.get("ema") is not None:
+        ema.load_state_dict(state["ema"])
+    torch.set_rng_state(state["rng"])
+    return int(state["step"]), state["history"]
+
+
+def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
+        steps: int | None = None, batch_size: int = 128, optimizer=None, lr: float = 1e-3,
+        clip: float | None = None, ema: float | None = None, checkpoint=None,
+        config: dict | None = None, save_every: int | None = None, amp: bool = True,
+        compile: bool = False, check_every: int = 25, quiet: bool | None = None,
+        generator: torch.Generator | None = None, desc: str = "train") -> FitResult:
+    """Train `model` on `data` (a tensor or tuple of tensors, first dim = examples).
+
+    Give either `epochs` or `steps`. With `checkpoint`, training resumes from the file
+    when it exists (a finished run just loads: load-or-train) and saves to it every
+    `save_every` steps, at the end, and on KeyboardInterrupt.
+    """
+    tensors = data if isinstance(data, (tuple, list)) else (data,)
+    n = tensors[0].shape[0]
+    if (epochs is None) == (steps is None):
+        raise ValueError("give exactly one of epochs= or steps=")
+    total = steps if steps is not None else epochs * math.ceil(n / batch_size)
+    if total <= 0:
+        raise ValueError(f"nothing to train: {total} steps (epochs={epochs}, steps={steps})")
+    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
+    averager = EMA(model, ema) if ema is not None else None
+    identity = _identity(model, config)
+    history: dict[str, list[float]] = {"step": [], "loss": []}
+    step = 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        step, history = load_checkpoint(Path(checkpoint), model, optimizer, averager, identity)
+    resumed_at = step
+    save_every = save_every or max(total // 10, 100)
+
+    device = next(model.parameters()).device
+    use_amp = amp and device.type == "cuda"
+    step_model = torch.compile(model) if compile else model
+    pending: list[tuple[int, torch.Tensor, dict]] = []
+    start = time.perf_counter()
+
+    def flush():
+        if not pending:
+            return
+        losses = torch.stack([p[1] for p in pending]).float().cpu()
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            i = int(bad[0])
+            raise NonFiniteLossError(
+                f"the loss became {losses[i].item()} at step {pending[i][0]} of {total}. "
+                "Lower the learning rate, clip gradients (clip=1.0), or check the inputs "
+                "for NaN/inf; the last good checkpoint, if any, is "
+                f"{checkpoint or '(none: pass checkpoint=...)'}.")
+        for (s, _, metrics), loss in zip(pending, losses.tolist(), strict=True):
+            history["step"].append(s)
+            history["loss"].append(loss)
+            for k, v in metrics.items():
+                history.setdefault(k, []).append(float(v))
+        pending.clear()
+
+    model.train()
+    bar = progress(total=total, desc=desc, quiet=quiet, initial=step)
+    try:
+        while step < total:
+            for batch in batches(*tensors, batch_size=batch_size, generator=generator):
+                if step >= total:
+                    break
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    out = loss_fn(step_model, batch)
+                loss, metrics = out if isinstance(out, tuple) else (out, {})
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if clip is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), clip)
+                optimizer.step()
+                if averager is not None:
+                    averager.update(model)
+                step += 1
+                pending.append((step, loss.detach(),
+                                {k: v.detach() if torch.is_tensor(v) else v
+                                 for k, v in metrics.items()}))
+                bar.update(1)
+                if step % check_every == 0 or step == total:
+                    flush()
+                    bar.set_postfix(loss=f"{history['loss'][-1]:.4g}")
+                if checkpoint is not None and (step % save_every == 0 or step == total):
+                    flush()  # never save weights whose loss was not finite
+                    save_checkpoint(checkpoint, model, optimizer, averager, step, history,
+                                    identity)
+    except KeyboardInterrupt:
+        flush()
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, model, optimizer, averager, step, history, identity)
+            print(f"interrupted at step {step}; saved {checkpoint}, run again to resume")
+        raise
+    finally:
+        bar.close()
+    flush()
+    model.eval()
+    return FitResult(history, step, time.perf_counter() - start, resumed_at, averager)
