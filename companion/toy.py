@@ -1,0 +1,158 @@
+"""Toy latent-variable models where log p(x) and p(z|x) are known exactly.
+
+`LinearGaussian`: z ~ N(0, I_K), x | z ~ N(W z + b, sigma^2 I_D)  (probabilistic PCA).
+Its marginal is N(b, W W^T + sigma^2 I_D) and its posterior is Gaussian, so the ELBO, the
+gap log p(x) - ELBO and KL(q(z|x) || p(z|x)) can all be computed in closed form.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import distributions as D
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def _as_float(t, name: str, dtype=None) -> torch.Tensor:
+    """A floating tensor; Python numbers and lists become float64 (the exact checks need it)."""
+    if not torch.is_tensor(t):
+        t = torch.as_tensor(t, dtype=dtype or torch.float64)
+    if not t.is_floating_point():
+        t = t.to(dtype or torch.float64)
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} has non-finite entries")
+    return t
+
+
+class LinearGaussian:
+    """z ~ N(0, I_K), x | z ~ N(W z + b, sigma^2 I_D): the linear Gaussian latent model.
+
+    W: (D, K), b: (D,), sigma: float > 0 (the decoder noise standard deviation).
+    Tensors keep their dtype; lists and numbers become float64.
+    """
+
+    def __init__(self, W, b, sigma: float):
+        W = _as_float(W, "W")
+        if W.dim() != 2:
+            raise ValueError(f"W must be a (D, K) matrix, got shape {tuple(W.shape)}")
+        b = _as_float(b, "b", W.dtype).to(W.dtype)
+        if b.shape != (W.shape[0],):
+            raise ValueError(f"b must have shape (D,) = ({W.shape[0]},) to match W "
+                             f"{tuple(W.shape)}, got {tuple(b.shape)}")
+        sigma = float(sigma)
+        if not sigma > 0 or not math.isfinite(sigma):
+            raise ValueError(f"sigma is a standard deviation and must be > 0, got {sigma}")
+        self.W, self.b, self.sigma = W, b, sigma
+        self.D, self.K = W.shape
+
+    # --- the generative model -------------------------------------------------------------
+    def _check_x(self, x) -> torch.Tensor:
+        x = _as_float(x, "x", self.W.dtype).to(self.W.dtype)
+        if x.dim() == 1:
+            x = x.unsqueeze(0)
+        if x.dim() != 2 or x.shape[1] != self.D:
+            raise ValueError(f"x must have shape (B, D) with D = {self.D}, got {tuple(x.shape)}")
+        return x
+
+    def _check_z(self, z) -> torch.Tensor:
+        z = _as_float(z, "z", self.W.dtype).to(self.W.dtype)
+        if z.dim() == 1:
+            z = z.unsqueeze(0)
+        if z.shape[-1] != self.K:
+            raise ValueError(f"z must have last dimension K = {self.K}, got {tuple(z.shape)}")
+        return z
+
+    def decoder_mean(self, z) -> torch.Tensor:
+        """f(z) = W z + b.  z: (..., K) -> (..., D)."""
+        return self._check_z(z) @ self.W.T + self.b
+
+    def sample(self, n: int, generator: torch.Generator | None = None):
+        """n draws of the joint: returns (z (n, K), x (n, D))."""
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive int, got {n!r}")
+        kw = dict(dtype=self.W.dtype, device=self.W.device, generator=generator)
+        z = torch.randn(n, self.K, **kw)
+        x = z @ self.W.T + self.b + self.sigma * torch.randn(n, self.D, **kw)
+        return z, x
+
+    def log_prior(self, z) -> torch.Tensor:
+        """log N(z; 0, I_K).  z: (..., K) -> (...)."""
+        z = self._check_z(z)
+        return -0.5 * (z.pow(2).sum(-1) + self.K * LOG_2PI)
+
+    def log_likelihood(self, x, z) -> torch.Tensor:
+        """log N(x; W z + b, sigma^2 I_D).  x: (B, D), z: (B, K) or (S, B, K) -> (B,) / (S, B)."""
+        x = self._check_x(x)
+        r = x - self.decoder_mean(z)
+        return -0.5 * (r.pow(2).sum(-1) / self.sigma**2
+                       + self.D * (LOG_2PI + 2 * math.log(self.sigma)))
+
+    def log_joint(self, x, z) -> torch.Tensor:
+        """log p(x, z) = log p(z) + log p(x | z).  x: (B, D), z: (B, K) -> (B,)."""
+        return self.log_prior(z) + self.log_likelihood(x, z)
+
+    # --- exact marginal and posterior -----------------------------------------------------
+    def marginal_cov(self) -> torch.Tensor:
+        """Cov[x] = W W^T + sigma^2 I_D: (D, D)."""
+        eye = torch.eye(self.D, dtype=self.W.dtype, device=self.W.device)
+        return self.W @ self.W.T + self.sigma**2 * eye
+
+    def marginal(self) -> D.MultivariateNormal:
+        """p(x) = N(b, W W^T + sigma^2 I_D) as a torch distribution."""
+        return D.MultivariateNormal(self.b, covariance_matrix=self.marginal_cov())
+
+    def log_marginal(self, x) -> torch.Tensor:
+        """Exact log p(x).  x: (B, D) -> (B,).
+
+        Computed by Cholesky of W W^T + sigma^2 I (not through torch.distributions, so the
+        tests can compare the two).
+        """
+        x = self._check_x(x)
+        L = torch.linalg.cholesky(self.marginal_cov())
+        r = torch.linalg.solve_triangular(L, (x - self.b).T, upper=False)  # (D, B)
+        logdet = 2 * torch.log(torch.diagonal(L)).sum()
+        return -0.5 * (r.pow(2).sum(0) + logdet + self.D * LOG_2PI)
+
+    def posterior_cov(self) -> torch.Tensor:
+        """Cov[z | x] = (I_K + W^T W / sigma^2)^-1: (K, K), the same for every x."""
+        eye = torch.eye(self.K, dtype=self.W.dtype, device=self.W.device)
+        prec = eye + self.W.T @ self.W / self.sigma**2
+        return torch.cholesky_inverse(torch.linalg.cholesky(prec))
+
+    def posterior(self, x):
+        """p(z | x) = N(mean, cov): mean (B, K) = cov W^T (x - b) / sigma^2, cov (K, K)."""
+        x = self._check_x(x)
+        cov = self.posterior_cov()
+        mean = (x - self.b) @ self.W @ cov / self.sigma**2  # cov is symmetric
+        return mean, cov
+
+    def posterior_dist(self, x) -> D.MultivariateNormal:
+        """p(z | x) as a batch of torch MultivariateNormal distributions (batch shape (B,))."""
+        mean, cov = self.posterior(x)
+        return D.MultivariateNormal(mean, covariance_matrix=cov.expand(len(mean), -1, -1))
+
+    # --- the ELBO of a Gaussian q(z|x), in closed form ------------------------------------
+    def elbo_gaussian(self, x, q_mean, q_cov) -> torch.Tensor:
+        """ELBO for q(z|x) = N(q_mean, q_cov), exactly (no sampling).
+
+        x: (B, D), q_mean: (B, K), q_cov: (K, K) or (B, K, K) -> (B,).
+        = E_q[log p(x|z)] - KL(q || N(0, I)), with
+          E_q[log p(x|z)] = -1/(2 s^2) (|x - W m - b|^2 + tr(W S W^T)) - D/2 log(2 pi s^2).
+        """
+        x = self._check_x(x)
+        m = self._check_z(q_mean)
+        S = _as_float(q_cov, "q_cov", self.W.dtype).to(self.W.dtype)
+        if S.shape[-2:] != (self.K, self.K):
+            raise ValueError(f"q_cov must be (K, K) or (B, K, K) with K = {self.K}, "
+                             f"got {tuple(S.shape)}")
+        S = S.expand(len(x), self.K, self.K)
+        r = x - self.decoder_mean(m)
+        tr_wsw = torch.einsum("dk,bkl,dl->b", self.W, S, self.W)
+        recon = -0.5 * ((r.pow(2).sum(-1) + tr_wsw) / self.sigma**2
+                        + self.D * (LOG_2PI + 2 * math.log(self.sigma)))
+        logdet = torch.logdet(S)
+        kl = 0.5 * (torch.diagonal(S, dim1=-2, dim2=-1).sum(-1) + m.pow(2).sum(-1)
+                    - self.K - logdet)
+        return recon - kl
