@@ -1,0 +1,305 @@
+"""Deterministic autoencoders (chapter 1): MLP and convolutional models and their losses.
+
+    model = Autoencoder(latent_dim=16)              # g: 784 -> 512 -> 16, f: 16 -> 512 -> 784
+    z = model.encode(x)                             # x: (B, 1, 28, 28) -> z: (B, 16)
+    x_hat = model.decode(z)                         # (B, 1, 28, 28), values in [0, 1]
+    reconstruction_loss(model, x)                   # plain AE
+    denoising_loss(model, x, noise_std=0.5)         # DAE: noisy inputs, clean targets
+    reconstruction_loss(model, x) + lam * contractive_penalty(model, x)   # CAE
+
+Losses are plain functions `(model, x) -> scalar`, so they plug into `companion.train.fit`
+as `loss_fn(model, batch)`. Squared errors are summed over the 784 pixels and averaged
+over the batch: one number per image, the quantity PCA minimises too.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..data import IMAGE_SHAPE, check_images
+
+N_PIXELS = 28 * 28
+
+# Elementwise activations: the module, and its derivative written with the input a and
+# output h = act(a). The derivative lets the contractive penalty use the chain rule directly.
+ACTIVATIONS = {
+    "relu": (nn.ReLU, lambda a, h: (a > 0).to(a.dtype)),
+    "sigmoid": (nn.Sigmoid, lambda a, h: h * (1 - h)),
+    "tanh": (nn.Tanh, lambda a, h: 1 - h * h),
+    "identity": (nn.Identity, lambda a, h: torch.ones_like(a)),
+}
+
+
+def _activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name][0]()
+
+
+def _check_codes(z: torch.Tensor, latent_dim: int) -> torch.Tensor:
+    if not torch.is_tensor(z):
+        raise TypeError(f"expected a torch.Tensor of codes, got {type(z).__name__}")
+    if z.dim() != 2 or z.shape[1] != latent_dim:
+        raise ValueError(f"expected codes of shape (B, {latent_dim}), got {tuple(z.shape)}"
+                         + ("; a single code? use z.unsqueeze(0)" if z.dim() == 1 else ""))
+    return z
+
+
+class Autoencoder(nn.Module):
+    """MLP autoencoder: encoder g (784 -> hidden -> latent_dim), decoder f mirroring it.
+
+    latent_dim: size of the code z (the bottleneck).
+    hidden:     widths of the hidden layers of g; f uses them in reverse order. The default
+                (512,) gives two linear layers on each side ("2-layer MLPs"); () gives a
+                purely linear map on each side.
+    activation: hidden nonlinearity, one of relu, sigmoid, tanh, identity.
+    output:     "sigmoid" keeps decoded pixels in [0, 1]; "identity" leaves them free
+                (the linear autoencoder of the PCA comparison).
+
+    encode: x (B, 1, 28, 28) -> z (B, latent_dim);  decode: z -> (B, 1, 28, 28).
+    """
+
+    def __init__(self, latent_dim: int = 16, hidden: tuple[int, ...] = (512,),
+                 activation: str = "relu", output: str = "sigmoid"):
+        super().__init__()
+        if int(latent_dim) <= 0:
+            raise ValueError(f"latent_dim must be a positive int, got {latent_dim!r}")
+        hidden = tuple(int(h) for h in hidden)
+        if any(h <= 0 for h in hidden):
+            raise ValueError(f"hidden widths must be positive, got {hidden}")
+        if output not in ("sigmoid", "identity"):
+            raise ValueError(f"output must be 'sigmoid' or 'identity', got {output!r}")
+        self.latent_dim, self.hidden = int(latent_dim), hidden
+        self.activation, self.output = activation, output
+
+        enc: list[nn.Module] = [nn.Flatten()]
+        widths = (N_PIXELS, *hidden)
+        for a, b in zip(widths[:-1], widths[1:], strict=True):
+            enc += [nn.Linear(a, b), _activation(activation)]
+        enc.append(nn.Linear(widths[-1], self.latent_dim))  # the code itself is unconstrained
+        self.encoder = nn.Sequential(*enc)
+
+        dec: list[nn.Module] = []
+        widths = (self.latent_dim, *reversed(hidden))
+        for a, b in zip(widths[:-1], widths[1:], strict=True):
+            dec += [nn.Linear(a, b), _activation(activation)]
+        dec += [nn.Linear(widths[-1], N_PIXELS), _activation(output),
+                nn.Unflatten(1, IMAGE_SHAPE)]
+        self.decoder = nn.Sequential(*dec)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 1, 28, 28) -> z: (B, latent_dim)."""
+        return self.encoder(check_images(x))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z: (B, latent_dim) -> x_hat: (B, 1, 28, 28) (in [0, 1] with output='sigmoid')."""
+        return self.decoder(_check_codes(z, self.latent_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 1, 28, 28) -> reconstruction f(g(x)): (B, 1, 28, 28)."""
+        return self.decode(self.encode(x))
+
+    def encoder_linears(self) -> list[nn.Linear]:
+        """The encoder's linear layers, input side first."""
+        return [m for m in self.encoder if isinstance(m, nn.Linear)]
+
+
+class ConvAutoencoder(nn.Module):
+    """Convolutional autoencoder with the same interface as `Autoencoder`.
+
+    g: two stride-2 convolutions (28 -> 14 -> 7) and a linear map to the code;
+    f: a linear map back to 7 x 7 feature maps and two stride-2 transposed convolutions.
+    encode: x (B, 1, 28, 28) -> z (B, latent_dim);  decode: z -> (B, 1, 28, 28) in [0, 1].
+    """
+
+    def __init__(self, latent_dim: int = 16, channels: tuple[int, int] = (32, 64)):
+        super().__init__()
+        if int(latent_dim) <= 0:
+            raise ValueError(f"latent_dim must be a positive int, got {latent_dim!r}")
+        c1, c2 = (int(c) for c in channels)
+        self.latent_dim = int(latent_dim)
+        self.encoder = nn.Sequential(
+            nn.Conv2d(1, c1, 4, stride=2, padding=1), nn.ReLU(),    # 28 -> 14
+            nn.Conv2d(c1, c2, 4, stride=2, padding=1), nn.ReLU(),   # 14 -> 7
+            nn.Flatten(), nn.Linear(c2 * 7 * 7, self.latent_dim),
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(self.latent_dim, c2 * 7 * 7), nn.ReLU(), nn.Unflatten(1, (c2, 7, 7)),
+            nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1), nn.ReLU(),  # 7 -> 14
+            nn.ConvTranspose2d(c1, 1, 4, stride=2, padding=1), nn.Sigmoid(),  # 14 -> 28
+        )
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 1, 28, 28) -> z: (B, latent_dim)."""
+        return self.encoder(check_images(x))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z: (B, latent_dim) -> x_hat: (B, 1, 28, 28) in [0, 1]."""
+        return self.decoder(_check_codes(z, self.latent_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+
+# ----------------------------------------------------------------------------- losses
+
+def reconstruction_error(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = None,
+                         kind: str = "mse") -> torch.Tensor:
+    """Per-image error between model(x) and target (default: x itself).
+
+    x, target: (B, 1, 28, 28) -> (B,). kind "mse": squared error summed over pixels;
+    "bce": binary cross-entropy summed over pixels (needs outputs in [0, 1]).
+    """
+    check_images(x)
+    target = x if target is None else check_images(target)
+    if target.shape != x.shape:
+        raise ValueError(f"target shape {tuple(target.shape)} differs from x {tuple(x.shape)}")
+    x_hat = model(x)
+    if kind == "mse":
+        per_pixel = (x_hat - target).pow(2)
+    elif kind == "bce":
+        per_pixel = nn.functional.binary_cross_entropy(x_hat, target, reduction="none")
+    else:
+        raise ValueError(f"kind must be 'mse' or 'bce', got {kind!r}")
+    return per_pixel.flatten(1).sum(1)
+
+
+def reconstruction_loss(model: nn.Module, x: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """Plain autoencoder objective: mean over the batch of L(x, f(g(x))). x: (B, 1, 28, 28)."""
+    return reconstruction_error(model, x, kind=kind).mean()
+
+
+def add_noise(x: torch.Tensor, noise_std: float,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """x + noise_std * eps with eps ~ N(0, I) (not clipped: the noise is exactly Gaussian)."""
+    if noise_std < 0:
+        raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+    if noise_std == 0:
+        return x
+    eps = torch.randn(x.shape, generator=generator, dtype=x.dtype,
+                      device="cpu" if generator is not None else x.device).to(x.device)
+    return x + noise_std * eps
+
+
+def denoising_loss(model: nn.Module, x: torch.Tensor, noise_std: float = 0.5,
+                   kind: str = "mse", generator: torch.Generator | None = None) -> torch.Tensor:
+    """Denoising objective: mean over the batch of L(x, f(g(x + delta))), delta ~ N(0, s^2 I).
+
+    The model sees the noisy input; the target is the clean x. With noise_std=0 this is
+    `reconstruction_loss`.
+    """
+    check_images(x)
+    return reconstruction_error(model, add_noise(x, noise_std, generator), target=x,
+                                kind=kind).mean()
+
+
+# ---------------------------------------------------------------- contractive penalty
+
+def sigmoid_layer_penalty(x: torch.Tensor, weight: torch.Tensor,
+                          bias: torch.Tensor) -> torch.Tensor:
+    """Closed-form ||dh/dx||_F^2 for one layer h = sigmoid(W x + b).
+
+    dh_j/dx = h_j (1 - h_j) W_j (W_j: row j), so the squared Frobenius norm is
+    sum_j (h_j (1 - h_j))^2 ||W_j||^2.
+    x: (B, D), weight: (K, D), bias: (K,) -> (B,).
+    """
+    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
+        raise ValueError(f"expected x (B, D) and weight (K, D), got {tuple(x.shape)} and "
+                         f"{tuple(weight.shape)}")
+    h = torch.sigmoid(x @ weight.T + bias)
+    return ((h * (1 - h)).pow(2) * weight.pow(2).sum(1)).sum(1)
+
+
+def jacobian_penalty_autograd(encode, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+    """||d encode(x) / dx||_F^2 per example by autograd, for any encoder.
+
+    One backward pass per code dimension: since the examples do not interact, the
+    gradient of sum_b z[b, j] with respect to x holds row j of every example's Jacobian.
+    x: (B, ...) -> (B,). create_graph=True lets the result be differentiated (training).
+    """
+    x = x.detach().requires_grad_(True)
+    z = encode(x)
+    if z.dim() != 2:
+        raise ValueError(f"encode must return (B, K) codes, got {tuple(z.shape)}")
+    total = x.new_zeros(x.shape[0])
+    for j in range(z.shape[1]):
+        (row,) = torch.autograd.grad(z[:, j].sum(), x, create_graph=create_graph,
+                                     retain_graph=True)
+        total = total + row.flatten(1).pow(2).sum(1)
+    return total
+
+
+def encoder_jacobian(model: Autoencoder, x: torch.Tensor) -> torch.Tensor:
+    """The exact Jacobian dg/dx of an MLP `Autoencoder`'s encoder by the chain rule.
+
+    g = W_L o act o ... o act o W_1, so J = W_L D_{L-1} W_{L-1} ... D_1 W_1 with
+    D_i = diag(act'(a_i)). x: (B, 1, 28, 28) -> (B, latent_dim, 784); differentiable.
+    """
+    if not isinstance(model, Autoencoder):
+        raise TypeError("encoder_jacobian needs an MLP Autoencoder; for other encoders use "
+                        "jacobian_penalty_autograd(model.encode, x)")
+    h = check_images(x).flatten(1)
+    deriv = ACTIVATIONS[model.activation][1]
+    linears = model.encoder_linears()
+    jac = None  # (B, width, 784) Jacobian of the current layer's output
+    for i, lin in enumerate(linears):
+        a = lin(h)
+        jac = lin.weight.expand(h.shape[0], -1, -1) if jac is None else lin.weight @ jac
+        if i < len(linears) - 1:  # hidden layer: multiply by act'(a) row by row
+            h = ACTIVATIONS[model.activation][0]()(a)
+            jac = deriv(a, h).unsqueeze(2) * jac
+    return jac
+
+
+def contractive_penalty(model: nn.Module, x: torch.Tensor, method: str = "auto") -> torch.Tensor:
+    """Mean over the batch of ||J_g(x)||_F^2, the squared Frobenius norm of the encoder Jacobian.
+
+    method: "chain" (exact, explicit chain rule; MLP Autoencoder only), "autograd" (any
+    encoder, one backward pass per code dimension), or "auto" (chain when possible).
+    Both are differentiable in the model's weights, so the penalty can be trained.
+    x: (B, 1, 28, 28) -> scalar.
+    """
+    check_images(x)
+    if method == "auto":
+        method = "chain" if isinstance(model, Autoencoder) else "autograd"
+    if method == "chain":
+        return encoder_jacobian(model, x).pow(2).sum((1, 2)).mean()
+    if method == "autograd":
+        return jacobian_penalty_autograd(model.encode, x, create_graph=True).mean()
+    raise ValueError(f"method must be 'auto', 'chain' or 'autograd', got {method!r}")
+
+
+def contractive_loss(model: nn.Module, x: torch.Tensor, weight: float = 1e-2,
+                     kind: str = "mse"):
+    """CAE objective: reconstruction_loss + weight * contractive_penalty.
+
+    Returns (loss, {"recon": ..., "penalty": ...}) so that `fit` logs both terms.
+    """
+    recon = reconstruction_loss(model, x, kind=kind)
+    penalty = contractive_penalty(model, x)
+    return recon + weight * penalty, {"recon": recon.detach(), "penalty": penalty.detach()}
+
+
+# ------------------------------------------------------------------------ latent space
+
+@torch.no_grad()
+def interpolate(model: nn.Module, x_a: torch.Tensor, x_b: torch.Tensor,
+                steps: int = 9) -> torch.Tensor:
+    """Decode the straight line between the codes of two images.
+
+    x_a, x_b: (1, 1, 28, 28) -> (steps, 1, 28, 28), from f(g(x_a)) to f(g(x_b)).
+    """
+    if steps < 2:
+        raise ValueError(f"steps must be at least 2, got {steps}")
+    z_a, z_b = model.encode(x_a), model.encode(x_b)
+    if z_a.shape[0] != 1 or z_b.shape[0] != 1:
+        raise ValueError("interpolate takes one image at each end: shapes (1, 1, 28, 28)")
+    t = torch.linspace(0, 1, steps, device=z_a.device, dtype=z_a.dtype).unsqueeze(1)
+    return model.decode((1 - t) * z_a + t * z_b)
+
+
+@torch.no_grad()
+def encode_all(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Codes of a whole dataset in batches: (N, 1, 28, 28) -> (N, latent_dim)."""
+    return torch.cat([model.encode(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
