@@ -1,0 +1,256 @@
+"""How good is a latent-variable model? Bounds on log p(x) and how the latent space is used.
+
+- `test_elbo`: the ELBO on a test set, split into its two terms (nats per example).
+- `iw_log_likelihood`: the importance-weighted estimate of log p(x) with k samples
+  (Burda et al.): log (1/k) sum_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x). Its expectation is a
+  lower bound on log p(x) that never decreases with k and reaches log p(x) as k grows;
+  with q the exact posterior every weight equals p(x) and the estimate is exact.
+  It takes any pair (log_joint, posterior), so it runs on a VAE and on a toy model whose
+  log p(x) is known.
+- `active_units`: Burda et al.'s count of latent dimensions the encoder uses:
+  dimension u is active when Cov_x(E_q[z_u | x]) > 0.01.
+- `kl_per_dimension`: the average KL(q(z_u|x) || p(z_u)) of each latent dimension.
+- `refine_posterior`: optimize q per test point, from the encoder's output (for the
+  amortization gap).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import distributions as D
+
+from .kl import kl_diag_standard
+
+
+@dataclass
+class ELBOReport:
+    """Means over a test set, nats per example: elbo = reconstruction - kl."""
+
+    elbo: float
+    reconstruction: float
+    kl: float
+    n: int
+
+    def __str__(self) -> str:
+        return (f"ELBO {self.elbo:.2f} nats = reconstruction {self.reconstruction:.2f} "
+                f"- KL {self.kl:.2f} (n={self.n})")
+
+
+@torch.no_grad()
+def test_elbo(model, x: torch.Tensor, *, n_samples: int = 1, batch_size: int = 500,
+              x_encoder: torch.Tensor | None = None) -> ELBOReport:
+    """The ELBO of `model` (a VAE) on images x, averaged over examples.
+
+    x:          (N, 1, 28, 28) the images to score (binarize them once, with a fixed seed,
+                so that every model is scored on the same binary images).
+    n_samples:  z samples per image for the reconstruction term.
+    x_encoder:  optional (N, 1, 28, 28) images the encoder sees instead of x. Any q gives
+                a lower bound, so this is legal (a model trained on grey values can
+                encode the grey image and be scored on its binarization).
+    """
+    if x_encoder is not None and x_encoder.shape != x.shape:
+        raise ValueError(f"x_encoder must have the shape of x {tuple(x.shape)}, "
+                         f"got {tuple(x_encoder.shape)}")
+    was_training = model.training
+    model.eval()
+    rec, kl = [], []
+    for start in range(0, len(x), batch_size):
+        xb = x[start:start + batch_size]
+        xe = None if x_encoder is None else x_encoder[start:start + batch_size]
+        t = model.elbo_terms(xb, n_samples=n_samples, x_encoder=xe)
+        rec.append(t.reconstruction.double())
+        kl.append(t.kl.double())
+    model.train(was_training)
+    r, k = torch.cat(rec).mean().item(), torch.cat(kl).mean().item()
+    return ELBOReport(r - k, r, k, len(x))
+
+
+@dataclass
+class IWEstimate:
+    """Per-example estimates from the same k samples, in nats.
+
+    log_px: (N,) importance-weighted estimate log (1/k) sum_i w_i
+    elbo:   (N,) the ELBO estimated from the same samples, (1/k) sum_i log w_i
+    k:      samples per example
+    """
+
+    log_px: torch.Tensor
+    elbo: torch.Tensor
+    k: int
+
+
+@torch.no_grad()
+def iw_log_likelihood(log_joint: Callable, posterior: Callable, x: torch.Tensor, k: int, *,
+                      batch_size: int = 500, max_rows: int = 2 ** 16) -> IWEstimate:
+    """Importance-weighted estimate of log p(x) with k samples from q(z|x).
+
+    log_joint:  (x, z) -> log p(x, z), with x: (B, ...) and z: (S, B, D) -> (S, B).
+    posterior:  x -> q(z|x), a torch distribution with batch shape (B,) and event shape (D,).
+    x:          (N, ...) the data; processed `batch_size` examples at a time.
+    k:          importance samples per example.
+    max_rows:   at most this many (sample, example) pairs go through log_joint at once:
+                the samples are drawn in chunks, which bounds memory whatever k is.
+    Seed torch for a repeatable estimate.
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    if max_rows < 1 or batch_size < 1:
+        raise ValueError(f"max_rows and batch_size must be positive, got {max_rows}, "
+                         f"{batch_size}")
+    log_px, elbo = [], []
+    for start in range(0, len(x), batch_size):
+        xb = x[start:start + batch_size]
+        q = posterior(xb)
+        if tuple(q.batch_shape) != (len(xb),):
+            raise ValueError(f"posterior(x) must have batch shape ({len(xb)},) for {len(xb)} "
+                             f"examples, got {tuple(q.batch_shape)}; wrap a diagonal Normal "
+                             "in torch.distributions.Independent(..., 1)")
+        chunk = max(1, min(k, max_rows // len(xb)))
+        log_w = []
+        for done in range(0, k, chunk):
+            z = q.sample((min(chunk, k - done),))                       # (S, B, D)
+            log_w.append((log_joint(xb, z) - q.log_prob(z)).double())   # (S, B)
+        log_w = torch.cat(log_w)                                         # (k, B)
+        log_px.append(torch.logsumexp(log_w, 0) - math.log(k))
+        elbo.append(log_w.mean(0))
+    return IWEstimate(torch.cat(log_px), torch.cat(elbo), k)
+
+
+def vae_iw_log_likelihood(model, x: torch.Tensor, k: int, *, batch_size: int = 500,
+                          max_rows: int = 2 ** 16,
+                          x_encoder: torch.Tensor | None = None) -> IWEstimate:
+    """`iw_log_likelihood` for a VAE. x_encoder: optional images the encoder sees instead.
+
+    The proposal q must depend on the example only: when the encoder sees x_encoder, it is
+    paired with x by position, so both are sliced the same way.
+    """
+    was_training = model.training
+    model.eval()
+    if x_encoder is None:
+        est = iw_log_likelihood(model.log_joint, model.posterior, x, k,
+                                batch_size=batch_size, max_rows=max_rows)
+    else:
+        if x_encoder.shape != x.shape:
+            raise ValueError(f"x_encoder must have the shape of x {tuple(x.shape)}, "
+                             f"got {tuple(x_encoder.shape)}")
+        paired = torch.stack([x, x_encoder], 1)   # slice both together, split again below
+        est = iw_log_likelihood(lambda xx, z: model.log_joint(xx[:, 0], z),
+                                lambda xx: model.posterior(xx[:, 1]), paired, k,
+                                batch_size=batch_size, max_rows=max_rows)
+    model.train(was_training)
+    return est
+
+
+@torch.no_grad()
+def encode_all(model, x: torch.Tensor, batch_size: int = 1000):
+    """The encoder's (mu, logvar) for every image: x (N, 1, 28, 28) -> two (N, D) tensors."""
+    was_training = model.training
+    model.eval()
+    parts = [model.encode(x[s:s + batch_size]) for s in range(0, len(x), batch_size)]
+    model.train(was_training)
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+@dataclass
+class ActiveUnits:
+    """count: dimensions with variance > threshold; variance: (D,) Cov_x(E_q[z_u|x])."""
+
+    count: int
+    variance: torch.Tensor
+    threshold: float
+
+    @property
+    def active(self) -> torch.Tensor:
+        """(D,) bool mask of the active dimensions."""
+        return self.variance > self.threshold
+
+
+def active_units(mu: torch.Tensor, threshold: float = 1e-2) -> ActiveUnits:
+    """Burda et al.'s activity: A_u = Var_x(E_{q(z|x)}[z_u]); active when A_u > threshold.
+
+    mu: (N, D) the encoder means of N data points.
+    A dimension whose posterior mean does not move with x carries no information about x:
+    q(z_u|x) is the same for every x, and the KL term then pushes it onto the prior.
+    """
+    if mu.dim() != 2 or len(mu) < 2:
+        raise ValueError(f"mu must be (N, D) with N >= 2, got shape {tuple(mu.shape)}")
+    var = mu.double().var(0, unbiased=True).float()
+    return ActiveUnits(int((var > threshold).sum()), var, threshold)
+
+
+def kl_per_dimension(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """(N, D), (N, D) -> (D,): mean over examples of KL(q(z_u|x) || N(0, 1)), in nats."""
+    if mu.shape != logvar.shape or mu.dim() != 2:
+        raise ValueError(f"mu and logvar must both be (N, D), got {tuple(mu.shape)} and "
+                         f"{tuple(logvar.shape)}")
+    return kl_diag_standard(mu, logvar).mean(0)
+
+
+def refine_posterior(model, x: torch.Tensor, *, steps: int = 100, lr: float = 1e-2,
+                     n_samples: int = 4, q=None):
+    """Optimize q(z|x) = N(mu, diag(exp(logvar))) for each image separately.
+
+    Starts from the encoder's output (or `q` = (mu, logvar)) and takes `steps` Adam steps on
+    the per-image ELBO (reparameterized, `n_samples` draws per step) with the model frozen.
+    The ELBO of each image depends only on its own (mu, logvar), so one optimizer over the
+    whole batch optimizes every image's q independently.
+    x: (B, 1, 28, 28) -> (mu, logvar), each (B, D), detached.
+    """
+    was_training = model.training
+    model.eval()
+    if q is None:
+        with torch.no_grad():
+            q = model.encode(x)
+    mu = q[0].detach().clone().requires_grad_(True)
+    logvar = q[1].detach().clone().requires_grad_(True)
+    params = list(model.parameters())
+    frozen = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    opt = torch.optim.Adam([mu, logvar], lr=lr)
+    try:
+        for _ in range(steps):
+            # the sum over images keeps each image's gradient independent of the batch size
+            loss = -model.elbo_terms(x, n_samples=n_samples, q=(mu, logvar)).elbo.sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    finally:
+        for p, f in zip(params, frozen, strict=True):
+            p.requires_grad_(f)
+        model.train(was_training)
+    return mu.detach(), logvar.detach()
+
+
+def diag_normal(mu: torch.Tensor, logvar: torch.Tensor) -> D.Distribution:
+    """N(mu, diag(exp(logvar))) as a distribution with batch shape (B,), event shape (D,)."""
+    return D.Independent(D.Normal(mu, torch.exp(0.5 * logvar)), 1)
+
+
+def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Area under the ROC curve: P(score of a positive > score of a negative), ties count 1/2.
+
+    scores: (N,) real; labels: (N,) 0/1 or bool, both classes present. Computed from the
+    ranks (the Mann-Whitney U statistic), with tied scores sharing their average rank.
+    """
+    scores, labels = torch.as_tensor(scores).flatten(), torch.as_tensor(labels).flatten()
+    if scores.shape != labels.shape:
+        raise ValueError(f"scores and labels differ in size: {scores.numel()} and "
+                         f"{labels.numel()}")
+    if not bool(((labels == 0) | (labels == 1)).all()):
+        raise ValueError("labels must be 0/1 (or bool)")
+    pos = labels.bool()
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"auroc needs both classes, got {n_pos} positives and {n_neg} negatives")
+    s = scores.double()
+    values, inverse, counts = torch.unique(s, return_inverse=True, return_counts=True)
+    # average rank (1-based) of each distinct value: ranks before it plus (count + 1) / 2
+    first = torch.cumsum(counts, 0) - counts
+    avg_rank = first.double() + (counts.double() + 1) / 2
+    rank_sum = avg_rank[inverse][pos].sum().item()
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)

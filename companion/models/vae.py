@@ -1,0 +1,306 @@
+"""The variational autoencoder: a Gaussian encoder, a Bernoulli or Gaussian decoder.
+
+    model = VAE(latent_dim=20)                      # MLP, Bernoulli decoder
+    terms = model.elbo_terms(binarize(x))           # per example, in nats
+    elbo = terms.reconstruction - terms.kl          # (B,)
+
+The encoder q_phi(z|x) = N(mu(x), diag(exp(logvar(x)))); the prior p(z) = N(0, I); the
+decoder p_theta(x|z) is
+  - "bernoulli": independent pixels with probabilities sigmoid(f(z)) (the decoder returns
+    the logits f(z)); meant for binary images (dynamically binarized, `data.binarize`).
+    On grey values the same formula is the popular "BCE" loss, which is not the
+    log-likelihood of anything normalized: it is the expected Bernoulli log-likelihood
+    over random binarizations of the grey image.
+  - "gaussian": N(f(z), sigma^2 I) for continuous images, with a fixed sigma or one
+    learned scalar sigma shared by all pixels (a per-pixel variance would shrink to zero
+    on MNIST's constant background and the likelihood would diverge).
+
+`elbo_terms` returns the two terms of the ELBO separately, per example: the Monte Carlo
+reconstruction term E_q[log p(x|z)] and the closed-form KL(q(z|x) || p(z)).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import distributions as D
+from torch import nn
+
+from ..data import IMAGE_SHAPE, binarize, check_images
+from ..kl import kl_diag_standard
+
+N_PIXELS = int(math.prod(IMAGE_SHAPE))
+LIKELIHOODS = ("bernoulli", "gaussian")
+ARCHS = ("mlp", "conv")
+LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass
+class ELBOTerms:
+    """The ELBO's two terms per example, in nats.
+
+    reconstruction: (B,) Monte Carlo estimate of E_q[log p(x|z)]
+    kl:             (B,) KL(q(z|x) || p(z)), closed form
+    kl_per_dim:     (B, D) the same KL split over latent dimensions
+    mu, logvar:     (B, D) the parameters of q(z|x) that were used
+    """
+
+    reconstruction: torch.Tensor
+    kl: torch.Tensor
+    kl_per_dim: torch.Tensor
+    mu: torch.Tensor
+    logvar: torch.Tensor
+
+    @property
+    def elbo(self) -> torch.Tensor:
+        """(B,) reconstruction - KL."""
+        return self.reconstruction - self.kl
+
+
+def _mlp(sizes: list[int], activation) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+class MLPEncoder(nn.Module):
+    """x: (B, 1, 28, 28) -> (mu, logvar), each (B, latent_dim)."""
+
+    def __init__(self, latent_dim: int, hidden=(512, 256), activation=nn.ReLU):
+        super().__init__()
+        self.body = _mlp([N_PIXELS, *hidden], activation)
+        self.act = activation()
+        self.head = nn.Linear(hidden[-1], 2 * latent_dim)
+
+    def forward(self, x):
+        h = self.act(self.body(x.flatten(1)))
+        mu, logvar = self.head(h).chunk(2, dim=-1)
+        return mu, logvar
+
+
+class MLPDecoder(nn.Module):
+    """z: (B, latent_dim) -> (B, 1, 28, 28) decoder output f(z) (logits or means)."""
+
+    def __init__(self, latent_dim: int, hidden=(256, 512), activation=nn.ReLU):
+        super().__init__()
+        self.net = _mlp([latent_dim, *hidden, N_PIXELS], activation)
+
+    def forward(self, z):
+        return self.net(z).view(-1, *IMAGE_SHAPE)
+
+
+class ConvEncoder(nn.Module):
+    """x: (B, 1, 28, 28) -> (mu, logvar): two stride-2 convs (28 -> 14 -> 7), a linear head."""
+
+    def __init__(self, latent_dim: int, channels=(32, 64), hidden=256, activation=nn.ReLU):
+        super().__init__()
+        c1, c2 = channels
+        self.body = nn.Sequential(
+            nn.Conv2d(1, c1, 4, stride=2, padding=1), activation(),
+            nn.Conv2d(c1, c2, 4, stride=2, padding=1), activation(),
+            nn.Flatten(), nn.Linear(c2 * 7 * 7, hidden), activation(),
+        )
+        self.head = nn.Linear(hidden, 2 * latent_dim)
+
+    def forward(self, x):
+        mu, logvar = self.head(self.body(x)).chunk(2, dim=-1)
+        return mu, logvar
+
+
+class ConvDecoder(nn.Module):
+    """z: (B, latent_dim) -> (B, 1, 28, 28): a linear layer to 7x7 maps, two transposed convs."""
+
+    def __init__(self, latent_dim: int, channels=(64, 32), hidden=256, activation=nn.ReLU):
+        super().__init__()
+        c1, c2 = channels
+        self.c1 = c1
+        self.fc = nn.Sequential(nn.Linear(latent_dim, hidden), activation(),
+                                nn.Linear(hidden, c1 * 7 * 7), activation())
+        self.deconv = nn.Sequential(
+            nn.ConvTranspose2d(c1, c2, 4, stride=2, padding=1), activation(),
+            nn.ConvTranspose2d(c2, 1, 4, stride=2, padding=1),
+        )
+
+    def forward(self, z):
+        return self.deconv(self.fc(z).view(-1, self.c1, 7, 7))
+
+
+class VAE(nn.Module):
+    """A VAE with a diagonal Gaussian encoder and a standard normal prior.
+
+    latent_dim:  size of z.
+    arch:        "mlp" (hidden sizes `hidden`, mirrored in the decoder) or "conv".
+    likelihood:  "bernoulli" (decoder gives logits) or "gaussian" (decoder gives means).
+    sigma:       Gaussian decoder only: a fixed standard deviation (float) or "learned"
+                 (one scalar, initialised at `sigma_init`, never below `min_sigma`).
+    """
+
+    def __init__(self, latent_dim: int = 20, *, arch: str = "mlp", hidden=(512, 256),
+                 likelihood: str = "bernoulli", sigma: float | str = 0.1,
+                 sigma_init: float = 0.3, min_sigma: float = 1e-3, activation=nn.ReLU):
+        super().__init__()
+        if arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+        if not isinstance(latent_dim, int) or latent_dim < 1:
+            raise ValueError(f"latent_dim must be a positive int, got {latent_dim!r}")
+        self.latent_dim, self.arch, self.likelihood = latent_dim, arch, likelihood
+        hidden = tuple(hidden)
+        if arch == "mlp":
+            self.encoder = MLPEncoder(latent_dim, hidden, activation)
+            self.decoder = MLPDecoder(latent_dim, hidden[::-1], activation)
+        else:
+            self.encoder = ConvEncoder(latent_dim, activation=activation)
+            self.decoder = ConvDecoder(latent_dim, activation=activation)
+        self.learn_sigma = likelihood == "gaussian" and sigma == "learned"
+        self.min_sigma = min_sigma
+        if self.learn_sigma:
+            self.log_sigma = nn.Parameter(torch.tensor(math.log(sigma_init)))
+        elif likelihood == "gaussian":
+            if isinstance(sigma, str) or not sigma > 0:
+                raise ValueError(f'sigma must be a positive float or "learned", got {sigma!r}')
+            self.register_buffer("log_sigma", torch.tensor(math.log(sigma)))
+
+    # --- the two networks -------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, 1, 28, 28) -> (mu, logvar), each (B, latent_dim)."""
+        check_images(x)
+        return self.encoder(x)
+
+    def posterior(self, x: torch.Tensor) -> D.Distribution:
+        """q(z|x) as a torch distribution: batch shape (B,), event shape (latent_dim,)."""
+        mu, logvar = self.encode(x)
+        return D.Independent(D.Normal(mu, torch.exp(0.5 * logvar)), 1)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z: (..., latent_dim) -> decoder output f(z): (..., 1, 28, 28) logits or means."""
+        if z.shape[-1] != self.latent_dim:
+            raise ValueError(f"z must end in the latent size {self.latent_dim}, "
+                             f"got shape {tuple(z.shape)}")
+        lead = z.shape[:-1]
+        return self.decoder(z.reshape(-1, self.latent_dim)).view(*lead, *IMAGE_SHAPE)
+
+    def mean_image(self, z: torch.Tensor) -> torch.Tensor:
+        """E[x|z]: pixel probabilities (Bernoulli) or the Gaussian mean, (..., 1, 28, 28)."""
+        out = self.decode(z)
+        return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
+
+    @property
+    def sigma(self) -> torch.Tensor:
+        """The Gaussian decoder's standard deviation (a scalar tensor)."""
+        if self.likelihood != "gaussian":
+            raise AttributeError("a Bernoulli decoder has no sigma")
+        return self.log_sigma.exp().clamp_min(self.min_sigma)
+
+    # --- densities ----------------------------------------------------------------------
+    def log_likelihood(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) summed over pixels, from the decoder output `out` = f(z).
+
+        x: (B, 1, 28, 28); out: (..., B, 1, 28, 28) (leading sample dims broadcast) -> (..., B).
+        """
+        if self.likelihood == "bernoulli":
+            # -BCE(logits, x) = x log s + (1 - x) log(1 - s), computed stably from logits
+            ll = -F.binary_cross_entropy_with_logits(out, x.expand_as(out), reduction="none")
+        else:
+            sigma = self.sigma
+            ll = -0.5 * ((x - out) / sigma) ** 2 - torch.log(sigma) - 0.5 * LOG_2PI
+        return ll.flatten(-3).sum(-1)
+
+    @staticmethod
+    def log_prior(z: torch.Tensor) -> torch.Tensor:
+        """log N(z; 0, I): (..., D) -> (...)."""
+        return -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
+
+    def log_joint(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p(x, z) = log p(x|z) + log p(z).  x: (B, 1, 28, 28), z: (..., B, D) -> (..., B)."""
+        return self.log_likelihood(x, self.decode(z)) + self.log_prior(z)
+
+    # --- the ELBO -----------------------------------------------------------------------
+    def elbo_terms(self, x: torch.Tensor, n_samples: int = 1, q=None,
+                   x_encoder: torch.Tensor | None = None) -> ELBOTerms:
+        """The ELBO's two terms per example (the five-step learning step, minus the update).
+
+        x:          (B, 1, 28, 28) the images to explain (binary for a Bernoulli decoder).
+        n_samples:  z samples per image for the reconstruction term.
+        q:          optional (mu, logvar) to use instead of the encoder's (any q gives a
+                    lower bound; used to refine q per image for the amortization gap).
+        x_encoder:  optional images the encoder sees instead of x (same shape).
+        """
+        check_images(x)
+        if q is None:
+            mu, logvar = self.encode(x if x_encoder is None else x_encoder)  # 1. encode
+        else:
+            mu, logvar = q
+        kl_dims = kl_diag_standard(mu, logvar)                                # 2. KL
+        eps = torch.randn(n_samples, *mu.shape, device=mu.device, dtype=mu.dtype)
+        z = mu + torch.exp(0.5 * logvar) * eps                                # 3. sample z
+        rec = self.log_likelihood(x, self.decode(z)).mean(0)                 # 4. decode
+        return ELBOTerms(rec, kl_dims.sum(-1), kl_dims, mu, logvar)
+
+    def forward(self, x: torch.Tensor) -> ELBOTerms:
+        return self.elbo_terms(x)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               mean: bool = True) -> torch.Tensor:
+        """n images from the model: z ~ N(0, I), then E[x|z] (mean=True) or x ~ p(x|z).
+
+        Returns (n, 1, 28, 28).
+        """
+        device = next(self.parameters()).device
+        z = torch.randn(n, self.latent_dim, generator=generator).to(device)
+        return self.sample_x(self.decode(z), generator) if not mean else self.mean_image(z)
+
+    def sample_x(self, out: torch.Tensor, generator: torch.Generator | None = None):
+        """A draw x ~ p(x|z) from the decoder output out = f(z)."""
+        if self.likelihood == "bernoulli":
+            p = torch.sigmoid(out)
+            u = torch.rand(p.shape, generator=generator).to(p.device)
+            return (u < p).to(p.dtype)
+        noise = torch.randn(out.shape, generator=generator).to(out.device)
+        return out + self.sigma * noise
+
+
+class ELBOLoss:
+    """The training loss for `companion.train.fit`: -(reconstruction - beta_t * KL), averaged.
+
+    beta:           weight of the KL term once warm-up is over (1 = the ELBO).
+    warmup_steps:   KL warm-up (annealing): beta_t grows linearly from 0 to `beta` over
+                    this many optimizer steps, so the decoder learns to use z before the
+                    KL term pulls q(z|x) towards the prior.
+    binarize:       draw a fresh binarization of every batch (default: for Bernoulli decoders).
+    step:           the step count so far (set it when resuming a run by hand).
+
+    Logs the per-example reconstruction, KL, ELBO (all in nats) and beta_t.
+    """
+
+    def __init__(self, beta: float = 1.0, warmup_steps: int = 0, binarize: bool | None = None,
+                 step: int = 0, generator: torch.Generator | None = None):
+        if beta < 0 or warmup_steps < 0:
+            raise ValueError(f"beta and warmup_steps must be >= 0, got {beta}, {warmup_steps}")
+        self.beta, self.warmup_steps, self.binarize = beta, warmup_steps, binarize
+        self.step, self.generator = step, generator
+
+    def beta_at(self, step: int) -> float:
+        """beta_t: linear warm-up from 0 to beta over warmup_steps, then constant."""
+        if self.warmup_steps == 0:
+            return self.beta
+        return self.beta * min(1.0, step / self.warmup_steps)
+
+    def __call__(self, model: VAE, x: torch.Tensor):
+        dynamic = model.likelihood == "bernoulli" if self.binarize is None else self.binarize
+        if dynamic:
+            x = binarize(x, generator=self.generator)
+        beta = self.beta_at(self.step)
+        self.step += 1
+        terms = model.elbo_terms(x)
+        rec, kl = terms.reconstruction.mean(), terms.kl.mean()
+        loss = -(rec - beta * kl)
+        return loss, {"reconstruction": rec, "kl": kl, "elbo": rec - kl, "beta": beta}
