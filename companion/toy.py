@@ -156,3 +156,115 @@ class LinearGaussian:
         kl = 0.5 * (torch.diagonal(S, dim1=-2, dim2=-1).sum(-1) + m.pow(2).sum(-1)
                     - self.K - logdet)
         return recon - kl
+
+
+class GaussianMixture:
+    """z ~ Categorical(weights), x | z = k ~ N(means[k], stds[k]^2 I_D).
+
+    weights: (K,) summing to 1, means: (K, D), stds: (K,) or a float (shared).
+    Everything is a finite sum over k, so log p(x), p(z|x) and the ELBO of any
+    categorical q(z|x) are exact.
+    """
+
+    def __init__(self, weights, means, stds):
+        means = _as_float(means, "means")
+        if means.dim() != 2:
+            raise ValueError(f"means must be a (K, D) matrix, got shape {tuple(means.shape)}")
+        K = means.shape[0]
+        weights = _as_float(weights, "weights", means.dtype).to(means.dtype)
+        stds = _as_float(stds, "stds", means.dtype).to(means.dtype)
+        if stds.dim() == 0:
+            stds = stds.expand(K).clone()
+        if weights.shape != (K,) or stds.shape != (K,):
+            raise ValueError(f"weights and stds must have shape (K,) = ({K},) to match means "
+                             f"{tuple(means.shape)}; got {tuple(weights.shape)} and "
+                             f"{tuple(stds.shape)}")
+        if (weights < 0).any() or abs(weights.sum().item() - 1) > 1e-6:
+            raise ValueError(f"weights must be non-negative and sum to 1, got {weights.tolist()}")
+        if (stds <= 0).any():
+            raise ValueError(f"stds must be > 0, got {stds.tolist()}")
+        self.weights, self.means, self.stds = weights, means, stds
+        self.K, self.D = means.shape
+
+    def _check_x(self, x) -> torch.Tensor:
+        x = _as_float(x, "x", self.means.dtype).to(self.means.dtype)
+        if x.dim() == 1 and self.D == 1:
+            x = x.unsqueeze(-1)
+        if x.dim() != 2 or x.shape[1] != self.D:
+            raise ValueError(f"x must have shape (B, D) with D = {self.D}, got {tuple(x.shape)}")
+        return x
+
+    def _check_q(self, q, B: int) -> torch.Tensor:
+        q = _as_float(q, "q", self.means.dtype).to(self.means.dtype)
+        if q.shape != (B, self.K):
+            raise ValueError(f"q must hold one categorical distribution per x: shape "
+                             f"({B}, {self.K}), got {tuple(q.shape)}")
+        if (q < 0).any() or not torch.allclose(q.sum(-1), torch.ones(B, dtype=q.dtype),
+                                               atol=1e-9):
+            raise ValueError("each row of q must be non-negative and sum to 1")
+        return q
+
+    def sample(self, n: int, generator: torch.Generator | None = None):
+        """n draws of the joint: (z (n,) int64 component labels, x (n, D))."""
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive int, got {n!r}")
+        z = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        return z, self.decode(z, generator)
+
+    def decode(self, z, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The sampling decoder: one x ~ p(x | z) per label.  z: (n,) int64 -> (n, D)."""
+        z = torch.as_tensor(z)
+        noise = torch.randn(len(z), self.D, dtype=self.means.dtype, generator=generator)
+        return self.means[z] + self.stds[z, None] * noise
+
+    def log_prior(self) -> torch.Tensor:
+        """log p(z = k): (K,)."""
+        return torch.log(self.weights)
+
+    def log_likelihood(self, x) -> torch.Tensor:
+        """log p(x | z = k) for every k: x (B, D) -> (B, K)."""
+        x = self._check_x(x)
+        sq = torch.cdist(x, self.means).pow(2)  # (B, K)
+        var = self.stds.pow(2)
+        return -0.5 * (sq / var + self.D * torch.log(2 * math.pi * var))
+
+    def log_joint(self, x) -> torch.Tensor:
+        """log p(x, z = k) for every k: x (B, D) -> (B, K)."""
+        return self.log_likelihood(x) + self.log_prior()
+
+    def log_marginal(self, x) -> torch.Tensor:
+        """Exact log p(x) = log sum_k p(k) p(x | k): (B, D) -> (B,)."""
+        return torch.logsumexp(self.log_joint(x), dim=-1)
+
+    def log_posterior(self, x) -> torch.Tensor:
+        """log p(z = k | x) by Bayes' rule: (B, D) -> (B, K)."""
+        lj = self.log_joint(x)
+        return lj - torch.logsumexp(lj, dim=-1, keepdim=True)
+
+    def posterior(self, x) -> torch.Tensor:
+        """p(z = k | x) (the responsibilities): (B, D) -> (B, K), rows sum to 1."""
+        return self.log_posterior(x).exp()
+
+    def map_encode(self, x) -> torch.Tensor:
+        """The MAP encoder: argmax_k p(z = k | x).  (B, D) -> (B,) int64."""
+        return self.log_joint(x).argmax(-1)  # p(x) does not depend on k
+
+    # --- the ELBO of a categorical q(z|x): exact sums --------------------------------------
+    def reconstruction(self, x, q) -> torch.Tensor:
+        """E_q[log p(x | z)] = sum_k q_k log p(x | k).  x: (B, D), q: (B, K) -> (B,)."""
+        x = self._check_x(x)
+        q = self._check_q(q, len(x))
+        return (q * self.log_likelihood(x)).sum(-1)
+
+    def kl_to_prior(self, q) -> torch.Tensor:
+        """KL(q(z|x) || p(z)), with 0 log 0 = 0.  q: (B, K) -> (B,)."""
+        q = _as_float(q, "q", self.means.dtype).to(self.means.dtype)
+        safe = torch.where(q > 0, q, torch.ones_like(q))
+        return (q * (torch.log(safe) - self.log_prior())).sum(-1)
+
+    def elbo(self, x, q) -> torch.Tensor:
+        """E_q[log p(x, z) - log q(z|x)] as one sum over k (0 log 0 = 0).  -> (B,)."""
+        x = self._check_x(x)
+        q = self._check_q(q, len(x))
+        safe = torch.where(q > 0, q, torch.ones_like(q))
+        return (q * (self.log_joint(x) - torch.log(safe))).sum(-1)

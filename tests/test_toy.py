@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import distributions as D
 
-from companion.toy import LinearGaussian
+from companion.em import e_step, m_step, variational_em
+from companion.kl import kl_discrete
+from companion.toy import GaussianMixture, LinearGaussian
 
 F64 = torch.float64
 
@@ -106,3 +108,85 @@ def test_lg_bad_inputs_raise_clear_errors():
     m = make_lg()
     with pytest.raises(ValueError, match="x must have shape"):
         m.log_marginal(torch.zeros(4, 3, dtype=F64))
+
+
+def make_gm(seed=0):
+    return GaussianMixture(torch.tensor([0.2, 0.5, 0.3], dtype=F64),
+                           torch.tensor([[-2.0, 0.0], [1.0, 1.0], [0.5, -1.5]], dtype=F64),
+                           torch.tensor([0.5, 0.8, 0.6], dtype=F64))
+
+
+def test_gm_log_marginal_matches_torch_mixture():
+    m = make_gm()
+    _, x = m.sample(32, generator=torch.Generator().manual_seed(0))
+    comp = D.Independent(D.Normal(m.means, m.stds[:, None].expand(-1, 2)), 1)
+    ref = D.MixtureSameFamily(D.Categorical(probs=m.weights), comp)
+    assert torch.allclose(m.log_marginal(x), ref.log_prob(x), atol=1e-12, rtol=0)
+
+
+def test_gm_posterior_is_bayes_rule_and_map_is_argmax():
+    m = make_gm()
+    _, x = m.sample(16, generator=torch.Generator().manual_seed(1))
+    dens = torch.stack([D.MultivariateNormal(m.means[k], m.stds[k] ** 2 * torch.eye(2,
+                        dtype=F64)).log_prob(x).exp() for k in range(3)], -1) * m.weights
+    ref = dens / dens.sum(-1, keepdim=True)
+    assert torch.allclose(m.posterior(x), ref, atol=1e-12, rtol=0)
+    assert torch.equal(m.map_encode(x), ref.argmax(-1))
+
+
+def test_gm_sample_frequencies_and_means():
+    m = make_gm()
+    z, x = m.sample(100_000, generator=torch.Generator().manual_seed(2))
+    freq = torch.bincount(z, minlength=3).to(F64) / len(z)
+    assert torch.allclose(freq, m.weights, atol=0.01)
+    for k in range(3):
+        assert torch.allclose(x[z == k].mean(0), m.means[k], atol=0.02)
+        assert abs((x[z == k] - m.means[k]).std().item() - m.stds[k].item()) < 0.02
+
+
+def test_gm_elbo_identities_for_arbitrary_q():
+    m = make_gm()
+    _, x = m.sample(10, generator=torch.Generator().manual_seed(3))
+    q = torch.softmax(torch.randn(10, 3, dtype=F64, generator=torch.Generator().manual_seed(4)),
+                      -1)
+    q[0] = torch.tensor([1.0, 0.0, 0.0], dtype=F64)  # a q with zeros: 0 log 0 = 0
+    elbo = m.elbo(x, q)
+    gap = kl_discrete(q, m.posterior(x))
+    assert torch.allclose(elbo + gap, m.log_marginal(x), atol=1e-12, rtol=0)
+    assert torch.allclose(elbo, m.reconstruction(x, q) - kl_discrete(q, m.weights.expand(10, 3)),
+                          atol=1e-12, rtol=0)
+    assert (elbo <= m.log_marginal(x) + 1e-12).all()
+    assert torch.allclose(m.elbo(x, m.posterior(x)), m.log_marginal(x), atol=1e-12, rtol=0)
+
+
+def test_m_step_maximizes_elbo_for_fixed_q():
+    m = make_gm()
+    _, x = m.sample(300, generator=torch.Generator().manual_seed(5))
+    q = e_step(m, x)
+    best = m_step(x, q)
+    top = best.elbo(x, q).sum()
+    g = torch.Generator().manual_seed(6)
+    for _ in range(5):  # any perturbation of the M-step solution lowers the ELBO
+        other = GaussianMixture(torch.softmax(best.weights.log() + 0.05 * torch.randn(
+            3, dtype=F64, generator=g), 0), best.means + 0.05 * torch.randn(3, 2, dtype=F64,
+            generator=g), best.stds * (1 + 0.05 * torch.randn(3, dtype=F64, generator=g)))
+        assert other.elbo(x, q).sum() < top
+
+
+def test_variational_em_is_monotone_and_sandwiched():
+    m = make_gm()
+    _, x = m.sample(400, generator=torch.Generator().manual_seed(7))
+    init = GaussianMixture([1 / 3] * 3, [[-1.0, 1.0], [0.0, 0.0], [1.0, -1.0]], [2.0] * 3)
+    h = variational_em(x, init, 25)
+    ll, el = torch.tensor(h.loglik), torch.tensor(h.elbo_after_m)
+    assert len(ll) == 26 and len(el) == 25 and len(h.models) == 26
+    assert (ll[:-1] <= el + 1e-9).all() and (el <= ll[1:] + 1e-9).all()
+    assert ll[-1] > ll[0] + 100
+
+
+def test_gm_bad_inputs_raise_clear_errors():
+    with pytest.raises(ValueError, match="sum to 1"):
+        GaussianMixture([0.5, 0.6], [[0.0], [1.0]], 1.0)
+    m = make_gm()
+    with pytest.raises(ValueError, match="q must hold"):
+        m.elbo(torch.zeros(4, 2, dtype=F64), torch.full((4, 2), 0.5, dtype=F64))
