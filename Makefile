@@ -33,8 +33,7 @@ test: $(STAMP)
 outputs: $(STAMP)
 	$(BIN)/jupytext --sync $(NOTEBOOKS:.ipynb=.md)
 	for nb in $(NOTEBOOKS); do \
-	  $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
-	    --ExecutePreprocessor.timeout=-1 "$$nb" || exit 1; \
+	  $(BIN)/jupyter execute --inplace --timeout=-1 "$$nb" || exit 1; \
 	done
 	$(BIN)/jupytext --sync $(NOTEBOOKS)
 

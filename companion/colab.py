@@ -53,8 +53,8 @@ def install_cell(root: Path = ROOT) -> str:
         "import sys\n\n"
         'if "google.colab" in sys.modules:  # on Colab only: install the book\'s package\n'
         "    import subprocess\n\n"
-        f'    subprocess.run([sys.executable, "-m", "pip", "install", "-q", {install_spec(root)}],\n'
-        "                   check=True)\n"
+        f"    spec = {install_spec(root)}\n"
+        '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], check=True)\n'
     )
 
 

@@ -93,8 +93,58 @@ def bernoulli_kl(a, b) -> torch.Tensor:
     return kl_discrete(torch.stack([a, 1 - a], -1), torch.stack([b, 1 - b], -1))
 
 
-def binomial_log_prob_of_frequency(n: int, k, p: float) -> torch.Tensor:
-    """log P(exactly k heads in n tosses of a coin with P(heads) = p), exact (lgamma)."""
+def binomial_log_prob_of_frequency(n, k, p: float) -> torch.Tensor:
+    """log P(exactly k heads in n tosses of a coin with P(heads) = p), exact via lgamma.
+
+    n, k: ints or tensors of the same shape.
+    """
+    n = torch.as_tensor(n, dtype=torch.float64)
     k = torch.as_tensor(k, dtype=torch.float64)
-    log_choose = (math.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1))
+    if ((k < 0) | (k > n)).any():
+        raise ValueError("need 0 <= k <= n")
+    log_choose = torch.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
     return log_choose + k * math.log(p) + (n - k) * math.log1p(-p)
+
+
+def kl_quadrature(log_p, log_q, grid: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) for 1-D densities by the trapezoid rule on `grid` (deterministic).
+
+    log_p, log_q: callables mapping (N,) points to (N,) log-densities; grid: (N,) sorted,
+    wide enough to hold essentially all of p's mass.
+    """
+    lp, lq = log_p(grid), log_q(grid)
+    integrand = torch.where(lp > -torch.inf, lp.exp() * (lp - lq), torch.zeros_like(lp))
+    return torch.trapezoid(integrand, grid)
+
+
+def gaussian_mixture_1d(weights, means, stds) -> D.MixtureSameFamily:
+    """A 1-D Gaussian mixture as a torch distribution (has sample and log_prob)."""
+    w, m, s = (torch.as_tensor(v, dtype=torch.float64) for v in (weights, means, stds))
+    return D.MixtureSameFamily(D.Categorical(probs=w / w.sum()), D.Normal(m, s))
+
+
+def moment_match(p: D.Distribution) -> D.Normal:
+    """argmin over Gaussians q of the forward KL(p || q): the Gaussian with p's mean and variance."""
+    return D.Normal(p.mean, p.variance.sqrt())
+
+
+def fit_reverse_kl(log_p, mu: float, log_sigma: float, *, steps: int = 600, n: int = 256,
+                   lr: float = 0.05) -> D.Normal:
+    """argmin over Gaussians q of the reverse KL(q || p), by reparameterized gradients.
+
+    Needs only log p (up to a constant), evaluated at q's own samples x = mu + sigma * eps;
+    starts from (mu, log_sigma), so it finds the mode it starts near.
+    """
+    params = torch.tensor([mu, log_sigma], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([params], lr=lr)
+    for _ in range(steps):
+        m, ls = params
+        x = m + ls.exp() * torch.randn(n, dtype=torch.float64)
+        # E_q[log q] is minus q's entropy: closed form, so only E_q[log p] is sampled.
+        neg_entropy = -(ls + 0.5 * math.log(2 * math.pi * math.e))
+        loss = neg_entropy - log_p(x).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    m, ls = params.detach()
+    return D.Normal(m, ls.exp())

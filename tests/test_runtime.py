@@ -1,0 +1,36 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import companion
+from companion.runtime import describe, get_device, seed_everything
+
+
+def test_seed_everything_repeats_all_generators():
+    seed_everything(123)
+    a = (random.random(), np.random.rand(), torch.rand(3))
+    seed_everything(123)
+    b = (random.random(), np.random.rand(), torch.rand(3))
+    assert a[0] == b[0] and a[1] == b[1] and torch.equal(a[2], b[2])
+    seed_everything(124)
+    assert not torch.equal(torch.rand(3), a[2])
+
+
+def test_seed_must_be_non_negative_int():
+    with pytest.raises(ValueError, match="non-negative"):
+        seed_everything(-1)
+
+
+def test_setup_prints_profile_and_device(capsys, monkeypatch):
+    monkeypatch.setenv("BOOK_PROFILE", "ci")
+    profile, device = companion.setup(seed=0, device="cpu")
+    out = capsys.readouterr().out
+    assert profile.name == "ci" and device == torch.device("cpu")
+    assert "profile=ci" in out and "device=cpu" in out and torch.__version__ in out
+    assert describe(profile, device) in out
+
+
+def test_get_device_explicit():
+    assert get_device("cpu").type == "cpu"
