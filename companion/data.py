@@ -93,8 +93,10 @@ def load(name: str = "mnist", *, n_train: int | None = None, n_test: int | None 
 
     data = _subset(data, n_train, n_test, seed)
     if verbose:
+        failed = [t for t in tried if t.startswith("torchvision") and "download:" in t]
+        note = f" ({failed[0]}; using the offline source)" if failed else ""
         print(f"{data.name}: {len(data.x_train):,} train / {len(data.x_test):,} test images "
-              f"from {data.source}")
+              f"from {data.source}{note}")
     return data.to(device)
 
 
@@ -223,9 +225,10 @@ def _scale(images_u8: torch.Tensor) -> torch.Tensor:
     return images_u8.float().div(255.0).view(-1, *IMAGE_SHAPE)
 
 
-def _first_line(err: Exception) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
+def _first_line(err: Exception, limit: int = 160) -> str:
+    """The error as one short line (torchvision's download errors span several)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _subset(data: ImageData, n_train, n_test, seed) -> ImageData:
