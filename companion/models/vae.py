@@ -196,7 +196,7 @@ class VAE(nn.Module):
     def sigma(self) -> torch.Tensor:
         """The Gaussian decoder's standard deviation (a scalar tensor)."""
         if self.likelihood != "gaussian":
-            raise AttributeError("a Bernoulli decoder has no sigma")
+            raise TypeError("a Bernoulli decoder has no sigma")
         return self.log_sigma.exp().clamp_min(self.min_sigma)
 
     # --- densities ----------------------------------------------------------------------
