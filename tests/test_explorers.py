@@ -1,0 +1,43 @@
+"""Tests of what the explorers compute (the widgets only wire sliders to these)."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from companion.explorers import elbo_terms, pinned_samples, plot_q_against_posterior  # noqa: E402
+from companion.toy import LinearGaussian  # noqa: E402
+
+F64 = torch.float64
+
+
+def model():
+    return LinearGaussian(torch.tensor([[1.5], [-0.5]], dtype=F64),
+                          torch.tensor([0.2, 0.1], dtype=F64), 0.6)
+
+
+def test_elbo_terms_satisfy_both_identities():
+    m = model()
+    x = torch.tensor([1.0, -0.4], dtype=F64)
+    t = elbo_terms(m, x, 0.3, 0.8)
+    assert abs(t["elbo"] + t["gap"] - t["log_px"]) < 1e-12
+    assert abs(t["reconstruction"] - t["kl_prior"] - t["elbo"]) < 1e-12
+    pm, pc = m.posterior(x)
+    tight = elbo_terms(m, x, pm[0, 0].item(), pc[0, 0].sqrt().item())
+    assert abs(tight["gap"]) < 1e-12 and abs(tight["elbo"] - tight["log_px"]) < 1e-12
+    with pytest.raises(ValueError, match="std must be > 0"):
+        elbo_terms(m, x, 0.0, -1.0)
+
+
+def test_plot_returns_the_same_terms():
+    m = model()
+    x = torch.tensor([1.0, -0.4], dtype=F64)
+    _, terms = plot_q_against_posterior(m, x, 0.3, 0.8)
+    assert terms == elbo_terms(m, x, 0.3, 0.8)
+
+
+def test_pinned_samples_have_variance_sigma2_plus_s2():
+    xs = pinned_samples(1.0, 1.5, 1.5, 200_000, torch.Generator().manual_seed(0))
+    assert abs(xs.var().item() - 2 * 1.5**2) < 0.05
