@@ -1,0 +1,122 @@
+"""Conventions every chapter notebook keeps (DESIGN.md, Notebook conventions)."""
+
+import json
+import re
+from pathlib import Path
+
+import jupytext
+import pytest
+import yaml
+
+from companion import colab
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+ALLOWED_TAGS = {"nbval-ignore-output", "nbval-skip", "skip-execution", "raises-exception",
+                "hide-input", "hide-output", "hide-cell", "remove-input", "remove-output",
+                "remove-cell"}
+ids = [p.stem for p in NOTEBOOKS]
+
+
+def load(path):
+    return json.loads(path.read_text())
+
+
+def source(cell):
+    src = cell["source"]
+    return "".join(src) if isinstance(src, list) else src
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "no notebooks found under notebooks/"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
+def test_header_agrees_with_repository_url(path):
+    cells = load(path)["cells"]
+    rel = path.relative_to(ROOT).as_posix()
+    first, second = cells[0], cells[1]
+    assert first["cell_type"] == "markdown" and source(first).startswith("# ")
+    assert colab.badge(rel) in source(first), "badge out of date: run python -m companion.colab"
+    assert second["cell_type"] == "code"
+    assert source(second).startswith(colab.install_cell()), \
+        "install cell out of date: run python -m companion.colab"
+    assert "companion.setup(" in source(second)
+    assert "nbval-ignore-output" in second["metadata"].get("tags", [])
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
+def test_twin_is_in_sync(path):
+    twin = path.with_suffix(".md")
+    assert twin.exists(), f"{twin.name} missing: jupytext --set-formats ipynb,md:myst {path.name}"
+    a = jupytext.read(path)
+    b = jupytext.read(twin)
+    strip = [(c.cell_type, c.source.strip(), sorted(c.metadata.get("tags", [])))
+             for c in a.cells]
+    other = [(c.cell_type, c.source.strip(), sorted(c.metadata.get("tags", [])))
+             for c in b.cells]
+    assert strip == other, f"{path.name} and {twin.name} differ: run `make sync`"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
+def test_stored_outputs_are_clean(path):
+    nb = load(path)
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(c.get("execution_count") for c in code if "skip-execution" not in
+               c["metadata"].get("tags", [])), "unexecuted cells: run make outputs"
+    for cell in code:
+        for out in cell.get("outputs", []):
+            assert out["output_type"] != "error", f"stored error output:\n{source(cell)[:200]}"
+            assert "image/svg+xml" not in out.get("data", {}), "SVG output: use PNG"
+            text = "".join(out.get("text", ""))
+            assert "Traceback (most recent call last)" not in text
+    setup = "".join("".join(o.get("text", "")) for o in code[0].get("outputs", []))
+    assert re.search(r"profile=(ci|cpu|gpu) device=", setup), "setup cell must print the profile"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
+def test_nbval_is_steered_by_tags(path):
+    for cell in load(path)["cells"]:
+        assert "NBVAL_" not in source(cell), "use cell tags, not # NBVAL_ comments"
+        tags = set(cell["metadata"].get("tags", []))
+        assert tags <= ALLOWED_TAGS, f"unknown tags {tags - ALLOWED_TAGS}"
+        if "nbval-skip" in tags:
+            assert "skip-execution" in tags, "nbval-skip needs skip-execution for the book"
+
+
+def toc_files():
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]]
+    for part in toc.get("parts", []):
+        files += [c["file"] for c in part.get("chapters", [])]
+    return files
+
+
+def test_toc_entries_exist_and_name_the_notebooks():
+    for f in toc_files():
+        matches = list(ROOT.glob(f + ".*"))
+        assert any(m.suffix in {".md", ".ipynb"} for m in matches), f"_toc.yml names missing {f}"
+    listed = set(toc_files())
+    for path in NOTEBOOKS:
+        assert path.relative_to(ROOT).with_suffix("").as_posix() in listed, \
+            f"{path.name} is not in _toc.yml"
+
+
+def test_rewrite_repairs_a_stale_header(tmp_path):
+    (tmp_path / "_config.yml").write_text(
+        "repository:\n  url: https://github.com/someone/else\n  branch: v2\n")
+    nb = tmp_path / "notebooks" / "01_x.md"
+    nb.parent.mkdir()
+    nb.write_text(f"# T\n\n{colab.badge('notebooks/01_x.ipynb')}\n\n{colab.install_cell()}")
+    assert colab.rewrite(nb, root=tmp_path)
+    text = nb.read_text()
+    assert "github/someone/else/blob/v2/notebooks/01_x.ipynb" in text
+    assert "'companion @ git+https://github.com/someone/else@v2'" in text
+    assert "autoencoders-to-diffusion" not in text
+    assert not colab.rewrite(nb, root=tmp_path)  # idempotent
+
+
+def test_repository_url_must_be_github(tmp_path):
+    (tmp_path / "_config.yml").write_text("repository:\n  url: ftp://example.org/x\n")
+    with pytest.raises(ValueError, match="GitHub URL"):
+        colab.repository(tmp_path)

@@ -1,0 +1,51 @@
+"""The project's own files install and run everything: check they agree."""
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pyproject():
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_environment_yml_matches_pyproject():
+    project = pyproject()["project"]
+    wanted = set(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        wanted |= set(extra)
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    listed = {p for p in pip if not p.startswith("-e")}
+    assert listed == wanted, (f"only in environment.yml: {sorted(listed - wanted)}; "
+                              f"only in pyproject.toml: {sorted(wanted - listed)}")
+    assert "-e ." in pip
+    assert any(str(d).startswith("python=3.11") for d in env["dependencies"])
+
+
+def test_fixed_dependency_choices():
+    project = pyproject()["project"]
+    extras = project["optional-dependencies"]
+    assert "jupyter-book<2" in extras["book"]  # 2.x fetches its theme from the network
+    assert any(d.startswith("mlxtend") for d in extras["offline"])
+    assert not any(d.startswith("mlxtend") for d in project["dependencies"])
+    names = {re.split(r"[<>=!\[ ]", d)[0] for d in project["dependencies"]}
+    assert {"torch", "torchvision", "matplotlib", "tqdm", "ipywidgets"} <= names
+    assert pyproject()["tool"]["setuptools"]["packages"][0] == "companion"
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    assert "make book" in readme and "make test" in readme
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert re.search(r"^make test\s*$", ci, re.M)
+
+
+def test_makefile_targets():
+    makefile = (ROOT / "Makefile").read_text()
+    for target in ("book", "test", "outputs", "check-fast", "clean", "bench"):
+        assert re.search(rf"^{target}:", makefile, re.M), target
