@@ -7,9 +7,11 @@ STAMP  := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 JOBS   ?= 2
 
-.PHONY: install book test outputs check-fast bench sync clean
+.PHONY: install mathjax book test outputs check-fast bench sync clean
+MATHJAX_VERSION := 3.2.2
+MATHJAX := _extra/mathjax/tex-mml-chtml.js
 
-install: $(STAMP)
+install: $(STAMP) $(MATHJAX)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,24 +19,33 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[book,test,offline]"
 	touch $(STAMP)
 
+# A local MathJax for the book (see _config.yml): equations render without a CDN.
+mathjax: $(MATHJAX)
+$(MATHJAX): Makefile
+	command -v npm >/dev/null || { echo "npm is needed for MathJax: apt-get install npm"; exit 1; }
+	npm install --silent --no-save --no-audit --no-fund --prefix .cache/npm mathjax@$(MATHJAX_VERSION)
+	rm -rf _extra/mathjax && mkdir -p _extra
+	cp -r .cache/npm/node_modules/mathjax/es5 _extra/mathjax
+	touch $(MATHJAX)
+
 # Builds the HTML book from the outputs stored in notebooks/*.ipynb (no execution).
-book: $(STAMP)
+book: $(STAMP) $(MATHJAX)
 	$(BIN)/jupyter-book build . -W -n --keep-going
 
 # Every test: companion unit tests, nbval over every notebook in the `ci` profile,
 # the jupytext twins and headers, and a -W build of the book (tests/test_book.py).
-test: $(STAMP)
+test: $(STAMP) $(MATHJAX)
 	BOOK_PROFILE=ci $(BIN)/python -m pytest tests $(NOTEBOOKS) --nbval --nbval-current-env \
 	  --nbval-sanitize-with tests/sanitize.cfg --nbval-cell-timeout 600 \
 	  -n $(JOBS) --dist loadfile -p no:cacheprovider -r fEs
 
 # Re-executes every notebook in place with the best profile available (gpu > cpu,
-# or BOOK_PROFILE=...) and stores the outputs; the MyST twins are synced first.
+# or BOOK_PROFILE=...) and stores the outputs; the MyST twins are synced first. Each run is
+# timed (empty checkpoint cache unless BOOK_CACHE is set) and the time stored in the
+# notebook: book/status.md shows it.
 outputs: $(STAMP)
 	$(BIN)/jupytext --sync $(NOTEBOOKS:.ipynb=.md)
-	for nb in $(NOTEBOOKS); do \
-	  $(BIN)/jupyter execute --inplace --timeout=-1 "$$nb" || exit 1; \
-	done
+	$(BIN)/python book/_ext/execution_status.py execute $(NOTEBOOKS)
 	$(BIN)/jupytext --sync $(NOTEBOOKS)
 
 # Lint plus the quick unit tests: the pre-stop hook runs this, keep it under a minute.

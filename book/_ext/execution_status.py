@@ -1,0 +1,265 @@
+"""What each notebook costs to run: measured when its outputs were made, shown in the book.
+
+Two measurements, both stored in the notebook next to the outputs they describe:
+- every code cell carries nbclient's own timestamps (cell metadata `execution`), written by
+  `jupyter execute`, whoever ran it;
+- `make outputs` runs each notebook through this file (`python book/_ext/execution_status.py
+  execute NB...`), which times the whole `jupyter execute` (kernel start and imports
+  included) and stores that wall time in the notebook's metadata `book.execution`.
+The wall time is shown when it belongs to the stored outputs (it ended within a minute of
+the last cell); otherwise the span of the cells is shown, and the page says which.
+
+The profile and device come from the line that `companion.setup()` prints in every notebook.
+
+As a Sphinx extension (`sphinx.local_extensions` in _config.yml) it provides the
+`execution-status` directive used by book/status.md: the table is made from the notebooks
+at every build, so it cannot disagree with the outputs the book shows. A chapter in the
+table of contents without complete measurements is a build warning (an error with -W).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SETUP_LINE = re.compile(r"profile=(?P<profile>\S+) device=(?P<device>.+?) "
+                        r"torch=(?P<torch>\S+) python=(?P<python>\S+)")
+WALL_SLACK_S = 60  # the recorded wall time must end this close to the last cell's reply
+
+
+@dataclass
+class NotebookStatus:
+    """The measured cost of one notebook's stored outputs.
+
+    seconds:        wall time of `jupyter execute` ("wall"), or the span from the first
+                    cell's start to the last cell's reply ("cells") when no wall time
+                    belongs to these outputs.
+    slowest_cell:   (seconds, index among code cells) of the most expensive cell.
+    problems:       what keeps the measurement from being complete (empty when fine).
+    """
+
+    path: Path
+    title: str = ""
+    profile: str = "?"
+    device: str = "?"
+    torch: str = "?"
+    executed: datetime | None = None
+    seconds: float | None = None
+    source: str = ""
+    slowest_cell: tuple[float, int] | None = None
+    cpus: int | None = None
+    checkpoints: str = ""
+    problems: list[str] = field(default_factory=list)
+
+
+def _time(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def _text(output: dict) -> str:
+    if output.get("output_type") == "stream":
+        text = output.get("text", "")
+    else:
+        text = output.get("data", {}).get("text/plain", "")
+    return "".join(text) if isinstance(text, list) else text
+
+
+def notebook_status(path: Path) -> NotebookStatus:
+    """Read the measurements stored in notebook `path` (.ipynb)."""
+    path = Path(path)
+    nb = json.loads(path.read_text())
+    st = NotebookStatus(path)
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "markdown":
+            src = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+            m = re.search(r"^#\s+(.+)$", src, re.M)
+            if m:
+                st.title = m.group(1).strip()
+                break
+
+    code = [c for c in nb["cells"] if c["cell_type"] == "code" and "".join(c["source"]).strip()]
+    spans, missing = [], []
+    for i, cell in enumerate(code):
+        ex = cell.get("metadata", {}).get("execution", {})
+        if "iopub.execute_input" in ex and "shell.execute_reply" in ex:
+            spans.append((_time(ex["iopub.execute_input"]), _time(ex["shell.execute_reply"]), i))
+        else:
+            missing.append(i + 1)
+        for out in cell.get("outputs", []):
+            m = SETUP_LINE.search(_text(out))
+            if m and st.profile == "?":
+                st.profile, st.device, st.torch = m["profile"], m["device"], m["torch"]
+    if not code:
+        st.problems.append("no code cells")
+        return st
+    if missing:
+        st.problems.append(f"code cells {missing} have no execution timestamps: the stored "
+                           "outputs were not made by one `jupyter execute` run (run `make "
+                           "outputs`)")
+    if st.profile == "?":
+        st.problems.append("no `profile=... device=...` line in the outputs (the setup cell "
+                           "must call companion.setup())")
+    if not spans:
+        return st
+    first, last = min(s[0] for s in spans), max(s[1] for s in spans)
+    if any(b[0] < a[1] - timedelta(seconds=1) for a, b in zip(spans, spans[1:])):
+        st.problems.append("cell timestamps are out of order: the outputs come from more "
+                           "than one run (run `make outputs`)")
+    st.executed = first
+    st.seconds, st.source = (last - first).total_seconds(), "cells"
+    slow = max(spans, key=lambda s: s[1] - s[0])
+    st.slowest_cell = ((slow[1] - slow[0]).total_seconds(), slow[2])
+    rec = nb.get("metadata", {}).get("book", {}).get("execution")
+    if rec:
+        finished = _time(rec["finished"])
+        if abs((finished - last).total_seconds()) <= WALL_SLACK_S and rec["seconds"] + 0.5 >= st.seconds:
+            st.seconds, st.source = float(rec["seconds"]), "wall"
+            st.cpus, st.checkpoints = rec.get("cpus"), rec.get("checkpoints", "")
+    return st
+
+
+# --- recording (make outputs) ---------------------------------------------------------------
+def record(path: Path, seconds: float, finished: datetime, fresh_cache: bool = True) -> None:
+    """Store the wall time of the run that just made `path`'s outputs in its metadata."""
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    nb.metadata.setdefault("book", {})["execution"] = {
+        "seconds": round(seconds, 1),
+        "finished": finished.astimezone(timezone.utc).isoformat().replace("+00:00", "Z"),
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "profile_env": os.environ.get("BOOK_PROFILE", ""),
+        "checkpoints": "fresh" if fresh_cache else "reused",
+    }
+    nbformat.write(nb, str(path))
+
+
+def execute(paths: list[str]) -> int:
+    """Run each notebook in place with `jupyter execute`, timing it; stops at the first error.
+
+    Unless $BOOK_CACHE is set, the notebooks share one new, empty checkpoint cache, so the
+    times include training from scratch, as on a student's first run.
+    """
+    jupyter = Path(sys.executable).parent / "jupyter"
+    env = dict(os.environ)
+    if not env.get("BOOK_CACHE"):
+        env["BOOK_CACHE"] = tempfile.mkdtemp(prefix="book-cache-")
+        print(f"checkpoint cache for this run: {env['BOOK_CACHE']} (empty)")
+    for p in paths:
+        start = time.perf_counter()
+        print(f"executing {p} ...", flush=True)
+        proc = subprocess.run([str(jupyter), "execute", "--inplace", "--timeout=-1", str(p)],
+                              env=env)
+        if proc.returncode != 0:
+            print(f"{p} failed (exit code {proc.returncode}); its outputs were not recorded")
+            return proc.returncode
+        seconds = time.perf_counter() - start
+        record(Path(p), seconds, datetime.now(timezone.utc),
+               fresh_cache=env["BOOK_CACHE"] != os.environ.get("BOOK_CACHE"))
+        st = notebook_status(Path(p))
+        print(f"{p}: {format_seconds(seconds)} (profile {st.profile}, device {st.device})")
+        for problem in st.problems:
+            print(f"  warning: {problem}")
+    return 0
+
+
+# --- the table ------------------------------------------------------------------------------
+def format_seconds(s: float | None) -> str:
+    if s is None:
+        return "not measured"
+    if s < 60:
+        return f"{s:.0f} s" if s >= 10 else f"{s:.1f} s"
+    m, sec = divmod(round(s), 60)
+    return f"{m} min {sec:02d} s" if m < 60 else f"{m // 60} h {m % 60:02d} min"
+
+
+def toc_notebooks(root: Path = ROOT) -> list[Path]:
+    """The notebooks named in _toc.yml, in book order (as .ipynb paths)."""
+    import yaml
+
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    files = [c["file"] for part in toc.get("parts", []) for c in part.get("chapters", [])]
+    return [root / f"{f}.ipynb" for f in files if f.startswith("notebooks/")]
+
+
+def table(statuses: list[NotebookStatus], root: Path = ROOT) -> list[str]:
+    """The status table as MyST markdown lines."""
+    lines = ["| Chapter | Profile | Device | Time to run | Slowest cell | Executed |",
+             "|---|---|---|---|---|---|"]
+    for st in statuses:
+        doc = st.path.relative_to(root).with_suffix("").as_posix()
+        run = format_seconds(st.seconds)
+        if st.seconds is not None and st.source == "cells":
+            run += " (cells only)"
+        elif st.checkpoints == "reused":
+            run += " (checkpoints reused)"
+        slow = (f"{format_seconds(st.slowest_cell[0])} (cell {st.slowest_cell[1] + 1})"
+                if st.slowest_cell else "")
+        device = st.device + (f", {st.cpus} CPU cores" if st.cpus else "")
+        when = st.executed.strftime("%Y-%m-%d") if st.executed else ""
+        lines.append(f"| {{doc}}`/{doc}` | `{st.profile}` | {device} | {run} | {slow} | {when} |")
+    known = [s.seconds for s in statuses if s.seconds is not None]
+    if len(statuses) > 1 and known:
+        lines.append(f"| **All chapters** | | | **{format_seconds(sum(known))}** | | |")
+    return lines
+
+
+# --- Sphinx -----------------------------------------------------------------------------------
+def setup(app):
+    from docutils import nodes
+    from docutils.statemachine import StringList
+    from sphinx.util import logging
+    from sphinx.util.docutils import SphinxDirective
+
+    logger = logging.getLogger(__name__)
+
+    class ExecutionStatus(SphinxDirective):
+        """The table of every chapter's measured run time, profile and device."""
+
+        def run(self):
+            root = Path(self.env.srcdir)
+            statuses = []
+            for path in toc_notebooks(root):
+                self.env.note_dependency(str(path))
+                if not path.exists():
+                    logger.warning(f"execution-status: {path} does not exist",
+                                   location=self.get_location())
+                    continue
+                st = notebook_status(path)
+                for problem in st.problems:
+                    logger.warning(f"execution-status: {path.relative_to(root)}: {problem}",
+                                   location=self.get_location())
+                statuses.append(st)
+            container = nodes.container(classes=["execution-status"])
+            self.state.nested_parse(StringList(table(statuses, root)), self.content_offset,
+                                    container)
+            return [container]
+
+    app.add_directive("execution-status", ExecutionStatus)
+    return {"parallel_read_safe": True, "parallel_write_safe": True, "version": "1.0"}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) >= 2 and argv[0] == "execute":
+        return execute(argv[1:])
+    if argv in ([], ["show"]):
+        for line in table([notebook_status(p) for p in toc_notebooks()]):
+            print(line)
+        return 0
+    print("usage: execution_status.py execute NOTEBOOK.ipynb... | show", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,148 @@
+"""The status page (book/status.md): each chapter's run time, profile and device, measured.
+
+The page's table is made at build time from the notebooks by book/_ext/execution_status.py;
+these tests check that the measurements are read correctly, that a measurement that does
+not belong to the stored outputs is not shown as one, and that every chapter has them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location(
+    "execution_status", ROOT / "book" / "_ext" / "execution_status.py")
+es = importlib.util.module_from_spec(_spec)
+sys.modules["execution_status"] = es
+_spec.loader.exec_module(es)
+
+T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+SETUP = "profile=cpu device=cpu torch=2.5.0 python=3.11.7\n"
+
+
+def stamp(t: datetime) -> str:
+    return t.isoformat().replace("+00:00", "Z")
+
+
+def make_notebook(path: Path, durations=(1.0, 30.0, 2.0), gaps=0.01, setup=SETUP,
+                  timestamps=True, wall=None) -> Path:
+    """A notebook whose code cells ran for `durations` seconds, one after the other."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells.append(nbformat.v4.new_markdown_cell("# A chapter\n\nText."))
+    t = T0
+    for i, d in enumerate(durations):
+        cell = nbformat.v4.new_code_cell(f"x = {i}")
+        if i == 0:
+            cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=setup)]
+        if timestamps:
+            cell.metadata["execution"] = {"iopub.execute_input": stamp(t),
+                                          "shell.execute_reply": stamp(t + timedelta(seconds=d))}
+        t += timedelta(seconds=d + gaps)
+        nb.cells.append(cell)
+    nbformat.write(nb, str(path))
+    if wall is not None:
+        es.record(path, wall, T0 + timedelta(seconds=sum(durations) + 3))
+    return path
+
+
+def test_cell_timestamps_give_span_and_slowest_cell(tmp_path):
+    st = es.notebook_status(make_notebook(tmp_path / "a.ipynb"))
+    assert st.problems == []
+    assert st.title == "A chapter" and (st.profile, st.device) == ("cpu", "cpu")
+    assert st.source == "cells" and st.seconds == pytest.approx(33.02, abs=0.01)
+    assert st.slowest_cell[1] == 1 and st.slowest_cell[0] == pytest.approx(30.0)
+    assert st.executed == T0
+
+
+def test_recorded_wall_time_is_used_when_it_belongs_to_the_outputs(tmp_path):
+    st = es.notebook_status(make_notebook(tmp_path / "a.ipynb", wall=40.0))
+    assert st.source == "wall" and st.seconds == 40.0 and st.cpus and st.checkpoints == "fresh"
+
+
+def test_stale_wall_time_is_not_shown(tmp_path):
+    path = make_notebook(tmp_path / "a.ipynb", wall=40.0)
+    # the notebook is executed again later by hand: the cells move, the record does not
+    nb = nbformat.read(str(path), as_version=4)
+    for c in nb.cells[1:]:
+        ex = c.metadata["execution"]
+        for k in ex:
+            ex[k] = stamp(datetime.fromisoformat(ex[k].replace("Z", "+00:00"))
+                          + timedelta(hours=2))
+    nbformat.write(nb, str(path))
+    st = es.notebook_status(path)
+    assert st.source == "cells" and st.seconds == pytest.approx(33.02, abs=0.01)
+
+
+def test_missing_measurements_are_problems(tmp_path):
+    st = es.notebook_status(make_notebook(tmp_path / "a.ipynb", timestamps=False))
+    assert st.seconds is None and any("no execution timestamps" in p for p in st.problems)
+    st = es.notebook_status(make_notebook(tmp_path / "b.ipynb", setup="hello\n"))
+    assert st.profile == "?" and any("companion.setup()" in p for p in st.problems)
+
+
+def test_outputs_from_two_runs_are_a_problem(tmp_path):
+    path = make_notebook(tmp_path / "a.ipynb")
+    nb = nbformat.read(str(path), as_version=4)
+    nb.cells[2].metadata["execution"] = {"iopub.execute_input": stamp(T0 + timedelta(hours=1)),
+                                         "shell.execute_reply": stamp(T0 + timedelta(hours=1,
+                                                                                     seconds=5))}
+    nbformat.write(nb, str(path))
+    assert any("more than one run" in p for p in es.notebook_status(path).problems)
+
+
+def test_table_and_formatting(tmp_path):
+    (tmp_path / "notebooks").mkdir()
+    a = es.notebook_status(make_notebook(tmp_path / "notebooks" / "01_a.ipynb", wall=75.0))
+    b = es.notebook_status(make_notebook(tmp_path / "notebooks" / "02_b.ipynb"))
+    lines = es.table([a, b], root=tmp_path)
+    assert lines[2].startswith("| {doc}`/notebooks/01_a` | `cpu` | cpu, ")
+    assert "1 min 15 s" in lines[2] and "33 s (cells only)" in lines[3]
+    assert "30 s (cell 2)" in lines[2]
+    assert lines[-1].startswith("| **All chapters**") and "1 min 48 s" in lines[-1]
+    assert es.format_seconds(4.25) == "4.2 s" and es.format_seconds(3725) == "1 h 02 min"
+
+
+def test_every_chapter_has_complete_measurements():
+    """What the status page shows for each chapter in the TOC is a real measurement."""
+    chapters = es.toc_notebooks()
+    assert chapters, "no chapter in _toc.yml"
+    for path in chapters:
+        st = es.notebook_status(path)
+        assert st.problems == [], f"{path.name}: {st.problems}"
+        assert st.profile in ("cpu", "gpu", "ci") and st.seconds and st.seconds > 0
+
+
+def test_status_page_is_in_the_book():
+    import yaml
+
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [c["file"] for part in toc["parts"] for c in part["chapters"]]
+    assert "book/status" in files
+    assert "```{execution-status}" in (ROOT / "book" / "status.md").read_text()
+    cfg = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert cfg["sphinx"]["local_extensions"] == {"execution_status": "book/_ext"}
+
+
+@pytest.mark.slow
+def test_execute_records_the_wall_time(tmp_path, monkeypatch):
+    """`make outputs`' runner: runs the notebook, times it, stores the time in it."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nb.cells = [nbformat.v4.new_markdown_cell("# Timed"),
+                nbformat.v4.new_code_cell(f"import time\nprint({SETUP!r}, end='')"),
+                nbformat.v4.new_code_cell("time.sleep(0.5)")]
+    path = tmp_path / "timed.ipynb"
+    nbformat.write(nb, str(path))
+    monkeypatch.delenv("BOOK_CACHE", raising=False)
+    assert es.execute([str(path)]) == 0
+    st = es.notebook_status(path)
+    assert st.problems == [] and st.source == "wall" and st.checkpoints == "fresh"
+    assert st.slowest_cell[1] == 1 and 0.5 <= st.slowest_cell[0] < 5
+    assert st.seconds >= 0.5
