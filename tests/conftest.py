@@ -9,3 +9,44 @@ def _seed_and_dtype():
     dtype = torch.get_default_dtype()
     yield
     torch.set_default_dtype(dtype)
+
+
+@pytest.fixture(scope="session")
+def built_book(tmp_path_factory):
+    """The book built once per test run (-W -n, from the stored outputs) into a temporary
+    folder; returns its html folder. pytest-xdist workers share the one build (file lock)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from filelock import FileLock
+
+    root = Path(__file__).resolve().parent.parent
+    mathjax = root / "_extra" / "mathjax" / "tex-mml-chtml.js"
+    if not mathjax.exists():
+        pytest.fail(f"{mathjax.relative_to(root)} is missing: run `make mathjax` (npm installs "
+                    "the local MathJax the book serves; `make test` does it first)")
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # shared by the workers of this run
+    out = base / "book-build"
+    with FileLock(str(base / "book-build.lock")):
+        result = out / "result.json"
+        if not result.exists():
+            out.mkdir(parents=True, exist_ok=True)
+            jb = Path(sys.executable).parent / "jupyter-book"
+            start = time.perf_counter()
+            run = subprocess.run([str(jb), "build", str(root), "-W", "-n", "--keep-going",
+                                  "--path-output", str(out)], capture_output=True, text=True,
+                                 timeout=900)
+            result.write_text(json.dumps({"returncode": run.returncode,
+                                          "seconds": time.perf_counter() - start,
+                                          "log": run.stdout + run.stderr}))
+        res = json.loads(result.read_text())
+    problems = [line for line in res["log"].splitlines() if "WARNING" in line or "ERROR" in line]
+    assert res["returncode"] == 0, ("the book does not build with -W -n:\n"
+                                    + "\n".join(problems)[-6000:] + "\n" + res["log"][-3000:])
+    return out / "_build" / "html"

@@ -1,8 +1,5 @@
 """A -W build of the book from the stored outputs, and what the built pages must contain."""
 
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,14 +11,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def html(tmp_path_factory):
-    out = tmp_path_factory.mktemp("book")
-    jb = Path(sys.executable).parent / "jupyter-book"
-    cmd = [str(jb if jb.exists() else shutil.which("jupyter-book")), "build", str(ROOT),
-           "-W", "-n", "--keep-going", "--path-output", str(out)]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, f"book build failed:\n{run.stdout[-4000:]}\n{run.stderr[-2000:]}"
-    return out / "_build" / "html"
+def html(built_book):
+    """The one -W -n build of this test run (tests/conftest.py), shared with test_browser."""
+    return built_book
 
 
 def test_every_toc_page_is_built(html):

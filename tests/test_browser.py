@@ -18,10 +18,7 @@ import http.server
 import io
 import os
 import re
-import subprocess
-import sys
 import threading
-import time
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -36,7 +33,6 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
-MATHJAX = ROOT / "_extra" / "mathjax" / "tex-mml-chtml.js"
 SCREENSHOTS = Path(os.environ.get("BOOK_SCREENSHOTS", ROOT / "_build" / "screenshots"))
 MIN_CONTRAST = 3.0      # WCAG's minimum for large text and graphics
 EQUATIONS_PER_PAGE = 8  # display and inline equations cropped per chapter and mode
@@ -57,22 +53,9 @@ CHAPTERS = [p for p in PAGES if p.startswith("notebooks/")]
 
 # --- the site ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Path:
-    """Build the book once for this module, as `make book` does, into a temporary folder."""
-    if not MATHJAX.exists():
-        pytest.fail(f"{MATHJAX.relative_to(ROOT)} is missing: run `make mathjax` (npm installs "
-                    "the local MathJax the book serves; `make test` does it first)")
-    out = tmp_path_factory.mktemp("book")
-    jb = Path(sys.executable).parent / "jupyter-book"
-    start = time.perf_counter()
-    proc = subprocess.run([str(jb), "build", str(ROOT), "-W", "-n", "--keep-going",
-                           "--path-output", str(out)], capture_output=True, text=True,
-                          timeout=900)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, "the book does not build with -W -n:\n" + "\n".join(
-        line for line in log.splitlines() if "WARNING" in line or "ERROR" in line)[-6000:]
-    print(f"book built in {time.perf_counter() - start:.1f} s")
-    return out / "_build" / "html"
+def site(built_book) -> Path:
+    """The book built once per run (tests/conftest.py), as `make book` builds it."""
+    return built_book
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -95,7 +78,7 @@ def server(site):
 def browser():
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is absent: apt-get install chromium (.ci/run does it)")
-    from chromium import Chromium
+    from tests.chromium import Chromium
 
     b = Chromium(str(CHROMIUM))
     yield b
@@ -113,7 +96,9 @@ INSPECT = r"""
   const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
   for (let n; (n = walker.nextNode());) {
     const p = n.parentElement;
-    if (p && !p.closest(skip) && rawTex.test(n.nodeValue)) raw.push(n.nodeValue.trim().slice(0, 160));
+    if (p && !p.closest(skip) && rawTex.test(n.nodeValue)) {
+      raw.push(n.nodeValue.trim().slice(0, 160));
+    }
   }
   const untypeset = [...document.querySelectorAll('.math')]
     .filter(e => !e.querySelector('mjx-container')).map(e => e.textContent.trim().slice(0, 160));
@@ -124,18 +109,21 @@ INSPECT = r"""
   const links = [...new Set([...document.querySelectorAll('a[href]')].map(a => a.href))];
   const tracebacks = [...document.querySelectorAll('.cell_output, .output')]
     .filter(o => !o.closest('.tag_raises-exception'))
-    .filter(o => /Traceback \(most recent call last\)/.test(o.textContent) || o.matches('.traceback'))
+    .filter(o => /Traceback \(most recent call last\)/.test(o.textContent) ||
+                 o.matches('.traceback'))
     .map(o => o.textContent.trim().slice(0, 300));
   const cells = [...document.querySelectorAll('div.cell')];
-  const hasFigure = c => !!c && [...c.querySelectorAll('.cell_output img')].some(i => i.naturalWidth > 0);
+  const hasFigure = c => !!c &&
+    [...c.querySelectorAll('.cell_output img')].some(i => i.naturalWidth > 0);
   const widgets = [];
   cells.forEach((cell, i) => {
     if (!cell.querySelector('script[type="application/vnd.jupyter.widget-view+json"]')) return;
     const out = cell.querySelector('.cell_output') || cell;
     const drawn = out.innerText.trim().length > 0 ||
       !!out.querySelector('img, canvas, svg, .widget-area, .jupyter-widgets');
-    widgets.push({cell: i, drawn, figureBeside: hasFigure(cell) || hasFigure(cells[i - 1]) ||
-      hasFigure(cells[i + 1]), code: (cell.querySelector('.cell_input') || cell).innerText.slice(0, 120)});
+    widgets.push({cell: i, drawn,
+      figureBeside: hasFigure(cell) || hasFigure(cells[i - 1]) || hasFigure(cells[i + 1]),
+      code: (cell.querySelector('.cell_input') || cell).innerText.slice(0, 120)});
   });
   window.scrollTo(0, 0);
   const boxes = sel => [...document.querySelectorAll(sel)]
@@ -146,13 +134,13 @@ INSPECT = r"""
     .filter(r => r.width > 4 && r.height > 4);
   const spread = (arr, k) => arr.length <= k ? arr :
     Array.from({length: k}, (_, j) => arr[Math.floor(j * arr.length / k)]);
-  const equations = [...spread(boxes('mjx-container[display="true"]'), %(k)d),
-                     ...spread(boxes('mjx-container:not([display="true"])'), %(k)d)];
+  const equations = [...spread(boxes('mjx-container[display="true"]'), PER_KIND),
+                     ...spread(boxes('mjx-container:not([display="true"])'), PER_KIND)];
   return {raw, untypeset, mathErrors, images, links, tracebacks, widgets, equations,
           theme: document.documentElement.dataset.theme || '',
           background: getComputedStyle(document.body).backgroundColor};
 })()
-""" % {"k": EQUATIONS_PER_PAGE // 2}
+""".replace("PER_KIND", str(EQUATIONS_PER_PAGE // 2))
 
 
 class PageReport(dict):
@@ -240,7 +228,7 @@ class _Anchors(HTMLParser):
             self.refresh = (a.get("content") or "").partition("url=")[2] or None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def anchors(path: Path) -> _Anchors:
     parser = _Anchors()
     parser.feed(path.read_text(errors="replace"))

@@ -112,7 +112,8 @@ def notebook_status(path: Path) -> NotebookStatus:
     if not spans:
         return st
     first, last = min(s[0] for s in spans), max(s[1] for s in spans)
-    if any(b[0] < a[1] - timedelta(seconds=1) for a, b in zip(spans, spans[1:])):
+    if any(b[0] < a[1] - timedelta(seconds=1) for a, b in zip(spans[:-1], spans[1:],
+                                                                 strict=True)):
         st.problems.append("cell timestamps are out of order: the outputs come from more "
                            "than one run (run `make outputs`)")
     st.executed = first
@@ -122,7 +123,8 @@ def notebook_status(path: Path) -> NotebookStatus:
     rec = nb.get("metadata", {}).get("book", {}).get("execution")
     if rec:
         finished = _time(rec["finished"])
-        if abs((finished - last).total_seconds()) <= WALL_SLACK_S and rec["seconds"] + 0.5 >= st.seconds:
+        belongs = abs((finished - last).total_seconds()) <= WALL_SLACK_S
+        if belongs and rec["seconds"] + 0.5 >= st.seconds:
             st.seconds, st.source = float(rec["seconds"]), "wall"
             st.cpus, st.checkpoints = rec.get("cpus"), rec.get("checkpoints", "")
     return st
