@@ -29,7 +29,8 @@ def _as_float(t, name: str, dtype=None) -> torch.Tensor:
 class LinearGaussian:
     """z ~ N(0, I_K), x | z ~ N(W z + b, sigma^2 I_D): the linear Gaussian latent model.
 
-    W: (D, K), b: (D,), sigma: float > 0 (the decoder noise standard deviation).
+    W: (D, K), b: (D,), sigma: float > 0 (the decoder noise standard deviation), or a 0-dim
+    tensor, kept as it is so that gradients flow to it as they do to tensors W and b.
     Tensors keep their dtype; lists and numbers become float64.
     """
 
@@ -41,13 +42,20 @@ class LinearGaussian:
         if b.shape != (W.shape[0],):
             raise ValueError(f"b must have shape (D,) = ({W.shape[0]},) to match W "
                              f"{tuple(W.shape)}, got {tuple(b.shape)}")
-        sigma = float(sigma)
-        if not sigma > 0 or not math.isfinite(sigma):
-            raise ValueError(f"sigma is a standard deviation and must be > 0, got {sigma}")
+        if torch.is_tensor(sigma) and sigma.numel() != 1:
+            raise ValueError(f"sigma must be one number, got shape {tuple(sigma.shape)}")
+        value = float(sigma.detach()) if torch.is_tensor(sigma) else float(sigma)
+        if not value > 0 or not math.isfinite(value):
+            raise ValueError(f"sigma is a standard deviation and must be > 0, got {value}")
+        if torch.is_tensor(sigma):
+            sigma = sigma.to(W.dtype).reshape(())
         self.W, self.b, self.sigma = W, b, sigma
         self.D, self.K = W.shape
 
     # --- the generative model -------------------------------------------------------------
+    def _log_sigma(self):
+        return torch.log(torch.as_tensor(self.sigma, dtype=self.W.dtype))
+
     def _check_x(self, x) -> torch.Tensor:
         x = _as_float(x, "x", self.W.dtype).to(self.W.dtype)
         if x.dim() == 1:
@@ -87,7 +95,7 @@ class LinearGaussian:
         x = self._check_x(x)
         r = x - self.decoder_mean(z)
         return -0.5 * (r.pow(2).sum(-1) / self.sigma**2
-                       + self.D * (LOG_2PI + 2 * math.log(self.sigma)))
+                       + self.D * (LOG_2PI + 2 * self._log_sigma()))
 
     def log_joint(self, x, z) -> torch.Tensor:
         """log p(x, z) = log p(z) + log p(x | z).  x: (B, D), z: (B, K) -> (B,)."""
@@ -151,7 +159,7 @@ class LinearGaussian:
         r = x - self.decoder_mean(m)
         tr_wsw = torch.einsum("dk,bkl,dl->b", self.W, S, self.W)
         recon = -0.5 * ((r.pow(2).sum(-1) + tr_wsw) / self.sigma**2
-                        + self.D * (LOG_2PI + 2 * math.log(self.sigma)))
+                        + self.D * (LOG_2PI + 2 * self._log_sigma()))
         logdet = torch.logdet(S)
         kl = 0.5 * (torch.diagonal(S, dim1=-2, dim2=-1).sum(-1) + m.pow(2).sum(-1)
                     - self.K - logdet)

@@ -190,3 +190,17 @@ def test_gm_bad_inputs_raise_clear_errors():
     m = make_gm()
     with pytest.raises(ValueError, match="q must hold"):
         m.elbo(torch.zeros(4, 2, dtype=F64), torch.full((4, 2), 0.5, dtype=F64))
+
+
+def test_lg_gradients_flow_to_tensor_sigma_and_W():
+    W = torch.randn(3, 2, dtype=F64, generator=torch.Generator().manual_seed(11))
+    b = torch.zeros(3, dtype=F64)
+    x = torch.randn(4, 3, dtype=F64, generator=torch.Generator().manual_seed(12))
+    s1 = torch.tensor(0.7, dtype=F64, requires_grad=True)
+    W1 = W.clone().requires_grad_(True)
+    gs, gW = torch.autograd.grad(LinearGaussian(W1, b, s1).log_marginal(x).sum(), (s1, W1))
+    s2 = torch.tensor(0.7, dtype=F64, requires_grad=True)
+    W2 = W.clone().requires_grad_(True)
+    ref = D.MultivariateNormal(b, covariance_matrix=W2 @ W2.T + s2**2 * torch.eye(3, dtype=F64))
+    rs, rW = torch.autograd.grad(ref.log_prob(x).sum(), (s2, W2))
+    assert torch.allclose(gs, rs, atol=1e-10) and torch.allclose(gW, rW, atol=1e-10)
