@@ -42,7 +42,9 @@ def kl_normal(mu_p, var_p, mu_q, var_q) -> torch.Tensor:
                                 if not torch.is_tensor(t) else t
                                 for t in (mu_p, var_p, mu_q, var_q))
     if (var_p <= 0).any() or (var_q <= 0).any():
-        raise ValueError("variances must be positive")
+        raise ValueError(f"variances must be positive, got var_p min {float(var_p.min()):g} and "
+                         f"var_q min {float(var_q.min()):g}; kl_normal takes variances "
+                         "(sigma**2), not standard deviations or log-variances")
     return 0.5 * (torch.log(var_q / var_p) + (var_p + (mu_p - mu_q) ** 2) / var_q - 1.0)
 
 
@@ -52,7 +54,20 @@ def kl_diag_standard(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     mu, logvar: (B, D)  ->  (B, D); sum over the last dim for the total.
     = 1/2 [ mu^2 + exp(logvar) - 1 - logvar ]
     """
+    if mu.shape != logvar.shape:
+        raise ValueError(f"mu and logvar must have the same shape (B, D), got {tuple(mu.shape)} "
+                         f"and {tuple(logvar.shape)}; an encoder's output splits in two with "
+                         ".chunk(2, dim=-1)")
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
+def _cholesky(cov: torch.Tensor, name: str) -> torch.Tensor:
+    lower, info = torch.linalg.cholesky_ex(cov)
+    if (info != 0).any():
+        raise ValueError(f"{name} is not a covariance matrix (symmetric positive definite): "
+                         "its Cholesky factorization fails. Build one as A @ A.T + eps * I, "
+                         "or check that you passed a covariance, not its square root")
+    return lower
 
 
 def kl_mvn(mu_p, cov_p, mu_q, cov_q) -> torch.Tensor:
@@ -62,8 +77,7 @@ def kl_mvn(mu_p, cov_p, mu_q, cov_q) -> torch.Tensor:
     = 1/2 [ tr(S_q^-1 S_p) + (mu_q - mu_p)^T S_q^-1 (mu_q - mu_p) - k + log det S_q - log det S_p ]
     """
     k = mu_p.shape[-1]
-    lq = torch.linalg.cholesky(cov_q)
-    lp = torch.linalg.cholesky(cov_p)
+    lq, lp = _cholesky(cov_q, "cov_q"), _cholesky(cov_p, "cov_p")
     # S_q^-1 S_p = L_q^-T L_q^-1 L_p L_p^T, so its trace is ||L_q^-1 L_p||_F^2
     m = torch.linalg.solve_triangular(lq, lp, upper=False)
     trace = m.pow(2).sum((-2, -1))
@@ -124,7 +138,7 @@ def gaussian_mixture_1d(weights, means, stds) -> D.MixtureSameFamily:
 
 
 def moment_match(p: D.Distribution) -> D.Normal:
-    """argmin over Gaussians q of the forward KL(p || q): the Gaussian with p's mean and variance."""
+    """argmin over Gaussians q of the forward KL(p || q): the Gaussian with p's moments."""
     return D.Normal(p.mean, p.variance.sqrt())
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import random
+import warnings
 
 import numpy as np
 import torch
@@ -15,7 +16,14 @@ from .profiles import Profile, get_profile
 def get_device(name: str | None = None) -> torch.device:
     """`name` if given, else CUDA when available, else CPU."""
     if name is not None:
-        return torch.device(name)
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(
+                f"device {name!r} was asked for, but this machine has no usable CUDA GPU "
+                "(torch.cuda.is_available() is False). On Colab: Runtime > Change runtime type "
+                "> GPU, then run the notebook again; elsewhere leave the device out to use "
+                "the CPU.")
+        return device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -24,7 +32,7 @@ def seed_everything(seed: int) -> torch.Generator:
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 (seeds the global generator users call)
     torch.manual_seed(seed)
     os.environ["PYTHONHASHSEED"] = str(seed)
     return torch.Generator().manual_seed(seed)
@@ -50,4 +58,8 @@ def setup(seed: int = 0, profile: str | None = None, device: str | None = None):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     print(describe(prof, dev))
+    if prof.name == "gpu" and dev.type != "cuda":
+        warnings.warn("the gpu profile runs the full experiments, which take hours without a "
+                      "GPU; on this machine use BOOK_PROFILE=cpu (or unset BOOK_PROFILE)",
+                      stacklevel=2)
     return prof, dev

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import os
 import time
 from dataclasses import dataclass
@@ -156,6 +157,55 @@ def load_checkpoint(path: Path, model, optimizer, ema, identity) -> tuple[int, d
     return int(state["step"]), state["history"]
 
 
+def _check_fit_args(model, tensors, batch_size, lr, clip) -> None:
+    """Clear errors for the mistakes fit would otherwise report obscurely, or not at all."""
+    if not isinstance(model, nn.Module) or next(model.parameters(), None) is None:
+        raise TypeError(f"model must be an nn.Module with parameters, got {type(model).__name__}")
+    if not tensors or not all(torch.is_tensor(t) for t in tensors):
+        kinds = [type(t).__name__ for t in tensors]
+        raise TypeError(f"data must be a tensor or a tuple of tensors, got {kinds}; convert "
+                        "NumPy arrays with torch.from_numpy(a).float() (or use "
+                        "companion.data.load, which returns tensors)")
+    sizes = [t.shape[0] for t in tensors]
+    if len(set(sizes)) > 1:
+        raise ValueError(f"the data tensors hold different numbers of examples {sizes}: each "
+                         "must have one row per example (e.g. images and their labels from "
+                         "the same split, subset the same way)")
+    if not isinstance(batch_size, numbers.Integral) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if lr is not None and not (isinstance(lr, numbers.Real) and 0 < lr < float("inf")):
+        raise ValueError(f"lr must be a positive number, got {lr!r}; 1e-3 is a good start "
+                         "for Adam (lower it if the loss jumps or becomes NaN)")
+    if clip is not None and not clip > 0:
+        raise ValueError(f"clip is the largest gradient norm allowed and must be > 0 (e.g. "
+                         f"1.0), or None for no clipping; got {clip!r}")
+
+
+def _mismatch(model: nn.Module, tensors) -> str:
+    """Why the model cannot take this data (device or dtype), with the fix; '' if it can."""
+    p = next(model.parameters())
+    for i, t in enumerate(tensors):
+        name = "data" if len(tensors) == 1 else f"data[{i}]"
+        if t.device != p.device:
+            return (f"{name} is on {t.device} but the model is on {p.device}: move both to "
+                    "one device, e.g. `profile, device = companion.setup()`, then "
+                    "`model.to(device)` and `x.to(device)` (ImageData has .to(device) too)")
+        if t.is_floating_point() and t.dtype != p.dtype:
+            return (f"{name} is {t.dtype} but the model's parameters are {p.dtype}: convert "
+                    f"one of them, e.g. x.to({p.dtype}) or model.to({t.dtype})")
+    return ""
+
+
+def _check_loss(loss, step: int) -> None:
+    if not torch.is_tensor(loss):
+        raise TypeError(f"loss_fn must return a scalar tensor, or (loss, {{'name': value}}); "
+                        f"got {type(loss).__name__} at step {step + 1}")
+    if loss.dim() != 0:
+        raise ValueError(f"loss_fn must return a scalar (one number for the batch), got shape "
+                         f"{tuple(loss.shape)} at step {step + 1}: reduce it, e.g. with "
+                         ".mean() over the batch")
+
+
 def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
         steps: int | None = None, batch_size: int = 128, optimizer=None, lr: float = 1e-3,
         clip: float | None = None, ema: float | None = None, checkpoint=None,
@@ -169,12 +219,14 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
     `save_every` steps, at the end, and on KeyboardInterrupt.
     """
     tensors = data if isinstance(data, (tuple, list)) else (data,)
+    _check_fit_args(model, tensors, batch_size, lr if optimizer is None else None, clip)
     n = tensors[0].shape[0]
     if (epochs is None) == (steps is None):
         raise ValueError("give exactly one of epochs= or steps=")
     total = steps if steps is not None else epochs * math.ceil(n / batch_size)
     if total <= 0:
-        raise ValueError(f"nothing to train: {total} steps (epochs={epochs}, steps={steps})")
+        raise ValueError(f"nothing to train: {total} steps (epochs={epochs}, steps={steps}); "
+                         "pass epochs >= 1 or steps >= 1")
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
     averager = EMA(model, ema) if ema is not None else None
     identity = _identity(model, config)
@@ -217,9 +269,17 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
             for batch in batches(*tensors, batch_size=batch_size, generator=generator):
                 if step >= total:
                     break
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    out = loss_fn(step_model, batch)
+                try:
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                        out = loss_fn(step_model, batch)
+                except RuntimeError as err:
+                    hint = _mismatch(model, tensors)
+                    if hint:
+                        raise RuntimeError(f"{hint} (the loss function failed with: {err})") \
+                            from err
+                    raise
                 loss, metrics = out if isinstance(out, tuple) else (out, {})
+                _check_loss(loss, step)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if clip is not None:
