@@ -6,7 +6,12 @@ from torch import distributions as D
 
 from companion import kl
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """These checks are exact to ~1e-12: float64 for this module's tests only (a module-level
+    set_default_dtype would leak into every other test file of the run)."""
+    torch.set_default_dtype(torch.float64)
 
 
 def test_discrete_against_hand_computation():
