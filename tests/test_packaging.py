@@ -1,9 +1,9 @@
 """The project's own files install and run everything: check they agree."""
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent

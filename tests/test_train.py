@@ -2,8 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from companion.train import (EMA, CheckpointMismatchError, NonFiniteLossError,
-                             checkpoint_path, fit)
+from companion.train import EMA, CheckpointMismatchError, NonFiniteLossError, checkpoint_path, fit
 
 
 def regression_data(n=512):
@@ -64,7 +63,7 @@ def test_gradient_clipping_bounds_the_update():
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     fit(model, mse, (x, y * 1e6), steps=1, batch_size=512, optimizer=opt, clip=0.01,
         quiet=True)
-    moved = torch.cat([(p - b).flatten() for p, b in zip(model.parameters(), before)])
+    moved = torch.cat([(p - b).flatten() for p, b in zip(model.parameters(), before, strict=True)])
     assert moved.norm() <= 0.01 + 1e-6
 
 
