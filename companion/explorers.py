@@ -99,8 +99,8 @@ def plot_pinned(mu: float, sigma: float, t: float, s: float, d: int, axes=None,
     (first coordinate) against the data density N(mu, sigma^2)."""
     if axes is None:
         _, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-    ts = torch.linspace(0.05, 1.6, 120, dtype=torch.float64)
-    ss = torch.linspace(0.05, 1.6 * sigma, 120, dtype=torch.float64)
+    ts = torch.linspace(0.05, 2.0, 120, dtype=torch.float64)
+    ss = torch.linspace(0.05, 1.8 * sigma, 120, dtype=torch.float64)
     T, S = torch.meshgrid(ts, ss, indexing="xy")
     gap = pinned_gap(d, sigma, T, S)
     ax = axes[0]
