@@ -11,8 +11,11 @@ from companion.models.autoencoder import (
     contractive_penalty,
     denoising_loss,
     encoder_jacobian,
+    fit_linear_als,
     interpolate,
     jacobian_penalty_autograd,
+    linear_autoencoder,
+    one_hidden_layer_penalty,
     reconstruction_error,
     reconstruction_loss,
     sigmoid_layer_penalty,
@@ -146,6 +149,18 @@ def test_chain_rule_jacobian_matches_autograd(activation):
                                atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("activation", ["sigmoid", "relu"])
+def test_one_hidden_layer_closed_form_matches_autograd(activation):
+    model = Autoencoder(6, hidden=(40,), activation=activation).double()
+    x = images(4, dtype=torch.float64)
+    closed = one_hidden_layer_penalty(model, x)
+    torch.testing.assert_close(closed, jacobian_penalty_autograd(model.encode, x),
+                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(contractive_penalty(model, x), closed.mean())
+    with pytest.raises(TypeError, match="hidden"):
+        one_hidden_layer_penalty(Autoencoder(6, hidden=(8, 8)), images(1))
+
+
 def test_contractive_penalty_trains_the_encoder():
     model = Autoencoder(4, hidden=(16,), activation="sigmoid")
     x = images(8)
@@ -165,3 +180,25 @@ def test_interpolate_runs_from_one_reconstruction_to_the_other():
     with torch.no_grad():
         torch.testing.assert_close(path[0], model(a)[0])
         torch.testing.assert_close(path[-1], model(b)[0])
+
+
+def test_linear_als_reaches_the_pca_subspace_and_loss():
+    from companion.pca import pca, pca_reconstruct, principal_angles
+
+    g = torch.Generator().manual_seed(0)
+    # 300 images whose variance is concentrated in 5 directions, plus a little noise
+    basis = torch.linalg.qr(torch.randn(784, 5, generator=g))[0]
+    scales = torch.tensor([3.0, 2.5, 2.0, 1.5, 1.0])
+    x = (torch.randn(300, 5, generator=g) * scales) @ basis.T + 0.05 * torch.randn(300, 784,
+                                                                                   generator=g)
+    x = (x + 0.5).view(-1, 1, 28, 28)
+    model = linear_autoencoder(3)
+    losses = fit_linear_als(model, x, iters=30)
+    assert all(b <= a + 1e-9 for a, b in zip(losses, losses[1:], strict=False))
+    mean, comps, _ = pca(x.flatten(1), 3)
+    pca_loss = (pca_reconstruct(x.flatten(1), mean, comps) - x.flatten(1)).pow(2).sum(1).mean()
+    assert abs(reconstruction_loss(model, x).item() / pca_loss.item() - 1) < 1e-4
+    angles = principal_angles(model.decoder[0].weight.detach(), comps.T)
+    assert angles.max() < 1e-3
+    with pytest.raises(TypeError, match="linear"):
+        fit_linear_als(Autoencoder(), x)

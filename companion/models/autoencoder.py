@@ -252,22 +252,44 @@ def encoder_jacobian(model: Autoencoder, x: torch.Tensor) -> torch.Tensor:
     return jac
 
 
+def one_hidden_layer_penalty(model: Autoencoder, x: torch.Tensor) -> torch.Tensor:
+    """Closed-form ||J_g(x)||_F^2 for an encoder with one hidden layer, g = W2 act(W1 x + b1) + b2.
+
+    J = W2 D W1 with D = diag(d), d = act'(W1 x + b1), so ||J||_F^2 = tr(J J^T)
+    = sum_jk d_j d_k (W1 W1^T)_jk (W2^T W2)_jk: one (H, H) matrix per step and a quadratic
+    form per example, far cheaper than building J. x: (B, 1, 28, 28) -> (B,).
+    """
+    if not isinstance(model, Autoencoder) or len(model.hidden) != 1:
+        raise TypeError("one_hidden_layer_penalty needs an Autoencoder with hidden=(H,)")
+    first, second = model.encoder_linears()
+    a = first(check_images(x).flatten(1))
+    act, deriv = ACTIVATIONS[model.activation]
+    d = deriv(a, act()(a))                                              # (B, H)
+    m = (first.weight @ first.weight.T) * (second.weight.T @ second.weight)  # (H, H)
+    return ((d @ m) * d).sum(1)
+
+
 def contractive_penalty(model: nn.Module, x: torch.Tensor, method: str = "auto") -> torch.Tensor:
     """Mean over the batch of ||J_g(x)||_F^2, the squared Frobenius norm of the encoder Jacobian.
 
-    method: "chain" (exact, explicit chain rule; MLP Autoencoder only), "autograd" (any
-    encoder, one backward pass per code dimension), or "auto" (chain when possible).
-    Both are differentiable in the model's weights, so the penalty can be trained.
-    x: (B, 1, 28, 28) -> scalar.
+    method: "closed" (Autoencoder with one hidden layer), "chain" (any MLP Autoencoder:
+    builds J by the chain rule), "autograd" (any encoder: one backward pass per code
+    dimension), or "auto" (the cheapest that applies). All are exact and differentiable
+    in the model's weights, so the penalty can be trained. x: (B, 1, 28, 28) -> scalar.
     """
     check_images(x)
     if method == "auto":
-        method = "chain" if isinstance(model, Autoencoder) else "autograd"
+        if isinstance(model, Autoencoder):
+            method = "closed" if len(model.hidden) == 1 else "chain"
+        else:
+            method = "autograd"
+    if method == "closed":
+        return one_hidden_layer_penalty(model, x).mean()
     if method == "chain":
         return encoder_jacobian(model, x).pow(2).sum((1, 2)).mean()
     if method == "autograd":
         return jacobian_penalty_autograd(model.encode, x, create_graph=True).mean()
-    raise ValueError(f"method must be 'auto', 'chain' or 'autograd', got {method!r}")
+    raise ValueError(f"method must be 'auto', 'closed', 'chain' or 'autograd', got {method!r}")
 
 
 def contractive_loss(model: nn.Module, x: torch.Tensor, weight: float = 1e-2,
@@ -279,6 +301,45 @@ def contractive_loss(model: nn.Module, x: torch.Tensor, weight: float = 1e-2,
     recon = reconstruction_loss(model, x, kind=kind)
     penalty = contractive_penalty(model, x)
     return recon + weight * penalty, {"recon": recon.detach(), "penalty": penalty.detach()}
+
+
+# ------------------------------------------------------------------- linear autoencoder
+
+def linear_autoencoder(latent_dim: int) -> Autoencoder:
+    """x_hat = D (E x + b) + c: no hidden layer, no nonlinearity, unconstrained output."""
+    return Autoencoder(latent_dim, hidden=(), activation="identity", output="identity")
+
+
+@torch.no_grad()
+def fit_linear_als(model: Autoencoder, x: torch.Tensor, iters: int = 50) -> list[float]:
+    """Minimise a linear autoencoder's loss by alternating exact least squares.
+
+    With the data centred (x_c = x - mean; the optimal offsets do exactly that), the loss
+    is (1/N) ||X_c - X_c E^T D^T||^2. For a fixed encoder E the best decoder is the least-
+    squares fit of X_c on the codes Z = X_c E^T; for a fixed decoder D the best encoder is
+    its pseudo-inverse (D^T D)^-1 D^T. Neither half-step can raise the loss. Starts from
+    the model's current encoder; writes the result into the model.
+    x: (N, 1, 28, 28). Returns the loss after each iteration.
+    """
+    if not isinstance(model, Autoencoder) or model.hidden or model.activation != "identity" \
+            or model.output != "identity":
+        raise TypeError("fit_linear_als needs a linear autoencoder: use linear_autoencoder(k)")
+    xf = check_images(x).flatten(1).double()
+    mean = xf.mean(0)
+    xc = xf - mean
+    enc, dec = model.encoder_linears()[0], model.decoder[0]
+    e = enc.weight.double()                                          # (k, 784)
+    losses = []
+    for _ in range(iters):
+        z = xc @ e.T                                                 # (N, k)
+        d = torch.linalg.solve(z.T @ z, z.T @ xc).T                  # (784, k)
+        e = torch.linalg.solve(d.T @ d, d.T)                         # (k, 784)
+        losses.append((xc - (xc @ e.T) @ d.T).pow(2).sum(1).mean().item())
+    enc.weight.copy_(e)
+    enc.bias.copy_(-e @ mean)
+    dec.weight.copy_(d)
+    dec.bias.copy_(mean)
+    return losses
 
 
 # ------------------------------------------------------------------------ latent space
