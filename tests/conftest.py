@@ -17,6 +17,7 @@ def built_book(tmp_path_factory):
     folder; returns its html folder. pytest-xdist workers share the one build (file lock)."""
     import json
     import os
+    import re
     import subprocess
     import sys
     import time
@@ -46,7 +47,8 @@ def built_book(tmp_path_factory):
                                           "seconds": time.perf_counter() - start,
                                           "log": run.stdout + run.stderr}))
         res = json.loads(result.read_text())
-    problems = [line for line in res["log"].splitlines() if "WARNING" in line or "ERROR" in line]
+    log = re.sub(r"\x1b\[[0-9;]*m", "", res["log"])  # no terminal colours in the report
+    problems = [line for line in log.splitlines() if "WARNING" in line or "ERROR" in line]
     assert res["returncode"] == 0, ("the book does not build with -W -n:\n"
-                                    + "\n".join(problems)[-6000:] + "\n" + res["log"][-3000:])
+                                    + "\n".join(problems)[-6000:] + "\n" + log[-3000:])
     return out / "_build" / "html"

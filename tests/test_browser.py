@@ -107,11 +107,11 @@ INSPECT = r"""
   const images = [...document.images].map(i => ({src: i.currentSrc || i.src,
     ok: i.complete && i.naturalWidth > 0, alt: i.alt}));
   const links = [...new Set([...document.querySelectorAll('a[href]')].map(a => a.href))];
-  const tracebacks = [...document.querySelectorAll('.cell_output, .output')]
+  const tracebacks = [...document.querySelectorAll('.cell_output')]
     .filter(o => !o.closest('.tag_raises-exception'))
-    .filter(o => /Traceback \(most recent call last\)/.test(o.textContent) ||
-                 o.matches('.traceback'))
-    .map(o => o.textContent.trim().slice(0, 300));
+    .map(o => o.querySelector('.traceback') || o)
+    .filter(o => /Traceback \(most recent call last\)/.test(o.textContent))
+    .map(o => o.textContent.slice(o.textContent.indexOf('Traceback') - 60).trim().slice(0, 400));
   const cells = [...document.querySelectorAll('div.cell')];
   const hasFigure = c => !!c &&
     [...c.querySelectorAll('.cell_output img')].some(i => i.naturalWidth > 0);

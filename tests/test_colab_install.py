@@ -167,8 +167,10 @@ def test_install_cell_then_notebook_imports(colab_env):
     run = subprocess.run([str(python), "-c", runner], cwd=tmp, env=env, capture_output=True,
                          text=True, timeout=600)
     assert run.returncode == 0, (
-        f"the install cell failed in a Colab-like environment (no package index: anything "
-        f"not preinstalled on Colab or in {COLAB_PREINSTALLED} cannot be fetched):\n"
+        "the install cell failed in a Colab-like environment. pip has no package index here, "
+        f"so it can use only what Colab preinstalls (modelled as {COLAB_PREINSTALLED} and "
+        "their dependencies): a new requirement, or a version pin that Colab's packages do "
+        "not meet, fails here (if Colab does preinstall it, add it to COLAB_PREINSTALLED):\n"
         f"{run.stdout[-3000:]}\n{run.stderr[-5000:]}")
     added = sorted(p.name for p in site.glob("*.dist-info"))
     assert len(added) == 1 and added[0].startswith("companion-"), \
