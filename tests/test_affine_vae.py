@@ -89,6 +89,7 @@ def test_pinned_gap_formula():
     assert abs(pinned_gap(2, SIGMA, 1.0, SIGMA).item() - 1.0) < 1e-12  # d / 2 at (1, sigma)
 
 
+@pytest.mark.slow  # the first Adam step imports much of torch (~2 s)
 def test_train_moves_towards_the_optimum():
     g = torch.Generator().manual_seed(9)
     m = AffineVAE(2, init={"s": 0.5 * SIGMA}, learn=("a", "b", "t", "c", "v"), generator=g)

@@ -55,7 +55,7 @@ def test_lg_posterior_matches_sampled_conditional_moments():
     # Regress z on x over many joint samples: the least-squares slope and residual
     # covariance are the posterior's mean map and covariance.
     m = make_lg(D_=3, K=2, sigma=0.8)
-    z, x = m.sample(200_000, generator=torch.Generator().manual_seed(5))
+    z, x = m.sample(100_000, generator=torch.Generator().manual_seed(5))
     X = torch.cat([x - m.b, torch.ones(len(x), 1, dtype=F64)], 1)
     coef = torch.linalg.lstsq(X, z).solution
     resid = z - X @ coef
@@ -66,10 +66,13 @@ def test_lg_posterior_matches_sampled_conditional_moments():
 
 def test_lg_sample_moments():
     m = make_lg(D_=3, K=2, sigma=0.5)
-    z, x = m.sample(200_000, generator=torch.Generator().manual_seed(6))
-    assert z.shape == (200_000, 2) and x.shape == (200_000, 3)
-    assert torch.allclose(x.mean(0), m.b, atol=0.02)
-    assert torch.allclose(torch.cov(x.T), m.marginal_cov(), atol=0.05)
+    z, x = m.sample(50_000, generator=torch.Generator().manual_seed(6))
+    assert z.shape == (50_000, 2) and x.shape == (50_000, 3)
+    C = m.marginal_cov()
+    se_mean = (C.diagonal() / len(x)).sqrt()
+    se_cov = ((torch.outer(C.diagonal(), C.diagonal()) + C**2) / len(x)).sqrt()
+    assert ((x.mean(0) - m.b).abs() < 4 * se_mean).all()
+    assert ((torch.cov(x.T) - C).abs() < 4 * se_cov).all()
 
 
 def test_lg_log_joint_matches_torch():
@@ -87,7 +90,7 @@ def test_lg_elbo_closed_form_matches_monte_carlo_and_is_tight_at_posterior():
     A = torch.tensor([[0.6, 0.0], [0.3, 0.4]], dtype=F64)
     qS = A @ A.T
     q = D.MultivariateNormal(qm, covariance_matrix=qS)
-    eps = torch.randn(100_000, 3, 2, dtype=F64, generator=torch.Generator().manual_seed(10))
+    eps = torch.randn(20_000, 3, 2, dtype=F64, generator=torch.Generator().manual_seed(10))
     zs = qm + eps @ A.T  # (S, 3, 2), z ~ q
     w = m.log_joint(x, zs) - q.log_prob(zs)
     se = w.std(0) / math.sqrt(len(w))
@@ -132,6 +135,10 @@ def test_gm_posterior_is_bayes_rule_and_map_is_argmax():
     ref = dens / dens.sum(-1, keepdim=True)
     assert torch.allclose(m.posterior(x), ref, atol=1e-12, rtol=0)
     assert torch.equal(m.map_encode(x), ref.argmax(-1))
+    # the prior matters: x = 0.6 is closer to the light component's mean, yet the MAP code is
+    # the heavy one, since 0.9 N(0.6; 0, 1) > 0.1 N(0.6; 1, 1)
+    skewed = GaussianMixture([0.9, 0.1], [[0.0], [1.0]], 1.0)
+    assert skewed.map_encode(torch.tensor([[0.6]], dtype=F64)).item() == 0
 
 
 def test_gm_sample_frequencies_and_means():
@@ -175,11 +182,11 @@ def test_m_step_maximizes_elbo_for_fixed_q():
 
 def test_variational_em_is_monotone_and_sandwiched():
     m = make_gm()
-    _, x = m.sample(400, generator=torch.Generator().manual_seed(7))
+    _, x = m.sample(300, generator=torch.Generator().manual_seed(7))
     init = GaussianMixture([1 / 3] * 3, [[-1.0, 1.0], [0.0, 0.0], [1.0, -1.0]], [2.0] * 3)
-    h = variational_em(x, init, 25)
+    h = variational_em(x, init, 15)
     ll, el = torch.tensor(h.loglik), torch.tensor(h.elbo_after_m)
-    assert len(ll) == 26 and len(el) == 25 and len(h.models) == 26
+    assert len(ll) == 16 and len(el) == 15 and len(h.models) == 16
     assert (ll[:-1] <= el + 1e-9).all() and (el <= ll[1:] + 1e-9).all()
     assert ll[-1] > ll[0] + 100
 
