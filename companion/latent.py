@@ -65,15 +65,19 @@ def vary_dimension(z: torch.Tensor, dim: int, values) -> torch.Tensor:
 
 
 @torch.no_grad()
-def reencode(model, z: torch.Tensor, rounds: int) -> list[torch.Tensor]:
-    """Decode, encode the decoded mean image, decode again, `rounds` times.
+def reencode(model, z: torch.Tensor, rounds: int, sample: bool = False,
+             generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """Decode, encode, decode again, `rounds` times; returns the decoder means of every round.
 
-    z: (N, D) -> a list of rounds + 1 image batches (N, 1, 28, 28): entry 0 is the plain
-    decoding of z, entry r the decoding after r trips through the encoder (its mean).
+    z: (N, D) -> a list of rounds + 1 image batches (N, 1, 28, 28): entry 0 is the decoding
+    of z, entry r the decoding after r trips through the encoder (its mean). What the encoder
+    sees is the decoded mean image, or with sample=True a draw x ~ p(x|z) (binary for a
+    Bernoulli decoder: the kind of image the encoder was trained on).
     """
     images = [model.mean_image(z)]
     for _ in range(rounds):
-        z = model.encode(images[-1])[0]
+        x = model.sample_x(model.decode(z), generator) if sample else images[-1]
+        z = model.encode(x)[0]
         images.append(model.mean_image(z))
     return images
 

@@ -70,6 +70,10 @@ def test_decode_point_and_reencode():
     torch.testing.assert_close(rounds[0], model.mean_image(z.unsqueeze(0)))
     again = model.mean_image(model.encode(rounds[0])[0])
     torch.testing.assert_close(rounds[1], again)
+    sampled = reencode(model, z.unsqueeze(0), rounds=1, sample=True,
+                       generator=torch.Generator().manual_seed(0))
+    x = model.sample_x(model.decode(z.unsqueeze(0)), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(sampled[1], model.mean_image(model.encode(x)[0]))
 
 
 def test_latent_explorer_builds():

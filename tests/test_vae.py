@@ -162,3 +162,14 @@ def test_training_raises_the_elbo():
     result = fit(model, ELBOLoss(), x, steps=40, batch_size=64, lr=3e-3, quiet=True)
     elbo = result.history["elbo"]
     assert sum(elbo[-5:]) / 5 > sum(elbo[:5]) / 5 + 50
+
+
+def test_elbo_loss_resumes_its_warmup_from_a_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    x = images(64, binary=False)
+    path = tmp_path / "vae.pt"
+    fit(VAE(latent_dim=2, hidden=(8,)), ELBOLoss(warmup_steps=10), x, steps=6, batch_size=16,
+        checkpoint=path, quiet=True)
+    loss_fn = ELBOLoss(warmup_steps=10).resume(path)
+    assert loss_fn.step == 6 and loss_fn.beta_at(loss_fn.step) == 0.6
+    assert ELBOLoss().resume(tmp_path / "missing.pt").step == 0

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -287,6 +288,17 @@ class ELBOLoss:
             raise ValueError(f"beta and warmup_steps must be >= 0, got {beta}, {warmup_steps}")
         self.beta, self.warmup_steps, self.binarize = beta, warmup_steps, binarize
         self.step, self.generator = step, generator
+
+    def resume(self, checkpoint) -> ELBOLoss:
+        """Continue the warm-up schedule where a `fit` checkpoint stopped (if the file exists).
+
+        fit resumes an interrupted run from its checkpoint; without this, the step count
+        here would restart at 0 and the warm-up would run again.
+        """
+        path = Path(checkpoint)
+        if path.exists():
+            self.step = int(torch.load(path, map_location="cpu", weights_only=True)["step"])
+        return self
 
     def beta_at(self, step: int) -> float:
         """beta_t: linear warm-up from 0 to beta over warmup_steps, then constant."""
