@@ -57,6 +57,9 @@ def setup(seed: int = 0, profile: str | None = None, device: str | None = None):
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    if prof.name == "ci" and dev.type == "cpu":
+        # the test suite runs one notebook per core: more threads only oversubscribe
+        torch.set_num_threads(1)
     print(describe(prof, dev))
     if prof.name == "gpu" and dev.type != "cuda":
         warnings.warn("the gpu profile runs the full experiments, which take hours without a "

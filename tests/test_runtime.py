@@ -25,11 +25,14 @@ def test_seed_must_be_non_negative_int():
 
 def test_setup_prints_profile_and_device(capsys, monkeypatch):
     monkeypatch.setenv("BOOK_PROFILE", "ci")
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: monkeypatch.setattr(
+        torch, "get_num_threads", lambda: n))
     profile, device = companion.setup(seed=0, device="cpu")
     out = capsys.readouterr().out
     assert profile.name == "ci" and device == torch.device("cpu")
     assert "profile=ci" in out and "device=cpu" in out and torch.__version__ in out
     assert describe(profile, device) in out
+    assert torch.get_num_threads() == 1  # one notebook per core in the test suite
 
 
 def test_get_device_explicit():
