@@ -82,12 +82,12 @@ def test_elbo_below_log_px_computed_by_quadrature():
     torch.manual_seed(0)
     model = VAE(latent_dim=1, hidden=(16,)).double()
     x = images(3).double()
-    z = torch.linspace(-9, 9, 4001, dtype=torch.float64)
-    log_joint = model.log_joint(x, z.view(-1, 1, 1).expand(-1, 3, 1))  # (Z, B)
-    log_px = torch.logsumexp(log_joint, 0) + math.log(z[1] - z[0])
+    z = torch.linspace(-9, 9, 2001, dtype=torch.float64)
     with torch.no_grad():
-        elbo = model.elbo_terms(x, n_samples=4000).elbo
-        iw = iw_log_likelihood(model.log_joint, model.posterior, x, k=4000).log_px
+        log_joint = model.log_joint(x, z.view(-1, 1, 1).expand(-1, 3, 1))  # (Z, B)
+        log_px = torch.logsumexp(log_joint, 0) + math.log(z[1] - z[0])
+        elbo = model.elbo_terms(x, n_samples=1000).elbo
+        iw = iw_log_likelihood(model.log_joint, model.posterior, x, k=1000).log_px
     assert (elbo < log_px).all()
     assert (iw <= log_px + 0.05).all() and (iw > elbo).all()
 
@@ -157,9 +157,9 @@ def test_elbo_loss_binarizes_bernoulli_batches():
 
 def test_training_raises_the_elbo():
     torch.manual_seed(0)
-    x = images(256, binary=False) * 0.3  # sparse, digit-like intensities
-    model = VAE(latent_dim=4, hidden=(64,))
-    result = fit(model, ELBOLoss(), x, steps=40, batch_size=64, lr=3e-3, quiet=True)
+    x = images(128, binary=False) * 0.3  # sparse, digit-like intensities
+    model = VAE(latent_dim=4, hidden=(32,))
+    result = fit(model, ELBOLoss(), x, steps=20, batch_size=32, lr=3e-3, quiet=True)
     elbo = result.history["elbo"]
     assert sum(elbo[-5:]) / 5 > sum(elbo[:5]) / 5 + 50
 
