@@ -12,6 +12,7 @@
 - `kl_per_dimension`: the average KL(q(z_u|x) || p(z_u)) of each latent dimension.
 - `refine_posterior`: optimize q per test point, from the encoder's output (for the
   amortization gap).
+- `auroc`: area under the ROC curve of anomaly scores (chapter 1).
 """
 
 from __future__ import annotations
