@@ -147,14 +147,18 @@ class Chromium:
                 return seen
         raise BrowserError(f"{url} did not finish loading within {timeout} s")
 
-    def screenshot(self, path: Path | None = None, clip: dict | None = None,
-                   full_page: bool = False) -> bytes:
-        """A PNG of the viewport, of clip={x, y, width, height} (page coordinates), or the page."""
+    def full_page(self, tile: int = 12000) -> list[tuple[int, bytes]]:
+        """PNGs of the whole page, top to bottom, as (top y, png) tiles at most `tile` high
+        (one capture per tile: Chromium cannot draw arbitrarily tall images at once)."""
+        w, h = self.evaluate("[document.documentElement.scrollWidth,"
+                             " document.documentElement.scrollHeight]")
+        return [(y, self.screenshot(clip={"x": 0, "y": y, "width": w,
+                                          "height": min(tile, h - y)}))
+                for y in range(0, h, tile)]
+
+    def screenshot(self, path: Path | None = None, clip: dict | None = None) -> bytes:
+        """A PNG of the viewport, or of clip={x, y, width, height} in page coordinates."""
         params: dict = {"format": "png"}
-        if full_page:
-            w, h = self.evaluate("[document.documentElement.scrollWidth,"
-                                 " document.documentElement.scrollHeight]")
-            clip = {"x": 0, "y": 0, "width": w, "height": min(h, 16000)}
         if clip is not None:
             params["clip"] = {**clip, "scale": 1}
             params["captureBeyondViewport"] = True

@@ -19,6 +19,7 @@ import io
 import os
 import re
 import threading
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -26,6 +27,7 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from companion import colab
 
@@ -89,7 +91,14 @@ def browser():
 INSPECT = r"""
 (async () => {
   if (window.MathJax && MathJax.startup && MathJax.startup.promise) await MathJax.startup.promise;
-  await document.fonts.ready;
+  // MathJax's web fonts load only once laid-out text needs them, and text waiting for its
+  // font is drawn invisible: wait for layout, then for every font load that it started.
+  const frame = () => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)));
+  for (let i = 0; i < 100; i++) {
+    await frame();
+    await document.fonts.ready;
+    if (![...document.fonts].some(f => f.status === 'loading')) break;
+  }
   const skip = 'pre, code, script, style, textarea, noscript, mjx-container, .highlight';
   const rawTex = /\$\$|\\\(|\\\)|\\\[|\\\]|\\begin\{|\\end\{|\$[^$\n]*[\\^_{}][^$\n]*\$/;
   const raw = [];
@@ -126,11 +135,13 @@ INSPECT = r"""
       code: (cell.querySelector('.cell_input') || cell).innerText.slice(0, 120)});
   });
   window.scrollTo(0, 0);
+  await frame();
+  let tag = 0;
   const boxes = sel => [...document.querySelectorAll(sel)]
     .filter(e => e.checkVisibility() && !e.closest('details:not([open]), .toggle-hidden'))
-    .map(e => { const r = e.getBoundingClientRect();
+    .map(e => { const r = e.getBoundingClientRect(); e.dataset.eqCheck = ++tag;
       return {x: r.left + scrollX, y: r.top + scrollY, width: r.width, height: r.height,
-              tex: (e.closest('.math') || e).textContent.trim().slice(0, 80)}; })
+              id: tag, tex: (e.closest('.math') || e).textContent.trim().slice(0, 80)}; })
     .filter(r => r.width > 4 && r.height > 4);
   const spread = (arr, k) => arr.length <= k ? arr :
     Array.from({length: k}, (_, j) => arr[Math.floor(j * arr.length / k)]);
@@ -141,6 +152,10 @@ INSPECT = r"""
           background: getComputedStyle(document.body).backgroundColor};
 })()
 """.replace("PER_KIND", str(EQUATIONS_PER_PAGE // 2))
+
+
+REMEASURE = """(() => { const r = document.querySelector('[data-eq-check="ID"]')
+  .getBoundingClientRect(); return {x: r.left + scrollX, y: r.top + scrollY}; })()"""
 
 
 class PageReport(dict):
@@ -176,12 +191,26 @@ def visit(browser, server: str, page: str, mode: str = "light") -> PageReport:
     report["local_failures"] = [(u, why) for u, why in failed if u.startswith(server)]
     report["external_blocked"] = sorted({urlsplit(u).netloc for u, _ in failed
                                          if not u.startswith(server)})
-    if mode == "dark" or page in CHAPTERS:
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        name = page.replace("/", "__").removesuffix(".html")
-        browser.screenshot(SCREENSHOTS / f"{name}-{mode}.png", full_page=True)
-        report["crops"] = [(eq, browser.screenshot(clip=_padded(eq)))
-                           for eq in report["equations"]]
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    name = page.replace("/", "__").removesuffix(".html")
+    tiles = browser.full_page()
+    for i, (_, png) in enumerate(tiles):
+        (SCREENSHOTS / f"{name}-{mode}{f'-{i + 1}' if i else ''}.png").write_bytes(png)
+    if page in CHAPTERS:
+        report["crops"] = crop_equations(tiles, report["equations"])
+        for i, (box, image) in enumerate(report["crops"]):
+            # Now and then a capture misses a glyph that is drawn a moment later, or a
+            # region of a tall capture comes out black (headless Chromium). Measure that
+            # equation again and capture it alone, a few times: one that is truly
+            # unreadable stays so.
+            for _ in range(4):
+                if not problem(image, mode):
+                    break
+                time.sleep(0.2)
+                box = box | browser.evaluate(REMEASURE.replace("ID", str(box["id"])))
+                png = browser.screenshot(clip=_padded(box))
+                image = Image.open(io.BytesIO(png)).convert("RGB")
+            report["crops"][i] = (box, image)
     _VISITS[key] = report
     return report
 
@@ -189,6 +218,21 @@ def visit(browser, server: str, page: str, mode: str = "light") -> PageReport:
 def _padded(box: dict, pad: int = 4) -> dict:
     return {"x": max(box["x"] - pad, 0), "y": max(box["y"] - pad, 0),
             "width": box["width"] + 2 * pad, "height": box["height"] + 2 * pad}
+
+
+def crop_equations(tiles: list[tuple[int, bytes]], boxes: list[dict], pad: int = 4):
+    """(box, image) for each equation box, cut with `pad` pixels of margin from the
+    full-page screenshot tiles (a box that straddles two tiles is left out)."""
+    images = [(top, Image.open(io.BytesIO(png)).convert("RGB")) for top, png in tiles]
+    crops = []
+    for box in boxes:
+        x0, y0 = int(box["x"]) - pad, int(box["y"]) - pad
+        x1, y1 = int(box["x"] + box["width"]) + pad, int(box["y"] + box["height"]) + pad
+        for top, im in images:
+            if top <= y0 and y1 <= top + im.height and x0 >= 0 and x1 <= im.width:
+                crops.append((box, im.crop((x0, y0 - top, x1, y1 - top))))
+                break
+    return crops
 
 
 # --- pixels -------------------------------------------------------------------------------
@@ -199,17 +243,25 @@ def luminance(rgb: np.ndarray) -> np.ndarray:
     return lin @ np.array([0.2126, 0.7152, 0.0722])
 
 
-def ink_contrast(png: bytes) -> tuple[float, float, float]:
+def ink_contrast(image) -> tuple[float, float, float]:
     """(background luminance, contrast of the strongest ink, share of pixels with
-    contrast >= MIN_CONTRAST) for a crop around an equation; the background is the
-    median of the crop's border, which the padding keeps free of glyphs."""
-    from PIL import Image
-
-    lum = luminance(np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=float))
+    contrast >= MIN_CONTRAST) for a crop (PIL image) around an equation; the background is
+    the median of the crop's border, which the padding keeps free of glyphs."""
+    lum = luminance(np.asarray(image.convert("RGB"), dtype=float))
     border = np.concatenate([lum[0], lum[-1], lum[:, 0], lum[:, -1]])
     bg = float(np.median(border))
     ratio = (np.maximum(lum, bg) + 0.05) / (np.minimum(lum, bg) + 0.05)
     return bg, float(np.percentile(ratio, 99.5)), float((ratio >= MIN_CONTRAST).mean())
+
+
+def problem(image, mode: str) -> str:
+    """Why an equation's crop is not readable in `mode` ('' when it is)."""
+    bg, contrast, ink = ink_contrast(image)
+    if (mode == "dark") != (bg < 0.2):
+        return f"background luminance {bg:.2f} in {mode} mode"
+    if contrast < MIN_CONTRAST or ink < 0.003:
+        return f"contrast {contrast:.2f} (need {MIN_CONTRAST}), ink {ink:.2%} of the box"
+    return ""
 
 
 # --- links --------------------------------------------------------------------------------
@@ -306,14 +358,8 @@ def test_equations_visible(browser, server, page, mode):
     r = visit(browser, server, page, mode)
     assert r["theme"] == mode, f"{page}: asked for {mode} mode, the page shows {r['theme']!r}"
     assert r["crops"], f"{page}: no visible equation to check"
-    bad = []
-    for eq, png in r["crops"]:
-        bg, contrast, ink = ink_contrast(png)
-        if (mode == "dark") != (bg < 0.2):
-            bad.append(f"{eq['tex']!r}: background luminance {bg:.2f} in {mode} mode")
-        elif contrast < MIN_CONTRAST or ink < 0.003:
-            bad.append(f"{eq['tex']!r}: contrast {contrast:.2f} (need {MIN_CONTRAST}), "
-                       f"ink {ink:.2%} of the box")
+    bad = [f"{eq['tex']!r}: {problem(image, mode)}" for eq, image in r["crops"]
+           if problem(image, mode)]
     assert not bad, f"{page} ({mode}): equations not visible against the page:\n  " + \
         "\n  ".join(bad)
 
