@@ -102,9 +102,10 @@ def test_table_and_formatting(tmp_path):
     b = es.notebook_status(make_notebook(tmp_path / "notebooks" / "02_b.ipynb"))
     lines = es.table([a, b], root=tmp_path)
     assert lines[2].startswith("| {doc}`/notebooks/01_a` | `cpu` | cpu, ")
-    assert "1 min 15 s" in lines[2] and "33 s (cells only)" in lines[3]
-    assert "30 s (cell 2)" in lines[2]
-    assert lines[-1].startswith("| **All chapters**") and "1 min 48 s" in lines[-1]
+    assert "| 1 min 15 s |" in lines[2] and "| 33 s † |" in lines[3]
+    assert "30 s, cell 2" in lines[2]
+    assert lines[4].startswith("| **All chapters**") and "1 min 48 s" in lines[4]
+    assert lines[-1].startswith("† Outputs not made by `make outputs`")
     assert es.format_seconds(4.25) == "4.2 s" and es.format_seconds(3725) == "1 h 02 min"
 
 

@@ -203,10 +203,10 @@ def table(statuses: list[NotebookStatus], root: Path = ROOT) -> list[str]:
         doc = st.path.relative_to(root).with_suffix("").as_posix()
         run = format_seconds(st.seconds)
         if st.seconds is not None and st.source == "cells":
-            run += " (cells only)"
+            run += " †"
         elif st.checkpoints == "reused":
-            run += " (checkpoints reused)"
-        slow = (f"{format_seconds(st.slowest_cell[0])} (cell {st.slowest_cell[1] + 1})"
+            run += " ‡"
+        slow = (f"{format_seconds(st.slowest_cell[0])}, cell {st.slowest_cell[1] + 1}"
                 if st.slowest_cell else "")
         device = st.device + (f", {st.cpus} CPU cores" if st.cpus else "")
         when = st.executed.strftime("%Y-%m-%d") if st.executed else ""
@@ -214,6 +214,11 @@ def table(statuses: list[NotebookStatus], root: Path = ROOT) -> list[str]:
     known = [s.seconds for s in statuses if s.seconds is not None]
     if len(statuses) > 1 and known:
         lines.append(f"| **All chapters** | | | **{format_seconds(sum(known))}** | | |")
+    if any(s.source == "cells" for s in statuses):
+        lines += ["", "† Outputs not made by `make outputs`: the time from the first cell's "
+                  "start to the last cell's end, without the kernel's start."]
+    if any(s.source == "wall" and s.checkpoints == "reused" for s in statuses):
+        lines += ["", "‡ Run with checkpoints already saved: training was loaded, not redone."]
     return lines
 
 
