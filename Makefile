@@ -9,7 +9,7 @@ JOBS   ?= 2
 
 .PHONY: install mathjax book test outputs check-fast bench sync clean
 MATHJAX_VERSION := 3.2.2
-MATHJAX := _extra/mathjax/tex-mml-chtml.js
+MATHJAX := _extra/mathjax/.installed-$(MATHJAX_VERSION)
 
 install: $(STAMP) $(MATHJAX)
 
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 
 # A local MathJax for the book (see _config.yml): equations render without a CDN.
 mathjax: $(MATHJAX)
-$(MATHJAX): Makefile
+$(MATHJAX):
 	command -v npm >/dev/null || { echo "npm is needed for MathJax: apt-get install npm"; exit 1; }
 	npm install --silent --no-save --no-audit --no-fund --prefix .cache/npm mathjax@$(MATHJAX_VERSION)
 	rm -rf _extra/mathjax && mkdir -p _extra
