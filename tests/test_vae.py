@@ -173,3 +173,14 @@ def test_elbo_loss_resumes_its_warmup_from_a_checkpoint(tmp_path):
     loss_fn = ELBOLoss(warmup_steps=10).resume(path)
     assert loss_fn.step == 6 and loss_fn.beta_at(loss_fn.step) == 0.6
     assert ELBOLoss().resume(tmp_path / "missing.pt").step == 0
+
+
+def test_vae_names_wrong_dtype_device_and_range():
+    model = VAE(4)
+    with pytest.raises(TypeError, match=r"x.to\(torch.float32\)"):
+        model.encode(torch.rand(2, 1, 28, 28, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"x / 255"):
+        model.elbo_terms(torch.rand(2, 1, 28, 28) * 255)
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="move one of them"):
+            model.encode(torch.rand(2, 1, 28, 28, device="cuda"))

@@ -173,6 +173,13 @@ class VAE(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, 1, 28, 28) -> (mu, logvar), each (B, latent_dim)."""
         check_images(x)
+        w = next(self.parameters())
+        if x.device != w.device:
+            raise ValueError(f"x is on {x.device} but the model is on {w.device}; "
+                             f"move one of them: x.to({str(w.device)!r}) or model.to(x.device)")
+        if x.dtype != w.dtype:
+            raise TypeError(f"x is {x.dtype} but the model's weights are {w.dtype}; "
+                            f"convert with x.to({w.dtype}) (or model.to({x.dtype}))")
         return self.encoder(x)
 
     def posterior(self, x: torch.Tensor) -> D.Distribution:
@@ -207,6 +214,10 @@ class VAE(nn.Module):
         x: (B, 1, 28, 28); out: (..., B, 1, 28, 28) (leading sample dims broadcast) -> (..., B).
         """
         if self.likelihood == "bernoulli":
+            if bool((x < 0).any() | (x > 1).any()):
+                raise ValueError("a Bernoulli decoder needs pixel values in [0, 1], got "
+                                 f"[{x.min().item():.3g}, {x.max().item():.3g}]; scale the "
+                                 "images (x / 255) or use likelihood='gaussian'")
             # -BCE(logits, x) = x log s + (1 - x) log(1 - s), computed stably from logits
             ll = -F.binary_cross_entropy_with_logits(out, x.expand_as(out), reduction="none")
         else:
