@@ -2,7 +2,8 @@
 
 Cell 1 carries the Colab badge for that notebook; cell 2 installs `companion` on Colab
 only, at the book's pinned ref (`repository.branch` in _config.yml). After changing the
-URL or the ref, run `python -m companion.colab` to rewrite every notebook and twin;
+URL or the ref, run `python -m companion.colab` to rewrite every notebook, twin and the
+README's badges;
 tests/test_notebooks.py fails while any of them disagrees.
 """
 
@@ -59,18 +60,40 @@ def install_cell(root: Path = ROOT) -> str:
 
 
 def rewrite(path: Path, root: Path = ROOT) -> bool:
-    """Put the current badge and install spec into a notebook or its MyST twin."""
-    nb_rel = path.with_suffix(".ipynb").resolve().relative_to(root).as_posix()
+    """Put the current badges and install spec into a notebook, its MyST twin or the README.
+
+    Each badge keeps the notebook it names (`notebooks/NN_name.ipynb`); a notebook's own
+    badge that names no notebook gets the notebook's path.
+    """
+    own = path.with_suffix(".ipynb").resolve()
+    own_rel = own.relative_to(root).as_posix() if own.is_relative_to(root) else None
     text = path.read_text()
-    new = BADGE_RE.sub(lambda _: badge(nb_rel, root), text)
+
+    def fresh(match: re.Match) -> str:
+        named = re.search(r"notebooks/[\w.-]+\.ipynb", match.group(0))
+        target = named.group(0) if named else own_rel
+        return badge(target, root) if target else match.group(0)
+
+    new = BADGE_RE.sub(fresh, text)
     new = SPEC_RE.sub(lambda _: install_spec(root), new)
     if new != text:
         path.write_text(new)
     return new != text
 
 
+def readme_badges(root: Path = ROOT) -> list[tuple[str, str]]:
+    """(badge as written, badge as generated) for every Colab badge in the README."""
+    text = (root / "README.md").read_text()
+    pairs = []
+    for m in BADGE_RE.finditer(text):
+        named = re.search(r"notebooks/[\w.-]+\.ipynb", m.group(0))
+        pairs.append((m.group(0), badge(named.group(0), root) if named else ""))
+    return pairs
+
+
 def main(argv: list[str]) -> int:
-    files = [Path(a) for a in argv] or sorted((ROOT / "notebooks").glob("[0-9]*.*"))
+    files = [Path(a) for a in argv] or [*sorted((ROOT / "notebooks").glob("[0-9]*.*")),
+                                         ROOT / "README.md"]
     for f in files:
         if f.suffix in {".ipynb", ".md"} and rewrite(f):
             print(f"updated {f}")

@@ -116,6 +116,26 @@ def test_rewrite_repairs_a_stale_header(tmp_path):
     assert not colab.rewrite(nb, root=tmp_path)  # idempotent
 
 
+def test_readme_badges_agree_and_name_real_notebooks():
+    pairs = colab.readme_badges()
+    assert len(pairs) == len(NOTEBOOKS), "README should have one Colab badge per chapter"
+    for written, generated in pairs:
+        assert written == generated, "README badge out of date: run python -m companion.colab"
+        target = re.search(r"notebooks/[\w.-]+\.ipynb", written).group(0)
+        assert (ROOT / target).exists(), f"README links a missing notebook {target}"
+
+
+def test_rewrite_fixes_readme_badges(tmp_path):
+    (tmp_path / "_config.yml").write_text("repository:\n  url: https://github.com/a/b\n")
+    readme = tmp_path / "README.md"
+    readme.write_text(colab.badge("notebooks/01_x.ipynb") + "\n" +
+                      colab.badge("notebooks/02_y.ipynb") + "\n")
+    assert colab.rewrite(readme, root=tmp_path)
+    text = readme.read_text()
+    assert "github/a/b/blob/main/notebooks/01_x.ipynb" in text
+    assert "github/a/b/blob/main/notebooks/02_y.ipynb" in text
+
+
 def test_repository_url_must_be_github(tmp_path):
     (tmp_path / "_config.yml").write_text("repository:\n  url: ftp://example.org/x\n")
     with pytest.raises(ValueError, match="GitHub URL"):
