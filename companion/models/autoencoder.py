@@ -46,7 +46,24 @@ def _check_codes(z: torch.Tensor, latent_dim: int) -> torch.Tensor:
     return z
 
 
-class Autoencoder(nn.Module):
+class _Codec(nn.Module):
+    """encode/decode/forward shared by the autoencoders: subclasses build `self.encoder`
+    and `self.decoder` and set `self.latent_dim`."""
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 1, 28, 28) -> z: (B, latent_dim)."""
+        return self.encoder(check_images(x))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z: (B, latent_dim) -> x_hat: (B, 1, 28, 28)."""
+        return self.decoder(_check_codes(z, self.latent_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 1, 28, 28) -> reconstruction f(g(x)): (B, 1, 28, 28)."""
+        return self.decode(self.encode(x))
+
+
+class Autoencoder(_Codec):
     """MLP autoencoder: encoder g (784 -> hidden -> latent_dim), decoder f mirroring it.
 
     latent_dim: size of the code z (the bottleneck).
@@ -88,24 +105,12 @@ class Autoencoder(nn.Module):
                 nn.Unflatten(1, IMAGE_SHAPE)]
         self.decoder = nn.Sequential(*dec)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, 1, 28, 28) -> z: (B, latent_dim)."""
-        return self.encoder(check_images(x))
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """z: (B, latent_dim) -> x_hat: (B, 1, 28, 28) (in [0, 1] with output='sigmoid')."""
-        return self.decoder(_check_codes(z, self.latent_dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, 1, 28, 28) -> reconstruction f(g(x)): (B, 1, 28, 28)."""
-        return self.decode(self.encode(x))
-
     def encoder_linears(self) -> list[nn.Linear]:
         """The encoder's linear layers, input side first."""
         return [m for m in self.encoder if isinstance(m, nn.Linear)]
 
 
-class ConvAutoencoder(nn.Module):
+class ConvAutoencoder(_Codec):
     """Convolutional autoencoder with the same interface as `Autoencoder`.
 
     g: two stride-2 convolutions (28 -> 14 -> 7) and a linear map to the code;
@@ -129,17 +134,6 @@ class ConvAutoencoder(nn.Module):
             nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1), nn.ReLU(),  # 7 -> 14
             nn.ConvTranspose2d(c1, 1, 4, stride=2, padding=1), nn.Sigmoid(),  # 14 -> 28
         )
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, 1, 28, 28) -> z: (B, latent_dim)."""
-        return self.encoder(check_images(x))
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """z: (B, latent_dim) -> x_hat: (B, 1, 28, 28) in [0, 1]."""
-        return self.decoder(_check_codes(z, self.latent_dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
 
 
 # ----------------------------------------------------------------------------- losses
