@@ -154,8 +154,13 @@ INSPECT = r"""
 """.replace("PER_KIND", str(EQUATIONS_PER_PAGE // 2))
 
 
-REMEASURE = """(() => { const r = document.querySelector('[data-eq-check="ID"]')
-  .getBoundingClientRect(); return {x: r.left + scrollX, y: r.top + scrollY}; })()"""
+# Scroll the equation into the viewport and wait for two painted frames before measuring:
+# headless Chromium sometimes leaves a region far outside the viewport unpainted.
+REMEASURE = """(async () => { const el = document.querySelector('[data-eq-check="ID"]');
+  el.scrollIntoView({block: 'center'});
+  for (let i = 0; i < 2; i++) await new Promise(r => requestAnimationFrame(() => r()));
+  const r = el.getBoundingClientRect();
+  return {x: r.left + scrollX, y: r.top + scrollY}; })()"""
 
 
 class PageReport(dict):
@@ -203,10 +208,10 @@ def visit(browser, server: str, page: str, mode: str = "light") -> PageReport:
             # region of a tall capture comes out black (headless Chromium). Measure that
             # equation again and capture it alone, a few times: one that is truly
             # unreadable stays so.
-            for _ in range(4):
+            for attempt in range(6):
                 if not problem(image, mode):
                     break
-                time.sleep(0.2)
+                time.sleep(0.2 * (attempt + 1))
                 box = box | browser.evaluate(REMEASURE.replace("ID", str(box["id"])))
                 png = browser.screenshot(clip=_padded(box))
                 image = Image.open(io.BytesIO(png)).convert("RGB")
