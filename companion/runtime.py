@@ -49,8 +49,17 @@ def describe(profile: Profile, device: torch.device) -> str:
     )
 
 
-def setup(seed: int = 0, profile: str | None = None, device: str | None = None):
-    """Seed everything, pick the profile and device, print them; returns (profile, device)."""
+def setup(seed: int = 0, profile: str | None = None, device: str | None = None,
+          threads: int | None = None):
+    """Seed everything, pick the profile and device, print them; returns (profile, device).
+
+    threads: CPU threads for torch. Chapters whose tensors are tiny pass 1: there, more
+    threads only add synchronization cost.
+    """
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
     seed_everything(seed)
     prof = get_profile(profile)
     dev = get_device(device)

@@ -37,3 +37,12 @@ def test_setup_prints_profile_and_device(capsys, monkeypatch):
 
 def test_get_device_explicit():
     assert get_device("cpu").type == "cpu"
+
+
+def test_setup_sets_threads_and_checks_them(monkeypatch, capsys):
+    seen = []
+    monkeypatch.setattr(torch, "set_num_threads", seen.append)
+    companion.setup(seed=0, profile="cpu", device="cpu", threads=1)
+    assert seen == [1]
+    with pytest.raises(ValueError, match="at least 1"):
+        companion.setup(seed=0, profile="cpu", device="cpu", threads=0)
