@@ -4,8 +4,12 @@
                  checkpoint=checkpoint_path("vae", profile), config=cfg)
 
 `loss_fn(model, batch)` returns a scalar loss, or `(loss, {"name": scalar, ...})` to log
-more. The loop adds what every chapter needs and nothing else: a progress bar (silent
-in the ci profile), bf16 autocast on CUDA, optional torch.compile, gradient clipping, an
+more. A loss whose schedule depends on training progress (KL warm-up) takes a `step` keyword:
+`loss_fn(model, batch, step=s)` gets the number of optimizer steps taken before this batch,
+counted across resumes, so a resumed run continues its schedule and the loss keeps no state.
+
+The loop adds what every chapter needs and nothing else: a progress bar (silent in the ci
+profile), bf16 autocast on CUDA, optional torch.compile, gradient clipping, an
 EMA of the weights with warm-up, a clear error naming the step when the loss stops being
 finite, and checkpoints that resume (and refuse a checkpoint of another model or config).
 """
@@ -13,6 +17,7 @@ finite, and checkpoints that resume (and refuse a checkpoint of another model or
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import numbers
 import os
@@ -196,6 +201,15 @@ def _mismatch(model: nn.Module, tensors) -> str:
     return ""
 
 
+def _takes_step(loss_fn) -> bool:
+    """Whether `loss_fn` accepts a `step` keyword (then fit passes the global step)."""
+    try:
+        params = inspect.signature(loss_fn).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
+    return "step" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 def _check_loss(loss, step: int) -> None:
     if not torch.is_tensor(loss):
         raise TypeError(f"loss_fn must return a scalar tensor, or (loss, {{'name': value}}); "
@@ -240,6 +254,7 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
     device = next(model.parameters()).device
     use_amp = amp and device.type == "cuda"
     step_model = torch.compile(model) if compile else model
+    step_kw = _takes_step(loss_fn)
     pending: list[tuple[int, torch.Tensor, dict]] = []
     start = time.perf_counter()
 
@@ -271,7 +286,8 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
                     break
                 try:
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                        out = loss_fn(step_model, batch)
+                        out = (loss_fn(step_model, batch, step=step) if step_kw
+                               else loss_fn(step_model, batch))
                 except RuntimeError as err:
                     hint = _mismatch(model, tensors)
                     if hint:

@@ -171,3 +171,17 @@ def test_fit_with_ema_returns_averaged_model():
 def test_checkpoint_path_names_model_and_profile(monkeypatch, tmp_path):
     monkeypatch.setenv("BOOK_CACHE", str(tmp_path))
     assert checkpoint_path("vae", "ci") == tmp_path / "checkpoints" / "vae-ci.pt"
+
+
+def test_fit_hands_the_global_step_to_a_loss_that_takes_one(tmp_path):
+    seen = []
+
+    def loss_fn(model, batch, step):
+        seen.append(step)
+        return model(batch[0] if isinstance(batch, (tuple, list)) else batch).pow(2).mean()
+
+    x = torch.randn(32, 3)
+    path = tmp_path / "m.pt"
+    fit(nn.Linear(3, 1), loss_fn, x, steps=3, batch_size=8, checkpoint=path, quiet=True)
+    fit(nn.Linear(3, 1), loss_fn, x, steps=5, batch_size=8, checkpoint=path, quiet=True)
+    assert seen == [0, 1, 2, 3, 4]

@@ -128,8 +128,9 @@ def test_elbo_loss_warmup_and_metrics():
     assert ELBOLoss(beta=0.5).beta_at(0) == 0.5
     torch.manual_seed(0)
     model = VAE(latent_dim=3, hidden=(16,))
-    loss, metrics = loss_fn(model, images(4, binary=False))
-    assert loss_fn.step == 1 and metrics["beta"] == 0.0
+    loss, metrics = loss_fn(model, images(4, binary=False), step=0)
+    assert metrics["beta"] == 0.0
+    assert loss_fn(model, images(4, binary=False))[1]["beta"] == 2.0  # no step: final beta
     # at beta = 0 the loss is the negative reconstruction term alone
     torch.testing.assert_close(loss, -metrics["reconstruction"])
     torch.testing.assert_close(metrics["elbo"], metrics["reconstruction"] - metrics["kl"])
@@ -164,15 +165,17 @@ def test_training_raises_the_elbo():
     assert sum(elbo[-5:]) / 5 > sum(elbo[:5]) / 5 + 50
 
 
-def test_elbo_loss_resumes_its_warmup_from_a_checkpoint(tmp_path):
+def test_a_resumed_fit_continues_the_warmup_schedule(tmp_path):
+    """Interrupted after 6 steps and resumed, beta_t goes on from 0.6, as in one run."""
     torch.manual_seed(0)
     x = images(64, binary=False)
     path = tmp_path / "vae.pt"
     fit(VAE(latent_dim=2, hidden=(8,)), ELBOLoss(warmup_steps=10), x, steps=6, batch_size=16,
         checkpoint=path, quiet=True)
-    loss_fn = ELBOLoss(warmup_steps=10).resume(path)
-    assert loss_fn.step == 6 and loss_fn.beta_at(loss_fn.step) == 0.6
-    assert ELBOLoss().resume(tmp_path / "missing.pt").step == 0
+    resumed = fit(VAE(latent_dim=2, hidden=(8,)), ELBOLoss(warmup_steps=10), x, steps=12,
+                  batch_size=16, checkpoint=path, quiet=True)
+    betas = resumed.history["beta"]
+    assert betas == pytest.approx([s / 10 for s in range(6)] + [0.6, 0.7, 0.8, 0.9, 1.0, 1.0])
 
 
 def test_vae_names_wrong_dtype_device_and_range():

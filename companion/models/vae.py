@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -288,41 +287,31 @@ class ELBOLoss:
                     this many optimizer steps, so the decoder learns to use z before the
                     KL term pulls q(z|x) towards the prior.
     binarize:       draw a fresh binarization of every batch (default: for Bernoulli decoders).
-    step:           the step count so far (set it when resuming a run by hand).
 
-    Logs the per-example reconstruction, KL, ELBO (all in nats) and beta_t.
+    `fit` passes `step`, the optimizer steps taken so far (counted across resumes), so the
+    warm-up needs no state of its own: a resumed run continues its schedule. Called without
+    `step`, the loss uses the final beta. Logs the per-example reconstruction, KL, ELBO (all
+    in nats) and beta_t.
     """
 
     def __init__(self, beta: float = 1.0, warmup_steps: int = 0, binarize: bool | None = None,
-                 step: int = 0, generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None):
         if beta < 0 or warmup_steps < 0:
             raise ValueError(f"beta and warmup_steps must be >= 0, got {beta}, {warmup_steps}")
         self.beta, self.warmup_steps, self.binarize = beta, warmup_steps, binarize
-        self.step, self.generator = step, generator
+        self.generator = generator
 
-    def resume(self, checkpoint) -> ELBOLoss:
-        """Continue the warm-up schedule where a `fit` checkpoint stopped (if the file exists).
-
-        fit resumes an interrupted run from its checkpoint; without this, the step count
-        here would restart at 0 and the warm-up would run again.
-        """
-        path = Path(checkpoint)
-        if path.exists():
-            self.step = int(torch.load(path, map_location="cpu", weights_only=True)["step"])
-        return self
-
-    def beta_at(self, step: int) -> float:
+    def beta_at(self, step: int | None) -> float:
         """beta_t: linear warm-up from 0 to beta over warmup_steps, then constant."""
-        if self.warmup_steps == 0:
+        if self.warmup_steps == 0 or step is None:
             return self.beta
         return self.beta * min(1.0, step / self.warmup_steps)
 
-    def __call__(self, model: VAE, x: torch.Tensor):
+    def __call__(self, model: VAE, x: torch.Tensor, step: int | None = None):
         dynamic = model.likelihood == "bernoulli" if self.binarize is None else self.binarize
         if dynamic:
             x = binarize(x, generator=self.generator)
-        beta = self.beta_at(self.step)
-        self.step += 1
+        beta = self.beta_at(step)
         terms = model.elbo_terms(x)
         rec, kl = terms.reconstruction.mean(), terms.kl.mean()
         loss = -(rec - beta * kl)
