@@ -153,7 +153,6 @@ def execute(paths: list[str]) -> int:
     Unless $BOOK_CACHE is set, the notebooks share one new, empty checkpoint cache, so the
     times include training from scratch, as on a student's first run.
     """
-    jupyter = Path(sys.executable).parent / "jupyter"
     env = dict(os.environ)
     if not env.get("BOOK_CACHE"):
         env["BOOK_CACHE"] = tempfile.mkdtemp(prefix="book-cache-")
@@ -161,7 +160,8 @@ def execute(paths: list[str]) -> int:
     for p in paths:
         start = time.perf_counter()
         print(f"executing {p} ...", flush=True)
-        proc = subprocess.run([str(jupyter), "execute", "--inplace", "--timeout=-1", str(p)],
+        proc = subprocess.run([sys.executable, "-m", "jupyter", "execute", "--inplace",
+                               "--timeout=-1", str(p)],
                               env=env)
         if proc.returncode != 0:
             print(f"{p} failed (exit code {proc.returncode}); its outputs were not recorded")
