@@ -83,6 +83,7 @@ def load(name: str = "mnist", *, n_train: int | None = None, n_test: int | None 
     if key not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
     root = Path(root) if root is not None else default_root()
+    asked = download is True  # a failed download is reported in full only when asked for
     download = downloads_allowed() if download is None else download
 
     tried: list[str] = []
@@ -95,11 +96,25 @@ def load(name: str = "mnist", *, n_train: int | None = None, n_test: int | None 
 
     data = _subset(data, n_train, n_test, seed)
     if verbose:
-        failed = [t for t in tried if t.startswith("torchvision") and "download:" in t]
-        note = f" ({failed[0]}; using the offline source)" if failed else ""
         print(f"{data.name}: {len(data.x_train):,} train / {len(data.x_test):,} test images "
-              f"from {data.source}{note}")
+              f"from {data.source}{_download_note(tried, asked)}")
     return data.to(device)
+
+
+def _download_note(tried: list[str], asked: bool) -> str:
+    """Why an offline source was used, as the end of the loader's one line.
+
+    The full download error only when the caller asked for a download (download=True);
+    otherwise (no network by default, or $BOOK_OFFLINE) a quiet remark.
+    """
+    failed = [t for t in tried if t.startswith("torchvision") and "download:" in t]
+    if not failed:
+        return ""
+    if asked:
+        return f" ({failed[0]}; using the offline source)"
+    if "skipped" in failed[0]:
+        return " (no download: offline)"
+    return " (no download: offline; load(..., download=True) shows why)"
 
 
 def _unavailable_message(key: str, root: Path, tried: list[str]) -> str:

