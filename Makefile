@@ -10,6 +10,7 @@ JOBS   ?= 2
 .PHONY: install mathjax book test outputs check-fast bench sync clean
 MATHJAX_VERSION := 3.2.2
 MATHJAX := _extra/mathjax/.installed-$(MATHJAX_VERSION)
+NPM    ?= npm
 
 install: $(STAMP) $(MATHJAX)
 
@@ -29,8 +30,16 @@ $(MATHJAX):
 	touch $(MATHJAX)
 
 # Builds the HTML book from the outputs stored in notebooks/*.ipynb (no execution).
-book: $(STAMP) $(MATHJAX)
-	$(BIN)/jupyter-book build . -W -n --keep-going
+# Without npm (and no local MathJax yet) it builds with the CDN's MathJax and says so.
+book: $(STAMP)
+	@if [ -f $(MATHJAX) ] || command -v $(NPM) >/dev/null; then \
+	  $(MAKE) --no-print-directory $(MATHJAX) && \
+	  $(BIN)/jupyter-book build . -W -n --keep-going; \
+	else \
+	  echo "make book: npm not found, so the pages load MathJax $(MATHJAX_VERSION) from the jsdelivr CDN (equations need the network; install npm for a local copy)"; \
+	  $(BIN)/python book/_ext/mathjax_cdn.py $(MATHJAX_VERSION) _build/cdn/_config.yml && \
+	  $(BIN)/jupyter-book build . -W -n --keep-going --config _build/cdn/_config.yml; \
+	fi
 
 # Every test: companion unit tests, nbval over every notebook in the `ci` profile,
 # the jupytext twins and headers, and a -W build of the book (tests/test_book.py).
@@ -43,9 +52,11 @@ test: $(STAMP) $(MATHJAX)
 # or BOOK_PROFILE=...) and stores the outputs; the MyST twins are synced first. Each run is
 # timed (empty checkpoint cache unless BOOK_CACHE is set) and the time stored in the
 # notebook: book/status.md shows it.
+# Offline on purpose (BOOK_OFFLINE=1; override with BOOK_OFFLINE=0): every machine then
+# makes the outputs from the same data, and the outputs name the source in one quiet line.
 outputs: $(STAMP)
 	$(BIN)/jupytext --sync $(NOTEBOOKS:.ipynb=.md)
-	$(BIN)/python book/_ext/execution_status.py execute $(NOTEBOOKS)
+	BOOK_OFFLINE=$${BOOK_OFFLINE:-1} $(BIN)/python book/_ext/execution_status.py execute $(NOTEBOOKS)
 	$(BIN)/jupytext --sync $(NOTEBOOKS)
 
 # Lint plus the quick unit tests: the pre-stop hook runs this, keep it under a minute.

@@ -36,3 +36,27 @@ def test_bibliography_lists_the_references(html):
     for name in ("Kingma", "Rezende", "Doersch", "Burda", "Sønderby", "Vahdat", "Ho",
                  "Song", "Luo", "Chan"):
         assert name in page, name
+
+
+def test_cdn_config_for_make_book_without_npm(tmp_path, monkeypatch):
+    """`make book` without npm builds with book/_ext/mathjax_cdn.py's copy of _config.yml:
+    as Jupyter Book reads it, MathJax comes from the CDN, no local copy is expected, and the
+    local extension still resolves although the copy lives in another folder."""
+    import subprocess
+    import sys
+
+    from jupyter_book.config import get_final_config
+
+    out = tmp_path / "cdn" / "_config.yml"
+    subprocess.run([sys.executable, str(ROOT / "book/_ext/mathjax_cdn.py"), "3.2.2", str(out)],
+                   check=True)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    config, _ = get_final_config(user_yaml=out, cli_config={"latex_individualpages": False},
+                                 sourcedir=ROOT, raise_on_invalid=True)
+    assert config["mathjax_path"] == ("https://cdn.jsdelivr.net/npm/mathjax@3.2.2/es5/"
+                                      "tex-mml-chtml.js")
+    assert "html_extra_path" not in config
+    assert "execution_status" in config["extensions"]
+    assert str((ROOT / "book" / "_ext").resolve()) in sys.path
+    make = (ROOT / "Makefile").read_text()
+    assert "mathjax_cdn.py $(MATHJAX_VERSION)" in make and "--config _build/cdn" in make
