@@ -27,7 +27,8 @@ def images(n=4, seed=0, dtype=torch.float32):
 
 
 @pytest.mark.parametrize("model", [Autoencoder(), Autoencoder(8, hidden=(64, 32)),
-                                   ConvAutoencoder(latent_dim=5)])
+                                   ConvAutoencoder(latent_dim=5),
+                                   ConvAutoencoder(latent_dim=5, channels=(4, 8), depth=4)])
 def test_shapes_and_range(model):
     x = images(3)
     z = model.encode(x)
@@ -36,6 +37,15 @@ def test_shapes_and_range(model):
     assert x_hat.shape == (3, 1, 28, 28)
     assert x_hat.min() >= 0 and x_hat.max() <= 1
     assert torch.equal(model(x), x_hat)
+
+
+@pytest.mark.parametrize("depth", [2, 4])
+def test_conv_autoencoder_has_depth_convolutions_per_side(depth):
+    model = ConvAutoencoder(channels=(4, 8), depth=depth)
+    assert sum(isinstance(m, nn.Conv2d) for m in model.encoder) == depth
+    assert sum(isinstance(m, nn.ConvTranspose2d) for m in model.decoder) == depth
+    with pytest.raises(ValueError, match="depth must be 2 or 4"):
+        ConvAutoencoder(depth=3)
 
 
 def test_default_is_two_layer_mlp_with_16_dim_code():
@@ -202,3 +212,18 @@ def test_linear_als_reaches_the_pca_subspace_and_loss():
     assert angles.max() < 1e-3
     with pytest.raises(TypeError, match="linear"):
         fit_linear_als(Autoencoder(), x)
+
+
+def test_chapter1_recipe_loads_its_checkpoint_under_its_prefix(tmp_path, monkeypatch):
+    from companion.profiles import get_profile
+    from companion.recipes import chapter1_autoencoder
+
+    monkeypatch.setenv("BOOK_CACHE", str(tmp_path))
+    x, ci = images(64), get_profile("ci")
+    first, run = chapter1_autoencoder("ae", x, ci, "cpu", prefix="chX")
+    assert (tmp_path / "checkpoints" / "chX-ae-ci.pt").exists()
+    assert run.steps == 15 * 1 and run.resumed_at == 0        # 15 epochs of one batch
+    again, rerun = chapter1_autoencoder("ae", x, ci, "cpu", prefix="chX")
+    assert rerun.resumed_at == rerun.steps                      # loaded, not retrained
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(),
+                                                   again.state_dict().values(), strict=True))

@@ -187,3 +187,33 @@ def test_vae_names_wrong_dtype_device_and_range():
     if torch.cuda.is_available():
         with pytest.raises(ValueError, match="move one of them"):
             model.encode(torch.rand(2, 1, 28, 28, device="cuda"))
+
+
+def test_elbo_terms_agree_with_the_five_lines_of_chapter_6():
+    """VAE.elbo_terms against the learning step written out as in chapter 6, with the same
+    random numbers: encode, KL in closed form, z = mu + sigma * eps, decode, log p(x|z)."""
+    from companion.kl import kl_diag_standard
+
+    torch.manual_seed(0)
+    model = VAE(latent_dim=4, hidden=(32,))
+    x = images(8)
+    with torch.no_grad():
+        torch.manual_seed(3)
+        terms = model.elbo_terms(x)
+        torch.manual_seed(3)
+        mu, logvar = model.encode(x)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn(1, *mu.shape)[0]
+        rec = model.log_likelihood(x, model.decode(z))
+        kl = kl_diag_standard(mu, logvar).sum(-1)
+    torch.testing.assert_close(terms.reconstruction, rec)
+    torch.testing.assert_close(terms.kl, kl)
+    torch.testing.assert_close(terms.elbo, rec - kl)
+
+
+def test_conv_vae_channels_set_the_width():
+    small, default = VAE(4, arch="conv", channels=(8, 16)), VAE(4, arch="conv")
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n(small) < n(default) / 2
+    assert small.decode(torch.zeros(2, 4)).shape == (2, 1, 28, 28)
+    convs = [m for m in small.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [8, 16]

@@ -113,26 +113,40 @@ class Autoencoder(_Codec):
 class ConvAutoencoder(_Codec):
     """Convolutional autoencoder with the same interface as `Autoencoder`.
 
-    g: two stride-2 convolutions (28 -> 14 -> 7) and a linear map to the code;
-    f: a linear map back to 7 x 7 feature maps and two stride-2 transposed convolutions.
+    g: stride-2 convolutions (28 -> 14 -> 7) and a linear map to the code;
+    f: a linear map back to 7 x 7 feature maps and stride-2 transposed convolutions.
+    depth: 2 (one convolution per resolution) or 4 (each stride-2 convolution followed by a
+           3 x 3 stride-1 one, and the decoder mirrored: the four-conv / four-transposed-conv
+           autoencoder of the lecture slides).
     encode: x (B, 1, 28, 28) -> z (B, latent_dim);  decode: z -> (B, 1, 28, 28) in [0, 1].
     """
 
-    def __init__(self, latent_dim: int = 16, channels: tuple[int, int] = (32, 64)):
+    def __init__(self, latent_dim: int = 16, channels: tuple[int, int] = (32, 64),
+                 depth: int = 2):
         super().__init__()
         if int(latent_dim) <= 0:
             raise ValueError(f"latent_dim must be a positive int, got {latent_dim!r}")
+        if depth not in (2, 4):
+            raise ValueError(f"depth must be 2 or 4 (convolutions per side), got {depth!r}")
         c1, c2 = (int(c) for c in channels)
-        self.latent_dim = int(latent_dim)
+        self.latent_dim, self.depth = int(latent_dim), depth
+        extra = depth == 4
+
+        def same(c, transposed=False):  # a 3 x 3 layer that keeps the resolution
+            conv = nn.ConvTranspose2d if transposed else nn.Conv2d
+            return [conv(c, c, 3, padding=1), nn.ReLU()] if extra else []
+
         self.encoder = nn.Sequential(
-            nn.Conv2d(1, c1, 4, stride=2, padding=1), nn.ReLU(),    # 28 -> 14
-            nn.Conv2d(c1, c2, 4, stride=2, padding=1), nn.ReLU(),   # 14 -> 7
+            nn.Conv2d(1, c1, 4, stride=2, padding=1), nn.ReLU(), *same(c1),    # 28 -> 14
+            nn.Conv2d(c1, c2, 4, stride=2, padding=1), nn.ReLU(), *same(c2),   # 14 -> 7
             nn.Flatten(), nn.Linear(c2 * 7 * 7, self.latent_dim),
         )
         self.decoder = nn.Sequential(
             nn.Linear(self.latent_dim, c2 * 7 * 7), nn.ReLU(), nn.Unflatten(1, (c2, 7, 7)),
-            nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1), nn.ReLU(),  # 7 -> 14
-            nn.ConvTranspose2d(c1, 1, 4, stride=2, padding=1), nn.Sigmoid(),  # 14 -> 28
+            *same(c2, True),
+            nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1), nn.ReLU(),     # 7 -> 14
+            *same(c1, True),
+            nn.ConvTranspose2d(c1, 1, 4, stride=2, padding=1), nn.Sigmoid(),   # 14 -> 28
         )
 
 

@@ -137,13 +137,16 @@ class VAE(nn.Module):
     latent_dim:  size of z.
     arch:        "mlp" (hidden sizes `hidden`, mirrored in the decoder) or "conv".
     likelihood:  "bernoulli" (decoder gives logits) or "gaussian" (decoder gives means).
+    channels:    conv only: the channels after the first and second stride-2 convolution
+                 (the decoder mirrors them).
     sigma:       Gaussian decoder only: a fixed standard deviation (float) or "learned"
                  (one scalar, initialised at `sigma_init`, never below `min_sigma`).
     """
 
     def __init__(self, latent_dim: int = 20, *, arch: str = "mlp", hidden=(512, 256),
                  likelihood: str = "bernoulli", sigma: float | str = 0.1,
-                 sigma_init: float = 0.3, min_sigma: float = 1e-3, activation=nn.ReLU):
+                 sigma_init: float = 0.3, min_sigma: float = 1e-3, activation=nn.ReLU,
+                 channels: tuple[int, int] = (32, 64)):
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
@@ -157,8 +160,8 @@ class VAE(nn.Module):
             self.encoder = MLPEncoder(latent_dim, hidden, activation)
             self.decoder = MLPDecoder(latent_dim, hidden[::-1], activation)
         else:
-            self.encoder = ConvEncoder(latent_dim, activation=activation)
-            self.decoder = ConvDecoder(latent_dim, activation=activation)
+            self.encoder = ConvEncoder(latent_dim, tuple(channels), activation=activation)
+            self.decoder = ConvDecoder(latent_dim, tuple(channels)[::-1], activation=activation)
         self.learn_sigma = likelihood == "gaussian" and sigma == "learned"
         self.min_sigma = min_sigma
         if self.learn_sigma:
