@@ -3,6 +3,7 @@
     mean, components, variances = pca(x_flat, k)        # components: (k, D), orthonormal rows
     x_rec = pca_reconstruct(x_flat, mean, components)   # projection onto the k-dim subspace
     angles = principal_angles(A, B)                      # radians, between span(A) and span(B)
+    basis = dct_basis(28)                                # the JPEG transform, for comparison
 """
 
 from __future__ import annotations
@@ -55,3 +56,27 @@ def principal_angles(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     qb, _ = torch.linalg.qr(b)
     cosines = torch.linalg.svdvals(qa.T @ qb).clamp(-1.0, 1.0)
     return torch.arccos(cosines)  # svdvals are descending, so the angles ascend
+
+
+def dct_basis(n: int = 28, dtype=torch.float64) -> torch.Tensor:
+    """The orthonormal 2-D DCT-II basis of n x n images (the transform JPEG uses).
+
+    Returns (n*n, n*n): row (u*n + v) is the basis image cos(pi (i + 1/2) u / n)
+    cos(pi (j + 1/2) v / n), scaled to unit norm, flattened. Coefficients of flat images
+    x (N, n*n) are x @ basis.T; the inverse transform is coefficients @ basis.
+    """
+    if n < 1:
+        raise ValueError(f"n must be positive, got {n}")
+    i = torch.arange(n, dtype=dtype)
+    c = torch.cos(torch.pi * (i[None, :] + 0.5) * i[:, None] / n) * (2 / n) ** 0.5
+    c[0] /= 2**0.5                                                # (n, n): 1-D DCT-II
+    return torch.einsum("ui,vj->uvij", c, c).reshape(n * n, n * n)
+
+
+def dct_low_frequencies(n: int = 28, k: int = 16) -> torch.Tensor:
+    """Indices (k,) into `dct_basis(n)` of the k lowest frequencies, ordered by u + v
+    (then u), the zig-zag order in which JPEG keeps coefficients."""
+    if not 1 <= k <= n * n:
+        raise ValueError(f"k must lie in [1, {n * n}], got {k}")
+    order = sorted(range(n * n), key=lambda idx: (idx // n + idx % n, idx // n))
+    return torch.tensor(order[:k])

@@ -227,3 +227,20 @@ def test_chapter1_recipe_loads_its_checkpoint_under_its_prefix(tmp_path, monkeyp
     assert rerun.resumed_at == rerun.steps                      # loaded, not retrained
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(),
                                                    again.state_dict().values(), strict=True))
+
+
+def test_worst_perturbation_stays_in_the_ball_and_beats_random_ones():
+    from companion.models.autoencoder import adversarial_loss, worst_perturbation
+
+    torch.manual_seed(0)
+    model, x = Autoencoder(8, hidden=(32,)), images(5)
+    delta = worst_perturbation(model, x, radius=2.0, steps=3)
+    assert (delta.flatten(1).norm(dim=1) <= 2.0 + 1e-5).all()
+    worst = reconstruction_error(model, x + delta, target=x)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        rand = torch.randn(x.shape, generator=g)
+        rand = 2.0 * rand / rand.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        assert (worst > reconstruction_error(model, x + rand, target=x)).all()
+    torch.testing.assert_close(adversarial_loss(model, x, radius=0.0),
+                               reconstruction_error(model, x).mean())

@@ -36,3 +36,15 @@ def test_bad_shapes():
         pca(torch.rand(4, 5), 6)
     with pytest.raises(ValueError, match="same space"):
         principal_angles(torch.rand(4, 2), torch.rand(5, 2))
+
+
+def test_dct_basis_is_orthonormal_and_matches_scipy():
+    from companion.pca import dct_basis, dct_low_frequencies
+
+    basis = dct_basis(6)
+    torch.testing.assert_close(basis @ basis.T, torch.eye(36, dtype=torch.float64))
+    img = torch.rand(6, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    fft = pytest.importorskip("scipy.fft")
+    expected = torch.from_numpy(fft.dctn(img.numpy(), type=2, norm="ortho")).flatten()
+    torch.testing.assert_close(img.flatten() @ basis.T, expected)
+    assert dct_low_frequencies(6, 3).tolist() == [0, 1, 6]     # (0,0), (0,1), (1,0)

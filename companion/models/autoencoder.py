@@ -202,6 +202,41 @@ def denoising_loss(model: nn.Module, x: torch.Tensor, noise_std: float = 0.5,
                                 kind=kind).mean()
 
 
+def worst_perturbation(model: nn.Module, x: torch.Tensor, radius: float,
+                       steps: int = 1) -> torch.Tensor:
+    """An approximately worst input perturbation for the reconstruction of x.
+
+    Approximates argmax_{||delta|| <= radius} L(x, f(g(x + delta))), one norm ball per image,
+    by `steps` steps of projected gradient ascent along the normalized gradient (one step:
+    the fast gradient method). The result carries no graph. x: (B, 1, 28, 28) -> delta, same.
+    """
+    if radius < 0 or steps < 1:
+        raise ValueError(f"need radius >= 0 and steps >= 1, got radius={radius}, steps={steps}")
+    delta = torch.zeros_like(x)
+    if radius == 0:
+        return delta
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        loss = reconstruction_error(model, x + delta, target=x).sum()
+        (grad,) = torch.autograd.grad(loss, delta)
+        norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        delta = delta.detach() + (radius / steps) * grad / norm
+        length = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        delta = delta * (radius / length).clamp(max=1.0)            # back into the ball
+    return delta.detach()
+
+
+def adversarial_loss(model: nn.Module, x: torch.Tensor, radius: float = 1.0,
+                     steps: int = 1) -> torch.Tensor:
+    """Adversarially robust objective: mean over the batch of
+    max_{||delta|| <= radius} L(x, f(g(x + delta))), the max approximated by
+    `worst_perturbation`. With radius=0 this is `reconstruction_loss`. x: (B, 1, 28, 28).
+    """
+    check_images(x)
+    delta = worst_perturbation(model, x, radius, steps)
+    return reconstruction_error(model, x + delta, target=x).mean()
+
+
 # ---------------------------------------------------------------- contractive penalty
 
 def sigmoid_layer_penalty(x: torch.Tensor, weight: torch.Tensor,
