@@ -276,3 +276,48 @@ class GaussianMixture:
         q = self._check_q(q, len(x))
         safe = torch.where(q > 0, q, torch.ones_like(q))
         return (q * (self.log_joint(x) - torch.log(safe))).sum(-1)
+
+
+# --- a Gaussian mixture under the diffusion's forward process ------------------------------
+def _mixture_at(gm: GaussianMixture, x, alpha_bar):
+    """Checked x (B, D) and the noisy components at alpha_bar: means (B|1, K, D), vars (B|1, K).
+
+    alpha_bar: a float or a tensor (B,) (one noise level per point), each in (0, 1].
+    """
+    x = gm._check_x(x)
+    ab = torch.as_tensor(alpha_bar, dtype=x.dtype, device=x.device)
+    if ab.dim() == 0:
+        ab = ab.reshape(1)
+    if ab.dim() != 1 or len(ab) not in (1, len(x)):
+        raise ValueError(f"alpha_bar must be a number or a tensor of shape ({len(x)},), got "
+                         f"shape {tuple(ab.shape)}")
+    if ((ab <= 0) | (ab > 1)).any():
+        raise ValueError("alpha_bar must lie in (0, 1]")
+    means = ab.sqrt()[:, None, None] * gm.means.to(x)                      # (B|1, K, D)
+    var = ab[:, None] * gm.stds.to(x).pow(2) + (1 - ab[:, None])           # (B|1, K)
+    return x, means, var
+
+
+def _mixture_log_joint(gm: GaussianMixture, x, means, var):
+    sq = (x[:, None, :] - means).pow(2).sum(-1)                            # (B, K)
+    return torch.log(gm.weights.to(x)) - 0.5 * (sq / var + gm.D * torch.log(2 * math.pi * var))
+
+
+def diffused_log_density(gm: GaussianMixture, x, alpha_bar) -> torch.Tensor:
+    """log q_t(x) of x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps with x_0 ~ gm.
+
+    q_t = sum_k w_k N(sqrt(alpha_bar) mu_k, (alpha_bar s_k^2 + 1 - alpha_bar) I): again a
+    mixture. x: (B, D) -> (B,); alpha_bar = 1 gives gm's own log density.
+    """
+    x, means, var = _mixture_at(gm, x, alpha_bar)
+    return torch.logsumexp(_mixture_log_joint(gm, x, means, var), dim=-1)
+
+
+def diffused_score(gm: GaussianMixture, x, alpha_bar) -> torch.Tensor:
+    """grad_x log q_t(x) in closed form: sum_k r_k(x) (m_k - x) / v_k.  x: (B, D) -> (B, D).
+
+    r_k(x) are the responsibilities of the noisy components (m_k, v_k) at alpha_bar.
+    """
+    x, means, var = _mixture_at(gm, x, alpha_bar)
+    r = torch.softmax(_mixture_log_joint(gm, x, means, var), dim=-1)      # (B, K)
+    return ((r / var)[:, :, None] * (means - x[:, None, :])).sum(1)

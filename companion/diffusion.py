@@ -1,0 +1,710 @@
+"""Denoising diffusion (Ho et al. 2020): the one home of its math.
+
+Time convention, used everywhere in this module: **t runs from 1 to T**, as in the paper.
+x_0 is the data, x_t the t-th noisy version, x_T close to N(0, I). Every function that takes
+t takes integers in 1..T (a Python int or an int64 tensor of shape (B,)), and every
+`eps_model(x_t, t)` is called with t an int64 tensor of shape (B,) holding values in 1..T.
+Buffers indexed by t are padded so that `buf[t]` is the value at step t (index 0 holds
+the value at t = 0: alpha_bar_0 = 1, beta_0 = 0).
+
+Forward process (the fixed encoder):
+    q(x_t | x_{t-1}) = N(sqrt(alpha_t) x_{t-1}, beta_t I),  alpha_t = 1 - beta_t
+    q(x_t | x_0)     = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I),  alpha_bar_t = prod alpha_s
+Posterior:
+    q(x_{t-1} | x_t, x_0) = N(c0_t x_0 + ct_t x_t, beta_tilde_t I),
+    c0_t = sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t),
+    ct_t = sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t),
+    beta_tilde_t = (1 - alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t).
+Reverse process (the decoder): p(x_{t-1} | x_t) = N(mu_theta(x_t, t), sigma_t^2 I) with
+    mu_theta = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps_theta(x_t, t)) / sqrt(alpha_t)
+and sigma_t^2 = beta_t ("beta") or beta_tilde_t ("posterior").
+Negative ELBO (in nats, per image), summed over all dimensions:
+    L = L_T + sum_{t=2}^T L_{t-1} + L_0,
+    L_T = KL(q(x_T | x_0) || N(0, I)),
+    L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)),   x_t ~ q(x_t | x_0),
+    L_0 = -log p(x_0 | x_1),                                  x_1 ~ q(x_1 | x_0).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .progress import progress
+
+EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+VARIANCES = ("beta", "posterior")
+DECODERS = ("discretized", "gaussian")
+BIN_HALF_WIDTH = 1.0 / 255.0  # 8-bit pixels on [-1, 1]: bins of width 2/255
+
+
+# --- schedules ------------------------------------------------------------------------------
+def linear_betas(T: int, start: float = 1e-4, end: float = 0.02) -> torch.Tensor:
+    """Ho et al.'s linear schedule: beta_t = start + (end - start) (t - 1) / (T - 1).  -> (T,)
+
+    float64. For other T than 1000, improved-diffusion scales start and end by 1000 / T so
+    that the total noise stays comparable: `linear_betas(T, 1e-4 * 1000 / T, 0.02 * 1000 / T)`.
+    """
+    _check_T(T)
+    if not 0 < start <= end < 1:
+        raise ValueError(f"need 0 < start <= end < 1, got start={start}, end={end}")
+    if T == 1:
+        return torch.tensor([end], dtype=torch.float64)
+    return torch.linspace(start, end, T, dtype=torch.float64)
+
+
+def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """Nichol & Dhariwal's cosine schedule.  -> (T,) float64
+
+    alpha_bar(t) = f(t) / f(0), f(t) = cos^2(pi/2 (t/T + s) / (1 + s)),
+    beta_t = min(1 - alpha_bar(t) / alpha_bar(t - 1), max_beta).
+    """
+    _check_T(T)
+    steps = torch.arange(T + 1, dtype=torch.float64) / T
+    f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+    abar = f / f[0]
+    return (1 - abar[1:] / abar[:-1]).clamp(max=max_beta)
+
+
+def _check_T(T) -> None:
+    if not isinstance(T, int) or isinstance(T, bool) or T < 1:
+        raise ValueError(f"T (the number of diffusion steps) must be a positive int, got {T!r}")
+
+
+def spaced_timesteps(T: int, n_steps: int) -> list[int]:
+    """n_steps timesteps in 1..T, evenly spaced, always including T (and 1 if n_steps > 1).
+
+    Rounds half up, so that the steps are distinct whenever n_steps <= T.
+    """
+    _check_T(T)
+    if not isinstance(n_steps, int) or not 1 <= n_steps <= T:
+        raise ValueError(f"n_steps must be an int in 1..T = 1..{T}, got {n_steps!r}")
+    if n_steps == 1:
+        return [T]
+    pos = torch.linspace(1, T, n_steps, dtype=torch.float64)
+    return torch.floor(pos + 0.5).long().tolist()
+
+
+# --- small math helpers -----------------------------------------------------------------
+def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
+    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) elementwise (broadcasting).
+
+    = 1/2 [ logvar2 - logvar1 + (e^logvar1 + (mean1 - mean2)^2) e^-logvar2 - 1 ]
+    """
+    return 0.5 * (logvar2 - logvar1 - 1.0
+                  + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def _log_ndtr_interval(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """log(Phi(b) - Phi(a)) for a < b, stable in both tails (a may be -inf, b may be +inf)."""
+    flip = a > 0  # Phi(b) - Phi(a) = Phi(-a) - Phi(-b): keep the pair in the lower tail
+    lo = torch.where(flip, -b, a)
+    hi = torch.where(flip, -a, b)
+    lhi, llo = torch.special.log_ndtr(hi), torch.special.log_ndtr(lo)
+    d = (llo - lhi).clamp(max=-1e-30)  # log(1 - e^d) with d < 0
+    log1mexp = torch.where(d > -math.log(2), torch.log(-torch.expm1(d)),
+                           torch.log1p(-torch.exp(d)))
+    return lhi + log1mexp
+
+
+def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor,
+                                        log_scale: torch.Tensor) -> torch.Tensor:
+    """log P(x) per element for 8-bit data on [-1, 1] under a Gaussian binned to width 2/255.
+
+    x, mean, log_scale: broadcastable (log_scale = log of the standard deviation).
+    P(x) = Phi((x + 1/255 - mean) / s) - Phi((x - 1/255 - mean) / s), except that the bin of
+    x = -1 extends to -inf and the bin of x = 1 to +inf, so the 256 bins sum to 1 (Ho et al.).
+    x must hold the 256 levels -1 + 2k/255; other values are binned as if they were.
+    """
+    inv_s = torch.exp(-log_scale)
+    centered = x - mean
+    lo = torch.where(x < -0.999, torch.full_like(centered, -math.inf),
+                     (centered - BIN_HALF_WIDTH) * inv_s)
+    hi = torch.where(x > 0.999, torch.full_like(centered, math.inf),
+                     (centered + BIN_HALF_WIDTH) * inv_s)
+    return _log_ndtr_interval(lo, hi)
+
+
+def gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor,
+                            logvar: torch.Tensor) -> torch.Tensor:
+    """log N(x; mean, e^logvar) per element, for real-valued (continuous) data."""
+    return -0.5 * (math.log(2 * math.pi) + logvar + (x - mean) ** 2 * torch.exp(-logvar))
+
+
+def _flat_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum over every dimension but the first: (B, ...) -> (B,)."""
+    return x.reshape(len(x), -1).sum(1)
+
+
+@dataclass
+class BoundTerms:
+    """The negative ELBO of a batch, term by term, in nats per image.
+
+    terms: (B, T), column t - 1 holds the term computed at step t: L_0 = -log p(x_0 | x_1)
+           in column 0, L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) in column t - 1.
+    prior: (B,), L_T = KL(q(x_T | x_0) || N(0, I)).
+    dims:  the number of dimensions of one image (for bits per dimension).
+    """
+
+    terms: torch.Tensor
+    prior: torch.Tensor
+    dims: int
+
+    @property
+    def total(self) -> torch.Tensor:
+        """-ELBO per image, nats: (B,)."""
+        return self.terms.sum(1) + self.prior
+
+    @property
+    def reconstruction(self) -> torch.Tensor:
+        """L_0 per image, nats: (B,)."""
+        return self.terms[:, 0]
+
+    @property
+    def denoising(self) -> torch.Tensor:
+        """sum_{t=2}^T L_{t-1} per image, nats: (B,)."""
+        return self.terms[:, 1:].sum(1)
+
+    def bits_per_dim(self, nats: torch.Tensor | None = None) -> torch.Tensor:
+        """nats / (dims ln 2): of the total by default, or of any nats tensor given."""
+        return (self.total if nats is None else nats) / (self.dims * math.log(2))
+
+
+@dataclass
+class MonteCarloBound:
+    """An unbiased estimate of the mean -ELBO over a batch, from one random t per draw.
+
+    per_image: (B,) nats, L_T + T * L_{t-1} at random t (averaged over the draws).
+    mean, stderr: the batch mean of per_image and its standard error (nats, 0-dim tensors).
+    """
+
+    per_image: torch.Tensor
+    mean: torch.Tensor
+    stderr: torch.Tensor
+    dims: int
+
+    def bits_per_dim(self, nats: torch.Tensor | None = None) -> torch.Tensor:
+        return (self.mean if nats is None else nats) / (self.dims * math.log(2))
+
+
+# --- the process ----------------------------------------------------------------------------
+class Diffusion:
+    """A Gaussian diffusion with T steps of noise variances betas (t = 1..T, see module doc).
+
+    betas: 1-D tensor (T,), every entry in (0, 1). All buffers are float64 on `device`
+    (gathered values are cast to the dtype of the tensor they multiply).
+    """
+
+    def __init__(self, betas: torch.Tensor, device: torch.device | str | None = None):
+        if not torch.is_tensor(betas):
+            raise TypeError(f"betas must be a 1-D torch tensor, got {type(betas).__name__}; "
+                            "use linear_betas(T) or cosine_betas(T)")
+        if betas.dim() != 1 or len(betas) < 1:
+            raise ValueError(f"betas must be a 1-D tensor of length T >= 1, got shape "
+                             f"{tuple(betas.shape)}")
+        b = betas.detach().to(torch.float64).cpu()
+        if not torch.isfinite(b).all() or (b <= 0).any() or (b >= 1).any():
+            raise ValueError(f"every beta must lie in (0, 1), got min {b.min().item():g} and "
+                             f"max {b.max().item():g}")
+        self.T = len(b)
+        device = torch.device(device) if device is not None else betas.device
+        zero = torch.zeros(1, dtype=torch.float64)
+        alphas = 1 - b
+        abar = torch.cumprod(alphas, 0)
+        # padded: index t holds the value at step t, index 0 the value at t = 0
+        self.betas_ = torch.cat([zero, b])
+        self.alphas_ = torch.cat([zero + 1, alphas])
+        self.alphas_bar_ = torch.cat([zero + 1, abar])
+        abar_prev = self.alphas_bar_[:-1]                                  # (T,) t-1 for t=1..T
+        post_var = b * (1 - abar_prev) / (1 - abar)                        # beta_tilde_t
+        self.posterior_variance_ = torch.cat([zero, post_var])
+        self.posterior_coef_x0_ = torch.cat([zero, abar_prev.sqrt() * b / (1 - abar)])
+        self.posterior_coef_xt_ = torch.cat([zero, alphas.sqrt() * (1 - abar_prev) / (1 - abar)])
+        # Ho's treatment of t = 1: beta_tilde_1 = 0, so its log is replaced by that of
+        # beta_tilde_2 (also the decoder variance of L_0, whatever the choice of sigma_t^2)
+        first = post_var[1] if self.T > 1 else b[0]
+        self.posterior_log_variance_ = torch.cat([zero, torch.log(
+            torch.cat([first.reshape(1), post_var[1:]]))])
+        self.beta_log_variance_ = torch.cat([zero, torch.log(
+            torch.cat([first.reshape(1), b[1:]]))])
+        self._alphas_bar_list = self.alphas_bar_.tolist()  # host copy: no device sync
+        self.to(device)
+
+    def to(self, device) -> Diffusion:
+        """Move every buffer to `device` (in place); returns self."""
+        self.device = torch.device(device)
+        for name, value in list(vars(self).items()):
+            if name.endswith("_") and torch.is_tensor(value):
+                setattr(self, name, value.to(self.device))
+        return self
+
+    # public views of length T (index t - 1 holds step t)
+    @property
+    def betas(self) -> torch.Tensor:
+        return self.betas_[1:]
+
+    @property
+    def alphas_bar(self) -> torch.Tensor:
+        return self.alphas_bar_[1:]
+
+    @property
+    def posterior_variance(self) -> torch.Tensor:
+        return self.posterior_variance_[1:]
+
+    def snr(self) -> torch.Tensor:
+        """Signal-to-noise ratio alpha_bar_t / (1 - alpha_bar_t) for t = 1..T: (T,)."""
+        return self.alphas_bar / (1 - self.alphas_bar)
+
+    # --- t handling ---------------------------------------------------------------------
+    def check_t(self, t, batch: int) -> torch.Tensor:
+        """t as an int64 tensor of shape (batch,) on this device, checked to lie in 1..T.
+
+        Checking the range costs one device sync: the samplers build t themselves and skip it.
+        """
+        if isinstance(t, bool):
+            raise TypeError("t must be an int or an int64 tensor, got a bool")
+        if isinstance(t, int):
+            t = torch.full((batch,), t, dtype=torch.long, device=self.device)
+        if not torch.is_tensor(t) or t.is_floating_point() or t.is_complex() \
+                or t.dtype == torch.bool:
+            raise TypeError(f"t must be an int or an integer tensor of steps in 1..{self.T}, "
+                            f"got {t!r:.80}")
+        t = t.to(device=self.device, dtype=torch.long)
+        if t.dim() == 0:
+            t = t.expand(batch)
+        if t.shape != (batch,):
+            raise ValueError(f"t must have shape ({batch},), one step per image, got "
+                             f"{tuple(t.shape)}")
+        lo, hi = int(t.min()), int(t.max())
+        if lo < 1 or hi > self.T:
+            hint = " (steps count from 1: x_0 is the data; add 1 to 0-based indices)" \
+                if lo == 0 else ""
+            raise ValueError(f"t must lie in 1..T = 1..{self.T}, got values in {lo}..{hi}{hint}")
+        return t
+
+    @staticmethod
+    def _at(buf: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """buf[t] shaped to broadcast against `like` (B, ...): (B, 1, ..., 1), like's dtype."""
+        return buf[t].to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
+
+    def _check_pair(self, a: torch.Tensor, b: torch.Tensor, na: str, nb: str) -> None:
+        if a.shape != b.shape:
+            raise ValueError(f"{na} and {nb} must have the same shape, got {tuple(a.shape)} "
+                             f"and {tuple(b.shape)}")
+
+    # --- forward process and posterior ---------------------------------------------------
+    def q_mean_variance(self, x0: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I): (mean, variance).
+
+        x0: (B, ...); mean (B, ...), variance (B, 1, ..., 1).
+        """
+        t = self.check_t(t, len(x0))
+        abar = self._at(self.alphas_bar_, t, x0)
+        return abar.sqrt() * x0, 1 - abar
+
+    def q_sample(self, x0: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise.  x0, noise: (B, ...)."""
+        self._check_pair(x0, noise, "x0", "noise")
+        return self._q_sample(x0, self.check_t(t, len(x0)), noise)
+
+    def _q_sample(self, x0, t, noise):
+        abar = self._at(self.alphas_bar_, t, x0)
+        return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+
+    def q_step(self, x_prev: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
+        """One forward step: x_t = sqrt(alpha_t) x_{t-1} + sqrt(beta_t) noise."""
+        self._check_pair(x_prev, noise, "x_prev", "noise")
+        t = self.check_t(t, len(x_prev))
+        return (self._at(self.alphas_, t, x_prev).sqrt() * x_prev
+                + self._at(self.betas_, t, x_prev).sqrt() * noise)
+
+    def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t):
+        """q(x_{t-1} | x_t, x_0) = N(c0_t x_0 + ct_t x_t, beta_tilde_t I): (mean, variance).
+
+        x0, x_t: (B, ...); mean (B, ...), variance (B, 1, ..., 1). At t = 1 the variance is 0
+        (x_0 is known exactly).
+        """
+        self._check_pair(x0, x_t, "x0", "x_t")
+        t = self.check_t(t, len(x0))
+        return self._q_posterior_mean(x0, x_t, t), self._at(self.posterior_variance_, t, x0)
+
+    def _q_posterior_mean(self, x0, x_t, t):
+        return (self._at(self.posterior_coef_x0_, t, x0) * x0
+                + self._at(self.posterior_coef_xt_, t, x_t) * x_t)
+
+    # --- parameterizations ---------------------------------------------------------------
+    def x0_from_eps(self, x_t, t, eps):
+        """x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)."""
+        self._check_pair(x_t, eps, "x_t", "eps")
+        return self._x0_from_eps(x_t, self.check_t(t, len(x_t)), eps)
+
+    def _x0_from_eps(self, x_t, t, eps):
+        abar = self._at(self.alphas_bar_, t, x_t)
+        return (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
+
+    def eps_from_x0(self, x_t, t, x0):
+        """eps = (x_t - sqrt(alpha_bar_t) x_0) / sqrt(1 - alpha_bar_t)."""
+        self._check_pair(x_t, x0, "x_t", "x0")
+        t = self.check_t(t, len(x_t))
+        abar = self._at(self.alphas_bar_, t, x_t)
+        return (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()
+
+    def mean_from_eps(self, x_t, t, eps):
+        """mu = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t)."""
+        self._check_pair(x_t, eps, "x_t", "eps")
+        return self._mean_from_eps(x_t, self.check_t(t, len(x_t)), eps)
+
+    def _mean_from_eps(self, x_t, t, eps):
+        beta = self._at(self.betas_, t, x_t)
+        abar = self._at(self.alphas_bar_, t, x_t)
+        return (x_t - beta / (1 - abar).sqrt() * eps) / (1 - beta).sqrt()
+
+    def eps_from_mean(self, x_t, t, mean):
+        """eps = (x_t - sqrt(alpha_t) mu) sqrt(1 - alpha_bar_t) / beta_t."""
+        self._check_pair(x_t, mean, "x_t", "mean")
+        t = self.check_t(t, len(x_t))
+        beta = self._at(self.betas_, t, x_t)
+        abar = self._at(self.alphas_bar_, t, x_t)
+        return (x_t - (1 - beta).sqrt() * mean) * (1 - abar).sqrt() / beta
+
+    def score_from_eps(self, x_t, t, eps):
+        """grad log q(x_t) = -eps / sqrt(1 - alpha_bar_t) (Tweedie; exact for the optimal eps)."""
+        self._check_pair(x_t, eps, "x_t", "eps")
+        t = self.check_t(t, len(x_t))
+        return -eps / (1 - self._at(self.alphas_bar_, t, x_t)).sqrt()
+
+    def eps_from_score(self, x_t, t, score):
+        """eps = -sqrt(1 - alpha_bar_t) score: the factor the slides leave out."""
+        self._check_pair(x_t, score, "x_t", "score")
+        t = self.check_t(t, len(x_t))
+        return -(1 - self._at(self.alphas_bar_, t, x_t)).sqrt() * score
+
+    def score_fn(self, eps_model: EpsModel) -> Callable[[torch.Tensor, int], torch.Tensor]:
+        """The score s(x, t) = -eps_model(x, t) / sqrt(1 - alpha_bar_t), t an int in 1..T."""
+        def score(x: torch.Tensor, t: int) -> torch.Tensor:
+            if not 1 <= int(t) <= self.T:
+                raise ValueError(f"t must lie in 1..T = 1..{self.T}, got {t}")
+            tt = torch.full((len(x),), t, dtype=torch.long, device=x.device)
+            return -eps_model(x, tt).to(x.dtype) / math.sqrt(1 - self._alphas_bar_list[t])
+        return score
+
+    # --- the reverse process ---------------------------------------------------------------
+    def model_log_variance(self, t, like: torch.Tensor, variance: str = "beta"):
+        """log sigma_t^2 shaped (B, 1, ..., 1); at t = 1 log beta_tilde_2 (Ho's treatment)."""
+        _check_variance(variance)
+        buf = self.beta_log_variance_ if variance == "beta" else self.posterior_log_variance_
+        return self._at(buf, self.check_t(t, len(like)), like)
+
+    def p_mean_variance(self, eps_model: EpsModel, x_t: torch.Tensor, t,
+                        variance: str = "beta", clip: bool = False) -> dict:
+        """p(x_{t-1} | x_t) = N(mu_theta(x_t, t), sigma_t^2 I).  x_t: (B, ...).
+
+        Returns {"mean", "variance", "log_variance", "x0", "eps"}; variance and log_variance
+        shaped (B, 1, ..., 1), the rest like x_t. variance: "beta" (sigma_t^2 = beta_t) or
+        "posterior" (beta_tilde_t); log_variance uses Ho's treatment of t = 1 for both.
+        clip: clamp the predicted x_0 to [-1, 1] before forming the mean, a sampling
+        heuristic for images, not part of the model (the bound never clips).
+        """
+        _check_variance(variance)
+        return self._p_mean_variance(eps_model, x_t, self.check_t(t, len(x_t)), variance, clip)
+
+    def _p_mean_variance(self, eps_model, x_t, t, variance, clip):
+        return self._p_from_eps(x_t, t, eps_model(x_t, t), variance, clip)
+
+    def _p_from_eps(self, x_t, t, eps, variance, clip):
+        eps = eps.to(x_t.dtype)
+        if eps.shape != x_t.shape:
+            raise ValueError(f"eps_model returned shape {tuple(eps.shape)} for x_t of shape "
+                             f"{tuple(x_t.shape)}; it must predict the noise, same shape")
+        x0 = self._x0_from_eps(x_t, t, eps)
+        if clip:
+            x0 = x0.clamp(-1, 1)
+            mean = self._q_posterior_mean(x0, x_t, t)
+        else:
+            mean = self._mean_from_eps(x_t, t, eps)
+        if variance == "beta":
+            var, logvar = self.betas_, self.beta_log_variance_
+        else:
+            var, logvar = self.posterior_variance_, self.posterior_log_variance_
+        return {"mean": mean, "variance": self._at(var, t, x_t),
+                "log_variance": self._at(logvar, t, x_t), "x0": x0, "eps": eps}
+
+    # --- training --------------------------------------------------------------------------
+    def simple_loss(self, eps_model: EpsModel, x0: torch.Tensor,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """Algorithm 1's L_simple = E_{t ~ U{1..T}, eps} |eps - eps_theta(x_t, t)|^2.
+
+        x0: (B, ...) -> scalar, the mean squared error over every element of the batch.
+        """
+        t = torch.randint(1, self.T + 1, (len(x0),), device=x0.device,
+                          generator=_gen_for(generator, x0.device))
+        noise = _randn(x0.shape, x0, generator)
+        eps = eps_model(self._q_sample(x0, t, noise), t)
+        return (eps.float() - noise.float()).pow(2).mean()
+
+    # --- sampling --------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, eps_model: EpsModel, shape, *, variance: str = "beta",
+               n_steps: int | None = None, x_T: torch.Tensor | None = None,
+               generator: torch.Generator | None = None, device=None, clip: bool = False,
+               callback=None, quiet: bool | None = None) -> torch.Tensor:
+        """Ancestral sampling, Algorithm 2: x_T ~ N(0, I), x_{t-1} = mu_theta + sigma_t z.
+
+        shape: (B, ...) of the samples. No noise is added at the last step (t = 1): the
+        output is the decoder's mean mu_theta(x_1, 1).
+        n_steps: fewer than T respaces the chain over `spaced_timesteps(T, n_steps)`
+        s_1 < ... < s_n = T, with betas 1 - alpha_bar_{s_i} / alpha_bar_{s_{i-1}}
+        (alpha_bar_{s_0} = 1), the recipe of improved-diffusion; eps_model still sees the
+        original steps s_i.
+        generator: a torch.Generator on the sampling device (reproducible runs).
+        callback(t, x_t, x0_pred): called before each step with the original step t.
+        """
+        _check_variance(variance)
+        steps = spaced_timesteps(self.T, n_steps if n_steps is not None else self.T)
+        sub = self if len(steps) == self.T else self.respaced(steps)
+        x = _start(shape, x_T, generator, device or self.device)
+        model_t = torch.tensor(steps, dtype=torch.long, device=x.device)
+        sub_t = torch.arange(len(steps) + 1, device=x.device)
+        for i in progress(range(len(steps), 0, -1), desc="sampling", quiet=quiet):
+            eps = eps_model(x, model_t[i - 1].expand(len(x)))
+            out = sub._p_from_eps(x, sub_t[i].expand(len(x)), eps, variance, clip)
+            if callback is not None:
+                callback(steps[i - 1], x, out["x0"])
+            x = out["mean"]
+            if i > 1:  # no noise at the last step
+                x = x + out["variance"].sqrt() * _randn(x.shape, x, generator)
+        return x
+
+    def respaced(self, steps: list[int]) -> Diffusion:
+        """The diffusion over the kept steps s_1 < ... < s_n (values in 1..T).
+
+        Its alpha_bar at step i is this one's alpha_bar_{s_i}; its betas are
+        1 - alpha_bar_{s_i} / alpha_bar_{s_{i-1}} with alpha_bar_{s_0} = 1.
+        """
+        s = torch.as_tensor(steps, dtype=torch.long)
+        if s.dim() != 1 or len(s) == 0 or (s[1:] <= s[:-1]).any() or s[0] < 1 or s[-1] > self.T:
+            raise ValueError(f"steps must be increasing integers in 1..{self.T}, got {steps!r:.80}")
+        abar = self.alphas_bar_.cpu()[s]
+        prev = torch.cat([torch.ones(1, dtype=abar.dtype), abar[:-1]])
+        return Diffusion(1 - abar / prev, device=self.device)
+
+    @torch.no_grad()
+    def sample_ddim(self, eps_model: EpsModel, shape, *, n_steps: int, eta: float = 0.0,
+                    x_T: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                    device=None, clip: bool = False, callback=None,
+                    quiet: bool | None = None) -> torch.Tensor:
+        """DDIM (Song et al. 2021) over `spaced_timesteps(T, n_steps)`; eta = 0 is deterministic.
+
+        From step s to the previous kept step r (alpha_bar_r = 1 after the last one):
+        x0 = x0_from_eps(x_s, eps), x_r = sqrt(abar_r) x0 + sqrt(1 - abar_r - sig^2) eps
+        + sig z, sig = eta sqrt((1 - abar_r) / (1 - abar_s)) sqrt(1 - abar_s / abar_r).
+        The last step returns the predicted x_0 without noise.
+        """
+        if not eta >= 0:
+            raise ValueError(f"eta must be >= 0 (0: deterministic DDIM, 1: DDPM-like), got {eta}")
+        steps = spaced_timesteps(self.T, n_steps)
+        x = _start(shape, x_T, generator, device or self.device)
+        abar = self.alphas_bar_.to(x.device)
+        ts = torch.tensor(steps, dtype=torch.long, device=x.device)
+        for i in progress(range(len(steps) - 1, -1, -1), desc="DDIM", quiet=quiet):
+            t = ts[i].expand(len(x))
+            eps = eps_model(x, t).to(x.dtype)
+            x0 = self._x0_from_eps(x, t, eps)
+            if clip:
+                x0 = x0.clamp(-1, 1)
+                eps = (x - self._at(abar, t, x).sqrt() * x0) / (1 - self._at(abar, t, x)).sqrt()
+            if callback is not None:
+                callback(steps[i], x, x0)
+            if i == 0:
+                x = x0
+                break
+            a_s, a_r = abar[steps[i]].to(x.dtype), abar[steps[i - 1]].to(x.dtype)
+            sig = eta * ((1 - a_r) / (1 - a_s) * (1 - a_s / a_r)).sqrt()
+            x = a_r.sqrt() * x0 + (1 - a_r - sig**2).clamp(min=0).sqrt() * eps
+            if eta > 0:
+                x = x + sig * _randn(x.shape, x, generator)
+        return x
+
+    @torch.no_grad()
+    def sample_denoise_only(self, eps_model: EpsModel, shape, *,
+                            x_T: torch.Tensor | None = None,
+                            generator: torch.Generator | None = None, device=None,
+                            callback=None, quiet: bool | None = None) -> torch.Tensor:
+        """x_{t-1} = mu_theta(x_t, t) for t = T..1 from x_T ~ N(0, I): no noise injected."""
+        x = _start(shape, x_T, generator, device or self.device)
+        for t in progress(range(self.T, 0, -1), desc="denoise only", quiet=quiet):
+            tt = torch.full((len(x),), t, dtype=torch.long, device=x.device)
+            out = self._p_mean_variance(eps_model, x, tt, "beta", False)
+            if callback is not None:
+                callback(t, x, out["x0"])
+            x = out["mean"]
+        return x
+
+    # --- the variational bound ---------------------------------------------------------------
+    def prior_kl(self, x0: torch.Tensor) -> torch.Tensor:
+        """L_T = KL(q(x_T | x_0) || N(0, I)) in nats, summed over dimensions: (B, ...) -> (B,)."""
+        abar = self.alphas_bar_[self.T].to(x0.dtype)
+        mean = abar.sqrt() * x0
+        logvar = torch.log1p(-abar).expand_as(x0)
+        return _flat_sum(normal_kl(mean, logvar, torch.zeros_like(x0), torch.zeros_like(x0)))
+
+    def term_at(self, eps_model: EpsModel, x0: torch.Tensor, t, *, variance: str = "beta",
+                decoder: str = "discretized", noise: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """The bound's term at step t per image, nats (B,), from one x_t ~ q(x_t | x_0).
+
+        t = 1: L_0 = -log p(x_0 | x_1) with the decoder N(mu_theta(x_1, 1), sigma_1^2),
+        sigma_1^2 = beta_tilde_2 (Ho's treatment), either "discretized" (8-bit data on
+        [-1, 1], bins of width 2/255) or "gaussian" (real-valued data, a density).
+        t >= 2: L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)).
+        t may differ per image: an int64 tensor (B,).
+        """
+        _check_variance(variance)
+        _check_decoder(decoder)
+        t = self.check_t(t, len(x0))
+        if noise is None:
+            noise = _randn(x0.shape, x0, generator)
+        self._check_pair(x0, noise, "x0", "noise")
+        return self._term_at(eps_model, x0, t, noise, variance, decoder)
+
+    def _term_at(self, eps_model, x0, t, noise, variance, decoder):
+        x_t = self._q_sample(x0, t, noise)
+        out = self._p_mean_variance(eps_model, x_t, t, variance, False)
+        true_mean = self._q_posterior_mean(x0, x_t, t)
+        true_logvar = self._at(self.posterior_log_variance_, t, x0)
+        kl = _flat_sum(normal_kl(true_mean, true_logvar, out["mean"], out["log_variance"]))
+        if decoder == "discretized":
+            nll = -discretized_gaussian_log_likelihood(x0, out["mean"], 0.5 * out["log_variance"])
+        else:
+            nll = -gaussian_log_likelihood(x0, out["mean"], out["log_variance"])
+        return torch.where(t == 1, _flat_sum(nll), kl)
+
+    @torch.no_grad()
+    def bound_terms(self, eps_model: EpsModel, x0: torch.Tensor, *, variance: str = "beta",
+                    decoder: str = "discretized", max_batch: int = 4096,
+                    generator: torch.Generator | None = None,
+                    quiet: bool | None = None) -> BoundTerms:
+        """Every term of the bound for a batch, exactly summed over t = 1..T (T network calls).
+
+        x0: (B, ...). One x_t ~ q(x_t | x_0) per image and t, as in the reference code.
+        Steps are evaluated in chunks of max(1, max_batch // B) so that each network call
+        sees at most max(B, max_batch) inputs.
+        """
+        _check_variance(variance)
+        _check_decoder(decoder)
+        B = len(x0)
+        chunk = max(1, max_batch // B)
+        terms = torch.empty(B, self.T, dtype=x0.dtype, device=x0.device)
+        starts = range(1, self.T + 1, chunk)
+        for start in progress(starts, desc="bound", quiet=quiet):
+            stop = min(start + chunk, self.T + 1)
+            n = stop - start
+            t = torch.arange(start, stop, device=x0.device).repeat_interleave(B)
+            xs = x0.repeat(n, *([1] * (x0.dim() - 1)))
+            noise = _randn(xs.shape, xs, generator)
+            part = self._term_at(eps_model, xs, t, noise, variance, decoder)
+            terms[:, start - 1:stop - 1] = part.reshape(n, B).T
+        return BoundTerms(terms, self.prior_kl(x0), x0[0].numel())
+
+    @torch.no_grad()
+    def bound_monte_carlo(self, eps_model: EpsModel, x0: torch.Tensor, *, draws: int = 1,
+                          variance: str = "beta", decoder: str = "discretized",
+                          generator: torch.Generator | None = None) -> MonteCarloBound:
+        """Unbiased estimate of the bound: L_T + T L_{t-1} with t ~ U{1..T}, per image.
+
+        x0: (B, ...); draws: random steps per image (averaged). The standard error is that of
+        the batch mean, std(per_image) / sqrt(B).
+        """
+        _check_variance(variance)
+        _check_decoder(decoder)
+        if not isinstance(draws, int) or draws < 1:
+            raise ValueError(f"draws must be a positive int, got {draws!r}")
+        B = len(x0)
+        if B < 2:
+            raise ValueError("need at least 2 images for a standard error")
+        xs = x0.repeat(draws, *([1] * (x0.dim() - 1)))
+        t = torch.randint(1, self.T + 1, (len(xs),), device=x0.device,
+                          generator=_gen_for(generator, x0.device))
+        noise = _randn(xs.shape, xs, generator)
+        term = self._term_at(eps_model, xs, t, noise, variance, decoder)
+        per_image = self.prior_kl(x0) + self.T * term.reshape(draws, B).mean(0)
+        return MonteCarloBound(per_image, per_image.mean(),
+                               per_image.std() / math.sqrt(B), x0[0].numel())
+
+
+# --- annealed Langevin dynamics -------------------------------------------------------------
+def song_ermon_step_sizes(sigmas, eps: float) -> torch.Tensor:
+    """alpha_i = eps sigma_i^2 / sigma_L^2 (Song & Ermon 2019), sigma_L the smallest level."""
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
+    if sigmas.dim() != 1 or (sigmas <= 0).any():
+        raise ValueError("sigmas must be a 1-D sequence of positive noise levels")
+    return eps * sigmas**2 / sigmas[-1] ** 2
+
+
+@torch.no_grad()
+def annealed_langevin(score_fn, x: torch.Tensor, levels, step_sizes, n_steps: int, *,
+                      generator: torch.Generator | None = None, final_denoise: bool = False,
+                      quiet: bool | None = None) -> torch.Tensor:
+    """Song & Ermon's annealed Langevin dynamics from x (B, ...), level by level.
+
+    For each level i (largest noise first) and n_steps times:
+        x <- x + alpha_i / 2 score_fn(x, levels[i]) + sqrt(alpha_i) z,  z ~ N(0, I).
+    levels: what score_fn takes as its second argument (noise scales, or diffusion steps t);
+    step_sizes: alpha_i, one per level. final_denoise: one last noise-free step at the last
+    level, x <- x + alpha_L / 2 score (removes the noise of the last Langevin step).
+    """
+    levels = list(levels)
+    step_sizes = [float(a) for a in step_sizes]
+    if len(levels) != len(step_sizes) or not levels:
+        raise ValueError(f"need one step size per level, got {len(levels)} levels and "
+                         f"{len(step_sizes)} step sizes")
+    if any(not a > 0 for a in step_sizes):
+        raise ValueError("step sizes must be positive")
+    if not isinstance(n_steps, int) or n_steps < 1:
+        raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
+    x = x.clone()
+    for level, a in progress(list(zip(levels, step_sizes, strict=True)), desc="Langevin",
+                             quiet=quiet):
+        for _ in range(n_steps):
+            x = x + 0.5 * a * score_fn(x, level) + math.sqrt(a) * _randn(x.shape, x, generator)
+    if final_denoise:
+        x = x + 0.5 * step_sizes[-1] * score_fn(x, levels[-1])
+    return x
+
+
+# --- helpers ----------------------------------------------------------------------------------
+def _check_variance(variance: str) -> None:
+    if variance not in VARIANCES:
+        raise ValueError(f"variance must be one of {VARIANCES} (sigma_t^2 = beta_t or the "
+                         f"posterior variance beta_tilde_t), got {variance!r}")
+
+
+def _check_decoder(decoder: str) -> None:
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be 'discretized' (8-bit images on [-1, 1]) or "
+                         f"'gaussian' (real-valued data), got {decoder!r}")
+
+
+def _gen_for(generator: torch.Generator | None, device: torch.device):
+    if generator is not None and generator.device.type != torch.device(device).type:
+        raise ValueError(f"the generator lives on {generator.device} but the tensors on "
+                         f"{device}; pass torch.Generator(device={str(device)!r}) so that "
+                         "noise is drawn where it is used (no copy and sync per step)")
+    return generator
+
+
+def _randn(shape, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(shape, dtype=like.dtype, device=like.device,
+                       generator=_gen_for(generator, like.device))
+
+
+def _start(shape, x_T, generator, device) -> torch.Tensor:
+    if x_T is not None:
+        if tuple(x_T.shape) != tuple(shape):
+            raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
+        return x_T.clone()
+    device = torch.device(device)
+    return torch.randn(tuple(shape), device=device, generator=_gen_for(generator, device))
