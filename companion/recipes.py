@@ -18,20 +18,22 @@ AE_HIDDEN, AE_LR, AE_NOISE, AE_WEIGHT = (256,), 2e-3, 0.5, 1.0
 
 
 def chapter1_autoencoder(name: str, x, profile, device, *, loss_fn=reconstruction_loss,
-                         latent: int = 16, prefix: str = "ch1"):
+                         latent: int = 16, prefix: str = "ch1", **settings):
     """Chapter 1's autoencoder: MLP 784 -> 256 -> latent and back, squared error (or the
     `loss_fn` given: chapter 1's denoising and contractive losses use AE_NOISE, AE_WEIGHT),
     Adam 2e-3, the profile's batch size, 15 / 30 / 20 epochs (ci / cpu / gpu).
 
     x: (N, 1, 28, 28) training images. Chapter 6 compares the VAE with this model; it calls
     with its own `prefix` so that two notebooks running at once never write one file.
+    settings: whatever else shapes `loss_fn` (e.g. radius=2.0), recorded in the checkpoint.
     Returns (model, FitResult).
     """
     epochs = profile.pick(ci=15, cpu=30, gpu=20)
     torch.manual_seed(0)
     model = Autoencoder(latent, hidden=AE_HIDDEN).to(device)
     config = dict(profile=profile.name, name=name, latent=latent, hidden=list(AE_HIDDEN),
-                  epochs=epochs, lr=AE_LR, noise=AE_NOISE, weight=AE_WEIGHT, n_train=len(x))
+                  epochs=epochs, lr=AE_LR, noise=AE_NOISE, weight=AE_WEIGHT, n_train=len(x),
+                  **settings)
     result = fit(model, loss_fn, x, epochs=epochs, batch_size=profile.batch_size, lr=AE_LR,
                  checkpoint=checkpoint_path(f"{prefix}-{name}", profile), config=config,
                  desc=name)

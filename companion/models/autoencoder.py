@@ -117,7 +117,9 @@ class ConvAutoencoder(_Codec):
     f: a linear map back to 7 x 7 feature maps and stride-2 transposed convolutions.
     depth: 2 (one convolution per resolution) or 4 (each stride-2 convolution followed by a
            3 x 3 stride-1 one, and the decoder mirrored: the four-conv / four-transposed-conv
-           autoencoder of the lecture slides).
+           autoencoder of the lecture slides). At depth 4 every hidden convolution is
+           followed by BatchNorm: without it, trained with Adam at 2e-3, this deeper stack
+           fell into the all-black image (sigmoid saturated) and never left it.
     encode: x (B, 1, 28, 28) -> z (B, latent_dim);  decode: z -> (B, 1, 28, 28) in [0, 1].
     """
 
@@ -132,19 +134,22 @@ class ConvAutoencoder(_Codec):
         self.latent_dim, self.depth = int(latent_dim), depth
         extra = depth == 4
 
+        def act(c):  # the nonlinearity after a hidden convolution
+            return [nn.BatchNorm2d(c), nn.ReLU()] if extra else [nn.ReLU()]
+
         def same(c, transposed=False):  # a 3 x 3 layer that keeps the resolution
             conv = nn.ConvTranspose2d if transposed else nn.Conv2d
-            return [conv(c, c, 3, padding=1), nn.ReLU()] if extra else []
+            return [conv(c, c, 3, padding=1), *act(c)] if extra else []
 
         self.encoder = nn.Sequential(
-            nn.Conv2d(1, c1, 4, stride=2, padding=1), nn.ReLU(), *same(c1),    # 28 -> 14
-            nn.Conv2d(c1, c2, 4, stride=2, padding=1), nn.ReLU(), *same(c2),   # 14 -> 7
+            nn.Conv2d(1, c1, 4, stride=2, padding=1), *act(c1), *same(c1),     # 28 -> 14
+            nn.Conv2d(c1, c2, 4, stride=2, padding=1), *act(c2), *same(c2),    # 14 -> 7
             nn.Flatten(), nn.Linear(c2 * 7 * 7, self.latent_dim),
         )
         self.decoder = nn.Sequential(
             nn.Linear(self.latent_dim, c2 * 7 * 7), nn.ReLU(), nn.Unflatten(1, (c2, 7, 7)),
             *same(c2, True),
-            nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1), nn.ReLU(),     # 7 -> 14
+            nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1), *act(c1),      # 7 -> 14
             *same(c1, True),
             nn.ConvTranspose2d(c1, 1, 4, stride=2, padding=1), nn.Sigmoid(),   # 14 -> 28
         )
