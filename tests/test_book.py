@@ -1,8 +1,10 @@
 """A -W build of the book from the stored outputs, and what the built pages must contain."""
 
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from companion import colab
 
@@ -60,3 +62,46 @@ def test_cdn_config_for_make_book_without_npm(tmp_path, monkeypatch):
     assert str((ROOT / "book" / "_ext").resolve()) in sys.path
     make = (ROOT / "Makefile").read_text()
     assert "mathjax_cdn.py $(MATHJAX_VERSION)" in make and "--config _build/cdn" in make
+
+
+EQNO = re.compile(r'id="equation-([^"]+)"[^>]*>\s*<span class="eqno">\(([^)<]+)\)')
+EQREF = re.compile(r'<a class="reference internal" href="([^"#]*)#equation-([^"]+)"[^>]*>'
+                   r'(?:<span[^>]*>)?\(([^)<]+)\)')
+
+
+def numbered_chapters() -> list[str]:
+    """The files of the numbered part of _toc.yml, in order: chapter 1, 2, ..."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    parts = [p for p in toc.get("parts", []) if p.get("numbered")]
+    assert len(parts) == 1, "one numbered part (the chapters) in _toc.yml"
+    return [c["file"] for c in parts[0]["chapters"]]
+
+
+def test_equations_are_numbered_per_chapter(html):
+    """Chapter n's equations read (n.1), (n.2), ... in order, not numbered book-wide."""
+    chapters = numbered_chapters()
+    assert all(f.startswith("notebooks/") for f in chapters)
+    for n, f in enumerate(chapters, start=1):
+        numbers = [num for _, num in EQNO.findall((html / f"{f}.html").read_text())]
+        assert numbers == [f"{n}.{k}" for k in range(1, len(numbers) + 1)], \
+            f"{f}: equation numbers {numbers[:6]}, expected ({n}.1), ({n}.2), ..."
+
+
+def test_every_eq_reference_resolves_to_its_equation_number(html):
+    """Each {eq} role in a chapter's source is a link in the built page, showing the
+    number that its target equation carries."""
+    chapters = numbered_chapters()
+    number = {}
+    for f in chapters:
+        number.update(EQNO.findall((html / f"{f}.html").read_text()))
+    for f in chapters:
+        page = (html / f"{f}.html").read_text()
+        shown = {(label, num) for _, label, num in EQREF.findall(page)}
+        for label, num in shown:
+            assert label in number, f"{f}: reference to unknown equation {label!r}"
+            assert num == number[label], \
+                f"{f}: reference to {label} shows ({num}), the equation is ({number[label]})"
+        cited = set(re.findall(r"\{eq\}`([^`]+)`", (ROOT / f"{f}.md").read_text()))
+        linked = {label for label, _ in shown}
+        assert cited <= linked, f"{f}: {{eq}} references not rendered as links: " \
+                                f"{sorted(cited - linked)}"

@@ -134,6 +134,12 @@ INSPECT = r"""
       figureBeside: hasFigure(cell) || hasFigure(cells[i - 1]) || hasFigure(cells[i + 1]),
       code: (cell.querySelector('.cell_input') || cell).innerText.slice(0, 120)});
   });
+  // Code that does not fit the text column is cut and scrolls: the widest line of every
+  // visible code cell, against the width its box offers.
+  const overflow = [...document.querySelectorAll('.cell_input pre')]
+    .filter(e => e.checkVisibility() && e.scrollWidth > e.clientWidth + 1)
+    .map(e => e.textContent.split('\n').reduce((a, b) => (b.length > a.length ? b : a), ''))
+    .map(line => `${line.length} characters: ${line.trim().slice(0, 100)}`);
   window.scrollTo(0, 0);
   await frame();
   let tag = 0;
@@ -147,7 +153,7 @@ INSPECT = r"""
     Array.from({length: k}, (_, j) => arr[Math.floor(j * arr.length / k)]);
   const equations = [...spread(boxes('mjx-container[display="true"]'), PER_KIND),
                      ...spread(boxes('mjx-container:not([display="true"])'), PER_KIND)];
-  return {raw, untypeset, mathErrors, images, links, tracebacks, widgets, equations,
+  return {raw, untypeset, mathErrors, images, links, tracebacks, widgets, equations, overflow,
           theme: document.documentElement.dataset.theme || '',
           background: getComputedStyle(document.body).backgroundColor};
 })()
@@ -367,6 +373,16 @@ def test_equations_visible(browser, server, page, mode):
            if problem(image, mode)]
     assert not bad, f"{page} ({mode}): equations not visible against the page:\n  " + \
         "\n  ".join(bad)
+
+
+@pytest.mark.parametrize("mode", ["light", "dark"])
+@pytest.mark.parametrize("page", CHAPTERS)
+def test_code_fits_the_text_column(browser, server, page, mode):
+    """No code cell scrolls sideways at the theme's width: lines of about 80 characters."""
+    r = visit(browser, server, page, mode)
+    assert not r["overflow"], (f"{page} ({mode}): code cells wider than the text column "
+                               "(wrap the lines at about 80 characters):\n  "
+                               + "\n  ".join(r["overflow"][:10]))
 
 
 @pytest.mark.parametrize("page", CHAPTERS)
