@@ -230,6 +230,9 @@ class Diffusion:
             torch.cat([first.reshape(1), post_var[1:]]))])
         self.beta_log_variance_ = torch.cat([zero, torch.log(
             torch.cat([first.reshape(1), b[1:]]))])
+        # the decoder's sigma_t^2 (t = 1: beta_tilde_2, like the log-variances above)
+        self.beta_model_variance_ = self.beta_log_variance_.exp()
+        self.posterior_model_variance_ = self.posterior_log_variance_.exp()
         self._alphas_bar_list = self.alphas_bar_.tolist()  # host copy: no device sync
         self.to(device)
 
@@ -404,7 +407,8 @@ class Diffusion:
 
         Returns {"mean", "variance", "log_variance", "x0", "eps"}; variance and log_variance
         shaped (B, 1, ..., 1), the rest like x_t. variance: "beta" (sigma_t^2 = beta_t) or
-        "posterior" (beta_tilde_t); log_variance uses Ho's treatment of t = 1 for both.
+        "posterior" (beta_tilde_t), both with Ho's treatment of t = 1: sigma_1^2 = beta_tilde_2
+        (the decoder's variance in L_0; sampling adds no noise at t = 1).
         clip: clamp the predicted x_0 to [-1, 1] before forming the mean, a sampling
         heuristic for images, not part of the model (the bound never clips).
         """
@@ -426,9 +430,9 @@ class Diffusion:
         else:
             mean = self._mean_from_eps(x_t, t, eps)
         if variance == "beta":
-            var, logvar = self.betas_, self.beta_log_variance_
+            var, logvar = self.beta_model_variance_, self.beta_log_variance_
         else:
-            var, logvar = self.posterior_variance_, self.posterior_log_variance_
+            var, logvar = self.posterior_model_variance_, self.posterior_log_variance_
         return {"mean": mean, "variance": self._at(var, t, x_t),
                 "log_variance": self._at(logvar, t, x_t), "x0": x0, "eps": eps}
 

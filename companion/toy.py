@@ -321,3 +321,37 @@ def diffused_score(gm: GaussianMixture, x, alpha_bar) -> torch.Tensor:
     x, means, var = _mixture_at(gm, x, alpha_bar)
     r = torch.softmax(_mixture_log_joint(gm, x, means, var), dim=-1)      # (B, K)
     return ((r / var)[:, :, None] * (means - x[:, None, :])).sum(1)
+
+
+class NoisePredictorMLP(torch.nn.Module):
+    """eps_theta(x_t, t) for low-dimensional toy data: an MLP on [x_t, embedding(t)].
+
+    x: (B, D), t: (B,) int64 steps in 1..T -> (B, D). The step enters through sinusoidal
+    features sin(t w_j), cos(t w_j), w_j = T^(-j / (n - 1)) pi / 2, j = 0..n-1 (periods from
+    about 4 steps to about 4T), so every step gets its own embedding.
+    """
+
+    def __init__(self, dim: int = 2, T: int = 1000, hidden: int = 128, depth: int = 3,
+                 n_freq: int = 16):
+        super().__init__()
+        if dim < 1 or T < 1 or hidden < 1 or depth < 1 or n_freq < 2:
+            raise ValueError("dim, T, hidden and depth must be positive and n_freq >= 2")
+        self.dim, self.T = dim, T
+        j = torch.arange(n_freq, dtype=torch.float32)
+        self.register_buffer("freqs", math.pi / 2 * float(T) ** (-j / (n_freq - 1)))
+        layers, width = [], dim + 2 * n_freq
+        for _ in range(depth):
+            layers += [torch.nn.Linear(width, hidden), torch.nn.SiLU()]
+            width = hidden
+        layers.append(torch.nn.Linear(width, dim))
+        self.net = torch.nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"x must have shape (B, {self.dim}), got {tuple(x.shape)}")
+        if t.shape != (len(x),):
+            raise ValueError(f"t must have shape ({len(x)},), one step per row of x, got "
+                             f"{tuple(t.shape)}")
+        angle = t.to(self.freqs.dtype)[:, None] * self.freqs
+        h = torch.cat([x.to(self.freqs.dtype), torch.sin(angle), torch.cos(angle)], dim=1)
+        return self.net(h).to(x.dtype)

@@ -138,6 +138,12 @@ def test_posterior_variance_at_t1_is_zero_and_log_variance_uses_step_2():
     assert lv.item() == pytest.approx(math.log(diff.posterior_variance[1].item()))
     lv = diff.model_log_variance(5, torch.zeros(1, 1), "beta")
     assert lv.item() == pytest.approx(math.log(diff.betas[4].item()))
+    for variance, t, ref in [("beta", 1, diff.posterior_variance[1]), ("beta", 5, diff.betas[4]),
+                             ("posterior", 1, diff.posterior_variance[1]),
+                             ("posterior", 5, diff.posterior_variance[4])]:
+        out = diff.p_mean_variance(lambda x, t: x, torch.zeros(1, 1), t, variance=variance)
+        assert out["variance"].item() == pytest.approx(ref.item(), rel=1e-12)
+        assert out["log_variance"].item() == pytest.approx(math.log(ref.item()), rel=1e-12)
 
 
 def test_prior_term_against_torch():
@@ -403,3 +409,20 @@ def test_diffused_mixture_density_is_the_convolution_and_score_its_gradient():
     assert torch.allclose(toy.diffused_score(gm2, x.detach(), ab), grad, atol=1e-10)
     with pytest.raises(ValueError, match="alpha_bar"):
         toy.diffused_score(gm2, x.detach(), torch.rand(3))
+
+
+def test_noise_predictor_mlp_shapes_embedding_and_errors():
+    torch.set_default_dtype(torch.float32)
+    net = toy.NoisePredictorMLP(dim=2, T=1000, hidden=16, depth=2)
+    x = torch.randn(5, 2)
+    out = net(x, torch.tensor([1, 2, 3, 500, 1000]))
+    assert out.shape == (5, 2) and out.dtype == x.dtype
+    # neighbouring steps get distinct embeddings: the fastest period is 4 steps
+    angle = torch.tensor([1.0, 2.0])[:, None] * net.freqs
+    assert net.freqs[0].item() == pytest.approx(math.pi / 2)
+    assert net.freqs[-1].item() == pytest.approx(math.pi / 2 / 1000)
+    assert not torch.allclose(torch.sin(angle[0]), torch.sin(angle[1]))
+    with pytest.raises(ValueError, match=r"shape \(B, 2\)"):
+        net(torch.randn(5, 3), torch.ones(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="one step per row"):
+        net(x, torch.ones(4, dtype=torch.long))
