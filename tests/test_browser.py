@@ -369,8 +369,12 @@ def test_equations_visible(browser, server, page, mode):
     r = visit(browser, server, page, mode)
     assert r["theme"] == mode, f"{page}: asked for {mode} mode, the page shows {r['theme']!r}"
     assert r["crops"], f"{page}: no visible equation to check"
-    bad = [f"{eq['tex']!r}: {problem(image, mode)}" for eq, image in r["crops"]
-           if problem(image, mode)]
+    bad = []
+    for i, (eq, image) in enumerate(r["crops"]):
+        if problem(image, mode):
+            bad.append(f"{eq['tex']!r}: {problem(image, mode)}")
+            # kept for a person to look at, beside the page's screenshots
+            image.save(SCREENSHOTS / f"{page.replace('/', '__')}-{mode}-eq{i}.png")
     assert not bad, f"{page} ({mode}): equations not visible against the page:\n  " + \
         "\n  ".join(bad)
 
