@@ -343,7 +343,9 @@ def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch
 
     x: (B, ...) float in [0, 1]  ->  (B, ...) float in {0, 1}; a fresh draw every call.
     """
-    if x.min() < 0 or x.max() > 1:
+    # on a GPU the range check would stall every training step (a device sync), and
+    # torch.bernoulli's own device-side assert catches values outside [0, 1] there
+    if x.device.type != "cuda" and (x.min() < 0 or x.max() > 1):
         raise ValueError(f"binarize expects values in [0, 1], got [{x.min():.3g}, {x.max():.3g}]")
     return torch.bernoulli(x, generator=generator)
 
@@ -361,8 +363,14 @@ def batches(*tensors: torch.Tensor, batch_size: int, shuffle: bool = True,
         raise ValueError(f"tensors differ in length: {[t.shape[0] for t in tensors]}")
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    order = order.to(tensors[0].device)
+    device = tensors[0].device
+    if not shuffle:
+        order = torch.arange(n, device=device)
+    elif generator is None or generator.device == device:
+        # drawn where the data live: no host-to-device copy (a sync) per epoch
+        order = torch.randperm(n, generator=generator, device=device)
+    else:
+        order = torch.randperm(n, generator=generator).to(device)
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         idx = order[start:start + batch_size]

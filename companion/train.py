@@ -9,7 +9,9 @@ more. A loss whose schedule depends on training progress (KL warm-up) takes a `s
 counted across resumes, so a resumed run continues its schedule and the loss keeps no state.
 
 The loop adds what every chapter needs and nothing else: a progress bar (silent in the ci
-profile), bf16 autocast on CUDA, optional torch.compile, gradient clipping, an
+profile), mixed precision chosen by `autocast_dtype` (bf16 on GPUs that have it natively,
+fp16 with a gradient scaler on older ones, float32 on the CPU), optional torch.compile
+(falling back to eager mode when it fails), gradient clipping, an
 EMA of the weights with warm-up, a clear error naming the step when the loss stops being
 finite, and checkpoints that resume (and refuse a checkpoint of another model or config).
 """
@@ -22,6 +24,7 @@ import math
 import numbers
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,6 +213,49 @@ def _takes_step(loss_fn) -> bool:
     return "step" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
+def autocast_dtype(device) -> torch.dtype | None:
+    """The mixed-precision dtype for training on `device`, or None for full precision.
+
+    bf16 on CUDA GPUs of compute capability 8.0 and up (Ampere, Hopper: native bf16 tensor
+    cores, and bf16 has float32's exponent range, so no loss scaling); fp16 on older CUDA
+    GPUs such as Colab's T4 (7.5), where bf16 is emulated and slower than float32, so fp16
+    with a gradient scaler is the fast path; None on the CPU (autocast there mostly adds
+    casts to these small models).
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    major, _ = torch.cuda.get_device_capability(device)
+    return torch.bfloat16 if major >= 8 else torch.float16
+
+
+def default_optimizer(params, lr: float, device) -> torch.optim.Optimizer:
+    """Adam; on CUDA the fused kernel, which also takes fp16 loss scaling without a sync."""
+    fused = torch.device(device).type == "cuda"
+    return torch.optim.Adam(params, lr=lr, fused=fused or None)
+
+
+def _grad_scaler(device: torch.device, enabled: bool):
+    """A gradient scaler for fp16 training (a pass-through when not enabled)."""
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler(device.type, enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled)  # torch < 2.3
+
+
+def try_compile(model: nn.Module) -> nn.Module:
+    """torch.compile(model), or the model itself where compile is unavailable.
+
+    Compilation itself happens at the first call; fit falls back to eager mode (with a
+    warning) when that call fails, e.g. without Triton or a C++ compiler.
+    """
+    try:
+        return torch.compile(model)
+    except Exception as err:  # e.g. a Python version torch.compile does not support yet
+        warnings.warn(f"torch.compile is unavailable ({err}); training without it",
+                      stacklevel=3)
+        return model
+
+
 def _check_loss(loss, step: int) -> None:
     if not torch.is_tensor(loss):
         raise TypeError(f"loss_fn must return a scalar tensor, or (loss, {{'name': value}}); "
@@ -241,7 +287,8 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
     if total <= 0:
         raise ValueError(f"nothing to train: {total} steps (epochs={epochs}, steps={steps}); "
                          "pass epochs >= 1 or steps >= 1")
-    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
+    device = next(model.parameters()).device
+    optimizer = optimizer or default_optimizer(model.parameters(), lr, device)
     averager = EMA(model, ema) if ema is not None else None
     identity = _identity(model, config)
     history: dict[str, list[float]] = {"step": [], "loss": []}
@@ -251,9 +298,10 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
     resumed_at = step
     save_every = save_every or max(total // 10, 100)
 
-    device = next(model.parameters()).device
-    use_amp = amp and device.type == "cuda"
-    step_model = torch.compile(model) if compile else model
+    amp_dtype = autocast_dtype(device) if amp else None
+    # fp16 needs loss scaling (small gradients underflow); bf16 and float32 do not
+    scaler = _grad_scaler(device, enabled=amp_dtype == torch.float16)
+    step_model = try_compile(model) if compile else model
     step_kw = _takes_step(loss_fn)
     pending: list[tuple[int, torch.Tensor, dict]] = []
     start = time.perf_counter()
@@ -285,10 +333,16 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
                 if step >= total:
                     break
                 try:
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
+                                        enabled=amp_dtype is not None):
                         out = (loss_fn(step_model, batch, step=step) if step_kw
                                else loss_fn(step_model, batch))
                 except RuntimeError as err:
+                    if step_model is not model:  # compiling failed: train eagerly instead
+                        warnings.warn(f"torch.compile failed ({str(err)[:300]}); training "
+                                      "without it", stacklevel=2)
+                        step_model = model
+                        continue
                     hint = _mismatch(model, tensors)
                     if hint:
                         raise RuntimeError(f"{hint} (the loss function failed with: {err})") \
@@ -297,10 +351,12 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
                 loss, metrics = out if isinstance(out, tuple) else (out, {})
                 _check_loss(loss, step)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                scaler.scale(loss).backward()
                 if clip is not None:
+                    scaler.unscale_(optimizer)  # clip the true gradients, not scaled ones
                     nn.utils.clip_grad_norm_(model.parameters(), clip)
-                optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
                 if averager is not None:
                     averager.update(model)
                 step += 1

@@ -1,0 +1,137 @@
+"""Mixed precision follows the device, and fit's loop never waits for the GPU."""
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import companion.train as train
+from companion.train import autocast_dtype, fit
+
+
+def regression_data(n=512, device="cpu"):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 4, generator=g)
+    return x.to(device), (x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]]) + 0.7).to(device)
+
+
+def mse(model, batch):
+    x, y = batch
+    return ((model(x).float() - y) ** 2).mean()
+
+
+@pytest.mark.parametrize("capability, expected", [
+    ((9, 0), torch.bfloat16),   # H100
+    ((8, 0), torch.bfloat16),   # A100: the first with native bf16
+    ((8, 6), torch.bfloat16),   # RTX 30xx
+    ((7, 5), torch.float16),    # T4 (Colab): bf16 only emulated
+    ((7, 0), torch.float16),    # V100
+    ((6, 1), torch.float16),    # P100-era
+])
+def test_autocast_dtype_follows_compute_capability(monkeypatch, capability, expected):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert autocast_dtype(torch.device("cuda")) == expected
+    assert autocast_dtype("cuda:0") == expected
+
+
+def test_cpu_trains_in_full_precision(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert autocast_dtype("cpu") is None
+
+
+def _recording_scaler(monkeypatch):
+    made = []
+    real = train._grad_scaler
+
+    def record(device, enabled):
+        made.append(enabled)
+        return real(device, enabled)
+
+    monkeypatch.setattr(train, "_grad_scaler", record)
+    return made
+
+
+@pytest.mark.parametrize("dtype, scaled", [(torch.bfloat16, False), (torch.float16, True),
+                                           (None, False)])
+def test_fit_trains_under_the_chosen_dtype(monkeypatch, dtype, scaled):
+    """fit runs the loss under autocast(dtype) and scales the loss exactly when fp16.
+
+    The CPU stands in for the GPU: autocast and the gradient scaler both run there.
+    """
+    monkeypatch.setattr(train, "autocast_dtype", lambda device: dtype)
+    made = _recording_scaler(monkeypatch)
+    seen = []
+
+    def loss_fn(model, batch):
+        enabled = torch.is_autocast_enabled("cpu")
+        seen.append(torch.get_autocast_dtype("cpu") if enabled else None)
+        return mse(model, batch)
+
+    result = fit(nn.Linear(4, 1), loss_fn, regression_data(), epochs=20, batch_size=64,
+                 lr=3e-2, clip=10.0, quiet=True)
+    assert set(seen) == {dtype}
+    assert made == [scaled]
+    assert result.history["loss"][-1] < 0.05 * result.history["loss"][0]
+
+
+def test_amp_false_means_full_precision(monkeypatch):
+    monkeypatch.setattr(train, "autocast_dtype", lambda device: torch.float16)
+    made = _recording_scaler(monkeypatch)
+    seen = []
+
+    def loss_fn(model, batch):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return mse(model, batch)
+
+    fit(nn.Linear(4, 1), loss_fn, regression_data(), steps=3, amp=False, quiet=True)
+    assert seen == [False] * 3 and made == [False]
+
+
+def test_failing_compile_falls_back_to_eager(monkeypatch):
+    class Broken(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            raise RuntimeError("backend compiler failed (simulated)")
+
+    monkeypatch.setattr(train, "try_compile", lambda model: Broken(model))
+    model = nn.Linear(4, 1)
+    with pytest.warns(UserWarning, match="torch.compile failed"):
+        result = fit(model, mse, regression_data(), steps=20, batch_size=64, lr=3e-2,
+                     compile=True, quiet=True)
+    assert result.steps == 20
+    assert result.history["loss"][-1] < result.history["loss"][0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fit_loop_does_not_synchronize_with_the_gpu(monkeypatch, dtype):
+    """Only the batched loss checks (every check_every steps) may wait for the GPU."""
+    if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        pytest.skip("no bf16 on this GPU")
+    monkeypatch.setattr(train, "autocast_dtype", lambda device: dtype)
+    model = nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 1)).cuda()
+    data = regression_data(2048, "cuda")
+    fit(model, mse, data, steps=2, quiet=True)  # warm-up: lazy CUDA initialization
+    steps, every = 60, 25
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fit(model, mse, data, steps=steps, batch_size=64, check_every=every, clip=1.0,
+                ema=0.99, quiet=True)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
+    flushes = steps // every + 1
+    assert len(syncs) <= flushes, [str(w.message)[:120] for w in syncs[:5]]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_this_gpu_gets_its_native_dtype():
+    major, _ = torch.cuda.get_device_capability()
+    assert autocast_dtype("cuda") == (torch.bfloat16 if major >= 8 else torch.float16)
