@@ -14,6 +14,11 @@ decoder p_theta(x|z) is
   - "gaussian": N(f(z), sigma^2 I) for continuous images, with a fixed sigma or one
     learned scalar sigma shared by all pixels (a per-pixel variance would shrink to zero
     on MNIST's constant background and the likelihood would diverge).
+  - "discretized": for 8-bit images scaled to [-1, 1] (`to_8bit_range`), the data model of
+    DDPM's L_0: a Gaussian per pixel, mean and log-scale both from the decoder (two output
+    channels), integrated over the pixel's bin of width 2/255 (the edge bins reach to
+    -inf and +inf). log p(x|z) is then a log-probability of the 256 levels, never above 0,
+    and bits per dimension are comparable with a diffusion model's bound on the same data.
 
 `elbo_terms` returns the two terms of the ELBO separately, per example: the Monte Carlo
 reconstruction term E_q[log p(x|z)] and the closed-form KL(q(z|x) || p(z)).
@@ -33,7 +38,8 @@ from ..data import IMAGE_SHAPE, binarize, check_images
 from ..kl import kl_diag_standard
 
 N_PIXELS = int(math.prod(IMAGE_SHAPE))
-LIKELIHOODS = ("bernoulli", "gaussian")
+LIKELIHOODS = ("bernoulli", "gaussian", "discretized")
+MIN_LOG_SCALE = -7.0  # the discretized decoder's floor: a std of 1e-3, far below a bin
 ARCHS = ("mlp", "conv")
 LOG_2PI = math.log(2 * math.pi)
 
@@ -85,14 +91,17 @@ class MLPEncoder(nn.Module):
 
 
 class MLPDecoder(nn.Module):
-    """z: (B, latent_dim) -> (B, 1, 28, 28) decoder output f(z) (logits or means)."""
+    """z: (B, latent_dim) -> (B, out_channels, 28, 28) decoder output f(z) (logits or means;
+    a discretized decoder's second channel is the log-scale)."""
 
-    def __init__(self, latent_dim: int, hidden=(256, 512), activation=nn.ReLU):
+    def __init__(self, latent_dim: int, hidden=(256, 512), activation=nn.ReLU,
+                 out_channels: int = 1):
         super().__init__()
-        self.net = _mlp([latent_dim, *hidden, N_PIXELS], activation)
+        self.out_channels = out_channels
+        self.net = _mlp([latent_dim, *hidden, out_channels * N_PIXELS], activation)
 
     def forward(self, z):
-        return self.net(z).view(-1, *IMAGE_SHAPE)
+        return self.net(z).view(-1, self.out_channels, *IMAGE_SHAPE[1:])
 
 
 class ConvEncoder(nn.Module):
@@ -116,7 +125,8 @@ class ConvEncoder(nn.Module):
 class ConvDecoder(nn.Module):
     """z: (B, latent_dim) -> (B, 1, 28, 28): a linear layer to 7x7 maps, two transposed convs."""
 
-    def __init__(self, latent_dim: int, channels=(64, 32), hidden=256, activation=nn.ReLU):
+    def __init__(self, latent_dim: int, channels=(64, 32), hidden=256, activation=nn.ReLU,
+                 out_channels: int = 1):
         super().__init__()
         c1, c2 = channels
         self.c1 = c1
@@ -124,7 +134,7 @@ class ConvDecoder(nn.Module):
                                 nn.Linear(hidden, c1 * 7 * 7), activation())
         self.deconv = nn.Sequential(
             nn.ConvTranspose2d(c1, c2, 4, stride=2, padding=1), activation(),
-            nn.ConvTranspose2d(c2, 1, 4, stride=2, padding=1),
+            nn.ConvTranspose2d(c2, out_channels, 4, stride=2, padding=1),
         )
 
     def forward(self, z):
@@ -136,7 +146,8 @@ class VAE(nn.Module):
 
     latent_dim:  size of z.
     arch:        "mlp" (hidden sizes `hidden`, mirrored in the decoder) or "conv".
-    likelihood:  "bernoulli" (decoder gives logits) or "gaussian" (decoder gives means).
+    likelihood:  "bernoulli" (decoder gives logits), "gaussian" (decoder gives means) or
+                 "discretized" (means and log-scales of binned Gaussians, data in [-1, 1]).
     channels:    conv only: the channels after the first and second stride-2 convolution
                  (the decoder mirrors them).
     sigma:       Gaussian decoder only: a fixed standard deviation (float) or "learned"
@@ -156,12 +167,14 @@ class VAE(nn.Module):
             raise ValueError(f"latent_dim must be a positive int, got {latent_dim!r}")
         self.latent_dim, self.arch, self.likelihood = latent_dim, arch, likelihood
         hidden = tuple(hidden)
+        self.out_channels = 2 if likelihood == "discretized" else 1
         if arch == "mlp":
             self.encoder = MLPEncoder(latent_dim, hidden, activation)
-            self.decoder = MLPDecoder(latent_dim, hidden[::-1], activation)
+            self.decoder = MLPDecoder(latent_dim, hidden[::-1], activation, self.out_channels)
         else:
             self.encoder = ConvEncoder(latent_dim, tuple(channels), activation=activation)
-            self.decoder = ConvDecoder(latent_dim, tuple(channels)[::-1], activation=activation)
+            self.decoder = ConvDecoder(latent_dim, tuple(channels)[::-1], activation=activation,
+                                       out_channels=self.out_channels)
         self.learn_sigma = likelihood == "gaussian" and sigma == "learned"
         self.min_sigma = min_sigma
         if self.learn_sigma:
@@ -190,16 +203,21 @@ class VAE(nn.Module):
         return D.Independent(D.Normal(mu, torch.exp(0.5 * logvar)), 1)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """z: (..., latent_dim) -> decoder output f(z): (..., 1, 28, 28) logits or means."""
+        """z: (..., latent_dim) -> decoder output f(z): (..., 1, 28, 28) logits or means
+        ((..., 2, 28, 28) means and log-scales for the discretized decoder)."""
         if z.shape[-1] != self.latent_dim:
             raise ValueError(f"z must end in the latent size {self.latent_dim}, "
                              f"got shape {tuple(z.shape)}")
         lead = z.shape[:-1]
-        return self.decoder(z.reshape(-1, self.latent_dim)).view(*lead, *IMAGE_SHAPE)
+        out = self.decoder(z.reshape(-1, self.latent_dim))
+        return out.view(*lead, self.out_channels, *IMAGE_SHAPE[1:])
 
     def mean_image(self, z: torch.Tensor) -> torch.Tensor:
-        """E[x|z]: pixel probabilities (Bernoulli) or the Gaussian mean, (..., 1, 28, 28)."""
+        """E[x|z]: pixel probabilities (Bernoulli) or the Gaussian mean, (..., 1, 28, 28)
+        (the discretized decoder: its Gaussians' means clamped to [-1, 1])."""
         out = self.decode(z)
+        if self.likelihood == "discretized":
+            return out[..., :1, :, :].clamp(-1, 1)
         return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
 
     @property
@@ -215,8 +233,15 @@ class VAE(nn.Module):
 
         x: (B, 1, 28, 28); out: (..., B, 1, 28, 28) (leading sample dims broadcast) -> (..., B).
         """
-        if self.likelihood == "bernoulli":
-            if bool((x < 0).any() | (x > 1).any()):
+        if self.likelihood == "discretized":
+            from ..diffusion import discretized_gaussian_log_likelihood
+
+            mean, log_scale = out[..., :1, :, :], out[..., 1:, :, :]
+            ll = discretized_gaussian_log_likelihood(
+                x, mean.float(), log_scale.float().clamp_min(MIN_LOG_SCALE))
+        elif self.likelihood == "bernoulli":
+            # the range check costs a device sync: on a GPU it would stall every step
+            if x.device.type != "cuda" and bool((x < 0).any() | (x > 1).any()):
                 raise ValueError("a Bernoulli decoder needs pixel values in [0, 1], got "
                                  f"[{x.min().item():.3g}, {x.max().item():.3g}]; scale the "
                                  "images (x / 255) or use likelihood='gaussian'")
@@ -278,8 +303,26 @@ class VAE(nn.Module):
             p = torch.sigmoid(out)
             u = torch.rand(p.shape, generator=generator).to(p.device)
             return (u < p).to(p.dtype)
+        if self.likelihood == "discretized":
+            mean, log_scale = out[..., :1, :, :], out[..., 1:, :, :]
+            noise = torch.randn(mean.shape, generator=generator).to(out.device)
+            x = mean + log_scale.clamp_min(MIN_LOG_SCALE).exp() * noise
+            return quantize_8bit(x)
         noise = torch.randn(out.shape, generator=generator).to(out.device)
         return out + self.sigma * noise
+
+
+def to_8bit_range(x: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] (multiples of 1/255) -> the 256 levels -1 + 2k/255 on [-1, 1].
+
+    The data model of the discretized decoder and of DDPM's bound: (B, ...) -> (B, ...).
+    """
+    return quantize_8bit(2 * x - 1)
+
+
+def quantize_8bit(x: torch.Tensor) -> torch.Tensor:
+    """Values on [-1, 1] rounded to the nearest of the 256 levels -1 + 2k/255 (clamped)."""
+    return (torch.round((x.clamp(-1, 1) + 1) * 127.5) / 127.5 - 1).to(x.dtype)
 
 
 class ELBOLoss:
