@@ -1,12 +1,13 @@
 """How good is a latent-variable model? Bounds on log p(x) and how the latent space is used.
 
 - `test_elbo`: the ELBO on a test set, split into its two terms (nats per example).
-- `iw_log_likelihood`: the importance-weighted estimate of log p(x) with k samples
+- `iw_estimate`: the importance-weighted estimate of log p(x) with k samples
   (Burda et al.): log (1/k) sum_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x). Its expectation is a
   lower bound on log p(x) that never decreases with k and reaches log p(x) as k grows;
   with q the exact posterior every weight equals p(x) and the estimate is exact.
-  It takes any pair (log_joint, posterior), so it runs on a VAE and on a toy model whose
-  log p(x) is known.
+  It takes "draw z ~ q(z|x) with its log q" and log p(x, z), so one function serves the
+  toy models (`iw_log_likelihood`, q a torch distribution), the VAE
+  (`vae_iw_log_likelihood`) and the hierarchies (`model_iw_log_likelihood`).
 - `active_units`: Burda et al.'s count of latent dimensions the encoder uses:
   dimension u is active when Cov_x(E_q[z_u | x]) > 0.01.
 - `kl_per_dimension`: the average KL(q(z_u|x) || p(z_u)) of each latent dimension.
@@ -85,16 +86,20 @@ class IWEstimate:
 
 
 @torch.no_grad()
-def iw_log_likelihood(log_joint: Callable, posterior: Callable, x: torch.Tensor, k: int, *,
-                      batch_size: int = 500, max_rows: int = 2 ** 16) -> IWEstimate:
-    """Importance-weighted estimate of log p(x) with k samples from q(z|x).
+def iw_estimate(sample_q: Callable, log_joint: Callable, x: torch.Tensor, k: int, *,
+                batch_size: int = 500, max_rows: int = 2 ** 16) -> IWEstimate:
+    """Importance-weighted estimate of log p(x) with k samples from q(z|x); the only copy.
 
-    log_joint:  (x, z) -> log p(x, z), with x: (B, ...) and z: (S, B, D) -> (S, B).
-    posterior:  x -> q(z|x), a torch distribution with batch shape (B,) and event shape (D,).
+        log p(x) >= E[ log (1/k) sum_i w_i ],   w_i = p(x, z_i) / q(z_i | x),  z_i ~ q(z|x)
+
+    sample_q:   (x, S) -> (z, log_q): S draws z ~ q(z|x) for a batch x (B, ...) and their
+                log q(z|x), shape (S, B). z is whatever log_joint takes: a (S, B, D) tensor,
+                or a list of them for a hierarchy, whose q is no single torch distribution.
+    log_joint:  (x, z) -> log p(x, z), (S, B).
     x:          (N, ...) the data; processed `batch_size` examples at a time.
     k:          importance samples per example.
-    max_rows:   at most this many (sample, example) pairs go through log_joint at once:
-                the samples are drawn in chunks, which bounds memory whatever k is.
+    max_rows:   at most this many (sample, example) pairs at once: the samples are drawn in
+                chunks, which bounds memory whatever k is.
     Seed torch for a repeatable estimate.
     """
     if k < 1:
@@ -105,20 +110,57 @@ def iw_log_likelihood(log_joint: Callable, posterior: Callable, x: torch.Tensor,
     log_px, elbo = [], []
     for start in range(0, len(x), batch_size):
         xb = x[start:start + batch_size]
+        chunk = max(1, min(k, max_rows // len(xb)))
+        log_w = []
+        for done in range(0, k, chunk):
+            s = min(chunk, k - done)
+            z, log_q = sample_q(xb, s)
+            if tuple(log_q.shape) != (s, len(xb)):
+                raise ValueError(f"sample_q(x, {s}) must return log q of shape ({s}, "
+                                 f"{len(xb)}), got {tuple(log_q.shape)}")
+            log_w.append((log_joint(xb, z) - log_q).double())           # (S, B)
+        log_w = torch.cat(log_w)                                         # (k, B)
+        log_px.append(torch.logsumexp(log_w, 0) - math.log(k))
+        elbo.append(log_w.mean(0))
+    return IWEstimate(torch.cat(log_px), torch.cat(elbo), k)
+
+
+def distribution_sampler(posterior: Callable) -> Callable:
+    """Turn x -> q(z|x) (a torch distribution, batch shape (B,), event shape (D,)) into the
+    (x, S) -> (z (S, B, D), log q (S, B)) that `iw_estimate` takes."""
+    def sample_q(xb, s):
         q = posterior(xb)
         if tuple(q.batch_shape) != (len(xb),):
             raise ValueError(f"posterior(x) must have batch shape ({len(xb)},) for {len(xb)} "
                              f"examples, got {tuple(q.batch_shape)}; wrap a diagonal Normal "
                              "in torch.distributions.Independent(..., 1)")
-        chunk = max(1, min(k, max_rows // len(xb)))
-        log_w = []
-        for done in range(0, k, chunk):
-            z = q.sample((min(chunk, k - done),))                       # (S, B, D)
-            log_w.append((log_joint(xb, z) - q.log_prob(z)).double())   # (S, B)
-        log_w = torch.cat(log_w)                                         # (k, B)
-        log_px.append(torch.logsumexp(log_w, 0) - math.log(k))
-        elbo.append(log_w.mean(0))
-    return IWEstimate(torch.cat(log_px), torch.cat(elbo), k)
+        z = q.sample((s,))
+        return z, q.log_prob(z)
+    return sample_q
+
+
+def iw_log_likelihood(log_joint: Callable, posterior: Callable, x: torch.Tensor, k: int, *,
+                      batch_size: int = 500, max_rows: int = 2 ** 16) -> IWEstimate:
+    """`iw_estimate` with q(z|x) given as a torch distribution.
+
+    log_joint:  (x, z) -> log p(x, z), with x: (B, ...) and z: (S, B, D) -> (S, B).
+    posterior:  x -> q(z|x), a torch distribution with batch shape (B,) and event shape (D,).
+    """
+    return iw_estimate(distribution_sampler(posterior), log_joint, x, k,
+                       batch_size=batch_size, max_rows=max_rows)
+
+
+def model_iw_log_likelihood(model, x: torch.Tensor, k: int, *, batch_size: int = 500,
+                            max_rows: int = 2 ** 16) -> IWEstimate:
+    """`iw_estimate` for a model with `sample_q(x, k)` and `log_joint(x, z)` (the
+    hierarchies of chapter 7), in eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        return iw_estimate(model.sample_q, model.log_joint, x, k, batch_size=batch_size,
+                           max_rows=max_rows)
+    finally:
+        model.train(was_training)
 
 
 def vae_iw_log_likelihood(model, x: torch.Tensor, k: int, *, batch_size: int = 500,
@@ -255,3 +297,63 @@ def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     avg_rank = first.double() + (counts.double() + 1) / 2
     rank_sum = avg_rank[inverse][pos].sum().item()
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+# --- scoring generated images (chapters 9 and 10) -------------------------------------------
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets, in float64.
+
+    a: (N, d), b: (M, d) features (e.g. a classifier's penultimate layer), N, M >= 2.
+        d^2 = |mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr((S_a^1/2 S_b S_a^1/2)^1/2)
+    with S the sample covariances (divisor N - 1). Both square roots are of symmetric
+    positive semi-definite matrices, taken by eigendecomposition (eigenvalues clamped at 0),
+    so the result is real; tr((S_a^1/2 S_b S_a^1/2)^1/2) = tr((S_a S_b)^1/2).
+    The distance has a bias that grows as N shrinks: compare numbers only at equal counts.
+    """
+    a, b = torch.as_tensor(a), torch.as_tensor(b)
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"need two feature matrices (N, d) and (M, d) with the same d, got "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"need at least 2 rows in each set for a covariance, got {len(a)} "
+                         f"and {len(b)}")
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)
+    return frechet_gaussian(mu_a, cov_a, mu_b, cov_b)
+
+
+def frechet_gaussian(mu_a: torch.Tensor, cov_a: torch.Tensor, mu_b: torch.Tensor,
+                     cov_b: torch.Tensor) -> float:
+    """Squared Fréchet (2-Wasserstein) distance between N(mu_a, cov_a) and N(mu_b, cov_b).
+
+    mu: (d,), cov: (d, d) symmetric PSD; float64 throughout (see frechet_distance).
+    """
+    mu_a, mu_b, cov_a, cov_b = (torch.as_tensor(v).double() for v in (mu_a, mu_b, cov_a, cov_b))
+    w, v = torch.linalg.eigh((cov_a + cov_a.T) / 2)
+    root_a = (v * w.clamp(min=0).sqrt()) @ v.T
+    middle = root_a @ cov_b @ root_a
+    cross = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
+    d2 = (mu_a - mu_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * cross
+    return max(d2.item(), 0.0)
+
+
+def label_histogram(probs: torch.Tensor, classes: int = 10) -> torch.Tensor:
+    """How many images a classifier assigns to each class: probs (N, K) -> (K,) int64."""
+    probs = torch.as_tensor(probs)
+    if probs.dim() != 2 or probs.shape[1] != classes:
+        raise ValueError(f"probs must be (N, {classes}) class probabilities, got "
+                         f"{tuple(probs.shape)}")
+    return torch.bincount(probs.argmax(1).cpu(), minlength=classes)
+
+
+def mean_top_probability(probs: torch.Tensor) -> float:
+    """The mean over images of the classifier's largest class probability: probs (N, K).
+
+    Near 1 when every image looks like one clear digit, near 1/K for images that look like
+    none (or like several).
+    """
+    probs = torch.as_tensor(probs)
+    if probs.dim() != 2:
+        raise ValueError(f"probs must be (N, K) class probabilities, got {tuple(probs.shape)}")
+    return probs.max(1).values.double().mean().item()

@@ -38,3 +38,121 @@ def chapter1_autoencoder(name: str, x, profile, device, *, loss_fn=reconstructio
                  checkpoint=checkpoint_path(f"{prefix}-{name}", profile), config=config,
                  desc=name)
     return model, result
+
+
+# --- chapter 9: the DDPM and the classifier that scores its samples --------------------------
+DDPM_CLIP, DDPM_WARMUP = 1.0, 200
+
+
+def ddpm_settings(profile) -> dict:
+    """Chapter 9's recipe per profile: U-Net preset, T, optimizer steps, batch, lr, EMA decay.
+
+    ci: the tiny U-Net on a 100-step chain (a pipeline check); cpu: the 2M U-Net, 1,500
+    steps of 64 (about 11 minutes on 2 cores); gpu: the 15M U-Net, 6,000 steps of 128.
+    """
+    return dict(
+        preset=profile.pick(ci="tiny", cpu="cpu", gpu="gpu"),
+        T=profile.pick(ci=100, cpu=1000, gpu=1000),
+        steps=profile.pick(ci=150, cpu=1500, gpu=6000),
+        batch_size=profile.pick(ci=64, cpu=64, gpu=128),
+        lr=profile.pick(ci=2e-3, cpu=1e-3, gpu=5e-4),
+        ema=profile.pick(ci=0.99, cpu=0.995, gpu=0.999),
+    )
+
+
+def ddpm_diffusion(profile, device):
+    """The diffusion of chapter 9: Ho et al.'s linear schedule, 1e-4 to 0.02 at T = 1000,
+    both scaled by 1000 / T for shorter chains (ci), so the total noise stays comparable."""
+    from .diffusion import Diffusion, linear_betas
+
+    T = ddpm_settings(profile)["T"]
+    return Diffusion(linear_betas(T, 1e-4 * 1000 / T, 0.02 * 1000 / T), device=device)
+
+
+def ddpm_checkpoint(profile, steps: int | None = None, prefix: str = "ch9"):
+    """The checkpoint file of the DDPM trained for `steps` (None: the profile's full run)."""
+    name = f"{prefix}-ddpm" if steps is None else f"{prefix}-ddpm-step{steps}"
+    return checkpoint_path(name, profile)
+
+
+def ddpm(x, profile, device, *, steps: int | None = None, resume_from=None,
+         prefix: str = "ch9"):
+    """Chapter 9's DDPM: the profile's U-Net trained with Algorithm 1 (L_simple), load-or-train.
+
+    x: (N, 1, 28, 28) training images in [0, 1] (on `device`); the model sees them on
+    [-1, 1]. Adam with a linear learning-rate warm-up over DDPM_WARMUP steps, gradients
+    clipped at norm DDPM_CLIP, an EMA of the weights with warm-up, mixed precision where
+    the GPU has it (companion.train.fit). steps: train only this many steps (an early
+    checkpoint, saved in its own file); resume_from: a checkpoint of the same recipe with
+    fewer steps to continue from when this run's own file does not exist yet (so the full
+    run need not repeat the early one). Chapter 10 calls this with the same arguments and
+    loads the stored model; two notebooks that may train at once pass different `prefix`es.
+    Returns (EMA model in eval mode, FitResult).
+    """
+    import shutil
+
+    from .models.unet import UNet, preset
+    from .train import default_optimizer
+
+    s = ddpm_settings(profile)
+    total = s["steps"] if steps is None else steps
+    torch.manual_seed(0)
+    model = UNet(preset(s["preset"], T=s["T"])).to(device)
+    diffusion = ddpm_diffusion(profile, device)
+    optimizer = default_optimizer(model.parameters(), s["lr"], device)
+    # the config leaves out the step count: an early checkpoint resumes into the full run
+    config = dict(profile=profile.name, preset=s["preset"], T=s["T"], lr=s["lr"],
+                  batch_size=s["batch_size"], ema=s["ema"], clip=DDPM_CLIP,
+                  warmup=DDPM_WARMUP, n_train=len(x))
+    path = ddpm_checkpoint(profile, steps, prefix)
+    if resume_from is not None and not path.exists() and resume_from.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(resume_from, path)
+    lr = s["lr"]
+
+    def loss_fn(model, x0, step):
+        # linear lr warm-up, a function of the global step, so it survives resuming
+        for group in optimizer.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / DDPM_WARMUP)
+        return diffusion.simple_loss(model, x0)
+
+    result = fit(model, loss_fn, x * 2 - 1, steps=total, batch_size=s["batch_size"],
+                 optimizer=optimizer, clip=DDPM_CLIP, ema=s["ema"], checkpoint=path,
+                 config=config, desc="DDPM" if steps is None else f"DDPM ({steps} steps)")
+    return result.ema.model, result
+
+
+def eps_function(model, device):
+    """eps_theta as the samplers call it, (x (B, 1, 28, 28), t (B,)) -> float32 (B, 1, 28, 28),
+    under the GPU's mixed precision (bf16, or fp16 on GPUs without bf16); float32 on a CPU."""
+    from .train import autocast_dtype
+
+    dtype = autocast_dtype(device)
+
+    def eps(x, t):
+        with torch.autocast(torch.device(device).type, dtype=dtype or torch.float32,
+                            enabled=dtype is not None):
+            return model(x, t).float()
+
+    return eps
+
+
+def classifier(data, profile, device, *, prefix: str = "ch9"):
+    """The MNIST classifier that scores generated digits (chapters 9 and 10), load-or-train.
+
+    data: companion.data.ImageData on `device`; trained on x_train (in [0, 1], with random
+    shifts of up to 2 pixels) for 2 / 12 / 20 epochs (ci / cpu / gpu), Adam 1e-3.
+    Returns (model in eval mode, FitResult).
+    """
+    from .models.classifier import Classifier, classification_loss
+
+    epochs = profile.pick(ci=2, cpu=12, gpu=20)
+    torch.manual_seed(0)
+    model = Classifier().to(device)
+    config = dict(profile=profile.name, epochs=epochs, lr=1e-3, n_train=len(data.x_train),
+                  source=data.source)
+    result = fit(model, classification_loss, (data.x_train, data.y_train), epochs=epochs,
+                 batch_size=128, lr=1e-3, checkpoint=checkpoint_path(f"{prefix}-classifier",
+                                                                     profile),
+                 config=config, desc="classifier")
+    return model.eval(), result

@@ -1,0 +1,256 @@
+"""A U-Net that predicts the noise eps_theta(x_t, t) of a DDPM on 28x28 images.
+
+The layout, for channels (c1, c2, c3):
+
+    28x28, c1  --res blocks-------------------------------------------->  res blocks  -> out
+      | downsample (stride-2 conv)                                          ^ upsample
+    14x14, c2  --res blocks---------------------------->  res blocks ------|
+      | downsample                                          ^ upsample
+     7x7,  c3  --res blocks + attention -- middle: res, attention, res --|
+
+28 halves only twice (28 -> 14 -> 7; a third halving would need padding to 32), so the
+U-Net has three resolutions. Self-attention runs only at 7x7: there it mixes 49 positions
+(a 49 x 49 attention matrix per head), at 28x28 it would be 784 x 784 per image, 256 times
+the memory and work, for features whose receptive field the convolutions already cover.
+
+Every residual block sees the step t through a sinusoidal embedding (as in a Transformer's
+positions) passed through a small MLP and added to its features after the first
+convolution: one network serves all T noise levels, and the embedding tells it which.
+Normalization is GroupNorm (per image, so statistics never mix different t in a batch).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """channels: widths at 28, 14, 7; blocks: residual blocks per resolution and side;
+    heads: attention heads at 7x7; groups: GroupNorm groups; dropout: in the residual
+    blocks; T: the number of diffusion steps (t must lie in 1..T)."""
+
+    channels: tuple[int, int, int] = (32, 64, 128)
+    blocks: int = 2
+    heads: int = 4
+    groups: int = 8
+    dropout: float = 0.0
+    T: int = 1000
+
+
+# Parameters and forward FLOPs per image (measured by `n_params` and `flops_per_image`; the
+# numbers are checked in tests/test_unet.py): tiny 0.17M / 37 MFLOPs, cpu 2.16M / 328
+# MFLOPs, gpu 14.9M / 3.19 GFLOPs. At 7x7 a weight costs 98 FLOPs per image, at 28x28 1,568:
+# the cpu preset keeps few channels at 28 and puts its parameters at 7x7.
+PRESETS: dict[str, UNetConfig] = {
+    "tiny": UNetConfig(channels=(8, 16, 32), blocks=1, heads=2, groups=4),
+    "cpu": UNetConfig(channels=(16, 32, 128), blocks=1, heads=4, groups=8),
+    "gpu": UNetConfig(channels=(64, 128, 256), blocks=2, heads=4, groups=16, dropout=0.1),
+}
+
+
+def preset(name: str, **changes) -> UNetConfig:
+    """A preset ("tiny", "cpu", "gpu") with optional changes, e.g. preset("cpu", T=500)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown U-Net preset {name!r}; choose one of {list(PRESETS)}")
+    cfg = PRESETS[name]
+    return UNetConfig(**{**cfg.__dict__, **changes}) if changes else cfg
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Sinusoidal embedding of integer steps.  t: (B,) -> (B, dim), dim even.
+
+    e(t)_i = sin(t w_i) for i < dim/2, cos(t w_{i - dim/2}) after, w_i = max_period^(-2i/dim):
+    wavelengths from 2 pi to about 2 pi max_period, so nearby t get nearby embeddings at the
+    slow frequencies and still differ at the fast ones.
+    """
+    if dim % 2:
+        raise ValueError(f"the embedding dimension must be even, got {dim}")
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv, + time embedding, GroupNorm-SiLU-dropout-conv, + skip.
+
+    x: (B, c_in, H, W), emb: (B, d) -> (B, c_out, H, W).
+    """
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int, dropout: float):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(min(groups, c_in), c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, c_out)
+        self.norm2 = nn.GroupNorm(min(groups, c_out), c_out)
+        self.drop = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)  # each block starts as the identity
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.emb(emb)[:, :, None, None]
+        h = self.conv2(self.drop(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over the H*W positions, with a residual connection.
+
+    x: (B, C, H, W) -> (B, C, H, W).
+    """
+
+    def __init__(self, channels: int, heads: int, groups: int):
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"channels {channels} must be divisible by heads {heads}")
+        self.heads = heads
+        self.norm = nn.GroupNorm(min(groups, channels), channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.out = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W)
+        q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))  # (B, heads, HW, C/heads)
+        h = F.scaled_dot_product_attention(q, k, v)
+        return x + self.out(h.transpose(-1, -2).reshape(B, C, H, W))
+
+
+class UNet(nn.Module):
+    """eps_theta(x_t, t): x (B, 1, 28, 28) and t (B,) int64 in 1..T -> (B, 1, 28, 28).
+
+    Build it from a preset, `UNet(preset("cpu"))`, or any `UNetConfig`.
+    """
+
+    def __init__(self, config: UNetConfig | None = None, **changes):
+        super().__init__()
+        cfg = config or UNetConfig()
+        if changes:
+            cfg = UNetConfig(**{**cfg.__dict__, **changes})
+        if len(cfg.channels) != 3:
+            raise ValueError(f"channels holds the widths at 28, 14 and 7: three numbers, got "
+                             f"{cfg.channels}")
+        if cfg.blocks < 1:
+            raise ValueError(f"blocks must be at least 1, got {cfg.blocks}")
+        self.config = cfg
+        c1, c2, c3 = cfg.channels
+        emb_dim = 4 * c1
+        g, p = cfg.groups, cfg.dropout
+        self.time_mlp = nn.Sequential(nn.Linear(c1, emb_dim), nn.SiLU(),
+                                      nn.Linear(emb_dim, emb_dim))
+        self.stem = nn.Conv2d(1, c1, 3, padding=1)
+        widths = [c1, c2, c3]
+        self.down = nn.ModuleList()
+        self.downsample = nn.ModuleList()
+        skips = [c1]
+        c = c1
+        for level, w in enumerate(widths):
+            blocks = nn.ModuleList()
+            for _ in range(cfg.blocks):
+                blocks.append(ResBlock(c, w, emb_dim, g, p))
+                c = w
+                skips.append(c)
+            self.down.append(blocks)
+            if level < 2:
+                self.downsample.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
+                skips.append(c)
+        self.attn_down = Attention(c3, cfg.heads, g)
+        self.mid1 = ResBlock(c3, c3, emb_dim, g, p)
+        self.mid_attn = Attention(c3, cfg.heads, g)
+        self.mid2 = ResBlock(c3, c3, emb_dim, g, p)
+        self.up = nn.ModuleList()
+        self.upsample = nn.ModuleList()
+        for level, w in reversed(list(enumerate(widths))):
+            blocks = nn.ModuleList()
+            for _ in range(cfg.blocks + 1):
+                blocks.append(ResBlock(c + skips.pop(), w, emb_dim, g, p))
+                c = w
+            self.up.append(blocks)
+            if level > 0:
+                self.upsample.append(nn.Conv2d(c, c, 3, padding=1))
+        self.attn_up = Attention(c3, cfg.heads, g)
+        self.head = nn.Sequential(nn.GroupNorm(min(g, c), c), nn.SiLU(),
+                                  nn.Conv2d(c, 1, 3, padding=1))
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    def check_inputs(self, x: torch.Tensor, t: torch.Tensor) -> None:
+        """Clear errors for a wrong image shape, or a t outside 1..T.
+
+        The range is checked for CPU tensors only: on a GPU it would cost a device sync per
+        call (companion.diffusion checks the t it is given before any network call).
+        """
+        if x.dim() != 4 or tuple(x.shape[1:]) != (1, 28, 28):
+            raise ValueError(f"the U-Net takes images of shape (B, 1, 28, 28), got "
+                             f"{tuple(x.shape)}")
+        if not torch.is_tensor(t) or t.is_floating_point() or t.dtype == torch.bool:
+            raise TypeError(f"t must be an integer tensor of steps in 1..{self.config.T}, got "
+                            f"{t!r:.60}")
+        if t.shape != (len(x),):
+            raise ValueError(f"t must have shape ({len(x)},), one step per image, got "
+                             f"{tuple(t.shape)}")
+        if t.device.type != "cpu" or not len(t):
+            return
+        lo, hi = torch.aminmax(t)
+        if lo < 1 or hi > self.config.T:
+            raise ValueError(f"t must lie in 1..T = 1..{self.config.T} (the schedule this "
+                             f"U-Net was built for), got values in {int(lo)}..{int(hi)}")
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if not torch.compiler.is_compiling():
+            self.check_inputs(x, t)
+        emb = self.time_mlp(timestep_embedding(t, self.config.channels[0]).to(x.dtype))
+        h = self.stem(x)
+        hs = [h]
+        for level, blocks in enumerate(self.down):
+            for block in blocks:
+                h = block(h, emb)
+                hs.append(h)
+            if level < 2:
+                h = self.downsample[level](h)
+                hs.append(h)
+        h = self.attn_down(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        for i, blocks in enumerate(self.up):
+            for block in blocks:
+                h = block(torch.cat([h, hs.pop()], dim=1), emb)
+            if i == 0:
+                h = self.attn_up(h)
+            if i < 2:
+                h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        return self.head(h)
+
+
+def n_params(model: nn.Module) -> int:
+    """The number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def flops_per_image(model: UNet, batch: int = 2) -> float:
+    """Forward-pass FLOPs for one image, counted by torch.utils.flop_counter.
+
+    Counts matrix multiplications, convolutions and attention (a multiply-add is 2 FLOPs);
+    normalizations and activations, a few percent more, are not counted.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    p = next(model.parameters())
+    x = torch.zeros(batch, 1, 28, 28, device=p.device, dtype=p.dtype)
+    t = torch.ones(batch, dtype=torch.long, device=p.device)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x, t)
+    model.train(was_training)
+    return counter.get_total_flops() / batch

@@ -1,0 +1,59 @@
+"""Fréchet distance, label histogram and mean top-class probability (companion.metrics)."""
+
+import pytest
+import torch
+
+from companion.metrics import (
+    frechet_distance,
+    frechet_gaussian,
+    label_histogram,
+    mean_top_probability,
+)
+
+
+def test_commuting_covariances_closed_form():
+    # diagonal covariances: the distance is |dmu|^2 + sum (sqrt(a_i) - sqrt(b_i))^2
+    a, b = torch.tensor([1.0, 4.0, 0.25]), torch.tensor([9.0, 1.0, 0.25])
+    mu_a, mu_b = torch.tensor([0.0, 1.0, 2.0]), torch.tensor([1.0, 1.0, 0.0])
+    d2 = frechet_gaussian(mu_a, torch.diag(a), mu_b, torch.diag(b))
+    assert d2 == pytest.approx(5.0 + (1 - 3) ** 2 + (2 - 1) ** 2, rel=1e-12)
+
+
+def test_non_commuting_2x2_closed_form():
+    # for 2x2 PSD matrices tr sqrt(M) = sqrt(tr M + 2 sqrt(det M)), M ~ S_a S_b
+    sa = torch.tensor([[2.0, 0.7], [0.7, 1.0]], dtype=torch.float64)
+    sb = torch.tensor([[0.5, -0.3], [-0.3, 3.0]], dtype=torch.float64)
+    cross = torch.sqrt((sa @ sb).trace() + 2 * torch.sqrt(sa.det() * sb.det()))
+    expected = (sa.trace() + sb.trace() - 2 * cross).item()
+    assert frechet_gaussian(torch.zeros(2), sa, torch.zeros(2), sb) == \
+        pytest.approx(expected, rel=1e-10)
+
+
+def test_from_features_mean_shift_and_scaling():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(400, 6, generator=g) @ torch.randn(6, 6, generator=g) + 3.0
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
+    shift = torch.tensor([1.0, -2.0, 0.0, 0.5, 0.0, 0.0])
+    assert frechet_distance(a, a + shift) == pytest.approx(5.25, rel=1e-8)
+    # b = 2a: |mu|^2 + tr S + 4 tr S - 2 tr(2 S) = |mu|^2 + tr S  (sample statistics)
+    a64 = a.double()
+    expected = a64.mean(0).pow(2).sum() + torch.cov(a64.T).trace()
+    assert frechet_distance(a, 2 * a) == pytest.approx(expected.item(), rel=1e-8)
+
+
+def test_frechet_errors():
+    with pytest.raises(ValueError, match="same d"):
+        frechet_distance(torch.zeros(5, 3), torch.zeros(5, 4))
+    with pytest.raises(ValueError, match="at least 2"):
+        frechet_distance(torch.zeros(1, 3), torch.zeros(5, 3))
+
+
+def test_label_histogram_and_top_probability():
+    probs = torch.tensor([[0.9, 0.1] + [0.0] * 8,
+                          [0.2, 0.7] + [0.1] + [0.0] * 7,
+                          [0.1] * 10])
+    hist = label_histogram(probs)
+    assert hist.tolist() == [2, 1] + [0] * 8  # ties go to the first class
+    assert mean_top_probability(probs) == pytest.approx((0.9 + 0.7 + 0.1) / 3)
+    with pytest.raises(ValueError, match="class probabilities"):
+        label_histogram(torch.zeros(3, 4))
