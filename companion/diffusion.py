@@ -291,6 +291,10 @@ class Diffusion:
     @staticmethod
     def _at(buf: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """buf[t] shaped to broadcast against `like` (B, ...): (B, 1, ..., 1), like's dtype."""
+        if buf.device != like.device or t.device != like.device:
+            raise ValueError(f"this Diffusion lives on {buf.device} but the tensors on "
+                             f"{like.device}: create it with Diffusion(betas, device=...) or "
+                             "move it with .to(device)")
         return buf[t].to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
 
     def _check_pair(self, a: torch.Tensor, b: torch.Tensor, na: str, nb: str) -> None:

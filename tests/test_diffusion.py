@@ -89,6 +89,9 @@ def test_bad_input_gets_clear_errors():
         diff.sample_ddim(lambda x, t: x, (2, 2), n_steps=11)
     with pytest.raises(ValueError, match="T .* positive int"):
         dm.linear_betas(0)
+    elsewhere = dm.Diffusion(dm.linear_betas(10, 0.01, 0.2), device="meta")
+    with pytest.raises(ValueError, match="lives on meta but the tensors on cpu"):
+        elsewhere.simple_loss(lambda x, t: x, torch.zeros(3, 2))
 
 
 # --- forward process ------------------------------------------------------------------------
