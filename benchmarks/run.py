@@ -1,102 +1,102 @@
-"""Speed measurements for the book's building blocks (run: `make bench`).
+"""Speed and time-to-quality of the book's models against the libraries people use instead.
 
-Measures, on whatever device is present (CUDA if available):
-  data       seconds to load MNIST (any source) and Fashion-MNIST
-  vae_epoch  seconds per epoch of the chapter-6 MLP VAE on 4,500 digits, batch 128,
-             through companion.fit and through a bare hand-written loop (fit's overhead)
-  iw_k1000   seconds for the importance-weighted log p(x) with k = 1000 on 500 test digits
-Results are printed as a table and written to benchmarks/results/<device>.json.
-These are measurements, not tests: nothing here asserts a time.
+    python -m benchmarks.run                      # make bench: small sizes, a few minutes
+    python -m benchmarks.run --gpu-sizes --out results/h100.json    # the gpu profile's sizes
+
+Benchmarks (each skips with a line when its model is not in companion yet, and records an
+error instead of stopping the others):
+  vae    the chapter-6 MLP VAE through companion.fit against the common PyTorch recipe
+  hvae   the chapter-7 hierarchical VAE: throughput and seconds to a stated test ELBO
+  ddpm   the chapter-9 U-Net and loop against diffusers' UNet2DModel + DDPMScheduler
+         trained as its example script does; FLOPs per image, share of the matmul rate
+Printed as tables; written as JSON with the device, torch version and date. Measurements,
+not tests: nothing here asserts a time.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import platform
 import time
+import traceback
 from pathlib import Path
 
 import torch
 
 from companion import data
-from companion.metrics import vae_iw_log_likelihood
-from companion.models.vae import VAE, ELBOLoss
 from companion.runtime import get_device, seed_everything
-from companion.train import fit
+from companion.train import autocast_dtype
+
+from . import bench_ddpm, bench_hvae, bench_vae
+from .common import Context, device_name, device_slug, matmul_tflops
+from .report import print_tables
 
 RESULTS = Path(__file__).resolve().parent / "results"
+BENCHES = {"vae": bench_vae, "hvae": bench_hvae, "ddpm": bench_ddpm}
 
 
-def timed(fn, repeat: int = 3) -> float:
-    """Best wall time of `repeat` calls, synchronizing CUDA around each."""
-    best = float("inf")
-    for _ in range(repeat):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return best
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=None,
+                    help="JSON file or folder (default: benchmarks/results/<device>.json)")
+    ap.add_argument("--gpu-sizes", action="store_true", default=None,
+                    help="the gpu profile's sizes (default: on when CUDA is present)")
+    ap.add_argument("--small", dest="gpu_sizes", action="store_false",
+                    help="the small sizes even on a GPU")
+    ap.add_argument("--only", nargs="+", choices=list(BENCHES), default=list(BENCHES))
+    ap.add_argument("--budget", type=float, default=None,
+                    help="seconds a benchmark may train for time-to-quality (default by size)")
+    args = ap.parse_args(argv)
 
-
-def bench_data() -> dict:
-    return {
-        "mnist_load_s": timed(lambda: data.load("mnist", verbose=False), repeat=2),
-        "fashion_load_s": timed(lambda: data.load("fashion", verbose=False), repeat=2),
-    }
-
-
-def bench_vae_epoch(device, x) -> dict:
-    def with_fit():
-        model = VAE(20).to(device)
-        fit(model, ELBOLoss(), x, epochs=1, batch_size=128, quiet=True)
-
-    def bare():
-        model = VAE(20).to(device)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        loss_fn = ELBOLoss()
-        for batch in data.batches(x, batch_size=128):
-            loss, _ = loss_fn(model, batch)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-
-    fit_s, bare_s = timed(with_fit), timed(bare)
-    return {"vae_epoch_fit_s": fit_s, "vae_epoch_bare_s": bare_s,
-            "fit_overhead_pct": 100 * (fit_s - bare_s) / bare_s}
-
-
-def bench_iw(device, x_test) -> dict:
-    model = VAE(20).to(device).eval()
-    with torch.no_grad():
-        s = timed(lambda: vae_iw_log_likelihood(model, x_test, k=1000), repeat=1)
-    return {"iw_k1000_500_images_s": s}
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
     seed_everything(0)
     device = get_device()
-    mnist = data.load("mnist", n_train=4500, n_test=500, verbose=True, device=device)
-    results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-               "threads": torch.get_num_threads(), "torch": torch.__version__,
-               "python": platform.python_version(), "data_source": mnist.source}
-    results |= bench_data()
-    results |= bench_vae_epoch(device, mnist.x_train[:4500])
-    results |= bench_iw(device, mnist.x_test[:500])
-    width = max(map(len, results))
-    for key, value in results.items():
-        shown = f"{value:.3f}" if isinstance(value, float) else value
-        print(f"{key:<{width}}  {shown}")
-    out = args.out or RESULTS / f"{device.type}.json"
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    gpu_sizes = device.type == "cuda" if args.gpu_sizes is None else args.gpu_sizes
+    mnist = data.load("mnist", device=device, verbose=True)
+    ctx = Context(device, gpu_sizes, mnist, args.budget or (90.0 if gpu_sizes else 60.0))
+    results = {
+        "device": device_name(device), "device_type": device.type,
+        "capability": list(torch.cuda.get_device_capability(device))
+        if device.type == "cuda" else None,
+        "autocast": str(autocast_dtype(device)).replace("torch.", ""),
+        "torch": torch.__version__, "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "sizes": "gpu" if gpu_sizes else "small", "threads": torch.get_num_threads(),
+        "data": f"{mnist.source}: {len(mnist.x_train):,} train / {len(mnist.x_test):,} test",
+    }
+    print(f"{results['device']}, torch {results['torch']}, autocast {results['autocast']}, "
+          f"{results['sizes']} sizes, {results['data']}")
+    results |= matmul_tflops(device)
+    ctx.matmul_tflops = results["matmul_tflops"]
+    print(f"measured {results['matmul_dtype']} matmul: {results['matmul_tflops']:.1f} TFLOP/s")
+    start = time.perf_counter()
+    for name in args.only:
+        t0 = time.perf_counter()
+        try:
+            results[name] = BENCHES[name].run(ctx)
+        except ModuleNotFoundError as err:
+            results[name] = {"skipped": f"needs {err.name}, which is not there yet"}
+        except Exception as err:  # one broken benchmark must not lose the others' numbers
+            traceback.print_exc()
+            results[name] = {"error": f"{type(err).__name__}: {err}"}
+        results[name]["wall_s"] = time.perf_counter() - t0
+        if "skipped" in results[name]:
+            print(f"\n{name}: skipped ({results[name]['skipped']})")
+        print(f"[{name}: {results[name]['wall_s']:.0f} s]", flush=True)
+    results["wall_s"] = time.perf_counter() - start
+    print_tables(results)
+    out = args.out or RESULTS / f"{device_slug(device)}.json"
+    if out.suffix != ".json":
+        out = out / f"{device_slug(device)}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}")
+    print(f"\nwrote {out}")
+    return results
 
 
 if __name__ == "__main__":
