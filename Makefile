@@ -65,6 +65,7 @@ check-fast: $(STAMP)
 	BOOK_PROFILE=ci $(BIN)/python -m pytest tests -m "not slow" -q -x -p no:cacheprovider
 
 bench: $(STAMP)
+	$(BIN)/python -c "import diffusers" 2>/dev/null || $(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/python -m benchmarks.run
 
 # After editing a .md twin: carry the edit into its .ipynb (outputs are kept).

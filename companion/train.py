@@ -274,9 +274,10 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
         generator: torch.Generator | None = None, desc: str = "train") -> FitResult:
     """Train `model` on `data` (a tensor or tuple of tensors, first dim = examples).
 
-    Give either `epochs` or `steps`. With `checkpoint`, training resumes from the file
-    when it exists (a finished run just loads: load-or-train) and saves to it every
-    `save_every` steps, at the end, and on KeyboardInterrupt.
+    Give either `epochs` or `steps`. With `compile`, each epoch's last partial batch is
+    skipped (a new batch shape would cost a recompilation). With `checkpoint`, training
+    resumes from the file when it exists (a finished run just loads: load-or-train) and
+    saves to it every `save_every` steps, at the end, and on KeyboardInterrupt.
     """
     tensors = data if isinstance(data, (tuple, list)) else (data,)
     _check_fit_args(model, tensors, batch_size, lr if optimizer is None else None, clip)
@@ -302,6 +303,9 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
     # fp16 needs loss scaling (small gradients underflow); bf16 and float32 do not
     scaler = _grad_scaler(device, enabled=amp_dtype == torch.float16)
     step_model = try_compile(model) if compile else model
+    # a compiled model compiles again for every new batch shape (about a minute for a
+    # U-Net, and then as a slower dynamic-shape graph): compiled, skip the partial batch
+    drop_last = compile and n >= batch_size
     step_kw = _takes_step(loss_fn)
     pending: list[tuple[int, torch.Tensor, dict]] = []
     start = time.perf_counter()
@@ -329,7 +333,8 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
     bar = progress(total=total, desc=desc, quiet=quiet, initial=step)
     try:
         while step < total:
-            for batch in batches(*tensors, batch_size=batch_size, generator=generator):
+            for batch in batches(*tensors, batch_size=batch_size, generator=generator,
+                                 drop_last=drop_last):
                 if step >= total:
                     break
                 try:

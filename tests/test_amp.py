@@ -106,6 +106,22 @@ def test_failing_compile_falls_back_to_eager(monkeypatch):
     assert result.history["loss"][-1] < result.history["loss"][0]
 
 
+@pytest.mark.parametrize("compile_", [True, False])
+def test_compiled_training_sees_one_batch_shape(monkeypatch, compile_):
+    """Compiled, the partial last batch is skipped: a new shape would recompile."""
+    seen = []
+
+    def loss(model, batch):
+        seen.append(len(batch[0]))
+        return mse(model, batch)
+
+    monkeypatch.setattr(train, "try_compile", lambda model: model)
+    fit(nn.Linear(4, 1), loss, regression_data(100), steps=10, batch_size=32,
+        compile=compile_, quiet=True)
+    # 100 = 3 x 32 + 4: eager training keeps the batch of 4, compiled training skips it
+    assert seen == ([32] * 10 if compile_ else [32, 32, 32, 4] * 2 + [32, 32])
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_fit_loop_does_not_synchronize_with_the_gpu(monkeypatch, dtype):
