@@ -95,7 +95,7 @@ def run(ctx: Context) -> dict:
     dev = ctx.device
     size = "gpu" if ctx.gpu_sizes else "cpu"
     x = ctx.mnist.x_train * 2 - 1  # on the device, [-1, 1]
-    warm, steps = ctx.pick((3, 12), (30, 300))
+    warm, steps = ctx.pick((3, 12), (30, 200))
 
     # --- ours ----------------------------------------------------------------------------
     torch.manual_seed(0)

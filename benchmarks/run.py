@@ -74,6 +74,9 @@ def main(argv=None) -> dict:
     results |= matmul_tflops(device)
     ctx.matmul_tflops = results["matmul_tflops"]
     print(f"measured {results['matmul_dtype']} matmul: {results['matmul_tflops']:.1f} TFLOP/s")
+    out = args.out or RESULTS / f"{device_slug(device)}.json"
+    if out.suffix != ".json":
+        out = out / f"{device_slug(device)}.json"
     start = time.perf_counter()
     for name in args.only:
         t0 = time.perf_counter()
@@ -88,15 +91,17 @@ def main(argv=None) -> dict:
         if "skipped" in results[name]:
             print(f"\n{name}: skipped ({results[name]['skipped']})")
         print(f"[{name}: {results[name]['wall_s']:.0f} s]", flush=True)
+        write(out, results)  # what finished is kept if a later benchmark is cut off
     results["wall_s"] = time.perf_counter() - start
     print_tables(results)
-    out = args.out or RESULTS / f"{device_slug(device)}.json"
-    if out.suffix != ".json":
-        out = out / f"{device_slug(device)}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    write(out, results)
     print(f"\nwrote {out}")
     return results
+
+
+def write(path: Path, results: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -313,20 +313,28 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
     def flush():
         if not pending:
             return
-        losses = torch.stack([p[1] for p in pending]).float().cpu()
-        bad = (~torch.isfinite(losses)).nonzero()
-        if len(bad):
-            i = int(bad[0])
+        # every pending loss and tensor metric comes back in ONE device-to-host copy: a
+        # float() per value would be a GPU sync each
+        device_values = [p[1] for p in pending] + [
+            v for _, _, m in pending for v in m.values() if torch.is_tensor(v)]
+        first = device_values[0].device
+        values = torch.stack([v.float().reshape(()).to(first) for v in device_values])
+        values = values.cpu().tolist()
+        losses, rest = values[:len(pending)], iter(values[len(pending):])
+        bad = [i for i, v in enumerate(losses) if not math.isfinite(v)]
+        if bad:
+            i = bad[0]
             raise NonFiniteLossError(
-                f"the loss became {losses[i].item()} at step {pending[i][0]} of {total}. "
+                f"the loss became {losses[i]} at step {pending[i][0]} of {total}. "
                 "Lower the learning rate, clip gradients (clip=1.0), or check the inputs "
                 "for NaN/inf; the last good checkpoint, if any, is "
                 f"{checkpoint or '(none: pass checkpoint=...)'}.")
-        for (s, _, metrics), loss in zip(pending, losses.tolist(), strict=True):
+        for (s, _, metrics), loss in zip(pending, losses, strict=True):
             history["step"].append(s)
             history["loss"].append(loss)
             for k, v in metrics.items():
-                history.setdefault(k, []).append(float(v))
+                history.setdefault(k, []).append(next(rest) if torch.is_tensor(v)
+                                                 else float(v))
         pending.clear()
 
     model.train()

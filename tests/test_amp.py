@@ -142,9 +142,12 @@ def test_fit_loop_does_not_synchronize_with_the_gpu(monkeypatch, dtype):
                 ema=0.99, quiet=True)
         finally:
             torch.cuda.set_sync_debug_mode(0)
-    syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
+    # torch also warns once that the debug mode is a prototype: that notice is no sync
+    syncs = [w for w in caught if "called a synchronizing" in str(w.message)]
     flushes = steps // every + 1
-    assert len(syncs) <= flushes, [str(w.message)[:120] for w in syncs[:5]]
+    # + 1: one sync while fit sets up (seen once per fit call on an H100, torch 2.11);
+    # a sync inside the step would add 60
+    assert len(syncs) <= flushes + 1, [f"{w.filename}:{w.lineno}" for w in syncs[:8]]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
