@@ -88,6 +88,7 @@ class FitResult:
     seconds: float
     resumed_at: int
     ema: EMA | None
+    train_seconds: float = 0.0  # all sessions' training time to these weights (checkpointed)
 
 
 def cache_dir() -> Path:
@@ -126,7 +127,8 @@ def _check_identity(path: Path, saved: dict, expected: dict) -> None:
             + "\nDelete it to train from scratch, or pass a different checkpoint path.")
 
 
-def save_checkpoint(path: Path, model, optimizer, ema, step, history, identity) -> None:
+def save_checkpoint(path: Path, model, optimizer, ema, step, history, identity,
+                    train_seconds: float = 0.0) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
@@ -136,6 +138,7 @@ def save_checkpoint(path: Path, model, optimizer, ema, step, history, identity) 
         "optimizer": optimizer.state_dict(),
         "ema": ema.state_dict() if ema is not None else None,
         "history": history,
+        "train_seconds": train_seconds,
         "rng": torch.get_rng_state(),
     }
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -143,8 +146,8 @@ def save_checkpoint(path: Path, model, optimizer, ema, step, history, identity) 
     os.replace(tmp, path)  # never leave a half-written checkpoint behind
 
 
-def load_checkpoint(path: Path, model, optimizer, ema, identity) -> tuple[int, dict]:
-    """Load a checkpoint into model/optimizer/ema; returns (step, history)."""
+def load_checkpoint(path: Path, model, optimizer, ema, identity) -> tuple[int, dict, float]:
+    """Load a checkpoint into model/optimizer/ema; returns (step, history, train_seconds)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -162,7 +165,7 @@ def load_checkpoint(path: Path, model, optimizer, ema, identity) -> tuple[int, d
     if ema is not None and state.get("ema") is not None:
         ema.load_state_dict(state["ema"])
     torch.set_rng_state(state["rng"])
-    return int(state["step"]), state["history"]
+    return int(state["step"]), state["history"], float(state.get("train_seconds", 0.0))
 
 
 def _check_fit_args(model, tensors, batch_size, lr, clip) -> None:
@@ -293,9 +296,10 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
     averager = EMA(model, ema) if ema is not None else None
     identity = _identity(model, config)
     history: dict[str, list[float]] = {"step": [], "loss": []}
-    step = 0
+    step, trained_before = 0, 0.0
     if checkpoint is not None and Path(checkpoint).exists():
-        step, history = load_checkpoint(Path(checkpoint), model, optimizer, averager, identity)
+        step, history, trained_before = load_checkpoint(Path(checkpoint), model, optimizer,
+                                                        averager, identity)
     resumed_at = step
     save_every = save_every or max(total // 10, 100)
 
@@ -383,15 +387,17 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
                 if checkpoint is not None and (step % save_every == 0 or step == total):
                     flush()  # never save weights whose loss was not finite
                     save_checkpoint(checkpoint, model, optimizer, averager, step, history,
-                                    identity)
+                                    identity, trained_before + time.perf_counter() - start)
     except KeyboardInterrupt:
         flush()
         if checkpoint is not None:
-            save_checkpoint(checkpoint, model, optimizer, averager, step, history, identity)
+            save_checkpoint(checkpoint, model, optimizer, averager, step, history, identity,
+                            trained_before + time.perf_counter() - start)
             print(f"interrupted at step {step}; saved {checkpoint}, run again to resume")
         raise
     finally:
         bar.close()
     flush()
     model.eval()
-    return FitResult(history, step, time.perf_counter() - start, resumed_at, averager)
+    seconds = time.perf_counter() - start
+    return FitResult(history, step, seconds, resumed_at, averager, trained_before + seconds)

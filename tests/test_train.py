@@ -1,3 +1,5 @@
+import time
+
 import pytest
 import torch
 from torch import nn
@@ -85,6 +87,19 @@ def test_checkpoint_resume_continues_to_more_steps(tmp_path):
     more = fit(nn.Linear(4, 1), mse, regression_data(), steps=35, checkpoint=ck, config=cfg,
                quiet=True)
     assert more.resumed_at == 20 and more.history["step"] == list(range(1, 36))
+
+
+def test_training_time_accumulates_across_sessions(tmp_path):
+    """A loaded model reports the training time that made it, not the time to load it."""
+    ck = tmp_path / "model.pt"
+    slow = lambda m, b: (time.sleep(0.01), mse(m, b))[1]  # noqa: E731
+    first = fit(nn.Linear(4, 1), slow, regression_data(), steps=10, checkpoint=ck,
+                quiet=True)
+    assert first.train_seconds == first.seconds >= 0.1
+    done = fit(nn.Linear(4, 1), slow, regression_data(), steps=10, checkpoint=ck, quiet=True)
+    assert done.seconds < 0.1 and abs(done.train_seconds - first.train_seconds) < 0.05
+    more = fit(nn.Linear(4, 1), slow, regression_data(), steps=20, checkpoint=ck, quiet=True)
+    assert more.train_seconds >= first.train_seconds + 0.1
 
 
 def test_interrupted_run_saves_and_resumes(tmp_path):

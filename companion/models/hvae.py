@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import IMAGE_SHAPE, binarize, check_images
-from .vae import N_PIXELS, MLPDecoder
+from .vae import MIN_LOG_SCALE, N_PIXELS, MLPDecoder
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -152,7 +152,14 @@ def _check_sizes(name: str, sizes, count: int | None = None,
 
 
 class _ImageModel(nn.Module):
-    """What both hierarchies share: the Bernoulli decoder p(x | z_1) and the input checks."""
+    """What both hierarchies share: the decoder p(x | z_1) and the input checks.
+
+    Bernoulli on binarized images by default; "discretized" is the binned Gaussian of
+    DDPM's L_0 on 8-bit images scaled to [-1, 1] (the decoder outputs a mean and a
+    log-scale per pixel), as for `VAE(likelihood="discretized")`.
+    """
+
+    likelihood = "bernoulli"
 
     def _check_input(self, x: torch.Tensor) -> None:
         check_images(x)
@@ -165,13 +172,29 @@ class _ImageModel(nn.Module):
                             f"with x.to({w.dtype})")
 
     def decode(self, z1: torch.Tensor) -> torch.Tensor:
-        """z_1: (..., D_1) -> logits of p(x | z_1), (..., 1, 28, 28)."""
+        """z_1: (..., D_1) -> the decoder output: logits (..., 1, 28, 28), or for the
+        discretized decoder means and log-scales (..., 2, 28, 28)."""
         lead = z1.shape[:-1]
-        return self.decoder(z1.reshape(-1, z1.shape[-1])).view(*lead, *IMAGE_SHAPE)
+        out = self.decoder(z1.reshape(-1, z1.shape[-1]))
+        return out.view(*lead, -1, *IMAGE_SHAPE[1:])
 
     def log_likelihood(self, x: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
         """log p(x | z_1): x (B, 1, 28, 28), z_1 (..., B, D_1) -> (..., B)."""
-        return bernoulli_log_likelihood(x, self.decode(z1))
+        out = self.decode(z1)
+        if self.likelihood == "bernoulli":
+            return bernoulli_log_likelihood(x, out)
+        from ..diffusion import discretized_gaussian_log_likelihood
+
+        mean, log_scale = out[..., :1, :, :].float(), out[..., 1:, :, :].float()
+        ll = discretized_gaussian_log_likelihood(x, mean, log_scale.clamp_min(MIN_LOG_SCALE))
+        return ll.flatten(-3).sum(-1)
+
+    def mean_image(self, z1: torch.Tensor) -> torch.Tensor:
+        """E[x | z_1]: pixel probabilities (Bernoulli) or the means clamped to [-1, 1]."""
+        out = self.decode(z1)
+        if self.likelihood == "bernoulli":
+            return torch.sigmoid(out)
+        return out[..., :1, :, :].clamp(-1, 1)
 
     def forward(self, x: torch.Tensor) -> HierarchyTerms:
         return self.elbo_terms(x)
@@ -191,8 +214,12 @@ class HierarchicalVAE(_ImageModel):
     """
 
     def __init__(self, latent_dims=(32, 8), hidden=(512, 128), prior_hidden=None,
-                 activation=nn.ReLU):
+                 activation=nn.ReLU, likelihood: str = "bernoulli"):
         super().__init__()
+        if likelihood not in ("bernoulli", "discretized"):
+            raise ValueError(f'likelihood must be "bernoulli" or "discretized", got '
+                             f"{likelihood!r}")
+        self.likelihood = likelihood
         self.latent_dims = _check_sizes("latent_dims", latent_dims)
         m = self.m = len(self.latent_dims)
         self.hidden = _check_sizes("hidden", hidden, m)
@@ -213,7 +240,8 @@ class HierarchicalVAE(_ImageModel):
         for net in self.priors:  # each conditional prior starts as N(0, I)
             nn.init.zeros_(net[-1].weight)
             nn.init.zeros_(net[-1].bias)
-        self.decoder = MLPDecoder(self.latent_dims[0], (self.hidden[0],), activation)
+        self.decoder = MLPDecoder(self.latent_dims[0], (self.hidden[0],), activation,
+                                  out_channels=2 if likelihood == "discretized" else 1)
 
     # --- the two passes ----------------------------------------------------------------
     def bottom_up(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -312,10 +340,10 @@ class HierarchicalVAE(_ImageModel):
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n images from the model, pixel probabilities E[x | z_1]: (n, 1, 28, 28)."""
+        """n images from the model, E[x | z_1]: (n, 1, 28, 28) (see `mean_image`)."""
         device = next(self.parameters()).device
         noise = [torch.randn(n, d, generator=generator).to(device) for d in self.latent_dims]
-        return torch.sigmoid(self.decode(self.generate(noise)[0]))
+        return self.mean_image(self.generate(noise)[0])
 
 
 class MarkovianHVAE(_ImageModel):
