@@ -57,8 +57,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import IMAGE_SHAPE, binarize, check_images
-from .vae import MIN_LOG_SCALE, N_PIXELS, MLPDecoder
+from ..data import IMAGE_SHAPE, binarize
+from .vae import MIN_LOG_SCALE, N_PIXELS, MLPDecoder, check_images_for
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -162,14 +162,7 @@ class _ImageModel(nn.Module):
     likelihood = "bernoulli"
 
     def _check_input(self, x: torch.Tensor) -> None:
-        check_images(x)
-        w = next(self.parameters())
-        if x.device != w.device:
-            raise ValueError(f"x is on {x.device} but the model is on {w.device}; move one "
-                             f"of them: x.to({str(w.device)!r}) or model.to(x.device)")
-        if x.dtype != w.dtype:
-            raise TypeError(f"x is {x.dtype} but the model's weights are {w.dtype}; convert "
-                            f"with x.to({w.dtype})")
+        check_images_for(self, x)
 
     def decode(self, z1: torch.Tensor) -> torch.Tensor:
         """z_1: (..., D_1) -> the decoder output: logits (..., 1, 28, 28), or for the

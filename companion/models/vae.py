@@ -75,6 +75,19 @@ def _mlp(sizes: list[int], activation) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def check_images_for(model: nn.Module, x: torch.Tensor) -> None:
+    """Clear errors unless x is a batch of images (B, 1, 28, 28) on the model's device and in
+    its dtype."""
+    check_images(x)
+    w = next(model.parameters())
+    if x.device != w.device:
+        raise ValueError(f"x is on {x.device} but the model is on {w.device}; "
+                         f"move one of them: x.to({str(w.device)!r}) or model.to(x.device)")
+    if x.dtype != w.dtype:
+        raise TypeError(f"x is {x.dtype} but the model's weights are {w.dtype}; "
+                        f"convert with x.to({w.dtype}) (or model.to({x.dtype}))")
+
+
 class MLPEncoder(nn.Module):
     """x: (B, 1, 28, 28) -> (mu, logvar), each (B, latent_dim)."""
 
@@ -187,14 +200,7 @@ class VAE(nn.Module):
     # --- the two networks -------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, 1, 28, 28) -> (mu, logvar), each (B, latent_dim)."""
-        check_images(x)
-        w = next(self.parameters())
-        if x.device != w.device:
-            raise ValueError(f"x is on {x.device} but the model is on {w.device}; "
-                             f"move one of them: x.to({str(w.device)!r}) or model.to(x.device)")
-        if x.dtype != w.dtype:
-            raise TypeError(f"x is {x.dtype} but the model's weights are {w.dtype}; "
-                            f"convert with x.to({w.dtype}) (or model.to({x.dtype}))")
+        check_images_for(self, x)
         return self.encoder(x)
 
     def posterior(self, x: torch.Tensor) -> D.Distribution:
