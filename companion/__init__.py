@@ -2,11 +2,11 @@
 
 from .profiles import PROFILES, Profile, get_profile
 from .progress import progress
-from .runtime import describe, get_device, seed_everything, setup
+from .runtime import describe, get_device, seed_everything, setup, timed
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PROFILES", "Profile", "get_profile", "progress", "describe", "get_device",
-    "seed_everything", "setup", "__version__",
+    "seed_everything", "setup", "timed", "__version__",
 ]

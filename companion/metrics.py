@@ -338,6 +338,27 @@ def frechet_gaussian(mu_a: torch.Tensor, cov_a: torch.Tensor, mu_b: torch.Tensor
     return max(d2.item(), 0.0)
 
 
+def frechet_floor(features: Callable, real: torch.Tensor, reference: torch.Tensor, n: int,
+                  *, repeats: int = 5, seed: int = 0) -> torch.Tensor:
+    """The Fréchet distance that real images reach: the floor beside which a sample score is read.
+
+    features: images -> (N, d) features (the judge's); real: (M, ...) real images the model
+    trained on, M >= n; reference: (R, d) features of the reference set (the test images).
+    Draws n of the real images without replacement, `repeats` times (a CPU generator seeded
+    with `seed`), and returns the distances to the reference, (repeats,) float64: a sample
+    set of n images is read against their mean and spread, since the distance's bias depends
+    on n.
+    """
+    if not 2 <= n <= len(real):
+        raise ValueError(f"n must lie in 2..{len(real)} (the number of real images), got {n}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    g = torch.Generator().manual_seed(seed)
+    picks = [torch.randperm(len(real), generator=g)[:n] for _ in range(repeats)]
+    return torch.tensor([frechet_distance(features(real[i.to(real.device)]), reference)
+                         for i in picks], dtype=torch.float64)
+
+
 def label_histogram(probs: torch.Tensor, classes: int = 10) -> torch.Tensor:
     """How many images a classifier assigns to each class: probs (N, K) -> (K,) int64."""
     probs = torch.as_tensor(probs)

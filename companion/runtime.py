@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import platform
 import random
+import time
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -75,3 +77,19 @@ def setup(seed: int = 0, profile: str | None = None, device: str | None = None,
                       "GPU; on this machine use BOOK_PROFILE=cpu (or unset BOOK_PROFILE)",
                       stacklevel=2)
     return prof, dev
+
+
+def timed(fn: Callable, *args, **kwargs):
+    """(fn(*args, **kwargs), wall-clock seconds), GPU work included.
+
+    CUDA runs asynchronously: without a synchronize before and after, the clock would stop
+    when the work is queued, not when it is done.
+    """
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    if cuda:
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - start

@@ -57,3 +57,30 @@ def test_label_histogram_and_top_probability():
     assert mean_top_probability(probs) == pytest.approx((0.9 + 0.7 + 0.1) / 3)
     with pytest.raises(ValueError, match="class probabilities"):
         label_histogram(torch.zeros(3, 4))
+
+
+def test_frechet_floor_draws_real_images_and_checks_n():
+    from companion.metrics import frechet_floor
+
+    torch.manual_seed(0)
+    real = torch.randn(40, 3)
+    reference = torch.randn(200, 3)
+    d = frechet_floor(lambda x: x, real, reference, 10, repeats=4, seed=1)
+    assert d.shape == (4,) and d.dtype == torch.float64
+    # each entry is the distance of one draw, the draws of a generator seeded alike
+    g = torch.Generator().manual_seed(1)
+    first = real[torch.randperm(40, generator=g)[:10]]
+    assert d[0].item() == pytest.approx(frechet_distance(first, reference), rel=1e-12)
+    assert len(set(d.tolist())) == 4  # different draws
+    assert torch.equal(d, frechet_floor(lambda x: x, real, reference, 10, repeats=4, seed=1))
+    with pytest.raises(ValueError, match="n must lie in 2..40"):
+        frechet_floor(lambda x: x, real, reference, 41)
+
+
+def test_timed_returns_the_result_and_the_seconds():
+    import time
+
+    from companion import timed
+
+    out, secs = timed(lambda a, b=0: (time.sleep(0.02), a + b)[1], 2, b=3)
+    assert out == 5 and 0.02 <= secs < 1.0
