@@ -1,7 +1,7 @@
 """The chapter-9 DDPM: our U-Net and loop against diffusers, trained as its example does.
 
 Ours: `companion.models.unet.UNet` (the gpu preset, ~15M parameters, or the cpu preset,
-~2M), Algorithm 1's loss from `companion.diffusion`, `companion.fit` with the data on the
+0.67M), Algorithm 1's loss from `companion.diffusion`, `companion.fit` with the data on the
 device, mixed precision by device, EMA, clipping, torch.compile on CUDA.
 Peer: diffusers' `UNet2DModel` of similar size and layout (three resolutions, attention
 at the lowest; 28x28 padded to 32x32, since its blocks need sides divisible by 4) and
@@ -31,7 +31,7 @@ def peer_model(gpu_sizes: bool):
     """diffusers' UNet2DModel with our U-Net's layout and about its parameter count."""
     from diffusers import UNet2DModel
 
-    channels, layers, groups = ((64, 128, 256), 2, 32) if gpu_sizes else ((16, 32, 128), 1, 8)
+    channels, layers, groups = ((64, 128, 256), 2, 32) if gpu_sizes else ((16, 32, 64), 1, 8)
     return UNet2DModel(sample_size=32, in_channels=1, out_channels=1, layers_per_block=layers,
                        block_out_channels=channels, norm_num_groups=groups,
                        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
