@@ -50,12 +50,14 @@ def install_spec(root: Path = ROOT) -> str:
 
 def install_cell(root: Path = ROOT) -> str:
     """The Colab-only install lines that open every notebook's setup cell."""
+    # the spec sits at column 0 and the call is wrapped: every line fits the rendered column
     return (
         "import sys\n\n"
+        f"SPEC = {install_spec(root)}\n"
         'if "google.colab" in sys.modules:  # on Colab only: install the book\'s package\n'
         "    import subprocess\n\n"
-        f"    spec = {install_spec(root)}\n"
-        '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], check=True)\n'
+        '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", SPEC],\n'
+        "                   check=True)\n"
     )
 
 
