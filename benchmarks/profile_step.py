@@ -11,8 +11,10 @@ that take the most of each. Read it this way:
   - host time per step close to the wall time, device time well below it: the step is
     launch-bound (Python, dispatch, kernel launches), and CUDA graphs or a compiled
     optimizer step are the remedy;
-  - many `aten::convolution` calls on the host although the model is compiled: part of
-    the model runs eagerly (a graph break, or a recompilation limit reached);
+  - autograd `ConvolutionBackward0` nodes although the model is compiled: part of the
+    model runs eagerly (a graph break, or a recompilation limit reached). A compiled
+    model's backward is one `CompiledFunctionBackward` node; its convolutions still show
+    as `aten::convolution` calls, so those prove nothing;
   - device time close to the wall time: the kernels themselves are slow, and the top
     device operators say which.
 A measurement, not a test.
@@ -91,12 +93,17 @@ def main(argv=None) -> dict:
     print(events.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=50))
     if cuda:
         print(events.table(sort_by=dev_attr, row_limit=15, max_name_column_width=50))
-    convs = sum(e.count for e in events if e.key == "aten::convolution") / args.steps
-    print(f"aten::convolution calls per step: {convs:.0f}")
+    def nodes(name):  # autograd nodes run per step (each is also logged once by name)
+        return sum(e.count for e in events if e.key == name) / args.steps
+
+    eager, compiled = nodes("ConvolutionBackward0"), nodes("CompiledFunctionBackward")
+    print(f"per step: {eager:.0f} eager convolution backward nodes, {compiled:.0f} compiled "
+          "backward graphs")
     if args.trace:
         prof.export_chrome_trace(args.trace)
         print(f"trace: {args.trace}")
-    return dict(wall_ms=wall_ms, host_ms=host_ms, device_ms=device_ms, convs=convs)
+    return dict(wall_ms=wall_ms, host_ms=host_ms, device_ms=device_ms,
+                eager_conv_backward=eager, compiled_backward=compiled)
 
 
 if __name__ == "__main__":
