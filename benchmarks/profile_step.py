@@ -56,9 +56,6 @@ def main(argv=None) -> dict:
               ema=0.9999, quiet=True, compile=cuda and not args.no_compile,
               batch_size=args.batch, check_every=10**6)
 
-    def loss_fn(m, xb):
-        return diffusion.simple_loss(m, xb)
-
     # one fit call for warm-up and measurement, as in real training: compilation happens
     # in the first steps, and a second fit call would wrap the model again
     warm = 30 if cuda else 3
@@ -74,17 +71,15 @@ def main(argv=None) -> dict:
         if cuda:
             torch.cuda.synchronize()
         marks.append(time.perf_counter())
-        return loss_fn(m, xb)
+        return diffusion.simple_loss(m, xb)
 
     with prof:
-        fit(model, step_loss, x,
-            steps=warm + 2 + args.steps + 1, **kw)
+        fit(model, step_loss, x, steps=warm + 2 + args.steps + 1, **kw)
     active = marks[warm + 2:warm + 2 + args.steps + 1]
     wall_ms = 1e3 * (active[-1] - active[0]) / args.steps
     events = prof.key_averages()
     host_ms = sum(e.self_cpu_time_total for e in events) / 1e3 / args.steps
-    dev_attr = "self_device_time_total"
-    device_ms = (sum(getattr(e, dev_attr, 0) for e in events) / 1e3 / args.steps
+    device_ms = (sum(e.self_device_time_total for e in events) / 1e3 / args.steps
                  if cuda else float("nan"))
     print(f"{device}, batch {args.batch}, {args.steps} steps: wall {wall_ms:.1f} ms/step, "
           f"host (self CPU) {host_ms:.1f} ms/step, device {device_ms:.1f} ms/step")
@@ -92,7 +87,9 @@ def main(argv=None) -> dict:
           "profiler's own overhead)")
     print(events.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=50))
     if cuda:
-        print(events.table(sort_by=dev_attr, row_limit=15, max_name_column_width=50))
+        print(events.table(sort_by="self_device_time_total", row_limit=15,
+                           max_name_column_width=50))
+
     def nodes(name):  # autograd nodes run per step (each is also logged once by name)
         return sum(e.count for e in events if e.key == name) / args.steps
 

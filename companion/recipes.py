@@ -147,20 +147,20 @@ DDPM_CLIP, DDPM_WARMUP = 1.0, 200
 def ddpm_settings(profile) -> dict:
     """Chapter 9's recipe per profile: U-Net preset, T, optimizer steps, batch, lr, EMA decay.
 
-    ci: the tiny U-Net on a 100-step chain, 100 steps of 32 (a pipeline check). cpu: the
-    0.67M U-Net on a 500-step chain, 900 steps of 64 at lr 2e-3: on a 2-core machine
-    (float32 matrix products at 37-74 GFLOP/s) a step takes 0.6-1.0 s and a network call on
-    64 images 0.2-0.4 s, so training, the sampling of chapter 9 (about 1,500 calls) and its
-    judge fit under 20 minutes (measured: 17 min 11 s from an empty cache; a Frechet
+    ci: the tiny U-Net on a 100-step chain, 100 steps of 32 (a pipeline check).
+    cpu: the 0.67M U-Net on a 500-step chain, 900 steps of 64 at lr 2e-3. On a 2-core
+    machine (float32 matrix products at 37-74 GFLOP/s) a step takes 0.6-1.0 s and a network
+    call on 64 images 0.2-0.4 s, so training, chapter 9's sampling (about 1,500 calls) and
+    its judge fit under 20 minutes: measured 17 min 11 s from an empty cache, a Frechet
     distance of 274 against a floor of 149 at 64 samples, mean top-class probability 0.83,
-    a little over half the samples clear digits). Chosen by probe runs scored on 256
-    samples (100-step respaced sampler, floor about 45): lr 1e-3 / 2e-3 reached a Frechet
-    distance of 193 / 175 after 600 steps, 154 / 141 after 800 and 127 / 129 after 1,000,
-    with mean top-class probabilities 0.80-0.83 / 0.82-0.84 (test digits 0.97); lr 3e-3 was
-    worse (169 after 900), and batch 32 for twice the steps was slower per image and no
-    better. gpu: the 15M
-    U-Net, T = 1000, 6,000 steps of 128 (5.4 minutes of training on an H100, compilation
-    included).
+    a little over half the samples clear digits. The steps and lr come from probe runs
+    scored on 256 samples (100-step respaced sampler, floor about 45): lr 1e-3 / 2e-3
+    reached 193 / 175 after 600 steps, 154 / 141 after 800, 127 / 129 after 1,000, with
+    mean top-class probabilities 0.80-0.83 / 0.82-0.84 (test digits 0.97); lr 3e-3 was
+    worse (169 after 900), and batch 32 for twice the steps cost more per image and was
+    no better.
+    gpu: the 15M U-Net, T = 1000, 6,000 steps of 128 (5.4 minutes of training on an H100,
+    compilation included).
     """
     return dict(
         preset=profile.pick(ci="tiny", cpu="cpu", gpu="gpu"),
