@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import os
+
 from tqdm.auto import tqdm
 
 from .profiles import get_profile
 
+ENV_VAR = "BOOK_PROGRESS"  # "0": no bars at all (`make outputs`: stored pages show results)
+
+
+def bars_off() -> bool:
+    """True when $BOOK_PROGRESS is 0/false/no/off."""
+    return os.environ.get(ENV_VAR, "").strip().lower() in {"0", "false", "no", "off"}
+
 
 def progress(iterable=None, *, total=None, desc=None, quiet: bool | None = None, **kwargs):
-    """A tqdm bar, silent when `quiet` (default: the active profile's `quiet`, True in ci)."""
+    """A tqdm bar, silent when `quiet` (default: the active profile's `quiet`, True in ci)
+    and always silent when $BOOK_PROGRESS=0."""
     if quiet is None:
         quiet = get_profile().quiet
-    return tqdm(iterable, total=total, desc=desc, disable=quiet, leave=False, **kwargs)
+    return tqdm(iterable, total=total, desc=desc, disable=quiet or bars_off(), leave=False,
+                **kwargs)

@@ -13,3 +13,12 @@ def test_default_follows_profile(monkeypatch):
     assert progress(range(2)).disable
     monkeypatch.setenv("BOOK_PROFILE", "cpu")
     assert not progress(range(2)).disable
+
+
+def test_book_progress_0_silences_every_bar(monkeypatch):
+    monkeypatch.setenv("BOOK_PROFILE", "cpu")
+    monkeypatch.setenv("BOOK_PROGRESS", "0")
+    assert progress(range(2)).disable
+    assert progress(range(2), quiet=False).disable  # even where a cell asks for one
+    monkeypatch.setenv("BOOK_PROGRESS", "1")
+    assert not progress(range(2)).disable

@@ -154,6 +154,7 @@ def execute(paths: list[str]) -> int:
     times include training from scratch, as on a student's first run.
     """
     env = dict(os.environ)
+    env.setdefault("BOOK_PROGRESS", "0")  # stored pages show results, not progress widgets
     if not env.get("BOOK_CACHE"):
         env["BOOK_CACHE"] = tempfile.mkdtemp(prefix="book-cache-")
         print(f"checkpoint cache for this run: {env['BOOK_CACHE']} (empty)")

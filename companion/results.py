@@ -1,0 +1,58 @@
+"""Numbers one chapter measures and a later chapter quotes, kept beside the checkpoints.
+
+Chapter 9 saves what it measured of its DDPM (bits/dim, Fréchet distance, ...) next to the
+model's checkpoint; chapter 10, which loads that checkpoint, reads them back, so the two
+chapters quote the same model's numbers, and a sentence never types them by hand:
+
+    results.save("ch9", {"fd": 78.0, "bits_per_dim": 1.94}, profile)
+    ch9 = results.load("ch9", profile)      # None when chapter 9 has not run here
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from .train import cache_dir
+
+
+def results_path(chapter: str, profile) -> Path:
+    """cache_dir()/results/{chapter}-{profile}.json, beside the checkpoints of that profile."""
+    pname = getattr(profile, "name", profile)
+    return cache_dir() / "results" / f"{chapter}-{pname}.json"
+
+
+def save(chapter: str, values: dict, profile) -> Path:
+    """Write `values` (a flat dict of str to numbers, strings or bools) for `chapter`.
+
+    Numbers must be finite: a NaN saved here would be quoted as a result later.
+    """
+    for key, value in values.items():
+        if not isinstance(key, str):
+            raise TypeError(f"results keys are names (str); got {key!r}")
+        if isinstance(value, bool) or isinstance(value, str):
+            continue
+        if not isinstance(value, (int, float)):
+            raise TypeError(f"results[{key!r}] is a {type(value).__name__}; save plain "
+                            "numbers, strings or bools (use float(x) or x.item() for a tensor)")
+        if not math.isfinite(value):
+            raise ValueError(f"results[{key!r}] is {value}: only finite numbers are saved")
+    path = results_path(chapter, profile)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(values, indent=1, sort_keys=True) + "\n")
+    tmp.replace(path)  # never a half-written file for the next chapter to read
+    return path
+
+
+def load(chapter: str, profile) -> dict | None:
+    """The values `chapter` saved in this profile, or None when it has not run here."""
+    path = results_path(chapter, profile)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); delete it and re-run the "
+                         "chapter that writes it") from err
