@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 JOBS   ?= 2
 
-.PHONY: install mathjax book test outputs check-fast bench sync clean
+.PHONY: install mathjax book test outputs outputs-device check-fast bench sync clean
 MATHJAX_VERSION := 3.2.2
 MATHJAX := _extra/mathjax/.installed-$(MATHJAX_VERSION)
 NPM    ?= npm
@@ -58,6 +58,13 @@ outputs: $(STAMP)
 	$(BIN)/jupytext --sync $(NOTEBOOKS:.ipynb=.md)
 	BOOK_OFFLINE=$${BOOK_OFFLINE:-1} $(BIN)/python book/_ext/execution_status.py execute $(NOTEBOOKS)
 	$(BIN)/jupytext --sync $(NOTEBOOKS)
+
+# The same on a lent GPU machine that has torch but no venv and no network: carry the wheels
+# it lacks in .whl/ and run, one call per few chapters (the cache is kept between calls),
+#   make outputs-device CHAPTERS="06_vae_mnist 07_hierarchical_vae"
+# The executed notebooks come back packed in $$OUT/outputs.tar.gz (book/_ext/outputs_device.sh).
+outputs-device:
+	book/_ext/outputs_device.sh $(CHAPTERS)
 
 # Lint plus the quick unit tests: the pre-stop hook runs this, keep it under a minute.
 check-fast: $(STAMP)

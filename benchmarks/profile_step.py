@@ -28,6 +28,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from companion import train
 from companion.data import load
 from companion.diffusion import Diffusion, linear_betas
 from companion.models.unet import UNet, preset
@@ -42,6 +43,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=10, help="profiled steps (after warm-up)")
     ap.add_argument("--no-compile", action="store_true", help="eager even on CUDA")
     ap.add_argument("--trace", default=None, help="also write a Chrome trace to this file")
+    ap.add_argument("--mode", default=None,
+                    help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="weights and images in channels-last (NHWC) memory format")
     args = ap.parse_args(argv)
 
     seed_everything(0)
@@ -52,6 +57,11 @@ def main(argv=None) -> dict:
     x = load("mnist", device=device).x_train * 2 - 1
     diffusion = Diffusion(linear_betas(1000), device=device)
     model = UNet(preset("gpu" if args.gpu_sizes else "cpu")).to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    if args.mode:  # fit compiles through train.try_compile: give it the mode asked for
+        train.try_compile = lambda m: torch.compile(m, mode=args.mode)
     kw = dict(optimizer=default_optimizer(model.parameters(), 2e-4, device), clip=1.0,
               ema=0.9999, quiet=True, compile=cuda and not args.no_compile,
               batch_size=args.batch, check_every=10**6)
@@ -81,7 +91,9 @@ def main(argv=None) -> dict:
     host_ms = sum(e.self_cpu_time_total for e in events) / 1e3 / args.steps
     device_ms = (sum(e.self_device_time_total for e in events) / 1e3 / args.steps
                  if cuda else float("nan"))
-    print(f"{device}, batch {args.batch}, {args.steps} steps: wall {wall_ms:.1f} ms/step, "
+    variant = ", ".join(v for v in (args.mode, "channels-last" * args.channels_last) if v)
+    print(f"[{variant or 'default'}] "
+          f"{device}, batch {args.batch}, {args.steps} steps: wall {wall_ms:.1f} ms/step, "
           f"host (self CPU) {host_ms:.1f} ms/step, device {device_ms:.1f} ms/step")
     print("(the wall time here synchronizes once per step; the host time includes the "
           "profiler's own overhead)")

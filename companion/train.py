@@ -165,7 +165,17 @@ def load_checkpoint(path: Path, model, optimizer, ema, identity) -> tuple[int, d
     if ema is not None and state.get("ema") is not None:
         ema.load_state_dict(state["ema"])
     torch.set_rng_state(state["rng"])
+    _note_loaded(path)
     return int(state["step"]), state["history"], float(state.get("train_seconds", 0.0))
+
+
+def _note_loaded(path: Path) -> None:
+    """Append the checkpoint's name to $BOOK_LOADED_LOG, if set: `make outputs` reads it to
+    tell on the status page which chapters loaded training instead of doing it."""
+    log = os.environ.get("BOOK_LOADED_LOG")
+    if log:
+        with open(log, "a") as f:
+            f.write(Path(path).name + "\n")
 
 
 def _check_fit_args(model, tensors, batch_size, lr, clip) -> None:

@@ -147,3 +147,32 @@ def test_execute_records_the_wall_time(tmp_path, monkeypatch):
     assert st.problems == [] and st.source == "wall" and st.checkpoints == "fresh"
     assert st.slowest_cell[1] == 1 and 0.5 <= st.slowest_cell[0] < 5
     assert st.seconds >= 0.5
+
+
+def test_reused_means_a_checkpoint_was_loaded(tmp_path):
+    path = make_notebook(tmp_path / "a.ipynb")
+    es.record(path, 40.0, T0 + timedelta(seconds=36), loaded=["ch9-ddpm-gpu.pt"])
+    st = es.notebook_status(path)
+    assert st.checkpoints == "reused"
+    assert any("‡" in line for line in es.table([st], tmp_path))
+    es.record(path, 40.0, T0 + timedelta(seconds=36), loaded=[])
+    assert es.notebook_status(path).checkpoints == "fresh"
+
+
+def test_fit_names_the_checkpoints_it_loads(tmp_path, monkeypatch):
+    import torch
+
+    from companion.train import fit
+
+    log = tmp_path / "loaded.txt"
+    monkeypatch.setenv("BOOK_LOADED_LOG", str(log))
+    ckpt = tmp_path / "m.pt"
+    x = torch.randn(8, 3)
+
+    def loss(model, xb):
+        return model(xb).pow(2).mean()
+
+    fit(torch.nn.Linear(3, 1), loss, x, steps=2, batch_size=4, checkpoint=ckpt, quiet=True)
+    assert not log.exists()  # trained, not loaded
+    fit(torch.nn.Linear(3, 1), loss, x, steps=2, batch_size=4, checkpoint=ckpt, quiet=True)
+    assert log.read_text().split() == ["m.pt"]

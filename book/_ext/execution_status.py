@@ -131,8 +131,13 @@ def notebook_status(path: Path) -> NotebookStatus:
 
 
 # --- recording (make outputs) ---------------------------------------------------------------
-def record(path: Path, seconds: float, finished: datetime, fresh_cache: bool = True) -> None:
-    """Store the wall time of the run that just made `path`'s outputs in its metadata."""
+def record(path: Path, seconds: float, finished: datetime,
+           loaded: list[str] | None = None, gpu_peak_mib: int | None = None) -> None:
+    """Store the wall time of the run that just made `path`'s outputs in its metadata.
+
+    loaded: the checkpoints the run loaded instead of training (companion.fit writes their
+    names to $BOOK_LOADED_LOG); "reused" on the status page means at least one.
+    """
     import nbformat
 
     nb = nbformat.read(str(path), as_version=4)
@@ -142,9 +147,32 @@ def record(path: Path, seconds: float, finished: datetime, fresh_cache: bool = T
         "cpus": os.cpu_count(),
         "machine": platform.machine(),
         "profile_env": os.environ.get("BOOK_PROFILE", ""),
-        "checkpoints": "fresh" if fresh_cache else "reused",
+        "checkpoints": "reused" if loaded else "fresh",
+        "loaded": sorted(set(loaded or [])),
     }
+    if gpu_peak_mib is not None:  # device-wide, as nvidia-smi reads it every 200 ms
+        nb.metadata["book"]["execution"]["gpu_memory_peak_mib"] = gpu_peak_mib
     nbformat.write(nb, str(path))
+
+
+def _gpu_memory_poller():
+    """nvidia-smi printing the device's memory in use every 200 ms, or None without it."""
+    try:
+        return subprocess.Popen(["nvidia-smi", "--query-gpu=memory.used",
+                                 "--format=csv,noheader,nounits", "-lms", "200"],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    except OSError:
+        return None
+
+
+def _stop_poller(proc) -> int | None:
+    """The largest reading of a poller started by _gpu_memory_poller (MiB)."""
+    if proc is None:
+        return None
+    proc.terminate()
+    out, _ = proc.communicate()
+    readings = [int(v) for v in out.split() if v.isdigit()]
+    return max(readings) if readings else None
 
 
 def execute(paths: list[str]) -> int:
@@ -159,17 +187,26 @@ def execute(paths: list[str]) -> int:
         env["BOOK_CACHE"] = tempfile.mkdtemp(prefix="book-cache-")
         print(f"checkpoint cache for this run: {env['BOOK_CACHE']} (empty)")
     for p in paths:
+        log = Path(tempfile.mkstemp(prefix="book-loaded-", suffix=".txt")[1])
+        env["BOOK_LOADED_LOG"] = str(log)
         start = time.perf_counter()
         print(f"executing {p} ...", flush=True)
+        memory = _gpu_memory_poller()
         proc = subprocess.run([sys.executable, "-m", "jupyter", "execute", "--inplace",
                                "--timeout=-1", str(p)],
                               env=env)
+        peak_mib = _stop_poller(memory)
         if proc.returncode != 0:
             print(f"{p} failed (exit code {proc.returncode}); its outputs were not recorded")
             return proc.returncode
         seconds = time.perf_counter() - start
-        record(Path(p), seconds, datetime.now(timezone.utc),
-               fresh_cache=env["BOOK_CACHE"] != os.environ.get("BOOK_CACHE"))
+        loaded = log.read_text().split()
+        log.unlink()
+        record(Path(p), seconds, datetime.now(timezone.utc), loaded, peak_mib)
+        if peak_mib is not None:
+            print(f"  peak GPU memory (nvidia-smi, whole device): {peak_mib:,} MiB")
+        if loaded:
+            print(f"  loaded, not trained: {', '.join(sorted(set(loaded)))}")
         st = notebook_status(Path(p))
         print(f"{p}: {format_seconds(seconds)} (profile {st.profile}, device {st.device})")
         for problem in st.problems:
@@ -219,7 +256,8 @@ def table(statuses: list[NotebookStatus], root: Path = ROOT) -> list[str]:
         lines += ["", "† Outputs not made by `make outputs`: the time from the first cell's "
                   "start to the last cell's end, without the kernel's start."]
     if any(s.source == "wall" and s.checkpoints == "reused" for s in statuses):
-        lines += ["", "‡ Run with checkpoints already saved: training was loaded, not redone."]
+        lines += ["", "‡ Loaded at least one model that an earlier chapter or run had trained "
+                  "and saved, instead of training it."]
     return lines
 
 
