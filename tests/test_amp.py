@@ -97,7 +97,7 @@ def test_failing_compile_falls_back_to_eager(monkeypatch):
         def forward(self, x):
             raise RuntimeError("backend compiler failed (simulated)")
 
-    monkeypatch.setattr(train, "try_compile", lambda model: Broken(model))
+    monkeypatch.setattr(train, "try_compile", lambda model, mode=None: Broken(model))
     model = nn.Linear(4, 1)
     with pytest.warns(UserWarning, match="torch.compile failed"):
         result = fit(model, mse, regression_data(), steps=20, batch_size=64, lr=3e-2,
@@ -115,7 +115,7 @@ def test_compiled_training_sees_one_batch_shape(monkeypatch, compile_):
         seen.append(len(batch[0]))
         return mse(model, batch)
 
-    monkeypatch.setattr(train, "try_compile", lambda model: model)
+    monkeypatch.setattr(train, "try_compile", lambda model, mode=None: model)
     fit(nn.Linear(4, 1), loss, regression_data(100), steps=10, batch_size=32,
         compile=compile_, quiet=True)
     # 100 = 3 x 32 + 4: eager training keeps the batch of 4, compiled training skips it
@@ -154,3 +154,15 @@ def test_fit_loop_does_not_synchronize_with_the_gpu(monkeypatch, dtype):
 def test_this_gpu_gets_its_native_dtype():
     major, _ = torch.cuda.get_device_capability()
     assert autocast_dtype("cuda") == (torch.bfloat16 if major >= 8 else torch.float16)
+
+
+def test_compile_mode_uses_cuda_graphs_only_on_a_gpu(monkeypatch):
+    assert train.compile_mode("cuda") == "reduce-overhead"
+    assert train.compile_mode(torch.device("cuda", 0)) == "reduce-overhead"
+    assert train.compile_mode("cpu") is None
+    modes = []
+    monkeypatch.setattr(train, "try_compile",
+                        lambda model, mode=None: modes.append(mode) or model)
+    fit(nn.Linear(4, 1), mse, regression_data(64), steps=2, batch_size=32, compile=True,
+        quiet=True)
+    assert modes == [None]  # this CPU run asked for the default mode
