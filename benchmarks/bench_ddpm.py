@@ -161,4 +161,40 @@ def run(ctx: Context) -> dict:
             "peer_images_per_s": steps * BATCH / peer_s}
     res["peer_tflops"] = peer_flops * res["peer_images_per_s"] / 1e12
     res["speedup_images_per_s"] = res["ours_images_per_s"] / res["peer_images_per_s"]
+    res |= sampling(ctx, model, peer)
     return res
+
+
+def sampling(ctx: Context, model, peer) -> dict:
+    """Images/s of a full T = 1000 ancestral chain: ours (Diffusion.sample, the book's
+    samplers) against diffusers' DDPMPipeline on the peer U-Net, same batch, same mixed
+    precision, both in eval mode with the weights as trained above."""
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    from companion.recipes import eps_function
+
+    dev, dtype = ctx.device, autocast_dtype(ctx.device)
+    batch, steps = ctx.pick((8, 20), (256, 1000))
+    diffusion = Diffusion(linear_betas(1000), device=dev)
+    model.eval()
+    eps = eps_function(model, dev)
+    diffusion.sample(eps, (batch, 1, 28, 28), n_steps=min(steps, 10), quiet=True)  # warm-up
+    t0 = clock(dev)
+    diffusion.sample(eps, (batch, 1, 28, 28), n_steps=steps, quiet=True)
+    ours = batch / (clock(dev) - t0)
+
+    peer.eval()
+    pipe = DDPMPipeline(unet=peer, scheduler=DDPMScheduler(num_train_timesteps=1000,
+                                                           beta_schedule="linear"))
+    pipe.set_progress_bar_config(disable=True)
+
+    def run_peer(n):
+        with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            pipe(batch_size=batch, num_inference_steps=n, output_type="np")
+
+    run_peer(min(steps, 10))
+    t0 = clock(dev)
+    run_peer(steps)
+    theirs = batch / (clock(dev) - t0)
+    return {"sample_batch": batch, "sample_steps": steps, "ours_sample_images_per_s": ours,
+            "peer_sample_images_per_s": theirs, "sample_speedup": ours / theirs}

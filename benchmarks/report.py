@@ -62,6 +62,16 @@ def print_tables(results: dict) -> None:
                     f"{r['timed_steps']} timed steps",
                     ["model and loop", "M params", "GFLOP/image (fwd+bwd)", "images/s",
                      "TFLOP/s", "share of matmul", "x images/s"], ddpm_rows(r)))
+        big = [k for k in r if k.startswith("ours_images_per_s_b")]
+        for k in big:
+            b = k.removeprefix("ours_images_per_s_b")
+            print(f"ours at batch {b}: {r[k]:,.0f} images/s, "
+                  f"{r[f'ours_share_of_matmul_b{b}']:.1%} of the matmul rate")
+    if "ours_sample_images_per_s" in r:
+        print(f"sampling, {r['sample_steps']}-step ancestral chain, batch "
+              f"{r['sample_batch']}: ours {r['ours_sample_images_per_s']:.1f} images/s, "
+              f"diffusers DDPMPipeline {r['peer_sample_images_per_s']:.1f} "
+              f"({r['sample_speedup']:.2f}x)")
 
 
 if __name__ == "__main__":
