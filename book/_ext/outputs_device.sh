@@ -49,6 +49,7 @@ for name in "$@"; do
     break
   fi
   done_+=("$nb")
+  echo "$name" >> "$BOOK_CACHE/done.txt"  # what this lease has made (read by later calls)
   # packed after every chapter: a call stopped at the device's limit keeps what it made
   tar czf "$OUT/outputs.tar.gz" "${done_[@]}"
   [ -d "$BOOK_CACHE/results" ] && cp -r "$BOOK_CACHE/results" "$OUT/"
