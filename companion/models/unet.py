@@ -148,6 +148,23 @@ class UNet(nn.Module):
                              f"{cfg.channels}")
         if cfg.blocks < 1:
             raise ValueError(f"blocks must be at least 1, got {cfg.blocks}")
+        if not isinstance(cfg.T, int) or isinstance(cfg.T, bool) or cfg.T < 1:
+            raise ValueError(f"T (the number of diffusion steps t = 1..T) must be a positive "
+                             f"int, got {cfg.T!r}; use the T of the Diffusion, e.g. "
+                             "preset('cpu', T=diffusion.T)")
+        if not isinstance(cfg.groups, int) or cfg.groups < 1:
+            raise ValueError(f"groups (GroupNorm groups) must be a positive int, got "
+                             f"{cfg.groups!r}")
+        for w in cfg.channels:
+            if not isinstance(w, int) or w < 1:
+                raise ValueError(f"channels must be three positive ints, got {cfg.channels}")
+            if w >= cfg.groups and w % cfg.groups:
+                raise ValueError(f"every width in channels {cfg.channels} must be a multiple "
+                                 f"of groups = {cfg.groups} (GroupNorm splits the channels "
+                                 f"into equal groups), got {w}")
+        if cfg.channels[0] % 2:
+            raise ValueError(f"the first width sets the size of the time embedding, which "
+                             f"must be even: got channels {cfg.channels}")
         self.config = cfg
         c1, c2, c3 = cfg.channels
         emb_dim = 4 * c1
@@ -191,14 +208,24 @@ class UNet(nn.Module):
         nn.init.zeros_(self.head[-1].bias)
 
     def check_inputs(self, x: torch.Tensor, t: torch.Tensor) -> None:
-        """Clear errors for a wrong image shape, or a t outside 1..T.
+        """Clear errors for a wrong image shape or dtype, or a t outside 1..T.
 
         The range is checked for CPU tensors only: on a GPU it would cost a device sync per
         call (companion.diffusion checks the t it is given before any network call).
         """
+        if not torch.is_tensor(x):
+            raise TypeError(f"the U-Net takes a tensor of images (B, 1, 28, 28), got "
+                            f"{type(x).__name__}; convert it with torch.as_tensor(x)")
         if x.dim() != 4 or tuple(x.shape[1:]) != (1, 28, 28):
             raise ValueError(f"the U-Net takes images of shape (B, 1, 28, 28), got "
                              f"{tuple(x.shape)}")
+        weight = self.stem.weight
+        if not x.is_floating_point():
+            raise TypeError(f"the U-Net takes floating-point images, got {x.dtype}: use "
+                            f"x.to({weight.dtype}) (8-bit pixels: x.float() / 127.5 - 1)")
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f"x is {x.dtype} but the U-Net's weights are {weight.dtype}: use "
+                            f"x.to({weight.dtype}), or model.to({x.dtype})")
         if not torch.is_tensor(t) or t.is_floating_point() or t.dtype == torch.bool:
             raise TypeError(f"t must be an integer tensor of steps in 1..{self.config.T}, got "
                             f"{t!r:.60}")
