@@ -176,3 +176,19 @@ def test_fit_names_the_checkpoints_it_loads(tmp_path, monkeypatch):
     assert not log.exists()  # trained, not loaded
     fit(torch.nn.Linear(3, 1), loss, x, steps=2, batch_size=4, checkpoint=ckpt, quiet=True)
     assert log.read_text().split() == ["m.pt"]
+
+
+def test_a_chapter_that_loads_another_profiles_model_is_flagged(tmp_path):
+    gpu = "profile=gpu device=cuda torch=2.11.0 python=3.12.3\n"
+    ch9 = make_notebook(tmp_path / "09_ddpm.ipynb", wall=40.0)  # stored in cpu
+    ch10 = make_notebook(tmp_path / "10_cmp.ipynb", setup=gpu)
+    es.record(ch10, 40.0, T0 + timedelta(seconds=36), loaded=["ch9-ddpm-gpu.pt"])
+    statuses = [es.notebook_status(ch9), es.notebook_status(ch10)]
+    assert es.mismatched(statuses[1], statuses) == [(9, "gpu", "cpu")]
+    lines = es.table(statuses, tmp_path)
+    assert any(line.startswith("§") and "chapter 9" in line for line in lines)
+    # the same chapter 9 stored from the gpu profile: nothing to flag
+    ch9 = make_notebook(tmp_path / "09_ddpm.ipynb", setup=gpu, wall=40.0)
+    statuses = [es.notebook_status(ch9), es.notebook_status(ch10)]
+    assert es.mismatched(statuses[1], statuses) == []
+    assert not any("§" in line for line in es.table(statuses, tmp_path))

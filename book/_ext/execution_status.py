@@ -59,6 +59,7 @@ class NotebookStatus:
     slowest_cell: tuple[float, int] | None = None
     cpus: int | None = None
     checkpoints: str = ""
+    loaded: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
 
@@ -127,6 +128,7 @@ def notebook_status(path: Path) -> NotebookStatus:
         if belongs and rec["seconds"] + 0.5 >= st.seconds:
             st.seconds, st.source = float(rec["seconds"]), "wall"
             st.cpus, st.checkpoints = rec.get("cpus"), rec.get("checkpoints", "")
+            st.loaded = list(rec.get("loaded", []))
     return st
 
 
@@ -242,6 +244,22 @@ def toc_notebooks(root: Path = ROOT) -> list[Path]:
     return [root / f"{f}.ipynb" for f in files if f.startswith("notebooks/")]
 
 
+CHECKPOINT = re.compile(r"^ch(?P<n>\d+)-.*-(?P<profile>[a-z]+)\.pt$")
+
+
+def mismatched(st: NotebookStatus, statuses: list[NotebookStatus]) -> list[tuple]:
+    """(chapter, checkpoint profile, that chapter's stored profile) for every model `st`
+    loaded from a chapter whose stored outputs come from another profile."""
+    stored = {int(m[1]): s.profile for s in statuses
+              if (m := re.match(r"(\d+)_", s.path.name))}
+    out = []
+    for name in st.loaded:
+        m = CHECKPOINT.match(name)
+        if m and int(m["n"]) in stored and stored[int(m["n"])] != m["profile"]:
+            out.append((int(m["n"]), m["profile"], stored[int(m["n"])]))
+    return sorted(set(out))
+
+
 def table(statuses: list[NotebookStatus], root: Path = ROOT) -> list[str]:
     """The status table as MyST markdown lines."""
     lines = ["| Chapter | Profile | Device | Time to run | Slowest cell | Executed |",
@@ -253,6 +271,8 @@ def table(statuses: list[NotebookStatus], root: Path = ROOT) -> list[str]:
             run += " †"
         elif st.checkpoints == "reused":
             run += " ‡"
+        if mismatched(st, statuses):
+            run += " §"
         slow = (f"{format_seconds(st.slowest_cell[0])}, cell {st.slowest_cell[1] + 1}"
                 if st.slowest_cell else "")
         device = st.device + (f", {st.cpus} CPU cores" if st.cpus else "")
@@ -264,6 +284,11 @@ def table(statuses: list[NotebookStatus], root: Path = ROOT) -> list[str]:
     if any(s.source == "cells" for s in statuses):
         lines += ["", "† Outputs not made by `make outputs`: the time from the first cell's "
                   "start to the last cell's end, without the kernel's start."]
+    for st in statuses:
+        for n, prof, stored in mismatched(st, statuses):
+            lines += ["", f"§ {st.title or st.path.stem} loads a `{prof}` model of chapter {n}, "
+                      f"whose stored outputs are from the `{stored}` profile: the two pages "
+                      "show different models under one name."]
     if any(s.source == "wall" and s.checkpoints == "reused" for s in statuses):
         lines += ["", "‡ Loaded at least one model that an earlier chapter or run had trained "
                   "and saved, instead of training it."]
