@@ -192,3 +192,12 @@ def test_a_chapter_that_loads_another_profiles_model_is_flagged(tmp_path):
     statuses = [es.notebook_status(ch9), es.notebook_status(ch10)]
     assert es.mismatched(statuses[1], statuses) == []
     assert not any("§" in line for line in es.table(statuses, tmp_path))
+
+
+def test_the_table_names_the_software_that_made_the_outputs(tmp_path):
+    path = make_notebook(tmp_path / "01_a.ipynb", wall=40.0)
+    st = es.notebook_status(path)
+    assert set(st.versions) >= {"torch", "numpy", "matplotlib"}  # recorded by record()
+    row = es.table([st], tmp_path)[2]
+    assert "torch 2.5.0" in row  # the kernel's own line wins for torch
+    assert f"numpy {st.versions['numpy']}" in row

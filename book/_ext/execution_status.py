@@ -60,6 +60,7 @@ class NotebookStatus:
     cpus: int | None = None
     checkpoints: str = ""
     loaded: list[str] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
 
@@ -129,6 +130,7 @@ def notebook_status(path: Path) -> NotebookStatus:
             st.seconds, st.source = float(rec["seconds"]), "wall"
             st.cpus, st.checkpoints = rec.get("cpus"), rec.get("checkpoints", "")
             st.loaded = list(rec.get("loaded", []))
+            st.versions = dict(rec.get("versions", {}))
     return st
 
 
@@ -149,12 +151,27 @@ def record(path: Path, seconds: float, finished: datetime,
         "cpus": os.cpu_count(),
         "machine": platform.machine(),
         "profile_env": os.environ.get("BOOK_PROFILE", ""),
+        "versions": _versions(),
         "checkpoints": "reused" if loaded else "fresh",
         "loaded": sorted(set(loaded or [])),
     }
     if gpu_peak_mib is not None:  # device-wide, as nvidia-smi reads it every 200 ms
         nb.metadata["book"]["execution"]["gpu_memory_peak_mib"] = gpu_peak_mib
     nbformat.write(nb, str(path))
+
+
+def _versions() -> dict[str, str]:
+    """The versions of the packages that shape the outputs, in the environment that ran them
+    (`make outputs` runs the kernel with this same interpreter)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("torch", "numpy", "matplotlib"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
 
 
 def _checkpoints(cache: str) -> set[str]:
@@ -262,8 +279,8 @@ def mismatched(st: NotebookStatus, statuses: list[NotebookStatus]) -> list[tuple
 
 def table(statuses: list[NotebookStatus], root: Path = ROOT) -> list[str]:
     """The status table as MyST markdown lines."""
-    lines = ["| Chapter | Profile | Device | Time to run | Slowest cell | Executed |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| Chapter | Profile | Device | Software | Time to run | Slowest cell | Executed |",
+             "|---|---|---|---|---|---|---|"]
     for st in statuses:
         doc = st.path.relative_to(root).with_suffix("").as_posix()
         run = format_seconds(st.seconds)
@@ -277,10 +294,15 @@ def table(statuses: list[NotebookStatus], root: Path = ROOT) -> list[str]:
                 if st.slowest_cell else "")
         device = st.device + (f", {st.cpus} CPU cores" if st.cpus else "")
         when = st.executed.strftime("%Y-%m-%d") if st.executed else ""
-        lines.append(f"| {{doc}}`/{doc}` | `{st.profile}` | {device} | {run} | {slow} | {when} |")
+        # torch from the kernel's own setup line, the rest as recorded by `make outputs`
+        versions = ({"torch": st.torch} if st.torch != "?" else {}) | {
+            k: v for k, v in st.versions.items() if k != "torch" or st.torch == "?"}
+        software = ", ".join(f"{k} {v}" for k, v in versions.items())
+        lines.append(f"| {{doc}}`/{doc}` | `{st.profile}` | {device} | {software} | {run} | "
+                     f"{slow} | {when} |")
     known = [s.seconds for s in statuses if s.seconds is not None]
     if len(statuses) > 1 and known:
-        lines.append(f"| **All chapters** | | | **{format_seconds(sum(known))}** | | |")
+        lines.append(f"| **All chapters** | | | | **{format_seconds(sum(known))}** | | |")
     if any(s.source == "cells" for s in statuses):
         lines += ["", "† Outputs not made by `make outputs`: the time from the first cell's "
                   "start to the last cell's end, without the kernel's start."]
