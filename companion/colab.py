@@ -20,6 +20,37 @@ BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 BADGE_RE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)")
 SPEC_RE = re.compile(r"'companion @ git\+[^']*'")
 
+# What a Colab GPU runtime has preinstalled, of what the book uses: the one place these
+# versions live (tests/test_colab_install.py models Colab with them, as a pip constraints
+# file). A Colab kernel imports several of them when it starts (ipywidgets among them), so
+# the install cell must leave every one as it is: an upgrade means "restart the runtime".
+# Taken 2026-11-23, not from a live runtime (none is reachable from where the book is
+# made) but from public reports: torch 2.9.0 / torchvision 0.24.0 from googlecolab/colabtools
+# issue 5661 (Colab on torch 2.9, January 2026), numpy 2.0.2 from a report of August 2025,
+# ipywidgets 7.7.1 (Colab's pin for years; the version the book's issue names). matplotlib,
+# tqdm, PyYAML and Pillow are assumed. Refresh from `!pip freeze` on a Colab runtime.
+COLAB_PREINSTALLED_DATE = "2026-11-23"
+COLAB_PREINSTALLED = {
+    "torch": "2.9.0+cu126",
+    "torchvision": "0.24.0+cu126",
+    "numpy": "2.0.2",
+    "matplotlib": "3.10.0",
+    "tqdm": "4.67.1",
+    "ipywidgets": "7.7.1",
+    "pyyaml": "6.0.2",
+    "pillow": "11.3.0",
+}
+# Pure-Python distributions whose Colab version the install test runs for real (the others
+# are modelled by their metadata only): downloaded by `make colab-wheels`.
+COLAB_WHEELS = {"ipywidgets": COLAB_PREINSTALLED["ipywidgets"], "ipython-genutils": "0.2.0"}
+
+
+def colab_constraints() -> str:
+    """COLAB_PREINSTALLED as a pip constraints file."""
+    lines = [f"# Colab's preinstalled versions, taken {COLAB_PREINSTALLED_DATE}"]
+    lines += [f"{name}=={version}" for name, version in COLAB_PREINSTALLED.items()]
+    return "\n".join(lines) + "\n"
+
 
 def repository(root: Path = ROOT) -> tuple[str, str]:
     """(url, ref) from _config.yml's `repository` section."""
@@ -93,7 +124,19 @@ def readme_badges(root: Path = ROOT) -> list[tuple[str, str]]:
     return pairs
 
 
+def download_colab_wheels(folder: Path) -> None:
+    """Fetch the wheels of COLAB_WHEELS into `folder` (needs PyPI; `make colab-wheels`)."""
+    import subprocess
+
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d",
+                    str(folder), *(f"{n}=={v}" for n, v in COLAB_WHEELS.items())], check=True)
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--colab-wheels"]:
+        download_colab_wheels(Path(argv[1]))
+        return 0
     files = [Path(a) for a in argv] or [*sorted((ROOT / "notebooks").glob("[0-9]*.*")),
                                          ROOT / "README.md"]
     for f in files:
