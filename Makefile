@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 JOBS   ?= 2
 
-.PHONY: install mathjax book test outputs outputs-device check-fast bench sync clean
+.PHONY: install mathjax colab-wheels book test outputs outputs-device check-fast bench sync clean
 MATHJAX_VERSION := 3.2.2
 MATHJAX := _extra/mathjax/.installed-$(MATHJAX_VERSION)
 NPM    ?= npm
@@ -41,9 +41,17 @@ book: $(STAMP)
 	  $(BIN)/jupyter-book build . -W -n --keep-going --config _build/cdn/_config.yml; \
 	fi
 
+# Colab's own wheels of the pure-Python packages the Colab install test runs at Colab's
+# versions (companion/colab.py: COLAB_WHEELS); needs PyPI once, then the tests run offline.
+COLAB_WHEELS := .cache/colab-wheels/.installed
+colab-wheels: $(COLAB_WHEELS)
+$(COLAB_WHEELS): companion/colab.py $(STAMP)
+	$(BIN)/python -m companion.colab --colab-wheels .cache/colab-wheels
+	touch $(COLAB_WHEELS)
+
 # Every test: companion unit tests, nbval over every notebook in the `ci` profile,
 # the jupytext twins and headers, and a -W build of the book (tests/test_book.py).
-test: $(STAMP) $(MATHJAX)
+test: $(STAMP) $(MATHJAX) $(COLAB_WHEELS)
 	BOOK_PROFILE=ci $(BIN)/python -m pytest tests $(NOTEBOOKS) --nbval --nbval-current-env \
 	  --nbval-sanitize-with tests/sanitize.cfg --nbval-cell-timeout 600 \
 	  -n $(JOBS) --dist loadfile -p no:cacheprovider -r fEs
