@@ -101,7 +101,7 @@ def test_table_and_formatting(tmp_path):
     a = es.notebook_status(make_notebook(tmp_path / "notebooks" / "01_a.ipynb", wall=75.0))
     b = es.notebook_status(make_notebook(tmp_path / "notebooks" / "02_b.ipynb"))
     lines = es.table([a, b], root=tmp_path)
-    assert lines[2].startswith("| {doc}`/notebooks/01_a` | `cpu` | cpu, ")
+    assert lines[2].startswith("| {doc}`/notebooks/01_a` | `cpu` | CPU, ")
     assert "| 1 min 15 s |" in lines[2] and "| 33 s † |" in lines[3]
     assert "30 s, cell 2" in lines[2]
     assert lines[4].startswith("| **All chapters**") and "1 min 48 s" in lines[4]
@@ -201,3 +201,9 @@ def test_the_table_names_the_software_that_made_the_outputs(tmp_path):
     row = es.table([st], tmp_path)[2]
     assert "torch 2.5.0" in row  # the kernel's own line wins for torch
     assert f"numpy {st.versions['numpy']}" in row
+
+
+def test_device_names_are_short():
+    assert es.short_device("cuda (NVIDIA H100 80GB HBM3)") == "H100 80GB HBM3"
+    assert es.short_device("cpu") == "CPU"
+    assert es.short_device("mps") == "mps"

@@ -277,6 +277,12 @@ def mismatched(st: NotebookStatus, statuses: list[NotebookStatus]) -> list[tuple
     return sorted(set(out))
 
 
+def short_device(device: str) -> str:
+    """'cuda (NVIDIA H100 80GB HBM3)' -> 'H100 80GB HBM3'; 'cpu' -> 'CPU' (a narrow column)."""
+    m = re.fullmatch(r"cuda \((?:NVIDIA )?(.+)\)", device)
+    return m[1] if m else device.upper() if device == "cpu" else device
+
+
 def table(statuses: list[NotebookStatus], root: Path = ROOT) -> list[str]:
     """The status table as MyST markdown lines."""
     lines = ["| Chapter | Profile | Device | Software | Time to run | Slowest cell | Executed |",
@@ -292,12 +298,12 @@ def table(statuses: list[NotebookStatus], root: Path = ROOT) -> list[str]:
             run += " §"
         slow = (f"{format_seconds(st.slowest_cell[0])}, cell {st.slowest_cell[1] + 1}"
                 if st.slowest_cell else "")
-        device = st.device + (f", {st.cpus} CPU cores" if st.cpus else "")
+        device = short_device(st.device) + (f", {st.cpus} cores" if st.cpus else "")
         when = st.executed.strftime("%Y-%m-%d") if st.executed else ""
         # torch from the kernel's own setup line, the rest as recorded by `make outputs`
         versions = ({"torch": st.torch} if st.torch != "?" else {}) | {
             k: v for k, v in st.versions.items() if k != "torch" or st.torch == "?"}
-        software = ", ".join(f"{k} {v}" for k, v in versions.items())
+        software = ", ".join(f"{k} {v.split('+')[0]}" for k, v in versions.items())
         lines.append(f"| {{doc}}`/{doc}` | `{st.profile}` | {device} | {software} | {run} | "
                      f"{slow} | {when} |")
     known = [s.seconds for s in statuses if s.seconds is not None]
