@@ -455,6 +455,7 @@ class Diffusion:
         Input checks here are on type and shape only (free: this runs every training step).
         """
         _check_data(x0, "x0")
+        self._check_model_T(eps_model)
         if len(x0) == 0:
             raise ValueError(f"simple_loss got an empty batch, x0 of shape {tuple(x0.shape)}: "
                              "the mean over no images is NaN; pass at least one image "
@@ -465,6 +466,14 @@ class Diffusion:
         eps = eps_model(self._q_sample(x0, t, noise), t)
         _check_eps(eps, noise.shape, "x0")
         return (eps.float() - noise.float()).pow(2).mean()
+
+    def _check_model_T(self, eps_model) -> None:
+        """A U-Net built for another chain length would take this chain's t silently."""
+        T = getattr(getattr(eps_model, "config", None), "T", None)
+        if isinstance(T, int) and T != self.T:
+            raise ValueError(f"the model was built for T = {T} diffusion steps but this "
+                             f"diffusion has T = {self.T}: build the U-Net with "
+                             f"preset(..., T={self.T})")
 
     # --- sampling --------------------------------------------------------------------------
     @torch.no_grad()
@@ -484,6 +493,7 @@ class Diffusion:
         callback(t, x_t, x0_pred): called before each step with the original step t.
         """
         _check_variance(variance)
+        self._check_model_T(eps_model)
         steps = spaced_timesteps(self.T, n_steps if n_steps is not None else self.T)
         sub = self if len(steps) == self.T else self.respaced(steps)
         x = _start(shape, x_T, generator, device or self.device)

@@ -221,6 +221,7 @@ def active_units(mu: torch.Tensor, threshold: float = 1e-2) -> ActiveUnits:
     """
     if mu.dim() != 2 or len(mu) < 2:
         raise ValueError(f"mu must be (N, D) with N >= 2, got shape {tuple(mu.shape)}")
+    _check_finite(torch.as_tensor(mu), "mu", "encoder means")
     var = mu.double().var(0, unbiased=True).float()
     return ActiveUnits(int((var > threshold).sum()), var, threshold)
 
@@ -286,6 +287,7 @@ def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
                          f"{labels.numel()}")
     if not bool(((labels == 0) | (labels == 1)).all()):
         raise ValueError("labels must be 0/1 (or bool)")
+    _check_finite(scores, "scores", "scores")
     pos = labels.bool()
     n_pos, n_neg = int(pos.sum()), int((~pos).sum())
     if n_pos == 0 or n_neg == 0:
@@ -345,6 +347,12 @@ def frechet_gaussian(mu_a: torch.Tensor, cov_a: torch.Tensor, mu_b: torch.Tensor
                          f"{tuple(mu_b.shape)}, cov_b {tuple(cov_b.shape)}")
     for name, v in (("mu_a", mu_a), ("cov_a", cov_a), ("mu_b", mu_b), ("cov_b", cov_b)):
         _check_finite(v, name, "entries")
+    for name, c in (("cov_a", cov_a), ("cov_b", cov_b)):
+        ev = torch.linalg.eigvalsh((c + c.T) / 2)
+        if ev.min() < -1e-6 * max(ev.abs().max().item(), 1.0):
+            raise ValueError(f"{name} is not a covariance (positive semi-definite): its "
+                             f"smallest eigenvalue is {ev.min().item():.3g}; pass the sample "
+                             "covariance of the features (torch.cov(f.T))")
     w, v = torch.linalg.eigh((cov_a + cov_a.T) / 2)
     root_a = (v * w.clamp(min=0).sqrt()) @ v.T
     middle = root_a @ cov_b @ root_a
@@ -393,7 +401,20 @@ def label_histogram(probs: torch.Tensor, classes: int = 10) -> torch.Tensor:
     if probs.dim() != 2 or probs.shape[1] != classes:
         raise ValueError(f"probs must be (N, {classes}) class probabilities, got "
                          f"{tuple(probs.shape)}")
+    _check_probabilities(probs)
     return torch.bincount(probs.argmax(1).cpu(), minlength=classes)
+
+
+def _check_probabilities(probs: torch.Tensor) -> None:
+    """Rows of class probabilities: finite, in [0, 1], summing to 1 (not logits)."""
+    _check_finite(probs, "probs", "probabilities")
+    p = probs.double()
+    if len(p) and (p.min() < -1e-6 or p.max() > 1 + 1e-6
+                   or (p.sum(1) - 1).abs().max() > 1e-3):
+        raise ValueError("probs must hold class probabilities (rows in [0, 1] summing to 1), "
+                         f"got values in [{p.min().item():.3g}, {p.max().item():.3g}]; "
+                         "logits? apply .softmax(1) first (companion.models.classifier."
+                         "predict returns probabilities)")
 
 
 def mean_top_probability(probs: torch.Tensor) -> float:
@@ -405,4 +426,5 @@ def mean_top_probability(probs: torch.Tensor) -> float:
     probs = torch.as_tensor(probs)
     if probs.dim() != 2:
         raise ValueError(f"probs must be (N, K) class probabilities, got {tuple(probs.shape)}")
+    _check_probabilities(probs)
     return probs.max(1).values.double().mean().item()

@@ -9,6 +9,8 @@ the `companion.train.FitResult`.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .models.autoencoder import Autoencoder, reconstruction_loss
@@ -218,8 +220,21 @@ def ddpm(x, profile, device, *, steps: int | None = None, resume_from=None,
     config = dict(profile=profile.name, preset=s["preset"], T=s["T"], lr=s["lr"],
                   batch_size=s["batch_size"], ema=s["ema"], clip=DDPM_CLIP,
                   warmup=DDPM_WARMUP, n_train=len(x))
+    _check_unit_images(x, "recipes.ddpm")
     path = ddpm_checkpoint(profile, steps, prefix)
-    if resume_from is not None and not path.exists() and resume_from.exists():
+    if resume_from is not None and not path.exists():
+        from pathlib import Path
+
+        resume_from = Path(resume_from)
+        if not resume_from.is_file():
+            raise FileNotFoundError(f"resume_from={resume_from} does not exist: train the "
+                                    "early run first (recipes.ddpm(..., steps=...)), or pass "
+                                    "resume_from=None to train from scratch")
+        state = torch.load(resume_from, map_location="cpu", weights_only=True)
+        done = int(state["step"]) if isinstance(state, dict) and "step" in state else None
+        if done is None or done > total:
+            raise ValueError(f"resume_from={resume_from} holds {done} steps, not a shorter "
+                             f"run of this recipe's {total}: pass the early run's checkpoint")
         path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(resume_from, path)
     lr = s["lr"]
@@ -235,6 +250,19 @@ def ddpm(x, profile, device, *, steps: int | None = None, resume_from=None,
                  config=config, compile=torch.device(device).type == "cuda",
                  desc="DDPM" if steps is None else f"DDPM ({steps} steps)")
     return result.ema.model, result
+
+
+def _check_unit_images(x, where: str) -> None:
+    """Refuse images clearly outside [0, 1] (0..255 bytes, or [-1, 1]): one check per call."""
+    if not torch.is_tensor(x) or x.dim() == 0 or x.shape[0] == 0:
+        raise ValueError(f"{where} needs a non-empty tensor of images (N, 1, 28, 28) in "
+                         f"[0, 1], got {getattr(x, 'shape', type(x).__name__)}")
+    lo, hi = torch.aminmax(x.detach().float())
+    lo, hi = float(lo), float(hi)
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo < -0.01 or hi > 1.01:
+        raise ValueError(f"{where} expects images in [0, 1] (companion.data's scale), got "
+                         f"values in [{lo:.3g}, {hi:.3g}]: divide 0..255 bytes by 255, map "
+                         "[-1, 1] with (x + 1) / 2")
 
 
 def eps_function(model, device):

@@ -23,8 +23,12 @@ import inspect
 import math
 import numbers
 import os
+import signal
+import tempfile
+import threading
 import time
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +93,7 @@ class FitResult:
     resumed_at: int
     ema: EMA | None
     train_seconds: float = 0.0  # all sessions' training time to these weights (checkpointed)
+    save_error: str | None = None  # why the last failed save failed (the model is in memory)
 
 
 def cache_dir() -> Path:
@@ -102,12 +107,87 @@ def checkpoint_path(name: str, profile) -> Path:
     return cache_dir() / "checkpoints" / f"{name}-{pname}.pt"
 
 
-def _identity(model: nn.Module, config: dict | None) -> dict:
-    return {
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written; the message names the path."""
+
+
+def _plain(value, key: str):
+    """A config value as plain JSON-like data (what a weights_only load reads back)."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if torch.is_tensor(value):
+        raise TypeError(f"config[{key!r}] is a tensor; pass a plain number or list "
+                        "(e.g. t.item() or t.tolist())")
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {str(k): _plain(v, f"{key}.{k}") for k, v in value.items()}
+    name = getattr(value, "name", None)
+    if isinstance(name, str):  # a Profile, an enum: its name identifies it
+        return name
+    raise TypeError(f"config[{key!r}] is a {type(value).__name__}, which a checkpoint cannot "
+                    "store; pass numbers, strings, lists or dicts of them")
+
+
+def _fingerprint(tensors) -> list:
+    """Shapes and a cheap checksum of the data: 64 evenly spaced rows, summed on the host."""
+    out = []
+    for t in tensors:
+        n = t.shape[0]
+        rows = torch.linspace(0, n - 1, min(n, 64)).round().long().to(t.device)
+        sample = t.detach()[rows].double().cpu().reshape(len(rows), -1)
+        w = torch.arange(1, sample.shape[1] + 1, dtype=torch.float64)
+        out.append({"shape": list(t.shape), "dtype": str(t.dtype),
+                    "sum": float(sample.sum()), "weighted": float((sample * w).sum()
+                                                                   / sample.shape[1])})
+    return out
+
+
+def _optimizer_identity(optimizer) -> dict:
+    """The optimizer's type and constructor settings (not the current lr: a warm-up changes
+    that every step, and an early checkpoint must resume into the full run)."""
+    keep = {}
+    for k, v in optimizer.defaults.items():
+        try:
+            keep[k] = _plain(v, k)
+        except TypeError:
+            keep[k] = repr(v)
+    return {"type": type(optimizer).__name__, "defaults": keep}
+
+
+def _identity(model: nn.Module, config: dict | None, tensors=(), optimizer=None,
+              ema: float | None = None) -> dict:
+    if config is not None and not isinstance(config, dict):
+        raise TypeError(f"config must be a dict, got {type(config).__name__}")
+    ident = {
         "model": type(model).__qualname__,
         "n_params": sum(p.numel() for p in model.parameters()),
-        "config": dict(config or {}),
+        "config": {str(k): _plain(v, str(k)) for k, v in (config or {}).items()},
     }
+    if tensors:
+        ident["data"] = _fingerprint(tensors)
+    if optimizer is not None:
+        ident["optimizer"] = _optimizer_identity(optimizer)
+    ident["ema"] = None if ema is None else float(ema)
+    return ident
+
+
+def _same_data(a, b) -> bool:
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):
+        if x.get("shape") != y.get("shape") or x.get("dtype") != y.get("dtype"):
+            return False
+        for k in ("sum", "weighted"):
+            if not math.isclose(x.get(k, 0.0), y.get(k, 0.0), rel_tol=1e-6, abs_tol=1e-6):
+                return False
+    return True
 
 
 def _check_identity(path: Path, saved: dict, expected: dict) -> None:
@@ -115,6 +195,13 @@ def _check_identity(path: Path, saved: dict, expected: dict) -> None:
     for key in ("model", "n_params"):
         if saved.get(key) != expected[key]:
             diffs.append(f"{key}: checkpoint has {saved.get(key)!r}, this run {expected[key]!r}")
+    if "data" in saved and "data" in expected and not _same_data(saved["data"],
+                                                                 expected["data"]):
+        diffs.append(f"data: checkpoint was trained on {saved['data']}, this run's data is "
+                     f"{expected['data']}")
+    for key in ("optimizer", "ema"):
+        if key in saved and key in expected and saved[key] != expected[key]:
+            diffs.append(f"{key}: checkpoint has {saved[key]!r}, this run {expected[key]!r}")
     scfg, ecfg = saved.get("config", {}), expected["config"]
     for key in sorted(set(scfg) | set(ecfg)):
         if scfg.get(key) != ecfg.get(key):
@@ -127,23 +214,89 @@ def _check_identity(path: Path, saved: dict, expected: dict) -> None:
             + "\nDelete it to train from scratch, or pass a different checkpoint path.")
 
 
+def _tensors_of(obj):
+    """Every tensor in a nested state, in a fixed order."""
+    if torch.is_tensor(obj):
+        yield obj
+    elif isinstance(obj, dict):
+        for k in sorted(obj, key=str):
+            yield from _tensors_of(obj[k])
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors_of(v)
+
+
+def _checksum(*parts) -> int:
+    crc = 0
+    for t in _tensors_of(list(parts)):
+        b = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+        crc = zlib.crc32(b, crc)
+    return crc
+
+
+def _all_finite(*modules_and_states) -> bool:
+    """One reduction over every floating tensor: are they all finite?"""
+    ts = [t for t in _tensors_of(list(modules_and_states))
+          if t.is_floating_point() and t.numel()]
+    if not ts:
+        return True
+    by_device: dict = {}
+    for t in ts:
+        by_device.setdefault(t.device, []).append(t.detach().float()
+                                                  if t.dtype != torch.float32 else t.detach())
+    return all(bool(torch.isfinite(torch.stack(torch._foreach_norm(v))).all())
+               for v in by_device.values())
+
+
+class NonFiniteWeightsError(NonFiniteLossError):
+    """The weights (or optimizer state) stopped being finite; nothing of them is saved."""
+
+
+def check_writable(path: Path) -> None:
+    """Raise CheckpointSaveError unless a checkpoint can be written at `path`."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointSaveError(f"checkpoint path {path} is a directory; pass a file name "
+                                  f"such as {path}/model.pt")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name + ".",
+                                         suffix=".probe"):
+            pass
+    except OSError as err:
+        raise CheckpointSaveError(f"cannot write checkpoints to {path.parent} ({err}); pass "
+                                  "checkpoint= a writable path, or set BOOK_CACHE") from err
+
+
 def save_checkpoint(path: Path, model, optimizer, ema, step, history, identity,
                     train_seconds: float = 0.0) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    opt_state = optimizer.state_dict()
+    ema_state = ema.state_dict() if ema is not None else None
+    if not _all_finite(model.state_dict(), opt_state.get("state", {}), ema_state):
+        raise NonFiniteWeightsError(f"the weights or optimizer state are NaN/inf at step "
+                                    f"{step}; not saved to {path}")
+    model_state = model.state_dict()
     state = {
         "identity": identity,
         "step": step,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "ema": ema.state_dict() if ema is not None else None,
+        "model": model_state,
+        "optimizer": opt_state,
+        "ema": ema_state,
         "history": history,
         "train_seconds": train_seconds,
         "rng": torch.get_rng_state(),
+        "checksum": _checksum(model_state, opt_state, ema_state),
     }
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # never leave a half-written checkpoint behind
+    # a name of its own: two runs saving to one path never move each other's file
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # never leave a half-written checkpoint behind
+    except (OSError, RuntimeError) as err:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointSaveError(f"could not save checkpoint {path} ({err})") from err
 
 
 def load_checkpoint(path: Path, model, optimizer, ema, identity) -> tuple[int, dict, float]:
@@ -154,6 +307,15 @@ def load_checkpoint(path: Path, model, optimizer, ema, identity) -> tuple[int, d
         raise CheckpointMismatchError(
             f"cannot read checkpoint {path} ({err}). It is damaged or was not written by "
             "companion.fit; delete it to train from scratch.") from err
+    if not isinstance(state, dict) or "model" not in state or "step" not in state:
+        raise CheckpointMismatchError(
+            f"{path} holds a {type(state).__name__}, not a checkpoint written by "
+            "companion.fit; delete it or pass a different checkpoint path.")
+    if "checksum" in state and _checksum(state["model"], state["optimizer"],
+                                         state.get("ema")) != state["checksum"]:
+        raise CheckpointMismatchError(
+            f"checkpoint {path} is damaged: its checksum does not match its contents. "
+            "Delete it to train from scratch.")
     _check_identity(path, state.get("identity", {}), identity)
     try:
         model.load_state_dict(state["model"])
@@ -187,7 +349,12 @@ def _check_fit_args(model, tensors, batch_size, lr, clip) -> None:
         raise TypeError(f"data must be a tensor or a tuple of tensors, got {kinds}; convert "
                         "NumPy arrays with torch.from_numpy(a).float() (or use "
                         "companion.data.load, which returns tensors)")
+    if any(t.dim() == 0 for t in tensors):
+        raise ValueError("data must have a first dimension of examples, got a 0-dim tensor")
     sizes = [t.shape[0] for t in tensors]
+    if sizes[0] == 0:
+        raise ValueError(f"the data is empty (shape {tuple(tensors[0].shape)}): nothing to "
+                         "train on; check the subset or the loader")
     if len(set(sizes)) > 1:
         raise ValueError(f"the data tensors hold different numbers of examples {sizes}: each "
                          "must have one row per example (e.g. images and their labels from "
@@ -284,6 +451,10 @@ def _check_loss(loss, step: int) -> None:
     if not torch.is_tensor(loss):
         raise TypeError(f"loss_fn must return a scalar tensor, or (loss, {{'name': value}}); "
                         f"got {type(loss).__name__} at step {step + 1}")
+    if not loss.requires_grad:
+        raise ValueError(f"the loss at step {step + 1} has no gradient (requires_grad is "
+                         "False): compute it from the model's output, not under "
+                         "torch.no_grad() or from .detach()ed / .item() values")
     if loss.dim() != 0:
         raise ValueError(f"loss_fn must return a scalar (one number for the batch), got shape "
                          f"{tuple(loss.shape)} at step {step + 1}: reduce it, e.g. with "
@@ -295,19 +466,34 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
         clip: float | None = None, ema: float | None = None, checkpoint=None,
         config: dict | None = None, save_every: int | None = None, amp: bool = True,
         compile: bool = False, check_every: int = 25, quiet: bool | None = None,
-        generator: torch.Generator | None = None, desc: str = "train") -> FitResult:
+        generator: torch.Generator | None = None, desc: str = "train",
+        save_seconds: float = 60.0) -> FitResult:
     """Train `model` on `data` (a tensor or tuple of tensors, first dim = examples).
 
     Give either `epochs` or `steps`. With `compile`, each epoch's last partial batch is
     skipped (a new batch shape would cost a recompilation). With `checkpoint`, training
     resumes from the file when it exists (a finished run just loads: load-or-train) and
-    saves to it every `save_every` steps, at the end, and on KeyboardInterrupt.
+    saves to it every `save_every` steps or `save_seconds` of training, whichever comes
+    first, at the end, and on KeyboardInterrupt, SIGTERM or SIGHUP (those two stop at the
+    end of the current step, save, and raise KeyboardInterrupt). Non-finite weights are
+    never saved; a failed save warns, names the path, and the trained model stays in memory.
     """
     tensors = data if isinstance(data, (tuple, list)) else (data,)
     _check_fit_args(model, tensors, batch_size, lr if optimizer is None else None, clip)
     n = tensors[0].shape[0]
     if (epochs is None) == (steps is None):
         raise ValueError("give exactly one of epochs= or steps=")
+    for name, v in (("epochs", epochs), ("steps", steps), ("check_every", check_every),
+                    ("save_every", save_every)):
+        if v is None and name != "check_every":
+            continue
+        if isinstance(v, bool) or not (isinstance(v, numbers.Integral) or (
+                isinstance(v, float) and v.is_integer())):
+            raise ValueError(f"{name} must be a whole number, got {v!r}")
+        if name in ("check_every", "save_every") and v <= 0:
+            raise ValueError(f"{name} must be >= 1, got {v!r}")
+    epochs = None if epochs is None else int(epochs)
+    steps = None if steps is None else int(steps)
     total = steps if steps is not None else epochs * math.ceil(n / batch_size)
     if total <= 0:
         raise ValueError(f"nothing to train: {total} steps (epochs={epochs}, steps={steps}); "
@@ -315,14 +501,25 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
     device = next(model.parameters()).device
     optimizer = optimizer or default_optimizer(model.parameters(), lr, device)
     averager = EMA(model, ema) if ema is not None else None
-    identity = _identity(model, config)
+    identity = _identity(model, config, tensors if checkpoint is not None else (),
+                         optimizer, ema)
     history: dict[str, list[float]] = {"step": [], "loss": []}
     step, trained_before = 0, 0.0
-    if checkpoint is not None and Path(checkpoint).exists():
-        step, history, trained_before = load_checkpoint(Path(checkpoint), model, optimizer,
-                                                        averager, identity)
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        check_writable(checkpoint)  # before any training, not after all of it
+        if checkpoint.exists():
+            step, history, trained_before = load_checkpoint(checkpoint, model, optimizer,
+                                                            averager, identity)
+            if step > total:
+                raise CheckpointMismatchError(
+                    f"checkpoint {checkpoint} holds {step} steps, more than this run's "
+                    f"{total}: it belongs to a longer run. Pass that run's step count, or "
+                    "another checkpoint path.")
     resumed_at = step
-    save_every = save_every or max(total // 10, 100)
+    save_every = int(save_every or max(total // 10, 100))
+    last_saved = step if checkpoint is not None and checkpoint.exists() else None
+    save_error: list[str] = []
 
     amp_dtype = autocast_dtype(device) if amp else None
     # fp16 needs loss scaling (small gradients underflow); bf16 and float32 do not
@@ -352,8 +549,7 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
             raise NonFiniteLossError(
                 f"the loss became {losses[i]} at step {pending[i][0]} of {total}. "
                 "Lower the learning rate, clip gradients (clip=1.0), or check the inputs "
-                "for NaN/inf; the last good checkpoint, if any, is "
-                f"{checkpoint or '(none: pass checkpoint=...)'}.")
+                "for NaN/inf; " + last_good())
         for (s, _, metrics), loss in zip(pending, losses, strict=True):
             history["step"].append(s)
             history["loss"].append(loss)
@@ -362,10 +558,48 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
                                                  else float(v))
         pending.clear()
 
+    def last_good() -> str:
+        if checkpoint is None:
+            return "no checkpoint was kept (pass checkpoint=...)."
+        if last_saved is None:
+            return f"no finite checkpoint was saved to {checkpoint} yet."
+        return f"the last finite weights, of step {last_saved}, are in {checkpoint}."
+
+    def save(final: bool = False) -> None:
+        nonlocal last_saved, last_save_time
+        flush()  # never save weights whose loss was not finite
+        try:
+            save_checkpoint(checkpoint, model, optimizer, averager, step, history,
+                            identity, trained_before + time.perf_counter() - start)
+        except NonFiniteWeightsError as err:
+            raise NonFiniteWeightsError(f"the weights became NaN/inf by step {step} of {total} "
+                                        f"although the loss was finite (a NaN gradient?); "
+                                        f"they were not saved. Lower the learning rate or "
+                                        f"clip gradients (clip=1.0); {last_good()}") from err
+        except CheckpointSaveError as err:
+            save_error.append(str(err))
+            warnings.warn(f"{err}; training goes on and the model stays in memory"
+                          if not final else f"{err}; the trained model is in memory only "
+                          "(save it with torch.save(model.state_dict(), path))", stacklevel=3)
+            return
+        last_saved, last_save_time = step, time.perf_counter()
+
+    stop_signal: list[int] = []
+    old_handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)):
+            if sig is not None:
+                try:
+                    old_handlers[sig] = signal.signal(sig, lambda s, f: stop_signal.append(s))
+                except (ValueError, OSError):
+                    pass
+    last_save_time = time.perf_counter()
+
     model.train()
     bar = progress(total=total, desc=desc, quiet=quiet, initial=step)
     try:
         while step < total:
+            step_before = step
             for batch in batches(*tensors, batch_size=batch_size, generator=generator,
                                  drop_last=drop_last):
                 if step >= total:
@@ -405,20 +639,32 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
                 if step % check_every == 0 or step == total:
                     flush()
                     bar.set_postfix(loss=f"{history['loss'][-1]:.4g}")
-                if checkpoint is not None and (step % save_every == 0 or step == total):
-                    flush()  # never save weights whose loss was not finite
-                    save_checkpoint(checkpoint, model, optimizer, averager, step, history,
-                                    identity, trained_before + time.perf_counter() - start)
+                if checkpoint is not None and (
+                        step % save_every == 0 or step == total
+                        or time.perf_counter() - last_save_time > save_seconds):
+                    save(final=step == total)
+                if stop_signal:
+                    raise KeyboardInterrupt(f"signal {stop_signal[0]} at step {step}")
+            if step == step_before:
+                raise ValueError(f"an epoch of the data yielded no batch ({n} examples, "
+                                 f"batch_size {batch_size}, drop_last {drop_last})")
     except KeyboardInterrupt:
         flush()
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, model, optimizer, averager, step, history, identity,
-                            trained_before + time.perf_counter() - start)
-            print(f"interrupted at step {step}; saved {checkpoint}, run again to resume")
+        if checkpoint is not None and last_saved != step:
+            save()
+            if last_saved == step:
+                print(f"interrupted at step {step}; saved {checkpoint}, run again to resume")
         raise
     finally:
         bar.close()
+        for sig, h in old_handlers.items():
+            signal.signal(sig, h)
     flush()
+    if checkpoint is None and not _all_finite(model.state_dict()):
+        raise NonFiniteWeightsError(f"the weights became NaN/inf by step {step} although the "
+                                    "loss was finite (a NaN gradient?). Lower the learning "
+                                    "rate or clip gradients (clip=1.0).")
     model.eval()
     seconds = time.perf_counter() - start
-    return FitResult(history, step, seconds, resumed_at, averager, trained_before + seconds)
+    return FitResult(history, step, seconds, resumed_at, averager, trained_before + seconds,
+                     save_error[-1] if save_error else None)

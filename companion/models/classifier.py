@@ -38,6 +38,11 @@ class Classifier(nn.Module):
         if x.dim() != 4 or tuple(x.shape[1:]) != (1, 28, 28):
             raise ValueError(f"the classifier takes images of shape (B, 1, 28, 28) in [0, 1], "
                              f"got {tuple(x.shape)}")
+        dtype = self.out.weight.dtype
+        if x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f"the classifier's weights are {dtype} but the images are "
+                            f"{x.dtype}: convert them, e.g. x.to({dtype}) (bytes: "
+                            "x.float() / 255)")
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate activations: (B, 1, 28, 28) -> (B, 128)."""
@@ -80,6 +85,12 @@ def classification_loss(model: Classifier, batch) -> tuple[torch.Tensor, dict]:
 def predict(model: Classifier, x: torch.Tensor, batch_size: int = 1000
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """(features (N, 128), probabilities (N, 10)) in float32, in eval mode, by batches."""
+    if len(x):
+        lo, hi = torch.aminmax(x.detach().float())
+        if not (lo >= -0.01 and hi <= 1.01):
+            raise ValueError(f"the classifier takes images in [0, 1], got values in "
+                             f"[{lo.item():.3g}, {hi.item():.3g}]: a DDPM's samples on "
+                             "[-1, 1] go through to_unit(x) first")
     was_training = model.training
     model.eval()
     feats, probs = [], []

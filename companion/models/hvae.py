@@ -445,7 +445,7 @@ class HierarchyLoss:
 
     def __init__(self, warmup_steps: int = 0, free_bits: float = 0.0, binarize: bool = True,
                  generator: torch.Generator | None = None):
-        if warmup_steps < 0 or free_bits < 0:
+        if not (warmup_steps >= 0 and free_bits >= 0 and math.isfinite(free_bits)):
             raise ValueError(f"warmup_steps and free_bits must be >= 0, got {warmup_steps}, "
                              f"{free_bits}")
         self.warmup_steps, self.free_bits = warmup_steps, free_bits

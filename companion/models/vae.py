@@ -322,7 +322,14 @@ def to_8bit_range(x: torch.Tensor) -> torch.Tensor:
     """Images in [0, 1] (multiples of 1/255) -> the 256 levels -1 + 2k/255 on [-1, 1].
 
     The data model of the discretized decoder and of DDPM's bound: (B, ...) -> (B, ...).
+    Refuses input clearly outside [0, 1] (already on [-1, 1], or 0..255 bytes).
     """
+    if x.numel():
+        lo, hi = torch.aminmax(x.detach().float())
+        if not (lo >= -0.01 and hi <= 1.01):
+            raise ValueError(f"to_8bit_range takes images in [0, 1], got values in "
+                             f"[{lo.item():.3g}, {hi.item():.3g}]: already on [-1, 1]? use "
+                             "quantize_8bit; 0..255 bytes? divide by 255 first")
     return quantize_8bit(2 * x - 1)
 
 
