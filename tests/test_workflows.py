@@ -44,19 +44,54 @@ def test_schema_check_catches_a_broken_workflow(tmp_path):
     assert check_jsonschema(tmp_path / "broken.yml").returncode != 0
 
 
-def test_ci_runs_ci_run_on_push_and_pull_request():
+def test_ci_runs_ci_run_on_main_and_pull_requests():
     ci = load("ci.yml")
     assert {"push", "pull_request"} <= set(ci["on"])
+    assert ci["on"]["push"]["branches"] == ["main"]  # a PR branch is tested once
     steps = [s.get("run", "") for job in ci["jobs"].values() for s in job["steps"]]
     assert ".ci/run" in steps
 
 
-def test_pages_builds_the_book_and_publishes_build_html():
+def test_least_privilege_and_current_action_majors():
+    for name in ("ci.yml", "pages.yml"):
+        doc = load(name)
+        assert doc["permissions"] == {"contents": "read"}, name
+        for job_name, job in doc["jobs"].items():
+            if job_name != "deploy":
+                assert "permissions" not in job, (name, job_name)
+            for step in job["steps"]:
+                uses = step.get("uses", "")
+                if uses.startswith("actions/checkout"):
+                    assert step["with"]["persist-credentials"] is False, (name, job_name)
+                action, _, major = uses.partition("@")
+                if action in CURRENT_MAJORS:
+                    assert major == CURRENT_MAJORS[action], (name, uses)
+    deploy = load("pages.yml")["jobs"]["deploy"]
+    assert deploy["permissions"] == {"pages": "write", "id-token": "write"}
+
+
+# Node 24 majors (Node 20 left the runners in September 2026), as of 2026-11.
+CURRENT_MAJORS = {"actions/checkout": "v7", "actions/setup-python": "v6",
+                  "actions/upload-pages-artifact": "v4", "actions/deploy-pages": "v5"}
+
+
+def test_pages_builds_with_the_book_extra_after_the_tests_pass_on_main():
+    import tomllib
+
     pages = load("pages.yml")
-    assert pages["permissions"]["pages"] == "write" and pages["permissions"]["id-token"] == "write"
-    build = pages["jobs"]["build"]["steps"]
-    assert any(s.get("run") == "make book" for s in build)
-    upload = [s for s in build if s.get("uses", "").startswith("actions/upload-pages-artifact")]
+    trigger = pages["on"]["workflow_run"]
+    assert trigger["workflows"] == ["tests"] and trigger["branches"] == ["main"]
+    build = pages["jobs"]["build"]
+    assert "conclusion == 'success'" in build["if"]
+    runs = " ".join(s.get("run", "") for s in build["steps"])
+    book = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]["book"]
+    for req in book:
+        assert f'"{req}"' in runs, f"the Pages job does not install {req} (the book extra)"
+    assert "torch" not in runs and "make book" not in runs and ".[" not in runs
+    assert "jupyter-book build . -W -n" in runs
+    upload = [s for s in build["steps"]
+              if s.get("uses", "").startswith("actions/upload-pages-artifact")]
     assert upload and upload[0]["with"]["path"] == "_build/html"
     deploy = pages["jobs"]["deploy"]
     assert deploy["needs"] == "build"
