@@ -299,3 +299,95 @@ def classifier(data, profile, device, *, prefix: str = "ch9"):
                                                                      profile),
                  config=config, desc="classifier")
     return model.eval(), result
+
+
+# --- chapter 11: latent diffusion ------------------------------------------------------------
+LATENT_DIM, LATENT_KL_WEIGHT, LATENT_P_UNCOND = 32, 0.1, 0.15
+
+
+def latent_settings(profile) -> dict:
+    """Chapter 11's recipe per profile.
+
+    The autoencoder: chapter 6's convolutional VAE (28 -> 14 -> 7, a linear head) with a
+    LATENT_DIM-number code and chapter 10's discretized decoder, trained on -(log p(x|z)
+    - LATENT_KL_WEIGHT * KL): a weak KL, Rombach et al.'s "KL-reg", which keeps the codes
+    near the origin without trading the reconstruction for a standard normal aggregate.
+    Batch 64, Adam 2e-3, 4 / 20 / 30 epochs (ci / cpu / gpu).
+    The denoisers: residual MLPs (width 256, 3 blocks) on chapter 9's diffusion (the same
+    T and schedule in each profile), Adam 1e-3 with gradients clipped at 1, an EMA of the
+    weights; 300 / 4,000 / 20,000 steps of 256 codes; the class-conditional one drops the
+    label with probability LATENT_P_UNCOND.
+    """
+    return dict(
+        latent_dim=LATENT_DIM, kl_weight=LATENT_KL_WEIGHT,
+        vae_epochs=profile.pick(ci=4, cpu=20, gpu=30), vae_batch=64, vae_lr=2e-3,
+        width=256, depth=3, T=ddpm_settings(profile)["T"],
+        steps=profile.pick(ci=300, cpu=4000, gpu=20000), batch_size=256, lr=1e-3,
+        ema=profile.pick(ci=0.99, cpu=0.995, gpu=0.999), clip=1.0,
+        p_uncond=LATENT_P_UNCOND,
+    )
+
+
+def latent_vae(x, profile, device, *, source: str, prefix: str = "ch11"):
+    """Chapter 11's autoencoder (see `latent_settings`), load-or-train.
+
+    x: (N, 1, 28, 28) training images in [0, 1] on `device`; the model sees them as 8-bit
+    levels on [-1, 1] (`to_8bit_range`). Returns (model in eval mode, FitResult).
+    """
+    from .models.vae import VAE, ELBOLoss, to_8bit_range
+
+    s = latent_settings(profile)
+    _check_unit_images(x, "recipes.latent_vae")
+    torch.manual_seed(0)
+    model = VAE(s["latent_dim"], arch="conv", likelihood="discretized").to(device)
+    config = dict(profile=profile.name, latent=s["latent_dim"], arch="conv",
+                  kl_weight=s["kl_weight"], epochs=s["vae_epochs"], batch_size=s["vae_batch"],
+                  lr=s["vae_lr"], n_train=len(x), data=source, likelihood="discretized")
+    result = fit(model, ELBOLoss(beta=s["kl_weight"], binarize=False), to_8bit_range(x),
+                 epochs=s["vae_epochs"], batch_size=s["vae_batch"], lr=s["vae_lr"],
+                 checkpoint=checkpoint_path(f"{prefix}-vae", profile), config=config,
+                 desc="autoencoder")
+    return model.eval(), result
+
+
+def latent_denoiser(vae, x, profile, device, *, scale: float, labels=None,
+                    prefix: str = "ch11"):
+    """A latent DDPM on `vae`'s codes (see `latent_settings`), load-or-train.
+
+    x: (N, 1, 28, 28) training images in [0, 1]; each step draws fresh codes
+    z ~ q(z | x) for its batch (from the encoder's means and variances, computed once) and
+    scales them by `scale`. labels: None (an unconditional model) or (N,) digits for a
+    class-conditional one (classifier-free guidance). Returns (EMA model, FitResult).
+    """
+    from .latent_diffusion import codec_fingerprint, conditional_loss, draw_codes, posterior_codes
+    from .models.latent_denoiser import LatentDenoiser
+    from .models.vae import to_8bit_range
+
+    s = latent_settings(profile)
+    _check_unit_images(x, "recipes.latent_denoiser")
+    mu, logvar = posterior_codes(vae, to_8bit_range(x))
+    conditional = labels is not None
+    torch.manual_seed(0)
+    model = LatentDenoiser(dim=vae.latent_dim, width=s["width"], depth=s["depth"], T=s["T"],
+                           num_classes=10 if conditional else None).to(device)
+    model.codec_id.fill_(codec_fingerprint(vae))
+    diffusion = ddpm_diffusion(profile, device)
+    config = dict(profile=profile.name, width=s["width"], depth=s["depth"], T=s["T"],
+                  lr=s["lr"], batch_size=s["batch_size"], ema=s["ema"], clip=s["clip"],
+                  scale=float(scale), conditional=conditional, n_train=len(x),
+                  p_uncond=s["p_uncond"] if conditional else 0.0)
+
+    def loss_fn(model, batch):
+        z0 = draw_codes(batch[0], batch[1], scale)
+        if conditional:
+            return conditional_loss(diffusion, model, z0, batch[2], s["p_uncond"])
+        return diffusion.simple_loss(model, z0)
+
+    data = (mu, logvar) + ((torch.as_tensor(labels, device=mu.device).long(),)
+                           if conditional else ())
+    name = f"{prefix}-latent-ddpm" + ("-cond" if conditional else "")
+    result = fit(model, loss_fn, data, steps=s["steps"], batch_size=s["batch_size"],
+                 lr=s["lr"], clip=s["clip"], ema=s["ema"],
+                 checkpoint=checkpoint_path(name, profile), config=config,
+                 desc="latent DDPM" + (" (conditional)" if conditional else ""))
+    return result.ema.model, result
