@@ -1,4 +1,11 @@
-"""Figures in one consistent style: image grids, loss curves, densities."""
+"""Figures in one consistent style: image grids, loss curves, densities.
+
+The convention. The book's text column is COLUMN_PX = 688 pixels wide at a 1280-px
+window, and a figure wider than that is shrunk to fit, text and all. So a figure is made
+as wide as the column (`subplots`), its text is set in points that stay readable there,
+and `show` refuses a figure whose smallest text would be drawn under MIN_TEXT_PX pixels
+at the displayed scale, or whose axes have numbered ticks but no label.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +13,30 @@ import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.text import Text
 
 PALETTE = ["#1f5fa8", "#d1495b", "#2e933c", "#edae49", "#6c4f9c", "#00798c"]
+COLUMN_PX = 688  # the article column of the site at a 1280-px window
+DPI = 100  # figure.dpi and savefig.dpi of the style: 1 inch = 100 px
+COLUMN_INCHES = COLUMN_PX / DPI
+MIN_TEXT_PX = 9.0  # smallest readable text on screen, in CSS pixels
 
 
 def use_style() -> None:
     """The book's matplotlib style; PNG output (SVG changes every run and breaks nbval)."""
     mpl.rcParams.update({
-        "figure.figsize": (6.4, 3.6),
-        "figure.dpi": 100,
-        "savefig.dpi": 100,
+        "figure.figsize": (COLUMN_INCHES, 3.6),
+        "figure.dpi": DPI,
+        "savefig.dpi": DPI,
         "axes.spines.top": False,
         "axes.spines.right": False,
         "axes.grid": True,
         "grid.alpha": 0.25,
         "axes.prop_cycle": mpl.cycler(color=PALETTE),
         "font.size": 10,
+        "legend.fontsize": 9,
+        "xtick.labelsize": 9,
+        "ytick.labelsize": 9,
         "legend.frameon": False,
         "image.cmap": "gray",
         "svg.hashsalt": "companion",
@@ -77,8 +92,12 @@ def smooth(values, window: int) -> np.ndarray:
 
 
 def loss_curves(history: dict, keys=("loss",), ax=None, window: int | None = None,
-                xkey: str = "step", title: str | None = None, logy: bool = False):
-    """Plot history[key] against history[xkey] for each key, smoothed. Returns the axes."""
+                xkey: str = "step", title: str | None = None, logy: bool = False,
+                ylabel: str | None = None):
+    """Plot history[key] against history[xkey] for each key, smoothed. Returns the axes.
+
+    ylabel: default the key when there is one, else "loss".
+    """
     if ax is None:
         _, ax = plt.subplots()
     x = np.asarray(history[xkey])
@@ -89,6 +108,7 @@ def loss_curves(history: dict, keys=("loss",), ax=None, window: int | None = Non
         w = window or max(1, len(y) // 50)
         ax.plot(x[: len(y)], smooth(y, w), label=key)
     ax.set_xlabel(xkey)
+    ax.set_ylabel(ylabel or (keys[0] if len(keys) == 1 else "loss"))
     if logy:
         ax.set_yscale("log")
     if len(keys) > 1:
@@ -96,3 +116,119 @@ def loss_curves(history: dict, keys=("loss",), ax=None, window: int | None = Non
     if title:
         ax.set_title(title)
     return ax
+
+
+def subplots(nrows: int = 1, ncols: int = 1, height: float | None = None,
+             width: float = 1.0, **kwargs):
+    """`plt.subplots` with the figure as wide as the text column.
+
+    height: inches (default 2.6 per row of panels); width: a fraction of the column, for
+    a figure that needs less. Constrained layout unless `layout` is given. Returns
+    (fig, axes) like `plt.subplots`.
+    """
+    if not 0 < width <= 1:
+        raise ValueError(f"width is a fraction of the column, in (0, 1]; got {width}")
+    if height is None:
+        height = 0.4 + 2.6 * nrows
+    kwargs.setdefault("layout", "constrained")
+    return plt.subplots(nrows, ncols, figsize=(width * COLUMN_INCHES, height), **kwargs)
+
+
+def _renderer(fig):
+    fig.canvas.draw()
+    return fig.canvas.get_renderer()
+
+
+def displayed_scale(fig, column_px: float = COLUMN_PX) -> float:
+    """The factor the page shrinks `fig` by: its PNG (tight box, as the notebook stores
+    it) is drawn at most `column_px` wide."""
+    dpi = mpl.rcParams["savefig.dpi"]
+    dpi = fig.dpi if dpi == "figure" else float(dpi)
+    box = fig.get_tightbbox(_renderer(fig))
+    natural = (box.width + 2 * mpl.rcParams["savefig.pad_inches"]) * dpi
+    return min(1.0, column_px / natural)
+
+
+def _texts(fig, renderer):
+    """The visible, non-empty texts the figure draws."""
+    found = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    out = []
+    for t in found:
+        # tick labels of ticks outside the view are kept but not drawn
+        if t.axes is not None and t in _all_ticklabels(t.axes) \
+                and t not in _drawn_ticklabels(t.axes):
+            continue
+        if t.get_window_extent(renderer).width > 0:
+            out.append(t)
+    return out
+
+
+def _all_ticklabels(ax):
+    return {lab for axis in (ax.xaxis, ax.yaxis)
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks()
+            for lab in (tick.label1, tick.label2)}
+
+
+def _drawn_ticklabels(ax):
+    return {lab for axis in (ax.xaxis, ax.yaxis)
+            for lab in axis.get_ticklabels(which="both") if lab.get_visible()}
+
+
+def smallest_text(fig, column_px: float = COLUMN_PX) -> tuple[float, str]:
+    """(pixels, text): the smallest text of `fig` as drawn on the page.
+
+    pixels = font size in points * dpi / 72 * displayed_scale(fig).
+    """
+    renderer = _renderer(fig)
+    scale = displayed_scale(fig, column_px)
+    dpi = fig.dpi
+    texts = _texts(fig, renderer)
+    if not texts:
+        return float("inf"), ""
+    t = min(texts, key=lambda t: t.get_fontsize())
+    return t.get_fontsize() * dpi / 72 * scale, t.get_text()
+
+
+def unlabelled_axes(fig) -> list[str]:
+    """Axes that show numbered ticks on an axis without a label, as 'x of "title"'."""
+    missing = []
+    for i, ax in enumerate(fig.axes):
+        if not ax.get_visible() or not ax.axison or hasattr(ax, "_colorbar"):
+            continue
+        for name, axis, label in (("x", ax.xaxis, ax.get_xlabel()),
+                                  ("y", ax.yaxis, ax.get_ylabel())):
+            shown = [lab for lab in axis.get_ticklabels() if lab.get_visible()
+                     and lab.get_text().strip()]
+            if shown and not label.strip():
+                missing.append(f"{name} of axes {i} ({ax.get_title()!r})")
+    return missing
+
+
+def check(fig, column_px: float = COLUMN_PX, min_px: float = MIN_TEXT_PX) -> None:
+    """Raise ValueError if `fig` breaks the convention: text drawn under `min_px`
+    pixels on a `column_px` column, or numbered ticks without an axis label."""
+    px, text = smallest_text(fig, column_px)
+    problems = []
+    if px < min_px:
+        w, _ = fig.get_size_inches()
+        problems.append(
+            f"its smallest text, {text[:40]!r}, would be drawn {px:.1f} px high "
+            f"(under {min_px:g} px): the figure is {w:.1f} in wide and the page "
+            f"shrinks it by {displayed_scale(fig, column_px):.2f}. Make it with "
+            "companion.plot.subplots (column width) or use larger fonts"
+        )
+    missing = unlabelled_axes(fig)
+    if missing:
+        problems.append("numbered ticks without an axis label on "
+                        + ", ".join(missing) + ": set one with ax.set(xlabel=...)")
+    if problems:
+        raise ValueError("figure breaks the plotting convention: "
+                         + "; ".join(problems))
+
+
+def show(fig=None) -> None:
+    """Check `fig` (default: every open figure) against the convention, then show."""
+    figs = [fig] if fig is not None else [plt.figure(n) for n in plt.get_fignums()]
+    for f in figs:
+        check(f)
+    plt.show()

@@ -43,3 +43,66 @@ def test_loss_curves_plots_each_key_and_names_missing_ones():
 def test_style_uses_png():
     plot.use_style()
     assert matplotlib.rcParams["image.cmap"] == "gray"
+
+
+def _legend_figure(width_in, legend_size):
+    """Three panels of curves with a legend, like chapter 3's EM figure."""
+    fig, axes = plt.subplots(1, 3, figsize=(width_in, 3.6), layout="constrained")
+    for ax in axes:
+        ax.plot([0, 1, 2], [1, 0, 2], label="log p(x)")
+        ax.plot([0, 1, 2], [0, 1, 1], label="ELBO")
+        ax.set(xlabel="iteration", ylabel="nats")
+        ax.legend(fontsize=legend_size)
+    return fig
+
+
+def test_check_refuses_text_under_9_px_at_the_column_width():
+    plot.use_style()
+    fig = _legend_figure(15, 8)  # the book's old 15-inch, 8-point legends
+    px, text = plot.smallest_text(fig)
+    # 8 pt is 11.1 px at 100 dpi; a 15-inch figure is shown at about 688/1500
+    assert 4 < px < 6 and text in ("log p(x)", "ELBO")
+    with pytest.raises(ValueError, match=r"'(log p\(x\)|ELBO)'.* px high"):
+        plot.check(fig)
+    plt.close("all")
+
+
+def test_check_passes_the_convention_figures():
+    plot.use_style()
+    fig, axes = plot.subplots(1, 3)
+    for ax in axes:
+        ax.plot([0, 1, 2], [1, 0, 2], label="log p(x)")
+        ax.set(xlabel="iteration", ylabel="nats")
+        ax.legend()
+    assert plot.displayed_scale(fig) > 0.95
+    assert plot.smallest_text(fig)[0] >= plot.MIN_TEXT_PX
+    plot.check(fig)
+    # a 4-panel row of image grids with titles, as in chapter 1
+    fig, axes = plot.subplots(1, 4, height=2.2)
+    for ax in axes:
+        plot.image_grid(torch.rand(16, 1, 8, 8), nrow=4, ax=ax, title="noisy")
+    plot.check(fig)
+    plt.close("all")
+
+
+def test_check_refuses_numbered_ticks_without_a_label():
+    plot.use_style()
+    fig, ax = plot.subplots()
+    ax.plot([0, 1], [0, 1])
+    ax.set_xlabel("step")
+    with pytest.raises(ValueError, match="y of axes 0"):
+        plot.check(fig)
+    ax.set_ylabel("loss")
+    plot.check(fig)
+    plt.close("all")
+
+
+def test_loss_curves_label_the_y_axis():
+    history = {"step": [1, 2, 3], "loss": [3.0, 2.0, 1.0]}
+    assert plot.loss_curves(history).get_ylabel() == "loss"
+    plt.close("all")
+
+
+def test_subplots_refuses_a_width_beyond_the_column():
+    with pytest.raises(ValueError, match=r"fraction of the column"):
+        plot.subplots(width=1.5)
