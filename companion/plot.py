@@ -9,6 +9,8 @@ at the displayed scale, or whose axes have numbered ticks but no label.
 
 from __future__ import annotations
 
+import re
+
 import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
@@ -189,6 +191,11 @@ def smallest_text(fig, column_px: float = COLUMN_PX) -> tuple[float, str]:
     return t.get_fontsize() * dpi / 72 * scale, t.get_text()
 
 
+# a tick label that shows a number: 0.5, −2, 1e-3, $\\mathdefault{10^{-2}}$, 25%
+_NUMBER = re.compile(r"[$]?(\\mathdefault\{)?[-−+]?[\d.,]+([eE][-−+]?\d+)?"
+                     r"(\^\{[-−+]?\d+\})?\}?[$]?%?")
+
+
 def unlabelled_axes(fig) -> list[str]:
     """Axes that show numbered ticks on an axis without a label, as 'x of "title"'."""
     missing = []
@@ -198,7 +205,7 @@ def unlabelled_axes(fig) -> list[str]:
         for name, axis, label in (("x", ax.xaxis, ax.get_xlabel()),
                                   ("y", ax.yaxis, ax.get_ylabel())):
             shown = [lab for lab in axis.get_ticklabels() if lab.get_visible()
-                     and lab.get_text().strip()]
+                     and _NUMBER.fullmatch(lab.get_text().strip())]
             if shown and not label.strip():
                 missing.append(f"{name} of axes {i} ({ax.get_title()!r})")
     return missing

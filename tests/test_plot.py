@@ -106,3 +106,16 @@ def test_loss_curves_label_the_y_axis():
 def test_subplots_refuses_a_width_beyond_the_column():
     with pytest.raises(ValueError, match=r"fraction of the column"):
         plot.subplots(width=1.5)
+
+
+def test_named_ticks_need_no_axis_label():
+    """A bar chart's names are their own labels; only numbered ticks need one."""
+    plot.use_style()
+    fig, ax = plot.subplots()
+    ax.barh(["ELBO", "log p(x)"], [1.0, 2.0])
+    ax.set_xlabel("nats")
+    plot.check(fig)
+    ax.set_xlabel("")
+    with pytest.raises(ValueError, match="x of axes 0"):
+        plot.check(fig)
+    plt.close("all")
