@@ -283,10 +283,40 @@ def short_device(device: str) -> str:
     return m[1] if m else device.upper() if device == "cpu" else device
 
 
+COLUMNS = ["Chapter", "Profile", "Device", "Software", "Time to run", "Slowest cell",
+           "Executed"]
+UNBROKEN = ["Time to run", "Slowest cell", "Executed"]  # not "2026-11-/22", "53 / s"
+PHONE_PX = 720  # narrower than this, each chapter's row is a card of labelled lines
+
+
+def table_css() -> str:
+    """The status table's layout: at most 0.85em and times and dates never broken; on a
+    phone each row a card with the column names as labels (made from COLUMNS, so the
+    labels cannot disagree with the header)."""
+    t = ".execution-status table"
+    unbroken = ", ".join(f"{t} td:nth-child({COLUMNS.index(c) + 1})" for c in UNBROKEN)
+    labels = "\n".join(
+        f'  {t} td:nth-child({i + 1})::before {{ content: "{c}: "; font-weight: 600; }}'
+        for i, c in enumerate(COLUMNS) if i > 0)
+    return f"""{t} {{ font-size: 0.85em; }}
+{t} th, {t} td {{ padding: 0.3rem 0.3rem; }}
+{unbroken} {{ white-space: nowrap; }}
+@media (max-width: {PHONE_PX}px) {{
+  {t}, {t} tbody, {t} tr, {t} td {{ display: block; width: 100%; }}
+  {t} thead {{ display: none; }}
+  {t} tr {{ padding: 0.4rem 0; border-bottom: 1px solid var(--pst-color-border); }}
+  {t} td {{ border: none; padding: 0.05rem 0.5rem; white-space: normal; }}
+  {t} td p {{ display: inline; }}
+  {t} td:nth-child(1) {{ font-weight: 600; }}
+  {t} td:has(> p:empty) {{ display: none; }}
+{labels}
+}}
+"""
+
+
 def table(statuses: list[NotebookStatus], root: Path = ROOT) -> list[str]:
     """The status table as MyST markdown lines."""
-    lines = ["| Chapter | Profile | Device | Software | Time to run | Slowest cell | Executed |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for st in statuses:
         doc = st.path.relative_to(root).with_suffix("").as_posix()
         run = format_seconds(st.seconds)
@@ -350,6 +380,7 @@ def setup(app):
                                    location=self.get_location())
                 statuses.append(st)
             container = nodes.container(classes=["execution-status"])
+            container += nodes.raw("", f"<style>\n{table_css()}</style>\n", format="html")
             self.state.nested_parse(StringList(table(statuses, root)), self.content_offset,
                                     container)
             return [container]
