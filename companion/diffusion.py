@@ -762,8 +762,11 @@ def _check_eps(eps, shape, name: str) -> None:
 GRID_TOLERANCE = 1e-4  # how far (x + 1) * 127.5 may lie from an integer (float rounding)
 
 
-def _check_8bit(x0: torch.Tensor, where: str) -> None:
-    """x0 must hold the discretized decoder's 256 levels -1 + 2k/255.
+def _check_8bit(x0: torch.Tensor, where: str, name: str = "x0",
+                setting: str = "decoder='discretized'",
+                other: str = "decoder='gaussian' for real-valued data") -> None:
+    """x0 must hold the discretized decoder's 256 levels -1 + 2k/255 (`name`, `setting` and
+    `other` word the message for the VAEs' discretized decoders).
 
     Checks that (x0 + 1) * 127.5 lies in [0, 255] and within GRID_TOLERANCE of an integer
     (within 255 eps for float16/bfloat16, whose levels are rounded more coarsely): one
@@ -775,26 +778,26 @@ def _check_8bit(x0: torch.Tensor, where: str) -> None:
     k = (x + 1) * 127.5
     lo, hi, off = torch.stack([k.amin(), k.amax(), (k - k.round()).abs().amax()]).tolist()
     if any(math.isnan(v) for v in (lo, hi, off)):
-        raise ValueError(f"x0 holds NaN; {where} with decoder='discretized' expects 8-bit "
+        raise ValueError(f"{name} holds NaN; {where} with {setting} expects 8-bit "
                          "images scaled to [-1, 1]")
     xlo, xhi = lo / 127.5 - 1, hi / 127.5 - 1
     if lo < -tol or hi > 255 + tol:
         if xlo >= -tol and xhi > 2:
             fix = "for pixels in 0..255 use x / 127.5 - 1"
         else:
-            fix = ("rescale it to [-1, 1], or use decoder='gaussian' for real-valued data")
-        raise ValueError(f"x0 has values in [{xlo:.4g}, {xhi:.4g}]; {where} with "
-                         "decoder='discretized' expects 8-bit images scaled to [-1, 1] (the "
+            fix = f"rescale it to [-1, 1], or use {other}"
+        raise ValueError(f"{name} has values in [{xlo:.4g}, {xhi:.4g}]; {where} with "
+                         f"{setting} expects 8-bit images scaled to [-1, 1] (the "
                          f"256 levels -1 + 2k/255): {fix}")
     if off > tol:
         if xlo >= -tol / 127.5:
-            fix = ("x0 looks like images in [0, 1]: use x * 2 - 1 (as chapter 9 does), or "
-                   "companion.models.vae.to_8bit_range(x)")
+            fix = (f"{name} looks like images in [0, 1]: use x * 2 - 1 (as chapter 9 does), "
+                   "or companion.models.vae.to_8bit_range(x)")
         else:
-            fix = ("round it to the levels with companion.models.vae.quantize_8bit(x0), or "
-                   "use decoder='gaussian' for real-valued data")
-        raise ValueError(f"x0 is not on the 8-bit grid: (x0 + 1) * 127.5 lies up to "
-                         f"{off:.3g} from an integer; {where} with decoder='discretized' "
+            fix = (f"round it to the levels with companion.models.vae.quantize_8bit({name}), "
+                   f"or use {other}")
+        raise ValueError(f"{name} is not on the 8-bit grid: ({name} + 1) * 127.5 lies up to "
+                         f"{off:.3g} from an integer; {where} with {setting} "
                          f"expects the 256 levels -1 + 2k/255 of 8-bit images: {fix}")
 
 

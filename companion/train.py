@@ -24,6 +24,7 @@ import math
 import numbers
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -31,12 +32,17 @@ import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from .data import batches
 from .progress import progress
+
+try:  # advisory file locks; absent on Windows, where two runs sharing a path go unnoticed
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -109,6 +115,104 @@ def checkpoint_path(name: str, profile) -> Path:
 
 class CheckpointSaveError(OSError):
     """A checkpoint could not be written; the message names the path."""
+
+
+class CheckpointBusyError(RuntimeError):
+    """This process already trains into the checkpoint path a second fit was given."""
+
+
+class _PathLock:
+    """An exclusive lock on `<checkpoint>.lock` while a run trains into the checkpoint.
+
+    A second run that wants the same checkpoint waits (saying whom for) until the first is
+    done, then loads or resumes what it saved: two runs never write one file at once, and
+    notebooks executed in parallel that share a model (chapters 9 and 10) train it once.
+    Within one process waiting would never end, so a second fit there is an error.
+    fcntl.flock locks an open file, so the kernel drops the lock when its process dies: a
+    killed run leaves no stale lock. Without fcntl (Windows) there is no lock.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.file = path.with_name(path.name + ".lock")
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        if fcntl is None:
+            return
+        while True:
+            fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    holder = os.read(fd, 32).decode(errors="replace").strip()
+                    if holder == str(os.getpid()):
+                        raise CheckpointBusyError(
+                            f"this process is already training into {self.path} (another "
+                            "fit, in a thread or a loss function, holds it): two runs "
+                            "writing one checkpoint would overwrite each other's steps. "
+                            "Pass this run a different checkpoint path.") from None
+                    print(f"another run (process {holder or '?'}) is training into "
+                          f"{self.path}; waiting for it to finish, then this run loads or "
+                          "resumes its checkpoint (interrupt to stop waiting)",
+                          file=sys.stderr, flush=True)
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                # the holder before us may have removed the file between our open and lock
+                try:
+                    same = os.fstat(fd).st_ino == os.stat(self.file).st_ino
+                except FileNotFoundError:
+                    same = False
+            except BaseException:
+                os.close(fd)
+                raise
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            self.file.unlink(missing_ok=True)  # while still holding it: see acquire
+            os.close(self.fd)
+            self.fd = None
+
+
+def _rng_state(generator: torch.Generator | None, device: torch.device) -> dict:
+    """The random state a step draws from: torch's CPU generator, the CUDA generators when
+    training on CUDA, and fit's own `generator`. Copies; draws nothing."""
+    state = {"rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["rng_cuda"] = torch.cuda.get_rng_state_all()
+    if generator is not None:
+        state["rng_generator"] = generator.get_state()
+    return state
+
+
+def _set_rng_state(state: dict, generator: torch.Generator | None) -> None:
+    if state.get("rng") is not None:
+        torch.set_rng_state(state["rng"])
+    cuda = state.get("rng_cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    if generator is not None and state.get("rng_generator") is not None:
+        try:
+            generator.set_state(state["rng_generator"])
+        except RuntimeError as err:  # a CUDA generator's state into a CPU one, say
+            warnings.warn(f"could not restore the generator's state ({err}); the resumed "
+                          "run draws other random numbers than an uninterrupted one would",
+                          stacklevel=3)
+
+
+def _draw_order(n: int, generator: torch.Generator | None, device: torch.device):
+    """One epoch's permutation of the examples: the same draw as companion.data.batches
+    (so a run's random stream, and every stored result, is what it was before fit began
+    keeping the order)."""
+    if generator is None or generator.device == device:
+        return torch.randperm(n, generator=generator, device=device)
+    return torch.randperm(n, generator=generator).to(device)
 
 
 def _plain(value, key: str):
@@ -269,7 +373,14 @@ def check_writable(path: Path) -> None:
 
 
 def save_checkpoint(path: Path, model, optimizer, ema, step, history, identity,
-                    train_seconds: float = 0.0) -> None:
+                    train_seconds: float = 0.0, *, rng: dict | None = None,
+                    data_order: torch.Tensor | None = None, data_start: int = 0,
+                    scaler=None) -> None:
+    """Write a checkpoint atomically: the weights, the optimizer, the EMA, the history, the
+    random state (`rng`, as from _rng_state; torch's CPU state if not given) and, for a run
+    stopped inside an epoch, that epoch's order of the examples and how many of them the
+    saved steps used (`data_order`, `data_start`), so a resumed run sees the very batches
+    an uninterrupted one would."""
     path = Path(path)
     opt_state = optimizer.state_dict()
     ema_state = ema.state_dict() if ema is not None else None
@@ -277,6 +388,7 @@ def save_checkpoint(path: Path, model, optimizer, ema, step, history, identity,
         raise NonFiniteWeightsError(f"the weights or optimizer state are NaN/inf at step "
                                     f"{step}; not saved to {path}")
     model_state = model.state_dict()
+    order = None if data_order is None else data_order.detach().cpu()
     state = {
         "identity": identity,
         "step": step,
@@ -285,8 +397,12 @@ def save_checkpoint(path: Path, model, optimizer, ema, step, history, identity,
         "ema": ema_state,
         "history": history,
         "train_seconds": train_seconds,
-        "rng": torch.get_rng_state(),
-        "checksum": _checksum(model_state, opt_state, ema_state),
+        **(rng if rng is not None else {"rng": torch.get_rng_state()}),
+        "data_order": order,
+        "data_start": int(data_start) if order is not None else 0,
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+        # the order joins the checksum last: a checkpoint without one sums as before
+        "checksum": _checksum(model_state, opt_state, ema_state, order),
     }
     # a name of its own: two runs saving to one path never move each other's file
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
@@ -295,12 +411,26 @@ def save_checkpoint(path: Path, model, optimizer, ema, step, history, identity,
         torch.save(state, tmp)
         os.replace(tmp, path)  # never leave a half-written checkpoint behind
     except (OSError, RuntimeError) as err:
-        tmp.unlink(missing_ok=True)
         raise CheckpointSaveError(f"could not save checkpoint {path} ({err})") from err
+    finally:  # also when a second Ctrl-C lands inside torch.save
+        tmp.unlink(missing_ok=True)
 
 
-def load_checkpoint(path: Path, model, optimizer, ema, identity) -> tuple[int, dict, float]:
-    """Load a checkpoint into model/optimizer/ema; returns (step, history, train_seconds)."""
+class Resumed(NamedTuple):
+    """What a checkpoint hands back to fit besides the states it loads in place."""
+
+    step: int
+    history: dict
+    train_seconds: float
+    data_order: torch.Tensor | None  # the unfinished epoch's order, or None
+    data_start: int  # how many examples of that order the saved steps used
+
+
+def load_checkpoint(path: Path, model, optimizer, ema, identity, *,
+                    generator: torch.Generator | None = None, scaler=None) -> Resumed:
+    """Load a checkpoint into model/optimizer/ema (and restore the random state, fit's
+    `generator` and the gradient scaler's). Checkpoints of earlier versions (without the
+    CUDA or generator state, the data order or a checksum) load as they did."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -311,8 +441,9 @@ def load_checkpoint(path: Path, model, optimizer, ema, identity) -> tuple[int, d
         raise CheckpointMismatchError(
             f"{path} holds a {type(state).__name__}, not a checkpoint written by "
             "companion.fit; delete it or pass a different checkpoint path.")
+    order = state.get("data_order")
     if "checksum" in state and _checksum(state["model"], state["optimizer"],
-                                         state.get("ema")) != state["checksum"]:
+                                         state.get("ema"), order) != state["checksum"]:
         raise CheckpointMismatchError(
             f"checkpoint {path} is damaged: its checksum does not match its contents. "
             "Delete it to train from scratch.")
@@ -326,9 +457,13 @@ def load_checkpoint(path: Path, model, optimizer, ema, identity) -> tuple[int, d
     optimizer.load_state_dict(state["optimizer"])
     if ema is not None and state.get("ema") is not None:
         ema.load_state_dict(state["ema"])
-    torch.set_rng_state(state["rng"])
+    if scaler is not None and scaler.is_enabled() and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    _set_rng_state(state, generator)
     _note_loaded(path)
-    return int(state["step"]), state["history"], float(state.get("train_seconds", 0.0))
+    return Resumed(int(state["step"]), state["history"],
+                   float(state.get("train_seconds", 0.0)), order,
+                   int(state.get("data_start", 0)))
 
 
 def _note_loaded(path: Path) -> None:
@@ -503,31 +638,43 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
     averager = EMA(model, ema) if ema is not None else None
     identity = _identity(model, config, tensors if checkpoint is not None else (),
                          optimizer, ema)
+    amp_dtype = autocast_dtype(device) if amp else None
+    # fp16 needs loss scaling (small gradients underflow); bf16 and float32 do not
+    scaler = _grad_scaler(device, enabled=amp_dtype == torch.float16)
     history: dict[str, list[float]] = {"step": [], "loss": []}
     step, trained_before = 0, 0.0
+    order, pos = None, 0  # this epoch's order of the examples, and how many it has used
+    lock = None
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
         check_writable(checkpoint)  # before any training, not after all of it
-        if checkpoint.exists():
-            step, history, trained_before = load_checkpoint(checkpoint, model, optimizer,
-                                                            averager, identity)
-            if step > total:
-                raise CheckpointMismatchError(
-                    f"checkpoint {checkpoint} holds {step} steps, more than this run's "
-                    f"{total}: it belongs to a longer run. Pass that run's step count, or "
-                    "another checkpoint path.")
+        lock = _PathLock(checkpoint)
+        lock.acquire()  # before loading: another run's steps must not be resumed twice
+        try:
+            if checkpoint.exists():
+                step, history, trained_before, order, pos = load_checkpoint(
+                    checkpoint, model, optimizer, averager, identity, generator=generator,
+                    scaler=scaler)
+                if step > total:
+                    raise CheckpointMismatchError(
+                        f"checkpoint {checkpoint} holds {step} steps, more than this run's "
+                        f"{total}: it belongs to a longer run. Pass that run's step count, "
+                        "or another checkpoint path.")
+                if order is not None:
+                    order = order.to(device)
+        except BaseException:
+            lock.release()
+            raise
     resumed_at = step
     save_every = int(save_every or max(total // 10, 100))
     last_saved = step if checkpoint is not None and checkpoint.exists() else None
     save_error: list[str] = []
 
-    amp_dtype = autocast_dtype(device) if amp else None
-    # fp16 needs loss scaling (small gradients underflow); bf16 and float32 do not
-    scaler = _grad_scaler(device, enabled=amp_dtype == torch.float16)
     step_model = try_compile(model, compile_mode(device)) if compile else model
     # a compiled model compiles again for every new batch shape (about a minute for a
     # U-Net, and then as a slower dynamic-shape graph): compiled, skip the partial batch
     drop_last = compile and n >= batch_size
+    stop = n - n % batch_size if drop_last else n  # where an epoch's batches end
     step_kw = _takes_step(loss_fn)
     pending: list[tuple[int, torch.Tensor, dict]] = []
     start = time.perf_counter()
@@ -565,12 +712,16 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
             return f"no finite checkpoint was saved to {checkpoint} yet."
         return f"the last finite weights, of step {last_saved}, are in {checkpoint}."
 
-    def save(final: bool = False) -> None:
+    def save(final: bool = False, rng: dict | None = None) -> None:
         nonlocal last_saved, last_save_time
         flush()  # never save weights whose loss was not finite
+        mid_epoch = order is not None and pos < stop
         try:
             save_checkpoint(checkpoint, model, optimizer, averager, step, history,
-                            identity, trained_before + time.perf_counter() - start)
+                            identity, trained_before + time.perf_counter() - start,
+                            rng=rng or _rng_state(generator, device),
+                            data_order=order if mid_epoch else None, data_start=pos,
+                            scaler=scaler)
         except NonFiniteWeightsError as err:
             raise NonFiniteWeightsError(f"the weights became NaN/inf by step {step} of {total} "
                                         f"although the loss was finite (a NaN gradient?); "
@@ -584,26 +735,44 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
             return
         last_saved, last_save_time = step, time.perf_counter()
 
+    # Ctrl-C, SIGTERM and SIGHUP (what Colab, CI and a closed terminal send) stop the run
+    # at the end of the step, so what is saved is one consistent step; a second Ctrl-C
+    # stops at once
     stop_signal: list[int] = []
+
+    def on_signal(sig, frame):
+        if sig == signal.SIGINT and stop_signal:
+            raise KeyboardInterrupt(f"second signal at step {step}")
+        stop_signal.append(sig)
+        if sig == signal.SIGINT:
+            print(f"\ninterrupt: stopping after step {step + 1} (interrupt again to stop "
+                  "at once)", file=sys.stderr, flush=True)
+
     old_handlers = {}
     if threading.current_thread() is threading.main_thread():
-        for sig in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)):
+        for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+            sig = getattr(signal, name, None)
             if sig is not None:
                 try:
-                    old_handlers[sig] = signal.signal(sig, lambda s, f: stop_signal.append(s))
+                    old_handlers[sig] = signal.signal(sig, on_signal)
                 except (ValueError, OSError):
                     pass
     last_save_time = time.perf_counter()
+    rng_at_step = None  # the random state as the step in progress began
+    in_step = updating = False
 
     model.train()
     bar = progress(total=total, desc=desc, quiet=quiet, initial=step)
     try:
         while step < total:
+            if order is None or pos >= stop:
+                order, pos = _draw_order(n, generator, device), 0
             step_before = step
-            for batch in batches(*tensors, batch_size=batch_size, generator=generator,
-                                 drop_last=drop_last):
-                if step >= total:
-                    break
+            while pos < stop and step < total:
+                idx = order[pos:pos + batch_size]
+                batch = tuple(t[idx] for t in tensors)
+                batch = batch if len(batch) > 1 else batch[0]
+                in_step, rng_at_step = True, _rng_state(generator, device)
                 try:
                     with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
                                         enabled=amp_dtype is not None):
@@ -614,6 +783,7 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
                         warnings.warn(f"torch.compile failed ({str(err)[:300]}); training "
                                       "without it", stacklevel=2)
                         step_model = model
+                        _set_rng_state(rng_at_step, generator)  # redo this very step
                         continue
                     hint = _mismatch(model, tensors)
                     if hint:
@@ -627,11 +797,15 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
                 if clip is not None:
                     scaler.unscale_(optimizer)  # clip the true gradients, not scaled ones
                     nn.utils.clip_grad_norm_(model.parameters(), clip)
+                # from the optimizer's first write to the step count, an interrupt would
+                # leave weights of neither step: nothing is saved then (see below)
+                updating = True
                 scaler.step(optimizer)
                 scaler.update()
                 if averager is not None:
                     averager.update(model)
-                step += 1
+                step, pos = step + 1, pos + len(idx)
+                updating = in_step = False
                 pending.append((step, loss.detach(),
                                 {k: v.detach() if torch.is_tensor(v) else v
                                  for k, v in metrics.items()}))
@@ -649,9 +823,17 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
                 raise ValueError(f"an epoch of the data yielded no batch ({n} examples, "
                                  f"batch_size {batch_size}, drop_last {drop_last})")
     except KeyboardInterrupt:
+        if updating:
+            at = (f"the last checkpoint, of step {last_saved}, is kept" if last_saved
+                  is not None else "nothing was saved")
+            print(f"interrupted while step {step + 1} was updating the weights, which are "
+                  f"now of neither step; not saved ({at})")
+            raise
         flush()
         if checkpoint is not None and last_saved != step:
-            save()
+            # stopped inside a step: save the random state it began with, so the resumed
+            # run draws the same numbers for it
+            save(rng=rng_at_step if in_step else None)
             if last_saved == step:
                 print(f"interrupted at step {step}; saved {checkpoint}, run again to resume")
         raise
@@ -659,7 +841,12 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
         bar.close()
         for sig, h in old_handlers.items():
             signal.signal(sig, h)
+        if lock is not None:
+            lock.release()
     flush()
+    if stop_signal:  # it came with the last step, after the final save: stop all the same
+        raise KeyboardInterrupt(f"signal {stop_signal[0]} at step {step} (the run is complete "
+                                f"and saved)")
     if checkpoint is None and not _all_finite(model.state_dict()):
         raise NonFiniteWeightsError(f"the weights became NaN/inf by step {step} although the "
                                     "loss was finite (a NaN gradient?). Lower the learning "

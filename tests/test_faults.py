@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -162,43 +164,243 @@ def test_short_runs_save_by_time(tmp_path):
     assert torch.load(tmp_path / "m.pt", weights_only=True)["step"] == 2
 
 
+# --- exact resume: a stopped and resumed run ends where an uninterrupted one does --------------
+# 23 examples in batches of 5: every epoch ends on a partial batch, and a stop can fall
+# anywhere inside an epoch. The loss draws from torch's global generator, the epoch order
+# from fit's own generator, and the weights are averaged (EMA): all of it must resume.
+XR, YR = torch.randn(23, 3, generator=torch.Generator().manual_seed(5)), \
+    torch.randn(23, 1, generator=torch.Generator().manual_seed(6))
+RESUME_STEPS = 20
+
+
+def noisy_mse(model, batch, step):
+    x, y = batch
+    return ((model(x + 0.1 * torch.randn_like(x)) - y) ** 2).mean()
+
+
+def resumable_run(path, fn=noisy_mse, optimizer=None, **kw):
+    """One session of the run, as a fresh process would start it: same seeds."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    opt = (optimizer or torch.optim.Adam)(model.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(1)
+    result = fit(model, fn, (XR, YR), steps=RESUME_STEPS, batch_size=5, optimizer=opt,
+                 ema=0.9, checkpoint=path, generator=gen, quiet=True, **kw)
+    return model, result, gen
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    model, result, gen = resumable_run(tmp_path_factory.mktemp("ref") / "ref.pt")
+    return model.state_dict(), result.ema.model.state_dict(), result.history, \
+        gen.get_state(), torch.get_rng_state()
+
+
+def assert_same_run(ref, model, result):
+    weights, ema_weights, history, _, _ = ref
+    for k in weights:
+        torch.testing.assert_close(model.state_dict()[k], weights[k])
+        torch.testing.assert_close(result.ema.model.state_dict()[k], ema_weights[k])
+    assert result.history["step"] == history["step"]
+    assert result.history["loss"] == pytest.approx(history["loss"], rel=1e-5)
+
+
+def stopping_at(at: int, how: str):
+    """A loss that stops the run at step `at` (0-based), after drawing its noise."""
+    def fn(model, batch, step):
+        loss = noisy_mse(model, batch, step)
+        if step == at:
+            if how == "raise":  # Ctrl-C landing inside the step, e.g. in the forward pass
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), getattr(signal, how))
+        return loss
+    return fn
+
+
+@pytest.mark.parametrize("how", ["raise", "SIGINT", "SIGTERM", "SIGHUP"])
+def test_stopped_anywhere_then_resumed_gives_the_same_weights(tmp_path, uninterrupted, how):
+    at = random.Random().randrange(1, RESUME_STEPS - 1)
+    path = tmp_path / "m.pt"
+    with pytest.raises(KeyboardInterrupt):
+        resumable_run(path, fn=stopping_at(at, how), save_every=1000, save_seconds=1e9)
+    saved = torch.load(path, weights_only=True)
+    # a signal lets the step finish; an exception inside the step leaves it undone
+    assert saved["step"] == (at if how == "raise" else at + 1), f"stopped at step {at}"
+    model, result, _ = resumable_run(path)
+    assert result.resumed_at == saved["step"]
+    assert_same_run(uninterrupted, model, result)
+    if saved["step"] % 5:  # stopped inside an epoch (of 5 batches): its order was kept
+        assert saved["data_order"] is not None and saved["data_start"] > 0
+
+
+def test_periodic_checkpoints_resume_exactly_from_inside_an_epoch(tmp_path, uninterrupted):
+    path = tmp_path / "m.pt"
+    for steps_done in (3, 7, 12):  # 3 = 15 of 23 examples, 7 = 12 of the 2nd epoch, ...
+        def fn(model, batch, step, stop=steps_done):
+            if step == stop:  # as if killed (SIGKILL) right after that step's save
+                raise RuntimeError("killed")
+            return noisy_mse(model, batch, step)
+
+        with pytest.raises(RuntimeError, match="killed"):
+            resumable_run(path, fn=fn, save_every=1)
+        assert torch.load(path, weights_only=True)["step"] == steps_done
+    model, result, _ = resumable_run(path)
+    assert_same_run(uninterrupted, model, result)
+
+
+class FlakyAdam(torch.optim.Adam):
+    """Adam whose update is interrupted once, after the weights have moved."""
+
+    calls, interrupt_at = 0, None
+
+    def step(self, closure=None):
+        out = super().step(closure)
+        FlakyAdam.calls += 1
+        if FlakyAdam.calls == FlakyAdam.interrupt_at:
+            raise KeyboardInterrupt  # a second Ctrl-C inside the update
+        return out
+
+
+def test_interrupt_while_updating_saves_nothing_half_done(tmp_path, capsys):
+    path = tmp_path / "m.pt"
+    FlakyAdam.calls, FlakyAdam.interrupt_at = 0, 9
+    ref_model, ref, _ = resumable_run(tmp_path / "ref.pt", optimizer=FlakyAdam.__mro__[1])
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            resumable_run(path, optimizer=FlakyAdam, save_every=5)
+    finally:
+        FlakyAdam.interrupt_at = None
+    assert "updating the weights" in capsys.readouterr().out
+    assert torch.load(path, weights_only=True)["step"] == 5  # step 9's half update is not
+    model, result, _ = resumable_run(path, optimizer=FlakyAdam)
+    for k, v in ref_model.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[k], v)
+
+
+def test_random_state_is_restored_when_a_finished_run_loads(tmp_path, uninterrupted):
+    _, _, _, gen_state, rng_state = uninterrupted
+    path = tmp_path / "m.pt"
+    resumable_run(path)
+    torch.manual_seed(123)
+    _, result, gen = resumable_run(path)  # loads
+    assert result.resumed_at == RESUME_STEPS
+    assert torch.equal(gen.get_state(), gen_state)
+    assert torch.equal(torch.get_rng_state(), rng_state)
+
+
+def test_gradient_scaler_state_round_trips(tmp_path):
+    import companion.train as tr
+
+    model = nn.Linear(3, 1)
+    opt = torch.optim.Adam(model.parameters())
+    scaler = torch.amp.GradScaler("cpu", init_scale=1234.0)
+    ident = tr._identity(model, None)
+    tr.save_checkpoint(tmp_path / "m.pt", model, opt, None, 1, {}, ident, scaler=scaler)
+    again = torch.amp.GradScaler("cpu")
+    tr.load_checkpoint(tmp_path / "m.pt", model, opt, None, ident, scaler=again)
+    assert again.get_scale() == 1234.0
+
+
+def test_checkpoints_of_the_previous_format_still_load(tmp_path):
+    """What fit wrote before it kept the order and the CUDA and generator states."""
+    run(tmp_path)
+    state = torch.load(tmp_path / "m.pt", weights_only=True)
+    for new_key in ("data_order", "data_start", "scaler", "rng_cuda", "rng_generator"):
+        state.pop(new_key, None)
+    torch.save(state, tmp_path / "m.pt")
+    _, again = run(tmp_path)
+    assert again.resumed_at == 4
+    del state["checksum"]  # older still: no checksum
+    torch.save(state, tmp_path / "m.pt")
+    assert run(tmp_path)[1].resumed_at == 4
+
+
 SCRIPT = textwrap.dedent("""
-    import os, sys, signal, torch
+    import os, sys, time, torch
     from torch import nn
     from companion.train import fit
+    x = torch.randn(23, 3, generator=torch.Generator().manual_seed(5))
+    y = torch.randn(23, 1, generator=torch.Generator().manual_seed(6))
     torch.manual_seed(0)
-    x, y = torch.randn(16, 3), torch.randn(16, 1)
-    torch.manual_seed(1)
     model = nn.Linear(3, 1)
-    kill = int(sys.argv[2])
+    gen = torch.Generator().manual_seed(1)
+    slow = float(sys.argv[2])
     def loss(m, b, step):
-        if step == kill:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return ((m(b[0]) - b[1]) ** 2).mean() + 0.01 * torch.randn(()).abs()
+        time.sleep(slow)
+        if step == 0:
+            print("training", flush=True)
+        return ((m(b[0] + 0.1 * torch.randn_like(b[0])) - b[1]) ** 2).mean()
     try:
-        fit(model, loss, (x, y), steps=40, batch_size=16, quiet=True, checkpoint=sys.argv[1],
-            save_every=1000, save_seconds=1e9)
+        fit(model, loss, (x, y), steps=60, batch_size=5, quiet=True, ema=0.9,
+            checkpoint=sys.argv[1], generator=gen, save_every=int(sys.argv[3]))
     except KeyboardInterrupt:
         sys.exit(3)
     torch.save(model.state_dict(), sys.argv[1] + ".final")
 """)
 
 
-def test_sigterm_at_a_random_step_then_resume_gives_the_same_weights(tmp_path):
+def run_script(tmp_path, path, slow="0", save_every="1000", **kw):
     script = tmp_path / "s.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
-    py = [sys.executable, str(script)]
-    subprocess.run(py + [str(tmp_path / "a.pt"), "-1"], check=True, env=env)
-    kill = random.Random().randrange(1, 39)
-    r = subprocess.run(py + [str(tmp_path / "b.pt"), str(kill)], env=env)
-    assert r.returncode == 3, "SIGTERM should stop fit with a save"
-    assert torch.load(tmp_path / "b.pt", weights_only=True)["step"] == kill + 1
-    subprocess.run(py + [str(tmp_path / "b.pt"), "-1"], check=True, env=env)
+    return subprocess.Popen([sys.executable, str(script), str(path), slow, save_every],
+                            env=env, stdout=subprocess.PIPE, text=True, **kw)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP", "SIGKILL"])
+def test_killed_at_a_random_moment_then_resumed_gives_the_same_weights(tmp_path, sig):
+    """A real signal from outside, at a random moment of a minibatch run with an EMA."""
+    ref = run_script(tmp_path, tmp_path / "a.pt")
+    assert ref.wait(60) == 0
+    # SIGKILL cannot be caught: only the periodic checkpoints (every step here) remain
+    child = run_script(tmp_path, tmp_path / "b.pt", slow="0.01",
+                       save_every="1" if sig == "SIGKILL" else "1000")
+    assert child.stdout.readline().strip() == "training"
+    time.sleep(random.Random().uniform(0.0, 0.4))
+    child.send_signal(getattr(signal, sig))
+    code = child.wait(60)
+    assert code == (-9 if sig == "SIGKILL" else 3), f"{sig} should stop fit with a save"
+    if (tmp_path / "b.pt").exists():  # a SIGKILL in the first step leaves none
+        assert torch.load(tmp_path / "b.pt", weights_only=True)["step"] <= 60
+    assert run_script(tmp_path, tmp_path / "b.pt").wait(60) == 0
     a = torch.load(str(tmp_path / "a.pt") + ".final")
     b = torch.load(str(tmp_path / "b.pt") + ".final")
     for k in a:
         torch.testing.assert_close(a[k], b[k])
+
+
+# --- two runs, one checkpoint path -----------------------------------------------------------
+def test_a_second_fit_into_the_same_path_in_one_process_is_refused(tmp_path):
+    path = tmp_path / "m.pt"
+
+    def nested(model, batch):
+        fit(nn.Linear(3, 1), mse, (X, Y), steps=2, quiet=True, checkpoint=path)
+        return mse(model, batch)
+
+    with pytest.raises(RuntimeError, match="already training into") as err:
+        fit(nn.Linear(3, 1), nested, (X, Y), steps=2, quiet=True, checkpoint=path)
+    assert err.type.__name__ == "CheckpointBusyError"
+    assert not (tmp_path / "m.pt.lock").exists()  # released on the way out
+    run(tmp_path)  # and the path is free again
+
+
+@pytest.mark.slow
+def test_a_second_run_waits_for_the_first_then_loads_its_model(tmp_path):
+    path = tmp_path / "b.pt"
+    first = run_script(tmp_path, path, slow="0.02")
+    assert first.stdout.readline().strip() == "training"  # it holds the path now
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    x = torch.randn(23, 3, generator=torch.Generator().manual_seed(5))
+    y = torch.randn(23, 1, generator=torch.Generator().manual_seed(6))
+    result = fit(model, lambda m, b, step: mse(m, b), (x, y), steps=60, batch_size=5,
+                 ema=0.9, checkpoint=path, quiet=True)
+    assert first.wait(60) == 0
+    assert result.resumed_at == 60  # it waited, then loaded what the first run trained
+    final = torch.load(str(path) + ".final")
+    for k, v in final.items():
+        torch.testing.assert_close(model.state_dict()[k], v)
 
 
 def test_resume_from_missing_or_longer_run_is_refused(tmp_path, monkeypatch):
@@ -312,3 +514,29 @@ def test_nonfinite_loss_names_the_last_finite_step(tmp_path):
 
     with pytest.raises(NonFiniteLossError, match="step 4"):
         run(tmp_path, fn=bad, steps=10, save_every=4, check_every=1)
+
+
+# --- the discretized decoders of the VAEs: 8-bit images on [-1, 1] only ----------------------
+def discretized_models():
+    from companion.models.hvae import HierarchicalVAE
+    from companion.models.vae import VAE
+
+    torch.manual_seed(0)
+    return [HierarchicalVAE((4, 2), (16, 8), likelihood="discretized"),
+            VAE(latent_dim=2, hidden=(16,), likelihood="discretized")]
+
+
+@pytest.mark.parametrize("pixels, fix", [
+    (lambda u: u, "to_8bit_range"),                     # [0, 1]: the plausible 433 nats
+    (lambda u: u * 255, r"x / 127\.5 - 1"),             # 0..255 bytes
+    (lambda u: u * 2 - 1, "quantize_8bit"),             # [-1, 1] but off the 256 levels
+])
+def test_discretized_likelihoods_refuse_data_off_the_8bit_levels(pixels, fix):
+    u = torch.randint(0, 256, (3, 1, 28, 28)).float() / 255
+    u[0, 0, 0, 0] = 0.5  # between two levels: (0.5 * 2 - 1 + 1) * 127.5 = 127.5
+    for model in discretized_models():
+        with pytest.raises(ValueError, match=fix):
+            model.elbo_terms(pixels(u))
+        with torch.no_grad():
+            terms = model.elbo_terms(to_8bit_range(u[1:]))  # the right data pass
+        assert torch.isfinite(terms.elbo).all()

@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import IMAGE_SHAPE, binarize
-from .vae import MIN_LOG_SCALE, N_PIXELS, MLPDecoder, check_images_for
+from .vae import MIN_LOG_SCALE, N_PIXELS, MLPDecoder, check_8bit_images, check_images_for
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -172,12 +172,18 @@ class _ImageModel(nn.Module):
         return out.view(*lead, -1, *IMAGE_SHAPE[1:])
 
     def log_likelihood(self, x: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
-        """log p(x | z_1): x (B, 1, 28, 28), z_1 (..., B, D_1) -> (..., B)."""
+        """log p(x | z_1): x (B, 1, 28, 28), z_1 (..., B, D_1) -> (..., B).
+
+        x: binary for the Bernoulli decoder; for the discretized one the 256 levels
+        -1 + 2k/255 of 8-bit images on [-1, 1] (`to_8bit_range`); other values are refused.
+        """
         out = self.decode(z1)
         if self.likelihood == "bernoulli":
             return bernoulli_log_likelihood(x, out)
         from ..diffusion import discretized_gaussian_log_likelihood
 
+        check_8bit_images(x, f"{type(self).__name__}.log_likelihood",
+                          other="likelihood='bernoulli' on images in [0, 1]")
         mean, log_scale = out[..., :1, :, :].float(), out[..., 1:, :, :].float()
         ll = discretized_gaussian_log_likelihood(x, mean, log_scale.clamp_min(MIN_LOG_SCALE))
         return ll.flatten(-3).sum(-1)

@@ -88,6 +88,18 @@ def check_images_for(model: nn.Module, x: torch.Tensor) -> None:
                         f"convert with x.to({w.dtype}) (or model.to({x.dtype}))")
 
 
+def check_8bit_images(x: torch.Tensor, where: str,
+                      other: str = "likelihood='gaussian' for real-valued data") -> None:
+    """Refuse x off the discretized decoder's 256 levels -1 + 2k/255 on [-1, 1] (images in
+    [0, 1] or 0..255 would give a plausible but wrong likelihood). One device sync: on a GPU
+    the check runs outside training only (with gradients off), not at every step."""
+    if x.device.type == "cuda" and torch.is_grad_enabled():
+        return
+    from ..diffusion import _check_8bit
+
+    _check_8bit(x, where, name="x", setting="likelihood='discretized'", other=other)
+
+
 class MLPEncoder(nn.Module):
     """x: (B, 1, 28, 28) -> (mu, logvar), each (B, latent_dim)."""
 
@@ -238,10 +250,13 @@ class VAE(nn.Module):
         """log p(x|z) summed over pixels, from the decoder output `out` = f(z).
 
         x: (B, 1, 28, 28); out: (..., B, 1, 28, 28) (leading sample dims broadcast) -> (..., B).
+        x in [0, 1] for the Bernoulli decoder (binary), the 256 levels -1 + 2k/255 on [-1, 1]
+        for the discretized one (`to_8bit_range`); either is refused outside its range.
         """
         if self.likelihood == "discretized":
             from ..diffusion import discretized_gaussian_log_likelihood
 
+            check_8bit_images(x, "VAE.log_likelihood")
             mean, log_scale = out[..., :1, :, :], out[..., 1:, :, :]
             ll = discretized_gaussian_log_likelihood(
                 x, mean.float(), log_scale.float().clamp_min(MIN_LOG_SCALE))
