@@ -345,8 +345,13 @@ def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch
     """
     # on a GPU the range check would stall every training step (a device sync), and
     # torch.bernoulli's own device-side assert catches values outside [0, 1] there
-    if x.device.type != "cuda" and (x.min() < 0 or x.max() > 1):
-        raise ValueError(f"binarize expects values in [0, 1], got [{x.min():.3g}, {x.max():.3g}]")
+    if not torch.is_tensor(x) or not x.is_floating_point():
+        raise TypeError(f"binarize takes a float tensor of grey values in [0, 1], got "
+                        f"{getattr(x, 'dtype', type(x).__name__)}: bytes 0..255 go through "
+                        "x.float() / 255 first")
+    if x.device.type != "cuda" and x.numel() and not bool(((x >= 0) & (x <= 1)).all()):
+        raise ValueError(f"binarize expects values in [0, 1] (no NaN), got "
+                         f"[{x.min():.3g}, {x.max():.3g}]; bytes 0..255: divide by 255")
     return torch.bernoulli(x, generator=generator)
 
 

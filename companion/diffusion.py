@@ -747,6 +747,9 @@ def _check_data(x, name: str) -> None:
     if x.dim() == 0:
         raise ValueError(f"{name} must be a batch (B, ...), got a 0-dim tensor; use "
                          f"{name}.reshape(1, -1) for one value")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (no images), shape {tuple(x.shape)}: "
+                         "pass at least one image (check the batch size and the data slice)")
 
 
 def _check_eps(eps, shape, name: str) -> None:

@@ -13,7 +13,8 @@ profile), mixed precision chosen by `autocast_dtype` (bf16 on GPUs that have it 
 fp16 with a gradient scaler on older ones, float32 on the CPU), optional torch.compile
 (falling back to eager mode when it fails), gradient clipping, an
 EMA of the weights with warm-up, a clear error naming the step when the loss stops being
-finite, and checkpoints that resume (and refuse a checkpoint of another model or config).
+finite, and checkpoints that resume exactly (and refuse a checkpoint of another model, data
+or configuration, or a damaged one).
 """
 
 from __future__ import annotations
@@ -609,9 +610,15 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
     skipped (a new batch shape would cost a recompilation). With `checkpoint`, training
     resumes from the file when it exists (a finished run just loads: load-or-train) and
     saves to it every `save_every` steps or `save_seconds` of training, whichever comes
-    first, at the end, and on KeyboardInterrupt, SIGTERM or SIGHUP (those two stop at the
-    end of the current step, save, and raise KeyboardInterrupt). Non-finite weights are
-    never saved; a failed save warns, names the path, and the trained model stays in memory.
+    first, at the end, and when stopped: Ctrl-C (SIGINT), SIGTERM and SIGHUP end the current
+    step, save, and raise KeyboardInterrupt (a second Ctrl-C stops at once). A resumed run
+    continues exactly where the stopped one was, to float rounding: a checkpoint saved inside
+    an epoch keeps that epoch's order of the examples and how far it got, and every
+    checkpoint keeps the random state (torch's CPU and CUDA generators and `generator`;
+    randomness a loss draws from a generator of its own is not saved). Non-finite weights
+    are never saved; a failed save warns, names the path, and the model stays in memory.
+    While a run trains into a checkpoint, another process's run on the same path waits for
+    it, then loads or resumes what it saved; a second fit in the same process is an error.
     """
     tensors = data if isinstance(data, (tuple, list)) else (data,)
     _check_fit_args(model, tensors, batch_size, lr if optimizer is None else None, clip)

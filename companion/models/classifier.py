@@ -35,6 +35,9 @@ class Classifier(nn.Module):
         self.out = nn.Linear(features, 10)
 
     def _check(self, x: torch.Tensor) -> None:
+        if not torch.is_tensor(x):
+            raise TypeError(f"the classifier takes a tensor of images (B, 1, 28, 28) in "
+                            f"[0, 1], got {type(x).__name__}; convert with torch.as_tensor(x)")
         if x.dim() != 4 or tuple(x.shape[1:]) != (1, 28, 28):
             raise ValueError(f"the classifier takes images of shape (B, 1, 28, 28) in [0, 1], "
                              f"got {tuple(x.shape)}")
@@ -84,7 +87,13 @@ def classification_loss(model: Classifier, batch) -> tuple[torch.Tensor, dict]:
 @torch.no_grad()
 def predict(model: Classifier, x: torch.Tensor, batch_size: int = 1000
             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features (N, 128), probabilities (N, 10)) in float32, in eval mode, by batches."""
+    """(features (N, 128), probabilities (N, 10)) in float32, in eval mode, by batches.
+
+    x: (N, 1, 28, 28) images in [0, 1] (a DDPM's samples go through to_unit first).
+    """
+    model._check(x)
+    if len(x) == 0:
+        raise ValueError(f"predict got no images, shape {tuple(x.shape)}: pass at least one")
     if len(x):
         lo, hi = torch.aminmax(x.detach().float())
         if not (lo >= -0.01 and hi <= 1.01):

@@ -79,6 +79,7 @@ def check_images_for(model: nn.Module, x: torch.Tensor) -> None:
     """Clear errors unless x is a batch of images (B, 1, 28, 28) on the model's device and in
     its dtype."""
     check_images(x)
+    check_nonempty(x)
     w = next(model.parameters())
     if x.device != w.device:
         raise ValueError(f"x is on {x.device} but the model is on {w.device}; "
@@ -86,6 +87,13 @@ def check_images_for(model: nn.Module, x: torch.Tensor) -> None:
     if x.dtype != w.dtype:
         raise TypeError(f"x is {x.dtype} but the model's weights are {w.dtype}; "
                         f"convert with x.to({w.dtype}) (or model.to({x.dtype}))")
+
+
+def check_nonempty(x: torch.Tensor) -> None:
+    """An ELBO averaged over no images is NaN: refuse an empty batch."""
+    if len(x) == 0:
+        raise ValueError(f"x is an empty batch, shape {tuple(x.shape)}: pass at least one "
+                         "image (check the batch size and the data slice)")
 
 
 def check_8bit_images(x: torch.Tensor, where: str,
@@ -262,7 +270,7 @@ class VAE(nn.Module):
                 x, mean.float(), log_scale.float().clamp_min(MIN_LOG_SCALE))
         elif self.likelihood == "bernoulli":
             # the range check costs a device sync: on a GPU it would stall every step
-            if x.device.type != "cuda" and bool((x < 0).any() | (x > 1).any()):
+            if x.device.type != "cuda" and not bool(((x >= 0) & (x <= 1)).all()):
                 raise ValueError("a Bernoulli decoder needs pixel values in [0, 1], got "
                                  f"[{x.min().item():.3g}, {x.max().item():.3g}]; scale the "
                                  "images (x / 255) or use likelihood='gaussian'")
@@ -294,6 +302,7 @@ class VAE(nn.Module):
         x_encoder:  optional images the encoder sees instead of x (same shape).
         """
         check_images(x)
+        check_nonempty(x)
         if q is None:
             mu, logvar = self.encode(x if x_encoder is None else x_encoder)  # 1. encode
         else:
@@ -339,6 +348,10 @@ def to_8bit_range(x: torch.Tensor) -> torch.Tensor:
     The data model of the discretized decoder and of DDPM's bound: (B, ...) -> (B, ...).
     Refuses input clearly outside [0, 1] (already on [-1, 1], or 0..255 bytes).
     """
+    if not torch.is_tensor(x) or not x.is_floating_point():
+        raise TypeError(f"to_8bit_range takes a float tensor of images in [0, 1], got "
+                        f"{getattr(x, 'dtype', type(x).__name__)}: bytes 0..255 go through "
+                        "x.float() / 255 first")
     if x.numel():
         lo, hi = torch.aminmax(x.detach().float())
         if not (lo >= -0.01 and hi <= 1.01):
