@@ -315,14 +315,14 @@ def latent_settings(profile) -> dict:
     Batch 64, Adam 2e-3, 4 / 20 / 30 epochs (ci / cpu / gpu).
     The denoisers: residual MLPs (width 256, 3 blocks) on chapter 9's diffusion (the same
     T and schedule in each profile), Adam 1e-3 with gradients clipped at 1, an EMA of the
-    weights; 300 / 4,000 / 20,000 steps of 256 codes; the class-conditional one drops the
+    weights; 300 / 3,000 / 20,000 steps of 256 codes; the class-conditional one drops the
     label with probability LATENT_P_UNCOND.
     """
     return dict(
         latent_dim=LATENT_DIM, kl_weight=LATENT_KL_WEIGHT,
         vae_epochs=profile.pick(ci=4, cpu=20, gpu=30), vae_batch=64, vae_lr=2e-3,
         width=256, depth=3, T=ddpm_settings(profile)["T"],
-        steps=profile.pick(ci=300, cpu=4000, gpu=20000), batch_size=256, lr=1e-3,
+        steps=profile.pick(ci=300, cpu=3000, gpu=20000), batch_size=256, lr=1e-3,
         ema=profile.pick(ci=0.99, cpu=0.995, gpu=0.999), clip=1.0,
         p_uncond=LATENT_P_UNCOND,
     )
