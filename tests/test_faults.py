@@ -3,7 +3,11 @@
 Each test injects one fault the issue lists (a config fit cannot store, NaN weights under a
 finite loss, fractional steps, a read-only directory, a kill, empty data, out-of-range
 images, non-finite metrics input, a checkpoint of another run or damaged) and checks that
-companion refuses it clearly, or keeps the work.
+companion refuses it clearly, or keeps the work. A run stopped anywhere (an exception inside
+a step, Ctrl-C, SIGTERM, SIGHUP, SIGKILL after a periodic save) and resumed must end with the
+uninterrupted run's weights, EMA and history. The slow cases start processes (a signal from
+outside, two runs on one checkpoint path); benchmarks/probe_faults.py counts the outcomes of
+the same kinds of misuse across companion.
 """
 
 from __future__ import annotations
