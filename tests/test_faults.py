@@ -12,6 +12,7 @@ the same kinds of misuse across companion.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
@@ -416,6 +417,7 @@ def test_a_second_run_waits_for_the_first_then_loads_its_model(tmp_path):
         torch.testing.assert_close(model.state_dict()[k], v)
 
 
+@pytest.mark.slow  # trains the ci U-Net
 def test_resume_from_missing_or_longer_run_is_refused(tmp_path, monkeypatch):
     from companion import recipes
 
@@ -556,6 +558,7 @@ def test_discretized_likelihoods_refuse_data_off_the_8bit_levels(pixels, fix):
 
 
 # --- cryptic errors found by benchmarks/probe_faults.py, made clear ---------------------------
+@functools.cache
 def _probe_inputs():
     from companion import data
     from companion.models.hvae import HierarchicalVAE, MarkovianHVAE
