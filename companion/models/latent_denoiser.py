@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .unet import timestep_embedding
+from .unet import forward_flops, timestep_embedding
 
 NO_LABEL = -1  # "no class": the unconditional half of classifier-free guidance
 
@@ -140,17 +140,9 @@ class LatentDenoiser(nn.Module):
 def flops_per_code(model: LatentDenoiser, batch: int = 2) -> float:
     """Forward-pass FLOPs for one code, counted by torch.utils.flop_counter (matrix
     products; a multiply-add is 2 FLOPs), as `unet.flops_per_image` counts the U-Net's."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     p = next(model.parameters())
     z = torch.zeros(batch, model.config.dim, device=p.device, dtype=p.dtype)
-    t = torch.ones(batch, dtype=torch.long, device=p.device)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(z, t)
-    model.train(was_training)
-    return counter.get_total_flops() / batch
+    return forward_flops(model, z, torch.ones(batch, dtype=torch.long, device=p.device))
 
 
 def check_weight(w) -> float:

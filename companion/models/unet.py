@@ -275,14 +275,19 @@ def flops_per_image(model: UNet, batch: int = 2) -> float:
     Counts matrix multiplications, convolutions and attention (a multiply-add is 2 FLOPs);
     normalizations and activations, a few percent more, are not counted.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     p = next(model.parameters())
     x = torch.zeros(batch, 1, 28, 28, device=p.device, dtype=p.dtype)
-    t = torch.ones(batch, dtype=torch.long, device=p.device)
+    return forward_flops(model, x, torch.ones(batch, dtype=torch.long, device=p.device))
+
+
+def forward_flops(model: nn.Module, *inputs: torch.Tensor) -> float:
+    """Forward-pass FLOPs per example of `model(*inputs)` (inputs: (B, ...)), counted by
+    torch.utils.flop_counter in eval mode without gradients; the mode is restored."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     was_training = model.training
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x, t)
+        model(*inputs)
     model.train(was_training)
-    return counter.get_total_flops() / batch
+    return counter.get_total_flops() / inputs[0].shape[0]
