@@ -16,6 +16,7 @@ import functools
 import gzip
 import hashlib
 import os
+import textwrap
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -96,8 +97,12 @@ def load(name: str = "mnist", *, n_train: int | None = None, n_test: int | None 
 
     data = _subset(data, n_train, n_test, seed)
     if verbose:
-        print(f"{data.name}: {len(data.x_train):,} train / {len(data.x_test):,} test images "
-              f"from {data.source}{_download_note(tried, asked)}")
+        # wrapped: a notebook's printed lines must fit the book's 80-character column
+        print(textwrap.fill(f"{data.name}: {len(data.x_train):,} train / "
+                            f"{len(data.x_test):,} test images from {data.source}"
+                            f"{_download_note(tried, asked)}",
+                            width=80, subsequent_indent="  ", break_long_words=False,
+                            break_on_hyphens=False))
     return data.to(device)
 
 
