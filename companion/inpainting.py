@@ -13,7 +13,11 @@ scaled to [-1, 1]:
 * resampling (RePaint, Lugmayr et al. 2022): after some steps, go back `jump` steps with
   the forward process, q(x_{t+j} | x_t) = N(sqrt(alpha_bar_{t+j} / alpha_bar_t) x_t,
   (1 - alpha_bar_{t+j} / alpha_bar_t) I), and denoise again, `resamples` times in all,
-  so that the model sees the known pixels and harmonizes the unknown ones with them;
+  so that the model sees the known pixels and harmonizes the unknown ones with them.
+  Lugmayr et al.'s code draws the known pixels from q(x_k | x_0 = y) just before each
+  network call; here they are drawn when a step lands on x_k and carried through a jump
+  by q(x_{k+j} | x_k), which leaves them with the same distribution (a unit test checks
+  every visited state against q(x_k | x_0) under an exact model);
 * denoising: y = x + sigma eps is, after scaling by sqrt(alpha_bar_t), an x_t of the
   forward process for the t with (1 - alpha_bar_t) / alpha_bar_t = sigma^2: start the
   reverse chain there.

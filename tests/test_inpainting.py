@@ -145,6 +145,31 @@ def test_an_oracle_prior_fills_in_the_one_image_it_knows(mask, resamples):
     assert region_rmse(out, y, 1 - m).max() < 0.02
 
 
+def test_every_state_repaint_visits_has_the_forward_marginal_under_an_oracle():
+    """Data that are one image c, the optimal eps and sigma_k^2 = beta_tilde_k: a reverse
+    step then draws from q(x_{k-1} | x_k, x_0 = c), the known pixels from q(x_k | x_0 = c),
+    a jump back from q(x_{k+1} | x_k) with the respaced chain's alpha_bar ratio. So every
+    state the sampler visits, first passes and revisits after a jump, known and missing
+    pixels alike, is distributed as q(x_k | x_0 = c) = N(sqrt(abar_k) c, (1 - abar_k) I)."""
+    d = _diffusion()
+    c = torch.linspace(-0.9, 0.9, 16).view(1, 1, 4, 4)
+    n = 4000
+    m = torch.zeros(1, 1, 4, 4)
+    m[..., :2] = 1  # the left half known
+    seen = []
+    inpaint(d, _oracle(d, c), c.expand(n, -1, -1, -1).clone(), m, n_steps=10, jump=3,
+            resamples=3, variance="posterior", generator=torch.Generator().manual_seed(0),
+            callback=lambda k, t, x, x0: seen.append((k, t, x.clone())), quiet=True)
+    ks = [k for k, _, _ in seen]
+    assert len(ks) == network_calls(repaint_schedule(10, 3, 3))
+    assert max(ks.count(k) for k in set(ks)) == 3  # states revisited after the jumps
+    for k, t, x in seen[1:]:  # seen[0] is x_T ~ N(0, I), not q(x_T | c)
+        a = float(d.alphas_bar[t - 1])
+        z = (x - math.sqrt(a) * c) / math.sqrt(1 - a)  # N(0, 1) per pixel if exact
+        assert z.mean(0).abs().max() < 5 / math.sqrt(n), (k, t)
+        assert (z.var(0) - 1).abs().max() < 5 * math.sqrt(2 / n), (k, t)
+
+
 def test_replacement_keeps_known_pixels_with_a_real_network_shape():
     d = _diffusion()
     x = _images(4)
