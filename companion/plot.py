@@ -239,3 +239,27 @@ def show(fig=None) -> None:
     for f in figs:
         check(f)
     plt.show()
+
+
+def animation_html(anim, alt: str, default_mode: str = "once") -> str:
+    """The HTML of matplotlib animation `anim` (FuncAnimation.to_jshtml): every frame
+    drawn in advance, a slider and buttons that work on the page without a kernel.
+
+    Two things to_jshtml leaves out are added: `alt`, the text a screen reader says (and a
+    browser shows) for the frame image, which must say what the frames show in at least
+    three words; and a max-width on the frames and the slider, which to_jshtml draws at
+    their pixel size, so that they shrink to a phone's column."""
+    import html
+
+    if len(alt.split()) < 3:
+        raise ValueError(f"alt text {alt!r}: say what the animation shows (at least "
+                         "three words)")
+    page = anim.to_jshtml(default_mode=default_mode)
+    frame = re.compile(r'<img id="_anim_img')
+    if len(frame.findall(page)) != 1 or page.count("<style>") != 1:
+        raise ValueError("to_jshtml's HTML has changed: expected one <style> and one "
+                         "frame <img id=\"_anim_img...\">")
+    page = frame.sub(f'<img alt="{html.escape(alt, quote=True)}" id="_anim_img', page)
+    return page.replace(
+        "<style>",
+        "<style>\n.animation, .animation img, .anim-slider {max-width: 100%;}", 1)

@@ -119,3 +119,45 @@ def test_named_ticks_need_no_axis_label():
     with pytest.raises(ValueError, match="x of axes 0"):
         plot.check(fig)
     plt.close("all")
+
+
+def _two_frame_animation():
+    from matplotlib.animation import FuncAnimation
+
+    fig, ax = plot.subplots(height=1.0)
+    (line,) = ax.plot([0, 1], [0, 0])
+    anim = FuncAnimation(fig, lambda i: line.set_ydata([0, i]), frames=2)
+    return fig, anim
+
+
+def test_animation_html_sets_the_frames_alt_text_and_shrinks_on_a_phone():
+    from html.parser import HTMLParser
+
+    class Images(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.images = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                self.images.append(dict(attrs))
+
+    fig, anim = _two_frame_animation()
+    alt = 'A line that tilts up, frame by frame ("t" rises) & back'
+    page = plot.animation_html(anim, alt)
+    plt.close(fig)
+    parsed = Images()
+    parsed.feed(page)
+    assert len(parsed.images) == 1
+    assert parsed.images[0]["alt"] == alt  # quotes and & survive, escaped
+    assert parsed.images[0]["id"].startswith("_anim_img")
+    assert ".animation img, .anim-slider {max-width: 100%;}" in page
+    assert "anim_step_forward" in page  # still matplotlib's working slider
+
+
+@pytest.mark.filterwarnings("ignore:Animation was deleted without rendering")
+def test_animation_html_refuses_an_alt_text_that_says_nothing():
+    fig, anim = _two_frame_animation()
+    with pytest.raises(ValueError, match="at least three words"):
+        plot.animation_html(anim, "animation.png")
+    plt.close(fig)
