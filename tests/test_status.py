@@ -101,6 +101,9 @@ def test_table_and_formatting(tmp_path):
     a = es.notebook_status(make_notebook(tmp_path / "notebooks" / "01_a.ipynb", wall=75.0))
     b = es.notebook_status(make_notebook(tmp_path / "notebooks" / "02_b.ipynb"))
     lines = es.table([a, b], root=tmp_path)
+    # a cell breaks between items only: "1 min 15 s" and "cell 2" are each one piece
+    assert "| 1\u00a0min\u00a015\u00a0s |" in lines[2] and "| 30\u00a0s, cell\u00a02 |" in lines[2]
+    lines = [line.replace(es.NBSP, " ") for line in lines]
     assert lines[2].startswith("| {doc}`/notebooks/01_a` | `cpu` | CPU, ")
     assert "| 1 min 15 s |" in lines[2] and "| 33 s † |" in lines[3]
     assert "30 s, cell 2" in lines[2]
@@ -199,11 +202,20 @@ def test_the_table_names_the_software_that_made_the_outputs(tmp_path):
     st = es.notebook_status(path)
     assert set(st.versions) >= {"torch", "numpy", "matplotlib"}  # recorded by record()
     row = es.table([st], tmp_path)[2]
-    assert "torch 2.5.0" in row  # the kernel's own line wins for torch
-    assert f"numpy {st.versions['numpy']}" in row
+    assert "torch\u00a02.5.0" in row  # the kernel's own line wins for torch
+    assert f"numpy\u00a0{st.versions['numpy']}" in row  # one unbroken item
 
 
 def test_device_names_are_short():
     assert es.short_device("cuda (NVIDIA H100 80GB HBM3)") == "H100 80GB HBM3"
     assert es.short_device("cpu") == "CPU"
     assert es.short_device("mps") == "mps"
+
+
+def test_device_cell_breaks_after_the_model_and_the_comma_only(tmp_path):
+    st = es.NotebookStatus(tmp_path / "a.ipynb", device="cuda (NVIDIA H100 80GB HBM3)",
+                           cpus=16)
+    assert es.device_cell(st) == "H100 80GB\u00a0HBM3, 16\u00a0cores"
+    st = es.NotebookStatus(tmp_path / "a.ipynb", device="cpu", cpus=2)
+    assert es.device_cell(st) == "CPU, 2\u00a0cores"
+    assert es.device_cell(es.NotebookStatus(tmp_path / "a.ipynb", device="mps")) == "mps"

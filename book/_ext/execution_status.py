@@ -285,22 +285,37 @@ def short_device(device: str) -> str:
 
 COLUMNS = ["Chapter", "Profile", "Device", "Software", "Time to run", "Slowest cell",
            "Executed"]
-UNBROKEN = ["Time to run", "Slowest cell", "Executed"]  # not "2026-11-/22", "53 / s"
+UNBROKEN = ["Executed"]  # not "2026-11-/22"
 PHONE_PX = 720  # narrower than this, each chapter's row is a card of labelled lines
+NBSP = "\u00a0"
+
+
+def unbroken(text: str) -> str:
+    """`text` with non-breaking spaces: a cell of the table breaks between such items
+    ("torch 2.14.1," / "numpy 2.4.6"), never inside one ("53" / "s", "numpy" / "2.4.6").
+    The 688-px column holds the seven columns at 1280 px only if cells may break there."""
+    return text.replace(" ", NBSP)
+
+
+def device_cell(st: NotebookStatus) -> str:
+    """'H100 80GB HBM3, 16 cores', breakable only after the model and after the comma."""
+    model, _, rest = short_device(st.device).partition(" ")
+    cell = model + (f" {unbroken(rest)}" if rest else "")
+    return cell + (f", {unbroken(f'{st.cpus} cores')}" if st.cpus else "")
 
 
 def table_css() -> str:
-    """The status table's layout: at most 0.85em and times and dates never broken; on a
+    """The status table's layout: 0.8em (as tables in outputs), dates never broken; on a
     phone each row a card with the column names as labels (made from COLUMNS, so the
     labels cannot disagree with the header)."""
     t = ".execution-status table"
-    unbroken = ", ".join(f"{t} td:nth-child({COLUMNS.index(c) + 1})" for c in UNBROKEN)
+    nowrap = ", ".join(f"{t} td:nth-child({COLUMNS.index(c) + 1})" for c in UNBROKEN)
     labels = "\n".join(
         f'  {t} td:nth-child({i + 1})::before {{ content: "{c}: "; font-weight: 600; }}'
         for i, c in enumerate(COLUMNS) if i > 0)
-    return f"""{t} {{ font-size: 0.85em; }}
+    return f"""{t} {{ font-size: 0.8em; }}
 {t} th, {t} td {{ padding: 0.3rem 0.3rem; }}
-{unbroken} {{ white-space: nowrap; }}
+{nowrap} {{ white-space: nowrap; }}
 @media (max-width: {PHONE_PX}px) {{
   {t}, {t} tbody, {t} tr, {t} td {{ display: block; width: 100%; }}
   {t} thead {{ display: none; }}
@@ -319,26 +334,27 @@ def table(statuses: list[NotebookStatus], root: Path = ROOT) -> list[str]:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for st in statuses:
         doc = st.path.relative_to(root).with_suffix("").as_posix()
-        run = format_seconds(st.seconds)
+        run = unbroken(format_seconds(st.seconds))
         if st.seconds is not None and st.source == "cells":
             run += " †"
         elif st.checkpoints == "reused":
             run += " ‡"
         if mismatched(st, statuses):
             run += " §"
-        slow = (f"{format_seconds(st.slowest_cell[0])}, cell {st.slowest_cell[1] + 1}"
-                if st.slowest_cell else "")
-        device = short_device(st.device) + (f", {st.cpus} cores" if st.cpus else "")
+        slow = (f"{unbroken(format_seconds(st.slowest_cell[0]))}, "
+                f"{unbroken(f'cell {st.slowest_cell[1] + 1}')}" if st.slowest_cell else "")
+        device = device_cell(st)
         when = st.executed.strftime("%Y-%m-%d") if st.executed else ""
         # torch from the kernel's own setup line, the rest as recorded by `make outputs`
         versions = ({"torch": st.torch} if st.torch != "?" else {}) | {
             k: v for k, v in st.versions.items() if k != "torch" or st.torch == "?"}
-        software = ", ".join(f"{k} {v.split('+')[0]}" for k, v in versions.items())
+        software = ", ".join(unbroken(f"{k} {v.split('+')[0]}") for k, v in versions.items())
         lines.append(f"| {{doc}}`/{doc}` | `{st.profile}` | {device} | {software} | {run} | "
                      f"{slow} | {when} |")
     known = [s.seconds for s in statuses if s.seconds is not None]
     if len(statuses) > 1 and known:
-        lines.append(f"| **All chapters** | | | | **{format_seconds(sum(known))}** | | |")
+        lines.append(f"| **All chapters** | | | | **{unbroken(format_seconds(sum(known)))}** | "
+                     "| |")
     if any(s.source == "cells" for s in statuses):
         lines += ["", "† Outputs not made by `make outputs`: the time from the first cell's "
                   "start to the last cell's end, without the kernel's start."]
