@@ -93,27 +93,8 @@ GPU_RERUN_NEEDED = {
 # What the reader still meets on the page, found by the checks below and not yet fixed
 # (issue 18). Each listed case is an xfail(strict=True): it must keep failing until it is
 # fixed, and then the entry has to go, so this list cannot hide a fixed or a new problem.
-# The chapters 11 and 12 and chapter 1 lines need a re-execution (their outputs print
-# wider than 80 characters); the alt texts of chapters 6, 7, 9 need a GPU re-run or cell
-# metadata for every figure; ch4's (4.x) display and ch8's two inline equations need
-# breaking; chapter 11's displays need labels.
-OPEN_ON_THE_PAGE = {
-    f"{test}[notebooks/{page}.html]": why
-    for test, pages, why in [
-        ("test_nothing_wider_than_the_column",
-         ["04_reparameterization", "08_diffusion_elbo"],
-         "a display or inline equation wider than the column"),
-        ("test_printed_lines_fit",
-         ["01_autoencoders"],
-         "printed lines over 80 characters: needs a re-execution"),
-        ("test_figures_have_alt_text",
-         ["06_vae_mnist", "07_hierarchical_vae", "08_diffusion_elbo",
-          "09_ddpm_mnist"],
-         "figures the prose does not discuss still have no alt text"),
-        ("test_phone_layout", ["04_reparameterization"],
-         "a display pushes the page sideways on a phone"),
-    ]
-    for page in pages
+OPEN_ON_THE_PAGE: dict[str, str] = {
+    # "test_name[notebooks/page.html]": "why it is still open"; empty: nothing is
 }
 
 
