@@ -76,3 +76,17 @@ def get_profile(name: str | None = None) -> Profile:
             f"Set {ENV_VAR} to one of them, or unset it to choose from the device."
         )
     return PROFILES[key]
+
+
+SMOKE_VAR = "BOOK_SMOKE"
+SMOKE_STEPS = 2
+
+
+def smoke_mode() -> bool:
+    """True under BOOK_SMOKE=1: the profile's models and code paths, a couple of steps each.
+
+    Like Lightning's `fast_dev_run`: `fit` stops after SMOKE_STEPS optimizer steps and
+    writes its checkpoints to a throwaway folder, never the normal cache, so that the `gpu`
+    profile's code runs on a CPU in minutes. Anything but "", "0" or unset turns it on.
+    """
+    return os.environ.get(SMOKE_VAR, "").strip() not in ("", "0")
