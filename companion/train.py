@@ -19,11 +19,13 @@ or configuration, or a damaged one).
 
 from __future__ import annotations
 
+import atexit
 import copy
 import inspect
 import math
 import numbers
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -38,6 +40,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from . import profiles
 from .progress import progress
 
 try:  # advisory file locks; absent on Windows, where two runs sharing a path go unnoticed
@@ -104,8 +107,27 @@ class FitResult:
 
 
 def cache_dir() -> Path:
-    """$BOOK_CACHE, else ~/.cache/companion."""
+    """$BOOK_CACHE, else ~/.cache/companion; in smoke mode (BOOK_SMOKE=1) a throwaway folder
+    of this process's, removed when it exits, so a smoke run never touches the real cache."""
+    if profiles.smoke_mode():
+        return _smoke_dir()
     return Path(os.environ.get("BOOK_CACHE", Path.home() / ".cache" / "companion"))
+
+
+_SMOKE_DIRS: dict[int, Path] = {}  # per process id: a forked child gets a folder of its own
+
+
+def _smoke_dir() -> Path:
+    pid = os.getpid()
+    if pid not in _SMOKE_DIRS:
+        _SMOKE_DIRS[pid] = Path(tempfile.mkdtemp(prefix="companion-smoke-"))
+        atexit.register(_remove_smoke_dir, pid)
+    return _SMOKE_DIRS[pid]
+
+
+def _remove_smoke_dir(pid: int) -> None:
+    if os.getpid() == pid:  # not a forked child that inherited the exit hook
+        shutil.rmtree(_SMOKE_DIRS[pid], ignore_errors=True)
 
 
 def checkpoint_path(name: str, profile) -> Path:
@@ -619,6 +641,8 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
     are never saved; a failed save warns, names the path, and the model stays in memory.
     While a run trains into a checkpoint, another process's run on the same path waits for
     it, then loads or resumes what it saved; a second fit in the same process is an error.
+    In smoke mode (BOOK_SMOKE=1, companion.profiles.smoke_mode) each call stops after
+    profiles.SMOKE_STEPS optimizer steps, and cache_dir() is a throwaway folder.
     """
     tensors = data if isinstance(data, (tuple, list)) else (data,)
     _check_fit_args(model, tensors, batch_size, lr if optimizer is None else None, clip)
@@ -673,6 +697,8 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
             lock.release()
             raise
     resumed_at = step
+    if profiles.smoke_mode():  # BOOK_SMOKE=1: every code path, a couple of steps per call
+        total = min(total, step + profiles.SMOKE_STEPS)
     save_every = int(save_every or max(total // 10, 100))
     last_saved = step if checkpoint is not None and checkpoint.exists() else None
     save_error: list[str] = []

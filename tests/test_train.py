@@ -200,3 +200,40 @@ def test_fit_hands_the_global_step_to_a_loss_that_takes_one(tmp_path):
     fit(nn.Linear(3, 1), loss_fn, x, steps=3, batch_size=8, checkpoint=path, quiet=True)
     fit(nn.Linear(3, 1), loss_fn, x, steps=5, batch_size=8, checkpoint=path, quiet=True)
     assert seen == [0, 1, 2, 3, 4]
+
+
+def test_smoke_mode_stops_early_and_keeps_the_cache_untouched(tmp_path, monkeypatch):
+    import os
+
+    from companion import profiles
+    from companion import train as tr
+
+    monkeypatch.setenv("BOOK_CACHE", str(tmp_path / "real-cache"))
+    monkeypatch.setenv("BOOK_SMOKE", "1")
+    path = checkpoint_path("smoke", "gpu")
+    assert not str(path).startswith(str(tmp_path)) and path.parent.parent.exists()
+    result = fit(nn.Linear(4, 1), mse, regression_data(), steps=50, checkpoint=path,
+                 quiet=True)
+    assert result.steps == profiles.SMOKE_STEPS and path.exists()
+    # per call: a second call resumes and takes SMOKE_STEPS more
+    assert fit(nn.Linear(4, 1), mse, regression_data(), steps=50, checkpoint=path,
+               quiet=True).steps == 2 * profiles.SMOKE_STEPS
+    assert not (tmp_path / "real-cache").exists()
+    monkeypatch.setenv("BOOK_SMOKE", "0")
+    assert tr.cache_dir() == tmp_path / "real-cache"
+    assert fit(nn.Linear(4, 1), mse, regression_data(), steps=5, quiet=True).steps == 5
+    assert tr._smoke_dir() == tr._SMOKE_DIRS[os.getpid()]  # one folder per process
+
+
+def test_smoke_cache_folder_is_removed_at_exit(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("from companion.train import cache_dir; d = cache_dir(); "
+            "(d / 'checkpoints').mkdir(); print(d)")
+    env = {**os.environ, "BOOK_SMOKE": "1", "BOOK_CACHE": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert out and not out.startswith(str(tmp_path)) and not Path(out).exists()
