@@ -6,26 +6,76 @@
 The output is the one myst-nb's own `glue` writes (its mime bundle under the papermill
 prefix, the name in the output's "scrapbook" metadata), made here so that a notebook runs
 where myst-nb and its Sphinx stack are not installed (Colab, a bare GPU machine).
+
+A real number is stored to `digits` significant digits (4 unless asked), not at full
+`repr` precision: the prose rounds it anyway (`:.1f`, `:.3f`), and the last bits of a
+float change with the order of a summation, which differs between CPUs (AVX2, AVX-512)
+and would make nbval's exact comparison of stored outputs fail on another machine.
+tests/test_glue.py checks that no sentence shows more digits than are stored.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 GLUE_PREFIX = "application/papermill.record/"
+DIGITS = 4
+DIGITS_KEY = "companion_glue_digits"
 
 
-def glue(name: str, variable: Any, display: bool = True) -> None:
+def round_significant(x: float, digits: int = DIGITS) -> float:
+    """x rounded to `digits` significant digits, or more where that would end in a 5.
+
+    A stored 1.305 (from 1.3054) would read as a tie to the prose's `:.2f` and print 1.30
+    where x gives 1.31; so while the rounded value's last non-zero digit is a 5 and it is
+    not x itself, one more digit is kept (1.3054). Then rounding the stored value to fewer
+    digits always agrees with rounding x. NaN and infinities are returned unchanged.
+    """
+    if isinstance(digits, bool) or not isinstance(digits, numbers.Integral) or digits < 1:
+        raise ValueError(f"digits must be a whole number >= 1, got {digits!r}")
+    x = float(x)
+    if x == 0 or not math.isfinite(x):
+        return x
+    for n in range(int(digits), 18):
+        text = f"{x:.{n - 1}e}"
+        mantissa = text.split("e")[0].rstrip("0")
+        if not mantissa.endswith("5") or float(text) == x:
+            break
+    return float(text)
+
+
+def _real_value(variable: Any) -> float | None:
+    """variable as a float if it is a real, non-integer number (float, numpy, 0-d tensor)."""
+    if isinstance(variable, bool | numbers.Integral | str):
+        return None
+    if isinstance(variable, numbers.Real):
+        return float(variable)
+    shape = getattr(variable, "shape", None)
+    if shape is not None and tuple(shape) == () and hasattr(variable, "item"):
+        value = variable.item()
+        if isinstance(value, float):
+            return value
+    return None
+
+
+def glue(name: str, variable: Any, display: bool = True, digits: int = DIGITS) -> None:
     """Store `variable`'s displayed form under `name` for the book's glue roles.
 
     display: also show it in the notebook (False: stored only, shown nowhere).
+    digits:  significant digits kept of a real number (at least what the prose shows).
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"glue needs a non-empty name (str), got {name!r}")
     from IPython.core.formatters import format_display_data
     from IPython.display import display as ipy_display
 
-    bundle, metadata = format_display_data(variable)
+    real = _real_value(variable)
+    stored = variable if real is None else round_significant(real, digits)
+    bundle, metadata = format_display_data(stored)
     prefix = "" if display else GLUE_PREFIX
     metadata["scrapbook"] = {"name": name, "mime_prefix": prefix}
+    if real is not None:
+        metadata[DIGITS_KEY] = int(digits)  # read by tests/test_glue.py, ignored by myst-nb
     ipy_display({prefix + k: v for k, v in bundle.items()}, raw=True, metadata=metadata)
