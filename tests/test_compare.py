@@ -1,0 +1,91 @@
+"""Tests of companion.compare: paired comparisons and their verdict words."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from companion.compare import THRESHOLD, compare, paired
+
+
+def test_mean_and_standard_error_by_hand():
+    a = [1.0, 2.0, 3.0, 4.0]
+    b = [0.0, 2.0, 1.0, 1.0]        # d = 1, 0, 2, 3: mean 1.5, sd sqrt(5/3)
+    c = paired(a, b, unit="digit")
+    assert c.diff == pytest.approx(1.5)
+    assert c.se == pytest.approx(math.sqrt(5 / 3) / 2)
+    assert c.n == 4 and c.unit == "digit"
+    assert c.z == pytest.approx(1.5 / (math.sqrt(5 / 3) / 2))
+
+
+def test_words_follow_the_threshold():
+    assert compare(0.10, 0.04, 100).words(".2f") == "ahead by 0.10 (2.5 SE)"
+    assert compare(-0.10, 0.04, 100).words(".2f") == "behind by 0.10 (2.5 SE)"
+    assert compare(0.05, 0.04, 100).words(".2f") == "within noise (+0.05, 1.2 SE)"
+    # the threshold itself counts as resolved, just below it does not
+    assert compare(THRESHOLD * 0.01, 0.01, 9).verdict == "ahead"
+    assert compare(THRESHOLD * 0.01 - 1e-9, 0.01, 9).verdict == "tie"
+    low = compare(-1.0, 0.1, 5).words(".1f", ahead="higher by", behind="lower by")
+    assert low == "lower by 1.0 (10.0 SE)"
+    assert compare(0.05, 0.04, 100, threshold=1.0).resolved
+
+
+def test_paired_beats_unpaired_noise():
+    """A shared per-unit offset cancels in the paired difference."""
+    g = torch.Generator().manual_seed(0)
+    offset = torch.randn(500, generator=g) * 10
+    a = offset + 0.2 + 0.05 * torch.randn(500, generator=g)
+    b = offset + 0.05 * torch.randn(500, generator=g)
+    c = paired(a, b)
+    assert c.verdict == "ahead" and abs(c.diff - 0.2) < 5 * c.se
+
+
+def test_repeats_within_a_unit_are_averaged_not_counted():
+    """Two masks of the same digits: the SE is over the digits, not over 2n pairs."""
+    rng = np.random.default_rng(1)
+    d = rng.normal(0.1, 1.0, size=(200, 1))
+    a = np.hstack([d, d])                      # the same difference twice per digit
+    b = np.zeros_like(a)
+    two = paired(a, b)
+    one = paired(d[:, 0], b[:, 0])
+    assert two.n == 200
+    assert two.se == pytest.approx(one.se)
+    flat = paired(a.ravel(), b.ravel())        # the mistake: 400 "independent" pairs
+    assert flat.se < 0.75 * two.se
+
+
+def test_standard_error_is_calibrated():
+    """Over many redraws, the spread of the mean difference matches the SE."""
+    rng = np.random.default_rng(2)
+    means, ses = [], []
+    for _ in range(400):
+        a, b = rng.normal(0.3, 1.0, 40), rng.normal(0.0, 0.5, 40)
+        c = paired(a, b)
+        means.append(c.diff)
+        ses.append(c.se)
+    assert np.std(means) == pytest.approx(np.mean(ses), rel=0.1)
+
+
+def test_zero_standard_error():
+    assert paired([1.0, 1.0], [0.0, 0.0]).verdict == "ahead"
+    assert paired([1.0, 1.0], [1.0, 1.0]).words() == "within noise (+0.000, 0.0 SE)"
+
+
+@pytest.mark.parametrize("a, b, match", [
+    ([1.0, 2.0], [1.0, 2.0, 3.0], "same shape"),
+    ([1.0], [0.0], "at least 2 units"),
+    ([1.0, float("nan")], [0.0, 0.0], "NaN or infinite"),
+    (np.zeros((2, 2, 2)), np.zeros((2, 2, 2)), r"shape \(n,\)"),
+    (["a", "b"], [0.0, 0.0], "must be numbers"),
+])
+def test_bad_input_says_what_to_fix(a, b, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        paired(a, b)
+
+
+def test_bad_summary_statistics():
+    with pytest.raises(ValueError, match="se finite and >= 0"):
+        compare(0.1, -0.1, 10)
+    with pytest.raises(ValueError, match="threshold must be > 0"):
+        compare(0.1, 0.1, 10, threshold=0)
