@@ -391,3 +391,41 @@ def latent_denoiser(vae, x, profile, device, *, scale: float, labels=None,
                  checkpoint=checkpoint_path(name, profile), config=config,
                  desc="latent DDPM" + (" (conditional)" if conditional else ""))
     return result.ema.model, result
+
+
+# --- chapter 13: flow matching with chapter 9's U-Net ----------------------------------------
+def flow_matching(x, profile, device, *, prefix: str = "ch13"):
+    """Chapter 9's U-Net trained with the flow-matching loss (companion.flow) on chapter 9's
+    recipe: the profile's preset, updates, batch, Adam with the same warm-up, clipping and
+    EMA, so that the two models differ only in what they regress on. The time grid has
+    K = chapter 9's T intervals, tau = k / K, fed to the U-Net as steps k + 1 (built with
+    T = K + 1). Load-or-train.
+
+    x: (N, 1, 28, 28) training images in [0, 1] (on `device`); the model sees them on
+    [-1, 1]. Returns (EMA model in eval mode, FitResult).
+    """
+    from .flow import flow_matching_loss
+    from .models.unet import UNet, preset
+    from .train import default_optimizer
+
+    s = ddpm_settings(profile)
+    K = s["T"]
+    _check_unit_images(x, "recipes.flow_matching")
+    torch.manual_seed(0)
+    model = UNet(preset(s["preset"], T=K + 1)).to(device)
+    optimizer = default_optimizer(model.parameters(), s["lr"], device)
+    config = dict(profile=profile.name, preset=s["preset"], K=K, lr=s["lr"],
+                  batch_size=s["batch_size"], ema=s["ema"], clip=DDPM_CLIP,
+                  warmup=DDPM_WARMUP, n_train=len(x), loss="flow matching, linear path")
+    lr = s["lr"]
+
+    def loss_fn(model, x0, step):
+        for group in optimizer.param_groups:  # chapter 9's warm-up, by global step
+            group["lr"] = lr * min(1.0, (step + 1) / DDPM_WARMUP)
+        return flow_matching_loss(model, x0, K)
+
+    result = fit(model, loss_fn, x * 2 - 1, steps=s["steps"], batch_size=s["batch_size"],
+                 optimizer=optimizer, clip=DDPM_CLIP, ema=s["ema"],
+                 checkpoint=checkpoint_path(f"{prefix}-flow", profile), config=config,
+                 compile=torch.device(device).type == "cuda", desc="flow matching")
+    return result.ema.model, result

@@ -1,0 +1,118 @@
+"""Flow matching on the linear path (Lipman et al. 2023; Liu et al. 2023, rectified flow).
+
+Time convention as in `companion.sde`: tau in [0, 1], tau = 0 the data, tau = 1 pure noise.
+The conditional path and its velocity, for one data point x_0 and one noise draw eps:
+    x_tau = (1 - tau) x_0 + tau eps,      d x_tau / d tau = eps - x_0.
+Regressing a network v(x_tau, tau) on eps - x_0 over random (x_0, eps, tau) gives, at the
+optimum, v(x, tau) = E[eps - x_0 | x_tau = x], the velocity whose ODE carries N(0, I) at
+tau = 1 to the data at tau = 0 with the path's marginals at every tau. Along the path, a
+prediction of eps and a velocity are affine in each other:
+    v = (eps_hat - x_tau) / (1 - tau),   eps_hat = x_tau + (1 - tau) v,   x0_hat = x_tau - tau v.
+A VP diffusion x_t = alpha x_0 + sigma eps is the same path rescaled: x_t / (alpha + sigma)
+is the linear path at tau = sigma / (alpha + sigma).
+
+The network: chapter 9's U-Net, which takes integer steps. It is trained at the K + 1 grid
+times tau = k / K, k = 0..K, as steps k + 1 (a U-Net built with T = K + 1), and used at other
+tau by linear interpolation between grid steps (`companion.sde.interpolate_steps`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .sde import _check_batch, check_time, interpolate_steps
+
+
+def linear_path(x0: torch.Tensor, eps: torch.Tensor, tau) -> torch.Tensor:
+    """x_tau = (1 - tau) x_0 + tau eps.  x0, eps: (B, ...); tau a float or (B,)."""
+    _check_batch(x0, "x0")
+    if eps.shape != x0.shape:
+        raise ValueError(f"x0 and eps must have the same shape, got {tuple(x0.shape)} and "
+                         f"{tuple(eps.shape)}")
+    tau = _as_times(tau, x0)
+    return (1 - tau) * x0 + tau * eps
+
+
+def _as_times(tau, like: torch.Tensor) -> torch.Tensor:
+    """tau shaped (B, 1, ..., 1) (or a 0-dim tensor), checked to lie in [0, 1]."""
+    if torch.is_tensor(tau) and tau.dim() > 0:
+        if tau.shape != (len(like),):
+            raise ValueError(f"tau must be a number or one time per point ({len(like)},), got "
+                             f"{tuple(tau.shape)}")
+        if tau.is_floating_point() is False:
+            raise TypeError(f"tau must hold real times in [0, 1], got {tau.dtype}")
+        if (tau < 0).any() or (tau > 1).any():
+            raise ValueError("tau must lie in [0, 1] (0 the data, 1 the noise)")
+        return tau.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
+    return torch.tensor(check_time(tau, "tau"), dtype=like.dtype, device=like.device)
+
+
+def velocity_from_eps(eps_hat: torch.Tensor, x_tau: torch.Tensor, tau: float) -> torch.Tensor:
+    """v = (eps_hat - x_tau) / (1 - tau), for tau < 1."""
+    tau = check_time(tau, "tau")
+    if tau >= 1:
+        raise ValueError("at tau = 1 the path is pure noise and the velocity is not a "
+                         "function of eps: use tau < 1")
+    return (eps_hat - x_tau) / (1 - tau)
+
+
+def eps_from_velocity(v: torch.Tensor, x_tau: torch.Tensor, tau: float) -> torch.Tensor:
+    """eps_hat = x_tau + (1 - tau) v."""
+    return x_tau + (1 - check_time(tau, "tau")) * v
+
+
+def check_grid_size(K) -> int:
+    if not isinstance(K, int) or isinstance(K, bool) or K < 1:
+        raise ValueError(f"K (grid intervals of tau) must be a positive int, got {K!r}")
+    return K
+
+
+def flow_matching_loss(model, x0: torch.Tensor, K: int,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """E |v(x_tau, tau) - (eps - x_0)|^2, tau = k / K with k uniform on 0..K, per element mean.
+
+    model: (x (B, ...), step int64 (B,)) -> like x, called with step k + 1 in 1..K + 1 (a U-Net
+    built with T = K + 1). x0: (B, ...) data (the digits on [-1, 1]). Checks are on type and
+    shape only: this runs every training step.
+    """
+    K = check_grid_size(K)
+    _check_batch(x0, "x0")
+    T = getattr(getattr(model, "config", None), "T", None)
+    if isinstance(T, int) and T != K + 1:
+        raise ValueError(f"the model was built for {T} steps but the grid has K + 1 = {K + 1} "
+                         f"times: build the U-Net with preset(..., T={K + 1})")
+    k = torch.randint(0, K + 1, (len(x0),), device=x0.device, generator=generator)
+    eps = torch.randn(x0.shape, dtype=x0.dtype, device=x0.device, generator=generator)
+    tau = k.to(x0.dtype) / K
+    x_tau = linear_path(x0, eps, tau)
+    v = model(x_tau, k + 1)
+    if not torch.is_tensor(v) or v.shape != x0.shape:
+        raise ValueError(f"the model must return a velocity shaped like x {tuple(x0.shape)}, "
+                         f"got {tuple(getattr(v, 'shape', ()))}")
+    return (v.float() - (eps - x0).float()).pow(2).mean()
+
+
+def velocity_field(model, K: int):
+    """v(x, tau) for tau in [0, 1] from a model trained on the grid tau = k / K (steps k + 1)."""
+    K = check_grid_size(K)
+
+    def field(x, tau):
+        return interpolate_steps(model, x, check_time(tau, "tau") * K + 1)
+    return field
+
+
+def uniform_grid(n_steps: int) -> list[float]:
+    """n_steps + 1 times from tau = 1 (noise) down to 0 (data), evenly spaced."""
+    if not isinstance(n_steps, int) or isinstance(n_steps, bool) or n_steps < 1:
+        raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
+    return [1 - k / n_steps for k in range(n_steps + 1)]
+
+
+def vp_to_linear(alpha: float, sigma: float) -> tuple[float, float]:
+    """The linear path's (tau, scale) for a VP point x_t = alpha x_0 + sigma eps:
+    x_t / scale = (1 - tau) x_0 + tau eps with scale = alpha + sigma, tau = sigma / scale."""
+    if not (alpha >= 0 and sigma >= 0 and alpha + sigma > 0):
+        raise ValueError(f"alpha and sigma must be >= 0, not both 0; got {alpha}, {sigma}")
+    scale = alpha + sigma
+    return sigma / scale, scale
+

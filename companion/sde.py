@@ -1,0 +1,448 @@
+"""The continuous-time view of diffusion (Song et al. 2021): the home of its math.
+
+Time convention, used everywhere in this module: **t runs over [0, 1]**, t = 0 the data,
+t = 1 (nearly) N(0, I). The discrete chain of `companion.diffusion` counts steps 1..T; this
+module maps between the two where a network trained on the chain is used in continuous time.
+
+The variance-preserving (VP) SDE and its closed-form marginal:
+    dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw,   beta(t) = beta_min + t (beta_max - beta_min),
+    q(x_t | x_0) = N(sqrt(alpha_bar(t)) x_0, (1 - alpha_bar(t)) I),
+    alpha_bar(t) = exp(-int_0^t beta) = exp(-beta_min t - (beta_max - beta_min) t^2 / 2).
+Its Euler-Maruyama step of size 1/T, x_i = (1 - beta_i / 2) x_{i-1} + sqrt(beta_i) z with
+beta_i = beta(t_i) / T, is DDPM's step x_i = sqrt(1 - beta_i) x_{i-1} + sqrt(beta_i) z to
+first order in beta_i; `discrete_betas(T)` is chapter 9's schedule for beta_min = 0.1,
+beta_max = 20.
+The reverse-time SDE (Anderson 1982) and the probability-flow ODE, for a score s(x, t):
+    dx = [f(x, t) - g(t)^2 s(x, t)] dt + g(t) dw_bar     (run from t = 1 to 0),
+    dx/dt = f(x, t) - 1/2 g(t)^2 s(x, t),                 (the same marginals q_t, no noise)
+with f = -1/2 beta x, g = sqrt(beta), and s = -eps / sqrt(1 - alpha_bar) for a noise
+predictor. The instantaneous change of variables (Chen et al. 2018) for dx/dt = F(x, t):
+    log p_0(x_0) = log p_1(x_1) + int_0^1 div F(x_t, t) dt,
+with the divergence exact (small dimension) or by Hutchinson's estimator E_v[v^T (dF/dx) v],
+v with zero mean and identity covariance (Rademacher here).
+
+Score, eps and drift functions take (x, t) with x a batch (B, ...) and t a Python float.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+Field = Callable[[torch.Tensor, float], torch.Tensor]
+BIN = 2.0 / 255.0  # the width of one grey level of 8-bit images on [-1, 1]
+
+
+def check_time(t, name: str = "t") -> float:
+    """t as a float, checked to lie in [0, 1] (this module's time; the chain's steps are 1..T)."""
+    if isinstance(t, bool) or not isinstance(t, (int, float)) and not (
+            torch.is_tensor(t) and t.numel() == 1):
+        raise TypeError(f"{name} must be a number in [0, 1], got {t!r:.60}")
+    value = float(t)
+    if not 0.0 <= value <= 1.0:
+        hint = (" (continuous time runs over [0, 1]; a chain step s in 1..T is at about "
+                "s / T)") if value > 1 else ""
+        raise ValueError(f"{name} must lie in [0, 1], got {value:g}{hint}")
+    return value
+
+
+def _check_batch(x, name: str = "x") -> None:
+    if not torch.is_tensor(x) or not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point torch tensor, got "
+                        f"{getattr(x, 'dtype', type(x).__name__)}")
+    if x.dim() < 2 or len(x) == 0:
+        raise ValueError(f"{name} must be a non-empty batch (B, ...), got shape "
+                         f"{tuple(x.shape)}; use x.reshape(1, -1) for one point")
+
+
+def _check_field_output(out, x, name: str = "the field") -> torch.Tensor:
+    if not torch.is_tensor(out) or out.shape != x.shape:
+        raise ValueError(f"{name} must return a tensor shaped like x {tuple(x.shape)}, got "
+                         f"{tuple(out.shape) if torch.is_tensor(out) else type(out).__name__}")
+    return out
+
+
+# --- the VP SDE ------------------------------------------------------------------------------
+class VPSDE:
+    """The variance-preserving SDE with a linear beta(t) (see the module docstring).
+
+    beta_min, beta_max: beta(0) and beta(1), 0 < beta_min <= beta_max; Song et al.'s 0.1
+    and 20 give chapter 9's chains (`discrete_betas`).
+    """
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0):
+        if not (0 < beta_min <= beta_max) or not math.isfinite(beta_max):
+            raise ValueError(f"need 0 < beta_min <= beta_max < inf, got beta_min={beta_min}, "
+                             f"beta_max={beta_max}")
+        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+
+    def beta(self, t: float) -> float:
+        """beta(t) = beta_min + t (beta_max - beta_min)."""
+        t = check_time(t)
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def log_alpha_bar(self, t: float) -> float:
+        """log alpha_bar(t) = -int_0^t beta(s) ds = -beta_min t - (beta_max - beta_min) t^2 / 2."""
+        t = check_time(t)
+        return -self.beta_min * t - 0.5 * (self.beta_max - self.beta_min) * t * t
+
+    def alpha_bar(self, t: float) -> float:
+        return math.exp(self.log_alpha_bar(t))
+
+    def sigma(self, t: float) -> float:
+        """The marginal's standard deviation sqrt(1 - alpha_bar(t))."""
+        return math.sqrt(-math.expm1(self.log_alpha_bar(t)))
+
+    def time_of(self, alpha_bar: float) -> float:
+        """The t at which alpha_bar(t) = alpha_bar (the inverse of the quadratic above)."""
+        a = float(alpha_bar)
+        lo = self.alpha_bar(1.0)
+        if not lo <= a <= 1.0:
+            raise ValueError(f"alpha_bar must lie in [alpha_bar(1), 1] = [{lo:.3g}, 1], "
+                             f"got {a:.3g}")
+        c, k = -math.log(a), self.beta_max - self.beta_min
+        if k == 0:
+            return min(c / self.beta_min, 1.0)
+        return min((-self.beta_min + math.sqrt(self.beta_min**2 + 2 * k * c)) / k, 1.0)
+
+    def marginal(self, x0: torch.Tensor, t: float) -> tuple[torch.Tensor, float]:
+        """q(x_t | x_0): (mean sqrt(alpha_bar) x_0, standard deviation)."""
+        _check_batch(x0, "x0")
+        return math.sqrt(self.alpha_bar(t)) * x0, self.sigma(t)
+
+    def drift(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """f(x, t) = -1/2 beta(t) x."""
+        return -0.5 * self.beta(t) * x
+
+    def diffusion(self, t: float) -> float:
+        """g(t) = sqrt(beta(t))."""
+        return math.sqrt(self.beta(t))
+
+    def discrete_betas(self, T: int) -> torch.Tensor:
+        """beta_i = beta((i - 1) / (T - 1)) / T for i = 1..T, float64 (T,): Ho et al.'s linear
+        schedule 1e-4..0.02 scaled by 1000 / T for the default beta_min, beta_max."""
+        if not isinstance(T, int) or isinstance(T, bool) or T < 2:
+            raise ValueError(f"T must be an int >= 2, got {T!r}")
+        s = torch.linspace(0, 1, T, dtype=torch.float64)
+        return (self.beta_min + s * (self.beta_max - self.beta_min)) / T
+
+    def reverse_drift(self, score: Field) -> Field:
+        """The reverse-time SDE's drift f - g^2 s (Anderson 1982), as a field (x, t)."""
+        def field(x, t):
+            return self.drift(x, t) - self.beta(t) * score(x, t)
+        return field
+
+    def ode_drift(self, score: Field) -> Field:
+        """The probability-flow ODE's velocity f - 1/2 g^2 s, as a field (x, t)."""
+        def field(x, t):
+            return self.drift(x, t) - 0.5 * self.beta(t) * score(x, t)
+        return field
+
+    def score_from_eps(self, eps: Field) -> Field:
+        """s(x, t) = -eps(x, t) / sqrt(1 - alpha_bar(t))."""
+        def score(x, t):
+            return -eps(x, t) / self.sigma(t)
+        return score
+
+
+# --- a network trained on the chain's steps, used in continuous time -----------------------
+def interpolate_steps(model, x: torch.Tensor, s: float) -> torch.Tensor:
+    """model(x, step) at a real-valued step s >= 1, linear between the integer steps.
+
+    model: (x (B, ...), t int64 (B,)) -> like x, trained at integer steps only (its values
+    between them were never fitted). An integer s costs one call; otherwise floor and ceil
+    go through the network as one batch of 2B.
+    """
+    s = float(s)
+    if not s >= 1 - 1e-9:
+        raise ValueError(f"the network was trained at steps 1, 2, ...; got step {s:.4g} < 1")
+    lo = math.floor(s + 1e-9)
+    w = s - lo
+    B = len(x)
+    if w < 1e-9:
+        t = torch.full((B,), lo, dtype=torch.long, device=x.device)
+        return _check_field_output(model(x, t), x, "the model")
+    t = torch.cat([torch.full((B,), lo, dtype=torch.long, device=x.device),
+                   torch.full((B,), lo + 1, dtype=torch.long, device=x.device)])
+    out = _check_field_output(model(torch.cat([x, x]), t), torch.cat([x, x]), "the model")
+    return (1 - w) * out[:B] + w * out[B:]
+
+
+class ChainClock:
+    """Where chapter 9's chain sits in continuous time, by noise level.
+
+    alphas_bar: the chain's alpha_bar_1..T (decreasing). `sde` is the VP SDE with a linear
+    beta(t) from beta_min whose end matches the chain's, alpha_bar(1) = alpha_bar_T
+    (beta_max = beta_min + 2 (-log alpha_bar_T - beta_min): about 20.3 for chapter 9's cpu
+    chain, Song et al.'s 20 up to the chain's O(1/T) difference). step(t): the real-valued
+    step s whose noise level matches the SDE's at t, log alpha_bar linear between steps
+    (alpha_bar_0 = 1), so step(1) = T; time(s) the inverse at the integer steps. The network
+    knows noise levels, not times: matching them is what lets it run in continuous time.
+    """
+
+    def __init__(self, alphas_bar: torch.Tensor, beta_min: float = 0.1):
+        ab = torch.as_tensor(alphas_bar, dtype=torch.float64).cpu()
+        if ab.dim() != 1 or len(ab) < 2 or (ab <= 0).any() or (ab[1:] >= ab[:-1]).any():
+            raise ValueError("alphas_bar must be the chain's decreasing alpha_bar_1..T (T >= 2)")
+        self.T = len(ab)
+        self.log_ab = torch.cat([torch.zeros(1, dtype=torch.float64), ab.log()]).tolist()
+        end = -self.log_ab[-1]
+        if end < beta_min:
+            raise ValueError(f"the chain ends at alpha_bar_T = {ab[-1].item():.3g}, too little "
+                             f"noise for a linear beta(t) from beta_min = {beta_min}")
+        self.sde = VPSDE(beta_min, beta_min + 2 * (end - beta_min))
+
+    def time(self, s: int) -> float:
+        """The SDE time at which alpha_bar(t) equals the chain's alpha_bar_s, s in 1..T."""
+        if not isinstance(s, int) or not 1 <= s <= self.T:
+            raise ValueError(f"s must be an int step in 1..{self.T}, got {s!r}")
+        return self.sde.time_of(math.exp(self.log_ab[s]))
+
+    def step(self, t: float) -> float:
+        target = max(self.sde.log_alpha_bar(t), self.log_ab[-1])  # rounding at t = 1
+        la = self.log_ab
+        # the first step whose log alpha_bar is at or below the target (la decreases)
+        lo, hi = 0, self.T
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if la[mid] > target:
+                lo = mid
+            else:
+                hi = mid
+        if la[hi] > target:  # beyond the chain's end
+            return float(self.T)
+        return lo + (la[lo] - target) / (la[lo] - la[hi])
+
+    def eps(self, model) -> Field:
+        """eps(x, t) for t in [time(1), 1] from a model of the chain's steps (interpolated)."""
+        def field(x, t):
+            s = self.step(t)
+            if s < 1 - 1e-6:
+                raise ValueError(f"t = {t:.4g} is less noisy than the chain's first step "
+                                 f"(t = {self.time(1):.4g}); stop the solver there")
+            return interpolate_steps(model, x, max(s, 1.0))
+        return field
+
+
+# --- fixed-step solvers ----------------------------------------------------------------------
+def _check_grid(ts) -> list[float]:
+    ts = [check_time(t, "every time in ts") for t in ts]
+    if len(ts) < 2:
+        raise ValueError(f"a time grid needs at least 2 points, got {len(ts)}")
+    d = np.diff(ts)
+    if not ((d > 0).all() or (d < 0).all()):
+        raise ValueError("the time grid must be strictly monotone (increasing or decreasing)")
+    return ts
+
+
+def euler(field: Field, x: torch.Tensor, ts: Sequence[float]) -> torch.Tensor:
+    """x_{k+1} = x_k + (t_{k+1} - t_k) F(x_k, t_k): one evaluation per step."""
+    _check_batch(x)
+    ts = _check_grid(ts)
+    for a, b in zip(ts[:-1], ts[1:], strict=False):
+        x = x + (b - a) * _check_field_output(field(x, a), x)
+    return x
+
+
+def heun(field: Field, x: torch.Tensor, ts: Sequence[float]) -> torch.Tensor:
+    """Heun's method (the trapezoid rule with an Euler predictor): two evaluations per step.
+
+    x' = x_k + h F(x_k, t_k),  x_{k+1} = x_k + h/2 [F(x_k, t_k) + F(x', t_{k+1})].
+    """
+    _check_batch(x)
+    ts = _check_grid(ts)
+    for a, b in zip(ts[:-1], ts[1:], strict=False):
+        h = b - a
+        d1 = _check_field_output(field(x, a), x)
+        d2 = _check_field_output(field(x + h * d1, b), x)
+        x = x + 0.5 * h * (d1 + d2)
+    return x
+
+
+def euler_maruyama(drift: Field, diffusion: Callable[[float], float], x: torch.Tensor,
+                   ts: Sequence[float], generator: torch.Generator | None = None
+                   ) -> torch.Tensor:
+    """x_{k+1} = x_k + h f(x_k, t_k) + g(t_k) sqrt(|h|) z, z ~ N(0, I), h = t_{k+1} - t_k.
+
+    Forward in time (increasing ts) or backward (decreasing, for the reverse SDE, whose
+    drift the caller gives in the forward-time convention f - g^2 s).
+    """
+    _check_batch(x)
+    ts = _check_grid(ts)
+    for a, b in zip(ts[:-1], ts[1:], strict=False):
+        h = b - a
+        z = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
+        x = x + h * _check_field_output(drift(x, a), x) + diffusion(a) * math.sqrt(abs(h)) * z
+    return x
+
+
+def ddim(eps: Field, sde: VPSDE, x: torch.Tensor, ts: Sequence[float]) -> torch.Tensor:
+    """DDIM with eta = 0 on the SDE's clock, from ts[0] down to ts[-1]: one evaluation a step.
+
+    x0_hat = (x - sigma_a eps) / sqrt(alpha_bar_a),  x_b = sqrt(alpha_bar_b) x0_hat + sigma_b eps
+    (Song, Meng and Ermon 2021): the update `Diffusion.sample_ddim` makes between kept steps.
+    """
+    _check_batch(x)
+    ts = _check_grid(ts)
+    for a, b in zip(ts[:-1], ts[1:], strict=False):
+        e = _check_field_output(eps(x, a), x)
+        x0 = (x - sde.sigma(a) * e) / math.sqrt(sde.alpha_bar(a))
+        x = math.sqrt(sde.alpha_bar(b)) * x0 + sde.sigma(b) * e
+    return x
+
+
+class Counted:
+    """A field that counts its evaluations (`calls`): the solvers' cost in network calls."""
+
+    def __init__(self, field: Field):
+        self.field, self.calls = field, 0
+
+    def __call__(self, x, t):
+        self.calls += 1
+        return self.field(x, t)
+
+
+# --- divergence ------------------------------------------------------------------------------
+def divergence_exact(field: Field, x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(F(x, t), div F(x, t)) with the divergence from D backward passes: x (B, D) -> (B, D), (B,).
+
+    For small D only (the toys): D reverse-mode passes, one per column of the Jacobian.
+    """
+    _check_batch(x)
+    if x.dim() != 2:
+        raise ValueError(f"divergence_exact takes points (B, D), got {tuple(x.shape)}; for "
+                         "images use divergence_hutchinson")
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        f = _check_field_output(field(x, t), x)
+        div = torch.zeros(len(x), dtype=f.dtype, device=x.device)
+        for i in range(x.shape[1]):
+            g, = torch.autograd.grad(f[:, i].sum(), x, retain_graph=i < x.shape[1] - 1)
+            div = div + g[:, i]
+    return f.detach(), div.detach()
+
+
+def rademacher(n: int, shape, *, dtype=torch.float32, device=None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """n probes of +-1 with equal probability: (n, *shape). Zero mean, identity covariance."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"the number of probes must be a positive int, got {n!r}: "
+                         "Hutchinson's estimator needs at least one probe")
+    r = torch.randint(0, 2, (n, *shape), device=device, generator=generator)
+    return (2 * r - 1).to(dtype)
+
+
+def divergence_hutchinson(field: Field, x: torch.Tensor, t: float, probes: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(F(x, t), v^T (dF/dx) v for each probe v): x (B, ...), probes (P, B, ...) -> (P, B).
+
+    Unbiased for div F whenever E[v] = 0 and E[v v^T] = I (Hutchinson 1989); one
+    vector-Jacobian product per probe, whatever the dimension. Average over P for the estimate.
+    """
+    _check_batch(x)
+    if not torch.is_tensor(probes) or probes.dim() != x.dim() + 1 or len(probes) == 0 \
+            or probes.shape[1:] != x.shape:
+        raise ValueError(f"probes must be (P, *x.shape) = (P, {', '.join(map(str, x.shape))}) "
+                         f"with P >= 1, got "
+                         f"{tuple(probes.shape) if torch.is_tensor(probes) else probes!r}")
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        f = _check_field_output(field(x, t), x)
+        out = []
+        for k, v in enumerate(probes):
+            g, = torch.autograd.grad(f, x, v.to(f.dtype), retain_graph=k < len(probes) - 1)
+            out.append((g * v).reshape(len(x), -1).sum(1))
+    return f.detach(), torch.stack(out)
+
+
+# --- the likelihood integral -----------------------------------------------------------------
+def standard_normal_log_p(x: torch.Tensor) -> torch.Tensor:
+    """log N(x; 0, I) summed over every dimension but the first: (B, ...) -> (B,)."""
+    d = x[0].numel()
+    return -0.5 * (x.reshape(len(x), -1).double().pow(2).sum(1) + d * math.log(2 * math.pi))
+
+
+@dataclass
+class Likelihood:
+    """log p_0(x) = log_prior + delta per point (nats, float64 (B,)); nfe: evaluations of the
+    field (each one a vector-Jacobian product per probe as well); x_end: the points at t1."""
+
+    log_p: torch.Tensor
+    log_prior: torch.Tensor
+    delta: torch.Tensor
+    nfe: int
+    x_end: torch.Tensor
+
+
+def ode_log_likelihood(field: Field, x: torch.Tensor, *, t0: float = 0.0, t1: float = 1.0,
+                       prior_log_p: Callable = standard_normal_log_p, probes: int | None = None,
+                       rtol: float = 1e-5, atol: float = 1e-5, method: str = "RK45",
+                       generator: torch.Generator | None = None) -> Likelihood:
+    """log p_{t0}(x) for the flow dx/dt = field(x, t), by the instantaneous change of variables.
+
+    Solves d/dt [x, l] = [F(x, t), div F(x, t)] from t0 to t1 with scipy's solve_ivp (RK45 by
+    default, Song et al.'s choice; rtol, atol > 0), all points of the batch as one system, and
+    returns log p_{t1}(x_{t1}) + l(t1). probes=None: the exact divergence (x (B, D), small D);
+    probes=P: Hutchinson's estimator with P Rademacher probes drawn once and kept along the
+    path (the path then stays smooth, as in FFJORD). x: (B, ...); the field runs in x's dtype.
+    """
+    from scipy.integrate import solve_ivp
+
+    _check_batch(x)
+    t0, t1 = check_time(t0, "t0"), check_time(t1, "t1")
+    if not t0 < t1:
+        raise ValueError(f"need t0 < t1 (data to noise), got t0={t0}, t1={t1}")
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if not (isinstance(tol, (int, float)) and tol > 0 and math.isfinite(tol)):
+            raise ValueError(f"{name} must be a positive tolerance, got {tol!r}")
+    if probes is not None:
+        v = rademacher(probes, x.shape, dtype=x.dtype, device=x.device, generator=generator)
+    elif x.dim() != 2:
+        raise ValueError(f"the exact divergence is for points (B, D); for images "
+                         f"{tuple(x.shape)} pass probes=1 (Hutchinson)")
+    shape, B, dtype, device = x.shape, len(x), x.dtype, x.device
+    n = x.numel()
+    counter = Counted(field)
+
+    def rhs(t, y):
+        xt = torch.from_numpy(y[:n]).to(device=device, dtype=dtype).reshape(shape)
+        if probes is None:
+            f, div = divergence_exact(counter, xt, float(t))
+        else:
+            f, est = divergence_hutchinson(counter, xt, float(t), v)
+            div = est.mean(0)
+        return np.concatenate([f.detach().double().cpu().numpy().ravel(),
+                               div.detach().double().cpu().numpy()])
+
+    y0 = np.concatenate([x.detach().double().cpu().numpy().ravel(), np.zeros(B)])
+    sol = solve_ivp(rhs, (t0, t1), y0, method=method, rtol=rtol, atol=atol)
+    if not sol.success:
+        raise RuntimeError(f"the ODE solver failed: {sol.message}")
+    end = sol.y[:, -1]
+    x_end = torch.from_numpy(end[:n].copy()).reshape(shape)
+    delta = torch.from_numpy(end[n:].copy())
+    log_prior = prior_log_p(x_end.to(torch.float64)).double().cpu()
+    return Likelihood(log_prior + delta, log_prior, delta, counter.calls, x_end)
+
+
+# --- 8-bit images: dequantization and bits per dimension -------------------------------------
+def dequantize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """x + u, u uniform on the grey level's bin [-1/255, 1/255) for 8-bit images on [-1, 1].
+
+    Then E_u[-log p(x + u)] - D log(2/255) bounds the negative log-probability of the discrete
+    image under the model P(x) = integral of p over x's bin, by Jensen's inequality.
+    """
+    _check_batch(x)
+    u = torch.rand(x.shape, dtype=x.dtype, device=x.device, generator=generator)
+    return x + (u - 0.5) * BIN
+
+
+def bits_per_dim(log_p: torch.Tensor, dims: int) -> torch.Tensor:
+    """The discrete bound from a dequantized log-density (nats): -log_p / (D ln 2) + log2(255/2)."""
+    if not isinstance(dims, int) or dims < 1:
+        raise ValueError(f"dims must be a positive int, got {dims!r}")
+    return -log_p / (dims * math.log(2)) - math.log2(BIN)
