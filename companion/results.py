@@ -12,14 +12,19 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 from pathlib import Path
 
-from .train import cache_dir
+from .checkpoint import cache_dir
 
 
 def results_path(chapter: str, profile) -> Path:
     """cache_dir()/results/{chapter}-{profile}.json, beside the checkpoints of that profile."""
     pname = getattr(profile, "name", profile)
+    for what, name in (("chapter", chapter), ("profile", pname)):
+        if not isinstance(name, str) or not name or "/" in name or os.sep in name:
+            raise ValueError(f"{what} must be a name such as 'ch9' (no path), got {name!r}")
     return cache_dir() / "results" / f"{chapter}-{pname}.json"
 
 
@@ -38,11 +43,23 @@ def save(chapter: str, values: dict, profile) -> Path:
                             "numbers, strings or bools (use float(x) or x.item() for a tensor)")
         if not math.isfinite(value):
             raise ValueError(f"results[{key!r}] is {value}: only finite numbers are saved")
+    if not isinstance(values, dict):
+        raise TypeError(f"values must be a dict of names to numbers, got "
+                        f"{type(values).__name__}")
     path = results_path(chapter, profile)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(values, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)  # never a half-written file for the next chapter to read
+    text = json.dumps(values, indent=1, sort_keys=True) + "\n"
+    # a temporary name of this save's own (two processes saving at once never write or
+    # move each other's), then an atomic replace: a reader sees the old file or the new
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)  # as a plain open() would make it, not mkstemp's 0o600
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return path
 
 

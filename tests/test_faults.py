@@ -115,7 +115,7 @@ def test_read_only_directory_is_found_before_training(tmp_path):
 
 
 def test_unwritable_directory_is_named(tmp_path, monkeypatch):
-    import companion.train as tr
+    import companion.checkpoint as tr
 
     def denied(*a, **k):
         raise PermissionError(13, "Permission denied")
@@ -126,7 +126,7 @@ def test_unwritable_directory_is_named(tmp_path, monkeypatch):
 
 
 def test_failed_save_keeps_the_result_and_cleans_the_tmp(tmp_path, monkeypatch):
-    import companion.train as tr
+    import companion.checkpoint as tr
 
     def full_disk(state, f):
         Path(f).write_bytes(b"partial")
@@ -149,11 +149,11 @@ def test_checkpoint_directory_or_tensor_at_path(tmp_path):
 
 
 def test_two_runs_sharing_a_path_use_their_own_tmp(tmp_path):
-    import companion.train as tr
+    import companion.checkpoint as tr
 
     model = nn.Linear(3, 1)
     opt = torch.optim.Adam(model.parameters())
-    ident = tr._identity(model, None)
+    ident = tr.identity(model, None)
     tr.save_checkpoint(tmp_path / "m.pt", model, opt, None, 1, {}, ident)
     assert not list(tmp_path.glob("*.tmp")) and (tmp_path / "m.pt").exists()
 
@@ -294,12 +294,12 @@ def test_random_state_is_restored_when_a_finished_run_loads(tmp_path, uninterrup
 
 
 def test_gradient_scaler_state_round_trips(tmp_path):
-    import companion.train as tr
+    import companion.checkpoint as tr
 
     model = nn.Linear(3, 1)
     opt = torch.optim.Adam(model.parameters())
     scaler = torch.amp.GradScaler("cpu", init_scale=1234.0)
-    ident = tr._identity(model, None)
+    ident = tr.identity(model, None)
     tr.save_checkpoint(tmp_path / "m.pt", model, opt, None, 1, {}, ident, scaler=scaler)
     again = torch.amp.GradScaler("cpu")
     tr.load_checkpoint(tmp_path / "m.pt", model, opt, None, ident, scaler=again)
@@ -307,11 +307,16 @@ def test_gradient_scaler_state_round_trips(tmp_path):
 
 
 def test_checkpoints_of_the_previous_format_still_load(tmp_path):
-    """What fit wrote before it kept the order and the CUDA and generator states."""
+    """What fit wrote before it kept the order and the CUDA and generator states (and
+    before the whole-file checksum, the per-row data fingerprint and the batch size)."""
     run(tmp_path)
     state = torch.load(tmp_path / "m.pt", weights_only=True)
-    for new_key in ("data_order", "data_start", "scaler", "rng_cuda", "rng_generator"):
+    for new_key in ("data_order", "data_start", "scaler", "rng_cuda", "rng_generator",
+                    "digest", "format"):
         state.pop(new_key, None)
+    state["identity"].pop("batch_size")
+    for d in state["identity"]["data"]:
+        d.pop("rows")
     torch.save(state, tmp_path / "m.pt")
     _, again = run(tmp_path)
     assert again.resumed_at == 4

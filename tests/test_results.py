@@ -35,3 +35,44 @@ def test_corrupt_file_says_how_to_fix(tmp_path, monkeypatch):
     path.write_text("{not json")
     with pytest.raises(ValueError, match="re-run"):
         results.load("ch9", "ci")
+
+
+def test_concurrent_saves_and_loads_never_see_half_a_file(tmp_path, monkeypatch):
+    """Issue 34, 3: saves shared one temporary name, so one save could move another's
+    half-written file, or find it gone (FileNotFoundError)."""
+    import threading
+
+    monkeypatch.setenv("BOOK_CACHE", str(tmp_path))
+    errors = []
+
+    def writer(i):
+        try:
+            for j in range(40):
+                results.save("ch9", {"writer": i, "n": j, "pad": "x" * 5000}, "ci")
+        except Exception as err:  # noqa: BLE001 - collected, then asserted
+            errors.append(err)
+
+    def reader():
+        try:
+            for _ in range(200):
+                got = results.load("ch9", "ci")
+                assert got is None or len(got["pad"]) == 5000
+        except Exception as err:  # noqa: BLE001
+            errors.append(err)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
+    threads.append(threading.Thread(target=reader))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert not list((tmp_path / "results").glob("*.tmp"))
+    assert oct(results.results_path("ch9", "ci").stat().st_mode & 0o777) == "0o644"
+
+
+@pytest.mark.parametrize("chapter", ["", "../ch9", None])
+def test_chapter_must_be_a_name(tmp_path, monkeypatch, chapter):
+    monkeypatch.setenv("BOOK_CACHE", str(tmp_path))
+    with pytest.raises(ValueError, match="chapter must be a name"):
+        results.save(chapter, {"a": 1}, "ci")

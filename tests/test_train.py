@@ -205,8 +205,8 @@ def test_fit_hands_the_global_step_to_a_loss_that_takes_one(tmp_path):
 def test_smoke_mode_stops_early_and_keeps_the_cache_untouched(tmp_path, monkeypatch):
     import os
 
+    from companion import checkpoint as ck
     from companion import profiles
-    from companion import train as tr
 
     monkeypatch.setenv("BOOK_CACHE", str(tmp_path / "real-cache"))
     monkeypatch.setenv("BOOK_SMOKE", "1")
@@ -220,9 +220,9 @@ def test_smoke_mode_stops_early_and_keeps_the_cache_untouched(tmp_path, monkeypa
                quiet=True).steps == 2 * profiles.SMOKE_STEPS
     assert not (tmp_path / "real-cache").exists()
     monkeypatch.setenv("BOOK_SMOKE", "0")
-    assert tr.cache_dir() == tmp_path / "real-cache"
+    assert ck.cache_dir() == tmp_path / "real-cache"
     assert fit(nn.Linear(4, 1), mse, regression_data(), steps=5, quiet=True).steps == 5
-    assert tr._smoke_dir() == tr._SMOKE_DIRS[os.getpid()]  # one folder per process
+    assert ck._smoke_dir() == ck._SMOKE_DIRS[os.getpid()]  # one folder per process
 
 
 def test_smoke_cache_folder_is_removed_at_exit(tmp_path):
@@ -237,3 +237,32 @@ def test_smoke_cache_folder_is_removed_at_exit(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True).stdout.strip()
     assert out and not out.startswith(str(tmp_path)) and not Path(out).exists()
+
+
+def test_an_optimizer_of_another_model_is_refused():
+    """Issue 34, 4: it trained nothing, silently."""
+    other = nn.Linear(4, 1)
+    with pytest.raises(ValueError, match="holds none of the model's 2 trainable"):
+        fit(nn.Linear(4, 1), mse, regression_data(), steps=3, quiet=True,
+            optimizer=torch.optim.SGD(other.parameters(), lr=0.1))
+    with pytest.raises(TypeError, match="torch.optim.Optimizer"):
+        fit(nn.Linear(4, 1), mse, regression_data(), steps=3, quiet=True, optimizer="adam")
+    # an optimizer over part of the model (fine-tuning a head) is fine
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1))
+    head = torch.optim.SGD(model[1].parameters(), lr=0.1)
+    first = model[0].weight.detach().clone()
+    fit(model, mse, regression_data(), steps=3, quiet=True, optimizer=head)
+    assert torch.equal(model[0].weight, first)
+
+
+@pytest.mark.parametrize("metrics, match", [
+    ({"a": "x"}, "'a' must be one number"), ({"a": torch.ones(3)}, r"shape \(3,\)"),
+    ({"a": None}, "'a' must be one number"), ({1: 2.0}, "names must be str"),
+    ([1.0], "must be a dict")])
+def test_logged_metrics_are_checked_by_name(metrics, match):
+    """Issue 34's patterns: a string, a vector or None failed deep inside the flush."""
+    def loss_fn(model, batch):
+        return mse(model, batch), metrics
+
+    with pytest.raises(TypeError, match=match):
+        fit(nn.Linear(4, 1), loss_fn, regression_data(), steps=3, quiet=True)

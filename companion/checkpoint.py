@@ -1,0 +1,613 @@
+"""A run's checkpoint file: where it lives, what it is, and how it is written and read.
+
+`companion.train.fit` trains; this module keeps its work. It holds:
+
+- where checkpoints live: `cache_dir()`, `checkpoint_path(name, profile)`;
+- the run's identity (model, configuration, data, optimizer, EMA, batch size) and what
+  differs when a checkpoint belongs to another run (`identity`, `check_identity`);
+- the random state a step draws from (`rng_state`, `set_rng_state`);
+- a lock on the path while a run trains into it (`PathLock`);
+- atomic saves with a checksum of the whole file, and loads that refuse a damaged or
+  foreign file (`save_checkpoint`, `load_checkpoint`).
+
+Checkpoints written before the whole-file checksum (no "digest" key) are checked as they
+were: their tensors' checksum, the identity fields they have.
+"""
+
+from __future__ import annotations
+
+import array
+import atexit
+import math
+import numbers
+import os
+import shutil
+import struct
+import sys
+import tempfile
+import threading
+import warnings
+import zlib
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from . import profiles
+
+try:  # advisory file locks; absent on Windows, where two runs sharing a path go unnoticed
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
+FORMAT = 2  # 2: a checksum of the whole file ("digest"); 1 (no "format" key): tensors only
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the message names the step."""
+
+
+class NonFiniteWeightsError(NonFiniteLossError):
+    """The weights (or optimizer state) stopped being finite; nothing of them is saved."""
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint belongs to another model or configuration, or is damaged."""
+
+
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written; the message names the path."""
+
+
+class CheckpointBusyError(RuntimeError):
+    """This process already trains into the checkpoint path a second fit was given."""
+
+
+# --- where ---------------------------------------------------------------------------------
+def cache_dir() -> Path:
+    """$BOOK_CACHE (with ~ expanded; empty means unset), else ~/.cache/companion; in smoke
+    mode (BOOK_SMOKE=1) a throwaway folder of this process's, removed when it exits, so a
+    smoke run never touches the real cache."""
+    if profiles.smoke_mode():
+        return _smoke_dir()
+    chosen = os.environ.get("BOOK_CACHE", "").strip()
+    if not chosen:
+        return Path.home() / ".cache" / "companion"
+    return Path(chosen).expanduser().absolute()
+
+
+_SMOKE_DIRS: dict[int, Path] = {}  # per process id: a forked child gets a folder of its own
+
+
+def _smoke_dir() -> Path:
+    pid = os.getpid()
+    if pid not in _SMOKE_DIRS:
+        _SMOKE_DIRS[pid] = Path(tempfile.mkdtemp(prefix="companion-smoke-"))
+        atexit.register(_remove_smoke_dir, pid)
+    return _SMOKE_DIRS[pid]
+
+
+def _remove_smoke_dir(pid: int) -> None:
+    if os.getpid() == pid:  # not a forked child that inherited the exit hook
+        shutil.rmtree(_SMOKE_DIRS[pid], ignore_errors=True)
+
+
+def checkpoint_path(name: str, profile) -> Path:
+    """Where the load-or-train checkpoint of `name` lives for this profile."""
+    pname = getattr(profile, "name", profile)
+    return cache_dir() / "checkpoints" / f"{name}-{pname}.pt"
+
+
+# --- the lock ------------------------------------------------------------------------------
+_HELD: set[str] = set()  # lock files this process holds (any thread)
+_HELD_GUARD = threading.Lock()
+
+
+class PathLock:
+    """An exclusive lock on `<checkpoint>.lock` while a run trains into the checkpoint.
+
+    A second run that wants the same checkpoint waits (saying whom for) until the first is
+    done, then loads or resumes what it saved: two runs never write one file at once, and
+    notebooks executed in parallel that share a model (chapters 9 and 10) train it once.
+    Within one process waiting would never end, so a second fit there is an error (known
+    from this process's own list, not from the file, which a full disk may leave empty).
+    fcntl.flock locks an open file, so the kernel drops the lock when its process dies: a
+    killed run leaves no stale lock. Without fcntl (Windows) there is no lock. Use as a
+    context manager; it also removes temporary files that killed saves left beside the path.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.file = self.path.with_name(self.path.name + ".lock")
+        self.fd: int | None = None
+
+    def __enter__(self) -> PathLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        key = os.path.abspath(self.file)
+        with _HELD_GUARD:
+            if key in _HELD:
+                raise CheckpointBusyError(
+                    f"this process is already training into {self.path} (another fit, in a "
+                    "thread or a loss function, holds it): two runs writing one checkpoint "
+                    "would overwrite each other's steps. Pass this run a different "
+                    "checkpoint path.")
+            _HELD.add(key)
+        try:
+            if fcntl is not None:
+                self.fd = self._lock_file()
+            _remove_stale_tmp(self.path)
+        except BaseException:
+            self.release()
+            raise
+
+    def _lock_file(self) -> int:
+        while True:
+            fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    holder = os.read(fd, 32).decode(errors="replace").strip()
+                    print(f"another run (process {holder or '?'}) is training into "
+                          f"{self.path}; waiting for it to finish, then this run loads or "
+                          "resumes its checkpoint (interrupt to stop waiting)",
+                          file=sys.stderr, flush=True)
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                # the holder before us may have removed the file between our open and lock
+                try:
+                    same = os.fstat(fd).st_ino == os.stat(self.file).st_ino
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    try:  # who holds it, for a waiting run's message; a full disk may refuse
+                        os.ftruncate(fd, 0)
+                        os.write(fd, f"{os.getpid()}\n".encode())
+                    except OSError:
+                        pass
+                    return fd
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            try:
+                self.file.unlink(missing_ok=True)  # while still holding it: see _lock_file
+            finally:
+                os.close(self.fd)
+                self.fd = None
+        with _HELD_GUARD:
+            _HELD.discard(os.path.abspath(self.file))
+
+
+def _tmp_name(path: Path) -> Path:
+    """A temporary name of this process and thread's: two runs never move each other's."""
+    return path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+
+def _remove_stale_tmp(path: Path) -> None:
+    """Remove `<path>.<pid>.<thread>.tmp` files of processes that no longer run (a save
+    killed with -9 leaves one, as large as the checkpoint)."""
+    for tmp in path.parent.glob(f"{path.name}.*.*.tmp"):
+        pid = tmp.name[len(path.name) + 1:].split(".")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, under another user
+        return True
+    return True
+
+
+# --- random state --------------------------------------------------------------------------
+def rng_state(generator: torch.Generator | None, device: torch.device) -> dict:
+    """The random state a step draws from: torch's CPU generator, the CUDA generators when
+    training on CUDA, and fit's own `generator`. Copies; draws nothing."""
+    state = {"rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["rng_cuda"] = torch.cuda.get_rng_state_all()
+    if generator is not None:
+        state["rng_generator"] = generator.get_state()
+    return state
+
+
+def set_rng_state(state: dict, generator: torch.Generator | None) -> None:
+    """Restore what `rng_state` captured (keys it lacks are left as they are)."""
+    if state.get("rng") is not None:
+        torch.set_rng_state(state["rng"])
+    cuda = state.get("rng_cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    if generator is not None and state.get("rng_generator") is not None:
+        try:
+            generator.set_state(state["rng_generator"])
+        except RuntimeError as err:  # a CUDA generator's state into a CPU one, say
+            warnings.warn(f"could not restore the generator's state ({err}); the resumed "
+                          "run draws other random numbers than an uninterrupted one would",
+                          stacklevel=3)
+
+
+# --- identity ------------------------------------------------------------------------------
+def plain(value, key: str):
+    """A config value as plain JSON-like data (what a weights_only load reads back)."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if torch.is_tensor(value):
+        raise TypeError(f"config[{key!r}] is a tensor; pass a plain number or list "
+                        "(e.g. t.item() or t.tolist())")
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (list, tuple)):
+        return [plain(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {str(k): plain(v, f"{key}.{k}") for k, v in value.items()}
+    name = getattr(value, "name", None)
+    if isinstance(name, str):  # a Profile, an enum: its name identifies it
+        return name
+    raise TypeError(f"config[{key!r}] is a {type(value).__name__}, which a checkpoint cannot "
+                    "store; pass numbers, strings, lists or dicts of them")
+
+
+def fingerprint(tensors) -> list:
+    """Shapes, dtypes and checksums of the data: the sums of 64 evenly spaced rows (what
+    checkpoints of format 1 hold), and per-row sums of every row, plain and weighted by the
+    position in the row ("rows", (N, 2) float64: 16 bytes a row, about 1 MB for 60,000
+    digits, and one pass over the data, some 20 ms on a CPU for 60,000 x 784). Sums, not a
+    hash of the bytes: the same data computed on another device (codes from an encoder, say)
+    differs in its last bits, and must still count as the same."""
+    out = []
+    for t in tensors:
+        n = t.shape[0]
+        flat = t.detach().reshape(n, -1)
+        width = max(flat.shape[1], 1)
+        w = torch.arange(1, flat.shape[1] + 1, dtype=torch.float64)
+        rows = torch.linspace(0, n - 1, min(n, 64)).round().long().to(t.device)
+        sample = flat[rows].cpu().double()
+        per_row = []
+        for chunk in flat.split(4096):  # 4,096 rows at a time in float64, on the host
+            chunk = chunk.cpu().double()
+            per_row.append(torch.stack([chunk.sum(1), chunk @ w / width], 1))
+        out.append({"shape": list(t.shape), "dtype": str(t.dtype),
+                    "sum": float(sample.sum()), "weighted": float((sample * w).sum() / width),
+                    "rows": torch.cat(per_row)})
+    return out
+
+
+def optimizer_identity(optimizer) -> dict:
+    """The optimizer's type and constructor settings (not the current lr: a warm-up changes
+    that every step, and an early checkpoint must resume into the full run)."""
+    keep = {}
+    for k, v in optimizer.defaults.items():
+        try:
+            keep[k] = plain(v, k)
+        except TypeError:
+            keep[k] = repr(v)
+    return {"type": type(optimizer).__name__, "defaults": keep}
+
+
+def identity(model: nn.Module, config: dict | None, tensors=(), optimizer=None,
+             ema: float | None = None, batch_size: int | None = None) -> dict:
+    """What makes a checkpoint this run's: the model's class and size, `config`, the data's
+    fingerprint, the optimizer, the EMA decay and the batch size (which, with the data's
+    size, decides what a step count means)."""
+    if config is not None and not isinstance(config, dict):
+        raise TypeError(f"config must be a dict, got {type(config).__name__}")
+    ident = {
+        "model": type(model).__qualname__,
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "config": {str(k): plain(v, str(k)) for k, v in (config or {}).items()},
+    }
+    if tensors:
+        ident["data"] = fingerprint(tensors)
+    if optimizer is not None:
+        ident["optimizer"] = optimizer_identity(optimizer)
+    ident["ema"] = None if ema is None else float(ema)
+    if batch_size is not None:
+        ident["batch_size"] = int(batch_size)
+    return ident
+
+
+def same_value(a, b) -> bool:
+    """Equal as a checkpoint stores them: tuples as lists, NaN equal to NaN."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b
+
+
+def _data_difference(saved: list, now: list) -> str:
+    """'' when the data matches the fingerprint a checkpoint holds, else what differs."""
+    if len(saved) != len(now):
+        return f"{len(saved)} data tensors, this run {len(now)}"
+    for i, (x, y) in enumerate(zip(saved, now, strict=True)):
+        name = "data" if len(now) == 1 else f"data[{i}]"
+        for k in ("shape", "dtype"):
+            if x.get(k) != y.get(k):
+                return f"{name} {k}: checkpoint {x.get(k)}, this run {y.get(k)}"
+        for k in ("sum", "weighted"):
+            if not math.isclose(x.get(k, 0.0), y.get(k, 0.0), rel_tol=1e-6, abs_tol=1e-6):
+                return f"{name}: the checkpoint was trained on other values"
+        if torch.is_tensor(x.get("rows")):  # format 2: every row
+            a, b = x["rows"], y["rows"]
+            # rounding (the same data computed on another device) stays far inside this
+            scale = float(b.abs().mean()) if b.numel() else 0.0
+            bad = (~torch.isclose(a, b, rtol=1e-5, atol=1e-5 * scale).all(1)).nonzero()
+            if len(bad):
+                return (f"{name}: {len(bad)} of its {len(a)} rows differ from the "
+                        f"checkpoint's (the first is row {int(bad[0])})")
+    return ""
+
+
+def check_identity(path: Path, saved: dict, expected: dict) -> None:
+    """Raise CheckpointMismatchError naming every difference between the identity a
+    checkpoint holds and this run's (a field the checkpoint lacks is not compared: older
+    checkpoints did not record it)."""
+    diffs = []
+    for key in ("model", "n_params"):
+        if saved.get(key) != expected[key]:
+            diffs.append(f"{key}: checkpoint has {saved.get(key)!r}, this run {expected[key]!r}")
+    if "data" in saved and "data" in expected:
+        why = _data_difference(saved["data"], expected["data"])
+        if why:
+            diffs.append(f"data: {why}")
+    for key in ("optimizer", "ema", "batch_size"):
+        if key in saved and key in expected and not same_value(
+                _round_trip(saved[key]), expected[key]):
+            diffs.append(f"{key}: checkpoint has {saved[key]!r}, this run {expected[key]!r}")
+    scfg, ecfg = saved.get("config", {}), expected["config"]
+    for key in sorted(set(scfg) | set(ecfg)):
+        if not same_value(_round_trip(scfg.get(key)), ecfg.get(key)):
+            diffs.append(f"config[{key!r}]: checkpoint has {scfg.get(key)!r}, "
+                         f"this run {ecfg.get(key)!r}")
+    if diffs:
+        raise CheckpointMismatchError(
+            f"checkpoint {path} was saved by another model or configuration:\n  "
+            + "\n  ".join(diffs)
+            + "\nDelete it to train from scratch, or pass a different checkpoint path.")
+
+
+def _round_trip(value):
+    """A stored value as `plain` would give it now (an earlier commit stored tuples)."""
+    try:
+        return plain(value, "")
+    except TypeError:
+        return value
+
+
+# --- checksums -----------------------------------------------------------------------------
+def _tensors_of(obj):
+    """Every tensor in a nested state, in a fixed order."""
+    if torch.is_tensor(obj):
+        yield obj
+    elif isinstance(obj, dict):
+        for k in sorted(obj, key=str):
+            yield from _tensors_of(obj[k])
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors_of(v)
+
+
+def _tensor_bytes(t: torch.Tensor):
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+
+
+def checksum(*parts) -> int:
+    """crc32 of every tensor in `parts` (format 1's checksum: the tensors only)."""
+    crc = 0
+    for t in _tensors_of(list(parts)):
+        crc = zlib.crc32(_tensor_bytes(t), crc)
+    return crc
+
+
+def digest(obj, crc: int = 0) -> int:
+    """crc32 of a whole nested state: every key, type, number, string and tensor (its
+    dtype, shape and bytes), so that a flipped byte anywhere in a checkpoint shows."""
+    if torch.is_tensor(obj):
+        crc = zlib.crc32(f"T{obj.dtype}{tuple(obj.shape)}".encode(), crc)
+        return zlib.crc32(_tensor_bytes(obj), crc)
+    if isinstance(obj, dict):
+        crc = zlib.crc32(f"D{len(obj)}".encode(), crc)
+        for k in sorted(obj, key=repr):
+            crc = digest(obj[k], digest(k, crc))
+        return crc
+    if isinstance(obj, (list, tuple)):
+        crc = zlib.crc32(f"{type(obj).__name__[0]}{len(obj)}".encode(), crc)
+        if obj and all(type(v) is float for v in obj):  # a history: one pass
+            return zlib.crc32(array.array("d", obj).tobytes(), crc)
+        if obj and all(type(v) is int for v in obj) and all(
+                -2**63 <= v < 2**63 for v in obj):
+            return zlib.crc32(b"i" + array.array("q", obj).tobytes(), crc)
+        for v in obj:
+            crc = digest(v, crc)
+        return crc
+    if isinstance(obj, float):
+        return zlib.crc32(b"f" + struct.pack("<d", obj), crc)
+    return zlib.crc32(f"{type(obj).__name__}:{obj!r}".encode(), crc)
+
+
+def all_finite(*modules_and_states) -> bool:
+    """One reduction over every floating tensor: are they all finite?"""
+    ts = [t for t in _tensors_of(list(modules_and_states))
+          if t.is_floating_point() and t.numel()]
+    if not ts:
+        return True
+    by_device: dict = {}
+    for t in ts:
+        by_device.setdefault(t.device, []).append(t.detach().float()
+                                                  if t.dtype != torch.float32 else t.detach())
+    return all(bool(torch.isfinite(torch.stack(torch._foreach_norm(v))).all())
+               for v in by_device.values())
+
+
+# --- writing and reading -------------------------------------------------------------------
+def check_writable(path: Path) -> None:
+    """Raise CheckpointSaveError unless a checkpoint can be written at `path`."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointSaveError(f"checkpoint path {path} is a directory; pass a file name "
+                                  f"such as {path}/model.pt")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name + ".",
+                                         suffix=".probe"):
+            pass
+    except OSError as err:
+        raise CheckpointSaveError(f"cannot write checkpoints to {path.parent} ({err}); pass "
+                                  "checkpoint= a writable path, or set BOOK_CACHE") from err
+
+
+def save_checkpoint(path: Path, model, optimizer, ema, step, history, identity,
+                    train_seconds: float = 0.0, *, rng: dict | None = None,
+                    data_order: torch.Tensor | None = None, data_start: int = 0,
+                    scaler=None, extra: dict | None = None) -> None:
+    """Write a checkpoint atomically: the weights, the optimizer, the EMA, the history, the
+    random state (`rng`, as from rng_state; torch's CPU state if not given) and, for a run
+    stopped inside an epoch, that epoch's order of the examples and how many of them the
+    saved steps used (`data_order`, `data_start`), so a resumed run sees the very batches
+    an uninterrupted one would. `extra`: more plain entries (the other ranks' random state
+    under torchrun). The file carries a checksum of all of it ("digest")."""
+    path = Path(path)
+    opt_state = optimizer.state_dict()
+    ema_state = ema.state_dict() if ema is not None else None
+    if not all_finite(model.state_dict(), opt_state.get("state", {}), ema_state):
+        raise NonFiniteWeightsError(f"the weights or optimizer state are NaN/inf at step "
+                                    f"{step}; not saved to {path}")
+    model_state = model.state_dict()
+    order = None if data_order is None else data_order.detach().cpu()
+    state = {
+        "format": FORMAT,
+        "identity": identity,
+        "step": step,
+        "model": model_state,
+        "optimizer": opt_state,
+        "ema": ema_state,
+        "history": history,
+        "train_seconds": train_seconds,
+        **(rng if rng is not None else {"rng": torch.get_rng_state()}),
+        "data_order": order,
+        "data_start": int(data_start) if order is not None else 0,
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+        **(extra or {}),
+        # format 1's checksum stays, so that code of before format 2 still reads the file
+        "checksum": checksum(model_state, opt_state, ema_state, order),
+    }
+    state["digest"] = digest(state)
+    tmp = _tmp_name(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # never leave a half-written checkpoint behind
+    except (OSError, RuntimeError) as err:
+        raise CheckpointSaveError(f"could not save checkpoint {path} ({err})") from err
+    finally:  # also when a second Ctrl-C lands inside torch.save
+        tmp.unlink(missing_ok=True)
+
+
+class Resumed(NamedTuple):
+    """What a checkpoint hands back to fit besides the states it loads in place."""
+
+    step: int
+    history: dict
+    train_seconds: float
+    data_order: torch.Tensor | None  # the unfinished epoch's order, or None
+    data_start: int  # how many examples of that order the saved steps used
+    state: dict  # the whole loaded checkpoint (its other entries: e.g. "rng_ranks")
+
+
+KNOWN_KEYS = {"format", "identity", "step", "model", "optimizer", "ema", "history",
+              "train_seconds", "rng", "rng_cuda", "rng_generator", "data_order", "data_start",
+              "scaler", "checksum", "digest", "rng_ranks"}
+
+
+def read_checkpoint(path: Path) -> dict:
+    """The checkpoint at `path`, checked whole: CheckpointMismatchError if it cannot be
+    read, is no checkpoint of fit's, or is damaged (its checksum disagrees)."""
+    damaged = (f"checkpoint {path} is damaged: its checksum does not match its contents. "
+               "Delete it to train from scratch.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointMismatchError(
+            f"cannot read checkpoint {path} ({err}). It is damaged or was not written by "
+            "companion.fit; delete it to train from scratch.") from err
+    if not isinstance(state, dict) or "model" not in state or "step" not in state:
+        raise CheckpointMismatchError(
+            f"{path} holds a {type(state).__name__}, not a checkpoint written by "
+            "companion.fit; delete it or pass a different checkpoint path.")
+    if "digest" in state:
+        rest = {k: v for k, v in state.items() if k != "digest"}
+        if digest(rest) != state["digest"]:
+            raise CheckpointMismatchError(damaged)
+    else:  # format 1: only the tensors were summed, and it had no other keys
+        unknown = set(state) - KNOWN_KEYS
+        if "format" in state or unknown:
+            raise CheckpointMismatchError(damaged + f" (unexpected entries: "
+                                          f"{sorted(map(str, unknown)) or ['format']})")
+        if "checksum" in state and checksum(state["model"], state["optimizer"],
+                                            state.get("ema"), state.get("data_order")
+                                            ) != state["checksum"]:
+            raise CheckpointMismatchError(damaged)
+    return state
+
+
+def load_checkpoint(path: Path, model, optimizer, ema, identity, *,
+                    generator: torch.Generator | None = None, scaler=None,
+                    note: bool = True) -> Resumed:
+    """Load a checkpoint into model/optimizer/ema (and restore the random state, fit's
+    `generator` and the gradient scaler's). Checkpoints of earlier versions (without the
+    CUDA or generator state, the data order, a checksum or the whole-file one) load as
+    they did."""
+    state = read_checkpoint(path)
+    check_identity(path, state.get("identity", {}), identity)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise CheckpointMismatchError(
+            f"checkpoint {path} does not fit this model's weights ({err}). "
+            "Delete it to train from scratch, or pass a different checkpoint path.") from err
+    optimizer.load_state_dict(state["optimizer"])
+    if ema is not None and state.get("ema") is not None:
+        ema.load_state_dict(state["ema"])
+    if scaler is not None and scaler.is_enabled() and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    set_rng_state(state, generator)
+    if note:
+        note_loaded(path)
+    return Resumed(int(state["step"]), state["history"],
+                   float(state.get("train_seconds", 0.0)), state.get("data_order"),
+                   int(state.get("data_start", 0)), state)
+
+
+def note_loaded(path: Path) -> None:
+    """Append the checkpoint's name to $BOOK_LOADED_LOG, if set: `make outputs` reads it to
+    tell on the status page which chapters loaded training instead of doing it. A log that
+    cannot be written warns; the checkpoint loads all the same."""
+    log = os.environ.get("BOOK_LOADED_LOG")
+    if log:
+        try:
+            with open(log, "a") as f:
+                f.write(Path(path).name + "\n")
+        except OSError as err:
+            warnings.warn(f"BOOK_LOADED_LOG={log} cannot be written ({err}); the checkpoint "
+                          "loaded, but is not noted there. Point it at a writable file.",
+                          stacklevel=3)
