@@ -140,3 +140,16 @@ def test_repository_url_must_be_github(tmp_path):
     (tmp_path / "_config.yml").write_text("repository:\n  url: ftp://example.org/x\n")
     with pytest.raises(ValueError, match="GitHub URL"):
         colab.repository(tmp_path)
+
+
+GLUE_OFF_THE_PAGE = [p for p in NOTEBOOKS if "06" <= p.name[:2] <= "12"]
+
+
+@pytest.mark.parametrize("path", GLUE_OFF_THE_PAGE, ids=[p.stem for p in GLUE_OFF_THE_PAGE])
+def test_glue_bookkeeping_is_off_the_page(path):
+    """DESIGN.md, Numbers in prose: glue calls sit in cells the rendered page removes."""
+    shown = [source(c)[:60] for c in load(path)["cells"]
+             if c["cell_type"] == "code" and "glue(" in source(c)
+             and "remove-cell" not in c["metadata"].get("tags", [])]
+    assert not shown, f"visible code cells call glue(: {shown}; move the calls into a " \
+                      "cell tagged remove-cell right after the computation"
