@@ -10,6 +10,7 @@ the `companion.train.FitResult`.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -429,3 +430,63 @@ def flow_matching(x, profile, device, *, prefix: str = "ch13"):
                  checkpoint=checkpoint_path(f"{prefix}-flow", profile), config=config,
                  compile=torch.device(device).type == "cuda", desc="flow matching")
     return result.ema.model, result
+
+
+# --- the command line: a recipe outside a notebook, e.g. under torchrun ----------------------
+def _train_ddpm(data, profile, device):
+    """Chapter 9's two runs: the early checkpoint (a tenth of the steps), then the full run
+    resumed from it, the very calls of the chapter."""
+    early = ddpm_settings(profile)["steps"] // 10
+    ddpm(data.x_train, profile, device, steps=early)
+    return ddpm(data.x_train, profile, device, resume_from=ddpm_checkpoint(profile, early))
+
+
+COMMANDS = {
+    "ddpm": ("chapter 9's DDPM (its early checkpoint, then the full run)", _train_ddpm),
+    "classifier": ("chapters 9-12's judge", lambda d, p, dev: classifier(d, p, dev)),
+    "vae8": ("chapter 10's 8-bit VAE",
+             lambda d, p, dev: eight_bit_vae(d.x_train, p, dev, source=d.source)),
+    "hvae8": ("chapter 10's 8-bit hierarchical VAE",
+              lambda d, p, dev: eight_bit_vae(d.x_train, p, dev, source=d.source,
+                                              hierarchical=True)),
+    "latent-vae": ("chapter 11's autoencoder",
+                   lambda d, p, dev: latent_vae(d.x_train, p, dev, source=d.source)),
+}
+
+
+def main(argv=None) -> int:
+    """python -m companion.recipes NAME [--profile P] [--device D]: load-or-train one of
+    the book's models into the checkpoint its chapters load (BOOK_CACHE decides where).
+    Under `torchrun --nproc_per_node=N` the N processes train it together."""
+    import argparse
+
+    from . import distributed
+    from .data import load
+    from .profiles import get_profile
+    from .runtime import get_device, seed_everything
+
+    parser = argparse.ArgumentParser(
+        prog="python -m companion.recipes",
+        description="Load-or-train one of the book's models into the checkpoint its chapters "
+                    "load; under torchrun --nproc_per_node=N, N processes train it together.",
+        epilog="models: " + "; ".join(f"{k}: {v[0]}" for k, v in COMMANDS.items()))
+    parser.add_argument("model", choices=sorted(COMMANDS))
+    parser.add_argument("--profile", default=None,
+                        help="ci, cpu or gpu (default: $BOOK_PROFILE, else from the device)")
+    parser.add_argument("--device", default=None, help="e.g. cpu, cuda (default: cuda if "
+                        "available); under torchrun each rank takes the GPU of its LOCAL_RANK")
+    args = parser.parse_args(argv)
+    profile = get_profile(args.profile)
+    device = distributed.local_device() or get_device(args.device)
+    seed_everything(0)
+    data = load("mnist", n_train=profile.n_train, n_test=profile.n_test, device=device)
+    _, result = COMMANDS[args.model][1](data, profile, device)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"{args.model} ({profile.name}): {result.steps} steps, final loss "
+              f"{result.history['loss'][-1]:.4g}, {result.train_seconds:.0f} s of training in "
+              "all; checkpoints in " + str(checkpoint_path("", profile).parent))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
