@@ -22,33 +22,53 @@ SPEC_RE = re.compile(r"'companion @ git\+[^']*'")
 
 # What a Colab GPU runtime has preinstalled, of what the book uses: the one place these
 # versions live (tests/test_colab_install.py models Colab with them, as a pip constraints
-# file). A Colab kernel imports several of them when it starts (ipywidgets among them), so
-# the install cell must leave every one as it is: an upgrade means "restart the runtime".
-# Taken 2026-11-23, not from a live runtime (none is reachable from where the book is
-# made) but from public reports: torch 2.9.0 / torchvision 0.24.0 from googlecolab/colabtools
-# issue 5661 (Colab on torch 2.9, January 2026), numpy 2.0.2 from a report of August 2025,
-# ipywidgets 7.7.1 (Colab's pin for years; the version the book's issue names). matplotlib,
-# tqdm, PyYAML and Pillow are assumed. Refresh from `!pip freeze` on a Colab runtime.
-COLAB_PREINSTALLED_DATE = "2026-11-23"
+# file; `make test-colab` builds a Python 3.13 venv holding them and runs every chapter).
+# A Colab kernel imports several of them when it starts (ipywidgets among them), so the
+# install cell must leave every one as it is: an upgrade means "restart the runtime".
+# Source: Colab's own list of its GPU image, googlecolab/backend-info, pip-freeze.gpu.txt
+# at commit a724079 of 2026-08-19 ("Upgrade to Python 3.13"; os-info-gpu.txt: Python
+# 3.13.15). Colab's torch wheels carry +cu128; PyPI's torch 2.11.0 is the same release.
+COLAB_PREINSTALLED_DATE = "2026-08-19"
+COLAB_PYTHON = "3.13"
 COLAB_PREINSTALLED = {
-    "torch": "2.9.0+cu126",
-    "torchvision": "0.24.0+cu126",
-    "numpy": "2.0.2",
+    "torch": "2.11.0+cu128",
+    "torchvision": "0.26.0+cu128",
+    "numpy": "2.1.3",
     "matplotlib": "3.10.0",
-    "tqdm": "4.67.1",
+    "tqdm": "4.67.3",
     "ipywidgets": "7.7.1",
-    "pyyaml": "6.0.2",
+    "pyyaml": "6.0.3",
     "pillow": "11.3.0",
+    "scipy": "1.16.3",
+    "mlxtend": "0.23.4",
+}
+# The kernel and notebook runner of the same image, and the other distributions the book's
+# packages pull in there (same source): `make test-colab` pins them too, so that the venv
+# holds Colab's versions of everything the chapters import.
+COLAB_ALSO = {
+    "pip": "24.1.2", "setuptools": "75.2.0",
+    "ipython": "7.34.0", "ipykernel": "6.17.1", "jupyter-client": "7.4.9",
+    "jupyter-core": "5.9.1", "nbclient": "0.10.4", "nbformat": "5.11.1",
+    "traitlets": "5.7.1", "tornado": "6.5.7", "pyzmq": "26.2.1", "debugpy": "1.8.15",
+    "widgetsnbextension": "3.6.10", "jupyterlab-widgets": "3.0.16",
+    "ipython-genutils": "0.2.0", "matplotlib-inline": "0.2.2", "nest-asyncio": "1.6.0",
+    "pandas": "2.2.3", "scikit-learn": "1.6.1", "joblib": "1.5.3", "threadpoolctl": "3.6.0",
+    "contourpy": "1.3.3", "cycler": "0.12.1", "fonttools": "4.63.0", "kiwisolver": "1.5.0",
+    "pyparsing": "3.3.2", "python-dateutil": "2.9.0.post0", "pytz": "2025.2",
+    "sympy": "1.14.0", "networkx": "3.6.1", "jinja2": "3.1.6", "fsspec": "2025.3.0",
+    "filelock": "3.32.3", "markupsafe": "3.0.3", "mpmath": "1.3.0", "triton": "3.6.0",
 }
 # Pure-Python distributions whose Colab version the install test runs for real (the others
 # are modelled by their metadata only): downloaded by `make colab-wheels`.
 COLAB_WHEELS = {"ipywidgets": COLAB_PREINSTALLED["ipywidgets"], "ipython-genutils": "0.2.0"}
 
 
-def colab_constraints() -> str:
-    """COLAB_PREINSTALLED as a pip constraints file."""
+def colab_constraints(also: bool = False) -> str:
+    """COLAB_PREINSTALLED (and COLAB_ALSO) as a pip constraints file, without local tags
+    (+cu128: PyPI's wheels of the same release carry none)."""
     lines = [f"# Colab's preinstalled versions, taken {COLAB_PREINSTALLED_DATE}"]
-    lines += [f"{name}=={version}" for name, version in COLAB_PREINSTALLED.items()]
+    pins = {**COLAB_PREINSTALLED, **(COLAB_ALSO if also else {})}
+    lines += [f"{name}=={version.split('+')[0]}" for name, version in pins.items()]
     return "\n".join(lines) + "\n"
 
 

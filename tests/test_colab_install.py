@@ -204,7 +204,10 @@ def test_colab_versions_are_dated_and_cover_the_books_packages():
         <= set(colab.COLAB_PREINSTALLED)
     assert colab.COLAB_PREINSTALLED_DATE in colab.colab_constraints()
     for name, version in colab.COLAB_PREINSTALLED.items():
-        assert f"{name}=={version}" in colab.colab_constraints().splitlines()
+        assert f"{name}=={version.split('+')[0]}" in colab.colab_constraints().splitlines()
+    assert set(colab.COLAB_PREINSTALLED).isdisjoint(colab.COLAB_ALSO)
+    assert len(colab.colab_constraints(also=True).splitlines()) \
+        == 1 + len(colab.COLAB_PREINSTALLED) + len(colab.COLAB_ALSO)
     for name, version in colab.COLAB_WHEELS.items():
         assert colab.COLAB_PREINSTALLED.get(name, version) == version
 

@@ -1,0 +1,177 @@
+"""`make test-colab`: every chapter, top to bottom, in Colab's own versions.
+
+Colab runs Python 3.13 with the versions in `companion.colab` (COLAB_PREINSTALLED and
+COLAB_ALSO, from Colab's published package list). This script
+
+1. builds a Python 3.13 virtual environment holding exactly those versions
+   (.cache/colab-venv; rebuilt only when the table or the Python changes: the first build
+   downloads torch and its CUDA libraries from PyPI, several GB, later runs reuse it);
+2. installs the book's package the way every notebook's install cell does
+   (`pip install 'companion @ git+<repository>@<ref>'`, the repository being this checkout),
+   and fails if that changes any distribution Colab preinstalls (on Colab, each change is a
+   "restart the runtime" prompt);
+3. executes every chapter top to bottom with that kernel, from a folder outside the
+   checkout (so `companion` is the installed package), in a fresh checkpoint cache:
+   the `ci` profile by default, or the `gpu` profile's smoke run with `--smoke`
+   (BOOK_PROFILE=gpu BOOK_SMOKE=1: the gpu models and code paths, a couple of steps each).
+
+Without a Python 3.13 (PYTHON313, `python3.13` on PATH, or pyenv's 3.13.x) it says so and
+exits 0, unless COLAB_REQUIRED=1 (as .ci/run sets), which makes that a failure.
+
+    python tests/colab_run.py [--smoke] [--jobs 2] [notebooks/NN_name.ipynb ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from companion import colab  # noqa: E402
+
+VENV = ROOT / ".cache" / "colab-venv"
+PY = VENV / "bin" / "python"
+
+RUN_ONE = r"""
+import sys, nbformat
+from nbclient import NotebookClient
+nb = nbformat.read(sys.argv[1], as_version=4)
+NotebookClient(nb, timeout=900, kernel_name="python3",
+               resources={"metadata": {"path": sys.argv[2]}}).execute()
+"""
+FREEZE = ("import importlib.metadata as m, json; print(json.dumps({d.metadata['Name'].lower()"
+          ".replace('_', '-').replace('.', '-'): d.version for d in m.distributions()}))")
+
+
+def find_python313() -> str | None:
+    """A Python 3.13 interpreter: $PYTHON313, python3.13 on PATH, or pyenv's newest 3.13.x."""
+    candidates = [os.environ.get("PYTHON313"), shutil.which("python3.13")]
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    candidates += sorted(glob.glob(str(pyenv / "3.13*" / "bin" / "python3.13")), reverse=True)
+    for c in candidates:
+        if c and Path(c).exists():
+            return c
+    return None
+
+
+def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=True, text=True, **kw)
+
+
+def build_venv(python: str) -> None:
+    """Create .cache/colab-venv with Colab's versions, unless it already holds them."""
+    version = run([python, "-c", "import sys; print(sys.version.split()[0])"],
+                  capture_output=True).stdout.strip()
+    if not version.startswith(colab.COLAB_PYTHON + "."):
+        raise SystemExit(f"{python} is Python {version}; Colab runs {colab.COLAB_PYTHON}")
+    want = colab.colab_constraints(also=True) + f"# python {version}\n"
+    stamp = VENV / ".colab-stamp"
+    if stamp.exists() and stamp.read_text() == want and PY.exists():
+        print(f"test-colab: reusing {VENV.relative_to(ROOT)} (Python {version})")
+        return
+    print(f"test-colab: building {VENV.relative_to(ROOT)} with Python {version} and Colab's "
+          f"versions of {colab.COLAB_PREINSTALLED_DATE} (first time: downloads torch)")
+    shutil.rmtree(VENV, ignore_errors=True)
+    run([python, "-m", "venv", str(VENV)])
+    constraints = VENV / "colab-constraints.txt"
+    constraints.write_text(colab.colab_constraints(also=True))
+    pins = {**colab.COLAB_PREINSTALLED, **colab.COLAB_ALSO}
+    run([str(PY), "-m", "pip", "install", "-q", f"pip=={pins['pip']}"])
+    names = [n for n in pins if n != "pip"]
+    run([str(PY), "-m", "pip", "install", "-q", "-c", str(constraints), *names])
+    stamp.write_text(want)
+
+
+def installed() -> dict[str, str]:
+    return json.loads(run([str(PY), "-c", FREEZE], capture_output=True).stdout)
+
+
+def install_book() -> None:
+    """The install cell's pip command, with this checkout as the repository."""
+    url, ref = colab.repository()
+    ok = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "-q", ref],
+                        capture_output=True).returncode == 0
+    spec = f"companion @ git+file://{ROOT}@{ref if ok else 'HEAD'}"
+    before = installed()
+    if before.pop("companion", None):  # a previous run's: install afresh, as on a new runtime
+        run([str(PY), "-m", "pip", "uninstall", "-q", "-y", "companion"])
+    run([str(PY), "-m", "pip", "install", "-q", "--no-cache-dir", spec])
+    after = installed()
+    changed = sorted(f"{n} {v} -> {after.get(n, 'removed')}" for n, v in before.items()
+                     if after.get(n) != v)
+    added = sorted(set(after) - set(before) - {"companion"})
+    print(f"test-colab: installed {spec} (as the install cell does; {url} replaced by this "
+          f"checkout): {len(changed)} preinstalled distributions changed, "
+          f"{len(added)} added besides companion{': ' + ', '.join(added) if added else ''}")
+    if changed:
+        raise SystemExit("the install cell changes what Colab preinstalls (each one a restart "
+                         f"prompt there): {changed}. Lower the floor in pyproject.toml.")
+
+
+def execute(notebook: Path, env: dict, workdir: Path) -> tuple[str, float, str]:
+    start = time.time()
+    proc = subprocess.run([str(PY), "-c", RUN_ONE, str(notebook), str(workdir)], env=env,
+                          cwd=workdir, capture_output=True, text=True)
+    error = "" if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["?"])
+    if error:
+        tail = [ln for ln in error if ln.strip()][-12:]
+        error = "\n".join(tail)
+    return notebook.name, time.time() - start, error
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--smoke", action="store_true",
+                    help="the gpu profile's smoke run (BOOK_PROFILE=gpu BOOK_SMOKE=1)")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("notebooks", nargs="*")
+    args = ap.parse_args(argv)
+    python = find_python313()
+    if python is None:
+        msg = ("test-colab: no Python 3.13 found (set PYTHON313, put python3.13 on PATH, or "
+               "`pyenv install 3.13`), so Colab's environment was not tested")
+        if os.environ.get("COLAB_REQUIRED") == "1":
+            print(msg, file=sys.stderr)
+            return 1
+        print(msg + "; skipped")
+        return 0
+    build_venv(python)
+    install_book()
+    notebooks = [Path(p).resolve() for p in args.notebooks] or \
+        sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
+    profile = {"BOOK_PROFILE": "gpu", "BOOK_SMOKE": "1"} if args.smoke else \
+        {"BOOK_PROFILE": "ci", "BOOK_SMOKE": "0"}
+    what = "gpu profile, smoke run" if args.smoke else "ci profile"
+    with tempfile.TemporaryDirectory(prefix="colab-run-") as tmp:
+        env = {**os.environ, **profile, "BOOK_OFFLINE": "1", "BOOK_CACHE": f"{tmp}/cache",
+               "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ['PATH']}",
+               "MPLBACKEND": "agg", "PYTHONPATH": ""}
+        env.pop("VIRTUAL_ENV", None)
+        start = time.time()
+        with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+            # each notebook gets a folder of its own, outside the checkout
+            results = list(pool.map(
+                lambda nb: execute(nb, env, Path(tempfile.mkdtemp(dir=tmp))), notebooks))
+        failed = [r for r in results if r[2]]
+        for name, seconds, error in results:
+            print(f"  {'FAIL' if error else 'ok  '} {name} ({seconds:.0f} s)")
+            if error:
+                print("    " + error.replace("\n", "\n    "))
+        print(f"test-colab ({what}, Python {colab.COLAB_PYTHON}, torch "
+              f"{installed()['torch']}): {len(results) - len(failed)} of {len(results)} "
+              f"chapters ran top to bottom in {time.time() - start:.0f} s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
