@@ -640,7 +640,8 @@ class Diffusion:
         if decoder == "discretized":
             _check_8bit(x0, "bound_terms")
         chunk = max(1, max_batch // B)
-        terms = torch.empty(B, self.T, dtype=x0.dtype, device=x0.device)
+        # zeros, not empty: the smoke run (BOOK_SMOKE=1) computes only the first chunks
+        terms = torch.zeros(B, self.T, dtype=x0.dtype, device=x0.device)
         starts = range(1, self.T + 1, chunk)
         for start in progress(starts, desc="bound", quiet=quiet):
             stop = min(start + chunk, self.T + 1)
