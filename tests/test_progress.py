@@ -22,3 +22,12 @@ def test_book_progress_0_silences_every_bar(monkeypatch):
     assert progress(range(2), quiet=False).disable  # even where a cell asks for one
     monkeypatch.setenv("BOOK_PROGRESS", "1")
     assert not progress(range(2)).disable
+
+
+def test_the_smoke_run_cuts_long_loops_to_a_couple_of_steps(monkeypatch):
+    from companion.profiles import SMOKE_STEPS
+
+    monkeypatch.setenv("BOOK_SMOKE", "1")
+    assert list(progress(range(10, 0, -1))) == list(range(10, 10 - SMOKE_STEPS, -1))
+    monkeypatch.setenv("BOOK_SMOKE", "0")
+    assert list(progress(range(10, 0, -1))) == list(range(10, 0, -1))
