@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import checks
+
 IMAGE_SHAPE = (1, 28, 28)
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 DATASETS = ("mnist", "fashion")
@@ -79,6 +81,9 @@ def load(name: str = "mnist", *, n_train: int | None = None, n_test: int | None 
     n_train, n_test: keep this many images (a seeded random subset; None keeps all).
     download: try torchvision's download (default: unless $BOOK_OFFLINE is set).
     """
+    if not isinstance(name, str):
+        raise checks.ArgumentError(f"name must be a dataset name, one of {DATASETS}, got "
+                                   f"{name!r}")
     key = name.lower().replace("-", "").replace("_", "")
     key = {"fashionmnist": "fashion"}.get(key, key)
     if key not in DATASETS:
@@ -95,6 +100,7 @@ def load(name: str = "mnist", *, n_train: int | None = None, n_test: int | None 
     if data is None:
         raise DataUnavailableError(_unavailable_message(key, root, tried))
 
+    _check_consistent(data)
     data = _subset(data, n_train, n_test, seed)
     if verbose:
         # wrapped: a notebook's printed lines must fit the book's 80-character column
@@ -228,8 +234,8 @@ def _from_debian(folder: Path, tried) -> ImageData | None:
     if missing:
         tried.append(f"Debian dataset-fashion-mnist: missing {', '.join(missing)}")
         return None
-    xtr, ytr = (read_idx(p) for p in files["train"])
-    xte, yte = (read_idx(p) for p in files["t10k"])
+    xtr, ytr = (read_idx(p, checksums=FASHION_SHA256) for p in files["train"])
+    xte, yte = (read_idx(p, checksums=FASHION_SHA256) for p in files["t10k"])
     return ImageData("fashion", f"Debian's dataset-fashion-mnist in {folder} (offline fallback)",
                      _scale(xtr), ytr.long(), _scale(xte), yte.long())
 
@@ -282,12 +288,14 @@ def read_idx(path: Path, verify: bool = True,
              checksums: dict[str, str] | None = None) -> torch.Tensor:
     """Read an IDX file (optionally gzipped) into a uint8 tensor of its stored shape.
 
-    verify: check the content against `checksums` (see verify_checksum; default Fashion-MNIST).
-    The size the header announces is always checked, so a truncated file is always named.
+    verify, checksums: check the content against `checksums`, SHA-256 by file name (see
+    verify_checksum; FASHION_SHA256 for Fashion-MNIST's files). None: no content checksum,
+    since MNIST's files have Fashion-MNIST's names and other content. The size the header
+    announces is always checked, so a truncated file is always named.
     """
     path = Path(path)
     raw = _read_bytes(path)
-    if verify:
+    if verify and checksums is not None:
         verify_checksum(path, raw, checksums)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise CorruptDataError(f"{path} is not an unsigned-byte IDX file (bad magic number). "
@@ -316,6 +324,10 @@ def _subset(data: ImageData, n_train, n_test, seed) -> ImageData:
     g = torch.Generator().manual_seed(seed)
 
     def take(x, y, n, split):
+        n = checks.as_int(n)  # NumPy integers too
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int)):
+            raise checks.ArgumentError(f"n_{split} must be a whole number of images (or None "
+                                       f"for all), got {n!r}")
         if n is None or n >= len(x):
             return x, y
         if n <= 0:
@@ -326,6 +338,21 @@ def _subset(data: ImageData, n_train, n_test, seed) -> ImageData:
     xtr, ytr = take(data.x_train, data.y_train, n_train, "train")
     xte, yte = take(data.x_test, data.y_test, n_test, "test")
     return replace(data, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+
+
+def _check_consistent(data: ImageData) -> None:
+    """Refuse a source whose images and labels disagree in number, or whose labels are not
+    digits 0..9 (a damaged or mismatched file pair in the cache loads without complaint)."""
+    for split, x, y in (("train", data.x_train, data.y_train),
+                        ("test", data.x_test, data.y_test)):
+        if len(x) != len(y):
+            raise CorruptDataError(f"{data.source}: {len(x)} {split} images but {len(y)} "
+                                   "labels; the files do not belong together. Delete them "
+                                   "so that they are fetched again.")
+        if len(y) and (int(y.min()) < 0 or int(y.max()) > 9):
+            raise CorruptDataError(f"{data.source}: a {split} label is {int(y.max())}, not a "
+                                   "class 0..9; the label file is damaged. Delete it so "
+                                   "that it is fetched again.")
 
 
 def check_images(x: torch.Tensor, shape: tuple[int, ...] = IMAGE_SHAPE) -> torch.Tensor:
@@ -368,6 +395,12 @@ def batches(*tensors: torch.Tensor, batch_size: int, shuffle: bool = True,
     """
     if not tensors:
         raise ValueError("batches needs at least one tensor")
+    for i, t in enumerate(tensors):
+        checks.tensor(f"tensors[{i}]", t)
+    batch_size = checks.as_int(batch_size)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+        raise checks.ArgumentError(f"batch_size must be a positive whole number, got "
+                                   f"{batch_size!r}")
     n = tensors[0].shape[0]
     if any(t.shape[0] != n for t in tensors):
         raise ValueError(f"tensors differ in length: {[t.shape[0] for t in tensors]}")

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import checks
 from .progress import progress
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -48,7 +49,7 @@ def linear_betas(T: int, start: float = 1e-4, end: float = 0.02) -> torch.Tensor
     float64. For other T than 1000, improved-diffusion scales start and end by 1000 / T so
     that the total noise stays comparable: `linear_betas(T, 1e-4 * 1000 / T, 0.02 * 1000 / T)`.
     """
-    _check_T(T)
+    T = _check_T(T)
     if not 0 < start <= end < 1:
         raise ValueError(f"need 0 < start <= end < 1, got start={start}, end={end}")
     if T == 1:
@@ -62,16 +63,19 @@ def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Ten
     alpha_bar(t) = f(t) / f(0), f(t) = cos^2(pi/2 (t/T + s) / (1 + s)),
     beta_t = min(1 - alpha_bar(t) / alpha_bar(t - 1), max_beta).
     """
-    _check_T(T)
+    T = _check_T(T)
     steps = torch.arange(T + 1, dtype=torch.float64) / T
     f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
     abar = f / f[0]
     return (1 - abar[1:] / abar[:-1]).clamp(max=max_beta)
 
 
-def _check_T(T) -> None:
+def _check_T(T) -> int:
+    T = checks.as_int(T)  # NumPy integers too
     if not isinstance(T, int) or isinstance(T, bool) or T < 1:
-        raise ValueError(f"T (the number of diffusion steps) must be a positive int, got {T!r}")
+        raise checks.ArgumentError(f"T (the number of diffusion steps) must be a positive "
+                                   f"int, got {T!r}")
+    return T
 
 
 def spaced_timesteps(T: int, n_steps: int) -> list[int]:
@@ -79,9 +83,10 @@ def spaced_timesteps(T: int, n_steps: int) -> list[int]:
 
     Rounds half up, so that the steps are distinct whenever n_steps <= T.
     """
-    _check_T(T)
-    if not isinstance(n_steps, int) or not 1 <= n_steps <= T:
-        raise ValueError(f"n_steps must be an int in 1..T = 1..{T}, got {n_steps!r}")
+    T = _check_T(T)
+    n_steps = checks.as_int(n_steps)
+    if not isinstance(n_steps, int) or isinstance(n_steps, bool) or not 1 <= n_steps <= T:
+        raise checks.ArgumentError(f"n_steps must be an int in 1..T = 1..{T}, got {n_steps!r}")
     if n_steps == 1:
         return [T]
     pos = torch.linspace(1, T, n_steps, dtype=torch.float64)
@@ -269,6 +274,7 @@ class Diffusion:
         """
         if isinstance(t, bool):
             raise TypeError("t must be an int or an int64 tensor, got a bool")
+        t = t if torch.is_tensor(t) else checks.as_int(t)  # NumPy integers too
         if isinstance(t, int):
             t = torch.full((batch,), t, dtype=torch.long, device=self.device)
         if not torch.is_tensor(t) or t.is_floating_point() or t.is_complex() \
@@ -534,15 +540,19 @@ class Diffusion:
         + sig z, sig = eta sqrt((1 - abar_r) / (1 - abar_s)) sqrt(1 - abar_s / abar_r).
         The last step returns the predicted x_0 without noise.
         """
-        if not eta >= 0:
-            raise ValueError(f"eta must be >= 0 (0: deterministic DDIM, 1: DDPM-like), got {eta}")
+        eta = checks.as_float(eta)
+        if not isinstance(eta, float) or not 0 <= eta < math.inf:
+            raise checks.ArgumentError(f"eta must be a number >= 0 (0: deterministic DDIM, 1: "
+                                       f"DDPM-like), got {eta!r}")
         steps = spaced_timesteps(self.T, n_steps)
         x = _start(shape, x_T, generator, device or self.device)
         abar = self.alphas_bar_.to(x.device)
         ts = torch.tensor(steps, dtype=torch.long, device=x.device)
         for i in progress(range(len(steps) - 1, -1, -1), desc="DDIM", quiet=quiet):
             t = ts[i].expand(len(x))
-            eps = eps_model(x, t).to(x.dtype)
+            eps = eps_model(x, t)
+            _check_eps(eps, x.shape, "x_t")  # as sample does: never broadcast a wrong shape
+            eps = eps.to(x.dtype)
             x0 = self._x0_from_eps(x, t, eps)
             if clip:
                 x0 = x0.clamp(-1, 1)
@@ -710,16 +720,29 @@ def annealed_langevin(score_fn, x: torch.Tensor, levels, step_sizes, n_steps: in
                          f"{len(step_sizes)} step sizes")
     if any(not a > 0 for a in step_sizes):
         raise ValueError("step sizes must be positive")
-    if not isinstance(n_steps, int) or n_steps < 1:
-        raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
+    n_steps = checks.count("n_steps", n_steps)
+    _check_data(x, "x")
+
+    def score(x, level):
+        s = score_fn(x, level)
+        if not torch.is_tensor(s) or s.shape != x.shape:
+            raise checks.ArgumentError(
+                f"score_fn(x, level) returned {_shape_of(s)} for x of shape "
+                f"{tuple(x.shape)}; it must return the score, of x's shape")
+        return s
+
     x = x.clone()
     for level, a in progress(list(zip(levels, step_sizes, strict=True)), desc="Langevin",
                              quiet=quiet):
         for _ in range(n_steps):
-            x = x + 0.5 * a * score_fn(x, level) + math.sqrt(a) * _randn(x.shape, x, generator)
+            x = x + 0.5 * a * score(x, level) + math.sqrt(a) * _randn(x.shape, x, generator)
     if final_denoise:
-        x = x + 0.5 * step_sizes[-1] * score_fn(x, levels[-1])
+        x = x + 0.5 * step_sizes[-1] * score(x, levels[-1])
     return x
+
+
+def _shape_of(v) -> str:
+    return f"shape {tuple(v.shape)}" if torch.is_tensor(v) else f"a {type(v).__name__}"
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -776,6 +799,10 @@ def _check_8bit(x0: torch.Tensor, where: str, name: str = "x0",
     (within 255 eps for float16/bfloat16, whose levels are rounded more coarsely): one
     reduction and one device sync per call, for the bound (never the training loss).
     """
+    if 255 * torch.finfo(x0.dtype).eps >= 0.5:  # bfloat16: neighbouring levels collapse
+        raise ValueError(f"{name} is {x0.dtype}, which cannot hold the 256 levels -1 + 2k/255 "
+                         f"apart ({where} with {setting} would take any values): pass it as "
+                         f"float32, {name}.float()")
     x = x0.detach()
     x = x if x.dtype == torch.float64 else x.float()
     tol = max(GRID_TOLERANCE, 255 * torch.finfo(x0.dtype).eps)

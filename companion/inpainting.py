@@ -38,6 +38,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from . import checks
 from .diffusion import Diffusion, spaced_timesteps
 from .progress import progress
 
@@ -60,6 +61,7 @@ def make_mask(name: str, n: int = 1, *, size: int = 28, generator=None,
     """
     if name not in MASKS:
         raise ValueError(f"unknown mask {name!r}; choose one of {sorted(MASKS)}")
+    n = checks.as_int(n)
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n (the number of masks) must be a positive int, got {n!r}")
     m = torch.ones(n, 1, size, size, device=device)
@@ -116,9 +118,10 @@ def repaint_schedule(n_steps: int, jump: int = 1, resamples: int = 1) -> list[in
     n_steps, n_steps - 1, ..., 0. The number of network calls is
     n_steps + (resamples - 1) * jump * len(range(0, n_steps - jump, jump)).
     """
+    n_steps, jump, resamples = (checks.as_int(v) for v in (n_steps, jump, resamples))
     for value, what in ((n_steps, "n_steps"), (jump, "jump"), (resamples, "resamples")):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{what} must be a positive int, got {value!r}")
+            raise checks.ArgumentError(f"{what} must be a positive int, got {value!r}")
     if resamples > 1 and jump >= n_steps:
         raise ValueError(f"jump ({jump}) must be shorter than the chain (n_steps = "
                          f"{n_steps}) to resample")
@@ -203,6 +206,7 @@ def inpaint(diffusion: Diffusion, eps_model, y: torch.Tensor, mask, *,
         raise TypeError(f"y must be a floating-point tensor (B, ...) on [-1, 1], got "
                         f"{getattr(y, 'dtype', type(y).__name__)}")
     known = check_mask(mask, y, "y")
+    _check_known_pixels(y, known, -1.0)
     steps = spaced_timesteps(diffusion.T, n_steps if n_steps is not None else diffusion.T)
     states = repaint_schedule(len(steps), jump, resamples)
     if x_T is None:
@@ -229,6 +233,7 @@ def matching_step(diffusion: Diffusion, sigma: float) -> int:
     (1 - abar_t) / abar_t = sigma^2, i.e. abar_t = 1 / (1 + sigma^2).
     """
     lo, hi = sigma_range(diffusion)
+    sigma = checks.as_float(sigma)  # NumPy and one-element tensors too
     if not isinstance(sigma, (int, float)) or isinstance(sigma, bool) \
             or not lo <= sigma <= hi:
         raise ValueError(f"sigma must be a noise level in the schedule's range "
@@ -253,6 +258,7 @@ def denoise(diffusion: Diffusion, eps_model, y: torch.Tensor, sigma: float, *,
         raise TypeError(f"y must be a floating-point batch (B, ...) on [-1, 1], got "
                         f"{getattr(y, 'shape', type(y).__name__)}")
     t = matching_step(diffusion, sigma)
+    _check_noisy_images(y, float(sigma))
     steps = spaced_timesteps(t, min(n_steps, t) if n_steps is not None else t)
     x = math.sqrt(float(diffusion.alphas_bar[t - 1])) * y
     states = list(range(len(steps), -1, -1))
@@ -285,8 +291,9 @@ def vae_map(vae, y: torch.Tensor, mask, *, steps: int = 300, lr: float = 0.05,
     completions is that of the optimizer's starts, not a posterior.
     """
     known = check_mask(mask, y, "y")
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    _check_known_pixels(y, known, 0.0)
+    steps = checks.count("steps", steps)
+    lr = checks.positive("lr", lr)
     z = torch.randn(len(y), vae.latent_dim, device=y.device, generator=generator)
     z.requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr)
@@ -320,8 +327,8 @@ def vae_pseudo_gibbs(vae, y: torch.Tensor, mask, *, iterations: int = 100,
     are y's exactly.
     """
     known = check_mask(mask, y, "y")
-    if not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"iterations must be a positive int, got {iterations!r}")
+    _check_known_pixels(y, known, 0.0)
+    iterations = checks.count("iterations", iterations)
     was = vae.training
     vae.eval()
     x = torch.where(known, y, torch.rand(y.shape, device=y.device, generator=generator))
@@ -332,6 +339,24 @@ def vae_pseudo_gibbs(vae, y: torch.Tensor, mask, *, iterations: int = 100,
         x = torch.where(known, y, vae.mean_image(z))
     vae.train(was)
     return x
+
+
+def _check_known_pixels(y: torch.Tensor, known: torch.Tensor, low: float) -> None:
+    """y's known pixels must lie in [low, 1] (the missing ones are ignored): 0..255 bytes,
+    or images on the other of [0, 1] and [-1, 1], would complete nonsense silently."""
+    checks.images("y (its known pixels)", y.detach()[known.expand_as(y)], low=low, high=1.0)
+
+
+def _check_noisy_images(y: torch.Tensor, sigma: float) -> None:
+    """y = x + sigma eps with x on [-1, 1]: each image's mean lies in [-1, 1] up to the
+    noise's, sigma / sqrt(D) per unit (6 of them allowed), which 0..255 bytes do not."""
+    means = y.detach().float().flatten(1).mean(1)
+    slack = 1.0 + 6.0 * sigma / math.sqrt(max(y[0].numel(), 1))
+    if len(means) and not bool((means.abs() <= slack).all()):
+        raise checks.ArgumentError(
+            f"y must be images on [-1, 1] plus noise of level sigma = {sigma:g}, but an image "
+            f"has mean {float(means.abs().max()):.3g} (more than {slack:.3g}): 0..255 "
+            "bytes? divide by 127.5 and subtract 1; [0, 1]? map with x * 2 - 1")
 
 
 # --- measuring completions ------------------------------------------------------------------

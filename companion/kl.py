@@ -11,6 +11,24 @@ import math
 import torch
 from torch import distributions as D
 
+from . import checks
+
+
+def _as_tensor(name: str, v, dtype=None) -> torch.Tensor:
+    """v (a tensor, a number or a list of numbers) as a tensor, refusing None, strings and
+    NaN with the argument's name."""
+    if not torch.is_tensor(v):
+        try:
+            v = torch.as_tensor(v, dtype=dtype)
+        except (TypeError, ValueError, RuntimeError):
+            raise checks.ArgumentError(f"{name} must be a tensor or numbers, got "
+                                       f"{type(v).__name__} {v!r:.40}") from None
+    elif dtype is not None:
+        v = v.to(dtype)
+    if v.is_floating_point() and torch.isnan(v).any():
+        raise checks.ArgumentError(f"{name} holds NaN")
+    return v
+
 
 def kl_discrete(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """KL(p || q) for probability vectors along the last dimension.
@@ -18,7 +36,7 @@ def kl_discrete(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     p, q: (..., K), each summing to 1  ->  (...,). Terms with p = 0 are 0 (0 log 0 = 0);
     a p > 0 where q = 0 gives +inf.
     """
-    p, q = torch.as_tensor(p), torch.as_tensor(q)
+    p, q = _as_tensor("p", p), _as_tensor("q", q)
     if p.shape != q.shape:
         raise ValueError(f"p and q must have the same shape, got {tuple(p.shape)} and "
                          f"{tuple(q.shape)}")
@@ -38,9 +56,9 @@ def kl_normal(mu_p, var_p, mu_q, var_q) -> torch.Tensor:
 
     = 1/2 [ log(var_q / var_p) + (var_p + (mu_p - mu_q)^2) / var_q - 1 ]
     """
-    mu_p, var_p, mu_q, var_q = (torch.as_tensor(t, dtype=torch.get_default_dtype())
-                                if not torch.is_tensor(t) else t
-                                for t in (mu_p, var_p, mu_q, var_q))
+    mu_p, var_p, mu_q, var_q = (
+        _as_tensor(name, t, None if torch.is_tensor(t) else torch.get_default_dtype())
+        for name, t in (("mu_p", mu_p), ("var_p", var_p), ("mu_q", mu_q), ("var_q", var_q)))
     if (var_p <= 0).any() or (var_q <= 0).any():
         raise ValueError(f"variances must be positive, got var_p min {float(var_p.min()):g} and "
                          f"var_q min {float(var_q.min()):g}; kl_normal takes variances "
@@ -54,6 +72,8 @@ def kl_diag_standard(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     mu, logvar: (B, D)  ->  (B, D); sum over the last dim for the total.
     = 1/2 [ mu^2 + exp(logvar) - 1 - logvar ]
     """
+    checks.tensor("mu", mu)
+    checks.tensor("logvar", logvar)
     if mu.shape != logvar.shape:
         raise ValueError(f"mu and logvar must have the same shape (B, D), got {tuple(mu.shape)} "
                          f"and {tuple(logvar.shape)}; an encoder's output splits in two with "
@@ -93,6 +113,7 @@ def kl_monte_carlo(p: D.Distribution, q: D.Distribution, n: int) -> tuple[float,
 
     Needs samples of p and both log-densities; seed torch for a repeatable estimate.
     """
+    n = checks.count("n (the number of samples)", n, minimum=2)
     x = p.sample((n,))
     r = p.log_prob(x) - q.log_prob(x)
     if r.dim() > 1:  # a batch of distributions: one estimate each
@@ -102,8 +123,11 @@ def kl_monte_carlo(p: D.Distribution, q: D.Distribution, n: int) -> tuple[float,
 
 def bernoulli_kl(a, b) -> torch.Tensor:
     """KL(Bernoulli(a) || Bernoulli(b)), elementwise, with 0 log 0 = 0."""
-    a = torch.as_tensor(a, dtype=torch.float64)
-    b = torch.as_tensor(b, dtype=torch.float64)
+    a, b = _as_tensor("a", a, torch.float64), _as_tensor("b", b, torch.float64)
+    for name, v in (("a", a), ("b", b)):
+        if ((v < 0) | (v > 1)).any():
+            raise checks.ArgumentError(f"{name} must be a probability in [0, 1], got values "
+                                       f"in [{float(v.min()):g}, {float(v.max()):g}]")
     return kl_discrete(torch.stack([a, 1 - a], -1), torch.stack([b, 1 - b], -1))
 
 
@@ -112,12 +136,16 @@ def binomial_log_prob_of_frequency(n, k, p: float) -> torch.Tensor:
 
     n, k: ints or tensors of the same shape.
     """
-    n = torch.as_tensor(n, dtype=torch.float64)
-    k = torch.as_tensor(k, dtype=torch.float64)
+    n, k = _as_tensor("n", n, torch.float64), _as_tensor("k", k, torch.float64)
+    p = checks.probability("p", p)
     if ((k < 0) | (k > n)).any():
         raise ValueError("need 0 <= k <= n")
     log_choose = torch.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
-    return log_choose + k * math.log(p) + (n - k) * math.log1p(-p)
+    if 0 < p < 1:
+        return log_choose + k * math.log(p) + (n - k) * math.log1p(-p)
+    # p = 0 or 1: 0 log 0 = 0, so a certain outcome has probability 1 and the other 0
+    p = torch.tensor(p, dtype=torch.float64)
+    return log_choose + torch.xlogy(k, p) + torch.special.xlog1py(n - k, -p)
 
 
 def kl_quadrature(log_p, log_q, grid: torch.Tensor) -> torch.Tensor:

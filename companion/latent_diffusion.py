@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import checks
 from .models.latent_denoiser import NO_LABEL, LatentDenoiser, check_weight
 
 
@@ -78,6 +79,7 @@ def latent_scale(codes: torch.Tensor) -> float:
 
 
 def _check_scale(scale) -> float:
+    scale = checks.as_float(scale)  # NumPy and one-element tensors too
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (
             math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale must be a positive finite number (latent_scale(codes)), "
@@ -88,6 +90,8 @@ def _check_scale(scale) -> float:
 def posterior_codes(vae, x: torch.Tensor, batch_size: int = 1000):
     """The encoder's q(z | x) for every image: x (N, 1, 28, 28) on [-1, 1] ->
     (mu, logvar), each (N, D), without gradients."""
+    checks.images("x", x, low=-1.0, high=1.0)  # 0..255 or [0, 1] would encode silently
+    batch_size = checks.count("batch_size", batch_size)
     mus, logvars = [], []
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
@@ -127,8 +131,7 @@ def decode(vae, z: torch.Tensor, scale: float) -> torch.Tensor:
 def drop_labels(y: torch.Tensor, p: float, generator: torch.Generator | None = None
                 ) -> torch.Tensor:
     """Each label replaced by NO_LABEL with probability p (training for guidance): (B,)."""
-    if not 0 <= p < 1:
-        raise ValueError(f"the label drop probability must lie in [0, 1), got {p}")
+    p = checks.real("p (the label drop probability)", p, low=0.0, high=1.0, open_high=True)
     keep = torch.rand(y.shape, device=y.device, generator=generator) >= p
     return torch.where(keep, y, torch.full_like(y, NO_LABEL))
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import distributions as D
 
+from . import checks
 from .kl import kl_diag_standard
 
 
@@ -54,6 +55,9 @@ def test_elbo(model, x: torch.Tensor, *, n_samples: int = 1, batch_size: int = 5
                 a lower bound, so this is legal (a model trained on grey values can
                 encode the grey image and be scored on its binarization).
     """
+    checks.tensor("x", x)
+    n_samples = checks.count("n_samples", n_samples)
+    batch_size = checks.count("batch_size", batch_size)
     if x_encoder is not None and x_encoder.shape != x.shape:
         raise ValueError(f"x_encoder must have the shape of x {tuple(x.shape)}, "
                          f"got {tuple(x_encoder.shape)}")
@@ -102,11 +106,10 @@ def iw_estimate(sample_q: Callable, log_joint: Callable, x: torch.Tensor, k: int
                 chunks, which bounds memory whatever k is.
     Seed torch for a repeatable estimate.
     """
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
-    if max_rows < 1 or batch_size < 1:
-        raise ValueError(f"max_rows and batch_size must be positive, got {max_rows}, "
-                         f"{batch_size}")
+    k = checks.count("k", k)  # importance samples per example
+    max_rows = checks.count("max_rows", max_rows)
+    batch_size = checks.count("batch_size", batch_size)
+    checks.tensor("x", x)
     log_px, elbo = [], []
     for start in range(0, len(x), batch_size):
         xb = x[start:start + batch_size]
@@ -191,6 +194,8 @@ def vae_iw_log_likelihood(model, x: torch.Tensor, k: int, *, batch_size: int = 5
 @torch.no_grad()
 def encode_all(model, x: torch.Tensor, batch_size: int = 1000):
     """The encoder's (mu, logvar) for every image: x (N, 1, 28, 28) -> two (N, D) tensors."""
+    batch_size = checks.count("batch_size", batch_size)
+    checks.tensor("x", x)
     was_training = model.training
     model.eval()
     parts = [model.encode(x[s:s + batch_size]) for s in range(0, len(x), batch_size)]
@@ -219,6 +224,8 @@ def active_units(mu: torch.Tensor, threshold: float = 1e-2) -> ActiveUnits:
     A dimension whose posterior mean does not move with x carries no information about x:
     q(z_u|x) is the same for every x, and the KL term then pushes it onto the prior.
     """
+    checks.tensor("mu", mu)
+    threshold = checks.real("threshold", threshold, low=0.0)
     if mu.dim() != 2 or len(mu) < 2:
         raise ValueError(f"mu must be (N, D) with N >= 2, got shape {tuple(mu.shape)}")
     _check_finite(torch.as_tensor(mu), "mu", "encoder means")
@@ -281,7 +288,8 @@ def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     scores: (N,) real; labels: (N,) 0/1 or bool, both classes present. Computed from the
     ranks (the Mann-Whitney U statistic), with tied scores sharing their average rank.
     """
-    scores, labels = torch.as_tensor(scores).flatten(), torch.as_tensor(labels).flatten()
+    scores, labels = checks.tensor("scores", scores), checks.tensor("labels", labels)
+    scores, labels = scores.flatten(), labels.flatten()
     if scores.shape != labels.shape:
         raise ValueError(f"scores and labels differ in size: {scores.numel()} and "
                          f"{labels.numel()}")
@@ -397,7 +405,7 @@ def frechet_floor(features: Callable, real: torch.Tensor, reference: torch.Tenso
 
 def label_histogram(probs: torch.Tensor, classes: int = 10) -> torch.Tensor:
     """How many images a classifier assigns to each class: probs (N, K) -> (K,) int64."""
-    probs = torch.as_tensor(probs)
+    probs = checks.tensor("probs", probs)
     if probs.dim() != 2 or probs.shape[1] != classes:
         raise ValueError(f"probs must be (N, {classes}) class probabilities, got "
                          f"{tuple(probs.shape)}")

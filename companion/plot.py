@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from matplotlib.text import Text
 
+from . import checks
+
 PALETTE = ["#1f5fa8", "#d1495b", "#2e933c", "#edae49", "#6c4f9c", "#00798c"]
 COLUMN_PX = 688  # the article column of the site at a 1280-px window
 DPI = 100  # figure.dpi and savefig.dpi of the style: 1 inch = 100 px
@@ -56,6 +58,9 @@ def image_grid(x: torch.Tensor, nrow: int = 8, ax=None, title: str | None = None
 
     x: (B, C, H, W) with values in [0, 1] (C = 1 or 3). Returns the axes.
     """
+    if x is None or isinstance(x, (str, bytes)):
+        raise checks.ArgumentError(f"x must be images (B, C, H, W), got {x!r:.40}")
+    nrow = checks.count("nrow", nrow)
     x = torch.as_tensor(x).detach().float().cpu().clamp(0, 1)
     if x.dim() != 4:
         raise ValueError(f"image_grid expects (B, C, H, W), got shape {tuple(x.shape)}")
@@ -84,6 +89,10 @@ def image_grid(x: torch.Tensor, nrow: int = 8, ax=None, title: str | None = None
 
 def smooth(values, window: int) -> np.ndarray:
     """Moving average over `window` points (the first ones average what exists)."""
+    window = checks.count("window", window)
+    if values is None or np.ndim(values) != 1:
+        raise checks.ArgumentError(f"values must be a sequence of numbers, got "
+                                   f"{type(values).__name__}")
     v = np.asarray(values, dtype=float)
     if window <= 1 or len(v) < 2:
         return v
@@ -100,12 +109,13 @@ def loss_curves(history: dict, keys=("loss",), ax=None, window: int | None = Non
 
     ylabel: default the key when there is one, else "loss".
     """
+    for key in (*keys, xkey):
+        if key not in history:
+            raise KeyError(f"history has no {key!r}; it has {sorted(history)}")
     if ax is None:
         _, ax = plt.subplots()
     x = np.asarray(history[xkey])
     for key in keys:
-        if key not in history:
-            raise KeyError(f"history has no {key!r}; it has {sorted(history)}")
         y = np.asarray(history[key], dtype=float)
         w = window or max(1, len(y) // 50)
         ax.plot(x[: len(y)], smooth(y, w), label=key)
@@ -128,6 +138,7 @@ def subplots(nrows: int = 1, ncols: int = 1, height: float | None = None,
     a figure that needs less. Constrained layout unless `layout` is given. Returns
     (fig, axes) like `plt.subplots`.
     """
+    nrows, ncols = checks.count("nrows", nrows), checks.count("ncols", ncols)
     if not 0 < width <= 1:
         raise ValueError(f"width is a fraction of the column, in (0, 1]; got {width}")
     if height is None:

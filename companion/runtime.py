@@ -12,13 +12,18 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from . import checks
 from .profiles import Profile, get_profile
 
 
 def get_device(name: str | None = None) -> torch.device:
     """`name` if given, else CUDA when available, else CPU."""
     if name is not None:
-        device = torch.device(name)
+        try:
+            device = torch.device(name)
+        except (RuntimeError, TypeError) as err:
+            raise checks.ArgumentError(f"device {name!r} is not a device: use 'cpu', 'cuda', "
+                                       f"'cuda:1' or 'mps' ({err})") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(
                 f"device {name!r} was asked for, but this machine has no usable CUDA GPU "
@@ -31,8 +36,10 @@ def get_device(name: str | None = None) -> torch.device:
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch (CPU and CUDA); returns a CPU generator seeded alike."""
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    seed = checks.as_int(seed)  # NumPy integers too
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise checks.ArgumentError(f"seed must be a non-negative int below 2**63, got "
+                                   f"{seed!r}")
     random.seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002 (seeds the global generator users call)
     torch.manual_seed(seed)
@@ -59,8 +66,10 @@ def setup(seed: int = 0, profile: str | None = None, device: str | None = None,
     threads only add synchronization cost.
     """
     if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be at least 1, got {threads}")
+        threads = checks.as_int(threads)
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+            raise checks.ArgumentError(f"threads must be at least 1 (a whole number), got "
+                                       f"{threads!r}")
         torch.set_num_threads(threads)
     seed_everything(seed)
     prof = get_profile(profile)

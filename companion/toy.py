@@ -12,6 +12,8 @@ import math
 import torch
 from torch import distributions as D
 
+from . import checks
+
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -78,8 +80,9 @@ class LinearGaussian:
 
     def sample(self, n: int, generator: torch.Generator | None = None):
         """n draws of the joint: returns (z (n, K), x (n, D))."""
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive int, got {n!r}")
+        n = checks.as_int(n)  # NumPy integers too
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise checks.ArgumentError(f"n must be a positive int, got {n!r}")
         kw = dict(dtype=self.W.dtype, device=self.W.device, generator=generator)
         z = torch.randn(n, self.K, **kw)
         x = z @ self.W.T + self.b + self.sigma * torch.randn(n, self.D, **kw)
@@ -214,8 +217,9 @@ class GaussianMixture:
 
     def sample(self, n: int, generator: torch.Generator | None = None):
         """n draws of the joint: (z (n,) int64 component labels, x (n, D))."""
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive int, got {n!r}")
+        n = checks.as_int(n)  # NumPy integers too
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise checks.ArgumentError(f"n must be a positive int, got {n!r}")
         z = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         return z, self.decode(z, generator)
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import distributed, profiles
+from . import checks, distributed, profiles
 from .checkpoint import (  # noqa: F401  (re-exported: companion.train's names of before)
     CheckpointBusyError,
     CheckpointMismatchError,
@@ -139,7 +139,8 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
     """
     tensors = data if isinstance(data, (tuple, list)) else (data,)
     total = _check_fit_args(model, tensors, epochs, steps, batch_size,
-                            lr if optimizer is None else None, clip, check_every, save_every)
+                            lr if optimizer is None else None, clip, check_every, save_every,
+                            save_seconds)
     device = next(model.parameters()).device
     optimizer = optimizer or default_optimizer(model.parameters(), lr, device)
     _check_optimizer(model, optimizer)
@@ -481,7 +482,7 @@ def _draw_order(n: int, generator: torch.Generator | None, device: torch.device)
 
 
 def _check_fit_args(model, tensors, epochs, steps, batch_size, lr, clip, check_every,
-                    save_every) -> int:
+                    save_every, save_seconds) -> int:
     """Clear errors for the mistakes fit would otherwise report obscurely, or not at all;
     returns the number of steps to train."""
     if not isinstance(model, nn.Module) or next(model.parameters(), None) is None:
@@ -512,6 +513,7 @@ def _check_fit_args(model, tensors, epochs, steps, batch_size, lr, clip, check_e
                              or not 0 < clip <= float("inf")):
         raise ValueError(f"clip is the largest gradient norm allowed and must be > 0 (e.g. "
                          f"1.0), or None for no clipping; got {clip!r}")
+    checks.real("save_seconds", save_seconds, low=0.0, finite=False)
     if (epochs is None) == (steps is None):
         raise ValueError("give exactly one of epochs= or steps=")
     for name, v in (("epochs", epochs), ("steps", steps), ("check_every", check_every),

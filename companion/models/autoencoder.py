@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import checks
 from ..data import IMAGE_SHAPE, check_images
 
 N_PIXELS = 28 * 28
@@ -186,8 +187,7 @@ def reconstruction_loss(model: nn.Module, x: torch.Tensor, kind: str = "mse") ->
 def add_noise(x: torch.Tensor, noise_std: float,
               generator: torch.Generator | None = None) -> torch.Tensor:
     """x + noise_std * eps with eps ~ N(0, I) (not clipped: the noise is exactly Gaussian)."""
-    if noise_std < 0:
-        raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+    noise_std = checks.real("noise_std", noise_std, low=0.0)
     if noise_std == 0:
         return x
     eps = torch.randn(x.shape, generator=generator, dtype=x.dtype,
@@ -372,6 +372,7 @@ def fit_linear_als(model: Autoencoder, x: torch.Tensor, iters: int = 50) -> list
     if not isinstance(model, Autoencoder) or model.hidden or model.activation != "identity" \
             or model.output != "identity":
         raise TypeError("fit_linear_als needs a linear autoencoder: use linear_autoencoder(k)")
+    iters = checks.count("iters", iters)
     xf = check_images(x).flatten(1).double()
     mean = xf.mean(0)
     xc = xf - mean

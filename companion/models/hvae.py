@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import checks
 from ..data import IMAGE_SHAPE, binarize
 from .vae import MIN_LOG_SCALE, N_PIXELS, MLPDecoder, check_8bit_images, check_images_for
 
@@ -340,7 +341,10 @@ class HierarchicalVAE(_ImageModel):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n images from the model, E[x | z_1]: (n, 1, 28, 28) (see `mean_image`)."""
+        n = checks.count("n (the number of samples)", n, minimum=0)
         device = next(self.parameters()).device
+        if n == 0:  # as VAE.sample(0): an empty batch, not a reshape error
+            return torch.zeros(0, 1, 28, 28, device=device)
         noise = [torch.randn(n, d, generator=generator).to(device) for d in self.latent_dims]
         return self.mean_image(self.generate(noise)[0])
 

@@ -107,6 +107,13 @@ class LatentDenoiser(nn.Module):
             raise ValueError(f"t must be an int64 tensor of shape ({len(z)},) with steps in "
                              f"1..{c.T}, got {getattr(t, 'dtype', type(t).__name__)} "
                              f"{tuple(getattr(t, 'shape', ()))}")
+        # as the U-Net checks it: on the CPU (on a GPU, reading the range back would cost a
+        # device sync every step)
+        if len(t) and t.device.type == "cpu" and not torch.compiler.is_compiling():
+            lo, hi = (int(v) for v in torch.aminmax(t))
+            if lo < 1 or hi > c.T:
+                raise ValueError(f"t must lie in 1..T = 1..{c.T} (the schedule this denoiser "
+                                 f"was built for), got values in {lo}..{hi}")
         if y is None:
             return
         if not self.conditional:

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import distributions as D
 from torch import nn
 
+from .. import checks
 from ..data import IMAGE_SHAPE, binarize, check_images
 from ..kl import kl_diag_standard
 
@@ -196,8 +197,9 @@ class VAE(nn.Module):
             raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
-        if not isinstance(latent_dim, int) or latent_dim < 1:
-            raise ValueError(f"latent_dim must be a positive int, got {latent_dim!r}")
+        latent_dim = checks.as_int(latent_dim)  # NumPy integers too
+        if not isinstance(latent_dim, int) or isinstance(latent_dim, bool) or latent_dim < 1:
+            raise checks.ArgumentError(f"latent_dim must be a positive int, got {latent_dim!r}")
         self.latent_dim, self.arch, self.likelihood = latent_dim, arch, likelihood
         hidden = tuple(hidden)
         self.out_channels = 2 if likelihood == "discretized" else 1
@@ -213,8 +215,10 @@ class VAE(nn.Module):
         if self.learn_sigma:
             self.log_sigma = nn.Parameter(torch.tensor(math.log(sigma_init)))
         elif likelihood == "gaussian":
-            if isinstance(sigma, str) or not sigma > 0:
-                raise ValueError(f'sigma must be a positive float or "learned", got {sigma!r}')
+            sigma = checks.as_float(sigma)
+            if not isinstance(sigma, float) or not 0 < sigma < math.inf:
+                raise checks.ArgumentError(f'sigma must be a positive float (finite) or '
+                                           f'"learned", got {sigma!r}')
             self.register_buffer("log_sigma", torch.tensor(math.log(sigma)))
 
     # --- the two networks -------------------------------------------------------------
@@ -323,6 +327,7 @@ class VAE(nn.Module):
 
         Returns (n, 1, 28, 28).
         """
+        n = checks.count("n (the number of samples)", n, minimum=0)
         device = next(self.parameters()).device
         z = torch.randn(n, self.latent_dim, generator=generator).to(device)
         return self.sample_x(self.decode(z), generator) if not mean else self.mean_image(z)
@@ -383,8 +388,8 @@ class ELBOLoss:
 
     def __init__(self, beta: float = 1.0, warmup_steps: int = 0, binarize: bool | None = None,
                  generator: torch.Generator | None = None):
-        if beta < 0 or warmup_steps < 0:
-            raise ValueError(f"beta and warmup_steps must be >= 0, got {beta}, {warmup_steps}")
+        beta = checks.real("beta", beta, low=0.0)
+        warmup_steps = checks.count("warmup_steps", warmup_steps, minimum=0)
         self.beta, self.warmup_steps, self.binarize = beta, warmup_steps, binarize
         self.generator = generator
 
