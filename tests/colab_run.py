@@ -175,8 +175,9 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="colab-run-") as tmp:
         env = {**os.environ, **profile, "BOOK_OFFLINE": "1", "BOOK_CACHE": f"{tmp}/cache",
                "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ['PATH']}",
-               "MPLBACKEND": "agg", "PYTHONPATH": ""}
+               "PYTHONPATH": ""}
         env.pop("VIRTUAL_ENV", None)
+        env.pop("MPLBACKEND", None)  # Colab's kernel draws with the inline backend
         start = time.time()
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:
             # each notebook gets a folder of its own, outside the checkout
