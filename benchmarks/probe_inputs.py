@@ -35,6 +35,7 @@ def cases():
     from companion import inpainting as ip
     from companion import latent_diffusion as ld
     from companion.models import autoencoder as ae
+    from companion.models.classifier import Classifier, predict
     from companion.models.hvae import HierarchicalVAE
     from companion.models.latent_denoiser import LatentDenoiser
     from companion.models.unet import UNet, preset
@@ -209,6 +210,13 @@ def cases():
             torch.randn(1, 3), torch.randn(5, 3)), E, "sample|a"),
         ("metrics", "frechet_distance dims differ", lambda: metrics.frechet_distance(
             torch.randn(5, 3), torch.randn(5, 4)), E, "dim|shape|feature"),
+        ("metrics", "frechet_distance(None, ...)", lambda: metrics.frechet_distance(
+            None, torch.randn(5, 3)), E, "a"),
+        ("models", "classifier predict batch_size=0", lambda: predict(
+            Classifier(), img01, batch_size=0), E, "batch_size"),
+        ("models", "autoencoder encode_all batch_size=0", lambda: ae.encode_all(
+            ae.Autoencoder(2, hidden=(8,)), img01, batch_size=0), E, "batch_size"),
+        ("latent_diffusion", "check_labels(None)", lambda: ld.check_labels(None), E, "labels"),
         ("metrics", "active_units(threshold=nan)", lambda: metrics.active_units(
             torch.randn(5, 2), float("nan")), E, "threshold"),
         ("metrics", "label_histogram(None)", lambda: metrics.label_histogram(None), E,

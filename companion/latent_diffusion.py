@@ -138,6 +138,9 @@ def drop_labels(y: torch.Tensor, p: float, generator: torch.Generator | None = N
 
 def check_labels(labels, num_classes: int = 10) -> torch.Tensor:
     """labels as an int64 tensor (B,) of classes 0..num_classes - 1, or a clear error."""
+    if labels is None or isinstance(labels, str):
+        raise checks.ArgumentError(f"labels must be a 1-D sequence of integer classes, got "
+                                   f"{labels!r}")
     y = torch.as_tensor(labels)
     if y.dim() != 1 or y.is_floating_point() or y.dtype == torch.bool:
         raise ValueError(f"labels must be a 1-D sequence of integer classes, got "

@@ -320,6 +320,9 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     so the result is real; tr((S_a^1/2 S_b S_a^1/2)^1/2) = tr((S_a S_b)^1/2).
     The distance has a bias that grows as N shrinks: compare numbers only at equal counts.
     """
+    for name, v in (("a", a), ("b", b)):
+        if v is None or isinstance(v, str):
+            raise checks.ArgumentError(f"{name} must be a feature matrix (N, d), got {v!r}")
     a, b = torch.as_tensor(a), torch.as_tensor(b)
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"need two feature matrices (N, d) and (M, d) with the same d, got "

@@ -412,4 +412,5 @@ def interpolate(model: nn.Module, x_a: torch.Tensor, x_b: torch.Tensor,
 @torch.no_grad()
 def encode_all(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """Codes of a whole dataset in batches: (N, 1, 28, 28) -> (N, latent_dim)."""
+    batch_size = checks.count("batch_size", batch_size)
     return torch.cat([model.encode(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import checks
+
 FEATURES = 128
 
 
@@ -91,6 +93,7 @@ def predict(model: Classifier, x: torch.Tensor, batch_size: int = 1000
 
     x: (N, 1, 28, 28) images in [0, 1] (a DDPM's samples go through to_unit first).
     """
+    batch_size = checks.count("batch_size", batch_size)
     model._check(x)
     if len(x) == 0:
         raise ValueError(f"predict got no images, shape {tuple(x.shape)}: pass at least one")
