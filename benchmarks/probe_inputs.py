@@ -362,19 +362,23 @@ def _valid_idx(data):
     import tempfile
     from pathlib import Path
 
-    d = Path(tempfile.mkdtemp())
-    path = d / "t10k-labels-idx1-ubyte"
-    raw = bytes([0, 0, 8, 1, 0, 0, 0, 3, 1, 2, 3])
-    path.write_bytes(raw)
-    return data.read_idx(path)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "t10k-labels-idx1-ubyte"
+        path.write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 3, 1, 2, 3]))
+        return data.read_idx(path)
 
 
 def _mismatched_idx(data, n_images, n_labels, label=1):
-    import os
     import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        return _load_mismatched(data, d, n_images, n_labels, label)
+
+
+def _load_mismatched(data, d, n_images, n_labels, label):
     from pathlib import Path
 
-    root = Path(tempfile.mkdtemp())
+    root = Path(d)
     raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True)
     imgs = np.zeros((n_images, 28, 28), np.uint8)
@@ -385,11 +389,7 @@ def _mismatched_idx(data, n_images, n_labels, label=1):
             + imgs.tobytes())
         (raw / f"{split}-labels-idx1-ubyte").write_bytes(
             bytes([0, 0, 8, 1]) + n_labels.to_bytes(4, "big") + labs.tobytes())
-    os.environ["BOOK_DATA"] = str(root)
-    try:
-        return data.load("mnist", root=root, download=False, verbose=False)
-    finally:
-        del os.environ["BOOK_DATA"]
+    return data.load("mnist", root=root, download=False, verbose=False)
 
 
 def _bf16_grid(vae8):
@@ -405,6 +405,8 @@ def _als(ae, iters):
 
 
 def classify(fn, expect, want):
+    import matplotlib.pyplot as plt
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -417,6 +419,8 @@ def classify(fn, expect, want):
         ours = type(err).__module__.startswith("companion")  # CorruptDataError, say
         return ("clear" if (isinstance(err, CLEAR) or ours) and named else "cryptic"), \
             f"{type(err).__name__}: {msg}"
+    finally:
+        plt.close("all")  # the plot cases draw figures
     if expect == "error":
         return "silent", f"returned {type(out).__name__}"
     if callable(want) and not want(out):
