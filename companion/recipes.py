@@ -451,6 +451,8 @@ COMMANDS = {
                                               hierarchical=True)),
     "latent-vae": ("chapter 11's autoencoder",
                    lambda d, p, dev: latent_vae(d.x_train, p, dev, source=d.source)),
+    "flow": ("chapter 13's flow-matching U-Net",
+             lambda d, p, dev: flow_matching(d.x_train, p, dev)),
 }
 
 
