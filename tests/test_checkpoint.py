@@ -248,3 +248,17 @@ def test_book_cache_empty_or_with_a_tilde(monkeypatch, value):
     assert d.is_absolute() and "~" not in str(d)
     assert d == (Path.home() / "somewhere" if "~" in value
                  else Path.home() / ".cache" / "companion")
+
+
+def test_the_checkpoint_module_never_imports_train():
+    """Issue 33: train imports the checkpoint module, never the reverse (no cycle)."""
+    import ast
+
+    import companion.checkpoint
+    import companion.distributed
+
+    for module in (companion.checkpoint, companion.distributed):
+        tree = ast.parse(Path(module.__file__).read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+            a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not {m for m in imported if m and m.split(".")[-1] == "train"}, module
