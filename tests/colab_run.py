@@ -136,6 +136,7 @@ def execute(notebook: Path, env: dict, workdir: Path) -> tuple[str, float, str, 
                            "1" if smoke else "0"], env=env, cwd=workdir,
                           capture_output=True, text=True)
     seconds = time.time() - start
+    print(f"  ... {notebook.name} done in {seconds:.0f} s", flush=True)
     if proc.returncode != 0:
         tail = [ln for ln in proc.stderr.splitlines() if ln.strip()][-12:]
         return notebook.name, seconds, "\n".join(tail) or "?", []
