@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-
 from itertools import islice
 
 from tqdm.auto import tqdm
