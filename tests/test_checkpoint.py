@@ -262,3 +262,14 @@ def test_the_checkpoint_module_never_imports_train():
         imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
             a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         assert not {m for m in imported if m and m.split(".")[-1] == "train"}, module
+
+
+def test_a_float_setting_that_differs_only_in_its_last_digits_is_the_same():
+    """Chapter 11's latent scale, computed from the data under AVX-512 and under
+    ATEN_CPU_CAPABILITY=default: a checkpoint trained on one CPU loads on the other."""
+    from companion.checkpoint import same_value
+
+    assert same_value(0.7458972775917927, 0.7458972780326674)
+    assert same_value([0.1, float("nan")], (0.1 + 1e-12, float("nan")))
+    assert not same_value(1e-3, 2e-3) and not same_value(0.7459, 0.7460)
+    assert not same_value(0.0, 1e-300) and same_value(0.0, 0.0)
