@@ -33,30 +33,29 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import checks
+
 Field = Callable[[torch.Tensor, float], torch.Tensor]
 BIN = 2.0 / 255.0  # the width of one grey level of 8-bit images on [-1, 1]
 
 
 def check_time(t, name: str = "t") -> float:
     """t as a float, checked to lie in [0, 1] (this module's time; the chain's steps are 1..T)."""
-    if isinstance(t, bool) or not isinstance(t, (int, float)) and not (
-            torch.is_tensor(t) and t.numel() == 1):
-        raise TypeError(f"{name} must be a number in [0, 1], got {t!r:.60}")
-    value = float(t)
+    value = checks.as_float(t)  # NumPy and one-element tensors too
+    if not isinstance(value, float):
+        raise checks.ArgumentError(f"{name} must be a number in [0, 1], got {t!r:.60}")
     if not 0.0 <= value <= 1.0:
         hint = (" (continuous time runs over [0, 1]; a chain step s in 1..T is at about "
                 "s / T)") if value > 1 else ""
-        raise ValueError(f"{name} must lie in [0, 1], got {value:g}{hint}")
+        raise checks.ArgumentError(f"{name} must lie in [0, 1], got {value:g}{hint}")
     return value
 
 
 def _check_batch(x, name: str = "x") -> None:
-    if not torch.is_tensor(x) or not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point torch tensor, got "
-                        f"{getattr(x, 'dtype', type(x).__name__)}")
+    checks.tensor(name, x, floating=True)
     if x.dim() < 2 or len(x) == 0:
-        raise ValueError(f"{name} must be a non-empty batch (B, ...), got shape "
-                         f"{tuple(x.shape)}; use x.reshape(1, -1) for one point")
+        raise checks.ArgumentError(f"{name} must be a non-empty batch (B, ...), got shape "
+                                   f"{tuple(x.shape)}; use x.reshape(1, -1) for one point")
 
 
 def _check_field_output(out, x, name: str = "the field") -> torch.Tensor:

@@ -11,6 +11,19 @@ def _seed_and_dtype():
     torch.set_default_dtype(torch.float32)
 
 
+@pytest.fixture
+def float64_one_thread():
+    """float64 for exact checks; one thread, since these small tensors only pay for
+    synchronization with more (and crawl when the cores are busy). A module asks for it
+    with `pytestmark = pytest.mark.usefixtures("float64_one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_default_dtype(torch.float64)
+    torch.set_num_threads(1)
+    yield
+    torch.set_default_dtype(torch.float32)
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def built_book(tmp_path_factory):
     """The book built once per test run (-W -n, from the stored outputs) into a temporary

@@ -10,17 +10,7 @@ from torch import distributions as D
 from companion import diffusion as dm
 from companion import toy
 
-
-@pytest.fixture(autouse=True)
-def _float64_one_thread():
-    """float64 for exact checks; one thread, since these small tensors only pay for
-    synchronization with more (and crawl when the cores are busy)."""
-    threads = torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
-    yield
-    torch.set_default_dtype(torch.float32)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("float64_one_thread")
 
 
 def gaussian_eps(diff: dm.Diffusion, m: float, s: float):

@@ -11,15 +11,7 @@ from companion import flow as F
 from companion import sde as S
 from companion.models.unet import UNet, preset
 
-
-@pytest.fixture(autouse=True)
-def _float64_one_thread():
-    threads = torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
-    yield
-    torch.set_default_dtype(torch.float32)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("float64_one_thread")
 
 
 M, SD = -0.3, 0.5  # data N(M, SD^2) per dimension

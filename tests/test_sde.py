@@ -11,15 +11,7 @@ from companion import diffusion as dm
 from companion import sde as S
 from companion import toy
 
-
-@pytest.fixture(autouse=True)
-def _float64_one_thread():
-    threads = torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
-    yield
-    torch.set_default_dtype(torch.float32)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("float64_one_thread")
 
 
 VP = S.VPSDE()
