@@ -3,12 +3,17 @@
 A notebook never hard-codes epochs or dataset sizes; it asks the active profile:
 
     profile = get_profile()          # BOOK_PROFILE, else gpu if CUDA, else cpu
-    profile.epochs, profile.n_train, profile.pick(ci=200, cpu=2_000, gpu=20_000)
+    profile.epochs, profile.n_train, profile.pick(ci=(8, 16), cpu=(16, 32), gpu=(32, 64))
+    profile.count(ci=200, cpu=2_000, gpu=20_000)   # samples, draws, repeats, steps
+
+Under BOOK_SMOKE=1 (the smoke run) the profile keeps its models and recipes but takes the
+ci profile's data slice and counts, and the book's loops stop early: see `smoke_mode`.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, replace
 
 import torch
@@ -29,6 +34,7 @@ class Profile:
     mc_samples:  Monte Carlo samples for estimates and checks.
     iw_samples:  importance samples for log p(x) estimates.
     quiet:       silence progress bars (ci, so logs stay readable).
+    smoke:       the smoke run (BOOK_SMOKE=1): `count` gives the ci count.
     """
 
     name: str
@@ -40,10 +46,19 @@ class Profile:
     mc_samples: int
     iw_samples: int
     quiet: bool
+    smoke: bool = False
 
     def pick(self, *, ci, cpu, gpu):
-        """The value for this profile: `profile.pick(ci=2, cpu=10, gpu=50)`."""
+        """The value for this profile, a size or a setting: `pick(ci=8, cpu=16, gpu=32)`."""
         return {"ci": ci, "cpu": cpu, "gpu": gpu}[self.name]
+
+    def count(self, *, ci, cpu, gpu):
+        """How many samples, draws, repeats or steps: `profile.count(ci=32, cpu=64, gpu=500)`.
+
+        The profile's value, like `pick`, except in the smoke run, which takes the ci count:
+        a count sets how long a computation runs, never what it computes with.
+        """
+        return ci if self.smoke else self.pick(ci=ci, cpu=cpu, gpu=gpu)
 
     def with_(self, **changes) -> Profile:
         """A copy with some sizes changed, e.g. for a quick experiment."""
@@ -66,7 +81,11 @@ def default_profile_name() -> str:
 
 
 def get_profile(name: str | None = None) -> Profile:
-    """The active profile: `name`, else $BOOK_PROFILE, else chosen from the device."""
+    """The active profile: `name`, else $BOOK_PROFILE, else chosen from the device.
+
+    In the smoke run (BOOK_SMOKE=1) it is that profile with the ci profile's data slice,
+    Monte Carlo sizes and counts: the same models, on a couple of steps of little data.
+    """
     chosen = name or os.environ.get(ENV_VAR, "").strip() or default_profile_name()
     key = chosen.lower()
     if key not in PROFILES:
@@ -75,18 +94,50 @@ def get_profile(name: str | None = None) -> Profile:
             f"unknown profile {chosen!r}; valid profiles are: {valid}. "
             f"Set {ENV_VAR} to one of them, or unset it to choose from the device."
         )
-    return PROFILES[key]
+    profile = PROFILES[key]
+    if smoke_mode():
+        ci = PROFILES["ci"]
+        profile = replace(profile, n_train=ci.n_train, n_test=ci.n_test,
+                          mc_samples=ci.mc_samples, iw_samples=ci.iw_samples, smoke=True)
+    return profile
 
 
 SMOKE_VAR = "BOOK_SMOKE"
 SMOKE_STEPS = 2
+SMOKE_SLOW = 0.02  # seconds: a loop slower than this an iteration is cut in the smoke run
 
 
 def smoke_mode() -> bool:
     """True under BOOK_SMOKE=1: the profile's models and code paths, a couple of steps each.
 
-    Like Lightning's `fast_dev_run`: `fit` stops after SMOKE_STEPS optimizer steps and
-    writes its checkpoints to a throwaway folder, never the normal cache, so that the `gpu`
-    profile's code runs on a CPU in minutes. Anything but "", "0" or unset turns it on.
+    Like Lightning's `fast_dev_run`, so that the `gpu` profile's code runs on a CPU in
+    minutes: `fit` stops after SMOKE_STEPS optimizer steps and writes its checkpoints to a
+    throwaway folder, never the normal cache; `get_profile` gives the ci profile's data
+    slice and counts; and a loop through `companion.progress` whose first SMOKE_STEPS
+    iterations took more than SMOKE_SLOW seconds each (a sampler calling a gpu-sized
+    network) stops there, while a cheaper one (a toy model's) runs whole, so that later
+    cells find every step they read. Anything but "", "0" or unset turns it on.
     """
     return os.environ.get(SMOKE_VAR, "").strip() not in ("", "0")
+
+
+def smoke_cut():
+    """A check for one loop of the smoke run: call it before each iteration; True means stop.
+
+    Outside the smoke run it is always False. In it, it turns True for good at the call after
+    the first SMOKE_STEPS iterations if those took more than SMOKE_SLOW seconds each (a
+    sampler or an ODE calling a gpu-sized network), and stays False for a cheaper loop (a toy
+    model's), which runs whole.
+    """
+    if not smoke_mode():
+        return lambda: False
+    start, calls, stop = time.perf_counter(), 0, False
+
+    def cut() -> bool:
+        nonlocal calls, stop
+        calls += 1
+        if calls == SMOKE_STEPS + 1:
+            stop = time.perf_counter() - start > SMOKE_STEPS * SMOKE_SLOW
+        return stop
+
+    return cut

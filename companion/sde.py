@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from . import checks
+from .profiles import smoke_cut
 
 Field = Callable[[torch.Tensor, float], torch.Tensor]
 BIN = 2.0 / 255.0  # the width of one grey level of 8-bit images on [-1, 1]
@@ -365,6 +366,10 @@ def standard_normal_log_p(x: torch.Tensor) -> torch.Tensor:
     return -0.5 * (x.reshape(len(x), -1).double().pow(2).sum(1) + d * math.log(2 * math.pi))
 
 
+class _SmokeCut(Exception):
+    """Stops the solver in the smoke run."""
+
+
 @dataclass
 class Likelihood:
     """log p_0(x) = log_prior + delta per point (nats, float64 (B,)); nfe: evaluations of the
@@ -406,8 +411,12 @@ def ode_log_likelihood(field: Field, x: torch.Tensor, *, t0: float = 0.0, t1: fl
     shape, B, dtype, device = x.shape, len(x), x.dtype, x.device
     n = x.numel()
     counter = Counted(field)
+    cut, last = smoke_cut(), {}
 
     def rhs(t, y):
+        if cut():  # the smoke run (BOOK_SMOKE=1): a couple of evaluations of a big network
+            raise _SmokeCut
+        last["y"] = y
         xt = torch.from_numpy(y[:n]).to(device=device, dtype=dtype).reshape(shape)
         if probes is None:
             f, div = divergence_exact(counter, xt, float(t))
@@ -418,10 +427,14 @@ def ode_log_likelihood(field: Field, x: torch.Tensor, *, t0: float = 0.0, t1: fl
                                div.detach().double().cpu().numpy()])
 
     y0 = np.concatenate([x.detach().double().cpu().numpy().ravel(), np.zeros(B)])
-    sol = solve_ivp(rhs, (t0, t1), y0, method=method, rtol=rtol, atol=atol)
-    if not sol.success:
-        raise RuntimeError(f"the ODE solver failed: {sol.message}")
-    end = sol.y[:, -1]
+    try:
+        sol = solve_ivp(rhs, (t0, t1), y0, method=method, rtol=rtol, atol=atol)
+    except _SmokeCut:  # ends where the field was last evaluated, short of t1
+        end = last["y"]
+    else:
+        if not sol.success:
+            raise RuntimeError(f"the ODE solver failed: {sol.message}")
+        end = sol.y[:, -1]
     x_end = torch.from_numpy(end[:n].copy()).reshape(shape)
     delta = torch.from_numpy(end[n:].copy())
     log_prior = prior_log_p(x_end.to(torch.float64)).double().cpu()

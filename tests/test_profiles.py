@@ -47,3 +47,18 @@ def test_pick_and_with():
     assert PROFILES["gpu"].pick(ci=1, cpu=2, gpu=3) == 3
     smaller = ci.with_(epochs=1)
     assert smaller.epochs == 1 and ci.epochs != 1 and smaller.name == "ci"
+
+
+def test_the_smoke_run_keeps_the_models_and_takes_the_ci_counts(monkeypatch):
+    monkeypatch.setenv("BOOK_SMOKE", "0")
+    gpu = get_profile("gpu")
+    assert gpu.count(ci=1, cpu=2, gpu=3) == 3 and not gpu.smoke
+    monkeypatch.setenv("BOOK_SMOKE", "1")
+    smoke, ci = get_profile("gpu"), PROFILES["ci"]
+    assert smoke.name == "gpu" and smoke.smoke
+    assert smoke.pick(ci=1, cpu=2, gpu=3) == 3  # sizes and settings: the gpu profile's
+    assert smoke.count(ci=1, cpu=2, gpu=3) == 1  # how long it runs: the ci profile's
+    assert (smoke.n_train, smoke.n_test) == (ci.n_train, ci.n_test)
+    assert (smoke.mc_samples, smoke.iw_samples) == (ci.mc_samples, ci.iw_samples)
+    assert (smoke.epochs, smoke.steps, smoke.batch_size) == (gpu.epochs, gpu.steps,
+                                                             gpu.batch_size)

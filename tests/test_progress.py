@@ -24,10 +24,23 @@ def test_book_progress_0_silences_every_bar(monkeypatch):
     assert not progress(range(2)).disable
 
 
-def test_the_smoke_run_cuts_long_loops_to_a_couple_of_steps(monkeypatch):
-    from companion.profiles import SMOKE_STEPS
+def test_the_smoke_run_cuts_slow_loops_to_a_couple_of_steps(monkeypatch):
+    import time
+
+    from companion.profiles import SMOKE_SLOW, SMOKE_STEPS
+
+    def run(loop, seconds):
+        seen = []
+        for i in loop:
+            seen.append(i)
+            time.sleep(seconds)
+        return seen
 
     monkeypatch.setenv("BOOK_SMOKE", "1")
-    assert list(progress(range(10, 0, -1))) == list(range(10, 10 - SMOKE_STEPS, -1))
+    # a sampler calling a big network: stopped after its first steps
+    assert run(progress(range(10, 0, -1)), 2 * SMOKE_SLOW) == \
+        list(range(10, 10 - SMOKE_STEPS, -1))
+    # a toy model's loop: whole, so that later cells find every step they read
+    assert run(progress(range(200, 0, -1)), 0) == list(range(200, 0, -1))
     monkeypatch.setenv("BOOK_SMOKE", "0")
-    assert list(progress(range(10, 0, -1))) == list(range(10, 0, -1))
+    assert run(progress(range(10, 0, -1)), 2 * SMOKE_SLOW) == list(range(10, 0, -1))
