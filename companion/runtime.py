@@ -1,7 +1,17 @@
-"""Device, seeding and the notebook setup line."""
+"""Device, seeding and the notebook setup line; the T4 emulation and the GPU memory record.
+
+BOOK_T4=1 (`t4_emulated`, the one place that reads it) makes a bigger GPU behave, as far as
+the book's code can tell, like Colab's T4: `setup` caps the process at a T4's memory and
+turns TF32 off, and `companion.train.autocast_dtype` picks fp16 (with fit's gradient
+scaler) instead of bf16. It is an emulation of the precision and the memory, not of the
+speed. With $BOOK_PEAK_LOG set (book/_ext/execution_status.py sets it), `setup` has the
+kernel write torch's peak GPU memory to that file after every cell.
+"""
 
 from __future__ import annotations
 
+import atexit
+import json
 import os
 import platform
 import random
@@ -14,6 +24,12 @@ import torch
 
 from . import checks
 from .profiles import Profile, get_profile
+
+T4_VAR = "BOOK_T4"
+# Colab's T4 has 16 GB, of which about 15.8e9 bytes are usable after the CUDA context; the
+# cap is what issue 31 asks for, 15 GB, a little under that.
+T4_MEMORY_BYTES = 15 * 10**9
+PEAK_LOG_VAR = "BOOK_PEAK_LOG"
 
 
 def get_device(name: str | None = None) -> torch.device:
@@ -81,6 +97,9 @@ def setup(seed: int = 0, profile: str | None = None, device: str | None = None,
         # the test suite runs one notebook per core: more threads only oversubscribe
         torch.set_num_threads(1)
     print(describe(prof, dev))
+    if t4_emulated():
+        print(emulate_t4(dev))
+    _record_peak_memory()
     if prof.name == "gpu" and dev.type != "cuda":
         warnings.warn("the gpu profile runs the full experiments, which take hours without a "
                       "GPU; on this machine use BOOK_PROFILE=cpu (or unset BOOK_PROFILE)",
@@ -102,3 +121,70 @@ def timed(fn: Callable, *args, **kwargs):
     if cuda:
         torch.cuda.synchronize()
     return out, time.perf_counter() - start
+
+
+def t4_emulated() -> bool:
+    """True under BOOK_T4=1: train and sample as on Colab's T4 (anything but "", "0" or
+    unset turns it on, as BOOK_SMOKE)."""
+    return os.environ.get(T4_VAR, "").strip() not in ("", "0")
+
+
+def emulate_t4(device: torch.device) -> str:
+    """Make CUDA device `device` look like a T4 to this process; returns what was done.
+
+    A T4 (compute capability 7.5) has no native bf16 and no TF32: training runs in fp16
+    with a gradient scaler (`companion.train.autocast_dtype` reads `t4_emulated`), float32
+    matrix products in full float32, and the caching allocator may hold no more than
+    T4_MEMORY_BYTES (torch.cuda.set_per_process_memory_fraction: an allocation past it
+    raises torch.OutOfMemoryError, as on the T4). Without CUDA there is nothing to emulate.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return (f"{T4_VAR}=1: no CUDA GPU here, so nothing is emulated (the CPU trains in "
+                "float32 either way)")
+    total = torch.cuda.get_device_properties(device).total_memory
+    fraction = min(1.0, T4_MEMORY_BYTES / total)
+    torch.cuda.set_per_process_memory_fraction(fraction, device)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    return (f"T4 emulation ({T4_VAR}=1): fp16 autocast with a gradient scaler, no TF32, "
+            f"memory capped at {T4_MEMORY_BYTES / 1e9:.0f} GB of this GPU's "
+            f"{total / 1e9:.0f} GB; a T4's speed is not emulated")
+
+
+def cuda_peak_memory() -> dict[str, float] | None:
+    """torch's peak GPU memory in this process so far (MiB): what tensors held at most
+    ("allocated", torch.cuda.max_memory_allocated) and what the caching allocator held
+    ("reserved"; the T4 cap applies to this one); None where CUDA was never used."""
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return {"allocated_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+            "reserved_mib": round(torch.cuda.max_memory_reserved() / 2**20, 1)}
+
+
+def _write_peak_memory(*_) -> None:
+    """Write cuda_peak_memory() to $BOOK_PEAK_LOG (a post_run_cell callback)."""
+    path, peak = os.environ.get(PEAK_LOG_VAR), cuda_peak_memory()
+    if path and peak is not None:
+        try:
+            with open(path, "w") as f:
+                json.dump(peak, f)
+        except OSError:  # a record, never a reason for a cell to fail
+            pass
+
+
+def _record_peak_memory() -> None:
+    """With $BOOK_PEAK_LOG set, write the peak after every cell of this kernel (once per
+    process, however often setup runs), or at exit outside IPython."""
+    if not os.environ.get(PEAK_LOG_VAR):
+        return
+    try:
+        from IPython import get_ipython
+        shell = get_ipython()
+    except ImportError:
+        shell = None
+    if shell is None:
+        atexit.unregister(_write_peak_memory)
+        atexit.register(_write_peak_memory)
+    elif _write_peak_memory not in shell.events.callbacks["post_run_cell"]:
+        shell.events.register("post_run_cell", _write_peak_memory)

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import checks, distributed, profiles
+from . import checks, distributed, profiles, runtime
 from .checkpoint import (  # noqa: F401  (re-exported: companion.train's names of before)
     CheckpointBusyError,
     CheckpointMismatchError,
@@ -612,11 +612,14 @@ def autocast_dtype(device) -> torch.dtype | None:
     cores, and bf16 has float32's exponent range, so no loss scaling); fp16 on older CUDA
     GPUs such as Colab's T4 (7.5), where bf16 is emulated and slower than float32, so fp16
     with a gradient scaler is the fast path; None on the CPU (autocast there mostly adds
-    casts to these small models).
+    casts to these small models). Under BOOK_T4=1 (companion.runtime.t4_emulated) fp16 on
+    every CUDA GPU: the T4's path, run on a bigger one.
     """
     device = torch.device(device)
     if device.type != "cuda":
         return None
+    if runtime.t4_emulated():
+        return torch.float16
     major, _ = torch.cuda.get_device_capability(device)
     return torch.bfloat16 if major >= 8 else torch.float16
 

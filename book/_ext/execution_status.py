@@ -10,6 +10,11 @@ The wall time is shown when it belongs to the stored outputs (it ended within a 
 the last cell); otherwise the span of the cells is shown, and the page says which.
 
 The profile and device come from the line that `companion.setup()` prints in every notebook.
+On a GPU the run also records torch's peak GPU memory (torch.cuda.max_memory_allocated in the
+kernel, which `companion.setup()` writes to $BOOK_PEAK_LOG after every cell), and
+`execution_status.py t4 NB...` runs a copy of each notebook under the T4 emulation
+(BOOK_T4=1: fp16, 15 GB) and stores only its peak memory and time (metadata `book.t4`).
+`execute --copy` runs copies in a temporary folder and stores nothing (a dry run).
 
 As a Sphinx extension (`sphinx.local_extensions` in _config.yml) it provides the
 `execution-status` directive used by book/status.md: the table is made from the notebooks
@@ -61,6 +66,8 @@ class NotebookStatus:
     checkpoints: str = ""
     loaded: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
+    cuda_peak_mib: float | None = None  # torch.cuda.max_memory_allocated of the run
+    t4: dict | None = None  # the T4-emulated run's record (metadata book.t4), if any
     problems: list[str] = field(default_factory=list)
 
 
@@ -122,6 +129,7 @@ def notebook_status(path: Path) -> NotebookStatus:
     st.seconds, st.source = (last - first).total_seconds(), "cells"
     slow = max(spans, key=lambda s: s[1] - s[0])
     st.slowest_cell = ((slow[1] - slow[0]).total_seconds(), slow[2])
+    st.t4 = nb.get("metadata", {}).get("book", {}).get("t4")
     rec = nb.get("metadata", {}).get("book", {}).get("execution")
     if rec:
         finished = _time(rec["finished"])
@@ -131,16 +139,20 @@ def notebook_status(path: Path) -> NotebookStatus:
             st.cpus, st.checkpoints = rec.get("cpus"), rec.get("checkpoints", "")
             st.loaded = list(rec.get("loaded", []))
             st.versions = dict(rec.get("versions", {}))
+            st.cuda_peak_mib = (rec.get("cuda_peak_mib") or {}).get("allocated_mib")
     return st
 
 
 # --- recording (make outputs) ---------------------------------------------------------------
 def record(path: Path, seconds: float, finished: datetime,
-           loaded: list[str] | None = None, gpu_peak_mib: int | None = None) -> None:
+           loaded: list[str] | None = None, gpu_peak_mib: int | None = None,
+           cuda_peak: dict | None = None) -> None:
     """Store the wall time of the run that just made `path`'s outputs in its metadata.
 
     loaded: the checkpoints the run loaded instead of training (companion.fit writes their
     names to $BOOK_LOADED_LOG); "reused" on the status page means at least one.
+    cuda_peak: torch's peak GPU memory in the kernel, {"allocated_mib", "reserved_mib"}
+    (companion.runtime.cuda_peak_memory); None on a CPU.
     """
     import nbformat
 
@@ -157,7 +169,42 @@ def record(path: Path, seconds: float, finished: datetime,
     }
     if gpu_peak_mib is not None:  # device-wide, as nvidia-smi reads it every 200 ms
         nb.metadata["book"]["execution"]["gpu_memory_peak_mib"] = gpu_peak_mib
+    if cuda_peak is not None:
+        nb.metadata["book"]["execution"]["cuda_peak_mib"] = cuda_peak
     nbformat.write(nb, str(path))
+
+
+def record_t4(path: Path, seconds: float, finished: datetime, cuda_peak: dict | None,
+              returncode: int, error: str = "") -> None:
+    """Store in `path`'s metadata (book.t4) what a run of a copy of it under the T4
+    emulation (BOOK_T4=1) measured: its peak GPU memory, time, and whether it ran through
+    (a chapter that needs more than the cap fails with torch.OutOfMemoryError)."""
+    import nbformat
+
+    from companion.runtime import T4_MEMORY_BYTES
+
+    nb = nbformat.read(str(path), as_version=4)
+    nb.metadata.setdefault("book", {})["t4"] = {
+        "seconds": round(seconds, 1),
+        "finished": finished.astimezone(timezone.utc).isoformat().replace("+00:00", "Z"),
+        "cap_bytes": T4_MEMORY_BYTES,
+        "cuda_peak_mib": cuda_peak,
+        "ran_through": returncode == 0,
+        "error": error[-500:],
+        "versions": _versions(),
+        "device": _cuda_name(),
+    }
+    nbformat.write(nb, str(path))
+
+
+def _cuda_name() -> str:
+    """The GPU's name as nvidia-smi gives it ('' without one)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.strip().splitlines()[0] if out.strip() else ""
 
 
 def _versions() -> dict[str, str]:
@@ -200,20 +247,47 @@ def _stop_poller(proc) -> int | None:
     return max(readings) if readings else None
 
 
-def execute(paths: list[str]) -> int:
-    """Run each notebook in place with `jupyter execute`, timing it; stops at the first error.
+def _read_peak(path: Path) -> dict | None:
+    """What the kernel last wrote to $BOOK_PEAK_LOG (companion.runtime), or None."""
+    try:
+        peak = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return peak if isinstance(peak, dict) and "allocated_mib" in peak else None
 
-    Unless $BOOK_CACHE is set, the notebooks share one new, empty checkpoint cache, so the
-    times include training from scratch, as on a student's first run.
-    """
+
+def _environment() -> dict:
     env = dict(os.environ)
     env.setdefault("BOOK_PROGRESS", "0")  # stored pages show results, not progress widgets
     if not env.get("BOOK_CACHE"):
         env["BOOK_CACHE"] = tempfile.mkdtemp(prefix="book-cache-")
         print(f"checkpoint cache for this run: {env['BOOK_CACHE']} (empty)")
+    return env
+
+
+def _copy(path: str, folder: str) -> str:
+    """A copy of notebook `path` in `folder`, to run without touching the original."""
+    import shutil
+
+    return shutil.copy(path, Path(folder) / Path(path).name)
+
+
+def execute(paths: list[str], copy: bool = False) -> int:
+    """Run each notebook in place with `jupyter execute`, timing it; stops at the first error.
+
+    Unless $BOOK_CACHE is set, the notebooks share one new, empty checkpoint cache, so the
+    times include training from scratch, as on a student's first run. With `copy`, each
+    runs as a copy in a temporary folder and nothing is stored (a dry run).
+    """
+    env = _environment()
+    folder = tempfile.mkdtemp(prefix="book-dry-run-") if copy else None
     for p in paths:
+        if folder:
+            print(f"{p}: running a copy in {folder}; nothing is stored")
+            p = _copy(p, folder)
         log = Path(tempfile.mkstemp(prefix="book-loaded-", suffix=".txt")[1])
-        env["BOOK_LOADED_LOG"] = str(log)
+        peak_log = Path(tempfile.mkstemp(prefix="book-peak-", suffix=".json")[1])
+        env["BOOK_LOADED_LOG"], env["BOOK_PEAK_LOG"] = str(log), str(peak_log)
         saved_before = _checkpoints(env["BOOK_CACHE"])
         start = time.perf_counter()
         print(f"executing {p} ...", flush=True)
@@ -222,17 +296,25 @@ def execute(paths: list[str]) -> int:
                                "--timeout=-1", str(p)],
                               env=env)
         peak_mib = _stop_poller(memory)
+        cuda_peak = _read_peak(peak_log)
+        peak_log.unlink(missing_ok=True)
         if proc.returncode != 0:
             print(f"{p} failed (exit code {proc.returncode}); its outputs were not recorded")
+            if cuda_peak:
+                print(f"  peak GPU memory (torch, allocated) before it failed: "
+                      f"{cuda_peak['allocated_mib']:,.0f} MiB")
             return proc.returncode
         seconds = time.perf_counter() - start
         # a checkpoint the notebook saved itself and loaded again (chapter 9's early model,
         # continued into the full run) is training done in this run, not loaded
         loaded = [n for n in log.read_text().split() if n in saved_before]
         log.unlink()
-        record(Path(p), seconds, datetime.now(timezone.utc), loaded, peak_mib)
+        record(Path(p), seconds, datetime.now(timezone.utc), loaded, peak_mib, cuda_peak)
         if peak_mib is not None:
             print(f"  peak GPU memory (nvidia-smi, whole device): {peak_mib:,} MiB")
+        if cuda_peak is not None:
+            print(f"  peak GPU memory (torch): {cuda_peak['allocated_mib']:,.0f} MiB "
+                  f"allocated, {cuda_peak['reserved_mib']:,.0f} MiB reserved")
         if loaded:
             print(f"  loaded, not trained: {', '.join(sorted(set(loaded)))}")
         st = notebook_status(Path(p))
@@ -240,6 +322,47 @@ def execute(paths: list[str]) -> int:
         for problem in st.problems:
             print(f"  warning: {problem}")
     return 0
+
+
+def execute_t4(paths: list[str]) -> int:
+    """Run a copy of each notebook under the T4 emulation (BOOK_T4=1) and store only its
+    peak GPU memory, time and outcome in the original (metadata book.t4); the outputs of
+    the copy are thrown away, since the pages show the run at the GPU's own precision.
+    Give it its own $BOOK_CACHE: a model that another run trained in bf16 would be loaded,
+    not trained in fp16. Returns the number of notebooks that did not run through."""
+    env = _environment()
+    env["BOOK_T4"] = "1"
+    folder = tempfile.mkdtemp(prefix="book-t4-")
+    failed = 0
+    for p in paths:
+        copy = _copy(p, folder)
+        peak_log = Path(tempfile.mkstemp(prefix="book-peak-", suffix=".json")[1])
+        env["BOOK_PEAK_LOG"] = str(peak_log)
+        env["BOOK_LOADED_LOG"] = os.devnull
+        start = time.perf_counter()
+        print(f"executing a copy of {p} under the T4 emulation (BOOK_T4=1) ...", flush=True)
+        proc = subprocess.Popen([sys.executable, "-m", "jupyter", "execute", "--inplace",
+                                 "--timeout=-1", copy], env=env, stderr=subprocess.PIPE,
+                                text=True)
+        errors = []  # the lines that name an error, to say why it failed (OutOfMemoryError)
+        for line in proc.stderr:  # passed on as it comes: a stopped call keeps its log
+            sys.stderr.write(line)
+            if "Error" in line:
+                errors.append(line.strip())
+        proc.wait()
+        seconds = time.perf_counter() - start
+        cuda_peak = _read_peak(peak_log)
+        peak_log.unlink(missing_ok=True)
+        error = ""
+        if proc.returncode != 0:
+            failed += 1
+            error = errors[-1] if errors else f"exit code {proc.returncode}"
+        record_t4(Path(p), seconds, datetime.now(timezone.utc), cuda_peak, proc.returncode,
+                  error)
+        peak = f"{cuda_peak['allocated_mib']:,.0f} MiB" if cuda_peak else "not measured"
+        print(f"{p} (T4 emulated): {format_seconds(seconds)}, peak GPU memory (torch) {peak}"
+              + (f"; FAILED: {error}" if error else ""))
+    return failed
 
 
 # --- the table ------------------------------------------------------------------------------
@@ -284,7 +407,7 @@ def short_device(device: str) -> str:
 
 
 COLUMNS = ["Chapter", "Profile", "Device", "Software", "Time to run", "Slowest cell",
-           "Executed"]
+           "GPU memory", "Executed"]
 UNBROKEN = ["Executed"]  # not "2026-11-/22"
 PHONE_PX = 720  # narrower than this, each chapter's row is a card of labelled lines
 NBSP = "\u00a0"
@@ -302,6 +425,24 @@ def device_cell(st: NotebookStatus) -> str:
     model, _, rest = short_device(st.device).partition(" ")
     cell = model + (f" {unbroken(rest)}" if rest else "")
     return cell + (f", {unbroken(f'{st.cpus} cores')}" if st.cpus else "")
+
+
+def gib(mib: float) -> str:
+    return unbroken(f"{mib / 1024:.1f} GiB")
+
+
+def memory_cell(st: NotebookStatus) -> str:
+    """'61.0 GiB; T4: 12.4 GiB': torch's peak in the stored run, and under the T4
+    emulation where it ran (or that it did not fit)."""
+    parts = [gib(st.cuda_peak_mib)] if st.cuda_peak_mib is not None else []
+    if st.t4:
+        peak = (st.t4.get("cuda_peak_mib") or {}).get("allocated_mib")
+        if st.t4.get("ran_through"):
+            parts.append(f"T4:{NBSP}{gib(peak)}" if peak is not None else "")
+        else:
+            cap = st.t4.get("cap_bytes", 15e9) / 1e9
+            parts.append(f"T4:{NBSP}{unbroken(f'over {cap:.0f} GB')}")
+    return "; ".join(p for p in parts if p)
 
 
 def table_css() -> str:
@@ -350,11 +491,11 @@ def table(statuses: list[NotebookStatus], root: Path = ROOT) -> list[str]:
             k: v for k, v in st.versions.items() if k != "torch" or st.torch == "?"}
         software = ", ".join(unbroken(f"{k} {v.split('+')[0]}") for k, v in versions.items())
         lines.append(f"| {{doc}}`/{doc}` | `{st.profile}` | {device} | {software} | {run} | "
-                     f"{slow} | {when} |")
+                     f"{slow} | {memory_cell(st)} | {when} |")
     known = [s.seconds for s in statuses if s.seconds is not None]
     if len(statuses) > 1 and known:
         lines.append(f"| **All chapters** | | | | **{unbroken(format_seconds(sum(known)))}** | "
-                     "| |")
+                     "| | |")
     if any(s.source == "cells" for s in statuses):
         lines += ["", "† Outputs not made by `make outputs`: the time from the first cell's "
                   "start to the last cell's end, without the kernel's start."]
@@ -363,6 +504,12 @@ def table(statuses: list[NotebookStatus], root: Path = ROOT) -> list[str]:
             lines += ["", f"§ {st.title or st.path.stem} loads a `{prof}` model of chapter {n}, "
                       f"whose stored outputs are from the `{stored}` profile: the two pages "
                       "show different models under one name."]
+    if any(s.cuda_peak_mib is not None or s.t4 for s in statuses):
+        lines += ["", "GPU memory: the most that the chapter's tensors held at once "
+                  "(`torch.cuda.max_memory_allocated`). T4: the same chapter run again with "
+                  "what Colab's T4 has, emulated on the same GPU (`BOOK_T4=1`: fp16 with a "
+                  "gradient scaler, no TF32, the process capped at 15 GB); its speed is not "
+                  "a T4's."]
     if any(s.source == "wall" and s.checkpoints == "reused" for s in statuses):
         lines += ["", "‡ Loaded at least one model that an earlier chapter or run had trained "
                   "and saved, instead of training it."]
@@ -406,13 +553,18 @@ def setup(app):
 
 
 def main(argv: list[str]) -> int:
+    if len(argv) >= 3 and argv[:2] == ["execute", "--copy"]:
+        return execute(argv[2:], copy=True)
     if len(argv) >= 2 and argv[0] == "execute":
         return execute(argv[1:])
+    if len(argv) >= 2 and argv[0] == "t4":
+        return 1 if execute_t4(argv[1:]) else 0
     if argv in ([], ["show"]):
         for line in table([notebook_status(p) for p in toc_notebooks()]):
             print(line)
         return 0
-    print("usage: execution_status.py execute NOTEBOOK.ipynb... | show", file=sys.stderr)
+    print("usage: execution_status.py execute [--copy] NOTEBOOK.ipynb... | t4 NOTEBOOK.ipynb... "
+          "| show", file=sys.stderr)
     return 2
 
 

@@ -2,59 +2,230 @@
 # Re-executes chapters on a lent GPU machine (no network, no venv: its python3 has torch) and
 # packs what it made into $OUT, one call per few chapters:
 #
-#   book/_ext/outputs_device.sh [--budget SECONDS] 06_vae_mnist 07_hierarchical_vae ...
+#   book/_ext/outputs_device.sh --next                  # the next entries of the plan
+#   book/_ext/outputs_device.sh --detach [--wait 540]   # the whole plan in the background
+#   book/_ext/outputs_device.sh [--budget S] 06_vae_mnist t4:09_ddpm_mnist ...
+#   book/_ext/outputs_device.sh --dry-run [ENTRY...]    # here, on the CPU (see below)
 #
-# - Wheels carried in .whl/ (what the machine lacks: nbclient, ipykernel, mlxtend, myst-nb,
-#   ...) are installed into /tmp/site first.
+# The plan (book/_ext/gpu_plan.py: the chapters in dependency order, 11 and 12 first, the
+# T4-emulated runs of 9 and 10, then the rest) is followed by --next: each call runs the
+# entries not yet in the lease's done.txt while their stored time estimates fit --budget,
+# so the same command, repeated at once after each call, runs the whole book. --detach
+# starts the whole plan in a process of its own session, which outlives the call, and
+# each call (the same command again) waits up to --wait seconds and packs what is done:
+# the GPU never waits for the next call, and a chapter may take longer than one call.
+# An entry "t4:NAME" runs a copy of NAME under the T4 emulation (BOOK_T4=1, its own cache
+# .cache/book-t4) and stores only its peak memory and time in the notebook (book.t4).
+#
+# - Wheels carried in .whl/ (book/_ext/device_wheels.sh: what the machine lacks, nbclient,
+#   ipykernel, mlxtend, ...) are installed into /tmp/site first, and checked
+#   (gpu_plan.py check-env).
 # - One checkpoint cache, .cache/book-gpu, is kept between the calls of one lease, so a
-#   later call's chapter 10 loads what an earlier call's chapters 6, 7 and 9 trained.
+#   later call's chapter 10 loads what an earlier call's chapters 6, 7 and 9 trained; it
+#   lives on the machine, which goes back 30 s after a call: call again at once.
 # - Each notebook runs through execution_status.py (timed, stored in place, progress bars
-#   off); a chapter is not started once --budget seconds have passed since the script
-#   began, so the call ends inside the device's per-command limit.
-# - $OUT/outputs.tar.gz holds the executed notebooks and the results files; unpack it in
-#   the repository root here. $OUT/log.txt is the whole log.
+#   off, torch's peak GPU memory recorded). A call starts no entry once --budget seconds
+#   (540) have passed or when its estimate would not fit what is left (the first always
+#   starts), and stops one still running at --deadline (570 s) so that it can pack; the
+#   stopped entry's training resumes from its checkpoints in the next call.
+# - $OUT/outputs.tar.gz holds every notebook made so far in this lease and the results
+#   files (into .cache/book-gpu/results): unpack the latest in the repository root here.
+#   $OUT/log.txt is the whole log.
+#
+# --dry-run: the same sequence here with BOOK_SMOKE=1 BOOK_PROFILE=gpu (the gpu profile's
+# code, a couple of steps each), every notebook run as a copy in a temporary folder, a
+# temporary cache and done.txt, calls simulated until the plan is done; nothing is stored.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-budget=480
-if [ "${1:-}" = "--budget" ]; then budget=$2; shift 2; fi
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-exec > >(tee -a "$OUT/log.txt") 2>&1
+here=book/_ext
+budget=540 deadline= wait_s=540 mode=list dry=0
+entries=()
+while [ $# -gt 0 ]; do
+  case $1 in
+    --budget) budget=$2; shift 2 ;;
+    --deadline) deadline=$2; shift 2 ;;
+    --wait) wait_s=$2; shift 2 ;;
+    --next) mode=next; shift ;;
+    --detach) mode=detach; shift ;;
+    --runner) mode=runner; shift ;;  # the detached process itself
+    --dry-run) dry=1; shift ;;
+    -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    -*) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
+    *) entries+=("$1"); shift ;;
+  esac
+done
 start=$SECONDS
+# on the device, stop an entry in time to pack; a dry run's CPU times are not the GPU's
+[ -n "$deadline" ] || deadline=$( [ $dry = 1 ] && echo 86400 || echo 570 )
 
-if compgen -G ".whl/*.whl" >/dev/null; then
+if [ $dry = 1 ]; then
+  PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+  export BOOK_SMOKE=1 BOOK_PROFILE=gpu BOOK_OFFLINE=1 BOOK_PROGRESS=0
+  export BOOK_CACHE=${BOOK_CACHE:-$(mktemp -d /tmp/book-dry-run-cache-XXXXXX)}
+  OUT=${OUT:-$(mktemp -d /tmp/book-dry-run-out-XXXXXX)}
+else
+  PY=${PYTHON:-python3}
+  export BOOK_PROFILE=${BOOK_PROFILE:-gpu} BOOK_OFFLINE=1 BOOK_PROGRESS=0
+  export BOOK_CACHE=${BOOK_CACHE:-$PWD/.cache/book-gpu}
+  OUT=${OUT:-/tmp/out}
+fi
+T4_CACHE=${BOOK_T4_CACHE:-${BOOK_CACHE%/}-t4}
+PACK=$BOOK_CACHE/pack  # the latest snapshot; each call copies it to $OUT
+mkdir -p "$OUT" "$BOOK_CACHE" "$T4_CACHE" "$PACK"
+touch "$BOOK_CACHE/done.txt" "$BOOK_CACHE/started.txt" "$BOOK_CACHE/failed.txt"
+if [ $mode != runner ]; then exec > >(tee -a "$OUT/log.txt") 2>&1; fi
+
+if [ $dry = 0 ] && compgen -G ".whl/*.whl" >/dev/null; then
   if [ ! -f /tmp/site/.installed ]; then  # once per machine: the next calls find it there
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
       --target /tmp/site .whl/*.whl && touch /tmp/site/.installed || exit 1
+    "$PY" $here/gpu_plan.py check-env || exit 1
   fi
   export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
 fi
-export BOOK_PROFILE=${BOOK_PROFILE:-gpu} BOOK_OFFLINE=1 BOOK_PROGRESS=0
-export BOOK_CACHE=${BOOK_CACHE:-$PWD/.cache/book-gpu}
-mkdir -p "$BOOK_CACHE"
-python3 -c "import torch, nbclient, ipykernel, mlxtend, myst_nb, companion
+if [ $mode != runner ]; then
+  "$PY" -c "import torch, nbclient, ipykernel, mlxtend, companion
 print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
       torch.cuda.get_device_name() if torch.cuda.is_available() else '')" || exit 1
+fi
 
-done_=()
-for name in "$@"; do
-  nb=notebooks/${name%.ipynb}.ipynb
-  if (( SECONDS - start > budget )); then
-    echo "skipped $nb: $((SECONDS - start)) s used of the $budget s budget"
-    continue
-  fi
-  if ! python3 book/_ext/execution_status.py execute "$nb"; then
-    echo "FAILED: $nb"
-    git diff --quiet -- "$nb" || done_+=("$nb")  # keep the failed run's outputs to read
-    break
-  fi
-  done_+=("$nb")
-  echo "$name" >> "$BOOK_CACHE/done.txt"  # what this lease has made (read by later calls)
-  # packed after every chapter: a call stopped at the device's limit keeps what it made
-  tar czf "$OUT/outputs.tar.gz" "${done_[@]}"
-  [ -d "$BOOK_CACHE/results" ] && cp -r "$BOOK_CACHE/results" "$OUT/"
-done
+# The notebooks this lease made (done.txt), packed with the results files; written to a
+# temporary name and renamed, so a call copying it never reads half a file.
+snapshot() {
+  local nbs=() key
+  while read -r key; do
+    [ -n "$key" ] && nbs+=("notebooks/${key#t4:}.ipynb")
+  done < <(sort -u "$BOOK_CACHE/done.txt")
+  [ ${#nbs[@]} -gt 0 ] || return 0
+  [ $dry = 1 ] && return 0  # nothing of a dry run is stored or packed
+  local res=()
+  [ -d "$BOOK_CACHE/results" ] && res=(-C "$BOOK_CACHE" --transform
+                                       's,^results,.cache/book-gpu/results,' results)
+  tar czf "$PACK/outputs.tar.gz.tmp" $(printf '%s\n' "${nbs[@]}" | sort -u) "${res[@]}" &&
+    mv "$PACK/outputs.tar.gz.tmp" "$PACK/outputs.tar.gz"
+}
 
-[ ${#done_[@]} -gt 0 ] && tar czf "$OUT/outputs.tar.gz" "${done_[@]}"
-nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv 2>/dev/null
-echo "done in $((SECONDS - start)) s: ${done_[*]:-nothing}"
+# run_entry KEY [SECONDS]: one chapter, or with KEY t4:NAME its T4-emulated copy; stopped
+# after SECONDS when given. 0 when done (recorded in done.txt).
+run_entry() {
+  local key=$1 limit=${2:-} name nb rc cmd
+  name=${key#t4:}; name=${name%.ipynb}; nb=notebooks/$name.ipynb
+  if [ ! -f "$nb" ]; then
+    echo "no notebook $nb (entry $key)"; echo "$key" >> "$BOOK_CACHE/failed.txt"; return 1
+  fi
+  echo "$key" >> "$BOOK_CACHE/started.txt"
+  if [[ $key == t4:* ]]; then
+    if [ $dry = 1 ]; then cmd=(env BOOK_T4=1 BOOK_CACHE="$T4_CACHE" "$PY" $here/execution_status.py execute --copy "$nb")
+    else cmd=(env BOOK_CACHE="$T4_CACHE" "$PY" $here/execution_status.py t4 "$nb"); fi
+  elif [ $dry = 1 ]; then cmd=("$PY" $here/execution_status.py execute --copy "$nb")
+  else cmd=("$PY" $here/execution_status.py execute "$nb"); fi
+  echo "=== $key ($(date -u +%H:%M:%S), $((SECONDS - start)) s into this call)"
+  if [ -n "$limit" ]; then timeout --kill-after=15 "$limit" "${cmd[@]}"; else "${cmd[@]}"; fi
+  rc=$?
+  if [ $rc = 0 ]; then
+    echo "$key" >> "$BOOK_CACHE/done.txt"
+    snapshot
+    return 0
+  fi
+  if [ $rc = 124 ] || [ $rc = 137 ]; then
+    echo "STOPPED: $key at the call's deadline; the next call runs it again (its training"
+    echo "resumes from the checkpoints it saved)"
+  else
+    echo "FAILED: $key (exit code $rc)"
+    echo "$key" >> "$BOOK_CACHE/failed.txt"
+    # a failed chapter's notebook is not rewritten by jupyter execute; a failed T4 run
+    # stored its record (out of memory, say): pack it
+    if [[ $key == t4:* ]] && [ $dry = 0 ]; then echo "$key" >> "$BOOK_CACHE/done.txt"; snapshot; fi
+  fi
+  return $rc
+}
+
+# the next entries of the plan, "KEY ESTIMATE" per line
+plan_next() {
+  "$PY" $here/gpu_plan.py next --budget "$1" --done "$BOOK_CACHE/done.txt" \
+    --started "$BOOK_CACHE/started.txt" --failed "$BOOK_CACHE/failed.txt"
+}
+
+# run KEY ESTIMATE lines within this call's budget and deadline
+run_within_budget() {
+  local key est first=1 used
+  while read -r key est; do
+    used=$((SECONDS - start))
+    if [ $first = 0 ] && { [ $used -gt "$budget" ] ||
+        { [ "$est" != "?" ] && [ $((used + est)) -gt "$budget" ]; }; }; then
+      echo "not started: $key (estimate ${est} s; $used s of the $budget s budget used)"
+      continue
+    fi
+    first=0
+    run_entry "$key" $((deadline - used > 1 ? deadline - used : 1)) || true
+  done
+}
+
+pack_out() {
+  [ -f "$PACK/outputs.tar.gz" ] && cp "$PACK/outputs.tar.gz" "$OUT/"
+  echo "done in this lease: $(sort -u "$BOOK_CACHE/done.txt" | tr '\n' ' ')"
+  [ -s "$BOOK_CACHE/failed.txt" ] && echo "failed: $(sort -u "$BOOK_CACHE/failed.txt" | tr '\n' ' ')"
+  nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader 2>/dev/null
+  echo "this call: $((SECONDS - start)) s"
+}
+
+case $mode in
+  list)
+    if [ ${#entries[@]} = 0 ] && [ $dry = 0 ]; then
+      echo "nothing to run: name entries, or --next, --detach, --dry-run (see --help)"; exit 2
+    fi
+    if [ $dry = 1 ]; then  # simulate the calls of the plan (or of the entries given)
+      call=0
+      if [ ${#entries[@]} -gt 0 ]; then
+        for key in "${entries[@]}"; do run_entry "$key" || true; done
+      else
+        while todo=$(plan_next "$budget") && [ -n "$todo" ]; do
+          call=$((call + 1))
+          echo "--- simulated call $call: $(echo "$todo" | cut -d' ' -f1 | tr '\n' ' ')"
+          start=$SECONDS
+          run_within_budget <<< "$todo"
+        done
+      fi
+      echo "dry run: done $(sort -u "$BOOK_CACHE/done.txt" | tr '\n' ' ')"
+      [ -s "$BOOK_CACHE/failed.txt" ] && echo "dry run: FAILED $(sort -u "$BOOK_CACHE/failed.txt" | tr '\n' ' ')"
+      echo "dry run: $((SECONDS)) s in all; log in $OUT/log.txt"
+      [ ! -s "$BOOK_CACHE/failed.txt" ]
+      exit $?
+    fi
+    printf '%s 0\n' "${entries[@]}" | run_within_budget
+    pack_out ;;
+  next)
+    todo=$(plan_next "$budget")
+    if [ -z "$todo" ]; then echo "the plan is done: nothing left to run"; fi
+    [ -n "$todo" ] && run_within_budget <<< "$todo"
+    pack_out ;;
+  runner)  # the whole plan, one entry after another, without a deadline
+    echo $$ > "$BOOK_CACHE/runner.pid"
+    echo "runner $$ started $(date -u +%H:%M:%S)"
+    while todo=$(plan_next 1) && [ -n "$todo" ]; do
+      run_entry "$(echo "$todo" | head -1 | cut -d' ' -f1)" || true
+    done
+    echo "runner: the plan is done ($(date -u +%H:%M:%S))"
+    touch "$BOOK_CACHE/runner.done" ;;
+  detach)
+    pid=$(cat "$BOOK_CACHE/runner.pid" 2>/dev/null)
+    if [ -f "$BOOK_CACHE/runner.done" ]; then
+      echo "the plan is done"
+    elif [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+      echo "runner $pid still running: $(tail -1 "$BOOK_CACHE/started.txt")"
+    else  # a session of its own: it outlives this call (it writes runner.pid itself)
+      rm -f "$BOOK_CACHE/runner.pid"
+      setsid nohup "$0" --runner > "$BOOK_CACHE/runner.log" 2>&1 < /dev/null &
+      sleep 2
+      echo "runner $(cat "$BOOK_CACHE/runner.pid" 2>/dev/null) started in its own session" \
+        "(log: $BOOK_CACHE/runner.log)"
+    fi
+    while [ ! -f "$BOOK_CACHE/runner.done" ] && (( SECONDS - start < wait_s )); do
+      kill -0 "$(cat "$BOOK_CACHE/runner.pid" 2>/dev/null)" 2>/dev/null ||
+        { echo "the runner is gone (see runner-log.txt); the next call starts another"; break; }
+      sleep 5
+    done
+    cp "$BOOK_CACHE/runner.log" "$OUT/runner-log.txt" 2>/dev/null
+    [ -f "$BOOK_CACHE/runner.done" ] || echo "last started: $(tail -1 "$BOOK_CACHE/started.txt")"
+    pack_out ;;
+esac

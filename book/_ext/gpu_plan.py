@@ -1,0 +1,401 @@
+"""The order of a whole-book run on a lent GPU (issue 31): which chapters, in which calls.
+
+    python book/_ext/gpu_plan.py [--budget 540]     # the plan, call by call, with estimates
+    python book/_ext/gpu_plan.py next --done FILE   # the entries the next call runs
+    python book/_ext/gpu_plan.py check-env          # on the GPU machine, after the wheels
+
+The order: chapters 11 and 12 first (their `gpu` profile never ran), then 6, 9 and 10 (the
+sliders), then the rest (ISSUE_PRIORITY), each chapter after the chapters whose models or
+results it loads, so that it loads them instead of training them a second time. Those
+dependencies are read from the notebooks themselves (`dependencies`): a call of a
+`companion.recipes` function trains or loads the model of the chapter its `prefix`
+names (its default, read from recipes.py, unless the call passes one), and
+`checkpoint_path("chN-...")` and `results.load("chN")` name chapter N directly.
+After the priority chapters come the T4-emulated runs of chapters 9 and 10 ("t4:" entries:
+BOOK_T4=1, a cache of their own, only their memory and time stored), then the rest.
+
+Estimates are the times stored in the notebooks (`book.execution`, execution_status.py):
+measured where the stored outputs are a `gpu` run on a GPU; where a chapter never ran
+its `gpu` profile they are a guess, its `cpu` profile's time on the machine that made its
+outputs, and the plan says so. A call starts an entry only while its estimate fits the
+budget left (the first entry of a call always starts).
+
+`next` is what book/_ext/outputs_device.sh --next runs: the plan minus the entries in
+the lease's done.txt, minus those that failed or were started twice without finishing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import execution_status as es  # noqa: E402
+
+ISSUE_PRIORITY = (11, 12, 6, 9, 10)  # issue 31: "11 and 12 first, then 6, 9 and 10"
+T4_CHAPTERS = (9, 10)  # issue 31, point 2
+BUDGET_S = 540  # a call starts no entry past this (the device's limit is 600 s a command)
+DEVICE_S = 30 * 60  # device time of a session, the machine's start included
+START_S = 120  # a fresh machine's start, counted in the device time ("minutes")
+CARRY = [".whl"]  # the wheels (book/_ext/device_wheels.sh); data and models are made there
+RETRIES = 2  # an entry started this often without finishing is not started again
+
+# Python packages the GPU machine's python3 already has (/work/.library/device/KINDS.md,
+# "Python packages already there", read on 2026-11-17): never carried, so that no second
+# version shadows the machine's own.
+DEVICE_HAS = frozenset("""
+absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs
+botorch build certifi charset-normalizer chex click cloudpickle cmake colorama contourpy
+coverage cuda-bindings cuda-core cuda-pathfinder cuda-toolkit cupy-cuda13x cycler cython
+diffrax e3nn einops equinox etils execnet filelock flatbuffers flax fonttools formulaic
+frozenlist fsspec gpytorch grpcio h11 h5py hf-xet httpcore httpx huggingface-hub humanize
+hypothesis idna imageio iniconfig interface-meta jax jax-cuda13-pjrt jax-cuda13-plugin
+jaxlib jaxtyping jinja2 joblib kiwisolver lazy-loader lightning lightning-utilities
+linear-operator lineax llvmlite lxml markdown markdown-it-py markupsafe matplotlib mdurl
+meson ml-dtypes mpi4py mpmath msgpack multidict multipledispatch mypy-extensions nanobind
+narwhals networkx ninja numba numba-cuda numpy numpyro nvidia-cublas nvidia-cuda-cupti
+nvidia-cuda-nvrtc nvidia-cuda-runtime nvidia-cudnn-cu13 nvidia-cufft nvidia-cufile
+nvidia-curand nvidia-cusolver nvidia-cusparse nvidia-cusparselt-cu13 nvidia-ml-py
+nvidia-nccl-cu13 nvidia-nvjitlink nvidia-nvshmem-cu13 nvidia-nvtx onnx onnx-ir onnxruntime
+onnxscript opencv-python-headless optax opt-einsum opt-einsum-fx optimistix
+orbax-checkpoint packaging pandas pathspec patsy peft pillow pip pluggy portalocker
+prometheus-client propcache protobuf psutil pyarrow pybind11 py-cpuinfo pygments
+pyparsing pyproject-hooks pyre-extensions pytest pytest-benchmark pytest-cov pytest-mock
+pytest-timeout pytest-xdist python-dateutil pytorch-lightning pyyaml regex requests rich
+sacrebleu safetensors scikit-build-core scikit-image scikit-learn scipy seaborn
+sentencepiece sentence-transformers setuptools shellingham simplejson six
+sortedcontainers statsmodels sympy tabulate tensorboard tensorboard-data-server
+tensorstore threadpoolctl tifffile tiktoken timm tokenizers toolz torch torchaudio
+torchdiffeq torch-geometric torchmetrics torchvision tqdm transformers treescope triton
+typer typing-extensions typing-inspect urllib3 uvloop wadler-lindig werkzeug wheel wrapt
+xarray xxhash yarl zipp
+""".split())
+REQUIREMENTS = Path(__file__).resolve().parent / "device-requirements.txt"
+
+
+def normalize(name: str) -> str:
+    """A distribution's name as PyPI compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def requirements(path: Path = REQUIREMENTS) -> dict[str, str]:
+    """{normalized name: pinned version} of the wheels the device needs."""
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            if not version:
+                raise ValueError(f"{path.name}: {line!r} is not pinned (name==version)")
+            pins[normalize(name)] = version.strip()
+    return pins
+
+
+# --- which chapter loads which -----------------------------------------------------------
+CHAPTER = re.compile(r"^ch(\d+)(?:-|$)")
+
+
+def recipe_prefixes(recipes: Path = ROOT / "companion" / "recipes.py") -> dict[str, int]:
+    """{recipe function: chapter of its default `prefix`}, read from recipes.py's source."""
+    out = {}
+    for node in ast.parse(recipes.read_text()).body:
+        if not isinstance(node, ast.FunctionDef) or node.name.startswith("_"):
+            continue
+        a = node.args
+        pairs = list(zip(a.args[len(a.args) - len(a.defaults):], a.defaults, strict=True)) \
+            + list(zip(a.kwonlyargs, a.kw_defaults, strict=True))
+        for arg, default in pairs:
+            if arg.arg == "prefix" and isinstance(default, ast.Constant) \
+                    and isinstance(default.value, str) and (m := CHAPTER.match(default.value)):
+                out[node.name] = int(m[1])
+    return out
+
+
+def _code_cells(notebook: Path) -> list[str]:
+    nb = json.loads(notebook.read_text())
+    cells = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    return ["".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+            for c in cells]
+
+
+def _chapter_of(node) -> int | None:
+    """N for a string "chN..." or an f-string that starts with one; None otherwise."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        text = node.value
+    elif isinstance(node, ast.JoinedStr) and node.values and \
+            isinstance(node.values[0], ast.Constant):
+        text = str(node.values[0].value)
+    else:
+        return None
+    m = CHAPTER.match(text)
+    return int(m[1]) if m else None
+
+
+def dependencies(notebook: Path, prefixes: dict[str, int] | None = None) -> set[int]:
+    """The chapters whose models or results `notebook` loads (or trains, where absent)."""
+    prefixes = recipe_prefixes() if prefixes is None else prefixes
+    own = int(notebook.name.split("_")[0])
+    trees = []
+    for src in _code_cells(notebook):
+        # IPython's magics and shell lines are not Python
+        lines = ["" if ln.lstrip().startswith(("%", "!")) else ln for ln in src.splitlines()]
+        try:
+            trees.append(ast.parse("\n".join(lines)))
+        except SyntaxError:
+            continue
+    imported = {a.asname or a.name for t in trees for n in ast.walk(t)
+                if isinstance(n, ast.ImportFrom) and n.module == "companion.recipes"
+                for a in n.names}
+    found = set()
+    for tree in trees:
+        for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
+            f = call.func
+            name = f.attr if isinstance(f, ast.Attribute) else \
+                f.id if isinstance(f, ast.Name) else None
+            via_recipes = (isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name)
+                           and f.value.id == "recipes") or (isinstance(f, ast.Name)
+                                                            and name in imported)
+            if via_recipes and name in prefixes:
+                given = [k.value for k in call.keywords if k.arg == "prefix"]
+                chapter = _chapter_of(given[0]) if given else prefixes[name]
+                if chapter is not None:
+                    found.add(chapter)
+            elif name == "checkpoint_path" and call.args:
+                found.add(_chapter_of(call.args[0]))
+            elif name == "load" and isinstance(f, ast.Attribute) and \
+                    isinstance(f.value, ast.Name) and f.value.id == "results" and call.args:
+                found.add(_chapter_of(call.args[0]))
+    return {c for c in found if c is not None and c != own}
+
+
+# --- the plan ------------------------------------------------------------------------------
+@dataclass
+class Entry:
+    """One run: a chapter (`name` its notebook's stem), or its T4-emulated copy (`t4`)."""
+
+    chapter: int
+    name: str
+    t4: bool = False
+    seconds: float | None = None  # the estimate
+    source: str = ""  # where the estimate comes from
+
+    @property
+    def key(self) -> str:
+        """How done.txt and outputs_device.sh name it: the stem, or t4:stem."""
+        return f"t4:{self.name}" if self.t4 else self.name
+
+
+def order(deps: dict[int, set[int]], priority=ISSUE_PRIORITY, t4=T4_CHAPTERS) -> list:
+    """[chapter or ("t4", chapter)]: `priority` first, each after what it depends on, then
+    the T4 runs, then the other chapters in book order (also after their dependencies)."""
+    out: list = []
+
+    def add(n: int, path=()):
+        if n in path:
+            raise ValueError(f"chapters depend on each other in a circle: "
+                             f"{' -> '.join(map(str, (*path, n)))}")
+        if n not in deps:
+            raise ValueError(f"chapter {n} is not in the book (chapters: {sorted(deps)})")
+        for d in sorted(deps[n]):
+            add(d, (*path, n))
+        if n not in out:
+            out.append(n)
+
+    for n in priority:
+        add(n)
+    for n in t4:
+        for d in sorted(deps[n]):  # its models come from these chapters' recipes
+            add(d)
+        out.append(("t4", n))
+    for n in sorted(deps):
+        add(n)
+    return out
+
+
+def book_chapters(root: Path = ROOT) -> dict[int, Path]:
+    """{chapter number: notebook} for the chapters in _toc.yml."""
+    return {int(p.name.split("_")[0]): p for p in es.toc_notebooks(root)}
+
+
+def estimate(path: Path) -> tuple[float | None, str]:
+    """(seconds, where from) for running `path` in the gpu profile on a GPU."""
+    st = es.notebook_status(path)
+    day = st.executed.strftime("%Y-%m-%d") if st.executed else "?"
+    if st.seconds is None:
+        return None, "no time stored"
+    if st.profile == "gpu" and st.device.startswith("cuda"):
+        return st.seconds, f"measured: gpu profile, {es.short_device(st.device)}, {day}"
+    cores = f"{st.cpus} cores" if st.cpus else "a CPU"
+    chapter = path.name.split("_")[0].lstrip("0")
+    own = [n for n in st.loaded if n.startswith(f"ch{chapter}-")]
+    return st.seconds, (f"guess: never run in gpu; its {st.profile} profile's time on "
+                        f"{cores}, {day}" + (f", with {len(own)} of its own models loaded, "
+                                             "not trained" if own else ""))
+
+
+def plan(root: Path = ROOT) -> list[Entry]:
+    """Every entry of the whole-book run, in order, with its estimate."""
+    chapters = book_chapters(root)
+    prefixes = recipe_prefixes(root / "companion" / "recipes.py")
+    deps = {n: dependencies(p, prefixes) & set(chapters) for n, p in chapters.items()}
+    estimates = {n: estimate(p) for n, p in chapters.items()}
+    entries, t4_cached = [], set()
+    for item in order(deps):
+        if isinstance(item, tuple):
+            n = item[1]
+            # in its own cache: it trains what the cache lacks (its dependencies' models)
+            extra = sorted(d for d in deps[n] if d not in t4_cached)
+            known = [estimates[c][0] for c in (n, *extra)]
+            secs = sum(known) if None not in known else None
+            why = estimates[n][1] + (f"; plus chapter {', '.join(map(str, extra))}'s "
+                                     "training, which its own cache lacks" if extra else "")
+            entries.append(Entry(n, chapters[n].stem, True, secs, why))
+            t4_cached |= {n, *extra}
+        else:
+            entries.append(Entry(item, chapters[item].stem, False, *estimates[item]))
+    return entries
+
+
+def calls(entries: list[Entry], budget: float = BUDGET_S) -> list[list[Entry]]:
+    """The entries in device calls: a call takes the next entry while the estimates fit
+    `budget` (an entry without an estimate, or over budget, gets a call of its own)."""
+    out: list[list[Entry]] = []
+    used = budget + 1
+    for e in entries:
+        secs = e.seconds if e.seconds is not None else budget
+        if out and used + secs <= budget:
+            out[-1].append(e)
+            used += secs
+        else:
+            out.append([e])
+            used = secs
+    return out
+
+
+def _lines(path: Path | None) -> list[str]:
+    return path.read_text().split() if path and path.exists() else []
+
+
+def next_entries(entries: list[Entry], done: list[str], started: list[str] = (),
+                 failed: list[str] = (), budget: float = BUDGET_S) -> tuple[list[Entry],
+                                                                            list[str]]:
+    """(the entries the next call runs, notes on those it leaves out): the first call of
+    `calls` over what is not done, failed, or started RETRIES times already."""
+    notes, todo = [], []
+    for e in entries:
+        if e.key in done:
+            continue
+        if e.key in failed:
+            notes.append(f"{e.key}: failed in this lease; not started again (see its log)")
+        elif started.count(e.key) >= RETRIES:
+            notes.append(f"{e.key}: started {started.count(e.key)} times without finishing "
+                         "(a call's limit?); not started again")
+        else:
+            todo.append(e)
+    return (calls(todo, budget)[0] if todo else []), notes
+
+
+def format_plan(entries: list[Entry], budget: float = BUDGET_S) -> str:
+    grouped = calls(entries, budget)
+    out = [f"Whole-book gpu run: {len(entries)} entries in {len(grouped)} device calls "
+           f"(a call starts entries while their estimates fit {budget:.0f} s).",
+           "Each call, the same: run(command='book/_ext/outputs_device.sh --next', "
+           f"carry={CARRY}, timeout_s=600); make the next call at once (the machine "
+           "goes back 30 s after a call, and the checkpoint cache with it); unpack each "
+           "call's outputs.tar.gz in the repository root, in order.", ""]
+    clock = START_S
+    for i, group in enumerate(grouped, 1):
+        known = sum(e.seconds or 0 for e in group)
+        unknown = any(e.seconds is None for e in group)
+        out.append(f"call {i}: ~{es.format_seconds(known)}{' + unknown' if unknown else ''}")
+        for e in group:
+            clock += e.seconds or 0
+            over = clock > DEVICE_S
+            out.append(f"  {e.key:<28} {es.format_seconds(e.seconds):>12}  ends at "
+                       f"~{es.format_seconds(clock)} of device time"
+                       f"{' (past 30 min)' if over else ''}  [{e.source}]")
+            if e.seconds is not None and e.seconds > budget:
+                out.append("    longer than one call: its training resumes from its "
+                           "checkpoints in the next call, which runs it again")
+    total = START_S + sum(e.seconds or 0 for e in entries)
+    out += ["", f"All of it: ~{es.format_seconds(total)} of device time with the machine's "
+            f"start (~{START_S} s); a session has {DEVICE_S // 60} min."]
+    clock, left = START_S, []
+    for e in entries:
+        clock += e.seconds or 0
+        if clock > DEVICE_S:
+            left.append(e.key)
+    if left:
+        out.append("Past 30 min by the estimates, left for a later session: " + ", ".join(left))
+    return "\n".join(out)
+
+
+# --- on the device: are the carried wheels' needs met? ------------------------------------
+def check_env(pins: dict[str, str] | None = None) -> list[str]:
+    """Problems with the environment the notebooks will run in: a carried package that
+    imports as another version than the pinned one, or a requirement of one that nothing
+    installed meets (the wheels are installed with --no-deps)."""
+    from importlib.metadata import PackageNotFoundError, distribution, version
+
+    from packaging.requirements import Requirement
+
+    pins = requirements() if pins is None else pins
+    problems = []
+    for name, pinned in sorted(pins.items()):
+        try:
+            got = version(name)
+        except PackageNotFoundError:
+            problems.append(f"{name} {pinned} is not installed")
+            continue
+        if got != pinned:
+            problems.append(f"{name}: {got} is the one found, not the carried {pinned}")
+        for text in distribution(name).requires or []:
+            req = Requirement(text)
+            if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+                continue
+            try:
+                have = version(req.name)
+            except PackageNotFoundError:
+                problems.append(f"{name} needs {req}, which is not installed")
+                continue
+            if req.specifier and not req.specifier.contains(have, prereleases=True):
+                problems.append(f"{name} needs {req}, but {req.name} {have} is installed")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("what", nargs="?", default="show", choices=["show", "next", "check-env"])
+    ap.add_argument("--budget", type=float, default=BUDGET_S)
+    ap.add_argument("--done", type=Path, help="the lease's done.txt (next)")
+    ap.add_argument("--started", type=Path, help="the lease's started.txt (next)")
+    ap.add_argument("--failed", type=Path, help="the lease's failed.txt (next)")
+    args = ap.parse_args(argv)
+    if args.what == "check-env":
+        problems = check_env()
+        for p in problems:
+            print(f"check-env: {p}", file=sys.stderr)
+        print(f"check-env: {len(requirements())} carried packages, "
+              f"{len(problems)} problems")
+        return 1 if problems else 0
+    entries = plan()
+    if args.what == "next":
+        todo, notes = next_entries(entries, _lines(args.done), _lines(args.started),
+                                   _lines(args.failed), args.budget)
+        for note in notes:
+            print(f"plan: {note}", file=sys.stderr)
+        for e in todo:
+            print(e.key, int(e.seconds) if e.seconds is not None else "?")
+        return 0
+    print(format_plan(entries, args.budget))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,389 @@
+"""The whole-book GPU run, prepared without a GPU (issue 31): the plan's order, the wheels
+the device lacks, the T4 emulation's switch and the peak-memory record (CUDA mocked)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from importlib.metadata import PackageNotFoundError, distribution, version
+from pathlib import Path
+from types import SimpleNamespace
+
+import nbformat
+import pytest
+import torch
+
+import companion
+from companion import runtime
+from companion.train import autocast_dtype
+
+ROOT = Path(__file__).resolve().parent.parent
+EXT = ROOT / "book" / "_ext"
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(name, EXT / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+es = sys.modules.get("execution_status") or _module("execution_status")
+gp = _module("gpu_plan")
+T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+
+
+# --- the plan ------------------------------------------------------------------------------
+def real_deps() -> dict[int, set[int]]:
+    return {n: gp.dependencies(p) for n, p in gp.book_chapters().items()}
+
+
+def test_dependencies_are_read_from_the_notebooks():
+    """Chapter 10 loads 7's VAEs and 9's DDPM; 11 loads 9's and 10's models; 12 loads 6's
+    VAE and 9's DDPM; 13 loads 9's DDPM (read from the recipe calls, as the pages make
+    them)."""
+    deps = real_deps()
+    assert {n: d for n, d in deps.items() if d} == {10: {7, 9}, 11: {9, 10}, 12: {6, 9},
+                                                    13: {9}}
+
+
+def test_dependencies_cover_every_model_a_stored_run_loaded():
+    """A second witness: the checkpoints each stored run loaded (book.execution.loaded)."""
+    deps = real_deps()
+    for n, path in gp.book_chapters().items():
+        loaded = {int(m[1]) for name in es.notebook_status(path).loaded
+                  if (m := gp.CHAPTER.match(name))} - {n}
+        assert loaded <= deps[n], f"chapter {n} loaded models of {loaded - deps[n]}"
+
+
+def code_notebook(path: Path, *sources: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# A chapter")] + [
+        nbformat.v4.new_code_cell(s) for s in sources]
+    nbformat.write(nb, str(path))
+    return path
+
+
+def test_the_dependency_reader_on_planted_calls(tmp_path):
+    prefixes = gp.recipe_prefixes()
+    assert prefixes["ddpm"] == 9 and prefixes["eight_bit_vae"] == 10
+    assert prefixes["single_level_vae"] == 7 and prefixes["latent_vae"] == 11
+    nb = code_notebook(
+        tmp_path / "14_new.ipynb",
+        "%matplotlib inline\nfrom companion import recipes, results\n"
+        "from companion.recipes import hierarchical_vae\n"
+        "m, r = recipes.ddpm(x, profile, device)",
+        "v, _ = recipes.single_level_vae(x, profile, device, source=s, prefix='ch6')\n"
+        "h, _ = hierarchical_vae(x, profile, device, source=s)",
+        "p = checkpoint_path('ch3-thing', profile)\nq = checkpoint_path(f'ch2-{n}', profile)",
+        "r = results.load('ch5', profile)\nown = checkpoint_path('ch14-mine', profile)",
+        "ddpm(x)  # a function of the same name, not the recipe\n"
+        "w = recipes.latent_vae(x, profile, device, source=s, prefix=name)",
+        "!pip install something\nthis is not python")
+    # the recipe with a prefix that is not a constant names no chapter; own chapter left out
+    assert gp.dependencies(nb, prefixes) == {9, 6, 7, 3, 2, 5}
+    assert gp.dependencies(code_notebook(tmp_path / "15_x.ipynb", "x = 1"), prefixes) == set()
+
+
+def test_order_puts_each_chapter_after_what_it_loads_and_the_issue_first():
+    deps = real_deps()
+    entries = gp.plan()
+    keys = [e.key for e in entries]
+    assert len(keys) == len(set(keys)) == len(deps) + len(gp.T4_CHAPTERS)
+    main = [e.chapter for e in entries if not e.t4]
+    assert sorted(main) == sorted(deps)
+    where = {n: i for i, n in enumerate(main)}
+    for n, ds in deps.items():
+        assert all(where[d] < where[n] for d in ds), (n, ds, main)
+    # 11 and 12 come as early as their dependencies allow ...
+    def closure(n):
+        return {n}.union(*(closure(d) for d in deps[n]))
+
+    assert set(main[:where[11] + 1]) == closure(11)
+    assert set(main[:where[12] + 1]) == closure(11) | closure(12)
+    # ... then 6, 9 and 10, then the rest; the T4 runs after the priority chapters
+    priority = closure(11) | closure(12) | closure(6) | closure(9) | closure(10)
+    assert set(main[:len(priority)]) == priority
+    first_t4 = keys.index(f"t4:{gp.book_chapters()[9].stem}")
+    assert first_t4 == len(priority)
+    assert keys[first_t4 + 1] == f"t4:{gp.book_chapters()[10].stem}"
+
+
+def test_order_refuses_a_circle_and_an_unknown_chapter():
+    with pytest.raises(ValueError, match="circle: 1 -> 2 -> 1"):
+        gp.order({1: {2}, 2: {1}}, priority=(1,), t4=())
+    with pytest.raises(ValueError, match="chapter 3 is not in the book"):
+        gp.order({1: set()}, priority=(3,), t4=())
+    assert gp.order({1: set(), 2: {3}, 3: set()}, priority=(2,), t4=(3,)) == \
+        [3, 2, ("t4", 3), 1]
+
+
+def entries(*seconds):
+    return [gp.Entry(i, f"{i:02d}_c", False, s, "test") for i, s in enumerate(seconds, 1)]
+
+
+def test_calls_fill_the_budget_in_order():
+    got = gp.calls(entries(300, 200, 100, 500, None, 50, 700, 10), budget=540)
+    # 300+200 fit, +100 would not; an unknown estimate and one over budget go alone
+    assert [[e.chapter for e in c] for c in got] == [[1, 2], [3], [4], [5], [6], [7], [8]]
+    assert [[e.chapter for e in c] for c in gp.calls(entries(300, 200, 40, None, 10, 700),
+                                                      budget=540)] == \
+        [[1, 2, 3], [4], [5], [6]]
+    for call in got:
+        assert len(call) == 1 or sum(e.seconds for e in call) <= 540
+
+
+def test_next_leaves_out_what_is_done_failed_or_retried():
+    es_ = entries(100, 100, 100, 100, 100, 100, 100)
+    todo, notes = gp.next_entries(es_, done=["01_c", "02_c"], started=["03_c", "03_c", "04_c"],
+                                  failed=["05_c"], budget=250)
+    assert [e.key for e in todo] == ["04_c", "06_c"]
+    assert any("03_c: started 2 times" in n for n in notes)
+    assert any("05_c: failed" in n for n in notes)
+    assert gp.next_entries(es_, done=[e.key for e in es_])[0] == []
+
+
+def test_next_prints_what_outputs_device_reads(tmp_path, capsys):
+    done = tmp_path / "done.txt"
+    done.write_text("")
+    assert gp.main(["next", "--done", str(done), "--budget", "540"]) == 0
+    first = capsys.readouterr().out.split("\n")[0].split()
+    assert first[0] == gp.plan()[0].key and (first[1] == "?" or int(first[1]) > 0)
+    done.write_text("\n".join(e.key for e in gp.plan()))
+    assert gp.main(["next", "--done", str(done)]) == 0
+    assert capsys.readouterr().out == ""
+
+
+def timed_notebook(path: Path, setup: str, seconds=30.0) -> Path:
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("x = 1")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=setup)]
+    end = T0 + timedelta(seconds=seconds)
+    cell.metadata["execution"] = {"iopub.execute_input": T0.isoformat()[:19] + "Z",
+                                  "shell.execute_reply": end.isoformat()[:19] + "Z"}
+    nb.cells = [nbformat.v4.new_markdown_cell("# A chapter"), cell]
+    nbformat.write(nb, str(path))
+    return path
+
+
+def test_estimates_say_whether_they_were_measured_on_a_gpu(tmp_path):
+    gpu = timed_notebook(tmp_path / "09_a.ipynb", "profile=gpu device=cuda (NVIDIA H100 80GB "
+                         "HBM3) torch=2.11.0 python=3.12.3\n", 290.0)
+    cpu = timed_notebook(tmp_path / "11_b.ipynb", "profile=cpu device=cpu torch=2.14.1 "
+                         "python=3.11.7\n", 180.0)
+    es.record(cpu, 182.0, T0 + timedelta(seconds=181), loaded=["ch11-vae-cpu.pt",
+                                                                 "ch9-ddpm-cpu.pt"])
+    secs, why = gp.estimate(gpu)
+    assert secs == pytest.approx(290.0) and why.startswith("measured") and "H100" in why
+    secs, why = gp.estimate(cpu)
+    assert secs == pytest.approx(182.0) and why.startswith("guess: never run in gpu")
+    assert "1 of its own models loaded" in why
+
+
+def test_the_plan_text_gives_the_command_and_every_entry():
+    text = gp.format_plan(gp.plan())
+    assert "book/_ext/outputs_device.sh --next" in text and "'.whl'" in text
+    assert all(e.key in text for e in gp.plan())
+
+
+def test_outputs_device_script_parses_and_explains_itself():
+    script = EXT / "outputs_device.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--dry-run" in out.stdout and "--next" in out.stdout
+    bad = subprocess.run([str(script), "--bogus"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown option --bogus" in bad.stderr
+
+
+# --- the wheels ----------------------------------------------------------------------------
+DEVICE_MARKERS = {"python_version": "3.12", "python_full_version": "3.12.3",
+                  "sys_platform": "linux", "platform_system": "Linux",
+                  "platform_machine": "x86_64", "os_name": "posix",
+                  "implementation_name": "cpython",
+                  "platform_python_implementation": "CPython", "extra": ""}
+
+
+def test_device_requirements_pin_the_venvs_versions_and_nothing_the_device_has():
+    pins = gp.requirements()
+    assert "nbclient" in pins and "ipykernel" in pins and "mlxtend" in pins
+    assert not set(pins) & gp.DEVICE_HAS, "carried twice: " + str(set(pins) & gp.DEVICE_HAS)
+    for name, pinned in pins.items():
+        try:
+            assert version(name) == pinned, (f"{name}: the venv has {version(name)}, "
+                                             f"device-requirements.txt pins {pinned}")
+        except PackageNotFoundError:
+            pytest.fail(f"{name} is pinned for the device but not in the venv")
+
+
+def test_device_requirements_are_the_whole_closure():
+    """Installed with --no-deps there: every requirement of a carried package (for Python
+    3.12 on Linux) is carried too or is one the device has."""
+    from packaging.requirements import Requirement
+
+    pins = gp.requirements()
+    missing = []
+    for name in pins:
+        for text in distribution(name).requires or []:
+            req = Requirement(text)
+            if req.marker is not None and not req.marker.evaluate(DEVICE_MARKERS):
+                continue
+            if gp.normalize(req.name) not in pins | dict.fromkeys(gp.DEVICE_HAS):
+                missing.append(f"{name} needs {req}")
+    assert not missing, missing
+
+
+def test_requirements_must_be_pinned(tmp_path):
+    path = tmp_path / "r.txt"
+    path.write_text("# comment\nfoo==1.0  # why\n\nBar_baz==2\n")
+    assert gp.requirements(path) == {"foo": "1.0", "bar-baz": "2"}
+    path.write_text("foo>=1\n")
+    with pytest.raises(ValueError, match="not pinned"):
+        gp.requirements(path)
+
+
+def test_check_env_names_a_version_that_is_not_the_carried_one():
+    got = version("nbclient")
+    assert gp.check_env({"nbclient": got}) == []
+    problems = gp.check_env({"nbclient": "0.0.1", "no-such-package-here": "1.0"})
+    assert any(f"nbclient: {got} is the one found, not the carried 0.0.1" in p
+               for p in problems)
+    assert "no-such-package-here 1.0 is not installed" in problems
+
+
+# --- the T4 emulation ----------------------------------------------------------------------
+@pytest.mark.parametrize("value, on", [(None, False), ("", False), ("0", False), ("1", True),
+                                       ("yes", True)])
+def test_the_t4_switch_reads_book_t4(monkeypatch, value, on):
+    if value is None:
+        monkeypatch.delenv("BOOK_T4", raising=False)
+    else:
+        monkeypatch.setenv("BOOK_T4", value)
+    assert runtime.t4_emulated() is on
+
+
+def test_under_t4_training_takes_fp16_on_any_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.delenv("BOOK_T4", raising=False)
+    assert autocast_dtype("cuda") == torch.bfloat16
+    monkeypatch.setenv("BOOK_T4", "1")
+    assert autocast_dtype("cuda") == torch.float16  # so fit makes its gradient scaler
+    assert autocast_dtype("cpu") is None
+
+
+@pytest.fixture
+def tf32_restored():
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def fake_cuda(monkeypatch, total_bytes: float, fractions: list):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100")
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device=None: SimpleNamespace(total_memory=int(total_bytes)))
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction",
+                        lambda fraction, device=None: fractions.append(fraction))
+
+
+@pytest.mark.parametrize("total, fraction", [(80e9, 15 / 80), (143e9, 15 / 143),
+                                             (12e9, 1.0)])
+def test_setup_caps_memory_at_a_t4s_and_turns_tf32_off(monkeypatch, capsys, tf32_restored,
+                                                       total, fraction):
+    fractions = []
+    fake_cuda(monkeypatch, total, fractions)
+    monkeypatch.setenv("BOOK_T4", "1")
+    monkeypatch.delenv("BOOK_PEAK_LOG", raising=False)
+    _, device = companion.setup(seed=0, profile="gpu", device="cuda")
+    assert device.type == "cuda"
+    assert fractions == [pytest.approx(fraction)]
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    out = capsys.readouterr().out
+    assert "T4 emulation (BOOK_T4=1)" in out and "capped at 15 GB" in out
+
+
+def test_without_book_t4_setup_leaves_the_gpu_as_it_is(monkeypatch, capsys, tf32_restored):
+    fractions = []
+    fake_cuda(monkeypatch, 80e9, fractions)
+    monkeypatch.delenv("BOOK_T4", raising=False)
+    companion.setup(seed=0, profile="gpu", device="cuda")
+    assert fractions == [] and torch.backends.cuda.matmul.allow_tf32
+    assert "T4" not in capsys.readouterr().out
+
+
+def test_t4_emulation_without_cuda_says_nothing_is_emulated():
+    assert "nothing is emulated" in runtime.emulate_t4(torch.device("cpu"))
+
+
+# --- the peak-memory record ----------------------------------------------------------------
+def mock_peak(monkeypatch, allocated: int, reserved: int):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: allocated)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device=None: reserved)
+
+
+class FakeShell:
+    def __init__(self):
+        self.events = SimpleNamespace(callbacks={"post_run_cell": []})
+        self.events.register = lambda name, fn: self.events.callbacks[name].append(fn)
+
+
+def test_the_kernel_writes_its_peak_after_every_cell(monkeypatch, tmp_path):
+    import IPython
+
+    shell, log = FakeShell(), tmp_path / "peak.json"
+    monkeypatch.setattr(IPython, "get_ipython", lambda: shell)
+    monkeypatch.setenv("BOOK_PEAK_LOG", str(log))
+    runtime._record_peak_memory()
+    runtime._record_peak_memory()  # setup runs again: still one callback
+    assert shell.events.callbacks["post_run_cell"] == [runtime._write_peak_memory]
+    mock_peak(monkeypatch, 3 * 2**30, 4 * 2**30)
+    shell.events.callbacks["post_run_cell"][0](object())  # IPython passes the cell's result
+    assert json.loads(log.read_text()) == {"allocated_mib": 3072.0, "reserved_mib": 4096.0}
+    assert es._read_peak(log) == {"allocated_mib": 3072.0, "reserved_mib": 4096.0}
+
+
+def test_no_peak_where_cuda_was_never_used(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    assert runtime.cuda_peak_memory() is None
+    log = tmp_path / "peak.json"
+    monkeypatch.setenv("BOOK_PEAK_LOG", str(log))
+    runtime._write_peak_memory()
+    assert not log.exists() and es._read_peak(log) is None
+    log.write_text("not json")
+    assert es._read_peak(log) is None
+
+
+def test_the_status_page_shows_the_peak_and_the_t4_peak(tmp_path):
+    (tmp_path / "notebooks").mkdir()
+    setup = "profile=gpu device=cuda (NVIDIA H100 80GB HBM3) torch=2.11.0 python=3.12.3\n"
+    a = timed_notebook(tmp_path / "notebooks" / "09_a.ipynb", setup)
+    es.record(a, 31.0, T0 + timedelta(seconds=31), cuda_peak={"allocated_mib": 61_952.0,
+                                                              "reserved_mib": 70_000.0})
+    es.record_t4(a, 40.0, T0, {"allocated_mib": 12_800.0, "reserved_mib": 14_000.0}, 0)
+    b = timed_notebook(tmp_path / "notebooks" / "10_b.ipynb", setup)
+    es.record(b, 31.0, T0 + timedelta(seconds=31), cuda_peak={"allocated_mib": 1024.0,
+                                                              "reserved_mib": 2048.0})
+    es.record_t4(b, 5.0, T0, {"allocated_mib": 15_000.0, "reserved_mib": 15_000.0}, 1,
+                 "torch.OutOfMemoryError: CUDA out of memory.")
+    c = timed_notebook(tmp_path / "notebooks" / "11_c.ipynb", SETUP_CPU)
+    statuses = [es.notebook_status(p) for p in (a, b, c)]
+    assert statuses[0].t4["ran_through"] and not statuses[1].t4["ran_through"]
+    lines = [line.replace(es.NBSP, " ") for line in es.table(statuses, root=tmp_path)]
+    assert "GPU memory" in lines[0]
+    assert "| 60.5 GiB; T4: 12.5 GiB |" in lines[2]
+    assert "| 1.0 GiB; T4: over 15 GB |" in lines[3]
+    assert "| 30 s, cell 1 |  |" in lines[4]  # a CPU chapter: nothing
+    assert any(line.startswith("GPU memory: the most") for line in lines)
+    # a new run of the chapter keeps the T4 record, which is a run of its own
+    es.record(a, 31.0, T0 + timedelta(seconds=31))
+    assert es.notebook_status(a).t4["cuda_peak_mib"]["allocated_mib"] == 12_800.0
+    assert es.notebook_status(a).cuda_peak_mib is None
+
+
+SETUP_CPU = "profile=cpu device=cpu torch=2.14.1 python=3.11.7\n"
