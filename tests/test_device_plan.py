@@ -247,11 +247,30 @@ def test_requirements_must_be_pinned(tmp_path):
 
 def test_check_env_names_a_version_that_is_not_the_carried_one():
     got = version("nbclient")
-    assert gp.check_env({"nbclient": got}) == []
-    problems = gp.check_env({"nbclient": "0.0.1", "no-such-package-here": "1.0"})
+    assert gp.check_env({"nbclient": got}) == ([], [])
+    problems, _ = gp.check_env({"nbclient": "0.0.1", "no-such-package-here": "1.0"})
     assert any(f"nbclient: {got} is the one found, not the carried 0.0.1" in p
                for p in problems)
     assert "no-such-package-here 1.0 is not installed" in problems
+
+
+def test_check_env_finds_a_need_nothing_meets_and_warns_of_old_versions(monkeypatch):
+    import importlib.metadata as md
+
+    needs = {"carried": ["absent-thing>=1", "present-thing>=9", "other; extra == 'x'"],
+             "mlxtend": ["pandas>=99"]}
+    versions = {"carried": "1.0", "present-thing": "2.0", "mlxtend": "0.25.0"}
+
+    def fake_version(name):
+        if name not in versions:
+            raise md.PackageNotFoundError(name)
+        return versions[name]
+
+    monkeypatch.setattr(md, "version", fake_version)
+    monkeypatch.setattr(md, "distribution", lambda n: SimpleNamespace(requires=needs[n]))
+    problems, warnings = gp.check_env({"carried": "1.0", "mlxtend": "0.25.0"})
+    assert problems == ["carried needs absent-thing>=1, which is not installed"]
+    assert warnings == ["carried asks for present-thing>=9; present-thing 2.0 is installed"]
 
 
 # --- the T4 emulation ----------------------------------------------------------------------
