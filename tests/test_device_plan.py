@@ -406,3 +406,19 @@ def test_the_status_page_shows_the_peak_and_the_t4_peak(tmp_path):
 
 
 SETUP_CPU = "profile=cpu device=cpu torch=2.14.1 python=3.11.7\n"
+
+
+def test_a_run_into_the_lease_folder_keeps_the_earlier_t4_record(tmp_path):
+    """outputs_device.sh keeps what a lease made outside the working tree (copied anew at
+    every call): a chapter run after its T4 run keeps the T4 record there."""
+    source = timed_notebook(tmp_path / "09_a.ipynb", SETUP_CPU)
+    into = tmp_path / "made"
+    target = es.made_path(str(source), str(into))
+    assert target == into / "notebooks" / "09_a.ipynb"
+    work = es._prepare_into(str(source), str(into))
+    assert work.exists() and not target.exists()  # the run replaces target on success
+    target.write_bytes(source.read_bytes())
+    es.record_t4(target, 40.0, T0, {"allocated_mib": 100.0, "reserved_mib": 200.0}, 0)
+    work = es._prepare_into(str(source), str(into))
+    assert nbformat.read(str(work), as_version=4).metadata.book.t4["seconds"] == 40.0
+    assert "t4" not in nbformat.read(str(source), as_version=4).metadata.get("book", {})

@@ -14,7 +14,8 @@ On a GPU the run also records torch's peak GPU memory (torch.cuda.max_memory_all
 kernel, which `companion.setup()` writes to $BOOK_PEAK_LOG after every cell), and
 `execution_status.py t4 NB...` runs a copy of each notebook under the T4 emulation
 (BOOK_T4=1: fp16, 15 GB) and stores only its peak memory and time (metadata `book.t4`).
-`execute --copy` runs copies in a temporary folder and stores nothing (a dry run).
+`execute --copy` runs copies in a temporary folder and stores nothing (a dry run);
+`--into FOLDER` keeps each run in FOLDER/notebooks/ instead of in place (outputs_device.sh).
 
 As a Sphinx extension (`sphinx.local_extensions` in _config.yml) it provides the
 `execution-status` directive used by book/status.md: the table is made from the notebooks
@@ -28,6 +29,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -267,24 +269,58 @@ def _environment() -> dict:
 
 def _copy(path: str, folder: str) -> str:
     """A copy of notebook `path` in `folder`, to run without touching the original."""
-    import shutil
-
     return shutil.copy(path, Path(folder) / Path(path).name)
 
 
-def execute(paths: list[str], copy: bool = False) -> int:
+def made_path(path: str, into: str) -> Path:
+    """Where `--into FOLDER` keeps the run of notebook `path`: FOLDER/notebooks/NAME.ipynb."""
+    return Path(into) / "notebooks" / Path(path).name
+
+
+def _prepare_into(path: str, into: str) -> Path:
+    """A fresh copy of `path` to run beside its place in `into` (FOLDER/notebooks/), with
+    the T4 record of an earlier run kept there (a record of its own, not of these outputs).
+    On a lent GPU machine the working tree is copied anew at every call, notebooks/
+    included, so what a call made must live outside it (outputs_device.sh)."""
+    import nbformat
+
+    target = made_path(path, into)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = target.with_name(target.stem + ".running.ipynb")
+    nb = nbformat.read(str(path), as_version=4)
+    if target.exists():
+        t4 = nbformat.read(str(target), as_version=4).metadata.get("book", {}).get("t4")
+        if t4:
+            nb.metadata.setdefault("book", {})["t4"] = t4
+    nbformat.write(nb, str(work))
+    return work
+
+
+def execute(paths: list[str], copy: bool = False, into: str | None = None) -> int:
     """Run each notebook in place with `jupyter execute`, timing it; stops at the first error.
 
     Unless $BOOK_CACHE is set, the notebooks share one new, empty checkpoint cache, so the
     times include training from scratch, as on a student's first run. With `copy`, each
-    runs as a copy in a temporary folder and nothing is stored (a dry run).
+    runs as a copy in a temporary folder and nothing is stored (a dry run); with `into`,
+    as a copy that replaces INTO/notebooks/NAME.ipynb once it ran through.
     """
     env = _environment()
     folder = tempfile.mkdtemp(prefix="book-dry-run-") if copy else None
+    try:
+        return _execute(paths, env, folder, into)
+    finally:
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _execute(paths: list[str], env: dict, folder: str | None, into: str | None) -> int:
     for p in paths:
+        target = None
         if folder:
             print(f"{p}: running a copy in {folder}; nothing is stored")
             p = _copy(p, folder)
+        elif into:
+            target, p = made_path(p, into), _prepare_into(p, into)
         log = Path(tempfile.mkstemp(prefix="book-loaded-", suffix=".txt")[1])
         peak_log = Path(tempfile.mkstemp(prefix="book-peak-", suffix=".json")[1])
         env["BOOK_LOADED_LOG"], env["BOOK_PEAK_LOG"] = str(log), str(peak_log)
@@ -310,6 +346,9 @@ def execute(paths: list[str], copy: bool = False) -> int:
         loaded = [n for n in log.read_text().split() if n in saved_before]
         log.unlink()
         record(Path(p), seconds, datetime.now(timezone.utc), loaded, peak_mib, cuda_peak)
+        if target is not None:
+            os.replace(p, target)
+            p = target
         if peak_mib is not None:
             print(f"  peak GPU memory (nvidia-smi, whole device): {peak_mib:,} MiB")
         if cuda_peak is not None:
@@ -324,15 +363,23 @@ def execute(paths: list[str], copy: bool = False) -> int:
     return 0
 
 
-def execute_t4(paths: list[str]) -> int:
+def execute_t4(paths: list[str], into: str | None = None) -> int:
     """Run a copy of each notebook under the T4 emulation (BOOK_T4=1) and store only its
-    peak GPU memory, time and outcome in the original (metadata book.t4); the outputs of
+    peak GPU memory, time and outcome in the original (metadata book.t4), or in
+    INTO/notebooks/NAME.ipynb with `into` (copied there first if absent); the outputs of
     the copy are thrown away, since the pages show the run at the GPU's own precision.
     Give it its own $BOOK_CACHE: a model that another run trained in bf16 would be loaded,
     not trained in fp16. Returns the number of notebooks that did not run through."""
     env = _environment()
     env["BOOK_T4"] = "1"
     folder = tempfile.mkdtemp(prefix="book-t4-")
+    try:
+        return _execute_t4(paths, env, folder, into)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _execute_t4(paths: list[str], env: dict, folder: str, into: str | None) -> int:
     failed = 0
     for p in paths:
         copy = _copy(p, folder)
@@ -357,7 +404,13 @@ def execute_t4(paths: list[str]) -> int:
         if proc.returncode != 0:
             failed += 1
             error = errors[-1] if errors else f"exit code {proc.returncode}"
-        record_t4(Path(p), seconds, datetime.now(timezone.utc), cuda_peak, proc.returncode,
+        target = Path(p)
+        if into:
+            target = made_path(p, into)
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(p, target)
+        record_t4(target, seconds, datetime.now(timezone.utc), cuda_peak, proc.returncode,
                   error)
         peak = f"{cuda_peak['allocated_mib']:,.0f} MiB" if cuda_peak else "not measured"
         print(f"{p} (T4 emulated): {format_seconds(seconds)}, peak GPU memory (torch) {peak}"
@@ -553,18 +606,21 @@ def setup(app):
 
 
 def main(argv: list[str]) -> int:
+    into = None
+    if len(argv) >= 3 and argv[1] == "--into":
+        into, argv = argv[2], [argv[0], *argv[3:]]
     if len(argv) >= 3 and argv[:2] == ["execute", "--copy"]:
         return execute(argv[2:], copy=True)
     if len(argv) >= 2 and argv[0] == "execute":
-        return execute(argv[1:])
+        return execute(argv[1:], into=into)
     if len(argv) >= 2 and argv[0] == "t4":
-        return 1 if execute_t4(argv[1:]) else 0
+        return 1 if execute_t4(argv[1:], into=into) else 0
     if argv in ([], ["show"]):
         for line in table([notebook_status(p) for p in toc_notebooks()]):
             print(line)
         return 0
-    print("usage: execution_status.py execute [--copy] NOTEBOOK.ipynb... | t4 NOTEBOOK.ipynb... "
-          "| show", file=sys.stderr)
+    print("usage: execution_status.py execute [--copy | --into FOLDER] NOTEBOOK.ipynb... | "
+          "t4 [--into FOLDER] NOTEBOOK.ipynb... | show", file=sys.stderr)
     return 2
 
 

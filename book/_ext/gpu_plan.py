@@ -307,8 +307,12 @@ def format_plan(entries: list[Entry], budget: float = BUDGET_S) -> str:
            f"(a call starts entries while their estimates fit {budget:.0f} s).",
            "Each call, the same: run(command='book/_ext/outputs_device.sh --next', "
            f"carry={CARRY}, timeout_s=600); make the next call at once (the machine "
-           "goes back 30 s after a call, and the checkpoint cache with it); unpack each "
-           "call's outputs.tar.gz in the repository root, in order.", ""]
+           "goes back 30 s after a call, and the checkpoint cache with it); unpack the "
+           "latest outputs.tar.gz in the repository root (it holds all made so far).",
+           "Or run(command='book/_ext/outputs_device.sh --detach --wait 540', same carry): "
+           "the plan runs on between calls, and an entry may outlast a call.",
+           "A fresh machine has no cache: add --skip 'KEY ...' for the entries already "
+           "unpacked here (their dependents then train what they load).", ""]
     clock = START_S
     for i, group in enumerate(grouped, 1):
         known = sum(e.seconds or 0 for e in group)

@@ -28,9 +28,11 @@
 #   (540) have passed or when its estimate would not fit what is left (the first always
 #   starts), and stops one still running at --deadline (570 s) so that it can pack; the
 #   stopped entry's training resumes from its checkpoints in the next call.
-# - $OUT/outputs.tar.gz holds every notebook made so far in this lease and the results
-#   files (into .cache/book-gpu/results): unpack the latest in the repository root here.
-#   $OUT/log.txt is the whole log.
+# - $OUT/outputs.tar.gz holds every notebook made so far in this lease (kept outside the
+#   working tree, which each call copies anew) and the results files (into
+#   .cache/book-gpu/results): unpack the latest in the repository root here, where it
+#   replaces notebooks/NN_*.ipynb. $OUT/log.txt is the whole log. --skip "KEY..." marks
+#   entries as done (made by a lease whose machine went back, and unpacked here).
 #
 # --dry-run: the same sequence here with BOOK_SMOKE=1 BOOK_PROFILE=gpu (the gpu profile's
 # code, a couple of steps each), every notebook run as a copy in a temporary folder, a
@@ -38,7 +40,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 here=book/_ext
-budget=540 deadline= wait_s=540 mode=list dry=0
+budget=540 deadline= wait_s=540 mode=list dry=0 skip=
 entries=()
 while [ $# -gt 0 ]; do
   case $1 in
@@ -49,6 +51,7 @@ while [ $# -gt 0 ]; do
     --detach) mode=detach; shift ;;
     --runner) mode=runner; shift ;;  # the detached process itself
     --dry-run) dry=1; shift ;;
+    --skip) skip=$2; shift 2 ;;
     -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     -*) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     *) entries+=("$1"); shift ;;
@@ -71,11 +74,18 @@ else
 fi
 T4_CACHE=${BOOK_T4_CACHE:-${BOOK_CACHE%/}-t4}
 PACK=$BOOK_CACHE/pack  # the latest snapshot; each call copies it to $OUT
-mkdir -p "$OUT" "$BOOK_CACHE" "$T4_CACHE" "$PACK"
+# what this lease made: the working tree, notebooks/ included, is copied anew at every
+# call, so executed notebooks are kept here (execution_status.py --into)
+MADE=$BOOK_CACHE/made
+mkdir -p "$OUT" "$BOOK_CACHE" "$T4_CACHE" "$PACK" "$MADE"
 touch "$BOOK_CACHE/done.txt" "$BOOK_CACHE/started.txt" "$BOOK_CACHE/failed.txt"
+# entries done by an earlier lease (a machine that went back takes its cache along)
+for key in $skip; do echo "$key" >> "$BOOK_CACHE/done.txt"; done
 if [ $mode != runner ]; then exec > >(tee -a "$OUT/log.txt") 2>&1; fi
 
-if [ $dry = 0 ] && compgen -G ".whl/*.whl" >/dev/null; then
+# the wheels, where this python3 lacks what they hold (the device's; not a venv here)
+if [ $dry = 0 ] && compgen -G ".whl/*.whl" >/dev/null &&
+    { [ -f /tmp/site/.installed ] || ! "$PY" -c "import nbclient, ipykernel, mlxtend" 2>/dev/null; }; then
   if [ ! -f /tmp/site/.installed ]; then  # once per machine: the next calls find it there
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
       --target /tmp/site .whl/*.whl && touch /tmp/site/.installed || exit 1
@@ -89,19 +99,16 @@ print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
       torch.cuda.get_device_name() if torch.cuda.is_available() else '')" || exit 1
 fi
 
-# The notebooks this lease made (done.txt), packed with the results files; written to a
-# temporary name and renamed, so a call copying it never reads half a file.
+# The notebooks this lease made ($MADE/notebooks), packed with the results files; written
+# to a temporary name and renamed, so a call copying it never reads half a file.
 snapshot() {
-  local nbs=() key
-  while read -r key; do
-    [ -n "$key" ] && nbs+=("notebooks/${key#t4:}.ipynb")
-  done < <(sort -u "$BOOK_CACHE/done.txt")
-  [ ${#nbs[@]} -gt 0 ] || return 0
   [ $dry = 1 ] && return 0  # nothing of a dry run is stored or packed
-  local res=()
+  local nbs=() res=()
+  [ -d "$MADE/notebooks" ] && nbs=(-C "$MADE" $(cd "$MADE" && ls notebooks/*.ipynb 2>/dev/null | grep -v '\.running\.ipynb$'))
   [ -d "$BOOK_CACHE/results" ] && res=(-C "$BOOK_CACHE" --transform
                                        's,^results,.cache/book-gpu/results,' results)
-  tar czf "$PACK/outputs.tar.gz.tmp" $(printf '%s\n' "${nbs[@]}" | sort -u) "${res[@]}" &&
+  [ ${#nbs[@]} -gt 2 ] || [ ${#res[@]} -gt 0 ] || return 0
+  tar czf "$PACK/outputs.tar.gz.tmp" "${nbs[@]}" "${res[@]}" &&
     mv "$PACK/outputs.tar.gz.tmp" "$PACK/outputs.tar.gz"
 }
 
@@ -114,11 +121,12 @@ run_entry() {
     echo "no notebook $nb (entry $key)"; echo "$key" >> "$BOOK_CACHE/failed.txt"; return 1
   fi
   echo "$key" >> "$BOOK_CACHE/started.txt"
+  local es=$here/execution_status.py
   if [[ $key == t4:* ]]; then
-    if [ $dry = 1 ]; then cmd=(env BOOK_T4=1 BOOK_CACHE="$T4_CACHE" "$PY" $here/execution_status.py execute --copy "$nb")
-    else cmd=(env BOOK_CACHE="$T4_CACHE" "$PY" $here/execution_status.py t4 "$nb"); fi
-  elif [ $dry = 1 ]; then cmd=("$PY" $here/execution_status.py execute --copy "$nb")
-  else cmd=("$PY" $here/execution_status.py execute "$nb"); fi
+    if [ $dry = 1 ]; then cmd=(env BOOK_T4=1 BOOK_CACHE="$T4_CACHE" "$PY" $es execute --copy "$nb")
+    else cmd=(env BOOK_CACHE="$T4_CACHE" "$PY" $es t4 --into "$MADE" "$nb"); fi
+  elif [ $dry = 1 ]; then cmd=("$PY" $es execute --copy "$nb")
+  else cmd=("$PY" $es execute --into "$MADE" "$nb"); fi
   echo "=== $key ($(date -u +%H:%M:%S), $((SECONDS - start)) s into this call)"
   if [ -n "$limit" ]; then timeout --kill-after=15 "$limit" "${cmd[@]}"; else "${cmd[@]}"; fi
   rc=$?
@@ -133,8 +141,8 @@ run_entry() {
   else
     echo "FAILED: $key (exit code $rc)"
     echo "$key" >> "$BOOK_CACHE/failed.txt"
-    # a failed chapter's notebook is not rewritten by jupyter execute; a failed T4 run
-    # stored its record (out of memory, say): pack it
+    # a failed chapter's run is not kept (jupyter execute stores nothing; the log has the
+    # traceback); a failed T4 run stored its record (out of memory, say): pack it
     if [[ $key == t4:* ]] && [ $dry = 0 ]; then echo "$key" >> "$BOOK_CACHE/done.txt"; snapshot; fi
   fi
   return $rc
@@ -146,24 +154,26 @@ plan_next() {
     --started "$BOOK_CACHE/started.txt" --failed "$BOOK_CACHE/failed.txt"
 }
 
-# run KEY ESTIMATE lines within this call's budget and deadline
+# run KEY ESTIMATE lines within this call's budget and deadline: the call's first entry
+# always starts, a later one only while its estimate fits what is left of the budget
+ran=0  # entries this call started
 run_within_budget() {
-  local key est first=1 used
+  local key est used
   while read -r key est; do
     used=$((SECONDS - start))
-    if [ $first = 0 ] && { [ $used -gt "$budget" ] ||
+    if [ $ran -gt 0 ] && { [ $used -gt "$budget" ] ||
         { [ "$est" != "?" ] && [ $((used + est)) -gt "$budget" ]; }; }; then
       echo "not started: $key (estimate ${est} s; $used s of the $budget s budget used)"
       continue
     fi
-    first=0
+    ran=$((ran + 1))
     run_entry "$key" $((deadline - used > 1 ? deadline - used : 1)) || true
   done
 }
 
 pack_out() {
   [ -f "$PACK/outputs.tar.gz" ] && cp "$PACK/outputs.tar.gz" "$OUT/"
-  echo "done in this lease: $(sort -u "$BOOK_CACHE/done.txt" | tr '\n' ' ')"
+  echo "done (or --skip) in this lease: $(sort -u "$BOOK_CACHE/done.txt" | tr '\n' ' ')"
   [ -s "$BOOK_CACHE/failed.txt" ] && echo "failed: $(sort -u "$BOOK_CACHE/failed.txt" | tr '\n' ' ')"
   nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader 2>/dev/null
   echo "this call: $((SECONDS - start)) s"
@@ -182,7 +192,7 @@ case $mode in
         while todo=$(plan_next "$budget") && [ -n "$todo" ]; do
           call=$((call + 1))
           echo "--- simulated call $call: $(echo "$todo" | cut -d' ' -f1 | tr '\n' ' ')"
-          start=$SECONDS
+          start=$SECONDS ran=0
           run_within_budget <<< "$todo"
         done
       fi
@@ -194,10 +204,14 @@ case $mode in
     fi
     printf '%s 0\n' "${entries[@]}" | run_within_budget
     pack_out ;;
-  next)
-    todo=$(plan_next "$budget")
-    if [ -z "$todo" ]; then echo "the plan is done: nothing left to run"; fi
-    [ -n "$todo" ] && run_within_budget <<< "$todo"
+  next)  # entries that end sooner than estimated leave room: ask the plan again
+    while :; do
+      before=$ran
+      todo=$(plan_next $((budget - (SECONDS - start) > 1 ? budget - (SECONDS - start) : 1)))
+      if [ -z "$todo" ]; then echo "the plan is done: nothing left to run"; break; fi
+      run_within_budget <<< "$todo"
+      [ $ran -gt $before ] || break
+    done
     pack_out ;;
   runner)  # the whole plan, one entry after another, without a deadline
     echo $$ > "$BOOK_CACHE/runner.pid"
