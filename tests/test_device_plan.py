@@ -394,11 +394,11 @@ def test_the_status_page_shows_the_peak_and_the_t4_peak(tmp_path):
     statuses = [es.notebook_status(p) for p in (a, b, c)]
     assert statuses[0].t4["ran_through"] and not statuses[1].t4["ran_through"]
     lines = [line.replace(es.NBSP, " ") for line in es.table(statuses, root=tmp_path)]
-    assert "GPU memory" in lines[0]
-    assert "| 60.5 GiB; T4: 12.5 GiB |" in lines[2]
-    assert "| 1.0 GiB; T4: over 15 GB |" in lines[3]
-    assert "| 30 s, cell 1 |  |" in lines[4]  # a CPU chapter: nothing
-    assert any(line.startswith("GPU memory: the most") for line in lines)
+    assert lines[0].count("|") == len(es.COLUMNS) + 1
+    assert "HBM3, 2 cores; peak 60.5 GiB; T4 12.5 GiB |" in lines[2]
+    assert "HBM3, 2 cores; peak 1.0 GiB; T4 over 15 GB |" in lines[3]
+    assert "| CPU |" in lines[4]  # a CPU chapter: no memory
+    assert any(line.startswith("Peak: the most GPU memory") for line in lines)
     # a new run of the chapter keeps the T4 record, which is a run of its own
     es.record(a, 31.0, T0 + timedelta(seconds=31))
     assert es.notebook_status(a).t4["cuda_peak_mib"]["allocated_mib"] == 12_800.0

@@ -460,7 +460,7 @@ def short_device(device: str) -> str:
 
 
 COLUMNS = ["Chapter", "Profile", "Device", "Software", "Time to run", "Slowest cell",
-           "GPU memory", "Executed"]
+           "Executed"]
 UNBROKEN = ["Executed"]  # not "2026-11-/22"
 PHONE_PX = 720  # narrower than this, each chapter's row is a card of labelled lines
 NBSP = "\u00a0"
@@ -485,16 +485,18 @@ def gib(mib: float) -> str:
 
 
 def memory_cell(st: NotebookStatus) -> str:
-    """'61.0 GiB; T4: 12.4 GiB': torch's peak in the stored run, and under the T4
-    emulation where it ran (or that it did not fit)."""
-    parts = [gib(st.cuda_peak_mib)] if st.cuda_peak_mib is not None else []
+    """'peak 61.0 GiB; T4 12.4 GiB': torch's peak GPU memory in the stored run, and under
+    the T4 emulation where it ran (or that it did not fit); '' on a CPU. Part of the
+    Device cell: an eighth column would not fit the 688-px column (88 px over, measured
+    with test_browser), and the memory belongs to the device."""
+    parts = [f"peak {gib(st.cuda_peak_mib)}"] if st.cuda_peak_mib is not None else []
     if st.t4:
         peak = (st.t4.get("cuda_peak_mib") or {}).get("allocated_mib")
         if st.t4.get("ran_through"):
-            parts.append(f"T4:{NBSP}{gib(peak)}" if peak is not None else "")
+            parts.append(f"T4 {gib(peak)}" if peak is not None else "")
         else:
             cap = st.t4.get("cap_bytes", 15e9) / 1e9
-            parts.append(f"T4:{NBSP}{unbroken(f'over {cap:.0f} GB')}")
+            parts.append(f"T4 over {unbroken(f'{cap:.0f} GB')}")
     return "; ".join(p for p in parts if p)
 
 
@@ -537,18 +539,18 @@ def table(statuses: list[NotebookStatus], root: Path = ROOT) -> list[str]:
             run += " §"
         slow = (f"{unbroken(format_seconds(st.slowest_cell[0]))}, "
                 f"{unbroken(f'cell {st.slowest_cell[1] + 1}')}" if st.slowest_cell else "")
-        device = device_cell(st)
+        device = "; ".join(c for c in (device_cell(st), memory_cell(st)) if c)
         when = st.executed.strftime("%Y-%m-%d") if st.executed else ""
         # torch from the kernel's own setup line, the rest as recorded by `make outputs`
         versions = ({"torch": st.torch} if st.torch != "?" else {}) | {
             k: v for k, v in st.versions.items() if k != "torch" or st.torch == "?"}
         software = ", ".join(unbroken(f"{k} {v.split('+')[0]}") for k, v in versions.items())
         lines.append(f"| {{doc}}`/{doc}` | `{st.profile}` | {device} | {software} | {run} | "
-                     f"{slow} | {memory_cell(st)} | {when} |")
+                     f"{slow} | {when} |")
     known = [s.seconds for s in statuses if s.seconds is not None]
     if len(statuses) > 1 and known:
         lines.append(f"| **All chapters** | | | | **{unbroken(format_seconds(sum(known)))}** | "
-                     "| | |")
+                     "| |")
     if any(s.source == "cells" for s in statuses):
         lines += ["", "† Outputs not made by `make outputs`: the time from the first cell's "
                   "start to the last cell's end, without the kernel's start."]
@@ -558,11 +560,11 @@ def table(statuses: list[NotebookStatus], root: Path = ROOT) -> list[str]:
                       f"whose stored outputs are from the `{stored}` profile: the two pages "
                       "show different models under one name."]
     if any(s.cuda_peak_mib is not None or s.t4 for s in statuses):
-        lines += ["", "GPU memory: the most that the chapter's tensors held at once "
-                  "(`torch.cuda.max_memory_allocated`). T4: the same chapter run again with "
-                  "what Colab's T4 has, emulated on the same GPU (`BOOK_T4=1`: fp16 with a "
-                  "gradient scaler, no TF32, the process capped at 15 GB); its speed is not "
-                  "a T4's."]
+        lines += ["", "Peak: the most GPU memory the chapter's tensors held at once "
+                  "(`torch.cuda.max_memory_allocated`). T4: the same, with the chapter run "
+                  "again as on Colab's T4, emulated on the same GPU (`BOOK_T4=1`: fp16 with a "
+                  "gradient scaler, no TF32, the process capped at 15 GB); a T4's speed is "
+                  "not emulated."]
     if any(s.source == "wall" and s.checkpoints == "reused" for s in statuses):
         lines += ["", "‡ Loaded at least one model that an earlier chapter or run had trained "
                   "and saved, instead of training it."]
