@@ -22,6 +22,19 @@ budget left (the first entry of a call always starts).
 
 `next` is what book/_ext/outputs_device.sh --next runs: the plan minus the entries in
 the lease's done.txt, minus those that failed or were started twice without finishing.
+
+With a GPU lent, in this order (nothing of it needs the GPU until step 3):
+1. here: `book/_ext/device_wheels.sh` (PyPI; about 18 MB into .whl/, ignored), then
+   `python book/_ext/gpu_plan.py` for the calls and what fits the session's 30 minutes;
+2. optionally `book/_ext/outputs_device.sh --dry-run` here (the gpu profile's smoke run);
+3. `run(command="book/_ext/outputs_device.sh --detach --wait 540", carry=[".whl"],
+   timeout_s=600)`, the same call again as soon as each returns (the machine, with the
+   checkpoint cache, goes back 30 s after a call), until it says the plan is done or the
+   time is spent; `--next` instead of `--detach --wait 540` runs inside the calls only;
+4. after each call: `tar xzf <files_at>/outputs.tar.gz` in the repository root (the
+   latest holds everything made so far), `.venv/bin/jupytext --sync notebooks/*.ipynb`
+   (as `make outputs` does after executing), then nbval in `ci` and the status
+   page (`python book/_ext/execution_status.py show`).
 """
 
 from __future__ import annotations
