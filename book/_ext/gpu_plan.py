@@ -328,7 +328,9 @@ def format_plan(entries: list[Entry], budget: float = BUDGET_S) -> str:
            "Each call, the same: run(command='book/_ext/outputs_device.sh --next', "
            f"carry={CARRY}, timeout_s=600); make the next call at once (the machine "
            "goes back 30 s after a call, and the checkpoint cache with it); unpack the "
-           "latest outputs.tar.gz in the repository root (it holds all made so far).",
+           "latest outputs.tar.gz in the repository root (it holds all made so far). "
+           "The wheels are installed once per machine: a later call on the same machine "
+           "may leave carry out (30 MB less to send).",
            "Or run(command='book/_ext/outputs_device.sh --detach --wait 540', same carry): "
            "the plan runs on between calls, and an entry may outlast a call.",
            "A fresh machine has no cache: add --skip 'KEY ...' for the entries already "
