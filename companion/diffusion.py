@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from . import checks
+from .profiles import smoke_mode
 from .progress import progress
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -649,8 +650,8 @@ class Diffusion:
                              "pass at least one image")
         if decoder == "discretized":
             _check_8bit(x0, "bound_terms")
-        chunk = max(1, max_batch // B)
-        # zeros, not empty: the smoke run (BOOK_SMOKE=1) computes only the first chunks
+        # the smoke run (BOOK_SMOKE=1) computes a couple of steps, one a call, the rest zeros
+        chunk = 1 if smoke_mode() else max(1, max_batch // B)
         terms = torch.zeros(B, self.T, dtype=x0.dtype, device=x0.device)
         starts = range(1, self.T + 1, chunk)
         for start in progress(starts, desc="bound", quiet=quiet):

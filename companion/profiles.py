@@ -12,6 +12,7 @@ ci profile's data slice and counts, and the book's loops stop early: see `smoke_
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, replace
@@ -104,7 +105,9 @@ def get_profile(name: str | None = None) -> Profile:
 
 SMOKE_VAR = "BOOK_SMOKE"
 SMOKE_STEPS = 2
-SMOKE_SLOW = 0.02  # seconds: a loop slower than this an iteration is cut in the smoke run
+SMOKE_LOOP = 5.0  # seconds: a loop projected to run longer is thinned in the smoke run
+SMOKE_KEEP = 5  # iterations a thinned loop keeps besides its first SMOKE_STEPS and its last
+SMOKE_UNKNOWN = 100  # iterations assumed for a loop of unknown length (an ODE solver's)
 
 
 def smoke_mode() -> bool:
@@ -113,31 +116,39 @@ def smoke_mode() -> bool:
     Like Lightning's `fast_dev_run`, so that the `gpu` profile's code runs on a CPU in
     minutes: `fit` stops after SMOKE_STEPS optimizer steps and writes its checkpoints to a
     throwaway folder, never the normal cache; `get_profile` gives the ci profile's data
-    slice and counts; and a loop through `companion.progress` whose first SMOKE_STEPS
-    iterations took more than SMOKE_SLOW seconds each (a sampler calling a gpu-sized
-    network) stops there, while a cheaper one (a toy model's) runs whole, so that later
-    cells find every step they read. Anything but "", "0" or unset turns it on.
+    slice and counts; and a loop that would take longer than SMOKE_LOOP seconds (a sampler
+    calling a gpu-sized network a thousand times) is thinned to about SMOKE_KEEP evenly
+    spaced iterations, its first and last kept, while a shorter one (a toy model's) runs
+    whole (`smoke_thin`). Anything but "", "0" or unset turns it on.
     """
     return os.environ.get(SMOKE_VAR, "").strip() not in ("", "0")
 
 
-def smoke_cut():
-    """A check for one loop of the smoke run: call it before each iteration; True means stop.
+def smoke_thin(total: int | None = None):
+    """Which iterations of one loop the smoke run keeps: `keep(i)` for i = 0, 1, 2, ...
 
-    Outside the smoke run it is always False. In it, it turns True for good at the call after
-    the first SMOKE_STEPS iterations if those took more than SMOKE_SLOW seconds each (a
-    sampler or an ODE calling a gpu-sized network), and stays False for a cheaper loop (a toy
-    model's), which runs whole.
+    Outside the smoke run every one. In it, the first SMOKE_STEPS always; then, if the loop
+    at their pace would take more than SMOKE_LOOP seconds over its `total` iterations
+    (SMOKE_UNKNOWN when not known), only every ceil(total / SMOKE_KEEP)-th and the last,
+    so that the steps at round fractions of the loop, which the chapters' snapshots read
+    (t = 0.4 T, say), still run; a loop of unknown length then stops (False from there on).
+    A sampler thinned this way jumps between its kept steps: its samples are not samples,
+    but every line of its code runs.
     """
     if not smoke_mode():
-        return lambda: False
-    start, calls, stop = time.perf_counter(), 0, False
+        return lambda i: True
+    start, slow = time.perf_counter(), False
+    stride = math.ceil(total / SMOKE_KEEP) if total else 0
 
-    def cut() -> bool:
-        nonlocal calls, stop
-        calls += 1
-        if calls == SMOKE_STEPS + 1:
-            stop = time.perf_counter() - start > SMOKE_STEPS * SMOKE_SLOW
-        return stop
+    def keep(i: int) -> bool:
+        nonlocal slow
+        if i < SMOKE_STEPS:
+            return True
+        if i == SMOKE_STEPS:
+            pace = (time.perf_counter() - start) / SMOKE_STEPS
+            slow = pace * (total or SMOKE_UNKNOWN) > SMOKE_LOOP
+        if not slow:
+            return True
+        return bool(stride) and (i % stride == 0 or i == total - 1)
 
-    return cut
+    return keep

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from . import checks
-from .profiles import smoke_cut
+from .profiles import smoke_thin
+from .progress import progress
 
 Field = Callable[[torch.Tensor, float], torch.Tensor]
 BIN = 2.0 / 255.0  # the width of one grey level of 8-bit images on [-1, 1]
@@ -239,11 +240,17 @@ def _check_grid(ts) -> list[float]:
     return ts
 
 
+def _steps(ts):
+    """The grid's steps (t_k, t_{k+1}), through the book's loop bar (silent; the smoke run
+    cuts a slow loop there)."""
+    return progress(list(zip(ts[:-1], ts[1:], strict=False)), quiet=True)
+
+
 def euler(field: Field, x: torch.Tensor, ts: Sequence[float]) -> torch.Tensor:
     """x_{k+1} = x_k + (t_{k+1} - t_k) F(x_k, t_k): one evaluation per step."""
     _check_batch(x)
     ts = _check_grid(ts)
-    for a, b in zip(ts[:-1], ts[1:], strict=False):
+    for a, b in _steps(ts):
         x = x + (b - a) * _check_field_output(field(x, a), x)
     return x
 
@@ -255,7 +262,7 @@ def heun(field: Field, x: torch.Tensor, ts: Sequence[float]) -> torch.Tensor:
     """
     _check_batch(x)
     ts = _check_grid(ts)
-    for a, b in zip(ts[:-1], ts[1:], strict=False):
+    for a, b in _steps(ts):
         h = b - a
         d1 = _check_field_output(field(x, a), x)
         d2 = _check_field_output(field(x + h * d1, b), x)
@@ -273,7 +280,7 @@ def euler_maruyama(drift: Field, diffusion: Callable[[float], float], x: torch.T
     """
     _check_batch(x)
     ts = _check_grid(ts)
-    for a, b in zip(ts[:-1], ts[1:], strict=False):
+    for a, b in _steps(ts):
         h = b - a
         z = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
         x = x + h * _check_field_output(drift(x, a), x) + diffusion(a) * math.sqrt(abs(h)) * z
@@ -288,7 +295,7 @@ def ddim(eps: Field, sde: VPSDE, x: torch.Tensor, ts: Sequence[float]) -> torch.
     """
     _check_batch(x)
     ts = _check_grid(ts)
-    for a, b in zip(ts[:-1], ts[1:], strict=False):
+    for a, b in _steps(ts):
         e = _check_field_output(eps(x, a), x)
         x0 = (x - sde.sigma(a) * e) / math.sqrt(sde.alpha_bar(a))
         x = math.sqrt(sde.alpha_bar(b)) * x0 + sde.sigma(b) * e
@@ -411,10 +418,10 @@ def ode_log_likelihood(field: Field, x: torch.Tensor, *, t0: float = 0.0, t1: fl
     shape, B, dtype, device = x.shape, len(x), x.dtype, x.device
     n = x.numel()
     counter = Counted(field)
-    cut, last = smoke_cut(), {}
+    keep, last = smoke_thin(), {}
 
     def rhs(t, y):
-        if cut():  # the smoke run (BOOK_SMOKE=1): a couple of evaluations of a big network
+        if not keep(counter.calls):  # the smoke run: a few evaluations of a big network
             raise _SmokeCut
         last["y"] = y
         xt = torch.from_numpy(y[:n]).to(device=device, dtype=dtype).reshape(shape)

@@ -269,10 +269,10 @@ def test_bad_input_gets_clear_errors():
 def test_the_smoke_run_stops_a_slow_likelihood_integral_and_not_a_cheap_one(monkeypatch):
     import time
 
-    from companion.profiles import SMOKE_SLOW
+    from companion.profiles import SMOKE_LOOP, SMOKE_UNKNOWN
 
     def slow(x, t):
-        time.sleep(2 * SMOKE_SLOW)
+        time.sleep(2 * SMOKE_LOOP / SMOKE_UNKNOWN)
         return -x
 
     x = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
@@ -281,4 +281,4 @@ def test_the_smoke_run_stops_a_slow_likelihood_integral_and_not_a_cheap_one(monk
     cheap = S.ode_log_likelihood(lambda x, t: -x, x, rtol=1e-3, atol=1e-3)
     assert cheap.nfe == whole.nfe and torch.equal(cheap.log_p, whole.log_p)
     cut = S.ode_log_likelihood(slow, x, rtol=1e-3, atol=1e-3)
-    assert cut.nfe == 2 < whole.nfe and cut.log_p.shape == (3,)
+    assert cut.nfe == 2 < whole.nfe and cut.log_p.shape == (3,)  # stopped: unknown length
