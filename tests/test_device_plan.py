@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
+import time
 from datetime import datetime, timedelta, timezone
 from importlib.metadata import PackageNotFoundError, distribution, version
 from pathlib import Path
@@ -428,3 +430,38 @@ def test_a_run_into_the_lease_folder_keeps_the_earlier_t4_record(tmp_path):
     work = es._prepare_into(str(source), str(into))
     assert nbformat.read(str(work), as_version=4).metadata.book.t4["seconds"] == 40.0
     assert "t4" not in nbformat.read(str(source), as_version=4).metadata.get("book", {})
+
+
+def test_children_are_found_by_their_parent():
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        assert child.pid in es._children(os.getpid())
+        assert child.pid not in es._children(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+
+
+@pytest.mark.slow
+def test_a_run_is_stopped_at_the_deadline_kernel_and_all(tmp_path, monkeypatch):
+    """At $BOOK_RUN_DEADLINE the kernel (in a session of its own, which a signal to the
+    runner's process group would miss) is stopped, and the run reports STOPPED (124)."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    pid_file = tmp_path / "kernel.pid"
+    nb.cells = [nbformat.v4.new_code_cell(f"print({SETUP_CPU!r})"),
+                nbformat.v4.new_code_cell(f"import os, time\nopen({str(pid_file)!r}, 'w')"
+                                          ".write(str(os.getpid()))\ntime.sleep(300)")]
+    path = tmp_path / "99_sleepy.ipynb"
+    nbformat.write(nb, str(path))
+    monkeypatch.setenv("BOOK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("BOOK_RUN_DEADLINE", str(time.time() + 8))
+    start = time.perf_counter()
+    assert es.execute([str(path)], into=str(tmp_path / "made")) == es.STOPPED
+    assert time.perf_counter() - start < 25  # the kernel stopped at once, not 30 s later
+    kernel = int(pid_file.read_text())
+    time.sleep(1)
+    assert not Path(f"/proc/{kernel}").exists() or \
+        Path(f"/proc/{kernel}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    assert not (tmp_path / "made" / "notebooks" / "99_sleepy.ipynb").exists()

@@ -249,6 +249,73 @@ def _stop_poller(proc) -> int | None:
     return max(readings) if readings else None
 
 
+DEADLINE_VAR = "BOOK_RUN_DEADLINE"  # epoch seconds: outputs_device.sh's end of a call
+STOPPED = 124  # the exit code of a run stopped at the deadline (as coreutils' timeout)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux /proc): jupyter's kernel, which runs in
+    a session of its own, so that a signal to jupyter's process group misses it."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _signal(pids: list[int], sig) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _jupyter_execute(path: str, env: dict, stderr=None) -> tuple[subprocess.Popen, list]:
+    """`jupyter execute --inplace path`, started; stopped at $BOOK_RUN_DEADLINE if set.
+
+    At the deadline its kernel gets SIGTERM first (companion.fit then ends its step, saves
+    its checkpoint and stops, so that the next run resumes there), then 30 s later
+    SIGKILL with jupyter itself. Returns (process, [True] once stopped) for `_finish`.
+    """
+    import signal
+    import threading
+
+    proc = subprocess.Popen([sys.executable, "-m", "jupyter", "execute", "--inplace",
+                             "--timeout=-1", str(path)], env=env, stderr=stderr,
+                            text=stderr is not None)
+    stopped: list = []
+    deadline = env.get(DEADLINE_VAR, "").strip()
+    if deadline:
+        def stop():
+            stopped.append(True)
+            print(f"{path}: stopped at the deadline (${DEADLINE_VAR})", flush=True)
+            kernels = _children(proc.pid)
+            _signal(kernels, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                _signal(kernels + [proc.pid], signal.SIGKILL)
+
+        timer = threading.Timer(max(float(deadline) - time.time(), 0.0), stop)
+        timer.daemon = True
+        timer.start()
+        proc.timer = timer
+    return proc, stopped
+
+
+def _finish(proc: subprocess.Popen, stopped: list) -> int:
+    """Wait for a run of _jupyter_execute; its exit code, or STOPPED at the deadline."""
+    code = proc.wait()
+    if getattr(proc, "timer", None):
+        proc.timer.cancel()
+    return STOPPED if stopped else code
+
+
 def _read_peak(path: Path) -> dict | None:
     """What the kernel last wrote to $BOOK_PEAK_LOG (companion.runtime), or None."""
     try:
@@ -328,18 +395,16 @@ def _execute(paths: list[str], env: dict, folder: str | None, into: str | None) 
         start = time.perf_counter()
         print(f"executing {p} ...", flush=True)
         memory = _gpu_memory_poller()
-        proc = subprocess.run([sys.executable, "-m", "jupyter", "execute", "--inplace",
-                               "--timeout=-1", str(p)],
-                              env=env)
+        code = _finish(*_jupyter_execute(p, env))
         peak_mib = _stop_poller(memory)
         cuda_peak = _read_peak(peak_log)
         peak_log.unlink(missing_ok=True)
-        if proc.returncode != 0:
-            print(f"{p} failed (exit code {proc.returncode}); its outputs were not recorded")
+        if code != 0:
+            print(f"{p} failed (exit code {code}); its outputs were not recorded")
             if cuda_peak:
                 print(f"  peak GPU memory (torch, allocated) before it failed: "
                       f"{cuda_peak['allocated_mib']:,.0f} MiB")
-            return proc.returncode
+            return code
         seconds = time.perf_counter() - start
         # a checkpoint the notebook saved itself and loaded again (chapter 9's early model,
         # continued into the full run) is training done in this run, not loaded
@@ -369,7 +434,8 @@ def execute_t4(paths: list[str], into: str | None = None) -> int:
     INTO/notebooks/NAME.ipynb with `into` (copied there first if absent); the outputs of
     the copy are thrown away, since the pages show the run at the GPU's own precision.
     Give it its own $BOOK_CACHE: a model that another run trained in bf16 would be loaded,
-    not trained in fp16. Returns the number of notebooks that did not run through."""
+    not trained in fp16. Returns the number of notebooks that did not run through, or
+    STOPPED when one was stopped at $BOOK_RUN_DEADLINE (then nothing is recorded for it)."""
     env = _environment()
     env["BOOK_T4"] = "1"
     folder = tempfile.mkdtemp(prefix="book-t4-")
@@ -388,30 +454,30 @@ def _execute_t4(paths: list[str], env: dict, folder: str, into: str | None) -> i
         env["BOOK_LOADED_LOG"] = os.devnull
         start = time.perf_counter()
         print(f"executing a copy of {p} under the T4 emulation (BOOK_T4=1) ...", flush=True)
-        proc = subprocess.Popen([sys.executable, "-m", "jupyter", "execute", "--inplace",
-                                 "--timeout=-1", copy], env=env, stderr=subprocess.PIPE,
-                                text=True)
+        proc, stopped = _jupyter_execute(copy, env, stderr=subprocess.PIPE)
         errors = []  # the lines that name an error, to say why it failed (OutOfMemoryError)
         for line in proc.stderr:  # passed on as it comes: a stopped call keeps its log
             sys.stderr.write(line)
             if "Error" in line:
                 errors.append(line.strip())
-        proc.wait()
+        code = _finish(proc, stopped)
         seconds = time.perf_counter() - start
         cuda_peak = _read_peak(peak_log)
         peak_log.unlink(missing_ok=True)
+        if code == STOPPED:  # not a measurement of the whole chapter: nothing recorded
+            print(f"{p} (T4 emulated): stopped at the deadline; nothing recorded")
+            return STOPPED
         error = ""
-        if proc.returncode != 0:
+        if code != 0:
             failed += 1
-            error = errors[-1] if errors else f"exit code {proc.returncode}"
+            error = errors[-1] if errors else f"exit code {code}"
         target = Path(p)
         if into:
             target = made_path(p, into)
             if not target.exists():
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(p, target)
-        record_t4(target, seconds, datetime.now(timezone.utc), cuda_peak, proc.returncode,
-                  error)
+        record_t4(target, seconds, datetime.now(timezone.utc), cuda_peak, code, error)
         peak = f"{cuda_peak['allocated_mib']:,.0f} MiB" if cuda_peak else "not measured"
         print(f"{p} (T4 emulated): {format_seconds(seconds)}, peak GPU memory (torch) {peak}"
               + (f"; FAILED: {error}" if error else ""))
@@ -616,7 +682,8 @@ def main(argv: list[str]) -> int:
     if len(argv) >= 2 and argv[0] == "execute":
         return execute(argv[1:], into=into)
     if len(argv) >= 2 and argv[0] == "t4":
-        return 1 if execute_t4(argv[1:], into=into) else 0
+        failed = execute_t4(argv[1:], into=into)
+        return failed if failed == STOPPED else 1 if failed else 0
     if argv in ([], ["show"]):
         for line in table([notebook_status(p) for p in toc_notebooks()]):
             print(line)

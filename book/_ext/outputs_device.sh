@@ -128,7 +128,15 @@ run_entry() {
   elif [ $dry = 1 ]; then cmd=("$PY" $es execute --copy "$nb")
   else cmd=("$PY" $es execute --into "$MADE" "$nb"); fi
   echo "=== $key ($(date -u +%H:%M:%S), $((SECONDS - start)) s into this call)"
-  if [ -n "$limit" ]; then timeout --kill-after=15 "$limit" "${cmd[@]}"; else "${cmd[@]}"; fi
+  if [ -n "$limit" ]; then
+    # execution_status.py stops the run at the deadline, its kernel first (which runs in a
+    # session of its own: a signal to this process group would leave it running);
+    # timeout is the net under that
+    BOOK_RUN_DEADLINE=$(( $(date +%s) + limit )) \
+      timeout --kill-after=15 $((limit + 60)) "${cmd[@]}"
+  else
+    "${cmd[@]}"
+  fi
   rc=$?
   if [ $rc = 0 ]; then
     echo "$key" >> "$BOOK_CACHE/done.txt"
