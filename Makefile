@@ -78,17 +78,19 @@ test-cpu-capability: $(STAMP)
 	  --nbval-cell-timeout 600 -n $(JOBS) --dist loadfile -p no:cacheprovider -q -r fEs
 
 # Every chapter top to bottom in Colab's versions (Python 3.13, companion.colab's table) in
-# the `ci` profile. The venv lives in .cache/colab-venv; its first build downloads torch from
-# PyPI (several GB). Without a Python 3.13 it says so and skips (COLAB_REQUIRED=1 makes that
-# a failure). See tests/colab_run.py.
+# the `ci` profile, then the `gpu` profile's smoke run of every chapter in the same venv
+# (BOOK_PROFILE=gpu BOOK_SMOKE=1: the gpu models, recipes and code paths on a CPU, two
+# optimizer steps a training run, long loops thinned; book/running.md). The venv lives in
+# .cache/colab-venv; its first build downloads torch from PyPI (several GB). Without a
+# Python 3.13 it says so and skips (COLAB_REQUIRED=1 makes that a failure). See
+# tests/colab_run.py.
 test-colab: $(STAMP)
 	$(BIN)/python tests/colab_run.py --jobs $(JOBS)
+	$(BIN)/python tests/colab_run.py --smoke --jobs $(JOBS)
 
-# The `gpu` profile's smoke run in the same venv (BOOK_PROFILE=gpu BOOK_SMOKE=1): the gpu
-# models and code paths with every loop cut to a couple of steps. Not yet green, so not
-# part of `make test` or .ci/run (book/running.md says why).
+# The smoke run alone (part of test-colab).
 test-smoke: $(STAMP)
-	$(BIN)/python tests/colab_run.py --jobs 1 --smoke
+	$(BIN)/python tests/colab_run.py --smoke --jobs $(JOBS)
 
 # Re-executes every notebook in place with the best profile available (gpu > cpu,
 # or BOOK_PROFILE=...) and stores the outputs; the MyST twins are synced first. Each run is

@@ -98,9 +98,6 @@ OPEN_ON_THE_PAGE: dict[str, str] = {
     "test_nothing_wider_than_the_column[notebooks/13_continuous_time.html]":
         "the Frechet-distance-per-NFE table of the stored cpu run is 27 px wider than the "
         "column at 1280 px (five columns with SEs); a narrower table needs a cpu re-run",
-    "test_printed_lines_fit[notebooks/12_inpainting.html]":
-        "the chain example's line ('example: completion 0, ...') prints 82 characters; "
-        "shortening it needs a cpu re-run",
 }
 
 
