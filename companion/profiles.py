@@ -147,8 +147,17 @@ def smoke_thin(total: int | None = None):
         if i == SMOKE_STEPS:
             pace = (time.perf_counter() - start) / SMOKE_STEPS
             slow = pace * (total or SMOKE_UNKNOWN) > SMOKE_LOOP
+            _log_thin(total, pace, slow)
         if not slow:
             return True
         return bool(stride) and (i % stride == 0 or i == total - 1)
 
     return keep
+
+
+def _log_thin(total: int | None, pace: float, slow: bool) -> None:
+    """One line per decision into $BOOK_SMOKE_LOG, if set (tests/colab_run.py reads it)."""
+    path = os.environ.get("BOOK_SMOKE_LOG")
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{'thinned' if slow else 'whole'}\t{total}\t{pace:.4f}\n")
