@@ -105,7 +105,8 @@ def get_profile(name: str | None = None) -> Profile:
 
 SMOKE_VAR = "BOOK_SMOKE"
 SMOKE_STEPS = 2
-SMOKE_LOOP = 5.0  # seconds: a loop projected to run longer is thinned in the smoke run
+SMOKE_LOOP = 5.0  # seconds: a loop projected to run longer is thinned in the smoke run,
+SMOKE_PACE = 0.01  # if each iteration takes longer than this (a network of gpu size)
 SMOKE_KEEP = 5  # iterations a thinned loop keeps besides its first SMOKE_STEPS and its last
 SMOKE_UNKNOWN = 100  # iterations assumed for a loop of unknown length (an ODE solver's)
 
@@ -116,10 +117,10 @@ def smoke_mode() -> bool:
     Like Lightning's `fast_dev_run`, so that the `gpu` profile's code runs on a CPU in
     minutes: `fit` stops after SMOKE_STEPS optimizer steps and writes its checkpoints to a
     throwaway folder, never the normal cache; `get_profile` gives the ci profile's data
-    slice and counts; and a loop that would take longer than SMOKE_LOOP seconds (a sampler
-    calling a gpu-sized network a thousand times) is thinned to about SMOKE_KEEP evenly
-    spaced iterations, its first and last kept, while a shorter one (a toy model's) runs
-    whole (`smoke_thin`). Anything but "", "0" or unset turns it on.
+    slice and counts; and a loop that would take longer than SMOKE_LOOP seconds at more than
+    SMOKE_PACE a step (a sampler calling a gpu-sized network a thousand times) is thinned to
+    about SMOKE_KEEP evenly spaced iterations, its first and last kept, while a cheaper one
+    (a toy model's) runs whole (`smoke_thin`). Anything but "", "0" or unset turns it on.
     """
     return os.environ.get(SMOKE_VAR, "").strip() not in ("", "0")
 
@@ -127,9 +128,10 @@ def smoke_mode() -> bool:
 def smoke_thin(total: int | None = None):
     """Which iterations of one loop the smoke run keeps: `keep(i)` for i = 0, 1, 2, ...
 
-    Outside the smoke run every one. In it, the first SMOKE_STEPS always; then, if the loop
-    at their pace would take more than SMOKE_LOOP seconds over its `total` iterations
-    (SMOKE_UNKNOWN when not known), only every ceil(total / SMOKE_KEEP)-th and the last,
+    Outside the smoke run every one. In it, the first SMOKE_STEPS always; then, if each of
+    those took more than SMOKE_PACE seconds and the loop at their pace would take more than
+    SMOKE_LOOP seconds over its `total` iterations (SMOKE_UNKNOWN when not known), only
+    every ceil(total / SMOKE_KEEP)-th and the last,
     so that the steps at round fractions of the loop, which the chapters' snapshots read
     (t = 0.4 T, say), still run; a loop of unknown length then stops (False from there on).
     A sampler thinned this way jumps between its kept steps: its samples are not samples,
@@ -146,7 +148,7 @@ def smoke_thin(total: int | None = None):
             return True
         if i == SMOKE_STEPS:
             pace = (time.perf_counter() - start) / SMOKE_STEPS
-            slow = pace * (total or SMOKE_UNKNOWN) > SMOKE_LOOP
+            slow = pace > SMOKE_PACE and pace * (total or SMOKE_UNKNOWN) > SMOKE_LOOP
             _log_thin(total, pace, slow)
         if not slow:
             return True

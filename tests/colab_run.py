@@ -167,10 +167,13 @@ def untrained() -> set[tuple[str, str]]:
     return pairs
 
 
-def execute(notebook: Path, env: dict, workdir: Path) -> tuple[str, float, str, list]:
-    """(name, seconds, error text or "", asserts that failed in the smoke run)."""
+def execute(notebook: Path, env: dict, workdir: Path) -> tuple[str, float, str, list, str]:
+    """(name, seconds, error text or "", asserts that failed in the smoke run, how many of
+    its loops the smoke run thinned)."""
     start = time.time()
     smoke = env.get("BOOK_SMOKE") == "1"
+    log = workdir / "thinned.tsv"  # companion.profiles writes a line per decision
+    env = {**env, "BOOK_SMOKE_LOG": str(log)} if smoke else env
     proc = subprocess.run([str(PY), "-c", RUN_ONE, str(notebook), str(workdir),
                            "1" if smoke else "0", SOFT_ASSERTS], env=env, cwd=workdir,
                           capture_output=True, text=True)
@@ -178,13 +181,16 @@ def execute(notebook: Path, env: dict, workdir: Path) -> tuple[str, float, str, 
     print(f"  ... {notebook.name} done in {seconds:.0f} s", flush=True)
     if proc.returncode != 0:
         tail = [ln for ln in proc.stderr.splitlines() if ln.strip()][-12:]
-        return notebook.name, seconds, "\n".join(tail) or "?", []
+        return notebook.name, seconds, "\n".join(tail) or "?", [], ""
     lines = {ln.split(" ", 1)[0]: json.loads(ln.split(" ", 1)[1])
              for ln in proc.stdout.splitlines() if ln.startswith(("ERRORS ", "ASSERTS "))}
     # an assert on what a two-step model achieves is expected to fail in the smoke run (it
     # is recorded, not raised); any exception is a bug in the profile's code path
     errors = [f"cell {i}: {name}: {' '.join(msg)}" for i, name, msg in lines["ERRORS"]]
-    return notebook.name, seconds, "\n".join(errors), lines["ASSERTS"]
+    decisions = log.read_text().split() if log.exists() else []
+    n_thin, n_whole = decisions.count("thinned"), decisions.count("whole")
+    thinned = f"{n_thin} of {n_thin + n_whole} long loops thinned"
+    return notebook.name, seconds, "\n".join(errors), lines["ASSERTS"], thinned
 
 
 def main(argv: list[str]) -> int:
@@ -228,7 +234,7 @@ def main(argv: list[str]) -> int:
                 lambda nb: execute(nb, env, Path(tempfile.mkdtemp(dir=tmp))), notebooks))
         allowed = untrained() if args.smoke else set()
         failed = 0
-        for name, seconds, error, asserts in sorted(results):
+        for name, seconds, error, asserts, thinned in sorted(results):
             chapter = name.removesuffix(".ipynb")
             other = [f"cell {cell}: assert {test}" for cell, test in asserts
                      if (chapter, test) not in allowed]
@@ -237,7 +243,8 @@ def main(argv: list[str]) -> int:
                                     "needing a trained model)", error]).strip()
             failed += bool(error)
             skipped = len(asserts) - len(other)
-            print(f"  {'FAIL' if error else 'ok  '} {name} ({seconds:.0f} s)"
+            print(f"  {'FAIL' if error else 'ok  '} {name} ({seconds:.0f} s"
+                  + (f"; {thinned}" if args.smoke else "") + ")"
                   + (f"; {skipped} asserts on a trained model let fail" if skipped else ""))
             if error:
                 print("    " + error.replace("\n", "\n    "))
