@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 JOBS   ?= 2
 
-.PHONY: install mathjax colab-wheels actionlint book test test-cpu-capability test-colab test-smoke outputs outputs-device check-fast bench sync clean
+.PHONY: install mathjax colab-wheels actionlint book test test-cpu-capability test-colab test-smoke outputs outputs-device device-wheels gpu-plan outputs-device-dry-run check-fast bench sync clean
 MATHJAX_VERSION := 3.2.2
 MATHJAX := _extra/mathjax/.installed-$(MATHJAX_VERSION)
 NPM    ?= npm
@@ -108,7 +108,20 @@ outputs: $(STAMP)
 #   make outputs-device CHAPTERS="06_vae_mnist 07_hierarchical_vae"
 # The executed notebooks come back packed in $$OUT/outputs.tar.gz (book/_ext/outputs_device.sh).
 outputs-device:
-	book/_ext/outputs_device.sh $(CHAPTERS)
+	book/_ext/outputs_device.sh $(if $(CHAPTERS),$(CHAPTERS),--next)
+
+# The wheels a lent GPU machine lacks (book/_ext/device-requirements.txt) into .whl/ (ignored).
+device-wheels:
+	book/_ext/device_wheels.sh
+
+# The whole-book gpu run (issue order: 11 and 12 as early as their dependencies allow, then
+# 6, 9, 10, the T4-emulated 9 and 10, the rest): its device calls, chapters and estimates.
+gpu-plan: $(STAMP)
+	$(BIN)/python book/_ext/gpu_plan.py
+
+# The same sequence here on the CPU in the gpu profile's smoke run (copies; nothing stored).
+outputs-device-dry-run: $(STAMP)
+	book/_ext/outputs_device.sh --dry-run
 
 # Lint plus the quick unit tests: the pre-stop hook runs this, keep it under a minute.
 check-fast: $(STAMP)
