@@ -95,9 +95,6 @@ GPU_RERUN_NEEDED = {
 # fixed, and then the entry has to go, so this list cannot hide a fixed or a new problem.
 OPEN_ON_THE_PAGE: dict[str, str] = {
     # "test_name[notebooks/page.html]": "why it is still open"; empty: nothing is
-    "test_nothing_wider_than_the_column[notebooks/13_continuous_time.html]":
-        "the Frechet-distance-per-NFE table of the stored cpu run is 27 px wider than the "
-        "column at 1280 px (five columns with SEs); a narrower table needs a cpu re-run",
 }
 
 
