@@ -131,9 +131,9 @@ def smoke_thin(total: int | None = None):
     Outside the smoke run every one. In it, the first SMOKE_STEPS always; then, if each of
     those took more than SMOKE_PACE seconds and the loop at their pace would take more than
     SMOKE_LOOP seconds over its `total` iterations (SMOKE_UNKNOWN when not known), only
-    every ceil(total / SMOKE_KEEP)-th and the last,
-    so that the steps at round fractions of the loop, which the chapters' snapshots read
-    (t = 0.4 T, say), still run; a loop of unknown length then stops (False from there on).
+    every ceil(total / SMOKE_KEEP)-th and the last, so that the steps at round fractions of
+    the loop, which the chapters' snapshots read (t = 0.4 T, say), still run; a loop of
+    unknown length then stops (False from there on).
     A sampler thinned this way jumps between its kept steps: its samples are not samples,
     but every line of its code runs.
     """

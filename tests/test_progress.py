@@ -49,9 +49,9 @@ def test_the_smoke_run_thins_slow_loops_and_keeps_their_round_steps(monkeypatch)
     assert run(progress(range(10, 0, -1)), slow) == list(range(10, 0, -1))
     assert run(progress(range(2000, 0, -1)), 0) == list(range(2000, 0, -1))
     # and so does a long one of cheap steps (a toy model's reference chain)
-    monkeypatch.setattr("companion.profiles.SMOKE_LOOP", 0.5)
-    assert run(progress(range(200, 0, -1)), 0.004) == list(range(200, 0, -1))
-    monkeypatch.setattr("companion.profiles.SMOKE_LOOP", SMOKE_LOOP)
+    with monkeypatch.context() as m:
+        m.setattr("companion.profiles.SMOKE_LOOP", 0.5)
+        assert run(progress(range(200, 0, -1)), 0.004) == list(range(200, 0, -1))
     # one of unknown length (taken as SMOKE_UNKNOWN long) stops after its first two
     from companion.profiles import SMOKE_UNKNOWN
 
