@@ -5,12 +5,16 @@ digits). An operation whose input grows with the data or with the number of Mont
 draws (the diffusion bound and its terms, the likelihood's field and its divergence, the
 Fréchet features, the k-NN distances, whole-test-set ELBOs) therefore never sends all of it
 through a network at once: it goes through `map_chunks`, at most `MAX_IMAGES` images a
-call. The random draws are made before the split, so a chunked result is the unchunked one
-up to the order of floating-point sums.
+call, or `MAX_IMAGES_WITH_GRAD` when the call keeps its activations for a backward pass.
+The random draws are made before the split, so a chunked result is the unchunked one up to
+the order of floating-point sums.
 
-`MAX_IMAGES` = 500: chapter 9's 15M U-Net then needs about 1.3 GB for a forward pass
-without gradients and about 8 GB with input gradients (chapter 13's Hutchinson term), both
-in float32 (tests/test_memory.py measures every chapter's heavy calls on fake tensors).
+Chapter 9's 15M U-Net on 28 x 28 images in float32 keeps about 2.6 MB an image alive in a
+forward pass without gradients, and about 35 MB an image when chapter 13's likelihood takes
+input gradients through its field (two network passes an image, interpolated between two
+steps of the chain), so the two limits cost at most about 2.6 and 4.5 GB
+(tests/memory_budget.py measures every chapter's heavy calls on fake tensors; `make test`
+holds each chapter to 14 GB).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import torch
 
 from . import checks
 
-MAX_IMAGES = 500
+MAX_IMAGES = 1000
+MAX_IMAGES_WITH_GRAD = 128
 
 
 def chunk_slices(n: int, size: int | None = None) -> list[slice]:
@@ -50,5 +55,5 @@ def map_chunks(fn: Callable, *xs: torch.Tensor, size: int | None = None):
         return fn(*xs)
     parts = [fn(*(x[s] for x in xs)) for s in slices]
     if isinstance(parts[0], tuple):
-        return tuple(torch.cat(p) for p in zip(*parts))
+        return tuple(torch.cat(p) for p in zip(*parts, strict=True))
     return torch.cat(parts)
