@@ -35,6 +35,7 @@ def measured() -> dict[str, list[tuple[str, float]]]:
 CHAPTERS = sorted({op.chapter for op in memory_budget.operations()})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_every_heavy_call_of_the_chapter_fits_a_t4(chapter):
     for name, gb in measured()[chapter]:
@@ -44,6 +45,7 @@ def test_every_heavy_call_of_the_chapter_fits_a_t4(chapter):
             "a T4 leaves; send it through companion.memory.map_chunks")
 
 
+@pytest.mark.slow
 def test_running_page_states_the_measured_memory():
     """book/running.md's table of GPU memory per chapter agrees with the measurement (each
     chapter's worst call, rounded up to a tenth of a GB)."""
