@@ -370,19 +370,17 @@ def field_and_divergence(field: Field, x: torch.Tensor, t: float,
                          probes: torch.Tensor | None = None
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """(F(x, t), div F(x, t)): x (B, ...) -> (B, ...), (B,), at most
-    companion.memory.MAX_IMAGES_WITH_GRAD points a pass (each keeps its graph for the
-    backward passes). probes=None: the exact divergence (points (B, D)); probes (P, B, ...):
-    Hutchinson's estimate averaged over the P probes.
+    companion.memory.MAX_IMAGES_WITH_GRAD images' worth of points a pass (each keeps its
+    graph for the backward passes). probes=None: the exact divergence (points (B, D));
+    probes (P, B, ...): Hutchinson's estimate averaged over the P probes.
     """
     if probes is None:
-        return memory.map_chunks(lambda xb: divergence_exact(field, xb, t), x,
-                                 size=memory.MAX_IMAGES_WITH_GRAD)
+        return memory.map_chunks(lambda xb: divergence_exact(field, xb, t), x, grad=True)
 
     def chunk(xb, vb):
         f, est = divergence_hutchinson(field, xb, t, vb.transpose(0, 1))
         return f, est.mean(0)
-    return memory.map_chunks(chunk, x, probes.transpose(0, 1),
-                             size=memory.MAX_IMAGES_WITH_GRAD)
+    return memory.map_chunks(chunk, x, probes.transpose(0, 1), grad=True)
 
 
 # --- the likelihood integral -----------------------------------------------------------------
@@ -419,7 +417,7 @@ def ode_log_likelihood(field: Field, x: torch.Tensor, *, t0: float = 0.0, t1: fl
     returns log p_{t1}(x_{t1}) + l(t1). probes=None: the exact divergence (x (B, D), small D);
     probes=P: Hutchinson's estimator with P Rademacher probes drawn once and kept along the
     path (the path then stays smooth, as in FFJORD). x: (B, ...); the field runs in x's dtype,
-    on at most companion.memory.MAX_IMAGES_WITH_GRAD points a pass (`field_and_divergence`);
+    on at most companion.memory.MAX_IMAGES_WITH_GRAD images a pass (`field_and_divergence`);
     nfe counts the evaluations of the whole batch.
     """
     from scipy.integrate import solve_ivp

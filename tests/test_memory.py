@@ -94,6 +94,14 @@ def test_chunk_slices_cover_the_range_in_order():
         memory.chunk_slices(5, 0)
 
 
+def test_rows_count_by_their_size_in_images():
+    images, points = torch.zeros(5, 1, 28, 28), torch.zeros(5, 2)
+    assert memory.rows_per_call(images) == memory.MAX_IMAGES
+    assert memory.rows_per_call(images, grad=True) == memory.MAX_IMAGES_WITH_GRAD
+    assert memory.rows_per_call(points) == memory.MAX_IMAGES * 784 // 2
+    assert memory.rows_per_call(torch.zeros(5, 1, 56, 56)) == memory.MAX_IMAGES // 4
+
+
 def test_map_chunks_refuses_tensors_of_different_lengths():
     with pytest.raises(ValueError, match="same length"):
         memory.map_chunks(lambda a, b: a, torch.zeros(3), torch.zeros(4))
@@ -126,23 +134,34 @@ def test_the_likelihood_in_chunks_is_the_likelihood_whole(monkeypatch):
 
     w = torch.tensor([[0.3, -0.2], [0.1, 0.4]])
 
-    def field(x, t):
-        return torch.tanh(x @ w) * (1 + t)
+    def field(x, t):  # points (B, 2), or images (B, 1, 2, 2) for Hutchinson's probes
+        return torch.tanh(x.reshape(-1, 2) @ w).reshape(x.shape) * (1 + t)
 
     x = torch.randn(10, 2, generator=torch.Generator().manual_seed(0))
-    whole = sde.ode_log_likelihood(field, x, rtol=1e-6, atol=1e-6)
-    hutch = sde.ode_log_likelihood(field, x, probes=2, rtol=1e-6, atol=1e-6,
-                                   generator=torch.Generator().manual_seed(3))
+    images = torch.randn(10, 1, 2, 2, generator=torch.Generator().manual_seed(1))
+
+    def both(f):
+        exact = sde.ode_log_likelihood(f, x, rtol=1e-6, atol=1e-6)
+        hutch = sde.ode_log_likelihood(f, images, probes=2, rtol=1e-6, atol=1e-6,
+                                       generator=torch.Generator().manual_seed(3))
+        return exact, hutch
+
+    whole = both(field)
+    # 3 rows a pass: rows of 2 and of 4 numbers, counted as "images" of that size
     monkeypatch.setattr(memory, "MAX_IMAGES_WITH_GRAD", 3)
     sizes = []
     counting = lambda x, t: (sizes.append(len(x)), field(x, t))[1]  # noqa: E731
-    chunked = sde.ode_log_likelihood(counting, x, rtol=1e-6, atol=1e-6)
-    hutch_chunked = sde.ode_log_likelihood(counting, x, probes=2, rtol=1e-6, atol=1e-6,
+    monkeypatch.setattr(memory, "IMAGE_NUMEL", 2)
+    chunked_exact = sde.ode_log_likelihood(counting, x, rtol=1e-6, atol=1e-6)
+    assert max(sizes) == 3
+    monkeypatch.setattr(memory, "IMAGE_NUMEL", 4)
+    sizes.clear()
+    chunked_hutch = sde.ode_log_likelihood(counting, images, probes=2, rtol=1e-6, atol=1e-6,
                                            generator=torch.Generator().manual_seed(3))
     assert max(sizes) == 3
-    assert chunked.nfe == whole.nfe  # evaluations of the batch, not of its chunks
-    torch.testing.assert_close(chunked.log_p, whole.log_p)
-    torch.testing.assert_close(hutch_chunked.log_p, hutch.log_p)
+    for chunked, one in zip((chunked_exact, chunked_hutch), whole, strict=True):
+        assert chunked.nfe == one.nfe  # evaluations of the batch, not of its chunks
+        torch.testing.assert_close(chunked.log_p, one.log_p)
 
 
 def test_knn_labels_in_chunks_equal_the_whole_distance_matrix(monkeypatch):
@@ -154,7 +173,13 @@ def test_knn_labels_in_chunks_equal_the_whole_distance_matrix(monkeypatch):
     whole = labels[torch.cdist(x.flatten(1), ref.flatten(1)).topk(
         5, largest=False).indices].mode(1).values
     monkeypatch.setattr(memory, "MAX_IMAGES", 7)
+    monkeypatch.setattr(memory, "IMAGE_NUMEL", 16)  # 7 of these 4 x 4 images a block
+    calls = []
+    real_cdist = torch.cdist
+    monkeypatch.setattr(torch, "cdist",
+                        lambda a, b: (calls.append(len(a)), real_cdist(a, b))[1])
     assert torch.equal(knn_labels(x, ref, labels, k=5), whole)
+    assert calls == [7, 7, 6]
 
 
 def test_eps_function_sends_at_most_max_images_a_call(monkeypatch):
