@@ -59,6 +59,7 @@ def test_running_page_states_the_measured_memory():
             f"measurement {worst:.1f} GB (python tests/memory_budget.py)")
 
 
+@pytest.mark.slow
 def test_the_tracker_sees_a_tensor_born_and_freed():
     """The live-bytes tracker counts what is alive at once, not what was ever made."""
     def run():
@@ -107,6 +108,7 @@ def test_map_chunks_refuses_tensors_of_different_lengths():
         memory.map_chunks(lambda a, b: a, torch.zeros(3), torch.zeros(4))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["bound_monte_carlo", "bound_terms"])
 def test_the_bound_in_chunks_is_the_bound_whole(method, monkeypatch):
     model, d = _tiny_ddpm()
@@ -182,6 +184,7 @@ def test_knn_labels_in_chunks_equal_the_whole_distance_matrix(monkeypatch):
     assert calls == [7, 7, 6]
 
 
+@pytest.mark.slow
 def test_eps_function_sends_at_most_max_images_a_call(monkeypatch):
     from companion import recipes
 
