@@ -65,6 +65,8 @@ def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Ten
     beta_t = min(1 - alpha_bar(t) / alpha_bar(t - 1), max_beta).
     """
     T = _check_T(T)
+    s = checks.real("s (the cosine schedule's offset)", s, low=0.0)
+    max_beta = checks.real("max_beta", max_beta, low=0.0, high=1.0, open_low=True)
     steps = torch.arange(T + 1, dtype=torch.float64) / T
     f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
     abar = f / f[0]

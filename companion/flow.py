@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from . import checks
 from .sde import _check_batch, check_time, interpolate_steps
 
 
@@ -41,14 +42,23 @@ def _as_times(tau, like: torch.Tensor) -> torch.Tensor:
                              f"{tuple(tau.shape)}")
         if tau.is_floating_point() is False:
             raise TypeError(f"tau must hold real times in [0, 1], got {tau.dtype}")
-        if (tau < 0).any() or (tau > 1).any():
+        if not bool(((tau >= 0) & (tau <= 1)).all()):  # NaN too
             raise ValueError("tau must lie in [0, 1] (0 the data, 1 the noise)")
         return tau.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
     return torch.tensor(check_time(tau, "tau"), dtype=like.dtype, device=like.device)
 
 
+def _same_shape(a, b, names: str) -> None:
+    """Two batches of one shape: a batch of 4 against one point would broadcast silently."""
+    if not (torch.is_tensor(a) and torch.is_tensor(b)) or a.shape != b.shape:
+        raise checks.ArgumentError(f"{names} must be tensors of the same shape, got "
+                                   f"{tuple(getattr(a, 'shape', ()))} and "
+                                   f"{tuple(getattr(b, 'shape', ()))}")
+
+
 def velocity_from_eps(eps_hat: torch.Tensor, x_tau: torch.Tensor, tau: float) -> torch.Tensor:
     """v = (eps_hat - x_tau) / (1 - tau), for tau < 1."""
+    _same_shape(eps_hat, x_tau, "eps_hat and x_tau")
     tau = check_time(tau, "tau")
     if tau >= 1:
         raise ValueError("at tau = 1 the path is pure noise and the velocity is not a "
@@ -58,6 +68,7 @@ def velocity_from_eps(eps_hat: torch.Tensor, x_tau: torch.Tensor, tau: float) ->
 
 def eps_from_velocity(v: torch.Tensor, x_tau: torch.Tensor, tau: float) -> torch.Tensor:
     """eps_hat = x_tau + (1 - tau) v."""
+    _same_shape(v, x_tau, "v and x_tau")
     return x_tau + (1 - check_time(tau, "tau")) * v
 
 
@@ -76,11 +87,9 @@ def flow_matching_loss(model, x0: torch.Tensor, K: int,
     shape only: this runs every training step.
     """
     K = check_grid_size(K)
+    checks.images("x0", x0, low=-1.0, high=1.0)  # one reduction: 0..255 bytes are refused
     _check_batch(x0, "x0")
-    T = getattr(getattr(model, "config", None), "T", None)
-    if isinstance(T, int) and T != K + 1:
-        raise ValueError(f"the model was built for {T} steps but the grid has K + 1 = {K + 1} "
-                         f"times: build the U-Net with preset(..., T={K + 1})")
+    _check_model_grid(model, K)
     k = torch.randint(0, K + 1, (len(x0),), device=x0.device, generator=generator)
     eps = torch.randn(x0.shape, dtype=x0.dtype, device=x0.device, generator=generator)
     tau = k.to(x0.dtype) / K
@@ -92,9 +101,18 @@ def flow_matching_loss(model, x0: torch.Tensor, K: int,
     return (v.float() - (eps - x0).float()).pow(2).mean()
 
 
+def _check_model_grid(model, K: int) -> None:
+    T = getattr(getattr(model, "config", None), "T", None)
+    if isinstance(T, int) and T != K + 1:
+        raise ValueError(f"the model was built for {T} steps but the grid has K + 1 = {K + 1} "
+                         f"times: build the U-Net with preset(..., T={K + 1}), or pass "
+                         f"K = {T - 1}, the grid it was trained on")
+
+
 def velocity_field(model, K: int):
     """v(x, tau) for tau in [0, 1] from a model trained on the grid tau = k / K (steps k + 1)."""
     K = check_grid_size(K)
+    _check_model_grid(model, K)
 
     def field(x, tau):
         return interpolate_steps(model, x, check_time(tau, "tau") * K + 1)
@@ -111,7 +129,8 @@ def uniform_grid(n_steps: int) -> list[float]:
 def vp_to_linear(alpha: float, sigma: float) -> tuple[float, float]:
     """The linear path's (tau, scale) for a VP point x_t = alpha x_0 + sigma eps:
     x_t / scale = (1 - tau) x_0 + tau eps with scale = alpha + sigma, tau = sigma / scale."""
-    if not (alpha >= 0 and sigma >= 0 and alpha + sigma > 0):
+    alpha, sigma = checks.real("alpha", alpha, low=0.0), checks.real("sigma", sigma, low=0.0)
+    if not alpha + sigma > 0:
         raise ValueError(f"alpha and sigma must be >= 0, not both 0; got {alpha}, {sigma}")
     scale = alpha + sigma
     return sigma / scale, scale

@@ -61,7 +61,9 @@ def image_grid(x: torch.Tensor, nrow: int = 8, ax=None, title: str | None = None
     if x is None or isinstance(x, (str, bytes)):
         raise checks.ArgumentError(f"x must be images (B, C, H, W), got {x!r:.40}")
     nrow = checks.count("nrow", nrow)
-    x = torch.as_tensor(x).detach().float().cpu().clamp(0, 1)
+    x = torch.as_tensor(x).detach().float().cpu()
+    # refuse 0..255 and [-1, 1] images; a sampler's slight overshoot is clamped
+    x = checks.images("x", x, tolerance=0.25).clamp(0, 1)
     if x.dim() != 4:
         raise ValueError(f"image_grid expects (B, C, H, W), got shape {tuple(x.shape)}")
     b, c, h, w = x.shape

@@ -231,13 +231,24 @@ def ddpm(x, profile, device, *, steps: int | None = None, resume_from=None,
             raise FileNotFoundError(f"resume_from={resume_from} does not exist: train the "
                                     "early run first (recipes.ddpm(..., steps=...)), or pass "
                                     "resume_from=None to train from scratch")
-        state = torch.load(resume_from, map_location="cpu", weights_only=True)
-        done = int(state["step"]) if isinstance(state, dict) and "step" in state else None
-        if done is None or done > total:
+        from .checkpoint import check_identity, identity, read_checkpoint
+
+        state = read_checkpoint(resume_from)  # damaged, or not fit's: refused here
+        done = int(state["step"])
+        if done > total:
             raise ValueError(f"resume_from={resume_from} holds {done} steps, not a shorter "
                              f"run of this recipe's {total}: pass the early run's checkpoint")
+        # another recipe's checkpoint is refused before it is copied, not left at `path`
+        check_identity(resume_from, state.get("identity", {}),
+                       identity(model, config, (x * 2 - 1,), optimizer, s["ema"],
+                                s["batch_size"]))
         path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(resume_from, path)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.copy.tmp")
+        try:  # atomic: a Ctrl-C during the copy leaves no damaged file at `path`
+            shutil.copyfile(resume_from, tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     lr = s["lr"]
 
     def loss_fn(model, x0, step):
@@ -456,6 +467,22 @@ COMMANDS = {
 }
 
 
+def _gpu_on_cpu(name: str, profile, device) -> str:
+    """What the gpu profile's recipe `name` would cost on `device`, and what to run instead."""
+    cost = "a recipe sized for a GPU"
+    if name in ("ddpm", "flow"):
+        from .models.unet import UNet, preset
+
+        s = ddpm_settings(profile)
+        params = sum(p.numel() for p in UNet(preset(s["preset"], T=s["T"])).parameters())
+        cost = (f"{s['steps']:,} steps of batch {s['batch_size']} through a "
+                f"{params / 1e6:.1f}M-parameter U-Net")
+    return (f"the gpu profile's {name} is {cost}, and there is no GPU here ({device}): on a "
+            f"CPU that takes hours to days. Run `python -m companion.recipes {name} "
+            "--profile cpu` (the book's stored outputs use it), or add --yes to train the "
+            "gpu recipe on this machine anyway.")
+
+
 def main(argv=None) -> int:
     """python -m companion.recipes NAME [--profile P] [--device D]: load-or-train one of
     the book's models into the checkpoint its chapters load (BOOK_CACHE decides where).
@@ -477,9 +504,16 @@ def main(argv=None) -> int:
                         help="ci, cpu or gpu (default: $BOOK_PROFILE, else from the device)")
     parser.add_argument("--device", default=None, help="e.g. cpu, cuda (default: cuda if "
                         "available); under torchrun each rank takes the GPU of its LOCAL_RANK")
+    parser.add_argument("--yes", action="store_true", help="train the gpu profile's recipe "
+                        "even without a GPU (it asks first: hours to days on a CPU)")
     args = parser.parse_args(argv)
     profile = get_profile(args.profile)
+    # the command line's profile is the process's: what asks get_profile() later (fit's
+    # progress bar) must not read another, or a bad, BOOK_PROFILE
+    os.environ["BOOK_PROFILE"] = profile.name
     device = distributed.local_device() or get_device(args.device)
+    if profile.name == "gpu" and device.type != "cuda" and not args.yes:
+        parser.error(_gpu_on_cpu(args.model, profile, device))
     seed_everything(0)
     data = load("mnist", n_train=profile.n_train, n_test=profile.n_test, device=device)
     _, result = COMMANDS[args.model][1](data, profile, device)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import checks
-from .profiles import Profile, get_profile
+from .profiles import Profile, env_flag, get_profile
 
 T4_VAR = "BOOK_T4"
 # Colab's T4 has 16 GB, of which about 15.8e9 bytes are usable after the CUDA context; the
@@ -124,9 +124,9 @@ def timed(fn: Callable, *args, **kwargs):
 
 
 def t4_emulated() -> bool:
-    """True under BOOK_T4=1: train and sample as on Colab's T4 (anything but "", "0" or
-    unset turns it on, as BOOK_SMOKE)."""
-    return os.environ.get(T4_VAR, "").strip() not in ("", "0")
+    """True under BOOK_T4=1: train and sample as on Colab's T4 (read by
+    `profiles.env_flag`, as BOOK_SMOKE: 1/true/yes/on)."""
+    return env_flag(T4_VAR)
 
 
 def emulate_t4(device: torch.device) -> str:

@@ -187,6 +187,10 @@ class ChainClock:
 
     def __init__(self, alphas_bar: torch.Tensor, beta_min: float = 0.1):
         ab = torch.as_tensor(alphas_bar, dtype=torch.float64).cpu()
+        if ab.dim() == 1 and len(ab) and (ab.isnan().any() or ab[0] >= 1):
+            raise ValueError("alphas_bar must be alpha_bar_1..T, each in (0, 1): got NaN, or "
+                             "a first value of 1 (alpha_bar_0, which the clock adds itself: "
+                             "pass alphas_bar[1:], else T is off by one)")
         if ab.dim() != 1 or len(ab) < 2 or (ab <= 0).any() or (ab[1:] >= ab[:-1]).any():
             raise ValueError("alphas_bar must be the chain's decreasing alpha_bar_1..T (T >= 2)")
         self.T = len(ab)
@@ -407,9 +411,7 @@ def ode_log_likelihood(field: Field, x: torch.Tensor, *, t0: float = 0.0, t1: fl
     t0, t1 = check_time(t0, "t0"), check_time(t1, "t1")
     if not t0 < t1:
         raise ValueError(f"need t0 < t1 (data to noise), got t0={t0}, t1={t1}")
-    for name, tol in (("rtol", rtol), ("atol", atol)):
-        if not (isinstance(tol, (int, float)) and tol > 0 and math.isfinite(tol)):
-            raise ValueError(f"{name} must be a positive tolerance, got {tol!r}")
+    rtol, atol = checks.positive("rtol", rtol), checks.positive("atol", atol)
     if probes is not None:
         v = rademacher(probes, x.shape, dtype=x.dtype, device=x.device, generator=generator)
     elif x.dim() != 2:
@@ -444,7 +446,12 @@ def ode_log_likelihood(field: Field, x: torch.Tensor, *, t0: float = 0.0, t1: fl
         end = sol.y[:, -1]
     x_end = torch.from_numpy(end[:n].copy()).reshape(shape)
     delta = torch.from_numpy(end[n:].copy())
-    log_prior = prior_log_p(x_end.to(torch.float64)).double().cpu()
+    log_prior = prior_log_p(x_end.to(torch.float64))
+    if not torch.is_tensor(log_prior) or tuple(log_prior.shape) != (B,):
+        raise ValueError(f"prior_log_p must return one log-density per point ({B},), got "
+                         f"{tuple(getattr(log_prior, 'shape', ())) or type(log_prior).__name__}"
+                         ": sum over the dimensions, without keepdim")
+    log_prior = log_prior.double().cpu()
     return Likelihood(log_prior + delta, log_prior, delta, counter.calls, x_end)
 
 
@@ -456,6 +463,7 @@ def dequantize(x: torch.Tensor, generator: torch.Generator | None = None) -> tor
     image under the model P(x) = integral of p over x's bin, by Jensen's inequality.
     """
     _check_batch(x)
+    checks.images("x", x, low=-1.0, high=1.0)  # 8-bit images on [-1, 1], not 0..255
     u = torch.rand(x.shape, dtype=x.dtype, device=x.device, generator=generator)
     return x + (u - 0.5) * BIN
 

@@ -47,6 +47,7 @@ from .checkpoint import (  # noqa: F401  (re-exported: companion.train's names o
     Resumed,
     all_finite,
     cache_dir,
+    check_storable,
     check_writable,
     checkpoint_path,
     identity,
@@ -114,7 +115,7 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
         config: dict | None = None, save_every: int | None = None, amp: bool = True,
         compile: bool = False, check_every: int = 25, quiet: bool | None = None,
         generator: torch.Generator | None = None, desc: str = "train",
-        save_seconds: float = 60.0) -> FitResult:
+        save_seconds: float = 60.0, lock_timeout: float | None = None) -> FitResult:
     """Train `model` on `data` (a tensor or tuple of tensors, first dim = examples).
 
     Give either `epochs` or `steps`. With `compile`, each epoch's last partial batch is
@@ -141,6 +142,8 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
     total = _check_fit_args(model, tensors, epochs, steps, batch_size,
                             lr if optimizer is None else None, clip, check_every, save_every,
                             save_seconds)
+    if lock_timeout is not None:
+        lock_timeout = checks.real("lock_timeout", lock_timeout, low=0.0)
     device = next(model.parameters()).device
     optimizer = optimizer or default_optimizer(model.parameters(), lr, device)
     _check_optimizer(model, optimizer)
@@ -150,12 +153,20 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
     amp_dtype = autocast_dtype(device) if amp else None
     # fp16 needs loss scaling (small gradients underflow); bf16 and float32 do not
     scaler = _grad_scaler(device, enabled=amp_dtype == torch.float16)
+    if checkpoint is not None:  # what it could not write is refused now, not after training
+        check_storable(model=model.state_dict(), optimizer=optimizer.state_dict(),
+                       ema=averager.state_dict() if averager is not None else None)
     run = _Run(model, optimizer, averager, scaler, generator, tensors, batch_size, total,
                distributed.join(device), drop_last=compile)
+    if run.ranks is not None:  # before any collective that a disagreement would hang
+        run.ranks.agree(distributed.what_must_agree(
+            identity(model, config, (), optimizer, ema, batch_size), tensors, total,
+            checkpoint))
     step_kw = _takes_step(loss_fn)
     with contextlib.ExitStack() as cleanup:  # whatever happens, leave the process as it was
         if checkpoint is not None:
-            run.keep_in(Path(checkpoint), ident, cleanup, save_every, save_seconds)
+            run.keep_in(Path(checkpoint), ident, cleanup, save_every, save_seconds,
+                        lock_timeout)
         if profiles.smoke_mode():  # BOOK_SMOKE=1: every code path, a couple of steps a call
             run.total = min(run.total, run.step + profiles.SMOKE_STEPS)
         signals = cleanup.enter_context(_StopSignals(run))
@@ -183,7 +194,8 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
                     raise
                 loss, metrics = _loss_and_metrics(out, run.step)
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss if share == 1.0 else loss * share).backward()
+                with run.waiting("the gradients' all-reduce"):  # DDP's, in backward
+                    scaler.scale(loss if share == 1.0 else loss * share).backward()
                 if clip is not None:
                     scaler.unscale_(optimizer)  # clip the true gradients, not scaled ones
                     nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -198,14 +210,13 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
                     run.flush()
                     bar.set_postfix(loss=f"{run.history['loss'][-1]:.4g}")
                 if run.end_of_step(bool(signals.caught)):
-                    raise KeyboardInterrupt(f"signal {signals.caught[0]} at step {run.step}")
+                    raise KeyboardInterrupt(signals.why(run.step))
         except KeyboardInterrupt:
             run.interrupted()
             raise
     run.flush()
     if signals.caught:  # it came with the last step, after the final save: stop all the same
-        raise KeyboardInterrupt(f"signal {signals.caught[0]} at step {run.step} (the run is "
-                                "complete and saved)")
+        raise KeyboardInterrupt(signals.why(run.step) + " (the run is complete and saved)")
     if checkpoint is None and not all_finite(model.state_dict()):
         raise NonFiniteWeightsError(f"the weights became NaN/inf by step {run.step} although "
                                     "the loss was finite (a NaN gradient?). Lower the learning "
@@ -244,6 +255,8 @@ class _Run:
         self.last_saved: int | None = None
         self.save_errors: list[str] = []
         self.rng_at_step = None  # the random state as the step in progress began
+        self.buffers = list(model.buffers())  # BatchNorm's statistics: a forward moves them
+        self.buffers_at_step: list[torch.Tensor] = []
         self.in_step = self.updating = False
         self.start = self.last_save_time = time.perf_counter()
         self.resumed_at = 0
@@ -253,7 +266,8 @@ class _Run:
         return self.ranks is None or self.ranks.leader
 
     def keep_in(self, path: Path, ident: dict, cleanup: contextlib.ExitStack,
-                save_every: int | None, save_seconds: float) -> None:
+                save_every: int | None, save_seconds: float,
+                lock_timeout: float | None = None) -> None:
         """Train into checkpoint `path`: lock it for this run (until `cleanup` closes),
         resume from it if it exists, and save to it as fit's docstring says."""
         if self.ranks is not None:  # rank 0's path (a smoke run's cache is per process)
@@ -263,9 +277,10 @@ class _Run:
             save_seconds
         if self.leader:
             check_writable(path)  # before any training, not after all of it
-            cleanup.enter_context(PathLock(path))  # before loading: no steps resumed twice
+            # before loading: no steps resumed twice
+            cleanup.enter_context(PathLock(path, lock_timeout))
         if self.ranks is not None:
-            self.ranks.barrier()  # the others wait for rank 0's lock
+            self.ranks.barrier("rank 0's lock on the checkpoint")  # the others wait for it
         if path.exists():
             saved = load_checkpoint(path, self.model, self.optimizer, self.ema, ident,
                                     generator=self.generator, scaler=self.scaler,
@@ -289,6 +304,11 @@ class _Run:
         self.resumed_at = self.step
         self.start = self.last_save_time = time.perf_counter()
 
+    def waiting(self, what: str):
+        """Where this rank waits for the others (a context): a timeout there becomes an
+        error that says so (companion.distributed); alone, nothing."""
+        return contextlib.nullcontext() if self.ranks is None else self.ranks.waiting(what)
+
     def replica(self, model: nn.Module):
         """What the loss function calls: the model, or under torchrun its DDP replica."""
         return model if self.ranks is None else self.ranks.replica(model)
@@ -310,6 +330,8 @@ class _Run:
             idx, share = self.ranks.share(idx)
         batch = tuple(t[idx] for t in self.tensors)
         self.in_step, self.rng_at_step = True, rng_state(self.generator, self.device)
+        if self.buffers and self.path is not None:  # what an interrupted step restores
+            self.buffers_at_step = [b.detach().clone() for b in self.buffers]
         return (batch if len(batch) > 1 else batch[0]), share
 
     def redo_step(self) -> None:
@@ -427,7 +449,12 @@ class _Run:
         self.flush()
         if self.path is not None and self.last_saved != self.step:
             # stopped inside a step: save the random state it began with, so the resumed
-            # run draws the same numbers for it
+            # run draws the same numbers for it, and the buffers (BatchNorm's statistics)
+            # as they were before its forward pass
+            if self.in_step and self.buffers_at_step:
+                with torch.no_grad():
+                    for b, kept in zip(self.buffers, self.buffers_at_step, strict=True):
+                        b.copy_(kept)
             self.save(rng=self.rng_at_step if self.in_step else None)
             if self.last_saved == self.step:
                 print(f"interrupted at step {self.step}; saved {self.path}, run again to "
@@ -462,6 +489,12 @@ class _StopSignals:
     def __exit__(self, *exc) -> None:
         for sig, handler in self.old.items():
             signal.signal(sig, handler)
+
+    def why(self, step: int) -> str:
+        """The KeyboardInterrupt's message: this process's signal, or another rank's."""
+        if self.caught:
+            return f"signal {int(self.caught[0])} at step {step}"
+        return f"another rank was stopped (a signal), so this one stops too, at step {step}"
 
     def handle(self, sig, frame) -> None:
         if sig == signal.SIGINT and self.caught:

@@ -295,6 +295,7 @@ class HierarchicalVAE(_ImageModel):
         each inner KL analytic at the sampled z_>i, the outer expectations by the same
         samples. x: (B, 1, 28, 28) binary; n_samples: z draws per image.
         """
+        n_samples = checks.count("n_samples", n_samples)
         z, q, p = self.top_down(self.bottom_up(x), n_samples)
         kls = []
         for i in range(self.m):
@@ -410,7 +411,7 @@ class MarkovianHVAE(_ImageModel):
         (z_0 = x, p(z_T | z_{T+1}) = p(z_T)), every term by Monte Carlo. The per-step terms
         are not KL divergences and can be negative: only their sum is fixed. Chapter 8
         regroups them into true KLs with q(z_{t-1} | z_t, x)."""
-        z, log_q = self._bottom_up(x, n_samples)
+        z, log_q = self._bottom_up(x, checks.count("n_samples", n_samples))
         log_p = self._log_p_layers(z)
         steps = torch.stack([(lq - lp).mean(0) for lq, lp in zip(log_q, log_p, strict=True)],
                             -1)
