@@ -411,7 +411,10 @@ def ode_log_likelihood(field: Field, x: torch.Tensor, *, t0: float = 0.0, t1: fl
     t0, t1 = check_time(t0, "t0"), check_time(t1, "t1")
     if not t0 < t1:
         raise ValueError(f"need t0 < t1 (data to noise), got t0={t0}, t1={t1}")
-    rtol, atol = checks.positive("rtol", rtol), checks.positive("atol", atol)
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if isinstance(tol, bool) or not (isinstance(tol, (int, float)) and tol > 0
+                                         and math.isfinite(tol)):
+            raise ValueError(f"{name} must be a positive tolerance, got {tol!r}")
     if probes is not None:
         v = rademacher(probes, x.shape, dtype=x.dtype, device=x.device, generator=generator)
     elif x.dim() != 2:
