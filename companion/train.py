@@ -137,6 +137,47 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
     Under torchrun with several processes, each rank trains on its share of every batch of
     `batch_size` through DistributedDataParallel (companion.distributed); rank 0 alone
     prints and writes the checkpoint, which is the one a single process would write.
+    Before the first step the ranks check that they agree (batch size, steps, checkpoint or
+    none, data, model, optimizer, config) and all fail naming what differs; a rank that
+    waits for the others longer than BOOK_DIST_TIMEOUT seconds (10 minutes under torchrun)
+    gives up with an error saying where it waited.
+
+    Args:
+        model: the nn.Module to train, in place (it ends in eval mode).
+        loss_fn: `loss_fn(model, batch)` -> a scalar loss tensor, or `(loss, {"name":
+            scalar})` to log more; with a `step` keyword it also gets the global step.
+        data: a tensor (N, ...) or a tuple of tensors of N rows each (images, labels); a
+            batch is the same rows of each, passed as a tensor or a tuple.
+        epochs: passes over the data (give this or `steps`, not both).
+        steps: optimizer steps (give this or `epochs`).
+        batch_size: examples per step (the global batch under torchrun). Default 128.
+        optimizer: a torch optimizer over `model`'s parameters; default Adam(lr), fused on
+            CUDA.
+        lr: the default optimizer's learning rate (ignored with `optimizer`). Default 1e-3.
+        clip: the largest gradient norm, or None (default) for no clipping.
+        ema: an EMA decay in (0, 1) (FitResult.ema holds the average), or None (default).
+        checkpoint: a file path to resume from and save to (load-or-train), or None
+            (default) for none. Checked before training: a regular file or absent, a name
+            that fits the file system, a folder that takes a new file.
+        config: a dict of plain settings that identify the run (a checkpoint with other
+            settings is refused); NumPy scalars are taken as numbers.
+        save_every: save every this many steps (default: a tenth of the run, at least 100).
+        amp: mixed precision where the GPU has it (default True; no effect on the CPU).
+        compile: torch.compile the model (default False; falls back to eager mode).
+        check_every: steps between the moves of the logged losses to the host (and the
+            NaN check). Default 25.
+        quiet: no progress bar (default: the active profile's `quiet`).
+        generator: the torch.Generator that draws each epoch's order (saved and resumed).
+        desc: the progress bar's label. Default "train".
+        save_seconds: also save when this many seconds of training passed since the last
+            save. Default 60.
+        lock_timeout: seconds to wait for another process that trains into the same
+            checkpoint before giving up (CheckpointBusyError); None (default) waits until
+            it is done. Either way the wait says who holds the file, and Ctrl-C stops it.
+
+    Returns:
+        FitResult: the history, the steps taken, the seconds, where the run resumed, the
+        EMA, the training time across sessions, and why the last failed save failed.
     """
     tensors = data if isinstance(data, (tuple, list)) else (data,)
     total = _check_fit_args(model, tensors, epochs, steps, batch_size,

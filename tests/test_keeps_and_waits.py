@@ -8,12 +8,14 @@ whole process group is killed after LIMIT seconds, so a hang fails the test and 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -53,17 +55,43 @@ class Counting:
         return mse(model, batch)
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (torchrun starts its workers in sessions of their own, so
+    killing torchrun's process group would leave them waiting)."""
+    parent = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parent[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+    found, todo = [], [pid]
+    while todo:
+        kids = [p for p, pp in parent.items() if pp == todo[-1]]
+        todo.pop()
+        found += kids
+        todo += kids
+    return found
+
+
 def bounded(cmd, env, limit=LIMIT):
-    """Run `cmd` in a session of its own; kill the whole session after `limit` seconds."""
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=limit)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        return subprocess.CompletedProcess(cmd, "hang", out, err)
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    """Run `cmd`; after `limit` seconds kill it and every process it started (SIGKILL: a
+    rank waiting in a collective does not end on SIGTERM). Output goes through files, so
+    no orphan can hold a pipe open."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True)
+        try:
+            code = proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            for pid in [*descendants(proc.pid), proc.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            proc.wait()
+            code = "hang"
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(cmd, code, out.read(), err.read())
 
 
 def clean_env(**more):
@@ -208,6 +236,7 @@ WAITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_6_ctrl_c_stops_the_wait_at_once(tmp_path, held):
     proc = subprocess.Popen([sys.executable, "-c", WAITER, str(tmp_path / "m.pt")],
                             env=clean_env(), stderr=subprocess.PIPE, text=True)
