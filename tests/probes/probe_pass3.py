@@ -1,7 +1,7 @@
 """Issue 45's misuse sample (nothing lost, nothing hangs, third pass): counts the outcomes.
 
-    python -m benchmarks.probe_pass3            # about a minute and a half on 2 CPU cores
-    python -m benchmarks.probe_pass3 -v         # one line per case
+    python -m tests.probes.probe_pass3            # about a minute and a half on 2 CPU cores
+    python -m tests.probes.probe_pass3 -v         # one line per case
 
 Written beside the fixes of issue 45, from its list, with variants the tests do not hold
 (other spellings of a yes/no variable, other shapes, other domains). Each case gives one
@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LIMIT_S = 15
 
 
