@@ -58,6 +58,26 @@ def linear_betas(T: int, start: float = 1e-4, end: float = 0.02) -> torch.Tensor
     return torch.linspace(start, end, T, dtype=torch.float64)
 
 
+def predict_x0(x_t, eps, alpha_bar, sigma=None):
+    """x_0 = (x_t - sigma eps) / sqrt(alpha_bar), sigma = sqrt(1 - alpha_bar): the clean data
+    a noise prediction implies at noise level alpha_bar (a float, or a tensor broadcasting
+    against x_t: (B, 1, ..., 1)); pass `sigma` where it is known more exactly (the SDE's
+    -expm1 near t = 0). The one place the formula is written: the chain's samplers and
+    sde.ddim call it."""
+    if torch.is_tensor(alpha_bar):
+        sigma = (1 - alpha_bar).sqrt() if sigma is None else sigma
+        return (x_t - sigma * eps) / alpha_bar.sqrt()
+    sigma = math.sqrt(1 - alpha_bar) if sigma is None else sigma
+    return (x_t - sigma * eps) / math.sqrt(alpha_bar)
+
+
+def predict_eps(x_t, x0, alpha_bar):
+    """eps = (x_t - sqrt(alpha_bar) x_0) / sqrt(1 - alpha_bar), the inverse of predict_x0."""
+    if torch.is_tensor(alpha_bar):
+        return (x_t - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt()
+    return (x_t - math.sqrt(alpha_bar) * x0) / math.sqrt(1 - alpha_bar)
+
+
 def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
     """Nichol & Dhariwal's cosine schedule.  -> (T,) float64
 
@@ -361,15 +381,14 @@ class Diffusion:
         return self._x0_from_eps(x_t, self.check_t(t, len(x_t)), eps)
 
     def _x0_from_eps(self, x_t, t, eps):
-        abar = self._at(self.alphas_bar_, t, x_t)
-        return (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
+        return predict_x0(x_t, eps, self._at(self.alphas_bar_, t, x_t))
 
     def eps_from_x0(self, x_t, t, x0):
         """eps = (x_t - sqrt(alpha_bar_t) x_0) / sqrt(1 - alpha_bar_t)."""
         self._check_pair(x_t, x0, "x_t", "x0")
         t = self.check_t(t, len(x_t))
         abar = self._at(self.alphas_bar_, t, x_t)
-        return (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()
+        return predict_eps(x_t, x0, abar)
 
     def mean_from_eps(self, x_t, t, eps):
         """mu = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t)."""
@@ -556,10 +575,12 @@ class Diffusion:
             eps = eps_model(x, t)
             _check_eps(eps, x.shape, "x_t")  # as sample does: never broadcast a wrong shape
             eps = eps.to(x.dtype)
+            # the update of sde.ddim (a deliberate copy: the same DDIM step on the chain's
+            # integer clock, with eta and clipping; sde.ddim runs it at real times)
             x0 = self._x0_from_eps(x, t, eps)
             if clip:
                 x0 = x0.clamp(-1, 1)
-                eps = (x - self._at(abar, t, x).sqrt() * x0) / (1 - self._at(abar, t, x)).sqrt()
+                eps = predict_eps(x, x0, self._at(abar, t, x))
             if callback is not None:
                 callback(steps[i], x, x0)
             if i == 0:

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from . import checks
+from .diffusion import predict_x0
 from .profiles import smoke_thin
 from .progress import progress
 
@@ -296,12 +297,15 @@ def ddim(eps: Field, sde: VPSDE, x: torch.Tensor, ts: Sequence[float]) -> torch.
 
     x0_hat = (x - sigma_a eps) / sqrt(alpha_bar_a),  x_b = sqrt(alpha_bar_b) x0_hat + sigma_b eps
     (Song, Meng and Ermon 2021): the update `Diffusion.sample_ddim` makes between kept steps.
+    A deliberate copy of that update, on the SDE's real-valued clock (the chain's sampler
+    indexes its integer steps and adds eta and clipping); x0_hat is the shared
+    `diffusion.predict_x0`.
     """
     _check_batch(x)
     ts = _check_grid(ts)
     for a, b in _steps(ts):
         e = _check_field_output(eps(x, a), x)
-        x0 = (x - sde.sigma(a) * e) / math.sqrt(sde.alpha_bar(a))
+        x0 = predict_x0(x, e, sde.alpha_bar(a), sde.sigma(a))
         x = math.sqrt(sde.alpha_bar(b)) * x0 + sde.sigma(b) * e
     return x
 
