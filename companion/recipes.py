@@ -208,19 +208,12 @@ def ddpm(x, profile, device, *, steps: int | None = None, resume_from=None,
     """
     import shutil
 
-    from .models.unet import UNet, preset
-    from .train import default_optimizer
-
     s = ddpm_settings(profile)
     total = s["steps"] if steps is None else steps
-    torch.manual_seed(0)
-    model = UNet(preset(s["preset"], T=s["T"])).to(device)
-    diffusion = ddpm_diffusion(profile, device)
-    optimizer = default_optimizer(model.parameters(), s["lr"], device)
     # the config leaves out the step count: an early checkpoint resumes into the full run
-    config = dict(profile=profile.name, preset=s["preset"], T=s["T"], lr=s["lr"],
-                  batch_size=s["batch_size"], ema=s["ema"], clip=DDPM_CLIP,
-                  warmup=DDPM_WARMUP, n_train=len(x))
+    model, optimizer, config, warm_up = _unet_recipe(s, profile, device, x, steps_of_net=s["T"],
+                                                     T=s["T"])
+    diffusion = ddpm_diffusion(profile, device)
     _check_unit_images(x, "recipes.ddpm")
     path = ddpm_checkpoint(profile, steps, prefix)
     if resume_from is not None and not path.exists():
@@ -249,12 +242,8 @@ def ddpm(x, profile, device, *, steps: int | None = None, resume_from=None,
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-    lr = s["lr"]
-
     def loss_fn(model, x0, step):
-        # linear lr warm-up, a function of the global step, so it survives resuming
-        for group in optimizer.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / DDPM_WARMUP)
+        warm_up(step)
         return diffusion.simple_loss(model, x0)
 
     result = fit(model, loss_fn, x * 2 - 1, steps=total, batch_size=s["batch_size"],
@@ -262,6 +251,29 @@ def ddpm(x, profile, device, *, steps: int | None = None, resume_from=None,
                  config=config, compile=torch.device(device).type == "cuda",
                  desc="DDPM" if steps is None else f"DDPM ({steps} steps)")
     return result.ema.model, result
+
+
+def _unet_recipe(s: dict, profile, device, x, *, steps_of_net: int, **more):
+    """The skeleton chapters 9 and 13 share: seed 0, the profile's U-Net preset built for
+    `steps_of_net` time steps, Adam, the config that identifies the run (`more` adds the
+    recipe's own settings: T, or K and the loss), and the linear learning-rate warm-up over
+    DDPM_WARMUP steps, a function of the global step so that it survives resuming.
+    s: ddpm_settings(profile). Returns (model, optimizer, config, warm_up(step))."""
+    from .models.unet import UNet, preset
+    from .train import default_optimizer
+
+    torch.manual_seed(0)
+    model = UNet(preset(s["preset"], T=steps_of_net)).to(device)
+    optimizer = default_optimizer(model.parameters(), s["lr"], device)
+    config = dict(profile=profile.name, preset=s["preset"], lr=s["lr"],
+                  batch_size=s["batch_size"], ema=s["ema"], clip=DDPM_CLIP,
+                  warmup=DDPM_WARMUP, n_train=len(x), **more)
+
+    def warm_up(step: int) -> None:
+        for group in optimizer.param_groups:
+            group["lr"] = s["lr"] * min(1.0, (step + 1) / DDPM_WARMUP)
+
+    return model, optimizer, config, warm_up
 
 
 def _check_unit_images(x, where: str) -> None:
@@ -417,23 +429,15 @@ def flow_matching(x, profile, device, *, prefix: str = "ch13"):
     [-1, 1]. Returns (EMA model in eval mode, FitResult).
     """
     from .flow import flow_matching_loss
-    from .models.unet import UNet, preset
-    from .train import default_optimizer
 
     s = ddpm_settings(profile)
     K = s["T"]
     _check_unit_images(x, "recipes.flow_matching")
-    torch.manual_seed(0)
-    model = UNet(preset(s["preset"], T=K + 1)).to(device)
-    optimizer = default_optimizer(model.parameters(), s["lr"], device)
-    config = dict(profile=profile.name, preset=s["preset"], K=K, lr=s["lr"],
-                  batch_size=s["batch_size"], ema=s["ema"], clip=DDPM_CLIP,
-                  warmup=DDPM_WARMUP, n_train=len(x), loss="flow matching, linear path")
-    lr = s["lr"]
+    model, optimizer, config, warm_up = _unet_recipe(
+        s, profile, device, x, steps_of_net=K + 1, K=K, loss="flow matching, linear path")
 
     def loss_fn(model, x0, step):
-        for group in optimizer.param_groups:  # chapter 9's warm-up, by global step
-            group["lr"] = lr * min(1.0, (step + 1) / DDPM_WARMUP)
+        warm_up(step)
         return flow_matching_loss(model, x0, K)
 
     result = fit(model, loss_fn, x * 2 - 1, steps=s["steps"], batch_size=s["batch_size"],
