@@ -94,11 +94,7 @@ def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Ten
 
 
 def _check_T(T) -> int:
-    T = checks.as_int(T)  # NumPy integers too
-    if not isinstance(T, int) or isinstance(T, bool) or T < 1:
-        raise checks.ArgumentError(f"T (the number of diffusion steps) must be a positive "
-                                   f"int, got {T!r}")
-    return T
+    return checks.count("T (the number of diffusion steps, a positive int)", T)
 
 
 def spaced_timesteps(T: int, n_steps: int) -> list[int]:
@@ -327,11 +323,7 @@ class Diffusion:
         return buf[t].to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
 
     def _check_pair(self, a: torch.Tensor, b: torch.Tensor, na: str, nb: str) -> None:
-        _check_data(a, na)
-        _check_data(b, nb)
-        if a.shape != b.shape:
-            raise ValueError(f"{na} and {nb} must have the same shape, got {tuple(a.shape)} "
-                             f"and {tuple(b.shape)}")
+        checks.same_shape(f"{na} and {nb}", checks.batch(na, a), checks.batch(nb, b))
 
     # --- forward process and posterior ---------------------------------------------------
     def q_mean_variance(self, x0: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
@@ -497,11 +489,8 @@ class Diffusion:
 
     def _check_model_T(self, eps_model) -> None:
         """A U-Net built for another chain length would take this chain's t silently."""
-        T = getattr(getattr(eps_model, "config", None), "T", None)
-        if isinstance(T, int) and T != self.T:
-            raise ValueError(f"the model was built for T = {T} diffusion steps but this "
-                             f"diffusion has T = {self.T}: build the U-Net with "
-                             f"preset(..., T={self.T})")
+        checks.model_steps(eps_model, self.T, what="this diffusion",
+                           fix=f"build the U-Net with preset(..., T={self.T})")
 
     # --- sampling --------------------------------------------------------------------------
     @torch.no_grad()
@@ -783,77 +772,15 @@ def _check_decoder(decoder: str) -> None:
 
 
 def _check_data(x, name: str) -> None:
-    """x must be a floating-point torch tensor with a batch dimension (free: no device sync)."""
-    if not torch.is_tensor(x):
-        raise TypeError(f"{name} must be a torch tensor, got {type(x).__name__}; convert it "
-                        f"with torch.as_tensor({name}) (torch.from_numpy for a NumPy array)")
-    if not x.is_floating_point():
-        fix = (f"8-bit pixels in 0..255 go on [-1, 1] with {name}.float() / 127.5 - 1"
-               if x.dtype == torch.uint8 and name == "x0" else
-               f"convert it with {name}.float()")
-        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}: {fix}")
-    if x.dim() == 0:
-        raise ValueError(f"{name} must be a batch (B, ...), got a 0-dim tensor; use "
-                         f"{name}.reshape(1, -1) for one value")
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch (no images), shape {tuple(x.shape)}: "
-                         "pass at least one image (check the batch size and the data slice)")
+    checks.batch(name, x)
 
 
 def _check_eps(eps, shape, name: str) -> None:
-    """eps_model's output must be a tensor of the input's shape (free: no device sync)."""
-    if not torch.is_tensor(eps):
-        raise TypeError(f"eps_model(x_t, t) must return a tensor (the predicted noise), got "
-                        f"{type(eps).__name__}")
-    if eps.shape != shape:
-        raise ValueError(f"eps_model returned shape {tuple(eps.shape)} for {name} of shape "
-                         f"{tuple(shape)}; it must predict the noise, same shape")
+    checks.output(eps, shape, who="eps_model(x_t, t)", what="the predicted noise", against=name)
 
 
-GRID_TOLERANCE = 1e-4  # how far (x + 1) * 127.5 may lie from an integer (float rounding)
-
-
-def _check_8bit(x0: torch.Tensor, where: str, name: str = "x0",
-                setting: str = "decoder='discretized'",
-                other: str = "decoder='gaussian' for real-valued data") -> None:
-    """x0 must hold the discretized decoder's 256 levels -1 + 2k/255 (`name`, `setting` and
-    `other` word the message for the VAEs' discretized decoders).
-
-    Checks that (x0 + 1) * 127.5 lies in [0, 255] and within GRID_TOLERANCE of an integer
-    (within 255 eps for float16/bfloat16, whose levels are rounded more coarsely): one
-    reduction and one device sync per call, for the bound (never the training loss).
-    """
-    if 255 * torch.finfo(x0.dtype).eps >= 0.5:  # bfloat16: neighbouring levels collapse
-        raise ValueError(f"{name} is {x0.dtype}, which cannot hold the 256 levels -1 + 2k/255 "
-                         f"apart ({where} with {setting} would take any values): pass it as "
-                         f"float32, {name}.float()")
-    x = x0.detach()
-    x = x if x.dtype == torch.float64 else x.float()
-    tol = max(GRID_TOLERANCE, 255 * torch.finfo(x0.dtype).eps)
-    k = (x + 1) * 127.5
-    lo, hi, off = torch.stack([k.amin(), k.amax(), (k - k.round()).abs().amax()]).tolist()
-    if any(math.isnan(v) for v in (lo, hi, off)):
-        raise ValueError(f"{name} holds NaN; {where} with {setting} expects 8-bit "
-                         "images scaled to [-1, 1]")
-    xlo, xhi = lo / 127.5 - 1, hi / 127.5 - 1
-    if lo < -tol or hi > 255 + tol:
-        if xlo >= -tol and xhi > 2:
-            fix = "for pixels in 0..255 use x / 127.5 - 1"
-        else:
-            fix = f"rescale it to [-1, 1], or use {other}"
-        raise ValueError(f"{name} has values in [{xlo:.4g}, {xhi:.4g}]; {where} with "
-                         f"{setting} expects 8-bit images scaled to [-1, 1] (the "
-                         f"256 levels -1 + 2k/255): {fix}")
-    if off > tol:
-        if xlo >= -tol / 127.5:
-            fix = (f"{name} looks like images in [0, 1]: use x * 2 - 1 (as chapter 9 does), "
-                   "or companion.models.vae.to_8bit_range(x)")
-        else:
-            fix = (f"round it to the levels with companion.models.vae.quantize_8bit({name}), "
-                   f"or use {other}")
-        raise ValueError(f"{name} is not on the 8-bit grid: ({name} + 1) * 127.5 lies up to "
-                         f"{off:.3g} from an integer; {where} with {setting} "
-                         f"expects the 256 levels -1 + 2k/255 of 8-bit images: {fix}")
+GRID_TOLERANCE = checks.GRID_TOLERANCE
+_check_8bit = checks.eight_bit  # also the VAEs' discretized decoders' (models.vae)
 
 
 def _gen_for(generator: torch.Generator | None, device: torch.device):

@@ -48,17 +48,9 @@ def _as_times(tau, like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(check_time(tau, "tau"), dtype=like.dtype, device=like.device)
 
 
-def _same_shape(a, b, names: str) -> None:
-    """Two batches of one shape: a batch of 4 against one point would broadcast silently."""
-    if not (torch.is_tensor(a) and torch.is_tensor(b)) or a.shape != b.shape:
-        raise checks.ArgumentError(f"{names} must be tensors of the same shape, got "
-                                   f"{tuple(getattr(a, 'shape', ()))} and "
-                                   f"{tuple(getattr(b, 'shape', ()))}")
-
-
 def velocity_from_eps(eps_hat: torch.Tensor, x_tau: torch.Tensor, tau: float) -> torch.Tensor:
     """v = (eps_hat - x_tau) / (1 - tau), for tau < 1."""
-    _same_shape(eps_hat, x_tau, "eps_hat and x_tau")
+    checks.same_shape("eps_hat and x_tau", eps_hat, x_tau)
     tau = check_time(tau, "tau")
     if tau >= 1:
         raise ValueError("at tau = 1 the path is pure noise and the velocity is not a "
@@ -68,14 +60,12 @@ def velocity_from_eps(eps_hat: torch.Tensor, x_tau: torch.Tensor, tau: float) ->
 
 def eps_from_velocity(v: torch.Tensor, x_tau: torch.Tensor, tau: float) -> torch.Tensor:
     """eps_hat = x_tau + (1 - tau) v."""
-    _same_shape(v, x_tau, "v and x_tau")
+    checks.same_shape("v and x_tau", v, x_tau)
     return x_tau + (1 - check_time(tau, "tau")) * v
 
 
 def check_grid_size(K) -> int:
-    if not isinstance(K, int) or isinstance(K, bool) or K < 1:
-        raise ValueError(f"K (grid intervals of tau) must be a positive int, got {K!r}")
-    return K
+    return checks.count("K (grid intervals of tau, a positive int)", K)
 
 
 def flow_matching_loss(model, x0: torch.Tensor, K: int,
@@ -94,20 +84,16 @@ def flow_matching_loss(model, x0: torch.Tensor, K: int,
     tau = k.to(x0.dtype) / K
     x_tau = linear_path(x0, eps, tau)
     v = model(x_tau, k + 1)
-    if not torch.is_tensor(v) or v.shape != x0.shape:
-        raise ValueError(f"the model must return a velocity shaped like x {tuple(x0.shape)}, "
-                         f"got {tuple(getattr(v, 'shape', ()))}")
+    checks.output(v, x0.shape, who="the model", what="a velocity")
     if x0.dim() == 4:  # images, which the U-Net takes on [-1, 1]: 0..255 bytes are refused
         checks.images("x0", x0, low=-1.0, high=1.0)
     return (v.float() - (eps - x0).float()).pow(2).mean()
 
 
 def _check_model_grid(model, K: int) -> None:
-    T = getattr(getattr(model, "config", None), "T", None)
-    if isinstance(T, int) and T != K + 1:
-        raise ValueError(f"the model was built for {T} steps but the grid has K + 1 = {K + 1} "
-                         f"times: build the U-Net with preset(..., T={K + 1}), or pass "
-                         f"K = {T - 1}, the grid it was trained on")
+    checks.model_steps(model, K + 1, what=f"the grid of tau, K + 1 = {K + 1} times",
+                       fix=f"build the U-Net with preset(..., T={K + 1}), or pass the K it "
+                       "was trained on")
 
 
 def velocity_field(model, K: int):

@@ -44,28 +44,15 @@ BIN = 2.0 / 255.0  # the width of one grey level of 8-bit images on [-1, 1]
 
 def check_time(t, name: str = "t") -> float:
     """t as a float, checked to lie in [0, 1] (this module's time; the chain's steps are 1..T)."""
-    value = checks.as_float(t)  # NumPy and one-element tensors too
-    if not isinstance(value, float):
-        raise checks.ArgumentError(f"{name} must be a number in [0, 1], got {t!r:.60}")
-    if not 0.0 <= value <= 1.0:
-        hint = (" (continuous time runs over [0, 1]; a chain step s in 1..T is at about "
-                "s / T)") if value > 1 else ""
-        raise checks.ArgumentError(f"{name} must lie in [0, 1], got {value:g}{hint}")
-    return value
+    return checks.unit_time(name, t)
 
 
 def _check_batch(x, name: str = "x") -> None:
-    checks.tensor(name, x, floating=True)
-    if x.dim() < 2 or len(x) == 0:
-        raise checks.ArgumentError(f"{name} must be a non-empty batch (B, ...), got shape "
-                                   f"{tuple(x.shape)}; use x.reshape(1, -1) for one point")
+    checks.batch(name, x, min_dims=2)
 
 
 def _check_field_output(out, x, name: str = "the field") -> torch.Tensor:
-    if not torch.is_tensor(out) or out.shape != x.shape:
-        raise ValueError(f"{name} must return a tensor shaped like x {tuple(x.shape)}, got "
-                         f"{tuple(out.shape) if torch.is_tensor(out) else type(out).__name__}")
-    return out
+    return checks.output(out, x.shape, who=name, what="a value for every point")
 
 
 # --- the VP SDE ------------------------------------------------------------------------------
@@ -235,14 +222,7 @@ class ChainClock:
 
 
 # --- fixed-step solvers ----------------------------------------------------------------------
-def _check_grid(ts) -> list[float]:
-    ts = [check_time(t, "every time in ts") for t in ts]
-    if len(ts) < 2:
-        raise ValueError(f"a time grid needs at least 2 points, got {len(ts)}")
-    d = np.diff(ts)
-    if not ((d > 0).all() or (d < 0).all()):
-        raise ValueError("the time grid must be strictly monotone (increasing or decreasing)")
-    return ts
+_check_grid = checks.time_grid
 
 
 def _steps(ts):
