@@ -63,14 +63,23 @@ def _got(value) -> str:
         else f"a {type(value).__name__}"
 
 
-def count(name: str, value, minimum: int = 1) -> int:
-    """`value` as an int >= `minimum` (1 by default: a positive whole number)."""
+def count(name: str, value, minimum: int = 1, maximum: int | None = None) -> int:
+    """`value` as an int >= `minimum` (1 by default: a positive whole number) and, with
+    `maximum`, <= maximum."""
     v = as_int(value)
+    where = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
     if not isinstance(v, int) or isinstance(v, bool):
-        raise ArgumentError(f"{name} must be a whole number >= {minimum}, got {_got(value)}")
-    if v < minimum:
-        raise ArgumentError(f"{name} must be a whole number >= {minimum}, got {v}")
+        raise ArgumentError(f"{name} must be a whole number {where}, got {_got(value)}")
+    if v < minimum or (maximum is not None and v > maximum):
+        raise ArgumentError(f"{name} must be a whole number {where}, got {v}")
     return v
+
+
+def one_of(name: str, value, options, what: str = ""):
+    """`value` if it is one of `options`; `what` says what the options mean."""
+    if value not in options:
+        raise ArgumentError(f"{name} must be one of {tuple(options)}{what}, got {value!r}")
+    return value
 
 
 def real(name: str, value, *, low: float | None = None, high: float | None = None,
@@ -273,3 +282,45 @@ def eight_bit(x0: torch.Tensor, where: str, name: str = "x0",
         raise ArgumentError(f"{name} is not on the 8-bit grid: ({name} + 1) * 127.5 lies up "
                             f"to {off:.3g} from an integer; {where} with {setting} "
                             f"expects the 256 levels -1 + 2k/255 of 8-bit images: {fix}")
+
+
+def steps(t, batch: int, T: int, device) -> torch.Tensor:
+    """A chain's steps t as an int64 tensor (batch,) on `device`, checked to lie in 1..T: an
+    int, a NumPy integer, or an integer tensor of shape () or (batch,). Checking the range
+    costs one device sync: the samplers build t themselves and skip it."""
+    if isinstance(t, bool):
+        raise ArgumentError("t must be an int or an int64 tensor, got a bool")
+    t = t if torch.is_tensor(t) else as_int(t)
+    if isinstance(t, int):
+        t = torch.full((batch,), t, dtype=torch.long, device=device)
+    if not torch.is_tensor(t) or t.is_floating_point() or t.is_complex() \
+            or t.dtype == torch.bool:
+        raise ArgumentError(f"t must be an int or an integer tensor of steps in 1..{T}, "
+                            f"got {t!r:.80}")
+    t = t.to(device=device, dtype=torch.long)
+    if t.dim() == 0:
+        t = t.expand(batch)
+    if t.shape != (batch,):
+        raise ArgumentError(f"t must have shape ({batch},), one step per image, got "
+                            f"{tuple(t.shape)}")
+    lo, hi = int(t.min()), int(t.max())
+    if lo < 1 or hi > T:
+        hint = " (steps count from 1: x_0 is the data; add 1 to 0-based indices)" \
+            if lo == 0 else ""
+        raise ArgumentError(f"t must lie in 1..T = 1..{T}, got values in {lo}..{hi}{hint}")
+    return t
+
+
+def schedule(name: str, values) -> torch.Tensor:
+    """A noise schedule (betas): a 1-D tensor of length T >= 1, every value in (0, 1)."""
+    if not torch.is_tensor(values):
+        raise ArgumentError(f"{name} must be a 1-D torch tensor, got {type(values).__name__}; "
+                            "use linear_betas(T) or cosine_betas(T)")
+    if values.dim() != 1 or len(values) < 1:
+        raise ArgumentError(f"{name} must be a 1-D tensor of length T >= 1, got shape "
+                            f"{tuple(values.shape)}")
+    b = values.detach().double()
+    if not torch.isfinite(b).all() or (b <= 0).any() or (b >= 1).any():
+        raise ArgumentError(f"every {name[:-1] if name.endswith('s') else name} must lie in "
+                            f"(0, 1), got min {b.min().item():g} and max {b.max().item():g}")
+    return values

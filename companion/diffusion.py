@@ -103,9 +103,7 @@ def spaced_timesteps(T: int, n_steps: int) -> list[int]:
     Rounds half up, so that the steps are distinct whenever n_steps <= T.
     """
     T = _check_T(T)
-    n_steps = checks.as_int(n_steps)
-    if not isinstance(n_steps, int) or isinstance(n_steps, bool) or not 1 <= n_steps <= T:
-        raise checks.ArgumentError(f"n_steps must be an int in 1..T = 1..{T}, got {n_steps!r}")
+    n_steps = checks.count("n_steps", n_steps, maximum=T)
     if n_steps == 1:
         return [T]
     pos = torch.linspace(1, T, n_steps, dtype=torch.float64)
@@ -223,16 +221,7 @@ class Diffusion:
     """
 
     def __init__(self, betas: torch.Tensor, device: torch.device | str | None = None):
-        if not torch.is_tensor(betas):
-            raise TypeError(f"betas must be a 1-D torch tensor, got {type(betas).__name__}; "
-                            "use linear_betas(T) or cosine_betas(T)")
-        if betas.dim() != 1 or len(betas) < 1:
-            raise ValueError(f"betas must be a 1-D tensor of length T >= 1, got shape "
-                             f"{tuple(betas.shape)}")
-        b = betas.detach().to(torch.float64).cpu()
-        if not torch.isfinite(b).all() or (b <= 0).any() or (b >= 1).any():
-            raise ValueError(f"every beta must lie in (0, 1), got min {b.min().item():g} and "
-                             f"max {b.max().item():g}")
+        b = checks.schedule("betas", betas).detach().to(torch.float64).cpu()
         self.T = len(b)
         device = torch.device(device) if device is not None else betas.device
         zero = torch.zeros(1, dtype=torch.float64)
@@ -291,27 +280,7 @@ class Diffusion:
 
         Checking the range costs one device sync: the samplers build t themselves and skip it.
         """
-        if isinstance(t, bool):
-            raise TypeError("t must be an int or an int64 tensor, got a bool")
-        t = t if torch.is_tensor(t) else checks.as_int(t)  # NumPy integers too
-        if isinstance(t, int):
-            t = torch.full((batch,), t, dtype=torch.long, device=self.device)
-        if not torch.is_tensor(t) or t.is_floating_point() or t.is_complex() \
-                or t.dtype == torch.bool:
-            raise TypeError(f"t must be an int or an integer tensor of steps in 1..{self.T}, "
-                            f"got {t!r:.80}")
-        t = t.to(device=self.device, dtype=torch.long)
-        if t.dim() == 0:
-            t = t.expand(batch)
-        if t.shape != (batch,):
-            raise ValueError(f"t must have shape ({batch},), one step per image, got "
-                             f"{tuple(t.shape)}")
-        lo, hi = int(t.min()), int(t.max())
-        if lo < 1 or hi > self.T:
-            hint = " (steps count from 1: x_0 is the data; add 1 to 0-based indices)" \
-                if lo == 0 else ""
-            raise ValueError(f"t must lie in 1..T = 1..{self.T}, got values in {lo}..{hi}{hint}")
-        return t
+        return checks.steps(t, batch, self.T, self.device)
 
     @staticmethod
     def _at(buf: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -450,9 +419,6 @@ class Diffusion:
     def _p_from_eps(self, x_t, t, eps, variance, clip):
         _check_eps(eps, x_t.shape, "x_t")
         eps = eps.to(x_t.dtype)
-        if eps.shape != x_t.shape:
-            raise ValueError(f"eps_model returned shape {tuple(eps.shape)} for x_t of shape "
-                             f"{tuple(x_t.shape)}; it must predict the noise, same shape")
         x0 = self._x0_from_eps(x_t, t, eps)
         if clip:
             x0 = x0.clamp(-1, 1)
@@ -474,12 +440,8 @@ class Diffusion:
         x0: (B, ...) -> scalar, the mean squared error over every element of the batch.
         Input checks here are on type and shape only (free: this runs every training step).
         """
-        _check_data(x0, "x0")
+        _check_data(x0, "x0")  # an empty batch too: the mean over no images is NaN
         self._check_model_T(eps_model)
-        if len(x0) == 0:
-            raise ValueError(f"simple_loss got an empty batch, x0 of shape {tuple(x0.shape)}: "
-                             "the mean over no images is NaN; pass at least one image "
-                             "(check the batch size and the data slice)")
         t = torch.randint(1, self.T + 1, (len(x0),), device=x0.device,
                           generator=_gen_for(generator, x0.device))
         noise = _randn(x0.shape, x0, generator)
@@ -551,10 +513,7 @@ class Diffusion:
         + sig z, sig = eta sqrt((1 - abar_r) / (1 - abar_s)) sqrt(1 - abar_s / abar_r).
         The last step returns the predicted x_0 without noise.
         """
-        eta = checks.as_float(eta)
-        if not isinstance(eta, float) or not 0 <= eta < math.inf:
-            raise checks.ArgumentError(f"eta must be a number >= 0 (0: deterministic DDIM, 1: "
-                                       f"DDPM-like), got {eta!r}")
+        eta = checks.real("eta (0: deterministic DDIM, 1: DDPM-like)", eta, low=0.0)
         steps = spaced_timesteps(self.T, n_steps)
         x = _start(shape, x_T, generator, device or self.device)
         abar = self.alphas_bar_.to(x.device)
@@ -760,15 +719,13 @@ def _shape_of(v) -> str:
 
 # --- helpers ----------------------------------------------------------------------------------
 def _check_variance(variance: str) -> None:
-    if variance not in VARIANCES:
-        raise ValueError(f"variance must be one of {VARIANCES} (sigma_t^2 = beta_t or the "
-                         f"posterior variance beta_tilde_t), got {variance!r}")
+    checks.one_of("variance", variance, VARIANCES, " (sigma_t^2 = beta_t or the posterior "
+                  "variance beta_tilde_t)")
 
 
 def _check_decoder(decoder: str) -> None:
-    if decoder not in DECODERS:
-        raise ValueError(f"decoder must be 'discretized' (8-bit images on [-1, 1]) or "
-                         f"'gaussian' (real-valued data), got {decoder!r}")
+    checks.one_of("decoder", decoder, DECODERS, " ('discretized': 8-bit images on [-1, 1]; "
+                  "'gaussian': real-valued data)")
 
 
 def _check_data(x, name: str) -> None:
