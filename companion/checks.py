@@ -324,3 +324,15 @@ def schedule(name: str, values) -> torch.Tensor:
         raise ArgumentError(f"every {name[:-1] if name.endswith('s') else name} must lie in "
                             f"(0, 1), got min {b.min().item():g} and max {b.max().item():g}")
     return values
+
+
+def unit_times(name: str, t: torch.Tensor, n: int) -> torch.Tensor:
+    """One real time in [0, 1] per point: a float tensor (n,), NaN refused (one sync)."""
+    if t.shape != (n,):
+        raise ArgumentError(f"{name} must be a number or one time per point ({n},), got "
+                            f"{tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise ArgumentError(f"{name} must hold real times in [0, 1], got {t.dtype}")
+    if not bool(((t >= 0) & (t <= 1)).all()):  # NaN too
+        raise ArgumentError(f"{name} must lie in [0, 1] (0 the data, 1 the noise)")
+    return t

@@ -26,10 +26,7 @@ from .sde import _check_batch, check_time, interpolate_steps
 
 def linear_path(x0: torch.Tensor, eps: torch.Tensor, tau) -> torch.Tensor:
     """x_tau = (1 - tau) x_0 + tau eps.  x0, eps: (B, ...); tau a float or (B,)."""
-    _check_batch(x0, "x0")
-    if eps.shape != x0.shape:
-        raise ValueError(f"x0 and eps must have the same shape, got {tuple(x0.shape)} and "
-                         f"{tuple(eps.shape)}")
+    checks.same_shape("x0 and eps", _check_batch(x0, "x0"), eps)
     tau = _as_times(tau, x0)
     return (1 - tau) * x0 + tau * eps
 
@@ -37,13 +34,7 @@ def linear_path(x0: torch.Tensor, eps: torch.Tensor, tau) -> torch.Tensor:
 def _as_times(tau, like: torch.Tensor) -> torch.Tensor:
     """tau shaped (B, 1, ..., 1) (or a 0-dim tensor), checked to lie in [0, 1]."""
     if torch.is_tensor(tau) and tau.dim() > 0:
-        if tau.shape != (len(like),):
-            raise ValueError(f"tau must be a number or one time per point ({len(like)},), got "
-                             f"{tuple(tau.shape)}")
-        if tau.is_floating_point() is False:
-            raise TypeError(f"tau must hold real times in [0, 1], got {tau.dtype}")
-        if not bool(((tau >= 0) & (tau <= 1)).all()):  # NaN too
-            raise ValueError("tau must lie in [0, 1] (0 the data, 1 the noise)")
+        tau = checks.unit_times("tau", tau, len(like))
         return tau.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
     return torch.tensor(check_time(tau, "tau"), dtype=like.dtype, device=like.device)
 
@@ -91,9 +82,8 @@ def flow_matching_loss(model, x0: torch.Tensor, K: int,
 
 
 def _check_model_grid(model, K: int) -> None:
-    checks.model_steps(model, K + 1, what=f"the grid of tau, K + 1 = {K + 1} times",
-                       fix=f"build the U-Net with preset(..., T={K + 1}), or pass the K it "
-                       "was trained on")
+    checks.model_steps(model, K + 1, what=f"the grid of tau, K + 1 = {K + 1} times", fix=f"build "
+                       f"the U-Net with preset(..., T={K + 1}), or pass the K it was trained on")
 
 
 def velocity_field(model, K: int):
@@ -108,8 +98,7 @@ def velocity_field(model, K: int):
 
 def uniform_grid(n_steps: int) -> list[float]:
     """n_steps + 1 times from tau = 1 (noise) down to 0 (data), evenly spaced."""
-    if not isinstance(n_steps, int) or isinstance(n_steps, bool) or n_steps < 1:
-        raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
+    n_steps = checks.count("n_steps (a positive int)", n_steps)
     return [1 - k / n_steps for k in range(n_steps + 1)]
 
 

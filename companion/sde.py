@@ -47,8 +47,8 @@ def check_time(t, name: str = "t") -> float:
     return checks.unit_time(name, t)
 
 
-def _check_batch(x, name: str = "x") -> None:
-    checks.batch(name, x, min_dims=2)
+def _check_batch(x, name: str = "x") -> torch.Tensor:
+    return checks.batch(name, x, min_dims=2)
 
 
 def _check_field_output(out, x, name: str = "the field") -> torch.Tensor:
@@ -114,8 +114,7 @@ class VPSDE:
     def discrete_betas(self, T: int) -> torch.Tensor:
         """beta_i = beta((i - 1) / (T - 1)) / T for i = 1..T, float64 (T,): Ho et al.'s linear
         schedule 1e-4..0.02 scaled by 1000 / T for the default beta_min, beta_max."""
-        if not isinstance(T, int) or isinstance(T, bool) or T < 2:
-            raise ValueError(f"T must be an int >= 2, got {T!r}")
+        T = checks.count("T", T, minimum=2)
         s = torch.linspace(0, 1, T, dtype=torch.float64)
         return (self.beta_min + s * (self.beta_max - self.beta_min)) / T
 
@@ -191,8 +190,7 @@ class ChainClock:
 
     def time(self, s: int) -> float:
         """The SDE time at which alpha_bar(t) equals the chain's alpha_bar_s, s in 1..T."""
-        if not isinstance(s, int) or not 1 <= s <= self.T:
-            raise ValueError(f"s must be an int step in 1..{self.T}, got {s!r}")
+        s = checks.count("s (a step of the chain)", s, maximum=self.T)
         return self.sde.time_of(math.exp(self.log_ab[s]))
 
     def step(self, t: float) -> float:
@@ -324,9 +322,8 @@ def divergence_exact(field: Field, x: torch.Tensor, t: float) -> tuple[torch.Ten
 def rademacher(n: int, shape, *, dtype=torch.float32, device=None,
                generator: torch.Generator | None = None) -> torch.Tensor:
     """n probes of +-1 with equal probability: (n, *shape). Zero mean, identity covariance."""
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"the number of probes must be a positive int, got {n!r}: "
-                         "Hutchinson's estimator needs at least one probe")
+    n = checks.count("the number of probes (Hutchinson's estimator needs at least one probe)",
+                     n)
     r = torch.randint(0, 2, (n, *shape), device=device, generator=generator)
     return (2 * r - 1).to(dtype)
 
@@ -457,6 +454,5 @@ def dequantize(x: torch.Tensor, generator: torch.Generator | None = None) -> tor
 
 def bits_per_dim(log_p: torch.Tensor, dims: int) -> torch.Tensor:
     """The discrete bound from a dequantized log-density (nats): -log_p / (D ln 2) + log2(255/2)."""
-    if not isinstance(dims, int) or dims < 1:
-        raise ValueError(f"dims must be a positive int, got {dims!r}")
+    dims = checks.count("dims", dims)
     return -log_p / (dims * math.log(2)) - math.log2(BIN)

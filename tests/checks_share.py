@@ -6,7 +6,9 @@
 
 The rule. A *code line* is a physical line of a statement outside docstrings, blank lines
 and comments. A *check line* is a code line of:
-  1. an `if` whose body only raises (its condition and its raise, message included);
+  1. an `if` whose body only raises an argument error (ValueError, TypeError or
+     companion's ArgumentError; not a solver's RuntimeError), its condition and its
+     raise, message included;
   2. a statement that calls an argument check and does nothing else: a call to a
      function of `companion.checks`, or to a function whose name starts with `check` or
      `_check`, alone or assigned (`T = checks.count("T", T)`);
@@ -56,8 +58,17 @@ def _is_check_call(node: ast.AST) -> bool:
     return name.startswith(("check", "_check"))
 
 
+ARGUMENT_ERRORS = {"ValueError", "TypeError", "ArgumentError"}
+
+
+def _raised(node: ast.Raise) -> str:
+    exc = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+    return exc.attr if isinstance(exc, ast.Attribute) else getattr(exc, "id", "")
+
+
 def _only_raises(body: list[ast.stmt]) -> bool:
-    return bool(body) and all(isinstance(s, ast.Raise) for s in body)
+    return bool(body) and all(isinstance(s, ast.Raise) and _raised(s) in ARGUMENT_ERRORS
+                              for s in body)
 
 
 def check_lines(tree: ast.AST) -> set[int]:
