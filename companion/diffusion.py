@@ -646,8 +646,7 @@ class Diffusion:
         """
         _check_variance(variance)
         _check_decoder(decoder)
-        if not isinstance(draws, int) or draws < 1:
-            raise ValueError(f"draws must be a positive int, got {draws!r}")
+        draws = checks.count("draws", draws)
         _check_data(x0, "x0")
         B = len(x0)
         if B < 2:

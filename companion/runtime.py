@@ -82,10 +82,7 @@ def setup(seed: int = 0, profile: str | None = None, device: str | None = None,
     threads only add synchronization cost.
     """
     if threads is not None:
-        threads = checks.as_int(threads)
-        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-            raise checks.ArgumentError(f"threads must be at least 1 (a whole number), got "
-                                       f"{threads!r}")
+        threads = checks.count("threads (at least 1)", threads)
         torch.set_num_threads(threads)
     seed_everything(seed)
     prof = get_profile(profile)

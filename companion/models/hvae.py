@@ -365,8 +365,7 @@ class MarkovianHVAE(_ImageModel):
         super().__init__()
         for name, v in (("T", T), ("latent_dim", latent_dim), ("hidden", hidden),
                         ("step_hidden", step_hidden)):
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+            checks.count(name, v)
         self.T, self.latent_dim = T, latent_dim
         self.latent_dims = (latent_dim,) * T
         self.m = T

@@ -197,9 +197,7 @@ class VAE(nn.Module):
             raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
-        latent_dim = checks.as_int(latent_dim)  # NumPy integers too
-        if not isinstance(latent_dim, int) or isinstance(latent_dim, bool) or latent_dim < 1:
-            raise checks.ArgumentError(f"latent_dim must be a positive int, got {latent_dim!r}")
+        latent_dim = checks.count("latent_dim (a positive int)", latent_dim)
         self.latent_dim, self.arch, self.likelihood = latent_dim, arch, likelihood
         hidden = tuple(checks.count(f"hidden[{i}] (a layer's width)", h)
                        for i, h in enumerate(hidden))
