@@ -178,6 +178,7 @@ def test_15_a_foreign_checkpoint_is_not_left_at_the_ddpm_path(tmp_path, monkeypa
     assert not recipes.ddpm_checkpoint(p).exists()
 
 
+@pytest.mark.slow
 def test_15_ddpms_copy_of_the_early_checkpoint_is_atomic(tmp_path, monkeypatch):
     monkeypatch.setenv("BOOK_CACHE", str(tmp_path))
     p = profiles.get_profile("ci")
