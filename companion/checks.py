@@ -336,3 +336,13 @@ def unit_times(name: str, t: torch.Tensor, n: int) -> torch.Tensor:
     if not bool(((t >= 0) & (t <= 1)).all()):  # NaN too
         raise ArgumentError(f"{name} must lie in [0, 1] (0 the data, 1 the noise)")
     return t
+
+
+def same_device(owner: str, held, like, fix: str, *more, kind_only: bool = False) -> None:
+    """`held` (a tensor or a generator of `owner`'s) and every tensor in `more` on the device
+    of `like` (a tensor or a device); `kind_only`: the device type (cuda vs cpu) suffices."""
+    want = like.device if torch.is_tensor(like) else torch.device(like)
+    for h in (held, *more):
+        have = h.device
+        if (have.type != want.type) if kind_only else (have != want):
+            raise ArgumentError(f"{owner} lives on {have} but the tensors on {want}: {fix}")

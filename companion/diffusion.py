@@ -285,10 +285,8 @@ class Diffusion:
     @staticmethod
     def _at(buf: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """buf[t] shaped to broadcast against `like` (B, ...): (B, 1, ..., 1), like's dtype."""
-        if buf.device != like.device or t.device != like.device:
-            raise ValueError(f"this Diffusion lives on {buf.device} but the tensors on "
-                             f"{like.device}: create it with Diffusion(betas, device=...) or "
-                             "move it with .to(device)")
+        checks.same_device("this Diffusion", buf, like, "create it with Diffusion(betas, "
+                           "device=...) or move it with .to(device)", t)
         return buf[t].to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
 
     def _check_pair(self, a: torch.Tensor, b: torch.Tensor, na: str, nb: str) -> None:
@@ -695,12 +693,8 @@ def annealed_langevin(score_fn, x: torch.Tensor, levels, step_sizes, n_steps: in
     _check_data(x, "x")
 
     def score(x, level):
-        s = score_fn(x, level)
-        if not torch.is_tensor(s) or s.shape != x.shape:
-            raise checks.ArgumentError(
-                f"score_fn(x, level) returned {_shape_of(s)} for x of shape "
-                f"{tuple(x.shape)}; it must return the score, of x's shape")
-        return s
+        return checks.output(score_fn(x, level), x.shape, who="score_fn(x, level)",
+                             what="the score")
 
     x = x.clone()
     for level, a in progress(list(zip(levels, step_sizes, strict=True)), desc="Langevin",
@@ -710,10 +704,6 @@ def annealed_langevin(score_fn, x: torch.Tensor, levels, step_sizes, n_steps: in
     if final_denoise:
         x = x + 0.5 * step_sizes[-1] * score(x, levels[-1])
     return x
-
-
-def _shape_of(v) -> str:
-    return f"shape {tuple(v.shape)}" if torch.is_tensor(v) else f"a {type(v).__name__}"
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -740,10 +730,10 @@ _check_8bit = checks.eight_bit  # also the VAEs' discretized decoders' (models.v
 
 
 def _gen_for(generator: torch.Generator | None, device: torch.device):
-    if generator is not None and generator.device.type != torch.device(device).type:
-        raise ValueError(f"the generator lives on {generator.device} but the tensors on "
-                         f"{device}; pass torch.Generator(device={str(device)!r}) so that "
-                         "noise is drawn where it is used (no copy and sync per step)")
+    if generator is not None:
+        checks.same_device("the generator", generator, device, f"pass torch.Generator("
+                           f"device={str(device)!r}) so that noise is drawn where it is used "
+                           "(no copy and sync per step)", kind_only=True)
     return generator
 
 
