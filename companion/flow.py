@@ -42,10 +42,8 @@ def _as_times(tau, like: torch.Tensor) -> torch.Tensor:
 def velocity_from_eps(eps_hat: torch.Tensor, x_tau: torch.Tensor, tau: float) -> torch.Tensor:
     """v = (eps_hat - x_tau) / (1 - tau), for tau < 1."""
     checks.same_shape("eps_hat and x_tau", eps_hat, x_tau)
-    tau = check_time(tau, "tau")
-    if tau >= 1:
-        raise ValueError("at tau = 1 the path is pure noise and the velocity is not a "
-                         "function of eps: use tau < 1")
+    tau = checks.real("tau (use tau < 1: at tau = 1 the path is pure noise, and the velocity "
+                      "no function of eps)", tau, low=0.0, high=1.0, open_high=True)
     return (eps_hat - x_tau) / (1 - tau)
 
 
