@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from . import checks
 from .toy import LOG_2PI, LinearGaussian
 
 PARAMS = ("a", "b", "t", "c", "v", "s")
@@ -73,8 +74,7 @@ class AffineVAE(nn.Module):
     def __init__(self, d: int, init: dict | None = None, learn=PARAMS,
                  generator: torch.Generator | None = None):
         super().__init__()
-        if not isinstance(d, int) or d < 1:
-            raise ValueError(f"d must be a positive int, got {d!r}")
+        d = checks.count("d (a positive int)", d)
         unknown = set(learn) - set(PARAMS) | set(init or {}) - set(PARAMS)
         if unknown:
             raise ValueError(f"unknown parameter names {sorted(unknown)}; use {PARAMS}")

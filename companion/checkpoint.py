@@ -6,9 +6,16 @@
 - the run's identity (model, configuration, data, optimizer, EMA, batch size) and what
   differs when a checkpoint belongs to another run (`identity`, `check_identity`);
 - the random state a step draws from (`rng_state`, `set_rng_state`);
-- a lock on the path while a run trains into it (`PathLock`);
+- a lock on the path while a run trains into it (`PathLock`), and the check, before any
+  training, that a checkpoint can be written there (`check_writable`);
 - atomic saves with a checksum of the whole file, and loads that refuse a damaged or
   foreign file (`save_checkpoint`, `load_checkpoint`).
+
+One serializer rule (`storable`): a checkpoint holds tensors, None, bools, ints, floats,
+strings, and dicts, lists and tuples of them (what a weights_only load reads back). NumPy
+scalars are stored as the Python numbers they equal; anything else (a NumPy array, an
+object) is refused when saving, naming where it sits, so that whatever `save_checkpoint`
+writes, `read_checkpoint` reads; `fit` runs the same check before its first step.
 
 Checkpoints written before the whole-file checksum (no "digest" key) are checked as they
 were: their tensors' checksum, the identity fields they have.
@@ -18,14 +25,18 @@ from __future__ import annotations
 
 import array
 import atexit
+import errno
 import math
 import numbers
 import os
 import shutil
+import socket
+import stat
 import struct
 import sys
 import tempfile
 import threading
+import time
 import warnings
 import zlib
 from pathlib import Path
@@ -107,20 +118,27 @@ _HELD_GUARD = threading.Lock()
 class PathLock:
     """An exclusive lock on `<checkpoint>.lock` while a run trains into the checkpoint.
 
-    A second run that wants the same checkpoint waits (saying whom for) until the first is
-    done, then loads or resumes what it saved: two runs never write one file at once, and
-    notebooks executed in parallel that share a model (chapters 9 and 10) train it once.
-    Within one process waiting would never end, so a second fit there is an error (known
-    from this process's own list, not from the file, which a full disk may leave empty).
-    fcntl.flock locks an open file, so the kernel drops the lock when its process dies: a
-    killed run leaves no stale lock. Without fcntl (Windows) there is no lock. Use as a
+    A second run that wants the same checkpoint waits (saying who holds it: process, host,
+    since when) until the first is done, then loads or resumes what it saved: two runs never
+    write one file at once, and notebooks executed in parallel that share a model (chapters
+    9 and 10) train it once. The wait polls, so Ctrl-C stops it at once; `timeout` seconds
+    (None: no limit) end it with CheckpointBusyError. Within one process waiting would never
+    end, so a second fit there is an error (known from this process's own list of the lock
+    files it holds, by their real path, so a symlinked folder is the same folder). fcntl.flock
+    locks an open file, so the kernel drops the lock when its process dies: a killed run
+    leaves no stale lock. Without fcntl (Windows), or on a file system that cannot lock
+    (some FUSE mounts, NFS without lockd: a warning says so), there is no lock. Use as a
     context manager; it also removes temporary files that killed saves left beside the path.
     """
 
-    def __init__(self, path: Path):
+    POLL = 0.2  # seconds between tries while waiting
+
+    def __init__(self, path: Path, timeout: float | None = None):
         self.path = Path(path)
         self.file = self.path.with_name(self.path.name + ".lock")
         self.fd: int | None = None
+        self.timeout = timeout
+        self.key = os.path.join(os.path.realpath(self.file.parent), self.file.name)
 
     def __enter__(self) -> PathLock:
         self.acquire()
@@ -130,15 +148,14 @@ class PathLock:
         self.release()
 
     def acquire(self) -> None:
-        key = os.path.abspath(self.file)
         with _HELD_GUARD:
-            if key in _HELD:
+            if self.key in _HELD:
                 raise CheckpointBusyError(
                     f"this process is already training into {self.path} (another fit, in a "
                     "thread or a loss function, holds it): two runs writing one checkpoint "
                     "would overwrite each other's steps. Pass this run a different "
                     "checkpoint path.")
-            _HELD.add(key)
+            _HELD.add(self.key)
         try:
             if fcntl is not None:
                 self.fd = self._lock_file()
@@ -147,19 +164,42 @@ class PathLock:
             self.release()
             raise
 
-    def _lock_file(self) -> int:
+    def _lock_file(self) -> int | None:
+        said, start = False, time.monotonic()
         while True:
-            fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.file, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o644)
             try:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
-                    holder = os.read(fd, 32).decode(errors="replace").strip()
-                    print(f"another run (process {holder or '?'}) is training into "
-                          f"{self.path}; waiting for it to finish, then this run loads or "
-                          "resumes its checkpoint (interrupt to stop waiting)",
-                          file=sys.stderr, flush=True)
-                    fcntl.flock(fd, fcntl.LOCK_EX)
+                except OSError as err:
+                    if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                        os.close(fd)
+                        warnings.warn(
+                            f"the folder {self.path.parent} cannot lock files ({err}): "
+                            "training without the lock, so two runs into this checkpoint "
+                            "at once would overwrite each other's steps. Keep checkpoints on "
+                            "a local disk (set BOOK_CACHE to a local folder) to have it.",
+                            stacklevel=5)
+                        return None
+                    waited = time.monotonic() - start
+                    if self.timeout is not None and waited >= self.timeout:
+                        raise CheckpointBusyError(
+                            f"gave up after waiting {waited:.0f} s (lock_timeout) for "
+                            f"{self._holder(fd)}, which trains into {self.path}. Run again "
+                            "when it is done, or pass another checkpoint path.") from None
+                    if not said:
+                        limit = ("no time limit: pass lock_timeout= to give up after a while"
+                                 if self.timeout is None
+                                 else f"giving up after {self.timeout:g} s (lock_timeout)")
+                        print(f"{self._holder(fd)} is training into {self.path}; waiting "
+                              "for it to finish, then this run loads or resumes its "
+                              f"checkpoint ({limit}; Ctrl-C stops waiting; another "
+                              "checkpoint path trains separately)", file=sys.stderr,
+                              flush=True)
+                        said = True
+                    os.close(fd)
+                    time.sleep(self.POLL)
+                    continue
                 # the holder before us may have removed the file between our open and lock
                 try:
                     same = os.fstat(fd).st_ino == os.stat(self.file).st_ino
@@ -168,29 +208,54 @@ class PathLock:
                 if same:
                     try:  # who holds it, for a waiting run's message; a full disk may refuse
                         os.ftruncate(fd, 0)
-                        os.write(fd, f"{os.getpid()}\n".encode())
+                        os.write(fd, f"{os.getpid()} {socket.gethostname()} "
+                                     f"{time.time():.0f}\n".encode())
                     except OSError:
                         pass
                     return fd
             except BaseException:
-                os.close(fd)
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
                 raise
             os.close(fd)
 
+    @staticmethod
+    def _holder(fd: int) -> str:
+        """'another run (process 123 on host, since 05:31:02 UTC)', as far as it wrote."""
+        try:
+            words = os.pread(fd, 256, 0).decode(errors="replace").split()
+        except OSError:
+            words = []
+        who = f"process {words[0]}" if words else "process ?"
+        if len(words) > 1:
+            who += f" on {words[1]}"
+        if len(words) > 2:
+            try:
+                since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(words[2])))
+                who += f", since {since}"
+            except ValueError:
+                pass
+        return f"another run ({who})"
+
     def release(self) -> None:
         if self.fd is not None:
-            try:
-                self.file.unlink(missing_ok=True)  # while still holding it: see _lock_file
+            try:  # while still holding it: see _lock_file
+                self.file.unlink(missing_ok=True)
+            except OSError:  # a folder turned read-only: the lock goes with the descriptor
+                pass
             finally:
                 os.close(self.fd)
                 self.fd = None
         with _HELD_GUARD:
-            _HELD.discard(os.path.abspath(self.file))
+            _HELD.discard(self.key)
 
 
-def _tmp_name(path: Path) -> Path:
+def _tmp_name(path: Path, thread: int | None = None) -> Path:
     """A temporary name of this process and thread's: two runs never move each other's."""
-    return path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    thread = threading.get_ident() if thread is None else thread
+    return path.with_name(f"{path.name}.{os.getpid()}.{thread}.tmp")
 
 
 def _remove_stale_tmp(path: Path) -> None:
@@ -302,16 +367,25 @@ def optimizer_identity(optimizer) -> dict:
     return {"type": type(optimizer).__name__, "defaults": keep}
 
 
+def structure(model: nn.Module) -> list[str]:
+    """The module tree as text, one line per module: its name, class and non-parameter
+    settings (`extra_repr`: "p=0.5", "in_features=3, ..."), e.g. "1: Tanh()". Two models of
+    the same parameter shapes differ here when an activation or a dropout rate does."""
+    return [f"{name or '(model)'}: {type(m).__name__}({m.extra_repr()})"
+            for name, m in model.named_modules()]
+
+
 def identity(model: nn.Module, config: dict | None, tensors=(), optimizer=None,
              ema: float | None = None, batch_size: int | None = None) -> dict:
-    """What makes a checkpoint this run's: the model's class and size, `config`, the data's
-    fingerprint, the optimizer, the EMA decay and the batch size (which, with the data's
-    size, decides what a step count means)."""
+    """What makes a checkpoint this run's: the model's class, size and module tree,
+    `config`, the data's fingerprint, the optimizer, the EMA decay and the batch size
+    (which, with the data's size, decides what a step count means)."""
     if config is not None and not isinstance(config, dict):
         raise TypeError(f"config must be a dict, got {type(config).__name__}")
     ident = {
         "model": type(model).__qualname__,
         "n_params": sum(p.numel() for p in model.parameters()),
+        "structure": structure(model),
         "config": {str(k): plain(v, str(k)) for k, v in (config or {}).items()},
     }
     if tensors:
@@ -363,6 +437,18 @@ def _data_difference(saved: list, now: list) -> str:
     return ""
 
 
+def _structure_difference(saved: list, now: list) -> str:
+    """'' when the module trees agree, else the first few lines that differ."""
+    if list(saved) == list(now):
+        return ""
+    pairs = [(a, b) for a, b in zip(saved, now, strict=False) if a != b][:3]
+    said = "; ".join(f"checkpoint {a!r}, this run {b!r}" for a, b in pairs)
+    if len(saved) != len(now):
+        said += (("; " if said else "") + f"checkpoint {len(saved)} modules, "
+                 f"this run {len(now)}")
+    return said
+
+
 def check_identity(path: Path, saved: dict, expected: dict) -> None:
     """Raise CheckpointMismatchError naming every difference between the identity a
     checkpoint holds and this run's (a field the checkpoint lacks is not compared: older
@@ -371,6 +457,10 @@ def check_identity(path: Path, saved: dict, expected: dict) -> None:
     for key in ("model", "n_params"):
         if saved.get(key) != expected[key]:
             diffs.append(f"{key}: checkpoint has {saved.get(key)!r}, this run {expected[key]!r}")
+    if "structure" in saved and "structure" in expected:
+        why = _structure_difference(saved["structure"], expected["structure"])
+        if why:
+            diffs.append(f"module tree: {why}")
     if "data" in saved and "data" in expected:
         why = _data_difference(saved["data"], expected["data"])
         if why:
@@ -465,20 +555,110 @@ def all_finite(*modules_and_states) -> bool:
 
 
 # --- writing and reading -------------------------------------------------------------------
+_PLAIN = (type(None), bool, int, float, str, torch.dtype, torch.device)
+
+
+def storable(obj, key: str = "checkpoint"):
+    """`obj` as a checkpoint stores it (the module's serializer rule): tensors and plain
+    values as they are, NumPy scalars as the Python numbers they equal, dicts, lists and
+    tuples entry by entry (the same object when nothing in it changes: a state_dict keeps
+    its metadata); anything else raises CheckpointSaveError naming `key` and the place."""
+    if torch.is_tensor(obj) or type(obj) in _PLAIN:
+        return obj
+    if _numpy_scalar(obj):  # np.float32(0.5), np.int64(3), np.bool_(True)
+        return obj.item()
+    for plain_type in (bool, int, float, str):  # a subclass: an IntEnum, a str enum
+        if isinstance(obj, plain_type):
+            return plain_type(obj)
+    if isinstance(obj, dict):
+        out = {k: storable(v, f"{key}[{k!r}]") for k, v in obj.items()}
+        return obj if all(out[k] is obj[k] for k in obj) else out
+    if isinstance(obj, (list, tuple)):
+        items = [storable(v, f"{key}[{i}]") for i, v in enumerate(obj)]
+        if all(a is b for a, b in zip(items, obj, strict=True)):
+            return obj
+        return items if isinstance(obj, list) else tuple(items)
+    if type(obj).__module__ == "numpy":
+        what = f"a NumPy array of shape {tuple(getattr(obj, 'shape', ()))}"
+        fix = "store torch.from_numpy(a) (or a.tolist()) instead"
+    else:
+        what, fix = f"a {type(obj).__name__}", ("store tensors, numbers, strings, or lists "
+                                                "and dicts of them")
+    raise CheckpointSaveError(f"{key} holds {what}, which a checkpoint cannot store (a "
+                              f"weights_only load would refuse it): {fix}")
+
+
+def _numpy_scalar(obj) -> bool:
+    np = sys.modules.get("numpy")  # no NumPy imported: no NumPy scalar exists
+    return np is not None and isinstance(obj, np.generic)
+
+
+def check_storable(**parts) -> None:
+    """Raise CheckpointSaveError unless every part (a model's state_dict, an optimizer's,
+    ...) can be stored: what fit checks before its first step, not after its last."""
+    for key, part in parts.items():
+        storable(part, key)
+
+
 def check_writable(path: Path) -> None:
-    """Raise CheckpointSaveError unless a checkpoint can be written at `path`."""
+    """Raise CheckpointSaveError unless a checkpoint can be written at `path`: it is a
+    regular file or absent (a directory or a FIFO is refused: opening a FIFO would block),
+    its name and its temporary and lock files' names fit the file system's limit, and its
+    folder takes a new file."""
     path = Path(path)
-    if path.is_dir():
-        raise CheckpointSaveError(f"checkpoint path {path} is a directory; pass a file name "
-                                  f"such as {path}/model.pt")
+    for p in (path, path.with_name(path.name + ".lock")):
+        try:
+            mode = p.stat().st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as err:
+            raise CheckpointSaveError(f"cannot use checkpoint path {p} ({err}); pass "
+                                      "checkpoint= a writable path, or set BOOK_CACHE") from err
+        if stat.S_ISDIR(mode) and p == path:
+            raise CheckpointSaveError(f"checkpoint path {path} is a directory; pass a file "
+                                      f"name such as {path}/model.pt")
+        if not stat.S_ISREG(mode):
+            raise CheckpointSaveError(f"{p} is not a regular file (a FIFO, a socket or a "
+                                      "device: reading it could wait for ever); pass a file "
+                                      "name of its own as checkpoint=")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CheckpointSaveError(f"cannot write checkpoints to {path.parent} ({err}); pass "
+                                  "checkpoint= a writable path, or set BOOK_CACHE") from err
+    longest = os.fsencode(_tmp_name(path, thread=2**64 - 1).name)
+    try:
+        limit = os.pathconf(path.parent, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        limit = 255
+    if len(longest) > limit:
+        raise CheckpointSaveError(
+            f"the checkpoint's file name is too long: {len(os.fsencode(path.name))} bytes, "
+            f"and its temporary file adds {len(longest) - len(os.fsencode(path.name))}, over "
+            f"this file system's {limit}; pass a name of at most "
+            f"{limit - (len(longest) - len(os.fsencode(path.name)))} bytes")
+    try:
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name + ".",
                                          suffix=".probe"):
             pass
     except OSError as err:
         raise CheckpointSaveError(f"cannot write checkpoints to {path.parent} ({err}); pass "
                                   "checkpoint= a writable path, or set BOOK_CACHE") from err
+
+
+def _disk_full(folder: Path, state: dict) -> str:
+    """' (the disk holding FOLDER is full: N MB free, the checkpoint needs about M MB)' when
+    it is, else ''. torch reports a full disk as 'PytorchStreamWriter failed writing file'."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return ""
+    need = sum(t.numel() * t.element_size() for t in _tensors_of(state))
+    if free > need + 2**20:
+        return ""
+    return (f"; the disk holding {folder} is full: {free / 2**20:.1f} MB free, the checkpoint "
+            f"needs about {need / 2**20:.1f} MB. Free some space, or set BOOK_CACHE to a "
+            "folder on another disk")
 
 
 def save_checkpoint(path: Path, model, optimizer, ema, step, history, identity,
@@ -516,6 +696,7 @@ def save_checkpoint(path: Path, model, optimizer, ema, step, history, identity,
         # format 1's checksum stays, so that code of before format 2 still reads the file
         "checksum": checksum(model_state, opt_state, ema_state, order),
     }
+    state = storable(state)  # what cannot be read back is refused before writing
     state["digest"] = digest(state)
     tmp = _tmp_name(path)
     try:
@@ -523,9 +704,13 @@ def save_checkpoint(path: Path, model, optimizer, ema, step, history, identity,
         torch.save(state, tmp)
         os.replace(tmp, path)  # never leave a half-written checkpoint behind
     except (OSError, RuntimeError) as err:
-        raise CheckpointSaveError(f"could not save checkpoint {path} ({err})") from err
+        raise CheckpointSaveError(f"could not save checkpoint {path} ({err})"
+                                  f"{_disk_full(path.parent, state)}") from err
     finally:  # also when a second Ctrl-C lands inside torch.save
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # a folder turned read-only, a name too long: nothing was written
+            pass
 
 
 class Resumed(NamedTuple):

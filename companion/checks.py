@@ -63,14 +63,23 @@ def _got(value) -> str:
         else f"a {type(value).__name__}"
 
 
-def count(name: str, value, minimum: int = 1) -> int:
-    """`value` as an int >= `minimum` (1 by default: a positive whole number)."""
+def count(name: str, value, minimum: int = 1, maximum: int | None = None) -> int:
+    """`value` as an int >= `minimum` (1 by default: a positive whole number) and, with
+    `maximum`, <= maximum."""
     v = as_int(value)
+    where = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
     if not isinstance(v, int) or isinstance(v, bool):
-        raise ArgumentError(f"{name} must be a whole number >= {minimum}, got {_got(value)}")
-    if v < minimum:
-        raise ArgumentError(f"{name} must be a whole number >= {minimum}, got {v}")
+        raise ArgumentError(f"{name} must be a whole number {where}, got {_got(value)}")
+    if v < minimum or (maximum is not None and v > maximum):
+        raise ArgumentError(f"{name} must be a whole number {where}, got {v}")
     return v
+
+
+def one_of(name: str, value, options, what: str = ""):
+    """`value` if it is one of `options`; `what` says what the options mean."""
+    if value not in options:
+        raise ArgumentError(f"{name} must be one of {tuple(options)}{what}, got {value!r}")
+    return value
 
 
 def real(name: str, value, *, low: float | None = None, high: float | None = None,
@@ -150,3 +159,190 @@ def images(name: str, x, *, low: float = 0.0, high: float = 1.0, shape=None,
         raise ArgumentError(f"{name} must be images with values in [{low:g}, {high:g}], got "
                          f"values in [{lo:.3g}, {hi:.3g}]: {fix}")
     return x
+
+
+def batch(name: str, x, *, min_dims: int = 1) -> torch.Tensor:
+    """`x` if it is a non-empty floating-point batch (B, ...) with at least `min_dims`
+    dimensions (free: no device sync). 8-bit pixels get the conversion to [-1, 1]."""
+    if not torch.is_tensor(x):
+        raise ArgumentError(f"{name} must be a torch tensor, got {type(x).__name__}; convert "
+                            f"it with torch.as_tensor({name}) (torch.from_numpy for a NumPy "
+                            "array)")
+    if not x.is_floating_point():
+        fix = (f"8-bit pixels in 0..255 go on [-1, 1] with {name}.float() / 127.5 - 1"
+               if x.dtype == torch.uint8 else f"convert it with {name}.float()")
+        raise ArgumentError(f"{name} must be a floating-point tensor, got {x.dtype}: {fix}")
+    if x.dim() < max(min_dims, 1):
+        what = ("a 0-dim tensor" if x.dim() == 0 else f"shape {tuple(x.shape)}")
+        raise ArgumentError(f"{name} must be a non-empty batch (B, ...), got {what}; use "
+                            f"{name}.reshape(1, -1) for one point")
+    if x.shape[0] == 0:
+        raise ArgumentError(f"{name} is an empty batch (no images), shape {tuple(x.shape)}: "
+                            "pass at least one image (check the batch size and the data "
+                            "slice)")
+    return x
+
+
+def same_shape(names: str, a, b) -> None:
+    """Two tensors of one shape (a batch of 4 against one point would broadcast silently)."""
+    if not (torch.is_tensor(a) and torch.is_tensor(b)) or a.shape != b.shape:
+        raise ArgumentError(f"{names} must be tensors of the same shape, got "
+                            f"{tuple(getattr(a, 'shape', ()))} and "
+                            f"{tuple(getattr(b, 'shape', ()))}")
+
+
+def output(out, shape, *, who: str, what: str, against: str = "x") -> torch.Tensor:
+    """A model's or a field's output `out`, a tensor of `shape` (that of `against`): a
+    (B, 1, 1, 1) prediction would broadcast silently against (B, 1, 28, 28)."""
+    if not torch.is_tensor(out):
+        raise ArgumentError(f"{who} must return a tensor ({what}), got "
+                            f"{type(out).__name__}")
+    if out.shape != tuple(shape):
+        raise ArgumentError(f"{who} returned shape {tuple(out.shape)} for {against} of shape "
+                            f"{tuple(shape)}; it must return {what} of the same shape "
+                            f"(shaped like {against})")
+    return out
+
+
+def unit_time(name: str, t) -> float:
+    """t as a float in [0, 1], continuous time (0 the data, 1 the noise; a chain's steps
+    are 1..T)."""
+    value = as_float(t)  # NumPy and one-element tensors too
+    if not isinstance(value, float):
+        raise ArgumentError(f"{name} must be a number in [0, 1], got {t!r:.60}")
+    if not 0.0 <= value <= 1.0:
+        hint = (" (continuous time runs over [0, 1]; a chain step s in 1..T is at about "
+                "s / T)") if value > 1 else ""
+        raise ArgumentError(f"{name} must lie in [0, 1], got {value:g}{hint}")
+    return value
+
+
+def time_grid(ts) -> list[float]:
+    """A solver's grid: at least 2 times in [0, 1], strictly increasing or decreasing."""
+    ts = [unit_time("every time in ts", t) for t in ts]
+    if len(ts) < 2:
+        raise ArgumentError(f"a time grid needs at least 2 points, got {len(ts)}")
+    d = [b - a for a, b in zip(ts[:-1], ts[1:], strict=True)]
+    if not (all(v > 0 for v in d) or all(v < 0 for v in d)):
+        raise ArgumentError("the time grid must be strictly monotone (increasing or "
+                            "decreasing)")
+    return ts
+
+
+def model_steps(model, steps: int, *, what: str, fix: str) -> None:
+    """A U-Net built for another number of steps (its config.T) than `steps` would take
+    the steps silently: `what` names where `steps` comes from, `fix` how to agree."""
+    T = getattr(getattr(model, "config", None), "T", None)
+    if isinstance(T, int) and T != steps:
+        raise ArgumentError(f"the model was built for T = {T} steps but {what} has "
+                            f"{steps}: {fix}")
+
+
+GRID_TOLERANCE = 1e-4  # how far (x + 1) * 127.5 may lie from an integer (float rounding)
+
+
+def eight_bit(x0: torch.Tensor, where: str, name: str = "x0",
+              setting: str = "decoder='discretized'",
+              other: str = "decoder='gaussian' for real-valued data") -> None:
+    """x0 must hold the discretized decoders' 256 levels -1 + 2k/255 (`name`, `setting` and
+    `other` word the message: the DDPM's bound, the VAEs' discretized decoders).
+
+    Checks that (x0 + 1) * 127.5 lies in [0, 255] and within GRID_TOLERANCE of an integer
+    (within 255 eps for float16/bfloat16, whose levels are rounded more coarsely): one
+    reduction and one device sync per call, for the bound (never the training loss).
+    """
+    if 255 * torch.finfo(x0.dtype).eps >= 0.5:  # bfloat16: neighbouring levels collapse
+        raise ArgumentError(f"{name} is {x0.dtype}, which cannot hold the 256 levels "
+                            f"-1 + 2k/255 apart ({where} with {setting} would take any "
+                            f"values): pass it as float32, {name}.float()")
+    x = x0.detach()
+    x = x if x.dtype == torch.float64 else x.float()
+    tol = max(GRID_TOLERANCE, 255 * torch.finfo(x0.dtype).eps)
+    k = (x + 1) * 127.5
+    lo, hi, off = torch.stack([k.amin(), k.amax(), (k - k.round()).abs().amax()]).tolist()
+    if any(math.isnan(v) for v in (lo, hi, off)):
+        raise ArgumentError(f"{name} holds NaN; {where} with {setting} expects 8-bit "
+                            "images scaled to [-1, 1]")
+    xlo, xhi = lo / 127.5 - 1, hi / 127.5 - 1
+    if lo < -tol or hi > 255 + tol:
+        if xlo >= -tol and xhi > 2:
+            fix = "for pixels in 0..255 use x / 127.5 - 1"
+        else:
+            fix = f"rescale it to [-1, 1], or use {other}"
+        raise ArgumentError(f"{name} has values in [{xlo:.4g}, {xhi:.4g}]; {where} with "
+                            f"{setting} expects 8-bit images scaled to [-1, 1] (the "
+                            f"256 levels -1 + 2k/255): {fix}")
+    if off > tol:
+        if xlo >= -tol / 127.5:
+            fix = (f"{name} looks like images in [0, 1]: use x * 2 - 1 (as chapter 9 does), "
+                   "or companion.models.vae.to_8bit_range(x)")
+        else:
+            fix = (f"round it to the levels with companion.models.vae.quantize_8bit({name}), "
+                   f"or use {other}")
+        raise ArgumentError(f"{name} is not on the 8-bit grid: ({name} + 1) * 127.5 lies up "
+                            f"to {off:.3g} from an integer; {where} with {setting} "
+                            f"expects the 256 levels -1 + 2k/255 of 8-bit images: {fix}")
+
+
+def steps(t, batch: int, T: int, device) -> torch.Tensor:
+    """A chain's steps t as an int64 tensor (batch,) on `device`, checked to lie in 1..T: an
+    int, a NumPy integer, or an integer tensor of shape () or (batch,). Checking the range
+    costs one device sync: the samplers build t themselves and skip it."""
+    if isinstance(t, bool):
+        raise ArgumentError("t must be an int or an int64 tensor, got a bool")
+    t = t if torch.is_tensor(t) else as_int(t)
+    if isinstance(t, int):
+        t = torch.full((batch,), t, dtype=torch.long, device=device)
+    if not torch.is_tensor(t) or t.is_floating_point() or t.is_complex() \
+            or t.dtype == torch.bool:
+        raise ArgumentError(f"t must be an int or an integer tensor of steps in 1..{T}, "
+                            f"got {t!r:.80}")
+    t = t.to(device=device, dtype=torch.long)
+    if t.dim() == 0:
+        t = t.expand(batch)
+    if t.shape != (batch,):
+        raise ArgumentError(f"t must have shape ({batch},), one step per image, got "
+                            f"{tuple(t.shape)}")
+    lo, hi = int(t.min()), int(t.max())
+    if lo < 1 or hi > T:
+        hint = " (steps count from 1: x_0 is the data; add 1 to 0-based indices)" \
+            if lo == 0 else ""
+        raise ArgumentError(f"t must lie in 1..T = 1..{T}, got values in {lo}..{hi}{hint}")
+    return t
+
+
+def schedule(name: str, values) -> torch.Tensor:
+    """A noise schedule (betas): a 1-D tensor of length T >= 1, every value in (0, 1)."""
+    if not torch.is_tensor(values):
+        raise ArgumentError(f"{name} must be a 1-D torch tensor, got {type(values).__name__}; "
+                            "use linear_betas(T) or cosine_betas(T)")
+    if values.dim() != 1 or len(values) < 1:
+        raise ArgumentError(f"{name} must be a 1-D tensor of length T >= 1, got shape "
+                            f"{tuple(values.shape)}")
+    b = values.detach().double()
+    if not torch.isfinite(b).all() or (b <= 0).any() or (b >= 1).any():
+        raise ArgumentError(f"every {name[:-1] if name.endswith('s') else name} must lie in "
+                            f"(0, 1), got min {b.min().item():g} and max {b.max().item():g}")
+    return values
+
+
+def unit_times(name: str, t: torch.Tensor, n: int) -> torch.Tensor:
+    """One real time in [0, 1] per point: a float tensor (n,), NaN refused (one sync)."""
+    if t.shape != (n,):
+        raise ArgumentError(f"{name} must be a number or one time per point ({n},), got "
+                            f"{tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise ArgumentError(f"{name} must hold real times in [0, 1], got {t.dtype}")
+    if not bool(((t >= 0) & (t <= 1)).all()):  # NaN too
+        raise ArgumentError(f"{name} must lie in [0, 1] (0 the data, 1 the noise)")
+    return t
+
+
+def same_device(owner: str, held, like, fix: str, *more, kind_only: bool = False) -> None:
+    """`held` (a tensor or a generator of `owner`'s) and every tensor in `more` on the device
+    of `like` (a tensor or a device); `kind_only`: the device type (cuda vs cpu) suffices."""
+    want = like.device if torch.is_tensor(like) else torch.device(like)
+    for h in (held, *more):
+        have = h.device
+        if (have.type != want.type) if kind_only else (have != want):
+            raise ArgumentError(f"{owner} lives on {have} but the tensors on {want}: {fix}")

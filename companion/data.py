@@ -69,8 +69,10 @@ def default_root() -> Path:
 
 
 def downloads_allowed() -> bool:
-    """False when $BOOK_OFFLINE is set to 1/true/yes: then no download is attempted."""
-    return os.environ.get("BOOK_OFFLINE", "").strip().lower() not in {"1", "true", "yes"}
+    """False when $BOOK_OFFLINE is set to 1/true/yes/on: then no download is attempted."""
+    from .profiles import env_flag
+
+    return not env_flag("BOOK_OFFLINE")
 
 
 def load(name: str = "mnist", *, n_train: int | None = None, n_test: int | None = None,

@@ -59,6 +59,26 @@ def linear_betas(T: int, start: float = 1e-4, end: float = 0.02) -> torch.Tensor
     return torch.linspace(start, end, T, dtype=torch.float64)
 
 
+def predict_x0(x_t, eps, alpha_bar, sigma=None):
+    """x_0 = (x_t - sigma eps) / sqrt(alpha_bar), sigma = sqrt(1 - alpha_bar): the clean data
+    a noise prediction implies at noise level alpha_bar (a float, or a tensor broadcasting
+    against x_t: (B, 1, ..., 1)); pass `sigma` where it is known more exactly (the SDE's
+    -expm1 near t = 0). The one place the formula is written: the chain's samplers and
+    sde.ddim call it."""
+    if torch.is_tensor(alpha_bar):
+        sigma = (1 - alpha_bar).sqrt() if sigma is None else sigma
+        return (x_t - sigma * eps) / alpha_bar.sqrt()
+    sigma = math.sqrt(1 - alpha_bar) if sigma is None else sigma
+    return (x_t - sigma * eps) / math.sqrt(alpha_bar)
+
+
+def predict_eps(x_t, x0, alpha_bar):
+    """eps = (x_t - sqrt(alpha_bar) x_0) / sqrt(1 - alpha_bar), the inverse of predict_x0."""
+    if torch.is_tensor(alpha_bar):
+        return (x_t - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt()
+    return (x_t - math.sqrt(alpha_bar) * x0) / math.sqrt(1 - alpha_bar)
+
+
 def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
     """Nichol & Dhariwal's cosine schedule.  -> (T,) float64
 
@@ -66,6 +86,8 @@ def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Ten
     beta_t = min(1 - alpha_bar(t) / alpha_bar(t - 1), max_beta).
     """
     T = _check_T(T)
+    s = checks.real("s (the cosine schedule's offset)", s, low=0.0)
+    max_beta = checks.real("max_beta", max_beta, low=0.0, high=1.0, open_low=True)
     steps = torch.arange(T + 1, dtype=torch.float64) / T
     f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
     abar = f / f[0]
@@ -73,11 +95,7 @@ def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Ten
 
 
 def _check_T(T) -> int:
-    T = checks.as_int(T)  # NumPy integers too
-    if not isinstance(T, int) or isinstance(T, bool) or T < 1:
-        raise checks.ArgumentError(f"T (the number of diffusion steps) must be a positive "
-                                   f"int, got {T!r}")
-    return T
+    return checks.count("T (the number of diffusion steps, a positive int)", T)
 
 
 def spaced_timesteps(T: int, n_steps: int) -> list[int]:
@@ -86,9 +104,7 @@ def spaced_timesteps(T: int, n_steps: int) -> list[int]:
     Rounds half up, so that the steps are distinct whenever n_steps <= T.
     """
     T = _check_T(T)
-    n_steps = checks.as_int(n_steps)
-    if not isinstance(n_steps, int) or isinstance(n_steps, bool) or not 1 <= n_steps <= T:
-        raise checks.ArgumentError(f"n_steps must be an int in 1..T = 1..{T}, got {n_steps!r}")
+    n_steps = checks.count("n_steps", n_steps, maximum=T)
     if n_steps == 1:
         return [T]
     pos = torch.linspace(1, T, n_steps, dtype=torch.float64)
@@ -206,16 +222,7 @@ class Diffusion:
     """
 
     def __init__(self, betas: torch.Tensor, device: torch.device | str | None = None):
-        if not torch.is_tensor(betas):
-            raise TypeError(f"betas must be a 1-D torch tensor, got {type(betas).__name__}; "
-                            "use linear_betas(T) or cosine_betas(T)")
-        if betas.dim() != 1 or len(betas) < 1:
-            raise ValueError(f"betas must be a 1-D tensor of length T >= 1, got shape "
-                             f"{tuple(betas.shape)}")
-        b = betas.detach().to(torch.float64).cpu()
-        if not torch.isfinite(b).all() or (b <= 0).any() or (b >= 1).any():
-            raise ValueError(f"every beta must lie in (0, 1), got min {b.min().item():g} and "
-                             f"max {b.max().item():g}")
+        b = checks.schedule("betas", betas).detach().to(torch.float64).cpu()
         self.T = len(b)
         device = torch.device(device) if device is not None else betas.device
         zero = torch.zeros(1, dtype=torch.float64)
@@ -274,43 +281,17 @@ class Diffusion:
 
         Checking the range costs one device sync: the samplers build t themselves and skip it.
         """
-        if isinstance(t, bool):
-            raise TypeError("t must be an int or an int64 tensor, got a bool")
-        t = t if torch.is_tensor(t) else checks.as_int(t)  # NumPy integers too
-        if isinstance(t, int):
-            t = torch.full((batch,), t, dtype=torch.long, device=self.device)
-        if not torch.is_tensor(t) or t.is_floating_point() or t.is_complex() \
-                or t.dtype == torch.bool:
-            raise TypeError(f"t must be an int or an integer tensor of steps in 1..{self.T}, "
-                            f"got {t!r:.80}")
-        t = t.to(device=self.device, dtype=torch.long)
-        if t.dim() == 0:
-            t = t.expand(batch)
-        if t.shape != (batch,):
-            raise ValueError(f"t must have shape ({batch},), one step per image, got "
-                             f"{tuple(t.shape)}")
-        lo, hi = int(t.min()), int(t.max())
-        if lo < 1 or hi > self.T:
-            hint = " (steps count from 1: x_0 is the data; add 1 to 0-based indices)" \
-                if lo == 0 else ""
-            raise ValueError(f"t must lie in 1..T = 1..{self.T}, got values in {lo}..{hi}{hint}")
-        return t
+        return checks.steps(t, batch, self.T, self.device)
 
     @staticmethod
     def _at(buf: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """buf[t] shaped to broadcast against `like` (B, ...): (B, 1, ..., 1), like's dtype."""
-        if buf.device != like.device or t.device != like.device:
-            raise ValueError(f"this Diffusion lives on {buf.device} but the tensors on "
-                             f"{like.device}: create it with Diffusion(betas, device=...) or "
-                             "move it with .to(device)")
+        checks.same_device("this Diffusion", buf, like, "create it with Diffusion(betas, "
+                           "device=...) or move it with .to(device)", t)
         return buf[t].to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
 
     def _check_pair(self, a: torch.Tensor, b: torch.Tensor, na: str, nb: str) -> None:
-        _check_data(a, na)
-        _check_data(b, nb)
-        if a.shape != b.shape:
-            raise ValueError(f"{na} and {nb} must have the same shape, got {tuple(a.shape)} "
-                             f"and {tuple(b.shape)}")
+        checks.same_shape(f"{na} and {nb}", checks.batch(na, a), checks.batch(nb, b))
 
     # --- forward process and posterior ---------------------------------------------------
     def q_mean_variance(self, x0: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
@@ -360,15 +341,14 @@ class Diffusion:
         return self._x0_from_eps(x_t, self.check_t(t, len(x_t)), eps)
 
     def _x0_from_eps(self, x_t, t, eps):
-        abar = self._at(self.alphas_bar_, t, x_t)
-        return (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
+        return predict_x0(x_t, eps, self._at(self.alphas_bar_, t, x_t))
 
     def eps_from_x0(self, x_t, t, x0):
         """eps = (x_t - sqrt(alpha_bar_t) x_0) / sqrt(1 - alpha_bar_t)."""
         self._check_pair(x_t, x0, "x_t", "x0")
         t = self.check_t(t, len(x_t))
         abar = self._at(self.alphas_bar_, t, x_t)
-        return (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()
+        return predict_eps(x_t, x0, abar)
 
     def mean_from_eps(self, x_t, t, eps):
         """mu = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t)."""
@@ -438,9 +418,6 @@ class Diffusion:
     def _p_from_eps(self, x_t, t, eps, variance, clip):
         _check_eps(eps, x_t.shape, "x_t")
         eps = eps.to(x_t.dtype)
-        if eps.shape != x_t.shape:
-            raise ValueError(f"eps_model returned shape {tuple(eps.shape)} for x_t of shape "
-                             f"{tuple(x_t.shape)}; it must predict the noise, same shape")
         x0 = self._x0_from_eps(x_t, t, eps)
         if clip:
             x0 = x0.clamp(-1, 1)
@@ -462,12 +439,8 @@ class Diffusion:
         x0: (B, ...) -> scalar, the mean squared error over every element of the batch.
         Input checks here are on type and shape only (free: this runs every training step).
         """
-        _check_data(x0, "x0")
+        _check_data(x0, "x0")  # an empty batch too: the mean over no images is NaN
         self._check_model_T(eps_model)
-        if len(x0) == 0:
-            raise ValueError(f"simple_loss got an empty batch, x0 of shape {tuple(x0.shape)}: "
-                             "the mean over no images is NaN; pass at least one image "
-                             "(check the batch size and the data slice)")
         t = torch.randint(1, self.T + 1, (len(x0),), device=x0.device,
                           generator=_gen_for(generator, x0.device))
         noise = _randn(x0.shape, x0, generator)
@@ -477,11 +450,8 @@ class Diffusion:
 
     def _check_model_T(self, eps_model) -> None:
         """A U-Net built for another chain length would take this chain's t silently."""
-        T = getattr(getattr(eps_model, "config", None), "T", None)
-        if isinstance(T, int) and T != self.T:
-            raise ValueError(f"the model was built for T = {T} diffusion steps but this "
-                             f"diffusion has T = {self.T}: build the U-Net with "
-                             f"preset(..., T={self.T})")
+        checks.model_steps(eps_model, self.T, what="this diffusion",
+                           fix=f"build the U-Net with preset(..., T={self.T})")
 
     # --- sampling --------------------------------------------------------------------------
     @torch.no_grad()
@@ -542,10 +512,7 @@ class Diffusion:
         + sig z, sig = eta sqrt((1 - abar_r) / (1 - abar_s)) sqrt(1 - abar_s / abar_r).
         The last step returns the predicted x_0 without noise.
         """
-        eta = checks.as_float(eta)
-        if not isinstance(eta, float) or not 0 <= eta < math.inf:
-            raise checks.ArgumentError(f"eta must be a number >= 0 (0: deterministic DDIM, 1: "
-                                       f"DDPM-like), got {eta!r}")
+        eta = checks.real("eta (0: deterministic DDIM, 1: DDPM-like)", eta, low=0.0)
         steps = spaced_timesteps(self.T, n_steps)
         x = _start(shape, x_T, generator, device or self.device)
         abar = self.alphas_bar_.to(x.device)
@@ -555,10 +522,12 @@ class Diffusion:
             eps = eps_model(x, t)
             _check_eps(eps, x.shape, "x_t")  # as sample does: never broadcast a wrong shape
             eps = eps.to(x.dtype)
+            # the update of sde.ddim (a deliberate copy: the same DDIM step on the chain's
+            # integer clock, with eta and clipping; sde.ddim runs it at real times)
             x0 = self._x0_from_eps(x, t, eps)
             if clip:
                 x0 = x0.clamp(-1, 1)
-                eps = (x - self._at(abar, t, x).sqrt() * x0) / (1 - self._at(abar, t, x)).sqrt()
+                eps = predict_eps(x, x0, self._at(abar, t, x))
             if callback is not None:
                 callback(steps[i], x, x0)
             if i == 0:
@@ -682,8 +651,7 @@ class Diffusion:
         """
         _check_variance(variance)
         _check_decoder(decoder)
-        if not isinstance(draws, int) or draws < 1:
-            raise ValueError(f"draws must be a positive int, got {draws!r}")
+        draws = checks.count("draws", draws)
         _check_data(x0, "x0")
         B = len(x0)
         if B < 2:
@@ -732,12 +700,8 @@ def annealed_langevin(score_fn, x: torch.Tensor, levels, step_sizes, n_steps: in
     _check_data(x, "x")
 
     def score(x, level):
-        s = score_fn(x, level)
-        if not torch.is_tensor(s) or s.shape != x.shape:
-            raise checks.ArgumentError(
-                f"score_fn(x, level) returned {_shape_of(s)} for x of shape "
-                f"{tuple(x.shape)}; it must return the score, of x's shape")
-        return s
+        return checks.output(score_fn(x, level), x.shape, who="score_fn(x, level)",
+                             what="the score")
 
     x = x.clone()
     for level, a in progress(list(zip(levels, step_sizes, strict=True)), desc="Langevin",
@@ -749,102 +713,34 @@ def annealed_langevin(score_fn, x: torch.Tensor, levels, step_sizes, n_steps: in
     return x
 
 
-def _shape_of(v) -> str:
-    return f"shape {tuple(v.shape)}" if torch.is_tensor(v) else f"a {type(v).__name__}"
-
-
 # --- helpers ----------------------------------------------------------------------------------
 def _check_variance(variance: str) -> None:
-    if variance not in VARIANCES:
-        raise ValueError(f"variance must be one of {VARIANCES} (sigma_t^2 = beta_t or the "
-                         f"posterior variance beta_tilde_t), got {variance!r}")
+    checks.one_of("variance", variance, VARIANCES, " (sigma_t^2 = beta_t or the posterior "
+                  "variance beta_tilde_t)")
 
 
 def _check_decoder(decoder: str) -> None:
-    if decoder not in DECODERS:
-        raise ValueError(f"decoder must be 'discretized' (8-bit images on [-1, 1]) or "
-                         f"'gaussian' (real-valued data), got {decoder!r}")
+    checks.one_of("decoder", decoder, DECODERS, " ('discretized': 8-bit images on [-1, 1]; "
+                  "'gaussian': real-valued data)")
 
 
 def _check_data(x, name: str) -> None:
-    """x must be a floating-point torch tensor with a batch dimension (free: no device sync)."""
-    if not torch.is_tensor(x):
-        raise TypeError(f"{name} must be a torch tensor, got {type(x).__name__}; convert it "
-                        f"with torch.as_tensor({name}) (torch.from_numpy for a NumPy array)")
-    if not x.is_floating_point():
-        fix = (f"8-bit pixels in 0..255 go on [-1, 1] with {name}.float() / 127.5 - 1"
-               if x.dtype == torch.uint8 and name == "x0" else
-               f"convert it with {name}.float()")
-        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}: {fix}")
-    if x.dim() == 0:
-        raise ValueError(f"{name} must be a batch (B, ...), got a 0-dim tensor; use "
-                         f"{name}.reshape(1, -1) for one value")
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch (no images), shape {tuple(x.shape)}: "
-                         "pass at least one image (check the batch size and the data slice)")
+    checks.batch(name, x)
 
 
 def _check_eps(eps, shape, name: str) -> None:
-    """eps_model's output must be a tensor of the input's shape (free: no device sync)."""
-    if not torch.is_tensor(eps):
-        raise TypeError(f"eps_model(x_t, t) must return a tensor (the predicted noise), got "
-                        f"{type(eps).__name__}")
-    if eps.shape != shape:
-        raise ValueError(f"eps_model returned shape {tuple(eps.shape)} for {name} of shape "
-                         f"{tuple(shape)}; it must predict the noise, same shape")
+    checks.output(eps, shape, who="eps_model(x_t, t)", what="the predicted noise", against=name)
 
 
-GRID_TOLERANCE = 1e-4  # how far (x + 1) * 127.5 may lie from an integer (float rounding)
-
-
-def _check_8bit(x0: torch.Tensor, where: str, name: str = "x0",
-                setting: str = "decoder='discretized'",
-                other: str = "decoder='gaussian' for real-valued data") -> None:
-    """x0 must hold the discretized decoder's 256 levels -1 + 2k/255 (`name`, `setting` and
-    `other` word the message for the VAEs' discretized decoders).
-
-    Checks that (x0 + 1) * 127.5 lies in [0, 255] and within GRID_TOLERANCE of an integer
-    (within 255 eps for float16/bfloat16, whose levels are rounded more coarsely): one
-    reduction and one device sync per call, for the bound (never the training loss).
-    """
-    if 255 * torch.finfo(x0.dtype).eps >= 0.5:  # bfloat16: neighbouring levels collapse
-        raise ValueError(f"{name} is {x0.dtype}, which cannot hold the 256 levels -1 + 2k/255 "
-                         f"apart ({where} with {setting} would take any values): pass it as "
-                         f"float32, {name}.float()")
-    x = x0.detach()
-    x = x if x.dtype == torch.float64 else x.float()
-    tol = max(GRID_TOLERANCE, 255 * torch.finfo(x0.dtype).eps)
-    k = (x + 1) * 127.5
-    lo, hi, off = torch.stack([k.amin(), k.amax(), (k - k.round()).abs().amax()]).tolist()
-    if any(math.isnan(v) for v in (lo, hi, off)):
-        raise ValueError(f"{name} holds NaN; {where} with {setting} expects 8-bit "
-                         "images scaled to [-1, 1]")
-    xlo, xhi = lo / 127.5 - 1, hi / 127.5 - 1
-    if lo < -tol or hi > 255 + tol:
-        if xlo >= -tol and xhi > 2:
-            fix = "for pixels in 0..255 use x / 127.5 - 1"
-        else:
-            fix = f"rescale it to [-1, 1], or use {other}"
-        raise ValueError(f"{name} has values in [{xlo:.4g}, {xhi:.4g}]; {where} with "
-                         f"{setting} expects 8-bit images scaled to [-1, 1] (the "
-                         f"256 levels -1 + 2k/255): {fix}")
-    if off > tol:
-        if xlo >= -tol / 127.5:
-            fix = (f"{name} looks like images in [0, 1]: use x * 2 - 1 (as chapter 9 does), "
-                   "or companion.models.vae.to_8bit_range(x)")
-        else:
-            fix = (f"round it to the levels with companion.models.vae.quantize_8bit({name}), "
-                   f"or use {other}")
-        raise ValueError(f"{name} is not on the 8-bit grid: ({name} + 1) * 127.5 lies up to "
-                         f"{off:.3g} from an integer; {where} with {setting} "
-                         f"expects the 256 levels -1 + 2k/255 of 8-bit images: {fix}")
+GRID_TOLERANCE = checks.GRID_TOLERANCE
+_check_8bit = checks.eight_bit  # also the VAEs' discretized decoders' (models.vae)
 
 
 def _gen_for(generator: torch.Generator | None, device: torch.device):
-    if generator is not None and generator.device.type != torch.device(device).type:
-        raise ValueError(f"the generator lives on {generator.device} but the tensors on "
-                         f"{device}; pass torch.Generator(device={str(device)!r}) so that "
-                         "noise is drawn where it is used (no copy and sync per step)")
+    if generator is not None:
+        checks.same_device("the generator", generator, device, f"pass torch.Generator("
+                           f"device={str(device)!r}) so that noise is drawn where it is used "
+                           "(no copy and sync per step)", kind_only=True)
     return generator
 
 

@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import torch
 
+from . import checks
 from .sde import _check_batch, check_time, interpolate_steps
 
 
 def linear_path(x0: torch.Tensor, eps: torch.Tensor, tau) -> torch.Tensor:
     """x_tau = (1 - tau) x_0 + tau eps.  x0, eps: (B, ...); tau a float or (B,)."""
-    _check_batch(x0, "x0")
-    if eps.shape != x0.shape:
-        raise ValueError(f"x0 and eps must have the same shape, got {tuple(x0.shape)} and "
-                         f"{tuple(eps.shape)}")
+    checks.same_shape("x0 and eps", _check_batch(x0, "x0"), eps)
     tau = _as_times(tau, x0)
     return (1 - tau) * x0 + tau * eps
 
@@ -36,35 +34,27 @@ def linear_path(x0: torch.Tensor, eps: torch.Tensor, tau) -> torch.Tensor:
 def _as_times(tau, like: torch.Tensor) -> torch.Tensor:
     """tau shaped (B, 1, ..., 1) (or a 0-dim tensor), checked to lie in [0, 1]."""
     if torch.is_tensor(tau) and tau.dim() > 0:
-        if tau.shape != (len(like),):
-            raise ValueError(f"tau must be a number or one time per point ({len(like)},), got "
-                             f"{tuple(tau.shape)}")
-        if tau.is_floating_point() is False:
-            raise TypeError(f"tau must hold real times in [0, 1], got {tau.dtype}")
-        if (tau < 0).any() or (tau > 1).any():
-            raise ValueError("tau must lie in [0, 1] (0 the data, 1 the noise)")
+        tau = checks.unit_times("tau", tau, len(like))
         return tau.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
     return torch.tensor(check_time(tau, "tau"), dtype=like.dtype, device=like.device)
 
 
 def velocity_from_eps(eps_hat: torch.Tensor, x_tau: torch.Tensor, tau: float) -> torch.Tensor:
     """v = (eps_hat - x_tau) / (1 - tau), for tau < 1."""
-    tau = check_time(tau, "tau")
-    if tau >= 1:
-        raise ValueError("at tau = 1 the path is pure noise and the velocity is not a "
-                         "function of eps: use tau < 1")
+    checks.same_shape("eps_hat and x_tau", eps_hat, x_tau)
+    tau = checks.real("tau (use tau < 1: at tau = 1 the path is pure noise, and the velocity "
+                      "no function of eps)", tau, low=0.0, high=1.0, open_high=True)
     return (eps_hat - x_tau) / (1 - tau)
 
 
 def eps_from_velocity(v: torch.Tensor, x_tau: torch.Tensor, tau: float) -> torch.Tensor:
     """eps_hat = x_tau + (1 - tau) v."""
+    checks.same_shape("v and x_tau", v, x_tau)
     return x_tau + (1 - check_time(tau, "tau")) * v
 
 
 def check_grid_size(K) -> int:
-    if not isinstance(K, int) or isinstance(K, bool) or K < 1:
-        raise ValueError(f"K (grid intervals of tau) must be a positive int, got {K!r}")
-    return K
+    return checks.count("K (grid intervals of tau, a positive int)", K)
 
 
 def flow_matching_loss(model, x0: torch.Tensor, K: int,
@@ -77,24 +67,27 @@ def flow_matching_loss(model, x0: torch.Tensor, K: int,
     """
     K = check_grid_size(K)
     _check_batch(x0, "x0")
-    T = getattr(getattr(model, "config", None), "T", None)
-    if isinstance(T, int) and T != K + 1:
-        raise ValueError(f"the model was built for {T} steps but the grid has K + 1 = {K + 1} "
-                         f"times: build the U-Net with preset(..., T={K + 1})")
+    _check_model_grid(model, K)
     k = torch.randint(0, K + 1, (len(x0),), device=x0.device, generator=generator)
     eps = torch.randn(x0.shape, dtype=x0.dtype, device=x0.device, generator=generator)
     tau = k.to(x0.dtype) / K
     x_tau = linear_path(x0, eps, tau)
     v = model(x_tau, k + 1)
-    if not torch.is_tensor(v) or v.shape != x0.shape:
-        raise ValueError(f"the model must return a velocity shaped like x {tuple(x0.shape)}, "
-                         f"got {tuple(getattr(v, 'shape', ()))}")
+    checks.output(v, x0.shape, who="the model", what="a velocity")
+    if x0.dim() == 4:  # images, which the U-Net takes on [-1, 1]: 0..255 bytes are refused
+        checks.images("x0", x0, low=-1.0, high=1.0)
     return (v.float() - (eps - x0).float()).pow(2).mean()
+
+
+def _check_model_grid(model, K: int) -> None:
+    checks.model_steps(model, K + 1, what=f"the grid of tau, K + 1 = {K + 1} times", fix=f"build "
+                       f"the U-Net with preset(..., T={K + 1}), or pass the K it was trained on")
 
 
 def velocity_field(model, K: int):
     """v(x, tau) for tau in [0, 1] from a model trained on the grid tau = k / K (steps k + 1)."""
     K = check_grid_size(K)
+    _check_model_grid(model, K)
 
     def field(x, tau):
         return interpolate_steps(model, x, check_time(tau, "tau") * K + 1)
@@ -103,15 +96,15 @@ def velocity_field(model, K: int):
 
 def uniform_grid(n_steps: int) -> list[float]:
     """n_steps + 1 times from tau = 1 (noise) down to 0 (data), evenly spaced."""
-    if not isinstance(n_steps, int) or isinstance(n_steps, bool) or n_steps < 1:
-        raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
+    n_steps = checks.count("n_steps (a positive int)", n_steps)
     return [1 - k / n_steps for k in range(n_steps + 1)]
 
 
 def vp_to_linear(alpha: float, sigma: float) -> tuple[float, float]:
     """The linear path's (tau, scale) for a VP point x_t = alpha x_0 + sigma eps:
     x_t / scale = (1 - tau) x_0 + tau eps with scale = alpha + sigma, tau = sigma / scale."""
-    if not (alpha >= 0 and sigma >= 0 and alpha + sigma > 0):
+    alpha, sigma = checks.real("alpha", alpha, low=0.0), checks.real("sigma", sigma, low=0.0)
+    if not alpha + sigma > 0:
         raise ValueError(f"alpha and sigma must be >= 0, not both 0; got {alpha}, {sigma}")
     scale = alpha + sigma
     return sigma / scale, scale

@@ -72,6 +72,9 @@ def glue(name: str, variable: Any, display: bool = True, digits: int = DIGITS) -
     from IPython.display import display as ipy_display
 
     real = _real_value(variable)
+    if real is not None and not math.isfinite(real):
+        raise ValueError(f"glue({name!r}, {real}): a NaN or infinite number would be quoted "
+                         "in the prose as a result; find where it stopped being finite")
     stored = variable if real is None else round_significant(real, digits)
     bundle, metadata = format_display_data(stored)
     prefix = "" if display else GLUE_PREFIX

@@ -61,9 +61,7 @@ def make_mask(name: str, n: int = 1, *, size: int = 28, generator=None,
     """
     if name not in MASKS:
         raise ValueError(f"unknown mask {name!r}; choose one of {sorted(MASKS)}")
-    n = checks.as_int(n)
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n (the number of masks) must be a positive int, got {n!r}")
+    n = checks.count("n (the number of masks)", n)
     m = torch.ones(n, 1, size, size, device=device)
     half, q = size // 2, size // 4
     if name == "left":
@@ -119,9 +117,8 @@ def repaint_schedule(n_steps: int, jump: int = 1, resamples: int = 1) -> list[in
     n_steps + (resamples - 1) * jump * len(range(0, n_steps - jump, jump)).
     """
     n_steps, jump, resamples = (checks.as_int(v) for v in (n_steps, jump, resamples))
-    for value, what in ((n_steps, "n_steps"), (jump, "jump"), (resamples, "resamples")):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise checks.ArgumentError(f"{what} must be a positive int, got {value!r}")
+    n_steps, jump, resamples = (checks.count(what, value) for value, what in (
+        (n_steps, "n_steps"), (jump, "jump"), (resamples, "resamples")))
     if resamples > 1 and jump >= n_steps:
         raise ValueError(f"jump ({jump}) must be shorter than the chain (n_steps = "
                          f"{n_steps}) to resample")

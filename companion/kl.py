@@ -154,6 +154,11 @@ def kl_quadrature(log_p, log_q, grid: torch.Tensor) -> torch.Tensor:
     log_p, log_q: callables mapping (N,) points to (N,) log-densities; grid: (N,) sorted,
     wide enough to hold essentially all of p's mass.
     """
+    grid = checks.tensor("grid", grid, dims=1, floating=True)
+    if len(grid) < 2 or not bool((grid[1:] > grid[:-1]).all()):
+        raise checks.ArgumentError("grid must be (N,) increasing points, N >= 2 (a decreasing "
+                                   "grid would flip the integral's sign): torch.linspace(a, "
+                                   "b, N) with a < b")
     lp, lq = log_p(grid), log_q(grid)
     integrand = torch.where(lp > -torch.inf, lp.exp() * (lp - lq), torch.zeros_like(lp))
     return torch.trapezoid(integrand, grid)

@@ -267,8 +267,7 @@ def latent_bound(vae, denoiser: LatentDenoiser, diffusion, scale: float, x: torc
     """
     check_pair(vae, denoiser)
     scale = _check_scale(scale)
-    if not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples must be a positive int, got {samples!r}")
+    samples = checks.count("samples", samples)
     mu, logvar = posterior_codes(vae, x)
     D = mu.shape[1]
     rec, cross = torch.zeros(len(x), device=x.device), torch.zeros(len(x), device=x.device)

@@ -437,8 +437,9 @@ def mean_top_probability(probs: torch.Tensor) -> float:
     none (or like several).
     """
     probs = torch.as_tensor(probs)
-    if probs.dim() != 2:
-        raise ValueError(f"probs must be (N, K) class probabilities, got {tuple(probs.shape)}")
+    if probs.dim() != 2 or len(probs) == 0:
+        raise ValueError(f"probs must be (N, K) class probabilities of N >= 1 images, got "
+                         f"{tuple(probs.shape)}")
     _check_probabilities(probs)
     return probs.max(1).values.double().mean().item()
 

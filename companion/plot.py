@@ -61,7 +61,13 @@ def image_grid(x: torch.Tensor, nrow: int = 8, ax=None, title: str | None = None
     if x is None or isinstance(x, (str, bytes)):
         raise checks.ArgumentError(f"x must be images (B, C, H, W), got {x!r:.40}")
     nrow = checks.count("nrow", nrow)
-    x = torch.as_tensor(x).detach().float().cpu().clamp(0, 1)
+    x = torch.as_tensor(x).detach().float().cpu()
+    if x.numel() and (x.isnan().any() or x.max() > 2 or (x < -0.25).float().mean() > 0.1):
+        # 0..255 bytes, or [-1, 1] images (most pixels dark at -1): what clamping would
+        # show as a white or a black square; checks.images says how to convert. A Gaussian
+        # decoder's draws, f(z) + sigma eps, overshoot a little and are clamped.
+        checks.images("x", x)
+    x = x.clamp(0, 1)
     if x.dim() != 4:
         raise ValueError(f"image_grid expects (B, C, H, W), got shape {tuple(x.shape)}")
     b, c, h, w = x.shape

@@ -103,6 +103,27 @@ def get_profile(name: str | None = None) -> Profile:
     return profile
 
 
+YES = ("1", "true", "yes", "on")
+NO = ("0", "false", "no", "off")
+
+
+def env_flag(name: str, default: bool = False, environ=None) -> bool:
+    """A yes/no environment variable, read one way everywhere: 1/true/yes/on is True,
+    0/false/no/off is False (any case), unset or blank is `default`; anything else is an
+    error naming the variable (BOOK_SMOKE=false must not mean "on"). `environ`: another
+    mapping to read (a child process's environment), else os.environ."""
+    raw = (os.environ if environ is None else environ).get(name)
+    value = "" if raw is None else raw.strip().lower()
+    if not value:
+        return default
+    if value in YES:
+        return True
+    if value in NO:
+        return False
+    raise ValueError(f"{name}={raw!r} is not a yes/no value: set it to one of "
+                     f"{'/'.join(YES)} or {'/'.join(NO)}, or unset it")
+
+
 SMOKE_VAR = "BOOK_SMOKE"
 SMOKE_STEPS = 2
 SMOKE_LOOP = 5.0  # seconds: a loop projected to run longer is thinned in the smoke run,
@@ -120,9 +141,9 @@ def smoke_mode() -> bool:
     slice and counts; and a loop that would take longer than SMOKE_LOOP seconds at more than
     SMOKE_PACE a step (a sampler calling a gpu-sized network a thousand times) is thinned to
     about SMOKE_KEEP evenly spaced iterations, its first and last kept, while a cheaper one
-    (a toy model's) runs whole (`smoke_thin`). Anything but "", "0" or unset turns it on.
+    (a toy model's) runs whole (`smoke_thin`). Read by `env_flag` (1/true/yes/on).
     """
-    return os.environ.get(SMOKE_VAR, "").strip() not in ("", "0")
+    return env_flag(SMOKE_VAR)
 
 
 def smoke_thin(total: int | None = None):

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import os
-
 from tqdm.auto import tqdm
 
-from .profiles import get_profile, smoke_mode, smoke_thin
+from .profiles import env_flag, get_profile, smoke_mode, smoke_thin
 
 ENV_VAR = "BOOK_PROGRESS"  # "0": no bars at all (`make outputs`: stored pages show results)
 
 
 def bars_off() -> bool:
-    """True when $BOOK_PROGRESS is 0/false/no/off."""
-    return os.environ.get(ENV_VAR, "").strip().lower() in {"0", "false", "no", "off"}
+    """True when $BOOK_PROGRESS is 0/false/no/off (read by `profiles.env_flag`)."""
+    return not env_flag(ENV_VAR, default=True)
 
 
 def progress(iterable=None, *, total=None, desc=None, quiet: bool | None = None, **kwargs):

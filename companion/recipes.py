@@ -209,19 +209,12 @@ def ddpm(x, profile, device, *, steps: int | None = None, resume_from=None,
     """
     import shutil
 
-    from .models.unet import UNet, preset
-    from .train import default_optimizer
-
     s = ddpm_settings(profile)
     total = s["steps"] if steps is None else steps
-    torch.manual_seed(0)
-    model = UNet(preset(s["preset"], T=s["T"])).to(device)
-    diffusion = ddpm_diffusion(profile, device)
-    optimizer = default_optimizer(model.parameters(), s["lr"], device)
     # the config leaves out the step count: an early checkpoint resumes into the full run
-    config = dict(profile=profile.name, preset=s["preset"], T=s["T"], lr=s["lr"],
-                  batch_size=s["batch_size"], ema=s["ema"], clip=DDPM_CLIP,
-                  warmup=DDPM_WARMUP, n_train=len(x))
+    model, optimizer, config, warm_up = _unet_recipe(s, profile, device, x, steps_of_net=s["T"],
+                                                     T=s["T"])
+    diffusion = ddpm_diffusion(profile, device)
     _check_unit_images(x, "recipes.ddpm")
     path = ddpm_checkpoint(profile, steps, prefix)
     if resume_from is not None and not path.exists():
@@ -232,19 +225,26 @@ def ddpm(x, profile, device, *, steps: int | None = None, resume_from=None,
             raise FileNotFoundError(f"resume_from={resume_from} does not exist: train the "
                                     "early run first (recipes.ddpm(..., steps=...)), or pass "
                                     "resume_from=None to train from scratch")
-        state = torch.load(resume_from, map_location="cpu", weights_only=True)
-        done = int(state["step"]) if isinstance(state, dict) and "step" in state else None
-        if done is None or done > total:
+        from .checkpoint import check_identity, identity, read_checkpoint
+
+        state = read_checkpoint(resume_from)  # damaged, or not fit's: refused here
+        done = int(state["step"])
+        if done > total:
             raise ValueError(f"resume_from={resume_from} holds {done} steps, not a shorter "
                              f"run of this recipe's {total}: pass the early run's checkpoint")
+        # another recipe's checkpoint is refused before it is copied, not left at `path`
+        check_identity(resume_from, state.get("identity", {}),
+                       identity(model, config, (x * 2 - 1,), optimizer, s["ema"],
+                                s["batch_size"]))
         path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(resume_from, path)
-    lr = s["lr"]
-
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.copy.tmp")
+        try:  # atomic: a Ctrl-C during the copy leaves no damaged file at `path`
+            shutil.copyfile(resume_from, tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     def loss_fn(model, x0, step):
-        # linear lr warm-up, a function of the global step, so it survives resuming
-        for group in optimizer.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / DDPM_WARMUP)
+        warm_up(step)
         return diffusion.simple_loss(model, x0)
 
     result = fit(model, loss_fn, x * 2 - 1, steps=total, batch_size=s["batch_size"],
@@ -252,6 +252,29 @@ def ddpm(x, profile, device, *, steps: int | None = None, resume_from=None,
                  config=config, compile=torch.device(device).type == "cuda",
                  desc="DDPM" if steps is None else f"DDPM ({steps} steps)")
     return result.ema.model, result
+
+
+def _unet_recipe(s: dict, profile, device, x, *, steps_of_net: int, **more):
+    """The skeleton chapters 9 and 13 share: seed 0, the profile's U-Net preset built for
+    `steps_of_net` time steps, Adam, the config that identifies the run (`more` adds the
+    recipe's own settings: T, or K and the loss), and the linear learning-rate warm-up over
+    DDPM_WARMUP steps, a function of the global step so that it survives resuming.
+    s: ddpm_settings(profile). Returns (model, optimizer, config, warm_up(step))."""
+    from .models.unet import UNet, preset
+    from .train import default_optimizer
+
+    torch.manual_seed(0)
+    model = UNet(preset(s["preset"], T=steps_of_net)).to(device)
+    optimizer = default_optimizer(model.parameters(), s["lr"], device)
+    config = dict(profile=profile.name, preset=s["preset"], lr=s["lr"],
+                  batch_size=s["batch_size"], ema=s["ema"], clip=DDPM_CLIP,
+                  warmup=DDPM_WARMUP, n_train=len(x), **more)
+
+    def warm_up(step: int) -> None:
+        for group in optimizer.param_groups:
+            group["lr"] = s["lr"] * min(1.0, (step + 1) / DDPM_WARMUP)
+
+    return model, optimizer, config, warm_up
 
 
 def _check_unit_images(x, where: str) -> None:
@@ -408,23 +431,15 @@ def flow_matching(x, profile, device, *, prefix: str = "ch13"):
     [-1, 1]. Returns (EMA model in eval mode, FitResult).
     """
     from .flow import flow_matching_loss
-    from .models.unet import UNet, preset
-    from .train import default_optimizer
 
     s = ddpm_settings(profile)
     K = s["T"]
     _check_unit_images(x, "recipes.flow_matching")
-    torch.manual_seed(0)
-    model = UNet(preset(s["preset"], T=K + 1)).to(device)
-    optimizer = default_optimizer(model.parameters(), s["lr"], device)
-    config = dict(profile=profile.name, preset=s["preset"], K=K, lr=s["lr"],
-                  batch_size=s["batch_size"], ema=s["ema"], clip=DDPM_CLIP,
-                  warmup=DDPM_WARMUP, n_train=len(x), loss="flow matching, linear path")
-    lr = s["lr"]
+    model, optimizer, config, warm_up = _unet_recipe(
+        s, profile, device, x, steps_of_net=K + 1, K=K, loss="flow matching, linear path")
 
     def loss_fn(model, x0, step):
-        for group in optimizer.param_groups:  # chapter 9's warm-up, by global step
-            group["lr"] = lr * min(1.0, (step + 1) / DDPM_WARMUP)
+        warm_up(step)
         return flow_matching_loss(model, x0, K)
 
     result = fit(model, loss_fn, x * 2 - 1, steps=s["steps"], batch_size=s["batch_size"],
@@ -458,6 +473,22 @@ COMMANDS = {
 }
 
 
+def _gpu_on_cpu(name: str, profile, device) -> str:
+    """What the gpu profile's recipe `name` would cost on `device`, and what to run instead."""
+    cost = "a recipe sized for a GPU"
+    if name in ("ddpm", "flow"):
+        from .models.unet import UNet, preset
+
+        s = ddpm_settings(profile)
+        params = sum(p.numel() for p in UNet(preset(s["preset"], T=s["T"])).parameters())
+        cost = (f"{s['steps']:,} steps of batch {s['batch_size']} through a "
+                f"{params / 1e6:.1f}M-parameter U-Net")
+    return (f"the gpu profile's {name} is {cost}, and there is no GPU here ({device}): on a "
+            f"CPU that takes hours to days. Run `python -m companion.recipes {name} "
+            "--profile cpu` (the book's stored outputs use it), or add --yes to train the "
+            "gpu recipe on this machine anyway.")
+
+
 def main(argv=None) -> int:
     """python -m companion.recipes NAME [--profile P] [--device D]: load-or-train one of
     the book's models into the checkpoint its chapters load (BOOK_CACHE decides where).
@@ -479,9 +510,16 @@ def main(argv=None) -> int:
                         help="ci, cpu or gpu (default: $BOOK_PROFILE, else from the device)")
     parser.add_argument("--device", default=None, help="e.g. cpu, cuda (default: cuda if "
                         "available); under torchrun each rank takes the GPU of its LOCAL_RANK")
+    parser.add_argument("--yes", action="store_true", help="train the gpu profile's recipe "
+                        "even without a GPU (it asks first: hours to days on a CPU)")
     args = parser.parse_args(argv)
     profile = get_profile(args.profile)
+    # the command line's profile is the process's: what asks get_profile() later (fit's
+    # progress bar) must not read another, or a bad, BOOK_PROFILE
+    os.environ["BOOK_PROFILE"] = profile.name
     device = distributed.local_device() or get_device(args.device)
+    if profile.name == "gpu" and device.type != "cuda" and not args.yes:
+        parser.error(_gpu_on_cpu(args.model, profile, device))
     seed_everything(0)
     data = load("mnist", n_train=profile.n_train, n_test=profile.n_test, device=device)
     _, result = COMMANDS[args.model][1](data, profile, device)

@@ -20,12 +20,13 @@ from .checkpoint import cache_dir
 
 
 def results_path(chapter: str, profile) -> Path:
-    """cache_dir()/results/{chapter}-{profile}.json, beside the checkpoints of that profile."""
+    """cache_dir()/results/{chapter}-{profile}.json, beside the checkpoints of that profile
+    (the profile's name in lower case, as get_profile takes it: 'CI' is 'ci')."""
     pname = getattr(profile, "name", profile)
     for what, name in (("chapter", chapter), ("profile", pname)):
         if not isinstance(name, str) or not name or "/" in name or os.sep in name:
             raise ValueError(f"{what} must be a name such as 'ch9' (no path), got {name!r}")
-    return cache_dir() / "results" / f"{chapter}-{pname}.json"
+    return cache_dir() / "results" / f"{chapter}-{pname.lower()}.json"
 
 
 def save(chapter: str, values: dict, profile) -> Path:
@@ -68,8 +69,16 @@ def load(chapter: str, profile) -> dict | None:
     path = results_path(chapter, profile)
     if not path.exists():
         return None
+    redo = "delete it and re-run the chapter that writes it"
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); delete it and re-run the "
-                         "chapter that writes it") from err
+        values = json.loads(path.read_text(), parse_constant=_no_constant)
+    except (json.JSONDecodeError, ValueError) as err:
+        raise ValueError(f"{path} is not valid JSON of finite numbers ({err}); {redo}") from err
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} holds a JSON {type(values).__name__}, not the dict of "
+                         f"results that save writes; {redo}")
+    return values
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is no result to quote")

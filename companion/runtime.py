@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import checks
-from .profiles import Profile, get_profile
+from .profiles import Profile, env_flag, get_profile
 
 T4_VAR = "BOOK_T4"
 # Colab's T4 has 16 GB, of which about 15.8e9 bytes are usable after the CUDA context; the
@@ -82,10 +82,7 @@ def setup(seed: int = 0, profile: str | None = None, device: str | None = None,
     threads only add synchronization cost.
     """
     if threads is not None:
-        threads = checks.as_int(threads)
-        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-            raise checks.ArgumentError(f"threads must be at least 1 (a whole number), got "
-                                       f"{threads!r}")
+        threads = checks.count("threads (at least 1)", threads)
         torch.set_num_threads(threads)
     seed_everything(seed)
     prof = get_profile(profile)
@@ -124,9 +121,9 @@ def timed(fn: Callable, *args, **kwargs):
 
 
 def t4_emulated() -> bool:
-    """True under BOOK_T4=1: train and sample as on Colab's T4 (anything but "", "0" or
-    unset turns it on, as BOOK_SMOKE)."""
-    return os.environ.get(T4_VAR, "").strip() not in ("", "0")
+    """True under BOOK_T4=1: train and sample as on Colab's T4 (read by
+    `profiles.env_flag`, as BOOK_SMOKE: 1/true/yes/on)."""
+    return env_flag(T4_VAR)
 
 
 def emulate_t4(device: torch.device) -> str:

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from . import checks, memory
+from .diffusion import predict_x0
 from .profiles import smoke_thin
 from .progress import progress
 
@@ -43,28 +44,15 @@ BIN = 2.0 / 255.0  # the width of one grey level of 8-bit images on [-1, 1]
 
 def check_time(t, name: str = "t") -> float:
     """t as a float, checked to lie in [0, 1] (this module's time; the chain's steps are 1..T)."""
-    value = checks.as_float(t)  # NumPy and one-element tensors too
-    if not isinstance(value, float):
-        raise checks.ArgumentError(f"{name} must be a number in [0, 1], got {t!r:.60}")
-    if not 0.0 <= value <= 1.0:
-        hint = (" (continuous time runs over [0, 1]; a chain step s in 1..T is at about "
-                "s / T)") if value > 1 else ""
-        raise checks.ArgumentError(f"{name} must lie in [0, 1], got {value:g}{hint}")
-    return value
+    return checks.unit_time(name, t)
 
 
-def _check_batch(x, name: str = "x") -> None:
-    checks.tensor(name, x, floating=True)
-    if x.dim() < 2 or len(x) == 0:
-        raise checks.ArgumentError(f"{name} must be a non-empty batch (B, ...), got shape "
-                                   f"{tuple(x.shape)}; use x.reshape(1, -1) for one point")
+def _check_batch(x, name: str = "x") -> torch.Tensor:
+    return checks.batch(name, x, min_dims=2)
 
 
 def _check_field_output(out, x, name: str = "the field") -> torch.Tensor:
-    if not torch.is_tensor(out) or out.shape != x.shape:
-        raise ValueError(f"{name} must return a tensor shaped like x {tuple(x.shape)}, got "
-                         f"{tuple(out.shape) if torch.is_tensor(out) else type(out).__name__}")
-    return out
+    return checks.output(out, x.shape, who=name, what="a value for every point")
 
 
 # --- the VP SDE ------------------------------------------------------------------------------
@@ -126,8 +114,7 @@ class VPSDE:
     def discrete_betas(self, T: int) -> torch.Tensor:
         """beta_i = beta((i - 1) / (T - 1)) / T for i = 1..T, float64 (T,): Ho et al.'s linear
         schedule 1e-4..0.02 scaled by 1000 / T for the default beta_min, beta_max."""
-        if not isinstance(T, int) or isinstance(T, bool) or T < 2:
-            raise ValueError(f"T must be an int >= 2, got {T!r}")
+        T = checks.count("T", T, minimum=2)
         s = torch.linspace(0, 1, T, dtype=torch.float64)
         return (self.beta_min + s * (self.beta_max - self.beta_min)) / T
 
@@ -187,6 +174,10 @@ class ChainClock:
 
     def __init__(self, alphas_bar: torch.Tensor, beta_min: float = 0.1):
         ab = torch.as_tensor(alphas_bar, dtype=torch.float64).cpu()
+        if ab.dim() == 1 and len(ab) and (ab.isnan().any() or ab[0] >= 1):
+            raise ValueError("alphas_bar must be alpha_bar_1..T, each in (0, 1): got NaN, or "
+                             "a first value of 1 (alpha_bar_0, which the clock adds itself: "
+                             "pass alphas_bar[1:], else T is off by one)")
         if ab.dim() != 1 or len(ab) < 2 or (ab <= 0).any() or (ab[1:] >= ab[:-1]).any():
             raise ValueError("alphas_bar must be the chain's decreasing alpha_bar_1..T (T >= 2)")
         self.T = len(ab)
@@ -199,8 +190,7 @@ class ChainClock:
 
     def time(self, s: int) -> float:
         """The SDE time at which alpha_bar(t) equals the chain's alpha_bar_s, s in 1..T."""
-        if not isinstance(s, int) or not 1 <= s <= self.T:
-            raise ValueError(f"s must be an int step in 1..{self.T}, got {s!r}")
+        s = checks.count("s (a step of the chain)", s, maximum=self.T)
         return self.sde.time_of(math.exp(self.log_ab[s]))
 
     def step(self, t: float) -> float:
@@ -230,14 +220,7 @@ class ChainClock:
 
 
 # --- fixed-step solvers ----------------------------------------------------------------------
-def _check_grid(ts) -> list[float]:
-    ts = [check_time(t, "every time in ts") for t in ts]
-    if len(ts) < 2:
-        raise ValueError(f"a time grid needs at least 2 points, got {len(ts)}")
-    d = np.diff(ts)
-    if not ((d > 0).all() or (d < 0).all()):
-        raise ValueError("the time grid must be strictly monotone (increasing or decreasing)")
-    return ts
+_check_grid = checks.time_grid
 
 
 def _steps(ts):
@@ -292,12 +275,15 @@ def ddim(eps: Field, sde: VPSDE, x: torch.Tensor, ts: Sequence[float]) -> torch.
 
     x0_hat = (x - sigma_a eps) / sqrt(alpha_bar_a),  x_b = sqrt(alpha_bar_b) x0_hat + sigma_b eps
     (Song, Meng and Ermon 2021): the update `Diffusion.sample_ddim` makes between kept steps.
+    A deliberate copy of that update, on the SDE's real-valued clock (the chain's sampler
+    indexes its integer steps and adds eta and clipping); x0_hat is the shared
+    `diffusion.predict_x0`.
     """
     _check_batch(x)
     ts = _check_grid(ts)
     for a, b in _steps(ts):
         e = _check_field_output(eps(x, a), x)
-        x0 = (x - sde.sigma(a) * e) / math.sqrt(sde.alpha_bar(a))
+        x0 = predict_x0(x, e, sde.alpha_bar(a), sde.sigma(a))
         x = math.sqrt(sde.alpha_bar(b)) * x0 + sde.sigma(b) * e
     return x
 
@@ -336,9 +322,8 @@ def divergence_exact(field: Field, x: torch.Tensor, t: float) -> tuple[torch.Ten
 def rademacher(n: int, shape, *, dtype=torch.float32, device=None,
                generator: torch.Generator | None = None) -> torch.Tensor:
     """n probes of +-1 with equal probability: (n, *shape). Zero mean, identity covariance."""
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"the number of probes must be a positive int, got {n!r}: "
-                         "Hutchinson's estimator needs at least one probe")
+    n = checks.count("the number of probes (Hutchinson's estimator needs at least one probe)",
+                     n)
     r = torch.randint(0, 2, (n, *shape), device=device, generator=generator)
     return (2 * r - 1).to(dtype)
 
@@ -427,7 +412,8 @@ def ode_log_likelihood(field: Field, x: torch.Tensor, *, t0: float = 0.0, t1: fl
     if not t0 < t1:
         raise ValueError(f"need t0 < t1 (data to noise), got t0={t0}, t1={t1}")
     for name, tol in (("rtol", rtol), ("atol", atol)):
-        if not (isinstance(tol, (int, float)) and tol > 0 and math.isfinite(tol)):
+        if isinstance(tol, bool) or not (isinstance(tol, (int, float)) and tol > 0
+                                         and math.isfinite(tol)):
             raise ValueError(f"{name} must be a positive tolerance, got {tol!r}")
     v = None
     if probes is not None:
@@ -461,7 +447,12 @@ def ode_log_likelihood(field: Field, x: torch.Tensor, *, t0: float = 0.0, t1: fl
         end = sol.y[:, -1]
     x_end = torch.from_numpy(end[:n].copy()).reshape(shape)
     delta = torch.from_numpy(end[n:].copy())
-    log_prior = prior_log_p(x_end.to(torch.float64)).double().cpu()
+    log_prior = prior_log_p(x_end.to(torch.float64))
+    if not torch.is_tensor(log_prior) or tuple(log_prior.shape) != (B,):
+        raise ValueError(f"prior_log_p must return one log-density per point ({B},), got "
+                         f"{tuple(getattr(log_prior, 'shape', ())) or type(log_prior).__name__}"
+                         ": sum over the dimensions, without keepdim")
+    log_prior = log_prior.double().cpu()
     return Likelihood(log_prior + delta, log_prior, delta, nfe, x_end)
 
 
@@ -473,12 +464,12 @@ def dequantize(x: torch.Tensor, generator: torch.Generator | None = None) -> tor
     image under the model P(x) = integral of p over x's bin, by Jensen's inequality.
     """
     _check_batch(x)
+    checks.images("x", x, low=-1.0, high=1.0)  # 8-bit images on [-1, 1], not 0..255
     u = torch.rand(x.shape, dtype=x.dtype, device=x.device, generator=generator)
     return x + (u - 0.5) * BIN
 
 
 def bits_per_dim(log_p: torch.Tensor, dims: int) -> torch.Tensor:
     """The discrete bound from a dequantized log-density (nats): -log_p / (D ln 2) + log2(255/2)."""
-    if not isinstance(dims, int) or dims < 1:
-        raise ValueError(f"dims must be a positive int, got {dims!r}")
+    dims = checks.count("dims", dims)
     return -log_p / (dims * math.log(2)) - math.log2(BIN)

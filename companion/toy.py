@@ -80,9 +80,7 @@ class LinearGaussian:
 
     def sample(self, n: int, generator: torch.Generator | None = None):
         """n draws of the joint: returns (z (n, K), x (n, D))."""
-        n = checks.as_int(n)  # NumPy integers too
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise checks.ArgumentError(f"n must be a positive int, got {n!r}")
+        n = checks.count("n", n)  # NumPy integers too
         kw = dict(dtype=self.W.dtype, device=self.W.device, generator=generator)
         z = torch.randn(n, self.K, **kw)
         x = z @ self.W.T + self.b + self.sigma * torch.randn(n, self.D, **kw)
@@ -217,9 +215,7 @@ class GaussianMixture:
 
     def sample(self, n: int, generator: torch.Generator | None = None):
         """n draws of the joint: (z (n,) int64 component labels, x (n, D))."""
-        n = checks.as_int(n)  # NumPy integers too
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise checks.ArgumentError(f"n must be a positive int, got {n!r}")
+        n = checks.count("n", n)  # NumPy integers too
         z = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         return z, self.decode(z, generator)
 

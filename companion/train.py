@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -47,6 +47,7 @@ from .checkpoint import (  # noqa: F401  (re-exported: companion.train's names o
     Resumed,
     all_finite,
     cache_dir,
+    check_storable,
     check_writable,
     checkpoint_path,
     identity,
@@ -114,7 +115,7 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
         config: dict | None = None, save_every: int | None = None, amp: bool = True,
         compile: bool = False, check_every: int = 25, quiet: bool | None = None,
         generator: torch.Generator | None = None, desc: str = "train",
-        save_seconds: float = 60.0) -> FitResult:
+        save_seconds: float = 60.0, lock_timeout: float | None = None) -> FitResult:
     """Train `model` on `data` (a tensor or tuple of tensors, first dim = examples).
 
     Give either `epochs` or `steps`. With `compile`, each epoch's last partial batch is
@@ -136,11 +137,54 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
     Under torchrun with several processes, each rank trains on its share of every batch of
     `batch_size` through DistributedDataParallel (companion.distributed); rank 0 alone
     prints and writes the checkpoint, which is the one a single process would write.
+    Before the first step the ranks check that they agree (batch size, steps, checkpoint or
+    none, data, model, optimizer, config) and all fail naming what differs; a rank that
+    waits for the others longer than BOOK_DIST_TIMEOUT seconds (10 minutes under torchrun)
+    gives up with an error saying where it waited.
+
+    Args:
+        model: the nn.Module to train, in place (it ends in eval mode).
+        loss_fn: `loss_fn(model, batch)` -> a scalar loss tensor, or `(loss, {"name":
+            scalar})` to log more; with a `step` keyword it also gets the global step.
+        data: a tensor (N, ...) or a tuple of tensors of N rows each (images, labels); a
+            batch is the same rows of each, passed as a tensor or a tuple.
+        epochs: passes over the data (give this or `steps`, not both).
+        steps: optimizer steps (give this or `epochs`).
+        batch_size: examples per step (the global batch under torchrun). Default 128.
+        optimizer: a torch optimizer over `model`'s parameters; default Adam(lr), fused on
+            CUDA.
+        lr: the default optimizer's learning rate (ignored with `optimizer`). Default 1e-3.
+        clip: the largest gradient norm, or None (default) for no clipping.
+        ema: an EMA decay in (0, 1) (FitResult.ema holds the average), or None (default).
+        checkpoint: a file path to resume from and save to (load-or-train), or None
+            (default) for none. Checked before training: a regular file or absent, a name
+            that fits the file system, a folder that takes a new file.
+        config: a dict of plain settings that identify the run (a checkpoint with other
+            settings is refused); NumPy scalars are taken as numbers.
+        save_every: save every this many steps (default: a tenth of the run, at least 100).
+        amp: mixed precision where the GPU has it (default True; no effect on the CPU).
+        compile: torch.compile the model (default False; falls back to eager mode).
+        check_every: steps between the moves of the logged losses to the host (and the
+            NaN check). Default 25.
+        quiet: no progress bar (default: the active profile's `quiet`).
+        generator: the torch.Generator that draws each epoch's order (saved and resumed).
+        desc: the progress bar's label. Default "train".
+        save_seconds: also save when this many seconds of training passed since the last
+            save. Default 60.
+        lock_timeout: seconds to wait for another process that trains into the same
+            checkpoint before giving up (CheckpointBusyError); None (default) waits until
+            it is done. Either way the wait says who holds the file, and Ctrl-C stops it.
+
+    Returns:
+        FitResult: the history, the steps taken, the seconds, where the run resumed, the
+        EMA, the training time across sessions, and why the last failed save failed.
     """
     tensors = data if isinstance(data, (tuple, list)) else (data,)
     total = _check_fit_args(model, tensors, epochs, steps, batch_size,
                             lr if optimizer is None else None, clip, check_every, save_every,
                             save_seconds)
+    if lock_timeout is not None:
+        lock_timeout = checks.real("lock_timeout", lock_timeout, low=0.0)
     device = next(model.parameters()).device
     optimizer = optimizer or default_optimizer(model.parameters(), lr, device)
     _check_optimizer(model, optimizer)
@@ -150,12 +194,20 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
     amp_dtype = autocast_dtype(device) if amp else None
     # fp16 needs loss scaling (small gradients underflow); bf16 and float32 do not
     scaler = _grad_scaler(device, enabled=amp_dtype == torch.float16)
+    if checkpoint is not None:  # what it could not write is refused now, not after training
+        check_storable(model=model.state_dict(), optimizer=optimizer.state_dict(),
+                       ema=averager.state_dict() if averager is not None else None)
     run = _Run(model, optimizer, averager, scaler, generator, tensors, batch_size, total,
                distributed.join(device), drop_last=compile)
+    if run.ranks is not None:  # before any collective that a disagreement would hang
+        run.ranks.agree(distributed.what_must_agree(
+            identity(model, config, (), optimizer, ema, batch_size), tensors, total,
+            checkpoint))
     step_kw = _takes_step(loss_fn)
     with contextlib.ExitStack() as cleanup:  # whatever happens, leave the process as it was
         if checkpoint is not None:
-            run.keep_in(Path(checkpoint), ident, cleanup, save_every, save_seconds)
+            run.keep_in(Path(checkpoint), ident, cleanup, save_every, save_seconds,
+                        lock_timeout)
         if profiles.smoke_mode():  # BOOK_SMOKE=1: every code path, a couple of steps a call
             run.total = min(run.total, run.step + profiles.SMOKE_STEPS)
         signals = cleanup.enter_context(_StopSignals(run))
@@ -183,7 +235,8 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
                     raise
                 loss, metrics = _loss_and_metrics(out, run.step)
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss if share == 1.0 else loss * share).backward()
+                with run.waiting("the gradients' all-reduce"):  # DDP's, in backward
+                    scaler.scale(loss if share == 1.0 else loss * share).backward()
                 if clip is not None:
                     scaler.unscale_(optimizer)  # clip the true gradients, not scaled ones
                     nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -198,14 +251,13 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
                     run.flush()
                     bar.set_postfix(loss=f"{run.history['loss'][-1]:.4g}")
                 if run.end_of_step(bool(signals.caught)):
-                    raise KeyboardInterrupt(f"signal {signals.caught[0]} at step {run.step}")
+                    raise KeyboardInterrupt(signals.why(run.step))
         except KeyboardInterrupt:
             run.interrupted()
             raise
     run.flush()
     if signals.caught:  # it came with the last step, after the final save: stop all the same
-        raise KeyboardInterrupt(f"signal {signals.caught[0]} at step {run.step} (the run is "
-                                "complete and saved)")
+        raise KeyboardInterrupt(signals.why(run.step) + " (the run is complete and saved)")
     if checkpoint is None and not all_finite(model.state_dict()):
         raise NonFiniteWeightsError(f"the weights became NaN/inf by step {run.step} although "
                                     "the loss was finite (a NaN gradient?). Lower the learning "
@@ -221,10 +273,63 @@ def _call(loss_fn, model, batch, step: int, step_kw: bool, device, amp_dtype):
         return loss_fn(model, batch, step=step) if step_kw else loss_fn(model, batch)
 
 
+@dataclass
+class _Kept:
+    """What a checkpoint holds of a run besides the states of the model, the optimizer, the
+    EMA and the gradient scaler: where the run is and what it logged. Nothing here decides
+    when to write it (that is `_SavePolicy`)."""
+
+    step: int = 0  # optimizer steps taken, across sessions
+    history: dict = field(default_factory=lambda: {"step": [], "loss": []})
+    trained_before: float = 0.0  # seconds of training of the earlier sessions
+    order: torch.Tensor | None = None  # this epoch's order of the examples
+    pos: int = 0  # how many of that order the steps so far used
+
+    @classmethod
+    def resumed(cls, saved: Resumed, device) -> _Kept:
+        order = None if saved.data_order is None else saved.data_order.to(device)
+        return cls(saved.step, saved.history, saved.train_seconds, order, saved.data_start)
+
+
+class _SavePolicy:
+    """When fit writes its checkpoint: every `every` steps, after `seconds` of training
+    since the last save, at the last step, and when a signal stops the run (under DDP, when
+    any rank is due or signalled). `last` is the step of the last good save (None: none)."""
+
+    def __init__(self, total: int, save_every: int | None, save_seconds: float):
+        self.every = int(save_every or max(total // 10, 100))
+        self.seconds = save_seconds
+        self.last: int | None = None
+        self.last_time = time.perf_counter()
+
+    def due(self, step: int, total: int) -> bool:
+        return (step % self.every == 0 or step == total
+                or time.perf_counter() - self.last_time > self.seconds)
+
+    def saved(self, step: int) -> None:
+        self.last, self.last_time = step, time.perf_counter()
+
+
 class _Run:
-    """What one call of fit keeps between steps: where it is (the step, this epoch's order
-    of the examples and how far it got), what it logged, the checkpoint it keeps (with
-    `keep_in`), and, under torchrun, its place among the ranks."""
+    """One call of fit between its checks and its result. Its save-and-resume policy, in
+    the order the methods below run:
+
+    1. `keep_in` (with a checkpoint): lock the file (a second run waits, or gives up after
+       lock_timeout), load it if it exists: weights, optimizer, EMA, scaler, random state,
+       and `_Kept` (step, history, the unfinished epoch's order); else start at step 0.
+    2. `next_batch`: the step's batch; note what the step starts from (random state,
+       buffers), so that an interrupt inside it can save the step before it.
+    3. `stepped`: the optimizer has moved the weights: count the step (`updating` covers
+       the moment between, when the weights are of neither step).
+    4. `end_of_step`: save when `_SavePolicy` says so, then stop if a signal asked to (any
+       rank's under torchrun).
+    5. `save`: flush the logged losses (a non-finite one raises, and nothing is saved),
+       write atomically; a failed write warns, and training goes on.
+    6. `interrupted` (an exception inside a step): nothing if the weights were updating;
+       else save the last completed step, with the random state and buffers it ended
+       with. Under torchrun the ranks saved together in 4, or cannot.
+    7. `result`.
+    """
 
     def __init__(self, model, optimizer, ema, scaler, generator, tensors, batch_size: int,
                  total: int, ranks: distributed.Ranks | None, drop_last: bool):
@@ -237,35 +342,46 @@ class _Run:
         # under DDP, also a last batch too small to give every rank an example
         small = ranks is not None and n % batch_size < ranks.world
         self.stop = n - n % batch_size if (drop_last and n >= batch_size) or small else n
-        self.step, self.history, self.trained_before = 0, {"step": [], "loss": []}, 0.0
-        self.order, self.pos = None, 0  # this epoch's order, and how many of it were used
-        self.pending: list[tuple[int, torch.Tensor, dict]] = []
+        self.kept = _Kept()
+        self.policy: _SavePolicy | None = None  # with a checkpoint (keep_in)
         self.path: Path | None = None
-        self.last_saved: int | None = None
+        self.pending: list[tuple[int, torch.Tensor, dict]] = []  # logged, not yet flushed
         self.save_errors: list[str] = []
         self.rng_at_step = None  # the random state as the step in progress began
+        self.buffers = list(model.buffers())  # BatchNorm's statistics: a forward moves them
+        self.buffers_at_step: list[torch.Tensor] = []
         self.in_step = self.updating = False
-        self.start = self.last_save_time = time.perf_counter()
+        self.start = time.perf_counter()
         self.resumed_at = 0
+
+    @property
+    def step(self) -> int:
+        return self.kept.step
+
+    @property
+    def history(self) -> dict:
+        return self.kept.history
 
     @property
     def leader(self) -> bool:
         return self.ranks is None or self.ranks.leader
 
+    # 1. resume ---------------------------------------------------------------------------
     def keep_in(self, path: Path, ident: dict, cleanup: contextlib.ExitStack,
-                save_every: int | None, save_seconds: float) -> None:
-        """Train into checkpoint `path`: lock it for this run (until `cleanup` closes),
-        resume from it if it exists, and save to it as fit's docstring says."""
+                save_every: int | None, save_seconds: float,
+                lock_timeout: float | None = None) -> None:
+        """Train into checkpoint `path`: lock it for this run (until `cleanup` closes) and
+        resume from it if it exists."""
         if self.ranks is not None:  # rank 0's path (a smoke run's cache is per process)
             path = Path(self.ranks.from_leader(str(path)))
         self.path, self.identity = path, ident
-        self.save_every, self.save_seconds = int(save_every or max(self.total // 10, 100)), \
-            save_seconds
+        self.policy = _SavePolicy(self.total, save_every, save_seconds)
         if self.leader:
             check_writable(path)  # before any training, not after all of it
-            cleanup.enter_context(PathLock(path))  # before loading: no steps resumed twice
+            # before loading: no steps resumed twice
+            cleanup.enter_context(PathLock(path, lock_timeout))
         if self.ranks is not None:
-            self.ranks.barrier()  # the others wait for rank 0's lock
+            self.ranks.barrier("rank 0's lock on the checkpoint")  # the others wait for it
         if path.exists():
             saved = load_checkpoint(path, self.model, self.optimizer, self.ema, ident,
                                     generator=self.generator, scaler=self.scaler,
@@ -275,41 +391,46 @@ class _Run:
                     f"checkpoint {path} holds {saved.step} steps, more than this run's "
                     f"{self.total}: it belongs to a longer run. Pass that run's step count, "
                     "or another checkpoint path.")
-            self.step, self.history, self.trained_before = saved.step, saved.history, \
-                saved.train_seconds
-            self.order, self.pos = saved.data_order, saved.data_start
-            if self.order is not None:
-                self.order = self.order.to(self.device)
+            self.kept = _Kept.resumed(saved, self.device)
             others = saved.state.get("rng_ranks") or []
             if self.ranks is not None and 0 < self.ranks.rank <= len(others):
                 set_rng_state(others[self.ranks.rank - 1], self.generator)
-            self.last_saved = self.step
+            self.policy.saved(self.step)
         elif self.ranks is not None and self.ranks.rank:  # not rank 0's noise on every rank
             torch.manual_seed(torch.initial_seed() + self.ranks.rank)
         self.resumed_at = self.step
-        self.start = self.last_save_time = time.perf_counter()
+        self.start = self.policy.last_time = time.perf_counter()
 
     def replica(self, model: nn.Module):
         """What the loss function calls: the model, or under torchrun its DDP replica."""
         return model if self.ranks is None else self.ranks.replica(model)
 
+    def waiting(self, what: str):
+        """Where this rank waits for the others (a context): a timeout there becomes an
+        error that says so (companion.distributed); alone, nothing."""
+        return contextlib.nullcontext() if self.ranks is None else self.ranks.waiting(what)
+
+    # 2, 3. a step ------------------------------------------------------------------------
     def next_batch(self):
         """This step's batch (this rank's share of it under DDP) and the weight of its loss
         (1, or what makes the ranks' mean the mean over the whole batch)."""
-        if self.order is None or self.pos >= self.stop:
+        kept = self.kept
+        if kept.order is None or kept.pos >= self.stop:
             if self.stop == 0:
                 raise ValueError(f"an epoch of the data yields no batch ({self.n} examples, "
                                  f"batch_size {self.batch_size}"
                                  + (f", {self.ranks.world} ranks)" if self.ranks else ")"))
-            self.order, self.pos = _draw_order(self.n, self.generator, self.device), 0
+            kept.order, kept.pos = _draw_order(self.n, self.generator, self.device), 0
             if self.ranks is not None:
-                self.order = self.ranks.same_order(self.order)
-        idx = self.order[self.pos:self.pos + self.batch_size]
+                kept.order = self.ranks.same_order(kept.order)
+        idx = kept.order[kept.pos:kept.pos + self.batch_size]
         self.used, share = len(idx), 1.0
         if self.ranks is not None:
             idx, share = self.ranks.share(idx)
         batch = tuple(t[idx] for t in self.tensors)
         self.in_step, self.rng_at_step = True, rng_state(self.generator, self.device)
+        if self.buffers and self.path is not None:  # what an interrupted step restores
+            self.buffers_at_step = [b.detach().clone() for b in self.buffers]
         return (batch if len(batch) > 1 else batch[0]), share
 
     def redo_step(self) -> None:
@@ -318,7 +439,7 @@ class _Run:
 
     def stepped(self, loss: torch.Tensor, metrics: dict, share: float) -> None:
         """The optimizer has taken this step: count it, and queue what it logged."""
-        self.step, self.pos = self.step + 1, self.pos + self.used
+        self.kept.step, self.kept.pos = self.step + 1, self.kept.pos + self.used
         self.updating = self.in_step = False
         if share != 1.0:
             metrics = {k: v * share for k, v in metrics.items()}
@@ -364,26 +485,26 @@ class _Run:
     def last_good(self) -> str:
         if self.path is None:
             return "no checkpoint was kept (pass checkpoint=...)."
-        if self.last_saved is None:
+        if self.policy.last is None:
             return f"no finite checkpoint was saved to {self.path} yet."
-        return f"the last finite weights, of step {self.last_saved}, are in {self.path}."
+        return f"the last finite weights, of step {self.policy.last}, are in {self.path}."
 
+    # 4, 5. saving --------------------------------------------------------------------------
     def end_of_step(self, signalled: bool) -> bool:
-        """Save when due (every save_every steps or save_seconds, at the end, and when
-        stopped); under DDP the ranks decide together. True: stop now."""
-        due = self.path is not None and (
-            self.step % self.save_every == 0 or self.step == self.total
-            or time.perf_counter() - self.last_save_time > self.save_seconds)
+        """Save when due; under DDP the ranks decide together. True: stop now."""
+        due = self.policy is not None and self.policy.due(self.step, self.total)
         if self.ranks is not None:  # one small all-reduce a step: any rank's signal stops all
             due, signalled = self.ranks.any(due, signalled)
-            due = due or (signalled and self.path is not None and self.last_saved != self.step)
+            due = due or (signalled and self.policy is not None
+                          and self.policy.last != self.step)
         if due:
             self.save(final=self.step == self.total)
         return signalled
 
     def save(self, final: bool = False, rng: dict | None = None) -> None:
         self.flush()  # never save weights whose loss was not finite
-        mid_epoch = self.order is not None and self.pos < self.stop
+        kept = self.kept
+        mid_epoch = kept.order is not None and kept.pos < self.stop
         rng = rng or rng_state(self.generator, self.device)
         extra = None
         if self.ranks is not None:  # every rank's random state, for every rank to resume
@@ -394,11 +515,11 @@ class _Run:
                                                 f"{self.step}; not saved")
                 return
         try:
-            save_checkpoint(self.path, self.model, self.optimizer, self.ema, self.step,
-                            self.history, self.identity,
-                            self.trained_before + time.perf_counter() - self.start,
-                            rng=rng, data_order=self.order if mid_epoch else None,
-                            data_start=self.pos, scaler=self.scaler, extra=extra)
+            save_checkpoint(self.path, self.model, self.optimizer, self.ema, kept.step,
+                            kept.history, self.identity,
+                            kept.trained_before + time.perf_counter() - self.start,
+                            rng=rng, data_order=kept.order if mid_epoch else None,
+                            data_start=kept.pos, scaler=self.scaler, extra=extra)
         except NonFiniteWeightsError as err:
             raise NonFiniteWeightsError(
                 f"the weights became NaN/inf by step {self.step} of {self.total} although "
@@ -410,33 +531,40 @@ class _Run:
                           if not final else f"{err}; the trained model is in memory only "
                           "(save it with torch.save(model.state_dict(), path))", stacklevel=4)
             return
-        self.last_saved, self.last_save_time = self.step, time.perf_counter()
+        self.policy.saved(self.step)
 
+    # 6, 7. the end -------------------------------------------------------------------------
     def interrupted(self) -> None:
         """On KeyboardInterrupt: save the steps taken since the last save, unless the
         weights are half updated (then nothing is saved). Under DDP a stop the ranks agreed
         on has saved already, and a rank stopped at once cannot save alone."""
+        last = None if self.policy is None else self.policy.last
         if self.updating:
-            at = (f"the last checkpoint, of step {self.last_saved}, is kept"
-                  if self.last_saved is not None else "nothing was saved")
+            at = (f"the last checkpoint, of step {last}, is kept"
+                  if last is not None else "nothing was saved")
             print(f"interrupted while step {self.step + 1} was updating the weights, which "
                   f"are now of neither step; not saved ({at})")
             return
         if self.ranks is not None:
             return
         self.flush()
-        if self.path is not None and self.last_saved != self.step:
+        if self.path is not None and last != self.step:
             # stopped inside a step: save the random state it began with, so the resumed
-            # run draws the same numbers for it
+            # run draws the same numbers for it, and the buffers (BatchNorm's statistics)
+            # as they were before its forward pass
+            if self.in_step and self.buffers_at_step:
+                with torch.no_grad():
+                    for b, kept in zip(self.buffers, self.buffers_at_step, strict=True):
+                        b.copy_(kept)
             self.save(rng=self.rng_at_step if self.in_step else None)
-            if self.last_saved == self.step:
+            if self.policy.last == self.step:
                 print(f"interrupted at step {self.step}; saved {self.path}, run again to "
                       "resume")
 
     def result(self) -> FitResult:
         seconds = time.perf_counter() - self.start
         return FitResult(self.history, self.step, seconds, self.resumed_at, self.ema,
-                         self.trained_before + seconds,
+                         self.kept.trained_before + seconds,
                          self.save_errors[-1] if self.save_errors else None)
 
 
@@ -462,6 +590,12 @@ class _StopSignals:
     def __exit__(self, *exc) -> None:
         for sig, handler in self.old.items():
             signal.signal(sig, handler)
+
+    def why(self, step: int) -> str:
+        """The KeyboardInterrupt's message: this process's signal, or another rank's."""
+        if self.caught:
+            return f"signal {int(self.caught[0])} at step {step}"
+        return f"another rank was stopped (a signal), so this one stops too, at step {step}"
 
     def handle(self, sig, frame) -> None:
         if sig == signal.SIGINT and self.caught:

@@ -1,6 +1,6 @@
 """One small set of argument checks (companion.checks), used across companion, and issue
 34's findings outside `fit`: each bad input ends in a clear error naming the argument, each
-valid one (NumPy and tensor scalars) is taken. benchmarks/probe_inputs.py's 154 cases run
+valid one (NumPy and tensor scalars) is taken. tests/probes/probe_inputs.py's 154 cases run
 here one by one; the findings of the issue have their own, more exact tests below."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import probe_inputs
 from companion import checks
 from companion import diffusion as dm
 from companion import inpainting as ip
 from companion import latent_diffusion as ld
+from tests.probes import probe_inputs
 
 CASES = probe_inputs.cases()
 

@@ -6,7 +6,7 @@ images, non-finite metrics input, a checkpoint of another run or damaged) and ch
 companion refuses it clearly, or keeps the work. A run stopped anywhere (an exception inside
 a step, Ctrl-C, SIGTERM, SIGHUP, SIGKILL after a periodic save) and resumed must end with the
 uninterrupted run's weights, EMA and history. The slow cases start processes (a signal from
-outside, two runs on one checkpoint path); benchmarks/probe_faults.py counts the outcomes of
+outside, two runs on one checkpoint path); tests/probes/probe_faults.py counts the outcomes of
 the same kinds of misuse across companion.
 """
 
@@ -562,7 +562,7 @@ def test_discretized_likelihoods_refuse_data_off_the_8bit_levels(pixels, fix):
         assert torch.isfinite(terms.elbo).all()
 
 
-# --- cryptic errors found by benchmarks/probe_faults.py, made clear ---------------------------
+# --- cryptic errors found by tests/probes/probe_faults.py, made clear ---------------------------
 @functools.cache
 def _probe_inputs():
     from companion import data

@@ -429,7 +429,9 @@ def execute(paths: list[str], copy: bool = False, into: str | None = None) -> in
 
 
 def _execute(paths: list[str], env: dict, folder: str | None, into: str | None) -> int:
-    smoke = env.get("BOOK_SMOKE", "").strip() not in ("", "0")
+    from companion.profiles import env_flag  # BOOK_SMOKE read as companion reads it
+
+    smoke = env_flag("BOOK_SMOKE", environ=env)
     for p in paths:
         target, allowed = None, None
         if folder:

@@ -81,11 +81,9 @@ class Autoencoder(_Codec):
     def __init__(self, latent_dim: int = 16, hidden: tuple[int, ...] = (512,),
                  activation: str = "relu", output: str = "sigmoid"):
         super().__init__()
-        if int(latent_dim) <= 0:
-            raise ValueError(f"latent_dim must be a positive int, got {latent_dim!r}")
-        hidden = tuple(int(h) for h in hidden)
-        if any(h <= 0 for h in hidden):
-            raise ValueError(f"hidden widths must be positive, got {hidden}")
+        latent_dim = checks.count("latent_dim", latent_dim)
+        hidden = tuple(checks.count(f"hidden[{i}] (a layer's width)", h)
+                       for i, h in enumerate(hidden))
         if output not in ("sigmoid", "identity"):
             raise ValueError(f"output must be 'sigmoid' or 'identity', got {output!r}")
         self.latent_dim, self.hidden = int(latent_dim), hidden
@@ -215,8 +213,8 @@ def worst_perturbation(model: nn.Module, x: torch.Tensor, radius: float,
     by `steps` steps of projected gradient ascent along the normalized gradient (one step:
     the fast gradient method). The result carries no graph. x: (B, 1, 28, 28) -> delta, same.
     """
-    if radius < 0 or steps < 1:
-        raise ValueError(f"need radius >= 0 and steps >= 1, got radius={radius}, steps={steps}")
+    radius = checks.real("radius", radius, low=0.0)
+    steps = checks.count("steps", steps)
     delta = torch.zeros_like(x)
     if radius == 0:
         return delta

@@ -25,7 +25,7 @@ class Classifier(nn.Module):
 
     def __init__(self, width: int = 32, features: int = FEATURES, dropout: float = 0.3):
         super().__init__()
-        w = width
+        w = checks.count("width", width)
         self.body = nn.Sequential(
             nn.Conv2d(1, w, 3, padding=1), nn.ReLU(),
             nn.Conv2d(w, w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -115,5 +115,8 @@ def predict(model: Classifier, x: torch.Tensor, batch_size: int = 1000
 
 
 def accuracy(model: Classifier, x: torch.Tensor, y: torch.Tensor) -> float:
-    """The fraction of images whose most probable class is the label."""
+    """The fraction of images whose most probable class is the label. y: (B,) labels."""
+    if not torch.is_tensor(y) or tuple(y.shape) != (len(x),):
+        raise checks.ArgumentError(f"y must hold one label per image ({len(x)},), got "
+                                   f"{tuple(getattr(y, 'shape', ())) or type(y).__name__}")
     return (predict(model, x)[1].argmax(1) == y).float().mean().item()

@@ -295,6 +295,7 @@ class HierarchicalVAE(_ImageModel):
         each inner KL analytic at the sampled z_>i, the outer expectations by the same
         samples. x: (B, 1, 28, 28) binary; n_samples: z draws per image.
         """
+        n_samples = checks.count("n_samples", n_samples)
         z, q, p = self.top_down(self.bottom_up(x), n_samples)
         kls = []
         for i in range(self.m):
@@ -364,8 +365,7 @@ class MarkovianHVAE(_ImageModel):
         super().__init__()
         for name, v in (("T", T), ("latent_dim", latent_dim), ("hidden", hidden),
                         ("step_hidden", step_hidden)):
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+            checks.count(name, v)
         self.T, self.latent_dim = T, latent_dim
         self.latent_dims = (latent_dim,) * T
         self.m = T
@@ -410,7 +410,7 @@ class MarkovianHVAE(_ImageModel):
         (z_0 = x, p(z_T | z_{T+1}) = p(z_T)), every term by Monte Carlo. The per-step terms
         are not KL divergences and can be negative: only their sum is fixed. Chapter 8
         regroups them into true KLs with q(z_{t-1} | z_t, x)."""
-        z, log_q = self._bottom_up(x, n_samples)
+        z, log_q = self._bottom_up(x, checks.count("n_samples", n_samples))
         log_p = self._log_p_layers(z)
         steps = torch.stack([(lq - lp).mean(0) for lq, lp in zip(log_q, log_p, strict=True)],
                             -1)

@@ -197,11 +197,10 @@ class VAE(nn.Module):
             raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
-        latent_dim = checks.as_int(latent_dim)  # NumPy integers too
-        if not isinstance(latent_dim, int) or isinstance(latent_dim, bool) or latent_dim < 1:
-            raise checks.ArgumentError(f"latent_dim must be a positive int, got {latent_dim!r}")
+        latent_dim = checks.count("latent_dim (a positive int)", latent_dim)
         self.latent_dim, self.arch, self.likelihood = latent_dim, arch, likelihood
-        hidden = tuple(hidden)
+        hidden = tuple(checks.count(f"hidden[{i}] (a layer's width)", h)
+                       for i, h in enumerate(hidden))
         self.out_channels = 2 if likelihood == "discretized" else 1
         if arch == "mlp":
             self.encoder = MLPEncoder(latent_dim, hidden, activation)
@@ -307,6 +306,7 @@ class VAE(nn.Module):
         """
         check_images(x)
         check_nonempty(x)
+        n_samples = checks.count("n_samples", n_samples)
         if q is None:
             mu, logvar = self.encode(x if x_encoder is None else x_encoder)  # 1. encode
         else:

@@ -1,7 +1,7 @@
 """Misuse probes of `companion`: bad input, damaged checkpoints, kills; counts the outcomes.
 
-    python -m benchmarks.probe_faults            # about a minute on 2 CPU cores
-    python -m benchmarks.probe_faults -v         # one line per case
+    python -m tests.probes.probe_faults            # about a minute on 2 CPU cores
+    python -m tests.probes.probe_faults -v         # one line per case
 
 The kinds of probe of issue 24 (wrong shapes, dtypes, ranges, NaN/inf, empty batches,
 out-of-range arguments, corrupt and foreign checkpoints, read-only directories, a full disk,
@@ -388,7 +388,7 @@ def keep_cases(tmp: Path):
 
     script = tmp / "keep.py"
     script.write_text(KEEP_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
 
     def child(path, slow=0.0, save_every=1000):
         return subprocess.Popen([sys.executable, str(script), str(path), str(slow),

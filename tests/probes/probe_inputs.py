@@ -1,7 +1,7 @@
 """A misuse sample of companion's public functions (issue 34): how each bad input ends.
 
-    python -m benchmarks.probe_inputs          # a few seconds
-    python -m benchmarks.probe_inputs -v       # one line per case
+    python -m tests.probes.probe_inputs          # a few seconds
+    python -m tests.probes.probe_inputs -v       # one line per case
 
 Each case calls one public function with one misuse (or, marked "valid", with an input it
 must take: NumPy and tensor scalars, whole floats) and is classed automatically:
