@@ -99,6 +99,8 @@ def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
     """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) elementwise (broadcasting).
 
     = 1/2 [ logvar2 - logvar1 + (e^logvar1 + (mean1 - mean2)^2) e^-logvar2 - 1 ]
+
+    Book: :eq:`ch8-kl-mse`, :eq:`ch9-kl-1d`.
     """
     return 0.5 * (logvar2 - logvar1 - 1.0
                   + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
@@ -124,6 +126,8 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor,
     P(x) = Phi((x + 1/255 - mean) / s) - Phi((x - 1/255 - mean) / s), except that the bin of
     x = -1 extends to -inf and the bin of x = 1 to +inf, so the 256 bins sum to 1 (Ho et al.).
     x must hold the 256 levels -1 + 2k/255; other values are binned as if they were.
+
+    Book: :eq:`ch9-bound`.
     """
     inv_s = torch.exp(-log_scale)
     centered = x - mean
@@ -316,6 +320,8 @@ class Diffusion:
         """q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I): (mean, variance).
 
         x0: (B, ...); mean (B, ...), variance (B, 1, ..., 1).
+
+        Book: :eq:`ch8-forward`.
         """
         _check_data(x0, "x0")
         t = self.check_t(t, len(x0))
@@ -323,7 +329,10 @@ class Diffusion:
         return abar.sqrt() * x0, 1 - abar
 
     def q_sample(self, x0: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
-        """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise.  x0, noise: (B, ...)."""
+        """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise.  x0, noise: (B, ...).
+
+        Book: :eq:`ch8-forward`.
+        """
         self._check_pair(x0, noise, "x0", "noise")
         return self._q_sample(x0, self.check_t(t, len(x0)), noise)
 
@@ -343,6 +352,8 @@ class Diffusion:
 
         x0, x_t: (B, ...); mean (B, ...), variance (B, 1, ..., 1). At t = 1 the variance is 0
         (x_0 is known exactly).
+
+        Book: :eq:`ch8-posterior`.
         """
         self._check_pair(x0, x_t, "x0", "x_t")
         t = self.check_t(t, len(x0))
@@ -370,7 +381,10 @@ class Diffusion:
         return (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()
 
     def mean_from_eps(self, x_t, t, eps):
-        """mu = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t)."""
+        """mu = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t).
+
+        Book: :eq:`ch9-ancestral`.
+        """
         self._check_pair(x_t, eps, "x_t", "eps")
         return self._mean_from_eps(x_t, self.check_t(t, len(x_t)), eps)
 
@@ -388,13 +402,19 @@ class Diffusion:
         return (x_t - (1 - beta).sqrt() * mean) * (1 - abar).sqrt() / beta
 
     def score_from_eps(self, x_t, t, eps):
-        """grad log q(x_t) = -eps / sqrt(1 - alpha_bar_t) (Tweedie; exact for the optimal eps)."""
+        """grad log q(x_t) = -eps / sqrt(1 - alpha_bar_t) (Tweedie; exact for the optimal eps).
+
+        Book: :eq:`ch8-tweedie`.
+        """
         self._check_pair(x_t, eps, "x_t", "eps")
         t = self.check_t(t, len(x_t))
         return -eps / (1 - self._at(self.alphas_bar_, t, x_t)).sqrt()
 
     def eps_from_score(self, x_t, t, score):
-        """eps = -sqrt(1 - alpha_bar_t) score: the factor the slides leave out."""
+        """eps = -sqrt(1 - alpha_bar_t) score: the factor the slides leave out.
+
+        Book: :eq:`ch8-tweedie`.
+        """
         self._check_pair(x_t, score, "x_t", "score")
         t = self.check_t(t, len(x_t))
         return -(1 - self._at(self.alphas_bar_, t, x_t)).sqrt() * score
@@ -460,6 +480,8 @@ class Diffusion:
 
         x0: (B, ...) -> scalar, the mean squared error over every element of the batch.
         Input checks here are on type and shape only (free: this runs every training step).
+
+        Book: :eq:`ch9-lsimple`.
         """
         _check_data(x0, "x0")
         self._check_model_T(eps_model)
@@ -498,6 +520,8 @@ class Diffusion:
         original steps s_i.
         generator: a torch.Generator on the sampling device (reproducible runs).
         callback(t, x_t, x0_pred): called before each step with the original step t.
+
+        Book: :eq:`ch9-ancestral`.
         """
         _check_variance(variance)
         self._check_model_T(eps_model)
@@ -604,6 +628,8 @@ class Diffusion:
         [-1, 1], bins of width 2/255) or "gaussian" (real-valued data, a density).
         t >= 2: L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)).
         t may differ per image: an int64 tensor (B,).
+
+        Book: :eq:`ch8-kl-mse`.
         """
         _check_variance(variance)
         _check_decoder(decoder)
@@ -640,6 +666,8 @@ class Diffusion:
         sees at most max(B, max_batch) inputs.
         With decoder="discretized", x0 must hold the 256 levels -1 + 2k/255 (checked: one
         reduction and one device sync per call).
+
+        Book: :eq:`ch8-bound`, :eq:`ch9-bound`.
         """
         _check_variance(variance)
         _check_decoder(decoder)

@@ -24,7 +24,10 @@ from .sde import _check_batch, check_time, interpolate_steps
 
 
 def linear_path(x0: torch.Tensor, eps: torch.Tensor, tau) -> torch.Tensor:
-    """x_tau = (1 - tau) x_0 + tau eps.  x0, eps: (B, ...); tau a float or (B,)."""
+    """x_tau = (1 - tau) x_0 + tau eps.  x0, eps: (B, ...); tau a float or (B,).
+
+    Book: :eq:`ch13-linear-path`.
+    """
     _check_batch(x0, "x0")
     if eps.shape != x0.shape:
         raise ValueError(f"x0 and eps must have the same shape, got {tuple(x0.shape)} and "
@@ -48,7 +51,10 @@ def _as_times(tau, like: torch.Tensor) -> torch.Tensor:
 
 
 def velocity_from_eps(eps_hat: torch.Tensor, x_tau: torch.Tensor, tau: float) -> torch.Tensor:
-    """v = (eps_hat - x_tau) / (1 - tau), for tau < 1."""
+    """v = (eps_hat - x_tau) / (1 - tau), for tau < 1.
+
+    Book: :eq:`ch13-v-from-eps`.
+    """
     tau = check_time(tau, "tau")
     if tau >= 1:
         raise ValueError("at tau = 1 the path is pure noise and the velocity is not a "
@@ -74,6 +80,8 @@ def flow_matching_loss(model, x0: torch.Tensor, K: int,
     model: (x (B, ...), step int64 (B,)) -> like x, called with step k + 1 in 1..K + 1 (a U-Net
     built with T = K + 1). x0: (B, ...) data (the digits on [-1, 1]). Checks are on type and
     shape only: this runs every training step.
+
+    Book: :eq:`ch13-fm-loss`.
     """
     K = check_grid_size(K)
     _check_batch(x0, "x0")

@@ -158,6 +158,8 @@ def guided_eps(denoiser: LatentDenoiser, labels: torch.Tensor, w: float):
 
     c = labels (B,) in 0..9; w = 0 is the plain conditional model. Both predictions come
     from one network call on the batch twice over (2B codes).
+
+    Book: :eq:`ch11-cfg`.
     """
     w = check_weight(w)
     if not denoiser.conditional:
@@ -264,6 +266,8 @@ def latent_bound(vae, denoiser: LatentDenoiser, diffusion, scale: float, x: torc
     samples: draws z ~ q(z | x) per image (the reconstruction and cross-entropy terms are
     Monte Carlo over them; the diffusion bound of each draw sums every t, T network calls
     in chunks). An unconditional denoiser (or a conditional one, as its unconditional half).
+
+    Book: :eq:`ch11-bound`.
     """
     check_pair(vae, denoiser)
     scale = _check_scale(scale)

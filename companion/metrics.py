@@ -105,6 +105,8 @@ def iw_estimate(sample_q: Callable, log_joint: Callable, x: torch.Tensor, k: int
     max_rows:   at most this many (sample, example) pairs at once: the samples are drawn in
                 chunks, which bounds memory whatever k is.
     Seed torch for a repeatable estimate.
+
+    Book: :eq:`ch6-iw`.
     """
     k = checks.count("k", k)  # importance samples per example
     max_rows = checks.count("max_rows", max_rows)
@@ -148,6 +150,8 @@ def iw_log_likelihood(log_joint: Callable, posterior: Callable, x: torch.Tensor,
 
     log_joint:  (x, z) -> log p(x, z), with x: (B, ...) and z: (S, B, D) -> (S, B).
     posterior:  x -> q(z|x), a torch distribution with batch shape (B,) and event shape (D,).
+
+    Book: :eq:`ch6-iw`.
     """
     return iw_estimate(distribution_sampler(posterior), log_joint, x, k,
                        batch_size=batch_size, max_rows=max_rows)
@@ -223,6 +227,8 @@ def active_units(mu: torch.Tensor, threshold: float = 1e-2) -> ActiveUnits:
     mu: (N, D) the encoder means of N data points.
     A dimension whose posterior mean does not move with x carries no information about x:
     q(z_u|x) is the same for every x, and the KL term then pushes it onto the prior.
+
+    Book: :eq:`ch6-au`.
     """
     checks.tensor("mu", mu)
     threshold = checks.real("threshold", threshold, low=0.0)
@@ -250,6 +256,8 @@ def refine_posterior(model, x: torch.Tensor, *, steps: int = 100, lr: float = 1e
     The ELBO of each image depends only on its own (mu, logvar), so one optimizer over the
     whole batch optimizes every image's q independently.
     x: (B, 1, 28, 28) -> (mu, logvar), each (B, D), detached.
+
+    Book: :eq:`ch6-gaps`.
     """
     was_training = model.training
     model.eval()
@@ -319,6 +327,8 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     positive semi-definite matrices, taken by eigendecomposition (eigenvalues clamped at 0),
     so the result is real; tr((S_a^1/2 S_b S_a^1/2)^1/2) = tr((S_a S_b)^1/2).
     The distance has a bias that grows as N shrinks: compare numbers only at equal counts.
+
+    Book: :eq:`ch9-frechet`.
     """
     for name, v in (("a", a), ("b", b)):
         if v is None or isinstance(v, str):

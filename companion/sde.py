@@ -111,34 +111,52 @@ class VPSDE:
         return min((-self.beta_min + math.sqrt(self.beta_min**2 + 2 * k * c)) / k, 1.0)
 
     def marginal(self, x0: torch.Tensor, t: float) -> tuple[torch.Tensor, float]:
-        """q(x_t | x_0): (mean sqrt(alpha_bar) x_0, standard deviation)."""
+        """q(x_t | x_0): (mean sqrt(alpha_bar) x_0, standard deviation).
+
+        Book: :eq:`ch13-vp-marginal`.
+        """
         _check_batch(x0, "x0")
         return math.sqrt(self.alpha_bar(t)) * x0, self.sigma(t)
 
     def drift(self, x: torch.Tensor, t: float) -> torch.Tensor:
-        """f(x, t) = -1/2 beta(t) x."""
+        """f(x, t) = -1/2 beta(t) x.
+
+        Book: :eq:`ch13-vp-sde`.
+        """
         return -0.5 * self.beta(t) * x
 
     def diffusion(self, t: float) -> float:
-        """g(t) = sqrt(beta(t))."""
+        """g(t) = sqrt(beta(t)).
+
+        Book: :eq:`ch13-vp-sde`.
+        """
         return math.sqrt(self.beta(t))
 
     def discrete_betas(self, T: int) -> torch.Tensor:
         """beta_i = beta((i - 1) / (T - 1)) / T for i = 1..T, float64 (T,): Ho et al.'s linear
-        schedule 1e-4..0.02 scaled by 1000 / T for the default beta_min, beta_max."""
+        schedule 1e-4..0.02 scaled by 1000 / T for the default beta_min, beta_max.
+
+        Book: :eq:`ch13-em-step`.
+        """
         if not isinstance(T, int) or isinstance(T, bool) or T < 2:
             raise ValueError(f"T must be an int >= 2, got {T!r}")
         s = torch.linspace(0, 1, T, dtype=torch.float64)
         return (self.beta_min + s * (self.beta_max - self.beta_min)) / T
 
     def reverse_drift(self, score: Field) -> Field:
-        """The reverse-time SDE's drift f - g^2 s (Anderson 1982), as a field (x, t)."""
+        """The reverse-time SDE's drift f - g^2 s (Anderson 1982), as a field (x, t).
+
+        Book: :eq:`ch13-reverse-sde`.
+        """
         def field(x, t):
             return self.drift(x, t) - self.beta(t) * score(x, t)
         return field
 
     def ode_drift(self, score: Field) -> Field:
-        """The probability-flow ODE's velocity f - 1/2 g^2 s, as a field (x, t)."""
+        """The probability-flow ODE's velocity f - 1/2 g^2 s, as a field (x, t).
+
+        Book: :eq:`ch13-pf-ode`.
+        """
         def field(x, t):
             return self.drift(x, t) - 0.5 * self.beta(t) * score(x, t)
         return field
@@ -277,6 +295,8 @@ def euler_maruyama(drift: Field, diffusion: Callable[[float], float], x: torch.T
 
     Forward in time (increasing ts) or backward (decreasing, for the reverse SDE, whose
     drift the caller gives in the forward-time convention f - g^2 s).
+
+    Book: :eq:`ch13-reverse-sde`.
     """
     _check_batch(x)
     ts = _check_grid(ts)
@@ -292,6 +312,8 @@ def ddim(eps: Field, sde: VPSDE, x: torch.Tensor, ts: Sequence[float]) -> torch.
 
     x0_hat = (x - sigma_a eps) / sqrt(alpha_bar_a),  x_b = sqrt(alpha_bar_b) x0_hat + sigma_b eps
     (Song, Meng and Ermon 2021): the update `Diffusion.sample_ddim` makes between kept steps.
+
+    Book: :eq:`ch13-ddim-ode`.
     """
     _check_batch(x)
     ts = _check_grid(ts)
@@ -349,6 +371,8 @@ def divergence_hutchinson(field: Field, x: torch.Tensor, t: float, probes: torch
 
     Unbiased for div F whenever E[v] = 0 and E[v v^T] = I (Hutchinson 1989); one
     vector-Jacobian product per probe, whatever the dimension. Average over P for the estimate.
+
+    Book: :eq:`ch13-hutchinson`.
     """
     _check_batch(x)
     if not torch.is_tensor(probes) or probes.dim() != x.dim() + 1 or len(probes) == 0 \
@@ -400,6 +424,8 @@ def ode_log_likelihood(field: Field, x: torch.Tensor, *, t0: float = 0.0, t1: fl
     returns log p_{t1}(x_{t1}) + l(t1). probes=None: the exact divergence (x (B, D), small D);
     probes=P: Hutchinson's estimator with P Rademacher probes drawn once and kept along the
     path (the path then stays smooth, as in FFJORD). x: (B, ...); the field runs in x's dtype.
+
+    Book: :eq:`ch13-cov`.
     """
     from scipy.integrate import solve_ivp
 
@@ -454,6 +480,8 @@ def dequantize(x: torch.Tensor, generator: torch.Generator | None = None) -> tor
 
     Then E_u[-log p(x + u)] - D log(2/255) bounds the negative log-probability of the discrete
     image under the model P(x) = integral of p over x's bin, by Jensen's inequality.
+
+    Book: :eq:`ch13-dequantization`.
     """
     _check_batch(x)
     u = torch.rand(x.shape, dtype=x.dtype, device=x.device, generator=generator)
