@@ -77,9 +77,17 @@ def flow_matching_loss(model, x0: torch.Tensor, K: int,
                        generator: torch.Generator | None = None) -> torch.Tensor:
     """E |v(x_tau, tau) - (eps - x_0)|^2, tau = k / K with k uniform on 0..K, per element mean.
 
-    model: (x (B, ...), step int64 (B,)) -> like x, called with step k + 1 in 1..K + 1 (a U-Net
-    built with T = K + 1). x0: (B, ...) data (the digits on [-1, 1]). Checks are on type and
-    shape only: this runs every training step.
+    Checks are on type and shape only: this runs every training step.
+
+    Args:
+        model: (x (B, ...), step int64 (B,)) -> like x, called with step k + 1 in 1..K + 1 (a
+            U-Net built with T = K + 1).
+        x0: (B, ...) data (the digits on [-1, 1]).
+        K: the number of grid intervals of tau (tau = k / K).
+        generator: for tau and eps (default None: torch's global generator).
+
+    Returns:
+        A scalar, the mean squared error over every element of the batch.
 
     Book: :eq:`ch13-fm-loss`.
     """

@@ -200,9 +200,28 @@ def inpaint(diffusion: Diffusion, eps_model, y: torch.Tensor, mask, *,
                   + (1 - m) * (mu_theta(x_k, k) + sigma_k z),
     and x_0 = m * y + (1 - m) * mu_theta(x_1, 1): the known pixels come back exactly.
     resamples > 1: RePaint, the states of repaint_schedule(n_steps, jump, resamples).
-    n_steps: the reverse chain over spaced_timesteps(T, n_steps) (None: all T steps).
     With an all-zeros mask this is Diffusion.sample with the same random numbers.
-    callback(k, t, x_k, x0_pred): before each denoising step (k on the chain, t the model's).
+
+    Args:
+        diffusion: the Diffusion (schedule) eps_model was trained with.
+        eps_model: (x_t (B, ...), t int64 (B,)) -> eps (B, ...).
+        y: (B, ...) the images on [-1, 1]; only the known pixels are read.
+        mask: 1 where a pixel is known, 0 where it is to be completed: x.shape,
+            (1, *x.shape[1:]) or x.shape[1:] (see `check_mask`).
+        n_steps: the reverse chain over spaced_timesteps(T, n_steps) (default None: all T
+            steps).
+        jump: RePaint's jump length j (default 1).
+        resamples: RePaint's resamplings u (default 1: replacement).
+        variance: "beta" (default) or "posterior", as in Diffusion.sample.
+        clip: clip each predicted x_0 to [-1, 1] (default False).
+        x_T: the starting noise (B, ...); None (default) draws it.
+        generator: for the noise (default None: torch's global generator).
+        callback: callback(k, t, x_k, x0_pred) before each denoising step (k on the
+            chain, t the model's); default None.
+        quiet: no progress bar (default: the profile decides).
+
+    Returns:
+        (B, ...) the completed images, equal to y where mask is 1.
 
     Book: :eq:`ch12-replacement`, :eq:`ch12-jump`.
     """

@@ -96,15 +96,22 @@ def iw_estimate(sample_q: Callable, log_joint: Callable, x: torch.Tensor, k: int
 
         log p(x) >= E[ log (1/k) sum_i w_i ],   w_i = p(x, z_i) / q(z_i | x),  z_i ~ q(z|x)
 
-    sample_q:   (x, S) -> (z, log_q): S draws z ~ q(z|x) for a batch x (B, ...) and their
-                log q(z|x), shape (S, B). z is whatever log_joint takes: a (S, B, D) tensor,
-                or a list of them for a hierarchy, whose q is no single torch distribution.
-    log_joint:  (x, z) -> log p(x, z), (S, B).
-    x:          (N, ...) the data; processed `batch_size` examples at a time.
-    k:          importance samples per example.
-    max_rows:   at most this many (sample, example) pairs at once: the samples are drawn in
-                chunks, which bounds memory whatever k is.
     Seed torch for a repeatable estimate.
+
+    Args:
+        sample_q: (x, S) -> (z, log_q): S draws z ~ q(z|x) for a batch x (B, ...) and their
+            log q(z|x), shape (S, B). z is whatever log_joint takes: a (S, B, D) tensor,
+            or a list of them for a hierarchy, whose q is no single torch distribution.
+        log_joint: (x, z) -> log p(x, z), (S, B).
+        x: (N, ...) the data.
+        k: importance samples per example.
+        batch_size: examples processed at a time (default 500).
+        max_rows: at most this many (sample, example) pairs at once (default 65536): the
+            samples are drawn in chunks, which bounds memory whatever k is.
+
+    Returns:
+        IWEstimate: `log_px` (N,), the estimate of log p(x), and `elbo` (N,) from the
+        same samples, in nats.
 
     Book: :eq:`ch6-iw`.
     """
@@ -148,8 +155,18 @@ def iw_log_likelihood(log_joint: Callable, posterior: Callable, x: torch.Tensor,
                       batch_size: int = 500, max_rows: int = 2 ** 16) -> IWEstimate:
     """`iw_estimate` with q(z|x) given as a torch distribution.
 
-    log_joint:  (x, z) -> log p(x, z), with x: (B, ...) and z: (S, B, D) -> (S, B).
-    posterior:  x -> q(z|x), a torch distribution with batch shape (B,) and event shape (D,).
+    Args:
+        log_joint: (x, z) -> log p(x, z), with x: (B, ...) and z: (S, B, D) -> (S, B).
+        posterior: x -> q(z|x), a torch distribution with batch shape (B,) and event
+            shape (D,).
+        x: (N, ...) the data.
+        k: importance samples per example.
+        batch_size: examples processed at a time (default 500).
+        max_rows: at most this many (sample, example) pairs at once (default 65536).
+
+    Returns:
+        IWEstimate: `log_px` (N,), the estimate of log p(x), and `elbo` (N,) from the
+        same samples, in nats.
 
     Book: :eq:`ch6-iw`.
     """
@@ -177,6 +194,18 @@ def vae_iw_log_likelihood(model, x: torch.Tensor, k: int, *, batch_size: int = 5
 
     The proposal q must depend on the example only: when the encoder sees x_encoder, it is
     paired with x by position, so both are sliced the same way.
+
+    Args:
+        model: a trained VAE (companion.models.vae.VAE).
+        x: (N, 1, 28, 28) the images whose likelihood is estimated.
+        k: importance samples per image.
+        batch_size: images processed at a time (default 500).
+        max_rows: at most this many (sample, image) pairs at once (default 65536).
+        x_encoder: None (default) or (N, 1, 28, 28) images the encoder sees instead of x.
+
+    Returns:
+        IWEstimate: `log_px` (N,), the estimate of log p(x), and `elbo` (N,) from the
+        same samples, in nats.
     """
     was_training = model.training
     model.eval()

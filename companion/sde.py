@@ -265,7 +265,16 @@ def _steps(ts):
 
 
 def euler(field: Field, x: torch.Tensor, ts: Sequence[float]) -> torch.Tensor:
-    """x_{k+1} = x_k + (t_{k+1} - t_k) F(x_k, t_k): one evaluation per step."""
+    """x_{k+1} = x_k + (t_{k+1} - t_k) F(x_k, t_k): one evaluation per step.
+
+    Args:
+        field: F(x (B, ...), t float) -> (B, ...), the ODE's velocity.
+        x: (B, ...) the state at ts[0].
+        ts: the times, increasing or decreasing; len(ts) - 1 steps.
+
+    Returns:
+        The state at ts[-1], (B, ...).
+    """
     _check_batch(x)
     ts = _check_grid(ts)
     for a, b in _steps(ts):
@@ -277,6 +286,14 @@ def heun(field: Field, x: torch.Tensor, ts: Sequence[float]) -> torch.Tensor:
     """Heun's method (the trapezoid rule with an Euler predictor): two evaluations per step.
 
     x' = x_k + h F(x_k, t_k),  x_{k+1} = x_k + h/2 [F(x_k, t_k) + F(x', t_{k+1})].
+
+    Args:
+        field: F(x (B, ...), t float) -> (B, ...), the ODE's velocity.
+        x: (B, ...) the state at ts[0].
+        ts: the times, increasing or decreasing; len(ts) - 1 steps.
+
+    Returns:
+        The state at ts[-1], (B, ...).
     """
     _check_batch(x)
     ts = _check_grid(ts)
@@ -296,6 +313,16 @@ def euler_maruyama(drift: Field, diffusion: Callable[[float], float], x: torch.T
     Forward in time (increasing ts) or backward (decreasing, for the reverse SDE, whose
     drift the caller gives in the forward-time convention f - g^2 s).
 
+    Args:
+        drift: f(x (B, ...), t float) -> (B, ...).
+        diffusion: g(t float) -> float.
+        x: (B, ...) the state at ts[0].
+        ts: the times; len(ts) - 1 steps.
+        generator: for the noise z (default None: torch's global generator).
+
+    Returns:
+        The state at ts[-1], (B, ...).
+
     Book: :eq:`ch13-reverse-sde`.
     """
     _check_batch(x)
@@ -312,6 +339,15 @@ def ddim(eps: Field, sde: VPSDE, x: torch.Tensor, ts: Sequence[float]) -> torch.
 
     x0_hat = (x - sigma_a eps) / sqrt(alpha_bar_a),  x_b = sqrt(alpha_bar_b) x0_hat + sigma_b eps
     (Song, Meng and Ermon 2021): the update `Diffusion.sample_ddim` makes between kept steps.
+
+    Args:
+        eps: the noise predictor eps(x (B, ...), t float) -> (B, ...) on the SDE's clock.
+        sde: the VPSDE whose alpha_bar(t) is the clock.
+        x: (B, ...) the state at ts[0].
+        ts: decreasing times in [0, 1]; len(ts) - 1 network calls.
+
+    Returns:
+        The state at ts[-1], (B, ...).
 
     Book: :eq:`ch13-ddim-ode`.
     """
@@ -419,11 +455,26 @@ def ode_log_likelihood(field: Field, x: torch.Tensor, *, t0: float = 0.0, t1: fl
                        generator: torch.Generator | None = None) -> Likelihood:
     """log p_{t0}(x) for the flow dx/dt = field(x, t), by the instantaneous change of variables.
 
-    Solves d/dt [x, l] = [F(x, t), div F(x, t)] from t0 to t1 with scipy's solve_ivp (RK45 by
-    default, Song et al.'s choice; rtol, atol > 0), all points of the batch as one system, and
-    returns log p_{t1}(x_{t1}) + l(t1). probes=None: the exact divergence (x (B, D), small D);
-    probes=P: Hutchinson's estimator with P Rademacher probes drawn once and kept along the
-    path (the path then stays smooth, as in FFJORD). x: (B, ...); the field runs in x's dtype.
+    Solves d/dt [x, l] = [F(x, t), div F(x, t)] from t0 to t1 with scipy's solve_ivp, all
+    points of the batch as one system, and returns log p_{t1}(x_{t1}) + l(t1).
+
+    Args:
+        field: F(x (B, ...), t float) -> (B, ...), the flow's velocity.
+        x: (B, ...) the points; the field runs in x's dtype.
+        t0: where the density is wanted (default 0.0, the data).
+        t1: where the prior is known (default 1.0).
+        prior_log_p: (B, ...) -> (B,), log p_{t1} (default: the standard normal).
+        probes: None (default): the exact divergence (x (B, D), small D); P: Hutchinson's
+            estimator with P Rademacher probes drawn once and kept along the path (the path
+            then stays smooth, as in FFJORD).
+        rtol: the solver's relative tolerance, > 0 (default 1e-5).
+        atol: the solver's absolute tolerance, > 0 (default 1e-5).
+        method: solve_ivp's method (default "RK45", Song et al.'s choice).
+        generator: for the probes (default None: torch's global generator).
+
+    Returns:
+        Likelihood: `log_p`, log p_{t0}(x) per point (float64 (B,), nats), and `nfe`,
+        the evaluations of the field.
 
     Book: :eq:`ch13-cov`.
     """

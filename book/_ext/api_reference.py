@@ -156,10 +156,28 @@ def clean_docstring(lines: list[str]) -> list[str]:
 
 def _process_docstring(app, what, name, obj, options, lines):
     lines[:] = clean_docstring(list(lines))
+    if what in ("attribute", "data", "property") and lines:
+        # napoleon reads an attribute's first line as "type: description"; companion's
+        # say "L_0 per image (nats): ...". An empty comment first keeps the line text.
+        first = _BACKTICKS.sub("", next((x for x in lines if x.strip()), ""))
+        if re.search(r"(?<!:):(?!:)", first):
+            lines[:0] = ["..", ""]
+
+
+def _public_bases(app, name, obj, options, bases):
+    """Show a private base class (_Codec) as the public classes it derives from."""
+    i = 0
+    while i < len(bases):
+        base = bases[i]
+        if base.__name__.startswith("_") and base.__module__.startswith(PACKAGE):
+            bases[i:i + 1] = [b for b in base.__bases__ if b not in bases]
+        else:
+            i += 1
 
 
 def setup(app):
     _import_from_the_book(app)
     # before napoleon (priority 500), which turns Args: sections into field lists
     app.connect("autodoc-process-docstring", _process_docstring, priority=400)
+    app.connect("autodoc-process-bases", _public_bases)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
