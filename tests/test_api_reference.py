@@ -306,7 +306,7 @@ def test_every_public_module_has_a_page():
     on_disk = sorted(str(p.relative_to(ROOT).with_suffix(""))
                      for p in (ROOT / "book" / "api").rglob("*.md") if p.stem != "index")
     assert on_disk == sorted(pages)
-    for m, page in zip(modules, pages):
+    for m, page in zip(modules, pages, strict=True):
         assert f".. automodule:: {m}\n" in (ROOT / f"{page}.md").read_text(), page
     index = (ROOT / "book" / "api" / "index.md").read_text()
     table = index.split(".. autosummary::")[1]
