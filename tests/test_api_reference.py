@@ -406,3 +406,18 @@ def test_entry_points_describe_every_argument(name):
     described = set(re.findall(r"^    (\w+)(?: \([^)]*\))?:", args, re.M))
     params = [p for p in inspect.signature(obj).parameters if p not in ("self",)]
     assert set(params) <= described, f"{name}: Args misses {sorted(set(params) - described)}"
+
+
+def test_dataclass_defaults_keep_the_signature_parseable():
+    """autodoc writes a default_factory as `= <factory>`, which no parser reads; the
+    signature shows the factory's call instead (and its types become links)."""
+    from companion.em import EMHistory
+
+    sig = ("(loglik: list[float] = <factory>, elbo_after_m: list[float] = <factory>, "
+           "models: list[GaussianMixture] = <factory>)")
+    out, _ = api_reference._dataclass_defaults(None, "class", "EMHistory", EMHistory, {},
+                                               sig, None)
+    assert out == ("(loglik: list[float] = list(), elbo_after_m: list[float] = list(), "
+                   "models: list[GaussianMixture] = list())")
+    assert api_reference._dataclass_defaults(None, "function", "f", EMHistory, {}, sig,
+                                             None) is None

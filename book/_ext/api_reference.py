@@ -164,6 +164,21 @@ def _process_docstring(app, what, name, obj, options, lines):
             lines[:0] = ["..", ""]
 
 
+def _dataclass_defaults(app, what, name, obj, options, signature, return_annotation):
+    """A dataclass field's default_factory as its call, `models: list[GaussianMixture] =
+    list()`: autodoc writes `= <factory>`, which is no Python, so Sphinx gives up parsing the
+    whole signature and prints its types as raw text (`list[~companion.toy.GaussianMixture]`,
+    one unbreakable word on a phone)."""
+    if what != "class" or not signature or "<factory>" not in signature:
+        return None
+    for field in getattr(obj, "__dataclass_fields__", {}).values():
+        factory = getattr(field, "default_factory", None)
+        if callable(factory):
+            signature = re.sub(rf"(\b{field.name}\b[^=]*?= )<factory>",
+                               rf"\g<1>{factory.__name__}()", signature, count=1)
+    return signature, return_annotation
+
+
 def _public_bases(app, name, obj, options, bases):
     """Show a private base class (_Codec) as the public classes it derives from."""
     i = 0
@@ -180,4 +195,5 @@ def setup(app):
     # before napoleon (priority 500), which turns Args: sections into field lists
     app.connect("autodoc-process-docstring", _process_docstring, priority=400)
     app.connect("autodoc-process-bases", _public_bases)
+    app.connect("autodoc-process-signature", _dataclass_defaults)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
