@@ -206,8 +206,8 @@ def inpaint(diffusion: Diffusion, eps_model, y: torch.Tensor, mask, *,
         diffusion: the Diffusion (schedule) eps_model was trained with.
         eps_model: (x_t (B, ...), t int64 (B,)) -> eps (B, ...).
         y: (B, ...) the images on [-1, 1]; only the known pixels are read.
-        mask: 1 where a pixel is known, 0 where it is to be completed: x.shape,
-            (1, *x.shape[1:]) or x.shape[1:] (see `check_mask`).
+        mask: 1 where a pixel is known, 0 where it is to be completed, shaped y.shape,
+            (1, *y.shape[1:]) or y.shape[1:] (see `check_mask`).
         n_steps: the reverse chain over spaced_timesteps(T, n_steps) (default None: all T
             steps).
         jump: RePaint's jump length j (default 1).
