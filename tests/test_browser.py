@@ -17,8 +17,9 @@ one that sticks out of the column), no printed line over 80 characters, no Markd
 left as raw pipe text, every display equation of a numbered chapter numbered, no progress
 bar (stored widget or text) and no error text in an output, every figure with alt text
 that says something (not a hashed file name); on a phone the page never scrolls sideways,
-printed outputs wrap, and the status table fits. test_planted_faults_are_caught shows that
-each of these checks fails on a page with the fault planted in it.
+printed outputs wrap, and the status table and the API reference's pages (book/api) fit the
+column. test_planted_faults_are_caught shows that each of these checks fails on a page with
+the fault planted in it.
 """
 
 from __future__ import annotations
