@@ -29,6 +29,8 @@ def pinned_gap(d: int, sigma: float, t, s) -> torch.Tensor:
     Encoder N((x - mu)/sigma, t^2 I), decoder N(sigma z + mu, s^2 I), p(x) = N(mu, sigma^2 I).
     With r = sigma^2 t^2 / s^2 the gap is  d/2 (r - 1 - log r) + d t^2 / 2,  the same for
     every x. Both terms are >= 0: the first vanishes on s = sigma t, the second at t = 0.
+
+    Book: :eq:`ch5-pinned-gap`.
     """
     t, s = torch.as_tensor(t, dtype=torch.float64), torch.as_tensor(s, dtype=torch.float64)
     r = (sigma * t / s) ** 2
@@ -104,7 +106,10 @@ class AffineVAE(nn.Module):
 
     @classmethod
     def pinned(cls, mu, sigma: float, t: float, s: float) -> AffineVAE:
-        """Example 1.6's model: means pinned at the ideal maps, only t and s learned."""
+        """Example 1.6's model: means pinned at the ideal maps, only t and s learned.
+
+        Book: :eq:`ch5-ideal`, :eq:`ch5-pinned`.
+        """
         mu = torch.as_tensor(mu, dtype=torch.float64)
         init = {"a": 1 / sigma, "b": -mu / sigma, "c": sigma, "v": mu, "t": t, "s": s}
         return cls(len(mu), init=init, learn=("t", "s"))
@@ -151,7 +156,10 @@ class AffineVAE(nn.Module):
         return logp.mean(0)
 
     def reconstruction(self, x: torch.Tensor) -> torch.Tensor:
-        """E_q[log p(x|z)] exactly: -(|x - c m - v|^2 + d c^2 t^2) / (2 s^2) - d/2 log(2 pi s^2)."""
+        """E_q[log p(x|z)] exactly: -(|x - c m - v|^2 + d c^2 t^2) / (2 s^2) - d/2 log(2 pi s^2).
+
+        Book: :eq:`ch5-pinned-recon`.
+        """
         m, t = self.encode(x)
         sq = (x - self.decode_mean(m)).pow(2).sum(-1) + self.d * self.c**2 * t**2
         return -0.5 * (sq / self.s**2 + self.d * (LOG_2PI + 2 * self.log_s))

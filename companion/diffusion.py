@@ -116,6 +116,8 @@ def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
     """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) elementwise (broadcasting).
 
     = 1/2 [ logvar2 - logvar1 + (e^logvar1 + (mean1 - mean2)^2) e^-logvar2 - 1 ]
+
+    Book: :eq:`ch8-kl-mse`, :eq:`ch9-kl-1d`.
     """
     return 0.5 * (logvar2 - logvar1 - 1.0
                   + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
@@ -141,6 +143,8 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor,
     P(x) = Phi((x + 1/255 - mean) / s) - Phi((x - 1/255 - mean) / s), except that the bin of
     x = -1 extends to -inf and the bin of x = 1 to +inf, so the 256 bins sum to 1 (Ho et al.).
     x must hold the 256 levels -1 + 2k/255; other values are binned as if they were.
+
+    Book: :eq:`ch9-bound`.
     """
     inv_s = torch.exp(-log_scale)
     centered = x - mean
@@ -298,6 +302,8 @@ class Diffusion:
         """q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I): (mean, variance).
 
         x0: (B, ...); mean (B, ...), variance (B, 1, ..., 1).
+
+        Book: :eq:`ch8-forward`.
         """
         _check_data(x0, "x0")
         t = self.check_t(t, len(x0))
@@ -305,7 +311,10 @@ class Diffusion:
         return abar.sqrt() * x0, 1 - abar
 
     def q_sample(self, x0: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
-        """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise.  x0, noise: (B, ...)."""
+        """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise.  x0, noise: (B, ...).
+
+        Book: :eq:`ch8-forward`.
+        """
         self._check_pair(x0, noise, "x0", "noise")
         return self._q_sample(x0, self.check_t(t, len(x0)), noise)
 
@@ -325,6 +334,8 @@ class Diffusion:
 
         x0, x_t: (B, ...); mean (B, ...), variance (B, 1, ..., 1). At t = 1 the variance is 0
         (x_0 is known exactly).
+
+        Book: :eq:`ch8-posterior`.
         """
         self._check_pair(x0, x_t, "x0", "x_t")
         t = self.check_t(t, len(x0))
@@ -351,7 +362,10 @@ class Diffusion:
         return predict_eps(x_t, x0, abar)
 
     def mean_from_eps(self, x_t, t, eps):
-        """mu = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t)."""
+        """mu = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t).
+
+        Book: :eq:`ch9-ancestral`.
+        """
         self._check_pair(x_t, eps, "x_t", "eps")
         return self._mean_from_eps(x_t, self.check_t(t, len(x_t)), eps)
 
@@ -369,13 +383,19 @@ class Diffusion:
         return (x_t - (1 - beta).sqrt() * mean) * (1 - abar).sqrt() / beta
 
     def score_from_eps(self, x_t, t, eps):
-        """grad log q(x_t) = -eps / sqrt(1 - alpha_bar_t) (Tweedie; exact for the optimal eps)."""
+        """grad log q(x_t) = -eps / sqrt(1 - alpha_bar_t) (Tweedie; exact for the optimal eps).
+
+        Book: :eq:`ch8-tweedie`.
+        """
         self._check_pair(x_t, eps, "x_t", "eps")
         t = self.check_t(t, len(x_t))
         return -eps / (1 - self._at(self.alphas_bar_, t, x_t)).sqrt()
 
     def eps_from_score(self, x_t, t, score):
-        """eps = -sqrt(1 - alpha_bar_t) score: the factor the slides leave out."""
+        """eps = -sqrt(1 - alpha_bar_t) score: the factor the slides leave out.
+
+        Book: :eq:`ch8-tweedie`.
+        """
         self._check_pair(x_t, score, "x_t", "score")
         t = self.check_t(t, len(x_t))
         return -(1 - self._at(self.alphas_bar_, t, x_t)).sqrt() * score
@@ -436,8 +456,17 @@ class Diffusion:
                     generator: torch.Generator | None = None) -> torch.Tensor:
         """Algorithm 1's L_simple = E_{t ~ U{1..T}, eps} |eps - eps_theta(x_t, t)|^2.
 
-        x0: (B, ...) -> scalar, the mean squared error over every element of the batch.
         Input checks here are on type and shape only (free: this runs every training step).
+
+        Args:
+            eps_model: (x_t (B, ...), t int64 (B,)) -> eps (B, ...), t in 1..T.
+            x0: (B, ...) a batch of training images.
+            generator: for t and eps (default None: torch's global generator).
+
+        Returns:
+            A scalar, the mean squared error over every element of the batch.
+
+        Book: :eq:`ch9-lsimple`.
         """
         _check_data(x0, "x0")  # an empty batch too: the mean over no images is NaN
         self._check_model_T(eps_model)
@@ -461,14 +490,29 @@ class Diffusion:
                callback=None, quiet: bool | None = None) -> torch.Tensor:
         """Ancestral sampling, Algorithm 2: x_T ~ N(0, I), x_{t-1} = mu_theta + sigma_t z.
 
-        shape: (B, ...) of the samples. No noise is added at the last step (t = 1): the
-        output is the decoder's mean mu_theta(x_1, 1).
-        n_steps: fewer than T respaces the chain over `spaced_timesteps(T, n_steps)`
-        s_1 < ... < s_n = T, with betas 1 - alpha_bar_{s_i} / alpha_bar_{s_{i-1}}
-        (alpha_bar_{s_0} = 1), the recipe of improved-diffusion; eps_model still sees the
-        original steps s_i.
-        generator: a torch.Generator on the sampling device (reproducible runs).
-        callback(t, x_t, x0_pred): called before each step with the original step t.
+        No noise is added at the last step (t = 1): the output is the decoder's mean
+        mu_theta(x_1, 1). All B images go through the network as one batch.
+
+        Args:
+            eps_model: (x_t (B, ...), t int64 (B,)) -> eps (B, ...), t in 1..T.
+            shape: (B, ...) of the samples, e.g. (64, 1, 28, 28).
+            variance: "beta" (sigma_t^2 = beta_t, default) or "posterior" (beta_tilde_t).
+            n_steps: None (default) runs all T steps; fewer respaces the chain over
+                `spaced_timesteps(T, n_steps)` s_1 < ... < s_n = T, with betas
+                1 - alpha_bar_{s_i} / alpha_bar_{s_{i-1}} (alpha_bar_{s_0} = 1), the recipe
+                of improved-diffusion; eps_model still sees the original steps s_i.
+            x_T: the starting noise (B, ...); None (default) draws it.
+            generator: a torch.Generator on the sampling device (reproducible runs).
+            device: where to sample when x_T is None (default: the buffers' device).
+            clip: clip each predicted x_0 to [-1, 1] (default False).
+            callback: callback(t, x_t, x0_pred), called before each step with the original
+                step t (default None).
+            quiet: no progress bar (default: the profile decides).
+
+        Returns:
+            x_0 (B, ...), on [-1, 1] for data on [-1, 1].
+
+        Book: :eq:`ch9-ancestral`.
         """
         _check_variance(variance)
         self._check_model_T(eps_model)
@@ -511,6 +555,21 @@ class Diffusion:
         x0 = x0_from_eps(x_s, eps), x_r = sqrt(abar_r) x0 + sqrt(1 - abar_r - sig^2) eps
         + sig z, sig = eta sqrt((1 - abar_r) / (1 - abar_s)) sqrt(1 - abar_s / abar_r).
         The last step returns the predicted x_0 without noise.
+
+        Args:
+            eps_model: (x_t (B, ...), t int64 (B,)) -> eps (B, ...), t in 1..T.
+            shape: (B, ...) of the samples.
+            n_steps: network calls, 1..T (required).
+            eta: 0 (default) deterministic; 1 injects the ancestral sampler's noise.
+            x_T: the starting noise (B, ...); None (default) draws it.
+            generator: a torch.Generator on the sampling device (reproducible runs).
+            device: where to sample when x_T is None (default: the buffers' device).
+            clip: clip each predicted x_0 to [-1, 1] (default False).
+            callback: callback(t, x_t, x0_pred) before each step (default None).
+            quiet: no progress bar (default: the profile decides).
+
+        Returns:
+            x_0 (B, ...).
         """
         eta = checks.real("eta (0: deterministic DDIM, 1: DDPM-like)", eta, low=0.0)
         steps = spaced_timesteps(self.T, n_steps)
@@ -574,6 +633,8 @@ class Diffusion:
         [-1, 1], bins of width 2/255) or "gaussian" (real-valued data, a density).
         t >= 2: L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)).
         t may differ per image: an int64 tensor (B,).
+
+        Book: :eq:`ch8-kl-mse`.
         """
         _check_variance(variance)
         _check_decoder(decoder)
@@ -610,11 +671,26 @@ class Diffusion:
                     quiet: bool | None = None) -> BoundTerms:
         """Every term of the bound for a batch, exactly summed over t = 1..T (T network calls).
 
-        x0: (B, ...). One x_t ~ q(x_t | x_0) per image and t, as in the reference code.
-        Steps are drawn in groups of max(1, max_batch // B), and each network call sees at
-        most companion.memory.MAX_IMAGES of the group's images.
-        With decoder="discretized", x0 must hold the 256 levels -1 + 2k/255 (checked: one
-        reduction and one device sync per call).
+        One x_t ~ q(x_t | x_0) per image and t, as in the reference code.
+
+        Args:
+            eps_model: (x_t (B, ...), t int64 (B,)) -> eps (B, ...), t in 1..T.
+            x0: (B, ...) the images. With decoder="discretized" they must hold the 256
+                levels -1 + 2k/255 (checked: one reduction and one device sync per call).
+            variance: "beta" (default) or "posterior", the model's sigma_t^2.
+            decoder: "discretized" (default: 8-bit data, a probability) or "gaussian"
+                (a density, for real-valued data).
+            max_batch: steps are drawn in groups of max(1, max_batch // B) (default
+                4096); each network call sees at most companion.memory.MAX_IMAGES of the
+                group's images.
+            generator: for the draws of x_t (reproducible runs).
+            quiet: no progress bar (default: the profile decides).
+
+        Returns:
+            BoundTerms: per image, in nats: `terms` (B, T), L_0 in column 0 and L_{t-1}
+            in column t - 1, and `prior` (B,), L_T.
+
+        Book: :eq:`ch8-bound`, :eq:`ch9-bound`.
         """
         _check_variance(variance)
         _check_decoder(decoder)
@@ -645,9 +721,20 @@ class Diffusion:
                           generator: torch.Generator | None = None) -> MonteCarloBound:
         """Unbiased estimate of the bound: L_T + T L_{t-1} with t ~ U{1..T}, per image.
 
-        x0: (B, ...); draws: random steps per image (averaged). The standard error is that of
-        the batch mean, std(per_image) / sqrt(B). Every step and noise is drawn first; the
-        network then sees at most companion.memory.MAX_IMAGES images a call.
+        The standard error is that of the batch mean, std(per_image) / sqrt(B). Every step
+        and noise is drawn first; the network then sees at most companion.memory.MAX_IMAGES
+        images a call.
+
+        Args:
+            eps_model: (x_t (B, ...), t int64 (B,)) -> eps (B, ...), t in 1..T.
+            x0: (B, ...) the images (the 256 levels on [-1, 1] for "discretized").
+            draws: random steps per image, averaged (default 1).
+            variance: "beta" (default) or "posterior".
+            decoder: "discretized" (default) or "gaussian", as in `bound_terms`.
+            generator: for the steps and the draws of x_t (reproducible runs).
+
+        Returns:
+            MonteCarloBound: `per_image` (B,) nats, their `mean` and its `stderr`.
         """
         _check_variance(variance)
         _check_decoder(decoder)
@@ -685,9 +772,21 @@ def annealed_langevin(score_fn, x: torch.Tensor, levels, step_sizes, n_steps: in
 
     For each level i (largest noise first) and n_steps times:
         x <- x + alpha_i / 2 score_fn(x, levels[i]) + sqrt(alpha_i) z,  z ~ N(0, I).
-    levels: what score_fn takes as its second argument (noise scales, or diffusion steps t);
-    step_sizes: alpha_i, one per level. final_denoise: one last noise-free step at the last
-    level, x <- x + alpha_L / 2 score (removes the noise of the last Langevin step).
+    Args:
+        score_fn: (x (B, ...), level) -> the score at that noise level, (B, ...).
+        x: (B, ...) the starting points.
+        levels: what score_fn takes as its second argument (noise scales, or diffusion
+            steps t), largest noise first.
+        step_sizes: alpha_i, one per level (`song_ermon_step_sizes`).
+        n_steps: Langevin steps per level.
+        generator: for the noise z (default None: torch's global generator).
+        final_denoise: one last noise-free step at the last level,
+            x <- x + alpha_L / 2 score (removes the noise of the last Langevin step);
+            default False.
+        quiet: no progress bar (default: the profile decides).
+
+    Returns:
+        (B, ...) the samples.
     """
     levels = list(levels)
     step_sizes = [float(a) for a in step_sizes]

@@ -58,6 +58,8 @@ def variational_em(x: torch.Tensor, init: GaussianMixture, iterations: int) -> E
 
     Returns an EMHistory with iterations + 1 log-likelihoods and `iterations` ELBOs after
     the M-step. EM guarantees loglik[t] <= elbo_after_m[t] <= loglik[t + 1].
+
+    Book: :eq:`ch3-free-energy`, :eq:`ch3-em-sandwich`.
     """
     model = init
     hist = EMHistory()

@@ -20,6 +20,8 @@ def elbo_terms(model: LinearGaussian, x: torch.Tensor, mean, std) -> dict[str, f
 
     x: (D,); mean, std: floats or (K,).  Returns log_px, elbo, gap = KL(q || p(z|x)),
     reconstruction = E_q[log p(x|z)] and kl_prior = KL(q || p(z)) (all in nats).
+
+    Book: :eq:`ch3-identity`.
     """
     x = torch.as_tensor(x, dtype=model.W.dtype).reshape(1, -1)
     m = torch.as_tensor(mean, dtype=model.W.dtype).reshape(1, -1).expand(1, model.K)

@@ -25,7 +25,10 @@ from .sde import _check_batch, check_time, interpolate_steps
 
 
 def linear_path(x0: torch.Tensor, eps: torch.Tensor, tau) -> torch.Tensor:
-    """x_tau = (1 - tau) x_0 + tau eps.  x0, eps: (B, ...); tau a float or (B,)."""
+    """x_tau = (1 - tau) x_0 + tau eps.  x0, eps: (B, ...); tau a float or (B,).
+
+    Book: :eq:`ch13-linear-path`.
+    """
     checks.same_shape("x0 and eps", _check_batch(x0, "x0"), eps)
     tau = _as_times(tau, x0)
     return (1 - tau) * x0 + tau * eps
@@ -40,7 +43,10 @@ def _as_times(tau, like: torch.Tensor) -> torch.Tensor:
 
 
 def velocity_from_eps(eps_hat: torch.Tensor, x_tau: torch.Tensor, tau: float) -> torch.Tensor:
-    """v = (eps_hat - x_tau) / (1 - tau), for tau < 1."""
+    """v = (eps_hat - x_tau) / (1 - tau), for tau < 1.
+
+    Book: :eq:`ch13-v-from-eps`.
+    """
     checks.same_shape("eps_hat and x_tau", eps_hat, x_tau)
     tau = checks.real("tau (use tau < 1: at tau = 1 the path is pure noise, and the velocity "
                       "no function of eps)", tau, low=0.0, high=1.0, open_high=True)
@@ -61,9 +67,19 @@ def flow_matching_loss(model, x0: torch.Tensor, K: int,
                        generator: torch.Generator | None = None) -> torch.Tensor:
     """E |v(x_tau, tau) - (eps - x_0)|^2, tau = k / K with k uniform on 0..K, per element mean.
 
-    model: (x (B, ...), step int64 (B,)) -> like x, called with step k + 1 in 1..K + 1 (a U-Net
-    built with T = K + 1). x0: (B, ...) data (the digits on [-1, 1]). Checks are on type and
-    shape only: this runs every training step.
+    Checks are on type and shape only: this runs every training step.
+
+    Args:
+        model: (x (B, ...), step int64 (B,)) -> like x, called with step k + 1 in 1..K + 1 (a
+            U-Net built with T = K + 1).
+        x0: (B, ...) data (the digits on [-1, 1]).
+        K: the number of grid intervals of tau (tau = k / K).
+        generator: for tau and eps (default None: torch's global generator).
+
+    Returns:
+        A scalar, the mean squared error over every element of the batch.
+
+    Book: :eq:`ch13-fm-loss`.
     """
     K = check_grid_size(K)
     _check_batch(x0, "x0")

@@ -32,6 +32,8 @@ def score_function_grads(f, mu: torch.Tensor, log_std: torch.Tensor, eps: torch.
     With z = mu + std * eps:  grad_mu log q = eps / std,  grad_log_std log q = eps^2 - 1.
     `baseline` is subtracted from f (still unbiased, since E_q[grad log q] = 0).
     Returns (g_mu (S, K), g_log_std (S, K)).
+
+    Book: :eq:`ch4-score`.
     """
     _check(mu, log_std, eps)
     with torch.no_grad():
@@ -47,6 +49,8 @@ def pathwise_grads(f, mu: torch.Tensor, log_std: torch.Tensor, eps: torch.Tensor
     gives grad_mu = f'(z) and grad_log_std = f'(z) * std * eps (samples are independent,
     so one backward pass of the sum yields every per-sample f'(z)).
     Returns (g_mu (S, K), g_log_std (S, K)).
+
+    Book: :eq:`ch4-pathwise`.
     """
     _check(mu, log_std, eps)
     std = log_std.detach().exp()
@@ -56,7 +60,10 @@ def pathwise_grads(f, mu: torch.Tensor, log_std: torch.Tensor, eps: torch.Tensor
 
 
 def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
-    """H(N(mu, diag(std^2))) = sum_i log std_i + K/2 log(2 pi e); its gradient in log std is 1."""
+    """H(N(mu, diag(std^2))) = sum_i log std_i + K/2 log(2 pi e); its gradient in log std is 1.
+
+    Book: :eq:`ch4-entropy-term`.
+    """
     return log_std.sum(-1) + 0.5 * log_std.shape[-1] * (math.log(2 * math.pi) + 1)
 
 

@@ -115,6 +115,8 @@ def repaint_schedule(n_steps: int, jump: int = 1, resamples: int = 1) -> list[in
     and denoises them again, `resamples - 1` times. resamples = 1 is plain replacement:
     n_steps, n_steps - 1, ..., 0. The number of network calls is
     n_steps + (resamples - 1) * jump * len(range(0, n_steps - jump, jump)).
+
+    Book: :eq:`ch12-jump`.
     """
     n_steps, jump, resamples = (checks.as_int(v) for v in (n_steps, jump, resamples))
     n_steps, jump, resamples = (checks.count(what, value) for value, what in (
@@ -195,9 +197,30 @@ def inpaint(diffusion: Diffusion, eps_model, y: torch.Tensor, mask, *,
                   + (1 - m) * (mu_theta(x_k, k) + sigma_k z),
     and x_0 = m * y + (1 - m) * mu_theta(x_1, 1): the known pixels come back exactly.
     resamples > 1: RePaint, the states of repaint_schedule(n_steps, jump, resamples).
-    n_steps: the reverse chain over spaced_timesteps(T, n_steps) (None: all T steps).
     With an all-zeros mask this is Diffusion.sample with the same random numbers.
-    callback(k, t, x_k, x0_pred): before each denoising step (k on the chain, t the model's).
+
+    Args:
+        diffusion: the Diffusion (schedule) eps_model was trained with.
+        eps_model: (x_t (B, ...), t int64 (B,)) -> eps (B, ...).
+        y: (B, ...) the images on [-1, 1]; only the known pixels are read.
+        mask: 1 where a pixel is known, 0 where it is to be completed, shaped y.shape,
+            (1, *y.shape[1:]) or y.shape[1:] (see `check_mask`).
+        n_steps: the reverse chain over spaced_timesteps(T, n_steps) (default None: all T
+            steps).
+        jump: RePaint's jump length j (default 1).
+        resamples: RePaint's resamplings u (default 1: replacement).
+        variance: "beta" (default) or "posterior", as in Diffusion.sample.
+        clip: clip each predicted x_0 to [-1, 1] (default False).
+        x_T: the starting noise (B, ...); None (default) draws it.
+        generator: for the noise (default None: torch's global generator).
+        callback: callback(k, t, x_k, x0_pred) before each denoising step (k on the
+            chain, t the model's); default None.
+        quiet: no progress bar (default: the profile decides).
+
+    Returns:
+        (B, ...) the completed images, equal to y where mask is 1.
+
+    Book: :eq:`ch12-replacement`, :eq:`ch12-jump`.
     """
     if not torch.is_tensor(y) or not y.is_floating_point():
         raise TypeError(f"y must be a floating-point tensor (B, ...) on [-1, 1], got "
@@ -228,6 +251,8 @@ def matching_step(diffusion: Diffusion, sigma: float) -> int:
 
     A digit x plus N(0, sigma^2) noise, scaled by sqrt(abar_t), is distributed as x_t when
     (1 - abar_t) / abar_t = sigma^2, i.e. abar_t = 1 / (1 + sigma^2).
+
+    Book: :eq:`ch12-denoise`.
     """
     lo, hi = sigma_range(diffusion)
     sigma = checks.as_float(sigma)  # NumPy and one-element tensors too
@@ -250,6 +275,8 @@ def denoise(diffusion: Diffusion, eps_model, y: torch.Tensor, sigma: float, *,
     t = matching_step(diffusion, sigma); the chain runs over spaced_timesteps(t, n_steps)
     (None: every step t, t - 1, ..., 1). The output is a draw from the model's p(x_0 | x_t),
     not the posterior mean.
+
+    Book: :eq:`ch12-denoise`.
     """
     if not torch.is_tensor(y) or not y.is_floating_point() or y.dim() < 2:
         raise TypeError(f"y must be a floating-point batch (B, ...) on [-1, 1], got "
@@ -286,6 +313,8 @@ def vae_map(vae, y: torch.Tensor, mask, *, steps: int = 300, lr: float = 0.05,
     z*): the decoder's image (B, 1, 28, 28), which need not reproduce the known pixels,
     and z* (B, latent). Several random starts give several local optima: the spread of the
     completions is that of the optimizer's starts, not a posterior.
+
+    Book: :eq:`ch12-map`.
     """
     known = check_mask(mask, y, "y")
     _check_known_pixels(y, known, 0.0)

@@ -35,6 +35,8 @@ def kl_discrete(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
     p, q: (..., K), each summing to 1  ->  (...,). Terms with p = 0 are 0 (0 log 0 = 0);
     a p > 0 where q = 0 gives +inf.
+
+    Book: :eq:`ch2-kl-discrete`.
     """
     p, q = _as_tensor("p", p), _as_tensor("q", q)
     if p.shape != q.shape:
@@ -55,6 +57,8 @@ def kl_normal(mu_p, var_p, mu_q, var_q) -> torch.Tensor:
     """KL(N(mu_p, var_p) || N(mu_q, var_q)) for univariate Gaussians, elementwise.
 
     = 1/2 [ log(var_q / var_p) + (var_p + (mu_p - mu_q)^2) / var_q - 1 ]
+
+    Book: :eq:`ch2-kl-gauss`.
     """
     mu_p, var_p, mu_q, var_q = (
         _as_tensor(name, t, None if torch.is_tensor(t) else torch.get_default_dtype())
@@ -71,6 +75,8 @@ def kl_diag_standard(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
     mu, logvar: (B, D)  ->  (B, D); sum over the last dim for the total.
     = 1/2 [ mu^2 + exp(logvar) - 1 - logvar ]
+
+    Book: :eq:`ch2-kl-mvn`.
     """
     checks.tensor("mu", mu)
     checks.tensor("logvar", logvar)
@@ -95,6 +101,8 @@ def kl_mvn(mu_p, cov_p, mu_q, cov_q) -> torch.Tensor:
 
     mu: (..., k), cov: (..., k, k)  ->  (...,).
     = 1/2 [ tr(S_q^-1 S_p) + (mu_q - mu_p)^T S_q^-1 (mu_q - mu_p) - k + log det S_q - log det S_p ]
+
+    Book: :eq:`ch2-kl-mvn`.
     """
     k = mu_p.shape[-1]
     lq, lp = _cholesky(cov_q, "cov_q"), _cholesky(cov_p, "cov_p")
@@ -122,7 +130,10 @@ def kl_monte_carlo(p: D.Distribution, q: D.Distribution, n: int) -> tuple[float,
 
 
 def bernoulli_kl(a, b) -> torch.Tensor:
-    """KL(Bernoulli(a) || Bernoulli(b)), elementwise, with 0 log 0 = 0."""
+    """KL(Bernoulli(a) || Bernoulli(b)), elementwise, with 0 log 0 = 0.
+
+    Book: :eq:`ch2-sanov`.
+    """
     a, b = _as_tensor("a", a, torch.float64), _as_tensor("b", b, torch.float64)
     for name, v in (("a", a), ("b", b)):
         if ((v < 0) | (v > 1)).any():
@@ -135,6 +146,8 @@ def binomial_log_prob_of_frequency(n, k, p: float) -> torch.Tensor:
     """log P(exactly k heads in n tosses of a coin with P(heads) = p), exact via lgamma.
 
     n, k: ints or tensors of the same shape.
+
+    Book: :eq:`ch2-sanov`.
     """
     n, k = _as_tensor("n", n, torch.float64), _as_tensor("k", k, torch.float64)
     p = checks.probability("p", p)

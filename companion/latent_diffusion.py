@@ -158,6 +158,8 @@ def guided_eps(denoiser: LatentDenoiser, labels: torch.Tensor, w: float):
 
     c = labels (B,) in 0..9; w = 0 is the plain conditional model. Both predictions come
     from one network call on the batch twice over (2B codes).
+
+    Book: :eq:`ch11-cfg`.
     """
     w = check_weight(w)
     if not denoiser.conditional:
@@ -201,8 +203,21 @@ def sample(diffusion, denoiser: LatentDenoiser, vae, scale: float, n: int, *,
            ) -> torch.Tensor:
     """n images: codes by ancestral sampling (Algorithm 2, or `n_steps` respaced), decoded.
 
-    labels: None (an unconditional denoiser) or n digits for a conditional one, guided
-    with weight w. Returns (n, 1, 28, 28) on [-1, 1].
+    Args:
+        diffusion: the Diffusion (schedule) the denoiser was trained with.
+        denoiser: the LatentDenoiser.
+        vae: the autoencoder whose decoder turns the codes into images.
+        scale: the factor on the codes the denoiser was trained on.
+        n: how many images.
+        labels: None (default: an unconditional denoiser) or n digits for a conditional
+            one, guided with weight w.
+        w: the guidance weight (default 0.0: the conditional model alone).
+        n_steps: None (default: all T steps) or fewer, respaced.
+        generator: for the noise (default None: torch's global generator).
+        quiet: no progress bar (default: the profile decides).
+
+    Returns:
+        (n, 1, 28, 28) images on [-1, 1].
     """
     check_pair(vae, denoiser)
     scale = _check_scale(scale)
@@ -260,10 +275,24 @@ def latent_bound(vae, denoiser: LatentDenoiser, diffusion, scale: float, x: torc
                  quiet: bool | None = None) -> LatentBound:
     """The negative ELBO of the VAE whose prior is the diffusion model, per image (nats).
 
-    x: (B, 1, 28, 28) 8-bit images on [-1, 1] (the 256 levels, as chapter 10's bound).
-    samples: draws z ~ q(z | x) per image (the reconstruction and cross-entropy terms are
-    Monte Carlo over them; the diffusion bound of each draw sums every t, T network calls
-    in chunks). An unconditional denoiser (or a conditional one, as its unconditional half).
+    Args:
+        vae: the trained autoencoder (encoder q(z | x), discretized decoder p(x | z)).
+        denoiser: an unconditional LatentDenoiser (or a conditional one, as its
+            unconditional half).
+        diffusion: the Diffusion (schedule) the denoiser was trained with.
+        scale: the factor on the codes the denoiser was trained on.
+        x: (B, 1, 28, 28) 8-bit images on [-1, 1] (the 256 levels, as chapter 10's bound).
+        samples: draws z ~ q(z | x) per image (default 1): the reconstruction and
+            cross-entropy terms are Monte Carlo over them; the diffusion bound of each draw
+            sums every t, T network calls in chunks.
+        generator: for the draws (default None: torch's global generator).
+        quiet: no progress bar (default: the profile decides).
+
+    Returns:
+        LatentBound: `reconstruction`, `entropy` and `cross_entropy` per image (B,), in
+        nats, and their `total`.
+
+    Book: :eq:`ch11-bound`.
     """
     check_pair(vae, denoiser)
     scale = _check_scale(scale)

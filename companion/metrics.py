@@ -98,15 +98,24 @@ def iw_estimate(sample_q: Callable, log_joint: Callable, x: torch.Tensor, k: int
 
         log p(x) >= E[ log (1/k) sum_i w_i ],   w_i = p(x, z_i) / q(z_i | x),  z_i ~ q(z|x)
 
-    sample_q:   (x, S) -> (z, log_q): S draws z ~ q(z|x) for a batch x (B, ...) and their
-                log q(z|x), shape (S, B). z is whatever log_joint takes: a (S, B, D) tensor,
-                or a list of them for a hierarchy, whose q is no single torch distribution.
-    log_joint:  (x, z) -> log p(x, z), (S, B).
-    x:          (N, ...) the data; processed `batch_size` examples at a time.
-    k:          importance samples per example.
-    max_rows:   at most this many (sample, example) pairs at once: the samples are drawn in
-                chunks, which bounds memory whatever k is.
     Seed torch for a repeatable estimate.
+
+    Args:
+        sample_q: (x, S) -> (z, log_q): S draws z ~ q(z|x) for a batch x (B, ...) and their
+            log q(z|x), shape (S, B). z is whatever log_joint takes: a (S, B, D) tensor,
+            or a list of them for a hierarchy, whose q is no single torch distribution.
+        log_joint: (x, z) -> log p(x, z), (S, B).
+        x: (N, ...) the data.
+        k: importance samples per example.
+        batch_size: examples processed at a time (default 500).
+        max_rows: at most this many (sample, example) pairs at once (default 65536): the
+            samples are drawn in chunks, which bounds memory whatever k is.
+
+    Returns:
+        IWEstimate: `log_px` (N,), the estimate of log p(x), and `elbo` (N,) from the
+        same samples, in nats.
+
+    Book: :eq:`ch6-iw`.
     """
     k = checks.count("k", k)  # importance samples per example
     max_rows = checks.count("max_rows", max_rows)
@@ -148,8 +157,20 @@ def iw_log_likelihood(log_joint: Callable, posterior: Callable, x: torch.Tensor,
                       batch_size: int = 500, max_rows: int = 2 ** 16) -> IWEstimate:
     """`iw_estimate` with q(z|x) given as a torch distribution.
 
-    log_joint:  (x, z) -> log p(x, z), with x: (B, ...) and z: (S, B, D) -> (S, B).
-    posterior:  x -> q(z|x), a torch distribution with batch shape (B,) and event shape (D,).
+    Args:
+        log_joint: (x, z) -> log p(x, z), with x: (B, ...) and z: (S, B, D) -> (S, B).
+        posterior: x -> q(z|x), a torch distribution with batch shape (B,) and event
+            shape (D,).
+        x: (N, ...) the data.
+        k: importance samples per example.
+        batch_size: examples processed at a time (default 500).
+        max_rows: at most this many (sample, example) pairs at once (default 65536).
+
+    Returns:
+        IWEstimate: `log_px` (N,), the estimate of log p(x), and `elbo` (N,) from the
+        same samples, in nats.
+
+    Book: :eq:`ch6-iw`.
     """
     return iw_estimate(distribution_sampler(posterior), log_joint, x, k,
                        batch_size=batch_size, max_rows=max_rows)
@@ -175,6 +196,18 @@ def vae_iw_log_likelihood(model, x: torch.Tensor, k: int, *, batch_size: int = 5
 
     The proposal q must depend on the example only: when the encoder sees x_encoder, it is
     paired with x by position, so both are sliced the same way.
+
+    Args:
+        model: a trained VAE (companion.models.vae.VAE).
+        x: (N, 1, 28, 28) the images whose likelihood is estimated.
+        k: importance samples per image.
+        batch_size: images processed at a time (default 500).
+        max_rows: at most this many (sample, image) pairs at once (default 65536).
+        x_encoder: None (default) or (N, 1, 28, 28) images the encoder sees instead of x.
+
+    Returns:
+        IWEstimate: `log_px` (N,), the estimate of log p(x), and `elbo` (N,) from the
+        same samples, in nats.
     """
     was_training = model.training
     model.eval()
@@ -225,6 +258,8 @@ def active_units(mu: torch.Tensor, threshold: float = 1e-2) -> ActiveUnits:
     mu: (N, D) the encoder means of N data points.
     A dimension whose posterior mean does not move with x carries no information about x:
     q(z_u|x) is the same for every x, and the KL term then pushes it onto the prior.
+
+    Book: :eq:`ch6-au`.
     """
     checks.tensor("mu", mu)
     threshold = checks.real("threshold", threshold, low=0.0)
@@ -252,6 +287,8 @@ def refine_posterior(model, x: torch.Tensor, *, steps: int = 100, lr: float = 1e
     The ELBO of each image depends only on its own (mu, logvar), so one optimizer over the
     whole batch optimizes every image's q independently.
     x: (B, 1, 28, 28) -> (mu, logvar), each (B, D), detached.
+
+    Book: :eq:`ch6-gaps`.
     """
     was_training = model.training
     model.eval()
@@ -321,6 +358,8 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     positive semi-definite matrices, taken by eigendecomposition (eigenvalues clamped at 0),
     so the result is real; tr((S_a^1/2 S_b S_a^1/2)^1/2) = tr((S_a S_b)^1/2).
     The distance has a bias that grows as N shrinks: compare numbers only at equal counts.
+
+    Book: :eq:`ch9-frechet`.
     """
     for name, v in (("a", a), ("b", b)):
         if v is None or isinstance(v, str):

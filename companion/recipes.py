@@ -27,10 +27,20 @@ def chapter1_autoencoder(name: str, x, profile, device, *, loss_fn=reconstructio
     `loss_fn` given: chapter 1's denoising and contractive losses use AE_NOISE, AE_WEIGHT),
     Adam 2e-3, the profile's batch size, 15 / 30 / 20 epochs (ci / cpu / gpu).
 
-    x: (N, 1, 28, 28) training images. Chapter 6 compares the VAE with this model; it calls
-    with its own `prefix` so that two notebooks running at once never write one file.
-    settings: whatever else shapes `loss_fn` (e.g. radius=2.0), recorded in the checkpoint.
-    Returns (model, FitResult).
+    Args:
+        name: the model's name in the checkpoint file (e.g. "ae", "dae", "cae").
+        x: (N, 1, 28, 28) training images in [0, 1].
+        profile: the Profile whose sizes, epochs and batch size it uses (`get_profile()`).
+        device: where to train (and where the returned model lives).
+        loss_fn: (model, x) -> loss (default `reconstruction_loss`).
+        latent: the code's size (default 16).
+        prefix: the checkpoint file's prefix (default "ch1"): two notebooks that may train
+            at once pass different ones, so that they never write one file.
+        settings: whatever else shapes `loss_fn` (e.g. radius=2.0), recorded in the
+            checkpoint.
+
+    Returns:
+        (model, FitResult). Chapter 6 compares the VAE with this model.
     """
     epochs = profile.pick(ci=15, cpu=30, gpu=20)
     torch.manual_seed(0)
@@ -74,8 +84,17 @@ def single_level_vae(x, profile, device, *, source: str, epochs: int | None = No
     """Chapter 6's MLP VAE (784 -> 512 -> 20 and back, Bernoulli decoder, dynamic
     binarization, KL warm-up over the first fifth of the updates), load-or-train.
 
-    x: (N, 1, 28, 28) grey training images on `device`; source: the data source's name,
-    recorded in the checkpoint. Returns (model, FitResult).
+    Args:
+        x: (N, 1, 28, 28) grey training images in [0, 1] on `device`.
+        profile: the Profile whose sizes, epochs and batch size it uses (`get_profile()`).
+        device: where to train (and where the returned model lives).
+        source: the data source's name, recorded in the checkpoint.
+        epochs: None (default) for the profile's number, or this many.
+        prefix: the checkpoint file's prefix (default "ch7"): two notebooks that may train
+            at once pass different ones, so that they never write one file.
+
+    Returns:
+        (model, FitResult).
     """
     from .models.vae import VAE, ELBOLoss
 
@@ -98,7 +117,22 @@ def hierarchical_vae(x, profile, device, *, source: str, free_bits: float = 0.0,
     within 3% of the single-level VAE's parameters) on the single-level VAE's recipe, with
     `free_bits` nats per latent dimension for each layer, load-or-train.
 
-    Returns (model, FitResult); the history logs kl1, kl2, ... per update.
+    Args:
+        x: (N, 1, 28, 28) grey training images in [0, 1] on `device`.
+        profile: the Profile whose sizes, epochs and batch size it uses (`get_profile()`).
+        device: where to train (and where the returned model lives).
+        source: the data source's name, recorded in the checkpoint.
+        free_bits: nats per latent dimension below which a layer's KL is not pushed
+            down (default 0.0: the plain ELBO).
+        epochs: None (default) for the profile's number, or this many.
+        latent_dims: the layers' sizes, bottom first (default (20, 8)).
+        hidden: the bottom-up network's widths (default (480, 128)).
+        name: the model's name in the checkpoint file (default "hvae").
+        prefix: the checkpoint file's prefix (default "ch7"): two notebooks that may train
+            at once pass different ones, so that they never write one file.
+
+    Returns:
+        (model, FitResult); the history logs kl1, kl2, ... per update.
     """
     from .models.hvae import HierarchicalVAE, HierarchyLoss
 
@@ -122,7 +156,17 @@ def eight_bit_vae(x, profile, device, *, source: str, hierarchical: bool = False
     epochs, not 8: chapter 10's ci run must stay under two minutes, and it asserts nothing
     that needs these two models well trained.
 
-    x: (N, 1, 28, 28) training images in [0, 1] on `device`. Returns (model, FitResult).
+    Args:
+        x: (N, 1, 28, 28) training images in [0, 1] on `device`.
+        profile: the Profile whose sizes, epochs and batch size it uses (`get_profile()`).
+        device: where to train (and where the returned model lives).
+        source: the data source's name, recorded in the checkpoint.
+        hierarchical: False (default) for chapter 6's VAE, True for chapter 7's hierarchy.
+        prefix: the checkpoint file's prefix (default "ch10"): two notebooks that may train
+            at once pass different ones, so that they never write one file.
+
+    Returns:
+        (model, FitResult).
     """
     from .models.hvae import HierarchicalVAE, HierarchyLoss
     from .models.vae import VAE, ELBOLoss, to_8bit_range
@@ -196,16 +240,26 @@ def ddpm(x, profile, device, *, steps: int | None = None, resume_from=None,
          prefix: str = "ch9"):
     """Chapter 9's DDPM: the profile's U-Net trained with Algorithm 1 (L_simple), load-or-train.
 
-    x: (N, 1, 28, 28) training images in [0, 1] (on `device`); the model sees them on
-    [-1, 1]. Adam with a linear learning-rate warm-up over DDPM_WARMUP steps, gradients
-    clipped at norm DDPM_CLIP, an EMA of the weights with warm-up, mixed precision where
-    the GPU has it, torch.compile on CUDA (companion.train.fit). steps: train only this
-    many steps (an early checkpoint, saved in its own file); resume_from: a checkpoint of
-    the same recipe with fewer steps to continue from when this run's own file does not
-    exist yet (so the full run need not repeat the early one). Chapter 10 calls this with
-    the same arguments and loads the stored model; two notebooks that may train at once
-    pass different `prefix`es.
-    Returns (EMA model in eval mode, FitResult).
+    Adam with a linear learning-rate warm-up over DDPM_WARMUP steps, gradients clipped at
+    norm DDPM_CLIP, an EMA of the weights with warm-up, mixed precision where the GPU has
+    it, torch.compile on CUDA (companion.train.fit). Chapter 10 calls this with the same
+    arguments and loads the stored model.
+
+    Args:
+        x: (N, 1, 28, 28) training images in [0, 1] (on `device`); the model sees them on
+            [-1, 1].
+        profile: the Profile whose sizes, epochs and batch size it uses (`get_profile()`).
+        device: where to train (and where the returned model lives).
+        steps: None (default) for the profile's number of updates, or train only this
+            many (an early checkpoint, saved in its own file).
+        resume_from: a checkpoint of the same recipe with fewer steps to continue from
+            when this run's own file does not exist yet (so the full run need not repeat
+            the early one); default None.
+        prefix: the checkpoint file's prefix (default "ch9"): two notebooks that may train
+            at once pass different ones, so that they never write one file.
+
+    Returns:
+        (EMA model in eval mode, FitResult).
     """
     import shutil
 
@@ -309,9 +363,18 @@ def eps_function(model, device):
 def classifier(data, profile, device, *, prefix: str = "ch9"):
     """The MNIST classifier that scores generated digits (chapters 9 and 10), load-or-train.
 
-    data: companion.data.ImageData on `device`; trained on x_train (in [0, 1], with random
-    shifts of up to 2 pixels) for 2 / 8 / 20 epochs (ci / cpu / gpu), Adam 1e-3.
-    Returns (model in eval mode, FitResult).
+    Trained on x_train (in [0, 1], with random shifts of up to 2 pixels) for 2 / 8 / 20
+    epochs (ci / cpu / gpu), Adam 1e-3.
+
+    Args:
+        data: companion.data.ImageData on `device` (x_train (N, 1, 28, 28), y_train (N,)).
+        profile: the Profile whose sizes, epochs and batch size it uses (`get_profile()`).
+        device: where to train (and where the returned model lives).
+        prefix: the checkpoint file's prefix (default "ch9"): two notebooks that may train
+            at once pass different ones, so that they never write one file.
+
+    Returns:
+        (model in eval mode, FitResult).
     """
     from .models.classifier import Classifier, classification_loss
 
@@ -357,8 +420,17 @@ def latent_settings(profile) -> dict:
 def latent_vae(x, profile, device, *, source: str, prefix: str = "ch11"):
     """Chapter 11's autoencoder (see `latent_settings`), load-or-train.
 
-    x: (N, 1, 28, 28) training images in [0, 1] on `device`; the model sees them as 8-bit
-    levels on [-1, 1] (`to_8bit_range`). Returns (model in eval mode, FitResult).
+    Args:
+        x: (N, 1, 28, 28) training images in [0, 1] on `device`; the model sees them as
+            8-bit levels on [-1, 1] (`to_8bit_range`).
+        profile: the Profile whose sizes, epochs and batch size it uses (`get_profile()`).
+        device: where to train (and where the returned model lives).
+        source: the data source's name, recorded in the checkpoint.
+        prefix: the checkpoint file's prefix (default "ch11"): two notebooks that may train
+            at once pass different ones, so that they never write one file.
+
+    Returns:
+        (model in eval mode, FitResult).
     """
     from .models.vae import VAE, ELBOLoss, to_8bit_range
 
@@ -380,10 +452,22 @@ def latent_denoiser(vae, x, profile, device, *, scale: float, labels=None,
                     prefix: str = "ch11"):
     """A latent DDPM on `vae`'s codes (see `latent_settings`), load-or-train.
 
-    x: (N, 1, 28, 28) training images in [0, 1]; each step draws fresh codes
-    z ~ q(z | x) for its batch (from the encoder's means and variances, computed once) and
-    scales them by `scale`. labels: None (an unconditional model) or (N,) digits for a
-    class-conditional one (classifier-free guidance). Returns (EMA model, FitResult).
+    Each step draws fresh codes z ~ q(z | x) for its batch (from the encoder's means and
+    variances, computed once) and scales them by `scale`.
+
+    Args:
+        vae: the trained autoencoder of `latent_vae`.
+        x: (N, 1, 28, 28) training images in [0, 1].
+        profile: the Profile whose sizes, epochs and batch size it uses (`get_profile()`).
+        device: where to train (and where the returned model lives).
+        scale: the factor on the codes (`latent_diffusion.latent_scale`).
+        labels: None (default: an unconditional model) or (N,) digits for a
+            class-conditional one (classifier-free guidance).
+        prefix: the checkpoint file's prefix (default "ch11"): two notebooks that may train
+            at once pass different ones, so that they never write one file.
+
+    Returns:
+        (EMA model, FitResult).
     """
     from .latent_diffusion import codec_fingerprint, conditional_loss, draw_codes, posterior_codes
     from .models.latent_denoiser import LatentDenoiser
@@ -427,8 +511,16 @@ def flow_matching(x, profile, device, *, prefix: str = "ch13"):
     K = chapter 9's T intervals, tau = k / K, fed to the U-Net as steps k + 1 (built with
     T = K + 1). Load-or-train.
 
-    x: (N, 1, 28, 28) training images in [0, 1] (on `device`); the model sees them on
-    [-1, 1]. Returns (EMA model in eval mode, FitResult).
+    Args:
+        x: (N, 1, 28, 28) training images in [0, 1] (on `device`); the model sees them on
+            [-1, 1].
+        profile: the Profile whose sizes, epochs and batch size it uses (`get_profile()`).
+        device: where to train (and where the returned model lives).
+        prefix: the checkpoint file's prefix (default "ch13"): two notebooks that may train
+            at once pass different ones, so that they never write one file.
+
+    Returns:
+        (EMA model in eval mode, FitResult).
     """
     from .flow import flow_matching_loss
 

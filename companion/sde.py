@@ -99,33 +99,51 @@ class VPSDE:
         return min((-self.beta_min + math.sqrt(self.beta_min**2 + 2 * k * c)) / k, 1.0)
 
     def marginal(self, x0: torch.Tensor, t: float) -> tuple[torch.Tensor, float]:
-        """q(x_t | x_0): (mean sqrt(alpha_bar) x_0, standard deviation)."""
+        """q(x_t | x_0): (mean sqrt(alpha_bar) x_0, standard deviation).
+
+        Book: :eq:`ch13-vp-marginal`.
+        """
         _check_batch(x0, "x0")
         return math.sqrt(self.alpha_bar(t)) * x0, self.sigma(t)
 
     def drift(self, x: torch.Tensor, t: float) -> torch.Tensor:
-        """f(x, t) = -1/2 beta(t) x."""
+        """f(x, t) = -1/2 beta(t) x.
+
+        Book: :eq:`ch13-vp-sde`.
+        """
         return -0.5 * self.beta(t) * x
 
     def diffusion(self, t: float) -> float:
-        """g(t) = sqrt(beta(t))."""
+        """g(t) = sqrt(beta(t)).
+
+        Book: :eq:`ch13-vp-sde`.
+        """
         return math.sqrt(self.beta(t))
 
     def discrete_betas(self, T: int) -> torch.Tensor:
         """beta_i = beta((i - 1) / (T - 1)) / T for i = 1..T, float64 (T,): Ho et al.'s linear
-        schedule 1e-4..0.02 scaled by 1000 / T for the default beta_min, beta_max."""
+        schedule 1e-4..0.02 scaled by 1000 / T for the default beta_min, beta_max.
+
+        Book: :eq:`ch13-em-step`.
+        """
         T = checks.count("T", T, minimum=2)
         s = torch.linspace(0, 1, T, dtype=torch.float64)
         return (self.beta_min + s * (self.beta_max - self.beta_min)) / T
 
     def reverse_drift(self, score: Field) -> Field:
-        """The reverse-time SDE's drift f - g^2 s (Anderson 1982), as a field (x, t)."""
+        """The reverse-time SDE's drift f - g^2 s (Anderson 1982), as a field (x, t).
+
+        Book: :eq:`ch13-reverse-sde`.
+        """
         def field(x, t):
             return self.drift(x, t) - self.beta(t) * score(x, t)
         return field
 
     def ode_drift(self, score: Field) -> Field:
-        """The probability-flow ODE's velocity f - 1/2 g^2 s, as a field (x, t)."""
+        """The probability-flow ODE's velocity f - 1/2 g^2 s, as a field (x, t).
+
+        Book: :eq:`ch13-pf-ode`.
+        """
         def field(x, t):
             return self.drift(x, t) - 0.5 * self.beta(t) * score(x, t)
         return field
@@ -230,7 +248,16 @@ def _steps(ts):
 
 
 def euler(field: Field, x: torch.Tensor, ts: Sequence[float]) -> torch.Tensor:
-    """x_{k+1} = x_k + (t_{k+1} - t_k) F(x_k, t_k): one evaluation per step."""
+    """x_{k+1} = x_k + (t_{k+1} - t_k) F(x_k, t_k): one evaluation per step.
+
+    Args:
+        field: F(x (B, ...), t float) -> (B, ...), the ODE's velocity.
+        x: (B, ...) the state at ts[0].
+        ts: the times, increasing or decreasing; len(ts) - 1 steps.
+
+    Returns:
+        The state at ts[-1], (B, ...).
+    """
     _check_batch(x)
     ts = _check_grid(ts)
     for a, b in _steps(ts):
@@ -242,6 +269,14 @@ def heun(field: Field, x: torch.Tensor, ts: Sequence[float]) -> torch.Tensor:
     """Heun's method (the trapezoid rule with an Euler predictor): two evaluations per step.
 
     x' = x_k + h F(x_k, t_k),  x_{k+1} = x_k + h/2 [F(x_k, t_k) + F(x', t_{k+1})].
+
+    Args:
+        field: F(x (B, ...), t float) -> (B, ...), the ODE's velocity.
+        x: (B, ...) the state at ts[0].
+        ts: the times, increasing or decreasing; len(ts) - 1 steps.
+
+    Returns:
+        The state at ts[-1], (B, ...).
     """
     _check_batch(x)
     ts = _check_grid(ts)
@@ -260,6 +295,18 @@ def euler_maruyama(drift: Field, diffusion: Callable[[float], float], x: torch.T
 
     Forward in time (increasing ts) or backward (decreasing, for the reverse SDE, whose
     drift the caller gives in the forward-time convention f - g^2 s).
+
+    Args:
+        drift: f(x (B, ...), t float) -> (B, ...).
+        diffusion: g(t float) -> float.
+        x: (B, ...) the state at ts[0].
+        ts: the times; len(ts) - 1 steps.
+        generator: for the noise z (default None: torch's global generator).
+
+    Returns:
+        The state at ts[-1], (B, ...).
+
+    Book: :eq:`ch13-reverse-sde`.
     """
     _check_batch(x)
     ts = _check_grid(ts)
@@ -278,6 +325,17 @@ def ddim(eps: Field, sde: VPSDE, x: torch.Tensor, ts: Sequence[float]) -> torch.
     A deliberate copy of that update, on the SDE's real-valued clock (the chain's sampler
     indexes its integer steps and adds eta and clipping); x0_hat is the shared
     `diffusion.predict_x0`.
+
+    Args:
+        eps: the noise predictor eps(x (B, ...), t float) -> (B, ...) on the SDE's clock.
+        sde: the VPSDE whose alpha_bar(t) is the clock.
+        x: (B, ...) the state at ts[0].
+        ts: decreasing times in [0, 1]; len(ts) - 1 network calls.
+
+    Returns:
+        The state at ts[-1], (B, ...).
+
+    Book: :eq:`ch13-ddim-ode`.
     """
     _check_batch(x)
     ts = _check_grid(ts)
@@ -334,6 +392,8 @@ def divergence_hutchinson(field: Field, x: torch.Tensor, t: float, probes: torch
 
     Unbiased for div F whenever E[v] = 0 and E[v v^T] = I (Hutchinson 1989); one
     vector-Jacobian product per probe, whatever the dimension. Average over P for the estimate.
+
+    Book: :eq:`ch13-hutchinson`.
     """
     _check_batch(x)
     if not torch.is_tensor(probes) or probes.dim() != x.dim() + 1 or len(probes) == 0 \
@@ -397,13 +457,30 @@ def ode_log_likelihood(field: Field, x: torch.Tensor, *, t0: float = 0.0, t1: fl
                        generator: torch.Generator | None = None) -> Likelihood:
     """log p_{t0}(x) for the flow dx/dt = field(x, t), by the instantaneous change of variables.
 
-    Solves d/dt [x, l] = [F(x, t), div F(x, t)] from t0 to t1 with scipy's solve_ivp (RK45 by
-    default, Song et al.'s choice; rtol, atol > 0), all points of the batch as one system, and
-    returns log p_{t1}(x_{t1}) + l(t1). probes=None: the exact divergence (x (B, D), small D);
-    probes=P: Hutchinson's estimator with P Rademacher probes drawn once and kept along the
-    path (the path then stays smooth, as in FFJORD). x: (B, ...); the field runs in x's dtype,
-    on at most companion.memory.MAX_IMAGES_WITH_GRAD images a pass (`field_and_divergence`);
-    nfe counts the evaluations of the whole batch.
+    Solves d/dt [x, l] = [F(x, t), div F(x, t)] from t0 to t1 with scipy's solve_ivp, all
+    points of the batch as one system, and returns log p_{t1}(x_{t1}) + l(t1). The field
+    runs on at most companion.memory.MAX_IMAGES_WITH_GRAD images a pass
+    (`field_and_divergence`).
+
+    Args:
+        field: F(x (B, ...), t float) -> (B, ...), the flow's velocity.
+        x: (B, ...) the points; the field runs in x's dtype.
+        t0: where the density is wanted (default 0.0, the data).
+        t1: where the prior is known (default 1.0).
+        prior_log_p: (B, ...) -> (B,), log p_{t1} (default: the standard normal).
+        probes: None (default): the exact divergence (x (B, D), small D); P: Hutchinson's
+            estimator with P Rademacher probes drawn once and kept along the path (the path
+            then stays smooth, as in FFJORD).
+        rtol: the solver's relative tolerance, > 0 (default 1e-5).
+        atol: the solver's absolute tolerance, > 0 (default 1e-5).
+        method: solve_ivp's method (default "RK45", Song et al.'s choice).
+        generator: for the probes (default None: torch's global generator).
+
+    Returns:
+        Likelihood: `log_p`, log p_{t0}(x) per point (float64 (B,), nats), and `nfe`,
+        the evaluations of the field (of the whole batch, however many chunks).
+
+    Book: :eq:`ch13-cov`.
     """
     from scipy.integrate import solve_ivp
 
@@ -462,6 +539,8 @@ def dequantize(x: torch.Tensor, generator: torch.Generator | None = None) -> tor
 
     Then E_u[-log p(x + u)] - D log(2/255) bounds the negative log-probability of the discrete
     image under the model P(x) = integral of p over x's bin, by Jensen's inequality.
+
+    Book: :eq:`ch13-dequantization`.
     """
     _check_batch(x)
     checks.images("x", x, low=-1.0, high=1.0)  # 8-bit images on [-1, 1], not 0..255

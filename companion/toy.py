@@ -117,6 +117,8 @@ class LinearGaussian:
 
         Computed by Cholesky of W W^T + sigma^2 I (not through torch.distributions, so the
         tests can compare the two).
+
+        Book: :eq:`ch3-marginal`.
         """
         x = self._check_x(x)
         L = torch.linalg.cholesky(self.marginal_cov())
@@ -149,6 +151,8 @@ class LinearGaussian:
         x: (B, D), q_mean: (B, K), q_cov: (K, K) or (B, K, K) -> (B,).
         = E_q[log p(x|z)] - KL(q || N(0, I)), with
           E_q[log p(x|z)] = -1/(2 s^2) (|x - W m - b|^2 + tr(W S W^T)) - D/2 log(2 pi s^2).
+
+        Book: :eq:`ch3-recon-kl`.
         """
         x = self._check_x(x)
         m = self._check_z(q_mean)
@@ -241,7 +245,10 @@ class GaussianMixture:
         return self.log_likelihood(x) + self.log_prior()
 
     def log_marginal(self, x) -> torch.Tensor:
-        """Exact log p(x) = log sum_k p(k) p(x | k): (B, D) -> (B,)."""
+        """Exact log p(x) = log sum_k p(k) p(x | k): (B, D) -> (B,).
+
+        Book: :eq:`ch3-marginal`.
+        """
         return torch.logsumexp(self.log_joint(x), dim=-1)
 
     def log_posterior(self, x) -> torch.Tensor:
@@ -259,7 +266,10 @@ class GaussianMixture:
 
     # --- the ELBO of a categorical q(z|x): exact sums --------------------------------------
     def reconstruction(self, x, q) -> torch.Tensor:
-        """E_q[log p(x | z)] = sum_k q_k log p(x | k).  x: (B, D), q: (B, K) -> (B,)."""
+        """E_q[log p(x | z)] = sum_k q_k log p(x | k).  x: (B, D), q: (B, K) -> (B,).
+
+        Book: :eq:`ch3-recon-kl`.
+        """
         x = self._check_x(x)
         q = self._check_q(q, len(x))
         return (q * self.log_likelihood(x)).sum(-1)
@@ -271,7 +281,10 @@ class GaussianMixture:
         return (q * (torch.log(safe) - self.log_prior())).sum(-1)
 
     def elbo(self, x, q) -> torch.Tensor:
-        """E_q[log p(x, z) - log q(z|x)] as one sum over k (0 log 0 = 0).  -> (B,)."""
+        """E_q[log p(x, z) - log q(z|x)] as one sum over k (0 log 0 = 0).  -> (B,).
+
+        Book: :eq:`ch3-jensen`.
+        """
         x = self._check_x(x)
         q = self._check_q(q, len(x))
         safe = torch.where(q > 0, q, torch.ones_like(q))

@@ -107,3 +107,53 @@ def test_every_eq_reference_resolves_to_its_equation_number(html):
         linked = {label for label, _ in shown}
         assert cited <= linked, f"{f}: {{eq}} references not rendered as links: " \
                                 f"{sorted(cited - linked)}"
+
+
+def api_pages(html) -> list[Path]:
+    return sorted((html / "book" / "api").rglob("*.html"))
+
+
+def test_api_pages_document_their_modules(html):
+    """Each module's page documents its functions and classes, each with its source."""
+    from tests.test_api_reference import api_reference, documented_objects
+
+    modules = sorted(api_reference.public_modules(ROOT), key=len, reverse=True)
+    objects = {}
+    for qual, _ in documented_objects():
+        module = next(m for m in modules if qual.startswith(m + "."))
+        objects.setdefault(module, []).append(qual)
+    pages = {p.relative_to(html / "book" / "api").with_suffix("").as_posix(): p.read_text()
+             for p in api_pages(html)}
+    for module, quals in objects.items():
+        page = pages[module.removeprefix("companion.").replace(".", "/")]
+        absent = [q for q in quals if f'id="{q}"' not in page]
+        assert not absent, f"{module}: not documented on its page: {absent}"
+        assert "viewcode-link" in page, f"{module}: no [source] link"
+
+
+def test_equations_and_functions_link_both_ways(html):
+    """Each {py:...} role of a chapter is a link to its object on the API pages; each
+    docstring's `Book: :eq:` is a link from the API page to the equation, showing its
+    number (chapter.n)."""
+    from tests.test_api_reference import CITE, ROLE, documented_objects
+
+    number = {}
+    for f in numbered_chapters():
+        for label, num in EQNO.findall((html / f"{f}.html").read_text()):
+            number[label] = (f, num)
+    for f in numbered_chapters():
+        page = (html / f"{f}.html").read_text()
+        for _, name in set(ROLE.findall((ROOT / f"{f}.md").read_text())):
+            assert re.search(r'<a class="reference internal" href="\.\./book/api/[\w/]+\.html#'
+                             + re.escape(name) + '"', page), \
+                f"{f}: {name} is not a link to its entry in the API reference"
+    linked = set()
+    for p in api_pages(html):
+        for href, label, num in EQREF.findall(p.read_text()):
+            chapter, expected = number[label]
+            assert href.endswith(f"{chapter}.html") and num == expected, \
+                f"{p.name}: the link to {label} shows ({num}) -> {href}, expected " \
+                f"({expected}) in {chapter}"
+            linked.add(label)
+    cited = {label for _, obj in documented_objects() for label in CITE.findall(obj.__doc__ or "")}
+    assert cited <= linked, f"cited in docstrings, not linked on the API pages: {cited - linked}"

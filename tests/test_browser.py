@@ -17,8 +17,9 @@ one that sticks out of the column), no printed line over 80 characters, no Markd
 left as raw pipe text, every display equation of a numbered chapter numbered, no progress
 bar (stored widget or text) and no error text in an output, every figure with alt text
 that says something (not a hashed file name); on a phone the page never scrolls sideways,
-printed outputs wrap, and the status table fits. test_planted_faults_are_caught shows that
-each of these checks fails on a page with the fault planted in it.
+printed outputs wrap, and the status table and the API reference's pages (book/api) fit the
+column. test_planted_faults_are_caught shows that each of these checks fails on a page with
+the fault planted in it.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def toc_pages() -> list[str]:
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     files = [toc["root"]]
     for part in toc.get("parts", []):
-        files += [c["file"] for c in part.get("chapters", [])]
+        for c in part.get("chapters", []):
+            files += [c["file"]] + [s["file"] for s in c.get("sections", [])]
     return [f"{Path(f).with_suffix('').as_posix()}.html" for f in files]
 
 
@@ -74,7 +76,8 @@ PAGES = toc_pages() + ["genindex.html", "search.html"]
 CHAPTERS = [p for p in PAGES if p.startswith("notebooks/")]
 NUMBERED = numbered_pages()
 STATUS = "book/status.html"
-PHONE_PAGES = CHAPTERS + [STATUS]
+API = [p for p in PAGES if p.startswith("book/api/")]  # the API reference, one page a module
+PHONE_PAGES = CHAPTERS + [STATUS] + API
 
 # Printed lines over MAX_PRINTED characters that only re-executing the chapter on a GPU can
 # shorten: their stored outputs come from an H100 run and are not re-made elsewhere (the
@@ -693,7 +696,8 @@ def test_figures_have_alt_text(browser, server, page):
 def test_phone_layout(browser, server, page):
     """On a 390-px phone the page never scrolls sideways, printed outputs wrap and no inline
     equation is cut off; a display equation or a wide table may scroll inside its own box,
-    but the status page's table fits (one card per chapter)."""
+    but the status page's table fits (one card per chapter) and nothing on an API page is
+    wider than the column (signatures break one parameter a line, formulas wrap)."""
     layout = visit_phone(browser, server, page)
     # a phone widens its layout viewport to fit content, so compare with PHONE itself
     assert layout["pageWidth"] <= PHONE + SLACK_PX, (
@@ -705,7 +709,7 @@ def test_phone_layout(browser, server, page):
            if w["kind"] == "inline equation"]
     assert not cut, (f"{page}: inline equations cut off at {PHONE} px (make them displays "
                      "or shorter pieces):\n  " + "\n  ".join(cut))
-    if page == STATUS:
+    if page == STATUS or page in API:
         bad = too_wide(layout)
         assert not bad, f"{page}: wider than the phone's column:\n  " + "\n  ".join(bad)
 

@@ -85,10 +85,12 @@ def test_nbval_is_steered_by_tags(path):
 
 
 def toc_files():
+    """Every file in _toc.yml, root first, a chapter's sections after it (the API pages)."""
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     files = [toc["root"]]
     for part in toc.get("parts", []):
-        files += [c["file"] for c in part.get("chapters", [])]
+        for c in part.get("chapters", []):
+            files += [c["file"]] + [s["file"] for s in c.get("sections", [])]
     return files
 
 

@@ -130,7 +130,7 @@ def test_status_page_is_in_the_book():
     assert "book/status" in files
     assert "```{execution-status}" in (ROOT / "book" / "status.md").read_text()
     cfg = yaml.safe_load((ROOT / "_config.yml").read_text())
-    assert cfg["sphinx"]["local_extensions"] == {"execution_status": "book/_ext"}
+    assert cfg["sphinx"]["local_extensions"]["execution_status"] == "book/_ext"
 
 
 @pytest.mark.slow

@@ -178,7 +178,10 @@ def reconstruction_error(model: nn.Module, x: torch.Tensor, target: torch.Tensor
 
 
 def reconstruction_loss(model: nn.Module, x: torch.Tensor, kind: str = "mse") -> torch.Tensor:
-    """Plain autoencoder objective: mean over the batch of L(x, f(g(x))). x: (B, 1, 28, 28)."""
+    """Plain autoencoder objective: mean over the batch of L(x, f(g(x))). x: (B, 1, 28, 28).
+
+    Book: :eq:`ch1-objective`.
+    """
     return reconstruction_error(model, x, kind=kind).mean()
 
 
@@ -199,6 +202,8 @@ def denoising_loss(model: nn.Module, x: torch.Tensor, noise_std: float = 0.5,
 
     The model sees the noisy input; the target is the clean x. With noise_std=0 this is
     `reconstruction_loss`.
+
+    Book: :eq:`ch1-dae`.
     """
     check_images(x)
     return reconstruction_error(model, add_noise(x, noise_std, generator), target=x,
@@ -234,6 +239,8 @@ def adversarial_loss(model: nn.Module, x: torch.Tensor, radius: float = 1.0,
     """Adversarially robust objective: mean over the batch of
     max_{||delta|| <= radius} L(x, f(g(x + delta))), the max approximated by
     `worst_perturbation`. With radius=0 this is `reconstruction_loss`. x: (B, 1, 28, 28).
+
+    Book: :eq:`ch1-arae`.
     """
     check_images(x)
     delta = worst_perturbation(model, x, radius, steps)
@@ -249,6 +256,8 @@ def sigmoid_layer_penalty(x: torch.Tensor, weight: torch.Tensor,
     dh_j/dx = h_j (1 - h_j) W_j (W_j: row j), so the squared Frobenius norm is
     sum_j (h_j (1 - h_j))^2 ||W_j||^2.
     x: (B, D), weight: (K, D), bias: (K,) -> (B,).
+
+    Book: :eq:`ch1-sigmoid-jacobian`.
     """
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
         raise ValueError(f"expected x (B, D) and weight (K, D), got {tuple(x.shape)} and "
@@ -304,6 +313,8 @@ def one_hidden_layer_penalty(model: Autoencoder, x: torch.Tensor) -> torch.Tenso
     J = W2 D W1 with D = diag(d), d = act'(W1 x + b1), so ||J||_F^2 = tr(J J^T)
     = sum_jk d_j d_k (W1 W1^T)_jk (W2^T W2)_jk: one (H, H) matrix per step and a quadratic
     form per example, far cheaper than building J. x: (B, 1, 28, 28) -> (B,).
+
+    Book: :eq:`ch1-two-layer-jacobian`.
     """
     if not isinstance(model, Autoencoder) or len(model.hidden) != 1:
         raise TypeError("one_hidden_layer_penalty needs an Autoencoder with hidden=(H,)")
@@ -322,6 +333,8 @@ def contractive_penalty(model: nn.Module, x: torch.Tensor, method: str = "auto")
     builds J by the chain rule), "autograd" (any encoder: one backward pass per code
     dimension), or "auto" (the cheapest that applies). All are exact and differentiable
     in the model's weights, so the penalty can be trained. x: (B, 1, 28, 28) -> scalar.
+
+    Book: :eq:`ch1-two-layer-jacobian`.
     """
     check_images(x)
     if method == "auto":
@@ -343,6 +356,8 @@ def contractive_loss(model: nn.Module, x: torch.Tensor, weight: float = 1e-2,
     """CAE objective: reconstruction_loss + weight * contractive_penalty.
 
     Returns (loss, {"recon": ..., "penalty": ...}) so that `fit` logs both terms.
+
+    Book: :eq:`ch1-cae`.
     """
     recon = reconstruction_loss(model, x, kind=kind)
     penalty = contractive_penalty(model, x)
@@ -366,6 +381,8 @@ def fit_linear_als(model: Autoencoder, x: torch.Tensor, iters: int = 50) -> list
     its pseudo-inverse (D^T D)^-1 D^T. Neither half-step can raise the loss. Starts from
     the model's current encoder; writes the result into the model.
     x: (N, 1, 28, 28). Returns the loss after each iteration.
+
+    Book: :eq:`ch1-linear-loss`.
     """
     if not isinstance(model, Autoencoder) or model.hidden or model.activation != "identity" \
             or model.output != "identity":

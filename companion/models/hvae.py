@@ -76,6 +76,8 @@ def gaussian_product(mu_p, logvar_p, eta, log_precision):
     precisions adding and means averaging with precision weights. logvar is computed as
     -logaddexp(-logvar_p, log_precision), without forming a precision that could overflow.
     All arguments broadcast, e.g. (S, B, D) against (B, D).
+
+    Book: :eq:`ch7-product`.
     """
     logvar = -torch.logaddexp(-logvar_p, log_precision)
     return (mu_p * torch.exp(-logvar_p) + eta) * torch.exp(logvar), logvar
@@ -266,6 +268,8 @@ class HierarchicalVAE(_ImageModel):
         noise:  optional list of standard normal draws (S, B, D_i) per layer (bottom first).
         Returns (z, q, p), lists bottom first: z_i (S, B, D_i), q_i = (mu, logvar) of
         q(z_i | z_>i, x), p_i = (mu, logvar) of p(z_i | z_>i) (zeros at the top).
+
+        Book: :eq:`ch7-inference`.
         """
         m = self.m
         z, q, p = [None] * m, [None] * m, [None] * m
@@ -294,6 +298,8 @@ class HierarchicalVAE(_ImageModel):
 
         each inner KL analytic at the sampled z_>i, the outer expectations by the same
         samples. x: (B, 1, 28, 28) binary; n_samples: z draws per image.
+
+        Book: :eq:`ch7-kl-layers`.
         """
         n_samples = checks.count("n_samples", n_samples)
         z, q, p = self.top_down(self.bottom_up(x), n_samples)
@@ -320,7 +326,10 @@ class HierarchicalVAE(_ImageModel):
         return lp
 
     def log_joint(self, x: torch.Tensor, z: list) -> torch.Tensor:
-        """log p(x, z) = log p(z) + log p(x | z_1): x (B, ...), [(S, B, D_i)] -> (S, B)."""
+        """log p(x, z) = log p(z) + log p(x | z_1): x (B, ...), [(S, B, D_i)] -> (S, B).
+
+        Book: :eq:`ch7-generative`.
+        """
         return self.log_prior(z) + self.log_likelihood(x, z[0])
 
     # --- generating ----------------------------------------------------------------------
@@ -358,6 +367,8 @@ class MarkovianHVAE(_ImageModel):
 
     Every conditional is a diagonal Gaussian from a small network (x -> hidden -> z_1 for
     q(z_1 | x), z -> step_hidden -> z for the steps); p(x | z_1) is Bernoulli as above.
+
+    Book: :eq:`ch7-markov`, :eq:`ch8-markov-hvae`.
     """
 
     def __init__(self, T: int = 4, latent_dim: int = 16, hidden: int = 256,

@@ -263,6 +263,8 @@ class VAE(nn.Module):
         x: (B, 1, 28, 28); out: (..., B, 1, 28, 28) (leading sample dims broadcast) -> (..., B).
         x in [0, 1] for the Bernoulli decoder (binary), the 256 levels -1 + 2k/255 on [-1, 1]
         for the discretized one (`to_8bit_range`); either is refused outside its range.
+
+        Book: :eq:`ch6-bernoulli`.
         """
         if self.likelihood == "discretized":
             from ..diffusion import discretized_gaussian_log_likelihood
@@ -303,6 +305,8 @@ class VAE(nn.Module):
         q:          optional (mu, logvar) to use instead of the encoder's (any q gives a
                     lower bound; used to refine q per image for the amortization gap).
         x_encoder:  optional images the encoder sees instead of x (same shape).
+
+        Book: :eq:`ch6-elbo`.
         """
         check_images(x)
         check_nonempty(x)
