@@ -58,7 +58,7 @@ pdf: $(STAMP)
 	if [ -n "$$missing" ]; then \
 	  echo "make pdf: missing$$missing; install them with"; \
 	  echo "  apt-get install --no-install-recommends $(PDF_PACKAGES)"; exit 1; fi
-	LATEXMKOPTS=-interaction=nonstopmode $(BIN)/jupyter-book build . --builder pdflatex
+	LATEXMKOPTS=-interaction=nonstopmode $(BIN)/jupyter-book build . -W -n --keep-going --builder pdflatex
 	$(BIN)/python book/_ext/pdf_check.py $(PDF)
 
 # Colab's own wheels of the pure-Python packages the Colab install test runs at Colab's

@@ -6,7 +6,9 @@ What fails it, each read from the PDF or from LaTeX's log beside it:
 - a LaTeX error (a line starting with "!"), a character the font lacks ("Missing
   character"), an undefined reference or citation;
 - "??" anywhere in the text (what LaTeX prints for a reference it could not resolve);
-- the title of a page in _toc.yml (every chapter, the front and back matter) not found;
+- the title of a page in _toc.yml (every chapter, the front and back matter) not found, or
+  a chapter's title without its number from the web (chapter n of the numbered part is
+  "n Title" in the contents, as on the web; its equations are (n.k));
 - a word that reaches outside the text block: code or output that runs into the margin or
   off the page, which the reader cannot see whole (`pdftotext -bbox`, against the text
   block that the preamble writes into the log, see _config.yml);
@@ -46,6 +48,20 @@ def toc_files(root: Path = ROOT) -> list[str]:
     return files
 
 
+def numbered_files(root: Path = ROOT) -> list[str]:
+    """The chapters: the pages of _toc.yml's numbered part, in order."""
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    return [c["file"] for part in toc.get("parts", []) if part.get("numbered")
+            for c in part.get("chapters", [])]
+
+
+def expected_titles(root: Path = ROOT) -> list[str]:
+    """Each page's title as the PDF must show it: "n Title" for chapter n."""
+    number = {f: n for n, f in enumerate(numbered_files(root), start=1)}
+    return [f"{number[f]} {page_title(root, f)}" if f in number else page_title(root, f)
+            for f in toc_files(root)]
+
+
 def page_title(root: Path, file: str) -> str:
     """A page's first-level heading: the .ipynb's first Markdown cell, else the .md."""
     nb = root / f"{file}.ipynb"
@@ -72,8 +88,9 @@ def normalize(text: str) -> str:
 
 
 def missing_titles(titles: list[str], text: str) -> list[str]:
+    """Titles not in the text; "8 Title" does not match inside "18 Title"."""
     plain = normalize(text)
-    return [t for t in titles if normalize(t) not in plain]
+    return [t for t in titles if not re.search(r"(?<![\w.])" + re.escape(normalize(t)), plain)]
 
 
 def unresolved_references(text: str) -> list[str]:
@@ -160,7 +177,7 @@ def check(pdf: Path, root: Path = ROOT) -> list[str]:
     log = pdf.with_suffix(".log").read_text(errors="replace")
     text = run("pdftotext", "-enc", "UTF-8", str(pdf), "-")
     files = toc_files(root)
-    titles = [page_title(root, f) for f in files]
+    titles = expected_titles(root)
     left, right = text_block(log)
     outside = words_outside(run("pdftotext", "-bbox", str(pdf), "-"), left, right)
     figures, images = html_figures(root, files), pdf_images(run("pdfimages", "-list", str(pdf)))
