@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 JOBS   ?= 2
 
-.PHONY: install mathjax colab-wheels actionlint book test test-cpu-capability test-colab test-smoke outputs outputs-device device-wheels gpu-plan outputs-device-dry-run check-fast bench sync clean
+.PHONY: install mathjax colab-wheels actionlint book pdf test test-cpu-capability test-colab test-smoke outputs outputs-device device-wheels gpu-plan outputs-device-dry-run check-fast bench sync clean
 MATHJAX_VERSION := 3.2.2
 MATHJAX := _extra/mathjax/.installed-$(MATHJAX_VERSION)
 NPM    ?= npm
@@ -40,6 +40,26 @@ book: $(STAMP)
 	  $(BIN)/python book/_ext/mathjax_cdn.py $(MATHJAX_VERSION) _build/cdn/_config.yml && \
 	  $(BIN)/jupyter-book build . -W -n --keep-going --config _build/cdn/_config.yml; \
 	fi
+
+# The book as a PDF, from the same sources and stored outputs: Sphinx's LaTeX builder, then
+# xelatex through latexmk (engine and layout: the `latex` settings in _config.yml), then
+# book/_ext/pdf_check.py reads it page by page (LaTeX errors, missing glyphs, unresolved
+# references, chapter titles, code or output cut at the margin, figures). TeX and poppler
+# come from Debian (.ci/run installs them):
+#   apt-get install --no-install-recommends $(PDF_PACKAGES)
+PDF_PACKAGES := texlive-xetex texlive-latex-extra latexmk fonts-freefont-otf fonts-dejavu-core poppler-utils
+PDF := _build/latex/autoencoders-to-diffusion.pdf
+pdf: $(STAMP)
+	@missing=""; \
+	for tool in xelatex latexmk makeindex pdftotext pdfimages pdfinfo; do \
+	  command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	for font in FreeSerif FreeSans "DejaVu Sans Mono"; do \
+	  fc-list -q "$$font" 2>/dev/null || missing="$$missing font:'$$font'"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "make pdf: missing$$missing; install them with"; \
+	  echo "  apt-get install --no-install-recommends $(PDF_PACKAGES)"; exit 1; fi
+	LATEXMKOPTS=-interaction=nonstopmode $(BIN)/jupyter-book build . -W -n --keep-going --builder pdflatex
+	$(BIN)/python book/_ext/pdf_check.py $(PDF)
 
 # Colab's own wheels of the pure-Python packages the Colab install test runs at Colab's
 # versions (companion/colab.py: COLAB_WHEELS); needs PyPI once, then the tests run offline.

@@ -1,0 +1,211 @@
+"""Checks the book's PDF page by page (`make pdf` runs it after building; `.ci/run` too).
+
+    python book/_ext/pdf_check.py _build/latex/autoencoders-to-diffusion.pdf
+
+What fails it, each read from the PDF or from LaTeX's log beside it:
+- a LaTeX error (a line starting with "!"), a character the font lacks ("Missing
+  character"), an undefined reference or citation;
+- "??" anywhere in the text (what LaTeX prints for a reference it could not resolve);
+- the title of a page in _toc.yml (every chapter, the front and back matter) not found, or
+  a chapter's title without its number from the web (chapter n of the numbered part is
+  "n Title" in the contents, as on the web; its equations are (n.k));
+- a word that reaches outside the text block: code or output that runs into the margin or
+  off the page, which the reader cannot see whole (`pdftotext -bbox`, against the text
+  block that the preamble writes into the log, see _config.yml);
+- fewer images in the PDF (`pdfimages -list`) than PNG figures the HTML pages show.
+
+Needs poppler-utils (pdftotext, pdfimages, pdfinfo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import re
+import subprocess
+import sys
+import unicodedata
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+# The preamble's \typeout (_config.yml, latex preamble) of the text block, in TeX points.
+TEXT_BLOCK = re.compile(r"book-pdf text block: left=([\d.]+)pt width=([\d.]+)pt")
+TEX_PT_PER_BP = 72.27 / 72
+# How far (PDF points) a glyph may poke past the text block: a bold letter's side bearing,
+# a wrapped line's continuation arrow. A cut code line reaches much further.
+TOLERANCE_BP = 2.0
+
+
+def toc_files(root: Path = ROOT) -> list[str]:
+    """Every page of _toc.yml in order: the root, then each part's chapters."""
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    files = [toc["root"]]
+    for part in toc.get("parts", []):
+        files += [c["file"] for c in part.get("chapters", [])]
+    return files
+
+
+def numbered_files(root: Path = ROOT) -> list[str]:
+    """The chapters: the pages of _toc.yml's numbered part, in order."""
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    return [c["file"] for part in toc.get("parts", []) if part.get("numbered")
+            for c in part.get("chapters", [])]
+
+
+def expected_titles(root: Path = ROOT) -> list[str]:
+    """Each page's title as the PDF must show it: "n Title" for chapter n."""
+    number = {f: n for n, f in enumerate(numbered_files(root), start=1)}
+    return [f"{number[f]} {page_title(root, f)}" if f in number else page_title(root, f)
+            for f in toc_files(root)]
+
+
+def page_title(root: Path, file: str) -> str:
+    """A page's first-level heading: the .ipynb's first Markdown cell, else the .md."""
+    nb = root / f"{file}.ipynb"
+    if nb.exists():
+        cells = json.loads(nb.read_text())["cells"]
+        text = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    else:
+        text = (root / f"{file}.md").read_text()
+    for line in text.splitlines():
+        if line.startswith("# "):
+            return line[2:].strip()
+    raise ValueError(f"{file}: no '# ' title")
+
+
+def normalize(text: str) -> str:
+    """Text as pdftotext gives it, reduced to what a title comparison needs: ligatures and
+    typographic quotes and dashes undone, hyphenated line ends joined, whitespace collapsed."""
+    text = unicodedata.normalize("NFKC", text)
+    for typo, plain in {"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"',
+                        "\u2013": "-", "\u2014": "-", "\u2212": "-"}.items():
+        text = text.replace(typo, plain)
+    text = re.sub(r"(\w)-\n(\w)", r"\1\2", text)
+    return re.sub(r"\s+", " ", text)
+
+
+def missing_titles(titles: list[str], text: str) -> list[str]:
+    """Titles not in the text; "8 Title" does not match inside "18 Title"."""
+    plain = normalize(text)
+    return [t for t in titles if not re.search(r"(?<![\w.])" + re.escape(normalize(t)), plain)]
+
+
+def unresolved_references(text: str) -> list[str]:
+    """Each "??" with the words around it."""
+    flat = re.sub(r"\s+", " ", text)
+    return [flat[max(m.start() - 50, 0):m.end() + 30] for m in re.finditer(r"\?\?", flat)]
+
+
+def log_problems(log: str) -> list[str]:
+    """LaTeX errors, missing glyphs, undefined references and citations in a .log."""
+    problems = []
+    lines = log.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("! "):
+            problems.append(" ".join([line, *lines[i + 1:i + 3]]).strip())
+        elif line.startswith("Missing character: There is no"):
+            problems.append(line.strip())
+        elif re.match(r"(LaTeX|Package \w+) Warning: (Reference|Citation|Hyper reference)",
+                      line):
+            problems.append(" ".join([line, *lines[i + 1:i + 2]]).strip())
+        elif "There were undefined references" in line:
+            problems.append(line.strip())
+    return problems
+
+
+def text_block(log: str) -> tuple[float, float]:
+    """The text block's left and right edges in PDF points, from the preamble's \\typeout."""
+    m = TEXT_BLOCK.search(log)
+    if m is None:
+        raise ValueError("the LaTeX log has no 'book-pdf text block' line: the preamble in "
+                         "_config.yml (sphinx.config.latex_elements) writes it")
+    left, width = (float(v) / TEX_PT_PER_BP for v in m.groups())
+    return left, left + width
+
+
+WORD = re.compile(r'<word xMin="([\d.]+)" yMin="[\d.]+" xMax="([\d.]+)" yMax="[\d.]+">'
+                  r"(.*?)</word>")
+
+
+def words_outside(bbox_html: str, left: float, right: float,
+                  tolerance: float = TOLERANCE_BP) -> list[str]:
+    """Every word of `pdftotext -bbox` output that reaches past the text block, with its page
+    and the rest of its line: "p. 7: 'tensor([0.1,' ... (right edge 540.1 > 523.3)"."""
+    found = []
+    for number, page in enumerate(re.split(r"<page ", bbox_html)[1:], start=1):
+        for x0, x1, word in WORD.findall(page):
+            x0, x1 = float(x0), float(x1)
+            if x0 < left - tolerance or x1 > right + tolerance:
+                found.append(f"p. {number}: {html.unescape(word)!r} spans {x0:.1f}-{x1:.1f}, "
+                             f"the text block {left:.1f}-{right:.1f}")
+    return found
+
+
+def html_figures(root: Path, files: list[str]) -> int:
+    """PNG figures the HTML pages show: image outputs of cells not removed by a tag."""
+    count = 0
+    for file in files:
+        nb = root / f"{file}.ipynb"
+        if not nb.exists():
+            continue
+        for cell in json.loads(nb.read_text())["cells"]:
+            tags = set(cell.get("metadata", {}).get("tags", []))
+            if cell["cell_type"] != "code" or tags & {"remove-cell", "remove-output"}:
+                continue
+            count += sum("image/png" in o.get("data", {}) for o in cell.get("outputs", []))
+    return count
+
+
+def pdf_images(listing: str) -> int:
+    """Images placed in the PDF, from `pdfimages -list` (soft masks are not images)."""
+    rows = [line.split() for line in listing.splitlines()[2:]]
+    return sum(1 for row in rows if len(row) > 2 and row[2] == "image")
+
+
+def run(*cmd: str) -> str:
+    try:
+        return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    except FileNotFoundError:
+        sys.exit(f"{cmd[0]} not found: apt-get install poppler-utils")
+
+
+def check(pdf: Path, root: Path = ROOT) -> list[str]:
+    """Every problem found in `pdf` (empty when it passes); prints what it measured."""
+    log = pdf.with_suffix(".log").read_text(errors="replace")
+    text = run("pdftotext", "-enc", "UTF-8", str(pdf), "-")
+    files = toc_files(root)
+    titles = expected_titles(root)
+    left, right = text_block(log)
+    outside = words_outside(run("pdftotext", "-bbox", str(pdf), "-"), left, right)
+    figures, images = html_figures(root, files), pdf_images(run("pdfimages", "-list", str(pdf)))
+    pages = re.search(r"Pages:\s+(\d+)", run("pdfinfo", str(pdf))).group(1)
+    print(f"{pdf}: {pages} pages, {pdf.stat().st_size / 2**20:.1f} MiB; {len(titles)} titles "
+          f"from _toc.yml; {images} images for {figures} PNG figures in the HTML; text block "
+          f"{left:.1f}-{right:.1f} pt")
+    problems = [f"LaTeX log: {p}" for p in log_problems(log)]
+    problems += [f"title not in the PDF: {t!r}" for t in missing_titles(titles, text)]
+    problems += [f"unresolved reference '??': ...{c}..." for c in unresolved_references(text)]
+    problems += [f"outside the text block: {w}" for w in outside]
+    if images < figures:
+        problems.append(f"{images} images in the PDF, fewer than the {figures} PNG figures "
+                        "of the HTML pages")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("pdf", type=Path)
+    parser.add_argument("--root", type=Path, default=ROOT, help="the book's folder")
+    args = parser.parse_args(argv)
+    problems = check(args.pdf, args.root)
+    for p in problems:
+        print(p)
+    print(f"{len(problems)} problem(s)" if problems else "the PDF passes every check")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
