@@ -37,12 +37,13 @@ def _cell(x, fmt: str | None) -> str:
 
 
 def markdown(columns: Sequence[str], rows: Iterable[Sequence], *,
-             formats: Sequence[str | None] | None = None, title: str | None = None) -> str:
+             formats: Sequence[str | None] | None = None, title: str | None = None,
+             align: str | None = None) -> str:
     """The table as Markdown text: a header row, an alignment row, one line per row.
 
     columns: k header strings; rows: sequences of k cells; formats: k format specs (".2f",
     ",d", None for the default) applied to the number cells of each column; title: a line
-    above the table.
+    above the table; align: k letters "l" or "r" (default: numbers right, text left).
     """
     columns = [str(c) for c in columns]
     k = len(columns)
@@ -57,6 +58,11 @@ def markdown(columns: Sequence[str], rows: Iterable[Sequence], *,
             raise ValueError(f"row {i} has {len(r)} cells, the table has {k} columns "
                              f"({', '.join(columns)})")
     numeric = [bool(rows) and all(not isinstance(r[j], str) for r in rows) for j in range(k)]
+    if align is not None:
+        if len(align) != k or set(align) - {"l", "r"}:
+            raise ValueError(f"align must be {k} letters 'l' or 'r', one per column, got "
+                             f"{align!r}")
+        numeric = [a == "r" for a in align]
     lines = ["| " + " | ".join(c.replace("|", "\\|") for c in columns) + " |",
              "|" + "|".join("---:" if num else "---" for num in numeric) + "|"]
     for r in rows:
@@ -67,8 +73,9 @@ def markdown(columns: Sequence[str], rows: Iterable[Sequence], *,
 
 
 def table(columns: Sequence[str], rows: Iterable[Sequence], *,
-          formats: Sequence[str | None] | None = None, title: str | None = None):
+          formats: Sequence[str | None] | None = None, title: str | None = None,
+          align: str | None = None):
     """`markdown(...)` as an IPython Markdown object: display it, or end a cell with it."""
     from IPython.display import Markdown
 
-    return Markdown(markdown(columns, rows, formats=formats, title=title))
+    return Markdown(markdown(columns, rows, formats=formats, title=title, align=align))

@@ -18,6 +18,7 @@ def test_cells_formats_and_alignment():
         "| ODE | 1.50 | 10 |",
     ]
     assert table(["a"], [[1]]).data == "| a |\n|---:|\n| 1 |"
+    assert markdown(["a", "b"], [["1, 2", 3]], align="rr").splitlines()[1] == "|---:|---:|"
 
 
 @pytest.mark.parametrize("columns, rows, formats, match", [
@@ -25,7 +26,10 @@ def test_cells_formats_and_alignment():
     (["a"], [[1]], [".1f", ".2f"], "one spec per column"),
     (["a"], [[object()]], None, "a table cell must be"),
     ([], [], None, "at least one column"),
+    (["a"], [[1]], "bad align", "align must be"),
 ])
 def test_bad_input_says_what_to_fix(columns, rows, formats, match):
+    align = "x" if formats == "bad align" else None
+    formats = None if formats == "bad align" else formats
     with pytest.raises((ValueError, TypeError), match=match):
-        markdown(columns, rows, formats=formats)
+        markdown(columns, rows, formats=formats, align=align)
