@@ -14,6 +14,7 @@ import os
 
 import torch
 
+from .memory import map_chunks
 from .models.autoencoder import Autoencoder, reconstruction_loss
 from .train import checkpoint_path, fit
 
@@ -268,7 +269,8 @@ def _check_unit_images(x, where: str) -> None:
 
 def network_function(model, device, *, precision: str = "mixed"):
     """The network as the samplers and solvers call it, (x (B, 1, 28, 28), t (B,)) -> float32
-    (B, 1, 28, 28): a noise predictor (chapters 9-13) or a velocity network (chapter 13).
+    (B, 1, 28, 28): a noise predictor (chapters 9-13) or a velocity network (chapter 13). At
+    most companion.memory.MAX_IMAGES images a network call, whatever B.
 
     precision="mixed": under the GPU's mixed precision (bf16, or fp16 on GPUs without bf16;
     `train.autocast_dtype`), float32 on a CPU; for sampling, where an error of 1e-2 relative
@@ -291,7 +293,7 @@ def network_function(model, device, *, precision: str = "mixed"):
                             enabled=dtype is not None):
             if dtype is None:
                 x = x.float()
-            return model(x, t).float()
+            return map_chunks(lambda xb, tb: model(xb, tb).float(), x, t)
 
     return net
 
