@@ -1,4 +1,4 @@
-"""One way to say that one method beats another: a paired comparison on the same units.
+"""One way to say that one method beats another: a difference, its standard error, a t test.
 
 Two methods measured on the same units (the same test digits, the same seeds) give one
 difference per unit, d_i = a_i - b_i. Its mean estimates how far a is ahead of b; its
@@ -6,9 +6,21 @@ standard error over the n independent units,
 
     SE = std(d_1, ..., d_n) / sqrt(n)        (std with n - 1 in the denominator),
 
-says how much that mean would move on a redraw of the units. The verdict words follow
-from the ratio z = mean / SE and one threshold (`THRESHOLD` standard errors): beyond it
-"ahead by X (z SE)" or "behind by X (z SE)", inside it "within noise".
+says how much that mean would move on a redraw of the units. The verdict follows from
+z = mean / SE against the two-sided 95% quantile of Student's t with the test's degrees
+of freedom (Student 1908; Welch 1947):
+
+    paired units (`paired`): df = n - 1;
+    two independent arms (`welch`): SE^2 = v_a + v_b with v = s^2 / n for each arm, and
+        Welch's df = (v_a + v_b)^2 / (v_a^2 / (n_a - 1) + v_b^2 / (n_b - 1));
+    one value against n redraws of a noise level (`against_noise`): diff = value - their
+        mean, SE = their sd * sqrt(1 + 1/n) (a prediction interval), df = n - 1;
+    a standard error from elsewhere (`compare`): df given, or n - 1 for n paired units.
+
+Few units need far more than 2 SE: the quantile is 12.7 at 1 degree of freedom, 4.30 at 2,
+3.18 at 3 and 2.05 at 29 (1.96 as df grows). Beyond it the words are "ahead by X (z SE;
+paired t, 2 df)" or "behind by X (...)", inside it "within noise (+X, z SE; ...)": the
+words say which test and how many degrees of freedom.
 
 What counts as a unit matters. Two completions of the same digit, or the same digit
 under two masks, are not independent: pass them as columns of a (n, k) array, whose
@@ -17,7 +29,7 @@ standard error is over the n rows only.
 
     from companion.compare import paired
     c = paired(acc_repaint, acc_replacement, unit="test digit")
-    c.words(".3f")        # 'ahead by 0.040 (2.3 SE)' or 'within noise (+0.040, 1.3 SE)'
+    c.words(".3f")    # 'ahead by 0.040 (2.3 SE; paired t, 99 df)' or 'within noise (...)'
 """
 
 from __future__ import annotations
@@ -27,18 +39,58 @@ from dataclasses import dataclass
 
 import numpy as np
 
-THRESHOLD = 2.0
+LEVEL = 0.95  # two-sided: the verdict is "within noise" unless |z| reaches the t quantile
+
+
+def t_quantile(df: float, level: float = LEVEL) -> float:
+    """The two-sided `level` quantile of Student's t with df degrees of freedom (normal at inf)."""
+    from scipy import stats
+
+    if not (df > 0):
+        raise ValueError(f"the degrees of freedom must be > 0, got {df!r}: a standard error "
+                         "needs at least 2 units (df = n - 1)")
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), e.g. 0.95, got {level!r}")
+    q = 1 - (1 - level) / 2
+    return float(stats.norm.ppf(q) if math.isinf(df) else stats.t.ppf(q, df))
+
+
+def welch_df(var_a: float, n_a: int, var_b: float, n_b: int) -> float:
+    """Welch-Satterthwaite degrees of freedom of (mean a - mean b) for two independent arms.
+
+    var_a, var_b: the arms' sample variances (ddof 1); n_a, n_b >= 2 their sizes.
+    df = (v_a + v_b)^2 / (v_a^2 / (n_a - 1) + v_b^2 / (n_b - 1)) with v = var / n.
+    """
+    if min(n_a, n_b) < 2:
+        raise ValueError(f"each arm needs at least 2 units for its variance, got {n_a} and {n_b}")
+    va, vb = var_a / n_a, var_b / n_b
+    den = va**2 / (n_a - 1) + vb**2 / (n_b - 1)
+    return math.inf if den == 0 else (va + vb) ** 2 / den
+
+
+def _format_df(df: float) -> str:
+    if math.isinf(df):
+        return "normal"
+    return f"{df:.0f} df" if abs(df - round(df)) < 1e-9 else f"{df:.1f} df"
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """The mean difference a - b over `n` units, its standard error, and the verdict."""
+    """The difference a - b, its standard error, the degrees of freedom and the verdict.
+
+    n: the units the SE was computed over (both arms for `welch`); df: the t test's degrees
+    of freedom; test: its name in the words ("paired t", "Welch t", ...); scale: what one
+    "SE" is called in the words ("SE", or "noise SD" for `against_noise`).
+    """
 
     diff: float
     se: float
     n: int
     unit: str = "unit"
-    threshold: float = THRESHOLD
+    df: float = math.inf
+    test: str = "t"
+    level: float = LEVEL
+    scale: str = "SE"
 
     @property
     def z(self) -> float:
@@ -48,28 +100,48 @@ class Comparison:
         return self.diff / self.se
 
     @property
+    def threshold(self) -> float:
+        """The t quantile |z| must reach: t_{df} at (1 + level) / 2."""
+        return t_quantile(self.df, self.level)
+
+    @property
+    def p(self) -> float:
+        """The two-sided p-value of z under Student's t with df degrees of freedom."""
+        from scipy import stats
+
+        if math.isinf(self.z):
+            return 0.0
+        dist = stats.norm if math.isinf(self.df) else stats.t(self.df)
+        return float(2 * dist.sf(abs(self.z)))
+
+    @property
     def verdict(self) -> str:
-        """'ahead', 'behind' or 'tie': a - b beyond +-threshold standard errors or not."""
+        """'ahead', 'behind' or 'tie': |z| at or beyond the t quantile or not."""
         if abs(self.z) < self.threshold:
             return "tie"
         return "ahead" if self.diff > 0 else "behind"
 
     @property
     def resolved(self) -> bool:
-        """True when the difference is beyond the threshold (not within noise)."""
+        """True when the difference is beyond the t quantile (not within noise)."""
         return self.verdict != "tie"
+
+    @property
+    def how(self) -> str:
+        """The test in words: 'paired t, 2 df', 'Welch t, 3.3 df', ..."""
+        return f"{self.test}, {_format_df(self.df)}"
 
     def words(self, fmt: str = ".3f", *, ahead: str = "ahead by",
               behind: str = "behind by", tie: str = "within noise") -> str:
-        """The verdict in words, with the size of the difference and its z.
+        """The verdict in words, with the size of the difference, z and the test.
 
-        fmt: the format of the difference ('.3f', '.1f', ...). Beyond the threshold:
-        '<ahead> X (z SE)' or '<behind> X (z SE)' with X = |diff|; inside it:
-        '<tie> (+X, z SE)'. Pass other words for a lower-is-better quantity
+        fmt: the format of the difference ('.3f', '.1f', ...). Beyond the t quantile:
+        '<ahead> X (z SE; paired t, n-1 df)' or '<behind> X (...)' with X = |diff|; inside
+        it: '<tie> (+X, z SE; ...)'. Pass other words for a lower-is-better quantity
         (ahead='lower by', behind='higher by').
         """
         size = format(abs(self.diff), fmt)
-        zs = f"{abs(self.z):.1f} SE"
+        zs = f"{abs(self.z):.1f} {self.scale}; {self.how}"
         if self.verdict == "ahead":
             return f"{ahead} {size} ({zs})"
         if self.verdict == "behind":
@@ -99,23 +171,35 @@ def _as_units(x, name: str) -> np.ndarray:
     return array
 
 
-def compare(diff: float, se: float, n: int, *, unit: str = "unit",
-            threshold: float = THRESHOLD) -> Comparison:
+def _per_unit(x, name: str) -> np.ndarray:
+    array = _as_units(x, name)
+    return array.mean(axis=1) if array.ndim == 2 else array
+
+
+def compare(diff: float, se: float, n: int, *, df: float | None = None, test: str | None = None,
+            unit: str = "unit", level: float = LEVEL) -> Comparison:
     """A verdict from a difference and its standard error computed elsewhere.
 
-    For a difference whose SE does not come from paired units (two independent
-    estimates: se = sqrt(se_a**2 + se_b**2)); `n` is what the SE was computed over.
+    n: the units the SE was computed over. df: the t test's degrees of freedom; None means
+    n - 1, the SE of a mean over n paired units ("paired t"). For a bootstrap SE or another
+    large-sample SE pass df=math.inf (the normal quantile) and name it in `test`; for two
+    independent arms use `welch` (from the values) or `welch_df`.
     """
     if not (math.isfinite(diff) and math.isfinite(se)) or se < 0:
         raise ValueError(f"diff must be finite and se finite and >= 0; got diff={diff!r}, "
                          f"se={se!r}")
-    if threshold <= 0:
-        raise ValueError(f"threshold must be > 0 standard errors, got {threshold!r}")
-    return Comparison(float(diff), float(se), int(n), unit, float(threshold))
+    if df is None:
+        if n < 2:
+            raise ValueError(f"a standard error over paired units needs n >= 2, got {n}; "
+                             "pass df= for an SE from elsewhere")
+        df, test = float(n - 1), test or "paired t"
+    t_quantile(df, level)  # checks df and level
+    return Comparison(float(diff), float(se), int(n), unit, float(df), test or "t",
+                      float(level))
 
 
-def paired(a, b, *, unit: str = "unit", threshold: float = THRESHOLD) -> Comparison:
-    """Compare a with b on the same units: mean of a - b, its SE over the units.
+def paired(a, b, *, unit: str = "unit", level: float = LEVEL) -> Comparison:
+    """Compare a with b on the same units: mean of a - b, its SE over the units, t with n-1 df.
 
     a, b: (n,) one measurement per unit, or (n, k) k measurements per unit (masks,
           completions) that are averaged within the unit first; unit i of a and of b
@@ -133,4 +217,40 @@ def paired(a, b, *, unit: str = "unit", threshold: float = THRESHOLD) -> Compari
     if n < 2:
         raise ValueError(f"a standard error needs at least 2 units, got {n}")
     se = float(d.std(ddof=1) / math.sqrt(n))
-    return compare(float(d.mean()), se, n, unit=unit, threshold=threshold)
+    return compare(float(d.mean()), se, n, unit=unit, level=level)
+
+
+def welch(a, b, *, unit: str = "unit", level: float = LEVEL) -> Comparison:
+    """Two independent arms (other seeds, other draws): mean a - mean b, Welch's t test.
+
+    a: (n_a,), b: (n_b,) one value per unit ((n, k) rows are averaged first); n_a, n_b >= 2.
+    SE = sqrt(s_a^2 / n_a + s_b^2 / n_b), df by Welch-Satterthwaite (`welch_df`).
+    """
+    a, b = _per_unit(a, "a"), _per_unit(b, "b")
+    if min(len(a), len(b)) < 2:
+        raise ValueError(f"each arm needs at least 2 units, got {len(a)} and {len(b)}")
+    va, vb = float(a.var(ddof=1)), float(b.var(ddof=1))
+    se = math.sqrt(va / len(a) + vb / len(b))
+    return compare(float(a.mean() - b.mean()), se, len(a) + len(b),
+                   df=welch_df(va, len(a), vb, len(b)), test="Welch t", unit=unit,
+                   level=level)
+
+
+def against_noise(value: float, redraws, *, unit: str = "redraw",
+                  level: float = LEVEL) -> Comparison:
+    """One value against the spread of redraws of a noise level (the same statistic between
+    two independent draws of the reference): is it beyond what another redraw could give?
+
+    redraws: (n,) n >= 2 values of the statistic under the null. diff = value - mean,
+    SE = sd sqrt(1 + 1/n) (a new redraw's spread about the mean of n), t with n - 1 df.
+    The words count in "noise SD", not in standard errors of a mean.
+    """
+    r = _per_unit(redraws, "redraws")
+    if len(r) < 2:
+        raise ValueError(f"a noise level needs at least 2 redraws, got {len(r)}")
+    if not math.isfinite(value):
+        raise ValueError(f"value must be finite, got {value!r}")
+    se = float(r.std(ddof=1)) * math.sqrt(1 + 1 / len(r))
+    c = compare(float(value - r.mean()), se, len(r), df=len(r) - 1, test="t",
+                unit=unit, level=level)
+    return Comparison(c.diff, c.se, c.n, c.unit, c.df, c.test, c.level, "noise SD")

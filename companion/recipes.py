@@ -344,20 +344,40 @@ def _check_unit_images(x, where: str) -> None:
                          "[-1, 1] with (x + 1) / 2")
 
 
-def eps_function(model, device):
-    """eps_theta as the samplers call it, (x (B, 1, 28, 28), t (B,)) -> float32 (B, 1, 28, 28),
-    under the GPU's mixed precision (bf16, or fp16 on GPUs without bf16); float32 on a CPU.
-    At most companion.memory.MAX_IMAGES images a network call, whatever B."""
+def network_function(model, device, *, precision: str = "mixed"):
+    """The network as the samplers and solvers call it, (x (B, 1, 28, 28), t (B,)) -> float32
+    (B, 1, 28, 28): a noise predictor (chapters 9-13) or a velocity network (chapter 13). At
+    most companion.memory.MAX_IMAGES images a network call, whatever B.
+
+    precision="mixed": under the GPU's mixed precision (bf16, or fp16 on GPUs without bf16;
+    `train.autocast_dtype`), float32 on a CPU; for sampling, where an error of 1e-2 relative
+    to the output is far below what the samples show. precision="float32": the network in
+    float32 with autocast switched off, whatever the device and whatever autocast context
+    the caller is in; for the likelihood and ODE-transport paths, where an adaptive solver
+    at tolerances of 1e-5 needs a field that is smooth at that precision (Song et al. 2021
+    evaluate in float32; bf16 keeps 8 bits of mantissa).
+    """
     from .train import autocast_dtype
 
-    dtype = autocast_dtype(device)
+    if precision not in ("mixed", "float32"):
+        raise ValueError(f"precision must be 'mixed' (sampling) or 'float32' (likelihoods, "
+                         f"ODE transport), got {precision!r}")
+    device_type = torch.device(device).type
+    dtype = autocast_dtype(device) if precision == "mixed" else None
 
-    def eps(x, t):
-        with torch.autocast(torch.device(device).type, dtype=dtype or torch.float32,
+    def net(x, t):
+        with torch.autocast(device_type, dtype=dtype or torch.float32,
                             enabled=dtype is not None):
+            if dtype is None:
+                x = x.float()
             return map_chunks(lambda xb, tb: model(xb, tb).float(), x, t)
 
-    return eps
+    return net
+
+
+def eps_function(model, device):
+    """eps_theta for the samplers (chapters 9-12): `network_function` in mixed precision."""
+    return network_function(model, device, precision="mixed")
 
 
 def classifier(data, profile, device, *, prefix: str = "ch9"):

@@ -149,9 +149,20 @@ class VPSDE:
         return field
 
     def score_from_eps(self, eps: Field) -> Field:
-        """s(x, t) = -eps(x, t) / sqrt(1 - alpha_bar(t))."""
+        """s(x, t) = -eps(x, t) / sqrt(1 - alpha_bar(t)), for t in (0, 1].
+
+        At t = 0, sigma(0) = 0 and the quotient is 0/0 (the score of the data itself, which a
+        noise predictor does not define): the field refuses t = 0 and says what to pass.
+        """
         def score(x, t):
-            return -eps(x, t) / self.sigma(t)
+            sigma = self.sigma(t)
+            if sigma == 0.0:
+                raise ValueError(
+                    "the score -eps / sigma(t) is 0/0 at t = 0, where sigma(0) = 0: start the "
+                    "likelihood and end the solver's time grid at a small t > 0 (for a network "
+                    "trained on a chain, its first step, ChainClock.time(1)); for "
+                    "ode_log_likelihood pass t0=that time")
+            return -eps(x, t) / sigma
         return score
 
 

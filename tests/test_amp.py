@@ -166,3 +166,43 @@ def test_compile_mode_uses_cuda_graphs_only_on_a_gpu(monkeypatch):
     fit(nn.Linear(4, 1), mse, regression_data(64), steps=2, batch_size=32, compile=True,
         quiet=True)
     assert modes == [None]  # this CPU run asked for the default mode
+
+
+class _Recording(nn.Module):
+    """A stand-in network (x, t) -> x W^T per pixel that records what each call sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([[0.9, 0.1], [-0.2, 0.7]]))
+        self.seen = []
+
+    def forward(self, x, t):
+        self.seen.append((torch.is_autocast_enabled("cpu"), x.dtype))
+        return (x.reshape(len(x), 2, -1).transpose(1, 2) @ self.w.T).transpose(1, 2).reshape(
+            x.shape)
+
+
+def test_likelihood_path_runs_the_network_in_float32_with_autocast_off(monkeypatch):
+    """With the GPU's bf16 chosen for the device (the CPU stands in), the likelihood path
+    (`network_function(..., precision="float32")` through `sde.ode_log_likelihood` and a chain
+    clock) calls the network in float32 with autocast off, even inside a caller's autocast;
+    the sampling path (`eps_function`) does use the mixed precision there."""
+    from companion import recipes, sde
+    from companion.diffusion import linear_betas
+
+    monkeypatch.setattr(train, "autocast_dtype", lambda device: torch.bfloat16)
+    clock = sde.ChainClock(torch.cumprod(1 - linear_betas(50, 2e-3, 0.4).double(), 0))
+    fake = _Recording()
+    net = recipes.network_function(fake, "cpu", precision="float32")
+    field = clock.sde.ode_drift(clock.sde.score_from_eps(clock.eps(net)))
+    x = torch.randn(3, 2, 2, 2, generator=torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        res = sde.ode_log_likelihood(field, x, t0=clock.time(1), probes=1, rtol=1e-4,
+                                     atol=1e-4, generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(res.log_p).all() and len(fake.seen) == res.nfe > 5
+    assert set(fake.seen) == {(False, torch.float32)}
+    sampled = _Recording()
+    out = recipes.eps_function(sampled, "cpu")(x, torch.full((3,), 5))
+    assert sampled.seen == [(True, torch.float32)] and out.dtype == torch.float32
+    with pytest.raises(ValueError, match="precision must be"):
+        recipes.network_function(fake, "cpu", precision="bf16")

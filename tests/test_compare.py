@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from companion.compare import THRESHOLD, compare, paired
+from companion.compare import against_noise, compare, paired, t_quantile, welch, welch_df
 
 
 def test_mean_and_standard_error_by_hand():
@@ -19,16 +19,58 @@ def test_mean_and_standard_error_by_hand():
     assert c.z == pytest.approx(1.5 / (math.sqrt(5 / 3) / 2))
 
 
-def test_words_follow_the_threshold():
-    assert compare(0.10, 0.04, 100).words(".2f") == "ahead by 0.10 (2.5 SE)"
-    assert compare(-0.10, 0.04, 100).words(".2f") == "behind by 0.10 (2.5 SE)"
-    assert compare(0.05, 0.04, 100).words(".2f") == "within noise (+0.05, 1.2 SE)"
-    # the threshold itself counts as resolved, just below it does not
-    assert compare(THRESHOLD * 0.01, 0.01, 9).verdict == "ahead"
-    assert compare(THRESHOLD * 0.01 - 1e-9, 0.01, 9).verdict == "tie"
+def test_words_follow_the_t_quantile():
+    assert compare(0.10, 0.04, 100).words(".2f") == "ahead by 0.10 (2.5 SE; paired t, 99 df)"
+    assert compare(-0.10, 0.04, 100).words(".2f") == "behind by 0.10 (2.5 SE; paired t, 99 df)"
+    assert (compare(0.05, 0.04, 100).words(".2f")
+            == "within noise (+0.05, 1.2 SE; paired t, 99 df)")
+    # the quantile itself counts as resolved, just below it does not
+    q = t_quantile(8)
+    assert compare(q * 0.01, 0.01, 9).verdict == "ahead"
+    assert compare(q * 0.01 - 1e-9, 0.01, 9).verdict == "tie"
     low = compare(-1.0, 0.1, 5).words(".1f", ahead="higher by", behind="lower by")
-    assert low == "lower by 1.0 (10.0 SE)"
-    assert compare(0.05, 0.04, 100, threshold=1.0).resolved
+    assert low == "lower by 1.0 (10.0 SE; paired t, 4 df)"
+    assert compare(0.05, 0.04, 100, level=0.6).resolved
+
+
+def test_few_paired_units_need_the_t_quantile():
+    """z = 2.5 is within noise over 3 paired units (t_2 = 4.30), resolved over 30."""
+    assert compare(2.5, 1.0, 3).verdict == "tie"
+    assert compare(2.5, 1.0, 30).verdict == "ahead"
+    rng = np.random.default_rng(0)
+    for n, resolved in ((3, False), (30, True)):
+        d = rng.normal(size=n)
+        d = d - d.mean()
+        d = d + 2.5 * d.std(ddof=1) / np.sqrt(n)       # mean exactly 2.5 SE
+        c = paired(d, np.zeros(n))
+        assert c.z == pytest.approx(2.5) and c.df == n - 1
+        assert c.resolved is resolved, c
+    assert t_quantile(3) == pytest.approx(3.182, abs=1e-3)
+    assert t_quantile(2) == pytest.approx(4.303, abs=1e-3)
+    assert t_quantile(math.inf) == pytest.approx(1.960, abs=1e-3)
+
+
+def test_welch_for_independent_arms():
+    """Welch's SE and df by hand; the words name the test and the df."""
+    a, b = np.array([10.0, 12.0, 17.0]), np.array([4.0, 5.0, 9.0])
+    c = welch(a, b, unit="training seed")
+    va, vb = a.var(ddof=1) / 3, b.var(ddof=1) / 3
+    assert c.diff == pytest.approx(a.mean() - b.mean())
+    assert c.se == pytest.approx(math.sqrt(va + vb))
+    assert c.df == pytest.approx((va + vb) ** 2 / (va**2 / 2 + vb**2 / 2))
+    assert c.df == pytest.approx(welch_df(a.var(ddof=1), 3, b.var(ddof=1), 3))
+    assert 2 < c.df < 4 and "Welch t, 3.7 df" in c.words()
+    # z = 2.7 would pass a fixed 2-SE rule; with df near 3 it is within noise
+    assert 2 < c.z < 3 and c.verdict == "tie" and 0.05 < c.p < 0.2
+
+
+def test_against_noise_is_a_prediction_interval():
+    r = [1.0, 2.0, 3.0, 4.0]
+    sd = np.std(r, ddof=1)
+    c = against_noise(2.5 + 2 * sd, r)
+    assert c.se == pytest.approx(sd * math.sqrt(1 + 1 / 4)) and c.df == 3
+    assert c.verdict == "tie" and "noise SD; t, 3 df" in c.words()
+    assert against_noise(2.5 + 10 * sd, r).verdict == "ahead"
 
 
 def test_paired_beats_unpaired_noise():
@@ -69,7 +111,8 @@ def test_standard_error_is_calibrated():
 
 def test_zero_standard_error():
     assert paired([1.0, 1.0], [0.0, 0.0]).verdict == "ahead"
-    assert paired([1.0, 1.0], [1.0, 1.0]).words() == "within noise (+0.000, 0.0 SE)"
+    assert (paired([1.0, 1.0], [1.0, 1.0]).words()
+            == "within noise (+0.000, 0.0 SE; paired t, 1 df)")
 
 
 @pytest.mark.parametrize("a, b, match", [
@@ -87,5 +130,9 @@ def test_bad_input_says_what_to_fix(a, b, match):
 def test_bad_summary_statistics():
     with pytest.raises(ValueError, match="se finite and >= 0"):
         compare(0.1, -0.1, 10)
-    with pytest.raises(ValueError, match="threshold must be > 0"):
-        compare(0.1, 0.1, 10, threshold=0)
+    with pytest.raises(ValueError, match="level must lie in"):
+        compare(0.1, 0.1, 10, level=2)
+    with pytest.raises(ValueError, match="n >= 2"):
+        compare(0.1, 0.1, 1)
+    with pytest.raises(ValueError, match="at least 2 units"):
+        welch([1.0], [1.0, 2.0])

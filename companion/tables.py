@@ -1,0 +1,81 @@
+"""The tables a chapter shows: one helper, so that a notebook holds numbers, not formatting.
+
+    from companion.tables import table
+    table(["sampler", "energy distance"], [["ancestral", 1.52], ["ODE", (1.6, 0.3)]],
+          formats=[None, ".2f"], title="Energy distance (x 1000):")
+
+A cell is a string (shown as it is), a number (formatted with its column's format), or a
+pair (value, standard error), shown as "value ± se" in that format. Columns whose cells are
+numbers are right-aligned, the others left-aligned. The result is an IPython Markdown object
+(a table in the rendered book and in Jupyter); `markdown(...)` returns the same text as a str.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterable, Sequence
+
+
+def _is_number(x) -> bool:
+    """A real number: int, float, or a NumPy / torch scalar (not a bool)."""
+    if hasattr(x, "item") and getattr(x, "ndim", None) == 0:
+        x = x.item()
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _cell(x, fmt: str | None) -> str:
+    if isinstance(x, str):
+        return x
+    if isinstance(x, tuple) and len(x) == 2 and all(map(_is_number, x)):
+        value, se = (float(v) for v in x)
+        f = fmt or ".3g"
+        return f"{value:{f}} ± {se:{f}}"
+    if _is_number(x):
+        return format(x.item() if hasattr(x, "item") else x, fmt or "")
+    raise TypeError(f"a table cell must be a string, a number or a pair (value, se); got "
+                    f"{type(x).__name__} {x!r:.40}")
+
+
+def markdown(columns: Sequence[str], rows: Iterable[Sequence], *,
+             formats: Sequence[str | None] | None = None, title: str | None = None,
+             align: str | None = None) -> str:
+    """The table as Markdown text: a header row, an alignment row, one line per row.
+
+    columns: k header strings; rows: sequences of k cells; formats: k format specs (".2f",
+    ",d", None for the default) applied to the number cells of each column; title: a line
+    above the table; align: k letters "l" or "r" (default: numbers right, text left).
+    """
+    columns = [str(c) for c in columns]
+    k = len(columns)
+    if k == 0:
+        raise ValueError("a table needs at least one column")
+    formats = list(formats) if formats is not None else [None] * k
+    if len(formats) != k:
+        raise ValueError(f"formats must give one spec per column ({k}), got {len(formats)}")
+    rows = [list(r) for r in rows]
+    for i, r in enumerate(rows):
+        if len(r) != k:
+            raise ValueError(f"row {i} has {len(r)} cells, the table has {k} columns "
+                             f"({', '.join(columns)})")
+    numeric = [bool(rows) and all(not isinstance(r[j], str) for r in rows) for j in range(k)]
+    if align is not None:
+        if len(align) != k or set(align) - {"l", "r"}:
+            raise ValueError(f"align must be {k} letters 'l' or 'r', one per column, got "
+                             f"{align!r}")
+        numeric = [a == "r" for a in align]
+    lines = ["| " + " | ".join(c.replace("|", "\\|") for c in columns) + " |",
+             "|" + "|".join("---:" if num else "---" for num in numeric) + "|"]
+    for r in rows:
+        cells = [_cell(x, f).replace("|", "\\|") for x, f in zip(r, formats, strict=True)]
+        lines.append("| " + " | ".join(cells) + " |")
+    text = "\n".join(lines)
+    return f"{title}\n\n{text}" if title else text
+
+
+def table(columns: Sequence[str], rows: Iterable[Sequence], *,
+          formats: Sequence[str | None] | None = None, title: str | None = None,
+          align: str | None = None):
+    """`markdown(...)` as an IPython Markdown object: display it, or end a cell with it."""
+    from IPython.display import Markdown
+
+    return Markdown(markdown(columns, rows, formats=formats, title=title, align=align))
