@@ -50,5 +50,5 @@ def map_chunks(fn: Callable, *xs: torch.Tensor, size: int | None = None):
         return fn(*xs)
     parts = [fn(*(x[s] for x in xs)) for s in slices]
     if isinstance(parts[0], tuple):
-        return tuple(torch.cat(p) for p in zip(*parts))
+        return tuple(torch.cat(p) for p in zip(*parts, strict=True))
     return torch.cat(parts)
