@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from . import checks
 from .memory import map_chunks
+from .progress import progress
 
 MASK = -1.0  # the absorbing state, stored in the same float tensor as the 0/1 pixels
 T_MIN = 1e-6  # draws of t below this are moved up to it: w(t) = 1/t would overflow at 0
@@ -297,7 +298,7 @@ def step_bound(denoiser: Callable, x0: torch.Tensor, K: int, sched="linear", *,
     ts = time_grid(K)
     total = torch.zeros(len(x0), dtype=torch.float64, device=x0.device)
     with torch.no_grad():
-        for k in range(1, K + 1):
+        for k in progress(range(1, K + 1), desc=f"K-step bound (K = {K})", quiet=True):
             r = float(reveal_probability(ts[k - 1], ts[k], sc))
             z = forward_sample(x0, float(ts[k]), sc, generator=generator)
             total += r * masked_cross_entropy(_logits(denoiser, z), x0, z).double()
@@ -424,7 +425,11 @@ def sample(denoiser: Callable, shape, K: int, *, order: str = "random", sched="l
         raise checks.ArgumentError(f"K = {K} steps for {D} pixels: at most one step per "
                                    f"pixel, K <= {D}")
     z = torch.full(shape, MASK, device=device)
-    for count in reveal_counts(D, K, sched):
+    masked_after = D - torch.tensor(reveal_counts(D, K, sched)).cumsum(0)
+    still = D
+    # the smoke run (BOOK_SMOKE=1) thins the steps; a kept step reveals what the skipped did
+    for k in progress(range(K), desc=f"unmasking ({order}, K = {K})", quiet=True):
+        count, still = still - int(masked_after[k]), int(masked_after[k])
         if count == 0:
             continue
         with torch.no_grad():

@@ -441,15 +441,15 @@ def masked_settings(profile) -> dict:
     (companion.models.unet.MaskedUNet), trained with the continuous-time loss
     (companion.masked.loss, linear schedule) on digits binarized afresh every step.
 
-    ci: the tiny U-Net, 150 steps of 32 (a pipeline check). cpu: the tiny U-Net, 1,500
+    ci: the tiny U-Net, 150 steps of 32 (a pipeline check). cpu: the tiny U-Net, 1,000
     steps of 64 at lr 2e-3: its samples are drawn with up to 784 network calls, and on a
-    2-core machine the cpu preset's calls cost four times as much. gpu: chapter 9's 15M
+    2-core machine the cpu preset's calls cost several times as much. gpu: chapter 9's 15M
     U-Net, 6,000 steps of 128 at lr 5e-4, as chapter 9 (fits a T4: the network and batch
     of chapter 9). Adam with chapter 9's warm-up, clipping and EMA in all three.
     """
     return dict(
         preset=profile.pick(ci="tiny", cpu="tiny", gpu="gpu"),
-        steps=profile.pick(ci=150, cpu=1500, gpu=6000),
+        steps=profile.pick(ci=150, cpu=1000, gpu=6000),
         batch_size=profile.pick(ci=32, cpu=64, gpu=128),
         lr=profile.pick(ci=2e-3, cpu=2e-3, gpu=5e-4),
         ema=profile.pick(ci=0.99, cpu=0.995, gpu=0.999),

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..masked import MASK, check_states
+
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -293,8 +295,6 @@ class MaskedUNet(UNet):
                              f"{self.config.in_channels}, T={self.config.T}")
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        from ..masked import MASK, check_states
-
         if not torch.compiler.is_compiling():
             check_states("z", z, shape=(1, 28, 28))
         masked = z == MASK
