@@ -47,7 +47,7 @@ class Schedule:
     """A masking schedule alpha_t, decreasing from alpha_0 = 1 to alpha_1 = 0.
 
     name: "linear", alpha_t = 1 - t, w(t) = 1 / t; or "cosine", alpha_t = cos(pi t / 2),
-    w(t) = (pi / 2) sin(pi t / 2) / (1 - cos(pi t / 2)).
+    w(t) = (pi / 2) sin(pi t / 2) / (1 - cos(pi t / 2)) = (pi / 2) / tan(pi t / 4).
     """
 
     name: str = "linear"
@@ -70,8 +70,8 @@ class Schedule:
         t = check_times("t", t)
         if self.name == "linear":
             return 1 / t
-        half = 0.5 * math.pi * t
-        return 0.5 * math.pi * torch.sin(half) / (1 - torch.cos(half))
+        # sin(2u) / (1 - cos(2u)) = 1 / tan(u), u = pi t / 4: no cancellation near t = 0
+        return 0.5 * math.pi / torch.tan(0.25 * math.pi * t)
 
 
 def schedule(name) -> Schedule:
