@@ -561,6 +561,66 @@ def flow_matching(x, profile, device, *, prefix: str = "ch13"):
     return result.ema.model, result
 
 
+# --- chapter 14: masked diffusion on binarized digits ----------------------------------------
+MASKED_SCHEDULE = "linear"
+
+
+def masked_settings(profile) -> dict:
+    """Chapter 14's recipe per profile: chapter 9's U-Net presets with a mask state
+    (companion.models.unet.MaskedUNet), trained with the continuous-time loss
+    (companion.masked.loss, linear schedule) on digits binarized afresh every step.
+
+    ci: the tiny U-Net, 150 steps of 32 (a pipeline check). cpu: the tiny U-Net, 1,000
+    steps of 64 at lr 2e-3: its samples are drawn with up to 784 network calls, and on a
+    2-core machine the cpu preset's calls cost several times as much. gpu: chapter 9's 15M
+    U-Net, 6,000 steps of 128 at lr 5e-4, as chapter 9 (fits a T4: the network and batch
+    of chapter 9). Adam with chapter 9's warm-up, clipping and EMA in all three.
+    """
+    return dict(
+        preset=profile.pick(ci="tiny", cpu="tiny", gpu="gpu"),
+        steps=profile.pick(ci=150, cpu=1000, gpu=6000),
+        batch_size=profile.pick(ci=32, cpu=64, gpu=128),
+        lr=profile.pick(ci=2e-3, cpu=2e-3, gpu=5e-4),
+        ema=profile.pick(ci=0.99, cpu=0.995, gpu=0.999),
+        schedule=MASKED_SCHEDULE,
+    )
+
+
+def masked_diffusion(x, profile, device, *, prefix: str = "ch14"):
+    """Chapter 14's masked diffusion model (see `masked_settings`), load-or-train.
+
+    x: (N, 1, 28, 28) grey training images in [0, 1] on `device`; every step binarizes its
+    batch afresh (companion.data.binarize, chapter 6's dynamic binarization).
+    Returns (EMA model in eval mode, FitResult).
+    """
+    from . import masked
+    from .data import binarize
+    from .models.unet import MaskedUNet, preset
+    from .train import default_optimizer
+
+    s = masked_settings(profile)
+    _check_unit_images(x, "recipes.masked_diffusion")
+    torch.manual_seed(0)
+    model = MaskedUNet(preset(s["preset"])).to(device)
+    optimizer = default_optimizer(model.parameters(), s["lr"], device)
+    config = dict(profile=profile.name, preset=s["preset"], lr=s["lr"],
+                  batch_size=s["batch_size"], ema=s["ema"], clip=DDPM_CLIP,
+                  warmup=DDPM_WARMUP, n_train=len(x), schedule=s["schedule"],
+                  loss="masked diffusion, continuous time, dynamic binarization")
+    lr = s["lr"]
+
+    def loss_fn(model, x0, step):
+        for group in optimizer.param_groups:  # chapter 9's warm-up, by global step
+            group["lr"] = lr * min(1.0, (step + 1) / DDPM_WARMUP)
+        return masked.loss(model, binarize(x0), s["schedule"])
+
+    result = fit(model, loss_fn, x, steps=s["steps"], batch_size=s["batch_size"],
+                 optimizer=optimizer, clip=DDPM_CLIP, ema=s["ema"],
+                 checkpoint=checkpoint_path(f"{prefix}-masked", profile), config=config,
+                 compile=torch.device(device).type == "cuda", desc="masked diffusion")
+    return result.ema.model, result
+
+
 # --- the command line: a recipe outside a notebook, e.g. under torchrun ----------------------
 def _train_ddpm(data, profile, device):
     """Chapter 9's two runs: the early checkpoint (a tenth of the steps), then the full run
@@ -582,6 +642,8 @@ COMMANDS = {
                    lambda d, p, dev: latent_vae(d.x_train, p, dev, source=d.source)),
     "flow": ("chapter 13's flow-matching U-Net",
              lambda d, p, dev: flow_matching(d.x_train, p, dev)),
+    "masked": ("chapter 14's masked diffusion U-Net",
+               lambda d, p, dev: masked_diffusion(d.x_train, p, dev)),
 }
 
 

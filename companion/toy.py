@@ -368,3 +368,92 @@ class NoisePredictorMLP(torch.nn.Module):
         angle = t.to(self.freqs.dtype)[:, None] * self.freqs
         h = torch.cat([x.to(self.freqs.dtype), torch.sin(angle), torch.cos(angle)], dim=1)
         return self.net(h).to(x.dtype)
+
+
+class BinaryTable:
+    """A distribution over D binary pixels given by its table of 2^D probabilities: the
+    exact toy of chapter 14, where log p(x) and every conditional p(x_i | x_R) are known.
+
+    probs: (2^D,) non-negative, summing to 1; entry m is the image whose pixel i is bit i
+    of m. D <= 16. `denoiser` is the optimal denoiser of masked diffusion, the exact
+    conditionals; `from_prototypes` builds a structured one.
+    """
+
+    def __init__(self, probs):
+        p = _as_float(probs, "probs").double()
+        D = int(round(math.log2(max(len(p), 1)))) if p.dim() == 1 else -1
+        if p.dim() != 1 or 2 ** D != len(p) or not 1 <= D <= 16:
+            raise ValueError(f"probs must be a table of 2^D probabilities, D in 1..16, got "
+                             f"shape {tuple(p.shape)}")
+        if (p < 0).any() or abs(float(p.sum()) - 1) > 1e-9:
+            raise ValueError(f"probs must be non-negative and sum to 1, got sum "
+                             f"{float(p.sum()):.6g}, min {float(p.min()):.3g}")
+        self.D, self.probs = D, p
+        self.states = ((torch.arange(2 ** D)[:, None] >> torch.arange(D)) & 1).double()
+        self._log_marginals = None
+
+    @classmethod
+    def from_prototypes(cls, prototypes, weights, flip: float) -> BinaryTable:
+        """A mixture of binary prototypes (K, D), each pixel flipped with probability flip."""
+        protos = _as_float(prototypes, "prototypes")
+        w = _as_float(weights, "weights")
+        flip = checks.real("flip", flip, low=0.0, high=0.5, open_low=True)
+        states = ((torch.arange(2 ** protos.shape[1])[:, None] >> torch.arange(
+            protos.shape[1])) & 1).double()
+        agree = (states[:, None] == protos[None]).double()            # (2^D, K, D)
+        like = (agree * (1 - flip) + (1 - agree) * flip).prod(-1)     # (2^D, K)
+        return cls(like @ (w / w.sum()))
+
+    def index(self, x: torch.Tensor) -> torch.Tensor:
+        """The table entry of binary images x (B, D) -> (B,) int64."""
+        checks.tensor("x", x, dims=2)
+        if x.shape[1] != self.D:
+            raise ValueError(f"x must have {self.D} pixels per image, got {tuple(x.shape)}")
+        return (x.long() << torch.arange(self.D, device=x.device)).sum(1)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(x), (B, D) binary -> (B,) float64."""
+        return self.probs.log().to(x.device)[self.index(x)]
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n images drawn from the table, (n, D) float64 in {0, 1}."""
+        i = torch.multinomial(self.probs, checks.count("n", n), replacement=True,
+                              generator=generator)
+        return self.states[i]
+
+    def entropy(self) -> float:
+        """H(p) = -sum p log p, nats: the expected negative log-likelihood under p."""
+        p = self.probs[self.probs > 0]
+        return float(-(p * p.log()).sum())
+
+    def log_marginals(self) -> torch.Tensor:
+        """L[S, m] = log p(x_S) at image m, for every subset S (bits of S: the pixels kept),
+        (2^D, 2^D) float64: the log-probability of the pixels in S, the others summed out."""
+        if self._log_marginals is None:
+            D = self.D
+            logp = self.probs.log().view((2,) * D)  # axis D-1-i is pixel i (bit order)
+            rows = []
+            for S in range(2 ** D):
+                out = [D - 1 - i for i in range(D) if not S >> i & 1]
+                m = torch.logsumexp(logp, dim=out, keepdim=True) if out else logp
+                rows.append(m.expand((2,) * D).reshape(-1))
+            self._log_marginals = torch.stack(rows)
+        return self._log_marginals
+
+    def denoiser(self, z: torch.Tensor) -> torch.Tensor:
+        """The exact denoiser: logit p(x_i = 1 | the revealed pixels of z), for every pixel.
+
+        z: (B, D) states, 0, 1 or companion.masked.MASK -> (B, D) float64 logits (for a
+        revealed pixel, the logit of its own value given the others revealed, unused)."""
+        from .masked import MASK, check_states
+
+        check_states("z", z, shape=(self.D,))
+        L = self.log_marginals().to(z.device)
+        bit = 1 << torch.arange(self.D, device=z.device)
+        revealed = z != MASK
+        x = torch.where(revealed, z, torch.zeros_like(z))
+        idx = (x.long() * bit).sum(1, keepdim=True)                   # (B, 1)
+        kept = (revealed.long() * bit).sum(1, keepdim=True)           # S = R
+        S = kept | bit                                                # R + {i}
+        on, off = idx | bit, idx & ~bit
+        return (L[S, on] - L[S, off]).to(torch.float64)

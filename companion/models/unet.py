@@ -28,12 +28,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..masked import MASK, check_states
+
 
 @dataclass(frozen=True)
 class UNetConfig:
     """channels: widths at 28, 14, 7; blocks: residual blocks per resolution and side;
     heads: attention heads at 7x7; groups: GroupNorm groups; dropout: in the residual
-    blocks; T: the number of diffusion steps (t must lie in 1..T)."""
+    blocks; T: the number of diffusion steps (t must lie in 1..T); in_channels: channels of
+    the input image (1 for grey images; 2 for chapter 14's masked states, `MaskedUNet`)."""
 
     channels: tuple[int, int, int] = (32, 64, 128)
     blocks: int = 2
@@ -41,6 +44,7 @@ class UNetConfig:
     groups: int = 8
     dropout: float = 0.0
     T: int = 1000
+    in_channels: int = 1
 
 
 # Parameters and forward FLOPs per image (measured by `n_params` and `flops_per_image`; the
@@ -162,6 +166,8 @@ class UNet(nn.Module):
                 raise ValueError(f"every width in channels {cfg.channels} must be a multiple "
                                  f"of groups = {cfg.groups} (GroupNorm splits the channels "
                                  f"into equal groups), got {w}")
+        if not isinstance(cfg.in_channels, int) or cfg.in_channels < 1:
+            raise ValueError(f"in_channels must be a positive int, got {cfg.in_channels!r}")
         if cfg.channels[0] % 2:
             raise ValueError(f"the first width sets the size of the time embedding, which "
                              f"must be even: got channels {cfg.channels}")
@@ -171,7 +177,7 @@ class UNet(nn.Module):
         g, p = cfg.groups, cfg.dropout
         self.time_mlp = nn.Sequential(nn.Linear(c1, emb_dim), nn.SiLU(),
                                       nn.Linear(emb_dim, emb_dim))
-        self.stem = nn.Conv2d(1, c1, 3, padding=1)
+        self.stem = nn.Conv2d(cfg.in_channels, c1, 3, padding=1)
         widths = [c1, c2, c3]
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
@@ -213,11 +219,12 @@ class UNet(nn.Module):
         The range is checked for CPU tensors only: on a GPU it would cost a device sync per
         call (companion.diffusion checks the t it is given before any network call).
         """
+        c = self.config.in_channels
         if not torch.is_tensor(x):
-            raise TypeError(f"the U-Net takes a tensor of images (B, 1, 28, 28), got "
+            raise TypeError(f"the U-Net takes a tensor of images (B, {c}, 28, 28), got "
                             f"{type(x).__name__}; convert it with torch.as_tensor(x)")
-        if x.dim() != 4 or tuple(x.shape[1:]) != (1, 28, 28):
-            raise ValueError(f"the U-Net takes images of shape (B, 1, 28, 28), got "
+        if x.dim() != 4 or tuple(x.shape[1:]) != (c, 28, 28):
+            raise ValueError(f"the U-Net takes images of shape (B, {c}, 28, 28), got "
                              f"{tuple(x.shape)}")
         weight = self.stem.weight
         if not x.is_floating_point():
@@ -262,6 +269,38 @@ class UNet(nn.Module):
             if i < 2:
                 h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))
         return self.head(h)
+
+
+class MaskedUNet(UNet):
+    """Chapter 14's denoiser: Bernoulli logits of x_0 from a masked state of binary pixels.
+
+    z (B, 1, 28, 28) with values 0, 1 or `companion.masked.MASK` -> logits (B, 1, 28, 28),
+    one per pixel, of p_theta(x_0 = 1 | z) (used for the masked pixels only).
+
+    The U-Net above, built with in_channels=2 and T=784: it sees the revealed values (0 where
+    masked) and a mask indicator as two channels, and, in place of a time step, the number
+    of masked pixels (1..784) through the same sinusoidal embedding. The masked state alone
+    then decides the prediction, as it decides the exact denoiser's (the masking does not
+    depend on the pixel values, so p(x_0 | z_t) does not depend on t): the network knows
+    nothing of the schedule, and its bound is the same for every schedule (chapter 14).
+    """
+
+    def __init__(self, config: UNetConfig | None = None, **changes):
+        cfg = config or UNetConfig()
+        changes = {"in_channels": 2, "T": 28 * 28, **changes}
+        super().__init__(cfg, **changes)
+        if self.config.in_channels != 2 or self.config.T != 28 * 28:
+            raise ValueError("a MaskedUNet takes two input channels (values, mask) and "
+                             "T = 784 (the number of masked pixels); got in_channels="
+                             f"{self.config.in_channels}, T={self.config.T}")
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if not torch.compiler.is_compiling():
+            check_states("z", z, shape=(1, 28, 28))
+        masked = z == MASK
+        values = torch.where(masked, torch.zeros_like(z), z)
+        n_masked = masked.flatten(1).sum(1).clamp(min=1)  # a revealed image: nothing to say
+        return super().forward(torch.cat([values, masked.to(z.dtype)], dim=1), n_masked)
 
 
 def n_params(model: nn.Module) -> int:

@@ -1,0 +1,448 @@
+"""Masked (absorbing-state) diffusion on binary pixels: chapter 14.
+
+The forward process keeps each pixel with probability alpha_t and replaces it by a mask
+state otherwise, independently across pixels, with alpha_0 = 1 (the data) and alpha_1 = 0
+(everything masked) (Austin et al. 2021; in continuous time Sahoo et al. 2024, Shi et al.
+2024). A state z holds, per pixel, 0, 1 or `MASK`:
+
+    q(z_t | x_0)          = alpha_t [z_t = x_0] + (1 - alpha_t) [z_t = MASK]      (ch14-marginal)
+    q(z_s | z_t, x_0)     = [z_s = z_t]                           if z_t is revealed
+                          = r x [z_s = x_0] + (1 - r) [z_s = MASK]  if z_t is masked,
+                            r = (alpha_s - alpha_t) / (1 - alpha_t), s < t      (ch14-posterior)
+
+A denoiser maps a state to Bernoulli logits of x_0, one per pixel; the reverse step keeps
+revealed pixels ("carry-over") and reveals a masked one with probability r, its value drawn
+from the denoiser. Each KL of chapter 8's chain is then r times the cross-entropy of the
+masked pixels, and in continuous time the negative ELBO is
+
+    -ELBO(x_0) = int_0^1 w(t) E_{z_t ~ q(z_t | x_0)} [ sum_{i masked} -log p_theta(x_0,i | z_t) ] dt
+    w(t) = -alpha'_t / (1 - alpha_t)                                           (ch14-elbo)
+
+which does not depend on the schedule when the denoiser sees only the state: substitute
+a = alpha_t. Shapes: x_0 and z are (B, ...) with any per-image shape, (B, 1, 28, 28) for
+the digits, (B, D) for the toy; functions work per image and return (B,) in nats.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from . import checks
+from .memory import map_chunks
+from .progress import progress
+
+MASK = -1.0  # the absorbing state, stored in the same float tensor as the 0/1 pixels
+T_MIN = 1e-6  # draws of t below this are moved up to it: w(t) = 1/t would overflow at 0
+STATES = (0.0, 1.0, MASK)  # the order of the last axis of `marginal` and `posterior`
+
+
+# --- schedules -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Schedule:
+    """A masking schedule alpha_t, decreasing from alpha_0 = 1 to alpha_1 = 0.
+
+    name: "linear", alpha_t = 1 - t, w(t) = 1 / t; or "cosine", alpha_t = cos(pi t / 2),
+    w(t) = (pi / 2) sin(pi t / 2) / (1 - cos(pi t / 2)) = (pi / 2) / tan(pi t / 4).
+    """
+
+    name: str = "linear"
+
+    def __post_init__(self):
+        if self.name not in ("linear", "cosine"):
+            raise checks.ArgumentError(f"unknown masking schedule {self.name!r}; choose "
+                                       "'linear' or 'cosine'")
+
+    def alpha(self, t) -> torch.Tensor:
+        """alpha_t, the probability that a pixel is still revealed at time t.  t: (...)."""
+        t = check_times("t", t)
+        if self.name == "linear":
+            return 1 - t
+        a = torch.cos(0.5 * math.pi * t)
+        return torch.where(t >= 1, torch.zeros_like(a), a.clamp(0, 1))  # exactly 0 at t = 1
+
+    def weight(self, t) -> torch.Tensor:
+        """w(t) = -alpha'_t / (1 - alpha_t) of (ch14-elbo).  t: (...) in (0, 1]."""
+        t = check_times("t", t)
+        if self.name == "linear":
+            return 1 / t
+        # sin(2u) / (1 - cos(2u)) = 1 / tan(u), u = pi t / 4: no cancellation near t = 0
+        return 0.5 * math.pi / torch.tan(0.25 * math.pi * t)
+
+
+def schedule(name) -> Schedule:
+    """A Schedule from its name, or the Schedule itself."""
+    return name if isinstance(name, Schedule) else Schedule(name)
+
+
+def check_times(name: str, t) -> torch.Tensor:
+    """t as a float tensor with every value in [0, 1]; a clear error otherwise."""
+    if not torch.is_tensor(t):
+        t = torch.as_tensor(checks.real(name, t, low=0.0, high=1.0), dtype=torch.float64)
+    if not t.is_floating_point():
+        t = t.double()
+    if t.numel() and t.device.type == "cpu":
+        lo, hi = torch.aminmax(t.detach())
+        if not (float(lo) >= 0 and float(hi) <= 1):
+            raise checks.ArgumentError(
+                f"{name} is diffusion time, which runs over [0, 1] (0: the data, 1: all "
+                f"masked); got values in [{float(lo):.3g}, {float(hi):.3g}]")
+    return t
+
+
+# --- states ----------------------------------------------------------------------------------
+def check_binary(name: str, x, *, shape=None) -> torch.Tensor:
+    """x if it is a float tensor of binary pixels (every value 0 or 1); grey values get an
+    error that says to binarize them. Checked on CPU tensors only (a GPU would sync)."""
+    checks.tensor(name, x, floating=True)
+    if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+        raise checks.ArgumentError(f"{name} must have shape (B, {', '.join(map(str, shape))})"
+                                   f", got {tuple(x.shape)}")
+    if x.numel() and x.device.type == "cpu" and not bool(((x == 0) | (x == 1)).all()):
+        raise checks.ArgumentError(
+            f"{name} must hold binary pixels, 0 or 1; it holds other values (in "
+            f"[{float(x.min()):.3g}, {float(x.max()):.3g}]): binarize grey images with "
+            "companion.data.binarize(x) (x in [0, 1]) first")
+    return x
+
+
+def check_states(name: str, z, *, shape=None) -> torch.Tensor:
+    """z if it is a float tensor of masked states (every value 0, 1 or MASK)."""
+    checks.tensor(name, z, floating=True)
+    if shape is not None and tuple(z.shape[1:]) != tuple(shape):
+        raise checks.ArgumentError(f"{name} must be states of shape (B, "
+                                   f"{', '.join(map(str, shape))}), got {tuple(z.shape)}")
+    if z.numel() and z.device.type == "cpu" and \
+            not bool(((z == 0) | (z == 1) | (z == MASK)).all()):
+        raise checks.ArgumentError(
+            f"{name} must hold masked states: 0, 1 or MASK = {MASK:g} per pixel; it holds "
+            "other values (grey pixels? binarize them with companion.data.binarize)")
+    return z
+
+
+def _per_image(t, x: torch.Tensor) -> torch.Tensor:
+    """t (a number, or (B,)) as a (B, 1, ..., 1) tensor in x's dtype, to broadcast on x."""
+    t = check_times("t", t).to(x.device, x.dtype)
+    if t.dim() == 0:
+        t = t.expand(len(x))
+    if t.shape != (len(x),):
+        raise checks.ArgumentError(f"t must be one number or one per image, shape "
+                                   f"({len(x)},); got {tuple(t.shape)}")
+    return t.view(-1, *([1] * (x.dim() - 1)))
+
+
+def _uniform(like: torch.Tensor, generator) -> torch.Tensor:
+    return torch.rand(like.shape, device=like.device, dtype=like.dtype, generator=generator)
+
+
+# --- the forward process ---------------------------------------------------------------------
+def forward_sample(x0: torch.Tensor, t, sched="linear", *,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """z_t ~ q(z_t | x_0) of (ch14-marginal): each pixel kept with probability alpha_t,
+    masked otherwise, independently.  x0: (B, ...) binary; t: a number or (B,)."""
+    check_binary("x0", x0)
+    alpha = schedule(sched).alpha(_per_image(t, x0))
+    keep = _uniform(x0, generator) < alpha
+    return torch.where(keep, x0, torch.full_like(x0, MASK))
+
+
+def forward_step(z_s: torch.Tensor, s, t, sched="linear", *,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """z_t ~ q(z_t | z_s) for s < t: a revealed pixel stays with probability
+    alpha_t / alpha_s, a masked one stays masked.  z_s: (B, ...) states."""
+    check_states("z_s", z_s)
+    sc = schedule(sched)
+    a_s, a_t = sc.alpha(_per_image(s, z_s)), sc.alpha(_per_image(t, z_s))
+    if bool((a_t > a_s).any()):
+        raise checks.ArgumentError("forward_step needs s <= t (alpha_s >= alpha_t)")
+    keep = _uniform(z_s, generator) * a_s < a_t
+    return torch.where(keep, z_s, torch.full_like(z_s, MASK))
+
+
+def marginal(x0: torch.Tensor, t, sched="linear") -> torch.Tensor:
+    """q(z_t | x_0) of (ch14-marginal), (B, ...) -> (B, ..., 3): the probabilities of the
+    states STATES = (0, 1, MASK) for every pixel."""
+    check_binary("x0", x0)
+    alpha = schedule(sched).alpha(_per_image(t, x0))
+    return torch.stack([alpha * (1 - x0), alpha * x0, (1 - alpha).expand_as(x0)], dim=-1)
+
+
+def reveal_probability(s, t, sched="linear") -> torch.Tensor:
+    """r = (alpha_s - alpha_t) / (1 - alpha_t) of (ch14-posterior): the probability that a
+    pixel masked at t is revealed at s < t (1 at s = 0)."""
+    sc = schedule(sched)
+    a_s, a_t = sc.alpha(s), sc.alpha(t)
+    if bool(torch.as_tensor(a_t > a_s).any()) or bool(torch.as_tensor(a_t >= 1).any()):
+        raise checks.ArgumentError("reveal_probability needs 0 <= s < t <= 1")
+    return (a_s - a_t) / (1 - a_t)
+
+
+def posterior(z_t: torch.Tensor, x0: torch.Tensor, s, t, sched="linear") -> torch.Tensor:
+    """q(z_s | z_t, x_0) of (ch14-posterior), (B, ...) -> (B, ..., 3) over STATES.
+
+    A revealed pixel stays as it is; a masked one is revealed as x_0 with probability r and
+    stays masked with probability 1 - r. s, t: numbers or (B,), s < t.
+    """
+    check_states("z_t", z_t)
+    check_binary("x0", x0)
+    r = reveal_probability(_per_image(s, x0), _per_image(t, x0), sched)
+    masked = (z_t == MASK).to(x0.dtype)
+    revealed = torch.stack([(z_t == 0), (z_t == 1), torch.zeros_like(z_t, dtype=torch.bool)],
+                           dim=-1).to(x0.dtype)
+    moved = torch.stack([r * (1 - x0), r * x0, (1 - r).expand_as(x0)], dim=-1)
+    return (1 - masked)[..., None] * revealed + masked[..., None] * moved
+
+
+# --- the bound -------------------------------------------------------------------------------
+def masked_cross_entropy(logits: torch.Tensor, x0: torch.Tensor,
+                         z: torch.Tensor) -> torch.Tensor:
+    """sum over the masked pixels of z of -log p_theta(x_0,i | z), in nats: (B, ...) -> (B,).
+
+    logits: the denoiser's Bernoulli logits of x_0 = 1; revealed pixels add nothing (the
+    reverse step keeps them, so the model pays nothing for them)."""
+    dtype = torch.promote_types(logits.dtype, torch.float32)  # half precision: float32
+    ce = F.binary_cross_entropy_with_logits(logits.to(dtype), x0.to(dtype), reduction="none")
+    return (ce * (z == MASK)).flatten(1).sum(1)
+
+
+def _logits(denoiser: Callable, z: torch.Tensor, whole: bool = False) -> torch.Tensor:
+    """denoiser(z), at most MAX_IMAGES images a call (all at once if `whole`), checked to be
+    one logit per pixel."""
+    logits = denoiser(z) if whole else map_chunks(denoiser, z)
+    if not torch.is_tensor(logits) or logits.shape != z.shape:
+        raise checks.ArgumentError(
+            f"the denoiser must map states of shape {tuple(z.shape)} to logits of the same "
+            f"shape, one per pixel; it returned "
+            f"{tuple(logits.shape) if torch.is_tensor(logits) else type(logits).__name__}")
+    return logits
+
+
+def bound_terms(denoiser: Callable, x0: torch.Tensor, t, sched="linear", *,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """One draw of the integrand of (ch14-elbo) at t: w(t) times the masked cross-entropy,
+    z_t ~ q(z_t | x_0), one z_t per image.  x0: (B, ...) binary; t: (B,) -> (B,) nats."""
+    sc = schedule(sched)
+    t = check_times("t", t).clamp_min(T_MIN)
+    z = forward_sample(x0, t, sc, generator=generator)
+    logits = denoiser(z)  # a training batch: one call
+    if not torch.is_tensor(logits) or logits.shape != z.shape:
+        _logits(denoiser, z[:1])  # the clear error
+    ce = masked_cross_entropy(logits, x0, z)
+    return sc.weight(t.to(ce.device, ce.dtype)) * ce
+
+
+def stratified_times(n: int, *, device=None, generator: torch.Generator | None = None
+                     ) -> torch.Tensor:
+    """n times in (0, 1], one uniform draw in each of the strata [j/n, (j+1)/n), shuffled:
+    a Monte Carlo estimate of an integral over t with less variance than iid draws."""
+    n = checks.count("n", n)
+    u = torch.rand(n, device=device, generator=generator)
+    t = (torch.arange(n, device=device) + u) / n
+    return t[torch.randperm(n, device=device, generator=generator)]
+
+
+def loss(model: Callable, x0: torch.Tensor, sched="linear", *,
+         generator: torch.Generator | None = None) -> torch.Tensor:
+    """The training loss: the batch mean of one draw of (ch14-elbo)'s integrand per image,
+    t stratified over the batch. Its expectation is the negative ELBO in nats per image.
+
+    x0: (B, ...) binary pixels (binarize grey digits afresh every step)."""
+    check_binary("x0", x0)
+    t = stratified_times(len(x0), device=x0.device, generator=generator)
+    return bound_terms(model, x0, t, sched, generator=generator).mean()
+
+
+def negative_elbo(denoiser: Callable, x0: torch.Tensor, sched="linear", *, n_t: int = 8,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """The negative ELBO (ch14-elbo) of every image, nats, by stratified Monte Carlo over t.
+
+    x0: (N, ...) binary -> (N,). Each image gets n_t times, one in each stratum of [0, 1],
+    and one z_t at each; the network sees at most companion.memory.MAX_IMAGES images a call
+    (the draws for all N are made before the split)."""
+    check_binary("x0", x0)
+    n_t = checks.count("n_t", n_t)
+    sc = schedule(sched)
+    total = torch.zeros(len(x0), dtype=torch.float64, device=x0.device)
+    with torch.no_grad():
+        for j in range(n_t):
+            u = torch.rand(len(x0), device=x0.device, generator=generator)
+            t = ((j + u) / n_t).clamp_min(T_MIN)
+            z = forward_sample(x0, t, sc, generator=generator)
+            ce = masked_cross_entropy(_logits(denoiser, z), x0, z)
+            total += (sc.weight(t.to(ce.dtype)) * ce).double()
+    return total / n_t
+
+
+def time_grid(K: int) -> torch.Tensor:
+    """t_k = k / K, k = 0..K, float64: the K steps of a finite-step chain."""
+    K = checks.count("K (the number of unmasking steps)", K)
+    return torch.arange(K + 1, dtype=torch.float64) / K
+
+
+def step_bound(denoiser: Callable, x0: torch.Tensor, K: int, sched="linear", *,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """The negative ELBO of the K-step chain, one Monte Carlo draw per step, (N,) nats:
+
+        sum_{k=1}^K E_{z_{t_k}} [ r_k sum_{i masked} -log p_theta(x_0,i | z_{t_k}) ],
+        r_k = (alpha_{t_{k-1}} - alpha_{t_k}) / (1 - alpha_{t_k}),            (ch14-steps)
+
+    chapter 8's chain of KLs with t_k = k / K; the prior term is 0 (alpha_1 = 0: z_1 is all
+    masks under q and p) and so is the last reconstruction (alpha_0 = 1).
+    """
+    check_binary("x0", x0)
+    sc = schedule(sched)
+    ts = time_grid(K)
+    total = torch.zeros(len(x0), dtype=torch.float64, device=x0.device)
+    with torch.no_grad():
+        for k in progress(range(1, K + 1), desc=f"K-step bound (K = {K})", quiet=True):
+            r = float(reveal_probability(ts[k - 1], ts[k], sc))
+            z = forward_sample(x0, float(ts[k]), sc, generator=generator)
+            total += r * masked_cross_entropy(_logits(denoiser, z), x0, z).double()
+    return total
+
+
+# --- exact values, by enumerating the masks (small images only) ------------------------------
+def all_masks(D: int) -> torch.Tensor:
+    """Every subset of D pixels as a (2^D, D) bool tensor, row m = the bits of m (masked)."""
+    D = checks.count("D", D)
+    if D > 16:
+        raise checks.ArgumentError(f"enumerating 2^{D} masks is too much; exact values are "
+                                   "for toys of at most 16 pixels")
+    bits = torch.arange(2 ** D)[:, None] >> torch.arange(D)[None]
+    return (bits & 1).bool()
+
+
+def masked_ce_table(denoiser: Callable, x0: torch.Tensor) -> torch.Tensor:
+    """f(M, x_0) = sum_{i in M} -log p_theta(x_0,i | x_0 with M masked), for every mask M.
+
+    x0: (B, D) binary -> (B, 2^D) float64, column m = the mask `all_masks(D)[m]`. For exact
+    denoisers of toys: it calls `denoiser` once on all B 2^D states, not in chunks."""
+    check_binary("x0", x0)
+    if x0.dim() != 2:
+        raise checks.ArgumentError(f"exact values take flat toy images (B, D), got "
+                                   f"{tuple(x0.shape)}")
+    B, D = x0.shape
+    masks = all_masks(D).to(x0.device)
+    z = torch.where(masks[None], torch.full((), MASK, dtype=x0.dtype, device=x0.device),
+                    x0[:, None]).reshape(-1, D)
+    x = x0[:, None].expand(B, len(masks), D).reshape(-1, D)
+    with torch.no_grad():
+        ce = masked_cross_entropy(_logits(denoiser, z, whole=True).double(), x.double(), z)
+    return ce.view(B, len(masks))
+
+
+def _mask_sizes(D: int) -> torch.Tensor:
+    return all_masks(D).sum(1).double()
+
+
+def exact_negative_elbo(table: torch.Tensor) -> torch.Tensor:
+    """(ch14-elbo) in closed form from `masked_ce_table`, (B, 2^D) -> (B,), any schedule:
+
+        -ELBO = sum_M f(M) (m - 1)! (D - m)! / D!,   m = |M|,
+
+    since int_0^1 w(t) (1 - a_t)^m a_t^(D-m) dt = int_0^1 (1 - a)^(m-1) a^(D-m) da, a Beta
+    integral: each mask of size m weighs 1 / (m C(D, m)), one over the number of ways to
+    pick it among masks of its size, times 1 / m (which masked pixel is revealed next)."""
+    D = int(round(math.log2(table.shape[1])))
+    m = _mask_sizes(D).to(table.device)
+    log_w = torch.lgamma(m) + torch.lgamma(D - m + 1) - math.lgamma(D + 1)
+    weight = torch.where(m > 0, log_w.exp(), torch.zeros_like(m))
+    return table @ weight
+
+
+def expected_masked_ce(table: torch.Tensor, alpha: float) -> torch.Tensor:
+    """g(alpha) = E_{z ~ q(z | x_0)} [masked cross-entropy] with every pixel kept with
+    probability alpha: sum_M (1 - alpha)^m alpha^(D - m) f(M).  (B, 2^D) -> (B,)."""
+    alpha = checks.probability("alpha", alpha)
+    D = int(round(math.log2(table.shape[1])))
+    m = _mask_sizes(D).to(table.device)
+    return table @ ((1 - alpha) ** m * alpha ** (D - m))
+
+
+def quadrature_negative_elbo(table: torch.Tensor, sched="linear", nodes: int = 64
+                             ) -> torch.Tensor:
+    """(ch14-elbo) by Gauss-Legendre quadrature over t with `nodes` nodes, for the schedule
+    given: w(t) g(alpha_t) integrated numerically (the closed form says it is the same for
+    every schedule; this checks it).  (B, 2^D) -> (B,)."""
+    import numpy as np
+
+    sc = schedule(sched)
+    u, wq = np.polynomial.legendre.leggauss(checks.count("nodes", nodes))
+    ts = torch.tensor((u + 1) / 2, dtype=torch.float64)
+    total = torch.zeros(len(table), dtype=torch.float64, device=table.device)
+    for t, w in zip(ts, wq / 2, strict=True):
+        total += float(w * sc.weight(t)) * expected_masked_ce(table, float(sc.alpha(t)))
+    return total
+
+
+def exact_step_bound(table: torch.Tensor, K: int, sched="linear") -> torch.Tensor:
+    """(ch14-steps) in closed form: sum_k r_k g(alpha_{t_k}).  (B, 2^D) -> (B,)."""
+    sc = schedule(sched)
+    ts = time_grid(K)
+    total = torch.zeros(len(table), dtype=torch.float64, device=table.device)
+    for k in range(1, K + 1):
+        r = float(reveal_probability(ts[k - 1], ts[k], sc))
+        total += r * expected_masked_ce(table, float(sc.alpha(ts[k])))
+    return total
+
+
+# --- sampling --------------------------------------------------------------------------------
+def reveal_counts(D: int, K: int, sched="linear") -> list[int]:
+    """How many pixels each of K unmasking steps reveals: the masked count follows the
+    schedule's expectation, round(D (1 - alpha_{t_k})), from D at t = 1 to 0 at t = 0.
+    With the linear schedule and K = D, one pixel a step."""
+    D = checks.count("D", D)
+    sc = schedule(sched)
+    masked = [round(D * (1 - float(sc.alpha(t)))) for t in time_grid(K)]
+    return [masked[k] - masked[k - 1] for k in range(K, 0, -1)]
+
+
+ORDERS = ("random", "confidence")
+
+
+def sample(denoiser: Callable, shape, K: int, *, order: str = "random", sched="linear",
+           device=None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Ancestral unmasking in K steps from the all-masked state: (n, ...) binary samples.
+
+    Each step asks the denoiser for every masked pixel's Bernoulli probability, draws a
+    value for each, and reveals `reveal_counts(D, K)[k]` of them: chosen uniformly at random
+    ("random", the reverse process with the number revealed fixed at its expectation) or
+    those whose drawn value the denoiser was most sure of ("confidence", MaskGIT's order,
+    Chang et al. 2022). Pixels revealed in one step are drawn independently: with K = 1
+    every pixel is drawn from its own marginal; with K = D, one at a time, an
+    autoregressive model in a random order. shape: (n, ...) of the samples.
+    """
+    K = checks.count("K (the number of unmasking steps)", K)
+    if order not in ORDERS:
+        raise checks.ArgumentError(f"order must be one of {ORDERS}, got {order!r}")
+    shape = tuple(shape)
+    n, D = shape[0], math.prod(shape[1:])
+    if K > D:
+        raise checks.ArgumentError(f"K = {K} steps for {D} pixels: at most one step per "
+                                   f"pixel, K <= {D}")
+    z = torch.full(shape, MASK, device=device)
+    masked_after = D - torch.tensor(reveal_counts(D, K, sched)).cumsum(0)
+    still = D
+    # the smoke run (BOOK_SMOKE=1) thins the steps; a kept step reveals what the skipped did
+    for k in progress(range(K), desc=f"unmasking ({order}, K = {K})", quiet=True):
+        count, still = still - int(masked_after[k]), int(masked_after[k])
+        if count == 0:
+            continue
+        with torch.no_grad():
+            logits = _logits(denoiser, z).float().reshape(n, D)
+        p1 = torch.sigmoid(logits)
+        flat = z.reshape(n, D)
+        values = (torch.rand(n, D, device=z.device, generator=generator) < p1).float()
+        if order == "random":
+            score = torch.rand(n, D, device=z.device, generator=generator)
+        else:
+            score = torch.where(values == 1, p1, 1 - p1)
+        score = score.masked_fill(flat != MASK, -math.inf)
+        pick = score.topk(count, dim=1).indices
+        flat = flat.scatter(1, pick, values.gather(1, pick))
+        z = flat.reshape(shape)
+    return z
