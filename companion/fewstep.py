@@ -72,30 +72,53 @@ class MixturePath:
             raise checks.ArgumentError(f"x must be points (B, {self.D}), got {tuple(x.shape)}")
         return x.to(torch.float64)
 
-    def components(self, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """(m_k(tau) (K, D), var_k(tau) (K,)): the components of q_tau."""
-        tau = check_time(tau, "tau")
-        return (1 - tau) * self.means, (1 - tau) ** 2 * self.stds**2 + tau**2
+    def _times(self, tau, x) -> torch.Tensor:
+        """tau as float64 (B, 1) or (1, 1): a number, or one time per point (B,)."""
+        if torch.is_tensor(tau) and tau.dim() > 0:
+            if tau.shape != (len(x),) or not tau.is_floating_point():
+                raise checks.ArgumentError(f"tau must be a number or real times, one per point "
+                                           f"({len(x)},), got {tuple(tau.shape)} {tau.dtype}")
+            if (tau < 0).any() or (tau > 1).any():
+                raise checks.ArgumentError("tau must lie in [0, 1] (0 the data, 1 the noise)")
+            return tau.to(torch.float64).reshape(-1, 1)
+        return torch.tensor([[check_time(tau, "tau")]], dtype=torch.float64)
 
-    def _log_joint(self, x, tau):
-        m, var = self.components(tau)
+    def components(self, tau) -> tuple[torch.Tensor, torch.Tensor]:
+        """(m_k(tau) (1, K, D), var_k(tau) (1, K)) for a number tau; (B, K, D), (B, K) for
+        times (B, 1) from `_times`."""
+        t = tau if torch.is_tensor(tau) else torch.tensor([[check_time(tau, "tau")]],
+                                                          dtype=torch.float64)
+        return (1 - t)[:, :, None] * self.means, (1 - t) ** 2 * self.stds**2 + t**2
+
+    def _log_joint(self, x, t):
+        m, var = self.components(t)
         sq = (x[:, None, :] - m).pow(2).sum(-1)                                 # (B, K)
         return self.weights.log() - 0.5 * (sq / var + self.D * torch.log(2 * math.pi * var))
 
-    def log_density(self, x: torch.Tensor, tau: float) -> torch.Tensor:
-        """log q_tau(x): x (B, D) -> (B,)."""
+    def log_density(self, x: torch.Tensor, tau) -> torch.Tensor:
+        """log q_tau(x): x (B, D) -> (B,); tau a number or (B,)."""
         x = self._check_x(x)
-        return torch.logsumexp(self._log_joint(x, tau), -1)
+        return torch.logsumexp(self._log_joint(x, self._times(tau, x)), -1)
 
-    def velocity(self, x: torch.Tensor, tau: float) -> torch.Tensor:
-        """v(x, tau) = E[x_1 - x_0 | x_tau = x] (the class docstring): x (B, D) -> (B, D)."""
+    def velocity(self, x: torch.Tensor, tau) -> torch.Tensor:
+        """v(x, tau) = E[x_1 - x_0 | x_tau = x] (the class docstring): x (B, D) -> (B, D);
+        tau a number or one time per point (B,)."""
         x = self._check_x(x)
-        tau = check_time(tau, "tau")
-        m, var = self.components(tau)
-        r = torch.softmax(self._log_joint(x, tau), -1)                         # (B, K)
-        c = (tau - (1 - tau) * self.stds**2) / var                              # (K,)
-        per = -self.means + c[:, None] * (x[:, None, :] - m)                    # (B, K, D)
+        t = self._times(tau, x)
+        m, var = self.components(t)
+        r = torch.softmax(self._log_joint(x, t), -1)                            # (B, K)
+        c = (t - (1 - t) * self.stds**2) / var                                  # (B|1, K)
+        per = -self.means + c[:, :, None] * (x[:, None, :] - m)                 # (B, K, D)
         return (r[:, :, None] * per).sum(1)
+
+    def grid_model(self, K: int):
+        """The exact velocity as a model on chapter 13's grid: (x (B, D), step (B,)) -> v at
+        tau = (step - 1) / K, float32 in and out like a network's (a teacher for the toys)."""
+        K = check_grid_size(K)
+
+        def model(x, step):
+            return self.velocity(x, (step - 1).double() / K).to(x.dtype)
+        return model
 
     def sample(self, n: int, tau: float = 0.0, generator: torch.Generator | None = None):
         """n draws of x_tau (float64 (n, D)): tau = 0 the data, tau = 1 N(0, I)."""
@@ -113,8 +136,8 @@ class MixturePath:
                                        f"component), this mixture has {self.gm.K}: use "
                                        "ode_map(path.velocity, x, a, b)")
         x = self._check_x(x)
-        (ma,), (va,) = self.components(a)
-        (mb,), (vb,) = self.components(b)
+        (ma,), (va,) = (v[0] for v in self.components(a))
+        (mb,), (vb,) = (v[0] for v in self.components(b))
         return mb + (vb / va).sqrt() * (x - ma)
 
 
@@ -343,10 +366,13 @@ def progressive_distillation_loss(student, teacher, x0: torch.Tensor, n_student:
 
 # --- consistency distillation --------------------------------------------------------------------
 def consistency_distillation_loss(student, teacher, x0: torch.Tensor, N: int, K: int,
-                                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """Song et al.'s consistency distillation on the linear path, N intervals of 1 / N:
+                                  generator: torch.Generator | None = None, *,
+                                  solver: str = "heun") -> torch.Tensor:
+    """Song et al.'s consistency distillation on the linear path, N intervals of h = 1 / N:
     n uniform on 1..N, tau_a = n / N, tau_b = (n - 1) / N, x_a = (1 - tau_a) x_0 + tau_a x_1,
-        x_b = x_a - (tau_a - tau_b) v_T(x_a, tau_a)       (one teacher Euler step),
+        x_b = x_a - h v_T(x_a, tau_a)                          (solver='euler'), or Heun's
+        x_b = x_a - h/2 [v_T(x_a, tau_a) + v_T(x_a - h v_T(x_a, tau_a), tau_b)]  (default,
+              as Song et al. with Karras et al.'s sampler: two teacher evaluations),
         loss = E |f_S(x_a, tau_a) - sg[f_S(x_b, tau_b)]|^2,  f(x, tau) = x - tau u(x, tau),
     sg the stop-gradient: the target network is the student itself (EMA rate 0, Song and
     Dhariwal 2023). At tau_b = 0 the target is x_b itself, by f's boundary condition.
@@ -355,13 +381,18 @@ def consistency_distillation_loss(student, teacher, x0: torch.Tensor, N: int, K:
     N = checks.count("N", N)
     K = check_grid_size(K)
     _check_batch(x0, "x0")
+    if solver not in ("euler", "heun"):
+        raise checks.ArgumentError(f"solver must be 'euler' or 'heun', got {solver!r}")
     n = torch.randint(1, N + 1, (len(x0),), device=x0.device, generator=generator)
     tau_a, tau_b = n.double() / N, (n - 1).double() / N
     x1 = torch.randn(x0.shape, dtype=x0.dtype, device=x0.device, generator=generator)
     shape = (-1, *([1] * (x0.dim() - 1)))
     x_a = linear_path(x0, x1, tau_a.to(x0.dtype))
     with torch.no_grad():
-        x_b = x_a - (1.0 / N) * grid_velocity(teacher, x_a, tau_a, K).to(x0.dtype)
+        v_a = grid_velocity(teacher, x_a, tau_a, K).to(x0.dtype)
+        x_b = x_a - v_a / N
+        if solver == "heun":
+            x_b = x_a - (v_a + grid_velocity(teacher, x_b, tau_b, K).to(x0.dtype)) / (2 * N)
         f_b = x_b - tau_b.to(x0.dtype).reshape(shape) * grid_velocity(student, x_b, tau_b, K)
     f_a = x_a - tau_a.to(x0.dtype).reshape(shape) * grid_velocity(student, x_a, tau_a, K)
     return (f_a.float() - f_b.float()).pow(2).mean()

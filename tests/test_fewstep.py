@@ -193,14 +193,16 @@ def test_consistency_loss_of_the_exact_map_is_the_teachers_step_error():
     teacher = per_point(path.velocity, K)
     x0 = path.sample(2048, generator=torch.Generator().manual_seed(10))
 
-    def loss_of(u, N):
+    def loss_of(u, N, solver="euler"):
         return fewstep.consistency_distillation_loss(u, teacher, x0, N, K,
-                                                     torch.Generator().manual_seed(11))
+                                                     torch.Generator().manual_seed(11),
+                                                     solver=solver)
 
     exact16, exact64 = loss_of(u_exact, 16), loss_of(u_exact, 64)
     wrong = loss_of(teacher, 16)  # the teacher's own one-step jump: not consistent
     assert exact64 < exact16 / 8
     assert wrong > 20 * exact16
+    assert loss_of(u_exact, 16, "heun") < exact16 / 10  # a second-order teacher step
 
 
 def test_consistency_residual_vanishes_for_the_exact_map_by_jvp():
@@ -259,6 +261,9 @@ def test_samplers_chunk_without_changing_the_result(monkeypatch):
                                                    torch.zeros(4, 2), 0, 10), "n_student"),
     (lambda: fewstep.consistency_distillation_loss(lambda x, s: x, lambda x, s: x,
                                                    torch.zeros(4, 2), 4, 0), "K"),
+    (lambda: fewstep.consistency_distillation_loss(lambda x, s: x, lambda x, s: x,
+                                                   torch.zeros(4, 2), 4, 8, solver="rk"),
+     "solver"),
     (lambda: fewstep.grid_velocity(lambda x, s: x, torch.zeros(2, 2), torch.tensor([0, 1]), 4),
      "real times"),
     (lambda: fewstep.grid_velocity(lambda x, s: x, torch.zeros(2, 2),
@@ -271,3 +276,15 @@ def test_samplers_chunk_without_changing_the_result(monkeypatch):
 def test_bad_input_gets_a_clear_error(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+def test_velocity_takes_one_time_per_point():
+    path = mixture()
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(16), dtype=F64)
+    tau = torch.tensor([0.0, 0.3, 0.7, 1.0], dtype=F64)
+    each = torch.cat([path.velocity(x[i:i + 1], tau[i].item()) for i in range(4)])
+    assert torch.allclose(path.velocity(x, tau), each, atol=1e-14)
+    model = path.grid_model(10)
+    out = model(x.float(), torch.tensor([1, 4, 8, 11]))
+    assert out.dtype == torch.float32
+    assert torch.allclose(out.double(), path.velocity(x.float().double(), tau), atol=1e-5)
