@@ -561,7 +561,7 @@ def consistency_distillation(teacher, x, profile, device, *, prefix: str = "ch15
     return _student_fit("consistency", _flow_student(teacher, profile, device), loss_fn,
                         x * 2 - 1, profile, f["cd_steps"],
                         dict(K=K, teacher=_weights_norm(teacher), N=f["cd_N"], n_train=len(x),
-                             loss="consistency distillation"), prefix)
+                             loss="consistency distillation", solver="heun"), prefix)
 
 
 # --- the command line: a recipe outside a notebook, e.g. under torchrun ----------------------
