@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from . import checks
+from .memory import map_chunks
 from .profiles import smoke_mode
 from .progress import progress
 
@@ -628,6 +629,11 @@ class Diffusion:
             nll = -gaussian_log_likelihood(x0, out["mean"], out["log_variance"])
         return torch.where(t == 1, _flat_sum(nll), kl)
 
+    def _terms_chunked(self, eps_model, x0, t, noise, variance, decoder):
+        """_term_at on at most memory.MAX_IMAGES images a network call (the draws made)."""
+        return map_chunks(lambda x, tt, e: self._term_at(eps_model, x, tt, e, variance,
+                                                         decoder), x0, t, noise)
+
     @torch.no_grad()
     def bound_terms(self, eps_model: EpsModel, x0: torch.Tensor, *, variance: str = "beta",
                     decoder: str = "discretized", max_batch: int = 4096,
@@ -636,8 +642,8 @@ class Diffusion:
         """Every term of the bound for a batch, exactly summed over t = 1..T (T network calls).
 
         x0: (B, ...). One x_t ~ q(x_t | x_0) per image and t, as in the reference code.
-        Steps are evaluated in chunks of max(1, max_batch // B) so that each network call
-        sees at most max(B, max_batch) inputs.
+        Steps are drawn in groups of max(1, max_batch // B), and each network call sees at
+        most companion.memory.MAX_IMAGES of the group's images.
         With decoder="discretized", x0 must hold the 256 levels -1 + 2k/255 (checked: one
         reduction and one device sync per call).
         """
@@ -660,7 +666,7 @@ class Diffusion:
             t = torch.arange(start, stop, device=x0.device).repeat_interleave(B)
             xs = x0.repeat(n, *([1] * (x0.dim() - 1)))
             noise = _randn(xs.shape, xs, generator)
-            part = self._term_at(eps_model, xs, t, noise, variance, decoder)
+            part = self._terms_chunked(eps_model, xs, t, noise, variance, decoder)
             terms[:, start - 1:stop - 1] = part.reshape(n, B).T
         return BoundTerms(terms, self.prior_kl(x0), x0[0].numel())
 
@@ -671,7 +677,8 @@ class Diffusion:
         """Unbiased estimate of the bound: L_T + T L_{t-1} with t ~ U{1..T}, per image.
 
         x0: (B, ...); draws: random steps per image (averaged). The standard error is that of
-        the batch mean, std(per_image) / sqrt(B).
+        the batch mean, std(per_image) / sqrt(B). Every step and noise is drawn first; the
+        network then sees at most companion.memory.MAX_IMAGES images a call.
         """
         _check_variance(variance)
         _check_decoder(decoder)
@@ -687,7 +694,7 @@ class Diffusion:
         t = torch.randint(1, self.T + 1, (len(xs),), device=x0.device,
                           generator=_gen_for(generator, x0.device))
         noise = _randn(xs.shape, xs, generator)
-        term = self._term_at(eps_model, xs, t, noise, variance, decoder)
+        term = self._terms_chunked(eps_model, xs, t, noise, variance, decoder)
         per_image = self.prior_kl(x0) + self.T * term.reshape(draws, B).mean(0)
         return MonteCarloBound(per_image, per_image.mean(),
                                per_image.std() / math.sqrt(B), x0[0].numel())

@@ -14,6 +14,7 @@
 - `refine_posterior`: optimize q per test point, from the encoder's output (for the
   amortization gap).
 - `auroc`: area under the ROC curve of anomaly scores (chapter 1).
+- `knn_labels`: the k-nearest-neighbour classifier on pixels (chapter 6).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from torch import distributions as D
 
 from . import checks
 from .kl import kl_diag_standard
+from .memory import map_chunks
 
 
 @dataclass
@@ -439,3 +441,23 @@ def mean_top_probability(probs: torch.Tensor) -> float:
         raise ValueError(f"probs must be (N, K) class probabilities, got {tuple(probs.shape)}")
     _check_probabilities(probs)
     return probs.max(1).values.double().mean().item()
+
+
+def knn_labels(x: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor,
+               k: int = 5) -> torch.Tensor:
+    """The majority label of each image's k nearest reference images (Euclidean distance on
+    pixels): x (N, ...), reference (M, ...), labels (M,) -> (N,) int64.
+
+    The distances come in blocks of companion.memory.MAX_IMAGES rows, (rows, M) each, never
+    the whole (N, M) matrix (10,000 x 60,000 floats is 2.4 GB).
+    """
+    k = checks.count("k", k)
+    if len(reference) != len(labels) or len(reference) < k:
+        raise ValueError(f"need at least k = {k} reference images with one label each, got "
+                         f"{len(reference)} images and {len(labels)} labels")
+    ref = reference.flatten(1)
+
+    def block(xb):
+        nearest = torch.cdist(xb.flatten(1), ref).topk(k, largest=False).indices
+        return labels[nearest].mode(1).values
+    return map_chunks(block, x)

@@ -14,6 +14,7 @@ import os
 
 import torch
 
+from .memory import map_chunks
 from .models.autoencoder import Autoencoder, reconstruction_loss
 from .train import checkpoint_path, fit
 
@@ -268,7 +269,8 @@ def _check_unit_images(x, where: str) -> None:
 
 def eps_function(model, device):
     """eps_theta as the samplers call it, (x (B, 1, 28, 28), t (B,)) -> float32 (B, 1, 28, 28),
-    under the GPU's mixed precision (bf16, or fp16 on GPUs without bf16); float32 on a CPU."""
+    under the GPU's mixed precision (bf16, or fp16 on GPUs without bf16); float32 on a CPU.
+    At most companion.memory.MAX_IMAGES images a network call, whatever B."""
     from .train import autocast_dtype
 
     dtype = autocast_dtype(device)
@@ -276,7 +278,7 @@ def eps_function(model, device):
     def eps(x, t):
         with torch.autocast(torch.device(device).type, dtype=dtype or torch.float32,
                             enabled=dtype is not None):
-            return model(x, t).float()
+            return map_chunks(lambda xb, tb: model(xb, tb).float(), x, t)
 
     return eps
 

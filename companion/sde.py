@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import checks
+from . import checks, memory
 from .profiles import smoke_thin
 from .progress import progress
 
@@ -366,6 +366,23 @@ def divergence_hutchinson(field: Field, x: torch.Tensor, t: float, probes: torch
     return f.detach(), torch.stack(out)
 
 
+def field_and_divergence(field: Field, x: torch.Tensor, t: float,
+                         probes: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(F(x, t), div F(x, t)): x (B, ...) -> (B, ...), (B,), at most
+    companion.memory.MAX_IMAGES_WITH_GRAD images' worth of points a pass (each keeps its
+    graph for the backward passes). probes=None: the exact divergence (points (B, D));
+    probes (P, B, ...): Hutchinson's estimate averaged over the P probes.
+    """
+    if probes is None:
+        return memory.map_chunks(lambda xb: divergence_exact(field, xb, t), x, grad=True)
+
+    def chunk(xb, vb):
+        f, est = divergence_hutchinson(field, xb, t, vb.transpose(0, 1))
+        return f, est.mean(0)
+    return memory.map_chunks(chunk, x, probes.transpose(0, 1), grad=True)
+
+
 # --- the likelihood integral -----------------------------------------------------------------
 def standard_normal_log_p(x: torch.Tensor) -> torch.Tensor:
     """log N(x; 0, I) summed over every dimension but the first: (B, ...) -> (B,)."""
@@ -399,7 +416,9 @@ def ode_log_likelihood(field: Field, x: torch.Tensor, *, t0: float = 0.0, t1: fl
     default, Song et al.'s choice; rtol, atol > 0), all points of the batch as one system, and
     returns log p_{t1}(x_{t1}) + l(t1). probes=None: the exact divergence (x (B, D), small D);
     probes=P: Hutchinson's estimator with P Rademacher probes drawn once and kept along the
-    path (the path then stays smooth, as in FFJORD). x: (B, ...); the field runs in x's dtype.
+    path (the path then stays smooth, as in FFJORD). x: (B, ...); the field runs in x's dtype,
+    on at most companion.memory.MAX_IMAGES_WITH_GRAD images a pass (`field_and_divergence`);
+    nfe counts the evaluations of the whole batch.
     """
     from scipy.integrate import solve_ivp
 
@@ -410,6 +429,7 @@ def ode_log_likelihood(field: Field, x: torch.Tensor, *, t0: float = 0.0, t1: fl
     for name, tol in (("rtol", rtol), ("atol", atol)):
         if not (isinstance(tol, (int, float)) and tol > 0 and math.isfinite(tol)):
             raise ValueError(f"{name} must be a positive tolerance, got {tol!r}")
+    v = None
     if probes is not None:
         v = rademacher(probes, x.shape, dtype=x.dtype, device=x.device, generator=generator)
     elif x.dim() != 2:
@@ -417,19 +437,16 @@ def ode_log_likelihood(field: Field, x: torch.Tensor, *, t0: float = 0.0, t1: fl
                          f"{tuple(x.shape)} pass probes=1 (Hutchinson)")
     shape, B, dtype, device = x.shape, len(x), x.dtype, x.device
     n = x.numel()
-    counter = Counted(field)
-    keep, last = smoke_thin(), {}
+    keep, last, nfe = smoke_thin(), {}, 0
 
     def rhs(t, y):
-        if not keep(counter.calls):  # the smoke run: a few evaluations of a big network
+        nonlocal nfe
+        if not keep(nfe):  # the smoke run: a few evaluations of a big network
             raise _SmokeCut
         last["y"] = y
         xt = torch.from_numpy(y[:n]).to(device=device, dtype=dtype).reshape(shape)
-        if probes is None:
-            f, div = divergence_exact(counter, xt, float(t))
-        else:
-            f, est = divergence_hutchinson(counter, xt, float(t), v)
-            div = est.mean(0)
+        nfe += 1  # one evaluation of the field, however many chunks it takes
+        f, div = field_and_divergence(field, xt, float(t), v)
         return np.concatenate([f.detach().double().cpu().numpy().ravel(),
                                div.detach().double().cpu().numpy()])
 
@@ -445,7 +462,7 @@ def ode_log_likelihood(field: Field, x: torch.Tensor, *, t0: float = 0.0, t1: fl
     x_end = torch.from_numpy(end[:n].copy()).reshape(shape)
     delta = torch.from_numpy(end[n:].copy())
     log_prior = prior_log_p(x_end.to(torch.float64)).double().cpu()
-    return Likelihood(log_prior + delta, log_prior, delta, counter.calls, x_end)
+    return Likelihood(log_prior + delta, log_prior, delta, nfe, x_end)
 
 
 # --- 8-bit images: dequantization and bits per dimension -------------------------------------

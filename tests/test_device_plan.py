@@ -399,13 +399,16 @@ def test_the_status_page_shows_the_peak_and_the_t4_peak(tmp_path):
     es.record_t4(b, 5.0, T0, {"allocated_mib": 15_000.0, "reserved_mib": 15_000.0}, 1,
                  "torch.OutOfMemoryError: CUDA out of memory.")
     c = timed_notebook(tmp_path / "notebooks" / "11_c.ipynb", SETUP_CPU)
-    statuses = [es.notebook_status(p) for p in (a, b, c)]
+    d = timed_notebook(tmp_path / "notebooks" / "12_d.ipynb", setup)
+    es.record(d, 31.0, T0 + timedelta(seconds=31), gpu_peak_mib=59_800)  # nvidia-smi only
+    statuses = [es.notebook_status(p) for p in (a, b, c, d)]
     assert statuses[0].t4["ran_through"] and not statuses[1].t4["ran_through"]
     lines = [line.replace(es.NBSP, " ") for line in es.table(statuses, root=tmp_path)]
     assert lines[0].count("|") == len(es.COLUMNS) + 1
-    assert "HBM3, 2 cores; peak 60.5 GiB; T4 12.5 GiB |" in lines[2]
-    assert "HBM3, 2 cores; peak 1.0 GiB; T4 over 15 GB |" in lines[3]
+    assert "HBM3, 2 cores; peak 60.5 / 68.4 GiB; T4 12.5 GiB |" in lines[2]
+    assert "HBM3, 2 cores; peak 1.0 / 2.0 GiB; T4 over 15 GB |" in lines[3]
     assert "| CPU |" in lines[4]  # a CPU chapter: no memory
+    assert "HBM3, 2 cores; device 58.4 GiB |" in lines[5]  # an older run's reading
     assert any(line.startswith("Peak: the most GPU memory") for line in lines)
     # a new run of the chapter keeps the T4 record, which is a run of its own
     es.record(a, 31.0, T0 + timedelta(seconds=31))

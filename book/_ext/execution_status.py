@@ -69,6 +69,8 @@ class NotebookStatus:
     loaded: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
     cuda_peak_mib: float | None = None  # torch.cuda.max_memory_allocated of the run
+    cuda_reserved_mib: float | None = None  # torch.cuda.max_memory_reserved of the run
+    device_peak_mib: float | None = None  # the whole device's, as nvidia-smi read it
     t4: dict | None = None  # the T4-emulated run's record (metadata book.t4), if any
     problems: list[str] = field(default_factory=list)
 
@@ -141,7 +143,10 @@ def notebook_status(path: Path) -> NotebookStatus:
             st.cpus, st.checkpoints = rec.get("cpus"), rec.get("checkpoints", "")
             st.loaded = list(rec.get("loaded", []))
             st.versions = dict(rec.get("versions", {}))
-            st.cuda_peak_mib = (rec.get("cuda_peak_mib") or {}).get("allocated_mib")
+            peak = rec.get("cuda_peak_mib") or {}
+            st.cuda_peak_mib = peak.get("allocated_mib")
+            st.cuda_reserved_mib = peak.get("reserved_mib")
+            st.device_peak_mib = rec.get("gpu_memory_peak_mib")
     return st
 
 
@@ -602,11 +607,17 @@ def gib(mib: float) -> str:
 
 
 def memory_cell(st: NotebookStatus) -> str:
-    """'peak 61.0 GiB; T4 12.4 GiB': torch's peak GPU memory in the stored run, and under
-    the T4 emulation where it ran (or that it did not fit); '' on a CPU. Part of the
-    Device cell: an eighth column would not fit the 688-px column (88 px over, measured
-    with test_browser), and the memory belongs to the device."""
-    parts = [f"peak {gib(st.cuda_peak_mib)}"] if st.cuda_peak_mib is not None else []
+    """'peak 61.0 / 68.4 GiB; T4 12.4 GiB': torch's peak GPU memory in the stored run,
+    allocated / reserved, and under the T4 emulation where it ran (or that it did not fit);
+    for a run that recorded only nvidia-smi's reading of the whole device, 'device 60.8 GiB';
+    '' on a CPU. Part of the Device cell: an eighth column would not fit the 688-px column
+    (88 px over, measured with test_browser), and the memory belongs to the device."""
+    parts = []
+    if st.cuda_peak_mib is not None:
+        reserved = "" if st.cuda_reserved_mib is None else f" / {st.cuda_reserved_mib / 1024:.1f}"
+        parts.append(unbroken(f"peak {st.cuda_peak_mib / 1024:.1f}{reserved} GiB"))
+    elif st.device_peak_mib is not None:
+        parts.append(f"device {gib(st.device_peak_mib)}")
     if st.t4:
         peak = (st.t4.get("cuda_peak_mib") or {}).get("allocated_mib")
         if st.t4.get("ran_through"):
@@ -676,12 +687,17 @@ def table(statuses: list[NotebookStatus], root: Path = ROOT) -> list[str]:
             lines += ["", f"§ {st.title or st.path.stem} loads a `{prof}` model of chapter {n}, "
                       f"whose stored outputs are from the `{stored}` profile: the two pages "
                       "show different models under one name."]
-    if any(s.cuda_peak_mib is not None or s.t4 for s in statuses):
+    if any(s.cuda_peak_mib is not None or s.t4 or s.device_peak_mib is not None
+           for s in statuses):
         lines += ["", "Peak: the most GPU memory the chapter's tensors held at once "
-                  "(`torch.cuda.max_memory_allocated`). T4: the same, with the chapter run "
+                  "(`torch.cuda.max_memory_allocated`) / the most torch's caching allocator "
+                  "held (`torch.cuda.max_memory_reserved`). Device: an older run's record, "
+                  "the whole device's memory in use as `nvidia-smi` read it, which counts "
+                  "what the allocator keeps after use. T4: the peak with the chapter run "
                   "again as on Colab's T4, emulated on the same GPU (`BOOK_T4=1`: fp16 with a "
                   "gradient scaler, no TF32, the process capped at 15 GB); a T4's speed is "
-                  "not emulated."]
+                  "not emulated. What each chapter needs on a T4, estimated without a GPU, is "
+                  "on the page Running the notebooks."]
     if any(s.source == "wall" and s.checkpoints == "reused" for s in statuses):
         lines += ["", "‡ Loaded at least one model that an earlier chapter or run had trained "
                   "and saved, instead of training it."]

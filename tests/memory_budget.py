@@ -1,0 +1,369 @@
+"""Each chapter's heaviest GPU operations on Colab's T4, measured without a GPU.
+
+Every operation below is a call the chapter makes, through companion's own functions, at the
+`gpu` profile's sizes and on the shapes of the full MNIST Colab downloads (60,000 training and
+10,000 test digits), run on fake tensors (torch's FakeTensorMode: shapes, dtypes and devices,
+no storage) on the device "cuda", with the T4's precision where the chapter uses mixed
+precision (fp16 autocast, CUDA's policy: GroupNorm, softmax and upsampling stay in float32).
+torch's MemTracker (torch.distributed._tools.mem_tracker, the tool torchtitan estimates
+memory with) records the peak of the bytes alive on the device, parameters included, as
+torch.cuda.max_memory_allocated would; the caching allocator reserves somewhat more, and the
+CUDA context and cuDNN's workspaces take about 0.5-1 GB of the T4's 15 GB: hence the budget
+of 14 GB (tests/test_memory.py).
+
+    python tests/memory_budget.py          # the table: chapter, operation, peak GB
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import pkgutil
+import time
+import warnings
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from unittest import mock
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+BUDGET_GB = 14.0
+N_TRAIN, N_TEST = 60_000, 10_000  # the full MNIST, as Colab downloads it
+DEVICE = torch.device("cuda")
+
+
+@dataclass
+class Operation:
+    chapter: str
+    name: str
+    run: Callable[[], object]
+
+
+def _images(n: int, *, lo: float = 0.0, device=DEVICE) -> torch.Tensor:
+    return torch.rand(n, 1, 28, 28, device=device) * (1 - lo) + lo
+
+
+@contextlib.contextmanager
+def _t4_autocast():
+    """fp16 autocast for CUDA tensors, as on a T4, on a machine without a GPU (torch.autocast
+    refuses to turn on without CUDA, the lower-level switches do not)."""
+    was_on, was_dtype = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
+    torch.set_autocast_enabled("cuda", True)
+    torch.set_autocast_dtype("cuda", torch.float16)
+    torch.autocast_increment_nesting()
+    try:
+        yield
+    finally:
+        torch.autocast_decrement_nesting()
+        torch.set_autocast_enabled("cuda", was_on)
+        torch.set_autocast_dtype("cuda", was_dtype)
+        torch.clear_autocast_cache()
+
+
+def _amp_eps(model):
+    """recipes.eps_function on a T4: the network in fp16 autocast, float32 out."""
+    from companion import recipes
+
+    with mock.patch("companion.train.autocast_dtype", return_value=None):
+        eps = recipes.eps_function(model, "cpu")  # the wrapper, with autocast left to us
+
+    def fp16(x, t):
+        with _t4_autocast():
+            return eps(x, t)
+    return fp16
+
+
+# --- the chapters' models at the gpu profile's sizes --------------------------------------
+def _ddpm(device=DEVICE):
+    from companion import recipes
+    from companion.models.unet import UNet, preset
+    from companion.profiles import get_profile
+
+    profile = get_profile("gpu")
+    settings = recipes.ddpm_settings(profile)
+    with device:
+        model = UNet(preset(settings["preset"], T=settings["T"])).eval()
+    return model, _diffusion(settings["T"]), settings
+
+
+def _diffusion(T: int):
+    """Chapter 9's schedule, built real on the CPU (its host copies are read as numbers)."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    from companion import recipes
+    from companion.profiles import get_profile
+
+    with unset_fake_temporarily():
+        return recipes.ddpm_diffusion(get_profile("gpu"), "cpu")
+
+
+def _on_device(d, device=DEVICE):
+    """The diffusion's buffers as fake tensors on `device` (the host copies stay real)."""
+    for name, value in list(vars(d).items()):
+        if name.endswith("_") and torch.is_tensor(value):
+            setattr(d, name, torch.empty(value.shape, dtype=value.dtype, device=device))
+    d.device = torch.device(device)
+    return d
+
+
+# --- operations -----------------------------------------------------------------------------
+# The autograd engine wants a real CUDA context for CUDA tensors, fake or not, so the calls
+# that take gradients run on fake CPU tensors in float32. The memory is the same but for
+# the precision: for the training step an upper bound of fp16 autocast's (which saves
+# half-precision activations, and costs 2 bytes a weight for their fp16 copies: 30 MB);
+# the likelihood runs in float32 on the GPU too.
+GRAD_DEVICE = torch.device("cpu")
+
+
+def ddpm_training_step():
+    """Chapter 9's (and 13's) training step: the 15M U-Net, batch 128, Adam (its two
+    moments included), float32."""
+    from companion.train import default_optimizer
+
+    model, d, settings = _ddpm(GRAD_DEVICE)
+    model.train()
+    d = _on_device(d, GRAD_DEVICE)
+    opt = default_optimizer(model.parameters(), 1e-4, "cpu")
+    x0 = _images(settings["batch_size"], lo=-1, device=GRAD_DEVICE)
+    d.simple_loss(model, x0).backward()
+    opt.step()
+
+
+def ddpm_bound_monte_carlo(draws: int = 20):
+    """Chapters 9 and 10: bound_monte_carlo(model, x_test, draws=20), float32."""
+    model, d, _ = _ddpm()
+    d = _on_device(d)
+    x = _images(N_TEST, lo=-1)
+    with torch.no_grad():
+        d.bound_monte_carlo(model, x, draws=draws)
+
+
+def ddpm_bound_terms(n: int = 16):
+    """Chapter 9: every term of the bound for 16 test digits, max_batch=2048, float32."""
+    model, d, _ = _ddpm()
+    d = _on_device(d)
+    x = _images(n, lo=-1)
+    d.bound_terms(model, x, max_batch=2048, quiet=True)
+
+
+def ddpm_sampling(n: int):
+    """DDIM sampling of n images through recipes.eps_function in fp16 (chapters 9, 13)."""
+    model, d, _ = _ddpm()
+    d = _on_device(d)
+    eps = _amp_eps(model)
+    with torch.no_grad():
+        d.sample_ddim(eps, (n, 1, 28, 28), n_steps=2, quiet=True)
+
+
+def ode_likelihood(n: int = 500):
+    """Chapter 13: one evaluation of the likelihood's right-hand side on n digits, the field
+    (chapter 9's network through the chain's clock) and its Hutchinson divergence with one
+    Rademacher probe, in float32 (Song et al. evaluate in float32)."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    from companion import sde
+
+    model, d, _ = _ddpm(GRAD_DEVICE)
+    with unset_fake_temporarily():
+        clock = sde.ChainClock(d.alphas_bar)
+    eps_model = _fp32_eps(model)
+    field = clock.sde.ode_drift(clock.sde.score_from_eps(clock.eps(eps_model)))
+    x = _images(n, lo=-1, device=GRAD_DEVICE)
+    probes = torch.ones(1, *x.shape, device=GRAD_DEVICE)
+    sde.field_and_divergence(field, x, 0.5, probes)
+
+
+def _fp32_eps(model):
+    from companion import recipes
+
+    with mock.patch("companion.train.autocast_dtype", return_value=None):
+        return recipes.eps_function(model, "cpu")
+
+
+def latent_codes():
+    """Chapter 11: the autoencoder's posterior codes of the 60,000 training digits."""
+    from companion import latent_diffusion as ld
+    from companion import recipes
+    from companion.models.vae import VAE
+
+    with DEVICE:
+        vae = VAE(recipes.LATENT_DIM, arch="conv", likelihood="discretized").eval()
+    ld.posterior_codes(vae, _images(N_TRAIN, lo=-1))
+
+
+def conv_vae_iw(k: int):
+    """Chapter 6: the importance-weighted bound of the convolutional VAE (channels 32, 64)
+    on the 10,000 binarized test digits, k samples each."""
+    from companion.metrics import vae_iw_log_likelihood
+    from companion.models.vae import VAE
+
+    with DEVICE:
+        vae = VAE(latent_dim=20, arch="conv", channels=(32, 64))
+    x = (_images(N_TEST) > 0.5).float()
+    with torch.no_grad():
+        vae_iw_log_likelihood(vae, x, k=k)
+
+
+def hvae_iw(k: int):
+    """Chapter 7: the hierarchical VAE's importance-weighted bound on the test digits."""
+    from companion.metrics import model_iw_log_likelihood
+    from companion.models.hvae import HierarchicalVAE
+
+    with DEVICE:
+        hvae = HierarchicalVAE()
+    x = (_images(N_TEST) > 0.5).float()
+    with torch.no_grad():
+        model_iw_log_likelihood(hvae, x, k=k)
+
+
+def knn_labels():
+    """Chapter 6: the 5-nearest-neighbour labels of the 10,000 test digits among the
+    60,000 training digits."""
+    from companion.metrics import knn_labels as knn
+
+    knn(_images(N_TEST), _images(N_TRAIN), torch.zeros(N_TRAIN, dtype=torch.long,
+                                                        device=DEVICE), k=5)
+
+
+def operations() -> list[Operation]:
+    from companion.profiles import get_profile
+
+    gpu = get_profile("gpu")
+    return [
+        Operation("06", "conv VAE, IW bound on the test set", lambda: conv_vae_iw(
+            gpu.iw_samples)),
+        Operation("06", "5-NN labels of the test set", knn_labels),
+        Operation("07", "hierarchical VAE, IW bound on the test set", lambda: hvae_iw(
+            gpu.iw_samples)),
+        Operation("09", "DDPM training step, batch 128", ddpm_training_step),
+        Operation("09", "DDIM sampling, 500 images", lambda: ddpm_sampling(500)),
+        Operation("09", "bound_terms, 16 digits", ddpm_bound_terms),
+        Operation("09", "bound_monte_carlo, test set x 20 draws", ddpm_bound_monte_carlo),
+        Operation("10", "bound_monte_carlo, test set x 20 draws", ddpm_bound_monte_carlo),
+        Operation("11", "posterior codes of the training set", latent_codes),
+        # in-painting's reverse steps make the same U-Net call on 500 digits as DDIM does
+        Operation("12", "reverse chain on 500 digits", lambda: ddpm_sampling(500)),
+        Operation("13", "training step of the flow model, batch 128", ddpm_training_step),
+        Operation("13", "ODE likelihood, one evaluation on 500 digits", ode_likelihood),
+        Operation("13", "ODE sampling, 2,000 images", lambda: ddpm_sampling(2000)),
+    ]
+
+
+# --- the measurement -------------------------------------------------------------------------
+# Checks that read values (a reduction and a host sync) cannot run on fake tensors; they
+# allocate nothing of note, so they are skipped here. Shape checks still run.
+VALUE_CHECKS = ("companion.checks.images",
+                "companion.diffusion._check_8bit",
+                "companion.models.hvae._ImageModel._check_input",
+                "companion.models.unet.UNet.check_inputs")
+# Host-side arithmetic on small CPU tensors (a step list): run for real.
+HOST_HELPERS = ("companion.diffusion.spaced_timesteps",)
+
+
+def _real(fn):
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    def run(*args, **kwargs):
+        with unset_fake_temporarily():
+            return fn(*args, **kwargs)
+    return run
+
+
+def _pass_through(*args, **kwargs):
+    """A value check skipped: returns the tensor it was given, as the checks do."""
+    return next((a for a in args if torch.is_tensor(a)), None)
+
+
+@contextlib.contextmanager
+def _no_value_checks():
+    validate = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(False)
+    try:
+        with contextlib.ExitStack() as stack:
+            for target in VALUE_CHECKS:
+                stack.enter_context(mock.patch(target, _pass_through))
+            for target in HOST_HELPERS:
+                stack.enter_context(mock.patch(target, _real(pkgutil.resolve_name(target))))
+            yield
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(validate)
+
+
+class LiveBytes(TorchDispatchMode):
+    """The bytes of tensor storage alive, and their peak, as ops create and free them.
+
+    Each storage is counted once (views share it) at its size rounded up to 512 bytes, the
+    caching allocator's granularity, and uncounted when Python frees it.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self._refs: dict[int, weakref.ref] = {}
+
+    def _add(self, t: torch.Tensor) -> None:
+        st = t.untyped_storage()
+        key = id(st)
+        if key in self._refs and self._refs[key]() is st:
+            return
+        size = -(-st.nbytes() // 512) * 512
+        self.live += size
+        self.peak = max(self.peak, self.live)
+
+        def free(_, size=size, key=key):
+            self.live -= size
+            self._refs.pop(key, None)
+        self._refs[key] = weakref.ref(st, free)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self._add(t)
+        return out
+
+
+def peak_bytes(run: Callable[[], object]) -> int:
+    """The peak of bytes alive while `run` builds its model and runs (fake tensors)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with FakeTensorMode(allow_non_fake_inputs=True), _no_value_checks():
+            tracker = LiveBytes()
+            with tracker:
+                run()
+            gc.collect()
+    return tracker.peak
+
+
+def measure(ops: list[Operation] | None = None) -> list[tuple[Operation, float, float]]:
+    """[(operation, peak GB, seconds)]; an operation that two chapters share (the same
+    function) is measured once."""
+    out, cache = [], {}
+    for op in ops or operations():
+        start = time.perf_counter()
+        if op.run not in cache:
+            cache[op.run] = peak_bytes(op.run) / 1e9
+        out.append((op, cache[op.run], time.perf_counter() - start))
+    return out
+
+
+def main() -> None:
+    rows = measure()
+    print(f"{'chapter':8} {'operation':48} {'peak GB':>8} {'s':>6}")
+    for op, gb, secs in rows:
+        print(f"{op.chapter:8} {op.name:48} {gb:8.2f} {secs:6.1f}")
+    worst: dict[str, float] = {}
+    for op, gb, _ in rows:
+        worst[op.chapter] = max(worst.get(op.chapter, 0.0), gb)
+    print("per chapter:", ", ".join(f"{c}: {math.ceil(g * 10) / 10:.1f} GB"
+                                   for c, g in sorted(worst.items())))
+
+
+if __name__ == "__main__":
+    main()
