@@ -241,10 +241,12 @@ def test_samplers_chunk_without_changing_the_result(monkeypatch):
     jump = fewstep.jump_map(path.velocity)
     j_whole = fewstep.jump_sample(jump, x1, 3, torch.Generator().manual_seed(1))
     import companion.memory as memory
-    monkeypatch.setattr(memory, "MAX_IMAGES", 4)
+    calls = []
+    monkeypatch.setattr(memory, "rows_per_call", lambda x, grad=False: calls.append(1) or 4)
     assert torch.allclose(fewstep.ode_sample(path.velocity, x1, 3), whole, atol=1e-12)
     j_chunk = fewstep.jump_sample(jump, x1, 3, torch.Generator().manual_seed(1))
     assert torch.allclose(j_chunk, j_whole, atol=1e-12)
+    assert len(calls) == 2  # both split (9 rows, 4 a call)
 
 
 @pytest.mark.parametrize("call, match", [
