@@ -449,8 +449,8 @@ def fewstep_settings(profile) -> dict:
     check; cpu: fits the chapter's 20 minutes on 2 cores; gpu: minutes on a T4.
     """
     return dict(
-        pairs=profile.pick(ci=64, cpu=1024, gpu=10_000),
-        pair_steps=profile.pick(ci=4, cpu=8, gpu=32),
+        pairs=profile.count(ci=64, cpu=1024, gpu=10_000),
+        pair_steps=profile.count(ci=4, cpu=8, gpu=32),
         reflow_steps=profile.pick(ci=20, cpu=200, gpu=4000),
         rounds_from=16,
         distill_steps=profile.pick(ci=10, cpu=60, gpu=1500),
