@@ -441,7 +441,7 @@ def fewstep_settings(profile) -> dict:
     EMA of the weights, on the teacher's grid of K = chapter 9's T intervals.
 
     pairs, pair_steps: reflow's couplings, noise and the teacher's Heun end with pair_steps
-    steps (2 pair_steps evaluations a pair). reflow_steps: updates on them. rounds_from:
+    steps (2 pair_steps evaluations a pair; K / pair_steps whole, so grid times only). reflow_steps: updates on them. rounds_from:
     progressive distillation's first teacher, Euler with that many steps, halved each round
     down to one step, distill_steps updates a round. cd_N, cd_steps: consistency
     distillation's intervals of tau (K / cd_N a whole number, so that the student is called
@@ -450,7 +450,7 @@ def fewstep_settings(profile) -> dict:
     """
     return dict(
         pairs=profile.count(ci=64, cpu=1024, gpu=10_000),
-        pair_steps=profile.count(ci=4, cpu=8, gpu=32),
+        pair_steps=profile.count(ci=4, cpu=10, gpu=25),
         reflow_steps=profile.pick(ci=20, cpu=200, gpu=4000),
         rounds_from=16,
         distill_steps=profile.pick(ci=10, cpu=60, gpu=1500),
