@@ -290,3 +290,17 @@ def test_velocity_takes_one_time_per_point():
     out = model(x.float(), torch.tensor([1, 4, 8, 11]))
     assert out.dtype == torch.float32
     assert torch.allclose(out.double(), path.velocity(x.float().double(), tau), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["ci", "cpu", "gpu"])
+def test_chapter_15_students_are_called_on_grid_times(name):
+    """recipes.fewstep_settings: the couplings' Heun steps and consistency distillation's
+    intervals divide the teacher's grid, so the students cost one network call a time."""
+    from companion import recipes
+    from companion.profiles import get_profile
+
+    profile = get_profile(name)
+    K = recipes.ddpm_settings(profile)["T"]
+    f = recipes.fewstep_settings(profile)
+    assert K % f["pair_steps"] == 0 and K % f["cd_N"] == 0
+    assert f["rounds_from"] & (f["rounds_from"] - 1) == 0  # halved down to one step
