@@ -91,13 +91,13 @@ def test_euler_converges_to_the_accurate_map_on_the_mixture():
 
 def test_straightness_matches_the_gaussian_closed_form_and_vanishes_for_a_point():
     path = gaussian(std=0.3)
-    x1 = torch.randn(300, 2, generator=torch.Generator().manual_seed(5), dtype=F64)
-    x0, s = fewstep.straightness(path.velocity, x1, 2000)
-    assert torch.allclose(x0, path.gaussian_map(x1, 1.0, 0.0), atol=1e-3)
+    x1 = torch.randn(100, 2, generator=torch.Generator().manual_seed(5), dtype=F64)
+    x0, s = fewstep.straightness(path.velocity, x1, 500)
+    assert torch.allclose(x0, path.gaussian_map(x1, 1.0, 0.0), atol=5e-3)
     exact = fewstep.gaussian_straightness(0.3, 2)
     # the same for every path: x_1's squared norm averages to dim
     per_path = s / x1.pow(2).sum(1)
-    assert torch.allclose(per_path, torch.full_like(per_path, exact / 2), rtol=2e-3)
+    assert torch.allclose(per_path, torch.full_like(per_path, exact / 2), rtol=1e-2)
     assert exact > 0.1
     # data a (nearly) single point: the paths are straight lines
     point = gaussian(std=1e-4)
