@@ -47,7 +47,7 @@ book: $(STAMP)
 # references, chapter titles, code or output cut at the margin, figures). TeX and poppler
 # come from Debian (.ci/run installs them):
 #   apt-get install --no-install-recommends $(PDF_PACKAGES)
-PDF_PACKAGES := texlive-xetex texlive-latex-extra latexmk fonts-freefont-otf fonts-dejavu-core poppler-utils
+PDF_PACKAGES := texlive-xetex texlive-latex-extra texlive-fonts-recommended latexmk fonts-freefont-otf fonts-dejavu-core poppler-utils
 PDF := _build/latex/autoencoders-to-diffusion.pdf
 pdf: $(STAMP)
 	@missing=""; \

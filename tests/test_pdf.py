@@ -11,6 +11,7 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,3 +178,16 @@ def test_version_is_the_git_tag_or_commit():
     if (ROOT / ".git").exists():
         assert version and re.fullmatch(r"[\w.\-+]+", version), version
     assert book_pdf.git_version(Path("/")) is None
+
+
+@pytest.mark.slow
+def test_every_built_page_offers_the_book_pdf(built_book):
+    """The -W -n HTML build of this test run (tests/conftest.py): each page's download button
+    links the PDF at the site's root (sphinx-book-theme's link button markup)."""
+    name = Path(TARGET).with_suffix(".pdf").name
+    link = re.compile(r'<a href="([^"]+)" target="_blank"\s+class="[^"]*'
+                      r'btn-download-book-pdf-button')
+    for page in [built_book / "book" / "intro.html",
+                 built_book / "notebooks" / "08_diffusion_elbo.html"]:
+        found = link.findall(page.read_text())
+        assert found == [f"../{name}"], (page.name, found)

@@ -120,8 +120,13 @@ class BookMatter(SphinxPostTransform):
             section = next(page.findall(nodes.section), None)
             if (bibliography is not None and section is not None
                     and section.astext().strip() == section[0].astext().strip()):
+                # the empty chapter's labels (links to the page) go on the bibliography's
+                # heading: the preamble's sphinxthebibliography calls \bookbibliographylabels
+                labels = "".join(f"\\label{{\\detokenize{{{page['docname']}:{i}}}}}"
+                                 for i in section["ids"])
                 bibliography.parent.remove(bibliography)
-                section.replace_self(bibliography)
+                section.replace_self([latex(f"\\gdef\\bookbibliographylabels{{{labels}}}"),
+                                      bibliography])
                 break
 
 
