@@ -628,12 +628,14 @@ def fewstep_settings(profile) -> dict:
     EMA of the weights, on the teacher's grid of K = chapter 9's T intervals.
 
     pairs, pair_steps: reflow's couplings, noise and the teacher's Heun end with pair_steps
-    steps (2 pair_steps evaluations a pair; K / pair_steps whole, so grid times only). reflow_steps: updates on them. rounds_from:
-    progressive distillation's first teacher, Euler with that many steps, halved each round
-    down to one step, distill_steps updates a round. cd_N, cd_steps: consistency
-    distillation's intervals of tau (K / cd_N a whole number, so that the student is called
-    on grid times only: one network call a time, not two) and updates. ci: a pipeline
-    check; cpu: fits the chapter's 20 minutes on 2 cores; gpu: minutes on a T4.
+    steps (2 pair_steps evaluations a pair; K / pair_steps whole, so grid times only).
+    reflow_steps: updates on them. rounds_from: progressive distillation's first teacher,
+    Euler with that many steps, halved each round down to one step, distill_steps updates
+    a round. cd_N, cd_steps: consistency distillation's intervals of tau (K / cd_N a whole
+    number, so that the student is called on grid times only: one network call a time, not
+    two) and updates. ci: a pipeline check; cpu: fits the chapter's 20 minutes on 2 cores
+    (7 min 04 s measured with chapters 9's and 13's models in the cache); gpu: minutes on
+    a T4.
     """
     return dict(
         pairs=profile.count(ci=64, cpu=1024, gpu=10_000),
