@@ -7,7 +7,7 @@ flow map phi_{a -> b}; a sampler wants phi_{1 -> 0}, and every method here is a 
 close to it with few evaluations of a network:
 
 * Straightness (Liu, Gong and Liu 2023). Along one path from x_1 to its end x_0,
-      S = int_0^1 |(x_1 - x_0) - v(x_tau, tau)|^2 dtau,
+  S = int_0^1 |(x_1 - x_0) - v(x_tau, tau)|^2 dtau,
   zero exactly when the path is a straight line run at constant speed, and then one Euler
   step x_0 = x_1 - v(x_1, 1) is exact.
 * Reflow (the same paper): pairs (x_1, phi_{1 -> 0}(x_1)) from a teacher's ODE, and a student
@@ -130,7 +130,10 @@ class MixturePath:
     def gaussian_map(self, x: torch.Tensor, a: float, b: float) -> torch.Tensor:
         """phi_{a -> b}(x) for Gaussian data (one component), in closed form:
             phi_{a -> b}(x) = m(b) + sd(b) / sd(a) (x - m(a)),   sd = sqrt(var).
-        Both ends are Gaussian and the map is increasing in each coordinate, which fixes it."""
+        Both ends are Gaussian and the map is increasing in each coordinate, which fixes it.
+
+        Book: :eq:`ch15-gaussian-map`.
+        """
         if self.gm.K != 1:
             raise checks.ArgumentError(f"the closed-form flow map is for Gaussian data (one "
                                        f"component), this mixture has {self.gm.K}: use "
@@ -193,6 +196,8 @@ def straightness(field: Field, x1: torch.Tensor, n_steps: int) -> tuple[torch.Te
     along Euler's path with n_steps even steps, the integral by the same left Riemann sum
     (the velocities Euler uses). x1: (B, ...) -> (x0 (B, ...), S (B,)); S = 0 for straight
     paths run at constant speed. No gradients; at most MAX_IMAGES points a network call.
+
+    Book: :eq:`ch15-straightness`.
     """
     _check_batch(x1, "x1")
     ts = uniform_grid(checks.count("n_steps", n_steps))
@@ -327,6 +332,8 @@ def coupled_flow_matching_loss(model, x0: torch.Tensor, x1: torch.Tensor, K: int
     Chapter 13's flow-matching loss with the pairs coupled (the teacher's ODE ends) instead of
     independent: its minimum is 0 when the straight lines between pairs never cross.
     model: as `companion.flow.flow_matching_loss`. x0, x1: (B, ...).
+
+    Book: :eq:`ch15-reflow`.
     """
     K = check_grid_size(K)
     _check_pairs(x0, x1)
@@ -347,6 +354,8 @@ def progressive_distillation_loss(student, teacher, x0: torch.Tensor, n_student:
         v* = (x_a - x_c) / 2h,           loss = E |v_S(x_a, tau_a) - v*|^2
     (the endpoint error |x_c^S - x_c|^2 divided by (2h)^2; per element mean). student,
     teacher: models on the grid of K (`grid_velocity`); x0: (B, ...) data.
+
+    Book: :eq:`ch15-pd`.
     """
     n = checks.count("n_student", n_student)
     K = check_grid_size(K)
@@ -377,6 +386,8 @@ def consistency_distillation_loss(student, teacher, x0: torch.Tensor, N: int, K:
     sg the stop-gradient: the target network is the student itself (EMA rate 0, Song and
     Dhariwal 2023). At tau_b = 0 the target is x_b itself, by f's boundary condition.
     Per element mean. student (u), teacher (v): models on the grid of K; x0: (B, ...).
+
+    Book: :eq:`ch15-cd`.
     """
     N = checks.count("N", N)
     K = check_grid_size(K)
@@ -403,6 +414,8 @@ def consistency_residual(f: Callable, field: Field, x: torch.Tensor, tau: float)
         d/dtau f(x_tau, tau) = df/dtau + (df/dx) v(x_tau, tau),
     one Jacobian-vector product (torch.func.jvp) in the direction (v, 1).
     f: (x (B, D), tau 0-dim tensor) -> (B, D), differentiable in both; x: (B, D) -> (B, D).
+
+    Book: :eq:`ch15-consistency-pde`.
     """
     _check_batch(x)
     tau = check_time(tau, "tau")

@@ -165,7 +165,10 @@ def forward_step(z_s: torch.Tensor, s, t, sched="linear", *,
 
 def marginal(x0: torch.Tensor, t, sched="linear") -> torch.Tensor:
     """q(z_t | x_0) of (ch14-marginal), (B, ...) -> (B, ..., 3): the probabilities of the
-    states STATES = (0, 1, MASK) for every pixel."""
+    states STATES = (0, 1, MASK) for every pixel.
+
+    Book: :eq:`ch14-marginal`.
+    """
     check_binary("x0", x0)
     alpha = schedule(sched).alpha(_per_image(t, x0))
     return torch.stack([alpha * (1 - x0), alpha * x0, (1 - alpha).expand_as(x0)], dim=-1)
@@ -186,6 +189,8 @@ def posterior(z_t: torch.Tensor, x0: torch.Tensor, s, t, sched="linear") -> torc
 
     A revealed pixel stays as it is; a masked one is revealed as x_0 with probability r and
     stays masked with probability 1 - r. s, t: numbers or (B,), s < t.
+
+    Book: :eq:`ch14-posterior`.
     """
     check_states("z_t", z_t)
     check_binary("x0", x0)
@@ -262,7 +267,10 @@ def negative_elbo(denoiser: Callable, x0: torch.Tensor, sched="linear", *, n_t: 
 
     x0: (N, ...) binary -> (N,). Each image gets n_t times, one in each stratum of [0, 1],
     and one z_t at each; the network sees at most companion.memory.MAX_IMAGES images a call
-    (the draws for all N are made before the split)."""
+    (the draws for all N are made before the split).
+
+    Book: :eq:`ch14-elbo`.
+    """
     check_binary("x0", x0)
     n_t = checks.count("n_t", n_t)
     sc = schedule(sched)
@@ -292,6 +300,8 @@ def step_bound(denoiser: Callable, x0: torch.Tensor, K: int, sched="linear", *,
 
     chapter 8's chain of KLs with t_k = k / K; the prior term is 0 (alpha_1 = 0: z_1 is all
     masks under q and p) and so is the last reconstruction (alpha_0 = 1).
+
+    Book: :eq:`ch14-steps`.
     """
     check_binary("x0", x0)
     sc = schedule(sched)

@@ -317,7 +317,7 @@ def euler_maruyama(drift: Field, diffusion: Callable[[float], float], x: torch.T
     Returns:
         The state at ts[-1], (B, ...).
 
-    Book: :eq:`ch13-reverse-sde`.
+    Book: :eq:`ch13-em-step`.
     """
     _check_batch(x)
     ts = _check_grid(ts)
