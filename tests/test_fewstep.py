@@ -272,7 +272,7 @@ def test_samplers_chunk_without_changing_the_result(monkeypatch):
                                    torch.tensor([0.0, 1.5]), 4), r"\[0, 1\]"),
     (lambda: fewstep.grid_velocity(lambda x, s: x[:1], torch.zeros(2, 2),
                                    torch.tensor([0.0, 0.5]), 4), "shaped like x"),
-    (lambda: fewstep.jump_sample(lambda x, t: x, torch.zeros(0, 2), 2), "non-empty"),
+    (lambda: fewstep.jump_sample(lambda x, t: x, torch.zeros(0, 2), 2), "empty batch"),
     (lambda: fewstep.gaussian_straightness(-1.0, 2), "std"),
 ])
 def test_bad_input_gets_a_clear_error(call, match):

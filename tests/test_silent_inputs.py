@@ -6,6 +6,7 @@ domain refused, and the recipes' command line and early-checkpoint copy made saf
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -29,6 +30,18 @@ from companion.checkpoint import CheckpointMismatchError
 from companion.models.autoencoder import Autoencoder, worst_perturbation
 from companion.models.classifier import Classifier, accuracy
 from companion.models.vae import VAE
+
+
+@pytest.fixture(autouse=True)
+def _book_profile_put_back():
+    """recipes.main sets BOOK_PROFILE for its process; this worker's later notebooks must not
+    run in the profile a test asked for (chapter 13 ran in gpu on a CPU)."""
+    before = os.environ.get("BOOK_PROFILE")
+    yield
+    if before is None:
+        os.environ.pop("BOOK_PROFILE", None)
+    else:
+        os.environ["BOOK_PROFILE"] = before
 
 
 # --- 11. one parser for yes/no environment variables -------------------------------------------
