@@ -28,6 +28,7 @@ k + 1, used between grid times by linear interpolation (`grid_velocity`).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -421,5 +422,8 @@ def consistency_residual(f: Callable, field: Field, x: torch.Tensor, tau: float)
     tau = check_time(tau, "tau")
     t = torch.tensor(tau, dtype=x.dtype, device=x.device)
     v = _check_field_output(field(x, tau), x).detach()
-    _, out = torch.func.jvp(f, (x, t), (v, torch.ones_like(t)))
+    with warnings.catch_warnings():
+        # torch's first jvp scripts its own decompositions with the deprecated torch.jit
+        warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+        _, out = torch.func.jvp(f, (x, t), (v, torch.ones_like(t)))
     return out
