@@ -218,6 +218,11 @@ def straightness(field: Field, x1: torch.Tensor, n_steps: int) -> tuple[torch.Te
 
 
 # --- networks on chapter 13's grid ---------------------------------------------------------------
+def _on_grid(w: torch.Tensor) -> bool:
+    """Whether every time is a grid time (w = 0; one host sync): one network call, not two."""
+    return bool((w < 1e-9).all())
+
+
 def grid_velocity(model, x: torch.Tensor, tau: torch.Tensor, K: int) -> torch.Tensor:
     """v(x, tau) with one time per point from a model of the grid steps k + 1, tau = k / K,
     linear between grid times (as `companion.sde.interpolate_steps`, per point).
@@ -227,16 +232,15 @@ def grid_velocity(model, x: torch.Tensor, tau: torch.Tensor, K: int) -> torch.Te
     """
     K = check_grid_size(K)
     _check_batch(x)
-    if not torch.is_tensor(tau) or tau.shape != (len(x),) or not tau.is_floating_point():
+    if not torch.is_tensor(tau):
         raise checks.ArgumentError(f"tau must be real times, one per point ({len(x)},), got "
-                                   f"{getattr(tau, 'shape', type(tau).__name__)}")
-    if (tau < 0).any() or (tau > 1).any():
-        raise checks.ArgumentError("tau must lie in [0, 1] (0 the data, 1 the noise)")
+                                   f"{type(tau).__name__}")
+    tau = checks.unit_times("tau", tau, len(x))
     s = tau.double() * K
     lo = (s + 1e-9).floor().clamp(0, K)
     w = (s - lo).clamp(min=0).to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
     lo = lo.long()
-    if (w < 1e-9).all():
+    if _on_grid(w):
         return _check_field_output(model(x, lo + 1), x, "the model")
     hi = (lo + 1).clamp(max=K)
     out = _check_field_output(model(torch.cat([x, x]), torch.cat([lo + 1, hi + 1])),

@@ -25,6 +25,7 @@ the digits, (B, D) for the toy; functions work per image and return (B,) in nats
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -435,11 +436,11 @@ def sample(denoiser: Callable, shape, K: int, *, order: str = "random", sched="l
         raise checks.ArgumentError(f"K = {K} steps for {D} pixels: at most one step per "
                                    f"pixel, K <= {D}")
     z = torch.full(shape, MASK, device=device)
-    masked_after = D - torch.tensor(reveal_counts(D, K, sched)).cumsum(0)
+    masked_after = [D - c for c in itertools.accumulate(reveal_counts(D, K, sched))]
     still = D
     # the smoke run (BOOK_SMOKE=1) thins the steps; a kept step reveals what the skipped did
     for k in progress(range(K), desc=f"unmasking ({order}, K = {K})", quiet=True):
-        count, still = still - int(masked_after[k]), int(masked_after[k])
+        count, still = still - masked_after[k], masked_after[k]
         if count == 0:
             continue
         with torch.no_grad():

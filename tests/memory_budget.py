@@ -229,6 +229,107 @@ def knn_labels():
                                                         device=DEVICE), k=5)
 
 
+def _binary(n: int, device=DEVICE) -> torch.Tensor:
+    return (_images(n, device=device) > 0.5).float()
+
+
+def _masked_unet(device=DEVICE):
+    from companion import recipes
+    from companion.models.unet import MaskedUNet, preset
+    from companion.profiles import get_profile
+
+    settings = recipes.masked_settings(get_profile("gpu"))
+    with device:
+        model = MaskedUNet(preset(settings["preset"])).eval()
+    return model, settings
+
+
+def _amp_logits(model):
+    """Chapter 14's denoiser on a T4: the network's logits in fp16 autocast, float32 out."""
+    def logits(z):
+        with _t4_autocast():
+            return model(z).float()
+    return logits
+
+
+def masked_training_step():
+    """Chapter 14's training step: the 15M U-Net with a mask channel, batch 128, Adam,
+    float32."""
+    from companion import masked
+    from companion.train import default_optimizer
+
+    model, settings = _masked_unet(GRAD_DEVICE)
+    model.train()
+    opt = default_optimizer(model.parameters(), settings["lr"], "cpu")
+    masked.loss(model, _binary(settings["batch_size"], GRAD_DEVICE),
+                settings["schedule"]).backward()
+    opt.step()
+
+
+def masked_negative_elbo(n_t: int = 2):
+    """Chapter 14: the negative ELBO of the 10,000 binarized test digits, fp16. The
+    chapter's n_t = 16 times repeat one time's calls, whose memory is freed in between:
+    two times show that nothing accumulates."""
+    from companion import masked
+
+    model, _ = _masked_unet()
+    with torch.no_grad():
+        masked.negative_elbo(_amp_logits(model), _binary(N_TEST), n_t=n_t)
+
+
+def masked_sampling(n: int = 1000, K: int = 4):
+    """Chapter 14: unmasking 1,000 samples (the chapter's Fréchet set), fp16; every one
+    of its up to 784 steps makes the same call on all of them, so four stand for them."""
+    from companion import masked
+
+    model, _ = _masked_unet()
+    with torch.no_grad():
+        masked.sample(_amp_logits(model), (n, 1, 28, 28), K, device=DEVICE)
+
+
+def _flow_pair(device=DEVICE):
+    """Chapter 15's teacher and student: chapter 13's U-Net (T + 1 steps) twice."""
+    from companion import recipes
+    from companion.models.unet import UNet, preset
+    from companion.profiles import get_profile
+
+    profile = get_profile("gpu")
+    settings, few = recipes.ddpm_settings(profile), recipes.fewstep_settings(profile)
+    with device:
+        teacher = UNet(preset(settings["preset"], T=settings["T"] + 1)).eval()
+        student = UNet(preset(settings["preset"], T=settings["T"] + 1)).train()
+    return teacher, student, settings["T"], few
+
+
+def distillation_step(kind: str):
+    """Chapter 15's training step of a student, batch 128, Adam, float32: progressive
+    distillation (two teacher Euler steps) or consistency distillation (a teacher Heun step
+    and the student at both ends)."""
+    from companion import fewstep
+    from companion.train import default_optimizer
+
+    teacher, student, K, few = _flow_pair(GRAD_DEVICE)
+    opt = default_optimizer(student.parameters(), few["lr"], "cpu")
+    x0 = _images(few["batch_size"], lo=-1, device=GRAD_DEVICE)
+    if kind == "progressive":
+        loss = fewstep.progressive_distillation_loss(student, teacher, x0, 8, K)
+    else:
+        loss = fewstep.consistency_distillation_loss(student, teacher, x0, few["cd_N"], K)
+    loss.backward()
+    opt.step()
+
+
+def reflow_pairs(n_steps: int = 1):
+    """Chapter 15: the teacher's ends of the 10,000 noise images reflow trains on, through
+    recipes.eps_function in fp16; each of the 25 Heun steps makes the same calls as one."""
+    from companion import fewstep
+
+    teacher, _, K, few = _flow_pair()
+    x1 = torch.randn(few["pairs"], 1, 28, 28, device=DEVICE)
+    with torch.no_grad():
+        fewstep.reflow_pairs(fewstep.grid_field(_amp_eps(teacher), K), x1, n_steps)
+
+
 def operations() -> list[Operation]:
     from companion.profiles import get_profile
 
@@ -251,6 +352,14 @@ def operations() -> list[Operation]:
         Operation("13", "ODE likelihood, one evaluation on 500 digits", ode_likelihood),
         Operation("13", "ODE sampling, 2,000 images, float32", lambda: ddpm_sampling(
             2000, fp32=True)),
+        Operation("14", "masked diffusion training step, batch 128", masked_training_step),
+        Operation("14", "negative ELBO of the test set", masked_negative_elbo),
+        Operation("14", "unmasking 1,000 samples", masked_sampling),
+        Operation("15", "progressive distillation step, batch 128",
+                  lambda: distillation_step("progressive")),
+        Operation("15", "consistency distillation step, batch 128",
+                  lambda: distillation_step("consistency")),
+        Operation("15", "reflow pairs of 10,000 noise images", reflow_pairs),
     ]
 
 
@@ -258,11 +367,19 @@ def operations() -> list[Operation]:
 # Checks that read values (a reduction and a host sync) cannot run on fake tensors; they
 # allocate nothing of note, so they are skipped here. Shape checks still run.
 VALUE_CHECKS = ("companion.checks.images",
+                "companion.checks.unit_times",
                 "companion.diffusion._check_8bit",
                 "companion.models.hvae._ImageModel._check_input",
-                "companion.models.unet.UNet.check_inputs")
+                "companion.models.unet.UNet.check_inputs",
+                "companion.masked.check_binary",
+                "companion.masked.check_times",
+                "companion.masked.check_states",
+                "companion.models.unet.check_states")
 # Host-side arithmetic on small CPU tensors (a step list): run for real.
-HOST_HELPERS = ("companion.diffusion.spaced_timesteps",)
+HOST_HELPERS = ("companion.diffusion.spaced_timesteps", "companion.masked.reveal_counts")
+# Decisions a value makes: taken as the call that needs more memory (times off chapter 13's
+# grid: two network calls a point instead of one).
+WORST_CASE = {"companion.fewstep._on_grid": lambda w: False}
 
 
 def _real(fn):
@@ -289,6 +406,8 @@ def _no_value_checks():
                 stack.enter_context(mock.patch(target, _pass_through))
             for target in HOST_HELPERS:
                 stack.enter_context(mock.patch(target, _real(pkgutil.resolve_name(target))))
+            for target, worst in WORST_CASE.items():
+                stack.enter_context(mock.patch(target, worst))
             yield
     finally:
         torch.distributions.Distribution.set_default_validate_args(validate)
