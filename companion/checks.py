@@ -394,6 +394,44 @@ def steps(t, batch: int, T: int, device) -> torch.Tensor:
     return t
 
 
+def kept_steps(steps, T: int) -> torch.Tensor:
+    """The kept steps s_1 < ... < s_n of a respaced chain as an int64 tensor (n,): at least
+    one, strictly increasing, in 1..T."""
+    s = torch.as_tensor(steps, dtype=torch.long)
+    if s.dim() != 1 or len(s) == 0 or (s[1:] <= s[:-1]).any() or s[0] < 1 or s[-1] > T:
+        raise ArgumentError(f"steps must be increasing integers in 1..{T}, got {steps!r:.80}")
+    return s
+
+
+def chain_step(s: float, t: float, clock) -> float:
+    """s, the chain's real-valued step at time t, at least the first step (give or take
+    1e-6): a time less noisy than `clock`'s first step has no value from the network."""
+    if s < 1 - 1e-6:
+        raise ArgumentError(f"t = {t:.4g} is less noisy than the chain's first step "
+                            f"(t = {clock.time(1):.4g}); stop the solver there")
+    return s
+
+
+def noise_levels(name: str, values) -> torch.Tensor:
+    """Noise levels as a float64 tensor (L,): a 1-D sequence of at least one finite value,
+    every one > 0."""
+    v = torch.as_tensor(values, dtype=torch.float64)
+    if v.dim() != 1 or len(v) == 0 or not bool(((v > 0) & torch.isfinite(v)).all()):
+        raise ArgumentError(f"{name} must be a 1-D sequence of positive noise levels, got "
+                            f"{values!r:.80}")
+    return v
+
+
+def step_sizes(levels: list, sizes) -> list[float]:
+    """Langevin step sizes as floats, one per level (at least one level), every one a
+    finite real > 0."""
+    sizes = list(sizes)
+    if len(levels) != len(sizes) or not levels:
+        raise ArgumentError(f"need one step size per level, got {len(levels)} levels and "
+                            f"{len(sizes)} step sizes")
+    return [positive("every step size", a) for a in sizes]
+
+
 def schedule(name: str, values) -> torch.Tensor:
     """A noise schedule (betas): a 1-D tensor of length T >= 1, every value in (0, 1)."""
     if not torch.is_tensor(values):

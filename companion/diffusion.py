@@ -52,8 +52,8 @@ def linear_betas(T: int, start: float = 1e-4, end: float = 0.02) -> torch.Tensor
     that the total noise stays comparable: `linear_betas(T, 1e-4 * 1000 / T, 0.02 * 1000 / T)`.
     """
     T = _check_T(T)
-    if not 0 < start <= end < 1:
-        raise ValueError(f"need 0 < start <= end < 1, got start={start}, end={end}")
+    start = checks.real("start", start, low=0.0, high=1.0, open_low=True, open_high=True)
+    end = checks.real("end (start <= end < 1)", end, low=start, high=1.0, open_high=True)
     if T == 1:
         return torch.tensor([end], dtype=torch.float64)
     return torch.linspace(start, end, T, dtype=torch.float64)
@@ -530,9 +530,7 @@ class Diffusion:
         Its alpha_bar at step i is this one's alpha_bar_{s_i}; its betas are
         1 - alpha_bar_{s_i} / alpha_bar_{s_{i-1}} with alpha_bar_{s_0} = 1.
         """
-        s = torch.as_tensor(steps, dtype=torch.long)
-        if s.dim() != 1 or len(s) == 0 or (s[1:] <= s[:-1]).any() or s[0] < 1 or s[-1] > self.T:
-            raise ValueError(f"steps must be increasing integers in 1..{self.T}, got {steps!r:.80}")
+        s = checks.kept_steps(steps, self.T)
         abar = self.alphas_bar_.cpu()[s]
         prev = torch.cat([torch.ones(1, dtype=abar.dtype), abar[:-1]])
         return Diffusion(1 - abar / prev, device=self.device)
@@ -735,9 +733,7 @@ class Diffusion:
 # --- annealed Langevin dynamics -------------------------------------------------------------
 def song_ermon_step_sizes(sigmas, eps: float) -> torch.Tensor:
     """alpha_i = eps sigma_i^2 / sigma_L^2 (Song & Ermon 2019), sigma_L the smallest level."""
-    sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
-    if sigmas.dim() != 1 or (sigmas <= 0).any():
-        raise ValueError("sigmas must be a 1-D sequence of positive noise levels")
+    sigmas = checks.noise_levels("sigmas", sigmas)
     return eps * sigmas**2 / sigmas[-1] ** 2
 
 
@@ -766,12 +762,7 @@ def annealed_langevin(score_fn, x: torch.Tensor, levels, step_sizes, n_steps: in
         (B, ...) the samples.
     """
     levels = list(levels)
-    step_sizes = [float(a) for a in step_sizes]
-    if len(levels) != len(step_sizes) or not levels:
-        raise ValueError(f"need one step size per level, got {len(levels)} levels and "
-                         f"{len(step_sizes)} step sizes")
-    if any(not a > 0 for a in step_sizes):
-        raise ValueError("step sizes must be positive")
+    step_sizes = checks.step_sizes(levels, step_sizes)
     n_steps = checks.count("n_steps", n_steps)
     checks.batch("x", x)
 

@@ -210,10 +210,7 @@ class ChainClock:
     def eps(self, model) -> Field:
         """eps(x, t) for t in [time(1), 1] from a model of the chain's steps (interpolated)."""
         def field(x, t):
-            s = self.step(t)
-            if s < 1 - 1e-6:
-                raise ValueError(f"t = {t:.4g} is less noisy than the chain's first step "
-                                 f"(t = {self.time(1):.4g}); stop the solver there")
+            s = checks.chain_step(self.step(t), t, self)
             return interpolate_steps(model, x, max(s, 1.0))
         return field
 
@@ -248,13 +245,8 @@ def heun(field: Field, x: torch.Tensor, ts: Sequence[float]) -> torch.Tensor:
 
     x' = x_k + h F(x_k, t_k),  x_{k+1} = x_k + h/2 [F(x_k, t_k) + F(x', t_{k+1})].
 
-    Args:
-        field: F(x (B, ...), t float) -> (B, ...), the ODE's velocity.
-        x: (B, ...) the state at ts[0].
-        ts: the times, increasing or decreasing; len(ts) - 1 steps.
-
-    Returns:
-        The state at ts[-1], (B, ...).
+    The arguments as for `euler`: the velocity F(x (B, ...), t float) -> (B, ...), the
+    state x (B, ...) at ts[0] and the times ts; returns the state at ts[-1], (B, ...).
     """
     for a, b in _steps(x, ts):
         h = b - a
