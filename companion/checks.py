@@ -478,9 +478,9 @@ def score_noise(sigma: float) -> float:
 
 def unit_times(name: str, t: torch.Tensor, n: int) -> torch.Tensor:
     """One real time in [0, 1] per point: a float tensor (n,), NaN refused (one sync)."""
-    if t.shape != (n,):
-        raise ArgumentError(f"{name} must be a number or one time per point ({n},), got "
-                            f"{tuple(t.shape)}")
+    if not torch.is_tensor(t) or t.shape != (n,):
+        raise ArgumentError(f"{name} must be real times, one per point ({n},), got "
+                            f"{tuple(t.shape) if torch.is_tensor(t) else _got(t)}")
     if not t.is_floating_point():
         raise ArgumentError(f"{name} must hold real times in [0, 1], got {t.dtype}")
     if not bool(((t >= 0) & (t <= 1)).all()):  # NaN too

@@ -76,12 +76,7 @@ class MixturePath:
     def _times(self, tau, x) -> torch.Tensor:
         """tau as float64 (B, 1) or (1, 1): a number, or one time per point (B,)."""
         if torch.is_tensor(tau) and tau.dim() > 0:
-            if tau.shape != (len(x),) or not tau.is_floating_point():
-                raise checks.ArgumentError(f"tau must be a number or real times, one per point "
-                                           f"({len(x)},), got {tuple(tau.shape)} {tau.dtype}")
-            if (tau < 0).any() or (tau > 1).any():
-                raise checks.ArgumentError("tau must lie in [0, 1] (0 the data, 1 the noise)")
-            return tau.to(torch.float64).reshape(-1, 1)
+            return checks.unit_times("tau", tau, len(x)).to(torch.float64).reshape(-1, 1)
         return torch.tensor([[checks.unit_time("tau", tau)]], dtype=torch.float64)
 
     def components(self, tau) -> tuple[torch.Tensor, torch.Tensor]:
@@ -227,11 +222,7 @@ def grid_velocity(model, x: torch.Tensor, tau: torch.Tensor, K: int) -> torch.Te
     """
     K = checks.grid_intervals(K)
     checks.batch("x", x, min_dims=2)
-    if not torch.is_tensor(tau) or tau.shape != (len(x),) or not tau.is_floating_point():
-        raise checks.ArgumentError(f"tau must be real times, one per point ({len(x)},), got "
-                                   f"{getattr(tau, 'shape', type(tau).__name__)}")
-    if (tau < 0).any() or (tau > 1).any():
-        raise checks.ArgumentError("tau must lie in [0, 1] (0 the data, 1 the noise)")
+    checks.unit_times("tau", tau, len(x))
     s = tau.double() * K
     lo = (s + 1e-9).floor().clamp(0, K)
     w = (s - lo).clamp(min=0).to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))

@@ -59,7 +59,7 @@ def test_path_pair_refuses_broadcasting_and_the_end_of_the_path_where_asked():
         checks.path_pair("a and b", a, a, 1.0, before_noise=True)
     with pytest.raises(checks.ArgumentError, match="same shape"):
         checks.path_pair("a and b", a, a[:1], 0.5)
-    with pytest.raises(checks.ArgumentError, match=r"one time per point \(2,\)"):
+    with pytest.raises(checks.ArgumentError, match=r"real times, one per point \(2,\)"):
         checks.path_pair("a and b", a, a, torch.tensor([0.5, 0.5, 0.5]))
 
 
