@@ -320,7 +320,8 @@ class Diffusion:
 
         Book: :eq:`ch8-forward`.
         """
-        return self._q_sample(x0, self._check_at(t, x0=x0, noise=noise), noise)
+        t = self._check_at(t, x0=x0, noise=noise)
+        return self._q_sample(x0, t, noise)
 
     def _q_sample(self, x0, t, noise):
         abar = self._at(self.alphas_bar_, t, x0)
@@ -350,7 +351,8 @@ class Diffusion:
     # --- parameterizations ---------------------------------------------------------------
     def x0_from_eps(self, x_t, t, eps):
         """x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)."""
-        return self._x0_from_eps(x_t, self._check_at(t, x_t=x_t, eps=eps), eps)
+        t = self._check_at(t, x_t=x_t, eps=eps)
+        return self._x0_from_eps(x_t, t, eps)
 
     def _x0_from_eps(self, x_t, t, eps):
         return predict_x0(x_t, eps, self._at(self.alphas_bar_, t, x_t))
@@ -366,7 +368,8 @@ class Diffusion:
 
         Book: :eq:`ch9-ancestral`.
         """
-        return self._mean_from_eps(x_t, self._check_at(t, x_t=x_t, eps=eps), eps)
+        t = self._check_at(t, x_t=x_t, eps=eps)
+        return self._mean_from_eps(x_t, t, eps)
 
     def _mean_from_eps(self, x_t, t, eps):
         beta = self._at(self.betas_, t, x_t)
@@ -409,7 +412,8 @@ class Diffusion:
         """log sigma_t^2 shaped (B, 1, ..., 1); at t = 1 log beta_tilde_2 (Ho's treatment)."""
         _check_variance(variance)
         buf = self.beta_log_variance_ if variance == "beta" else self.posterior_log_variance_
-        return self._at(buf, self._check_at(t, like=like), like)
+        t = self._check_at(t, like=like)
+        return self._at(buf, t, like)
 
     def p_mean_variance(self, eps_model: EpsModel, x_t: torch.Tensor, t,
                         variance: str = "beta", clip: bool = False) -> dict:
@@ -423,7 +427,8 @@ class Diffusion:
         heuristic for images, not part of the model (the bound never clips).
         """
         _check_variance(variance)
-        return self._p_mean_variance(eps_model, x_t, self._check_at(t, x_t=x_t), variance, clip)
+        t = self._check_at(t, x_t=x_t)
+        return self._p_mean_variance(eps_model, x_t, t, variance, clip)
 
     def _p_mean_variance(self, eps_model, x_t, t, variance, clip):
         return self._p_from_eps(x_t, t, eps_model(x_t, t), variance, clip)

@@ -137,7 +137,8 @@ class VPSDE:
         noise predictor does not define): the field refuses t = 0 and says what to pass.
         """
         def score(x, t):
-            return -eps(x, t) / checks.score_noise(self.sigma(t))
+            sigma = checks.score_noise(self.sigma(t))
+            return -eps(x, t) / sigma
         return score
 
 
