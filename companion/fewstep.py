@@ -308,11 +308,7 @@ def reflow_pairs(field: Field, x1: torch.Tensor, n_steps: int, *,
 
 
 def _check_pairs(x0, x1):
-    checks.batch("x0", x0, min_dims=2)
-    if not torch.is_tensor(x1) or x1.shape != x0.shape:
-        raise checks.ArgumentError(f"x0 and x1 must be pairs of the same shape, got "
-                                   f"{tuple(x0.shape)} and "
-                                   f"{tuple(getattr(x1, 'shape', ())) or type(x1).__name__}")
+    checks.same_shape("x0 and x1 (pairs)", checks.batch("x0", x0, min_dims=2), x1)
 
 
 def coupled_flow_matching_loss(model, x0: torch.Tensor, x1: torch.Tensor, K: int,
