@@ -246,8 +246,13 @@ def heun(field: Field, x: torch.Tensor, ts: Sequence[float]) -> torch.Tensor:
 
     x' = x_k + h F(x_k, t_k),  x_{k+1} = x_k + h/2 [F(x_k, t_k) + F(x', t_{k+1})].
 
-    The arguments as for `euler`: the velocity F(x (B, ...), t float) -> (B, ...), the
-    state x (B, ...) at ts[0] and the times ts; returns the state at ts[-1], (B, ...).
+    Args:
+        field: the ODE's velocity, as for `euler`.
+        x: the state at ts[0], (B, ...).
+        ts: the grid, as for `euler`; 2 (len(ts) - 1) evaluations.
+
+    Returns:
+        (B, ...), the state at ts[-1].
     """
     for a, b in _steps(x, ts):
         h = b - a
