@@ -118,6 +118,15 @@ def _range(low, high, open_low, open_high) -> str:
     return f" in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
 
 
+def weights(name_a: str, a, name_b: str, b) -> tuple[float, float]:
+    """(a, b) as floats, two finite weights >= 0, not both 0 (of x_0 and of eps in
+    x_t = a x_0 + b eps)."""
+    a, b = real(name_a, a, low=0.0), real(name_b, b, low=0.0)
+    if not a + b > 0:
+        raise ArgumentError(f"{name_a} and {name_b} must be >= 0, not both 0; got {a}, {b}")
+    return a, b
+
+
 def tensor(name: str, value, *, dims: int | None = None, floating: bool = False,
            nonempty: bool = False) -> torch.Tensor:
     """`value` if it is a tensor (with `dims` dimensions, floating point, non-empty, as
@@ -161,9 +170,18 @@ def images(name: str, x, *, low: float = 0.0, high: float = 1.0, shape=None,
     return x
 
 
-def batch(name: str, x, *, min_dims: int = 1) -> torch.Tensor:
+def data(name: str, x) -> torch.Tensor:
+    """`x` if it is a non-empty floating-point batch (B, ...) with at least 2 dimensions
+    and, when it holds images (B, C, H, W), values in [-1, 1], as the U-Net takes them
+    (0..255 bytes and [0, 1] images get the conversion)."""
+    batch(name, x, min_dims=2)
+    return images(name, x, low=-1.0, high=1.0) if x.dim() == 4 else x
+
+
+def batch(name: str, x, *, min_dims: int = 1, shape=None) -> torch.Tensor:
     """`x` if it is a non-empty floating-point batch (B, ...) with at least `min_dims`
-    dimensions (free: no device sync). 8-bit pixels get the conversion to [-1, 1]."""
+    dimensions and, with `shape`, of that whole shape (free: no device sync). 8-bit pixels
+    get the conversion to [-1, 1]."""
     if not torch.is_tensor(x):
         raise ArgumentError(f"{name} must be a torch tensor, got {type(x).__name__}; convert "
                             f"it with torch.as_tensor({name}) (torch.from_numpy for a NumPy "
@@ -180,7 +198,38 @@ def batch(name: str, x, *, min_dims: int = 1) -> torch.Tensor:
         raise ArgumentError(f"{name} is an empty batch (no images), shape {tuple(x.shape)}: "
                             "pass at least one image (check the batch size and the data "
                             "slice)")
+    if shape is not None and tuple(x.shape) != tuple(shape):
+        raise ArgumentError(f"{name} has shape {tuple(x.shape)}, expected {tuple(shape)}")
     return x
+
+
+def points(name: str, x, fix: str) -> torch.Tensor:
+    """`x` if it is a batch of points (B, D) (`batch` with two dimensions); `fix` says what
+    to do with images."""
+    batch(name, x, min_dims=2)
+    if x.dim() != 2:
+        raise ArgumentError(f"{name} must be points (B, D), got shape {tuple(x.shape)}: {fix}")
+    return x
+
+
+def stacked(name: str, value, like: torch.Tensor) -> torch.Tensor:
+    """`value` if it is a tensor (P, *like.shape) with P >= 1: P draws of something shaped
+    like `like` (Hutchinson's probes)."""
+    if not torch.is_tensor(value) or value.dim() != like.dim() + 1 or len(value) == 0 \
+            or value.shape[1:] != like.shape:
+        raise ArgumentError(f"{name} must be (P, *x.shape) = (P, "
+                            f"{', '.join(map(str, like.shape))}) with P >= 1, got "
+                            f"{tuple(value.shape) if torch.is_tensor(value) else value!r}")
+    return value
+
+
+def per_point(out, n: int, *, who: str, fix: str) -> torch.Tensor:
+    """`out` if it is a tensor (n,), one value per point: a (n, 1) would broadcast into
+    (n, n) when added to a (n,)."""
+    if not torch.is_tensor(out) or tuple(out.shape) != (n,):
+        raise ArgumentError(f"{who} must return one value per point ({n},), got "
+                            f"{tuple(getattr(out, 'shape', ())) or type(out).__name__}: {fix}")
+    return out
 
 
 def same_shape(names: str, a, b) -> None:
@@ -191,9 +240,12 @@ def same_shape(names: str, a, b) -> None:
                             f"{tuple(getattr(b, 'shape', ()))}")
 
 
-def output(out, shape, *, who: str, what: str, against: str = "x") -> torch.Tensor:
-    """A model's or a field's output `out`, a tensor of `shape` (that of `against`): a
-    (B, 1, 1, 1) prediction would broadcast silently against (B, 1, 28, 28)."""
+def output(out, shape, *, who: str = "the field", what: str = "a value for every point",
+           against: str = "x") -> torch.Tensor:
+    """A model's or a field's output `out`, a tensor of `shape` (that of `against`, or
+    `against` itself when a tensor is given): a (B, 1, 1, 1) prediction would broadcast
+    silently against (B, 1, 28, 28)."""
+    shape = shape.shape if torch.is_tensor(shape) else shape
     if not torch.is_tensor(out):
         raise ArgumentError(f"{who} must return a tensor ({what}), got "
                             f"{type(out).__name__}")
@@ -202,6 +254,19 @@ def output(out, shape, *, who: str, what: str, against: str = "x") -> torch.Tens
                             f"{tuple(shape)}; it must return {what} of the same shape "
                             f"(shaped like {against})")
     return out
+
+
+def path_pair(names: str, a, b, tau, *, before_noise: bool = False):
+    """tau as a float in [0, 1] (in [0, 1) with `before_noise`: at tau = 1 the linear path
+    is pure noise, and its velocity no function of eps), or a float tensor (B,) of such
+    times, one per point, for two tensors `a` and `b` (B, ...) of one shape."""
+    same_shape(names, a, b)
+    if torch.is_tensor(tau) and tau.dim() > 0 and not before_noise:
+        return unit_times("tau", tau, len(a))
+    if before_noise:
+        return real("tau (use tau < 1: at tau = 1 the path is pure noise, and the velocity "
+                    "no function of eps)", tau, low=0.0, high=1.0, open_high=True)
+    return unit_time("tau", tau)
 
 
 def unit_time(name: str, t) -> float:
@@ -215,6 +280,14 @@ def unit_time(name: str, t) -> float:
                 "s / T)") if value > 1 else ""
         raise ArgumentError(f"{name} must lie in [0, 1], got {value:g}{hint}")
     return value
+
+
+def time_span(t0, t1) -> tuple[float, float]:
+    """(t0, t1), two times in [0, 1] with t0 < t1 (from the data towards the noise)."""
+    t0, t1 = unit_time("t0", t0), unit_time("t1", t1)
+    if not t0 < t1:
+        raise ArgumentError(f"need t0 < t1 (data to noise), got t0={t0}, t1={t1}")
+    return t0, t1
 
 
 def time_grid(ts) -> list[float]:
@@ -236,6 +309,16 @@ def model_steps(model, steps: int, *, what: str, fix: str) -> None:
     if isinstance(T, int) and T != steps:
         raise ArgumentError(f"the model was built for T = {T} steps but {what} has "
                             f"{steps}: {fix}")
+
+
+def grid_intervals(K, model=None) -> int:
+    """K, the number of intervals of the flow's grid tau = k / K, as a positive int; with
+    `model`, refused unless the model was built for the K + 1 grid times (its config.T)."""
+    K = count("K (grid intervals of tau, a positive int)", K)
+    if model is not None:
+        model_steps(model, K + 1, what=f"the grid of tau, K + 1 = {K + 1} times", fix="build "
+                    f"the U-Net with preset(..., T={K + 1}), or pass the K it was trained on")
+    return K
 
 
 GRID_TOLERANCE = 1e-4  # how far (x + 1) * 127.5 may lie from an integer (float rounding)
@@ -311,6 +394,44 @@ def steps(t, batch: int, T: int, device) -> torch.Tensor:
     return t
 
 
+def kept_steps(steps, T: int) -> torch.Tensor:
+    """The kept steps s_1 < ... < s_n of a respaced chain as an int64 tensor (n,): at least
+    one, strictly increasing, in 1..T."""
+    s = torch.as_tensor(steps, dtype=torch.long)
+    if s.dim() != 1 or len(s) == 0 or (s[1:] <= s[:-1]).any() or s[0] < 1 or s[-1] > T:
+        raise ArgumentError(f"steps must be increasing integers in 1..{T}, got {steps!r:.80}")
+    return s
+
+
+def chain_step(s: float, t: float, clock) -> float:
+    """s, the chain's real-valued step at time t, at least the first step (give or take
+    1e-6): a time less noisy than `clock`'s first step has no value from the network."""
+    if s < 1 - 1e-6:
+        raise ArgumentError(f"t = {t:.4g} is less noisy than the chain's first step "
+                            f"(t = {clock.time(1):.4g}); stop the solver there")
+    return s
+
+
+def noise_levels(name: str, values) -> torch.Tensor:
+    """Noise levels as a float64 tensor (L,): a 1-D sequence of at least one finite value,
+    every one > 0."""
+    v = torch.as_tensor(values, dtype=torch.float64)
+    if v.dim() != 1 or len(v) == 0 or not bool(((v > 0) & torch.isfinite(v)).all()):
+        raise ArgumentError(f"{name} must be a 1-D sequence of positive noise levels, got "
+                            f"{values!r:.80}")
+    return v
+
+
+def step_sizes(levels: list, sizes) -> list[float]:
+    """Langevin step sizes as floats, one per level (at least one level), every one a
+    finite real > 0."""
+    sizes = list(sizes)
+    if len(levels) != len(sizes) or not levels:
+        raise ArgumentError(f"need one step size per level, got {len(levels)} levels and "
+                            f"{len(sizes)} step sizes")
+    return [positive("every step size", a) for a in sizes]
+
+
 def schedule(name: str, values) -> torch.Tensor:
     """A noise schedule (betas): a 1-D tensor of length T >= 1, every value in (0, 1)."""
     if not torch.is_tensor(values):
@@ -326,11 +447,40 @@ def schedule(name: str, values) -> torch.Tensor:
     return values
 
 
+def chain_alphas_bar(alphas_bar, beta_min: float) -> torch.Tensor:
+    """A chain's alpha_bar_1..T as float64 on the CPU: T >= 2 values, decreasing, in (0, 1)
+    (alpha_bar_0 = 1 prepended is refused: it shifts every step by one), ending with more
+    noise than a linear beta(t) from beta_min starts with (-log alpha_bar_T >= beta_min)."""
+    ab = torch.as_tensor(alphas_bar, dtype=torch.float64).cpu()
+    if ab.dim() == 1 and len(ab) and (ab.isnan().any() or ab[0] >= 1):
+        raise ArgumentError("alphas_bar must be alpha_bar_1..T, each in (0, 1): got NaN, or "
+                            "a first value of 1 (alpha_bar_0, which the clock adds itself: "
+                            "pass alphas_bar[1:], else T is off by one)")
+    if ab.dim() != 1 or len(ab) < 2 or (ab <= 0).any() or (ab[1:] >= ab[:-1]).any():
+        raise ArgumentError("alphas_bar must be the chain's decreasing alpha_bar_1..T (T >= 2)")
+    if -math.log(ab[-1].item()) < beta_min:
+        raise ArgumentError(f"the chain ends at alpha_bar_T = {ab[-1].item():.3g}, too little "
+                            f"noise for a linear beta(t) from beta_min = {beta_min}")
+    return ab
+
+
+def score_noise(sigma: float) -> float:
+    """sigma(t) > 0, where the score -eps / sigma(t) of a noise predictor is defined (at
+    t = 0 it is 0/0)."""
+    if sigma == 0.0:
+        raise ArgumentError(
+            "the score -eps / sigma(t) is 0/0 at t = 0, where sigma(0) = 0: start the "
+            "likelihood and end the solver's time grid at a small t > 0 (for a network "
+            "trained on a chain, its first step, ChainClock.time(1)); for "
+            "ode_log_likelihood pass t0=that time")
+    return sigma
+
+
 def unit_times(name: str, t: torch.Tensor, n: int) -> torch.Tensor:
     """One real time in [0, 1] per point: a float tensor (n,), NaN refused (one sync)."""
-    if t.shape != (n,):
-        raise ArgumentError(f"{name} must be a number or one time per point ({n},), got "
-                            f"{tuple(t.shape)}")
+    if not torch.is_tensor(t) or t.shape != (n,):
+        raise ArgumentError(f"{name} must be real times, one per point ({n},), got "
+                            f"{tuple(t.shape) if torch.is_tensor(t) else _got(t)}")
     if not t.is_floating_point():
         raise ArgumentError(f"{name} must hold real times in [0, 1], got {t.dtype}")
     if not bool(((t >= 0) & (t <= 1)).all()):  # NaN too

@@ -52,8 +52,8 @@ def linear_betas(T: int, start: float = 1e-4, end: float = 0.02) -> torch.Tensor
     that the total noise stays comparable: `linear_betas(T, 1e-4 * 1000 / T, 0.02 * 1000 / T)`.
     """
     T = _check_T(T)
-    if not 0 < start <= end < 1:
-        raise ValueError(f"need 0 < start <= end < 1, got start={start}, end={end}")
+    start = checks.real("start", start, low=0.0, high=1.0, open_low=True, open_high=True)
+    end = checks.real("end (start <= end < 1)", end, low=start, high=1.0, open_high=True)
     if T == 1:
         return torch.tensor([end], dtype=torch.float64)
     return torch.linspace(start, end, T, dtype=torch.float64)
@@ -294,8 +294,14 @@ class Diffusion:
                            "device=...) or move it with .to(device)", t)
         return buf[t].to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
 
-    def _check_pair(self, a: torch.Tensor, b: torch.Tensor, na: str, nb: str) -> None:
-        checks.same_shape(f"{na} and {nb}", checks.batch(na, a), checks.batch(nb, b))
+    def _check_at(self, t, **batch: torch.Tensor) -> torch.Tensor:
+        """t as the steps (B,) of a batch: the first tensor named in `batch`, (B, ...), a
+        non-empty float batch, and every other one of its shape (no broadcasting)."""
+        (name, x), *rest = batch.items()
+        checks.batch(name, x)
+        for other, y in rest:
+            checks.same_shape(f"{name} and {other}", x, checks.batch(other, y))
+        return self.check_t(t, len(x))
 
     # --- forward process and posterior ---------------------------------------------------
     def q_mean_variance(self, x0: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
@@ -305,8 +311,7 @@ class Diffusion:
 
         Book: :eq:`ch8-forward`.
         """
-        _check_data(x0, "x0")
-        t = self.check_t(t, len(x0))
+        t = self._check_at(t, x0=x0)
         abar = self._at(self.alphas_bar_, t, x0)
         return abar.sqrt() * x0, 1 - abar
 
@@ -315,8 +320,8 @@ class Diffusion:
 
         Book: :eq:`ch8-forward`.
         """
-        self._check_pair(x0, noise, "x0", "noise")
-        return self._q_sample(x0, self.check_t(t, len(x0)), noise)
+        t = self._check_at(t, x0=x0, noise=noise)
+        return self._q_sample(x0, t, noise)
 
     def _q_sample(self, x0, t, noise):
         abar = self._at(self.alphas_bar_, t, x0)
@@ -324,8 +329,7 @@ class Diffusion:
 
     def q_step(self, x_prev: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
         """One forward step: x_t = sqrt(alpha_t) x_{t-1} + sqrt(beta_t) noise."""
-        self._check_pair(x_prev, noise, "x_prev", "noise")
-        t = self.check_t(t, len(x_prev))
+        t = self._check_at(t, x_prev=x_prev, noise=noise)
         return (self._at(self.alphas_, t, x_prev).sqrt() * x_prev
                 + self._at(self.betas_, t, x_prev).sqrt() * noise)
 
@@ -337,8 +341,7 @@ class Diffusion:
 
         Book: :eq:`ch8-posterior`.
         """
-        self._check_pair(x0, x_t, "x0", "x_t")
-        t = self.check_t(t, len(x0))
+        t = self._check_at(t, x0=x0, x_t=x_t)
         return self._q_posterior_mean(x0, x_t, t), self._at(self.posterior_variance_, t, x0)
 
     def _q_posterior_mean(self, x0, x_t, t):
@@ -348,16 +351,15 @@ class Diffusion:
     # --- parameterizations ---------------------------------------------------------------
     def x0_from_eps(self, x_t, t, eps):
         """x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)."""
-        self._check_pair(x_t, eps, "x_t", "eps")
-        return self._x0_from_eps(x_t, self.check_t(t, len(x_t)), eps)
+        t = self._check_at(t, x_t=x_t, eps=eps)
+        return self._x0_from_eps(x_t, t, eps)
 
     def _x0_from_eps(self, x_t, t, eps):
         return predict_x0(x_t, eps, self._at(self.alphas_bar_, t, x_t))
 
     def eps_from_x0(self, x_t, t, x0):
         """eps = (x_t - sqrt(alpha_bar_t) x_0) / sqrt(1 - alpha_bar_t)."""
-        self._check_pair(x_t, x0, "x_t", "x0")
-        t = self.check_t(t, len(x_t))
+        t = self._check_at(t, x_t=x_t, x0=x0)
         abar = self._at(self.alphas_bar_, t, x_t)
         return predict_eps(x_t, x0, abar)
 
@@ -366,8 +368,8 @@ class Diffusion:
 
         Book: :eq:`ch9-ancestral`.
         """
-        self._check_pair(x_t, eps, "x_t", "eps")
-        return self._mean_from_eps(x_t, self.check_t(t, len(x_t)), eps)
+        t = self._check_at(t, x_t=x_t, eps=eps)
+        return self._mean_from_eps(x_t, t, eps)
 
     def _mean_from_eps(self, x_t, t, eps):
         beta = self._at(self.betas_, t, x_t)
@@ -376,8 +378,7 @@ class Diffusion:
 
     def eps_from_mean(self, x_t, t, mean):
         """eps = (x_t - sqrt(alpha_t) mu) sqrt(1 - alpha_bar_t) / beta_t."""
-        self._check_pair(x_t, mean, "x_t", "mean")
-        t = self.check_t(t, len(x_t))
+        t = self._check_at(t, x_t=x_t, mean=mean)
         beta = self._at(self.betas_, t, x_t)
         abar = self._at(self.alphas_bar_, t, x_t)
         return (x_t - (1 - beta).sqrt() * mean) * (1 - abar).sqrt() / beta
@@ -387,8 +388,7 @@ class Diffusion:
 
         Book: :eq:`ch8-tweedie`.
         """
-        self._check_pair(x_t, eps, "x_t", "eps")
-        t = self.check_t(t, len(x_t))
+        t = self._check_at(t, x_t=x_t, eps=eps)
         return -eps / (1 - self._at(self.alphas_bar_, t, x_t)).sqrt()
 
     def eps_from_score(self, x_t, t, score):
@@ -396,15 +396,13 @@ class Diffusion:
 
         Book: :eq:`ch8-tweedie`.
         """
-        self._check_pair(x_t, score, "x_t", "score")
-        t = self.check_t(t, len(x_t))
+        t = self._check_at(t, x_t=x_t, score=score)
         return -(1 - self._at(self.alphas_bar_, t, x_t)).sqrt() * score
 
     def score_fn(self, eps_model: EpsModel) -> Callable[[torch.Tensor, int], torch.Tensor]:
         """The score s(x, t) = -eps_model(x, t) / sqrt(1 - alpha_bar_t), t an int in 1..T."""
         def score(x: torch.Tensor, t: int) -> torch.Tensor:
-            if not 1 <= int(t) <= self.T:
-                raise ValueError(f"t must lie in 1..T = 1..{self.T}, got {t}")
+            t = checks.count("t (a step of the chain, 1..T)", t, maximum=self.T)
             tt = torch.full((len(x),), t, dtype=torch.long, device=x.device)
             return -eps_model(x, tt).to(x.dtype) / math.sqrt(1 - self._alphas_bar_list[t])
         return score
@@ -413,9 +411,9 @@ class Diffusion:
     def model_log_variance(self, t, like: torch.Tensor, variance: str = "beta"):
         """log sigma_t^2 shaped (B, 1, ..., 1); at t = 1 log beta_tilde_2 (Ho's treatment)."""
         _check_variance(variance)
-        _check_data(like, "like")
         buf = self.beta_log_variance_ if variance == "beta" else self.posterior_log_variance_
-        return self._at(buf, self.check_t(t, len(like)), like)
+        t = self._check_at(t, like=like)
+        return self._at(buf, t, like)
 
     def p_mean_variance(self, eps_model: EpsModel, x_t: torch.Tensor, t,
                         variance: str = "beta", clip: bool = False) -> dict:
@@ -429,8 +427,8 @@ class Diffusion:
         heuristic for images, not part of the model (the bound never clips).
         """
         _check_variance(variance)
-        _check_data(x_t, "x_t")
-        return self._p_mean_variance(eps_model, x_t, self.check_t(t, len(x_t)), variance, clip)
+        t = self._check_at(t, x_t=x_t)
+        return self._p_mean_variance(eps_model, x_t, t, variance, clip)
 
     def _p_mean_variance(self, eps_model, x_t, t, variance, clip):
         return self._p_from_eps(x_t, t, eps_model(x_t, t), variance, clip)
@@ -468,7 +466,7 @@ class Diffusion:
 
         Book: :eq:`ch9-lsimple`.
         """
-        _check_data(x0, "x0")  # an empty batch too: the mean over no images is NaN
+        checks.batch("x0", x0)  # an empty batch too: the mean over no images is NaN
         self._check_model_T(eps_model)
         t = torch.randint(1, self.T + 1, (len(x0),), device=x0.device,
                           generator=_gen_for(generator, x0.device))
@@ -537,9 +535,7 @@ class Diffusion:
         Its alpha_bar at step i is this one's alpha_bar_{s_i}; its betas are
         1 - alpha_bar_{s_i} / alpha_bar_{s_{i-1}} with alpha_bar_{s_0} = 1.
         """
-        s = torch.as_tensor(steps, dtype=torch.long)
-        if s.dim() != 1 or len(s) == 0 or (s[1:] <= s[:-1]).any() or s[0] < 1 or s[-1] > self.T:
-            raise ValueError(f"steps must be increasing integers in 1..{self.T}, got {steps!r:.80}")
+        s = checks.kept_steps(steps, self.T)
         abar = self.alphas_bar_.cpu()[s]
         prev = torch.cat([torch.ones(1, dtype=abar.dtype), abar[:-1]])
         return Diffusion(1 - abar / prev, device=self.device)
@@ -617,7 +613,7 @@ class Diffusion:
     # --- the variational bound ---------------------------------------------------------------
     def prior_kl(self, x0: torch.Tensor) -> torch.Tensor:
         """L_T = KL(q(x_T | x_0) || N(0, I)) in nats, summed over dimensions: (B, ...) -> (B,)."""
-        _check_data(x0, "x0")
+        checks.batch("x0", x0)
         abar = self.alphas_bar_[self.T].to(x0.dtype)
         mean = abar.sqrt() * x0
         logvar = torch.log1p(-abar).expand_as(x0)
@@ -636,15 +632,11 @@ class Diffusion:
 
         Book: :eq:`ch8-kl-mse`.
         """
-        _check_variance(variance)
-        _check_decoder(decoder)
-        _check_data(x0, "x0")
+        _check_bound(x0, variance, decoder, "term_at")
         t = self.check_t(t, len(x0))
-        if decoder == "discretized":
-            _check_8bit(x0, "term_at")
         if noise is None:
             noise = _randn(x0.shape, x0, generator)
-        self._check_pair(x0, noise, "x0", "noise")
+        checks.same_shape("x0 and noise", x0, checks.batch("noise", noise))
         return self._term_at(eps_model, x0, t, noise, variance, decoder)
 
     def _term_at(self, eps_model, x0, t, noise, variance, decoder):
@@ -692,15 +684,8 @@ class Diffusion:
 
         Book: :eq:`ch8-bound`, :eq:`ch9-bound`.
         """
-        _check_variance(variance)
-        _check_decoder(decoder)
-        _check_data(x0, "x0")
+        _check_bound(x0, variance, decoder, "bound_terms")
         B = len(x0)
-        if B == 0:
-            raise ValueError(f"bound_terms got no images, x0 of shape {tuple(x0.shape)}; "
-                             "pass at least one image")
-        if decoder == "discretized":
-            _check_8bit(x0, "bound_terms")
         # the smoke run (BOOK_SMOKE=1) computes a couple of steps, one a call, the rest zeros
         chunk = 1 if smoke_mode() else max(1, max_batch // B)
         terms = torch.zeros(B, self.T, dtype=x0.dtype, device=x0.device)
@@ -736,15 +721,10 @@ class Diffusion:
         Returns:
             MonteCarloBound: `per_image` (B,) nats, their `mean` and its `stderr`.
         """
-        _check_variance(variance)
-        _check_decoder(decoder)
         draws = checks.count("draws", draws)
-        _check_data(x0, "x0")
-        B = len(x0)
-        if B < 2:
-            raise ValueError("need at least 2 images for a standard error")
-        if decoder == "discretized":
-            _check_8bit(x0, "bound_monte_carlo")
+        _check_bound(x0, variance, decoder, "bound_monte_carlo")
+        B = checks.count("the number of images (a standard error needs at least 2)", len(x0),
+                         minimum=2)
         xs = x0.repeat(draws, *([1] * (x0.dim() - 1)))
         t = torch.randint(1, self.T + 1, (len(xs),), device=x0.device,
                           generator=_gen_for(generator, x0.device))
@@ -758,9 +738,7 @@ class Diffusion:
 # --- annealed Langevin dynamics -------------------------------------------------------------
 def song_ermon_step_sizes(sigmas, eps: float) -> torch.Tensor:
     """alpha_i = eps sigma_i^2 / sigma_L^2 (Song & Ermon 2019), sigma_L the smallest level."""
-    sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
-    if sigmas.dim() != 1 or (sigmas <= 0).any():
-        raise ValueError("sigmas must be a 1-D sequence of positive noise levels")
+    sigmas = checks.noise_levels("sigmas", sigmas)
     return eps * sigmas**2 / sigmas[-1] ** 2
 
 
@@ -789,14 +767,9 @@ def annealed_langevin(score_fn, x: torch.Tensor, levels, step_sizes, n_steps: in
         (B, ...) the samples.
     """
     levels = list(levels)
-    step_sizes = [float(a) for a in step_sizes]
-    if len(levels) != len(step_sizes) or not levels:
-        raise ValueError(f"need one step size per level, got {len(levels)} levels and "
-                         f"{len(step_sizes)} step sizes")
-    if any(not a > 0 for a in step_sizes):
-        raise ValueError("step sizes must be positive")
+    step_sizes = checks.step_sizes(levels, step_sizes)
     n_steps = checks.count("n_steps", n_steps)
-    _check_data(x, "x")
+    checks.batch("x", x)
 
     def score(x, level):
         return checks.output(score_fn(x, level), x.shape, who="score_fn(x, level)",
@@ -823,8 +796,14 @@ def _check_decoder(decoder: str) -> None:
                   "'gaussian': real-valued data)")
 
 
-def _check_data(x, name: str) -> None:
-    checks.batch(name, x)
+def _check_bound(x0, variance: str, decoder: str, where: str) -> None:
+    """The bound's arguments: x0 a batch (B, ...), holding the 256 levels of 8-bit images
+    for the discretized decoder (one device sync), and the variance and decoder named."""
+    _check_variance(variance)
+    _check_decoder(decoder)
+    checks.batch("x0", x0)
+    if decoder == "discretized":
+        checks.eight_bit(x0, where)
 
 
 def _check_eps(eps, shape, name: str) -> None:
@@ -850,9 +829,7 @@ def _randn(shape, like: torch.Tensor, generator: torch.Generator | None) -> torc
 
 def _start(shape, x_T, generator, device) -> torch.Tensor:
     if x_T is not None:
-        _check_data(x_T, "x_T")
-        if tuple(x_T.shape) != tuple(shape):
-            raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
+        checks.batch("x_T", x_T, shape=shape)
         return x_T.clone()
     device = torch.device(device)
     return torch.randn(tuple(shape), device=device, generator=_gen_for(generator, device))

@@ -34,9 +34,9 @@ from collections.abc import Callable
 import torch
 
 from . import checks
-from .flow import check_grid_size, linear_path, uniform_grid
+from .flow import linear_path, uniform_grid
 from .memory import map_chunks
-from .sde import _check_batch, _check_field_output, check_time, euler, heun
+from .sde import _value, euler, heun
 from .toy import GaussianMixture
 
 Field = Callable[[torch.Tensor, float], torch.Tensor]
@@ -76,18 +76,13 @@ class MixturePath:
     def _times(self, tau, x) -> torch.Tensor:
         """tau as float64 (B, 1) or (1, 1): a number, or one time per point (B,)."""
         if torch.is_tensor(tau) and tau.dim() > 0:
-            if tau.shape != (len(x),) or not tau.is_floating_point():
-                raise checks.ArgumentError(f"tau must be a number or real times, one per point "
-                                           f"({len(x)},), got {tuple(tau.shape)} {tau.dtype}")
-            if (tau < 0).any() or (tau > 1).any():
-                raise checks.ArgumentError("tau must lie in [0, 1] (0 the data, 1 the noise)")
-            return tau.to(torch.float64).reshape(-1, 1)
-        return torch.tensor([[check_time(tau, "tau")]], dtype=torch.float64)
+            return checks.unit_times("tau", tau, len(x)).to(torch.float64).reshape(-1, 1)
+        return torch.tensor([[checks.unit_time("tau", tau)]], dtype=torch.float64)
 
     def components(self, tau) -> tuple[torch.Tensor, torch.Tensor]:
         """(m_k(tau) (1, K, D), var_k(tau) (1, K)) for a number tau; (B, K, D), (B, K) for
         times (B, 1) from `_times`."""
-        t = tau if torch.is_tensor(tau) else torch.tensor([[check_time(tau, "tau")]],
+        t = tau if torch.is_tensor(tau) else torch.tensor([[checks.unit_time("tau", tau)]],
                                                           dtype=torch.float64)
         return (1 - t)[:, :, None] * self.means, (1 - t) ** 2 * self.stds**2 + t**2
 
@@ -115,7 +110,7 @@ class MixturePath:
     def grid_model(self, K: int):
         """The exact velocity as a model on chapter 13's grid: (x (B, D), step (B,)) -> v at
         tau = (step - 1) / K, float32 in and out like a network's (a teacher for the toys)."""
-        K = check_grid_size(K)
+        K = checks.grid_intervals(K)
 
         def model(x, step):
             return self.velocity(x, (step - 1).double() / K).to(x.dtype)
@@ -123,7 +118,7 @@ class MixturePath:
 
     def sample(self, n: int, tau: float = 0.0, generator: torch.Generator | None = None):
         """n draws of x_tau (float64 (n, D)): tau = 0 the data, tau = 1 N(0, I)."""
-        tau = check_time(tau, "tau")
+        tau = checks.unit_time("tau", tau)
         _, x0 = self.gm.sample(n, generator=generator)
         x1 = torch.randn(x0.shape, dtype=torch.float64, generator=generator)
         return (1 - tau) * x0.to(torch.float64) + tau * x1
@@ -171,8 +166,8 @@ def ode_map(field: Field, x: torch.Tensor, a: float = 1.0, b: float = 0.0, *,
     import numpy as np
     from scipy.integrate import solve_ivp
 
-    _check_batch(x)
-    a, b = check_time(a, "a"), check_time(b, "b")
+    checks.batch("x", x, min_dims=2)
+    a, b = checks.unit_time("a", a), checks.unit_time("b", b)
     for name, tol in (("rtol", rtol), ("atol", atol)):
         checks.real(name, tol, low=0.0, open_low=True)
     if a == b:
@@ -181,7 +176,7 @@ def ode_map(field: Field, x: torch.Tensor, a: float = 1.0, b: float = 0.0, *,
 
     def rhs(t, y):
         xt = torch.from_numpy(y).reshape(shape)
-        return _check_field_output(field(xt, float(t)), xt).double().numpy().ravel()
+        return _value(field, xt, float(t)).double().numpy().ravel()
 
     y0 = x.detach().to(torch.float64).cpu().numpy().ravel()
     sol = solve_ivp(rhs, (a, b), y0, method="DOP853", rtol=rtol, atol=atol)
@@ -200,13 +195,13 @@ def straightness(field: Field, x1: torch.Tensor, n_steps: int) -> tuple[torch.Te
 
     Book: :eq:`ch15-straightness`.
     """
-    _check_batch(x1, "x1")
+    checks.batch("x1", x1, min_dims=2)
     ts = uniform_grid(checks.count("n_steps", n_steps))
 
     def paths(x1):
         x, vs = x1, []
         for a, b in zip(ts[:-1], ts[1:], strict=True):
-            v = _check_field_output(field(x, a), x)
+            v = _value(field, x, a)
             vs.append(v)
             x = x + (b - a) * v
         chord = x1 - x
@@ -230,30 +225,26 @@ def grid_velocity(model, x: torch.Tensor, tau: torch.Tensor, K: int) -> torch.Te
     model: (x (B, ...), step int64 (B,)) -> like x. x: (B, ...), tau: (B,) in [0, 1].
     One network call on B points when every tau is on the grid, else one on 2B.
     """
-    K = check_grid_size(K)
-    _check_batch(x)
-    if not torch.is_tensor(tau):
-        raise checks.ArgumentError(f"tau must be real times, one per point ({len(x)},), got "
-                                   f"{type(tau).__name__}")
-    tau = checks.unit_times("tau", tau, len(x))
+    K = checks.grid_intervals(K)
+    checks.batch("x", x, min_dims=2)
+    checks.unit_times("tau", tau, len(x))
     s = tau.double() * K
     lo = (s + 1e-9).floor().clamp(0, K)
     w = (s - lo).clamp(min=0).to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
     lo = lo.long()
     if _on_grid(w):
-        return _check_field_output(model(x, lo + 1), x, "the model")
+        return _value(model, x, lo + 1, "the model")
     hi = (lo + 1).clamp(max=K)
-    out = _check_field_output(model(torch.cat([x, x]), torch.cat([lo + 1, hi + 1])),
-                              torch.cat([x, x]), "the model")
+    out = _value(model, torch.cat([x, x]), torch.cat([lo + 1, hi + 1]), "the model")
     return (1 - w) * out[:len(x)] + w * out[len(x):]
 
 
 def grid_field(model, K: int) -> Field:
     """The field v(x, tau) (tau a float) of a model on the grid: the solvers' input."""
-    K = check_grid_size(K)
+    K = checks.grid_intervals(K)
 
     def field(x, tau):
-        tau = check_time(tau, "tau")
+        tau = checks.unit_time("tau", tau)
         return grid_velocity(model, x, torch.full((len(x),), tau, dtype=torch.float64,
                                                   device=x.device), K)
     return field
@@ -268,8 +259,8 @@ def jump_map(field: Field) -> Callable[[torch.Tensor, float], torch.Tensor]:
     one Euler step to tau = 0.
     """
     def f(x, tau):
-        tau = check_time(tau, "tau")
-        return x - tau * _check_field_output(field(x, tau), x)
+        tau = checks.unit_time("tau", tau)
+        return x - tau * _value(field, x, tau)
     return f
 
 
@@ -278,7 +269,7 @@ def ode_sample(field: Field, x1: torch.Tensor, n_steps: int, *,
                solver: str = "euler") -> torch.Tensor:
     """x0 from x1 by Euler (n_steps evaluations) or Heun (2 n_steps) on the uniform grid from
     tau = 1 to 0. x1: (B, ...) -> (B, ...); no gradients, at most MAX_IMAGES a call."""
-    _check_batch(x1, "x1")
+    checks.batch("x1", x1, min_dims=2)
     solve = {"euler": euler, "heun": heun}.get(solver)
     if solve is None:
         raise checks.ArgumentError(f"solver must be 'euler' or 'heun', got {solver!r}")
@@ -295,13 +286,13 @@ def jump_sample(f, x1: torch.Tensor, n_steps: int,
     f: (x, tau) -> like x (`jump_map`). x1: (B, ...) -> (B, ...). The fresh noise is drawn
     before the chunks, so the result does not depend on MAX_IMAGES.
     """
-    _check_batch(x1, "x1")
+    checks.batch("x1", x1, min_dims=2)
     ts = uniform_grid(checks.count("n_steps", n_steps))[1:-1]
     z = torch.randn((len(x1), max(len(ts), 1), *x1.shape[1:]), dtype=x1.dtype,
                     device=x1.device, generator=generator)
 
     def run(x1, z):
-        x = _check_field_output(f(x1, 1.0), x1, "the map")
+        x = _value(f, x1, 1.0, "the map")
         for i, tau in enumerate(ts):
             x = f((1 - tau) * x + tau * z[:, i], tau)
         return x
@@ -322,11 +313,7 @@ def reflow_pairs(field: Field, x1: torch.Tensor, n_steps: int, *,
 
 
 def _check_pairs(x0, x1):
-    _check_batch(x0, "x0")
-    if not torch.is_tensor(x1) or x1.shape != x0.shape:
-        raise checks.ArgumentError(f"x0 and x1 must be pairs of the same shape, got "
-                                   f"{tuple(x0.shape)} and "
-                                   f"{tuple(getattr(x1, 'shape', ())) or type(x1).__name__}")
+    checks.same_shape("x0 and x1 (pairs)", checks.batch("x0", x0, min_dims=2), x1)
 
 
 def coupled_flow_matching_loss(model, x0: torch.Tensor, x1: torch.Tensor, K: int,
@@ -340,11 +327,11 @@ def coupled_flow_matching_loss(model, x0: torch.Tensor, x1: torch.Tensor, K: int
 
     Book: :eq:`ch15-reflow`.
     """
-    K = check_grid_size(K)
+    K = checks.grid_intervals(K)
     _check_pairs(x0, x1)
     k = torch.randint(0, K + 1, (len(x0),), device=x0.device, generator=generator)
     x_tau = linear_path(x0, x1, k.to(x0.dtype) / K)
-    v = _check_field_output(model(x_tau, k + 1), x0, "the model")
+    v = _value(model, x_tau, k + 1, "the model")
     return (v.float() - (x1 - x0).float()).pow(2).mean()
 
 
@@ -363,8 +350,8 @@ def progressive_distillation_loss(student, teacher, x0: torch.Tensor, n_student:
     Book: :eq:`ch15-pd`.
     """
     n = checks.count("n_student", n_student)
-    K = check_grid_size(K)
-    _check_batch(x0, "x0")
+    K = checks.grid_intervals(K)
+    checks.batch("x0", x0, min_dims=2)
     j = torch.randint(1, n + 1, (len(x0),), device=x0.device, generator=generator)
     tau = j.double() / n
     x1 = torch.randn(x0.shape, dtype=x0.dtype, device=x0.device, generator=generator)
@@ -395,8 +382,8 @@ def consistency_distillation_loss(student, teacher, x0: torch.Tensor, N: int, K:
     Book: :eq:`ch15-cd`.
     """
     N = checks.count("N", N)
-    K = check_grid_size(K)
-    _check_batch(x0, "x0")
+    K = checks.grid_intervals(K)
+    checks.batch("x0", x0, min_dims=2)
     if solver not in ("euler", "heun"):
         raise checks.ArgumentError(f"solver must be 'euler' or 'heun', got {solver!r}")
     n = torch.randint(1, N + 1, (len(x0),), device=x0.device, generator=generator)
@@ -422,10 +409,10 @@ def consistency_residual(f: Callable, field: Field, x: torch.Tensor, tau: float)
 
     Book: :eq:`ch15-consistency-pde`.
     """
-    _check_batch(x)
-    tau = check_time(tau, "tau")
+    checks.batch("x", x, min_dims=2)
+    tau = checks.unit_time("tau", tau)
     t = torch.tensor(tau, dtype=x.dtype, device=x.device)
-    v = _check_field_output(field(x, tau), x).detach()
+    v = _value(field, x, tau).detach()
     with warnings.catch_warnings():
         # torch's first jvp scripts its own decompositions with the deprecated torch.jit
         warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from . import checks
-from .sde import _check_batch, check_time, interpolate_steps
+from .sde import _value, interpolate_steps
 
 
 def linear_path(x0: torch.Tensor, eps: torch.Tensor, tau) -> torch.Tensor:
@@ -29,17 +29,16 @@ def linear_path(x0: torch.Tensor, eps: torch.Tensor, tau) -> torch.Tensor:
 
     Book: :eq:`ch13-linear-path`.
     """
-    checks.same_shape("x0 and eps", _check_batch(x0, "x0"), eps)
+    tau = checks.path_pair("x0 and eps", checks.batch("x0", x0, min_dims=2), eps, tau)
     tau = _as_times(tau, x0)
     return (1 - tau) * x0 + tau * eps
 
 
 def _as_times(tau, like: torch.Tensor) -> torch.Tensor:
-    """tau shaped (B, 1, ..., 1) (or a 0-dim tensor), checked to lie in [0, 1]."""
-    if torch.is_tensor(tau) and tau.dim() > 0:
-        tau = checks.unit_times("tau", tau, len(like))
+    """tau, a float or (B,), shaped (B, 1, ..., 1) (or a 0-dim tensor) like `like`."""
+    if torch.is_tensor(tau):
         return tau.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
-    return torch.tensor(check_time(tau, "tau"), dtype=like.dtype, device=like.device)
+    return torch.tensor(tau, dtype=like.dtype, device=like.device)
 
 
 def velocity_from_eps(eps_hat: torch.Tensor, x_tau: torch.Tensor, tau: float) -> torch.Tensor:
@@ -47,27 +46,22 @@ def velocity_from_eps(eps_hat: torch.Tensor, x_tau: torch.Tensor, tau: float) ->
 
     Book: :eq:`ch13-v-from-eps`.
     """
-    checks.same_shape("eps_hat and x_tau", eps_hat, x_tau)
-    tau = checks.real("tau (use tau < 1: at tau = 1 the path is pure noise, and the velocity "
-                      "no function of eps)", tau, low=0.0, high=1.0, open_high=True)
+    tau = checks.path_pair("eps_hat and x_tau", eps_hat, x_tau, tau, before_noise=True)
     return (eps_hat - x_tau) / (1 - tau)
 
 
 def eps_from_velocity(v: torch.Tensor, x_tau: torch.Tensor, tau: float) -> torch.Tensor:
     """eps_hat = x_tau + (1 - tau) v."""
-    checks.same_shape("v and x_tau", v, x_tau)
-    return x_tau + (1 - check_time(tau, "tau")) * v
-
-
-def check_grid_size(K) -> int:
-    return checks.count("K (grid intervals of tau, a positive int)", K)
+    tau = checks.path_pair("v and x_tau", v, x_tau, tau)
+    return x_tau + (1 - tau) * v
 
 
 def flow_matching_loss(model, x0: torch.Tensor, K: int,
                        generator: torch.Generator | None = None) -> torch.Tensor:
     """E |v(x_tau, tau) - (eps - x_0)|^2, tau = k / K with k uniform on 0..K, per element mean.
 
-    Checks are on type and shape only: this runs every training step.
+    Checks are on type and shape, and for images their range (one reduction): this runs
+    every training step.
 
     Args:
         model: (x (B, ...), step int64 (B,)) -> like x, called with step k + 1 in 1..K + 1 (a
@@ -81,32 +75,23 @@ def flow_matching_loss(model, x0: torch.Tensor, K: int,
 
     Book: :eq:`ch13-fm-loss`.
     """
-    K = check_grid_size(K)
-    _check_batch(x0, "x0")
-    _check_model_grid(model, K)
+    K = checks.grid_intervals(K, model)
+    checks.batch("x0", x0, min_dims=2)
     k = torch.randint(0, K + 1, (len(x0),), device=x0.device, generator=generator)
     eps = torch.randn(x0.shape, dtype=x0.dtype, device=x0.device, generator=generator)
     tau = k.to(x0.dtype) / K
     x_tau = linear_path(x0, eps, tau)
-    v = model(x_tau, k + 1)
-    checks.output(v, x0.shape, who="the model", what="a velocity")
-    if x0.dim() == 4:  # images, which the U-Net takes on [-1, 1]: 0..255 bytes are refused
-        checks.images("x0", x0, low=-1.0, high=1.0)
+    v = _value(model, x_tau, k + 1, "the model", "a velocity")
+    checks.data("x0", x0)  # after the shape: images on [-1, 1], as the U-Net takes them
     return (v.float() - (eps - x0).float()).pow(2).mean()
-
-
-def _check_model_grid(model, K: int) -> None:
-    checks.model_steps(model, K + 1, what=f"the grid of tau, K + 1 = {K + 1} times", fix=f"build "
-                       f"the U-Net with preset(..., T={K + 1}), or pass the K it was trained on")
 
 
 def velocity_field(model, K: int):
     """v(x, tau) for tau in [0, 1] from a model trained on the grid tau = k / K (steps k + 1)."""
-    K = check_grid_size(K)
-    _check_model_grid(model, K)
+    K = checks.grid_intervals(K, model)
 
     def field(x, tau):
-        return interpolate_steps(model, x, check_time(tau, "tau") * K + 1)
+        return interpolate_steps(model, x, checks.unit_time("tau", tau) * K + 1)
     return field
 
 
@@ -119,9 +104,7 @@ def uniform_grid(n_steps: int) -> list[float]:
 def vp_to_linear(alpha: float, sigma: float) -> tuple[float, float]:
     """The linear path's (tau, scale) for a VP point x_t = alpha x_0 + sigma eps:
     x_t / scale = (1 - tau) x_0 + tau eps with scale = alpha + sigma, tau = sigma / scale."""
-    alpha, sigma = checks.real("alpha", alpha, low=0.0), checks.real("sigma", sigma, low=0.0)
-    if not alpha + sigma > 0:
-        raise ValueError(f"alpha and sigma must be >= 0, not both 0; got {alpha}, {sigma}")
+    alpha, sigma = checks.weights("alpha", alpha, "sigma", sigma)
     scale = alpha + sigma
     return sigma / scale, scale
 

@@ -219,12 +219,8 @@ def _logits(denoiser: Callable, z: torch.Tensor, whole: bool = False) -> torch.T
     """denoiser(z), at most MAX_IMAGES images a call (all at once if `whole`), checked to be
     one logit per pixel."""
     logits = denoiser(z) if whole else map_chunks(denoiser, z)
-    if not torch.is_tensor(logits) or logits.shape != z.shape:
-        raise checks.ArgumentError(
-            f"the denoiser must map states of shape {tuple(z.shape)} to logits of the same "
-            f"shape, one per pixel; it returned "
-            f"{tuple(logits.shape) if torch.is_tensor(logits) else type(logits).__name__}")
-    return logits
+    return checks.output(logits, z, who="the denoiser", what="logits, one per pixel",
+                         against="the states z")
 
 
 def bound_terms(denoiser: Callable, x0: torch.Tensor, t, sched="linear", *,

@@ -42,19 +42,6 @@ Field = Callable[[torch.Tensor, float], torch.Tensor]
 BIN = 2.0 / 255.0  # the width of one grey level of 8-bit images on [-1, 1]
 
 
-def check_time(t, name: str = "t") -> float:
-    """t as a float, checked to lie in [0, 1] (this module's time; the chain's steps are 1..T)."""
-    return checks.unit_time(name, t)
-
-
-def _check_batch(x, name: str = "x") -> torch.Tensor:
-    return checks.batch(name, x, min_dims=2)
-
-
-def _check_field_output(out, x, name: str = "the field") -> torch.Tensor:
-    return checks.output(out, x.shape, who=name, what="a value for every point")
-
-
 # --- the VP SDE ------------------------------------------------------------------------------
 class VPSDE:
     """The variance-preserving SDE with a linear beta(t) (see the module docstring).
@@ -64,19 +51,17 @@ class VPSDE:
     """
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0):
-        if not (0 < beta_min <= beta_max) or not math.isfinite(beta_max):
-            raise ValueError(f"need 0 < beta_min <= beta_max < inf, got beta_min={beta_min}, "
-                             f"beta_max={beta_max}")
-        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+        self.beta_min = checks.positive("beta_min", beta_min)
+        self.beta_max = checks.real("beta_max (>= beta_min)", beta_max, low=self.beta_min)
 
     def beta(self, t: float) -> float:
         """beta(t) = beta_min + t (beta_max - beta_min)."""
-        t = check_time(t)
+        t = checks.unit_time("t", t)
         return self.beta_min + t * (self.beta_max - self.beta_min)
 
     def log_alpha_bar(self, t: float) -> float:
         """log alpha_bar(t) = -int_0^t beta(s) ds = -beta_min t - (beta_max - beta_min) t^2 / 2."""
-        t = check_time(t)
+        t = checks.unit_time("t", t)
         return -self.beta_min * t - 0.5 * (self.beta_max - self.beta_min) * t * t
 
     def alpha_bar(self, t: float) -> float:
@@ -88,11 +73,8 @@ class VPSDE:
 
     def time_of(self, alpha_bar: float) -> float:
         """The t at which alpha_bar(t) = alpha_bar (the inverse of the quadratic above)."""
-        a = float(alpha_bar)
-        lo = self.alpha_bar(1.0)
-        if not lo <= a <= 1.0:
-            raise ValueError(f"alpha_bar must lie in [alpha_bar(1), 1] = [{lo:.3g}, 1], "
-                             f"got {a:.3g}")
+        a = checks.real("alpha_bar (in [alpha_bar(1), 1])", alpha_bar, low=self.alpha_bar(1.0),
+                        high=1.0)
         c, k = -math.log(a), self.beta_max - self.beta_min
         if k == 0:
             return min(c / self.beta_min, 1.0)
@@ -103,7 +85,7 @@ class VPSDE:
 
         Book: :eq:`ch13-vp-marginal`.
         """
-        _check_batch(x0, "x0")
+        checks.batch("x0", x0, min_dims=2)
         return math.sqrt(self.alpha_bar(t)) * x0, self.sigma(t)
 
     def drift(self, x: torch.Tensor, t: float) -> torch.Tensor:
@@ -155,13 +137,7 @@ class VPSDE:
         noise predictor does not define): the field refuses t = 0 and says what to pass.
         """
         def score(x, t):
-            sigma = self.sigma(t)
-            if sigma == 0.0:
-                raise ValueError(
-                    "the score -eps / sigma(t) is 0/0 at t = 0, where sigma(0) = 0: start the "
-                    "likelihood and end the solver's time grid at a small t > 0 (for a network "
-                    "trained on a chain, its first step, ChainClock.time(1)); for "
-                    "ode_log_likelihood pass t0=that time")
+            sigma = checks.score_noise(self.sigma(t))
             return -eps(x, t) / sigma
         return score
 
@@ -174,19 +150,23 @@ def interpolate_steps(model, x: torch.Tensor, s: float) -> torch.Tensor:
     between them were never fitted). An integer s costs one call; otherwise floor and ceil
     go through the network as one batch of 2B.
     """
-    s = float(s)
-    if not s >= 1 - 1e-9:
-        raise ValueError(f"the network was trained at steps 1, 2, ...; got step {s:.4g} < 1")
+    s = checks.real("s (the network was trained at steps 1, 2, ...)", s, low=1 - 1e-9)
     lo = math.floor(s + 1e-9)
     w = s - lo
     B = len(x)
     if w < 1e-9:
-        t = torch.full((B,), lo, dtype=torch.long, device=x.device)
-        return _check_field_output(model(x, t), x, "the model")
+        return _value(model, x, torch.full((B,), lo, dtype=torch.long, device=x.device),
+                      "the model")
     t = torch.cat([torch.full((B,), lo, dtype=torch.long, device=x.device),
                    torch.full((B,), lo + 1, dtype=torch.long, device=x.device)])
-    out = _check_field_output(model(torch.cat([x, x]), t), torch.cat([x, x]), "the model")
+    out = _value(model, torch.cat([x, x]), t, "the model")
     return (1 - w) * out[:B] + w * out[B:]
+
+
+def _value(field, x: torch.Tensor, t, who: str = "the field",
+          what: str = "a value for every point") -> torch.Tensor:
+    """field(x, t) -> (B, ...), refused unless shaped like x (never broadcast)."""
+    return checks.output(field(x, t), x, who=who, what=what)
 
 
 class ChainClock:
@@ -202,19 +182,10 @@ class ChainClock:
     """
 
     def __init__(self, alphas_bar: torch.Tensor, beta_min: float = 0.1):
-        ab = torch.as_tensor(alphas_bar, dtype=torch.float64).cpu()
-        if ab.dim() == 1 and len(ab) and (ab.isnan().any() or ab[0] >= 1):
-            raise ValueError("alphas_bar must be alpha_bar_1..T, each in (0, 1): got NaN, or "
-                             "a first value of 1 (alpha_bar_0, which the clock adds itself: "
-                             "pass alphas_bar[1:], else T is off by one)")
-        if ab.dim() != 1 or len(ab) < 2 or (ab <= 0).any() or (ab[1:] >= ab[:-1]).any():
-            raise ValueError("alphas_bar must be the chain's decreasing alpha_bar_1..T (T >= 2)")
+        ab = checks.chain_alphas_bar(alphas_bar, beta_min)
         self.T = len(ab)
         self.log_ab = torch.cat([torch.zeros(1, dtype=torch.float64), ab.log()]).tolist()
         end = -self.log_ab[-1]
-        if end < beta_min:
-            raise ValueError(f"the chain ends at alpha_bar_T = {ab[-1].item():.3g}, too little "
-                             f"noise for a linear beta(t) from beta_min = {beta_min}")
         self.sde = VPSDE(beta_min, beta_min + 2 * (end - beta_min))
 
     def time(self, s: int) -> float:
@@ -240,21 +211,17 @@ class ChainClock:
     def eps(self, model) -> Field:
         """eps(x, t) for t in [time(1), 1] from a model of the chain's steps (interpolated)."""
         def field(x, t):
-            s = self.step(t)
-            if s < 1 - 1e-6:
-                raise ValueError(f"t = {t:.4g} is less noisy than the chain's first step "
-                                 f"(t = {self.time(1):.4g}); stop the solver there")
+            s = checks.chain_step(self.step(t), t, self)
             return interpolate_steps(model, x, max(s, 1.0))
         return field
 
 
 # --- fixed-step solvers ----------------------------------------------------------------------
-_check_grid = checks.time_grid
-
-
-def _steps(ts):
-    """The grid's steps (t_k, t_{k+1}), through the book's loop bar (silent; the smoke run
-    cuts a slow loop there)."""
+def _steps(x: torch.Tensor, ts):
+    """The grid's steps (t_k, t_{k+1}) for the state x (B, ...), through the book's loop bar
+    (silent; the smoke run cuts a slow loop there)."""
+    checks.batch("x", x, min_dims=2)
+    ts = checks.time_grid(ts)
     return progress(list(zip(ts[:-1], ts[1:], strict=False)), quiet=True)
 
 
@@ -269,10 +236,8 @@ def euler(field: Field, x: torch.Tensor, ts: Sequence[float]) -> torch.Tensor:
     Returns:
         The state at ts[-1], (B, ...).
     """
-    _check_batch(x)
-    ts = _check_grid(ts)
-    for a, b in _steps(ts):
-        x = x + (b - a) * _check_field_output(field(x, a), x)
+    for a, b in _steps(x, ts):
+        x = x + (b - a) * _value(field, x, a)
     return x
 
 
@@ -282,19 +247,17 @@ def heun(field: Field, x: torch.Tensor, ts: Sequence[float]) -> torch.Tensor:
     x' = x_k + h F(x_k, t_k),  x_{k+1} = x_k + h/2 [F(x_k, t_k) + F(x', t_{k+1})].
 
     Args:
-        field: F(x (B, ...), t float) -> (B, ...), the ODE's velocity.
-        x: (B, ...) the state at ts[0].
-        ts: the times, increasing or decreasing; len(ts) - 1 steps.
+        field: the ODE's velocity, as for `euler`.
+        x: the state at ts[0], (B, ...).
+        ts: the grid, as for `euler`; 2 (len(ts) - 1) evaluations.
 
     Returns:
-        The state at ts[-1], (B, ...).
+        (B, ...), the state at ts[-1].
     """
-    _check_batch(x)
-    ts = _check_grid(ts)
-    for a, b in _steps(ts):
+    for a, b in _steps(x, ts):
         h = b - a
-        d1 = _check_field_output(field(x, a), x)
-        d2 = _check_field_output(field(x + h * d1, b), x)
+        d1 = _value(field, x, a)
+        d2 = _value(field, x + h * d1, b)
         x = x + 0.5 * h * (d1 + d2)
     return x
 
@@ -319,12 +282,10 @@ def euler_maruyama(drift: Field, diffusion: Callable[[float], float], x: torch.T
 
     Book: :eq:`ch13-em-step`.
     """
-    _check_batch(x)
-    ts = _check_grid(ts)
-    for a, b in _steps(ts):
+    for a, b in _steps(x, ts):
         h = b - a
         z = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
-        x = x + h * _check_field_output(drift(x, a), x) + diffusion(a) * math.sqrt(abs(h)) * z
+        x = x + h * _value(drift, x, a) + diffusion(a) * math.sqrt(abs(h)) * z
     return x
 
 
@@ -348,10 +309,8 @@ def ddim(eps: Field, sde: VPSDE, x: torch.Tensor, ts: Sequence[float]) -> torch.
 
     Book: :eq:`ch13-ddim-ode`.
     """
-    _check_batch(x)
-    ts = _check_grid(ts)
-    for a, b in _steps(ts):
-        e = _check_field_output(eps(x, a), x)
+    for a, b in _steps(x, ts):
+        e = _value(eps, x, a)
         x0 = predict_x0(x, e, sde.alpha_bar(a), sde.sigma(a))
         x = math.sqrt(sde.alpha_bar(b)) * x0 + sde.sigma(b) * e
     return x
@@ -374,13 +333,10 @@ def divergence_exact(field: Field, x: torch.Tensor, t: float) -> tuple[torch.Ten
 
     For small D only (the toys): D reverse-mode passes, one per column of the Jacobian.
     """
-    _check_batch(x)
-    if x.dim() != 2:
-        raise ValueError(f"divergence_exact takes points (B, D), got {tuple(x.shape)}; for "
-                         "images use divergence_hutchinson")
+    checks.points("x", x, "for images use divergence_hutchinson")
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
-        f = _check_field_output(field(x, t), x)
+        f = _value(field, x, t)
         div = torch.zeros(len(x), dtype=f.dtype, device=x.device)
         for i in range(x.shape[1]):
             g, = torch.autograd.grad(f[:, i].sum(), x, retain_graph=i < x.shape[1] - 1)
@@ -391,8 +347,7 @@ def divergence_exact(field: Field, x: torch.Tensor, t: float) -> tuple[torch.Ten
 def rademacher(n: int, shape, *, dtype=torch.float32, device=None,
                generator: torch.Generator | None = None) -> torch.Tensor:
     """n probes of +-1 with equal probability: (n, *shape). Zero mean, identity covariance."""
-    n = checks.count("the number of probes (Hutchinson's estimator needs at least one probe)",
-                     n)
+    n = checks.count("probes (Hutchinson's estimator needs at least one probe)", n)
     r = torch.randint(0, 2, (n, *shape), device=device, generator=generator)
     return (2 * r - 1).to(dtype)
 
@@ -406,15 +361,10 @@ def divergence_hutchinson(field: Field, x: torch.Tensor, t: float, probes: torch
 
     Book: :eq:`ch13-hutchinson`.
     """
-    _check_batch(x)
-    if not torch.is_tensor(probes) or probes.dim() != x.dim() + 1 or len(probes) == 0 \
-            or probes.shape[1:] != x.shape:
-        raise ValueError(f"probes must be (P, *x.shape) = (P, {', '.join(map(str, x.shape))}) "
-                         f"with P >= 1, got "
-                         f"{tuple(probes.shape) if torch.is_tensor(probes) else probes!r}")
+    checks.stacked("probes", probes, checks.batch("x", x, min_dims=2))
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
-        f = _check_field_output(field(x, t), x)
+        f = _value(field, x, t)
         out = []
         for k, v in enumerate(probes):
             g, = torch.autograd.grad(f, x, v.to(f.dtype), retain_graph=k < len(probes) - 1)
@@ -495,20 +445,16 @@ def ode_log_likelihood(field: Field, x: torch.Tensor, *, t0: float = 0.0, t1: fl
     """
     from scipy.integrate import solve_ivp
 
-    _check_batch(x)
-    t0, t1 = check_time(t0, "t0"), check_time(t1, "t1")
-    if not t0 < t1:
-        raise ValueError(f"need t0 < t1 (data to noise), got t0={t0}, t1={t1}")
-    for name, tol in (("rtol", rtol), ("atol", atol)):
-        if isinstance(tol, bool) or not (isinstance(tol, (int, float)) and tol > 0
-                                         and math.isfinite(tol)):
-            raise ValueError(f"{name} must be a positive tolerance, got {tol!r}")
+    checks.batch("x", x, min_dims=2)
+    t0, t1 = checks.time_span(t0, t1)
+    rtol = checks.positive("rtol (a positive tolerance)", rtol)
+    atol = checks.positive("atol (a positive tolerance)", atol)
     v = None
     if probes is not None:
         v = rademacher(probes, x.shape, dtype=x.dtype, device=x.device, generator=generator)
-    elif x.dim() != 2:
-        raise ValueError(f"the exact divergence is for points (B, D); for images "
-                         f"{tuple(x.shape)} pass probes=1 (Hutchinson)")
+    else:
+        checks.points("x", x, "the exact divergence is for points; for images pass probes=1 "
+                      "(Hutchinson)")
     shape, B, dtype, device = x.shape, len(x), x.dtype, x.device
     n = x.numel()
     keep, last, nfe = smoke_thin(), {}, 0
@@ -535,11 +481,8 @@ def ode_log_likelihood(field: Field, x: torch.Tensor, *, t0: float = 0.0, t1: fl
         end = sol.y[:, -1]
     x_end = torch.from_numpy(end[:n].copy()).reshape(shape)
     delta = torch.from_numpy(end[n:].copy())
-    log_prior = prior_log_p(x_end.to(torch.float64))
-    if not torch.is_tensor(log_prior) or tuple(log_prior.shape) != (B,):
-        raise ValueError(f"prior_log_p must return one log-density per point ({B},), got "
-                         f"{tuple(getattr(log_prior, 'shape', ())) or type(log_prior).__name__}"
-                         ": sum over the dimensions, without keepdim")
+    log_prior = checks.per_point(prior_log_p(x_end.to(torch.float64)), B, who="prior_log_p",
+                                 fix="sum the log-density over the dimensions, without keepdim")
     log_prior = log_prior.double().cpu()
     return Likelihood(log_prior + delta, log_prior, delta, nfe, x_end)
 
@@ -553,7 +496,7 @@ def dequantize(x: torch.Tensor, generator: torch.Generator | None = None) -> tor
 
     Book: :eq:`ch13-dequantization`.
     """
-    _check_batch(x)
+    checks.batch("x", x, min_dims=2)
     checks.images("x", x, low=-1.0, high=1.0)  # 8-bit images on [-1, 1], not 0..255
     u = torch.rand(x.shape, dtype=x.dtype, device=x.device, generator=generator)
     return x + (u - 0.5) * BIN

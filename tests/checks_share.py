@@ -11,7 +11,8 @@ and comments. A *check line* is a code line of:
      raise, message included;
   2. a statement that calls an argument check and does nothing else: a call to a
      function of `companion.checks`, or to a function whose name starts with `check` or
-     `_check`, alone or assigned (`T = checks.count("T", T)`);
+     `_check`, alone, assigned or returned (`T = checks.count("T", T)`), or a tuple of
+     such calls (`a, b = checks.real("a", a), checks.real("b", b)`);
   3. the whole body of a function whose name starts with `check` or `_check` (a module's
      own check helpers).
 The share is check lines / code lines. `--duplicates` lists the conditions of rule 1 that
@@ -72,13 +73,20 @@ def _only_raises(body: list[ast.stmt]) -> bool:
                               for s in body)
 
 
+def _only_checks(value) -> bool:
+    """A check call, or a tuple of them."""
+    if isinstance(value, ast.Tuple):
+        return bool(value.elts) and all(_is_check_call(v) for v in value.elts)
+    return _is_check_call(value)
+
+
 def check_lines(tree: ast.AST) -> set[int]:
     out: set[int] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.If) and _only_raises(node.body) and not node.orelse:
             out |= _lines(node)
-        elif isinstance(node, (ast.Expr, ast.Assign, ast.AnnAssign)) and \
-                _is_check_call(node.value):
+        elif isinstance(node, (ast.Expr, ast.Assign, ast.AnnAssign, ast.Return)) and \
+                _only_checks(node.value):
             out |= _lines(node)
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and \
                 node.name.startswith(("check", "_check")):
