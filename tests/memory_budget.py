@@ -87,10 +87,10 @@ def _ddpm(device=DEVICE):
     settings = recipes.ddpm_settings(profile)
     with device:
         model = UNet(preset(settings["preset"], T=settings["T"])).eval()
-    return model, _diffusion(settings["T"]), settings
+    return model, _diffusion(), settings
 
 
-def _diffusion(T: int):
+def _diffusion():
     """Chapter 9's schedule, built real on the CPU (its host copies are read as numbers)."""
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
