@@ -76,13 +76,12 @@ def flow_matching_loss(model, x0: torch.Tensor, K: int,
     Book: :eq:`ch13-fm-loss`.
     """
     K = checks.grid_intervals(K, model)
-    checks.batch("x0", x0, min_dims=2)
+    checks.data("x0", x0)  # images on [-1, 1], as the U-Net takes them
     k = torch.randint(0, K + 1, (len(x0),), device=x0.device, generator=generator)
     eps = torch.randn(x0.shape, dtype=x0.dtype, device=x0.device, generator=generator)
     tau = k.to(x0.dtype) / K
     x_tau = linear_path(x0, eps, tau)
     v = _value(model, x_tau, k + 1, "the model", "a velocity")
-    checks.data("x0", x0)  # after the shape: images on [-1, 1], as the U-Net takes them
     return (v.float() - (eps - x0).float()).pow(2).mean()
 
 

@@ -368,6 +368,7 @@ def operations() -> list[Operation]:
 # allocate nothing of note, so they are skipped here. Shape checks still run.
 VALUE_CHECKS = ("companion.checks.images",
                 "companion.checks.unit_times",
+                "companion.checks.eight_bit",
                 "companion.diffusion._check_8bit",
                 "companion.models.hvae._ImageModel._check_input",
                 "companion.models.unet.UNet.check_inputs",
