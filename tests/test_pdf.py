@@ -94,6 +94,16 @@ def test_missing_titles_and_question_marks():
     assert pdf_check.unresolved_references(text.replace("??", "8.4")) == []
 
 
+def test_front_matter_sections_carry_no_chapter_0_numbers():
+    text = ("Contents\n0.1 What makes this book different . . . vi\n1.2 Data . . . 4\n"
+            "  0.11 GPU notes . . . . xii\n")
+    assert pdf_check.front_matter_numbers(text) == [
+        "0.1 What makes this book different . . . vi", "0.11 GPU notes . . . . xii"]
+    assert pdf_check.front_matter_numbers(
+        "What makes this book different . . . vi\n0.5 nats\n0.25 . . . 0.75 iv\n"
+        "p = 0.10\n1.1 Data . . . 4") == []
+
+
 def test_pdf_images_counts_images_not_their_soft_masks():
     listing = """\
 page   num  type   width height color comp bpc  enc interp  object ID x-ppi y-ppi size ratio

@@ -112,7 +112,8 @@ class BookMatter(SphinxPostTransform):
         chapters = [p for p in pages if p["docname"] in set(numbered_docnames(self.env.srcdir))]
         if chapters:
             chapters[0].parent.insert(chapters[0].parent.index(chapters[0]),
-                                      latex("\\mainmatter"))
+                                      latex("\\mainmatter"
+                                            "\\setcounter{secnumdepth}{\\booksecnumdepth}"))
             last = chapters[-1]
             last.parent.insert(last.parent.index(last) + 1, latex("\\backmatter"))
         bibliography = next(self.document.findall(thebibliography), None)

@@ -93,6 +93,13 @@ def missing_titles(titles: list[str], text: str) -> list[str]:
     return [t for t in titles if not re.search(r"(?<![\w.])" + re.escape(normalize(t)), plain)]
 
 
+def front_matter_numbers(text: str) -> list[str]:
+    """Contents lines of sections numbered in an unnumbered chapter ("0.3 The chapters . . .
+    viii": a front-matter page, roman page number): the front matter's sections carry none."""
+    entry = r"(?m)^[ \t]*0\.\d+[ \t]+\S[^\n]*?(?:\.[ \t]){3,}[ .\t]*[ivxlc]+[ \t]*$"
+    return [m.group(0).strip() for m in re.finditer(entry, text)]
+
+
 def unresolved_references(text: str) -> list[str]:
     """Each "??" with the words around it."""
     flat = re.sub(r"\s+", " ", text)
@@ -188,6 +195,8 @@ def check(pdf: Path, root: Path = ROOT) -> list[str]:
     problems = [f"LaTeX log: {p}" for p in log_problems(log)]
     problems += [f"title not in the PDF: {t!r}" for t in missing_titles(titles, text)]
     problems += [f"unresolved reference '??': ...{c}..." for c in unresolved_references(text)]
+    problems += [f"a front-matter section numbered as chapter 0: {n!r}"
+                 for n in front_matter_numbers(text)]
     problems += [f"outside the text block: {w}" for w in outside]
     if images < figures:
         problems.append(f"{images} images in the PDF, fewer than the {figures} PNG figures "
