@@ -811,7 +811,6 @@ def _check_eps(eps, shape, name: str) -> None:
 
 
 GRID_TOLERANCE = checks.GRID_TOLERANCE
-_check_8bit = checks.eight_bit  # also the VAEs' discretized decoders' (models.vae)
 
 
 def _gen_for(generator: torch.Generator | None, device: torch.device):

@@ -369,7 +369,6 @@ def operations() -> list[Operation]:
 VALUE_CHECKS = ("companion.checks.images",
                 "companion.checks.unit_times",
                 "companion.checks.eight_bit",
-                "companion.diffusion._check_8bit",
                 "companion.models.hvae._ImageModel._check_input",
                 "companion.models.unet.UNet.check_inputs",
                 "companion.masked.check_binary",

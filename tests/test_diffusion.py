@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import distributions as D
 
+from companion import checks, toy
 from companion import diffusion as dm
-from companion import toy
 
 pytestmark = pytest.mark.usefixtures("float64_one_thread")
 
@@ -439,7 +439,7 @@ def test_the_books_8bit_data_passes_the_grid_check_of_the_bound():
         "float64": torch.linspace(-1, 1, 256, dtype=torch.float64).repeat(4)[:784]
         .view(1, 1, 28, 28),
     }
-    dm._check_8bit((_scale(u8) * 2 - 1).half(), "test")  # coarser levels, looser tolerance
+    checks.eight_bit((_scale(u8) * 2 - 1).half(), "test")  # coarser levels, looser tolerance
     diff = small(5)
     for name, x in ways.items():
         x = x.repeat(2, 1, 1, 1)

@@ -104,9 +104,7 @@ def check_8bit_images(x: torch.Tensor, where: str,
     the check runs outside training only (with gradients off), not at every step."""
     if x.device.type == "cuda" and torch.is_grad_enabled():
         return
-    from ..diffusion import _check_8bit
-
-    _check_8bit(x, where, name="x", setting="likelihood='discretized'", other=other)
+    checks.eight_bit(x, where, name="x", setting="likelihood='discretized'", other=other)
 
 
 class MLPEncoder(nn.Module):
