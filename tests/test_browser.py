@@ -222,13 +222,13 @@ INSPECT = r"""
 """.replace("PER_KIND", str(EQUATIONS_PER_PAGE // 2))
 
 
-# Scroll the equation into the viewport and wait for two painted frames before measuring:
-# headless Chromium sometimes leaves a region far outside the viewport unpainted.
-REMEASURE = """(async () => { const el = document.querySelector('[data-eq-check="ID"]');
-  el.scrollIntoView({block: 'center'});
+# Scroll the equation to the middle of the window and wait for two painted frames; its box
+# in the window's coordinates.
+SHOW = """(async () => { const el = document.querySelector('[data-eq-check="ID"]');
+  el.scrollIntoView({block: 'center', behavior: 'instant'});
   for (let i = 0; i < 2; i++) await new Promise(r => requestAnimationFrame(() => r()));
   const r = el.getBoundingClientRect();
-  return {x: r.left + scrollX, y: r.top + scrollY}; })()"""
+  return {x: r.left, y: r.top, width: r.width, height: r.height}; })()"""
 
 
 class PageReport(dict):
@@ -273,45 +273,30 @@ def visit(browser, server: str, page: str, mode: str = "light") -> PageReport:
     for i, (_, png) in enumerate(tiles):
         (SCREENSHOTS / f"{name}-{mode}{f'-{i + 1}' if i else ''}.png").write_bytes(png)
     if page in CHAPTERS:
-        report["crops"] = crop_equations(tiles, report["equations"])
-        for i, (box, image) in enumerate(report["crops"]):
-            # Now and then a capture misses a glyph that is drawn a moment later, or a
-            # region of a tall capture comes out black (headless Chromium). Measure that
-            # equation again and capture it alone, a few times: one that is truly
-            # unreadable stays so.
-            for attempt in range(10):
-                if not problem(image, mode):
-                    break
-                time.sleep(0.2 * (attempt + 1))
-                box = box | browser.evaluate(REMEASURE.replace("ID", str(box["id"])))
-                png = browser.screenshot(clip=_padded(box))
-                image = Image.open(io.BytesIO(png)).convert("RGB")
-            report["crops"][i] = (box, image)
+        report["crops"] = [(box, crop_equation(browser, box["id"], mode))
+                           for box in report["equations"]]
     _VISITS[key] = report
     return report
 
 
-def _padded(box: dict, pad: int = 4) -> dict:
-    return {"x": max(box["x"] - pad, 0), "y": max(box["y"] - pad, 0),
-            "width": box["width"] + 2 * pad, "height": box["height"] + 2 * pad}
+def crop_equation(browser, eq_id: int, mode: str, pad: int = 4, tries: int = 10):
+    """The equation INSPECT tagged `eq_id`, as a reader sees it: scrolled to the middle of
+    the window and cut, with `pad` pixels of margin, from a screenshot of the window (PIL
+    image). Not from a capture of the whole page: Chromium lays the page out again for a
+    window as tall as such a capture, and its pixels need not sit where the page was
+    measured. Now and then a glyph is drawn a moment late, so a crop with a problem is
+    taken again a few times; one that is truly unreadable stays so."""
+    for attempt in range(tries):
+        r = browser.evaluate(SHOW.replace("ID", str(eq_id)))
+        window = Image.open(io.BytesIO(browser.screenshot())).convert("RGB")
+        image = window.crop((max(int(r["x"]) - pad, 0), max(int(r["y"]) - pad, 0),
+                             int(r["x"] + r["width"]) + pad, int(r["y"] + r["height"]) + pad))
+        if not problem(image, mode):
+            break
+        time.sleep(0.2 * (attempt + 1))
+    return image
 
 
-def crop_equations(tiles: list[tuple[int, bytes]], boxes: list[dict], pad: int = 4):
-    """(box, image) for each equation box, cut with `pad` pixels of margin from the
-    full-page screenshot tiles (a box that straddles two tiles is left out)."""
-    images = [(top, Image.open(io.BytesIO(png)).convert("RGB")) for top, png in tiles]
-    crops = []
-    for box in boxes:
-        x0, y0 = int(box["x"]) - pad, int(box["y"]) - pad
-        x1, y1 = int(box["x"] + box["width"]) + pad, int(box["y"] + box["height"]) + pad
-        for top, im in images:
-            if top <= y0 and y1 <= top + im.height and x0 >= 0 and x1 <= im.width:
-                crops.append((box, im.crop((x0, y0 - top, x1, y1 - top))))
-                break
-    return crops
-
-
-# --- what the reader sees: layout and outputs ---------------------------------------------
 # Everything here is measured in the article (the text column), after MathJax and its fonts.
 LAYOUT = r"""
 (async () => {
@@ -761,14 +746,24 @@ UserWarning: planted warning
 </div></div>
 """.replace("TERMS", " + ".join(f"a_{{{i}}} b_{{{i}}}" for i in range(1, 41))).replace(
     "WIDE", " ".join(f"{0.1 * i:.4f}" for i in range(30)))
+# Two inline equations at the article's end, below a spacer deeper than a capture of the whole
+# page can hold in one piece: one in red (its crop must show red ink, so crops are cut where
+# the equation is drawn) and one drawn in almost the background's colour (must be flagged).
+PLANTED_DEEP = """
+<div style="height: 15000px"></div>
+<p>Planted <span class="math notranslate nohighlight" id="planted-red"
+style="color: rgb(220, 0, 0)">\\(q_{\\rm red}\\)</span> and
+<span class="math notranslate nohighlight" id="planted-faint"
+style="color: rgb(247, 247, 247)">\\(q_{\\rm faint}\\)</span>.</p>
+"""
 
 
 @pytest.fixture(scope="module")
 def planted_server(site, tmp_path_factory):
     """The built site with one more page: a copy of PLANTED_INTO with PLANTED after its
     article's title (a wide unnumbered equation, a raw pipe table, a wide print, a progress
-    bar and a warning on stderr, a figure whose alt text is its file name). The rest of the
-    site is linked in."""
+    bar and a warning on stderr, a figure whose alt text is its file name) and PLANTED_DEEP
+    at its end. The rest of the site is linked in."""
     root = tmp_path_factory.mktemp("planted-site")
     for entry in site.iterdir():
         if entry.name != "notebooks":
@@ -781,7 +776,10 @@ def planted_server(site, tmp_path_factory):
     tail_head, sep2, tail = tail.partition("</h1>")
     assert sep and sep2, f"{PLANTED_INTO} has no <h1> in its article"
     head, sep = head + sep + tail_head, sep2
-    (root / "notebooks" / "planted.html").write_text(head + sep + PLANTED + tail)
+    body, sep3, tail = tail.partition("</article>")
+    assert sep3, f"{PLANTED_INTO} has no </article>"
+    (root / "notebooks" / "planted.html").write_text(head + sep + PLANTED + body
+                                                     + PLANTED_DEEP + sep3 + tail)
     yield from serve(root)
 
 
@@ -807,3 +805,20 @@ def test_planted_faults_are_caught(browser, planted_server, server):
         assert not any("L=a1b1+a2b2" in m for m in check(original))
     assert not any("planted" in m for m in long_lines(PLANTED_INTO, original)
                    + original["pipes"] + original["progress"] + original["errors"])
+
+
+def test_equation_crops_show_the_equation(browser, planted_server):
+    """The crop test_equations_visible judges is cut where the equation is drawn, even
+    15,000 px down a page (a red equation's crop shows red ink), and an equation drawn in
+    almost the background's colour is flagged."""
+    set_width(browser, DESKTOP)
+    browser.goto(planted_server + "notebooks/planted.html")
+    browser.evaluate(INSPECT, timeout=60)  # waits for MathJax and its fonts; tags equations
+    mode = browser.evaluate("document.documentElement.dataset.theme") or "light"
+    red, faint = browser.evaluate("['planted-red', 'planted-faint'].map(i => "
+                                  "document.querySelector(`#${i} mjx-container`).dataset.eqCheck)")
+    pixels = np.asarray(crop_equation(browser, red, mode), dtype=int)
+    is_red = (pixels[..., 0] > 150) & (pixels[..., 1] < 90) & (pixels[..., 2] < 90)
+    assert is_red.mean() > 0.02, f"the red equation's crop has {is_red.mean():.2%} red pixels"
+    assert not problem(crop_equation(browser, red, mode), mode)
+    assert problem(crop_equation(browser, faint, mode, tries=1), mode)
