@@ -15,6 +15,8 @@ of freedom (Student 1908; Welch 1947):
         Welch's df = (v_a + v_b)^2 / (v_a^2 / (n_a - 1) + v_b^2 / (n_b - 1));
     one value against n redraws of a noise level (`against_noise`): diff = value - their
         mean, SE = their sd * sqrt(1 + 1/n) (a prediction interval), df = n - 1;
+    a statistic's difference from paired bootstrap draws (`paired_bootstrap`): SE =
+        SD of the draws' differences, the normal quantile;
     a standard error from elsewhere (`compare`): df given, or n - 1 for n paired units.
 
 Few units need far more than 2 SE: the quantile is 12.7 at 1 degree of freedom, 4.30 at 2,
@@ -196,6 +198,25 @@ def compare(diff: float, se: float, n: int, *, df: float | None = None, test: st
     t_quantile(df, level)  # checks df and level
     return Comparison(float(diff), float(se), int(n), unit, float(df), test or "t",
                       float(level))
+
+
+def paired_bootstrap(diff: float, boot_a, boot_b, n: int, *, unit: str = "unit",
+                     level: float = LEVEL) -> Comparison:
+    """A verdict on a statistic's difference a - b from paired bootstrap draws.
+
+    boot_a, boot_b: (B,) the statistic of a and of b on the same B resamples of n units
+    (metrics.frechet_bootstrap). SE = SD(boot_a - boot_b), a large-sample SE: the normal
+    quantile.
+    """
+    import torch
+
+    d = (torch.as_tensor(boot_a, dtype=torch.float64)
+         - torch.as_tensor(boot_b, dtype=torch.float64))
+    if d.dim() != 1 or len(d) < 2:
+        raise ValueError(f"boot_a and boot_b must be (B,) draws with B >= 2, got shape "
+                         f"{tuple(d.shape)}")
+    return compare(diff, d.std().item(), n, df=math.inf, test="paired bootstrap",
+                   unit=unit, level=level)
 
 
 def paired(a, b, *, unit: str = "unit", level: float = LEVEL) -> Comparison:

@@ -87,7 +87,8 @@ def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Ten
     """
     T = _check_T(T)
     s = checks.real("s (the cosine schedule's offset)", s, low=0.0)
-    max_beta = checks.real("max_beta", max_beta, low=0.0, high=1.0, open_low=True)
+    max_beta = checks.real("max_beta", max_beta, low=0.0, high=1.0, open_low=True,
+                           open_high=True)
     steps = torch.arange(T + 1, dtype=torch.float64) / T
     f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
     abar = f / f[0]
@@ -808,9 +809,6 @@ def _check_bound(x0, variance: str, decoder: str, where: str) -> None:
 
 def _check_eps(eps, shape, name: str) -> None:
     checks.output(eps, shape, who="eps_model(x_t, t)", what="the predicted noise", against=name)
-
-
-GRID_TOLERANCE = checks.GRID_TOLERANCE
 
 
 def _gen_for(generator: torch.Generator | None, device: torch.device):

@@ -117,8 +117,7 @@ class Ranks:
         (floats to 1e-6 relative, as a checkpoint's identity)."""
         from .checkpoint import same_value
 
-        with self.waiting("the check that the ranks agree"):
-            every = self.gather(mine)
+        every = self.gather(mine, "the check that the ranks agree")
         diffs = []
         for key in every[0]:
             values = [r.get(key) for r in every]
@@ -163,10 +162,10 @@ class Ranks:
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return [bool(v) for v in t.tolist()]
 
-    def gather(self, obj) -> list:
-        """Every rank's `obj`, in rank order."""
+    def gather(self, obj, what: str = "a gather of every rank's state") -> list:
+        """Every rank's `obj`, in rank order (`what`: the wait's name in a timeout's error)."""
         out = [None] * self.world
-        with self.waiting("a gather of every rank's state"):
+        with self.waiting(what):
             dist.all_gather_object(out, obj)
         return out
 
@@ -249,9 +248,10 @@ def join(device: torch.device) -> Ranks | None:
 
 
 def what_must_agree(ident: dict, tensors, steps: int, checkpoint) -> dict:
-    """What `Ranks.agree` compares: fit's identity of the run without the data (model,
-    module tree, config, optimizer, EMA, batch size), the step count, whether it keeps a
-    checkpoint, and each data tensor's shape, dtype and checksums of 64 sampled rows."""
+    """What `Ranks.agree` compares: fit's identity of the run (model, module tree, config,
+    optimizer, EMA, batch size), the step count, whether it keeps a checkpoint, and, in
+    place of the identity's data fingerprint (which reads every row), each data tensor's
+    shape, dtype and checksums of 64 sampled rows."""
     from .checkpoint import fingerprint
 
     data = []

@@ -27,13 +27,12 @@ k + 1, used between grid times by linear interpolation (`grid_velocity`).
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable
 
 import torch
 
-from . import checks
+from . import checks, toy
 from .flow import linear_path, uniform_grid
 from .memory import map_chunks
 from .sde import _value, euler, heun
@@ -88,8 +87,7 @@ class MixturePath:
 
     def _log_joint(self, x, t):
         m, var = self.components(t)
-        sq = (x[:, None, :] - m).pow(2).sum(-1)                                 # (B, K)
-        return self.weights.log() - 0.5 * (sq / var + self.D * torch.log(2 * math.pi * var))
+        return toy._mixture_log_joint(self.gm, x, m, var)                       # (B, K)
 
     def log_density(self, x: torch.Tensor, tau) -> torch.Tensor:
         """log q_tau(x): x (B, D) -> (B,); tau a number or (B,)."""

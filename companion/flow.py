@@ -30,6 +30,11 @@ def linear_path(x0: torch.Tensor, eps: torch.Tensor, tau) -> torch.Tensor:
     Book: :eq:`ch13-linear-path`.
     """
     tau = checks.path_pair("x0 and eps", checks.batch("x0", x0, min_dims=2), eps, tau)
+    return _linear_path(x0, eps, tau)
+
+
+def _linear_path(x0: torch.Tensor, eps: torch.Tensor, tau) -> torch.Tensor:
+    """linear_path without its checks, for times and noise drawn here."""
     tau = _as_times(tau, x0)
     return (1 - tau) * x0 + tau * eps
 
@@ -60,8 +65,8 @@ def flow_matching_loss(model, x0: torch.Tensor, K: int,
                        generator: torch.Generator | None = None) -> torch.Tensor:
     """E |v(x_tau, tau) - (eps - x_0)|^2, tau = k / K with k uniform on 0..K, per element mean.
 
-    Checks are on type and shape, and for images their range (one reduction): this runs
-    every training step.
+    Checks are on x0's type and shape, and for images their range (one reduction): this
+    runs every training step.
 
     Args:
         model: (x (B, ...), step int64 (B,)) -> like x, called with step k + 1 in 1..K + 1 (a
@@ -79,8 +84,7 @@ def flow_matching_loss(model, x0: torch.Tensor, K: int,
     checks.data("x0", x0)  # images on [-1, 1], as the U-Net takes them
     k = torch.randint(0, K + 1, (len(x0),), device=x0.device, generator=generator)
     eps = torch.randn(x0.shape, dtype=x0.dtype, device=x0.device, generator=generator)
-    tau = k.to(x0.dtype) / K
-    x_tau = linear_path(x0, eps, tau)
+    x_tau = _linear_path(x0, eps, k.to(x0.dtype) / K)  # eps and k / K drawn above: no checks
     v = _value(model, x_tau, k + 1, "the model", "a velocity")
     return (v.float() - (eps - x0).float()).pow(2).mean()
 

@@ -118,7 +118,6 @@ def repaint_schedule(n_steps: int, jump: int = 1, resamples: int = 1) -> list[in
 
     Book: :eq:`ch12-jump`.
     """
-    n_steps, jump, resamples = (checks.as_int(v) for v in (n_steps, jump, resamples))
     n_steps, jump, resamples = (checks.count(what, value) for value, what in (
         (n_steps, "n_steps"), (jump, "jump"), (resamples, "resamples")))
     if resamples > 1 and jump >= n_steps:

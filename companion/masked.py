@@ -96,13 +96,10 @@ def check_times(name: str, t) -> torch.Tensor:
 
 
 # --- states ----------------------------------------------------------------------------------
-def check_binary(name: str, x, *, shape=None) -> torch.Tensor:
+def check_binary(name: str, x) -> torch.Tensor:
     """x if it is a float tensor of binary pixels (every value 0 or 1); grey values get an
     error that says to binarize them. Checked on CPU tensors only (a GPU would sync)."""
     checks.tensor(name, x, floating=True)
-    if shape is not None and tuple(x.shape[1:]) != tuple(shape):
-        raise checks.ArgumentError(f"{name} must have shape (B, {', '.join(map(str, shape))})"
-                                   f", got {tuple(x.shape)}")
     if x.numel() and x.device.type == "cpu" and not bool(((x == 0) | (x == 1)).all()):
         raise checks.ArgumentError(
             f"{name} must hold binary pixels, 0 or 1; it holds other values (in "
@@ -230,9 +227,7 @@ def bound_terms(denoiser: Callable, x0: torch.Tensor, t, sched="linear", *,
     sc = schedule(sched)
     t = check_times("t", t).clamp_min(T_MIN)
     z = forward_sample(x0, t, sc, generator=generator)
-    logits = denoiser(z)  # a training batch: one call
-    if not torch.is_tensor(logits) or logits.shape != z.shape:
-        _logits(denoiser, z[:1])  # the clear error
+    logits = _logits(denoiser, z, whole=True)  # a training batch: one call
     ce = masked_cross_entropy(logits, x0, z)
     return sc.weight(t.to(ce.device, ce.dtype)) * ce
 

@@ -447,6 +447,31 @@ def frechet_floor(features: Callable, real: torch.Tensor, reference: torch.Tenso
                          for i in picks], dtype=torch.float64)
 
 
+def frechet_bootstrap(features: dict, reference: torch.Tensor, draws: int, *,
+                      seed: int) -> tuple[dict, dict]:
+    """Each sample set's Fréchet distance to the reference, and over bootstrap resamples.
+
+    features: {key: (N, d)}, every set of the same N (samples made from the same noise);
+    reference: (M, d). Resamples N rows with replacement `draws` times (indices from a CPU
+    generator seeded with `seed`) and uses the same indices for every set, so the draws of
+    two sets are paired: the SD of their difference is the SE of FD(a) - FD(b)
+    (compare.paired_bootstrap), the SD of one set's draws its own SE.
+    Returns (fd, boot): {key: float} and {key: (draws,) float64}.
+    """
+    sizes = {len(f) for f in features.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"every feature set needs the same number of rows for paired "
+                         f"bootstrap draws, got sizes {sorted(sizes)}")
+    if draws < 2:
+        raise ValueError(f"draws must be at least 2 (an SD needs two), got {draws}")
+    n = sizes.pop()
+    picks = torch.randint(0, n, (draws, n), generator=torch.Generator().manual_seed(seed))
+    fd = {k: frechet_distance(f, reference) for k, f in features.items()}
+    boot = {k: torch.tensor([frechet_distance(f[i], reference) for i in picks],
+                            dtype=torch.float64) for k, f in features.items()}
+    return fd, boot
+
+
 def label_histogram(probs: torch.Tensor, classes: int = 10) -> torch.Tensor:
     """How many images a classifier assigns to each class: probs (N, K) -> (K,) int64."""
     probs = checks.tensor("probs", probs)

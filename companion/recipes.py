@@ -271,6 +271,7 @@ def ddpm(x, profile, device, *, steps: int | None = None, resume_from=None,
     diffusion = ddpm_diffusion(profile, device)
     _check_unit_images(x, "recipes.ddpm")
     path = ddpm_checkpoint(profile, steps, prefix)
+    x11 = x * 2 - 1  # the network works on [-1, 1]
     if resume_from is not None and not path.exists():
         from pathlib import Path
 
@@ -279,7 +280,7 @@ def ddpm(x, profile, device, *, steps: int | None = None, resume_from=None,
             raise FileNotFoundError(f"resume_from={resume_from} does not exist: train the "
                                     "early run first (recipes.ddpm(..., steps=...)), or pass "
                                     "resume_from=None to train from scratch")
-        from .checkpoint import check_identity, identity, read_checkpoint
+        from .checkpoint import _tmp_name, check_identity, identity, read_checkpoint
 
         state = read_checkpoint(resume_from)  # damaged, or not fit's: refused here
         done = int(state["step"])
@@ -288,10 +289,10 @@ def ddpm(x, profile, device, *, steps: int | None = None, resume_from=None,
                              f"run of this recipe's {total}: pass the early run's checkpoint")
         # another recipe's checkpoint is refused before it is copied, not left at `path`
         check_identity(resume_from, state.get("identity", {}),
-                       identity(model, config, (x * 2 - 1,), optimizer, s["ema"],
+                       identity(model, config, (x11,), optimizer, s["ema"],
                                 s["batch_size"]))
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.copy.tmp")
+        tmp = _tmp_name(path)
         try:  # atomic: a Ctrl-C during the copy leaves no damaged file at `path`
             shutil.copyfile(resume_from, tmp)
             os.replace(tmp, path)
@@ -301,24 +302,26 @@ def ddpm(x, profile, device, *, steps: int | None = None, resume_from=None,
         warm_up(step)
         return diffusion.simple_loss(model, x0)
 
-    result = fit(model, loss_fn, x * 2 - 1, steps=total, batch_size=s["batch_size"],
+    result = fit(model, loss_fn, x11, steps=total, batch_size=s["batch_size"],
                  optimizer=optimizer, clip=DDPM_CLIP, ema=s["ema"], checkpoint=path,
                  config=config, compile=torch.device(device).type == "cuda",
                  desc="DDPM" if steps is None else f"DDPM ({steps} steps)")
     return result.ema.model, result
 
 
-def _unet_recipe(s: dict, profile, device, x, *, steps_of_net: int, **more):
-    """The skeleton chapters 9 and 13 share: seed 0, the profile's U-Net preset built for
-    `steps_of_net` time steps, Adam, the config that identifies the run (`more` adds the
-    recipe's own settings: T, or K and the loss), and the linear learning-rate warm-up over
-    DDPM_WARMUP steps, a function of the global step so that it survives resuming.
-    s: ddpm_settings(profile). Returns (model, optimizer, config, warm_up(step))."""
+def _unet_recipe(s: dict, profile, device, x, *, steps_of_net: int, network=None, **more):
+    """The skeleton chapters 9, 13 and 14 share: seed 0, the profile's U-Net preset built
+    for `steps_of_net` time steps (as `network`, default UNet), Adam, the config that
+    identifies the run (`more` adds the recipe's own settings: T, or K and the loss), and
+    the linear learning-rate warm-up over DDPM_WARMUP steps, a function of the global step
+    so that it survives resuming.
+    s: ddpm_settings(profile) or masked_settings(profile).
+    Returns (model, optimizer, config, warm_up(step))."""
     from .models.unet import UNet, preset
     from .train import default_optimizer
 
     torch.manual_seed(0)
-    model = UNet(preset(s["preset"], T=steps_of_net)).to(device)
+    model = (network or UNet)(preset(s["preset"], T=steps_of_net)).to(device)
     optimizer = default_optimizer(model.parameters(), s["lr"], device)
     config = dict(profile=profile.name, preset=s["preset"], lr=s["lr"],
                   batch_size=s["batch_size"], ema=s["ema"], clip=DDPM_CLIP,
@@ -595,23 +598,17 @@ def masked_diffusion(x, profile, device, *, prefix: str = "ch14"):
     """
     from . import masked
     from .data import binarize
-    from .models.unet import MaskedUNet, preset
-    from .train import default_optimizer
+    from .models.unet import MaskedUNet
 
     s = masked_settings(profile)
     _check_unit_images(x, "recipes.masked_diffusion")
-    torch.manual_seed(0)
-    model = MaskedUNet(preset(s["preset"])).to(device)
-    optimizer = default_optimizer(model.parameters(), s["lr"], device)
-    config = dict(profile=profile.name, preset=s["preset"], lr=s["lr"],
-                  batch_size=s["batch_size"], ema=s["ema"], clip=DDPM_CLIP,
-                  warmup=DDPM_WARMUP, n_train=len(x), schedule=s["schedule"],
-                  loss="masked diffusion, continuous time, dynamic binarization")
-    lr = s["lr"]
+    # the network's "time" is the number of masked pixels, 1..784
+    model, optimizer, config, warm_up = _unet_recipe(
+        s, profile, device, x, steps_of_net=28 * 28, network=MaskedUNet,
+        schedule=s["schedule"], loss="masked diffusion, continuous time, dynamic binarization")
 
     def loss_fn(model, x0, step):
-        for group in optimizer.param_groups:  # chapter 9's warm-up, by global step
-            group["lr"] = lr * min(1.0, (step + 1) / DDPM_WARMUP)
+        warm_up(step)
         return masked.loss(model, binarize(x0), s["schedule"])
 
     result = fit(model, loss_fn, x, steps=s["steps"], batch_size=s["batch_size"],
@@ -804,10 +801,10 @@ def _gpu_on_cpu(name: str, profile, device) -> str:
     """What the gpu profile's recipe `name` would cost on `device`, and what to run instead."""
     cost = "a recipe sized for a GPU"
     if name in ("ddpm", "flow"):
-        from .models.unet import UNet, preset
+        from .models.unet import UNet, n_params, preset
 
         s = ddpm_settings(profile)
-        params = sum(p.numel() for p in UNet(preset(s["preset"], T=s["T"])).parameters())
+        params = n_params(UNet(preset(s["preset"], T=s["T"])))
         cost = (f"{s['steps']:,} steps of batch {s['batch_size']} through a "
                 f"{params / 1e6:.1f}M-parameter U-Net")
     return (f"the gpu profile's {name} is {cost}, and there is no GPU here ({device}): on a "

@@ -72,7 +72,7 @@ def load(chapter: str, profile) -> dict | None:
     redo = "delete it and re-run the chapter that writes it"
     try:
         values = json.loads(path.read_text(), parse_constant=_no_constant)
-    except (json.JSONDecodeError, ValueError) as err:
+    except ValueError as err:  # JSONDecodeError too
         raise ValueError(f"{path} is not valid JSON of finite numbers ({err}); {redo}") from err
     if not isinstance(values, dict):
         raise ValueError(f"{path} holds a JSON {type(values).__name__}, not the dict of "

@@ -389,17 +389,20 @@ class BinaryTable:
             raise ValueError(f"probs must be non-negative and sum to 1, got sum "
                              f"{float(p.sum()):.6g}, min {float(p.min()):.3g}")
         self.D, self.probs = D, p
-        self.states = ((torch.arange(2 ** D)[:, None] >> torch.arange(D)) & 1).double()
+        from .masked import all_masks
+
+        self.states = all_masks(D).double()  # row m: the bits of m
         self._log_marginals = None
 
     @classmethod
     def from_prototypes(cls, prototypes, weights, flip: float) -> BinaryTable:
         """A mixture of binary prototypes (K, D), each pixel flipped with probability flip."""
+        from .masked import all_masks
+
         protos = _as_float(prototypes, "prototypes")
-        w = _as_float(weights, "weights")
+        w = _as_float(weights, "weights").double()
         flip = checks.real("flip", flip, low=0.0, high=0.5, open_low=True)
-        states = ((torch.arange(2 ** protos.shape[1])[:, None] >> torch.arange(
-            protos.shape[1])) & 1).double()
+        states = all_masks(protos.shape[1]).double()
         agree = (states[:, None] == protos[None]).double()            # (2^D, K, D)
         like = (agree * (1 - flip) + (1 - agree) * flip).prod(-1)     # (2^D, K)
         return cls(like @ (w / w.sum()))

@@ -200,9 +200,7 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
     run = _Run(model, optimizer, averager, scaler, generator, tensors, batch_size, total,
                distributed.join(device), drop_last=compile)
     if run.ranks is not None:  # before any collective that a disagreement would hang
-        run.ranks.agree(distributed.what_must_agree(
-            identity(model, config, (), optimizer, ema, batch_size), tensors, total,
-            checkpoint))
+        run.ranks.agree(distributed.what_must_agree(ident, tensors, total, checkpoint))
     step_kw = _takes_step(loss_fn)
     with contextlib.ExitStack() as cleanup:  # whatever happens, leave the process as it was
         if checkpoint is not None:

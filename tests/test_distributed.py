@@ -162,3 +162,18 @@ def test_a_recipe_trained_under_torchrun_is_the_checkpoint_the_chapters_load(tmp
     again = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True,
                            text=True, timeout=120)
     assert again.returncode == 0 and "resumed at 32" in again.stdout, again.stderr[-3000:]
+
+
+def test_a_timeout_in_the_agreement_check_is_named_once(monkeypatch):
+    from companion import distributed
+
+    def timed_out(out, obj):
+        raise RuntimeError("[gloo] Timed out waiting 4000ms for recv operation to complete")
+
+    monkeypatch.setattr(distributed.dist, "all_gather_object", timed_out)
+    ranks = distributed.Ranks(0, 2, torch.device("cpu"), 4.0)
+    with pytest.raises(RuntimeError) as err:
+        ranks.agree({"lr": 0.1})
+    text = str(err.value)
+    assert text.count("waited 4 s") == 1, text
+    assert "at the check that the ranks agree" in text and "Timed out waiting 4000ms" in text

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
+from companion.compare import paired_bootstrap
 from companion.metrics import (
+    frechet_bootstrap,
     frechet_distance,
     frechet_gaussian,
     label_histogram,
@@ -98,3 +100,35 @@ def test_frechet_names_nan_rows_and_bad_dims():
     # lists and float32 still work as before
     assert frechet_distance([[1.0, 2.0], [3.0, 4.0]], [[1.0, 2.0], [3.0, 5.0]]) == \
         pytest.approx(0.75)
+
+
+def test_frechet_bootstrap_draws_are_paired():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(300, 4, generator=g, dtype=torch.float64)
+    feats = {"a": a, "copy": a.clone(), "other": torch.randn(300, 4, generator=g,
+                                                            dtype=torch.float64)}
+    ref = torch.randn(400, 4, generator=g, dtype=torch.float64)
+    fd, boot = frechet_bootstrap(feats, ref, 40, seed=3)
+    assert fd == {k: frechet_distance(f, ref) for k, f in feats.items()}
+    assert all(v.shape == (40,) and v.dtype == torch.float64 for v in boot.values())
+    assert torch.equal(frechet_bootstrap(feats, ref, 40, seed=3)[1]["a"], boot["a"])
+    # the same resamples for every set: a copy's draws equal the original's, and those of
+    # another set differ
+    assert torch.equal(boot["copy"], boot["a"])
+    assert not torch.equal(boot["other"], boot["a"])
+    assert paired_bootstrap(0.0, boot["copy"], boot["a"], 300).se == 0
+    with pytest.raises(ValueError, match="same number of rows"):
+        frechet_bootstrap({"a": a, "b": a[:100]}, ref, 40, seed=0)
+    with pytest.raises(ValueError, match="draws must be at least 2"):
+        frechet_bootstrap(feats, ref, 1, seed=0)
+
+
+def test_paired_bootstrap_is_a_large_sample_verdict():
+    a = torch.tensor([10.0, 11.0, 12.0, 11.5], dtype=torch.float64)
+    c = paired_bootstrap(3.0, a + 3.0 + torch.tensor([0.1, -0.1, 0.2, -0.2]), a, 500,
+                         unit="sample")
+    assert c.se == pytest.approx(torch.tensor([0.1, -0.1, 0.2, -0.2]).std().item())
+    assert c.threshold == pytest.approx(1.959964, abs=1e-6)
+    assert c.resolved and "paired bootstrap, normal" in c.words(".1f")
+    with pytest.raises(ValueError, match=r"\(B,\) draws"):
+        paired_bootstrap(1.0, torch.ones(2, 3), torch.ones(2, 3), 10)

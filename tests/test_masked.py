@@ -73,6 +73,12 @@ def test_posterior_matches_sampling_and_keeps_revealed_pixels():
 
 
 # --- the exact toy ---------------------------------------------------------------------------
+def test_the_table_takes_weights_of_any_float_dtype(toy):
+    for weights in (torch.tensor([3, 2, 2, 1, 2]), torch.tensor([3.0, 2, 2, 1, 2])):
+        other = BinaryTable.from_prototypes(PROTOTYPES, weights, flip=0.1)
+        assert torch.allclose(other.probs, toy.probs, rtol=1e-6, atol=0)
+
+
 def test_exact_denoiser_is_the_conditional(toy):
     z = torch.full((1, 9), mk.MASK, dtype=torch.float64)
     z[0, :3] = torch.tensor([1.0, 1.0, 0.0])

@@ -157,6 +157,7 @@ def test_14_results_refuse_what_they_cannot_quote_and_find_any_case(tmp_path, mo
     lambda: glue.glue("x", float("nan"), display=False),
     lambda: diffusion.cosine_betas(10, s=-1),
     lambda: diffusion.cosine_betas(10, max_beta=0),
+    lambda: diffusion.cosine_betas(10, max_beta=1),  # beta = 1, which Diffusion refuses
     lambda: VAE(hidden=(0,)),
     lambda: Classifier(width=0),
     lambda: Autoencoder(latent_dim=2.7),
@@ -167,7 +168,8 @@ def test_14_results_refuse_what_they_cannot_quote_and_find_any_case(tmp_path, mo
     lambda: kl.kl_quadrature(lambda g: -g ** 2, lambda g: -g ** 2, torch.linspace(3, -3, 50)),
     lambda: plot.image_grid(torch.rand(2, 1, 4, 4) * 255),
     lambda: plot.image_grid(torch.rand(2, 1, 4, 4) * 2 - 1),
-], ids=["glue nan", "cosine s<0", "cosine max_beta 0", "VAE hidden 0", "Classifier width 0",
+], ids=["glue nan", "cosine s<0", "cosine max_beta 0", "cosine max_beta 1",
+        "VAE hidden 0", "Classifier width 0",
         "Autoencoder latent 2.7", "elbo n_samples 0", "accuracy one label",
         "worst_perturbation nan", "top probability empty", "kl decreasing grid",
         "image_grid 0..255", "image_grid [-1, 1]"])

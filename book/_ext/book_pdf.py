@@ -109,7 +109,8 @@ class BookMatter(SphinxPostTransform):
                 root.remove(child)
                 intro += child
             root.insert(1, intro)
-        chapters = [p for p in pages if p["docname"] in set(numbered_docnames(self.env.srcdir))]
+        numbered = set(numbered_docnames(self.env.srcdir))
+        chapters = [p for p in pages if p["docname"] in numbered]
         if chapters:
             chapters[0].parent.insert(chapters[0].parent.index(chapters[0]),
                                       latex("\\mainmatter"

@@ -86,7 +86,7 @@ class Autoencoder(_Codec):
                        for i, h in enumerate(hidden))
         if output not in ("sigmoid", "identity"):
             raise ValueError(f"output must be 'sigmoid' or 'identity', got {output!r}")
-        self.latent_dim, self.hidden = int(latent_dim), hidden
+        self.latent_dim, self.hidden = latent_dim, hidden
         self.activation, self.output = activation, output
 
         enc: list[nn.Module] = [nn.Flatten()]

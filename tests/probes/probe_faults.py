@@ -29,7 +29,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from collections import Counter
 from pathlib import Path
@@ -357,28 +356,6 @@ def _ddpm(tmp, x=None, **kw):
 
 
 # --- lost work: faults during training -------------------------------------------------------
-KEEP_SCRIPT = textwrap.dedent("""
-    import os, sys, time, signal, torch
-    from torch import nn
-    from companion.train import fit
-    x = torch.randn(23, 3, generator=torch.Generator().manual_seed(5))
-    y = torch.randn(23, 1, generator=torch.Generator().manual_seed(6))
-    torch.manual_seed(0)
-    model = nn.Linear(3, 1)
-    gen = torch.Generator().manual_seed(1)
-    path, slow, save_every = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
-    def loss(m, b, step):
-        time.sleep(slow)
-        if step == 0:
-            print("training", flush=True)
-        return ((m(b[0] + 0.1 * torch.randn_like(b[0])) - b[1]) ** 2).mean()
-    try:
-        fit(model, loss, (x, y), steps=60, batch_size=5, quiet=True, ema=0.9,
-            checkpoint=path, generator=gen, save_every=save_every)
-    except KeyboardInterrupt:
-        sys.exit(3)
-    torch.save(model.state_dict(), path + ".final")
-""")
 
 
 def keep_cases(tmp: Path):
@@ -386,8 +363,12 @@ def keep_cases(tmp: Path):
     from companion.profiles import get_profile
     from companion.train import fit
 
+    # the script the fault tests run (same arguments: path, seconds a step, save_every);
+    # imported here: test_faults draws unseeded data at import
+    from tests.test_faults import SCRIPT
+
     script = tmp / "keep.py"
-    script.write_text(KEEP_SCRIPT)
+    script.write_text(SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
 
     def child(path, slow=0.0, save_every=1000):

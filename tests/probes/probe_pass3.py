@@ -29,7 +29,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 import traceback
 import warnings
@@ -153,19 +152,12 @@ def _read_only_mid_run(tmp, what: str):
 
 
 # --- waits -----------------------------------------------------------------------------------
-HOLDER = textwrap.dedent("""
-    import fcntl, os, sys, time
-    fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    os.write(fd, f"{os.getpid()}\\n".encode())
-    print("held", flush=True)
-    time.sleep(60)
-""")
 
 
 def _lock_wait(tmp):
     """Another process holds the lock: can this run give up (lock_timeout) and say who?"""
     from companion.train import fit
+    from tests.test_keeps_and_waits import HOLDER
 
     proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(Path(tmp) / "m.pt.lock")],
                             stdout=subprocess.PIPE, text=True)
