@@ -53,10 +53,12 @@ def use_style() -> None:
 
 
 def image_grid(x: torch.Tensor, nrow: int = 8, ax=None, title: str | None = None,
-               pad: int = 1):
+               pad: int = 1, background: float = 1.0):
     """Show a batch of images in a grid.
 
-    x: (B, C, H, W) with values in [0, 1] (C = 1 or 3). Returns the axes.
+    x: (B, C, H, W) with values in [0, 1] (C = 1 or 3). background: the grey level of the
+    gaps between images (1.0 white; 0.5 frames images that have white pixels at their edge).
+    Returns the axes.
     """
     if x is None or isinstance(x, (str, bytes)):
         raise checks.ArgumentError(f"x must be images (B, C, H, W), got {x!r:.40}")
@@ -73,7 +75,9 @@ def image_grid(x: torch.Tensor, nrow: int = 8, ax=None, title: str | None = None
     b, c, h, w = x.shape
     ncol = min(nrow, b)
     nrows = int(np.ceil(b / ncol))
-    canvas = torch.ones(c, nrows * (h + pad) + pad, ncol * (w + pad) + pad)
+    background = checks.real("background (a grey level in [0, 1])", background, low=0.0,
+                             high=1.0)
+    canvas = torch.full((c, nrows * (h + pad) + pad, ncol * (w + pad) + pad), background)
     for i in range(b):
         r, q = divmod(i, ncol)
         top, left = pad + r * (h + pad), pad + q * (w + pad)
