@@ -155,3 +155,39 @@ def test_glue_bookkeeping_is_off_the_page(path):
              and "remove-cell" not in c["metadata"].get("tags", [])]
     assert not shown, f"visible code cells call glue(: {shown}; move the calls into a " \
                       "cell tagged remove-cell right after the computation"
+
+
+# DESIGN.md, Verdicts: a sentence that ranks methods in chapters 10 on rests on a paired
+# comparison whose words are chosen in code, so it quotes a glued value.
+RANKING = re.compile(r"\b(better than|worse than|beats?|outperforms?|cannot match)\b"
+                     r"|\b(best|worst|lowest|highest)\b(?!\s+(possible|explains))", re.I)
+GLUED = re.compile(r"\{glue:text\}`[^`]+`")
+RANKED = [p for p in NOTEBOOKS if p.name[:2] >= "10"]
+
+
+def unglued_rankings(markdown: str) -> list[str]:
+    """The sentences of a markdown cell that use a ranking word and quote no glued value
+    (code blocks, solutions and display math left out)."""
+    text = re.sub(r"```.*?```", " ", markdown, flags=re.S)
+    text = re.sub(r"^:::.*?^:::", " ", text, flags=re.S | re.M)
+    text = re.sub(r"\$\$.*?\$\$", " ", text, flags=re.S)
+    text = re.sub(r"\s+", " ", text)
+    return [s for s in re.split(r"(?<=[.!?])\s+(?=[A-Z*{(#])", text)
+            if RANKING.search(s) and not GLUED.search(s)]
+
+
+@pytest.mark.parametrize("path", RANKED, ids=[p.stem for p in RANKED])
+def test_rankings_rest_on_a_glued_verdict(path):
+    found = [s[:120] for c in load(path)["cells"] if c["cell_type"] == "markdown"
+             for s in unglued_rankings(source(c))]
+    assert not found, f"sentences that rank without a glued verdict: {found}; choose the " \
+                      "words in code from companion.compare and glue them"
+
+
+def test_an_unglued_ranking_is_caught():
+    planted = ("The flow model is better than chapter 9's network at every count. "
+               "Its lowest score is 126.\n\n```python\nbest = 1\n```")
+    assert len(unglued_rankings(planted)) == 2
+    glued = ("The flow model is {glue:text}`ch13_words` at every count, the lowest "
+             "score {glue:text}`ch13_best`. The best possible denoiser is exact.")
+    assert unglued_rankings(glued) == []
