@@ -214,6 +214,17 @@ GRID = torch.cartesian_prod(torch.linspace(-2, 2, 9), torch.linspace(-2, 2, 9))
 LEVELS = [1.0, 0.6, 0.1, 0.01]
 
 
+def mixtures() -> list[toy.GaussianMixture]:
+    """Chapter 8's mixture (one shared width) and the same with unequal widths."""
+    gm = chapter8_mixture()
+    return [gm, toy.GaussianMixture(gm.weights, gm.means, [0.1, 0.3, 0.2, 0.5, 0.15])]
+
+
+def classes() -> list[tuple[toy.GaussianMixture, int]]:
+    """(mixture, class) for every class of both mixtures."""
+    return [(gm, y) for gm in mixtures() for y in range(gm.K)]
+
+
 def test_noisy_classifier_is_bayes_rule_and_the_clean_posterior_at_alpha_bar_1():
     gm = chapter8_mixture()
     assert torch.allclose(toy.diffused_log_posterior(gm, GRID, 1.0), gm.log_posterior(GRID),
@@ -226,9 +237,8 @@ def test_noisy_classifier_is_bayes_rule_and_the_clean_posterior_at_alpha_bar_1()
 
 @pytest.mark.parametrize("ab", LEVELS)
 def test_classifier_gradient_against_finite_differences(ab):
-    gm, h = chapter8_mixture(), 1e-6
-    x = GRID[::4]
-    for y in range(gm.K):
+    h, x = 1e-6, GRID[::4]
+    for gm, y in classes():
         grad = toy.diffused_log_posterior_grad(gm, x, y, ab)
         fd = torch.stack([(toy.diffused_log_posterior(gm, x + h * e, ab)[:, y]
                            - toy.diffused_log_posterior(gm, x - h * e, ab)[:, y]) / (2 * h)
@@ -238,8 +248,7 @@ def test_classifier_gradient_against_finite_differences(ab):
 
 @pytest.mark.parametrize("ab", LEVELS)
 def test_conditional_score_is_the_noised_components_score(ab):
-    gm = chapter8_mixture()
-    for y in range(gm.K):
+    for gm, y in classes():
         one = toy.GaussianMixture([1.0], gm.means[y:y + 1], gm.stds[y:y + 1])
         assert torch.allclose(toy.diffused_conditional_score(gm, GRID, y, ab),
                               toy.diffused_score(one, GRID, ab), atol=1e-12)
@@ -247,14 +256,13 @@ def test_conditional_score_is_the_noised_components_score(ab):
 
 @pytest.mark.parametrize("ab", LEVELS)
 def test_guided_score_with_the_exact_classifier_at_w1_is_the_conditional_score(ab):
-    gm = chapter8_mixture()
-    for y in range(gm.K):
+    for gm, y in classes():
         guided = S.classifier_guided_score(
-            lambda x: toy.diffused_score(gm, x, ab),
-            lambda x, y=y: toy.diffused_log_posterior_grad(gm, x, y, ab), 1.0)
+            lambda x, gm=gm: toy.diffused_score(gm, x, ab),
+            lambda x, gm=gm, y=y: toy.diffused_log_posterior_grad(gm, x, y, ab), 1.0)
         cond = toy.diffused_conditional_score(gm, GRID, y, ab)
         assert (guided(GRID) - cond).abs().max().item() < 1e-10
-    # w = 0 is the unconditional score; w = 3 is not the conditional one
+    # w = 0 is the unconditional score
     assert torch.equal(S.classifier_guided_score(
         lambda x: toy.diffused_score(gm, x, ab),
         lambda x: toy.diffused_log_posterior_grad(gm, x, 0, ab), 0.0)(GRID),
