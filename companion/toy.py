@@ -336,6 +336,58 @@ def diffused_score(gm: GaussianMixture, x, alpha_bar) -> torch.Tensor:
     return ((r / var)[:, :, None] * (means - x[:, None, :])).sum(1)
 
 
+# --- the mixture's components as classes: the exact noisy classifier -------------------------
+# Beside diffused_score because they are the same closed form (the noisy components' means,
+# variances and responsibilities); companion.score combines any scores, these are the toy's.
+def _check_class(gm: GaussianMixture, y, B: int) -> torch.Tensor:
+    """y, the class of every point: an int or an integer tensor () or (B,), in 0..K - 1."""
+    if not torch.is_tensor(y):
+        y = torch.tensor(checks.count("y (a class, a component of the mixture)", y,
+                                      minimum=0, maximum=gm.K - 1))
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool or y.dim() > 1 \
+            or y.numel() not in (1, B):
+        raise checks.ArgumentError(f"y must be an integer class or one per point ({B},), got "
+                                   f"{y.dtype} of shape {tuple(y.shape)}")
+    if int(y.min()) < 0 or int(y.max()) >= gm.K:
+        raise checks.ArgumentError(f"y must be a class of the mixture, in 0..{gm.K - 1}, got "
+                                   f"values in {int(y.min())}..{int(y.max())}")
+    return y.long().reshape(-1).expand(B)
+
+
+def diffused_log_posterior(gm: GaussianMixture, x, alpha_bar) -> torch.Tensor:
+    """log p_t(y = k | x): the exact noisy classifier, the responsibilities of the noisy
+    components at alpha_bar.  x: (B, D) -> (B, K), rows log-summing to 0.
+    """
+    x, means, var = _mixture_at(gm, x, alpha_bar)
+    return torch.log_softmax(_mixture_log_joint(gm, x, means, var), dim=-1)
+
+
+def diffused_log_posterior_grad(gm: GaussianMixture, x, y, alpha_bar) -> torch.Tensor:
+    """grad_x log p_t(y | x) = (m_y - x) / v_y - sum_k r_k(x) (m_k - x) / v_k.
+
+    The gradient of the log-softmax of the noisy components' log-joints l_k, whose
+    gradients are (m_k - x) / v_k. x: (B, D), y: an int or (B,) classes -> (B, D).
+    """
+    x, means, var = _mixture_at(gm, x, alpha_bar)
+    y = _check_class(gm, y, len(x))
+    r = torch.softmax(_mixture_log_joint(gm, x, means, var), dim=-1)      # (B, K)
+    grads = (means - x[:, None, :]) / var[:, :, None]                    # (B, K, D)
+    own = grads[torch.arange(len(x)), y]                                  # (B, D)
+    return own - (r[:, :, None] * grads).sum(1)
+
+
+def diffused_conditional_score(gm: GaussianMixture, x, y, alpha_bar) -> torch.Tensor:
+    """grad_x log p_t(x | y) = (m_y - x) / v_y: the score of the noisy component y alone.
+
+    x: (B, D), y: an int or (B,) classes -> (B, D).
+    """
+    x, means, var = _mixture_at(gm, x, alpha_bar)
+    y = _check_class(gm, y, len(x))
+    means, var = means.expand(len(x), -1, -1), var.expand(len(x), -1)
+    i = torch.arange(len(x))
+    return (means[i, y] - x) / var[i, y][:, None]
+
+
 class NoisePredictorMLP(torch.nn.Module):
     """eps_theta(x_t, t) for low-dimensional toy data: an MLP on [x_t, embedding(t)].
 
