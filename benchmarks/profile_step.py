@@ -32,7 +32,7 @@ from companion import train
 from companion.data import load
 from companion.diffusion import Diffusion, linear_betas
 from companion.models.unet import UNet, preset
-from companion.runtime import get_device, seed_everything
+from companion.run.runtime import get_device, seed_everything
 from companion.train import default_optimizer, fit
 
 

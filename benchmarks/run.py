@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from companion import data
-from companion.runtime import get_device, seed_everything
+from companion.run.runtime import get_device, seed_everything
 from companion.train import autocast_dtype
 
 from . import bench_ddpm, bench_hvae, bench_vae

@@ -14,8 +14,8 @@ import os
 
 import torch
 
-from .memory import map_chunks
 from .models.autoencoder import Autoencoder, reconstruction_loss
+from .run.memory import map_chunks
 from .train import checkpoint_path, fit
 
 AE_HIDDEN, AE_LR, AE_NOISE, AE_WEIGHT = (256,), 2e-3, 0.5, 1.0
@@ -280,7 +280,7 @@ def ddpm(x, profile, device, *, steps: int | None = None, resume_from=None,
             raise FileNotFoundError(f"resume_from={resume_from} does not exist: train the "
                                     "early run first (recipes.ddpm(..., steps=...)), or pass "
                                     "resume_from=None to train from scratch")
-        from .checkpoint import _tmp_name, check_identity, identity, read_checkpoint
+        from .run.checkpoint import _tmp_name, check_identity, identity, read_checkpoint
 
         state = read_checkpoint(resume_from)  # damaged, or not fit's: refused here
         done = int(state["step"])
@@ -350,7 +350,7 @@ def _check_unit_images(x, where: str) -> None:
 def network_function(model, device, *, precision: str = "mixed"):
     """The network as the samplers and solvers call it, (x (B, 1, 28, 28), t (B,)) -> float32
     (B, 1, 28, 28): a noise predictor (chapters 9-13) or a velocity network (chapter 13). At
-    most companion.memory.MAX_IMAGES images a network call, whatever B.
+    most companion.run.memory.MAX_IMAGES images a network call, whatever B.
 
     precision="mixed": under the GPU's mixed precision (bf16, or fp16 on GPUs without bf16;
     `train.autocast_dtype`), float32 on a CPU; for sampling, where an error of 1e-2 relative
@@ -819,10 +819,10 @@ def main(argv=None) -> int:
     Under `torchrun --nproc_per_node=N` the N processes train it together."""
     import argparse
 
-    from . import distributed
     from .data import load
-    from .profiles import get_profile
-    from .runtime import get_device, seed_everything
+    from .run import distributed
+    from .run.profiles import get_profile
+    from .run.runtime import get_device, seed_everything
 
     parser = argparse.ArgumentParser(
         prog="python -m companion.recipes",

@@ -14,8 +14,8 @@ weights, and the precision and compile choices: mixed precision chosen by `autoc
 the CPU), optional torch.compile (falling back to eager mode when it fails), gradient
 clipping, a clear error naming the step when the loss stops being finite. What keeps the
 work (checkpoints that resume exactly, and refuse one of another run or a damaged one) is
-`companion.checkpoint`; training as one of several processes under torchrun is
-`companion.distributed`.
+`companion.run.checkpoint`; training as one of several processes under torchrun is
+`companion.run.distributed`.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import checks, distributed, profiles, runtime
-from .checkpoint import (  # noqa: F401  (re-exported: companion.train's names of before)
+from .run import checks, distributed, profiles, runtime
+from .run.checkpoint import (  # noqa: F401  (re-exported: companion.train's names of before)
     CheckpointBusyError,
     CheckpointMismatchError,
     CheckpointSaveError,
@@ -56,7 +56,7 @@ from .checkpoint import (  # noqa: F401  (re-exported: companion.train's names o
     save_checkpoint,
     set_rng_state,
 )
-from .progress import progress
+from .run.progress import progress
 
 
 class EMA:
@@ -132,10 +132,10 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
     While a run trains into a checkpoint, another process's run on the same path waits for
     it, then loads or resumes what it saved; a second fit in the same process is an error.
     Whatever stops it, fit leaves no lock, signal handler or temporary file behind.
-    In smoke mode (BOOK_SMOKE=1, companion.profiles.smoke_mode) each call stops after
+    In smoke mode (BOOK_SMOKE=1, companion.run.profiles.smoke_mode) each call stops after
     profiles.SMOKE_STEPS optimizer steps, and cache_dir() is a throwaway folder.
     Under torchrun with several processes, each rank trains on its share of every batch of
-    `batch_size` through DistributedDataParallel (companion.distributed); rank 0 alone
+    `batch_size` through DistributedDataParallel (companion.run.distributed); rank 0 alone
     prints and writes the checkpoint, which is the one a single process would write.
     Before the first step the ranks check that they agree (batch size, steps, checkpoint or
     none, data, model, optimizer, config) and all fail naming what differs; a rank that
@@ -405,7 +405,7 @@ class _Run:
 
     def waiting(self, what: str):
         """Where this rank waits for the others (a context): a timeout there becomes an
-        error that says so (companion.distributed); alone, nothing."""
+        error that says so (companion.run.distributed); alone, nothing."""
         return contextlib.nullcontext() if self.ranks is None else self.ranks.waiting(what)
 
     # 2, 3. a step ------------------------------------------------------------------------
@@ -744,7 +744,7 @@ def autocast_dtype(device) -> torch.dtype | None:
     cores, and bf16 has float32's exponent range, so no loss scaling); fp16 on older CUDA
     GPUs such as Colab's T4 (7.5), where bf16 is emulated and slower than float32, so fp16
     with a gradient scaler is the fast path; None on the CPU (autocast there mostly adds
-    casts to these small models). Under BOOK_T4=1 (companion.runtime.t4_emulated) fp16 on
+    casts to these small models). Under BOOK_T4=1 (companion.run.runtime.t4_emulated) fp16 on
     every CUDA GPU: the T4's path, run on a bigger one.
     """
     device = torch.device(device)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from companion import colab
+from companion.run import colab
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow

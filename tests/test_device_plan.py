@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import companion
-from companion import runtime
+from companion.run import runtime
 from companion.train import autocast_dtype
 
 ROOT = Path(__file__).resolve().parent.parent

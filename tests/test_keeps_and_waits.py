@@ -25,7 +25,7 @@ import pytest
 import torch
 from torch import nn
 
-import companion.checkpoint as ck
+import companion.run.checkpoint as ck
 from companion.train import (
     CheckpointBusyError,
     CheckpointMismatchError,

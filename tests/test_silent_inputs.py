@@ -12,24 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-from companion import (
-    checks,
-    diffusion,
-    flow,
-    glue,
-    kl,
-    metrics,
-    plot,
-    profiles,
-    recipes,
-    results,
-    runtime,
-    sde,
-)
-from companion.checkpoint import CheckpointMismatchError
+from companion import diffusion, flow, kl, metrics, plot, recipes, sde
 from companion.models.autoencoder import Autoencoder, worst_perturbation
 from companion.models.classifier import Classifier, accuracy
 from companion.models.vae import VAE
+from companion.run import checks, glue, profiles, results, runtime
+from companion.run.checkpoint import CheckpointMismatchError
 
 
 @pytest.fixture(autouse=True)

@@ -205,8 +205,8 @@ def test_fit_hands_the_global_step_to_a_loss_that_takes_one(tmp_path):
 def test_smoke_mode_stops_early_and_keeps_the_cache_untouched(tmp_path, monkeypatch):
     import os
 
-    from companion import checkpoint as ck
-    from companion import profiles
+    from companion.run import checkpoint as ck
+    from companion.run import profiles
 
     monkeypatch.setenv("BOOK_CACHE", str(tmp_path / "real-cache"))
     monkeypatch.setenv("BOOK_SMOKE", "1")

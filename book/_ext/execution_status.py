@@ -159,7 +159,7 @@ def record(path: Path, seconds: float, finished: datetime,
     loaded: the checkpoints the run loaded instead of training (companion.fit writes their
     names to $BOOK_LOADED_LOG); "reused" on the status page means at least one.
     cuda_peak: torch's peak GPU memory in the kernel, {"allocated_mib", "reserved_mib"}
-    (companion.runtime.cuda_peak_memory); None on a CPU.
+    (companion.run.runtime.cuda_peak_memory); None on a CPU.
     """
     import nbformat
 
@@ -188,7 +188,7 @@ def record_t4(path: Path, seconds: float, finished: datetime, cuda_peak: dict | 
     (a chapter that needs more than the cap fails with torch.OutOfMemoryError)."""
     import nbformat
 
-    from companion.runtime import T4_MEMORY_BYTES
+    from companion.run.runtime import T4_MEMORY_BYTES
 
     nb = nbformat.read(str(path), as_version=4)
     nb.metadata.setdefault("book", {})["t4"] = {
@@ -365,7 +365,7 @@ def _finish(proc: subprocess.Popen, stopped: list) -> int:
 
 
 def _read_peak(path: Path) -> dict | None:
-    """What the kernel last wrote to $BOOK_PEAK_LOG (companion.runtime), or None."""
+    """What the kernel last wrote to $BOOK_PEAK_LOG (companion.run.runtime), or None."""
     try:
         peak = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -429,7 +429,7 @@ def execute(paths: list[str], copy: bool = False, into: str | None = None) -> in
 
 
 def _execute(paths: list[str], env: dict, folder: str | None, into: str | None) -> int:
-    from companion.profiles import env_flag  # BOOK_SMOKE read as companion reads it
+    from companion.run.profiles import env_flag  # BOOK_SMOKE read as companion reads it
 
     smoke = env_flag("BOOK_SMOKE", environ=env)
     for p in paths:

@@ -1,0 +1,99 @@
+"""Follow issue 51's move of the machinery into `companion.run` in sources and notebooks.
+
+    python tools/rewire.py notebooks/09_ddpm_mnist.md notebooks/09_ddpm_mnist.ipynb ...
+    python tools/rewire.py --check FILE ...   # exit 1 if a file still needs it
+
+What it rewrites (idempotent: a second run changes nothing):
+
+- `companion.X` -> `companion.run.X` and `companion/X.py` -> `companion/run/X.py` for every
+  machinery module X (MOVED), except the names `companion/__init__.py` re-exports and a
+  call such as `companion.progress(...)`;
+- `from companion import a, X, b` -> `from companion import a, b` and
+  `from companion.run import X` (a new line where the import starts a line, `; ` inside one);
+- in a notebook, the setup cell's bookkeeping (`tools/notebook_setup.py`, when given
+  `--setup`).
+
+A notebook's `.ipynb` is edited as JSON: only cell sources change; outputs, execution counts
+and metadata stay as they are (nothing is executed). A `.md` twin is edited as text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+MOVED = ("checkpoint", "checks", "distributed", "runtime", "profiles", "progress", "memory",
+         "results", "glue", "tables", "colab")
+_NAMES = "|".join(MOVED)
+_DOTTED = re.compile(rf"\bcompanion\.({_NAMES})\b(?!\s*\()")
+_PATH = re.compile(rf"\bcompanion/({_NAMES})\.py\b")
+_FROM = re.compile(r"(^[ \t]*)?from companion import (\([^)]*\)|[\w ,]+?(?=$|[;\"'\n]))", re.M)
+
+
+def _split_from(m: re.Match) -> str:
+    indent, names = m.group(1), m.group(2)
+    items = [n.strip() for n in names.strip("() \t\n").split(",") if n.strip()]
+    moved = [n for n in items if n.split(" as ")[0].strip() in MOVED]
+    if not moved:
+        return m.group(0)
+    kept = [n for n in items if n not in moved]
+    lines = [f"from companion{wing} import {', '.join(names)}"
+             for wing, names in (("", kept), (".run", moved)) if names]
+    if indent is not None:  # the import starts its line: one import a line
+        return "\n".join(indent + line for line in lines)
+    return "; ".join(lines)
+
+
+def rewire(text: str) -> str:
+    """The text with every reference to a moved module following it to companion.run."""
+    text = _FROM.sub(_split_from, text)
+    text = _DOTTED.sub(r"companion.run.\1", text)
+    return _PATH.sub(r"companion/run/\1.py", text)
+
+
+def _edit_notebook(path: Path, edit) -> bool:
+    raw = path.read_text(encoding="utf-8")
+    nb = json.loads(raw)
+    changed = False
+    for cell in nb["cells"]:
+        source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+        new = edit(source, cell)
+        if new != source:
+            cell["source"] = new.splitlines(keepends=True)
+            changed = True
+    if changed:
+        path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return changed
+
+
+def edit_file(path: Path, check: bool = False) -> bool:
+    """Rewire one file in place; True when it changed (or, with check, would change)."""
+    if path.suffix == ".ipynb":
+        if check:
+            nb = json.loads(path.read_text(encoding="utf-8"))
+            return any(rewire("".join(c["source"])) != "".join(c["source"])
+                       for c in nb["cells"])
+        return _edit_notebook(path, lambda source, cell: rewire(source))
+    text = path.read_text(encoding="utf-8")
+    new = rewire(text)
+    if new != text and not check:
+        path.write_text(new, encoding="utf-8")
+    return new != text
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("files", nargs="+", type=Path)
+    ap.add_argument("--check", action="store_true", help="change nothing; exit 1 if needed")
+    args = ap.parse_args(argv)
+    pending = [f for f in args.files if edit_file(f, check=args.check)]
+    for f in pending:
+        print(("needs rewiring: " if args.check else "rewired: ") + str(f))
+    return 1 if args.check and pending else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
