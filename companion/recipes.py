@@ -318,7 +318,7 @@ def _unet_recipe(s: dict, profile, device, x, *, steps_of_net: int, network=None
     s: ddpm_settings(profile) or masked_settings(profile).
     Returns (model, optimizer, config, warm_up(step))."""
     from .models.unet import UNet, preset
-    from .train import default_optimizer
+    from .run.precision import default_optimizer
 
     torch.manual_seed(0)
     model = (network or UNet)(preset(s["preset"], T=steps_of_net)).to(device)
@@ -353,14 +353,14 @@ def network_function(model, device, *, precision: str = "mixed"):
     most companion.run.memory.MAX_IMAGES images a network call, whatever B.
 
     precision="mixed": under the GPU's mixed precision (bf16, or fp16 on GPUs without bf16;
-    `train.autocast_dtype`), float32 on a CPU; for sampling, where an error of 1e-2 relative
-    to the output is far below what the samples show. precision="float32": the network in
-    float32 with autocast switched off, whatever the device and whatever autocast context
-    the caller is in; for the likelihood and ODE-transport paths, where an adaptive solver
-    at tolerances of 1e-5 needs a field that is smooth at that precision (Song et al. 2021
-    evaluate in float32; bf16 keeps 8 bits of mantissa).
+    `companion.run.precision.autocast_dtype`), float32 on a CPU; for sampling, where an error
+    of 1e-2 relative to the output is far below what the samples show. precision="float32":
+    the network in float32 with autocast switched off, whatever the device and whatever
+    autocast context the caller is in; for the likelihood and ODE-transport paths, where an
+    adaptive solver at tolerances of 1e-5 needs a field that is smooth at that precision
+    (Song et al. 2021 evaluate in float32; bf16 keeps 8 bits of mantissa).
     """
-    from .train import autocast_dtype
+    from .run.precision import autocast_dtype
 
     if precision not in ("mixed", "float32"):
         raise ValueError(f"precision must be 'mixed' (sampling) or 'float32' (likelihoods, "

@@ -68,7 +68,7 @@ def _amp_eps(model):
     """recipes.eps_function on a T4: the network in fp16 autocast, float32 out."""
     from companion import recipes
 
-    with mock.patch("companion.train.autocast_dtype", return_value=None):
+    with mock.patch("companion.run.precision.autocast_dtype", return_value=None):
         eps = recipes.eps_function(model, "cpu")  # the wrapper, with autocast left to us
 
     def fp16(x, t):
@@ -122,7 +122,7 @@ GRAD_DEVICE = torch.device("cpu")
 def ddpm_training_step():
     """Chapter 9's (and 13's) training step: the 15M U-Net, batch 128, Adam (its two
     moments included), float32."""
-    from companion.train import default_optimizer
+    from companion.run.precision import default_optimizer
 
     model, d, settings = _ddpm(GRAD_DEVICE)
     model.train()
@@ -256,7 +256,7 @@ def masked_training_step():
     """Chapter 14's training step: the 15M U-Net with a mask channel, batch 128, Adam,
     float32."""
     from companion import masked
-    from companion.train import default_optimizer
+    from companion.run.precision import default_optimizer
 
     model, settings = _masked_unet(GRAD_DEVICE)
     model.train()
@@ -306,7 +306,7 @@ def distillation_step(kind: str):
     distillation (two teacher Euler steps) or consistency distillation (a teacher Heun step
     and the student at both ends)."""
     from companion import fewstep
-    from companion.train import default_optimizer
+    from companion.run.precision import default_optimizer
 
     teacher, student, K, few = _flow_pair(GRAD_DEVICE)
     opt = default_optimizer(student.parameters(), few["lr"], "cpu")

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from companion.run import checkpoint as ck
-from companion.train import CheckpointMismatchError, fit
+from companion.run.checkpoint import CheckpointMismatchError
+from companion.train import fit
 
 X, Y = torch.randn(16, 3), torch.randn(16, 1)
 FIXTURE = Path(__file__).parent / "data" / "fit-format1.pt"

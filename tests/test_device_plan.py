@@ -20,7 +20,7 @@ import torch
 
 import companion
 from companion.run import runtime
-from companion.train import autocast_dtype
+from companion.run.precision import autocast_dtype
 
 ROOT = Path(__file__).resolve().parent.parent
 EXT = ROOT / "book" / "_ext"

@@ -20,7 +20,8 @@ from companion.models.autoencoder import Autoencoder
 from companion.models.unet import UNet, UNetConfig, preset
 from companion.models.vae import VAE, ELBOLoss
 from companion.run import profiles
-from companion.train import EMA, CheckpointMismatchError, NonFiniteLossError, fit
+from companion.run.checkpoint import CheckpointMismatchError, NonFiniteLossError
+from companion.train import EMA, fit
 
 X, Y = torch.randn(10, 3), torch.randn(10, 1)
 

@@ -33,14 +33,14 @@ from companion.models.classifier import Classifier, predict
 from companion.models.hvae import HierarchyLoss
 from companion.models.unet import UNet, preset
 from companion.models.vae import to_8bit_range
-from companion.run.profiles import get_profile
-from companion.train import (
+from companion.run.checkpoint import (
     CheckpointMismatchError,
     CheckpointSaveError,
     NonFiniteLossError,
     NonFiniteWeightsError,
-    fit,
 )
+from companion.run.profiles import get_profile
+from companion.train import fit
 
 X, Y = torch.randn(16, 3), torch.randn(16, 1)
 

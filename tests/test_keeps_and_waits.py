@@ -26,12 +26,12 @@ import torch
 from torch import nn
 
 import companion.run.checkpoint as ck
-from companion.train import (
+from companion.run.checkpoint import (
     CheckpointBusyError,
     CheckpointMismatchError,
     CheckpointSaveError,
-    fit,
 )
+from companion.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 40  # seconds any multi-process case may take before it counts as a hang

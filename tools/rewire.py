@@ -10,6 +10,8 @@ What it rewrites (idempotent: a second run changes nothing):
   call such as `companion.progress(...)`;
 - `from companion import a, X, b` -> `from companion import a, b` and
   `from companion.run import X` (a new line where the import starts a line, `; ` inside one);
+- `from companion.train import name` -> its new home for the names that left train.py
+  (FROM_TRAIN: the precision choices and the checkpoint names train re-exported);
 - in a notebook, the setup cell's bookkeeping (`tools/notebook_setup.py`, when given
   `--setup`).
 
@@ -30,6 +32,16 @@ MOVED = ("checkpoint", "checks", "distributed", "runtime", "profiles", "progress
 _NAMES = "|".join(MOVED)
 _DOTTED = re.compile(rf"\bcompanion\.({_NAMES})\b(?!\s*\()")
 _PATH = re.compile(rf"\bcompanion/({_NAMES})\.py\b")
+# names companion.train held before the loop's machinery moved out (issue 51), and their homes
+FROM_TRAIN = {name: "companion.run.precision" for name in (
+    "autocast_dtype", "compile_mode", "default_optimizer", "try_compile")} | {
+    name: "companion.run.checkpoint" for name in (
+        "CheckpointBusyError", "CheckpointMismatchError", "CheckpointSaveError",
+        "NonFiniteLossError", "NonFiniteWeightsError", "PathLock", "Resumed", "all_finite",
+        "cache_dir", "check_storable", "check_writable", "identity", "load_checkpoint",
+        "rng_state", "save_checkpoint", "set_rng_state")}
+_FROM_TRAIN = re.compile(
+    r"(^[ \t]*)?from companion\.train import (\([^)]*\)|[\w ,]+?(?=$|[;\"'\n]))", re.M)
 _FROM = re.compile(r"(^[ \t]*)?from companion import (\([^)]*\)|[\w ,]+?(?=$|[;\"'\n]))", re.M)
 
 
@@ -47,8 +59,24 @@ def _split_from(m: re.Match) -> str:
     return "; ".join(lines)
 
 
+def _split_from_train(m: re.Match) -> str:
+    indent, names = m.group(1), m.group(2)
+    items = [n.strip() for n in names.strip("() \t\n").split(",") if n.strip()]
+    homes: dict[str, list[str]] = {}
+    for n in items:
+        homes.setdefault(FROM_TRAIN.get(n.split(" as ")[0].strip(), "companion.train"),
+                         []).append(n)
+    if list(homes) == ["companion.train"]:
+        return m.group(0)
+    lines = [f"from {home} import {', '.join(names)}" for home, names in homes.items()]
+    if indent is not None:
+        return "\n".join(indent + line for line in lines)
+    return "; ".join(lines)
+
+
 def rewire(text: str) -> str:
     """The text with every reference to a moved module following it to companion.run."""
+    text = _FROM_TRAIN.sub(_split_from_train, text)
     text = _FROM.sub(_split_from, text)
     text = _DOTTED.sub(r"companion.run.\1", text)
     return _PATH.sub(r"companion/run/\1.py", text)
