@@ -152,7 +152,7 @@ def test_a_recipe_trained_under_torchrun_is_the_checkpoint_the_chapters_load(tmp
     env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", BOOK_CACHE=str(tmp_path),
                BOOK_PROFILE="ci")
     cli = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc_per_node=2", "-m", "companion.recipes", "classifier"],
+                          "--nproc_per_node=2", "-m", "companion", "classifier"],
                          env=env, capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stderr[-3000:]
     assert cli.stdout.count("classifier (ci): 32 steps") == 1  # rank 0 alone reports

@@ -355,7 +355,7 @@ def _flag(var, value, read):
 
 
 def _cli(argv, env_profile=None):
-    from companion import recipes
+    import companion.__main__ as cli
     from companion.run import profiles
 
     seen = {}
@@ -364,26 +364,26 @@ def _cli(argv, env_profile=None):
         seen.update(p=p.name, process=profiles.get_profile().name)
         raise SystemExit(0)
 
-    old = dict(recipes.COMMANDS)
+    old = dict(cli.COMMANDS)
     old_env = os.environ.get("BOOK_PROFILE")
     import companion.data as data
 
     old_load, data.load = data.load, lambda *a, **kw: None
-    for k in recipes.COMMANDS:
-        recipes.COMMANDS[k] = ("stub", stub)
+    for k in cli.COMMANDS:
+        cli.COMMANDS[k] = ("stub", stub)
     if env_profile:
         os.environ["BOOK_PROFILE"] = env_profile
     try:
         with contextlib.redirect_stderr(open(os.devnull, "w")):
-            recipes.main(argv)
+            cli.main(argv)
     except SystemExit as stop:
         if not seen:
             return "clear" if stop.code == 2 else "cryptic"
     except ValueError:
         return "cryptic"
     finally:
-        recipes.COMMANDS.clear()
-        recipes.COMMANDS.update(old)
+        cli.COMMANDS.clear()
+        cli.COMMANDS.update(old)
         data.load = old_load
         if old_env is None:
             os.environ.pop("BOOK_PROFILE", None)
