@@ -23,11 +23,12 @@ from companion.run import runtime
 from companion.run.precision import autocast_dtype
 
 ROOT = Path(__file__).resolve().parent.parent
-EXT = ROOT / "book" / "_ext"
+EXT = ROOT / "book" / "_ext"  # the status page's extension
+TOOLS = ROOT / "tools"  # the GPU plan and the device script
 
 
-def _module(name: str):
-    spec = importlib.util.spec_from_file_location(name, EXT / f"{name}.py")
+def _module(name: str, folder: Path = EXT):
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod
     spec.loader.exec_module(mod)
@@ -35,7 +36,7 @@ def _module(name: str):
 
 
 es = sys.modules.get("execution_status") or _module("execution_status")
-gp = _module("gpu_plan")
+gp = _module("gpu_plan", TOOLS)
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 
 
@@ -189,12 +190,12 @@ def test_estimates_say_whether_they_were_measured_on_a_gpu(tmp_path):
 
 def test_the_plan_text_gives_the_command_and_every_entry():
     text = gp.format_plan(gp.plan())
-    assert "book/_ext/outputs_device.sh --next" in text and "'.whl'" in text
+    assert "tools/outputs_device.sh --next" in text and "'.whl'" in text
     assert all(e.key in text for e in gp.plan())
 
 
 def test_outputs_device_script_parses_and_explains_itself():
-    script = EXT / "outputs_device.sh"
+    script = TOOLS / "outputs_device.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     out = subprocess.run([str(script), "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--dry-run" in out.stdout and "--next" in out.stdout
@@ -241,7 +242,7 @@ def test_device_requirements_are_the_whole_closure():
     assert not missing, missing
     if checked < len(pins) // 2:
         pytest.skip(f"only {checked} of the {len(pins)} pinned versions are in this venv: "
-                    "refresh book/_ext/device-requirements.txt from it")
+                    "refresh tools/device-requirements.txt from it")
 
 
 def test_requirements_must_be_pinned(tmp_path):
