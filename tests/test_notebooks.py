@@ -31,6 +31,11 @@ def test_there_are_notebooks():
     assert NOTEBOOKS, "no notebooks found under notebooks/"
 
 
+# the lead's chapters of issue 51's session: `python tools/rewire.py` tags them after the merge
+SETUP_PENDING = {"10_comparison", "13_continuous_time", "14_discrete_diffusion",
+                 "15_fewer_steps"}
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
 def test_header_agrees_with_repository_url(path):
     cells = load(path)["cells"]
@@ -42,7 +47,14 @@ def test_header_agrees_with_repository_url(path):
     assert source(second).startswith(colab.install_cell()), \
         "install cell out of date: run python -m companion.run.colab"
     assert "companion.setup(" in source(second)
-    assert "nbval-ignore-output" in second["metadata"].get("tags", [])
+    tags = second["metadata"].get("tags", [])
+    assert "nbval-ignore-output" in tags
+    # collapsed on the web page (its output, the profile and device, in view), and run as
+    # any other cell: Colab installs companion from it
+    assert not {"skip-execution", "nbval-skip", "remove-cell", "raises-exception"} & set(tags)
+    assert "hide-input" in tags or path.stem in SETUP_PENDING, (
+        "the setup cell must be collapsed on the page: python tools/rewire.py "
+        f"{path.relative_to(ROOT)} {path.with_suffix('.md').relative_to(ROOT)}")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)

@@ -12,8 +12,10 @@ What it rewrites (idempotent: a second run changes nothing):
   `from companion.run import X` (a new line where the import starts a line, `; ` inside one);
 - `from companion.train import name` -> its new home for the names that left train.py
   (FROM_TRAIN: the precision choices and the checkpoint names train re-exported);
-- in a notebook, the setup cell's bookkeeping (`tools/notebook_setup.py`, when given
-  `--setup`).
+- in a notebook (`.md` twin and `.ipynb` alike), the setup cell (the first code cell: the
+  Colab install lines, the imports, `companion.setup`) gets the `hide-input` tag, so the web
+  page shows it collapsed, with its output (profile and device) in view; Colab and Jupyter
+  run and show it as before.
 
 A notebook's `.ipynb` is edited as JSON: only cell sources change; outputs, execution counts
 and metadata stay as they are (nothing is executed). A `.md` twin is edited as text.
@@ -82,10 +84,45 @@ def rewire(text: str) -> str:
     return _PATH.sub(r"companion/run/\1.py", text)
 
 
+SETUP_TAG = "hide-input"
+_MD_SETUP = re.compile(r"(^```\{code-cell\}[^\n]*\n)(:tags: \[([^\]]*)\]\n)?", re.M)
+
+
+def _is_setup(source: str) -> bool:
+    return "companion.setup(" in source and "google.colab" in source
+
+
+def _tag_setup_md(text: str) -> str:
+    """The first code cell of a MyST twin, tagged SETUP_TAG (when it is the setup cell)."""
+    m = _MD_SETUP.search(text)
+    if m is None:
+        return text
+    end = text.find("\n```", m.end())
+    if not _is_setup(text[m.end():end]):
+        return text
+    tags = [t.strip() for t in (m.group(3) or "").split(",") if t.strip()]
+    if SETUP_TAG in tags:
+        return text
+    line = f":tags: [{', '.join(tags + [SETUP_TAG])}]\n"
+    return text[:m.start()] + m.group(1) + line + ("" if m.group(2) else "\n") + \
+        text[m.end():]
+
+
+def _tag_setup_ipynb(nb: dict) -> bool:
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    if not code or not _is_setup("".join(code[0]["source"])):
+        return False
+    tags = code[0]["metadata"].setdefault("tags", [])
+    if SETUP_TAG in tags:
+        return False
+    tags.append(SETUP_TAG)
+    return True
+
+
 def _edit_notebook(path: Path, edit) -> bool:
     raw = path.read_text(encoding="utf-8")
     nb = json.loads(raw)
-    changed = False
+    changed = _tag_setup_ipynb(nb)
     for cell in nb["cells"]:
         source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
         new = edit(source, cell)
@@ -102,11 +139,13 @@ def edit_file(path: Path, check: bool = False) -> bool:
     if path.suffix == ".ipynb":
         if check:
             nb = json.loads(path.read_text(encoding="utf-8"))
-            return any(rewire("".join(c["source"])) != "".join(c["source"])
-                       for c in nb["cells"])
+            return _tag_setup_ipynb(nb) or any(
+                rewire("".join(c["source"])) != "".join(c["source"]) for c in nb["cells"])
         return _edit_notebook(path, lambda source, cell: rewire(source))
     text = path.read_text(encoding="utf-8")
     new = rewire(text)
+    if path.suffix == ".md" and path.parent.name == "notebooks":
+        new = _tag_setup_md(new)
     if new != text and not check:
         path.write_text(new, encoding="utf-8")
     return new != text
