@@ -120,7 +120,7 @@ test-smoke: $(STAMP)
 # makes the outputs from the same data, and the outputs name the source in one quiet line.
 outputs: $(STAMP)
 	$(BIN)/jupytext --sync $(NOTEBOOKS:.ipynb=.md)
-	BOOK_OFFLINE=$${BOOK_OFFLINE:-1} $(BIN)/python book/_ext/execution_status.py execute $(NOTEBOOKS)
+	BOOK_OFFLINE=$${BOOK_OFFLINE:-1} $(BIN)/python tools/run_notebooks.py execute $(NOTEBOOKS)
 	$(BIN)/jupytext --sync $(NOTEBOOKS)
 
 # The same on a lent GPU machine that has torch but no venv and no network: carry the wheels

@@ -23,7 +23,7 @@
 # - One checkpoint cache, .cache/book-gpu, is kept between the calls of one lease, so a
 #   later call's chapter 10 loads what an earlier call's chapters 6, 7 and 9 trained; it
 #   lives on the machine, which goes back 30 s after a call: call again at once.
-# - Each notebook runs through execution_status.py (timed, stored in place, progress bars
+# - Each notebook runs through run_notebooks.py (timed, stored in place, progress bars
 #   off, torch's peak GPU memory recorded). A call starts no entry once --budget seconds
 #   (540) have passed or when its estimate would not fit what is left (the first always
 #   starts), and stops one still running at --deadline (570 s) so that it can pack; the
@@ -75,7 +75,7 @@ fi
 T4_CACHE=${BOOK_T4_CACHE:-${BOOK_CACHE%/}-t4}
 PACK=$BOOK_CACHE/pack  # the latest snapshot; each call copies it to $OUT
 # what this lease made: the working tree, notebooks/ included, is copied anew at every
-# call, so executed notebooks are kept here (execution_status.py --into)
+# call, so executed notebooks are kept here (run_notebooks.py --into)
 MADE=$BOOK_CACHE/made
 mkdir -p "$OUT" "$BOOK_CACHE" "$T4_CACHE" "$PACK" "$MADE"
 touch "$BOOK_CACHE/done.txt" "$BOOK_CACHE/started.txt" "$BOOK_CACHE/failed.txt"
@@ -121,7 +121,7 @@ run_entry() {
     echo "no notebook $nb (entry $key)"; echo "$key" >> "$BOOK_CACHE/failed.txt"; return 1
   fi
   echo "$key" >> "$BOOK_CACHE/started.txt"
-  local es=book/_ext/execution_status.py
+  local es=$here/run_notebooks.py
   if [[ $key == t4:* ]]; then
     if [ $dry = 1 ]; then cmd=(env BOOK_T4=1 BOOK_CACHE="$T4_CACHE" "$PY" $es execute --copy "$nb")
     else cmd=(env BOOK_CACHE="$T4_CACHE" "$PY" $es t4 --into "$MADE" "$nb"); fi
@@ -129,7 +129,7 @@ run_entry() {
   else cmd=("$PY" $es execute --into "$MADE" "$nb"); fi
   echo "=== $key ($(date -u +%H:%M:%S), $((SECONDS - start)) s into this call)"
   if [ -n "$limit" ]; then
-    # execution_status.py stops the run at the deadline, its kernel first (which runs in a
+    # run_notebooks.py stops the run at the deadline, its kernel first (which runs in a
     # session of its own: a signal to this process group would leave it running);
     # timeout is the net under that
     BOOK_RUN_DEADLINE=$(( $(date +%s) + limit )) \
