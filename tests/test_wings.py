@@ -36,7 +36,7 @@ def imports(path: Path, top_level_only: bool = False, name: str | None = None) -
             if not mod.startswith("companion"):
                 continue
             found.add(mod)
-            for a in node.names:  # `from . import checks` imports the module companion.checks
+            for a in node.names:  # `from . import kl` imports the module companion.kl
                 if (PKG.parent / (mod + "." + a.name).replace(".", "/")).with_suffix(
                         ".py").exists():
                     found.add(f"{mod}.{a.name}")
