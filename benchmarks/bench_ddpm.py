@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from companion.diffusion import Diffusion, linear_betas
 from companion.models.unet import UNet, n_params, preset
-from companion.train import autocast_dtype, fit
+from companion.run.precision import autocast_dtype
+from companion.train import fit
 
 from .common import Context, clock, count_syncs, training_flops_per_image
 

@@ -28,12 +28,13 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from companion import train
 from companion.data import load
 from companion.diffusion import Diffusion, linear_betas
 from companion.models.unet import UNet, preset
-from companion.runtime import get_device, seed_everything
-from companion.train import default_optimizer, fit
+from companion.run import precision
+from companion.run.precision import default_optimizer
+from companion.run.runtime import get_device, seed_everything
+from companion.train import fit
 
 
 def main(argv=None) -> dict:
@@ -60,8 +61,8 @@ def main(argv=None) -> dict:
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    if args.mode:  # fit compiles through train.try_compile: give it the mode asked for
-        train.compile_mode = lambda device: None if args.mode == "default" else args.mode
+    if args.mode:  # fit compiles through precision.try_compile: give it the mode asked for
+        precision.compile_mode = lambda device: None if args.mode == "default" else args.mode
     kw = dict(optimizer=default_optimizer(model.parameters(), 2e-4, device), clip=1.0,
               ema=0.9999, quiet=True, compile=cuda and not args.no_compile,
               batch_size=args.batch, check_every=10**6)

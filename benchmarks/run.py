@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from companion import data
-from companion.runtime import get_device, seed_everything
-from companion.train import autocast_dtype
+from companion.run.precision import autocast_dtype
+from companion.run.runtime import get_device, seed_everything
 
 from . import bench_ddpm, bench_hvae, bench_vae
 from .common import Context, device_name, device_slug, matmul_tflops

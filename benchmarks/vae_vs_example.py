@@ -20,8 +20,8 @@ import torch
 from companion.data import binarize, load
 from companion.metrics import test_elbo, vae_iw_log_likelihood
 from companion.models.vae import VAE, ELBOLoss
-from companion.profiles import get_profile
-from companion.runtime import get_device, seed_everything
+from companion.run.profiles import get_profile
+from companion.run.runtime import get_device, seed_everything
 from companion.train import fit
 
 

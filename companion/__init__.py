@@ -1,8 +1,8 @@
 """companion: the PyTorch package of the book "From Autoencoders to Diffusion Models"."""
 
-from .profiles import PROFILES, Profile, get_profile
-from .progress import progress
-from .runtime import describe, get_device, seed_everything, setup, timed
+from .run.profiles import PROFILES, Profile, get_profile
+from .run.progress import progress
+from .run.runtime import describe, get_device, seed_everything, setup, timed
 
 __version__ = "0.1.0"
 

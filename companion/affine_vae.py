@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from . import checks
+from .run import checks
 from .toy import LOG_2PI, LinearGaussian
 
 PARAMS = ("a", "b", "t", "c", "v", "s")

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checks
+from .run import checks
 
 IMAGE_SHAPE = (1, 28, 28)
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -70,7 +70,7 @@ def default_root() -> Path:
 
 def downloads_allowed() -> bool:
     """False when $BOOK_OFFLINE is set to 1/true/yes/on: then no download is attempted."""
-    from .profiles import env_flag
+    from .run.profiles import env_flag
 
     return not env_flag("BOOK_OFFLINE")
 

@@ -33,10 +33,10 @@ from dataclasses import dataclass
 
 import torch
 
-from . import checks
-from .memory import map_chunks
-from .profiles import smoke_mode
-from .progress import progress
+from .run import checks
+from .run.memory import map_chunks
+from .run.profiles import smoke_mode
+from .run.progress import progress
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 VARIANCES = ("beta", "posterior")
@@ -674,7 +674,7 @@ class Diffusion:
             decoder: "discretized" (default: 8-bit data, a probability) or "gaussian"
                 (a density, for real-valued data).
             max_batch: steps are drawn in groups of max(1, max_batch // B) (default
-                4096); each network call sees at most companion.memory.MAX_IMAGES of the
+                4096); each network call sees at most companion.run.memory.MAX_IMAGES of the
                 group's images.
             generator: for the draws of x_t (reproducible runs).
             quiet: no progress bar (default: the profile decides).
@@ -708,7 +708,7 @@ class Diffusion:
         """Unbiased estimate of the bound: L_T + T L_{t-1} with t ~ U{1..T}, per image.
 
         The standard error is that of the batch mean, std(per_image) / sqrt(B). Every step
-        and noise is drawn first; the network then sees at most companion.memory.MAX_IMAGES
+        and noise is drawn first; the network then sees at most companion.run.memory.MAX_IMAGES
         images a call.
 
         Args:

@@ -32,9 +32,10 @@ from collections.abc import Callable
 
 import torch
 
-from . import checks, toy
+from . import toy
 from .flow import linear_path, uniform_grid
-from .memory import map_chunks
+from .run import checks
+from .run.memory import map_chunks
 from .sde import _value, euler, heun
 from .toy import GaussianMixture
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from . import checks
+from .run import checks
 from .sde import _value, interpolate_steps
 
 

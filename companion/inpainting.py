@@ -38,9 +38,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import checks
 from .diffusion import Diffusion, spaced_timesteps
-from .progress import progress
+from .run import checks
+from .run.progress import progress
 
 MASKS = {
     "left": "left half missing",

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import distributions as D
 
-from . import checks
+from .run import checks
 
 
 def _as_tensor(name: str, v, dtype=None) -> torch.Tensor:

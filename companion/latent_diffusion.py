@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from . import checks
 from .models.latent_denoiser import NO_LABEL, LatentDenoiser, check_weight
+from .run import checks
 
 
 # --- the codec: encoder, decoder and the scale between them and the diffusion --------------

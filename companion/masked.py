@@ -33,9 +33,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import checks
-from .memory import map_chunks
-from .progress import progress
+from .run import checks
+from .run.memory import map_chunks
+from .run.progress import progress
 
 MASK = -1.0  # the absorbing state, stored in the same float tensor as the 0/1 pixels
 T_MIN = 1e-6  # draws of t below this are moved up to it: w(t) = 1/t would overflow at 0
@@ -258,7 +258,7 @@ def negative_elbo(denoiser: Callable, x0: torch.Tensor, sched="linear", *, n_t: 
     """The negative ELBO (ch14-elbo) of every image, nats, by stratified Monte Carlo over t.
 
     x0: (N, ...) binary -> (N,). Each image gets n_t times, one in each stratum of [0, 1],
-    and one z_t at each; the network sees at most companion.memory.MAX_IMAGES images a call
+    and one z_t at each; the network sees at most companion.run.memory.MAX_IMAGES images a call
     (the draws for all N are made before the split).
 
     Book: :eq:`ch14-elbo`.

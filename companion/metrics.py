@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import torch
 from torch import distributions as D
 
-from . import checks
 from .kl import kl_diag_standard
-from .memory import map_chunks
+from .run import checks
+from .run.memory import map_chunks
 
 
 @dataclass
@@ -513,7 +513,7 @@ def knn_labels(x: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor,
     """The majority label of each image's k nearest reference images (Euclidean distance on
     pixels): x (N, ...), reference (M, ...), labels (M,) -> (N,) int64.
 
-    The distances come in blocks of companion.memory.MAX_IMAGES rows, (rows, M) each, never
+    The distances come in blocks of companion.run.memory.MAX_IMAGES rows, (rows, M) each, never
     the whole (N, M) matrix (10,000 x 60,000 floats is 2.4 GB).
     """
     k = checks.count("k", k)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from matplotlib.text import Text
 
-from . import checks
+from .run import checks
 
 PALETTE = ["#1f5fa8", "#d1495b", "#2e933c", "#edae49", "#6c4f9c", "#00798c"]
 COLUMN_PX = 688  # the article column of the site at a 1280-px window

@@ -10,12 +10,11 @@ the `companion.train.FitResult`.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 
-from .memory import map_chunks
 from .models.autoencoder import Autoencoder, reconstruction_loss
+from .run.memory import map_chunks
 from .train import checkpoint_path, fit
 
 AE_HIDDEN, AE_LR, AE_NOISE, AE_WEIGHT = (256,), 2e-3, 0.5, 1.0
@@ -261,8 +260,6 @@ def ddpm(x, profile, device, *, steps: int | None = None, resume_from=None,
     Returns:
         (EMA model in eval mode, FitResult).
     """
-    import shutil
-
     s = ddpm_settings(profile)
     total = s["steps"] if steps is None else steps
     # the config leaves out the step count: an early checkpoint resumes into the full run
@@ -272,32 +269,11 @@ def ddpm(x, profile, device, *, steps: int | None = None, resume_from=None,
     _check_unit_images(x, "recipes.ddpm")
     path = ddpm_checkpoint(profile, steps, prefix)
     x11 = x * 2 - 1  # the network works on [-1, 1]
-    if resume_from is not None and not path.exists():
-        from pathlib import Path
+    if resume_from is not None and not path.exists():  # the early run's steps, not again
+        from .run.checkpoint import identity, seed_from
 
-        resume_from = Path(resume_from)
-        if not resume_from.is_file():
-            raise FileNotFoundError(f"resume_from={resume_from} does not exist: train the "
-                                    "early run first (recipes.ddpm(..., steps=...)), or pass "
-                                    "resume_from=None to train from scratch")
-        from .checkpoint import _tmp_name, check_identity, identity, read_checkpoint
-
-        state = read_checkpoint(resume_from)  # damaged, or not fit's: refused here
-        done = int(state["step"])
-        if done > total:
-            raise ValueError(f"resume_from={resume_from} holds {done} steps, not a shorter "
-                             f"run of this recipe's {total}: pass the early run's checkpoint")
-        # another recipe's checkpoint is refused before it is copied, not left at `path`
-        check_identity(resume_from, state.get("identity", {}),
-                       identity(model, config, (x11,), optimizer, s["ema"],
-                                s["batch_size"]))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _tmp_name(path)
-        try:  # atomic: a Ctrl-C during the copy leaves no damaged file at `path`
-            shutil.copyfile(resume_from, tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        seed_from(path, resume_from, identity(model, config, (x11,), optimizer, s["ema"],
+                                              s["batch_size"]), total)
     def loss_fn(model, x0, step):
         warm_up(step)
         return diffusion.simple_loss(model, x0)
@@ -318,7 +294,7 @@ def _unet_recipe(s: dict, profile, device, x, *, steps_of_net: int, network=None
     s: ddpm_settings(profile) or masked_settings(profile).
     Returns (model, optimizer, config, warm_up(step))."""
     from .models.unet import UNet, preset
-    from .train import default_optimizer
+    from .run.precision import default_optimizer
 
     torch.manual_seed(0)
     model = (network or UNet)(preset(s["preset"], T=steps_of_net)).to(device)
@@ -350,17 +326,17 @@ def _check_unit_images(x, where: str) -> None:
 def network_function(model, device, *, precision: str = "mixed"):
     """The network as the samplers and solvers call it, (x (B, 1, 28, 28), t (B,)) -> float32
     (B, 1, 28, 28): a noise predictor (chapters 9-13) or a velocity network (chapter 13). At
-    most companion.memory.MAX_IMAGES images a network call, whatever B.
+    most companion.run.memory.MAX_IMAGES images a network call, whatever B.
 
     precision="mixed": under the GPU's mixed precision (bf16, or fp16 on GPUs without bf16;
-    `train.autocast_dtype`), float32 on a CPU; for sampling, where an error of 1e-2 relative
-    to the output is far below what the samples show. precision="float32": the network in
-    float32 with autocast switched off, whatever the device and whatever autocast context
-    the caller is in; for the likelihood and ODE-transport paths, where an adaptive solver
-    at tolerances of 1e-5 needs a field that is smooth at that precision (Song et al. 2021
-    evaluate in float32; bf16 keeps 8 bits of mantissa).
+    `companion.run.precision.autocast_dtype`), float32 on a CPU; for sampling, where an error
+    of 1e-2 relative to the output is far below what the samples show. precision="float32":
+    the network in float32 with autocast switched off, whatever the device and whatever
+    autocast context the caller is in; for the likelihood and ODE-transport paths, where an
+    adaptive solver at tolerances of 1e-5 needs a field that is smooth at that precision
+    (Song et al. 2021 evaluate in float32; bf16 keeps 8 bits of mantissa).
     """
-    from .train import autocast_dtype
+    from .run.precision import autocast_dtype
 
     if precision not in ("mixed", "float32"):
         raise ValueError(f"precision must be 'mixed' (sampling) or 'float32' (likelihoods, "
@@ -751,108 +727,3 @@ def consistency_distillation(teacher, x, profile, device, *, prefix: str = "ch15
                         x * 2 - 1, profile, f["cd_steps"],
                         dict(K=K, teacher=_weights_norm(teacher), N=f["cd_N"], n_train=len(x),
                              loss="consistency distillation", solver="heun"), prefix)
-
-
-# --- the command line: a recipe outside a notebook, e.g. under torchrun ----------------------
-def _train_ddpm(data, profile, device):
-    """Chapter 9's two runs: the early checkpoint (a tenth of the steps), then the full run
-    resumed from it, the very calls of the chapter."""
-    early = ddpm_settings(profile)["steps"] // 10
-    ddpm(data.x_train, profile, device, steps=early)
-    return ddpm(data.x_train, profile, device, resume_from=ddpm_checkpoint(profile, early))
-
-
-def _train_fewstep(which, data, profile, device):
-    """Chapter 15's students of chapter 13's flow model, the calls of the chapter."""
-    teacher, _ = flow_matching(data.x_train, profile, device)
-    if which == "reflow":
-        pairs, _ = reflow_couplings(teacher, profile, device)
-        return reflow(teacher, pairs, profile, device)
-    if which == "distill":
-        return progressive_distillation(teacher, data.x_train, profile, device)[1]
-    return consistency_distillation(teacher, data.x_train, profile, device)
-
-
-COMMANDS = {
-    "ddpm": ("chapter 9's DDPM (its early checkpoint, then the full run)", _train_ddpm),
-    "classifier": ("chapters 9-12's judge", lambda d, p, dev: classifier(d, p, dev)),
-    "vae8": ("chapter 10's 8-bit VAE",
-             lambda d, p, dev: eight_bit_vae(d.x_train, p, dev, source=d.source)),
-    "hvae8": ("chapter 10's 8-bit hierarchical VAE",
-              lambda d, p, dev: eight_bit_vae(d.x_train, p, dev, source=d.source,
-                                              hierarchical=True)),
-    "latent-vae": ("chapter 11's autoencoder",
-                   lambda d, p, dev: latent_vae(d.x_train, p, dev, source=d.source)),
-    "flow": ("chapter 13's flow-matching U-Net",
-             lambda d, p, dev: flow_matching(d.x_train, p, dev)),
-    "masked": ("chapter 14's masked diffusion U-Net",
-               lambda d, p, dev: masked_diffusion(d.x_train, p, dev)),
-
-    "reflow": ("chapter 15's reflow student (trains chapter 13's flow model if absent)",
-               lambda d, p, dev: _train_fewstep("reflow", d, p, dev)),
-    "distill": ("chapter 15's progressive distillation, every round",
-                lambda d, p, dev: _train_fewstep("distill", d, p, dev)),
-    "consistency": ("chapter 15's consistency distillation",
-                    lambda d, p, dev: _train_fewstep("consistency", d, p, dev)),
-}
-
-
-def _gpu_on_cpu(name: str, profile, device) -> str:
-    """What the gpu profile's recipe `name` would cost on `device`, and what to run instead."""
-    cost = "a recipe sized for a GPU"
-    if name in ("ddpm", "flow"):
-        from .models.unet import UNet, n_params, preset
-
-        s = ddpm_settings(profile)
-        params = n_params(UNet(preset(s["preset"], T=s["T"])))
-        cost = (f"{s['steps']:,} steps of batch {s['batch_size']} through a "
-                f"{params / 1e6:.1f}M-parameter U-Net")
-    return (f"the gpu profile's {name} is {cost}, and there is no GPU here ({device}): on a "
-            f"CPU that takes hours to days. Run `python -m companion.recipes {name} "
-            "--profile cpu` (the book's stored outputs use it), or add --yes to train the "
-            "gpu recipe on this machine anyway.")
-
-
-def main(argv=None) -> int:
-    """python -m companion.recipes NAME [--profile P] [--device D]: load-or-train one of
-    the book's models into the checkpoint its chapters load (BOOK_CACHE decides where).
-    Under `torchrun --nproc_per_node=N` the N processes train it together."""
-    import argparse
-
-    from . import distributed
-    from .data import load
-    from .profiles import get_profile
-    from .runtime import get_device, seed_everything
-
-    parser = argparse.ArgumentParser(
-        prog="python -m companion.recipes",
-        description="Load-or-train one of the book's models into the checkpoint its chapters "
-                    "load; under torchrun --nproc_per_node=N, N processes train it together.",
-        epilog="models: " + "; ".join(f"{k}: {v[0]}" for k, v in COMMANDS.items()))
-    parser.add_argument("model", choices=sorted(COMMANDS))
-    parser.add_argument("--profile", default=None,
-                        help="ci, cpu or gpu (default: $BOOK_PROFILE, else from the device)")
-    parser.add_argument("--device", default=None, help="e.g. cpu, cuda (default: cuda if "
-                        "available); under torchrun each rank takes the GPU of its LOCAL_RANK")
-    parser.add_argument("--yes", action="store_true", help="train the gpu profile's recipe "
-                        "even without a GPU (it asks first: hours to days on a CPU)")
-    args = parser.parse_args(argv)
-    profile = get_profile(args.profile)
-    # the command line's profile is the process's: what asks get_profile() later (fit's
-    # progress bar) must not read another, or a bad, BOOK_PROFILE
-    os.environ["BOOK_PROFILE"] = profile.name
-    device = distributed.local_device() or get_device(args.device)
-    if profile.name == "gpu" and device.type != "cuda" and not args.yes:
-        parser.error(_gpu_on_cpu(args.model, profile, device))
-    seed_everything(0)
-    data = load("mnist", n_train=profile.n_train, n_test=profile.n_test, device=device)
-    _, result = COMMANDS[args.model][1](data, profile, device)
-    if os.environ.get("RANK", "0") == "0":
-        print(f"{args.model} ({profile.name}): {result.steps} steps, final loss "
-              f"{result.history['loss'][-1]:.4g}, {result.train_seconds:.0f} s of training in "
-              "all; checkpoints in " + str(checkpoint_path("", profile).parent))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -33,10 +33,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import checks, memory
 from .diffusion import predict_x0
-from .profiles import smoke_thin
-from .progress import progress
+from .run import checks, memory
+from .run.profiles import smoke_thin
+from .run.progress import progress
 
 Field = Callable[[torch.Tensor, float], torch.Tensor]
 BIN = 2.0 / 255.0  # the width of one grey level of 8-bit images on [-1, 1]
@@ -376,7 +376,7 @@ def field_and_divergence(field: Field, x: torch.Tensor, t: float,
                          probes: torch.Tensor | None = None
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """(F(x, t), div F(x, t)): x (B, ...) -> (B, ...), (B,), at most
-    companion.memory.MAX_IMAGES_WITH_GRAD images' worth of points a pass (each keeps its
+    companion.run.memory.MAX_IMAGES_WITH_GRAD images' worth of points a pass (each keeps its
     graph for the backward passes). probes=None: the exact divergence (points (B, D));
     probes (P, B, ...): Hutchinson's estimate averaged over the P probes.
     """
@@ -420,7 +420,7 @@ def ode_log_likelihood(field: Field, x: torch.Tensor, *, t0: float = 0.0, t1: fl
 
     Solves d/dt [x, l] = [F(x, t), div F(x, t)] from t0 to t1 with scipy's solve_ivp, all
     points of the batch as one system, and returns log p_{t1}(x_{t1}) + l(t1). The field
-    runs on at most companion.memory.MAX_IMAGES_WITH_GRAD images a pass
+    runs on at most companion.run.memory.MAX_IMAGES_WITH_GRAD images a pass
     (`field_and_divergence`).
 
     Args:

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import distributions as D
 
-from . import checks
+from .run import checks
 
 LOG_2PI = math.log(2 * math.pi)
 

@@ -10,7 +10,7 @@ and comments. A *check line* is a code line of:
      companion's ArgumentError; not a solver's RuntimeError), its condition and its
      raise, message included;
   2. a statement that calls an argument check and does nothing else: a call to a
-     function of `companion.checks`, or to a function whose name starts with `check` or
+     function of `companion.run.checks`, or to a function whose name starts with `check` or
      `_check`, alone, assigned or returned (`T = checks.count("T", T)`), or a tuple of
      such calls (`a, b = checks.real("a", a), checks.real("b", b)`);
   3. the whole body of a function whose name starts with `check` or `_check` (a module's

@@ -1,6 +1,6 @@
 """`make test-colab`: every chapter, top to bottom, in Colab's own versions.
 
-Colab runs Python 3.13 with the versions in `companion.colab` (COLAB_PREINSTALLED and
+Colab runs Python 3.13 with the versions in `companion.run.colab` (COLAB_PREINSTALLED and
 COLAB_ALSO, from Colab's published package list). This script
 
 1. builds a Python 3.13 virtual environment holding exactly those versions
@@ -172,7 +172,7 @@ def execute(notebook: Path, env: dict, workdir: Path) -> tuple[str, float, str, 
     its loops the smoke run thinned)."""
     start = time.time()
     smoke = env.get("BOOK_SMOKE") == "1"
-    log = workdir / "thinned.tsv"  # companion.profiles writes a line per decision
+    log = workdir / "thinned.tsv"  # companion.run.profiles writes a line per decision
     env = {**env, "BOOK_SMOKE_LOG": str(log)} if smoke else env
     proc = subprocess.run([str(PY), "-c", RUN_ONE, str(notebook), str(workdir),
                            "1" if smoke else "0", SOFT_ASSERTS], env=env, cwd=workdir,

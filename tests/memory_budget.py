@@ -68,7 +68,7 @@ def _amp_eps(model):
     """recipes.eps_function on a T4: the network in fp16 autocast, float32 out."""
     from companion import recipes
 
-    with mock.patch("companion.train.autocast_dtype", return_value=None):
+    with mock.patch("companion.run.precision.autocast_dtype", return_value=None):
         eps = recipes.eps_function(model, "cpu")  # the wrapper, with autocast left to us
 
     def fp16(x, t):
@@ -81,7 +81,7 @@ def _amp_eps(model):
 def _ddpm(device=DEVICE):
     from companion import recipes
     from companion.models.unet import UNet, preset
-    from companion.profiles import get_profile
+    from companion.run.profiles import get_profile
 
     profile = get_profile("gpu")
     settings = recipes.ddpm_settings(profile)
@@ -95,7 +95,7 @@ def _diffusion():
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
     from companion import recipes
-    from companion.profiles import get_profile
+    from companion.run.profiles import get_profile
 
     with unset_fake_temporarily():
         return recipes.ddpm_diffusion(get_profile("gpu"), "cpu")
@@ -122,7 +122,7 @@ GRAD_DEVICE = torch.device("cpu")
 def ddpm_training_step():
     """Chapter 9's (and 13's) training step: the 15M U-Net, batch 128, Adam (its two
     moments included), float32."""
-    from companion.train import default_optimizer
+    from companion.run.precision import default_optimizer
 
     model, d, settings = _ddpm(GRAD_DEVICE)
     model.train()
@@ -236,7 +236,7 @@ def _binary(n: int, device=DEVICE) -> torch.Tensor:
 def _masked_unet(device=DEVICE):
     from companion import recipes
     from companion.models.unet import MaskedUNet, preset
-    from companion.profiles import get_profile
+    from companion.run.profiles import get_profile
 
     settings = recipes.masked_settings(get_profile("gpu"))
     with device:
@@ -256,7 +256,7 @@ def masked_training_step():
     """Chapter 14's training step: the 15M U-Net with a mask channel, batch 128, Adam,
     float32."""
     from companion import masked
-    from companion.train import default_optimizer
+    from companion.run.precision import default_optimizer
 
     model, settings = _masked_unet(GRAD_DEVICE)
     model.train()
@@ -291,7 +291,7 @@ def _flow_pair(device=DEVICE):
     """Chapter 15's teacher and student: chapter 13's U-Net (T + 1 steps) twice."""
     from companion import recipes
     from companion.models.unet import UNet, preset
-    from companion.profiles import get_profile
+    from companion.run.profiles import get_profile
 
     profile = get_profile("gpu")
     settings, few = recipes.ddpm_settings(profile), recipes.fewstep_settings(profile)
@@ -306,7 +306,7 @@ def distillation_step(kind: str):
     distillation (two teacher Euler steps) or consistency distillation (a teacher Heun step
     and the student at both ends)."""
     from companion import fewstep
-    from companion.train import default_optimizer
+    from companion.run.precision import default_optimizer
 
     teacher, student, K, few = _flow_pair(GRAD_DEVICE)
     opt = default_optimizer(student.parameters(), few["lr"], "cpu")
@@ -331,7 +331,7 @@ def reflow_pairs(n_steps: int = 1):
 
 
 def operations() -> list[Operation]:
-    from companion.profiles import get_profile
+    from companion.run.profiles import get_profile
 
     gpu = get_profile("gpu")
     return [
@@ -366,9 +366,9 @@ def operations() -> list[Operation]:
 # --- the measurement -------------------------------------------------------------------------
 # Checks that read values (a reduction and a host sync) cannot run on fake tensors; they
 # allocate nothing of note, so they are skipped here. Shape checks still run.
-VALUE_CHECKS = ("companion.checks.images",
-                "companion.checks.unit_times",
-                "companion.checks.eight_bit",
+VALUE_CHECKS = ("companion.run.checks.images",
+                "companion.run.checks.unit_times",
+                "companion.run.checks.eight_bit",
                 "companion.models.hvae._ImageModel._check_input",
                 "companion.models.unet.UNet.check_inputs",
                 "companion.masked.check_binary",

@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-import companion.train as train
-from companion.train import autocast_dtype, fit
+from companion.run import precision
+from companion.run.precision import autocast_dtype
+from companion.train import fit
 
 
 def regression_data(n=512, device="cpu"):
@@ -42,13 +43,13 @@ def test_cpu_trains_in_full_precision(monkeypatch):
 
 def _recording_scaler(monkeypatch):
     made = []
-    real = train._grad_scaler
+    real = precision.grad_scaler
 
     def record(device, enabled):
         made.append(enabled)
         return real(device, enabled)
 
-    monkeypatch.setattr(train, "_grad_scaler", record)
+    monkeypatch.setattr(precision, "grad_scaler", record)
     return made
 
 
@@ -59,7 +60,7 @@ def test_fit_trains_under_the_chosen_dtype(monkeypatch, dtype, scaled):
 
     The CPU stands in for the GPU: autocast and the gradient scaler both run there.
     """
-    monkeypatch.setattr(train, "autocast_dtype", lambda device: dtype)
+    monkeypatch.setattr(precision, "autocast_dtype", lambda device: dtype)
     made = _recording_scaler(monkeypatch)
     seen = []
 
@@ -76,7 +77,7 @@ def test_fit_trains_under_the_chosen_dtype(monkeypatch, dtype, scaled):
 
 
 def test_amp_false_means_full_precision(monkeypatch):
-    monkeypatch.setattr(train, "autocast_dtype", lambda device: torch.float16)
+    monkeypatch.setattr(precision, "autocast_dtype", lambda device: torch.float16)
     made = _recording_scaler(monkeypatch)
     seen = []
 
@@ -97,7 +98,7 @@ def test_failing_compile_falls_back_to_eager(monkeypatch):
         def forward(self, x):
             raise RuntimeError("backend compiler failed (simulated)")
 
-    monkeypatch.setattr(train, "try_compile", lambda model, mode=None: Broken(model))
+    monkeypatch.setattr(precision, "try_compile", lambda model, mode=None: Broken(model))
     model = nn.Linear(4, 1)
     with pytest.warns(UserWarning, match="torch.compile failed"):
         result = fit(model, mse, regression_data(), steps=20, batch_size=64, lr=3e-2,
@@ -115,7 +116,7 @@ def test_compiled_training_sees_one_batch_shape(monkeypatch, compile_):
         seen.append(len(batch[0]))
         return mse(model, batch)
 
-    monkeypatch.setattr(train, "try_compile", lambda model, mode=None: model)
+    monkeypatch.setattr(precision, "try_compile", lambda model, mode=None: model)
     fit(nn.Linear(4, 1), loss, regression_data(100), steps=10, batch_size=32,
         compile=compile_, quiet=True)
     # 100 = 3 x 32 + 4: eager training keeps the batch of 4, compiled training skips it
@@ -128,7 +129,7 @@ def test_fit_loop_does_not_synchronize_with_the_gpu(monkeypatch, dtype):
     """Only the batched loss checks (every check_every steps) may wait for the GPU."""
     if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         pytest.skip("no bf16 on this GPU")
-    monkeypatch.setattr(train, "autocast_dtype", lambda device: dtype)
+    monkeypatch.setattr(precision, "autocast_dtype", lambda device: dtype)
     model = nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 1)).cuda()
     data = regression_data(2048, "cuda")
     fit(model, mse, data, steps=2, quiet=True)  # warm-up: lazy CUDA initialization
@@ -157,11 +158,11 @@ def test_this_gpu_gets_its_native_dtype():
 
 
 def test_compile_mode_uses_cuda_graphs_only_on_a_gpu(monkeypatch):
-    assert train.compile_mode("cuda") == "reduce-overhead"
-    assert train.compile_mode(torch.device("cuda", 0)) == "reduce-overhead"
-    assert train.compile_mode("cpu") is None
+    assert precision.compile_mode("cuda") == "reduce-overhead"
+    assert precision.compile_mode(torch.device("cuda", 0)) == "reduce-overhead"
+    assert precision.compile_mode("cpu") is None
     modes = []
-    monkeypatch.setattr(train, "try_compile",
+    monkeypatch.setattr(precision, "try_compile",
                         lambda model, mode=None: modes.append(mode) or model)
     fit(nn.Linear(4, 1), mse, regression_data(64), steps=2, batch_size=32, compile=True,
         quiet=True)
@@ -190,7 +191,7 @@ def test_likelihood_path_runs_the_network_in_float32_with_autocast_off(monkeypat
     from companion import recipes, sde
     from companion.diffusion import linear_betas
 
-    monkeypatch.setattr(train, "autocast_dtype", lambda device: torch.bfloat16)
+    monkeypatch.setattr(precision, "autocast_dtype", lambda device: torch.bfloat16)
     clock = sde.ChainClock(torch.cumprod(1 - linear_betas(50, 2e-3, 0.4).double(), 0))
     fake = _Recording()
     net = recipes.network_function(fake, "cpu", precision="float32")

@@ -288,29 +288,37 @@ def test_the_checks_catch_planted_faults():
 
 
 # --- the pages ------------------------------------------------------------------------------
-def toc_api_pages() -> list[str]:
+def toc_api_pages(index: str = "book/api/index") -> list[str]:
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     for part in toc["parts"]:
         for c in part["chapters"]:
-            if c["file"] == "book/api/index":
+            if c["file"] == index:
                 return [s["file"] for s in c.get("sections", [])]
-    raise AssertionError("_toc.yml has no book/api/index")
+    raise AssertionError(f"_toc.yml has no {index}")
 
 
 def test_every_public_module_has_a_page():
-    """book/api/<module>.md for every public module, listed in _toc.yml under the API index
-    and in its module table, each documenting its own module."""
+    """book/api/<module>.md for every public module, listed in _toc.yml and in a module
+    table: the mathematics under the API index ("Models and mathematics"), then the
+    machinery (companion.run) under book/api/run/index ("Running the book"), each page
+    documenting its own module."""
     modules = api_reference.public_modules(ROOT)
     pages = [f"book/api/{api_reference.page_name(m)}" for m in modules]
-    assert toc_api_pages() == pages, "_toc.yml's API sections differ from the modules"
+    assert toc_api_pages() + toc_api_pages("book/api/run/index") == pages, (
+        "_toc.yml's API sections differ from the modules")
+    first = [m for m in modules if not m.startswith("companion.run")]
+    assert first and modules[:len(first)] == first, "the mathematics must come first"
+    assert toc_api_pages() == [f"book/api/{api_reference.page_name(m)}" for m in first]
     on_disk = sorted(str(p.relative_to(ROOT).with_suffix(""))
                      for p in (ROOT / "book" / "api").rglob("*.md") if p.stem != "index")
     assert on_disk == sorted(pages)
     for m, page in zip(modules, pages, strict=True):
         assert f".. automodule:: {m}\n" in (ROOT / f"{page}.md").read_text(), page
-    index = (ROOT / "book" / "api" / "index.md").read_text()
-    table = index.split(".. autosummary::")[1]
-    assert re.findall(r"^\s+(companion\.[\w.]+)$", table, re.M) == modules
+    listed = []
+    for index in ("index.md", "run/index.md"):
+        table = (ROOT / "book" / "api" / index).read_text().split(".. autosummary::")[1]
+        listed += re.findall(r"^\s+(companion\.[\w.]+)$", table, re.M)
+    assert listed == modules
 
 
 def test_autodoc_reads_this_checkout():

@@ -215,8 +215,8 @@ def test_linear_als_reaches_the_pca_subspace_and_loss():
 
 
 def test_chapter1_recipe_loads_its_checkpoint_under_its_prefix(tmp_path, monkeypatch):
-    from companion.profiles import get_profile
     from companion.recipes import chapter1_autoencoder
+    from companion.run.profiles import get_profile
 
     monkeypatch.setenv("BOOK_CACHE", str(tmp_path))
     x, ci = images(64), get_profile("ci")

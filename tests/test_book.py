@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from companion import colab
+from companion.run import colab
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -43,7 +43,7 @@ def test_bibliography_lists_the_references(html):
 
 
 def test_cdn_config_for_make_book_without_npm(tmp_path, monkeypatch):
-    """`make book` without npm builds with book/_ext/mathjax_cdn.py's copy of _config.yml:
+    """`make book` without npm builds with tools/mathjax_cdn.py's copy of _config.yml:
     as Jupyter Book reads it, MathJax comes from the CDN, no local copy is expected, and the
     local extension still resolves although the copy lives in another folder."""
     import subprocess
@@ -52,7 +52,7 @@ def test_cdn_config_for_make_book_without_npm(tmp_path, monkeypatch):
     from jupyter_book.config import get_final_config
 
     out = tmp_path / "cdn" / "_config.yml"
-    subprocess.run([sys.executable, str(ROOT / "book/_ext/mathjax_cdn.py"), "3.2.2", str(out)],
+    subprocess.run([sys.executable, str(ROOT / "tools/mathjax_cdn.py"), "3.2.2", str(out)],
                    check=True)
     monkeypatch.setattr(sys, "path", list(sys.path))
     config, _ = get_final_config(user_yaml=out, cli_config={"latex_individualpages": False},

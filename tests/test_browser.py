@@ -40,7 +40,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from companion import colab
+from companion.run import colab
 
 pytestmark = pytest.mark.slow
 

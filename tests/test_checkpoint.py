@@ -1,4 +1,4 @@
-"""A run's checkpoint (companion.checkpoint): whole or refused, the run's own or refused, and
+"""A run's checkpoint (companion.run.checkpoint): whole or refused, the run's own or refused, and
 fit leaves the process as it found it (issue 34's findings 1, 2, 5, 6, 7 and its notes on
 the cache folder, the loaded-log, killed saves). Checkpoints of the format before the
 whole-file checksum must still load: tests/data/fit-format1.pt was written by the code of
@@ -16,8 +16,9 @@ import pytest
 import torch
 from torch import nn
 
-from companion import checkpoint as ck
-from companion.train import CheckpointMismatchError, fit
+from companion.run import checkpoint as ck
+from companion.run.checkpoint import CheckpointMismatchError
+from companion.train import fit
 
 X, Y = torch.randn(16, 3), torch.randn(16, 1)
 FIXTURE = Path(__file__).parent / "data" / "fit-format1.pt"
@@ -254,10 +255,10 @@ def test_the_checkpoint_module_never_imports_train():
     """Issue 33: train imports the checkpoint module, never the reverse (no cycle)."""
     import ast
 
-    import companion.checkpoint
-    import companion.distributed
+    import companion.run.checkpoint
+    import companion.run.distributed
 
-    for module in (companion.checkpoint, companion.distributed):
+    for module in (companion.run.checkpoint, companion.run.distributed):
         tree = ast.parse(Path(module.__file__).read_text())
         imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
             a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
@@ -267,7 +268,7 @@ def test_the_checkpoint_module_never_imports_train():
 def test_a_float_setting_that_differs_only_in_its_last_digits_is_the_same():
     """Chapter 11's latent scale, computed from the data under AVX-512 and under
     ATEN_CPU_CAPABILITY=default: a checkpoint trained on one CPU loads on the other."""
-    from companion.checkpoint import same_value
+    from companion.run.checkpoint import same_value
 
     assert same_value(0.7458972775917927, 0.7458972780326674)
     assert same_value([0.1, float("nan")], (0.1 + 1e-12, float("nan")))

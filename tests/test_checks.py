@@ -1,4 +1,4 @@
-"""One small set of argument checks (companion.checks), used across companion, and issue
+"""One small set of argument checks (companion.run.checks), used across companion, and issue
 34's findings outside `fit`: each bad input ends in a clear error naming the argument, each
 valid one (NumPy and tensor scalars) is taken. tests/probes/probe_inputs.py's 154 cases run
 here one by one; the findings of the issue have their own, more exact tests below."""
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from companion import checks
 from companion import diffusion as dm
 from companion import inpainting as ip
 from companion import latent_diffusion as ld
+from companion.run import checks
 from tests.probes import probe_inputs
 
 CASES = probe_inputs.cases()
@@ -154,7 +154,7 @@ def test_bfloat16_images_fail_the_8bit_grid_check():
 
 
 def test_seeds_too_large_for_torch_are_refused_by_name():
-    from companion.runtime import seed_everything
+    from companion.run.runtime import seed_everything
 
     with pytest.raises(ValueError, match="seed must be a non-negative int below 2\\*\\*63"):
         seed_everything(2**70)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from companion import checks, flow, sde
 from companion import diffusion as dm
+from companion import flow, sde
+from companion.run import checks
 
 D = dm.Diffusion(dm.linear_betas(10, 1e-3, 0.2))
 AB = torch.cumprod(1 - dm.linear_betas(10), 0)

@@ -4,7 +4,7 @@ Colab preinstalls torch, torchvision, numpy, matplotlib, ipywidgets, tqdm, PyYAM
 Pillow, and its kernel imports several of them (ipywidgets among them) when it starts: if
 the install cell upgrades any of them, the new version is not the one the kernel runs until
 the reader restarts the runtime. Their versions live in one place, with the date they were
-taken: `companion.colab.COLAB_PREINSTALLED`.
+taken: `companion.run.colab.COLAB_PREINSTALLED`.
 
 The model: a new virtualenv sees those distributions at Colab's versions and nothing else.
 ipywidgets (and ipython_genutils, which 7.x imports) are Colab's real wheels, fetched by
@@ -46,7 +46,7 @@ import tomllib
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from companion import colab
+from companion.run import colab
 
 ROOT = Path(__file__).resolve().parent.parent
 COLAB_WHEELS_DIR = ROOT / ".cache" / "colab-wheels"
@@ -293,7 +293,7 @@ def test_install_cell_changes_nothing_colab_has(colab_env, installed):
     assert run.returncode == 0, (
         "the install cell failed in the Colab model. pip has no package index here and "
         "Colab's versions as constraints, so it can use only what Colab preinstalls "
-        f"(companion.colab.COLAB_PREINSTALLED, taken {colab.COLAB_PREINSTALLED_DATE}): a new "
+        f"(companion.run.colab.COLAB_PREINSTALLED, taken {colab.COLAB_PREINSTALLED_DATE}): a new "
         "requirement, or a floor that Colab's versions do not meet, fails here; on Colab pip "
         "would upgrade the package and the reader would have to restart the runtime. "
         f"Requirements Colab does not meet: {unmet_by_colab()}\n"

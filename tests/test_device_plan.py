@@ -19,15 +19,16 @@ import pytest
 import torch
 
 import companion
-from companion import runtime
-from companion.train import autocast_dtype
+from companion.run import runtime
+from companion.run.precision import autocast_dtype
 
 ROOT = Path(__file__).resolve().parent.parent
-EXT = ROOT / "book" / "_ext"
+EXT = ROOT / "book" / "_ext"  # the status page's extension
+TOOLS = ROOT / "tools"  # the GPU plan and the device script
 
 
-def _module(name: str):
-    spec = importlib.util.spec_from_file_location(name, EXT / f"{name}.py")
+def _module(name: str, folder: Path = EXT):
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod
     spec.loader.exec_module(mod)
@@ -35,7 +36,8 @@ def _module(name: str):
 
 
 es = sys.modules.get("execution_status") or _module("execution_status")
-gp = _module("gpu_plan")
+gp = _module("gpu_plan", TOOLS)
+rn = sys.modules.get("run_notebooks") or _module("run_notebooks", TOOLS)
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 
 
@@ -177,7 +179,7 @@ def test_estimates_say_whether_they_were_measured_on_a_gpu(tmp_path):
                          "HBM3) torch=2.11.0 python=3.12.3\n", 290.0)
     cpu = timed_notebook(tmp_path / "11_b.ipynb", "profile=cpu device=cpu torch=2.14.1 "
                          "python=3.11.7\n", 180.0)
-    es.record(cpu, 182.0, T0 + timedelta(seconds=181), loaded=["ch11-vae-cpu.pt",
+    rn.record(cpu, 182.0, T0 + timedelta(seconds=181), loaded=["ch11-vae-cpu.pt",
                                                                  "ch9-ddpm-cpu.pt"])
     secs, why = gp.estimate(gpu)
     assert secs == pytest.approx(290.0) and why.startswith("measured") and "H100" in why
@@ -189,12 +191,12 @@ def test_estimates_say_whether_they_were_measured_on_a_gpu(tmp_path):
 
 def test_the_plan_text_gives_the_command_and_every_entry():
     text = gp.format_plan(gp.plan())
-    assert "book/_ext/outputs_device.sh --next" in text and "'.whl'" in text
+    assert "tools/outputs_device.sh --next" in text and "'.whl'" in text
     assert all(e.key in text for e in gp.plan())
 
 
 def test_outputs_device_script_parses_and_explains_itself():
-    script = EXT / "outputs_device.sh"
+    script = TOOLS / "outputs_device.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     out = subprocess.run([str(script), "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--dry-run" in out.stdout and "--next" in out.stdout
@@ -241,7 +243,7 @@ def test_device_requirements_are_the_whole_closure():
     assert not missing, missing
     if checked < len(pins) // 2:
         pytest.skip(f"only {checked} of the {len(pins)} pinned versions are in this venv: "
-                    "refresh book/_ext/device-requirements.txt from it")
+                    "refresh tools/device-requirements.txt from it")
 
 
 def test_requirements_must_be_pinned(tmp_path):
@@ -372,7 +374,7 @@ def test_the_kernel_writes_its_peak_after_every_cell(monkeypatch, tmp_path):
     mock_peak(monkeypatch, 3 * 2**30, 4 * 2**30)
     shell.events.callbacks["post_run_cell"][0](object())  # IPython passes the cell's result
     assert json.loads(log.read_text()) == {"allocated_mib": 3072.0, "reserved_mib": 4096.0}
-    assert es._read_peak(log) == {"allocated_mib": 3072.0, "reserved_mib": 4096.0}
+    assert rn._read_peak(log) == {"allocated_mib": 3072.0, "reserved_mib": 4096.0}
 
 
 def test_no_peak_where_cuda_was_never_used(monkeypatch, tmp_path):
@@ -381,26 +383,26 @@ def test_no_peak_where_cuda_was_never_used(monkeypatch, tmp_path):
     log = tmp_path / "peak.json"
     monkeypatch.setenv("BOOK_PEAK_LOG", str(log))
     runtime._write_peak_memory()
-    assert not log.exists() and es._read_peak(log) is None
+    assert not log.exists() and rn._read_peak(log) is None
     log.write_text("not json")
-    assert es._read_peak(log) is None
+    assert rn._read_peak(log) is None
 
 
 def test_the_status_page_shows_the_peak_and_the_t4_peak(tmp_path):
     (tmp_path / "notebooks").mkdir()
     setup = "profile=gpu device=cuda (NVIDIA H100 80GB HBM3) torch=2.11.0 python=3.12.3\n"
     a = timed_notebook(tmp_path / "notebooks" / "09_a.ipynb", setup)
-    es.record(a, 31.0, T0 + timedelta(seconds=31), cuda_peak={"allocated_mib": 61_952.0,
+    rn.record(a, 31.0, T0 + timedelta(seconds=31), cuda_peak={"allocated_mib": 61_952.0,
                                                               "reserved_mib": 70_000.0})
-    es.record_t4(a, 40.0, T0, {"allocated_mib": 12_800.0, "reserved_mib": 14_000.0}, 0)
+    rn.record_t4(a, 40.0, T0, {"allocated_mib": 12_800.0, "reserved_mib": 14_000.0}, 0)
     b = timed_notebook(tmp_path / "notebooks" / "10_b.ipynb", setup)
-    es.record(b, 31.0, T0 + timedelta(seconds=31), cuda_peak={"allocated_mib": 1024.0,
+    rn.record(b, 31.0, T0 + timedelta(seconds=31), cuda_peak={"allocated_mib": 1024.0,
                                                               "reserved_mib": 2048.0})
-    es.record_t4(b, 5.0, T0, {"allocated_mib": 15_000.0, "reserved_mib": 15_000.0}, 1,
+    rn.record_t4(b, 5.0, T0, {"allocated_mib": 15_000.0, "reserved_mib": 15_000.0}, 1,
                  "torch.OutOfMemoryError: CUDA out of memory.")
     c = timed_notebook(tmp_path / "notebooks" / "11_c.ipynb", SETUP_CPU)
     d = timed_notebook(tmp_path / "notebooks" / "12_d.ipynb", setup)
-    es.record(d, 31.0, T0 + timedelta(seconds=31), gpu_peak_mib=59_800)  # nvidia-smi only
+    rn.record(d, 31.0, T0 + timedelta(seconds=31), gpu_peak_mib=59_800)  # nvidia-smi only
     statuses = [es.notebook_status(p) for p in (a, b, c, d)]
     assert statuses[0].t4["ran_through"] and not statuses[1].t4["ran_through"]
     lines = [line.replace(es.NBSP, " ") for line in es.table(statuses, root=tmp_path)]
@@ -411,7 +413,7 @@ def test_the_status_page_shows_the_peak_and_the_t4_peak(tmp_path):
     assert "HBM3, 2 cores; device 58.4 GiB |" in lines[5]  # an older run's reading
     assert any(line.startswith("Peak: the most GPU memory") for line in lines)
     # a new run of the chapter keeps the T4 record, which is a run of its own
-    es.record(a, 31.0, T0 + timedelta(seconds=31))
+    rn.record(a, 31.0, T0 + timedelta(seconds=31))
     assert es.notebook_status(a).t4["cuda_peak_mib"]["allocated_mib"] == 12_800.0
     assert es.notebook_status(a).cuda_peak_mib is None
 
@@ -424,13 +426,13 @@ def test_a_run_into_the_lease_folder_keeps_the_earlier_t4_record(tmp_path):
     every call): a chapter run after its T4 run keeps the T4 record there."""
     source = timed_notebook(tmp_path / "09_a.ipynb", SETUP_CPU)
     into = tmp_path / "made"
-    target = es.made_path(str(source), str(into))
+    target = rn.made_path(str(source), str(into))
     assert target == into / "notebooks" / "09_a.ipynb"
-    work = es._prepare_into(str(source), str(into))
+    work = rn._prepare_into(str(source), str(into))
     assert work.exists() and not target.exists()  # the run replaces target on success
     target.write_bytes(source.read_bytes())
-    es.record_t4(target, 40.0, T0, {"allocated_mib": 100.0, "reserved_mib": 200.0}, 0)
-    work = es._prepare_into(str(source), str(into))
+    rn.record_t4(target, 40.0, T0, {"allocated_mib": 100.0, "reserved_mib": 200.0}, 0)
+    work = rn._prepare_into(str(source), str(into))
     assert nbformat.read(str(work), as_version=4).metadata.book.t4["seconds"] == 40.0
     assert "t4" not in nbformat.read(str(source), as_version=4).metadata.get("book", {})
 
@@ -438,8 +440,8 @@ def test_a_run_into_the_lease_folder_keeps_the_earlier_t4_record(tmp_path):
 def test_children_are_found_by_their_parent():
     child = subprocess.Popen(["sleep", "30"])
     try:
-        assert child.pid in es._children(os.getpid())
-        assert child.pid not in es._children(child.pid)
+        assert child.pid in rn._children(os.getpid())
+        assert child.pid not in rn._children(child.pid)
     finally:
         child.kill()
         child.wait()
@@ -461,7 +463,7 @@ def test_a_run_is_stopped_at_the_deadline_kernel_and_all(tmp_path, monkeypatch):
     monkeypatch.setenv("BOOK_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("BOOK_RUN_DEADLINE", str(time.time() + 8))
     start = time.perf_counter()
-    assert es.execute([str(path)], into=str(tmp_path / "made")) == es.STOPPED
+    assert rn.execute([str(path)], into=str(tmp_path / "made")) == rn.STOPPED
     assert time.perf_counter() - start < 25  # the kernel stopped at once, not 30 s later
     kernel = int(pid_file.read_text())
     time.sleep(1)

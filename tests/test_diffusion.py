@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import distributions as D
 
-from companion import checks, toy
 from companion import diffusion as dm
+from companion import toy
+from companion.run import checks
 
 pytestmark = pytest.mark.usefixtures("float64_one_thread")
 

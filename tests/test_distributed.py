@@ -120,7 +120,7 @@ def test_sigterm_to_one_rank_stops_both_after_a_saved_step(tmp_path):
 
 
 def test_without_torchrun_fit_does_not_join_a_group(monkeypatch):
-    from companion import distributed
+    from companion.run import distributed
 
     for k in ("RANK", "WORLD_SIZE"):
         monkeypatch.delenv(k, raising=False)
@@ -134,7 +134,7 @@ def test_without_torchrun_fit_does_not_join_a_group(monkeypatch):
 
 
 def test_shares_weight_the_ranks_to_the_global_mean():
-    from companion.distributed import Ranks
+    from companion.run.distributed import Ranks
 
     idx = torch.arange(5)
     shares = [Ranks(r, 2, torch.device("cpu")).share(idx) for r in range(2)]
@@ -152,11 +152,12 @@ def test_a_recipe_trained_under_torchrun_is_the_checkpoint_the_chapters_load(tmp
     env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", BOOK_CACHE=str(tmp_path),
                BOOK_PROFILE="ci")
     cli = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc_per_node=2", "-m", "companion.recipes", "classifier"],
+                          "--nproc_per_node=2", "-m", "companion", "classifier"],
                          env=env, capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stderr[-3000:]
     assert cli.stdout.count("classifier (ci): 32 steps") == 1  # rank 0 alone reports
-    check = ("from companion import recipes, data, profiles; p = profiles.get_profile('ci'); "
+    check = ("from companion import recipes, data; from companion.run import profiles; "
+             "p = profiles.get_profile('ci'); "
              "d = data.load('mnist', n_train=p.n_train, n_test=p.n_test); "
              "print('resumed at', recipes.classifier(d, p, 'cpu')[1].resumed_at)")
     again = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True,
@@ -165,7 +166,7 @@ def test_a_recipe_trained_under_torchrun_is_the_checkpoint_the_chapters_load(tmp
 
 
 def test_a_timeout_in_the_agreement_check_is_named_once(monkeypatch):
-    from companion import distributed
+    from companion.run import distributed
 
     def timed_out(out, obj):
         raise RuntimeError("[gloo] Timed out waiting 4000ms for recv operation to complete")

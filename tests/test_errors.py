@@ -13,13 +13,15 @@ import torch
 from torch import nn
 
 import companion
-from companion import data, kl, pca, plot, profiles
+from companion import data, kl, pca, plot
 from companion import diffusion as dm
 from companion.metrics import frechet_distance, frechet_gaussian
 from companion.models.autoencoder import Autoencoder
 from companion.models.unet import UNet, UNetConfig, preset
 from companion.models.vae import VAE, ELBOLoss
-from companion.train import EMA, CheckpointMismatchError, NonFiniteLossError, fit
+from companion.run import profiles
+from companion.run.checkpoint import CheckpointMismatchError, NonFiniteLossError
+from companion.train import EMA, fit
 
 X, Y = torch.randn(10, 3), torch.randn(10, 1)
 

@@ -33,14 +33,14 @@ from companion.models.classifier import Classifier, predict
 from companion.models.hvae import HierarchyLoss
 from companion.models.unet import UNet, preset
 from companion.models.vae import to_8bit_range
-from companion.profiles import get_profile
-from companion.train import (
+from companion.run.checkpoint import (
     CheckpointMismatchError,
     CheckpointSaveError,
     NonFiniteLossError,
     NonFiniteWeightsError,
-    fit,
 )
+from companion.run.profiles import get_profile
+from companion.train import fit
 
 X, Y = torch.randn(16, 3), torch.randn(16, 1)
 
@@ -115,7 +115,7 @@ def test_read_only_directory_is_found_before_training(tmp_path):
 
 
 def test_unwritable_directory_is_named(tmp_path, monkeypatch):
-    import companion.checkpoint as tr
+    import companion.run.checkpoint as tr
 
     def denied(*a, **k):
         raise PermissionError(13, "Permission denied")
@@ -126,7 +126,7 @@ def test_unwritable_directory_is_named(tmp_path, monkeypatch):
 
 
 def test_failed_save_keeps_the_result_and_cleans_the_tmp(tmp_path, monkeypatch):
-    import companion.checkpoint as tr
+    import companion.run.checkpoint as tr
 
     def full_disk(state, f):
         Path(f).write_bytes(b"partial")
@@ -149,7 +149,7 @@ def test_checkpoint_directory_or_tensor_at_path(tmp_path):
 
 
 def test_two_runs_sharing_a_path_use_their_own_tmp(tmp_path):
-    import companion.checkpoint as tr
+    import companion.run.checkpoint as tr
 
     model = nn.Linear(3, 1)
     opt = torch.optim.Adam(model.parameters())
@@ -294,7 +294,7 @@ def test_random_state_is_restored_when_a_finished_run_loads(tmp_path, uninterrup
 
 
 def test_gradient_scaler_state_round_trips(tmp_path):
-    import companion.checkpoint as tr
+    import companion.run.checkpoint as tr
 
     model = nn.Linear(3, 1)
     opt = torch.optim.Adam(model.parameters())

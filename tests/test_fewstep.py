@@ -240,7 +240,7 @@ def test_samplers_chunk_without_changing_the_result(monkeypatch):
     whole = fewstep.ode_sample(path.velocity, x1, 3)
     jump = fewstep.jump_map(path.velocity)
     j_whole = fewstep.jump_sample(jump, x1, 3, torch.Generator().manual_seed(1))
-    import companion.memory as memory
+    import companion.run.memory as memory
     calls = []
     monkeypatch.setattr(memory, "rows_per_call", lambda x, grad=False: calls.append(1) or 4)
     assert torch.allclose(fewstep.ode_sample(path.velocity, x1, 3), whole, atol=1e-12)
@@ -297,7 +297,7 @@ def test_chapter_15_students_are_called_on_grid_times(name):
     """recipes.fewstep_settings: the couplings' Heun steps and consistency distillation's
     intervals divide the teacher's grid, so the students cost one network call a time."""
     from companion import recipes
-    from companion.profiles import get_profile
+    from companion.run.profiles import get_profile
 
     profile = get_profile(name)
     K = recipes.ddpm_settings(profile)["T"]

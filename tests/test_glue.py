@@ -1,4 +1,4 @@
-"""companion.glue writes exactly what myst-nb's glue writes, so the book reads it alike."""
+"""companion.run.glue writes exactly what myst-nb's glue writes, so the book reads it alike."""
 
 import json
 import random
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from companion.glue import DIGITS_KEY, GLUE_PREFIX, glue, round_significant
+from companion.run.glue import DIGITS_KEY, GLUE_PREFIX, glue, round_significant
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9]*.ipynb"))
 
@@ -134,7 +134,7 @@ def glue_records(nb: dict) -> dict:
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_no_sentence_shows_more_digits_than_glue_stored(path):
-    """Every stored float went through companion.glue's rounding, and no {glue:text} role
+    """Every stored float went through companion.run.glue's rounding, and no {glue:text} role
     formats it with more significant digits than were kept (they would be made up)."""
     from myst_nb.core.variables import format_plain_text
 

@@ -25,13 +25,13 @@ import pytest
 import torch
 from torch import nn
 
-import companion.checkpoint as ck
-from companion.train import (
+import companion.run.checkpoint as ck
+from companion.run.checkpoint import (
     CheckpointBusyError,
     CheckpointMismatchError,
     CheckpointSaveError,
-    fit,
 )
+from companion.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 40  # seconds any multi-process case may take before it counts as a hang

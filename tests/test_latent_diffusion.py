@@ -199,7 +199,7 @@ def test_flops_per_code_counts_the_matrix_products():
 
 def test_latent_settings_per_profile():
     from companion import recipes
-    from companion.profiles import PROFILES
+    from companion.run.profiles import PROFILES
 
     for p in PROFILES.values():
         s = recipes.latent_settings(p)

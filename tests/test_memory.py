@@ -2,7 +2,7 @@
 
 The first part measures, on fake tensors, each chapter's heaviest operations at the `gpu`
 profile's sizes on the full MNIST (tests/memory_budget.py says how) and holds them to
-14 GB. The second checks that splitting a call into chunks (companion.memory) gives the
+14 GB. The second checks that splitting a call into chunks (companion.run.memory) gives the
 result of the whole call, with the same random draws.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from companion import memory
+from companion.run import memory
 
 from . import memory_budget
 
@@ -42,7 +42,7 @@ def test_every_heavy_call_of_the_chapter_fits_a_t4(chapter):
         assert gb <= memory_budget.BUDGET_GB, (
             f"chapter {chapter}: {name} needs {gb:.1f} GB on fake tensors at the gpu "
             f"profile's sizes on the full MNIST, over the {memory_budget.BUDGET_GB:.0f} GB "
-            "a T4 leaves; send it through companion.memory.map_chunks")
+            "a T4 leaves; send it through companion.run.memory.map_chunks")
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import jupytext
 import pytest
 import yaml
 
-from companion import colab
+from companion.run import colab
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -31,18 +31,30 @@ def test_there_are_notebooks():
     assert NOTEBOOKS, "no notebooks found under notebooks/"
 
 
+# the lead's chapters of issue 51's session: `python tools/rewire.py` tags them after the merge
+SETUP_PENDING = {"10_comparison", "13_continuous_time", "14_discrete_diffusion",
+                 "15_fewer_steps"}
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
 def test_header_agrees_with_repository_url(path):
     cells = load(path)["cells"]
     rel = path.relative_to(ROOT).as_posix()
     first, second = cells[0], cells[1]
     assert first["cell_type"] == "markdown" and source(first).startswith("# ")
-    assert colab.badge(rel) in source(first), "badge out of date: run python -m companion.colab"
+    assert colab.badge(rel) in source(first), "badge out of date: run python -m companion.run.colab"
     assert second["cell_type"] == "code"
     assert source(second).startswith(colab.install_cell()), \
-        "install cell out of date: run python -m companion.colab"
+        "install cell out of date: run python -m companion.run.colab"
     assert "companion.setup(" in source(second)
-    assert "nbval-ignore-output" in second["metadata"].get("tags", [])
+    tags = second["metadata"].get("tags", [])
+    assert "nbval-ignore-output" in tags
+    # collapsed on the web page (its output, the profile and device, in view), and run as
+    # any other cell: Colab installs companion from it
+    assert not {"skip-execution", "nbval-skip", "remove-cell", "raises-exception"} & set(tags)
+    assert "hide-input" in tags or path.stem in SETUP_PENDING, (
+        "the setup cell must be collapsed on the page: python tools/rewire.py "
+        f"{path.relative_to(ROOT)} {path.with_suffix('.md').relative_to(ROOT)}")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
@@ -122,7 +134,7 @@ def test_readme_badges_agree_and_name_real_notebooks():
     pairs = colab.readme_badges()
     assert len(pairs) == len(NOTEBOOKS), "README should have one Colab badge per chapter"
     for written, generated in pairs:
-        assert written == generated, "README badge out of date: run python -m companion.colab"
+        assert written == generated, "README badge out of date: run python -m companion.run.colab"
         target = re.search(r"notebooks/[\w.-]+\.ipynb", written).group(0)
         assert (ROOT / target).exists(), f"README links a missing notebook {target}"
 

@@ -50,3 +50,30 @@ def test_makefile_targets():
     makefile = (ROOT / "Makefile").read_text()
     for target in ("book", "test", "outputs", "check-fast", "clean", "bench"):
         assert re.search(rf"^{target}:", makefile, re.M), target
+
+
+def test_the_wheel_ships_every_subpackage(tmp_path):
+    """What Colab's install cell installs (a wheel built from pyproject.toml) holds every
+    package of companion, companion.run and companion.models among them (issue 51)."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    packages = sorted(".".join(p.parent.relative_to(ROOT).parts)
+                      for p in (ROOT / "companion").rglob("__init__.py"))
+    assert "companion.run" in packages and "companion.models" in packages
+    assert sorted(pyproject()["tool"]["setuptools"]["packages"]) == packages
+    src = tmp_path / "src"  # a copy: the build leaves build/ and *.egg-info where it runs
+    shutil.copytree(ROOT / "companion", src / "companion",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, src / name)
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                            "--no-build-isolation", "-q", "-w", str(tmp_path), str(src)],
+                           capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr[-3000:]
+    wheel = next(tmp_path.glob("companion-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for path in (ROOT / "companion").rglob("*.py"):
+        assert path.relative_to(ROOT).as_posix() in names, f"the wheel lacks {path}"

@@ -1,4 +1,4 @@
-"""The PDF's checks (book/_ext/pdf_check.py), each shown to catch the defect it exists for on
+"""The PDF's checks (tools/pdf_check.py), each shown to catch the defect it exists for on
 planted input; and the PDF build's settings, which live in four files, kept in agreement.
 
 The PDF itself is built and checked by `make pdf` (`.ci/run` runs it after `make test`)."""
@@ -17,8 +17,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "book" / "_ext" / f"{name}.py")
+def _load(name: str, folder: str = "tools"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
@@ -26,7 +26,7 @@ def _load(name: str):
 
 
 pdf_check = _load("pdf_check")
-book_pdf = _load("book_pdf")
+book_pdf = _load("book_pdf", "book/_ext")  # a Sphinx extension
 
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
 TARGET = CONFIG["latex"]["latex_documents"]["targetname"]

@@ -1,7 +1,7 @@
 import pytest
 
-from companion import profiles
-from companion.profiles import PROFILES, get_profile
+from companion.run import profiles
+from companion.run.profiles import PROFILES, get_profile
 
 
 def test_env_var_selects_profile(monkeypatch):

@@ -1,4 +1,4 @@
-from companion.progress import progress
+from companion.run.progress import progress
 
 
 def test_quiet_bar_is_disabled_and_still_iterates(capsys):
@@ -27,7 +27,7 @@ def test_book_progress_0_silences_every_bar(monkeypatch):
 def test_the_smoke_run_thins_slow_loops_and_keeps_their_round_steps(monkeypatch):
     import time
 
-    from companion.profiles import SMOKE_KEEP, SMOKE_LOOP
+    from companion.run.profiles import SMOKE_KEEP, SMOKE_LOOP
 
     def run(loop, seconds):
         seen = []
@@ -50,12 +50,12 @@ def test_the_smoke_run_thins_slow_loops_and_keeps_their_round_steps(monkeypatch)
     assert run(progress(range(2000, 0, -1)), 0) == list(range(2000, 0, -1))
     # and so does a long one of cheap steps (a toy model's reference chain)
     with monkeypatch.context() as m:
-        m.setattr("companion.profiles.SMOKE_LOOP", 0.5)
+        m.setattr("companion.run.profiles.SMOKE_LOOP", 0.5)
         assert run(progress(range(200, 0, -1)), 0.004) == list(range(200, 0, -1))
     # one of unknown length (taken as SMOKE_UNKNOWN long) stops after its first two
-    from companion.profiles import SMOKE_UNKNOWN
+    from companion.run.profiles import SMOKE_UNKNOWN
 
     assert run(progress(iter(range(10))), 1.2 * SMOKE_LOOP / SMOKE_UNKNOWN) == [0, 1]
     monkeypatch.setenv("BOOK_SMOKE", "0")  # and outside the smoke run, every step runs
-    monkeypatch.setattr("companion.profiles.SMOKE_LOOP", 0.01)
+    monkeypatch.setattr("companion.run.profiles.SMOKE_LOOP", 0.01)
     assert run(progress(range(10, 0, -1)), slow) == list(range(10, 0, -1))

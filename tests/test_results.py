@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from companion import results
+from companion.run import results
 
 
 def test_save_then_load_round_trips(tmp_path, monkeypatch):

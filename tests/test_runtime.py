@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import companion
-from companion.runtime import describe, get_device, seed_everything
+from companion.run.runtime import describe, get_device, seed_everything
 
 
 def test_seed_everything_repeats_all_generators():

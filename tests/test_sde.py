@@ -317,7 +317,7 @@ def test_bad_input_gets_clear_errors():
 def test_the_smoke_run_stops_a_slow_likelihood_integral_and_not_a_cheap_one(monkeypatch):
     import time
 
-    from companion.profiles import SMOKE_LOOP, SMOKE_UNKNOWN
+    from companion.run.profiles import SMOKE_LOOP, SMOKE_UNKNOWN
 
     def slow(x, t):
         time.sleep(2 * SMOKE_LOOP / SMOKE_UNKNOWN)

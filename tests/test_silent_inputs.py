@@ -12,29 +12,18 @@ import pytest
 import torch
 from torch import nn
 
-from companion import (
-    checks,
-    diffusion,
-    flow,
-    glue,
-    kl,
-    metrics,
-    plot,
-    profiles,
-    recipes,
-    results,
-    runtime,
-    sde,
-)
-from companion.checkpoint import CheckpointMismatchError
+import companion.__main__ as cli
+from companion import diffusion, flow, kl, metrics, plot, recipes, sde
 from companion.models.autoencoder import Autoencoder, worst_perturbation
 from companion.models.classifier import Classifier, accuracy
 from companion.models.vae import VAE
+from companion.run import checks, glue, profiles, results, runtime
+from companion.run.checkpoint import CheckpointMismatchError
 
 
 @pytest.fixture(autouse=True)
 def _book_profile_put_back():
-    """recipes.main sets BOOK_PROFILE for its process; this worker's later notebooks must not
+    """cli.main sets BOOK_PROFILE for its process; this worker's later notebooks must not
     run in the profile a test asked for (chapter 13 ran in gpu on a CPU)."""
     before = os.environ.get("BOOK_PROFILE")
     yield
@@ -72,20 +61,20 @@ def test_11_the_command_line_profile_wins_over_a_bad_environment(monkeypatch):
         called.update(p=p.name, process=profiles.get_profile().name)
         raise SystemExit(0)
 
-    monkeypatch.setitem(recipes.COMMANDS, "classifier", ("stub", stub))
+    monkeypatch.setitem(cli.COMMANDS, "classifier", ("stub", stub))
     monkeypatch.setattr("companion.data.load", lambda *a, **kw: None)
     with pytest.raises(SystemExit):
-        recipes.main(["classifier", "--profile", "CI", "--device", "cpu"])
+        cli.main(["classifier", "--profile", "CI", "--device", "cpu"])
     assert called == {"p": "ci", "process": "ci"}
 
 
 # --- 12. the gpu profile on a CPU asks first ------------------------------------------------
 def test_12_the_gpu_profile_on_a_cpu_is_refused_without_yes(monkeypatch, capsys):
     called = []
-    monkeypatch.setitem(recipes.COMMANDS, "ddpm", ("stub", lambda *a: called.append(a)))
+    monkeypatch.setitem(cli.COMMANDS, "ddpm", ("stub", lambda *a: called.append(a)))
     monkeypatch.setattr("companion.data.load", lambda *a, **kw: None)
     with pytest.raises(SystemExit) as stop:
-        recipes.main(["ddpm", "--profile", "gpu", "--device", "cpu"])
+        cli.main(["ddpm", "--profile", "gpu", "--device", "cpu"])
     assert stop.value.code == 2 and not called
     said = capsys.readouterr().err
     assert "6,000 steps" in said and "--yes" in said and "--profile cpu" in said

@@ -21,6 +21,10 @@ _spec = importlib.util.spec_from_file_location(
 es = importlib.util.module_from_spec(_spec)
 sys.modules["execution_status"] = es
 _spec.loader.exec_module(es)
+_spec = importlib.util.spec_from_file_location("run_notebooks", ROOT / "tools" / "run_notebooks.py")
+rn = importlib.util.module_from_spec(_spec)  # the runner that records what the table reads
+sys.modules["run_notebooks"] = rn
+_spec.loader.exec_module(rn)
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 SETUP = "profile=cpu device=cpu torch=2.5.0 python=3.11.7\n"
@@ -47,7 +51,7 @@ def make_notebook(path: Path, durations=(1.0, 30.0, 2.0), gaps=0.01, setup=SETUP
         nb.cells.append(cell)
     nbformat.write(nb, str(path))
     if wall is not None:
-        es.record(path, wall, T0 + timedelta(seconds=sum(durations) + 3))
+        rn.record(path, wall, T0 + timedelta(seconds=sum(durations) + 3))
     return path
 
 
@@ -145,7 +149,7 @@ def test_execute_records_the_wall_time(tmp_path, monkeypatch):
     path = tmp_path / "timed.ipynb"
     nbformat.write(nb, str(path))
     monkeypatch.delenv("BOOK_CACHE", raising=False)
-    assert es.execute([str(path)]) == 0
+    assert rn.execute([str(path)]) == 0
     st = es.notebook_status(path)
     assert st.problems == [] and st.source == "wall" and st.checkpoints == "fresh"
     assert st.slowest_cell[1] == 1 and 0.5 <= st.slowest_cell[0] < 5
@@ -154,11 +158,11 @@ def test_execute_records_the_wall_time(tmp_path, monkeypatch):
 
 def test_reused_means_a_checkpoint_was_loaded(tmp_path):
     path = make_notebook(tmp_path / "a.ipynb")
-    es.record(path, 40.0, T0 + timedelta(seconds=36), loaded=["ch9-ddpm-gpu.pt"])
+    rn.record(path, 40.0, T0 + timedelta(seconds=36), loaded=["ch9-ddpm-gpu.pt"])
     st = es.notebook_status(path)
     assert st.checkpoints == "reused"
     assert any("‡" in line for line in es.table([st], tmp_path))
-    es.record(path, 40.0, T0 + timedelta(seconds=36), loaded=[])
+    rn.record(path, 40.0, T0 + timedelta(seconds=36), loaded=[])
     assert es.notebook_status(path).checkpoints == "fresh"
 
 
@@ -185,7 +189,7 @@ def test_a_chapter_that_loads_another_profiles_model_is_flagged(tmp_path):
     gpu = "profile=gpu device=cuda torch=2.11.0 python=3.12.3\n"
     ch9 = make_notebook(tmp_path / "09_ddpm.ipynb", wall=40.0)  # stored in cpu
     ch10 = make_notebook(tmp_path / "10_cmp.ipynb", setup=gpu)
-    es.record(ch10, 40.0, T0 + timedelta(seconds=36), loaded=["ch9-ddpm-gpu.pt"])
+    rn.record(ch10, 40.0, T0 + timedelta(seconds=36), loaded=["ch9-ddpm-gpu.pt"])
     statuses = [es.notebook_status(ch9), es.notebook_status(ch10)]
     assert es.mismatched(statuses[1], statuses) == [(9, "gpu", "cpu")]
     lines = es.table(statuses, tmp_path)

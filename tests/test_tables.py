@@ -1,9 +1,9 @@
-"""Tests of companion.tables: the Markdown tables the chapters show."""
+"""Tests of companion.run.tables: the Markdown tables the chapters show."""
 
 import pytest
 import torch
 
-from companion.tables import markdown, table
+from companion.run.tables import markdown, table
 
 
 def test_cells_formats_and_alignment():

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from companion.train import EMA, CheckpointMismatchError, NonFiniteLossError, checkpoint_path, fit
+from companion.run.checkpoint import CheckpointMismatchError, NonFiniteLossError
+from companion.train import EMA, checkpoint_path, fit
 
 
 def regression_data(n=512):
@@ -205,8 +206,8 @@ def test_fit_hands_the_global_step_to_a_loss_that_takes_one(tmp_path):
 def test_smoke_mode_stops_early_and_keeps_the_cache_untouched(tmp_path, monkeypatch):
     import os
 
-    from companion import checkpoint as ck
-    from companion import profiles
+    from companion.run import checkpoint as ck
+    from companion.run import profiles
 
     monkeypatch.setenv("BOOK_CACHE", str(tmp_path / "real-cache"))
     monkeypatch.setenv("BOOK_SMOKE", "1")
@@ -231,7 +232,7 @@ def test_smoke_cache_folder_is_removed_at_exit(tmp_path):
     import sys
     from pathlib import Path
 
-    code = ("from companion.train import cache_dir; d = cache_dir(); "
+    code = ("from companion.run.checkpoint import cache_dir; d = cache_dir(); "
             "(d / 'checkpoints').mkdir(); print(d)")
     env = {**os.environ, "BOOK_SMOKE": "1", "BOOK_CACHE": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,

@@ -20,9 +20,13 @@ from sphinx.errors import ExtensionError
 PACKAGE = "companion"
 
 
+RUN = f"{PACKAGE}.run"  # the machinery's wing: listed after the mathematics
+
+
 def public_modules(root: Path) -> list[str]:
-    """Every module of `companion` whose dotted name has no part starting with "_", sorted
-    (the subpackage companion.models holds modules only: its pages are its modules')."""
+    """Every module of `companion` whose dotted name has no part starting with "_": the
+    mathematics sorted, then the machinery (companion.run) sorted. The subpackages hold
+    modules only: their pages are their modules'."""
     sys.path.insert(0, str(root))
     try:
         pkg = importlib.import_module(PACKAGE)
@@ -33,11 +37,17 @@ def public_modules(root: Path) -> list[str]:
         if info.ispkg or any(part.startswith("_") for part in info.name.split(".")):
             continue
         names.append(info.name)
-    return sorted(names)
+    return sorted(names, key=lambda name: (is_machinery(name), name))
+
+
+def is_machinery(module: str) -> bool:
+    """Whether `module` belongs to the part "Running the book" (companion.run)."""
+    return module == RUN or module.startswith(f"{RUN}.")
 
 
 def page_name(module: str) -> str:
-    """book/api/<page>.md for a module: companion.kl -> kl, companion.models.vae -> models/vae."""
+    """book/api/<page>.md for a module: companion.kl -> kl, companion.models.vae -> models/vae,
+    companion.run.checks -> run/checks."""
     return module.removeprefix(f"{PACKAGE}.").replace(".", "/")
 
 

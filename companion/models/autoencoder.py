@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import checks
 from ..data import IMAGE_SHAPE, check_images
+from ..run import checks
 
 N_PIXELS = 28 * 28
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import checks
+from ..run import checks
 
 FEATURES = 128
 

@@ -57,8 +57,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import checks
 from ..data import IMAGE_SHAPE, binarize
+from ..run import checks
 from .vae import MIN_LOG_SCALE, N_PIXELS, MLPDecoder, check_8bit_images, check_images_for
 
 LOG_2PI = math.log(2 * math.pi)

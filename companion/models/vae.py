@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from torch import distributions as D
 from torch import nn
 
-from .. import checks
 from ..data import IMAGE_SHAPE, binarize, check_images
 from ..kl import kl_diag_standard
+from ..run import checks
 
 N_PIXELS = int(math.prod(IMAGE_SHAPE))
 LIKELIHOODS = ("bernoulli", "gaussian", "discretized")

@@ -223,7 +223,7 @@ def argument_cases():
 
 def fit_cases(tmp: Path):
     """(name, call, pattern): misuse of fit and of its checkpoints."""
-    from companion.profiles import get_profile
+    from companion.run.profiles import get_profile
     from companion.train import fit
 
     X, Y = torch.randn(16, 3), torch.randn(16, 1)
@@ -348,7 +348,7 @@ def fit_cases(tmp: Path):
 
 def _ddpm(tmp, x=None, **kw):
     from companion import recipes
-    from companion.profiles import get_profile
+    from companion.run.profiles import get_profile
 
     os.environ["BOOK_CACHE"] = str(tmp / "cache")
     x = torch.rand(8, 1, 28, 28) if x is None else x
@@ -360,7 +360,7 @@ def _ddpm(tmp, x=None, **kw):
 
 def keep_cases(tmp: Path):
     """(name, call returning (kept: bool, detail)): faults during training."""
-    from companion.profiles import get_profile
+    from companion.run.profiles import get_profile
     from companion.train import fit
 
     # the script the fault tests run (same arguments: path, seconds a step, save_every);

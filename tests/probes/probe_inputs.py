@@ -30,7 +30,7 @@ CLEAR = (ValueError, TypeError, LookupError, OSError, FloatingPointError)
 
 
 def cases():
-    from companion import data, kl, metrics, plot, runtime, toy
+    from companion import data, kl, metrics, plot, toy
     from companion import diffusion as dm
     from companion import inpainting as ip
     from companion import latent_diffusion as ld
@@ -40,6 +40,7 @@ def cases():
     from companion.models.latent_denoiser import LatentDenoiser
     from companion.models.unet import UNet, preset
     from companion.models.vae import VAE, ELBOLoss, to_8bit_range
+    from companion.run import runtime
     from companion.train import EMA, fit
 
     torch.manual_seed(0)

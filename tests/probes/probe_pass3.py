@@ -80,7 +80,7 @@ class Calls:
 # --- lost work -------------------------------------------------------------------------------
 def _save_read(tmp, history=None, extra=None, config=None):
     """save_checkpoint then read_checkpoint: lost when it writes what it then refuses."""
-    import companion.checkpoint as ck
+    import companion.run.checkpoint as ck
 
     model = nn.Linear(2, 1)
     opt = torch.optim.Adam(model.parameters())
@@ -123,7 +123,7 @@ def _refused_before_or_lost(tmp, make_path, model=None):
 
 
 def _read_only_mid_run(tmp, what: str):
-    import companion.checkpoint as ck
+    import companion.run.checkpoint as ck
 
     real_save, n = torch.save, []
 
@@ -207,7 +207,7 @@ def _fifo(tmp):
 
 
 def _no_flock(tmp):
-    import companion.checkpoint as ck
+    import companion.run.checkpoint as ck
 
     def no_locks(fd, op):
         raise OSError(errno.ENOLCK, "No locks available")
@@ -225,7 +225,7 @@ def _no_flock(tmp):
 
 
 def _full_disk(tmp):
-    import companion.checkpoint as ck
+    import companion.run.checkpoint as ck
 
     def full(obj, f, *a, **kw):
         raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
@@ -273,7 +273,7 @@ def _bn_half_step(tmp):
 
 
 def _tree(tmp, before, after):
-    from companion.checkpoint import CheckpointMismatchError
+    from companion.run.checkpoint import CheckpointMismatchError
 
     _fit(tmp, model=nn.Sequential(nn.Linear(3, 4), before, nn.Linear(4, 1)), steps=2)
     try:
@@ -355,7 +355,8 @@ def _flag(var, value, read):
 
 
 def _cli(argv, env_profile=None):
-    from companion import profiles, recipes
+    import companion.__main__ as cli
+    from companion.run import profiles
 
     seen = {}
 
@@ -363,26 +364,26 @@ def _cli(argv, env_profile=None):
         seen.update(p=p.name, process=profiles.get_profile().name)
         raise SystemExit(0)
 
-    old = dict(recipes.COMMANDS)
+    old = dict(cli.COMMANDS)
     old_env = os.environ.get("BOOK_PROFILE")
     import companion.data as data
 
     old_load, data.load = data.load, lambda *a, **kw: None
-    for k in recipes.COMMANDS:
-        recipes.COMMANDS[k] = ("stub", stub)
+    for k in cli.COMMANDS:
+        cli.COMMANDS[k] = ("stub", stub)
     if env_profile:
         os.environ["BOOK_PROFILE"] = env_profile
     try:
         with contextlib.redirect_stderr(open(os.devnull, "w")):
-            recipes.main(argv)
+            cli.main(argv)
     except SystemExit as stop:
         if not seen:
             return "clear" if stop.code == 2 else "cryptic"
     except ValueError:
         return "cryptic"
     finally:
-        recipes.COMMANDS.clear()
-        recipes.COMMANDS.update(old)
+        cli.COMMANDS.clear()
+        cli.COMMANDS.update(old)
         data.load = old_load
         if old_env is None:
             os.environ.pop("BOOK_PROFILE", None)
@@ -395,7 +396,7 @@ def _cli(argv, env_profile=None):
 
 # --- results, recipes --------------------------------------------------------------------------
 def _results(tmp, what):
-    from companion import results
+    from companion.run import results
 
     os.environ["BOOK_CACHE"] = str(tmp)
     if what == "case":
@@ -409,7 +410,8 @@ def _results(tmp, what):
 
 
 def _foreign_copy(tmp):
-    from companion import profiles, recipes
+    from companion import recipes
+    from companion.run import profiles
 
     os.environ["BOOK_CACHE"] = str(tmp)
     p = profiles.get_profile("ci")
@@ -425,7 +427,8 @@ def _foreign_copy(tmp):
 def _atomic_copy(tmp):
     import shutil
 
-    from companion import profiles, recipes
+    from companion import recipes
+    from companion.run import profiles
 
     os.environ["BOOK_CACHE"] = str(tmp)
     p = profiles.get_profile("ci")
@@ -457,12 +460,13 @@ def _atomic_copy(tmp):
 
 # --- the list ------------------------------------------------------------------------------------
 def cases():
-    from companion import diffusion, flow, glue, kl, metrics, plot, profiles, runtime, sde
+    from companion import diffusion, flow, kl, metrics, plot, sde
     from companion.models.autoencoder import Autoencoder, worst_perturbation
     from companion.models.classifier import Classifier, accuracy
     from companion.models.hvae import HierarchicalVAE, MarkovianHVAE
     from companion.models.unet import UNet, preset
     from companion.models.vae import VAE
+    from companion.run import glue, profiles, runtime
 
     ab = torch.cumprod(1 - diffusion.linear_betas(10), 0)
     img = torch.rand(2, 1, 28, 28)

@@ -2,8 +2,8 @@
 
 BOOK_T4=1 (`t4_emulated`, the one place that reads it) makes a bigger GPU behave, as far as
 the book's code can tell, like Colab's T4: `setup` caps the process at a T4's memory and
-turns TF32 off, and `companion.train.autocast_dtype` picks fp16 (with fit's gradient
-scaler) instead of bf16. It is an emulation of the precision and the memory, not of the
+turns TF32 off, and `precision.autocast_dtype` picks fp16 (with fit's gradient scaler)
+instead of bf16. It is an emulation of the precision and the memory, not of the
 speed. With $BOOK_PEAK_LOG set (book/_ext/execution_status.py sets it), `setup` has the
 kernel write torch's peak GPU memory to that file after every cell.
 """
@@ -130,7 +130,7 @@ def emulate_t4(device: torch.device) -> str:
     """Make CUDA device `device` look like a T4 to this process; returns what was done.
 
     A T4 (compute capability 7.5) has no native bf16 and no TF32: training runs in fp16
-    with a gradient scaler (`companion.train.autocast_dtype` reads `t4_emulated`), float32
+    with a gradient scaler (`precision.autocast_dtype` reads `t4_emulated`), float32
     matrix products in full float32, and the caching allocator may hold no more than
     T4_MEMORY_BYTES (torch.cuda.set_per_process_memory_fraction: an allocation past it
     raises torch.OutOfMemoryError, as on the T4). Without CUDA there is nothing to emulate.

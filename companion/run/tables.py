@@ -1,6 +1,6 @@
 """The tables a chapter shows: one helper, so that a notebook holds numbers, not formatting.
 
-    from companion.tables import table
+    from companion.run.tables import table
     table(["sampler", "energy distance"], [["ancestral", 1.52], ["ODE", (1.6, 0.3)]],
           formats=[None, ".2f"], title="Energy distance (x 1000):")
 

@@ -1,8 +1,8 @@
 """The order of a whole-book run on a lent GPU (issue 31): which chapters, in which calls.
 
-    python book/_ext/gpu_plan.py [--budget 540]     # the plan, call by call, with estimates
-    python book/_ext/gpu_plan.py next --done FILE   # the entries the next call runs
-    python book/_ext/gpu_plan.py check-env          # on the GPU machine, after the wheels
+    python tools/gpu_plan.py [--budget 540]     # the plan, call by call, with estimates
+    python tools/gpu_plan.py next --done FILE   # the entries the next call runs
+    python tools/gpu_plan.py check-env          # on the GPU machine, after the wheels
 
 The order: chapters 11 and 12 first (their `gpu` profile never ran), then 6, 9 and 10 (the
 sliders), then the rest (ISSUE_PRIORITY), each chapter after the chapters whose models or
@@ -20,14 +20,14 @@ its `gpu` profile they are a guess, its `cpu` profile's time on the machine that
 outputs, and the plan says so. A call starts an entry only while its estimate fits the
 budget left (the first entry of a call always starts).
 
-`next` is what book/_ext/outputs_device.sh --next runs: the plan minus the entries in
+`next` is what tools/outputs_device.sh --next runs: the plan minus the entries in
 the lease's done.txt, minus those that failed or were started twice without finishing.
 
 With a GPU lent, in this order (nothing of it needs the GPU until step 3):
-1. here: `book/_ext/device_wheels.sh` (PyPI; about 18 MB into .whl/, ignored), then
-   `python book/_ext/gpu_plan.py` for the calls and what fits the session's 30 minutes;
-2. optionally `book/_ext/outputs_device.sh --dry-run` here (the gpu profile's smoke run);
-3. `run(command="book/_ext/outputs_device.sh --detach --wait 540", carry=[".whl"],
+1. here: `tools/device_wheels.sh` (PyPI; about 18 MB into .whl/, ignored), then
+   `python tools/gpu_plan.py` for the calls and what fits the session's 30 minutes;
+2. optionally `tools/outputs_device.sh --dry-run` here (the gpu profile's smoke run);
+3. `run(command="tools/outputs_device.sh --detach --wait 540", carry=[".whl"],
    timeout_s=600)`, the same call again as soon as each returns (the machine, with the
    checkpoint cache, goes back 30 s after a call), until it says the plan is done or the
    time is spent; `--next` instead of `--detach --wait 540` runs inside the calls only;
@@ -47,8 +47,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "book" / "_ext"))  # the status page's reader
 import execution_status as es  # noqa: E402
 
 ISSUE_PRIORITY = (11, 12, 6, 9, 10)  # issue 31: "11 and 12 first, then 6, 9 and 10"
@@ -56,7 +56,7 @@ T4_CHAPTERS = (9, 10)  # issue 31, point 2
 BUDGET_S = 540  # a call starts no entry past this (the device's limit is 600 s a command)
 DEVICE_S = 30 * 60  # device time of a session, the machine's start included
 START_S = 120  # a fresh machine's start, counted in the device time ("minutes")
-CARRY = [".whl"]  # the wheels (book/_ext/device_wheels.sh); data and models are made there
+CARRY = [".whl"]  # the wheels (tools/device_wheels.sh); data and models are made there
 RETRIES = 2  # an entry started this often without finishing is not started again
 # A chapter that never ran its gpu profile is guessed at this fraction of its cpu profile's
 # stored time: for the three chapters with both (git history of the notebooks), the gpu
@@ -325,13 +325,13 @@ def format_plan(entries: list[Entry], budget: float = BUDGET_S) -> str:
     grouped = calls(entries, budget)
     out = [f"Whole-book gpu run: {len(entries)} entries in {len(grouped)} device calls "
            f"(a call starts entries while their estimates fit {budget:.0f} s).",
-           "Each call, the same: run(command='book/_ext/outputs_device.sh --next', "
+           "Each call, the same: run(command='tools/outputs_device.sh --next', "
            f"carry={CARRY}, timeout_s=600); make the next call at once (the machine "
            "goes back 30 s after a call, and the checkpoint cache with it); unpack the "
            "latest outputs.tar.gz in the repository root (it holds all made so far). "
            "The wheels are installed once per machine: a later call on the same machine "
            "may leave carry out (30 MB less to send).",
-           "Or run(command='book/_ext/outputs_device.sh --detach --wait 540', same carry): "
+           "Or run(command='tools/outputs_device.sh --detach --wait 540', same carry): "
            "the plan runs on between calls, and an entry may outlast a call.",
            "A fresh machine has no cache: add --skip 'KEY ...' for the entries already "
            "unpacked here (their dependents then train what they load).", ""]

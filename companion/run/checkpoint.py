@@ -724,6 +724,33 @@ class Resumed(NamedTuple):
     state: dict  # the whole loaded checkpoint (its other entries: e.g. "rng_ranks")
 
 
+
+def seed_from(path: Path, source, expected: dict, total: int) -> None:
+    """Start the run that trains into `path` from `source`, a checkpoint of the same run
+    with fewer steps (an early run), so that its steps are not trained again: `source` is
+    read whole (a damaged one, or one that is not fit's, is refused), must hold at most
+    `total` steps and the identity `expected` (another recipe's checkpoint is refused
+    before it is copied), and is copied atomically (a Ctrl-C during the copy leaves no
+    damaged file at `path`). fit then resumes from `path`."""
+    source, path = Path(source), Path(path)
+    if not source.is_file():
+        raise FileNotFoundError(f"resume_from={source} does not exist: train the early run "
+                                "first (e.g. recipes.ddpm(..., steps=...)), or pass "
+                                "resume_from=None to train from scratch")
+    state = read_checkpoint(source)
+    done = int(state["step"])
+    if done > total:
+        raise ValueError(f"resume_from={source} holds {done} steps, not a shorter run of "
+                         f"this recipe's {total}: pass the early run's checkpoint")
+    check_identity(source, state.get("identity", {}), expected)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
 KNOWN_KEYS = {"format", "identity", "step", "model", "optimizer", "ema", "history",
               "train_seconds", "rng", "rng_cuda", "rng_generator", "data_order", "data_start",
               "scaler", "checksum", "digest", "rng_ranks"}

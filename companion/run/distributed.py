@@ -1,6 +1,6 @@
 """`fit` as one of several processes under torchrun, with PyTorch's own engine.
 
-    torchrun --nproc_per_node=4 -m companion.recipes ddpm --profile gpu
+    torchrun --nproc_per_node=4 -m companion ddpm --profile gpu
 
 Under torchrun (its RANK and WORLD_SIZE, with more than one process) `fit` joins the
 process group (NCCL on CUDA, gloo on the CPU) and trains through DistributedDataParallel:

@@ -2,12 +2,12 @@
 # Re-executes chapters on a lent GPU machine (no network, no venv: its python3 has torch) and
 # packs what it made into $OUT, one call per few chapters:
 #
-#   book/_ext/outputs_device.sh --next                  # the next entries of the plan
-#   book/_ext/outputs_device.sh --detach [--wait 540]   # the whole plan in the background
-#   book/_ext/outputs_device.sh [--budget S] 06_vae_mnist t4:09_ddpm_mnist ...
-#   book/_ext/outputs_device.sh --dry-run [ENTRY...]    # here, on the CPU (see below)
+#   tools/outputs_device.sh --next                  # the next entries of the plan
+#   tools/outputs_device.sh --detach [--wait 540]   # the whole plan in the background
+#   tools/outputs_device.sh [--budget S] 06_vae_mnist t4:09_ddpm_mnist ...
+#   tools/outputs_device.sh --dry-run [ENTRY...]    # here, on the CPU (see below)
 #
-# The plan (book/_ext/gpu_plan.py: the chapters in dependency order, 11 and 12 first, the
+# The plan (tools/gpu_plan.py: the chapters in dependency order, 11 and 12 first, the
 # T4-emulated runs of 9 and 10, then the rest) is followed by --next: each call runs the
 # entries not yet in the lease's done.txt while their stored time estimates fit --budget,
 # so the same command, repeated at once after each call, runs the whole book. --detach
@@ -17,13 +17,13 @@
 # An entry "t4:NAME" runs a copy of NAME under the T4 emulation (BOOK_T4=1, its own cache
 # .cache/book-t4) and stores only its peak memory and time in the notebook (book.t4).
 #
-# - Wheels carried in .whl/ (book/_ext/device_wheels.sh: what the machine lacks, nbclient,
+# - Wheels carried in .whl/ (tools/device_wheels.sh: what the machine lacks, nbclient,
 #   ipykernel, mlxtend, ...) are installed into /tmp/site first, and checked
 #   (gpu_plan.py check-env).
 # - One checkpoint cache, .cache/book-gpu, is kept between the calls of one lease, so a
 #   later call's chapter 10 loads what an earlier call's chapters 6, 7 and 9 trained; it
 #   lives on the machine, which goes back 30 s after a call: call again at once.
-# - Each notebook runs through execution_status.py (timed, stored in place, progress bars
+# - Each notebook runs through run_notebooks.py (timed, stored in place, progress bars
 #   off, torch's peak GPU memory recorded). A call starts no entry once --budget seconds
 #   (540) have passed or when its estimate would not fit what is left (the first always
 #   starts), and stops one still running at --deadline (570 s) so that it can pack; the
@@ -38,8 +38,8 @@
 # code, a couple of steps each), every notebook run as a copy in a temporary folder, a
 # temporary cache and done.txt, calls simulated until the plan is done; nothing is stored.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-here=book/_ext
+cd "$(dirname "$0")/.."
+here=tools
 budget=540 deadline= wait_s=540 mode=list dry=0 skip=
 entries=()
 while [ $# -gt 0 ]; do
@@ -75,7 +75,7 @@ fi
 T4_CACHE=${BOOK_T4_CACHE:-${BOOK_CACHE%/}-t4}
 PACK=$BOOK_CACHE/pack  # the latest snapshot; each call copies it to $OUT
 # what this lease made: the working tree, notebooks/ included, is copied anew at every
-# call, so executed notebooks are kept here (execution_status.py --into)
+# call, so executed notebooks are kept here (run_notebooks.py --into)
 MADE=$BOOK_CACHE/made
 mkdir -p "$OUT" "$BOOK_CACHE" "$T4_CACHE" "$PACK" "$MADE"
 touch "$BOOK_CACHE/done.txt" "$BOOK_CACHE/started.txt" "$BOOK_CACHE/failed.txt"
@@ -121,7 +121,7 @@ run_entry() {
     echo "no notebook $nb (entry $key)"; echo "$key" >> "$BOOK_CACHE/failed.txt"; return 1
   fi
   echo "$key" >> "$BOOK_CACHE/started.txt"
-  local es=$here/execution_status.py
+  local es=$here/run_notebooks.py
   if [[ $key == t4:* ]]; then
     if [ $dry = 1 ]; then cmd=(env BOOK_T4=1 BOOK_CACHE="$T4_CACHE" "$PY" $es execute --copy "$nb")
     else cmd=(env BOOK_CACHE="$T4_CACHE" "$PY" $es t4 --into "$MADE" "$nb"); fi
@@ -129,7 +129,7 @@ run_entry() {
   else cmd=("$PY" $es execute --into "$MADE" "$nb"); fi
   echo "=== $key ($(date -u +%H:%M:%S), $((SECONDS - start)) s into this call)"
   if [ -n "$limit" ]; then
-    # execution_status.py stops the run at the deadline, its kernel first (which runs in a
+    # run_notebooks.py stops the run at the deadline, its kernel first (which runs in a
     # session of its own: a signal to this process group would leave it running);
     # timeout is the net under that
     BOOK_RUN_DEADLINE=$(( $(date +%s) + limit )) \

@@ -4,7 +4,7 @@ The book normally serves a local MathJax (`make mathjax`, which needs npm; see _
 Where npm is missing, `make book` builds with this copy instead, says so in one line, and the
 pages then need the network to typeset equations. `make test` keeps requiring the local copy.
 
-    python book/_ext/mathjax_cdn.py VERSION OUT.yml
+    python tools/mathjax_cdn.py VERSION OUT.yml
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def cdn_url(version: str) -> str:

@@ -1,6 +1,6 @@
 """Numbers from a cell into the prose: the book's `{glue:text}` role reads what this stores.
 
-    from companion.glue import glue
+    from companion.run.glue import glue
     glue("ch9_fd_full", fd, display=False)     # prose: {glue:text}`ch9_fd_full:.1f`
 
 The output is the one myst-nb's own `glue` writes (its mime bundle under the papermill

@@ -2,7 +2,7 @@
 
 Cell 1 carries the Colab badge for that notebook; cell 2 installs `companion` on Colab
 only, at the book's pinned ref (`repository.branch` in _config.yml). After changing the
-URL or the ref, run `python -m companion.colab` to rewrite every notebook, twin and the
+URL or the ref, run `python -m companion.run.colab` to rewrite every notebook, twin and the
 README's badges;
 tests/test_notebooks.py fails while any of them disagrees.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 BADGE_RE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)")
 SPEC_RE = re.compile(r"'companion @ git\+[^']*'")

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# Fetches the wheels a lent GPU machine lacks (book/_ext/device-requirements.txt) into .whl/
+# Fetches the wheels a lent GPU machine lacks (tools/device-requirements.txt) into .whl/
 # for its Python (3.12, CPython, manylinux x86-64), from PyPI, here: that machine has no
 # network. outputs_device.sh installs them there (--no-index --no-deps --target /tmp/site).
 #
-#   book/_ext/device_wheels.sh            # then name .whl in the device call's carry
+#   tools/device_wheels.sh            # then name .whl in the device call's carry
 #
 # Binary wheels only; --no-deps, because the list is already the whole closure minus what
 # the machine has (a second version of a package there would shadow its own). Prints the
 # total size: the device tool carries at most 64 MiB of carried paths in all.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/.."
 PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
-req=book/_ext/device-requirements.txt
+req=tools/device-requirements.txt
 mkdir -p .whl
 # a wheel left from an older list would be installed too: keep only the listed ones
 "$PY" - "$req" <<'EOF'

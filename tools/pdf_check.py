@@ -1,6 +1,6 @@
 """Checks the book's PDF page by page (`make pdf` runs it after building; `.ci/run` too).
 
-    python book/_ext/pdf_check.py _build/latex/autoencoders-to-diffusion.pdf
+    python tools/pdf_check.py _build/latex/autoencoders-to-diffusion.pdf
 
 What fails it, each read from the PDF or from LaTeX's log beside it:
 - a LaTeX error (a line starting with "!"), a character the font lacks ("Missing
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 # The preamble's \typeout (_config.yml, latex preamble) of the text block, in TeX points.
 TEXT_BLOCK = re.compile(r"book-pdf text block: left=([\d.]+)pt width=([\d.]+)pt")
 TEX_PT_PER_BP = 72.27 / 72
