@@ -32,7 +32,7 @@ from collections.abc import Callable
 
 import torch
 
-from . import checks
+from .run import checks
 from .diffusion import predict_x0
 
 Score = Callable[..., torch.Tensor]

@@ -25,10 +25,9 @@ def _load(name: str):
 share = _load("setup_share")
 rewire = _load("rewire")
 CHAPTERS = sorted((ROOT / "notebooks").glob("[0-9]*.md"))
-# edited by the lead in the session that made this test: they take `python tools/rewire.py`
-# (the setup cell's hide-input tag, the imports of companion.run) after the merge; until
-# then they are held to the limit as that command will leave them
-PENDING = {"10_comparison", "13_continuous_time", "14_discrete_diffusion", "15_fewer_steps"}
+# chapters not yet rewired by `python tools/rewire.py` (the setup cell's hide-input tag, the
+# imports of companion.run): held to the limit as that command will leave them
+PENDING: set[str] = set()
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
