@@ -32,8 +32,8 @@ from collections.abc import Callable
 
 import torch
 
-from .run import checks
 from .diffusion import predict_x0
+from .run import checks
 
 Score = Callable[..., torch.Tensor]
 

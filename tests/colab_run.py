@@ -37,7 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from companion import colab  # noqa: E402
+from companion.run import colab  # noqa: E402
 
 VENV = ROOT / ".cache" / "colab-venv"
 PY = VENV / "bin" / "python"

@@ -43,8 +43,8 @@ FROM_TRAIN = {name: "companion.run.precision" for name in (
         "cache_dir", "check_storable", "check_writable", "identity", "load_checkpoint",
         "rng_state", "save_checkpoint", "set_rng_state")}
 _FROM_TRAIN = re.compile(
-    r"(^[ \t]*)?from companion\.train import (\([^)]*\)|[\w ,]+?(?=$|[;\"'\n]))", re.M)
-_FROM = re.compile(r"(^[ \t]*)?from companion import (\([^)]*\)|[\w ,]+?(?=$|[;\"'\n]))", re.M)
+    r"(^[ \t]*)?from companion\.train import (\([^)]*\)|[\w ,]*\w(?=[ \t]*(?:$|[;#\"'\n])))", re.M)
+_FROM = re.compile(r"(^[ \t]*)?from companion import (\([^)]*\)|[\w ,]*\w(?=[ \t]*(?:$|[;#\"'\n])))", re.M)
 
 
 def _split_from(m: re.Match) -> str:
