@@ -42,9 +42,10 @@ FROM_TRAIN = {name: "companion.run.precision" for name in (
         "NonFiniteLossError", "NonFiniteWeightsError", "PathLock", "Resumed", "all_finite",
         "cache_dir", "check_storable", "check_writable", "identity", "load_checkpoint",
         "rng_state", "save_checkpoint", "set_rng_state")}
-_FROM_TRAIN = re.compile(
-    r"(^[ \t]*)?from companion\.train import (\([^)]*\)|[\w ,]*\w(?=[ \t]*(?:$|[;#\"'\n])))", re.M)
-_FROM = re.compile(r"(^[ \t]*)?from companion import (\([^)]*\)|[\w ,]*\w(?=[ \t]*(?:$|[;#\"'\n])))", re.M)
+# the names end before a `;`, a quote, a comment or the line's end
+_NAMES_END = r"(\([^)]*\)|[\w ,]*\w(?=[ \t]*(?:$|[;#\"'\n])))"
+_FROM_TRAIN = re.compile(r"(^[ \t]*)?from companion\.train import " + _NAMES_END, re.M)
+_FROM = re.compile(r"(^[ \t]*)?from companion import " + _NAMES_END, re.M)
 
 
 def _split_from(m: re.Match) -> str:
