@@ -62,6 +62,7 @@ EXEMPT: dict[str, str] = {
     "ch14-chain": DERIVATION + " (ch14-steps)",
     "ch14-step-kl": DERIVATION + " (ch14-steps)",
     "ch13-prior-gap": "a first-order expansion, checked by an assert in the chapter",
+    "ch13-sure-pixel": CHAPTER_CELL + " (sure_pixel_bits, a column of the start-time table)",
     "ch14-schedule-free": DERIVATION + " (a change of variables in ch14-elbo)",
     "ch14-any-order": "an identity for the exact denoiser, checked on the exact toy",
     "ch15-one-step": DERIVATION + " (one Euler step of a straight path)",
