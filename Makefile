@@ -146,7 +146,8 @@ outputs-device-dry-run: $(STAMP)
 # Lint plus the quick unit tests: the pre-stop hook runs this, keep it under a minute.
 check-fast: $(STAMP)
 	$(BIN)/ruff check companion tests benchmarks tools
-	BOOK_PROFILE=ci $(BIN)/python -m pytest tests -m "not slow" -q -x -p no:cacheprovider
+	BOOK_PROFILE=ci $(BIN)/python -m pytest tests -m "not slow" -q -x -p no:cacheprovider \
+	  -n $(JOBS) --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python -c "import diffusers" 2>/dev/null || $(BIN)/python -m pip install -q -e ".[bench]"
