@@ -320,13 +320,15 @@ def sigma_grid(sigmas) -> list[float]:
     if s.dim() != 1 or len(s) < 2:
         raise ArgumentError(f"sigmas must be a 1-D grid of at least 2 noise levels (largest "
                             f"first, e.g. rho_grid(n)), got shape {tuple(s.shape)}")
-    if not bool(torch.isfinite(s).all()) or bool((s[:-1] <= 0).any()) or s[-1] < 0:
-        raise ArgumentError(f"sigmas must be finite and > 0 (the last may be 0), got "
-                            f"min {s.min().item():g}, max {s.max().item():g}")
+    if not bool(torch.isfinite(s).all()):
+        raise ArgumentError("sigmas must be finite noise levels, got NaN or inf")
     if bool((s[1:] >= s[:-1]).any()):
         raise ArgumentError("sigmas must decrease strictly (the sampler runs from the "
                             "largest noise level to the smallest); reverse an increasing "
                             "grid with sigmas.flip(0)")
+    if bool((s[:-1] <= 0).any()) or s[-1] < 0:
+        raise ArgumentError(f"sigmas must be > 0 (the last may be 0), got min "
+                            f"{s.min().item():g}")
     return s.tolist()
 
 
