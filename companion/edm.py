@@ -62,12 +62,13 @@ P_MEAN, P_STD = -1.2, 1.2
 def _levels(sigma, x: torch.Tensor) -> torch.Tensor:
     """sigma, a number or one level per point (B,), as x's dtype shaped (B, 1, ..., 1) (or a
     0-dim tensor), every level >= 0 (a number is checked; a tensor's NaN or negative values
-    too, at one device sync)."""
+    too when it is on the CPU: on a GPU that would cost a device sync a call, as the U-Net's
+    own check of its steps)."""
     if torch.is_tensor(sigma) and sigma.dim() > 0:
         if sigma.shape != (len(x),):
             raise checks.ArgumentError(f"sigma must be a number or one noise level per point "
                                        f"({len(x)},), got shape {tuple(sigma.shape)}")
-        if not bool((sigma >= 0).all()):
+        if sigma.device.type == "cpu" and not bool((sigma >= 0).all()):
             raise checks.ArgumentError("every sigma must be a noise level >= 0 (got a "
                                        "negative or NaN value)")
         return sigma.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
