@@ -402,7 +402,7 @@ ENTRY_POINTS = [
     "companion.inpainting.inpaint",
     *(f"companion.recipes.{f}" for f in (
         "chapter1_autoencoder", "single_level_vae", "hierarchical_vae", "eight_bit_vae",
-        "ddpm", "classifier", "latent_vae", "latent_denoiser", "flow_matching")),
+        "ddpm", "classifier", "latent_vae", "latent_denoiser", "flow_matching", "edm")),
 ]
 
 

@@ -351,3 +351,21 @@ def test_a_network_of_the_wrong_output_shape_is_refused():
         edm.Denoiser(torch.nn.Identity())(torch.zeros(3, 2), torch.ones(2))
     with pytest.raises(ArgumentError, match="sigma_min < sigma_max"):
         edm.StepConditioned(UNet(preset("tiny")), sigma_min=80.0, sigma_max=1.0)
+
+
+def test_the_recipe_trains_a_denoiser_in_the_smoke_run(monkeypatch, tmp_path):
+    """recipes.edm in the smoke run (two optimizer steps of the ci recipe): a Denoiser around
+    the EMA U-Net, sigma_data measured from the images, and the loss logged."""
+    from companion import recipes
+    from companion.run.profiles import get_profile
+
+    monkeypatch.setenv("BOOK_SMOKE", "1")
+    monkeypatch.setenv("BOOK_CACHE", str(tmp_path))
+    torch.set_default_dtype(torch.float32)  # the U-Net trains in float32, as in the chapter
+    x = (torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(13)) < 0.2).float()
+    D, result = recipes.edm(x, get_profile("ci"), "cpu")
+    assert isinstance(D, edm.Denoiser) and not D.training
+    assert D.sigma_data == round((x * 2 - 1).std().item(), 2)
+    with torch.no_grad():
+        out = edm.heun(D, 80.0 * torch.randn(2, 1, 28, 28), edm.rho_grid(2))
+    assert out.shape == (2, 1, 28, 28) and torch.isfinite(out).all()
