@@ -159,8 +159,9 @@ def precondition_variances(y: torch.Tensor, sigmas, kind: str = "edm",
                            generator: torch.Generator | None = None):
     """The variances of the network's input c_in x and of its effective target
     (y - c_skip x) / c_out over a batch y (B, ...) noised at each level of `sigmas` (one
-    noise draw per level): float64 (S,), (S,). With EDM's coefficients and data of std
-    sigma_data both are about 1 at every sigma.
+    noise draw per level), pooled over every element: float64 (S,), (S,). With EDM's
+    coefficients and sigma_data the data's pooled std, both are about 1 at every sigma
+    (the digits on [-1, 1] have std 0.62, not EDM's 0.5 for CIFAR-10).
     """
     checks.batch("y", y, min_dims=2)
     levels = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)
@@ -273,11 +274,8 @@ class VPDenoiser:
         return x - sigma * eps.to(x.dtype)
 
     def grid(self, n_steps: int) -> torch.Tensor:
-        """The levels of DDIM's kept steps (`spaced_timesteps(T, n_steps)`), largest first,
-        then 0: float64 (n_steps + 1,)."""
-        steps = spaced_timesteps(self.T, n_steps)[::-1]
-        kept = self.sigmas[[t - 1 for t in steps]]
-        return torch.cat([kept, torch.zeros(1, dtype=torch.float64)])
+        """`chain_grid` of this chain: DDIM's kept steps as levels, largest first, then 0."""
+        return _chain_grid(self.sigmas, n_steps)
 
 
 # --- time grids ------------------------------------------------------------------------------
@@ -310,6 +308,20 @@ def log_sigma_grid(n: int, sigma_min: float = SIGMA_MIN,
     s = torch.linspace(math.log(hi), math.log(lo), n, dtype=torch.float64).exp()
     s[0], s[-1] = hi, lo
     return torch.cat([s, torch.zeros(1, dtype=torch.float64)])
+
+
+def chain_grid(alphas_bar: torch.Tensor, n_steps: int) -> torch.Tensor:
+    """A grid uniform in a chain's steps: the levels sigma_t = sqrt((1 - alpha_bar_t) /
+    alpha_bar_t) of DDIM's kept steps `spaced_timesteps(T, n_steps)`, largest first, then
+    0: float64 (n_steps + 1,). With chapter 9's schedule, the "uniform in t" grid."""
+    ab = checks.chain_alphas_bar(alphas_bar, 0.0)
+    return _chain_grid(((1 - ab) / ab).sqrt(), n_steps)
+
+
+def _chain_grid(sigmas: torch.Tensor, n_steps: int) -> torch.Tensor:
+    steps = spaced_timesteps(len(sigmas), n_steps)[::-1]
+    kept = sigmas[[t - 1 for t in steps]]
+    return torch.cat([kept, torch.zeros(1, dtype=torch.float64)])
 
 
 # --- samplers of dx/dsigma = (x - D(x; sigma)) / sigma ------------------------------------------

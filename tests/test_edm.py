@@ -252,6 +252,8 @@ def test_an_eps_network_through_euler_equals_its_ddim_sampler(n_steps):
     ddim = diffusion.sample_ddim(model, x_T.shape, n_steps=n_steps, x_T=x_T, quiet=True)
     den = edm.VPDenoiser(model, diffusion.alphas_bar)
     grid = den.grid(n_steps)
+    assert torch.equal(grid, edm.chain_grid(diffusion.alphas_bar, n_steps))
+    assert len(grid) == n_steps + 1 and grid[0] == den.sigma_max and grid[-1] == 0
     out = edm.euler(den, x_T * math.sqrt(1 + grid[0].item() ** 2), grid)
     assert torch.allclose(out, ddim, rtol=1e-10, atol=1e-10)
     # one step from sigma_T to 0 is the network's x0 at T, for DPM-Solver++ as for DDIM
