@@ -17,6 +17,7 @@ from .recipes import (
     ddpm,
     ddpm_checkpoint,
     ddpm_settings,
+    edm,
     eight_bit_vae,
     flow_matching,
     latent_vae,
@@ -61,6 +62,8 @@ COMMANDS = {
              lambda d, p, dev: flow_matching(d.x_train, p, dev)),
     "masked": ("chapter 14's masked diffusion U-Net",
                lambda d, p, dev: masked_diffusion(d.x_train, p, dev)),
+    "edm": ("chapter 17's EDM-preconditioned U-Net",
+            lambda d, p, dev: edm(d.x_train, p, dev)),
 
     "reflow": ("chapter 15's reflow student (trains chapter 13's flow model if absent)",
                lambda d, p, dev: _train_fewstep("reflow", d, p, dev)),
@@ -74,7 +77,7 @@ COMMANDS = {
 def _gpu_on_cpu(name: str, profile, device) -> str:
     """What the gpu profile's recipe `name` would cost on `device`, and what to run instead."""
     cost = "a recipe sized for a GPU"
-    if name in ("ddpm", "flow"):
+    if name in ("ddpm", "flow", "edm"):
         from .models.unet import UNet, n_params, preset
 
         s = ddpm_settings(profile)

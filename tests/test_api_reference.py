@@ -395,13 +395,14 @@ ENTRY_POINTS = [
     *(f"companion.sde.{f}" for f in ("euler", "heun", "euler_maruyama", "ddim",
                                      "ode_log_likelihood")),
     "companion.flow.flow_matching_loss",
+    *(f"companion.edm.{f}" for f in ("euler", "heun", "dpm_solver_pp_2m", "edm_loss")),
     *(f"companion.metrics.{f}" for f in ("iw_estimate", "iw_log_likelihood",
                                          "vae_iw_log_likelihood")),
     "companion.latent_diffusion.latent_bound", "companion.latent_diffusion.sample",
     "companion.inpainting.inpaint",
     *(f"companion.recipes.{f}" for f in (
         "chapter1_autoencoder", "single_level_vae", "hierarchical_vae", "eight_bit_vae",
-        "ddpm", "classifier", "latent_vae", "latent_denoiser", "flow_matching")),
+        "ddpm", "classifier", "latent_vae", "latent_denoiser", "flow_matching", "edm")),
 ]
 
 

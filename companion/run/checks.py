@@ -302,6 +302,36 @@ def time_grid(ts) -> list[float]:
     return ts
 
 
+def sigma_range(sigma_min, sigma_max) -> tuple[float, float]:
+    """(sigma_min, sigma_max), two finite noise levels with 0 < sigma_min < sigma_max (EDM's
+    0.002 and 80)."""
+    lo = positive("sigma_min (the smallest noise level, > 0)", sigma_min)
+    hi = positive("sigma_max (the largest noise level)", sigma_max)
+    if not lo < hi:
+        raise ArgumentError(f"need sigma_min < sigma_max, got sigma_min={lo:g} and "
+                            f"sigma_max={hi:g}: swap them (EDM uses 0.002 and 80)")
+    return lo, hi
+
+
+def sigma_grid(sigmas) -> list[float]:
+    """A sampler's noise levels as floats: at least 2, finite, strictly decreasing, all > 0
+    but the last, which may be 0 (the data)."""
+    s = torch.as_tensor(sigmas, dtype=torch.float64).detach().cpu()
+    if s.dim() != 1 or len(s) < 2:
+        raise ArgumentError(f"sigmas must be a 1-D grid of at least 2 noise levels (largest "
+                            f"first, e.g. rho_grid(n)), got shape {tuple(s.shape)}")
+    if not bool(torch.isfinite(s).all()):
+        raise ArgumentError("sigmas must be finite noise levels, got NaN or inf")
+    if bool((s[1:] >= s[:-1]).any()):
+        raise ArgumentError("sigmas must decrease strictly (the sampler runs from the "
+                            "largest noise level to the smallest); reverse an increasing "
+                            "grid with sigmas.flip(0)")
+    if bool((s[:-1] <= 0).any()) or s[-1] < 0:
+        raise ArgumentError(f"sigmas must be > 0 (the last may be 0), got min "
+                            f"{s.min().item():g}")
+    return s.tolist()
+
+
 def model_steps(model, steps: int, *, what: str, fix: str) -> None:
     """A U-Net built for another number of steps (its config.T) than `steps` would take
     the steps silently: `what` names where `steps` comes from, `fix` how to agree."""
