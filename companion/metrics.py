@@ -29,6 +29,7 @@ from torch import distributions as D
 from .kl import kl_diag_standard
 from .run import checks
 from .run.memory import map_chunks
+from .run.runtime import one_thread
 
 
 @dataclass
@@ -380,9 +381,11 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.detach().double().cpu(), b.detach().double().cpu()
     for name, f in (("a", a), ("b", b)):  # on the CPU copy: no further device sync
         _check_finite(f, name, "rows")
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)
-    return frechet_gaussian(mu_a, cov_a, mu_b, cov_b)
+    with one_thread():
+        mu_a, mu_b = a.mean(0), b.mean(0)
+        cov_a = torch.cov(a.T).reshape(a.shape[1], -1)
+        cov_b = torch.cov(b.T).reshape(b.shape[1], -1)
+        return frechet_gaussian(mu_a, cov_a, mu_b, cov_b)
 
 
 def frechet_gaussian(mu_a: torch.Tensor, cov_a: torch.Tensor, mu_b: torch.Tensor,
@@ -399,18 +402,20 @@ def frechet_gaussian(mu_a: torch.Tensor, cov_a: torch.Tensor, mu_b: torch.Tensor
                          f"{tuple(mu_b.shape)}, cov_b {tuple(cov_b.shape)}")
     for name, v in (("mu_a", mu_a), ("cov_a", cov_a), ("mu_b", mu_b), ("cov_b", cov_b)):
         _check_finite(v, name, "entries")
-    for name, c in (("cov_a", cov_a), ("cov_b", cov_b)):
-        ev = torch.linalg.eigvalsh((c + c.T) / 2)
-        if ev.min() < -1e-6 * max(ev.abs().max().item(), 1.0):
-            raise ValueError(f"{name} is not a covariance (positive semi-definite): its "
-                             f"smallest eigenvalue is {ev.min().item():.3g}; pass the sample "
-                             "covariance of the features (torch.cov(f.T))")
-    w, v = torch.linalg.eigh((cov_a + cov_a.T) / 2)
-    root_a = (v * w.clamp(min=0).sqrt()) @ v.T
-    middle = root_a @ cov_b @ root_a
-    cross = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
-    d2 = (mu_a - mu_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * cross
+    with one_thread():
+        for name, c in (("cov_a", cov_a), ("cov_b", cov_b)):
+            ev = torch.linalg.eigvalsh((c + c.T) / 2)
+            if ev.min() < -1e-6 * max(ev.abs().max().item(), 1.0):
+                raise ValueError(f"{name} is not a covariance (positive semi-definite): its "
+                                 f"smallest eigenvalue is {ev.min().item():.3g}; pass the "
+                                 "sample covariance of the features (torch.cov(f.T))")
+        w, v = torch.linalg.eigh((cov_a + cov_a.T) / 2)
+        root_a = (v * w.clamp(min=0).sqrt()) @ v.T
+        middle = root_a @ cov_b @ root_a
+        cross = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
+        d2 = (mu_a - mu_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * cross
     return max(d2.item(), 0.0)
+
 
 
 def _check_finite(x: torch.Tensor, name: str, what: str) -> None:
@@ -466,9 +471,10 @@ def frechet_bootstrap(features: dict, reference: torch.Tensor, draws: int, *,
         raise ValueError(f"draws must be at least 2 (an SD needs two), got {draws}")
     n = sizes.pop()
     picks = torch.randint(0, n, (draws, n), generator=torch.Generator().manual_seed(seed))
-    fd = {k: frechet_distance(f, reference) for k, f in features.items()}
-    boot = {k: torch.tensor([frechet_distance(f[i], reference) for i in picks],
-                            dtype=torch.float64) for k, f in features.items()}
+    with one_thread():  # one switch for all the draws (each switch restarts the pool)
+        fd = {k: frechet_distance(f, reference) for k, f in features.items()}
+        boot = {k: torch.tensor([frechet_distance(f[i], reference) for i in picks],
+                                dtype=torch.float64) for k, f in features.items()}
     return fd, boot
 
 

@@ -46,3 +46,18 @@ def test_setup_sets_threads_and_checks_them(monkeypatch, capsys):
     assert seen == [1]
     with pytest.raises(ValueError, match="at least 1"):
         companion.setup(seed=0, profile="cpu", device="cpu", threads=0)
+
+
+def test_one_thread_runs_its_block_on_one_thread_and_restores_the_count():
+    from companion.run.runtime import one_thread
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(RuntimeError, match="inside"):
+            with one_thread():
+                assert torch.get_num_threads() == 1
+                raise RuntimeError("inside")
+        assert torch.get_num_threads() == 2  # restored on an error too
+    finally:
+        torch.set_num_threads(before)
