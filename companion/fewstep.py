@@ -250,7 +250,7 @@ def grid_velocity(model, x: torch.Tensor, tau: torch.Tensor, K: int) -> torch.Te
     model: (x (B, ...), step int64 (B,)) -> like x. x: (B, ...), tau: (B,) in [0, 1].
     One network call on B points when every tau is on the grid, else one on 2B.
     """
-    K = checks.grid_intervals(K)
+    K = checks.grid_intervals(K, model)
     checks.batch("x", x, min_dims=2)
     checks.unit_times("tau", tau, len(x))
     s = tau.double() * K
@@ -266,7 +266,7 @@ def grid_velocity(model, x: torch.Tensor, tau: torch.Tensor, K: int) -> torch.Te
 
 def grid_field(model, K: int) -> Field:
     """The field v(x, tau) (tau a float) of a model on the grid: the solvers' input."""
-    K = checks.grid_intervals(K)
+    K = checks.grid_intervals(K, model)
 
     def field(x, tau):
         tau = checks.unit_time("tau", tau)
@@ -352,7 +352,7 @@ def coupled_flow_matching_loss(model, x0: torch.Tensor, x1: torch.Tensor, K: int
 
     Book: :eq:`ch15-reflow`.
     """
-    K = checks.grid_intervals(K)
+    K = checks.grid_intervals(K, model)
     _check_pairs(x0, x1)
     k = torch.randint(0, K + 1, (len(x0),), device=x0.device, generator=generator)
     x_tau = linear_path(x0, x1, k.to(x0.dtype) / K)
@@ -375,7 +375,7 @@ def progressive_distillation_loss(student, teacher, x0: torch.Tensor, n_student:
     Book: :eq:`ch15-pd`.
     """
     n = checks.count("n_student", n_student)
-    K = checks.grid_intervals(K)
+    K = checks.grid_intervals(K, student, teacher, who=("the student", "the teacher"))
     checks.batch("x0", x0, min_dims=2)
     j = torch.randint(1, n + 1, (len(x0),), device=x0.device, generator=generator)
     tau = j.double() / n
@@ -407,7 +407,7 @@ def consistency_distillation_loss(student, teacher, x0: torch.Tensor, N: int, K:
     Book: :eq:`ch15-cd`.
     """
     N = checks.count("N", N)
-    K = checks.grid_intervals(K)
+    K = checks.grid_intervals(K, student, teacher, who=("the student", "the teacher"))
     checks.batch("x0", x0, min_dims=2)
     if solver not in ("euler", "heun"):
         raise checks.ArgumentError(f"solver must be 'euler' or 'heun', got {solver!r}")

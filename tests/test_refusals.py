@@ -37,3 +37,46 @@ def test_01_ode_map_stops_at_its_evaluation_bound():
     with pytest.raises(RuntimeError, match=r"500 evaluations.*max_evals"):
         fewstep.ode_map(stiff, torch.ones(2, 2), max_evals=500)
     assert len(calls) <= 500
+
+
+# --- 2. a teacher or student built for another number of steps is refused -----------------------
+class _GridNet(torch.nn.Module):
+    """A velocity model on a grid of T steps (its config.T, as the U-Net's): v = 0."""
+
+    def __init__(self, T):
+        super().__init__()
+        self.config = type("Config", (), {"T": T})()
+
+    def forward(self, x, step):
+        return torch.zeros_like(x)
+
+
+_WRONG = r"was built for T = 41 steps but the grid of tau, K \+ 1 = 11 times.*T=11"
+
+
+@pytest.mark.parametrize("who", ["student", "teacher"])
+def test_02_distillation_losses_refuse_a_model_of_another_grid(who):
+    x0 = torch.zeros(4, 2)
+    nets = {"student": _GridNet(11), "teacher": _GridNet(11)}
+    nets[who] = _GridNet(41)
+    with pytest.raises(checks.ArgumentError, match=f"the {who} {_WRONG}"):
+        fewstep.progressive_distillation_loss(nets["student"], nets["teacher"], x0, 2, 10)
+    with pytest.raises(checks.ArgumentError, match=f"the {who} {_WRONG}"):
+        fewstep.consistency_distillation_loss(nets["student"], nets["teacher"], x0, 4, 10)
+
+
+def test_02_grid_field_velocity_and_reflow_loss_refuse_a_model_of_another_grid():
+    net, x = _GridNet(41), torch.zeros(4, 2)
+    with pytest.raises(checks.ArgumentError, match=_WRONG):
+        fewstep.grid_field(net, 10)
+    with pytest.raises(checks.ArgumentError, match=_WRONG):
+        fewstep.grid_velocity(net, x, torch.ones(4), 10)
+    with pytest.raises(checks.ArgumentError, match=_WRONG):
+        fewstep.coupled_flow_matching_loss(net, x, x, 10)
+
+
+def test_02_a_model_of_the_right_grid_is_taken():
+    net, x = _GridNet(11), torch.zeros(4, 2)
+    assert fewstep.grid_field(net, 10)(x, 1.0).shape == x.shape
+    assert fewstep.progressive_distillation_loss(net, net, x, 2, 10) == 0
+    assert fewstep.consistency_distillation_loss(net, net, x, 4, 10) >= 0
