@@ -428,7 +428,7 @@ def sample(denoiser: Callable, shape, K: int, *, order: str = "random", sched="l
                                    f"pixel, K <= {D}")
     z = torch.full(shape, MASK, device=device)
     masked_after = [D - c for c in itertools.accumulate(reveal_counts(D, K, sched))]
-    still = D
+    still, bad = D, []
     # the smoke run (BOOK_SMOKE=1) thins the steps; a kept step reveals what the skipped did
     for k in progress(range(K), desc=f"unmasking ({order}, K = {K})", quiet=True):
         count, still = still - masked_after[k], masked_after[k]
@@ -436,8 +436,11 @@ def sample(denoiser: Callable, shape, K: int, *, order: str = "random", sched="l
             continue
         with torch.no_grad():
             logits = _logits(denoiser, z).float().reshape(n, D)
-        p1 = torch.sigmoid(logits)
         flat = z.reshape(n, D)
+        bad.append((k, (~logits.isfinite() & (flat == MASK)).sum(), n * still + n * count))
+        if flat.device.type == "cpu":  # a GPU is checked once, after the last step
+            _finite_logits(bad[-1:], K)
+        p1 = torch.sigmoid(logits)
         values = (torch.rand(n, D, device=z.device, generator=generator) < p1).float()
         if order == "random":
             score = torch.rand(n, D, device=z.device, generator=generator)
@@ -447,4 +450,21 @@ def sample(denoiser: Callable, shape, K: int, *, order: str = "random", sched="l
         pick = score.topk(count, dim=1).indices
         flat = flat.scatter(1, pick, values.gather(1, pick))
         z = flat.reshape(shape)
+    _finite_logits(bad, K)
     return z
+
+
+def _finite_logits(steps: list, K: int) -> None:
+    """Refuse the first of `steps`, (k, count of non-finite logits at masked pixels, masked
+    pixels), with a non-finite logit (one sync for all): a diverged denoiser's NaN would
+    otherwise be drawn as clean zeros."""
+    if not steps:
+        return
+    counts = torch.stack([c for _, c, _ in steps]).tolist()
+    for (k, _, masked_pixels), c in zip(steps, counts, strict=True):
+        if c:
+            raise checks.ArgumentError(
+                f"the denoiser returned non-finite logits (NaN or inf) at step {k + 1} of "
+                f"{K}: {c} of {masked_pixels} masked pixels; a diverged network (check "
+                "its training loss and weights) or a denoiser that divides by zero: it must "
+                "return finite Bernoulli logits for every masked pixel")

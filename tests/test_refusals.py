@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from companion import fewstep
+from companion import fewstep, masked
 from companion.run import checks
 
 
@@ -80,3 +80,24 @@ def test_02_a_model_of_the_right_grid_is_taken():
     assert fewstep.grid_field(net, 10)(x, 1.0).shape == x.shape
     assert fewstep.progressive_distillation_loss(net, net, x, 2, 10) == 0
     assert fewstep.consistency_distillation_loss(net, net, x, 4, 10) >= 0
+
+
+# --- 3. masked sampling with NaN logits -----------------------------------------------------------
+@pytest.mark.parametrize("order", ["random", "confidence"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_03_masked_sampling_refuses_non_finite_logits(order, bad):
+    def diverged(z):
+        return torch.full(z.shape, bad)
+
+    with pytest.raises(checks.ArgumentError, match=r"non-finite logits.*step 1 of 4: 36 of 36 masked"):
+        masked.sample(diverged, (4, 9), 4, order=order)
+
+
+def test_03_nan_from_a_later_step_is_named():
+    def late(z):  # NaN once half the pixels are revealed
+        out = torch.zeros(z.shape)
+        return out.fill_(float("nan")) if bool((z != masked.MASK).float().mean() >= 0.5) \
+            else out
+
+    with pytest.raises(checks.ArgumentError, match=r"step [3-4] of 4"):
+        masked.sample(late, (2, 8), 4)
