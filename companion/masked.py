@@ -205,11 +205,25 @@ def masked_cross_entropy(logits: torch.Tensor, x0: torch.Tensor,
                          z: torch.Tensor) -> torch.Tensor:
     """sum over the masked pixels of z of -log p_theta(x_0,i | z), in nats: (B, ...) -> (B,).
 
-    logits: the denoiser's Bernoulli logits of x_0 = 1; revealed pixels add nothing (the
-    reverse step keeps them, so the model pays nothing for them)."""
+    logits: the denoiser's Bernoulli logits of x_0 = 1; x0: the binary targets; z: the
+    states; all three of one shape. Revealed pixels add nothing (the reverse step keeps them,
+    so the model pays nothing for them): they are left out, so that even a NaN logit there
+    adds nothing, to the value or to the gradient."""
+    checks.tensor("logits", logits, floating=True)
+    check_binary("x0", x0)
+    check_states("z", z)
+    if not logits.shape == x0.shape == z.shape or logits.dim() < 2:
+        raise checks.ArgumentError(
+            f"logits, x0 and z must be tensors of the same shape (B, ...), got "
+            f"{tuple(logits.shape)}, {tuple(x0.shape)} and {tuple(z.shape)}: one logit, one "
+            "target and one state per pixel (a (B, 1) mask would broadcast over every "
+            "pixel)")
     dtype = torch.promote_types(logits.dtype, torch.float32)  # half precision: float32
-    ce = F.binary_cross_entropy_with_logits(logits.to(dtype), x0.to(dtype), reduction="none")
-    return (ce * (z == MASK)).flatten(1).sum(1)
+    masked = z == MASK
+    logits = torch.where(masked, logits.to(dtype), torch.zeros((), dtype=dtype,
+                                                               device=logits.device))
+    ce = F.binary_cross_entropy_with_logits(logits, x0.to(dtype), reduction="none")
+    return torch.where(masked, ce, torch.zeros_like(ce)).flatten(1).sum(1)
 
 
 def _logits(denoiser: Callable, z: torch.Tensor, whole: bool = False) -> torch.Tensor:

@@ -101,3 +101,30 @@ def test_03_nan_from_a_later_step_is_named():
 
     with pytest.raises(checks.ArgumentError, match=r"step [3-4] of 4"):
         masked.sample(late, (2, 8), 4)
+
+
+# --- 4. masked_cross_entropy checks shapes and targets, and selects the masked pixels -----------
+def test_04_a_mask_of_another_shape_is_refused():
+    logits, x0 = torch.zeros(3, 5), torch.ones(3, 5)
+    with pytest.raises(checks.ArgumentError, match=r"same shape.*\(3, 5\), \(3, 5\) and \(3, 1\)"):
+        masked.masked_cross_entropy(logits, x0, torch.full((3, 1), masked.MASK))
+    with pytest.raises(checks.ArgumentError, match=r"same shape.*\(3, 5\), \(5,\) and \(3, 5\)"):
+        masked.masked_cross_entropy(logits, x0[0], torch.full((3, 5), masked.MASK))
+
+
+def test_04_targets_holding_the_mask_value_are_refused():
+    x0 = torch.full((2, 4), masked.MASK)
+    with pytest.raises(checks.ArgumentError, match=r"x0 must hold binary pixels"):
+        masked.masked_cross_entropy(torch.zeros(2, 4), x0, torch.full((2, 4), masked.MASK))
+
+
+def test_04_a_nan_logit_at_a_revealed_pixel_adds_nothing():
+    logits = torch.tensor([[float("nan"), 0.0, 2.0]], requires_grad=True)
+    x0 = torch.tensor([[1.0, 0.0, 1.0]])
+    z = torch.tensor([[1.0, masked.MASK, masked.MASK]])  # the NaN pixel is revealed
+    ce = masked.masked_cross_entropy(logits, x0, z)
+    want = torch.nn.functional.softplus(torch.tensor(0.0)) + \
+        torch.nn.functional.softplus(torch.tensor(-2.0))
+    assert torch.isfinite(ce).all() and torch.allclose(ce, want.reshape(1))
+    ce.sum().backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad[0, 0] == 0
