@@ -67,8 +67,14 @@ class Schedule:
         return torch.where(t >= 1, torch.zeros_like(a), a.clamp(0, 1))  # exactly 0 at t = 1
 
     def weight(self, t) -> torch.Tensor:
-        """w(t) = -alpha'_t / (1 - alpha_t) of (ch14-elbo).  t: (...) in (0, 1]."""
+        """w(t) = -alpha'_t / (1 - alpha_t) of (ch14-elbo).  t: (...) in (0, 1]: w(0) is
+        infinite (1 / t); the bounds move draws below T_MIN up to it."""
         t = check_times("t", t)
+        if t.numel() and t.device.type == "cpu" and bool((t <= 0).any()):
+            raise checks.ArgumentError(
+                f"the weight w(t) of the {self.name} schedule is for t in (0, 1]; got t = 0 "
+                f"(at {int((t <= 0).sum())} of {t.numel()} times), where it is infinite: "
+                f"move t up to a small time first, t.clamp_min(companion.masked.T_MIN)")
         if self.name == "linear":
             return 1 / t
         # sin(2u) / (1 - cos(2u)) = 1 / tan(u), u = pi t / 4: no cancellation near t = 0
@@ -192,6 +198,14 @@ def posterior(z_t: torch.Tensor, x0: torch.Tensor, s, t, sched="linear") -> torc
     """
     check_states("z_t", z_t)
     check_binary("x0", x0)
+    checks.same_shape("z_t and x0", z_t, x0)
+    wrong = int(((z_t != MASK) & (z_t != x0)).sum())
+    if wrong:
+        raise checks.ArgumentError(
+            f"z_t is not a noisy version of x0: {wrong} revealed pixel"
+            f"{'s of z_t differ' if wrong > 1 else ' of z_t differs'} from x0 (the forward process keeps "
+            "a pixel or masks it, never changes it): pass the z_t drawn from this x0, "
+            "forward_sample(x0, t)")
     r = reveal_probability(_per_image(s, x0), _per_image(t, x0), sched)
     masked = (z_t == MASK).to(x0.dtype)
     revealed = torch.stack([(z_t == 0), (z_t == 1), torch.zeros_like(z_t, dtype=torch.bool)],

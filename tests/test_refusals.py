@@ -128,3 +128,25 @@ def test_04_a_nan_logit_at_a_revealed_pixel_adds_nothing():
     assert torch.isfinite(ce).all() and torch.allclose(ce, want.reshape(1))
     ce.sum().backward()
     assert torch.isfinite(logits.grad).all() and logits.grad[0, 0] == 0
+
+
+# --- 5. an inconsistent posterior pair and w(0) are errors ---------------------------------------
+def test_05_posterior_refuses_a_state_revealed_as_another_value_than_x0():
+    x0 = torch.tensor([[0.0, 1.0, 1.0]])
+    z_t = torch.tensor([[1.0, 1.0, masked.MASK]])  # pixel 0 revealed as 1, but x0 is 0
+    with pytest.raises(checks.ArgumentError, match=r"1 revealed pixel.*differs from x0"):
+        masked.posterior(z_t, x0, 0.2, 0.6)
+    with pytest.raises(checks.ArgumentError, match=r"same shape"):
+        masked.posterior(z_t[:, :1], x0, 0.2, 0.6)
+    ok = masked.posterior(torch.tensor([[0.0, 1.0, masked.MASK]]), x0, 0.2, 0.6)
+    assert torch.allclose(ok.sum(-1), torch.ones(1, 3))
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_05_the_weight_at_t_0_is_refused(name):
+    sched = masked.Schedule(name)
+    with pytest.raises(checks.ArgumentError, match=r"w\(t\).*\(0, 1\].*t = 0"):
+        sched.weight(0.0)
+    with pytest.raises(checks.ArgumentError, match=r"w\(t\).*\(0, 1\]"):
+        sched.weight(torch.tensor([0.5, 0.0]))
+    assert torch.isfinite(sched.weight(torch.tensor([1e-6, 0.5, 1.0]))).all()
