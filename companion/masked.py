@@ -203,9 +203,9 @@ def posterior(z_t: torch.Tensor, x0: torch.Tensor, s, t, sched="linear") -> torc
     if wrong:
         raise checks.ArgumentError(
             f"z_t is not a noisy version of x0: {wrong} revealed pixel"
-            f"{'s of z_t differ' if wrong > 1 else ' of z_t differs'} from x0 (the forward process keeps "
-            "a pixel or masks it, never changes it): pass the z_t drawn from this x0, "
-            "forward_sample(x0, t)")
+            f"{'s of z_t differ' if wrong > 1 else ' of z_t differs'} from x0 (the "
+            "forward process keeps a pixel or masks it, never changes it): pass the z_t "
+            "drawn from this x0, forward_sample(x0, t)")
     r = reveal_probability(_per_image(s, x0), _per_image(t, x0), sched)
     masked = (z_t == MASK).to(x0.dtype)
     revealed = torch.stack([(z_t == 0), (z_t == 1), torch.zeros_like(z_t, dtype=torch.bool)],
