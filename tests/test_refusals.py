@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from companion import fewstep, masked
-from companion.run import checks
+from companion.run import checks, memory
 
 
 # --- 1. ode_map: a field that returns NaN is an error, and the solve has a bound -----------------
@@ -150,3 +150,29 @@ def test_05_the_weight_at_t_0_is_refused(name):
     with pytest.raises(checks.ArgumentError, match=r"w\(t\).*\(0, 1\]"):
         sched.weight(torch.tensor([0.5, 0.0]))
     assert torch.isfinite(sched.weight(torch.tensor([1e-6, 0.5, 1.0]))).all()
+
+
+# --- 6. map_chunks: one row out per row in; out of memory names the chunk size -------------------
+def test_06_map_chunks_refuses_a_function_that_reduces_over_the_chunk(monkeypatch):
+    x = torch.ones(10, 784)
+    with pytest.raises(checks.ArgumentError, match=r"returned 1 rows for a chunk of 10 .*one row"):
+        memory.map_chunks(lambda b: b.sum(0, keepdim=True), x)
+    monkeypatch.setattr(memory, "MAX_IMAGES", 4)  # the same call in chunks of 4
+    with pytest.raises(checks.ArgumentError, match=r"returned 1 rows for a chunk of 4"):
+        memory.map_chunks(lambda b: b.sum(0, keepdim=True), x)
+    with pytest.raises(checks.ArgumentError, match=r"returned a 0-dim tensor"):
+        memory.map_chunks(lambda b: b.sum(), x)
+    with pytest.raises(checks.ArgumentError, match=r"output 2 of .*returned 1 rows"):
+        memory.map_chunks(lambda b: (b, b[:1]), x)
+    assert memory.map_chunks(lambda b: (b, b.sum(1)), x)[1].shape == (10,)
+
+
+def test_06_out_of_memory_in_a_chunk_says_which_limit_to_lower():
+    def hungry(b):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    with pytest.raises(torch.cuda.OutOfMemoryError,
+                       match=r"chunk of 10 rows.*MAX_IMAGES = 1000.*memory.MAX_IMAGES = 500"):
+        memory.map_chunks(hungry, torch.ones(10, 784))
+    with pytest.raises(torch.cuda.OutOfMemoryError, match=r"MAX_IMAGES_WITH_GRAD = 128"):
+        memory.map_chunks(hungry, torch.ones(10, 784), grad=True)
