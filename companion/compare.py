@@ -41,6 +41,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .run import checks
+
 LEVEL = 0.95  # two-sided: the verdict is "within noise" unless |z| reaches the t quantile
 
 
@@ -190,6 +192,7 @@ def compare(diff: float, se: float, n: int, *, df: float | None = None, test: st
     if not (math.isfinite(diff) and math.isfinite(se)) or se < 0:
         raise ValueError(f"diff must be finite and se finite and >= 0; got diff={diff!r}, "
                          f"se={se!r}")
+    n = checks.count("n (the number of units the SE was computed over)", n)
     if df is None:
         if n < 2:
             raise ValueError(f"a standard error over paired units needs n >= 2, got {n}; "
@@ -210,11 +213,20 @@ def paired_bootstrap(diff: float, boot_a, boot_b, n: int, *, unit: str = "unit",
     """
     import torch
 
-    d = (torch.as_tensor(boot_a, dtype=torch.float64)
-         - torch.as_tensor(boot_b, dtype=torch.float64))
-    if d.dim() != 1 or len(d) < 2:
-        raise ValueError(f"boot_a and boot_b must be (B,) draws with B >= 2, got shape "
-                         f"{tuple(d.shape)}")
+    n = checks.count("n (the units each bootstrap draw resamples)", n)
+    a = torch.as_tensor(boot_a, dtype=torch.float64)
+    b = torch.as_tensor(boot_b, dtype=torch.float64)
+    if a.shape != b.shape or a.dim() != 1 or len(a) < 2:
+        raise checks.ArgumentError(
+            f"boot_a and boot_b must be (B,) draws on the same B >= 2 resamples, got shapes "
+            f"{tuple(a.shape)} and {tuple(b.shape)}: pass both arms' statistics from one "
+            "metrics.frechet_bootstrap call (a (1,) would broadcast against every draw)")
+    d = a - b
+    if not bool(torch.isfinite(d).all()):
+        raise checks.ArgumentError(
+            f"boot_a - boot_b holds {int((~torch.isfinite(d)).sum())} NaN or infinite draws "
+            f"of {len(d)}: the statistic failed on those resamples; fix it there (a "
+            "covariance that is not positive definite?) rather than drop draws")
     return compare(diff, d.std().item(), n, df=math.inf, test="paired bootstrap",
                    unit=unit, level=level)
 

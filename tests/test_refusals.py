@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from companion import fewstep, masked
+from companion import compare, fewstep, masked
 from companion.run import checks, memory
 
 
@@ -176,3 +176,22 @@ def test_06_out_of_memory_in_a_chunk_says_which_limit_to_lower():
         memory.map_chunks(hungry, torch.ones(10, 784))
     with pytest.raises(torch.cuda.OutOfMemoryError, match=r"MAX_IMAGES_WITH_GRAD = 128"):
         memory.map_chunks(hungry, torch.ones(10, 784), grad=True)
+
+
+# --- 7. compare and paired_bootstrap refuse n <= 0 and draws of different shapes ------------------
+@pytest.mark.parametrize("n", [0, -3])
+def test_07_compare_refuses_n_below_one_even_with_df(n):
+    with pytest.raises(checks.ArgumentError, match=rf"n .*got {n}"):
+        compare.compare(0.5, 0.1, n, df=5)
+    with pytest.raises(checks.ArgumentError, match=rf"n .*got {n}"):
+        compare.paired_bootstrap(0.5, torch.randn(50), torch.randn(50), n)
+
+
+def test_07_paired_bootstrap_refuses_draws_of_different_shapes():
+    with pytest.raises(checks.ArgumentError, match=r"boot_a and boot_b.*\(50,\) and \(1,\)"):
+        compare.paired_bootstrap(0.5, torch.randn(50), torch.zeros(1), 100)
+    with pytest.raises(checks.ArgumentError, match=r"boot_a and boot_b.*\(50,\) and \(49,\)"):
+        compare.paired_bootstrap(0.5, torch.randn(50), torch.randn(49), 100)
+    with pytest.raises(checks.ArgumentError, match=r"NaN"):
+        compare.paired_bootstrap(0.5, torch.full((50,), float("nan")), torch.randn(50), 100)
+    assert compare.paired_bootstrap(0.5, torch.randn(50), torch.randn(50), 100).n == 100
