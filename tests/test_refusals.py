@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 import torch
 
 from companion import compare, fewstep, masked
-from companion.run import checks, memory
+from companion.run import checks, glue, memory
 
 
 # --- 1. ode_map: a field that returns NaN is an error, and the solve has a bound -----------------
@@ -195,3 +196,51 @@ def test_07_paired_bootstrap_refuses_draws_of_different_shapes():
     with pytest.raises(checks.ArgumentError, match=r"NaN"):
         compare.paired_bootstrap(0.5, torch.full((50,), float("nan")), torch.randn(50), 100)
     assert compare.paired_bootstrap(0.5, torch.randn(50), torch.randn(50), 100).n == 100
+
+
+# --- 8. glue: NaN inside containers, digits for an int, the prose's rounding ----------------------
+def _glued(value, **kwargs):
+    import IPython.display
+
+    seen, real = [], IPython.display.display
+    IPython.display.display = lambda obj, **kw: seen.append(obj)
+    try:
+        glue.glue("ch_x", value, display=False, **kwargs)
+    finally:
+        IPython.display.display = real
+    return seen[0][glue.GLUE_PREFIX + "text/plain"]
+
+
+@pytest.mark.parametrize("value", [torch.tensor([float("nan")]), np.array([np.inf]),
+                                   [float("nan")], (1.0, float("-inf")),
+                                   torch.tensor([[1.0, float("nan")]]), {"a": float("nan")}])
+def test_08_glue_refuses_nan_inside_a_tensor_array_or_list(value):
+    with pytest.raises(ValueError, match=r"glue\('ch_x'.*NaN or infinite"):
+        _glued(value)
+
+
+@pytest.mark.parametrize("value", [3, 2.5, "text", [1, 2]])
+@pytest.mark.parametrize("digits", [-1, 0, 2.5, True])
+def test_08_glue_refuses_bad_digits_whatever_the_value(value, digits):
+    with pytest.raises(ValueError, match=r"digits must be a whole number >= 1"):
+        _glued(value, digits=digits)
+
+
+def test_08_a_stored_value_never_rounds_differently_from_the_value():
+    """0.0497 to one or two digits was stored as 0.05 (mantissa '5.0', read as not ending in
+    5), which the prose's :.1f shows as 0.1 where 0.0497 gives 0.0."""
+    assert glue.round_significant(0.0497, 1) == 0.0497
+    assert f"{glue.round_significant(0.0497, 2):.1f}" == f"{0.0497:.1f}" == "0.0"
+    assert _glued(0.049997) == "0.049997"
+    rng = np.random.default_rng(8)
+    ties = [(k + 0.5) * 10.0 ** e + s for k in range(10) for e in range(-4, 4)
+            for s in (1e-9, -1e-9, 3e-7, -3e-7)]
+    for x in [*ties, *(rng.uniform(-1, 1, 2000) * 10.0 ** rng.integers(-6, 6, 2000))]:
+        x = float(x)
+        for digits in range(1, 7):
+            stored = glue.round_significant(x, digits)
+            exponent = int(np.floor(np.log10(abs(x)))) if x else 0
+            for shown in range(0, digits - exponent):  # fixed point, to the decimals stored
+                assert f"{stored:.{shown}f}" == f"{x:.{shown}f}", (x, digits, shown)
+            for shown in range(1, digits + 1):  # significant digits
+                assert f"{stored:.{shown - 1}e}" == f"{x:.{shown - 1}e}", (x, digits, shown)
