@@ -244,3 +244,18 @@ def test_08_a_stored_value_never_rounds_differently_from_the_value():
                 assert f"{stored:.{shown}f}" == f"{x:.{shown}f}", (x, digits, shown)
             for shown in range(1, digits + 1):  # significant digits
                 assert f"{stored:.{shown - 1}e}" == f"{x:.{shown - 1}e}", (x, digits, shown)
+
+
+# --- 9. tables.markdown: a line break in a cell or a header ---------------------------------------
+@pytest.mark.parametrize("columns, rows, where", [
+    (["sampler", "FD"], [["DDPM\nancestral", 1.5]], r"row 0, column 'sampler'"),
+    (["sampler", "FD"], [["DDPM", 1.5], ["DDIM\r", 2.0]], r"row 1, column 'sampler'"),
+    (["sampler", "FD\n(x 1000)"], [["DDPM", 1.5]], r"the header of column 1"),
+])
+def test_09_markdown_refuses_a_line_break_in_a_cell_or_a_header(columns, rows, where):
+    from companion.run import tables
+
+    with pytest.raises(ValueError, match=rf"one line.*{where} holds a line break.*Join"):
+        tables.markdown(columns, rows)
+    # and what it said before: a table whose row broke in two, silently
+    assert tables.markdown(["a", "b"], [["x y", 1]]).count("\n") == 2
