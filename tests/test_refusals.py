@@ -5,6 +5,7 @@ fix it). One test (or a few) per point, each failing on the code before the fix.
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -259,3 +260,55 @@ def test_09_markdown_refuses_a_line_break_in_a_cell_or_a_header(columns, rows, w
         tables.markdown(columns, rows)
     # and what it said before: a table whose row broke in two, silently
     assert tables.markdown(["a", "b"], [["x y", 1]]).count("\n") == 2
+
+
+# --- 10. pdf_check: a PDF that cannot be checked is one line naming the file ----------------------
+ONE_PAGE = (b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n"
+            b"2 0 obj<</Type/Pages/Kids[3 0 R]/Count 1>>endobj\n"
+            b"3 0 obj<</Type/Page/Parent 2 0 R/MediaBox[0 0 200 200]>>endobj\n"
+            b"trailer<</Root 1 0 R>>\n%%EOF\n")
+POPPLER = pytest.mark.skipif(__import__("shutil").which("pdfinfo") is None,
+                             reason="needs poppler-utils (pdfinfo)")
+
+
+def _pdf_check():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "tools" / "pdf_check.py"
+    spec = importlib.util.spec_from_file_location("pdf_check", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["pdf_check"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("kind, content, said", [
+    ("missing", None, r"book\.pdf: no such file; build the PDF first \(make pdf\)"),
+    ("directory", None, r"book\.pdf is a directory, not a PDF; give the PDF's path"),
+    ("empty", b"", r"book\.pdf is empty \(0 bytes\).*\(see book\.log\); rebuild it"),
+    ("garbage", b"<html>not a pdf</html>", r"book\.pdf is not a PDF: it starts with b'<html'"),
+    pytest.param("zero pages", ONE_PAGE.replace(b"[3 0 R]/Count 1", b"[]/Count 0"),
+                 r"book\.pdf has no pages", marks=POPPLER),
+    pytest.param("truncated", ONE_PAGE[:40], r"book\.pdf: pdfinfo cannot read it \(exit \d+: "
+                 r".*Error.*\); the file is damaged or incomplete, rebuild it", marks=POPPLER),
+    pytest.param("no log", ONE_PAGE, r"book\.log: no such file; the check reads LaTeX's log",
+                 marks=POPPLER),
+], ids=["missing", "directory", "empty", "garbage", "zero-pages", "truncated", "no-log"])
+def test_10_pdf_check_says_in_one_line_what_is_wrong_with_which_file(tmp_path, capsys, kind,
+                                                                     content, said):
+    """Was: a missing PDF reported as a missing .log (FileNotFoundError), and the others a
+    CalledProcessError traceback with poppler's message thrown away."""
+    pdf_check = _pdf_check()
+    pdf = tmp_path / "book.pdf"
+    if kind == "directory":
+        pdf.mkdir()
+    elif content is not None:
+        pdf.write_bytes(content)
+    assert pdf_check.main([str(pdf)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.startswith("pdf_check: "), err
+    assert re.search(said, err), err
+    with pytest.raises(pdf_check.Unreadable, match=said):
+        pdf_check.check(pdf)
