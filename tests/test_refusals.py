@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -312,3 +313,48 @@ def test_10_pdf_check_says_in_one_line_what_is_wrong_with_which_file(tmp_path, c
     assert re.search(said, err), err
     with pytest.raises(pdf_check.Unreadable, match=said):
         pdf_check.check(pdf)
+
+
+# --- 11. a checkpoint path that is a symbolic link: written through, the link kept ----------------
+def _fit_into(path, steps):
+    from torch import nn
+
+    from companion.train import fit
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 3, generator=g), torch.randn(16, 1, generator=g)
+    torch.manual_seed(0)
+    return fit(nn.Linear(3, 1), lambda m, b: ((m(b[0]) - b[1]) ** 2).mean(), (x, y),
+               steps=steps, batch_size=4, quiet=True, checkpoint=path)
+
+
+def _step(path):
+    return torch.load(path, weights_only=True)["step"]
+
+
+def test_11_a_checkpoint_through_a_symlink_is_written_through_the_link(tmp_path):
+    """Was: fit resumed from latest.pt -> run.pt, then replaced the link with a regular file,
+    leaving run.pt stale at the step it was resumed from."""
+    run = tmp_path / "runs" / "run.pt"
+    _fit_into(run, 2)
+    (tmp_path / "latest.pt").symlink_to(Path("runs") / "run.pt")  # a relative link
+    done = _fit_into(tmp_path / "latest.pt", 4)
+    assert done.steps == 4 and (tmp_path / "latest.pt").is_symlink()
+    assert _step(run) == 4 and _step(tmp_path / "latest.pt") == 4
+    # a link to a link, and one whose file is not there yet (a new run)
+    (tmp_path / "chain.pt").symlink_to(tmp_path / "latest.pt")
+    assert _fit_into(tmp_path / "chain.pt", 6).steps == 6 and _step(run) == 6
+    (tmp_path / "new.pt").symlink_to(tmp_path / "runs" / "new-run.pt")
+    _fit_into(tmp_path / "new.pt", 2)
+    assert (tmp_path / "new.pt").is_symlink() and _step(tmp_path / "runs" / "new-run.pt") == 2
+    assert sorted(p.name for p in tmp_path.rglob("*") if not p.is_dir()) == [
+        "chain.pt", "latest.pt", "new-run.pt", "new.pt", "run.pt"]  # no lock or tmp left
+
+
+def test_11_a_checkpoint_symlink_in_a_loop_is_refused(tmp_path):
+    from companion.run.checkpoint import CheckpointSaveError
+
+    (tmp_path / "a.pt").symlink_to(tmp_path / "b.pt")
+    (tmp_path / "b.pt").symlink_to(tmp_path / "a.pt")
+    with pytest.raises(CheckpointSaveError, match=r"a\.pt.*symbolic link.*loop"):
+        _fit_into(tmp_path / "a.pt", 2)
