@@ -358,3 +358,51 @@ def test_11_a_checkpoint_symlink_in_a_loop_is_refused(tmp_path):
     (tmp_path / "b.pt").symlink_to(tmp_path / "a.pt")
     with pytest.raises(CheckpointSaveError, match=r"a\.pt.*symbolic link.*loop"):
         _fit_into(tmp_path / "a.pt", 2)
+
+
+# --- 12. BOOK_SMOKE=1 with downloads allowed leaves ~/.cache/companion alone ----------------------
+def test_12_a_smoke_run_downloads_into_its_own_folder_not_the_users_cache(tmp_path, monkeypatch):
+    """Was: the download went to ~/.cache/companion/data (torchvision makes the folders even
+    when the download then fails), although a smoke run's cache is its own."""
+    import http.server
+    import threading
+
+    datasets = pytest.importorskip("torchvision.datasets")
+    from companion import data
+    from companion.run import checkpoint
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for var in ("BOOK_DATA", "BOOK_CACHE", "BOOK_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("BOOK_SMOKE", "1")
+    monkeypatch.setattr(datasets.FashionMNIST, "mirrors",
+                        [f"http://127.0.0.1:{httpd.server_address[1]}/"])
+    monkeypatch.setattr(data, "DEBIAN_FASHION", tmp_path / "no-debian")
+    try:
+        with pytest.raises(data.DataUnavailableError) as err:
+            data.load("fashion", verbose=False)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert not (tmp_path / "home" / ".cache").exists(), list((tmp_path / "home").rglob("*"))
+    own = checkpoint.cache_dir() / "data"
+    assert (own / "FashionMNIST" / "raw").is_dir() and str(own) in str(err.value)
+    # outside the smoke run the user's folder is the one
+    monkeypatch.delenv("BOOK_SMOKE")
+    assert data.default_root() == tmp_path / "home" / ".cache" / "companion" / "data"
+    monkeypatch.setenv("BOOK_DATA", " ")  # empty means unset (was: the current folder)
+    assert data.default_root() == tmp_path / "home" / ".cache" / "companion" / "data"
+    monkeypatch.setenv("BOOK_DATA", "~/mnist")  # was: a folder named '~' in the current one
+    assert data.default_root() == tmp_path / "home" / "mnist"
