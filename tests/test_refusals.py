@@ -406,3 +406,21 @@ def test_12_a_smoke_run_downloads_into_its_own_folder_not_the_users_cache(tmp_pa
     assert data.default_root() == tmp_path / "home" / ".cache" / "companion" / "data"
     monkeypatch.setenv("BOOK_DATA", "~/mnist")  # was: a folder named '~' in the current one
     assert data.default_root() == tmp_path / "home" / "mnist"
+
+
+# --- beyond the list (found by tests/test_properties.py's probe) ----------------------------------
+def test_beyond_ode_log_likelihood_refuses_a_nan_field_instead_of_hanging():
+    """Was: a field that returns NaN kept scipy's RK45 shrinking its step for ever (no answer
+    in 20 s), the hang of point 1 in sde; and NaN points a scipy traceback."""
+    from companion import sde
+
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+    start = time.monotonic()
+    with pytest.raises(checks.ArgumentError, match=r"NaN or infinite at t = 0 .*evaluation 1"):
+        sde.ode_log_likelihood(lambda y, t: y * float("nan"), x)
+    with pytest.raises(checks.ArgumentError, match=r"x holds 1 NaN or infinite value \(of 8\)"):
+        sde.ode_log_likelihood(lambda y, t: -y, torch.where(x == x[0, 0], float("nan"), x))
+    with pytest.raises(RuntimeError, match=r"stopped after 5 evaluations.*raise max_evals"):
+        sde.ode_log_likelihood(lambda y, t: -y, x, max_evals=5)
+    assert time.monotonic() - start < 10
+    assert torch.isfinite(sde.ode_log_likelihood(lambda y, t: -y, x).log_p).all()

@@ -146,6 +146,16 @@ def tensor(name: str, value, *, dims: int | None = None, floating: bool = False,
     return value
 
 
+def finite(name: str, x: torch.Tensor, fix: str) -> torch.Tensor:
+    """`x` (a tensor) if every value is finite; else an error saying how many are NaN or
+    infinite, and `fix`. One device sync: for inputs, not for every step of a loop."""
+    bad = int((~torch.isfinite(x.detach())).sum()) if x.is_floating_point() else 0
+    if bad:
+        raise ArgumentError(f"{name} holds {bad} NaN or infinite value{'s' * (bad > 1)} (of "
+                            f"{x.numel()}): {fix}")
+    return x
+
+
 def images(name: str, x, *, low: float = 0.0, high: float = 1.0, shape=None,
            tolerance: float = 0.01) -> torch.Tensor:
     """`x` if it is a float tensor of images (B, ...) whose values lie in [low, high] (give
