@@ -69,12 +69,7 @@ class Schedule:
     def weight(self, t) -> torch.Tensor:
         """w(t) = -alpha'_t / (1 - alpha_t) of (ch14-elbo).  t: (...) in (0, 1]: w(0) is
         infinite (1 / t); the bounds move draws below T_MIN up to it."""
-        t = check_times("t", t)
-        if t.numel() and t.device.type == "cpu" and bool((t <= 0).any()):
-            raise checks.ArgumentError(
-                f"the weight w(t) of the {self.name} schedule is for t in (0, 1]; got t = 0 "
-                f"(at {int((t <= 0).sum())} of {t.numel()} times), where it is infinite: "
-                f"move t up to a small time first, t.clamp_min(companion.masked.T_MIN)")
+        t = check_positive_times(check_times("t", t), self.name)
         if self.name == "linear":
             return 1 / t
         # sin(2u) / (1 - cos(2u)) = 1 / tan(u), u = pi t / 4: no cancellation near t = 0
@@ -102,6 +97,17 @@ def check_times(name: str, t) -> torch.Tensor:
 
 
 # --- states ----------------------------------------------------------------------------------
+def check_positive_times(t: torch.Tensor, sched: str) -> torch.Tensor:
+    """t (checked times), refused where 0 on a CPU (the weight w(t) is infinite there); on
+    a GPU not checked (a device sync every step)."""
+    if t.numel() and t.device.type == "cpu" and bool((t <= 0).any()):
+        raise checks.ArgumentError(
+            f"the weight w(t) of the {sched} schedule is for t in (0, 1]; got t = 0 "
+            f"(at {int((t <= 0).sum())} of {t.numel()} times), where it is infinite: "
+            f"move t up to a small time first, t.clamp_min(companion.masked.T_MIN)")
+    return t
+
+
 def check_binary(name: str, x) -> torch.Tensor:
     """x if it is a float tensor of binary pixels (every value 0 or 1); grey values get an
     error that says to binarize them. Checked on CPU tensors only (a GPU would sync)."""
