@@ -67,6 +67,8 @@ def welch_df(var_a: float, n_a: int, var_b: float, n_b: int) -> float:
     """
     if min(n_a, n_b) < 2:
         raise ValueError(f"each arm needs at least 2 units for its variance, got {n_a} and {n_b}")
+    var_a = checks.real("var_a (a sample variance)", var_a, low=0.0)
+    var_b = checks.real("var_b (a sample variance)", var_b, low=0.0)
     va, vb = var_a / n_a, var_b / n_b
     den = va**2 / (n_a - 1) + vb**2 / (n_b - 1)
     return math.inf if den == 0 else (va + vb) ** 2 / den
@@ -189,6 +191,12 @@ def compare(diff: float, se: float, n: int, *, df: float | None = None, test: st
     large-sample SE pass df=math.inf (the normal quantile) and name it in `test`; for two
     independent arms use `welch` (from the values) or `welch_df`.
     """
+    for name, value in (("diff", diff), ("se", se)):
+        if not isinstance(checks.as_float(value), float):
+            raise checks.ArgumentError(
+                f"{name} must be one real number (a float, or a one-element tensor), got "
+                f"{checks._got(value)}: pass the summary, e.g. float(d.mean())")
+    diff, se = checks.as_float(diff), checks.as_float(se)
     if not (math.isfinite(diff) and math.isfinite(se)) or se < 0:
         raise ValueError(f"diff must be finite and se finite and >= 0; got diff={diff!r}, "
                          f"se={se!r}")

@@ -424,3 +424,34 @@ def test_beyond_ode_log_likelihood_refuses_a_nan_field_instead_of_hanging():
         sde.ode_log_likelihood(lambda y, t: -y, x, max_evals=5)
     assert time.monotonic() - start < 10
     assert torch.isfinite(sde.ode_log_likelihood(lambda y, t: -y, x).log_p).all()
+
+
+def test_beyond_metrics_memory_and_compare_refuse_with_their_own_words():
+    """Was: auroc, active_units and label_histogram said 'the Fréchet distance needs finite
+    numbers'; knn_labels of images of two sizes a torch RuntimeError (X1 and X2 must have the
+    same number of columns); memory of a 0-dim tensor a
+    torch TypeError, of a list an AttributeError; compare of a str or a (2,) tensor 'must be
+    real number, not str' / 'only one element tensors...'; welch_df of a negative variance
+    df = 0."""
+    from companion import metrics
+
+    with pytest.raises(ValueError, match=r"scores holds 1 NaN/inf.*; auroc needs finite"):
+        metrics.auroc(torch.tensor([0.1, float("nan"), 0.3]), torch.tensor([0, 1, 1]))
+    with pytest.raises(ValueError, match=r"active_units needs finite numbers: a diverged"):
+        metrics.active_units(torch.full((3, 2), float("nan")))
+    with pytest.raises(ValueError, match=r"a classifier's probabilities needs finite"):
+        metrics.label_histogram(torch.full((3, 10), float("nan")))
+    ref, labels = torch.rand(6, 1, 4, 4), torch.arange(6) % 2
+    with pytest.raises(checks.ArgumentError, match=r"x and reference must be images of one"):
+        metrics.knn_labels(torch.rand(3, 1, 5, 5), ref, labels)
+    assert metrics.knn_labels(torch.rand(3, 1, 4, 4), ref, labels, k=3).shape == (3,)
+    with pytest.raises(checks.ArgumentError, match=r"x must have rows to split.*0-dim"):
+        memory.rows_per_call(torch.tensor(1.0))
+    with pytest.raises(checks.ArgumentError, match=r"tensor 0 must be a torch tensor"):
+        memory.map_chunks(lambda a: a, [1, 2])
+    for bad in ("0.1", torch.tensor([0.1, 0.2])):
+        with pytest.raises(checks.ArgumentError, match=r"diff must be one real number"):
+            compare.compare(bad, 0.1, 5)
+    assert compare.compare(torch.tensor(0.1), np.float32(0.05), 5).n == 5
+    with pytest.raises(checks.ArgumentError, match=r"var_a \(a sample variance\) must be"):
+        compare.welch_df(-1.0, 3, 1.0, 3)

@@ -35,9 +35,18 @@ IMAGE_NUMEL = 28 * 28
 def rows_per_call(x: torch.Tensor, grad: bool = False) -> int:
     """How many rows of x (N, ...) one call may take: as many as hold the numbers of
     MAX_IMAGES (grad: MAX_IMAGES_WITH_GRAD) MNIST images, at least one."""
+    _rows_of("x", x)
     images = MAX_IMAGES_WITH_GRAD if grad else MAX_IMAGES
     per_row = max(1, x[0].numel()) if len(x) else 1
     return max(1, images * IMAGE_NUMEL // per_row)
+
+
+def _rows_of(name: str, x) -> None:
+    """x, a tensor with a first dimension to split (N, ...)."""
+    checks.tensor(name, x)
+    if x.dim() == 0:
+        raise checks.ArgumentError(f"{name} must have rows to split (N, ...), got a 0-dim "
+                                   "tensor: pass x.reshape(1) for one value")
 
 
 def chunk_slices(n: int, size: int) -> list[slice]:
@@ -58,6 +67,8 @@ def map_chunks(fn: Callable, *xs: torch.Tensor, grad: bool = False):
     """
     if not xs:
         raise checks.ArgumentError("map_chunks needs at least one tensor to split")
+    for i, x in enumerate(xs):
+        _rows_of(f"map_chunks' tensor {i}", x)
     n = len(xs[0])
     for x in xs[1:]:
         if len(x) != n:
