@@ -455,3 +455,22 @@ def test_beyond_metrics_memory_and_compare_refuse_with_their_own_words():
     assert compare.compare(torch.tensor(0.1), np.float32(0.05), 5).n == 5
     with pytest.raises(checks.ArgumentError, match=r"var_a \(a sample variance\) must be"):
         compare.welch_df(-1.0, 3, 1.0, 3)
+
+
+def test_beyond_predict_x0_and_predict_eps_refuse_a_broadcast_and_a_division_by_zero():
+    """Was: eps of shape (B, 1) broadcast over x_t (B, D) silently, and alpha_bar = 0 (1 for
+    predict_eps) gave inf."""
+    from companion import diffusion
+
+    x = torch.rand(3, 4)
+    with pytest.raises(checks.ArgumentError, match=r"x_t and eps must be tensors of the same"):
+        diffusion.predict_x0(x, x[:, :1], 0.5)
+    with pytest.raises(checks.ArgumentError, match=r"x_t and x0 must be tensors of the same"):
+        diffusion.predict_eps(x, x[:1], 0.5)
+    with pytest.raises(checks.ArgumentError, match=r"alpha_bar \(x_0 is lost.*\(0, 1\], got 0"):
+        diffusion.predict_x0(x, x, 0.0)
+    with pytest.raises(checks.ArgumentError, match=r"alpha_bar \(no noise.*\[0, 1\), got 1"):
+        diffusion.predict_eps(x, x, 1.0)
+    eps = diffusion.predict_eps(x, x * 0.5, torch.full((3, 1), 0.3))
+    assert torch.allclose(diffusion.predict_x0(x, eps, torch.full((3, 1), 0.3)), x * 0.5,
+                          atol=1e-5)
