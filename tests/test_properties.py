@@ -254,6 +254,8 @@ def test_sde_vp_marginal_and_solvers_keep_shapes_and_refuse_bad_times(b, d, seed
             names=("field",))
     refused(sde.euler, lambda x, s: -x, x0, [1.0, bad], names=("ts", "time"))
     refused(sde.bits_per_dim, torch.zeros(b), 0, names=("dims",))
+    refused(sde.ode_log_likelihood, lambda y, s: y * NAN, x0, names=("NaN",))
+    refused(sde.ode_log_likelihood, lambda y, s: -y, with_nan(x0, seed), names=("x holds",))
 
 
 @SETTINGS
@@ -272,6 +274,12 @@ def test_diffusion_q_sample_is_finite_and_checks_steps_and_shapes(b, d, seed, T,
     refused(D.q_sample, x0.long(), t, noise.long(), names=("x0",))
     refused(diffusion.linear_betas, T, 0.5, 2.0, names=("end",))
     refused(diffusion.spaced_timesteps, T, T + 1 + where, names=("n_steps",))
+    abar = D.alphas_bar[t - 1].reshape(b, 1).float()
+    assert torch.allclose(diffusion.predict_x0(x, diffusion.predict_eps(x, x0, abar), abar),
+                          x0, atol=1e-3 / float(abar.min().sqrt()))
+    refused(diffusion.predict_x0, x, noise[:, :1].expand(b, d + 1), abar, names=("x_t and eps",))
+    refused(diffusion.predict_x0, x, noise, 0.0, names=("alpha_bar",))
+    refused(diffusion.predict_eps, x, x0, 1.0, names=("alpha_bar",))
 
 
 # --- compare and metrics ----------------------------------------------------------------------
@@ -295,6 +303,9 @@ def test_compare_gives_finite_verdicts_and_refuses_non_finite_units(a, data, bad
     refused(compare.against_noise, 0.0, spoiled, names=("redraws",))
     refused(compare.paired, a, b[:-1] or [0.0, 0.0, 0.0], names=("a and b", "same"))
     refused(compare.compare, 0.1, 0.1, 0, names=("n",))
+    refused(compare.compare, str(a[0]), 0.1, 5, names=("diff",))
+    refused(compare.compare, torch.tensor(a), 0.1, 5, names=("diff",))
+    refused(compare.welch_df, -1.0 - abs(a[0]), len(a), 1.0, len(a), names=("var_a",))
 
 
 @SETTINGS
@@ -314,6 +325,11 @@ def test_metrics_frechet_and_auroc_are_finite_and_refuse_nan(n, d, seed, where):
     assert 0.0 <= auc <= 1.0
     refused(metrics.auroc, with_nan(scores, where), labels, names=("scores",))
     refused(metrics.auroc, scores, labels[:-1], names=("size",))
+    ref = torch.rand(n + 2, 1, d + 1, d + 1, generator=g)
+    assert metrics.knn_labels(torch.rand(n, 1, d + 1, d + 1, generator=g), ref,
+                              torch.arange(n + 2) % 3, k=3).shape == (n,)
+    refused(metrics.knn_labels, torch.rand(n, 1, d + 2, d + 1), ref, torch.arange(n + 2) % 3,
+            names=("x and reference",))
 
 
 # --- memory -------------------------------------------------------------------------------------
@@ -337,3 +353,5 @@ def test_memory_map_chunks_equals_one_call_and_checks_its_rows(n, size, d):
     finally:
         memory.MAX_IMAGES = old
     refused(memory.chunk_slices, n, 1 - size, names=("size",))
+    refused(memory.rows_per_call, torch.tensor(float(n)), names=("0-dim",))
+    refused(memory.map_chunks, lambda v: v, x.tolist() or [1.0], names=("torch tensor",))
