@@ -238,7 +238,7 @@ def euler(field: Field, x: torch.Tensor, ts: Sequence[float]) -> torch.Tensor:
     """
     for a, b in _steps(x, ts):
         x = x + (b - a) * _value(field, x, a)
-    return x
+    return _finite_end(x, "euler")
 
 
 def heun(field: Field, x: torch.Tensor, ts: Sequence[float]) -> torch.Tensor:
@@ -259,7 +259,7 @@ def heun(field: Field, x: torch.Tensor, ts: Sequence[float]) -> torch.Tensor:
         d1 = _value(field, x, a)
         d2 = _value(field, x + h * d1, b)
         x = x + 0.5 * h * (d1 + d2)
-    return x
+    return _finite_end(x, "heun")
 
 
 def euler_maruyama(drift: Field, diffusion: Callable[[float], float], x: torch.Tensor,
@@ -286,7 +286,7 @@ def euler_maruyama(drift: Field, diffusion: Callable[[float], float], x: torch.T
         h = b - a
         z = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
         x = x + h * _value(drift, x, a) + diffusion(a) * math.sqrt(abs(h)) * z
-    return x
+    return _finite_end(x, "euler_maruyama")
 
 
 def ddim(eps: Field, sde: VPSDE, x: torch.Tensor, ts: Sequence[float]) -> torch.Tensor:
@@ -313,6 +313,19 @@ def ddim(eps: Field, sde: VPSDE, x: torch.Tensor, ts: Sequence[float]) -> torch.
         e = _value(eps, x, a)
         x0 = predict_x0(x, e, sde.alpha_bar(a), sde.sigma(a))
         x = math.sqrt(sde.alpha_bar(b)) * x0 + sde.sigma(b) * e
+    return _finite_end(x, "ddim")
+
+
+def _finite_end(x: torch.Tensor, solver: str) -> torch.Tensor:
+    """x, the solver's end state, refused if any value is NaN or infinite (one sync per
+    solve, not per step): a diverged network's NaN would otherwise come out as samples."""
+    bad = int((~torch.isfinite(x.detach())).sum()) if x.is_floating_point() else 0
+    if bad:
+        raise checks.ArgumentError(
+            f"{solver} ended with {bad} NaN or infinite values of {x.numel()}: the field "
+            "returned non-finite values on the way, or the state grew "
+            "without bound (a diverged network, NaN in x, or steps too large for the field); "
+            "check the field on the first times, or use more steps")
     return x
 
 

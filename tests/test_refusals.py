@@ -474,3 +474,19 @@ def test_beyond_predict_x0_and_predict_eps_refuse_a_broadcast_and_a_division_by_
     eps = diffusion.predict_eps(x, x * 0.5, torch.full((3, 1), 0.3))
     assert torch.allclose(diffusion.predict_x0(x, eps, torch.full((3, 1), 0.3)), x * 0.5,
                           atol=1e-5)
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun", "euler_maruyama", "ddim"])
+def test_beyond_the_sde_solvers_refuse_to_end_in_nan(solver):
+    """Was: a field returning NaN (or NaN in x) came out as a NaN state, silently."""
+    from companion import sde
+
+    vp, x, ts = sde.VPSDE(), torch.randn(3, 2), [1.0, 0.5, 0.0]
+    run = {"euler": lambda f, y: sde.euler(f, y, ts), "heun": lambda f, y: sde.heun(f, y, ts),
+           "euler_maruyama": lambda f, y: sde.euler_maruyama(f, lambda t: 1.0, y, ts),
+           "ddim": lambda f, y: sde.ddim(f, vp, y, [0.9, 0.5, 0.0])}[solver]
+    assert torch.isfinite(run(lambda y, t: -y, x)).all()
+    with pytest.raises(checks.ArgumentError, match=rf"{solver} ended with 6 NaN or infinite"):
+        run(lambda y, t: y * float("nan"), x)
+    with pytest.raises(checks.ArgumentError, match=rf"{solver} ended with [1-6] NaN"):
+        run(lambda y, t: -y, torch.where(x > x.max() - 1e-6, float("nan"), x))
