@@ -255,6 +255,11 @@ def test_sde_vp_marginal_and_solvers_keep_shapes_and_refuse_bad_times(b, d, seed
     refused(sde.euler, lambda x, s: -x, x0, [1.0, bad], names=("ts", "time"))
     refused(sde.bits_per_dim, torch.zeros(b), 0, names=("dims",))
     refused(sde.ode_log_likelihood, lambda y, s: y * NAN, x0, names=("NaN",))
+    for solver in (sde.euler, sde.heun):
+        refused(solver, lambda y, s: y * NAN, x0, [1.0, t, 0.0] if 0 < t < 1 else [1.0, 0.0],
+                names=("NaN or infinite",))
+    refused(sde.ddim, lambda y, s: -y, vp, with_nan(x0, seed), [0.9, 0.0],
+            names=("NaN or infinite",))
     refused(sde.ode_log_likelihood, lambda y, s: -y, with_nan(x0, seed), names=("x holds",))
 
 
