@@ -490,3 +490,12 @@ def test_beyond_the_sde_solvers_refuse_to_end_in_nan(solver):
         run(lambda y, t: y * float("nan"), x)
     with pytest.raises(checks.ArgumentError, match=rf"{solver} ended with [1-6] NaN"):
         run(lambda y, t: -y, torch.where(x > x.max() - 1e-6, float("nan"), x))
+
+
+def test_beyond_a_table_format_that_does_not_fit_names_its_column():
+    """Was: Python's bare 'Unknown format code 'd' for object of type 'float''."""
+    from companion.run import tables
+
+    with pytest.raises(ValueError, match=r"format ',d' cannot show row 1, column 'FD', 2\.5 "
+                                         r"\(Unknown format code 'd'.*such as '\.3f'"):
+        tables.markdown(["sampler", "FD"], [["a", 3], ["b", 2.5]], formats=[None, ",d"])

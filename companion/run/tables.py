@@ -36,6 +36,16 @@ def _cell(x, fmt: str | None) -> str:
                     f"{type(x).__name__} {x!r:.40}")
 
 
+def _formatted(x, fmt: str | None, where: str) -> str:
+    """_cell(x, fmt), a format spec that does not fit the cell's number named with it."""
+    try:
+        return _cell(x, fmt)
+    except ValueError as err:  # format()'s own: "Unknown format code 'q' for object ..."
+        raise ValueError(f"the format {fmt!r} cannot show {where}, {x!r:.40} ({err}): give "
+                         "that column a spec for its numbers, such as '.3f', ',d' or None"
+                         ) from None
+
+
 def _one_line(text: str, where: str) -> str:
     """text, refused if it holds a line break (which ends a Markdown table's row)."""
     if "\n" in text or "\r" in text:  # CommonMark's line endings
@@ -77,7 +87,8 @@ def markdown(columns: Sequence[str], rows: Iterable[Sequence], *,
     lines = ["| " + " | ".join(c.replace("|", "\\|") for c in columns) + " |",
              "|" + "|".join("---:" if num else "---" for num in numeric) + "|"]
     for i, r in enumerate(rows):
-        cells = [_one_line(_cell(x, f), f"row {i}, column {columns[j]!r}")
+        cells = [_one_line(_formatted(x, f, f"row {i}, column {columns[j]!r}"),
+                           f"row {i}, column {columns[j]!r}")
                  for j, (x, f) in enumerate(zip(r, formats, strict=True))]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     text = "\n".join(lines)
