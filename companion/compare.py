@@ -41,6 +41,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .run import checks
+
 LEVEL = 0.95  # two-sided: the verdict is "within noise" unless |z| reaches the t quantile
 
 
@@ -65,6 +67,8 @@ def welch_df(var_a: float, n_a: int, var_b: float, n_b: int) -> float:
     """
     if min(n_a, n_b) < 2:
         raise ValueError(f"each arm needs at least 2 units for its variance, got {n_a} and {n_b}")
+    var_a = checks.real("var_a (a sample variance)", var_a, low=0.0)
+    var_b = checks.real("var_b (a sample variance)", var_b, low=0.0)
     va, vb = var_a / n_a, var_b / n_b
     den = va**2 / (n_a - 1) + vb**2 / (n_b - 1)
     return math.inf if den == 0 else (va + vb) ** 2 / den
@@ -187,9 +191,16 @@ def compare(diff: float, se: float, n: int, *, df: float | None = None, test: st
     large-sample SE pass df=math.inf (the normal quantile) and name it in `test`; for two
     independent arms use `welch` (from the values) or `welch_df`.
     """
+    for name, value in (("diff", diff), ("se", se)):
+        if not isinstance(checks.as_float(value), float):
+            raise checks.ArgumentError(
+                f"{name} must be one real number (a float, or a one-element tensor), got "
+                f"{checks._got(value)}: pass the summary, e.g. float(d.mean())")
+    diff, se = checks.as_float(diff), checks.as_float(se)
     if not (math.isfinite(diff) and math.isfinite(se)) or se < 0:
         raise ValueError(f"diff must be finite and se finite and >= 0; got diff={diff!r}, "
                          f"se={se!r}")
+    n = checks.count("n (the number of units the SE was computed over)", n)
     if df is None:
         if n < 2:
             raise ValueError(f"a standard error over paired units needs n >= 2, got {n}; "
@@ -210,11 +221,20 @@ def paired_bootstrap(diff: float, boot_a, boot_b, n: int, *, unit: str = "unit",
     """
     import torch
 
-    d = (torch.as_tensor(boot_a, dtype=torch.float64)
-         - torch.as_tensor(boot_b, dtype=torch.float64))
-    if d.dim() != 1 or len(d) < 2:
-        raise ValueError(f"boot_a and boot_b must be (B,) draws with B >= 2, got shape "
-                         f"{tuple(d.shape)}")
+    n = checks.count("n (the units each bootstrap draw resamples)", n)
+    a = torch.as_tensor(boot_a, dtype=torch.float64)
+    b = torch.as_tensor(boot_b, dtype=torch.float64)
+    if a.shape != b.shape or a.dim() != 1 or len(a) < 2:
+        raise checks.ArgumentError(
+            f"boot_a and boot_b must be (B,) draws on the same B >= 2 resamples, got shapes "
+            f"{tuple(a.shape)} and {tuple(b.shape)}: pass both arms' statistics from one "
+            "metrics.frechet_bootstrap call (a (1,) would broadcast against every draw)")
+    d = a - b
+    if not bool(torch.isfinite(d).all()):
+        raise checks.ArgumentError(
+            f"boot_a - boot_b holds {int((~torch.isfinite(d)).sum())} NaN or infinite draws "
+            f"of {len(d)}: the statistic failed on those resamples; fix it there (a "
+            "covariance that is not positive definite?) rather than drop draws")
     return compare(diff, d.std().item(), n, df=math.inf, test="paired bootstrap",
                    unit=unit, level=level)
 

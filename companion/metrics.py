@@ -266,7 +266,9 @@ def active_units(mu: torch.Tensor, threshold: float = 1e-2) -> ActiveUnits:
     threshold = checks.real("threshold", threshold, low=0.0)
     if mu.dim() != 2 or len(mu) < 2:
         raise ValueError(f"mu must be (N, D) with N >= 2, got shape {tuple(mu.shape)}")
-    _check_finite(torch.as_tensor(mu), "mu", "encoder means")
+    _check_finite(torch.as_tensor(mu), "mu", "encoder means", "active_units",
+                  "a diverged encoder gives NaN means; encode finite images with a finite "
+                  "model")
     var = mu.double().var(0, unbiased=True).float()
     return ActiveUnits(int((var > threshold).sum()), var, threshold)
 
@@ -335,7 +337,8 @@ def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
                          f"{labels.numel()}")
     if not bool(((labels == 0) | (labels == 1)).all()):
         raise ValueError("labels must be 0/1 (or bool)")
-    _check_finite(scores, "scores", "scores")
+    _check_finite(scores, "scores", "scores", "auroc",
+                  "drop those units from scores and labels, or fix what scored them")
     pos = labels.bool()
     n_pos, n_neg = int(pos.sum()), int((~pos).sum())
     if n_pos == 0 or n_neg == 0:
@@ -418,17 +421,20 @@ def frechet_gaussian(mu_a: torch.Tensor, cov_a: torch.Tensor, mu_b: torch.Tensor
 
 
 
-def _check_finite(x: torch.Tensor, name: str, what: str) -> None:
-    """A clear error for NaN/inf in features or statistics (one reduction per call)."""
+def _check_finite(x: torch.Tensor, name: str, what: str, who: str = "the Fréchet distance",
+                  fix: str | None = None) -> None:
+    """A clear error for NaN/inf in features or statistics (one reduction per call); `who`
+    needs them finite, `fix` says how (the Fréchet distance's fixes unless given)."""
     bad = ~torch.isfinite(x)
     if bad.any():
         rows = bad.reshape(len(x), -1).any(1).nonzero().flatten().tolist() if x.dim() else []
         where = f" in {what} {rows[:5]}{' ...' if len(rows) > 5 else ''}" if rows else ""
-        fix = ("check the images fed to the judge (a diverged model samples NaN) and drop "
-               "or fix those rows" if what == "rows" else
-               "compute the means and covariances from finite features")
-        raise ValueError(f"{name} holds {int(bad.sum())} NaN/inf values{where}; the Fréchet "
-                         f"distance needs finite numbers: {fix}")
+        if fix is None:
+            fix = ("check the images fed to the judge (a diverged model samples NaN) and "
+                   "drop or fix those rows" if what == "rows" else
+                   "compute the means and covariances from finite features")
+        raise ValueError(f"{name} holds {int(bad.sum())} NaN/inf values{where}; {who} "
+                         f"needs finite numbers: {fix}")
 
 
 def frechet_floor(features: Callable, real: torch.Tensor, reference: torch.Tensor, n: int,
@@ -490,7 +496,8 @@ def label_histogram(probs: torch.Tensor, classes: int = 10) -> torch.Tensor:
 
 def _check_probabilities(probs: torch.Tensor) -> None:
     """Rows of class probabilities: finite, in [0, 1], summing to 1 (not logits)."""
-    _check_finite(probs, "probs", "probabilities")
+    _check_finite(probs, "probs", "probabilities", "a classifier's probabilities",
+                  "check the classifier's input images (a diverged model samples NaN)")
     p = probs.double()
     if len(p) and (p.min() < -1e-6 or p.max() > 1 + 1e-6
                    or (p.sum(1) - 1).abs().max() > 1e-3):
@@ -526,6 +533,13 @@ def knn_labels(x: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor,
     if len(reference) != len(labels) or len(reference) < k:
         raise ValueError(f"need at least k = {k} reference images with one label each, got "
                          f"{len(reference)} images and {len(labels)} labels")
+    checks.batch("x", x)
+    checks.batch("reference", reference)
+    if x.shape[1:] != reference.shape[1:]:
+        raise checks.ArgumentError(
+            f"x and reference must be images of one shape, got (N, ...) = {tuple(x.shape)} "
+            f"and (M, ...) = {tuple(reference.shape)}: the distance is between pixels, so "
+            "bring both to one size (and one range) first")
     ref = reference.flatten(1)
 
     def block(xb):

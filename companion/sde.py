@@ -238,7 +238,7 @@ def euler(field: Field, x: torch.Tensor, ts: Sequence[float]) -> torch.Tensor:
     """
     for a, b in _steps(x, ts):
         x = x + (b - a) * _value(field, x, a)
-    return x
+    return _finite_end(x, "euler")
 
 
 def heun(field: Field, x: torch.Tensor, ts: Sequence[float]) -> torch.Tensor:
@@ -259,7 +259,7 @@ def heun(field: Field, x: torch.Tensor, ts: Sequence[float]) -> torch.Tensor:
         d1 = _value(field, x, a)
         d2 = _value(field, x + h * d1, b)
         x = x + 0.5 * h * (d1 + d2)
-    return x
+    return _finite_end(x, "heun")
 
 
 def euler_maruyama(drift: Field, diffusion: Callable[[float], float], x: torch.Tensor,
@@ -286,7 +286,7 @@ def euler_maruyama(drift: Field, diffusion: Callable[[float], float], x: torch.T
         h = b - a
         z = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
         x = x + h * _value(drift, x, a) + diffusion(a) * math.sqrt(abs(h)) * z
-    return x
+    return _finite_end(x, "euler_maruyama")
 
 
 def ddim(eps: Field, sde: VPSDE, x: torch.Tensor, ts: Sequence[float]) -> torch.Tensor:
@@ -313,6 +313,19 @@ def ddim(eps: Field, sde: VPSDE, x: torch.Tensor, ts: Sequence[float]) -> torch.
         e = _value(eps, x, a)
         x0 = predict_x0(x, e, sde.alpha_bar(a), sde.sigma(a))
         x = math.sqrt(sde.alpha_bar(b)) * x0 + sde.sigma(b) * e
+    return _finite_end(x, "ddim")
+
+
+def _finite_end(x: torch.Tensor, solver: str) -> torch.Tensor:
+    """x, the solver's end state, refused if any value is NaN or infinite (one sync per
+    solve, not per step): a diverged network's NaN would otherwise come out as samples."""
+    bad = int((~torch.isfinite(x.detach())).sum()) if x.is_floating_point() else 0
+    if bad:
+        raise checks.ArgumentError(
+            f"{solver} ended with {bad} NaN or infinite values of {x.numel()}: the field "
+            "returned non-finite values on the way, or the state grew "
+            "without bound (a diverged network, NaN in x, or steps too large for the field); "
+            "check the field on the first times, or use more steps")
     return x
 
 
@@ -415,7 +428,8 @@ class Likelihood:
 def ode_log_likelihood(field: Field, x: torch.Tensor, *, t0: float = 0.0, t1: float = 1.0,
                        prior_log_p: Callable = standard_normal_log_p, probes: int | None = None,
                        rtol: float = 1e-5, atol: float = 1e-5, method: str = "RK45",
-                       generator: torch.Generator | None = None) -> Likelihood:
+                       generator: torch.Generator | None = None,
+                       max_evals: int = 100_000) -> Likelihood:
     """log p_{t0}(x) for the flow dx/dt = field(x, t), by the instantaneous change of variables.
 
     Solves d/dt [x, l] = [F(x, t), div F(x, t)] from t0 to t1 with scipy's solve_ivp, all
@@ -436,6 +450,9 @@ def ode_log_likelihood(field: Field, x: torch.Tensor, *, t0: float = 0.0, t1: fl
         atol: the solver's absolute tolerance, > 0 (default 1e-5).
         method: solve_ivp's method (default "RK45", Song et al.'s choice).
         generator: for the probes (default None: torch's global generator).
+        max_evals: the most evaluations of the field the solve may take (a stiff or
+            exploding field); a field value or divergence that is NaN or infinite (a
+            diverged network) is an error naming the time.
 
     Returns:
         Likelihood: `log_p`, log p_{t0}(x) per point (float64 (B,), nats), and `nfe`,
@@ -446,7 +463,9 @@ def ode_log_likelihood(field: Field, x: torch.Tensor, *, t0: float = 0.0, t1: fl
     from scipy.integrate import solve_ivp
 
     checks.batch("x", x, min_dims=2)
+    checks.finite("x", x, "the density is for finite points; drop or fix those first")
     t0, t1 = checks.time_span(t0, t1)
+    max_evals = checks.count("max_evals", max_evals)
     rtol = checks.positive("rtol (a positive tolerance)", rtol)
     atol = checks.positive("atol (a positive tolerance)", atol)
     v = None
@@ -463,12 +482,26 @@ def ode_log_likelihood(field: Field, x: torch.Tensor, *, t0: float = 0.0, t1: fl
         nonlocal nfe
         if not keep(nfe):  # the smoke run: a few evaluations of a big network
             raise _SmokeCut
+        if nfe >= max_evals:
+            raise RuntimeError(
+                f"the ODE solve from t = {t0:g} to {t1:g} stopped after {max_evals} "
+                f"evaluations of the field, at t = {t:.6g}: the field is stiff or grows "
+                f"without bound there; check it, loosen rtol/atol (now {rtol:g}/{atol:g}), "
+                "or raise max_evals")
         last["y"] = y
         xt = torch.from_numpy(y[:n]).to(device=device, dtype=dtype).reshape(shape)
         nfe += 1  # one evaluation of the field, however many chunks it takes
         f, div = field_and_divergence(field, xt, float(t), v)
-        return np.concatenate([f.detach().double().cpu().numpy().ravel(),
-                               div.detach().double().cpu().numpy()])
+        out = np.concatenate([f.detach().double().cpu().numpy().ravel(),
+                              div.detach().double().cpu().numpy()])
+        bad = int((~np.isfinite(out)).sum())
+        if bad:
+            raise checks.ArgumentError(
+                f"the field or its divergence is NaN or infinite at t = {t:.6g} ({bad} of "
+                f"{out.size} values, evaluation {nfe}): a diverged network or a field "
+                "undefined there; check the model on finite inputs, or end the solve "
+                "before that time (t1)")
+        return out
 
     y0 = np.concatenate([x.detach().double().cpu().numpy().ravel(), np.zeros(B)])
     try:

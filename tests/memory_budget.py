@@ -373,6 +373,9 @@ VALUE_CHECKS = ("companion.run.checks.images",
                 "companion.models.unet.UNet.check_inputs",
                 "companion.masked.check_binary",
                 "companion.masked.check_times",
+                "companion.masked.check_positive_times",
+                "companion.masked._finite_logits",
+                "companion.sde._finite_end",
                 "companion.masked.check_states",
                 "companion.models.unet.check_states")
 # Host-side arithmetic on small CPU tensors (a step list): run for real.

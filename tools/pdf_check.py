@@ -14,6 +14,10 @@ What fails it, each read from the PDF or from LaTeX's log beside it:
   block that the preamble writes into the log, see _config.yml);
 - fewer images in the PDF (`pdfimages -list`) than PNG figures the HTML pages show.
 
+A PDF that cannot be checked at all (missing, a directory, empty, not a PDF, unreadable to
+poppler, no pages, no log beside it) is one line saying what is wrong with which file, and
+exit status 2.
+
 Needs poppler-utils (pdftotext, pdfimages, pdfinfo).
 """
 
@@ -172,23 +176,74 @@ def pdf_images(listing: str) -> int:
     return sum(1 for row in rows if len(row) > 2 and row[2] == "image")
 
 
+class Unreadable(Exception):
+    """The PDF (or its log) cannot be checked at all; the message is one line naming the file."""
+
+
+REBUILD = "rebuild it (make pdf)"
+
+
 def run(*cmd: str) -> str:
+    """A poppler command's output; its failure as Unreadable with poppler's own message."""
     try:
-        return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        done = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
     except FileNotFoundError:
         sys.exit(f"{cmd[0]} not found: apt-get install poppler-utils")
+    if done.returncode != 0:
+        errors = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+        said = "; ".join(dict.fromkeys(e for e in errors if "Error" in e) or errors[-1:])
+        file = next(c for c in reversed(cmd) if c != "-")
+        raise Unreadable(f"{file}: {cmd[0]} cannot read it "
+                         f"(exit {done.returncode}: {said or 'no message'}); the file is "
+                         f"damaged or incomplete, {REBUILD}")
+    return done.stdout
+
+
+def readable(pdf: Path) -> tuple[int, str]:
+    """(pages, the LaTeX log's text) of a PDF that can be checked; Unreadable otherwise."""
+    log = pdf.with_suffix(".log")
+    if not pdf.exists():
+        raise Unreadable(f"{pdf}: no such file; build the PDF first (make pdf) or give the "
+                         "path of the one built (_build/latex/*.pdf)")
+    if pdf.is_dir():
+        inside = sorted(pdf.glob("*.pdf"))
+        raise Unreadable(f"{pdf} is a directory, not a PDF; give the PDF's path"
+                         + (f" (say {inside[0]})" if inside else ""))
+    with pdf.open("rb") as f:
+        head = f.read(5)
+    if not head:
+        raise Unreadable(f"{pdf} is empty (0 bytes): the LaTeX run that writes it stopped "
+                         f"early (see {log.name}); {REBUILD}")
+    if head != b"%PDF-":
+        raise Unreadable(f"{pdf} is not a PDF: it starts with {head!r}, not b'%PDF-'; "
+                         f"{REBUILD}")
+    try:
+        info = run("pdfinfo", str(pdf))
+    except Unreadable as e:
+        if "page count 0" not in str(e):
+            raise
+        raise Unreadable(f"{pdf} has no pages (pdfinfo: Invalid page count 0); {REBUILD}") \
+            from None
+    pages = re.search(r"(?m)^Pages:\s+(\d+)", info)
+    if pages is None or int(pages.group(1)) == 0:
+        raise Unreadable(f"{pdf} has no pages (pdfinfo: Pages: "
+                         f"{pages.group(1) if pages else 'missing'}); {REBUILD}")
+    if not log.is_file():
+        raise Unreadable(f"{log}: no such file; the check reads LaTeX's log beside the PDF "
+                         f"(the same name, .log), which make pdf keeps; {REBUILD}")
+    return int(pages.group(1)), log.read_text(errors="replace")
 
 
 def check(pdf: Path, root: Path = ROOT) -> list[str]:
-    """Every problem found in `pdf` (empty when it passes); prints what it measured."""
-    log = pdf.with_suffix(".log").read_text(errors="replace")
+    """Every problem found in `pdf` (empty when it passes); prints what it measured. A PDF
+    that cannot be checked at all raises Unreadable (see `readable`)."""
+    pages, log = readable(pdf)
     text = run("pdftotext", "-enc", "UTF-8", str(pdf), "-")
     files = toc_files(root)
     titles = expected_titles(root)
     left, right = text_block(log)
     outside = words_outside(run("pdftotext", "-bbox", str(pdf), "-"), left, right)
     figures, images = html_figures(root, files), pdf_images(run("pdfimages", "-list", str(pdf)))
-    pages = re.search(r"Pages:\s+(\d+)", run("pdfinfo", str(pdf))).group(1)
     print(f"{pdf}: {pages} pages, {pdf.stat().st_size / 2**20:.1f} MiB; {len(titles)} titles "
           f"from _toc.yml; {images} images for {figures} PNG figures in the HTML; text block "
           f"{left:.1f}-{right:.1f} pt")
@@ -209,7 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("pdf", type=Path)
     parser.add_argument("--root", type=Path, default=ROOT, help="the book's folder")
     args = parser.parse_args(argv)
-    problems = check(args.pdf, args.root)
+    try:
+        problems = check(args.pdf, args.root)
+    except Unreadable as e:
+        print(f"pdf_check: {e}", file=sys.stderr)
+        return 2
     for p in problems:
         print(p)
     print(f"{len(problems)} problem(s)" if problems else "the PDF passes every check")

@@ -104,6 +104,24 @@ def _remove_smoke_dir(pid: int) -> None:
         shutil.rmtree(_SMOKE_DIRS[pid], ignore_errors=True)
 
 
+def through_links(path: Path) -> Path:
+    """The file a checkpoint path names: `path`, or where its symbolic link (a link to a link,
+    a link to a file not there yet) leads. fit locks, writes and replaces that file, so a
+    link `latest.pt -> run.pt` stays a link and run.pt holds what was trained (replacing the
+    link itself would leave run.pt stale). The folders on the way are kept as given."""
+    path, seen = Path(path), []
+    while path.is_symlink():
+        if path in seen or len(seen) >= 40:
+            chain = " -> ".join(map(str, [*seen, path]))
+            raise CheckpointSaveError(
+                f"checkpoint path {seen[0]} is a symbolic link that leads round in a loop "
+                f"({chain}), to no file; point the link at a file, or pass the file's own "
+                "path as checkpoint=")
+        seen.append(path)
+        path = path.parent / os.readlink(path)  # a relative link: from the link's folder
+    return path
+
+
 def checkpoint_path(name: str, profile) -> Path:
     """Where the load-or-train checkpoint of `name` lives for this profile."""
     pname = getattr(profile, "name", profile)
@@ -671,7 +689,7 @@ def save_checkpoint(path: Path, model, optimizer, ema, step, history, identity,
     saved steps used (`data_order`, `data_start`), so a resumed run sees the very batches
     an uninterrupted one would. `extra`: more plain entries (the other ranks' random state
     under torchrun). The file carries a checksum of all of it ("digest")."""
-    path = Path(path)
+    path = through_links(path)
     opt_state = optimizer.state_dict()
     ema_state = ema.state_dict() if ema is not None else None
     if not all_finite(model.state_dict(), opt_state.get("state", {}), ema_state):
@@ -732,7 +750,7 @@ def seed_from(path: Path, source, expected: dict, total: int) -> None:
     `total` steps and the identity `expected` (another recipe's checkpoint is refused
     before it is copied), and is copied atomically (a Ctrl-C during the copy leaves no
     damaged file at `path`). fit then resumes from `path`."""
-    source, path = Path(source), Path(path)
+    source, path = Path(source), through_links(path)
     if not source.is_file():
         raise FileNotFoundError(f"resume_from={source} does not exist: train the early run "
                                 "first (e.g. recipes.ddpm(..., steps=...)), or pass "

@@ -146,6 +146,16 @@ def tensor(name: str, value, *, dims: int | None = None, floating: bool = False,
     return value
 
 
+def finite(name: str, x: torch.Tensor, fix: str) -> torch.Tensor:
+    """`x` (a tensor) if every value is finite; else an error saying how many are NaN or
+    infinite, and `fix`. One device sync: for inputs, not for every step of a loop."""
+    bad = int((~torch.isfinite(x.detach())).sum()) if x.is_floating_point() else 0
+    if bad:
+        raise ArgumentError(f"{name} holds {bad} NaN or infinite value{'s' * (bad > 1)} (of "
+                            f"{x.numel()}): {fix}")
+    return x
+
+
 def images(name: str, x, *, low: float = 0.0, high: float = 1.0, shape=None,
            tolerance: float = 0.01) -> torch.Tensor:
     """`x` if it is a float tensor of images (B, ...) whose values lie in [low, high] (give
@@ -332,22 +342,27 @@ def sigma_grid(sigmas) -> list[float]:
     return s.tolist()
 
 
-def model_steps(model, steps: int, *, what: str, fix: str) -> None:
+def model_steps(model, steps: int, *, what: str, fix: str, who: str = "the model") -> None:
     """A U-Net built for another number of steps (its config.T) than `steps` would take
-    the steps silently: `what` names where `steps` comes from, `fix` how to agree."""
+    the steps silently: `what` names where `steps` comes from, `fix` how to agree, `who`
+    the model (the teacher, the student)."""
     T = getattr(getattr(model, "config", None), "T", None)
     if isinstance(T, int) and T != steps:
-        raise ArgumentError(f"the model was built for T = {T} steps but {what} has "
+        raise ArgumentError(f"{who} was built for T = {T} steps but {what} has "
                             f"{steps}: {fix}")
 
 
-def grid_intervals(K, model=None) -> int:
+def grid_intervals(K, *models, who: tuple[str, ...] = ()) -> int:
     """K, the number of intervals of the flow's grid tau = k / K, as a positive int; with
-    `model`, refused unless the model was built for the K + 1 grid times (its config.T)."""
+    `models`, refused unless each was built for the K + 1 grid times (its config.T): a model
+    of T = 41 on K = 10 would read tau = 1 as tau = 0.25. `who` names the models (by
+    default "the model"). The one check of a grid against a model (flow, fewstep)."""
     K = count("K (grid intervals of tau, a positive int)", K)
-    if model is not None:
-        model_steps(model, K + 1, what=f"the grid of tau, K + 1 = {K + 1} times", fix="build "
-                    f"the U-Net with preset(..., T={K + 1}), or pass the K it was trained on")
+    for i, model in enumerate(models):
+        if model is not None:
+            model_steps(model, K + 1, what=f"the grid of tau, K + 1 = {K + 1} times",
+                        who=who[i] if i < len(who) else "the model", fix="build the U-Net "
+                        f"with preset(..., T={K + 1}), or pass the K it was trained on")
     return K
 
 

@@ -18,7 +18,13 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 from typing import Any
+
+import numpy as np
+import torch
+
+from companion.run import checks
 
 GLUE_PREFIX = "application/papermill.record/"
 DIGITS = 4
@@ -30,20 +36,61 @@ def round_significant(x: float, digits: int = DIGITS) -> float:
 
     A stored 1.305 (from 1.3054) would read as a tie to the prose's `:.2f` and print 1.30
     where x gives 1.31; so while the rounded value's last non-zero digit is a 5 and it is
-    not x itself, one more digit is kept (1.3054). Then rounding the stored value to fewer
-    digits always agrees with rounding x. NaN and infinities are returned unchanged.
+    not x itself, one more digit is kept (1.3054; 0.0497 to one digit stays 0.0497, not 0.05,
+    which `:.1f` shows as 0.1 where x gives 0.0). Rounding x to the digits kept cannot step
+    past a tie of a coarser digit, only land on one; so then rounding the stored value to
+    fewer digits, or to fewer decimals, always agrees with rounding x (to the digits stored).
+    NaN and infinities are returned unchanged.
     """
-    if isinstance(digits, bool) or not isinstance(digits, numbers.Integral) or digits < 1:
-        raise ValueError(f"digits must be a whole number >= 1, got {digits!r}")
+    digits = _digits(digits)
     x = float(x)
     if x == 0 or not math.isfinite(x):
         return x
-    for n in range(int(digits), 18):
+    for n in range(digits, 18):
         text = f"{x:.{n - 1}e}"
-        mantissa = text.split("e")[0].rstrip("0")
+        mantissa = text.split("e")[0].rstrip("0").rstrip(".")  # '5.0' ends in a 5 too
         if not mantissa.endswith("5") or float(text) == x:
             break
     return float(text)
+
+
+def _digits(digits) -> int:
+    try:
+        return checks.count("digits", digits)
+    except checks.ArgumentError as e:
+        raise checks.ArgumentError(f"{e} (the significant digits glue stores of a real "
+                                   "number: at least as many as the prose shows, say 4)") \
+            from None
+
+
+def _non_finite(value: Any, depth: int = 0) -> float | None:
+    """The first NaN or infinity inside value (a number, tensor, array, or a list, tuple, set
+    or dict of them), or None."""
+    if isinstance(value, bool | numbers.Integral | str | bytes) or value is None or depth > 20:
+        return None
+    if isinstance(value, numbers.Number):
+        z = complex(value)
+        return None if math.isfinite(z.real) and math.isfinite(z.imag) else value
+    if torch.is_tensor(value):
+        if not (value.is_floating_point() or value.is_complex()):
+            return None
+        bad = value.detach()[~torch.isfinite(value.detach())]
+        return bad.flatten()[0].item() if bad.numel() else None
+    if isinstance(value, np.ndarray | np.generic):
+        if value.dtype.kind in "fc":
+            bad = np.asarray(value)[~np.isfinite(value)]
+            return bad.flat[0].item() if bad.size else None
+        if value.dtype.kind == "O":
+            return _non_finite(np.asarray(value).tolist(), depth + 1)
+        return None
+    if isinstance(value, Mapping):
+        value = list(value.values())
+    if isinstance(value, list | tuple | set | frozenset):
+        for v in value:
+            bad = _non_finite(v, depth + 1)
+            if bad is not None:
+                return bad
+    return None
 
 
 def _real_value(variable: Any) -> float | None:
@@ -71,10 +118,13 @@ def glue(name: str, variable: Any, display: bool = True, digits: int = DIGITS) -
     from IPython.core.formatters import format_display_data
     from IPython.display import display as ipy_display
 
+    digits = _digits(digits)
     real = _real_value(variable)
-    if real is not None and not math.isfinite(real):
-        raise ValueError(f"glue({name!r}, {real}): a NaN or infinite number would be quoted "
-                         "in the prose as a result; find where it stopped being finite")
+    bad = real if real is not None and not math.isfinite(real) else _non_finite(variable)
+    if bad is not None:
+        inside = "" if real is not None else f" (inside a {type(variable).__name__})"
+        raise ValueError(f"glue({name!r}, {bad}{inside}): a NaN or infinite number would be "
+                         "quoted in the prose as a result; find where it stopped being finite")
     stored = variable if real is None else round_significant(real, digits)
     bundle, metadata = format_display_data(stored)
     prefix = "" if display else GLUE_PREFIX

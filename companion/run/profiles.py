@@ -137,7 +137,8 @@ def smoke_mode() -> bool:
 
     Like Lightning's `fast_dev_run`, so that the `gpu` profile's code runs on a CPU in
     minutes: `fit` stops after SMOKE_STEPS optimizer steps and writes its checkpoints to a
-    throwaway folder, never the normal cache; `get_profile` gives the ci profile's data
+    throwaway folder, never the normal cache (a data download goes there too; data already
+    in the user's folder is read); `get_profile` gives the ci profile's data
     slice and counts; and a loop that would take longer than SMOKE_LOOP seconds at more than
     SMOKE_PACE a step (a sampler calling a gpu-sized network a thousand times) is thinned to
     about SMOKE_KEEP evenly spaced iterations, its first and last kept, while a cheaper one

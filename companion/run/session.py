@@ -38,6 +38,7 @@ from .checkpoint import (
     rng_state,
     save_checkpoint,
     set_rng_state,
+    through_links,
 )
 from .fit_checks import loss_and_metrics, mismatch
 from .progress import progress
@@ -232,6 +233,7 @@ class Run:
         resume from it if it exists."""
         if self.ranks is not None:  # rank 0's path (a smoke run's cache is per process)
             path = Path(self.ranks.from_leader(str(path)))
+        path = through_links(path)  # latest.pt -> run.pt: lock, resume and write run.pt
         self.path, self.identity = path, ident
         self.policy = _SavePolicy(self.total, save_every, save_seconds)
         if self.leader:

@@ -36,6 +36,25 @@ def _cell(x, fmt: str | None) -> str:
                     f"{type(x).__name__} {x!r:.40}")
 
 
+def _formatted(x, fmt: str | None, where: str) -> str:
+    """_cell(x, fmt), a format spec that does not fit the cell's number named with it."""
+    try:
+        return _cell(x, fmt)
+    except ValueError as err:  # format()'s own: "Unknown format code 'q' for object ..."
+        raise ValueError(f"the format {fmt!r} cannot show {where}, {x!r:.40} ({err}): give "
+                         "that column a spec for its numbers, such as '.3f', ',d' or None"
+                         ) from None
+
+
+def _one_line(text: str, where: str) -> str:
+    """text, refused if it holds a line break (which ends a Markdown table's row)."""
+    if "\n" in text or "\r" in text:  # CommonMark's line endings
+        raise ValueError(f"a table cell must be one line, but {where} holds a line break: "
+                         f"{text!r:.60}; a Markdown row ends at a line break, so the table "
+                         "would break there. Join the lines (say with ' ' or '; ')")
+    return text
+
+
 def markdown(columns: Sequence[str], rows: Iterable[Sequence], *,
              formats: Sequence[str | None] | None = None, title: str | None = None,
              align: str | None = None) -> str:
@@ -63,11 +82,15 @@ def markdown(columns: Sequence[str], rows: Iterable[Sequence], *,
             raise ValueError(f"align must be {k} letters 'l' or 'r', one per column, got "
                              f"{align!r}")
         numeric = [a == "r" for a in align]
+    for j, c in enumerate(columns):
+        _one_line(c, f"the header of column {j}")
     lines = ["| " + " | ".join(c.replace("|", "\\|") for c in columns) + " |",
              "|" + "|".join("---:" if num else "---" for num in numeric) + "|"]
-    for r in rows:
-        cells = [_cell(x, f).replace("|", "\\|") for x, f in zip(r, formats, strict=True)]
-        lines.append("| " + " | ".join(cells) + " |")
+    for i, r in enumerate(rows):
+        cells = [_one_line(_formatted(x, f, f"row {i}, column {columns[j]!r}"),
+                           f"row {i}, column {columns[j]!r}")
+                 for j, (x, f) in enumerate(zip(r, formats, strict=True))]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     text = "\n".join(lines)
     return f"{title}\n\n{text}" if title else text
 
