@@ -420,7 +420,6 @@ def frechet_gaussian(mu_a: torch.Tensor, cov_a: torch.Tensor, mu_b: torch.Tensor
     return max(d2.item(), 0.0)
 
 
-
 def _check_finite(x: torch.Tensor, name: str, what: str, who: str = "the Fréchet distance",
                   fix: str | None = None) -> None:
     """A clear error for NaN/inf in features or statistics (one reduction per call); `who`
