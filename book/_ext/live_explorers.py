@@ -1,0 +1,118 @@
+"""Explorers that move on the web page: no kernel, no server, no CDN.
+
+A chapter's explorer cell (the one that calls `kl_explorer(...)` and friends, which only
+move in Jupyter or Colab) names its web explorer in its metadata:
+
+    explorer: {name: kl, args: {...}, widget: true}
+
+With `widget: true` the cell's output (the ipywidget, which needs a kernel) is replaced by
+the explorer; without it (a diffusion chapter's figure or table, which stays as the static
+view) the explorer follows the cell's output.
+
+At build time, for the HTML builders only, this extension computes the explorer's states
+with `companion.page_explorers.page_state(name, **args)` (the same companion functions the
+notebook's widget calls), and puts them in the cell's place of the widget's output as JSON
+inside a `<div class="book-explorer" hidden>`. book/_ext/live_explorers/explorers.js, added
+only to pages that have an explorer, draws the controls and the figure from them; without
+JavaScript the div stays hidden and the static snapshot figure that follows each explorer
+in the chapter is what the reader sees (and what the PDF shows: other builders are left
+alone). The states are cached by a hash of companion's sources and the arguments, under
+the doctree folder, so an incremental build does not compute them again.
+
+The ipywidgets embed manager and require.js, which myst-nb would load from two CDNs on
+pages with saved widget state, are switched off in _config.yml (`nb_ipywidgets_js: {}`):
+their sliders could not run the Python callbacks, and the book makes no external request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import sys
+from pathlib import Path
+
+from docutils import nodes
+
+ROOT = Path(__file__).resolve().parents[2]
+STATIC = Path(__file__).resolve().parent / "live_explorers"
+SCRIPT, STYLE = "book-explorers.js", "book-explorers.css"
+
+
+def _source_hash() -> str:
+    h = hashlib.sha256()
+    for path in sorted((ROOT / "companion").rglob("*.py")):
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def state_json(name: str, args: dict, cache: Path | None = None) -> str:
+    """The explorer's state as JSON text, from the cache when companion has not changed."""
+    key = hashlib.sha256(json.dumps([name, args, _source_hash()], sort_keys=True).encode())
+    path = cache / f"{name}-{key.hexdigest()[:16]}.json" if cache else None
+    if path is not None and path.exists():
+        return path.read_text()
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import torch
+
+    from companion.page_explorers import page_state
+
+    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
+    torch.set_num_threads(1)  # small tensors: threads only pay for synchronization
+    try:
+        text = json.dumps(page_state(name, **args), separators=(",", ":"))
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_default_dtype(dtype)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return text
+
+
+def explorer_html(name: str, text: str) -> str:
+    safe = text.replace("</", "<\\/")  # nothing in the JSON can close the script element
+    return (f'<div class="book-explorer" data-explorer="{html.escape(name)}" hidden>'
+            f'<script type="application/json" class="book-explorer-state">{safe}</script>'
+            "</div>")
+
+
+def _insert_explorers(app, doctree) -> None:
+    if app.builder.format != "html":
+        return
+    cache = Path(app.doctreedir) / "live-explorers"
+    found = False
+    for cell in doctree.findall(nodes.container):
+        meta = cell.get("cell_metadata") or {}
+        spec = meta.get("explorer")
+        if cell.get("nb_element") != "cell_code" or not spec:
+            continue
+        name, args = spec["name"], spec.get("args", {})
+        raw = nodes.raw("", explorer_html(name, state_json(name, args, cache)), format="html")
+        if spec.get("widget"):  # the cell shows the Jupyter widget: no kernel here to move it
+            for out in [c for c in cell.children if c.get("nb_element") == "cell_code_output"]:
+                cell.remove(out)
+        cell.append(nodes.container("", raw, classes=["cell_output", "book-explorer-output"],
+                                    nb_element="cell_code_output"))
+        found = True
+    if found:
+        app.env.metadata[app.env.docname]["book_explorers"] = True
+
+
+def _page_assets(app, pagename, templatename, context, doctree) -> None:
+    if app.builder.format == "html" and app.env.metadata.get(pagename, {}).get(
+            "book_explorers"):
+        app.add_js_file(SCRIPT, defer="defer")
+        app.add_css_file(STYLE)
+
+
+def _static_path(app, config) -> None:
+    config.html_static_path.append(str(STATIC))
+
+
+def setup(app):
+    app.connect("config-inited", _static_path)
+    app.connect("doctree-read", _insert_explorers)
+    app.connect("html-page-context", _page_assets)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
