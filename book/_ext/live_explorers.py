@@ -19,6 +19,9 @@ in the chapter is what the reader sees (and what the PDF shows: other builders a
 alone). The states are cached by a hash of companion's sources and the arguments, under
 the doctree folder, so an incremental build does not compute them again.
 
+The chapters' Colab badges, images on colab.research.google.com, are served from the
+book's own _static folder (a local drawing of the badge, `colab-badge.svg`).
+
 The ipywidgets embed manager and require.js, which myst-nb would load from two CDNs on
 pages with saved widget state, are switched off in _config.yml (`nb_ipywidgets_js: {}`):
 their sliders could not run the Python callbacks, and the book makes no external request.
@@ -36,7 +39,13 @@ from docutils import nodes
 
 ROOT = Path(__file__).resolve().parents[2]
 STATIC = Path(__file__).resolve().parent / "live_explorers"
-SCRIPT, STYLE = "book-explorers.js", "book-explorers.css"
+SCRIPT, STYLE, BADGE = "book-explorers.js", "book-explorers.css", "colab-badge.svg"
+
+
+def _this_checkout() -> None:
+    """companion is imported from the book's root, whatever is installed."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
 
 
 def _source_hash() -> str:
@@ -52,8 +61,7 @@ def state_json(name: str, args: dict, cache: Path | None = None) -> str:
     path = cache / f"{name}-{key.hexdigest()[:16]}.json" if cache else None
     if path is not None and path.exists():
         return path.read_text()
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
+    _this_checkout()
     import torch
 
     from companion.page_explorers import page_state
@@ -101,10 +109,19 @@ def _insert_explorers(app, doctree) -> None:
 
 
 def _page_assets(app, pagename, templatename, context, doctree) -> None:
-    if app.builder.format == "html" and app.env.metadata.get(pagename, {}).get(
-            "book_explorers"):
+    if app.builder.format != "html":
+        return
+    if app.env.metadata.get(pagename, {}).get("book_explorers"):
         app.add_js_file(SCRIPT, defer="defer")
         app.add_css_file(STYLE)
+    # Each chapter's Colab badge is an image on colab.research.google.com: the page shows a
+    # local copy instead, so that opening the book sends no request off the machine.
+    _this_checkout()
+    from companion.run.colab import BADGE_IMAGE
+
+    if "body" in context and BADGE_IMAGE in context["body"]:
+        context["body"] = context["body"].replace(
+            BADGE_IMAGE, context["pathto"]("_static/" + BADGE, 1))
 
 
 def _static_path(app, config) -> None:

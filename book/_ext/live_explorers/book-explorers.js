@@ -390,12 +390,15 @@
       const ax = axes(f.svg, nw ? {x: 40, y: 20, w: 290, h: 290} : {x: 40, y: 20, w: 250, h: 250},
                       [-2.6, 2.6], [-2.6, 2.6],
                       {title: `x_t, t = ${t}`, nx: 4, ny: 4});
-      const ra = Math.sqrt(a), rb = Math.sqrt(1 - a);
+      const ra = Math.sqrt(a), rb = Math.sqrt(1 - a), xt = new Float64Array(2 * n);
       let d = "";
       for (let i = 0; i < n; i++) {
         const x = ra * x0[2 * i] + rb * eps[2 * i], y = ra * x0[2 * i + 1] + rb * eps[2 * i + 1];
+        xt[2 * i] = x;
+        xt[2 * i + 1] = y;
         d += `M${ax.sx(x).toFixed(1)},${ax.sy(y).toFixed(1)}h0`;
       }
+      root.bxPoints = xt;  // what is drawn, for tests/test_browser.py to hold to Python
       el("path", {d, stroke: C[0], "stroke-width": 3, "stroke-linecap": "round"}, ax.plot);
       for (const [mx, my] of st.means) {
         const X = ax.sx(ra * mx), Y = ax.sy(ra * my);
