@@ -1190,9 +1190,10 @@ def test_forward_explorer_draws_q_sample(browser, server):
     for t, sched in [(37, "linear"), (640, "cosine")]:
         set_control(browser, idx, controls["t"], t)
         set_control(browser, idx, controls["schedule"], sched)
-        drawn = torch.tensor(browser.evaluate(js("Array.from(ROOT.bxPoints)", idx)))
+        drawn = torch.tensor(browser.evaluate(js("Array.from(ROOT.bxPoints)", idx)),
+                             dtype=torch.float64)
         betas = {"linear": dm.linear_betas, "cosine": dm.cosine_betas}[sched](1000)
-        want = dm.Diffusion(betas.double()).q_sample(arr["x0"], t - 1, arr["eps"])
+        want = dm.Diffusion(betas).q_sample(arr["x0"], t, arr["eps"])  # step t of 1..T
         assert torch.allclose(drawn.reshape(want.shape), want, atol=1e-12), (t, sched)
 
 
@@ -1213,13 +1214,16 @@ def test_explorer_page_weight(site, page):
 @pytest.mark.parametrize("page", list(EXPLORERS))
 def test_explorer_without_javascript_shows_the_snapshot(browser, server, page):
     """With JavaScript off the explorer stays hidden (no dead controls) and the static view
-    is what the reader sees: a figure or printed output in the explorer's cell or the next."""
+    is what the reader sees: a figure or printed output in the explorer's cell or the next
+    code cell (the chapters' snapshot figures, after a sentence that introduces them)."""
     set_width(browser, DESKTOP)
     browser.call("Emulation.setScriptExecutionDisabled", session=True, value=True)
     try:
         browser.goto(server + page)
         found = browser.evaluate("""(() => [...document.querySelectorAll('.book-explorer')]
-          .map(e => { const cell = e.closest('div.cell'), next = cell.nextElementSibling;
+          .map(e => { const cell = e.closest('div.cell');
+            let next = cell.nextElementSibling;  // the next code cell, past a paragraph
+            while (next && !next.matches('div.cell')) next = next.nextElementSibling;
             const shows = c => !!c && [...c.querySelectorAll(
               '.cell_output img, .cell_output pre, .cell_output table')]
               .some(o => o.checkVisibility() && !o.closest('.book-explorer')

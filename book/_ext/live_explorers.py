@@ -20,7 +20,9 @@ alone). The states are cached by a hash of companion's sources and the arguments
 the doctree folder, so an incremental build does not compute them again.
 
 The chapters' Colab badges, images on colab.research.google.com, are served from the
-book's own _static folder (a local drawing of the badge, `colab-badge.svg`).
+book's own _static folder (a local drawing of the badge, `colab-badge.svg`); the link to
+Font Awesome 4 on a CDN that matplotlib's animations (`to_jshtml`) carry is dropped, since
+the theme's local Font Awesome draws their buttons' icons.
 
 The ipywidgets embed manager and require.js, which myst-nb would load from two CDNs on
 pages with saved widget state, are switched off in _config.yml (`nb_ipywidgets_js: {}`):
@@ -32,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -40,6 +43,9 @@ from docutils import nodes
 ROOT = Path(__file__).resolve().parents[2]
 STATIC = Path(__file__).resolve().parent / "live_explorers"
 SCRIPT, STYLE, BADGE = "book-explorers.js", "book-explorers.css", "colab-badge.svg"
+JSHTML_ICONS = "maxcdn.bootstrapcdn.com/font-awesome/"
+JSHTML_ICONS_LINK = re.compile(r'<link rel="stylesheet"\s+href="https://'
+                               + re.escape(JSHTML_ICONS) + r'[^"]*">')
 
 
 def _this_checkout() -> None:
@@ -122,6 +128,10 @@ def _page_assets(app, pagename, templatename, context, doctree) -> None:
     if "body" in context and BADGE_IMAGE in context["body"]:
         context["body"] = context["body"].replace(
             BADGE_IMAGE, context["pathto"]("_static/" + BADGE, 1))
+    # matplotlib's animations (FuncAnimation.to_jshtml) link Font Awesome 4 from a CDN for
+    # their buttons' icons; the theme's own Font Awesome (a local script) draws them.
+    if "body" in context and JSHTML_ICONS in context["body"]:
+        context["body"] = JSHTML_ICONS_LINK.sub("", context["body"])
 
 
 def _static_path(app, config) -> None:
