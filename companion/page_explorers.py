@@ -30,8 +30,10 @@ F64 = torch.float64
 
 
 def pack(a, dtype: str = "f64") -> dict:
-    """An array as {"shape", dtype: base64 of its little-endian bytes} (dtype f64 or f32)."""
-    arr = np.ascontiguousarray(np.asarray(a, dtype="<f8" if dtype == "f64" else "<f4"))
+    """An array as {"shape", dtype: base64 of its little-endian bytes} (dtype f64, f32 or
+    f16: half precision for network weights, which the page widens to float32)."""
+    arr = np.ascontiguousarray(np.asarray(a, dtype={"f64": "<f8", "f32": "<f4",
+                                                    "f16": "<f2"}[dtype]))
     return {"shape": list(arr.shape), dtype: base64.b64encode(arr.tobytes()).decode()}
 
 
@@ -232,8 +234,55 @@ def fewstep_page(n: int = 300, n_paths: int = 40,
                         mix.means.to(F64), "the exact map", "exact map")
 
 
-PAGES = {"kl": kl_page, "elbo": elbo_page, "pinned": pinned_page, "forward": forward_page,
-         "solvers": solvers_page, "fewstep": fewstep_page}
+# --- chapter 6: the 2-D VAE's decoder, run in the page ------------------------------------------
+def save_latent_decoder(model, path) -> None:
+    """The decoder of a VAE with an MLP decoder (linear layers with ReLU between them,
+    Bernoulli logits out) as half-precision arrays W0, b0, W1, b1, ... in an .npz file, for
+    the page's latent explorer (`latent_page`). A 2 -> 512 -> 784 decoder is 0.8 MB."""
+    linears = [m for m in model.decoder.modules() if isinstance(m, torch.nn.Linear)]
+    if getattr(model, "arch", None) != "mlp" or model.likelihood != "bernoulli":
+        raise ValueError("save_latent_decoder takes a VAE with arch='mlp' and Bernoulli "
+                         "likelihood")
+    arrays = {}
+    for k, lin in enumerate(linears):
+        arrays[f"W{k}"] = lin.weight.detach().cpu().numpy().astype("<f2")
+        arrays[f"b{k}"] = lin.bias.detach().cpu().numpy().astype("<f2")
+    np.savez(path, **arrays)
+
+
+def latent_decoder(path) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The layers (W, b) saved by `save_latent_decoder`, as float32 tensors."""
+    with np.load(path) as f:
+        n = len([k for k in f.files if k.startswith("W")])
+        return [(torch.from_numpy(f[f"W{k}"].astype("<f4")),
+                 torch.from_numpy(f[f"b{k}"].astype("<f4"))) for k in range(n)]
+
+
+def latent_mean_image(layers, z: torch.Tensor) -> torch.Tensor:
+    """The decoder's mean image (pixel probabilities) at z (..., 2): (..., 28, 28), float32,
+    as the page computes it (ReLU between layers, a sigmoid at the end)."""
+    h = z.to(torch.float32)
+    for k, (W, b) in enumerate(layers):
+        h = h @ W.T + b
+        if k < len(layers) - 1:
+            h = h.relu()
+    return torch.sigmoid(h).reshape(*z.shape[:-1], 28, 28)
+
+
+def latent_page(stored, span: float = 2.5, step: float = 0.05, dims=(0, 1)) -> dict:
+    """Chapter 6: the latent explorer (`latent.latent_explorer`'s sliders: each latent
+    coordinate from -span to span by step) with the decoder's weights, which the page runs
+    (two small matrix products a position: exact arithmetic, held to Python by
+    tests/test_browser.py). stored: an .npz file written by `save_latent_decoder`."""
+    layers = latent_decoder(stored)
+    return {"kind": "latent",
+            "controls": [control(f"z{d}", f"z[{d}]", -span, span, step, 0.0) for d in dims],
+            "layers": [{"W": pack(W.numpy(), "f16"), "b": pack(b.numpy(), "f16")}
+                       for W, b in layers]}
+
+
+PAGES = {"kl": kl_page, "elbo": elbo_page, "pinned": pinned_page, "latent": latent_page,
+         "forward": forward_page, "solvers": solvers_page, "fewstep": fewstep_page}
 
 
 def page_state(name: str, **kwargs) -> dict:

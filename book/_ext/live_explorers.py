@@ -39,9 +39,11 @@ import sys
 from pathlib import Path
 
 from docutils import nodes
+from sphinx.util import logging
 
 ROOT = Path(__file__).resolve().parents[2]
 STATIC = Path(__file__).resolve().parent / "live_explorers"
+logger = logging.getLogger(__name__)
 SCRIPT, STYLE, BADGE = "book-explorers.js", "book-explorers.css", "colab-badge.svg"
 JSHTML_ICONS = "maxcdn.bootstrapcdn.com/font-awesome/"
 JSHTML_ICONS_LINK = re.compile(r'<link rel="stylesheet"\s+href="https://'
@@ -62,8 +64,15 @@ def _source_hash() -> str:
 
 
 def state_json(name: str, args: dict, cache: Path | None = None) -> str:
-    """The explorer's state as JSON text, from the cache when companion has not changed."""
-    key = hashlib.sha256(json.dumps([name, args, _source_hash()], sort_keys=True).encode())
+    """The explorer's state as JSON text, from the cache when companion has not changed (nor
+    the stored arrays that args["stored"], a path from the book's root, names)."""
+    stored = ""
+    if "stored" in args:
+        path_ = ROOT / args["stored"]
+        stored = hashlib.sha256(path_.read_bytes()).hexdigest()
+        args = {**args, "stored": str(path_)}
+    key = hashlib.sha256(json.dumps([name, args, _source_hash(), stored],
+                                    sort_keys=True).encode())
     path = cache / f"{name}-{key.hexdigest()[:16]}.json" if cache else None
     if path is not None and path.exists():
         return path.read_text()
@@ -103,6 +112,11 @@ def _insert_explorers(app, doctree) -> None:
         if cell.get("nb_element") != "cell_code" or not spec:
             continue
         name, args = spec["name"], spec.get("args", {})
+        if "stored" in args and not (ROOT / args["stored"]).exists():
+            # the arrays come from the chapter's run: until it has saved them the cell keeps
+            # its static view (and test_every_widget_has_a_web_explorer lists it as open)
+            logger.info(f"live_explorers: {args['stored']} is absent, no {name} explorer")
+            continue
         raw = nodes.raw("", explorer_html(name, state_json(name, args, cache)), format="html")
         if spec.get("widget"):  # the cell shows the Jupyter widget: no kernel here to move it
             for out in [c for c in cell.children if c.get("nb_element") == "cell_code_output"]:

@@ -9,12 +9,22 @@
   const C = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"];  // matplotlib's C0-C4
 
   // --- arrays -------------------------------------------------------------------------------
+  function half(h) {  // an IEEE half-precision number (its 16 bits) as a JS number
+    const s = h & 0x8000 ? -1 : 1, e = (h >> 10) & 0x1f, m = h & 0x3ff;
+    if (e === 0) return s * m * 2 ** -24;
+    if (e === 31) return m ? NaN : s * Infinity;
+    return s * (1 + m / 1024) * 2 ** (e - 15);
+  }
+
   function unpack(p) {
-    const key = p.f64 !== undefined ? "f64" : "f32";
+    const key = ["f64", "f32", "f16"].find(k => p[k] !== undefined);
     const bin = atob(p[key]);
     const bytes = new Uint8Array(bin.length);
     for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
-    const data = key === "f64" ? new Float64Array(bytes.buffer) : new Float32Array(bytes.buffer);
+    let data;
+    if (key === "f64") data = new Float64Array(bytes.buffer);
+    else if (key === "f32") data = new Float32Array(bytes.buffer);
+    else data = Float32Array.from(new Uint16Array(bytes.buffer), half);  // widened, exact
     data.shape = p.shape;
     return data;
   }
@@ -369,6 +379,48 @@
     return `${d}Z`;
   }
 
+  // --- chapter 6: the 2-D VAE's decoder at (z[0], z[1]) ---------------------------------------
+  function latent(root, st) {
+    const f = frame(root, 300, 300, "the decoder's mean image at the chosen latent point");
+    const layers = st.layers.map(l => ({W: unpack(l.W), b: unpack(l.b)}));
+    const [c0, c1] = st.controls;
+    const canvas = document.createElement("canvas");
+    canvas.width = canvas.height = 28;
+    const ctx = canvas.getContext("2d"), img = ctx.createImageData(28, 28);
+    const decode = z => {  // ReLU between the linear layers, a sigmoid at the end
+      let h = Float64Array.from(z);
+      layers.forEach(({W, b}, k) => {
+        const [n, m] = W.shape, out = new Float64Array(n);
+        for (let i = 0; i < n; i++) {
+          let a = b[i];
+          for (let j = 0; j < m; j++) a += W[i * m + j] * h[j];
+          out[i] = k < layers.length - 1 ? Math.max(a, 0) : 1 / (1 + Math.exp(-a));
+        }
+        h = out;
+      });
+      return h;
+    };
+    const draw = () => {
+      const z = [get0(), get1()], p = decode(z);
+      root.bxImage = p;  // what is drawn, for tests/test_browser.py to hold to Python
+      f.readout.textContent = `z = (${fixed(z[0], 2)}, ${fixed(z[1], 2)}): mean pixel ` +
+        `${fixed(p.reduce((a, v) => a + v, 0) / p.length, 4)}`;
+      for (let i = 0; i < p.length; i++) {  // matplotlib's gray, vmin 0, vmax 1
+        const g = Math.round(255 * p[i]);
+        img.data.set([g, g, g, 255], 4 * i);
+      }
+      ctx.putImageData(img, 0, 0);
+      clear(f.svg);
+      f.size(300, 300);
+      el("image", {href: canvas.toDataURL(), x: 10, y: 10, width: 280, height: 280,
+                   preserveAspectRatio: "none", style: "image-rendering: pixelated"}, f.svg);
+      el("rect", {x: 10, y: 10, width: 280, height: 280, class: "bx-frame"}, f.svg);
+    };
+    const get0 = slider(f.controls, c0, draw), get1 = slider(f.controls, c1, draw);
+    f.svg.style.maxWidth = "300px";
+    register(f, draw);
+  }
+
   // --- chapter 8: the forward process on the mixture ----------------------------------------
   function forward(root, st) {
     const f = frame(root, 680, 300, "samples of x_t on the mixture, and the schedules");
@@ -507,7 +559,7 @@
     register(f, draw);
   }
 
-  const KINDS = {kl, elbo, pinned, forward, solvers, fewstep: solvers};
+  const KINDS = {kl, elbo, pinned, latent, forward, solvers, fewstep: solvers};
 
   function start() {
     document.querySelectorAll(".book-explorer").forEach((root, i) => {
