@@ -101,11 +101,10 @@ def explorer_html(name: str, text: str) -> str:
             "</div>")
 
 
-def _insert_explorers(app, doctree) -> None:
+def _insert_explorers(app, doctree, docname) -> None:
     if app.builder.format != "html":
         return
     cache = Path(app.doctreedir) / "live-explorers"
-    found = False
     for cell in doctree.findall(nodes.container):
         meta = cell.get("cell_metadata") or {}
         spec = meta.get("explorer")
@@ -123,15 +122,12 @@ def _insert_explorers(app, doctree) -> None:
                 cell.remove(out)
         cell.append(nodes.container("", raw, classes=["cell_output", "book-explorer-output"],
                                     nb_element="cell_code_output"))
-        found = True
-    if found:
-        app.env.metadata[app.env.docname]["book_explorers"] = True
 
 
 def _page_assets(app, pagename, templatename, context, doctree) -> None:
     if app.builder.format != "html":
         return
-    if app.env.metadata.get(pagename, {}).get("book_explorers"):
+    if 'class="book-explorer"' in context.get("body", ""):
         app.add_js_file(SCRIPT, defer="defer")
         app.add_css_file(STYLE)
     # Each chapter's Colab badge is an image on colab.research.google.com: the page shows a
@@ -154,6 +150,8 @@ def _static_path(app, config) -> None:
 
 def setup(app):
     app.connect("config-inited", _static_path)
-    app.connect("doctree-read", _insert_explorers)
+    # doctree-resolved: each builder's own copy of the page, never the pickled doctree that
+    # the next builder (make pdf's LaTeX) would read again
+    app.connect("doctree-resolved", _insert_explorers)
     app.connect("html-page-context", _page_assets)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
