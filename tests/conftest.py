@@ -27,7 +27,9 @@ def float64_one_thread():
 @pytest.fixture(scope="session")
 def built_book(tmp_path_factory):
     """The book built once per test run (-W -n, from the stored outputs) into a temporary
-    folder; returns its html folder. pytest-xdist workers share the one build (file lock)."""
+    folder; returns its html folder. pytest-xdist workers share the one build (file lock).
+    With BOOK_HTML set, the html folder of a book built beforehand is used as it is (for
+    quick runs of a few tests while working on the book: build it with -W -n yourself)."""
     import json
     import os
     import re
@@ -39,6 +41,10 @@ def built_book(tmp_path_factory):
     from filelock import FileLock
 
     root = Path(__file__).resolve().parent.parent
+    if os.environ.get("BOOK_HTML"):  # a book built beforehand (jupyter-book build, -W -n)
+        html = Path(os.environ["BOOK_HTML"])
+        assert (html / "index.html").exists(), f"BOOK_HTML={html} holds no built book"
+        return html
     mathjax = root / "_extra" / "mathjax" / "tex-mml-chtml.js"
     if not mathjax.exists():
         pytest.fail(f"{mathjax.relative_to(root)} is missing: run `make mathjax` (npm installs "

@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import http.server
 import io
+import json
 import os
 import re
 import threading
@@ -265,6 +266,9 @@ def visit(browser, server: str, page: str, mode: str = "light") -> PageReport:
     failed += [(urls.get(rid, "?"), f"HTTP {code}") for rid, code in status.items()
                if code >= 400]
     report["local_failures"] = [(u, why) for u, why in failed if u.startswith(server)]
+    report["external_requests"] = sorted({u for u in urls.values()
+                                          if urlsplit(u).scheme not in ("data", "blob")
+                                          and not u.startswith(server)})
     report["external_blocked"] = sorted({urlsplit(u).netloc for u, _ in failed
                                          if not u.startswith(server)})
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -758,6 +762,11 @@ style="color: rgb(247, 247, 247)">\\(q_{\\rm faint}\\)</span>.</p>
 """
 
 
+# What myst-nb used to put on a page with saved widget state: the widget manager from a CDN.
+PLANTED_CDN = ('<script src="https://cdn.jsdelivr.net/npm/@jupyter-widgets/html-manager@1.0.6'
+               '/dist/embed-amd.js" crossorigin="anonymous"></script>')
+
+
 @pytest.fixture(scope="module")
 def planted_server(site, tmp_path_factory):
     """The built site with one more page: a copy of PLANTED_INTO with PLANTED after its
@@ -780,7 +789,36 @@ def planted_server(site, tmp_path_factory):
     assert sep3, f"{PLANTED_INTO} has no </article>"
     (root / "notebooks" / "planted.html").write_text(head + sep + PLANTED + body
                                                      + PLANTED_DEEP + sep3 + tail)
+    head, sep, tail = html.partition("</head>")
+    (root / "notebooks" / "planted-cdn.html").write_text(head + PLANTED_CDN + sep + tail)
+    # chapter 6's latent explorer, on a copy of PLANTED_INTO in place of its first explorer,
+    # with the decoder of a VAE shaped as chapter 6's vae2 (seeded, untrained)
+    weights = root / "latent-decoder.npz"
+    import torch
+
+    from companion.models.vae import VAE
+    from companion.page_explorers import save_latent_decoder
+
+    torch.manual_seed(0)
+    save_latent_decoder(VAE(latent_dim=2, hidden=(512,)), weights)
+    state = _extension().state_json("latent", {"stored": str(weights), "span": 2.5})
+    start = html.index('<div class="book-explorer"')
+    end = html.index("</div>", start) + len("</div>")
+    (root / "notebooks" / "planted-latent.html").write_text(
+        html[:start] + _extension().explorer_html("latent", state) + html[end:])
     yield from serve(root)
+
+
+@functools.cache
+def _extension():
+    """book/_ext/live_explorers.py, the Sphinx extension that puts explorers in the page."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "live_explorers", ROOT / "book" / "_ext" / "live_explorers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_planted_faults_are_caught(browser, planted_server, server):
@@ -822,3 +860,476 @@ def test_equation_crops_show_the_equation(browser, planted_server):
     assert is_red.mean() > 0.02, f"the red equation's crop has {is_red.mean():.2%} red pixels"
     assert not problem(crop_equation(browser, red, mode), mode)
     assert problem(crop_equation(browser, faint, mode, tries=1), mode)
+
+
+# --- explorers that move on the page --------------------------------------------------------
+# Each explorer cell of a chapter names its web explorer in its metadata (explorer: {name:
+# ...}); book/_ext/live_explorers.py puts its states in the page and book-explorers.js draws
+# it. A reader moves it with the mouse or the keyboard, offline, and reads the same numbers as
+# the notebook's widget prints: checked here against companion at sampled positions.
+def explorer_cells() -> dict[str, list[str]]:
+    """{page: [the names of its explorers, in page order]} from the chapters' metadata."""
+    out = {}
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        cells = json.loads(nb.read_text())["cells"]
+        names = [c["metadata"]["explorer"]["name"] for c in cells
+                 if "explorer" in c.get("metadata", {})]
+        if names:
+            out[f"notebooks/{nb.stem}.html"] = names
+    return out
+
+
+EXPLORERS = explorer_cells()
+# Chapter 6's latent explorer runs the decoder of the chapter's run, which it has not saved
+# yet (see WIDGETS_WITHOUT_EXPLORER): it is tested on a planted page with a seeded decoder
+# of the same shape (planted_server).
+PLANTED_LATENT = "notebooks/planted-latent.html"
+EXPLORER_CASES = [pytest.param(page, i, name, id=f"{name}-{Path(page).stem}")
+                  for page, names in EXPLORERS.items() for i, name in enumerate(names)]
+EXPLORER_CASES += [pytest.param(PLANTED_LATENT, 0, "latent", id="latent-planted")]
+# The Jupyter widgets of the chapters (they need a kernel): each must have a web explorer.
+WIDGET_CALL = re.compile(r"\b(kl_explorer|elbo_explorer|pinned_explorer|latent_explorer)\(")
+EXPLORER_BUDGET = 2_000_000  # bytes a chapter's page may grow by for its explorers
+EXPLORER_SHOTS = SCREENSHOTS / "explorers"
+
+EXPLORER_ROOT = "document.querySelectorAll('.book-explorer')[IDX]"
+READY = """(async () => { for (let k = 0; k < 200; k++) {
+  const r = ROOT; if (r && r.dataset.ready) return true;
+  await new Promise(d => setTimeout(d, 50)); } return false; })()"""
+BOX = """(async () => { const r = ROOT, svg = r.querySelector('svg.bx-figure');
+  r.scrollIntoView({block: 'start', behavior: 'instant'});
+  for (let i = 0; i < 2; i++) await new Promise(d => requestAnimationFrame(() => d()));
+  const b = (WHICH).getBoundingClientRect();
+  return {x: b.left + scrollX, y: b.top + scrollY, width: b.width, height: b.height}; })()"""
+STATE = "JSON.parse(ROOT.querySelector('script.book-explorer-state').textContent)"
+SET_RANGE = """(() => { const i = ROOT.querySelector('input[type=range][data-name="NAME"]');
+  i.value = K; i.dispatchEvent(new Event('input', {bubbles: true})); return +i.value; })()"""
+SET_RADIO = """(() => { const i = [...ROOT.querySelectorAll('input[type=radio][data-name="NAME"]')]
+  .find(e => e.value === VALUE); i.click(); return i.checked; })()"""
+
+
+def js(template: str, idx: int, **subs) -> str:
+    out = template.replace("ROOT", EXPLORER_ROOT).replace("IDX", str(idx))
+    for k, v in subs.items():
+        out = out.replace(k, str(v))
+    return out
+
+
+def open_explorer(browser, url: str, idx: int, width: int = DESKTOP) -> dict:
+    """Load the page, wait for explorer idx to be drawn; returns its state (the JSON)."""
+    set_width(browser, width)
+    browser.goto(url)
+    assert browser.evaluate(js(READY, idx)), f"{url}: explorer {idx} never drew itself"
+    return browser.evaluate(js(STATE, idx))
+
+
+def explorer_pixels(browser, idx: int, path: Path | None = None,
+                    which: str = "r.querySelector('svg.bx-figure')") -> np.ndarray:
+    """The explorer's figure (or `which`, an element under r) as the reader sees it."""
+    box = browser.evaluate(js(BOX, idx, WHICH=which))
+    png = browser.screenshot(clip=box)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png)
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=int)
+
+
+def set_control(browser, idx: int, control: dict, value) -> None:
+    """Move a control to `value` by script: a range input to that slider position, or a
+    radio button (value: its option)."""
+    if "values" in control:
+        k = next(k for k, v in enumerate(control["values"]) if abs(v - value) < 1e-9)
+        assert browser.evaluate(js(SET_RANGE, idx, NAME=control["name"], K=k)) == k
+    else:
+        assert browser.evaluate(js(SET_RADIO, idx, NAME=control["name"],
+                                   VALUE=json.dumps(value)))
+
+
+def readout(browser, idx: int) -> str:
+    return browser.evaluate(js("ROOT.querySelector('.bx-readout').textContent", idx))
+
+
+def controls_of(state: dict) -> list[dict]:
+    """The explorer's controls: its sliders, then its radio groups (name, options)."""
+    radios = {"forward": [("schedule", "schedules")],
+              "solvers": [("solver", "solvers")], "fewstep": [("solver", "solvers")]}
+    return state["controls"] + [{"name": n, "options": state[k]}
+                                for n, k in radios.get(state["name"], [])]
+
+
+def test_every_widget_has_a_web_explorer():
+    """Every cell that shows a Jupyter widget names the web explorer that replaces it on the
+    page (the widget alone would be a dead control there: no kernel)."""
+    missing = []
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        for cell in json.loads(nb.read_text())["cells"]:
+            source = "".join(cell["source"])
+            if cell["cell_type"] == "code" and WIDGET_CALL.search(source):
+                spec = cell["metadata"].get("explorer") or {}
+                if not spec.get("widget"):
+                    missing.append(f"{nb.name}: {source.strip().splitlines()[-1][:60]}")
+    missing = [m for m in missing if not m.startswith(tuple(WIDGETS_WITHOUT_EXPLORER))]
+    assert not missing, f"widgets with no explorer on the page: {missing}"
+
+
+# Widgets still without a web explorer, each with the reason; the list may only shrink.
+WIDGETS_WITHOUT_EXPLORER: dict[str, str] = {
+    "06_vae_mnist.ipynb": "the latent explorer (companion.page_explorers.latent_page, "
+                          "tested on PLANTED_LATENT) needs vae2's decoder from the chapter's "
+                          "stored run (gpu profile), which was not saved: re-execute chapter "
+                          "6 with save_latent_decoder(vae2, ...) and name the file in the "
+                          "cell's explorer metadata",
+}
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_no_request_leaves_the_machine(browser, server, page):
+    """Opening the page requests nothing but the book's own files: no CDN, no web image."""
+    r = visit(browser, server, page)
+    assert not r["external_requests"], f"{page}: requests off the machine: " \
+                                       f"{r['external_requests']}"
+
+
+def test_planted_cdn_script_is_caught(browser, planted_server):
+    """A page that loads a script from a CDN (what myst-nb's widget manager did) fails the
+    check above, and its explorer still moves with the network blocked."""
+    page = "notebooks/planted-cdn.html"
+    r = visit(browser, planted_server, page)
+    assert any("cdn.jsdelivr.net" in u for u in r["external_requests"]), \
+        r["external_requests"]
+    state = open_explorer(browser, planted_server + page, 0)
+    before = explorer_pixels(browser, 0)
+    set_control(browser, 0, state["controls"][0], state["controls"][0]["values"][-1])
+    assert (explorer_pixels(browser, 0) != before).any()
+
+
+@pytest.mark.parametrize("page, idx, name", EXPLORER_CASES)
+def test_explorer_moves(browser, server, planted_server, page, idx, name):
+    """Each control, moved by script, changes the drawn picture and the numbers shown; the
+    first slider moves by keyboard (focus, arrow key) too. Screenshots of two positions at
+    1280 and 390 px are kept in SCREENSHOTS/explorers."""
+    server = planted_server if page == PLANTED_LATENT else server
+    state = open_explorer(browser, server + page, idx)
+    assert state["name"] == name
+    stem = f"{name}-{Path(page).stem}"
+    first = explorer_pixels(browser, idx, EXPLORER_SHOTS / f"{stem}-{DESKTOP}-a.png")
+    for control in controls_of(state):
+        before, text = explorer_pixels(browser, idx), readout(browser, idx)
+        options = control.get("values") or control["options"]
+        now = browser.evaluate(js(
+            "(() => { const e = [...ROOT.querySelectorAll('[data-name=\"NAME\"]')];"
+            " return e[0].type === 'range' ? +e[0].value : e.findIndex(i => i.checked); })()",
+            idx, NAME=control["name"]))
+        target = options[(now + len(options) // 3 + 1) % len(options)]
+        set_control(browser, idx, control, target)
+        after = explorer_pixels(browser, idx)
+        assert after.shape != before.shape or (after != before).any(), \
+            f"{page}: moving {control['name']} to {target} did not change the figure"
+        assert readout(browser, idx) != text, f"{page}: {control['name']} left the numbers"
+    explorer_pixels(browser, idx, EXPLORER_SHOTS / f"{stem}-{DESKTOP}-b.png")
+    # the keyboard: focus the first slider, press the right arrow
+    slider = state["controls"][0]
+    before = explorer_pixels(browser, idx)
+    k0 = browser.evaluate(js("(() => { const i = ROOT.querySelector('input[type=range]');"
+                             " i.focus(); return +i.value; })()", idx))
+    key = "ArrowRight" if k0 < len(slider["values"]) - 1 else "ArrowLeft"
+    code = 39 if key == "ArrowRight" else 37
+    for kind in ("keyDown", "keyUp"):
+        browser.call("Input.dispatchKeyEvent", session=True, type=kind, key=key, code=key,
+                     windowsVirtualKeyCode=code, nativeVirtualKeyCode=code)
+    k1 = browser.evaluate(js("+ROOT.querySelector('input[type=range]').value", idx))
+    assert abs(k1 - k0) == 1, f"{page}: the {key} key moved the slider from {k0} to {k1}"
+    assert (explorer_pixels(browser, idx) != before).any(), f"{page}: the key left the figure"
+    assert not (explorer_pixels(browser, idx) == first).all()
+    # the phone: the same two positions, stacked
+    state = open_explorer(browser, server + page, idx, PHONE)
+    try:
+        explorer_pixels(browser, idx, EXPLORER_SHOTS / f"{stem}-{PHONE}-a.png",
+                        which="r")
+        for control in controls_of(state):
+            options = control.get("values") or control["options"]
+            set_control(browser, idx, control, options[len(options) // 3])
+        explorer_pixels(browser, idx, EXPLORER_SHOTS / f"{stem}-{PHONE}-b.png", which="r")
+        width = browser.evaluate("document.documentElement.scrollWidth")
+        assert width <= PHONE + SLACK_PX, f"{page}: the explorer widens the phone page"
+    finally:
+        set_width(browser, DESKTOP)
+
+
+# --- the numbers each explorer shows, from companion ---------------------------------------------
+def _kl_expected(state, values):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from companion.kl import gaussian_mixture_1d
+    from companion.widgets import plot_fit
+
+    target = gaussian_mixture_1d([0.5, 0.5], [-2.5, 2.5], [0.7, 0.7])  # chapter 2's p
+    grid = torch.linspace(-12, 12, 4001, dtype=torch.float64)
+    fig, ax = plt.subplots()
+    _, fwd, rev = plot_fit(target, values["mu"], values["sigma"], grid, ax=ax)
+    plt.close(fig)
+    return f"KL(p‖q) = {fwd:.3f}    KL(q‖p) = {rev:.3f}"
+
+
+def _elbo_expected(state, values):
+    import torch
+
+    from companion.explorers import elbo_terms
+    from companion.toy import LinearGaussian
+
+    f64 = torch.float64  # chapter 3's model and x
+    model = LinearGaussian(torch.tensor([[1.5], [-0.5]], dtype=f64),
+                           torch.tensor([0.2, 0.1], dtype=f64), 0.6)
+    t = elbo_terms(model, torch.tensor([1.8, -0.9], dtype=f64), values["mean"], values["std"])
+    return (f"gap = KL(q‖p(z|x)) = {t['gap']:.3f} nats; log p(x) = {t['log_px']:.3f}, "
+            f"ELBO = {t['elbo']:.3f}, E_q log p(x|z) = {t['reconstruction']:.3f}, "
+            f"−KL(q‖p(z)) = {-t['kl_prior']:.3f}")
+
+
+def _pinned_expected(state, values):
+    import torch
+
+    from companion.affine_vae import pinned_gap
+    from companion.explorers import pinned_samples
+
+    mu, sigma, d, t, s = 1.0, 1.5, 2, values["t"], values["s"]  # chapter 5's data
+    xs = pinned_samples(mu, sigma, s, 20_000, torch.Generator().manual_seed(0))
+    return (f"gap {pinned_gap(d, sigma, t, s).item():.3f} nats at t = {t:.2f}, s = {s:.2f}; "
+            f"model samples, var {xs.var():.2f}; data, var {sigma**2:.2f}")
+
+
+def _forward_expected(state, values):
+    import math
+
+    from companion import diffusion as dm
+
+    t, sched = values["t"], values["schedule"]
+    betas = {"linear": dm.linear_betas, "cosine": dm.cosine_betas}[sched](1000)
+    a = dm.Diffusion(betas).alphas_bar[t - 1].item()
+    return (f"t = {t}, {sched} schedule: ᾱ_t = {a:.4f}, SNR = ᾱ_t/(1 − ᾱ_t) = "
+            f"10^{math.log10(a / (1 - a)):.2f}")
+
+
+def _solver_text(name, n, evals, rms, flips, points, ref_label):
+    s = "s" if n > 1 else ""
+    return (f"{name}, {n} step{s} ({evals} evaluation{'s' if evals > 1 else ''}): RMS "
+            f"distance to {ref_label} {rms:.2e}; {flips} of {points} points end nearest "
+            "another mode")
+
+
+@functools.cache
+def _chapter13_toy():
+    import torch
+
+    from companion import sde
+    from companion.page_explorers import chapter8_mixture
+    from companion.toy import diffused_score
+
+    mix, vp = chapter8_mixture(), sde.VPSDE()
+
+    def score(x, t):
+        return diffused_score(mix, x, vp.alpha_bar(t))
+
+    ode = vp.ode_drift(score)
+    x_T = torch.randn(300, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    ref = sde.heun(ode, x_T, torch.linspace(1, 0, 4001).tolist())
+    return mix, vp, score, ode, x_T, ref
+
+
+def _solvers_expected(state, values):
+    import torch
+
+    from companion import sde
+
+    mix, vp, score, ode, x_T, ref = _chapter13_toy()  # as chapter 13 runs them
+
+    def eps(x, t):
+        return -vp.sigma(t) * score(x, t)
+
+    n, name = values["n"], values["solver"]
+    ts = torch.linspace(1, 0, n + 1).tolist()
+    x = {"DDIM": lambda: sde.ddim(eps, vp, x_T, ts), "Euler": lambda: sde.euler(ode, x_T, ts),
+         "Heun": lambda: sde.heun(ode, x_T, ts)}[name]()
+    rms = (x - ref).pow(2).sum(1).mean().sqrt().item()
+    means = mix.means.to(torch.float64)
+    flips = int((torch.cdist(x, means).argmin(1) != torch.cdist(ref, means).argmin(1)).sum())
+    return _solver_text(name, n, (2 if name == "Heun" else 1) * n, rms, flips, 300,
+                        "the reference (Heun, 4,000 steps)")
+
+
+def _fewstep_expected(state, values):
+    import torch
+
+    from companion import fewstep
+    from companion.page_explorers import chapter8_mixture
+
+    mix = chapter8_mixture()
+    path = fewstep.MixturePath(mix)  # as chapter 15 runs it
+    x1 = torch.randn(300, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    exact = fewstep.ode_map(path.velocity, x1)
+    n, name = values["n"], values["solver"]
+    x = fewstep.ode_sample(path.velocity, x1, n, solver=name.lower())
+    rms = (x.double() - exact).pow(2).sum(1).mean().sqrt().item()
+    means = mix.means.to(torch.float64)
+    flips = int((torch.cdist(x, means).argmin(1) != torch.cdist(exact, means).argmin(1)).sum())
+    return _solver_text(name, n, (2 if name == "Heun" else 1) * n, rms, flips, 300,
+                        "the exact map")
+
+
+def _latent_layers(state):
+    """The decoder's layers as the page has them (half precision, widened to float32)."""
+    import base64
+
+    import torch
+
+    def arr(p):
+        return torch.from_numpy(np.frombuffer(base64.b64decode(p["f16"]), "<f2")
+                                .astype("<f4").reshape(p["shape"]))
+
+    return [(arr(layer["W"]), arr(layer["b"])) for layer in state["layers"]]
+
+
+def _latent_expected(state, values):
+    import torch
+
+    from companion.page_explorers import latent_mean_image
+
+    z = torch.tensor([values["z0"], values["z1"]])
+    p = latent_mean_image(_latent_layers(state), z)
+    return f"z = ({z[0]:.2f}, {z[1]:.2f}): mean pixel {p.mean():.4f}"
+
+
+# name: (the expected readout, positions sampled: {control: value})
+EXPECTED = {
+    "kl": (_kl_expected, [{"mu": 2.5, "sigma": 0.7}, {"mu": -1.2, "sigma": 3.0},
+                          {"mu": 0.0, "sigma": 2.6}]),
+    "elbo": (_elbo_expected, [{"mean": 1.0, "std": 0.35}, {"mean": -2.0, "std": 0.5},
+                              {"mean": 0.0, "std": 1.0}]),
+    "pinned": (_pinned_expected, [{"t": 0.6, "s": 0.9}, {"t": 0.1, "s": 0.15},
+                                  {"t": 1.0, "s": 1.5}]),
+    "latent": (_latent_expected, [{"z0": 0.0, "z1": 0.0}, {"z0": -2.5, "z1": 1.3},
+                                  {"z0": 2.0, "z1": -0.75}]),
+    "forward": (_forward_expected, [{"t": 1, "schedule": "linear"},
+                                    {"t": 500, "schedule": "cosine"},
+                                    {"t": 1000, "schedule": "linear"}]),
+    "solvers": (_solvers_expected, [{"n": 5, "solver": "DDIM"}, {"n": 20, "solver": "Heun"},
+                                    {"n": 50, "solver": "Euler"}]),
+    "fewstep": (_fewstep_expected, [{"n": 1, "solver": "Euler"}, {"n": 8, "solver": "Heun"},
+                                    {"n": 32, "solver": "Euler"}]),
+}
+
+
+@pytest.mark.parametrize("page, idx, name", EXPLORER_CASES)
+def test_explorer_shows_pythons_numbers(browser, server, planted_server, page, idx, name):
+    """At sampled positions the numbers on the page are the ones companion computes there
+    (the notebook widget's own functions, as the chapter calls them)."""
+    expected, positions = EXPECTED[name]
+    server = planted_server if page == PLANTED_LATENT else server
+    state = open_explorer(browser, server + page, idx)
+    controls = {c["name"]: c for c in controls_of(state)}
+    for values in positions:
+        for key, value in values.items():
+            set_control(browser, idx, controls[key], value)
+        assert readout(browser, idx) == expected(state, values), f"{page} at {values}"
+
+
+def test_forward_explorer_draws_q_sample(browser, server):
+    """Chapter 8's explorer computes x_t in the page: the points it draws are
+    Diffusion.q_sample of its x_0 and noise (float32 in the page)."""
+    import base64
+
+    import torch
+
+    from companion import diffusion as dm
+
+    page, idx = next((p, n.index("forward")) for p, n in EXPLORERS.items() if "forward" in n)
+    state = open_explorer(browser, server + page, idx)
+    arr = {k: torch.from_numpy(np.frombuffer(base64.b64decode(state[k]["f32"]), "<f4")
+                               .astype(float).reshape(state[k]["shape"]))
+           for k in ("x0", "eps")}
+    controls = {c["name"]: c for c in controls_of(state)}
+    for t, sched in [(37, "linear"), (640, "cosine")]:
+        set_control(browser, idx, controls["t"], t)
+        set_control(browser, idx, controls["schedule"], sched)
+        drawn = torch.tensor(browser.evaluate(js("Array.from(ROOT.bxPoints)", idx)),
+                             dtype=torch.float64)
+        betas = {"linear": dm.linear_betas, "cosine": dm.cosine_betas}[sched](1000)
+        want = dm.Diffusion(betas).q_sample(arr["x0"], t, arr["eps"])  # step t of 1..T
+        assert torch.allclose(drawn.reshape(want.shape), want, atol=1e-12), (t, sched)
+
+
+def test_latent_explorer_decodes_as_the_vae(browser, planted_server):
+    """The latent explorer's image is VAE.mean_image at the sliders' point: exactly (float32
+    rounding) for the half-precision weights the page carries, and within 0.01 a pixel of
+    the full-precision model; its page weight is the decoder's 0.8 MB in base64."""
+    import torch
+
+    from companion.models.vae import VAE
+
+    torch.manual_seed(0)
+    vae = VAE(latent_dim=2, hidden=(512,))  # as planted_server saved it
+    state = open_explorer(browser, planted_server + PLANTED_LATENT, 0)
+    half = VAE(latent_dim=2, hidden=(512,))
+    linears = [m for m in half.decoder.modules() if isinstance(m, torch.nn.Linear)]
+    with torch.no_grad():
+        for lin, (W, b) in zip(linears, _latent_layers(state), strict=True):
+            lin.weight.copy_(W)
+            lin.bias.copy_(b)
+    controls = {c["name"]: c for c in state["controls"]}
+    for z in [(0.0, 0.0), (-2.5, 2.5), (1.35, -0.4)]:
+        set_control(browser, 0, controls["z0"], z[0])
+        set_control(browser, 0, controls["z1"], z[1])
+        drawn = torch.tensor(browser.evaluate(js("Array.from(ROOT.bxImage)", 0)))
+        with torch.no_grad():
+            want = half.mean_image(torch.tensor([z])).flatten()
+            full = vae.mean_image(torch.tensor([z])).flatten()
+        assert (drawn - want).abs().max() < 1e-5, z
+        assert (drawn - full).abs().max() < 0.01, z
+    size = len(_extension().explorer_html(
+        "latent", json.dumps(state, separators=(",", ":"))).encode())
+    assert size <= EXPLORER_BUDGET, size
+
+
+@pytest.mark.parametrize("page", list(EXPLORERS))
+def test_explorer_page_weight(site, page):
+    """A chapter's explorers add at most EXPLORER_BUDGET bytes to its page (their states,
+    the script and the style)."""
+    html = (site / page).read_text()
+    states = re.findall(r'<script type="application/json" class="book-explorer-state">'
+                        r"(.*?)</script>", html, re.S)
+    assert len(states) == len(EXPLORERS[page])
+    assets = sum((site / "_static" / f).stat().st_size
+                 for f in ("book-explorers.js", "book-explorers.css"))
+    weight = sum(len(s.encode()) for s in states) + assets
+    assert weight <= EXPLORER_BUDGET, f"{page}: explorers add {weight:,} bytes"
+
+
+@pytest.mark.parametrize("page", list(EXPLORERS))
+def test_explorer_without_javascript_shows_the_snapshot(browser, server, page):
+    """With JavaScript off the explorer stays hidden (no dead controls) and the static view
+    is what the reader sees: a figure or printed output in the explorer's cell or the next
+    code cell (the chapters' snapshot figures, after a sentence that introduces them)."""
+    set_width(browser, DESKTOP)
+    browser.call("Emulation.setScriptExecutionDisabled", session=True, value=True)
+    try:
+        browser.goto(server + page)
+        found = browser.evaluate("""(() => [...document.querySelectorAll('.book-explorer')]
+          .map(e => { const cell = e.closest('div.cell');
+            let next = cell.nextElementSibling;  // the next code cell, past a paragraph
+            while (next && !next.matches('div.cell')) next = next.nextElementSibling;
+            const shows = c => !!c && [...c.querySelectorAll(
+              '.cell_output img, .cell_output pre, .cell_output table')]
+              .some(o => o.checkVisibility() && !o.closest('.book-explorer')
+                && (o.tagName !== 'IMG' || (o.complete && o.naturalWidth > 0)));
+            return {hidden: !e.checkVisibility(), controls: e.querySelectorAll('input').length,
+                    snapshot: shows(cell) || shows(next)}; }))()""")
+    finally:
+        browser.call("Emulation.setScriptExecutionDisabled", session=True, value=False)
+    assert len(found) == len(EXPLORERS[page])
+    for f in found:
+        assert f["hidden"] and not f["controls"], f"{page}: explorer visible without JS: {f}"
+        assert f["snapshot"], f"{page}: no static figure or output beside the explorer"

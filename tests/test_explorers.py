@@ -41,3 +41,28 @@ def test_plot_returns_the_same_terms():
 def test_pinned_samples_have_variance_sigma2_plus_s2():
     xs = pinned_samples(1.0, 1.5, 1.5, 200_000, torch.Generator().manual_seed(0))
     assert abs(xs.var().item() - 2 * 1.5**2) < 0.05
+
+
+def test_latent_page_carries_the_decoder(tmp_path):
+    """Chapter 6's web explorer: the decoder saved in half precision decodes as the VAE does
+    (to half-precision rounding), and the sliders are latent_explorer's (-2.5..2.5 by 0.05)."""
+    from companion.models.vae import VAE
+    from companion.page_explorers import (
+        latent_decoder,
+        latent_mean_image,
+        page_state,
+        save_latent_decoder,
+    )
+
+    vae = VAE(latent_dim=2, hidden=(64,))
+    save_latent_decoder(vae, tmp_path / "dec.npz")
+    z = torch.randn(5, 2)
+    with torch.no_grad():
+        want = vae.mean_image(z)[:, 0]
+    got = latent_mean_image(latent_decoder(tmp_path / "dec.npz"), z)
+    assert (got - want).abs().max() < 5e-3
+    state = page_state("latent", stored=str(tmp_path / "dec.npz"), span=2.5)
+    values = state["controls"][0]["values"]
+    assert len(values) == 101 and values[0] == -2.5 and values[-1] == 2.5
+    with pytest.raises(ValueError, match="arch='mlp'"):
+        save_latent_decoder(VAE(latent_dim=2, arch="conv"), tmp_path / "x.npz")

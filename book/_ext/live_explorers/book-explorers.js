@@ -1,0 +1,578 @@
+/* The book's explorers on the web page (book/_ext/live_explorers.py puts their states in
+   the page; companion/page_explorers.py computes them). No library, no network: each
+   explorer is a few native controls (range inputs, radio buttons: keyboard and screen
+   readers work as for any form) and an SVG drawn from the shipped arrays. Colours follow
+   the theme's light and dark modes through CSS variables (book-explorers.css). */
+(() => {
+  "use strict";
+  const SVGNS = "http://www.w3.org/2000/svg";
+  const C = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"];  // matplotlib's C0-C4
+
+  // --- arrays -------------------------------------------------------------------------------
+  function half(h) {  // an IEEE half-precision number (its 16 bits) as a JS number
+    const s = h & 0x8000 ? -1 : 1, e = (h >> 10) & 0x1f, m = h & 0x3ff;
+    if (e === 0) return s * m * 2 ** -24;
+    if (e === 31) return m ? NaN : s * Infinity;
+    return s * (1 + m / 1024) * 2 ** (e - 15);
+  }
+
+  function unpack(p) {
+    const key = ["f64", "f32", "f16"].find(k => p[k] !== undefined);
+    const bin = atob(p[key]);
+    const bytes = new Uint8Array(bin.length);
+    for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+    let data;
+    if (key === "f64") data = new Float64Array(bytes.buffer);
+    else if (key === "f32") data = new Float32Array(bytes.buffer);
+    else data = Float32Array.from(new Uint16Array(bytes.buffer), half);  // widened, exact
+    data.shape = p.shape;
+    return data;
+  }
+
+  // --- numbers as Python formats them ----------------------------------------------------------
+  // Python's f"{v:.{d}f}": the sign stays on a negative number that rounds to zero
+  const fixed = (v, d) => (v < 0 || Object.is(v, -0) ? "-" : "") + Math.abs(v).toFixed(d);
+  function expo(v, d) {  // Python's f"{v:.{d}e}": two exponent digits at least
+    const [m, e] = v.toExponential(d).split("e");
+    const n = parseInt(e, 10);
+    return `${m}e${n < 0 ? "-" : "+"}${String(Math.abs(n)).padStart(2, "0")}`;
+  }
+
+  // --- SVG ------------------------------------------------------------------------------------
+  function el(tag, attrs = {}, parent = null, text = null) {
+    const e = document.createElementNS(SVGNS, tag);
+    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+    if (text !== null) e.textContent = text;
+    if (parent) parent.appendChild(e);
+    return e;
+  }
+
+  function ticks(lo, hi, n = 5) {
+    const span = hi - lo, raw = span / n, mag = 10 ** Math.floor(Math.log10(raw));
+    const step = [1, 2, 2.5, 5, 10].map(f => f * mag).find(s => span / s <= n) || raw;
+    const out = [];
+    for (let v = Math.ceil(lo / step - 1e-9) * step; v <= hi + step * 1e-9; v += step) {
+      out.push(Math.abs(v) < step * 1e-9 ? 0 : v);
+    }
+    return out;
+  }
+
+  const tickText = v => String(Number(v.toPrecision(6)));
+
+  /* An axes box in an SVG: frame, ticks, labels; sx and sy map data to pixels. */
+  function axes(svg, box, xlim, ylim, opt = {}) {
+    const g = el("g", {}, svg);
+    const [x0, x1] = xlim, [y0, y1] = ylim;
+    const lx = opt.logx ? Math.log10 : v => v, ly = opt.logy ? Math.log10 : v => v;
+    const sx = v => box.x + (lx(v) - lx(x0)) / (lx(x1) - lx(x0)) * box.w;
+    const sy = v => box.y + box.h - (ly(v) - ly(y0)) / (ly(y1) - ly(y0)) * box.h;
+    const under = el("g", {}, g);
+    const plot = el("g", {}, g);
+    el("rect", {x: box.x, y: box.y, width: box.w, height: box.h, class: "bx-frame"}, g);
+    const tk = (lo, hi, log, n) => log
+      ? ticks(Math.ceil(Math.log10(lo)), Math.floor(Math.log10(hi)), n).filter(Number.isInteger)
+        .map(e => 10 ** e) : ticks(lo, hi, n);
+    if (!opt.noxticks) {
+      for (const v of tk(x0, x1, opt.logx, opt.nx || 5)) {
+        el("line", {x1: sx(v), x2: sx(v), y1: box.y + box.h, y2: box.y + box.h + 4,
+                    class: "bx-axis"}, g);
+        el("text", {x: sx(v), y: box.y + box.h + 15, class: "bx-tick", "text-anchor": "middle"},
+           g, opt.logx ? `${v}` : tickText(v));
+      }
+    }
+    if (!opt.noyticks) {
+      for (const v of tk(y0, y1, opt.logy, opt.ny || 4)) {
+        el("line", {x1: box.x - 4, x2: box.x, y1: sy(v), y2: sy(v), class: "bx-axis"}, g);
+        el("text", {x: box.x - 6, y: sy(v) + 4, class: "bx-tick", "text-anchor": "end"}, g,
+           opt.logy ? (v >= 1e-2 && v <= 1e3 ? tickText(v) : `1e${Math.round(Math.log10(v))}`)
+             : tickText(v));
+      }
+    }
+    if (opt.xlabel) el("text", {x: box.x + box.w / 2, y: box.y + box.h + 31,
+                                class: "bx-label", "text-anchor": "middle"}, g, opt.xlabel);
+    if (opt.ylabel) el("text", {x: 0, y: 0, class: "bx-label", "text-anchor": "middle",
+                                transform: `translate(${box.x - 38},${box.y + box.h / 2}) rotate(-90)`},
+                       g, opt.ylabel);
+    if (opt.title) el("text", {x: box.x + box.w / 2, y: box.y - 8, class: "bx-title",
+                               "text-anchor": "middle"}, g, opt.title);
+    const clip = `bx-clip-${Math.random().toString(36).slice(2)}`;
+    const cp = el("clipPath", {id: clip}, g);
+    el("rect", {x: box.x, y: box.y, width: box.w, height: box.h}, cp);
+    plot.setAttribute("clip-path", `url(#${clip})`);
+    under.setAttribute("clip-path", `url(#${clip})`);
+    return {g, plot, under, sx, sy, box};
+  }
+
+  const pathOf = (xs, ys, sx, sy) => {
+    let d = "";
+    for (let i = 0; i < xs.length; i++) {
+      if (!Number.isFinite(ys[i])) continue;
+      d += `${d ? "L" : "M"}${sx(xs[i]).toFixed(2)},${sy(ys[i]).toFixed(2)}`;
+    }
+    return d;
+  };
+
+  function legend(ax, items, where = "right") {
+    const g = el("g", {class: "bx-legend"}, ax.g);
+    const w = Math.max(...items.map(i => i.label.length)) * 6.3 + 34, h = items.length * 16 + 6;
+    const x = where === "left" ? ax.box.x + 6 : ax.box.x + ax.box.w - w - 6, y = ax.box.y + 6;
+    el("rect", {x, y, width: w, height: h, rx: 3, class: "bx-legend-box"}, g);
+    items.forEach((it, k) => {
+      const yy = y + 13 + 16 * k;
+      if (it.marker) el("circle", {cx: x + 14, cy: yy - 4, r: 3.5, fill: it.color}, g);
+      else el("line", {x1: x + 4, x2: x + 24, y1: yy - 4, y2: yy - 4, stroke: it.color,
+                       "stroke-width": it.width || 2, "stroke-dasharray": it.dash || "",
+                       opacity: it.opacity || 1}, g);
+      el("text", {x: x + 28, y: yy, class: "bx-legend-text"}, g, it.label);
+    });
+  }
+
+  // --- controls -------------------------------------------------------------------------------
+  let uid = 0;
+  function slider(root, c, onchange) {
+    const id = `bx-${++uid}`;
+    const wrap = document.createElement("div");
+    wrap.className = "bx-control";
+    const label = document.createElement("label");
+    label.htmlFor = id;
+    label.textContent = c.label;
+    const input = document.createElement("input");
+    Object.assign(input, {type: "range", id, min: 0, max: c.values.length - 1, step: 1});
+    input.dataset.name = c.name;
+    let k = c.values.findIndex(v => Math.abs(v - c.value) < 1e-9);
+    input.value = k < 0 ? 0 : k;
+    const out = document.createElement("output");
+    out.htmlFor = id;
+    const show = () => {
+      const v = c.values[+input.value];
+      out.textContent = v.toFixed(c.digits);
+      input.setAttribute("aria-valuetext", `${c.label} ${v.toFixed(c.digits)}`);
+    };
+    input.addEventListener("input", () => { show(); onchange(); });
+    show();
+    wrap.append(label, input, out);
+    root.appendChild(wrap);
+    return () => c.values[+input.value];
+  }
+
+  function choice(root, name, legendText, options, value, onchange) {
+    const fs = document.createElement("fieldset");
+    fs.className = "bx-control bx-choice";
+    const lg = document.createElement("legend");
+    lg.textContent = legendText;
+    fs.appendChild(lg);
+    const group = `bx-${++uid}`;
+    for (const o of options) {
+      const label = document.createElement("label");
+      const input = document.createElement("input");
+      Object.assign(input, {type: "radio", name: group, value: o, checked: o === value});
+      input.dataset.name = name;
+      input.addEventListener("change", onchange);
+      label.append(input, ` ${o}`);
+      fs.appendChild(label);
+    }
+    root.appendChild(fs);
+    return () => fs.querySelector("input:checked").value;
+  }
+
+  function frame(root, width, height, label) {
+    const controls = document.createElement("div");
+    controls.className = "bx-controls";
+    const readout = document.createElement("p");
+    readout.className = "bx-readout";
+    readout.setAttribute("aria-live", "polite");
+    const svg = el("svg", {viewBox: `0 0 ${width} ${height}`, class: "bx-figure", role: "img",
+                           "aria-label": label});
+    root.append(controls, readout, svg);
+    const f = {controls, readout, svg, root};
+    /* Side by side in the text column; stacked, at a readable size, on a phone. */
+    f.narrow = () => root.clientWidth < 560;
+    f.size = (w, h) => svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
+    return f;
+  }
+
+  // redraw every explorer when the column changes between wide and narrow
+  const redraws = [];
+  let wasNarrow = null;
+  window.addEventListener("resize", () => {
+    const now = redraws.map(r => r.f.narrow()).join();
+    if (now !== wasNarrow) { wasNarrow = now; redraws.forEach(r => r.draw()); }
+  });
+  const register = (f, draw) => { redraws.push({f, draw}); draw(); };
+
+  const clear = svg => { while (svg.firstChild) svg.removeChild(svg.firstChild); };
+  const normal = (x, m, s) => Math.exp(-0.5 * ((x - m) / s) ** 2) / (s * Math.sqrt(2 * Math.PI));
+  const idx = (values, v) => values.findIndex(u => Math.abs(u - v) < 1e-9);
+
+  // --- chapter 2: KL(p||q) and KL(q||p) ---------------------------------------------------------
+  function kl(root, st) {
+    const f = frame(root, 640, 300, "the target density p and the Gaussian q");
+    const x = unpack(st.x), p = unpack(st.p), fwd = unpack(st.fwd), rev = unpack(st.rev);
+    const [cm, cs] = st.controls;
+    const draw = () => {
+      const mu = getMu(), sd = getSd();
+      const k = idx(cs.values, sd) * cm.values.length + idx(cm.values, mu);
+      const title = `KL(p‖q) = ${fixed(fwd[k], 3)}    KL(q‖p) = ${fixed(rev[k], 3)}`;
+      f.readout.textContent = title;  // the widget's title, above the figure
+      clear(f.svg);
+      const q = Array.from(x, v => normal(v, mu, sd));
+      const top = 1.05 * Math.max(...p, ...q);
+      const nw = f.narrow();
+      f.size(nw ? 360 : 640, nw ? 250 : 270);
+      const ax = axes(f.svg, nw ? {x: 50, y: 8, w: 298, h: 200} : {x: 60, y: 8, w: 560, h: 220},
+                      [-6, 6], [0, top], {xlabel: "x", ylabel: "density"});
+      const d = pathOf(x, p, ax.sx, ax.sy);
+      el("path", {d: `${d}L${ax.sx(6)},${ax.sy(0)}L${ax.sx(-6)},${ax.sy(0)}Z`, fill: C[0],
+                  opacity: 0.3}, ax.plot);
+      el("path", {d: pathOf(x, q, ax.sx, ax.sy), stroke: C[1], "stroke-width": 2, fill: "none"},
+         ax.plot);
+      legend(ax, [{label: "p (target)", color: C[0], width: 8, opacity: 0.3},
+                  {label: `q = N(${fixed(mu, 2)}, ${fixed(sd, 2)}²)`, color: C[1]}]);
+    };
+    const getMu = slider(f.controls, cm, draw), getSd = slider(f.controls, cs, draw);
+    register(f, draw);
+  }
+
+  // --- chapter 3: q against the exact posterior, the ELBO and its terms ---------------------
+  function elbo(root, st) {
+    const f = frame(root, 680, 300, "q against the posterior, and the terms of the ELBO");
+    const T = Object.fromEntries(Object.entries(st.terms).map(([k, v]) => [k, unpack(v)]));
+    const [cm, cs] = st.controls, [pm, ps] = st.posterior;
+    const hint = document.createElement("p");
+    hint.className = "bx-hint";
+    hint.textContent = `posterior: mean ${fixed(pm, 3)}, std ${fixed(ps, 3)}`;
+    const draw = () => {
+      const m = getM(), s = getS();
+      const k = idx(cs.values, s) * cm.values.length + idx(cm.values, m);
+      const title = `gap = KL(q‖p(z|x)) = ${fixed(T.gap[k], 3)} nats`;
+      const names = ["log p(x)", "ELBO", "E_q log p(x|z)", "−KL(q‖p(z))"];
+      const vals = [T.log_px[k], T.elbo[k], T.reconstruction[k], -T.kl_prior[k]];
+      f.readout.textContent = `${title}; ` + names.map((n, i) => `${n} = ${fixed(vals[i], 3)}`)
+        .join(", ");
+      clear(f.svg);
+      const z = Array.from({length: 400}, (_, i) => -4 + 8 * i / 399);
+      const curves = [[z.map(v => normal(v, 0, 1)), "gray", "2,3", 1.5, "p(z)"],
+                      [z.map(v => normal(v, pm, ps)), C[0], "", 2, "p(z|x)"],
+                      [z.map(v => normal(v, m, s)), C[1], "6,3", 2, "q(z|x)"]];
+      const top = 1.05 * Math.max(...curves.flatMap(c => c[0]));
+      const nw = f.narrow();
+      f.size(nw ? 360 : 680, nw ? 520 : 290);
+      const ax = axes(f.svg, nw ? {x: 40, y: 20, w: 305, h: 200} : {x: 50, y: 30, w: 300, h: 220},
+                      [-4, 4], [0, top], {xlabel: "z"});
+      for (const [ys, col, dash, w] of curves) {
+        el("path", {d: pathOf(z, ys, ax.sx, ax.sy), stroke: col, "stroke-dasharray": dash,
+                    "stroke-width": w, fill: "none"}, ax.plot);
+      }
+      legend(ax, curves.map(c => ({label: c[4], color: c[1], dash: c[2]})), "left");
+      const lo = Math.min(0, ...vals), hi = Math.max(0, ...vals), pad = 0.05 * (hi - lo || 1);
+      const bb = nw ? {x: 140, y: 300, w: 205, h: 180} : {x: 475, y: 30, w: 190, h: 220};
+      const bx = axes(f.svg, bb, [lo - pad, hi + pad], [0, 4],
+                      {noyticks: true, xlabel: "nats", nx: 3});
+      el("text", {x: bb.x + bb.w, y: bb.y - 8, class: "bx-title", "text-anchor": "end"}, f.svg,
+         title);
+      names.forEach((n, i) => {
+        const y0 = bx.sy(4 - i - 0.1), y1 = bx.sy(3 - i + 0.1);
+        const a = bx.sx(Math.min(0, vals[i])), b = bx.sx(Math.max(0, vals[i]));
+        el("rect", {x: a, y: y0, width: Math.max(b - a, 0.5), height: y1 - y0, fill: C[i]},
+           bx.plot);
+        el("text", {x: bb.x - 5, y: (y0 + y1) / 2 + 4, class: "bx-tick", "text-anchor": "end"},
+           f.svg, n);
+      });
+      el("line", {x1: bx.sx(0), x2: bx.sx(0), y1: bb.y, y2: bb.y + bb.h, class: "bx-axis"},
+         bx.g);
+    };
+    const getM = slider(f.controls, cm, draw), getS = slider(f.controls, cs, draw);
+    f.controls.appendChild(hint);
+    register(f, draw);
+  }
+
+  // --- chapter 5: the pinned model's gap and samples --------------------------------------
+  function pinned(root, st) {
+    const f = frame(root, 700, 300, "the gap over (t, s) and the model's samples");
+    const gap = unpack(st.gap), map = unpack(st.map), vir = unpack(st.viridis);
+    const hist = unpack(st.hist), edges = unpack(st.edges), vars = unpack(st.var);
+    const [ct, cs] = st.controls, sigma = st.sigma, mu = st.mu;
+    const [n1, n0] = map.shape;  // (s, t)
+    let lo = Infinity, hi = -Infinity;
+    for (const v of map) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+    const canvas = document.createElement("canvas");
+    canvas.width = n0;
+    canvas.height = n1;
+    const ctx = canvas.getContext("2d"), img = ctx.createImageData(n0, n1);
+    for (let i = 0; i < n1; i++) {
+      for (let j = 0; j < n0; j++) {
+        const c = Math.min(255, Math.max(0, Math.round((map[i * n0 + j] - lo) / (hi - lo) * 255)));
+        const o = ((n1 - 1 - i) * n0 + j) * 4;
+        for (let ch = 0; ch < 3; ch++) img.data[o + ch] = Math.round(255 * vir[3 * c + ch]);
+        img.data[o + 3] = 255;
+      }
+    }
+    ctx.putImageData(img, 0, 0);
+    const heat = canvas.toDataURL();
+    const draw = () => {
+      const t = getT(), s = getS();
+      const it = idx(ct.values, t), is = idx(cs.values, s);
+      const g = gap[is * ct.values.length + it];
+      f.readout.textContent = `gap ${fixed(g, 3)} nats at t = ${t.toFixed(2)}, s = ` +
+        `${s.toFixed(2)}; model samples, var ${fixed(vars[is], 2)}; data, var ` +
+        `${fixed(sigma ** 2, 2)}`;
+      clear(f.svg);
+      const nw = f.narrow();
+      f.size(nw ? 360 : 700, nw ? 560 : 290);
+      const [t0, t1] = st.map_t, [s0, s1] = st.map_s;
+      const ax = axes(f.svg, nw ? {x: 50, y: 10, w: 230, h: 220} : {x: 50, y: 10, w: 250, h: 230},
+                      [t0, t1], [s0, s1],
+                      {xlabel: "encoder std t", ylabel: "decoder std s"});
+      el("image", {href: heat, x: ax.box.x, y: ax.box.y, width: ax.box.w, height: ax.box.h,
+                   preserveAspectRatio: "none", style: "image-rendering: pixelated"}, ax.under);
+      el("line", {x1: ax.sx(t0), y1: ax.sy(sigma * t0), x2: ax.sx(t1), y2: ax.sy(sigma * t1),
+                  stroke: "white", "stroke-dasharray": "5,3"}, ax.plot);
+      el("path", {d: star(ax.sx(1), ax.sy(sigma), 8), fill: "red"}, ax.plot);
+      el("circle", {cx: ax.sx(t), cy: ax.sy(s), r: 5, fill: "white", stroke: "black"}, ax.plot);
+      // colour bar
+      const cb = {x: ax.box.x + ax.box.w + 8, y: ax.box.y, w: 10, h: ax.box.h};
+      const grad = `bx-grad-${root.dataset.uid}`;
+      const lg = el("linearGradient", {id: grad, x1: 0, y1: 1, x2: 0, y2: 0}, f.svg);
+      for (let k = 0; k <= 8; k++) {
+        const c = Math.round(255 * k / 8);
+        el("stop", {offset: k / 8, "stop-color": `rgb(${[0, 1, 2].map(ch =>
+          Math.round(255 * vir[3 * c + ch])).join(",")})`}, lg);
+      }
+      el("rect", {...cb, width: cb.w, height: cb.h, fill: `url(#${grad})`}, f.svg);
+      for (const v of ticks(lo, hi, 4)) {
+        const y = cb.y + cb.h - (v - lo) / (hi - lo) * cb.h;
+        el("text", {x: cb.x + 14, y: y + 4, class: "bx-tick"}, f.svg, tickText(v));
+      }
+      el("text", {x: 0, y: 0, class: "bx-label", "text-anchor": "middle",
+                  transform: `translate(${cb.x + 44},${cb.y + cb.h / 2}) rotate(90)`}, f.svg,
+         "log10 gap (nats)");
+      // samples against the data density
+      const e = edges.subarray(is * (hist.shape[1] + 1), (is + 1) * (hist.shape[1] + 1));
+      const h = hist.subarray(is * hist.shape[1], (is + 1) * hist.shape[1]);
+      const xs = Array.from({length: 300}, (_, i) => mu - 5 * sigma + 10 * sigma * i / 299);
+      const dens = xs.map(v => normal(v, mu, sigma));
+      const top = 1.05 * Math.max(...h, ...dens);
+      const lo2 = Math.min(e[0], xs[0]), hi2 = Math.max(e[e.length - 1], xs[xs.length - 1]);
+      const bx = axes(f.svg, nw ? {x: 50, y: 290, w: 295, h: 220} : {x: 415, y: 10, w: 270, h: 230},
+                      [lo2, hi2], [0, top],
+                      {xlabel: "x (one coordinate)"});
+      for (let k = 0; k < h.length; k++) {
+        el("rect", {x: bx.sx(e[k]), y: bx.sy(h[k]), width: bx.sx(e[k + 1]) - bx.sx(e[k]),
+                    height: bx.sy(0) - bx.sy(h[k]), fill: C[0], opacity: 0.5}, bx.plot);
+      }
+      el("path", {d: pathOf(xs, dens, bx.sx, bx.sy), stroke: "currentColor",
+                  "stroke-width": 1.5, fill: "none", class: "bx-ink"}, bx.plot);
+      legend(bx, [{label: `model samples, var ${fixed(vars[is], 2)}`, color: C[0], width: 8,
+                   opacity: 0.5}, {label: `data, var ${fixed(sigma ** 2, 2)}`,
+                                   color: "currentColor"}]);
+    };
+    const getT = slider(f.controls, ct, draw), getS = slider(f.controls, cs, draw);
+    register(f, draw);
+  }
+
+  function star(cx, cy, r) {
+    let d = "";
+    for (let k = 0; k < 10; k++) {
+      const a = -Math.PI / 2 + k * Math.PI / 5, rr = k % 2 ? r * 0.45 : r;
+      d += `${k ? "L" : "M"}${(cx + rr * Math.cos(a)).toFixed(2)},${(cy + rr * Math.sin(a)).toFixed(2)}`;
+    }
+    return `${d}Z`;
+  }
+
+  // --- chapter 6: the 2-D VAE's decoder at (z[0], z[1]) ---------------------------------------
+  function latent(root, st) {
+    const f = frame(root, 300, 300, "the decoder's mean image at the chosen latent point");
+    const layers = st.layers.map(l => ({W: unpack(l.W), b: unpack(l.b)}));
+    const [c0, c1] = st.controls;
+    const canvas = document.createElement("canvas");
+    canvas.width = canvas.height = 28;
+    const ctx = canvas.getContext("2d"), img = ctx.createImageData(28, 28);
+    const decode = z => {  // ReLU between the linear layers, a sigmoid at the end
+      let h = Float64Array.from(z);
+      layers.forEach(({W, b}, k) => {
+        const [n, m] = W.shape, out = new Float64Array(n);
+        for (let i = 0; i < n; i++) {
+          let a = b[i];
+          for (let j = 0; j < m; j++) a += W[i * m + j] * h[j];
+          out[i] = k < layers.length - 1 ? Math.max(a, 0) : 1 / (1 + Math.exp(-a));
+        }
+        h = out;
+      });
+      return h;
+    };
+    const draw = () => {
+      const z = [get0(), get1()], p = decode(z);
+      root.bxImage = p;  // what is drawn, for tests/test_browser.py to hold to Python
+      f.readout.textContent = `z = (${fixed(z[0], 2)}, ${fixed(z[1], 2)}): mean pixel ` +
+        `${fixed(p.reduce((a, v) => a + v, 0) / p.length, 4)}`;
+      for (let i = 0; i < p.length; i++) {  // matplotlib's gray, vmin 0, vmax 1
+        const g = Math.round(255 * p[i]);
+        img.data.set([g, g, g, 255], 4 * i);
+      }
+      ctx.putImageData(img, 0, 0);
+      clear(f.svg);
+      f.size(300, 300);
+      el("image", {href: canvas.toDataURL(), x: 10, y: 10, width: 280, height: 280,
+                   preserveAspectRatio: "none", style: "image-rendering: pixelated"}, f.svg);
+      el("rect", {x: 10, y: 10, width: 280, height: 280, class: "bx-frame"}, f.svg);
+    };
+    const get0 = slider(f.controls, c0, draw), get1 = slider(f.controls, c1, draw);
+    f.svg.style.maxWidth = "300px";
+    register(f, draw);
+  }
+
+  // --- chapter 8: the forward process on the mixture ----------------------------------------
+  function forward(root, st) {
+    const f = frame(root, 680, 300, "samples of x_t on the mixture, and the schedules");
+    const ab = Object.fromEntries(st.schedules.map(k => [k, unpack(st.alpha_bar[k])]));
+    const x0 = unpack(st.x0), eps = unpack(st.eps), n = x0.shape[0];
+    const ct = st.controls[0];
+    const state = () => {
+      const t = getT(), sched = getSched();
+      return {t, sched, a: t === 0 ? 1 : ab[sched][t - 1]};
+    };
+    const draw = () => {
+      const {t, sched, a} = state();
+      const snr = a / (1 - a);
+      f.readout.textContent = `t = ${t}, ${sched} schedule: ᾱ_t = ${fixed(a, 4)}, ` +
+        `SNR = ᾱ_t/(1 − ᾱ_t) ${t === 0 ? "infinite" : `= 10^${fixed(Math.log10(snr), 2)}`}`;
+      clear(f.svg);
+      const nw = f.narrow();
+      f.size(nw ? 360 : 680, nw ? 600 : 300);
+      const ax = axes(f.svg, nw ? {x: 40, y: 20, w: 290, h: 290} : {x: 40, y: 20, w: 250, h: 250},
+                      [-2.6, 2.6], [-2.6, 2.6],
+                      {title: `x_t, t = ${t}`, nx: 4, ny: 4});
+      const ra = Math.sqrt(a), rb = Math.sqrt(1 - a), xt = new Float64Array(2 * n);
+      let d = "";
+      for (let i = 0; i < n; i++) {
+        const x = ra * x0[2 * i] + rb * eps[2 * i], y = ra * x0[2 * i + 1] + rb * eps[2 * i + 1];
+        xt[2 * i] = x;
+        xt[2 * i + 1] = y;
+        d += `M${ax.sx(x).toFixed(1)},${ax.sy(y).toFixed(1)}h0`;
+      }
+      root.bxPoints = xt;  // what is drawn, for tests/test_browser.py to hold to Python
+      el("path", {d, stroke: C[0], "stroke-width": 3, "stroke-linecap": "round"}, ax.plot);
+      for (const [mx, my] of st.means) {
+        const X = ax.sx(ra * mx), Y = ax.sy(ra * my);
+        el("path", {d: `M${X - 5},${Y - 5}L${X + 5},${Y + 5}M${X - 5},${Y + 5}L${X + 5},${Y - 5}`,
+                    stroke: C[1], "stroke-width": 2}, ax.plot);
+      }
+      const ts = Array.from({length: st.T}, (_, i) => i + 1);
+      const top = axes(f.svg, nw ? {x: 60, y: 350, w: 280, h: 90} : {x: 380, y: 20, w: 285, h: 100},
+                       [0, st.T], [0, 1],
+                       {ny: 2, noxticks: true, ylabel: "ᾱ_t"});
+      const bot = axes(f.svg, nw ? {x: 60, y: 465, w: 280, h: 90} : {x: 380, y: 150, w: 285, h: 100},
+                       [0, st.T], [-5, 5],
+                       {ny: 2, xlabel: "t", ylabel: "log10 SNR"});
+      st.schedules.forEach((k, c) => {
+        const a_ = ab[k];
+        el("path", {d: pathOf(ts, a_, top.sx, top.sy), stroke: C[c], "stroke-width": 2,
+                    fill: "none", opacity: k === sched ? 1 : 0.45}, top.plot);
+        el("path", {d: pathOf(ts, Array.from(a_, v => Math.log10(v / (1 - v))), bot.sx, bot.sy),
+                    stroke: C[c], "stroke-width": 2, fill: "none",
+                    opacity: k === sched ? 1 : 0.45}, bot.plot);
+      });
+      for (const a2 of [top, bot]) {
+        el("line", {x1: a2.sx(t), x2: a2.sx(t), y1: a2.box.y, y2: a2.box.y + a2.box.h,
+                    class: "bx-ink", stroke: "currentColor", "stroke-dasharray": "3,3"}, a2.plot);
+      }
+      if (t > 0) {
+        const c = C[st.schedules.indexOf(sched)];
+        el("circle", {cx: top.sx(t), cy: top.sy(a), r: 4, fill: c}, top.plot);
+        el("circle", {cx: bot.sx(t), cy: bot.sy(Math.log10(snr)), r: 4, fill: c}, bot.plot);
+      }
+      legend(top, st.schedules.map((k, c) => ({label: k, color: C[c]})));
+    };
+    const getT = slider(f.controls, ct, draw);
+    const getSched = choice(f.controls, "schedule", "schedule", st.schedules, st.schedules[0],
+                            draw);
+    register(f, draw);
+  }
+
+  // --- chapters 13 and 15: few-step solvers against the exact map --------------------------
+  function solvers(root, st) {
+    const f = frame(root, 680, 310, "solver paths and endpoints against the reference");
+    const x1 = unpack(st.x1), ref = unpack(st.ref);
+    const ends = Object.fromEntries(st.solvers.map(k => [k, unpack(st.ends[k])]));
+    const paths = Object.fromEntries(st.solvers.map(k => [k, unpack(st.paths[k])]));
+    const rms = Object.fromEntries(st.solvers.map(k => [k, unpack(st.rms[k])]));
+    const cn = st.controls[0], P = ref.shape[0], K = paths[st.solvers[0]].shape[1];
+    const offsets = [];
+    let o = 0;
+    for (const n of st.steps) { offsets.push(o); o += n + 1; }
+    const evals = (name, n) => (st.evaluations[name] || 1) * n;
+    const draw = () => {
+      const n = getN(), name = getSolver(), k = st.steps.indexOf(n);
+      const e = ends[name], c = C[st.solvers.indexOf(name)];
+      const flips = st.flips[name][k];
+      f.readout.textContent = `${name}, ${n} step${n > 1 ? "s" : ""} (${evals(name, n)} ` +
+        `evaluation${evals(name, n) > 1 ? "s" : ""}): RMS distance to ${st.ref_label} ` +
+        `${expo(rms[name][k], 2)}; ${flips} of ${P} points end nearest another mode`;
+      clear(f.svg);
+      const nw = f.narrow();
+      f.size(nw ? 360 : 680, nw ? 640 : 310);
+      const ax = axes(f.svg, nw ? {x: 40, y: 20, w: 300, h: 300} : {x: 40, y: 20, w: 260, h: 260},
+                      [-2.2, 2.2], [-2.2, 2.2],
+                      {nx: 4, ny: 4, title: `${name}, ${n} step${n > 1 ? "s" : ""}`});
+      let d = "";
+      for (let i = 0; i < P; i++) d += `M${ax.sx(ref[2 * i]).toFixed(1)},` +
+        `${ax.sy(ref[2 * i + 1]).toFixed(1)}h0`;
+      el("path", {d, stroke: "currentColor", class: "bx-ink", "stroke-width": 6,
+                  "stroke-linecap": "round", opacity: 0.25}, ax.plot);
+      const pth = paths[name], base = offsets[k];
+      for (let i = 0; i < K; i++) {
+        let dd = "";
+        for (let j = 0; j <= n; j++) {
+          const q = ((base + j) * K + i) * 2;
+          dd += `${j ? "L" : "M"}${ax.sx(pth[q]).toFixed(1)},${ax.sy(pth[q + 1]).toFixed(1)}`;
+        }
+        el("path", {d: dd, stroke: c, "stroke-width": 0.8, fill: "none", opacity: 0.7},
+           ax.plot);
+      }
+      d = "";
+      const eo = k * P * 2;
+      for (let i = 0; i < P; i++) d += `M${ax.sx(e[eo + 2 * i]).toFixed(1)},` +
+        `${ax.sy(e[eo + 2 * i + 1]).toFixed(1)}h0`;
+      el("path", {d, stroke: c, "stroke-width": 3, "stroke-linecap": "round"}, ax.plot);
+      // error against steps, every solver
+      let lo = Infinity, hi = -Infinity;
+      for (const s of st.solvers) for (const v of rms[s]) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+      lo = 10 ** Math.floor(Math.log10(lo)); hi = 10 ** Math.ceil(Math.log10(hi));
+      const bx = axes(f.svg, nw ? {x: 60, y: 370, w: 280, h: 220} : {x: 410, y: 20, w: 255, h: 230},
+                      [st.steps[0], st.steps.at(-1)],
+                      [lo, hi], {logx: true, logy: true, xlabel: "steps",
+                                 ylabel: `RMS distance to ${st.ref_short}`});
+      st.solvers.forEach((s, j) => {
+        el("path", {d: pathOf(st.steps, rms[s], bx.sx, bx.sy), stroke: C[j], fill: "none",
+                    "stroke-width": s === name ? 2.5 : 1.2}, bx.plot);
+        el("circle", {cx: bx.sx(n), cy: bx.sy(rms[s][k]), r: s === name ? 5 : 3, fill: C[j]},
+           bx.plot);
+      });
+      legend(bx, st.solvers.map((s, j) => ({label: s, color: C[j]})));
+    };
+    const getN = slider(f.controls, cn, draw);
+    const getSolver = choice(f.controls, "solver", "solver", st.solvers, st.solvers[0], draw);
+    const note = document.createElement("p");
+    note.className = "bx-hint";
+    note.textContent = `grey: ${st.ref_label}; lines: the paths of the first ${K} points`;
+    f.controls.appendChild(note);
+    register(f, draw);
+  }
+
+  const KINDS = {kl, elbo, pinned, latent, forward, solvers, fewstep: solvers};
+
+  function start() {
+    document.querySelectorAll(".book-explorer").forEach((root, i) => {
+      const script = root.querySelector("script.book-explorer-state");
+      if (!script || root.dataset.ready) return;
+      const st = JSON.parse(script.textContent);
+      root.dataset.uid = String(i);
+      root.hidden = false;  // shown before drawing: the layout depends on its width
+      KINDS[st.kind](root, st);
+      root.dataset.ready = "1";
+    });
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();

@@ -1,0 +1,292 @@
+"""The explorers on the book's web page, which has no kernel: their states, computed here.
+
+Each function returns what one explorer needs in the browser (a JSON-ready dict): its
+controls (the ipywidgets' ranges and steps) and, for every position of them, the numbers
+the notebook's widget prints, computed by the same functions (`plot_fit`'s quadrature,
+`elbo_terms`, `pinned_gap`, the diffusion schedules and ODE solvers). What the page computes
+itself is only closed-form drawing (a Gaussian density, x_t = sqrt(alpha_bar) x_0 +
+sqrt(1 - alpha_bar) eps), held to Python by tests/test_browser.py. Arrays travel as
+base64 of little-endian float64 (numbers shown) or float32 (points drawn): see `pack`.
+The book's Sphinx extension (book/_ext/live_explorers.py) calls these at build time.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+
+import numpy as np
+import torch
+from torch import distributions as D
+
+from . import diffusion as dm
+from . import fewstep, sde
+from .affine_vae import pinned_gap
+from .explorers import pinned_samples
+from .kl import gaussian_mixture_1d, kl_mvn, kl_quadrature
+from .toy import GaussianMixture, LinearGaussian, diffused_score
+
+F64 = torch.float64
+
+
+def pack(a, dtype: str = "f64") -> dict:
+    """An array as {"shape", dtype: base64 of its little-endian bytes} (dtype f64, f32 or
+    f16: half precision for network weights, which the page widens to float32)."""
+    arr = np.ascontiguousarray(np.asarray(a, dtype={"f64": "<f8", "f32": "<f4",
+                                                    "f16": "<f2"}[dtype]))
+    return {"shape": list(arr.shape), dtype: base64.b64encode(arr.tobytes()).decode()}
+
+
+def slider_values(lo: float, hi: float, step: float) -> list[float]:
+    """The positions of a slider from lo to hi by step, as ipywidgets has them."""
+    n = int(round((hi - lo) / step)) + 1
+    return [round(lo + k * step, 10) for k in range(n)]
+
+
+def control(name, label, lo, hi, step, value, fmt=2) -> dict:
+    return {"name": name, "label": label, "values": slider_values(lo, hi, step),
+            "value": value, "digits": fmt}
+
+
+def chapter8_mixture() -> GaussianMixture:
+    """Chapter 8's five-component mixture on a circle (chapters 13 and 15 reuse it)."""
+    angles = torch.arange(5, dtype=F64) * 2 * math.pi / 5 + math.pi / 2
+    return GaussianMixture(weights=[0.35, 0.25, 0.18, 0.12, 0.10],
+                           means=torch.stack([angles.cos(), angles.sin()], 1), stds=0.12)
+
+
+# --- chapters 2, 3, 5: the ELBO chapters' explorers ------------------------------------------
+def kl_page(weights=(0.5, 0.5), means=(-2.5, 2.5), stds=(0.7, 0.7), lim: float = 12,
+            n_grid: int = 4001) -> dict:
+    """Chapter 2: KL(p||q) and KL(q||p) (as `widgets.plot_fit` computes them, quadrature on
+    the chapter's grid) for q = N(mean, std^2) at every slider position."""
+    p = gaussian_mixture_1d(list(weights), list(means), list(stds))
+    grid = torch.linspace(-lim, lim, n_grid, dtype=F64)
+    mus = torch.tensor(slider_values(-4, 4, 0.05), dtype=F64)
+    sds = slider_values(0.1, 4, 0.05)
+    fwd = torch.empty(len(sds), len(mus), dtype=F64)
+    rev = torch.empty_like(fwd)
+    for i, s in enumerate(sds):
+        q = D.Normal(mus[:, None], torch.tensor(s, dtype=F64))
+        fwd[i] = kl_quadrature(p.log_prob, q.log_prob, grid)
+        rev[i] = kl_quadrature(q.log_prob, p.log_prob, grid)
+    x = torch.linspace(-6, 6, 241, dtype=F64)
+    return {"kind": "kl",
+            "controls": [control("mu", "mean of q", -4, 4, 0.05, 0.0),
+                         control("sigma", "std of q", 0.1, 4, 0.05, 1.0)],
+            "x": pack(x), "p": pack(p.log_prob(x).exp()),
+            "fwd": pack(fwd), "rev": pack(rev)}
+
+
+def elbo_page(W, b, sigma, x) -> dict:
+    """Chapter 3: the terms of `explorers.elbo_terms` (the same calls, batched) of the
+    linear Gaussian model at every (mean, std) of q; the page draws the three Gaussian
+    densities (closed form) and the bars."""
+    model = LinearGaussian(torch.as_tensor(W, dtype=F64), torch.as_tensor(b, dtype=F64),
+                           sigma)
+    x = torch.as_tensor(x, dtype=F64)
+    means, stds = slider_values(-3, 3, 0.05), slider_values(0.05, 2.5, 0.05)
+    M, S = torch.meshgrid(torch.tensor(means, dtype=F64), torch.tensor(stds, dtype=F64),
+                          indexing="xy")  # (len(stds), len(means))
+    m, cov = M.reshape(-1, 1), S.reshape(-1, 1, 1) ** 2
+    post_m, post_cov = model.posterior(x.reshape(1, -1))
+    elbo = model.elbo_gaussian(x.expand(len(m), -1), m, cov)
+    kl_prior = kl_mvn(m, cov, torch.zeros_like(m), torch.eye(1, dtype=F64))
+    terms = {"log_px": model.log_marginal(x.reshape(1, -1)).expand(len(m)), "elbo": elbo,
+             "gap": kl_mvn(m, cov, post_m, post_cov), "reconstruction": elbo + kl_prior,
+             "kl_prior": kl_prior}  # explorers.elbo_terms for every position at once
+    pm, pc = model.posterior(x.reshape(1, -1))
+    return {"kind": "elbo",
+            "controls": [control("mean", "mean of q", -3, 3, 0.05, 0.0),
+                         control("std", "std of q", 0.05, 2.5, 0.05, 1.0)],
+            "posterior": [pm[0, 0].item(), pc[0, 0].sqrt().item()],
+            "terms": {k: pack(v.reshape(M.shape)) for k, v in terms.items()}}
+
+
+def pinned_page(mu: float, sigma: float, d: int, n: int = 20_000, seed: int = 0,
+                bins: int = 80) -> dict:
+    """Chapter 5: the pinned model's gap at every (t, s) (`pinned_gap`), the log10 gap map
+    of `plot_pinned`'s left panel, and for every s the histogram of `pinned_samples` (the
+    right panel: the samples depend on s only)."""
+    ts, ss = slider_values(0.05, 1.6, 0.05), slider_values(0.05, 1.6 * sigma, 0.05)
+    T, S = torch.meshgrid(torch.tensor(ts, dtype=F64), torch.tensor(ss, dtype=F64),
+                          indexing="xy")
+    map_t = torch.linspace(0.05, 2.0, 120, dtype=F64)
+    map_s = torch.linspace(0.05, 1.8 * sigma, 120, dtype=F64)
+    MT, MS = torch.meshgrid(map_t, map_s, indexing="xy")
+    hists, edges, var = [], [], []
+    for s in ss:
+        xs = pinned_samples(mu, sigma, s, n, torch.Generator().manual_seed(seed)).numpy()
+        h, e = np.histogram(xs, bins=bins, density=True)
+        hists.append(h)
+        edges.append(e)
+        var.append(float(torch.as_tensor(xs).var()))
+    import matplotlib
+
+    viridis = matplotlib.colormaps["viridis"](np.linspace(0, 1, 256))[:, :3]
+    return {"kind": "pinned", "mu": mu, "sigma": sigma,
+            "controls": [control("t", "encoder std t", 0.05, 1.6, 0.05, 1.0),
+                         control("s", "decoder std s", 0.05, 1.6 * sigma, 0.05,
+                                 round(round(sigma / 0.05) * 0.05, 10))],
+            "gap": pack(pinned_gap(d, sigma, T, S)),
+            "map": pack(torch.log10(pinned_gap(d, sigma, MT, MS)), "f32"),
+            "map_t": [map_t[0].item(), map_t[-1].item()],
+            "map_s": [map_s[0].item(), map_s[-1].item()],
+            "viridis": pack(viridis, "f32"),
+            "hist": pack(np.stack(hists), "f32"), "edges": pack(np.stack(edges), "f32"),
+            "var": pack(var)}
+
+
+# --- chapters 8, 13, 15: the diffusion chapters' explorers ------------------------------------
+def forward_page(T: int = 1000, n: int = 500, seed: int = 2) -> dict:
+    """Chapter 8: alpha_bar_t of the linear and cosine schedules (`Diffusion.alphas_bar`),
+    and n points x_0 of the mixture with fixed noise eps; the page draws
+    x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps (`Diffusion.q_sample`)."""
+    mix = chapter8_mixture()
+    _, x0 = mix.sample(n, generator=torch.Generator().manual_seed(seed))
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed + 1),
+                      dtype=F64)
+    abar = {name: dm.Diffusion(betas(T)).alphas_bar.to(F64)
+            for name, betas in [("linear", dm.linear_betas), ("cosine", dm.cosine_betas)]}
+    return {"kind": "forward", "T": T,
+            "controls": [control("t", "step t", 0, T, 1, 100, 0)],
+            "schedules": list(abar), "alpha_bar": {k: pack(v) for k, v in abar.items()},
+            "x0": pack(x0, "f32"), "eps": pack(eps, "f32"),
+            "means": mix.means.tolist()}
+
+
+class _Recorder:
+    """A field that keeps the states it is evaluated at, every `every`-th call (the state
+    at the start of each step: Heun evaluates twice a step, DDIM and Euler once)."""
+
+    def __init__(self, field, every: int, keep: int):
+        self.field, self.every, self.keep, self.calls, self.states = field, every, keep, 0, []
+
+    def __call__(self, x, t):
+        if self.calls % self.every == 0:
+            self.states.append(x[:self.keep])
+        self.calls += 1
+        return self.field(x, t)
+
+
+def _solver_page(kind, solvers: dict, steps: list[int], x1: torch.Tensor, ref: torch.Tensor,
+                 n_paths: int, means: torch.Tensor, ref_label: str, ref_short: str) -> dict:
+    """Endpoints, paths (the first n_paths points) and errors of the solvers:
+    solvers[name] = (solve(field, x, ts), field, evaluations a step), on the grid
+    linspace(1, 0, n + 1) as `sde.euler` and `fewstep.ode_sample` take it."""
+    ends, paths, rms, flips = {}, {}, {}, {}
+    for name, (solve, field, per_step) in solvers.items():
+        ends[name], paths[name], rms[name], flips[name] = [], [], [], []
+        for n in steps:
+            rec = _Recorder(field, per_step, n_paths)
+            x = solve(rec, x1, torch.linspace(1, 0, n + 1).tolist())
+            ends[name].append(x)
+            paths[name].append(torch.stack([*rec.states, x[:n_paths]]))
+            rms[name].append((x - ref).pow(2).sum(1).mean().sqrt().item())
+            other = torch.cdist(x, means).argmin(1) != torch.cdist(ref, means).argmin(1)
+            flips[name].append(int(other.sum()))
+    return {"kind": kind, "steps": steps, "solvers": list(solvers),
+            "controls": [{"name": "n", "label": "steps", "values": steps,
+                          "value": steps[len(steps) // 2], "digits": 0}],
+            "x1": pack(x1, "f32"), "ref": pack(ref, "f32"),
+            "ends": {k: pack(torch.stack(v), "f32") for k, v in ends.items()},
+            "paths": {k: pack(torch.cat(v), "f32") for k, v in paths.items()},
+            "rms": {k: pack(v) for k, v in rms.items()}, "flips": flips,
+            "means": means.tolist(), "ref_label": ref_label, "ref_short": ref_short,
+            "evaluations": {k: v[2] for k, v in solvers.items()}}
+
+
+SOLVER_STEPS = [1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 25, 32, 40, 50]
+
+
+def solvers_page(n: int = 300, n_paths: int = 40, steps=tuple(SOLVER_STEPS)) -> dict:
+    """Chapter 13: DDIM, Euler and Heun on the mixture's probability-flow ODE
+    (`sde.ddim`, `sde.euler`, `sde.heun` with the exact score), n points of N(0, I) from
+    t = 1 to 0, against the chapter's reference (Heun, 4,000 steps)."""
+    mix, vp = chapter8_mixture(), sde.VPSDE()
+
+    def score(x, t):
+        return diffused_score(mix, x, vp.alpha_bar(t))
+
+    def eps(x, t):
+        return -vp.sigma(t) * score(x, t)
+
+    ode = vp.ode_drift(score)
+    x_T = torch.randn(n, 2, generator=torch.Generator().manual_seed(4), dtype=F64)
+    ref = sde.heun(ode, x_T, torch.linspace(1, 0, 4001).tolist())
+    solvers = {"DDIM": (lambda f, x, ts: sde.ddim(f, vp, x, ts), eps, 1),
+               "Euler": (sde.euler, ode, 1), "Heun": (sde.heun, ode, 2)}
+    return _solver_page("solvers", solvers, list(steps), x_T, ref, n_paths,
+                        mix.means.to(F64), "the reference (Heun, 4,000 steps)", "reference")
+
+
+def fewstep_page(n: int = 300, n_paths: int = 40,
+                 steps=(1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32)) -> dict:
+    """Chapter 15: Euler and Heun on the linear path's exact velocity
+    (`fewstep.MixturePath.velocity`) from n points of N(0, I) at tau = 1 to tau = 0,
+    against the exact flow map (`fewstep.ode_map`, DOP853)."""
+    mix = chapter8_mixture()
+    path = fewstep.MixturePath(mix)
+    x1 = torch.randn(n, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
+    ref = fewstep.ode_map(path.velocity, x1)
+    solvers = {"Euler": (sde.euler, path.velocity, 1), "Heun": (sde.heun, path.velocity, 2)}
+    return _solver_page("fewstep", solvers, list(steps), x1, ref, n_paths,
+                        mix.means.to(F64), "the exact map", "exact map")
+
+
+# --- chapter 6: the 2-D VAE's decoder, run in the page ------------------------------------------
+def save_latent_decoder(model, path) -> None:
+    """The decoder of a VAE with an MLP decoder (linear layers with ReLU between them,
+    Bernoulli logits out) as half-precision arrays W0, b0, W1, b1, ... in an .npz file, for
+    the page's latent explorer (`latent_page`). A 2 -> 512 -> 784 decoder is 0.8 MB."""
+    linears = [m for m in model.decoder.modules() if isinstance(m, torch.nn.Linear)]
+    if getattr(model, "arch", None) != "mlp" or model.likelihood != "bernoulli":
+        raise ValueError("save_latent_decoder takes a VAE with arch='mlp' and Bernoulli "
+                         "likelihood")
+    arrays = {}
+    for k, lin in enumerate(linears):
+        arrays[f"W{k}"] = lin.weight.detach().cpu().numpy().astype("<f2")
+        arrays[f"b{k}"] = lin.bias.detach().cpu().numpy().astype("<f2")
+    np.savez(path, **arrays)
+
+
+def latent_decoder(path) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The layers (W, b) saved by `save_latent_decoder`, as float32 tensors."""
+    with np.load(path) as f:
+        n = len([k for k in f.files if k.startswith("W")])
+        return [(torch.from_numpy(f[f"W{k}"].astype("<f4")),
+                 torch.from_numpy(f[f"b{k}"].astype("<f4"))) for k in range(n)]
+
+
+def latent_mean_image(layers, z: torch.Tensor) -> torch.Tensor:
+    """The decoder's mean image (pixel probabilities) at z (..., 2): (..., 28, 28), float32,
+    as the page computes it (ReLU between layers, a sigmoid at the end)."""
+    h = z.to(torch.float32)
+    for k, (W, b) in enumerate(layers):
+        h = h @ W.T + b
+        if k < len(layers) - 1:
+            h = h.relu()
+    return torch.sigmoid(h).reshape(*z.shape[:-1], 28, 28)
+
+
+def latent_page(stored, span: float = 2.5, step: float = 0.05, dims=(0, 1)) -> dict:
+    """Chapter 6: the latent explorer (`latent.latent_explorer`'s sliders: each latent
+    coordinate from -span to span by step) with the decoder's weights, which the page runs
+    (two small matrix products a position: exact arithmetic, held to Python by
+    tests/test_browser.py). stored: an .npz file written by `save_latent_decoder`."""
+    layers = latent_decoder(stored)
+    return {"kind": "latent",
+            "controls": [control(f"z{d}", f"z[{d}]", -span, span, step, 0.0) for d in dims],
+            "layers": [{"W": pack(W.numpy(), "f16"), "b": pack(b.numpy(), "f16")}
+                       for W, b in layers]}
+
+
+PAGES = {"kl": kl_page, "elbo": elbo_page, "pinned": pinned_page, "latent": latent_page,
+         "forward": forward_page, "solvers": solvers_page, "fewstep": fewstep_page}
+
+
+def page_state(name: str, **kwargs) -> dict:
+    """The state of explorer `name` (a key of PAGES) with the chapter's arguments."""
+    if name not in PAGES:
+        raise KeyError(f"no web explorer {name!r}; there are {sorted(PAGES)}")
+    return {"name": name, **PAGES[name](**kwargs)}
