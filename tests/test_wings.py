@@ -117,6 +117,11 @@ def test_book_ext_holds_sphinx_extensions_only():
     for path in (ROOT / "book" / "_ext").iterdir():
         if path.name == "__pycache__":
             continue
+        if path.is_dir():  # an extension's static files (script, style) beside its module
+            assert path.with_suffix(".py").exists(), (
+                f"{path.name}/: a folder with no extension {path.name}.py beside it")
+            assert not list(path.rglob("*.py")), f"{path.name}/ holds Python: tools/"
+            continue
         assert path.suffix == ".py", f"{path.name}: not a Sphinx extension (tools/)"
         tree = ast.parse(path.read_text())
         assert any(isinstance(n, ast.FunctionDef) and n.name == "setup" for n in tree.body), (
