@@ -343,6 +343,8 @@ def diffused_posterior_mean(gm: GaussianMixture, x, alpha_bar) -> torch.Tensor:
     mu_k + sqrt(alpha_bar) s_k^2 / v_k (x - sqrt(alpha_bar) mu_k), v_k = alpha_bar s_k^2 +
     1 - alpha_bar; the posterior mean weights these by the responsibilities r_k(x) of the
     noisy components. x: (B, D) -> (B, D); alpha_bar = 1 gives x itself.
+
+    Book: :eq:`ch16-mixture-posterior-mean`.
     """
     x, means, var = _mixture_at(gm, x, alpha_bar)
     r = torch.softmax(_mixture_log_joint(gm, x, means, var), dim=-1)      # (B, K)
@@ -383,6 +385,8 @@ def diffused_log_posterior_grad(gm: GaussianMixture, x, y, alpha_bar) -> torch.T
 
     The gradient of the log-softmax of the noisy components' log-joints l_k, whose
     gradients are (m_k - x) / v_k. x: (B, D), y: an int or (B,) classes -> (B, D).
+
+    Book: :eq:`ch16-noisy-classifier`.
     """
     x, means, var = _mixture_at(gm, x, alpha_bar)
     y = _check_class(gm, y, len(x))
