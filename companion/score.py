@@ -60,6 +60,8 @@ def explicit_score_matching(score: Score, x: torch.Tensor, target: torch.Tensor
 
     Returns:
         A scalar: the per-point squared error summed over dimensions, averaged over B.
+
+    Book: :eq:`ch16-esm`.
     """
     checks.same_shape("x and target", checks.batch("x", x), target)
     return 0.5 * _per_point((_score(score, x) - target).pow(2)).mean()
@@ -86,6 +88,8 @@ def implicit_score_matching(score: Score, x: torch.Tensor) -> torch.Tensor:
 
     Returns:
         A scalar, the average over the batch.
+
+    Book: :eq:`ch16-ism`.
     """
     checks.points("x", x, "the exact trace is for points; for images use "
                   "sliced_score_matching or denoising_score_matching")
@@ -120,6 +124,8 @@ def sliced_score_matching(score: Score, x: torch.Tensor, n_projections: int = 1,
 
     Returns:
         A scalar, the average over the P projections and the B points.
+
+    Book: :eq:`ch16-ssm`.
     """
     checks.batch("x", x, min_dims=2)
     if projections is None:
@@ -161,6 +167,8 @@ def denoising_score_matching(score: Score, x: torch.Tensor, sigma: float, *,
 
     Returns:
         A scalar, the average over the batch.
+
+    Book: :eq:`ch16-dsm`, :eq:`ch16-eps-dsm`.
     """
     checks.batch("x", x)
     sigma = checks.positive("sigma (the noise's standard deviation)", sigma)
@@ -187,6 +195,8 @@ def tweedie(x_t: torch.Tensor, score: torch.Tensor, alpha_bar: float) -> torch.T
 
     Returns:
         (B, ...) the posterior mean of x_0.
+
+    Book: :eq:`ch16-tweedie`.
     """
     checks.same_shape("x_t and score", checks.batch("x_t", x_t), score)
     alpha_bar = checks.real("alpha_bar", alpha_bar, low=0.0, high=1.0, open_low=True)
@@ -221,6 +231,8 @@ def classifier_guided_score(score: Score, classifier_grad: Score, w: float) -> S
 
     Returns:
         The field (x, *args) -> like x; both inputs are called with the same arguments.
+
+    Book: :eq:`ch16-bayes-scores`, :eq:`ch16-guided`.
     """
     w = _weight(w)
     score, classifier_grad = _field("score", score), _field("classifier_grad", classifier_grad)
@@ -248,6 +260,8 @@ def classifier_free_score(cond_score: Score, uncond_score: Score, w: float) -> S
 
     Returns:
         The field (x, *args) -> like x.
+
+    Book: :eq:`ch16-cfg`.
     """
     w = _weight(w)
     cond_score = _field("cond_score", cond_score)

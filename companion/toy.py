@@ -336,6 +336,24 @@ def diffused_score(gm: GaussianMixture, x, alpha_bar) -> torch.Tensor:
     return ((r / var)[:, :, None] * (means - x[:, None, :])).sum(1)
 
 
+def diffused_posterior_mean(gm: GaussianMixture, x, alpha_bar) -> torch.Tensor:
+    """E[x_0 | x_t = x] in closed form, the denoiser Tweedie's formula gives from the score.
+
+    Given x_t and component k, x_0 is Gaussian with mean
+    mu_k + sqrt(alpha_bar) s_k^2 / v_k (x - sqrt(alpha_bar) mu_k), v_k = alpha_bar s_k^2 +
+    1 - alpha_bar; the posterior mean weights these by the responsibilities r_k(x) of the
+    noisy components. x: (B, D) -> (B, D); alpha_bar = 1 gives x itself.
+
+    Book: :eq:`ch16-mixture-posterior-mean`.
+    """
+    x, means, var = _mixture_at(gm, x, alpha_bar)
+    r = torch.softmax(_mixture_log_joint(gm, x, means, var), dim=-1)      # (B, K)
+    ab = torch.as_tensor(alpha_bar, dtype=x.dtype, device=x.device).reshape(-1)
+    gain = ab.sqrt()[:, None] * gm.stds.to(x).pow(2) / var                # (B|1, K)
+    each = gm.means.to(x) + gain[:, :, None] * (x[:, None, :] - means)   # (B, K, D)
+    return (r[:, :, None] * each).sum(1)
+
+
 # --- the mixture's components as classes: the exact noisy classifier -------------------------
 # Beside diffused_score because they are the same closed form (the noisy components' means,
 # variances and responsibilities); companion.score combines any scores, these are the toy's.
@@ -367,6 +385,8 @@ def diffused_log_posterior_grad(gm: GaussianMixture, x, y, alpha_bar) -> torch.T
 
     The gradient of the log-softmax of the noisy components' log-joints l_k, whose
     gradients are (m_k - x) / v_k. x: (B, D), y: an int or (B,) classes -> (B, D).
+
+    Book: :eq:`ch16-noisy-classifier`.
     """
     x, means, var = _mixture_at(gm, x, alpha_bar)
     y = _check_class(gm, y, len(x))

@@ -198,6 +198,25 @@ def test_tweedie_is_the_monte_carlo_posterior_mean_on_the_mixture():
     post = gm.means[None] + (math.sqrt(ab) * s2 / v)[None, :, None] * (
         x_t[:, None] - math.sqrt(ab) * gm.means[None])
     assert torch.allclose(got, (r[:, :, None] * post).sum(1), atol=1e-12)
+    assert torch.allclose(got, toy.diffused_posterior_mean(gm, x_t, ab), atol=1e-12)
+
+
+@pytest.mark.parametrize("ab", [1.0, 0.6, 0.1])
+def test_diffused_posterior_mean_is_tweedie_for_both_mixtures(ab):
+    """companion.toy's closed form against Tweedie with the exact score, for shared and
+    unequal widths, one noise level for all points or one per point; at alpha_bar = 1 it is
+    x itself."""
+    x = torch.randn(30, 2, generator=torch.Generator().manual_seed(3))
+    for gm in (chapter8_mixture(), toy.GaussianMixture(
+            [0.2, 0.3, 0.5], [[0.0, 1.0], [1.0, -0.5], [-1.0, 0.0]], [0.1, 0.4, 0.2])):
+        got = toy.diffused_posterior_mean(gm, x, ab)
+        assert torch.allclose(got, S.tweedie(x, toy.diffused_score(gm, x, ab), ab),
+                              atol=1e-12)
+        per_point = toy.diffused_posterior_mean(gm, x, torch.full((30,), ab,
+                                                                  dtype=torch.float64))
+        assert torch.allclose(per_point, got, atol=1e-14)
+    if ab == 1.0:
+        assert torch.allclose(got, x, atol=1e-14)
 
 
 def test_tweedie_agrees_with_the_chains_parameterizations():
