@@ -191,6 +191,35 @@ def eight_bit_vae(x, profile, device, *, source: str, hierarchical: bool = False
 DDPM_CLIP, DDPM_WARMUP = 1.0, 200
 
 
+def toy_eps_settings(profile) -> dict:
+    """Chapter 8's noise predictor for the 2-D mixture, per profile: training points, steps,
+    batch (lr 2e-3, EMA 0.999, seeds 8 for the data and 9 for the batches)."""
+    return dict(n=profile.count(ci=20_000, cpu=100_000, gpu=100_000),
+                steps=profile.count(ci=2_000, cpu=6_000, gpu=20_000),
+                batch=profile.pick(ci=512, cpu=2_048, gpu=4_096))
+
+
+def toy_eps(mix, profile, device, *, T: int = 1000):
+    """Chapter 8's epsilon network for the mixture `mix` (companion.toy.GaussianMixture):
+    toy.NoisePredictorMLP trained on L_simple (Algorithm 1, t uniform on 1..T of the linear
+    schedule), loaded from its checkpoint where it exists (chapter 16 reuses chapter 8's).
+    Returns fit's result: `.ema.model` is the network, `.history` and `.seconds` its run.
+    """
+    from .diffusion import Diffusion, linear_betas
+    from .toy import NoisePredictorMLP
+
+    s = toy_eps_settings(profile)
+    _, x = mix.sample(s["n"], generator=torch.Generator().manual_seed(8))
+    diffusion = Diffusion(linear_betas(T), device=device)
+    torch.manual_seed(0)
+    net = NoisePredictorMLP(dim=2, T=T).to(device)
+    return fit(net, lambda model, batch: diffusion.simple_loss(model, batch),
+               x.float().to(device), steps=s["steps"], batch_size=s["batch"], lr=2e-3,
+               ema=0.999, checkpoint=checkpoint_path("ch8-toy-eps", profile),
+               config={"steps": s["steps"], "batch": s["batch"], "n": s["n"], "T": T},
+               generator=torch.Generator().manual_seed(9))
+
+
 def ddpm_settings(profile) -> dict:
     """Chapter 9's recipe per profile: U-Net preset, T, optimizer steps, batch, lr, EMA decay.
 
