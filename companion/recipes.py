@@ -199,7 +199,7 @@ def toy_eps_settings(profile) -> dict:
                 batch=profile.pick(ci=512, cpu=2_048, gpu=4_096))
 
 
-def toy_eps(mix, profile, device, *, T: int = 1000):
+def toy_eps(mix, profile, device, *, T: int = 1000, prefix: str = "ch8"):
     """Chapter 8's epsilon network for the mixture `mix` (companion.toy.GaussianMixture):
     toy.NoisePredictorMLP trained on L_simple (Algorithm 1, t uniform on 1..T of the linear
     schedule), loaded from its checkpoint where it exists (chapter 16 reuses chapter 8's).
@@ -215,7 +215,7 @@ def toy_eps(mix, profile, device, *, T: int = 1000):
     net = NoisePredictorMLP(dim=2, T=T).to(device)
     return fit(net, lambda model, batch: diffusion.simple_loss(model, batch),
                x.float().to(device), steps=s["steps"], batch_size=s["batch"], lr=2e-3,
-               ema=0.999, checkpoint=checkpoint_path("ch8-toy-eps", profile),
+               ema=0.999, checkpoint=checkpoint_path(f"{prefix}-toy-eps", profile),
                config={"steps": s["steps"], "batch": s["batch"], "n": s["n"], "T": T},
                generator=torch.Generator().manual_seed(9))
 

