@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 
 from companion import compare, diffusion, fewstep, flow, masked, metrics, sde
 from companion.run import checks, glue, memory, tables
+from tests.test_refusals import _glued  # glue's stored text, display caught
 
 settings.register_profile("default", max_examples=30, derandomize=True, database=None,
                           deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -99,18 +100,6 @@ def test_glue_a_stored_number_rounds_as_the_number_does(x, digits):
         assert f"{stored:.{shown}f}" == f"{x:.{shown}f}", (x, digits, shown)
     for shown in range(1, digits + 1):  # significant digits
         assert f"{stored:.{shown - 1}e}" == f"{x:.{shown - 1}e}", (x, digits, shown)
-
-
-def _glued(value, **kwargs):
-    import IPython.display
-
-    seen, real = [], IPython.display.display
-    IPython.display.display = lambda obj, **kw: seen.append(obj)
-    try:
-        glue.glue("ch_p", value, display=False, **kwargs)
-    finally:
-        IPython.display.display = real
-    return seen[0][glue.GLUE_PREFIX + "text/plain"]
 
 
 nested = st.recursive(
