@@ -27,6 +27,7 @@ import traceback
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -34,6 +35,8 @@ from hypothesis import strategies as st
 from companion import compare, diffusion, fewstep, flow, masked, metrics, sde
 from companion.run import checks, glue, memory, tables
 from tests.test_refusals import _glued  # glue's stored text, display caught
+
+pytestmark = pytest.mark.slow  # in make test, not in check-fast (the hook's minute)
 
 settings.register_profile("default", max_examples=30, derandomize=True, database=None,
                           deadline=None, suppress_health_check=[HealthCheck.too_slow])
