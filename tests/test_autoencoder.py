@@ -192,6 +192,7 @@ def test_interpolate_runs_from_one_reconstruction_to_the_other():
         torch.testing.assert_close(path[-1], model(b)[0])
 
 
+@pytest.mark.slow
 def test_linear_als_reaches_the_pca_subspace_and_loss():
     from companion.pca import pca, pca_reconstruct, principal_angles
 

@@ -48,6 +48,7 @@ def test_to_unit():
     assert to_unit(x).tolist() == [0.0, 0.0, 0.5, 1.0, 1.0]
 
 
+@pytest.mark.slow
 def test_learns_bars():
     """Two classes, a vertical and a horizontal bar at random places: learnt in a few steps."""
     torch.manual_seed(0)

@@ -15,6 +15,7 @@ def test_to_8bit_range_maps_levels_exactly():
     assert torch.equal(quantize_8bit(x + 0.3 / 255), x)  # nearest level
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["mlp", "conv"])
 def test_pixel_probabilities_sum_to_one_over_the_levels(arch):
     """sum_k P(x_pixel = level_k | z) = 1 for every pixel, whatever the decoder outputs."""

@@ -89,6 +89,7 @@ def test_euler_converges_to_the_accurate_map_on_the_mixture():
     assert err[-1] < err[0] / 10
 
 
+@pytest.mark.slow
 def test_straightness_matches_the_gaussian_closed_form_and_vanishes_for_a_point():
     path = gaussian(std=0.3)
     x1 = torch.randn(100, 2, generator=torch.Generator().manual_seed(5), dtype=F64)
@@ -105,6 +106,7 @@ def test_straightness_matches_the_gaussian_closed_form_and_vanishes_for_a_point(
     assert s0.max() < 1e-5 and fewstep.gaussian_straightness(0.0, 2) == pytest.approx(0, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_reflow_pairs_are_the_teachers_ends_and_straighten_to_zero_loss():
     """With the exact map of Gaussian data, the straight lines between pairs never cross:
     the coupled loss's minimizer (here written down) reaches 0, the independent loss cannot."""

@@ -145,6 +145,7 @@ def test_an_oracle_prior_fills_in_the_one_image_it_knows(mask, resamples):
     assert region_rmse(out, y, 1 - m).max() < 0.02
 
 
+@pytest.mark.slow
 def test_every_state_repaint_visits_has_the_forward_marginal_under_an_oracle():
     """Data that are one image c, the optimal eps and sigma_k^2 = beta_tilde_k: a reverse
     step then draws from q(x_{k-1} | x_k, x_0 = c), the known pixels from q(x_k | x_0 = c),

@@ -91,6 +91,7 @@ def test_quadrature_matches_closed_form():
                                                                                   abs=1e-8)
 
 
+@pytest.mark.slow
 def test_moment_match_and_reverse_fit_on_two_bumps():
     target = kl.gaussian_mixture_1d([0.5, 0.5], [-2.5, 2.5], [0.7, 0.7])
     fwd = kl.moment_match(target)

@@ -184,6 +184,7 @@ def test_active_units_and_kl_per_dimension():
         active_units(torch.zeros(1, 4))
 
 
+@pytest.mark.slow
 def test_refine_posterior_raises_the_elbo_and_leaves_the_model_alone():
     model, _, x = small_vae_and_images()
     before = [p.detach().clone() for p in model.parameters()]

@@ -224,6 +224,7 @@ def test_divergence_exact_is_the_trace_of_a_linear_field():
     assert torch.allclose(div, torch.full((4,), A.trace().item()))
 
 
+@pytest.mark.slow
 def test_hutchinson_is_unbiased_on_a_linear_field_with_rademachers_variance():
     D = 6
     A = torch.randn(D, D, generator=torch.Generator().manual_seed(8))

@@ -226,6 +226,7 @@ def test_smoke_mode_stops_early_and_keeps_the_cache_untouched(tmp_path, monkeypa
     assert ck._smoke_dir() == ck._SMOKE_DIRS[os.getpid()]  # one folder per process
 
 
+@pytest.mark.slow
 def test_smoke_cache_folder_is_removed_at_exit(tmp_path):
     import os
     import subprocess

@@ -28,6 +28,7 @@ def _randomize(model):
     return model
 
 
+@pytest.mark.slow
 def test_output_shape_for_every_preset():
     for name in PRESETS:
         model = UNet(preset(name)).eval()
@@ -41,6 +42,7 @@ def test_preset_parameter_counts_are_the_documented_ones():
     assert counts == {"tiny": 168_921, "cpu": 670_001, "gpu": 14_931_585}
 
 
+@pytest.mark.slow
 def test_flops_match_a_count_by_hand():
     """flop_counter against 2 * multiply-adds of every conv, linear and attention product."""
     model = UNet(preset("tiny")).eval()
@@ -80,6 +82,7 @@ def test_time_embedding_formula():
         timestep_embedding(t, 7)
 
 
+@pytest.mark.slow
 def test_the_network_depends_on_t_and_on_x():
     model = _randomize(UNet(preset("tiny"))).eval()
     x = torch.randn(2, 1, 28, 28)
