@@ -100,7 +100,7 @@ test-cpu-capability: $(STAMP)
 # Every chapter top to bottom in Colab's versions (Python 3.13, companion.run.colab's table) in
 # the `ci` profile, then the `gpu` profile's smoke run of every chapter in the same venv
 # (BOOK_PROFILE=gpu BOOK_SMOKE=1: the gpu models, recipes and code paths on a CPU, two
-# optimizer steps a training run, long loops thinned; book/running.md). The venv lives in
+# optimizer steps a training run, slow networks repeat their output; book/running.md). The venv lives in
 # .cache/colab-venv; its first build downloads torch from PyPI (several GB). Without a
 # Python 3.13 it says so and skips (COLAB_REQUIRED=1 makes that a failure). See
 # tests/colab_run.py.

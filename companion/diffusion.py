@@ -35,7 +35,6 @@ import torch
 
 from .run import checks
 from .run.memory import map_chunks
-from .run.profiles import smoke_mode
 from .run.progress import progress
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -693,8 +692,7 @@ class Diffusion:
         """
         _check_bound(x0, variance, decoder, "bound_terms")
         B = len(x0)
-        # the smoke run (BOOK_SMOKE=1) computes a couple of steps, one a call, the rest zeros
-        chunk = 1 if smoke_mode() else max(1, max_batch // B)
+        chunk = max(1, max_batch // B)
         terms = torch.zeros(B, self.T, dtype=x0.dtype, device=x0.device)
         starts = range(1, self.T + 1, chunk)
         for start in progress(starts, desc="bound", quiet=quiet):

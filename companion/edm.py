@@ -326,8 +326,8 @@ def _chain_grid(sigmas: torch.Tensor, n_steps: int) -> torch.Tensor:
 
 # --- samplers of dx/dsigma = (x - D(x; sigma)) / sigma ------------------------------------------
 def _pairs(x: torch.Tensor, sigmas):
-    """The grid's steps (sigma_i, sigma_{i+1}) through the book's loop bar (silent; the smoke
-    run cuts a slow loop there), after checking the state and the grid."""
+    """The grid's steps (sigma_i, sigma_{i+1}) through the book's loop bar (silent), after
+    checking the state and the grid."""
     checks.batch("x", x, min_dims=2)
     s = checks.sigma_grid(sigmas)
     return progress(list(zip(s[:-1], s[1:], strict=True)), quiet=True)

@@ -463,7 +463,6 @@ def sample(denoiser: Callable, shape, K: int, *, order: str = "random", sched="l
     z = torch.full(shape, MASK, device=device)
     masked_after = [D - c for c in itertools.accumulate(reveal_counts(D, K, sched))]
     still, bad = D, []
-    # the smoke run (BOOK_SMOKE=1) thins the steps; a kept step reveals what the skipped did
     for k in progress(range(K), desc=f"unmasking ({order}, K = {K})", quiet=True):
         count, still = still - masked_after[k], masked_after[k]
         if count == 0:

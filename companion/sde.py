@@ -35,7 +35,6 @@ import torch
 
 from .diffusion import predict_x0
 from .run import checks, memory
-from .run.profiles import smoke_thin
 from .run.progress import progress
 
 Field = Callable[[torch.Tensor, float], torch.Tensor]
@@ -219,7 +218,7 @@ class ChainClock:
 # --- fixed-step solvers ----------------------------------------------------------------------
 def _steps(x: torch.Tensor, ts):
     """The grid's steps (t_k, t_{k+1}) for the state x (B, ...), through the book's loop bar
-    (silent; the smoke run cuts a slow loop there)."""
+    (silent)."""
     checks.batch("x", x, min_dims=2)
     ts = checks.time_grid(ts)
     return progress(list(zip(ts[:-1], ts[1:], strict=False)), quiet=True)
@@ -409,10 +408,6 @@ def standard_normal_log_p(x: torch.Tensor) -> torch.Tensor:
     return -0.5 * (x.reshape(len(x), -1).double().pow(2).sum(1) + d * math.log(2 * math.pi))
 
 
-class _SmokeCut(Exception):
-    """Stops the solver in the smoke run."""
-
-
 @dataclass
 class Likelihood:
     """log p_0(x) = log_prior + delta per point (nats, float64 (B,)); nfe: evaluations of the
@@ -476,19 +471,16 @@ def ode_log_likelihood(field: Field, x: torch.Tensor, *, t0: float = 0.0, t1: fl
                       "(Hutchinson)")
     shape, B, dtype, device = x.shape, len(x), x.dtype, x.device
     n = x.numel()
-    keep, last, nfe = smoke_thin(), {}, 0
+    nfe = 0
 
     def rhs(t, y):
         nonlocal nfe
-        if not keep(nfe):  # the smoke run: a few evaluations of a big network
-            raise _SmokeCut
         if nfe >= max_evals:
             raise RuntimeError(
                 f"the ODE solve from t = {t0:g} to {t1:g} stopped after {max_evals} "
                 f"evaluations of the field, at t = {t:.6g}: the field is stiff or grows "
                 f"without bound there; check it, loosen rtol/atol (now {rtol:g}/{atol:g}), "
                 "or raise max_evals")
-        last["y"] = y
         xt = torch.from_numpy(y[:n]).to(device=device, dtype=dtype).reshape(shape)
         nfe += 1  # one evaluation of the field, however many chunks it takes
         f, div = field_and_divergence(field, xt, float(t), v)
@@ -504,14 +496,10 @@ def ode_log_likelihood(field: Field, x: torch.Tensor, *, t0: float = 0.0, t1: fl
         return out
 
     y0 = np.concatenate([x.detach().double().cpu().numpy().ravel(), np.zeros(B)])
-    try:
-        sol = solve_ivp(rhs, (t0, t1), y0, method=method, rtol=rtol, atol=atol)
-    except _SmokeCut:  # ends where the field was last evaluated, short of t1
-        end = last["y"]
-    else:
-        if not sol.success:
-            raise RuntimeError(f"the ODE solver failed: {sol.message}")
-        end = sol.y[:, -1]
+    sol = solve_ivp(rhs, (t0, t1), y0, method=method, rtol=rtol, atol=atol)
+    if not sol.success:
+        raise RuntimeError(f"the ODE solver failed: {sol.message}")
+    end = sol.y[:, -1]
     x_end = torch.from_numpy(end[:n].copy()).reshape(shape)
     delta = torch.from_numpy(end[n:].copy())
     log_prior = checks.per_point(prior_log_p(x_end.to(torch.float64)), B, who="prior_log_p",

@@ -91,7 +91,9 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
     it, then loads or resumes what it saved; a second fit in the same process is an error.
     Whatever stops it, fit leaves no lock, signal handler or temporary file behind.
     In smoke mode (BOOK_SMOKE=1, companion.run.profiles.smoke_mode) each call stops after
-    profiles.SMOKE_STEPS optimizer steps, and cache_dir() is a throwaway folder.
+    profiles.SMOKE_STEPS optimizer steps, cache_dir() is a throwaway folder, and the trained
+    model and its average repeat a slow network's output after a couple of calls
+    (companion.run.smoke.cut), which keeps the samplers' loops cheap.
     Under torchrun with several processes, each rank trains on its share of every batch of
     `batch_size` through DistributedDataParallel (companion.run.distributed); rank 0 alone
     prints and writes the checkpoint, which is the one a single process would write.

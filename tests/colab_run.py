@@ -169,10 +169,10 @@ def untrained() -> set[tuple[str, str]]:
 
 def execute(notebook: Path, env: dict, workdir: Path) -> tuple[str, float, str, list, str]:
     """(name, seconds, error text or "", asserts that failed in the smoke run, how many of
-    its loops the smoke run thinned)."""
+    the slow networks the smoke run made repeat their output)."""
     start = time.time()
     smoke = env.get("BOOK_SMOKE") == "1"
-    log = workdir / "thinned.tsv"  # companion.run.profiles writes a line per decision
+    log = workdir / "repeats.tsv"  # companion.run.smoke writes a line per repeating network
     env = {**env, "BOOK_SMOKE_LOG": str(log)} if smoke else env
     proc = subprocess.run([str(PY), "-c", RUN_ONE, str(notebook), str(workdir),
                            "1" if smoke else "0", SOFT_ASSERTS], env=env, cwd=workdir,
@@ -188,8 +188,7 @@ def execute(notebook: Path, env: dict, workdir: Path) -> tuple[str, float, str, 
     # is recorded, not raised); any exception is a bug in the profile's code path
     errors = [f"cell {i}: {name}: {' '.join(msg)}" for i, name, msg in lines["ERRORS"]]
     decisions = log.read_text().split() if log.exists() else []
-    n_thin, n_whole = decisions.count("thinned"), decisions.count("whole")
-    thinned = f"{n_thin} of {n_thin + n_whole} long loops thinned"
+    thinned = f"{decisions.count('repeats')} slow networks repeated their output"
     return notebook.name, seconds, "\n".join(errors), lines["ASSERTS"], thinned
 
 

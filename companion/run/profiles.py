@@ -12,9 +12,7 @@ ci profile's data slice and counts, and the book's loops stop early: see `smoke_
 
 from __future__ import annotations
 
-import math
 import os
-import time
 from dataclasses import dataclass, replace
 
 import torch
@@ -125,11 +123,7 @@ def env_flag(name: str, default: bool = False, environ=None) -> bool:
 
 
 SMOKE_VAR = "BOOK_SMOKE"
-SMOKE_STEPS = 2
-SMOKE_LOOP = 5.0  # seconds: a loop projected to run longer is thinned in the smoke run,
-SMOKE_PACE = 0.01  # if each iteration takes longer than this (a network of gpu size)
-SMOKE_KEEP = 5  # iterations a thinned loop keeps besides its first SMOKE_STEPS and its last
-SMOKE_UNKNOWN = 100  # iterations assumed for a loop of unknown length (an ODE solver's)
+SMOKE_STEPS = 2  # optimizer steps a smoke run's fit takes; real calls of a slow network
 
 
 def smoke_mode() -> bool:
@@ -139,49 +133,10 @@ def smoke_mode() -> bool:
     minutes: `fit` stops after SMOKE_STEPS optimizer steps and writes its checkpoints to a
     throwaway folder, never the normal cache (a data download goes there too; data already
     in the user's folder is read); `get_profile` gives the ci profile's data
-    slice and counts; and a loop that would take longer than SMOKE_LOOP seconds at more than
-    SMOKE_PACE a step (a sampler calling a gpu-sized network a thousand times) is thinned to
-    about SMOKE_KEEP evenly spaced iterations, its first and last kept, while a cheaper one
-    (a toy model's) runs whole (`smoke_thin`). Read by `env_flag` (1/true/yes/on).
+    slice and counts; and a trained network that takes longer than `smoke.SLOW` seconds a
+    call repeats its output after SMOKE_STEPS calls (`companion.run.smoke`: fit makes the
+    cut, so a sampler's loop runs every step of its own code, cheaply, and reads as in any
+    other run). Read by `env_flag` (1/true/yes/on).
     """
     return env_flag(SMOKE_VAR)
 
-
-def smoke_thin(total: int | None = None):
-    """Which iterations of one loop the smoke run keeps: `keep(i)` for i = 0, 1, 2, ...
-
-    Outside the smoke run every one. In it, the first SMOKE_STEPS always; then, if each of
-    those took more than SMOKE_PACE seconds and the loop at their pace would take more than
-    SMOKE_LOOP seconds over its `total` iterations (SMOKE_UNKNOWN when not known), only
-    every ceil(total / SMOKE_KEEP)-th and the last, so that the steps at round fractions of
-    the loop, which the chapters' snapshots read (t = 0.4 T, say), still run; a loop of
-    unknown length then stops (False from there on).
-    A sampler thinned this way jumps between its kept steps: its samples are not samples,
-    but every line of its code runs.
-    """
-    if not smoke_mode():
-        return lambda i: True
-    start, slow = time.perf_counter(), False
-    stride = math.ceil(total / SMOKE_KEEP) if total else 0
-
-    def keep(i: int) -> bool:
-        nonlocal slow
-        if i < SMOKE_STEPS:
-            return True
-        if i == SMOKE_STEPS:
-            pace = (time.perf_counter() - start) / SMOKE_STEPS
-            slow = pace > SMOKE_PACE and pace * (total or SMOKE_UNKNOWN) > SMOKE_LOOP
-            _log_thin(total, pace, slow)
-        if not slow:
-            return True
-        return bool(stride) and (i % stride == 0 or i == total - 1)
-
-    return keep
-
-
-def _log_thin(total: int | None, pace: float, slow: bool) -> None:
-    """One line per decision into $BOOK_SMOKE_LOG, if set (tests/colab_run.py reads it)."""
-    path = os.environ.get("BOOK_SMOKE_LOG")
-    if path:
-        with open(path, "a") as f:
-            f.write(f"{'thinned' if slow else 'whole'}\t{total}\t{pace:.4f}\n")

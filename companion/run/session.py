@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import distributed, precision, profiles
+from . import distributed, precision, profiles, smoke
 from .checkpoint import (
     CheckpointMismatchError,
     CheckpointSaveError,
@@ -162,7 +162,8 @@ class Run:
         """Everything around fit's loop, as one context: the ranks agree, the checkpoint is
         locked and resumed (1), a smoke run is cut to a couple of steps, signals stop the
         run at the end of a step, the progress bar shows it; on the way out an interrupted
-        run saves (6), and a finished one checks what it ends with. Whatever stops it,
+        run saves (6), a finished one checks what it ends with, and a smoke run's model
+        gets the smoke run's cheap forward (`smoke.cut`). Whatever stops it,
         nothing (lock, signal handler, temporary file) is left behind."""
         tensors, model = self.tensors, self.model
         ident = identity(model, config, tensors if checkpoint is not None else (),
@@ -196,6 +197,10 @@ class Run:
             raise NonFiniteWeightsError(
                 f"the weights became NaN/inf by step {self.step} although the loss was finite "
                 "(a NaN gradient?). Lower the learning rate or clip gradients (clip=1.0).")
+        if profiles.smoke_mode():  # from here on a slow network repeats itself (smoke.cut)
+            smoke.cut(model)
+            if self.ema is not None:
+                smoke.cut(self.ema.model)
 
     def step_model(self, compile: bool) -> nn.Module:
         """What the loss function calls: the model, compiled with `compile` (torch.compile,

@@ -1,0 +1,115 @@
+"""The smoke run's cut (companion.run.smoke): a slow trained network repeats its output, the
+loops around it run whole, and nothing else about the model changes."""
+
+import copy
+import time
+
+import torch
+from torch import nn
+
+from companion.run import smoke
+from companion.run.checkpoint import identity
+from companion.train import fit
+
+
+class Slow(nn.Module):
+    """x (B, 2) -> (B, 2), counting its computed calls; `pause` seconds each."""
+
+    def __init__(self, pause: float):
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+        self.pause, self.calls = pause, 0
+
+    def forward(self, x, t=None):
+        self.calls += 1
+        time.sleep(self.pause)
+        return self.lin(x)
+
+
+def train(model, monkeypatch, ema=None):
+    monkeypatch.setenv("BOOK_SMOKE", "1")
+    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
+    return fit(model, lambda m, b: m(b).pow(2).mean(), x, steps=50, batch_size=8,
+               quiet=True, ema=ema)
+
+
+def test_a_slow_network_repeats_its_output_after_two_calls_per_shape(monkeypatch):
+    model = Slow(smoke.SLOW * 1.5)
+    result = train(model, monkeypatch, ema=0.9)
+    assert result.steps == 2  # the smoke run's two optimizer steps
+    model.calls = 0
+    x = torch.randn(4, 2)
+    with torch.no_grad():
+        outs = [model(x + i) for i in range(5)]
+    assert model.calls == 2  # computed twice, then the last output again
+    assert torch.equal(outs[2], outs[1]) and torch.equal(outs[4], outs[1])
+    assert not torch.equal(outs[0], outs[1])
+    model(torch.randn(3, 2))  # a new shape is computed
+    assert model.calls == 3
+    # autograd through a repeated output still works (zero gradient, right shape)
+    xg = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(model(xg).sum(), xg)
+    assert g.shape == x.shape and model.calls == 3
+    model.train()  # training always computes
+    model(x)
+    assert model.calls == 4
+    # the average is cut too
+    avg = result.ema.model
+    avg.calls = 0
+    with torch.no_grad():
+        for _ in range(4):
+            avg(x)
+    assert avg.calls == 2
+
+
+def test_only_the_smoke_run_and_only_slow_networks_are_cut(monkeypatch):
+    fast = Slow(0.0)
+    train(fast, monkeypatch)
+    fast.calls = 0
+    for _ in range(5):
+        fast(torch.randn(4, 2))
+    assert fast.calls == 5
+    slow = Slow(smoke.SLOW * 1.5)
+    train(slow, monkeypatch)
+    monkeypatch.setenv("BOOK_SMOKE", "0")
+    slow.calls = 0
+    for _ in range(4):
+        slow(torch.randn(4, 2))
+    assert slow.calls == 4
+    monkeypatch.delenv("BOOK_SMOKE")
+    plain = Slow(smoke.SLOW * 1.5)
+    fit(plain, lambda m, b: m(b).pow(2).mean(), torch.randn(16, 2), steps=3, batch_size=8,
+        quiet=True)
+    assert type(plain) is Slow and plain.calls == 3  # outside the smoke run: untouched
+
+
+def test_the_cut_keeps_the_models_name_and_a_copy_trains_again(monkeypatch):
+    model = Slow(smoke.SLOW * 1.5)
+    before = identity(model, {"a": 1})
+    train(model, monkeypatch)
+    assert type(model).__qualname__ == "Slow" and isinstance(model, Slow)
+    assert identity(model, {"a": 1}) == before
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(4, 2))
+    student = copy.deepcopy(model)  # chapter 15's students start as copies of the teacher
+    w = student.lin.weight.detach().clone()
+    train(student, monkeypatch)
+    assert not torch.equal(student.lin.weight, w)  # its training computed real gradients
+    assert student._smoke_calls == {}  # and what it repeats starts afresh
+
+
+def test_a_network_returning_a_tuple_computes_every_call(monkeypatch):
+    class Pair(Slow):
+        def forward(self, x, t=None):
+            y = super().forward(x)
+            return y, -y
+
+    model = Pair(smoke.SLOW * 1.5)
+    monkeypatch.setenv("BOOK_SMOKE", "1")
+    fit(model, lambda m, b: m(b)[0].pow(2).mean(), torch.randn(16, 2), steps=5,
+        batch_size=8, quiet=True)
+    model.calls = 0
+    for _ in range(3):
+        model(torch.randn(4, 2))
+    assert model.calls == 3
