@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import base64
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -248,6 +250,23 @@ def save_latent_decoder(model, path) -> None:
         arrays[f"W{k}"] = lin.weight.detach().cpu().numpy().astype("<f2")
         arrays[f"b{k}"] = lin.bias.detach().cpu().numpy().astype("<f2")
     np.savez(path, **arrays)
+
+
+STORE_VAR = "BOOK_EXPLORERS"  # the folder a storing run keeps explorers' arrays in
+
+
+def store_latent_decoder(model, name: str):
+    """`save_latent_decoder` into $BOOK_EXPLORERS/name, the folder that
+    tools/run_notebooks.py sets when it executes a chapter to store its outputs, so that
+    the page's explorer runs the decoder of the run the page shows. Elsewhere (nbval,
+    Colab, a dry run) nothing is written. Returns the path written, or None."""
+    folder = os.environ.get(STORE_VAR)
+    if not folder:
+        return None
+    path = Path(folder) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_latent_decoder(model, path)
+    return path
 
 
 def latent_decoder(path) -> list[tuple[torch.Tensor, torch.Tensor]]:

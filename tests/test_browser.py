@@ -879,9 +879,10 @@ def explorer_cells() -> dict[str, list[str]]:
 
 
 EXPLORERS = explorer_cells()
-# Chapter 6's latent explorer runs the decoder of the chapter's run, which it has not saved
-# yet (see WIDGETS_WITHOUT_EXPLORER): it is tested on a planted page with a seeded decoder
-# of the same shape (planted_server).
+# Chapter 6's latent explorer runs the decoder its stored run saved
+# (notebooks/explorers/ch6-latent-decoder.npz); against the full-precision model it came
+# from, it is tested on a planted page with a seeded decoder of the same shape
+# (planted_server), since the trained model is not kept with the book.
 PLANTED_LATENT = "notebooks/planted-latent.html"
 EXPLORER_CASES = [pytest.param(page, i, name, id=f"{name}-{Path(page).stem}")
                   for page, names in EXPLORERS.items() for i, name in enumerate(names)]
@@ -972,13 +973,7 @@ def test_every_widget_has_a_web_explorer():
 
 
 # Widgets still without a web explorer, each with the reason; the list may only shrink.
-WIDGETS_WITHOUT_EXPLORER: dict[str, str] = {
-    "06_vae_mnist.ipynb": "the latent explorer (companion.page_explorers.latent_page, "
-                          "tested on PLANTED_LATENT) needs vae2's decoder from the chapter's "
-                          "stored run (gpu profile), which was not saved: re-execute chapter "
-                          "6 with save_latent_decoder(vae2, ...) and name the file in the "
-                          "cell's explorer metadata",
-}
+WIDGETS_WITHOUT_EXPLORER: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("page", PAGES)

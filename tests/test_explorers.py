@@ -66,3 +66,19 @@ def test_latent_page_carries_the_decoder(tmp_path):
     assert len(values) == 101 and values[0] == -2.5 and values[-1] == 2.5
     with pytest.raises(ValueError, match="arch='mlp'"):
         save_latent_decoder(VAE(latent_dim=2, arch="conv"), tmp_path / "x.npz")
+
+
+def test_a_chapter_stores_its_decoder_only_in_a_storing_run(tmp_path, monkeypatch):
+    """store_latent_decoder writes under $BOOK_EXPLORERS, which tools/run_notebooks.py sets
+    when it stores a chapter's outputs; nbval, Colab and dry runs write nothing."""
+    from companion.models.vae import VAE
+    from companion.page_explorers import STORE_VAR, latent_decoder, store_latent_decoder
+
+    vae = VAE(latent_dim=2, hidden=(16,))
+    monkeypatch.delenv(STORE_VAR, raising=False)
+    assert store_latent_decoder(vae, "dec.npz") is None
+    assert not list(tmp_path.iterdir())
+    monkeypatch.setenv(STORE_VAR, str(tmp_path / "explorers"))
+    path = store_latent_decoder(vae, "dec.npz")
+    assert path == tmp_path / "explorers" / "dec.npz"
+    assert [W.shape for W, _ in latent_decoder(path)] == [(16, 2), (784, 16)]

@@ -104,7 +104,8 @@ fi
 snapshot() {
   [ $dry = 1 ] && return 0  # nothing of a dry run is stored or packed
   local nbs=() res=()
-  [ -d "$MADE/notebooks" ] && nbs=(-C "$MADE" $(cd "$MADE" && ls notebooks/*.ipynb 2>/dev/null | grep -v '\.running\.ipynb$'))
+  # the notebooks and the arrays their pages' explorers run (page_explorers.store_*)
+  [ -d "$MADE/notebooks" ] && nbs=(-C "$MADE" $(cd "$MADE" && ls notebooks/*.ipynb notebooks/explorers/*.npz 2>/dev/null | grep -v '\.running\.ipynb$'))
   [ -d "$BOOK_CACHE/results" ] && res=(-C "$BOOK_CACHE" --transform
                                        's,^results,.cache/book-gpu/results,' results)
   [ ${#nbs[@]} -gt 2 ] || [ ${#res[@]} -gt 0 ] || return 0

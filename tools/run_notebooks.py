@@ -321,6 +321,11 @@ def _execute(paths: list[str], env: dict, folder: str | None, into: str | None) 
                 allowed = _smoke_copy(p)
         elif into:
             target, p = made_path(p, into), _prepare_into(p, into)
+        # arrays a page's explorer runs (companion.page_explorers.store_*) go beside the stored
+        # notebook: notebooks/explorers/, or INTO/notebooks/explorers/; a dry run keeps none
+        env.pop("BOOK_EXPLORERS", None)
+        if not folder:
+            env["BOOK_EXPLORERS"] = str(Path(target or p).resolve().parent / "explorers")
         log = Path(tempfile.mkstemp(prefix="book-loaded-", suffix=".txt")[1])
         peak_log = Path(tempfile.mkstemp(prefix="book-peak-", suffix=".json")[1])
         env["BOOK_LOADED_LOG"], env["BOOK_PEAK_LOG"] = str(log), str(peak_log)
