@@ -278,7 +278,7 @@ def dps_gradient(diffusion: Diffusion, eps_model, x_t: torch.Tensor, t: int,
                         f"{getattr(y, 'dtype', type(y).__name__)}")
     known = check_mask(mask, y, "y").expand_as(y)
     checks.same_shape("x_t and y", checks.batch("x_t", x_t), y)
-    abar = float(diffusion.alphas_bar[t - 1])
+    abar = diffusion._alphas_bar_list[t]  # the host copy: no device sync
 
     def chunk(xb, yb, mb):
         with torch.enable_grad():

@@ -297,7 +297,7 @@ def classifier_log_prob_grad(classifier, labels, *, num_classes: int = 10) -> Sc
             classifier with another number of logits is refused.
 
     Returns:
-        The field (x (B, ...), t (B,)) -> (B, ...), float32.
+        The field (x (B, ...), t (B,)) -> (B, ...), in x's dtype.
 
     Book: :eq:`ch16-guided`.
     """
@@ -314,7 +314,7 @@ def classifier_log_prob_grad(classifier, labels, *, num_classes: int = 10) -> Sc
 
     def grad_chunk(xb, tb, yb):
         with torch.enable_grad():
-            xb = xb.detach().float().requires_grad_(True)
+            xb = xb.detach().requires_grad_(True)
             logits = classifier(xb, tb)
             if logits.dim() != 2 or logits.shape != (len(xb), n_cls):
                 raise checks.ArgumentError(
