@@ -35,7 +35,6 @@ from torch import nn
 
 from ..masked import MASK, check_states
 
-
 NO_LABEL = -1  # "no class": the unconditional half of classifier-free guidance
 
 
