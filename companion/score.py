@@ -351,7 +351,7 @@ def classifier_guided_eps(diffusion, eps_model, classifier_grad: Score, w: float
     Returns:
         The noise predictor (x_t, t) -> (B, ...); it keeps eps_model's config (its T).
 
-    Book: :eq:`ch16-guided`.
+    Book: :eq:`ch16-guided`, :eq:`ch16-guided-eps`.
     """
     w = _weight(w)
     eps_model = _field("eps_model", eps_model)
