@@ -16,12 +16,14 @@ from .recipes import (
     consistency_distillation,
     ddpm,
     ddpm_checkpoint,
+    ddpm_cond,
     ddpm_settings,
     edm,
     eight_bit_vae,
     flow_matching,
     latent_vae,
     masked_diffusion,
+    noisy_classifier,
     progressive_distillation,
     reflow,
     reflow_couplings,
@@ -62,6 +64,10 @@ COMMANDS = {
              lambda d, p, dev: flow_matching(d.x_train, p, dev)),
     "masked": ("chapter 14's masked diffusion U-Net",
                lambda d, p, dev: masked_diffusion(d.x_train, p, dev)),
+    "ddpm-cond": ("chapter 16's class-conditional DDPM (classifier-free guidance)",
+                  lambda d, p, dev: ddpm_cond(d.x_train, d.y_train, p, dev)),
+    "noisy-classifier": ("chapter 16's noise-aware classifier (classifier guidance)",
+                         lambda d, p, dev: noisy_classifier(d, p, dev)),
     "edm": ("chapter 17's EDM-preconditioned U-Net",
             lambda d, p, dev: edm(d.x_train, p, dev)),
 
@@ -77,7 +83,7 @@ COMMANDS = {
 def _gpu_on_cpu(name: str, profile, device) -> str:
     """What the gpu profile's recipe `name` would cost on `device`, and what to run instead."""
     cost = "a recipe sized for a GPU"
-    if name in ("ddpm", "flow", "edm"):
+    if name in ("ddpm", "flow", "edm", "ddpm-cond"):
         from .models.unet import UNet, n_params, preset
 
         s = ddpm_settings(profile)

@@ -18,6 +18,10 @@ scaled to [-1, 1]:
   network call; here they are drawn when a step lands on x_k and carried through a jump
   by q(x_{k+j} | x_k), which leaves them with the same distribution (a unit test checks
   every visited state against q(x_k | x_0) under an exact model);
+* diffusion posterior sampling (DPS, Chung et al. 2023; chapter 16): after every ancestral
+  step, move x_{k-1} against the gradient, taken through the network, of the error of
+  the network's clean estimate on the known pixels, |m * (y - x0_hat(x_k))|: guidance by
+  the measurement's log-likelihood instead of a classifier's;
 * denoising: y = x + sigma eps is, after scaling by sqrt(alpha_bar_t), an x_t of the
   forward process for the t with (1 - alpha_bar_t) / alpha_bar_t = sigma^2: start the
   reverse chain there.
@@ -235,6 +239,116 @@ def inpaint(diffusion: Diffusion, eps_model, y: torch.Tensor, mask, *,
     return _reverse(diffusion, eps_model, x_T.clone(), steps, y, known, states, variance,
                     clip, generator, callback, quiet,
                     "replacement" if resamples == 1 else "RePaint")
+
+
+def dps_gradient(diffusion: Diffusion, eps_model, x_t: torch.Tensor, t: int,
+                 y: torch.Tensor, mask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                  torch.Tensor]:
+    """DPS's correction at step t: the gradient through the network of the measurement error,
+
+        g = grad_{x_t} |m * (y - x0_hat(x_t))|,  x0_hat = (x_t - sqrt(1 - abar_t) eps) /
+        sqrt(abar_t),
+
+    per image (the norm over its known pixels), at most
+    companion.run.memory.MAX_IMAGES_WITH_GRAD images a backward pass. With Gaussian
+    measurement noise of variance s^2, -|r|^2 / (2 s^2) is the log-likelihood of y given
+    x0_hat; Chung et al. step along grad |r|^2 with a step zeta' / |r|, which is this g
+    times 2 zeta'.
+
+    Args:
+        diffusion: the Diffusion eps_model was trained with.
+        eps_model: (x_t (B, ...), t (B,)) -> eps (B, ...).
+        x_t: (B, ...) the chain's state at step t.
+        t: the model's step, an int in 1..T.
+        y: (B, ...) the measured images on [-1, 1]; only the known pixels are read.
+        mask: 1 where a pixel is known, shaped as `check_mask` accepts.
+
+    Returns:
+        (g (B, ...), x0_hat (B, ...), eps (B, ...), |r| (B,)), all without gradients.
+
+    Book: :eq:`ch16-dps`.
+    """
+    from .diffusion import predict_x0
+    from .run.memory import map_chunks
+
+    t = checks.count(f"t (a step of the chain, 1..T = 1..{diffusion.T})", t,
+                     maximum=diffusion.T)
+    if not torch.is_tensor(y) or not y.is_floating_point():
+        raise TypeError(f"y must be a floating-point tensor (B, ...) on [-1, 1], got "
+                        f"{getattr(y, 'dtype', type(y).__name__)}")
+    known = check_mask(mask, y, "y").expand_as(y)
+    checks.same_shape("x_t and y", checks.batch("x_t", x_t), y)
+    abar = diffusion._alphas_bar_list[t]  # the host copy: no device sync
+
+    def chunk(xb, yb, mb):
+        with torch.enable_grad():
+            xb = xb.detach().requires_grad_(True)
+            eps = eps_model(xb, torch.full((len(xb),), t, dtype=torch.long,
+                                           device=xb.device)).to(xb.dtype)
+            x0 = predict_x0(xb, eps, abar)
+            norm = (mb * (yb - x0)).flatten(1).norm(dim=1)
+            g, = torch.autograd.grad(norm.sum(), xb)
+        return g, x0.detach(), eps.detach(), norm.detach()
+
+    return map_chunks(chunk, x_t, y, known.to(x_t.dtype), grad=True)
+
+
+def dps(diffusion: Diffusion, eps_model, y: torch.Tensor, mask, *, zeta: float = 1.0,
+        n_steps: int | None = None, variance: str = "beta",
+        x_T: torch.Tensor | None = None, generator: torch.Generator | None = None,
+        quiet: bool | None = None) -> torch.Tensor:
+    """Diffusion posterior sampling (Chung et al. 2023) for in-painting: complete y where
+    mask is 0.
+
+    At each reverse step k -> k - 1 of the chain over spaced_timesteps(T, n_steps):
+        x'_{k-1} = mu_theta(x_k, k) + sigma_k z           (the ancestral step, Algorithm 2)
+        x_{k-1}  = x'_{k-1} - zeta grad_{x_k} |m * (y - x0_hat(x_k))|   (`dps_gradient`)
+    no noise at the last step. The known pixels are never replaced: they come back only as
+    well as the guidance pulls them (the measured error on them says how well). Each step
+    costs a forward and a backward pass through the network, about three forward passes.
+
+    Args:
+        diffusion: the Diffusion (schedule) eps_model was trained with.
+        eps_model: (x_t (B, ...), t int64 (B,)) -> eps (B, ...), differentiable in x_t.
+        y: (B, ...) the images on [-1, 1]; only the known pixels are read.
+        mask: 1 where a pixel is known, 0 where it is to be completed (`check_mask`).
+        zeta: the step size zeta, >= 0 (default 1.0; 0: the unguided sampler).
+        n_steps: the reverse chain over spaced_timesteps(T, n_steps) (default None: all
+            T steps).
+        variance: "beta" (default) or "posterior", as in Diffusion.sample.
+        x_T: the starting noise (B, ...); None (default) draws it.
+        generator: for the noise (default None: torch's global generator).
+        quiet: no progress bar (default: the profile decides).
+
+    Returns:
+        (B, ...) the completed images (not clipped).
+
+    Book: :eq:`ch16-dps`.
+    """
+    if not torch.is_tensor(y) or not y.is_floating_point():
+        raise TypeError(f"y must be a floating-point tensor (B, ...) on [-1, 1], got "
+                        f"{getattr(y, 'dtype', type(y).__name__)}")
+    known = check_mask(mask, y, "y")
+    _check_known_pixels(y, known, -1.0)
+    zeta = checks.real("zeta (DPS's step size, >= 0)", zeta, low=0.0)
+    steps = spaced_timesteps(diffusion.T, n_steps if n_steps is not None else diffusion.T)
+    sub = _chain(diffusion, steps)
+    if x_T is None:
+        x_T = torch.randn(y.shape, device=y.device, generator=generator)
+    elif x_T.shape != y.shape:
+        raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected y's {tuple(y.shape)}")
+    x = x_T.clone()
+    for k in progress(range(len(steps), 0, -1), desc="DPS", quiet=quiet):
+        g, _, eps, _ = dps_gradient(sub, lambda xb, _t, k=k: eps_model(
+            xb, torch.full((len(xb),), steps[k - 1], dtype=torch.long, device=xb.device)),
+            x, k, y, known)
+        with torch.no_grad():
+            out = sub.p_mean_variance(lambda *_, e=eps: e, x, k, variance, False)
+            x = out["mean"]
+            if k > 1:
+                x = x + out["variance"].sqrt() * _randn(x, generator)
+            x = x - zeta * g
+    return x
 
 
 def sigma_range(diffusion: Diffusion) -> tuple[float, float]:

@@ -26,6 +26,7 @@ import torch
 
 from .models.latent_denoiser import NO_LABEL, LatentDenoiser, check_weight
 from .run import checks
+from .run.memory import map_chunks
 
 
 # --- the codec: encoder, decoder and the scale between them and the diffusion --------------
@@ -151,33 +152,38 @@ def check_labels(labels, num_classes: int = 10) -> torch.Tensor:
     return y.long()
 
 
-def guided_eps(denoiser: LatentDenoiser, labels: torch.Tensor, w: float):
+def guided_eps(denoiser, labels: torch.Tensor, w: float):
     """The guided noise prediction of Ho and Salimans, as the samplers call it:
 
         eps(z_t, t) = (1 + w) eps_theta(z_t, t, c) - w eps_theta(z_t, t, none),
 
     c = labels (B,) in 0..9; w = 0 is the plain conditional model. Both predictions come
-    from one network call on the batch twice over (2B codes).
+    from one network call on the batch twice over (2B inputs), at most
+    companion.run.memory.MAX_IMAGES inputs of each half a call. denoiser: a class-
+    conditional LatentDenoiser (chapter 11) or U-Net (chapter 16), (x, t, y) -> eps.
 
-    Book: :eq:`ch11-cfg`.
+    Book: :eq:`ch11-cfg`, :eq:`ch16-cfg`.
     """
     w = check_weight(w)
-    if not denoiser.conditional:
+    if not getattr(denoiser, "conditional", False):
         raise ValueError("guidance needs a class-conditional denoiser (num_classes=10)")
     y = check_labels(labels, denoiser.config.num_classes)
     p = next(denoiser.parameters())
     y = y.to(p.device)
-    both = torch.cat([y, torch.full_like(y, NO_LABEL)])
+
+    def both(z, t, yb):
+        if w == 0:
+            return denoiser(z, t, yb)
+        out = denoiser(torch.cat([z, z]), torch.cat([t, t]),
+                       torch.cat([yb, torch.full_like(yb, NO_LABEL)]))
+        cond, uncond = out.chunk(2)
+        return (1 + w) * cond - w * uncond
 
     def eps(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if len(z) != len(y):
             raise ValueError(f"guided_eps was built for {len(y)} labels but got {len(z)} "
-                             "codes: one label per code")
-        if w == 0:
-            return denoiser(z, t, y)
-        out = denoiser(torch.cat([z, z]), torch.cat([t, t]), both)
-        cond, uncond = out.chunk(2)
-        return (1 + w) * cond - w * uncond
+                             "inputs: one label per input")
+        return map_chunks(both, z, t, y)
 
     eps.config = denoiser.config  # so Diffusion checks the chain length
     return eps

@@ -418,6 +418,122 @@ def classifier(data, profile, device, *, prefix: str = "ch9"):
     return model.eval(), result
 
 
+# --- chapter 16: guidance on the digits -------------------------------------------------------
+COND_P_UNCOND = 0.15  # chapter 11's LATENT_P_UNCOND: the label dropped this often
+
+
+def ddpm_cond(x, labels, profile, device, *, prefix: str = "ch16"):
+    """Chapter 16's class-conditional DDPM: chapter 9's U-Net, data, diffusion and budget
+    (`ddpm_settings`: preset, T, updates, batch, Adam with the same warm-up, clipping and
+    EMA) with a label embedding (`UNetConfig.num_classes = 10`), trained on Algorithm 1 with
+    each label dropped with probability COND_P_UNCOND (chapter 11's label dropout,
+    `latent_diffusion.conditional_loss`), so that one network gives both halves of
+    classifier-free guidance. Load-or-train.
+
+    Args:
+        x: (N, 1, 28, 28) training images in [0, 1] (on `device`); the model sees them on
+            [-1, 1].
+        labels: (N,) their digits, 0..9.
+        profile: the Profile whose sizes, epochs and batch size it uses (`get_profile()`).
+        device: where to train (and where the returned model lives).
+        prefix: the checkpoint file's prefix (default "ch16").
+
+    Returns:
+        (EMA model in eval mode, FitResult).
+    """
+    from functools import partial
+
+    from .latent_diffusion import check_labels, conditional_loss
+    from .models.unet import UNet
+
+    s = ddpm_settings(profile)
+    _check_unit_images(x, "recipes.ddpm_cond")
+    y = check_labels(labels).to(x.device)
+    if len(y) != len(x):
+        raise ValueError(f"ddpm_cond needs one label per image: {len(x)} images, "
+                         f"{len(y)} labels")
+    model, optimizer, config, warm_up = _unet_recipe(
+        s, profile, device, x, steps_of_net=s["T"], network=partial(UNet, num_classes=10),
+        T=s["T"], num_classes=10, p_uncond=COND_P_UNCOND,
+        loss="L_simple with labels dropped (classifier-free guidance)")
+    diffusion = ddpm_diffusion(profile, device)
+
+    def loss_fn(model, batch, step):
+        warm_up(step)
+        return conditional_loss(diffusion, model, batch[0], batch[1], COND_P_UNCOND)
+
+    result = fit(model, loss_fn, (x * 2 - 1, y), steps=s["steps"],
+                 batch_size=s["batch_size"], optimizer=optimizer, clip=DDPM_CLIP,
+                 ema=s["ema"], checkpoint=checkpoint_path(f"{prefix}-ddpm-cond", profile),
+                 config=config, compile=torch.device(device).type == "cuda",
+                 desc="conditional DDPM")
+    return result.ema.model, result
+
+
+def guided_eps_function(model, labels, w: float, device):
+    """Classifier-free guidance for the samplers: `latent_diffusion.guided_eps` of the
+    class-conditional U-Net (`ddpm_cond`) under the GPU's mixed precision (float32 on a
+    CPU), as `eps_function` runs the unconditional one: (x (B, 1, 28, 28), t (B,)) ->
+    float32 (1 + w) eps(x, t, y) - w eps(x, t), y = labels (B,)."""
+    from .latent_diffusion import guided_eps
+    from .run.precision import autocast_dtype
+
+    eps = guided_eps(model, labels, w)
+    device_type = torch.device(device).type
+    dtype = autocast_dtype(device)
+
+    def net(x, t):
+        with torch.autocast(device_type, dtype=dtype or torch.float32,
+                            enabled=dtype is not None):
+            return eps(x, t).float()
+
+    net.config = model.config
+    return net
+
+
+def noisy_classifier_settings(profile) -> dict:
+    """Chapter 16's noise-aware classifier per profile: epochs over the training digits
+    (ci 2, cpu 16, gpu 20), batch 128, Adam 1e-3, each digit noised to a uniform step of
+    chapter 9's chain. It sees each digit at a new t every epoch, so it needs more epochs
+    than chapter 9's judge (8 on the cpu) to be reliable at moderate noise."""
+    return dict(epochs=profile.pick(ci=2, cpu=16, gpu=20), batch_size=128, lr=1e-3)
+
+
+def noisy_classifier(data, profile, device, *, prefix: str = "ch16"):
+    """Chapter 16's p_t(y | x_t): chapter 9's classifier with the step as an input
+    (`models.classifier.NoisyClassifier`), trained on x_t ~ q(x_t | x_0) of chapter 9's
+    diffusion at a uniform t (`noisy_classification_loss`), load-or-train.
+
+    Args:
+        data: companion.data.ImageData on `device` (x_train (N, 1, 28, 28) in [0, 1],
+            y_train (N,)).
+        profile: the Profile whose sizes, epochs and batch size it uses (`get_profile()`).
+        device: where to train (and where the returned model lives).
+        prefix: the checkpoint file's prefix (default "ch16").
+
+    Returns:
+        (model in eval mode, FitResult).
+    """
+    from .models.classifier import NoisyClassifier, noisy_classification_loss
+
+    s = noisy_classifier_settings(profile)
+    _check_unit_images(data.x_train, "recipes.noisy_classifier")
+    diffusion = ddpm_diffusion(profile, device)
+    torch.manual_seed(0)
+    model = NoisyClassifier(T=diffusion.T).to(device)
+    config = dict(profile=profile.name, epochs=s["epochs"], lr=s["lr"], T=diffusion.T,
+                  n_train=len(data.x_train), source=data.source, loss="noisy x_t")
+
+    def loss_fn(model, batch):
+        return noisy_classification_loss(model, diffusion, batch)
+
+    result = fit(model, loss_fn, (data.x_train, data.y_train), epochs=s["epochs"],
+                 batch_size=s["batch_size"], lr=s["lr"],
+                 checkpoint=checkpoint_path(f"{prefix}-noisy-classifier", profile),
+                 config=config, desc="noisy classifier")
+    return model.eval(), result
+
+
 # --- chapter 11: latent diffusion ------------------------------------------------------------
 LATENT_DIM, LATENT_KL_WEIGHT, LATENT_P_UNCOND = 32, 0.1, 0.15
 

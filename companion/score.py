@@ -271,3 +271,101 @@ def classifier_free_score(cond_score: Score, uncond_score: Score, w: float) -> S
         cond = _score(cond_score, x, *args, who="cond_score(x)")
         return (1 + w) * cond - w * _score(uncond_score, x, *args, who="uncond_score(x)")
     return guided
+
+
+# --- guidance on the digits ------------------------------------------------------------------
+def _labels(labels, num_classes: int) -> torch.Tensor:
+    """labels as int64 (B,) of classes 0..num_classes - 1, or a clear error."""
+    from .latent_diffusion import check_labels
+
+    return check_labels(labels, num_classes)
+
+
+def classifier_log_prob_grad(classifier, labels, *, num_classes: int = 10) -> Score:
+    """The field (x, t) -> grad_x log p_t(y | x) of a classifier's softmax, y = labels.
+
+    classifier(x, t) -> logits (B, num_classes), e.g. `models.classifier.NoisyClassifier`
+    (a clean classifier wrapped as lambda x, t: judge((x + 1) / 2) ignores t). The gradient
+    is taken under torch.enable_grad() (samplers run without gradients), at most
+    companion.run.memory.MAX_IMAGES_WITH_GRAD images a backward pass; the classifier should
+    be in eval mode (dropout off).
+
+    Args:
+        classifier: (x (B, ...), t (B,)) -> logits (B, num_classes).
+        labels: (B,) the wanted classes, in 0..num_classes - 1.
+        num_classes: the classes the labels come from (default 10, the digits): a
+            classifier with another number of logits is refused.
+
+    Returns:
+        The field (x (B, ...), t (B,)) -> (B, ...), in x's dtype.
+
+    Book: :eq:`ch16-guided`.
+    """
+    from .run.memory import map_chunks
+
+    n_cls = checks.count("num_classes", num_classes, minimum=2)
+    y = _labels(labels, n_cls)
+    out = getattr(getattr(classifier, "out", None), "out_features", None)
+    if isinstance(out, int) and out != n_cls:
+        raise checks.ArgumentError(f"the classifier has {out} classes but the labels are "
+                                   f"{n_cls} classes (0..{n_cls - 1}): guide with a "
+                                   f"classifier of the same {n_cls} classes")
+    classifier = _field("classifier", classifier)
+
+    def grad_chunk(xb, tb, yb):
+        with torch.enable_grad():
+            xb = xb.detach().requires_grad_(True)
+            logits = classifier(xb, tb)
+            if logits.dim() != 2 or logits.shape != (len(xb), n_cls):
+                raise checks.ArgumentError(
+                    f"the classifier returned logits of shape {tuple(logits.shape)}; "
+                    f"guidance needs ({len(xb)}, {n_cls}): one logit per class of the labels")
+            log_p = logits.float().log_softmax(1).gather(1, yb[:, None]).sum()
+            g, = torch.autograd.grad(log_p, xb)
+        return g
+
+    def grad(x, t):
+        if len(x) != len(y):
+            raise checks.ArgumentError(f"the field was built for {len(y)} labels but got "
+                                       f"{len(x)} images: one label per image")
+        return map_chunks(grad_chunk, x, t, y.to(x.device), grad=True)
+    return grad
+
+
+def classifier_guided_eps(diffusion, eps_model, classifier_grad: Score, w: float):
+    """The noise prediction of the guided score, for Diffusion.sample and sample_ddim:
+
+        eps_w(x_t, t) = eps(x_t, t) - w sqrt(1 - alpha_bar_t) grad_x log p_t(y | x_t),
+
+    which is -sqrt(1 - alpha_bar_t) times `classifier_guided_score` of the score
+    -eps / sqrt(1 - alpha_bar_t) (Dhariwal and Nichol's DDIM form; in the ancestral sampler
+    it shifts the mean by w beta_t / sqrt(alpha_t) times the gradient, their s Sigma g).
+
+    Args:
+        diffusion: the `companion.diffusion.Diffusion` eps_model was trained with.
+        eps_model: (x_t (B, ...), t (B,)) -> eps (B, ...).
+        classifier_grad: (x_t, t) -> grad_x log p_t(y | x_t), like x_t
+            (`classifier_log_prob_grad`).
+        w: the guidance weight, >= 0 (0: the unguided model).
+
+    Returns:
+        The noise predictor (x_t, t) -> (B, ...); it keeps eps_model's config (its T).
+
+    Book: :eq:`ch16-guided`, :eq:`ch16-guided-eps`.
+    """
+    w = _weight(w)
+    eps_model = _field("eps_model", eps_model)
+    classifier_grad = _field("classifier_grad", classifier_grad)
+    sigmas = (1 - diffusion.alphas_bar_).sqrt()
+
+    def eps(x, t):
+        out = _score(eps_model, x, t, who="eps_model(x, t)")
+        if w == 0:
+            return out
+        g = _score(classifier_grad, x, t, who="classifier_grad(x, t)")
+        sigma = sigmas.to(x.device)[t].to(out.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+        return out - w * sigma * g.to(out.dtype)
+
+    if hasattr(eps_model, "config"):
+        eps.config = eps_model.config  # so Diffusion checks the chain length
+    return eps

@@ -330,6 +330,82 @@ def reflow_pairs(n_steps: int = 1):
         fewstep.reflow_pairs(fewstep.grid_field(_amp_eps(teacher), K), x1, n_steps)
 
 
+def _cond_ddpm(device=DEVICE):
+    """Chapter 16's class-conditional U-Net: chapter 9's with a label embedding."""
+    from companion import recipes
+    from companion.models.unet import UNet, preset
+    from companion.run.profiles import get_profile
+
+    settings = recipes.ddpm_settings(get_profile("gpu"))
+    with device:
+        model = UNet(preset(settings["preset"], T=settings["T"], num_classes=10)).eval()
+    return model, settings
+
+
+def cond_training_step():
+    """Chapter 16's conditional DDPM training step: batch 128, labels dropped (chapter 11's
+    conditional_loss), Adam, float32."""
+    from companion.latent_diffusion import conditional_loss
+    from companion.run.precision import default_optimizer
+
+    model, settings = _cond_ddpm(GRAD_DEVICE)
+    model.train()
+    d = _on_device(_diffusion(), GRAD_DEVICE)
+    opt = default_optimizer(model.parameters(), 1e-4, "cpu")
+    x0 = _images(settings["batch_size"], lo=-1, device=GRAD_DEVICE)
+    y = torch.zeros(settings["batch_size"], dtype=torch.long, device=GRAD_DEVICE)
+    conditional_loss(d, model, x0, y, 0.15).backward()
+    opt.step()
+
+
+def cfg_sampling(n: int = 1000):
+    """Chapter 16: DDIM with classifier-free guidance on n images through
+    recipes.guided_eps_function in fp16 (each call sends the batch twice)."""
+    from companion import recipes
+
+    model, _ = _cond_ddpm()
+    d = _on_device(_diffusion())
+    labels = torch.zeros(n, dtype=torch.long)
+    with mock.patch("companion.run.precision.autocast_dtype", return_value=None):
+        eps = recipes.guided_eps_function(model, labels, 2.0, "cpu")
+
+    def fp16(x, t):
+        with _t4_autocast():
+            return eps(x, t)
+    fp16.config = model.config
+    with torch.no_grad():
+        d.sample_ddim(fp16, (n, 1, 28, 28), n_steps=2, quiet=True)
+
+
+def classifier_guided_sampling(n: int = 1000):
+    """Chapter 16: DDIM of n images guided by the noise-aware classifier: the U-Net in
+    fp16 and the classifier's input gradient, float32, on fake CPU tensors (autograd)."""
+    from companion import score
+    from companion.models.classifier import NoisyClassifier
+
+    model, d, settings = _ddpm(GRAD_DEVICE)
+    d = _on_device(d, GRAD_DEVICE)
+    with GRAD_DEVICE:
+        judge = NoisyClassifier(T=settings["T"]).eval()
+    grad = score.classifier_log_prob_grad(judge, torch.zeros(n, dtype=torch.long))
+    eps = score.classifier_guided_eps(d, model, grad, 3.0)
+    with torch.no_grad():
+        d.sample_ddim(eps, (n, 1, 28, 28), n_steps=2, quiet=True)
+
+
+def dps_step(n: int = 500):
+    """Chapter 16: one step of diffusion posterior sampling on n digits: the 15M U-Net's
+    input gradient (chunks of MAX_IMAGES_WITH_GRAD), float32, on fake CPU tensors."""
+    from companion import inpainting
+
+    model, d, _ = _ddpm(GRAD_DEVICE)
+    d = _on_device(d, GRAD_DEVICE)
+    y = _images(n, lo=-1, device=GRAD_DEVICE)
+    mask = torch.ones(n, 1, 28, 28, dtype=torch.bool, device=GRAD_DEVICE)
+    x = torch.randn(n, 1, 28, 28, device=GRAD_DEVICE)
+    inpainting.dps_gradient(d, model, x, 10, y, mask)
+
+
 def operations() -> list[Operation]:
     from companion.run.profiles import get_profile
 
@@ -360,6 +436,10 @@ def operations() -> list[Operation]:
         Operation("15", "consistency distillation step, batch 128",
                   lambda: distillation_step("consistency")),
         Operation("15", "reflow pairs of 10,000 noise images", reflow_pairs),
+        Operation("16", "conditional DDPM training step, batch 128", cond_training_step),
+        Operation("16", "classifier-free guided DDIM, 1,000 images", cfg_sampling),
+        Operation("16", "classifier-guided DDIM, 1,000 images", classifier_guided_sampling),
+        Operation("16", "a DPS step on 500 digits", dps_step),
     ]
 
 
@@ -371,6 +451,9 @@ VALUE_CHECKS = ("companion.run.checks.images",
                 "companion.run.checks.eight_bit",
                 "companion.models.hvae._ImageModel._check_input",
                 "companion.models.unet.UNet.check_inputs",
+                "companion.models.unet.UNet.check_labels",
+                "companion.latent_diffusion.check_labels",
+                "companion.models.classifier.NoisyClassifier._check_t",
                 "companion.masked.check_binary",
                 "companion.masked.check_times",
                 "companion.masked.check_positive_times",

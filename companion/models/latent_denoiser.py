@@ -21,9 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .unet import forward_flops, timestep_embedding
-
-NO_LABEL = -1  # "no class": the unconditional half of classifier-free guidance
+from .unet import NO_LABEL, forward_flops, timestep_embedding
 
 
 @dataclass(frozen=True)

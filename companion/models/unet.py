@@ -17,6 +17,11 @@ Every residual block sees the step t through a sinusoidal embedding (as in a Tra
 positions) passed through a small MLP and added to its features after the first
 convolution: one network serves all T noise levels, and the embedding tells it which.
 Normalization is GroupNorm (per image, so statistics never mix different t in a batch).
+
+Built with `num_classes`, the network is class-conditional, eps_theta(x_t, t, y): a learned
+label embedding is added to the time embedding (as chapter 11's latent denoiser does), with
+one extra row for NO_LABEL (-1), the unconditional prediction that label dropout trains
+(Ho and Salimans' classifier-free guidance, chapter 16).
 """
 
 from __future__ import annotations
@@ -30,13 +35,17 @@ from torch import nn
 
 from ..masked import MASK, check_states
 
+NO_LABEL = -1  # "no class": the unconditional half of classifier-free guidance
+
 
 @dataclass(frozen=True)
 class UNetConfig:
     """channels: widths at 28, 14, 7; blocks: residual blocks per resolution and side;
     heads: attention heads at 7x7; groups: GroupNorm groups; dropout: in the residual
     blocks; T: the number of diffusion steps (t must lie in 1..T); in_channels: channels of
-    the input image (1 for grey images; 2 for chapter 14's masked states, `MaskedUNet`)."""
+    the input image (1 for grey images; 2 for chapter 14's masked states, `MaskedUNet`);
+    num_classes: None for an unconditional network, or the number of classes of a
+    class-conditional one (chapter 16's classifier-free guidance)."""
 
     channels: tuple[int, int, int] = (32, 64, 128)
     blocks: int = 2
@@ -45,6 +54,7 @@ class UNetConfig:
     dropout: float = 0.0
     T: int = 1000
     in_channels: int = 1
+    num_classes: int | None = None
 
 
 # Parameters and forward FLOPs per image (measured by `n_params` and `flops_per_image`; the
@@ -166,6 +176,11 @@ class UNet(nn.Module):
                 raise ValueError(f"every width in channels {cfg.channels} must be a multiple "
                                  f"of groups = {cfg.groups} (GroupNorm splits the channels "
                                  f"into equal groups), got {w}")
+        if cfg.num_classes is not None and (isinstance(cfg.num_classes, bool) or not
+                                            isinstance(cfg.num_classes, int)
+                                            or cfg.num_classes < 2):
+            raise ValueError(f"num_classes must be None (unconditional) or an int >= 2, "
+                             f"got {cfg.num_classes!r}")
         if not isinstance(cfg.in_channels, int) or cfg.in_channels < 1:
             raise ValueError(f"in_channels must be a positive int, got {cfg.in_channels!r}")
         if cfg.channels[0] % 2:
@@ -177,6 +192,9 @@ class UNet(nn.Module):
         g, p = cfg.groups, cfg.dropout
         self.time_mlp = nn.Sequential(nn.Linear(c1, emb_dim), nn.SiLU(),
                                       nn.Linear(emb_dim, emb_dim))
+        if cfg.num_classes is not None:
+            # one extra row, the last, is the learned "no label" embedding
+            self.label_emb = nn.Embedding(cfg.num_classes + 1, emb_dim)
         self.stem = nn.Conv2d(cfg.in_channels, c1, 3, padding=1)
         widths = [c1, c2, c3]
         self.down = nn.ModuleList()
@@ -213,6 +231,30 @@ class UNet(nn.Module):
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
 
+    @property
+    def conditional(self) -> bool:
+        """Whether the network takes labels (built with num_classes)."""
+        return self.config.num_classes is not None
+
+    def check_labels(self, y, batch: int) -> None:
+        """Clear errors for labels given to an unconditional network, or labels that are not
+        (batch,) integers in 0..num_classes - 1 or NO_LABEL (checked on the CPU only)."""
+        if not self.conditional:
+            raise ValueError("this U-Net is unconditional (num_classes=None) but got labels "
+                             "y; build it with preset(..., num_classes=10) to condition on "
+                             "digits")
+        if not torch.is_tensor(y) or y.shape != (batch,) or y.is_floating_point() \
+                or y.dtype == torch.bool:
+            raise ValueError(f"y must be an int64 tensor of shape ({batch},), one label per "
+                             f"image, got {getattr(y, 'dtype', type(y).__name__)} "
+                             f"{tuple(getattr(y, 'shape', ()))}")
+        if y.device.type == "cpu" and len(y):
+            lo, hi = (int(v) for v in torch.aminmax(y))
+            if lo < NO_LABEL or hi >= self.config.num_classes:
+                raise ValueError(f"labels must lie in 0..{self.config.num_classes - 1} (or "
+                                 f"NO_LABEL = {NO_LABEL} for none), got values in "
+                                 f"[{lo}, {hi}]")
+
     def check_inputs(self, x: torch.Tensor, t: torch.Tensor) -> None:
         """Clear errors for a wrong image shape or dtype, or a t outside 1..T.
 
@@ -246,10 +288,17 @@ class UNet(nn.Module):
             raise ValueError(f"t must lie in 1..T = 1..{self.config.T} (the schedule this "
                              f"U-Net was built for), got values in {int(lo)}..{int(hi)}")
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor,
+                y: torch.Tensor | None = None) -> torch.Tensor:
         if not torch.compiler.is_compiling():
             self.check_inputs(x, t)
+            if y is not None:
+                self.check_labels(y, len(x))
         emb = self.time_mlp(timestep_embedding(t, self.config.channels[0]).to(x.dtype))
+        if self.conditional:  # no label: the unconditional prediction
+            y = torch.full_like(t, NO_LABEL) if y is None else y
+            idx = torch.where(y == NO_LABEL, torch.full_like(y, self.config.num_classes), y)
+            emb = emb + self.label_emb(idx).to(emb.dtype)
         h = self.stem(x)
         hs = [h]
         for level, blocks in enumerate(self.down):
