@@ -89,6 +89,8 @@ def predictions(x: torch.Tensor, denoised: torch.Tensor, sigma) -> dict[str, tor
     alpha = 1 / sqrt(1 + sigma^2), s = sigma alpha (the VP scales), `flow` chapter 13's
     velocity on the linear path. x, denoised: (B, ...); sigma a number or (B,).
     Returns a dict of (B, ...) tensors keyed "x0", "eps", "v", "flow".
+
+    Book: :eq:`ch17-faces`.
     """
     checks.same_shape("x and denoised", checks.batch("x", x), denoised)
     s = _levels(sigma, x)
@@ -106,6 +108,8 @@ def denoiser_from(kind: str, x: torch.Tensor, prediction: torch.Tensor, sigma) -
         x0: D = x0,  eps: D = x - sigma eps,  v: D = alpha^2 x - s v,
         flow: D = (x - sigma u) / (1 + sigma).
     x, prediction: (B, ...); sigma a number or (B,). Returns (B, ...).
+
+    Book: :eq:`ch17-faces`.
     """
     checks.one_of("kind", kind, PREDICTIONS, " (what the network predicts)")
     checks.same_shape("x and prediction", checks.batch("x", x), prediction)
@@ -133,6 +137,8 @@ def preconditioning(sigma, kind: str = "edm", sigma_data: float = SIGMA_DATA):
     and c_noise = ln(sigma) / 4 for all. The last three feed F the VP point x_t = x /
     sqrt(1 + sigma^2); v is edm with sd = 1 and the sign of c_out flipped.
     Returns tensors (float64 for a number; sigma's dtype for a tensor).
+
+    Book: :eq:`ch17-precond`, :eq:`ch17-edm-coeffs`.
     """
     checks.one_of("kind", kind, KINDS, " (the preconditioning: EDM's, or a VP network "
                   "predicting eps, x0 or v)")
@@ -162,6 +168,8 @@ def precondition_variances(y: torch.Tensor, sigmas, kind: str = "edm",
     noise draw per level), pooled over every element: float64 (S,), (S,). With EDM's
     coefficients and sigma_data the data's pooled std, both are about 1 at every sigma
     (the digits on [-1, 1] have std 0.62, not EDM's 0.5 for CIFAR-10).
+
+    Book: :eq:`ch17-edm-coeffs`.
     """
     checks.batch("y", y, min_dims=2)
     levels = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)
@@ -182,6 +190,8 @@ class Denoiser(nn.Module):
     steps, wrap it in `StepConditioned`). kind: "edm" (default) or a VP face, "eps", "x0",
     "v". sigma_data: the data's standard deviation (0.5 for images on [-1, 1]).
     Called as D(x (B, ...), sigma a number or (B,)) -> (B, ...) in x's dtype.
+
+    Book: :eq:`ch17-precond`.
     """
 
     def __init__(self, net: nn.Module, kind: str = "edm", sigma_data: float = SIGMA_DATA):
@@ -240,6 +250,8 @@ class VPDenoiser:
     sigma_t of the chain, t(sigma) = t (one call); between two, the network's outputs at the
     neighbouring steps are interpolated linearly in ln sigma (one batch of 2B). sigma is a
     number in [sigma_min, sigma_max] = [sigma_1, sigma_T].
+
+    Book: :eq:`ch17-vp-sigma`.
     """
 
     def __init__(self, eps_model, alphas_bar: torch.Tensor):
@@ -286,6 +298,8 @@ def rho_grid(n: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX,
 
     rho = 1 is uniform in sigma; large rho approaches uniform in ln sigma (`log_sigma_grid`);
     rho = 7 spends the steps near sigma_min. n = 1: [sigma_max, 0].
+
+    Book: :eq:`ch17-rho-grid`.
     """
     n = checks.count("n (the number of steps, a positive int)", n)
     lo, hi = checks.sigma_range(sigma_min, sigma_max)
@@ -344,6 +358,8 @@ def euler(denoiser: DenoiserFn, x: torch.Tensor, sigmas) -> torch.Tensor:
 
     Returns:
         (B, ...), the state at sigmas[-1].
+
+    Book: :eq:`ch17-ode`.
     """
     for a, b in _pairs(x, sigmas):
         d = (x - _denoised(denoiser, x, a)) / a
@@ -416,6 +432,8 @@ def dpm_solver_pp_2m(denoiser: DenoiserFn, x: torch.Tensor, sigmas) -> torch.Ten
 
     Returns:
         (B, ...), the state at sigmas[-1].
+
+    Book: :eq:`ch17-exp-integrator`.
     """
     prev, h_prev = None, None
     for a, b in _pairs(x, sigmas):
@@ -462,6 +480,8 @@ def chain_weighting(alphas_bar: torch.Tensor):
     sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t), the density of ln sigma (mass 1/T per
     step over the step's width in ln sigma, central differences) and the weight 1 / sigma^2
     on the denoiser's squared error. -> three float64 (T,).
+
+    Book: :eq:`ch17-loss`.
     """
     ab = checks.chain_alphas_bar(alphas_bar, 0.0)
     sig = ((1 - ab) / ab).sqrt()
@@ -504,6 +524,8 @@ def edm_loss(denoiser: DenoiserFn, y: torch.Tensor, *, P_mean: float = P_MEAN,
 
     Returns:
         A scalar.
+
+    Book: :eq:`ch17-loss`.
     """
     sd = getattr(denoiser, "sigma_data", None) if sigma_data is None else sigma_data
     if sd is None:
@@ -519,7 +541,10 @@ def edm_loss(denoiser: DenoiserFn, y: torch.Tensor, *, P_mean: float = P_MEAN,
 def gaussian_denoiser(mean: torch.Tensor, std) -> DenoiserFn:
     """The optimal denoiser for data N(mean, diag(std^2)): D(x; sigma) = E[y | x] =
     mean + std^2 / (std^2 + sigma^2) (x - mean). mean: (D,); std a number or (D,).
-    Returns D(x (B, D), sigma a number or (B,)) -> (B, D)."""
+    Returns D(x (B, D), sigma a number or (B,)) -> (B, D).
+
+    Book: :eq:`ch17-denoiser`.
+    """
     mean, var = _gaussian(mean, std)
 
     def denoiser(x, sigma):

@@ -917,3 +917,23 @@ def edm(x, profile, device, *, prefix: str = "ch17"):
                  checkpoint=checkpoint_path(f"{prefix}-edm", profile), config=config,
                  compile=torch.device(device).type == "cuda", desc="EDM")
     return denoiser(result.ema.model).eval(), result
+
+
+def denoiser_function(D, device, *, precision: str = "mixed"):
+    """An `edm.Denoiser` whose network is called as the samplers call chapter 9's
+    (`network_function`): at most companion.run.memory.MAX_IMAGES images a call, in mixed
+    precision on a GPU, float32 out. D: an edm.Denoiser around a `StepConditioned` U-Net
+    (what `edm` returns). The coefficients, sigma_data and the steps' mapping are D's own.
+    Returns an edm.Denoiser, D(x (B, 1, 28, 28), sigma) -> (B, 1, 28, 28).
+    """
+    from .edm import Denoiser, StepConditioned
+
+    step = getattr(D, "net", None)
+    if not isinstance(D, Denoiser) or not isinstance(step, StepConditioned):
+        raise TypeError(f"denoiser_function takes an edm.Denoiser around a StepConditioned "
+                        f"network (what recipes.edm returns), got {type(D).__name__}"
+                        + (f" around {type(step).__name__}" if step is not None else ""))
+    fn = network_function(step.model, device, precision=precision)
+    bounded = StepConditioned(fn, T=step.T)
+    bounded.log_min, bounded.log_max = step.log_min, step.log_max  # D's range, bit for bit
+    return Denoiser(bounded, D.kind, D.sigma_data)

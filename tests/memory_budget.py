@@ -406,6 +406,71 @@ def dps_step(n: int = 500):
     inpainting.dps_gradient(d, model, x, 10, y, mask)
 
 
+def _edm_denoiser(model, T: int):
+    """recipes.edm's denoiser around a U-Net of T steps (sigma_data of the digits)."""
+    from companion import edm
+
+    return edm.Denoiser(edm.StepConditioned(model, edm.SIGMA_MIN, edm.SIGMA_MAX, T=T), "edm",
+                        0.62)
+
+
+def edm_training_step():
+    """Chapter 17's training step: the 15M U-Net in EDM's preconditioning, edm_loss on a
+    batch of 128, Adam, float32."""
+    from companion import edm
+    from companion.run.precision import default_optimizer
+
+    def levels(sigma, x):  # edm._levels without its check of the values (a host sync)
+        if torch.is_tensor(sigma) and sigma.dim() > 0:
+            return sigma.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+        return checked(sigma, x)
+
+    checked = edm._levels
+    model, _, settings = _ddpm(GRAD_DEVICE)
+    model.train()
+    opt = default_optimizer(model.parameters(), 1e-4, "cpu")
+    y = _images(settings["batch_size"], lo=-1, device=GRAD_DEVICE)
+    with mock.patch("companion.edm._levels", levels):
+        edm.edm_loss(_edm_denoiser(model, settings["T"]), y).backward()
+    opt.step()
+
+
+def edm_heun_sampling(n: int = 2000):
+    """Chapter 17: Heun on the rho grid (two steps, the calls of any number) for n images
+    through recipes.denoiser_function in fp16."""
+    from companion import edm, recipes
+
+    model, _, settings = _ddpm()
+    with mock.patch("companion.run.precision.autocast_dtype", return_value=None):
+        D = recipes.denoiser_function(_edm_denoiser(model, settings["T"]), "cpu")
+
+    def fp16(x, sigma):
+        with _t4_autocast():
+            return D(x, sigma)
+
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    with unset_fake_temporarily():
+        grid = edm.rho_grid(2)  # the host's list of levels
+    with torch.no_grad():
+        edm.heun(fp16, 80.0 * torch.randn(n, 1, 28, 28, device=DEVICE), grid)
+
+
+def vp_denoiser_between_levels(n: int = 2000):
+    """Chapter 17: chapter 9's network as a denoiser between two of its chain's levels
+    (the network at both neighbouring steps: a batch of 2n), through eps_function in fp16."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    from companion import edm
+
+    model, d, _ = _ddpm()
+    with unset_fake_temporarily():
+        D = edm.VPDenoiser(_amp_eps(model), d.alphas_bar)
+        sigma = math.sqrt(D.sigmas[100].item() * D.sigmas[101].item())
+    with torch.no_grad():
+        D(torch.randn(n, 1, 28, 28, device=DEVICE), sigma)
+
+
 def operations() -> list[Operation]:
     from companion.run.profiles import get_profile
 
@@ -440,6 +505,10 @@ def operations() -> list[Operation]:
         Operation("16", "classifier-free guided DDIM, 1,000 images", cfg_sampling),
         Operation("16", "classifier-guided DDIM, 1,000 images", classifier_guided_sampling),
         Operation("16", "a DPS step on 500 digits", dps_step),
+        Operation("17", "EDM training step, batch 128", edm_training_step),
+        Operation("17", "Heun on the EDM denoiser, 2,000 images, fp16", edm_heun_sampling),
+        Operation("17", "chapter 9's network between two levels, 2,000 images",
+                  vp_denoiser_between_levels),
     ]
 
 
@@ -462,7 +531,8 @@ VALUE_CHECKS = ("companion.run.checks.images",
                 "companion.masked.check_states",
                 "companion.models.unet.check_states")
 # Host-side arithmetic on small CPU tensors (a step list): run for real.
-HOST_HELPERS = ("companion.diffusion.spaced_timesteps", "companion.masked.reveal_counts")
+HOST_HELPERS = ("companion.diffusion.spaced_timesteps", "companion.masked.reveal_counts",
+                "companion.run.checks.sigma_grid", "companion.edm.VPDenoiser.step")
 # Decisions a value makes: taken as the call that needs more memory (times off chapter 13's
 # grid: two network calls a point instead of one).
 WORST_CASE = {"companion.fewstep._on_grid": lambda w: False}

@@ -371,3 +371,21 @@ def test_the_recipe_trains_a_denoiser_in_the_smoke_run(monkeypatch, tmp_path):
     with torch.no_grad():
         out = edm.heun(D, 80.0 * torch.randn(2, 1, 28, 28), edm.rho_grid(2))
     assert out.shape == (2, 1, 28, 28) and torch.isfinite(out).all()
+
+
+def test_the_bounded_denoiser_equals_the_recipes_own():
+    from companion import recipes
+
+    torch.manual_seed(0)
+    unet = UNet(preset("tiny", T=40)).float().eval()  # the samplers' network is float32
+    torch.nn.init.normal_(unet.head[-1].weight, std=0.05)  # the zero head predicts 0
+    D = edm.Denoiser(edm.StepConditioned(unet, 0.01, 20.0, T=40), "edm", 0.6)
+    bounded = recipes.denoiser_function(D, "cpu")
+    x = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(13),
+                    dtype=torch.float32)
+    with torch.no_grad():
+        for sigma in (0.01, 0.7, 20.0, torch.tensor([0.02, 1.0, 9.0], dtype=torch.float32)):
+            assert torch.allclose(bounded(x, sigma), D(x, sigma), atol=1e-6)
+    assert bounded.sigma_data == 0.6 and bounded.net.T == 40
+    with pytest.raises(TypeError, match="StepConditioned"):
+        recipes.denoiser_function(edm.Denoiser(unet), "cpu")
