@@ -169,7 +169,7 @@ def precondition_variances(y: torch.Tensor, sigmas, kind: str = "edm",
     coefficients and sigma_data the data's pooled std, both are about 1 at every sigma
     (the digits on [-1, 1] have std 0.62, not EDM's 0.5 for CIFAR-10).
 
-    Book: :eq:`ch17-edm-coeffs`.
+    Book: :eq:`ch17-unit-variance`, :eq:`ch17-edm-coeffs`.
     """
     checks.batch("y", y, min_dims=2)
     levels = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)
