@@ -224,8 +224,11 @@ def test_6_a_wait_for_another_run_gives_up_after_lock_timeout(tmp_path, held, ca
 
 
 WAITER = textwrap.dedent("""
-    import sys, torch
+    import signal, sys, torch
     from torch import nn
+    # Ctrl-C as in a terminal, also when the tests run as a background job (whose shell
+    # starts it with SIGINT ignored, which Python then leaves ignored)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from companion.train import fit
     x = torch.randn(8, 3)
     try:
