@@ -17,6 +17,9 @@ of freedom (Student 1908; Welch 1947):
         mean, SE = their sd * sqrt(1 + 1/n) (a prediction interval), df = n - 1;
     a statistic's difference from paired bootstrap draws (`paired_bootstrap`): SE =
         SD of the draws' differences, the normal quantile;
+    a statistic's difference from its values with each unit left out (`paired_jackknife`,
+        the book's error bar for Fréchet distances): SE^2 = (n - 1)/n sum_i (d_i - mean)^2
+        over the left-out differences d_i, df = n - 1;
     a standard error from elsewhere (`compare`): df given, or n - 1 for n paired units.
 
 Few units need far more than 2 SE: the quantile is 12.7 at 1 degree of freedom, 4.30 at 2,
@@ -236,6 +239,35 @@ def paired_bootstrap(diff: float, boot_a, boot_b, n: int, *, unit: str = "unit",
             f"of {len(d)}: the statistic failed on those resamples; fix it there (a "
             "covariance that is not positive definite?) rather than drop draws")
     return compare(diff, d.std().item(), n, df=math.inf, test="paired bootstrap",
+                   unit=unit, level=level)
+
+
+def paired_jackknife(diff: float, loo_a, loo_b, *, unit: str = "unit",
+                     level: float = LEVEL) -> Comparison:
+    """A verdict on a statistic's difference a - b from its values with each unit left out.
+
+    loo_a, loo_b: (n,) the statistic of a and of b without unit i, the same unit left out of
+    both (metrics.frechet_jackknife); diff: the statistic's difference on all n units.
+    SE = the jackknife standard error of the left-out differences (metrics.jackknife_se),
+    t with n - 1 degrees of freedom.
+    """
+    import torch
+
+    from .metrics import jackknife_se
+
+    a = torch.as_tensor(loo_a, dtype=torch.float64)
+    b = torch.as_tensor(loo_b, dtype=torch.float64)
+    if a.shape != b.shape or a.dim() != 1 or len(a) < 3:
+        raise checks.ArgumentError(
+            f"loo_a and loo_b must be (n,) left-out values over the same n >= 3 units, got "
+            f"shapes {tuple(a.shape)} and {tuple(b.shape)}: pass both sets' values from one "
+            "metrics.frechet_jackknife call")
+    d = a - b
+    if not bool(torch.isfinite(d).all()):
+        raise checks.ArgumentError(
+            f"loo_a - loo_b holds {int((~torch.isfinite(d)).sum())} NaN or infinite values "
+            f"of {len(d)}: the statistic failed with those units left out; fix it there")
+    return compare(diff, jackknife_se(d), len(d), df=len(d) - 1, test="jackknife",
                    unit=unit, level=level)
 
 

@@ -298,11 +298,8 @@ def ddpm(x, profile, device, *, steps: int | None = None, resume_from=None,
     _check_unit_images(x, "recipes.ddpm")
     path = ddpm_checkpoint(profile, steps, prefix)
     x11 = x * 2 - 1  # the network works on [-1, 1]
-    if resume_from is not None and not path.exists():  # the early run's steps, not again
-        from .run.checkpoint import identity, seed_from
+    _continue(path, resume_from, model, config, x11, optimizer, s, total)
 
-        seed_from(path, resume_from, identity(model, config, (x11,), optimizer, s["ema"],
-                                              s["batch_size"]), total)
     def loss_fn(model, x0, step):
         warm_up(step)
         return diffusion.simple_loss(model, x0)
@@ -312,6 +309,37 @@ def ddpm(x, profile, device, *, steps: int | None = None, resume_from=None,
                  config=config, compile=torch.device(device).type == "cuda",
                  desc="DDPM" if steps is None else f"DDPM ({steps} steps)")
     return result.ema.model, result
+
+
+def _continue(path, resume_from, model, config, x11, optimizer, s: dict, total: int) -> None:
+    """Start the run into `path` from `resume_from`, an early checkpoint of the same recipe,
+    when `path` does not exist yet (the early run's steps are not trained again)."""
+    if resume_from is not None and not path.exists():
+        from .run.checkpoint import identity, seed_from
+
+        seed_from(path, resume_from, identity(model, config, (x11,), optimizer, s["ema"],
+                                              s["batch_size"]), total)
+
+
+def snapshots(recipe, checkpoint, x, profile, device, *, fractions=(0.25, 0.5), **kw) -> dict:
+    """One run of `recipe` kept at fractions of its updates: {updates: (model, FitResult)}.
+
+    recipe: a load-or-train recipe with `steps` and `resume_from` (ddpm, flow_matching,
+    edm); checkpoint: its checkpoint path function, (profile, steps, **kw) -> Path (e.g.
+    ddpm_checkpoint). Each stage resumes from the one before, so the stages are snapshots of
+    the same run (its learning rate has no decay after the warm-up), not extra training.
+    The last entry is the full run (chapter 9's budget, `ddpm_settings(profile)["steps"]`).
+    """
+    total = ddpm_settings(profile)["steps"]
+    cuts = sorted({max(1, round(f * total)) for f in fractions})
+    if not all(0 < f < 1 for f in fractions) or not cuts:
+        raise ValueError(f"fractions must lie strictly between 0 and 1 (e.g. (0.25, 0.5)); "
+                         f"got {fractions!r}")
+    kept, previous = {}, None
+    for cut in cuts + [None]:
+        kept[cut or total] = recipe(x, profile, device, steps=cut, resume_from=previous, **kw)
+        previous = checkpoint(profile, cut, **kw)
+    return kept
 
 
 def _unet_recipe(s: dict, profile, device, x, *, steps_of_net: int, network=None, **more):
@@ -648,7 +676,14 @@ def latent_denoiser(vae, x, profile, device, *, scale: float, labels=None,
 
 
 # --- chapter 13: flow matching with chapter 9's U-Net ----------------------------------------
-def flow_matching(x, profile, device, *, prefix: str = "ch13"):
+def flow_checkpoint(profile, steps: int | None = None, prefix: str = "ch13"):
+    """The checkpoint file of the flow model trained for `steps` (None: the full run)."""
+    name = f"{prefix}-flow" if steps is None else f"{prefix}-flow-step{steps}"
+    return checkpoint_path(name, profile)
+
+
+def flow_matching(x, profile, device, *, steps: int | None = None, resume_from=None,
+                  prefix: str = "ch13"):
     """Chapter 9's U-Net trained with the flow-matching loss (companion.flow) on chapter 9's
     recipe: the profile's preset, updates, batch, Adam with the same warm-up, clipping and
     EMA, so that the two models differ only in what they regress on. The time grid has
@@ -660,6 +695,7 @@ def flow_matching(x, profile, device, *, prefix: str = "ch13"):
             [-1, 1].
         profile: the Profile whose sizes, epochs and batch size it uses (`get_profile()`).
         device: where to train (and where the returned model lives).
+        steps, resume_from: an early checkpoint and continuing from it, as in `ddpm`.
         prefix: the checkpoint file's prefix (default "ch13"): two notebooks that may train
             at once pass different ones, so that they never write one file.
 
@@ -678,10 +714,13 @@ def flow_matching(x, profile, device, *, prefix: str = "ch13"):
         warm_up(step)
         return flow_matching_loss(model, x0, K)
 
-    result = fit(model, loss_fn, x * 2 - 1, steps=s["steps"], batch_size=s["batch_size"],
-                 optimizer=optimizer, clip=DDPM_CLIP, ema=s["ema"],
-                 checkpoint=checkpoint_path(f"{prefix}-flow", profile), config=config,
-                 compile=torch.device(device).type == "cuda", desc="flow matching")
+    total = s["steps"] if steps is None else steps
+    path = flow_checkpoint(profile, steps, prefix)
+    _continue(path, resume_from, model, config, x * 2 - 1, optimizer, s, total)
+    result = fit(model, loss_fn, x * 2 - 1, steps=total, batch_size=s["batch_size"],
+                 optimizer=optimizer, clip=DDPM_CLIP, ema=s["ema"], checkpoint=path,
+                 config=config, compile=torch.device(device).type == "cuda",
+                 desc="flow matching" if steps is None else f"flow ({steps} steps)")
     return result.ema.model, result
 
 
@@ -875,7 +914,19 @@ def consistency_distillation(teacher, x, profile, device, *, prefix: str = "ch15
 
 
 # --- chapter 17: EDM's preconditioned denoiser --------------------------------------------------
-def edm(x, profile, device, *, prefix: str = "ch17"):
+def edm_checkpoint(profile, steps: int | None = None, prefix: str = "ch17", *,
+                   P_mean: float | None = None, P_std: float | None = None):
+    """The checkpoint file of the EDM model trained for `steps` (None: the full run) with the
+    noise distribution ln sigma ~ N(P_mean, P_std^2) (None: EDM's, -1.2 and 1.2)."""
+    from .edm import P_MEAN, P_STD
+
+    pm, ps = P_MEAN if P_mean is None else P_mean, P_STD if P_std is None else P_std
+    name = f"{prefix}-edm" + ("" if (pm, ps) == (P_MEAN, P_STD) else f"-pm{pm:g}-ps{ps:g}")
+    return checkpoint_path(name if steps is None else f"{name}-step{steps}", profile)
+
+
+def edm(x, profile, device, *, steps: int | None = None, resume_from=None,
+        prefix: str = "ch17", P_mean: float | None = None, P_std: float | None = None):
     """Chapter 17's EDM model, load-or-train: chapter 9's U-Net and budget (`ddpm_settings`:
     preset, optimizer steps, batch, Adam with the same warm-up, clipping and EMA) trained
     with EDM's preconditioning and loss (`companion.edm`): ln sigma ~ N(-1.2, 1.2^2), weight
@@ -890,19 +941,26 @@ def edm(x, profile, device, *, prefix: str = "ch17"):
             [-1, 1].
         profile: the Profile whose sizes, epochs and batch size it uses (`get_profile()`).
         device: where to train (and where the returned model lives).
+        steps, resume_from: an early checkpoint and continuing from it, as in `ddpm`.
         prefix: the checkpoint file's prefix (default "ch17").
+        P_mean, P_std: the training noise distribution, ln sigma ~ N(P_mean, P_std^2);
+            None: EDM's -1.2 and 1.2 (chapter 17 sweeps them on a validation split).
 
     Returns:
         (D: an `edm.Denoiser` around the EMA U-Net, in eval mode; FitResult).
     """
     from .edm import P_MEAN, P_STD, SIGMA_MAX, SIGMA_MIN, Denoiser, StepConditioned, edm_loss
 
+    pm, ps = P_MEAN if P_mean is None else P_mean, P_STD if P_std is None else P_std
+    if not (math.isfinite(pm) and math.isfinite(ps) and ps > 0):
+        raise ValueError(f"the noise distribution needs a finite P_mean and a P_std > 0 "
+                         f"(ln sigma ~ N(P_mean, P_std^2)); got P_mean={pm!r}, P_std={ps!r}")
     s = ddpm_settings(profile)
     _check_unit_images(x, "recipes.edm")
     sigma_data = round((x.float() * 2 - 1).std().item(), 2)
     model, optimizer, config, warm_up = _unet_recipe(
         s, profile, device, x, steps_of_net=s["T"], T=s["T"], sigma_data=sigma_data,
-        P_mean=P_MEAN, P_std=P_STD, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX,
+        P_mean=pm, P_std=ps, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX,
         loss="EDM: preconditioned, log-normal sigma, lambda = 1 / c_out^2")
 
     def denoiser(net):
@@ -910,12 +968,15 @@ def edm(x, profile, device, *, prefix: str = "ch17"):
 
     def loss_fn(model, y, step):
         warm_up(step)
-        return edm_loss(denoiser(model), y, P_mean=P_MEAN, P_std=P_STD)
+        return edm_loss(denoiser(model), y, P_mean=pm, P_std=ps)
 
-    result = fit(model, loss_fn, x * 2 - 1, steps=s["steps"], batch_size=s["batch_size"],
-                 optimizer=optimizer, clip=DDPM_CLIP, ema=s["ema"],
-                 checkpoint=checkpoint_path(f"{prefix}-edm", profile), config=config,
-                 compile=torch.device(device).type == "cuda", desc="EDM")
+    total = s["steps"] if steps is None else steps
+    path = edm_checkpoint(profile, steps, prefix, P_mean=pm, P_std=ps)
+    _continue(path, resume_from, model, config, x * 2 - 1, optimizer, s, total)
+    result = fit(model, loss_fn, x * 2 - 1, steps=total, batch_size=s["batch_size"],
+                 optimizer=optimizer, clip=DDPM_CLIP, ema=s["ema"], checkpoint=path,
+                 config=config, compile=torch.device(device).type == "cuda",
+                 desc="EDM" if steps is None else f"EDM ({steps} steps)")
     return denoiser(result.ema.model).eval(), result
 
 
