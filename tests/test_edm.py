@@ -389,3 +389,51 @@ def test_the_bounded_denoiser_equals_the_recipes_own():
     assert bounded.sigma_data == 0.6 and bounded.net.T == 40
     with pytest.raises(TypeError, match="StepConditioned"):
         recipes.denoiser_function(edm.Denoiser(unet), "cpu")
+
+
+def _short_ci(monkeypatch, tmp_path, steps=8):
+    """The ci recipe cut to `steps` updates, in a cache of its own."""
+    from companion import recipes
+
+    monkeypatch.setenv("BOOK_CACHE", str(tmp_path))
+    ci = recipes.ddpm_settings
+    monkeypatch.setattr(recipes, "ddpm_settings", lambda p: {**ci(p), "steps": steps})
+    torch.set_default_dtype(torch.float32)
+    return (torch.rand(40, 1, 28, 28, generator=torch.Generator().manual_seed(13)) < 0.2).float()
+
+
+@pytest.mark.slow  # trains the tiny U-Net twice for 8 steps
+def test_snapshots_are_stages_of_one_run(monkeypatch, tmp_path):
+    """recipes.snapshots keeps a run at a quarter and half of its updates; the staged run
+    ends where one run straight through ends (the stages are not extra training)."""
+    from companion import recipes
+    from companion.run.profiles import get_profile
+
+    x = _short_ci(monkeypatch, tmp_path / "staged")
+    p = get_profile("ci")
+    kept = recipes.snapshots(recipes.edm, recipes.edm_checkpoint, x, p, "cpu",
+                             P_mean=-0.4, P_std=1.4)
+    assert sorted(kept) == [2, 4, 8]
+    assert [kept[k][1].steps for k in (2, 4, 8)] == [2, 4, 8]
+    for cut in (2, 4, None):
+        path = recipes.edm_checkpoint(p, cut, P_mean=-0.4, P_std=1.4)
+        assert path.exists() and "-pm-0.4-ps1.4" in path.name
+    assert recipes.edm_checkpoint(p).name == "ch17-edm-ci.pt"  # EDM's own: the old name
+    monkeypatch.setenv("BOOK_CACHE", str(tmp_path / "straight"))
+    straight, _ = recipes.edm(x, p, "cpu", P_mean=-0.4, P_std=1.4)
+    for a, b in zip(kept[8][0].parameters(), straight.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_snapshots_and_the_noise_distribution_refuse_bad_settings(monkeypatch, tmp_path):
+    from companion import recipes
+    from companion.run.profiles import get_profile
+
+    x = _short_ci(monkeypatch, tmp_path)
+    p = get_profile("ci")
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        recipes.snapshots(recipes.edm, recipes.edm_checkpoint, x, p, "cpu", fractions=(1.5,))
+    with pytest.raises(ValueError, match="P_std > 0"):
+        recipes.edm(x, p, "cpu", P_std=0.0)
+    with pytest.raises(ValueError, match="P_std > 0"):
+        recipes.edm(x, p, "cpu", P_mean=float("nan"))
