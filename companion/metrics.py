@@ -531,9 +531,10 @@ def frechet_bootstrap(features: dict, reference: torch.Tensor, draws: int, *,
     generator seeded with `seed`) and uses the same indices for every set, so the draws of
     two sets are paired: the SD of their difference is the SE of FD(a) - FD(b)
     (compare.paired_bootstrap), the SD of one set's draws its own SE.
-    At N near the judge's d this SE overstates the spread over independent redraws (1.4 to
-    3 times at d = 128, N = 160 in tests/test_frechet.py): a resample holds about 0.63 N
-    distinct rows, so its covariance is rank-deficient. Use `frechet_jackknife`; chapters
+    At N near the judge's d this SE overstates the spread over independent redraws (at
+    d = 128, N = 160 in tests/test_frechet_error.py: 1.4 to 2.3 times for one distance, 1.2
+    to 1.4 for a difference, where the jackknife gives 1.0 to 1.2): a resample holds about
+    0.63 N distinct rows, so its covariance is rank-deficient. Use `frechet_jackknife`; chapters
     10, 13, 14 and 15 still use this until they are executed again.
     Returns (fd, boot): {key: float} and {key: (draws,) float64}.
     """
