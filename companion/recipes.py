@@ -695,7 +695,10 @@ def flow_matching(x, profile, device, *, steps: int | None = None, resume_from=N
             [-1, 1].
         profile: the Profile whose sizes, epochs and batch size it uses (`get_profile()`).
         device: where to train (and where the returned model lives).
-        steps, resume_from: an early checkpoint and continuing from it, as in `ddpm`.
+        steps: None (default) for the profile's number of updates, or train only this
+            many (an early checkpoint in its own file, as in `ddpm`).
+        resume_from: an early checkpoint of the same recipe to continue from when this
+            run's own file does not exist yet (as in `ddpm`); default None.
         prefix: the checkpoint file's prefix (default "ch13"): two notebooks that may train
             at once pass different ones, so that they never write one file.
 
@@ -941,10 +944,14 @@ def edm(x, profile, device, *, steps: int | None = None, resume_from=None,
             [-1, 1].
         profile: the Profile whose sizes, epochs and batch size it uses (`get_profile()`).
         device: where to train (and where the returned model lives).
-        steps, resume_from: an early checkpoint and continuing from it, as in `ddpm`.
+        steps: None (default) for the profile's number of updates, or train only this
+            many (an early checkpoint in its own file, as in `ddpm`).
+        resume_from: an early checkpoint of the same recipe to continue from when this
+            run's own file does not exist yet (as in `ddpm`); default None.
         prefix: the checkpoint file's prefix (default "ch17").
-        P_mean, P_std: the training noise distribution, ln sigma ~ N(P_mean, P_std^2);
-            None: EDM's -1.2 and 1.2 (chapter 17 sweeps them on a validation split).
+        P_mean: the mean of ln sigma in training, ln sigma ~ N(P_mean, P_std^2); None:
+            EDM's -1.2 (chapter 17 sweeps it).
+        P_std: the standard deviation of ln sigma in training; None: EDM's 1.2.
 
     Returns:
         (D: an `edm.Denoiser` around the EMA U-Net, in eval mode; FitResult).
