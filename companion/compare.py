@@ -214,6 +214,26 @@ def compare(diff: float, se: float, n: int, *, df: float | None = None, test: st
                       float(level))
 
 
+def _replicate_differences(a, b, name: str, least: int, shape: str, source: str,
+                            what: str, where: str):
+    """a - b for two arms' replicates of a statistic (bootstrap draws, left-out values):
+    both (m,) with m >= least and every difference finite, or a clear error."""
+    import torch
+
+    a = torch.as_tensor(a, dtype=torch.float64)
+    b = torch.as_tensor(b, dtype=torch.float64)
+    if a.shape != b.shape or a.dim() != 1 or len(a) < least:
+        raise checks.ArgumentError(
+            f"{name}_a and {name}_b must be {shape}, got shapes {tuple(a.shape)} and "
+            f"{tuple(b.shape)}: pass both arms' statistics from one {source}")
+    d = a - b
+    if not bool(torch.isfinite(d).all()):
+        raise checks.ArgumentError(
+            f"{name}_a - {name}_b holds {int((~torch.isfinite(d)).sum())} NaN or infinite "
+            f"{what} of {len(d)}: the statistic failed on those {where}")
+    return d
+
+
 def paired_bootstrap(diff: float, boot_a, boot_b, n: int, *, unit: str = "unit",
                      level: float = LEVEL) -> Comparison:
     """A verdict on a statistic's difference a - b from paired bootstrap draws.
@@ -222,22 +242,13 @@ def paired_bootstrap(diff: float, boot_a, boot_b, n: int, *, unit: str = "unit",
     (metrics.frechet_bootstrap). SE = SD(boot_a - boot_b), a large-sample SE: the normal
     quantile.
     """
-    import torch
-
     n = checks.count("n (the units each bootstrap draw resamples)", n)
-    a = torch.as_tensor(boot_a, dtype=torch.float64)
-    b = torch.as_tensor(boot_b, dtype=torch.float64)
-    if a.shape != b.shape or a.dim() != 1 or len(a) < 2:
-        raise checks.ArgumentError(
-            f"boot_a and boot_b must be (B,) draws on the same B >= 2 resamples, got shapes "
-            f"{tuple(a.shape)} and {tuple(b.shape)}: pass both arms' statistics from one "
-            "metrics.frechet_bootstrap call (a (1,) would broadcast against every draw)")
-    d = a - b
-    if not bool(torch.isfinite(d).all()):
-        raise checks.ArgumentError(
-            f"boot_a - boot_b holds {int((~torch.isfinite(d)).sum())} NaN or infinite draws "
-            f"of {len(d)}: the statistic failed on those resamples; fix it there (a "
-            "covariance that is not positive definite?) rather than drop draws")
+    d = _replicate_differences(
+        boot_a, boot_b, "boot", 2,
+        "(B,) draws on the same B >= 2 resamples",
+        "metrics.frechet_bootstrap call (a (1,) would broadcast against every draw)",
+        "draws", "resamples; fix it there (a covariance that is not positive definite?) "
+        "rather than drop draws")
     return compare(diff, d.std().item(), n, df=math.inf, test="paired bootstrap",
                    unit=unit, level=level)
 
@@ -251,22 +262,11 @@ def paired_jackknife(diff: float, loo_a, loo_b, *, unit: str = "unit",
     SE = the jackknife standard error of the left-out differences (metrics.jackknife_se),
     t with n - 1 degrees of freedom.
     """
-    import torch
-
     from .metrics import jackknife_se
 
-    a = torch.as_tensor(loo_a, dtype=torch.float64)
-    b = torch.as_tensor(loo_b, dtype=torch.float64)
-    if a.shape != b.shape or a.dim() != 1 or len(a) < 3:
-        raise checks.ArgumentError(
-            f"loo_a and loo_b must be (n,) left-out values over the same n >= 3 units, got "
-            f"shapes {tuple(a.shape)} and {tuple(b.shape)}: pass both sets' values from one "
-            "metrics.frechet_jackknife call")
-    d = a - b
-    if not bool(torch.isfinite(d).all()):
-        raise checks.ArgumentError(
-            f"loo_a - loo_b holds {int((~torch.isfinite(d)).sum())} NaN or infinite values "
-            f"of {len(d)}: the statistic failed with those units left out; fix it there")
+    d = _replicate_differences(
+        loo_a, loo_b, "loo", 3, "(n,) left-out values over the same n >= 3 units",
+        "metrics.frechet_jackknife call", "values", "units left out; fix it there")
     return compare(diff, jackknife_se(d), len(d), df=len(d) - 1, test="jackknife",
                    unit=unit, level=level)
 
