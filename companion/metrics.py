@@ -457,57 +457,98 @@ def frechet_floor(features: Callable, real: torch.Tensor, reference: torch.Tenso
                          for i in picks], dtype=torch.float64)
 
 
-def frechet_jackknife(features: dict, reference: torch.Tensor) -> tuple[dict, dict]:
-    """Each sample set's Fréchet distance to the reference, and the same with each row left out.
+MAX_GROUPS = 400  # left-out sets a distance: the cpu profile's N, one row each
+
+
+def frechet_jackknife(features: dict, reference: torch.Tensor, *,
+                      max_groups: int = MAX_GROUPS) -> tuple[dict, dict]:
+    """Each sample set's Fréchet distance to the reference, and the same with each group of
+    rows left out.
 
     features: {key: (N, d)}, every set of the same N, row i of every set made from the same
     noise; reference: (M, d). N - 1 > d keeps every left-out covariance full-rank.
-    Returns (fd, loo): {key: float} (frechet_distance) and {key: (N,) float64}, loo[k][i]
-    the distance of set k without row i. The jackknife standard error (Quenouille 1956,
+    Rows are left out one at a time when N <= max_groups; above it, in K equal groups of
+    consecutive rows, K the largest divisor of N not above max_groups (the grouped, or
+    delete-g, jackknife, for the gpu profile's thousands of samples: its cost is K
+    eigenvalue problems a set, whatever N).
+    Returns (fd, loo): {key: float} (frechet_distance) and {key: (K,) float64}, loo[k][j]
+    the distance of set k without group j. The jackknife standard error (Quenouille 1956,
     Tukey 1958) of a set's distance is `jackknife_se(loo[k])`, of a difference between two
     sets on the same noise `jackknife_se(loo[a] - loo[b])` (compare.paired_jackknife):
-        SE^2 = (N - 1) / N * sum_i (l_i - mean(l))^2.
-    Left-out sets keep N - 1 distinct rows, where a bootstrap resample keeps about 0.63 N and,
-    near d, a rank-deficient covariance that inflates the spread (tests/test_frechet.py
-    checks both against independent redraws at the book's N).
-    With centred rows c_i and G = sum_i c_i c_i^T, leaving row i out gives the mean
-    mu - c_i / (N - 1) and the covariance (G - N / (N - 1) c_i c_i^T) / (N - 2), and
-    tr((S_a S_ref)^1/2) is the sum of the roots of the eigenvalues of R S_a R with
-    R = S_ref^1/2, so each left-out distance costs one symmetric eigenvalue problem.
+        SE^2 = (K - 1) / K * sum_j (l_j - mean(l))^2.
+    Left-out sets keep N - N / K distinct rows, where a bootstrap resample keeps about
+    0.63 N and, near d, a rank-deficient covariance that inflates the spread
+    (tests/test_frechet_error.py checks both against independent redraws at the book's N).
+    With centred rows c_i, G = sum_i c_i c_i^T, and a group J of m rows with sum s, leaving
+    J out gives the mean mu - s / (N - m) and the covariance
+    (G - sum_J c_i c_i^T - s s^T / (N - m)) / (N - m - 1), and tr((S_a S_ref)^1/2) is the
+    sum of the roots of the eigenvalues of R S_a R with R = S_ref^1/2, so each left-out
+    distance costs one symmetric eigenvalue problem.
     """
     sizes = {len(f) for f in features.values()}
     if len(sizes) != 1:
         raise ValueError(f"every feature set needs the same number of rows (the same noise, "
                          f"row by row), got sizes {sorted(sizes)}")
+    groups = jackknife_groups(sizes.pop(), max_groups)
     fd = {k: frechet_distance(f, reference) for k, f in features.items()}
     ref = torch.as_tensor(reference).detach().double().cpu()
     with one_thread():
         mu_r, cov_r = ref.mean(0), torch.cov(ref.T).reshape(ref.shape[1], -1)
         w, v = torch.linalg.eigh((cov_r + cov_r.T) / 2)
         root_r = (v * w.clamp(min=0).sqrt()) @ v.T
-        loo = {k: _left_out(torch.as_tensor(f).detach().double().cpu(), mu_r, cov_r, root_r)
+        loo = {k: _left_out(torch.as_tensor(f).detach().double().cpu(), mu_r, cov_r, root_r,
+                            groups=groups)
                for k, f in features.items()}
     return fd, loo
 
 
-def _left_out(x: torch.Tensor, mu_r, cov_r, root_r, chunk: int = 256) -> torch.Tensor:
-    """(N,) Fréchet distances of x (N, d) with row i left out, to N(mu_r, cov_r)."""
-    n = len(x)
+def jackknife_groups(n: int, max_groups: int = MAX_GROUPS) -> int:
+    """How many equal groups of consecutive rows `frechet_jackknife` leaves out of n rows:
+    n itself up to max_groups, else the largest divisor of n not above it."""
+    n = checks.count("n (rows a set)", n)
+    max_groups = checks.count("max_groups", max_groups)
     if n < 3:
         raise ValueError(f"the jackknife needs at least 3 rows a set (a left-out covariance "
                          f"of 2), got {n}")
+    if max_groups < 3:
+        raise ValueError(f"max_groups must be at least 3 (a standard error from 2 left-out "
+                         f"values has 1 degree of freedom), got {max_groups}")
+    k = next(k for k in range(min(n, max_groups), 0, -1) if n % k == 0)
+    if k < 3:
+        raise ValueError(f"{n} rows split into no more than {k} equal groups of at most "
+                         f"{max_groups}: pass a number of samples with a divisor between "
+                         f"3 and {max_groups} (an even number, say)")
+    return k
+
+
+def _left_out(x: torch.Tensor, mu_r, cov_r, root_r, chunk: int = 256,
+              groups: int | None = None) -> torch.Tensor:
+    """(K,) Fréchet distances of x (N, d) with each of K equal groups of consecutive rows
+    left out (K = N: one row each), to N(mu_r, cov_r)."""
+    n = len(x)
+    groups = n if groups is None else groups
+    if n < 3 or n % groups:
+        raise ValueError(f"the jackknife needs at least 3 rows a set (a left-out covariance "
+                         f"of 2), in equal groups; got {n} rows in {groups} groups")
+    m = n // groups  # rows a group
     mu = x.mean(0)
     c = x - mu
     gram = c.T @ c
-    cr = c @ root_r  # rows R c_i
+    cr = (c @ root_r).reshape(groups, m, -1)  # rows R c_i, by group
+    sums = cr.sum(1)  # R s_J
     middle = root_r @ gram @ root_r
-    out = torch.empty(n, dtype=torch.float64)
-    for s in range(0, n, chunk):
-        ci, ri = c[s:s + chunk], cr[s:s + chunk]
-        m = (middle - n / (n - 1) * ri[:, :, None] * ri[:, None, :]) / (n - 2)
-        cross = torch.linalg.eigvalsh((m + m.transpose(1, 2)) / 2).clamp(min=0).sqrt().sum(1)
-        tr = (gram.trace() - n / (n - 1) * ci.pow(2).sum(1)) / (n - 2)
-        mean_term = (mu - ci / (n - 1) - mu_r).pow(2).sum(1)
+    sq = c.pow(2).sum(1).reshape(groups, m).sum(1)  # sum_J |c_i|^2
+    s_raw = c.reshape(groups, m, -1).sum(1)  # s_J
+    rest = n - m
+    out = torch.empty(groups, dtype=torch.float64)
+    for s in range(0, groups, chunk):
+        ri, si = cr[s:s + chunk], sums[s:s + chunk]
+        inner = ri.transpose(1, 2) @ ri + si[:, :, None] * si[:, None, :] / rest
+        a = (middle - inner) / (rest - 1)
+        cross = torch.linalg.eigvalsh((a + a.transpose(1, 2)) / 2).clamp(min=0).sqrt().sum(1)
+        tr = (gram.trace() - sq[s:s + chunk]
+              - s_raw[s:s + chunk].pow(2).sum(1) / rest) / (rest - 1)
+        mean_term = (mu - s_raw[s:s + chunk] / rest - mu_r).pow(2).sum(1)
         out[s:s + chunk] = (mean_term + tr + cov_r.trace() - 2 * cross).clamp(min=0)
     return out
 
@@ -534,8 +575,8 @@ def frechet_bootstrap(features: dict, reference: torch.Tensor, draws: int, *,
     At N near the judge's d this SE overstates the spread over independent redraws (at
     d = 128, N = 160 in tests/test_frechet_error.py: 1.4 to 2.3 times for one distance, 1.2
     to 1.4 for a difference, where the jackknife gives 1.0 to 1.2): a resample holds about
-    0.63 N distinct rows, so its covariance is rank-deficient. Use `frechet_jackknife`; chapters
-    13, 14 and 15 still use this until they are executed again.
+    0.63 N distinct rows, so its covariance is rank-deficient. The book's chapters use
+    `frechet_jackknife`; this stays for comparison (tests/test_frechet_error.py).
     Returns (fd, boot): {key: float} and {key: (draws,) float64}.
     """
     sizes = {len(f) for f in features.values()}
