@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 JOBS   ?= 2
 
-.PHONY: install mathjax colab-wheels actionlint book pdf test test-cpu-capability test-colab test-smoke outputs outputs-device device-wheels gpu-plan outputs-device-dry-run check-fast bench sync clean
+.PHONY: install mathjax colab-wheels actionlint book pdf test test-pytest test-cpu-capability test-colab test-colab-ci test-smoke outputs outputs-device device-wheels gpu-plan outputs-device-dry-run check-fast bench sync clean
 MATHJAX_VERSION := 3.2.2
 MATHJAX := _extra/mathjax/.installed-$(MATHJAX_VERSION)
 NPM    ?= npm
@@ -81,11 +81,14 @@ $(ACTIONLINT):
 
 # Every test: companion unit tests, nbval over every notebook in the `ci` profile,
 # the jupytext twins and headers, and a -W build of the book (tests/test_book.py).
-test: $(STAMP) $(MATHJAX) $(COLAB_WHEELS) $(ACTIONLINT)
+test: test-pytest
+	$(MAKE) --no-print-directory test-cpu-capability
+
+# `make test` without the capability pass (.ci/run times the two apart).
+test-pytest: $(STAMP) $(MATHJAX) $(COLAB_WHEELS) $(ACTIONLINT)
 	BOOK_PROFILE=ci $(BIN)/python -m pytest tests $(NOTEBOOKS) --nbval --nbval-current-env \
 	  --nbval-sanitize-with tests/sanitize.cfg --nbval-cell-timeout 600 \
 	  -n $(JOBS) --dist loadfile -p no:cacheprovider -r fEs
-	$(MAKE) --no-print-directory test-cpu-capability
 
 # The stored outputs must not depend on the CPU that made them: torch's vectorized kernels
 # sum in another order on AVX-512 than on AVX2 or plain SSE. So the chapters whose compared
@@ -104,9 +107,12 @@ test-cpu-capability: $(STAMP)
 # .cache/colab-venv; its first build downloads torch from PyPI (several GB). Without a
 # Python 3.13 it says so and skips (COLAB_REQUIRED=1 makes that a failure). See
 # tests/colab_run.py.
-test-colab: $(STAMP)
-	$(BIN)/python tests/colab_run.py --jobs $(JOBS)
-	$(BIN)/python tests/colab_run.py --smoke --jobs $(JOBS)
+test-colab: test-colab-ci test-smoke
+
+# Every chapter in the `ci` profile in Colab's versions (part of test-colab).
+# .ci/run passes COLAB_ARGS=--reuse-ci-models: `make test` has just trained the ci models.
+test-colab-ci: $(STAMP)
+	$(BIN)/python tests/colab_run.py --jobs $(JOBS) $(COLAB_ARGS)
 
 # The smoke run alone (part of test-colab).
 test-smoke: $(STAMP)

@@ -192,11 +192,31 @@ def execute(notebook: Path, env: dict, workdir: Path) -> tuple[str, float, str, 
     return notebook.name, seconds, "\n".join(errors), lines["ASSERTS"], thinned
 
 
+def seed_ci_models(cache: Path) -> str:
+    """Copy the ci profile's checkpoints from this checkout's cache (companion's cache_dir:
+    $BOOK_CACHE or ~/.cache/companion, where `make test`'s nbval trained them) into the
+    run's `cache`; what was copied, in words. A checkpoint of another configuration is
+    refused by the recipe that loads it, as it would be in nbval."""
+    from companion.run.checkpoint import cache_dir
+
+    source = cache_dir() / "checkpoints"
+    found = sorted(source.glob("*-ci.pt")) if source.is_dir() else []
+    (cache / "checkpoints").mkdir(parents=True, exist_ok=True)
+    for path in found:
+        shutil.copy2(path, cache / "checkpoints" / path.name)
+    return (f"{len(found)} ci checkpoints reused from {source}" if found else
+            f"no ci checkpoints in {source}: every chapter trains its own")
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true",
                     help="the gpu profile's smoke run (BOOK_PROFILE=gpu BOOK_SMOKE=1)")
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--reuse-ci-models", action="store_true",
+                    help="start the ci run's cache with the ci profile's checkpoints that "
+                         "nbval (`make test`) trained in this checkout's cache, instead of "
+                         "training them again (the smoke run trains in Colab's versions)")
     ap.add_argument("notebooks", nargs="*")
     args = ap.parse_args(argv)
     python = find_python313()
@@ -219,6 +239,8 @@ def main(argv: list[str]) -> int:
         env = {**os.environ, **profile, "BOOK_OFFLINE": "1", "BOOK_CACHE": f"{tmp}/cache",
                "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ['PATH']}",
                "PYTHONPATH": ""}
+        if args.reuse_ci_models and not args.smoke:
+            print(f"test-colab: {seed_ci_models(Path(tmp) / 'cache')}")
         env.pop("VIRTUAL_ENV", None)
         env.pop("MPLBACKEND", None)  # Colab's kernel draws with the inline backend
         if args.jobs > 1:  # kernels side by side, each with its share of the cores: two

@@ -71,3 +71,29 @@ def built_book(tmp_path_factory):
     assert res["returncode"] == 0, ("the book does not build with -W -n:\n"
                                     + "\n".join(problems)[-6000:] + "\n" + log[-3000:])
     return out / "_build" / "html"
+
+
+# --- where the time goes (issue 65, point 11): seconds by test file, printed at the end ------
+_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    """Sum setup, call and teardown of every test by its file (with xdist, the controller
+    receives every worker's reports here)."""
+    path = report.nodeid.split("::", 1)[0]
+    _SECONDS[path] = _SECONDS.get(path, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    if len(_SECONDS) < 2:
+        return
+    chapters = sorted((p, s) for p, s in _SECONDS.items() if p.endswith(".ipynb"))
+    tests = sorted(((s, p) for p, s in _SECONDS.items() if not p.endswith(".ipynb")),
+                   reverse=True)
+    write = terminalreporter.write_line
+    if chapters:
+        write(f"seconds by chapter (nbval, summed over cells; {sum(s for _, s in chapters):.0f}"
+              " s in all): " + ", ".join(f"{p.split('/')[-1][:2]} {s:.0f}" for p, s in chapters))
+    if tests:
+        write(f"seconds by test file ({sum(s for s, _ in tests):.0f} s in all, the ten "
+              "slowest): " + ", ".join(f"{p.split('/')[-1]} {s:.0f}" for s, p in tests[:10]))

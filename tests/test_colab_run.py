@@ -84,3 +84,21 @@ def test_every_assert_the_smoke_run_lets_fail_is_one_of_its_chapter():
                           if isinstance(n, ast.Assert)}
         stale += [(c, t) for c, t in allowed if c == chapter and t not in tests]
     assert not stale, stale
+
+
+def test_the_ci_run_reuses_only_the_ci_models_of_this_cache(colab_run, monkeypatch,
+                                                             tmp_path):
+    """`--reuse-ci-models` (.ci/run): the ci checkpoints that nbval trained are copied into
+    the Colab run's fresh cache; the other profiles' are not."""
+    cache = tmp_path / "mine"
+    (cache / "checkpoints").mkdir(parents=True)
+    for name in ("ch9-ddpm-ci.pt", "ch9-ddpm-cpu.pt", "judge-ci.pt.lock"):
+        (cache / "checkpoints" / name).write_bytes(b"x")
+    monkeypatch.setenv("BOOK_CACHE", str(cache))
+    monkeypatch.delenv("BOOK_SMOKE", raising=False)
+    said = colab_run.seed_ci_models(tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [
+        "ch9-ddpm-ci.pt"]
+    assert said.startswith("1 ci checkpoints reused")
+    monkeypatch.setenv("BOOK_CACHE", str(tmp_path / "empty"))
+    assert "every chapter trains its own" in colab_run.seed_ci_models(tmp_path / "run2")
