@@ -1,0 +1,132 @@
+"""Silent and cryptic answers of the guidance, EDM and in-painting code made clear errors
+(issue 65, points 1-9): each test failed on the code before its fix.
+
+Point 8's rule for the whole package: a public function that takes a reader's data tensors
+refuses NaN and inf in them (`checks.finite`), naming the argument.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from companion import diffusion as dm
+from companion import score as S
+from companion import toy
+from companion.run import checks
+
+NAN, INF = float("nan"), float("inf")
+
+
+def mixture() -> toy.GaussianMixture:
+    a = torch.arange(3, dtype=torch.float64) * 2 * math.pi / 3
+    return toy.GaussianMixture([0.5, 0.3, 0.2], torch.stack([a.cos(), a.sin()], 1), 0.2)
+
+
+def smooth_eps(x, t):
+    """A noise predictor that depends on x (differentiably) and on nothing else."""
+    return 0.5 * torch.tanh(x)
+
+
+# --- 1. DPS reads the known pixels only --------------------------------------------------------
+def _measurement(n=2):
+    gen = torch.Generator().manual_seed(0)
+    y = torch.rand(n, 1, 8, 8, generator=gen) * 2 - 1
+    mask = torch.ones(n, 1, 8, 8)
+    mask[..., :4] = 0  # the left half missing
+    holed = torch.where(mask.bool(), y, torch.tensor(NAN))
+    return torch.where(mask.bool(), y, torch.zeros(())), holed, mask
+
+
+# --- 2. and 3. a guided noise function checks its chain and its steps --------------------------
+class _StepModel(nn.Module):
+    """A noise predictor built for T steps (its config.T, as the U-Net's)."""
+
+    def __init__(self, T):
+        super().__init__()
+        self.config = type("Config", (), {"T": T})()
+
+    def forward(self, x, t):
+        return torch.zeros_like(x)
+
+
+def _toy_guided(w):
+    gm, diff = mixture(), dm.Diffusion(dm.linear_betas(10))
+
+    def logits(x, t):
+        return toy.diffused_log_posterior(gm, x, diff.alphas_bar_[t])
+
+    def eps(x, t):
+        return -(1 - diff.alphas_bar_[t][:, None]).sqrt() * toy.diffused_score(
+            gm, x, diff.alphas_bar_[t])
+
+    grad = S.classifier_log_prob_grad(logits, torch.tensor([0, 1]), num_classes=3)
+    return S.classifier_guided_eps(diff, eps, grad, w)
+
+
+# --- 4. noise levels as tensors are checked as numbers are ------------------------------------
+class _Identity(nn.Module):
+    def forward(self, x, c_noise):
+        return x
+
+
+# --- 5. the exact denoisers' dimension, the mixture's alpha_bar --------------------------------
+
+
+# --- 6. a classifier in training mode, an eps model cut from the graph ------------------------
+
+
+class _Net(nn.Module):
+    """A small differentiable noise predictor with weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 3, padding=1)
+
+    def forward(self, x, t):
+        return self.conv(x)
+
+
+# --- 7. nearest neighbours of a NaN image, Welch's degrees of freedom ---------------------------
+
+
+# --- 8. one rule: NaN and inf in a reader's tensors are refused, by name ------------------------
+def _nan(*shape, at=0):
+    x = torch.randn(*shape, dtype=torch.float64)
+    x.view(-1)[at] = NAN
+    return x
+
+
+def _inf(*shape):
+    x = torch.randn(*shape, dtype=torch.float64)
+    x.view(-1)[-1] = INF
+    return x
+
+
+R = torch.randn(4, 2, dtype=torch.float64)
+
+
+def test_08_the_finite_check_names_counts_and_lets_large_finite_values_pass():
+    with pytest.raises(checks.ArgumentError, match=r"^y holds 2 NaN or infinite values \(of "
+                                                   r"6\): rerun it$"):
+        checks.finite("y", torch.tensor([1.0, NAN, 2.0, INF, 3.0, 4.0]), "rerun it")
+    big = torch.full((10,), 3e38)  # its sum overflows float32; every value is finite
+    assert checks.finite("big", big) is big
+    half = torch.full((10,), 6e4, dtype=torch.float16)
+    assert checks.finite("half", half) is half
+    assert checks.finite("steps", torch.arange(3)) is not None  # integers hold no NaN
+
+
+# --- 9. a function that cannot be differentiated: the argument and the cause named ---------------
+def _no_grad_score(x):
+    with torch.no_grad():
+        return -x
+
+
+CUT = {"no_grad": _no_grad_score, "detach": lambda x: (-x).detach(),
+       "constant": lambda x: torch.ones_like(x)}
+
+
