@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from companion import diffusion as dm
+from companion import inpainting, toy
 from companion import score as S
-from companion import toy
 from companion.run import checks
 
 NAN, INF = float("nan"), float("inf")
@@ -39,6 +39,37 @@ def _measurement(n=2):
     mask[..., :4] = 0  # the left half missing
     holed = torch.where(mask.bool(), y, torch.tensor(NAN))
     return torch.where(mask.bool(), y, torch.zeros(())), holed, mask
+
+
+def test_01_dps_gradient_ignores_a_nan_at_a_missing_pixel():
+    clean, holed, mask = _measurement()
+    diff = dm.Diffusion(dm.linear_betas(10))
+    x_t = torch.randn(clean.shape, generator=torch.Generator().manual_seed(1))
+    want = inpainting.dps_gradient(diff, smooth_eps, x_t, 5, clean, mask)
+    got = inpainting.dps_gradient(diff, smooth_eps, x_t, 5, holed, mask)
+    for a, b in zip(got, want, strict=True):
+        assert torch.isfinite(a).all() and torch.equal(a, b)
+
+
+def test_01_dps_completes_a_measurement_with_nan_at_its_missing_pixels():
+    clean, holed, mask = _measurement()
+    diff = dm.Diffusion(dm.linear_betas(10))
+    run = [inpainting.dps(diff, smooth_eps, y, mask, zeta=1.0, quiet=True,
+                          generator=torch.Generator().manual_seed(2)) for y in (clean, holed)]
+    assert torch.isfinite(run[1]).all() and torch.equal(run[0], run[1])
+
+
+def test_01_vae_map_ignores_a_nan_at_a_missing_pixel():
+    from companion.models.vae import VAE
+
+    torch.manual_seed(0)
+    vae = VAE(2)
+    y = torch.rand(2, 1, 28, 28)
+    mask = inpainting.make_mask("left", 2)
+    y[..., :14] = NAN
+    image, z = inpainting.vae_map(vae, y, mask, steps=2,
+                                  generator=torch.Generator().manual_seed(3))
+    assert torch.isfinite(z).all() and torch.isfinite(image).all()
 
 
 # --- 2. and 3. a guided noise function checks its chain and its steps --------------------------
@@ -88,6 +119,26 @@ class _Net(nn.Module):
 
     def forward(self, x, t):
         return self.conv(x)
+
+
+@pytest.mark.parametrize("cut", ["no_grad", "detach output", "detach input"])
+def test_06_dps_refuses_an_eps_model_cut_from_the_graph(cut):
+    torch.manual_seed(0)
+    net = _Net()
+
+    def eps(x, t):
+        if cut == "no_grad":
+            with torch.no_grad():
+                return net(x, t)
+        return net(x, t).detach() if cut == "detach output" else net(x.detach(), t)
+
+    clean, _, mask = _measurement()
+    diff = dm.Diffusion(dm.linear_betas(10))
+    with pytest.raises(checks.ArgumentError, match=r"DPS's correction needs the gradient of "
+                       r"eps_model.*torch.no_grad\(\).*\.detach\(\)"):
+        inpainting.dps_gradient(diff, eps, torch.zeros_like(clean), 5, clean, mask)
+    g = inpainting.dps_gradient(diff, net, torch.zeros_like(clean), 5, clean, mask)[0]
+    assert torch.isfinite(g).all()  # the network itself: accepted
 
 
 # --- 7. nearest neighbours of a NaN image, Welch's degrees of freedom ---------------------------
