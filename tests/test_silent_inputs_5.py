@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from companion import diffusion as dm
-from companion import inpainting, toy
+from companion import edm, inpainting, toy
 from companion import score as S
 from companion.run import checks
 
@@ -104,7 +104,43 @@ class _Identity(nn.Module):
         return x
 
 
+@pytest.mark.parametrize("call, match", [
+    (lambda: edm.Denoiser(_Identity())(torch.zeros(2, 3), torch.tensor([INF, 1.0])),
+     r"finite noise level >= 0, got inf"),
+    (lambda: edm.preconditioning(torch.tensor([0.0, 1.0])), r"finite noise level > 0, got 0"),
+    (lambda: edm.preconditioning(torch.tensor([INF])), r"finite noise level > 0, got inf"),
+    (lambda: edm.loss_weight(torch.tensor([0.0, 1.0])), r"finite noise level > 0, got 0"),
+    (lambda: edm.denoising_loss(lambda x, s: x, torch.zeros(2, 3), 0.0),
+     r"sigma \(a noise level > 0\)"),
+    (lambda: edm.denoising_loss(lambda x, s: x, torch.zeros(2, 3), torch.tensor([0.0, 1.0])),
+     r"finite noise level > 0, got 0"),
+], ids=["Denoiser inf", "preconditioning 0", "preconditioning inf",
+        "loss_weight 0", "denoising_loss 0.0", "denoising_loss tensor 0"])
+def test_04_noise_levels_as_tensors_are_checked_as_numbers_are(call, match):
+    with pytest.raises(checks.ArgumentError, match=match):
+        call()
+
+
 # --- 5. the exact denoisers' dimension, the mixture's alpha_bar --------------------------------
+def test_05_exact_denoisers_refuse_points_of_another_dimension():
+    with pytest.raises(checks.ArgumentError, match=r"x has 1 dimensions but the mixture 2"):
+        edm.mixture_denoiser(mixture())(torch.zeros(3, 1), 1.0)
+    mean, std = torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)
+    with pytest.raises(checks.ArgumentError, match=r"x has 1 dimensions but the Gaussian 4"):
+        edm.gaussian_denoiser(mean, std)(torch.zeros(3, 1, dtype=torch.float64), 1.0)
+    with pytest.raises(checks.ArgumentError, match=r"x has 1 dimensions but the Gaussian 4"):
+        edm.gaussian_flow(mean, std, torch.zeros(3, 1, dtype=torch.float64), 1.0, 0.5)
+
+
+@pytest.mark.parametrize("call", [
+    lambda gm, x: toy.diffused_score(gm, x, NAN),
+    lambda gm, x: toy.diffused_posterior_mean(gm, x, NAN),
+    lambda gm, x: toy.diffused_log_posterior_grad(gm, x, 0, NAN),
+    lambda gm, x: toy.diffused_score(gm, x, torch.tensor([0.5, NAN])),
+], ids=["score", "posterior mean", "log posterior grad", "score, one NaN of two"])
+def test_05_the_mixtures_closed_forms_refuse_a_nan_alpha_bar(call):
+    with pytest.raises(ValueError, match=r"alpha_bar must lie in \(0, 1\]"):
+        call(mixture(), torch.zeros(2, 2, dtype=torch.float64))
 
 
 # --- 6. a classifier in training mode, an eps model cut from the graph ------------------------
@@ -158,6 +194,23 @@ def _inf(*shape):
 
 
 R = torch.randn(4, 2, dtype=torch.float64)
+SILENT_BEFORE = {
+    "edm.predictions": (lambda: edm.predictions(R, _nan(4, 2), 1.0), "denoised"),
+    "edm.denoiser_from": (lambda: edm.denoiser_from("eps", _inf(4, 2), R, 1.0), "x"),
+    "edm.gaussian_flow": (lambda: edm.gaussian_flow(torch.zeros(2, dtype=torch.float64), 1.0,
+                                                    _nan(4, 2), 1.0, 0.5), "x"),
+    "edm.precondition_variances": (lambda: edm.precondition_variances(_nan(4, 2), [1.0]),
+                                   "y"),
+    "edm.lognormal_density": (lambda: edm.lognormal_density(torch.tensor([0.0, NAN])),
+                              "log_sigma"),
+}
+
+
+@pytest.mark.parametrize("name", list(SILENT_BEFORE))
+def test_08_nan_and_inf_in_a_readers_tensor_are_refused_by_name(name):
+    call, arg = SILENT_BEFORE[name]
+    with pytest.raises(checks.ArgumentError, match=rf"^{arg}\b.*(NaN or infinite|finite)"):
+        call()
 
 
 def test_08_the_finite_check_names_counts_and_lets_large_finite_values_pass():
