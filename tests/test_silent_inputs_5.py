@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from companion import diffusion as dm
-from companion import edm, inpainting, toy
+from companion import edm, inpainting, sde, toy
 from companion import score as S
+from companion.models.classifier import NoisyClassifier
 from companion.run import checks
 
 NAN, INF = float("nan"), float("inf")
@@ -84,6 +85,23 @@ class _StepModel(nn.Module):
         return torch.zeros_like(x)
 
 
+def test_02_a_classifier_of_another_chain_is_refused():
+    diff = dm.Diffusion(dm.linear_betas(10))
+    grad = S.classifier_log_prob_grad(NoisyClassifier(T=20).eval(), torch.tensor([1, 2]))
+    with pytest.raises(checks.ArgumentError, match=r"the classifier was built for T = 20 "
+                       r"steps but the diffusion has 10.*NoisyClassifier\(T=10\)"):
+        S.classifier_guided_eps(diff, _StepModel(10), grad, 1.0)
+
+
+def test_02_an_eps_model_of_another_chain_is_refused():
+    diff = dm.Diffusion(dm.linear_betas(10))
+    grad = S.classifier_log_prob_grad(NoisyClassifier(T=10).eval(), torch.tensor([1, 2]))
+    with pytest.raises(checks.ArgumentError, match=r"eps_model was built for T = 20 steps "
+                                                   r"but the diffusion has 10"):
+        S.classifier_guided_eps(diff, _StepModel(20), grad, 1.0)
+    S.classifier_guided_eps(diff, _StepModel(10), grad, 1.0)  # the same chain: accepted
+
+
 def _toy_guided(w):
     gm, diff = mixture(), dm.Diffusion(dm.linear_betas(10))
 
@@ -96,6 +114,16 @@ def _toy_guided(w):
 
     grad = S.classifier_log_prob_grad(logits, torch.tensor([0, 1]), num_classes=3)
     return S.classifier_guided_eps(diff, eps, grad, w)
+
+
+@pytest.mark.parametrize("w", [0.0, 2.0])
+@pytest.mark.parametrize("t, got", [(0, "0..0"), (-1, "-1..-1"), (11, "11..11")])
+def test_03_the_guided_function_refuses_a_step_outside_1_to_T(t, got, w):
+    guided, x = _toy_guided(w), torch.zeros(2, 2, dtype=torch.float64)
+    with pytest.raises(checks.ArgumentError, match=f"t must lie in 1..T = 1..10, got values "
+                                                   f"in {got}"):
+        guided(x, torch.full((2,), t))
+    assert torch.isfinite(guided(x, torch.tensor([1, 10]))).all()
 
 
 # --- 4. noise levels as tensors are checked as numbers are ------------------------------------
@@ -144,6 +172,9 @@ def test_05_the_mixtures_closed_forms_refuse_a_nan_alpha_bar(call):
 
 
 # --- 6. a classifier in training mode, an eps model cut from the graph ------------------------
+def test_06_a_classifier_in_training_mode_is_refused():
+    with pytest.raises(checks.ArgumentError, match=r"training mode.*call classifier.eval\(\)"):
+        S.classifier_log_prob_grad(NoisyClassifier(T=10), torch.tensor([1, 2]))
 
 
 class _Net(nn.Module):
@@ -195,6 +226,15 @@ def _inf(*shape):
 
 R = torch.randn(4, 2, dtype=torch.float64)
 SILENT_BEFORE = {
+    "standard_normal_log_p": (lambda: sde.standard_normal_log_p(_inf(4, 2)), "x"),
+    "bits_per_dim": (lambda: sde.bits_per_dim(torch.tensor([-1e3, -INF]), 784), "log_p"),
+    "bits_per_dim, a number": (lambda: sde.bits_per_dim(NAN, 784), "log_p"),
+    "divergence_exact": (lambda: sde.divergence_exact(lambda x, t: -x, _nan(4, 2), 0.5),
+                         "x"),
+    "divergence_hutchinson": (lambda: sde.divergence_hutchinson(
+        lambda x, t: -x, _nan(4, 2), 0.5, torch.ones(1, 4, 2, dtype=torch.float64)), "x"),
+    "VPSDE.marginal": (lambda: sde.VPSDE().marginal(_nan(4, 2), 0.5), "x0"),
+    "tweedie": (lambda: S.tweedie(_nan(4, 2), R, 0.5), "x_t"),
     "edm.predictions": (lambda: edm.predictions(R, _nan(4, 2), 1.0), "denoised"),
     "edm.denoiser_from": (lambda: edm.denoiser_from("eps", _inf(4, 2), R, 1.0), "x"),
     "edm.gaussian_flow": (lambda: edm.gaussian_flow(torch.zeros(2, dtype=torch.float64), 1.0,
@@ -234,3 +274,40 @@ CUT = {"no_grad": _no_grad_score, "detach": lambda x: (-x).detach(),
        "constant": lambda x: torch.ones_like(x)}
 
 
+@pytest.mark.parametrize("cut", list(CUT))
+@pytest.mark.parametrize("loss, what", [
+    (lambda s, x: S.implicit_score_matching(s, x), "the implicit loss's trace"),
+    (lambda s, x: S.sliced_score_matching(s, x, generator=torch.Generator().manual_seed(0)),
+     "the sliced loss's v\\^T J v"),
+], ids=["implicit", "sliced"])
+def test_09_score_losses_name_a_score_that_cannot_be_differentiated(loss, what, cut):
+    with pytest.raises(checks.ArgumentError, match=rf"{what} needs the gradient of score\(x\) "
+                       r"with respect to x.*torch.no_grad\(\).*\.detach\(\).*constant"):
+        loss(CUT[cut], torch.randn(4, 2))
+
+
+def test_09_a_score_that_ignores_x_but_has_weights_is_named_too():
+    lin = nn.Linear(2, 2)
+    with pytest.raises(checks.ArgumentError, match=r"score\(x\).*does not depend on x"):
+        S.implicit_score_matching(lambda x: lin(x.detach()), torch.randn(4, 2))
+
+
+def test_09_classifier_guidance_names_a_classifier_that_cannot_be_differentiated():
+    def logits(x, t):
+        with torch.no_grad():
+            return x.flatten(1)[:, :10]
+
+    grad = S.classifier_log_prob_grad(logits, torch.tensor([1, 2]))
+    with pytest.raises(checks.ArgumentError, match=r"classifier guidance needs the gradient "
+                                                   r"of the classifier.*torch.no_grad\(\)"):
+        grad(torch.randn(2, 1, 28, 28), torch.tensor([1, 2]))
+
+
+@pytest.mark.parametrize("divergence", [
+    lambda f, x: sde.divergence_exact(f, x, 0.5),
+    lambda f, x: sde.divergence_hutchinson(f, x, 0.5, torch.ones(1, *x.shape)),
+], ids=["exact", "hutchinson"])
+def test_09_the_divergences_name_a_field_that_cannot_be_differentiated(divergence):
+    with pytest.raises(checks.ArgumentError, match=r"divergence needs the gradient of the "
+                                                   r"field.*torch.no_grad\(\)"):
+        divergence(lambda x, t: (-x).detach(), torch.randn(4, 2))
