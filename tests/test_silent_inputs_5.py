@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
+from companion import compare, edm, inpainting, metrics, sde, toy
 from companion import diffusion as dm
-from companion import edm, inpainting, sde, toy
 from companion import score as S
 from companion.models.classifier import NoisyClassifier
 from companion.run import checks
@@ -209,6 +209,31 @@ def test_06_dps_refuses_an_eps_model_cut_from_the_graph(cut):
 
 
 # --- 7. nearest neighbours of a NaN image, Welch's degrees of freedom ---------------------------
+def test_07_knn_labels_refuses_a_nan_image():
+    reference, labels = torch.rand(6, 1, 4, 4), torch.arange(6) % 2
+    x = torch.rand(2, 1, 4, 4)
+    x[1] = NAN
+    with pytest.raises(checks.ArgumentError, match=r"x holds 16 NaN or infinite values"):
+        metrics.knn_labels(x, reference, labels, k=3)
+    reference[0, 0, 0, 0] = INF
+    with pytest.raises(checks.ArgumentError, match=r"reference holds 1 NaN or infinite value"):
+        metrics.knn_labels(x[:1], reference, labels, k=3)
+
+
+@pytest.mark.parametrize("args, match", [
+    ((1.0, NAN, 1.0, 5), r"n_a .*whole number >= 2, got nan"),
+    ((1.0, 2.5, 1.0, 5), r"n_a .*whole number >= 2, got 2.5"),
+    ((0.0, 5, 0.0, 5), r"var_a and var_b are both 0: Welch's degrees of freedom are 0/0"),
+])
+def test_07_welch_df_refuses_what_has_no_degrees_of_freedom(args, match):
+    with pytest.raises(checks.ArgumentError, match=match):
+        compare.welch_df(*args)
+
+
+def test_07_welch_of_two_constant_arms_still_gives_a_verdict():
+    c = compare.welch([1.0, 1.0, 1.0], [1.0, 1.0])
+    assert c.verdict == "tie" and c.df == 1.0
+    assert compare.welch([2.0, 2.0], [1.0, 1.0, 1.0]).verdict == "ahead"
 
 
 # --- 8. one rule: NaN and inf in a reader's tensors are refused, by name ------------------------
@@ -234,6 +259,7 @@ SILENT_BEFORE = {
     "divergence_hutchinson": (lambda: sde.divergence_hutchinson(
         lambda x, t: -x, _nan(4, 2), 0.5, torch.ones(1, 4, 2, dtype=torch.float64)), "x"),
     "VPSDE.marginal": (lambda: sde.VPSDE().marginal(_nan(4, 2), 0.5), "x0"),
+    "kl_per_dimension": (lambda: metrics.kl_per_dimension(R, _nan(4, 2)), "logvar"),
     "tweedie": (lambda: S.tweedie(_nan(4, 2), R, 0.5), "x_t"),
     "edm.predictions": (lambda: edm.predictions(R, _nan(4, 2), 1.0), "denoised"),
     "edm.denoiser_from": (lambda: edm.denoiser_from("eps", _inf(4, 2), R, 1.0), "x"),
