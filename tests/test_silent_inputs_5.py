@@ -13,11 +13,12 @@ import pytest
 import torch
 from torch import nn
 
-from companion import compare, edm, inpainting, metrics, sde, toy
+from companion import compare, edm, flow, inpainting, metrics, sde, toy
 from companion import diffusion as dm
 from companion import score as S
 from companion.models.classifier import NoisyClassifier
 from companion.run import checks
+from companion.run.tables import markdown
 
 NAN, INF = float("nan"), float("inf")
 
@@ -251,6 +252,9 @@ def _inf(*shape):
 
 R = torch.randn(4, 2, dtype=torch.float64)
 SILENT_BEFORE = {
+    "velocity_from_eps": (lambda: flow.velocity_from_eps(_nan(4, 2), R, 0.5), "eps_hat"),
+    "eps_from_velocity": (lambda: flow.eps_from_velocity(R, _inf(4, 2), 0.5), "x_tau"),
+    "linear_path": (lambda: flow.linear_path(_nan(4, 2), R, 0.5), "x0"),
     "standard_normal_log_p": (lambda: sde.standard_normal_log_p(_inf(4, 2)), "x"),
     "bits_per_dim": (lambda: sde.bits_per_dim(torch.tensor([-1e3, -INF]), 784), "log_p"),
     "bits_per_dim, a number": (lambda: sde.bits_per_dim(NAN, 784), "log_p"),
@@ -259,6 +263,10 @@ SILENT_BEFORE = {
     "divergence_hutchinson": (lambda: sde.divergence_hutchinson(
         lambda x, t: -x, _nan(4, 2), 0.5, torch.ones(1, 4, 2, dtype=torch.float64)), "x"),
     "VPSDE.marginal": (lambda: sde.VPSDE().marginal(_nan(4, 2), 0.5), "x0"),
+    "normal_kl": (lambda: dm.normal_kl(R, R, _nan(4, 2), R), "mean2"),
+    "normal_kl, a number": (lambda: dm.normal_kl(R, R, R, NAN), "logvar2"),
+    "gaussian_log_likelihood": (lambda: dm.gaussian_log_likelihood(R, R, _inf(4, 2)),
+                                "logvar"),
     "kl_per_dimension": (lambda: metrics.kl_per_dimension(R, _nan(4, 2)), "logvar"),
     "tweedie": (lambda: S.tweedie(_nan(4, 2), R, 0.5), "x_t"),
     "edm.predictions": (lambda: edm.predictions(R, _nan(4, 2), 1.0), "denoised"),
@@ -277,6 +285,44 @@ def test_08_nan_and_inf_in_a_readers_tensor_are_refused_by_name(name):
     call, arg = SILENT_BEFORE[name]
     with pytest.raises(checks.ArgumentError, match=rf"^{arg}\b.*(NaN or infinite|finite)"):
         call()
+
+
+def test_08_gaussian_log_likelihood_refuses_a_shape_that_grows_x():
+    x = torch.randn(4)
+    with pytest.raises(checks.ArgumentError, match=r"mean of shape \(4, 1\) does not "
+                                                   r"broadcast to x's shape \(4,\)"):
+        dm.gaussian_log_likelihood(x, x[:, None], torch.zeros(4))
+    with pytest.raises(checks.ArgumentError, match=r"logvar of shape \(4, 1\)"):
+        dm.gaussian_log_likelihood(x, x, torch.zeros(4, 1))
+    images = torch.randn(2, 1, 3, 3)  # one variance per image broadcasts: accepted
+    out = dm.gaussian_log_likelihood(images, images, torch.zeros(2, 1, 1, 1))
+    assert out.shape == images.shape
+
+
+def test_08_normal_kl_and_the_gaussian_density_take_numbers_as_their_docstrings_say():
+    """A number for a log-variance ended in torch.exp's TypeError."""
+    x, zero = torch.randn(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
+    assert torch.equal(dm.normal_kl(x, 0.0, 0.0, 0.0), dm.normal_kl(x, zero, zero, zero))
+    assert torch.equal(dm.gaussian_log_likelihood(x, 0.0, 0.0),
+                       dm.gaussian_log_likelihood(x, zero, zero))
+
+
+def test_08_eps_from_velocity_takes_one_time_per_point():
+    """A tau (B,) was broadcast against the last dimension: wrong when B equals it."""
+    v, x = torch.randn(4, 4), torch.randn(4, 4)
+    tau = torch.tensor([0.0, 0.25, 0.5, 1.0])
+    want = x + (1 - tau[:, None]) * v
+    assert torch.allclose(flow.eps_from_velocity(v, x, tau), want)
+
+
+@pytest.mark.parametrize("cell, match", [
+    (NAN, "holds nan"), (INF, "holds inf"), (torch.tensor(NAN), "holds nan"),
+    ((1.0, NAN), "holds a standard error of nan"), ((NAN, 0.1), "holds a value of nan"),
+])
+def test_08_tables_refuse_a_cell_that_is_not_a_finite_number(cell, match):
+    with pytest.raises(ValueError, match=rf"row 1, column 'y' {match}.*'n/a'"):
+        markdown(["x", "y"], [["a", 1.0], ["b", cell]])
+    assert "n/a" in markdown(["x", "y"], [["a", 1.0], ["b", "n/a"]])
 
 
 def test_08_the_finite_check_names_counts_and_lets_large_finite_values_pass():
