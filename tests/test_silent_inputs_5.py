@@ -254,7 +254,6 @@ R = torch.randn(4, 2, dtype=torch.float64)
 SILENT_BEFORE = {
     "velocity_from_eps": (lambda: flow.velocity_from_eps(_nan(4, 2), R, 0.5), "eps_hat"),
     "eps_from_velocity": (lambda: flow.eps_from_velocity(R, _inf(4, 2), 0.5), "x_tau"),
-    "linear_path": (lambda: flow.linear_path(_nan(4, 2), R, 0.5), "x0"),
     "standard_normal_log_p": (lambda: sde.standard_normal_log_p(_inf(4, 2)), "x"),
     "bits_per_dim": (lambda: sde.bits_per_dim(torch.tensor([-1e3, -INF]), 784), "log_p"),
     "bits_per_dim, a number": (lambda: sde.bits_per_dim(NAN, 784), "log_p"),
