@@ -24,7 +24,6 @@ the fault planted in it.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import http.server
 import io
@@ -43,6 +42,7 @@ import yaml
 from PIL import Image
 
 from companion.run import colab
+from companion.run.runtime import one_thread
 
 pytestmark = pytest.mark.slow
 
@@ -1109,20 +1109,6 @@ def _forward_expected(state, values):
             f"10^{math.log10(a / (1 - a)):.2f}")
 
 
-@contextlib.contextmanager
-def _one_thread():
-    """One torch thread, as the book's build computes the states: the chapters' small
-    tensors only pay for synchronization with more, and crawl when the cores are busy."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _solver_text(name, n, x, ref, means, ref_label):
     """The solver explorers' readout for ends x (N, 2) against ref (N, 2), in Python."""
     import torch
@@ -1163,7 +1149,7 @@ def _solvers_expected(state, values):
 
     from companion import sde
 
-    with _one_thread():
+    with one_thread():
         mix, vp, score, ode, x_T, ref = _chapter13_toy()  # as chapter 13 runs them
 
         def eps(x, t):
@@ -1199,7 +1185,7 @@ def _fewstep_expected(state, values):
 
     from companion import fewstep
 
-    with _one_thread():
+    with one_thread():
         mix, path, x1, exact = _chapter15_toy()  # as chapter 15 runs them
         n, name = values["n"], values["solver"]
         x = fewstep.ode_sample(path.velocity, x1, n, solver=name.lower())
