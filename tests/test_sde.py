@@ -184,6 +184,7 @@ def within_5_se(runs, exact):
     return bool(((runs.mean(0) - exact).abs() < 5 * se + 1e-4).all())
 
 
+@pytest.mark.slow
 def test_ode_likelihood_with_hutchinson_is_unbiased_on_gaussian_data(monkeypatch):
     x0 = (torch.randn(4, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
           @ torch.linalg.cholesky(SIGMA).T + M)
