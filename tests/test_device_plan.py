@@ -210,6 +210,16 @@ def test_outputs_device_script_parses_and_explains_itself():
     assert bad.returncode == 2 and "unknown option --bogus" in bad.stderr
 
 
+
+def test_the_carried_wheels_are_on_the_path_before_check_env_looks_for_them():
+    """A lease of 2026-11-26 lost its first call: check-env ran before PYTHONPATH named
+    /tmp/site, so all 34 freshly installed packages read as missing."""
+    text = (TOOLS / "outputs_device.sh").read_text()
+    block = text[text.index("# the wheels, where"):text.index("snapshot() {")]
+    assert "gpu_plan.py check-env" in block
+    assert block.index("export PYTHONPATH=/tmp/site") < block.index("gpu_plan.py check-env")
+
+
 # --- the wheels ----------------------------------------------------------------------------
 DEVICE_MARKERS = {"python_version": "3.12", "python_full_version": "3.12.3",
                   "sys_platform": "linux", "platform_system": "Linux",
