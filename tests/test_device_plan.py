@@ -58,6 +58,7 @@ def test_dependencies_are_read_from_the_notebooks():
                                                     16: {8, 9}, 17: {9, 13}}
 
 
+@pytest.mark.slow
 def test_dependencies_cover_every_model_a_stored_run_loaded():
     """A second witness: the checkpoints each stored run loaded (book.execution.loaded)."""
     deps = real_deps()

@@ -80,6 +80,7 @@ def test_probability_flow_ode_is_the_gaussian_transport_map():
     assert torch.allclose(back, x0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_reverse_sde_samples_the_data():
     n = 40_000
     g = torch.Generator().manual_seed(1)
