@@ -474,7 +474,10 @@ def _settings(line: str) -> tuple[str, dict[str, str]]:
     settings = {}
     for i, part in enumerate(parts):
         key, eq, value = part.partition("=")
-        settings.update({key.strip(): value.strip()} if eq else {f"#{i}": part})
+        if eq:
+            settings[key.strip()] = value.strip()
+        else:
+            settings[f"#{i}"] = part
     return head, settings
 
 
