@@ -502,6 +502,8 @@ def operations() -> list[Operation]:
         Operation("17", "Heun on the EDM denoiser, 2,000 images, fp16", edm_heun_sampling),
         Operation("17", "chapter 9's network between two levels, 2,000 images",
                   vp_denoiser_between_levels),
+        # chapter 20 samples chapter 9's DDPM ancestrally, 1,000 images (the gpu profile)
+        Operation("20", "ancestral sampling, 1,000 images", lambda: ddpm_sampling(1000)),
     ]
 
 
