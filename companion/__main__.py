@@ -27,6 +27,9 @@ from .recipes import (
     progressive_distillation,
     reflow,
     reflow_couplings,
+    snapshots,
+    vdm,
+    vdm_checkpoint,
 )
 from .train import checkpoint_path
 
@@ -37,6 +40,13 @@ def _train_ddpm(data, profile, device):
     early = ddpm_settings(profile)["steps"] // 10
     ddpm(data.x_train, profile, device, steps=early)
     return ddpm(data.x_train, profile, device, resume_from=ddpm_checkpoint(profile, early))
+
+
+def _train_vdm(weighting, data, profile, device):
+    """Chapter 18's run in stages, the very calls of the chapter: a quarter, half and all of
+    chapter 9's updates, each resumed from the one before (`recipes.snapshots`)."""
+    runs = snapshots(vdm, vdm_checkpoint, data.x_train, profile, device, weighting=weighting)
+    return runs[max(runs)]
 
 
 def _train_fewstep(which, data, profile, device):
@@ -70,6 +80,10 @@ COMMANDS = {
                          lambda d, p, dev: noisy_classifier(d, p, dev)),
     "edm": ("chapter 17's EDM-preconditioned U-Net",
             lambda d, p, dev: edm(d.x_train, p, dev)),
+    "vdm": ("chapter 18's U-Net on the VDM bound with a learned schedule",
+            lambda d, p, dev: _train_vdm("elbo", d, p, dev)),
+    "vdm-sigmoid": ("chapter 18's U-Net on the sigmoid weighting",
+                    lambda d, p, dev: _train_vdm("sigmoid", d, p, dev)),
 
     "reflow": ("chapter 15's reflow student (trains chapter 13's flow model if absent)",
                lambda d, p, dev: _train_fewstep("reflow", d, p, dev)),
@@ -83,7 +97,7 @@ COMMANDS = {
 def _gpu_on_cpu(name: str, profile, device) -> str:
     """What the gpu profile's recipe `name` would cost on `device`, and what to run instead."""
     cost = "a recipe sized for a GPU"
-    if name in ("ddpm", "flow", "edm", "ddpm-cond"):
+    if name in ("ddpm", "flow", "edm", "ddpm-cond", "vdm", "vdm-sigmoid"):
         from .models.unet import UNet, n_params, preset
 
         s = ddpm_settings(profile)

@@ -617,6 +617,43 @@ class StepAdapter(nn.Module):
         return (1 - w) * out[:len(z)] + w * out[len(z):]
 
 
+class DiffusionModel(nn.Module):
+    """A noise predictor and its schedule as one module: what training updates and what an
+    average of the weights keeps (an EMA copy holds both, a learned schedule included).
+
+    model(z_t (B, ...), gamma_t (B,)) -> eps_hat (B, ...) calls `eps_model` (e.g. a
+    `StepAdapter` around chapter 9's U-Net); `schedule` is the `Schedule` it trains on
+    and samples with (`chain_betas`).
+    """
+
+    def __init__(self, eps_model: nn.Module, schedule: Schedule):
+        super().__init__()
+        if not isinstance(eps_model, nn.Module):
+            raise checks.ArgumentError("eps_model must be an nn.Module (z, gamma) -> eps, e.g. "
+                                       "StepAdapter.linear(unet, -15.0, 10.0)")
+        self.eps_model = eps_model
+        self.schedule = _check_schedule(schedule)
+
+    def forward(self, z: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        return self.eps_model(z, gamma)
+
+
+def chain_betas(schedule: Schedule, T: int) -> torch.Tensor:
+    """The schedule as a chain of T steps for chapter 9's samplers (`diffusion.Diffusion`):
+    alpha_bar_i = sigmoid(-gamma(i / T)), i = 1..T, and beta_i = 1 - alpha_bar_i /
+    alpha_bar_{i-1} with alpha_bar_0 = 1 (the data). Step i of that chain is at noise level
+    gamma(i / T). Returns betas (T,), float64, each in (0, 1).
+    """
+    _check_schedule(schedule)
+    T = checks.count("T (the number of steps, a whole number >= 1)", T)
+    with torch.no_grad():
+        g = schedule._gamma(torch.arange(1, T + 1, dtype=torch.float64,
+                                         device=schedule._device()) / T).cpu()
+    log_ab = F.logsigmoid(-g)
+    prev = torch.cat([torch.zeros(1, dtype=torch.float64), log_ab[:-1]])
+    return -torch.expm1(log_ab - prev)
+
+
 # --- the losses ----------------------------------------------------------------------------------
 def _check_schedule(schedule) -> Schedule:
     if not isinstance(schedule, Schedule):
@@ -691,7 +728,8 @@ def continuous_diffusion_loss(eps_model: EpsModel, schedule: Schedule, x: torch.
                               t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
                               generator: torch.Generator | None = None,
                               stratified: bool = False,
-                              variance_gradient: bool = False) -> torch.Tensor:
+                              variance_gradient: bool = False,
+                              variance_scale: float = 1.0) -> torch.Tensor:
     """VDM's continuous-time diffusion loss, one draw per example, in nats:
 
         L_inf(x) = -(1/2) E_t [SNR'(t) |x - x_hat|^2]
@@ -712,6 +750,10 @@ def continuous_diffusion_loss(eps_model: EpsModel, schedule: Schedule, x: torch.
             its ends, the model and anything else in the graph get the ordinary gradient.
             Since E[L] does not depend on the interior, that minimizes the estimator's
             variance. Back-propagate through the returned L only once.
+        variance_scale: c > 0, for a caller that back-propagates the mean of c L (e.g.
+            c = 1 / (D ln 2), bits per dimension): the interior then gets the gradient of
+            mean((c L)^2), the variance in the caller's units, so that its gradient is on
+            the scale of the others (default 1: nats).
 
     Returns:
         (B,) per-example estimates: their mean is an unbiased estimate of E L_inf(x), their
@@ -734,7 +776,7 @@ def continuous_diffusion_loss(eps_model: EpsModel, schedule: Schedule, x: torch.
     z = _diffuse(x, gamma, noise)
     loss = 0.5 * dgamma * _flat_sum((_eps(eps_model, z, gamma) - noise) ** 2)
     if variance_gradient:
-        arm(loss)
+        arm(checks.positive("variance_scale", variance_scale) * loss)
     return loss
 
 
@@ -858,7 +900,7 @@ class VDMBound:
 def vdm_bound(eps_model: EpsModel, schedule: Schedule, x: torch.Tensor, *,
               T: int | None = None, decoder: str = "discretized",
               generator: torch.Generator | None = None, stratified: bool = False,
-              variance_gradient: bool = False) -> VDMBound:
+              variance_gradient: bool = False, variance_scale: float = 1.0) -> VDMBound:
     """The whole VDM bound per example: prior + diffusion + reconstruction, nats.
 
     Args:
@@ -872,6 +914,8 @@ def vdm_bound(eps_model: EpsModel, schedule: Schedule, x: torch.Tensor, *,
         stratified: low-discrepancy times (continuous time only, `stratified_times`).
         variance_gradient: VDM's variance trick for a `LearnedSchedule` (continuous time
             only, see `continuous_diffusion_loss`).
+        variance_scale: the units of that variance (see `continuous_diffusion_loss`;
+            1 / (D ln 2) for a loss back-propagated in bits per dimension).
 
     Returns:
         VDMBound: `diffusion`, `prior`, `reconstruction` (B,), `total`, `bits_per_dim()`.
@@ -886,7 +930,8 @@ def vdm_bound(eps_model: EpsModel, schedule: Schedule, x: torch.Tensor, *,
     if T is None:
         diff = continuous_diffusion_loss(eps_model, schedule, x, generator=generator,
                                          stratified=stratified,
-                                         variance_gradient=variance_gradient)
+                                         variance_gradient=variance_gradient,
+                                         variance_scale=variance_scale)
     else:
         if stratified or variance_gradient:
             raise checks.ArgumentError("stratified and variance_gradient are for the "

@@ -471,6 +471,76 @@ def vp_denoiser_between_levels(n: int = 2000):
         D(torch.randn(n, 1, 28, 28, device=DEVICE), sigma)
 
 
+def _as_tensor(name, value, fix=""):
+    """companion.vdm._real_tensor without its check of the values (a host sync)."""
+    if torch.is_tensor(value):
+        return value if value.is_floating_point() else value.to(torch.float64)
+    return torch.as_tensor(value, dtype=torch.float64)
+
+
+class _Steps(torch.nn.Module):
+    """A stand-in with a config.T, to build a StepAdapter on real tensors."""
+
+    def __init__(self, T: int):
+        super().__init__()
+        self.config = type("Config", (), {"T": T})()
+
+
+def _vdm_net(model, T: int, schedule, device):
+    """recipes.vdm's DiffusionModel around a (fake) U-Net: the adapter's levels are made on
+    real tensors (its checks read them), then replaced by fake ones of the same shape."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    from companion import recipes, vdm
+
+    with unset_fake_temporarily():
+        adapter = vdm.StepAdapter.linear(_Steps(T), *recipes.VDM_STEPS_RANGE, T=T)
+        shape = adapter.gammas.shape
+    adapter.model = model
+    adapter.gammas = torch.empty(shape, dtype=torch.float64)
+    with device:
+        return vdm.DiffusionModel(adapter, schedule())
+
+
+def vdm_training_step(weighting: str = "elbo"):
+    """Chapter 18's training step (recipes.vdm): the 15M U-Net told gamma through
+    vdm.StepAdapter, the whole VDM bound with a learned schedule and the variance trick
+    ("elbo"), or the sigmoid-weighted loss ("sigmoid"), batch 128, Adam, float32."""
+    from companion import vdm
+    from companion.run.precision import default_optimizer
+
+    model, _, settings = _ddpm(GRAD_DEVICE)
+    model.train()
+    net = _vdm_net(model, settings["T"], (lambda: vdm.LearnedSchedule(hidden=64))
+                   if weighting == "elbo" else vdm.CosineSchedule, GRAD_DEVICE)
+    schedule = net.schedule
+    opt = default_optimizer(net.parameters(), 1e-4, "cpu")
+    x = _images(settings["batch_size"], lo=-1, device=GRAD_DEVICE)
+    with mock.patch("companion.vdm._real_tensor", _as_tensor), \
+            mock.patch("companion.vdm._times", lambda name, t: _as_tensor(name, t)):
+        if weighting == "elbo":
+            loss = vdm.vdm_bound(net, schedule, x, variance_gradient=True).total.mean()
+        else:
+            loss = vdm.weighted_loss(net, schedule, x, vdm.sigmoid_weighting).mean()
+        loss.backward()
+    opt.step()
+
+
+def vdm_bound_of_test_digits(n: int = 2000, draws: int = 8):
+    """Chapter 18: the VDM bound of n test digits, `draws` each (a batch of n * draws),
+    the U-Net through recipes.vdm_eps_function in float32."""
+    from companion import recipes, vdm
+
+    model, _, settings = _ddpm()
+    net = _vdm_net(model, settings["T"], lambda: vdm.LearnedSchedule(hidden=64), DEVICE)
+    eps = recipes.vdm_eps_function(net, "cpu")
+    x = _images(n * draws, lo=-1)
+    with mock.patch("companion.vdm._real_tensor", _as_tensor), \
+            mock.patch("companion.vdm._times", lambda name, t: _as_tensor(name, t)), \
+            torch.no_grad():
+        vdm.vdm_bound(eps, net.schedule, x)
+
+
 def operations() -> list[Operation]:
     from companion.run.profiles import get_profile
 
@@ -509,6 +579,14 @@ def operations() -> list[Operation]:
         Operation("17", "Heun on the EDM denoiser, 2,000 images, fp16", edm_heun_sampling),
         Operation("17", "chapter 9's network between two levels, 2,000 images",
                   vp_denoiser_between_levels),
+        Operation("18", "VDM training step (bound, learned schedule), batch 128",
+                  vdm_training_step),
+        Operation("18", "sigmoid-weighted training step, batch 128",
+                  lambda: vdm_training_step("sigmoid")),
+        Operation("18", "ancestral sampling of the VDM U-Net, 2,000 images",
+                  lambda: ddpm_sampling(2000)),
+        Operation("18", "the VDM bound of 2,000 test digits x 8 draws",
+                  vdm_bound_of_test_digits),
     ]
 
 
