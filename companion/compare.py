@@ -65,16 +65,22 @@ def t_quantile(df: float, level: float = LEVEL) -> float:
 def welch_df(var_a: float, n_a: int, var_b: float, n_b: int) -> float:
     """Welch-Satterthwaite degrees of freedom of (mean a - mean b) for two independent arms.
 
-    var_a, var_b: the arms' sample variances (ddof 1); n_a, n_b >= 2 their sizes.
-    df = (v_a + v_b)^2 / (v_a^2 / (n_a - 1) + v_b^2 / (n_b - 1)) with v = var / n.
+    var_a, var_b: the arms' sample variances (ddof 1), not both 0; n_a, n_b >= 2 their sizes
+    (whole numbers).
+    df = (v_a + v_b)^2 / (v_a^2 / (n_a - 1) + v_b^2 / (n_b - 1)) with v = var / n, which
+    lies between min(n_a, n_b) - 1 and n_a + n_b - 2; with both variances 0 it is 0/0.
     """
-    if min(n_a, n_b) < 2:
-        raise ValueError(f"each arm needs at least 2 units for its variance, got {n_a} and {n_b}")
+    n_a = checks.count("n_a (the units of arm a; a variance needs 2)", n_a, minimum=2)
+    n_b = checks.count("n_b (the units of arm b; a variance needs 2)", n_b, minimum=2)
     var_a = checks.real("var_a (a sample variance)", var_a, low=0.0)
     var_b = checks.real("var_b (a sample variance)", var_b, low=0.0)
+    if var_a == var_b == 0:
+        raise checks.ArgumentError(
+            "var_a and var_b are both 0: Welch's degrees of freedom are 0/0 (neither arm "
+            "varies, so the difference has no standard error); check that the values are "
+            "not one repeated number")
     va, vb = var_a / n_a, var_b / n_b
-    den = va**2 / (n_a - 1) + vb**2 / (n_b - 1)
-    return math.inf if den == 0 else (va + vb) ** 2 / den
+    return (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1))
 
 
 def _format_df(df: float) -> str:
@@ -304,9 +310,11 @@ def welch(a, b, *, unit: str = "unit", level: float = LEVEL) -> Comparison:
         raise ValueError(f"each arm needs at least 2 units, got {len(a)} and {len(b)}")
     va, vb = float(a.var(ddof=1)), float(b.var(ddof=1))
     se = math.sqrt(va / len(a) + vb / len(b))
-    return compare(float(a.mean() - b.mean()), se, len(a) + len(b),
-                   df=welch_df(va, len(a), vb, len(b)), test="Welch t", unit=unit,
-                   level=level)
+    # neither arm varies: SE = 0 makes z 0 or infinite whatever df is; take the smallest
+    # df Welch's formula can give, min(n_a, n_b) - 1, rather than its 0/0
+    df = welch_df(va, len(a), vb, len(b)) if va or vb else float(min(len(a), len(b)) - 1)
+    return compare(float(a.mean() - b.mean()), se, len(a) + len(b), df=df, test="Welch t",
+                   unit=unit, level=level)
 
 
 def against_noise(value: float, redraws, *, unit: str = "redraw",

@@ -123,8 +123,26 @@ def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
 
     = 1/2 [ logvar2 - logvar1 + (e^logvar1 + (mean1 - mean2)^2) e^-logvar2 - 1 ]
 
+    Each argument a tensor or a number, finite (a NaN or inf is refused by its name).
+
     Book: :eq:`ch8-kl-mse`, :eq:`ch9-kl-1d`.
     """
+    return _normal_kl(*_finite_args(mean1=mean1, logvar1=logvar1, mean2=mean2,
+                                    logvar2=logvar2))
+
+
+def _finite_args(**values) -> list[torch.Tensor]:
+    """The values as tensors (a number in the dtype and on the device of the first tensor),
+    each refused by its name if it is NaN or infinite (checks.finite, checks.real)."""
+    like = next((v for v in values.values() if torch.is_tensor(v)), None)
+    kw = dict(dtype=torch.float64) if like is None else dict(dtype=like.dtype,
+                                                             device=like.device)
+    return [checks.finite(name, v) if torch.is_tensor(v)
+            else torch.tensor(checks.real(name, v), **kw) for name, v in values.items()]
+
+
+def _normal_kl(mean1, logvar1, mean2, logvar2):
+    """normal_kl without its checks, for the bound's every step."""
     return 0.5 * (logvar2 - logvar1 - 1.0
                   + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
 
@@ -163,7 +181,31 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor,
 
 def gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor,
                             logvar: torch.Tensor) -> torch.Tensor:
-    """log N(x; mean, e^logvar) per element, for real-valued (continuous) data."""
+    """log N(x; mean, e^logvar) per element, for real-valued (continuous) data: shaped like x.
+
+    mean and logvar: tensors that broadcast to x's shape (a (B, 1, 1, 1) variance against
+    images (B, 1, 28, 28)), or numbers; a shape that would grow x's, such as (4, 1) against
+    x (4,), which gives (4, 4), is refused, and so are NaN and inf."""
+    checks.tensor("x", x, floating=True)
+    for name, v in (("mean", mean), ("logvar", logvar)):
+        if torch.is_tensor(v) and _broadcast(x.shape, v.shape) != x.shape:
+            raise checks.ArgumentError(
+                f"{name} of shape {tuple(v.shape)} does not broadcast to x's shape "
+                f"{tuple(x.shape)}: one value per element of x (or a shape that broadcasts "
+                f"to it); {name}.reshape(x.shape) if they hold the same values")
+    return _gaussian_log_likelihood(*_finite_args(x=x, mean=mean, logvar=logvar))
+
+
+def _broadcast(a, b):
+    """The broadcast of shapes a and b, or None where they do not broadcast."""
+    try:
+        return torch.broadcast_shapes(a, b)
+    except RuntimeError:
+        return None
+
+
+def _gaussian_log_likelihood(x, mean, logvar):
+    """gaussian_log_likelihood without its checks, for the bound's every step."""
     return -0.5 * (math.log(2 * math.pi) + logvar + (x - mean) ** 2 * torch.exp(-logvar))
 
 
@@ -623,7 +665,7 @@ class Diffusion:
         abar = self.alphas_bar_[self.T].to(x0.dtype)
         mean = abar.sqrt() * x0
         logvar = torch.log1p(-abar).expand_as(x0)
-        return _flat_sum(normal_kl(mean, logvar, torch.zeros_like(x0), torch.zeros_like(x0)))
+        return _flat_sum(_normal_kl(mean, logvar, torch.zeros_like(x0), torch.zeros_like(x0)))
 
     def term_at(self, eps_model: EpsModel, x0: torch.Tensor, t, *, variance: str = "beta",
                 decoder: str = "discretized", noise: torch.Tensor | None = None,
@@ -650,11 +692,11 @@ class Diffusion:
         out = self._p_mean_variance(eps_model, x_t, t, variance, False)
         true_mean = self._q_posterior_mean(x0, x_t, t)
         true_logvar = self._at(self.posterior_log_variance_, t, x0)
-        kl = _flat_sum(normal_kl(true_mean, true_logvar, out["mean"], out["log_variance"]))
+        kl = _flat_sum(_normal_kl(true_mean, true_logvar, out["mean"], out["log_variance"]))
         if decoder == "discretized":
             nll = -discretized_gaussian_log_likelihood(x0, out["mean"], 0.5 * out["log_variance"])
         else:
-            nll = -gaussian_log_likelihood(x0, out["mean"], out["log_variance"])
+            nll = -_gaussian_log_likelihood(x0, out["mean"], out["log_variance"])
         return torch.where(t == 1, _flat_sum(nll), kl)
 
     def _terms_chunked(self, eps_model, x0, t, noise, variance, decoder):

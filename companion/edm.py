@@ -59,21 +59,33 @@ P_MEAN, P_STD = -1.2, 1.2
 
 
 # --- noise levels as tensors -------------------------------------------------------------------
-def _levels(sigma, x: torch.Tensor) -> torch.Tensor:
+def _levels(sigma, x: torch.Tensor, *, positive: bool = False) -> torch.Tensor:
     """sigma, a number or one level per point (B,), as x's dtype shaped (B, 1, ..., 1) (or a
-    0-dim tensor), every level >= 0 (a number is checked; a tensor's NaN or negative values
-    too when it is on the CPU: on a GPU that would cost a device sync a call, as the U-Net's
-    own check of its steps)."""
+    0-dim tensor), every level finite and >= 0 (> 0 with `positive`), checked as
+    `_checked_levels` checks."""
     if torch.is_tensor(sigma) and sigma.dim() > 0:
         if sigma.shape != (len(x),):
             raise checks.ArgumentError(f"sigma must be a number or one noise level per point "
                                        f"({len(x)},), got shape {tuple(sigma.shape)}")
-        if sigma.device.type == "cpu" and not bool((sigma >= 0).all()):
-            raise checks.ArgumentError("every sigma must be a noise level >= 0 (got a "
-                                       "negative or NaN value)")
+        _checked_levels(sigma, positive=positive)
         return sigma.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
-    s = checks.real("sigma (a noise level >= 0)", sigma, low=0.0)
+    where = "> 0" if positive else ">= 0"
+    s = checks.real(f"sigma (a noise level {where})", sigma, low=0.0, open_low=positive)
     return torch.tensor(s, dtype=x.dtype, device=x.device)
+
+
+def _checked_levels(s, *, positive: bool):
+    """s if it is a number, or a tensor of noise levels all finite and >= 0 (> 0 with
+    `positive`). A number is checked by the caller; a tensor here when it is on the CPU (on
+    a GPU that would cost a device sync a call, as the U-Net's own check of its steps)."""
+    if torch.is_tensor(s) and s.device.type == "cpu" and s.numel():
+        ok = torch.isfinite(s) & ((s > 0) if positive else (s >= 0))
+        if not bool(ok.all()):
+            raise checks.ArgumentError(
+                f"every sigma must be a finite noise level {'> 0' if positive else '>= 0'}, "
+                f"got {s.detach()[~ok].flatten()[0].item():g} ({int((~ok).sum())} of "
+                f"{s.numel()} levels)")
+    return s
 
 
 def _denoised(denoiser: DenoiserFn, x: torch.Tensor, sigma) -> torch.Tensor:
@@ -93,6 +105,8 @@ def predictions(x: torch.Tensor, denoised: torch.Tensor, sigma) -> dict[str, tor
     Book: :eq:`ch17-faces`.
     """
     checks.same_shape("x and denoised", checks.batch("x", x), denoised)
+    checks.finite("x", x)
+    checks.finite("denoised", denoised)
     s = _levels(sigma, x)
     if not bool((s > 0).all()):
         raise checks.ArgumentError("at sigma = 0 the noise eps is 0/0: predictions need "
@@ -113,6 +127,8 @@ def denoiser_from(kind: str, x: torch.Tensor, prediction: torch.Tensor, sigma) -
     """
     checks.one_of("kind", kind, PREDICTIONS, " (what the network predicts)")
     checks.same_shape("x and prediction", checks.batch("x", x), prediction)
+    checks.finite("x", x)
+    checks.finite("prediction", prediction)
     s = _levels(sigma, x)
     if kind == "x0":
         return prediction
@@ -125,8 +141,9 @@ def denoiser_from(kind: str, x: torch.Tensor, prediction: torch.Tensor, sigma) -
 
 # --- preconditioning -----------------------------------------------------------------------
 def preconditioning(sigma, kind: str = "edm", sigma_data: float = SIGMA_DATA):
-    """(c_skip, c_out, c_in, c_noise) at noise level sigma (a number or a tensor): D(x; sigma)
-    = c_skip x + c_out F(c_in x; c_noise).
+    """(c_skip, c_out, c_in, c_noise) at noise level sigma (a number or a tensor, every level
+    finite and > 0; a tensor's are checked on the CPU): D(x; sigma) = c_skip x + c_out
+    F(c_in x; c_noise).
 
         edm: c_skip = sd^2 / (sigma^2 + sd^2), c_out = sigma sd / sqrt(sigma^2 + sd^2),
              c_in = 1 / sqrt(sigma^2 + sd^2)                       (sd = sigma_data)
@@ -143,7 +160,7 @@ def preconditioning(sigma, kind: str = "edm", sigma_data: float = SIGMA_DATA):
     checks.one_of("kind", kind, KINDS, " (the preconditioning: EDM's, or a VP network "
                   "predicting eps, x0 or v)")
     sd = checks.positive("sigma_data (the data's standard deviation)", sigma_data)
-    s = sigma if torch.is_tensor(sigma) else torch.tensor(
+    s = _checked_levels(sigma, positive=True) if torch.is_tensor(sigma) else torch.tensor(
         checks.positive("sigma (a noise level > 0)", sigma), dtype=torch.float64)
     one = torch.ones_like(s)
     vp_in = (1 + s**2).rsqrt()
@@ -171,7 +188,7 @@ def precondition_variances(y: torch.Tensor, sigmas, kind: str = "edm",
 
     Book: :eq:`ch17-unit-variance`, :eq:`ch17-edm-coeffs`.
     """
-    checks.batch("y", y, min_dims=2)
+    checks.finite("y", checks.batch("y", y, min_dims=2))
     levels = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)
     ins, targets = [], []
     for sigma in levels.tolist():
@@ -189,7 +206,9 @@ class Denoiser(nn.Module):
     net: F(x (B, ...), c_noise (B,)) -> (B, ...) (for the book's U-Net, which takes integer
     steps, wrap it in `StepConditioned`). kind: "edm" (default) or a VP face, "eps", "x0",
     "v". sigma_data: the data's standard deviation (0.5 for images on [-1, 1]).
-    Called as D(x (B, ...), sigma a number or (B,)) -> (B, ...) in x's dtype.
+    Called as D(x (B, ...), sigma a number or (B,)) -> (B, ...) in x's dtype, sigma finite
+    and >= 0 (a tensor's levels are checked on the CPU, not on a GPU, where
+    that would cost a device sync a call).
 
     Book: :eq:`ch17-precond`.
     """
@@ -461,7 +480,7 @@ def sample_sigmas(n: int, P_mean: float = P_MEAN, P_std: float = P_STD, *, devic
 
 def lognormal_density(log_sigma, P_mean: float = P_MEAN, P_std: float = P_STD) -> torch.Tensor:
     """The density of ln sigma under EDM's training distribution, N(ln sigma; P_mean, P_std^2)."""
-    u = torch.as_tensor(log_sigma, dtype=torch.float64)
+    u = checks.finite("log_sigma", torch.as_tensor(log_sigma, dtype=torch.float64))
     P_std = checks.positive("P_std", P_std)
     return torch.exp(-0.5 * ((u - P_mean) / P_std) ** 2) / (P_std * math.sqrt(2 * math.pi))
 
@@ -469,7 +488,7 @@ def lognormal_density(log_sigma, P_mean: float = P_MEAN, P_std: float = P_STD) -
 def loss_weight(sigma, sigma_data: float = SIGMA_DATA):
     """EDM's lambda(sigma) = 1 / c_out^2 = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2."""
     sd = checks.positive("sigma_data", sigma_data)
-    s = sigma if torch.is_tensor(sigma) else torch.tensor(
+    s = _checked_levels(sigma, positive=True) if torch.is_tensor(sigma) else torch.tensor(
         checks.positive("sigma", sigma), dtype=torch.float64)
     return (s**2 + sd**2) / (s * sd) ** 2
 
@@ -502,7 +521,7 @@ def denoising_loss(denoiser: DenoiserFn, y: torch.Tensor, sigma, *,
     if noise is None:
         noise = torch.randn(y.shape, dtype=y.dtype, device=y.device, generator=generator)
     checks.same_shape("y and noise", y, noise)
-    s = _levels(sigma, y)
+    s = _levels(sigma, y, positive=True)  # lambda(0) = inf: no loss at sigma = 0
     d = _denoised(denoiser, y + s * noise, sigma)
     err = (d.float() - y.float()).pow(2).reshape(len(y), -1).mean(1)
     return loss_weight(s.reshape(-1).float(), sigma_data) * err
@@ -548,7 +567,7 @@ def gaussian_denoiser(mean: torch.Tensor, std) -> DenoiserFn:
     mean, var = _gaussian(mean, std)
 
     def denoiser(x, sigma):
-        s = _levels(sigma, checks.points("x", x, "flatten images first"))
+        s = _levels(sigma, _points(x, len(mean), "the Gaussian"))
         return mean.to(x) + var.to(x) / (var.to(x) + s**2) * (x - mean.to(x))
     return denoiser
 
@@ -561,8 +580,18 @@ def gaussian_flow(mean: torch.Tensor, std, x: torch.Tensor, sigma_from: float,
     mean, var = _gaussian(mean, std)
     a = checks.real("sigma_from", sigma_from, low=0.0)
     b = checks.real("sigma_to", sigma_to, low=0.0)
-    x = checks.points("x", x, "flatten images first")
+    x = checks.finite("x", _points(x, len(mean), "the Gaussian"))
     return mean.to(x) + ((var + b**2) / (var + a**2)).sqrt().to(x) * (x - mean.to(x))
+
+
+def _points(x, D: int, data: str) -> torch.Tensor:
+    """x if it is points (B, D) in the data's D dimensions: a (B, 1) would broadcast against
+    the data's means into (B, D) (free: no device sync)."""
+    checks.points("x", x, "flatten images first")
+    if x.shape[1] != D:
+        raise checks.ArgumentError(f"x has {x.shape[1]} dimensions but {data} {D}: pass "
+                                   f"points (B, {D})")
+    return x
 
 
 def _gaussian(mean, std):
@@ -585,7 +614,7 @@ def mixture_denoiser(gm: GaussianMixture) -> DenoiserFn:
 
     def denoiser(x, sigma):
         s = checks.real("sigma (one level for the batch)", sigma, low=0.0)
-        checks.points("x", x, "flatten images first")
+        _points(x, gm.D, "the mixture")
         xx = x.to(gm.means.dtype)
         var = gm.stds**2 + s**2                                                 # (K,)
         r = torch.softmax(toy._mixture_log_joint(gm, xx, gm.means, var), -1)    # (B, K)

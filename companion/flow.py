@@ -27,10 +27,19 @@ from .sde import _value, interpolate_steps
 def linear_path(x0: torch.Tensor, eps: torch.Tensor, tau) -> torch.Tensor:
     """x_tau = (1 - tau) x_0 + tau eps.  x0, eps: (B, ...); tau a float or (B,).
 
+    Shapes and times are checked, not x0's and eps's values: chapter 15's distillation
+    losses call it at every training step (where `fit` refuses a non-finite loss).
+
     Book: :eq:`ch13-linear-path`.
     """
     tau = checks.path_pair("x0 and eps", checks.batch("x0", x0, min_dims=2), eps, tau)
     return _linear_path(x0, eps, tau)
+
+
+def _finite(**tensors: torch.Tensor) -> None:
+    """Each tensor refused, by its name, if it holds NaN or inf (checks.finite)."""
+    for name, x in tensors.items():
+        checks.finite(name, x)
 
 
 def _linear_path(x0: torch.Tensor, eps: torch.Tensor, tau) -> torch.Tensor:
@@ -52,13 +61,15 @@ def velocity_from_eps(eps_hat: torch.Tensor, x_tau: torch.Tensor, tau: float) ->
     Book: :eq:`ch13-v-from-eps`.
     """
     tau = checks.path_pair("eps_hat and x_tau", eps_hat, x_tau, tau, before_noise=True)
+    _finite(eps_hat=eps_hat, x_tau=x_tau)
     return (eps_hat - x_tau) / (1 - tau)
 
 
 def eps_from_velocity(v: torch.Tensor, x_tau: torch.Tensor, tau: float) -> torch.Tensor:
     """eps_hat = x_tau + (1 - tau) v."""
     tau = checks.path_pair("v and x_tau", v, x_tau, tau)
-    return x_tau + (1 - tau) * v
+    _finite(v=v, x_tau=x_tau)
+    return x_tau + (1 - _as_times(tau, v)) * v  # a tau (B,) shaped (B, 1, ..., 1)
 
 
 def flow_matching_loss(model, x0: torch.Tensor, K: int,

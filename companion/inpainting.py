@@ -266,6 +266,9 @@ def dps_gradient(diffusion: Diffusion, eps_model, x_t: torch.Tensor, t: int,
     Returns:
         (g (B, ...), x0_hat (B, ...), eps (B, ...), |r| (B,)), all without gradients.
 
+    An eps_model whose output does not depend on x_t (run under torch.no_grad, or
+    detached) is refused: g would hold only x0_hat's direct term, without the network's.
+
     Book: :eq:`ch16-dps`.
     """
     from .diffusion import predict_x0
@@ -278,19 +281,31 @@ def dps_gradient(diffusion: Diffusion, eps_model, x_t: torch.Tensor, t: int,
                         f"{getattr(y, 'dtype', type(y).__name__)}")
     known = check_mask(mask, y, "y").expand_as(y)
     checks.same_shape("x_t and y", checks.batch("x_t", x_t), y)
+    y = _known_only(y, known)
     abar = diffusion._alphas_bar_list[t]  # the host copy: no device sync
 
     def chunk(xb, yb, mb):
         with torch.enable_grad():
+            # two leaves for one x_t: the network's input apart, to see that eps depends on it
+            xn = xb.detach().requires_grad_(True)
             xb = xb.detach().requires_grad_(True)
-            eps = eps_model(xb, torch.full((len(xb),), t, dtype=torch.long,
+            eps = eps_model(xn, torch.full((len(xb),), t, dtype=torch.long,
                                            device=xb.device)).to(xb.dtype)
             x0 = predict_x0(xb, eps, abar)
             norm = (mb * (yb - x0)).flatten(1).norm(dim=1)
-            g, = torch.autograd.grad(norm.sum(), xb)
-        return g, x0.detach(), eps.detach(), norm.detach()
+            g, g_net = torch.autograd.grad(norm.sum(), (xb, xn), allow_unused=True)
+        if g_net is None:  # the network's term is gone: no_grad or detach in eps_model
+            raise checks.not_differentiable("eps_model", "DPS's correction",
+                                            "its output does not depend on x_t")
+        return g + g_net, x0.detach(), eps.detach(), norm.detach()
 
     return map_chunks(chunk, x_t, y, known.to(x_t.dtype), grad=True)
+
+
+def _known_only(y: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """y with its missing pixels set to 0: they are never read, and a NaN there would
+    still make 0 * NaN = NaN of every product with the mask."""
+    return torch.where(known, y, torch.zeros((), dtype=y.dtype, device=y.device))
 
 
 def dps(diffusion: Diffusion, eps_model, y: torch.Tensor, mask, *, zeta: float = 1.0,
@@ -330,6 +345,7 @@ def dps(diffusion: Diffusion, eps_model, y: torch.Tensor, mask, *, zeta: float =
                         f"{getattr(y, 'dtype', type(y).__name__)}")
     known = check_mask(mask, y, "y")
     _check_known_pixels(y, known, -1.0)
+    y = _known_only(y, known)
     zeta = checks.real("zeta (DPS's step size, >= 0)", zeta, low=0.0)
     steps = spaced_timesteps(diffusion.T, n_steps if n_steps is not None else diffusion.T)
     sub = _chain(diffusion, steps)
@@ -431,6 +447,7 @@ def vae_map(vae, y: torch.Tensor, mask, *, steps: int = 300, lr: float = 0.05,
     """
     known = check_mask(mask, y, "y")
     _check_known_pixels(y, known, 0.0)
+    y = _known_only(y, known)
     steps = checks.count("steps", steps)
     lr = checks.positive("lr", lr)
     z = torch.randn(len(y), vae.latent_dim, device=y.device, generator=generator)

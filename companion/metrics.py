@@ -278,6 +278,8 @@ def kl_per_dimension(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     if mu.shape != logvar.shape or mu.dim() != 2:
         raise ValueError(f"mu and logvar must both be (N, D), got {tuple(mu.shape)} and "
                          f"{tuple(logvar.shape)}")
+    checks.finite("mu", mu, "an encoder that diverged? encode the images again")
+    checks.finite("logvar", logvar, "an encoder that diverged? encode the images again")
     return kl_diag_standard(mu, logvar).mean(0)
 
 
@@ -424,6 +426,8 @@ def _check_finite(x: torch.Tensor, name: str, what: str, who: str = "the Fréche
                   fix: str | None = None) -> None:
     """A clear error for NaN/inf in features or statistics (one reduction per call); `who`
     needs them finite, `fix` says how (the Fréchet distance's fixes unless given)."""
+    if checks.all_finite(x):  # the cheap test first; the rows only for the message
+        return
     bad = ~torch.isfinite(x)
     if bad.any():
         rows = bad.reshape(len(x), -1).any(1).nonzero().flatten().tolist() if x.dim() else []
@@ -643,8 +647,8 @@ def knn_labels(x: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor,
     if len(reference) != len(labels) or len(reference) < k:
         raise ValueError(f"need at least k = {k} reference images with one label each, got "
                          f"{len(reference)} images and {len(labels)} labels")
-    checks.batch("x", x)
-    checks.batch("reference", reference)
+    checks.finite("x", checks.batch("x", x))  # a NaN image is nearest to nothing
+    checks.finite("reference", checks.batch("reference", reference))
     if x.shape[1:] != reference.shape[1:]:
         raise checks.ArgumentError(
             f"x and reference must be images of one shape, got (N, ...) = {tuple(x.shape)} "

@@ -5,8 +5,11 @@ controls (the ipywidgets' ranges and steps) and, for every position of them, the
 the notebook's widget prints, computed by the same functions (`plot_fit`'s quadrature,
 `elbo_terms`, `pinned_gap`, the diffusion schedules and ODE solvers). What the page computes
 itself is only closed-form drawing (a Gaussian density, x_t = sqrt(alpha_bar) x_0 +
-sqrt(1 - alpha_bar) eps), held to Python by tests/test_browser.py. Arrays travel as
-base64 of little-endian float64 (numbers shown) or float32 (points drawn): see `pack`.
+sqrt(1 - alpha_bar) eps), held to Python by tests/test_browser.py. The solver explorers of
+chapters 13 and 15 compute their errors over the chapter's own points (those of its table or
+printout, so the page and the chapter agree where their step counts meet) and ship only the
+few they draw. Arrays travel as base64 of little-endian float64 (numbers shown) or float32
+(points drawn): see `pack`.
 The book's Sphinx extension (book/_ext/live_explorers.py) calls these at build time.
 """
 
@@ -171,40 +174,71 @@ class _Recorder:
         return self.field(x, t)
 
 
+def _solve_and_trace(solve, field, per_step: int, n: int, x1: torch.Tensor, n_paths: int):
+    """solve(field, x1, n) -> the ends (N, 2), and the paths of the first n_paths points,
+    (n + 1, n_paths, 2): the state at the start of each step, then the end."""
+    rec = _Recorder(field, per_step, n_paths)
+    x = solve(rec, x1, n)
+    return x, torch.stack([*rec.states, x[:n_paths]])
+
+
+def solver_errors(x: torch.Tensor, ref: torch.Tensor, means: torch.Tensor
+                  ) -> tuple[float, float, int]:
+    """The chapters' summaries of the distances from the ends x (N, 2) to the reference
+    (N, 2): their root mean square, their median (torch's: the lower middle value when N is
+    even, as the chapters take it) and how many points end nearest another mode (means
+    (K, 2)) than their reference. Both summaries, since a few points that flip to another
+    mode dominate the RMS and leave the median alone."""
+    d2 = (x - ref).pow(2).sum(1)  # (N,)
+    other = torch.cdist(x, means).argmin(1) != torch.cdist(ref, means).argmin(1)
+    return d2.mean().sqrt().item(), d2.sqrt().median().item(), int(other.sum())
+
+
 def _solver_page(kind, solvers: dict, steps: list[int], x1: torch.Tensor, ref: torch.Tensor,
-                 n_paths: int, means: torch.Tensor, ref_label: str, ref_short: str) -> dict:
-    """Endpoints, paths (the first n_paths points) and errors of the solvers:
-    solvers[name] = (solve(field, x, ts), field, evaluations a step), on the grid
-    linspace(1, 0, n + 1) as `sde.euler` and `fewstep.ode_sample` take it."""
-    ends, paths, rms, flips = {}, {}, {}, {}
+                 means: torch.Tensor, labels: dict, n_draw: int, n_paths: int) -> dict:
+    """Errors, ends and paths of the solvers on the grid of n steps from t = 1 to 0:
+    solvers[name] = (solve(field, x, n) -> ends, field, evaluations a step). The errors
+    (`solver_errors`) are over all of x1 (N, 2), as the chapter's own table has them; the
+    page draws only the first n_draw ends and the paths of the first n_paths points (the
+    page's weight grows with what is drawn, not with N). labels: ref_label, ref_short
+    (the reference, in words) and about (the N points, in words)."""
+    errs, ends, paths = {}, {}, {}
     for name, (solve, field, per_step) in solvers.items():
-        ends[name], paths[name], rms[name], flips[name] = [], [], [], []
-        for n in steps:
-            rec = _Recorder(field, per_step, n_paths)
-            x = solve(rec, x1, torch.linspace(1, 0, n + 1).tolist())
-            ends[name].append(x)
-            paths[name].append(torch.stack([*rec.states, x[:n_paths]]))
-            rms[name].append((x - ref).pow(2).sum(1).mean().sqrt().item())
-            other = torch.cdist(x, means).argmin(1) != torch.cdist(ref, means).argmin(1)
-            flips[name].append(int(other.sum()))
+        runs = [_solve_and_trace(solve, field, per_step, n, x1, n_paths) for n in steps]
+        errs[name] = [solver_errors(x, ref, means) for x, _ in runs]
+        ends[name] = pack(torch.stack([x[:n_draw] for x, _ in runs]), "f32")
+        paths[name] = pack(torch.cat([p for _, p in runs]), "f32")
     return {"kind": kind, "steps": steps, "solvers": list(solvers),
             "controls": [{"name": "n", "label": "steps", "values": steps,
                           "value": steps[len(steps) // 2], "digits": 0}],
-            "x1": pack(x1, "f32"), "ref": pack(ref, "f32"),
-            "ends": {k: pack(torch.stack(v), "f32") for k, v in ends.items()},
-            "paths": {k: pack(torch.cat(v), "f32") for k, v in paths.items()},
-            "rms": {k: pack(v) for k, v in rms.items()}, "flips": flips,
-            "means": means.tolist(), "ref_label": ref_label, "ref_short": ref_short,
+            "x1": pack(x1[:n_draw], "f32"), "ref": pack(ref[:n_draw], "f32"),
+            "ends": ends, "paths": paths,
+            "rms": {k: pack([e[0] for e in v]) for k, v in errs.items()},
+            "median": {k: pack([e[1] for e in v]) for k, v in errs.items()},
+            "flips": {k: [e[2] for e in v] for k, v in errs.items()},
+            "points": {"n": len(x1), "drawn": min(n_draw, len(x1)), "about": labels["about"]},
+            "means": means.tolist(), "ref_label": labels["ref_label"],
+            "ref_short": labels["ref_short"],
             "evaluations": {k: v[2] for k, v in solvers.items()}}
 
 
-SOLVER_STEPS = [1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 25, 32, 40, 50]
+# The slider's step counts: chapter 13's table has 5, 10, 20 and 50 of them (and 100 to 500,
+# beyond the explorer), chapter 15's printout 1 to 64 evaluations.
+SOLVER_STEPS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 25, 32, 40, 50)
+FEWSTEP_STEPS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 48, 64)
 
 
-def solvers_page(n: int = 300, n_paths: int = 40, steps=tuple(SOLVER_STEPS)) -> dict:
+def _t_grid(n: int) -> list[float]:
+    """Chapter 13's grid of n steps, linspace(1, 0, n + 1) (float32 times, as it has them)."""
+    return torch.linspace(1, 0, n + 1).tolist()
+
+
+def solvers_page(n: int = 2_000, seed: int = 4, n_draw: int = 300, n_paths: int = 40,
+                 steps=SOLVER_STEPS) -> dict:
     """Chapter 13: DDIM, Euler and Heun on the mixture's probability-flow ODE
-    (`sde.ddim`, `sde.euler`, `sde.heun` with the exact score), n points of N(0, I) from
-    t = 1 to 0, against the chapter's reference (Heun, 4,000 steps)."""
+    (`sde.ddim`, `sde.euler`, `sde.heun` with the exact score) from t = 1 to 0, against the
+    chapter's reference (Heun, 4,000 steps), from the points of its table: n = 2,000
+    points of N(0, I) drawn from seed 4, so that its numbers are the table's."""
     mix, vp = chapter8_mixture(), sde.VPSDE()
 
     def score(x, t):
@@ -214,26 +248,38 @@ def solvers_page(n: int = 300, n_paths: int = 40, steps=tuple(SOLVER_STEPS)) -> 
         return -vp.sigma(t) * score(x, t)
 
     ode = vp.ode_drift(score)
-    x_T = torch.randn(n, 2, generator=torch.Generator().manual_seed(4), dtype=F64)
-    ref = sde.heun(ode, x_T, torch.linspace(1, 0, 4001).tolist())
-    solvers = {"DDIM": (lambda f, x, ts: sde.ddim(f, vp, x, ts), eps, 1),
-               "Euler": (sde.euler, ode, 1), "Heun": (sde.heun, ode, 2)}
-    return _solver_page("solvers", solvers, list(steps), x_T, ref, n_paths,
-                        mix.means.to(F64), "the reference (Heun, 4,000 steps)", "reference")
+    x_T = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed), dtype=F64)
+    ref = sde.heun(ode, x_T, _t_grid(4000))
+    solvers = {"DDIM": (lambda f, x, k: sde.ddim(f, vp, x, _t_grid(k)), eps, 1),
+               "Euler": (lambda f, x, k: sde.euler(f, x, _t_grid(k)), ode, 1),
+               "Heun": (lambda f, x, k: sde.heun(f, x, _t_grid(k)), ode, 2)}
+    labels = {"ref_label": "the reference (Heun, 4,000 steps)", "ref_short": "reference",
+              "about": f"the {n:,} points of the chapter's table (N(0, I), seed {seed})"}
+    return _solver_page("solvers", solvers, list(steps), x_T, ref, mix.means.to(F64), labels,
+                        n_draw, n_paths)
 
 
-def fewstep_page(n: int = 300, n_paths: int = 40,
-                 steps=(1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32)) -> dict:
-    """Chapter 15: Euler and Heun on the linear path's exact velocity
-    (`fewstep.MixturePath.velocity`) from n points of N(0, I) at tau = 1 to tau = 0,
-    against the exact flow map (`fewstep.ode_map`, DOP853)."""
+def _ode_sample(solver: str):
+    """solve(field, x1, n) for `_solver_page`: chapter 15's `fewstep.ode_sample`."""
+    return lambda field, x1, n: fewstep.ode_sample(field, x1, n, solver=solver)
+
+
+def fewstep_page(n: int = 2_000, seed: int = 1, n_draw: int = 300, n_paths: int = 40,
+                 steps=FEWSTEP_STEPS) -> dict:
+    """Chapter 15: Euler and Heun (`fewstep.ode_sample`, as the chapter calls it) on the
+    linear path's exact velocity (`fewstep.MixturePath.velocity`) from tau = 1 to 0,
+    against the exact flow map (`fewstep.ode_map`, DOP853), from the chapter's x1: n points
+    of N(0, I) from seed 1 (its N_TOY: 2,000 in the cpu profile its stored run used)."""
     mix = chapter8_mixture()
     path = fewstep.MixturePath(mix)
-    x1 = torch.randn(n, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
+    x1 = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed), dtype=F64)
     ref = fewstep.ode_map(path.velocity, x1)
-    solvers = {"Euler": (sde.euler, path.velocity, 1), "Heun": (sde.heun, path.velocity, 2)}
-    return _solver_page("fewstep", solvers, list(steps), x1, ref, n_paths,
-                        mix.means.to(F64), "the exact map", "exact map")
+    solvers = {"Euler": (_ode_sample("euler"), path.velocity, 1),
+               "Heun": (_ode_sample("heun"), path.velocity, 2)}
+    labels = {"ref_label": "the exact map", "ref_short": "exact map",
+              "about": f"the chapter's x1, {n:,} points of N(0, I) (seed {seed})"}
+    return _solver_page("fewstep", solvers, list(steps), x1, ref, mix.means.to(F64), labels,
+                        n_draw, n_paths)
 
 
 # --- chapter 6: the 2-D VAE's decoder, run in the page ------------------------------------------

@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import torch
 
 from .diffusion import predict_x0
 from .run import checks
+from .sde import _jacobian_trace
 
 Score = Callable[..., torch.Tensor]
 
@@ -96,10 +98,8 @@ def implicit_score_matching(score: Score, x: torch.Tensor) -> torch.Tensor:
     with torch.enable_grad():
         x = _with_input_grad(x)
         s = _score(score, x)
-        trace = torch.zeros(len(x), dtype=s.dtype, device=s.device)
-        for i in range(x.shape[1]):  # column i of the Jacobian: one backward pass
-            g, = torch.autograd.grad(s[:, i].sum(), x, create_graph=True)
-            trace = trace + g[:, i]
+        trace = _jacobian_trace(s, x, who="score(x)", what="the implicit loss's trace",
+                                create_graph=True)
         return (trace + 0.5 * s.pow(2).sum(1)).mean()
 
 
@@ -139,7 +139,8 @@ def sliced_score_matching(score: Score, x: torch.Tensor, n_projections: int = 1,
         half_sq = 0.5 * _per_point(s.pow(2)) if variance_reduced else None
         terms = []
         for v in projections.to(s.dtype):
-            vJ, = torch.autograd.grad((s * v).sum(), x, create_graph=True)  # v^T J per point
+            vJ = checks.gradient("score(x)", (s * v).sum(), x, create_graph=True,
+                                 what="the sliced loss's v^T J v")  # v^T J per point
             vs = _per_point(s * v)
             terms.append(_per_point(vJ * v) + (half_sq if variance_reduced else 0.5 * vs**2))
         return torch.stack(terms).mean()
@@ -199,6 +200,8 @@ def tweedie(x_t: torch.Tensor, score: torch.Tensor, alpha_bar: float) -> torch.T
     Book: :eq:`ch16-tweedie`.
     """
     checks.same_shape("x_t and score", checks.batch("x_t", x_t), score)
+    checks.finite("x_t", x_t)
+    checks.finite("score", score)
     alpha_bar = checks.real("alpha_bar", alpha_bar, low=0.0, high=1.0, open_low=True)
     sigma = math.sqrt(1 - alpha_bar)
     return predict_x0(x_t, -sigma * score, alpha_bar, sigma)
@@ -287,8 +290,12 @@ def classifier_log_prob_grad(classifier, labels, *, num_classes: int = 10) -> Sc
     classifier(x, t) -> logits (B, num_classes), e.g. `models.classifier.NoisyClassifier`
     (a clean classifier wrapped as lambda x, t: judge((x + 1) / 2) ignores t). The gradient
     is taken under torch.enable_grad() (samplers run without gradients), at most
-    companion.run.memory.MAX_IMAGES_WITH_GRAD images a backward pass; the classifier should
-    be in eval mode (dropout off).
+    companion.run.memory.MAX_IMAGES_WITH_GRAD images a backward pass. A classifier module in
+    training mode is refused (its dropout and batch norm would give another gradient at
+    every call: call classifier.eval()), and so is one whose logits cannot be differentiated
+    in x (torch.no_grad or .detach inside it). The field keeps the classifier's number of
+    steps (config.T, or NoisyClassifier's T), for `classifier_guided_eps` to check against
+    the chain.
 
     Args:
         classifier: (x (B, ...), t (B,)) -> logits (B, num_classes).
@@ -311,6 +318,11 @@ def classifier_log_prob_grad(classifier, labels, *, num_classes: int = 10) -> Sc
                                    f"{n_cls} classes (0..{n_cls - 1}): guide with a "
                                    f"classifier of the same {n_cls} classes")
     classifier = _field("classifier", classifier)
+    if isinstance(classifier, torch.nn.Module) and classifier.training:
+        raise checks.ArgumentError(
+            "the classifier is in training mode (classifier.training is True): its dropout "
+            "(and batch norm) would give another gradient at every call; call "
+            "classifier.eval() before guiding with it")
 
     def grad_chunk(xb, tb, yb):
         with torch.enable_grad():
@@ -321,7 +333,7 @@ def classifier_log_prob_grad(classifier, labels, *, num_classes: int = 10) -> Sc
                     f"the classifier returned logits of shape {tuple(logits.shape)}; "
                     f"guidance needs ({len(xb)}, {n_cls}): one logit per class of the labels")
             log_p = logits.float().log_softmax(1).gather(1, yb[:, None]).sum()
-            g, = torch.autograd.grad(log_p, xb)
+            g = checks.gradient("the classifier", log_p, xb, what="classifier guidance")
         return g
 
     def grad(x, t):
@@ -329,7 +341,18 @@ def classifier_log_prob_grad(classifier, labels, *, num_classes: int = 10) -> Sc
             raise checks.ArgumentError(f"the field was built for {len(y)} labels but got "
                                        f"{len(x)} images: one label per image")
         return map_chunks(grad_chunk, x, t, y.to(x.device), grad=True)
+
+    T = _steps_of(classifier)
+    if T is not None:
+        grad.config = SimpleNamespace(T=T)  # for classifier_guided_eps to check the chain
     return grad
+
+
+def _steps_of(model) -> int | None:
+    """The number of chain steps a model was built for: its config.T (the U-Net) or its T
+    (NoisyClassifier), None when it says none (a lambda, a clean classifier)."""
+    T = getattr(getattr(model, "config", None), "T", getattr(model, "T", None))
+    return T if isinstance(T, int) and not isinstance(T, bool) else None
 
 
 def classifier_guided_eps(diffusion, eps_model, classifier_grad: Score, w: float):
@@ -341,6 +364,11 @@ def classifier_guided_eps(diffusion, eps_model, classifier_grad: Score, w: float
     -eps / sqrt(1 - alpha_bar_t) (Dhariwal and Nichol's DDIM form; in the ancestral sampler
     it shifts the mean by w beta_t / sqrt(alpha_t) times the gradient, their s Sigma g).
 
+    An eps_model or a classifier built for another number of steps than the diffusion's T
+    (their config.T, or NoisyClassifier's T) is refused: it would read every t as another
+    noise level. The returned function refuses steps t outside 1..T (one device sync a
+    call on a GPU, small beside the classifier's backward pass).
+
     Args:
         diffusion: the `companion.diffusion.Diffusion` eps_model was trained with.
         eps_model: (x_t (B, ...), t (B,)) -> eps (B, ...).
@@ -349,16 +377,24 @@ def classifier_guided_eps(diffusion, eps_model, classifier_grad: Score, w: float
         w: the guidance weight, >= 0 (0: the unguided model).
 
     Returns:
-        The noise predictor (x_t, t) -> (B, ...); it keeps eps_model's config (its T).
+        The noise predictor (x_t, t) -> (B, ...), t an int or an integer tensor (B,) of
+        steps in 1..T; it keeps eps_model's config (its T).
 
     Book: :eq:`ch16-guided`, :eq:`ch16-guided-eps`.
     """
     w = _weight(w)
     eps_model = _field("eps_model", eps_model)
     classifier_grad = _field("classifier_grad", classifier_grad)
+    T = diffusion.T
+    checks.model_steps(eps_model, T, what="the diffusion", who="eps_model",
+                       fix="pass the Diffusion it was trained with")
+    checks.model_steps(classifier_grad, T, what="the diffusion", who="the classifier",
+                       fix=f"guide with a classifier trained on this chain, "
+                       f"NoisyClassifier(T={T})")
     sigmas = (1 - diffusion.alphas_bar_).sqrt()
 
     def eps(x, t):
+        t = checks.steps(t, len(checks.batch("x_t", x)), T, x.device)
         out = _score(eps_model, x, t, who="eps_model(x, t)")
         if w == 0:
             return out

@@ -84,7 +84,7 @@ class VPSDE:
 
         Book: :eq:`ch13-vp-marginal`.
         """
-        checks.batch("x0", x0, min_dims=2)
+        checks.finite("x0", checks.batch("x0", x0, min_dims=2))
         return math.sqrt(self.alpha_bar(t)) * x0, self.sigma(t)
 
     def drift(self, x: torch.Tensor, t: float) -> torch.Tensor:
@@ -345,15 +345,36 @@ def divergence_exact(field: Field, x: torch.Tensor, t: float) -> tuple[torch.Ten
 
     For small D only (the toys): D reverse-mode passes, one per column of the Jacobian.
     """
-    checks.points("x", x, "for images use divergence_hutchinson")
+    checks.finite("x", checks.points("x", x, "for images use divergence_hutchinson"))
+    return _divergence_exact(field, x, t)
+
+
+def _divergence_exact(field: Field, x: torch.Tensor, t: float):
+    """divergence_exact without the check of x's values, for the solvers' every step."""
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         f = _value(field, x, t)
-        div = torch.zeros(len(x), dtype=f.dtype, device=x.device)
-        for i in range(x.shape[1]):
-            g, = torch.autograd.grad(f[:, i].sum(), x, retain_graph=i < x.shape[1] - 1)
-            div = div + g[:, i]
+        div = _jacobian_trace(f, x, who="the field", what="the exact divergence")
     return f.detach(), div.detach()
+
+
+def _jacobian_trace(f: torch.Tensor, x: torch.Tensor, *, who: str, what: str,
+                    create_graph: bool = False) -> torch.Tensor:
+    """tr(df/dx) per point, (B,), for f (B, D) computed from the leaf x (B, D): D backward
+    passes, one per column of the Jacobian (kept in the graph with create_graph, for a loss
+    differentiated again). A column that does not depend on x adds 0; a function none of
+    whose columns does (no_grad, detach, a constant) is refused, named by `who`."""
+    trace = torch.zeros(len(x), dtype=f.dtype, device=f.device)
+    used = False
+    for i in range(x.shape[1]):
+        g = checks.gradient(who, f[:, i].sum(), x, what=what, allow_unused=True,
+                            create_graph=create_graph,
+                            retain_graph=create_graph or i < x.shape[1] - 1)
+        if g is not None:
+            trace, used = trace + g[:, i], True
+    if not used:
+        raise checks.not_differentiable(who, what, "its output does not depend on x")
+    return trace
 
 
 def rademacher(n: int, shape, *, dtype=torch.float32, device=None,
@@ -374,12 +395,19 @@ def divergence_hutchinson(field: Field, x: torch.Tensor, t: float, probes: torch
     Book: :eq:`ch13-hutchinson`.
     """
     checks.stacked("probes", probes, checks.batch("x", x, min_dims=2))
+    checks.finite("x", x)
+    return _divergence_hutchinson(field, x, t, probes)
+
+
+def _divergence_hutchinson(field: Field, x: torch.Tensor, t: float, probes: torch.Tensor):
+    """divergence_hutchinson without the check of x's values, for the solvers' every step."""
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         f = _value(field, x, t)
         out = []
         for k, v in enumerate(probes):
-            g, = torch.autograd.grad(f, x, v.to(f.dtype), retain_graph=k < len(probes) - 1)
+            g = checks.gradient("the field", f, x, what="Hutchinson's divergence",
+                                grad_outputs=v.to(f.dtype), retain_graph=k < len(probes) - 1)
             out.append((g * v).reshape(len(x), -1).sum(1))
     return f.detach(), torch.stack(out)
 
@@ -390,20 +418,23 @@ def field_and_divergence(field: Field, x: torch.Tensor, t: float,
     """(F(x, t), div F(x, t)): x (B, ...) -> (B, ...), (B,), at most
     companion.run.memory.MAX_IMAGES_WITH_GRAD images' worth of points a pass (each keeps its
     graph for the backward passes). probes=None: the exact divergence (points (B, D));
-    probes (P, B, ...): Hutchinson's estimate averaged over the P probes.
+    probes (P, B, ...): Hutchinson's estimate averaged over the P probes. The solver's every
+    step: x's shape is checked, not its values (the solve checks what the field returns).
     """
     if probes is None:
-        return memory.map_chunks(lambda xb: divergence_exact(field, xb, t), x, grad=True)
+        checks.points("x", x, "for images pass probes (Hutchinson's estimator)")
+        return memory.map_chunks(lambda xb: _divergence_exact(field, xb, t), x, grad=True)
 
     def chunk(xb, vb):
-        f, est = divergence_hutchinson(field, xb, t, vb.transpose(0, 1))
+        f, est = _divergence_hutchinson(field, xb, t, vb.transpose(0, 1))
         return f, est.mean(0)
     return memory.map_chunks(chunk, x, probes.transpose(0, 1), grad=True)
 
 
 # --- the likelihood integral -----------------------------------------------------------------
 def standard_normal_log_p(x: torch.Tensor) -> torch.Tensor:
-    """log N(x; 0, I) summed over every dimension but the first: (B, ...) -> (B,)."""
+    """log N(x; 0, I) summed over every dimension but the first: (B, ...) -> (B,) float64."""
+    checks.finite("x", checks.batch("x", x))
     d = x[0].numel()
     return -0.5 * (x.reshape(len(x), -1).double().pow(2).sum(1) + d * math.log(2 * math.pi))
 
@@ -524,6 +555,13 @@ def dequantize(x: torch.Tensor, generator: torch.Generator | None = None) -> tor
 
 
 def bits_per_dim(log_p: torch.Tensor, dims: int) -> torch.Tensor:
-    """The discrete bound from a dequantized log-density (nats): -log_p / (D ln 2) + log2(255/2)."""
+    """The discrete bound from a dequantized log-density (nats): -log_p / (D ln 2) + log2(255/2).
+
+    log_p: finite log-densities, a tensor of any shape (`Likelihood.log_p` (B,)) or a
+    number; dims: D, the dimensions of one image (784 for the digits)."""
     dims = checks.count("dims", dims)
+    fix = ("a log-density of -inf is a point the model gives no mass, NaN a failed "
+           "solve: dequantize the data, or check the solve that gave it")
+    log_p = checks.finite("log_p", log_p, fix) if torch.is_tensor(log_p) else \
+        checks.real("log_p (a finite log-density)", log_p)
     return -log_p / (dims * math.log(2)) - math.log2(BIN)

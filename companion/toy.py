@@ -304,7 +304,7 @@ def _mixture_at(gm: GaussianMixture, x, alpha_bar):
     if ab.dim() != 1 or len(ab) not in (1, len(x)):
         raise ValueError(f"alpha_bar must be a number or a tensor of shape ({len(x)},), got "
                          f"shape {tuple(ab.shape)}")
-    if ((ab <= 0) | (ab > 1)).any():
+    if not bool(((ab > 0) & (ab <= 1)).all()):  # NaN fails both comparisons
         raise ValueError("alpha_bar must lie in (0, 1]")
     means = ab.sqrt()[:, None, None] * gm.means.to(x)                      # (B|1, K, D)
     var = ab[:, None] * gm.stds.to(x).pow(2) + (1 - ab[:, None])           # (B|1, K)

@@ -24,6 +24,7 @@ the fault planted in it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import io
@@ -1108,15 +1109,37 @@ def _forward_expected(state, values):
             f"10^{math.log10(a / (1 - a)):.2f}")
 
 
-def _solver_text(name, n, evals, rms, flips, points, ref_label):
+@contextlib.contextmanager
+def _one_thread():
+    """One torch thread, as the book's build computes the states: the chapters' small
+    tensors only pay for synchronization with more, and crawl when the cores are busy."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _solver_text(name, n, x, ref, means, ref_label):
+    """The solver explorers' readout for ends x (N, 2) against ref (N, 2), in Python."""
+    import torch
+
+    d = (x.double() - ref).pow(2).sum(1).sqrt()  # (N,)
+    flips = int((torch.cdist(x.double(), means).argmin(1)
+                 != torch.cdist(ref, means).argmin(1)).sum())
+    evals = (2 if name == "Heun" else 1) * n
     s = "s" if n > 1 else ""
-    return (f"{name}, {n} step{s} ({evals} evaluation{'s' if evals > 1 else ''}): RMS "
-            f"distance to {ref_label} {rms:.2e}; {flips} of {points} points end nearest "
-            "another mode")
+    return (f"{name}, {n} step{s} ({evals} evaluation{'s' if evals > 1 else ''}): distance "
+            f"to {ref_label}, RMS {d.pow(2).mean().sqrt().item():.2e}, median "
+            f"{d.median().item():.2e}; {flips} of {len(x):,} points end nearest another mode")
 
 
 @functools.cache
 def _chapter13_toy():
+    """Chapter 13's mixture, score, ODE, the 2,000 points of its table and its reference."""
     import torch
 
     from companion import sde
@@ -1129,7 +1152,8 @@ def _chapter13_toy():
         return diffused_score(mix, x, vp.alpha_bar(t))
 
     ode = vp.ode_drift(score)
-    x_T = torch.randn(300, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    x_T = torch.randn(2_000, 2, generator=torch.Generator().manual_seed(4),
+                      dtype=torch.float64)
     ref = sde.heun(ode, x_T, torch.linspace(1, 0, 4001).tolist())
     return mix, vp, score, ode, x_T, ref
 
@@ -1139,39 +1163,47 @@ def _solvers_expected(state, values):
 
     from companion import sde
 
-    mix, vp, score, ode, x_T, ref = _chapter13_toy()  # as chapter 13 runs them
+    with _one_thread():
+        mix, vp, score, ode, x_T, ref = _chapter13_toy()  # as chapter 13 runs them
 
-    def eps(x, t):
-        return -vp.sigma(t) * score(x, t)
+        def eps(x, t):
+            return -vp.sigma(t) * score(x, t)
 
-    n, name = values["n"], values["solver"]
-    ts = torch.linspace(1, 0, n + 1).tolist()
-    x = {"DDIM": lambda: sde.ddim(eps, vp, x_T, ts), "Euler": lambda: sde.euler(ode, x_T, ts),
-         "Heun": lambda: sde.heun(ode, x_T, ts)}[name]()
-    rms = (x - ref).pow(2).sum(1).mean().sqrt().item()
-    means = mix.means.to(torch.float64)
-    flips = int((torch.cdist(x, means).argmin(1) != torch.cdist(ref, means).argmin(1)).sum())
-    return _solver_text(name, n, (2 if name == "Heun" else 1) * n, rms, flips, 300,
+        n, name = values["n"], values["solver"]
+        ts = torch.linspace(1, 0, n + 1).tolist()
+        x = {"DDIM": lambda: sde.ddim(eps, vp, x_T, ts),
+             "Euler": lambda: sde.euler(ode, x_T, ts),
+             "Heun": lambda: sde.heun(ode, x_T, ts)}[name]()
+    return _solver_text(name, n, x, ref, mix.means.to(torch.float64),
                         "the reference (Heun, 4,000 steps)")
 
 
-def _fewstep_expected(state, values):
+@functools.cache
+def _chapter15_toy():
+    """Chapter 15's path, its x1 (N_TOY = 2,000 points of its cpu profile, seed 1) and the
+    exact map of x1."""
     import torch
 
     from companion import fewstep
     from companion.page_explorers import chapter8_mixture
 
     mix = chapter8_mixture()
-    path = fewstep.MixturePath(mix)  # as chapter 15 runs it
-    x1 = torch.randn(300, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    exact = fewstep.ode_map(path.velocity, x1)
-    n, name = values["n"], values["solver"]
-    x = fewstep.ode_sample(path.velocity, x1, n, solver=name.lower())
-    rms = (x.double() - exact).pow(2).sum(1).mean().sqrt().item()
-    means = mix.means.to(torch.float64)
-    flips = int((torch.cdist(x, means).argmin(1) != torch.cdist(exact, means).argmin(1)).sum())
-    return _solver_text(name, n, (2 if name == "Heun" else 1) * n, rms, flips, 300,
-                        "the exact map")
+    path = fewstep.MixturePath(mix)
+    x1 = torch.randn(2_000, 2, generator=torch.Generator().manual_seed(1),
+                     dtype=torch.float64)
+    return mix, path, x1, fewstep.ode_map(path.velocity, x1)
+
+
+def _fewstep_expected(state, values):
+    import torch
+
+    from companion import fewstep
+
+    with _one_thread():
+        mix, path, x1, exact = _chapter15_toy()  # as chapter 15 runs them
+        n, name = values["n"], values["solver"]
+        x = fewstep.ode_sample(path.velocity, x1, n, solver=name.lower())
+    return _solver_text(name, n, x, exact, mix.means.to(torch.float64), "the exact map")
 
 
 def _latent_layers(state):
@@ -1213,7 +1245,7 @@ EXPECTED = {
     "solvers": (_solvers_expected, [{"n": 5, "solver": "DDIM"}, {"n": 20, "solver": "Heun"},
                                     {"n": 50, "solver": "Euler"}]),
     "fewstep": (_fewstep_expected, [{"n": 1, "solver": "Euler"}, {"n": 8, "solver": "Heun"},
-                                    {"n": 32, "solver": "Euler"}]),
+                                    {"n": 32, "solver": "Euler"}, {"n": 64, "solver": "Euler"}]),
 }
 
 

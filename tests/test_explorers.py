@@ -1,9 +1,16 @@
 """Tests of what the explorers compute (the widgets only wire sliders to these)."""
 
+import base64
+import functools
+import json
+import re
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -82,3 +89,159 @@ def test_a_chapter_stores_its_decoder_only_in_a_storing_run(tmp_path, monkeypatc
     path = store_latent_decoder(vae, "dec.npz")
     assert path == tmp_path / "explorers" / "dec.npz"
     assert [W.shape for W, _ in latent_decoder(path)] == [(16, 2), (784, 16)]
+
+
+# --- chapters 13 and 15: the solver explorers, over the chapters' own points ---------------
+ROOT = Path(__file__).resolve().parent.parent
+STATE_BYTES = 700_000  # a solver explorer's state on the page (it draws 300 points)
+
+
+@pytest.fixture
+def one_thread():
+    """One thread, as the book's build computes the states: these small tensors only pay
+    for synchronization with more (and crawl when the cores are busy). The default dtype
+    stays float32: the chapters' time grids are float32 linspaces."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _explorer_cell(stem: str, name: str) -> dict:
+    """The cell of notebooks/<stem>.ipynb whose metadata names the web explorer `name`."""
+    cells = json.loads((ROOT / "notebooks" / f"{stem}.ipynb").read_text())["cells"]
+    return next(c for c in cells if c["metadata"].get("explorer", {}).get("name") == name)
+
+
+@functools.cache
+def _chapter_state(stem: str, name: str) -> dict:
+    """The explorer's state as the book's build makes it: `page_state` with the arguments
+    the chapter's cell names, then through JSON (what the page gets)."""
+    from companion.page_explorers import page_state
+
+    args = _explorer_cell(stem, name)["metadata"]["explorer"].get("args", {})
+    return json.loads(json.dumps(page_state(name, **args)))
+
+
+def _numbers(state: dict, key: str, solver: str, n: int) -> float:
+    """The state's `key` (rms or median) for `solver` with n steps, from its base64."""
+    p = state[key][solver]
+    values = np.frombuffer(base64.b64decode(p["f64"]), "<f8")
+    return float(values[state["steps"].index(n)])
+
+
+def _assert_state_is(state, solver, n, x, ref, means):
+    """The state's RMS, median and flips for (solver, n) are those of the ends x (N, 2)."""
+    d = (x.double() - ref).pow(2).sum(1).sqrt()  # (N,), as the chapters compute it
+    flips = (torch.cdist(x.double(), means).argmin(1) != torch.cdist(ref, means).argmin(1))
+    assert state["points"]["n"] == len(x)
+    assert abs(_numbers(state, "rms", solver, n) - d.pow(2).mean().sqrt().item()) < 1e-9
+    assert abs(_numbers(state, "median", solver, n) - d.median().item()) < 1e-9
+    assert state["flips"][solver][state["steps"].index(n)] == int(flips.sum())
+
+
+def test_solver_errors_are_rms_median_and_flips():
+    """solver_errors: the RMS and the median (torch's lower middle value) of the distances,
+    and the points that end nearest another mode than their reference."""
+    from companion.page_explorers import solver_errors
+
+    means = torch.tensor([[1.0, 0.0], [-1.0, 0.0]], dtype=F64)
+    ref = torch.tensor([[0.9, 0.0], [0.8, 0.0], [-0.9, 0.0], [-1.1, 0.0]], dtype=F64)
+    x = ref + torch.tensor([[0.0, 0.3], [0.0, 0.4], [0.0, 1.2], [2.0, 0.0]], dtype=F64)
+    rms, median, flips = solver_errors(x, ref, means)
+    assert abs(rms - ((0.09 + 0.16 + 1.44 + 4.0) / 4) ** 0.5) < 1e-12
+    assert abs(median - 0.4) < 1e-12 and flips == 1  # only the last crosses to x > 0
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_solvers_explorer_is_chapter_13s_computation():
+    """Chapter 13's explorer: its RMS, median and flips at the table's step counts are what
+    the chapter's own code gives on its 2,000 points (seed 4) against its reference (Heun,
+    4,000 steps), to 1e-9; Heun is charged two evaluations a step; the table's 5, 10, 20
+    and 50 steps are slider positions; the state stays light."""
+    from companion import sde
+    from companion.page_explorers import chapter8_mixture
+    from companion.toy import diffused_score
+
+    state = _chapter_state("13_continuous_time", "solvers")
+    assert {5, 10, 20, 50} <= set(state["steps"])
+    assert state["evaluations"] == {"DDIM": 1, "Euler": 1, "Heun": 2}
+    assert len(json.dumps(state, separators=(",", ":"))) < STATE_BYTES
+    mix, vp = chapter8_mixture(), sde.VPSDE()
+
+    def mix_score(x, t):  # the chapter's cell, as it reads
+        return diffused_score(mix, x, vp.alpha_bar(t))
+
+    def mix_eps(x, t):
+        return -vp.sigma(t) * mix_score(x, t)
+
+    ode = vp.ode_drift(mix_score)
+    solvers = {"DDIM": lambda x, ts: sde.ddim(mix_eps, vp, x, ts),
+               "Euler": lambda x, ts: sde.euler(ode, x, ts),
+               "Heun": lambda x, ts: sde.heun(ode, x, ts)}
+    x_T = torch.randn(2_000, 2, generator=torch.Generator().manual_seed(4), dtype=F64)
+    ref = sde.heun(ode, x_T, torch.linspace(1, 0, 4001).tolist())
+    for name, n in [("DDIM", 5), ("Euler", 20), ("Heun", 10)]:
+        x = solvers[name](x_T, torch.linspace(1, 0, n + 1).tolist())
+        _assert_state_is(state, name, n, x, ref, mix.means.to(F64))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_fewstep_explorer_is_chapter_15s_computation():
+    """Chapter 15's explorer: its numbers are `fewstep.ode_sample` from the chapter's x1
+    (2,000 points of seed 1) against `fewstep.ode_map`, to 1e-9, at the printout's
+    evaluations; the printout's 1 to 64 evaluations of Euler are slider positions."""
+    from companion import fewstep
+    from companion.page_explorers import chapter8_mixture
+
+    state = _chapter_state("15_fewer_steps", "fewstep")
+    assert {1, 2, 4, 8, 16, 32, 64} <= set(state["steps"])
+    assert state["evaluations"] == {"Euler": 1, "Heun": 2}
+    assert len(json.dumps(state, separators=(",", ":"))) < STATE_BYTES
+    mix = chapter8_mixture()
+    path = fewstep.MixturePath(mix)
+    x1 = torch.randn(2_000, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
+    exact_map = fewstep.ode_map(path.velocity, x1)
+    for name, n in [("Euler", 32), ("Heun", 4), ("Euler", 1)]:
+        x = fewstep.ode_sample(path.velocity, x1, n, solver=name.lower())
+        _assert_state_is(state, name, n, x, exact_map, mix.means.to(F64))
+
+
+def _table_cells(outputs: list) -> dict[int, list[str]]:
+    """Chapter 13's table from its stored markdown output: {steps: [the cells]}."""
+    text = "".join("".join(o.get("data", {}).get("text/markdown", "")) for o in outputs)
+    rows = re.findall(r"^\|\s*(\d+)\s*\|(.*)\|\s*$", text, re.M)
+    return {int(n): [c.strip() for c in rest.split("|")] for n, rest in rows}
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_solver_explorers_agree_with_the_chapters_printouts():
+    """What the chapters print above their explorers (their stored outputs) is what the
+    page's explorers show where the step counts meet: chapter 13's table (RMS, median,
+    flips at 5, 10, 20 and 50 steps) and chapter 15's printout (the number of points, and
+    the RMS of Euler and Heun at 1 to 64 evaluations). A chapter run with another count
+    of points (chapter 15's N_TOY in another profile) fails here until its explorer's
+    metadata names that count (args: {n: ...})."""
+    state = _chapter_state("13_continuous_time", "solvers")
+    table = _table_cells(_explorer_cell("13_continuous_time", "solvers")["outputs"])
+    shared = [n for n in table if n in state["steps"]]
+    assert shared == [5, 10, 20, 50], table
+    for n in shared:
+        k = state["steps"].index(n)
+        want = [f"{_numbers(state, 'rms', s, n):.1e}, {_numbers(state, 'median', s, n):.1e}, "
+                f"{state['flips'][s][k]}" for s in state["solvers"]]
+        assert table[n] == want, (n, table[n], want)
+    state = _chapter_state("15_fewer_steps", "fewstep")
+    text = "".join("".join(o.get("text", "")) for o in
+                   _explorer_cell("15_fewer_steps", "fewstep")["outputs"])
+    count = re.search(r"exact map of ([\d,]+) points", text)
+    assert count and int(count[1].replace(",", "")) == state["points"]["n"], count
+    lines = re.findall(r"(\d+) evaluations: Euler ([\d.]+)(?:, Heun ([\d.]+))?", text)
+    assert len(lines) == 7, text
+    for evals, euler, heun in lines:
+        assert euler == f"{_numbers(state, 'rms', 'Euler', int(evals)):.3f}", evals
+        if heun:
+            assert heun == f"{_numbers(state, 'rms', 'Heun', int(evals) // 2):.3f}", evals

@@ -5,13 +5,16 @@
           formats=[None, ".2f"], title="Energy distance (x 1000):")
 
 A cell is a string (shown as it is), a number (formatted with its column's format), or a
-pair (value, standard error), shown as "value ± se" in that format. Columns whose cells are
+pair (value, standard error), shown as "value ± se" in that format. A NaN or infinite number
+is refused (a table would show "nan" or "1 ± nan" without a word): pass a string, such as
+"n/a", for a value that does not exist. Columns whose cells are
 numbers are right-aligned, the others left-aligned. The result is an IPython Markdown object
 (a table in the rendered book and in Jupyter); `markdown(...)` returns the same text as a str.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Iterable, Sequence
 
@@ -28,18 +31,35 @@ def _cell(x, fmt: str | None) -> str:
         return x
     if isinstance(x, tuple) and len(x) == 2 and all(map(_is_number, x)):
         value, se = (float(v) for v in x)
+        _finite(value, "a value of ")
+        _finite(se, "a standard error of ")
         f = fmt or ".3g"
         return f"{value:{f}} ± {se:{f}}"
     if _is_number(x):
-        return format(x.item() if hasattr(x, "item") else x, fmt or "")
+        x = x.item() if hasattr(x, "item") else x
+        _finite(float(x), "")
+        return format(x, fmt or "")
     raise TypeError(f"a table cell must be a string, a number or a pair (value, se); got "
                     f"{type(x).__name__} {x!r:.40}")
+
+
+class _NotFinite(ValueError):
+    """A cell's number that is NaN or infinite; _formatted says where."""
+
+
+def _finite(v: float, what: str) -> None:
+    if not math.isfinite(v):
+        raise _NotFinite(f"{what}{v}")
 
 
 def _formatted(x, fmt: str | None, where: str) -> str:
     """_cell(x, fmt), a format spec that does not fit the cell's number named with it."""
     try:
         return _cell(x, fmt)
+    except _NotFinite as err:
+        raise ValueError(f"{where} holds {err}, which a table would show without a word: "
+                         "fix what computed it, or pass a string that says why there is no "
+                         "value (say 'n/a')") from None
     except ValueError as err:  # format()'s own: "Unknown format code 'q' for object ..."
         raise ValueError(f"the format {fmt!r} cannot show {where}, {x!r:.40} ({err}): give "
                          "that column a spec for its numbers, such as '.3f', ',d' or None"

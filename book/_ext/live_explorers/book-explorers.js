@@ -112,10 +112,12 @@
     return d;
   };
 
+  // where: "right" or "left" (top corners), "lower left" or "lower right"
   function legend(ax, items, where = "right") {
     const g = el("g", {class: "bx-legend"}, ax.g);
     const w = Math.max(...items.map(i => i.label.length)) * 6.3 + 34, h = items.length * 16 + 6;
-    const x = where === "left" ? ax.box.x + 6 : ax.box.x + ax.box.w - w - 6, y = ax.box.y + 6;
+    const x = where.endsWith("left") ? ax.box.x + 6 : ax.box.x + ax.box.w - w - 6;
+    const y = where.startsWith("lower") ? ax.box.y + ax.box.h - h - 6 : ax.box.y + 6;
     el("rect", {x, y, width: w, height: h, rx: 3, class: "bx-legend-box"}, g);
     items.forEach((it, k) => {
       const yy = y + 13 + 16 * k;
@@ -490,30 +492,63 @@
   }
 
   // --- chapters 13 and 15: few-step solvers against the exact map --------------------------
+  // Python's f"{n:,}": thousands separated by commas
+  const grouped = n => String(n).replace(/\B(?=(\d{3})+(?!\d))/g, ",");
+  const plural = (n, word) => `${n} ${word}${n > 1 ? "s" : ""}`;
+
+  /* The errors against network evaluations (Heun pays two a step): every solver's median
+     (solid) and RMS (dashed), the current step count marked on both. */
+  function errorPanel(svg, box, st, err, name, k) {
+    const evals = s => st.steps.map(n => (st.evaluations[s] || 1) * n);
+    const all = st.solvers.flatMap(s => [...err.rms[s], ...err.median[s]]);
+    const lo = 10 ** Math.floor(Math.log10(Math.min(...all)));
+    const hi = 10 ** Math.ceil(Math.log10(Math.max(...all)));
+    const xs = st.solvers.flatMap(evals);
+    const bx = axes(svg, box, [Math.min(...xs), Math.max(...xs)], [lo, hi],
+                    {logx: true, logy: true, xlabel: "network evaluations",
+                     ylabel: `distance to ${st.ref_short}`});
+    st.solvers.forEach((s, j) => {
+      const w = s === name ? 2.5 : 1.2, x = evals(s);
+      for (const [key, dash] of [["median", ""], ["rms", "5 3"]]) {
+        el("path", {d: pathOf(x, err[key][s], bx.sx, bx.sy), stroke: C[j], fill: "none",
+                    "stroke-width": w, "stroke-dasharray": dash}, bx.plot);
+        el("circle", {cx: bx.sx(x[k]), cy: bx.sy(err[key][s][k]), r: s === name ? 5 : 3,
+                      fill: C[j]}, bx.plot);
+      }
+    });
+    legend(bx, [...st.solvers.map((s, j) => ({label: s, color: C[j]})),
+                {label: "median", color: "currentColor", width: 1.2},
+                {label: "RMS", color: "currentColor", width: 1.2, dash: "5 3"}],
+           "lower left");  // the errors fall from the top left: that corner stays empty
+  }
+
   function solvers(root, st) {
     const f = frame(root, 680, 310, "solver paths and endpoints against the reference");
-    const x1 = unpack(st.x1), ref = unpack(st.ref);
+    const ref = unpack(st.ref);
     const ends = Object.fromEntries(st.solvers.map(k => [k, unpack(st.ends[k])]));
     const paths = Object.fromEntries(st.solvers.map(k => [k, unpack(st.paths[k])]));
-    const rms = Object.fromEntries(st.solvers.map(k => [k, unpack(st.rms[k])]));
+    const err = {rms: {}, median: {}};
+    for (const key of ["rms", "median"]) {
+      for (const s of st.solvers) err[key][s] = unpack(st[key][s]);
+    }
     const cn = st.controls[0], P = ref.shape[0], K = paths[st.solvers[0]].shape[1];
     const offsets = [];
     let o = 0;
     for (const n of st.steps) { offsets.push(o); o += n + 1; }
-    const evals = (name, n) => (st.evaluations[name] || 1) * n;
     const draw = () => {
       const n = getN(), name = getSolver(), k = st.steps.indexOf(n);
       const e = ends[name], c = C[st.solvers.indexOf(name)];
-      const flips = st.flips[name][k];
-      f.readout.textContent = `${name}, ${n} step${n > 1 ? "s" : ""} (${evals(name, n)} ` +
-        `evaluation${evals(name, n) > 1 ? "s" : ""}): RMS distance to ${st.ref_label} ` +
-        `${expo(rms[name][k], 2)}; ${flips} of ${P} points end nearest another mode`;
+      const ev = (st.evaluations[name] || 1) * n;
+      f.readout.textContent = `${name}, ${plural(n, "step")} (${plural(ev, "evaluation")}): ` +
+        `distance to ${st.ref_label}, RMS ${expo(err.rms[name][k], 2)}, median ` +
+        `${expo(err.median[name][k], 2)}; ${st.flips[name][k]} of ${grouped(st.points.n)} ` +
+        "points end nearest another mode";
       clear(f.svg);
       const nw = f.narrow();
       f.size(nw ? 360 : 680, nw ? 640 : 310);
       const ax = axes(f.svg, nw ? {x: 40, y: 20, w: 300, h: 300} : {x: 40, y: 20, w: 260, h: 260},
                       [-2.2, 2.2], [-2.2, 2.2],
-                      {nx: 4, ny: 4, title: `${name}, ${n} step${n > 1 ? "s" : ""}`});
+                      {nx: 4, ny: 4, title: `${name}, ${plural(n, "step")}`});
       let d = "";
       for (let i = 0; i < P; i++) d += `M${ax.sx(ref[2 * i]).toFixed(1)},` +
         `${ax.sy(ref[2 * i + 1]).toFixed(1)}h0`;
@@ -534,27 +569,17 @@
       for (let i = 0; i < P; i++) d += `M${ax.sx(e[eo + 2 * i]).toFixed(1)},` +
         `${ax.sy(e[eo + 2 * i + 1]).toFixed(1)}h0`;
       el("path", {d, stroke: c, "stroke-width": 3, "stroke-linecap": "round"}, ax.plot);
-      // error against steps, every solver
-      let lo = Infinity, hi = -Infinity;
-      for (const s of st.solvers) for (const v of rms[s]) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
-      lo = 10 ** Math.floor(Math.log10(lo)); hi = 10 ** Math.ceil(Math.log10(hi));
-      const bx = axes(f.svg, nw ? {x: 60, y: 370, w: 280, h: 220} : {x: 410, y: 20, w: 255, h: 230},
-                      [st.steps[0], st.steps.at(-1)],
-                      [lo, hi], {logx: true, logy: true, xlabel: "steps",
-                                 ylabel: `RMS distance to ${st.ref_short}`});
-      st.solvers.forEach((s, j) => {
-        el("path", {d: pathOf(st.steps, rms[s], bx.sx, bx.sy), stroke: C[j], fill: "none",
-                    "stroke-width": s === name ? 2.5 : 1.2}, bx.plot);
-        el("circle", {cx: bx.sx(n), cy: bx.sy(rms[s][k]), r: s === name ? 5 : 3, fill: C[j]},
-           bx.plot);
-      });
-      legend(bx, st.solvers.map((s, j) => ({label: s, color: C[j]})));
+      errorPanel(f.svg, nw ? {x: 60, y: 370, w: 280, h: 220} : {x: 410, y: 20, w: 255, h: 230},
+                 st, err, name, k);
     };
     const getN = slider(f.controls, cn, draw);
     const getSolver = choice(f.controls, "solver", "solver", st.solvers, st.solvers[0], draw);
     const note = document.createElement("p");
     note.className = "bx-hint";
-    note.textContent = `grey: ${st.ref_label}; lines: the paths of the first ${K} points`;
+    // which points the numbers are over (the chapter's), and which few are drawn
+    note.textContent = `Numbers over ${st.points.about}. Drawn: the first ${P} of them ` +
+      `(grey: ${st.ref_label}; lines: the paths of the first ${K}). Right: the distance ` +
+      "against network evaluations (Heun takes two a step), median solid, RMS dashed.";
     f.controls.appendChild(note);
     register(f, draw);
   }
