@@ -316,11 +316,13 @@ def rho_grid(n: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX,
     - sigma_max^(1/rho)))^rho for i = 0..n-1, then sigma_n = 0.  -> float64 (n + 1,)
 
     rho = 1 is uniform in sigma; large rho approaches uniform in ln sigma (`log_sigma_grid`);
-    rho = 7 spends the steps near sigma_min. n = 1: [sigma_max, 0].
+    rho = 7 spends the steps near sigma_min. n = 1: [sigma_max, 0]. n is at most
+    checks.MAX_GRID_STEPS = 100,000 (chapter 17 runs up to 128; the book's longest solve
+    has 4,000 steps).
 
     Book: :eq:`ch17-rho-grid`.
     """
-    n = checks.count("n (the number of steps, a positive int)", n)
+    n = checks.grid_steps("n (the number of steps, a positive int)", n)
     lo, hi = checks.sigma_range(sigma_min, sigma_max)
     rho = checks.positive("rho (the grid's exponent, EDM uses 7)", rho)
     if n == 1:
@@ -333,8 +335,9 @@ def rho_grid(n: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX,
 
 def log_sigma_grid(n: int, sigma_min: float = SIGMA_MIN,
                    sigma_max: float = SIGMA_MAX) -> torch.Tensor:
-    """n steps uniform in ln sigma from sigma_max to sigma_min, then 0: float64 (n + 1,)."""
-    n = checks.count("n (the number of steps, a positive int)", n)
+    """n steps uniform in ln sigma from sigma_max to sigma_min, then 0: float64 (n + 1,);
+    n at most checks.MAX_GRID_STEPS = 100,000, as `rho_grid`."""
+    n = checks.grid_steps("n (the number of steps, a positive int)", n)
     lo, hi = checks.sigma_range(sigma_min, sigma_max)
     if n == 1:
         return torch.tensor([hi, 0.0], dtype=torch.float64)

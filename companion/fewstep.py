@@ -139,15 +139,24 @@ class MixturePath:
         return mb + (vb / va).sqrt() * (x - ma)
 
 
+MAX_TRAPEZOID_POINTS = 1_000_001  # gaussian_straightness's quadrature
+
+
 def gaussian_straightness(std: float, dim: int, n: int = 20_001) -> float:
     """Liu et al.'s S for Gaussian data N(mu, std^2 I_dim), the same for every path:
         S = dim (int_0^1 sd'(tau)^2 dtau - (1 - std)^2),  sd(tau) = sqrt((1-tau)^2 std^2 + tau^2).
     (On the path x_tau = m(tau) + sd(tau) x_1, the velocity minus the chord is
     (sd'(tau) - (1 - std)) x_1, and sd(1) - sd(0) = 1 - std.) The integral by the trapezoid
-    rule on n points (float64); zero only for std = 0, a single point."""
+    rule on n points (float64), 3 to MAX_TRAPEZOID_POINTS = 1,000,001 of them: past the
+    default 20,001 the rule's error is already about 1e-9, and at a million about 1e-12,
+    near the float64 rounding of its sum (a billion ended in a memory error naming nothing).
+    Zero only for std = 0, a single point."""
     std = checks.real("std", std, low=0.0)
     dim = checks.count("dim", dim)
-    tau = torch.linspace(0, 1, checks.count("n", n, minimum=3), dtype=torch.float64)
+    n = checks.size("n (the trapezoid rule's points)", n, MAX_TRAPEZOID_POINTS,
+                    "the default 20,001 give the integral to about 1e-9, a million to about "
+                    "1e-12, near the float64 rounding of the sum", minimum=3)
+    tau = torch.linspace(0, 1, n, dtype=torch.float64)
     sd = ((1 - tau) ** 2 * std**2 + tau**2).sqrt()
     d_sd = torch.where(sd > 0, (tau - (1 - tau) * std**2) / sd, 1.0)  # sd = tau if std = 0
     return dim * (torch.trapezoid(d_sd**2, tau).item() - (1 - std) ** 2)
@@ -216,12 +225,13 @@ def straightness(field: Field, x1: torch.Tensor, n_steps: int) -> tuple[torch.Te
         S = int_0^1 |(x_1 - x_0) - v(x_tau, tau)|^2 dtau   (squared norm summed over dims),
     along Euler's path with n_steps even steps, the integral by the same left Riemann sum
     (the velocities Euler uses). x1: (B, ...) -> (x0 (B, ...), S (B,)); S = 0 for straight
-    paths run at constant speed. No gradients; at most MAX_IMAGES points a network call.
+    paths run at constant speed. No gradients; at most MAX_IMAGES points a network call;
+    n_steps at most checks.MAX_GRID_STEPS = 100,000 (chapter 15 takes 1,000).
 
     Book: :eq:`ch15-straightness`.
     """
     checks.batch("x1", x1, min_dims=2)
-    ts = uniform_grid(checks.count("n_steps", n_steps))
+    ts = uniform_grid(checks.grid_steps("n_steps", n_steps))
 
     def paths(x1):
         x, vs = x1, []
@@ -293,12 +303,13 @@ def jump_map(field: Field) -> Callable[[torch.Tensor, float], torch.Tensor]:
 def ode_sample(field: Field, x1: torch.Tensor, n_steps: int, *,
                solver: str = "euler") -> torch.Tensor:
     """x0 from x1 by Euler (n_steps evaluations) or Heun (2 n_steps) on the uniform grid from
-    tau = 1 to 0. x1: (B, ...) -> (B, ...); no gradients, at most MAX_IMAGES a call."""
+    tau = 1 to 0. x1: (B, ...) -> (B, ...); no gradients, at most MAX_IMAGES a call;
+    n_steps at most checks.MAX_GRID_STEPS = 100,000 (chapter 15 takes up to 64)."""
     checks.batch("x1", x1, min_dims=2)
     solve = {"euler": euler, "heun": heun}.get(solver)
     if solve is None:
         raise checks.ArgumentError(f"solver must be 'euler' or 'heun', got {solver!r}")
-    ts = uniform_grid(checks.count("n_steps", n_steps))
+    ts = uniform_grid(checks.grid_steps("n_steps", n_steps))
     with torch.no_grad():
         return map_chunks(lambda x: solve(field, x, ts), x1)
 
@@ -309,10 +320,11 @@ def jump_sample(f, x1: torch.Tensor, n_steps: int,
         x = f(x_1, 1);  for tau = (n-1)/n, ..., 1/n:  x = f((1 - tau) x + tau z, tau),
     z ~ N(0, I) fresh each step (the jump to the data, then back onto the path at tau).
     f: (x, tau) -> like x (`jump_map`). x1: (B, ...) -> (B, ...). The fresh noise is drawn
-    before the chunks, so the result does not depend on MAX_IMAGES.
+    before the chunks, so the result does not depend on MAX_IMAGES. n_steps at most
+    checks.MAX_GRID_STEPS = 100,000.
     """
     checks.batch("x1", x1, min_dims=2)
-    ts = uniform_grid(checks.count("n_steps", n_steps))[1:-1]
+    ts = uniform_grid(checks.grid_steps("n_steps", n_steps))[1:-1]
     z = torch.randn((len(x1), max(len(ts), 1), *x1.shape[1:]), dtype=x1.dtype,
                     device=x1.device, generator=generator)
 

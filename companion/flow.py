@@ -110,8 +110,9 @@ def velocity_field(model, K: int):
 
 
 def uniform_grid(n_steps: int) -> list[float]:
-    """n_steps + 1 times from tau = 1 (noise) down to 0 (data), evenly spaced."""
-    n_steps = checks.count("n_steps (a positive int)", n_steps)
+    """n_steps + 1 times from tau = 1 (noise) down to 0 (data), evenly spaced; n_steps at
+    most checks.MAX_GRID_STEPS = 100,000 (the book's longest solve has 4,000 steps)."""
+    n_steps = checks.grid_steps("n_steps (a positive int)", n_steps)
     return [1 - k / n_steps for k in range(n_steps + 1)]
 
 

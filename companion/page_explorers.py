@@ -11,6 +11,11 @@ printout, so the page and the chapter agree where their step counts meet) and sh
 few they draw. Arrays travel as base64 of little-endian float64 (numbers shown) or float32
 (points drawn): see `pack`.
 The book's Sphinx extension (book/_ext/live_explorers.py) calls these at build time.
+
+Every size a caller passes (slider positions, grid points, samples, points, step counts) is
+bounded, generously above the chapters' own, and checked before anything is computed: past
+the bounds below a state cannot be drawn on a page, or ended in a memory error naming no
+argument (or in minutes of computing first). Each function's docstring says its bounds.
 """
 
 from __future__ import annotations
@@ -29,9 +34,26 @@ from . import fewstep, sde
 from .affine_vae import pinned_gap
 from .explorers import pinned_samples
 from .kl import gaussian_mixture_1d, kl_mvn, kl_quadrature
+from .run import checks
 from .toy import GaussianMixture, LinearGaussian, diffused_score
 
 F64 = torch.float64
+
+# The bounds on the sizes a caller passes (the chapters' own in the comments).
+MAX_POSITIONS = 10_001        # a slider's positions (chapter 8's step slider: 1,001)
+MAX_KL_GRID = 40_001          # kl_page's quadrature points (chapter 2: 4,001)
+MAX_COMPONENTS = 100          # kl_page's mixture components (chapter 2: 2)
+MAX_ELBO_DIM = 1_000          # elbo_page's data dimension D (chapter 3: 2)
+PINNED_SIGMA = (0.05, 100.0)  # pinned_page's sigma (chapter 5: 1.5)
+MAX_PINNED_SAMPLES = 200_000  # pinned_page's samples a histogram (chapter 5: 20,000)
+MAX_BINS = 1_000              # pinned_page's histogram bins (chapter 5: 80)
+MAX_FORWARD_T = 10_000        # forward_page's chain steps (chapter 8: 1,000)
+MAX_FORWARD_POINTS = 10_000   # forward_page's points drawn (chapter 8: 500)
+MAX_SOLVER_POINTS = 20_000    # the solver pages' points (chapters 13 and 15: 2,000)
+MAX_DRAWN = 10_000            # the solver pages' ends drawn (300)
+MAX_PATHS = 200               # the solver pages' paths drawn (40)
+MAX_STEP_COUNTS = 100         # the solver pages' step counts, the slider's positions (15, 14)
+MAX_STEPS_SUM = 5_000         # their sum, the steps each solver runs (235, 230)
 
 
 def pack(a, dtype: str = "f64") -> dict:
@@ -43,14 +65,34 @@ def pack(a, dtype: str = "f64") -> dict:
 
 
 def slider_values(lo: float, hi: float, step: float) -> list[float]:
-    """The positions of a slider from lo to hi by step, as ipywidgets has them."""
-    n = int(round((hi - lo) / step)) + 1
+    """The positions of a slider from lo to hi by step, as ipywidgets has them: lo <= hi
+    and step > 0, finite, and at most MAX_POSITIONS = 10,001 positions (the chapters'
+    longest slider, chapter 8's steps 0..1000, has 1,001)."""
+    a = checks.real("lo", lo)
+    b, h = checks.real("hi", hi, low=a), checks.positive("step", step)
+    span = (b - a) / h  # inf when hi - lo overflows or step is subnormal
+    n = round(span) + 1 if math.isfinite(span) else math.inf
+    if n > MAX_POSITIONS:
+        raise checks.ArgumentError(
+            f"a slider from lo = {a:g} to hi = {b:g} by step = {h:g} has "
+            f"{n:,} positions, more than {MAX_POSITIONS:,}: a slider is some hundreds of "
+            "pixels wide, so past some thousands of positions it cannot be shown on a page "
+            "(and every position's numbers travel in the page's state); take a larger step")
     return [round(lo + k * step, 10) for k in range(n)]
 
 
 def control(name, label, lo, hi, step, value, fmt=2) -> dict:
-    return {"name": name, "label": label, "values": slider_values(lo, hi, step),
-            "value": value, "digits": fmt}
+    """A slider from lo to hi by step (`slider_values`, at most 10,001 positions) that starts
+    at value, one of its positions (the page would start another at its first), shown with
+    fmt digits (0 to 15)."""
+    values = slider_values(lo, hi, step)
+    start = checks.real(f"value (where the slider {name} starts)", value)
+    if not any(abs(v - start) < 1e-9 for v in values):  # the page's own test
+        raise checks.ArgumentError(f"value = {start:g} is not a position of the slider {name} "
+                                   f"(from {lo:g} to {hi:g} by {step:g}): the page would "
+                                   "start it at its first position")
+    return {"name": name, "label": label, "values": values, "value": value,
+            "digits": checks.count("fmt (the digits shown)", fmt, minimum=0, maximum=15)}
 
 
 def chapter8_mixture() -> GaussianMixture:
@@ -61,11 +103,35 @@ def chapter8_mixture() -> GaussianMixture:
 
 
 # --- chapters 2, 3, 5: the ELBO chapters' explorers ------------------------------------------
+def _kl_sizes(weights, means, stds, lim, n_grid):
+    """kl_page's arguments, checked before anything is computed (see `kl_page`)."""
+    weights, means, stds = list(weights), list(means), list(stds)
+    k = checks.size("weights (the mixture's components)", len(weights), MAX_COMPONENTS,
+                    "a density of more bumps is beyond what the explorer's drawing of 241 "
+                    "points shows (the chapter's has 2)")
+    if not len(means) == len(stds) == k:
+        raise checks.ArgumentError(f"weights, means and stds must have one length (one "
+                                   f"entry a component), got {k}, {len(means)} and "
+                                   f"{len(stds)}")
+    lim = checks.positive("lim (the quadrature runs over [-lim, lim])", lim)
+    n_grid = checks.size("n_grid (the quadrature's points)", n_grid, MAX_KL_GRID,
+                         "every one of the state's 12,719 pairs of integrals runs over the "
+                         "grid (the chapter's 4,001 take some seconds, 40,001 a minute or "
+                         "more)", minimum=2)
+    return weights, means, stds, lim, n_grid
+
+
 def kl_page(weights=(0.5, 0.5), means=(-2.5, 2.5), stds=(0.7, 0.7), lim: float = 12,
             n_grid: int = 4001) -> dict:
     """Chapter 2: KL(p||q) and KL(q||p) (as `widgets.plot_fit` computes them, quadrature on
-    the chapter's grid) for q = N(mean, std^2) at every slider position."""
-    p = gaussian_mixture_1d(list(weights), list(means), list(stds))
+    the chapter's grid) for q = N(mean, std^2) at every slider position.
+
+    p: a 1-D mixture of 1 to MAX_COMPONENTS = 100 components (weights, means, stds of one
+    length; the chapter's has 2). The quadrature: n_grid points on [-lim, lim], 2 to
+    MAX_KL_GRID = 40,001 (the chapter's 4,001; the state's 12,719 pairs of integrals take
+    some seconds on it, and a minute or more on 40,001)."""
+    weights, means, stds, lim, n_grid = _kl_sizes(weights, means, stds, lim, n_grid)
+    p = gaussian_mixture_1d(weights, means, stds)
     grid = torch.linspace(-lim, lim, n_grid, dtype=F64)
     mus = torch.tensor(slider_values(-4, 4, 0.05), dtype=F64)
     sds = slider_values(0.1, 4, 0.05)
@@ -86,9 +152,18 @@ def kl_page(weights=(0.5, 0.5), means=(-2.5, 2.5), stds=(0.7, 0.7), lim: float =
 def elbo_page(W, b, sigma, x) -> dict:
     """Chapter 3: the terms of `explorers.elbo_terms` (the same calls, batched) of the
     linear Gaussian model at every (mean, std) of q; the page draws the three Gaussian
-    densities (closed form) and the bars."""
-    model = LinearGaussian(torch.as_tensor(W, dtype=F64), torch.as_tensor(b, dtype=F64),
-                           sigma)
+    densities (closed form) and the bars. W: (D, 1), a one-dimensional latent (the sliders
+    move q's one mean and std), with D at most MAX_ELBO_DIM = 1,000 (the chapter's 2)."""
+    W = torch.as_tensor(W, dtype=F64)
+    if W.dim() == 2:
+        checks.size("D (the rows of W, the data's dimension)", W.shape[0], MAX_ELBO_DIM,
+                    "the state's 6,050 positions of q each hold a (D,) reconstruction and "
+                    "the marginal a (D, D) covariance (the chapter's D is 2)")
+        if W.shape[1] != 1:
+            raise checks.ArgumentError(f"W must be (D, 1), a one-dimensional latent (the "
+                                       f"sliders move q's one mean and one std), got "
+                                       f"{tuple(W.shape)}")
+    model = LinearGaussian(W, torch.as_tensor(b, dtype=F64), sigma)
     x = torch.as_tensor(x, dtype=F64)
     means, stds = slider_values(-3, 3, 0.05), slider_values(0.05, 2.5, 0.05)
     M, S = torch.meshgrid(torch.tensor(means, dtype=F64), torch.tensor(stds, dtype=F64),
@@ -112,7 +187,26 @@ def pinned_page(mu: float, sigma: float, d: int, n: int = 20_000, seed: int = 0,
                 bins: int = 80) -> dict:
     """Chapter 5: the pinned model's gap at every (t, s) (`pinned_gap`), the log10 gap map
     of `plot_pinned`'s left panel, and for every s the histogram of `pinned_samples` (the
-    right panel: the samples depend on s only)."""
+    right panel: the samples depend on s only).
+
+    The bounds (the chapter's values in brackets): sigma in [0.05, 100] [1.5] (the decoder
+    std's slider runs from 0.05 to 1.6 sigma by 0.05: 3,201 positions at sigma = 100, each
+    with a histogram of its own); n, the samples a histogram, 2 to MAX_PINNED_SAMPLES =
+    200,000 [20,000]; bins 1 to MAX_BINS = 1,000 [80]; d, the data's dimension, >= 1 [2]."""
+    mu = checks.real("mu", mu)
+    lo, hi = PINNED_SIGMA
+    sigma = checks.real("sigma (the data's std)", sigma, low=lo)
+    if sigma > hi:
+        raise checks.ArgumentError(
+            f"sigma must be at most {hi:g}, got {sigma:g}: the decoder std's slider runs "
+            f"from 0.05 to 1.6 sigma by 0.05, {round(1.6 * sigma / 0.05):,} positions, each "
+            "with a histogram of n samples of its own (the chapter's sigma is 1.5)")
+    d = checks.count("d (the data's dimension)", d)
+    n = checks.size("n (the samples a histogram)", n, MAX_PINNED_SAMPLES,
+                    "each of the decoder std's slider positions draws its own n samples "
+                    "(the chapter's 20,000 give smooth histograms)", minimum=2)
+    bins = checks.size("bins", bins, MAX_BINS, "the page draws each histogram's bars in a "
+                       "panel some hundreds of pixels wide (the chapter's 80)")
     ts, ss = slider_values(0.05, 1.6, 0.05), slider_values(0.05, 1.6 * sigma, 0.05)
     T, S = torch.meshgrid(torch.tensor(ts, dtype=F64), torch.tensor(ss, dtype=F64),
                           indexing="xy")
@@ -146,7 +240,15 @@ def pinned_page(mu: float, sigma: float, d: int, n: int = 20_000, seed: int = 0,
 def forward_page(T: int = 1000, n: int = 500, seed: int = 2) -> dict:
     """Chapter 8: alpha_bar_t of the linear and cosine schedules (`Diffusion.alphas_bar`),
     and n points x_0 of the mixture with fixed noise eps; the page draws
-    x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps (`Diffusion.q_sample`)."""
+    x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps (`Diffusion.q_sample`). T at
+    most MAX_FORWARD_T = 10,000 (the chapter's 1,000; its slider has T + 1 positions), n at
+    most MAX_FORWARD_POINTS = 10,000 (the chapter's 500, each drawn at every move); the
+    slider starts at t = 100, or at T when T < 100."""
+    T = checks.size("T (the chain's steps)", T, MAX_FORWARD_T, "the step slider has T + 1 "
+                    f"positions, and a slider of more than {MAX_POSITIONS:,} cannot be shown "
+                    "on a page (the chapter's T is 1,000)")
+    n = checks.size("n (the points drawn)", n, MAX_FORWARD_POINTS, "the page draws each "
+                    "of them at every move of the slider (the chapter's 500)")
     mix = chapter8_mixture()
     _, x0 = mix.sample(n, generator=torch.Generator().manual_seed(seed))
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed + 1),
@@ -154,7 +256,7 @@ def forward_page(T: int = 1000, n: int = 500, seed: int = 2) -> dict:
     abar = {name: dm.Diffusion(betas(T)).alphas_bar.to(F64)
             for name, betas in [("linear", dm.linear_betas), ("cosine", dm.cosine_betas)]}
     return {"kind": "forward", "T": T,
-            "controls": [control("t", "step t", 0, T, 1, 100, 0)],
+            "controls": [control("t", "step t", 0, T, 1, min(100, T), 0)],
             "schedules": list(abar), "alpha_bar": {k: pack(v) for k, v in abar.items()},
             "x0": pack(x0, "f32"), "eps": pack(eps, "f32"),
             "means": mix.means.tolist()}
@@ -228,6 +330,31 @@ SOLVER_STEPS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 25, 32, 40, 50)
 FEWSTEP_STEPS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 48, 64)
 
 
+def _solver_sizes(n, n_draw, n_paths, steps) -> tuple[int, int, int, list[int]]:
+    """The solver pages' sizes, checked before anything is solved (see `solvers_page`)."""
+    n = checks.size("n (the points solved)", n, MAX_SOLVER_POINTS, "the reference and "
+                    "every solver run on all of them (the chapters' 2,000 take some seconds)")
+    n_draw = checks.size("n_draw (the ends drawn)", n_draw, MAX_DRAWN, "the page draws "
+                         "each of them at every move of the slider (the chapters' 300)")
+    n_paths = checks.size("n_paths (the paths drawn)", n_paths, MAX_PATHS, "each path "
+                          "travels in the page's state at every step count (the chapters' "
+                          "40)")
+    steps = list(steps)
+    checks.size("steps (the step counts, the slider's positions)", len(steps),
+                MAX_STEP_COUNTS, "each is a run of every solver on all the points (the "
+                "chapters' sliders have 15 and 14)")
+    steps = [checks.count("every step count in steps", k) for k in steps]
+    if any(b <= a for a, b in zip(steps[:-1], steps[1:], strict=True)):
+        raise checks.ArgumentError(f"steps must increase (the slider's positions in order), "
+                                   f"got {steps}")
+    if sum(steps) > MAX_STEPS_SUM:
+        raise checks.ArgumentError(
+            f"steps must sum to at most {MAX_STEPS_SUM:,} steps, got {sum(steps):,}: each "
+            "solver runs every count on all the points, and their paths travel in the "
+            "page's state (the chapters' step counts sum to 235 and 230)")
+    return n, n_draw, n_paths, steps
+
+
 def _t_grid(n: int) -> list[float]:
     """Chapter 13's grid of n steps, linspace(1, 0, n + 1) (float32 times, as it has them)."""
     return torch.linspace(1, 0, n + 1).tolist()
@@ -238,7 +365,13 @@ def solvers_page(n: int = 2_000, seed: int = 4, n_draw: int = 300, n_paths: int 
     """Chapter 13: DDIM, Euler and Heun on the mixture's probability-flow ODE
     (`sde.ddim`, `sde.euler`, `sde.heun` with the exact score) from t = 1 to 0, against the
     chapter's reference (Heun, 4,000 steps), from the points of its table: n = 2,000
-    points of N(0, I) drawn from seed 4, so that its numbers are the table's."""
+    points of N(0, I) drawn from seed 4, so that its numbers are the table's.
+
+    The bounds, checked before anything is solved (the chapter's values in brackets): n
+    at most MAX_SOLVER_POINTS = 20,000 [2,000]; n_draw at most MAX_DRAWN = 10,000 [300];
+    n_paths at most MAX_PATHS = 200 [40]; steps, increasing step counts, at most
+    MAX_STEP_COUNTS = 100 of them [15] summing to at most MAX_STEPS_SUM = 5,000 [235]."""
+    n, n_draw, n_paths, steps = _solver_sizes(n, n_draw, n_paths, steps)
     mix, vp = chapter8_mixture(), sde.VPSDE()
 
     def score(x, t):
@@ -269,7 +402,9 @@ def fewstep_page(n: int = 2_000, seed: int = 1, n_draw: int = 300, n_paths: int 
     """Chapter 15: Euler and Heun (`fewstep.ode_sample`, as the chapter calls it) on the
     linear path's exact velocity (`fewstep.MixturePath.velocity`) from tau = 1 to 0,
     against the exact flow map (`fewstep.ode_map`, DOP853), from the chapter's x1: n points
-    of N(0, I) from seed 1 (its N_TOY: 2,000 in the cpu profile its stored run used)."""
+    of N(0, I) from seed 1 (its N_TOY: 2,000 in the cpu profile its stored run used).
+    The bounds of `solvers_page` (the chapter's steps: 14 counts summing to 230)."""
+    n, n_draw, n_paths, steps = _solver_sizes(n, n_draw, n_paths, steps)
     mix = chapter8_mixture()
     path = fewstep.MixturePath(mix)
     x1 = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed), dtype=F64)
@@ -338,8 +473,17 @@ def latent_page(stored, span: float = 2.5, step: float = 0.05, dims=(0, 1)) -> d
     """Chapter 6: the latent explorer (`latent.latent_explorer`'s sliders: each latent
     coordinate from -span to span by step) with the decoder's weights, which the page runs
     (two small matrix products a position: exact arithmetic, held to Python by
-    tests/test_browser.py). stored: an .npz file written by `save_latent_decoder`."""
+    tests/test_browser.py). stored: an .npz file written by `save_latent_decoder`. Each
+    slider starts at 0, one of its positions (span a multiple of step), and has at most
+    10,001 positions (the chapter's 101); dims: distinct coordinates of the decoder's
+    latent."""
     layers = latent_decoder(stored)
+    latent = layers[0][0].shape[1]
+    dims = [checks.count(f"every coordinate in dims (of the decoder's {latent})", d,
+                         minimum=0, maximum=latent - 1) for d in dims]
+    if not dims or len(set(dims)) != len(dims):
+        raise checks.ArgumentError(f"dims must be distinct coordinates of the latent, at "
+                                   f"least one, got {dims}")
     return {"kind": "latent",
             "controls": [control(f"z{d}", f"z[{d}]", -span, span, step, 0.0) for d in dims],
             "layers": [{"W": pack(W.numpy(), "f16"), "b": pack(b.numpy(), "f16")}

@@ -1,19 +1,25 @@
 """Silent and cryptic answers of the guidance, EDM and in-painting code made clear errors
-(issue 65, points 1-9): each test failed on the code before its fix.
+(issue 65, points 1-10): each test failed on the code before its fix.
 
 Point 8's rule for the whole package: a public function that takes a reader's data tensors
-refuses NaN and inf in them (`checks.finite`), naming the argument.
+refuses NaN and inf in them (`checks.finite`), naming the argument. Point 10: every size a
+reader passes to the web explorers' state builders and to the solvers' grids is bounded,
+checked before anything is computed, with an error that says the limit and why.
 """
 
 from __future__ import annotations
 
+import inspect
+import json
 import math
+import time
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from companion import compare, edm, flow, inpainting, metrics, sde, toy
+from companion import compare, edm, fewstep, flow, inpainting, metrics, page_explorers, sde, toy
 from companion import diffusion as dm
 from companion import score as S
 from companion.models.classifier import NoisyClassifier
@@ -382,3 +388,190 @@ def test_09_the_divergences_name_a_field_that_cannot_be_differentiated(divergenc
     with pytest.raises(checks.ArgumentError, match=r"divergence needs the gradient of the "
                                                    r"field.*torch.no_grad\(\)"):
         divergence(lambda x, t: (-x).detach(), torch.randn(4, 2))
+
+
+# --- 10. the sizes of the explorers' states and of the solvers' grids are bounded ---------------
+PE = page_explorers
+ROOT = Path(__file__).resolve().parents[1]
+BILLION = 10**9
+FAST = 0.5  # seconds: a refusal checks the arguments first and computes nothing
+
+
+def _field(x, tau):
+    return -x
+
+
+def _latent(tmp_path, **kw):
+    """latent_page on a small saved decoder (2 -> 4 -> 784)."""
+    path = tmp_path / "dec.npz"
+    import numpy as np
+
+    np.savez(path, W0=np.zeros((4, 2), "<f2"), b0=np.zeros(4, "<f2"),
+             W1=np.zeros((784, 4), "<f2"), b1=np.zeros(784, "<f2"))
+    return PE.latent_page(path, **kw)
+
+
+# (the call, what its error says): each ended in a memory error naming no argument, ran for
+# minutes, or (the last ones) gave the page a state it cannot show, before the bounds
+OVERSIZED = {
+    "pinned_page sigma": (lambda _: PE.pinned_page(1.0, 1e4, 2),
+                          r"^sigma must be at most 100, got 10000: the decoder std's slider "
+                          r"runs from 0.05 to 1.6 sigma by 0.05, 320,000 positions"),
+    "pinned_page n": (lambda _: PE.pinned_page(1.0, 1.5, 2, n=BILLION),
+                      r"^n \(the samples a histogram\) must be at most 200,000"),
+    "pinned_page bins": (lambda _: PE.pinned_page(1.0, 1.5, 2, bins=BILLION),
+                         r"^bins must be at most 1,000"),
+    "slider_values": (lambda _: PE.slider_values(0, 1e9, 1e-3),
+                      r"from lo = 0 to hi = 1e\+09 by step = 0.001 has 1,000,000,000,001 "
+                      r"positions, more than 10,001: .*cannot be shown on a page"),
+    "slider_values, infinitely many": (lambda _: PE.slider_values(-1e308, 1e308, 1.0),
+                                       r"has inf positions, more than 10,001"),
+    "control": (lambda _: PE.control("t", "t", 0, 1e9, 1e-3, 0.0),
+                r"1,000,000,000,001 positions"),
+    "kl_page n_grid": (lambda _: PE.kl_page(n_grid=10**8),
+                       r"^n_grid \(the quadrature's points\) must be at most 40,001, got "
+                       r"100,000,000: every one of the state's 12,719 pairs of integrals"),
+    "kl_page components": (lambda _: PE.kl_page([1e-6] * 10**6, [0.0] * 10**6, [1.0] * 10**6),
+                           r"^weights \(the mixture's components\) must be at most 100"),
+    "elbo_page D": (lambda _: PE.elbo_page(torch.ones(10**5, 1), torch.zeros(10**5), 0.5,
+                                           torch.zeros(10**5)),
+                    r"^D \(the rows of W, the data's dimension\) must be at most 1,000"),
+    "forward_page T": (lambda _: PE.forward_page(T=BILLION),
+                       r"^T \(the chain's steps\) must be at most 10,000, got 1,000,000,000: "
+                       r"the step slider has T \+ 1 positions"),
+    "forward_page n": (lambda _: PE.forward_page(n=BILLION),
+                       r"^n \(the points drawn\) must be at most 10,000"),
+    "solvers_page steps": (lambda _: PE.solvers_page(steps=(10**7,)),
+                           r"^steps must sum to at most 5,000 steps, got 10,000,000"),
+    "solvers_page n": (lambda _: PE.solvers_page(n=10**8),
+                       r"^n \(the points solved\) must be at most 20,000"),
+    "solvers_page n_draw": (lambda _: PE.solvers_page(n_draw=BILLION),
+                            r"^n_draw \(the ends drawn\) must be at most 10,000"),
+    "solvers_page n_paths": (lambda _: PE.solvers_page(n_paths=10**6),
+                             r"^n_paths \(the paths drawn\) must be at most 200"),
+    "solvers_page, many counts": (lambda _: PE.solvers_page(steps=range(1, 10**6)),
+                                  r"^steps \(the step counts, the slider's positions\) must "
+                                  r"be at most 100"),
+    "fewstep_page n": (lambda _: PE.fewstep_page(n=10**8),
+                       r"^n \(the points solved\) must be at most 20,000"),
+    "fewstep_page steps": (lambda _: PE.fewstep_page(steps=(1, 2, 10**7)),
+                           r"^steps must sum to at most 5,000"),
+    "latent_page span": (lambda tmp: _latent(tmp, span=1e9, step=0.05),
+                         r"has 40,000,000,001 positions, more than 10,001"),
+    "rho_grid": (lambda _: edm.rho_grid(BILLION),
+                 r"^n \(the number of steps, a positive int\) must be at most 100,000, got "
+                 r"1,000,000,000: a grid of more steps is beyond any sampler the book runs"),
+    "log_sigma_grid": (lambda _: edm.log_sigma_grid(BILLION),
+                       r"^n \(the number of steps.*at most 100,000.*beyond any sampler"),
+    "uniform_grid": (lambda _: flow.uniform_grid(BILLION),
+                     r"^n_steps \(a positive int\) must be at most 100,000.*beyond any"),
+    "fewstep.ode_sample": (lambda _: fewstep.ode_sample(_field, torch.zeros(2, 2), BILLION),
+                           r"^n_steps must be at most 100,000"),
+    "fewstep.straightness": (lambda _: fewstep.straightness(_field, torch.zeros(2, 2),
+                                                            BILLION),
+                             r"^n_steps must be at most 100,000"),
+    "fewstep.jump_sample": (lambda _: fewstep.jump_sample(_field, torch.zeros(2, 2), BILLION),
+                            r"^n_steps must be at most 100,000"),
+    "fewstep.gaussian_straightness": (lambda _: fewstep.gaussian_straightness(0.3, 2, BILLION),
+                                      r"^n \(the trapezoid rule's points\) must be at most "
+                                      r"1,000,001"),
+}
+
+
+@pytest.mark.parametrize("name", list(OVERSIZED))
+def test_10_an_oversized_argument_is_refused_at_once_with_its_limit(name, tmp_path):
+    call, match = OVERSIZED[name]
+    start = time.perf_counter()
+    with pytest.raises(checks.ArgumentError, match=match):
+        call(tmp_path)
+    assert time.perf_counter() - start < FAST
+
+
+# what the page could not show: a slider that starts off its positions, a latent coordinate
+# the decoder lacks, steps out of order, a two-dimensional latent for sliders of one
+MISSHAPEN = {
+    "control value": (lambda _: PE.control("z", "z", -1, 1, 0.3, 0.0),
+                      r"^value = 0 is not a position of the slider z \(from -1 to 1 by 0.3\)"),
+    "latent_page span": (lambda tmp: _latent(tmp, span=1.0, step=0.3),
+                         r"^value = 0 is not a position of the slider z0"),
+    "latent_page dims": (lambda tmp: _latent(tmp, dims=(0, 5)),
+                         r"^every coordinate in dims \(of the decoder's 2\) must be a whole "
+                         r"number in 0..1, got 5"),
+    "solvers_page steps order": (lambda _: PE.solvers_page(steps=(5, 2)),
+                                 r"^steps must increase"),
+    "elbo_page K": (lambda _: PE.elbo_page([[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0], 0.5,
+                                           [0.0, 0.0]), r"^W must be \(D, 1\)"),
+    "slider_values step 0": (lambda _: PE.slider_values(0, 1, 0), r"^step must be"),
+}
+
+
+@pytest.mark.parametrize("name", list(MISSHAPEN))
+def test_10_what_the_page_could_not_show_is_refused(name, tmp_path):
+    call, match = MISSHAPEN[name]
+    with pytest.raises(checks.ArgumentError, match=match):
+        call(tmp_path)
+
+
+def test_10_the_step_slider_of_a_short_chain_starts_on_it():
+    """forward_page(T < 100) started its slider at 100, off its positions (the page then
+    started it at 0); it starts at T."""
+    state = PE.forward_page(T=50, n=5)
+    assert state["controls"][0]["value"] == 50 and state["controls"][0]["values"][-1] == 50
+
+
+@pytest.mark.parametrize("call", [
+    lambda: edm.rho_grid(checks.MAX_GRID_STEPS), lambda: edm.log_sigma_grid(100_000),
+    lambda: flow.uniform_grid(100_000), lambda: PE.slider_values(0, 10_000, 1),
+    lambda: PE.forward_page(T=10_000, n=10), lambda: PE.pinned_page(0.0, 0.05, 1, n=2),
+], ids=["rho_grid", "log_sigma_grid", "uniform_grid", "slider_values", "forward_page",
+        "pinned_page"])
+def test_10_the_limits_themselves_are_accepted(call):
+    assert call() is not None
+
+
+def _chapter_explorers():
+    """(chapter, explorer, args) of every explorer cell of the chapters (their metadata)."""
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            spec = cell["metadata"].get("explorer")
+            if spec:
+                yield path.stem, spec["name"], spec.get("args", {})
+
+
+CHAPTER_EXPLORERS = list(_chapter_explorers())
+
+
+def _with_defaults(fn, args: dict) -> dict:
+    bound = inspect.signature(fn).bind_partial(**args)
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+@pytest.mark.parametrize("chapter, name, args", CHAPTER_EXPLORERS,
+                         ids=[f"{c}-{n}" for c, n, _ in CHAPTER_EXPLORERS])
+def test_10_the_chapters_own_explorers_are_within_the_bounds(chapter, name, args):
+    """The arguments each chapter's explorer cell names pass the bounds: the slow builders
+    (kl, solvers, fewstep: seconds) through their checks alone, the others whole."""
+    if name == "kl":
+        PE._kl_sizes(**_with_defaults(PE.kl_page, args))
+    elif name in ("solvers", "fewstep"):
+        a = _with_defaults(PE.PAGES[name], args)
+        PE._solver_sizes(a["n"], a["n_draw"], a["n_paths"], a["steps"])
+    else:
+        if "stored" in args:
+            args = {**args, "stored": ROOT / args["stored"]}
+        assert PE.page_state(name, **args)["controls"]
+
+
+def test_10_every_explorer_of_the_page_is_a_chapters():
+    assert {name for _, name, _ in CHAPTER_EXPLORERS} == set(PE.PAGES)
+
+
+def test_10_the_chapters_grids_are_within_the_bound():
+    """The chapters' longest grids: chapter 17's rho_grid(128), chapter 15's straightness
+    over 1,000 steps, chapter 13's 4,000-step reference (uniform in tau here)."""
+    assert len(edm.rho_grid(128)) == 129 and len(edm.log_sigma_grid(128)) == 129
+    assert len(flow.uniform_grid(4000)) == 4001
+    _, s = fewstep.straightness(_field, torch.zeros(2, 2), 1000)
+    assert s.shape == (2,)
+    assert fewstep.gaussian_straightness(1.0, 2) > 0  # its default 20,001 points

@@ -75,6 +75,30 @@ def count(name: str, value, minimum: int = 1, maximum: int | None = None) -> int
     return v
 
 
+def size(name: str, value, maximum: int, why: str, minimum: int = 1) -> int:
+    """`value` as an int in minimum..maximum: a size a reader passes (a number of points,
+    steps, slider positions) that past `maximum` would end in a memory error naming no
+    argument, or in minutes of computing for nothing; `why` says why the bound (the error
+    for a size above it says the limit and the why)."""
+    v = count(name, value, minimum)
+    if v > maximum:
+        raise ArgumentError(f"{name} must be at most {maximum:,}, got {v:,}: {why}")
+    return v
+
+
+# A solver's steps: the book's longest solve (chapter 13's reference, Heun) has 4,000.
+MAX_GRID_STEPS = 100_000
+
+
+def grid_steps(name: str, value) -> int:
+    """`value`, a solver's number of steps (the intervals of its grid), as an int in
+    1..MAX_GRID_STEPS = 1..100,000: 25 times the book's longest solve (chapter 13's
+    reference, 4,000 steps of Heun). Past that a grid is beyond any sampler the book runs;
+    a billion steps ended in a memory error that named no argument."""
+    return size(name, value, MAX_GRID_STEPS, "a grid of more steps is beyond any sampler "
+                "the book runs (its longest solve, chapter 13's reference, takes 4,000)")
+
+
 def one_of(name: str, value, options, what: str = ""):
     """`value` if it is one of `options`; `what` says what the options mean."""
     if value not in options:
