@@ -580,8 +580,8 @@ def frechet_bootstrap(features: dict, reference: torch.Tensor, draws: int, *,
     d = 128, N = 160 in tests/test_frechet_error.py: 1.4 to 2.3 times for one distance, 1.2
     to 1.4 for a difference, where the jackknife gives 1.0 to 1.2): a resample holds about
     0.63 N distinct rows, so its covariance is rank-deficient. The book's chapters use
-    `frechet_jackknife`, except chapters 13, 14 and 15 until they are executed again; this
-    stays for comparison (tests/test_frechet_error.py).
+    `frechet_jackknife`; this stays for comparison (tests/test_frechet_error.py, and
+    chapter 17's check of both against redraws).
     Returns (fd, boot): {key: float} and {key: (draws,) float64}.
     """
     sizes = {len(f) for f in features.values()}

@@ -899,7 +899,7 @@ def consistency_distillation(teacher, x, profile, device, *, prefix: str = "ch15
     """Chapter 15's consistency distillation (Song et al. 2023), load-or-train: the map
     f(x, tau) = x - tau u(x, tau), u started from the teacher's velocity, trained with
     `companion.fewstep.consistency_distillation_loss` on cd_N intervals with the teacher's
-    Euler steps. x: (N, 1, 28, 28) training images in [0, 1].
+    Heun steps. x: (N, 1, 28, 28) training images in [0, 1].
     Returns (u: EMA model in eval mode, FitResult)."""
     from .fewstep import consistency_distillation_loss
 

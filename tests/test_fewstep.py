@@ -79,6 +79,7 @@ def test_one_euler_step_lands_at_the_data_mean():
     assert torch.allclose(one, mean.expand(7, 2), atol=1e-12)
 
 
+@pytest.mark.slow
 def test_euler_converges_to_the_accurate_map_on_the_mixture():
     path = mixture()
     x1 = torch.randn(40, 2, generator=torch.Generator().manual_seed(4), dtype=F64)
@@ -182,6 +183,7 @@ def per_point(fn, K):
     return model
 
 
+@pytest.mark.slow
 def test_consistency_loss_of_the_exact_map_is_the_teachers_step_error():
     """f(x, tau) = phi_{tau -> 0}(x) is constant along the exact paths: its loss is only the
     teacher's Euler step error, O(1/N^2) per interval, while a wrong map's stays O(1)."""

@@ -68,6 +68,7 @@ def test_classifier_guided_eps_with_the_exact_classifier_is_the_conditional_nois
     assert torch.allclose(three, eps(x, t) - 3 * sigma * g(x, t), atol=1e-10)
 
 
+@pytest.mark.slow
 def test_noisy_classifier_takes_the_step_and_learns_from_its_loss():
     """The step changes the logits; a few Adam steps on the noisy loss lower it on a
     fixed batch (the time layers get gradients)."""

@@ -66,6 +66,7 @@ def test_shapes_and_layers(m):
     assert model.sample(5).shape == (5, 1, 28, 28)
 
 
+@pytest.mark.slow
 def test_per_layer_kls_sum_to_a_joint_monte_carlo_kl():
     """sum_i E KL(q(z_i | z_>i, x) || p(z_i | z_>i)) = E_q[log q(z|x) - log p(z)], z joint."""
     torch.manual_seed(0)
@@ -173,6 +174,7 @@ def test_iw_is_exact_with_the_true_posterior_of_a_linear_gaussian_hierarchy():
         torch.testing.assert_close(est.log_px, lg.log_px(x), rtol=0, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_iw_is_above_the_elbo_and_grows_with_k():
     lg = LinearGaussianHierarchy()
     torch.manual_seed(0)

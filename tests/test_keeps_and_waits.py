@@ -30,6 +30,7 @@ from companion.run.checkpoint import (
     CheckpointBusyError,
     CheckpointMismatchError,
     CheckpointSaveError,
+    digest,
 )
 from companion.train import fit
 
@@ -353,6 +354,29 @@ def test_9_a_changed_module_tree_is_refused_by_name(tmp_path, before, after, nam
     with pytest.raises(CheckpointMismatchError, match=named):
         fit(nn.Sequential(nn.Linear(3, 4), after, nn.Linear(4, 1)), mse, (X, Y), steps=4,
             quiet=True, checkpoint=path)
+
+
+
+def test_9_a_module_tree_printed_by_another_torch_version_is_accepted(tmp_path):
+    """torch 2.14 prints "bias=True" in its norm layers and 2.11 does not: a checkpoint
+    saved under one (CI's venv) must load under the other (Colab's), while a setting both
+    print still has to agree."""
+    path = tmp_path / "m.pt"
+    make = lambda eps: nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4, eps=eps),  # noqa: E731
+                                     nn.Linear(4, 1))
+    fit(make(1e-5), mse, (X, Y), steps=2, quiet=True, checkpoint=path)
+    state = torch.load(path, weights_only=False)
+    tree = state["identity"]["structure"]
+    assert any("LayerNorm" in line for line in tree)
+    state["identity"]["structure"] = [line.replace("elementwise_affine=True",
+                                                   "elementwise_affine=True, bias=True")
+                                      for line in tree]
+    state["digest"] = digest({k: v for k, v in state.items() if k != "digest"})
+    torch.save(state, path)
+    fit(make(1e-5), mse, (X, Y), steps=4, quiet=True, checkpoint=path)
+    assert torch.load(path, weights_only=False)["step"] == 4
+    with pytest.raises(CheckpointMismatchError, match="eps=0.001"):
+        fit(make(1e-3), mse, (X, Y), steps=6, quiet=True, checkpoint=path)
 
 
 # --- 4, 5, 7, 10. ranks: agree or fail fast; waits with a time limit ----------------------------

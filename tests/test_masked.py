@@ -147,6 +147,7 @@ def test_reveal_counts():
         assert sum(c) == 784 and len(c) == 10 and min(c) >= 0
 
 
+@pytest.mark.slow
 def test_one_pixel_a_step_samples_the_distribution_and_one_step_does_not(toy):
     g = torch.Generator().manual_seed(4)
     n = 20_000
@@ -181,6 +182,7 @@ def test_masked_unet_takes_states_and_returns_one_logit_per_pixel():
     assert diff == {"stem.weight"}
 
 
+@pytest.mark.slow
 def test_existing_unets_are_unchanged():
     torch.manual_seed(0)
     net = UNet(preset("tiny", T=100))

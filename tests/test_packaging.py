@@ -3,6 +3,7 @@
 import re
 from pathlib import Path
 
+import pytest
 import tomllib
 import yaml
 
@@ -52,6 +53,7 @@ def test_makefile_targets():
         assert re.search(rf"^{target}:", makefile, re.M), target
 
 
+@pytest.mark.slow
 def test_the_wheel_ships_every_subpackage(tmp_path):
     """What Colab's install cell installs (a wheel built from pyproject.toml) holds every
     package of companion, companion.run and companion.models among them (issue 51)."""

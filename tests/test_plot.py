@@ -56,6 +56,7 @@ def _legend_figure(width_in, legend_size):
     return fig
 
 
+@pytest.mark.slow
 def test_check_refuses_text_under_9_px_at_the_column_width():
     plot.use_style()
     fig = _legend_figure(15, 8)  # the book's old 15-inch, 8-point legends
@@ -67,6 +68,7 @@ def test_check_refuses_text_under_9_px_at_the_column_width():
     plt.close("all")
 
 
+@pytest.mark.slow
 def test_check_passes_the_convention_figures():
     plot.use_style()
     fig, axes = plot.subplots(1, 3)

@@ -80,6 +80,7 @@ def test_probability_flow_ode_is_the_gaussian_transport_map():
     assert torch.allclose(back, x0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_reverse_sde_samples_the_data():
     n = 40_000
     g = torch.Generator().manual_seed(1)
@@ -184,6 +185,7 @@ def within_5_se(runs, exact):
     return bool(((runs.mean(0) - exact).abs() < 5 * se + 1e-4).all())
 
 
+@pytest.mark.slow
 def test_ode_likelihood_with_hutchinson_is_unbiased_on_gaussian_data(monkeypatch):
     x0 = (torch.randn(4, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
           @ torch.linalg.cholesky(SIGMA).T + M)

@@ -94,6 +94,7 @@ def test_the_network_depends_on_t_and_on_x():
     assert (a - c).abs().max() > 0.05 * scale
 
 
+@pytest.mark.slow
 def test_images_do_not_mix_in_a_batch():
     """GroupNorm and attention act per image: a batch's outputs are the single outputs."""
     model = _randomize(UNet(preset("tiny"))).eval()

@@ -156,6 +156,7 @@ def test_elbo_loss_binarizes_bernoulli_batches():
     assert torch.equal(seen[1], grey)
 
 
+@pytest.mark.slow
 def test_training_raises_the_elbo():
     torch.manual_seed(0)
     x = images(128, binary=False) * 0.3  # sparse, digit-like intensities

@@ -86,12 +86,14 @@ if [ $mode != runner ]; then exec > >(tee -a "$OUT/log.txt") 2>&1; fi
 # the wheels, where this python3 lacks what they hold (the device's; not a venv here)
 if [ $dry = 0 ] && compgen -G ".whl/*.whl" >/dev/null &&
     { [ -f /tmp/site/.installed ] || ! "$PY" -c "import nbclient, ipykernel, mlxtend" 2>/dev/null; }; then
+  # on the path before check-env looks: without it every carried package reads as missing
+  export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
   if [ ! -f /tmp/site/.installed ]; then  # once per machine: the next calls find it there
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target /tmp/site .whl/*.whl && touch /tmp/site/.installed || exit 1
+      --target /tmp/site .whl/*.whl || exit 1
     "$PY" $here/gpu_plan.py check-env || exit 1
+    touch /tmp/site/.installed
   fi
-  export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
 fi
 if [ $mode != runner ]; then
   "$PY" -c "import torch, nbclient, ipykernel, mlxtend, companion

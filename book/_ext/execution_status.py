@@ -219,8 +219,10 @@ def memory_cell(st: NotebookStatus) -> str:
     (88 px over, measured with test_browser), and the memory belongs to the device."""
     parts = []
     if st.cuda_peak_mib is not None:
-        reserved = "" if st.cuda_reserved_mib is None else f" / {st.cuda_reserved_mib / 1024:.1f}"
-        parts.append(unbroken(f"peak {st.cuda_peak_mib / 1024:.1f}{reserved} GiB"))
+        peak = unbroken(f"peak {st.cuda_peak_mib / 1024:.1f}")
+        # may break after the slash: 'peak 3.5 /' over '7.6 GiB' (the column is narrow)
+        parts.append(f"{peak} GiB" if st.cuda_reserved_mib is None else
+                     f"{peak} / {gib(st.cuda_reserved_mib)}")
     elif st.device_peak_mib is not None:
         parts.append(f"device {gib(st.device_peak_mib)}")
     if st.t4:

@@ -455,11 +455,46 @@ def _data_difference(saved: list, now: list) -> str:
     return ""
 
 
+def _settings(line: str) -> tuple[str, dict[str, str]]:
+    """A `structure` line split into its head ("down.0: GroupNorm") and its settings,
+    {"eps": "1e-05", "#0": "4"} (positional ones numbered), split at the top-level commas
+    only: "kernel_size=(3, 3)" stays one setting."""
+    head, _, rest = line.partition("(")
+    rest = rest[:-1] if rest.endswith(")") else rest
+    parts, depth, cur = [], 0, ""
+    for ch in rest:
+        depth += (ch in "([{") - (ch in ")]}")
+        if ch == "," and depth == 0:
+            parts.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    if cur.strip():
+        parts.append(cur.strip())
+    settings = {}
+    for i, part in enumerate(parts):
+        key, eq, value = part.partition("=")
+        if eq:
+            settings[key.strip()] = value.strip()
+        else:
+            settings[f"#{i}"] = part
+    return head, settings
+
+
+def _same_line(a: str, b: str) -> bool:
+    """Two lines of a module tree agree: the same name and class, and the same value for
+    every setting both print. A setting only one prints is not compared: torch versions
+    differ in what `extra_repr` shows (2.14 adds "bias=True" to its norm layers), and a
+    checkpoint saved under one must load under another."""
+    (ha, sa), (hb, sb) = _settings(a), _settings(b)
+    return ha == hb and all(sa[k] == sb[k] for k in sa.keys() & sb.keys())
+
+
 def _structure_difference(saved: list, now: list) -> str:
     """'' when the module trees agree, else the first few lines that differ."""
-    if list(saved) == list(now):
+    if len(saved) == len(now) and all(map(_same_line, saved, now)):
         return ""
-    pairs = [(a, b) for a, b in zip(saved, now, strict=False) if a != b][:3]
+    pairs = [(a, b) for a, b in zip(saved, now, strict=False) if not _same_line(a, b)][:3]
     said = "; ".join(f"checkpoint {a!r}, this run {b!r}" for a, b in pairs)
     if len(saved) != len(now):
         said += (("; " if said else "") + f"checkpoint {len(saved)} modules, "
