@@ -1130,7 +1130,8 @@ def vdm_sampler(model, profile, device):
     T = ddpm_settings(profile)["T"]
     diffusion = Diffusion(V.chain_betas(model.schedule, T), device=device)
     with torch.no_grad():
-        gammas = model.schedule(torch.arange(1, T + 1, dtype=torch.float64) / T).float()
+        steps = torch.arange(1, T + 1, dtype=torch.float64, device=model.schedule._device())
+        gammas = model.schedule(steps / T).float()  # on the schedule's own device
     gammas = gammas.to(device)
     eps = vdm_eps_function(model, device, precision="mixed")
 

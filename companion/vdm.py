@@ -1029,8 +1029,8 @@ def edm_weighting(lam, P_mean: float = edm.P_MEAN, P_std: float = edm.P_STD,
         lambda = -2 ln sigma ~ N(-2 P_mean, (2 P_std)^2),
         w(lambda) = 2 N(lambda; -2 P_mean, (2 P_std)^2) (1 + e^-lambda / sigma_data^2)
 
-    (Kingma and Gao's table: N(lambda; 2.4, 2.4^2)(e^-lambda + 0.5^2) / 0.5^2, up to the
-    factor 2 sigma_data^2). NOT monotone: the Gaussian vanishes faster than e^-lambda grows
+    (Kingma and Gao's table: N(lambda; 2.4, 2.4^2)(e^-lambda + 0.5^2) / 0.5^2, which w is
+    twice). NOT monotone: the Gaussian vanishes faster than e^-lambda grows
     at low lambda, so w rises and then falls.
 
     Book: :eq:`ch18-weight-edm`.
