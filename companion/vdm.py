@@ -1010,7 +1010,8 @@ def lsimple_weighting(lam, schedule: Schedule | None = None) -> torch.Tensor:
     (`Schedule.log_snr_density`), 0 outside the schedule's range. For chapter 9's linear
     betas, -d lambda / dt = (1 - t_min) beta(u) (1 + e^lambda): p rises from about
     1 / (beta_max (1 + e^lambda)) at the noisy end to a peak near lambda = 0 and falls to 0 as
-    lambda grows: NOT monotone (Kingma and Gao's table says the same). The discrete chain,
+    lambda grows: NOT monotone (Kingma and Gao's table has epsilon-prediction for another
+    schedule, not chapter 9's linear betas). The discrete chain,
     t uniform on 1..T, is this density up to O(1/T).
 
     Book: :eq:`ch18-weight-lsimple`.
