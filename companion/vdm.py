@@ -843,11 +843,12 @@ def reconstruction_nll(schedule: Schedule, x: torch.Tensor, *, decoder: str = "d
                        generator: torch.Generator | None = None) -> torch.Tensor:
     """L_reconstruction = -log p(x | z_0), z_0 ~ q(z_0 | x), in nats: (B, ...) -> (B,).
 
-    The decoder is Gaussian in x with mean z_0 / alpha_0 (VDM's: no network, since sigma_0
-    is small) or, with eps_model, x_hat(z_0; gamma_0), and standard deviation
+    The decoder is Gaussian in x with mean z_0 / alpha_0 (no network, as in VDM, since
+    sigma_0 is small) or, with eps_model, x_hat(z_0; gamma_0), and standard deviation
     sigma_0 / alpha_0 = exp(gamma_0 / 2); "discretized" bins it into chapter 9's 256 levels
     of 8-bit pixels on [-1, 1] (`diffusion.discretized_gaussian_log_likelihood`, a
-    probability; x is checked to lie on the grid), "gaussian" is its density (real data).
+    probability; x is checked to lie on the grid; VDM instead normalizes the density over
+    the 256 values), "gaussian" is its density (real data).
 
     Book: :eq:`ch18-bound`.
     """
