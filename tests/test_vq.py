@@ -22,7 +22,8 @@ from companion.models.quantizer import (
     usage,
 )
 from companion.models.vae import VAE
-from companion.models.vqvae import VQVAE, VQLoss, negative_elbo
+from companion.models.vqvae import VQVAE, VQLoss, loss, negative_elbo
+from companion.run import memory
 
 
 def gen(seed):
@@ -238,7 +239,7 @@ def test_fsq_gradient_is_the_bound_s_derivative_over_the_half_width():
 
 
 # --- the VQ autoencoder ----------------------------------------------------------------------
-def test_vq_autoencoder_terms_bound_and_gradients():
+def test_vq_autoencoder_terms_bound_and_gradients(monkeypatch):
     torch.manual_seed(0)
     model = VQVAE(K=32, D=8)
     x = torch.bernoulli(torch.rand(4, 1, 28, 28, generator=gen(50)), generator=gen(51))
@@ -250,12 +251,24 @@ def test_vq_autoencoder_terms_bound_and_gradients():
     assert torch.equal(model.decode_indices(terms.indices), model.decode(z_q))
     bound = negative_elbo(model, x)
     assert torch.allclose(bound, -terms.reconstruction.double() + 49 * math.log(32))
+    total, logs = loss(model, x)
+    assert math.isclose(total.item(), (-terms.reconstruction + 1.25 * terms.codebook).mean()
+                        .item(), rel_tol=1e-6)
+    assert math.isclose(float(logs["usage"]), len(terms.indices.unique()) / 32)
+    prior = ARPrior(32, width=16, depth=1, heads=2)
+    whole = negative_elbo(model, x, lambda c: -prior.log_prob(c))
+    monkeypatch.setattr(memory, "MAX_IMAGES", 1)      # one image, 16 grids a call
+    assert torch.allclose(negative_elbo(model, x, lambda c: -prior.log_prob(c)), whole)
+    assert torch.allclose(whole - bound, -prior.log_prob(terms.indices).double()
+                          - 49 * math.log(32), atol=1e-4)
     # the reconstruction term alone reaches the encoder, straight through the quantizer
     (-terms.reconstruction.sum()).backward()
     assert model.encoder[0].weight.grad.abs().sum() > 0
     assert model.quantizer.codebook.grad is None
     fsq = VQVAE(quantizer="fsq", levels=(5, 4, 3))
     assert fsq.K == 60 and fsq.D == 3 and float(fsq(x).codebook.abs().sum()) == 0
+    with pytest.raises(ValueError, match="FSQ has no codes to restart"):
+        VQLoss(restart_after=3)(fsq, x)
 
 
 def test_vq_autoencoder_loss_falls_in_a_few_steps():

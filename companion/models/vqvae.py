@@ -32,6 +32,7 @@ from torch import nn
 
 from ..data import binarize, check_images
 from ..run import checks
+from ..run.memory import map_chunks
 from .quantizer import FSQ, Quantized, VectorQuantizer
 from .vae import down_convs, up_convs
 
@@ -79,7 +80,7 @@ class VQVAE(nn.Module):
                                                                     decay=decay)
         else:
             self.quantizer = FSQ(levels)
-        self.K, self.D, self.kind = self.quantizer.K, self.quantizer.D, quantizer
+        self.K, self.D = self.quantizer.K, self.quantizer.D
         self.encoder = nn.Sequential(*down_convs((c1, c2)), nn.Conv2d(c2, self.D, 1))
         self.decoder = nn.Sequential(nn.Conv2d(self.D, c2, 3, padding=1), nn.ReLU(),
                                      *up_convs((c2, c1), 1))
@@ -165,25 +166,51 @@ def negative_elbo(model: VQVAE, x: torch.Tensor,
     x: (B, 1, 28, 28) binary. code_nll: codes (B, 7, 7) -> (B,) nats, -log p(k) of a prior
     over code grids or an upper bound on it (chapter 14's masked diffusion bound with
     categories=K); None: the uniform prior, 49 log K. A one-hot posterior has no entropy, so
-    KL(q(k | x) || p(k)) = -log p(k(x)) and the sum is the negative ELBO."""
+    KL(q(k | x) || p(k)) = -log p(k(x)) and the sum is the negative ELBO. The model and
+    code_nll see at most companion.run.memory.MAX_IMAGES images (grids) a call."""
+    def reconstruct(xb):
+        terms = model(xb)
+        return terms.reconstruction, terms.indices
+
+    def nll(codes):
+        return checks.per_point(code_nll(codes), len(codes), who="code_nll",
+                                fix="-log p(k) in nats, one per code grid")
+
     with torch.no_grad():
         was = model.training
         model.eval()
         try:
-            terms = model(x)
+            rec, indices = map_chunks(reconstruct, x)
         finally:
             model.train(was)
         if code_nll is None:
-            rate = torch.full_like(terms.reconstruction, math.prod(GRID) * math.log(model.K))
-        else:
-            rate = checks.per_point(code_nll(terms.indices), len(x), who="code_nll",
-                                    fix="-log p(k) in nats, one per code grid")
-        return -terms.reconstruction.double() + rate.double()
+            return -rec.double() + math.prod(GRID) * math.log(model.K)
+        return -rec.double() + map_chunks(nll, indices).double()
+
+
+def loss(model: VQVAE, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """The VQ-VAE objective, the batch mean of
+
+        -log p(x | z_q) + ||sg[z_e] - e_k||^2 + beta ||z_e - sg[e_k]||^2
+
+    (van den Oord et al. 2017; the last two are 0 for FSQ), and its terms: (loss,
+    {"reconstruction", "codebook", "commitment": batch means, "usage", "perplexity": of the
+    batch's codes}). x: (B, 1, 28, 28) binary."""
+    return _objective(model(x), model.K)
+
+
+def _objective(terms: VQTerms, K: int) -> tuple[torch.Tensor, dict]:
+    from .quantizer import perplexity, usage
+
+    rec, cb, cm = terms.reconstruction.mean(), terms.codebook.mean(), terms.commitment.mean()
+    return -rec + cb + cm, {"reconstruction": rec, "codebook": cb, "commitment": cm,
+                            "usage": usage(terms.indices, K),
+                            "perplexity": perplexity(terms.indices, K)}
 
 
 class VQLoss:
-    """The training loss for `companion.train.fit`: the batch mean of
-    -log p(x | z_q) + codebook + commitment, each term logged.
+    """The training loss for `companion.train.fit`: `loss` on a fresh binarization of the
+    batch, each term logged, and dead codes restarted after the step's forward pass.
 
     binarize:       draw a fresh binarization of every batch (chapter 6's dynamic one).
     restart_after:  restart the codes unused for this many steps from the batch's encoder
@@ -199,17 +226,15 @@ class VQLoss:
             checks.count("restart_after", restart_after)
 
     def __call__(self, model: VQVAE, x: torch.Tensor):
-        from .quantizer import perplexity, usage
-
+        if self.restart_after is not None and not isinstance(model.quantizer, VectorQuantizer):
+            raise checks.ArgumentError("restart_after is for a learned codebook (quantizer="
+                                       "'vq'); FSQ has no codes to restart: leave it None")
         if self.binarize:
             x = binarize(x, generator=self.generator)
         terms = model(x)
-        rec, cb, cm = terms.reconstruction.mean(), terms.codebook.mean(), terms.commitment.mean()
-        logs = {"reconstruction": rec, "codebook": cb, "commitment": cm,
-                "usage": usage(terms.indices, model.K),
-                "perplexity": perplexity(terms.indices, model.K)}
-        if self.restart_after is not None and isinstance(model.quantizer, VectorQuantizer):
+        total, logs = _objective(terms, model.K)
+        if self.restart_after is not None:
             dead = model.quantizer.restart_dead_codes(terms.z_e, self.restart_after,
                                                       generator=self.generator)
-            logs["restarted"] = len(dead)
-        return -rec + cb + cm, logs
+            logs["restarted"] = len(dead)  # one device sync a step
+        return total, logs
