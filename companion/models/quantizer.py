@@ -318,6 +318,9 @@ class FSQ(nn.Module):
         """(B, d, H, W) quantized values -> (B, H, W) int64: sum_i (z_i w_i + w_i) B_i,
         w_i = floor(L_i / 2), B_i = prod_{j < i} L_j."""
         checks.tensor("z_q", z_q, floating=True)
+        if z_q.dim() != 4 or z_q.shape[1] != self.D:
+            raise checks.ArgumentError(f"z_q must be quantized values (B, {self.D}, H, W), "
+                                       f"got shape {tuple(z_q.shape)}")
         c = self._per_channel
         digits = torch.round(z_q * c(self.half_width).to(z_q) + c(self.half_width).to(z_q))
         return (digits.long() * c(self.basis)).sum(1)
