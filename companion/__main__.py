@@ -27,6 +27,7 @@ from .recipes import (
     progressive_distillation,
     reflow,
     reflow_couplings,
+    vq_priors,
 )
 from .train import checkpoint_path
 
@@ -50,6 +51,12 @@ def _train_fewstep(which, data, profile, device):
     return consistency_distillation(teacher, data.x_train, profile, device)
 
 
+def _train_vq(data, profile, device):
+    """Chapter 19's training calls (recipes.vq_priors); returns the masked prior's full run."""
+    _, staged = vq_priors(data.x_train, profile, device)
+    return staged["masked"][max(staged["masked"])]
+
+
 COMMANDS = {
     "ddpm": ("chapter 9's DDPM (its early checkpoint, then the full run)", _train_ddpm),
     "classifier": ("chapters 9-12's judge", lambda d, p, dev: classifier(d, p, dev)),
@@ -70,6 +77,9 @@ COMMANDS = {
                          lambda d, p, dev: noisy_classifier(d, p, dev)),
     "edm": ("chapter 17's EDM-preconditioned U-Net",
             lambda d, p, dev: edm(d.x_train, p, dev)),
+    "vq": ("chapter 19's four VQ-VAEs and both priors over the chosen one's codes, at a "
+           "quarter, half and all of their updates",
+           lambda d, p, dev: _train_vq(d, p, dev)),
 
     "reflow": ("chapter 15's reflow student (trains chapter 13's flow model if absent)",
                lambda d, p, dev: _train_fewstep("reflow", d, p, dev)),

@@ -433,7 +433,7 @@ def negative_elbo(denoiser: Callable, x0: torch.Tensor, sched="linear", *, n_t: 
     (the draws for all N are made before the split). categories=K: x0 codes (N, ...), the
     denoiser's logits (N, K, ...).
 
-    Book: :eq:`ch14-elbo`.
+    Book: :eq:`ch14-elbo`; with categories=K, :eq:`ch19-masked-bound`.
     """
     categories = check_categories(categories)
     _data("x0", x0, categories)

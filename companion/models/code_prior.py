@@ -85,7 +85,10 @@ class ARPrior(_CodeTransformer):
         return self.logits(tokens).view(len(codes), self.K, *self.grid)
 
     def log_prob(self, codes: torch.Tensor) -> torch.Tensor:
-        """log p(k) = sum_i log p(k_i | k_<i), exact, nats: (B, H, W) -> (B,)."""
+        """log p(k) = sum_i log p(k_i | k_<i), exact, nats: (B, H, W) -> (B,).
+
+        Book: :eq:`ch19-ar`.
+        """
         logits = self(codes)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         return -F.cross_entropy(logits, codes, reduction="none").flatten(1).sum(1)

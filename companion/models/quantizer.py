@@ -82,8 +82,16 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     The squared distances come from ||z||^2 - 2 z.e_j + ||e_j||^2, one matrix product.
     Exact ties (a duplicated code, or a point halfway between codes when the arithmetic is
     exact) go to the lowest index, as torch.argmin does; distances equal only up to rounding
-    may go either way."""
-    d = z.pow(2).sum(1, keepdim=True) - 2 * z @ codebook.T + codebook.pow(2).sum(1)
+    may go either way. The distances are computed in float32 at least, with autocast off:
+    under a GPU's mixed precision the product would otherwise run in bf16 or fp16, whose
+    rounding reorders codes that are not near a tie.
+
+    Book: :eq:`ch19-nearest`.
+    """
+    dtype = torch.promote_types(torch.promote_types(z.dtype, codebook.dtype), torch.float32)
+    with torch.autocast(z.device.type, enabled=False):
+        z, codebook = z.to(dtype), codebook.to(dtype)
+        d = z.pow(2).sum(1, keepdim=True) - 2 * z @ codebook.T + codebook.pow(2).sum(1)
     return d.argmin(1)
 
 
@@ -93,7 +101,10 @@ def straight_through(value: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     z, none to `value`) and whose value is `value` exactly (z + (value - z) can be off by a
     rounding). The true map z -> value is piecewise constant: a finite difference of it is
     0 inside a cell and jumps at the boundaries, so its gradient says nothing; the
-    estimator copies the gradient at the output to the input instead."""
+    estimator copies the gradient at the output to the input instead.
+
+    Book: :eq:`ch19-ste`.
+    """
     return value.detach() + (z - z.detach())
 
 
@@ -136,7 +147,7 @@ class VectorQuantizer(nn.Module):
         the indices k (B, H, W), and the two losses per image (B,)."""
         check_latents("z_e", z_e, self.D)
         rows = _positions(z_e)
-        indices = nearest_code(rows.detach(), self.codebook.detach().to(rows.dtype))
+        indices = nearest_code(rows.detach(), self.codebook.detach())
         e = _grid(self.codebook[indices].to(z_e.dtype), z_e)        # (B, D, H, W)
         codebook_loss = (z_e.detach() - e).pow(2).flatten(1).sum(1)
         commitment_loss = self.beta * (z_e - e.detach()).pow(2).flatten(1).sum(1)
@@ -164,7 +175,10 @@ class VectorQuantizer(nn.Module):
             e_i  = m_i / N~_i,   N~_i = (N_i + eps) / (n + K eps) n,   n = sum_i N_i
 
         The smoothing N~ keeps a code that is never assigned away from a division by 0 and
-        leaves the total count n unchanged; sum_i N_i follows the EMA of the batch sizes."""
+        leaves the total count n unchanged; sum_i N_i follows the EMA of the batch sizes.
+
+        Book: :eq:`ch19-ema`.
+        """
         if not self.ema:
             raise checks.ArgumentError("ema_update is for a VectorQuantizer made with "
                                        "ema=True; this one learns its codebook by gradient")
@@ -245,7 +259,10 @@ def perplexity(indices: torch.Tensor, K: int) -> torch.Tensor:
 def rate_bits(K: int, positions: int = 1) -> float:
     """positions x log2 K: the KL, in bits, of a one-hot posterior q(k | x) against the
     uniform prior 1/K at every position, KL = sum_k q_k log2(q_k K) = log2 K. The VQ-VAE's
-    rate while its prior is uniform (times ln 2 for nats)."""
+    rate while its prior is uniform (times ln 2 for nats).
+
+    Book: :eq:`ch19-kl`.
+    """
     K = checks.count("K (the number of codes)", K, minimum=2)
     return checks.count("positions", positions) * math.log2(K)
 
@@ -307,7 +324,10 @@ class FSQ(nn.Module):
 
     def forward(self, z: torch.Tensor) -> Quantized:
         """z: (B, d, H, W) -> Quantized: z_q = round(f(z)) / floor(L / 2) straight through,
-        the code indices (B, H, W), zero losses."""
+        the code indices (B, H, W), zero losses.
+
+        Book: :eq:`ch19-fsq`.
+        """
         check_latents("z", z, self.D)
         b = self.bound(z)
         z_q = straight_through(torch.round(b), b) / self._per_channel(self.half_width).to(z)

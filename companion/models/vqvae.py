@@ -167,7 +167,10 @@ def negative_elbo(model: VQVAE, x: torch.Tensor,
     over code grids or an upper bound on it (chapter 14's masked diffusion bound with
     categories=K); None: the uniform prior, 49 log K. A one-hot posterior has no entropy, so
     KL(q(k | x) || p(k)) = -log p(k(x)) and the sum is the negative ELBO. The model and
-    code_nll see at most companion.run.memory.MAX_IMAGES images (grids) a call."""
+    code_nll see at most companion.run.memory.MAX_IMAGES images (grids) a call.
+
+    Book: :eq:`ch19-two-stage`.
+    """
     def reconstruct(xb):
         terms = model(xb)
         return terms.reconstruction, terms.indices
@@ -195,7 +198,10 @@ def loss(model: VQVAE, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
 
     (van den Oord et al. 2017; the last two are 0 for FSQ), and its terms: (loss,
     {"reconstruction", "codebook", "commitment": batch means, "usage", "perplexity": of the
-    batch's codes}). x: (B, 1, 28, 28) binary."""
+    batch's codes}). x: (B, 1, 28, 28) binary.
+
+    Book: :eq:`ch19-vq-loss`.
+    """
     return _objective(model(x), model.K)
 
 
