@@ -150,12 +150,19 @@ def check_code_grid(name: str, indices, K: int, grid=GRID) -> torch.Tensor:
 def log_likelihood(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """log p(x | z_q) = sum over pixels of x log s + (1 - x) log(1 - s), s = sigmoid(logit):
     (B, 1, 28, 28) binary x and logits -> (B,) nats. Grey x is refused (binarize it)."""
+    check_binary_images(x)
+    return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+
+
+def check_binary_images(x: torch.Tensor) -> torch.Tensor:
+    """x if it is a batch of binary digits (B, 1, 28, 28), 0 or 1 (the values checked on a
+    CPU only: a GPU would sync); grey x is refused with what to do."""
     check_images(x)
     if x.device.type == "cpu" and not bool(((x == 0) | (x == 1)).all()):
         raise checks.ArgumentError("x must be binary pixels, 0 or 1, for the Bernoulli "
                                    "decoder: binarize grey digits with "
                                    "companion.data.binarize(x) first")
-    return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+    return x
 
 
 def negative_elbo(model: VQVAE, x: torch.Tensor,
