@@ -39,6 +39,7 @@ def test_the_settings_match_chapter_11s_compute():
     assert recipes.vq_steps(CI, 2000) == round(1.31 * 4 * 32) == 168
 
 
+@pytest.mark.slow  # trains four small autoencoders for a few steps
 def test_four_variants_one_remedy_each(short):
     models = {v: recipes.vqvae(short, CI, "cpu", variant=v) for v in recipes.VQ_VARIANTS}
     plain, ema, restart, fsq = (models[v][0] for v in recipes.VQ_VARIANTS)
