@@ -113,3 +113,23 @@ def test_a_network_returning_a_tuple_computes_every_call(monkeypatch):
     for _ in range(3):
         model(torch.randn(4, 2))
     assert model.calls == 3
+
+
+def test_a_smoke_step_sees_a_few_examples_of_the_batch_it_drew(monkeypatch):
+    """The cost of a smoke run's step is SMOKE_BATCH examples, whatever the profile's batch;
+    outside the smoke run every step sees the whole batch."""
+    from companion.run import profiles
+
+    def seen(smoke_on: bool) -> list[int]:
+        monkeypatch.setenv("BOOK_SMOKE", "1" if smoke_on else "0")
+        sizes = []
+
+        def loss(m, b):
+            sizes.append(len(b))
+            return m(b).pow(2).mean()
+
+        fit(Slow(0.0), loss, torch.randn(64, 2), steps=3, batch_size=32, quiet=True)
+        return sizes
+
+    assert seen(True) == [profiles.SMOKE_BATCH] * profiles.SMOKE_STEPS
+    assert seen(False) == [32, 32, 32]

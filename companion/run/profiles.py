@@ -124,19 +124,22 @@ def env_flag(name: str, default: bool = False, environ=None) -> bool:
 
 SMOKE_VAR = "BOOK_SMOKE"
 SMOKE_STEPS = 2  # optimizer steps a smoke run's fit takes; real calls of a slow network
+SMOKE_BATCH = 8  # examples a smoke run's optimizer step sees (of the batch it drew)
 
 
 def smoke_mode() -> bool:
     """True under BOOK_SMOKE=1: the profile's models and code paths, a couple of steps each.
 
     Like Lightning's `fast_dev_run`, so that the `gpu` profile's code runs on a CPU in
-    minutes: `fit` stops after SMOKE_STEPS optimizer steps and writes its checkpoints to a
-    throwaway folder, never the normal cache (a data download goes there too; data already
-    in the user's folder is read); `get_profile` gives the ci profile's data
-    slice and counts; and a trained network that takes longer than `smoke.SLOW` seconds a
-    call repeats its output after SMOKE_STEPS calls (`companion.run.smoke`: fit makes the
-    cut, so a sampler's loop runs every step of its own code, cheaply, and reads as in any
-    other run). Read by `env_flag` (1/true/yes/on).
+    minutes: `fit` stops after SMOKE_STEPS optimizer steps, each on the first SMOKE_BATCH
+    examples of the batch it drew (a gpu-sized batch through a gpu-sized U-Net took half a
+    minute a step on 2 cores), and writes its checkpoints to a throwaway folder, never the
+    normal cache (a data download goes there too; data already in the user's folder is
+    read); `get_profile` gives the ci profile's data slice and counts; and a trained
+    network that takes longer than `smoke.SLOW` seconds a call repeats its output after
+    SMOKE_STEPS calls (`companion.run.smoke`: fit makes the cut, so a sampler's loop runs
+    every step of its own code, cheaply, and reads as in any other run). Read by
+    `env_flag` (1/true/yes/on).
     """
     return env_flag(SMOKE_VAR)
 

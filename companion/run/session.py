@@ -292,6 +292,8 @@ class Run:
         self.used, share = len(idx), 1.0
         if self.ranks is not None:
             idx, share = self.ranks.share(idx)
+        if profiles.smoke_mode():  # the epoch advances by the whole batch, the step sees a few
+            idx = idx[:profiles.SMOKE_BATCH]
         batch = tuple(t[idx] for t in self.tensors)
         self.in_step, self.rng_at_step = True, rng_state(self.generator, self.device)
         if self.buffers and self.path is not None:  # what an interrupted step restores
