@@ -15,7 +15,7 @@ VQ-VAE (van den Oord, Vinyals and Kavukcuoglu 2017), at every position of the gr
 sg[.] stops the gradient; the decoder's gradient reaches the encoder straight through the
 quantizer (d z_q / d z_e taken as the identity). Read as a VAE, q(k | x) is one-hot on the
 nearest code and the prior uniform over the K codes, so the KL is log K per position, a
-constant (`rate_bits`). FSQ (Mentzer et al. 2023) has no codebook to learn: each of a few
+constant (`rate_bits`). FSQ (Mentzer et al. 2024) has no codebook to learn: each of a few
 channels is bounded and rounded to L_i levels, prod L_i codes in all.
 
 Positions are the spatial cells of channels-first tensors (B, D, H, W); the losses are
@@ -269,7 +269,7 @@ def rate_bits(K: int, positions: int = 1) -> float:
 
 # --- finite scalar quantization -----------------------------------------------------------
 class FSQ(nn.Module):
-    """Finite scalar quantization (Mentzer, Minnen, Agustsson and Tschannen 2023).
+    """Finite scalar quantization (Mentzer, Minnen, Agustsson and Tschannen, ICLR 2024).
 
     levels: L_i for each of d channels, e.g. (8, 5, 5, 5): prod L_i = 1000 codes.
     Channel i is bounded to L_i levels and rounded with the straight-through gradient:
@@ -278,7 +278,8 @@ class FSQ(nn.Module):
                                     a = artanh(o / h)   (so that f(0) = 0 before rounding)
         z_q  = round(f(z)) / floor(L / 2)
 
-    as the paper's reference code: odd L gives the levels -1, ..., 1 symmetrically; even L
+    as the paper's reference code, with artanh where that code has tan (so that f(0) = 0
+    exactly; the two differ little): odd L gives the levels -1, ..., 1 symmetrically; even L
     the integers -L/2, ..., L/2 - 1 over L/2 (for L = 8: -1, -0.75, ..., 0.75). The code
     index is mixed radix, channel 0 the lowest digit. No codebook to learn and no auxiliary
     loss: Quantized's two losses are zero.
