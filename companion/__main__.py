@@ -30,6 +30,7 @@ from .recipes import (
     snapshots,
     vdm,
     vdm_checkpoint,
+    vq_priors,
 )
 from .train import checkpoint_path
 
@@ -60,6 +61,12 @@ def _train_fewstep(which, data, profile, device):
     return consistency_distillation(teacher, data.x_train, profile, device)
 
 
+def _train_vq(data, profile, device):
+    """Chapter 19's training calls (recipes.vq_priors); returns the masked prior's full run."""
+    _, staged = vq_priors(data.x_train, profile, device)
+    return staged["masked"][max(staged["masked"])]
+
+
 COMMANDS = {
     "ddpm": ("chapter 9's DDPM (its early checkpoint, then the full run)", _train_ddpm),
     "classifier": ("chapters 9-12's judge", lambda d, p, dev: classifier(d, p, dev)),
@@ -84,6 +91,9 @@ COMMANDS = {
             lambda d, p, dev: _train_vdm("elbo", d, p, dev)),
     "vdm-sigmoid": ("chapter 18's U-Net on the sigmoid weighting",
                     lambda d, p, dev: _train_vdm("sigmoid", d, p, dev)),
+    "vq": ("chapter 19's four VQ-VAEs and both priors over the chosen one's codes, at a "
+           "quarter, half and all of their updates",
+           lambda d, p, dev: _train_vq(d, p, dev)),
 
     "reflow": ("chapter 15's reflow student (trains chapter 13's flow model if absent)",
                lambda d, p, dev: _train_fewstep("reflow", d, p, dev)),

@@ -287,6 +287,73 @@ def masked_sampling(n: int = 1000, K: int = 4):
         masked.sample(_amp_logits(model), (n, 1, 28, 28), K, device=DEVICE)
 
 
+def _vq_pair(device=DEVICE, kind: str = "masked"):
+    """Chapter 19's autoencoder (FSQ, the run its priors model in the ci run) and a prior
+    over its codes, at the gpu profile's sizes."""
+    from companion import recipes
+    from companion.models.code_prior import ARPrior, CodeDenoiser
+    from companion.models.vqvae import VQVAE
+    from companion.run.profiles import get_profile
+
+    s = recipes.vq_settings(get_profile("gpu"))
+    network = CodeDenoiser if kind == "masked" else ARPrior
+    with device:
+        vq = VQVAE(quantizer="fsq", levels=s["levels"]).eval()
+        prior = network(vq.K, width=s["width"], depth=s["depth"], heads=s["heads"]).eval()
+    return vq, prior, s
+
+
+def _codes(n: int, K: int, device=DEVICE) -> torch.Tensor:
+    return torch.zeros(n, 7, 7, dtype=torch.long, device=device)
+
+
+def code_prior_training_step():
+    """Chapter 19's prior training step: a fresh binarization of 32 digits encoded by the
+    autoencoder, then the masked prior's loss with K categories and its backward pass,
+    Adam, float32."""
+    from companion import masked
+    from companion.run.precision import default_optimizer
+
+    vq, prior, s = _vq_pair(GRAD_DEVICE)
+    prior.train()
+    opt = default_optimizer(prior.parameters(), s["prior_lr"], "cpu")
+    k = vq.codes(_binary(s["prior_batch"], GRAD_DEVICE))
+    masked.loss(prior, k, s["schedule"], categories=vq.K).backward()
+    opt.step()
+
+
+def vq_two_stage_bound():
+    """Chapter 19: the two-stage bound of the 10,000 binarized test digits with the
+    autoregressive prior (the autoencoder and the prior each on at most MAX_IMAGES a
+    call), float32."""
+    from companion.models.vqvae import negative_elbo
+
+    vq, prior, _ = _vq_pair(kind="autoregressive")
+    negative_elbo(vq, _binary(N_TEST), lambda k: -prior.log_prob(k))
+
+
+def code_prior_bound(n_t: int = 2):
+    """Chapter 19: the masked prior's negative ELBO of the 10,000 test grids, fp16; as in
+    chapter 14, two times stand for the chapter's sixteen."""
+    from companion import masked
+
+    vq, prior, _ = _vq_pair()
+    with torch.no_grad():
+        masked.negative_elbo(_amp_logits(prior), _codes(N_TEST, vq.K), n_t=n_t,
+                             categories=vq.K)
+
+
+def code_prior_sampling(n: int = 1000, steps: int = 4):
+    """Chapter 19: unmasking 1,000 code grids (the chapter's Fréchet set), fp16; every
+    step makes the same call, so four stand for its 49."""
+    from companion import masked
+
+    vq, prior, _ = _vq_pair()
+    with torch.no_grad():
+        masked.sample(_amp_logits(prior), (n, 7, 7), steps, categories=vq.K,
+                      device=DEVICE)
+
+
 def _flow_pair(device=DEVICE):
     """Chapter 15's teacher and student: chapter 13's U-Net (T + 1 steps) twice."""
     from companion import recipes
@@ -580,6 +647,14 @@ def operations() -> list[Operation]:
                   lambda: ddpm_sampling(2000)),
         Operation("18", "the VDM bound of 2,000 test digits x 8 draws",
                   vdm_bound_of_test_digits),
+        Operation("19", "prior training step, batch 32, encoding included",
+                  code_prior_training_step),
+        Operation("19", "two-stage bound of the test set", vq_two_stage_bound),
+        Operation("19", "the masked prior's bound of the test codes", code_prior_bound),
+        Operation("19", "unmasking 1,000 code grids", code_prior_sampling),
+        Operation("19", "chapter 14's negative ELBO of the test set", masked_negative_elbo),
+        Operation("19", "hierarchical VAE, IW bound on the test set", lambda: hvae_iw(
+            gpu.iw_samples)),
     ]
 
 
@@ -603,6 +678,10 @@ VALUE_CHECKS = ("companion.run.checks.images",
                 "companion.masked._finite_logits",
                 "companion.sde._finite_end",
                 "companion.masked.check_states",
+                "companion.masked.check_codes",
+                "companion.masked.check_code_states",
+                "companion.models.code_prior.check_code_states",
+                "companion.models.vqvae.check_binary_images",
                 "companion.models.unet.check_states")
 # Host-side arithmetic on small CPU tensors (a step list): run for real.
 HOST_HELPERS = ("companion.diffusion.spaced_timesteps", "companion.masked.reveal_counts",
