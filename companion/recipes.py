@@ -14,7 +14,9 @@ import math
 import torch
 
 from .models.autoencoder import Autoencoder, reconstruction_loss
+from .run import smoke
 from .run.memory import map_chunks
+from .run.profiles import smoke_mode
 from .train import checkpoint_path, fit
 
 AE_HIDDEN, AE_LR, AE_NOISE, AE_WEIGHT = (256,), 2e-3, 0.5, 1.0
@@ -1125,6 +1127,8 @@ def vdm(x, profile, device, *, steps: int | None = None, resume_from=None,
                  optimizer=optimizer, clip=DDPM_CLIP, ema=s["ema"], checkpoint=path,
                  config=config, desc=f"VDM ({weighting})"
                  + ("" if steps is None else f", {steps} steps"))
+    if smoke_mode():  # the chapter calls the U-Net itself (`vdm_eps_function`): cut it too
+        smoke.cut(result.ema.model.eps_model.model)
     return result.ema.model.eval(), result
 
 
