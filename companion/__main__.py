@@ -27,6 +27,10 @@ from .recipes import (
     progressive_distillation,
     reflow,
     reflow_couplings,
+    snapshots,
+    vdm,
+    vdm_checkpoint,
+    vq_priors,
 )
 from .train import checkpoint_path
 
@@ -39,6 +43,13 @@ def _train_ddpm(data, profile, device):
     return ddpm(data.x_train, profile, device, resume_from=ddpm_checkpoint(profile, early))
 
 
+def _train_vdm(weighting, data, profile, device):
+    """Chapter 18's run in stages, the very calls of the chapter: a quarter, half and all of
+    chapter 9's updates, each resumed from the one before (`recipes.snapshots`)."""
+    runs = snapshots(vdm, vdm_checkpoint, data.x_train, profile, device, weighting=weighting)
+    return runs[max(runs)]
+
+
 def _train_fewstep(which, data, profile, device):
     """Chapter 15's students of chapter 13's flow model, the calls of the chapter."""
     teacher, _ = flow_matching(data.x_train, profile, device)
@@ -48,6 +59,12 @@ def _train_fewstep(which, data, profile, device):
     if which == "distill":
         return progressive_distillation(teacher, data.x_train, profile, device)[1]
     return consistency_distillation(teacher, data.x_train, profile, device)
+
+
+def _train_vq(data, profile, device):
+    """Chapter 19's training calls (recipes.vq_priors); returns the masked prior's full run."""
+    _, staged = vq_priors(data.x_train, profile, device)
+    return staged["masked"][max(staged["masked"])]
 
 
 COMMANDS = {
@@ -70,6 +87,13 @@ COMMANDS = {
                          lambda d, p, dev: noisy_classifier(d, p, dev)),
     "edm": ("chapter 17's EDM-preconditioned U-Net",
             lambda d, p, dev: edm(d.x_train, p, dev)),
+    "vdm": ("chapter 18's U-Net on the VDM bound with a learned schedule",
+            lambda d, p, dev: _train_vdm("elbo", d, p, dev)),
+    "vdm-sigmoid": ("chapter 18's U-Net on the sigmoid weighting",
+                    lambda d, p, dev: _train_vdm("sigmoid", d, p, dev)),
+    "vq": ("chapter 19's four VQ-VAEs and both priors over the chosen one's codes, at a "
+           "quarter, half and all of their updates",
+           lambda d, p, dev: _train_vq(d, p, dev)),
 
     "reflow": ("chapter 15's reflow student (trains chapter 13's flow model if absent)",
                lambda d, p, dev: _train_fewstep("reflow", d, p, dev)),
@@ -83,7 +107,7 @@ COMMANDS = {
 def _gpu_on_cpu(name: str, profile, device) -> str:
     """What the gpu profile's recipe `name` would cost on `device`, and what to run instead."""
     cost = "a recipe sized for a GPU"
-    if name in ("ddpm", "flow", "edm", "ddpm-cond"):
+    if name in ("ddpm", "flow", "edm", "ddpm-cond", "vdm", "vdm-sigmoid"):
         from .models.unet import UNet, n_params, preset
 
         s = ddpm_settings(profile)

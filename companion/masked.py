@@ -21,6 +21,15 @@ masked pixels, and in continuous time the negative ELBO is
 which does not depend on the schedule when the denoiser sees only the state: substitute
 a = alpha_t. Shapes: x_0 and z are (B, ...) with any per-image shape, (B, 1, 28, 28) for
 the digits, (B, D) for the toy; functions work per image and return (B,) in nats.
+
+K categories (chapter 19: a prior over the codes of a vector-quantized autoencoder). Nothing
+above uses that a pixel has two values: the forward process masks positions whatever they
+hold, and the bound is the same weighted cross-entropy over the masked positions. With
+`categories=K` the functions take codes, integer tensors (B, ...) of values 0..K-1 (MASK,
+-1, for a masked position), and the denoiser returns K logits per position, (B, K, ...),
+a softmax over the values; the marginal and the posterior run over the K + 1 states
+(0, ..., K-1, MASK). The default, `categories=None`, is chapter 14's binary pixels: float
+0/1 and one Bernoulli logit l per pixel, which is K = 2 with the logits (0, l).
 """
 
 from __future__ import annotations
@@ -34,10 +43,10 @@ import torch
 import torch.nn.functional as F
 
 from .run import checks
-from .run.memory import map_chunks
+from .run.memory import MAX_IMAGES, chunk_slices, map_chunks, rows_per_call
 from .run.progress import progress
 
-MASK = -1.0  # the absorbing state, stored in the same float tensor as the 0/1 pixels
+MASK = -1.0  # the absorbing state, in the tensor of 0/1 pixels (of codes 0..K-1: -1)
 T_MIN = 1e-6  # draws of t below this are moved up to it: w(t) = 1/t would overflow at 0
 STATES = (0.0, 1.0, MASK)  # the order of the last axis of `marginal` and `posterior`
 
@@ -134,9 +143,83 @@ def check_states(name: str, z, *, shape=None) -> torch.Tensor:
     return z
 
 
+def check_codes(name: str, x, K: int) -> torch.Tensor:
+    """x if it is an integer tensor of codes, every value in 0..K-1 (a code grid, a token
+    sequence); a clear error otherwise. Values checked on CPU tensors only."""
+    checks.tensor(name, x)
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        raise checks.ArgumentError(
+            f"{name} must be an integer tensor of codes 0..{K - 1} (torch.long), got "
+            f"{x.dtype}: the indices a quantizer returns, or x.long() for whole numbers "
+            "(binary pixels as floats are chapter 14's case: leave categories=None)")
+    if x.numel() and x.device.type == "cpu":
+        lo, hi = torch.aminmax(x)
+        if int(lo) < 0 or int(hi) >= K:
+            raise checks.ArgumentError(
+                f"{name} must hold codes 0..{K - 1} (categories K = {K}); it holds values "
+                f"in [{int(lo)}, {int(hi)}]: pass the codebook size as categories"
+                + (" (MASK = -1 is a state, not data)" if int(lo) == MASK else ""))
+    return x
+
+
+def check_code_states(name: str, z, K: int, *, shape=None) -> torch.Tensor:
+    """z if it is an integer tensor of masked states of codes: every value in 0..K-1 or
+    MASK (-1)."""
+    checks.tensor(name, z)
+    if shape is not None and tuple(z.shape[1:]) != tuple(shape):
+        raise checks.ArgumentError(f"{name} must be states of shape (B, "
+                                   f"{', '.join(map(str, shape))}), got {tuple(z.shape)}")
+    if z.is_floating_point() or z.is_complex() or z.dtype == torch.bool:
+        raise checks.ArgumentError(f"{name} must be an integer tensor of states (codes "
+                                   f"0..{K - 1} or MASK = -1), got {z.dtype}")
+    if z.numel() and z.device.type == "cpu":
+        lo, hi = torch.aminmax(z)
+        if int(lo) < MASK or int(hi) >= K:
+            raise checks.ArgumentError(
+                f"{name} must hold masked states: codes 0..{K - 1} or MASK = -1; it holds "
+                f"values in [{int(lo)}, {int(hi)}]")
+    return z
+
+
+def check_categories(categories) -> int | None:
+    """None (binary pixels, chapter 14) or K >= 2, the number of values of a position."""
+    if categories is None:
+        return None
+    return checks.count("categories (K, the number of values a position takes, the "
+                        "codebook size; None for binary pixels)", categories, minimum=2)
+
+
+def _data(name: str, x0, categories: int | None) -> torch.Tensor:
+    """x0 checked as binary pixels (categories None) or as codes 0..K-1."""
+    if categories is None:
+        return check_binary(name, x0)
+    return check_codes(name, x0, categories)
+
+
+def _states(name: str, z, categories: int | None) -> torch.Tensor:
+    if categories is None:
+        return check_states(name, z)
+    return check_code_states(name, z, categories)
+
+
+def _real(x: torch.Tensor) -> torch.dtype:
+    """The dtype of probabilities and times beside x: x's own if floating (binary pixels),
+    the default float dtype beside integer codes."""
+    return x.dtype if x.is_floating_point() else torch.get_default_dtype()
+
+
+def _one_hot(x0: torch.Tensor, categories: int | None) -> torch.Tensor:
+    """(B, ...) -> (B, ..., K) indicators of the values, in _real(x0): [1 - x0, x0] for
+    binary pixels."""
+    if categories is None:
+        return torch.stack([1 - x0, x0], dim=-1)
+    return F.one_hot(x0.long(), categories).to(_real(x0))
+
+
 def _per_image(t, x: torch.Tensor) -> torch.Tensor:
-    """t (a number, or (B,)) as a (B, 1, ..., 1) tensor in x's dtype, to broadcast on x."""
-    t = check_times("t", t).to(x.device, x.dtype)
+    """t (a number, or (B,)) as a (B, 1, ..., 1) tensor in x's real dtype, to broadcast on
+    x."""
+    t = check_times("t", t).to(x.device, _real(x))
     if t.dim() == 0:
         t = t.expand(len(x))
     if t.shape != (len(x),):
@@ -146,25 +229,26 @@ def _per_image(t, x: torch.Tensor) -> torch.Tensor:
 
 
 def _uniform(like: torch.Tensor, generator) -> torch.Tensor:
-    return torch.rand(like.shape, device=like.device, dtype=like.dtype, generator=generator)
+    return torch.rand(like.shape, device=like.device, dtype=_real(like), generator=generator)
 
 
 # --- the forward process ---------------------------------------------------------------------
-def forward_sample(x0: torch.Tensor, t, sched="linear", *,
+def forward_sample(x0: torch.Tensor, t, sched="linear", *, categories: int | None = None,
                    generator: torch.Generator | None = None) -> torch.Tensor:
     """z_t ~ q(z_t | x_0) of (ch14-marginal): each pixel kept with probability alpha_t,
-    masked otherwise, independently.  x0: (B, ...) binary; t: a number or (B,)."""
-    check_binary("x0", x0)
+    masked otherwise, independently.  x0: (B, ...) binary (codes 0..K-1 with
+    categories=K); t: a number or (B,)."""
+    _data("x0", x0, check_categories(categories))
     alpha = schedule(sched).alpha(_per_image(t, x0))
     keep = _uniform(x0, generator) < alpha
     return torch.where(keep, x0, torch.full_like(x0, MASK))
 
 
-def forward_step(z_s: torch.Tensor, s, t, sched="linear", *,
+def forward_step(z_s: torch.Tensor, s, t, sched="linear", *, categories: int | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
     """z_t ~ q(z_t | z_s) for s < t: a revealed pixel stays with probability
     alpha_t / alpha_s, a masked one stays masked.  z_s: (B, ...) states."""
-    check_states("z_s", z_s)
+    _states("z_s", z_s, check_categories(categories))
     sc = schedule(sched)
     a_s, a_t = sc.alpha(_per_image(s, z_s)), sc.alpha(_per_image(t, z_s))
     if bool((a_t > a_s).any()):
@@ -173,15 +257,19 @@ def forward_step(z_s: torch.Tensor, s, t, sched="linear", *,
     return torch.where(keep, z_s, torch.full_like(z_s, MASK))
 
 
-def marginal(x0: torch.Tensor, t, sched="linear") -> torch.Tensor:
+def marginal(x0: torch.Tensor, t, sched="linear", *, categories: int | None = None
+             ) -> torch.Tensor:
     """q(z_t | x_0) of (ch14-marginal), (B, ...) -> (B, ..., 3): the probabilities of the
-    states STATES = (0, 1, MASK) for every pixel.
+    states STATES = (0, 1, MASK) for every pixel ((B, ..., K + 1) over 0, ..., K-1, MASK
+    with categories=K).
 
     Book: :eq:`ch14-marginal`.
     """
-    check_binary("x0", x0)
+    categories = check_categories(categories)
+    _data("x0", x0, categories)
     alpha = schedule(sched).alpha(_per_image(t, x0))
-    return torch.stack([alpha * (1 - x0), alpha * x0, (1 - alpha).expand_as(x0)], dim=-1)
+    return torch.cat([alpha[..., None] * _one_hot(x0, categories),
+                      (1 - alpha).expand(x0.shape)[..., None]], dim=-1)
 
 
 def reveal_probability(s, t, sched="linear") -> torch.Tensor:
@@ -194,16 +282,19 @@ def reveal_probability(s, t, sched="linear") -> torch.Tensor:
     return (a_s - a_t) / (1 - a_t)
 
 
-def posterior(z_t: torch.Tensor, x0: torch.Tensor, s, t, sched="linear") -> torch.Tensor:
-    """q(z_s | z_t, x_0) of (ch14-posterior), (B, ...) -> (B, ..., 3) over STATES.
+def posterior(z_t: torch.Tensor, x0: torch.Tensor, s, t, sched="linear", *,
+              categories: int | None = None) -> torch.Tensor:
+    """q(z_s | z_t, x_0) of (ch14-posterior), (B, ...) -> (B, ..., 3) over STATES
+    ((B, ..., K + 1) with categories=K).
 
     A revealed pixel stays as it is; a masked one is revealed as x_0 with probability r and
     stays masked with probability 1 - r. s, t: numbers or (B,), s < t.
 
     Book: :eq:`ch14-posterior`.
     """
-    check_states("z_t", z_t)
-    check_binary("x0", x0)
+    categories = check_categories(categories)
+    _states("z_t", z_t, categories)
+    _data("x0", x0, categories)
     checks.same_shape("z_t and x0", z_t, x0)
     wrong = int(((z_t != MASK) & (z_t != x0)).sum())
     if wrong:
@@ -213,23 +304,28 @@ def posterior(z_t: torch.Tensor, x0: torch.Tensor, s, t, sched="linear") -> torc
             "forward process keeps a pixel or masks it, never changes it): pass the z_t "
             "drawn from this x0, forward_sample(x0, t)")
     r = reveal_probability(_per_image(s, x0), _per_image(t, x0), sched)
-    masked = (z_t == MASK).to(x0.dtype)
-    revealed = torch.stack([(z_t == 0), (z_t == 1), torch.zeros_like(z_t, dtype=torch.bool)],
-                           dim=-1).to(x0.dtype)
-    moved = torch.stack([r * (1 - x0), r * x0, (1 - r).expand_as(x0)], dim=-1)
+    masked = (z_t == MASK).to(_real(x0))
+    values = _one_hot(torch.where(z_t == MASK, x0, z_t), categories)  # z_t where revealed
+    revealed = torch.cat([values, torch.zeros_like(values[..., :1])], dim=-1)
+    moved = torch.cat([r[..., None] * _one_hot(x0, categories),
+                       (1 - r).expand(x0.shape)[..., None]], dim=-1)
     return (1 - masked)[..., None] * revealed + masked[..., None] * moved
 
 
 # --- the bound -------------------------------------------------------------------------------
-def masked_cross_entropy(logits: torch.Tensor, x0: torch.Tensor,
-                         z: torch.Tensor) -> torch.Tensor:
+def masked_cross_entropy(logits: torch.Tensor, x0: torch.Tensor, z: torch.Tensor, *,
+                         categories: int | None = None) -> torch.Tensor:
     """sum over the masked pixels of z of -log p_theta(x_0,i | z), in nats: (B, ...) -> (B,).
 
     logits: the denoiser's Bernoulli logits of x_0 = 1; x0: the binary targets; z: the
     states; all three of one shape. Revealed pixels add nothing (the reverse step keeps them,
     so the model pays nothing for them): they are left out, so that even a NaN logit there
-    adds nothing, to the value or to the gradient."""
+    adds nothing, to the value or to the gradient. With categories=K: x0 and z codes
+    (B, ...), logits (B, K, ...), -log softmax(logits)[x_0] per masked position."""
     checks.tensor("logits", logits, floating=True)
+    categories = check_categories(categories)
+    if categories is not None:
+        return _categorical_cross_entropy(logits, x0, z, categories)
     check_binary("x0", x0)
     check_states("z", z)
     if not logits.shape == x0.shape == z.shape or logits.dim() < 2:
@@ -246,23 +342,59 @@ def masked_cross_entropy(logits: torch.Tensor, x0: torch.Tensor,
     return torch.where(masked, ce, torch.zeros_like(ce)).flatten(1).sum(1)
 
 
-def _logits(denoiser: Callable, z: torch.Tensor, whole: bool = False) -> torch.Tensor:
+def _categorical_cross_entropy(logits: torch.Tensor, x0: torch.Tensor, z: torch.Tensor,
+                               K: int) -> torch.Tensor:
+    """masked_cross_entropy for codes: logits (B, K, ...), x0 and z (B, ...) -> (B,)."""
+    check_codes("x0", x0, K)
+    check_code_states("z", z, K)
+    if not (x0.shape == z.shape and logits.dim() == x0.dim() + 1 and x0.dim() >= 2
+            and logits.shape == (len(x0), K, *x0.shape[1:])):
+        raise checks.ArgumentError(
+            f"logits must be (B, K, ...) = {(len(x0), K, *x0.shape[1:])} for x0 and z of "
+            f"one shape (B, ...) with categories K = {K}; got logits {tuple(logits.shape)}, "
+            f"x0 {tuple(x0.shape)} and z {tuple(z.shape)}: K logits per position, on dim 1")
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    masked = z == MASK
+    zero = torch.zeros((), dtype=dtype, device=logits.device)
+    logits = torch.where(masked[:, None], logits.to(dtype), zero)
+    ce = F.cross_entropy(logits, torch.where(masked, x0, torch.zeros_like(x0)).long(),
+                         reduction="none")
+    return torch.where(masked, ce, torch.zeros_like(ce)).flatten(1).sum(1)
+
+
+def _logits(denoiser: Callable, z: torch.Tensor, whole: bool = False,
+            categories: int | None = None) -> torch.Tensor:
     """denoiser(z), at most MAX_IMAGES images a call (all at once if `whole`), checked to be
-    one logit per pixel."""
-    logits = denoiser(z) if whole else map_chunks(denoiser, z)
-    return checks.output(logits, z, who="the denoiser", what="logits, one per pixel",
-                         against="the states z")
+    one logit per pixel (K per position, (B, K, ...), with categories=K: at most MAX_IMAGES
+    grids a call)."""
+    if categories is None:
+        logits = denoiser(z) if whole else map_chunks(denoiser, z)
+        return checks.output(logits, z, who="the denoiser", what="logits, one per pixel",
+                             against="the states z")
+    size = len(z) if whole else min(MAX_IMAGES, rows_per_call(z))
+    parts = [denoiser(z[s]) for s in chunk_slices(len(z), max(size, 1))]
+    logits = torch.cat(parts) if len(parts) != 1 else parts[0]
+    want = (len(z), categories, *z.shape[1:])
+    if not torch.is_tensor(logits) or tuple(logits.shape) != want:
+        raise checks.ArgumentError(
+            f"the denoiser returned shape {tuple(getattr(logits, 'shape', ()))} for states z "
+            f"of shape {tuple(z.shape)}; with categories K = {categories} it must return K "
+            f"logits per position, (B, K, ...) = {want}")
+    return logits
 
 
 def bound_terms(denoiser: Callable, x0: torch.Tensor, t, sched="linear", *,
+                categories: int | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """One draw of the integrand of (ch14-elbo) at t: w(t) times the masked cross-entropy,
-    z_t ~ q(z_t | x_0), one z_t per image.  x0: (B, ...) binary; t: (B,) -> (B,) nats."""
+    z_t ~ q(z_t | x_0), one z_t per image.  x0: (B, ...) binary (codes with categories=K);
+    t: (B,) -> (B,) nats."""
     sc = schedule(sched)
+    categories = check_categories(categories)
     t = check_times("t", t).clamp_min(T_MIN)
-    z = forward_sample(x0, t, sc, generator=generator)
-    logits = _logits(denoiser, z, whole=True)  # a training batch: one call
-    ce = masked_cross_entropy(logits, x0, z)
+    z = forward_sample(x0, t, sc, categories=categories, generator=generator)
+    logits = _logits(denoiser, z, whole=True, categories=categories)  # a batch: one call
+    ce = masked_cross_entropy(logits, x0, z, categories=categories)
     return sc.weight(t.to(ce.device, ce.dtype)) * ce
 
 
@@ -277,27 +409,34 @@ def stratified_times(n: int, *, device=None, generator: torch.Generator | None =
 
 
 def loss(model: Callable, x0: torch.Tensor, sched="linear", *,
+         categories: int | None = None,
          generator: torch.Generator | None = None) -> torch.Tensor:
     """The training loss: the batch mean of one draw of (ch14-elbo)'s integrand per image,
     t stratified over the batch. Its expectation is the negative ELBO in nats per image.
 
-    x0: (B, ...) binary pixels (binarize grey digits afresh every step)."""
-    check_binary("x0", x0)
+    x0: (B, ...) binary pixels (binarize grey digits afresh every step), or codes 0..K-1
+    with categories=K (the model then returns (B, K, ...) logits)."""
+    categories = check_categories(categories)
+    _data("x0", x0, categories)
     t = stratified_times(len(x0), device=x0.device, generator=generator)
-    return bound_terms(model, x0, t, sched, generator=generator).mean()
+    return bound_terms(model, x0, t, sched, categories=categories,
+                       generator=generator).mean()
 
 
 def negative_elbo(denoiser: Callable, x0: torch.Tensor, sched="linear", *, n_t: int = 8,
+                  categories: int | None = None,
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """The negative ELBO (ch14-elbo) of every image, nats, by stratified Monte Carlo over t.
 
     x0: (N, ...) binary -> (N,). Each image gets n_t times, one in each stratum of [0, 1],
     and one z_t at each; the network sees at most companion.run.memory.MAX_IMAGES images a call
-    (the draws for all N are made before the split).
+    (the draws for all N are made before the split). categories=K: x0 codes (N, ...), the
+    denoiser's logits (N, K, ...).
 
-    Book: :eq:`ch14-elbo`.
+    Book: :eq:`ch14-elbo`; with categories=K, :eq:`ch19-masked-bound`.
     """
-    check_binary("x0", x0)
+    categories = check_categories(categories)
+    _data("x0", x0, categories)
     n_t = checks.count("n_t", n_t)
     sc = schedule(sched)
     total = torch.zeros(len(x0), dtype=torch.float64, device=x0.device)
@@ -305,8 +444,9 @@ def negative_elbo(denoiser: Callable, x0: torch.Tensor, sched="linear", *, n_t: 
         for j in range(n_t):
             u = torch.rand(len(x0), device=x0.device, generator=generator)
             t = ((j + u) / n_t).clamp_min(T_MIN)
-            z = forward_sample(x0, t, sc, generator=generator)
-            ce = masked_cross_entropy(_logits(denoiser, z), x0, z)
+            z = forward_sample(x0, t, sc, categories=categories, generator=generator)
+            ce = masked_cross_entropy(_logits(denoiser, z, categories=categories), x0, z,
+                                      categories=categories)
             total += (sc.weight(t.to(ce.dtype)) * ce).double()
     return total / n_t
 
@@ -318,6 +458,7 @@ def time_grid(K: int) -> torch.Tensor:
 
 
 def step_bound(denoiser: Callable, x0: torch.Tensor, K: int, sched="linear", *,
+               categories: int | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:
     """The negative ELBO of the K-step chain, one Monte Carlo draw per step, (N,) nats:
 
@@ -325,19 +466,23 @@ def step_bound(denoiser: Callable, x0: torch.Tensor, K: int, sched="linear", *,
         r_k = (alpha_{t_{k-1}} - alpha_{t_k}) / (1 - alpha_{t_k}),            (ch14-steps)
 
     chapter 8's chain of KLs with t_k = k / K; the prior term is 0 (alpha_1 = 0: z_1 is all
-    masks under q and p) and so is the last reconstruction (alpha_0 = 1).
+    masks under q and p) and so is the last reconstruction (alpha_0 = 1). K counts the
+    steps; `categories` the values of a position (codes 0..categories-1).
 
     Book: :eq:`ch14-steps`.
     """
-    check_binary("x0", x0)
+    categories = check_categories(categories)
+    _data("x0", x0, categories)
     sc = schedule(sched)
     ts = time_grid(K)
     total = torch.zeros(len(x0), dtype=torch.float64, device=x0.device)
     with torch.no_grad():
         for k in progress(range(1, K + 1), desc=f"K-step bound (K = {K})", quiet=True):
             r = float(reveal_probability(ts[k - 1], ts[k], sc))
-            z = forward_sample(x0, float(ts[k]), sc, generator=generator)
-            total += r * masked_cross_entropy(_logits(denoiser, z), x0, z).double()
+            z = forward_sample(x0, float(ts[k]), sc, categories=categories,
+                               generator=generator)
+            logits = _logits(denoiser, z, categories=categories)
+            total += r * masked_cross_entropy(logits, x0, z, categories=categories).double()
     return total
 
 
@@ -352,12 +497,15 @@ def all_masks(D: int) -> torch.Tensor:
     return (bits & 1).bool()
 
 
-def masked_ce_table(denoiser: Callable, x0: torch.Tensor) -> torch.Tensor:
+def masked_ce_table(denoiser: Callable, x0: torch.Tensor, *,
+                    categories: int | None = None) -> torch.Tensor:
     """f(M, x_0) = sum_{i in M} -log p_theta(x_0,i | x_0 with M masked), for every mask M.
 
-    x0: (B, D) binary -> (B, 2^D) float64, column m = the mask `all_masks(D)[m]`. For exact
-    denoisers of toys: it calls `denoiser` once on all B 2^D states, not in chunks."""
-    check_binary("x0", x0)
+    x0: (B, D) binary (codes with categories=K) -> (B, 2^D) float64, column m = the mask
+    `all_masks(D)[m]`. For exact denoisers of toys: it calls `denoiser` once on all B 2^D
+    states, not in chunks."""
+    categories = check_categories(categories)
+    _data("x0", x0, categories)
     if x0.dim() != 2:
         raise checks.ArgumentError(f"exact values take flat toy images (B, D), got "
                                    f"{tuple(x0.shape)}")
@@ -367,7 +515,9 @@ def masked_ce_table(denoiser: Callable, x0: torch.Tensor) -> torch.Tensor:
                     x0[:, None]).reshape(-1, D)
     x = x0[:, None].expand(B, len(masks), D).reshape(-1, D)
     with torch.no_grad():
-        ce = masked_cross_entropy(_logits(denoiser, z, whole=True).double(), x.double(), z)
+        logits = _logits(denoiser, z, whole=True, categories=categories).double()
+        ce = masked_cross_entropy(logits, x.double() if categories is None else x, z,
+                                  categories=categories)
     return ce.view(B, len(masks))
 
 
@@ -441,8 +591,10 @@ ORDERS = ("random", "confidence")
 
 
 def sample(denoiser: Callable, shape, K: int, *, order: str = "random", sched="linear",
-           device=None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Ancestral unmasking in K steps from the all-masked state: (n, ...) binary samples.
+           categories: int | None = None, device=None,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Ancestral unmasking in K steps from the all-masked state: (n, ...) binary samples
+    (codes 0..categories-1, torch.long, with categories given).
 
     Each step asks the denoiser for every masked pixel's Bernoulli probability, draws a
     value for each, and reveals `reveal_counts(D, K)[k]` of them: chosen uniformly at random
@@ -450,9 +602,12 @@ def sample(denoiser: Callable, shape, K: int, *, order: str = "random", sched="l
     those whose drawn value the denoiser was most sure of ("confidence", MaskGIT's order,
     Chang et al. 2022). Pixels revealed in one step are drawn independently: with K = 1
     every pixel is drawn from its own marginal; with K = D, one at a time, an
-    autoregressive model in a random order. shape: (n, ...) of the samples.
+    autoregressive model in a random order. shape: (n, ...) of the samples. With
+    categories: each value drawn from the softmax of its K logits (`draw_values`), the
+    confidence the probability of the value drawn.
     """
     K = checks.count("K (the number of unmasking steps)", K)
+    categories = check_categories(categories)
     if order not in ORDERS:
         raise checks.ArgumentError(f"order must be one of {ORDERS}, got {order!r}")
     shape = tuple(shape)
@@ -460,7 +615,8 @@ def sample(denoiser: Callable, shape, K: int, *, order: str = "random", sched="l
     if K > D:
         raise checks.ArgumentError(f"K = {K} steps for {D} pixels: at most one step per "
                                    f"pixel, K <= {D}")
-    z = torch.full(shape, MASK, device=device)
+    z = torch.full(shape, MASK, device=device,
+                   dtype=torch.float32 if categories is None else torch.long)
     masked_after = [D - c for c in itertools.accumulate(reveal_counts(D, K, sched))]
     still, bad = D, []
     for k in progress(range(K), desc=f"unmasking ({order}, K = {K})", quiet=True):
@@ -468,23 +624,48 @@ def sample(denoiser: Callable, shape, K: int, *, order: str = "random", sched="l
         if count == 0:
             continue
         with torch.no_grad():
-            logits = _logits(denoiser, z).float().reshape(n, D)
+            logits = _logits(denoiser, z, categories=categories).float()
+        logits = logits.reshape(n, D) if categories is None else \
+            logits.reshape(n, categories, D)
         flat = z.reshape(n, D)
-        bad.append((k, (~logits.isfinite() & (flat == MASK)).sum(), n * still + n * count))
+        finite = logits.isfinite() if categories is None else logits.isfinite().all(1)
+        bad.append((k, (~finite & (flat == MASK)).sum(), n * still + n * count))
         if flat.device.type == "cpu":  # a GPU is checked once, after the last step
             _finite_logits(bad[-1:], K)
-        p1 = torch.sigmoid(logits)
-        values = (torch.rand(n, D, device=z.device, generator=generator) < p1).float()
+        values, confidence = draw_values(logits, generator=generator)
         if order == "random":
             score = torch.rand(n, D, device=z.device, generator=generator)
         else:
-            score = torch.where(values == 1, p1, 1 - p1)
+            score = confidence
         score = score.masked_fill(flat != MASK, -math.inf)
         pick = score.topk(count, dim=1).indices
         flat = flat.scatter(1, pick, values.gather(1, pick))
         z = flat.reshape(shape)
     _finite_logits(bad, K)
     return z
+
+
+def draw_values(logits: torch.Tensor, *, generator: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One value for every position and how sure the denoiser was of it: (values,
+    confidence), both (n, D).
+
+    logits (n, D), Bernoulli (binary pixels): value = [u < p_1], p_1 = sigmoid(logit), as
+    floats 0/1; logits (n, K, D), a softmax over K values: the inverse CDF read from the
+    top, value = max {k : u < p_k + ... + p_{K-1}} (torch.long), one uniform u per position,
+    so that at K = 2 with the logits (0, l) it is the binary draw u < p_1 with the same u.
+    confidence: the probability of the value drawn. NaN logits give value 0 (the sampler
+    refuses them)."""
+    u = torch.rand(logits.shape[0], logits.shape[-1], device=logits.device,
+                   generator=generator)
+    if logits.dim() == 2:
+        p1 = torch.sigmoid(logits)
+        values = (u < p1).float()
+        return values, torch.where(values == 1, p1, 1 - p1)
+    p = torch.softmax(logits, dim=1)
+    tail = p.flip(1).cumsum(1).flip(1)                        # (n, K, D): P(value >= k)
+    values = (u[:, None] < tail[:, 1:]).sum(1)                # (n, D) in 0..K-1
+    return values, p.gather(1, values[:, None]).squeeze(1)
 
 
 def _finite_logits(steps: list, K: int) -> None:
@@ -500,4 +681,4 @@ def _finite_logits(steps: list, K: int) -> None:
                 f"the denoiser returned non-finite logits (NaN or inf) at step {k + 1} of "
                 f"{K}: {c} of {masked_pixels} masked pixels; a diverged network (check "
                 "its training loss and weights) or a denoiser that divides by zero: it must "
-                "return finite Bernoulli logits for every masked pixel")
+                "return finite logits for every masked pixel (every value's, for codes)")

@@ -14,8 +14,9 @@ import math
 import torch
 
 from .models.autoencoder import Autoencoder, reconstruction_loss
-from .run import checks
+from .run import checks, smoke
 from .run.memory import map_chunks
+from .run.profiles import smoke_mode
 from .train import checkpoint_path, fit
 
 AE_HIDDEN, AE_LR, AE_NOISE, AE_WEIGHT = (256,), 2e-3, 0.5, 1.0
@@ -314,24 +315,29 @@ def ddpm(x, profile, device, *, steps: int | None = None, resume_from=None,
 
 def _continue(path, resume_from, model, config, x11, optimizer, s: dict, total: int) -> None:
     """Start the run into `path` from `resume_from`, an early checkpoint of the same recipe,
-    when `path` does not exist yet (the early run's steps are not trained again)."""
+    when `path` does not exist yet (the early run's steps are not trained again). x11: the
+    training data as fit gets it, a tensor or a tuple of tensors; s: the recipe's settings
+    (its "ema" and "batch_size")."""
     if resume_from is not None and not path.exists():
         from .run.checkpoint import identity, seed_from
 
-        seed_from(path, resume_from, identity(model, config, (x11,), optimizer, s["ema"],
+        data = tuple(x11) if isinstance(x11, (tuple, list)) else (x11,)
+        seed_from(path, resume_from, identity(model, config, data, optimizer, s["ema"],
                                               s["batch_size"]), total)
 
 
-def snapshots(recipe, checkpoint, x, profile, device, *, fractions=(0.25, 0.5), **kw) -> dict:
+def snapshots(recipe, checkpoint, x, profile, device, *, fractions=(0.25, 0.5),
+              total: int | None = None, **kw) -> dict:
     """One run of `recipe` kept at fractions of its updates: {updates: (model, FitResult)}.
 
     recipe: a load-or-train recipe with `steps` and `resume_from` (ddpm, flow_matching,
-    edm); checkpoint: its checkpoint path function, (profile, steps, **kw) -> Path (e.g.
-    ddpm_checkpoint). Each stage resumes from the one before, so the stages are snapshots of
-    the same run (its learning rate has no decay after the warm-up), not extra training.
-    The last entry is the full run (chapter 9's budget, `ddpm_settings(profile)["steps"]`).
+    edm, latent_denoiser, code_prior); checkpoint: its checkpoint path function, (profile,
+    steps, **kw) -> Path (e.g. ddpm_checkpoint). Each stage resumes from the one before, so
+    the stages are snapshots of the same run (its learning rate has no decay after the
+    warm-up), not extra training. total: the recipe's full number of updates, the last
+    entry (default: chapter 9's budget, `ddpm_settings(profile)["steps"]`).
     """
-    total = ddpm_settings(profile)["steps"]
+    total = ddpm_settings(profile)["steps"] if total is None else int(total)
     cuts = sorted({max(1, round(f * total)) for f in fractions})
     if not all(0 < f < 1 for f in fractions) or not cuts:
         raise ValueError(f"fractions must lie strictly between 0 and 1 (e.g. (0.25, 0.5)); "
@@ -627,12 +633,22 @@ def latent_vae(x, profile, device, *, source: str, prefix: str = "ch11"):
     return model.eval(), result
 
 
+def latent_checkpoint(profile, steps: int | None = None, prefix: str = "ch11", *,
+                      conditional: bool = False, **_):
+    """The checkpoint file of the latent DDPM trained for `steps` (None: the full run);
+    other keywords (those `snapshots` passes to `latent_denoiser`) are ignored."""
+    name = f"{prefix}-latent-ddpm" + ("-cond" if conditional else "")
+    return checkpoint_path(name if steps is None else f"{name}-step{steps}", profile)
+
+
 def latent_denoiser(vae, x, profile, device, *, scale: float, labels=None,
-                    prefix: str = "ch11"):
+                    steps: int | None = None, resume_from=None, prefix: str = "ch11"):
     """A latent DDPM on `vae`'s codes (see `latent_settings`), load-or-train.
 
     Each step draws fresh codes z ~ q(z | x) for its batch (from the encoder's means and
-    variances, computed once) and scales them by `scale`.
+    variances, computed once) and scales them by `scale`. With `steps` it trains only that
+    many updates into a file of its own, and `resume_from` continues an early run, as in
+    `ddpm` (chapter 19 follows the run along its budget with `snapshots`).
 
     Args:
         vae: the trained autoencoder of `latent_vae`.
@@ -642,6 +658,10 @@ def latent_denoiser(vae, x, profile, device, *, scale: float, labels=None,
         scale: the factor on the codes (`latent_diffusion.latent_scale`).
         labels: None (default: an unconditional model) or (N,) digits for a
             class-conditional one (classifier-free guidance).
+        steps: None (default) for the profile's number of updates, or train only this
+            many (an early checkpoint in its own file, `latent_checkpoint`).
+        resume_from: an early checkpoint of the same recipe to continue from when this
+            run's own file does not exist yet; default None.
         prefix: the checkpoint file's prefix (default "ch11"): two notebooks that may train
             at once pass different ones, so that they never write one file.
 
@@ -651,6 +671,7 @@ def latent_denoiser(vae, x, profile, device, *, scale: float, labels=None,
     from .latent_diffusion import codec_fingerprint, conditional_loss, draw_codes, posterior_codes
     from .models.latent_denoiser import LatentDenoiser
     from .models.vae import to_8bit_range
+    from .run.precision import default_optimizer
 
     s = latent_settings(profile)
     _check_unit_images(x, "recipes.latent_denoiser")
@@ -674,11 +695,16 @@ def latent_denoiser(vae, x, profile, device, *, scale: float, labels=None,
 
     data = (mu, logvar) + ((torch.as_tensor(labels, device=mu.device).long(),)
                            if conditional else ())
-    name = f"{prefix}-latent-ddpm" + ("-cond" if conditional else "")
-    result = fit(model, loss_fn, data, steps=s["steps"], batch_size=s["batch_size"],
-                 lr=s["lr"], clip=s["clip"], ema=s["ema"],
-                 checkpoint=checkpoint_path(name, profile), config=config,
-                 desc="latent DDPM" + (" (conditional)" if conditional else ""))
+    # fit's own default optimizer, made here so that an early run can be resumed
+    optimizer = default_optimizer(model.parameters(), s["lr"], device)
+    total = s["steps"] if steps is None else steps
+    path = latent_checkpoint(profile, steps, prefix, conditional=conditional)
+    _continue(path, resume_from, model, config, data, optimizer, s, total)
+    result = fit(model, loss_fn, data, steps=total, batch_size=s["batch_size"],
+                 optimizer=optimizer, clip=s["clip"], ema=s["ema"], checkpoint=path,
+                 config=config, desc="latent DDPM" + (" (conditional)" if conditional
+                                                      else "")
+                 + ("" if steps is None else f" ({steps} steps)"))
     return result.ema.model, result
 
 
@@ -1012,3 +1038,339 @@ def denoiser_function(D, device, *, precision: str = "mixed"):
     bounded = StepConditioned(fn, T=step.T)
     bounded.log_min, bounded.log_max = step.log_min, step.log_max  # D's range, bit for bit
     return Denoiser(bounded, D.kind, D.sigma_data)
+
+
+# --- chapter 18: variational diffusion models ----------------------------------------------
+VDM_STEPS_RANGE = (-15.0, 10.0)  # the U-Net's T steps, evenly spaced in gamma over this range
+VDM_WEIGHTINGS = ("elbo", "sigmoid")
+
+
+def vdm_checkpoint(profile, steps: int | None = None, prefix: str = "ch18", *,
+                   weighting: str = "elbo"):
+    """The checkpoint file of chapter 18's model trained for `steps` (None: the full run) on
+    `weighting` ("elbo": the bound with a learned schedule; "sigmoid": Kingma and Gao's
+    sigmoid weighting)."""
+    if weighting not in VDM_WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {VDM_WEIGHTINGS}, got {weighting!r}")
+    name = f"{prefix}-vdm" if weighting == "elbo" else f"{prefix}-vdm-{weighting}"
+    return checkpoint_path(name if steps is None else f"{name}-step{steps}", profile)
+
+
+def vdm(x, profile, device, *, steps: int | None = None, resume_from=None,
+        prefix: str = "ch18", weighting: str = "elbo"):
+    """Chapter 18's models, load-or-train: chapter 9's U-Net and budget (`ddpm_settings`:
+    preset, T, updates, batch, Adam with the same warm-up, clipping and EMA), told the noise
+    level gamma instead of a step (`vdm.StepAdapter.linear`: its T steps evenly spaced in
+    gamma over VDM_STEPS_RANGE, the nearest step taken), trained in continuous time on
+    one of two objectives, each in bits per dimension:
+
+    weighting="elbo": VDM, the whole bound (`vdm.vdm_bound`: prior, continuous-time diffusion
+    loss, discretized reconstruction of the 8-bit digits) with a `vdm.LearnedSchedule`
+    (hidden width 64, started at VDM's ends -13.3 and 5.0): the network and the schedule's
+    ends follow the bound, its interior the variance of the estimate (the variance trick,
+    in bits per dimension).
+
+    weighting="sigmoid": Kingma and Gao's weighted loss (`vdm.weighted_loss`) with
+    `vdm.sigmoid_weighting` (bias 2), a monotone weighting, the levels drawn by the fixed
+    `vdm.CosineSchedule` with VDM's ends.
+
+    Args:
+        x: (N, 1, 28, 28) training images in [0, 1] (multiples of 1/255, on `device`); the
+            model sees them as the 256 levels on [-1, 1].
+        profile: the Profile whose sizes, epochs and batch size it uses (`get_profile()`).
+        device: where to train (and where the returned model lives).
+        steps: None (default) for the profile's number of updates, or train only this
+            many (an early checkpoint in its own file, as in `ddpm`).
+        resume_from: an early checkpoint of the same recipe to continue from when this
+            run's own file does not exist yet (as in `ddpm`); default None.
+        prefix: the checkpoint file's prefix (default "ch18").
+        weighting: "elbo" (default) or "sigmoid".
+
+    Returns:
+        (a `vdm.DiffusionModel` around the EMA U-Net with its schedule, in eval mode;
+        FitResult).
+    """
+    from . import vdm as V
+
+    if weighting not in VDM_WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {VDM_WEIGHTINGS}, got {weighting!r}")
+    s = ddpm_settings(profile)
+    _check_unit_images(x, "recipes.vdm")
+    from .run.precision import default_optimizer
+
+    net, _, config, _ = _unet_recipe(
+        s, profile, device, x, steps_of_net=s["T"], T=s["T"], weighting=weighting,
+        steps_range=list(VDM_STEPS_RANGE),
+        loss=("VDM bound, learned schedule, variance trick" if weighting == "elbo" else
+              "sigmoid weighting (bias 2), cosine schedule"))
+    adapter = V.StepAdapter.linear(net, *VDM_STEPS_RANGE, T=s["T"])
+    if weighting == "elbo":
+        schedule = V.LearnedSchedule(hidden=64, generator=torch.Generator().manual_seed(0))
+    else:
+        schedule = V.CosineSchedule()
+    model = V.DiffusionModel(adapter, schedule).to(device)
+    optimizer = default_optimizer(model.parameters(), s["lr"], device)  # the schedule too
+    per_dim = 1 / (28 * 28 * math.log(2))
+
+    def warm_up(step: int) -> None:  # chapter 9's, on this optimizer
+        for group in optimizer.param_groups:
+            group["lr"] = s["lr"] * min(1.0, (step + 1) / DDPM_WARMUP)
+
+    def loss_fn(model, x11, step):
+        warm_up(step)
+        if weighting == "elbo":
+            bound = V.vdm_bound(model, model.schedule, x11, variance_gradient=True,
+                                variance_scale=per_dim)
+            return bound.bits_per_dim().mean()
+        return per_dim * V.weighted_loss(model, model.schedule, x11,
+                                         V.sigmoid_weighting).mean()
+
+    total = s["steps"] if steps is None else steps
+    path = vdm_checkpoint(profile, steps, prefix, weighting=weighting)
+    x11 = x * 2 - 1
+    _continue(path, resume_from, model, config, x11, optimizer, s, total)
+    result = fit(model, loss_fn, x11, steps=total, batch_size=s["batch_size"],
+                 optimizer=optimizer, clip=DDPM_CLIP, ema=s["ema"], checkpoint=path,
+                 config=config, desc=f"VDM ({weighting})"
+                 + ("" if steps is None else f", {steps} steps"))
+    if smoke_mode():  # the chapter calls the U-Net itself (`vdm_eps_function`): cut it too
+        smoke.cut(result.ema.model.eps_model.model)
+    return result.ema.model.eval(), result
+
+
+def vdm_eps_function(model, device, *, precision: str = "float32"):
+    """A `vdm.DiffusionModel` of `vdm` as the losses and bounds call it, eps(z (B, ...),
+    gamma (B,)), with its U-Net called as `network_function` calls it: at most
+    companion.run.memory.MAX_IMAGES images a call, float32 (default: for the bound) or
+    mixed precision on a GPU ("mixed": for sampling). No gradients."""
+    adapter = model.eps_model
+    net = network_function(adapter.model, device, precision=precision)
+
+    def eps(z, gamma):
+        with torch.no_grad():
+            steps = adapter.steps(gamma).round().long().to(z.device)
+            return net(z, steps).to(z.dtype)
+
+    return eps
+
+
+def vdm_sampler(model, profile, device):
+    """Chapter 9's samplers for a model of `vdm`: (Diffusion, eps_fn). The Diffusion is the
+    model's schedule as a chain of chapter 9's T steps (`vdm.chain_betas`, step i at
+    gamma(i / T)); eps_fn(x, t int64 (B,)) calls the model at gamma(t / T) in mixed
+    precision (`vdm_eps_function`), for `Diffusion.sample` and `sample_ddim`."""
+    from . import vdm as V
+    from .diffusion import Diffusion
+
+    T = ddpm_settings(profile)["T"]
+    diffusion = Diffusion(V.chain_betas(model.schedule, T), device=device)
+    with torch.no_grad():
+        steps = torch.arange(1, T + 1, dtype=torch.float64, device=model.schedule._device())
+        gammas = model.schedule(steps / T).float()  # on the schedule's own device
+    gammas = gammas.to(device)
+    eps = vdm_eps_function(model, device, precision="mixed")
+
+    def eps_fn(x, t):
+        return eps(x, gammas[t - 1])
+
+    return diffusion, eps_fn
+
+
+# --- chapter 19: discrete latents ---------------------------------------------------------------
+VQ_K, VQ_D, VQ_LEVELS, VQ_RESTART_AFTER = 64, 16, (4, 4, 4), 20
+# floating-point operations of a training step, per image, chapter 11's autoencoder over the
+# VQ-VAE's (torch.utils.flop_counter, forward and backward: 30.65 and 23.38 MFLOP)
+VQ_COST_RATIO = 1.31
+VQ_VARIANTS = ("plain", "ema", "restart", "fsq")
+PRIOR_KINDS = ("masked", "autoregressive")
+
+
+def vq_settings(profile) -> dict:
+    """Chapter 19's recipe per profile, sized against chapter 11's (`latent_settings`) so
+    that the two pipelines train with the same floating-point operations, stage by stage.
+
+    The autoencoders (`vqvae`): K = VQ_K codes of VQ_D numbers on the 7 x 7 grid (FSQ:
+    levels VQ_LEVELS, prod = VQ_K), Bernoulli decoder on digits binarized afresh every
+    step, chapter 11's batch (64) and Adam learning rate (2e-3). A step of the VQ-VAE costs
+    23.4 MFLOP an image (forward and backward, torch.utils.flop_counter; FSQ 20.8), one of
+    chapter 11's autoencoder 30.7 (its linear head), so the VQ-VAEs take VQ_COST_RATIO times
+    chapter 11's updates (`vq_steps`: 4 / 20 / 30 of its epochs, ci / cpu / gpu), all four
+    the same number. The restarts move a code unused for VQ_RESTART_AFTER steps.
+    The priors (`code_prior`): a transformer of width 64, depth 2 and 4 heads over the 49
+    positions, masked diffusion (`CodeDenoiser`, chapter 14's loss with categories=K,
+    linear schedule) or autoregressive (`ARPrior`), each trained on the codes of the
+    training digits with chapter 11's denoiser's optimizer (Adam 1e-3, gradients clipped
+    at 1, the same EMA) for its number of updates (300 / 3,000 /
+    20,000), each step encoding a fresh binarization of its batch. A step on 32 digits
+    (encoding and training) costs about the 1.095 GFLOP of one of chapter 11's denoiser on
+    256 codes: the batch of 32 matches the two (the chapter measures the ratio).
+    """
+    s = latent_settings(profile)
+    return dict(
+        K=VQ_K, D=VQ_D, levels=VQ_LEVELS, beta=0.25, decay=0.99,
+        restart_after=VQ_RESTART_AFTER, epochs_11=s["vae_epochs"],
+        batch_size=s["vae_batch"], lr=s["vae_lr"],
+        width=64, depth=2, heads=4, schedule=MASKED_SCHEDULE,
+        steps=s["steps"], prior_batch=32, prior_lr=s["lr"], clip=s["clip"], ema=s["ema"],
+    )
+
+
+def vq_steps(profile, n_train: int) -> int:
+    """The VQ-VAEs' updates on n_train digits: VQ_COST_RATIO times those of chapter 11's
+    autoencoder (its epochs of batches of 64), so that the two train with the same
+    floating-point operations."""
+    s = vq_settings(profile)
+    return round(VQ_COST_RATIO * s["epochs_11"] * math.ceil(n_train / s["batch_size"]))
+
+
+def vqvae(x, profile, device, *, variant: str = "plain", prefix: str = "ch19"):
+    """Chapter 19's vector-quantized autoencoder (see `vq_settings`), load-or-train.
+
+    variant: "plain" (codebook learned by its loss), "ema" (codebook by exponential moving
+    averages), "restart" (plain, with dead codes restarted from the batch's encoder
+    outputs) or "fsq" (finite scalar quantization): the remedies for codebook collapse, one
+    at a time, on the same data, seed and budget. The history logs the batch's code usage
+    and perplexity every step.
+
+    Args:
+        x: (N, 1, 28, 28) grey training images in [0, 1] on `device`; every step binarizes
+            its batch afresh (`companion.models.vqvae.VQLoss`).
+        profile: the Profile whose settings it uses (`get_profile()`).
+        device: where to train (and where the returned model lives).
+        variant: one of VQ_VARIANTS (default "plain").
+        prefix: the checkpoint file's prefix (default "ch19").
+
+    Returns:
+        (model in eval mode, FitResult).
+    """
+    from .models.vqvae import VQVAE, VQLoss
+
+    if variant not in VQ_VARIANTS:
+        raise ValueError(f"variant must be one of {VQ_VARIANTS}, got {variant!r}")
+    s = vq_settings(profile)
+    _check_unit_images(x, "recipes.vqvae")
+    torch.manual_seed(0)
+    if variant == "fsq":
+        model = VQVAE(quantizer="fsq", levels=s["levels"])
+    else:
+        model = VQVAE(s["K"], s["D"], beta=s["beta"], ema=variant == "ema", decay=s["decay"])
+    restart = s["restart_after"] if variant == "restart" else None
+    config = dict(profile=profile.name, variant=variant, K=model.K, D=model.D,
+                  levels=list(s["levels"]) if variant == "fsq" else None, beta=s["beta"],
+                  decay=s["decay"] if variant == "ema" else None, restart_after=restart,
+                  batch_size=s["batch_size"], lr=s["lr"], n_train=len(x),
+                  binarize="dynamic")
+    steps = vq_steps(profile, len(x))
+    result = fit(model.to(device), VQLoss(restart_after=restart), x, steps=steps,
+                 batch_size=s["batch_size"], lr=s["lr"], config=config,
+                 checkpoint=checkpoint_path(f"{prefix}-vqvae-{variant}", profile),
+                 desc=f"VQ-VAE ({variant})")
+    return model.eval(), result
+
+
+def chosen_variant(runs: dict) -> str:
+    """The autoencoder the priors model: of {variant: FitResult} (`vqvae`'s runs), the one
+    whose logged reconstruction term, log p(x | z_q) on the training batches, is highest on
+    average over the last tenth of its updates. Nothing held out is looked at: the rule
+    reads the loss each run minimized, before any test digit is scored."""
+    def last_tenth(result):
+        rec = result.history["reconstruction"]
+        return sum(rec[-max(len(rec) // 10, 1):]) / max(len(rec) // 10, 1)
+
+    if not runs:
+        raise ValueError("chosen_variant needs {variant: FitResult} of at least one run")
+    return max(runs, key=lambda v: last_tenth(runs[v]))
+
+
+def vq_priors(x, profile, device, *, prefix: str = "ch19") -> tuple[str, dict]:
+    """The calls of chapter 19's second stage: the four autoencoders (`vqvae`), the chosen
+    one (`chosen_variant`), and both priors over its codes kept at a quarter, half and all
+    of their updates (`snapshots` of `code_prior`). Returns (the chosen variant, {kind:
+    {updates: (model, FitResult)}})."""
+    trained = {v: vqvae(x, profile, device, variant=v, prefix=prefix) for v in VQ_VARIANTS}
+    chosen = chosen_variant({v: run for v, (_, run) in trained.items()})
+    total = vq_settings(profile)["steps"]
+    return chosen, {kind: snapshots(code_prior, code_prior_checkpoint, x, profile, device,
+                                    total=total, vq=trained[chosen][0], variant=chosen,
+                                    kind=kind, prefix=prefix)
+                    for kind in PRIOR_KINDS}
+
+
+def code_prior_checkpoint(profile, steps: int | None = None, prefix: str = "ch19", *,
+                          variant: str = "fsq", kind: str = "masked", **_):
+    """The checkpoint file of a prior over `variant`'s codes trained for `steps` (None: the
+    full run); other keywords (those `snapshots` passes to `code_prior`) are ignored."""
+    name = f"{prefix}-{kind}-prior-{variant}"
+    return checkpoint_path(name if steps is None else f"{name}-step{steps}", profile)
+
+
+def code_prior(x, profile, device, *, vq, variant: str, kind: str = "masked",
+               steps: int | None = None, resume_from=None, prefix: str = "ch19"):
+    """A prior over the code grids of the autoencoder `vq`, `vqvae(x, ..., variant=variant)`
+    (see `vq_settings`), load-or-train; the autoencoder stays frozen.
+
+    Every step binarizes its batch of digits afresh and encodes it (float32, autocast off:
+    the nearest codes of chapter 19's test grids are float32 too), as chapter 11's
+    denoiser draws fresh codes every step. kind="masked": masked diffusion over K
+    categories (`companion.models.code_prior.CodeDenoiser` on `companion.masked.loss` with
+    categories=K, whose expectation is its negative ELBO in nats per grid);
+    kind="autoregressive": `ARPrior` on its exact negative log-likelihood. The same network
+    size, data, optimizer and budget for both. The autoencoder's weights are part of the
+    run's identity (`latent_diffusion.codec_fingerprint`): a prior of another autoencoder's
+    codes is refused.
+
+    Args:
+        x: (N, 1, 28, 28) grey training images in [0, 1] on `device`.
+        profile: the Profile whose settings it uses (`get_profile()`).
+        device: where to train (and where the returned model lives).
+        vq: the trained autoencoder whose codes it models (`vqvae`'s model).
+        variant: its variant, one of VQ_VARIANTS: it names the checkpoint file.
+        kind: one of PRIOR_KINDS (default "masked").
+        steps: None (default) for the profile's number of updates, or train only this
+            many (an early checkpoint in its own file, as in `ddpm`).
+        resume_from: an early checkpoint of the same recipe to continue from when this
+            run's own file does not exist yet; default None.
+        prefix: the checkpoint file's prefix (default "ch19").
+
+    Returns:
+        (EMA model in eval mode, FitResult).
+    """
+    from . import masked
+    from .data import binarize
+    from .latent_diffusion import codec_fingerprint
+    from .models.code_prior import ARPrior, CodeDenoiser
+    from .run.precision import default_optimizer
+
+    if kind not in PRIOR_KINDS:
+        raise ValueError(f"kind must be one of {PRIOR_KINDS}, got {kind!r}")
+    if variant not in VQ_VARIANTS:
+        raise ValueError(f"variant must be one of {VQ_VARIANTS}, got {variant!r}")
+    s = vq_settings(profile)
+    _check_unit_images(x, "recipes.code_prior")
+    torch.manual_seed(0)
+    network = CodeDenoiser if kind == "masked" else ARPrior
+    model = network(vq.K, width=s["width"], depth=s["depth"], heads=s["heads"]).to(device)
+    optimizer = default_optimizer(model.parameters(), s["prior_lr"], device)
+    config = dict(profile=profile.name, kind=kind, variant=variant, K=vq.K, width=s["width"],
+                  depth=s["depth"], heads=s["heads"], codec=codec_fingerprint(vq),
+                  n_train=len(x), lr=s["prior_lr"], batch_size=s["prior_batch"],
+                  ema=s["ema"], clip=s["clip"],
+                  schedule=s["schedule"] if kind == "masked" else None)
+    device_type = torch.device(device).type
+
+    def loss_fn(model, xb):
+        with torch.autocast(device_type, enabled=False):
+            k = vq.codes(binarize(xb.float()))
+        if kind == "masked":
+            return masked.loss(model, k, s["schedule"], categories=vq.K)
+        return -model.log_prob(k).mean()
+
+    total = s["steps"] if steps is None else steps
+    path = code_prior_checkpoint(profile, steps, prefix, variant=variant, kind=kind)
+    _continue(path, resume_from, model, config, x, optimizer,
+              {"ema": s["ema"], "batch_size": s["prior_batch"]}, total)
+    result = fit(model, loss_fn, x, steps=total, batch_size=s["prior_batch"],
+                 optimizer=optimizer, clip=s["clip"], ema=s["ema"], checkpoint=path,
+                 config=config, desc=f"{kind} prior"
+                 + ("" if steps is None else f" ({steps} steps)"))
+    return result.ema.model.eval(), result

@@ -532,3 +532,84 @@ class BinaryTable:
         S = kept | bit                                                # R + {i}
         on, off = idx | bit, idx & ~bit
         return (L[S, on] - L[S, off]).to(torch.float64)
+
+
+class CategoricalTable:
+    """A distribution over D positions of K values each (a short sequence of codes), given
+    by its table of K^D probabilities: chapter 19's exact toy for masked diffusion over
+    codes, where log p(x) and every conditional p(x_i | x_R) are known.
+
+    probs: (K^D,) non-negative, summing to 1; entry m is the sequence whose position i is
+    digit i of m in base K (position 0 the lowest digit: at K = 2 the bit order of
+    `BinaryTable`). K >= 2, D >= 1, K^D <= 2^16. `denoiser` gives the exact conditionals.
+    """
+
+    def __init__(self, probs, K: int):
+        K = checks.count("K (the number of values of a position)", K, minimum=2)
+        p = _as_float(probs, "probs").double()
+        D = round(math.log(max(len(p), 1)) / math.log(K)) if p.dim() == 1 else -1
+        if p.dim() != 1 or D < 1 or K ** D != len(p) or len(p) > 2 ** 16:
+            raise ValueError(f"probs must be a table of K^D = {K}^D probabilities (at most "
+                             f"2^16 entries), got shape {tuple(p.shape)}")
+        if (p < 0).any() or abs(float(p.sum()) - 1) > 1e-9:
+            raise ValueError(f"probs must be non-negative and sum to 1, got sum "
+                             f"{float(p.sum()):.6g}, min {float(p.min()):.3g}")
+        self.K, self.D, self.probs = K, D, p
+        self.states = torch.arange(K ** D)[:, None] // K ** torch.arange(D) % K  # (K^D, D)
+
+    @classmethod
+    def from_prototypes(cls, prototypes, weights, flip: float, K: int) -> CategoricalTable:
+        """A mixture of prototype sequences (P, D) of codes 0..K-1, each position replaced,
+        with probability flip, by one of the K - 1 other values, uniformly (at K = 2:
+        `BinaryTable.from_prototypes`)."""
+        K = checks.count("K", K, minimum=2)
+        protos = torch.as_tensor(prototypes).long()
+        if protos.dim() != 2 or int(protos.min()) < 0 or int(protos.max()) >= K:
+            raise ValueError(f"prototypes must be (P, D) codes 0..{K - 1}, got shape "
+                             f"{tuple(protos.shape)}")
+        w = _as_float(weights, "weights").double()
+        flip = checks.real("flip", flip, low=0.0, high=1 - 1 / K, open_low=True)
+        states = torch.arange(K ** protos.shape[1])[:, None] // K ** torch.arange(
+            protos.shape[1]) % K
+        agree = (states[:, None] == protos[None]).double()            # (K^D, P, D)
+        like = (agree * (1 - flip) + (1 - agree) * flip / (K - 1)).prod(-1)
+        return cls(like @ (w / w.sum()), K)
+
+    def index(self, x: torch.Tensor) -> torch.Tensor:
+        """The table entry of code sequences x (B, D) -> (B,) int64."""
+        checks.tensor("x", x, dims=2)
+        if x.shape[1] != self.D:
+            raise ValueError(f"x must have {self.D} positions, got {tuple(x.shape)}")
+        return (x.long() * self.K ** torch.arange(self.D, device=x.device)).sum(1)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(x), (B, D) codes -> (B,) float64."""
+        return self.probs.log().to(x.device)[self.index(x)]
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n sequences drawn from the table, (n, D) int64."""
+        i = torch.multinomial(self.probs, checks.count("n", n), replacement=True,
+                              generator=generator)
+        return self.states[i]
+
+    def entropy(self) -> float:
+        """H(p) = -sum p log p, nats."""
+        p = self.probs[self.probs > 0]
+        return float(-(p * p.log()).sum())
+
+    def denoiser(self, z: torch.Tensor) -> torch.Tensor:
+        """The exact denoiser: log p(x_i = k | the revealed positions of z), every i and k.
+
+        z: (B, D) states, codes 0..K-1 or companion.masked.MASK -> (B, K, D) float64,
+        normalized log-probabilities (valid logits). At a revealed position the mass sits
+        on its own value (the others get -inf), unused by the bound and the samplers. Sums
+        the table over the sequences that agree with the revealed positions: (B, K^D, D)
+        comparisons, for toys."""
+        from .masked import MASK, check_code_states
+
+        check_code_states("z", z, self.K, shape=(self.D,))
+        states = self.states.to(z.device)
+        agree = ((states[None] == z[:, None]) | (z[:, None] == MASK)).all(-1)  # (B, K^D)
+        onehot = torch.nn.functional.one_hot(states, self.K).double()       # (K^D, D, K)
+        mass = torch.einsum("bn,ndk->bkd", agree.double() * self.probs.to(z.device), onehot)
+        return mass.log() - mass.sum(1, keepdim=True).log()

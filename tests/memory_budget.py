@@ -287,6 +287,73 @@ def masked_sampling(n: int = 1000, K: int = 4):
         masked.sample(_amp_logits(model), (n, 1, 28, 28), K, device=DEVICE)
 
 
+def _vq_pair(device=DEVICE, kind: str = "masked"):
+    """Chapter 19's autoencoder (FSQ, the run its priors model in the ci run) and a prior
+    over its codes, at the gpu profile's sizes."""
+    from companion import recipes
+    from companion.models.code_prior import ARPrior, CodeDenoiser
+    from companion.models.vqvae import VQVAE
+    from companion.run.profiles import get_profile
+
+    s = recipes.vq_settings(get_profile("gpu"))
+    network = CodeDenoiser if kind == "masked" else ARPrior
+    with device:
+        vq = VQVAE(quantizer="fsq", levels=s["levels"]).eval()
+        prior = network(vq.K, width=s["width"], depth=s["depth"], heads=s["heads"]).eval()
+    return vq, prior, s
+
+
+def _codes(n: int, K: int, device=DEVICE) -> torch.Tensor:
+    return torch.zeros(n, 7, 7, dtype=torch.long, device=device)
+
+
+def code_prior_training_step():
+    """Chapter 19's prior training step: a fresh binarization of 32 digits encoded by the
+    autoencoder, then the masked prior's loss with K categories and its backward pass,
+    Adam, float32."""
+    from companion import masked
+    from companion.run.precision import default_optimizer
+
+    vq, prior, s = _vq_pair(GRAD_DEVICE)
+    prior.train()
+    opt = default_optimizer(prior.parameters(), s["prior_lr"], "cpu")
+    k = vq.codes(_binary(s["prior_batch"], GRAD_DEVICE))
+    masked.loss(prior, k, s["schedule"], categories=vq.K).backward()
+    opt.step()
+
+
+def vq_two_stage_bound():
+    """Chapter 19: the two-stage bound of the 10,000 binarized test digits with the
+    autoregressive prior (the autoencoder and the prior each on at most MAX_IMAGES a
+    call), float32."""
+    from companion.models.vqvae import negative_elbo
+
+    vq, prior, _ = _vq_pair(kind="autoregressive")
+    negative_elbo(vq, _binary(N_TEST), lambda k: -prior.log_prob(k))
+
+
+def code_prior_bound(n_t: int = 2):
+    """Chapter 19: the masked prior's negative ELBO of the 10,000 test grids, fp16; as in
+    chapter 14, two times stand for the chapter's sixteen."""
+    from companion import masked
+
+    vq, prior, _ = _vq_pair()
+    with torch.no_grad():
+        masked.negative_elbo(_amp_logits(prior), _codes(N_TEST, vq.K), n_t=n_t,
+                             categories=vq.K)
+
+
+def code_prior_sampling(n: int = 1000, steps: int = 4):
+    """Chapter 19: unmasking 1,000 code grids (the chapter's Fréchet set), fp16; every
+    step makes the same call, so four stand for its 49."""
+    from companion import masked
+
+    vq, prior, _ = _vq_pair()
+    with torch.no_grad():
+        masked.sample(_amp_logits(prior), (n, 7, 7), steps, categories=vq.K,
+                      device=DEVICE)
+
+
 def _flow_pair(device=DEVICE):
     """Chapter 15's teacher and student: chapter 13's U-Net (T + 1 steps) twice."""
     from companion import recipes
@@ -464,6 +531,76 @@ def vp_denoiser_between_levels(n: int = 2000):
         D(torch.randn(n, 1, 28, 28, device=DEVICE), sigma)
 
 
+def _as_tensor(name, value, fix=""):
+    """companion.vdm._real_tensor without its check of the values (a host sync)."""
+    if torch.is_tensor(value):
+        return value if value.is_floating_point() else value.to(torch.float64)
+    return torch.as_tensor(value, dtype=torch.float64)
+
+
+class _Steps(torch.nn.Module):
+    """A stand-in with a config.T, to build a StepAdapter on real tensors."""
+
+    def __init__(self, T: int):
+        super().__init__()
+        self.config = type("Config", (), {"T": T})()
+
+
+def _vdm_net(model, T: int, schedule, device):
+    """recipes.vdm's DiffusionModel around a (fake) U-Net: the adapter's levels are made on
+    real tensors (its checks read them), then replaced by fake ones of the same shape."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    from companion import recipes, vdm
+
+    with unset_fake_temporarily():
+        adapter = vdm.StepAdapter.linear(_Steps(T), *recipes.VDM_STEPS_RANGE, T=T)
+        shape = adapter.gammas.shape
+    adapter.model = model
+    adapter.gammas = torch.empty(shape, dtype=torch.float64)
+    with device:
+        return vdm.DiffusionModel(adapter, schedule())
+
+
+def vdm_training_step(weighting: str = "elbo"):
+    """Chapter 18's training step (recipes.vdm): the 15M U-Net told gamma through
+    vdm.StepAdapter, the whole VDM bound with a learned schedule and the variance trick
+    ("elbo"), or the sigmoid-weighted loss ("sigmoid"), batch 128, Adam, float32."""
+    from companion import vdm
+    from companion.run.precision import default_optimizer
+
+    model, _, settings = _ddpm(GRAD_DEVICE)
+    model.train()
+    net = _vdm_net(model, settings["T"], (lambda: vdm.LearnedSchedule(hidden=64))
+                   if weighting == "elbo" else vdm.CosineSchedule, GRAD_DEVICE)
+    schedule = net.schedule
+    opt = default_optimizer(net.parameters(), 1e-4, "cpu")
+    x = _images(settings["batch_size"], lo=-1, device=GRAD_DEVICE)
+    with mock.patch("companion.vdm._real_tensor", _as_tensor), \
+            mock.patch("companion.vdm._times", lambda name, t: _as_tensor(name, t)):
+        if weighting == "elbo":
+            loss = vdm.vdm_bound(net, schedule, x, variance_gradient=True).total.mean()
+        else:
+            loss = vdm.weighted_loss(net, schedule, x, vdm.sigmoid_weighting).mean()
+        loss.backward()
+    opt.step()
+
+
+def vdm_bound_of_test_digits(n: int = 2000, draws: int = 8):
+    """Chapter 18: the VDM bound of n test digits, `draws` each (a batch of n * draws),
+    the U-Net through recipes.vdm_eps_function in float32."""
+    from companion import recipes, vdm
+
+    model, _, settings = _ddpm()
+    net = _vdm_net(model, settings["T"], lambda: vdm.LearnedSchedule(hidden=64), DEVICE)
+    eps = recipes.vdm_eps_function(net, "cpu")
+    x = _images(n * draws, lo=-1)
+    with mock.patch("companion.vdm._real_tensor", _as_tensor), \
+            mock.patch("companion.vdm._times", lambda name, t: _as_tensor(name, t)), \
+            torch.no_grad():
+        vdm.vdm_bound(eps, net.schedule, x)
+
+
 def operations() -> list[Operation]:
     from companion.run.profiles import get_profile
 
@@ -502,6 +639,22 @@ def operations() -> list[Operation]:
         Operation("17", "Heun on the EDM denoiser, 2,000 images, fp16", edm_heun_sampling),
         Operation("17", "chapter 9's network between two levels, 2,000 images",
                   vp_denoiser_between_levels),
+        Operation("18", "VDM training step (bound, learned schedule), batch 128",
+                  vdm_training_step),
+        Operation("18", "sigmoid-weighted training step, batch 128",
+                  lambda: vdm_training_step("sigmoid")),
+        Operation("18", "ancestral sampling of the VDM U-Net, 2,000 images",
+                  lambda: ddpm_sampling(2000)),
+        Operation("18", "the VDM bound of 2,000 test digits x 8 draws",
+                  vdm_bound_of_test_digits),
+        Operation("19", "prior training step, batch 32, encoding included",
+                  code_prior_training_step),
+        Operation("19", "two-stage bound of the test set", vq_two_stage_bound),
+        Operation("19", "the masked prior's bound of the test codes", code_prior_bound),
+        Operation("19", "unmasking 1,000 code grids", code_prior_sampling),
+        Operation("19", "chapter 14's negative ELBO of the test set", masked_negative_elbo),
+        Operation("19", "hierarchical VAE, IW bound on the test set", lambda: hvae_iw(
+            gpu.iw_samples)),
         # chapter 20 samples chapter 9's DDPM ancestrally, 1,000 images (the gpu profile)
         Operation("20", "ancestral sampling, 1,000 images", lambda: ddpm_sampling(1000)),
     ]
@@ -527,6 +680,10 @@ VALUE_CHECKS = ("companion.run.checks.images",
                 "companion.masked._finite_logits",
                 "companion.sde._finite_end",
                 "companion.masked.check_states",
+                "companion.masked.check_codes",
+                "companion.masked.check_code_states",
+                "companion.models.code_prior.check_code_states",
+                "companion.models.vqvae.check_binary_images",
                 "companion.models.unet.check_states")
 # Host-side arithmetic on small CPU tensors (a step list): run for real.
 HOST_HELPERS = ("companion.diffusion.spaced_timesteps", "companion.masked.reveal_counts",

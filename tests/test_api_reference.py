@@ -68,6 +68,7 @@ EXEMPT: dict[str, str] = {
     "ch15-one-step": DERIVATION + " (one Euler step of a straight path)",
     "ch15-consistency": "a definition: the property ch15-consistency-pde states locally",
     "ch16-by-parts": DERIVATION + " (integration by parts, the step to ch16-ism)",
+    "ch18-snr-integral": DERIVATION + " (a change of variables in ch18-continuous-loss)",
     "ch16-tilted": "a definition (the tilted distribution the guided sampler is compared "
                    "with); " + CHAPTER_CELL,
 }

@@ -133,3 +133,19 @@ def test_a_smoke_step_sees_a_few_examples_of_the_batch_it_drew(monkeypatch):
 
     assert seen(True) == [profiles.SMOKE_BATCH] * profiles.SMOKE_STEPS
     assert seen(False) == [32, 32, 32]
+
+
+def test_chapter_18s_unet_is_cut_where_the_chapter_calls_it(monkeypatch, tmp_path):
+    """Chapter 18 calls the U-Net inside recipes.vdm's DiffusionModel directly
+    (recipes.vdm_eps_function): the smoke run must cut that network too, or its samplers
+    run a gpu-sized U-Net at every step (the smoke run of chapter 18 timed out)."""
+    from companion import recipes
+    from companion.run.profiles import get_profile
+
+    monkeypatch.setenv("BOOK_SMOKE", "1")
+    monkeypatch.setenv("BOOK_CACHE", str(tmp_path))
+    x = torch.randint(0, 256, (16, 1, 28, 28),
+                      generator=torch.Generator().manual_seed(0)) / 255
+    model, _ = recipes.vdm(x, get_profile("ci"), "cpu")
+    assert isinstance(model, smoke._Repeats)
+    assert isinstance(model.eps_model.model, smoke._Repeats)

@@ -136,15 +136,32 @@ class MLPDecoder(nn.Module):
         return self.net(z).view(-1, self.out_channels, *IMAGE_SHAPE[1:])
 
 
+def down_convs(channels=(32, 64), activation=nn.ReLU, in_channels: int = 1) -> list[nn.Module]:
+    """Two 4 x 4 stride-2 convolutions, each followed by the activation: (B, in_channels,
+    28, 28) -> (B, channels[1], 7, 7), through 14 x 14. The conv encoder's body (chapter 19's
+    VQ encoder stops here, at a 7 x 7 grid)."""
+    c1, c2 = channels
+    return [nn.Conv2d(in_channels, c1, 4, stride=2, padding=1), activation(),
+            nn.Conv2d(c1, c2, 4, stride=2, padding=1), activation()]
+
+
+def up_convs(channels=(64, 32), out_channels: int = 1, activation=nn.ReLU) -> list[nn.Module]:
+    """Two 4 x 4 stride-2 transposed convolutions with the activation between: (B,
+    channels[0], 7, 7) -> (B, out_channels, 28, 28), no activation at the end (logits or
+    means). The conv decoder's last layers, and chapter 19's VQ decoder's."""
+    c1, c2 = channels
+    return [nn.ConvTranspose2d(c1, c2, 4, stride=2, padding=1), activation(),
+            nn.ConvTranspose2d(c2, out_channels, 4, stride=2, padding=1)]
+
+
 class ConvEncoder(nn.Module):
     """x: (B, 1, 28, 28) -> (mu, logvar): two stride-2 convs (28 -> 14 -> 7), a linear head."""
 
     def __init__(self, latent_dim: int, channels=(32, 64), hidden=256, activation=nn.ReLU):
         super().__init__()
-        c1, c2 = channels
+        c2 = channels[1]
         self.body = nn.Sequential(
-            nn.Conv2d(1, c1, 4, stride=2, padding=1), activation(),
-            nn.Conv2d(c1, c2, 4, stride=2, padding=1), activation(),
+            *down_convs(channels, activation),
             nn.Flatten(), nn.Linear(c2 * 7 * 7, hidden), activation(),
         )
         self.head = nn.Linear(hidden, 2 * latent_dim)
@@ -160,14 +177,11 @@ class ConvDecoder(nn.Module):
     def __init__(self, latent_dim: int, channels=(64, 32), hidden=256, activation=nn.ReLU,
                  out_channels: int = 1):
         super().__init__()
-        c1, c2 = channels
+        c1 = channels[0]
         self.c1 = c1
         self.fc = nn.Sequential(nn.Linear(latent_dim, hidden), activation(),
                                 nn.Linear(hidden, c1 * 7 * 7), activation())
-        self.deconv = nn.Sequential(
-            nn.ConvTranspose2d(c1, c2, 4, stride=2, padding=1), activation(),
-            nn.ConvTranspose2d(c2, out_channels, 4, stride=2, padding=1),
-        )
+        self.deconv = nn.Sequential(*up_convs(channels, out_channels, activation))
 
     def forward(self, z):
         return self.deconv(self.fc(z).view(-1, self.c1, 7, 7))

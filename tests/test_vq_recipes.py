@@ -1,0 +1,117 @@
+"""Chapter 19's recipes (companion.recipes): the four VQ-VAEs, the rule that picks the one
+the priors model, the priors kept at stages of one run, chapter 11's denoiser followed the
+same way, and clear errors for bad settings."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from companion import recipes
+from companion.models.code_prior import ARPrior, CodeDenoiser
+from companion.models.quantizer import FSQ
+from companion.run.checkpoint import CheckpointMismatchError
+from companion.run.profiles import get_profile
+
+CI = get_profile("ci")
+
+
+@pytest.fixture
+def short(monkeypatch, tmp_path):
+    """The ci recipes cut to a few updates, in a cache of their own; 40 grey digits."""
+    monkeypatch.setenv("BOOK_CACHE", str(tmp_path))
+    monkeypatch.setattr(recipes, "vq_steps", lambda profile, n: 4)
+    vq, lat = recipes.vq_settings, recipes.latent_settings
+    monkeypatch.setattr(recipes, "vq_settings", lambda p: {**vq(p), "steps": 8})
+    monkeypatch.setattr(recipes, "latent_settings", lambda p: {**lat(p), "steps": 8,
+                                                               "vae_epochs": 1})
+    torch.set_default_dtype(torch.float32)
+    return torch.rand(40, 1, 28, 28, generator=torch.Generator().manual_seed(19))
+
+
+def test_the_settings_match_chapter_11s_compute():
+    for name in ("ci", "cpu", "gpu"):
+        p = get_profile(name)
+        s, s11 = recipes.vq_settings(p), recipes.latent_settings(p)
+        assert s["steps"] == s11["steps"] and s["batch_size"] == s11["vae_batch"]
+        assert s["K"] == 64 and FSQ(s["levels"]).K == s["K"]
+    # 2,000 digits in batches of 64: 32 updates an epoch, 4 epochs in ci, times 1.31
+    assert recipes.vq_steps(CI, 2000) == round(1.31 * 4 * 32) == 168
+
+
+@pytest.mark.slow  # trains four small autoencoders for a few steps
+def test_four_variants_one_remedy_each(short):
+    models = {v: recipes.vqvae(short, CI, "cpu", variant=v) for v in recipes.VQ_VARIANTS}
+    plain, ema, restart, fsq = (models[v][0] for v in recipes.VQ_VARIANTS)
+    assert not plain.training and plain.quantizer.codebook.requires_grad
+    assert ema.quantizer.ema  # the codebook a buffer, moved by the averages
+    assert "codebook" in dict(ema.quantizer.named_buffers())
+    assert isinstance(fsq.quantizer, FSQ) and fsq.K == plain.K == 64
+    runs = {v: r for v, (_, r) in models.items()}
+    assert all(r.steps == 4 for r in runs.values())
+    assert "restarted" in runs["restart"].history and "restarted" not in runs["plain"].history
+    assert set(runs["plain"].history) >= {"reconstruction", "usage", "perplexity"}
+    again, run = recipes.vqvae(short, CI, "cpu", variant="ema")  # load, not train
+    assert run.resumed_at == run.steps == 4
+    assert torch.equal(again.quantizer.codebook, ema.quantizer.codebook)
+    with pytest.raises(ValueError, match="variant must be one of"):
+        recipes.vqvae(short, CI, "cpu", variant="gumbel")
+
+
+def test_the_chosen_run_has_the_highest_late_reconstruction():
+    def run(values):
+        return SimpleNamespace(history={"reconstruction": values})
+
+    runs = {"a": run([-90.0] * 18 + [-80.0, -80.0]),   # best at the end
+            "b": run([-70.0] * 18 + [-85.0, -85.0]),   # best early, worse at the end
+            "c": run([-100.0] * 20)}
+    assert recipes.chosen_variant(runs) == "a"
+    with pytest.raises(ValueError, match="at least one run"):
+        recipes.chosen_variant({})
+
+
+@pytest.mark.slow  # trains two small transformers three times for a few steps
+def test_the_priors_are_stages_of_one_run(short, monkeypatch, tmp_path):
+    vq, _ = recipes.vqvae(short, CI, "cpu", variant="fsq")
+    for kind, network in (("masked", CodeDenoiser), ("autoregressive", ARPrior)):
+        kept = recipes.snapshots(recipes.code_prior, recipes.code_prior_checkpoint, short,
+                                 CI, "cpu", total=8, vq=vq, variant="fsq", kind=kind)
+        assert sorted(kept) == [2, 4, 8]
+        assert [kept[k][1].steps for k in (2, 4, 8)] == [2, 4, 8]
+        assert isinstance(kept[8][0], network) and not kept[8][0].training
+        for cut in (2, 4, None):
+            assert recipes.code_prior_checkpoint(CI, cut, variant="fsq", kind=kind).exists()
+        monkeypatch.setenv("BOOK_CACHE", str(tmp_path / f"straight-{kind}"))
+        straight, _ = recipes.code_prior(short, CI, "cpu", vq=vq, variant="fsq", kind=kind)
+        for a, b in zip(kept[8][0].parameters(), straight.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        monkeypatch.setenv("BOOK_CACHE", str(tmp_path))
+    assert recipes.code_prior_checkpoint(CI).name == "ch19-masked-prior-fsq-ci.pt"
+
+
+def test_a_prior_of_another_autoencoders_codes_is_refused(short):
+    vq, _ = recipes.vqvae(short, CI, "cpu", variant="fsq")
+    recipes.code_prior(short, CI, "cpu", vq=vq, variant="fsq")
+    with torch.no_grad():
+        vq.encoder[0].weight.add_(0.01)  # another autoencoder under the same name
+    with pytest.raises(CheckpointMismatchError, match="codec"):
+        recipes.code_prior(short, CI, "cpu", vq=vq, variant="fsq")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        recipes.code_prior(short, CI, "cpu", vq=vq, variant="fsq", kind="pixelcnn")
+    with pytest.raises(ValueError, match="variant must be one of"):
+        recipes.code_prior(short, CI, "cpu", vq=vq, variant="vq")
+
+
+@pytest.mark.slow  # trains chapter 11's autoencoder and its denoiser twice
+def test_chapter_11s_denoiser_can_be_followed_along_its_budget(short, monkeypatch, tmp_path):
+    vae, _ = recipes.latent_vae(short, CI, "cpu", source="test")
+    kept = recipes.snapshots(lambda x, *a, **kw: recipes.latent_denoiser(vae, x, *a, **kw),
+                             recipes.latent_checkpoint, short, CI, "cpu", total=8, scale=1.0)
+    assert sorted(kept) == [2, 4, 8] and kept[8][1].steps == 8
+    assert recipes.latent_checkpoint(CI).name == "ch11-latent-ddpm-ci.pt"  # chapter 11's
+    assert recipes.latent_checkpoint(CI, 2).name == "ch11-latent-ddpm-step2-ci.pt"
+    monkeypatch.setenv("BOOK_CACHE", str(tmp_path / "straight"))
+    vae2, _ = recipes.latent_vae(short, CI, "cpu", source="test")
+    straight, _ = recipes.latent_denoiser(vae2, short, CI, "cpu", scale=1.0)
+    for a, b in zip(kept[8][0].parameters(), straight.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
