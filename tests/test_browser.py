@@ -234,14 +234,19 @@ def visit(browser, server: str, page: str, mode: str = "light") -> PageReport:
     if key in _VISITS:
         return _VISITS[key]
     set_width(browser, DESKTOP)
-    # The theme reads its mode from localStorage before drawing (pydata-sphinx-theme).
+    # The theme reads its mode from localStorage before drawing (pydata-sphinx-theme). Light
+    # is a first visit: nothing stored, so the theme follows the system, which is light here
+    # (test_equations_visible checks the mode shown); dark is the reader's choice, stored.
+    stored = ("localStorage.removeItem('mode'); localStorage.removeItem('theme');"
+              if mode == "light" else
+              f"localStorage.setItem('mode', '{mode}'); localStorage.setItem('theme', '{mode}');")
     script = browser.call("Page.addScriptToEvaluateOnNewDocument", session=True,
-                          source=f"localStorage.setItem('mode', '{mode}');"
-                                 f"localStorage.setItem('theme', '{mode}');")["identifier"]
+                          source=stored)["identifier"]
     try:
         events = browser.goto(server + page)
         report = PageReport(browser.evaluate(INSPECT, timeout=60))
         report["layout"] = browser.evaluate(LAYOUT, timeout=60)
+        events += browser.drain_events()  # what the page's scripts did after loading
     finally:
         browser.call("Page.removeScriptToEvaluateOnNewDocument", session=True,
                      identifier=script)
@@ -254,6 +259,7 @@ def visit(browser, server: str, page: str, mode: str = "light") -> PageReport:
     failed += [(urls.get(rid, "?"), f"HTTP {code}") for rid, code in status.items()
                if code >= 400]
     report["local_failures"] = [(u, why) for u, why in failed if u.startswith(server)]
+    report["console_errors"] = console_errors(events)
     report["external_requests"] = sorted({u for u in urls.values()
                                           if urlsplit(u).scheme not in ("data", "blob")
                                           and not u.startswith(server)})
@@ -269,6 +275,25 @@ def visit(browser, server: str, page: str, mode: str = "light") -> PageReport:
                            for box in report["equations"]]
     _VISITS[key] = report
     return report
+
+
+def console_errors(events: list[dict]) -> list[str]:
+    """The page's uncaught exceptions and console.error / console.assert messages, among
+    the protocol events of a visit."""
+    out = []
+    for e in events:
+        p = e.get("params", {})
+        if e.get("method") == "Runtime.exceptionThrown":
+            d = p["exceptionDetails"]
+            what = (d.get("exception") or {}).get("description") or d.get("text", "")
+            out.append(f"exception: {what.splitlines()[0][:200]} "
+                       f"({d.get('url', '?')}:{d.get('lineNumber', '?')})")
+        elif e.get("method") == "Runtime.consoleAPICalled" and p.get("type") in (
+                "error", "assert"):
+            args = " ".join(str(a.get("value", a.get("description", "")))
+                            for a in p.get("args", []))
+            out.append(f"console.{p['type']}: {args[:200]}")
+    return out
 
 
 def crop_equation(browser, eq_id: int, mode: str, pad: int = 4, tries: int = 10):
@@ -742,7 +767,9 @@ style="color: rgb(247, 247, 247)">\\(q_{\\rm faint}\\)</span>.</p>
 
 # What myst-nb used to put on a page with saved widget state: the widget manager from a CDN.
 PLANTED_CDN = ('<script src="https://cdn.jsdelivr.net/npm/@jupyter-widgets/html-manager@1.0.6'
-               '/dist/embed-amd.js" crossorigin="anonymous"></script>')
+               '/dist/embed-amd.js" crossorigin="anonymous"></script>'
+               '<script>console.error("planted console error");</script>'
+               '<script>throw new Error("planted exception");</script>')
 
 
 @pytest.fixture(scope="module")
@@ -961,6 +988,22 @@ def test_no_request_leaves_the_machine(browser, server, page):
     r = visit(browser, server, page)
     assert not r["external_requests"], f"{page}: requests off the machine: " \
                                        f"{r['external_requests']}"
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_console_is_clean(browser, server, page):
+    """Opening the page as a first visit (no mode chosen before) logs no error and throws
+    nothing (sphinx-thebe's configuration was on every page twice, and the theme logged an
+    invalid empty mode: issue 64)."""
+    r = visit(browser, server, page)
+    assert not r["console_errors"], f"{page}: {r['console_errors']}"
+
+
+def test_planted_console_errors_are_caught(browser, planted_server):
+    """A page that throws and logs an error fails the check above."""
+    r = visit(browser, planted_server, "notebooks/planted-cdn.html")
+    errors = " | ".join(r["console_errors"])
+    assert "planted exception" in errors and "planted console error" in errors, errors
 
 
 def test_planted_cdn_script_is_caught(browser, planted_server):
