@@ -1049,10 +1049,58 @@ class FrechetInfinity:
     slope: float
     sizes: tuple[int, ...]
     distances: torch.Tensor
+    se: float = float("nan")  # of value, ordinary least squares (nan with 2 points)
+    slope_se: float = float("nan")
 
     def __str__(self) -> str:
-        return (f"FD_inf {self.value:.4g} (slope {self.slope:.4g} in 1/N, from N = "
-                f"{min(self.sizes)}..{max(self.sizes)})")
+        return (f"FD_inf {self.value:.4g} ± {self.se:.2g} (slope {self.slope:.4g} ± "
+                f"{self.slope_se:.2g} in 1/N, from N = {min(self.sizes)}..{max(self.sizes)})")
+
+
+def frechet_line(sizes, distances: torch.Tensor) -> FrechetInfinity:
+    """The least-squares line FD_N = FD_inf + slope / N through distances measured at
+    several sizes, every draw a point, with the standard errors of ordinary least squares:
+    with x = 1/N, residual variance s^2 over n - 2 df and S = sum (x - mean x)^2,
+
+        SE(slope)^2 = s^2 / S,    SE(FD_inf)^2 = s^2 (1/n + mean(x)^2 / S).
+
+    Draws at one size that share samples are not independent, which makes the errors
+    somewhat optimistic.
+
+    Args:
+        sizes: the K subset sizes (ints, at least 2 different).
+        distances: (K, draws) the distances measured at each size.
+
+    Returns:
+        FrechetInfinity with `se` and `slope_se`.
+
+    Book: :eq:`ch20-frechet-infinity`.
+    """
+    sizes = tuple(int(n) for n in sizes)
+    fd = torch.as_tensor(distances, dtype=torch.float64)
+    if fd.dim() == 1:
+        fd = fd[:, None]
+    if fd.dim() != 2 or fd.shape[0] != len(sizes):
+        raise checks.ArgumentError(
+            f"distances must be (len(sizes), draws) = ({len(sizes)}, draws), got shape "
+            f"{tuple(fd.shape)}")
+    if len(set(sizes)) < 2 or min(sizes) < 1:
+        raise checks.ArgumentError(f"sizes must hold at least 2 different positive sizes, "
+                                   f"got {list(sizes)}")
+    if not torch.isfinite(fd).all():
+        raise checks.ArgumentError("distances must be finite; a NaN or inf came in")
+    x = (1.0 / torch.tensor(sizes, dtype=torch.float64))[:, None].expand_as(fd).flatten()
+    y = fd.flatten()
+    sxx = (x - x.mean()).pow(2).sum()
+    slope = ((x - x.mean()) * (y - y.mean())).sum() / sxx
+    value = y.mean() - slope * x.mean()
+    n = len(y)
+    se = slope_se = float("nan")
+    if n > 2:
+        s2 = (y - value - slope * x).pow(2).sum() / (n - 2)
+        slope_se = (s2 / sxx).sqrt().item()
+        se = (s2 * (1 / n + x.mean() ** 2 / sxx)).sqrt().item()
+    return FrechetInfinity(value.item(), slope.item(), sizes, fd, se, slope_se)
 
 
 MAX_FD_DRAWS = 1000
@@ -1079,8 +1127,8 @@ def frechet_infinity(real: torch.Tensor, fake: torch.Tensor, sizes, *, draws: in
         generator: the torch.Generator of the draws, or None for torch's global one.
 
     Returns:
-        FrechetInfinity: `value` FD_inf, `slope`, `sizes` and `distances`
-        (len(sizes), draws).
+        FrechetInfinity: `value` FD_inf, `slope`, `sizes`, `distances`
+        (len(sizes), draws) and the fit's standard errors (frechet_line).
 
     Book: :eq:`ch20-frechet-infinity`.
     """
@@ -1106,7 +1154,4 @@ def frechet_infinity(real: torch.Tensor, fake: torch.Tensor, sizes, *, draws: in
         fd = torch.tensor([[frechet_gaussian(*_moments(
             fake[torch.randperm(len(fake), generator=generator, device=where)[:n].cpu()]),
             *ref) for _ in range(draws)] for n in sizes], dtype=torch.float64)
-    x = (1.0 / torch.tensor(sizes, dtype=torch.float64))[:, None].expand_as(fd).flatten()
-    y = fd.flatten()
-    slope = ((x - x.mean()) * (y - y.mean())).sum() / (x - x.mean()).pow(2).sum()
-    return FrechetInfinity((y.mean() - slope * x.mean()).item(), slope.item(), sizes, fd)
+    return frechet_line(sizes, fd)
