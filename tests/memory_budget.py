@@ -655,6 +655,8 @@ def operations() -> list[Operation]:
         Operation("19", "chapter 14's negative ELBO of the test set", masked_negative_elbo),
         Operation("19", "hierarchical VAE, IW bound on the test set", lambda: hvae_iw(
             gpu.iw_samples)),
+        # chapter 20 samples chapter 9's DDPM ancestrally, 1,000 images (the gpu profile)
+        Operation("20", "ancestral sampling, 1,000 images", lambda: ddpm_sampling(1000)),
     ]
 
 

@@ -69,3 +69,30 @@ def test_learns_bars():
         loss.backward()
         opt.step()
     assert accuracy(model, x, y) == 1.0
+
+
+def test_a_second_judge_from_another_seed(monkeypatch, tmp_path):
+    """recipes.classifier(seed=1) trains the same recipe from another start into a file of
+    its own; seed 0 keeps the book's judge's file name (chapter 20)."""
+    from types import SimpleNamespace
+
+    from companion import recipes
+    from companion.run import checks
+    from companion.run.profiles import get_profile
+
+    monkeypatch.setenv("BOOK_CACHE", str(tmp_path))
+    g = torch.Generator().manual_seed(0)
+    data = SimpleNamespace(x_train=torch.rand(64, 1, 28, 28, generator=g),
+                           y_train=torch.randint(0, 10, (64,), generator=g),
+                           source="random")
+    p = get_profile("ci")
+    a, _ = recipes.classifier(data, p, "cpu", prefix="t")
+    b, _ = recipes.classifier(data, p, "cpu", prefix="t", seed=1)
+    names = sorted(f.name for f in (tmp_path / "checkpoints").glob("*.pt"))
+    assert names == ["t-classifier-ci.pt", "t-classifier-seed1-ci.pt"]
+    assert not torch.equal(a.out.weight, b.out.weight)
+    again, run = recipes.classifier(data, p, "cpu", prefix="t", seed=1)
+    assert run.resumed_at == run.steps  # loaded, not trained again
+    assert torch.equal(again.out.weight, b.out.weight)
+    with pytest.raises(checks.ArgumentError, match="seed"):
+        recipes.classifier(data, p, "cpu", prefix="t", seed=-1)
