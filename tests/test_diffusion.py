@@ -245,6 +245,7 @@ def test_bound_terms_sum_and_monte_carlo_agrees_with_the_exact_sum():
         terms.total.mean().item() / (2 * math.log(2)))
 
 
+@pytest.mark.slow  # over 0.7 s: make test, not check-fast
 def test_bound_on_gaussian_data_lies_below_log_p_and_is_tight_for_the_stationary_case():
     """Data N(0, 1) is stationary: with sigma_t^2 = beta_t the optimal reverse kernels are the
     true ones, so the bound equals log p(x) but for L_0's variance (beta_tilde_2, not beta_1)."""
@@ -291,6 +292,7 @@ def test_last_sampling_step_adds_no_noise():
     assert not torch.allclose(seen[1], pred)
 
 
+@pytest.mark.slow  # over 0.7 s: make test, not check-fast
 @pytest.mark.parametrize("n_steps", [50, 7])
 def test_ancestral_sampling_is_exact_for_stationary_data_at_any_number_of_steps(n_steps):
     """Data N(0, 1) stays N(0, 1) under the forward process, and its true reverse kernels are

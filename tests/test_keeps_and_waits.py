@@ -213,6 +213,7 @@ def held(tmp_path):
     proc.wait()
 
 
+@pytest.mark.slow  # over 0.7 s: make test, not check-fast
 def test_6_a_wait_for_another_run_gives_up_after_lock_timeout(tmp_path, held, capsys):
     start = time.perf_counter()
     with pytest.raises(CheckpointBusyError, match=f"process {held.pid}"):

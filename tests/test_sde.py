@@ -59,6 +59,7 @@ def test_chain_approaches_the_sde_as_T_grows():
     assert gaps[1] < gaps[0] / 5
 
 
+@pytest.mark.slow  # over 0.7 s: make test, not check-fast
 def test_euler_maruyama_matches_the_forward_marginal():
     n, x0 = 40_000, torch.tensor([[0.8]])
     g = torch.Generator().manual_seed(0)

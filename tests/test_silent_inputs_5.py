@@ -67,6 +67,7 @@ def test_01_dps_completes_a_measurement_with_nan_at_its_missing_pixels():
     assert torch.isfinite(run[1]).all() and torch.equal(run[0], run[1])
 
 
+@pytest.mark.slow  # over 0.7 s: make test, not check-fast
 def test_01_vae_map_ignores_a_nan_at_a_missing_pixel():
     from companion.models.vae import VAE
 
@@ -237,6 +238,7 @@ def test_07_welch_df_refuses_what_has_no_degrees_of_freedom(args, match):
         compare.welch_df(*args)
 
 
+@pytest.mark.slow  # over 0.7 s: make test, not check-fast
 def test_07_welch_of_two_constant_arms_still_gives_a_verdict():
     c = compare.welch([1.0, 1.0, 1.0], [1.0, 1.0])
     assert c.verdict == "tie" and c.df == 1.0

@@ -4,6 +4,7 @@ loops around it run whole, and nothing else about the model changes."""
 import copy
 import time
 
+import pytest
 import torch
 from torch import nn
 
@@ -135,6 +136,7 @@ def test_a_smoke_step_sees_a_few_examples_of_the_batch_it_drew(monkeypatch):
     assert seen(False) == [32, 32, 32]
 
 
+@pytest.mark.slow  # over 0.7 s: make test, not check-fast
 def test_chapter_18s_unet_is_cut_where_the_chapter_calls_it(monkeypatch, tmp_path):
     """Chapter 18 calls the U-Net inside recipes.vdm's DiffusionModel directly
     (recipes.vdm_eps_function): the smoke run must cut that network too, or its samplers

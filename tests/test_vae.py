@@ -166,6 +166,7 @@ def test_training_raises_the_elbo():
     assert sum(elbo[-5:]) / 5 > sum(elbo[:5]) / 5 + 50
 
 
+@pytest.mark.slow  # over 0.7 s: make test, not check-fast
 def test_a_resumed_fit_continues_the_warmup_schedule(tmp_path):
     """Interrupted after 6 steps and resumed, beta_t goes on from 0.6, as in one run."""
     torch.manual_seed(0)

@@ -310,6 +310,7 @@ def test_the_variance_gradient_is_the_gradient_of_the_squared_loss_on_the_interi
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow  # over 0.7 s: make test, not check-fast
 def test_a_variance_trained_schedule_lowers_the_estimators_variance():
     """Gaussian data with a sharp dimension, the optimal denoiser: Adam on the learned
     schedule's interior only (the ends fixed at the linear schedule's) lowers the variance

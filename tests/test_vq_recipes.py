@@ -89,6 +89,7 @@ def test_the_priors_are_stages_of_one_run(short, monkeypatch, tmp_path):
     assert recipes.code_prior_checkpoint(CI).name == "ch19-masked-prior-fsq-ci.pt"
 
 
+@pytest.mark.slow  # over 0.7 s: make test, not check-fast
 def test_a_prior_of_another_autoencoders_codes_is_refused(short):
     vq, _ = recipes.vqvae(short, CI, "cpu", variant="fsq")
     recipes.code_prior(short, CI, "cpu", vq=vq, variant="fsq")

@@ -5,6 +5,8 @@ recipes hold no file work and no command line; book/_ext holds Sphinx extensions
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "companion"
 
@@ -66,6 +68,7 @@ def test_the_check_sees_an_import_of_the_mathematics(tmp_path):
         "companion.diffusion", "companion.run", "companion.run.checks"}
 
 
+@pytest.mark.slow  # over 0.7 s: make test, not check-fast
 def test_no_import_cycle_at_module_level():
     graph = {name: {m for m in imports(path, top_level_only=True) if m in modules()}
              for name, path in modules().items()}
@@ -128,6 +131,7 @@ def test_book_ext_holds_sphinx_extensions_only():
             f"{path.name} has no setup(app): a tool belongs in tools/")
 
 
+@pytest.mark.slow  # over 0.7 s: make test, not check-fast
 def test_every_companion_import_names_a_module_of_this_checkout():
     """A stale name of a moved module (the glue module imported from its old place) is an
     error here, not an import that an installed copy of another checkout might satisfy."""
@@ -138,6 +142,7 @@ def test_every_companion_import_names_a_module_of_this_checkout():
     assert not stale, f"imports of modules that are not here: {stale}"
 
 
+@pytest.mark.slow  # over 0.7 s: make test, not check-fast
 def test_no_source_names_a_moved_module():
     """tools/rewire.py --check: nothing (but the CHANGELOG's history and any chapter pending
     its rewire) still names a module at its place before issue 51."""
