@@ -55,6 +55,7 @@ def _recording_scaler(monkeypatch):
 
 @pytest.mark.parametrize("dtype, scaled", [(torch.bfloat16, False), (torch.float16, True),
                                            (None, False)])
+@pytest.mark.slow  # over 0.4 s: make test, not check-fast
 def test_fit_trains_under_the_chosen_dtype(monkeypatch, dtype, scaled):
     """fit runs the loss under autocast(dtype) and scales the loss exactly when fp16.
 

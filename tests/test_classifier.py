@@ -71,6 +71,7 @@ def test_learns_bars():
     assert accuracy(model, x, y) == 1.0
 
 
+@pytest.mark.slow  # over 0.4 s: make test, not check-fast
 def test_a_second_judge_from_another_seed(monkeypatch, tmp_path):
     """recipes.classifier(seed=1) trains the same recipe from another start into a file of
     its own; seed 0 keeps the book's judge's file name (chapter 20)."""

@@ -358,6 +358,7 @@ def test_respaced_diffusion_keeps_alpha_bar_of_the_kept_steps():
         assert len(set(dm.spaced_timesteps(59, n))) == n
 
 
+@pytest.mark.slow  # over 0.4 s: make test, not check-fast
 def test_annealed_langevin_matches_the_exact_variance_recursion():
     """For a Gaussian target N(0, v_i) per level, one step x <- (1 - a/(2 v)) x + sqrt(a) z
     maps the variance V to (1 - a/(2 v))^2 V + a: the reference, iterated exactly."""

@@ -194,6 +194,7 @@ def test_dps_gradient_against_a_finite_difference():
     assert torch.allclose(g1, g, atol=1e-12)
 
 
+@pytest.mark.slow  # over 0.4 s: make test, not check-fast
 def test_dps_at_zeta_zero_is_the_ancestral_sampler_and_guidance_pulls_the_known_pixels():
     net = random_unet(T=10).double()
     diff = dm.Diffusion(dm.linear_betas(10))

@@ -197,6 +197,7 @@ def test_iw_is_above_the_elbo_and_grows_with_k():
                                   lambda: MarkovianHVAE(T=3, latent_dim=3, hidden=16,
                                                         step_hidden=8)],
                          ids=["hierarchical", "markovian"])
+@pytest.mark.slow  # over 0.4 s: make test, not check-fast
 def test_model_iw_bound_is_above_its_elbo(make):
     torch.manual_seed(0)  # the weights too: built at collection, they hung on test order
     model = make()

@@ -22,6 +22,7 @@ def _nan_field(x, tau):
     return torch.full_like(x, float("nan"))
 
 
+@pytest.mark.slow  # over 0.4 s: make test, not check-fast
 @pytest.mark.parametrize("start", [0.0, 1.0])
 def test_01_ode_map_refuses_a_field_that_returns_nan(start):
     began = time.monotonic()

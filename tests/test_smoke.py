@@ -34,6 +34,7 @@ def train(model, monkeypatch, ema=None):
                quiet=True, ema=ema)
 
 
+@pytest.mark.slow  # over 0.4 s: make test, not check-fast
 def test_a_slow_network_repeats_its_output_after_two_calls_per_shape(monkeypatch):
     model = Slow(smoke.SLOW * 1.5)
     result = train(model, monkeypatch, ema=0.9)
@@ -63,6 +64,7 @@ def test_a_slow_network_repeats_its_output_after_two_calls_per_shape(monkeypatch
     assert avg.calls == 2
 
 
+@pytest.mark.slow  # over 0.4 s: make test, not check-fast
 def test_only_the_smoke_run_and_only_slow_networks_are_cut(monkeypatch):
     fast = Slow(0.0)
     train(fast, monkeypatch)
@@ -84,6 +86,7 @@ def test_only_the_smoke_run_and_only_slow_networks_are_cut(monkeypatch):
     assert type(plain) is Slow and plain.calls == 3  # outside the smoke run: untouched
 
 
+@pytest.mark.slow  # over 0.4 s: make test, not check-fast
 def test_the_cut_keeps_the_models_name_and_a_copy_trains_again(monkeypatch):
     model = Slow(smoke.SLOW * 1.5)
     before = identity(model, {"a": 1})

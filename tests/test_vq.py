@@ -326,6 +326,7 @@ def test_autoregressive_prior_is_exactly_normalized_and_causal():
         assert j == 3 or (changed[j + 1:] > 0).any()
 
 
+@pytest.mark.slow  # over 0.4 s: make test, not check-fast
 def test_autoregressive_sampler_draws_the_prior_s_distribution():
     prior = peaked_prior()
     x = prior.sample(8000, generator=gen(60))

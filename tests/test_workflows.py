@@ -69,6 +69,7 @@ def load(name: str) -> dict:
     return doc
 
 
+@pytest.mark.slow  # over 0.4 s: make test, not check-fast
 def test_workflows_match_githubs_schema():
     files = sorted(WORKFLOWS.glob("*.yml"))
     assert {f.name for f in files} == {"ci.yml", "pages.yml"}
@@ -76,6 +77,7 @@ def test_workflows_match_githubs_schema():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow  # over 0.4 s: make test, not check-fast
 def test_schema_check_catches_a_broken_workflow(tmp_path):
     broken = load("ci.yml")
     del broken["jobs"]["test"]["runs-on"]
