@@ -200,6 +200,18 @@ def test_estimates_say_whether_they_were_measured_on_a_gpu(tmp_path):
     assert "1 of its own models loaded" in why
 
 
+def test_a_chapter_seen_unfinished_is_never_estimated_below_what_was_seen(tmp_path,
+                                                                          monkeypatch):
+    cpu = timed_notebook(tmp_path / "11_b.ipynb", "profile=cpu device=cpu torch=2.14.1 "
+                         "python=3.11.7\n", 180.0)
+    rn.record(cpu, 182.0, T0 + timedelta(seconds=181))
+    monkeypatch.setattr(gp, "AT_LEAST", {"11_b": (790.0, "unfinished after 13 min")})
+    secs, why = gp.estimate(cpu)
+    assert secs == 790.0 and why.startswith("at least: unfinished") and "guess" in why
+    monkeypatch.setattr(gp, "AT_LEAST", {"11_b": (10.0, "unfinished after 10 s")})
+    assert gp.estimate(cpu)[0] == pytest.approx(182.0 * gp.GUESS_SCALE)  # the larger wins
+
+
 @pytest.mark.slow
 def test_the_plan_text_gives_the_command_and_every_entry():
     text = gp.format_plan(gp.plan())

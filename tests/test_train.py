@@ -268,3 +268,31 @@ def test_logged_metrics_are_checked_by_name(metrics, match):
 
     with pytest.raises(TypeError, match=match):
         fit(nn.Linear(4, 1), loss_fn, regression_data(), steps=3, quiet=True)
+
+
+def test_train_log_names_each_run_its_steps_and_an_interrupted_one(tmp_path, monkeypatch):
+    """$BOOK_TRAIN_LOG (tools/outputs_device.sh): a start and an end line per fit, with the
+    steps it resumed at and reached, also when the run was interrupted."""
+    log, ck = tmp_path / "train-log.txt", tmp_path / "model.pt"
+    fit(nn.Linear(4, 1), mse, regression_data(), steps=5, quiet=True, desc="plain")
+    assert not log.exists()  # unset: nothing written
+    monkeypatch.setenv("BOOK_TRAIN_LOG", str(log))
+    fit(nn.Linear(4, 1), mse, regression_data(), steps=10, checkpoint=ck, quiet=True,
+        desc="first")
+    calls = {"n": 0}
+
+    def interrupting(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return mse(model, batch)
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(nn.Linear(4, 1), interrupting, regression_data(), steps=25, checkpoint=ck,
+            quiet=True, desc="more")
+    rows = [line.split("\t") for line in log.read_text().splitlines()]
+    assert [r[1:5] for r in rows] == [["start", "first", "model.pt", "0/10"],
+                                      ["end", "first", "model.pt", "10/10"],
+                                      ["start", "more", "model.pt", "10/25"],
+                                      ["end", "more", "model.pt", "13/25"]]
+    assert all(r[5].endswith(" s") and float(r[5][:-2]) >= 0 for r in rows[1::2])

@@ -73,6 +73,9 @@ else
   OUT=${OUT:-/tmp/out}
 fi
 T4_CACHE=${BOOK_T4_CACHE:-${BOOK_CACHE%/}-t4}
+# every training run's start and end (companion.run.progress.log_training): a call whose
+# notebook is still running comes back with what it trained and how long each run took
+export BOOK_TRAIN_LOG=$BOOK_CACHE/train-log.txt
 PACK=$BOOK_CACHE/pack  # the latest snapshot; each call copies it to $OUT
 # what this lease made: the working tree, notebooks/ included, is copied anew at every
 # call, so executed notebooks are kept here (run_notebooks.py --into)
@@ -184,6 +187,7 @@ run_within_budget() {
 
 pack_out() {
   [ -f "$PACK/outputs.tar.gz" ] && cp "$PACK/outputs.tar.gz" "$OUT/"
+  [ -f "$BOOK_TRAIN_LOG" ] && cp "$BOOK_TRAIN_LOG" "$OUT/" && tail -4 "$BOOK_TRAIN_LOG"
   echo "done (or --skip) in this lease: $(sort -u "$BOOK_CACHE/done.txt" | tr '\n' ' ')"
   [ -s "$BOOK_CACHE/failed.txt" ] && echo "failed: $(sort -u "$BOOK_CACHE/failed.txt" | tr '\n' ' ')"
   nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader 2>/dev/null

@@ -41,7 +41,7 @@ from .checkpoint import (
     through_links,
 )
 from .fit_checks import loss_and_metrics, mismatch
-from .progress import progress
+from .progress import log_training, progress
 
 
 @dataclass
@@ -184,6 +184,11 @@ class Run:
             self.bar = cleanup.enter_context(progress(
                 total=self.total, desc=desc, initial=self.step,
                 quiet=quiet if self.leader else True))
+            if self.leader:  # $BOOK_TRAIN_LOG: what a GPU call trained, even if cut off
+                log_training("start", desc, checkpoint, self.step, self.total)
+                cleanup.callback(lambda: log_training(
+                    "end", desc, checkpoint, self.step, self.total,
+                    time.perf_counter() - self.start))
             try:
                 yield self
             except KeyboardInterrupt:
