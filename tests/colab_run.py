@@ -82,7 +82,15 @@ if smoke:
     for o in nb.cells[-1].get("outputs", []):
         if o.output_type == "stream" and "ASSERTS " in o.text:
             asserts = json.loads(o.text.split("ASSERTS ", 1)[1])
+from datetime import datetime
+def _seconds(c):  # nbclient's record of the cell's start and end
+    t = c.get("metadata", {}).get("execution", {})
+    a, b = t.get("iopub.execute_input"), t.get("shell.execute_reply")
+    return (datetime.fromisoformat(b.replace("Z", "+00:00"))
+            - datetime.fromisoformat(a.replace("Z", "+00:00"))).total_seconds() if a and b else 0.0
+slowest = sorted(((round(_seconds(c), 1), i) for i, c in enumerate(code)), reverse=True)[:3]
 print("ERRORS " + json.dumps(errors))
+print("SLOWEST " + json.dumps(slowest))
 print("ASSERTS " + json.dumps(asserts))
 """
 FREEZE = ("import importlib.metadata as m, json; print(json.dumps({d.metadata['Name'].lower()"
@@ -167,9 +175,9 @@ def untrained() -> set[tuple[str, str]]:
     return pairs
 
 
-def execute(notebook: Path, env: dict, workdir: Path) -> tuple[str, float, str, list, str]:
+def execute(notebook: Path, env: dict, workdir: Path) -> tuple[str, float, str, list, str, str]:
     """(name, seconds, error text or "", asserts that failed in the smoke run, how many of
-    the slow networks the smoke run made repeat their output)."""
+    the slow networks the smoke run made repeat their output, its three slowest cells)."""
     start = time.time()
     smoke = env.get("BOOK_SMOKE") == "1"
     log = workdir / "repeats.tsv"  # companion.run.smoke writes a line per repeating network
@@ -181,15 +189,18 @@ def execute(notebook: Path, env: dict, workdir: Path) -> tuple[str, float, str, 
     print(f"  ... {notebook.name} done in {seconds:.0f} s", flush=True)
     if proc.returncode != 0:
         tail = [ln for ln in proc.stderr.splitlines() if ln.strip()][-12:]
-        return notebook.name, seconds, "\n".join(tail) or "?", [], ""
+        return notebook.name, seconds, "\n".join(tail) or "?", [], "", ""
     lines = {ln.split(" ", 1)[0]: json.loads(ln.split(" ", 1)[1])
-             for ln in proc.stdout.splitlines() if ln.startswith(("ERRORS ", "ASSERTS "))}
+             for ln in proc.stdout.splitlines()
+             if ln.startswith(("ERRORS ", "ASSERTS ", "SLOWEST "))}
     # an assert on what a two-step model achieves is expected to fail in the smoke run (it
     # is recorded, not raised); any exception is a bug in the profile's code path
     errors = [f"cell {i}: {name}: {' '.join(msg)}" for i, name, msg in lines["ERRORS"]]
     decisions = log.read_text().split() if log.exists() else []
     thinned = f"{decisions.count('repeats')} slow networks repeated their output"
-    return notebook.name, seconds, "\n".join(errors), lines["ASSERTS"], thinned
+    # where CI's time goes, per cell (issue 65, point 11): the notebook's own code-cell numbers
+    slowest = "slowest cells " + ", ".join(f"{i} ({s:.0f} s)" for s, i in lines["SLOWEST"])
+    return notebook.name, seconds, "\n".join(errors), lines["ASSERTS"], thinned, slowest
 
 
 def seed_ci_models(cache: Path) -> str:
@@ -255,7 +266,7 @@ def main(argv: list[str]) -> int:
                 lambda nb: execute(nb, env, Path(tempfile.mkdtemp(dir=tmp))), notebooks))
         allowed = untrained() if args.smoke else set()
         failed = 0
-        for name, seconds, error, asserts, thinned in sorted(results):
+        for name, seconds, error, asserts, thinned, slowest in sorted(results):
             chapter = name.removesuffix(".ipynb")
             other = [f"cell {cell}: assert {test}" for cell, test in asserts
                      if (chapter, test) not in allowed]
@@ -265,7 +276,8 @@ def main(argv: list[str]) -> int:
             failed += bool(error)
             skipped = len(asserts) - len(other)
             print(f"  {'FAIL' if error else 'ok  '} {name} ({seconds:.0f} s"
-                  + (f"; {thinned}" if args.smoke else "") + ")"
+                  + (f"; {thinned}" if args.smoke else "") + (f"; {slowest}" if slowest else "")
+                  + ")"
                   + (f"; {skipped} asserts on a trained model let fail" if skipped else ""))
             if error:
                 print("    " + error.replace("\n", "\n    "))

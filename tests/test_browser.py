@@ -7,8 +7,10 @@ and no LaTeX left as raw text; every image and same-site resource loaded; every 
 link and anchor pointing at something that exists; no Python traceback in an output; and
 no empty widget area without a static figure beside it. Every chapter is also rendered in
 light and dark mode, and a sample of its equations is cropped from the screenshots and
-checked for contrast against the page background (pixels, not the DOM). Screenshots are
-kept in $BOOK_SCREENSHOTS (default: _build/screenshots) for a person to look at.
+checked for contrast against the page background (pixels, not the DOM). The crops, each
+page's top on a phone and the explorers' frames are kept in $BOOK_SCREENSHOTS (default:
+_build/screenshots) for a person to look at; whole pages in both modes are kept only when
+$BOOK_SCREENSHOTS is set (about 5 s a chapter, which CI, where nobody looks, skips).
 
 What the reader sees on the page, at 1280 px (the theme's text column is 688 px) and on a
 390-px phone: no element of the article wider than its column (code, printed outputs,
@@ -49,6 +51,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(os.environ.get("BOOK_SCREENSHOTS", ROOT / "_build" / "screenshots"))
+WHOLE_PAGES = bool(os.environ.get("BOOK_SCREENSHOTS"))  # whole-page tiles, for a person
 MIN_CONTRAST = 3.0      # WCAG's minimum for large text and graphics
 EQUATIONS_PER_PAGE = 8  # display and inline equations cropped per chapter and mode
 DESKTOP, PHONE = 1280, 390  # window widths (CSS px): a laptop, and a phone held upright
@@ -268,11 +271,11 @@ def visit(browser, server: str, page: str, mode: str = "light") -> PageReport:
                                           and not u.startswith(server)})
     report["external_blocked"] = sorted({urlsplit(u).netloc for u, _ in failed
                                          if not u.startswith(server)})
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    name = page.replace("/", "__").removesuffix(".html")
-    tiles = browser.full_page()
-    for i, (_, png) in enumerate(tiles):
-        (SCREENSHOTS / f"{name}-{mode}{f'-{i + 1}' if i else ''}.png").write_bytes(png)
+    if WHOLE_PAGES:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        name = page.replace("/", "__").removesuffix(".html")
+        for i, (_, png) in enumerate(browser.full_page()):
+            (SCREENSHOTS / f"{name}-{mode}{f'-{i + 1}' if i else ''}.png").write_bytes(png)
     if page in CHAPTERS:
         report["crops"] = [(box, crop_equation(browser, box["id"], mode))
                            for box in report["equations"]]
