@@ -123,7 +123,7 @@ def env_flag(name: str, default: bool = False, environ=None) -> bool:
 
 
 SMOKE_VAR = "BOOK_SMOKE"
-SMOKE_STEPS = 2  # optimizer steps a smoke run's fit takes; real calls of a slow network
+SMOKE_STEPS = 2  # optimizer steps a smoke run's fit takes
 SMOKE_BATCH = 8  # examples a smoke run's optimizer step sees (of the batch it drew)
 
 
@@ -137,9 +137,9 @@ def smoke_mode() -> bool:
     normal cache (a data download goes there too; data already in the user's folder is
     read); `get_profile` gives the ci profile's data slice and counts; and a trained
     network that takes longer than `smoke.SLOW` seconds a call repeats its output after
-    SMOKE_STEPS calls (`companion.run.smoke`: fit makes the cut, so a sampler's loop runs
-    every step of its own code, cheaply, and reads as in any other run). Read by
-    `env_flag` (1/true/yes/on).
+    `smoke.SMOKE_CALLS` call per input shape (`companion.run.smoke`: fit makes the cut, so
+    a sampler's loop runs every step of its own code, cheaply, and reads as in any other
+    run). Read by `env_flag` (1/true/yes/on).
     """
     return env_flag(SMOKE_VAR)
 

@@ -5,8 +5,8 @@ nothing; what it checks is that every line of every chapter runs. The slow part 
 sampler calling a gpu-sized network hundreds of times. Rather than thinning the samplers'
 loops (the math would then read differently in a smoke run), the run cuts the network: at
 the end of a smoke run's `fit`, `cut` makes the trained model, in eval mode, compute its
-first SMOKE_STEPS calls on each input shape and, if those were slow, repeat its last output
-for that shape afterwards. Every loop then runs every step of its own code, cheaply.
+first SMOKE_CALLS call on each input shape and, if that was slow, repeat its output for that
+shape afterwards. Every loop then runs every step of its own code, cheaply.
 """
 
 from __future__ import annotations
@@ -20,11 +20,15 @@ from torch import nn
 from . import profiles
 
 SLOW = 0.05  # seconds a call: a network slower than this repeats itself in the smoke run
+# calls computed per input shape before a slow network repeats itself: one shows that the
+# network takes that shape; a second computed nothing more (and cost chapter 9's smoke run
+# a second pass of 1,000 images through the gpu U-Net per shape of its bound)
+SMOKE_CALLS = 1
 
 
 class _Repeats:
     """Mixed in before a model's own class by `cut`: forward as the class's, except that in
-    eval mode, after SMOKE_STEPS calls on the same input shapes that took more than SLOW
+    eval mode, after SMOKE_CALLS calls on the same input shapes that took more than SLOW
     seconds each on average, the last output for those shapes comes back (plus zero times
     the inputs that need a gradient, so that autograd through it still works)."""
 
@@ -33,17 +37,17 @@ class _Repeats:
             return super().forward(*args, **kwargs)
         inputs = [a for a in (*args, *kwargs.values()) if torch.is_tensor(a)]
         key = tuple(tuple(a.shape) for a in inputs)
-        calls, seconds, last = self._smoke_calls.get(key, (0, 0.0, None))
-        if last is not None and calls >= profiles.SMOKE_STEPS and seconds / calls > SLOW:
-            if calls == profiles.SMOKE_STEPS:
-                _log(type(self).__qualname__, seconds / calls)
-                self._smoke_calls[key] = (calls + 1, seconds, last)
+        calls, seconds, last = self._smoke_calls.get(key, (0, 0.0, None))  # computed calls
+        if last is not None and calls >= SMOKE_CALLS and seconds / calls > SLOW:
             grad = [a for a in inputs if a.requires_grad] if torch.is_grad_enabled() else []
             return last + sum(a.sum() for a in grad) * 0 if grad else last.clone()
         start = time.perf_counter()
         out = super().forward(*args, **kwargs)
         kept = out.detach() if torch.is_tensor(out) else None  # a tuple is computed each time
-        self._smoke_calls[key] = (calls + 1, seconds + time.perf_counter() - start, kept)
+        calls, seconds = calls + 1, seconds + time.perf_counter() - start
+        self._smoke_calls[key] = (calls, seconds, kept)
+        if kept is not None and calls == SMOKE_CALLS and seconds / calls > SLOW:
+            _log(type(self).__qualname__, seconds / calls)  # from here on it repeats
         return out
 
 
