@@ -20,6 +20,19 @@ def mse(model, batch):
     return ((model(x) - y) ** 2).mean()
 
 
+def interrupted_at(call: int):
+    """mse, but Ctrl-C (KeyboardInterrupt) at its `call`-th call."""
+    calls = {"n": 0}
+
+    def loss(model, batch):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return mse(model, batch)
+
+    return loss
+
+
 def test_fit_reduces_loss_and_records_history():
     model = nn.Linear(4, 1)
     result = fit(model, mse, regression_data(), epochs=30, batch_size=64, lr=3e-2, quiet=True)
@@ -105,16 +118,8 @@ def test_training_time_accumulates_across_sessions(tmp_path):
 
 def test_interrupted_run_saves_and_resumes(tmp_path):
     ck = tmp_path / "model.pt"
-    calls = {"n": 0}
-
-    def interrupting(model, batch):
-        calls["n"] += 1
-        if calls["n"] == 13:
-            raise KeyboardInterrupt
-        return mse(model, batch)
-
     with pytest.raises(KeyboardInterrupt):
-        fit(nn.Linear(4, 1), interrupting, regression_data(), steps=30, checkpoint=ck,
+        fit(nn.Linear(4, 1), interrupted_at(13), regression_data(), steps=30, checkpoint=ck,
             quiet=True)
     resumed = fit(nn.Linear(4, 1), mse, regression_data(), steps=30, checkpoint=ck, quiet=True)
     assert resumed.resumed_at == 12 and resumed.steps == 30
@@ -279,16 +284,8 @@ def test_train_log_names_each_run_its_steps_and_an_interrupted_one(tmp_path, mon
     monkeypatch.setenv("BOOK_TRAIN_LOG", str(log))
     fit(nn.Linear(4, 1), mse, regression_data(), steps=10, checkpoint=ck, quiet=True,
         desc="first")
-    calls = {"n": 0}
-
-    def interrupting(model, batch):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return mse(model, batch)
-
     with pytest.raises(KeyboardInterrupt):
-        fit(nn.Linear(4, 1), interrupting, regression_data(), steps=25, checkpoint=ck,
+        fit(nn.Linear(4, 1), interrupted_at(4), regression_data(), steps=25, checkpoint=ck,
             quiet=True, desc="more")
     rows = [line.split("\t") for line in log.read_text().splitlines()]
     assert [r[1:5] for r in rows] == [["start", "first", "model.pt", "0/10"],
