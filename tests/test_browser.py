@@ -1301,6 +1301,49 @@ def test_forward_explorer_draws_q_sample(browser, server):
         assert torch.allclose(drawn.reshape(want.shape), want, atol=1e-12), (t, sched)
 
 
+MARKS_IN_FRAMES = """Array.from(ROOT.querySelectorAll('svg.bx-figure circle')).map(c => {
+  let g = c.parentNode;
+  while (g && !g.querySelector(':scope > rect.bx-frame')) g = g.parentNode;
+  if (!g) return null;  // a legend's sample marker, outside any axes
+  const r = g.querySelector(':scope > rect.bx-frame');
+  return [+c.getAttribute('cx'), +c.getAttribute('cy'), +r.getAttribute('x'),
+          +r.getAttribute('y'), +r.getAttribute('width'), +r.getAttribute('height')];
+}).filter(v => v)"""
+LEGEND_OVER_BARS = """Array.from(ROOT.querySelectorAll('rect.bx-legend-box')).flatMap(l => {
+  const [lx, ly, lw, lh] = ['x', 'y', 'width', 'height'].map(a => +l.getAttribute(a));
+  return Array.from(l.parentNode.parentNode.querySelectorAll('rect[opacity]'))
+    .filter(b => { const [bx, by, bw] = ['x', 'y', 'width'].map(a => +b.getAttribute(a));
+                   return bx < lx + lw && bx + bw > lx && by < ly + lh; }).length; })"""
+
+
+def test_forward_explorer_keeps_its_markers_on_their_axes(browser, server):
+    """Chapter 8: at every step, for both schedules, the marker on the log-SNR curve lies
+    inside its axes (the cosine schedule's log10 SNR ends near -8.6)."""
+    page, idx = next((p, n.index("forward")) for p, n in EXPLORERS.items() if "forward" in n)
+    state = open_explorer(browser, server + page, idx)
+    controls = {c["name"]: c for c in controls_of(state)}
+    for t, sched in [(1, "linear"), (1000, "linear"), (999, "cosine"), (1000, "cosine")]:
+        set_control(browser, idx, controls["t"], t)
+        set_control(browser, idx, controls["schedule"], sched)
+        marks = browser.evaluate(js(MARKS_IN_FRAMES, idx))
+        assert len(marks) == 2, (t, sched, marks)  # one on each curve
+        for cx, cy, x, y, w, h in marks:
+            assert x - 0.5 <= cx <= x + w + 0.5 and y - 0.5 <= cy <= y + h + 0.5, (t, sched)
+
+
+def test_pinned_explorers_legend_leaves_the_histogram_visible(browser, server):
+    """Chapter 5: the legend sits in headroom above the histogram's tallest bar, at the
+    slider's ends and middle."""
+    page, idx = next((p, n.index("pinned")) for p, n in EXPLORERS.items() if "pinned" in n)
+    state = open_explorer(browser, server + page, idx)
+    controls = {c["name"]: c for c in controls_of(state)}
+    for pick in (0, len(controls["s"]["values"]) // 2, -1):
+        for t in (controls["t"]["values"][0], controls["t"]["values"][-1]):
+            set_control(browser, idx, controls["t"], t)
+            set_control(browser, idx, controls["s"], controls["s"]["values"][pick])
+            assert browser.evaluate(js(LEGEND_OVER_BARS, idx)) == [0], (t, pick)
+
+
 def test_latent_explorer_decodes_as_the_vae(browser, planted_server):
     """The latent explorer's image is VAE.mean_image at the sliders' point: exactly (float32
     rounding) for the half-precision weights the page carries, and within 0.01 a pixel of

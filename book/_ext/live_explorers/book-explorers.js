@@ -353,10 +353,11 @@
       const h = hist.subarray(is * hist.shape[1], (is + 1) * hist.shape[1]);
       const xs = Array.from({length: 300}, (_, i) => mu - 5 * sigma + 10 * sigma * i / 299);
       const dens = xs.map(v => normal(v, mu, sigma));
-      const top = 1.05 * Math.max(...h, ...dens);
+      // headroom above the peak for the legend's two rows, so it never hides the histogram
+      const box = nw ? {x: 50, y: 290, w: 295, h: 220} : {x: 415, y: 10, w: 270, h: 230};
+      const top = 1.05 * Math.max(...h, ...dens) / (1 - (2 * 16 + 6 + 12) / box.h);
       const lo2 = Math.min(e[0], xs[0]), hi2 = Math.max(e[e.length - 1], xs[xs.length - 1]);
-      const bx = axes(f.svg, nw ? {x: 50, y: 290, w: 295, h: 220} : {x: 415, y: 10, w: 270, h: 230},
-                      [lo2, hi2], [0, top],
+      const bx = axes(f.svg, box, [lo2, hi2], [0, top],
                       {xlabel: "x (one coordinate)"});
       for (let k = 0; k < h.length; k++) {
         el("rect", {x: bx.sx(e[k]), y: bx.sy(h[k]), width: bx.sx(e[k + 1]) - bx.sx(e[k]),
@@ -427,6 +428,11 @@
   function forward(root, st) {
     const f = frame(root, 680, 300, "samples of x_t on the mixture, and the schedules");
     const ab = Object.fromEntries(st.schedules.map(k => [k, unpack(st.alpha_bar[k])]));
+    // the log-SNR axis holds every schedule's whole curve (the cosine one ends near -8.6)
+    const lsnr = Object.fromEntries(st.schedules.map(k =>
+      [k, Array.from(ab[k], v => Math.log10(v / (1 - v)))]));
+    const finite = Object.values(lsnr).flat().filter(Number.isFinite);
+    const snrRange = [Math.floor(Math.min(...finite)), Math.ceil(Math.max(...finite))];
     const x0 = unpack(st.x0), eps = unpack(st.eps), n = x0.shape[0];
     const ct = st.controls[0];
     const state = () => {
@@ -464,13 +470,13 @@
                        [0, st.T], [0, 1],
                        {ny: 2, noxticks: true, ylabel: "ᾱ_t"});
       const bot = axes(f.svg, nw ? {x: 60, y: 465, w: 280, h: 90} : {x: 380, y: 150, w: 285, h: 100},
-                       [0, st.T], [-5, 5],
-                       {ny: 2, xlabel: "t", ylabel: "log10 SNR"});
+                       [0, st.T], snrRange,
+                       {ny: 3, xlabel: "t", ylabel: "log10 SNR"});
       st.schedules.forEach((k, c) => {
         const a_ = ab[k];
         el("path", {d: pathOf(ts, a_, top.sx, top.sy), stroke: C[c], "stroke-width": 2,
                     fill: "none", opacity: k === sched ? 1 : 0.45}, top.plot);
-        el("path", {d: pathOf(ts, Array.from(a_, v => Math.log10(v / (1 - v))), bot.sx, bot.sy),
+        el("path", {d: pathOf(ts, lsnr[k], bot.sx, bot.sy),
                     stroke: C[c], "stroke-width": 2, fill: "none",
                     opacity: k === sched ? 1 : 0.45}, bot.plot);
       });
