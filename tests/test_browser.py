@@ -355,8 +355,10 @@ LAYOUT = r"""
     const holder = display ? m : (m.closest('span.math') || m);
     const cut = math.getBoundingClientRect().width - Math.min(holder.clientWidth || 1e9,
                                                                right - box.left);
+    // a display that scrolls shows it: the edge shadows of book/_static/code-cells.css
+    const cued = /gradient/.test(getComputedStyle(m).backgroundImage);
     if (cut > SLACK) wide.push({kind: display ? 'display equation' : 'inline equation',
-      how: display ? 'scrolls' : 'is cut off', px: Math.round(cut), text: text(m)});
+      how: display ? 'scrolls' : 'is cut off', px: Math.round(cut), text: text(m), cued});
   }
   for (const e of article.querySelectorAll('*')) {
     if (e.closest('.math, mjx-container')) continue;
@@ -700,9 +702,10 @@ def test_figures_have_alt_text(browser, server, page):
 @pytest.mark.parametrize("page", PHONE_PAGES)
 def test_phone_layout(browser, server, page):
     """On a 390-px phone the page never scrolls sideways, printed outputs wrap and no inline
-    equation is cut off; a display equation or a wide table may scroll inside its own box,
-    but the status page's table fits (one card per chapter) and nothing on an API page is
-    wider than the column (signatures break one parameter a line, formulas wrap)."""
+    equation is cut off; a display equation or a wide table may scroll inside its own box
+    (a display with a shadow at the edge that hides more of it), but the status page's
+    table fits (one card per chapter) and nothing on an API page is wider than the column
+    (signatures break one parameter a line, formulas wrap)."""
     layout = visit_phone(browser, server, page)
     # a phone widens its layout viewport to fit content, so compare with PHONE itself
     assert layout["pageWidth"] <= PHONE + SLACK_PX, (
@@ -714,6 +717,11 @@ def test_phone_layout(browser, server, page):
            if w["kind"] == "inline equation"]
     assert not cut, (f"{page}: inline equations cut off at {PHONE} px (make them displays "
                      "or shorter pieces):\n  " + "\n  ".join(cut))
+    silent = [w["text"] for w in layout["wide"]
+              if w["kind"] == "display equation" and not w["cued"]]
+    assert not silent, (f"{page}: display equations that scroll at {PHONE} px with no "
+                        "shadow to say so (book/_static/code-cells.css):\n  "
+                        + "\n  ".join(silent))
     if page == STATUS or page in API:
         bad = too_wide(layout)
         assert not bad, f"{page}: wider than the phone's column:\n  " + "\n  ".join(bad)
