@@ -355,6 +355,7 @@ def test_a_network_of_the_wrong_output_shape_is_refused():
         edm.StepConditioned(UNet(preset("tiny")), sigma_min=80.0, sigma_max=1.0)
 
 
+@pytest.mark.slow  # over 0.4 s: make test, not check-fast
 def test_the_recipe_trains_a_denoiser_in_the_smoke_run(monkeypatch, tmp_path):
     """recipes.edm in the smoke run (two optimizer steps of the ci recipe): a Denoiser around
     the EMA U-Net, sigma_data measured from the images, and the loss logged."""

@@ -55,6 +55,7 @@ def test_mixture_velocity_moves_the_density_continuity_equation():
     assert residual.abs().max() < 1e-6
 
 
+@pytest.mark.slow  # over 0.4 s: make test, not check-fast
 def test_gaussian_map_is_the_ode_solution_and_composes():
     path = gaussian()
     x = torch.randn(10, 2, generator=torch.Generator().manual_seed(1), dtype=F64)

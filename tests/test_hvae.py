@@ -265,6 +265,7 @@ def test_free_bits_and_warmup_in_the_loss():
     torch.testing.assert_close(free, -logs["reconstruction"] + 100.0 * (4 + 2))
 
 
+@pytest.mark.slow  # over 0.4 s: make test, not check-fast
 def test_a_resumed_fit_continues_the_hierarchy_warmup(tmp_path):
     x = images(16)
     ck = tmp_path / "h.pt"

@@ -116,6 +116,7 @@ def test_all_ones_mask_returns_the_known_image(n_steps, resamples):
     assert torch.equal(out, x)
 
 
+@pytest.mark.slow  # over 0.4 s: make test, not check-fast
 @pytest.mark.parametrize("n_steps", [None, 7])
 def test_all_zeros_mask_is_the_unconditional_sampler(n_steps):
     d = _diffusion()

@@ -142,6 +142,7 @@ def test_latent_scale_gives_unit_variance():
         ld.decode(_vae(), torch.randn(2, DIM), -1.0)
 
 
+@pytest.mark.slow  # over 0.4 s: make test, not check-fast
 def test_sample_shapes_and_errors():
     vae = _vae()
     den, cond = _denoiser(vae), _denoiser(vae, num_classes=10)

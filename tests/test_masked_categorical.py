@@ -158,6 +158,7 @@ def test_finite_step_bounds_tighten_to_the_nll(toy, table):
     assert gaps[-1] < 0.02
 
 
+@pytest.mark.slow  # over 0.4 s: make test, not check-fast
 def test_monte_carlo_bound_and_loss_agree_with_the_closed_form(toy, table):
     rows = [5, 40, 77]
     x = toy.states[rows].repeat(600, 1)

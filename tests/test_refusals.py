@@ -191,6 +191,7 @@ def test_07_compare_refuses_n_below_one_even_with_df(n):
         compare.paired_bootstrap(0.5, torch.randn(50), torch.randn(50), n)
 
 
+@pytest.mark.slow  # over 0.4 s: make test, not check-fast
 def test_07_paired_bootstrap_refuses_draws_of_different_shapes():
     with pytest.raises(checks.ArgumentError, match=r"boot_a and boot_b.*\(50,\) and \(1,\)"):
         compare.paired_bootstrap(0.5, torch.randn(50), torch.zeros(1), 100)
@@ -333,6 +334,7 @@ def _step(path):
     return torch.load(path, weights_only=True)["step"]
 
 
+@pytest.mark.slow  # over 0.4 s: make test, not check-fast
 def test_11_a_checkpoint_through_a_symlink_is_written_through_the_link(tmp_path):
     """Was: fit resumed from latest.pt -> run.pt, then replaced the link with a regular file,
     leaving run.pt stale at the step it was resumed from."""

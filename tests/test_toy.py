@@ -180,6 +180,7 @@ def test_m_step_maximizes_elbo_for_fixed_q():
         assert other.elbo(x, q).sum() < top
 
 
+@pytest.mark.slow  # over 0.4 s: make test, not check-fast
 def test_variational_em_is_monotone_and_sandwiched():
     m = make_gm()
     _, x = m.sample(300, generator=torch.Generator().manual_seed(7))
