@@ -30,7 +30,6 @@ def progress(iterable=None, *, total=None, desc=None, quiet: bool | None = None,
                 **kwargs)
 
 
-
 LOG_VAR = "BOOK_TRAIN_LOG"  # a file: one line per training run's start and end (device runs)
 
 
