@@ -783,6 +783,28 @@ def _ball_counts(points: torch.Tensor, centres: torch.Tensor,
     return torch.cat(counts), nearest
 
 
+def real_balls(real: torch.Tensor, fake: torch.Tensor, k: int) -> torch.Tensor:
+    """(M,) how many real k-NN balls hold each sample: c_j = sum_i 1[fake_j in B_i], with
+    B_i = B(real_i, r_k(real_i)) closed, r_k the distance to real_i's k-th nearest other
+    real point. The per-sample term of precision (1[c_j > 0], k = 3) and density (c_j / k,
+    k = 5): a function of sample j alone once the real set is fixed, so two sample sets
+    drawn from the same noise pair up sample by sample.
+
+    Args:
+        real: (N, d) the real points' features, k + 1 <= N <= MAX_POINTS.
+        fake: (M, d) the samples' features, 1 <= M <= MAX_POINTS.
+        k: the neighbour that sets each ball's radius.
+
+    Returns:
+        (M,) int64 counts on real's device.
+
+    Book: :eq:`ch20-precision-recall`, :eq:`ch20-density-coverage`.
+    """
+    real, fake = _feature_sets(real, fake, "real_balls")
+    k = _neighbours("real", k, real)
+    return _ball_counts(fake, real, _knn_radii(real, k))[0]
+
+
 @dataclass(frozen=True)
 class PrecisionRecall:
     """Kynkäänniemi et al.'s precision and recall (shares in [0, 1]) with k neighbours."""

@@ -16,6 +16,7 @@ from companion.metrics import (
     kid,
     mmd2_unbiased,
     precision_recall,
+    real_balls,
 )
 from companion.run import checks
 
@@ -84,6 +85,24 @@ def test_a_point_on_a_balls_edge_is_inside():
     assert dc.density == 1.0 and dc.coverage == pytest.approx(2 / 3)
     # fake radii (k = 1): 3, 0.5, 0.5; real 0 lies 2 from fake 2: inside, and so are 1, 3
     assert precision_recall(real, fake, k=1).recall == 1.0
+    # per sample: fake 2 in two balls, fake 5 in one, fake 5.5 in none
+    assert real_balls(real, fake, k=1).tolist() == [2, 1, 0]
+
+
+def test_real_balls_are_the_per_sample_terms_of_precision_and_density():
+    """Their means give precision (k = 3) and density (k = 5) exactly; a sample far from
+    every real point is in no ball, and changing one sample changes only its own count."""
+    real = torch.randn(150, 5, generator=gen(30))
+    fake = torch.randn(80, 5, generator=gen(31)) * 1.3
+    c3, c5 = real_balls(real, fake, 3), real_balls(real, fake, 5)
+    assert (c3 > 0).double().mean().item() == precision_recall(real, fake).precision
+    assert c5.sum().item() / (5 * len(fake)) == pytest.approx(
+        density_coverage(real, fake).density, rel=1e-15)
+    moved = fake.clone()
+    moved[7] += 100.0
+    after = real_balls(real, moved, 3)
+    assert after[7] == 0
+    assert torch.equal(torch.cat([after[:7], after[8:]]), torch.cat([c3[:7], c3[8:]]))
 
 
 # --- a dropped mode ---------------------------------------------------------------------------
@@ -292,6 +311,10 @@ BAD = {
                          r"k must be less than the rows of fake .*k \+ 1 points"),
     "k above rows of real": (lambda: density_coverage(R, F, k=20),
                              r"k must be less than the rows of real"),
+    "k above rows of real (real_balls)": (lambda: real_balls(R, F, k=20),
+                                          r"k must be less than the rows of real"),
+    "widths differ (real_balls)": (lambda: real_balls(R, F[:, :2], k=3),
+                                   r"real and fake must have the same width d"),
     "NaN in real": (lambda: precision_recall(_nan(R), F),
                     r"^real holds 1 NaN/inf values in rows \[2\]; precision_recall"),
     "NaN in fake": (lambda: density_coverage(R, _nan(F, 4)),
