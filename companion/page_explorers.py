@@ -57,10 +57,11 @@ MAX_STEPS_SUM = 5_000         # their sum, the steps each solver runs (235, 230)
 
 
 def pack(a, dtype: str = "f64") -> dict:
-    """An array as {"shape", dtype: base64 of its little-endian bytes} (dtype f64, f32 or
-    f16: half precision for network weights, which the page widens to float32)."""
+    """An array as {"shape", dtype: base64 of its little-endian bytes} (dtype f64, f32,
+    f16: half precision for network weights, which the page widens to float32, or u8:
+    grey images, 0..255)."""
     arr = np.ascontiguousarray(np.asarray(a, dtype={"f64": "<f8", "f32": "<f4",
-                                                    "f16": "<f2"}[dtype]))
+                                                    "f16": "<f2", "u8": "u1"}[dtype]))
     return {"shape": list(arr.shape), dtype: base64.b64encode(arr.tobytes()).decode()}
 
 
@@ -81,10 +82,11 @@ def slider_values(lo: float, hi: float, step: float) -> list[float]:
     return [round(lo + k * step, 10) for k in range(n)]
 
 
-def control(name, label, lo, hi, step, value, fmt=2) -> dict:
+def control(name, label, lo, hi, step, value, fmt=2, play=False, equation=None) -> dict:
     """A slider from lo to hi by step (`slider_values`, at most 10,001 positions) that starts
     at value, one of its positions (the page would start another at its first), shown with
-    fmt digits (0 to 15)."""
+    fmt digits (0 to 15); play: the page gives it a play/pause button (a step slider);
+    equation: the label of the chapter's equation it moves, which the page links to."""
     values = slider_values(lo, hi, step)
     start = checks.real(f"value (where the slider {name} starts)", value)
     if not any(abs(v - start) < 1e-9 for v in values):  # the page's own test
@@ -92,7 +94,8 @@ def control(name, label, lo, hi, step, value, fmt=2) -> dict:
                                    f"(from {lo:g} to {hi:g} by {step:g}): the page would "
                                    "start it at its first position")
     return {"name": name, "label": label, "values": values, "value": value,
-            "digits": checks.count("fmt (the digits shown)", fmt, minimum=0, maximum=15)}
+            "digits": checks.count("fmt (the digits shown)", fmt, minimum=0, maximum=15),
+            "play": bool(play), **({"equation": equation} if equation else {})}
 
 
 def chapter8_mixture() -> GaussianMixture:
@@ -143,8 +146,10 @@ def kl_page(weights=(0.5, 0.5), means=(-2.5, 2.5), stds=(0.7, 0.7), lim: float =
         rev[i] = kl_quadrature(q.log_prob, p.log_prob, grid)
     x = torch.linspace(-6, 6, 241, dtype=F64)
     return {"kind": "kl",
-            "controls": [control("mu", "mean of q", -4, 4, 0.05, 0.0),
-                         control("sigma", "std of q", 0.1, 4, 0.05, 1.0)],
+            "controls": [control("mu", "mean of q", -4, 4, 0.05, 0.0,
+                                 equation="ch2-kl-discrete"),
+                         control("sigma", "std of q", 0.1, 4, 0.05, 1.0,
+                                 equation="ch2-kl-discrete")],
             "x": pack(x), "p": pack(p.log_prob(x).exp()),
             "fwd": pack(fwd), "rev": pack(rev)}
 
@@ -177,8 +182,10 @@ def elbo_page(W, b, sigma, x) -> dict:
              "kl_prior": kl_prior}  # explorers.elbo_terms for every position at once
     pm, pc = model.posterior(x.reshape(1, -1))
     return {"kind": "elbo",
-            "controls": [control("mean", "mean of q", -3, 3, 0.05, 0.0),
-                         control("std", "std of q", 0.05, 2.5, 0.05, 1.0)],
+            "controls": [control("mean", "mean of q", -3, 3, 0.05, 0.0,
+                                 equation="ch3-identity"),
+                         control("std", "std of q", 0.05, 2.5, 0.05, 1.0,
+                                 equation="ch3-identity")],
             "posterior": [pm[0, 0].item(), pc[0, 0].sqrt().item()],
             "terms": {k: pack(v.reshape(M.shape)) for k, v in terms.items()}}
 
@@ -224,9 +231,11 @@ def pinned_page(mu: float, sigma: float, d: int, n: int = 20_000, seed: int = 0,
 
     viridis = matplotlib.colormaps["viridis"](np.linspace(0, 1, 256))[:, :3]
     return {"kind": "pinned", "mu": mu, "sigma": sigma,
-            "controls": [control("t", "encoder std t", 0.05, 1.6, 0.05, 1.0),
+            "controls": [control("t", "encoder std t", 0.05, 1.6, 0.05, 1.0,
+                                 equation="ch5-pinned-gap"),
                          control("s", "decoder std s", 0.05, 1.6 * sigma, 0.05,
-                                 round(round(sigma / 0.05) * 0.05, 10))],
+                                 round(round(sigma / 0.05) * 0.05, 10),
+                                 equation="ch5-pinned-gap")],
             "gap": pack(pinned_gap(d, sigma, T, S)),
             "map": pack(torch.log10(pinned_gap(d, sigma, MT, MS)), "f32"),
             "map_t": [map_t[0].item(), map_t[-1].item()],
@@ -256,7 +265,8 @@ def forward_page(T: int = 1000, n: int = 500, seed: int = 2) -> dict:
     abar = {name: dm.Diffusion(betas(T)).alphas_bar.to(F64)
             for name, betas in [("linear", dm.linear_betas), ("cosine", dm.cosine_betas)]}
     return {"kind": "forward", "T": T,
-            "controls": [control("t", "step t", 0, T, 1, min(100, T), 0)],
+            "controls": [control("t", "step t", 0, T, 1, min(100, T), 0, play=True,
+                                 equation="ch8-forward")],
             "schedules": list(abar), "alpha_bar": {k: pack(v) for k, v in abar.items()},
             "x0": pack(x0, "f32"), "eps": pack(eps, "f32"),
             "means": mix.means.tolist()}
@@ -312,7 +322,9 @@ def _solver_page(kind, solvers: dict, steps: list[int], x1: torch.Tensor, ref: t
         paths[name] = pack(torch.cat([p for _, p in runs]), "f32")
     return {"kind": kind, "steps": steps, "solvers": list(solvers),
             "controls": [{"name": "n", "label": "steps", "values": steps,
-                          "value": steps[len(steps) // 2], "digits": 0}],
+                          "value": steps[len(steps) // 2], "digits": 0, "play": True,
+                          "equation": {"solvers": "ch13-pf-ode",
+                                       "fewstep": "ch15-one-step"}[kind]}],
             "x1": pack(x1[:n_draw], "f32"), "ref": pack(ref[:n_draw], "f32"),
             "ends": ends, "paths": paths,
             "rms": {k: pack([e[0] for e in v]) for k, v in errs.items()},
@@ -436,17 +448,25 @@ def save_latent_decoder(model, path) -> None:
 STORE_VAR = "BOOK_EXPLORERS"  # the folder a storing run keeps explorers' arrays in
 
 
-def store_latent_decoder(model, name: str):
-    """`save_latent_decoder` into $BOOK_EXPLORERS/name, the folder that
-    tools/run_notebooks.py sets when it executes a chapter to store its outputs, so that
-    the page's explorer runs the decoder of the run the page shows. Elsewhere (nbval,
-    Colab, a dry run) nothing is written. Returns the path written, or None."""
+def _store_path(name: str) -> Path | None:
+    """$BOOK_EXPLORERS/name (its folder made), the folder that tools/run_notebooks.py sets
+    when it executes a chapter to store its outputs; None elsewhere (nbval, Colab, a dry
+    run), where nothing is written."""
     folder = os.environ.get(STORE_VAR)
     if not folder:
         return None
     path = Path(folder) / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_latent_decoder(model, path)
+    return path
+
+
+def store_latent_decoder(model, name: str):
+    """`save_latent_decoder` into $BOOK_EXPLORERS/name (`_store_path`), so that the page's
+    explorer runs the decoder of the run the page shows. Returns the path written, or
+    None."""
+    path = _store_path(name)
+    if path is not None:
+        save_latent_decoder(model, path)
     return path
 
 
@@ -490,8 +510,68 @@ def latent_page(stored, span: float = 2.5, step: float = 0.05, dims=(0, 1)) -> d
                        for W, b in layers]}
 
 
+# --- chapter 20: the measures against each corruption's strength ------------------------------
+CORRUPTION_MEASURES = ("FD", "KID", "precision", "recall", "density", "coverage")
+MAX_CORRUPTIONS, MAX_LEVELS, MAX_SHOWN = 12, 21, 12  # the chapter's: 5, 9, 6
+
+
+def store_corruptions(name: str, corruptions: dict, clean: dict) -> Path | None:
+    """Chapter 20's sweep into $BOOK_EXPLORERS/name (`_store_path`; nothing elsewhere), for
+    `corruption_page`. corruptions: {name: (unit, strengths (L,), measures (L, 6) in the
+    order of CORRUPTION_MEASURES, images (L, S, 28, 28) in [0, 1])}, every corruption with
+    the same L levels and S images; clean: {"mean": (6,), "sd": (6,)}, the measures' mean
+    and spread over clean redraws. Returns the path written, or None."""
+    names = list(corruptions)
+    arrays = [[np.asarray(v[i], dtype=float) for v in corruptions.values()]
+              for i in (1, 2, 3)]
+    for what, arrs in zip(("strengths", "measures", "images"), arrays, strict=True):
+        shapes = {n: a.shape for n, a in zip(names, arrs, strict=True)}
+        if len(set(shapes.values())) != 1:
+            raise checks.ArgumentError(f"every corruption needs {what} of one shape (the "
+                                       f"same strengths, the same digits shown), got "
+                                       f"{shapes}")
+    path = _store_path(name)
+    if path is None:
+        return None
+    np.savez(path, names=np.array(names), units=np.array([v[0] for v in corruptions.values()]),
+             strength=np.stack(arrays[0]), measures=np.stack(arrays[1]),
+             images=np.round(255 * np.clip(np.stack(arrays[2]), 0, 1)).astype("u1"),
+             clean_mean=np.asarray(clean["mean"], dtype=float),
+             clean_sd=np.asarray(clean["sd"], dtype=float))
+    return path
+
+
+def corruption_page(stored) -> dict:
+    """Chapter 20: the six measures of each corrupted set at every strength, and some of its
+    digits, from the chapter's run (stored: an .npz written by `store_corruptions`). The
+    page looks the numbers up; it computes nothing. Sizes: at most MAX_CORRUPTIONS = 12
+    corruptions, MAX_LEVELS = 21 strengths each and MAX_SHOWN = 12 digits a set (the
+    chapter's 5, 9 and 6)."""
+    with np.load(stored) as f:
+        a = {k: f[k] for k in f.files}
+    k, levels, shown = a["images"].shape[:3]
+    checks.size("the corruptions", k, MAX_CORRUPTIONS, "one radio button each")
+    checks.size("the strengths of a corruption", levels, MAX_LEVELS, "one slider position "
+                "each, every one with its digits in the page", minimum=2)
+    checks.size("the digits shown a set", shown, MAX_SHOWN, "a few digits a position")
+    if a["measures"].shape != (k, levels, len(CORRUPTION_MEASURES)):
+        raise checks.ArgumentError(f"measures must be (corruptions, strengths, "
+                                   f"{len(CORRUPTION_MEASURES)}) = ({k}, {levels}, "
+                                   f"{len(CORRUPTION_MEASURES)}), got "
+                                   f"{a['measures'].shape}")
+    return {"kind": "corruption",
+            "controls": [control("level", "strength", 0, levels - 1, 1, 0, fmt=0, play=True,
+                                 equation="ch20-precision-recall")],
+            "corruptions": [str(n) for n in a["names"]],
+            "units": [str(u) for u in a["units"]], "measure_names": list(CORRUPTION_MEASURES),
+            "strength": pack(a["strength"]), "measures": pack(a["measures"]),
+            "clean_mean": pack(a["clean_mean"]), "clean_sd": pack(a["clean_sd"]),
+            "images": pack(a["images"], "u8")}
+
+
 PAGES = {"kl": kl_page, "elbo": elbo_page, "pinned": pinned_page, "latent": latent_page,
-         "forward": forward_page, "solvers": solvers_page, "fewstep": fewstep_page}
+         "forward": forward_page, "solvers": solvers_page, "fewstep": fewstep_page,
+         "corruption": corruption_page}
 
 
 def page_state(name: str, **kwargs) -> dict:

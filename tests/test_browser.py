@@ -972,7 +972,8 @@ def readout(browser, idx: int) -> str:
 def controls_of(state: dict) -> list[dict]:
     """The explorer's controls: its sliders, then its radio groups (name, options)."""
     radios = {"forward": [("schedule", "schedules")],
-              "solvers": [("solver", "solvers")], "fewstep": [("solver", "solvers")]}
+              "solvers": [("solver", "solvers")], "fewstep": [("solver", "solvers")],
+              "corruption": [("corruption", "corruptions")]}
     return state["controls"] + [{"name": n, "options": state[k]}
                                 for n, k in radios.get(state["name"], [])]
 
@@ -1084,6 +1085,92 @@ def test_explorer_moves(browser, server, planted_server, page, idx, name):
         assert width <= PHONE + SLACK_PX, f"{page}: the explorer widens the phone page"
     finally:
         set_width(browser, DESKTOP)
+
+
+@pytest.mark.parametrize("page, idx, name", EXPLORER_CASES)
+def test_explorer_resets_and_plays(browser, server, planted_server, page, idx, name):
+    """Reset puts every control back at the chapter's setting (the first readout again);
+    a step slider's play button moves it forward on its own, and pressing it again pauses
+    it where it is."""
+    server = planted_server if page == PLANTED_LATENT else server
+    state = open_explorer(browser, server + page, idx)
+    first = readout(browser, idx)
+    for control in controls_of(state):
+        options = control.get("values") or control["options"]
+        set_control(browser, idx, control, options[-1])
+    assert readout(browser, idx) != first, f"{page}: moving every control left the numbers"
+    browser.evaluate(js("ROOT.querySelector('button.bx-reset').click()", idx))
+    assert readout(browser, idx) == first, f"{page}: reset did not restore the first view"
+    plays = browser.evaluate(js("ROOT.querySelectorAll('button.bx-play').length", idx))
+    assert plays == sum(bool(c.get("play")) for c in state["controls"])
+    if not plays:
+        return
+    value = js("+ROOT.querySelector('button.bx-play').parentElement"
+               ".querySelector('input[type=range]').value", idx)
+    k0 = browser.evaluate(value)
+    browser.evaluate(js("ROOT.querySelector('button.bx-play').click()", idx))
+    time.sleep(0.5)
+    k1 = browser.evaluate(value)
+    assert k1 != k0, f"{page}: play did not move the slider ({k0} -> {k1})"
+    browser.evaluate(js("ROOT.querySelector('button.bx-play').click()", idx))  # pause
+    k2 = browser.evaluate(value)
+    time.sleep(0.3)
+    assert browser.evaluate(value) == k2, f"{page}: pause did not stop the slider"
+    label = browser.evaluate(js("ROOT.querySelector('button.bx-play')"
+                                ".getAttribute('aria-label')", idx))
+    assert label.startswith("play "), label
+
+
+@pytest.mark.parametrize("page, idx, name", EXPLORER_CASES)
+def test_explorer_controls_link_their_equation(browser, server, planted_server, page, idx,
+                                               name):
+    """A control that names the chapter's equation it moves carries a link to it, with the
+    number the page gives that equation."""
+    server = planted_server if page == PLANTED_LATENT else server
+    state = open_explorer(browser, server + page, idx)
+    want = [f"#equation-{c['equation']}" for c in state["controls"] if c.get("equation")]
+    got = browser.evaluate(js(
+        "[...ROOT.querySelectorAll('a.bx-eq')].map(a => { const h = a.getAttribute('href');"
+        " const e = document.getElementById(h.slice(1));"
+        " return [h, a.textContent, e && e.querySelector('.eqno').textContent]; })", idx))
+    assert [h for h, _, _ in got] == want, f"{page}: equation links {got}, expected {want}"
+    for href, text, eqno in got:
+        assert eqno and eqno.startswith(text), f"{page}: {href} shown as {text}, is {eqno}"
+
+
+PHONE_CONTROLS = """(async () => {
+  const r = ROOT, svg = r.querySelector('svg.bx-figure'), s = r.querySelector('input[type=range]');
+  const frame = () => new Promise(d => requestAnimationFrame(() => requestAnimationFrame(d)));
+  const seen = [];
+  for (const at of [0.3, 0.6, 1]) {  // the figure's top, middle and bottom on screen
+    const b = svg.getBoundingClientRect();
+    window.scrollTo(0, b.top + scrollY + at * b.height - innerHeight * (at === 1 ? 1 : 0.5));
+    await frame();
+    const q = s.getBoundingClientRect(), x = q.left + q.width / 2, y = q.top + q.height / 2;
+    const hit = document.elementFromPoint(x, y);
+    seen.push({at, y: Math.round(y), hit: hit === s || s.contains(hit)});
+  }
+  const q = s.getBoundingClientRect();
+  return {seen, share: q.width / r.getBoundingClientRect().width, height: q.height};
+})()"""
+
+
+@pytest.mark.parametrize("page, idx, name", EXPLORER_CASES)
+def test_explorer_controls_stay_with_the_plot_on_a_phone(browser, server, planted_server,
+                                                         page, idx, name):
+    """At 390 px the first slider spans most of the explorer's width and is tall enough for
+    a thumb (30 px at least), and wherever the reader is in the figure (its top, middle or bottom on
+    screen) that slider is on screen and not covered: the controls stay with the plot."""
+    server = planted_server if page == PLANTED_LATENT else server
+    open_explorer(browser, server + page, idx, PHONE)
+    try:
+        got = browser.evaluate(js(PHONE_CONTROLS, idx))
+    finally:
+        set_width(browser, DESKTOP)
+    assert got["share"] >= 0.6, f"{page}: the slider takes {got['share']:.0%} of the width"
+    assert got["height"] >= 30, f"{page}: the slider is {got['height']} px tall"
+    lost = [s for s in got["seen"] if not s["hit"]]
+    assert not lost, f"{page}: the slider is off screen or covered at {lost}"
 
 
 # --- the numbers each explorer shows, from companion ---------------------------------------------
@@ -1250,6 +1337,33 @@ def _latent_expected(state, values):
     return f"z = ({z[0]:.2f}, {z[1]:.2f}): mean pixel {p.mean():.4f}"
 
 
+# Chapter 20's explorer looks up the numbers its stored run measured (the judge's features of
+# corrupted digits, not recomputed here): the page must show each one where Python puts it.
+SWEEP = ROOT / "notebooks" / "explorers" / "ch20-corruptions.npz"
+
+
+def _corruption_expected(state, values):
+    from companion.page_explorers import CORRUPTION_MEASURES
+
+    with np.load(SWEEP) as f:
+        c = [str(n) for n in f["names"]].index(values["corruption"])
+        unit, s = str(f["units"][c]), f["strength"][c, values["level"]]
+        m = f["measures"][c, values["level"]]
+    shown = ", ".join(f"{n} {v:.1f}" if j == 0 else f"{n} {v:.3g}" if j == 1
+                      else f"{n} {v:.3f}" for j, (n, v) in enumerate(zip(
+                          CORRUPTION_MEASURES, m, strict=True)))
+    return f"{values['corruption']} ({unit} {s:g}): {shown}"
+
+
+def _every_corruption_position():
+    """Every (corruption, level) of the stored sweep: 45 readouts, each a lookup."""
+    if not SWEEP.exists():
+        return []
+    with np.load(SWEEP) as f:
+        return [{"corruption": str(n), "level": level} for n in f["names"]
+                for level in range(f["strength"].shape[1])]
+
+
 # name: (the expected readout, positions sampled: {control: value})
 EXPECTED = {
     "kl": (_kl_expected, [{"mu": 2.5, "sigma": 0.7}, {"mu": -1.2, "sigma": 3.0},
@@ -1267,6 +1381,7 @@ EXPECTED = {
                                     {"n": 50, "solver": "Euler"}]),
     "fewstep": (_fewstep_expected, [{"n": 1, "solver": "Euler"}, {"n": 8, "solver": "Heun"},
                                     {"n": 32, "solver": "Euler"}, {"n": 64, "solver": "Euler"}]),
+    "corruption": (_corruption_expected, _every_corruption_position()),
 }
 
 
@@ -1400,9 +1515,10 @@ def test_explorer_page_weight(site, page):
 
 @pytest.mark.parametrize("page", list(EXPLORERS))
 def test_explorer_without_javascript_shows_the_snapshot(browser, server, page):
-    """With JavaScript off the explorer stays hidden (no dead controls) and the static view
-    is what the reader sees: a figure or printed output in the explorer's cell or the next
-    code cell (the chapters' snapshot figures, after a sentence that introduces them)."""
+    """With JavaScript off the explorer stays hidden (no dead controls), one line in its
+    place says that a live version needs JavaScript, and the static view is what the reader
+    sees: a figure or printed output in the explorer's cell or the next code cell (the
+    chapters' snapshot figures, after a sentence that introduces them)."""
     set_width(browser, DESKTOP)
     browser.call("Emulation.setScriptExecutionDisabled", session=True, value=True)
     try:
@@ -1415,11 +1531,19 @@ def test_explorer_without_javascript_shows_the_snapshot(browser, server, page):
               '.cell_output img, .cell_output pre, .cell_output table')]
               .some(o => o.checkVisibility() && !o.closest('.book-explorer')
                 && (o.tagName !== 'IMG' || (o.complete && o.naturalWidth > 0)));
+            const line = e.parentElement.querySelector('.bx-noscript');
             return {hidden: !e.checkVisibility(), controls: e.querySelectorAll('input').length,
-                    snapshot: shows(cell) || shows(next)}; }))()""")
+                    snapshot: shows(cell) || shows(next),
+                    line: !!line && line.checkVisibility() && line.textContent}; }))()""")
     finally:
         browser.call("Emulation.setScriptExecutionDisabled", session=True, value=False)
+    browser.goto(server + page)
+    seen_with_js = browser.evaluate(
+        "[...document.querySelectorAll('.bx-noscript')].filter(e => e.checkVisibility())"
+        ".length")
     assert len(found) == len(EXPLORERS[page])
     for f in found:
         assert f["hidden"] and not f["controls"], f"{page}: explorer visible without JS: {f}"
         assert f["snapshot"], f"{page}: no static figure or output beside the explorer"
+        assert f["line"] and "JavaScript" in f["line"], f"{page}: no line on the live version"
+    assert seen_with_js == 0, f"{page}: the JavaScript-off line shows with JavaScript on"

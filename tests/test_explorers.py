@@ -91,6 +91,47 @@ def test_a_chapter_stores_its_decoder_only_in_a_storing_run(tmp_path, monkeypatc
     assert [W.shape for W, _ in latent_decoder(path)] == [(16, 2), (784, 16)]
 
 
+def _sweep(levels=3, shown=2, kinds=("blur", "noise")):
+    """A small sweep of the kind chapter 20 stores: measure j of corruption c at level l is
+    100 c + 10 l + j, digit q of it is filled with (l + q) / 8."""
+    return {k: ("unit", [0.5 * l for l in range(levels)],
+                [[100 * c + 10 * l + j for j in range(6)] for l in range(levels)],
+                torch.tensor([[(l + q) / 8] for l in range(levels)
+                              for q in range(shown)]).expand(-1, 784)
+                .reshape(levels, shown, 28, 28))
+            for c, k in enumerate(kinds)}
+
+
+def test_corruption_page_carries_the_chapters_sweep(tmp_path, monkeypatch):
+    """Chapter 20's explorer: store_corruptions writes only in a storing run, and the page's
+    state holds each corruption's measures at each level, its strengths and its digits
+    (0..255), in the order stored; a sweep of uneven shapes is refused by name."""
+    import base64
+
+    from companion.page_explorers import STORE_VAR, page_state, store_corruptions
+
+    clean = {"mean": [1.0] * 6, "sd": [0.1] * 6}
+    monkeypatch.delenv(STORE_VAR, raising=False)
+    assert store_corruptions("sweep.npz", _sweep(), clean) is None
+    monkeypatch.setenv(STORE_VAR, str(tmp_path))
+    path = store_corruptions("sweep.npz", _sweep(), clean)
+    state = page_state("corruption", stored=str(path))
+    assert state["corruptions"] == ["blur", "noise"] and state["units"] == ["unit"] * 2
+    assert state["controls"][0]["values"] == [0, 1, 2]
+
+    def arr(p, key, dtype):
+        return np.frombuffer(base64.b64decode(p[key]), dtype).reshape(p["shape"])
+
+    m = arr(state["measures"], "f64", "<f8")
+    assert m[1, 2, 4] == 124 and m.shape == (2, 3, 6)
+    assert arr(state["strength"], "f64", "<f8")[0].tolist() == [0, 0.5, 1.0]
+    img = arr(state["images"], "u8", "u1")
+    assert img.shape == (2, 3, 2, 28, 28) and img[0, 2, 1, 5, 5] == 96  # 255 * 3 / 8
+    uneven = {**_sweep(), "narrow": _sweep(levels=4)["blur"]}
+    with pytest.raises(ValueError, match="every corruption needs strengths of one shape"):
+        store_corruptions("bad.npz", uneven, clean)
+
+
 # --- chapters 13 and 15: the solver explorers, over the chapters' own points ---------------
 ROOT = Path(__file__).resolve().parent.parent
 STATE_BYTES = 700_000  # a solver explorer's state on the page (it draws 300 points)

@@ -14,8 +14,8 @@ with `companion.page_explorers.page_state(name, **args)` (the same companion fun
 notebook's widget calls), and puts them in the cell's place of the widget's output as JSON
 inside a `<div class="book-explorer" hidden>`. book/_ext/live_explorers/explorers.js, added
 only to pages that have an explorer, draws the controls and the figure from them; without
-JavaScript the div stays hidden and the static snapshot figure that follows each explorer
-in the chapter is what the reader sees (and what the PDF shows: other builders are left
+JavaScript the div stays hidden, a line says that a live version needs JavaScript, and the
+static snapshot figure that follows each explorer in the chapter is what the reader sees (and what the PDF shows: other builders are left
 alone). The states are cached by a hash of companion's sources and the arguments, under
 the doctree folder, so an incremental build does not compute them again.
 
@@ -94,11 +94,17 @@ def state_json(name: str, args: dict, cache: Path | None = None) -> str:
     return text
 
 
+NOSCRIPT = ("An explorer that moves this figure's parameters appears here when JavaScript "
+            "is on; the static view in this cell or the next one shows the same.")
+
+
 def explorer_html(name: str, text: str) -> str:
+    """The explorer's hidden div with its state, and, for a reader with JavaScript off, one
+    line saying what they miss (the div stays hidden for them)."""
     safe = text.replace("</", "<\\/")  # nothing in the JSON can close the script element
     return (f'<div class="book-explorer" data-explorer="{html.escape(name)}" hidden>'
             f'<script type="application/json" class="book-explorer-state">{safe}</script>'
-            "</div>")
+            f'</div><noscript><p class="bx-noscript">{html.escape(NOSCRIPT)}</p></noscript>')
 
 
 def _insert_explorers(app, doctree, docname) -> None:

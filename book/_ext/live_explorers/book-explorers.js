@@ -17,25 +17,45 @@
   }
 
   function unpack(p) {
-    const key = ["f64", "f32", "f16"].find(k => p[k] !== undefined);
+    const key = ["f64", "f32", "f16", "u8"].find(k => p[k] !== undefined);
     const bin = atob(p[key]);
     const bytes = new Uint8Array(bin.length);
     for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
     let data;
     if (key === "f64") data = new Float64Array(bytes.buffer);
     else if (key === "f32") data = new Float32Array(bytes.buffer);
+    else if (key === "u8") data = bytes;
     else data = Float32Array.from(new Uint16Array(bytes.buffer), half);  // widened, exact
     data.shape = p.shape;
     return data;
   }
 
   // --- numbers as Python formats them ----------------------------------------------------------
-  // Python's f"{v:.{d}f}": the sign stays on a negative number that rounds to zero
-  const fixed = (v, d) => (v < 0 || Object.is(v, -0) ? "-" : "") + Math.abs(v).toFixed(d);
+  // Python's f"{v:.{d}f}": the sign stays on a negative number that rounds to zero, and a
+  // value exactly halfway (0.0625 to three places: a share of 256) rounds to the even
+  // digit, where toFixed rounds up. toFixed(d + 60) is the exact decimal of such a value.
+  function fixed(v, d) {
+    const a = Math.abs(v), sign = v < 0 || Object.is(v, -0) ? "-" : "";
+    const exact = a.toFixed(Math.min(100, d + 60)), cut = exact.indexOf(".") + 1 + d;
+    const kept = exact.slice(0, d ? cut : cut - 1);
+    const tie = /^50*$/.test(exact.slice(cut));
+    return sign + (tie && Number(kept.slice(-1)) % 2 === 0 ? kept : a.toFixed(d));
+  }
   function expo(v, d) {  // Python's f"{v:.{d}e}": two exponent digits at least
     const [m, e] = v.toExponential(d).split("e");
     const n = parseInt(e, 10);
     return `${m}e${n < 0 ? "-" : "+"}${String(Math.abs(n)).padStart(2, "0")}`;
+  }
+
+  function general(v, p) {  // Python's f"{v:.{p}g}" (trailing zeros dropped)
+    if (v === 0) return Object.is(v, -0) ? "-0" : "0";
+    const e = parseInt(v.toExponential(p - 1).split("e")[1], 10);
+    if (e < -4 || e >= p) {
+      const [m, x] = expo(v, p - 1).split("e");
+      return `${m.includes(".") ? m.replace(/\.?0+$/, "") : m}e${x}`;
+    }
+    const out = fixed(v, p - 1 - e);
+    return out.includes(".") ? out.replace(/\.?0+$/, "") : out;
   }
 
   // --- SVG ------------------------------------------------------------------------------------
@@ -150,11 +170,56 @@
       out.textContent = v.toFixed(c.digits);
       input.setAttribute("aria-valuetext", `${c.label} ${v.toFixed(c.digits)}`);
     };
+    input.dataset.initial = input.value;  // the chapter's setting, for the reset button
     input.addEventListener("input", () => { show(); onchange(); });
     show();
-    wrap.append(label, input, out);
+    wrap.append(label, ...equationLink(c.equation), input, out);
+    if (c.play) wrap.append(player(input, c, () => { show(); onchange(); }));
     root.appendChild(wrap);
     return () => c.values[+input.value];
+  }
+
+  /* A link to the chapter's equation that a control moves, numbered as the page numbers
+     it (none when the page has no such equation). */
+  function equationLink(label) {
+    const eq = label && document.getElementById(`equation-${label}`);
+    const number = eq && (eq.querySelector(".eqno") || eq).textContent.match(/\((\d+\.\d+)\)/);
+    if (!number) return [];
+    const a = document.createElement("a");
+    a.className = "bx-eq";
+    a.href = `#equation-${label}`;
+    a.textContent = `(${number[1]})`;
+    a.title = `equation (${number[1]}), which this control moves`;
+    return [a];
+  }
+
+  /* Play/pause for a step slider: about a hundred frames from here (or from the start, at
+     the end) to the last position; the reader's own move, or reset, stops it. */
+  function player(input, c, moved) {
+    const btn = document.createElement("button");
+    btn.type = "button";
+    btn.className = "bx-button bx-play";
+    let timer = null;
+    const label = playing => {
+      btn.textContent = playing ? "❚❚" : "▶";
+      btn.setAttribute("aria-label", `${playing ? "pause" : "play"} ${c.label}`);
+    };
+    const stop = () => { clearInterval(timer); timer = null; label(false); };
+    const last = c.values.length - 1, stride = Math.max(1, Math.round(last / 100));
+    btn.addEventListener("click", () => {
+      if (timer) return stop();
+      if (+input.value >= last) { input.value = 0; moved(); }
+      label(true);
+      timer = setInterval(() => {
+        input.value = Math.min(+input.value + stride, last);
+        moved();
+        if (+input.value >= last) stop();
+      }, 90);
+    });
+    for (const ev of ["pointerdown", "keydown"]) input.addEventListener(ev, stop);
+    input.closest(".book-explorer").addEventListener("bx-stop", stop);
+    label(false);
+    return btn;
   }
 
   function choice(root, name, legendText, options, value, onchange) {
@@ -169,6 +234,7 @@
       const input = document.createElement("input");
       Object.assign(input, {type: "radio", name: group, value: o, checked: o === value});
       input.dataset.name = name;
+      input.dataset.initial = o === value ? "1" : "0";
       input.addEventListener("change", onchange);
       label.append(input, ` ${o}`);
       fs.appendChild(label);
@@ -200,7 +266,29 @@
     const now = redraws.map(r => r.f.narrow()).join();
     if (now !== wasNarrow) { wasNarrow = now; redraws.forEach(r => r.draw()); }
   });
-  const register = (f, draw) => { redraws.push({f, draw}); draw(); };
+  /* Every explorer ends its controls with a reset to the chapter's setting. */
+  function register(f, draw) {
+    const reset = document.createElement("button");
+    reset.type = "button";
+    reset.className = "bx-button bx-reset";
+    reset.textContent = "reset";
+    reset.addEventListener("click", () => {
+      f.root.dispatchEvent(new Event("bx-stop"));
+      for (const i of f.controls.querySelectorAll("input")) {
+        if (i.type === "range") i.value = i.dataset.initial;
+        else i.checked = i.dataset.initial === "1";
+      }
+      // each slider shows its value again; the last one's event redraws the figure
+      f.controls.querySelectorAll("input[type=range]").forEach(i =>
+        i.dispatchEvent(new Event("input")));
+      draw();
+    });
+    f.controls.insertBefore(reset, f.controls.querySelector(".bx-hint"));
+    // the notes under the figure, so that the controls alone stay on a phone's screen
+    f.root.append(...f.controls.querySelectorAll(".bx-hint"));
+    redraws.push({f, draw});
+    draw();
+  }
 
   const clear = svg => { while (svg.firstChild) svg.removeChild(svg.firstChild); };
   const normal = (x, m, s) => Math.exp(-0.5 * ((x - m) / s) ** 2) / (s * Math.sqrt(2 * Math.PI));
@@ -590,7 +678,92 @@
     register(f, draw);
   }
 
-  const KINDS = {kl, elbo, pinned, latent, forward, solvers, fewstep: solvers};
+  // --- chapter 20: the six measures against a corruption's strength ----------------------------
+  function corruption(root, st) {
+    const f = frame(root, 680, 300, "digits of a corrupted set and its six measures");
+    const S = unpack(st.strength), M = unpack(st.measures), I = unpack(st.images);
+    const mid = unpack(st.clean_mean), sd = unpack(st.clean_sd);
+    const [K, L, Q] = st.images.shape, names = st.measure_names, nm = names.length;
+    const at = (c, l, m) => M[(c * L + l) * nm + m];
+    const canvas = document.createElement("canvas");
+    canvas.width = 28 * Q;
+    canvas.height = 28;
+    const ctx = canvas.getContext("2d"), img = ctx.createImageData(28 * Q, 28);
+    const strength = (c, l) => `${st.units[c]} ${tickText(S[c * L + l])}`;
+    const draw = () => {
+      const name = getKind(), c = st.corruptions.indexOf(name), l = getLevel();
+      level.textContent = strength(c, l);
+      levelInput.setAttribute("aria-valuetext", `${name}, ${strength(c, l)}`);
+      const shown = names.map((m, j) => `${m} ${j === 0 ? fixed(at(c, l, j), 1)
+        : j === 1 ? general(at(c, l, j), 3) : fixed(at(c, l, j), 3)}`);
+      f.readout.textContent = `${name} (${strength(c, l)}): ${shown.join(", ")}`;
+      for (let q = 0; q < Q; q++) {  // the set's last Q digits, side by side
+        for (let i = 0; i < 28 * 28; i++) {
+          const g = I[((c * L + l) * Q + q) * 784 + i];
+          img.data.set([g, g, g, 255], 4 * ((i / 28 | 0) * 28 * Q + q * 28 + i % 28));
+        }
+      }
+      ctx.putImageData(img, 0, 0);
+      clear(f.svg);
+      const nw = f.narrow();
+      f.size(nw ? 360 : 680, nw ? 500 : 330);
+      const pic = nw ? {x: 12, y: 8, w: 336, h: 336 / Q} : {x: 8, y: 26, w: 168, h: 168 * 2 / Q};
+      if (nw) {
+        el("image", {href: canvas.toDataURL(), x: pic.x, y: pic.y, width: pic.w, height: pic.h,
+                     preserveAspectRatio: "none", style: "image-rendering: pixelated"}, f.svg);
+      } else {  // two rows of Q / 2
+        const half = Q / 2, w = pic.w / half;
+        for (let r = 0; r < 2; r++) {
+          const svgImg = el("svg", {x: pic.x, y: pic.y + r * w, width: pic.w, height: w,
+                                    viewBox: `${r * half * 28} 0 ${half * 28} 28`,
+                                    preserveAspectRatio: "none"}, f.svg);
+          el("image", {href: canvas.toDataURL(), x: 0, y: 0, width: 28 * Q, height: 28,
+                       style: "image-rendering: pixelated"}, svgImg);
+        }
+      }
+      el("text", {x: pic.x + pic.w / 2, y: nw ? pic.y + pic.h + 14 : pic.y - 8,
+                  class: "bx-title", "text-anchor": "middle"}, f.svg, `${name}: ${Q} digits`);
+      const levels = Array.from({length: L}, (_, k) => k);
+      names.forEach((m, j) => {
+        const col = nw ? j % 2 : j % 3, row = nw ? j >> 1 : Math.floor(j / 3);
+        const box = nw ? {x: 48 + col * 170, y: pic.y + pic.h + 44 + row * 130, w: 125, h: 90}
+          : {x: 240 + col * 150, y: 24 + row * 150, w: 110, h: 100};
+        let lo = mid[j] - 2 * sd[j], hi = mid[j] + 2 * sd[j];
+        for (let cc = 0; cc < K; cc++) {
+          for (let k = 0; k < L; k++) { lo = Math.min(lo, at(cc, k, j)); hi = Math.max(hi, at(cc, k, j)); }
+        }
+        const pad = 0.06 * (hi - lo || 1);
+        const ax = axes(f.svg, box, [0, L - 1], [lo - pad, hi + pad],
+                        {title: m, nx: 2, ny: 3, xlabel: row === (nw ? 2 : 1) ? "level" : ""});
+        el("rect", {x: box.x, y: ax.sy(mid[j] + 2 * sd[j]), width: box.w,
+                    height: ax.sy(mid[j] - 2 * sd[j]) - ax.sy(mid[j] + 2 * sd[j]),
+                    class: "bx-ink", fill: "currentColor", opacity: 0.15}, ax.under);
+        for (let cc = 0; cc < K; cc++) {
+          const ys = levels.map(k => at(cc, k, j));
+          el("path", {d: pathOf(levels, ys, ax.sx, ax.sy), fill: "none",
+                      stroke: cc === c ? C[c % C.length] : "currentColor",
+                      "stroke-width": cc === c ? 2 : 0.8, opacity: cc === c ? 1 : 0.25},
+             ax.plot);
+        }
+        el("circle", {cx: ax.sx(l), cy: ax.sy(at(c, l, j)), r: 4, fill: C[c % C.length],
+                      stroke: "currentColor"}, ax.plot);
+      });
+    };
+    const getLevel = slider(f.controls, st.controls[0], () => draw());
+    const level = f.controls.querySelector(".bx-control:last-child output");
+    const levelInput = f.controls.querySelector('input[data-name="level"]');
+    const getKind = choice(f.controls, "corruption", "corruption", st.corruptions,
+                           st.corruptions[0], draw);
+    const note = document.createElement("p");
+    note.className = "bx-hint";
+    note.textContent = "The numbers are the chapter's run; the page looks them up. Grey band: " +
+      "the clean redraws' mean ± 2 SD; the chosen corruption in colour, the others faint. " +
+      "Digits: the set's last ones (where the copies go).";
+    f.controls.appendChild(note);
+    register(f, draw);
+  }
+
+  const KINDS = {kl, elbo, pinned, latent, forward, solvers, fewstep: solvers, corruption};
 
   function start() {
     document.querySelectorAll(".book-explorer").forEach((root, i) => {
