@@ -519,8 +519,9 @@ def store_corruptions(name: str, corruptions: dict, clean: dict) -> Path | None:
     """Chapter 20's sweep into $BOOK_EXPLORERS/name (`_store_path`; nothing elsewhere), for
     `corruption_page`. corruptions: {name: (unit, strengths (L,), measures (L, 6) in the
     order of CORRUPTION_MEASURES, images (L, S, 28, 28) in [0, 1])}, every corruption with
-    the same L levels and S images; clean: {"mean": (6,), "sd": (6,)}, the measures' mean
-    and spread over clean redraws. Returns the path written, or None."""
+    the same L levels and S images; clean: {"lo": (6,), "hi": (6,)}, the band of each
+    measure within which the chapter's test calls a set no different from clean redraws.
+    Returns the path written, or None."""
     names = list(corruptions)
     arrays = [[np.asarray(v[i], dtype=float) for v in corruptions.values()]
               for i in (1, 2, 3)]
@@ -536,8 +537,8 @@ def store_corruptions(name: str, corruptions: dict, clean: dict) -> Path | None:
     np.savez(path, names=np.array(names), units=np.array([v[0] for v in corruptions.values()]),
              strength=np.stack(arrays[0]), measures=np.stack(arrays[1]),
              images=np.round(255 * np.clip(np.stack(arrays[2]), 0, 1)).astype("u1"),
-             clean_mean=np.asarray(clean["mean"], dtype=float),
-             clean_sd=np.asarray(clean["sd"], dtype=float))
+             clean_lo=np.asarray(clean["lo"], dtype=float),
+             clean_hi=np.asarray(clean["hi"], dtype=float))
     return path
 
 
@@ -565,7 +566,7 @@ def corruption_page(stored) -> dict:
             "corruptions": [str(n) for n in a["names"]],
             "units": [str(u) for u in a["units"]], "measure_names": list(CORRUPTION_MEASURES),
             "strength": pack(a["strength"]), "measures": pack(a["measures"]),
-            "clean_mean": pack(a["clean_mean"]), "clean_sd": pack(a["clean_sd"]),
+            "clean_lo": pack(a["clean_lo"]), "clean_hi": pack(a["clean_hi"]),
             "images": pack(a["images"], "u8")}
 
 

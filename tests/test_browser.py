@@ -1107,18 +1107,20 @@ def test_explorer_resets_and_plays(browser, server, planted_server, page, idx, n
         return
     value = js("+ROOT.querySelector('button.bx-play').parentElement"
                ".querySelector('input[type=range]').value", idx)
+    label = js("ROOT.querySelector('button.bx-play').getAttribute('aria-label')", idx)
     k0 = browser.evaluate(value)
     browser.evaluate(js("ROOT.querySelector('button.bx-play').click()", idx))
-    time.sleep(0.5)
-    k1 = browser.evaluate(value)
-    assert k1 != k0, f"{page}: play did not move the slider ({k0} -> {k1})"
+    for _ in range(40):  # a frame comes every 90 to 400 ms
+        time.sleep(0.05)
+        if browser.evaluate(value) != k0:
+            break
+    assert browser.evaluate(value) != k0, f"{page}: play did not move the slider from {k0}"
+    assert browser.evaluate(label).startswith("pause "), "the button does not offer pause"
     browser.evaluate(js("ROOT.querySelector('button.bx-play').click()", idx))  # pause
     k2 = browser.evaluate(value)
-    time.sleep(0.3)
+    time.sleep(0.5)
     assert browser.evaluate(value) == k2, f"{page}: pause did not stop the slider"
-    label = browser.evaluate(js("ROOT.querySelector('button.bx-play')"
-                                ".getAttribute('aria-label')", idx))
-    assert label.startswith("play "), label
+    assert browser.evaluate(label).startswith("play "), "the button does not offer play"
 
 
 @pytest.mark.parametrize("page, idx, name", EXPLORER_CASES)

@@ -110,7 +110,7 @@ def test_corruption_page_carries_the_chapters_sweep(tmp_path, monkeypatch):
 
     from companion.page_explorers import STORE_VAR, page_state, store_corruptions
 
-    clean = {"mean": [1.0] * 6, "sd": [0.1] * 6}
+    clean = {"lo": [0.9] * 6, "hi": [1.1] * 6}
     monkeypatch.delenv(STORE_VAR, raising=False)
     assert store_corruptions("sweep.npz", _sweep(), clean) is None
     monkeypatch.setenv(STORE_VAR, str(tmp_path))

@@ -174,8 +174,8 @@
     input.addEventListener("input", () => { show(); onchange(); });
     show();
     wrap.append(label, ...equationLink(c.equation), input, out);
+    root.appendChild(wrap);  // in the explorer first: the play button listens on it
     if (c.play) wrap.append(player(input, c, () => { show(); onchange(); }));
-    root.appendChild(wrap);
     return () => c.values[+input.value];
   }
 
@@ -193,8 +193,8 @@
     return [a];
   }
 
-  /* Play/pause for a step slider: about a hundred frames from here (or from the start, at
-     the end) to the last position; the reader's own move, or reset, stops it. */
+  /* Play/pause for a step slider: from here (or from the start, at the end) to the last
+     position; the reader's own move, or reset, stops it. */
   function player(input, c, moved) {
     const btn = document.createElement("button");
     btn.type = "button";
@@ -205,7 +205,9 @@
       btn.setAttribute("aria-label", `${playing ? "pause" : "play"} ${c.label}`);
     };
     const stop = () => { clearInterval(timer); timer = null; label(false); };
+    // about a hundred frames for a long slider; a short one steps slowly enough to read
     const last = c.values.length - 1, stride = Math.max(1, Math.round(last / 100));
+    const every = Math.max(90, Math.min(400, 4000 / last));
     btn.addEventListener("click", () => {
       if (timer) return stop();
       if (+input.value >= last) { input.value = 0; moved(); }
@@ -214,7 +216,7 @@
         input.value = Math.min(+input.value + stride, last);
         moved();
         if (+input.value >= last) stop();
-      }, 90);
+      }, every);
     });
     for (const ev of ["pointerdown", "keydown"]) input.addEventListener(ev, stop);
     input.closest(".book-explorer").addEventListener("bx-stop", stop);
@@ -682,7 +684,7 @@
   function corruption(root, st) {
     const f = frame(root, 680, 300, "digits of a corrupted set and its six measures");
     const S = unpack(st.strength), M = unpack(st.measures), I = unpack(st.images);
-    const mid = unpack(st.clean_mean), sd = unpack(st.clean_sd);
+    const bandLo = unpack(st.clean_lo), bandHi = unpack(st.clean_hi);
     const [K, L, Q] = st.images.shape, names = st.measure_names, nm = names.length;
     const at = (c, l, m) => M[(c * L + l) * nm + m];
     const canvas = document.createElement("canvas");
@@ -728,15 +730,15 @@
         const col = nw ? j % 2 : j % 3, row = nw ? j >> 1 : Math.floor(j / 3);
         const box = nw ? {x: 48 + col * 170, y: pic.y + pic.h + 44 + row * 130, w: 125, h: 90}
           : {x: 240 + col * 150, y: 24 + row * 150, w: 110, h: 100};
-        let lo = mid[j] - 2 * sd[j], hi = mid[j] + 2 * sd[j];
+        let lo = bandLo[j], hi = bandHi[j];
         for (let cc = 0; cc < K; cc++) {
           for (let k = 0; k < L; k++) { lo = Math.min(lo, at(cc, k, j)); hi = Math.max(hi, at(cc, k, j)); }
         }
         const pad = 0.06 * (hi - lo || 1);
         const ax = axes(f.svg, box, [0, L - 1], [lo - pad, hi + pad],
                         {title: m, nx: 2, ny: 3, xlabel: row === (nw ? 2 : 1) ? "level" : ""});
-        el("rect", {x: box.x, y: ax.sy(mid[j] + 2 * sd[j]), width: box.w,
-                    height: ax.sy(mid[j] - 2 * sd[j]) - ax.sy(mid[j] + 2 * sd[j]),
+        el("rect", {x: box.x, y: ax.sy(bandHi[j]), width: box.w,
+                    height: ax.sy(bandLo[j]) - ax.sy(bandHi[j]),
                     class: "bx-ink", fill: "currentColor", opacity: 0.15}, ax.under);
         for (let cc = 0; cc < K; cc++) {
           const ys = levels.map(k => at(cc, k, j));
@@ -757,8 +759,9 @@
     const note = document.createElement("p");
     note.className = "bx-hint";
     note.textContent = "The numbers are the chapter's run; the page looks them up. Grey band: " +
-      "the clean redraws' mean ± 2 SD; the chosen corruption in colour, the others faint. " +
-      "Digits: the set's last ones (where the copies go).";
+      "where the chapter's test calls a set no different from clean redraws; the chosen " +
+      "corruption in colour, the others faint. Digits: the set's last ones (where the " +
+      "copies go).";
     f.controls.appendChild(note);
     register(f, draw);
   }
