@@ -429,6 +429,78 @@ def fewstep_page(n: int = 2_000, seed: int = 1, n_draw: int = 300, n_paths: int 
                         n_draw, n_paths)
 
 
+# --- chapter 17: the grid's exponent and the solver, on Gaussian data ------------------------
+# The slider's step counts (chapter 17's grid table has 5, 10 and 18 steps) and exponents
+# (its grids have rho = 1, 3 and 7).
+GRID_STEPS = (2, 3, 4, 5, 6, 8, 10, 12, 14, 18, 24, 32)
+GRID_RHOS = (1, 12, 1)  # the rho slider: lo, hi, step
+GRID_SOLVERS = {"Euler": ("euler", 1), "Heun": ("heun", 2),
+                "DPM-Solver++(2M)": ("dpm_solver_pp_2m", 1)}  # edm's name, calls a step
+MAX_GRID_POINTS = 10_000  # grid_page's starting points (chapter 17: 256)
+
+
+def chapter17_gaussian() -> tuple[torch.Tensor, torch.Tensor]:
+    """Chapter 17's eight-dimensional Gaussian: its mean (8,) and standard deviations (8,),
+    0.05 to 1."""
+    return (torch.linspace(-0.5, 0.5, 8, dtype=F64),
+            torch.logspace(-1.3, 0, 8, dtype=F64))
+
+
+def grid_page(n: int = 256, seed: int = 5, n_paths: int = 8, steps=GRID_STEPS) -> dict:
+    """Chapter 17: Euler, Heun and DPM-Solver++(2M) (`edm.euler`, `edm.heun`,
+    `edm.dpm_solver_pp_2m`) with the exact denoiser of the chapter's Gaussian
+    (`edm.gaussian_denoiser`), on the rho grid of each step count from sigma_max = 80 to 0
+    (`edm.rho_grid`), rho = 1 to 12, from the chapter's starting points: n = 256 draws of
+    80 N(0, I) from seed 5. The error: the RMS over the points of the distance to the exact
+    flow (`edm.gaussian_flow`) at sigma = 0, as the chapter's table of grids has it (Heun,
+    rho = 1, 3 and 7, 5, 10 and 18 steps).
+
+    The page draws, for the first n_paths points, the first coordinate (std 0.05) at every
+    level divided by its exact scale sqrt(std^2 + sigma^2) (the exact flow keeps it
+    constant: a perfect solver draws flat lines). Bounds (the chapter's in brackets): n at
+    most MAX_GRID_POINTS = 10,000 [256]; n_paths at most MAX_PATHS = 200 [8]; steps,
+    increasing step counts, as the solver pages' (at most MAX_STEP_COUNTS = 100 summing to
+    MAX_STEPS_SUM = 5,000) [12 summing to 138]."""
+    from . import edm
+
+    n = checks.size("n (the starting points)", n, MAX_GRID_POINTS, "every solver runs from "
+                    "all of them on every grid (the chapter's 256)")
+    _, _, n_paths, steps = _solver_sizes(1, 1, n_paths, steps)
+    mean, std = chapter17_gaussian()
+    denoise = edm.gaussian_denoiser(mean, std)
+    x = 80 * torch.randn(n, 8, dtype=F64, generator=torch.Generator().manual_seed(seed))
+    exact = edm.gaussian_flow(mean, std, x, 80.0, 0.0)
+    rhos = slider_values(*GRID_RHOS)
+    err = torch.empty(len(rhos), len(steps), len(GRID_SOLVERS), dtype=F64)
+    calls = torch.empty(len(steps), len(GRID_SOLVERS), dtype=torch.long)
+    levels, paths = [], []
+    for r, rho in enumerate(rhos):
+        for k, count in enumerate(steps):
+            grid = edm.rho_grid(count, rho=rho)
+            scale = (std[0] ** 2 + grid ** 2).sqrt()  # (count + 1,)
+            levels.append(grid)
+            for j, (name, per_step) in enumerate(GRID_SOLVERS.values()):
+                solve = getattr(edm, name)
+                rec = _Recorder(denoise, per_step, n_paths)
+                out = solve(rec, x, grid)
+                states = torch.stack([*rec.states, out[:n_paths]])  # (count + 1, P, 8)
+                err[r, k, j] = (out - exact).pow(2).sum(1).mean().sqrt()
+                calls[k, j] = rec.calls
+                paths.append((states[:, :, 0] - mean[0]) / scale[:, None])
+    return {"kind": "grid", "steps": steps, "solvers": list(GRID_SOLVERS),
+            "controls": [control("rho", "grid exponent ρ", *GRID_RHOS, 7, fmt=0,
+                                 equation="ch17-rho-grid"),
+                         {"name": "n", "label": "steps", "values": steps,
+                          "value": 10 if 10 in steps else steps[len(steps) // 2],
+                          "digits": 0, "play": True, "equation": "ch17-ode"}],
+            "std0": std[0].item(), "points": n, "drawn": n_paths,
+            "levels": pack(torch.cat(levels)), "err": pack(err),
+            "evaluations": calls.tolist(),
+            "paths": pack(torch.cat(paths), "f32"),
+            "exact": pack((x[:n_paths, 0] - mean[0]) / (std[0] ** 2 + 80.0 ** 2) ** 0.5,
+                          "f32")}
+
+
 # --- chapter 6: the 2-D VAE's decoder, run in the page ------------------------------------------
 def save_latent_decoder(model, path) -> None:
     """The decoder of a VAE with an MLP decoder (linear layers with ReLU between them,
@@ -572,7 +644,7 @@ def corruption_page(stored) -> dict:
 
 PAGES = {"kl": kl_page, "elbo": elbo_page, "pinned": pinned_page, "latent": latent_page,
          "forward": forward_page, "solvers": solvers_page, "fewstep": fewstep_page,
-         "corruption": corruption_page}
+         "corruption": corruption_page, "grid": grid_page}
 
 
 def page_state(name: str, **kwargs) -> dict:

@@ -286,3 +286,58 @@ def test_solver_explorers_agree_with_the_chapters_printouts():
         assert euler == f"{_numbers(state, 'rms', 'Euler', int(evals)):.3f}", evals
         if heun:
             assert heun == f"{_numbers(state, 'rms', 'Heun', int(evals) // 2):.3f}", evals
+
+
+def _grid_err(state: dict, rho: float, n: int, solver: str) -> float:
+    """The grid explorer's RMS error for (rho, n steps, solver), from its base64."""
+    err = np.frombuffer(base64.b64decode(state["err"]["f64"]), "<f8").reshape(
+        state["err"]["shape"])
+    r = next(k for k, v in enumerate(state["controls"][0]["values"]) if abs(v - rho) < 1e-9)
+    return float(err[r, state["steps"].index(n), state["solvers"].index(solver)])
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_grid_explorer_is_chapter_17s_computation():
+    """Chapter 17's grid explorer: its errors are edm's solvers with the exact denoiser
+    from the chapter's 256 points (80 N(0, I), seed 5) on the rho grid, against the exact
+    flow at sigma = 0, to 1e-9; Heun is charged 2n - 1 evaluations on n steps, Euler and
+    DPM-Solver++(2M) n; its drawn paths start on the exact flow's scaled value and end at
+    the solver's own ends; the chapter's table of grids (its stored output) is the
+    explorer's numbers where they meet (Heun, rho = 1, 3 and 7, 5, 10 and 18 steps)."""
+    from companion import edm, sde
+    from companion.page_explorers import chapter17_gaussian
+
+    state = _chapter_state("17_design_space", "grid")
+    assert len(json.dumps(state, separators=(",", ":"))) < STATE_BYTES
+    mean, std = chapter17_gaussian()
+    x = 80 * torch.randn(256, 8, dtype=F64, generator=torch.Generator().manual_seed(5))
+    exact = edm.gaussian_flow(mean, std, x, 80.0, 0.0)
+    denoise = edm.gaussian_denoiser(mean, std)
+    for solver, fn, rho, n in [("Heun", edm.heun, 7, 10), ("Euler", edm.euler, 2, 32),
+                               ("DPM-Solver++(2M)", edm.dpm_solver_pp_2m, 12, 3)]:
+        counted = sde.Counted(denoise)
+        out = fn(counted, x, edm.rho_grid(n, rho=rho))
+        want = (out - exact).pow(2).sum(1).mean().sqrt().item()
+        assert abs(_grid_err(state, rho, n, solver) - want) < 1e-9 * max(1, want)
+        k, j = state["steps"].index(n), state["solvers"].index(solver)
+        assert state["evaluations"][k][j] == counted.calls == (2 * n - 1 if solver == "Heun"
+                                                               else n)
+    # the drawn paths: (rho, steps, solver, level, point), flattened in that order
+    paths = np.frombuffer(base64.b64decode(state["paths"]["f32"]), "<f4")
+    first = torch.as_tensor(paths[:state["drawn"]].astype(float))
+    scaled = (x[:state["drawn"], 0] - mean[0]) / (std[0] ** 2 + 80.0 ** 2).sqrt()
+    assert torch.allclose(first, scaled, rtol=1e-6)  # rho = 1, the first count, Euler
+    n0 = state["steps"][0]
+    end = edm.euler(denoise, x, edm.rho_grid(n0, rho=1.0))[:state["drawn"], 0]
+    last = paths[n0 * state["drawn"]:(n0 + 1) * state["drawn"]].astype(float)
+    assert np.allclose(last, ((end - mean[0]) / std[0]).numpy(), rtol=1e-5)
+    cell = next(c for c in json.loads((ROOT / "notebooks" / "17_design_space.ipynb")
+                                      .read_text())["cells"]
+                if "grid_kinds = {" in "".join(c["source"]))
+    text = "".join("".join(o.get("data", {}).get("text/markdown", "")) for o in
+                   cell["outputs"])
+    for label, rho in [("uniform in σ (ρ = 1)", 1), ("ρ = 3", 3), ("ρ = 7", 7)]:
+        row = re.search(rf"^\| {re.escape(label)} \|(.*)\|$", text, re.M)
+        assert row, (label, text)
+        want = [f"{_grid_err(state, rho, n, 'Heun'):.2e}" for n in (5, 10, 18)]
+        assert [c.strip() for c in row[1].split("|")] == want, (label, row[1], want)

@@ -91,7 +91,7 @@
     el("rect", {x: box.x, y: box.y, width: box.w, height: box.h, class: "bx-frame"}, g);
     const tk = (lo, hi, log, n) => log
       ? ticks(Math.ceil(Math.log10(lo)), Math.floor(Math.log10(hi)), n).filter(Number.isInteger)
-        .map(e => 10 ** e) : ticks(lo, hi, n);
+        .map(e => 10 ** e) : ticks(lo, hi, n).filter(v => !opt.integer || Number.isInteger(v));
     if (!opt.noxticks) {
       for (const v of tk(x0, x1, opt.logx, opt.nx || 5)) {
         el("line", {x1: sx(v), x2: sx(v), y1: box.y + box.h, y2: box.y + box.h + 4,
@@ -224,7 +224,9 @@
     return btn;
   }
 
-  function choice(root, name, legendText, options, value, onchange) {
+  /* Radio buttons; colors: each option's colour in the figure, shown beside its label (the
+     figure's key). */
+  function choice(root, name, legendText, options, value, onchange, colors = null) {
     const fs = document.createElement("fieldset");
     fs.className = "bx-control bx-choice";
     const lg = document.createElement("legend");
@@ -239,6 +241,12 @@
       input.dataset.initial = o === value ? "1" : "0";
       input.addEventListener("change", onchange);
       label.append(input, ` ${o}`);
+      if (colors) {
+        const key = document.createElement("span");
+        key.className = "bx-swatch";
+        key.style.background = colors[options.indexOf(o)];
+        label.append(key);
+      }
       fs.appendChild(label);
     }
     root.appendChild(fs);
@@ -766,7 +774,91 @@
     register(f, draw);
   }
 
-  const KINDS = {kl, elbo, pinned, latent, forward, solvers, fewstep: solvers, corruption};
+  // --- chapter 17: the rho grid and the solver on Gaussian data ---------------------------
+  function grid(root, st) {
+    const f = frame(root, 680, 290, "the grid's levels, scaled paths and the error");
+    const levels = unpack(st.levels), err = unpack(st.err), paths = unpack(st.paths);
+    const exact = unpack(st.exact), [cr, cn] = st.controls, P = st.drawn;
+    const S = st.steps.length, J = st.solvers.length;
+    let lo = Infinity, hi = -Infinity;  // one error axis for every grid: it never jumps
+    for (const v of err) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+    const errRange = [10 ** Math.floor(Math.log10(lo)), 10 ** Math.ceil(Math.log10(hi))];
+    const offsets = [];  // where each (rho, steps) grid starts in levels (and its paths)
+    let o = 0;
+    cr.values.forEach(() => st.steps.forEach(n => { offsets.push(o); o += n + 1; }));
+    const draw = () => {
+      const rho = getRho(), n = getN(), name = getSolver();
+      const r = idx(cr.values, rho), k = st.steps.indexOf(n), j = st.solvers.indexOf(name);
+      const base = offsets[r * S + k], ev = st.evaluations[k][j];
+      const e = err[(r * S + k) * J + j];
+      let below = 0;
+      for (let i = 0; i < n; i++) below += levels[base + i] < 0.1;
+      f.readout.textContent = `${name}, ρ = ${rho}, ${plural(n, "step")} ` +
+        `(${plural(ev, "evaluation")}): RMS error at σ = 0 ${expo(e, 2)}; ${below} of ` +
+        `${n} levels below σ = 0.1`;
+      clear(f.svg);
+      const nw = f.narrow(), c = C[j];
+      f.size(nw ? 360 : 680, nw ? 690 : 290);
+      const steps = Array.from({length: n + 1}, (_, i) => i);
+      // the levels, the last one (0) off the log axis
+      const la = axes(f.svg, nw ? {x: 60, y: 24, w: 280, h: 170} : {x: 50, y: 24, w: 170, h: 210},
+                      [0, n], [1e-3, 200], {logy: true, xlabel: "step i", ylabel: "σ_i",
+                                            title: `ρ = ${rho}: ${plural(n, "level")}`, nx: 4,
+                                            integer: true});
+      el("line", {x1: la.box.x, x2: la.box.x + la.box.w, y1: la.sy(0.1), y2: la.sy(0.1),
+                  class: "bx-ink", stroke: "currentColor", "stroke-dasharray": "3,3",
+                  opacity: 0.5}, la.plot);
+      const lv = Array.from(levels.subarray(base, base + n));
+      el("path", {d: pathOf(steps.slice(0, n), lv, la.sx, la.sy), stroke: c, fill: "none",
+                  "stroke-width": 1.5}, la.plot);
+      for (let i = 0; i < n; i++) {
+        el("circle", {cx: la.sx(i), cy: la.sy(lv[i]), r: 2.5, fill: c}, la.plot);
+      }
+      // the first coordinate over its exact scale: flat for a perfect solver
+      const pa = axes(f.svg, nw ? {x: 60, y: 250, w: 280, h: 170} : {x: 275, y: 24, w: 170, h: 210},
+                      [0, n], [-3.5, 3.5], {xlabel: "step i", nx: 4, integer: true,
+                                            ylabel: "x₁, scaled",
+                                            title: "paths, scaled"});
+      const pbase = (base * J + j * (n + 1)) * P;  // paths: per grid, per solver, (n + 1, P)
+      for (let p = 0; p < P; p++) {
+        el("line", {x1: pa.box.x, x2: pa.box.x + pa.box.w, y1: pa.sy(exact[p]),
+                    y2: pa.sy(exact[p]), class: "bx-ink", stroke: "currentColor",
+                    "stroke-dasharray": "2,3", opacity: 0.45}, pa.plot);
+        const ys = steps.map(i => paths[pbase + i * P + p]);
+        el("path", {d: pathOf(steps, ys, pa.sx, pa.sy), stroke: c, fill: "none",
+                    "stroke-width": 1.2, opacity: 0.85}, pa.plot);
+      }
+      // the error against evaluations: every solver on this grid
+      const ea = axes(f.svg, nw ? {x: 60, y: 476, w: 280, h: 170} : {x: 500, y: 24, w: 170, h: 210},
+                      [1, 100], errRange, {logx: true, logy: true,
+                                               xlabel: "evaluations", ylabel: "RMS error",
+                                               title: "error at σ = 0"});
+      st.solvers.forEach((s, jj) => {
+        const xs = st.steps.map((_, kk) => st.evaluations[kk][jj]);
+        const ys = st.steps.map((_, kk) => err[(r * S + kk) * J + jj]);
+        el("path", {d: pathOf(xs, ys, ea.sx, ea.sy), stroke: C[jj], fill: "none",
+                    "stroke-width": jj === j ? 2.5 : 1.2}, ea.plot);
+        el("circle", {cx: ea.sx(xs[k]), cy: ea.sy(ys[k]), r: jj === j ? 5 : 3, fill: C[jj]},
+           ea.plot);
+      });
+    };
+    const getRho = slider(f.controls, cr, draw), getN = slider(f.controls, cn, draw);
+    const getSolver = choice(f.controls, "solver", "solver", st.solvers, "Heun", draw,
+                             st.solvers.map((_, jj) => C[jj]));
+    const note = document.createElement("p");
+    note.className = "bx-hint";
+    note.textContent = `The error is over the chapter's ${grouped(st.points)} starting ` +
+      "points at σ = 80 against the exact flow, in Python; the page looks it up. Middle: " +
+      `the first coordinate x₁ (std ${general(st.std0, 2)}) of ${P} points, each divided by ` +
+      `its exact scale √(${general(st.std0, 2)}² + σ²), so that the exact flow is a dashed ` +
+      "flat line. Left: the grid's levels, the " +
+      "dashed line at σ = 0.1, and the last step to σ = 0 off the log axis.";
+    f.controls.appendChild(note);
+    register(f, draw);
+  }
+
+  const KINDS = {kl, elbo, pinned, latent, forward, solvers, fewstep: solvers, corruption,
+                 grid};
 
   function start() {
     document.querySelectorAll(".book-explorer").forEach((root, i) => {
