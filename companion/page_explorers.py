@@ -429,6 +429,81 @@ def fewstep_page(n: int = 2_000, seed: int = 1, n_draw: int = 300, n_paths: int 
                         n_draw, n_paths)
 
 
+# --- chapter 16: the guidance weight on chapter 8's mixture ------------------------------------
+GUIDANCE_WEIGHTS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)  # the chapter's: 0, 1, 3, 8
+MAX_GUIDED = 4_000   # guidance_page's samples (the chapter's ci profile: 1,000)
+MAX_WEIGHTS = 30     # guidance_page's weights, each a 1,000-step chain (the chapter's 4)
+
+
+def guidance_page(n: int = 1_000, y: int = 3, weights=GUIDANCE_WEIGHTS, seed: int = 17,
+                  T: int = 1000) -> dict:
+    """Chapter 16: classifier guidance with the exact scores on chapter 8's mixture
+    (`score.classifier_guided_score` of `toy.diffused_score` and
+    `toy.diffused_log_posterior_grad`, in the ancestral sampler of T = 1,000 steps) at each
+    weight, from the chapter's noise (x_T from seed 17, the chain's noise from seed 18, the
+    same for every weight), against the tilted density p(x) p(y | x)^w / Z_w. For each
+    weight: the mean and standard deviation of u = x . mu_y (the coordinate along the
+    class's mean) against the tilted density's (quadrature on the chapter's 1001 x 1001
+    grid), the share of samples whose most likely component is y, the samples, and the
+    tilted density over the chapter's zoom (mu_y +- 0.55) as grey levels.
+
+    The chapter's stored run uses 8,000 samples; n = 1,000 is its ci profile's count, so
+    that the page's numbers are those of the chapter run there. Bounds: n at most
+    MAX_GUIDED = 4,000 [1,000]; at most MAX_WEIGHTS = 30 weights, increasing and >= 0 [9];
+    y a component of the mixture [3]; T at most MAX_FORWARD_T = 10,000 [1,000]."""
+    from . import score as S
+    from .toy import diffused_log_posterior_grad
+
+    n = checks.size("n (the guided samples)", n, MAX_GUIDED, "every weight runs a chain of "
+                    "T steps on all of them (the chapter's ci profile: 1,000)", minimum=2)
+    weights = [checks.real("every weight in weights", w, low=0.0) for w in weights]
+    checks.size("weights (the slider's positions)", len(weights), MAX_WEIGHTS, "each is a "
+                "chain of T steps on all the samples (the chapter's 4)")
+    if any(b <= a for a, b in zip(weights[:-1], weights[1:], strict=True)):
+        raise checks.ArgumentError(f"weights must increase (the slider's positions in "
+                                   f"order), got {weights}")
+    T = checks.size("T (the chain's steps)", T, MAX_FORWARD_T, "every weight's chain runs "
+                    "all of them (the chapter's 1,000)")
+    mix = chapter8_mixture()
+    y = checks.count("y (the component asked for)", y, minimum=0,
+                     maximum=len(mix.weights) - 1)
+    diff = dm.Diffusion(dm.linear_betas(T))
+    u_dir = mix.means[y]  # a unit vector
+    fine = torch.linspace(-2.5, 2.5, 1001, dtype=F64)
+    cell = torch.cartesian_prod(fine, fine)
+    log_p, log_py = mix.log_marginal(cell), mix.log_posterior(cell)[:, y]
+    zx = torch.linspace(u_dir[0] - 0.55, u_dir[0] + 0.55, 61, dtype=F64)
+    zy = torch.linspace(u_dir[1] - 0.55, u_dir[1] + 0.55, 61, dtype=F64)
+    zoom = torch.cartesian_prod(zx, zy)  # (61 * 61, 2), x-major
+    x_T = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed), dtype=F64)
+    rows, samples, heat = [], [], []
+    for w in weights:
+        field = S.classifier_guided_score(
+            lambda x, t: diffused_score(mix, x, diff.alphas_bar_[t]),
+            lambda x, t: diffused_log_posterior_grad(mix, x, y, diff.alphas_bar_[t]), w)
+        x = diff.sample(lambda x, t, f=field: diff.eps_from_score(x, t, f(x, t)), (n, 2),
+                        x_T=x_T.clone(), generator=torch.Generator().manual_seed(seed + 1),
+                        quiet=True)
+        u = x @ u_dir
+        tilt = torch.softmax(log_p + w * log_py, 0)
+        u_tilt = (tilt * (cell @ u_dir)).sum()
+        sd_tilt = (tilt * (cell @ u_dir - u_tilt).pow(2)).sum().sqrt()
+        in_y = (mix.map_encode(x) == y).double().mean()
+        rows.append([u.mean().item(), u_tilt.item(), u.std().item(), sd_tilt.item(),
+                     in_y.item()])
+        samples.append(x)
+        log_tilt = mix.log_marginal(zoom) + w * mix.log_posterior(zoom)[:, y]
+        heat.append((log_tilt - log_tilt.max()).exp().reshape(61, 61).T)  # (y, x)
+    return {"kind": "guidance", "y": y, "n": n, "T": T,
+            "controls": [{"name": "w", "label": "guidance weight w", "values": weights,
+                          "value": 1.0 if 1.0 in weights else weights[0], "digits": 1,
+                          "play": True, "equation": "ch16-guided"}],
+            "stats": pack(rows), "samples": pack(torch.stack(samples), "f32"),
+            "heat": pack(np.round(255 * torch.stack(heat).numpy()), "u8"),
+            "zoom": [zx[0].item(), zx[-1].item(), zy[0].item(), zy[-1].item()],
+            "mean": u_dir.tolist(), "means": mix.means.tolist()}
+
+
 # --- chapter 17: the grid's exponent and the solver, on Gaussian data ------------------------
 # The slider's step counts (chapter 17's grid table has 5, 10 and 18 steps) and exponents
 # (its grids have rho = 1, 3 and 7).
@@ -644,7 +719,8 @@ def corruption_page(stored) -> dict:
 
 PAGES = {"kl": kl_page, "elbo": elbo_page, "pinned": pinned_page, "latent": latent_page,
          "forward": forward_page, "solvers": solvers_page, "fewstep": fewstep_page,
-         "corruption": corruption_page, "grid": grid_page}
+         "corruption": corruption_page, "grid": grid_page,
+         "guidance": guidance_page}
 
 
 def page_state(name: str, **kwargs) -> dict:

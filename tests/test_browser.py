@@ -1339,6 +1339,37 @@ def _latent_expected(state, values):
     return f"z = ({z[0]:.2f}, {z[1]:.2f}): mean pixel {p.mean():.4f}"
 
 
+def _guidance_expected(state, values):
+    """Chapter 16's guided sampler at w, as its cell runs it (the ci profile's 1,000
+    samples), and the tilted density's moments by its quadrature, in Python."""
+    import torch
+
+    from companion import diffusion as dm
+    from companion import score as S
+    from companion.page_explorers import chapter8_mixture
+    from companion.toy import diffused_log_posterior_grad, diffused_score
+
+    w, Y, F64 = values["w"], state["y"], torch.float64
+    with one_thread():
+        mix, diff = chapter8_mixture(), dm.Diffusion(dm.linear_betas(1000))
+        field = S.classifier_guided_score(
+            lambda x, t: diffused_score(mix, x, diff.alphas_bar_[t]),
+            lambda x, t: diffused_log_posterior_grad(mix, x, Y, diff.alphas_bar_[t]), w)
+        x_T = torch.randn(1_000, 2, generator=torch.Generator().manual_seed(17), dtype=F64)
+        x = diff.sample(lambda x, t: diff.eps_from_score(x, t, field(x, t)), (1_000, 2),
+                        x_T=x_T.clone(), generator=torch.Generator().manual_seed(18),
+                        quiet=True)
+        u, u_dir = x @ mix.means[Y], mix.means[Y]
+        fine = torch.linspace(-2.5, 2.5, 1001, dtype=F64)
+        cell = torch.cartesian_prod(fine, fine)
+        tilt = torch.softmax(mix.log_marginal(cell) + w * mix.log_posterior(cell)[:, Y], 0)
+        u_tilt = (tilt * (cell @ u_dir)).sum().item()
+        sd_tilt = (tilt * (cell @ u_dir - u_tilt).pow(2)).sum().sqrt().item()
+        in_y = (mix.map_encode(x) == Y).double().mean().item()
+    return (f"w = {w:g}: mean u {u.mean():.3f} (tilted {u_tilt:.3f}), sd {u.std():.3f} "
+            f"({sd_tilt:.3f}); in class {Y}: {in_y:.3f}")
+
+
 def _grid_expected(state, values):
     """Chapter 17's solver on the rho grid, from the chapter's 256 points, in Python."""
     import torch
@@ -1408,6 +1439,7 @@ EXPECTED = {
     "fewstep": (_fewstep_expected, [{"n": 1, "solver": "Euler"}, {"n": 8, "solver": "Heun"},
                                     {"n": 32, "solver": "Euler"}, {"n": 64, "solver": "Euler"}]),
     "corruption": (_corruption_expected, _every_corruption_position()),
+    "guidance": (_guidance_expected, [{"w": 0.0}, {"w": 1.5}, {"w": 8.0}]),
     "grid": (_grid_expected, [{"rho": 7, "n": 10, "solver": "Heun"},
                               {"rho": 1, "n": 2, "solver": "Euler"},
                               {"rho": 12, "n": 32, "solver": "DPM-Solver++(2M)"},

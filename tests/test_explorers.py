@@ -341,3 +341,45 @@ def test_grid_explorer_is_chapter_17s_computation():
         assert row, (label, text)
         want = [f"{_grid_err(state, rho, n, 'Heun'):.2e}" for n in (5, 10, 18)]
         assert [c.strip() for c in row[1].split("|")] == want, (label, row[1], want)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_guidance_explorer_is_chapter_16s_computation():
+    """Chapter 16's guidance explorer: at w = 3 its numbers are the chapter's cell run with
+    its ci profile's 1,000 samples (x_T from seed 17, the chain's noise from seed 18), to
+    1e-12; and what the chapter's sentence about the explorer says holds in its state: the
+    tilted density is component Y to three decimals at every w > 0 (mean u 1, sd 0.12),
+    the samples' mean u is below it at w = 0.5 and above it at w = 8, each by more than two
+    standard errors."""
+    import math
+
+    from companion import diffusion as dm
+    from companion import score as S
+    from companion.page_explorers import chapter8_mixture
+    from companion.toy import diffused_log_posterior_grad, diffused_score
+
+    state = _chapter_state("16_scores_guidance", "guidance")
+    w_all = state["controls"][0]["values"]
+    stats = np.frombuffer(base64.b64decode(state["stats"]["f64"]), "<f8").reshape(
+        len(w_all), 5)
+    mix, Y = chapter8_mixture(), state["y"]
+    diff = dm.Diffusion(dm.linear_betas(1000))
+    field = S.classifier_guided_score(  # the chapter's guided_eps(3.0), as it reads
+        lambda x, t: diffused_score(mix, x, diff.alphas_bar_[t]),
+        lambda x, t: diffused_log_posterior_grad(mix, x, Y, diff.alphas_bar_[t]), 3.0)
+    x_T = torch.randn(1_000, 2, generator=torch.Generator().manual_seed(17), dtype=F64)
+    x = diff.sample(lambda x, t: diff.eps_from_score(x, t, field(x, t)), (1_000, 2),
+                    x_T=x_T.clone(), generator=torch.Generator().manual_seed(18), quiet=True)
+    u = x @ mix.means[Y]
+    k = w_all.index(3.0)
+    assert abs(stats[k, 0] - u.mean().item()) < 1e-12
+    assert abs(stats[k, 2] - u.std().item()) < 1e-12
+    assert stats[k, 4] == (mix.map_encode(x) == Y).double().mean().item()
+    for j, w in enumerate(w_all):
+        if w > 0:
+            assert round(stats[j, 1], 3) == 1.0 and round(stats[j, 3], 3) == 0.12, w
+    se = stats[:, 2] / math.sqrt(state["n"])
+    lo, hi = w_all.index(0.5), w_all.index(8.0)
+    assert stats[lo, 0] < stats[lo, 1] - 2 * se[lo]
+    assert stats[hi, 0] > stats[hi, 1] + 2 * se[hi]

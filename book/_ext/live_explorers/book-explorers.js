@@ -774,6 +774,89 @@
     register(f, draw);
   }
 
+  // --- chapter 16: guided samples against the tilted density ------------------------------
+  function guidance(root, st) {
+    const f = frame(root, 680, 300, "guided samples over the tilted density, and their moments");
+    const stats = unpack(st.stats), X = unpack(st.samples), H = unpack(st.heat);
+    const cw = st.controls[0], W = cw.values, n = st.n, [, gy, gx] = st.heat.shape;
+    const at = (i, k) => stats[i * 5 + k];  // mean u, tilted, sd u, tilted sd, share in y
+    const canvas = document.createElement("canvas");
+    canvas.width = gx;
+    canvas.height = gy;
+    const ctx = canvas.getContext("2d"), img = ctx.createImageData(gx, gy);
+    const [x0, x1, y0, y1] = st.zoom;
+    const draw = () => {
+      const w = getW(), i = idx(W, w);
+      f.readout.textContent = `w = ${general(w, 3)}: mean u ${fixed(at(i, 0), 3)} (tilted ` +
+        `${fixed(at(i, 1), 3)}), sd ${fixed(at(i, 2), 3)} (${fixed(at(i, 3), 3)}); in ` +
+        `class ${st.y}: ${fixed(at(i, 4), 3)}`;
+      for (let r = 0; r < gy; r++) {  // the tilted density, darkest where it peaks
+        for (let c = 0; c < gx; c++) {
+          const v = H[(i * gy + r) * gx + c], o = ((gy - 1 - r) * gx + c) * 4;
+          img.data.set([255, 127, 14, Math.round(0.8 * v)], o);
+        }
+      }
+      ctx.putImageData(img, 0, 0);
+      clear(f.svg);
+      const nw = f.narrow();
+      f.size(nw ? 360 : 680, nw ? 700 : 300);
+      const ax = axes(f.svg, nw ? {x: 50, y: 24, w: 290, h: 290} : {x: 45, y: 24, w: 240, h: 240},
+                      [x0, x1], [y0, y1], {title: `w = ${general(w, 3)}: ${grouped(n)} samples`,
+                                           xlabel: "x₁", ylabel: "x₂", nx: 4, ny: 4});
+      el("image", {href: canvas.toDataURL(), x: ax.box.x, y: ax.box.y, width: ax.box.w,
+                   height: ax.box.h, preserveAspectRatio: "none"}, ax.under);
+      let d = "";
+      for (let k = 0; k < n; k++) {
+        const base = (i * n + k) * 2;
+        d += `M${ax.sx(X[base]).toFixed(1)},${ax.sy(X[base + 1]).toFixed(1)}h0`;
+      }
+      el("path", {d, stroke: C[0], "stroke-width": 2.5, "stroke-linecap": "round"}, ax.plot);
+      const [mx, my] = st.mean, MX = ax.sx(mx), MY = ax.sy(my);
+      el("path", {d: `M${MX - 6},${MY - 6}L${MX + 6},${MY + 6}M${MX - 6},${MY + 6}L${MX + 6},${MY - 6}`,
+                  stroke: "currentColor", class: "bx-ink", "stroke-width": 2}, ax.plot);
+      // the moments of u against w: the sampler (dots, 2 SE) and the tilted density (line)
+      const panels = [[0, 1, "mean of u", 0], [2, 3, "sd of u", 1]];
+      // w = 0 draws every class, far off these scales: the panels start at the next weight
+      const inner = W.map((_, j) => j).filter(j => W[j] > 0), ws = inner.map(j => W[j]);
+      for (const [k, kt, title, row] of panels) {
+        const ys = W.map((_, j) => at(j, k)), yt = W.map((_, j) => at(j, kt));
+        const se = W.map((_, j) => (k === 0 ? at(j, 2) : at(j, 2) / Math.SQRT2) / Math.sqrt(n));
+        const lo = Math.min(...inner.map(j => Math.min(ys[j] - 2 * se[j], yt[j])));
+        const hi = Math.max(...inner.map(j => Math.max(ys[j] + 2 * se[j], yt[j])));
+        const pad = 0.08 * (hi - lo);
+        const box = nw ? {x: 60, y: 370 + row * 165, w: 280, h: 120}
+          : {x: 370, y: 24 + row * 140, w: 290, h: 100};
+        const bx = axes(f.svg, box, [0, 1.04 * W[W.length - 1]], [lo - pad, hi + pad],
+                        {title, ny: 3, xlabel: row === 1 ? "guidance weight w" : "",
+                         noxticks: row === 0 && !nw});
+        el("path", {d: pathOf(ws, inner.map(j => yt[j]), bx.sx, bx.sy), stroke: C[1],
+                    fill: "none", "stroke-width": 2}, bx.plot);
+        inner.forEach(j => {
+          el("line", {x1: bx.sx(W[j]), x2: bx.sx(W[j]), y1: bx.sy(ys[j] - 2 * se[j]),
+                      y2: bx.sy(ys[j] + 2 * se[j]), stroke: C[0], "stroke-width": 1.5},
+             bx.plot);
+          el("circle", {cx: bx.sx(W[j]), cy: bx.sy(ys[j]), r: j === i ? 5 : 3, fill: C[0],
+                        stroke: j === i ? "currentColor" : "none"}, bx.plot);
+        });
+        if (row === 0) {
+          legend(bx, [{label: "guided samples (± 2 SE)", color: C[0], marker: true},
+                      {label: "tilted density", color: C[1]}], "lower right");
+        }
+      }
+    };
+    const getW = slider(f.controls, cw, draw);
+    const note = document.createElement("p");
+    note.className = "bx-hint";
+    note.textContent = `Computed in Python with the exact scores, ${grouped(st.T)} ` +
+      `ancestral steps, the same noise at every w (the chapter's ${grouped(n)} samples of ` +
+      `its ci profile); the page looks the numbers up. Left: the samples over the tilted ` +
+      `density p(x) p(${st.y} | x)^w / Z_w (orange, darkest at its peak), the cross at the ` +
+      "component's mean. u is a sample's coordinate along that mean. The right panels start " +
+      "at the first weight above 0: at w = 0 the samples are every class's, off their scale.";
+    f.controls.appendChild(note);
+    register(f, draw);
+  }
+
   // --- chapter 17: the rho grid and the solver on Gaussian data ---------------------------
   function grid(root, st) {
     const f = frame(root, 680, 290, "the grid's levels, scaled paths and the error");
@@ -858,7 +941,7 @@
   }
 
   const KINDS = {kl, elbo, pinned, latent, forward, solvers, fewstep: solvers, corruption,
-                 grid};
+                 grid, guidance};
 
   function start() {
     document.querySelectorAll(".book-explorer").forEach((root, i) => {
