@@ -645,6 +645,71 @@ def sample(denoiser: Callable, shape, K: int, *, order: str = "random", sched="l
     return z
 
 
+MAX_LAW_PIXELS = 12  # sampler_law enumerates partial states: up to 3^D of them
+
+
+def sampler_law(denoiser: Callable, D: int, K: int, *, order: str = "random",
+                sched="linear") -> torch.Tensor:
+    """The exact distribution of `sample`'s binary images of D pixels in K steps, (2^D,)
+    float64, entry m the image whose pixel i is bit i of m (`toy.BinaryTable`'s order).
+
+    It follows `sample` step by step over every partial state (the revealed pixels and
+    their values, at most 3^D of them): each step asks the denoiser for the masked pixels'
+    probabilities p_i (float32, as `sample` has them) and draws a value for each; "random"
+    reveals `reveal_counts(D, K)[k]` of them, every subset equally likely; "confidence"
+    reveals those whose drawn value had the largest probability, the choice made by the
+    same `topk` as `sample` (so that ties fall as they fall there), for every joint draw
+    of the masked pixels. With an exact denoiser (`toy.BinaryTable.denoiser`) and K = D in
+    random order the law is the data's. D at most MAX_LAW_PIXELS = 12."""
+    K = checks.count("K (the number of unmasking steps)", K)
+    D = checks.size("D (the pixels of an image)", D, MAX_LAW_PIXELS, "the law is followed "
+                    "over every partial state, up to 3^D of them (the chapter's toy has 9 "
+                    "pixels)")
+    if order not in ORDERS:
+        raise checks.ArgumentError(f"order must be one of {ORDERS}, got {order!r}")
+    if K > D:
+        raise checks.ArgumentError(f"K = {K} steps for {D} pixels: at most one step per "
+                                   f"pixel, K <= {D}")
+    n = 2 ** D
+    pixel = 1 << torch.arange(D)
+    law = torch.zeros(n * n, dtype=torch.float64)  # entry R n + v: revealed bits R, values v
+    law[0] = 1.0
+    for count in reveal_counts(D, K, sched):
+        if count == 0:
+            continue
+        keys = law.nonzero().squeeze(1)
+        R_all, v_all = keys // n, keys % n
+        revealed = (R_all[:, None] & pixel) != 0
+        z = torch.where(revealed, ((v_all[:, None] & pixel) != 0).double(), MASK)
+        with torch.no_grad():
+            p1 = torch.sigmoid(_logits(denoiser, z, whole=True).float().reshape(-1, D))
+        step = torch.zeros_like(law)
+        for R in R_all.unique().tolist():  # the states that revealed the same pixels
+            rows = (R_all == R).nonzero().squeeze(1)
+            masked = [i for i in range(D) if not R >> i & 1]
+            draws = torch.tensor(list(itertools.product((0, 1), repeat=len(masked))))
+            drawn = (draws * pixel[masked]).sum(1)  # (2^m,) each joint draw's value bits
+            p_m = p1[rows][:, masked]  # (G, m) float32, as `sample` has them
+            chance = torch.where(draws[None] == 1, p_m[:, None], 1 - p_m[:, None])
+            weight = law[keys[rows]][:, None] * torch.where(
+                draws[None] == 1, p_m[:, None].double(), 1 - p_m[:, None].double()).prod(-1)
+            if order == "random":  # every subset of `count` masked pixels, equally likely
+                picks = torch.tensor([sum(1 << masked[k] for k in c) for c in
+                                      itertools.combinations(range(len(masked)), count)])
+                w = (weight / len(picks))[:, :, None].expand(-1, -1, len(picks))
+            else:  # the drawn values the denoiser was surest of, chosen as `sample` does
+                score = torch.full((chance.shape[0] * chance.shape[1], D), -math.inf)
+                score[:, masked] = chance.reshape(-1, len(masked))
+                top = score.topk(count, dim=1).indices
+                picks = (pixel[top].sum(1)).reshape(chance.shape[:2])[:, :, None]  # (G, 2^m, 1)
+                w = weight[:, :, None]
+            new_R = R | picks
+            new_v = v_all[rows][:, None, None] | (drawn[None, :, None] & picks)
+            step.index_add_(0, (new_R * n + new_v).expand_as(w).reshape(-1), w.reshape(-1))
+        law = step
+    return law.reshape(n, n).sum(0)
+
+
 def draw_values(logits: torch.Tensor, *, generator: torch.Generator | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One value for every position and how sure the denoiser was of it: (values,

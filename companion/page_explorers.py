@@ -429,6 +429,50 @@ def fewstep_page(n: int = 2_000, seed: int = 1, n_draw: int = 300, n_paths: int 
                         n_draw, n_paths)
 
 
+# --- chapter 14: unmasking the exact toy in K steps ---------------------------------------------
+def chapter14_toy():
+    """Chapter 14's exact toy (`toy.BinaryTable`): five 3 x 3 stroke prototypes (a top
+    bar, a vertical stroke, two diagonals, a cross) of weights 3, 2, 2, 1, 2, each pixel
+    flipped with probability 0.1."""
+    from .toy import BinaryTable
+
+    prototypes = torch.tensor([[1, 1, 1, 0, 0, 0, 0, 0, 0], [0, 1, 0, 0, 1, 0, 0, 1, 0],
+                               [1, 0, 0, 0, 1, 0, 0, 0, 1], [0, 0, 1, 0, 1, 0, 1, 0, 0],
+                               [0, 1, 0, 1, 1, 1, 0, 1, 0]], dtype=F64)
+    return BinaryTable.from_prototypes(prototypes, [3, 2, 2, 1, 2], flip=0.1)
+
+
+def unmasking_page(shown: int = 8) -> dict:
+    """Chapter 14: the exact law of `masked.sample` on the chapter's toy with its exact
+    denoiser (`masked.sampler_law`), in K = 1 to 9 steps of the linear schedule, in random
+    and in confidence order: for each, KL(p || q_K) and the entropy of q_K (nats), and q_K
+    itself over the 512 images; the page draws q_K against p and the `shown` images most
+    likely under q_K (at most 32, the chapter has none). With K = 9 in random order q_K is
+    p: one pixel a step from its exact conditional."""
+    from . import masked as mk
+
+    shown = checks.size("shown (the likeliest images drawn)", shown, 32, "each is drawn "
+                        "as a 3 x 3 tile beside the plots")
+    toy = chapter14_toy()
+    p, steps = toy.probs, list(range(1, toy.D + 1))
+    laws, numbers, counts = [], [], []
+    for order in mk.ORDERS:
+        for K in steps:
+            q = mk.sampler_law(toy.denoiser, toy.D, K, order=order)
+            kl = (p * (p.log() - q.log())).sum()  # q > 0: each pixel may take either value
+            entropy = -(q[q > 0] * q[q > 0].log()).sum()
+            laws.append(q)
+            numbers.append([kl.item(), entropy.item()])
+            counts.append(mk.reveal_counts(toy.D, K))
+    top = torch.stack(laws).topk(shown, dim=1).indices  # (orders * K, shown)
+    return {"kind": "unmasking", "orders": list(mk.ORDERS), "entropy": toy.entropy(),
+            "controls": [control("K", "steps K", 1, toy.D, 1, 3, fmt=0, play=True,
+                                 equation="ch14-steps")],
+            "numbers": pack(numbers), "counts": counts,
+            "p": pack(p, "f32"), "q": pack(torch.stack(laws), "f32"),
+            "top": top.tolist(), "states": pack(toy.states, "u8")}
+
+
 # --- chapter 16: the guidance weight on chapter 8's mixture ------------------------------------
 GUIDANCE_WEIGHTS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)  # the chapter's: 0, 1, 3, 8
 MAX_GUIDED = 4_000   # guidance_page's samples (the chapter's ci profile: 1,000)
@@ -720,7 +764,7 @@ def corruption_page(stored) -> dict:
 PAGES = {"kl": kl_page, "elbo": elbo_page, "pinned": pinned_page, "latent": latent_page,
          "forward": forward_page, "solvers": solvers_page, "fewstep": fewstep_page,
          "corruption": corruption_page, "grid": grid_page,
-         "guidance": guidance_page}
+         "guidance": guidance_page, "unmasking": unmasking_page}
 
 
 def page_state(name: str, **kwargs) -> dict:

@@ -973,7 +973,8 @@ def controls_of(state: dict) -> list[dict]:
     """The explorer's controls: its sliders, then its radio groups (name, options)."""
     radios = {"forward": [("schedule", "schedules")],
               "solvers": [("solver", "solvers")], "fewstep": [("solver", "solvers")],
-              "corruption": [("corruption", "corruptions")], "grid": [("solver", "solvers")]}
+              "corruption": [("corruption", "corruptions")], "grid": [("solver", "solvers")],
+              "unmasking": [("order", "orders")]}
     return state["controls"] + [{"name": n, "options": state[k]}
                                 for n, k in radios.get(state["name"], [])]
 
@@ -1370,6 +1371,21 @@ def _guidance_expected(state, values):
             f"({sd_tilt:.3f}); in class {Y}: {in_y:.3f}")
 
 
+def _unmasking_expected(state, values):
+    """Chapter 14's sampler, its exact law on the toy, in Python."""
+    from companion import masked as mk
+    from companion.page_explorers import chapter14_toy
+
+    toy, K, order = chapter14_toy(), values["K"], values["order"]
+    with one_thread():
+        q = mk.sampler_law(toy.denoiser, toy.D, K, order=order)
+    kl = (toy.probs * (toy.probs.log() - q.log())).sum().item()
+    revealing = ", ".join(str(c) for c in mk.reveal_counts(toy.D, K))
+    return (f"{order} order, K = {K} (revealing {revealing}): KL(p‖q) = {kl:.3f} nats; "
+            f"entropy of q {-(q * q.log()).sum().item():.3f} nats (the data's "
+            f"{toy.entropy():.3f})")
+
+
 def _grid_expected(state, values):
     """Chapter 17's solver on the rho grid, from the chapter's 256 points, in Python."""
     import torch
@@ -1439,6 +1455,9 @@ EXPECTED = {
     "fewstep": (_fewstep_expected, [{"n": 1, "solver": "Euler"}, {"n": 8, "solver": "Heun"},
                                     {"n": 32, "solver": "Euler"}, {"n": 64, "solver": "Euler"}]),
     "corruption": (_corruption_expected, _every_corruption_position()),
+    "unmasking": (_unmasking_expected, [{"K": 1, "order": "random"},
+                                        {"K": 9, "order": "random"},
+                                        {"K": 5, "order": "confidence"}]),
     "guidance": (_guidance_expected, [{"w": 0.0}, {"w": 1.5}, {"w": 8.0}]),
     "grid": (_grid_expected, [{"rho": 7, "n": 10, "solver": "Heun"},
                               {"rho": 1, "n": 2, "solver": "Euler"},

@@ -383,3 +383,29 @@ def test_guidance_explorer_is_chapter_16s_computation():
     lo, hi = w_all.index(0.5), w_all.index(8.0)
     assert stats[lo, 0] < stats[lo, 1] - 2 * se[lo]
     assert stats[hi, 0] > stats[hi, 1] + 2 * se[hi]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_unmasking_explorer_is_chapter_14s_toy():
+    """Chapter 14's unmasking explorer: its toy is the chapter's (the entropy the chapter
+    prints), its numbers are KL(p || q_K) and H(q_K) of `masked.sampler_law`, and what the
+    chapter says of it holds: in random order with K = 9, q_K is the data's law."""
+    from companion import masked as mk
+    from companion.page_explorers import chapter14_toy
+
+    state = _chapter_state("14_discrete_diffusion", "unmasking")
+    toy = chapter14_toy()
+    cell = next(c for c in json.loads((ROOT / "notebooks" / "14_discrete_diffusion.ipynb")
+                                      .read_text())["cells"]
+                if "toy = BinaryTable.from_prototypes" in "".join(c["source"]))
+    printed = "".join("".join(o.get("text", "")) for o in cell["outputs"])
+    assert f"entropy H(p) = {toy.entropy():.4f} nats" in printed, printed
+    numbers = np.frombuffer(base64.b64decode(state["numbers"]["f64"]), "<f8").reshape(-1, 2)
+    Ks = state["controls"][0]["values"]
+    for order, K in [("confidence", 4), ("random", 2)]:
+        q = mk.sampler_law(toy.denoiser, 9, K, order=order)
+        row = state["orders"].index(order) * len(Ks) + Ks.index(K)
+        kl = (toy.probs * (toy.probs.log() - q.log())).sum().item()
+        assert abs(numbers[row, 0] - kl) < 1e-12
+        assert abs(numbers[row, 1] + (q * q.log()).sum().item()) < 1e-12
+    assert abs(numbers[state["orders"].index("random") * len(Ks) + Ks.index(9), 0]) < 1e-6

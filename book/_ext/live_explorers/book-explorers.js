@@ -78,6 +78,7 @@
   }
 
   const tickText = v => String(Number(v.toPrecision(6)));
+  const logTick = v => v >= 1e-2 && v <= 1e3 ? tickText(v) : `1e${Math.round(Math.log10(v))}`;
 
   /* An axes box in an SVG: frame, ticks, labels; sx and sy map data to pixels. */
   function axes(svg, box, xlim, ylim, opt = {}) {
@@ -97,15 +98,14 @@
         el("line", {x1: sx(v), x2: sx(v), y1: box.y + box.h, y2: box.y + box.h + 4,
                     class: "bx-axis"}, g);
         el("text", {x: sx(v), y: box.y + box.h + 15, class: "bx-tick", "text-anchor": "middle"},
-           g, opt.logx ? `${v}` : tickText(v));
+           g, opt.logx ? logTick(v) : tickText(v));
       }
     }
     if (!opt.noyticks) {
       for (const v of tk(y0, y1, opt.logy, opt.ny || 4)) {
         el("line", {x1: box.x - 4, x2: box.x, y1: sy(v), y2: sy(v), class: "bx-axis"}, g);
         el("text", {x: box.x - 6, y: sy(v) + 4, class: "bx-tick", "text-anchor": "end"}, g,
-           opt.logy ? (v >= 1e-2 && v <= 1e3 ? tickText(v) : `1e${Math.round(Math.log10(v))}`)
-             : tickText(v));
+           opt.logy ? logTick(v) : tickText(v));
       }
     }
     if (opt.xlabel) el("text", {x: box.x + box.w / 2, y: box.y + box.h + 31,
@@ -774,6 +774,87 @@
     register(f, draw);
   }
 
+  // --- chapter 14: the exact law of unmasking in K steps ---------------------------------
+  function unmasking(root, st) {
+    const f = frame(root, 680, 300, "the sampler's law against the data's, and its likeliest images");
+    const num = unpack(st.numbers), p = unpack(st.p), Q = unpack(st.q), S = unpack(st.states);
+    const ck = st.controls[0], Ks = ck.values, nK = Ks.length, N = p.length, D = S.shape[1];
+    const side = Math.round(Math.sqrt(D));
+    // two decades below the data's least likely image; rarer images of q sit on the floor
+    const range = [10 ** (Math.floor(Math.log10(Math.min(...p))) - 2), 1];
+    const draw = () => {
+      const K = getK(), order = getOrder(), o = st.orders.indexOf(order);
+      const row = o * nK + idx(Ks, K), q = Q.subarray(row * N, (row + 1) * N);
+      const [kl, H] = [num[2 * row], num[2 * row + 1]];
+      f.readout.textContent = `${order} order, K = ${K} (revealing ` +
+        `${st.counts[row].join(", ")}): KL(p‖q) = ${fixed(kl, 3)} nats; entropy of q ` +
+        `${fixed(H, 3)} nats (the data's ${fixed(st.entropy, 3)})`;
+      clear(f.svg);
+      const nw = f.narrow(), c = C[o];
+      f.size(nw ? 360 : 680, nw ? 860 : 300);
+      const ax = axes(f.svg, nw ? {x: 60, y: 24, w: 280, h: 280} : {x: 50, y: 24, w: 220, h: 220},
+                      range, range, {logx: true, logy: true, xlabel: "p(x), the data",
+                                     ylabel: "q(x), the sampler", title: "512 images"});
+      el("line", {x1: ax.sx(range[0]), y1: ax.sy(range[0]), x2: ax.sx(1), y2: ax.sy(1),
+                  class: "bx-ink", stroke: "currentColor", "stroke-dasharray": "4,3",
+                  opacity: 0.6}, ax.plot);
+      let d = "";
+      for (let i = 0; i < N; i++) {
+        d += `M${ax.sx(p[i]).toFixed(1)},${ax.sy(Math.max(q[i], range[0])).toFixed(1)}h0`;
+      }
+      el("path", {d, stroke: c, "stroke-width": 4, "stroke-linecap": "round", opacity: 0.6},
+         ax.plot);
+      // KL and entropy against K, both orders
+      const panels = [[0, "KL(p‖q), nats"], [1, "entropy of q, nats"]];
+      panels.forEach(([k, title], r) => {
+        const ys = st.orders.map((_, oo) => Ks.map((_, j) => num[2 * (oo * nK + j) + k]));
+        const all = ys.flat().concat(k ? [st.entropy] : []);
+        const box = nw ? {x: 60, y: 360 + r * 150, w: 280, h: 100}
+          : {x: 330, y: 24 + r * 135, w: 165, h: 90};
+        const bx = axes(f.svg, box, [Ks[0], Ks[nK - 1]], [0, 1.08 * Math.max(...all)],
+                        {title, ny: 3, nx: 4, integer: true,
+                         xlabel: r === 1 ? "steps K" : "", noxticks: r === 0 && !nw});
+        if (k) el("line", {x1: box.x, x2: box.x + box.w, y1: bx.sy(st.entropy),
+                           y2: bx.sy(st.entropy), class: "bx-ink", stroke: "currentColor",
+                           "stroke-dasharray": "4,3"}, bx.plot);
+        ys.forEach((y, oo) => {
+          el("path", {d: pathOf(Ks, y, bx.sx, bx.sy), stroke: C[oo], fill: "none",
+                      "stroke-width": oo === o ? 2.5 : 1.2}, bx.plot);
+          el("circle", {cx: bx.sx(K), cy: bx.sy(y[idx(Ks, K)]), r: oo === o ? 5 : 3,
+                        fill: C[oo]}, bx.plot);
+        });
+      });
+      // the likeliest images under q, with q and p
+      const tiles = st.top[row], cols = 4, t = nw ? 56 : 30, gap = nw ? 30 : 22;
+      const x0 = nw ? 60 : 524, y0 = nw ? 665 : 24;
+      el("text", {x: x0 + (cols * (t + 8) - 8) / 2, y: y0 - 8, class: "bx-title",
+                  "text-anchor": "middle"}, f.svg, "likeliest under q");
+      tiles.forEach((m, j) => {
+        const gx = x0 + (j % cols) * (t + 8), gy = y0 + Math.floor(j / cols) * (t + gap);
+        for (let i = 0; i < D; i++) {
+          const on = S[m * D + i];
+          el("rect", {x: gx + (i % side) * t / side, y: gy + Math.floor(i / side) * t / side,
+                      width: t / side, height: t / side, fill: on ? "white" : "black"}, f.svg);
+        }
+        el("rect", {x: gx, y: gy, width: t, height: t, fill: "none", stroke: "gray"}, f.svg);
+        el("text", {x: gx + t / 2, y: gy + t + 11, class: "bx-tick", "text-anchor": "middle"},
+           f.svg, general(q[m], 2));
+      });
+    };
+    const getK = slider(f.controls, ck, draw);
+    const getOrder = choice(f.controls, "order", "order", st.orders, st.orders[0], draw,
+                            st.orders.map((_, oo) => C[oo]));
+    const note = document.createElement("p");
+    note.className = "bx-hint";
+    note.textContent = "Exact, not sampled: the law q of the sampler with the toy's exact " +
+      "denoiser, computed in Python over every partial state; the page looks it up. Left: " +
+      "each of the 512 images at its probability under the data (p) and under the " +
+      "sampler (q); on the dashed line they agree. Right: the sampler's likeliest images, " +
+      "each with its probability under q.";
+    f.controls.appendChild(note);
+    register(f, draw);
+  }
+
   // --- chapter 16: guided samples against the tilted density ------------------------------
   function guidance(root, st) {
     const f = frame(root, 680, 300, "guided samples over the tilted density, and their moments");
@@ -941,7 +1022,7 @@
   }
 
   const KINDS = {kl, elbo, pinned, latent, forward, solvers, fewstep: solvers, corruption,
-                 grid, guidance};
+                 grid, guidance, unmasking};
 
   function start() {
     document.querySelectorAll(".book-explorer").forEach((root, i) => {
