@@ -429,6 +429,127 @@ def fewstep_page(n: int = 2_000, seed: int = 1, n_draw: int = 300, n_paths: int 
                         n_draw, n_paths)
 
 
+# --- chapter 9: the reverse chain of the trained network ----------------------------------------
+MAX_FRAMES, MAX_CHAINS = 201, 12  # chain_page's steps kept and images a step (chapter 9: 51, 6)
+
+
+def store_chain(name: str, frames: dict, snr) -> Path | None:
+    """Chapter 9's reverse chain into $BOOK_EXPLORERS/name (`_store_path`; nothing
+    elsewhere), for `chain_page`. frames: {t: (x_t (S, 1, 28, 28), x0_pred (S, 1, 28, 28))}
+    in [-1, 1], the kept steps from T down to 0 (at t = 0 both are the samples); snr: (T,)
+    the schedule's alpha_bar_t / (1 - alpha_bar_t), t = 1..T. Images are kept as 8-bit
+    grey levels. Returns the path written, or None."""
+    steps = sorted(frames, reverse=True)
+    shapes = {tuple(torch.as_tensor(a).shape) for t in steps for a in frames[t]}
+    if len(shapes) != 1:
+        raise checks.ArgumentError(f"every kept step needs x_t and x0_pred of one shape (the "
+                                   f"same images), got {sorted(shapes)}")
+    path = _store_path(name)
+    if path is None:
+        return None
+
+    def grey(a):
+        return np.round(255 * ((torch.as_tensor(a).float() + 1) / 2).clamp(0, 1).numpy())
+
+    np.savez(path, t=np.array(steps), snr=np.asarray(snr, dtype="<f8"),
+             x_t=np.stack([grey(frames[t][0]) for t in steps]).astype("u1"),
+             x0=np.stack([grey(frames[t][1]) for t in steps]).astype("u1"))
+    return path
+
+
+def chain_page(stored) -> dict:
+    """Chapter 9: its trained network's reverse chain (stored: an .npz written by
+    `store_chain`), x_t and the network's guess of x_0 at each kept step, and the
+    schedule's SNR; the page looks them up. Sizes: at most MAX_FRAMES = 201 kept steps and
+    MAX_CHAINS = 12 images a step (the chapter's 51 and 6)."""
+    with np.load(stored) as f:
+        a = {k: f[k] for k in f.files}
+    frames, shown = a["x_t"].shape[:2]
+    checks.size("the kept steps", frames, MAX_FRAMES, "one slider position each, every one "
+                "with its images in the page", minimum=2)
+    checks.size("the images a step", shown, MAX_CHAINS, "a few chains side by side")
+    if a["x0"].shape != a["x_t"].shape or a["x_t"].shape[2:] != (1, 28, 28):
+        raise checks.ArgumentError(f"x_t and x0 must both be (steps, images, 1, 28, 28), got "
+                                   f"{a['x_t'].shape} and {a['x0'].shape}")
+    if not (np.diff(a["t"]) < 0).all() or a["t"][-1] != 0:
+        raise checks.ArgumentError(f"the kept steps must fall to 0, got {a['t'].tolist()}")
+    return {"kind": "chain", "T": len(a["snr"]),
+            "controls": [{"name": "t", "label": "step t", "values": a["t"].tolist(),
+                          "value": int(a["t"][0]), "digits": 0, "play": True,
+                          "equation": "ch9-ancestral"}],  # from T down to 0, as it runs
+            "snr": pack(a["snr"]), "x_t": pack(a["x_t"], "u8"),
+            "x0": pack(a["x0"], "u8")}
+
+
+# --- chapter 12: completions of each method under each mask -------------------------------------
+COMPLETION_NUMBERS = ("judge accuracy", "error, known", "error, missing", "spread",
+                      "calls / image")  # chapter 12's table, in its order
+MAX_METHODS, MAX_MASKS, MAX_SHOWN_DIGITS = 8, 8, 12  # the chapter's: 4, 5, 6
+
+
+def store_completions(name: str, truth, masks: dict, completions: dict, numbers: dict,
+                      n_digits: int) -> Path | None:
+    """Chapter 12's completions into $BOOK_EXPLORERS/name (`_store_path`; nothing
+    elsewhere), for `completions_page`. truth: (S, 28, 28) in [0, 1], the test digits shown;
+    masks: {mask: (its description, (S, 28, 28) with 1 where a pixel is known)};
+    completions: {(method, mask): (K, S, 28, 28) in [0, 1]}, every method under every mask;
+    numbers: {(method, mask): the table's row in the order of COMPLETION_NUMBERS};
+    n_digits: the test digits the numbers are over.
+    Returns the path written, or None."""
+    methods = list(dict.fromkeys(m for m, _ in completions))
+    names = list(masks)
+    missing = [(m, n) for m in methods for n in names if (m, n) not in completions
+               or (m, n) not in numbers]
+    if missing:
+        raise checks.ArgumentError(f"every method needs completions and numbers under every "
+                                   f"mask; missing: {missing}")
+    shapes = {tuple(np.shape(v)) for v in completions.values()}
+    if len(shapes) != 1:
+        raise checks.ArgumentError(f"every completion set needs one shape (K, S, 28, 28), got "
+                                   f"{sorted(shapes)}")
+    path = _store_path(name)
+    if path is None:
+        return None
+
+    def grey(a):
+        return np.round(255 * np.clip(np.asarray(a, dtype=float), 0, 1)).astype("u1")
+
+    np.savez(path, methods=np.array(methods), masks=np.array(names),
+             descriptions=np.array([masks[n][0] for n in names]), truth=grey(truth),
+             known=np.stack([np.asarray(masks[n][1]) > 0.5 for n in names]).astype("u1"),
+             completions=np.stack([np.stack([grey(completions[m, n]) for n in names])
+                                   for m in methods]),
+             numbers=np.array([[list(numbers[m, n]) for n in names] for m in methods],
+                              dtype=float),
+             n_digits=np.array(n_digits))
+    return path
+
+
+def completions_page(stored) -> dict:
+    """Chapter 12: each method's completions of the first test digits under each mask, and
+    the chapter's table (stored: an .npz written by `store_completions`); the page looks
+    them up. Sizes: at most MAX_METHODS = 8 methods, MAX_MASKS = 8 masks and
+    MAX_SHOWN_DIGITS = 12 digits (the chapter's 4, 5 and 6)."""
+    with np.load(stored) as f:
+        a = {k: f[k] for k in f.files}
+    methods, masks, k, shown = a["completions"].shape[:4]
+    checks.size("the methods", methods, MAX_METHODS, "one radio button each")
+    checks.size("the masks", masks, MAX_MASKS, "one radio button each")
+    checks.size("the digits shown", shown, MAX_SHOWN_DIGITS, "one slider position each, "
+                "every one with its completions in the page")
+    if a["numbers"].shape != (methods, masks, len(COMPLETION_NUMBERS)):
+        raise checks.ArgumentError(f"numbers must be (methods, masks, "
+                                   f"{len(COMPLETION_NUMBERS)}), got {a['numbers'].shape}")
+    return {"kind": "completions", "methods": [str(m) for m in a["methods"]],
+            "masks": [str(m) for m in a["masks"]],
+            "descriptions": [str(d) for d in a["descriptions"]],
+            "controls": [control("digit", "test digit", 1, shown, 1, 1, fmt=0)],
+            "number_names": list(COMPLETION_NUMBERS), "n_digits": int(a["n_digits"]),
+            "completions_each": k, "numbers": pack(a["numbers"]),
+            "truth": pack(a["truth"], "u8"), "known": pack(a["known"], "u8"),
+            "completions": pack(a["completions"], "u8")}
+
+
 # --- chapter 14: unmasking the exact toy in K steps ---------------------------------------------
 def chapter14_toy():
     """Chapter 14's exact toy (`toy.BinaryTable`): five 3 x 3 stroke prototypes (a top
@@ -764,7 +885,8 @@ def corruption_page(stored) -> dict:
 PAGES = {"kl": kl_page, "elbo": elbo_page, "pinned": pinned_page, "latent": latent_page,
          "forward": forward_page, "solvers": solvers_page, "fewstep": fewstep_page,
          "corruption": corruption_page, "grid": grid_page,
-         "guidance": guidance_page, "unmasking": unmasking_page}
+         "guidance": guidance_page, "unmasking": unmasking_page,
+         "chain": chain_page, "completions": completions_page}
 
 
 def page_state(name: str, **kwargs) -> dict:

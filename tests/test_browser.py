@@ -30,6 +30,7 @@ import functools
 import http.server
 import io
 import json
+import math
 import os
 import re
 import threading
@@ -974,7 +975,8 @@ def controls_of(state: dict) -> list[dict]:
     radios = {"forward": [("schedule", "schedules")],
               "solvers": [("solver", "solvers")], "fewstep": [("solver", "solvers")],
               "corruption": [("corruption", "corruptions")], "grid": [("solver", "solvers")],
-              "unmasking": [("order", "orders")]}
+              "unmasking": [("order", "orders")],
+              "completions": [("mask", "masks"), ("method", "methods")]}
     return state["controls"] + [{"name": n, "options": state[k]}
                                 for n, k in radios.get(state["name"], [])]
 
@@ -1371,6 +1373,55 @@ def _guidance_expected(state, values):
             f"({sd_tilt:.3f}); in class {Y}: {in_y:.3f}")
 
 
+COMPLETIONS = ROOT / "notebooks" / "explorers" / "ch12-completions.npz"
+
+
+def _completions_expected(state, values):
+    """Chapter 12's stored table at (mask, method), in Python."""
+    with np.load(COMPLETIONS) as f:
+        ma = [str(m) for m in f["masks"]].index(values["mask"])
+        me = [str(m) for m in f["methods"]].index(values["method"])
+        acc, known, missing, spread, calls = f["numbers"][me, ma]
+        text = str(f["descriptions"][ma])
+    return (f"{text}, {values['method']}: judge accuracy {acc:.3f}, error on the missing "
+            f"pixels {missing:.3f}, on the known {known:.3f}, spread {spread:.3f}; "
+            f"{round(calls):,} network calls per image")
+
+
+def _completions_positions():
+    """Every (mask, method) of the stored run, the digit moving along."""
+    if not COMPLETIONS.exists():
+        return []
+    with np.load(COMPLETIONS) as f:
+        masks, methods = [str(m) for m in f["masks"]], [str(m) for m in f["methods"]]
+        shown = f["truth"].shape[0]
+    return [{"digit": 1 + (i + j) % shown, "mask": ma, "method": me}
+            for i, ma in enumerate(masks) for j, me in enumerate(methods)]
+
+
+CHAIN = ROOT / "notebooks" / "explorers" / "ch9-chain.npz"
+
+
+def _chain_expected(state, values):
+    """Chapter 9's stored chain: the step and the schedule's SNR there, in Python."""
+    with np.load(CHAIN) as f:
+        snr = f["snr"]
+    t = values["t"]
+    if t == 0:
+        return "t = 0: the samples"
+    return (f"t = {t} of {len(snr)}: SNR ᾱ_t/(1 − ᾱ_t) = "
+            f"10^{math.log10(snr[t - 1]):.2f}")
+
+
+def _chain_positions():
+    """The first, a middle and the last kept step of the stored chain."""
+    if not CHAIN.exists():
+        return []
+    with np.load(CHAIN) as f:
+        t = f["t"].tolist()
+    return [{"t": t[0]}, {"t": t[len(t) // 2]}, {"t": 0}]
+
+
 def _unmasking_expected(state, values):
     """Chapter 14's sampler, its exact law on the toy, in Python."""
     from companion import masked as mk
@@ -1455,6 +1506,8 @@ EXPECTED = {
     "fewstep": (_fewstep_expected, [{"n": 1, "solver": "Euler"}, {"n": 8, "solver": "Heun"},
                                     {"n": 32, "solver": "Euler"}, {"n": 64, "solver": "Euler"}]),
     "corruption": (_corruption_expected, _every_corruption_position()),
+    "chain": (_chain_expected, _chain_positions()),
+    "completions": (_completions_expected, _completions_positions()),
     "unmasking": (_unmasking_expected, [{"K": 1, "order": "random"},
                                         {"K": 9, "order": "random"},
                                         {"K": 5, "order": "confidence"}]),

@@ -132,6 +132,81 @@ def test_corruption_page_carries_the_chapters_sweep(tmp_path, monkeypatch):
         store_corruptions("bad.npz", uneven, clean)
 
 
+def test_chain_page_carries_the_chapters_chain(tmp_path, monkeypatch):
+    """Chapter 9's explorer: store_chain writes only in a storing run; the page's state
+    holds the kept steps from T down to 0 as the slider's positions, x_t and the guess of
+    x_0 at each as grey levels ([-1, 1] to 0..255) and the schedule's SNR; frames of
+    uneven shapes, and steps that do not fall to 0, are refused by name."""
+    import base64
+
+    from companion.page_explorers import STORE_VAR, page_state, store_chain
+
+    def frames(steps=(20, 10, 0), shown=2):
+        return {t: (torch.full((shown, 1, 28, 28), t / 20 - 1.0),
+                    torch.full((shown, 1, 28, 28), 1 - t / 20)) for t in steps}
+
+    snr = torch.linspace(10, 0.1, 20)
+    monkeypatch.delenv(STORE_VAR, raising=False)
+    assert store_chain("chain.npz", frames(), snr) is None
+    monkeypatch.setenv(STORE_VAR, str(tmp_path))
+    state = page_state("chain", stored=str(store_chain("chain.npz", frames(), snr)))
+    assert state["controls"][0]["values"] == [20, 10, 0] and state["T"] == 20
+
+    def arr(key, dtype):
+        p = state[key]
+        return np.frombuffer(base64.b64decode(p[key if key in p else "u8"]), dtype).reshape(
+            p["shape"])
+
+    x_t, x0 = arr("x_t", "u1"), arr("x0", "u1")
+    assert x_t.shape == (3, 2, 1, 28, 28) and x_t[2].max() == 0 and x0[2].min() == 255
+    assert x_t[0].min() == x_t[0].max() == 128  # 255 * (0 + 1) / 2, rounded
+    snr_state = np.frombuffer(base64.b64decode(state["snr"]["f64"]), "<f8")
+    assert np.allclose(snr_state, snr.numpy())
+    uneven = {**frames(), 5: (torch.zeros(3, 1, 28, 28), torch.zeros(3, 1, 28, 28))}
+    with pytest.raises(ValueError, match="one shape"):
+        store_chain("bad.npz", uneven, snr)
+    with pytest.raises(ValueError, match="must fall to 0"):
+        page_state("chain", stored=str(store_chain("up.npz", frames((20, 10)), snr)))
+
+
+def test_completions_page_carries_the_chapters_table(tmp_path, monkeypatch):
+    """Chapter 12's explorer: store_completions writes only in a storing run; the page's
+    state holds every method's completions under every mask (0..255), the known pixels and
+    the table's numbers in its order; a method missing under a mask is refused by name."""
+    import base64
+
+    from companion.page_explorers import STORE_VAR, page_state, store_completions
+
+    S, K, methods, names = 3, 2, ["replacement", "VAE MAP"], ["left", "keep20"]
+    truth = torch.full((S, 28, 28), 0.5)
+    masks = {n: (f"{n} missing", torch.ones(S, 28, 28) * (j == 0)) for j, n in
+             enumerate(names)}
+    comp = {(m, n): torch.full((K, S, 28, 28), (i + 2 * j) / 4) for i, m in enumerate(methods)
+            for j, n in enumerate(names)}
+    nums = {(m, n): [i, j, 0.25, 0.5, 100] for i, m in enumerate(methods)
+            for j, n in enumerate(names)}
+    monkeypatch.delenv(STORE_VAR, raising=False)
+    assert store_completions("c.npz", truth, masks, comp, nums, 32) is None
+    monkeypatch.setenv(STORE_VAR, str(tmp_path))
+    state = page_state("completions", stored=str(store_completions("c.npz", truth, masks,
+                                                                    comp, nums, 32)))
+    assert state["methods"] == methods and state["masks"] == names
+    assert state["descriptions"] == ["left missing", "keep20 missing"]
+    assert state["controls"][0]["values"] == [1, 2, 3] and state["n_digits"] == 32
+
+    def arr(key, code, dtype):
+        p = state[key]
+        return np.frombuffer(base64.b64decode(p[code]), dtype).reshape(p["shape"])
+
+    c = arr("completions", "u8", "u1")
+    assert c.shape == (2, 2, K, S, 28, 28) and c[1, 1].min() == c[1, 1].max() == 191
+    assert arr("known", "u8", "u1")[:, 0, 0, 0].tolist() == [1, 0]
+    assert arr("numbers", "f64", "<f8")[1, 0].tolist() == [1, 0, 0.25, 0.5, 100]
+    del comp["VAE MAP", "keep20"]
+    with pytest.raises(ValueError, match=r"missing: \[\('VAE MAP', 'keep20'\)\]"):
+        store_completions("bad.npz", truth, masks, comp, nums, 32)
+
+
 # --- chapters 13 and 15: the solver explorers, over the chapters' own points ---------------
 ROOT = Path(__file__).resolve().parent.parent
 STATE_BYTES = 700_000  # a solver explorer's state on the page (it draws 300 points)

@@ -774,6 +774,135 @@
     register(f, draw);
   }
 
+  // --- chapter 9: the trained network's reverse chain ---------------------------------------
+  function chain(root, st) {
+    const f = frame(root, 680, 250, "x_t and the network's guess of x_0 along the reverse chain");
+    const Xt = unpack(st.x_t), X0 = unpack(st.x0), snr = unpack(st.snr);
+    const ct = st.controls[0], [, S] = st.x_t.shape, T = st.T;
+    const lsnr = Array.from(snr, v => Math.log10(v)), ts = Array.from({length: T}, (_, i) => i + 1);
+    const rows = [Xt, X0].map(() => {
+      const c = document.createElement("canvas");
+      c.width = 28 * S;
+      c.height = 28;
+      return c;
+    });
+    const draw = () => {
+      const t = getT(), k = idx(ct.values, t);
+      f.readout.textContent = t === 0 ? "t = 0: the samples" : `t = ${t} of ${T}: SNR ` +
+        `ᾱ_t/(1 − ᾱ_t) = 10^${fixed(lsnr[t - 1], 2)}`;
+      clear(f.svg);
+      const nw = f.narrow();
+      f.size(nw ? 360 : 680, nw ? 370 : 230);
+      const pic = nw ? {x: 20, y: 22, w: 320} : {x: 10, y: 22, w: 420};
+      const h = pic.w / S;
+      [Xt, X0].forEach((X, r) => {
+        const ctx = rows[r].getContext("2d"), img = ctx.createImageData(28 * S, 28);
+        for (let q = 0; q < S; q++) {
+          for (let i = 0; i < 784; i++) {
+            const g = X[(k * S + q) * 784 + i];
+            img.data.set([g, g, g, 255], 4 * ((i / 28 | 0) * 28 * S + q * 28 + i % 28));
+          }
+        }
+        ctx.putImageData(img, 0, 0);
+        const y = pic.y + r * (h + 22);
+        el("text", {x: pic.x, y: y - 6, class: "bx-label"}, f.svg,
+           r ? "the network's guess of x_0" : `x_t, t = ${t}`);
+        el("image", {href: rows[r].toDataURL(), x: pic.x, y, width: pic.w, height: h,
+                     preserveAspectRatio: "none", style: "image-rendering: pixelated"}, f.svg);
+      });
+      const box = nw ? {x: 60, y: pic.y + 2 * h + 60, w: 280, h: 110}
+        : {x: 490, y: 22, w: 175, h: 160};
+      const lo = Math.floor(Math.min(...lsnr)), hi = Math.ceil(Math.max(...lsnr));
+      const ax = axes(f.svg, box, [0, T], [lo, hi], {xlabel: "t", ylabel: "log10 SNR", ny: 4,
+                                                      nx: 3, title: "signal to noise"});
+      el("line", {x1: box.x, x2: box.x + box.w, y1: ax.sy(0), y2: ax.sy(0), class: "bx-ink",
+                  stroke: "currentColor", "stroke-dasharray": "3,3"}, ax.plot);
+      el("path", {d: pathOf(ts, lsnr, ax.sx, ax.sy), stroke: C[0], fill: "none",
+                  "stroke-width": 2}, ax.plot);
+      el("line", {x1: ax.sx(t), x2: ax.sx(t), y1: box.y, y2: box.y + box.h, class: "bx-ink",
+                  stroke: "currentColor", opacity: 0.6}, ax.plot);
+      if (t > 0) el("circle", {cx: ax.sx(t), cy: ax.sy(lsnr[t - 1]), r: 4, fill: C[0]}, ax.plot);
+    };
+    const getT = slider(f.controls, ct, draw);
+    const note = document.createElement("p");
+    note.className = "bx-hint";
+    note.textContent = `The chapter's run: its network's chain of ${S} samples from t = ` +
+      `${T} down to 0, every ${ct.values[0] - ct.values[1]} steps, stored as grey levels; ` +
+      "the page looks them up. Above, x_t; below it, the network's guess of x_0 from x_t. " +
+      "The curve: the schedule's signal-to-noise ratio, dashed at 1.";
+    f.controls.appendChild(note);
+    register(f, draw);
+  }
+
+  // --- chapter 12: each method's completions under each mask -------------------------------
+  function completions(root, st) {
+    const f = frame(root, 680, 250, "a test digit, its known pixels and two completions");
+    const truth = unpack(st.truth), known = unpack(st.known), comp = unpack(st.completions);
+    const num = unpack(st.numbers), [nMe, nMa, K, S] = st.completions.shape;
+    const nn = st.number_names.length;
+    const at = (me, ma, j) => num[(me * nMa + ma) * nn + j];
+    const tiles = 2 + K, canvas = document.createElement("canvas");
+    canvas.width = 28 * tiles;
+    canvas.height = 28;
+    const ctx = canvas.getContext("2d"), img = ctx.createImageData(28 * tiles, 28);
+    const put = (q, g, i) => img.data.set([g, g, g, 255],
+                                          4 * ((i / 28 | 0) * 28 * tiles + q * 28 + i % 28));
+    const draw = () => {
+      const d = getDigit() - 1, mask = getMask(), method = getMethod();
+      const ma = st.masks.indexOf(mask), me = st.methods.indexOf(method);
+      const v = j => at(me, ma, j);
+      f.readout.textContent = `${st.descriptions[ma]}, ${method}: judge accuracy ` +
+        `${fixed(v(0), 3)}, error on the missing pixels ${fixed(v(2), 3)}, on the known ` +
+        `${fixed(v(1), 3)}, spread ${fixed(v(3), 3)}; ${grouped(Math.round(v(4)))} network ` +
+        "calls per image";
+      for (let i = 0; i < 784; i++) {
+        const t = truth[d * 784 + i];
+        put(0, t, i);
+        put(1, known[(ma * S + d) * 784 + i] ? t : 128, i);
+        for (let k = 0; k < K; k++) put(2 + k, comp[(((me * nMa + ma) * K + k) * S + d) * 784 + i], i);
+      }
+      ctx.putImageData(img, 0, 0);
+      clear(f.svg);
+      const nw = f.narrow();
+      f.size(nw ? 360 : 680, nw ? 380 : 250);
+      const pic = nw ? {x: 20, y: 22, w: 320} : {x: 10, y: 22, w: 340};
+      el("image", {href: canvas.toDataURL(), x: pic.x, y: pic.y, width: pic.w,
+                   height: pic.w / tiles, preserveAspectRatio: "none",
+                   style: "image-rendering: pixelated"}, f.svg);
+      ["truth", "known", ...Array.from({length: K}, (_, k) => `completion ${k + 1}`)]
+        .forEach((t, q) => el("text", {x: pic.x + (q + 0.5) * pic.w / tiles, y: pic.y - 6,
+                                        class: "bx-tick", "text-anchor": "middle"}, f.svg, t));
+      // the chapter's table for this mask: every method, the chosen one in colour
+      const top = pic.y + pic.w / tiles + 40;
+      [[0, "judge accuracy"], [2, "error, missing"]].forEach(([j, title], r) => {
+        const vals = st.methods.map((_, mm) => at(mm, ma, j));
+        const box = nw ? {x: 130, y: top + r * 115, w: 200, h: 80}
+          : {x: 500, y: 22 + r * 110, w: 165, h: 75};
+        const bx = axes(f.svg, box, [0, Math.max(1e-9, ...vals) * 1.1], [0, nMe],
+                        {noyticks: true, nx: 3, title});
+        st.methods.forEach((name, mm) => {
+          const y0 = bx.sy(nMe - mm - 0.15), y1 = bx.sy(nMe - mm - 0.85);
+          el("rect", {x: bx.sx(0), y: y0, width: bx.sx(vals[mm]) - bx.sx(0), height: y1 - y0,
+                      fill: mm === me ? C[0] : "currentColor", class: mm === me ? "" : "bx-ink",
+                      opacity: mm === me ? 1 : 0.3}, bx.plot);
+          el("text", {x: box.x - 5, y: (y0 + y1) / 2 + 4, class: "bx-tick",
+                      "text-anchor": "end"}, f.svg, name);
+        });
+      });
+    };
+    const getDigit = slider(f.controls, st.controls[0], draw);
+    const getMask = choice(f.controls, "mask", "mask", st.masks, st.masks[0], draw);
+    const getMethod = choice(f.controls, "method", "method", st.methods, st.methods[0], draw);
+    const note = document.createElement("p");
+    note.className = "bx-hint";
+    note.textContent = `The chapter's run: the first ${S} test digits, ${K} completions ` +
+      "each, stored as grey levels; missing pixels mid grey. The numbers are the chapter's " +
+      `table, over its ${grouped(st.n_digits)} test digits, ${K} completions each; the ` +
+      "bars compare the methods under the chosen mask.";
+    f.controls.appendChild(note);
+    register(f, draw);
+  }
+
   // --- chapter 14: the exact law of unmasking in K steps ---------------------------------
   function unmasking(root, st) {
     const f = frame(root, 680, 300, "the sampler's law against the data's, and its likeliest images");
@@ -1022,7 +1151,8 @@
   }
 
   const KINDS = {kl, elbo, pinned, latent, forward, solvers, fewstep: solvers, corruption,
-                 grid, guidance, unmasking};
+                 grid, guidance, unmasking,
+                 chain, completions};
 
   function start() {
     document.querySelectorAll(".book-explorer").forEach((root, i) => {
