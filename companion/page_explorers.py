@@ -822,6 +822,68 @@ def latent_page(stored, span: float = 2.5, step: float = 0.05, dims=(0, 1)) -> d
                        for W, b in layers]}
 
 
+# --- chapter 18: T steps of three schedules with the same ends ---------------------------------
+BOUND_STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256, 1024)
+MAX_BOUND_STEPS = 4_096  # bound_page's largest T (the chapter's slider: 1,024)
+
+
+def chapter18_schedules(ends=(-10.0, 6.0)) -> dict:
+    """Chapter 18's three schedules with the same ends: linear, cosine and a learned one at
+    its random start (hidden = 16, seed 3), gamma from -10 to 6."""
+    from . import vdm
+
+    return {"linear": vdm.LinearSchedule(*ends), "cosine": vdm.CosineSchedule(*ends),
+            "learned, random": vdm.LearnedSchedule(
+                *ends, hidden=16, generator=torch.Generator().manual_seed(3))}
+
+
+def bound_page(steps=BOUND_STEPS) -> dict:
+    """Chapter 18: the T-step loss L_T (`vdm.gaussian_discrete_loss`) of the optimal denoiser
+    on the chapter's eight-dimensional Gaussian (standard deviations 0.05 to 1) under its
+    three schedules with the same ends, against the exact L_inf
+    (`vdm.gaussian_continuous_loss`), which only the ends decide. For each schedule and T:
+    the levels gamma(t_i), i = 0..T, and each step's term
+    (1/2) (SNR(s_i) - SNR(t_i)) mmse(SNR(t_i)) (`vdm.gaussian_mmse`), whose sum is L_T; the
+    page draws each term as a bar over its step's log-SNR interval, under the curve
+    (1/2) SNR mmse(SNR) against log SNR, whose area is L_inf. steps: increasing T, at most
+    MAX_STEP_COUNTS = 100 of them, each at most MAX_BOUND_STEPS = 4,096 (the chapter's
+    slider: 14, up to 1,024)."""
+    from . import vdm
+
+    steps = [checks.count("every T in steps", k, maximum=MAX_BOUND_STEPS) for k in steps]
+    checks.size("steps (the slider's positions)", len(steps), MAX_STEP_COUNTS,
+                "each is a step count of every schedule (the chapter's 14)")
+    if any(b <= a for a, b in zip(steps[:-1], steps[1:], strict=True)):
+        raise checks.ArgumentError(f"steps must increase (the slider's positions in order), "
+                                   f"got {steps}")
+    std = torch.logspace(-1.3, 0, 8, dtype=F64)  # the chapter's Gaussian
+    schedules = chapter18_schedules()
+    lo, hi = (float(v) for v in schedules["linear"].ends())
+    exact = vdm.gaussian_continuous_loss(math.exp(-lo), math.exp(-hi), std).item()
+    t = torch.linspace(0, 1, 201, dtype=F64)
+    lam = torch.linspace(-hi, -lo, 321, dtype=F64)  # log SNR over the schedules' range
+    levels, terms, losses, curves = [], [], [], {}
+    with torch.no_grad():
+        for name, schedule in schedules.items():
+            curves[name] = pack(schedule(t))
+            for T in steps:
+                g = schedule(torch.arange(T + 1, dtype=F64) / T)
+                snr_t = torch.exp(-g[1:])
+                term = 0.5 * snr_t * torch.expm1(g[1:] - g[:-1]) * vdm.gaussian_mmse(snr_t,
+                                                                                       std)
+                levels.append(g)
+                terms.append(term)
+                losses.append(vdm.gaussian_discrete_loss(schedule, T, std).item())
+    return {"kind": "bound", "schedules": list(schedules), "exact": exact,
+            "controls": [{"name": "T", "label": "steps T", "values": steps,
+                          "value": 8 if 8 in steps else steps[0], "digits": 0,
+                          "play": True, "equation": "ch18-discrete-loss"}],
+            "loss": pack(losses), "levels": pack(torch.cat(levels)),
+            "terms": pack(torch.cat(terms)), "t": pack(t, "f32"), "gamma": curves,
+            "lam": pack(lam, "f32"),
+            "density": pack(0.5 * lam.exp() * vdm.gaussian_mmse(lam.exp(), std), "f32")}
+
+
 # --- chapter 20: the measures against each corruption's strength ------------------------------
 CORRUPTION_MEASURES = ("FD", "KID", "precision", "recall", "density", "coverage")
 MAX_CORRUPTIONS, MAX_LEVELS, MAX_SHOWN = 12, 21, 12  # the chapter's: 5, 9, 6
@@ -886,7 +948,8 @@ PAGES = {"kl": kl_page, "elbo": elbo_page, "pinned": pinned_page, "latent": late
          "forward": forward_page, "solvers": solvers_page, "fewstep": fewstep_page,
          "corruption": corruption_page, "grid": grid_page,
          "guidance": guidance_page, "unmasking": unmasking_page,
-         "chain": chain_page, "completions": completions_page}
+         "chain": chain_page, "completions": completions_page,
+         "bound": bound_page}
 
 
 def page_state(name: str, **kwargs) -> dict:

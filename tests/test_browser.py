@@ -976,7 +976,8 @@ def controls_of(state: dict) -> list[dict]:
               "solvers": [("solver", "solvers")], "fewstep": [("solver", "solvers")],
               "corruption": [("corruption", "corruptions")], "grid": [("solver", "solvers")],
               "unmasking": [("order", "orders")],
-              "completions": [("mask", "masks"), ("method", "methods")]}
+              "completions": [("mask", "masks"), ("method", "methods")],
+              "bound": [("schedule", "schedules")]}
     return state["controls"] + [{"name": n, "options": state[k]}
                                 for n, k in radios.get(state["name"], [])]
 
@@ -1422,6 +1423,22 @@ def _chain_positions():
     return [{"t": t[0]}, {"t": t[len(t) // 2]}, {"t": 0}]
 
 
+def _bound_expected(state, values):
+    """Chapter 18's T-step loss of a schedule on its Gaussian, and the exact one."""
+    import torch
+
+    from companion import vdm
+    from companion.page_explorers import chapter18_schedules
+
+    std = torch.logspace(-1.3, 0, 8, dtype=torch.float64)
+    name, T = values["schedule"], values["T"]
+    with one_thread():
+        loss = vdm.gaussian_discrete_loss(chapter18_schedules()[name], T, std).item()
+        exact = vdm.gaussian_continuous_loss(math.exp(10), math.exp(-6), std).item()
+    return (f"{name}, T = {T}: L_T = {loss:.4f} nats, against L_∞ = {exact:.4f} (exact, "
+            "the same for the three shapes: they share their ends)")
+
+
 def _unmasking_expected(state, values):
     """Chapter 14's sampler, its exact law on the toy, in Python."""
     from companion import masked as mk
@@ -1507,6 +1524,9 @@ EXPECTED = {
                                     {"n": 32, "solver": "Euler"}, {"n": 64, "solver": "Euler"}]),
     "corruption": (_corruption_expected, _every_corruption_position()),
     "chain": (_chain_expected, _chain_positions()),
+    "bound": (_bound_expected, [{"T": 1, "schedule": "linear"},
+                                {"T": 4, "schedule": "cosine"},
+                                {"T": 1024, "schedule": "learned, random"}]),
     "completions": (_completions_expected, _completions_positions()),
     "unmasking": (_unmasking_expected, [{"K": 1, "order": "random"},
                                         {"K": 9, "order": "random"},

@@ -484,3 +484,31 @@ def test_unmasking_explorer_is_chapter_14s_toy():
         assert abs(numbers[row, 0] - kl) < 1e-12
         assert abs(numbers[row, 1] + (q * q.log()).sum().item()) < 1e-12
     assert abs(numbers[state["orders"].index("random") * len(Ks) + Ks.index(9), 0]) < 1e-6
+
+
+def test_bound_explorer_is_chapter_18s_computation():
+    """Chapter 18's bound explorer: its exact L_inf is the one the chapter's table prints,
+    each L_T is `vdm.gaussian_discrete_loss` and the sum of the step terms the page draws,
+    never below L_inf (an upper Riemann sum), falling with T and with the most steps within
+    a thousandth of its one-step gap: what the chapter's sentence about the explorer says."""
+    from companion import vdm
+    from companion.page_explorers import chapter18_schedules
+
+    state = _chapter_state("18_variational_diffusion", "bound")
+    text = "".join("".join(o.get("data", {}).get("text/markdown", "")) for o in
+                   _explorer_cell("18_variational_diffusion", "bound")["outputs"])
+    assert f"exact L_∞ = {state['exact']:.5f} nats" in text, text
+    loss = np.frombuffer(base64.b64decode(state["loss"]["f64"]), "<f8").reshape(3, -1)
+    terms = np.frombuffer(base64.b64decode(state["terms"]["f64"]), "<f8")
+    Ts = state["controls"][0]["values"]
+    std = torch.logspace(-1.3, 0, 8, dtype=F64)
+    start = 0
+    for j, (name, schedule) in enumerate(chapter18_schedules().items()):
+        assert state["schedules"][j] == name
+        for k, T in enumerate(Ts):
+            want = vdm.gaussian_discrete_loss(schedule, T, std).item()
+            assert abs(loss[j, k] - want) < 1e-9 * want
+            assert abs(terms[start:start + T].sum() - want) < 1e-9 * want
+            start += T
+        assert (loss[j] >= state["exact"]).all() and (np.diff(loss[j]) < 0).all()
+        assert loss[j, -1] - state["exact"] < 1e-3 * (loss[j, 0] - state["exact"])

@@ -688,6 +688,68 @@
     register(f, draw);
   }
 
+  // --- chapter 18: T steps of three schedules with the same ends ----------------------------
+  function bound(root, st) {
+    const f = frame(root, 680, 290, "a schedule's steps, and their terms against the integrand");
+    const loss = unpack(st.loss), levels = unpack(st.levels), terms = unpack(st.terms);
+    const t = unpack(st.t), lam = unpack(st.lam), dens = unpack(st.density);
+    const gam = Object.fromEntries(st.schedules.map(k => [k, unpack(st.gamma[k])]));
+    const ct = st.controls[0], Ts = ct.values, nT = Ts.length;
+    const lvOff = [], tmOff = [];  // where each (schedule, T) starts in levels and terms
+    let a = 0, b = 0;
+    st.schedules.forEach(() => Ts.forEach(T => { lvOff.push(a); tmOff.push(b); a += T + 1; b += T; }));
+    const draw = () => {
+      const T = getT(), name = getSched(), j = st.schedules.indexOf(name);
+      const row = j * nT + Ts.indexOf(T), LT = loss[row];
+      f.readout.textContent = `${name}, T = ${T}: L_T = ${fixed(LT, 4)} nats, against ` +
+        `L_∞ = ${fixed(st.exact, 4)} (exact, the same for the three shapes: they share ` +
+        "their ends)";
+      clear(f.svg);
+      const nw = f.narrow(), c = C[j];
+      f.size(nw ? 360 : 680, nw ? 560 : 290);
+      const g = levels.subarray(lvOff[row], lvOff[row] + T + 1);
+      const ga = axes(f.svg, nw ? {x: 60, y: 24, w: 280, h: 200} : {x: 50, y: 24, w: 230, h: 210},
+                      [0, 1], [-10.5, 6.5], {xlabel: "t", ylabel: "γ(t)", ny: 4,
+                                             title: `the ${plural(T, "step")}`});
+      st.schedules.forEach((k, jj) => {
+        el("path", {d: pathOf(t, gam[k], ga.sx, ga.sy), stroke: C[jj], fill: "none",
+                    "stroke-width": jj === j ? 2 : 1, opacity: jj === j ? 1 : 0.35}, ga.plot);
+      });
+      if (T <= 64) {
+        for (let i = 0; i <= T; i++) {
+          el("circle", {cx: ga.sx(i / T), cy: ga.sy(g[i]), r: 2.5, fill: c}, ga.plot);
+        }
+      }
+      // each step's term, spread over its interval of log SNR (lambda = -gamma)
+      const box = nw ? {x: 60, y: 290, w: 280, h: 220} : {x: 360, y: 24, w: 305, h: 210};
+      const ta = axes(f.svg, box, [lam[0], lam[lam.length - 1]], [1e-4, 1e4],
+                      {logy: true, xlabel: "log SNR", ylabel: "nats per unit of log SNR",
+                       title: "the steps' terms, and the integrand"});
+      let d = "";
+      for (let i = 0; i < T; i++) {
+        const hiL = -g[i], loL = -g[i + 1], v = terms[tmOff[row] + i] / (hiL - loL);
+        const y = ta.sy(Math.min(Math.max(v, 1e-4), 1e4));
+        d += `M${ta.sx(loL).toFixed(1)},${ta.sy(1e-4).toFixed(1)}V${y.toFixed(1)}` +
+          `H${ta.sx(hiL).toFixed(1)}V${ta.sy(1e-4).toFixed(1)}`;
+      }
+      el("path", {d, fill: c, opacity: 0.35, stroke: c, "stroke-width": 0.6}, ta.plot);
+      el("path", {d: pathOf(lam, dens, ta.sx, ta.sy), stroke: "currentColor", class: "bx-ink",
+                  fill: "none", "stroke-width": 2}, ta.plot);
+    };
+    const getT = slider(f.controls, ct, draw);
+    const getSched = choice(f.controls, "schedule", "schedule", st.schedules, st.schedules[0],
+                            draw, st.schedules.map((_, jj) => C[jj]));
+    const note = document.createElement("p");
+    note.className = "bx-hint";
+    note.textContent = "Computed in Python for the chapter's Gaussian with the optimal " +
+      "denoiser; the page looks the numbers up. Left: the three schedules, the chosen one's " +
+      "levels at its steps (dots up to 64 steps). Right: each step's term of L_T divided by " +
+      "its width in log SNR, so that on a linear scale its area would be the term; the " +
+      "curve, ½ SNR mmse(SNR), has area L_∞ (log scale, in nats per unit of log SNR).";
+    f.controls.appendChild(note);
+    register(f, draw);
+  }
+
   // --- chapter 20: the six measures against a corruption's strength ----------------------------
   function corruption(root, st) {
     const f = frame(root, 680, 300, "digits of a corrupted set and its six measures");
@@ -1152,7 +1214,7 @@
 
   const KINDS = {kl, elbo, pinned, latent, forward, solvers, fewstep: solvers, corruption,
                  grid, guidance, unmasking,
-                 chain, completions};
+                 chain, completions, bound};
 
   function start() {
     document.querySelectorAll(".book-explorer").forEach((root, i) => {
