@@ -884,6 +884,57 @@ def bound_page(steps=BOUND_STEPS) -> dict:
             "density": pack(0.5 * lam.exp() * vdm.gaussian_mmse(lam.exp(), std), "f32")}
 
 
+# --- chapter 19: the straight-through gradient on the toy quantizer ------------------------------
+def chapter19_toy():
+    """Chapter 19's toy: a quantizer of five codes in the plane (the origin and four
+    points at distance 1.5 on the axes) and its stand-in for the decoder's loss,
+    L(y) = |tanh(A y) - t|^2 with A (3, 2) from seed 1: (quantizer, loss (B, 2) -> (B,))."""
+    from .models.quantizer import VectorQuantizer
+
+    quantizer = VectorQuantizer(K=5, D=2, beta=0.25).double().eval()
+    with torch.no_grad():
+        quantizer.codebook.copy_(torch.tensor([[0.0, 0.0], [1.5, 0.0], [0.0, 1.5],
+                                               [-1.5, 0.0], [0.0, -1.5]], dtype=F64))
+    A = torch.randn(3, 2, dtype=F64, generator=torch.Generator().manual_seed(1))
+    target = torch.tensor([0.3, -0.5, 0.8], dtype=F64)
+
+    def loss(y):
+        return (torch.tanh(y @ A.T) - target).pow(2).sum(1)
+    return quantizer, loss
+
+
+def straight_page(span: float = 2.5, step: float = 0.1) -> dict:
+    """Chapter 19: at every point z_e of a grid of the plane (two sliders from -span to span
+    by step), the toy quantizer's code (`VectorQuantizer`), the loss without quantizing,
+    L(z_e), and through the quantizer, L(z_q), the gradient of L at z_e and the
+    straight-through gradient (the quantizer's z_q carries it: the gradient of L at the
+    code, `models.quantizer.straight_through`); and on a 121 x 121 grid, the loss and the code of every point, which the
+    page draws. At most 10,001 positions a slider (the chapter's 51)."""
+    quantizer, loss = chapter19_toy()
+    values = slider_values(-span, span, step)
+    z1, z2 = torch.meshgrid(torch.tensor(values, dtype=F64), torch.tensor(values, dtype=F64),
+                            indexing="xy")  # (second, first)
+    z = torch.stack([z1.reshape(-1), z2.reshape(-1)], 1).requires_grad_()
+    out = quantizer(z.view(-1, 2, 1, 1))  # z_q carries the straight-through gradient
+    (g_st,) = torch.autograd.grad(loss(out.z_q.view(-1, 2)).sum(), z)
+    (g_ze,) = torch.autograd.grad(loss(z).sum(), z)
+    with torch.no_grad():
+        numbers = torch.stack([loss(z), loss(out.z_q.view(-1, 2)), *g_ze.T, *g_st.T], 1)
+        fine = torch.linspace(-span, span, 121, dtype=F64)
+        f1, f2 = torch.meshgrid(fine, fine, indexing="xy")
+        grid = torch.stack([f1.reshape(-1), f2.reshape(-1)], 1)
+        cells = quantizer(grid.view(-1, 2, 1, 1)).indices.view(121, 121)
+        heat = loss(grid).view(121, 121)
+    return {"kind": "straight",
+            "controls": [control("z1", "z_e, first coordinate", -span, span, step, 0.9,
+                                 fmt=1, equation="ch19-ste"),
+                         control("z2", "z_e, second coordinate", -span, span, step, 0.4,
+                                 fmt=1, equation="ch19-ste")],
+            "codes": quantizer.codebook.tolist(), "code": pack(out.indices.view(-1), "u8"),
+            "numbers": pack(numbers), "span": span,
+            "cells": pack(cells, "u8"), "heat": pack(heat, "f32")}
+
+
 # --- chapter 20: the measures against each corruption's strength ------------------------------
 CORRUPTION_MEASURES = ("FD", "KID", "precision", "recall", "density", "coverage")
 MAX_CORRUPTIONS, MAX_LEVELS, MAX_SHOWN = 12, 21, 12  # the chapter's: 5, 9, 6
@@ -949,7 +1000,7 @@ PAGES = {"kl": kl_page, "elbo": elbo_page, "pinned": pinned_page, "latent": late
          "corruption": corruption_page, "grid": grid_page,
          "guidance": guidance_page, "unmasking": unmasking_page,
          "chain": chain_page, "completions": completions_page,
-         "bound": bound_page}
+         "bound": bound_page, "straight": straight_page}
 
 
 def page_state(name: str, **kwargs) -> dict:

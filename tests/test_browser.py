@@ -1439,6 +1439,29 @@ def _bound_expected(state, values):
             "the same for the three shapes: they share their ends)")
 
 
+def _straight_expected(state, values):
+    """Chapter 19's toy quantizer at z_e, its two losses and two gradients, in Python."""
+    import torch
+
+    from companion.page_explorers import chapter19_toy
+
+    quantizer, loss = chapter19_toy()
+    z = torch.tensor([[values["z1"], values["z2"]]], dtype=torch.float64,
+                     requires_grad=True)
+    out = quantizer(z.view(1, 2, 1, 1))
+    (g_st,) = torch.autograd.grad(loss(out.z_q.view(1, 2)).sum(), z)
+    (g_ze,) = torch.autograd.grad(loss(z).sum(), z)
+    k = out.indices.item()
+    e = quantizer.codebook[k].tolist()
+    with torch.no_grad():
+        l_q, l_e = loss(out.z_q.view(1, 2)).item(), loss(z).item()
+    (a, b), (c, d), (p, q) = z[0].tolist(), g_st[0].tolist(), g_ze[0].tolist()
+    return (f"z_e = ({a:.1f}, {b:.1f}): code {k}, ({e[0]:.3g}, {e[1]:.3g}); L(z_q) = "
+            f"{l_q:.4f}, L(z_e) = {l_e:.4f}; straight-through gradient ({c:.3f}, {d:.3f}), "
+            f"gradient at z_e ({p:.3f}, {q:.3f}): {math.hypot(p - c, q - d):.3f} apart, "
+            f"{math.hypot(a - e[0], b - e[1]):.3f} from the code")
+
+
 def _unmasking_expected(state, values):
     """Chapter 14's sampler, its exact law on the toy, in Python."""
     from companion import masked as mk
@@ -1524,6 +1547,8 @@ EXPECTED = {
                                     {"n": 32, "solver": "Euler"}, {"n": 64, "solver": "Euler"}]),
     "corruption": (_corruption_expected, _every_corruption_position()),
     "chain": (_chain_expected, _chain_positions()),
+    "straight": (_straight_expected, [{"z1": 0.9, "z2": 0.4}, {"z1": -2.5, "z2": 2.5},
+                                      {"z1": 0.0, "z2": -1.2}, {"z1": 0.7, "z2": 0.0}]),
     "bound": (_bound_expected, [{"T": 1, "schedule": "linear"},
                                 {"T": 4, "schedule": "cosine"},
                                 {"T": 1024, "schedule": "learned, random"}]),

@@ -512,3 +512,33 @@ def test_bound_explorer_is_chapter_18s_computation():
             start += T
         assert (loss[j] >= state["exact"]).all() and (np.diff(loss[j]) < 0).all()
         assert loss[j, -1] - state["exact"] < 1e-3 * (loss[j, 0] - state["exact"])
+
+
+def test_straight_explorer_is_chapter_19s_toy():
+    """Chapter 19's straight-through explorer: at the chapter's z_e = (0.9, 0.4) its
+    gradients are the ones the chapter prints (the straight-through one, the slope at code
+    1); what the chapter's sentence says holds on its grid: near the code the two
+    gradients nearly agree, and across the border between codes 0 and 1 (at 0.75) the
+    straight-through gradient jumps while the smooth one barely moves."""
+    state = _chapter_state("19_discrete_latents", "straight")
+    vals = state["controls"][0]["values"]
+    num = np.frombuffer(base64.b64decode(state["numbers"]["f64"]), "<f8").reshape(-1, 6)
+    code = np.frombuffer(base64.b64decode(state["code"]["u8"]), "u1")
+
+    def at(a, b):
+        i = next(j for j, v in enumerate(vals) if abs(v - b) < 1e-9) * len(vals) + next(
+            j for j, v in enumerate(vals) if abs(v - a) < 1e-9)
+        return num[i], int(code[i])
+
+    text = "".join("".join(o.get("text", "")) for o in next(
+        c for c in json.loads((ROOT / "notebooks" / "19_discrete_latents.ipynb").read_text())
+        ["cells"] if "toy_vq = VectorQuantizer" in "".join(c["source"]))["outputs"])
+    row, k = at(0.9, 0.4)
+    assert f"nearest code e_{k} = [1.5, 0.0]" in text, text
+    printed = re.search(r"straight-through gradient\s+\[([-\d. ]+)\]", text)[1].split()
+    assert [f"{v:.6f}" for v in row[4:]] == [f"{float(p):.6f}" for p in printed]
+    near, _ = at(1.4, 0.0)
+    assert np.hypot(*(near[2:4] - near[4:])) < 0.2 * np.hypot(*(row[2:4] - row[4:]))
+    (left, k0), (right, k1) = at(0.7, 0.0), at(0.8, 0.0)
+    assert (k0, k1) == (0, 1)
+    assert np.hypot(*(left[4:] - right[4:])) > 10 * np.hypot(*(left[2:4] - right[2:4]))

@@ -750,6 +750,78 @@
     register(f, draw);
   }
 
+  // --- chapter 19: the straight-through gradient on the toy quantizer ------------------------
+  function straight(root, st) {
+    const f = frame(root, 680, 300, "the codes' cells, the loss, and two gradients at z_e");
+    const num = unpack(st.numbers), code = unpack(st.code), cells = unpack(st.cells);
+    const heat = unpack(st.heat), [c1, c2] = st.controls, n = c1.values.length, span = st.span;
+    const [gy, gx] = st.cells.shape;
+    let lo = Infinity, hi = -Infinity;
+    for (const v of heat) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+    const image = paint => {  // a gx x gy picture of the plane, row 0 at the bottom
+      const cv = document.createElement("canvas");
+      cv.width = gx;
+      cv.height = gy;
+      const ctx = cv.getContext("2d"), img = ctx.createImageData(gx, gy);
+      for (let r = 0; r < gy; r++) {
+        for (let c = 0; c < gx; c++) img.data.set(paint(r * gx + c), ((gy - 1 - r) * gx + c) * 4);
+      }
+      ctx.putImageData(img, 0, 0);
+      return cv.toDataURL();
+    };
+    const rgb = h => [1, 3, 5].map(i => parseInt(h.slice(i, i + 2), 16));
+    const tint = image(i => [...rgb(C[cells[i]]), 70]);
+    const shade = image(i => [31, 119, 180, Math.round(200 * (heat[i] - lo) / (hi - lo))]);
+    const draw = () => {
+      const a = getZ1(), b = getZ2(), i = idx(c2.values, b) * n + idx(c1.values, a);
+      const v = j => num[6 * i + j], k = code[i], e = st.codes[k];
+      const diff = Math.hypot(v(2) - v(4), v(3) - v(5)), dist = Math.hypot(a - e[0], b - e[1]);
+      f.readout.textContent = `z_e = (${fixed(a, 1)}, ${fixed(b, 1)}): code ${k}, ` +
+        `(${general(e[0], 3)}, ${general(e[1], 3)}); L(z_q) = ${fixed(v(1), 4)}, L(z_e) = ` +
+        `${fixed(v(0), 4)}; straight-through gradient (${fixed(v(4), 3)}, ` +
+        `${fixed(v(5), 3)}), gradient at z_e (${fixed(v(2), 3)}, ${fixed(v(3), 3)}): ` +
+        `${fixed(diff, 3)} apart, ${fixed(dist, 3)} from the code`;
+      clear(f.svg);
+      const nw = f.narrow();
+      f.size(nw ? 360 : 680, nw ? 690 : 312);
+      const boxes = nw ? [{x: 60, y: 24, w: 280, h: 280}, {x: 60, y: 370, w: 280, h: 280}]
+        : [{x: 55, y: 24, w: 250, h: 250}, {x: 405, y: 24, w: 250, h: 250}];
+      [["the codes' cells", tint], ["L(z), no quantizer", shade]].forEach(([title, pic], r) => {
+        const ax = axes(f.svg, boxes[r], [-span, span], [-span, span],
+                        {title, nx: 4, ny: 4, xlabel: "first coordinate",
+                         ylabel: "second coordinate"});
+        el("image", {href: pic, x: ax.box.x, y: ax.box.y, width: ax.box.w, height: ax.box.h,
+                     preserveAspectRatio: "none"}, ax.under);
+        st.codes.forEach(([x, y], kk) => {
+          const X = ax.sx(x), Y = ax.sy(y);
+          el("path", {d: `M${X},${Y - 6}L${X + 5},${Y + 4}L${X - 5},${Y + 4}Z`,
+                      fill: kk === k ? "black" : "gray"}, ax.plot);
+        });
+        el("line", {x1: ax.sx(a), y1: ax.sy(b), x2: ax.sx(e[0]), y2: ax.sy(e[1]),
+                    stroke: "black", "stroke-dasharray": "2,2"}, ax.plot);
+        // the descent directions the encoder would follow: minus each gradient
+        for (const [gxv, gyv, col] of [[v(2), v(3), C[1]], [v(4), v(5), C[0]]]) {
+          const X2 = ax.sx(a - 0.4 * gxv), Y2 = ax.sy(b - 0.4 * gyv);
+          el("line", {x1: ax.sx(a), y1: ax.sy(b), x2: X2, y2: Y2, stroke: col,
+                      "stroke-width": 2.5}, ax.plot);
+          el("circle", {cx: X2, cy: Y2, r: 3, fill: col}, ax.plot);
+        }
+        el("circle", {cx: ax.sx(a), cy: ax.sy(b), r: 5, fill: "white", stroke: "black"},
+           ax.plot);
+      });
+    };
+    const getZ1 = slider(f.controls, c1, draw), getZ2 = slider(f.controls, c2, draw);
+    const note = document.createElement("p");
+    note.className = "bx-hint";
+    note.textContent = "Computed in Python with the chapter's quantizer and loss; the page " +
+      "looks the numbers up. The white dot is z_e, the triangles the five codes (its own in " +
+      "black, dashed to it). From z_e: minus the gradient of L at z_e (orange) and minus " +
+      "the straight-through gradient (blue), the slope at the code, each times 0.4. L(z_q) " +
+      "is flat inside a cell: its own gradient is zero there.";
+    f.controls.appendChild(note);
+    register(f, draw);
+  }
+
   // --- chapter 20: the six measures against a corruption's strength ----------------------------
   function corruption(root, st) {
     const f = frame(root, 680, 300, "digits of a corrupted set and its six measures");
@@ -1214,7 +1286,7 @@
 
   const KINDS = {kl, elbo, pinned, latent, forward, solvers, fewstep: solvers, corruption,
                  grid, guidance, unmasking,
-                 chain, completions, bound};
+                 chain, completions, bound, straight};
 
   function start() {
     document.querySelectorAll(".book-explorer").forEach((root, i) => {
