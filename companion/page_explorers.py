@@ -908,8 +908,9 @@ def straight_page(span: float = 2.5, step: float = 0.1) -> dict:
     by step), the toy quantizer's code (`VectorQuantizer`), the loss without quantizing,
     L(z_e), and through the quantizer, L(z_q), the gradient of L at z_e and the
     straight-through gradient (the quantizer's z_q carries it: the gradient of L at the
-    code, `models.quantizer.straight_through`); and on a 121 x 121 grid, the loss and the code of every point, which the
-    page draws. At most 10,001 positions a slider (the chapter's 51)."""
+    code, `models.quantizer.straight_through`); and on a 121 x 121 grid, the loss and the
+    code of every point, which the page draws. At most 10,001 positions a slider (the
+    chapter's 51)."""
     quantizer, loss = chapter19_toy()
     values = slider_values(-span, span, step)
     z1, z2 = torch.meshgrid(torch.tensor(values, dtype=F64), torch.tensor(values, dtype=F64),
