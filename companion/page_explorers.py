@@ -433,12 +433,13 @@ def fewstep_page(n: int = 2_000, seed: int = 1, n_draw: int = 300, n_paths: int 
 MAX_FRAMES, MAX_CHAINS = 201, 12  # chain_page's steps kept and images a step (chapter 9: 51, 6)
 
 
-def store_chain(name: str, frames: dict, snr) -> Path | None:
+def store_chain(name: str, frames: dict, snr, profile: str) -> Path | None:
     """Chapter 9's reverse chain into $BOOK_EXPLORERS/name (`_store_path`; nothing
     elsewhere), for `chain_page`. frames: {t: (x_t (S, 1, 28, 28), x0_pred (S, 1, 28, 28))}
     in [-1, 1], the kept steps from T down to 0 (at t = 0 both are the samples); snr: (T,)
-    the schedule's alpha_bar_t / (1 - alpha_bar_t), t = 1..T. Images are kept as 8-bit
-    grey levels. Returns the path written, or None."""
+    the schedule's alpha_bar_t / (1 - alpha_bar_t), t = 1..T; profile: the run's profile,
+    which the page names. Images are kept as 8-bit grey levels. Returns the path written,
+    or None."""
     steps = sorted(frames, reverse=True)
     shapes = {tuple(torch.as_tensor(a).shape) for t in steps for a in frames[t]}
     if len(shapes) != 1:
@@ -451,7 +452,7 @@ def store_chain(name: str, frames: dict, snr) -> Path | None:
     def grey(a):
         return np.round(255 * ((torch.as_tensor(a).float() + 1) / 2).clamp(0, 1).numpy())
 
-    np.savez(path, t=np.array(steps), snr=np.asarray(snr, dtype="<f8"),
+    np.savez(path, t=np.array(steps), snr=np.asarray(snr, dtype="<f8"), profile=profile,
              x_t=np.stack([grey(frames[t][0]) for t in steps]).astype("u1"),
              x0=np.stack([grey(frames[t][1]) for t in steps]).astype("u1"))
     return path
@@ -473,7 +474,7 @@ def chain_page(stored) -> dict:
                                    f"{a['x_t'].shape} and {a['x0'].shape}")
     if not (np.diff(a["t"]) < 0).all() or a["t"][-1] != 0:
         raise checks.ArgumentError(f"the kept steps must fall to 0, got {a['t'].tolist()}")
-    return {"kind": "chain", "T": len(a["snr"]),
+    return {"kind": "chain", "T": len(a["snr"]), "profile": str(a["profile"]),
             "controls": [{"name": "t", "label": "step t", "values": a["t"].tolist(),
                           "value": int(a["t"][0]), "digits": 0, "play": True,
                           "equation": "ch9-ancestral"}],  # from T down to 0, as it runs

@@ -135,7 +135,8 @@ def test_corruption_page_carries_the_chapters_sweep(tmp_path, monkeypatch):
 def test_chain_page_carries_the_chapters_chain(tmp_path, monkeypatch):
     """Chapter 9's explorer: store_chain writes only in a storing run; the page's state
     holds the kept steps from T down to 0 as the slider's positions, x_t and the guess of
-    x_0 at each as grey levels ([-1, 1] to 0..255) and the schedule's SNR; frames of
+    x_0 at each as grey levels ([-1, 1] to 0..255), the schedule's SNR and the run's
+    profile; frames of
     uneven shapes, and steps that do not fall to 0, are refused by name."""
     import base64
 
@@ -147,10 +148,11 @@ def test_chain_page_carries_the_chapters_chain(tmp_path, monkeypatch):
 
     snr = torch.linspace(10, 0.1, 20)
     monkeypatch.delenv(STORE_VAR, raising=False)
-    assert store_chain("chain.npz", frames(), snr) is None
+    assert store_chain("chain.npz", frames(), snr, "ci") is None
     monkeypatch.setenv(STORE_VAR, str(tmp_path))
-    state = page_state("chain", stored=str(store_chain("chain.npz", frames(), snr)))
+    state = page_state("chain", stored=str(store_chain("chain.npz", frames(), snr, "ci")))
     assert state["controls"][0]["values"] == [20, 10, 0] and state["T"] == 20
+    assert state["profile"] == "ci"
 
     def arr(key, dtype):
         p = state[key]
@@ -164,9 +166,9 @@ def test_chain_page_carries_the_chapters_chain(tmp_path, monkeypatch):
     assert np.allclose(snr_state, snr.numpy())
     uneven = {**frames(), 5: (torch.zeros(3, 1, 28, 28), torch.zeros(3, 1, 28, 28))}
     with pytest.raises(ValueError, match="one shape"):
-        store_chain("bad.npz", uneven, snr)
+        store_chain("bad.npz", uneven, snr, "ci")
     with pytest.raises(ValueError, match="must fall to 0"):
-        page_state("chain", stored=str(store_chain("up.npz", frames((20, 10)), snr)))
+        page_state("chain", stored=str(store_chain("up.npz", frames((20, 10)), snr, "ci")))
 
 
 def test_completions_page_carries_the_chapters_table(tmp_path, monkeypatch):

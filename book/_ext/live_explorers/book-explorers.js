@@ -960,7 +960,8 @@
     const getT = slider(f.controls, ct, draw);
     const note = document.createElement("p");
     note.className = "bx-hint";
-    note.textContent = `The chapter's run: its network's chain of ${S} samples from t = ` +
+    note.textContent = `A run of the chapter's ${st.profile} profile: its network's ` +
+      `chain of ${S} samples from t = ` +
       `${T} down to 0, every ${ct.values[0] - ct.values[1]} steps, stored as grey levels; ` +
       "the page looks them up. Above, x_t; below it, the network's guess of x_0 from x_t. " +
       "The curve: the schedule's signal-to-noise ratio, dashed at 1.";
