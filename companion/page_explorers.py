@@ -588,7 +588,7 @@ def unmasking_page(shown: int = 8) -> dict:
             counts.append(mk.reveal_counts(toy.D, K))
     top = torch.stack(laws).topk(shown, dim=1).indices  # (orders * K, shown)
     return {"kind": "unmasking", "orders": list(mk.ORDERS), "entropy": toy.entropy(),
-            "controls": [control("K", "steps K", 1, toy.D, 1, 3, fmt=0, play=True,
+            "controls": [control("steps", "steps K", 1, toy.D, 1, 3, fmt=0, play=True,
                                  equation="ch14-steps")],
             "numbers": pack(numbers), "counts": counts,
             "p": pack(p, "f32"), "q": pack(torch.stack(laws), "f32"),

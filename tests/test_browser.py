@@ -1383,8 +1383,9 @@ def _completions_expected(state, values):
         ma = [str(m) for m in f["masks"]].index(values["mask"])
         me = [str(m) for m in f["methods"]].index(values["method"])
         acc, known, missing, spread, calls = f["numbers"][me, ma]
-        text = str(f["descriptions"][ma])
-    return (f"{text}, {values['method']}: judge accuracy {acc:.3f}, error on the missing "
+        text, shown = str(f["descriptions"][ma]), f["truth"].shape[0]
+    return (f"test digit {values['digit']} of {shown}; {text}, {values['method']}: judge "
+            f"accuracy {acc:.3f}, error on the missing "
             f"pixels {missing:.3f}, on the known {known:.3f}, spread {spread:.3f}; "
             f"{round(calls):,} network calls per image")
 
@@ -1467,7 +1468,7 @@ def _unmasking_expected(state, values):
     from companion import masked as mk
     from companion.page_explorers import chapter14_toy
 
-    toy, K, order = chapter14_toy(), values["K"], values["order"]
+    toy, K, order = chapter14_toy(), values["steps"], values["order"]
     with one_thread():
         q = mk.sampler_law(toy.denoiser, toy.D, K, order=order)
     kl = (toy.probs * (toy.probs.log() - q.log())).sum().item()
@@ -1553,9 +1554,9 @@ EXPECTED = {
                                 {"T": 4, "schedule": "cosine"},
                                 {"T": 1024, "schedule": "learned, random"}]),
     "completions": (_completions_expected, _completions_positions()),
-    "unmasking": (_unmasking_expected, [{"K": 1, "order": "random"},
-                                        {"K": 9, "order": "random"},
-                                        {"K": 5, "order": "confidence"}]),
+    "unmasking": (_unmasking_expected, [{"steps": 1, "order": "random"},
+                                        {"steps": 9, "order": "random"},
+                                        {"steps": 5, "order": "confidence"}]),
     "guidance": (_guidance_expected, [{"w": 0.0}, {"w": 1.5}, {"w": 8.0}]),
     "grid": (_grid_expected, [{"rho": 7, "n": 10, "solver": "Heun"},
                               {"rho": 1, "n": 2, "solver": "Euler"},

@@ -986,7 +986,8 @@
       const d = getDigit() - 1, mask = getMask(), method = getMethod();
       const ma = st.masks.indexOf(mask), me = st.methods.indexOf(method);
       const v = j => at(me, ma, j);
-      f.readout.textContent = `${st.descriptions[ma]}, ${method}: judge accuracy ` +
+      f.readout.textContent = `test digit ${d + 1} of ${S}; ${st.descriptions[ma]}, ` +
+        `${method}: judge accuracy ` +
         `${fixed(v(0), 3)}, error on the missing pixels ${fixed(v(2), 3)}, on the known ` +
         `${fixed(v(1), 3)}, spread ${fixed(v(3), 3)}; ${grouped(Math.round(v(4)))} network ` +
         "calls per image";
