@@ -650,17 +650,22 @@ MAX_LAW_PIXELS = 12  # sampler_law enumerates partial states: up to 3^D of them
 
 def sampler_law(denoiser: Callable, D: int, K: int, *, order: str = "random",
                 sched="linear") -> torch.Tensor:
-    """The exact distribution of `sample`'s binary images of D pixels in K steps, (2^D,)
-    float64, entry m the image whose pixel i is bit i of m (`toy.BinaryTable`'s order).
+    """The exact distribution of `sample`'s binary images of D pixels in K steps of the
+    schedule sched, (2^D,) float64, entry m the image whose pixel i is bit i of m
+    (`toy.BinaryTable`'s order).
 
     It follows `sample` step by step over every partial state (the revealed pixels and
     their values, at most 3^D of them): each step asks the denoiser for the masked pixels'
-    probabilities p_i (float32, as `sample` has them) and draws a value for each; "random"
-    reveals `reveal_counts(D, K)[k]` of them, every subset equally likely; "confidence"
-    reveals those whose drawn value had the largest probability, the choice made by the
-    same `topk` as `sample` (so that ties fall as they fall there), for every joint draw
-    of the masked pixels. With an exact denoiser (`toy.BinaryTable.denoiser`) and K = D in
-    random order the law is the data's. D at most MAX_LAW_PIXELS = 12."""
+    probabilities p_i (rounded to float32, as `sample` has them; the states reach the
+    denoiser as float64, which the toy's exact denoiser takes alike) and draws a value for
+    each; "random" reveals `reveal_counts(D, K, sched)[k]` of them, every subset equally
+    likely; "confidence" reveals those whose drawn value had the largest probability, the
+    choice made by torch's `topk` on the CPU as `sample` makes it there (so that ties fall
+    alike), for every joint draw of the masked pixels. The count revealed a step is fixed,
+    unlike in the model of the K-step bound (`exact_step_bound`), where each masked pixel
+    is revealed on its own. With an exact denoiser (`toy.BinaryTable.denoiser`), the linear
+    schedule and K = D, one pixel a step in random order, the law is the data's. D at most
+    MAX_LAW_PIXELS = 12."""
     K = checks.count("K (the number of unmasking steps)", K)
     D = checks.size("D (the pixels of an image)", D, MAX_LAW_PIXELS, "the law is followed "
                     "over every partial state, up to 3^D of them (the chapter's toy has 9 "

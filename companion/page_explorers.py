@@ -589,7 +589,7 @@ def unmasking_page(shown: int = 8) -> dict:
     top = torch.stack(laws).topk(shown, dim=1).indices  # (orders * K, shown)
     return {"kind": "unmasking", "orders": list(mk.ORDERS), "entropy": toy.entropy(),
             "controls": [control("steps", "steps K", 1, toy.D, 1, 3, fmt=0, play=True,
-                                 equation="ch14-steps")],
+                                 equation="ch14-any-order")],
             "numbers": pack(numbers), "counts": counts,
             "p": pack(p, "f32"), "q": pack(torch.stack(laws), "f32"),
             "top": top.tolist(), "states": pack(toy.states, "u8")}
@@ -599,6 +599,23 @@ def unmasking_page(shown: int = 8) -> dict:
 GUIDANCE_WEIGHTS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)  # the chapter's: 0, 1, 3, 8
 MAX_GUIDED = 4_000   # guidance_page's samples (the chapter's ci profile: 1,000)
 MAX_WEIGHTS = 30     # guidance_page's weights, each a 1,000-step chain (the chapter's 4)
+
+
+def _guidance_sizes(n, y, weights, T) -> tuple[int, int, list[float], int]:
+    """guidance_page's sizes, checked before any chain runs (see `guidance_page`)."""
+    n = checks.size("n (the guided samples)", n, MAX_GUIDED, "every weight runs a chain of "
+                    "T steps on all of them (the chapter's ci profile: 1,000)", minimum=2)
+    checks.size("weights (the slider's positions)", len(weights), MAX_WEIGHTS, "each is a "
+                "chain of T steps on all the samples (the chapter's 4)")
+    weights = [checks.real("every weight in weights", w, low=0.0) for w in weights]
+    if any(b <= a for a, b in zip(weights[:-1], weights[1:], strict=True)):
+        raise checks.ArgumentError(f"weights must increase (the slider's positions in "
+                                   f"order), got {weights}")
+    T = checks.size("T (the chain's steps)", T, MAX_FORWARD_T, "every weight's chain runs "
+                    "all of them (the chapter's 1,000)")
+    y = checks.count("y (the component asked for)", y, minimum=0,
+                     maximum=len(chapter8_mixture().weights) - 1)
+    return n, y, weights, T
 
 
 def guidance_page(n: int = 1_000, y: int = 3, weights=GUIDANCE_WEIGHTS, seed: int = 17,
@@ -620,19 +637,8 @@ def guidance_page(n: int = 1_000, y: int = 3, weights=GUIDANCE_WEIGHTS, seed: in
     from . import score as S
     from .toy import diffused_log_posterior_grad
 
-    n = checks.size("n (the guided samples)", n, MAX_GUIDED, "every weight runs a chain of "
-                    "T steps on all of them (the chapter's ci profile: 1,000)", minimum=2)
-    weights = [checks.real("every weight in weights", w, low=0.0) for w in weights]
-    checks.size("weights (the slider's positions)", len(weights), MAX_WEIGHTS, "each is a "
-                "chain of T steps on all the samples (the chapter's 4)")
-    if any(b <= a for a, b in zip(weights[:-1], weights[1:], strict=True)):
-        raise checks.ArgumentError(f"weights must increase (the slider's positions in "
-                                   f"order), got {weights}")
-    T = checks.size("T (the chain's steps)", T, MAX_FORWARD_T, "every weight's chain runs "
-                    "all of them (the chapter's 1,000)")
+    n, y, weights, T = _guidance_sizes(n, y, weights, T)
     mix = chapter8_mixture()
-    y = checks.count("y (the component asked for)", y, minimum=0,
-                     maximum=len(mix.weights) - 1)
     diff = dm.Diffusion(dm.linear_betas(T))
     u_dir = mix.means[y]  # a unit vector
     fine = torch.linspace(-2.5, 2.5, 1001, dtype=F64)

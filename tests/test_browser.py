@@ -1384,8 +1384,10 @@ def _completions_expected(state, values):
         me = [str(m) for m in f["methods"]].index(values["method"])
         acc, known, missing, spread, calls = f["numbers"][me, ma]
         text, shown = str(f["descriptions"][ma]), f["truth"].shape[0]
-    return (f"test digit {values['digit']} of {shown}; {text}, {values['method']}: judge "
-            f"accuracy {acc:.3f}, error on the missing "
+        n, k = int(f["n_digits"]), f["completions"].shape[2]
+    return (f"test digit {values['digit']} of {shown} shown; over the table's {n:,} digits "
+            f"× {k}, {text}, {values['method']}: judge accuracy {acc:.3f}, error on the "
+            "missing "
             f"pixels {missing:.3f}, on the known {known:.3f}, spread {spread:.3f}; "
             f"{round(calls):,} network calls per image")
 

@@ -426,9 +426,11 @@ def test_guidance_explorer_is_chapter_16s_computation():
     """Chapter 16's guidance explorer: at w = 3 its numbers are the chapter's cell run with
     its ci profile's 1,000 samples (x_T from seed 17, the chain's noise from seed 18), to
     1e-12; and what the chapter's sentence about the explorer says holds in its state: the
-    tilted density is component Y to three decimals at every w > 0 (mean u 1, sd 0.12),
-    the samples' mean u is below it at w = 0.5 and above it at w = 8, each by more than two
-    standard errors."""
+    tilted density is component Y to three decimals at every slider weight > 0 (mean u 1,
+    sd 0.12); the samples are not: at w = 0.5 a tenth or more end in other classes and
+    their sd is wider, at w = 1 their mean u is the component's within two standard
+    errors, and at every weight above 1 it is beyond by more than two and their sd below
+    the tilted one."""
     import math
 
     from companion import diffusion as dm
@@ -457,9 +459,12 @@ def test_guidance_explorer_is_chapter_16s_computation():
         if w > 0:
             assert round(stats[j, 1], 3) == 1.0 and round(stats[j, 3], 3) == 0.12, w
     se = stats[:, 2] / math.sqrt(state["n"])
-    lo, hi = w_all.index(0.5), w_all.index(8.0)
-    assert stats[lo, 0] < stats[lo, 1] - 2 * se[lo]
-    assert stats[hi, 0] > stats[hi, 1] + 2 * se[hi]
+    half, one = w_all.index(0.5), w_all.index(1.0)
+    assert stats[half, 4] < 0.9 and stats[half, 2] > 0.15  # some in other classes; wider
+    assert abs(stats[one, 0] - stats[one, 1]) < 2 * se[one]  # w = 1: the component
+    for j, w in enumerate(w_all):
+        if w > 1:  # past it, narrower
+            assert stats[j, 0] > stats[j, 1] + 2 * se[j] and stats[j, 2] < stats[j, 3], w
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -491,6 +496,7 @@ def test_unmasking_explorer_is_chapter_14s_toy():
 def test_bound_explorer_is_chapter_18s_computation():
     """Chapter 18's bound explorer: its exact L_inf is the one the chapter's table prints,
     each L_T is `vdm.gaussian_discrete_loss` and the sum of the step terms the page draws,
+    each term at least the curve's area over its step (I(SNR(s)) - I(SNR(t)), I-MMSE),
     never below L_inf (an upper Riemann sum), falling with T and with the most steps within
     a thousandth of its one-step gap: what the chapter's sentence about the explorer says."""
     from companion import vdm
@@ -502,6 +508,7 @@ def test_bound_explorer_is_chapter_18s_computation():
     assert f"exact L_∞ = {state['exact']:.5f} nats" in text, text
     loss = np.frombuffer(base64.b64decode(state["loss"]["f64"]), "<f8").reshape(3, -1)
     terms = np.frombuffer(base64.b64decode(state["terms"]["f64"]), "<f8")
+    levels = np.frombuffer(base64.b64decode(state["levels"]["f64"]), "<f8")
     Ts = state["controls"][0]["values"]
     std = torch.logspace(-1.3, 0, 8, dtype=F64)
     start = 0
@@ -511,6 +518,11 @@ def test_bound_explorer_is_chapter_18s_computation():
             want = vdm.gaussian_discrete_loss(schedule, T, std).item()
             assert abs(loss[j, k] - want) < 1e-9 * want
             assert abs(terms[start:start + T].sum() - want) < 1e-9 * want
+            first = start + j * len(Ts) + k  # each earlier grid has one level more
+            g = levels[first:first + T + 1].copy()
+            area = (vdm.gaussian_mutual_information(torch.exp(-torch.as_tensor(g[:-1])), std)
+                    - vdm.gaussian_mutual_information(torch.exp(-torch.as_tensor(g[1:])), std))
+            assert (torch.tensor(terms[start:start + T]) >= area - 1e-12).all()
             start += T
         assert (loss[j] >= state["exact"]).all() and (np.diff(loss[j]) < 0).all()
         assert loss[j, -1] - state["exact"] < 1e-3 * (loss[j, 0] - state["exact"])

@@ -21,6 +21,7 @@ from torch import nn
 
 from companion import compare, edm, fewstep, flow, inpainting, metrics, page_explorers, sde, toy
 from companion import diffusion as dm
+from companion import masked as mk
 from companion import score as S
 from companion.models.classifier import NoisyClassifier
 from companion.run import checks
@@ -460,6 +461,24 @@ OVERSIZED = {
                            r"^steps must sum to at most 5,000"),
     "latent_page span": (lambda tmp: _latent(tmp, span=1e9, step=0.05),
                          r"has 40,000,000,001 positions, more than 10,001"),
+    "guidance_page n": (lambda _: PE.guidance_page(n=BILLION),
+                        r"^n \(the guided samples\) must be at most 4,000"),
+    "guidance_page weights": (lambda _: PE.guidance_page(weights=range(10**6)),
+                              r"^weights \(the slider's positions\) must be at most 30"),
+    "guidance_page T": (lambda _: PE.guidance_page(T=BILLION),
+                        r"^T \(the chain's steps\) must be at most 10,000"),
+    "grid_page n": (lambda _: PE.grid_page(n=BILLION),
+                    r"^n \(the starting points\) must be at most 10,000"),
+    "grid_page steps": (lambda _: PE.grid_page(steps=(2, 10**7)),
+                        r"^steps must sum to at most 5,000"),
+    "bound_page T": (lambda _: PE.bound_page(steps=(1, BILLION)),
+                     r"^every T in steps must be a whole number in 1..4096"),
+    "unmasking_page shown": (lambda _: PE.unmasking_page(shown=BILLION),
+                             r"^shown \(the likeliest images drawn\) must be at most 32"),
+    "straight_page span": (lambda _: PE.straight_page(span=1e9),
+                           r"positions, more than 10,001"),
+    "masked.sampler_law D": (lambda _: mk.sampler_law(lambda z: z, 30, 3),
+                             r"^D \(the pixels of an image\) must be at most 12"),
     "rho_grid": (lambda _: edm.rho_grid(BILLION),
                  r"^n \(the number of steps, a positive int\) must be at most 100,000, got "
                  r"1,000,000,000: a grid of more steps is beyond any sampler the book runs"),
@@ -553,12 +572,16 @@ def _with_defaults(fn, args: dict) -> dict:
                          ids=[f"{c}-{n}" for c, n, _ in CHAPTER_EXPLORERS])
 def test_10_the_chapters_own_explorers_are_within_the_bounds(chapter, name, args):
     """The arguments each chapter's explorer cell names pass the bounds: the slow builders
-    (kl, solvers, fewstep: seconds) through their checks alone, the others whole."""
+    (kl, solvers, fewstep, guidance: seconds) through their checks alone, the others
+    whole."""
     if name == "kl":
         PE._kl_sizes(**_with_defaults(PE.kl_page, args))
     elif name in ("solvers", "fewstep"):
         a = _with_defaults(PE.PAGES[name], args)
         PE._solver_sizes(a["n"], a["n_draw"], a["n_paths"], a["steps"])
+    elif name == "guidance":
+        a = _with_defaults(PE.guidance_page, args)
+        PE._guidance_sizes(a["n"], a["y"], a["weights"], a["T"])
     else:
         if "stored" in args:
             args = {**args, "stored": ROOT / args["stored"]}

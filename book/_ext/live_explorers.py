@@ -95,7 +95,7 @@ def state_json(name: str, args: dict, cache: Path | None = None) -> str:
 
 
 NOSCRIPT = ("An explorer that moves this figure's parameters appears here when JavaScript "
-            "is on; the static view in this cell or the next one shows the same.")
+            "is on; the chapter's own static view is in this cell or the next one.")
 
 
 def explorer_html(name: str, text: str) -> str:

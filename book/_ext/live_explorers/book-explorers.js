@@ -6,7 +6,9 @@
 (() => {
   "use strict";
   const SVGNS = "http://www.w3.org/2000/svg";
-  const C = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"];  // matplotlib's C0-C4
+  // the book's figures' colours (companion/plot.py PALETTE), so that a caption's "red" is
+  // the explorer's red too
+  const C = ["#1f5fa8", "#d1495b", "#2e933c", "#edae49", "#6c4f9c"];
 
   // --- arrays -------------------------------------------------------------------------------
   function half(h) {  // an IEEE half-precision number (its 16 bits) as a JS number
@@ -743,9 +745,11 @@
     note.className = "bx-hint";
     note.textContent = "Computed in Python for the chapter's Gaussian with the optimal " +
       "denoiser; the page looks the numbers up. Left: the three schedules, the chosen one's " +
-      "levels at its steps (dots up to 64 steps). Right: each step's term of L_T divided by " +
-      "its width in log SNR, so that on a linear scale its area would be the term; the " +
-      "curve, ½ SNR mmse(SNR), has area L_∞ (log scale, in nats per unit of log SNR).";
+      "levels at its steps (dots up to 64 steps); the learned schedule, at its random " +
+      "start, lies close to the linear one. Then each step's term of L_T divided by its " +
+      "width in log SNR, so that on a linear scale its area would be the term: at least the " +
+      "curve's area over the same interval, since the term takes mmse at the step's noisier " +
+      "end. The curve, ½ SNR mmse(SNR), has area L_∞ (log scale, nats per unit of log SNR).";
     f.controls.appendChild(note);
     register(f, draw);
   }
@@ -771,7 +775,7 @@
     };
     const rgb = h => [1, 3, 5].map(i => parseInt(h.slice(i, i + 2), 16));
     const tint = image(i => [...rgb(C[cells[i]]), 70]);
-    const shade = image(i => [31, 119, 180, Math.round(200 * (heat[i] - lo) / (hi - lo))]);
+    const shade = image(i => [31, 95, 168, Math.round(200 * (heat[i] - lo) / (hi - lo))]);
     const draw = () => {
       const a = getZ1(), b = getZ2(), i = idx(c2.values, b) * n + idx(c1.values, a);
       const v = j => num[6 * i + j], k = code[i], e = st.codes[k];
@@ -817,7 +821,8 @@
       "looks the numbers up. The white dot is z_e, the triangles the five codes (its own in " +
       "black, dashed to it). From z_e: minus the gradient of L at z_e (orange) and minus " +
       "the straight-through gradient (blue), the slope at the code, each times 0.4. L(z_q) " +
-      "is flat inside a cell: its own gradient is zero there.";
+      "is flat inside a cell: its own gradient is zero there. A point on a border between " +
+      "two cells (a few of the grid's lie on one) takes the lower-numbered code.";
     f.controls.appendChild(note);
     register(f, draw);
   }
@@ -940,7 +945,7 @@
         ctx.putImageData(img, 0, 0);
         const y = pic.y + r * (h + 22);
         el("text", {x: pic.x, y: y - 6, class: "bx-label"}, f.svg,
-           r ? "the network's guess of x_0" : `x_t, t = ${t}`);
+           r ? (t ? "the network's guess of x_0" : "the samples") : `x_t, t = ${t}`);
         el("image", {href: rows[r].toDataURL(), x: pic.x, y, width: pic.w, height: h,
                      preserveAspectRatio: "none", style: "image-rendering: pixelated"}, f.svg);
       });
@@ -960,11 +965,13 @@
     const getT = slider(f.controls, ct, draw);
     const note = document.createElement("p");
     note.className = "bx-hint";
-    note.textContent = `A run of the chapter's ${st.profile} profile: its network's ` +
-      `chain of ${S} samples from t = ` +
-      `${T} down to 0, every ${ct.values[0] - ct.values[1]} steps, stored as grey levels; ` +
-      "the page looks them up. Above, x_t; below it, the network's guess of x_0 from x_t. " +
-      "The curve: the schedule's signal-to-noise ratio, dashed at 1.";
+    note.textContent = `From a run of the chapter's ${st.profile} profile (T = ${T}), with ` +
+      "its own network, which need not be the run this page's other outputs come from: " +
+      `the chain of ${S} samples from t = ${T} down to 0, every ` +
+      `${ct.values[0] - ct.values[1]} steps, stored as grey levels; the page looks them ` +
+      "up. Above, x_t; below it, the network's guess of x_0 from x_t, which divides by " +
+      "√ᾱ_t: near t = T that magnifies the network's small errors, and the picture clips " +
+      "them to black and white. The curve: the schedule's signal-to-noise ratio, dashed at 1.";
     f.controls.appendChild(note);
     register(f, draw);
   }
@@ -986,8 +993,9 @@
       const d = getDigit() - 1, mask = getMask(), method = getMethod();
       const ma = st.masks.indexOf(mask), me = st.methods.indexOf(method);
       const v = j => at(me, ma, j);
-      f.readout.textContent = `test digit ${d + 1} of ${S}; ${st.descriptions[ma]}, ` +
-        `${method}: judge accuracy ` +
+      f.readout.textContent = `test digit ${d + 1} of ${S} shown; over the table's ` +
+        `${grouped(st.n_digits)} digits × ${K}, ${st.descriptions[ma]}, ${method}: judge ` +
+        "accuracy " +
         `${fixed(v(0), 3)}, error on the missing pixels ${fixed(v(2), 3)}, on the known ` +
         `${fixed(v(1), 3)}, spread ${fixed(v(3), 3)}; ${grouped(Math.round(v(4)))} network ` +
         "calls per image";
@@ -1111,11 +1119,14 @@
                             st.orders.map((_, oo) => C[oo]));
     const note = document.createElement("p");
     note.className = "bx-hint";
-    note.textContent = "Exact, not sampled: the law q of the sampler with the toy's exact " +
-      "denoiser, computed in Python over every partial state; the page looks it up. Left: " +
-      "each of the 512 images at its probability under the data (p) and under the " +
-      "sampler (q); on the dashed line they agree. Right: the sampler's likeliest images, " +
-      "each with its probability under q.";
+    note.textContent = "Exact, not sampled: the law q of the sampler (linear schedule, a " +
+      "fixed number of pixels revealed a step) with the toy's exact denoiser, computed in " +
+      "Python over every partial state; the page looks it up. The scatter: each of the 512 " +
+      "images at its probability under the data (p) and under the sampler (q); on the " +
+      "dashed line they agree, and images rarer under q than the axis's floor sit on it. " +
+      "The two curves: KL(p‖q) and the entropy of q against K for both orders, the data's " +
+      "entropy dashed. The tiles: the sampler's likeliest images, each with its " +
+      "probability under q.";
     f.controls.appendChild(note);
     register(f, draw);
   }
@@ -1139,7 +1150,7 @@
       for (let r = 0; r < gy; r++) {  // the tilted density, darkest where it peaks
         for (let c = 0; c < gx; c++) {
           const v = H[(i * gy + r) * gx + c], o = ((gy - 1 - r) * gx + c) * 4;
-          img.data.set([255, 127, 14, Math.round(0.8 * v)], o);
+          img.data.set([209, 73, 91, Math.round(0.8 * v)], o);
         }
       }
       ctx.putImageData(img, 0, 0);
@@ -1147,7 +1158,7 @@
       const nw = f.narrow();
       f.size(nw ? 360 : 680, nw ? 700 : 300);
       const ax = axes(f.svg, nw ? {x: 50, y: 24, w: 290, h: 290} : {x: 45, y: 24, w: 240, h: 240},
-                      [x0, x1], [y0, y1], {title: `w = ${general(w, 3)}: ${grouped(n)} samples`,
+                      [x0, x1], [y0, y1], {title: `w = ${general(w, 3)}: the samples in view`,
                                            xlabel: "x₁", ylabel: "x₂", nx: 4, ny: 4});
       el("image", {href: canvas.toDataURL(), x: ax.box.x, y: ax.box.y, width: ax.box.w,
                    height: ax.box.h, preserveAspectRatio: "none"}, ax.under);
@@ -1194,9 +1205,11 @@
     const note = document.createElement("p");
     note.className = "bx-hint";
     note.textContent = `Computed in Python with the exact scores, ${grouped(st.T)} ` +
-      `ancestral steps, the same noise at every w (the chapter's ${grouped(n)} samples of ` +
-      `its ci profile); the page looks the numbers up. Left: the samples over the tilted ` +
-      `density p(x) p(${st.y} | x)^w / Z_w (orange, darkest at its peak), the cross at the ` +
+      `ancestral steps and the same noise at every w, on ${grouped(n)} samples, the count of ` +
+      "the chapter's ci profile: at the chapter's own weights the numbers are that run's " +
+      "(the stored run above draws more). The page looks them up. Left: the samples that " +
+      `fall in the chapter's zoom, over the tilted density p(x) p(${st.y} | x)^w / Z_w ` +
+      "(red, darkest at its peak), the cross at the " +
       "component's mean. u is a sample's coordinate along that mean. The right panels start " +
       "at the first weight above 0: at w = 0 the samples are every class's, off their scale.";
     f.controls.appendChild(note);
@@ -1246,7 +1259,7 @@
       // the first coordinate over its exact scale: flat for a perfect solver
       const pa = axes(f.svg, nw ? {x: 60, y: 250, w: 280, h: 170} : {x: 275, y: 24, w: 170, h: 210},
                       [0, n], [-3.5, 3.5], {xlabel: "step i", nx: 4, integer: true,
-                                            ylabel: "x₁, scaled",
+                                            ylabel: "(x₁ − μ₁), scaled",
                                             title: "paths, scaled"});
       const pbase = (base * J + j * (n + 1)) * P;  // paths: per grid, per solver, (n + 1, P)
       for (let p = 0; p < P; p++) {
@@ -1278,9 +1291,9 @@
     note.className = "bx-hint";
     note.textContent = `The error is over the chapter's ${grouped(st.points)} starting ` +
       "points at σ = 80 against the exact flow, in Python; the page looks it up. Middle: " +
-      `the first coordinate x₁ (std ${general(st.std0, 2)}) of ${P} points, each divided by ` +
-      `its exact scale √(${general(st.std0, 2)}² + σ²), so that the exact flow is a dashed ` +
-      "flat line. Left: the grid's levels, the " +
+      `the first coordinate's distance from its mean, x₁ − μ₁, of ${P} points, each divided ` +
+      `by √(s² + σ²) with s = ${general(st.std0, 2)} its standard deviation: the exact flow ` +
+      "keeps that constant, a dashed flat line. Left: the grid's levels, the " +
       "dashed line at σ = 0.1, and the last step to σ = 0 off the log axis.";
     f.controls.appendChild(note);
     register(f, draw);
