@@ -564,6 +564,12 @@ def chapter14_toy():
     return BinaryTable.from_prototypes(prototypes, [3, 2, 2, 1, 2], flip=0.1)
 
 
+def _unmasking_sizes(shown) -> int:
+    """unmasking_page's size, checked before any law is computed."""
+    return checks.size("shown (the likeliest images drawn)", shown, 32, "each is drawn as "
+                       "a 3 x 3 tile beside the plots")
+
+
 def unmasking_page(shown: int = 8) -> dict:
     """Chapter 14: the exact law of `masked.sample` on the chapter's toy with its exact
     denoiser (`masked.sampler_law`), in K = 1 to 9 steps of the linear schedule, in random
@@ -573,8 +579,7 @@ def unmasking_page(shown: int = 8) -> dict:
     p: one pixel a step from its exact conditional."""
     from . import masked as mk
 
-    shown = checks.size("shown (the likeliest images drawn)", shown, 32, "each is drawn "
-                        "as a 3 x 3 tile beside the plots")
+    shown = _unmasking_sizes(shown)
     toy = chapter14_toy()
     p, steps = toy.probs, list(range(1, toy.D + 1))
     laws, numbers, counts = [], [], []

@@ -467,6 +467,7 @@ def test_guidance_explorer_is_chapter_16s_computation():
             assert stats[j, 0] > stats[j, 1] + 2 * se[j] and stats[j, 2] < stats[j, 3], w
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_unmasking_explorer_is_chapter_14s_toy():
     """Chapter 14's unmasking explorer: its toy is the chapter's (the entropy the chapter

@@ -243,11 +243,11 @@ def test_a_model_of_the_wrong_shape_is_refused():
 # --- the sampler's exact law on the toy ----------------------------------------------------------
 @pytest.mark.parametrize("order", mk.ORDERS)
 def test_sampler_law_is_the_samplers_distribution(toy, order):
-    """sampler_law is a distribution, and 200,000 draws of `sample` with the exact
+    """sampler_law is a distribution, and 50,000 draws of `sample` with the exact
     denoiser fall into the 512 images as it says: every image expected 20 times or more
     within 4.5 standard errors (the largest of some hundred), the rarer ones' total within
     4.5 standard errors, and no draw where the law puts nothing."""
-    N = 200_000
+    N = 50_000
     q = mk.sampler_law(toy.denoiser, 9, 3, order=order)
     assert abs(q.sum().item() - 1) < 1e-12 and (q >= 0).all()
     x = mk.sample(toy.denoiser, (N, 9), 3, order=order,

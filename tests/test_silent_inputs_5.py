@@ -572,8 +572,8 @@ def _with_defaults(fn, args: dict) -> dict:
                          ids=[f"{c}-{n}" for c, n, _ in CHAPTER_EXPLORERS])
 def test_10_the_chapters_own_explorers_are_within_the_bounds(chapter, name, args):
     """The arguments each chapter's explorer cell names pass the bounds: the slow builders
-    (kl, solvers, fewstep, guidance: seconds) through their checks alone, the others
-    whole."""
+    (kl, solvers, fewstep, guidance, unmasking: seconds) through their checks alone, the
+    others whole."""
     if name == "kl":
         PE._kl_sizes(**_with_defaults(PE.kl_page, args))
     elif name in ("solvers", "fewstep"):
@@ -582,6 +582,8 @@ def test_10_the_chapters_own_explorers_are_within_the_bounds(chapter, name, args
     elif name == "guidance":
         a = _with_defaults(PE.guidance_page, args)
         PE._guidance_sizes(a["n"], a["y"], a["weights"], a["T"])
+    elif name == "unmasking":
+        PE._unmasking_sizes(_with_defaults(PE.unmasking_page, args)["shown"])
     else:
         if "stored" in args:
             args = {**args, "stored": ROOT / args["stored"]}
