@@ -819,7 +819,7 @@
     note.className = "bx-hint";
     note.textContent = "Computed in Python with the chapter's quantizer and loss; the page " +
       "looks the numbers up. The white dot is z_e, the triangles the five codes (its own in " +
-      "black, dashed to it). From z_e: minus the gradient of L at z_e (orange) and minus " +
+      "black, dashed to it). From z_e: minus the gradient of L at z_e (red) and minus " +
       "the straight-through gradient (blue), the slope at the code, each times 0.4. L(z_q) " +
       "is flat inside a cell: its own gradient is zero there. A point on a border between " +
       "two cells (a few of the grid's lie on one) takes the lower-numbered code.";
