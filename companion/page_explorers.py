@@ -448,13 +448,11 @@ def store_chain(name: str, frames: dict, snr, profile: str) -> Path | None:
     path = _store_path(name)
     if path is None:
         return None
-
-    def grey(a):
-        return np.round(255 * ((torch.as_tensor(a).float() + 1) / 2).clamp(0, 1).numpy())
-
     np.savez(path, t=np.array(steps), snr=np.asarray(snr, dtype="<f8"), profile=profile,
-             x_t=np.stack([grey(frames[t][0]) for t in steps]).astype("u1"),
-             x0=np.stack([grey(frames[t][1]) for t in steps]).astype("u1"))
+             x_t=np.stack([_grey((torch.as_tensor(frames[t][0]).float() + 1) / 2)
+                           for t in steps]),
+             x0=np.stack([_grey((torch.as_tensor(frames[t][1]).float() + 1) / 2)
+                          for t in steps]))
     return path
 
 
@@ -511,14 +509,10 @@ def store_completions(name: str, truth, masks: dict, completions: dict, numbers:
     path = _store_path(name)
     if path is None:
         return None
-
-    def grey(a):
-        return np.round(255 * np.clip(np.asarray(a, dtype=float), 0, 1)).astype("u1")
-
     np.savez(path, methods=np.array(methods), masks=np.array(names),
-             descriptions=np.array([masks[n][0] for n in names]), truth=grey(truth),
+             descriptions=np.array([masks[n][0] for n in names]), truth=_grey(truth),
              known=np.stack([np.asarray(masks[n][1]) > 0.5 for n in names]).astype("u1"),
-             completions=np.stack([np.stack([grey(completions[m, n]) for n in names])
+             completions=np.stack([np.stack([_grey(completions[m, n]) for n in names])
                                    for m in methods]),
              numbers=np.array([[list(numbers[m, n]) for n in names] for m in methods],
                               dtype=float),
@@ -676,7 +670,7 @@ def guidance_page(n: int = 1_000, y: int = 3, weights=GUIDANCE_WEIGHTS, seed: in
                           "value": 1.0 if 1.0 in weights else weights[0], "digits": 1,
                           "play": True, "equation": "ch16-guided"}],
             "stats": pack(rows), "samples": pack(torch.stack(samples), "f32"),
-            "heat": pack(np.round(255 * torch.stack(heat).numpy()), "u8"),
+            "heat": pack(_grey(torch.stack(heat)), "u8"),
             "zoom": [zx[0].item(), zx[-1].item(), zy[0].item(), zy[-1].item()],
             "mean": u_dir.tolist(), "means": mix.means.tolist()}
 
@@ -770,6 +764,12 @@ def save_latent_decoder(model, path) -> None:
 
 
 STORE_VAR = "BOOK_EXPLORERS"  # the folder a storing run keeps explorers' arrays in
+
+
+def _grey(a) -> np.ndarray:
+    """Images with values in [0, 1] (a tensor or an array) as 8-bit grey levels, 0..255."""
+    a = a.detach().cpu().numpy() if torch.is_tensor(a) else np.asarray(a)
+    return np.round(255 * np.clip(a.astype(float), 0, 1)).astype("u1")
 
 
 def _store_path(name: str) -> Path | None:
@@ -974,7 +974,7 @@ def store_corruptions(name: str, corruptions: dict, clean: dict) -> Path | None:
         return None
     np.savez(path, names=np.array(names), units=np.array([v[0] for v in corruptions.values()]),
              strength=np.stack(arrays[0]), measures=np.stack(arrays[1]),
-             images=np.round(255 * np.clip(np.stack(arrays[2]), 0, 1)).astype("u1"),
+             images=_grey(np.stack(arrays[2])),
              clean_lo=np.asarray(clean["lo"], dtype=float),
              clean_hi=np.asarray(clean["hi"], dtype=float))
     return path

@@ -302,6 +302,14 @@
     draw();
   }
 
+  /* A note under the figure (register moves it there): what the explorer shows and how. */
+  function hint(f, text) {
+    const note = document.createElement("p");
+    note.className = "bx-hint";
+    note.textContent = text;
+    f.controls.appendChild(note);
+  }
+
   const clear = svg => { while (svg.firstChild) svg.removeChild(svg.firstChild); };
   const normal = (x, m, s) => Math.exp(-0.5 * ((x - m) / s) ** 2) / (s * Math.sqrt(2 * Math.PI));
   const idx = (values, v) => values.findIndex(u => Math.abs(u - v) < 1e-9);
@@ -680,13 +688,10 @@
     };
     const getN = slider(f.controls, cn, draw);
     const getSolver = choice(f.controls, "solver", "solver", st.solvers, st.solvers[0], draw);
-    const note = document.createElement("p");
-    note.className = "bx-hint";
     // which points the numbers are over (the chapter's), and which few are drawn
-    note.textContent = `Numbers over ${st.points.about}. Drawn: the first ${P} of them ` +
+    hint(f, `Numbers over ${st.points.about}. Drawn: the first ${P} of them ` +
       `(grey: ${st.ref_label}; lines: the paths of the first ${K}). Right: the distance ` +
-      "against network evaluations (Heun takes two a step), median solid, RMS dashed.";
-    f.controls.appendChild(note);
+      "against network evaluations (Heun takes two a step), median solid, RMS dashed.");
     register(f, draw);
   }
 
@@ -741,16 +746,13 @@
     const getT = slider(f.controls, ct, draw);
     const getSched = choice(f.controls, "schedule", "schedule", st.schedules, st.schedules[0],
                             draw, st.schedules.map((_, jj) => C[jj]));
-    const note = document.createElement("p");
-    note.className = "bx-hint";
-    note.textContent = "Computed in Python for the chapter's Gaussian with the optimal " +
+    hint(f, "Computed in Python for the chapter's Gaussian with the optimal " +
       "denoiser; the page looks the numbers up. Left: the three schedules, the chosen one's " +
       "levels at its steps (dots up to 64 steps); the learned schedule, at its random " +
       "start, lies close to the linear one. Then each step's term of L_T divided by its " +
       "width in log SNR, so that on a linear scale its area would be the term: at least the " +
       "curve's area over the same interval, since the term takes mmse at the step's noisier " +
-      "end. The curve, ½ SNR mmse(SNR), has area L_∞ (log scale, nats per unit of log SNR).";
-    f.controls.appendChild(note);
+      "end. The curve, ½ SNR mmse(SNR), has area L_∞ (log scale, nats per unit of log SNR).");
     register(f, draw);
   }
 
@@ -815,15 +817,12 @@
       });
     };
     const getZ1 = slider(f.controls, c1, draw), getZ2 = slider(f.controls, c2, draw);
-    const note = document.createElement("p");
-    note.className = "bx-hint";
-    note.textContent = "Computed in Python with the chapter's quantizer and loss; the page " +
+    hint(f, "Computed in Python with the chapter's quantizer and loss; the page " +
       "looks the numbers up. The white dot is z_e, the triangles the five codes (its own in " +
       "black, dashed to it). From z_e: minus the gradient of L at z_e (red) and minus " +
       "the straight-through gradient (blue), the slope at the code, each times 0.4. L(z_q) " +
       "is flat inside a cell: its own gradient is zero there. A point on a border between " +
-      "two cells (a few of the grid's lie on one) takes the lower-numbered code.";
-    f.controls.appendChild(note);
+      "two cells (a few of the grid's lie on one) takes the lower-numbered code.");
     register(f, draw);
   }
 
@@ -903,13 +902,10 @@
     const levelInput = f.controls.querySelector('input[data-name="level"]');
     const getKind = choice(f.controls, "corruption", "corruption", st.corruptions,
                            st.corruptions[0], draw);
-    const note = document.createElement("p");
-    note.className = "bx-hint";
-    note.textContent = "The numbers are the chapter's run; the page looks them up. Grey band: " +
+    hint(f, "The numbers are the chapter's run; the page looks them up. Grey band: " +
       "where the chapter's test calls a set no different from clean redraws; the chosen " +
       "corruption in colour, the others faint. Digits: the set's last ones (where the " +
-      "copies go).";
-    f.controls.appendChild(note);
+      "copies go).");
     register(f, draw);
   }
 
@@ -963,16 +959,13 @@
       if (t > 0) el("circle", {cx: ax.sx(t), cy: ax.sy(lsnr[t - 1]), r: 4, fill: C[0]}, ax.plot);
     };
     const getT = slider(f.controls, ct, draw);
-    const note = document.createElement("p");
-    note.className = "bx-hint";
-    note.textContent = `From a run of the chapter's ${st.profile} profile (T = ${T}), with ` +
+    hint(f, `From a run of the chapter's ${st.profile} profile (T = ${T}), with ` +
       "its own network, which need not be the run this page's other outputs come from: " +
       `the chain of ${S} samples from t = ${T} down to 0, every ` +
       `${ct.values[0] - ct.values[1]} steps, stored as grey levels; the page looks them ` +
       "up. Above, x_t; below it, the network's guess of x_0 from x_t, which divides by " +
       "√ᾱ_t: near t = T that magnifies the network's small errors, and the picture clips " +
-      "them to black and white. The curve: the schedule's signal-to-noise ratio, dashed at 1.";
-    f.controls.appendChild(note);
+      "them to black and white. The curve: the schedule's signal-to-noise ratio, dashed at 1.");
     register(f, draw);
   }
 
@@ -1037,13 +1030,10 @@
     const getDigit = slider(f.controls, st.controls[0], draw);
     const getMask = choice(f.controls, "mask", "mask", st.masks, st.masks[0], draw);
     const getMethod = choice(f.controls, "method", "method", st.methods, st.methods[0], draw);
-    const note = document.createElement("p");
-    note.className = "bx-hint";
-    note.textContent = `The chapter's run: the first ${S} test digits, ${K} completions ` +
+    hint(f, `The chapter's run: the first ${S} test digits, ${K} completions ` +
       "each, stored as grey levels; missing pixels mid grey. The numbers are the chapter's " +
       `table, over its ${grouped(st.n_digits)} test digits, ${K} completions each; the ` +
-      "bars compare the methods under the chosen mask.";
-    f.controls.appendChild(note);
+      "bars compare the methods under the chosen mask.");
     register(f, draw);
   }
 
@@ -1117,17 +1107,14 @@
     const getK = slider(f.controls, ck, draw);
     const getOrder = choice(f.controls, "order", "order", st.orders, st.orders[0], draw,
                             st.orders.map((_, oo) => C[oo]));
-    const note = document.createElement("p");
-    note.className = "bx-hint";
-    note.textContent = "Exact, not sampled: the law q of the sampler (linear schedule, a " +
+    hint(f, "Exact, not sampled: the law q of the sampler (linear schedule, a " +
       "fixed number of pixels revealed a step) with the toy's exact denoiser, computed in " +
       "Python over every partial state; the page looks it up. The scatter: each of the 512 " +
       "images at its probability under the data (p) and under the sampler (q); on the " +
       "dashed line they agree, and images rarer under q than the axis's floor sit on it. " +
       "The two curves: KL(p‖q) and the entropy of q against K for both orders, the data's " +
       "entropy dashed. The tiles: the sampler's likeliest images, each with its " +
-      "probability under q.";
-    f.controls.appendChild(note);
+      "probability under q.");
     register(f, draw);
   }
 
@@ -1202,17 +1189,14 @@
       }
     };
     const getW = slider(f.controls, cw, draw);
-    const note = document.createElement("p");
-    note.className = "bx-hint";
-    note.textContent = `Computed in Python with the exact scores, ${grouped(st.T)} ` +
+    hint(f, `Computed in Python with the exact scores, ${grouped(st.T)} ` +
       `ancestral steps and the same noise at every w, on ${grouped(n)} samples, the count of ` +
       "the chapter's ci profile: at the chapter's own weights the numbers are that run's " +
       "(the stored run above draws more). The page looks them up. Left: the samples that " +
       `fall in the chapter's zoom, over the tilted density p(x) p(${st.y} | x)^w / Z_w ` +
       "(red, darkest at its peak), the cross at the " +
       "component's mean. u is a sample's coordinate along that mean. The right panels start " +
-      "at the first weight above 0: at w = 0 the samples are every class's, off their scale.";
-    f.controls.appendChild(note);
+      "at the first weight above 0: at w = 0 the samples are every class's, off their scale.");
     register(f, draw);
   }
 
@@ -1287,15 +1271,12 @@
     const getRho = slider(f.controls, cr, draw), getN = slider(f.controls, cn, draw);
     const getSolver = choice(f.controls, "solver", "solver", st.solvers, "Heun", draw,
                              st.solvers.map((_, jj) => C[jj]));
-    const note = document.createElement("p");
-    note.className = "bx-hint";
-    note.textContent = `The error is over the chapter's ${grouped(st.points)} starting ` +
+    hint(f, `The error is over the chapter's ${grouped(st.points)} starting ` +
       "points at σ = 80 against the exact flow, in Python; the page looks it up. Middle: " +
       `the first coordinate's distance from its mean, x₁ − μ₁, of ${P} points, each divided ` +
       `by √(s² + σ²) with s = ${general(st.std0, 2)} its standard deviation: the exact flow ` +
       "keeps that constant, a dashed flat line. Left: the grid's levels, the " +
-      "dashed line at σ = 0.1, and the last step to σ = 0 off the log axis.";
-    f.controls.appendChild(note);
+      "dashed line at σ = 0.1, and the last step to σ = 0 off the log axis.");
     register(f, draw);
   }
 
