@@ -8,7 +8,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 JOBS   ?= 2
 
 .PHONY: install mathjax colab-wheels actionlint book pdf test test-pytest test-cpu-capability test-colab test-colab-ci test-smoke outputs outputs-device device-wheels gpu-plan outputs-device-dry-run check-fast bench sync clean
-MATHJAX_VERSION := 3.2.2
+MATHJAX_VERSION := 4.1.3
 MATHJAX := _extra/mathjax/.installed-$(MATHJAX_VERSION)
 NPM    ?= npm
 
@@ -20,13 +20,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[book,test,offline]"
 	touch $(STAMP)
 
-# A local MathJax for the book (see _config.yml): equations render without a CDN.
+# A local MathJax for the book (see _config.yml): equations render without a CDN. MathJax 4's
+# components are the package's top folder (3's were under es5/); its font, a package of its
+# own, goes to _extra/mathjax/fonts (loader.paths.fonts in _config.yml; the CSS and the
+# woff2 files of the HTML output only: the book does not use the SVG output).
+MATHJAX_FONT := .cache/npm/node_modules/@mathjax/mathjax-newcm-font
 mathjax: $(MATHJAX)
 $(MATHJAX):
 	command -v npm >/dev/null || { echo "npm is needed for MathJax: apt-get install npm"; exit 1; }
-	npm install --silent --no-save --no-audit --no-fund --prefix .cache/npm mathjax@$(MATHJAX_VERSION)
-	rm -rf _extra/mathjax && mkdir -p _extra
-	cp -r .cache/npm/node_modules/mathjax/es5 _extra/mathjax
+	npm install --silent --no-save --no-audit --no-fund --prefix .cache/npm \
+	  mathjax@$(MATHJAX_VERSION) @mathjax/mathjax-newcm-font@$(MATHJAX_VERSION)
+	rm -rf _extra/mathjax && mkdir -p _extra/mathjax/fonts/mathjax-newcm-font
+	cp -r .cache/npm/node_modules/mathjax/. _extra/mathjax
+	cp -r $(MATHJAX_FONT)/chtml $(MATHJAX_FONT)/chtml.js $(MATHJAX_FONT)/package.json \
+	  _extra/mathjax/fonts/mathjax-newcm-font
 	touch $(MATHJAX)
 
 # Builds the HTML book from the outputs stored in notebooks/*.ipynb (no execution).

@@ -52,17 +52,21 @@ def test_cdn_config_for_make_book_without_npm(tmp_path, monkeypatch):
     from jupyter_book.config import get_final_config
 
     out = tmp_path / "cdn" / "_config.yml"
-    subprocess.run([sys.executable, str(ROOT / "tools/mathjax_cdn.py"), "3.2.2", str(out)],
+    make = (ROOT / "Makefile").read_text()
+    version = re.search(r"^MATHJAX_VERSION := (\S+)$", make, re.M).group(1)
+    subprocess.run([sys.executable, str(ROOT / "tools/mathjax_cdn.py"), version, str(out)],
                    check=True)
     monkeypatch.setattr(sys, "path", list(sys.path))
     config, _ = get_final_config(user_yaml=out, cli_config={"latex_individualpages": False},
                                  sourcedir=ROOT, raise_on_invalid=True)
-    assert config["mathjax_path"] == ("https://cdn.jsdelivr.net/npm/mathjax@3.2.2/es5/"
+    assert config["mathjax_path"] == (f"https://cdn.jsdelivr.net/npm/mathjax@{version}/"
                                       "tex-mml-chtml.js")
     assert "html_extra_path" not in config
+    # MathJax 4 then takes its font from the CDN as well, not from the missing local copy
+    assert "fonts" not in config["mathjax3_config"]["loader"]["paths"]
+    assert config["mathjax3_config"]["output"]["displayOverflow"] == "linebreak"
     assert "execution_status" in config["extensions"]
     assert str((ROOT / "book" / "_ext").resolve()) in sys.path
-    make = (ROOT / "Makefile").read_text()
     assert "mathjax_cdn.py $(MATHJAX_VERSION)" in make and "--config _build/cdn" in make
 
 

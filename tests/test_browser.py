@@ -337,13 +337,17 @@ LAYOUT = r"""
   const visible = e => e.checkVisibility() && !e.closest('details:not([open]), .toggle-hidden');
   const clips = e => getComputedStyle(e).overflowX !== 'visible';
   const kind = e => e.closest('mjx-container[display="true"]') ? 'display equation' :
-    e.closest('.cell_input') ? 'code cell' : e.closest('table') ? 'table' :
+    e.closest('.cell_input') ? 'code cell' :
+    e.closest('table') || e.querySelector(':scope > table') ? 'table' :
     e.closest('.cell_output') ? 'output' : e.tagName.toLowerCase();
   const text = e => e.textContent.replace(/\s+/g, ' ').trim().slice(0, 100);
+  // MathJax 4 draws letters as Unicode's mathematical italics (𝑎) and keeps the invisible
+  // operators (function application, times): plain letters, as the TeX reads
+  const mathText = e => text(e).normalize('NFKC').replace(/[\u2061-\u2064]/g, '');
   // An element wider than the column either scrolls (it clips: scrollWidth > clientWidth)
   // or sticks out of the column; each is reported once, at the outermost such element.
   // MathJax's own parts are measured through their container only.
-  const wide = [], reported = new Set();
+  const wide = [], reported = new Set(), scrollingTables = [];
   const under = (e, pred) => {
     for (let a = e.parentElement; a && a !== article; a = a.parentElement) if (pred(a)) return true;
     return false; };
@@ -359,7 +363,7 @@ LAYOUT = r"""
     // a display that scrolls shows it: the edge shadows of book/_static/code-cells.css
     const cued = /gradient/.test(getComputedStyle(m).backgroundImage);
     if (cut > SLACK) wide.push({kind: display ? 'display equation' : 'inline equation',
-      how: display ? 'scrolls' : 'is cut off', px: Math.round(cut), text: text(m), cued});
+      how: display ? 'scrolls' : 'is cut off', px: Math.round(cut), text: mathText(m), cued});
   }
   for (const e of article.querySelectorAll('*')) {
     if (e.closest('.math, mjx-container')) continue;
@@ -369,10 +373,27 @@ LAYOUT = r"""
     if (clips(e) && e.scrollWidth > e.clientWidth + SLACK) {
       reported.add(e);
       wide.push({kind: kind(e), how: 'scrolls', px: e.scrollWidth - e.clientWidth, text: text(e)});
+      if (kind(e) === 'table') scrollingTables.push([e, wide[wide.length - 1]]);
     } else if (r.width > 0 && r.right > right + SLACK && !under(e, clips)) {
       reported.add(e);
       wide.push({kind: kind(e), how: 'sticks out', px: Math.round(r.right - right), text: text(e)});
     }
+  }
+  // A table that scrolls shows it: the fades of book/_static/code-cells.css (a mask whose
+  // edges follow the scrolling), at the far edge before it is scrolled and at the near edge
+  // once scrolled to the end, never at an end already reached.
+  const fades = e => { const cs = getComputedStyle(e);
+    if (!/gradient/.test(cs.maskImage || cs.webkitMaskImage || '')) return [0, 0];
+    return ['--book-fade-start', '--book-fade-end']
+      .map(p => parseFloat(cs.getPropertyValue(p)) || 0); };
+  for (const [e, w] of scrollingTables) {
+    const [start, end] = fades(e);
+    e.scrollLeft = e.scrollWidth;
+    await frame();
+    const [startAtEnd, endAtEnd] = fades(e);
+    e.scrollLeft = 0;
+    await frame();
+    w.cued = start === 0 && end > 0 && startAtEnd > 0 && endAtEnd === 0;
   }
   // Printed outputs: <pre> in an output (streams and text/plain), line by line.
   const outputs = [...article.querySelectorAll('.cell_output pre')]
@@ -389,8 +410,10 @@ LAYOUT = r"""
     .filter(e => ![...e.children].some(c => c.matches('p, pre, li, div')))
     .filter(e => visible(e) && sep.test(e.textContent) && row.test(e.textContent))
     .map(e => e.textContent.trim().slice(0, 160));
+  // lineboxes: the lines MathJax 4 broke the display into (0: it broke none)
   const displays = [...article.querySelectorAll('div.math')].filter(visible)
-    .map(d => ({numbered: !!d.querySelector('.eqno'), id: d.id, text: text(d)}));
+    .map(d => ({numbered: !!d.querySelector('.eqno'), id: d.id, text: mathText(d),
+                lineboxes: d.querySelectorAll('mjx-linebox').length}));
   // Progress bars: a stored widget view whose model is (or holds) a progress bar would be
   // drawn by the widget manager online (or leave a blank gap where it was hidden), and a
   // tqdm line printed as text.
@@ -455,6 +478,14 @@ def visit_phone(browser, server: str, page: str) -> dict:
 
 def too_wide(layout: dict) -> list[str]:
     return [f"{w['kind']} {w['how']} by {w['px']} px: {w['text']}" for w in layout["wide"]]
+
+
+def scrolls_unseen(layout: dict) -> list[str]:
+    """Display equations and tables that scroll with nothing to say so: no edge shadows (an
+    equation) or no fade at the edge where more lies (a table; book/_static/code-cells.css)."""
+    return [f"{w['kind']}: {w['text']}" for w in layout["wide"]
+            if w["kind"] in ("display equation", "table") and w["how"] == "scrolls"
+            and not w.get("cued")]
 
 
 def long_lines(page: str, layout: dict) -> list[str]:
@@ -703,9 +734,10 @@ def test_figures_have_alt_text(browser, server, page):
 @pytest.mark.parametrize("page", PHONE_PAGES)
 def test_phone_layout(browser, server, page):
     """On a 390-px phone the page never scrolls sideways, printed outputs wrap and no inline
-    equation is cut off; a display equation or a wide table may scroll inside its own box
-    (a display with a shadow at the edge that hides more of it), but the status page's
-    table fits (one card per chapter) and nothing on an API page is wider than the column
+    equation is cut off; a display equation that MathJax could not break into lines that fit,
+    or a wide table, may scroll inside its own box, and shows it (a display with a shadow at
+    the edge that hides more of it, a table fading out there), but the status page's table
+    fits (one card per chapter) and nothing on an API page is wider than the column
     (signatures break one parameter a line, formulas wrap)."""
     layout = visit_phone(browser, server, page)
     # a phone widens its layout viewport to fit content, so compare with PHONE itself
@@ -718,10 +750,9 @@ def test_phone_layout(browser, server, page):
            if w["kind"] == "inline equation"]
     assert not cut, (f"{page}: inline equations cut off at {PHONE} px (make them displays "
                      "or shorter pieces):\n  " + "\n  ".join(cut))
-    silent = [w["text"] for w in layout["wide"]
-              if w["kind"] == "display equation" and not w["cued"]]
-    assert not silent, (f"{page}: display equations that scroll at {PHONE} px with no "
-                        "shadow to say so (book/_static/code-cells.css):\n  "
+    silent = scrolls_unseen(layout)
+    assert not silent, (f"{page}: display equations or tables that scroll at {PHONE} px "
+                        "with nothing to say so (book/_static/code-cells.css):\n  "
                         + "\n  ".join(silent))
     if page == STATUS or page in API:
         bad = too_wide(layout)
@@ -752,7 +783,15 @@ def test_no_escaped_bar_in_table_math():
 PLANTED_INTO = "notebooks/02_kl_divergence.html"  # a numbered chapter with outputs
 PLANTED = """
 <div class="math notranslate nohighlight" id="planted-wide-equation">
-\\[ L = TERMS \\]</div>
+\\[ L = \\left( TERMS \\right) \\]</div>
+<div class="math notranslate nohighlight" id="planted-breaking-equation">
+\\[ B = TERMS \\]</div>
+<style>#planted-bare-equation mjx-container { background: none !important; }</style>
+<div class="math notranslate nohighlight" id="planted-bare-equation">
+\\[ U = \\left( TERMS \\right) \\]</div>
+<div class="pst-scrollable-table-container"><table class="table"><tbody><tr>CELLS</tr>
+</tbody></table></div>
+<div style="overflow-x: auto"><table class="table"><tbody><tr>BARE</tr></tbody></table></div>
 <div class="cell docutils container"><div class="cell_output docutils container">
 <div class="output text_markdown"><p>| model | bits/dim |
 |---|---|
@@ -767,7 +806,9 @@ UserWarning: planted warning
 <img alt="../_images/0123456789abcdef0123456789abcdef.png" src="../_static/images/logo_colab.png">
 </div></div>
 """.replace("TERMS", " + ".join(f"a_{{{i}}} b_{{{i}}}" for i in range(1, 41))).replace(
-    "WIDE", " ".join(f"{0.1 * i:.4f}" for i in range(30)))
+    "WIDE", " ".join(f"{0.1 * i:.4f}" for i in range(30))).replace(
+    "CELLS", "".join(f"<td>planted&nbsp;cell&nbsp;{i}</td>" for i in range(30))).replace(
+    "BARE", "".join(f"<td>bare&nbsp;cell&nbsp;{i}</td>" for i in range(30)))
 # Two inline equations at the article's end, below a spacer deeper than a capture of the whole
 # page can hold in one piece: one in red (its crop must show red ink, so crops are cut where
 # the equation is drawn) and one drawn in almost the background's colour (must be flagged).
@@ -847,11 +888,17 @@ def test_planted_faults_are_caught(browser, planted_server, server):
     page = "notebooks/planted.html"
     layout = visit(browser, planted_server, page)["layout"]
     wide = too_wide(layout)
-    assert any(w.startswith("display equation scrolls") and "L=a1b1+a2b2" in w
+    # a display with no place to break (all of it in brackets) scrolls; the same sum
+    # without the brackets is broken into lines by MathJax and fits
+    assert any(w.startswith("display equation scrolls") and "L=(a1b1+a2b2" in w
                for w in wide), wide
+    assert not any("B=a1b1+a2b2" in w for w in wide), wide
+    breaking = [d for d in layout["displays"] if d["id"] == "planted-breaking-equation"]
+    assert breaking and breaking[0]["lineboxes"] > 1, layout["displays"]
+    assert any(w.startswith("table scrolls") and "planted cell 0" in w for w in wide), wide
     assert any("planted print" in p for p in long_lines(page, layout)), layout["printed"]
     assert any("planted VAE" in p for p in layout["pipes"]), layout["pipes"]
-    assert any("L=a1b1+a2b2" in u for u in unnumbered(layout)), layout["displays"]
+    assert any("L=(a1b1+a2b2" in u for u in unnumbered(layout)), layout["displays"]
     assert any("40%|" in p for p in layout["progress"]), layout["progress"]
     assert any("stderr: planted" in e for e in layout["errors"]), layout["errors"]
     assert any("UserWarning: planted" in e for e in layout["errors"]), layout["errors"]
@@ -860,9 +907,26 @@ def test_planted_faults_are_caught(browser, planted_server, server):
     assert not any("planted print" in w for w in wide), wide
     original = visit(browser, server, PLANTED_INTO)["layout"]
     for check in (too_wide, unnumbered):
-        assert not any("L=a1b1+a2b2" in m for m in check(original))
+        assert not any("L=(a1b1+a2b2" in m or "planted cell" in m for m in check(original))
     assert not any("planted" in m for m in long_lines(PLANTED_INTO, original)
                    + original["pipes"] + original["progress"] + original["errors"])
+
+
+def test_planted_scrolling_is_caught(browser, planted_server, server):
+    """At PHONE width test_phone_layout's check of what scrolls sees a display equation whose
+    shadows are taken away and a wide table in a box without the fades (both planted), and
+    passes the planted display and table that keep them; the sum that MathJax breaks into
+    lines does not scroll."""
+    layout = visit_phone(browser, planted_server, "notebooks/planted.html")
+    scrolling = [w["text"] for w in layout["wide"] if w["how"] == "scrolls"]
+    assert any("L=(a1b1+a2b2" in w for w in scrolling), scrolling
+    assert any("planted cell 0" in w for w in scrolling), scrolling
+    assert not any("B=a1b1+a2b2" in w for w in scrolling), scrolling
+    silent = scrolls_unseen(layout)
+    assert any(w.startswith("display equation: U=(a1b1+a2b2") for w in silent), silent
+    assert any(w.startswith("table: bare cell 0") for w in silent), silent
+    assert not any("L=(a1b1+a2b2" in w or "planted cell" in w for w in silent), silent
+    assert not scrolls_unseen(visit_phone(browser, server, PLANTED_INTO))
 
 
 def test_equation_crops_show_the_equation(browser, planted_server):

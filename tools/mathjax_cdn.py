@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def cdn_url(version: str) -> str:
-    return f"https://cdn.jsdelivr.net/npm/mathjax@{version}/es5/tex-mml-chtml.js"
+    # MathJax 4's components are the package's top folder (MathJax 3's were under es5/)
+    folder = "es5/" if version.split(".")[0] in ("2", "3") else ""
+    return f"https://cdn.jsdelivr.net/npm/mathjax@{version}/{folder}tex-mml-chtml.js"
 
 
 def cdn_config(version: str, root: Path = ROOT) -> dict:
@@ -31,6 +33,9 @@ def cdn_config(version: str, root: Path = ROOT) -> dict:
     settings = sphinx.setdefault("config", {})
     settings["mathjax_path"] = cdn_url(version)
     settings.pop("html_extra_path", None)
+    # the font from the CDN too (MathJax's default there), not from the local copy's folder
+    paths = settings.get("mathjax3_config", {}).get("loader", {}).get("paths", {})
+    paths.pop("fonts", None)
     return config
 
 
