@@ -441,10 +441,8 @@ def store_chain(name: str, frames: dict, snr, profile: str) -> Path | None:
     which the page names. Images are kept as 8-bit grey levels. Returns the path written,
     or None."""
     steps = sorted(frames, reverse=True)
-    shapes = {tuple(torch.as_tensor(a).shape) for t in steps for a in frames[t]}
-    if len(shapes) != 1:
-        raise checks.ArgumentError(f"every kept step needs x_t and x0_pred of one shape (the "
-                                   f"same images), got {sorted(shapes)}")
+    _one_shape([a for t in steps for a in frames[t]],
+               "every kept step needs x_t and x0_pred of one shape (the same images)")
     path = _store_path(name)
     if path is None:
         return None
@@ -502,10 +500,7 @@ def store_completions(name: str, truth, masks: dict, completions: dict, numbers:
     if missing:
         raise checks.ArgumentError(f"every method needs completions and numbers under every "
                                    f"mask; missing: {missing}")
-    shapes = {tuple(np.shape(v)) for v in completions.values()}
-    if len(shapes) != 1:
-        raise checks.ArgumentError(f"every completion set needs one shape (K, S, 28, 28), got "
-                                   f"{sorted(shapes)}")
+    _one_shape(completions.values(), "every completion set needs one shape (K, S, 28, 28)")
     path = _store_path(name)
     if path is None:
         return None
@@ -764,6 +759,13 @@ def save_latent_decoder(model, path) -> None:
 
 
 STORE_VAR = "BOOK_EXPLORERS"  # the folder a storing run keeps explorers' arrays in
+
+
+def _one_shape(arrays, need: str) -> None:
+    """Refuse arrays (tensors or arrays) of more than one shape: need says what must agree."""
+    shapes = {tuple(np.shape(a)) for a in arrays}
+    if len(shapes) > 1:
+        raise checks.ArgumentError(f"{need}, got {sorted(shapes)}")
 
 
 def _grey(a) -> np.ndarray:
