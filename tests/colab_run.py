@@ -72,7 +72,8 @@ if smoke:
     first, last = nbformat.v4.new_code_cell(sys.argv[4]), nbformat.v4.new_code_cell(
         "import json; print('ASSERTS ' + json.dumps(__smoke_failed__))")
     nb.cells = [first] + nb.cells + [last]
-NotebookClient(nb, timeout=900, kernel_name="python3", allow_errors=smoke,
+# startup_timeout: on two busy cores a kernel can take over nbclient's 60 s to start
+NotebookClient(nb, timeout=900, startup_timeout=300, kernel_name="python3", allow_errors=smoke,
                resources={"metadata": {"path": sys.argv[2]}}).execute()
 errors = [(i, o.ename, (o.evalue or "").splitlines()[:1])
           for i, c in enumerate(code)
