@@ -156,12 +156,15 @@ class Chromium:
                                           "height": min(tile, h - y)}))
                 for y in range(0, h, tile)]
 
-    def screenshot(self, path: Path | None = None, clip: dict | None = None) -> bytes:
-        """A PNG of the viewport, or of clip={x, y, width, height} in page coordinates."""
+    def screenshot(self, path: Path | None = None, clip: dict | None = None,
+                   beyond_viewport: bool = True) -> bytes:
+        """A PNG of the viewport, or of clip={x, y, width, height} in page coordinates.
+        beyond_viewport=False for a clip in view: capturing beyond the viewport resizes the
+        view for the capture, and a page that redraws on resize is caught mid-redraw."""
         params: dict = {"format": "png"}
         if clip is not None:
             params["clip"] = {**clip, "scale": 1}
-            params["captureBeyondViewport"] = True
+            params["captureBeyondViewport"] = beyond_viewport
         png = base64.b64decode(self.call("Page.captureScreenshot", session=True, timeout=60,
                                          **params)["data"])
         if path is not None:
