@@ -71,14 +71,17 @@ def matmul_tflops(device: torch.device, seconds: float = 2.0) -> dict:
     """The measured dense matrix-multiply rate: the yardstick for achieved FLOP rates.
 
     On CUDA: bf16 8192^3 products (the dtype the GPU trains in; fp16 below compute
-    capability 8.0, where bf16 is emulated). On the CPU: float32 2048^3.
+    capability 8.0, where bf16 is emulated). On the CPU: 2048^3 in the dtype it trains the
+    U-Net in (`companion.run.precision`): bf16 with native bf16 units, else float32.
     """
     if device.type == "cuda":
         major, _ = torch.cuda.get_device_capability(device)
         dtype = torch.bfloat16 if major >= 8 else torch.float16
         n = 8192
     else:
-        dtype, n = torch.float32, 1024
+        from companion.run.precision import cpu_bf16_native
+
+        dtype, n = (torch.bfloat16 if cpu_bf16_native() else torch.float32), 2048
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):

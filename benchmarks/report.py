@@ -41,7 +41,7 @@ def print_tables(results: dict) -> None:
                 ["benchmark", "wall s", "status"],
                 [[k, _get(results.get(k), "wall_s"),
                   _get(results.get(k), "skipped") or _get(results.get(k), "error") or "ok"]
-                 for k in ("vae", "hvae", "ddpm") if k in results]))
+                 for k in ("vae", "hvae", "ddpm", "precision") if k in results]))
     r = results.get("vae", {})
     if "peer_images_per_s" in r:
         print(table(f"MLP VAE 784-400-20, batch 128, {r['n_train']:,} images: the common "
@@ -72,6 +72,11 @@ def print_tables(results: dict) -> None:
               f"{r['sample_batch']}: ours {r['ours_sample_images_per_s']:.1f} images/s, "
               f"diffusers DDPMPipeline {r['peer_sample_images_per_s']:.1f} "
               f"({r['sample_speedup']:.2f}x)")
+    r = results.get("precision", {})
+    if "networks" in r:
+        from .bench_precision import print_tables as precision_tables
+
+        precision_tables(r)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ error instead of stopping the others):
   hvae   the chapter-7 hierarchical VAE: throughput and seconds to a stated test ELBO
   ddpm   the chapter-9 U-Net and loop against diffusers' UNet2DModel + DDPMScheduler
          trained as its example script does; FLOPs per image, share of the matmul rate
+  precision  (CPU) float32 against bf16 autocast for the book's networks, the matmul rates
+         of both, and what companion.run.precision's rule picks
 Printed as tables; written as JSON with the device, torch version and date. Measurements,
 not tests: nothing here asserts a time.
 """
@@ -26,15 +28,16 @@ from pathlib import Path
 import torch
 
 from companion import data
-from companion.run.precision import autocast_dtype
+from companion.run import precision
 from companion.run.runtime import get_device, seed_everything
 
-from . import bench_ddpm, bench_hvae, bench_vae
+from . import bench_ddpm, bench_hvae, bench_precision, bench_vae
 from .common import Context, device_name, device_slug, matmul_tflops
 from .report import print_tables
 
 RESULTS = Path(__file__).resolve().parent / "results"
-BENCHES = {"vae": bench_vae, "hvae": bench_hvae, "ddpm": bench_ddpm}
+BENCHES = {"vae": bench_vae, "hvae": bench_hvae, "ddpm": bench_ddpm,
+           "precision": bench_precision}
 
 
 def main(argv=None) -> dict:
@@ -63,7 +66,7 @@ def main(argv=None) -> dict:
         "device": device_name(device), "device_type": device.type,
         "capability": list(torch.cuda.get_device_capability(device))
         if device.type == "cuda" else None,
-        "autocast": str(autocast_dtype(device)).replace("torch.", ""),
+        "autocast": precision.describe(device),
         "torch": torch.__version__, "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "sizes": "gpu" if gpu_sizes else "small", "threads": torch.get_num_threads(),

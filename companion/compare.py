@@ -335,3 +335,95 @@ def against_noise(value: float, redraws, *, unit: str = "redraw",
     c = compare(float(value - r.mean()), se, len(r), df=len(r) - 1, test="t",
                 unit=unit, level=level)
     return Comparison(c.diff, c.se, c.n, c.unit, c.df, c.test, c.level, "noise SD")
+
+
+SHORT = 60  # the longest verdict phrase a sentence may hold (DESIGN.md, "The voice")
+
+
+def trend(comparisons, budgets, *, ahead: str = "ahead", behind: str = "behind",
+          tie: str = "within noise") -> str:
+    """A verdict along the training budget in words, from the comparisons at each budget.
+
+    comparisons: one Comparison per budget (the same pair of models from snapshots of the
+    same runs); budgets: their names ("1/4", "1/2", "all"). The same verdict at every
+    budget reads "lower at every budget (z 7.2, 4.0, 2.1)"; otherwise each budget's word:
+    "1/4: within noise (1.2); 1/2: lower (2.6); all: lower (3.0)". z is in the tests' own
+    units (SE or noise SD), signed by nothing: the word carries the direction.
+    """
+    comparisons, budgets = list(comparisons), [str(b) for b in budgets]
+    if not comparisons or len(comparisons) != len(budgets):
+        raise ValueError(f"trend needs one comparison per budget, got {len(comparisons)} "
+                         f"comparisons for {len(budgets)} budgets ({', '.join(budgets)})")
+    words = [{"ahead": ahead, "behind": behind, "tie": tie}[c.verdict] for c in comparisons]
+    zs = [f"{abs(c.z):.1f}" for c in comparisons]
+    if len(set(words)) == 1:
+        return f"{words[0]} at every budget (z {', '.join(zs)})"
+    return "; ".join(f"{b}: {w} ({z})" for b, w, z in zip(budgets, words, zs, strict=True))
+
+
+class Evidence:
+    """A chapter's evidence table: each inline verdict is a short phrase, and its row here
+    holds what backs it (the difference, its standard error, z, the test, the degrees of
+    freedom and the trend along the budget). One call makes both, so they cannot disagree.
+
+        ev = Evidence("ch18-evidence")        # the MyST label above the table's cell
+        glue("ch18_fd_words", ev.verdict("FD, VDM - L_simple", c, fmt=".1f",
+                                         ahead="higher", behind="lower"), display=False)
+        ev.table()                            # in the cell under (ch18-evidence)=
+
+    and the prose links the phrase to its row's table:
+    [{glue:text}`ch18_fd_words`](#ch18-evidence).
+    """
+
+    def __init__(self, label: str):
+        if not isinstance(label, str) or not label.strip() or any(c.isspace() for c in label):
+            raise ValueError(f"an evidence table needs its MyST label, one word such as "
+                             f"'ch18-evidence', got {label!r}")
+        self.label = label
+        self.rows: list[tuple[str, Comparison, str, str, str]] = []
+
+    def verdict(self, claim: str, c: Comparison, *, fmt: str = ".3g", ahead: str = "ahead",
+                behind: str = "behind", tie: str = "within noise", trend: str = "") -> str:
+        """Record c as the row for `claim`; return its phrase for the prose.
+
+        claim: what is compared, as the table's first column says it ("FD, VDM - L_simple");
+        fmt: the format of the difference and its SE; ahead/behind/tie: the phrase for each
+        verdict (at most SHORT characters: a longer one belongs in the table); trend: the
+        budget trend in words (`trend(...)`), if the comparison has one.
+        """
+        if not isinstance(c, Comparison):
+            raise TypeError(f"verdict needs a Comparison (from paired, welch, "
+                            f"paired_jackknife, ...), got {type(c).__name__}")
+        if not claim or not isinstance(claim, str):
+            raise ValueError(f"verdict needs the claim as its row says it, got {claim!r}")
+        for word in (ahead, behind, tie):
+            if len(word) > SHORT:
+                raise ValueError(f"a verdict inside a sentence is at most {SHORT} characters,"
+                                 f" got {len(word)}: {word[:70]!r}...; put the detail in "
+                                 "the evidence table (claim, trend)")
+        format(0.0, fmt)  # a bad spec fails here, with format's own message
+        phrase = {"ahead": ahead, "behind": behind, "tie": tie}[c.verdict]
+        self.rows.append((claim, c, fmt, phrase, trend))
+        return phrase
+
+    def markdown(self) -> str:
+        """The table as Markdown: one row per verdict, in the order they were made."""
+        from .run.tables import markdown
+
+        def size(c, fmt):
+            return f"{c.diff:+{fmt}} ± {c.se:{fmt}}"
+
+        rows = [[claim, size(c, fmt), f"{abs(c.z):.1f} {c.scale}", c.how,
+                 f"{c.n:,} {c.unit}s", phrase, trend or "one budget"]
+                for claim, c, fmt, phrase, trend in self.rows]
+        return markdown(["claim", "difference ± SE", "|z|", "test", "over", "verdict",
+                         "along the budget"], rows, align="lrrllll")
+
+    def table(self):
+        """`markdown()` as an IPython Markdown object: end the table's cell with it."""
+        from IPython.display import Markdown
+
+        if not self.rows:
+            raise ValueError(f"the evidence table {self.label!r} has no rows: call verdict "
+                             "first")
+        return Markdown(self.markdown())

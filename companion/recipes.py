@@ -392,8 +392,9 @@ def network_function(model, device, *, precision: str = "mixed"):
     (B, 1, 28, 28): a noise predictor (chapters 9-13) or a velocity network (chapter 13). At
     most companion.run.memory.MAX_IMAGES images a network call, whatever B.
 
-    precision="mixed": under the GPU's mixed precision (bf16, or fp16 on GPUs without bf16;
-    `companion.run.precision.autocast_dtype`), float32 on a CPU; for sampling, where an error
+    precision="mixed": under the device's mixed precision (bf16, or fp16 on GPUs without bf16;
+    bf16 on a CPU with native bf16 units; `companion.run.precision.autocast_dtype`), else
+    float32; for sampling, where an error
     of 1e-2 relative to the output is far below what the samples show. precision="float32":
     the network in float32 with autocast switched off, whatever the device and whatever
     autocast context the caller is in; for the likelihood and ODE-transport paths, where an
@@ -406,7 +407,7 @@ def network_function(model, device, *, precision: str = "mixed"):
         raise ValueError(f"precision must be 'mixed' (sampling) or 'float32' (likelihoods, "
                          f"ODE transport), got {precision!r}")
     device_type = torch.device(device).type
-    dtype = autocast_dtype(device) if precision == "mixed" else None
+    dtype = autocast_dtype(device, model) if precision == "mixed" else None
 
     def net(x, t):
         with torch.autocast(device_type, dtype=dtype or torch.float32,
@@ -513,15 +514,15 @@ def ddpm_cond(x, labels, profile, device, *, prefix: str = "ch16"):
 
 def guided_eps_function(model, labels, w: float, device):
     """Classifier-free guidance for the samplers: `latent_diffusion.guided_eps` of the
-    class-conditional U-Net (`ddpm_cond`) under the GPU's mixed precision (float32 on a
-    CPU), as `eps_function` runs the unconditional one: (x (B, 1, 28, 28), t (B,)) ->
-    float32 (1 + w) eps(x, t, y) - w eps(x, t), y = labels (B,)."""
+    class-conditional U-Net (`ddpm_cond`) under the device's mixed precision (float32 on a
+    CPU without native bf16), as `eps_function` runs the unconditional one:
+    (x (B, 1, 28, 28), t (B,)) -> float32 (1 + w) eps(x, t, y) - w eps(x, t), y = labels (B,)."""
     from .latent_diffusion import guided_eps
     from .run.precision import autocast_dtype
 
     eps = guided_eps(model, labels, w)
     device_type = torch.device(device).type
-    dtype = autocast_dtype(device)
+    dtype = autocast_dtype(device, model)
 
     def net(x, t):
         with torch.autocast(device_type, dtype=dtype or torch.float32,

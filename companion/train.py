@@ -122,7 +122,9 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
         config: a dict of plain settings that identify the run (a checkpoint with other
             settings is refused); NumPy scalars are taken as numbers.
         save_every: save every this many steps (default: a tenth of the run, at least 100).
-        amp: mixed precision where the GPU has it (default True; no effect on the CPU).
+        amp: mixed precision where the device has it (default True): bf16 or fp16 on a GPU,
+            bf16 on a CPU with native bf16 units for a network that gains
+            (`companion.run.precision.autocast_dtype`), float32 elsewhere.
         compile: torch.compile the model (default False; falls back to eager mode).
         check_every: steps between the moves of the logged losses to the host (and the
             NaN check). Default 25.
@@ -147,7 +149,7 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
     optimizer = optimizer or precision.default_optimizer(model.parameters(), lr, device)
     check_optimizer(model, optimizer)
     averager = EMA(model, ema) if ema is not None else None
-    amp_dtype = precision.autocast_dtype(device) if amp else None
+    amp_dtype = precision.autocast_dtype(device, model) if amp else None
     # fp16 needs loss scaling (small gradients underflow); bf16 and float32 do not
     scaler = precision.grad_scaler(device, enabled=amp_dtype == torch.float16)
     run = Run(model, optimizer, averager, scaler, generator, tensors, batch_size, total,

@@ -36,9 +36,81 @@ def test_autocast_dtype_follows_compute_capability(monkeypatch, capability, expe
     assert autocast_dtype("cuda:0") == expected
 
 
-def test_cpu_trains_in_full_precision(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
-    assert autocast_dtype("cpu") is None
+def _conv_net():
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten())
+
+
+def _caps(monkeypatch, **flags):
+    """Pretend torch reports these x86 capabilities (the rest False)."""
+    monkeypatch.delenv(precision.CPU_BF16_VAR, raising=False)
+    monkeypatch.setattr(precision.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: dict(flags), raising=False)
+
+
+@pytest.mark.parametrize("flags, native", [
+    ({"amx_bf16": True, "avx512_bf16": True}, True),   # Sapphire Rapids and later
+    ({"avx512_bf16": True}, True),                      # Cooper Lake, Zen 4
+    ({"avx512_f": True}, False),                        # AVX-512 without bf16: emulated
+    ({"avx2": True}, False),                            # Zen 3, most laptops
+])
+def test_cpu_bf16_follows_the_units_torch_reports(monkeypatch, flags, native):
+    _caps(monkeypatch, **flags)
+    assert precision.cpu_bf16_native() is native
+    assert autocast_dtype("cpu", _conv_net()) == (torch.bfloat16 if native else None)
+    assert precision.describe("cpu") == ("bf16" if native else "float32")
+
+
+def test_cpu_baseline_kernels_train_in_float32(monkeypatch):
+    """make test's capability pass (ATEN_CPU_CAPABILITY=default) keeps float32 even where
+    the units exist: its outputs must hold on any CPU."""
+    _caps(monkeypatch, amx_bf16=True, avx512_bf16=True)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    assert not precision.cpu_bf16_native()
+    assert autocast_dtype("cpu", _conv_net()) is None
+
+
+def test_small_mlps_stay_float32_on_a_bf16_cpu(monkeypatch):
+    _caps(monkeypatch, amx_bf16=True)
+    small = nn.Sequential(nn.Linear(784, 400), nn.ReLU(), nn.Linear(400, 40))
+    wide = nn.Sequential(nn.Linear(1024, 1024), nn.Linear(1024, 1024))
+    assert sum(p.numel() for p in small.parameters()) < precision.CPU_BF16_MIN_PARAMS
+    assert autocast_dtype("cpu", small) is None
+    assert autocast_dtype("cpu", wide) == torch.bfloat16
+    assert autocast_dtype("cpu") is None  # no network named: float32
+
+
+@pytest.mark.parametrize("value, native", [("1", True), ("0", False), ("off", False)])
+def test_cpu_bf16_variable_overrides_the_detection(monkeypatch, value, native):
+    _caps(monkeypatch, amx_bf16=not native)
+    monkeypatch.setenv(precision.CPU_BF16_VAR, value)
+    assert precision.cpu_bf16_native() is native
+
+
+def test_cpu_bf16_variable_refuses_a_typo(monkeypatch):
+    monkeypatch.setenv(precision.CPU_BF16_VAR, "bf16")
+    with pytest.raises(ValueError, match=precision.CPU_BF16_VAR):
+        precision.cpu_bf16_native()
+
+
+def test_fit_trains_a_conv_net_under_bf16_on_a_bf16_cpu(monkeypatch):
+    """The rule reaches fit: on a CPU with the units the loss runs under bf16 autocast, and
+    no gradient scaler is made (bf16 has float32's exponent range)."""
+    _caps(monkeypatch, amx_bf16=True)
+    made = _recording_scaler(monkeypatch)
+    seen = []
+    x = torch.randn(64, 1, 5, 5, generator=torch.Generator().manual_seed(0))
+    y = x.sum((1, 2, 3)).unsqueeze(1) / 5
+
+    def loss_fn(model, batch):
+        seen.append(torch.get_autocast_dtype("cpu")
+                    if torch.is_autocast_enabled("cpu") else None)
+        xb, yb = batch
+        return ((model(xb).float().sum(1, keepdim=True) - yb) ** 2).mean()
+
+    fit(_conv_net(), loss_fn, (x, y), epochs=2, batch_size=32, lr=1e-2, quiet=True)
+    assert set(seen) == {torch.bfloat16}
+    assert made == [False]
 
 
 def _recording_scaler(monkeypatch):
@@ -61,7 +133,7 @@ def test_fit_trains_under_the_chosen_dtype(monkeypatch, dtype, scaled):
 
     The CPU stands in for the GPU: autocast and the gradient scaler both run there.
     """
-    monkeypatch.setattr(precision, "autocast_dtype", lambda device: dtype)
+    monkeypatch.setattr(precision, "autocast_dtype", lambda device, model=None: dtype)
     made = _recording_scaler(monkeypatch)
     seen = []
 
@@ -78,7 +150,7 @@ def test_fit_trains_under_the_chosen_dtype(monkeypatch, dtype, scaled):
 
 
 def test_amp_false_means_full_precision(monkeypatch):
-    monkeypatch.setattr(precision, "autocast_dtype", lambda device: torch.float16)
+    monkeypatch.setattr(precision, "autocast_dtype", lambda device, model=None: torch.float16)
     made = _recording_scaler(monkeypatch)
     seen = []
 
@@ -130,7 +202,7 @@ def test_fit_loop_does_not_synchronize_with_the_gpu(monkeypatch, dtype):
     """Only the batched loss checks (every check_every steps) may wait for the GPU."""
     if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         pytest.skip("no bf16 on this GPU")
-    monkeypatch.setattr(precision, "autocast_dtype", lambda device: dtype)
+    monkeypatch.setattr(precision, "autocast_dtype", lambda device, model=None: dtype)
     model = nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 1)).cuda()
     data = regression_data(2048, "cuda")
     fit(model, mse, data, steps=2, quiet=True)  # warm-up: lazy CUDA initialization
@@ -192,7 +264,7 @@ def test_likelihood_path_runs_the_network_in_float32_with_autocast_off(monkeypat
     from companion import recipes, sde
     from companion.diffusion import linear_betas
 
-    monkeypatch.setattr(precision, "autocast_dtype", lambda device: torch.bfloat16)
+    monkeypatch.setattr(precision, "autocast_dtype", lambda device, model=None: torch.bfloat16)
     clock = sde.ChainClock(torch.cumprod(1 - linear_betas(50, 2e-3, 0.4).double(), 0))
     fake = _Recording()
     net = recipes.network_function(fake, "cpu", precision="float32")

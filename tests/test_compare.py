@@ -136,3 +136,59 @@ def test_bad_summary_statistics():
         compare(0.1, 0.1, 1)
     with pytest.raises(ValueError, match="at least 2 units"):
         welch([1.0], [1.0, 2.0])
+
+
+# --- the evidence table: the inline phrase and its row come from one call ------------------
+
+def _pair(shift, n=40, seed=0):
+    g = np.random.default_rng(seed)
+    a = g.normal(size=n)
+    return a + shift, a + 0.5 * g.normal(size=n)
+
+
+def test_evidence_phrase_and_row_agree():
+    from companion.compare import Evidence
+
+    ev = Evidence("ch99-evidence")
+    far, near = paired(*_pair(-2.0), unit="digit"), paired(*_pair(0.0), unit="digit")
+    assert far.verdict == "behind" and near.verdict == "tie"
+    said = [ev.verdict("FD, A - B", far, fmt=".2f", ahead="higher", behind="lower"),
+            ev.verdict("FD, A - C", near, fmt=".2f", ahead="higher", behind="lower")]
+    assert said == ["lower", "within noise"]
+    lines = ev.markdown().splitlines()[2:]
+    assert len(lines) == 2
+    for line, c, phrase in zip(lines, (far, near), said, strict=True):
+        cells = [x.strip() for x in line.strip("|").split("|")]
+        assert cells[1] == f"{c.diff:+.2f} ± {c.se:.2f}"
+        assert cells[2] == f"{abs(c.z):.1f} SE" and cells[3] == "paired t, 39 df"
+        assert cells[4] == "40 digits" and cells[5] == phrase
+
+
+def test_evidence_refuses_a_long_phrase_and_a_bad_label():
+    from companion.compare import Evidence
+
+    ev = Evidence("ch99-evidence")
+    c = paired(*_pair(1.0))
+    with pytest.raises(ValueError, match="at most 60 characters"):
+        ev.verdict("x", c, ahead="ahead by 1.00 (12.3 SE; paired t, 39 df) at every budget"
+                                 " of the three we ran")
+    with pytest.raises(TypeError, match="needs a Comparison"):
+        ev.verdict("x", 0.5)
+    with pytest.raises(ValueError, match="MyST label"):
+        Evidence("ch99 evidence")
+    with pytest.raises(ValueError, match="no rows"):
+        ev.table()
+    assert ev.rows == []  # a refused verdict leaves no row behind
+
+
+def test_trend_words_follow_each_budget():
+    from companion.compare import trend
+
+    shrinking = [compare(-1.0, se, 255) for se in (1 / 7.2, 1 / 4.0, 1 / 2.1)]
+    assert trend(shrinking, ["1/4", "1/2", "all"], behind="lower") == (
+        "lower at every budget (z 7.2, 4.0, 2.1)")
+    mixed = [compare(-1.0, 1.0, 255), compare(-1.0, 1 / 2.6, 255)]
+    assert trend(mixed, ["1/2", "all"], behind="lower") == (
+        "1/2: within noise (1.0); all: lower (2.6)")
+    with pytest.raises(ValueError, match="one comparison per budget"):
+        trend(mixed, ["all"])

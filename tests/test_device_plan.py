@@ -347,6 +347,7 @@ def tf32_restored():
 def fake_cuda(monkeypatch, total_bytes: float, fractions: list):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     monkeypatch.setattr(torch.cuda, "get_device_properties",
                         lambda device=None: SimpleNamespace(total_memory=int(total_bytes)))
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction",

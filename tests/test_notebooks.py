@@ -202,3 +202,36 @@ def test_an_unglued_ranking_is_caught():
     glued = ("The flow model is {glue:text}`ch13_words` at every count, the lowest "
              "score {glue:text}`ch13_best`. The best possible denoiser is exact.")
     assert unglued_rankings(glued) == []
+
+
+# Inside inline maths, a line that starts with "+ ", "- " or "* " is read by Markdown as a list
+# item: the formula breaks there and the reader sees raw TeX (issue 75: chapter 16's ISM
+# solution, chapter 3's exercise 3). Move the operator to the end of the line before.
+LIST_MARKER = re.compile(r"^\s{0,3}[-+*]\s")
+
+
+def broken_inline_maths(markdown: str) -> list[str]:
+    """Lines that start like a list item while an inline `$` of their paragraph is open."""
+    text = re.sub(r"\$\$.*?\$\$", " ", markdown, flags=re.S)
+    text = re.sub(r"^(`{3,}).*?^\1", " ", text, flags=re.S | re.M)
+    found = []
+    for paragraph in re.split(r"\n\s*\n", text):
+        open_ = False
+        for line in paragraph.splitlines():
+            if open_ and LIST_MARKER.match(line):
+                found.append(line.strip()[:80])
+            open_ ^= len(re.findall(r"(?<!\\)\$", line)) % 2 == 1
+    return found
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
+def test_inline_maths_never_starts_a_list(path):
+    found = [x for c in load(path)["cells"] if c["cell_type"] == "markdown"
+             for x in broken_inline_maths(source(c))]
+    assert not found, f"inline maths broken by a line that starts like a list item: {found}"
+
+
+def test_a_broken_inline_formula_is_caught():
+    planted = "so $J = -\\operatorname{tr} A\n+ \\tfrac12 \\|A\\|^2$. Then:\n\n- a list item"
+    assert broken_inline_maths(planted) == ["+ \\tfrac12 \\|A\\|^2$. Then:"]
+    assert broken_inline_maths("$$\na\n+ b\n$$\n\n- item $x$\n- item") == []

@@ -35,6 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SETUP_LINE = re.compile(r"profile=(?P<profile>\S+) device=(?P<device>.+?) "
+                        r"(?:precision=(?P<precision>\S+) )?"
                         r"torch=(?P<torch>\S+) python=(?P<python>\S+)")
 WALL_SLACK_S = 60  # the recorded wall time must end this close to the last cell's reply
 

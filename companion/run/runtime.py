@@ -65,12 +65,16 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def describe(profile: Profile, device: torch.device) -> str:
-    """One line naming the profile, device and versions that produced a notebook's outputs."""
+    """One line naming the profile, device, precision rule and versions that produced a
+    notebook's outputs (precision: `companion.run.precision.describe`)."""
+    from . import precision
+
     where = device.type
     if device.type == "cuda":
         where = f"cuda ({torch.cuda.get_device_name(device)})"
     return (
-        f"profile={profile.name} device={where} torch={torch.__version__} "
+        f"profile={profile.name} device={where} precision={precision.describe(device)} "
+        f"torch={torch.__version__} "
         f"python={platform.python_version()}"
     )
 
@@ -138,8 +142,8 @@ def emulate_t4(device: torch.device) -> str:
     """
     device = torch.device(device)
     if device.type != "cuda":
-        return (f"{T4_VAR}=1: no CUDA GPU here, so nothing is emulated (the CPU trains in "
-                "float32 either way)")
+        return (f"{T4_VAR}=1: no CUDA GPU here, so nothing is emulated (the CPU trains in the "
+                "precision its own matrix units allow, T4 or not)")
     total = torch.cuda.get_device_properties(device).total_memory
     fraction = min(1.0, T4_MEMORY_BYTES / total)
     torch.cuda.set_per_process_memory_fraction(fraction, device)
