@@ -782,6 +782,63 @@ class Diffusion:
                                per_image.std() / math.sqrt(B), x0[0].numel())
 
 
+    @torch.no_grad()
+    def bound_stratified(self, eps_model: EpsModel, x0: torch.Tensor, *, exact: int = 20,
+                         draws: int = 8, variance: str = "beta",
+                         decoder: str = "discretized",
+                         generator: torch.Generator | None = None) -> MonteCarloBound:
+        """An unbiased estimate of the bound per image with far less spread than
+        `bound_monte_carlo` at a few more network calls (exact + draws per image):
+
+            L = L_T + sum_{t=1}^{exact} L_{t-1} + sum_{k=1}^{draws} n_k L_{t_k - 1},
+
+        the first `exact` terms summed (near the data, where the terms are large and vary
+        most from step to step), the other T - exact steps split into `draws` blocks of
+        n_k consecutive steps with one uniform step t_k in each (stratified sampling: each
+        block's term is n_k times a uniform draw's, so its expectation is the block's sum).
+
+        Args:
+            eps_model: (x_t (B, ...), t int64 (B,)) -> eps (B, ...), t in 1..T.
+            x0: (B, ...) the images (the 256 levels on [-1, 1] for "discretized").
+            exact: the first steps summed exactly, 0 <= exact <= T.
+            draws: blocks of the other steps, one draw each, 1 <= draws <= T - exact
+                (0 when exact = T).
+            variance, decoder: as in `bound_terms`.
+            generator: for the steps and the draws of x_t (reproducible runs).
+
+        Returns:
+            MonteCarloBound: `per_image` (B,) nats, their `mean` and its `stderr`.
+        """
+        exact = checks.count("exact (the first steps summed exactly)", exact, minimum=0)
+        rest = self.T - exact
+        if rest < 0:
+            raise ValueError(f"exact must be at most T = {self.T}, got {exact}")
+        draws = checks.count("draws (blocks of the other steps)", draws, minimum=0)
+        if not (1 <= draws <= rest or draws == rest == 0):
+            raise ValueError(f"draws must lie in 1..{rest} (one per block of the {rest} steps "
+                             f"after the first {exact}), got {draws}")
+        _check_bound(x0, variance, decoder, "bound_stratified")
+        B = checks.count("the number of images (a standard error needs at least 2)", len(x0),
+                         minimum=2)
+        edges = torch.linspace(exact, self.T, draws + 1).round().long().tolist()
+        sizes = torch.tensor([b - a for a, b in zip(edges[:-1], edges[1:], strict=True)],
+                             dtype=x0.dtype, device=x0.device)
+        gen = _gen_for(generator, x0.device)
+        u = torch.rand(draws, B, device=x0.device, dtype=torch.float64, generator=gen)
+        lo = torch.tensor(edges[:-1], device=x0.device, dtype=torch.long)
+        drawn = lo[:, None] + 1 + (u * sizes[:, None].double()).long()  # u < 1: in the block
+        t = torch.cat([torch.arange(1, exact + 1, device=x0.device).repeat_interleave(B),
+                       drawn.reshape(-1)])
+        weight = torch.cat([torch.ones(exact * B, dtype=x0.dtype, device=x0.device),
+                            sizes.repeat_interleave(B)])
+        xs = x0.repeat(exact + draws, *([1] * (x0.dim() - 1)))
+        noise = _randn(xs.shape, xs, generator)
+        terms = self._terms_chunked(eps_model, xs, t, noise, variance, decoder) * weight
+        per_image = self.prior_kl(x0) + terms.reshape(exact + draws, B).sum(0)
+        return MonteCarloBound(per_image, per_image.mean(),
+                               per_image.std() / math.sqrt(B), x0[0].numel())
+
+
 # --- annealed Langevin dynamics -------------------------------------------------------------
 def song_ermon_step_sizes(sigmas, eps: float) -> torch.Tensor:
     """alpha_i = eps sigma_i^2 / sigma_L^2 (Song & Ermon 2019), sigma_L the smallest level."""

@@ -30,6 +30,9 @@ def _glue(name, text):
         "data": {"application/papermill.record/text/plain": text}}
 
 
+BOX = ("\n\n:::{admonition} What these runs are\n:class: note\n**Runs.** cpu. "
+       "**What they can say.** a. **What they cannot say.** b. **At scale.** c. "
+       "**In Colab** d.\n:::\n")
 PNG = {"output_type": "display_data", "metadata": {}, "data": {"image/png": "iVBOR"}}
 
 
@@ -82,7 +85,8 @@ def test_each_budget_fails_a_planted_chapter(tmp_path):
     assert any("main prose 4,100 words" in p for p in found)
     assert any("words per figure" in p for p in found)
     assert any("stored cpu run 17 min > 15 min" in p for p in found)
-    fresh = pb.measure(_notebook(tmp_path, [_md("Short."), _code([PNG])],
+    assert any("0 budget boxes" in p for p in found)
+    fresh = pb.measure(_notebook(tmp_path, [_md("Short." + BOX), _code([PNG])],
                                  {"profile_env": "cpu", "seconds": 1_000}, name="22_fresh"))
     assert fresh.over() == []  # trained from an empty cache: 30 minutes
     assert pb.problems([over, fresh], voiced={"21_planted"}) == [
@@ -104,3 +108,15 @@ def test_voiced_chapters_keep_their_budgets():
     assert len(rows) >= 20 and all(c.name in text for c in rows)
     assert all(c.main > 500 for c in rows)  # every chapter was read, not skipped
     assert pb.problems(rows) == []
+
+
+def test_the_budget_box_has_one_shape(tmp_path):
+    """One box a chapter, with every field; its words count as main prose."""
+    ch = pb.measure(_notebook(tmp_path, [_md("Intro." + BOX), _code([PNG])]))
+    assert len(ch.boxes) == 1 and ch.over() == []
+    assert ch.main == 1 + 4 + 18  # "Intro.", the title, the fields and their words
+    lacking = pb.measure(_notebook(tmp_path, [_md(BOX.replace("**At scale.** c. ", "")),
+                                              _code([PNG])], name="22_lacking"))
+    assert lacking.over() == ["the budget box lacks **At scale.**"]
+    two = pb.measure(_notebook(tmp_path, [_md(BOX + BOX), _code([PNG])], name="23_two"))
+    assert two.over() == ["2 budget boxes ('What these runs are'), not one"]

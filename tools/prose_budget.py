@@ -19,9 +19,13 @@ the value the stored run glued, and the code cells' outputs):
 - the stored run: its profile and seconds (`book.execution` metadata), and whether its
   earlier chapters' models came from the cache ("reused") or were trained ("fresh").
 
+- the budget box: the admonition titled BOX_TITLE near the start (DESIGN.md, "The voice"),
+  one a chapter, with every field of BOX_FIELDS.
+
 The budgets hold for the chapters in VOICED, the ones rewritten in the book's voice
 (`make check-fast` runs `--check` through tests/test_prose_budget.py): main prose at most
-MAX_WORDS, at least one figure or explorer per WORDS_PER_FIGURE words, no long glue, and a
+MAX_WORDS, at least one figure or explorer per WORDS_PER_FIGURE words, no long glue, one
+budget box with all its fields, and a
 stored `cpu` run within CPU_CACHED_S (models cached) or CPU_FRESH_S (trained). Once every
 chapter is voiced, the book's median main prose is held to MAX_MEDIAN too.
 """
@@ -43,6 +47,10 @@ WORDS_PER_FIGURE = 800
 LONG_GLUE = 60
 CPU_CACHED_S = 15 * 60
 CPU_FRESH_S = 30 * 60
+# The budget box: one admonition of this title near a chapter's start, with these fields.
+BOX_TITLE = "What these runs are"
+BOX_FIELDS = ("**Runs.**", "**What they can say.**", "**What they cannot say.**",
+              "**At scale.**", "**In Colab**")
 # Chapters rewritten in the voice (issues 75 and 77): their budgets are checked.
 VOICED: frozenset[str] = frozenset()
 
@@ -68,6 +76,7 @@ class Chapter:
     profile: str = "?"
     seconds: float | None = None
     checkpoints: str = ""
+    boxes: list[str] = field(default_factory=list)  # each budget box's text
 
     @property
     def words_per_figure(self) -> float:
@@ -81,6 +90,12 @@ class Chapter:
         if self.words_per_figure > WORDS_PER_FIGURE:
             out.append(f"{self.words_per_figure:,.0f} words per figure > "
                        f"{WORDS_PER_FIGURE} ({self.figures} figures)")
+        if len(self.boxes) != 1:
+            out.append(f"{len(self.boxes)} budget boxes ('{BOX_TITLE}'), not one")
+        for box in self.boxes:
+            missing = [f for f in BOX_FIELDS if f not in box]
+            if missing:
+                out.append(f"the budget box lacks {', '.join(missing)}")
         for text in self.long_glue:
             out.append(f"glued text of {len(text)} characters inside a sentence: "
                        f"{text[:70]!r}...")
@@ -132,6 +147,13 @@ def substitute_glue(text: str, values: dict[str, str], long: list[str] | None = 
         return shown
 
     return GLUE_ROLE.sub(repl, text)
+
+
+def _boxes(markdown: str) -> list[str]:
+    """The bodies of the budget boxes (admonitions titled BOX_TITLE) in a Markdown cell."""
+    pattern = (r"^(:{3,}|`{3,})\{admonition\}\s+" + re.escape(BOX_TITLE)
+               + r"\s*\n(.*?)^\1\s*$")
+    return [m[2] for m in re.finditer(pattern, markdown, re.M | re.S)]
 
 
 def _directive_name(info: str) -> str:
@@ -221,6 +243,7 @@ def measure(path: Path) -> Chapter:
         if cell["cell_type"] == "markdown":
             long: list[str] = []
             text = substitute_glue(_source(cell), values, long)
+            ch.boxes += _boxes(text)
             parts = split_prose(text)
             main_lines = []
             for line in parts["main"]:
