@@ -346,7 +346,10 @@ def trend(comparisons, budgets, *, ahead: str = "ahead", behind: str = "behind",
 
     comparisons: one Comparison per budget (the same pair of models from snapshots of the
     same runs); budgets: their names ("1/4", "1/2", "all"). The same verdict at every
-    budget reads "lower at every budget (z 7.2, 4.0, 2.1)"; otherwise each budget's word:
+    budget reads "lower at every budget (z 5.4, 13.9, 23.5)", with ", shrinking" or
+    ", growing" after "budget" where |z| falls or rises at every step (a gap that shrinks
+    towards the threshold is a weaker verdict than its last word says); otherwise each
+    budget's word:
     "1/4: within noise (1.2); 1/2: lower (2.6); all: lower (3.0)". z is in the tests' own
     units (SE or noise SD), signed by nothing: the word carries the direction.
     """
@@ -357,7 +360,11 @@ def trend(comparisons, budgets, *, ahead: str = "ahead", behind: str = "behind",
     words = [{"ahead": ahead, "behind": behind, "tie": tie}[c.verdict] for c in comparisons]
     zs = [f"{abs(c.z):.1f}" for c in comparisons]
     if len(set(words)) == 1:
-        return f"{words[0]} at every budget (z {', '.join(zs)})"
+        z = [abs(c.z) for c in comparisons]
+        steps = [b - a for a, b in zip(z[:-1], z[1:], strict=True)]
+        way = ("" if not steps or not (all(d < 0 for d in steps) or all(d > 0 for d in steps))
+               else ", shrinking" if steps[0] < 0 else ", growing")
+        return f"{words[0]} at every budget{way} (z {', '.join(zs)})"
     return "; ".join(f"{b}: {w} ({z})" for b, w, z in zip(budgets, words, zs, strict=True))
 
 
