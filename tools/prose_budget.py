@@ -61,6 +61,9 @@ DISPLAY_MATH = re.compile(r"\$\$.*?\$\$", re.S)
 INLINE_MATH = re.compile(r"(?<![\\$])\$[^$\n]+?\$")
 WORD = re.compile(r"[^\W_](?:[\w'’.,/-]*[^\W_])?")
 IMAGE_MIME = ("image/png", "image/jpeg", "image/svg+xml")
+PROSE_DIRECTIVES = ("admonition", "dropdown", "toggle", "note", "warning", "tip", "important",
+                    "caution", "seealso", "hint", "figure", "epigraph", "attention",
+                    "margin", "sidebar", "topic", "card")
 
 
 @dataclass
@@ -165,9 +168,9 @@ def split_prose(markdown: str) -> dict[str, list[str]]:
     """The lines of prose of a Markdown cell by where they sit: 'main', 'exercises' (set by
     the caller through a heading) or 'dropdowns'; code and maths blocks dropped.
 
-    Returns {"main": [...], "dropdowns": [...], "headings": [...]}: each a list of text lines.
+    Returns {"main": [...], "dropdowns": [...]}: each a list of text lines.
     """
-    parts = {"main": [], "dropdowns": [], "headings": []}
+    parts = {"main": [], "dropdowns": []}
     stack: list[tuple[str, str, bool]] = []  # (fence, directive, is_dropdown)
     lines = markdown.splitlines()
     i = 0
@@ -200,20 +203,14 @@ def split_prose(markdown: str) -> dict[str, list[str]]:
         if re.match(r"^\s*\([\w-]+\)=\s*$", line) or line.strip().startswith("<!--"):
             i += 1
             continue
-        where = "dropdowns" if _in_dropdown(stack) else "main"
-        if re.match(r"^#{1,6}\s", line) and where == "main":
-            parts["headings"].append(line)
-        parts[where].append(line)
+        parts["dropdowns" if _in_dropdown(stack) else "main"].append(line)
         i += 1
     return parts
 
 
 def _is_code(directive: str) -> bool:
-    return directive in ("code-cell", "code", "code-block", "math", "python", "ipython3",
-                         "bash", "text", "") or not directive.startswith(
-                             ("admonition", "dropdown", "toggle", "note", "warning", "tip",
-                              "important", "caution", "seealso", "hint", "figure", "epigraph",
-                              "attention", "margin", "sidebar", "topic", "card"))
+    """Whether a fenced block holds no prose (code, maths, tables of data)."""
+    return not directive.startswith(PROSE_DIRECTIVES)
 
 
 def _in_dropdown(stack) -> bool:
@@ -228,8 +225,7 @@ def count_words(text: str) -> int:
     text = re.sub(r"!\[[^\]]*\]\([^)]*\)", " ", text)        # images
     text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text)      # links: their text
     text = re.sub(r"<[^>]+>", " ", text)                      # HTML tags
-    text = re.sub(r"^\s*(\||:?-{3,}).*$", lambda m: m[0] if "|" in m[0] and
-                  re.search(r"[^\s|:-]", m[0]) else " ", text, flags=re.M)
+    text = re.sub(r"^[\s|:-]*-{3,}[\s|:-]*$", " ", text, flags=re.M)  # tables' rules
     return len(WORD.findall(text))
 
 
