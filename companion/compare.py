@@ -341,7 +341,7 @@ SHORT = 60  # the longest verdict phrase a sentence may hold (DESIGN.md, "The vo
 
 
 def trend(comparisons, budgets, *, ahead: str = "ahead", behind: str = "behind",
-          tie: str = "within noise") -> str:
+          tie: str = "within noise", along: str = "budget") -> str:
     """A verdict along the training budget in words, from the comparisons at each budget.
 
     comparisons: one Comparison per budget (the same pair of models from snapshots of the
@@ -351,7 +351,9 @@ def trend(comparisons, budgets, *, ahead: str = "ahead", behind: str = "behind",
     towards the threshold is a weaker verdict than its last word says); otherwise each
     budget's word:
     "1/4: within noise (1.2); 1/2: lower (2.6); all: lower (3.0)". z is in the tests' own
-    units (SE or noise SD), signed by nothing: the word carries the direction.
+    units (SE or noise SD), signed by nothing: the word carries the direction. along: what
+    the budgets are, for the words ("number of evaluations": "lower at every number of
+    evaluations (z ...)").
     """
     comparisons, budgets = list(comparisons), [str(b) for b in budgets]
     if not comparisons or len(comparisons) != len(budgets):
@@ -364,7 +366,7 @@ def trend(comparisons, budgets, *, ahead: str = "ahead", behind: str = "behind",
         steps = [b - a for a, b in zip(z[:-1], z[1:], strict=True)]
         way = ("" if not steps or not (all(d < 0 for d in steps) or all(d > 0 for d in steps))
                else ", shrinking" if steps[0] < 0 else ", growing")
-        return f"{words[0]} at every budget{way} (z {', '.join(zs)})"
+        return f"{words[0]} at every {along}{way} (z {', '.join(zs)})"
     return "; ".join(f"{b}: {w} ({z})" for b, w, z in zip(budgets, words, zs, strict=True))
 
 

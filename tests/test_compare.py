@@ -192,6 +192,9 @@ def test_trend_words_follow_each_budget():
     up_down = [compare(-1.0, se, 255) for se in (1 / 3.0, 1 / 5.0, 1 / 4.0)]
     assert trend(up_down, ["1/4", "1/2", "all"], behind="lower") == (
         "lower at every budget (z 3.0, 5.0, 4.0)")
+    assert trend(shrinking, [5, 10, 20], behind="lower",
+                 along="number of evaluations") == (
+        "lower at every number of evaluations, shrinking (z 7.2, 4.0, 2.1)")
     mixed = [compare(-1.0, 1.0, 255), compare(-1.0, 1 / 2.6, 255)]
     assert trend(mixed, ["1/2", "all"], behind="lower") == (
         "1/2: within noise (1.0); all: lower (2.6)")
