@@ -76,6 +76,31 @@ class RemoteImagesAsText(SphinxPostTransform):
                 image.replace_self(nodes.Text(image.get("alt", "")))
 
 
+class LongTablesWrap(SphinxPostTransform):
+    """LaTeX only. Sphinx sets a table of more than 30 rows as a longtable of unwrapped `l`
+    columns, which runs off the page when its cells are long (an evidence table's claims):
+    give such a table column widths in proportion to its longest cells (capped, so that one
+    long claim does not starve the others), and Sphinx sets wrapping columns instead."""
+    default_priority = 90
+    formats = ("latex",)
+
+    def run(self, **kwargs) -> None:
+        for table in self.document.findall(nodes.table):
+            groups = list(table.findall(nodes.tgroup))
+            rows = list(table.findall(nodes.row))
+            if len(groups) != 1 or len(rows) <= 30 or "colwidths-given" in table["classes"]:
+                continue
+            specs = [c for c in groups[0].children if isinstance(c, nodes.colspec)]
+            widths = [4] * len(specs)
+            for row in rows:
+                for i, entry in enumerate(e for e in row.children if isinstance(e, nodes.entry)):
+                    if i < len(widths):
+                        widths[i] = max(widths[i], min(len(entry.astext()), 40))
+            for spec, width in zip(specs, widths, strict=True):
+                spec["colwidth"] = width
+            table["classes"].append("colwidths-given")
+
+
 def numbered_docnames(srcdir: Path) -> list[str]:
     """The pages of _toc.yml's numbered part (the chapters), in order."""
     toc = yaml.safe_load((Path(srcdir) / "_toc.yml").read_text())
@@ -166,6 +191,7 @@ def setup(app):
     app.connect("config-inited", set_version)
     app.connect("config-inited", define_repository)
     app.add_post_transform(RemoteImagesAsText)
+    app.add_post_transform(LongTablesWrap)
     app.add_post_transform(BookMatter)
     app.connect("html-page-context", add_pdf_to_download_button, priority=502)
     app.connect("build-finished", copy_pdf_into_site)
