@@ -949,6 +949,51 @@ def mmd2_unbiased(real: torch.Tensor, fake: torch.Tensor) -> float:
     return _mmd2(real, fake)
 
 
+def mmd2_left_out(real: torch.Tensor, fake: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """`mmd2_unbiased(real, fake)` and its M values with each sample (row of fake) left out
+    in turn: the inputs of the jackknife's standard error (`jackknife_se`) and of a paired
+    comparison of two sample sets drawn from the same noise
+    (`companion.compare.paired_jackknife(a - b, loo_a, loo_b)`).
+
+    With row_j = sum_{j' != j} k(f_j, f_j'), col_j = sum_i k(r_i, f_j), FF = sum_j row_j and
+    RF = sum_j col_j, leaving f_j out changes only the terms that hold it:
+
+        MMD^2_(-j) = MMD^2 - FF / (M (M-1)) + 2 RF / (N M)
+                     + (FF - 2 row_j) / ((M-1)(M-2)) - 2 (RF - col_j) / (N (M-1))
+
+    in O(M^2 + N M) operations, not M times the statistic's own.
+
+    Args:
+        real: (N, d) the real points' features, 2 <= N <= MAX_POINTS.
+        fake: (M, d) the samples' features, 3 <= M <= MAX_POINTS (two are left after one
+            is left out).
+
+    Returns:
+        (the estimate, (M,) float64 tensor: the estimate without sample j).
+
+    Book: :eq:`ch20-kid`.
+    """
+    real, fake = _feature_sets(real, fake, "mmd2_left_out", minimum=2)
+    n, m, d = len(fake), len(real), fake.shape[1]
+    if n < 3:
+        raise checks.ArgumentError(f"mmd2_left_out needs at least 3 rows in fake (two left "
+                                   f"when one is left out), got {n}")
+    row = torch.zeros(n, dtype=torch.float64, device=fake.device)
+    col = torch.zeros(n, dtype=torch.float64, device=fake.device)
+    for s in _blocks(n, n):
+        kern = (fake[s] @ fake.T / d + 1).pow(3)
+        rows = torch.arange(s.stop - s.start, device=fake.device)
+        kern[rows, rows + s.start] = 0  # a sample with itself is no term
+        row[s] = kern.sum(1)
+    for s in _blocks(m, n):
+        col += (real[s] @ fake.T / d + 1).pow(3).sum(0)
+    full = _mmd2(real, fake)
+    ff, rf = row.sum(), col.sum()
+    loo = (full - ff / (n * (n - 1)) + 2 * rf / (m * n)
+           + (ff - 2 * row) / ((n - 1) * (n - 2)) - 2 * (rf - col) / (m * (n - 1)))
+    return full, loo
+
+
 @dataclass(frozen=True)
 class KID:
     """The kernel inception distance: the mean of the unbiased MMD^2 over random subsets,

@@ -1224,7 +1224,8 @@ def vq_steps(profile, n_train: int) -> int:
     return round(VQ_COST_RATIO * s["epochs_11"] * math.ceil(n_train / s["batch_size"]))
 
 
-def vqvae(x, profile, device, *, variant: str = "plain", prefix: str = "ch19"):
+def vqvae(x, profile, device, *, variant: str = "plain", prefix: str = "ch19",
+          seed: int = 0):
     """Chapter 19's vector-quantized autoencoder (see `vq_settings`), load-or-train.
 
     variant: "plain" (codebook learned by its loss), "ema" (codebook by exponential moving
@@ -1240,6 +1241,10 @@ def vqvae(x, profile, device, *, variant: str = "plain", prefix: str = "ch19"):
         device: where to train (and where the returned model lives).
         variant: one of VQ_VARIANTS (default "plain").
         prefix: the checkpoint file's prefix (default "ch19").
+        seed: the torch seed of the initialization and the batches (default 0, the run
+            the priors model); another seed repeats the recipe in a file of its own
+            (`<prefix>-vqvae-<variant>-seed<seed>`), so that a ranking of the variants can
+            be checked across training runs.
 
     Returns:
         (model in eval mode, FitResult).
@@ -1248,9 +1253,10 @@ def vqvae(x, profile, device, *, variant: str = "plain", prefix: str = "ch19"):
 
     if variant not in VQ_VARIANTS:
         raise ValueError(f"variant must be one of {VQ_VARIANTS}, got {variant!r}")
+    seed = checks.count("seed", seed, minimum=0)
     s = vq_settings(profile)
     _check_unit_images(x, "recipes.vqvae")
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     if variant == "fsq":
         model = VQVAE(quantizer="fsq", levels=s["levels"])
     else:
@@ -1261,10 +1267,13 @@ def vqvae(x, profile, device, *, variant: str = "plain", prefix: str = "ch19"):
                   decay=s["decay"] if variant == "ema" else None, restart_after=restart,
                   batch_size=s["batch_size"], lr=s["lr"], n_train=len(x),
                   binarize="dynamic")
+    name = f"{prefix}-vqvae-{variant}"
+    if seed:  # seed 0 keeps the chapter's run's file and config
+        config["seed"], name = seed, f"{name}-seed{seed}"
     steps = vq_steps(profile, len(x))
     result = fit(model.to(device), VQLoss(restart_after=restart), x, steps=steps,
                  batch_size=s["batch_size"], lr=s["lr"], config=config,
-                 checkpoint=checkpoint_path(f"{prefix}-vqvae-{variant}", profile),
+                 checkpoint=checkpoint_path(name, profile),
                  desc=f"VQ-VAE ({variant})")
     return model.eval(), result
 

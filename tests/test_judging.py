@@ -14,6 +14,7 @@ from companion.metrics import (
     frechet_line,
     frechet_terms,
     kid,
+    mmd2_left_out,
     mmd2_unbiased,
     precision_recall,
     real_balls,
@@ -172,6 +173,24 @@ def test_mmd2_unbiased_is_the_formula_and_unbiased_where_the_v_statistic_is_not(
     # a shifted distribution is told apart
     x, y = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g) + 1.0
     assert mmd2_unbiased(x, y) > 10 * u.std()
+
+
+def test_mmd2_left_out_is_the_statistic_with_each_sample_left_out(monkeypatch):
+    """The shortcut against the statistic recomputed without each sample, in blocks small
+    enough that the sums span several of them; too few samples is a clear error."""
+    monkeypatch.setattr(metrics, "DISTANCE_BLOCK", 50)  # blocks of a few rows
+    g = gen(12)
+    real, fake = torch.randn(23, 5, generator=g), torch.randn(11, 5, generator=g) + 0.4
+    full, loo = mmd2_left_out(real, fake)
+    assert full == pytest.approx(mmd2_unbiased(real, fake), rel=1e-12)
+    assert loo.shape == (11,) and loo.dtype == torch.float64
+    keep = torch.ones(11, dtype=torch.bool)
+    for j in range(11):
+        keep[j] = False
+        assert loo[j].item() == pytest.approx(mmd2_unbiased(real, fake[keep]), rel=1e-10)
+        keep[j] = True
+    with pytest.raises(checks.ArgumentError, match="at least 3 rows in fake"):
+        mmd2_left_out(real, fake[:2])
 
 
 def test_kid_averages_mmd2_over_subsets_drawn_by_the_generator():

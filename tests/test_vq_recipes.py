@@ -58,6 +58,20 @@ def test_four_variants_one_remedy_each(short):
         recipes.vqvae(short, CI, "cpu", variant="gumbel")
 
 
+def test_another_seed_is_another_run_in_a_file_of_its_own(short, tmp_path):
+    first, _ = recipes.vqvae(short, CI, "cpu", variant="plain")
+    second, run = recipes.vqvae(short, CI, "cpu", variant="plain", seed=1)
+    assert run.resumed_at is None or run.resumed_at < run.steps  # trained, not loaded
+    assert not torch.equal(first.quantizer.codebook, second.quantizer.codebook)
+    files = sorted(p.name for p in tmp_path.rglob("ch19-vqvae-plain*.pt"))
+    assert files == ["ch19-vqvae-plain-ci.pt", "ch19-vqvae-plain-seed1-ci.pt"]
+    again, run = recipes.vqvae(short, CI, "cpu", variant="plain", seed=1)
+    assert run.resumed_at == run.steps
+    assert torch.equal(again.quantizer.codebook, second.quantizer.codebook)
+    with pytest.raises(ValueError, match="seed"):
+        recipes.vqvae(short, CI, "cpu", variant="plain", seed=-1)
+
+
 def test_the_chosen_run_has_the_highest_late_reconstruction():
     def run(values):
         return SimpleNamespace(history={"reconstruction": values})
