@@ -53,7 +53,8 @@ BOX_FIELDS = ("**Runs.**", "**What they can say.**", "**What they cannot say.**"
               "**At scale.**", "**In Colab**")
 # Chapters rewritten in the voice (issues 75 and 77): their budgets are checked.
 VOICED: frozenset[str] = frozenset({"13_continuous_time", "16_scores_guidance",
-                                  "17_design_space", "18_variational_diffusion"})
+                                  "17_design_space", "18_variational_diffusion",
+                                  "19_discrete_latents", "20_judging_samples"})
 
 GLUE_ROLE = re.compile(r"\{glue(?::(?:text|md))?\}`([^`:]+)(?::([^`]*))?`")
 ROLE = re.compile(r"\{[a-z:]+\}`[^`]*`")
