@@ -166,6 +166,31 @@ def test_reused_means_a_checkpoint_was_loaded(tmp_path):
     assert es.notebook_status(path).checkpoints == "fresh"
 
 
+def test_the_loaded_models_training_time_gives_the_cost_from_an_empty_cache(tmp_path):
+    """A reused run's row adds what training its loaded models took, as their files record
+    it; a run kept at stages counts once (its final file holds every session's time); a
+    missing file makes the cost unknown, not zero."""
+    import torch
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for name, secs in (("ch9-ddpm-cpu.pt", 600.0), ("ch9-ddpm-step225-cpu.pt", 150.0),
+                       ("ch9-classifier-cpu.pt", 60.0)):
+        torch.save({"train_seconds": secs}, folder / name)
+    names = ["ch9-classifier-cpu.pt", "ch9-ddpm-cpu.pt", "ch9-ddpm-step225-cpu.pt"]
+    assert rn.training_seconds(tmp_path, names) == 660.0
+    assert rn.training_seconds(tmp_path, names + ["ch13-flow-cpu.pt"]) is None
+    path = make_notebook(tmp_path / "a.ipynb")
+    rn.record(path, 40.0, T0 + timedelta(seconds=36), loaded=names, loaded_seconds=660.0)
+    st = es.notebook_status(path)
+    assert st.loaded_train_seconds == 660.0
+    row = es.table([st], tmp_path)[2].replace(es.NBSP, " ")
+    assert "40 s ‡ (11 min 40 s from an empty cache)" in row
+    rn.record(path, 40.0, T0 + timedelta(seconds=36), loaded=names, loaded_seconds=None)
+    row = es.table([es.notebook_status(path)], tmp_path)[2]
+    assert "‡" in row and "empty cache" not in row
+
+
 def test_fit_names_the_checkpoints_it_loads(tmp_path, monkeypatch):
     import torch
 

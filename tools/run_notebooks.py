@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -31,15 +33,36 @@ from execution_status import format_seconds, notebook_status  # noqa: E402
 
 
 # --- recording (make outputs) ---------------------------------------------------------------
+def training_seconds(cache: str | Path, names: list[str]) -> float | None:
+    """The seconds the checkpoints `names` took to train, as their files record them
+    (companion's train_seconds: every session's training to those weights). A run kept at
+    stages (`<name>-step<N>` files, the run resumed from each) counts once, at its longest.
+    None when a file is missing or unreadable: the cost is then unknown, not zero."""
+    import torch
+
+    runs: dict[str, float] = {}
+    for name in names:
+        try:
+            state = torch.load(Path(cache) / "checkpoints" / name, map_location="cpu",
+                               weights_only=True)
+        except (OSError, RuntimeError, pickle.UnpicklingError):
+            return None
+        run = re.sub(r"-step\d+(?=-)", "", name)
+        runs[run] = max(runs.get(run, 0.0), float(state.get("train_seconds", 0.0)))
+    return sum(runs.values())
+
+
 def record(path: Path, seconds: float, finished: datetime,
            loaded: list[str] | None = None, gpu_peak_mib: int | None = None,
-           cuda_peak: dict | None = None) -> None:
+           cuda_peak: dict | None = None, loaded_seconds: float | None = None) -> None:
     """Store the wall time of the run that just made `path`'s outputs in its metadata.
 
     loaded: the checkpoints the run loaded instead of training (companion.fit writes their
     names to $BOOK_LOADED_LOG); "reused" on the status page means at least one.
     cuda_peak: torch's peak GPU memory in the kernel, {"allocated_mib", "reserved_mib"}
     (companion.run.runtime.cuda_peak_memory); None on a CPU.
+    loaded_seconds: what training the loaded checkpoints took (`training_seconds`), so that
+    the status page can say what the run costs from an empty cache; None if unknown.
     """
     import nbformat
 
@@ -54,6 +77,8 @@ def record(path: Path, seconds: float, finished: datetime,
         "checkpoints": "reused" if loaded else "fresh",
         "loaded": sorted(set(loaded or [])),
     }
+    if loaded and loaded_seconds is not None:
+        nb.metadata["book"]["execution"]["loaded_train_seconds"] = round(loaded_seconds, 1)
     if gpu_peak_mib is not None:  # device-wide, as nvidia-smi reads it every 200 ms
         nb.metadata["book"]["execution"]["gpu_memory_peak_mib"] = gpu_peak_mib
     if cuda_peak is not None:
@@ -353,7 +378,8 @@ def _execute(paths: list[str], env: dict, folder: str | None, into: str | None) 
         # continued into the full run) is training done in this run, not loaded
         loaded = [n for n in log.read_text().split() if n in saved_before]
         log.unlink()
-        record(Path(p), seconds, datetime.now(timezone.utc), loaded, peak_mib, cuda_peak)
+        record(Path(p), seconds, datetime.now(timezone.utc), loaded, peak_mib, cuda_peak,
+               training_seconds(env["BOOK_CACHE"], sorted(set(loaded))))
         if target is not None:
             os.replace(p, target)
             p = target

@@ -63,6 +63,7 @@ class NotebookStatus:
     cpus: int | None = None
     checkpoints: str = ""
     loaded: list[str] = field(default_factory=list)
+    loaded_train_seconds: float | None = None  # what training the loaded models took
     versions: dict[str, str] = field(default_factory=dict)
     cuda_peak_mib: float | None = None  # torch.cuda.max_memory_allocated of the run
     cuda_reserved_mib: float | None = None  # torch.cuda.max_memory_reserved of the run
@@ -138,6 +139,7 @@ def notebook_status(path: Path) -> NotebookStatus:
             st.seconds, st.source = float(rec["seconds"]), "wall"
             st.cpus, st.checkpoints = rec.get("cpus"), rec.get("checkpoints", "")
             st.loaded = list(rec.get("loaded", []))
+            st.loaded_train_seconds = rec.get("loaded_train_seconds")
             st.versions = dict(rec.get("versions", {}))
             peak = rec.get("cuda_peak_mib") or {}
             st.cuda_peak_mib = peak.get("allocated_mib")
@@ -271,6 +273,9 @@ def table(statuses: list[NotebookStatus], root: Path = ROOT) -> list[str]:
             run += " †"
         elif st.checkpoints == "reused":
             run += " ‡"
+            if st.loaded_train_seconds is not None:
+                fresh = unbroken(format_seconds(st.seconds + st.loaded_train_seconds))
+                run += f" ({fresh} from an empty cache)"
         if mismatched(st, statuses):
             run += " §"
         slow = (f"{unbroken(format_seconds(st.slowest_cell[0]))}, "
@@ -308,7 +313,9 @@ def table(statuses: list[NotebookStatus], root: Path = ROOT) -> list[str]:
                   "on the page Running the notebooks."]
     if any(s.source == "wall" and s.checkpoints == "reused" for s in statuses):
         lines += ["", "‡ Loaded at least one model that an earlier chapter or run had trained "
-                  "and saved, instead of training it."]
+                  "and saved, instead of training it. In brackets, where the saved models "
+                  "record it: the time plus their training time, what the run costs from an "
+                  "empty cache on the machine that trained them."]
     return lines
 
 
