@@ -1224,6 +1224,33 @@ def vq_steps(profile, n_train: int) -> int:
     return round(VQ_COST_RATIO * s["epochs_11"] * math.ceil(n_train / s["batch_size"]))
 
 
+def _vq_model(s: dict, variant: str):
+    """The untrained autoencoder of `variant` under the settings `s` (`vq_settings`)."""
+    from .models.vqvae import VQVAE
+
+    if variant == "fsq":
+        return VQVAE(quantizer="fsq", levels=s["levels"])
+    return VQVAE(s["K"], s["D"], beta=s["beta"], ema=variant == "ema", decay=s["decay"])
+
+
+def vqvae_start(profile, variant: str = "plain", seed: int = 0):
+    """The untrained model `vqvae(x, profile, ..., variant=variant, seed=seed)` starts from:
+    the same seed, then the same constructor, so its codebook is that run's first one. A
+    code that never wins an assignment gets no gradient and stays where it began: comparing
+    a trained codebook with this one measures which codes moved. The caller's random state
+    is left as it was.
+
+    Returns:
+        VQVAE on the CPU, in training mode, as `vqvae` builds it before its first update.
+    """
+    if variant not in VQ_VARIANTS:
+        raise ValueError(f"variant must be one of {VQ_VARIANTS}, got {variant!r}")
+    seed = checks.count("seed", seed, minimum=0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _vq_model(vq_settings(profile), variant)
+
+
 def vqvae(x, profile, device, *, variant: str = "plain", prefix: str = "ch19",
           seed: int = 0):
     """Chapter 19's vector-quantized autoencoder (see `vq_settings`), load-or-train.
@@ -1249,18 +1276,15 @@ def vqvae(x, profile, device, *, variant: str = "plain", prefix: str = "ch19",
     Returns:
         (model in eval mode, FitResult).
     """
-    from .models.vqvae import VQVAE, VQLoss
+    from .models.vqvae import VQLoss
 
     if variant not in VQ_VARIANTS:
         raise ValueError(f"variant must be one of {VQ_VARIANTS}, got {variant!r}")
     seed = checks.count("seed", seed, minimum=0)
     s = vq_settings(profile)
     _check_unit_images(x, "recipes.vqvae")
-    torch.manual_seed(seed)
-    if variant == "fsq":
-        model = VQVAE(quantizer="fsq", levels=s["levels"])
-    else:
-        model = VQVAE(s["K"], s["D"], beta=s["beta"], ema=variant == "ema", decay=s["decay"])
+    torch.manual_seed(seed)  # the initialization, then the batches
+    model = _vq_model(s, variant)
     restart = s["restart_after"] if variant == "restart" else None
     config = dict(profile=profile.name, variant=variant, K=model.K, D=model.D,
                   levels=list(s["levels"]) if variant == "fsq" else None, beta=s["beta"],

@@ -130,3 +130,24 @@ def test_chapter_11s_denoiser_can_be_followed_along_its_budget(short, monkeypatc
     straight, _ = recipes.latent_denoiser(vae2, short, CI, "cpu", scale=1.0)
     for a, b in zip(kept[8][0].parameters(), straight.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["plain", "ema", "fsq"])
+def test_the_start_is_the_model_the_run_trains_from(short, monkeypatch, variant):
+    seen = {}
+
+    def no_training(model, *args, **kw):  # what vqvae hands to fit, before any update
+        seen.update({k: v.clone() for k, v in model.state_dict().items()})
+        return SimpleNamespace(steps=0)
+
+    monkeypatch.setattr(recipes, "fit", no_training)
+    state = torch.get_rng_state()
+    start = recipes.vqvae_start(CI, variant, seed=2)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's draws untouched
+    recipes.vqvae(short, CI, "cpu", variant=variant, seed=2)
+    assert seen.keys() == start.state_dict().keys()
+    assert all(torch.equal(seen[k], v) for k, v in start.state_dict().items())
+    other = recipes.vqvae_start(CI, variant, seed=3).state_dict()
+    assert any(not torch.equal(other[k], v) for k, v in start.state_dict().items())
+    with pytest.raises(ValueError, match="variant must be one of"):
+        recipes.vqvae_start(CI, "gumbel")
