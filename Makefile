@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 JOBS   ?= 2
 
-.PHONY: install mathjax colab-wheels actionlint book pdf test test-pytest test-cpu-capability test-colab test-colab-ci test-smoke outputs outputs-device device-wheels gpu-plan outputs-device-dry-run check-fast bench sync clean
+.PHONY: install mathjax colab colab-wheels actionlint book pdf test test-pytest test-cpu-capability test-colab test-colab-ci test-smoke outputs outputs-device device-wheels gpu-plan outputs-device-dry-run check-fast bench sync clean
 MATHJAX_VERSION := 4.1.3
 MATHJAX := _extra/mathjax/.installed-$(MATHJAX_VERSION)
 NPM    ?= npm
@@ -176,3 +176,8 @@ sync: $(STAMP)
 clean:
 	rm -rf _build .pytest_cache .ruff_cache .cache
 	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
+
+# The Colab edition (tools/colab_edition.py): _build/colab/notebooks/NN_*.ipynb, each chapter
+# as Colab shows it, from the stored notebooks and the built site (`make book` first).
+colab: $(STAMP)
+	$(BIN)/python tools/colab_edition.py

@@ -10,7 +10,8 @@ COLAB_ALSO, from Colab's published package list). This script
    (`pip install 'companion @ git+<repository>@<ref>'`, the repository being this checkout),
    and fails if that changes any distribution Colab preinstalls (on Colab, each change is a
    "restart the runtime" prompt);
-3. executes every chapter top to bottom with that kernel, from a folder outside the
+3. executes every chapter's Colab edition (tools/colab_edition.py: what a badge opens) top
+   to bottom with that kernel, from a folder outside the
    checkout (so `companion` is the installed package), in a fresh checkpoint cache:
    the `ci` profile by default, or the `gpu` profile's smoke run with `--smoke`
    (BOOK_PROFILE=gpu BOOK_SMOKE=1: the gpu models and code paths, a couple of steps each).
@@ -204,6 +205,18 @@ def execute(notebook: Path, env: dict, workdir: Path) -> tuple[str, float, str, 
     return notebook.name, seconds, "\n".join(errors), lines["ASSERTS"], thinned, slowest
 
 
+def editions(notebooks: list[Path], out: Path) -> list[Path]:
+    """The Colab editions of `notebooks` (tools/colab_edition.py), written under `out`:
+    what a student opens from a badge is what runs here."""
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "colab_edition.py"),
+                           "--to-run", "--out", str(out), *map(str, notebooks)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"test-colab: the Colab editions failed to build:\n"
+                         f"{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+    return [out / "notebooks" / nb.name for nb in notebooks]
+
+
 def seed_ci_models(cache: Path) -> str:
     """Copy the ci profile's checkpoints from this checkout's cache (companion's cache_dir:
     $BOOK_CACHE or ~/.cache/companion, where `make test`'s nbval trained them) into the
@@ -248,6 +261,8 @@ def main(argv: list[str]) -> int:
         {"BOOK_PROFILE": "ci", "BOOK_SMOKE": "0"}
     what = "gpu profile, smoke run" if args.smoke else "ci profile"
     with tempfile.TemporaryDirectory(prefix="colab-run-") as tmp:
+        notebooks = editions(notebooks, Path(tmp) / "edition")
+        print(f"test-colab: {len(notebooks)} Colab editions (tools/colab_edition.py)")
         env = {**os.environ, **profile, "BOOK_OFFLINE": "1", "BOOK_CACHE": f"{tmp}/cache",
                "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ['PATH']}",
                "PYTHONPATH": ""}

@@ -123,7 +123,7 @@ def test_rewrite_repairs_a_stale_header(tmp_path):
     nb.write_text(f"# T\n\n{colab.badge('notebooks/01_x.ipynb')}\n\n{colab.install_cell()}")
     assert colab.rewrite(nb, root=tmp_path)
     text = nb.read_text()
-    assert "github/someone/else/blob/v2/notebooks/01_x.ipynb" in text
+    assert f"github/someone/else/blob/{colab.EDITION_BRANCH}/notebooks/01_x.ipynb" in text
     assert "'companion @ git+https://github.com/someone/else@v2'" in text
     assert "autoencoders-to-diffusion" not in text
     assert not colab.rewrite(nb, root=tmp_path)  # idempotent
@@ -145,8 +145,8 @@ def test_rewrite_fixes_readme_badges(tmp_path):
                       colab.badge("notebooks/02_y.ipynb") + "\n")
     assert colab.rewrite(readme, root=tmp_path)
     text = readme.read_text()
-    assert "github/a/b/blob/main/notebooks/01_x.ipynb" in text
-    assert "github/a/b/blob/main/notebooks/02_y.ipynb" in text
+    assert f"github/a/b/blob/{colab.EDITION_BRANCH}/notebooks/01_x.ipynb" in text
+    assert f"github/a/b/blob/{colab.EDITION_BRANCH}/notebooks/02_y.ipynb" in text
 
 
 def test_repository_url_must_be_github(tmp_path):

@@ -120,3 +120,10 @@ def test_the_budget_box_has_one_shape(tmp_path):
     assert lacking.over() == ["the budget box lacks **At scale.**"]
     two = pb.measure(_notebook(tmp_path, [_md(BOX + BOX), _code([PNG])], name="23_two"))
     assert two.over() == ["2 budget boxes ('What these runs are'), not one"]
+
+
+def test_glued_values_show_as_the_page_formats_them():
+    values = {"n": "2820", "x": "0.04407", "s": "'lower than chapter 9's'", "w": "'a'"}
+    text = ("{glue:text}`n:,d` {glue:text}`x:.0%` {glue:text}`x:.2f` "
+            "{glue:text}`s` {glue:text}`w:.2f` {glue:text}`n`")
+    assert pb.substitute_glue(text, values) == "2,820 4% 0.04 lower than chapter 9's a 2820"

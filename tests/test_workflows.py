@@ -99,7 +99,7 @@ def test_least_privilege_and_current_action_majors():
         doc = load(name)
         assert doc["permissions"] == {"contents": "read"}, name
         for job_name, job in doc["jobs"].items():
-            if job_name != "deploy":
+            if job_name not in ("deploy", "colab"):
                 assert "permissions" not in job, (name, job_name)
             for step in job["steps"]:
                 uses = step.get("uses", "")
@@ -110,11 +110,13 @@ def test_least_privilege_and_current_action_majors():
                     assert major == CURRENT_MAJORS[action], (name, uses)
     deploy = load("pages.yml")["jobs"]["deploy"]
     assert deploy["permissions"] == {"pages": "write", "id-token": "write"}
+    assert load("pages.yml")["jobs"]["colab"]["permissions"] == {"contents": "write"}
 
 
 # Node 24 majors (Node 20 left the runners in September 2026), as of 2026-11.
 CURRENT_MAJORS = {"actions/checkout": "v7", "actions/setup-python": "v6",
-                  "actions/upload-pages-artifact": "v4", "actions/deploy-pages": "v5"}
+                  "actions/upload-pages-artifact": "v4", "actions/deploy-pages": "v5",
+                  "actions/upload-artifact": "v7", "actions/download-artifact": "v7"}
 
 
 def test_pages_builds_with_the_book_extra_after_the_tests_pass_on_main():
@@ -138,3 +140,23 @@ def test_pages_builds_with_the_book_extra_after_the_tests_pass_on_main():
     deploy = pages["jobs"]["deploy"]
     assert deploy["needs"] == "build"
     assert any(s.get("uses", "").startswith("actions/deploy-pages") for s in deploy["steps"])
+
+
+def test_pages_publishes_the_colab_edition_on_the_badges_branch():
+    from companion.run import colab
+
+    pages = load("pages.yml")
+    build = pages["jobs"]["build"]
+    runs = [s.get("run", "") for s in build["steps"]]
+    made = [i for i, r in enumerate(runs) if "tools/colab_edition.py" in r]
+    html = [i for i, r in enumerate(runs) if "jupyter-book build . -W -n --keep-going\n" in r
+            or r.rstrip().endswith("jupyter-book build . -W -n --keep-going")]
+    assert made and html and made[0] > html[0], "the edition is made from the built site"
+    assert '--ref "$SHA"' in runs[made[0]], "the install cells pin the tested commit"
+    job = pages["jobs"]["colab"]
+    assert job["needs"] == "build"
+    script = " ".join(s.get("run", "") for s in job["steps"])
+    assert "EDITION_BRANCH" in script and "companion/run/colab.py" in script
+    assert f'EDITION_BRANCH = "{colab.EDITION_BRANCH}"' in (
+        ROOT / "companion" / "run" / "colab.py").read_text()  # what the sed reads
+    assert "git push" in script and "refs/heads/$branch" in script

@@ -135,8 +135,9 @@ def _formatted(value: str, fmt: str | None) -> str:
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
         return text[1:-1]
     if fmt:
-        try:
-            return format(float(text), fmt)
+        try:  # an integer keeps its type: `,d` formats 2820 as 2,820, as myst-nb does
+            number = int(text) if re.fullmatch(r"-?\d+", text) else float(text)
+            return format(number, fmt)
         except ValueError:
             return text
     return text

@@ -1,7 +1,8 @@
 """The generated part of every notebook's header, from the one `repository.url`.
 
-Cell 1 carries the Colab badge for that notebook; cell 2 installs `companion` on Colab
-only, at the book's pinned ref (`repository.branch` in _config.yml). After changing the
+Cell 1 carries the Colab badge for that notebook (it opens the notebook's Colab edition on
+EDITION_BRANCH); cell 2 installs `companion` on Colab only, at the book's pinned ref
+(`repository.branch` in _config.yml; the edition pins the commit it was made from). After changing the
 URL or the ref, run `python -m companion.run.colab` to rewrite every notebook, twin and the
 README's badges;
 tests/test_notebooks.py fails while any of them disagrees.
@@ -17,6 +18,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
+# The branch that holds the Colab edition of every chapter (tools/colab_edition.py: the
+# MyST resolved as the web page shows it), at the notebooks' own paths; the Pages workflow
+# publishes it. Every badge and launch button opens the edition there.
+EDITION_BRANCH = "colab"
 BADGE_RE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)")
 SPEC_RE = re.compile(r"'companion @ git\+[^']*'")
 
@@ -83,10 +88,11 @@ def repository(root: Path = ROOT) -> tuple[str, str]:
 
 
 def colab_url(notebook: str, root: Path = ROOT) -> str:
-    """The Colab address that opens `notebook` (a path relative to the repository root)."""
-    url, ref = repository(root)
+    """The Colab address that opens the edition of `notebook` (a path relative to the
+    repository root) on EDITION_BRANCH."""
+    url, _ = repository(root)
     return f"https://colab.research.google.com/github/{url.removeprefix('https://github.com/')}" \
-           f"/blob/{ref}/{notebook}"
+           f"/blob/{EDITION_BRANCH}/{notebook}"
 
 
 def badge(notebook: str, root: Path = ROOT) -> str:
