@@ -128,8 +128,9 @@ def test_a_planted_notebook(tmp_path):
                    "https://github.com/owner/name", REF)
     target, edition, chapter = ce.write_edition(path, book, tmp_path / "out")
     first, code, second = edition["cells"]
-    assert "(profile cpu on 2 x86 CPUs)" in first["source"] and "It is 1.2." in first["source"]
-    assert code["source"].startswith("# @title Bookkeeping: the values the text quotes\n")
+    assert "(the `cpu` profile on a 2-core x86 machine)" in first["source"]
+    assert "It is 1.2." in first["source"]
+    assert code["source"].startswith(f"# @title {ce.FORM_TITLES['remove-cell']}\n")
     assert code["metadata"]["cellView"] == "form"
     assert second["attachments"] == {"fig.png": {"image/png": "iVBORw0KGgo="}}
     text = second["source"]
@@ -196,7 +197,7 @@ def _check_header(stem, source, nb, book):
     code = "\n".join(ce._source(c) for c in nb["cells"] if c["cell_type"] == "code")
     assert f"SPEC = 'companion @ git+{book.url}@{REF}'" in code, stem
     glued = ce.GLUE_ROLE.search("\n".join(_markdown(source)))
-    assert ("from the book's stored run (profile" in first) == bool(glued), stem
+    assert ("are the book's stored run (the `" in first) == bool(glued), stem
 
 
 @pytest.mark.slow
@@ -249,3 +250,11 @@ def test_glued_values_and_citations_match_the_web_page(editions, stem):
     text = "\n".join(_markdown(nb))
     assert all(ce._escape(t) in text for _, t in chapter.glued)
     assert CITED.findall(text) == CITED.findall(page)
+
+
+def test_display_math_lines_never_read_as_list_items():
+    text = "Text\n- a real item\n\n$$\na = b\n  + c\n- d \\\\\n1. e\n$$\n\n* item"
+    out = ce.guard_display_math(text)
+    assert out == ("Text\n- a real item\n\n$$\na = b\n  {}+ c\n{}- d \\\\\n{}1. e\n$$"
+                   "\n\n* item")
+    assert ce.guard_display_math(out) == out  # idempotent

@@ -90,13 +90,14 @@ colab = sys.modules.get("companion.run.colab") or _load("companion_run_colab",
 prose_budget = _load("prose_budget", ROOT / "tools" / "prose_budget.py")
 
 EDITION_BRANCH = colab.EDITION_BRANCH  # the branch the badges open
-RUN_SENTENCE = ("The numbers in the text are from the book's stored run ({run}); your run "
-                "prints its own.")
+RUN_SENTENCE = ("The numbers and verdict words in the text are the book's stored run ({run}); "
+                "when you run the chapter, the code's outputs and tables show your run's, and "
+                "the text stays as it is.")
 # The `# @title` of each kind of hidden code cell (an earlier key wins over a later one).
 FORM_TITLES = {
-    "remove-cell": "Bookkeeping: the values the text quotes",
+    "remove-cell": "Bookkeeping: the values and verdicts the text quotes",
     "remove-input": "Code the book does not show (double-click to see it)",
-    "hide-input": "Code the book folds away (double-click to see it)",
+    "hide-input": "Setup and code the book folds away: run it (double-click to see it)",
     "hide-cell": "Code the book folds away (double-click to see it)",
 }
 BOOKKEEPING_CHECKS = "Bookkeeping: checks and the web page's data"  # remove-cell, no glue
@@ -533,7 +534,7 @@ class Chapter:
 
     def markdown(self, text: str) -> str:
         """A Markdown cell of the book as Colab shows it."""
-        out = "".join(self.blocks(text.split("\n"))).rstrip("\n")
+        out = guard_display_math("".join(self.blocks(text.split("\n"))).rstrip("\n"))
         return out + "\n" if text.endswith("\n") else out
 
     def blocks(self, lines: list[str]) -> list[str]:
@@ -654,6 +655,18 @@ class Chapter:
         return _indented(value, indent) + "\n"
 
 
+DISPLAY = re.compile(r"\$\$.+?\$\$", re.S)
+LIST_START = re.compile(r"^([ \t]*)([-+*]|\d{1,9}[.)])(?=[ \t]|$)", re.M)
+
+
+def guard_display_math(text: str) -> str:
+    """Lines inside `$$` that start with `+ `, `- `, `* ` or `1. ` open with TeX's empty
+    group `{}`: a renderer that parses the Markdown before it takes the maths out would
+    read them as list items (Jupyter and Colab take the maths out first; this holds
+    either way, and `{}+` is TeX's own idiom for a binary operator at a line's start)."""
+    return DISPLAY.sub(lambda m: LIST_START.sub(r"\1{}\2", m[0]), text)
+
+
 def _titled(body: str) -> tuple[str, str]:
     """(explicit title or "", target) of a role's `title <target>` or `target`."""
     m = TITLED.match(body.strip())
@@ -715,11 +728,11 @@ def _indented(text: str, indent: str) -> str:
 def run_description(nb: dict) -> str:
     """'profile P on D' from the stored run's `book.execution` metadata."""
     ex = nb.get("metadata", {}).get("book", {}).get("execution", {})
-    cpus, machine = ex.get("cpus"), ex.get("machine", "")
-    where = f"{cpus} {machine} CPUs".replace("  ", " ") if cpus else "one machine"
+    cpus, machine = ex.get("cpus"), ex.get("machine", "").replace("_", "-")
+    where = f"a {cpus}-core {machine} machine".replace("  ", " ") if cpus else "one machine"
     if ex.get("gpu_memory_peak_mib") or ex.get("cuda_peak_mib"):
-        where = f"a GPU and {where}"
-    return f"profile {ex.get('profile_env', '?')} on {where}"
+        where = f"a GPU on {where}"
+    return f"the `{ex.get('profile_env', '?')}` profile on {where}"
 
 
 def edition(path: Path, book: Book) -> tuple[dict, Chapter]:

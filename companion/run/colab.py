@@ -2,9 +2,9 @@
 
 Cell 1 carries the Colab badge for that notebook (it opens the notebook's Colab edition on
 EDITION_BRANCH); cell 2 installs `companion` on Colab only, at the book's pinned ref
-(`repository.branch` in _config.yml; the edition pins the commit it was made from). After changing the
-URL or the ref, run `python -m companion.run.colab` to rewrite every notebook, twin and the
-README's badges;
+(`repository.branch` in _config.yml; the edition pins the commit it was made from). After
+changing the URL or the ref, run `python -m companion.run.colab` to rewrite every notebook,
+twin and the README's badges;
 tests/test_notebooks.py fails while any of them disagrees.
 """
 
