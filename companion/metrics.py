@@ -1171,6 +1171,11 @@ def frechet_line(sizes, distances: torch.Tensor) -> FrechetInfinity:
 
 
 MAX_FD_DRAWS = 1000
+# draws x sizes x rows of fake: every draw permutes all the rows, and draws x sum(sizes) the
+# rows whose covariance is taken; each within its bound, 1,000 draws of a million rows never
+# answered. At the bound some tens of seconds on a 2-core CPU.
+MAX_FD_PERMUTED = 200_000_000
+MAX_FD_ROWS_DRAWN = 50_000_000
 
 
 def frechet_infinity(real: torch.Tensor, fake: torch.Tensor, sizes, *, draws: int = 1,
@@ -1212,6 +1217,13 @@ def frechet_infinity(real: torch.Tensor, fake: torch.Tensor, sizes, *, draws: in
             f"sizes must hold at least 2 different subset sizes, none twice (a line through "
             f"FD against 1/N needs two; draws= repeats a size), got {list(sizes)}")
     draws = checks.size("draws", draws, MAX_FD_DRAWS, "a few draws a size steady the fit")
+    permuted = draws * len(sizes) * len(fake)
+    if permuted > MAX_FD_PERMUTED or draws * sum(sizes) > MAX_FD_ROWS_DRAWN:
+        raise checks.ArgumentError(
+            f"draws x len(sizes) x rows of fake = {permuted:,} (each draw permutes every row) "
+            f"must be at most {MAX_FD_PERMUTED:,} and draws x sum(sizes) = "
+            f"{draws * sum(sizes):,} at most {MAX_FD_ROWS_DRAWN:,}: the call would run for "
+            "hours; take fewer draws, or a random subset of fake's rows")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise checks.ArgumentError(f"generator must be a torch.Generator or None, got "
                                    f"{type(generator).__name__}")

@@ -21,6 +21,7 @@ argument (or in minutes of computing first). Each function's docstring says its 
 from __future__ import annotations
 
 import base64
+import io
 import math
 import os
 from pathlib import Path
@@ -35,6 +36,7 @@ from .affine_vae import pinned_gap
 from .explorers import pinned_samples
 from .kl import gaussian_mixture_1d, kl_mvn, kl_quadrature
 from .run import checks
+from .run.checkpoint import _remove_stale_tmp, _tmp_name
 from .toy import GaussianMixture, LinearGaussian, diffused_score
 
 F64 = torch.float64
@@ -443,15 +445,12 @@ def store_chain(name: str, frames: dict, snr, profile: str) -> Path | None:
     steps = sorted(frames, reverse=True)
     _one_shape([a for t in steps for a in frames[t]],
                "every kept step needs x_t and x0_pred of one shape (the same images)")
-    path = _store_path(name)
-    if path is None:
-        return None
-    np.savez(path, t=np.array(steps), snr=np.asarray(snr, dtype="<f8"), profile=profile,
-             x_t=np.stack([_grey((torch.as_tensor(frames[t][0]).float() + 1) / 2)
-                           for t in steps]),
-             x0=np.stack([_grey((torch.as_tensor(frames[t][1]).float() + 1) / 2)
-                          for t in steps]))
-    return path
+    return _store(name, chain_page, "store_chain", t=np.array(steps),
+                  snr=np.asarray(snr, dtype="<f8"), profile=profile,
+                  x_t=np.stack([_grey((torch.as_tensor(frames[t][0]).float() + 1) / 2)
+                                for t in steps]),
+                  x0=np.stack([_grey((torch.as_tensor(frames[t][1]).float() + 1) / 2)
+                               for t in steps]))
 
 
 def chain_page(stored) -> dict:
@@ -501,18 +500,21 @@ def store_completions(name: str, truth, masks: dict, completions: dict, numbers:
         raise checks.ArgumentError(f"every method needs completions and numbers under every "
                                    f"mask; missing: {missing}")
     _one_shape(completions.values(), "every completion set needs one shape (K, S, 28, 28)")
-    path = _store_path(name)
-    if path is None:
-        return None
-    np.savez(path, methods=np.array(methods), masks=np.array(names),
-             descriptions=np.array([masks[n][0] for n in names]), truth=_grey(truth),
-             known=np.stack([np.asarray(masks[n][1]) > 0.5 for n in names]).astype("u1"),
-             completions=np.stack([np.stack([_grey(completions[m, n]) for n in names])
-                                   for m in methods]),
-             numbers=np.array([[list(numbers[m, n]) for n in names] for m in methods],
-                              dtype=float),
-             n_digits=np.array(n_digits))
-    return path
+    for m, n in numbers:  # a row of another length would reach numpy as a ragged array
+        if len(numbers[m, n]) != len(COMPLETION_NUMBERS):
+            raise checks.ArgumentError(
+                f"numbers[{m!r}, {n!r}] must hold the table's {len(COMPLETION_NUMBERS)} "
+                f"numbers {COMPLETION_NUMBERS}, in that order, got {len(numbers[m, n])}: "
+                f"{list(numbers[m, n])}")
+    return _store(name, completions_page, "store_completions", methods=np.array(methods),
+                  masks=np.array(names), descriptions=np.array([masks[n][0] for n in names]),
+                  truth=_grey(truth),
+                  known=np.stack([np.asarray(masks[n][1]) > 0.5 for n in names]).astype("u1"),
+                  completions=np.stack([np.stack([_grey(completions[m, n]) for n in names])
+                                        for m in methods]),
+                  numbers=np.array([[list(numbers[m, n]) for n in names] for m in methods],
+                                   dtype=float),
+                  n_digits=np.array(n_digits))
 
 
 def completions_page(stored) -> dict:
@@ -593,6 +595,10 @@ def unmasking_page(shown: int = 8) -> dict:
 GUIDANCE_WEIGHTS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)  # the chapter's: 0, 1, 3, 8
 MAX_GUIDED = 4_000   # guidance_page's samples (the chapter's ci profile: 1,000)
 MAX_WEIGHTS = 30     # guidance_page's weights, each a 1,000-step chain (the chapter's 4)
+# n x weights x T, the sample-steps every chain runs together: the cost (the chapter's
+# 1,000 x 9 x 1,000 = 9,000,000 take 1-3 minutes on a 2-core CPU); each factor within its
+# own bound, 4,000 x 30 x 10,000 never answered
+MAX_GUIDED_WORK = 20_000_000
 
 
 def _guidance_sizes(n, y, weights, T) -> tuple[int, int, list[float], int]:
@@ -609,7 +615,17 @@ def _guidance_sizes(n, y, weights, T) -> tuple[int, int, list[float], int]:
                     "all of them (the chapter's 1,000)")
     y = checks.count("y (the component asked for)", y, minimum=0,
                      maximum=len(chapter8_mixture().weights) - 1)
+    _work("n x len(weights) x T (the sample-steps of all the chains)", n * len(weights) * T,
+          MAX_GUIDED_WORK, "the chapter's 1,000 x 9 x 1,000 = 9,000,000 take 1-3 minutes on "
+          "a 2-core CPU; take fewer samples, weights or steps")
     return n, y, weights, T
+
+
+def _work(name: str, value: int, maximum: int, why: str) -> None:
+    """Refuse a product of sizes (the cost of a state: points x steps, samples x steps)
+    above `maximum`, each size within its own bound: the call would not answer."""
+    if value > maximum:
+        raise checks.ArgumentError(f"{name} must be at most {maximum:,}, got {value:,}: {why}")
 
 
 def guidance_page(n: int = 1_000, y: int = 3, weights=GUIDANCE_WEIGHTS, seed: int = 17,
@@ -678,6 +694,11 @@ GRID_RHOS = (1, 12, 1)  # the rho slider: lo, hi, step
 GRID_SOLVERS = {"Euler": ("euler", 1), "Heun": ("heun", 2),
                 "DPM-Solver++(2M)": ("dpm_solver_pp_2m", 1)}  # edm's name, calls a step
 MAX_GRID_POINTS = 10_000  # grid_page's starting points (chapter 17: 256)
+# grid_page runs the 3 solvers on every rho (12) over every step count, from all the points:
+# the step counts' sum (chapter 17: 138) and points x that sum (35,328) set its cost. At
+# these bounds about 10 s on a 2-core CPU; n = 10,000 with steps 1..99 never answered.
+MAX_GRID_STEPS_SUM = 1_000
+MAX_GRID_WORK = 1_000_000
 
 
 def chapter17_gaussian() -> tuple[torch.Tensor, torch.Tensor]:
@@ -707,6 +728,12 @@ def grid_page(n: int = 256, seed: int = 5, n_paths: int = 8, steps=GRID_STEPS) -
     n = checks.size("n (the starting points)", n, MAX_GRID_POINTS, "every solver runs from "
                     "all of them on every grid (the chapter's 256)")
     _, _, n_paths, steps = _solver_sizes(1, 1, n_paths, steps)
+    _work("sum(steps) (the steps of each solver on each of the 12 grids)", sum(steps),
+          MAX_GRID_STEPS_SUM, "every solver runs them on every rho (the chapter's 138); "
+          "take fewer or smaller step counts")
+    _work("n x sum(steps) (the point-steps of each solver on each grid)", n * sum(steps),
+          MAX_GRID_WORK, "3 solvers run them on 12 grids (the chapter's 256 x 138 = "
+          "35,328); take fewer points or steps")
     mean, std = chapter17_gaussian()
     denoise = edm.gaussian_denoiser(mean, std)
     x = 80 * torch.randn(n, 8, dtype=F64, generator=torch.Generator().manual_seed(seed))
@@ -747,6 +774,10 @@ def save_latent_decoder(model, path) -> None:
     """The decoder of a VAE with an MLP decoder (linear layers with ReLU between them,
     Bernoulli logits out) as half-precision arrays W0, b0, W1, b1, ... in an .npz file, for
     the page's latent explorer (`latent_page`). A 2 -> 512 -> 784 decoder is 0.8 MB."""
+    _replace(Path(path), _npz_bytes(_decoder_arrays(model)))
+
+
+def _decoder_arrays(model) -> dict:
     linears = [m for m in model.decoder.modules() if isinstance(m, torch.nn.Linear)]
     if getattr(model, "arch", None) != "mlp" or model.likelihood != "bernoulli":
         raise ValueError("save_latent_decoder takes a VAE with arch='mlp' and Bernoulli "
@@ -755,7 +786,7 @@ def save_latent_decoder(model, path) -> None:
     for k, lin in enumerate(linears):
         arrays[f"W{k}"] = lin.weight.detach().cpu().numpy().astype("<f2")
         arrays[f"b{k}"] = lin.bias.detach().cpu().numpy().astype("<f2")
-    np.savez(path, **arrays)
+    return arrays
 
 
 STORE_VAR = "BOOK_EXPLORERS"  # the folder a storing run keeps explorers' arrays in
@@ -774,10 +805,26 @@ def _grey(a) -> np.ndarray:
     return np.round(255 * np.clip(a.astype(float), 0, 1)).astype("u1")
 
 
+def _store_name(name) -> str:
+    """name, a file name inside the store's folder (sub-folders allowed) ending in .npz (added
+    as numpy's savez adds it): an absolute name or one with '..' would write outside it."""
+    if not isinstance(name, (str, os.PathLike)) or not str(name).strip():
+        raise checks.ArgumentError(f"name must be a file name such as 'ch9-chain.npz', got "
+                                   f"{name!r:.60}")
+    name = os.fspath(name)
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise checks.ArgumentError(f"name must be a file name inside ${STORE_VAR}, got "
+                                   f"{name!r}: an absolute name or one with '..' writes outside "
+                                   "the store's folder; pass a plain name such as "
+                                   "'ch9-chain.npz'")
+    return name if name.endswith(".npz") else name + ".npz"
+
+
 def _store_path(name: str) -> Path | None:
     """$BOOK_EXPLORERS/name (its folder made), the folder that tools/run_notebooks.py sets
     when it executes a chapter to store its outputs; None elsewhere (nbval, Colab, a dry
-    run), where nothing is written."""
+    run), where nothing is written. The name is checked in every run (`_store_name`)."""
+    name = _store_name(name)
     folder = os.environ.get(STORE_VAR)
     if not folder:
         return None
@@ -786,14 +833,53 @@ def _store_path(name: str) -> Path | None:
     return path
 
 
+def _npz_bytes(arrays: dict) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write data to path atomically, as the checkpoints are written: into a temporary file
+    of this process's in the same folder, then os.replace. A run killed while writing leaves
+    the previous file whole (the page would fail on a truncated one with BadZipFile) and a
+    temporary file, which the next write removes once its process is gone."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(path)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes on disk before the name points at them
+        os.replace(tmp, path)
+    finally:  # also when Ctrl-C lands inside the write
+        tmp.unlink(missing_ok=True)
+
+
+def _store(name, page, who: str, **arrays) -> Path | None:
+    """The arrays, read back by `page` (the page's own checks) in every run, then in a
+    storing run written to $BOOK_EXPLORERS/name atomically (`_replace`): a store never keeps
+    what its page would refuse, and says so where the chapter stores it, not at the
+    build. Returns the path written, or None."""
+    name = _store_name(name)
+    data = _npz_bytes(arrays)
+    try:
+        page(io.BytesIO(data))
+    except checks.ArgumentError as err:
+        raise checks.ArgumentError(f"{who}: its page would refuse what it stores: {err}") \
+            from None
+    path = _store_path(name)
+    if path is not None:
+        _replace(path, data)
+    return path
+
+
 def store_latent_decoder(model, name: str):
     """`save_latent_decoder` into $BOOK_EXPLORERS/name (`_store_path`), so that the page's
     explorer runs the decoder of the run the page shows. Returns the path written, or
     None."""
-    path = _store_path(name)
-    if path is not None:
-        save_latent_decoder(model, path)
-    return path
+    return _store(name, latent_page, "store_latent_decoder", **_decoder_arrays(model))
 
 
 def latent_decoder(path) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -917,16 +1003,22 @@ def chapter19_toy():
     return quantizer, loss
 
 
+MAX_PLANE = 101 * 101  # straight_page's grid points, both sliders' positions (chapter 19: 51^2)
+
+
 def straight_page(span: float = 2.5, step: float = 0.1) -> dict:
     """Chapter 19: at every point z_e of a grid of the plane (two sliders from -span to span
     by step), the toy quantizer's code (`VectorQuantizer`), the loss without quantizing,
     L(z_e), and through the quantizer, L(z_q), the gradient of L at z_e and the
     straight-through gradient (the quantizer's z_q carries it: the gradient of L at the
     code, `models.quantizer.straight_through`); and on a 121 x 121 grid, the loss and the
-    code of every point, which the page draws. At most 10,001 positions a slider (the
-    chapter's 51)."""
+    code of every point, which the page draws. At most MAX_PLANE = 10,201 points (101
+    positions a slider; the chapter's 51)."""
     quantizer, loss = chapter19_toy()
     values = slider_values(-span, span, step)
+    _work("the grid's points (positions of z1 x positions of z2)", len(values) ** 2,
+          MAX_PLANE, "every point's six numbers travel in the page's state (the chapter's "
+          "51 x 51 = 2,601; 5 / 0.01 built 66 MB); take a larger step or a smaller span")
     z1, z2 = torch.meshgrid(torch.tensor(values, dtype=F64), torch.tensor(values, dtype=F64),
                             indexing="xy")  # (second, first)
     z = torch.stack([z1.reshape(-1), z2.reshape(-1)], 1).requires_grad_()
@@ -971,15 +1063,17 @@ def store_corruptions(name: str, corruptions: dict, clean: dict) -> Path | None:
             raise checks.ArgumentError(f"every corruption needs {what} of one shape (the "
                                        f"same strengths, the same digits shown), got "
                                        f"{shapes}")
-    path = _store_path(name)
-    if path is None:
-        return None
-    np.savez(path, names=np.array(names), units=np.array([v[0] for v in corruptions.values()]),
-             strength=np.stack(arrays[0]), measures=np.stack(arrays[1]),
-             images=_grey(np.stack(arrays[2])),
-             clean_lo=np.asarray(clean["lo"], dtype=float),
-             clean_hi=np.asarray(clean["hi"], dtype=float))
-    return path
+    for end in ("lo", "hi"):
+        if np.shape(clean[end]) != (len(CORRUPTION_MEASURES),):
+            raise checks.ArgumentError(
+                f"clean[{end!r}] must hold one bound per measure {CORRUPTION_MEASURES}, "
+                f"shape ({len(CORRUPTION_MEASURES)},), got shape {np.shape(clean[end])}")
+    return _store(name, corruption_page, "store_corruptions", names=np.array(names),
+                  units=np.array([v[0] for v in corruptions.values()]),
+                  strength=np.stack(arrays[0]), measures=np.stack(arrays[1]),
+                  images=_grey(np.stack(arrays[2])),
+                  clean_lo=np.asarray(clean["lo"], dtype=float),
+                  clean_hi=np.asarray(clean["hi"], dtype=float))
 
 
 def corruption_page(stored) -> dict:
