@@ -127,8 +127,26 @@ def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
 
     Book: :eq:`ch8-kl-mse`, :eq:`ch9-kl-1d`.
     """
-    return _normal_kl(*_finite_args(mean1=mean1, logvar1=logvar1, mean2=mean2,
-                                    logvar2=logvar2))
+    args = _finite_args(mean1=mean1, logvar1=logvar1, mean2=mean2, logvar2=logvar2)
+    _one_of_the_shapes(("mean1", "logvar1", "mean2", "logvar2"), args)
+    return _normal_kl(*args)
+
+
+def _one_of_the_shapes(names, tensors) -> None:
+    """Broadcasting only expands arguments to the shape of one of them (a number, a
+    per-dimension (D,) against (B, D)): (4, 1) against (1, 4) was broadcast to (4, 4), a KL
+    for every pair of rows and columns."""
+    shapes = [tuple(t.shape) for t in tensors]
+    try:
+        out = tuple(torch.broadcast_shapes(*shapes))
+    except RuntimeError:
+        out = None
+    if out not in shapes:
+        raise checks.ArgumentError(
+            f"{', '.join(names)} must broadcast to the shape of one of them, got shapes "
+            f"{', '.join(f'{n} {s}' for n, s in zip(names, shapes, strict=True))}"
+            f"{'' if out is None else f' (together {out})'}: give them one shape, e.g. "
+            "reshape a (B, 1) column and a (1, B) row alike")
 
 
 def _finite_args(**values) -> list[torch.Tensor]:

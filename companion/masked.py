@@ -612,6 +612,9 @@ def sample(denoiser: Callable, shape, K: int, *, order: str = "random", sched="l
         raise checks.ArgumentError(f"order must be one of {ORDERS}, got {order!r}")
     shape = tuple(shape)
     n, D = shape[0], math.prod(shape[1:])
+    checks.size("the values drawn, prod(shape)", n * D, MAX_SAMPLED, "the states and every "
+                "step's logits hold them all (the chapters' largest, 20,000 x 9); draw in "
+                "batches")
     if K > D:
         raise checks.ArgumentError(f"K = {K} steps for {D} pixels: at most one step per "
                                    f"pixel, K <= {D}")
@@ -645,6 +648,7 @@ def sample(denoiser: Callable, shape, K: int, *, order: str = "random", sched="l
     return z
 
 
+MAX_SAMPLED = 10_000_000  # sample's n x D (a million images asked for 784 million: 19 s)
 MAX_LAW_PIXELS = 12  # sampler_law enumerates partial states: up to 3^D of them
 
 
@@ -679,7 +683,7 @@ def sampler_law(denoiser: Callable, D: int, K: int, *, order: str = "random",
     pixel = 1 << torch.arange(D)
     law = torch.zeros(n * n, dtype=torch.float64)  # entry R n + v: revealed bits R, values v
     law[0] = 1.0
-    for count in reveal_counts(D, K, sched):
+    for k, count in enumerate(reveal_counts(D, K, sched)):
         if count == 0:
             continue
         keys = law.nonzero().squeeze(1)
@@ -687,7 +691,11 @@ def sampler_law(denoiser: Callable, D: int, K: int, *, order: str = "random",
         revealed = (R_all[:, None] & pixel) != 0
         z = torch.where(revealed, ((v_all[:, None] & pixel) != 0).double(), MASK)
         with torch.no_grad():
-            p1 = torch.sigmoid(_logits(denoiser, z, whole=True).float().reshape(-1, D))
+            logits = _logits(denoiser, z, whole=True).float().reshape(-1, D)
+        # as `sample` refuses them: a NaN at a masked pixel made the whole law NaN
+        _finite_logits([(k, (~torch.isfinite(logits) & ~revealed).sum(),
+                         int((~revealed).sum()))], K)
+        p1 = torch.sigmoid(logits)
         step = torch.zeros_like(law)
         for R in R_all.unique().tolist():  # the states that revealed the same pixels
             rows = (R_all == R).nonzero().squeeze(1)

@@ -770,6 +770,21 @@ def _knn_radii(x: torch.Tensor, k: int) -> torch.Tensor:
                       for s in _blocks(len(x), len(x))])
 
 
+def _real_radii(real: torch.Tensor, k: int) -> torch.Tensor:
+    """The real points' k-NN radii (`_knn_radii`), none 0: a real row with k or more
+    copies has a ball of radius 0 that holds only its copies, and the measures read 0 for
+    it without a word. (The samples' radii may be 0: a collapsed sampler's copies are what
+    recall and coverage are there to show.)"""
+    radii = _knn_radii(real, k)
+    zero = int((radii == 0).sum())
+    if zero:
+        raise checks.ArgumentError(
+            f"real has {zero} row(s) with k = {k} or more exact copies, whose k-NN ball has "
+            f"radius 0 (it holds only the copies): drop duplicate rows first "
+            f"(real.unique(dim=0)), or take a larger k")
+    return radii
+
+
 def _ball_counts(points: torch.Tensor, centres: torch.Tensor,
                  radii: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(P,) int64, how many closed balls B(centres_i, radii_i) hold each point, and (C,)
@@ -802,7 +817,7 @@ def real_balls(real: torch.Tensor, fake: torch.Tensor, k: int) -> torch.Tensor:
     """
     real, fake = _feature_sets(real, fake, "real_balls")
     k = _neighbours("real", k, real)
-    return _ball_counts(fake, real, _knn_radii(real, k))[0]
+    return _ball_counts(fake, real, _real_radii(real, k))[0]
 
 
 @dataclass(frozen=True)
@@ -846,7 +861,7 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> Prec
     real, fake = _feature_sets(real, fake, "precision_recall")
     k = _neighbours("real", k, real)
     k = _neighbours("fake", k, fake)
-    in_real, _ = _ball_counts(fake, real, _knn_radii(real, k))
+    in_real, _ = _ball_counts(fake, real, _real_radii(real, k))
     in_fake, _ = _ball_counts(real, fake, _knn_radii(fake, k))
     return PrecisionRecall((in_real > 0).double().mean().item(),
                            (in_fake > 0).double().mean().item(), k)
@@ -893,7 +908,7 @@ def density_coverage(real: torch.Tensor, fake: torch.Tensor, k: int = 5) -> Dens
     """
     real, fake = _feature_sets(real, fake, "density_coverage")
     k = _neighbours("real", k, real)
-    radii = _knn_radii(real, k)
+    radii = _real_radii(real, k)
     counts, nearest = _ball_counts(fake, real, radii)
     return DensityCoverage(counts.sum().item() / (k * len(fake)),
                            (nearest <= radii).double().mean().item(), k)
@@ -1124,6 +1139,17 @@ class FrechetInfinity:
                 f"{self.slope_se:.2g} in 1/N, from N = {min(self.sizes)}..{max(self.sizes)})")
 
 
+def _sizes(sizes) -> tuple[int, ...]:
+    """sizes, a sequence (a list, a tuple, a 1-D tensor) of whole numbers >= 1, as ints: a
+    string was read digit by digit ("12" as 1, 2) and 100.7 as 100."""
+    if torch.is_tensor(sizes) and sizes.dim() == 1:
+        sizes = sizes.tolist()
+    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Iterable):
+        raise checks.ArgumentError(f"sizes must be a sequence of subset sizes (ints), e.g. "
+                                   f"[100, 200, 400], got {sizes!r:.60}")
+    return tuple(checks.count("every one of sizes (a subset size)", n) for n in sizes)
+
+
 def frechet_line(sizes, distances: torch.Tensor) -> FrechetInfinity:
     """The least-squares line FD_N = FD_inf + slope / N through distances measured at
     several sizes, every draw a point, with the standard errors of ordinary least squares:
@@ -1143,19 +1169,23 @@ def frechet_line(sizes, distances: torch.Tensor) -> FrechetInfinity:
 
     Book: :eq:`ch20-frechet-infinity`.
     """
-    sizes = tuple(int(n) for n in sizes)
+    sizes = _sizes(sizes)
     fd = torch.as_tensor(distances, dtype=torch.float64)
     if fd.dim() == 1:
         fd = fd[:, None]
-    if fd.dim() != 2 or fd.shape[0] != len(sizes):
+    if fd.dim() != 2 or fd.shape[0] != len(sizes) or fd.shape[1] == 0:
         raise checks.ArgumentError(
-            f"distances must be (len(sizes), draws) = ({len(sizes)}, draws), got shape "
-            f"{tuple(fd.shape)}")
-    if len(set(sizes)) < 2 or min(sizes) < 1:
+            f"distances must be (len(sizes), draws) = ({len(sizes)}, draws), draws >= 1, got "
+            f"shape {tuple(fd.shape)}")
+    if len(set(sizes)) < 2:
         raise checks.ArgumentError(f"sizes must hold at least 2 different positive sizes, "
                                    f"got {list(sizes)}")
     if not torch.isfinite(fd).all():
         raise checks.ArgumentError("distances must be finite; a NaN or inf came in")
+    if bool((fd < 0).any()):
+        raise checks.ArgumentError(
+            f"distances must be >= 0 (squared Fréchet distances), got min {fd.min().item():.4g}:"
+            " pass frechet_distance's values, not differences of them")
     x = (1.0 / torch.tensor(sizes, dtype=torch.float64))[:, None].expand_as(fd).flatten()
     y = fd.flatten()
     sxx = (x - x.mean()).pow(2).sum()
@@ -1205,13 +1235,8 @@ def frechet_infinity(real: torch.Tensor, fake: torch.Tensor, sizes, *, draws: in
     Book: :eq:`ch20-frechet-infinity`.
     """
     real, fake = _frechet_inputs(real, fake, ("real", "fake"))
-    if torch.is_tensor(sizes) and sizes.dim() == 1:
-        sizes = sizes.tolist()
-    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Iterable):
-        raise checks.ArgumentError(f"sizes must be a sequence of subset sizes (ints), e.g. "
-                                   f"[100, 200, 400], got {sizes!r:.60}")
     sizes = tuple(checks.count("every one of sizes", n, minimum=2, maximum=len(fake))
-                  for n in sizes)
+                  for n in _sizes(sizes))
     if len(set(sizes)) < 2 or len(set(sizes)) != len(sizes):
         raise checks.ArgumentError(
             f"sizes must hold at least 2 different subset sizes, none twice (a line through "

@@ -260,10 +260,17 @@ def ddpm_diffusion(profile, device):
     return Diffusion(linear_betas(T, 1e-4 * 1000 / T, 0.02 * 1000 / T), device=device)
 
 
+def _at_steps(name: str, steps) -> str:
+    """The checkpoint name of `name` trained for `steps` updates (None: the full run): steps a
+    whole number >= 1 (-5 named a file of no run)."""
+    if steps is None:
+        return name
+    return f"{name}-step{checks.count('steps (the updates of an early run, or None)', steps)}"
+
+
 def ddpm_checkpoint(profile, steps: int | None = None, prefix: str = "ch9"):
     """The checkpoint file of the DDPM trained for `steps` (None: the profile's full run)."""
-    name = f"{prefix}-ddpm" if steps is None else f"{prefix}-ddpm-step{steps}"
-    return checkpoint_path(name, profile)
+    return checkpoint_path(_at_steps(f"{prefix}-ddpm", steps), profile)
 
 
 def ddpm(x, profile, device, *, steps: int | None = None, resume_from=None,
@@ -639,7 +646,7 @@ def latent_checkpoint(profile, steps: int | None = None, prefix: str = "ch11", *
     """The checkpoint file of the latent DDPM trained for `steps` (None: the full run);
     other keywords (those `snapshots` passes to `latent_denoiser`) are ignored."""
     name = f"{prefix}-latent-ddpm" + ("-cond" if conditional else "")
-    return checkpoint_path(name if steps is None else f"{name}-step{steps}", profile)
+    return checkpoint_path(_at_steps(name, steps), profile)
 
 
 def latent_denoiser(vae, x, profile, device, *, scale: float, labels=None,
@@ -712,8 +719,7 @@ def latent_denoiser(vae, x, profile, device, *, scale: float, labels=None,
 # --- chapter 13: flow matching with chapter 9's U-Net ----------------------------------------
 def flow_checkpoint(profile, steps: int | None = None, prefix: str = "ch13"):
     """The checkpoint file of the flow model trained for `steps` (None: the full run)."""
-    name = f"{prefix}-flow" if steps is None else f"{prefix}-flow-step{steps}"
-    return checkpoint_path(name, profile)
+    return checkpoint_path(_at_steps(f"{prefix}-flow", steps), profile)
 
 
 def flow_matching(x, profile, device, *, steps: int | None = None, resume_from=None,
@@ -959,7 +965,7 @@ def edm_checkpoint(profile, steps: int | None = None, prefix: str = "ch17", *,
 
     pm, ps = P_MEAN if P_mean is None else P_mean, P_STD if P_std is None else P_std
     name = f"{prefix}-edm" + ("" if (pm, ps) == (P_MEAN, P_STD) else f"-pm{pm:g}-ps{ps:g}")
-    return checkpoint_path(name if steps is None else f"{name}-step{steps}", profile)
+    return checkpoint_path(_at_steps(name, steps), profile)
 
 
 def edm(x, profile, device, *, steps: int | None = None, resume_from=None,
@@ -1054,7 +1060,7 @@ def vdm_checkpoint(profile, steps: int | None = None, prefix: str = "ch18", *,
     if weighting not in VDM_WEIGHTINGS:
         raise ValueError(f"weighting must be one of {VDM_WEIGHTINGS}, got {weighting!r}")
     name = f"{prefix}-vdm" if weighting == "elbo" else f"{prefix}-vdm-{weighting}"
-    return checkpoint_path(name if steps is None else f"{name}-step{steps}", profile)
+    return checkpoint_path(_at_steps(name, steps), profile)
 
 
 def vdm(x, profile, device, *, steps: int | None = None, resume_from=None,
@@ -1307,13 +1313,21 @@ def chosen_variant(runs: dict) -> str:
     whose logged reconstruction term, log p(x | z_q) on the training batches, is highest on
     average over the last tenth of its updates. Nothing held out is looked at: the rule
     reads the loss each run minimized, before any test digit is scored."""
-    def last_tenth(result):
-        rec = result.history["reconstruction"]
-        return sum(rec[-max(len(rec) // 10, 1):]) / max(len(rec) // 10, 1)
+    def last_tenth(variant, result):
+        rec = list(result.history.get("reconstruction", []))
+        tail = rec[-max(len(rec) // 10, 1):]
+        if not rec or not all(math.isfinite(float(v)) for v in tail):
+            raise checks.ArgumentError(
+                f"runs[{variant!r}] has {'no' if not rec else 'a NaN or infinite'} logged "
+                "reconstruction term in the last tenth of its updates: the rule cannot rank "
+                "it (a NaN is never the largest, nor the smallest); retrain that variant, or "
+                "leave it out of runs")
+        return sum(tail) / len(tail)
 
     if not runs:
         raise ValueError("chosen_variant needs {variant: FitResult} of at least one run")
-    return max(runs, key=lambda v: last_tenth(runs[v]))
+    scores = {v: last_tenth(v, runs[v]) for v in runs}
+    return max(runs, key=scores.__getitem__)
 
 
 def vq_priors(x, profile, device, *, prefix: str = "ch19") -> tuple[str, dict]:
@@ -1334,8 +1348,10 @@ def code_prior_checkpoint(profile, steps: int | None = None, prefix: str = "ch19
                           variant: str = "fsq", kind: str = "masked", **_):
     """The checkpoint file of a prior over `variant`'s codes trained for `steps` (None: the
     full run); other keywords (those `snapshots` passes to `code_prior`) are ignored."""
+    checks.one_of("variant", variant, VQ_VARIANTS, " (the autoencoder the prior models)")
+    checks.one_of("kind", kind, PRIOR_KINDS)
     name = f"{prefix}-{kind}-prior-{variant}"
-    return checkpoint_path(name if steps is None else f"{name}-step{steps}", profile)
+    return checkpoint_path(_at_steps(name, steps), profile)
 
 
 def code_prior(x, profile, device, *, vq, variant: str, kind: str = "masked",

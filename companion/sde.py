@@ -346,7 +346,13 @@ def divergence_exact(field: Field, x: torch.Tensor, t: float) -> tuple[torch.Ten
     For small D only (the toys): D reverse-mode passes, one per column of the Jacobian.
     """
     checks.finite("x", checks.points("x", x, "for images use divergence_hutchinson"))
-    return _divergence_exact(field, x, t)
+    f, div = _divergence_exact(field, x, t)
+    # the public call checks what the field returned (the solvers' steps do not: a sync)
+    checks.finite("the field's output F(x, t)", f, "the field returned NaN or inf at "
+                  "finite x: check it at this t (a division by sigma(t) = 0 at t = 0?)")
+    checks.finite("the divergence of the field", div, "its Jacobian holds NaN or inf at "
+                  "these x: check the field's gradient at this t")
+    return f, div
 
 
 def _divergence_exact(field: Field, x: torch.Tensor, t: float):

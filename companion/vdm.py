@@ -150,9 +150,24 @@ def noise_levels(gamma) -> dict[str, torch.Tensor]:
 
 
 # --- schedules -----------------------------------------------------------------------------------
+# |gamma| beyond this and SNR = exp(-gamma) (or 1 / SNR) overflows float64 (at 709.8), and
+# the schedule's levels under- or overflow with it: -2000 gave gamma(0) = -inf
+GAMMA_LIMIT = 700.0
+
+
+def _end(name: str, value) -> float:
+    v = checks.real(name, value)
+    if abs(v) > GAMMA_LIMIT:
+        raise checks.ArgumentError(
+            f"{name} must lie in [-{GAMMA_LIMIT:g}, {GAMMA_LIMIT:g}], got {v:g}: SNR = "
+            f"exp(-gamma) {'overflows' if v < 0 else 'underflows'} float64 beyond (VDM's ends "
+            "are -13.3 and 5.0)")
+    return v
+
+
 def _ends(gamma_min, gamma_max) -> tuple[float, float]:
-    lo = checks.real("gamma_min (gamma(0), the least noisy level)", gamma_min)
-    hi = checks.real("gamma_max (gamma(1), the noisiest level)", gamma_max)
+    lo = _end("gamma_min (gamma(0), the least noisy level)", gamma_min)
+    hi = _end("gamma_max (gamma(1), the noisiest level)", gamma_max)
     if not lo < hi:
         raise checks.ArgumentError(
             f"need gamma_min < gamma_max (gamma increases with t: SNR(0) > SNR(1)), got "
@@ -220,10 +235,14 @@ class Schedule(nn.Module):
         return torch.where(inside, 1 / self._derivative(t), torch.zeros_like(lam))
 
     def check(self, n: int = 1001) -> Schedule:
-        """self, after checking on n + 1 times that gamma is finite and increases strictly
-        and that gamma' > 0; otherwise an error naming where it fails."""
-        t = torch.linspace(0, 1, checks.count("n", n, minimum=2) + 1, dtype=torch.float64,
-                           device=self._device())
+        """self, after checking on n + 1 times k / n that gamma is finite and increases
+        strictly, and that gamma' > 0 there and at the n midpoints between them (a wiggle
+        whose period divides 1 / n is level at the times, not at the midpoints); otherwise
+        an error naming where it fails."""
+        n = checks.size("n (the check's grid, n + 1 times)", n, MAX_CHECK_GRID, "a grid "
+                        "this fine is checked in seconds (FunctionSchedule's default: 1,000)",
+                        minimum=2)
+        t = torch.linspace(0, 1, 2 * n + 1, dtype=torch.float64, device=self._device())
         with torch.no_grad():
             g, d = self._gamma(t), self._derivative(t)
         _check_increasing("the schedule", t, g, d)
@@ -313,6 +332,16 @@ class CosineSchedule(Schedule):
         self.gamma_min, self.gamma_max = _ends(gamma_min, gamma_max)
         self.a = math.atan(math.exp(self.gamma_min / 2))
         self.b = math.atan(math.exp(self.gamma_max / 2))
+        # near pi/2 float64 cannot tell b's neighbours apart: tan(b), and gamma(1), lose the
+        # end given (gamma_max = 700 computes as 74)
+        for name, end, got in (("gamma_min", self.gamma_min, self._gamma(torch.tensor(0.0,
+                                dtype=torch.float64))), ("gamma_max", self.gamma_max,
+                                self._gamma(torch.tensor(1.0, dtype=torch.float64)))):
+            if not abs(float(got) - end) <= 1e-6 * (1 + abs(end)):
+                raise checks.ArgumentError(
+                    f"CosineSchedule's {name} = {end:g} computes as gamma = {float(got):.6g} "
+                    "in float64 (tan of a level this close to 0 or pi/2 is not resolved): "
+                    "keep the ends within about [-700, 40] (VDM's are -13.3 and 5.0)")
 
     def ends(self, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
         """(gamma_min, gamma_max) as given, exactly (not through the rounding of tan)."""
@@ -417,11 +446,16 @@ class ChainSchedule(Schedule):
         return (k.to(g.dtype) + (g - gs[k]) / (gs[k + 1] - gs[k])) / (self.T - 1)
 
 
+FUNCTION_CHECK_MIN = 1000  # FunctionSchedule's coarsest check grid (its default)
+
+
 class FunctionSchedule(Schedule):
     """Any increasing function as a schedule: gamma_fn(t (N,)) -> (N,), and optionally
     derivative_fn(t) -> gamma'(t) (by default autograd through gamma_fn). Checked at
-    construction on n + 1 times in [0, 1]: finite and strictly increasing (a decreasing
-    function, a log-SNR instead of its negative, is refused with the fix).
+    construction on n + 1 >= 1001 times k / n in [0, 1] (and gamma' between them): finite
+    and strictly increasing (a decreasing function, a log-SNR instead of its negative, is
+    refused with the fix); and where it is used: gamma finite and gamma' > 0 at every time
+    asked for (on the CPU).
     """
 
     def __init__(self, gamma_fn: Callable[[torch.Tensor], torch.Tensor],
@@ -438,15 +472,32 @@ class FunctionSchedule(Schedule):
             raise checks.ArgumentError(f"gamma_fn must return a tensor shaped like t, got "
                                        f"{tuple(getattr(out, 'shape', ())) or type(out).__name__}"
                                        " for t of shape (5,)")
-        self.check(n)
+        # a grid checks only its own times: a coarse one passed 10t - 5 + 0.01 sin(2000 pi t)
+        self.n = checks.count("n (the grid gamma_fn is checked on, n + 1 times k / n; a "
+                              "coarser one misses a decrease between its times)", n,
+                              minimum=FUNCTION_CHECK_MIN)
+        self.check(self.n)
 
     def _gamma(self, t):
-        return self.gamma_fn(t)
+        g = self.gamma_fn(t)
+        if torch.is_tensor(g) and g.device.type == "cpu" and not checks.all_finite(g):
+            raise checks.ArgumentError("gamma_fn returned NaN or infinite gamma at the times "
+                                       "asked for: gamma(t) must be finite on [0, 1]")
+        return g
 
     def _derivative(self, t):
-        if self.derivative_fn is not None:
-            return self.derivative_fn(t)
-        return super()._derivative(t)
+        d = self.derivative_fn(t) if self.derivative_fn is not None else super()._derivative(t)
+        # where it is used (the losses' weight gamma'(t), the density of the log-SNR): a
+        # decrease between the times checked at construction would weigh a loss negatively
+        if torch.is_tensor(d) and d.device.type == "cpu" and not bool((d > 0).all()):
+            k = int(torch.nonzero(~(d > 0)).reshape(-1)[0])
+            raise checks.ArgumentError(
+                f"gamma_fn is not increasing at t = {float(t.reshape(-1)[k]):.6g}: gamma'(t) = "
+                f"{float(d.detach().reshape(-1)[k]):.4g}. gamma = -log SNR must increase "
+                "with t everywhere on [0, 1] (FunctionSchedule checks gamma' wherever it is "
+                "used, and at construction on n + 1 times k / n and between them): if yours "
+                "decreases, use gamma(1 - t) or -gamma")
+        return d
 
 
 def _inv_softplus(y: float) -> float:
@@ -479,7 +530,8 @@ class LearnedSchedule(Schedule):
                  hidden: int = 1024, generator: torch.Generator | None = None):
         super().__init__()
         lo, hi = _ends(gamma_min, gamma_max)
-        hidden = checks.count("hidden (the sigmoid layer's width)", hidden)
+        hidden = checks.size("hidden (the sigmoid layer's width)", hidden, 65_536, "every "
+                             "time evaluates all the units (VDM's: 1,024)")
         dtype = torch.get_default_dtype()
         self.gamma_min = nn.Parameter(torch.tensor(lo, dtype=dtype))
         self.span = nn.Parameter(torch.tensor(_inv_softplus(hi - lo), dtype=dtype))
@@ -607,6 +659,10 @@ class StepAdapter(nn.Module):
         if not torch.is_tensor(gamma) or gamma.shape != (len(z),):
             raise checks.ArgumentError(f"gamma must be one noise level per example ({len(z)},), "
                                        f"got {tuple(getattr(gamma, 'shape', ())) or gamma!r}")
+        if gamma.device.type == "cpu" and not checks.all_finite(gamma):  # no sync on a GPU
+            raise checks.ArgumentError("gamma holds NaN or infinite noise levels: the "
+                                       "adapter would turn them into step -2^63; pass finite "
+                                       "levels (a schedule's gamma(t), t in [0, 1])")
         s = self.steps(gamma)
         if not self.interpolate:
             return self.model(z, s.round().long().to(z.device))
@@ -638,6 +694,15 @@ class DiffusionModel(nn.Module):
         return self.eps_model(z, gamma)
 
 
+MAX_CHECK_GRID = 10_000_000   # Schedule.check's n
+MAX_CHAIN_STEPS = 2**20       # chain_betas' and gaussian_discrete_loss's T (the chapter's 2^16)
+
+
+def _chain_steps(T) -> int:
+    return checks.size("T (the number of steps)", T, MAX_CHAIN_STEPS, "a chain's levels are "
+                       "held at every step (the chapter's longest, 2^16 = 65,536)")
+
+
 def chain_betas(schedule: Schedule, T: int) -> torch.Tensor:
     """The schedule as a chain of T steps for chapter 9's samplers (`diffusion.Diffusion`):
     alpha_bar_i = sigmoid(-gamma(i / T)), i = 1..T, and beta_i = 1 - alpha_bar_i /
@@ -645,13 +710,21 @@ def chain_betas(schedule: Schedule, T: int) -> torch.Tensor:
     gamma(i / T). Returns betas (T,), float64, each in (0, 1).
     """
     _check_schedule(schedule)
-    T = checks.count("T (the number of steps, a whole number >= 1)", T)
+    T = _chain_steps(T)
     with torch.no_grad():
         g = schedule._gamma(torch.arange(1, T + 1, dtype=torch.float64,
                                          device=schedule._device()) / T).cpu()
     log_ab = F.logsigmoid(-g)
     prev = torch.cat([torch.zeros(1, dtype=torch.float64), log_ab[:-1]])
-    return -torch.expm1(log_ab - prev)
+    betas = -torch.expm1(log_ab - prev)
+    bad = torch.nonzero(~((betas > 0) & (betas < 1))).reshape(-1)
+    if len(bad):  # NaN too: a gamma that decreases between steps, or is not finite
+        i = int(bad[0]) + 1
+        raise checks.ArgumentError(
+            f"the schedule gives beta_{i} = {float(betas[i - 1]):.4g}, outside (0, 1): gamma "
+            f"({float(g[i - 1]):.4g} at step {i}) must be finite and increase from step to "
+            "step (between the times its check looked at too)")
+    return betas
 
 
 # --- the losses ----------------------------------------------------------------------------------
@@ -711,7 +784,8 @@ def stratified_times(n: int, *, dtype=torch.float64, device=None,
     stratum of width 1/n, which lowers the variance of a batch mean; the values are not
     independent, so measure per-example variances with iid times instead.  -> (n,)
     """
-    n = checks.count("n", n)
+    n = checks.size("n", n, 10_000_000, "one time per example of a batch (a batch of "
+                    "more than 10^7 would not fit beside its images)")
     u = torch.rand((), dtype=dtype, device=device, generator=generator)
     return torch.remainder(u + torch.arange(n, dtype=dtype, device=device) / n, 1.0)
 
@@ -980,13 +1054,46 @@ def weighted_loss(eps_model: EpsModel, schedule: Schedule, x: torch.Tensor,
     gamma, dgamma = schedule._gamma(t), schedule._derivative(t)
     w = checks.per_point(weighting(-gamma), len(x), who="weighting(lambda)",
                          fix="return one weight per log-SNR, shaped like lambda")
+    _weights(w, -gamma, who="weighting(lambda)")
     z = _diffuse(x, gamma, noise)
     return 0.5 * w.to(x.dtype) * dgamma * _flat_sum((_eps(eps_model, z, gamma) - noise) ** 2)
 
 
+def _log_snrs(lam) -> torch.Tensor:
+    """lam as a floating tensor of finite log-SNRs whose exp(-lam) and exp(lam) are finite in
+    its dtype (|lam| <= 88 in float32, 709 in float64): beyond, the weightings' e^-lambda
+    overflows and 0 x inf gave NaN (edm_weighting(-800))."""
+    lam = _real_tensor("lam", lam)
+    limit = math.log(torch.finfo(lam.dtype).max)
+    if lam.device.type == "cpu" and lam.numel() and float(lam.detach().abs().max()) > limit:
+        raise checks.ArgumentError(
+            f"lam must be log-SNRs within [-{limit:.1f}, {limit:.1f}] in {lam.dtype}, got "
+            f"values in [{float(lam.min()):.4g}, {float(lam.max()):.4g}]: exp(-lambda) "
+            "overflows beyond (a schedule's log-SNRs lie in [-gamma_max, -gamma_min]; pass "
+            "float64 for a wider range)")
+    return lam
+
+
+def _weights(w, lam: torch.Tensor, who: str = "weighting(lam)") -> torch.Tensor:
+    """w, a weighting's output, checked: a tensor shaped like lam, finite and >= 0 (on the
+    CPU: on a GPU each check would cost a device sync a training step)."""
+    if not torch.is_tensor(w) or w.shape != lam.shape:
+        raise checks.ArgumentError(
+            f"{who} must return one weight per log-SNR, a tensor shaped like lam "
+            f"{tuple(lam.shape)}, got {tuple(w.shape) if torch.is_tensor(w) else checks._got(w)}")
+    if w.device.type == "cpu" and w.numel():
+        v = w.detach()
+        if not checks.all_finite(v) or bool((v < 0).any()):
+            raise checks.ArgumentError(
+                f"{who} must be finite and >= 0 (a weight of the loss at each noise level), "
+                f"got values in [{float(v.min()):.4g}, {float(v.max()):.4g}]: a negative "
+                "weight makes the loss negative")
+    return w
+
+
 def elbo_weighting(lam) -> torch.Tensor:
     """w(lambda) = 1: the ELBO (VDM's continuous-time loss). Monotone."""
-    return torch.ones_like(_real_tensor("lam", lam))
+    return torch.ones_like(_log_snrs(lam))
 
 
 def sigmoid_weighting(lam, bias: float = 2.0) -> torch.Tensor:
@@ -997,7 +1104,7 @@ def sigmoid_weighting(lam, bias: float = 2.0) -> torch.Tensor:
     Book: :eq:`ch18-weight-sigmoid`.
     """
     b = checks.real("bias", bias)
-    return torch.sigmoid(b - _real_tensor("lam", lam))
+    return torch.sigmoid(b - _log_snrs(lam))
 
 
 def lsimple_weighting(lam, schedule: Schedule | None = None) -> torch.Tensor:
@@ -1037,7 +1144,7 @@ def edm_weighting(lam, P_mean: float = edm.P_MEAN, P_std: float = edm.P_STD,
 
     Book: :eq:`ch18-weight-edm`.
     """
-    lam = _real_tensor("lam", lam)
+    lam = _log_snrs(lam)
     m = -2 * checks.real("P_mean", P_mean)
     s = 2 * checks.positive("P_std", P_std)
     sd = checks.positive("sigma_data", sigma_data)
@@ -1061,7 +1168,7 @@ def v_prediction_weighting(lam, schedule: Schedule | None = None) -> torch.Tenso
 
     Book: :eq:`ch18-weight-v`.
     """
-    lam = _real_tensor("lam", lam)
+    lam = _log_snrs(lam)
     if schedule is None:
         return (2 / math.pi) * torch.exp(-lam / 2)
     return 2 * _check_schedule(schedule).log_snr_density(lam) * (1 + torch.exp(-lam))
@@ -1083,7 +1190,7 @@ def flow_matching_weighting(lam) -> torch.Tensor:
 
     Book: :eq:`ch18-weight-flow`.
     """
-    return torch.exp(-_real_tensor("lam", lam) / 2)
+    return torch.exp(-_log_snrs(lam) / 2)
 
 
 def is_monotone_weighting(weighting: Weighting, lam, rtol: float = 1e-9) -> bool:
@@ -1092,7 +1199,9 @@ def is_monotone_weighting(weighting: Weighting, lam, rtol: float = 1e-9) -> bool
     increasing in t). Increases up to rtol (relative) are rounding.
     """
     lam = _grid("lam", lam)
-    w = _real_tensor("weighting(lam)", weighting(lam)).detach()
+    out = weighting(lam)
+    w = _weights(_real_tensor("weighting(lam)", out) if not torch.is_tensor(out) else out,
+                 lam).detach()
     return bool((w[1:] <= w[:-1] + rtol * w[:-1].abs().clamp(min=1e-300)).all())
 
 
@@ -1140,8 +1249,16 @@ def weighted_loss_as_elbos(weighting: Weighting, lam, partial_losses: torch.Tens
     with torch.enable_grad():
         ll = lam.clone().requires_grad_(True)
         w = weighting(ll)
-        dw = (torch.autograd.grad(w.sum(), ll)[0] if w.requires_grad
-              else torch.zeros_like(lam))  # a constant weighting
+        if w.requires_grad:
+            dw = torch.autograd.grad(w.sum(), ll)[0]
+        elif bool((w == w[0]).all()):  # a constant weighting (elbo_weighting)
+            dw = torch.zeros_like(lam)
+        else:  # computed outside torch (NumPy, .item(), detach): its w' would be taken as 0
+            raise checks.ArgumentError(
+                "weighting must be differentiable in torch: Kingma and Gao's identity takes "
+                "w'(lambda) by autograd, but its output does not require grad and is not "
+                "constant (it would be taken as 0). Likely it is computed with NumPy or math, "
+                "or calls .detach() / .item(); compute it with torch operations on lam")
     w_max = weighting(lam[-1:]).detach()[0]
     return torch.trapezoid(-dw.to(L) * L, lam.to(L), dim=-1) + w_max.to(L) * L[..., -1]
 
@@ -1160,6 +1277,19 @@ def _snr(name: str, value) -> torch.Tensor:
     if not bool((v >= 0).all()):
         raise checks.ArgumentError(f"{name} must be a signal-to-noise ratio >= 0")
     return v
+
+
+def _gaussian_inputs(z, gamma, D: int) -> None:
+    """z (B, D) and gamma (B,) for a closed-form eps model of D dimensions: (4, 1) was
+    broadcast against a mean of 2 dimensions to (4, 2)."""
+    checks.points("z", z, "flatten images first")
+    if z.shape[1] != D:
+        raise checks.ArgumentError(f"z must be (B, {D}), one column per dimension of the "
+                                   f"data's mean, got shape {tuple(z.shape)}")
+    if not torch.is_tensor(gamma) or gamma.shape not in ((len(z),), ()):
+        got = tuple(gamma.shape) if torch.is_tensor(gamma) else checks._got(gamma)
+        raise checks.ArgumentError(f"gamma must be one noise level per row of z ({len(z)},), "
+                                   f"got {got}")
 
 
 def gaussian_eps_model(mean, std) -> EpsModel:
@@ -1183,7 +1313,7 @@ def gaussian_eps_model(mean, std) -> EpsModel:
                                    "have one value per dimension (or std one number)")
 
     def eps_model(z, gamma):
-        checks.points("z", z, "flatten images first")
+        _gaussian_inputs(z, gamma, len(mu))
         g = gamma.to(z.dtype).reshape(-1, 1)
         eg = torch.exp(g)
         alpha = torch.sigmoid(-g).sqrt()
@@ -1204,7 +1334,8 @@ def mixture_eps_model(gm: GaussianMixture) -> EpsModel:
                                    f"got {type(gm).__name__}")
 
     def eps_model(z, gamma):
-        zz = checks.points("z", z, "flatten images first").to(gm.means.dtype)
+        _gaussian_inputs(z, gamma, gm.means.shape[1])
+        zz = z.to(gm.means.dtype)
         g = gamma.to(zz.dtype)
         x_hat = diffused_posterior_mean(gm, zz, torch.sigmoid(-g))
         g = g.reshape(-1, 1)
@@ -1281,7 +1412,7 @@ def gaussian_discrete_loss(schedule: Schedule, T: int, std) -> torch.Tensor:
     Book: :eq:`ch18-gaussian-discrete`.
     """
     _check_schedule(schedule)
-    T = checks.count("T (the number of steps, a whole number >= 1)", T)
+    T = _chain_steps(T)
     with torch.no_grad():
         g = schedule._gamma(torch.arange(T + 1, dtype=torch.float64,
                                          device=schedule._device()) / T).cpu()

@@ -36,7 +36,7 @@ class _CodeTransformer(nn.Module):
 
     def __init__(self, K: int, grid, width: int, depth: int, heads: int, causal: bool):
         super().__init__()
-        self.K = checks.count("K (the number of codes)", K, minimum=2)
+        self.K = checks.codes(K)
         self.grid = tuple(checks.count(f"grid[{i}]", g) for i, g in enumerate(grid))
         self.L = math.prod(self.grid)
         width = checks.count("width", width)
@@ -63,6 +63,9 @@ class _CodeTransformer(nn.Module):
                 self.L, device=tokens.device, dtype=h.dtype)
         h = self.body(h, mask=mask, is_causal=self.causal)
         return self.head(self.norm(h)).transpose(1, 2)              # (B, K, L)
+
+
+MAX_PRIOR_SAMPLES = 100_000  # ARPrior.sample's n: L network calls on all of them
 
 
 class ARPrior(_CodeTransformer):
@@ -100,7 +103,9 @@ class ARPrior(_CodeTransformer):
         network calls; the positions not yet drawn are zeros, which the causal network does
         not see), each from its softmax (`companion.masked.draw_values`; a generator on the
         model's device)."""
-        n = checks.count("n (the number of samples)", n)
+        n = checks.size("n (the number of samples)", n, MAX_PRIOR_SAMPLES, "every one "
+                        "runs the network at each of the grid's positions (the chapter's "
+                        "1,000); draw in batches")
         device = device if device is not None else self.head.weight.device
         codes = torch.zeros(n, *self.grid, dtype=torch.long, device=device)
         flat = codes.view(n, self.L)

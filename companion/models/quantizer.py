@@ -128,8 +128,9 @@ class VectorQuantizer(nn.Module):
     def __init__(self, K: int = 512, D: int = 64, *, beta: float = 0.25, ema: bool = False,
                  decay: float = 0.99, eps: float = 1e-5):
         super().__init__()
-        self.K = checks.count("K (the number of codes)", K, minimum=2)
-        self.D = checks.count("D (the dimension of a code)", D)
+        self.K = checks.codes(K)
+        self.D = checks.size("D (the dimension of a code)", D, 65_536, "a code is a vector "
+                             "of the encoder's channels (the book's: 2 to 64)")
         self.beta = checks.real("beta", beta, low=0.0)
         self.ema, self.decay = bool(ema), checks.probability("decay", decay)
         self.eps = checks.real("eps", eps, low=0.0)
@@ -228,7 +229,7 @@ class VectorQuantizer(nn.Module):
 def code_counts(indices: torch.Tensor, K: int) -> torch.Tensor:
     """How often each of K codes occurs in `indices` (any shape, values 0..K-1) -> (K,)
     int64. The range is checked on CPU tensors (on a GPU, bincount's own assert)."""
-    K = checks.count("K (the number of codes)", K, minimum=2)
+    K = checks.codes(K)
     checks.tensor("indices", indices, nonempty=True)
     if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
         raise checks.ArgumentError(f"indices must be an integer tensor of codes 0..{K - 1}, "
@@ -268,6 +269,11 @@ def rate_bits(K: int, positions: int = 1) -> float:
 
 
 # --- finite scalar quantization -----------------------------------------------------------
+MAX_FSQ_LEVELS = 2**24  # a channel's levels: integers exact in float32
+MAX_FSQ_CODES = 2**62   # prod of the levels: the int64 code index
+MAX_FSQ_GRID = 2**20    # FSQ.grid()'s rows: every code, (K, d) (the chapter's 1,000)
+
+
 class FSQ(nn.Module):
     """Finite scalar quantization (Mentzer, Minnen, Agustsson and Tschannen, ICLR 2024).
 
@@ -287,18 +293,33 @@ class FSQ(nn.Module):
 
     def __init__(self, levels=(8, 5, 5, 5), eps: float = 1e-3):
         super().__init__()
-        levels = [checks.count(f"levels[{i}] (the levels of channel {i}, at least 2)", L,
-                               minimum=2) for i, L in enumerate(levels)]
+        # float32 holds the integers exactly to 2^24 (bound and round run in float32); the
+        # index is int64 (2^32 x 2^32 levels overflowed to negative indices)
+        levels = [checks.count(f"levels[{i}] (the levels of channel {i})", L, minimum=2,
+                               maximum=MAX_FSQ_LEVELS) for i, L in enumerate(levels)]
         if not levels:
             raise checks.ArgumentError("levels must name at least one channel, e.g. "
                                        "(8, 5, 5, 5)")
+        if math.prod(levels) > MAX_FSQ_CODES:
+            raise checks.ArgumentError(
+                f"levels {tuple(levels)} make {math.prod(levels):,} codes, more than "
+                f"{MAX_FSQ_CODES:,} = 2^62: the code index (int64) would overflow; use fewer "
+                "levels or channels (Mentzer et al. use 2^8 to 2^16 codes)")
         self.levels = tuple(levels)
         self.eps = checks.real("eps", eps, low=0.0, high=1.0, open_high=True)
+        if 2 in levels and self.eps == 0:
+            raise checks.ArgumentError("eps must be > 0 with a channel of 2 levels: its shift "
+                                       "artanh(1/2 / h) is infinite at h = 1/2 (eps = 0); use "
+                                       "the default 1e-3")
         L = torch.tensor(levels, dtype=torch.float64)
         basis = torch.cumprod(torch.tensor([1, *levels[:-1]]), 0)
         self.register_buffer("basis", basis.long(), persistent=False)
         self.register_buffer("half_width", (L // 2).float(), persistent=False)
-        half_l = (L - 1) * (1 - self.eps) / 2
+        # h = (L - 1)(1 - eps) / 2 as the paper's code; for L = 2 that is below the offset
+        # 1/2, whose artanh(o / h) is then NaN: there h = (1 + eps) / 2, as
+        # vector-quantize-pytorch has it for every L (f then spans -1 - eps .. eps, which
+        # rounds to the two levels -1 and 0). Every other L keeps the paper's h.
+        half_l = torch.where(L == 2, (1 + self.eps) / 2, (L - 1) * (1 - self.eps) / 2)
         offset = torch.where(L % 2 == 0, 0.5, 0.0)
         self.register_buffer("half_l", half_l.float(), persistent=False)
         self.register_buffer("offset", offset.float(), persistent=False)
@@ -333,18 +354,36 @@ class FSQ(nn.Module):
         b = self.bound(z)
         z_q = straight_through(torch.round(b), b) / self._per_channel(self.half_width).to(z)
         zero = z.new_zeros(len(z))
-        return Quantized(z_q, self.codes_to_indices(z_q.detach()), zero, zero)
+        return Quantized(z_q, self._indices(self._digits(z_q.detach())), zero, zero)
+
+    def _digits(self, z_q: torch.Tensor) -> torch.Tensor:
+        c = self._per_channel
+        return z_q * c(self.half_width).to(z_q) + c(self.half_width).to(z_q)
+
+    def _indices(self, digits: torch.Tensor) -> torch.Tensor:
+        return (torch.round(digits).long() * self._per_channel(self.basis)).sum(1)
 
     def codes_to_indices(self, z_q: torch.Tensor) -> torch.Tensor:
         """(B, d, H, W) quantized values -> (B, H, W) int64: sum_i (z_i w_i + w_i) B_i,
-        w_i = floor(L_i / 2), B_i = prod_{j < i} L_j."""
+        w_i = floor(L_i / 2), B_i = prod_{j < i} L_j. Every value must be one of its
+        channel's levels (give or take 1e-3 of a level's spacing): a value off them mapped
+        to an index past K, NaN to -2^63. One device sync (forward skips the check)."""
         checks.tensor("z_q", z_q, floating=True)
         if z_q.dim() != 4 or z_q.shape[1] != self.D:
             raise checks.ArgumentError(f"z_q must be quantized values (B, {self.D}, H, W), "
                                        f"got shape {tuple(z_q.shape)}")
-        c = self._per_channel
-        digits = torch.round(z_q * c(self.half_width).to(z_q) + c(self.half_width).to(z_q))
-        return (digits.long() * c(self.basis)).sum(1)
+        digits = self._digits(z_q)
+        top = self._per_channel(torch.tensor(self.levels, device=z_q.device) - 1).to(z_q)
+        off = ~((digits >= -1e-3) & (digits <= top + 1e-3)
+                & ((digits - digits.round()).abs() <= 1e-3))  # NaN too
+        if bool(off.any()):
+            i = int(off.nonzero()[0, 1])
+            raise checks.ArgumentError(
+                f"z_q holds {int(off.sum())} value(s) off the levels (channel {i} has "
+                f"{self.levels[i]}: (k - {int(self.half_width[i])}) / "
+                f"{int(self.half_width[i])}, k = 0..{self.levels[i] - 1}), or NaN: pass what "
+                "FSQ returns (its z_q), or indices_to_codes(indices)")
+        return self._indices(digits)
 
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, H, W) int64 in 0..K-1 -> (B, d, H, W) the quantized values."""
@@ -363,5 +402,9 @@ class FSQ(nn.Module):
         return (digits.float() - w) / w
 
     def grid(self) -> torch.Tensor:
-        """Every code, (K, d): row k is the code of index k."""
+        """Every code, (K, d): row k is the code of index k. At most MAX_FSQ_GRID = 2^20
+        codes (a table of every code; the chapter's 1,000)."""
+        checks.size("K (the codes of grid(), prod of the levels)", self.K, MAX_FSQ_GRID,
+                    "grid() lists every code; (1000,) * 3 levels asked for 10^9 rows. Draw "
+                    "from indices_to_codes on the indices you need instead")
         return self.indices_to_codes(torch.arange(self.K).view(-1, 1, 1))[:, :, 0, 0]

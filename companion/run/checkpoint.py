@@ -123,8 +123,14 @@ def through_links(path: Path) -> Path:
 
 
 def checkpoint_path(name: str, profile) -> Path:
-    """Where the load-or-train checkpoint of `name` lives for this profile."""
+    """Where the load-or-train checkpoint of `name` lives for this profile: a plain name,
+    refused with a folder in it (a variant "../../x" wrote outside the cache)."""
     pname = getattr(profile, "name", profile)
+    for what, v in (("name", name), ("the profile's name", pname)):
+        if not isinstance(v, str) or "/" in v or "\\" in v or (os.sep in v):
+            raise ValueError(f"{what} of a checkpoint must be a plain name without a folder "
+                             f"(it is a file in {cache_dir() / 'checkpoints'}), got {v!r}: "
+                             "check the variant, kind or prefix passed")
     return cache_dir() / "checkpoints" / f"{name}-{pname}.pt"
 
 

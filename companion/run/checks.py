@@ -86,6 +86,18 @@ def size(name: str, value, maximum: int, why: str, minimum: int = 1) -> int:
     return v
 
 
+# A codebook's codes (VectorQuantizer, code_counts, the code priors): the book's largest has
+# 1,000 (FSQ's 8 x 5 x 5 x 5); 10^9 ended in a memory error that named no argument.
+MAX_CODES = 2**20
+
+
+def codes(K) -> int:
+    """K, a number of codes (a codebook's, a code prior's), as an int in 2..MAX_CODES."""
+    return size("K (the number of codes)", K, MAX_CODES, "the codebook, its counts and a "
+                "prior's logits hold K entries a row (the book's largest: FSQ's 1,000)",
+                minimum=2)
+
+
 # A solver's steps: the book's longest solve (chapter 13's reference, Heun) has 4,000.
 MAX_GRID_STEPS = 100_000
 
