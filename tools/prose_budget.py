@@ -52,9 +52,12 @@ BOX_TITLE = "What these runs are"
 BOX_FIELDS = ("**Runs.**", "**What they can say.**", "**What they cannot say.**",
               "**At scale.**", "**In Colab**")
 # Chapters rewritten in the voice (issues 75 and 77): their budgets are checked.
-VOICED: frozenset[str] = frozenset({"13_continuous_time", "16_scores_guidance",
-                                  "17_design_space", "18_variational_diffusion",
-                                  "19_discrete_latents", "20_judging_samples"})
+VOICED: frozenset[str] = frozenset({
+    "01_autoencoders", "02_kl_divergence", "03_elbo", "04_reparameterization",
+    "05_gaussian_toys", "06_vae_mnist", "08_diffusion_elbo", "11_latent_diffusion",
+    "12_inpainting",
+    "13_continuous_time", "16_scores_guidance", "17_design_space",
+    "18_variational_diffusion", "19_discrete_latents", "20_judging_samples"})
 
 GLUE_ROLE = re.compile(r"\{glue(?::(?:text|md))?\}`([^`:]+)(?::([^`]*))?`")
 ROLE = re.compile(r"\{[a-z:]+\}`[^`]*`")
