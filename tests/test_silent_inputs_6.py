@@ -42,6 +42,7 @@ def _sweep(levels=3, shown=2, measures=6):
 CLEAN = {"lo": [0.9] * 6, "hi": [1.1] * 6}
 
 
+@pytest.mark.slow  # a child process that imports torch, then is killed
 def test_01_a_store_killed_while_writing_leaves_the_previous_file_whole(tmp_path):
     """A store killed with SIGKILL inside its write (in a child process) leaves the good
     file it replaces readable, and the next store removes the dead process's temporary."""
