@@ -78,7 +78,7 @@ def _checked_levels(s, *, positive: bool):
     """s if it is a number, or a tensor of noise levels all finite and >= 0 (> 0 with
     `positive`). A number is checked by the caller; a tensor here when it is on the CPU (on
     a GPU that would cost a device sync a call, as the U-Net's own check of its steps)."""
-    if torch.is_tensor(s) and s.device.type == "cpu" and s.numel():
+    if torch.is_tensor(s) and checks.on_host(s) and s.numel():
         ok = torch.isfinite(s) & ((s > 0) if positive else (s >= 0))
         if not bool(ok.all()):
             raise checks.ArgumentError(

@@ -96,7 +96,7 @@ def check_times(name: str, t) -> torch.Tensor:
         t = torch.as_tensor(checks.real(name, t, low=0.0, high=1.0), dtype=torch.float64)
     if not t.is_floating_point():
         t = t.double()
-    if t.numel() and t.device.type == "cpu":
+    if t.numel() and checks.on_host(t):
         lo, hi = torch.aminmax(t.detach())
         if not (float(lo) >= 0 and float(hi) <= 1):
             raise checks.ArgumentError(
@@ -109,7 +109,7 @@ def check_times(name: str, t) -> torch.Tensor:
 def check_positive_times(t: torch.Tensor, sched: str) -> torch.Tensor:
     """t (checked times), refused where 0 on a CPU (the weight w(t) is infinite there); on
     a GPU not checked (a device sync every step)."""
-    if t.numel() and t.device.type == "cpu" and bool((t <= 0).any()):
+    if t.numel() and checks.on_host(t) and bool((t <= 0).any()):
         raise checks.ArgumentError(
             f"the weight w(t) of the {sched} schedule is for t in (0, 1]; got t = 0 "
             f"(at {int((t <= 0).sum())} of {t.numel()} times), where it is infinite: "
@@ -121,7 +121,7 @@ def check_binary(name: str, x) -> torch.Tensor:
     """x if it is a float tensor of binary pixels (every value 0 or 1); grey values get an
     error that says to binarize them. Checked on CPU tensors only (a GPU would sync)."""
     checks.tensor(name, x, floating=True)
-    if x.numel() and x.device.type == "cpu" and not bool(((x == 0) | (x == 1)).all()):
+    if x.numel() and checks.on_host(x) and not bool(((x == 0) | (x == 1)).all()):
         raise checks.ArgumentError(
             f"{name} must hold binary pixels, 0 or 1; it holds other values (in "
             f"[{float(x.min()):.3g}, {float(x.max()):.3g}]): binarize grey images with "
@@ -135,7 +135,7 @@ def check_states(name: str, z, *, shape=None) -> torch.Tensor:
     if shape is not None and tuple(z.shape[1:]) != tuple(shape):
         raise checks.ArgumentError(f"{name} must be states of shape (B, "
                                    f"{', '.join(map(str, shape))}), got {tuple(z.shape)}")
-    if z.numel() and z.device.type == "cpu" and \
+    if z.numel() and checks.on_host(z) and \
             not bool(((z == 0) | (z == 1) | (z == MASK)).all()):
         raise checks.ArgumentError(
             f"{name} must hold masked states: 0, 1 or MASK = {MASK:g} per pixel; it holds "
@@ -152,7 +152,7 @@ def check_codes(name: str, x, K: int) -> torch.Tensor:
             f"{name} must be an integer tensor of codes 0..{K - 1} (torch.long), got "
             f"{x.dtype}: the indices a quantizer returns, or x.long() for whole numbers "
             "(binary pixels as floats are chapter 14's case: leave categories=None)")
-    if x.numel() and x.device.type == "cpu":
+    if x.numel() and checks.on_host(x):
         lo, hi = torch.aminmax(x)
         if int(lo) < 0 or int(hi) >= K:
             raise checks.ArgumentError(
@@ -172,7 +172,7 @@ def check_code_states(name: str, z, K: int, *, shape=None) -> torch.Tensor:
     if z.is_floating_point() or z.is_complex() or z.dtype == torch.bool:
         raise checks.ArgumentError(f"{name} must be an integer tensor of states (codes "
                                    f"0..{K - 1} or MASK = -1), got {z.dtype}")
-    if z.numel() and z.device.type == "cpu":
+    if z.numel() and checks.on_host(z):
         lo, hi = torch.aminmax(z)
         if int(lo) < MASK or int(hi) >= K:
             raise checks.ArgumentError(
@@ -633,7 +633,7 @@ def sample(denoiser: Callable, shape, K: int, *, order: str = "random", sched="l
         flat = z.reshape(n, D)
         finite = logits.isfinite() if categories is None else logits.isfinite().all(1)
         bad.append((k, (~finite & (flat == MASK)).sum(), n * still + n * count))
-        if flat.device.type == "cpu":  # a GPU is checked once, after the last step
+        if checks.on_host(flat):  # a GPU is checked once, after the last step
             _finite_logits(bad[-1:], K)
         values, confidence = draw_values(logits, generator=generator)
         if order == "random":

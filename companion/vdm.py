@@ -76,7 +76,7 @@ def _real_tensor(name: str, value, fix: str = "") -> torch.Tensor:
         except (TypeError, ValueError, RuntimeError):
             raise checks.ArgumentError(f"{name} must be a number or a tensor of numbers, got "
                                        f"{checks._got(value)}{fix}") from None
-    if t.device.type == "cpu" and not bool(torch.isfinite(t.detach()).all()):
+    if checks.on_host(t) and not bool(torch.isfinite(t.detach()).all()):
         raise checks.ArgumentError(f"{name} holds NaN or infinite values{fix}")
     return t
 
@@ -480,7 +480,7 @@ class FunctionSchedule(Schedule):
 
     def _gamma(self, t):
         g = self.gamma_fn(t)
-        if torch.is_tensor(g) and g.device.type == "cpu" and not checks.all_finite(g):
+        if torch.is_tensor(g) and checks.on_host(g) and not checks.all_finite(g):
             raise checks.ArgumentError("gamma_fn returned NaN or infinite gamma at the times "
                                        "asked for: gamma(t) must be finite on [0, 1]")
         return g
@@ -489,7 +489,7 @@ class FunctionSchedule(Schedule):
         d = self.derivative_fn(t) if self.derivative_fn is not None else super()._derivative(t)
         # where it is used (the losses' weight gamma'(t), the density of the log-SNR): a
         # decrease between the times checked at construction would weigh a loss negatively
-        if torch.is_tensor(d) and d.device.type == "cpu" and not bool((d > 0).all()):
+        if torch.is_tensor(d) and checks.on_host(d) and not bool((d > 0).all()):
             k = int(torch.nonzero(~(d > 0)).reshape(-1)[0])
             raise checks.ArgumentError(
                 f"gamma_fn is not increasing at t = {float(t.reshape(-1)[k]):.6g}: gamma'(t) = "
@@ -659,7 +659,7 @@ class StepAdapter(nn.Module):
         if not torch.is_tensor(gamma) or gamma.shape != (len(z),):
             raise checks.ArgumentError(f"gamma must be one noise level per example ({len(z)},), "
                                        f"got {tuple(getattr(gamma, 'shape', ())) or gamma!r}")
-        if gamma.device.type == "cpu" and not checks.all_finite(gamma):  # no sync on a GPU
+        if checks.on_host(gamma) and not checks.all_finite(gamma):  # no sync on a GPU
             raise checks.ArgumentError("gamma holds NaN or infinite noise levels: the "
                                        "adapter would turn them into step -2^63; pass finite "
                                        "levels (a schedule's gamma(t), t in [0, 1])")
@@ -1065,7 +1065,7 @@ def _log_snrs(lam) -> torch.Tensor:
     overflows and 0 x inf gave NaN (edm_weighting(-800))."""
     lam = _real_tensor("lam", lam)
     limit = math.log(torch.finfo(lam.dtype).max)
-    if lam.device.type == "cpu" and lam.numel() and float(lam.detach().abs().max()) > limit:
+    if checks.on_host(lam) and lam.numel() and float(lam.detach().abs().max()) > limit:
         raise checks.ArgumentError(
             f"lam must be log-SNRs within [-{limit:.1f}, {limit:.1f}] in {lam.dtype}, got "
             f"values in [{float(lam.min()):.4g}, {float(lam.max()):.4g}]: exp(-lambda) "
@@ -1081,7 +1081,7 @@ def _weights(w, lam: torch.Tensor, who: str = "weighting(lam)") -> torch.Tensor:
         raise checks.ArgumentError(
             f"{who} must return one weight per log-SNR, a tensor shaped like lam "
             f"{tuple(lam.shape)}, got {tuple(w.shape) if torch.is_tensor(w) else checks._got(w)}")
-    if w.device.type == "cpu" and w.numel():
+    if checks.on_host(w) and w.numel():
         v = w.detach()
         if not checks.all_finite(v) or bool((v < 0).any()):
             raise checks.ArgumentError(

@@ -92,7 +92,7 @@ class NoisyClassifier(Classifier):
             raise ValueError(f"t must be an int64 tensor of shape ({len(x)},) with steps in "
                              f"1..{self.T}, got {getattr(t, 'dtype', type(t).__name__)} "
                              f"{tuple(getattr(t, 'shape', ()))}")
-        if t.device.type == "cpu" and len(t):  # on a GPU: no sync per call
+        if checks.on_host(t) and len(t):  # on a GPU: no sync per call
             lo, hi = (int(v) for v in torch.aminmax(t))
             if lo < 1 or hi > self.T:
                 raise ValueError(f"t must lie in 1..T = 1..{self.T} (the chain this "

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from ..run import checks
 from .unet import NO_LABEL, forward_flops, timestep_embedding
 
 
@@ -107,7 +108,7 @@ class LatentDenoiser(nn.Module):
                              f"{tuple(getattr(t, 'shape', ()))}")
         # as the U-Net checks it: on the CPU (on a GPU, reading the range back would cost a
         # device sync every step)
-        if len(t) and t.device.type == "cpu" and not torch.compiler.is_compiling():
+        if len(t) and checks.on_host(t):
             lo, hi = (int(v) for v in torch.aminmax(t))
             if lo < 1 or hi > c.T:
                 raise ValueError(f"t must lie in 1..T = 1..{c.T} (the schedule this denoiser "

@@ -60,7 +60,7 @@ def check_latents(name: str, z, D: int) -> torch.Tensor:
             f"{name} must be encoder outputs (B, D, H, W) = (B, {D}, H, W), channels first, "
             f"got shape {tuple(z.shape)}" + ("; channels last? use z.permute(0, 3, 1, 2)"
                                              if z.dim() == 4 and z.shape[-1] == D else ""))
-    if z.device.type == "cpu":
+    if checks.on_host(z):
         checks.finite(name, z, "a diverged encoder? check its training loss and weights")
     return z
 
@@ -234,7 +234,7 @@ def code_counts(indices: torch.Tensor, K: int) -> torch.Tensor:
     if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
         raise checks.ArgumentError(f"indices must be an integer tensor of codes 0..{K - 1}, "
                                    f"got {indices.dtype}")
-    if indices.device.type == "cpu":
+    if checks.on_host(indices):
         lo, hi = int(indices.min()), int(indices.max())
         if lo < 0 or hi >= K:
             raise checks.ArgumentError(f"indices must hold codes 0..{K - 1} (K = {K}), got "

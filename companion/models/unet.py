@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..masked import MASK, check_states
+from ..run import checks
 
 NO_LABEL = -1  # "no class": the unconditional half of classifier-free guidance
 
@@ -248,7 +249,7 @@ class UNet(nn.Module):
             raise ValueError(f"y must be an int64 tensor of shape ({batch},), one label per "
                              f"image, got {getattr(y, 'dtype', type(y).__name__)} "
                              f"{tuple(getattr(y, 'shape', ()))}")
-        if y.device.type == "cpu" and len(y):
+        if checks.on_host(y) and len(y):
             lo, hi = (int(v) for v in torch.aminmax(y))
             if lo < NO_LABEL or hi >= self.config.num_classes:
                 raise ValueError(f"labels must lie in 0..{self.config.num_classes - 1} (or "

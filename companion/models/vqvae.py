@@ -158,7 +158,7 @@ def check_binary_images(x: torch.Tensor) -> torch.Tensor:
     """x if it is a batch of binary digits (B, 1, 28, 28), 0 or 1 (the values checked on a
     CPU only: a GPU would sync); grey x is refused with what to do."""
     check_images(x)
-    if x.device.type == "cpu" and not bool(((x == 0) | (x == 1)).all()):
+    if checks.on_host(x) and not bool(((x == 0) | (x == 1)).all()):
         raise checks.ArgumentError("x must be binary pixels, 0 or 1, for the Bernoulli "
                                    "decoder: binarize grey digits with "
                                    "companion.data.binarize(x) first")

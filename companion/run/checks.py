@@ -21,6 +21,7 @@ import math
 import numbers
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 
 class ArgumentError(ValueError, TypeError):
@@ -182,11 +183,21 @@ def tensor(name: str, value, *, dims: int | None = None, floating: bool = False,
     return value
 
 
+def on_host(x) -> bool:
+    """True when the values of tensor `x` can be read without a device sync: a real tensor
+    on the CPU. False on a GPU (each read would stall the stream), for fake and meta tensors
+    (shapes without values: the memory test's) and while torch.compile traces."""
+    return (x.device.type == "cpu" and not x.is_meta and not isinstance(x, FakeTensor)
+            and not torch.compiler.is_compiling())
+
+
 def all_finite(x) -> bool:
     """True unless `x` is a floating-point tensor holding NaN or inf: one sum, finite unless
     some value is NaN or infinite (or the sum overflows: then the exact test), and on a GPU
     one device sync. Non-tensors and integer tensors: True (they hold no NaN)."""
     if not torch.is_tensor(x) or not x.is_floating_point() or x.numel() == 0:
+        return True
+    if x.is_meta or isinstance(x, FakeTensor):  # shapes without values
         return True
     v = x.detach()
     low = v.dtype in (torch.float16, torch.bfloat16)  # their sums overflow at 65504
