@@ -362,6 +362,15 @@ def _categorical_cross_entropy(logits: torch.Tensor, x0: torch.Tensor, z: torch.
     return torch.where(masked, ce, torch.zeros_like(ce)).flatten(1).sum(1)
 
 
+DENOISER = ("of the states z (B, ...) returning logits: one per pixel (B, ...), or K per "
+            "position (B, K, ...) with categories=K")
+
+
+def _denoiser(denoiser, name: str = "denoiser") -> Callable:
+    """denoiser if it is a function of one argument, the states z."""
+    return checks.function(name, denoiser, DENOISER, args=1)
+
+
 def _logits(denoiser: Callable, z: torch.Tensor, whole: bool = False,
             categories: int | None = None) -> torch.Tensor:
     """denoiser(z), at most MAX_IMAGES images a call (all at once if `whole`), checked to be
@@ -389,6 +398,7 @@ def bound_terms(denoiser: Callable, x0: torch.Tensor, t, sched="linear", *,
     """One draw of the integrand of (ch14-elbo) at t: w(t) times the masked cross-entropy,
     z_t ~ q(z_t | x_0), one z_t per image.  x0: (B, ...) binary (codes with categories=K);
     t: (B,) -> (B,) nats."""
+    _denoiser(denoiser)
     sc = schedule(sched)
     categories = check_categories(categories)
     t = check_times("t", t).clamp_min(T_MIN)
@@ -416,6 +426,7 @@ def loss(model: Callable, x0: torch.Tensor, sched="linear", *,
 
     x0: (B, ...) binary pixels (binarize grey digits afresh every step), or codes 0..K-1
     with categories=K (the model then returns (B, K, ...) logits)."""
+    _denoiser(model, "model")
     categories = check_categories(categories)
     _data("x0", x0, categories)
     t = stratified_times(len(x0), device=x0.device, generator=generator)
@@ -435,6 +446,7 @@ def negative_elbo(denoiser: Callable, x0: torch.Tensor, sched="linear", *, n_t: 
 
     Book: :eq:`ch14-elbo`; with categories=K, :eq:`ch19-masked-bound`.
     """
+    _denoiser(denoiser)
     categories = check_categories(categories)
     _data("x0", x0, categories)
     n_t = checks.count("n_t", n_t)
@@ -471,6 +483,7 @@ def step_bound(denoiser: Callable, x0: torch.Tensor, K: int, sched="linear", *,
 
     Book: :eq:`ch14-steps`.
     """
+    _denoiser(denoiser)
     categories = check_categories(categories)
     _data("x0", x0, categories)
     sc = schedule(sched)
@@ -504,6 +517,7 @@ def masked_ce_table(denoiser: Callable, x0: torch.Tensor, *,
     x0: (B, D) binary (codes with categories=K) -> (B, 2^D) float64, column m = the mask
     `all_masks(D)[m]`. For exact denoisers of toys: it calls `denoiser` once on all B 2^D
     states, not in chunks."""
+    _denoiser(denoiser)
     categories = check_categories(categories)
     _data("x0", x0, categories)
     if x0.dim() != 2:
@@ -606,11 +620,18 @@ def sample(denoiser: Callable, shape, K: int, *, order: str = "random", sched="l
     categories: each value drawn from the softmax of its K logits (`draw_values`), the
     confidence the probability of the value drawn.
     """
+    _denoiser(denoiser)
     K = checks.count("K (the number of unmasking steps)", K)
     categories = check_categories(categories)
     if order not in ORDERS:
         raise checks.ArgumentError(f"order must be one of {ORDERS}, got {order!r}")
-    shape = tuple(shape)
+    shape = tuple(checks.count("every size in shape", v) for v in
+                  checks.sequence("shape", shape, "(n, 1, 28, 28), the samples' shape"))
+    if not shape:
+        raise checks.ArgumentError("shape must hold at least the number of samples n, e.g. "
+                                   "(n, 1, 28, 28)")
+    device = checks.device("device", device)
+    checks.generator("generator", generator)
     n, D = shape[0], math.prod(shape[1:])
     checks.size("the values drawn, prod(shape)", n * D, MAX_SAMPLED, "the states and every "
                 "step's logits hold them all (the chapters' largest, 20,000 x 9); draw in "
@@ -670,6 +691,7 @@ def sampler_law(denoiser: Callable, D: int, K: int, *, order: str = "random",
     is revealed on its own. With an exact denoiser (`toy.BinaryTable.denoiser`), the linear
     schedule and K = D, one pixel a step in random order, the law is the data's. D at most
     MAX_LAW_PIXELS = 12."""
+    _denoiser(denoiser)
     K = checks.count("K (the number of unmasking steps)", K)
     D = checks.size("D (the pixels of an image)", D, MAX_LAW_PIXELS, "the law is followed "
                     "over every partial state, up to 3^D of them (the chapter's toy has 9 "
@@ -734,6 +756,11 @@ def draw_values(logits: torch.Tensor, *, generator: torch.Generator | None = Non
     so that at K = 2 with the logits (0, l) it is the binary draw u < p_1 with the same u.
     confidence: the probability of the value drawn. NaN logits give value 0 (the sampler
     refuses them)."""
+    checks.tensor("logits", logits, floating=True)
+    if logits.dim() not in (2, 3):
+        raise checks.ArgumentError(f"logits must be (n, D) Bernoulli logits or (n, K, D) "
+                                   f"logits over K values, got shape {tuple(logits.shape)}")
+    checks.generator("generator", generator)
     u = torch.rand(logits.shape[0], logits.shape[-1], device=logits.device,
                    generator=generator)
     if logits.dim() == 2:

@@ -383,7 +383,7 @@ def _frechet_inputs(a, b, names: tuple[str, str] = ("a", "b")):
     for name, v in zip(names, (a, b), strict=True):
         if v is None or isinstance(v, str):
             raise checks.ArgumentError(f"{name} must be a feature matrix (N, d), got {v!r}")
-    a, b = torch.as_tensor(a), torch.as_tensor(b)
+    a, b = (checks.numeric(name, v) for name, v in zip(names, (a, b), strict=True))
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"need two feature matrices (N, d) and (M, d) with the same d, got "
                          f"{tuple(a.shape)} and {tuple(b.shape)} ({names[0]} and {names[1]})")
@@ -512,7 +512,7 @@ def frechet_jackknife(features: dict, reference: torch.Tensor, *,
     sum of the roots of the eigenvalues of R S_a R with R = S_ref^1/2, so each left-out
     distance costs one symmetric eigenvalue problem.
     """
-    sizes = {len(f) for f in features.values()}
+    sizes = {len(f) for f in _feature_dict(features).values()}
     if len(sizes) != 1:
         raise ValueError(f"every feature set needs the same number of rows (the same noise, "
                          f"row by row), got sizes {sorted(sizes)}")
@@ -527,6 +527,20 @@ def frechet_jackknife(features: dict, reference: torch.Tensor, *,
                             groups=groups)
                for k, f in features.items()}
     return fd, loo
+
+
+def _feature_dict(features) -> dict:
+    """features, a dict {key: (N, d) features} of at least one set ("'list' object has no
+    attribute 'values'" otherwise)."""
+    if not isinstance(features, dict) or not features:
+        raise checks.ArgumentError(f"features must be a dict {{name: (N, d) features}} of at "
+                                   f"least one sample set, got {checks._got(features)}"
+                                   + (" (empty)" if isinstance(features, dict) else ""))
+    for k, f in features.items():
+        if not (torch.is_tensor(f) or isinstance(f, (list, tuple))) or len(f) == 0:
+            raise checks.ArgumentError(f"features[{k!r}] must be a feature matrix (N, d), "
+                                       f"got {checks._got(f)}")
+    return features
 
 
 def jackknife_groups(n: int, max_groups: int = MAX_GROUPS) -> int:
@@ -582,7 +596,7 @@ def _left_out(x: torch.Tensor, mu_r, cov_r, root_r, chunk: int = 256,
 
 def jackknife_se(loo) -> float:
     """The jackknife standard error from left-out values l (N,): sqrt((N-1)/N sum (l - l̄)^2)."""
-    v = torch.as_tensor(loo, dtype=torch.float64).flatten()
+    v = checks.numeric("loo (the left-out values)", loo, dtype=torch.float64).flatten()
     if len(v) < 2 or not bool(torch.isfinite(v).all()):
         raise ValueError(f"need at least 2 finite left-out values, got {len(v)} "
                          f"({int((~torch.isfinite(v)).sum())} not finite)")
@@ -607,13 +621,16 @@ def frechet_bootstrap(features: dict, reference: torch.Tensor, draws: int, *,
     chapter 17's check of both against redraws).
     Returns (fd, boot): {key: float} and {key: (draws,) float64}.
     """
-    sizes = {len(f) for f in features.values()}
+    sizes = {len(f) for f in _feature_dict(features).values()}
     if len(sizes) != 1:
         raise ValueError(f"every feature set needs the same number of rows for paired "
                          f"bootstrap draws, got sizes {sorted(sizes)}")
-    if draws < 2:
-        raise ValueError(f"draws must be at least 2 (an SD needs two), got {draws}")
+    if not isinstance(checks.as_int(draws), int) or draws < 2:
+        raise checks.ArgumentError(f"draws must be at least 2, a whole number (an SD needs "
+                                   f"two), got {draws!r}")
+    draws = checks.as_int(draws)
     n = sizes.pop()
+    seed = checks.seed("seed", seed)
     picks = torch.randint(0, n, (draws, n), generator=torch.Generator().manual_seed(seed))
     with one_thread():  # one switch for all the draws (each switch restarts the pool)
         fd = {k: frechet_distance(f, reference) for k, f in features.items()}
@@ -625,6 +642,7 @@ def frechet_bootstrap(features: dict, reference: torch.Tensor, draws: int, *,
 def label_histogram(probs: torch.Tensor, classes: int = 10) -> torch.Tensor:
     """How many images a classifier assigns to each class: probs (N, K) -> (K,) int64."""
     probs = checks.tensor("probs", probs)
+    classes = checks.count("classes", classes)
     if probs.dim() != 2 or probs.shape[1] != classes:
         raise ValueError(f"probs must be (N, {classes}) class probabilities, got "
                          f"{tuple(probs.shape)}")
@@ -651,7 +669,7 @@ def mean_top_probability(probs: torch.Tensor) -> float:
     Near 1 when every image looks like one clear digit, near 1/K for images that look like
     none (or like several).
     """
-    probs = torch.as_tensor(probs)
+    probs = checks.numeric("probs", probs)
     if probs.dim() != 2 or len(probs) == 0:
         raise ValueError(f"probs must be (N, K) class probabilities of N >= 1 images, got "
                          f"{tuple(probs.shape)}")
@@ -668,6 +686,11 @@ def knn_labels(x: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor,
     the whole (N, M) matrix (10,000 x 60,000 floats is 2.4 GB).
     """
     k = checks.count("k", k)
+    checks.batch("reference", reference)
+    checks.tensor("labels", labels, dims=1)
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise checks.ArgumentError(f"labels must be an integer tensor of class labels (M,), "
+                                   f"got {labels.dtype}: convert whole numbers with .long()")
     if len(reference) != len(labels) or len(reference) < k:
         raise ValueError(f"need at least k = {k} reference images with one label each, got "
                          f"{len(reference)} images and {len(labels)} labels")
@@ -1170,7 +1193,7 @@ def frechet_line(sizes, distances: torch.Tensor) -> FrechetInfinity:
     Book: :eq:`ch20-frechet-infinity`.
     """
     sizes = _sizes(sizes)
-    fd = torch.as_tensor(distances, dtype=torch.float64)
+    fd = checks.numeric("distances", distances, dtype=torch.float64)
     if fd.dim() == 1:
         fd = fd[:, None]
     if fd.dim() != 2 or fd.shape[0] != len(sizes) or fd.shape[1] == 0:

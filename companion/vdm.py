@@ -69,6 +69,8 @@ def _real_tensor(name: str, value, fix: str = "") -> torch.Tensor:
     float64; NaN and the infinities refused (on the CPU: on a GPU the check would cost a
     device sync a call, as the U-Net's own check of its steps)."""
     if torch.is_tensor(value):
+        if value.is_complex():  # .to(float64) drops the imaginary part with a warning
+            raise checks.ArgumentError(f"{name} must be real, got {value.dtype}{fix}")
         t = value if value.is_floating_point() else value.to(torch.float64)
     else:
         try:
@@ -76,6 +78,8 @@ def _real_tensor(name: str, value, fix: str = "") -> torch.Tensor:
         except (TypeError, ValueError, RuntimeError):
             raise checks.ArgumentError(f"{name} must be a number or a tensor of numbers, got "
                                        f"{checks._got(value)}{fix}") from None
+    if t.is_complex():
+        raise checks.ArgumentError(f"{name} must be real, got {t.dtype}{fix}")
     if checks.on_host(t) and not bool(torch.isfinite(t.detach()).all()):
         raise checks.ArgumentError(f"{name} holds NaN or infinite values{fix}")
     return t
@@ -213,7 +217,8 @@ class Schedule(nn.Module):
 
     def ends(self, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
         """(gamma(0), gamma(1)) as 0-dim tensors (with gradients for a learned schedule)."""
-        t = torch.tensor([0.0, 1.0], dtype=dtype, device=self._device())
+        t = torch.tensor([0.0, 1.0], dtype=checks.floating_dtype("dtype", dtype),
+                         device=self._device())
         g = self._gamma(t)
         return g[0], g[1]
 
@@ -345,6 +350,7 @@ class CosineSchedule(Schedule):
 
     def ends(self, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
         """(gamma_min, gamma_max) as given, exactly (not through the rounding of tan)."""
+        dtype = checks.floating_dtype("dtype", dtype)
         return (torch.tensor(self.gamma_min, dtype=dtype),
                 torch.tensor(self.gamma_max, dtype=dtype))
 
@@ -462,16 +468,19 @@ class FunctionSchedule(Schedule):
                  derivative_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  n: int = 1000):
         super().__init__()
-        if not callable(gamma_fn) or (derivative_fn is not None and not callable(derivative_fn)):
-            raise checks.ArgumentError("gamma_fn (and derivative_fn) must be functions of a "
-                                       "tensor of times t (N,) returning (N,)")
+        what = "of a tensor of times t (N,) returning (N,)"
+        checks.function("gamma_fn", gamma_fn, what, args=1)
+        if derivative_fn is not None:
+            checks.function("derivative_fn", derivative_fn, what, args=1)
         self.gamma_fn, self.derivative_fn = gamma_fn, derivative_fn
         t = torch.linspace(0, 1, 5, dtype=torch.float64)
-        out = gamma_fn(t)
-        if not torch.is_tensor(out) or out.shape != t.shape:
-            raise checks.ArgumentError(f"gamma_fn must return a tensor shaped like t, got "
-                                       f"{tuple(getattr(out, 'shape', ())) or type(out).__name__}"
-                                       " for t of shape (5,)")
+        for name, fn in (("gamma_fn", gamma_fn), ("derivative_fn", derivative_fn)):
+            out = t if fn is None else fn(t)
+            if not torch.is_tensor(out) or out.shape != t.shape:  # a (N, 1) broadcast
+                raise checks.ArgumentError(
+                    f"{name} must return a tensor shaped like t, got "
+                    f"{tuple(getattr(out, 'shape', ())) or type(out).__name__} for t of "
+                    "shape (5,)")
         # a grid checks only its own times: a coarse one passed 10t - 5 + 0.01 sin(2000 pi t)
         self.n = checks.count("n (the grid gamma_fn is checked on, n + 1 times k / n; a "
                               "coarser one misses a decrease between its times)", n,
@@ -530,6 +539,7 @@ class LearnedSchedule(Schedule):
                  hidden: int = 1024, generator: torch.Generator | None = None):
         super().__init__()
         lo, hi = _ends(gamma_min, gamma_max)
+        checks.generator("generator", generator)
         hidden = checks.size("hidden (the sigmoid layer's width)", hidden, 65_536, "every "
                              "time evaluates all the units (VDM's: 1,024)")
         dtype = torch.get_default_dtype()
@@ -562,27 +572,31 @@ class LearnedSchedule(Schedule):
         dh = w1 + (4 * w3 * w2 * s * (1 - s)).mean(-1)
         return h, dh
 
-    def interior(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def interior(self, t) -> tuple[torch.Tensor, torch.Tensor]:
         """(h_n(t), h_n'(t)) with h_n = (h(t) - h(0)) / (h(1) - h(0)) in [0, 1]: the shape,
-        which only the interior parameters move. t: any shape."""
+        which only the interior parameters move. t: any shape, times in [0, 1] (numbers
+        become float64)."""
+        return self._interior(_times("t", t))
+
+    def _interior(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h, dh = self._h(t)
         ends, _ = self._h(torch.tensor([0.0, 1.0], dtype=t.dtype, device=t.device))
         width = ends[1] - ends[0]
         return (h - ends[0]) / width, dh / width
 
     def _gamma(self, t):
-        hn, _ = self.interior(t)
+        hn, _ = self._interior(t)
         return self.gamma_min.to(t.dtype) + F.softplus(self.span.to(t.dtype)) * hn
 
     def _derivative(self, t):
-        _, dhn = self.interior(t)
+        _, dhn = self._interior(t)
         return F.softplus(self.span.to(t.dtype)) * dhn
 
     def _routed(self, t):
         """gamma(t), gamma'(t) and arm(loss): after arm(L) with L (B,) per example, the
         gradient reaching the interior through h_n(t_b), h_n'(t_b) is multiplied by 2 L_b,
         so that back-propagating mean(L) gives the interior the gradient of mean(L^2)."""
-        hn, dhn = self.interior(t)
+        hn, dhn = self._interior(t)
         scale: dict[str, torch.Tensor] = {}
 
         def hook(grad):
@@ -618,6 +632,8 @@ class StepAdapter(nn.Module):
 
     def __init__(self, model: nn.Module, gammas: torch.Tensor, interpolate: bool = False):
         super().__init__()
+        checks.function("model", model, "of integer steps, model(z (B, ...), t int64 (B,)) "
+                        "-> eps_hat (B, ...), e.g. chapter 9's U-Net", args=2)
         g = _real_tensor("gammas", gammas).detach().to(torch.float64).reshape(-1).cpu()
         if len(g) < 2 or bool((g[1:] <= g[:-1]).any()):
             raise checks.ArgumentError("gammas must be the steps' noise levels gamma_1..T, "
@@ -647,8 +663,11 @@ class StepAdapter(nn.Module):
         ab = checks.chain_alphas_bar(alphas_bar, 0.0)
         return cls(model, gamma_from_alpha_bar(ab), interpolate)
 
-    def steps(self, gamma: torch.Tensor) -> torch.Tensor:
+    def steps(self, gamma) -> torch.Tensor:
         """gamma (B,) -> the real-valued step in [1, T], float64 (B,)."""
+        return self._steps(_real_tensor("gamma", gamma))
+
+    def _steps(self, gamma: torch.Tensor) -> torch.Tensor:
         gs = self.gammas
         g = gamma.detach().to(gs).clamp(gs[0], gs[-1])
         k = torch.searchsorted(gs, g.contiguous()).clamp(1, len(gs) - 1)  # gs[k-1] < g <= gs[k]
@@ -663,13 +682,14 @@ class StepAdapter(nn.Module):
             raise checks.ArgumentError("gamma holds NaN or infinite noise levels: the "
                                        "adapter would turn them into step -2^63; pass finite "
                                        "levels (a schedule's gamma(t), t in [0, 1])")
-        s = self.steps(gamma)
+        s = self._steps(gamma)
         if not self.interpolate:
             return self.model(z, s.round().long().to(z.device))
         lo = s.floor().clamp(max=len(self.gammas) - 1)
         w = (s - lo).to(z.dtype).reshape(-1, *([1] * (z.dim() - 1))).to(z.device)
         t = torch.cat([lo, lo + 1]).long().to(z.device)
-        out = self.model(torch.cat([z, z]), t)
+        out = checks.output(self.model(torch.cat([z, z]), t), (2 * len(z), *z.shape[1:]),
+                            who="model(z, t)", what="eps_hat", against="z")
         return (1 - w) * out[:len(z)] + w * out[len(z):]
 
 
@@ -759,7 +779,7 @@ def diffuse(x: torch.Tensor, gamma: torch.Tensor, noise: torch.Tensor) -> torch.
 
     Book: :eq:`ch18-forward`.
     """
-    checks.same_shape("x and noise", checks.batch("x", x), noise)
+    checks.same_shape("x and noise", checks.batch("x", x), checks.batch("noise", noise))
     g = _real_tensor("gamma", gamma).to(x)
     if g.dim() and g.shape != (len(x),):
         raise checks.ArgumentError(f"gamma must be one level or one per example ({len(x)},), "
@@ -770,6 +790,18 @@ def diffuse(x: torch.Tensor, gamma: torch.Tensor, noise: torch.Tensor) -> torch.
 def _diffuse(x, gamma, noise):
     g = _col(gamma, x)
     return torch.sigmoid(-g).sqrt() * x + torch.sigmoid(g).sqrt() * noise
+
+
+EPS_MODEL = "(z_t (B, ...), gamma_t (B,)) -> eps_hat (B, ...)"
+
+
+def _inputs(eps_model, schedule, generator, optional: bool = False) -> None:
+    """The arguments every loss shares: an eps_model of two arguments (None too where
+    `optional`), a Schedule, a torch.Generator or None."""
+    if eps_model is not None or not optional:
+        checks.function("eps_model", eps_model, EPS_MODEL, args=2)
+    _check_schedule(schedule)
+    checks.generator("generator", generator)
 
 
 def _eps(eps_model, z, gamma):
@@ -786,6 +818,9 @@ def stratified_times(n: int, *, dtype=torch.float64, device=None,
     """
     n = checks.size("n", n, 10_000_000, "one time per example of a batch (a batch of "
                     "more than 10^7 would not fit beside its images)")
+    dtype = checks.floating_dtype("dtype", dtype)
+    device = checks.device("device", device)
+    checks.generator("generator", generator)
     u = torch.rand((), dtype=dtype, device=device, generator=generator)
     return torch.remainder(u + torch.arange(n, dtype=dtype, device=device) / n, 1.0)
 
@@ -835,7 +870,7 @@ def continuous_diffusion_loss(eps_model: EpsModel, schedule: Schedule, x: torch.
 
     Book: :eq:`ch18-continuous-loss`, :eq:`ch18-variance-trick`.
     """
-    _check_schedule(schedule)
+    _inputs(eps_model, schedule, generator)
     checks.batch("x", x)
     t = _draw_times(x, t, stratified, generator)
     noise = _noise(x, noise, generator)
@@ -881,7 +916,7 @@ def discrete_diffusion_loss(eps_model: EpsModel, schedule: Schedule, x: torch.Te
 
     Book: :eq:`ch18-discrete-loss`.
     """
-    _check_schedule(schedule)
+    _inputs(eps_model, schedule, generator)
     T = checks.count("T (the number of steps, a whole number >= 1)", T)
     checks.batch("x", x)
     B = len(x)
@@ -926,7 +961,7 @@ def reconstruction_nll(schedule: Schedule, x: torch.Tensor, *, decoder: str = "d
 
     Book: :eq:`ch18-bound`.
     """
-    _check_schedule(schedule)
+    _inputs(eps_model, schedule, generator, optional=True)
     checks.one_of("decoder", decoder, DECODERS, " ('discretized': 8-bit images on [-1, 1]; "
                   "'gaussian': real-valued data)")
     checks.batch("x", x)
@@ -969,7 +1004,8 @@ class VDMBound:
 
     def bits_per_dim(self, nats: torch.Tensor | None = None) -> torch.Tensor:
         """nats / (dims ln 2): of the total by default, or of any nats tensor given."""
-        return (self.total if nats is None else nats) / (self.dims * math.log(2))
+        nats = self.total if nats is None else _real_tensor("nats", nats)
+        return nats / (self.dims * math.log(2))
 
 
 def vdm_bound(eps_model: EpsModel, schedule: Schedule, x: torch.Tensor, *,
@@ -997,7 +1033,7 @@ def vdm_bound(eps_model: EpsModel, schedule: Schedule, x: torch.Tensor, *,
 
     Book: :eq:`ch18-bound`.
     """
-    _check_schedule(schedule)
+    _inputs(eps_model, schedule, generator)
     checks.batch("x", x)
     if decoder == "discretized":
         checks.eight_bit(x, "vdm_bound")
@@ -1044,10 +1080,8 @@ def weighted_loss(eps_model: EpsModel, schedule: Schedule, x: torch.Tensor,
 
     Book: :eq:`ch18-weighted-loss`.
     """
-    _check_schedule(schedule)
-    if not callable(weighting):
-        raise checks.ArgumentError("weighting must be a function w(lambda) of a tensor of "
-                                   "log-SNRs, e.g. companion.vdm.sigmoid_weighting")
+    _inputs(eps_model, schedule, generator)
+    checks.function("weighting", weighting, WEIGHTING, args=1)
     checks.batch("x", x)
     t = _draw_times(x, t, False, generator)
     noise = _noise(x, noise, generator)
@@ -1057,6 +1091,10 @@ def weighted_loss(eps_model: EpsModel, schedule: Schedule, x: torch.Tensor,
     _weights(w, -gamma, who="weighting(lambda)")
     z = _diffuse(x, gamma, noise)
     return 0.5 * w.to(x.dtype) * dgamma * _flat_sum((_eps(eps_model, z, gamma) - noise) ** 2)
+
+
+WEIGHTING = ("w(lambda) of a tensor of log-SNRs, returning one weight each, e.g. "
+             "companion.vdm.sigmoid_weighting")
 
 
 def _log_snrs(lam) -> torch.Tensor:
@@ -1198,7 +1236,9 @@ def is_monotone_weighting(weighting: Weighting, lam, rtol: float = 1e-9) -> bool
     Gao's condition for the weighted loss to be an ELBO of noise-augmented data (w(lambda)
     increasing in t). Increases up to rtol (relative) are rounding.
     """
+    checks.function("weighting", weighting, WEIGHTING, args=1)
     lam = _grid("lam", lam)
+    rtol = checks.real("rtol", rtol, low=0.0)
     out = weighting(lam)
     w = _weights(_real_tensor("weighting(lam)", out) if not torch.is_tensor(out) else out,
                  lam).detach()
@@ -1376,9 +1416,18 @@ def gaussian_eps_mse(gamma, std, model_std=None) -> torch.Tensor:
     """
     g = _real_tensor("gamma", gamma).to(torch.float64)[..., None]
     s2 = _std(std) ** 2
-    m2 = s2 if model_std is None else _std(model_std).expand_as(s2) ** 2
+    m2 = s2 if model_std is None else _model_std(model_std, s2) ** 2
     k = m2 / (torch.exp(g) + m2)
     return (torch.exp(-g) * (1 - k) ** 2 * s2 + k**2).sum(-1)
+
+
+def _model_std(model_std, s2: torch.Tensor) -> torch.Tensor:
+    """model_std (one number, or one per dimension of std) expanded to std's dimensions."""
+    m = _std(model_std)
+    if len(m) not in (1, len(s2)):
+        raise checks.ArgumentError(f"model_std must be one number or one per dimension of "
+                                   f"std ({len(s2)},), got {len(m)} values")
+    return m.expand_as(s2)
 
 
 def gaussian_continuous_loss(snr_0, snr_1, std) -> torch.Tensor:
@@ -1393,6 +1442,7 @@ def gaussian_continuous_loss(snr_0, snr_1, std) -> torch.Tensor:
     Book: :eq:`ch18-gaussian-loss`.
     """
     a, b = _snr("snr_0 (SNR(0))", snr_0), _snr("snr_1 (SNR(1))", snr_1)
+    checks.broadcastable("snr_0 and snr_1", a, b)
     if not bool((a > b).all()):
         raise checks.ArgumentError("snr_0 = SNR(0) must exceed snr_1 = SNR(1) (t = 0 is the "
                                    "least noisy end: SNR decreases with t): swap them")
@@ -1428,7 +1478,7 @@ def gaussian_partial_loss(lam, lam_min: float, std) -> torch.Tensor:
 
     Book: :eq:`ch18-kg-identity`.
     """
-    lam = _real_tensor("lam", lam).to(torch.float64)
+    lam = _log_snrs(_real_tensor("lam", lam).to(torch.float64))  # e^lam finite
     lo = checks.real("lam_min", lam_min)
     if not bool((lam >= lo).all()):
         raise checks.ArgumentError("lam must be >= lam_min (L integrates from lam_min up)")
@@ -1441,8 +1491,10 @@ def gaussian_weighted_loss(weighting: Weighting, lam, std, model_std=None) -> to
     rule), on Gaussian data with the Gaussian noise predictor of std `model_std` (default
     the optimal one): what `weighted_loss` estimates, as a number. float64 0-dim.
     """
+    checks.function("weighting", weighting, WEIGHTING, args=1)
     lam = _grid("lam", lam).to(torch.float64)
     w = _real_tensor("weighting(lam)", weighting(lam)).detach().to(torch.float64)
+    _weights(w.expand_as(lam) if w.dim() == 0 else w, lam)  # a constant: one number
     return 0.5 * torch.trapezoid(w * gaussian_eps_mse(-lam, std, model_std), lam)
 
 
@@ -1459,7 +1511,13 @@ def gaussian_bound(schedule: Schedule, mean, std) -> VDMBound:
     """
     _check_schedule(schedule)
     s = _std(std)
-    mu = _real_tensor("mean", mean).to(torch.float64).reshape(-1).expand_as(s)
+    mu = _real_tensor("mean", mean).to(torch.float64).reshape(-1)
+    if len(s) == 1 and len(mu) > 1:  # one std for every dimension of the mean
+        s = s.expand_as(mu)
+    if len(mu) not in (1, len(s)):
+        raise checks.ArgumentError(f"mean must be one number or one per dimension of std "
+                                   f"({len(s)},), got {len(mu)} values")
+    mu = mu.expand_as(s)
     with torch.no_grad():
         g0, g1 = (v.cpu() for v in schedule.ends(torch.float64))
     diff = gaussian_continuous_loss(torch.exp(-g0), torch.exp(-g1), s)

@@ -37,7 +37,8 @@ class _CodeTransformer(nn.Module):
     def __init__(self, K: int, grid, width: int, depth: int, heads: int, causal: bool):
         super().__init__()
         self.K = checks.codes(K)
-        self.grid = tuple(checks.count(f"grid[{i}]", g) for i, g in enumerate(grid))
+        self.grid = tuple(checks.count(f"grid[{i}]", g) for i, g in
+                          enumerate(checks.sequence("grid", grid, "(7, 7)")))
         self.L = math.prod(self.grid)
         width = checks.count("width", width)
         heads = checks.count("heads", heads)
@@ -94,7 +95,8 @@ class ARPrior(_CodeTransformer):
         """
         logits = self(codes)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        return -F.cross_entropy(logits, codes, reduction="none").flatten(1).sum(1)
+        # int32 codes pass the grid's check; the target must be int64 (a no-op for int64)
+        return -F.cross_entropy(logits, codes.long(), reduction="none").flatten(1).sum(1)
 
     @torch.no_grad()
     def sample(self, n: int, *, generator: torch.Generator | None = None,
@@ -106,7 +108,8 @@ class ARPrior(_CodeTransformer):
         n = checks.size("n (the number of samples)", n, MAX_PRIOR_SAMPLES, "every one "
                         "runs the network at each of the grid's positions (the chapter's "
                         "1,000); draw in batches")
-        device = device if device is not None else self.head.weight.device
+        checks.generator("generator", generator)
+        device = checks.device("device", device) or self.head.weight.device
         codes = torch.zeros(n, *self.grid, dtype=torch.long, device=device)
         flat = codes.view(n, self.L)
         for i in range(self.L):

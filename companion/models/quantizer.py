@@ -73,7 +73,7 @@ def _positions(z: torch.Tensor) -> torch.Tensor:
 def _grid(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """(B H W, D) -> (B, D, H, W), the inverse of _positions for a tensor shaped `like`."""
     B, _, H, W = like.shape
-    return rows.view(B, H, W, -1).permute(0, 3, 1, 2)
+    return rows.view(B, H, W, rows.shape[-1]).permute(0, 3, 1, 2)  # B = 0 too
 
 
 def nearest_code(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
@@ -88,6 +88,11 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
 
     Book: :eq:`ch19-nearest`.
     """
+    checks.tensor("z", z, dims=2)
+    checks.tensor("codebook", codebook, dims=2, nonempty=True)
+    if z.shape[1] != codebook.shape[1]:
+        raise checks.ArgumentError(f"z (N, D) and codebook (K, D) must have one D, got z "
+                                   f"{tuple(z.shape)} and codebook {tuple(codebook.shape)}")
     dtype = torch.promote_types(torch.promote_types(z.dtype, codebook.dtype), torch.float32)
     with torch.autocast(z.device.type, enabled=False):
         z, codebook = z.to(dtype), codebook.to(dtype)
@@ -105,6 +110,9 @@ def straight_through(value: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
     Book: :eq:`ch19-ste`.
     """
+    checks.tensor("value", value)
+    checks.tensor("z", z)
+    checks.same_shape("value and z", value, z)  # a (1,) value broadcast over z silently
     return value.detach() + (z - z.detach())
 
 
@@ -153,20 +161,23 @@ class VectorQuantizer(nn.Module):
         codebook_loss = (z_e.detach() - e).pow(2).flatten(1).sum(1)
         commitment_loss = self.beta * (z_e - e.detach()).pow(2).flatten(1).sum(1)
         if self.training:
-            self.count_unused(indices)
+            self._count_unused(indices)
             if self.ema:
-                self.ema_update(rows.detach(), indices)
+                self._ema_update(rows.detach(), indices)
         B, _, H, W = z_e.shape
         return Quantized(straight_through(e, z_e), indices.view(B, H, W), codebook_loss,
                          commitment_loss)
 
-    @torch.no_grad()
     def count_unused(self, indices: torch.Tensor) -> None:
-        """unused_steps += 1 for the codes not among `indices`, 0 for those among them."""
+        """unused_steps += 1 for the codes not among `indices` (codes 0..K-1, any shape), 0
+        for those among them."""
+        self._count_unused(check_indices("indices", indices, self.K))
+
+    @torch.no_grad()
+    def _count_unused(self, indices: torch.Tensor) -> None:
         used = torch.bincount(indices.flatten(), minlength=self.K) > 0
         self.unused_steps.add_(1).masked_fill_(used, 0)
 
-    @torch.no_grad()
     def ema_update(self, rows: torch.Tensor, indices: torch.Tensor) -> None:
         """One EMA step of the codebook from encoder outputs rows (N, D) and their codes
         indices (N,):
@@ -183,6 +194,16 @@ class VectorQuantizer(nn.Module):
         if not self.ema:
             raise checks.ArgumentError("ema_update is for a VectorQuantizer made with "
                                        "ema=True; this one learns its codebook by gradient")
+        checks.tensor("rows", rows, dims=2, floating=True)
+        check_indices("indices", indices, self.K)
+        if rows.shape[1] != self.D or indices.shape != (len(rows),):
+            raise checks.ArgumentError(
+                f"rows must be encoder outputs (N, D) = (N, {self.D}) and indices their codes "
+                f"(N,), got rows {tuple(rows.shape)} and indices {tuple(indices.shape)}")
+        self._ema_update(rows, indices)
+
+    @torch.no_grad()
+    def _ema_update(self, rows: torch.Tensor, indices: torch.Tensor) -> None:
         counts = torch.bincount(indices, minlength=self.K).to(self.cluster_size)
         sums = torch.zeros_like(self.code_sum).index_add_(0, indices, rows.to(self.code_sum))
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
@@ -208,10 +229,14 @@ class VectorQuantizer(nn.Module):
         optimizer state (Adam's moments) for the row, which the next steps wash out."""
         after = checks.count("after (training steps unused before a restart)", after)
         check_latents("z_e", z_e, self.D)
+        checks.generator("generator", generator)
         dead = (self.unused_steps >= after).nonzero().flatten()
         if len(dead) == 0:
             return dead
         rows = _positions(z_e).detach()
+        if len(rows) == 0:
+            raise checks.ArgumentError(f"z_e {tuple(z_e.shape)} holds no positions to restart "
+                                       f"the {len(dead)} dead code(s) from: pass a batch")
         device = generator.device if generator is not None else rows.device
         if len(rows) >= len(dead):
             pick = torch.randperm(len(rows), generator=generator, device=device)[:len(dead)]
@@ -231,15 +256,22 @@ def code_counts(indices: torch.Tensor, K: int) -> torch.Tensor:
     int64. The range is checked on CPU tensors (on a GPU, bincount's own assert)."""
     K = checks.codes(K)
     checks.tensor("indices", indices, nonempty=True)
+    return torch.bincount(check_indices("indices", indices, K).flatten(), minlength=K)
+
+
+def check_indices(name: str, indices, K: int) -> torch.Tensor:
+    """indices if it is an integer tensor of codes 0..K-1 (any shape; the values checked on
+    CPU tensors: on a GPU, bincount's own assert)."""
+    checks.tensor(name, indices)
     if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
-        raise checks.ArgumentError(f"indices must be an integer tensor of codes 0..{K - 1}, "
+        raise checks.ArgumentError(f"{name} must be an integer tensor of codes 0..{K - 1}, "
                                    f"got {indices.dtype}")
-    if checks.on_host(indices):
+    if indices.numel() and checks.on_host(indices):
         lo, hi = int(indices.min()), int(indices.max())
         if lo < 0 or hi >= K:
-            raise checks.ArgumentError(f"indices must hold codes 0..{K - 1} (K = {K}), got "
+            raise checks.ArgumentError(f"{name} must hold codes 0..{K - 1} (K = {K}), got "
                                        f"values in [{lo}, {hi}]")
-    return torch.bincount(indices.flatten(), minlength=K)
+    return indices
 
 
 def usage(indices: torch.Tensor, K: int) -> torch.Tensor:
@@ -296,7 +328,8 @@ class FSQ(nn.Module):
         # float32 holds the integers exactly to 2^24 (bound and round run in float32); the
         # index is int64 (2^32 x 2^32 levels overflowed to negative indices)
         levels = [checks.count(f"levels[{i}] (the levels of channel {i})", L, minimum=2,
-                               maximum=MAX_FSQ_LEVELS) for i, L in enumerate(levels)]
+                               maximum=MAX_FSQ_LEVELS)
+                  for i, L in enumerate(checks.sequence("levels", levels, "(8, 5, 5, 5)"))]
         if not levels:
             raise checks.ArgumentError("levels must name at least one channel, e.g. "
                                        "(8, 5, 5, 5)")
@@ -340,6 +373,9 @@ class FSQ(nn.Module):
 
     def bound(self, z: torch.Tensor) -> torch.Tensor:
         """f(z) = tanh(z + a) h - o per channel, (B, d, H, W): values within the levels."""
+        return self._bound(check_latents("z", z, self.D))
+
+    def _bound(self, z: torch.Tensor) -> torch.Tensor:
         c = self._per_channel
         return torch.tanh(z + c(self.shift).to(z)) * c(self.half_l).to(z) - \
             c(self.offset).to(z)
@@ -351,7 +387,7 @@ class FSQ(nn.Module):
         Book: :eq:`ch19-fsq`.
         """
         check_latents("z", z, self.D)
-        b = self.bound(z)
+        b = self._bound(z)
         z_q = straight_through(torch.round(b), b) / self._per_channel(self.half_width).to(z)
         zero = z.new_zeros(len(z))
         return Quantized(z_q, self._indices(self._digits(z_q.detach())), zero, zero)

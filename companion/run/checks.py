@@ -17,8 +17,10 @@ ValueError and a TypeError, so that callers that caught either still do.
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
+from collections.abc import Callable, Iterable
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
@@ -597,7 +599,7 @@ def chain_alphas_bar(alphas_bar, beta_min: float) -> torch.Tensor:
     """A chain's alpha_bar_1..T as float64 on the CPU: T >= 2 values, decreasing, in (0, 1)
     (alpha_bar_0 = 1 prepended is refused: it shifts every step by one), ending with more
     noise than a linear beta(t) from beta_min starts with (-log alpha_bar_T >= beta_min)."""
-    ab = torch.as_tensor(alphas_bar, dtype=torch.float64).cpu()
+    ab = numeric("alphas_bar", alphas_bar, dtype=torch.float64).cpu()
     if ab.dim() == 1 and len(ab) and (ab.isnan().any() or ab[0] >= 1):
         raise ArgumentError("alphas_bar must be alpha_bar_1..T, each in (0, 1): got NaN, or "
                             "a first value of 1 (alpha_bar_0, which the clock adds itself: "
@@ -642,3 +644,120 @@ def same_device(owner: str, held, like, fix: str, *more, kind_only: bool = False
         have = h.device
         if (have.type != want.type) if kind_only else (have != want):
             raise ArgumentError(f"{owner} lives on {have} but the tensors on {want}: {fix}")
+
+
+# --- the kinds of argument a careless call gets wrong (issue 78, point 10) ----------------------
+# Each turns what ended inside torch, NumPy or Python with a message naming no argument ("'int'
+# object is not iterable", "'NoneType' object is not callable", "new(): invalid data type
+# 'str'", "manual_seed expected a long") into an error that names the argument and says what
+# it needs.
+
+def function(name: str, value, what: str, args: int | None = None) -> Callable:
+    """`value` if it is callable (with `args`, with that many positional arguments, where
+    Python can tell); `what` says how it is called (e.g. "(z_t, gamma_t) -> eps_hat").
+    None, a string or a number ended in "'NoneType' object is not callable", a function of
+    other arity in "<lambda>() takes 1 positional argument but 2 were given"."""
+    if not callable(value):
+        raise ArgumentError(f"{name} must be a function {what}, got {_got(value)}"
+                            + (" (pass the function itself, not its name)"
+                               if isinstance(value, str) else ""))
+    if args is not None:
+        try:  # introspection only: builtins and some extensions have no signature
+            signature = inspect.signature(value)
+        except (TypeError, ValueError):
+            return value
+        try:
+            signature.bind(*([None] * args))
+        except TypeError as err:
+            raise ArgumentError(f"{name} must be a function of {args} argument"
+                                f"{'s' * (args > 1)} {what}, but it cannot be called so: "
+                                f"{err}") from None
+    return value
+
+
+def sequence(name: str, value, example: str = "", length: int | None = None) -> list:
+    """`value` as a list: a list, a tuple, a 1-D tensor or array, a range (with `length`, of
+    that many entries); a number, None or a string refused ("'int' object is not
+    iterable"). `example` shows one (e.g. "(8, 5, 5, 5)")."""
+    eg = f", e.g. {example}" if example else ""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable) or \
+            (getattr(value, "ndim", 1) == 0):
+        raise ArgumentError(f"{name} must be a sequence (a list or tuple){eg}, got "
+                            f"{_got(value)}")
+    items = list(value)
+    if length is not None and len(items) != length:
+        raise ArgumentError(f"{name} must hold {length} entries{eg}, got {len(items)}")
+    return items
+
+
+def numeric(name: str, value, *, dtype=None, fix: str = "") -> torch.Tensor:
+    """`value` as a real tensor (a tensor as it is, or as `dtype`; a list, a number or a
+    NumPy array converted with torch.as_tensor): a string, None, a dict or a ragged list
+    ended in torch's "new(): invalid data type 'str'" or "Could not infer dtype"."""
+    if torch.is_tensor(value):
+        if value.is_complex():  # before .to(dtype), which would drop the imaginary part
+            raise ArgumentError(f"{name} must be real numbers, got {value.dtype}{fix}")
+        t = value if dtype is None else value.to(dtype)
+    else:
+        if isinstance(value, (str, bytes, dict)) or value is None:
+            raise ArgumentError(f"{name} must be numbers (a tensor, an array or a list of "
+                                f"numbers), got {_got(value)}{fix}")
+        try:  # the conversion only: its errors name no argument
+            t = torch.as_tensor(value, dtype=dtype)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ArgumentError(f"{name} must be numbers (a tensor, an array or a list of "
+                                f"numbers, every row of one length), got {_got(value)}: "
+                                f"{err}{fix}") from None
+    if t.is_complex():
+        raise ArgumentError(f"{name} must be real numbers, got {t.dtype}{fix}")
+    return t
+
+
+def seed(name: str, value) -> int:
+    """A seed: a whole number in 0..2^63 - 1 (a string or a float ended in torch's
+    "manual_seed expected a long"; a negative one wrapped around silently)."""
+    return count(name, value, minimum=0, maximum=2**63 - 1)
+
+
+def generator(name: str, value) -> torch.Generator | None:
+    """None or a torch.Generator ("'str' object has no attribute 'device'" otherwise)."""
+    if value is not None and not isinstance(value, torch.Generator):
+        raise ArgumentError(f"{name} must be a torch.Generator or None, got {_got(value)}: "
+                            "make one with torch.Generator().manual_seed(seed)")
+    return value
+
+
+def device(name: str, value) -> torch.device | None:
+    """None or a device (a torch.device or its name) that this machine has: 'gpu' ended in
+    torch's list of every device type, 'cuda' without a GPU in a driver error."""
+    if value is None:
+        return None
+    try:  # the parse only
+        d = torch.device(value)
+    except (RuntimeError, TypeError):
+        raise ArgumentError(f"{name} must be a device such as 'cpu', 'cuda', 'cuda:1' or "
+                            f"'mps', got {_got(value)}") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise ArgumentError(f"{name} is {value!r}, but this machine has no usable CUDA GPU "
+                            "(torch.cuda.is_available() is False): pass 'cpu'")
+    return d
+
+
+def floating_dtype(name: str, value) -> torch.dtype:
+    """A floating-point torch dtype (times and noise levels are real): an integer dtype ended
+    in "not implemented for 'Long'", a string in torch's list of overloads."""
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise ArgumentError(f"{name} must be a floating-point torch dtype such as "
+                            f"torch.float64, got {value!r}")
+    return value
+
+
+def broadcastable(names: str, a: torch.Tensor, b: torch.Tensor) -> None:
+    """Two tensors whose shapes broadcast together (aligned from the right, each pair of
+    sizes equal or one of them 1): "The size of tensor a (2) must match the size of tensor
+    b (3)" named neither."""
+    for m, n in zip(reversed(a.shape), reversed(b.shape), strict=False):
+        if m != n and 1 not in (m, n):
+            raise ArgumentError(f"{names} must have shapes that broadcast together (one "
+                                f"value, or one per entry of the other), got "
+                                f"{tuple(a.shape)} and {tuple(b.shape)}")
