@@ -144,6 +144,9 @@ def main(argv=None) -> int:
     parser.add_argument("--yes", action="store_true", help="train the gpu profile's recipe "
                         "even without a GPU (it asks first: hours to days on a CPU)")
     args = parser.parse_args(argv)
+    if args.profile is not None and not args.profile.strip():  # '' fell to the default
+        parser.error("--profile is empty: give ci, cpu or gpu, or leave it out to use "
+                     "$BOOK_PROFILE or the device's")
     profile = get_profile(args.profile)
     # the command line's profile is the process's: what asks get_profile() later (fit's
     # progress bar) must not read another, or a bad, BOOK_PROFILE

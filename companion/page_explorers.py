@@ -58,12 +58,24 @@ MAX_STEP_COUNTS = 100         # the solver pages' step counts, the slider's posi
 MAX_STEPS_SUM = 5_000         # their sum, the steps each solver runs (235, 230)
 
 
+PACK_DTYPES = {"f64": "<f8", "f32": "<f4", "f16": "<f2", "u8": "u1"}
+
+
 def pack(a, dtype: str = "f64") -> dict:
     """An array as {"shape", dtype: base64 of its little-endian bytes} (dtype f64, f32,
     f16: half precision for network weights, which the page widens to float32, or u8:
     grey images, 0..255)."""
-    arr = np.ascontiguousarray(np.asarray(a, dtype={"f64": "<f8", "f32": "<f4",
-                                                    "f16": "<f2", "u8": "u1"}[dtype]))
+    code = PACK_DTYPES[checks.one_of("dtype", dtype, tuple(PACK_DTYPES))]
+    if torch.is_tensor(a):
+        a = a.detach().cpu().numpy()  # a tensor that requires grad, or on a GPU, too
+    elif not isinstance(a, np.ndarray):  # a list: None, a string, a ragged list refused
+        a = checks.numeric("a", a, dtype=torch.float64).numpy()
+    if dtype == "u8" and a.dtype != np.uint8 and a.size and not (0 <= a.min() <= a.max()
+                                                                  <= 255):
+        raise checks.ArgumentError(f"a must hold grey levels 0..255 for dtype 'u8', got "
+                                   f"values in [{a.min():g}, {a.max():g}]: pass images in "
+                                   "[0, 1] through 255 * x, rounded")
+    arr = np.ascontiguousarray(np.asarray(a, dtype=code))
     return {"shape": list(arr.shape), dtype: base64.b64encode(arr.tobytes()).decode()}
 
 
@@ -110,7 +122,9 @@ def chapter8_mixture() -> GaussianMixture:
 # --- chapters 2, 3, 5: the ELBO chapters' explorers ------------------------------------------
 def _kl_sizes(weights, means, stds, lim, n_grid):
     """kl_page's arguments, checked before anything is computed (see `kl_page`)."""
-    weights, means, stds = list(weights), list(means), list(stds)
+    weights, means, stds = (checks.sequence(name, v, eg) for name, v, eg in (
+        ("weights", weights, "(0.5, 0.5)"), ("means", means, "(-2.5, 2.5)"),
+        ("stds", stds, "(0.7, 0.7)")))
     k = checks.size("weights (the mixture's components)", len(weights), MAX_COMPONENTS,
                     "a density of more bumps is beyond what the explorer's drawing of 241 "
                     "points shows (the chapter's has 2)")
@@ -118,6 +132,15 @@ def _kl_sizes(weights, means, stds, lim, n_grid):
         raise checks.ArgumentError(f"weights, means and stds must have one length (one "
                                    f"entry a component), got {k}, {len(means)} and "
                                    f"{len(stds)}")
+    # each a number of its kind: torch.distributions' own check named no argument
+    w = [checks.real("every weight in weights", v, low=0.0) for v in weights]
+    if not sum(w) > 0:
+        raise checks.ArgumentError(f"weights must not all be 0 (the mixture's weights, "
+                                   f"normalized by their sum), got {w}")
+    for v in means:
+        checks.real("every mean in means", v)
+    for v in stds:
+        checks.positive("every std in stds", v)
     lim = checks.positive("lim (the quadrature runs over [-lim, lim])", lim)
     n_grid = checks.size("n_grid (the quadrature's points)", n_grid, MAX_KL_GRID,
                          "every one of the state's 12,719 pairs of integrals runs over the "
@@ -161,7 +184,7 @@ def elbo_page(W, b, sigma, x) -> dict:
     linear Gaussian model at every (mean, std) of q; the page draws the three Gaussian
     densities (closed form) and the bars. W: (D, 1), a one-dimensional latent (the sliders
     move q's one mean and std), with D at most MAX_ELBO_DIM = 1,000 (the chapter's 2)."""
-    W = torch.as_tensor(W, dtype=F64)
+    W = checks.numeric("W", W, dtype=F64)
     if W.dim() == 2:
         checks.size("D (the rows of W, the data's dimension)", W.shape[0], MAX_ELBO_DIM,
                     "the state's 6,050 positions of q each hold a (D,) reconstruction and "
@@ -170,8 +193,12 @@ def elbo_page(W, b, sigma, x) -> dict:
             raise checks.ArgumentError(f"W must be (D, 1), a one-dimensional latent (the "
                                        f"sliders move q's one mean and one std), got "
                                        f"{tuple(W.shape)}")
-    model = LinearGaussian(W, torch.as_tensor(b, dtype=F64), sigma)
-    x = torch.as_tensor(x, dtype=F64)
+    model = LinearGaussian(W, checks.numeric("b", b, dtype=F64), sigma)
+    x = checks.numeric("x", x, dtype=F64)
+    if x.numel() != W.shape[0] or not checks.all_finite(x):
+        raise checks.ArgumentError(f"x must be one data point of D = {W.shape[0]} finite "
+                                   f"numbers (the rows of W), got shape {tuple(x.shape)}"
+                                   + ("" if x.numel() != W.shape[0] else " with NaN or inf"))
     means, stds = slider_values(-3, 3, 0.05), slider_values(0.05, 2.5, 0.05)
     M, S = torch.meshgrid(torch.tensor(means, dtype=F64), torch.tensor(stds, dtype=F64),
                           indexing="xy")  # (len(stds), len(means))
@@ -216,6 +243,7 @@ def pinned_page(mu: float, sigma: float, d: int, n: int = 20_000, seed: int = 0,
                     "(the chapter's 20,000 give smooth histograms)", minimum=2)
     bins = checks.size("bins", bins, MAX_BINS, "the page draws each histogram's bars in a "
                        "panel some hundreds of pixels wide (the chapter's 80)")
+    seed = checks.seed("seed", seed)
     ts, ss = slider_values(0.05, 1.6, 0.05), slider_values(0.05, 1.6 * sigma, 0.05)
     T, S = torch.meshgrid(torch.tensor(ts, dtype=F64), torch.tensor(ss, dtype=F64),
                           indexing="xy")
@@ -260,6 +288,7 @@ def forward_page(T: int = 1000, n: int = 500, seed: int = 2) -> dict:
                     "on a page (the chapter's T is 1,000)")
     n = checks.size("n (the points drawn)", n, MAX_FORWARD_POINTS, "the page draws each "
                     "of them at every move of the slider (the chapter's 500)")
+    seed = checks.seed("seed", seed)
     mix = chapter8_mixture()
     _, x0 = mix.sample(n, generator=torch.Generator().manual_seed(seed))
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed + 1),
@@ -303,6 +332,14 @@ def solver_errors(x: torch.Tensor, ref: torch.Tensor, means: torch.Tensor
     even, as the chapters take it) and how many points end nearest another mode (means
     (K, 2)) than their reference. Both summaries, since a few points that flip to another
     mode dominate the RMS and leave the median alone."""
+    fix = "points (N, 2) of the plane"
+    checks.points("x", x, fix)
+    checks.points("means", means, fix)
+    if tuple(checks.points("ref", ref, fix).shape) != tuple(x.shape) or \
+            means.shape[1] != x.shape[1]:
+        raise checks.ArgumentError(f"ref must be one reference point per end of x, "
+                                   f"{tuple(x.shape)}, and means points of its width, got "
+                                   f"ref {tuple(ref.shape)} and means {tuple(means.shape)}")
     d2 = (x - ref).pow(2).sum(1)  # (N,)
     other = torch.cdist(x, means).argmin(1) != torch.cdist(ref, means).argmin(1)
     return d2.mean().sqrt().item(), d2.sqrt().median().item(), int(other.sum())
@@ -353,7 +390,7 @@ def _solver_sizes(n, n_draw, n_paths, steps) -> tuple[int, int, int, list[int]]:
     n_paths = checks.size("n_paths (the paths drawn)", n_paths, MAX_PATHS, "each path "
                           "travels in the page's state at every step count (the chapters' "
                           "40)")
-    steps = list(steps)
+    steps = checks.sequence("steps", steps, "(1, 2, 5, 10)")
     checks.size("steps (the step counts, the slider's positions)", len(steps),
                 MAX_STEP_COUNTS, "each is a run of every solver on all the points (the "
                 "chapters' sliders have 15 and 14)")
@@ -386,6 +423,7 @@ def solvers_page(n: int = 2_000, seed: int = 4, n_draw: int = 300, n_paths: int 
     n_paths at most MAX_PATHS = 200 [40]; steps, increasing step counts, at most
     MAX_STEP_COUNTS = 100 of them [15] summing to at most MAX_STEPS_SUM = 5,000 [235]."""
     n, n_draw, n_paths, steps = _solver_sizes(n, n_draw, n_paths, steps)
+    seed = checks.seed("seed", seed)
     mix, vp = chapter8_mixture(), sde.VPSDE()
 
     def score(x, t):
@@ -419,6 +457,7 @@ def fewstep_page(n: int = 2_000, seed: int = 1, n_draw: int = 300, n_paths: int 
     of N(0, I) from seed 1 (its N_TOY: 2,000 in the cpu profile its stored run used).
     The bounds of `solvers_page` (the chapter's steps: 14 counts summing to 230)."""
     n, n_draw, n_paths, steps = _solver_sizes(n, n_draw, n_paths, steps)
+    seed = checks.seed("seed", seed)
     mix = chapter8_mixture()
     path = fewstep.MixturePath(mix)
     x1 = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed), dtype=F64)
@@ -442,11 +481,25 @@ def store_chain(name: str, frames: dict, snr, profile: str) -> Path | None:
     the schedule's alpha_bar_t / (1 - alpha_bar_t), t = 1..T; profile: the run's profile,
     which the page names. Images are kept as 8-bit grey levels. Returns the path written,
     or None."""
-    steps = sorted(frames, reverse=True)
-    _one_shape([a for t in steps for a in frames[t]],
+    if not isinstance(frames, dict) or not frames:
+        raise checks.ArgumentError(f"frames must be a dict {{t: (x_t, x0_pred)}} of the kept "
+                                   f"steps, at least one, got {checks._got(frames)}")
+    steps = sorted((checks.count("every step t in frames", t, minimum=0) for t in frames),
+                   reverse=True)
+    for t in frames:
+        if not isinstance(frames[t], (tuple, list)) or len(frames[t]) != 2:
+            raise checks.ArgumentError(f"frames[{t!r}] must be a pair (x_t, x0_pred) of "
+                                       f"images (S, 1, 28, 28), got {checks._got(frames[t])}")
+    _one_shape([a for t in frames for a in frames[t]],
                "every kept step needs x_t and x0_pred of one shape (the same images)")
+    frames = {checks.as_int(t): v for t, v in frames.items()}
+    snr = checks.numeric("snr", snr, dtype=torch.float64).numpy(force=True)
+    profile = getattr(profile, "name", profile)  # a Profile, or its name
+    if not isinstance(profile, str):
+        raise checks.ArgumentError(f"profile must be the run's profile (its name, e.g. "
+                                   f"'cpu'), got {checks._got(profile)}")
     return _store(name, chain_page, "store_chain", t=np.array(steps),
-                  snr=np.asarray(snr, dtype="<f8"), profile=profile,
+                  snr=snr.astype("<f8"), profile=profile,
                   x_t=np.stack([_grey((torch.as_tensor(frames[t][0]).float() + 1) / 2)
                                 for t in steps]),
                   x0=np.stack([_grey((torch.as_tensor(frames[t][1]).float() + 1) / 2)
@@ -458,8 +511,10 @@ def chain_page(stored) -> dict:
     `store_chain`), x_t and the network's guess of x_0 at each kept step, and the
     schedule's SNR; the page looks them up. Sizes: at most MAX_FRAMES = 201 kept steps and
     MAX_CHAINS = 12 images a step (the chapter's 51 and 6)."""
-    with np.load(stored) as f:
-        a = {k: f[k] for k in f.files}
+    a = _npz(stored, "store_chain", ("t", "snr", "profile", "x_t", "x0"))
+    if a["x_t"].ndim < 2:
+        raise checks.ArgumentError(f"x_t must be (steps, images, 1, 28, 28), got "
+                                   f"{a['x_t'].shape}")
     frames, shown = a["x_t"].shape[:2]
     checks.size("the kept steps", frames, MAX_FRAMES, "one slider position each, every one "
                 "with its images in the page", minimum=2)
@@ -467,8 +522,18 @@ def chain_page(stored) -> dict:
     if a["x0"].shape != a["x_t"].shape or a["x_t"].shape[2:] != (1, 28, 28):
         raise checks.ArgumentError(f"x_t and x0 must both be (steps, images, 1, 28, 28), got "
                                    f"{a['x_t'].shape} and {a['x0'].shape}")
+    if a["t"].shape != (frames,) or a["t"].dtype.kind not in "iu":
+        raise checks.ArgumentError(f"the kept steps t must be {frames} whole numbers, one a "
+                                   f"frame, got {a['t'].tolist()!r:.80}")
     if not (np.diff(a["t"]) < 0).all() or a["t"][-1] != 0:
         raise checks.ArgumentError(f"the kept steps must fall to 0, got {a['t'].tolist()}")
+    if a["snr"].ndim != 1 or not len(a["snr"]) or a["snr"].dtype.kind != "f" or \
+            not (np.isfinite(a["snr"]) & (a["snr"] > 0)).all():
+        raise checks.ArgumentError(f"snr must be the schedule's (T,) signal-to-noise ratios, "
+                                   f"finite and > 0, got shape {a['snr'].shape}")
+    if a["profile"].dtype.kind != "U":
+        raise checks.ArgumentError(f"profile must be the run's profile name, got "
+                                   f"{a['profile']!r}")
     return {"kind": "chain", "T": len(a["snr"]), "profile": str(a["profile"]),
             "controls": [{"name": "t", "label": "step t", "values": a["t"].tolist(),
                           "value": int(a["t"][0]), "digits": 0, "play": True,
@@ -492,6 +557,20 @@ def store_completions(name: str, truth, masks: dict, completions: dict, numbers:
     numbers: {(method, mask): the table's row in the order of COMPLETION_NUMBERS};
     n_digits: the test digits the numbers are over.
     Returns the path written, or None."""
+    for name, value in (("masks", masks), ("completions", completions),
+                        ("numbers", numbers)):
+        if not isinstance(value, dict) or not value:
+            raise checks.ArgumentError(f"{name} must be a dict, at least one entry, got "
+                                       f"{checks._got(value)}")
+    for key in (*completions, *numbers):
+        if not isinstance(key, tuple) or len(key) != 2:
+            raise checks.ArgumentError(f"completions and numbers must be keyed by (method, "
+                                       f"mask) pairs, got the key {key!r}")
+    for n, v in masks.items():
+        if not isinstance(v, (tuple, list)) or len(v) != 2 or not isinstance(v[0], str):
+            raise checks.ArgumentError(f"masks[{n!r}] must be a pair (its description, its "
+                                       f"(S, 28, 28) known pixels), got {checks._got(v)}")
+    n_digits = checks.count("n_digits (the test digits the numbers are over)", n_digits)
     methods = list(dict.fromkeys(m for m, _ in completions))
     names = list(masks)
     missing = [(m, n) for m in methods for n in names if (m, n) not in completions
@@ -506,9 +585,10 @@ def store_completions(name: str, truth, masks: dict, completions: dict, numbers:
                 f"numbers[{m!r}, {n!r}] must hold the table's {len(COMPLETION_NUMBERS)} "
                 f"numbers {COMPLETION_NUMBERS}, in that order, got {len(numbers[m, n])}: "
                 f"{list(numbers[m, n])}")
+        checks.numeric(f"numbers[{m!r}, {n!r}]", list(numbers[m, n]), dtype=torch.float64)
     return _store(name, completions_page, "store_completions", methods=np.array(methods),
                   masks=np.array(names), descriptions=np.array([masks[n][0] for n in names]),
-                  truth=_grey(truth),
+                  truth=_grey(checks.numeric("truth", truth)),
                   known=np.stack([np.asarray(masks[n][1]) > 0.5 for n in names]).astype("u1"),
                   completions=np.stack([np.stack([_grey(completions[m, n]) for n in names])
                                         for m in methods]),
@@ -522,8 +602,11 @@ def completions_page(stored) -> dict:
     the chapter's table (stored: an .npz written by `store_completions`); the page looks
     them up. Sizes: at most MAX_METHODS = 8 methods, MAX_MASKS = 8 masks and
     MAX_SHOWN_DIGITS = 12 digits (the chapter's 4, 5 and 6)."""
-    with np.load(stored) as f:
-        a = {k: f[k] for k in f.files}
+    a = _npz(stored, "store_completions", ("methods", "masks", "descriptions", "truth",
+                                           "known", "completions", "numbers", "n_digits"))
+    if a["completions"].shape[4:] != (28, 28) or a["completions"].ndim != 6:
+        raise checks.ArgumentError(f"completions must be (methods, masks, K, S, 28, 28), got "
+                                   f"{a['completions'].shape}")
     methods, masks, k, shown = a["completions"].shape[:4]
     checks.size("the methods", methods, MAX_METHODS, "one radio button each")
     checks.size("the masks", masks, MAX_MASKS, "one radio button each")
@@ -532,6 +615,14 @@ def completions_page(stored) -> dict:
     if a["numbers"].shape != (methods, masks, len(COMPLETION_NUMBERS)):
         raise checks.ArgumentError(f"numbers must be (methods, masks, "
                                    f"{len(COMPLETION_NUMBERS)}), got {a['numbers'].shape}")
+    if a["truth"].shape != (shown, 28, 28) or a["known"].shape != (masks, shown, 28, 28):
+        raise checks.ArgumentError(f"truth must be the {shown} digits shown (S, 28, 28) and "
+                                   f"each mask's known pixels (S, 28, 28), got truth "
+                                   f"{a['truth'].shape} and masks {a['known'].shape[1:]}")
+    if a["n_digits"].shape != () or a["n_digits"].dtype.kind not in "iu" or \
+            a["n_digits"] < 1:
+        raise checks.ArgumentError(f"n_digits must be the number of test digits, >= 1, got "
+                                   f"{a['n_digits']!r}")
     return {"kind": "completions", "methods": [str(m) for m in a["methods"]],
             "masks": [str(m) for m in a["masks"]],
             "descriptions": [str(d) for d in a["descriptions"]],
@@ -605,6 +696,7 @@ def _guidance_sizes(n, y, weights, T) -> tuple[int, int, list[float], int]:
     """guidance_page's sizes, checked before any chain runs (see `guidance_page`)."""
     n = checks.size("n (the guided samples)", n, MAX_GUIDED, "every weight runs a chain of "
                     "T steps on all of them (the chapter's ci profile: 1,000)", minimum=2)
+    weights = checks.sequence("weights", weights, "(0.0, 1.0, 3.0)")
     checks.size("weights (the slider's positions)", len(weights), MAX_WEIGHTS, "each is a "
                 "chain of T steps on all the samples (the chapter's 4)")
     weights = [checks.real("every weight in weights", w, low=0.0) for w in weights]
@@ -648,6 +740,7 @@ def guidance_page(n: int = 1_000, y: int = 3, weights=GUIDANCE_WEIGHTS, seed: in
     from .toy import diffused_log_posterior_grad
 
     n, y, weights, T = _guidance_sizes(n, y, weights, T)
+    seed = checks.seed("seed", seed)
     mix = chapter8_mixture()
     diff = dm.Diffusion(dm.linear_betas(T))
     u_dir = mix.means[y]  # a unit vector
@@ -734,6 +827,7 @@ def grid_page(n: int = 256, seed: int = 5, n_paths: int = 8, steps=GRID_STEPS) -
     _work("n x sum(steps) (the point-steps of each solver on each grid)", n * sum(steps),
           MAX_GRID_WORK, "3 solvers run them on 12 grids (the chapter's 256 x 138 = "
           "35,328); take fewer points or steps")
+    seed = checks.seed("seed", seed)
     mean, std = chapter17_gaussian()
     denoise = edm.gaussian_denoiser(mean, std)
     x = 80 * torch.randn(n, 8, dtype=F64, generator=torch.Generator().manual_seed(seed))
@@ -774,14 +868,18 @@ def save_latent_decoder(model, path) -> None:
     """The decoder of a VAE with an MLP decoder (linear layers with ReLU between them,
     Bernoulli logits out) as half-precision arrays W0, b0, W1, b1, ... in an .npz file, for
     the page's latent explorer (`latent_page`). A 2 -> 512 -> 784 decoder is 0.8 MB."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise checks.ArgumentError(f"path must be a file name (a str or a Path), got "
+                                   f"{checks._got(path)}")
     _replace(Path(path), _npz_bytes(_decoder_arrays(model)))
 
 
 def _decoder_arrays(model) -> dict:
+    if getattr(model, "arch", None) != "mlp" or \
+            getattr(model, "likelihood", None) != "bernoulli":
+        raise checks.ArgumentError(f"model must be a VAE with arch='mlp' and Bernoulli "
+                                   f"likelihood (chapter 6's), got {checks._got(model)}")
     linears = [m for m in model.decoder.modules() if isinstance(m, torch.nn.Linear)]
-    if getattr(model, "arch", None) != "mlp" or model.likelihood != "bernoulli":
-        raise ValueError("save_latent_decoder takes a VAE with arch='mlp' and Bernoulli "
-                         "likelihood")
     arrays = {}
     for k, lin in enumerate(linears):
         arrays[f"W{k}"] = lin.weight.detach().cpu().numpy().astype("<f2")
@@ -797,6 +895,38 @@ def _one_shape(arrays, need: str) -> None:
     shapes = {tuple(np.shape(a)) for a in arrays}
     if len(shapes) > 1:
         raise checks.ArgumentError(f"{need}, got {sorted(shapes)}")
+
+
+ZIP_MAGIC = b"PK"  # an .npz is a zip archive
+
+
+def _npz(stored, who: str, keys: tuple[str, ...]) -> dict:
+    """The arrays of `stored`, an .npz written by `who` (a path, or a file object as `_store`
+    passes), holding at least `keys`: None, a missing file, another kind of file or the
+    arrays of another explorer ended in NumPy's or in a KeyError naming no argument."""
+    if isinstance(stored, (str, os.PathLike)):
+        if not Path(stored).is_file():
+            raise checks.ArgumentError(f"stored must be an .npz file written by {who}, but "
+                                       f"{os.fspath(stored)!r} is no file")
+        with open(stored, "rb") as f:
+            head = f.read(2)
+    elif hasattr(stored, "read") and hasattr(stored, "seek"):
+        where = stored.tell()
+        head = stored.read(2)
+        stored.seek(where)
+    else:
+        raise checks.ArgumentError(f"stored must be the path of an .npz file written by "
+                                   f"{who}, got {checks._got(stored)}")
+    if head != ZIP_MAGIC:
+        raise checks.ArgumentError(f"stored must be an .npz file written by {who}; "
+                                   f"{stored!r:.80} is another kind of file")
+    with np.load(stored) as f:
+        a = {k: f[k] for k in f.files}
+    missing = [k for k in keys if k not in a]
+    if missing:
+        raise checks.ArgumentError(f"stored lacks {missing} of the arrays {who} writes (it "
+                                   f"holds {sorted(a)}): the file of another explorer?")
+    return a
 
 
 def _grey(a) -> np.ndarray:
@@ -884,21 +1014,43 @@ def store_latent_decoder(model, name: str):
 
 def latent_decoder(path) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The layers (W, b) saved by `save_latent_decoder`, as float32 tensors."""
-    with np.load(path) as f:
-        n = len([k for k in f.files if k.startswith("W")])
-        return [(torch.from_numpy(f[f"W{k}"].astype("<f4")),
-                 torch.from_numpy(f[f"b{k}"].astype("<f4"))) for k in range(n)]
+    f = _npz(path, "save_latent_decoder", ("W0", "b0"))
+    n = len([k for k in f if k.startswith("W")])
+    return [(torch.from_numpy(f[f"W{k}"].astype("<f4")),
+             torch.from_numpy(f[f"b{k}"].astype("<f4"))) for k in range(n)]
 
 
 def latent_mean_image(layers, z: torch.Tensor) -> torch.Tensor:
     """The decoder's mean image (pixel probabilities) at z (..., 2): (..., 28, 28), float32,
     as the page computes it (ReLU between layers, a sigmoid at the end)."""
+    layers = checks.sequence("layers", layers, "latent_decoder(path)")
+    if not layers or not all(isinstance(v, (tuple, list)) and len(v) == 2 for v in layers):
+        raise checks.ArgumentError("layers must be the decoder's (W, b) pairs, at least one: "
+                                   "latent_decoder(path)")
+    checks.tensor("z", z, floating=True)
+    if z.dim() < 1 or z.shape[-1] != layers[0][0].shape[1]:
+        raise checks.ArgumentError(f"z must be latent codes (..., {layers[0][0].shape[1]}), the "
+                                   f"decoder's input width, got shape {tuple(z.shape)}")
     h = z.to(torch.float32)
     for k, (W, b) in enumerate(layers):
         h = h @ W.T + b
         if k < len(layers) - 1:
             h = h.relu()
     return torch.sigmoid(h).reshape(*z.shape[:-1], 28, 28)
+
+
+def _plane(span, step, starts: tuple[float, ...], what: str) -> None:
+    """span and step of sliders from -span to span by step, each with the positions
+    `starts` (`what` says which): -span of a string ended in "bad operand type for unary
+    -", a span that misses a start in "value = 0.9 is not a position of the slider z1"."""
+    span, step = checks.positive("span", span), checks.positive("step", step)
+    values = slider_values(-span, span, step)
+    for start in starts:
+        if not any(abs(v - start) < 1e-9 for v in values):
+            raise checks.ArgumentError(
+                f"span = {span:g} and step = {step:g} must put {what} on the sliders (from "
+                f"-span to span by step): take span a multiple of step, at least "
+                f"{max(abs(v) for v in starts):g}")
 
 
 def latent_page(stored, span: float = 2.5, step: float = 0.05, dims=(0, 1)) -> dict:
@@ -912,7 +1064,9 @@ def latent_page(stored, span: float = 2.5, step: float = 0.05, dims=(0, 1)) -> d
     layers = latent_decoder(stored)
     latent = layers[0][0].shape[1]
     dims = [checks.count(f"every coordinate in dims (of the decoder's {latent})", d,
-                         minimum=0, maximum=latent - 1) for d in dims]
+                         minimum=0, maximum=latent - 1)
+            for d in checks.sequence("dims", dims, "(0, 1)")]
+    _plane(span, step, (0.0,), "0, where each slider starts")
     if not dims or len(set(dims)) != len(dims):
         raise checks.ArgumentError(f"dims must be distinct coordinates of the latent, at "
                                    f"least one, got {dims}")
@@ -932,6 +1086,7 @@ def chapter18_schedules(ends=(-10.0, 6.0)) -> dict:
     its random start (hidden = 16, seed 3), gamma from -10 to 6."""
     from . import vdm
 
+    ends = checks.sequence("ends", ends, "(-10.0, 6.0), (gamma_min, gamma_max)", length=2)
     return {"linear": vdm.LinearSchedule(*ends), "cosine": vdm.CosineSchedule(*ends),
             "learned, random": vdm.LearnedSchedule(
                 *ends, hidden=16, generator=torch.Generator().manual_seed(3))}
@@ -950,7 +1105,8 @@ def bound_page(steps=BOUND_STEPS) -> dict:
     slider: 14, up to 1,024)."""
     from . import vdm
 
-    steps = [checks.count("every T in steps", k, maximum=MAX_BOUND_STEPS) for k in steps]
+    steps = [checks.count("every T in steps", k, maximum=MAX_BOUND_STEPS)
+             for k in checks.sequence("steps", steps, "(1, 2, 4, 8)")]
     checks.size("steps (the slider's positions)", len(steps), MAX_STEP_COUNTS,
                 "each is a step count of every schedule (the chapter's 14)")
     if any(b <= a for a, b in zip(steps[:-1], steps[1:], strict=True)):
@@ -1014,6 +1170,7 @@ def straight_page(span: float = 2.5, step: float = 0.1) -> dict:
     code, `models.quantizer.straight_through`); and on a 121 x 121 grid, the loss and the
     code of every point, which the page draws. At most MAX_PLANE = 10,201 points (101
     positions a slider; the chapter's 51)."""
+    _plane(span, step, (0.9, 0.4), "0.9 and 0.4, where the sliders start")
     quantizer, loss = chapter19_toy()
     values = slider_values(-span, span, step)
     _work("the grid's points (positions of z1 x positions of z2)", len(values) ** 2,
@@ -1054,15 +1211,32 @@ def store_corruptions(name: str, corruptions: dict, clean: dict) -> Path | None:
     the same L levels and S images; clean: {"lo": (6,), "hi": (6,)}, the band of each
     measure within which the chapter's test calls a set no different from clean redraws.
     Returns the path written, or None."""
+    if not isinstance(corruptions, dict) or not corruptions:
+        raise checks.ArgumentError(f"corruptions must be a dict {{name: (unit, strengths, "
+                                   f"measures, images)}}, at least one, got "
+                                   f"{checks._got(corruptions)}")
+    for n, v in corruptions.items():
+        if not isinstance(v, (tuple, list)) or len(v) != 4 or not isinstance(v[0], str):
+            raise checks.ArgumentError(f"corruptions[{n!r}] must be (unit, strengths, "
+                                       f"measures, images), the unit a string, got "
+                                       f"{checks._got(v)}")
+    if not isinstance(clean, dict) or not {"lo", "hi"} <= set(clean):
+        raise checks.ArgumentError(f"clean must be {{'lo': (6,), 'hi': (6,)}}, the band of "
+                                   f"each measure, got {checks._got(clean)}"
+                                   + (f" with keys {sorted(clean)}" if isinstance(clean, dict)
+                                      else ""))
     names = list(corruptions)
-    arrays = [[np.asarray(v[i], dtype=float) for v in corruptions.values()]
-              for i in (1, 2, 3)]
+    arrays = [[checks.numeric(f"corruptions[{n!r}]'s {what}", v[i], dtype=torch.float64)
+               .numpy(force=True) for n, v in corruptions.items()]
+              for i, what in ((1, "strengths"), (2, "measures"), (3, "images"))]
     for what, arrs in zip(("strengths", "measures", "images"), arrays, strict=True):
         shapes = {n: a.shape for n, a in zip(names, arrs, strict=True)}
         if len(set(shapes.values())) != 1:
             raise checks.ArgumentError(f"every corruption needs {what} of one shape (the "
                                        f"same strengths, the same digits shown), got "
                                        f"{shapes}")
+    clean = {end: checks.numeric(f"clean[{end!r}]", clean[end], dtype=torch.float64)
+             .numpy(force=True) for end in ("lo", "hi")}
     for end in ("lo", "hi"):
         if np.shape(clean[end]) != (len(CORRUPTION_MEASURES),):
             raise checks.ArgumentError(
@@ -1072,8 +1246,7 @@ def store_corruptions(name: str, corruptions: dict, clean: dict) -> Path | None:
                   units=np.array([v[0] for v in corruptions.values()]),
                   strength=np.stack(arrays[0]), measures=np.stack(arrays[1]),
                   images=_grey(np.stack(arrays[2])),
-                  clean_lo=np.asarray(clean["lo"], dtype=float),
-                  clean_hi=np.asarray(clean["hi"], dtype=float))
+                  clean_lo=clean["lo"], clean_hi=clean["hi"])
 
 
 def corruption_page(stored) -> dict:
@@ -1082,8 +1255,11 @@ def corruption_page(stored) -> dict:
     page looks the numbers up; it computes nothing. Sizes: at most MAX_CORRUPTIONS = 12
     corruptions, MAX_LEVELS = 21 strengths each and MAX_SHOWN = 12 digits a set (the
     chapter's 5, 9 and 6)."""
-    with np.load(stored) as f:
-        a = {k: f[k] for k in f.files}
+    a = _npz(stored, "store_corruptions", ("names", "units", "strength", "measures",
+                                           "images", "clean_lo", "clean_hi"))
+    if a["images"].ndim != 5 or a["images"].shape[3:] != (28, 28):
+        raise checks.ArgumentError(f"images must be (corruptions, strengths, S, 28, 28), got "
+                                   f"{a['images'].shape}")
     k, levels, shown = a["images"].shape[:3]
     checks.size("the corruptions", k, MAX_CORRUPTIONS, "one radio button each")
     checks.size("the strengths of a corruption", levels, MAX_LEVELS, "one slider position "
@@ -1094,6 +1270,15 @@ def corruption_page(stored) -> dict:
                                    f"{len(CORRUPTION_MEASURES)}) = ({k}, {levels}, "
                                    f"{len(CORRUPTION_MEASURES)}), got "
                                    f"{a['measures'].shape}")
+    if a["strength"].shape != (k, levels) or not np.isfinite(a["strength"]).all():
+        raise checks.ArgumentError(f"the strengths must be (corruptions, strengths) = ({k}, "
+                                   f"{levels}), finite, one a level of the images, got "
+                                   f"{a['strength'].shape}")
+    if not (np.isfinite(a["clean_lo"]).all() and np.isfinite(a["clean_hi"]).all()
+            and (a["clean_lo"] <= a["clean_hi"]).all()):
+        raise checks.ArgumentError(f"clean's band must be finite with lo <= hi for every "
+                                   f"measure, got lo {a['clean_lo'].tolist()} and hi "
+                                   f"{a['clean_hi'].tolist()}")
     return {"kind": "corruption",
             "controls": [control("level", "strength", 0, levels - 1, 1, 0, fmt=0, play=True,
                                  equation="ch20-precision-recall")],

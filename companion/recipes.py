@@ -22,6 +22,27 @@ from .train import checkpoint_path, fit
 AE_HIDDEN, AE_LR, AE_NOISE, AE_WEIGHT = (256,), 2e-3, 0.5, 1.0
 
 
+def _profile(profile):
+    """profile if it is a companion Profile: a name ('ci') or None ended in "'str' object
+    has no attribute 'pick'"."""
+    from .run.profiles import Profile
+
+    if not isinstance(profile, Profile):
+        raise checks.ArgumentError(
+            f"profile must be a companion Profile, got {checks._got(profile)}: pass "
+            "companion.run.profiles.get_profile('ci') (or get_profile() for the active one)")
+    return profile
+
+
+def _prefix(prefix) -> str:
+    """prefix, the start of a checkpoint's file name: a non-empty string (None named the
+    file 'None-...')."""
+    if not isinstance(prefix, str) or not prefix.strip():
+        raise checks.ArgumentError(f"prefix must be a non-empty string such as 'ch18' (the "
+                                   f"start of the checkpoint's file name), got {prefix!r}")
+    return prefix
+
+
 def chapter1_autoencoder(name: str, x, profile, device, *, loss_fn=reconstruction_loss,
                          latent: int = 16, prefix: str = "ch1", **settings):
     """Chapter 1's autoencoder: MLP 784 -> 256 -> latent and back, squared error (or the
@@ -43,7 +64,7 @@ def chapter1_autoencoder(name: str, x, profile, device, *, loss_fn=reconstructio
     Returns:
         (model, FitResult). Chapter 6 compares the VAE with this model.
     """
-    epochs = profile.pick(ci=15, cpu=30, gpu=20)
+    epochs = _profile(profile).pick(ci=15, cpu=30, gpu=20)
     torch.manual_seed(0)
     model = Autoencoder(latent, hidden=AE_HIDDEN).to(device)
     config = dict(profile=profile.name, name=name, latent=latent, hidden=list(AE_HIDDEN),
@@ -63,7 +84,7 @@ def vae_epochs(profile) -> int:
     """Epochs for the chapter-7 comparison: 8 / 20 / 10 (ci / cpu / gpu; gpu on all 60,000
     digits, 19,000 updates). ci gets more than chapter 6's 3: the layers above z_1 start at
     the prior and need some hundreds of updates before they pay for themselves."""
-    return profile.pick(ci=8, cpu=20, gpu=10)
+    return _profile(profile).pick(ci=8, cpu=20, gpu=10)
 
 
 def _elbo_fit(name, model, loss_fn, x, profile, *, epochs, prefix, **settings):
@@ -198,7 +219,7 @@ def toy_eps_settings(profile) -> dict:
     batch (lr 2e-3, EMA 0.999, seeds 8 for the data and 9 for the batches)."""
     return dict(n=profile.count(ci=20_000, cpu=100_000, gpu=100_000),
                 steps=profile.count(ci=2_000, cpu=6_000, gpu=20_000),
-                batch=profile.pick(ci=512, cpu=2_048, gpu=4_096))
+                batch=_profile(profile).pick(ci=512, cpu=2_048, gpu=4_096))
 
 
 def toy_eps(mix, profile, device, *, T: int = 1000, prefix: str = "ch8"):
@@ -241,12 +262,12 @@ def ddpm_settings(profile) -> dict:
     compilation included).
     """
     return dict(
-        preset=profile.pick(ci="tiny", cpu="cpu", gpu="gpu"),
-        T=profile.pick(ci=100, cpu=500, gpu=1000),
-        steps=profile.pick(ci=100, cpu=900, gpu=6000),
-        batch_size=profile.pick(ci=32, cpu=64, gpu=128),
-        lr=profile.pick(ci=2e-3, cpu=2e-3, gpu=5e-4),
-        ema=profile.pick(ci=0.99, cpu=0.995, gpu=0.999),
+        preset=_profile(profile).pick(ci="tiny", cpu="cpu", gpu="gpu"),
+        T=_profile(profile).pick(ci=100, cpu=500, gpu=1000),
+        steps=_profile(profile).pick(ci=100, cpu=900, gpu=6000),
+        batch_size=_profile(profile).pick(ci=32, cpu=64, gpu=128),
+        lr=_profile(profile).pick(ci=2e-3, cpu=2e-3, gpu=5e-4),
+        ema=_profile(profile).pick(ci=0.99, cpu=0.995, gpu=0.999),
     )
 
 
@@ -344,11 +365,14 @@ def snapshots(recipe, checkpoint, x, profile, device, *, fractions=(0.25, 0.5),
     warm-up), not extra training. total: the recipe's full number of updates, the last
     entry (default: chapter 9's budget, `ddpm_settings(profile)["steps"]`).
     """
-    total = ddpm_settings(profile)["steps"] if total is None else int(total)
-    cuts = sorted({max(1, round(f * total)) for f in fractions})
-    if not all(0 < f < 1 for f in fractions) or not cuts:
+    total = ddpm_settings(profile)["steps"] if total is None else \
+        checks.count("total (the recipe's full number of updates)", total)
+    fractions = checks.sequence("fractions", fractions, "(0.25, 0.5)")
+    if not all(isinstance(checks.as_float(f), float) and 0 < checks.as_float(f) < 1
+               for f in fractions) or not fractions:
         raise ValueError(f"fractions must lie strictly between 0 and 1 (e.g. (0.25, 0.5)); "
                          f"got {fractions!r}")
+    cuts = sorted({max(1, round(f * total)) for f in fractions})
     kept, previous = {}, None
     for cut in cuts + [None]:
         kept[cut or total] = recipe(x, profile, device, steps=cut, resume_from=previous, **kw)
@@ -453,7 +477,7 @@ def classifier(data, profile, device, *, prefix: str = "ch9", seed: int = 0):
     from .models.classifier import Classifier, classification_loss
 
     seed = checks.count("seed", seed, minimum=0)
-    epochs = profile.pick(ci=2, cpu=8, gpu=20)
+    epochs = _profile(profile).pick(ci=2, cpu=8, gpu=20)
     torch.manual_seed(seed)
     model = Classifier().to(device)
     config = dict(profile=profile.name, epochs=epochs, lr=1e-3, n_train=len(data.x_train),
@@ -545,7 +569,7 @@ def noisy_classifier_settings(profile) -> dict:
     (ci 2, cpu 16, gpu 20), batch 128, Adam 1e-3, each digit noised to a uniform step of
     chapter 9's chain. It sees each digit at a new t every epoch, so it needs more epochs
     than chapter 9's judge (8 on the cpu) to be reliable at moderate noise."""
-    return dict(epochs=profile.pick(ci=2, cpu=16, gpu=20), batch_size=128, lr=1e-3)
+    return dict(epochs=_profile(profile).pick(ci=2, cpu=16, gpu=20), batch_size=128, lr=1e-3)
 
 
 def noisy_classifier(data, profile, device, *, prefix: str = "ch16"):
@@ -602,10 +626,10 @@ def latent_settings(profile) -> dict:
     """
     return dict(
         latent_dim=LATENT_DIM, kl_weight=LATENT_KL_WEIGHT,
-        vae_epochs=profile.pick(ci=4, cpu=20, gpu=30), vae_batch=64, vae_lr=2e-3,
+        vae_epochs=_profile(profile).pick(ci=4, cpu=20, gpu=30), vae_batch=64, vae_lr=2e-3,
         width=256, depth=3, T=ddpm_settings(profile)["T"],
-        steps=profile.pick(ci=300, cpu=3000, gpu=20000), batch_size=256, lr=1e-3,
-        ema=profile.pick(ci=0.99, cpu=0.995, gpu=0.999), clip=1.0,
+        steps=_profile(profile).pick(ci=300, cpu=3000, gpu=20000), batch_size=256, lr=1e-3,
+        ema=_profile(profile).pick(ci=0.99, cpu=0.995, gpu=0.999), clip=1.0,
         p_uncond=LATENT_P_UNCOND,
     )
 
@@ -783,11 +807,11 @@ def masked_settings(profile) -> dict:
     of chapter 9). Adam with chapter 9's warm-up, clipping and EMA in all three.
     """
     return dict(
-        preset=profile.pick(ci="tiny", cpu="tiny", gpu="gpu"),
-        steps=profile.pick(ci=150, cpu=1000, gpu=6000),
-        batch_size=profile.pick(ci=32, cpu=64, gpu=128),
-        lr=profile.pick(ci=2e-3, cpu=2e-3, gpu=5e-4),
-        ema=profile.pick(ci=0.99, cpu=0.995, gpu=0.999),
+        preset=_profile(profile).pick(ci="tiny", cpu="tiny", gpu="gpu"),
+        steps=_profile(profile).pick(ci=150, cpu=1000, gpu=6000),
+        batch_size=_profile(profile).pick(ci=32, cpu=64, gpu=128),
+        lr=_profile(profile).pick(ci=2e-3, cpu=2e-3, gpu=5e-4),
+        ema=_profile(profile).pick(ci=0.99, cpu=0.995, gpu=0.999),
         schedule=MASKED_SCHEDULE,
     )
 
@@ -840,14 +864,14 @@ def fewstep_settings(profile) -> dict:
     return dict(
         pairs=profile.count(ci=64, cpu=1024, gpu=10_000),
         pair_steps=profile.count(ci=4, cpu=10, gpu=25),
-        reflow_steps=profile.pick(ci=20, cpu=200, gpu=4000),
+        reflow_steps=_profile(profile).pick(ci=20, cpu=200, gpu=4000),
         rounds_from=16,
-        distill_steps=profile.pick(ci=10, cpu=60, gpu=1500),
-        cd_N=profile.pick(ci=10, cpu=20, gpu=40),
-        cd_steps=profile.pick(ci=20, cpu=200, gpu=4000),
-        batch_size=profile.pick(ci=16, cpu=32, gpu=128),
-        lr=profile.pick(ci=5e-4, cpu=5e-4, gpu=2e-4),
-        ema=profile.pick(ci=0.9, cpu=0.99, gpu=0.999),
+        distill_steps=_profile(profile).pick(ci=10, cpu=60, gpu=1500),
+        cd_N=_profile(profile).pick(ci=10, cpu=20, gpu=40),
+        cd_steps=_profile(profile).pick(ci=20, cpu=200, gpu=4000),
+        batch_size=_profile(profile).pick(ci=16, cpu=32, gpu=128),
+        lr=_profile(profile).pick(ci=5e-4, cpu=5e-4, gpu=2e-4),
+        ema=_profile(profile).pick(ci=0.9, cpu=0.99, gpu=0.999),
     )
 
 
@@ -1059,6 +1083,7 @@ def vdm_checkpoint(profile, steps: int | None = None, prefix: str = "ch18", *,
     sigmoid weighting)."""
     if weighting not in VDM_WEIGHTINGS:
         raise ValueError(f"weighting must be one of {VDM_WEIGHTINGS}, got {weighting!r}")
+    prefix = _prefix(prefix)
     name = f"{prefix}-vdm" if weighting == "elbo" else f"{prefix}-vdm-{weighting}"
     return checkpoint_path(_at_steps(name, steps), profile)
 
@@ -1150,7 +1175,7 @@ def vdm_eps_function(model, device, *, precision: str = "float32"):
     gamma (B,)), with its U-Net called as `network_function` calls it: at most
     companion.run.memory.MAX_IMAGES images a call, float32 (default: for the bound) or
     mixed precision on a GPU ("mixed": for sampling). No gradients."""
-    adapter = model.eps_model
+    adapter = _vdm_model(model, "vdm_eps_function").eps_model
     net = network_function(adapter.model, device, precision=precision)
 
     def eps(z, gamma):
@@ -1161,6 +1186,20 @@ def vdm_eps_function(model, device, *, precision: str = "float32"):
     return eps
 
 
+def _vdm_model(model, who: str):
+    """model if it is what `vdm` returns: a vdm.DiffusionModel around a StepAdapter."""
+    from . import vdm as V
+
+    if not isinstance(model, V.DiffusionModel) or \
+            not isinstance(model.eps_model, V.StepAdapter):
+        raise checks.ArgumentError(
+            f"model must be what recipes.vdm returns, a vdm.DiffusionModel around a "
+            f"vdm.StepAdapter (its U-Net and schedule), got {checks._got(model)}"
+            + (f" around {type(model.eps_model).__name__}"
+               if isinstance(model, V.DiffusionModel) else "") + f": {who} calls its U-Net")
+    return model
+
+
 def vdm_sampler(model, profile, device):
     """Chapter 9's samplers for a model of `vdm`: (Diffusion, eps_fn). The Diffusion is the
     model's schedule as a chain of chapter 9's T steps (`vdm.chain_betas`, step i at
@@ -1169,6 +1208,8 @@ def vdm_sampler(model, profile, device):
     from . import vdm as V
     from .diffusion import Diffusion
 
+    _vdm_model(model, "vdm_sampler")
+    device = checks.device("device", device)
     T = ddpm_settings(profile)["T"]
     diffusion = Diffusion(V.chain_betas(model.schedule, T), device=device)
     with torch.no_grad():
@@ -1227,6 +1268,7 @@ def vq_steps(profile, n_train: int) -> int:
     autoencoder (its epochs of batches of 64), so that the two train with the same
     floating-point operations."""
     s = vq_settings(profile)
+    n_train = checks.count("n_train (the training digits)", n_train)
     return round(VQ_COST_RATIO * s["epochs_11"] * math.ceil(n_train / s["batch_size"]))
 
 
@@ -1297,7 +1339,7 @@ def vqvae(x, profile, device, *, variant: str = "plain", prefix: str = "ch19",
                   decay=s["decay"] if variant == "ema" else None, restart_after=restart,
                   batch_size=s["batch_size"], lr=s["lr"], n_train=len(x),
                   binarize="dynamic")
-    name = f"{prefix}-vqvae-{variant}"
+    name = f"{_prefix(prefix)}-vqvae-{variant}"
     if seed:  # seed 0 keeps the chapter's run's file and config
         config["seed"], name = seed, f"{name}-seed{seed}"
     steps = vq_steps(profile, len(x))
@@ -1314,9 +1356,17 @@ def chosen_variant(runs: dict) -> str:
     average over the last tenth of its updates. Nothing held out is looked at: the rule
     reads the loss each run minimized, before any test digit is scored."""
     def last_tenth(variant, result):
-        rec = list(result.history.get("reconstruction", []))
-        tail = rec[-max(len(rec) // 10, 1):]
-        if not rec or not all(math.isfinite(float(v)) for v in tail):
+        history = getattr(result, "history", None)
+        if not isinstance(history, dict):
+            raise checks.ArgumentError(
+                f"runs[{variant!r}] must be a FitResult (vqvae's second value), with its "
+                f"history, got {checks._got(result)}")
+        rec = list(history.get("reconstruction", []))
+        tail = [checks.as_float(v) for v in rec[-max(len(rec) // 10, 1):]]
+        if any(not isinstance(v, float) for v in tail):
+            raise checks.ArgumentError(f"runs[{variant!r}]'s logged reconstruction terms must "
+                                       f"be numbers, got {tail[:3]!r:.60}")
+        if not rec or not all(math.isfinite(v) for v in tail):
             raise checks.ArgumentError(
                 f"runs[{variant!r}] has {'no' if not rec else 'a NaN or infinite'} logged "
                 "reconstruction term in the last tenth of its updates: the rule cannot rank "
@@ -1324,8 +1374,9 @@ def chosen_variant(runs: dict) -> str:
                 "leave it out of runs")
         return sum(tail) / len(tail)
 
-    if not runs:
-        raise ValueError("chosen_variant needs {variant: FitResult} of at least one run")
+    if not isinstance(runs, dict) or not runs:
+        raise checks.ArgumentError(f"runs must be a dict {{variant: FitResult}} of at least "
+                                   f"one run (vqvae's), got {checks._got(runs)}")
     scores = {v: last_tenth(v, runs[v]) for v in runs}
     return max(runs, key=scores.__getitem__)
 
@@ -1350,7 +1401,7 @@ def code_prior_checkpoint(profile, steps: int | None = None, prefix: str = "ch19
     full run); other keywords (those `snapshots` passes to `code_prior`) are ignored."""
     checks.one_of("variant", variant, VQ_VARIANTS, " (the autoencoder the prior models)")
     checks.one_of("kind", kind, PRIOR_KINDS)
-    name = f"{prefix}-{kind}-prior-{variant}"
+    name = f"{_prefix(prefix)}-{kind}-prior-{variant}"
     return checkpoint_path(_at_steps(name, steps), profile)
 
 
@@ -1389,6 +1440,7 @@ def code_prior(x, profile, device, *, vq, variant: str, kind: str = "masked",
     from .data import binarize
     from .latent_diffusion import codec_fingerprint
     from .models.code_prior import ARPrior, CodeDenoiser
+    from .models.vqvae import VQVAE
     from .run.precision import default_optimizer
 
     if kind not in PRIOR_KINDS:
@@ -1397,6 +1449,10 @@ def code_prior(x, profile, device, *, vq, variant: str, kind: str = "masked",
         raise ValueError(f"variant must be one of {VQ_VARIANTS}, got {variant!r}")
     s = vq_settings(profile)
     _check_unit_images(x, "recipes.code_prior")
+    if not isinstance(vq, VQVAE):
+        raise checks.ArgumentError(f"vq must be the trained autoencoder whose codes the prior "
+                                   f"models (a VQVAE, vqvae's first value), got "
+                                   f"{checks._got(vq)}")
     torch.manual_seed(0)
     network = CodeDenoiser if kind == "masked" else ARPrior
     model = network(vq.K, width=s["width"], depth=s["depth"], heads=s["heads"]).to(device)

@@ -522,7 +522,9 @@ class BinaryTable:
         revealed pixel, the logit of its own value given the others revealed, unused)."""
         from .masked import MASK, check_states
 
-        check_states("z", z, shape=(self.D,))
+        # a sampler asked for another D (sampler_law(toy.denoiser, 4, ...)) ends here
+        check_states(f"z (the states of this table's D = {self.D} pixels; a sampler or bound "
+                     "given another D?)", z, shape=(self.D,))
         L = self.log_marginals().to(z.device)
         bit = 1 << torch.arange(self.D, device=z.device)
         revealed = z != MASK
@@ -607,7 +609,8 @@ class CategoricalTable:
         comparisons, for toys."""
         from .masked import MASK, check_code_states
 
-        check_code_states("z", z, self.K, shape=(self.D,))
+        check_code_states(f"z (the states of this table's D = {self.D} positions; a sampler "
+                          "or bound given another D?)", z, self.K, shape=(self.D,))
         states = self.states.to(z.device)
         agree = ((states[None] == z[:, None]) | (z[:, None] == MASK)).all(-1)  # (B, K^D)
         onehot = torch.nn.functional.one_hot(states, self.K).double()       # (K^D, D, K)
