@@ -1039,18 +1039,19 @@ def latent_mean_image(layers, z: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(h).reshape(*z.shape[:-1], 28, 28)
 
 
-def _plane(span, step, starts: tuple[float, ...], what: str) -> None:
+def _plane(span, step, starts: tuple[float, ...], what: str, chapter: str) -> None:
     """span and step of sliders from -span to span by step, each with the positions
-    `starts` (`what` says which): -span of a string ended in "bad operand type for unary
-    -", a span that misses a start in "value = 0.9 is not a position of the slider z1"."""
+    `starts` (`what` names them; `chapter` gives the chapter's span and step): -span of a
+    string ended in "bad operand type for unary -", a span that misses a start in "value =
+    0.9 is not a position of the slider z1"."""
     span, step = checks.positive("span", span), checks.positive("step", step)
     values = slider_values(-span, span, step)
     for start in starts:
         if not any(abs(v - start) < 1e-9 for v in values):
             raise checks.ArgumentError(
-                f"span = {span:g} and step = {step:g} must put {what} on the sliders (from "
-                f"-span to span by step): take span a multiple of step, at least "
-                f"{max(abs(v) for v in starts):g}")
+                f"span = {span:g} and step = {step:g} put no slider position at {what}: the "
+                f"sliders run from -span to span by step, so span and {what} must be "
+                f"multiples of step (the chapter's span and step: {chapter})")
 
 
 def latent_page(stored, span: float = 2.5, step: float = 0.05, dims=(0, 1)) -> dict:
@@ -1066,7 +1067,7 @@ def latent_page(stored, span: float = 2.5, step: float = 0.05, dims=(0, 1)) -> d
     dims = [checks.count(f"every coordinate in dims (of the decoder's {latent})", d,
                          minimum=0, maximum=latent - 1)
             for d in checks.sequence("dims", dims, "(0, 1)")]
-    _plane(span, step, (0.0,), "0, where each slider starts")
+    _plane(span, step, (0.0,), "0, where each slider starts", "2.5 and 0.05")
     if not dims or len(set(dims)) != len(dims):
         raise checks.ArgumentError(f"dims must be distinct coordinates of the latent, at "
                                    f"least one, got {dims}")
@@ -1170,7 +1171,7 @@ def straight_page(span: float = 2.5, step: float = 0.1) -> dict:
     code, `models.quantizer.straight_through`); and on a 121 x 121 grid, the loss and the
     code of every point, which the page draws. At most MAX_PLANE = 10,201 points (101
     positions a slider; the chapter's 51)."""
-    _plane(span, step, (0.9, 0.4), "0.9 and 0.4, where the sliders start")
+    _plane(span, step, (0.9, 0.4), "0.9 and 0.4, where the sliders start", "2.5 and 0.1")
     quantizer, loss = chapter19_toy()
     values = slider_values(-span, span, step)
     _work("the grid's points (positions of z1 x positions of z2)", len(values) ** 2,

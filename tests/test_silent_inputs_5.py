@@ -513,8 +513,9 @@ def test_10_an_oversized_argument_is_refused_at_once_with_its_limit(name, tmp_pa
 MISSHAPEN = {
     "control value": (lambda _: PE.control("z", "z", -1, 1, 0.3, 0.0),
                       r"^value = 0 is not a position of the slider z \(from -1 to 1 by 0.3\)"),
-    "latent_page span": (lambda tmp: _latent(tmp, span=1.0, step=0.3),
-                         r"^value = 0 is not a position of the slider z0"),
+    "latent_page span": (lambda tmp: _latent(tmp, span=1.0, step=0.3),  # issue 78: names both
+                         r"^span = 1 and step = 0.3 put no slider position at 0, where each "
+                         r"slider starts"),
     "latent_page dims": (lambda tmp: _latent(tmp, dims=(0, 5)),
                          r"^every coordinate in dims \(of the decoder's 2\) must be a whole "
                          r"number in 0..1, got 5"),
