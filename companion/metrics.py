@@ -383,7 +383,8 @@ def _frechet_inputs(a, b, names: tuple[str, str] = ("a", "b")):
     for name, v in zip(names, (a, b), strict=True):
         if v is None or isinstance(v, str):
             raise checks.ArgumentError(f"{name} must be a feature matrix (N, d), got {v!r}")
-    a, b = (checks.numeric(name, v) for name, v in zip(names, (a, b), strict=True))
+    a, b = (checks.numeric(name, v, fix=": pass real features (a judge's, not complex)")
+            for name, v in zip(names, (a, b), strict=True))
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"need two feature matrices (N, d) and (M, d) with the same d, got "
                          f"{tuple(a.shape)} and {tuple(b.shape)} ({names[0]} and {names[1]})")

@@ -576,7 +576,8 @@ class LearnedSchedule(Schedule):
         """(h_n(t), h_n'(t)) with h_n = (h(t) - h(0)) / (h(1) - h(0)) in [0, 1]: the shape,
         which only the interior parameters move. t: any shape, times in [0, 1] (numbers
         become float64)."""
-        return self._interior(_times("t", t))
+        t = _real_tensor("t", t, " (times in [0, 1])")
+        return self._interior(_times("t", t) if checks.on_host(t) else t)  # no GPU sync
 
     def _interior(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h, dh = self._h(t)
