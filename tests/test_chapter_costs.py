@@ -33,3 +33,11 @@ def test_missing_markers_say_where_the_table_goes():
     new = costs.replaced(f"a\n{costs.START}\nold\n{costs.END}\nb", "| t |")
     assert new == f"a\n{costs.START}\n| t |\n{costs.END}\nb"
 
+
+def test_every_stored_cpu_run_is_within_a_quarter_of_an_hour():
+    """What README and the running page promise of the `cpu` profile (DESIGN.md: 15 minutes
+    on 2 cores with the earlier chapters' models cached)."""
+    es = costs._status_module()
+    slow = [(p.stem, round(st.seconds)) for p in es.toc_notebooks(ROOT)
+            if (st := es.notebook_status(p)).profile == "cpu" and st.seconds > 15 * 60]
+    assert not slow, f"stored cpu runs over 15 minutes (name, seconds): {slow}"
