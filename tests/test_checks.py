@@ -20,7 +20,13 @@ from tests.probes import probe_inputs
 CASES = probe_inputs.cases()
 
 
-@pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}: {c[1]}" for c in CASES])
+# loading the cached MNIST takes seconds: in `make test`, not in check-fast's minute
+SLOW_CASES = ("data: cached MNIST",)
+
+
+@pytest.mark.parametrize("case", [
+    pytest.param(c, marks=pytest.mark.slow) if f"{c[0]}: {c[1]}".startswith(SLOW_CASES)
+    else c for c in CASES], ids=[f"{c[0]}: {c[1]}" for c in CASES])
 def test_misuse_gets_a_clear_error_and_valid_input_works(case):
     _, _, fn, expect, want = case
     verdict, why = probe_inputs.classify(fn, expect, want)

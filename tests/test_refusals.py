@@ -31,6 +31,7 @@ def test_01_ode_map_refuses_a_field_that_returns_nan(start):
     assert time.monotonic() - began < 5
 
 
+@pytest.mark.slow  # runs the map up to its bound: seconds
 def test_01_ode_map_stops_at_its_evaluation_bound():
     calls = []
 

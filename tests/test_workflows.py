@@ -49,11 +49,13 @@ def actionlint(*files: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow  # runs the actionlint binary: seconds
 def test_actionlint_passes():
     result = actionlint(*sorted(WORKFLOWS.glob("*.yml")))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow  # runs the actionlint binary: seconds
 def test_actionlint_catches_a_planted_error(tmp_path):
     text = (WORKFLOWS / "pages.yml").read_text()
     planted = text.replace("needs: build", "needs: biuld")  # a job that does not exist
