@@ -256,6 +256,7 @@ class _Recording(nn.Module):
             x.shape)
 
 
+@pytest.mark.slow  # over a second: make test, not check-fast
 def test_likelihood_path_runs_the_network_in_float32_with_autocast_off(monkeypatch):
     """With the GPU's bf16 chosen for the device (the CPU stands in), the likelihood path
     (`network_function(..., precision="float32")` through `sde.ode_log_likelihood` and a chain

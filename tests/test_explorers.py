@@ -373,6 +373,7 @@ def _grid_err(state: dict, rho: float, n: int, solver: str) -> float:
     return float(err[r, state["steps"].index(n), state["solvers"].index(solver)])
 
 
+@pytest.mark.slow  # over a second: make test, not check-fast
 @pytest.mark.usefixtures("one_thread")
 def test_grid_explorer_is_chapter_17s_computation():
     """Chapter 17's grid explorer: its errors are edm's solvers with the exact denoiser

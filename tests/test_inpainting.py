@@ -233,6 +233,7 @@ def test_pseudo_gibbs_keeps_the_known_pixels_and_fills_the_rest():
     assert out[(1 - m).bool().expand_as(out)].min() >= 0
 
 
+@pytest.mark.slow  # over a second: make test, not check-fast
 def test_map_in_z_raises_the_objective_it_optimizes():
     from companion.inpainting import _masked_log_likelihood
 

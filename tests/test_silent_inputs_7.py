@@ -37,6 +37,9 @@ from companion.models.code_prior import ARPrior
 from companion.run import checks
 from companion.run.profiles import get_profile
 
+# 174 cases, about 4 s with their imports: `make test` runs them, check-fast keeps its minute
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 STORED = ROOT / "notebooks" / "explorers"
 FAST = 0.5  # seconds: a refusal checks its arguments first

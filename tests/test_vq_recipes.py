@@ -58,6 +58,7 @@ def test_four_variants_one_remedy_each(short):
         recipes.vqvae(short, CI, "cpu", variant="gumbel")
 
 
+@pytest.mark.slow  # over a second: make test, not check-fast
 def test_another_seed_is_another_run_in_a_file_of_its_own(short, tmp_path):
     first, _ = recipes.vqvae(short, CI, "cpu", variant="plain")
     second, run = recipes.vqvae(short, CI, "cpu", variant="plain", seed=1)
