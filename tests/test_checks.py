@@ -184,3 +184,15 @@ def test_a_cached_mnist_whose_files_disagree_is_refused(tmp_path):
         probe_inputs._mismatched_idx(__import__("companion.data").data, 100, 60)
     with pytest.raises(CorruptDataError, match="label is 254"):
         probe_inputs._mismatched_idx(__import__("companion.data").data, 10, 10, 254)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="'cuda' names a device here")
+def test_a_fake_cuda_device_passes_the_device_check():
+    """The memory test measures the chapters on fake "cuda" tensors on machines without a
+    GPU; outside a FakeTensorMode the same name is refused."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        assert checks.device("device", "cuda") == torch.device("cuda")
+    with pytest.raises(checks.ArgumentError, match="no usable CUDA GPU"):
+        checks.device("device", "cuda")

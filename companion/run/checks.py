@@ -727,6 +727,14 @@ def generator(name: str, value) -> torch.Generator | None:
     return value
 
 
+def _faking() -> bool:
+    """True under torch's FakeTensorMode: its tensors name a device without touching it (the
+    memory test measures "cuda" on a machine without one)."""
+    from torch._guards import detect_fake_mode
+
+    return detect_fake_mode() is not None
+
+
 def device(name: str, value) -> torch.device | None:
     """None or a device (a torch.device or its name) that this machine has: 'gpu' ended in
     torch's list of every device type, 'cuda' without a GPU in a driver error."""
@@ -737,7 +745,7 @@ def device(name: str, value) -> torch.device | None:
     except (RuntimeError, TypeError):
         raise ArgumentError(f"{name} must be a device such as 'cpu', 'cuda', 'cuda:1' or "
                             f"'mps', got {_got(value)}") from None
-    if d.type == "cuda" and not torch.cuda.is_available():
+    if d.type == "cuda" and not torch.cuda.is_available() and not _faking():
         raise ArgumentError(f"{name} is {value!r}, but this machine has no usable CUDA GPU "
                             "(torch.cuda.is_available() is False): pass 'cpu'")
     return d
