@@ -164,7 +164,7 @@ outputs-device-dry-run: $(STAMP)
 # PYTHONDONTWRITEBYTECODE: the import and collection of ~70 test files is a third of the time.
 check-fast: $(STAMP)
 	$(BIN)/ruff check companion tests benchmarks tools
-	PYTHONDONTWRITEBYTECODE= BOOK_PROFILE=ci $(BIN)/python -m pytest tests -m "not slow" -q -x -p no:cacheprovider \
+	PYTHONDONTWRITEBYTECODE= BOOK_PROFILE=ci $(BIN)/python -m pytest tests -m "not slow" -q -x -p no:cacheprovider -p no:nbval \
 	  -n $(JOBS) --dist loadfile
 
 bench: $(STAMP)

@@ -1,10 +1,14 @@
 import pytest
-import torch
+
+# torch is imported inside the fixtures: the xdist controller loads this file before it
+# starts the workers and runs no test, so a top-level import cost check-fast seconds
 
 
 @pytest.fixture(autouse=True)
 def _seed_and_dtype():
     """Each test starts from the same seed and the default dtype, whatever ran before."""
+    import torch
+
     torch.manual_seed(0)
     torch.set_default_dtype(torch.float32)  # whatever a module did at import time
     yield
@@ -16,6 +20,8 @@ def float64_one_thread():
     """float64 for exact checks; one thread, since these small tensors only pay for
     synchronization with more (and crawl when the cores are busy). A module asks for it
     with `pytestmark = pytest.mark.usefixtures("float64_one_thread")`."""
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_default_dtype(torch.float64)
     torch.set_num_threads(1)
