@@ -9,6 +9,7 @@ the `companion.train.FitResult`.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -1480,3 +1481,218 @@ def code_prior(x, profile, device, *, vq, variant: str, kind: str = "masked",
                  config=config, desc=f"{kind} prior"
                  + ("" if steps is None else f" ({steps} steps)"))
     return result.ema.model.eval(), result
+
+
+# --- chapter 21: transformers and text ------------------------------------------------------
+DIT_SIZES = {  # width, depth, heads at patch 4 (49 tokens): 3.2, 9.8 and 22 MFLOPs an image
+    "S": dict(width=32, depth=2, heads=2),
+    "M": dict(width=48, depth=3, heads=3),
+    "L": dict(width=64, depth=4, heads=4),
+}
+CAPTION_P_UNCOND = COND_P_UNCOND  # the whole caption dropped this often (guidance)
+ATTRIBUTE_P_DROP = 0.3  # each attribute's words dropped this often: "a seven" means any
+
+
+def dit_settings(profile) -> dict:
+    """Chapter 21's recipe per profile: chapter 9's diffusion (T = 100 / 500 / 1000), the
+    DiTs' updates, batch, learning rate and EMA. The U-Net it is compared with trains for the
+    updates that give it the largest DiT's training FLOPs (`equal_flops_steps`).
+
+    ci: 60 updates of 32 (a pipeline check). cpu: 2,000 updates of 64 at lr 1e-3 with
+    chapter 9's warm-up and clipping. gpu: 20,000 updates of 128 at lr 3e-4.
+    """
+    p = _profile(profile)
+    return dict(T=ddpm_settings(profile)["T"], steps=p.pick(ci=60, cpu=2000, gpu=20000),
+                batch_size=p.pick(ci=32, cpu=64, gpu=128),
+                lr=p.pick(ci=2e-3, cpu=1e-3, gpu=3e-4),
+                ema=p.pick(ci=0.99, cpu=0.995, gpu=0.999),
+                unet_lr=ddpm_settings(profile)["lr"])
+
+
+def _ch21_network(network: str, cond: str, profile):
+    """The untrained network: "unet" (the profile's chapter 9 preset, class-conditional as
+    in chapter 16) or "dit-S" / "dit-M" / "dit-L" conditioned on the label or on captions,
+    for chapter 9's diffusion of the profile (T steps)."""
+    from . import captions
+    from .models.dit import DiT
+    from .models.unet import UNet, preset
+
+    T = ddpm_settings(profile)["T"]
+    if cond not in ("label", "adaln", "in_context", "cross"):
+        raise checks.ArgumentError(f"cond must be 'label', 'adaln', 'in_context' or 'cross', "
+                                   f"got {cond!r}")
+    if network == "unet":
+        if cond != "label":
+            raise checks.ArgumentError("the U-Net is conditioned on the label only: pass "
+                                       "cond='label'")
+        return UNet(preset(ddpm_settings(profile)["preset"], T=T, num_classes=10))
+    size = network.removeprefix("dit-")
+    if not network.startswith("dit-") or size not in DIT_SIZES:
+        raise checks.ArgumentError(f"network must be 'unet' or one of "
+                                   f"{[f'dit-{s}' for s in DIT_SIZES]}, got {network!r}")
+    if cond == "label":
+        return DiT(**DIT_SIZES[size], T=T, num_classes=10)
+    return DiT(**DIT_SIZES[size], T=T, vocab_size=len(captions.VOCAB), cond=cond,
+               text_length=8)
+
+
+def network_flops(network: str, profile, cond: str = "label") -> float:
+    """Forward FLOPs for one image of chapter 21's `network` in `profile` (torch.utils.
+    flop_counter, attention counted explicitly; a multiply-add is 2 FLOPs)."""
+    return _network_flops(network, _profile(profile).name, cond)
+
+
+@functools.cache
+def _network_flops(network: str, profile_name: str, cond: str) -> float:
+    from .models import dit, unet
+    from .run.profiles import get_profile
+
+    model = _ch21_network(network, cond, get_profile(profile_name))
+    return (unet.flops_per_image(model) if network == "unet" else dit.flops_per_image(model))
+
+
+def equal_flops_steps(steps: int, network: str, profile, to: str = "dit-L") -> int:
+    """The updates (same batch) that give `network` the training FLOPs of `steps` updates of
+    `to`: training costs about 3 forward passes an image for any network, so the ratio of
+    forward FLOPs sets it."""
+    ratio = network_flops(to, profile) / network_flops(network, profile)
+    return max(1, round(checks.count("steps", steps) * ratio))
+
+
+def text_levels(x):
+    """The caption levels of training images x (N, 1, 28, 28) in [0, 1]: attributes measured
+    (`captions.measure`), cut at their tertiles on x: (Levels, {attribute: (N,) 0..2})."""
+    from . import captions
+
+    attributes = captions.measure(x)
+    levels = captions.Levels.fit(attributes)
+    return levels, levels.of(attributes)
+
+
+def caption_batch(labels, level: dict, *, p_drop: float = ATTRIBUTE_P_DROP,
+                  p_uncond: float = CAPTION_P_UNCOND, length: int = 8) -> torch.Tensor:
+    """Token ids (B, length) of a training batch's captions: each attribute's words dropped
+    with probability p_drop, the whole caption with p_uncond (the empty caption, guidance's
+    unconditional half), drawn from torch's global generator (a resumed run redraws alike)."""
+    from . import captions
+
+    B = len(labels)
+    keep = {a: torch.rand(B) >= p_drop for a in captions.ATTRIBUTES}
+    texts = captions.caption(labels.cpu(), {a: v.cpu() for a, v in level.items()}, keep)
+    dropped = (torch.rand(B) < p_uncond).tolist()
+    texts = [captions.UNCONDITIONAL if d else t for t, d in zip(texts, dropped, strict=True)]
+    return captions.tokenize(texts, length).to(labels.device)
+
+
+def ch21_checkpoint(profile, steps: int | None = None, prefix: str = "ch21", *,
+                    network: str = "dit-M", cond: str = "label"):
+    """The checkpoint file of chapter 21's `network` with `cond`, trained for `steps`."""
+    return checkpoint_path(_at_steps(f"{_prefix(prefix)}-{network}-{cond}", steps), profile)
+
+
+def ch21_model(x, labels, profile, device, *, network: str = "dit-M", cond: str = "label",
+               steps: int | None = None, resume_from=None, prefix: str = "ch21"):
+    """Chapter 21's noise predictors, load-or-train: chapter 9's diffusion and loss
+    (L_simple on [-1, 1]), Adam with its warm-up, clipping and EMA, conditioned on the label
+    (dropped with COND_P_UNCOND) or on captions (attributes dropped with ATTRIBUTE_P_DROP,
+    the caption with CAPTION_P_UNCOND; `caption_batch`).
+
+    Args:
+        x: (N, 1, 28, 28) training images in [0, 1] (on `device`).
+        labels: (N,) their digits.
+        network: "unet", "dit-S", "dit-M" or "dit-L".
+        cond: "label", or for a DiT "adaln", "in_context" or "cross" (captions).
+        steps: None (the profile's updates; for the U-Net those of equal FLOPs to dit-L,
+            `equal_flops_steps`) or fewer (an early checkpoint in its own file).
+        resume_from: an early checkpoint of the same run to continue from.
+        prefix: the checkpoint file's prefix.
+
+    Returns:
+        (EMA model in eval mode, FitResult).
+    """
+    from .latent_diffusion import check_labels, drop_labels
+    from .run.precision import default_optimizer
+
+    s = dit_settings(profile)
+    _check_unit_images(x, "recipes.ch21_model")
+    y = check_labels(labels).to(x.device)
+    if len(y) != len(x):
+        raise checks.ArgumentError(f"ch21_model needs one label per image: {len(x)} images, "
+                                   f"{len(y)} labels")
+    full = (equal_flops_steps(s["steps"], "unet", profile) if network == "unet"
+            else s["steps"])
+    total = full if steps is None else checks.count("steps", steps)
+    torch.manual_seed(0)
+    model = _ch21_network(network, cond, profile).to(device)
+    lr = s["unet_lr"] if network == "unet" else s["lr"]
+    optimizer = default_optimizer(model.parameters(), lr, device)
+    config = dict(profile=profile.name, network=network, cond=cond, T=s["T"], lr=lr,
+                  batch_size=s["batch_size"], ema=s["ema"], clip=DDPM_CLIP,
+                  warmup=DDPM_WARMUP, n_train=len(x), total=full,
+                  p_uncond=CAPTION_P_UNCOND if cond != "label" else COND_P_UNCOND,
+                  p_drop=ATTRIBUTE_P_DROP if cond != "label" else 0.0)
+    diffusion = ddpm_diffusion(profile, device)
+    data = (x * 2 - 1, y)
+    if cond != "label":
+        _, level = text_levels(x)
+        data = (*data, *(level[a].to(x.device) for a in sorted(level)))
+
+    def loss_fn(model, batch, step):
+        for group in optimizer.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / DDPM_WARMUP)
+        x0, yb = batch[0], batch[1]
+        if cond == "label":
+            c = drop_labels(yb, COND_P_UNCOND)
+        else:
+            c = caption_batch(yb, dict(zip(sorted(level), batch[2:], strict=True)))
+
+        def eps(z, t):
+            return model(z, t, c)
+
+        eps.config = model.config
+        return diffusion.simple_loss(eps, x0)
+
+    path = ch21_checkpoint(profile, steps, prefix, network=network, cond=cond)
+    _continue(path, resume_from, model, config, data, optimizer, s, total)
+    result = fit(model, loss_fn, data, steps=total, batch_size=s["batch_size"],
+                 optimizer=optimizer, clip=DDPM_CLIP, ema=s["ema"], checkpoint=path,
+                 config=config, compile=torch.device(device).type == "cuda",
+                 desc=f"{network} ({cond})" + ("" if steps is None else f", {steps} steps"))
+    return result.ema.model.eval(), result
+
+
+def ch21_eps_function(model, condition: torch.Tensor, w: float, device):
+    """Classifier-free guidance of chapter 21's networks for the samplers, under the device's
+    mixed precision: (x (B, 1, 28, 28), t (B,)) -> float32
+
+        (1 + w) eps(x, t, c) - w eps(x, t, none),
+
+    c = condition: labels (B,) (none: NO_LABEL) or caption tokens (B, L) (none: the empty
+    caption, all pads). w = 0 is the conditional network alone (one call, not two)."""
+    from .latent_diffusion import check_weight
+    from .models.unet import NO_LABEL
+    from .run.precision import autocast_dtype
+
+    w = check_weight(w)
+    c = condition.to(next(model.parameters()).device)
+    none = torch.full_like(c, NO_LABEL) if c.dim() == 1 else torch.zeros_like(c)
+    device_type = torch.device(device).type
+    dtype = autocast_dtype(device, model)
+
+    def one(xb, tb, cb, nb):
+        if w == 0:
+            return model(xb, tb, cb).float()
+        cond, uncond = model(torch.cat([xb, xb]), torch.cat([tb, tb]),
+                             torch.cat([cb, nb])).float().chunk(2)
+        return (1 + w) * cond - w * uncond
+
+    def net(x, t):
+        if len(x) != len(c):
+            raise checks.ArgumentError(f"ch21_eps_function was built for {len(c)} conditions "
+                                       f"but got {len(x)} images: one condition per image")
+        with torch.autocast(device_type, dtype=dtype or torch.float32,
+                            enabled=dtype is not None):
+            return map_chunks(one, x, t, c, none)
+
+    net.config = model.config
+    return net

@@ -1,0 +1,90 @@
+"""Chapter 21's recipes: the networks at equal FLOPs, the captions a training batch sees, the
+guided noise prediction, and a run that trains, stops and resumes (ci sizes)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from companion import captions, recipes
+from companion.run import checks
+from companion.run.profiles import get_profile
+
+CPU = get_profile("cpu")
+
+
+@pytest.mark.slow  # torch.utils.flop_counter's first use imports torch._dynamo
+def test_the_unet_gets_the_updates_of_equal_training_flops():
+    steps = recipes.equal_flops_steps(2000, "unet", CPU)
+    ratio = recipes.network_flops("dit-L", CPU) / recipes.network_flops("unet", CPU)
+    assert steps == round(2000 * ratio) and 250 < steps < 400  # 145 against 22 MFLOPs
+    assert recipes.equal_flops_steps(2000, "dit-L", CPU) == 2000
+    sizes = [recipes.network_flops(f"dit-{s}", CPU) for s in recipes.DIT_SIZES]
+    assert sizes == sorted(sizes) and sizes[-1] / sizes[0] > 5
+
+
+@pytest.mark.parametrize("network,cond,says", [("unet", "cross", "label only"),
+                                               ("dit-XL", "label", "network must be"),
+                                               ("dit-M", "text", "cond must be")])
+def test_a_network_or_condition_of_no_recipe_is_refused(network, cond, says):
+    with pytest.raises(checks.ArgumentError, match=says):
+        recipes.network_flops(network, CPU, cond)
+
+
+def test_training_captions_drop_attributes_and_whole_captions_at_their_rates():
+    torch.manual_seed(0)
+    n = 4000
+    level = {a: torch.full((n,), 2) for a in captions.ATTRIBUTES}  # every word present
+    texts = captions.words(recipes.caption_batch(torch.full((n,), 7), level))
+    empty = sum(t == "" for t in texts) / n
+    thick = sum("thick" in t for t in texts) / n
+    assert abs(empty - recipes.CAPTION_P_UNCOND) < 0.02
+    kept = (1 - recipes.CAPTION_P_UNCOND) * (1 - recipes.ATTRIBUTE_P_DROP)
+    assert abs(thick - kept) < 0.03
+    assert all(t == "" or "seven" in t for t in texts)  # the digit is never dropped
+
+
+@pytest.mark.parametrize("cond", ["label", "cross"])
+def test_guidance_is_the_weighted_difference_of_two_predictions(cond):
+    from companion.models.dit import DiT
+    from companion.models.unet import NO_LABEL
+
+    torch.manual_seed(0)
+    model = (DiT(width=16, depth=1, heads=2, T=50, num_classes=10) if cond == "label" else
+             DiT(width=16, depth=1, heads=2, T=50, vocab_size=len(captions.VOCAB),
+                 cond="cross"))
+    for p in model.parameters():  # away from the zero start, so that the halves differ
+        p.data.add_(0.3 * torch.randn_like(p))
+    model.eval()
+    x, t = torch.randn(3, 1, 28, 28), torch.tensor([5, 20, 49])
+    c = (torch.tensor([1, 4, 7]) if cond == "label" else
+         captions.tokenize(["a thick seven", "an eight upright", "a one"]))
+    none = torch.full_like(c, NO_LABEL) if cond == "label" else torch.zeros_like(c)
+    with torch.no_grad():
+        want = 3 * model(x, t, c) - 2 * model(x, t, none)
+        got = recipes.ch21_eps_function(model, c, 2.0, "cpu")(x, t)
+        plain = recipes.ch21_eps_function(model, c, 0.0, "cpu")(x, t)
+    assert torch.allclose(got, want, atol=1e-5) and torch.allclose(plain, model(x, t, c))
+    assert not torch.allclose(got, plain, atol=1e-3)
+    with pytest.raises(checks.ArgumentError, match="one condition per image"):
+        recipes.ch21_eps_function(model, c, 1.0, "cpu")(x[:2], t[:2])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cond", ["label", "in_context"])
+def test_a_run_trains_and_an_early_checkpoint_resumes_into_it(tmp_path, monkeypatch, cond):
+    monkeypatch.setenv("BOOK_CACHE", str(tmp_path))
+    ci = get_profile("ci")
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros(64, 1, 28, 28)  # bars of random widths, heights and places
+    for i, (w, h, c) in enumerate(torch.randint(2, 14, (64, 3), generator=g).tolist()):
+        x[i, 0, 4:4 + h + 6, c:c + w] = 1.0
+    y = torch.arange(64) % 10
+    early, _ = recipes.ch21_model(x, y, ci, "cpu", network="dit-S", cond=cond, steps=20)
+    path = recipes.ch21_checkpoint(ci, 20, network="dit-S", cond=cond)
+    full, run = recipes.ch21_model(x, y, ci, "cpu", network="dit-S", cond=cond,
+                                   resume_from=path)
+    assert run.steps == recipes.dit_settings(ci)["steps"]
+    assert run.resumed_at == 20  # the early run's updates were not trained again
+    assert any(not torch.equal(a, b) for a, b in zip(early.state_dict().values(),
+                                                      full.state_dict().values(), strict=True))
