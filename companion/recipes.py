@@ -1484,11 +1484,24 @@ def code_prior(x, profile, device, *, vq, variant: str, kind: str = "masked",
 
 
 # --- chapter 21: transformers and text ------------------------------------------------------
-DIT_SIZES = {  # width, depth, heads at patch 4 (49 tokens): 3.2, 9.8 and 22 MFLOPs an image
-    "S": dict(width=32, depth=2, heads=2),
-    "M": dict(width=48, depth=3, heads=3),
-    "L": dict(width=64, depth=4, heads=4),
-}
+DIT_SIZES = ("S", "M", "L")
+
+
+def dit_sizes(profile) -> dict:
+    """The three transformers' width, depth and heads at patch 4 (49 tokens) in `profile`.
+
+    ci and cpu: 3.2, 9.8 and 22 MFLOPs an image (43k to 318k weights), a sixth of chapter
+    9's cpu U-Net and less. gpu: about 80, 270 and 950 MFLOPs, the largest a third of the
+    gpu U-Net's 3.19 GFLOPs, so that at equal training FLOPs the U-Net trains for about as
+    many updates as chapter 9 gives it.
+    """
+    small = _profile(profile).name != "gpu"
+    return {"S": dict(width=32, depth=2, heads=2) if small else dict(width=128, depth=4,
+                                                                      heads=4),
+            "M": dict(width=48, depth=3, heads=3) if small else dict(width=192, depth=6,
+                                                                      heads=6),
+            "L": dict(width=64, depth=4, heads=4) if small else dict(width=256, depth=12,
+                                                                      heads=8)}
 CAPTION_P_UNCOND = COND_P_UNCOND  # the whole caption dropped this often (guidance)
 ATTRIBUTE_P_DROP = 0.3  # each attribute's words dropped this often: "a seven" means any
 
@@ -1509,7 +1522,7 @@ def dit_settings(profile) -> dict:
                 unet_lr=ddpm_settings(profile)["lr"])
 
 
-def _ch21_network(network: str, cond: str, profile):
+def ch21_network(network: str, cond: str, profile):
     """The untrained network: "unet" (the profile's chapter 9 preset, class-conditional as
     in chapter 16) or "dit-S" / "dit-M" / "dit-L" conditioned on the label or on captions,
     for chapter 9's diffusion of the profile (T steps)."""
@@ -1526,14 +1539,14 @@ def _ch21_network(network: str, cond: str, profile):
             raise checks.ArgumentError("the U-Net is conditioned on the label only: pass "
                                        "cond='label'")
         return UNet(preset(ddpm_settings(profile)["preset"], T=T, num_classes=10))
-    size = network.removeprefix("dit-")
-    if not network.startswith("dit-") or size not in DIT_SIZES:
+    size = network.removeprefix("dit-") if isinstance(network, str) else None
+    if not isinstance(network, str) or not network.startswith("dit-") or size not in DIT_SIZES:
         raise checks.ArgumentError(f"network must be 'unet' or one of "
                                    f"{[f'dit-{s}' for s in DIT_SIZES]}, got {network!r}")
+    shape = dit_sizes(profile)[size]
     if cond == "label":
-        return DiT(**DIT_SIZES[size], T=T, num_classes=10)
-    return DiT(**DIT_SIZES[size], T=T, vocab_size=len(captions.VOCAB), cond=cond,
-               text_length=8)
+        return DiT(**shape, T=T, num_classes=10)
+    return DiT(**shape, T=T, vocab_size=len(captions.VOCAB), cond=cond, text_length=8)
 
 
 def network_flops(network: str, profile, cond: str = "label") -> float:
@@ -1547,7 +1560,7 @@ def _network_flops(network: str, profile_name: str, cond: str) -> float:
     from .models import dit, unet
     from .run.profiles import get_profile
 
-    model = _ch21_network(network, cond, get_profile(profile_name))
+    model = ch21_network(network, cond, get_profile(profile_name))
     return (unet.flops_per_image(model) if network == "unet" else dit.flops_per_image(model))
 
 
@@ -1623,7 +1636,7 @@ def ch21_model(x, labels, profile, device, *, network: str = "dit-M", cond: str 
             else s["steps"])
     total = full if steps is None else checks.count("steps", steps)
     torch.manual_seed(0)
-    model = _ch21_network(network, cond, profile).to(device)
+    model = ch21_network(network, cond, profile).to(device)
     lr = s["unet_lr"] if network == "unet" else s["lr"]
     optimizer = default_optimizer(model.parameters(), lr, device)
     config = dict(profile=profile.name, network=network, cond=cond, T=s["T"], lr=lr,
@@ -1659,6 +1672,28 @@ def ch21_model(x, labels, profile, device, *, network: str = "dit-M", cond: str 
                  config=config, compile=torch.device(device).type == "cuda",
                  desc=f"{network} ({cond})" + ("" if steps is None else f", {steps} steps"))
     return result.ema.model.eval(), result
+
+
+def ch21_snapshots(x, labels, profile, device, *, network: str, cond: str = "label",
+                   fractions=(0.25, 0.5), prefix: str = "ch21") -> dict:
+    """One run of `ch21_model` kept at fractions of its updates, {updates: (model,
+    FitResult)}, each stage resumed from the one before (as `snapshots` does for the other
+    recipes): the budget trend of chapter 21's comparisons, at no extra training."""
+    s = dit_settings(profile)
+    total = (equal_flops_steps(s["steps"], "unet", profile) if network == "unet"
+             else s["steps"])
+    fractions = checks.sequence("fractions", fractions, "(0.25, 0.5)")
+    if not fractions or not all(0 < checks.as_float(f) < 1 for f in fractions):
+        raise checks.ArgumentError(f"fractions must lie strictly between 0 and 1 (e.g. "
+                                   f"(0.25, 0.5)); got {fractions!r}")
+    cuts = sorted({max(1, round(f * total)) for f in fractions} - {total})
+    kept, previous = {}, None
+    for cut in cuts + [None]:
+        kept[cut or total] = ch21_model(x, labels, profile, device, network=network,
+                                        cond=cond, steps=cut, resume_from=previous,
+                                        prefix=prefix)
+        previous = ch21_checkpoint(profile, cut, prefix, network=network, cond=cond)
+    return kept
 
 
 def ch21_eps_function(model, condition: torch.Tensor, w: float, device):

@@ -21,6 +21,9 @@ def test_the_unet_gets_the_updates_of_equal_training_flops():
     assert recipes.equal_flops_steps(2000, "dit-L", CPU) == 2000
     sizes = [recipes.network_flops(f"dit-{s}", CPU) for s in recipes.DIT_SIZES]
     assert sizes == sorted(sizes) and sizes[-1] / sizes[0] > 5
+    gpu = get_profile("gpu")  # there the U-Net trains about as long as in chapter 9
+    unet_gpu = recipes.equal_flops_steps(recipes.dit_settings(gpu)["steps"], "unet", gpu)
+    assert 0.5 < unet_gpu / recipes.ddpm_settings(gpu)["steps"] < 1.5
 
 
 @pytest.mark.parametrize("network,cond,says", [("unet", "cross", "label only"),
