@@ -262,6 +262,7 @@ def test_input_errors():
 
 # --- cost ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # flop_counter's first use imports torch._dynamo (seconds)
 def test_flops_match_a_count_by_hand():
     """flop_counter against 2 * multiply-adds of every Linear and attention product."""
     model = DiT(**SMALL, vocab_size=20, cond="cross")
@@ -286,6 +287,7 @@ def test_flops_match_a_count_by_hand():
     assert not any(m.explicit for m in model.modules() if isinstance(m, Attention))
 
 
+@pytest.mark.slow  # flop_counter's first use imports torch._dynamo (seconds)
 def test_flops_grow_about_4x_when_the_patch_halves():
     # 49 -> 196 tokens: the blocks' Linears cost 4x, attention (q k^T, weights @ v) 16x, the
     # patch embedding and the last layer the same (N p^2 C width); measured at width 64 and
