@@ -601,62 +601,6 @@ def vdm_bound_of_test_digits(n: int = 2000, draws: int = 8):
         vdm.vdm_bound(eps, net.schedule, x)
 
 
-def _dit(network: str, cond: str, device=DEVICE):
-    """Chapter 21's transformer at the gpu profile's size."""
-    from companion import recipes
-    from companion.run.profiles import get_profile
-
-    with device:
-        return recipes.ch21_network(network, cond, get_profile("gpu")).eval()
-
-
-def _conditions(cond: str, n: int, device):
-    """n labels, or n captions of 8 tokens (ids in the vocabulary), as fake tensors."""
-    if cond == "label":
-        return torch.zeros(n, dtype=torch.long, device=device)
-    return torch.ones(n, 8, dtype=torch.long, device=device)
-
-
-def dit_training_step(network: str = "dit-L", cond: str = "label"):
-    """Chapter 21's training step: a transformer, batch 128, Adam, float32."""
-    from companion import recipes
-    from companion.run.precision import default_optimizer
-    from companion.run.profiles import get_profile
-
-    model = _dit(network, cond, GRAD_DEVICE)
-    model.train()
-    d = _on_device(_diffusion(), GRAD_DEVICE)
-    opt = default_optimizer(model.parameters(), 1e-4, "cpu")
-    n = recipes.dit_settings(get_profile("gpu"))["batch_size"]
-    c = _conditions(cond, n, GRAD_DEVICE)
-
-    def eps(z, t):
-        return model(z, t, c)
-
-    eps.config = model.config
-    d.simple_loss(eps, _images(n, lo=-1, device=GRAD_DEVICE)).backward()
-    opt.step()
-
-
-def dit_guided_sampling(n: int, network: str = "dit-M", cond: str = "cross"):
-    """Chapter 21's guided sampling (recipes.ch21_eps_function, w = 2: 2n inputs a call) of n
-    images, the network in fp16 autocast."""
-    from companion import recipes
-
-    model = _dit(network, cond)
-    d = _on_device(_diffusion())
-    with mock.patch("companion.run.precision.autocast_dtype", return_value=None):
-        eps = recipes.ch21_eps_function(model, _conditions(cond, n, DEVICE), 2.0, "cpu")
-
-    def fp16(x, t):
-        with _t4_autocast():
-            return eps(x, t)
-
-    fp16.config = model.config
-    with torch.no_grad():
-        d.sample_ddim(fp16, (n, 1, 28, 28), n_steps=2, quiet=True)
-
-
 def operations() -> list[Operation]:
     from companion.run.profiles import get_profile
 
@@ -713,12 +657,6 @@ def operations() -> list[Operation]:
             gpu.iw_samples)),
         # chapter 20 samples chapter 9's DDPM ancestrally, 1,000 images (the gpu profile)
         Operation("20", "ancestral sampling, 1,000 images", lambda: ddpm_sampling(1000)),
-        Operation("21", "DiT-L training step, batch 128", dit_training_step),
-        Operation("21", "DiT-M with captions (cross-attention), training step, batch 128",
-                  lambda: dit_training_step("dit-M", "cross")),
-        Operation("21", "the U-Net's training step, batch 128", cond_training_step),
-        Operation("21", "guided sampling with captions, 1,000 images",
-                  lambda: dit_guided_sampling(1000)),
     ]
 
 
