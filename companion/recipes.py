@@ -399,11 +399,30 @@ def _unet_recipe(s: dict, profile, device, x, *, steps_of_net: int, network=None
                   batch_size=s["batch_size"], ema=s["ema"], clip=DDPM_CLIP,
                   warmup=DDPM_WARMUP, n_train=len(x), **more)
 
+    return model, optimizer, config, _warm_up(optimizer, s["lr"])
+
+
+def _labelled_images(x, labels, who: str) -> torch.Tensor:
+    """The labels of training images x (checked to lie in [0, 1]) as int64 on x's device,
+    one per image, or a clear error naming the recipe `who`."""
+    from .latent_diffusion import check_labels
+
+    _check_unit_images(x, f"recipes.{who}")
+    y = check_labels(labels).to(x.device)
+    if len(y) != len(x):
+        raise checks.ArgumentError(f"{who} needs one label per image: {len(x)} images, "
+                                   f"{len(y)} labels")
+    return y
+
+
+def _warm_up(optimizer, lr: float):
+    """The linear learning-rate warm-up over DDPM_WARMUP updates, as a function of the
+    global step (so that it survives resuming): warm_up(step) sets every group's lr."""
     def warm_up(step: int) -> None:
         for group in optimizer.param_groups:
-            group["lr"] = s["lr"] * min(1.0, (step + 1) / DDPM_WARMUP)
+            group["lr"] = lr * min(1.0, (step + 1) / DDPM_WARMUP)
 
-    return model, optimizer, config, warm_up
+    return warm_up
 
 
 def _check_unit_images(x, where: str) -> None:
@@ -517,15 +536,11 @@ def ddpm_cond(x, labels, profile, device, *, prefix: str = "ch16"):
     """
     from functools import partial
 
-    from .latent_diffusion import check_labels, conditional_loss
+    from .latent_diffusion import conditional_loss
     from .models.unet import UNet
 
     s = ddpm_settings(profile)
-    _check_unit_images(x, "recipes.ddpm_cond")
-    y = check_labels(labels).to(x.device)
-    if len(y) != len(x):
-        raise ValueError(f"ddpm_cond needs one label per image: {len(x)} images, "
-                         f"{len(y)} labels")
+    y = _labelled_images(x, labels, "ddpm_cond")
     model, optimizer, config, warm_up = _unet_recipe(
         s, profile, device, x, steps_of_net=s["T"], network=partial(UNet, num_classes=10),
         T=s["T"], num_classes=10, p_uncond=COND_P_UNCOND,
@@ -1572,6 +1587,13 @@ def equal_flops_steps(steps: int, network: str, profile, to: str = "dit-L") -> i
     return max(1, round(checks.count("steps", steps) * ratio))
 
 
+def ch21_updates(network: str, profile) -> int:
+    """The updates of chapter 21's full run of `network`: the profile's DiT updates, or for
+    the U-Net those of equal training FLOPs to the largest DiT (`equal_flops_steps`)."""
+    steps = dit_settings(profile)["steps"]
+    return equal_flops_steps(steps, "unet", profile) if network == "unet" else steps
+
+
 def text_levels(x):
     """The caption levels of training images x (N, 1, 28, 28) in [0, 1]: attributes measured
     (`captions.measure`), cut at their tertiles on x: (Levels, {attribute: (N,) 0..2})."""
@@ -1623,22 +1645,18 @@ def ch21_model(x, labels, profile, device, *, network: str = "dit-M", cond: str 
     Returns:
         (EMA model in eval mode, FitResult).
     """
-    from .latent_diffusion import check_labels, drop_labels
+    from .latent_diffusion import drop_labels
     from .run.precision import default_optimizer
 
     s = dit_settings(profile)
-    _check_unit_images(x, "recipes.ch21_model")
-    y = check_labels(labels).to(x.device)
-    if len(y) != len(x):
-        raise checks.ArgumentError(f"ch21_model needs one label per image: {len(x)} images, "
-                                   f"{len(y)} labels")
-    full = (equal_flops_steps(s["steps"], "unet", profile) if network == "unet"
-            else s["steps"])
+    y = _labelled_images(x, labels, "ch21_model")
+    full = ch21_updates(network, profile)
     total = full if steps is None else checks.count("steps", steps)
     torch.manual_seed(0)
     model = ch21_network(network, cond, profile).to(device)
     lr = s["unet_lr"] if network == "unet" else s["lr"]
     optimizer = default_optimizer(model.parameters(), lr, device)
+    warm_up = _warm_up(optimizer, lr)
     config = dict(profile=profile.name, network=network, cond=cond, T=s["T"], lr=lr,
                   batch_size=s["batch_size"], ema=s["ema"], clip=DDPM_CLIP,
                   warmup=DDPM_WARMUP, n_train=len(x), total=full,
@@ -1651,8 +1669,7 @@ def ch21_model(x, labels, profile, device, *, network: str = "dit-M", cond: str 
         data = (*data, *(level[a].to(x.device) for a in sorted(level)))
 
     def loss_fn(model, batch, step):
-        for group in optimizer.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / DDPM_WARMUP)
+        warm_up(step)
         x0, yb = batch[0], batch[1]
         if cond == "label":
             c = drop_labels(yb, COND_P_UNCOND)
@@ -1679,21 +1696,15 @@ def ch21_snapshots(x, labels, profile, device, *, network: str, cond: str = "lab
     """One run of `ch21_model` kept at fractions of its updates, {updates: (model,
     FitResult)}, each stage resumed from the one before (as `snapshots` does for the other
     recipes): the budget trend of chapter 21's comparisons, at no extra training."""
-    s = dit_settings(profile)
-    total = (equal_flops_steps(s["steps"], "unet", profile) if network == "unet"
-             else s["steps"])
-    fractions = checks.sequence("fractions", fractions, "(0.25, 0.5)")
-    if not fractions or not all(0 < checks.as_float(f) < 1 for f in fractions):
-        raise checks.ArgumentError(f"fractions must lie strictly between 0 and 1 (e.g. "
-                                   f"(0.25, 0.5)); got {fractions!r}")
-    cuts = sorted({max(1, round(f * total)) for f in fractions} - {total})
-    kept, previous = {}, None
-    for cut in cuts + [None]:
-        kept[cut or total] = ch21_model(x, labels, profile, device, network=network,
-                                        cond=cond, steps=cut, resume_from=previous,
-                                        prefix=prefix)
-        previous = ch21_checkpoint(profile, cut, prefix, network=network, cond=cond)
-    return kept
+    def recipe(x, profile, device, **stage):
+        return ch21_model(x, labels, profile, device, network=network, cond=cond,
+                          prefix=prefix, **stage)
+
+    def checkpoint(profile, steps):
+        return ch21_checkpoint(profile, steps, prefix, network=network, cond=cond)
+
+    return snapshots(recipe, checkpoint, x, profile, device, fractions=fractions,
+                     total=ch21_updates(network, profile))
 
 
 def ch21_eps_function(model, condition: torch.Tensor, w: float, device):
