@@ -1,0 +1,367 @@
+"""Text for chapter 22: a toy language whose entropy rate is known exactly, characters as
+tokens, and real English.
+
+A `Grammar` is a probabilistic finite-state grammar over words. From state s it emits word w
+with probability P(w | s) and moves to the state next(s, w); a sentence starts in `START`
+and ends with the word "." (written without a space before it). It is unifilar (within a
+state the words differ, so the states are read off the words) and acyclic (every sentence
+ends in a bounded number of words), so everything about it is exact:
+
+    H(sentence) = sum_s v(s) H(P(. | s))            v(s): probability a sentence visits s
+    E[characters] = sum_s v(s) E_{w ~ P(. | s)}[len(w) + 1]   (the space or "." after w)
+    entropy rate = H(sentence) / E[characters]   bits per character            (ch22-rate)
+
+The ratio is the rate of a long text of independent sentences (renewal-reward), and the
+entropy of a sentence in characters equals its entropy in words because the words are read
+back from the characters. `log2_prob` of any string is exact too, by parsing it.
+
+`CharTokenizer` maps characters to token ids 0..V-1 (V - 1 is padding) and refuses a
+character it does not know by name. `english_text` is real text on every machine: the
+Python documentation's help topics that the standard library ships (`pydoc_data`, under the
+PSF licence), or, where downloads are allowed and asked for, Tiny Shakespeare (Karpathy's
+char-rnn data), falling back to the first when the download fails.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .run import checks
+
+START, END = "start", None
+PERIOD = "."
+
+
+@dataclass(frozen=True)
+class Grammar:
+    """rules: {state: ((word, probability, next state or END), ...)}; "." must lead to END
+    and every other word to a state, so that a sentence is words then "."."""
+
+    rules: dict
+
+    def __post_init__(self):
+        if START not in self.rules:
+            raise checks.ArgumentError(f"rules must have the state {START!r} where every "
+                                       f"sentence begins, got states {sorted(self.rules)}")
+        for s, options in self.rules.items():
+            words = [w for w, _, _ in options]
+            if len(set(words)) != len(words):
+                raise checks.ArgumentError(f"state {s!r} lists a word twice: the grammar "
+                                           "must be unifilar (its words differ)")
+            total = sum(p for _, p, _ in options)
+            if any(p <= 0 for _, p, _ in options) or abs(total - 1) > 1e-9:
+                raise checks.ArgumentError(f"state {s!r}: probabilities must be positive "
+                                           f"and sum to 1, got a sum of {total}")
+            for w, _, nxt in options:
+                if (w == PERIOD) != (nxt is END) or (nxt is not END and nxt not in
+                                                      self.rules):
+                    raise checks.ArgumentError(f"state {s!r}: word {w!r} leads to {nxt!r}; "
+                                               f"'.' ends a sentence (next None) and every "
+                                               f"other word leads to a listed state")
+                if w != PERIOD and not re.fullmatch(r"[a-z]+", w):
+                    raise checks.ArgumentError(f"word {w!r}: words are lowercase letters")
+        self.visits()  # refuses a cycle
+
+    @property
+    def alphabet(self) -> str:
+        """Every character a sentence can hold: its letters, the space and "."."""
+        letters = {c for opts in self.rules.values() for w, _, _ in opts for c in w}
+        return "".join(sorted(letters - {PERIOD})) + " " + PERIOD
+
+    def visits(self) -> dict:
+        """v(s): the probability that a sentence passes through state s, for every state
+        (forward over the states in topological order)."""
+        order, seen, busy = [], set(), set()
+
+        def visit(s):
+            if s in busy:
+                raise checks.ArgumentError(f"the grammar loops through state {s!r}: it must "
+                                           "be acyclic, so that every sentence ends")
+            if s in seen:
+                return
+            busy.add(s)
+            for _, _, nxt in self.rules[s]:
+                if nxt is not END:
+                    visit(nxt)
+            busy.discard(s)
+            seen.add(s)
+            order.append(s)
+
+        visit(START)
+        v = dict.fromkeys(self.rules, 0.0)
+        v[START] = 1.0
+        for s in reversed(order):
+            for _, p, nxt in self.rules[s]:
+                if nxt is not END:
+                    v[nxt] += v[s] * p
+        return v
+
+    def sentence_entropy(self) -> float:
+        """H(sentence) in bits, (ch22-rate)."""
+        v = self.visits()
+        return sum(v[s] * -sum(p * math.log2(p) for _, p, _ in opts)
+                   for s, opts in self.rules.items())
+
+    def mean_characters(self) -> float:
+        """E[number of characters of a sentence]: each word and the character after it (a
+        space, or "." after the last word)."""
+        v = self.visits()
+        return sum(v[s] * sum(p * (0 if w == PERIOD else len(w) + 1) for w, p, _ in opts)
+                   for s, opts in self.rules.items())
+
+    def entropy_rate(self) -> float:
+        """Bits per character of a long text of independent sentences, (ch22-rate)."""
+        return self.sentence_entropy() / self.mean_characters()
+
+    def max_characters(self) -> int:
+        """The longest sentence's length in characters."""
+        memo: dict = {}
+
+        def longest(s):
+            if s not in memo:
+                memo[s] = max((0 if w == PERIOD else len(w) + 1) +
+                              (0 if nxt is END else longest(nxt)) for w, _, nxt in self.rules[s])
+            return memo[s]
+
+        return longest(START)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> list[str]:
+        """n independent sentences, e.g. "the small cats see a dog."."""
+        n = checks.count("n", n)
+        checks.generator("generator", generator)
+        out = []
+        for _ in range(n):
+            s, words = START, []
+            while s is not END:
+                opts = self.rules[s]
+                k = int(torch.multinomial(torch.tensor([p for _, p, _ in opts]), 1,
+                                          generator=generator))
+                words.append(opts[k][0])
+                s = opts[k][2]
+            out.append(" ".join(words[:-1]) + PERIOD)
+        return out
+
+    def count(self) -> int:
+        """How many different sentences the grammar writes."""
+        memo: dict = {}
+
+        def n(s):
+            if s not in memo:
+                memo[s] = sum(1 if nxt is END else n(nxt) for _, _, nxt in self.rules[s])
+            return memo[s]
+
+        return n(START)
+
+    def enumerate(self, limit: int = 1_000_000) -> list[tuple[str, float]]:
+        """Every sentence with its log2-probability, [(sentence, log2 P)], for grammars of
+        at most `limit` sentences (the toy's 190,512 take about a second)."""
+        limit = checks.count("limit", limit)
+        if self.count() > limit:
+            raise checks.ArgumentError(f"the grammar writes {self.count():,} sentences, more "
+                                       f"than limit = {limit:,}: raise the limit or sample")
+        out = []
+
+        def walk(s, words, logp):
+            for w, p, nxt in self.rules[s]:
+                if nxt is END:
+                    out.append((" ".join(words) + PERIOD, logp + math.log2(p)))
+                else:
+                    walk(nxt, [*words, w], logp + math.log2(p))
+
+        walk(START, [], 0.0)
+        return out
+
+    def fill_posterior(self, sentence: str, start: int, stop: int,
+                       sentences: list[tuple[str, float]] | None = None) -> dict[str, float]:
+        """The exact law of sentence[start:stop] given the characters on both sides,
+        {fill: probability} over the fills of that length that make a sentence: what an
+        infilling model should match. sentences: `enumerate()`'s list, to reuse it."""
+        if not isinstance(sentence, str) or self.log2_prob(sentence) == -math.inf:
+            raise checks.ArgumentError(f"sentence must be one the grammar writes, got "
+                                       f"{sentence!r}")
+        if not (isinstance(start, int) and isinstance(stop, int)
+                and 0 <= start < stop <= len(sentence)):
+            raise checks.ArgumentError(f"start and stop must cut a non-empty span of the "
+                                       f"{len(sentence)} characters, 0 <= start < stop <= "
+                                       f"{len(sentence)}, got {start!r} and {stop!r}")
+        left, right = sentence[:start], sentence[stop:]
+        hits = [(t[start:stop], lp) for t, lp in (sentences or self.enumerate())
+                if len(t) == len(sentence) and t.startswith(left) and t.endswith(right)]
+        top = max(lp for _, lp in hits)
+        weights = {f: 2.0 ** (lp - top) for f, lp in hits}
+        total = sum(weights.values())
+        return {f: w / total for f, w in sorted(weights.items(), key=lambda kv: -kv[1])}
+
+    def words(self, sentence: str) -> list[str] | None:
+        """The words of a sentence ("." last), or None if it is not one this grammar can
+        write (wrong spacing, no final "." or text after it)."""
+        if not isinstance(sentence, str) or not sentence.endswith(PERIOD):
+            return None
+        body = sentence[:-1]
+        words = body.split(" ") if body else []
+        return None if "" in words else [*words, PERIOD]
+
+    def log2_prob(self, sentence: str) -> float:
+        """log2 P(sentence), exact; -inf for a string the grammar never writes."""
+        words = self.words(sentence)
+        if words is None:
+            return -math.inf
+        s, total = START, 0.0
+        for w in words:
+            if s is END:
+                return -math.inf
+            hit = [(p, nxt) for word, p, nxt in self.rules[s] if word == w]
+            if not hit:
+                return -math.inf
+            total += math.log2(hit[0][0])
+            s = hit[0][1]
+        return total  # the last word is ".", which always ends the sentence
+
+
+def _zipf(words, nxt, scale=1.0):
+    """((word, p, nxt), ...) with p proportional to 1 / rank (Zipf's law), times scale."""
+    weights = [1 / (k + 1) for k in range(len(words))]
+    return tuple((w, scale * q / sum(weights), n) for w, q, n in zip(words, weights,
+                                                                    [nxt] * len(words),
+                                                                    strict=True))
+
+
+def toy_grammar() -> Grammar:
+    """The book's toy English: "[the|a] (adjective) noun verb [the|a] (adjective) noun
+    (adverb)." with number agreement. "a" takes a singular noun, a singular subject takes
+    "sees", a plural one "see": the right-hand context says which noun fits a gap."""
+    adjectives = ("small", "big", "red", "old", "quick", "lazy")
+    nouns = ("cat", "dog", "bird", "fox", "cow", "frog")
+    plural = {n: n + ("es" if n.endswith("x") else "s") for n in nouns}
+    verbs_sg, verbs_pl = ("sees", "likes", "chases", "hears"), ("see", "like", "chase",
+                                                                  "hear")
+    rules = {}
+    for side, after in (("s", "verb"), ("o", "end")):
+        rules[f"{side}det"] = (("the", 0.6, f"{side}any"), ("a", 0.4, f"{side}one"))
+        for kind in ("any", "one"):
+            forms = [(n, "sg") for n in nouns]
+            if kind == "any":
+                forms += [(plural[n], "pl") for n in nouns]
+            nouns_here = tuple((w, f"{side}{num}" if side == "s" else after) for w, num in
+                               forms)
+            adj = _zipf(adjectives, f"{side}{kind}adj", 0.3)
+            rules[f"{side}{kind}"] = adj + _noun_options(nouns_here, 0.7)
+            rules[f"{side}{kind}adj"] = _noun_options(nouns_here, 1.0)
+    rules["ssg"] = _zipf(verbs_sg, "odet")
+    rules["spl"] = _zipf(verbs_pl, "odet")
+    rules["end"] = ((PERIOD, 0.7, END), ("today", 0.2, "adv"), ("again", 0.1, "adv"))
+    rules["adv"] = ((PERIOD, 1.0, END),)
+    rules[START] = rules.pop("sdet")
+    rules = {k: tuple((w, p, START if n == "sdet" else n) for w, p, n in v)
+             for k, v in rules.items()}
+    return Grammar(rules)
+
+
+def _noun_options(nouns_here, scale):
+    """Zipf weights over the nouns, each with its own next state."""
+    weights = [1 / (k + 1) for k in range(len(nouns_here))]
+    return tuple((w, scale * q / sum(weights), nxt) for (w, nxt), q in zip(nouns_here,
+                                                                          weights,
+                                                                          strict=True))
+
+
+class CharTokenizer:
+    """Characters <-> token ids: the alphabet's characters are 0..len-1, padding is the
+    last id (V - 1, V = len(alphabet) + 1)."""
+
+    def __init__(self, alphabet: str):
+        if not isinstance(alphabet, str) or not alphabet or len(set(alphabet)) != len(alphabet):
+            raise checks.ArgumentError(f"alphabet must be a non-empty string of distinct "
+                                       f"characters, got {alphabet!r}")
+        self.alphabet = alphabet
+        self.index = {c: i for i, c in enumerate(alphabet)}
+        self.pad = len(alphabet)
+        self.vocab_size = len(alphabet) + 1
+
+    def encode(self, texts, length: int) -> torch.Tensor:
+        """texts (a string or a list of them) -> (B, length) long, each padded at the end."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        length = checks.count("length", length)
+        out = torch.full((len(texts), length), self.pad, dtype=torch.long)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise checks.ArgumentError(f"texts must be strings, got {type(text).__name__} "
+                                           f"at position {i}")
+            unknown = sorted(set(text) - set(self.index))
+            if unknown:
+                raise checks.ArgumentError(f"text {i} has characters the tokenizer does not "
+                                           f"know: {''.join(unknown)!r}; its alphabet is "
+                                           f"{self.alphabet!r} (normalize the text first, "
+                                           f"e.g. with `normalize`)")
+            if len(text) > length:
+                raise checks.ArgumentError(f"text {i} has {len(text)} characters, more than "
+                                           f"length = {length}: cut it or raise the length")
+            out[i, :len(text)] = torch.tensor([self.index[c] for c in text], dtype=torch.long)
+        return out
+
+    def decode(self, ids: torch.Tensor) -> list[str]:
+        """(B, L) ids -> B strings, padding dropped; an id outside 0..V-1 is refused."""
+        ids = torch.as_tensor(ids)
+        if ids.dim() != 2 or ids.is_floating_point():
+            raise checks.ArgumentError(f"ids must be an integer tensor (B, L), got "
+                                       f"{ids.dtype} of shape {tuple(ids.shape)}")
+        if len(ids) and ids.numel() and (ids.min() < 0 or ids.max() >= self.vocab_size):
+            raise checks.ArgumentError(f"ids must lie in 0..{self.vocab_size - 1}, got "
+                                       f"{int(ids.min())}..{int(ids.max())} (a masked "
+                                       f"position, -1, is not a character)")
+        return ["".join(self.alphabet[i] for i in row if i != self.pad) for row in ids.tolist()]
+
+
+ENGLISH_ALPHABET = "abcdefghijklmnopqrstuvwxyz .,'"
+SHAKESPEARE_URL = ("https://raw.githubusercontent.com/karpathy/char-rnn/master/data/"
+                   "tinyshakespeare/input.txt")
+
+
+def normalize(text: str, alphabet: str = ENGLISH_ALPHABET) -> str:
+    """Lower case, every run of other characters or white space made one space."""
+    keep = re.escape("".join(c for c in alphabet if c != " "))
+    return re.sub(rf"[^{keep}]+", " ", text.lower()).strip()
+
+
+def _python_docs() -> str:
+    """The prose of the standard library's help topics (indented lines, the code and the
+    grammar rules, left out)."""
+    import pydoc_data.topics as topics
+
+    lines = [ln for t in topics.topics.values() for ln in t.splitlines()
+             if ln and not ln[0].isspace() and not set(ln) <= set("*=-")]
+    return " ".join(lines)
+
+
+def english_text(download: bool | None = None, root: str | Path | None = None,
+                 timeout: float = 20.0) -> tuple[str, str]:
+    """(normalized text, where it came from). download: fetch Tiny Shakespeare (about 1 MB)
+    into root (default: the book's data folder) if not there yet (default: unless
+    $BOOK_OFFLINE is set); without it, or when the download fails, the Python
+    documentation's help topics that every Python installs."""
+    from .data import default_root, downloads_allowed
+
+    download = downloads_allowed() if download is None else bool(download)
+    path = Path(root) if root is not None else default_root()
+    path = path / "tinyshakespeare.txt"
+    if path.exists():
+        return normalize(path.read_text(encoding="utf-8")), f"Tiny Shakespeare ({path})"
+    if download:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(SHAKESPEARE_URL, timeout=timeout) as response:
+                raw = response.read(4_000_000).decode("utf-8")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(raw, encoding="utf-8")
+            return normalize(raw), "Tiny Shakespeare (downloaded)"
+        except (OSError, UnicodeDecodeError) as err:
+            note = f" (the download failed: {str(err)[:80]})"
+    else:
+        note = ""
+    return normalize(_python_docs()), "the Python documentation's help topics" + note

@@ -1,0 +1,175 @@
+"""companion.language: the toy grammar's exact entropy rate and probabilities, the character
+tokenizer, and the English text every machine has."""
+
+from __future__ import annotations
+
+import math
+import urllib.request
+
+import pytest
+import torch
+
+from companion import language as L
+from companion.run.checks import ArgumentError
+
+END = L.END
+
+
+def tiny() -> L.Grammar:
+    """Sentences "ab.", "ab c.", "ba.", "ba c." ... small enough to enumerate by hand."""
+    return L.Grammar({
+        L.START: (("ab", 0.75, "x"), ("b", 0.25, "y")),
+        "x": ((".", 0.5, END), ("c", 0.5, "y")),
+        "y": ((".", 0.9, END), ("dd", 0.1, "z")),
+        "z": ((".", 1.0, END),),
+    })
+
+
+def enumerate_sentences(g: L.Grammar):
+    """Every sentence with its probability, by walking all paths."""
+    out = []
+
+    def walk(s, words, p):
+        for w, q, nxt in g.rules[s]:
+            if nxt is END:
+                out.append((" ".join(words) + ".", p * q))
+            else:
+                walk(nxt, [*words, w], p * q)
+
+    walk(L.START, [], 1.0)
+    return out
+
+
+def test_exact_entropy_and_length_match_enumeration():
+    g = tiny()
+    sentences = enumerate_sentences(g)
+    assert sum(p for _, p in sentences) == pytest.approx(1.0)
+    assert g.sentence_entropy() == pytest.approx(-sum(p * math.log2(p) for _, p in sentences))
+    assert g.mean_characters() == pytest.approx(sum(p * len(s) for s, p in sentences))
+    assert g.max_characters() == max(len(s) for s, _ in sentences)
+    for s, p in sentences:
+        assert g.log2_prob(s) == pytest.approx(math.log2(p))
+
+
+def test_toy_grammar_rate_matches_a_long_monte_carlo_estimate():
+    g = L.toy_grammar()
+    text = g.sample(4000, torch.Generator().manual_seed(0))
+    bits = torch.tensor([-g.log2_prob(s) for s in text], dtype=torch.float64)
+    chars = torch.tensor([len(s) for s in text], dtype=torch.float64)
+    rate = bits.sum() / chars.sum()
+    # the ratio estimator's standard error by the delta method
+    se = ((bits - rate * chars).std() / chars.mean() / math.sqrt(len(text))).item()
+    assert abs(rate.item() - g.entropy_rate()) < 4 * se
+    assert 0.3 < g.entropy_rate() < 1.0  # the grammar's design: about half a bit a character
+    assert max(chars) <= g.max_characters()
+
+
+def test_toy_grammar_agreement_is_in_the_probabilities():
+    g = L.toy_grammar()
+    assert g.log2_prob("the cat sees a dog.") > -math.inf
+    assert g.log2_prob("the cats see a dog.") > -math.inf
+    for wrong in ("the cat see a dog.", "a cats see the dog.", "the cat sees a dog",
+                  "the cat sees  a dog.", "the cat sees a dog. ", "the cat sees a dog.dog.",
+                  "", ".", "the cat sees a dog today again.",
+                  "the cat sees a dog . a cat sees a dog."):
+        assert g.log2_prob(wrong) == -math.inf, wrong
+    assert set(g.alphabet) >= set("the cats see a dog.")
+
+
+def test_sampling_is_reproducible_and_in_the_language():
+    g = L.toy_grammar()
+    a = g.sample(50, torch.Generator().manual_seed(3))
+    assert a == g.sample(50, torch.Generator().manual_seed(3))
+    assert all(g.log2_prob(s) > -math.inf for s in a)
+    assert len(set(a)) > 40  # about 13.5 bits a sentence: repeats are rare
+
+
+@pytest.mark.parametrize("rules, words", [
+    ({"s": ((".", 1.0, END),)}, "'start'"),
+    ({L.START: (("a", 0.5, "x"), ("a", 0.5, "x")), "x": ((".", 1.0, END),)}, "unifilar"),
+    ({L.START: (("a", 0.4, "x"),), "x": ((".", 1.0, END),)}, "sum to 1"),
+    ({L.START: (("a", 1.0, END),)}, "ends a sentence"),
+    ({L.START: ((".", 1.0, "x"),), "x": ((".", 1.0, END),)}, "ends a sentence"),
+    ({L.START: (("a", 1.0, "nowhere"),)}, "listed state"),
+    ({L.START: (("A", 1.0, "x"),), "x": ((".", 1.0, END),)}, "lowercase"),
+    ({L.START: (("a", 1.0, "x"),), "x": (("b", 0.5, L.START), (".", 0.5, END))}, "acyclic"),
+])
+def test_bad_grammars_are_refused_by_what_is_wrong(rules, words):
+    with pytest.raises(ArgumentError, match=words):
+        L.Grammar(rules)
+
+
+def test_tokenizer_round_trip_padding_and_refusals():
+    g = L.toy_grammar()
+    tok = L.CharTokenizer(g.alphabet)
+    text = g.sample(8, torch.Generator().manual_seed(1))
+    ids = tok.encode(text, g.max_characters())
+    assert ids.shape == (8, g.max_characters()) and ids.dtype == torch.long
+    assert tok.decode(ids) == text
+    assert tok.vocab_size == len(g.alphabet) + 1 and ids.max() == tok.pad == tok.vocab_size - 1
+    with pytest.raises(ArgumentError, match=r"does not know: 'QZ'"):
+        tok.encode("the Q cat Z.", 20)
+    with pytest.raises(ArgumentError, match="more than length = 5"):
+        tok.encode("the cat.", 5)
+    with pytest.raises(ArgumentError, match=r"masked position, -1"):
+        tok.decode(torch.tensor([[0, -1]]))
+    with pytest.raises(ArgumentError, match="distinct"):
+        L.CharTokenizer("abca")
+
+
+def test_normalize_keeps_the_alphabet_only():
+    assert L.normalize("Hello,\n  World!  It's 3 o'clock.") == "hello, world it's o'clock."
+    assert set(L.normalize("ÀB-c_d\tE")) <= set(L.ENGLISH_ALPHABET)
+
+
+def test_english_text_offline_is_the_python_docs(monkeypatch, tmp_path):
+    def no_network(*args, **kwargs):
+        raise AssertionError("no download when download=False")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    text, source = L.english_text(download=False, root=tmp_path)
+    assert "Python documentation" in source and len(text) > 100_000
+    assert set(text) <= set(L.ENGLISH_ALPHABET)
+    assert "the " in text and "  " not in text
+
+
+def test_english_text_reads_a_downloaded_copy_and_falls_back(monkeypatch, tmp_path):
+    def fails(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(urllib.request, "urlopen", fails)
+    text, source = L.english_text(download=True, root=tmp_path)
+    assert "download failed: network unreachable" in source and len(text) > 100_000
+    (tmp_path / "tinyshakespeare.txt").write_text("First Citizen:\nBefore we proceed.\n")
+    text, source = L.english_text(download=True, root=tmp_path)
+    assert text == "first citizen before we proceed." and "Tiny Shakespeare" in source
+
+
+def test_enumeration_is_the_whole_language():
+    g = L.toy_grammar()
+    sentences = g.enumerate()
+    assert len(sentences) == g.count() == len({s for s, _ in sentences})
+    assert math.fsum(2.0 ** lp for _, lp in sentences) == pytest.approx(1.0, abs=1e-12)
+    for s, lp in sentences[::20_000]:
+        assert g.log2_prob(s) == pytest.approx(lp)
+    with pytest.raises(ArgumentError, match="more than limit = 1,000"):
+        g.enumerate(limit=1000)
+
+
+def test_fill_posterior_uses_both_sides():
+    g = L.toy_grammar()
+    sentences = g.enumerate()
+    law = g.fill_posterior("the cat sees a dog.", 4, 7, sentences)
+    # the right side's "sees" rules out plural nouns; "the" and the length leave four nouns
+    assert set(law) == {"cat", "dog", "fox", "cow"}
+    assert sum(law.values()) == pytest.approx(1.0)
+    brute = {f: 2.0 ** g.log2_prob(f"the {f} sees a dog.") for f in law}
+    total = sum(brute.values())
+    for f, p in law.items():
+        assert p == pytest.approx(brute[f] / total)
+    plural = g.fill_posterior("the cats see a dog.", 4, 8, sentences)
+    assert all(f.endswith("s") for f in plural)
+    with pytest.raises(ArgumentError, match="one the grammar writes"):
+        g.fill_posterior("the cat see a dog.", 4, 7, sentences)
+    with pytest.raises(ArgumentError, match="non-empty span"):
+        g.fill_posterior("the cat sees a dog.", 7, 7, sentences)
