@@ -106,6 +106,8 @@ class Attention(nn.Module):
     nothing to attend to: its output is 0 (not softmax's NaN). need_weights=True returns
     (output, weights (B, heads, Nq, Nk)), computed explicitly; otherwise the fused
     F.scaled_dot_product_attention runs, unless `explicit` is set (`flops_per_image`).
+    causal=True (self-attention without padding only): query i sees keys j <= i, an
+    autoregressive model's mask (chapter 22).
     """
 
     def __init__(self, dim: int, heads: int):
@@ -116,7 +118,11 @@ class Attention(nn.Module):
         self.heads, self.explicit = heads, False
         self.q, self.kv, self.out = linear(dim, dim), linear(dim, 2 * dim), linear(dim, dim)
 
-    def forward(self, x, context=None, pad=None, need_weights: bool = False):
+    def forward(self, x, context=None, pad=None, need_weights: bool = False,
+                causal: bool = False):
+        if causal and (context is not None or pad is not None):
+            raise checks.ArgumentError("causal=True is for self-attention without padding: "
+                                       "pass neither context nor pad")
         context = x if context is None else context
         (B, Nq, D), Nk, H = x.shape, context.shape[1], self.heads
         q = self.q(x).reshape(B, Nq, H, D // H).transpose(1, 2)         # (B, H, Nq, d)
@@ -127,10 +133,13 @@ class Attention(nn.Module):
             attend = ~(pad & ~empty[:, None])[:, None, None, :]         # (B, 1, 1, Nk)
         if need_weights or self.explicit:
             s = q @ k.transpose(-1, -2) / math.sqrt(D // H)
+            if causal:  # the future, keys j > i, gets weight 0
+                s = s.masked_fill(torch.ones(Nq, Nk, dtype=torch.bool,
+                                             device=s.device).triu(1), -math.inf)
             w = (s if attend is None else s.masked_fill(~attend, -math.inf)).softmax(-1)
             o = w @ v
         else:
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=attend)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=attend, is_causal=causal)
         o = self.out(o.transpose(1, 2).reshape(B, Nq, D))
         if empty is not None:
             keep = (~empty).to(o.dtype)[:, None, None]

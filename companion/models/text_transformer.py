@@ -1,0 +1,204 @@
+"""A character-level transformer, two ways (chapter 22): masked diffusion against an
+autoregressive model, the same network differing only in its attention mask and input.
+
+    den = TextTransformer(vocab_size=65, length=256)               # bidirectional
+    masked.loss(den, x, categories=65)                             # chapter 14's bound
+    masked.sample(den, (16, 256), 64, categories=65)               # 64 unmasking steps
+
+    ar = TextTransformer(vocab_size=65, length=256, causal=True)   # autoregressive
+    ar_nll(ar, x).mean()                                           # its loss: exact nats
+    ar_sample(ar, 16, 256)                                         # one character a call
+
+Both are nanoGPT (Karpathy 2022) without dropout: token plus learned position embeddings,
+`depth` pre-LayerNorm blocks (dit.EncoderLayer), a final LayerNorm and a linear head to
+logits (B, vocab_size, L), the vocabulary on dim 1 as `companion.masked` reads them. The
+embedding has one extra row, token id vocab_size: the mask for the denoiser, which sees
+every position, and the begin-of-sequence token for the causal model, whose input is the
+sequence shifted right by one behind it, so that position i predicts x_i from x_<i:
+
+    log p(x) = sum_i log softmax(logits_i)[x_i],  logits_i a function of x_<i only   (exact)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..masked import MASK, draw_values
+from ..run import checks, memory
+from .dit import Attention, EncoderLayer, linear
+from .unet import forward_flops
+from .unet import n_params as n_params  # re-exported: text_transformer.n_params(model)
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """vocab_size: V, the characters (token ids 0..V-1); length: the longest sequence, L <=
+    length; width, depth, heads, mlp_ratio: the transformer; causal: autoregressive (True)
+    or the masked-diffusion denoiser (False)."""
+
+    vocab_size: int
+    length: int
+    width: int = 128
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: int = 4
+    causal: bool = False
+
+    def __post_init__(self):
+        checks.count("vocab_size", self.vocab_size, 2)
+        for name in ("length", "width", "depth", "heads", "mlp_ratio"):
+            checks.count(name, getattr(self, name))
+        if self.width % self.heads:
+            raise checks.ArgumentError(f"width must be a multiple of heads (each head gets "
+                                       f"width / heads channels), got width {self.width}, "
+                                       f"heads {self.heads}")
+        if not isinstance(self.causal, bool):
+            raise checks.ArgumentError(f"causal must be True or False, got {self.causal!r}")
+
+
+class Block(EncoderLayer):
+    """dit.EncoderLayer without padding, causal or not: h (B, L, width) -> (B, L, width),
+    h += Attn(LN(h)); h += MLP(LN(h))."""
+
+    def forward(self, h: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        h = h + self.attn(self.norm1(h), causal=causal)
+        return h + self.mlp(self.norm2(h))
+
+
+class TextTransformer(nn.Module):
+    """x (B, L) int token ids, 1 <= L <= length -> logits (B, vocab_size, L).
+
+    causal=False: x is a masked state, ids 0..V-1 or masked.MASK (-1); logits_i read every
+    position. causal=True: x is text, ids 0..V-1; logits_i read x_<i only (p(x_i | x_<i)).
+    """
+
+    def __init__(self, config: TextConfig | None = None, **changes):
+        super().__init__()
+        cfg = self.config = replace(config, **changes) if config else TextConfig(**changes)
+        self.tok = nn.Embedding(cfg.vocab_size + 1, cfg.width)  # row V: MASK or BOS
+        # learned positions (nanoGPT, GPT-2, dit.TextEncoder): L never exceeds `length`, so
+        # nothing must extrapolate, and they cost only length x width numbers
+        self.pos = nn.Parameter(0.02 * torch.randn(cfg.length, cfg.width))
+        nn.init.normal_(self.tok.weight, std=0.02)
+        self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, cfg.mlp_ratio)
+                                    for _ in range(cfg.depth))
+        self.norm, self.head = nn.LayerNorm(cfg.width), linear(cfg.width, cfg.vocab_size)
+
+    def check_tokens(self, x) -> torch.Tensor:
+        """x if it is an integer tensor (B, L), 1 <= L <= length, of ids 0..V-1 (or MASK,
+        bidirectional only); values read on the CPU only (a GPU would sync)."""
+        cfg, name = self.config, "x (text)" if self.config.causal else "z (masked states)"
+        checks.tensor(name, x)
+        if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+            raise checks.ArgumentError(f"{name} must be an integer tensor of token ids "
+                                       f"(torch.long), got {x.dtype}: use .long()")
+        if x.dim() != 2 or not 1 <= x.shape[1] <= cfg.length:
+            raise checks.ArgumentError(f"{name} must have shape (B, L), 1 <= L <= length = "
+                                       f"{cfg.length}, got {tuple(x.shape)}: cut longer "
+                                       "text into windows of at most length")
+        lo = 0 if cfg.causal else int(MASK)
+        if x.numel() and checks.on_host(x):
+            low, high = (int(v) for v in torch.aminmax(x))
+            if low < lo or high >= cfg.vocab_size:
+                what = "0..V-1 (a causal model takes text: no MASK)" if cfg.causal else \
+                    "0..V-1 or MASK = -1"
+                raise checks.ArgumentError(f"{name} must hold token ids {what}, V = "
+                                           f"vocab_size = {cfg.vocab_size}; got values in "
+                                           f"{low}..{high}")
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cfg, V = self.config, self.config.vocab_size
+        if not torch.compiler.is_compiling():
+            self.check_tokens(x)
+        if cfg.causal:  # BOS, x_0, ..., x_{L-2}: position i reads x_<i
+            ids = torch.cat([torch.full_like(x[:, :1], V), x[:, :-1]], 1)
+        else:
+            ids = torch.where(x == MASK, V, x)
+        h = self.tok(ids) + self.pos[:x.shape[1]]                       # (B, L, width)
+        for block in self.blocks:
+            h = block(h, causal=cfg.causal)
+        return self.head(self.norm(h)).transpose(1, 2)                  # (B, V, L)
+
+
+def _causal(model, who: str) -> TextTransformer:
+    """model if it is an autoregressive TextTransformer; else an error for `who`."""
+    if not isinstance(model, TextTransformer) or not model.config.causal:
+        got = "a bidirectional one (causal=False)" if isinstance(model, TextTransformer) \
+            else f"a {type(model).__name__}"
+        raise checks.ArgumentError(f"model: {who} needs an autoregressive model, "
+                                   f"TextTransformer(..., causal=True), got {got}")
+    return model
+
+
+def ar_nll(model: TextTransformer, x: torch.Tensor) -> torch.Tensor:
+    """-log p(x) = sum_i -log softmax(logits_i)[x_i], exact, nats: x (B, L) -> (B,).
+
+    Its batch mean is the training loss. The network sees at most memory.MAX_IMAGES
+    sequences a call (fewer when long: rows_per_call), so under torch.no_grad the memory
+    is bounded whatever B.
+    """
+    model = _causal(model, "ar_nll")
+    model.check_tokens(x)
+    size = min(memory.MAX_IMAGES, memory.rows_per_call(x))
+    parts = []
+    for rows in memory.chunk_slices(len(x), size):
+        logits = model(x[rows])
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        parts.append(F.cross_entropy(logits, x[rows].long(), reduction="none").sum(1))
+    return torch.cat(parts) if len(parts) != 1 else parts[0]
+
+
+MAX_SAMPLES = 100_000  # ar_sample's n: `length` network calls on every one
+
+
+@torch.no_grad()
+def ar_sample(model: TextTransformer, n: int, length: int, *,
+              generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """n sequences (n, length) long, ancestral: x_i ~ softmax(logits_i(x_<i)), left to right.
+
+    One forward pass per position on the prefix drawn so far (no key-value cache: L^2 / 2
+    positions' work instead of L, simple and enough at the book's lengths); at most
+    memory.MAX_IMAGES sequences a call. generator: on the model's device (or `device`).
+    """
+    model = _causal(model, "ar_sample")
+    n = checks.size("n (the number of samples)", n, MAX_SAMPLES, "each runs the network "
+                    "once per position; draw in batches")
+    length = checks.count("length", length, maximum=model.config.length)
+    checks.generator("generator", generator)
+    device = checks.device("device", device) or model.head.weight.device
+    x = torch.zeros(n, length, dtype=torch.long, device=device)  # x_i unseen until drawn
+    for rows in memory.chunk_slices(n, min(memory.MAX_IMAGES, memory.rows_per_call(x))):
+        for i in range(length):
+            logits = model(x[rows, :i + 1])[:, :, i].float()            # (b, V)
+            if checks.on_host(logits) and not bool(logits.isfinite().all()):
+                raise checks.ArgumentError(f"the model returned non-finite logits at "
+                                           f"position {i + 1} of {length}: a diverged "
+                                           "network? check its training loss and weights")
+            x[rows, i] = draw_values(logits[:, :, None], generator=generator)[0][:, 0]
+    return x
+
+
+def flops_per_sequence(model: TextTransformer, length: int | None = None,
+                       batch: int = 2) -> float:
+    """Forward FLOPs of one sequence of `length` tokens (the model's longest by default),
+    counted by torch.utils.flop_counter (a multiply-add is 2), attention the explicit way
+    so that its two products (q k^T, weights @ v) are counted, as dit.flops_per_image does;
+    the causal mask is not subtracted (the matrices are full). Norms, softmax, GELU and the
+    embeddings are not counted."""
+    length = checks.count("length", model.config.length if length is None else length,
+                          maximum=model.config.length)
+    attns = [m for m in model.modules() if isinstance(m, Attention)]
+    x = torch.zeros(checks.count("batch", batch), length, dtype=torch.long,
+                    device=model.head.weight.device)
+    for m in attns:
+        m.explicit = True
+    try:
+        return forward_flops(model, x)
+    finally:
+        for m in attns:
+            m.explicit = False

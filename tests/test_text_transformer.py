@@ -1,0 +1,223 @@
+"""Chapter 22's character transformer: causal and bidirectional, the exact autoregressive
+likelihood and sampler, masked diffusion's denoiser, input errors, FLOPs."""
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from companion import masked
+from companion.models import text_transformer as tt
+from companion.models.dit import Attention
+from companion.models.text_transformer import (
+    TextConfig,
+    TextTransformer,
+    ar_nll,
+    ar_sample,
+    flops_per_sequence,
+)
+from companion.run import memory
+
+TINY = dict(width=16, depth=2, heads=2, mlp_ratio=2)  # fast, and every code path
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tiny tensors only pay for synchronization with more threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _model(V=7, length=8, causal=False, std=None, seed=0):
+    """A tiny model; std: every weight redrawn N(0, std^2), for a law far from uniform."""
+    torch.manual_seed(seed)
+    model = TextTransformer(vocab_size=V, length=length, causal=causal, **TINY)
+    if std is not None:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0, std)
+    return model
+
+
+def _all_sequences(V, L):
+    return torch.tensor(list(itertools.product(range(V), repeat=L)))
+
+
+# --- shapes and who sees what ------------------------------------------------------------------
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_logits_are_batch_vocabulary_positions(causal):
+    model = _model(causal=causal)
+    x = torch.randint(0, 7, (3, 5))
+    if not causal:
+        x[:, 1] = int(masked.MASK)
+    out = model(x)
+    assert out.shape == (3, 7, 5) and torch.isfinite(out).all()
+    assert model(x[:, :1]).shape == (3, 7, 1) and model(torch.zeros(2, 8).long()).shape \
+        == (2, 7, 8)
+
+
+def test_causal_position_i_reads_only_the_tokens_before_it():
+    model = _model(causal=True, std=0.3)
+    x = torch.randint(0, 7, (2, 8))
+    with torch.no_grad():
+        out = model(x)
+        for j in range(8):
+            y = x.clone()
+            y[:, j] = (y[:, j] + 3) % 7
+            diff = (model(y) - out).abs().amax(dim=(0, 1))          # (L,)
+            assert diff[:j + 1].max() <= 1e-6, (j, diff)               # x_j feeds i > j only
+            if j < 7:
+                assert diff[j + 1:].min() > 1e-4, (j, diff)
+
+
+def test_bidirectional_position_reads_both_sides():
+    model = _model(std=0.3)
+    z = torch.randint(0, 7, (2, 8))
+    z[:, 3] = int(masked.MASK)
+    with torch.no_grad():
+        out = model(z)[:, :, 3]
+        for j in (0, 7, 3):  # left, right, and the position itself (mask -> a token)
+            y = z.clone()
+            y[:, j] = (y[:, j] + 2) % 7
+            assert (model(y)[:, :, 3] - out).abs().max() > 1e-3, j
+        for v in range(7):  # the mask has an embedding of its own, no token's
+            y = z.clone()
+            y[:, 3] = v
+            assert (model(y) - model(z)).abs().max() > 1e-3, v
+
+
+def test_causal_attention_explicit_matches_fused_and_refuses_context():
+    attn = Attention(16, 2)
+    nn.init.normal_(attn.out.bias)
+    x = torch.randn(2, 5, 16)
+    fused = attn(x, causal=True)
+    explicit, w = attn(x, need_weights=True, causal=True)
+    assert (explicit - fused).abs().max() < 1e-6
+    assert torch.equal(w.triu(1), torch.zeros_like(w))                  # no weight on j > i
+    assert (w.sum(-1) - 1).abs().max() < 1e-6
+    assert (attn(x) - fused)[:, :-1].abs().max() > 1e-3                 # the mask does work
+    with pytest.raises(ValueError, match="causal=True is for self-attention"):
+        attn(x, torch.randn(2, 3, 16), causal=True)
+
+
+# --- the exact likelihood and the sampler -------------------------------------------------------
+
+def test_ar_nll_is_the_sum_over_prefixes():
+    """Position i's term by brute force: the model run on x_<=i alone (its last logits read
+    x_<i), so a future token leaking into the full run would show."""
+    model = _model(causal=True, std=0.3)
+    x = torch.randint(0, 7, (3, 6))
+    with torch.no_grad():
+        brute = sum(-model(x[:, :i + 1])[:, :, i].log_softmax(1)
+                    .gather(1, x[:, i:i + 1]).squeeze(1) for i in range(6))
+        nll = ar_nll(model, x)
+    assert nll.shape == (3,) and (nll - brute).abs().max() < 1e-4
+
+
+def test_ar_nll_is_a_normalized_law_and_chunks_alike(monkeypatch):
+    model = _model(V=2, length=3, causal=True, std=0.3)
+    x = _all_sequences(2, 3)
+    with torch.no_grad():
+        nll = ar_nll(model, x).double()
+        total = (-nll).exp().sum()
+        monkeypatch.setattr(memory, "MAX_IMAGES", 3)
+        chunked = ar_nll(model, x).double()
+    assert abs(total - 1) < 1e-5, total
+    assert (-nll).exp().max() > 0.25  # far from uniform, else the sampler test is weak
+    assert (chunked - nll).abs().max() < 1e-6
+
+
+def test_ar_sample_draws_the_models_law(monkeypatch):
+    """Empirical frequencies of all 8 sequences (V = 2, L = 3) against exp(-ar_nll): a
+    chi-square statistic of 7 degrees of freedom, below 24.3 with probability 0.999."""
+    model = _model(V=2, length=3, causal=True, std=0.3)
+    x = _all_sequences(2, 3)
+    with torch.no_grad():
+        p = (-ar_nll(model, x)).exp().double()
+    n = 4000
+    monkeypatch.setattr(memory, "MAX_IMAGES", 1500)  # the chunked loop too
+    s = ar_sample(model, n, 3, generator=torch.Generator().manual_seed(0))
+    assert s.shape == (n, 3) and s.dtype == torch.long
+    counts = torch.bincount(s[:, 0] * 4 + s[:, 1] * 2 + s[:, 2], minlength=8).double()
+    chi2 = float(((counts - n * p) ** 2 / (n * p)).sum())
+    assert chi2 < 24.3, (chi2, counts / n, p)
+    again = ar_sample(model, n, 3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(s, again)
+
+
+# --- masked diffusion's denoiser ----------------------------------------------------------------
+
+def test_masked_loss_and_sample_run_on_the_bidirectional_model():
+    model = _model(V=5)
+    x0 = torch.randint(0, 5, (4, 8))
+    loss = masked.loss(model, x0, categories=5, generator=torch.Generator().manual_seed(0))
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert model.tok.weight.grad.abs().max() > 0 and model.pos.grad.abs().max() > 0
+    s = masked.sample(model, (3, 8), 8, categories=5, generator=torch.Generator().manual_seed(0))
+    assert s.shape == (3, 8) and s.dtype == torch.long and s.min() >= 0 and s.max() <= 4
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(width=30, heads=4), "multiple of heads"),
+    (dict(depth=0), "depth must be a whole number"),
+    (dict(vocab_size=1), "vocab_size"),
+    (dict(length=2.0), "length"),
+    (dict(causal=1), "causal must be True or False"),
+])
+def test_config_errors(kw, match):
+    base = dict(vocab_size=7, length=8, **TINY)
+    with pytest.raises(ValueError, match=match):
+        TextConfig(**{**base, **kw})
+    with pytest.raises(ValueError, match=match):
+        TextTransformer(**{**base, **kw})
+
+
+def test_input_errors():
+    den, ar = _model(), _model(causal=True)
+    cases = [
+        (den, torch.tensor([[0, 7]]), r"z \(masked states\) must hold token ids 0\.\.V-1 or "
+                                      r"MASK .* 0\.\.7"),
+        (den, torch.tensor([[0, -2]]), r"z \(masked states\) .* -2\.\.0"),
+        (den, torch.zeros(2, 9).long(), r"L <= length = 8"),
+        (den, torch.zeros(2, 3), r"z \(masked states\) must be an integer tensor.*float32"),
+        (den, torch.zeros(2, 3).bool(), "integer tensor"),
+        (den, torch.zeros(6).long(), r"shape \(B, L\)"),
+        (ar, torch.tensor([[0, -1]]), r"x \(text\) must hold token ids 0\.\.V-1 \(a causal "
+                                      "model takes text: no MASK"),
+        (ar, torch.zeros(1, 9).long(), r"x \(text\) .* L <= length = 8"),
+        (ar, [[0, 1]], r"x \(text\) must be a torch tensor"),
+    ]
+    for model, x, match in cases:
+        with pytest.raises(ValueError, match=match):
+            model(x)
+    with pytest.raises(ValueError, match=r"model: ar_nll needs an autoregressive .* "
+                                         r"bidirectional"):
+        ar_nll(den, torch.zeros(1, 3).long())
+    with pytest.raises(ValueError, match="ar_sample needs an autoregressive"):
+        ar_sample(lambda x: x, 2, 3)
+    with pytest.raises(ValueError, match=r"length must be a whole number in 1\.\.8"):
+        ar_sample(ar, 2, 9)
+    with pytest.raises(ValueError, match=r"n \(the number of samples\) must be at most"):
+        ar_sample(ar, tt.MAX_SAMPLES + 1, 3)
+    with pytest.raises(ValueError, match="x \\(text\\) must hold token ids"):
+        ar_nll(ar, torch.tensor([[0, 7]]))
+
+
+# --- cost ---------------------------------------------------------------------------------------
+
+@pytest.mark.slow  # flop_counter's first use imports torch._dynamo (seconds)
+def test_flops_match_a_count_by_hand():
+    """2 x the multiply-adds of every Linear and of both attention products, full L x L."""
+    model = _model(causal=True)
+    W, L, V, r, depth = 16, 8, 7, 2, 2
+    per_block = 2 * (4 * L * W * W + 2 * L * r * W * W + 2 * L * L * W)
+    assert flops_per_sequence(model) == pytest.approx(depth * per_block + 2 * L * W * V)
+    assert flops_per_sequence(model, 4) < flops_per_sequence(model) / 2 + 1
+    assert not any(m.explicit for m in model.modules() if isinstance(m, Attention))
