@@ -51,6 +51,7 @@ def test_exact_entropy_and_length_match_enumeration():
         assert g.log2_prob(s) == pytest.approx(math.log2(p))
 
 
+@pytest.mark.slow  # 2.5 s: 4,000 sentences sampled one word at a time
 def test_toy_grammar_rate_matches_a_long_monte_carlo_estimate():
     g = L.toy_grammar()
     text = g.sample(4000, torch.Generator().manual_seed(0))

@@ -1,0 +1,80 @@
+"""Chapter 22's recipes: the toy text as the models see it, one network for both kinds, and
+a run that trains, stops and resumes (ci sizes)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from companion import recipes
+from companion.models.text_transformer import ar_nll
+from companion.run import checks
+from companion.run.profiles import get_profile
+
+CI, CPU = get_profile("ci"), get_profile("cpu")
+
+
+def test_settings_grow_with_the_profile_and_refuse_a_name():
+    ci, cpu, gpu = (recipes.lm_settings(get_profile(p)) for p in ("ci", "cpu", "gpu"))
+    for key in ("n_train", "width", "steps", "batch_size"):
+        assert ci[key] <= cpu[key] <= gpu[key], key
+    with pytest.raises(checks.ArgumentError, match="get_profile"):
+        recipes.lm_settings("cpu")
+
+
+def test_toy_text_is_sentences_padded_to_the_longest():
+    text = recipes.toy_text(CI)
+    s, g, tok = recipes.lm_settings(CI), text["grammar"], text["tokenizer"]
+    assert text["train"].shape == (s["n_train"], g.max_characters())
+    assert text["test"].shape == (s["n_test"], g.max_characters())
+    assert tok.decode(text["test"]) == text["test_sentences"]
+    assert text["characters"] == sum(len(t) for t in text["test_sentences"])
+    assert all(g.log2_prob(t) > -math.inf for t in tok.decode(text["train"][:50]))
+    again = recipes.toy_text(CI)  # seeded: the same sentences every run
+    assert torch.equal(again["train"], text["train"])
+    assert not torch.equal(text["train"][:len(text["test"])], text["test"])
+
+
+@pytest.mark.parametrize("kind,causal", [("masked", False), ("autoregressive", True)])
+def test_one_network_both_kinds(kind, causal):
+    net = recipes.lm_network(kind, CPU, 26, 44)
+    assert net.config.causal is causal and net.config.width == recipes.lm_settings(CPU)["width"]
+    with pytest.raises(checks.ArgumentError, match="kind must be one of"):
+        recipes.lm_network("diffusion", CPU, 26, 44)
+
+
+def test_bits_are_the_exact_nll_or_the_bound_in_bits():
+    torch.manual_seed(0)
+    text = recipes.toy_text(CI)
+    x, V = text["test"][:6], text["tokenizer"].vocab_size
+    ar = recipes.lm_network("autoregressive", CI, V, x.shape[1]).eval()
+    with torch.no_grad():
+        assert torch.allclose(recipes.lm_bits(ar, x), ar_nll(ar, x) / math.log(2))
+    den = recipes.lm_network("masked", CI, V, x.shape[1]).eval()
+    bits = recipes.lm_bits(den, x, n_t=8, generator=torch.Generator().manual_seed(0))
+    assert bits.shape == (6,) and torch.isfinite(bits).all() and (bits > 0).all()
+    with pytest.raises(checks.ArgumentError, match="TextTransformers"):
+        recipes.lm_bits(torch.nn.Linear(2, 2), x)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", recipes.LM_KINDS)
+def test_a_run_trains_and_an_early_checkpoint_resumes_into_it(tmp_path, monkeypatch, kind):
+    monkeypatch.setenv("BOOK_CACHE", str(tmp_path))
+    text = recipes.toy_text(CI)
+    x, V = text["train"], text["tokenizer"].vocab_size
+    early, _ = recipes.lm_model(x, V, CI, "cpu", kind=kind, steps=10)
+    path = recipes.lm_checkpoint(CI, 10, kind=kind)
+    full, run = recipes.lm_model(x, V, CI, "cpu", kind=kind, resume_from=path)
+    assert run.steps == recipes.lm_settings(CI)["steps"] and run.resumed_at == 10
+    assert run.history["loss"][-1] < run.history["loss"][0]
+    assert any(not torch.equal(a, b) for a, b in zip(early.state_dict().values(),
+                                                      full.state_dict().values(), strict=True))
+    again, rerun = recipes.lm_model(x, V, CI, "cpu", kind=kind)  # loads: nothing trained
+    assert rerun.seconds < run.seconds and all(
+        torch.equal(a, b) for a, b in zip(full.state_dict().values(),
+                                          again.state_dict().values(), strict=True))
+    with pytest.raises(checks.ArgumentError, match="token ids"):
+        recipes.lm_model(x.float(), V, CI, "cpu", kind=kind)
