@@ -24,6 +24,8 @@ char-rnn data), falling back to the first when the download fails.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import re
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ import torch
 from .run import checks
 
 START, END = "start", None
+MAX_SENTENCES = 10_000_000  # a list of strings of about 30 characters each: ~1 GB
 PERIOD = "."
 
 
@@ -131,20 +134,40 @@ class Grammar:
         return longest(START)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> list[str]:
-        """n independent sentences, e.g. "the small cats see a dog."."""
+        """n independent sentences, e.g. "the small cats see a dog.". One uniform number a
+        word, all drawn at once from `generator`, each turned into a word by the state's
+        cumulative probabilities."""
         n = checks.count("n", n)
         checks.generator("generator", generator)
+        if n > MAX_SENTENCES:
+            raise checks.ArgumentError(f"n = {n:,} sentences is more than {MAX_SENTENCES:,} "
+                                       "at once: draw in batches")
+        cumulative = {s: list(itertools.accumulate(p for _, p, _ in opts))
+                      for s, opts in self.rules.items()}
+        u = torch.rand(n, self.max_words(), generator=generator, dtype=torch.float64)
         out = []
-        for _ in range(n):
+        for row in u.tolist():
             s, words = START, []
-            while s is not END:
+            for draw in row:
                 opts = self.rules[s]
-                k = int(torch.multinomial(torch.tensor([p for _, p, _ in opts]), 1,
-                                          generator=generator))
+                k = min(bisect.bisect_right(cumulative[s], draw), len(opts) - 1)
                 words.append(opts[k][0])
                 s = opts[k][2]
+                if s is END:
+                    break
             out.append(" ".join(words[:-1]) + PERIOD)
         return out
+
+    def max_words(self) -> int:
+        """The most words (with ".") a sentence has."""
+        memo: dict = {}
+
+        def most(s):
+            if s not in memo:
+                memo[s] = 1 + max(0 if nxt is END else most(nxt) for _, _, nxt in self.rules[s])
+            return memo[s]
+
+        return most(START)
 
     def count(self) -> int:
         """How many different sentences the grammar writes."""
