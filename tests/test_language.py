@@ -147,9 +147,15 @@ def test_english_text_reads_a_downloaded_copy_and_falls_back(monkeypatch, tmp_pa
     assert text == "first citizen before we proceed." and "Tiny Shakespeare" in source
 
 
-def test_enumeration_is_the_whole_language():
+@pytest.fixture(scope="module")
+def toy_sentences():
+    """The toy grammar and its whole language, enumerated once for the tests below."""
     g = L.toy_grammar()
-    sentences = g.enumerate()
+    return g, g.enumerate()
+
+
+def test_enumeration_is_the_whole_language(toy_sentences):
+    g, sentences = toy_sentences
     assert len(sentences) == g.count() == len({s for s, _ in sentences})
     assert math.fsum(2.0 ** lp for _, lp in sentences) == pytest.approx(1.0, abs=1e-12)
     for s, lp in sentences[::20_000]:
@@ -158,9 +164,8 @@ def test_enumeration_is_the_whole_language():
         g.enumerate(limit=1000)
 
 
-def test_fill_posterior_uses_both_sides():
-    g = L.toy_grammar()
-    sentences = g.enumerate()
+def test_fill_posterior_uses_both_sides(toy_sentences):
+    g, sentences = toy_sentences
     law = g.fill_posterior("the cat sees a dog.", 4, 7, sentences)
     # the right side's "sees" rules out plural nouns; "the" and the length leave four nouns
     assert set(law) == {"cat", "dog", "fox", "cow"}
