@@ -606,7 +606,8 @@ ORDERS = ("random", "confidence")
 
 def sample(denoiser: Callable, shape, K: int, *, order: str = "random", sched="linear",
            categories: int | None = None, device=None,
-           generator: torch.Generator | None = None) -> torch.Tensor:
+           generator: torch.Generator | None = None,
+           given: torch.Tensor | None = None) -> torch.Tensor:
     """Ancestral unmasking in K steps from the all-masked state: (n, ...) binary samples
     (codes 0..categories-1, torch.long, with categories given).
 
@@ -618,7 +619,9 @@ def sample(denoiser: Callable, shape, K: int, *, order: str = "random", sched="l
     every pixel is drawn from its own marginal; with K = D, one at a time, an
     autoregressive model in a random order. shape: (n, ...) of the samples. With
     categories: each value drawn from the softmax of its K logits (`draw_values`), the
-    confidence the probability of the value drawn.
+    confidence the probability of the value drawn. given: a state of that shape to start
+    from instead of the all-masked one (infilling: the revealed positions are kept, the
+    masked ones filled in K steps, the same number masked in every row).
     """
     _denoiser(denoiser)
     K = checks.count("K (the number of unmasking steps)", K)
@@ -636,13 +639,16 @@ def sample(denoiser: Callable, shape, K: int, *, order: str = "random", sched="l
     checks.size("the values drawn, prod(shape)", n * D, MAX_SAMPLED, "the states and every "
                 "step's logits hold them all (the chapters' largest, 20,000 x 9); draw in "
                 "batches")
-    if K > D:
-        raise checks.ArgumentError(f"K = {K} steps for {D} pixels: at most one step per "
-                                   f"pixel, K <= {D}")
     z = torch.full(shape, MASK, device=device,
                    dtype=torch.float32 if categories is None else torch.long)
-    masked_after = [D - c for c in itertools.accumulate(reveal_counts(D, K, sched))]
-    still, bad = D, []
+    M = D  # the positions to fill
+    if given is not None:
+        z, M = _given(given, shape, categories, z)
+    if K > M:
+        raise checks.ArgumentError(f"K = {K} steps for {M} masked pixels: at most one step "
+                                   f"per pixel, K <= {M}")
+    masked_after = [M - c for c in itertools.accumulate(reveal_counts(M, K, sched))]
+    still, bad = M, []
     for k in progress(range(K), desc=f"unmasking ({order}, K = {K})", quiet=True):
         count, still = still - masked_after[k], masked_after[k]
         if count == 0:
@@ -667,6 +673,22 @@ def sample(denoiser: Callable, shape, K: int, *, order: str = "random", sched="l
         z = flat.reshape(shape)
     _finite_logits(bad, K)
     return z
+
+
+def _given(given, shape, categories: int | None, like: torch.Tensor):
+    """sample's starting state: `given` checked to be states of `shape` with the same number
+    of masked positions in every row, on the sampler's device and dtype; (z, masked count)."""
+    given = _states("given", given, categories)
+    if tuple(given.shape) != tuple(shape):
+        raise checks.ArgumentError(f"given must have the samples' shape {tuple(shape)}, got "
+                                   f"{tuple(given.shape)}")
+    counts = (given.reshape(len(given), -1) == MASK).sum(1)
+    if len(counts) and (counts.min() != counts.max() or counts.min() == 0):
+        raise checks.ArgumentError(f"given must mask the same number (at least 1) of "
+                                   f"positions in every row, got {int(counts.min())} to "
+                                   f"{int(counts.max())}: fill rows with other gaps in "
+                                   "separate calls")
+    return given.to(like.device, like.dtype), int(counts[0]) if len(counts) else 0
 
 
 MAX_SAMPLED = 10_000_000  # sample's n x D (a million images asked for 784 million: 19 s)

@@ -232,3 +232,33 @@ def test_non_finite_logits_at_masked_positions_are_refused():
     with pytest.raises(ValueError, match=r"non-finite logits.*step 1 of 2: 8 of 8"):
         mk.sample(lambda z: torch.full((len(z), 3, 4), float("nan")), (2, 4), 2,
                   categories=3)
+
+
+def test_infilling_from_a_given_state_draws_the_exact_conditional(toy):
+    # exact denoiser, one position a step in random order: the filled positions follow
+    # p(x_masked | x_revealed) of the toy's law, and the revealed ones are kept
+    seq = PROTOTYPES[1].clone()
+    given = seq.clone()
+    given[[1, 3]] = -1                      # mask positions 1 and 3 of (2, 2, 1, 1)
+    n = 6000
+    out = mk.sample(toy.denoiser, (n, 4), 2, categories=3, generator=gen(4),
+                    given=given.expand(n, 4))
+    assert torch.equal(out[:, [0, 2]], given[[0, 2]].expand(n, 2))
+    keep = (toy.states[:, 0] == seq[0]) & (toy.states[:, 2] == seq[2])
+    law = toy.probs[keep] / toy.probs[keep].sum()          # over the rows that match
+    codes = toy.states[keep][:, 1] * 3 + toy.states[keep][:, 3]
+    seen = torch.bincount(out[:, 1] * 3 + out[:, 3], minlength=9).double() / n
+    want = torch.zeros(9, dtype=torch.float64).index_add_(0, codes, law.double())
+    assert (seen - want).abs().max() < 4 * math.sqrt(0.25 / n)
+
+
+def test_a_given_state_of_another_shape_or_uneven_gaps_is_refused(toy):
+    given = torch.tensor([[0, -1, 1, -1], [0, 1, -1, 2]])
+    with pytest.raises(ValueError, match="same number"):
+        mk.sample(toy.denoiser, (2, 4), 1, categories=3, given=given)
+    with pytest.raises(ValueError, match="at least 1"):
+        mk.sample(toy.denoiser, (1, 4), 1, categories=3, given=torch.tensor([[0, 1, 1, 2]]))
+    with pytest.raises(ValueError, match="samples' shape"):
+        mk.sample(toy.denoiser, (2, 4), 1, categories=3, given=given[:1])
+    with pytest.raises(ValueError, match="K <= 2"):
+        mk.sample(toy.denoiser, (1, 4), 3, categories=3, given=given[:1])
