@@ -607,7 +607,7 @@ ORDERS = ("random", "confidence")
 def sample(denoiser: Callable, shape, K: int, *, order: str = "random", sched="linear",
            categories: int | None = None, device=None,
            generator: torch.Generator | None = None,
-           given: torch.Tensor | None = None) -> torch.Tensor:
+           given: torch.Tensor | None = None, blocks: int = 1) -> torch.Tensor:
     """Ancestral unmasking in K steps from the all-masked state: (n, ...) binary samples
     (codes 0..categories-1, torch.long, with categories given).
 
@@ -621,7 +621,10 @@ def sample(denoiser: Callable, shape, K: int, *, order: str = "random", sched="l
     categories: each value drawn from the softmax of its K logits (`draw_values`), the
     confidence the probability of the value drawn. given: a state of that shape to start
     from instead of the all-masked one (infilling: the revealed positions are kept, the
-    masked ones filled in K steps, the same number masked in every row).
+    masked ones filled in K steps, the same number masked in every row). blocks: cut the
+    positions, flattened, into this many contiguous blocks and fill them left to right,
+    K / blocks steps each, choosing by `order` inside the block (LLaDA's semi-autoregressive
+    sampling, Nie et al. 2025; blocks = 1, the default, is plain unmasking).
     """
     _denoiser(denoiser)
     K = checks.count("K (the number of unmasking steps)", K)
@@ -647,10 +650,11 @@ def sample(denoiser: Callable, shape, K: int, *, order: str = "random", sched="l
     if K > M:
         raise checks.ArgumentError(f"K = {K} steps for {M} masked pixels: at most one step "
                                    f"per pixel, K <= {M}")
-    masked_after = [M - c for c in itertools.accumulate(reveal_counts(M, K, sched))]
     still, bad = M, []
-    for k in progress(range(K), desc=f"unmasking ({order}, K = {K})", quiet=True):
-        count, still = still - masked_after[k], masked_after[k]
+    for k, (count, lo, hi) in enumerate(progress(_plan(D, M, K, blocks, sched, given),
+                                                 desc=f"unmasking ({order}, K = {K})",
+                                                 quiet=True)):
+        still -= count
         if count == 0:
             continue
         with torch.no_grad():
@@ -668,11 +672,30 @@ def sample(denoiser: Callable, shape, K: int, *, order: str = "random", sched="l
         else:
             score = confidence
         score = score.masked_fill(flat != MASK, -math.inf)
+        if (lo, hi) != (0, D):  # semi-autoregressive: only the current block
+            score[:, :lo], score[:, hi:] = -math.inf, -math.inf
         pick = score.topk(count, dim=1).indices
         flat = flat.scatter(1, pick, values.gather(1, pick))
         z = flat.reshape(shape)
     _finite_logits(bad, K)
     return z
+
+
+def _plan(D: int, M: int, K: int, blocks, sched, given) -> list[tuple[int, int, int]]:
+    """sample's steps: (positions revealed, first and last + 1 position it may reveal)."""
+    blocks = checks.count("blocks", blocks)
+    if blocks == 1:
+        return [(c, 0, D) for c in reveal_counts(M, K, sched)]
+    if given is not None:
+        raise checks.ArgumentError("blocks > 1 fills from the all-masked state: give blocks "
+                                   "= 1 with given")
+    if blocks > D or K % blocks:
+        raise checks.ArgumentError(f"blocks must divide K and be at most the {D} positions, "
+                                   f"got blocks = {blocks}, K = {K}")
+    # K <= D and blocks | K leave K / blocks <= floor(D / blocks), every block's size at least
+    edges = [round(b * D / blocks) for b in range(blocks + 1)]
+    return [(c, a, b) for a, b in itertools.pairwise(edges)
+            for c in reveal_counts(b - a, K // blocks, sched)]
 
 
 def _given(given, shape, categories: int | None, like: torch.Tensor):

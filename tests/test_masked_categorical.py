@@ -262,3 +262,35 @@ def test_a_given_state_of_another_shape_or_uneven_gaps_is_refused(toy):
         mk.sample(toy.denoiser, (2, 4), 1, categories=3, given=given[:1])
     with pytest.raises(ValueError, match="K <= 2"):
         mk.sample(toy.denoiser, (1, 4), 3, categories=3, given=given[:1])
+
+
+@pytest.mark.parametrize("order", mk.ORDERS)
+def test_blocks_fill_left_to_right(toy, order):
+    seen = []
+
+    def recording(z):
+        seen.append((z != -1).clone())
+        return toy.denoiser(z)
+
+    out = mk.sample(recording, (50, 4), 4, order=order, categories=3, blocks=2,
+                    generator=gen(6))
+    assert (out >= 0).all()
+    # before step 3 exactly the first block is revealed; before step 2, one of its two
+    assert not seen[0].any()
+    assert (seen[1][:, :2].sum(1) == 1).all() and not seen[1][:, 2:].any()
+    assert seen[2][:, :2].all() and not seen[2][:, 2:].any()
+    prefix = []
+    mk.sample(lambda z: prefix.append((z != -1).clone()) or toy.denoiser(z), (20, 4), 4,
+              order=order, categories=3, blocks=4, generator=gen(7))
+    for k, revealed in enumerate(prefix):  # one position a block: strictly left to right
+        assert revealed[:, :k].all() and not revealed[:, k:].any()
+
+
+def test_blocks_that_do_not_fit_are_refused(toy):
+    with pytest.raises(ValueError, match="divide K"):
+        mk.sample(toy.denoiser, (2, 4), 3, categories=3, blocks=2)
+    with pytest.raises(ValueError, match="at most the 4 positions"):
+        mk.sample(toy.denoiser, (2, 4), 4, categories=3, blocks=8)
+    with pytest.raises(ValueError, match="given"):
+        mk.sample(toy.denoiser, (1, 4), 2, categories=3, blocks=2,
+                  given=torch.tensor([[0, -1, 1, -1]]))
