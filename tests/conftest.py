@@ -16,6 +16,18 @@ def _seed_and_dtype():
 
 
 @pytest.fixture
+def one_thread():
+    """One thread: tiny tensors only pay for synchronization with more. A module asks for
+    it with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def float64_one_thread():
     """float64 for exact checks; one thread, since these small tensors only pay for
     synchronization with more (and crawl when the cores are busy). A module asks for it

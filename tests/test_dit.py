@@ -23,13 +23,7 @@ SMALL = dict(width=32, depth=2, heads=4, mlp_ratio=2)  # fast, and every code pa
 CONDS = ("adaln", "in_context", "cross")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tiny tensors only pay for synchronization with more threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors
 
 
 def _randomize(model, std=0.1):

@@ -22,13 +22,7 @@ from companion.run import memory
 TINY = dict(width=16, depth=2, heads=2, mlp_ratio=2)  # fast, and every code path
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tiny tensors only pay for synchronization with more threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors
 
 
 def _model(V=7, length=8, causal=False, std=None, seed=0):
