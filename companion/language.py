@@ -246,12 +246,12 @@ class Grammar:
         return total  # the last word is ".", which always ends the sentence
 
 
-def _zipf(words, nxt, scale=1.0):
-    """((word, p, nxt), ...) with p proportional to 1 / rank (Zipf's law), times scale."""
-    weights = [1 / (k + 1) for k in range(len(words))]
-    return tuple((w, scale * q / sum(weights), n) for w, q, n in zip(words, weights,
-                                                                    [nxt] * len(words),
-                                                                    strict=True))
+def _zipf(options, scale=1.0):
+    """((word, p, next state), ...) from (word, next state) pairs, p proportional to
+    1 / rank (Zipf's law) and summing to scale."""
+    weights = [1 / (k + 1) for k in range(len(options))]
+    return tuple((w, scale * q / sum(weights), nxt)
+                 for (w, nxt), q in zip(options, weights, strict=True))
 
 
 def toy_grammar() -> Grammar:
@@ -264,33 +264,21 @@ def toy_grammar() -> Grammar:
     verbs_sg, verbs_pl = ("sees", "likes", "chases", "hears"), ("see", "like", "chase",
                                                                   "hear")
     rules = {}
-    for side, after in (("s", "verb"), ("o", "end")):
-        rules[f"{side}det"] = (("the", 0.6, f"{side}any"), ("a", 0.4, f"{side}one"))
+    for side, first in (("s", START), ("o", "odet")):
+        rules[first] = (("the", 0.6, f"{side}any"), ("a", 0.4, f"{side}one"))
         for kind in ("any", "one"):
             forms = [(n, "sg") for n in nouns]
             if kind == "any":
                 forms += [(plural[n], "pl") for n in nouns]
-            nouns_here = tuple((w, f"{side}{num}" if side == "s" else after) for w, num in
-                               forms)
-            adj = _zipf(adjectives, f"{side}{kind}adj", 0.3)
-            rules[f"{side}{kind}"] = adj + _noun_options(nouns_here, 0.7)
-            rules[f"{side}{kind}adj"] = _noun_options(nouns_here, 1.0)
-    rules["ssg"] = _zipf(verbs_sg, "odet")
-    rules["spl"] = _zipf(verbs_pl, "odet")
+            nouns_here = [(w, f"s{num}" if side == "s" else "end") for w, num in forms]
+            adj = _zipf([(a, f"{side}{kind}adj") for a in adjectives], 0.3)
+            rules[f"{side}{kind}"] = adj + _zipf(nouns_here, 0.7)
+            rules[f"{side}{kind}adj"] = _zipf(nouns_here)
+    rules["ssg"] = _zipf([(v, "odet") for v in verbs_sg])
+    rules["spl"] = _zipf([(v, "odet") for v in verbs_pl])
     rules["end"] = ((PERIOD, 0.7, END), ("today", 0.2, "adv"), ("again", 0.1, "adv"))
     rules["adv"] = ((PERIOD, 1.0, END),)
-    rules[START] = rules.pop("sdet")
-    rules = {k: tuple((w, p, START if n == "sdet" else n) for w, p, n in v)
-             for k, v in rules.items()}
     return Grammar(rules)
-
-
-def _noun_options(nouns_here, scale):
-    """Zipf weights over the nouns, each with its own next state."""
-    weights = [1 / (k + 1) for k in range(len(nouns_here))]
-    return tuple((w, scale * q / sum(weights), nxt) for (w, nxt), q in zip(nouns_here,
-                                                                          weights,
-                                                                          strict=True))
 
 
 class CharTokenizer:

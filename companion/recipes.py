@@ -1875,9 +1875,9 @@ def lm_bits(model, x, *, n_t: int = 32, generator: torch.Generator | None = None
     Carlo over n_t times), an upper bound on its -log2 p(x). Divide their sum by the
     sequences' characters for bits per character."""
     from . import masked
-    from .models.text_transformer import ar_nll
+    from .models.text_transformer import TextTransformer, ar_nll
 
-    if getattr(getattr(model, "config", None), "causal", None) is None:
+    if not isinstance(model, TextTransformer):
         raise checks.ArgumentError("model must be one of chapter 22's TextTransformers "
                                    f"(lm_model), got {checks._got(model)}")
     nats = (ar_nll(model, x) if model.config.causal else
