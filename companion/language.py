@@ -105,7 +105,7 @@ class Grammar:
         return v
 
     def sentence_entropy(self) -> float:
-        """H(sentence) in bits, (ch22-rate)."""
+        """H(sentence) in bits. Book: :eq:`ch22-rate`."""
         v = self.visits()
         return sum(v[s] * -sum(p * math.log2(p) for _, p, _ in opts)
                    for s, opts in self.rules.items())
@@ -118,7 +118,7 @@ class Grammar:
                    for s, opts in self.rules.items())
 
     def entropy_rate(self) -> float:
-        """Bits per character of a long text of independent sentences, (ch22-rate)."""
+        """Bits per character of a long text of independent sentences. Book: :eq:`ch22-rate`."""
         return self.sentence_entropy() / self.mean_characters()
 
     def max_characters(self) -> int:

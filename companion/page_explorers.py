@@ -474,6 +474,15 @@ def fewstep_page(n: int = 2_000, seed: int = 1, n_draw: int = 300, n_paths: int 
 MAX_FRAMES, MAX_CHAINS = 201, 12  # chain_page's steps kept and images a step (chapter 9: 51, 6)
 
 
+def _profile_name(profile) -> str:
+    """The run's profile name, of a Profile or given as it is (a store names it in its page)."""
+    profile = getattr(profile, "name", profile)
+    if not isinstance(profile, str):
+        raise checks.ArgumentError(f"profile must be the run's profile (its name, e.g. "
+                                   f"'cpu'), got {checks._got(profile)}")
+    return profile
+
+
 def store_chain(name: str, frames: dict, snr, profile: str) -> Path | None:
     """Chapter 9's reverse chain into $BOOK_EXPLORERS/name (`_store_path`; nothing
     elsewhere), for `chain_page`. frames: {t: (x_t (S, 1, 28, 28), x0_pred (S, 1, 28, 28))}
@@ -494,10 +503,7 @@ def store_chain(name: str, frames: dict, snr, profile: str) -> Path | None:
                "every kept step needs x_t and x0_pred of one shape (the same images)")
     frames = {checks.as_int(t): v for t, v in frames.items()}
     snr = checks.numeric("snr", snr, dtype=torch.float64).numpy(force=True)
-    profile = getattr(profile, "name", profile)  # a Profile, or its name
-    if not isinstance(profile, str):
-        raise checks.ArgumentError(f"profile must be the run's profile (its name, e.g. "
-                                   f"'cpu'), got {checks._got(profile)}")
+    profile = _profile_name(profile)
     return _store(name, chain_page, "store_chain", t=np.array(steps),
                   snr=snr.astype("<f8"), profile=profile,
                   x_t=np.stack([_grey((torch.as_tensor(frames[t][0]).float() + 1) / 2)
@@ -1290,12 +1296,145 @@ def corruption_page(stored) -> dict:
             "images": pack(a["images"], "u8")}
 
 
+# --- chapter 22: a masked model's sentences, unmasked step by step ------------------------------
+MAX_SENTENCES, MAX_LENGTH, MAX_ALPHABET = 12, 128, 64  # the chapter's: 6, 44 and 25
+
+
+def _text_unmasking_sizes(name: str, shape) -> tuple[int, int, int]:
+    """(K + 1, S, L) of one order's states, each within its bound: K + 1 in 2..MAX_FRAMES
+    = 201 frames, S in 1..MAX_SENTENCES = 12 sentences, L in 1..MAX_LENGTH = 128 positions."""
+    if len(shape) != 3:
+        raise checks.ArgumentError(f"{name} must be (K + 1, S, L): the S sentences' L token "
+                                   f"ids after each of the K steps and before the first, got "
+                                   f"shape {tuple(shape)}")
+    frames, S, L = shape
+    checks.size(f"{name}'s frames K + 1", frames, MAX_FRAMES, "one slider position each, "
+                "every one with its sentences in the page", minimum=2)
+    checks.size(f"{name}'s sentences S", S, MAX_SENTENCES, "a few lines a step")
+    checks.size(f"{name}'s positions L", L, MAX_LENGTH, "a sentence is one line of the "
+                "page, one monospace character a position")
+    return frames, S, L
+
+
+def _alphabet(alphabet) -> str:
+    """The tokenizer's characters: a str of 1..MAX_ALPHABET = 64 distinct characters."""
+    if not isinstance(alphabet, str) or not alphabet or len(set(alphabet)) != len(alphabet):
+        raise checks.ArgumentError(f"alphabet must be the tokenizer's characters, a string "
+                                   f"of distinct ones (CharTokenizer.alphabet), got "
+                                   f"{alphabet!r:.80}")
+    checks.size("len(alphabet)", len(alphabet), MAX_ALPHABET, "every id, padding and masked "
+                "included, travels as one byte")
+    return alphabet
+
+
+def _token_ids(name: str, ids, pad: int) -> torch.Tensor:
+    """ids, integer token ids in -1 (masked) ..pad (padding, the last id)."""
+    ids = checks.numeric(name, ids)
+    if ids.is_floating_point() or ids.dtype == torch.bool:
+        raise checks.ArgumentError(f"{name} must be token ids, an integer tensor (torch.long, "
+                                   f"as masked.sample returns them), got {ids.dtype}")
+    if ids.numel() and (ids.min() < -1 or ids.max() > pad):
+        raise checks.ArgumentError(f"{name} must hold ids -1 (masked) to {pad} (padding, "
+                                   f"after the alphabet's {pad} characters), got "
+                                   f"{int(ids.min())}..{int(ids.max())}: is alphabet the "
+                                   "tokenizer's that made them?")
+    return ids
+
+
+def store_text_unmasking(name: str, states: dict, alphabet: str, profile) -> Path | None:
+    """Chapter 22's masked sampler, recorded after every step, into $BOOK_EXPLORERS/name
+    (`_store_path`; nothing elsewhere), for `text_unmasking_page`. states: {order: ids
+    (K + 1, S, L)} for both orders of `masked.ORDERS`, of one shape: the token ids of S
+    sentences of L positions at step 0 (all masked) to step K (none masked), -1 where a
+    position is masked (`masked.MASK`), a character 0..len(alphabet) - 1 or padding
+    len(alphabet) (`language.CharTokenizer`'s ids) elsewhere; a step only reveals
+    positions. alphabet: the tokenizer's characters (at most MAX_ALPHABET = 64); profile:
+    the run's profile (a Profile or its name), which the page names. Sizes: at most
+    MAX_FRAMES = 201 frames, MAX_SENTENCES = 12 sentences and MAX_LENGTH = 128 positions
+    (the chapter's 45, 6 and 44). Returns the path written, or None."""
+    from .masked import ORDERS
+
+    if not isinstance(states, dict) or set(states) != set(ORDERS):
+        keys = sorted(map(repr, states)) if isinstance(states, dict) else None
+        raise checks.ArgumentError(f"states must be a dict {{order: ids (K + 1, S, L)}} with "
+                                   f"exactly the orders {ORDERS}, both sampled, got "
+                                   + (f"the keys [{', '.join(keys)}]" if keys is not None
+                                      else checks._got(states)))
+    pad = len(_alphabet(alphabet))
+    profile = _profile_name(profile)
+    ids = {o: _token_ids(f"states[{o!r}]", states[o], pad) for o in ORDERS}
+    for o in ORDERS:  # before they are stacked: the error names the order
+        _text_unmasking_sizes(f"states[{o!r}]", ids[o].shape)
+    _one_shape(ids.values(), "both orders need states of one shape (K + 1, S, L): the same "
+               "steps, sentences and positions")
+    return _store(name, text_unmasking_page, "store_text_unmasking", orders=np.array(ORDERS),
+                  alphabet=np.array(alphabet), profile=np.array(profile),
+                  ids=np.stack([ids[o].numpy(force=True) for o in ORDERS]).astype("i1"))
+
+
+def _reveal_steps(ids: np.ndarray, orders: list[str]) -> np.ndarray:
+    """The step at which each position is revealed, (orders, S, L) in 1..K, from the ids
+    (orders, K + 1, S, L): all masked at step 0, none at step K, and a position once
+    revealed keeping its id (else refused, naming the first position that breaks it)."""
+    masked = ids == -1
+    for o, order in enumerate(orders):
+        if not masked[o, 0].all() or masked[o, -1].any():
+            raise checks.ArgumentError(
+                f"the states of order {order!r} must be all masked at step 0 and none at "
+                f"step K = {len(ids[o]) - 1}, got {int((~masked[o, 0]).sum())} revealed at "
+                f"step 0 and {int(masked[o, -1].sum())} masked at step K: record the state "
+                "before the first step and after every step, to the last")
+    changed = ~masked[:, :-1] & (ids[:, 1:] != ids[:, :-1])
+    if changed.any():
+        o, k, s, j = np.argwhere(changed)[0]
+        raise checks.ArgumentError(
+            f"the states of order {orders[o]!r}: position {j} of sentence {s} is "
+            f"{ids[o, k, s, j]} at step {k} and {ids[o, k + 1, s, j]} at step {k + 1} (-1: "
+            "masked), but a step only reveals positions: store the states of one sampling "
+            "run, in the order of its steps")
+    return masked.sum(axis=1)  # masked at steps 0..r - 1: revealed at step r
+
+
+def text_unmasking_page(stored) -> dict:
+    """Chapter 22: its masked model's sentences at every step of the sampler, in random and
+    in confidence order (stored: an .npz written by `store_text_unmasking`); the page looks
+    them up. It ships each order's last ids and the step at which each position is revealed
+    ("ids" and "revealed", (orders, S, L) 8-bit), which hold every step's state: a position
+    is masked before its step, and its last id from then on. Sizes: at most MAX_FRAMES = 201
+    frames (K + 1), MAX_SENTENCES = 12 sentences, MAX_LENGTH = 128 positions and
+    MAX_ALPHABET = 64 characters (the chapter's 45, 6, 44 and 25)."""
+    from .masked import ORDERS
+
+    a = _npz(stored, "store_text_unmasking", ("orders", "alphabet", "profile", "ids"))
+    if a["ids"].ndim != 4 or a["ids"].dtype.kind not in "iu":
+        raise checks.ArgumentError(f"ids must be whole numbers (orders, K + 1, S, L), got "
+                                   f"{a['ids'].dtype} of shape {a['ids'].shape}")
+    orders = [str(o) for o in a["orders"].reshape(-1)]
+    if orders != list(ORDERS) or len(a["ids"]) != len(ORDERS):
+        raise checks.ArgumentError(f"the orders must be {ORDERS}, one states array each, got "
+                                   f"{orders} for {len(a['ids'])}")
+    frames, S, L = _text_unmasking_sizes("ids", a["ids"].shape[1:])
+    for key in ("alphabet", "profile"):
+        if a[key].dtype.kind != "U" or a[key].shape != ():
+            raise checks.ArgumentError(f"{key} must be a string (the tokenizer's characters, "
+                                       f"the run's profile name), got {a[key]!r:.80}")
+    alphabet = _alphabet(str(a["alphabet"]))
+    ids = _token_ids("ids", torch.from_numpy(a["ids"].astype(np.int64)), len(alphabet))
+    revealed = _reveal_steps(ids.numpy(), orders)
+    return {"kind": "textunmasking", "profile": str(a["profile"]), "K": frames - 1,
+            "alphabet": alphabet, "orders": orders,
+            "controls": [control("k", "step k", 0, frames - 1, 1, (frames - 1) // 2, fmt=0,
+                                 play=True)],
+            "ids": pack(ids[:, -1], "u8"), "revealed": pack(revealed, "u8")}
+
+
 PAGES = {"kl": kl_page, "elbo": elbo_page, "pinned": pinned_page, "latent": latent_page,
          "forward": forward_page, "solvers": solvers_page, "fewstep": fewstep_page,
          "corruption": corruption_page, "grid": grid_page,
          "guidance": guidance_page, "unmasking": unmasking_page,
          "chain": chain_page, "completions": completions_page,
-         "bound": bound_page, "straight": straight_page}
+         "bound": bound_page, "straight": straight_page,
+         "textunmasking": text_unmasking_page}
 
 
 def page_state(name: str, **kwargs) -> dict:

@@ -1790,6 +1790,40 @@ def toy_text(profile) -> dict:
             "test_sentences": test, "characters": sum(len(t) for t in test)}
 
 
+ENGLISH_LENGTH = 32  # characters a window: chapter 22's real text, a little under a sentence
+
+
+def english_windows(profile, length: int = ENGLISH_LENGTH, download: bool | None = None
+                    ) -> dict:
+    """Chapter 22's real English (`language.english_text`: the Python documentation's help
+    topics offline, Tiny Shakespeare where downloads are allowed), cut once at 90%: as many
+    training windows of `length` characters as the toy's training sentences, at random
+    offsets in the first part (seed 0), and up to the toy's test count of windows end to end
+    in the last part, which no training window touches.
+
+    Returns {"tokenizer", "train" (N, length) long, "test" (M, length) long, "source" (in
+    words), "prefix" (the checkpoints' name, one per source), "characters"}.
+    """
+    from . import language
+
+    s = lm_settings(profile)
+    length = checks.count("length (characters a window)", length, 2)
+    text, source = language.english_text(download)
+    cut = int(0.9 * len(text))
+    if len(text) - cut < length:
+        raise checks.ArgumentError(f"the text has {len(text):,} characters: too few for a "
+                                   f"held-out window of {length}")
+    tokenizer = language.CharTokenizer(language.ENGLISH_ALPHABET)
+    ids = tokenizer.encode([text], len(text))[0]
+    starts = torch.randint(0, cut - length + 1, (s["n_train"],),
+                           generator=torch.Generator().manual_seed(0))
+    train = ids[starts[:, None] + torch.arange(length)]
+    test = ids[cut:].unfold(0, length, length)[:s["n_test"]].clone()
+    prefix = "ch22-shakespeare" if source.startswith("Tiny Shakespeare") else "ch22-pydocs"
+    return {"tokenizer": tokenizer, "train": train, "test": test, "source": source,
+            "prefix": prefix, "characters": test.numel()}
+
+
 def _lm_kind(kind) -> str:
     if kind not in LM_KINDS:
         raise checks.ArgumentError(f"kind must be one of {LM_KINDS}, got {kind!r}")

@@ -601,6 +601,63 @@ def vdm_bound_of_test_digits(n: int = 2000, draws: int = 8):
         vdm.vdm_bound(eps, net.schedule, x)
 
 
+def _text_model(kind: str, device=DEVICE):
+    """Chapter 22's transformer at the gpu profile's size, on the toy language's sentences."""
+    from companion import recipes
+    from companion.run.profiles import get_profile
+
+    gpu = get_profile("gpu")
+    with device:
+        model = recipes.lm_network(kind, gpu, TEXT_V, TEXT_L).eval()
+    return model, recipes.lm_settings(gpu)
+
+
+TEXT_V, TEXT_L = 26, 44  # the toy language's characters and pad; its longest sentence
+
+
+def _sentences(n: int, device=DEVICE) -> torch.Tensor:
+    return torch.randint(0, TEXT_V, (n, TEXT_L), device=device)
+
+
+def lm_training_step(kind: str):
+    """Chapter 22's training step of either model: batch 256, Adam, float32."""
+    from companion import masked
+    from companion.models.text_transformer import ar_nll
+    from companion.run.precision import default_optimizer
+
+    model, settings = _text_model(kind, GRAD_DEVICE)
+    model.train()
+    opt = default_optimizer(model.parameters(), settings["lr"], "cpu")
+    x = _sentences(settings["batch_size"], GRAD_DEVICE)
+    loss = (ar_nll(model, x).mean() if kind == "autoregressive" else
+            masked.loss(model, x, categories=TEXT_V))
+    loss.backward()
+    opt.step()
+
+
+def lm_bits_of_test(kind: str, n_t: int = 2):
+    """Chapter 22: the bits of the gpu profile's 5,000 test sentences (the masked model's
+    32 times repeat one time's calls: two show that nothing accumulates)."""
+    from companion import recipes
+
+    model, settings = _text_model(kind)
+    recipes.lm_bits(model, _sentences(settings["n_test"]), n_t=n_t)
+
+
+def lm_sampling(kind: str, n: int = 1000, K: int = 4):
+    """Chapter 22: 1,000 samples of either model (the masked model's steps all make the
+    same call, so four stand for 44; the autoregressive sampler's calls grow to L)."""
+    from companion import masked
+    from companion.models.text_transformer import ar_sample
+
+    model, _ = _text_model(kind)
+    with torch.no_grad():
+        if kind == "autoregressive":
+            ar_sample(model, n, TEXT_L, device=DEVICE)
+        else:
+            masked.sample(model, (n, TEXT_L), K, categories=TEXT_V, device=DEVICE)
+
+
 def operations() -> list[Operation]:
     from companion.run.profiles import get_profile
 
@@ -657,6 +714,13 @@ def operations() -> list[Operation]:
             gpu.iw_samples)),
         # chapter 20 samples chapter 9's DDPM ancestrally, 1,000 images (the gpu profile)
         Operation("20", "ancestral sampling, 1,000 images", lambda: ddpm_sampling(1000)),
+        *(op for kind in ("autoregressive", "masked") for op in (
+            Operation("22", f"{kind} training step, batch 256",
+                      lambda kind=kind: lm_training_step(kind)),
+            Operation("22", f"{kind} bits of the 5,000 test sentences",
+                      lambda kind=kind: lm_bits_of_test(kind)),
+            Operation("22", f"{kind} sampling, 1,000 sentences",
+                      lambda kind=kind: lm_sampling(kind)))),
     ]
 
 

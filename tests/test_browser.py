@@ -1062,7 +1062,8 @@ def controls_of(state: dict) -> list[dict]:
               "corruption": [("corruption", "corruptions")], "grid": [("solver", "solvers")],
               "unmasking": [("order", "orders")],
               "completions": [("mask", "masks"), ("method", "methods")],
-              "bound": [("schedule", "schedules")]}
+              "bound": [("schedule", "schedules")],
+              "textunmasking": [("order", "orders")]}
     return state["controls"] + [{"name": n, "options": state[k]}
                                 for n, k in radios.get(state["name"], [])]
 
@@ -1514,6 +1515,34 @@ def _chain_positions():
     return [{"t": t[0]}, {"t": t[len(t) // 2]}, {"t": 0}]
 
 
+TEXT_UNMASKING = ROOT / "notebooks" / "explorers" / "ch22-unmasking.npz"
+
+
+def _text_unmasking_expected(state, values):
+    """Chapter 22's stored sampler at step k of an order: the positions revealed by then
+    and at that step, counted in Python from every step's states as the chapter stored
+    them (the page has only each position's step)."""
+    with np.load(TEXT_UNMASKING) as f:
+        ids = f["ids"][[str(o) for o in f["orders"]].index(values["order"])]
+    k, K, n = values["k"], len(ids) - 1, ids[0].size
+    head = f"step {k} of {K} ({values['order']} order): "
+    if k == 0:
+        return head + f"all {n:,} positions masked"
+    shown, now = int((ids[k] != -1).sum()), int(((ids[k] != -1) & (ids[k - 1] == -1)).sum())
+    return head + f"{shown:,} of {n:,} positions revealed, {now:,} new"
+
+
+def _text_unmasking_positions():
+    """The first, a middle and the last step of the stored sampler, in both orders."""
+    if not TEXT_UNMASKING.exists():
+        return []
+    with np.load(TEXT_UNMASKING) as f:
+        K = f["ids"].shape[1] - 1
+    return [{"k": k, "order": o} for o, ks in (("random", (0, K // 2, K)),
+                                                ("confidence", (1, K // 3, K)))
+            for k in ks]
+
+
 def _bound_expected(state, values):
     """Chapter 18's T-step loss of a schedule on its Gaussian, and the exact one."""
     import torch
@@ -1638,6 +1667,7 @@ EXPECTED = {
                                     {"n": 32, "solver": "Euler"}, {"n": 64, "solver": "Euler"}]),
     "corruption": (_corruption_expected, _every_corruption_position()),
     "chain": (_chain_expected, _chain_positions()),
+    "textunmasking": (_text_unmasking_expected, _text_unmasking_positions()),
     "straight": (_straight_expected, [{"z1": 0.9, "z2": 0.4}, {"z1": -2.5, "z2": 2.5},
                                       {"z1": 0.0, "z2": -1.2}, {"z1": 0.7, "z2": 0.0}]),
     "bound": (_bound_expected, [{"T": 1, "schedule": "linear"},

@@ -78,3 +78,23 @@ def test_a_run_trains_and_an_early_checkpoint_resumes_into_it(tmp_path, monkeypa
                                           again.state_dict().values(), strict=True))
     with pytest.raises(checks.ArgumentError, match="token ids"):
         recipes.lm_model(x.float(), V, CI, "cpu", kind=kind)
+
+
+def test_english_windows_hold_out_the_last_tenth(monkeypatch):
+    from companion import language
+
+    text = "".join(f"word{i % 7} and more words, " for i in range(400))
+    text = language.normalize(text.replace("0", "o").replace("1", "i"))
+    text = "".join(c if c.isalpha() or c in " ,.'" else "x" for c in text)
+    monkeypatch.setattr(language, "english_text", lambda download=None: (text, "a test"))
+    e = recipes.english_windows(CI, length=16)
+    s, cut = recipes.lm_settings(CI), int(0.9 * len(text))
+    assert e["train"].shape == (s["n_train"], 16) and e["test"].shape[1] == 16
+    assert e["characters"] == e["test"].numel() and e["prefix"] == "ch22-pydocs"
+    held = e["tokenizer"].decode(e["test"])
+    assert "".join(held) == text[cut:cut + 16 * len(held)]  # end to end, from the cut
+    train = e["tokenizer"].decode(e["train"][:200])
+    assert all(w in text[:cut] for w in train)  # every training window before the cut
+    monkeypatch.setattr(language, "english_text", lambda download=None: ("too short", "x"))
+    with pytest.raises(checks.ArgumentError, match="too few for a held-out window"):
+        recipes.english_windows(CI, length=16)

@@ -171,6 +171,125 @@ def test_chain_page_carries_the_chapters_chain(tmp_path, monkeypatch):
         page_state("chain", stored=str(store_chain("up.npz", frames((20, 10)), snr, "ci")))
 
 
+def _unmasked(final: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """Every step's states (K + 1, S, L) of sentences final (S, L), position (s, j) masked
+    (-1) before step[s, j] and final[s, j] from then on."""
+    K = int(step.max())
+    return torch.stack([torch.where(step <= k, final, -1) for k in range(K + 1)])
+
+
+def text_states(S=3, L=7, K=4, pad=3, seed=0) -> dict:
+    """A sampler's record of the kind chapter 22 stores, over an alphabet of `pad`
+    characters: each order reveals S sentences of L positions in its own random order, in
+    K steps (every step reveals some), the sentences ending in padding (id pad)."""
+    g = torch.Generator().manual_seed(seed)
+    final = torch.randint(0, pad, (S, L), generator=g)
+    final[:, L - 2:] = pad
+    out = {}
+    for order in ("random", "confidence"):
+        rank = torch.randperm(S * L, generator=g).reshape(S, L)
+        out[order] = _unmasked(final, 1 + rank * K // (S * L))  # steps 1..K
+    return out
+
+
+def test_text_unmasking_page_carries_the_chapters_sampler(tmp_path, monkeypatch):
+    """Chapter 22's explorer: store_text_unmasking writes only in a storing run; the page's
+    state holds each order's last ids and the step each position is revealed at, which
+    give back every step's states; a step slider over 0..K that plays, both orders, the
+    alphabet and the profile."""
+    from companion.page_explorers import STORE_VAR, page_state, store_text_unmasking
+
+    states = text_states()
+    monkeypatch.delenv(STORE_VAR, raising=False)
+    assert store_text_unmasking("u.npz", states, "ab.", "ci") is None
+    monkeypatch.setenv(STORE_VAR, str(tmp_path))
+    path = store_text_unmasking("u.npz", states, "ab.", "ci")
+    assert path == tmp_path / "u.npz"
+    state = json.loads(json.dumps(page_state("textunmasking", stored=str(path))))
+    assert state["kind"] == "textunmasking" and state["profile"] == "ci"
+    assert state["K"] == 4 and state["alphabet"] == "ab." and \
+        state["orders"] == ["random", "confidence"]
+    (k,) = state["controls"]
+    assert k["name"] == "k" and k["values"] == [0, 1, 2, 3, 4] and k["play"]
+    assert k["value"] == 2 and "equation" not in k
+
+    def arr(key):
+        p = state[key]
+        return torch.from_numpy(np.frombuffer(base64.b64decode(p["u8"]), "u1").reshape(
+            p["shape"]).astype(np.int64))
+
+    ids, revealed = arr("ids"), arr("revealed")
+    assert ids.shape == revealed.shape == (2, 3, 7)
+    for o, order in enumerate(state["orders"]):
+        assert torch.equal(_unmasked(ids[o], revealed[o]), states[order])
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda s: {"random": s["random"]}, r"^states must be a dict .* exactly the orders "
+                                        r"\('random', 'confidence'\).*got the keys \['random'\]"),
+    (lambda s: {**s, "confidence": s["confidence"][:, :2]},
+     r"^both orders need states of one shape"),
+    (lambda s: {**s, "random": s["random"][0]}, r"^states\['random'\] must be \(K \+ 1, S, L\)"),
+    (lambda s: {**s, "random": s["random"].float()}, r"^states\['random'\] must be token ids"),
+    (lambda s: {**s, "confidence": _masked_again(s["confidence"])},
+     r"its page would refuse .*order 'confidence': position \d+ of sentence \d+ is \d+ at "
+     r"step 1 and -1 at step 2 \(-1: masked\), but a step only reveals positions"),
+    (lambda s: {o: v[1:] for o, v in s.items()},
+     r"its page would refuse .*order 'random' must be all masked at step 0"),
+    (lambda s: {o: v[:-1] for o, v in s.items()},
+     r"its page would refuse .*order 'random' must be all masked at step 0 and none at step "
+     r"K = 3, got 0 revealed at step 0 and \d+ masked at step K"),
+    (lambda s: {**s, "random": torch.where(s["random"] == 3, 4, s["random"])},
+     r"^states\['random'\] must hold ids -1 \(masked\) to 3 \(padding"),
+    (lambda s: {o: _unmasked(s[o][-1], torch.full((3, 7), 201)) for o in s},
+     r"^states\['random'\]'s frames K \+ 1 must be at most 201, got 202"),
+], ids=["one order", "shapes differ", "one frame", "floats", "masked again",
+        "step 0 revealed", "step K masked", "id past padding", "202 frames"])
+def test_text_unmasking_store_refuses_what_its_page_could_not_show(change, match,
+                                                                    monkeypatch):
+    """A missing order, states of another shape or kind, a revealed position masked again,
+    a first step not all masked or a last one not all revealed, ids past the padding and
+    more frames than the slider keeps are refused by name, in every run."""
+    from companion.page_explorers import STORE_VAR, store_text_unmasking
+    from companion.run import checks
+
+    monkeypatch.delenv(STORE_VAR, raising=False)
+    with pytest.raises(checks.ArgumentError, match=match):
+        store_text_unmasking("u.npz", change(text_states()), "ab.", "ci")
+
+
+def _first_revealed(frames: torch.Tensor) -> tuple[int, int]:
+    """(sentence, position) of the first position that step 1 reveals."""
+    s, j = (frames[1] != -1).nonzero()[0].tolist()
+    return s, j
+
+
+def _masked_again(frames: torch.Tensor) -> torch.Tensor:
+    """frames with a position that step 1 reveals masked again at step 2."""
+    frames = frames.clone()
+    frames[2][_first_revealed(frames)] = -1
+    return frames
+
+
+def test_text_unmasking_store_refuses_a_revealed_position_that_changes(monkeypatch):
+    """A position revealed as one character and shown as another two steps later (the
+    states of two runs mixed, or of a sampler that re-draws what it revealed) is refused,
+    naming the position and the steps."""
+    from companion.page_explorers import STORE_VAR, store_text_unmasking
+    from companion.run import checks
+
+    monkeypatch.delenv(STORE_VAR, raising=False)
+    states = text_states()
+    frames = states["confidence"]
+    s, j = _first_revealed(frames)
+    was = int(frames[1, s, j])
+    frames[3:, s, j] = (was + 1) % 4
+    with pytest.raises(checks.ArgumentError, match=rf"order 'confidence': position {j} of "
+                                                   rf"sentence {s} is {was} at step 2 and "
+                                                   rf"{(was + 1) % 4} at step 3 \(-1: masked\)"):
+        store_text_unmasking("u.npz", states, "ab.", "ci")
+
+
 def test_completions_page_carries_the_chapters_table(tmp_path, monkeypatch):
     """Chapter 12's explorer: store_completions writes only in a storing run; the page's
     state holds every method's completions under every mask (0..255), the known pixels and

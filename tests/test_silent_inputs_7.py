@@ -414,7 +414,8 @@ def test_a_shape_or_kind_that_broadcasts_or_fails_inside_torch_is_refused_by_nam
 @pytest.mark.parametrize("page, writer", [(PE.chain_page, "store_chain"),
                                           (PE.completions_page, "store_completions"),
                                           (PE.corruption_page, "store_corruptions"),
-                                          (PE.latent_page, "save_latent_decoder")])
+                                          (PE.latent_page, "save_latent_decoder"),
+                                          (PE.text_unmasking_page, "store_text_unmasking")])
 def test_a_stored_file_of_another_kind_is_refused_by_name(page, writer, tmp_path):
     text = tmp_path / "text.npz"
     text.write_text("not a zip")
@@ -431,7 +432,8 @@ def test_a_stored_file_of_another_kind_is_refused_by_name(page, writer, tmp_path
 def test_the_stored_explorers_of_the_book_still_load():
     for name, page in (("ch9-chain", PE.chain_page), ("ch12-completions", PE.completions_page),
                        ("ch20-corruptions", PE.corruption_page),
-                       ("ch6-latent-decoder", PE.latent_page)):
+                       ("ch6-latent-decoder", PE.latent_page),
+                       ("ch22-unmasking", PE.text_unmasking_page)):
         assert page(STORED / f"{name}.npz")["kind"]
 
 
@@ -439,6 +441,12 @@ def test_the_stored_explorers_of_the_book_still_load():
 def _frames():
     image = torch.zeros(2, 1, 28, 28)
     return {10: (image, image), 0: (image, image)}
+
+
+def _text_states():
+    """One sentence of two positions over the alphabet "ab" (padding: 2), in two steps."""
+    frames = torch.tensor([[[-1, -1]], [[0, -1]], [[0, 2]]])
+    return {"random": frames, "confidence": frames.clone()}
 
 
 MASKS = {"left": ("left half", torch.ones(2, 28, 28))}
@@ -475,6 +483,42 @@ STORES = {
                              r"schedule's \(T,\) signal-to-noise ratios"),
     "store_chain(profile None)": (lambda: PE.store_chain("c", _frames(), np.ones(10), None),
                                   r"^profile must be the run's profile"),
+    "store_text_unmasking(states None)": (
+        lambda: PE.store_text_unmasking("u", None, "ab", "cpu"),
+        r"^states must be a dict \{order: ids \(K \+ 1, S, L\)\} with exactly the orders "
+        r"\('random', 'confidence'\), both sampled, got None"),
+    "store_text_unmasking(an order misnamed)": (
+        lambda: PE.store_text_unmasking("u", {"random": _text_states()["random"],
+                                              "confident": _text_states()["random"]}, "ab",
+                                        "cpu"),
+        r"^states must be a dict .*got the keys \['confident', 'random'\]"),
+    "store_text_unmasking(states 'x')": (
+        lambda: PE.store_text_unmasking("u", {**_text_states(), "random": "x"}, "ab", "cpu"),
+        r"^states\['random'\] must be numbers"),
+    "store_text_unmasking(alphabet None)": (
+        lambda: PE.store_text_unmasking("u", _text_states(), None, "cpu"),
+        r"^alphabet must be the tokenizer's characters, a string of distinct ones"),
+    "store_text_unmasking(alphabet 'aa')": (
+        lambda: PE.store_text_unmasking("u", _text_states(), "aa", "cpu"),
+        r"^alphabet must be the tokenizer's characters"),
+    "store_text_unmasking(alphabet of 65)": (
+        lambda: PE.store_text_unmasking("u", _text_states(), "".join(map(chr, range(65, 130))),
+                                        "cpu"),
+        r"^len\(alphabet\) must be at most 64, got 65"),
+    "store_text_unmasking(alphabet one too short)": (
+        lambda: PE.store_text_unmasking("u", _text_states(), "a", "cpu"),
+        r"^states\['random'\] must hold ids -1 \(masked\) to 1 \(padding"),
+    "store_text_unmasking(13 sentences)": (
+        lambda: PE.store_text_unmasking("u", {o: v.expand(-1, 13, -1) for o, v in
+                                              _text_states().items()}, "ab", "cpu"),
+        r"^states\['random'\]'s sentences S must be at most 12, got 13"),
+    "store_text_unmasking(129 positions)": (
+        lambda: PE.store_text_unmasking("u", {o: v[..., :1].expand(-1, -1, 129) for o, v in
+                                              _text_states().items()}, "ab", "cpu"),
+        r"^states\['random'\]'s positions L must be at most 128, got 129"),
+    "store_text_unmasking(profile None)": (
+        lambda: PE.store_text_unmasking("u", _text_states(), "ab", None),
+        r"^profile must be the run's profile"),
     "store_completions(masks {})": (
         lambda: PE.store_completions("k", TRUTH, {}, COMPLETIONS, NUMBERS_ROW, 10),
         r"^masks must be a dict, at least one entry"),
@@ -650,6 +694,12 @@ def test_store_chain_takes_a_profile_as_its_name(tmp_path, monkeypatch):
     monkeypatch.setenv(PE.STORE_VAR, str(tmp_path))
     path = PE.store_chain("c.npz", _frames(), np.linspace(5, 0.1, 10), CI)
     assert PE.chain_page(path)["profile"] == "ci"
+
+
+def test_store_text_unmasking_takes_a_profile_as_its_name(tmp_path, monkeypatch):
+    monkeypatch.setenv(PE.STORE_VAR, str(tmp_path))
+    path = PE.store_text_unmasking("u.npz", _text_states(), "ab", CI)
+    assert PE.text_unmasking_page(path)["profile"] == "ci"
 
 
 def test_the_checks_cost_nothing_on_valid_input_and_keep_its_answer():

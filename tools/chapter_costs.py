@@ -36,11 +36,14 @@ def rows(notebooks=None) -> list[tuple[str, str, str, str]]:
     """(chapter, stored run, cached, from an empty cache) for each notebook in book order."""
     es = _status_module()
     out = []
+    numbered = 0
     for path in notebooks or es.toc_notebooks(ROOT):
         st = es.notebook_status(path)
-        n = re.match(r"(\d+)_", Path(path).name)
         title = st.title.split(":")[0]
-        chapter = f"{int(n[1])}. {title}" if n else title
+        # the sidebar's number (the chapter's place in the book), not the file's: a chapter
+        # written before the one its file number follows is numbered by where it stands
+        numbered += bool(re.match(r"\d+_", Path(path).name))
+        chapter = f"{numbered}. {title}" if re.match(r"\d+_", Path(path).name) else title
         where = f"`{st.profile}`, {es.device_cell(st).replace(es.NBSP, ' ')}"
         cached = es.format_seconds(st.seconds)
         if st.checkpoints != "reused":

@@ -969,6 +969,74 @@
     register(f, draw);
   }
 
+  // --- chapter 22: a masked model's sentences, unmasked step by step ------------------------
+  function textunmasking(root, st) {
+    const f = frame(root, 680, 200, "the masked model's sentences, unmasked step by step");
+    const ids = unpack(st.ids), when = unpack(st.revealed), [, S, L] = st.ids.shape;
+    const chars = Array.from(st.alphabet);  // by code point, as Python counts them
+    const K = st.K, n = S * L, pad = chars.length;
+    const draw = () => {
+      const k = getK(), order = getOrder(), o = st.orders.indexOf(order), c = C[o];
+      const at = (s, j) => (o * S + s) * L + j;  // a position's index in ids and when
+      let shown = 0, now = 0;
+      for (let i = o * n; i < (o + 1) * n; i++) { shown += when[i] <= k; now += when[i] === k; }
+      f.readout.textContent = `step ${k} of ${K} (${order} order): ` + (k === 0
+        ? `all ${grouped(n)} positions masked`
+        : `${grouped(shown)} of ${grouped(n)} positions revealed, ${grouped(now)} new`);
+      clear(f.svg);
+      // one monospace cell a position, a sentence a line; on a phone the strips of the
+      // steps go under the sentences, column under column, else beside them
+      const nw = f.narrow(), W = nw ? 360 : 680, x0 = 6;
+      const cw = Math.min(10, (nw ? W - 2 * x0 : 450) / L), font = Math.min(16, 1.6 * cw);
+      const lh = Math.round(1.5 * font), top = 24;
+      el("text", {x: x0, y: top - 10, class: "bx-title"}, f.svg, `the ${S} sentences at step ${k}`);
+      for (let s = 0; s < S; s++) {
+        const y = top + s * lh;
+        for (let j = 0; j < L; j++) {
+          const w = when[at(s, j)], id = ids[at(s, j)], x = x0 + j * cw;
+          if (w > k) {  // still masked
+            el("rect", {x: x + 0.5, y: y + 0.1 * lh, width: cw - 1, height: 0.8 * lh,
+                        fill: "currentColor", class: "bx-ink", opacity: 0.25}, f.svg);
+            continue;
+          }
+          if (w === k) el("rect", {x, y, width: cw, height: lh, fill: c, opacity: 0.3}, f.svg);
+          const ch = id === pad ? "·" : chars[id];  // padding: a faint dot
+          if (ch !== " ") {
+            el("text", {x: x + cw / 2, y: y + 0.72 * lh, "text-anchor": "middle",
+                        class: `bx-char${w === k ? " bx-new" : ""}`, "font-size": font,
+                        fill: w === k ? c : "currentColor", opacity: id === pad ? 0.35 : 1},
+               f.svg, ch);
+          }
+        }
+      }
+      const strips = nw ? {x: x0, y: top + S * lh + 34, cw, h: 8}
+        : {x: x0 + L * cw + 30, y: top, cw: (W - x0 - L * cw - 36) / L, h: lh};
+      el("text", {x: strips.x, y: strips.y - 10, class: "bx-title"}, f.svg,
+         "the step each position is revealed at");
+      for (let s = 0; s < S; s++) {
+        for (let j = 0; j < L; j++) {
+          const w = when[at(s, j)], y = strips.y + s * strips.h;
+          el("rect", {x: strips.x + j * strips.cw, y: y + 0.15 * strips.h, width: strips.cw,
+                      height: 0.7 * strips.h, ...(w > k
+                        ? {fill: "currentColor", class: "bx-ink", opacity: 0.08}
+                        : {fill: c, opacity: 0.15 + 0.85 * (w - 1) / Math.max(1, K - 1)})},
+             f.svg);
+        }
+      }
+      f.size(W, Math.ceil(nw ? strips.y + S * strips.h + 6 : top + S * lh + 6));
+    };
+    const getK = slider(f.controls, st.controls[0], draw);
+    const getOrder = choice(f.controls, "order", "order", st.orders, st.orders[0], draw,
+                            st.orders.map((_, oo) => C[oo]));
+    hint(f, `From a run of the chapter's ${st.profile} profile: ${S} sentences of ${L} ` +
+      `positions sampled by its masked model in K = ${K} steps, in each order, recorded ` +
+      "after every step; the page looks them up. Grey boxes: masked positions; in colour: " +
+      "those revealed at this step; faint dots: padding, after the sentence's end. The " +
+      "strips: the step at which each position is revealed, the later the stronger its " +
+      "colour; grey while it is still masked.");
+    register(f, draw);
+  }
+
   // --- chapter 12: each method's completions under each mask -------------------------------
   function completions(root, st) {
     const f = frame(root, 680, 250, "a test digit, its known pixels and two completions");
@@ -1282,7 +1350,7 @@
 
   const KINDS = {kl, elbo, pinned, latent, forward, solvers, fewstep: solvers, corruption,
                  grid, guidance, unmasking,
-                 chain, completions, bound, straight};
+                 chain, completions, bound, straight, textunmasking};
 
   function start() {
     document.querySelectorAll(".book-explorer").forEach((root, i) => {
