@@ -463,6 +463,42 @@ def negative_elbo(denoiser: Callable, x0: torch.Tensor, sched="linear", *, n_t: 
     return total / n_t
 
 
+def ordered_nll(denoiser: Callable, x0: torch.Tensor, categories: int,
+                order=None) -> torch.Tensor:
+    """-log q_sigma(x0), nats, (N,): the exact likelihood of the autoregressive model that
+    the denoiser's conditionals make in one fixed order of the positions,
+
+        -log q_sigma(x0) = sum_k -log p_theta(x0_sigma(k) | x0_sigma(<k), the rest masked),
+
+    one term of the average over orders that the bound is (chapter 14's any-order
+    identity). x0: token sequences (N, L), values 0..categories-1; order: a permutation of
+    range(L), left to right by default. L network calls, each on every sequence (at most
+    MAX_IMAGES a call).
+    """
+    _denoiser(denoiser)
+    categories = check_categories(categories)
+    if categories is None:
+        raise checks.ArgumentError("ordered_nll needs categories (token sequences); for "
+                                   "binary images use negative_elbo")
+    _data("x0", x0, categories)
+    if x0.dim() != 2:
+        raise checks.ArgumentError(f"x0 must be token sequences (N, L), got shape "
+                                   f"{tuple(x0.shape)}")
+    L = x0.shape[1]
+    order = list(range(L)) if order is None else [checks.as_int(i) for i in order]
+    if sorted(order) != list(range(L)):
+        raise checks.ArgumentError(f"order must be a permutation of the {L} positions "
+                                   f"0..{L - 1}, got {order!r:.80}")
+    z = torch.full_like(x0, int(MASK))
+    total = torch.zeros(len(x0), dtype=torch.float64, device=x0.device)
+    with torch.no_grad():
+        for i in order:
+            logits = _logits(denoiser, z, categories=categories)[:, :, i].double()
+            total -= logits.log_softmax(1).gather(1, x0[:, i:i + 1])[:, 0]
+            z[:, i] = x0[:, i]
+    return total
+
+
 def time_grid(K: int) -> torch.Tensor:
     """t_k = k / K, k = 0..K, float64: the K steps of a finite-step chain."""
     K = checks.count("K (the number of unmasking steps)", K)

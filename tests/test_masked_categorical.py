@@ -294,3 +294,26 @@ def test_blocks_that_do_not_fit_are_refused(toy):
     with pytest.raises(ValueError, match="given"):
         mk.sample(toy.denoiser, (1, 4), 2, categories=3, blocks=2,
                   given=torch.tensor([[0, -1, 1, -1]]))
+
+
+# --- one fixed order: the exact likelihood of an autoregressive model -----------------------
+@pytest.mark.parametrize("order", [None, [2, 0, 3, 1]])
+def test_an_exact_denoiser_in_any_fixed_order_gives_the_exact_nll(toy, order):
+    nll = mk.ordered_nll(toy.denoiser, toy.states, 3, order=order)
+    assert torch.allclose(nll, -toy.log_prob(toy.states), atol=1e-10, rtol=0)
+
+
+def test_the_ordered_nll_of_a_network_is_a_likelihood_and_refuses_bad_orders(toy):
+    net = torch.nn.Sequential(torch.nn.Linear(4, 12))  # logits from the states, any network
+
+    def den(z):
+        return net(z.double().float()).double().reshape(len(z), 3, 4)
+
+    torch.manual_seed(0)
+    nll = mk.ordered_nll(den, toy.states, 3, order=[3, 1, 0, 2])
+    assert torch.allclose(torch.exp(-nll).sum(), torch.tensor(1.0, dtype=torch.float64),
+                          atol=1e-5)  # a distribution over the 81 sequences
+    with pytest.raises(mk.checks.ArgumentError, match="permutation of the 4 positions"):
+        mk.ordered_nll(den, toy.states, 3, order=[0, 1, 1, 2])
+    with pytest.raises(mk.checks.ArgumentError, match="needs categories"):
+        mk.ordered_nll(den, toy.states, None)

@@ -297,8 +297,16 @@ def _source(cell: dict) -> str:
 
 
 def _chapter_number(path: Path) -> int:
-    """The chapter's number: its file's NN (the order of _toc.yml's numbered part)."""
-    return int(Path(path).name[:2])
+    """The chapter's number: its place in _toc.yml's numbered part, as Sphinx numbers it
+    (the file's NN where the chapters before it are all there; chapter 22's file is
+    numbered 21 while chapter 21 is still to come)."""
+    import yaml
+
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [Path(c["file"]).name for part in toc.get("parts", []) if part.get("numbered")
+             for c in part.get("chapters", [])]
+    stem = Path(path).stem
+    return files.index(stem) + 1 if stem in files else int(Path(path).name[:2])
 
 
 SOURCE_NUMBERED = re.compile(
