@@ -165,7 +165,7 @@ def _markdown(nb):
 @pytest.mark.slow
 def test_every_edition_is_clean(editions):
     book, built = editions
-    assert len(built) == 20
+    assert len(built) == len(list((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")))
     for stem, (source, nb, chapter, target) in built.items():
         nbformat.validate(nbformat.read(target, as_version=4))
         for text in _markdown(nb):

@@ -52,7 +52,7 @@ def cpu_bf16_native() -> bool:
 def cpu_bf16_pays(model: nn.Module | None) -> bool:
     """True for a network that gains from bf16 on a CPU with the units: one with a
     convolution, or with at least CPU_BF16_MIN_PARAMS parameters; False for None."""
-    if model is None:
+    if not isinstance(model, nn.Module):  # None, or a plain function of the inputs
         return False
     if any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()):
         return True
