@@ -49,17 +49,17 @@ def test_every_heavy_call_of_the_chapter_fits_a_t4(chapter):
 def test_running_page_states_the_measured_memory():
     """book/running.md's table of GPU memory per chapter agrees with the measurement (each
     chapter's worst call, rounded up to a tenth of a GB)."""
-    import yaml
+    import importlib.util
 
+    spec = importlib.util.spec_from_file_location(
+        "execution_status", ROOT / "book" / "_ext" / "execution_status.py")
+    execution_status = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(execution_status)
     text = (ROOT / "book" / "running.md").read_text()
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    files = [c["file"].split("/")[-1] for part in toc["parts"] if part.get("numbered")
-             for c in part["chapters"]]
+    numbers = execution_status.chapter_numbers(ROOT)  # as the book numbers them
     for chapter, ops in measured().items():
         worst = math.ceil(max(gb for _, gb in ops) * 10) / 10
-        # the page numbers a chapter as the book does, by its place in the TOC (the file
-        # 22_... is chapter 21 while chapter 21 is still to come)
-        n = next(i + 1 for i, f in enumerate(files) if f.startswith(f"{chapter}_"))
+        n = next(v for stem, v in numbers.items() if stem.startswith(f"{chapter}_"))
         row = re.search(rf"^\| {n}\. .*?\| ([0-9.]+) GB", text, re.M)
         assert row, f"book/running.md has no memory row for chapter {n} ({chapter}_*)"
         assert float(row.group(1)) == pytest.approx(worst), (

@@ -14,7 +14,6 @@ measured `cpu` time; the table says so rather than guess one.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
@@ -36,14 +35,12 @@ def rows(notebooks=None) -> list[tuple[str, str, str, str]]:
     """(chapter, stored run, cached, from an empty cache) for each notebook in book order."""
     es = _status_module()
     out = []
-    numbered = 0
+    numbers = es.chapter_numbers(ROOT)  # the book's numbers, not the files' NN
     for path in notebooks or es.toc_notebooks(ROOT):
         st = es.notebook_status(path)
         title = st.title.split(":")[0]
-        # the sidebar's number (the chapter's place in the book), not the file's: a chapter
-        # written before the one its file number follows is numbered by where it stands
-        numbered += bool(re.match(r"\d+_", Path(path).name))
-        chapter = f"{numbered}. {title}" if re.match(r"\d+_", Path(path).name) else title
+        n = numbers.get(Path(path).stem)
+        chapter = f"{n}. {title}" if n else title
         where = f"`{st.profile}`, {es.device_cell(st).replace(es.NBSP, ' ')}"
         cached = es.format_seconds(st.seconds)
         if st.checkpoints != "reused":

@@ -297,16 +297,10 @@ def _source(cell: dict) -> str:
 
 
 def _chapter_number(path: Path) -> int:
-    """The chapter's number: its place in _toc.yml's numbered part, as Sphinx numbers it
-    (the file's NN where the chapters before it are all there; chapter 22's file is
-    numbered 21 while chapter 21 is still to come)."""
-    import yaml
-
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    files = [Path(c["file"]).name for part in toc.get("parts", []) if part.get("numbered")
-             for c in part.get("chapters", [])]
-    stem = Path(path).stem
-    return files.index(stem) + 1 if stem in files else int(Path(path).name[:2])
+    """The chapter's number as the book shows it (`execution_status.chapter_numbers`); the
+    file's NN for a notebook outside the TOC (a planted one in the tests)."""
+    status = _load("execution_status", ROOT / "book" / "_ext" / "execution_status.py")
+    return status.chapter_numbers(ROOT).get(Path(path).stem, int(Path(path).name[:2]))
 
 
 SOURCE_NUMBERED = re.compile(

@@ -167,6 +167,13 @@ def toc_notebooks(root: Path = ROOT) -> list[Path]:
     return [root / f"{f}.ipynb" for f in files if f.startswith("notebooks/")]
 
 
+def chapter_numbers(root: Path = ROOT) -> dict[str, int]:
+    """{notebook stem: the chapter number the book shows}: its place among the TOC's
+    notebooks, as Sphinx numbers them (a file's NN differs where a chapter is still to
+    come: 22_diffusion_language is chapter 21 while 21 is missing)."""
+    return {p.stem: i for i, p in enumerate(toc_notebooks(root), 1)}
+
+
 CHECKPOINT = re.compile(r"^ch(?P<n>\d+)-.*-(?P<profile>[a-z]+)\.pt$")
 
 
