@@ -1802,8 +1802,11 @@ def english_windows(profile, length: int = ENGLISH_LENGTH, download: bool | None
     in the last part, which no training window touches.
 
     Returns {"tokenizer", "train" (N, length) long, "test" (M, length) long, "source" (in
-    words), "prefix" (the checkpoints' name, one per source), "characters"}.
+    words), "prefix" (the checkpoints' name, one per source and Python release),
+    "characters"}.
     """
+    import platform
+
     from . import language
 
     s = lm_settings(profile)
@@ -1819,7 +1822,10 @@ def english_windows(profile, length: int = ENGLISH_LENGTH, download: bool | None
                            generator=torch.Generator().manual_seed(0))
     train = ids[starts[:, None] + torch.arange(length)]
     test = ids[cut:].unfold(0, length, length)[:s["n_test"]].clone()
-    prefix = "ch22-shakespeare" if source.startswith("Tiny Shakespeare") else "ch22-pydocs"
+    # each Python release ships its own help topics: a checkpoint trained on another's
+    # (a cache made under 3.11, read under Colab's 3.13) would not load
+    prefix = ("ch22-shakespeare" if source.startswith("Tiny Shakespeare")
+              else f"ch22-pydocs-py{platform.python_version()}")
     return {"tokenizer": tokenizer, "train": train, "test": test, "source": source,
             "prefix": prefix, "characters": test.numel()}
 
