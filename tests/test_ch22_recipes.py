@@ -91,7 +91,8 @@ def test_english_windows_hold_out_the_last_tenth(monkeypatch):
     e = recipes.english_windows(CI, length=16)
     s, cut = recipes.lm_settings(CI), int(0.9 * len(text))
     assert e["train"].shape == (s["n_train"], 16) and e["test"].shape[1] == 16
-    assert e["characters"] == e["test"].numel() and e["prefix"] == f"ch22-pydocs-py{platform.python_version()}"
+    assert e["characters"] == e["test"].numel()
+    assert e["prefix"] == f"ch22-pydocs-py{platform.python_version()}"
     held = e["tokenizer"].decode(e["test"])
     assert "".join(held) == text[cut:cut + 16 * len(held)]  # end to end, from the cut
     train = e["tokenizer"].decode(e["train"][:200])
