@@ -458,7 +458,7 @@ class Diffusion:
         return -eps / (1 - self._at(self.alphas_bar_, t, x_t)).sqrt()
 
     def eps_from_score(self, x_t, t, score):
-        """eps = -sqrt(1 - alpha_bar_t) score: the factor the slides leave out.
+        """eps = -sqrt(1 - alpha_bar_t) score: the factor that is easy to leave out.
 
         Book: :eq:`ch8-tweedie`.
         """

@@ -116,7 +116,7 @@ class ConvAutoencoder(_Codec):
     f: a linear map back to 7 x 7 feature maps and stride-2 transposed convolutions.
     depth: 2 (one convolution per resolution) or 4 (each stride-2 convolution followed by a
            3 x 3 stride-1 one, and the decoder mirrored: the four-conv / four-transposed-conv
-           autoencoder of the lecture slides). At depth 4 every hidden convolution is
+           autoencoder). At depth 4 every hidden convolution is
            followed by BatchNorm: without it, trained with Adam at 2e-3, this deeper stack
            fell into the all-black image (sigmoid saturated) and never left it.
     encode: x (B, 1, 28, 28) -> z (B, latent_dim);  decode: z -> (B, 1, 28, 28) in [0, 1].

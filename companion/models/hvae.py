@@ -4,7 +4,7 @@
     terms = model.elbo_terms(binarize(x))        # per example, in nats
     elbo = terms.reconstruction - terms.kl       # kl = terms.kl_layers.sum(-1)
 
-`HierarchicalVAE` (the Ladder VAE of Sønderby et al., in the notation of the lecture slides).
+`HierarchicalVAE` (the Ladder VAE of Sønderby et al., in the book's notation, chapter 7).
 The latent z = (z_1, ..., z_m), z_1 nearest the image, z_m at the top:
 
     generative path   p(x, z) = p(z_m) prod_{i<m} p(z_i | z_{i+1}) p(x | z_1)
@@ -38,7 +38,7 @@ VAE at equal budgets. With (eta, log lambda) q's mean, (lambda_p mu_p + eta) / (
 lambda), is linear in the network's output eta. The prior networks start at N(0, I) (their
 last layer is zero), so training starts from a model whose upper layers change nothing yet.
 
-`MarkovianHVAE` is the other ordering (lecture slides, seed 002): inference bottom-up,
+`MarkovianHVAE` is the other ordering (Luo 2022's Markovian HVAE): inference bottom-up,
 q(z_1 | x) prod_t q(z_t | z_{t-1}), generation top-down p(z_T) prod_t p(z_{t-1} | z_t)
 p(x | z_1). q no longer shares anything with p. Diffusion (chapter 8) is this model with
 the latents in image space, a fixed linear Gaussian q(z_t | z_{t-1}), and a schedule that
@@ -291,7 +291,7 @@ class HierarchicalVAE(_ImageModel):
 
     # --- the ELBO and its per-layer KL -------------------------------------------------
     def elbo_terms(self, x: torch.Tensor, n_samples: int = 1) -> HierarchyTerms:
-        """The ELBO with its KL split by layer (the decomposition of the slides):
+        """The ELBO with its KL split by layer (chapter 7's decomposition):
 
             KL(q(z|x) || p(z)) = KL(q(z_m|x) || p(z_m))
                 + sum_{i<m} E_{q(z_>i|x)} KL(q(z_i | z_>i, x) || p(z_i | z_>i)),
