@@ -55,7 +55,7 @@ BOX_FIELDS = ("**Runs.**", "**What they can say.**", "**What they cannot say.**"
 VOICED: frozenset[str] = frozenset({
     "01_autoencoders", "02_kl_divergence", "03_elbo", "04_reparameterization",
     "05_gaussian_toys", "06_vae_mnist", "07_hierarchical_vae", "08_diffusion_elbo",
-    "11_latent_diffusion",
+    "09_ddpm_mnist", "10_comparison", "11_latent_diffusion",
     "12_inpainting", "14_discrete_diffusion", "15_fewer_steps",
     "13_continuous_time", "16_scores_guidance", "17_design_space",
     "18_variational_diffusion", "19_discrete_latents", "20_judging_samples",
