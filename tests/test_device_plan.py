@@ -46,6 +46,18 @@ def real_deps() -> dict[int, set[int]]:
     return {n: gp.dependencies(p) for n, p in gp.book_chapters().items()}
 
 
+def test_a_gpu_time_measured_before_a_cpu_restore_beats_the_guess(tmp_path, monkeypatch):
+    cpu = timed_notebook(tmp_path / "09_c.ipynb", "profile=cpu device=cpu torch=2.14.1 "
+                         "python=3.11.7\n", 112.0)
+    rn.record(cpu, 112.0, T0 + timedelta(seconds=111))
+    assert set(gp.MEASURED) <= {p.stem for p in gp.book_chapters().values()}
+    monkeypatch.setattr(gp, "MEASURED", {})
+    assert gp.estimate(cpu)[0] == pytest.approx(112.0 * gp.GUESS_SCALE)
+    monkeypatch.setattr(gp, "MEASURED", {"09_c": (268.9, "gpu profile, H200")})
+    secs, why = gp.estimate(cpu)
+    assert secs == 268.9 and why.startswith("measured before the page was stored from cpu")
+
+
 @pytest.mark.slow
 def test_dependencies_are_read_from_the_notebooks():
     """Chapter 10 loads 7's VAEs and 9's DDPM; 11 loads 9's and 10's models; 12 loads 6's
