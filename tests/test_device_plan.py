@@ -212,6 +212,16 @@ def test_estimates_say_whether_they_were_measured_on_a_gpu(tmp_path):
     assert "1 of its own models loaded" in why
 
 
+def test_a_guess_counts_what_the_loaded_models_took_to_train(tmp_path):
+    cpu = timed_notebook(tmp_path / "11_d.ipynb", "profile=cpu device=cpu torch=2.14.1 "
+                         "python=3.11.7\n", 378.0)
+    rn.record(cpu, 378.0, T0 + timedelta(seconds=377), loaded=["ch11-vae-cpu.pt"],
+              loaded_seconds=1453.0)
+    secs, why = gp.estimate(cpu)
+    assert secs == pytest.approx((378.0 + 1453.0) * gp.GUESS_SCALE)
+    assert "plus 24 min 13 s that its loaded models took to train" in why
+
+
 def test_a_chapter_seen_unfinished_is_never_estimated_below_what_was_seen(tmp_path,
                                                                           monkeypatch):
     cpu = timed_notebook(tmp_path / "11_b.ipynb", "profile=cpu device=cpu torch=2.14.1 "

@@ -16,8 +16,10 @@ BOOK_T4=1, a cache of their own, only their memory and time stored), then the re
 
 Estimates are the times stored in the notebooks (`book.execution`, execution_status.py):
 measured where the stored outputs are a `gpu` run on a GPU; where a chapter never ran
-its `gpu` profile they are a guess, its `cpu` profile's time on the machine that made its
-outputs, and the plan says so. A call starts an entry only while its estimate fits the
+its `gpu` profile they are a guess, its `cpu` profile's time from an empty cache on the
+machine that made its outputs (the stored run plus what its loaded models took to train),
+scaled by GUESS_SCALE, and the plan says so; MEASURED keeps gpu times measured before a
+page was stored again from `cpu`. A call starts an entry only while its estimate fits the
 budget left (the first entry of a call always starts).
 
 `next` is what tools/outputs_device.sh --next runs: the plan minus the entries in
@@ -280,10 +282,17 @@ def _estimate(path: Path, st, day: str) -> tuple[float | None, str]:
     chapter = path.name.split("_")[0].lstrip("0")
     own = [n for n in st.loaded if n.startswith(f"ch{chapter}-")]
     scale = GUESS_SCALE if st.profile == "cpu" else 1.0
-    return st.seconds * scale, (
+    # A stored run that loaded its models trained nothing: guessing from its time alone
+    # put chapter 11 at 1 min 42 s, and a lease saw it unfinished after 13 min. So the
+    # guess adds what the loaded models took to train (all of them: an upper bound where
+    # the earlier chapters' models are already in the lease's cache).
+    trained = st.loaded_train_seconds or 0.0
+    return (st.seconds + trained) * scale, (
         f"guess: never run in gpu; {scale:g} x its {st.profile} profile's "
         f"{es.format_seconds(st.seconds)} on {cores}, {day}"
-        + (f", {len(own)} of its own models loaded, not trained" if own else ""))
+        + (f", {len(own)} of its own models loaded, not trained" if own else "")
+        + (f", plus {es.format_seconds(trained)} that its loaded models took to train"
+           if trained else ""))
 
 
 def plan(root: Path = ROOT) -> list[Entry]:
