@@ -220,6 +220,7 @@ def test_a_guess_counts_what_the_loaded_models_took_to_train(tmp_path):
     secs, why = gp.estimate(cpu)
     assert secs == pytest.approx((378.0 + 1453.0) * gp.GUESS_SCALE)
     assert "plus 24 min 13 s that its loaded models took to train" in why
+    assert why.endswith(", slowest cell 1 (6 min 18 s)")  # the stored run's, named
 
 
 def test_a_chapter_seen_unfinished_is_never_estimated_below_what_was_seen(tmp_path,

@@ -270,7 +270,20 @@ def estimate(path: Path) -> tuple[float | None, str]:
     return secs, why
 
 
+def _slowest(st) -> str:
+    """', slowest cell N (time)' of the stored run (code cells counted from 1), or ''."""
+    if not st.slowest_cell:
+        return ""
+    secs, index = st.slowest_cell
+    return f", slowest cell {index + 1} ({es.format_seconds(secs)})"
+
+
 def _estimate(path: Path, st, day: str) -> tuple[float | None, str]:
+    secs, why = _estimate_only(path, st, day)
+    return secs, why + (_slowest(st) if secs is not None else "")
+
+
+def _estimate_only(path: Path, st, day: str) -> tuple[float | None, str]:
     if st.seconds is None:
         return None, "no time stored"
     if st.profile == "gpu" and st.device.startswith("cuda"):
