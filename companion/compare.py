@@ -317,6 +317,23 @@ def welch(a, b, *, unit: str = "unit", level: float = LEVEL) -> Comparison:
                    unit=unit, level=level)
 
 
+def independent(a: float, se_a: float, n_a: int, b: float, se_b: float, n_b: int, *,
+                test: str = "Welch t", unit: str = "unit",
+                level: float = LEVEL) -> Comparison:
+    """Two statistics of independent samples, each with a standard error computed elsewhere
+    (a jackknife over its own samples, a Monte Carlo SE): a - b, SE = sqrt(se_a^2 + se_b^2),
+    Welch-Satterthwaite degrees of freedom from var = se^2 n (`welch_df`).
+
+    n_a, n_b >= 2: the units each SE was computed over; test names the SEs' origin for the
+    evidence table ("jackknife, independent sets"). For values per unit use `welch`.
+    """
+    se_a = checks.real("se_a (a standard error)", se_a, low=0.0)
+    se_b = checks.real("se_b (a standard error)", se_b, low=0.0)
+    df = welch_df(se_a**2 * n_a, n_a, se_b**2 * n_b, n_b)
+    return compare(checks.as_float(a) - checks.as_float(b), math.hypot(se_a, se_b),
+                   n_a + n_b, df=df, test=test, unit=unit, level=level)
+
+
 def against_noise(value: float, redraws, *, unit: str = "redraw",
                   level: float = LEVEL) -> Comparison:
     """One value against the spread of redraws of a noise level (the same statistic between

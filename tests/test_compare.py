@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from companion.compare import against_noise, compare, paired, t_quantile, welch, welch_df
+from companion.compare import (
+    against_noise,
+    compare,
+    independent,
+    paired,
+    t_quantile,
+    welch,
+    welch_df,
+)
 
 
 def test_mean_and_standard_error_by_hand():
@@ -200,3 +208,18 @@ def test_trend_words_follow_each_budget():
         "1/2: within noise (1.0); all: lower (2.6)")
     with pytest.raises(ValueError, match="one comparison per budget"):
         trend(mixed, ["all"])
+
+
+def test_independent_combines_two_standard_errors_with_welchs_df():
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(1.0, 2.0, 40), rng.normal(0.0, 1.0, 90)
+    se_a, se_b = a.std(ddof=1) / math.sqrt(40), b.std(ddof=1) / math.sqrt(90)
+    c, w = independent(a.mean(), se_a, 40, b.mean(), se_b, 90), welch(a, b)
+    # from the two SEs alone it is Welch's test on the values
+    assert c.diff == pytest.approx(w.diff) and c.se == pytest.approx(w.se)
+    assert c.df == pytest.approx(w.df) and c.n == 130
+    assert independent(5.0, 1.0, 10, 5.0, 1.0, 10).verdict == "tie"
+    assert independent(9.0, 1.0, 10, 1.0, 1.0, 10, test="jackknife").how.startswith(
+        "jackknife")
+    with pytest.raises(ValueError, match="se_a"):
+        independent(1.0, -1.0, 10, 0.0, 1.0, 10)

@@ -160,3 +160,17 @@ def test_dtype_check_lets_autocast_through():
         assert model(x.bfloat16(), t).shape == (2, 1, 28, 28)
     with pytest.raises(TypeError, match="torch.bfloat16 but the U-Net's weights"):
         model(x.bfloat16(), t)
+
+
+def test_trunk_is_the_network_below_the_embedding():
+    torch.manual_seed(0)
+    net = UNet(preset("tiny", T=100), num_classes=10)
+    with torch.no_grad():  # zero-initialized layers would hide any difference
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x, t, y = torch.randn(3, 1, 28, 28), torch.tensor([1, 50, 100]), torch.tensor([0, 4, 9])
+    emb = net.time_mlp(timestep_embedding(t, net.config.channels[0])) + net.label_emb(y)
+    with torch.no_grad():
+        assert torch.allclose(net.trunk(x, emb), net(x, t, y), atol=1e-6)
+        other = net.trunk(x, emb + 1.0)  # another conditioning vector reaches the output
+    assert not torch.allclose(other, net(x, t, y), atol=1e-3)

@@ -300,6 +300,12 @@ class UNet(nn.Module):
             y = torch.full_like(t, NO_LABEL) if y is None else y
             idx = torch.where(y == NO_LABEL, torch.full_like(y, self.config.num_classes), y)
             emb = emb + self.label_emb(idx).to(emb.dtype)
+        return self.trunk(x, emb)
+
+    def trunk(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """The network below the embedding: x (B, C, 28, 28) and the step's (and label's)
+        embedding emb (B, 4 * channels[0]), added in every residual block -> (B, 1, 28, 28).
+        A network conditioned in another way adds its own vector to emb and calls this."""
         h = self.stem(x)
         hs = [h]
         for level, blocks in enumerate(self.down):

@@ -1,7 +1,7 @@
 # Does chapter 9's cpu U-Net follow a caption at the cpu budget? Pilot for chapter 21's
 # points 4-6 (issue 79): the caption through a small text encoder, pooled and added to the
 # time embedding (FiLM, the adaLN-like way), 900 updates of 64 as chapter 9's cpu recipe.
-import copy, math, sys, time, torch
+import copy, sys, time, torch
 import torch.nn.functional as F
 from companion import captions, recipes
 from companion.data import load
@@ -30,22 +30,7 @@ class CaptionUNet(UNet):
     def forward(self, x, t, ids):
         emb = self.time_mlp(timestep_embedding(t, self.config.channels[0]).to(x.dtype))
         emb = emb + self.proj(self.text(ids)[2])
-        h = self.stem(x); hs = [h]
-        for level, blocks in enumerate(self.down):
-            for block in blocks:
-                h = block(h, emb); hs.append(h)
-            if level < 2:
-                h = self.downsample[level](h); hs.append(h)
-        h = self.attn_down(h)
-        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
-        for i, blocks in enumerate(self.up):
-            for block in blocks:
-                h = block(torch.cat([h, hs.pop()], 1), emb)
-            if i == 0:
-                h = self.attn_up(h)
-            if i < 2:
-                h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))
-        return self.head(h)
+        return self.trunk(x, emb)
 
 
 net = CaptionUNet(preset(s9["preset"], T=s9["T"]))
