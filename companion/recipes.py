@@ -1528,32 +1528,45 @@ def dit_settings(profile) -> dict:
 
     ci: 60 updates of 32 (a pipeline check). cpu: 2,000 updates of 64 at lr 1e-3 with
     chapter 9's warm-up and clipping. gpu: 20,000 updates of 128 at lr 3e-4.
+
+    The U-Nets that read captions (`CaptionUNet`) start from chapter 9's trained network and
+    train caption_steps updates at caption_lr, with the DiTs' batch and EMA.
     """
     p = _profile(profile)
     return dict(T=ddpm_settings(profile)["T"], steps=p.pick(ci=60, cpu=2000, gpu=20000),
                 batch_size=p.pick(ci=32, cpu=64, gpu=128),
                 lr=p.pick(ci=2e-3, cpu=1e-3, gpu=3e-4),
                 ema=p.pick(ci=0.99, cpu=0.995, gpu=0.999),
-                unet_lr=ddpm_settings(profile)["lr"])
+                unet_lr=ddpm_settings(profile)["lr"],
+                caption_steps=p.pick(ci=30, cpu=600, gpu=3000),
+                caption_lr=p.pick(ci=1e-3, cpu=1e-3, gpu=2e-4))
 
 
 def ch21_network(network: str, cond: str, profile):
-    """The untrained network: "unet" (the profile's chapter 9 preset, class-conditional as
-    in chapter 16) or "dit-S" / "dit-M" / "dit-L" conditioned on the label or on captions,
-    for chapter 9's diffusion of the profile (T steps)."""
+    """The untrained network: "unet" (the profile's chapter 9 preset) class-conditional as in
+    chapter 16 (cond="label") or reading captions (`CaptionUNet`, cond "pooled",
+    "in_context" or "cross"), or "dit-S" / "dit-M" / "dit-L" conditioned on the label or on
+    captions ("adaln", "in_context", "cross"), for chapter 9's diffusion of the profile."""
     from . import captions
     from .models.dit import DiT
     from .models.unet import UNet, preset
 
+    from .models.caption_unet import CONDS, CaptionUNet
+
     T = ddpm_settings(profile)["T"]
-    if cond not in ("label", "adaln", "in_context", "cross"):
-        raise checks.ArgumentError(f"cond must be 'label', 'adaln', 'in_context' or 'cross', "
-                                   f"got {cond!r}")
+    if cond not in ("label", "adaln", "in_context", "cross", "pooled"):
+        raise checks.ArgumentError(f"cond must be 'label', 'adaln', 'in_context', 'cross' or "
+                                   f"'pooled', got {cond!r}")
     if network == "unet":
-        if cond != "label":
-            raise checks.ArgumentError("the U-Net is conditioned on the label only: pass "
-                                       "cond='label'")
-        return UNet(preset(ddpm_settings(profile)["preset"], T=T, num_classes=10))
+        config = preset(ddpm_settings(profile)["preset"], T=T)
+        if cond == "label":
+            return UNet(config, num_classes=10)
+        if cond not in CONDS:
+            raise checks.ArgumentError(f"the U-Net reads a caption as one of {CONDS} (or the "
+                                       f"label, cond='label'), got {cond!r}")
+        return CaptionUNet(config, vocab_size=len(captions.VOCAB), cond=cond)
+    if cond == "pooled":
+        raise checks.ArgumentError("a DiT pools the caption with cond='adaln'")
     size = network.removeprefix("dit-") if isinstance(network, str) else None
     if not isinstance(network, str) or not network.startswith("dit-") or size not in DIT_SIZES:
         raise checks.ArgumentError(f"network must be 'unet' or one of "
@@ -1587,11 +1600,15 @@ def equal_flops_steps(steps: int, network: str, profile, to: str = "dit-L") -> i
     return max(1, round(checks.count("steps", steps) * ratio))
 
 
-def ch21_updates(network: str, profile) -> int:
-    """The updates of chapter 21's full run of `network`: the profile's DiT updates, or for
-    the U-Net those of equal training FLOPs to the largest DiT (`equal_flops_steps`)."""
-    steps = dit_settings(profile)["steps"]
-    return equal_flops_steps(steps, "unet", profile) if network == "unet" else steps
+def ch21_updates(network: str, profile, cond: str = "label") -> int:
+    """The updates of chapter 21's full run of `network`: the profile's DiT updates; for the
+    label-conditioned U-Net those of equal training FLOPs to the largest DiT
+    (`equal_flops_steps`); for a U-Net reading captions, caption_steps from chapter 9's."""
+    s = dit_settings(profile)
+    if network != "unet":
+        return s["steps"]
+    return equal_flops_steps(s["steps"], "unet", profile) if cond == "label" \
+        else s["caption_steps"]
 
 
 def text_levels(x):
@@ -1636,9 +1653,11 @@ def ch21_model(x, labels, profile, device, *, network: str = "dit-M", cond: str 
         x: (N, 1, 28, 28) training images in [0, 1] (on `device`).
         labels: (N,) their digits.
         network: "unet", "dit-S", "dit-M" or "dit-L".
-        cond: "label", or for a DiT "adaln", "in_context" or "cross" (captions).
-        steps: None (the profile's updates; for the U-Net those of equal FLOPs to dit-L,
-            `equal_flops_steps`) or fewer (an early checkpoint in its own file).
+        cond: "label", or captions: for a DiT "adaln", "in_context" or "cross"; for the
+            U-Net "pooled", "in_context" or "cross" (`CaptionUNet`, started from chapter
+            9's trained network, `ddpm`, whose checkpoint it loads or trains).
+        steps: None (the profile's updates, `ch21_updates`) or fewer (an early checkpoint
+            in its own file).
         resume_from: an early checkpoint of the same run to continue from.
         prefix: the checkpoint file's prefix.
 
@@ -1650,18 +1669,25 @@ def ch21_model(x, labels, profile, device, *, network: str = "dit-M", cond: str 
 
     s = dit_settings(profile)
     y = _labelled_images(x, labels, "ch21_model")
-    full = ch21_updates(network, profile)
+    full = ch21_updates(network, profile, cond)
     total = full if steps is None else checks.count("steps", steps)
+    captioned_unet = network == "unet" and cond != "label"
+    base = ddpm(x, profile, device)[0] if captioned_unet else None  # chapter 9's, cached
     torch.manual_seed(0)
     model = ch21_network(network, cond, profile).to(device)
-    lr = s["unet_lr"] if network == "unet" else s["lr"]
+    if captioned_unet:
+        from .models.caption_unet import load_unet
+        load_unet(model, base)
+    lr = s["caption_lr"] if captioned_unet else s["unet_lr"] if network == "unet" \
+        else s["lr"]
     optimizer = default_optimizer(model.parameters(), lr, device)
     warm_up = _warm_up(optimizer, lr)
     config = dict(profile=profile.name, network=network, cond=cond, T=s["T"], lr=lr,
                   batch_size=s["batch_size"], ema=s["ema"], clip=DDPM_CLIP,
                   warmup=DDPM_WARMUP, n_train=len(x), total=full,
                   p_uncond=CAPTION_P_UNCOND if cond != "label" else COND_P_UNCOND,
-                  p_drop=ATTRIBUTE_P_DROP if cond != "label" else 0.0)
+                  p_drop=ATTRIBUTE_P_DROP if cond != "label" else 0.0,
+                  init="ch9" if captioned_unet else "random")
     diffusion = ddpm_diffusion(profile, device)
     data = (x * 2 - 1, y)
     if cond != "label":
@@ -1704,7 +1730,7 @@ def ch21_snapshots(x, labels, profile, device, *, network: str, cond: str = "lab
         return ch21_checkpoint(profile, steps, prefix, network=network, cond=cond)
 
     return snapshots(recipe, checkpoint, x, profile, device, fractions=fractions,
-                     total=ch21_updates(network, profile))
+                     total=ch21_updates(network, profile, cond))
 
 
 def ch21_eps_function(model, condition: torch.Tensor, w: float, device):

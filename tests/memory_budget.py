@@ -601,6 +601,63 @@ def vdm_bound_of_test_digits(n: int = 2000, draws: int = 8):
         vdm.vdm_bound(eps, net.schedule, x)
 
 
+def _ch21_network(network: str, cond: str, device=DEVICE):
+    """Chapter 21's network at the gpu profile's size (a DiT, or a U-Net reading captions)."""
+    from companion import recipes
+    from companion.run.profiles import get_profile
+
+    gpu = get_profile("gpu")
+    with device:
+        model = recipes.ch21_network(network, cond, gpu).eval()
+    return model, recipes.dit_settings(gpu)
+
+
+def _ch21_condition(model, n: int, device=DEVICE) -> torch.Tensor:
+    """Labels (n,) for a label-conditioned network, or caption tokens (n, 8) of one word."""
+    if hasattr(model, "text"):
+        return torch.ones((n, 8), dtype=torch.long, device=device)
+    return torch.zeros(n, dtype=torch.long, device=device)
+
+
+def ch21_training_step(network: str, cond: str):
+    """Chapter 21's training step: batch 128, Adam, float32 (the DiT-L of the gpu profile on
+    labels, or the gpu U-Net reading captions)."""
+    from companion.run.precision import default_optimizer
+
+    model, settings = _ch21_network(network, cond, GRAD_DEVICE)
+    model.train()
+    d = _on_device(_diffusion(), GRAD_DEVICE)
+    opt = default_optimizer(model.parameters(), 1e-4, "cpu")
+    x0 = _images(settings["batch_size"], lo=-1, device=GRAD_DEVICE)
+    c = _ch21_condition(model, settings["batch_size"], GRAD_DEVICE)
+
+    def eps(z, t):
+        return model(z, t, c)
+
+    eps.config = model.config
+    d.simple_loss(eps, x0).backward()
+    opt.step()
+
+
+def ch21_guided_sampling(network: str, cond: str, n: int = 1000):
+    """Chapter 21: n images with classifier-free guidance through recipes.ch21_eps_function
+    in fp16 (each call sends the batch twice), two sampler steps."""
+    from companion import recipes
+
+    model, _ = _ch21_network(network, cond)
+    d = _on_device(_diffusion())
+    c = _ch21_condition(model, n, torch.device("cpu"))
+    with mock.patch("companion.run.precision.autocast_dtype", return_value=None):
+        eps = recipes.ch21_eps_function(model, c, 2.0, "cpu")
+
+    def fp16(x, t):
+        with _t4_autocast():
+            return eps(x, t)
+    fp16.config = model.config
+    with torch.no_grad():  # the chapter's respaced ancestral steps make DDIM's one call a step
+        d.sample_ddim(fp16, (n, 1, 28, 28), n_steps=2, quiet=True)
+
+
 def _text_model(kind: str, device=DEVICE):
     """Chapter 22's transformer at the gpu profile's size, on the toy language's sentences."""
     from companion import recipes
@@ -714,6 +771,12 @@ def operations() -> list[Operation]:
             gpu.iw_samples)),
         # chapter 20 samples chapter 9's DDPM ancestrally, 1,000 images (the gpu profile)
         Operation("20", "ancestral sampling, 1,000 images", lambda: ddpm_sampling(1000)),
+        *(op for network, cond in (("dit-L", "label"), ("unet", "cross")) for op in (
+            Operation("21", f"{network} ({cond}) training step, batch 128",
+                      lambda network=network, cond=cond: ch21_training_step(network, cond)),
+            Operation("21", f"{network} ({cond}) guided sampling, 1,000 images",
+                      lambda network=network, cond=cond: ch21_guided_sampling(network,
+                                                                              cond)))),
         *(op for kind in ("autoregressive", "masked") for op in (
             Operation("22", f"{kind} training step, batch 256",
                       lambda kind=kind: lm_training_step(kind)),

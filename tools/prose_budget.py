@@ -59,7 +59,7 @@ VOICED: frozenset[str] = frozenset({
     "12_inpainting", "14_discrete_diffusion", "15_fewer_steps",
     "13_continuous_time", "16_scores_guidance", "17_design_space",
     "18_variational_diffusion", "19_discrete_latents", "20_judging_samples",
-    "22_diffusion_language"})
+    "21_transformers_text", "22_diffusion_language"})
 
 GLUE_ROLE = re.compile(r"\{glue(?::(?:text|md))?\}`([^`:]+)(?::([^`]*))?`")
 ROLE = re.compile(r"\{[a-z:]+\}`[^`]*`")

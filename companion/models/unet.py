@@ -302,10 +302,11 @@ class UNet(nn.Module):
             emb = emb + self.label_emb(idx).to(emb.dtype)
         return self.trunk(x, emb)
 
-    def trunk(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def trunk(self, x: torch.Tensor, emb: torch.Tensor, text=None) -> torch.Tensor:
         """The network below the embedding: x (B, C, 28, 28) and the step's (and label's)
         embedding emb (B, 4 * channels[0]), added in every residual block -> (B, 1, 28, 28).
-        A network conditioned in another way adds its own vector to emb and calls this."""
+        A network conditioned in another way adds its own vector to emb and calls this;
+        `text` is handed to `attend`, the three 7x7 attention layers (chapter 21)."""
         h = self.stem(x)
         hs = [h]
         for level, blocks in enumerate(self.down):
@@ -315,16 +316,21 @@ class UNet(nn.Module):
             if level < 2:
                 h = self.downsample[level](h)
                 hs.append(h)
-        h = self.attn_down(h)
-        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        h = self.attend(0, h, text)
+        h = self.mid2(self.attend(1, self.mid1(h, emb), text), emb)
         for i, blocks in enumerate(self.up):
             for block in blocks:
                 h = block(torch.cat([h, hs.pop()], dim=1), emb)
             if i == 0:
-                h = self.attn_up(h)
+                h = self.attend(2, h, text)
             if i < 2:
                 h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))
         return self.head(h)
+
+    def attend(self, i: int, h: torch.Tensor, text=None) -> torch.Tensor:
+        """The i-th 7x7 self-attention (0: down, 1: middle, 2: up) on h (B, C, 7, 7); a
+        subclass that reads text there (`CaptionUNet`) adds its own layer after it."""
+        return (self.attn_down, self.mid_attn, self.attn_up)[i](h)
 
 
 class MaskedUNet(UNet):
