@@ -1530,7 +1530,9 @@ def dit_settings(profile) -> dict:
     chapter 9's warm-up and clipping. gpu: 20,000 updates of 128 at lr 3e-4.
 
     The U-Nets that read captions (`CaptionUNet`) start from chapter 9's trained network and
-    train caption_steps updates at caption_lr, with the DiTs' batch and EMA.
+    train caption_steps updates (ci 30, cpu 600, gpu 3,000) at caption_lr, with the DiTs'
+    batch and EMA: on 2 cores (cpu) about 2.5 minutes each, where the cross-attention one
+    obeys the digit's word in about two thirds of 200 test captions (a tenth before).
     """
     p = _profile(profile)
     return dict(T=ddpm_settings(profile)["T"], steps=p.pick(ci=60, cpu=2000, gpu=20000),
@@ -1548,10 +1550,9 @@ def ch21_network(network: str, cond: str, profile):
     "in_context" or "cross"), or "dit-S" / "dit-M" / "dit-L" conditioned on the label or on
     captions ("adaln", "in_context", "cross"), for chapter 9's diffusion of the profile."""
     from . import captions
+    from .models.caption_unet import CONDS, CaptionUNet
     from .models.dit import DiT
     from .models.unet import UNet, preset
-
-    from .models.caption_unet import CONDS, CaptionUNet
 
     T = ddpm_settings(profile)["T"]
     if cond not in ("label", "adaln", "in_context", "cross", "pooled"):
@@ -1740,7 +1741,8 @@ def ch21_eps_function(model, condition: torch.Tensor, w: float, device):
         (1 + w) eps(x, t, c) - w eps(x, t, none),
 
     c = condition: labels (B,) (none: NO_LABEL) or caption tokens (B, L) (none: the empty
-    caption, all pads). w = 0 is the conditional network alone (one call, not two)."""
+    caption, all pads). w = 0 is the conditional network alone (one call, not two).
+    Book: :eq:`ch21-cfg`."""
     from .latent_diffusion import check_weight
     from .models.unet import NO_LABEL
     from .run.precision import autocast_dtype

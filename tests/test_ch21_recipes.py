@@ -26,7 +26,8 @@ def test_the_unet_gets_the_updates_of_equal_training_flops():
     assert 0.5 < unet_gpu / recipes.ddpm_settings(gpu)["steps"] < 1.5
 
 
-@pytest.mark.parametrize("network,cond,says", [("unet", "cross", "label only"),
+@pytest.mark.parametrize("network,cond,says", [("unet", "adaln", "reads a caption as one"),
+                                               ("dit-M", "pooled", "cond='adaln'"),
                                                ("dit-XL", "label", "network must be"),
                                                ("dit-M", "text", "cond must be")])
 def test_a_network_or_condition_of_no_recipe_is_refused(network, cond, says):
@@ -73,16 +74,21 @@ def test_guidance_is_the_weighted_difference_of_two_predictions(cond):
         recipes.ch21_eps_function(model, c, 1.0, "cpu")(x[:2], t[:2])
 
 
+def _bars(n: int) -> torch.Tensor:
+    """n images of bars of random widths, heights and places (their attributes vary)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros(n, 1, 28, 28)
+    for i, (w, h, c) in enumerate(torch.randint(2, 14, (n, 3), generator=g).tolist()):
+        x[i, 0, 4:4 + h + 6, c:c + w] = 1.0
+    return x
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("cond", ["label", "in_context"])
 def test_a_run_trains_and_an_early_checkpoint_resumes_into_it(tmp_path, monkeypatch, cond):
     monkeypatch.setenv("BOOK_CACHE", str(tmp_path))
     ci = get_profile("ci")
-    g = torch.Generator().manual_seed(0)
-    x = torch.zeros(64, 1, 28, 28)  # bars of random widths, heights and places
-    for i, (w, h, c) in enumerate(torch.randint(2, 14, (64, 3), generator=g).tolist()):
-        x[i, 0, 4:4 + h + 6, c:c + w] = 1.0
-    y = torch.arange(64) % 10
+    x, y = _bars(64), torch.arange(64) % 10
     early, _ = recipes.ch21_model(x, y, ci, "cpu", network="dit-S", cond=cond, steps=20)
     path = recipes.ch21_checkpoint(ci, 20, network="dit-S", cond=cond)
     full, run = recipes.ch21_model(x, y, ci, "cpu", network="dit-S", cond=cond,
@@ -91,3 +97,23 @@ def test_a_run_trains_and_an_early_checkpoint_resumes_into_it(tmp_path, monkeypa
     assert run.resumed_at == 20  # the early run's updates were not trained again
     assert any(not torch.equal(a, b) for a, b in zip(early.state_dict().values(),
                                                       full.state_dict().values(), strict=True))
+
+
+@pytest.mark.slow
+def test_a_unet_reading_captions_starts_from_chapter_9s_and_trains_its_own_updates(tmp_path,
+                                                                                monkeypatch):
+    """ci: the caption-reading U-Net loads (or trains) chapter 9's network first and trains
+    caption_steps updates of its own, from that network's weights."""
+    from companion.models.caption_unet import CaptionUNet
+
+    monkeypatch.setenv("BOOK_CACHE", str(tmp_path))
+    ci = get_profile("ci")
+    x, y = _bars(64), torch.arange(64) % 10
+    model, run = recipes.ch21_model(x, y, ci, "cpu", network="unet", cond="pooled")
+    assert isinstance(model, CaptionUNet) and model.cond == "pooled"
+    assert run.steps == recipes.dit_settings(ci)["caption_steps"]
+    base = recipes.ddpm(x, ci, "cpu")[0]  # loaded from the file the recipe wrote
+    assert (tmp_path / "checkpoints" / "ch9-ddpm-ci.pt").exists()
+    near = [torch.allclose(a, model.state_dict()[k], atol=0.1)
+            for k, a in base.state_dict().items()]
+    assert sum(near) > 0.9 * len(near)  # a few hundred small updates away, not a new network

@@ -201,6 +201,7 @@ class DiTBlock(nn.Module):
     h += gate_m * MLP(modulate(LN(h), shift_m, scale_m))
     With the gates and the cross-attention's output projection zero it is the identity.
     need_weights=True returns (h, cross-attention weights (B, heads, N, L) or None).
+    Book: :eq:`ch21-adaln`.
     """
 
     def __init__(self, dim: int, heads: int, mlp_ratio: int = 4, cross: bool = False):
