@@ -483,13 +483,15 @@ def _profile_name(profile) -> str:
     return profile
 
 
-def store_chain(name: str, frames: dict, snr, profile: str) -> Path | None:
-    """Chapter 9's reverse chain into $BOOK_EXPLORERS/name (`_store_path`; nothing
+def store_chain(name: str, frames: dict, snr, profile: str,
+                equation: str | None = "ch9-ancestral") -> Path | None:
+    """A reverse chain (chapters 9 and 21) into $BOOK_EXPLORERS/name (`_store_path`; nothing
     elsewhere), for `chain_page`. frames: {t: (x_t (S, 1, 28, 28), x0_pred (S, 1, 28, 28))}
     in [-1, 1], the kept steps from T down to 0 (at t = 0 both are the samples); snr: (T,)
     the schedule's alpha_bar_t / (1 - alpha_bar_t), t = 1..T; profile: the run's profile,
-    which the page names. Images are kept as 8-bit grey levels. Returns the path written,
-    or None."""
+    which the page names; equation: the label of the page's equation the step's control
+    moves, or None where the page has none. Images are kept as 8-bit grey levels. Returns
+    the path written, or None."""
     if not isinstance(frames, dict) or not frames:
         raise checks.ArgumentError(f"frames must be a dict {{t: (x_t, x0_pred)}} of the kept "
                                    f"steps, at least one, got {checks._got(frames)}")
@@ -504,8 +506,12 @@ def store_chain(name: str, frames: dict, snr, profile: str) -> Path | None:
     frames = {checks.as_int(t): v for t, v in frames.items()}
     snr = checks.numeric("snr", snr, dtype=torch.float64).numpy(force=True)
     profile = _profile_name(profile)
+    if equation is not None and (not isinstance(equation, str) or not equation.strip()
+                                 or any(c.isspace() for c in equation)):
+        raise checks.ArgumentError(f"equation must be an equation's label such as "
+                                   f"'ch9-ancestral', or None, got {equation!r}")
     return _store(name, chain_page, "store_chain", t=np.array(steps),
-                  snr=snr.astype("<f8"), profile=profile,
+                  snr=snr.astype("<f8"), profile=profile, equation=equation or "",
                   x_t=np.stack([_grey((torch.as_tensor(frames[t][0]).float() + 1) / 2)
                                 for t in steps]),
                   x0=np.stack([_grey((torch.as_tensor(frames[t][1]).float() + 1) / 2)
@@ -513,7 +519,7 @@ def store_chain(name: str, frames: dict, snr, profile: str) -> Path | None:
 
 
 def chain_page(stored) -> dict:
-    """Chapter 9: its trained network's reverse chain (stored: an .npz written by
+    """Chapters 9 and 21: a trained network's reverse chain (stored: an .npz written by
     `store_chain`), x_t and the network's guess of x_0 at each kept step, and the
     schedule's SNR; the page looks them up. Sizes: at most MAX_FRAMES = 201 kept steps and
     MAX_CHAINS = 12 images a step (the chapter's 51 and 6)."""
@@ -540,10 +546,13 @@ def chain_page(stored) -> dict:
     if a["profile"].dtype.kind != "U":
         raise checks.ArgumentError(f"profile must be the run's profile name, got "
                                    f"{a['profile']!r}")
+    # chapter 9's file predates the field: its control moves chapter 9's equation
+    equation = str(a["equation"]) if "equation" in a else "ch9-ancestral"
+    step = {"name": "t", "label": "step t", "values": a["t"].tolist(),
+            "value": int(a["t"][0]), "digits": 0, "play": True,  # from T down to 0
+            **({"equation": equation} if equation else {})}
     return {"kind": "chain", "T": len(a["snr"]), "profile": str(a["profile"]),
-            "controls": [{"name": "t", "label": "step t", "values": a["t"].tolist(),
-                          "value": int(a["t"][0]), "digits": 0, "play": True,
-                          "equation": "ch9-ancestral"}],  # from T down to 0, as it runs
+            "controls": [step],
             "snr": pack(a["snr"]), "x_t": pack(a["x_t"], "u8"),
             "x0": pack(a["x0"], "u8")}
 

@@ -66,13 +66,15 @@ def test_dependencies_are_read_from_the_notebooks():
     17 loads 9's DDPM and judge and 13's flow model; 18 loads 9's DDPM and judge; 19 loads
     1's autoencoder, 7's VAEs, 9's judge, 11's autoencoder and latent DDPM and 14's masked
     U-Net; 20 loads 9's DDPM and judge, 10's VAEs, 13's flow model, 15's distilled and
-    consistency students, 16's class-conditional DDPM and 17's EDM model."""
+    consistency students, 16's class-conditional DDPM and 17's EDM model; 21 loads 9's
+    DDPM and judge."""
     deps = real_deps()
     assert {n: d for n, d in deps.items() if d} == {10: {7, 9}, 11: {9, 10}, 12: {6, 9},
                                                     13: {9}, 14: {7, 9}, 15: {9, 13},
                                                     16: {8, 9}, 17: {9, 13},
                                                     18: {9}, 19: {1, 7, 9, 11, 14},
-                                                    20: {9, 10, 13, 15, 16, 17}}
+                                                    20: {9, 10, 13, 15, 16, 17},
+                                                    21: {9}}
 
 
 @pytest.mark.slow

@@ -169,6 +169,13 @@ def test_chain_page_carries_the_chapters_chain(tmp_path, monkeypatch):
         store_chain("bad.npz", uneven, snr, "ci")
     with pytest.raises(ValueError, match="must fall to 0"):
         page_state("chain", stored=str(store_chain("up.npz", frames((20, 10)), snr, "ci")))
+    # the step's control links chapter 9's equation by default; a page without one (21) none
+    assert state["controls"][0]["equation"] == "ch9-ancestral"
+    bare = page_state("chain", stored=str(store_chain("bare.npz", frames(), snr, "ci",
+                                                      equation=None)))
+    assert "equation" not in bare["controls"][0]
+    with pytest.raises(ValueError, match="equation's label"):
+        store_chain("bad.npz", frames(), snr, "ci", equation="two words")
 
 
 def _unmasked(final: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
