@@ -120,8 +120,8 @@ class CaptionUNet(UNet):
             raise checks.ArgumentError("attention_maps needs cond='cross' or 'in_context'; a "
                                        "'pooled' network has no attention to words")
         self._maps = []
-        try:
-            self(x, t, ids)
+        try:  # this class's own forward: the weights are made, never a cached output
+            CaptionUNet.forward(self, x, t, ids)
             return torch.stack(self._maps)
         finally:
             self._maps = None
