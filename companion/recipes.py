@@ -1673,10 +1673,12 @@ def ch21_model(x, labels, profile, device, *, network: str = "dit-M", cond: str 
     full = ch21_updates(network, profile, cond)
     total = full if steps is None else checks.count("steps", steps)
     captioned_unet = network == "unet" and cond != "label"
-    base = ddpm(x, profile, device)[0] if captioned_unet else None  # chapter 9's, cached
+    # chapter 9's network starts the run; a resumed stage starts from its early checkpoint
+    start = captioned_unet and resume_from is None
+    base = ddpm(x, profile, device)[0] if start else None
     torch.manual_seed(0)
     model = ch21_network(network, cond, profile).to(device)
-    if captioned_unet:
+    if start:
         from .models.caption_unet import load_unet
         load_unet(model, base)
     lr = s["caption_lr"] if captioned_unet else s["unet_lr"] if network == "unet" \

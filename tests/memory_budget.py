@@ -435,11 +435,16 @@ def cfg_sampling(n: int = 1000):
     labels = torch.zeros(n, dtype=torch.long)
     with mock.patch("companion.run.precision.autocast_dtype", return_value=None):
         eps = recipes.guided_eps_function(model, labels, 2.0, "cpu")
+    _ddim_in_fp16(d, eps, model.config, n)
 
+
+def _ddim_in_fp16(d, eps, config, n: int):
+    """Two DDIM steps on n images with `eps` under the T4's fp16 autocast (every sampler's
+    step makes one such call)."""
     def fp16(x, t):
         with _t4_autocast():
             return eps(x, t)
-    fp16.config = model.config
+    fp16.config = config
     with torch.no_grad():
         d.sample_ddim(fp16, (n, 1, 28, 28), n_steps=2, quiet=True)
 
@@ -649,13 +654,7 @@ def ch21_guided_sampling(network: str, cond: str, n: int = 1000):
     c = _ch21_condition(model, n, torch.device("cpu"))
     with mock.patch("companion.run.precision.autocast_dtype", return_value=None):
         eps = recipes.ch21_eps_function(model, c, 2.0, "cpu")
-
-    def fp16(x, t):
-        with _t4_autocast():
-            return eps(x, t)
-    fp16.config = model.config
-    with torch.no_grad():  # the chapter's respaced ancestral steps make DDIM's one call a step
-        d.sample_ddim(fp16, (n, 1, 28, 28), n_steps=2, quiet=True)
+    _ddim_in_fp16(d, eps, model.config, n)  # the chapter's ancestral steps: the same call
 
 
 def _text_model(kind: str, device=DEVICE):
