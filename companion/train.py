@@ -24,7 +24,7 @@ import numbers
 import torch
 from torch import nn
 
-from .run import precision
+from .run import precision, work
 from .run.checkpoint import checkpoint_path  # noqa: F401  (the chapters' load-or-train path)
 from .run.fit_checks import check_fit_args, check_optimizer, takes_step
 from .run.session import FitResult, Run
@@ -154,6 +154,7 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
     scaler = precision.grad_scaler(device, enabled=amp_dtype == torch.float16)
     run = Run(model, optimizer, averager, scaler, generator, tensors, batch_size, total,
               drop_last=compile, check_every=check_every)
+    run.epochs = epochs
     step_kw = takes_step(loss_fn)
     with run.session(checkpoint, config, ema, save_every, save_seconds, lock_timeout,
                      quiet, desc):
@@ -161,17 +162,18 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
         model.train()
         while run.step < run.total:
             batch, share = run.next_batch()  # share: this rank's weight under torchrun
-            try:
-                with precision.autocast(device, amp_dtype):
-                    out = (loss_fn(step_model, batch, step=run.step) if step_kw
-                           else loss_fn(step_model, batch))
-            except RuntimeError as err:  # a failed compile: the same step, eagerly
-                step_model = run.forward_failed(err)
-                continue
-            loss, metrics = run.loss_and_metrics(out)
-            optimizer.zero_grad(set_to_none=True)
-            with run.waiting("the gradients' all-reduce"):  # DDP's, in backward
-                scaler.scale(loss if share == 1.0 else loss * share).backward()
+            with work.counting(run):  # a smoke run's work log (companion.run.work)
+                try:
+                    with precision.autocast(device, amp_dtype):
+                        out = (loss_fn(step_model, batch, step=run.step) if step_kw
+                               else loss_fn(step_model, batch))
+                except RuntimeError as err:  # a failed compile: the same step, eagerly
+                    step_model = run.forward_failed(err)
+                    continue
+                loss, metrics = run.loss_and_metrics(out)
+                optimizer.zero_grad(set_to_none=True)
+                with run.waiting("the gradients' all-reduce"):  # DDP's, in backward
+                    scaler.scale(loss if share == 1.0 else loss * share).backward()
             if clip is not None:
                 scaler.unscale_(optimizer)  # clip the true gradients, not scaled ones
                 nn.utils.clip_grad_norm_(model.parameters(), clip)

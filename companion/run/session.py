@@ -179,6 +179,10 @@ class Run:
                 self.keep_in(Path(checkpoint), ident, cleanup, save_every, save_seconds,
                              lock_timeout)
             if profiles.smoke_mode():  # BOOK_SMOKE=1: every code path, a couple of steps a call
+                # what the profile's run would take, for the work log (companion.run.work)
+                self.full_total, self.start_step = self.total, self.step
+                self.desc, self.work_counted = desc, False
+                self.checkpoint_name = Path(checkpoint).name if checkpoint is not None else None
                 self.total = min(self.total, self.step + profiles.SMOKE_STEPS)
             self.signals = cleanup.enter_context(StopSignals(self))
             self.bar = cleanup.enter_context(progress(
@@ -299,6 +303,7 @@ class Run:
             idx, share = self.ranks.share(idx)
         if profiles.smoke_mode():  # the epoch advances by the whole batch, the step sees a few
             idx = idx[:profiles.SMOKE_BATCH]
+            self.step_rows = len(idx)
         batch = tuple(t[idx] for t in self.tensors)
         self.in_step, self.rng_at_step = True, rng_state(self.generator, self.device)
         if self.buffers and self.path is not None:  # what an interrupted step restores

@@ -17,7 +17,7 @@ import time
 import torch
 from torch import nn
 
-from . import profiles
+from . import profiles, work
 
 SLOW = 0.05  # seconds a call: a network slower than this repeats itself in the smoke run
 # calls computed per input shape before a slow network repeats itself: one shows that the
@@ -37,12 +37,17 @@ class _Repeats:
             return super().forward(*args, **kwargs)
         inputs = [a for a in (*args, *kwargs.values()) if torch.is_tensor(a)]
         key = tuple(tuple(a.shape) for a in inputs)
+        # every call counted for the gpu run's work log, a computed one measured
+        return work.eval_call(self, key, lambda: self._smoke_forward(key, inputs, args, kwargs),
+                              lambda: super(_Repeats, self).forward(*args, **kwargs))
+
+    def _smoke_forward(self, key, inputs, args, kwargs):
         calls, seconds, last = self._smoke_calls.get(key, (0, 0.0, None))  # computed calls
         if last is not None and calls >= SMOKE_CALLS and seconds / calls > SLOW:
             grad = [a for a in inputs if a.requires_grad] if torch.is_grad_enabled() else []
             return last + sum(a.sum() for a in grad) * 0 if grad else last.clone()
         start = time.perf_counter()
-        out = super().forward(*args, **kwargs)
+        out = super(_Repeats, self).forward(*args, **kwargs)
         kept = out.detach() if torch.is_tensor(out) else None  # a tuple is computed each time
         calls, seconds = calls + 1, seconds + time.perf_counter() - start
         self._smoke_calls[key] = (calls, seconds, kept)

@@ -1,0 +1,182 @@
+"""What a chapter computes in the `gpu` profile, counted by its smoke run (issue 81).
+
+A smoke run (BOOK_SMOKE=1) takes every code path of the `gpu` profile with a couple of
+steps each, so it knows what the real run would do without doing it. With $BOOK_WORK_LOG
+naming a file, it writes down that work:
+
+- each `fit`: the optimizer steps the gpu run takes, the batch, and the FLOPs of one
+  step (forward and backward, counted by torch's FlopCounterMode on the first smoke step,
+  per example, times the batch): training FLOPs = steps x flops_step;
+- each trained network called in eval mode (samplers, bounds, judges): the calls per input
+  shape and the FLOPs of one call on that shape: sampling FLOPs = calls x flops_call.
+
+A network called inside another's counted call, or inside a training step, is counted once,
+in the outer one. tools/gpu_plan.py turns the counts into seconds on a GPU.
+
+The file is one JSON object, rewritten whole (atomically) as the counts move:
+    {"train": [{"desc", "checkpoint", "steps", "epochs", "rows", "batch", "examples",
+                "flops_step", "ops_step", "params"}],
+     "eval": [{"network", "shape", "calls", "flops_call", "ops_call"}],
+     "seconds": wall time of the run so far}
+An op is one ATen operation dispatched (views aside): about one kernel launch on a GPU,
+which costs the host a few microseconds whatever the work, so a small network's step
+takes ops x that however few its FLOPs.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from . import profiles
+
+LOG_VAR = "BOOK_WORK_LOG"
+FLUSH_S = 0.5  # the file is rewritten at most this often while networks are called
+
+_train: list[dict] = []
+_eval: dict[tuple, dict] = {}
+_depth = 0  # > 0 inside a counted call or a training step: inner calls are not counted
+_flushed = 0.0
+_start = time.perf_counter()
+_registered = False
+
+
+def enabled() -> bool:
+    """True in a smoke run with $BOOK_WORK_LOG set."""
+    return profiles.smoke_mode() and bool(os.environ.get(LOG_VAR, "").strip())
+
+
+def reset() -> None:
+    """Forget what was counted (tests)."""
+    global _depth, _flushed
+    _train.clear()
+    _eval.clear()
+    _depth, _flushed = 0, 0.0
+
+
+class _Ops(TorchDispatchMode):
+    """Counts the ATen operations dispatched: about the kernels a GPU launches, whose
+    host-side cost bounds a small network's step from below."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func not in _FREE:
+            self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+# views and metadata: no kernel on a GPU
+_FREE = {torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default,
+         torch.ops.aten.t.default, torch.ops.aten.transpose.int,
+         torch.ops.aten.permute.default, torch.ops.aten.expand.default,
+         torch.ops.aten.unsqueeze.default, torch.ops.aten.squeeze.dim,
+         torch.ops.aten.slice.Tensor, torch.ops.aten.select.int,
+         torch.ops.aten.detach.default, torch.ops.aten.alias.default,
+         torch.ops.aten.as_strided.default, torch.ops.aten.split.Tensor,
+         torch.ops.aten.unbind.int, torch.ops.aten.reshape.default}
+
+
+@contextlib.contextmanager
+def _measuring():
+    """Yields a dict that holds, once the block ends, its "flops" and "ops"."""
+    flops, ops, out = FlopCounterMode(display=False), _Ops(), {}
+    with flops, ops:
+        yield out
+    out.update(flops=int(flops.get_total_flops()), ops=ops.ops)
+
+
+def _flops(fn):
+    """(fn's result, {"flops", "ops"} while it runs)."""
+    with _measuring() as got:
+        out = fn()
+    return out, got
+
+
+@contextlib.contextmanager
+def _inside():
+    global _depth
+    _depth += 1
+    try:
+        yield
+    finally:
+        _depth -= 1
+
+
+@contextlib.contextmanager
+def counting(run):
+    """Around one fit step's forward and backward. In a smoke run with a work log, calls
+    inside it are not counted as eval calls, and the fit's first step is measured: its
+    FLOPs per example times the batch go into the log with the steps the gpu run would
+    take (run.full_total, before the smoke run's cut)."""
+    if not enabled() or _depth:
+        yield
+        return
+    measure = not getattr(run, "work_counted", True)
+    with _inside(), (_measuring() if measure else contextlib.nullcontext({})) as got:
+        yield
+    if not measure:
+        return
+    run.work_counted = True
+    rows = max(1, getattr(run, "step_rows", 1))
+    batch = min(run.batch_size, run.n)
+    _train.append({
+        "desc": run.desc, "checkpoint": run.checkpoint_name,
+        "steps": run.full_total - run.start_step, "epochs": run.epochs, "rows": run.n,
+        "batch": batch, "examples": rows,
+        "flops_step": got["flops"] * batch // rows, "ops_step": got["ops"],
+        "params": sum(p.numel() for p in run.model.parameters())})
+    flush(force=True)
+
+
+def eval_call(network: torch.nn.Module, key: tuple, call, compute):
+    """Count one eval-mode call of a trained network on inputs of shapes `key`, and return
+    call() (the smoke run's, which may repeat an earlier output). The first counted call
+    on each shape runs compute() instead (the network's own forward), measuring its
+    FLOPs."""
+    if not enabled() or _depth:
+        return call()
+    name = type(network).__qualname__
+    entry = _eval.get((name, key))
+    with _inside():
+        if entry is None:
+            out, got = _flops(compute)
+            entry = _eval[(name, key)] = {"network": name, "shape": [list(s) for s in key],
+                                          "calls": 0, "flops_call": got["flops"],
+                                          "ops_call": got["ops"]}
+        else:
+            out = call()
+    entry["calls"] += 1
+    flush()
+    return out
+
+
+def flush(force: bool = False) -> None:
+    """Rewrite $BOOK_WORK_LOG with the counts so far (at most every FLUSH_S seconds)."""
+    global _flushed, _registered
+    path = os.environ.get(LOG_VAR, "").strip()
+    now = time.perf_counter()
+    if not path or (not force and now - _flushed < FLUSH_S):
+        return
+    if not _registered:  # the last counts, when the kernel exits
+        atexit.register(flush, True)
+        _registered = True
+    _flushed = now
+    data = {"train": _train, "eval": list(_eval.values()), "seconds": round(now - _start, 1)}
+    tmp = Path(f"{path}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, path)
+    except OSError as err:  # a count must never stop a run
+        import warnings
+        warnings.warn(f"${LOG_VAR} ({path}) could not be written: {err}", stacklevel=2)

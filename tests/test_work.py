@@ -1,0 +1,99 @@
+"""The smoke run's work log (companion.run.work): what the gpu run would compute."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from companion.run import smoke, work
+from companion.train import fit
+
+IN, OUT, BATCH, N = 6, 5, 8, 24
+
+
+class Wrapper(nn.Module):
+    """A network that calls another one (counted once, in the outer call)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x) * 2
+
+
+@pytest.fixture
+def log(monkeypatch, tmp_path):
+    monkeypatch.setenv("BOOK_SMOKE", "1")
+    path = tmp_path / "work.json"
+    monkeypatch.setenv(work.LOG_VAR, str(path))
+    work.reset()
+    yield path
+    work.reset()
+
+
+def read(path):
+    work.flush(force=True)
+    return json.loads(path.read_text())
+
+
+def test_a_fit_logs_the_gpu_runs_steps_and_flops_per_step(log):
+    model = nn.Linear(IN, OUT)
+    x = torch.randn(N, IN)
+    fit(model, lambda m, b: m(b).pow(2).mean(), x, steps=300, batch_size=BATCH, quiet=True)
+    (entry,) = read(log)["train"]
+    assert entry["steps"] == 300  # the gpu run's, not the smoke run's two
+    assert entry["batch"] == BATCH and entry["rows"] == N and entry["epochs"] is None
+    # forward 2*B*in*out; backward only the weight's gradient (the data needs none)
+    assert entry["flops_step"] == 4 * BATCH * IN * OUT
+    assert entry["params"] == IN * OUT + OUT
+    # addmm, pow, mean and their gradients, the gradient's mm and sum: a dozen kernels
+    assert 6 <= entry["ops_step"] <= 30
+
+
+def test_an_epoch_run_counts_its_steps_from_the_data(log):
+    model = nn.Linear(IN, OUT)
+    fit(model, lambda m, b: m(b).pow(2).mean(), torch.randn(N, IN), epochs=4,
+        batch_size=BATCH, quiet=True)
+    (entry,) = read(log)["train"]
+    assert entry["steps"] == 4 * N // BATCH and entry["epochs"] == 4
+
+
+def test_eval_calls_are_counted_per_shape_even_when_repeated(log, monkeypatch):
+    monkeypatch.setattr(smoke, "SLOW", -1.0)  # every network repeats after one call
+    inner = nn.Linear(IN, OUT)
+    fit(inner, lambda m, b: m(b).pow(2).mean(), torch.randn(N, IN), steps=5,
+        batch_size=BATCH, quiet=True)
+    with torch.no_grad():
+        for _ in range(7):
+            inner(torch.randn(3, IN))
+        inner(torch.randn(4, IN))
+    calls = {tuple(e["shape"][0]): e for e in read(log)["eval"]}
+    assert calls[(3, IN)]["calls"] == 7 and calls[(4, IN)]["calls"] == 1
+    assert calls[(3, IN)]["flops_call"] == 2 * 3 * IN * OUT  # measured, not the repeat's 0
+
+
+def test_a_network_inside_another_is_counted_once(log):
+    inner = nn.Linear(IN, OUT)
+    outer = Wrapper(inner)
+    fit(outer, lambda m, b: m(b).pow(2).mean(), torch.randn(N, IN), steps=5,
+        batch_size=BATCH, quiet=True)
+    smoke.cut(inner)  # as if trained on its own too
+    with torch.no_grad():
+        outer(torch.randn(2, IN))
+    (entry,) = read(log)["eval"]
+    assert entry["network"] == "Wrapper" and entry["calls"] == 1
+    assert entry["flops_call"] == 2 * 2 * IN * OUT
+
+
+def test_nothing_is_logged_without_the_variable_or_outside_a_smoke_run(log, monkeypatch):
+    monkeypatch.setenv("BOOK_SMOKE", "0")
+    fit(nn.Linear(IN, OUT), lambda m, b: m(b).pow(2).mean(), torch.randn(N, IN), steps=3,
+        batch_size=BATCH, quiet=True)
+    assert not log.exists()
+    monkeypatch.setenv("BOOK_SMOKE", "1")
+    monkeypatch.delenv(work.LOG_VAR)
+    fit(nn.Linear(IN, OUT), lambda m, b: m(b).pow(2).mean(), torch.randn(N, IN), steps=3,
+        batch_size=BATCH, quiet=True)
+    assert not log.exists() and not work.enabled()
