@@ -28,6 +28,7 @@ class Context:
     mnist: cdata.ImageData
     budget_s: float
     matmul_tflops: float = float("nan")
+    sampling: bool = True  # False (--step): the training step alone, no sampling chains
     notes: list[str] = field(default_factory=list)
 
     def pick(self, small, large):

@@ -2,6 +2,7 @@
 
     python -m benchmarks.run                      # make bench: small sizes, a few minutes
     python -m benchmarks.run --gpu-sizes --out results/h100.json    # the gpu profile's sizes
+    python -m benchmarks.run --only ddpm --step     # the training step alone (a GPU lease)
 
 Benchmarks (each skips with a line when its model is not in companion yet, and records an
 error instead of stopping the others):
@@ -51,6 +52,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--only", nargs="+", choices=list(BENCHES), default=list(BENCHES))
     ap.add_argument("--budget", type=float, default=None,
                     help="seconds a benchmark may train for time-to-quality (default by size)")
+    ap.add_argument("--step", action="store_true",
+                    help="the training step alone: no sampling chains (ddpm: ours at "
+                         "batch 128 and 512, diffusers at 128; a GPU lease's first minutes)")
     args = ap.parse_args(argv)
 
     seed_everything(0)
@@ -61,7 +65,8 @@ def main(argv=None) -> dict:
         torch.backends.cudnn.benchmark = True
     gpu_sizes = device.type == "cuda" if args.gpu_sizes is None else args.gpu_sizes
     mnist = data.load("mnist", device=device, verbose=True)
-    ctx = Context(device, gpu_sizes, mnist, args.budget or (90.0 if gpu_sizes else 60.0))
+    ctx = Context(device, gpu_sizes, mnist, args.budget or (90.0 if gpu_sizes else 60.0),
+                  sampling=not args.step)
     results = {
         "device": device_name(device), "device_type": device.type,
         "capability": list(torch.cuda.get_device_capability(device))

@@ -337,7 +337,7 @@ def ddpm(x, profile, device, *, steps: int | None = None, resume_from=None,
 
     result = fit(model, loss_fn, x11, steps=total, batch_size=s["batch_size"],
                  optimizer=optimizer, clip=DDPM_CLIP, ema=s["ema"], checkpoint=path,
-                 config=config, compile=torch.device(device).type == "cuda",
+                 config=config, compile="cuda",
                  desc="DDPM" if steps is None else f"DDPM ({steps} steps)")
     return result.ema.model, result
 
@@ -554,7 +554,7 @@ def ddpm_cond(x, labels, profile, device, *, prefix: str = "ch16"):
     result = fit(model, loss_fn, (x * 2 - 1, y), steps=s["steps"],
                  batch_size=s["batch_size"], optimizer=optimizer, clip=DDPM_CLIP,
                  ema=s["ema"], checkpoint=checkpoint_path(f"{prefix}-ddpm-cond", profile),
-                 config=config, compile=torch.device(device).type == "cuda",
+                 config=config, compile="cuda",
                  desc="conditional DDPM")
     return result.ema.model, result
 
@@ -802,7 +802,7 @@ def flow_matching(x, profile, device, *, steps: int | None = None, resume_from=N
     _continue(path, resume_from, model, config, x * 2 - 1, optimizer, s, total)
     result = fit(model, loss_fn, x * 2 - 1, steps=total, batch_size=s["batch_size"],
                  optimizer=optimizer, clip=DDPM_CLIP, ema=s["ema"], checkpoint=path,
-                 config=config, compile=torch.device(device).type == "cuda",
+                 config=config, compile="cuda",
                  desc="flow matching" if steps is None else f"flow ({steps} steps)")
     return result.ema.model, result
 
@@ -857,7 +857,7 @@ def masked_diffusion(x, profile, device, *, prefix: str = "ch14"):
     result = fit(model, loss_fn, x, steps=s["steps"], batch_size=s["batch_size"],
                  optimizer=optimizer, clip=DDPM_CLIP, ema=s["ema"],
                  checkpoint=checkpoint_path(f"{prefix}-masked", profile), config=config,
-                 compile=torch.device(device).type == "cuda", desc="masked diffusion")
+                 compile="cuda", desc="masked diffusion")
     return result.ema.model, result
 
 
@@ -1062,7 +1062,7 @@ def edm(x, profile, device, *, steps: int | None = None, resume_from=None,
     _continue(path, resume_from, model, config, x * 2 - 1, optimizer, s, total)
     result = fit(model, loss_fn, x * 2 - 1, steps=total, batch_size=s["batch_size"],
                  optimizer=optimizer, clip=DDPM_CLIP, ema=s["ema"], checkpoint=path,
-                 config=config, compile=torch.device(device).type == "cuda",
+                 config=config, compile="cuda",
                  desc="EDM" if steps is None else f"EDM ({steps} steps)")
     return denoiser(result.ema.model).eval(), result
 
@@ -1715,7 +1715,7 @@ def ch21_model(x, labels, profile, device, *, network: str = "dit-M", cond: str 
     _continue(path, resume_from, model, config, data, optimizer, s, total)
     result = fit(model, loss_fn, data, steps=total, batch_size=s["batch_size"],
                  optimizer=optimizer, clip=DDPM_CLIP, ema=s["ema"], checkpoint=path,
-                 config=config, compile=torch.device(device).type == "cuda",
+                 config=config, compile="cuda",
                  desc=f"{network} ({cond})" + ("" if steps is None else f", {steps} steps"))
     return result.ema.model.eval(), result
 

@@ -71,7 +71,7 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
         steps: int | None = None, batch_size: int = 128, optimizer=None, lr: float = 1e-3,
         clip: float | None = None, ema: float | None = None, checkpoint=None,
         config: dict | None = None, save_every: int | None = None, amp: bool = True,
-        compile: bool = False, check_every: int = 25, quiet: bool | None = None,
+        compile: bool | str = False, check_every: int = 25, quiet: bool | None = None,
         generator: torch.Generator | None = None, desc: str = "train",
         save_seconds: float = 60.0, lock_timeout: float | None = None) -> FitResult:
     """Train `model` on `data` (a tensor or tuple of tensors, first dim = examples).
@@ -125,7 +125,8 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
         amp: mixed precision where the device has it (default True): bf16 or fp16 on a GPU,
             bf16 on a CPU with native bf16 units for a network that gains
             (`companion.run.precision.autocast_dtype`), float32 elsewhere.
-        compile: torch.compile the model (default False; falls back to eager mode).
+        compile: torch.compile the model (default False; falls back to eager mode);
+            "cuda": only where the model is on a GPU (the recipes' choice).
         check_every: steps between the moves of the logged losses to the host (and the
             NaN check). Default 25.
         quiet: no progress bar (default: the active profile's `quiet`).
@@ -152,9 +153,14 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
     amp_dtype = precision.autocast_dtype(device, model) if amp else None
     # fp16 needs loss scaling (small gradients underflow); bf16 and float32 do not
     scaler = precision.grad_scaler(device, enabled=amp_dtype == torch.float16)
+    if compile not in (True, False, "cuda"):
+        raise ValueError(f"compile={compile!r}: give True, False or 'cuda' (compile only "
+                         "where the model is on a GPU)")
+    wants_compile, compile = compile, compile is True or (compile == "cuda"
+                                                        and device.type == "cuda")
     run = Run(model, optimizer, averager, scaler, generator, tensors, batch_size, total,
               drop_last=compile, check_every=check_every)
-    run.epochs = epochs
+    run.epochs, run.wants_compile = epochs, bool(wants_compile)  # the work log's
     step_kw = takes_step(loss_fn)
     with run.session(checkpoint, config, ema, save_every, save_seconds, lock_timeout,
                      quiet, desc):

@@ -97,3 +97,15 @@ def test_nothing_is_logged_without_the_variable_or_outside_a_smoke_run(log, monk
     fit(nn.Linear(IN, OUT), lambda m, b: m(b).pow(2).mean(), torch.randn(N, IN), steps=3,
         batch_size=BATCH, quiet=True)
     assert not log.exists() and not work.enabled()
+
+
+def test_compile_cuda_compiles_only_on_a_gpu_and_the_log_says_the_gpu_would(log):
+    model = nn.Linear(IN, OUT)
+    result = fit(model, lambda m, b: m(b).pow(2).mean(), torch.randn(N, IN), steps=3,
+                 batch_size=BATCH, quiet=True, compile="cuda")
+    assert result.steps == 2  # the smoke run's, eagerly on this CPU
+    (entry,) = read(log)["train"]
+    assert entry["compiled"] is True
+    with pytest.raises(ValueError, match="compile='yes'.*True, False or 'cuda'"):
+        fit(model, lambda m, b: m(b).pow(2).mean(), torch.randn(N, IN), steps=3,
+            batch_size=BATCH, quiet=True, compile="yes")

