@@ -60,8 +60,7 @@ def test_an_epoch_run_counts_its_steps_from_the_data(log):
     assert entry["steps"] == 4 * N // BATCH and entry["epochs"] == 4
 
 
-def test_eval_calls_are_counted_per_shape_even_when_repeated(log, monkeypatch):
-    monkeypatch.setattr(smoke, "SLOW", -1.0)  # every network repeats after one call
+def test_eval_calls_are_counted_per_shape_even_when_repeated(log):
     inner = nn.Linear(IN, OUT)
     fit(inner, lambda m, b: m(b).pow(2).mean(), torch.randn(N, IN), steps=5,
         batch_size=BATCH, quiet=True)
@@ -72,6 +71,33 @@ def test_eval_calls_are_counted_per_shape_even_when_repeated(log, monkeypatch):
     calls = {tuple(e["shape"][0]): e for e in read(log)["eval"]}
     assert calls[(3, IN)]["calls"] == 7 and calls[(4, IN)]["calls"] == 1
     assert calls[(3, IN)]["flops_call"] == 2 * 3 * IN * OUT  # measured, not the repeat's 0
+
+
+def test_a_large_batch_is_counted_whole_and_computed_on_a_few_rows(log):
+    net = nn.Sequential(nn.Linear(IN, 64), nn.ReLU(), nn.Linear(64, OUT))
+    fit(net, lambda m, b: m(b).pow(2).mean(), torch.randn(N, IN), steps=5,
+        batch_size=BATCH, quiet=True)
+    x = torch.randn(1000, IN)
+    with torch.no_grad():
+        out = net(x)
+        again = net(torch.randn(1000, IN))
+    rows = smoke.profiles.SMOKE_BATCH
+    assert out.shape == (1000, OUT)
+    torch.testing.assert_close(out[:rows], net[2](net[1](net[0](x[:rows]))))
+    assert torch.equal(out[rows:2 * rows], out[:rows])  # the few rows, repeated
+    assert torch.equal(again, out)  # then the output repeats
+    (entry,) = read(log)["eval"]
+    assert entry["flops_call"] == 2 * 1000 * (IN * 64 + 64 * OUT) and entry["calls"] == 2
+    assert 3 <= entry["ops_call"] <= 6  # two addmm and a relu
+
+
+def test_counting_work_takes_the_profiles_counts(log, monkeypatch):
+    from companion.run.profiles import get_profile
+
+    monkeypatch.setenv("BOOK_PROFILE", "gpu")
+    assert get_profile().count(ci=2, cpu=3, gpu=5) == 5
+    monkeypatch.delenv(work.LOG_VAR)  # a plain smoke run: the ci count
+    assert get_profile().count(ci=2, cpu=3, gpu=5) == 2
 
 
 def test_a_network_inside_another_is_counted_once(log):

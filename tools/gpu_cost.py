@@ -21,7 +21,8 @@ A small network's step is bound by the host launching its kernels one at a time,
 one's by its FLOPs. RATE and HOST_OP_S come from GPU runs measured before (below); the
 estimates are checked against the chapters measured on a GPU (`check`), and the plan says
 which it used. A fit on another chapter's model (its checkpoint named "chN-...") is that
-chapter's work: it is counted only where the lease has not run chapter N before.
+chapter's work, and any fit is counted only where the lease has not trained its
+checkpoint before (in that chapter or another).
 
 Not counted, so an estimate is low by them: training loops outside `fit`, networks called
 through another method than forward (a VAE's `decode`), and work on tensors outside a
@@ -83,15 +84,20 @@ def fit_owner(fit: dict) -> int | None:
     return int(m[1]) if m else None
 
 
-def parts(record: dict, chapter: int, cached: set[int] = frozenset()) -> list[tuple]:
+def trains(record: dict) -> set[str]:
+    """The checkpoints a chapter's run trains where they are absent (a lease's cache)."""
+    return {f["checkpoint"] for f in record["train"] if f.get("checkpoint")}
+
+
+def parts(record: dict, chapter: int, cached: set[str] = frozenset()) -> list[tuple]:
     """[(seconds, what)] of one chapter's gpu run, from its work `record`: each fit (those
-    on a model of a chapter in `cached` left out: the lease trained it already), each
-    network's eval calls per shape, and the host's work."""
+    whose checkpoint is in `cached` left out: the lease trained it already), each network's
+    eval calls per shape, and the host's work."""
     out = []
     for fit in record["train"]:
-        owner = fit_owner(fit)
-        if owner is not None and owner != chapter and owner in cached:
+        if fit.get("checkpoint") in cached:
             continue
+        owner = fit_owner(fit)
         steps, graphed = fit_steps(fit), fit.get("compiled", False)
         secs = steps * step_seconds(fit["flops_step"], fit.get("ops_step", 0), graphed)
         whose = f" (chapter {owner}'s model)" if owner not in (None, chapter) else ""
@@ -109,19 +115,20 @@ def parts(record: dict, chapter: int, cached: set[int] = frozenset()) -> list[tu
     return out
 
 
-def seconds(record: dict, chapter: int, cached: set[int] = frozenset()) -> float:
+def seconds(record: dict, chapter: int, cached: set[str] = frozenset()) -> float:
     """The estimate: the sum of `parts`."""
     return sum(s for s, _ in parts(record, chapter, cached))
 
 
-def slowest(record: dict, chapter: int, cached: set[int] = frozenset()) -> tuple:
+def slowest(record: dict, chapter: int, cached: set[str] = frozenset()) -> tuple:
     """(seconds, what) of the largest part."""
     return max(parts(record, chapter, cached))
 
 
-def load(path: Path = WORK) -> dict:
-    """{notebook stem: work record} from tools/gpu-work.json ({} if absent)."""
-    return json.loads(path.read_text())["chapters"] if path.exists() else {}
+def load(path: Path = WORK, section: str = "chapters") -> dict:
+    """{notebook stem: work record} from tools/gpu-work.json ({} if absent); section
+    "editions": {"stem@commit": record} of the editions a GPU ran (`count --edition`)."""
+    return json.loads(path.read_text()).get(section, {}) if path.exists() else {}
 
 
 # --- counting ------------------------------------------------------------------------------
@@ -149,27 +156,55 @@ def record(log: Path, wall: float) -> dict:
             "compute_seconds": work.get("compute_seconds", 0.0)}
 
 
-def store(records: dict[str, dict], path: Path = WORK) -> None:
+def store(records: dict[str, dict], path: Path = WORK, section: str = "chapters") -> None:
     """Merge `records` ({stem: record}) into tools/gpu-work.json, saying where and when."""
-    data = json.loads(path.read_text()) if path.exists() else {"chapters": {}}
+    data = json.loads(path.read_text()) if path.exists() else {}
     data["counted_on"] = (f"{platform.processor() or platform.machine()}, "
                           f"{os.cpu_count()} cores, {date.today().isoformat()}")
-    data["chapters"] = dict(sorted({**data["chapters"], **records}.items()))
+    data[section] = dict(sorted({**data.get(section, {}), **records}.items()))
     path.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def edition(stem: str, commit: str, folder: Path) -> Path:
+    """The notebook `stem` as it was at `commit`, written into `folder`."""
+    text = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:notebooks/{stem}.ipynb"],
+                          capture_output=True, text=True, check=True).stdout
+    path = folder / f"{stem}.ipynb"
+    path.write_text(text)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("what", choices=["count", "show"])
     ap.add_argument("notebooks", nargs="*", type=Path)
+    ap.add_argument("--edition", metavar="COMMIT",
+                    help="count the notebooks as they were at COMMIT (an edition a GPU ran; "
+                         "kept apart, for the plan's check)")
     args = ap.parse_args(argv)
+    if args.what == "count" and args.edition:
+        with tempfile.TemporaryDirectory(prefix="book-edition-") as tmp:
+            for nb in args.notebooks:
+                rec = count(edition(nb.stem, args.edition, Path(tmp)))
+                store({f"{nb.stem}@{args.edition}": rec}, section="editions")
+                print(f"{nb.stem} at {args.edition}: "
+                      f"{es_seconds(seconds(rec, int(nb.name[:2])))} estimated", flush=True)
+        return 0
     if args.what == "count":
+        failed = []
         for nb in args.notebooks or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
-            rec = count(nb)
+            try:
+                rec = count(nb)
+            except RuntimeError as err:  # the others are still counted
+                print(err, file=sys.stderr, flush=True)
+                failed.append(nb.stem)
+                continue
             store({nb.stem: rec})
             print(f"{nb.stem}: {es_seconds(seconds(rec, int(nb.name[:2])))} estimated "
                   f"(smoke run {rec['smoke_seconds']:.0f} s)", flush=True)
-        return 0
+        if failed:
+            print(f"not counted (their smoke run failed): {', '.join(failed)}")
+        return 1 if failed else 0
     for stem, rec in load().items():
         chapter = int(stem[:2])
         print(f"{stem}: ~{es_seconds(seconds(rec, chapter))} on a GPU")

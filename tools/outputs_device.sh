@@ -6,6 +6,17 @@
 #   tools/outputs_device.sh --detach [--wait 540]   # the whole plan in the background
 #   tools/outputs_device.sh [--budget S] 06_vae_mnist t4:09_ddpm_mnist ...
 #   tools/outputs_device.sh --dry-run [ENTRY...]    # here, on the CPU (see below)
+#   tools/outputs_device.sh --lease                 # one lease's one call (issue 81)
+#
+# --lease: what one lease (15 minutes of device time, one call of 10) is for. First the
+# DDPM step benchmark (benchmarks.run --only ddpm --step, at most $BENCH_S s, into
+# $OUT/bench.json), then the chapters `gpu_plan.py lease` fits into the call's budget,
+# weakest samples first (18, 17, 13, 11, then the newest others), each stopped at the
+# call's deadline. As each ends (done or stopped) $OUT gets the notebooks made so far
+# (outputs.tar.gz), the train log, and checkpoints.tar: the lease's checkpoints that fit
+# its 15 MiB (what a device call brings back is at most 16 MiB a file; a gpu U-Net's
+# checkpoint is far larger), the others named in the log. A call cut off by its limit
+# still returns what finished.
 #
 # The plan (tools/gpu_plan.py: the chapters in dependency order, 11 and 12 first, the
 # T4-emulated runs of 9 and 10, then the rest) is followed by --next: each call runs the
@@ -51,6 +62,7 @@ while [ $# -gt 0 ]; do
     --detach) mode=detach; shift ;;
     --runner) mode=runner; shift ;;  # the detached process itself
     --dry-run) dry=1; shift ;;
+    --lease) mode=lease; shift ;;
     --skip) skip=$2; shift 2 ;;
     -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     -*) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -185,6 +197,21 @@ run_within_budget() {
   done
 }
 
+# the lease's checkpoints, smallest first, while they fit $OUT's 16 MiB a file
+pack_checkpoints() {
+  local kept=() left=() size total=0 limit=$((15 * 1024 * 1024)) f
+  while read -r size f; do
+    [ -n "$f" ] || continue
+    if (( total + size <= limit )); then kept+=("$f"); total=$((total + size))
+    else left+=("$(basename "$f") ($((size / 1024 / 1024)) MiB)"); fi
+  done < <(find "$BOOK_CACHE" -maxdepth 1 -name '*.pt' -printf '%s %p\n' 2>/dev/null | sort -n)
+  [ ${#kept[@]} -gt 0 ] && tar cf "$OUT/checkpoints.tar.tmp" -C "$BOOK_CACHE" \
+    $(for f in "${kept[@]}"; do basename "$f"; done) &&
+    mv "$OUT/checkpoints.tar.tmp" "$OUT/checkpoints.tar"
+  [ ${#left[@]} -gt 0 ] && echo "checkpoints too large to bring back: ${left[*]}"
+  return 0
+}
+
 pack_out() {
   [ -f "$PACK/outputs.tar.gz" ] && cp "$PACK/outputs.tar.gz" "$OUT/"
   [ -f "$BOOK_TRAIN_LOG" ] && cp "$BOOK_TRAIN_LOG" "$OUT/" && tail -4 "$BOOK_TRAIN_LOG"
@@ -195,6 +222,21 @@ pack_out() {
 }
 
 case $mode in
+  lease)  # the benchmark, then the chapters the plan fits (issue 81)
+    bench_s=${BENCH_S:-120}
+    echo "=== bench ($(date -u +%H:%M:%S)): the DDPM step, at most $bench_s s"
+    PYTHONUNBUFFERED=1 timeout --kill-after=10 "$bench_s" "$PY" -m benchmarks.run \
+      --only ddpm --step --out "$OUT/bench.json" || echo "bench: exit $? (cut at $bench_s s?)"
+    todo=$("$PY" $here/gpu_plan.py lease --left $((budget - (SECONDS - start))))
+    echo "the lease's chapters: $(echo "$todo" | cut -d' ' -f1 | tr '\n' ' ')"
+    while read -r key est; do
+      [ -n "$key" ] || continue
+      used=$((SECONDS - start))
+      if [ $used -ge "$budget" ]; then echo "not started: $key ($used s used)"; continue; fi
+      run_entry "$key" $((deadline - used > 1 ? deadline - used : 1)) || true
+      snapshot; pack_out; pack_checkpoints  # what finished comes back even if cut off
+    done <<< "$todo"
+    ;;
   list)
     if [ ${#entries[@]} = 0 ] && [ $dry = 0 ]; then
       echo "nothing to run: name entries, or --next, --detach, --dry-run (see --help)"; exit 2

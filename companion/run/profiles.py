@@ -55,9 +55,13 @@ class Profile:
         """How many samples, draws, repeats or steps: `profile.count(ci=32, cpu=64, gpu=500)`.
 
         The profile's value, like `pick`, except in the smoke run, which takes the ci count:
-        a count sets how long a computation runs, never what it computes with.
+        a count sets how long a computation runs, never what it computes with. A smoke run
+        that counts the work of its profile ($BOOK_WORK_LOG, companion.run.work) takes the
+        profile's count: its networks compute a few rows a call, then repeat themselves.
         """
-        return ci if self.smoke else self.pick(ci=ci, cpu=cpu, gpu=gpu)
+        if self.smoke and not counting_work():
+            return ci
+        return self.pick(ci=ci, cpu=cpu, gpu=gpu)
 
     def with_(self, **changes) -> Profile:
         """A copy with some sizes changed, e.g. for a quick experiment."""
@@ -123,6 +127,13 @@ def env_flag(name: str, default: bool = False, environ=None) -> bool:
 
 
 SMOKE_VAR = "BOOK_SMOKE"
+WORK_VAR = "BOOK_WORK_LOG"  # a smoke run that writes down its profile's work there
+
+
+def counting_work() -> bool:
+    """True in a smoke run with $BOOK_WORK_LOG set (companion.run.work)."""
+    return smoke_mode() and bool(os.environ.get(WORK_VAR, "").strip())
+
 SMOKE_STEPS = 2  # optimizer steps a smoke run's fit takes
 SMOKE_BATCH = 8  # examples a smoke run's optimizer step sees (of the batch it drew)
 

@@ -35,23 +35,29 @@ class _Repeats:
     def forward(self, *args, **kwargs):
         if self.training or not profiles.smoke_mode():
             return super().forward(*args, **kwargs)
+        own = super().forward
+        if work.faking():  # inside a call measured on fake tensors: just compute
+            return own(*args, **kwargs)
         inputs = [a for a in (*args, *kwargs.values()) if torch.is_tensor(a)]
         key = tuple(tuple(a.shape) for a in inputs)
-        # every call counted for the gpu run's work log, a computed one measured
-        return work.eval_call(self, key, lambda: self._smoke_forward(key, inputs, args, kwargs),
-                              lambda: super(_Repeats, self).forward(*args, **kwargs))
+        # a run that counts its work (companion.run.work) counts every call, computes a few
+        # rows of the first on each shape, and repeats it, however fast the network
+        return work.eval_call(self, key, args, kwargs, own,
+                              lambda: self._smoke_forward(key, inputs, own, args, kwargs))
 
-    def _smoke_forward(self, key, inputs, args, kwargs):
+    def _smoke_forward(self, key, inputs, own, args, kwargs):
+        counting = work.enabled()
+        slow = -1.0 if counting else SLOW
         calls, seconds, last = self._smoke_calls.get(key, (0, 0.0, None))  # computed calls
-        if last is not None and calls >= SMOKE_CALLS and seconds / calls > SLOW:
+        if last is not None and calls >= SMOKE_CALLS and seconds / calls > slow:
             grad = [a for a in inputs if a.requires_grad] if torch.is_grad_enabled() else []
             return last + sum(a.sum() for a in grad) * 0 if grad else last.clone()
         start = time.perf_counter()
-        out = super(_Repeats, self).forward(*args, **kwargs)
+        out = work.few_rows(own, args, kwargs) if counting else own(*args, **kwargs)
         kept = out.detach() if torch.is_tensor(out) else None  # a tuple is computed each time
         calls, seconds = calls + 1, seconds + time.perf_counter() - start
         self._smoke_calls[key] = (calls, seconds, kept)
-        if kept is not None and calls == SMOKE_CALLS and seconds / calls > SLOW:
+        if kept is not None and calls == SMOKE_CALLS and seconds / calls > slow:
             _log(type(self).__qualname__, seconds / calls)  # from here on it repeats
         return out
 

@@ -8,7 +8,12 @@ naming a file, it writes down that work:
   step (forward and backward, counted by torch's FlopCounterMode on the first smoke step,
   per example, times the batch): training FLOPs = steps x flops_step;
 - each trained network called in eval mode (samplers, bounds, judges): the calls per input
-  shape and the FLOPs of one call on that shape: sampling FLOPs = calls x flops_call.
+  shape and the FLOPs of one call on that shape (counted on fake tensors: nothing is
+  computed): sampling FLOPs = calls x flops_call.
+
+Such a run takes the profile's counts (`Profile.count`: samples, steps, draws), not the ci
+ones a plain smoke run takes; to stay quick, a network's first call on a shape computes a
+few rows (`few_rows`) and later ones repeat its output (companion.run.smoke).
 
 A network called inside another's counted call, or inside a training step, is counted once,
 in the outer one. tools/gpu_plan.py turns the counts into seconds on a GPU.
@@ -40,7 +45,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from . import profiles
 
-LOG_VAR = "BOOK_WORK_LOG"
+LOG_VAR = profiles.WORK_VAR
 FLUSH_S = 0.5  # the file is rewritten at most this often while networks are called
 
 _train: list[dict] = []
@@ -53,7 +58,7 @@ _registered = False
 
 def enabled() -> bool:
     """True in a smoke run with $BOOK_WORK_LOG set."""
-    return profiles.smoke_mode() and bool(os.environ.get(LOG_VAR, "").strip())
+    return profiles.counting_work()
 
 
 def reset() -> None:
@@ -147,26 +152,78 @@ def counting(run):
     flush(force=True)
 
 
-def eval_call(network: torch.nn.Module, key: tuple, call, compute):
+def faking() -> bool:
+    """True while a call is measured on fake tensors: networks inside it just compute."""
+    return _faking
+
+
+def eval_call(network: torch.nn.Module, key: tuple, args, kwargs, forward, call):
     """Count one eval-mode call of a trained network on inputs of shapes `key`, and return
-    call() (the smoke run's, which may repeat an earlier output). The first counted call
-    on each shape runs compute() instead (the network's own forward), measuring its
-    FLOPs."""
+    call() (the smoke run's: a few rows, or an earlier output repeated). The first on each
+    shape is measured: forward(*args, **kwargs) (the network's own) on fake tensors of
+    the full shapes, which counts its FLOPs and ops and computes nothing."""
     if not enabled() or _depth:
         return call()
     name = type(network).__qualname__
     entry = _eval.get((name, key))
     with _inside():
         if entry is None:
-            out, got = _flops(compute)
+            got = _measure(forward, args, kwargs)
             entry = _eval[(name, key)] = {"network": name, "shape": [list(s) for s in key],
                                           "calls": 0, "flops_call": got["flops"],
                                           "ops_call": got["ops"]}
-        else:
-            out = call()
+        out = call()
     entry["calls"] += 1
     flush()
     return out
+
+
+_faking = False
+
+
+def _measure(forward, args, kwargs) -> dict:
+    """{"flops", "ops"} of forward(*args, **kwargs) on fake tensors of the same shapes;
+    where an operation needs real values, of a real call on a few rows, the FLOPs scaled
+    to the whole batch."""
+    global _faking
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    fake = (lambda a: mode.from_tensor(a) if torch.is_tensor(a) else a)
+    _faking = True
+    try:
+        with torch.no_grad(), mode, _measuring() as got:
+            forward(*map(fake, args), **{k: fake(v) for k, v in kwargs.items()})
+        return got
+    except Exception:  # data-dependent shapes (nonzero, item): count a few real rows
+        rows, batch = _rows(args, kwargs)
+        with _measuring() as got:
+            few_rows(forward, args, kwargs)
+        return {"flops": got["flops"] * batch // max(rows, 1), "ops": got["ops"]}
+    finally:
+        _faking = False
+
+
+def _rows(args, kwargs) -> tuple[int, int]:
+    """(rows few_rows computes, rows of the batch) for these inputs."""
+    tensors = [a for a in (*args, *kwargs.values()) if torch.is_tensor(a) and a.dim()]
+    batch = tensors[0].shape[0] if tensors else 1
+    return min(batch, profiles.SMOKE_BATCH), batch
+
+
+def few_rows(forward, args, kwargs):
+    """forward on the first SMOKE_BATCH rows of a batch, the output's rows repeated to the
+    batch's: what a smoke run that counts work computes (its outputs mean nothing), so a
+    gpu-sized batch costs it a few rows. An output not by rows: the whole call."""
+    rows, batch = _rows(args, kwargs)
+    if rows == batch:
+        return forward(*args, **kwargs)
+    cut = (lambda a: a[:rows] if torch.is_tensor(a) and a.dim() and a.shape[0] == batch
+           else a)
+    out = forward(*map(cut, args), **{k: cut(v) for k, v in kwargs.items()})
+    if torch.is_tensor(out) and out.dim() and out.shape[0] == rows:
+        return out[torch.arange(batch, device=out.device) % rows]
+    return forward(*args, **kwargs)
 
 
 def flush(force: bool = False) -> None:
