@@ -189,7 +189,10 @@ def _measure(forward, args, kwargs) -> dict:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     mode = FakeTensorMode(allow_non_fake_inputs=True)
-    fake = (lambda a: mode.from_tensor(a) if torch.is_tensor(a) else a)
+
+    def fake(a):
+        return mode.from_tensor(a) if torch.is_tensor(a) else a
+
     _faking = True
     try:
         with torch.no_grad(), mode, _measuring() as got:
@@ -218,8 +221,10 @@ def few_rows(forward, args, kwargs):
     rows, batch = _rows(args, kwargs)
     if rows == batch:
         return forward(*args, **kwargs)
-    cut = (lambda a: a[:rows] if torch.is_tensor(a) and a.dim() and a.shape[0] == batch
-           else a)
+
+    def cut(a):
+        return a[:rows] if torch.is_tensor(a) and a.dim() and a.shape[0] == batch else a
+
     out = forward(*map(cut, args), **{k: cut(v) for k, v in kwargs.items()})
     if torch.is_tensor(out) and out.dim() and out.shape[0] == rows:
         return out[torch.arange(batch, device=out.device) % rows]
