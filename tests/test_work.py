@@ -96,6 +96,12 @@ def test_counting_work_takes_the_profiles_counts(log, monkeypatch):
 
     monkeypatch.setenv("BOOK_PROFILE", "gpu")
     assert get_profile().count(ci=2, cpu=3, gpu=5) == 5
+    monkeypatch.setenv("BOOK_WORK_COUNTS", "ci")  # timing the host's own work
+    assert get_profile().count(ci=2, cpu=3, gpu=5) == 2
+    monkeypatch.setenv("BOOK_WORK_COUNTS", "gpu")
+    with pytest.raises(ValueError, match="BOOK_WORK_COUNTS='gpu': give 'ci' or 'profile'"):
+        get_profile().count(ci=2, cpu=3, gpu=5)
+    monkeypatch.delenv("BOOK_WORK_COUNTS")
     monkeypatch.delenv(work.LOG_VAR)  # a plain smoke run: the ci count
     assert get_profile().count(ci=2, cpu=3, gpu=5) == 2
 

@@ -6,16 +6,17 @@
 `count` runs each chapter's smoke run (BOOK_SMOKE=1 BOOK_PROFILE=gpu, as `make test-smoke`)
 with $BOOK_WORK_LOG set, so that companion.run.work writes down what the real run would
 compute: each fit's steps, batch, FLOPs and ATen ops per step, and each trained network's
-eval calls (samplers, bounds, judges) with the FLOPs and ops of one call. The counts, the
-smoke run's time and the host's own share of it are kept in tools/gpu-work.json.
+eval calls (samplers, bounds, judges) with the FLOPs and ops of one call. It takes the
+profile's counts (samples, steps); a second run on the ci counts times the host's own
+work. Both are kept in tools/gpu-work.json.
 
 Seconds on a GPU, per chapter:
 
     a fit             steps x max(ops_step x HOST_OP_S, flops_step / RATE); compiled
                       (CUDA graphs): steps x max(ops_step x GRAPH_OP_S, ...) + COMPILE_S
     eval calls        calls x max(ops_call x HOST_OP_S, flops_call / RATE)
-    the host's work   the smoke run's time outside counted steps and calls (kernel start,
-                      data, plots, metrics on NumPy), as it took on the counting CPU
+    the host's work   the ci-count smoke run's time outside counted steps and calls
+                      (kernel start, data, plots, metrics on NumPy), on the counting CPU
 
 A small network's step is bound by the host launching its kernels one at a time, a large
 one's by its FLOPs. RATE and HOST_OP_S come from GPU runs measured before (below); the
@@ -133,27 +134,34 @@ def load(path: Path = WORK, section: str = "chapters") -> dict:
 
 # --- counting ------------------------------------------------------------------------------
 def count(notebook: Path, python: str = sys.executable) -> dict:
-    """Run `notebook`'s smoke run with a work log; its work record."""
+    """`notebook`'s work record, from two smoke runs that log their work: one with the ci
+    counts, whose time outside the networks' calls is the host's own work (on small
+    tensors, as a GPU's host would see it), one with the gpu profile's counts, whose log
+    is the work."""
+    host = _smoke_run(notebook, python, counts="ci")
+    work = _smoke_run(notebook, python, counts="profile")
+    return {"train": work["train"], "eval": work["eval"],
+            "smoke_seconds": host["wall"], "compute_seconds": host["compute_seconds"],
+            "count_seconds": work["wall"]}
+
+
+def _smoke_run(notebook: Path, python: str, counts: str) -> dict:
+    """The work log of one smoke run of `notebook`, with its wall time ("wall")."""
     with tempfile.TemporaryDirectory(prefix="book-work-") as tmp:
         log = Path(tmp) / "work.json"
         env = dict(os.environ, BOOK_SMOKE="1", BOOK_PROFILE="gpu", BOOK_OFFLINE="1",
-                   BOOK_PROGRESS="0", BOOK_WORK_LOG=str(log), BOOK_CACHE=tmp)
+                   BOOK_PROGRESS="0", BOOK_WORK_LOG=str(log), BOOK_WORK_COUNTS=counts,
+                   BOOK_CACHE=tmp)
         start = time.perf_counter()
         done = subprocess.run([python, str(ROOT / "tools" / "run_notebooks.py"), "execute",
                                "--copy", str(notebook)], env=env, capture_output=True,
                               text=True)
-        wall = time.perf_counter() - start
-        if done.returncode != 0:
-            raise RuntimeError(f"{notebook.name}: its smoke run failed (exit "
-                               f"{done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-        return record(log, wall)
-
-
-def record(log: Path, wall: float) -> dict:
-    """A work record from a smoke run's work log and its wall time."""
-    work = json.loads(log.read_text())
-    return {"train": work["train"], "eval": work["eval"], "smoke_seconds": round(wall, 1),
-            "compute_seconds": work.get("compute_seconds", 0.0)}
+        wall = round(time.perf_counter() - start, 1)
+        if done.returncode != 0 or not log.exists():
+            raise RuntimeError(f"{notebook.name}: its smoke run ({counts} counts) failed "
+                               f"(exit {done.returncode}):\n{done.stdout[-2000:]}"
+                               f"{done.stderr[-2000:]}")
+        return json.loads(log.read_text()) | {"wall": wall}
 
 
 def store(records: dict[str, dict], path: Path = WORK, section: str = "chapters") -> None:

@@ -59,7 +59,7 @@ class Profile:
         that counts the work of its profile ($BOOK_WORK_LOG, companion.run.work) takes the
         profile's count: its networks compute a few rows a call, then repeat themselves.
         """
-        if self.smoke and not counting_work():
+        if self.smoke and not profile_counts():
             return ci
         return self.pick(ci=ci, cpu=cpu, gpu=gpu)
 
@@ -130,9 +130,24 @@ SMOKE_VAR = "BOOK_SMOKE"
 WORK_VAR = "BOOK_WORK_LOG"  # a smoke run that writes down its profile's work there
 
 
+COUNTS_VAR = "BOOK_WORK_COUNTS"  # "ci": such a run takes the ci counts (its host's time)
+
+
 def counting_work() -> bool:
     """True in a smoke run with $BOOK_WORK_LOG set (companion.run.work)."""
     return smoke_mode() and bool(os.environ.get(WORK_VAR, "").strip())
+
+
+def profile_counts() -> bool:
+    """True where `Profile.count` gives the profile's count in a smoke run: one that counts
+    its work, unless $BOOK_WORK_COUNTS is "ci" (tools/gpu_cost.py times the host's own
+    work so: the same cheap networks, on the ci counts' small tensors)."""
+    if not counting_work():
+        return False
+    counts = os.environ.get(COUNTS_VAR, "").strip().lower()
+    if counts not in ("", "profile", "ci"):
+        raise ValueError(f"{COUNTS_VAR}={counts!r}: give 'ci' or 'profile' (the default)")
+    return counts != "ci"
 
 SMOKE_STEPS = 2  # optimizer steps a smoke run's fit takes
 SMOKE_BATCH = 8  # examples a smoke run's optimizer step sees (of the batch it drew)
