@@ -150,8 +150,12 @@ outputs-device:
 device-wheels:
 	tools/device_wheels.sh
 
-# The whole-book gpu run (issue order: 11 and 12 as early as their dependencies allow, then
-# 6, 9, 10, the T4-emulated 9 and 10, the rest): its device calls, chapters and estimates.
+# What a lent GPU would run: first one lease's one call (the DDPM step benchmark, then the
+# chapters that fit, weakest samples first: tools/outputs_device.sh --lease), the estimates
+# checked against the chapters a GPU ran; then the whole-book run (11 and 12 as early as
+# their dependencies allow, then 6, 9, 10, the T4-emulated 9 and 10, the rest) in calls.
+# Estimates: measured on a GPU where one ran the chapter, else counted from the gpu
+# profile's work in its smoke run (tools/gpu_cost.py count; tools/gpu-work.json).
 gpu-plan: $(STAMP)
 	$(BIN)/python tools/gpu_plan.py
 

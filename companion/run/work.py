@@ -19,8 +19,9 @@ A network called inside another's counted call, or inside a training step, is co
 in the outer one. tools/gpu_plan.py turns the counts into seconds on a GPU.
 
 The file is one JSON object, rewritten whole (atomically) as the counts move:
-    {"train": [{"desc", "checkpoint", "steps", "epochs", "rows", "batch", "examples",
-                "flops_step", "ops_step", "compiled", "params"}],
+    {"train": [{"desc", "checkpoint", "steps" (those the gpu run takes), "total", "smoke_end",
+                "epochs", "rows", "batch", "examples", "flops_step", "ops_step",
+                "compiled", "params"}],
      "eval": [{"network", "shape", "calls", "flops_call", "ops_call"}],
      "seconds": wall time of the run so far, "compute_seconds": of it, in counted steps
      and calls (here, on the CPU; the rest is the host's own work: data, plots, metrics)}
@@ -142,14 +143,29 @@ def counting(run):
     run.work_counted = True
     rows = max(1, getattr(run, "step_rows", 1))
     batch = min(run.batch_size, run.n)
+    params = sum(p.numel() for p in run.model.parameters())
     _train.append({
         "desc": run.desc, "checkpoint": run.checkpoint_name,
-        "steps": run.full_total - run.start_step, "epochs": run.epochs, "rows": run.n,
+        "steps": run.full_total - _resumes_at(run, params, batch), "total": run.full_total,
+        "smoke_end": run.total, "epochs": run.epochs, "rows": run.n,
         "batch": batch, "examples": rows,
         "flops_step": got["flops"] * batch // rows, "ops_step": got["ops"],
         "compiled": getattr(run, "wants_compile", False),
-        "params": sum(p.numel() for p in run.model.parameters())})
+        "params": params})
     flush(force=True)
+
+
+def _resumes_at(run, params: int, batch: int) -> int:
+    """The step the gpu run starts this fit at. A smoke run's cache is its own, so a fit
+    that resumes there continues an earlier fit of this run (an early checkpoint, as
+    chapter 9's 600 steps): the gpu run resumes where that one's full run ended."""
+    if not run.start_step:
+        return 0
+    for prev in reversed(_train):
+        if (prev["params"], prev["batch"], prev["smoke_end"]) == (params, batch,
+                                                                    run.start_step):
+            return prev["total"]
+    return run.start_step
 
 
 def faking() -> bool:
