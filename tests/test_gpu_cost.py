@@ -154,3 +154,19 @@ def test_the_check_counts_each_edition_with_the_cache_it_had(monkeypatch):
     # chapter 10 loaded chapter 7's model: only its own fit and host work
     assert rows["10_b"][1] == pytest.approx(10 + 1000 * 50 * gc.HOST_OP_S)
     assert "x" in gp.format_check(gp.check())
+
+
+def test_this_editions_count_beats_a_time_measured_on_an_older_one(book, monkeypatch):
+    monkeypatch.setattr(gp, "MEASURED", {"13_c": (50.0, "gpu profile, H200")})
+    secs, why = gp.estimate(book[13])
+    assert secs == pytest.approx(100) and why.startswith("counted")
+    assert "measured 50 s on the edition of then" in why
+    monkeypatch.setattr(gc, "load", lambda path=None, section="chapters": {})
+    assert gp.estimate(book[13])[0] == 50.0  # uncounted: the older measurement
+
+
+def test_a_chapter_whose_page_shows_a_gpu_run_is_not_leased_again(book, tmp_path):
+    timed_notebook(book[18], "profile=gpu device=cuda (NVIDIA H200) torch=2.11.0 "
+                   "python=3.12.3\n", 300.0)
+    entries, _ = gp.lease(budget=540, bench=0)
+    assert "18_c" not in [e.key for e in entries]

@@ -22,11 +22,11 @@ After the priority chapters come the T4-emulated runs of chapters 9 and 10 ("t4:
 BOOK_T4=1, a cache of their own, only their memory and time stored), then the rest.
 
 Estimates, and the plan says which: measured where the stored outputs are a `gpu` run
-on a GPU (`book.execution`, execution_status.py), or MEASURED before a page was stored
-again from `cpu`; else counted (tools/gpu_cost.py: the gpu profile's work as its smoke run
-counted it, in tools/gpu-work.json, at rates measured on a GPU before), a fit on a
-checkpoint the lease trained earlier not counted again; else, for a chapter not counted,
-a guess: its `cpu` profile's time from an empty cache (the stored run plus what its
+on a GPU (`book.execution`, execution_status.py); else counted (tools/gpu_cost.py: this
+edition's gpu profile's work as its smoke run counted it, in tools/gpu-work.json, at rates
+measured on a GPU before), a fit on a checkpoint the lease trained earlier not counted
+again; else MEASURED on an earlier edition before its page was stored from `cpu`; else a
+guess: its `cpu` profile's time from an empty cache (the stored run plus what its
 loaded models took to train) scaled by GUESS_SCALE. A call starts an entry only while its
 estimate fits the budget left (the first entry of a call always starts).
 
@@ -320,15 +320,17 @@ def _estimate_only(path: Path, st, day: str, work: dict | None,
                    cached: set[str]) -> tuple[float | None, str]:
     if st.profile == "gpu" and st.device.startswith("cuda") and st.seconds is not None:
         return st.seconds, f"measured: gpu profile, {es.short_device(st.device)}, {day}"
+    if work is not None:  # this edition's work, before a time measured on an older one
+        chapter = int(path.name.split("_")[0])
+        top, what = gpu_cost.slowest(work, chapter, cached)
+        before = (f"; measured {es.format_seconds(MEASURED[path.stem][0])} on the edition "
+                  f"of then ({MEASURED[path.stem][1]})" if path.stem in MEASURED else "")
+        return gpu_cost.seconds(work, chapter, cached), (
+            f"counted: the gpu profile's work in its smoke run at the rates measured "
+            f"before; most of it {what} (~{es.format_seconds(top)}){before}")
     if path.stem in MEASURED:
         secs, what = MEASURED[path.stem]
         return secs, f"measured before the page was stored from {st.profile}: {what}"
-    if work is not None:
-        chapter = int(path.name.split("_")[0])
-        top, what = gpu_cost.slowest(work, chapter, cached)
-        return gpu_cost.seconds(work, chapter, cached), (
-            f"counted: the gpu profile's work in its smoke run at the rates measured "
-            f"before; most of it {what} (~{es.format_seconds(top)})")
     if st.seconds is None:
         return None, "no time stored"
     cores = f"{st.cpus} cores" if st.cpus else "a CPU"
@@ -378,17 +380,18 @@ def lease(root: Path = ROOT, budget: float = LEASE_S, bench: float = BENCH_S,
           priority=LEASE_PRIORITY) -> tuple[list[Entry], list[str]]:
     """One lease's call (issue 81): after the step benchmark (`bench` seconds), the
     chapters of `priority`, then the others newest first, each while its estimate (with
-    what the lease trained before it) fits what is left of `budget`. Chapters measured on
-    a GPU already are left to the whole-book plan. (entries, notes on those left out)."""
+    what the lease trained before it) fits what is left of `budget`. A chapter whose page
+    shows a gpu run already is left out. (entries, notes on those left out)."""
     chapters = book_chapters(root)
     work = gpu_cost.load()
     rest = [n for n in sorted(chapters, reverse=True) if n not in priority]
     cached, used, out, notes = set(), bench, [], []
     for n in (*[c for c in priority if c in chapters], *rest):
         path = chapters[n]
+        st = es.notebook_status(path)
+        if st.profile == "gpu" and st.device.startswith("cuda"):
+            continue  # its page shows a gpu run already
         secs, why = estimate(path, cached, work)
-        if why.startswith("measured"):
-            continue
         if secs is None or used + secs > budget:
             if n in priority:
                 notes.append(f"{path.stem}: ~{es.format_seconds(secs)} does not fit the "

@@ -28,7 +28,7 @@ The file is one JSON object, rewritten whole (atomically) as the counts move:
 An op is one ATen operation dispatched (views aside): about one kernel launch on a GPU,
 which costs the host a few microseconds whatever the work, so a small network's step
 takes ops x that however few its FLOPs. "compiled": the fit asks for torch.compile on a
-GPU (CUDA graphs there: the launches are replayed, not paid one by one).
+GPU (CUDA graphs there: the network's launches are replayed, not paid one by one).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import contextlib
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -102,13 +103,6 @@ def _measuring():
     with flops, ops:
         yield out
     out.update(flops=int(flops.get_total_flops()), ops=ops.ops)
-
-
-def _flops(fn):
-    """(fn's result, {"flops", "ops"} while it runs)."""
-    with _measuring() as got:
-        out = fn()
-    return out, got
 
 
 _compute = [0.0]  # seconds spent in counted steps and calls (the rest is the host's work)
@@ -269,5 +263,4 @@ def flush(force: bool = False) -> None:
         tmp.write_text(json.dumps(data, indent=1))
         os.replace(tmp, path)
     except OSError as err:  # a count must never stop a run
-        import warnings
         warnings.warn(f"${LOG_VAR} ({path}) could not be written: {err}", stacklevel=2)
