@@ -170,3 +170,11 @@ def test_a_chapter_whose_page_shows_a_gpu_run_is_not_leased_again(book, tmp_path
                    "python=3.12.3\n", 300.0)
     entries, _ = gp.lease(budget=540, bench=0)
     assert "18_c" not in [e.key for e in entries]
+
+
+def test_a_network_compiled_again_in_a_chapter_costs_a_recompile_and_a_loaded_one_nothing():
+    step = fit("ch17-a.pt", 100, 1e12, 600, compiled=True)
+    again = fit("ch17-b.pt", 100, 1e12, 600, compiled=True)  # the same network, resumed
+    done = fit("ch17-a.pt", 0, 1e12, 600, compiled=True)  # finished: loaded
+    secs = gc.seconds(record(step, again, done, smoke=0, compute=0), 17)
+    assert secs == pytest.approx(200 * 1e12 / gc.RATE + gc.COMPILE_S + gc.RECOMPILE_S)
