@@ -220,7 +220,11 @@ def _smoke_verdict(path: str, allowed: set[str]) -> list[str]:
     for o in nb.cells[-1].get("outputs", []):
         if o.output_type == "stream" and "ASSERTS " in o.text:
             failed = json.loads(o.text.split("ASSERTS ", 1)[1])
-    bad += [f"code cell {cell}: assert {test}" for cell, test in failed if test not in allowed]
+    # a run that counts its work (companion.run.work) repeats its networks' outputs at the
+    # profile's sizes: what its asserts find means nothing, only errors count
+    counting = bool(os.environ.get("BOOK_WORK_LOG", "").strip())
+    bad += [f"code cell {cell}: assert {test}" for cell, test in failed
+            if test not in allowed and not counting]
     listed = sum(test in allowed for _, test in failed)
     print(f"  smoke run: {len(failed)} asserts failed, {listed} of them listed in "
           "tests/smoke_untrained.txt (on trained models)")
