@@ -144,6 +144,7 @@ def run(ctx: Context) -> dict:
         res[f"ours_share_of_matmul_b{big}"] = (flops * res[f"ours_images_per_s_b{big}"]
                                                / 1e12 / ctx.matmul_tflops)
 
+    ctx.partial(res)  # ours is kept if the peer's run is cut off
     # --- diffusers, as its example trains ------------------------------------------------
     if not have("diffusers"):  # ours is measured all the same (a lease may lack the wheel)
         return res | {"peer_skipped": "needs diffusers, which is not installed"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -29,6 +30,8 @@ class Context:
     budget_s: float
     matmul_tflops: float = float("nan")
     sampling: bool = True  # False (--step): the training step alone, no sampling chains
+    # what a benchmark measured so far, written at once (a run cut off keeps it)
+    partial: Callable[[dict], None] = lambda result: None
     notes: list[str] = field(default_factory=list)
 
     def pick(self, small, large):

@@ -88,6 +88,7 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     for name in args.only:
         t0 = time.perf_counter()
+        ctx.partial = (lambda r, name=name: write(out, results | {name: r | {"partial": True}}))
         try:
             results[name] = BENCHES[name].run(ctx)
         except ModuleNotFoundError as err:
