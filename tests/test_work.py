@@ -172,3 +172,14 @@ def test_a_fit_on_a_checkpoint_this_run_trained_before_takes_no_steps(log, tmp_p
             batch_size=BATCH, quiet=True, checkpoint=path)
     first, second = read(log)["train"]
     assert first["steps"] == 600 and second["steps"] == 0
+
+
+def test_a_network_whose_weights_take_a_gradient_is_computed_not_repeated(log):
+    net = nn.Linear(IN, OUT)
+    fit(net, lambda m, b: m(b).pow(2).mean(), torch.randn(N, IN), steps=5,
+        batch_size=BATCH, quiet=True)
+    x = torch.randn(20, IN)
+    for _ in range(2):  # the second call would repeat, without a gradient
+        (grad,) = torch.autograd.grad(net(x).sum(), net.weight)
+    assert grad.abs().sum() > 0
+    assert read(log)["eval"][0]["calls"] == 2

@@ -48,8 +48,12 @@ class _Repeats:
     def _smoke_forward(self, key, inputs, own, args, kwargs):
         counting = work.enabled()
         slow = -1.0 if counting else SLOW
+        # a counting run repeats every network, except one whose weights take a gradient
+        # here (a repeated output has none): that one computes its few rows each call
+        repeat = not (counting and torch.is_grad_enabled()
+                      and any(p.requires_grad for p in self.parameters()))
         calls, seconds, last = self._smoke_calls.get(key, (0, 0.0, None))  # computed calls
-        if last is not None and calls >= SMOKE_CALLS and seconds / calls > slow:
+        if repeat and last is not None and calls >= SMOKE_CALLS and seconds / calls > slow:
             grad = [a for a in inputs if a.requires_grad] if torch.is_grad_enabled() else []
             return last + sum(a.sum() for a in grad) * 0 if grad else last.clone()
         start = time.perf_counter()
