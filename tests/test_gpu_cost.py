@@ -178,3 +178,11 @@ def test_a_network_compiled_again_in_a_chapter_costs_a_recompile_and_a_loaded_on
     done = fit("ch17-a.pt", 0, 1e12, 600, compiled=True)  # finished: loaded
     secs = gc.seconds(record(step, again, done, smoke=0, compute=0), 17)
     assert secs == pytest.approx(200 * 1e12 / gc.RATE + gc.COMPILE_S + gc.RECOMPILE_S)
+
+
+def test_an_estimate_with_failed_cells_says_it_is_a_lower_bound(book):
+    work = gc.load()
+    work["13_c"]["failed"] = ["profile counts, code cell 14: ValueError: ['NaN']"]
+    secs, why = gp.estimate(book[13])
+    assert secs == pytest.approx(100)
+    assert "at least: 1 cell(s) failed in the counting run" in why and "cell 14" in why

@@ -327,7 +327,8 @@ def _estimate_only(path: Path, st, day: str, work: dict | None,
                   f"of then ({MEASURED[path.stem][1]})" if path.stem in MEASURED else "")
         return gpu_cost.seconds(work, chapter, cached), (
             f"counted: the gpu profile's work in its smoke run at the rates measured "
-            f"before; most of it {what} (~{es.format_seconds(top)}){before}")
+            f"before; most of it {what} (~{es.format_seconds(top)}){before}"
+            f"{gpu_cost.caveat(work)}")
     if path.stem in MEASURED:
         secs, what = MEASURED[path.stem]
         return secs, f"measured before the page was stored from {st.profile}: {what}"
