@@ -186,3 +186,17 @@ def test_an_estimate_with_failed_cells_says_it_is_a_lower_bound(book):
     secs, why = gp.estimate(book[13])
     assert secs == pytest.approx(100)
     assert "at least: 1 cell(s) failed in the counting run" in why and "cell 14" in why
+
+
+def test_the_host_op_cost_is_chapter_7s_fit_and_the_model_matches_every_gpu_run():
+    """On the stored counts (tools/gpu-work.json): HOST_OP_S is what chapter 7's H200 run
+    implies, and every chapter a GPU ran is counted within a fifth or so of its time (a
+    run seen unfinished: not below what was seen)."""
+    assert gc.HOST_OP_S == pytest.approx(gp.fit_host_op_s(), rel=0.05)
+    rows = gp.check()
+    assert {r[0] for r in rows} == set(gp.CHECKS)  # every edition counted
+    for stem, measured, counted, what in rows:
+        if "at least" in what:
+            assert counted >= 0.95 * measured, stem
+        else:
+            assert 0.8 <= counted / measured <= 1.25, (stem, measured, counted)

@@ -54,9 +54,12 @@ WORK = Path(__file__).resolve().parent / "gpu-work.json"
 # The H100's measured bf16 matmul rate is 12x that.
 COMPILE_S = 22.0  # the bench's first three compiled steps of the gpu U-Net on the H100
 RATE = 6_000 * 1.226e12 / (151 - COMPILE_S)
-# The same step traced on the H100 (benchmarks/README.md): about 43 ms of host work a step
-# before CUDA graphs, for what companion.run.work counts as 625 ATen ops: 69 us an op.
-HOST_OP_S = 0.043 / 625
+# The host's time to launch one counted op (eager PyTorch, bf16 autocast: its casts and
+# the kernels an op launches included), fitted to chapter 7's H200 run, whose small VAEs
+# are launch-bound (gpu_plan.fit_host_op_s: 50.1 s = 9.6 s of host work + 1,113,900
+# counted ops of eager training steps). The H100 trace of the compiled U-Net step
+# (benchmarks/README.md) agrees: 43 ms of host work for some 1,375 launches, 31 us each.
+HOST_OP_S = 36e-6
 # A compiled fit (CUDA graphs) replays the network's kernels without the host, which still
 # launches the rest of the step one by one (the loss's noise, the optimizer, the average):
 # the trace counted 2 graph launches and 53 others a step. Compiling costs COMPILE_S the
