@@ -101,8 +101,8 @@ MEASURED = {
 # that ran (`gpu_cost.py count --edition COMMIT`, the notebook of that commit with today's
 # companion): {notebook stem: (seconds, commit, what, chapters whose models its cache
 # held)}. Chapter 11's is a lower bound: a call stopped it unfinished.
-# (Chapter 6's H100 run of 2026-11-22, 76 s, is left out: its edition imports a module
-# since moved, companion.glue, and cannot be counted.)
+# (Chapter 6's H100 run of 2026-11-22, 76 s, is left out: its edition imports the glue
+# module from where it was before it moved to companion.run: it cannot be counted.)
 CHECKS = {
     "07_hierarchical_vae": (50.1, "5e6fdf2", "H200, 2026-11-26, its models trained", ()),
     "09_ddpm_mnist": (268.9, "5e6fdf2", "H200, 2026-11-26, its models trained", ()),
