@@ -156,15 +156,14 @@ def fit(model: nn.Module, loss_fn, data, *, epochs: int | None = None,
     if compile not in (True, False, "cuda"):
         raise ValueError(f"compile={compile!r}: give True, False or 'cuda' (compile only "
                          "where the model is on a GPU)")
-    wants_compile, compile = compile, compile is True or (compile == "cuda"
-                                                        and device.type == "cuda")
+    compiled = compile is True or (compile == "cuda" and device.type == "cuda")
     run = Run(model, optimizer, averager, scaler, generator, tensors, batch_size, total,
-              drop_last=compile, check_every=check_every)
-    run.epochs, run.wants_compile = epochs, bool(wants_compile)  # the work log's
+              drop_last=compiled, check_every=check_every)
+    run.epochs, run.wants_compile = epochs, compile is not False  # for the work log
     step_kw = takes_step(loss_fn)
     with run.session(checkpoint, config, ema, save_every, save_seconds, lock_timeout,
                      quiet, desc):
-        step_model = run.step_model(compile)
+        step_model = run.step_model(compiled)
         model.train()
         while run.step < run.total:
             batch, share = run.next_batch()  # share: this rank's weight under torchrun

@@ -127,9 +127,9 @@ def env_flag(name: str, default: bool = False, environ=None) -> bool:
 
 
 SMOKE_VAR = "BOOK_SMOKE"
+SMOKE_STEPS = 2  # optimizer steps a smoke run's fit takes
+SMOKE_BATCH = 8  # examples a smoke run's optimizer step sees (of the batch it drew)
 WORK_VAR = "BOOK_WORK_LOG"  # a smoke run that writes down its profile's work there
-
-
 COUNTS_VAR = "BOOK_WORK_COUNTS"  # "ci": such a run takes the ci counts (its host's time)
 
 
@@ -149,8 +149,6 @@ def profile_counts() -> bool:
         raise ValueError(f"{COUNTS_VAR}={counts!r}: give 'ci' or 'profile' (the default)")
     return counts != "ci"
 
-SMOKE_STEPS = 2  # optimizer steps a smoke run's fit takes
-SMOKE_BATCH = 8  # examples a smoke run's optimizer step sees (of the batch it drew)
 
 
 def smoke_mode() -> bool:
