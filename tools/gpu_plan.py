@@ -554,15 +554,34 @@ UNUSED_NEEDS = {"mlxtend": {"scipy", "pandas", "scikit-learn", "matplotlib", "jo
                 "diffusers": {"importlib-metadata"}}
 
 
+def device_needs(name: str, environment: dict | None = None) -> list:
+    """The requirements of installed package `name` that must be met where it runs: its
+    metadata's, less those whose marker is false in `environment` (default: this Python's,
+    with extra="") and those the book never reaches (UNUSED_NEEDS). The device's check
+    (`check_env`) and the closure test on this machine (which passes the device's Python
+    3.12 markers) both read them so."""
+    from importlib.metadata import distribution
+
+    from packaging.requirements import Requirement
+
+    env = {"extra": "", **(environment or {})}
+    needs = []
+    for text in distribution(name).requires or []:
+        req = Requirement(text)
+        if req.marker is not None and not req.marker.evaluate(env) \
+                or normalize(req.name) in UNUSED_NEEDS.get(name, ()):
+            continue
+        needs.append(req)
+    return needs
+
+
 def check_env(pins: dict[str, str] | None = None) -> tuple[list[str], list[str]]:
     """(problems, warnings) of the environment the notebooks will run in. Problems: a
     carried package that is missing or imports as another version than the carried one
     (shadowed), or a requirement of one that nothing installed provides (the wheels are
     installed with --no-deps). Warnings: a requirement met by an older or newer version
     than it asks for (the machine's own package; it may well work)."""
-    from importlib.metadata import PackageNotFoundError, distribution, version
-
-    from packaging.requirements import Requirement
+    from importlib.metadata import PackageNotFoundError, version
 
     pins = requirements() if pins is None else pins
     problems, warnings = [], []
@@ -574,11 +593,7 @@ def check_env(pins: dict[str, str] | None = None) -> tuple[list[str], list[str]]
             continue
         if got != pinned:
             problems.append(f"{name}: {got} is the one found, not the carried {pinned}")
-        for text in distribution(name).requires or []:
-            req = Requirement(text)
-            if req.marker is not None and not req.marker.evaluate({"extra": ""}) \
-                    or normalize(req.name) in UNUSED_NEEDS.get(name, ()):
-                continue
+        for req in device_needs(name):
             try:
                 have = version(req.name)
             except PackageNotFoundError:

@@ -15,7 +15,7 @@ import warnings
 import torch
 from torch import nn
 
-from . import runtime
+from .profiles import t4_emulated
 
 # A CPU trains under bf16 autocast where its matrix units take bf16 natively and the network
 # is big enough to gain. Measured on an Intel Xeon with AMX-BF16 (2 threads, torch 2.14,
@@ -66,7 +66,7 @@ def autocast_dtype(device, model: nn.Module | None = None) -> torch.dtype | None
     bf16 on CUDA GPUs of compute capability 8.0 and up (Ampere, Hopper: native bf16 tensor
     cores, and bf16 has float32's exponent range, so no loss scaling); fp16 on older CUDA
     GPUs such as Colab's T4 (7.5), where bf16 is emulated and slower than float32, so fp16
-    with a gradient scaler is the fast path. Under BOOK_T4=1 (runtime.t4_emulated) fp16 on
+    with a gradient scaler is the fast path. Under BOOK_T4=1 (profiles.t4_emulated) fp16 on
     every CUDA GPU: the T4's path, run on a bigger one. On a CPU: bf16 where
     `cpu_bf16_native()` and `cpu_bf16_pays(model)`, else None (float32; also when no model
     is named).
@@ -76,7 +76,7 @@ def autocast_dtype(device, model: nn.Module | None = None) -> torch.dtype | None
         return torch.bfloat16 if cpu_bf16_native() and cpu_bf16_pays(model) else None
     if device.type != "cuda":
         return None
-    if runtime.t4_emulated():
+    if t4_emulated():
         return torch.float16
     major, _ = torch.cuda.get_device_capability(device)
     return torch.bfloat16 if major >= 8 else torch.float16

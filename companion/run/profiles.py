@@ -131,6 +131,14 @@ SMOKE_STEPS = 2  # optimizer steps a smoke run's fit takes
 SMOKE_BATCH = 8  # examples a smoke run's optimizer step sees (of the batch it drew)
 WORK_VAR = "BOOK_WORK_LOG"  # a smoke run that writes down its profile's work there
 COUNTS_VAR = "BOOK_WORK_COUNTS"  # "ci": such a run takes the ci counts (its host's time)
+T4_VAR = "BOOK_T4"
+
+
+def t4_emulated() -> bool:
+    """True under BOOK_T4=1: train and sample as on Colab's T4 (read by `env_flag`, as
+    BOOK_SMOKE: 1/true/yes/on). Here, below both `runtime` (which emulates the T4) and
+    `precision` (which picks fp16 for it), so that neither imports the other's reader."""
+    return env_flag(T4_VAR)
 
 
 def counting_work() -> bool:

@@ -1,11 +1,11 @@
 """Device, seeding and the notebook setup line; the T4 emulation and the GPU memory record.
 
-BOOK_T4=1 (`t4_emulated`, the one place that reads it) makes a bigger GPU behave, as far as
-the book's code can tell, like Colab's T4: `setup` caps the process at a T4's memory and
-turns TF32 off, and `precision.autocast_dtype` picks fp16 (with fit's gradient scaler)
-instead of bf16. It is an emulation of the precision and the memory, not of the
-speed. With $BOOK_PEAK_LOG set (book/_ext/execution_status.py sets it), `setup` has the
-kernel write torch's peak GPU memory to that file after every cell.
+BOOK_T4=1 (`profiles.t4_emulated`, the one place that reads it) makes a bigger GPU
+behave, as far as the book's code can tell, like Colab's T4: `setup` caps the process at a
+T4's memory and turns TF32 off, and `precision.autocast_dtype` picks fp16 (with fit's
+gradient scaler) instead of bf16. It is an emulation of the precision and the memory, not
+of the speed. With $BOOK_PEAK_LOG set (book/_ext/execution_status.py sets it), `setup` has
+the kernel write torch's peak GPU memory to that file after every cell.
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from . import checks
-from .profiles import Profile, env_flag, get_profile
+from . import checks, precision
+from .profiles import T4_VAR, Profile, get_profile, t4_emulated
 
-T4_VAR = "BOOK_T4"
 # Colab's T4 has 16 GB, of which about 15.8e9 bytes are usable after the CUDA context; the
 # cap is what issue 31 asks for, 15 GB, a little under that.
 T4_MEMORY_BYTES = 15 * 10**9
@@ -67,8 +66,6 @@ def seed_everything(seed: int) -> torch.Generator:
 def describe(profile: Profile, device: torch.device) -> str:
     """One line naming the profile, device, precision rule and versions that produced a
     notebook's outputs (precision: `companion.run.precision.describe`)."""
-    from . import precision
-
     where = device.type
     if device.type == "cuda":
         where = f"cuda ({torch.cuda.get_device_name(device)})"
@@ -123,12 +120,6 @@ def timed(fn: Callable, *args, **kwargs):
     if cuda:
         torch.cuda.synchronize()
     return out, time.perf_counter() - start
-
-
-def t4_emulated() -> bool:
-    """True under BOOK_T4=1: train and sample as on Colab's T4 (read by
-    `profiles.env_flag`, as BOOK_SMOKE: 1/true/yes/on)."""
-    return env_flag(T4_VAR)
 
 
 def emulate_t4(device: torch.device) -> str:
