@@ -110,6 +110,35 @@ def test_block_is_the_identity_at_init_and_not_after_one_step(cross):
         assert (run() - h).abs().max() > 1e-3
 
 
+def test_block_matches_an_independent_adaln_zero_block():
+    """Chapter 21's DiTs draw at chance on the cpu budget; the pilot that asked whether
+    that was a bug of ours trained an independent DiT (torch's MultiheadAttention, its own
+    loop) and saw the same. What it compared is kept here: the block's equation
+    (Peebles and Xie's adaLN-Zero) written out with torch's own attention, on weights
+    copied from ours, gives our block's output."""
+    dim, heads = 32, 4
+    block = _randomize(DiTBlock(dim, heads, mlp_ratio=2))
+    ref = nn.MultiheadAttention(dim, heads, batch_first=True)
+    with torch.no_grad():  # torch packs q, k, v in one matrix; ours keeps q and (k, v)
+        ref.in_proj_weight.copy_(torch.cat([block.attn.q.weight, block.attn.kv.weight]))
+        ref.in_proj_bias.copy_(torch.cat([block.attn.q.bias, block.attn.kv.bias]))
+        ref.out_proj.weight.copy_(block.attn.out.weight)
+        ref.out_proj.bias.copy_(block.attn.out.bias)
+    h, c = torch.randn(2, 9, dim), torch.randn(2, dim)
+    w, b = block.ada[1].weight, block.ada[1].bias
+    shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = \
+        (torch.nn.functional.silu(c) @ w.T + b)[:, None].chunk(6, -1)
+    norm = lambda u: torch.nn.functional.layer_norm(u, (dim,), eps=1e-6)  # noqa: E731
+    u = norm(h) * (1 + scale_a) + shift_a
+    out = h + gate_a * ref(u, u, u, need_weights=False)[0]
+    fc1, fc2 = block.mlp[0], block.mlp[2]
+    u = norm(out) * (1 + scale_m) + shift_m
+    hidden = torch.nn.functional.gelu(u @ fc1.weight.T + fc1.bias, approximate="tanh")
+    out = out + gate_m * (hidden @ fc2.weight.T + fc2.bias)
+    with torch.no_grad():
+        _close(block(h, c), out, atol=1e-5)
+
+
 @pytest.mark.parametrize("kw", [dict(num_classes=10), dict(vocab_size=20, cond="cross"),
                                 dict(vocab_size=20, cond="in_context")])
 def test_the_whole_model_outputs_zero_at_init(kw):

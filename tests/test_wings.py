@@ -116,6 +116,43 @@ def test_recipes_hold_no_file_work_and_no_command_line():
     assert "main" not in defined and "COMMANDS" not in (PKG / "recipes.py").read_text()
 
 
+# DESIGN.md's layout, plus the tools and tests folders and the files a repository carries
+TOP_LEVEL = {"README.md", "Makefile", "pyproject.toml", "environment.yml", "_config.yml",
+             "_toc.yml", "book", "notebooks", "companion", "tests", "benchmarks", ".ci",
+             "tools", "CHANGELOG.md", "CITATION.cff", "CONTRIBUTING.md", "LICENSE",
+             ".github", ".gitignore", ".pre-commit-config.yaml"}
+
+
+def tracked_top_level(root: Path) -> set[str]:
+    """The first path component of every file git tracks under `root`."""
+    import subprocess
+
+    out = subprocess.run(["git", "-C", str(root), "ls-files"], capture_output=True,
+                         text=True, check=True).stdout
+    return {line.split("/", 1)[0] for line in out.splitlines() if line}
+
+
+def test_the_top_level_is_the_design_cards():
+    """No drafts, pilots or plans beside the product (issue 91): what the pilots measured
+    lives in a chapter, a benchmark or a test, and history keeps the rest."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout: the tracked files are unknown")
+    extra = tracked_top_level(ROOT) - TOP_LEVEL
+    assert not extra, (f"{sorted(extra)} at the top level: DESIGN.md's layout has no place "
+                       "for it (a pilot's result goes in a chapter, benchmarks/ or tests/)")
+
+
+def test_the_top_level_check_sees_a_draft(tmp_path):
+    import subprocess
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "drafts").mkdir()
+    (tmp_path / "drafts" / "plan.md").write_text("a plan\n")
+    (tmp_path / "README.md").write_text("x\n")
+    subprocess.run(["git", "-C", str(tmp_path), "add", "."], check=True)
+    assert tracked_top_level(tmp_path) - TOP_LEVEL == {"drafts"}
+
+
 def test_book_ext_holds_sphinx_extensions_only():
     for path in (ROOT / "book" / "_ext").iterdir():
         if path.name == "__pycache__":
