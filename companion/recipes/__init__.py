@@ -6,23 +6,16 @@ same profile and data gives the same checkpoint identity, so it loads instead of
 Each function returns the trained model (EMA weights where the recipe keeps an average) and
 the `companion.train.FitResult`.
 
-One module per family, each re-exported here, so that `companion.recipes.ddpm` and
-`from companion.recipes import ddpm` name the same function as the module that defines it:
-
-- `vaes`: chapter 1's autoencoder, chapters 6 and 7's VAEs, chapter 10's 8-bit VAEs;
-- `pixel`: chapter 8's toy noise predictor, chapter 9's DDPM and its classifier,
-  chapter 16's conditional DDPM, guidance and noisy classifier;
-- `latents`: chapter 11's latent diffusion;
-- `flows`: chapter 13's flow matching and chapter 15's few-step students;
-- `discrete`: chapter 14's masked diffusion and chapter 19's VQ-VAEs and code priors;
-- `preconditioned`: chapter 17's EDM;
-- `variational`: chapter 18's VDM;
-- `transformers`: chapter 21's DiTs and captions;
-- `language`: chapter 22's language models;
-- `common`: what they share (the U-Net skeleton, its warm-up and clipping, resuming an
-  early run, the argument checks).
-
-A module imports only `common` and the modules listed before it, never a later one.
+One module per family, each name re-exported here (`companion.recipes.ddpm` is
+`companion.recipes.pixel.ddpm`): `vaes` (chapter 1's autoencoder, chapters 6 and 7's VAEs,
+chapter 10's 8-bit VAEs), `pixel` (chapter 8's toy noise predictor, chapter 9's DDPM and its
+classifier, chapter 16's conditional DDPM, guidance and noisy classifier), `latents`
+(chapter 11), `flows` (chapter 13's flow matching, chapter 15's few-step students),
+`discrete` (chapter 14's masked diffusion, chapter 19's VQ-VAEs and code priors),
+`preconditioned` (chapter 17's EDM), `variational` (chapter 18's VDM), `transformers`
+(chapter 21's DiTs and captions), `language` (chapter 22), and `common`, what they share
+(the U-Net skeleton, its warm-up and clipping, an early run resumed, the argument checks). A
+module imports only `common` and the modules named before it, never a later one.
 """
 
 from __future__ import annotations
