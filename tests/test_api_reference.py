@@ -293,37 +293,64 @@ def test_the_checks_catch_planted_faults():
 
 
 # --- the pages ------------------------------------------------------------------------------
+# A package's own page (its docstring, a table of its modules), listed in _toc.yml with its
+# modules' pages as its sections; the API index's table names the package in their place.
+PACKAGE_PAGES = {"companion.recipes": "book/api/recipes"}
+
+
 def toc_api_pages(index: str = "book/api/index") -> list[str]:
+    """The pages under `index` in _toc.yml, in order, a package's page before its modules'."""
+    def flat(sections):
+        return [f for s in sections for f in [s["file"]] + flat(s.get("sections", []))]
+
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     for part in toc["parts"]:
         for c in part["chapters"]:
             if c["file"] == index:
-                return [s["file"] for s in c.get("sections", [])]
+                return flat(c.get("sections", []))
     raise AssertionError(f"_toc.yml has no {index}")
+
+
+def autosummary(page: str) -> list[str]:
+    """The modules a page's autosummary table lists."""
+    table = (ROOT / f"{page}.md").read_text().split(".. autosummary::")[1]
+    return re.findall(r"^\s+(companion\.[\w.]+)$", table, re.M)
 
 
 def test_every_public_module_has_a_page():
     """book/api/<module>.md for every public module, listed in _toc.yml and in a module
     table: the mathematics under the API index ("Models and mathematics"), then the
     machinery (companion.run) under book/api/run/index ("Running the book"), each page
-    documenting its own module."""
+    documenting its own module. A package with a page of its own (PACKAGE_PAGES) holds its
+    modules' pages as its sections and their table; the API index's table names it."""
     modules = api_reference.public_modules(ROOT)
     pages = [f"book/api/{api_reference.page_name(m)}" for m in modules]
-    assert toc_api_pages() + toc_api_pages("book/api/run/index") == pages, (
+    own = set(PACKAGE_PAGES.values())
+    toc = [f for f in toc_api_pages() if f not in own]
+    assert toc + toc_api_pages("book/api/run/index") == pages, (
         "_toc.yml's API sections differ from the modules")
     first = [m for m in modules if not m.startswith("companion.run")]
     assert first and modules[:len(first)] == first, "the mathematics must come first"
-    assert toc_api_pages() == [f"book/api/{api_reference.page_name(m)}" for m in first]
+    assert toc == [f"book/api/{api_reference.page_name(m)}" for m in first]
     on_disk = sorted(str(p.relative_to(ROOT).with_suffix(""))
                      for p in (ROOT / "book" / "api").rglob("*.md") if p.stem != "index")
-    assert on_disk == sorted(pages)
+    assert on_disk == sorted(pages + list(own))
     for m, page in zip(modules, pages, strict=True):
         assert f".. automodule:: {m}\n" in (ROOT / f"{page}.md").read_text(), page
     listed = []
-    for index in ("index.md", "run/index.md"):
-        table = (ROOT / "book" / "api" / index).read_text().split(".. autosummary::")[1]
-        listed += re.findall(r"^\s+(companion\.[\w.]+)$", table, re.M)
+    for m in autosummary("book/api/index") + autosummary("book/api/run/index"):
+        listed += autosummary(PACKAGE_PAGES[m]) if m in PACKAGE_PAGES else [m]
     assert listed == modules
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    sections = [s for p in toc["parts"] for c in p["chapters"] for s in c.get("sections", [])]
+    for package, page in PACKAGE_PAGES.items():
+        text = (ROOT / f"{page}.md").read_text()
+        assert f".. automodule:: {package}\n   :no-members:\n" in text, (
+            f"{page}: the package's docstring, not its re-exports again")
+        inside = [f"book/api/{api_reference.page_name(m)}" for m in modules
+                  if m.startswith(package + ".")]
+        entry = next(s for s in sections if s["file"] == page)
+        assert [s["file"] for s in entry.get("sections", [])] == inside, page
 
 
 def test_autodoc_reads_this_checkout():
@@ -406,8 +433,9 @@ ENTRY_POINTS = [
     "companion.latent_diffusion.latent_bound", "companion.latent_diffusion.sample",
     "companion.inpainting.inpaint",
     *(f"companion.recipes.{f}" for f in (
-        "chapter1_autoencoder", "single_level_vae", "hierarchical_vae", "eight_bit_vae",
-        "ddpm", "classifier", "latent_vae", "latent_denoiser", "flow_matching", "edm")),
+        "vaes.chapter1_autoencoder", "vaes.single_level_vae", "vaes.hierarchical_vae",
+        "vaes.eight_bit_vae", "pixel.ddpm", "pixel.classifier", "latents.latent_vae",
+        "latents.latent_denoiser", "flows.flow_matching", "preconditioned.edm")),
 ]
 
 

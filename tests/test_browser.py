@@ -62,11 +62,12 @@ MAX_PRINTED = 80        # characters in a printed line (the book's standard)
 
 def toc_pages() -> list[str]:
     """The html paths of the pages in _toc.yml, root first (collected before any build)."""
+    def flat(entries):  # a section's own sections too (the recipes' family modules)
+        return [f for e in entries for f in [e["file"]] + flat(e.get("sections", []))]
+
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    files = [toc["root"]]
-    for part in toc.get("parts", []):
-        for c in part.get("chapters", []):
-            files += [c["file"]] + [s["file"] for s in c.get("sections", [])]
+    files = [toc["root"]] + [f for part in toc.get("parts", [])
+                             for f in flat(part.get("chapters", []))]
     return [f"{Path(f).with_suffix('').as_posix()}.html" for f in files]
 
 

@@ -400,7 +400,8 @@ def _short_ci(monkeypatch, tmp_path, steps=8):
 
     monkeypatch.setenv("BOOK_CACHE", str(tmp_path))
     ci = recipes.ddpm_settings
-    monkeypatch.setattr(recipes, "ddpm_settings", lambda p: {**ci(p), "steps": steps})
+    for family in (recipes.pixel, recipes.preconditioned):  # snapshots and edm read it there
+        monkeypatch.setattr(family, "ddpm_settings", lambda p: {**ci(p), "steps": steps})
     torch.set_default_dtype(torch.float32)
     return (torch.rand(40, 1, 28, 28, generator=torch.Generator().manual_seed(13)) < 0.2).float()
 

@@ -187,7 +187,7 @@ def test_15_ddpms_copy_of_the_early_checkpoint_is_atomic(tmp_path, monkeypatch):
     monkeypatch.setenv("BOOK_CACHE", str(tmp_path))
     p = profiles.get_profile("ci")
     x = torch.rand(8, 1, 28, 28)
-    monkeypatch.setattr(recipes, "ddpm_settings",
+    monkeypatch.setattr(recipes.pixel, "ddpm_settings",  # where ddpm looks it up
                         lambda prof: dict(preset="tiny", T=100, steps=4, batch_size=4,
                                           lr=1e-3, ema=0.9))
     recipes.ddpm(x, p, "cpu", steps=2)

@@ -20,11 +20,12 @@ CI = get_profile("ci")
 def short(monkeypatch, tmp_path):
     """The ci recipes cut to a few updates, in a cache of their own; 40 grey digits."""
     monkeypatch.setenv("BOOK_CACHE", str(tmp_path))
-    monkeypatch.setattr(recipes, "vq_steps", lambda profile, n: 4)
+    monkeypatch.setattr(recipes.discrete, "vq_steps", lambda profile, n: 4)
     vq, lat = recipes.vq_settings, recipes.latent_settings
-    monkeypatch.setattr(recipes, "vq_settings", lambda p: {**vq(p), "steps": 8})
-    monkeypatch.setattr(recipes, "latent_settings", lambda p: {**lat(p), "steps": 8,
-                                                               "vae_epochs": 1})
+    monkeypatch.setattr(recipes.discrete, "vq_settings", lambda p: {**vq(p), "steps": 8})
+    for family in (recipes.latents, recipes.discrete):  # chapter 11's, and vq_settings' own
+        monkeypatch.setattr(family, "latent_settings", lambda p: {**lat(p), "steps": 8,
+                                                                  "vae_epochs": 1})
     torch.set_default_dtype(torch.float32)
     return torch.rand(40, 1, 28, 28, generator=torch.Generator().manual_seed(19))
 
@@ -141,7 +142,7 @@ def test_the_start_is_the_model_the_run_trains_from(short, monkeypatch, variant)
         seen.update({k: v.clone() for k, v in model.state_dict().items()})
         return SimpleNamespace(steps=0)
 
-    monkeypatch.setattr(recipes, "fit", no_training)
+    monkeypatch.setattr(recipes.discrete, "fit", no_training)  # where vqvae calls it
     state = torch.get_rng_state()
     start = recipes.vqvae_start(CI, variant, seed=2)
     assert torch.equal(torch.get_rng_state(), state)  # the caller's draws untouched

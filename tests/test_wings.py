@@ -1,6 +1,7 @@
 """The package's two wings (issue 51): `companion.run`, the machinery, imports nothing from
 the mathematics; no module-level import cycle; `train.py` and `fit`'s loop stay short;
-recipes hold no file work and no command line; book/_ext holds Sphinx extensions only."""
+recipes hold no file work and no command line, one short module per family; book/_ext
+holds Sphinx extensions only."""
 
 import ast
 from pathlib import Path
@@ -106,14 +107,24 @@ def test_train_is_short_and_fits_loop_reads_in_one_sitting():
 
 
 def test_recipes_hold_no_file_work_and_no_command_line():
-    tree = ast.parse((PKG / "recipes.py").read_text())
-    names = {a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
-             for a in n.names}
-    assert not names & {"shutil", "os", "argparse", "_tmp_name"}, names & {
-        "shutil", "os", "argparse", "_tmp_name"}
-    defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.Assign))
-               and hasattr(n, "name")}
-    assert "main" not in defined and "COMMANDS" not in (PKG / "recipes.py").read_text()
+    for path in sorted((PKG / "recipes").glob("*.py")):
+        source = path.read_text()
+        tree = ast.parse(source)
+        names = {a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+                 for a in n.names}
+        assert not names & {"shutil", "os", "argparse", "_tmp_name"}, (path.name, names & {
+            "shutil", "os", "argparse", "_tmp_name"})
+        defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.Assign))
+                   and hasattr(n, "name")}
+        assert "main" not in defined and "COMMANDS" not in source, path.name
+
+
+def test_each_family_of_recipes_is_a_short_module():
+    """companion/recipes/ (DESIGN.md): one module per family, each under 500 lines."""
+    sizes = {p.name: len(p.read_text().splitlines())
+             for p in sorted((PKG / "recipes").glob("*.py"))}
+    assert len(sizes) >= 10 and not (PKG / "recipes.py").exists()
+    assert all(n < 500 for n in sizes.values()), sizes
 
 
 # DESIGN.md's layout, plus the tools and tests folders and the files a repository carries

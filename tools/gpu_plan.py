@@ -16,7 +16,7 @@ sliders), then the rest (ISSUE_PRIORITY), each chapter after the chapters whose 
 results it loads, so that it loads them instead of training them a second time. Those
 dependencies are read from the notebooks themselves (`dependencies`): a call of a
 `companion.recipes` function trains or loads the model of the chapter its `prefix`
-names (its default, read from recipes.py, unless the call passes one), and
+names (its default, read from companion/recipes/, unless the call passes one), and
 `checkpoint_path("chN-...")` and `results.load("chN")` name chapter N directly.
 After the priority chapters come the T4-emulated runs of chapters 9 and 10 ("t4:" entries:
 BOOK_T4=1, a cache of their own, only their memory and time stored), then the rest.
@@ -167,19 +167,21 @@ def requirements(path: Path = REQUIREMENTS) -> dict[str, str]:
 CHAPTER = re.compile(r"^ch(\d+)(?:-|$)")
 
 
-def recipe_prefixes(recipes: Path = ROOT / "companion" / "recipes.py") -> dict[str, int]:
-    """{recipe function: chapter of its default `prefix`}, read from recipes.py's source."""
+def recipe_prefixes(recipes: Path = ROOT / "companion" / "recipes") -> dict[str, int]:
+    """{recipe function: chapter of its default `prefix`}, read from the sources of the
+    recipes package's modules (companion/recipes/*.py)."""
     out = {}
-    for node in ast.parse(recipes.read_text()).body:
-        if not isinstance(node, ast.FunctionDef) or node.name.startswith("_"):
-            continue
-        a = node.args
-        pairs = list(zip(a.args[len(a.args) - len(a.defaults):], a.defaults, strict=True)) \
-            + list(zip(a.kwonlyargs, a.kw_defaults, strict=True))
-        for arg, default in pairs:
-            if arg.arg == "prefix" and isinstance(default, ast.Constant) \
-                    and isinstance(default.value, str) and (m := CHAPTER.match(default.value)):
-                out[node.name] = int(m[1])
+    for module in sorted(recipes.glob("*.py")):
+        for node in ast.parse(module.read_text()).body:
+            if not isinstance(node, ast.FunctionDef) or node.name.startswith("_"):
+                continue
+            a = node.args
+            pairs = list(zip(a.args[len(a.args) - len(a.defaults):], a.defaults, strict=True)) \
+                + list(zip(a.kwonlyargs, a.kw_defaults, strict=True))
+            for arg, default in pairs:
+                if arg.arg == "prefix" and isinstance(default, ast.Constant) and \
+                        isinstance(default.value, str) and (m := CHAPTER.match(default.value)):
+                    out[node.name] = int(m[1])
     return out
 
 
@@ -356,7 +358,7 @@ def plan(root: Path = ROOT) -> list[Entry]:
     """Every entry of the whole-book run, in order, each estimated with what the entries
     before it trained into the lease's cache (the T4 runs: into their own)."""
     chapters = book_chapters(root)
-    prefixes = recipe_prefixes(root / "companion" / "recipes.py")
+    prefixes = recipe_prefixes(root / "companion" / "recipes")
     deps = {n: dependencies(p, prefixes) & set(chapters) for n, p in chapters.items()}
     work = gpu_cost.load()
     entries, cached, t4_cached, t4_ran = [], set(), set(), set()

@@ -1,0 +1,298 @@
+"""Transformers and captions (chapter 21): the DiTs against chapter 9's U-Net,
+conditioned on the label or on captions."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from ..run import checks
+from ..run.memory import map_chunks
+from ..train import checkpoint_path, fit
+from .common import (
+    DDPM_CLIP,
+    DDPM_WARMUP,
+    _at_steps,
+    _continue,
+    _labelled_images,
+    _prefix,
+    _profile,
+    _warm_up,
+)
+from .pixel import COND_P_UNCOND, ddpm, ddpm_diffusion, ddpm_settings, snapshots
+
+# --- chapter 21: transformers and text ------------------------------------------------------
+DIT_SIZES = ("S", "M", "L")
+
+
+def dit_sizes(profile) -> dict:
+    """The three transformers' width, depth and heads at patch 4 (49 tokens) in `profile`.
+
+    ci and cpu: 3.2, 9.8 and 22 MFLOPs an image (43k to 318k weights), a sixth of chapter
+    9's cpu U-Net and less. gpu: about 80, 270 and 950 MFLOPs, the largest a third of the
+    gpu U-Net's 3.19 GFLOPs, so that at equal training FLOPs the U-Net trains for about as
+    many updates as chapter 9 gives it.
+    """
+    small = _profile(profile).name != "gpu"
+    return {"S": dict(width=32, depth=2, heads=2) if small else dict(width=128, depth=4,
+                                                                      heads=4),
+            "M": dict(width=48, depth=3, heads=3) if small else dict(width=192, depth=6,
+                                                                      heads=6),
+            "L": dict(width=64, depth=4, heads=4) if small else dict(width=256, depth=12,
+                                                                      heads=8)}
+CAPTION_P_UNCOND = COND_P_UNCOND  # the whole caption dropped this often (guidance)
+ATTRIBUTE_P_DROP = 0.3  # each attribute's words dropped this often: "a seven" means any
+
+
+def dit_settings(profile) -> dict:
+    """Chapter 21's recipe per profile: chapter 9's diffusion (T = 100 / 500 / 1000), the
+    DiTs' updates, batch, learning rate and EMA. The U-Net it is compared with trains for the
+    updates that give it the largest DiT's training FLOPs (`equal_flops_steps`).
+
+    ci: 60 updates of 32 (a pipeline check). cpu: 2,000 updates of 64 at lr 1e-3 with
+    chapter 9's warm-up and clipping. gpu: 20,000 updates of 128 at lr 3e-4.
+
+    The U-Nets that read captions (`CaptionUNet`) start from chapter 9's trained network and
+    train caption_steps updates (ci 30, cpu 600, gpu 3,000) at caption_lr, with the DiTs'
+    batch and EMA: on 2 cores (cpu) about 2.5 minutes each, where the cross-attention one
+    obeys the digit's word in about two thirds of 200 test captions (a tenth before).
+    """
+    p = _profile(profile)
+    return dict(T=ddpm_settings(profile)["T"], steps=p.pick(ci=60, cpu=2000, gpu=20000),
+                batch_size=p.pick(ci=32, cpu=64, gpu=128),
+                lr=p.pick(ci=2e-3, cpu=1e-3, gpu=3e-4),
+                ema=p.pick(ci=0.99, cpu=0.995, gpu=0.999),
+                unet_lr=ddpm_settings(profile)["lr"],
+                caption_steps=p.pick(ci=30, cpu=600, gpu=3000),
+                caption_lr=p.pick(ci=1e-3, cpu=1e-3, gpu=2e-4))
+
+
+def ch21_network(network: str, cond: str, profile):
+    """The untrained network: "unet" (the profile's chapter 9 preset) class-conditional as in
+    chapter 16 (cond="label") or reading captions (`CaptionUNet`, cond "pooled",
+    "in_context" or "cross"), or "dit-S" / "dit-M" / "dit-L" conditioned on the label or on
+    captions ("adaln", "in_context", "cross"), for chapter 9's diffusion of the profile."""
+    from .. import captions
+    from ..models.caption_unet import CONDS, CaptionUNet
+    from ..models.dit import DiT
+    from ..models.unet import UNet, preset
+
+    T = ddpm_settings(profile)["T"]
+    if cond not in ("label", "adaln", "in_context", "cross", "pooled"):
+        raise checks.ArgumentError(f"cond must be 'label', 'adaln', 'in_context', 'cross' or "
+                                   f"'pooled', got {cond!r}")
+    if network == "unet":
+        config = preset(ddpm_settings(profile)["preset"], T=T)
+        if cond == "label":
+            return UNet(config, num_classes=10)
+        if cond not in CONDS:
+            raise checks.ArgumentError(f"the U-Net reads a caption as one of {CONDS} (or the "
+                                       f"label, cond='label'), got {cond!r}")
+        return CaptionUNet(config, vocab_size=len(captions.VOCAB), cond=cond)
+    if cond == "pooled":
+        raise checks.ArgumentError("a DiT pools the caption with cond='adaln'")
+    size = network.removeprefix("dit-") if isinstance(network, str) else None
+    if not isinstance(network, str) or not network.startswith("dit-") or size not in DIT_SIZES:
+        raise checks.ArgumentError(f"network must be 'unet' or one of "
+                                   f"{[f'dit-{s}' for s in DIT_SIZES]}, got {network!r}")
+    shape = dit_sizes(profile)[size]
+    if cond == "label":
+        return DiT(**shape, T=T, num_classes=10)
+    return DiT(**shape, T=T, vocab_size=len(captions.VOCAB), cond=cond, text_length=8)
+
+
+def network_flops(network: str, profile, cond: str = "label") -> float:
+    """Forward FLOPs for one image of chapter 21's `network` in `profile` (torch.utils.
+    flop_counter, attention counted explicitly; a multiply-add is 2 FLOPs)."""
+    return _network_flops(network, _profile(profile).name, cond)
+
+
+@functools.cache
+def _network_flops(network: str, profile_name: str, cond: str) -> float:
+    from ..models import dit, unet
+    from ..run.profiles import get_profile
+
+    model = ch21_network(network, cond, get_profile(profile_name))
+    return (unet.flops_per_image(model) if network == "unet" else dit.flops_per_image(model))
+
+
+def equal_flops_steps(steps: int, network: str, profile, to: str = "dit-L") -> int:
+    """The updates (same batch) that give `network` the training FLOPs of `steps` updates of
+    `to`: training costs about 3 forward passes an image for any network, so the ratio of
+    forward FLOPs sets it."""
+    ratio = network_flops(to, profile) / network_flops(network, profile)
+    return max(1, round(checks.count("steps", steps) * ratio))
+
+
+def ch21_updates(network: str, profile, cond: str = "label") -> int:
+    """The updates of chapter 21's full run of `network`: the profile's DiT updates; for the
+    label-conditioned U-Net those of equal training FLOPs to the largest DiT
+    (`equal_flops_steps`); for a U-Net reading captions, caption_steps from chapter 9's."""
+    s = dit_settings(profile)
+    if network != "unet":
+        return s["steps"]
+    return equal_flops_steps(s["steps"], "unet", profile) if cond == "label" \
+        else s["caption_steps"]
+
+
+def text_levels(x):
+    """The caption levels of training images x (N, 1, 28, 28) in [0, 1]: attributes measured
+    (`captions.measure`), cut at their tertiles on x: (Levels, {attribute: (N,) 0..2})."""
+    from .. import captions
+
+    attributes = captions.measure(x)
+    levels = captions.Levels.fit(attributes)
+    return levels, levels.of(attributes)
+
+
+def caption_batch(labels, level: dict, *, p_drop: float = ATTRIBUTE_P_DROP,
+                  p_uncond: float = CAPTION_P_UNCOND, length: int = 8) -> torch.Tensor:
+    """Token ids (B, length) of a training batch's captions: each attribute's words dropped
+    with probability p_drop, the whole caption with p_uncond (the empty caption, guidance's
+    unconditional half), drawn from torch's global generator (a resumed run redraws alike)."""
+    from .. import captions
+
+    B = len(labels)
+    keep = {a: torch.rand(B) >= p_drop for a in captions.ATTRIBUTES}
+    texts = captions.caption(labels.cpu(), {a: v.cpu() for a, v in level.items()}, keep)
+    dropped = (torch.rand(B) < p_uncond).tolist()
+    texts = [captions.UNCONDITIONAL if d else t for t, d in zip(texts, dropped, strict=True)]
+    return captions.tokenize(texts, length).to(labels.device)
+
+
+def ch21_checkpoint(profile, steps: int | None = None, prefix: str = "ch21", *,
+                    network: str = "dit-M", cond: str = "label"):
+    """The checkpoint file of chapter 21's `network` with `cond`, trained for `steps`."""
+    return checkpoint_path(_at_steps(f"{_prefix(prefix)}-{network}-{cond}", steps), profile)
+
+
+def ch21_model(x, labels, profile, device, *, network: str = "dit-M", cond: str = "label",
+               steps: int | None = None, resume_from=None, prefix: str = "ch21"):
+    """Chapter 21's noise predictors, load-or-train: chapter 9's diffusion and loss
+    (L_simple on [-1, 1]), Adam with its warm-up, clipping and EMA, conditioned on the label
+    (dropped with COND_P_UNCOND) or on captions (attributes dropped with ATTRIBUTE_P_DROP,
+    the caption with CAPTION_P_UNCOND; `caption_batch`).
+
+    Args:
+        x: (N, 1, 28, 28) training images in [0, 1] (on `device`).
+        labels: (N,) their digits.
+        network: "unet", "dit-S", "dit-M" or "dit-L".
+        cond: "label", or captions: for a DiT "adaln", "in_context" or "cross"; for the
+            U-Net "pooled", "in_context" or "cross" (`CaptionUNet`, started from chapter
+            9's trained network, `ddpm`, whose checkpoint it loads or trains).
+        steps: None (the profile's updates, `ch21_updates`) or fewer (an early checkpoint
+            in its own file).
+        resume_from: an early checkpoint of the same run to continue from.
+        prefix: the checkpoint file's prefix.
+
+    Returns:
+        (EMA model in eval mode, FitResult).
+    """
+    from ..latent_diffusion import drop_labels
+    from ..run.precision import default_optimizer
+
+    s = dit_settings(profile)
+    y = _labelled_images(x, labels, "ch21_model")
+    full = ch21_updates(network, profile, cond)
+    total = full if steps is None else checks.count("steps", steps)
+    captioned_unet = network == "unet" and cond != "label"
+    # chapter 9's network starts the run; a resumed stage starts from its early checkpoint
+    start = captioned_unet and resume_from is None
+    base = ddpm(x, profile, device)[0] if start else None
+    torch.manual_seed(0)
+    model = ch21_network(network, cond, profile).to(device)
+    if start:
+        from ..models.caption_unet import load_unet
+        load_unet(model, base)
+    lr = s["caption_lr"] if captioned_unet else s["unet_lr"] if network == "unet" \
+        else s["lr"]
+    optimizer = default_optimizer(model.parameters(), lr, device)
+    warm_up = _warm_up(optimizer, lr)
+    config = dict(profile=profile.name, network=network, cond=cond, T=s["T"], lr=lr,
+                  batch_size=s["batch_size"], ema=s["ema"], clip=DDPM_CLIP,
+                  warmup=DDPM_WARMUP, n_train=len(x), total=full,
+                  p_uncond=CAPTION_P_UNCOND if cond != "label" else COND_P_UNCOND,
+                  p_drop=ATTRIBUTE_P_DROP if cond != "label" else 0.0,
+                  init="ch9" if captioned_unet else "random")
+    diffusion = ddpm_diffusion(profile, device)
+    data = (x * 2 - 1, y)
+    if cond != "label":
+        _, level = text_levels(x)
+        data = (*data, *(level[a].to(x.device) for a in sorted(level)))
+
+    def loss_fn(model, batch, step):
+        warm_up(step)
+        x0, yb = batch[0], batch[1]
+        if cond == "label":
+            c = drop_labels(yb, COND_P_UNCOND)
+        else:
+            c = caption_batch(yb, dict(zip(sorted(level), batch[2:], strict=True)))
+
+        def eps(z, t):
+            return model(z, t, c)
+
+        eps.config = model.config
+        return diffusion.simple_loss(eps, x0)
+
+    path = ch21_checkpoint(profile, steps, prefix, network=network, cond=cond)
+    _continue(path, resume_from, model, config, data, optimizer, s, total)
+    result = fit(model, loss_fn, data, steps=total, batch_size=s["batch_size"],
+                 optimizer=optimizer, clip=DDPM_CLIP, ema=s["ema"], checkpoint=path,
+                 config=config, compile="cuda",
+                 desc=f"{network} ({cond})" + ("" if steps is None else f", {steps} steps"))
+    return result.ema.model.eval(), result
+
+
+def ch21_snapshots(x, labels, profile, device, *, network: str, cond: str = "label",
+                   fractions=(0.25, 0.5), prefix: str = "ch21") -> dict:
+    """One run of `ch21_model` kept at fractions of its updates, {updates: (model,
+    FitResult)}, each stage resumed from the one before (as `snapshots` does for the other
+    recipes): the budget trend of chapter 21's comparisons, at no extra training."""
+    def recipe(x, profile, device, **stage):
+        return ch21_model(x, labels, profile, device, network=network, cond=cond,
+                          prefix=prefix, **stage)
+
+    def checkpoint(profile, steps):
+        return ch21_checkpoint(profile, steps, prefix, network=network, cond=cond)
+
+    return snapshots(recipe, checkpoint, x, profile, device, fractions=fractions,
+                     total=ch21_updates(network, profile, cond))
+
+
+def ch21_eps_function(model, condition: torch.Tensor, w: float, device):
+    """Classifier-free guidance of chapter 21's networks for the samplers, under the device's
+    mixed precision: (x (B, 1, 28, 28), t (B,)) -> float32
+
+        (1 + w) eps(x, t, c) - w eps(x, t, none),
+
+    c = condition: labels (B,) (none: NO_LABEL) or caption tokens (B, L) (none: the empty
+    caption, all pads). w = 0 is the conditional network alone (one call, not two).
+    Book: :eq:`ch21-cfg`."""
+    from ..latent_diffusion import check_weight
+    from ..models.unet import NO_LABEL
+    from ..run.precision import autocast_dtype
+
+    w = check_weight(w)
+    c = condition.to(next(model.parameters()).device)
+    none = torch.full_like(c, NO_LABEL) if c.dim() == 1 else torch.zeros_like(c)
+    device_type = torch.device(device).type
+    dtype = autocast_dtype(device, model)
+
+    def one(xb, tb, cb, nb):
+        if w == 0:
+            return model(xb, tb, cb).float()
+        cond, uncond = model(torch.cat([xb, xb]), torch.cat([tb, tb]),
+                             torch.cat([cb, nb])).float().chunk(2)
+        return (1 + w) * cond - w * uncond
+
+    def net(x, t):
+        if len(x) != len(c):
+            raise checks.ArgumentError(f"ch21_eps_function was built for {len(c)} conditions "
+                                       f"but got {len(x)} images: one condition per image")
+        with torch.autocast(device_type, dtype=dtype or torch.float32,
+                            enabled=dtype is not None):
+            return map_chunks(one, x, t, c, none)
+
+    net.config = model.config
+    return net
