@@ -15,8 +15,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "companion"
 
@@ -118,19 +116,6 @@ def _shortest_cycle(graph, part: set[str]) -> list[str]:
     raise AssertionError(f"{part} is no cycle")
 
 
-# companion.run.precision and companion.run.runtime import each other (precision's lazy
-# import of runtime); another branch removes that. Until it is merged this circle, and only
-# this one, is expected: the xfail is strict, so it goes red once the circle is gone (then
-# remove the mark) and stays red if any other circle appears.
-KNOWN = [["companion.run.precision", "companion.run.runtime", "companion.run.precision"]]
-
-
-def _only_known_cycles():
-    return cycles(import_graph()) == KNOWN
-
-
-@pytest.mark.xfail(_only_known_cycles(), strict=True,
-                   reason="precision <-> runtime, being removed on main (see KNOWN)")
 def test_companion_imports_have_no_cycle():
     graph = import_graph()
     found = cycles(graph)

@@ -1,6 +1,6 @@
 """The package's two wings (issue 51): `companion.run`, the machinery, imports nothing from
-the mathematics; no module-level import cycle; `train.py` and `fit`'s loop stay short;
-recipes hold no file work and no command line, one short module per family; book/_ext
+the mathematics (import cycles: tests/test_import_graph.py); `train.py` and `fit`'s loop
+stay short; recipes hold no file work and no command line, one short module per family; book/_ext
 holds Sphinx extensions only."""
 
 import ast
@@ -67,26 +67,6 @@ def test_the_check_sees_an_import_of_the_mathematics(tmp_path):
     planted.write_text("from ..diffusion import Diffusion\nfrom . import checks\n")
     assert imports(planted, name="companion.run.planted") == {
         "companion.diffusion", "companion.run", "companion.run.checks"}
-
-
-@pytest.mark.slow  # over 0.7 s: make test, not check-fast
-def test_no_import_cycle_at_module_level():
-    graph = {name: {m for m in imports(path, top_level_only=True) if m in modules()}
-             for name, path in modules().items()}
-    state: dict[str, int] = {}
-
-    def visit(node, trail):
-        state[node] = 1
-        for nxt in sorted(graph[node]):
-            if state.get(nxt) == 1:
-                raise AssertionError(f"import cycle: {' -> '.join(trail + [node, nxt])}")
-            if nxt not in state:
-                visit(nxt, trail + [node])
-        state[node] = 2
-
-    for name in sorted(graph):
-        if name not in state:
-            visit(name, [])
 
 
 def code_lines(lines: list[str]) -> int:
