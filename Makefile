@@ -6,8 +6,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 JOBS   ?= 2
+# torch threads per pytest worker: the cores shared among the JOBS workers. Two workers of
+# two threads each on two cores oversubscribe, and OpenMP's waiting threads then more than
+# double a test's time (chapter 21's caption-U-Net test twice side by side on 2 cores:
+# 82 s with two threads each, 38 s with one). A ci notebook sets one thread itself.
+THREADS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); t=$$((n / $(JOBS))); echo $$((t > 0 ? t : 1)))
 
-.PHONY: install mathjax colab colab-wheels actionlint book pdf test test-pytest test-cpu-capability test-colab test-colab-ci test-smoke outputs outputs-device device-wheels gpu-plan outputs-device-dry-run check-fast bench sync clean
+.PHONY: install mathjax colab colab-wheels actionlint book pdf test test-pytest test-cpu-capability test-colab colab-venv test-colab-ci test-smoke outputs outputs-device device-wheels gpu-plan outputs-device-dry-run check-fast bench sync clean
 MATHJAX_VERSION := 4.1.3
 MATHJAX := _extra/mathjax/.installed-$(MATHJAX_VERSION)
 NPM    ?= npm
@@ -98,7 +103,7 @@ test: test-pytest
 
 # `make test` without the capability pass (.ci/run times the two apart).
 test-pytest: $(STAMP) $(MATHJAX) $(COLAB_WHEELS) $(ACTIONLINT)
-	BOOK_PROFILE=ci $(BIN)/python -m pytest tests $(NOTEBOOKS) $(NBVAL) \
+	OMP_NUM_THREADS=$(THREADS) BOOK_PROFILE=ci $(BIN)/python -m pytest tests $(NOTEBOOKS) $(NBVAL) \
 	  -n $(JOBS) --dist loadfile -p no:cacheprovider -r fEs
 
 # The stored outputs must not depend on the CPU that made them: torch's vectorized kernels
@@ -107,7 +112,7 @@ test-pytest: $(STAMP) $(MATHJAX) $(COLAB_WHEELS) $(ACTIONLINT)
 # (ATEN_CPU_CAPABILITY=default, which every x86 CPU has); `make test` runs both.
 CAPABILITY_NOTEBOOKS := $(wildcard notebooks/0[1-5]_*.ipynb notebooks/08_*.ipynb)
 test-cpu-capability: $(STAMP)
-	ATEN_CPU_CAPABILITY=default BOOK_PROFILE=ci $(BIN)/python -m pytest $(CAPABILITY_NOTEBOOKS) \
+	OMP_NUM_THREADS=$(THREADS) ATEN_CPU_CAPABILITY=default BOOK_PROFILE=ci $(BIN)/python -m pytest $(CAPABILITY_NOTEBOOKS) \
 	  $(NBVAL) -n $(JOBS) --dist loadfile -p no:cacheprovider -q -r fEs
 
 # Every chapter top to bottom in Colab's versions (Python 3.13, companion.run.colab's table) in
@@ -117,14 +122,22 @@ test-cpu-capability: $(STAMP)
 # .cache/colab-venv; its first build downloads torch from PyPI (several GB). Without a
 # Python 3.13 it says so and skips (COLAB_REQUIRED=1 makes that a failure). See
 # tests/colab_run.py.
-test-colab: test-colab-ci test-smoke
+# Both runs share one pool of JOBS kernels, one install and one set of editions, the longest
+# chapters first (tests/colab_run.py --both). .ci/run passes COLAB_ARGS=--reuse-ci-models:
+# `make test` has just trained the ci models.
+test-colab: $(STAMP)
+	$(BIN)/python tests/colab_run.py --both --jobs $(JOBS) $(COLAB_ARGS)
 
-# Every chapter in the `ci` profile in Colab's versions (part of test-colab).
-# .ci/run passes COLAB_ARGS=--reuse-ci-models: `make test` has just trained the ci models.
+# The Colab venv alone (.cache/colab-venv): .ci/run builds it beside `make test`, since the
+# build mostly waits on PyPI's download of torch.
+colab-venv: $(STAMP)
+	$(BIN)/python tests/colab_run.py --venv-only
+
+# Every chapter in the `ci` profile in Colab's versions (the first half of test-colab).
 test-colab-ci: $(STAMP)
 	$(BIN)/python tests/colab_run.py --jobs $(JOBS) $(COLAB_ARGS)
 
-# The smoke run alone (part of test-colab).
+# The smoke run alone (the second half of test-colab).
 test-smoke: $(STAMP)
 	$(BIN)/python tests/colab_run.py --smoke --jobs $(JOBS)
 
@@ -168,7 +181,7 @@ outputs-device-dry-run: $(STAMP)
 # PYTHONDONTWRITEBYTECODE: the import and collection of ~70 test files is a third of the time.
 check-fast: $(STAMP)
 	$(BIN)/ruff check companion tests benchmarks tools
-	PYTHONDONTWRITEBYTECODE= BOOK_PROFILE=ci $(BIN)/python -m pytest tests -m "not slow" -q -x -p no:cacheprovider -p no:nbval \
+	PYTHONDONTWRITEBYTECODE= OMP_NUM_THREADS=$(THREADS) BOOK_PROFILE=ci $(BIN)/python -m pytest tests -m "not slow" -q -x -p no:cacheprovider -p no:nbval \
 	  -n $(JOBS) --dist loadfile
 
 bench: $(STAMP)

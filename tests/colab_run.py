@@ -233,10 +233,53 @@ def seed_ci_models(cache: Path) -> str:
             f"no ci checkpoints in {source}: every chapter trains its own")
 
 
+PROFILES = {"ci": {"BOOK_PROFILE": "ci", "BOOK_SMOKE": "0"},
+            "smoke": {"BOOK_PROFILE": "gpu", "BOOK_SMOKE": "1"}}
+WHAT = {"ci": "ci profile", "smoke": "gpu profile, smoke run"}
+
+
+def order(notebooks: list[Path], runs: list[str]) -> list[tuple[str, Path]]:
+    """The (run, notebook) pairs in the order the pool takes them: the smoke run first, then
+    the ci run, each from the last chapter down. The later chapters are the longest in both,
+    so the long ones start first and the short early chapters fill the end: no core idles
+    while the other finishes a long one (the two runs were two stages, each with its tail)."""
+    return [(run, nb) for run in ("smoke", "ci") if run in runs for nb in notebooks[::-1]]
+
+
+def report(run: str, results: list, allowed: set, seconds: float, torch: str) -> int:
+    """Print one run's chapters and its summary line; the number that failed."""
+    failed = 0
+    for name, secs, error, asserts, thinned, slowest in sorted(results):
+        chapter = name.removesuffix(".ipynb")
+        other = [f"cell {cell}: assert {test}" for cell, test in asserts
+                 if (chapter, test) not in allowed]
+        if other:
+            error = "\n".join([*other, f"(asserts not listed in {UNTRAINED.name} as "
+                                "needing a trained model)", error]).strip()
+        failed += bool(error)
+        skipped = len(asserts) - len(other)
+        print(f"  {'FAIL' if error else 'ok  '} {name} ({secs:.0f} s"
+              + (f"; {thinned}" if run == "smoke" else "") + (f"; {slowest}" if slowest else "")
+              + ")"
+              + (f"; {skipped} asserts on a trained model let fail" if skipped else ""))
+        if error:
+            print("    " + error.replace("\n", "\n    "))
+    print(f"test-colab ({WHAT[run]}, Python {colab.COLAB_PYTHON}, torch {torch}): "
+          f"{len(results) - failed} of {len(results)} chapters ran top to bottom "
+          f"({seconds:.0f} s of kernel time)")
+    return failed
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true",
                     help="the gpu profile's smoke run (BOOK_PROFILE=gpu BOOK_SMOKE=1)")
+    ap.add_argument("--both", action="store_true",
+                    help="the ci profile and the smoke run in one pool: one venv check, one "
+                         "install, one set of editions, no core idle between them")
+    ap.add_argument("--venv-only", action="store_true",
+                    help="build (or check) the Colab venv and stop: .ci/run starts it while "
+                         "`make test` runs, since the build mostly waits on the download")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--reuse-ci-models", action="store_true",
                     help="start the ci run's cache with the ci profile's checkpoints that "
@@ -254,52 +297,45 @@ def main(argv: list[str]) -> int:
         print(msg + "; skipped")
         return 0
     build_venv(python)
+    if args.venv_only:
+        return 0
     install_book()
+    runs = ["ci", "smoke"] if args.both else ["smoke"] if args.smoke else ["ci"]
     notebooks = [Path(p).resolve() for p in args.notebooks] or \
         sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
-    profile = {"BOOK_PROFILE": "gpu", "BOOK_SMOKE": "1"} if args.smoke else \
-        {"BOOK_PROFILE": "ci", "BOOK_SMOKE": "0"}
-    what = "gpu profile, smoke run" if args.smoke else "ci profile"
     with tempfile.TemporaryDirectory(prefix="colab-run-") as tmp:
         notebooks = editions(notebooks, Path(tmp) / "edition")
-        print(f"test-colab: {len(notebooks)} Colab editions (tools/colab_edition.py)")
-        env = {**os.environ, **profile, "BOOK_OFFLINE": "1", "BOOK_CACHE": f"{tmp}/cache",
-               "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ['PATH']}",
-               "PYTHONPATH": ""}
-        if args.reuse_ci_models and not args.smoke:
-            print(f"test-colab: {seed_ci_models(Path(tmp) / 'cache')}")
-        env.pop("VIRTUAL_ENV", None)
-        env.pop("MPLBACKEND", None)  # Colab's kernel draws with the inline backend
-        if args.jobs > 1:  # kernels side by side, each with its share of the cores: two
-            # kernels with a thread per core each ran the smoke run 3x slower here
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))
-        if args.smoke:  # the longest chapters first, so that no core idles at the end
-            notebooks = notebooks[::-1]
+        print(f"test-colab: {len(notebooks)} Colab editions (tools/colab_edition.py), "
+              f"run in the {' and the '.join(WHAT[r] for r in runs)}")
+        envs = {}
+        for run in runs:  # a cache each: the ci run's seeded, the smoke run's empty
+            env = {**os.environ, **PROFILES[run], "BOOK_OFFLINE": "1",
+                   "BOOK_CACHE": f"{tmp}/cache-{run}",
+                   "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ['PATH']}",
+                   "PYTHONPATH": ""}
+            env.pop("VIRTUAL_ENV", None)
+            env.pop("MPLBACKEND", None)  # Colab's kernel draws with the inline backend
+            if args.jobs > 1:  # kernels side by side, each with its share of the cores: two
+                # kernels with a thread per core each ran the smoke run 3x slower here
+                env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))
+            envs[run] = env
+        if "ci" in runs and args.reuse_ci_models:
+            print(f"test-colab: {seed_ci_models(Path(envs['ci']['BOOK_CACHE']))}")
         start = time.time()
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:
             # each notebook gets a folder of its own, outside the checkout
-            results = list(pool.map(
-                lambda nb: execute(nb, env, Path(tempfile.mkdtemp(dir=tmp))), notebooks))
-        allowed = untrained() if args.smoke else set()
+            done = list(pool.map(
+                lambda task: (task[0], execute(task[1], envs[task[0]],
+                                               Path(tempfile.mkdtemp(dir=tmp)))),
+                order(notebooks, runs)))
+        torch = installed()["torch"]
         failed = 0
-        for name, seconds, error, asserts, thinned, slowest in sorted(results):
-            chapter = name.removesuffix(".ipynb")
-            other = [f"cell {cell}: assert {test}" for cell, test in asserts
-                     if (chapter, test) not in allowed]
-            if other:
-                error = "\n".join([*other, f"(asserts not listed in {UNTRAINED.name} as "
-                                    "needing a trained model)", error]).strip()
-            failed += bool(error)
-            skipped = len(asserts) - len(other)
-            print(f"  {'FAIL' if error else 'ok  '} {name} ({seconds:.0f} s"
-                  + (f"; {thinned}" if args.smoke else "") + (f"; {slowest}" if slowest else "")
-                  + ")"
-                  + (f"; {skipped} asserts on a trained model let fail" if skipped else ""))
-            if error:
-                print("    " + error.replace("\n", "\n    "))
-        print(f"test-colab ({what}, Python {colab.COLAB_PYTHON}, torch "
-              f"{installed()['torch']}): {len(results) - failed} of {len(results)} "
-              f"chapters ran top to bottom in {time.time() - start:.0f} s")
+        for run in runs:
+            results = [r for which, r in done if which == run]
+            failed += report(run, results, untrained() if run == "smoke" else set(),
+                             sum(r[1] for r in results), torch)
+        print(f"test-colab: {len(done)} runs in {time.time() - start:.0f} s on "
+              f"{max(1, args.jobs)} kernels at a time")
     return 1 if failed else 0
 
 

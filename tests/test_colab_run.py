@@ -102,3 +102,45 @@ def test_the_ci_run_reuses_only_the_ci_models_of_this_cache(colab_run, monkeypat
     assert said.startswith("1 ci checkpoints reused")
     monkeypatch.setenv("BOOK_CACHE", str(tmp_path / "empty"))
     assert "every chapter trains its own" in colab_run.seed_ci_models(tmp_path / "run2")
+
+
+def test_both_runs_share_one_pool_longest_first(monkeypatch, tmp_path, capsys):
+    """`make test-colab` (--both): one install and one set of editions for the ci run and
+    the smoke run; the pool takes the smoke run first, each from the last chapter down, and
+    each run gets its own cache (the ci one seeded with nbval's models)."""
+    module = _module("colab_run_both")
+    calls, installs = [], []
+    monkeypatch.setattr(module, "find_python313", lambda: "python3.13")
+    monkeypatch.setattr(module, "build_venv", lambda python: None)
+    monkeypatch.setattr(module, "install_book", lambda: installs.append(1))
+    monkeypatch.setattr(module, "editions", lambda nbs, out: list(nbs))
+    monkeypatch.setattr(module, "installed", lambda: {"torch": "2.x"})
+    monkeypatch.setattr(module, "seed_ci_models", lambda cache: f"seeded {cache.name}")
+
+    def execute(nb, env, workdir):
+        calls.append((env["BOOK_PROFILE"], env["BOOK_SMOKE"], Path(env["BOOK_CACHE"]).name,
+                      nb.name))
+        error = "boom" if (nb.name, env["BOOK_SMOKE"]) == ("02_b.ipynb", "0") else ""
+        return nb.name, 1.0, error, [], "0 slow networks repeated their output", ""
+
+    monkeypatch.setattr(module, "execute", execute)
+    nbs = [str(tmp_path / f"{n}.ipynb") for n in ("01_a", "02_b")]
+    assert module.main(["--both", "--jobs", "1", "--reuse-ci-models", *nbs]) == 1
+    assert calls == [("gpu", "1", "cache-smoke", "02_b.ipynb"),
+                     ("gpu", "1", "cache-smoke", "01_a.ipynb"),
+                     ("ci", "0", "cache-ci", "02_b.ipynb"),
+                     ("ci", "0", "cache-ci", "01_a.ipynb")]
+    out = capsys.readouterr().out
+    assert installs == [1] and "seeded cache-ci" in out
+    assert "(ci profile, Python" in out and "1 of 2 chapters ran" in out
+    assert "(gpu profile, smoke run, Python" in out and "2 of 2 chapters ran" in out
+    assert "FAIL 02_b.ipynb" in out and "4 runs in" in out
+
+
+def test_venv_only_builds_and_stops(monkeypatch):
+    module = _module("colab_run_venv")
+    built = []
+    monkeypatch.setattr(module, "find_python313", lambda: "python3.13")
+    monkeypatch.setattr(module, "build_venv", built.append)
+    monkeypatch.setattr(module, "install_book", lambda: pytest.fail("must not install"))
+    assert module.main(["--venv-only"]) == 0 and built == ["python3.13"]
