@@ -45,7 +45,8 @@ def test_ci_run_writes_its_stages_and_compares_them_with_the_kept_table():
     assert "ci_stages.py compare .ci/stages.tsv" in run
     kept = ci_stages.read(ROOT / ".ci" / "stages.tsv")
     begun = set(__import__("re").findall(r'begin "([^"]+)"', run))
-    assert begun <= set(kept), f"stages with no kept time: {begun - set(kept)}"
+    # a stage the kept table lacks is named as new at the end of the run, not an error
+    assert "make test (pytest, nbval ci)" in begun & set(kept), (begun, set(kept))
 
 
 def test_the_script_runs_on_the_system_python_with_no_venv(tmp_path):
