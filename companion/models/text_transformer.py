@@ -169,8 +169,8 @@ def ar_nll(model: TextTransformer, x: torch.Tensor) -> torch.Tensor:
     Its batch mean is the training loss. The network sees at most memory.MAX_IMAGES
     sequences a call (fewer when long: rows_per_call), so under torch.no_grad the memory
     is bounded whatever B. Non-finite logits are refused (`checks.finite_logits`, one sync
-    after the last call) unless they require grad: a training loss, which `fit` refuses
-    itself when it is not finite.
+    after the last call), except in a training loss (the model in training mode, its logits
+    requiring grad), which `fit` refuses itself when it is not finite.
     """
     model = _causal(model, "ar_nll")
     model.check_tokens(x)
@@ -178,7 +178,7 @@ def ar_nll(model: TextTransformer, x: torch.Tensor) -> torch.Tensor:
     parts, counts = [], []
     for rows in memory.chunk_slices(len(x), size) or [slice(0, 0)]:
         logits = model(x[rows])
-        if not logits.requires_grad:
+        if not (model.training and logits.requires_grad):  # not a training loss
             counts.append((f"for sequences {rows.start}..{rows.stop - 1} of x",
                            checks.nonfinite_count(logits), f"{logits.numel():,} logits"))
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))

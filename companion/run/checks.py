@@ -851,8 +851,9 @@ def finite_logits(who: str, counts, needs: str = "every position it is asked abo
     what it counts among ("36 masked pixels"). All are read with one device sync, and the
     first with a non-finite logit is refused, naming `who` ("denoiser", "model").
 
-    Not checked: the logits of a training loss (they require grad), which `fit` refuses
-    itself at the first non-finite loss, without a sync a step."""
+    Not checked: the logits of a training loss (a model in training mode, logits that
+    require grad), which `fit` refuses itself at the first non-finite loss, without a sync
+    a step."""
     values = [c for _, c, _ in counts]
     if not values or not all(has_values(v) for v in values):
         return
