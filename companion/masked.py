@@ -502,6 +502,7 @@ def negative_elbo(denoiser: Callable, x0: torch.Tensor, sched="linear", *, n_t: 
             counts.append((f"at time {j + 1} of n_t = {n_t}",
                            _masked_nonfinite(logits, z, categories)))
             ce = masked_cross_entropy(logits, x0, z, categories=categories)
+            del logits  # not alive through the next time's network calls, the peak
             total += (sc.weight(t.to(ce.dtype)) * ce).double()
     _refuse_nonfinite(counts, categories)
     return total / n_t
@@ -592,6 +593,7 @@ def step_bound(denoiser: Callable, x0: torch.Tensor, K: int, sched="linear", *,
             logits = _logits(denoiser, z, categories=categories)
             counts.append((f"at step {k} of {K}", _masked_nonfinite(logits, z, categories)))
             total += r * masked_cross_entropy(logits, x0, z, categories=categories).double()
+            del logits  # not alive through the next step's network calls
     _refuse_nonfinite(counts, categories)
     return total
 
