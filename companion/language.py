@@ -281,6 +281,11 @@ def toy_grammar() -> Grammar:
     return Grammar(rules)
 
 
+MAX_IDS = 10**8  # CharTokenizer.encode's B x length: 800 MB of int64 ids
+IDS_WHY = ("the ids are one int64 (8 bytes) a position, padded to length: 10^8 of them take "
+           "800 MB (the chapter's largest text has 1.1 million characters)")
+
+
 class CharTokenizer:
     """Characters <-> token ids: the alphabet's characters are 0..len-1, padding is the
     last id (V - 1, V = len(alphabet) + 1)."""
@@ -295,9 +300,13 @@ class CharTokenizer:
         self.vocab_size = len(alphabet) + 1
 
     def encode(self, texts, length: int) -> torch.Tensor:
-        """texts (a string or a list of them) -> (B, length) long, each padded at the end."""
+        """texts (a string or a list of them) -> (B, length) long, each padded at the end;
+        B x length at most MAX_IDS = 10^8 (the chapter's largest: one text of Tiny
+        Shakespeare's 1.1 million characters)."""
         texts = [texts] if isinstance(texts, str) else list(texts)
-        length = checks.count("length", length)
+        length = checks.size("length", length, MAX_IDS, IDS_WHY)
+        checks.size("len(texts) x length (the ids returned)", len(texts) * length, MAX_IDS,
+                    IDS_WHY + "; encode the texts in batches", minimum=0)
         out = torch.full((len(texts), length), self.pad, dtype=torch.long)
         for i, text in enumerate(texts):
             if not isinstance(text, str):

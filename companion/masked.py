@@ -152,6 +152,7 @@ def check_codes(name: str, x, K: int) -> torch.Tensor:
             f"{name} must be an integer tensor of codes 0..{K - 1} (torch.long), got "
             f"{x.dtype}: the indices a quantizer returns, or x.long() for whole numbers "
             "(binary pixels as floats are chapter 14's case: leave categories=None)")
+    _signed(name, x)
     if x.numel() and checks.on_host(x):
         lo, hi = torch.aminmax(x)
         if int(lo) < 0 or int(hi) >= K:
@@ -172,6 +173,7 @@ def check_code_states(name: str, z, K: int, *, shape=None) -> torch.Tensor:
     if z.is_floating_point() or z.is_complex() or z.dtype == torch.bool:
         raise checks.ArgumentError(f"{name} must be an integer tensor of states (codes "
                                    f"0..{K - 1} or MASK = -1), got {z.dtype}")
+    _signed(name, z)
     if z.numel() and checks.on_host(z):
         lo, hi = torch.aminmax(z)
         if int(lo) < MASK or int(hi) >= K:
@@ -179,6 +181,15 @@ def check_code_states(name: str, z, K: int, *, shape=None) -> torch.Tensor:
                 f"{name} must hold masked states: codes 0..{K - 1} or MASK = -1; it holds "
                 f"values in [{int(lo)}, {int(hi)}]")
     return z
+
+
+def _signed(name: str, x: torch.Tensor) -> None:
+    """x of a signed integer dtype: an unsigned one (uint8) cannot hold MASK = -1, and its
+    masked states failed deep inside torch or the network's embedding."""
+    if not x.dtype.is_signed:
+        raise checks.ArgumentError(f"{name} must be a signed integer tensor (torch.long), got "
+                                   f"{x.dtype}, which cannot hold MASK = -1: convert it with "
+                                   f"{name}.long()")
 
 
 def check_categories(categories) -> int | None:
@@ -381,7 +392,8 @@ def _logits(denoiser: Callable, z: torch.Tensor, whole: bool = False,
         return checks.output(logits, z, who="the denoiser", what="logits, one per pixel",
                              against="the states z")
     size = len(z) if whole else min(MAX_IMAGES, rows_per_call(z))
-    parts = [denoiser(z[s]) for s in chunk_slices(len(z), max(size, 1))]
+    # no rows: one call on the empty batch, as map_chunks makes (torch.cat of none fails)
+    parts = [denoiser(z[s]) for s in chunk_slices(len(z), max(size, 1))] or [denoiser(z)]
     logits = torch.cat(parts) if len(parts) != 1 else parts[0]
     want = (len(z), categories, *z.shape[1:])
     if not torch.is_tensor(logits) or tuple(logits.shape) != want:
@@ -390,6 +402,28 @@ def _logits(denoiser: Callable, z: torch.Tensor, whole: bool = False,
             f"of shape {tuple(z.shape)}; with categories K = {categories} it must return K "
             f"logits per position, (B, K, ...) = {want}")
     return logits
+
+
+def _masked_nonfinite(logits: torch.Tensor, z: torch.Tensor, categories: int | None):
+    """(masked positions of z with a non-finite logit (any of the K, for codes), masked
+    positions), 0-d tensors without a sync, counted as `sample` counts them: what a bound
+    reads (revealed positions add nothing)."""
+    masked = z == MASK
+    finite = logits.isfinite() if categories is None else logits.isfinite().all(1)
+    return (~finite & masked).sum(), masked.sum()
+
+
+def _refuse_nonfinite(counts: list, categories: int | None) -> None:
+    """A bound's non-finite logits refused by the package's one rule
+    (`checks.finite_logits`), one sync for all: counts [(where, (bad, masked)), ...], one
+    entry a denoiser call, from `_masked_nonfinite`."""
+    if not counts or not checks.has_values(counts[0][1][0]):  # fake tensors: no values
+        return
+    read = torch.stack([torch.stack(c) for _, c in counts]).tolist()  # the one sync
+    word = "pixel" if categories is None else "position"
+    checks.finite_logits("denoiser", [(where, bad, f"{m} masked {word}s") for (where, _),
+                                      (bad, m) in zip(counts, read, strict=True)],
+                         needs=f"every masked {word} (every value's, for codes)")
 
 
 def bound_terms(denoiser: Callable, x0: torch.Tensor, t, sched="linear", *,
@@ -434,6 +468,9 @@ def loss(model: Callable, x0: torch.Tensor, sched="linear", *,
                        generator=generator).mean()
 
 
+MAX_TIMES = 10_000  # negative_elbo's n_t: a network call on every image at each
+
+
 def negative_elbo(denoiser: Callable, x0: torch.Tensor, sched="linear", *, n_t: int = 8,
                   categories: int | None = None,
                   generator: torch.Generator | None = None) -> torch.Tensor:
@@ -442,24 +479,32 @@ def negative_elbo(denoiser: Callable, x0: torch.Tensor, sched="linear", *, n_t: 
     x0: (N, ...) binary -> (N,). Each image gets n_t times, one in each stratum of [0, 1],
     and one z_t at each; the network sees at most companion.run.memory.MAX_IMAGES images a call
     (the draws for all N are made before the split). categories=K: x0 codes (N, ...), the
-    denoiser's logits (N, K, ...).
+    denoiser's logits (N, K, ...). n_t at most MAX_TIMES = 10,000; a non-finite logit at a
+    masked position is refused (`checks.finite_logits`).
 
     Book: :eq:`ch14-elbo`; with categories=K, :eq:`ch19-masked-bound`.
     """
     _denoiser(denoiser)
     categories = check_categories(categories)
     _data("x0", x0, categories)
-    n_t = checks.count("n_t", n_t)
+    n_t = checks.size("n_t (the times each sequence or image gets)", n_t, MAX_TIMES,
+                      "each time runs the network once on every one (the book's estimates "
+                      "take 8 to 32; for less noise, average over more of them)")
     sc = schedule(sched)
     total = torch.zeros(len(x0), dtype=torch.float64, device=x0.device)
+    counts = []
     with torch.no_grad():
         for j in range(n_t):
             u = torch.rand(len(x0), device=x0.device, generator=generator)
             t = ((j + u) / n_t).clamp_min(T_MIN)
             z = forward_sample(x0, t, sc, categories=categories, generator=generator)
-            ce = masked_cross_entropy(_logits(denoiser, z, categories=categories), x0, z,
-                                      categories=categories)
+            logits = _logits(denoiser, z, categories=categories)
+            counts.append((f"at time {j + 1} of n_t = {n_t}",
+                           _masked_nonfinite(logits, z, categories)))
+            ce = masked_cross_entropy(logits, x0, z, categories=categories)
+            del logits  # not alive through the next time's network calls, the peak
             total += (sc.weight(t.to(ce.dtype)) * ce).double()
+    _refuse_nonfinite(counts, categories)
     return total / n_t
 
 
@@ -473,7 +518,8 @@ def ordered_nll(denoiser: Callable, x0: torch.Tensor, categories: int,
     one term of the average over orders that the bound is (chapter 14's any-order
     identity). x0: token sequences (N, L), values 0..categories-1; order: a permutation of
     range(L), left to right by default. L network calls, each on every sequence (at most
-    MAX_IMAGES a call).
+    MAX_IMAGES a call); no sequences (0, L) give an empty (0,). A non-finite logit among
+    those read (position sigma(k)'s) is refused (`checks.finite_logits`).
     """
     _denoiser(denoiser)
     categories = check_categories(categories)
@@ -484,19 +530,32 @@ def ordered_nll(denoiser: Callable, x0: torch.Tensor, categories: int,
     if x0.dim() != 2:
         raise checks.ArgumentError(f"x0 must be token sequences (N, L), got shape "
                                    f"{tuple(x0.shape)}")
-    L = x0.shape[1]
-    order = list(range(L)) if order is None else [checks.as_int(i) for i in order]
-    if sorted(order) != list(range(L)):
-        raise checks.ArgumentError(f"order must be a permutation of the {L} positions "
-                                   f"0..{L - 1}, got {order!r:.80}")
+    order = _order(order, x0.shape[1])
     z = torch.full_like(x0, int(MASK))
     total = torch.zeros(len(x0), dtype=torch.float64, device=x0.device)
+    counts = []
     with torch.no_grad():
-        for i in order:
+        for k, i in enumerate(order):
             logits = _logits(denoiser, z, categories=categories)[:, :, i].double()
+            counts.append((f"at position {i} (step {k + 1} of {len(order)})",
+                           checks.nonfinite_count(logits), f"{logits.numel()} logits"))
             total -= logits.log_softmax(1).gather(1, x0[:, i:i + 1])[:, 0]
             z[:, i] = x0[:, i]
+    checks.finite_logits("denoiser", counts)
     return total
+
+
+def _order(order, L: int) -> list[int]:
+    """order as a list of ints, a permutation of range(L) (None: left to right); 0.0 passed
+    the permutation test, then failed as an index."""
+    if order is None:
+        return list(range(L))
+    order = [checks.count("every entry of order (a position)", i, minimum=0, maximum=L - 1)
+             for i in checks.sequence("order", order, "list(range(L)), a permutation")]
+    if sorted(order) != list(range(L)):
+        raise checks.ArgumentError(f"order must be a permutation of the {L} positions "
+                                   f"0..{L - 1}, each once, got {order!r:.80}")
+    return order
 
 
 def time_grid(K: int) -> torch.Tensor:
@@ -525,13 +584,17 @@ def step_bound(denoiser: Callable, x0: torch.Tensor, K: int, sched="linear", *,
     sc = schedule(sched)
     ts = time_grid(K)
     total = torch.zeros(len(x0), dtype=torch.float64, device=x0.device)
+    counts = []
     with torch.no_grad():
         for k in progress(range(1, K + 1), desc=f"K-step bound (K = {K})", quiet=True):
             r = float(reveal_probability(ts[k - 1], ts[k], sc))
             z = forward_sample(x0, float(ts[k]), sc, categories=categories,
                                generator=generator)
             logits = _logits(denoiser, z, categories=categories)
+            counts.append((f"at step {k} of {K}", _masked_nonfinite(logits, z, categories)))
             total += r * masked_cross_entropy(logits, x0, z, categories=categories).double()
+            del logits  # not alive through the next step's network calls
+    _refuse_nonfinite(counts, categories)
     return total
 
 
@@ -858,13 +921,6 @@ def _finite_logits(steps: list, K: int) -> None:
     """Refuse the first of `steps`, (k, count of non-finite logits at masked pixels, masked
     pixels), with a non-finite logit (one sync for all): a diverged denoiser's NaN would
     otherwise be drawn as clean zeros."""
-    if not steps:
-        return
-    counts = torch.stack([c for _, c, _ in steps]).tolist()
-    for (k, _, masked_pixels), c in zip(steps, counts, strict=True):
-        if c:
-            raise checks.ArgumentError(
-                f"the denoiser returned non-finite logits (NaN or inf) at step {k + 1} of "
-                f"{K}: {c} of {masked_pixels} masked pixels; a diverged network (check "
-                "its training loss and weights) or a denoiser that divides by zero: it must "
-                "return finite logits for every masked pixel (every value's, for codes)")
+    checks.finite_logits("denoiser", [(f"at step {k + 1} of {K}", c, f"{m} masked pixels")
+                                      for k, c, m in steps],
+                         needs="every masked pixel (every value's, for codes)")

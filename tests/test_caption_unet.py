@@ -78,3 +78,17 @@ def test_errors_say_what_was_wrong():
         model.attention_maps(x, t, ids)
     with pytest.raises(ArgumentError, match="does not match"):
         load_unet(model, UNet(preset("cpu", T=50)))
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda ids: ids + V, rf"^ids must hold token ids \(0: pad\) in 0\.\.{V - 1}, got values"),
+    (lambda ids: ids - 1, r"^ids must hold token ids .* got values in -1\.\."),
+    (lambda ids: ids.to(torch.uint8), r"^ids must be an integer tensor of token ids .*uint8"),
+])
+def test_caption_ids_out_of_range_or_of_another_dtype_are_refused_by_name(bad, match):
+    """Issue 96: IndexError "index out of range in self" named no argument; the DiT's check
+    (checks.token_ids) is the text encoder's now, so every network reading captions has it."""
+    model = CaptionUNet(preset("tiny", T=50), vocab_size=V, cond="cross")
+    x, t, ids = _inputs()
+    with pytest.raises(ArgumentError, match=match):
+        model(x, t, bad(ids))

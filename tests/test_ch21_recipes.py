@@ -117,3 +117,39 @@ def test_a_unet_reading_captions_starts_from_chapter_9s_and_trains_its_own_updat
     near = [torch.allclose(a, model.state_dict()[k], atol=0.1)
             for k, a in base.state_dict().items()]
     assert sum(near) > 0.9 * len(near)  # a few hundred small updates away, not a new network
+
+
+# --- issue 96: arguments checked before anything trains -------------------------------------------
+
+def _no_training(monkeypatch, tmp_path):
+    """BOOK_CACHE in tmp_path and chapter 9's recipe and fit made to fail: a refusal must
+    come before either runs."""
+    from companion.recipes import transformers
+
+    def trains(*args, **kwargs):
+        raise AssertionError("trained before refusing")
+
+    monkeypatch.setenv("BOOK_CACHE", str(tmp_path))
+    monkeypatch.setattr(transformers, "ddpm", trains)
+    monkeypatch.setattr(transformers, "fit", trains)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(network="unet", cond="adaln"), r"the U-Net reads a caption as one of .* got "
+                                         r"cond='adaln': a DiT reads it with 'adaln'"),
+    (dict(network="unet", cond="cross", prefix=None), r"^prefix must be a non-empty string"),
+    (dict(network="dit-S", steps=10**12), r"^steps \(the updates of an early run, or None for "
+                                          r"the full run\) must be at most 60, got "
+                                          r"1,000,000,000,000: an early run stops partway"),
+    (dict(network="dit-S", cond="cross", steps=61), r"must be at most 60, got 61"),
+    (dict(network="unet", cond="pooled", steps=31), r"must be at most 30, got 31"),
+])
+def test_ch21_model_refuses_its_arguments_before_training_anything(monkeypatch, tmp_path, kw,
+                                                                  match):
+    """network='unet' with cond='adaln' refused only after chapter 9's DDPM had trained
+    (10-15 minutes); steps=10**12 trained until the process was killed."""
+    _no_training(monkeypatch, tmp_path)
+    x, y = _bars(8), torch.arange(8) % 10
+    with pytest.raises(checks.ArgumentError, match=match):
+        recipes.ch21_model(x, y, get_profile("ci"), "cpu", **kw)
+    assert not (tmp_path / "checkpoints").exists()

@@ -100,3 +100,52 @@ def test_english_windows_hold_out_the_last_tenth(monkeypatch):
     monkeypatch.setattr(language, "english_text", lambda download=None: ("too short", "x"))
     with pytest.raises(checks.ArgumentError, match="too few for a held-out window"):
         recipes.english_windows(CI, length=16)
+
+
+# --- issue 96: sizes bounded and arguments checked before anything trains ------------------------
+
+def test_lm_model_refuses_its_arguments_before_training_anything(monkeypatch, tmp_path):
+    from companion.recipes import language as recipe
+
+    def trains(*args, **kwargs):
+        raise AssertionError("trained before refusing")
+
+    monkeypatch.setenv("BOOK_CACHE", str(tmp_path))
+    monkeypatch.setattr(recipe, "fit", trains)
+    x = torch.arange(96).reshape(16, 6) % 5
+    cases = [
+        (dict(steps=10**12), r"^steps \(the updates of an early run, or None for the full "
+                             r"run\) must be at most 40, got 1,000,000,000,000: an early run"),
+        (dict(steps=41, kind="autoregressive"), r"must be at most 40, got 41"),
+    ]
+    for kw, match in cases:
+        with pytest.raises(checks.ArgumentError, match=match):
+            recipes.lm_model(x, 5, CI, "cpu", **kw)
+    with pytest.raises(checks.ArgumentError, match=r"^x \(token sequences \(N, L\)\) must be an "
+                                                   r"integer tensor of token ids .*uint8"):
+        recipes.lm_model(x.to(torch.uint8), 5, CI, "cpu")
+    with pytest.raises(checks.ArgumentError, match=r"^x \(token sequences \(N, L\)\) must hold "
+                                                   r"token ids in 0\.\.3, got values in 0\.\.4: "
+                                                   r"pass the tokenizer's vocab_size"):
+        recipes.lm_model(x, 4, CI, "cpu")
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_lm_bits_bounds_n_t_and_refuses_a_diverged_model():
+    import time
+
+    den = recipes.lm_network("masked", CI, 5, 6).eval()
+    x = torch.randint(0, 5, (4, 6))
+    began = time.perf_counter()
+    with pytest.raises(checks.ArgumentError, match=r"^n_t \(the times each sequence or image "
+                                                   r"gets\) must be at most 10,000, got "
+                                                   r"1,000,000,000: each time runs"):
+        recipes.lm_bits(den, x, n_t=10**9)
+    assert time.perf_counter() - began < 0.5
+    for kind in recipes.LM_KINDS:
+        model = recipes.lm_network(kind, CI, 5, 6).eval()
+        with torch.no_grad():
+            model.head.bias.fill_(float("nan"))
+        with pytest.raises(checks.ArgumentError, match=r"^the (model|denoiser) returned "
+                                                       r"non-finite logits \(NaN or inf\)"):
+            recipes.lm_bits(model, x, n_t=2)

@@ -341,3 +341,32 @@ def test_a_tiny_model_overfits_eight_images():
         loss().backward()
         opt.step()
     assert loss().item() < start / 2, (start, loss().item(), time.perf_counter() - t0)
+
+
+# --- issue 96: the id-range check, one for the DiT, its TextEncoder and the CaptionUNet ----------
+
+@pytest.mark.parametrize("ids, match", [
+    (torch.tensor([[1, 20], [0, 0]]), r"^ids must hold token ids \(0: pad\) in 0\.\.19, got "
+                                      r"values in 0\.\.20: encode the text"),
+    (torch.tensor([[-1, 2]]), r"^ids must hold token ids .* got values in -1\.\.2"),
+    (torch.tensor([[1, 2]], dtype=torch.uint8), r"^ids must be an integer tensor of token ids "
+                                                r"\(0: pad\) \(torch.long\), got torch.uint8"),
+])
+def test_the_text_encoder_checks_its_ids_as_the_dit_does(ids, match):
+    """IndexError: index out of range in self, and a uint8 failure deep in the embedding,
+    named no argument."""
+    with pytest.raises(ValueError, match=match):
+        TextEncoder(20, 16, 4, 1, 2)(ids)
+
+
+def test_the_dit_refuses_uint8_labels_and_ids_by_name():
+    x, t = _images(2)
+    with pytest.raises(ValueError, match=r"^y must be an integer tensor of labels .*uint8"):
+        DiT(**SMALL, num_classes=10)(x, t, torch.tensor([1, 2], dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"^y must be an integer tensor of token ids .*uint8"):
+        DiT(**SMALL, vocab_size=20, text_length=4)(x, t, torch.ones(2, 3, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"^y must hold labels \(-1: NO_LABEL\) in -1\.\.9, got "
+                                         r"values in 0\.\.10: digits 0\.\.9, or NO_LABEL"):
+        DiT(**SMALL, num_classes=10)(x, t, torch.tensor([10, 0]))
+    assert DiT(**SMALL, num_classes=10)(x, t, torch.tensor([1, 2], dtype=torch.int32)).shape \
+        == x.shape

@@ -225,6 +225,21 @@ def test_6_a_wait_for_another_run_gives_up_after_lock_timeout(tmp_path, held, ca
     assert "Ctrl-C" in said and "lock_timeout" in said
 
 
+def test_6_the_wait_without_a_limit_says_what_a_recipes_reader_can_do(tmp_path, held):
+    """Issue 96: the message advised lock_timeout=, which no recipe takes; it now says fit
+    takes it, that a recipe waits, and how to end a stuck holder (its process id)."""
+    lock = ck.PathLock(tmp_path / "m.pt")
+    fd = os.open(lock.file, os.O_RDONLY)
+    try:
+        said, limited = lock._waiting(fd), ck.PathLock(tmp_path / "m.pt", 3)._waiting(fd)
+    finally:
+        os.close(fd)
+    assert f"process {held.pid}" in said and f"`kill {held.pid}`" in said
+    assert "fit(..., lock_timeout=seconds)" in said and "a recipe waits" in said
+    assert "Ctrl-C" in said and "prefix=" in said
+    assert "giving up after 3 s (lock_timeout)" in limited
+
+
 WAITER = textwrap.dedent("""
     import signal, sys, torch
     from torch import nn

@@ -180,3 +180,16 @@ def test_fill_posterior_uses_both_sides(toy_sentences):
         g.fill_posterior("the cat see a dog.", 4, 7, sentences)
     with pytest.raises(ArgumentError, match="non-empty span"):
         g.fill_posterior("the cat sees a dog.", 7, 7, sentences)
+
+
+def test_encode_refuses_a_length_past_its_bound_before_allocating():
+    """Issue 96: length 10^12 failed in the allocator, naming no argument."""
+    tok = L.CharTokenizer("ab")
+    with pytest.raises(ArgumentError, match=r"^length must be at most 100,000,000, got "
+                                            r"1,000,000,000,000: the ids are one int64"):
+        tok.encode("ab", 10**12)
+    with pytest.raises(ArgumentError, match=r"^len\(texts\) x length \(the ids returned\) "
+                                            r"must be at most 100,000,000, got "
+                                            r"1,000,000,000: .*in batches"):
+        tok.encode(["ab"] * 1000, 10**6)
+    assert tok.encode(["ab", "b"], 3).tolist() == [[0, 1, 2], [1, 2, 2]]

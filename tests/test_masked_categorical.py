@@ -317,3 +317,49 @@ def test_the_ordered_nll_of_a_network_is_a_likelihood_and_refuses_bad_orders(toy
         mk.ordered_nll(den, toy.states, 3, order=[0, 1, 1, 2])
     with pytest.raises(mk.checks.ArgumentError, match="needs categories"):
         mk.ordered_nll(den, toy.states, None)
+
+
+# --- issue 96: orders of floats, unsigned codes, bounds on a diverged denoiser ------------------
+def test_an_order_of_floats_is_refused_by_name_not_at_the_index(toy):
+    """[0.0, 1, 2, 3] passed the permutation check (0.0 == 0), then failed as an index."""
+    with pytest.raises(mk.checks.ArgumentError, match=r"^every entry of order \(a position\) "
+                                                      r"must be a whole number in 0\.\.3, got "
+                                                      r"0\.0"):
+        mk.ordered_nll(toy.denoiser, toy.states, 3, order=[0.0, 1, 2, 3])
+    with pytest.raises(mk.checks.ArgumentError, match=r"^order must be a sequence"):
+        mk.ordered_nll(toy.denoiser, toy.states, 3, order=3)
+    nll = mk.ordered_nll(toy.denoiser, toy.states, 3, order=torch.tensor([2, 0, 3, 1]))
+    assert torch.allclose(nll, -toy.log_prob(toy.states), atol=1e-10, rtol=0)
+
+
+def test_unsigned_codes_that_cannot_hold_mask_are_refused_by_name(toy):
+    x = toy.states[:4].to(torch.uint8)
+    for call in (lambda: mk.ordered_nll(toy.denoiser, x, 3),
+                 lambda: mk.negative_elbo(toy.denoiser, x, categories=3),
+                 lambda: mk.loss(toy.denoiser, x, categories=3)):
+        with pytest.raises(mk.checks.ArgumentError, match=r"^x0 must be a signed integer "
+                                                          r"tensor \(torch.long\), got "
+                                                          r"torch.uint8, which cannot hold MASK"):
+            call()
+
+
+def test_the_bounds_refuse_non_finite_logits_where_they_read_them_only(toy):
+    """NaN at the revealed positions is never read (the bound adds nothing there): allowed;
+    at a masked one: refused, as the samplers refuse it."""
+    def revealed_nan(z):
+        logits = toy.denoiser(z)
+        return torch.where((z != mk.MASK)[:, None], float("nan"), logits)
+
+    x, g = toy.states[:20], torch.Generator().manual_seed(0)
+    assert mk.negative_elbo(revealed_nan, x, n_t=3, categories=3, generator=g).isfinite().all()
+    assert mk.step_bound(revealed_nan, x, 2, categories=3, generator=g).isfinite().all()
+
+    def masked_nan(z):
+        return torch.where((z == mk.MASK)[:, None], float("nan"), toy.denoiser(z))
+
+    rule = r"^the denoiser returned non-finite logits \(NaN or inf\) at "
+    with pytest.raises(mk.checks.ArgumentError, match=rule + r"step [12] of 2: \d+ of \d+ masked "
+                                                             r"positions"):
+        mk.step_bound(masked_nan, x, 2, categories=3, generator=g)
+    with pytest.raises(mk.checks.ArgumentError, match=rule + "time"):
+        mk.negative_elbo(masked_nan, x, n_t=3, categories=3, generator=g)

@@ -215,3 +215,102 @@ def test_flops_match_a_count_by_hand():
     assert flops_per_sequence(model) == pytest.approx(depth * per_block + 2 * L * W * V)
     assert flops_per_sequence(model, 4) < flops_per_sequence(model) / 2 + 1
     assert not any(m.explicit for m in model.modules() if isinstance(m, Attention))
+
+
+# --- issue 96: sizes bounded, one rule for non-finite logits, uint8 ids, no sequences ------------
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(depth=10**6), r"^depth must be at most 1,000, got 1,000,000: each block"),
+    (dict(vocab_size=10**10), r"^vocab_size must be at most 1,048,576, got 10,000,000,000"),
+    (dict(width=2**20, heads=1), r"^width must be at most 16,384, got 1,048,576"),
+    (dict(length=10**9), r"^length must be at most 65,536"),
+    (dict(width=2**14, depth=1000, heads=1), r"builds [\d,]+ weights, more than MAX_PARAMS = "
+                                             r"2,147,483,648 .*lower depth, width"),
+])
+def test_a_config_too_large_to_build_is_refused_before_anything_is_allocated(kw, match):
+    import time
+
+    began = time.perf_counter()
+    with pytest.raises(ValueError, match=match):
+        TextTransformer(**{**dict(vocab_size=7, length=8, **TINY), **kw})
+    assert time.perf_counter() - began < 0.5  # refused, not built
+
+
+def test_n_params_counts_the_built_weights_and_keeps_valid_configs():
+    for causal in (False, True):
+        model = _model(causal=causal)
+        assert model.config.n_params() == tt.n_params(model)
+    gpu = TextConfig(vocab_size=31, length=44, width=256, depth=6, heads=4)
+    assert 4_000_000 < gpu.n_params() < 6_000_000  # "the book's largest: about 5 million"
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.complex64])
+def test_token_ids_of_a_dtype_the_embedding_cannot_take_are_refused_by_name(dtype):
+    den, ar = _model(), _model(causal=True)
+    x = torch.zeros(2, 3).to(dtype)
+    with pytest.raises(ValueError, match=rf"^z \(masked states\) must be an integer tensor of "
+                                         rf"token ids \(torch.long\), got {dtype}: convert"):
+        den(x)
+    with pytest.raises(ValueError, match=rf"^x \(text\) must be an integer tensor .*{dtype}"):
+        ar_nll(ar, x)
+    ok = torch.zeros(2, 3, dtype=torch.long)
+    assert ar(ok).shape == (2, 7, 3) and ar(ok.int()).shape == (2, 7, 3)  # int32: taken
+
+
+def _diverged(value, causal=True):
+    model = _model(causal=causal)
+    with torch.no_grad():
+        model.head.bias[2] = value  # one logit a position: NaN or inf
+    return model.eval()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_every_reader_of_the_logits_refuses_non_finite_ones_alike(value):
+    """ar_nll and ordered_nll returned NaN where ar_sample and masked.sample refused: one rule
+    (checks.finite_logits), one message, naming where and how many."""
+    ar, den, x = _diverged(value), _diverged(value, causal=False), torch.randint(7, (3, 5))
+    rule = r"^the (model|denoiser) returned non-finite logits \(NaN or inf\) "
+    with pytest.raises(ValueError, match=rule + r"for sequences 0\.\.2 of x: 15 of 105 logits"):
+        ar_nll(ar, x)
+    with pytest.raises(ValueError, match=rule + r"at position 1 of 4: 2 of 14 logits"):
+        ar_sample(ar, 2, 4)
+    with pytest.raises(ValueError, match=rule + r"at position 0 \(step 1 of 5\): 3 of 21"):
+        masked.ordered_nll(den, x, 7)
+    with pytest.raises(ValueError, match=rule + r"at time [12] of n_t = 2: \d+ of \d+ "
+                                                r"masked positions"):
+        masked.negative_elbo(den, torch.randint(7, (50, 5)), n_t=2, categories=7,
+                             generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=rule + r"at step 1 of 2: 10 of 10 masked pixels"):
+        masked.sample(den, (2, 5), 2, categories=7)
+
+
+def test_a_training_loss_leaves_non_finite_logits_to_fit():
+    """Under grad (a training loss) ar_nll checks nothing: fit refuses the non-finite loss
+    itself, without a device sync a step."""
+    ar = _diverged(float("nan")).train()
+    assert ar_nll(ar, torch.randint(7, (2, 5))).isnan().all()
+
+
+def test_no_sequences_give_no_values():
+    ar, den, x = _model(causal=True), _model(), torch.zeros(0, 5, dtype=torch.long)
+    assert ar_nll(ar, x).shape == (0,)
+    assert masked.ordered_nll(den, x, 7).shape == (0,)
+    assert masked.negative_elbo(den, x, n_t=2, categories=7).shape == (0,)
+
+
+@pytest.mark.parametrize("batch, match", [
+    (0, r"^batch \(the examples the FLOP count runs at once\) must be a whole number >= 1, "
+        r"got 0"),
+    (-1, r"got -1"),
+    (2.5, r"must be a whole number >= 1, got 2\.5"),
+    (10**12, r"must be at most 1,000, got 1,000,000,000,000: the count is per example"),
+])
+def test_flops_refuse_a_batch_of_no_or_too_many_examples(batch, match):
+    from companion.models import dit, unet
+
+    with pytest.raises(ValueError, match=match):
+        flops_per_sequence(_model(causal=True), batch=batch)
+    with pytest.raises(ValueError, match=match):
+        dit.flops_per_image(dit.DiT(width=16, depth=1, heads=2), batch=batch)
+    with pytest.raises(ValueError, match=match):
+        unet.flops_per_image(unet.UNet(unet.preset("tiny", T=10)), batch=batch)

@@ -114,10 +114,9 @@ class ARPrior(_CodeTransformer):
         flat = codes.view(n, self.L)
         for i in range(self.L):
             logits = self(codes).float().flatten(2)[:, :, i]        # (n, K)
-            if not bool(logits.isfinite().all()):
-                raise checks.ArgumentError(
-                    f"the prior returned non-finite logits at position {i + 1} of {self.L}: a "
-                    "diverged network? check its training loss and weights")
+            checks.finite_logits("prior", [(f"at position {i + 1} of {self.L}",
+                                            checks.nonfinite_count(logits),
+                                            f"{logits.numel():,} logits")])
             flat[:, i] = draw_values(logits[:, :, None], generator=generator)[0][:, 0]
         return codes
 

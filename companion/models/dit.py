@@ -180,6 +180,10 @@ class TextEncoder(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, ids: torch.Tensor):
+        """ids (B, L) -> (tokens (B, L, dim), pad (B, L), pooled (B, dim)); ids checked as
+        the DiT checks its captions: int64 values in 0..vocab_size - 1 (on the CPU)."""
+        if not torch.compiler.is_compiling():
+            checks.token_ids("ids", ids, 0, len(self.tok.weight) - 1, "token ids (0: pad)")
         if ids.dim() != 2 or not 1 <= ids.shape[1] <= len(self.pos):
             raise checks.ArgumentError(f"ids must be token ids (B, L), 1 <= L <= length = "
                                        f"{len(self.pos)}, got shape {tuple(ids.shape)}")
@@ -355,10 +359,11 @@ class DiT(nn.Module):
             raise checks.ArgumentError(f"y must be an int64 tensor of {what} of shape {shape}, "
                                        f"got {getattr(y, 'dtype', type(y).__name__)} "
                                        f"{tuple(getattr(y, 'shape', ()))}")
-        lo, hi = (NO_LABEL, cfg.num_classes - 1) if labels else (0, cfg.vocab_size - 1)
-        if checks.on_host(y) and y.numel() and (y.min() < lo or y.max() > hi):
-            raise checks.ArgumentError(f"y must be {what} in {lo}..{hi}, got values in "
-                                       f"{int(y.min())}..{int(y.max())}")
+        if labels:
+            checks.token_ids("y", y, NO_LABEL, cfg.num_classes - 1, what,
+                             fix=f"digits 0..{cfg.num_classes - 1}, or NO_LABEL for none")
+        else:
+            checks.token_ids("y", y, 0, cfg.vocab_size - 1, what)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor,
                 y: torch.Tensor | None = None) -> torch.Tensor:
@@ -412,6 +417,7 @@ def flops_per_image(model: DiT, batch: int = 2) -> float:
     two matrix products (q k^T, weights @ v) that it counts, the same on every device.
     Normalizations, softmax and activations are not counted.
     """
+    batch = checks.flops_batch(batch)
     attns = [m for m in model.modules() if isinstance(m, Attention)]
     p, S = next(model.parameters()), model.config.image_size
     x = torch.zeros(batch, model.config.in_channels, S, S, device=p.device, dtype=p.dtype)

@@ -146,6 +146,7 @@ class LatentDenoiser(nn.Module):
 def flops_per_code(model: LatentDenoiser, batch: int = 2) -> float:
     """Forward-pass FLOPs for one code, counted by torch.utils.flop_counter (matrix
     products; a multiply-add is 2 FLOPs), as `unet.flops_per_image` counts the U-Net's."""
+    batch = checks.flops_batch(batch)
     p = next(model.parameters())
     z = torch.zeros(batch, model.config.dim, device=p.device, dtype=p.dtype)
     return forward_flops(model, z, torch.ones(batch, dtype=torch.long, device=p.device))

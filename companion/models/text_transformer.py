@@ -33,6 +33,20 @@ from .dit import Attention, EncoderLayer, linear
 from .unet import forward_flops
 from .unet import n_params as n_params  # re-exported: text_transformer.n_params(model)
 
+# The sizes a TextConfig may have (issue 96: depth 10^6 built until memory ran out, a
+# vocabulary of 10^10 failed in the allocator naming no argument); the book's are far below.
+LIMITS = {
+    "vocab_size": (2**20, "the embedding and the head hold width numbers per token (a "
+                   "character model has under 100, GPT-2's byte-pair vocabulary 50,257)"),
+    "length": (2**16, "attention compares every pair of positions (the book's longest "
+               "sequence has 44 characters)"),
+    "width": (2**14, "each block holds about 12 width^2 weights (the book's widest: 256)"),
+    "depth": (1_000, "each block adds its weights and a step of every forward pass (the "
+              "book's deepest: 6)"),
+    "mlp_ratio": (64, "the MLP holds 2 mlp_ratio width^2 weights a block (the book's: 4)"),
+}
+MAX_PARAMS = 2**31  # the weights of a whole TextTransformer: 8 GiB of float32
+
 
 @dataclass(frozen=True)
 class TextConfig:
@@ -49,15 +63,31 @@ class TextConfig:
     causal: bool = False
 
     def __post_init__(self):
-        checks.count("vocab_size", self.vocab_size, 2)
-        for name in ("length", "width", "depth", "heads", "mlp_ratio"):
-            checks.count(name, getattr(self, name))
+        for name, (most, why) in LIMITS.items():
+            checks.size(name, getattr(self, name), most, why,
+                        minimum=2 if name == "vocab_size" else 1)
+        checks.count("heads", self.heads)
+        if self.n_params() > MAX_PARAMS:
+            raise checks.ArgumentError(
+                f"this TextConfig builds {self.n_params():,} weights, more than MAX_PARAMS = "
+                f"{MAX_PARAMS:,} ({4 * MAX_PARAMS / 2**30:.0f} GiB of float32, before the "
+                "optimizer's two copies): lower depth, width, vocab_size or length (the "
+                "book's largest, the gpu profile's, has about 5 million)")
         if self.width % self.heads:
             raise checks.ArgumentError(f"width must be a multiple of heads (each head gets "
                                        f"width / heads channels), got width {self.width}, "
                                        f"heads {self.heads}")
         if not isinstance(self.causal, bool):
             raise checks.ArgumentError(f"causal must be True or False, got {self.causal!r}")
+
+    def n_params(self) -> int:
+        """The weights TextTransformer(self) has, counted from the sizes (nothing built):
+        embeddings (V + 1 + length) x width, per block 4 w^2 + 2 r w^2 (attention, MLP) and
+        their biases and norms, the final norm and the head w x V."""
+        V, L, w, r, depth = (int(checks.as_int(getattr(self, k))) for k in
+                             ("vocab_size", "length", "width", "mlp_ratio", "depth"))
+        block = 4 * w * w + 4 * w + 2 * r * w * w + r * w + w + 4 * w
+        return (V + 1 + L) * w + depth * block + 2 * w + w * V + V
 
 
 class Block(EncoderLayer):
@@ -92,10 +122,7 @@ class TextTransformer(nn.Module):
         """x if it is an integer tensor (B, L), 1 <= L <= length, of ids 0..V-1 (or MASK,
         bidirectional only); values read on the CPU only (a GPU would sync)."""
         cfg, name = self.config, "x (text)" if self.config.causal else "z (masked states)"
-        checks.tensor(name, x)
-        if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
-            raise checks.ArgumentError(f"{name} must be an integer tensor of token ids "
-                                       f"(torch.long), got {x.dtype}: use .long()")
+        checks.index_tensor(name, x)
         if x.dim() != 2 or not 1 <= x.shape[1] <= cfg.length:
             raise checks.ArgumentError(f"{name} must have shape (B, L), 1 <= L <= length = "
                                        f"{cfg.length}, got {tuple(x.shape)}: cut longer "
@@ -136,24 +163,34 @@ def _causal(model, who: str) -> TextTransformer:
 
 
 def ar_nll(model: TextTransformer, x: torch.Tensor) -> torch.Tensor:
-    """-log p(x) = sum_i -log softmax(logits_i)[x_i], exact, nats: x (B, L) -> (B,).
+    """-log p(x) = sum_i -log softmax(logits_i)[x_i], exact, nats: x (B, L) -> (B,) (B = 0:
+    an empty (0,)).
 
     Its batch mean is the training loss. The network sees at most memory.MAX_IMAGES
     sequences a call (fewer when long: rows_per_call), so under torch.no_grad the memory
-    is bounded whatever B.
+    is bounded whatever B. Non-finite logits are refused (`checks.finite_logits`, one sync
+    after the last call), except in a training loss (the model in training mode, its logits
+    requiring grad), which `fit` refuses itself when it is not finite.
     """
     model = _causal(model, "ar_nll")
     model.check_tokens(x)
     size = min(memory.MAX_IMAGES, memory.rows_per_call(x))
-    parts = []
-    for rows in memory.chunk_slices(len(x), size):
+    parts, counts = [], []
+    for rows in memory.chunk_slices(len(x), size) or [slice(0, 0)]:
         logits = model(x[rows])
+        if not (model.training and logits.requires_grad):  # not a training loss
+            counts.append((f"for sequences {rows.start}..{rows.stop - 1} of x",
+                           checks.nonfinite_count(logits), f"{logits.numel():,} logits"))
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         parts.append(F.cross_entropy(logits, x[rows].long(), reduction="none").sum(1))
+    checks.finite_logits("model", counts)
     return torch.cat(parts) if len(parts) != 1 else parts[0]
 
 
-MAX_SAMPLES = 100_000  # ar_sample's n: `length` network calls on every one
+# ar_sample's n: `length` network calls on every one. A bound on memory, not on time: at
+# the chapter's sizes 1,000 take 10.7 s on 2 CPU cores, so 100,000 about 18 minutes there
+# and seconds on a GPU; a bound set by one machine's speed would refuse the other's.
+MAX_SAMPLES = 100_000
 
 
 @torch.no_grad()
@@ -164,6 +201,8 @@ def ar_sample(model: TextTransformer, n: int, length: int, *,
     One forward pass per position on the prefix drawn so far (no key-value cache: L^2 / 2
     positions' work instead of L, simple and enough at the book's lengths); at most
     memory.MAX_IMAGES sequences a call. generator: on the model's device (or `device`).
+    Non-finite logits are refused (`checks.finite_logits`): on the CPU at once, on a GPU
+    after the last position (one sync).
     """
     model = _causal(model, "ar_sample")
     n = checks.size("n (the number of samples)", n, MAX_SAMPLES, "each runs the network "
@@ -172,14 +211,16 @@ def ar_sample(model: TextTransformer, n: int, length: int, *,
     checks.generator("generator", generator)
     device = checks.device("device", device) or model.head.weight.device
     x = torch.zeros(n, length, dtype=torch.long, device=device)  # x_i unseen until drawn
+    counts = []
     for rows in memory.chunk_slices(n, min(memory.MAX_IMAGES, memory.rows_per_call(x))):
         for i in range(length):
             logits = model(x[rows, :i + 1])[:, :, i].float()            # (b, V)
-            if checks.on_host(logits) and not bool(logits.isfinite().all()):
-                raise checks.ArgumentError(f"the model returned non-finite logits at "
-                                           f"position {i + 1} of {length}: a diverged "
-                                           "network? check its training loss and weights")
+            counts.append((f"at position {i + 1} of {length}", checks.nonfinite_count(logits),
+                           f"{logits.numel():,} logits"))
+            if checks.on_host(logits):
+                checks.finite_logits("model", counts[-1:])
             x[rows, i] = draw_values(logits[:, :, None], generator=generator)[0][:, 0]
+    checks.finite_logits("model", counts)
     return x
 
 
@@ -193,7 +234,7 @@ def flops_per_sequence(model: TextTransformer, length: int | None = None,
     length = checks.count("length", model.config.length if length is None else length,
                           maximum=model.config.length)
     attns = [m for m in model.modules() if isinstance(m, Attention)]
-    x = torch.zeros(checks.count("batch", batch), length, dtype=torch.long,
+    x = torch.zeros(checks.flops_batch(batch), length, dtype=torch.long,
                     device=model.head.weight.device)
     for m in attns:
         m.explicit = True

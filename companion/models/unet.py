@@ -376,6 +376,7 @@ def flops_per_image(model: UNet, batch: int = 2) -> float:
     Counts matrix multiplications, convolutions and attention (a multiply-add is 2 FLOPs);
     normalizations and activations, a few percent more, are not counted.
     """
+    batch = checks.flops_batch(batch)
     p = next(model.parameters())
     x = torch.zeros(batch, 1, 28, 28, device=p.device, dtype=p.dtype)
     return forward_flops(model, x, torch.ones(batch, dtype=torch.long, device=p.device))

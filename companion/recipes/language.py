@@ -126,6 +126,8 @@ def lm_model(x, vocab_size: int, profile, device, *, kind: str = "masked",
     diffusion model on chapter 14's bound (`masked.loss` with categories = vocab_size,
     nats a sequence), or the autoregressive model on its exact negative log-likelihood
     (`ar_nll`); Adam, gradients clipped at 1, EMA. Same network, batch and updates for both.
+    steps: None (the profile's updates) or fewer (an early checkpoint in its own file,
+    `lm_snapshots`); more are refused before anything trains (`checks.early_steps`).
 
     Returns (EMA model in eval mode, FitResult).
     """
@@ -134,12 +136,14 @@ def lm_model(x, vocab_size: int, profile, device, *, kind: str = "masked",
     from ..run.precision import default_optimizer
 
     s = lm_settings(profile)
-    x = checks.tensor("x (token sequences (N, L))", x)
-    if x.dim() != 2 or x.is_floating_point() or len(x) < 1:
+    x = checks.index_tensor("x (token sequences (N, L))", x)
+    if x.dim() != 2 or len(x) < 1:
         raise checks.ArgumentError(f"x must be token ids (N, L), an integer tensor, got "
                                    f"{x.dtype} of shape {tuple(x.shape)}")
     vocab_size = checks.count("vocab_size", vocab_size, 2)
-    total = s["steps"] if steps is None else checks.count("steps", steps)
+    checks.token_ids("x (token sequences (N, L))", x, 0, vocab_size - 1,
+                     fix="pass the tokenizer's vocab_size, which counts the padding id")
+    total = checks.early_steps(steps, s["steps"])
     torch.manual_seed(0)
     model = lm_network(kind, profile, vocab_size, x.shape[1]).to(device)
     optimizer = default_optimizer(model.parameters(), s["lr"], device)
@@ -179,8 +183,10 @@ def lm_bits(model, x, *, n_t: int = 32, generator: torch.Generator | None = None
             ) -> torch.Tensor:
     """Bits of each sequence of x (B, L) under `model`: the autoregressive model's exact
     -log2 p(x), or the masked diffusion model's bound (chapter 14's, by stratified Monte
-    Carlo over n_t times), an upper bound on its -log2 p(x). Divide their sum by the
-    sequences' characters for bits per character."""
+    Carlo over n_t times, at most masked.MAX_TIMES = 10,000), an upper bound on its
+    -log2 p(x). Divide their sum by the sequences' characters for bits per character. A
+    model whose logits are NaN or infinite is refused (`checks.finite_logits`), as the
+    samplers refuse it."""
     from .. import masked
     from ..models.text_transformer import TextTransformer, ar_nll
 

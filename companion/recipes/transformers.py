@@ -74,32 +74,47 @@ def ch21_network(network: str, cond: str, profile):
     "in_context" or "cross"), or "dit-S" / "dit-M" / "dit-L" conditioned on the label or on
     captions ("adaln", "in_context", "cross"), for chapter 9's diffusion of the profile."""
     from .. import captions
-    from ..models.caption_unet import CONDS, CaptionUNet
+    from ..models.caption_unet import CaptionUNet
     from ..models.dit import DiT
     from ..models.unet import UNet, preset
 
     T = ddpm_settings(profile)["T"]
-    if cond not in ("label", "adaln", "in_context", "cross", "pooled"):
-        raise checks.ArgumentError(f"cond must be 'label', 'adaln', 'in_context', 'cross' or "
-                                   f"'pooled', got {cond!r}")
+    size = ch21_kind(network, cond)
     if network == "unet":
         config = preset(ddpm_settings(profile)["preset"], T=T)
         if cond == "label":
             return UNet(config, num_classes=10)
-        if cond not in CONDS:
-            raise checks.ArgumentError(f"the U-Net reads a caption as one of {CONDS} (or the "
-                                       f"label, cond='label'), got {cond!r}")
         return CaptionUNet(config, vocab_size=len(captions.VOCAB), cond=cond)
-    if cond == "pooled":
-        raise checks.ArgumentError("a DiT pools the caption with cond='adaln'")
-    size = network.removeprefix("dit-") if isinstance(network, str) else None
-    if not isinstance(network, str) or not network.startswith("dit-") or size not in DIT_SIZES:
-        raise checks.ArgumentError(f"network must be 'unet' or one of "
-                                   f"{[f'dit-{s}' for s in DIT_SIZES]}, got {network!r}")
     shape = dit_sizes(profile)[size]
     if cond == "label":
         return DiT(**shape, T=T, num_classes=10)
     return DiT(**shape, T=T, vocab_size=len(captions.VOCAB), cond=cond, text_length=8)
+
+
+def ch21_kind(network, cond) -> str | None:
+    """Check that `network` reads the condition `cond` (nothing built, nothing trained):
+    "unet" with "label" or a caption way of `CaptionUNet` ("pooled", "in_context",
+    "cross"); "dit-S", "dit-M" or "dit-L" with "label", "adaln", "in_context" or "cross".
+    Returns the DiT's size ("S", "M", "L"), None for the U-Net."""
+    from ..models.caption_unet import CONDS
+
+    if cond not in ("label", "adaln", "in_context", "cross", "pooled"):
+        raise checks.ArgumentError(f"cond must be 'label', 'adaln', 'in_context', 'cross' or "
+                                   f"'pooled', got {cond!r}")
+    if network == "unet":
+        if cond != "label" and cond not in CONDS:
+            raise checks.ArgumentError(f"the U-Net reads a caption as one of {CONDS} (or the "
+                                       f"label, cond='label'), got cond={cond!r}: a DiT "
+                                       "reads it with 'adaln'")
+        return None
+    size = network.removeprefix("dit-") if isinstance(network, str) else None
+    if not isinstance(network, str) or not network.startswith("dit-") or size not in DIT_SIZES:
+        raise checks.ArgumentError(f"network must be 'unet' or one of "
+                                   f"{[f'dit-{s}' for s in DIT_SIZES]}, got {network!r}")
+    if cond == "pooled":
+        raise checks.ArgumentError("a DiT pools the caption with cond='adaln', not "
+                                   "cond='pooled' (the U-Net's name for it)")
+    return size
 
 
 def network_flops(network: str, profile, cond: str = "label") -> float:
@@ -182,7 +197,7 @@ def ch21_model(x, labels, profile, device, *, network: str = "dit-M", cond: str 
             U-Net "pooled", "in_context" or "cross" (`CaptionUNet`, started from chapter
             9's trained network, `ddpm`, whose checkpoint it loads or trains).
         steps: None (the profile's updates, `ch21_updates`) or fewer (an early checkpoint
-            in its own file).
+            in its own file); more are refused before anything trains.
         resume_from: an early checkpoint of the same run to continue from.
         prefix: the checkpoint file's prefix.
 
@@ -193,9 +208,11 @@ def ch21_model(x, labels, profile, device, *, network: str = "dit-M", cond: str 
     from ..run.precision import default_optimizer
 
     s = dit_settings(profile)
+    ch21_kind(network, cond)  # before chapter 9's network trains (10-15 minutes on a CPU)
+    _prefix(prefix)
     y = _labelled_images(x, labels, "ch21_model")
     full = ch21_updates(network, profile, cond)
-    total = full if steps is None else checks.count("steps", steps)
+    total = checks.early_steps(steps, full)
     captioned_unet = network == "unet" and cond != "label"
     # chapter 9's network starts the run; a resumed stage starts from its early checkpoint
     start = captioned_unet and resume_from is None

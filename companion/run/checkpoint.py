@@ -212,14 +212,7 @@ class PathLock:
                             f"{self._holder(fd)}, which trains into {self.path}. Run again "
                             "when it is done, or pass another checkpoint path.") from None
                     if not said:
-                        limit = ("no time limit: pass lock_timeout= to give up after a while"
-                                 if self.timeout is None
-                                 else f"giving up after {self.timeout:g} s (lock_timeout)")
-                        print(f"{self._holder(fd)} is training into {self.path}; waiting "
-                              "for it to finish, then this run loads or resumes its "
-                              f"checkpoint ({limit}; Ctrl-C stops waiting; another "
-                              "checkpoint path trains separately)", file=sys.stderr,
-                              flush=True)
+                        print(self._waiting(fd), file=sys.stderr, flush=True)
                         said = True
                     os.close(fd)
                     time.sleep(self.POLL)
@@ -244,6 +237,23 @@ class PathLock:
                     pass
                 raise
             os.close(fd)
+
+    def _waiting(self, fd: int) -> str:
+        """What a run waiting for the lock says, once: who holds it and what the reader can
+        do. Only fit takes lock_timeout; a recipe (ddpm, lm_model, ...) waits without a
+        limit, so its reader is told what works there: end a stuck holder, Ctrl-C, or
+        another checkpoint (the recipe's prefix=)."""
+        holder = self._holder(fd)
+        limit = (f"giving up after {self.timeout:g} s (lock_timeout)"
+                 if self.timeout is not None else
+                 "no time limit: companion.train.fit(..., lock_timeout=seconds) gives up "
+                 "after a while; a recipe waits as long as the holder runs")
+        pid = holder.split("process ", 1)[1].split(" ", 1)[0].rstrip(",)")
+        end = f"`kill {pid}`" if pid.isdigit() else "end it"
+        return (f"{holder} is training into {self.path}; waiting for it to finish, then "
+                f"this run loads or resumes its checkpoint ({limit}). If that run is stuck, "
+                f"{end} on its machine and this one goes on; Ctrl-C stops waiting; another "
+                "checkpoint path (a recipe's prefix=) trains separately")
 
     @staticmethod
     def _holder(fd: int) -> str:

@@ -114,6 +114,33 @@ def grid_steps(name: str, value) -> int:
                 "the book runs (its longest solve, chapter 13's reference, takes 4,000)")
 
 
+def early_steps(steps, full: int) -> int:
+    """steps, the updates a load-or-train recipe trains, as an int: None for the profile's
+    full run of `full` updates, or an early run of 1..full of them (its own checkpoint,
+    resumed into the full run: `recipes.snapshots`). Unbounded, 10^12 steps trained until
+    the process was killed (issue 96)."""
+    if steps is None:
+        return full
+    return size("steps (the updates of an early run, or None for the full run)", steps, full,
+                f"an early run stops partway through the profile's full run of {full:,} "
+                "updates and resumes into it (steps=None trains them all); for a longer "
+                "run pick a larger profile (get_profile('gpu'))")
+
+
+# What a FLOP count runs through the network: it reports FLOPs per example, the same for
+# any batch (2 by default), so a batch past memory.MAX_IMAGES only costs memory.
+MAX_FLOPS_BATCH = 1000
+
+
+def flops_batch(batch) -> int:
+    """batch, the examples a FLOP count (`flops_per_image`, `flops_per_sequence`) runs
+    through the network at once, as an int in 1..MAX_FLOPS_BATCH = 1..1,000 (0 divided by
+    zero, 2.5 failed inside torch, 10^12 in the allocator)."""
+    return size("batch (the examples the FLOP count runs at once)", batch, MAX_FLOPS_BATCH,
+                "the count is per example, the same for any batch (2, the default, is "
+                "enough), and the network sees at most 1,000 examples a call")
+
+
 def one_of(name: str, value, options, what: str = ""):
     """`value` if it is one of `options`; `what` says what the options mean."""
     if value not in options:
@@ -191,6 +218,12 @@ def on_host(x) -> bool:
     (shapes without values: the memory test's) and while torch.compile traces."""
     return (x.device.type == "cpu" and not x.is_meta and not isinstance(x, FakeTensor)
             and not torch.compiler.is_compiling())
+
+
+def has_values(x) -> bool:
+    """False for a tensor of shapes without values (meta, or fake: the memory test's), whose
+    values no check can read; True for anything else."""
+    return not (torch.is_tensor(x) and (x.is_meta or isinstance(x, FakeTensor)))
 
 
 def all_finite(x) -> bool:
@@ -769,3 +802,68 @@ def broadcastable(names: str, a: torch.Tensor, b: torch.Tensor) -> None:
             raise ArgumentError(f"{names} must have shapes that broadcast together (one "
                                 f"value, or one per entry of the other), got "
                                 f"{tuple(a.shape)} and {tuple(b.shape)}")
+
+
+# --- token ids and logits: what the transformers of chapters 21-22 read and return (issue 96) --
+INDEX_DTYPES = (torch.int64, torch.int32)  # the index dtypes nn.Embedding takes
+
+
+def index_tensor(name: str, ids, what: str = "token ids") -> torch.Tensor:
+    """`ids` if it is an int64 (or int32) tensor, the index dtypes an embedding takes
+    (`what` says what the values are: "token ids (0: pad)"): uint8 ids failed deep in the
+    embedding, naming nothing."""
+    tensor(name, ids)
+    if ids.dtype not in INDEX_DTYPES:
+        raise ArgumentError(f"{name} must be an integer tensor of {what} (torch.long), got "
+                            f"{ids.dtype}: convert it with {name.split()[0]}.long()")
+    return ids
+
+
+def token_ids(name: str, ids, low: int, high: int, what: str = "token ids",
+              fix: str = "encode the text with the model's own vocabulary (its vocab_size)"
+              ) -> torch.Tensor:
+    """`ids` if it is an `index_tensor` whose values lie in low..high; the values are read
+    on the CPU only (on a GPU each read would cost a device sync). Out of range ended in
+    torch's "index out of range in self", naming no argument."""
+    index_tensor(name, ids, what)
+    if ids.numel() and on_host(ids):
+        lo, hi = (int(v) for v in torch.aminmax(ids))
+        if lo < low or hi > high:
+            raise ArgumentError(f"{name} must hold {what} in {low}..{high}, got values in "
+                                f"{lo}..{hi}: {fix}")
+    return ids
+
+
+def nonfinite_count(logits: torch.Tensor) -> torch.Tensor:
+    """How many of `logits` are NaN or infinite, a 0-d tensor, without a device sync (for
+    `finite_logits`, which reads every call's count at once)."""
+    return (~torch.isfinite(logits.detach())).sum()
+
+
+def finite_logits(who: str, counts, needs: str = "every position it is asked about"
+                  ) -> None:
+    """The package's one rule for NaN and inf in the logits a network returns, for every
+    reader of them: the samplers (`ar_sample`, `masked.sample`, `sampler_law`,
+    `ARPrior.sample`) and the likelihoods and bounds (`ar_nll`, `lm_bits`,
+    `masked.negative_elbo`, `step_bound`, `ordered_nll`) refuse them, rather than draw a
+    NaN as a clean value or return NaN. counts: [(where, count, of)], one entry a step or a
+    call: where it was ("at step 3 of 8"), `nonfinite_count`'s 0-d tensor (or an int), and
+    what it counts among ("36 masked pixels"). All are read with one device sync, and the
+    first with a non-finite logit is refused, naming `who` ("denoiser", "model").
+
+    Not checked: the logits of a training loss (a model in training mode, logits that
+    require grad), which `fit` refuses itself at the first non-finite loss, without a sync
+    a step."""
+    values = [c for _, c, _ in counts]
+    if not values or not all(has_values(v) for v in values):
+        return
+    tensors = [v.reshape(()).to(torch.int64) for v in values if torch.is_tensor(v)]
+    if tensors:  # one sync for all
+        read = iter(torch.stack(tensors).tolist())
+        values = [next(read) if torch.is_tensor(v) else int(v) for v in values]
+    for (where, _, of), bad in zip(counts, values, strict=True):
+        if bad:
+            raise ArgumentError(
+                f"the {who} returned non-finite logits (NaN or inf) {where}: {bad} of {of}; "
+                f"a diverged network (check its training loss and weights) or a {who} that "
+                f"divides by zero: it must return finite logits for {needs}")
