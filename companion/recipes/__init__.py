@@ -20,19 +20,6 @@ module imports only `common` and the modules named before it, never a later one.
 
 from __future__ import annotations
 
-# recipes.py's own imports stay attributes of the package. To patch what a recipe calls
-# (fit, a settings function), patch the family module that calls it, not these.
-import functools  # noqa: F401
-import math  # noqa: F401
-
-import torch  # noqa: F401
-
-from ..models.autoencoder import Autoencoder, reconstruction_loss  # noqa: F401
-from ..run import checks, smoke  # noqa: F401
-from ..run.memory import map_chunks  # noqa: F401
-from ..run.profiles import smoke_mode  # noqa: F401
-from ..train import checkpoint_path, fit  # noqa: F401
-
 # each family's names, its private helpers too (tests reach recipes._profile)
 from .common import (  # noqa: F401  (private names too)
     DDPM_CLIP,
