@@ -12,7 +12,7 @@ JOBS   ?= 2
 # 82 s with two threads each, 38 s with one). A ci notebook sets one thread itself.
 THREADS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); t=$$((n / $(JOBS))); echo $$((t > 0 ? t : 1)))
 
-.PHONY: install mathjax colab colab-wheels actionlint book pdf test test-pytest test-cpu-capability test-colab colab-venv test-colab-ci test-smoke outputs outputs-device device-wheels gpu-plan outputs-device-dry-run check-fast bench sync clean
+.PHONY: install mathjax colab colab-wheels actionlint book pdf test test-pytest test-cpu-capability test-colab colab-venv test-colab-ci test-smoke outputs weights outputs-device device-wheels gpu-plan outputs-device-dry-run check-fast bench sync clean
 MATHJAX_VERSION := 4.1.3
 MATHJAX := _extra/mathjax/.installed-$(MATHJAX_VERSION)
 NPM    ?= npm
@@ -151,6 +151,13 @@ outputs: $(STAMP)
 	$(BIN)/jupytext --sync $(NOTEBOOKS:.ipynb=.md)
 	BOOK_OFFLINE=$${BOOK_OFFLINE:-1} $(BIN)/python tools/run_notebooks.py execute $(NOTEBOOKS)
 	$(BIN)/jupytext --sync $(NOTEBOOKS)
+
+# The shipped set (companion/weights, companion.run.shipped): every chapter whose record is
+# missing or whose code changed runs as a copy in the cpu profile on the book's own data,
+# and each run fit finishes is exported there; models already shipped load instead.
+# Resumable (its checkpoint cache is .cache/weights). CHAPTERS="9 21" runs those chapters.
+weights: $(STAMP)
+	$(BIN)/python tools/weights.py $(CHAPTERS)
 
 # The same on a lent GPU machine that has torch but no venv and no network: carry the wheels
 # it lacks in .whl/ and run, one call per few chapters (the cache is kept between calls),

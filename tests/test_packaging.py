@@ -79,3 +79,6 @@ def test_the_wheel_ships_every_subpackage(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for path in (ROOT / "companion").rglob("*.py"):
         assert path.relative_to(ROOT).as_posix() in names, f"the wheel lacks {path}"
+    # the shipped set's manifest goes with it (the files are fetched: companion.run.shipped)
+    assert "companion/weights/manifest.json" in names
+    assert not [n for n in names if n.endswith(".safetensors")], "the wheel holds weights"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import sys
 import threading
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import distributed, precision, profiles, smoke
+from . import distributed, precision, profiles, shipped, smoke
 from .checkpoint import (
     CheckpointMismatchError,
     CheckpointSaveError,
@@ -206,10 +207,27 @@ class Run:
             raise NonFiniteWeightsError(
                 f"the weights became NaN/inf by step {self.step} although the loss was finite "
                 "(a NaN gradient?). Lower the learning rate or clip gradients (clip=1.0).")
+        if checkpoint is not None and self.leader and self.step == self.total:
+            self.ship()
         if profiles.smoke_mode():  # from here on a slow network repeats itself (smoke.cut)
             smoke.cut(model)
             if self.ema is not None:
                 smoke.cut(self.ema.model)
+
+    def ship(self) -> None:
+        """Under $BOOK_SHIP (make weights), export the finished run into the shipped set
+        (`shipped.export`), then go on with the weights exactly as shipped (float16 where
+        the file holds them), so that this run's outputs are a reader's."""
+        where = shipped.ship_to()
+        if where is None or profiles.smoke_mode():
+            return
+        entry = shipped.export(where, self.path.name, self.model, self.ema, self.identity,
+                               self.step, self.history, self.result().train_seconds,
+                               self.device, os.environ.get("BOOK_CHAPTER") or None)
+        if entry is None:  # too cheap to ship: it trains on the page
+            return
+        data = (where / entry["file"]).read_bytes()
+        shipped.decode(data, self.path.name, entry["file"]).load_into(self.model, self.ema)
 
     def step_model(self, compile: bool) -> nn.Module:
         """What the loss function calls: the model, compiled with `compile` (torch.compile,
@@ -270,8 +288,17 @@ class Run:
             if self.ranks is not None and 0 < self.ranks.rank <= len(others):
                 set_rng_state(others[self.ranks.rank - 1], self.generator)
             self.policy.saved(self.step)
-        elif self.ranks is not None and self.ranks.rank:  # not rank 0's noise on every rank
-            torch.manual_seed(torch.initial_seed() + self.ranks.rank)
+            shipped.record("cache" if self.step == self.total else "trained")
+        elif (found := shipped.find(path.name, ident, self.total)) is not None:
+            # the book's own run of this recipe: nothing to train, nothing to write
+            found.load_into(self.model, self.ema)
+            self.kept = _Kept(found.step, found.history, found.train_seconds)
+            self.policy.saved(self.step)
+            shipped.record("shipped")
+        else:
+            shipped.record("trained")
+            if self.ranks is not None and self.ranks.rank:  # not rank 0's noise on every rank
+                torch.manual_seed(torch.initial_seed() + self.ranks.rank)
         self.resumed_at = self.step
         self.start = self.policy.last_time = time.perf_counter()
 
