@@ -248,3 +248,31 @@ def test_device_cell_breaks_after_the_model_and_the_comma_only(tmp_path):
     st = es.NotebookStatus(tmp_path / "a.ipynb", device="cpu", cpus=2)
     assert es.device_cell(st) == "CPU, 2\u00a0cores"
     assert es.device_cell(es.NotebookStatus(tmp_path / "a.ipynb", device="mps")) == "mps"
+
+
+def test_execute_records_which_models_trained_during_the_run(tmp_path, monkeypatch):
+    """A stored run lists the checkpoints it trained (the shipped set lacked them): the
+    first run of a fit trains it, the second loads it and lists nothing."""
+    code = ("import torch\nfrom torch import nn\nfrom companion.train import fit\n"
+            "torch.manual_seed(0)\nm = nn.Linear(2, 1)\n"
+            "fit(m, lambda m, b: m(b).pow(2).mean(), torch.randn(8, 2), steps=3, "
+            f"batch_size=4, quiet=True, checkpoint={str(tmp_path / 'ck' / 'toy-ci.pt')!r})")
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(code)]
+    path = tmp_path / "fits.ipynb"
+    for expected in (["toy-ci.pt"], []):
+        nbformat.write(nb, str(path))
+        monkeypatch.setenv("BOOK_CACHE", str(tmp_path / "cache"))
+        monkeypatch.delenv("BOOK_TRAIN_LOG", raising=False)
+        assert rn.execute([str(path)]) == 0
+        assert nbformat.read(str(path), 4).metadata["book"]["execution"]["trained"] == expected
+
+
+def test_trained_in_reads_fits_log():
+    log = ("01:00:00\tstart\ttrain\ta-cpu.pt\t0/100\n"
+           "01:01:00\tend\ttrain\ta-cpu.pt\t100/100\t60 s\n"
+           "01:01:00\tstart\ttrain\tb-cpu.pt\t100/100\n"
+           "01:02:00\tstart\ttrain\tc-cpu.pt\t40/100\n01:02:00\tstart\ttrain\t-\t0/5\n")
+    assert rn.trained_in(log) == ["a-cpu.pt", "c-cpu.pt"]

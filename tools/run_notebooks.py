@@ -52,9 +52,23 @@ def training_seconds(cache: str | Path, names: list[str]) -> float | None:
     return sum(runs.values())
 
 
+def trained_in(log_text: str) -> list[str]:
+    """The checkpoints a run trained (fit's $BOOK_TRAIN_LOG lines: a "start" below its
+    total), as against those it loaded from the cache or the shipped set."""
+    names = set()
+    for line in log_text.splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 5 and parts[1] == "start" and parts[3] != "-":
+            done, _, total = parts[4].partition("/")
+            if done.isdigit() and total.isdigit() and int(done) < int(total):
+                names.add(parts[3])
+    return sorted(names)
+
+
 def record(path: Path, seconds: float, finished: datetime,
            loaded: list[str] | None = None, gpu_peak_mib: int | None = None,
-           cuda_peak: dict | None = None, loaded_seconds: float | None = None) -> None:
+           cuda_peak: dict | None = None, loaded_seconds: float | None = None,
+           trained: list[str] | None = None) -> None:
     """Store the wall time of the run that just made `path`'s outputs in its metadata.
 
     loaded: the checkpoints the run loaded instead of training (companion.fit writes their
@@ -77,6 +91,8 @@ def record(path: Path, seconds: float, finished: datetime,
         "checkpoints": "reused" if loaded else "fresh",
         "loaded": sorted(set(loaded or [])),
     }
+    if trained is not None:  # what trained during the run (the shipped set lacked it)
+        nb.metadata["book"]["execution"]["trained"] = sorted(set(trained))
     if loaded and loaded_seconds is not None:
         nb.metadata["book"]["execution"]["loaded_train_seconds"] = round(loaded_seconds, 1)
     if gpu_peak_mib is not None:  # device-wide, as nvidia-smi reads it every 200 ms
@@ -291,6 +307,24 @@ def _environment() -> dict:
     return env
 
 
+def _train_log(env: dict) -> tuple[Path, int]:
+    """fit's training log for this run ($BOOK_TRAIN_LOG, set to a file of our own when the
+    caller did not set one) and its size now: what the run adds is read after it."""
+    if not env.get("BOOK_TRAIN_LOG"):
+        env["BOOK_TRAIN_LOG"] = tempfile.mkstemp(prefix="book-trained-", suffix=".tsv")[1]
+    log = Path(env["BOOK_TRAIN_LOG"])
+    return log, log.stat().st_size if log.exists() else 0
+
+
+def _read_from(path: Path, start: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
 def _copy(path: str, folder: str) -> str:
     """A copy of notebook `path` in `folder`, to run without touching the original."""
     return shutil.copy(path, Path(folder) / Path(path).name)
@@ -359,6 +393,7 @@ def _execute(paths: list[str], env: dict, folder: str | None, into: str | None) 
         peak_log = Path(tempfile.mkstemp(prefix="book-peak-", suffix=".json")[1])
         env["BOOK_LOADED_LOG"], env["BOOK_PEAK_LOG"] = str(log), str(peak_log)
         saved_before = _checkpoints(env["BOOK_CACHE"])
+        train_log, log_start = _train_log(env)
         start = time.perf_counter()
         print(f"executing {p} ...", flush=True)
         memory = _gpu_memory_poller()
@@ -383,7 +418,8 @@ def _execute(paths: list[str], env: dict, folder: str | None, into: str | None) 
         loaded = [n for n in log.read_text().split() if n in saved_before]
         log.unlink()
         record(Path(p), seconds, datetime.now(timezone.utc), loaded, peak_mib, cuda_peak,
-               training_seconds(env["BOOK_CACHE"], sorted(set(loaded))))
+               training_seconds(env["BOOK_CACHE"], sorted(set(loaded))),
+               trained_in(_read_from(train_log, log_start)))
         if target is not None:
             os.replace(p, target)
             p = target
