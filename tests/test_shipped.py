@@ -390,3 +390,23 @@ def test_make_weights_picks_the_chapters_without_a_current_record():
     assert [p.stem for p in tool.pick(["9"], {})] == ["09_ddpm_mnist"]
     with pytest.raises(SystemExit, match="no chapter '99'"):
         tool.pick(["99"], {})
+
+
+def test_what_a_stored_cpu_page_needs_is_shipped_or_too_cheap_to_ship():
+    """For every chapter make weights has run: each model its stored page loaded is shipped
+    or listed as cheap; for every stored run that recorded what it trained: only cheap
+    models trained (the rest came from the shipped set)."""
+    manifest = shipped.read_manifest(shipped.FOLDER)
+    covered = set(manifest["models"]) | set(manifest.get("cheap", {}))
+    lacking = []
+    for path in sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb")):
+        run = json.loads(path.read_text())["metadata"].get("book", {}).get("execution", {})
+        if run.get("profile_env") != "cpu":
+            continue
+        if path.stem in manifest.get("chapters", {}):
+            lacking += [f"{path.stem} loads {n}" for n in run.get("loaded", [])
+                        if n not in covered]
+        lacking += [f"{path.stem} trained {n}" for n in run.get("trained", [])
+                    if n not in manifest.get("cheap", {})]
+    assert not lacking, ("not in the shipped set: " + "; ".join(lacking)
+                         + ". Run make weights for these chapters.")
