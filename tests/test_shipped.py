@@ -410,3 +410,21 @@ def test_what_a_stored_cpu_page_needs_is_shipped_or_too_cheap_to_ship():
                     if n not in manifest.get("cheap", {})]
     assert not lacking, ("not in the shipped set: " + "; ".join(lacking)
                          + ". Run make weights for these chapters.")
+
+
+def test_provenance_names_the_machine_and_updates_of_the_shipped_runs(book, monkeypatch):
+    ship_one(book, monkeypatch)
+    monkeypatch.setattr(shipped, "ORIGIN", {})
+    train()
+    line = shipped.provenance("toy-cpu.pt")
+    entry = shipped.read_manifest()["models"]["toy-cpu.pt"]
+    assert line.startswith("trained once for the book (30 updates in ")
+    assert entry["trained"]["device"] in line and line.endswith("shipped with it")
+    monkeypatch.setenv("BOOK_TRAIN", "1")
+    from companion.run.checkpoint import checkpoint_path
+
+    Path(checkpoint_path("toy", "cpu")).unlink(missing_ok=True)
+    train()
+    assert shipped.provenance("toy-cpu.pt") == "trained in this run"
+    with pytest.raises(ValueError, match="'other-cpu.pt'"):
+        shipped.provenance("other-cpu.pt")

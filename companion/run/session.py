@@ -288,15 +288,15 @@ class Run:
             if self.ranks is not None and 0 < self.ranks.rank <= len(others):
                 set_rng_state(others[self.ranks.rank - 1], self.generator)
             self.policy.saved(self.step)
-            shipped.record("cache" if self.step == self.total else "trained")
+            shipped.record("cache" if self.step == self.total else "trained", path.name)
         elif (found := shipped.find(path.name, ident, self.total)) is not None:
             # the book's own run of this recipe: nothing to train, nothing to write
             found.load_into(self.model, self.ema)
             self.kept = _Kept(found.step, found.history, found.train_seconds)
             self.policy.saved(self.step)
-            shipped.record("shipped")
+            shipped.record("shipped", path.name)
         else:
-            shipped.record("trained")
+            shipped.record("trained", path.name)
             if self.ranks is not None and self.ranks.rank:  # not rank 0's noise on every rank
                 torch.manual_seed(torch.initial_seed() + self.ranks.rank)
         self.resumed_at = self.step

@@ -58,6 +58,7 @@ WORTH = 30.0  # seconds of training below which a run is not shipped: it trains 
 
 # where this process's models came from: "cache", "shipped", "trained"
 SOURCES: Counter = Counter()
+ORIGIN: dict[str, str] = {}  # checkpoint name: where its model came from
 _SAID: set[str] = set()  # one-line notes already printed in this process
 
 
@@ -344,9 +345,37 @@ def _not_this_run(name: str, why: str) -> None:
           + "\n  ".join(lines) + "\nRun make weights to ship this recipe.")
 
 
-def record(source: str) -> None:
-    """Count where a model of this process came from ("cache", "shipped", "trained")."""
+def record(source: str, name: str | None = None) -> None:
+    """Note where a model of this process came from ("cache", "shipped", "trained"), and
+    for checkpoint `name` which (`provenance` reads it)."""
     SOURCES[source] += 1
+    if name is not None:
+        ORIGIN[name] = source
+
+
+def provenance(*names: str) -> str:
+    """Where the models of checkpoints `names` came from in this process, in words for a
+    page's budget box: the machine, precision, updates and minutes of the shipped runs, or
+    "trained in this run" / "from your cache"."""
+    unknown = [n for n in names if n not in ORIGIN]
+    if unknown:
+        raise ValueError(f"no model of checkpoint {unknown[0]!r} was loaded or trained in "
+                         "this process: name the checkpoints the page's fits used")
+    said = []
+    ship = [n for n in names if ORIGIN[n] == "shipped"]
+    if ship:
+        entries = [read_manifest()["models"][n] for n in ship]
+        devices = sorted({e["trained"]["device"] for e in entries})
+        precisions = sorted({e["trained"]["precision"] for e in entries})
+        seconds = sum(e["trained"]["seconds"] for e in entries)
+        updates = sum(e["step"] for e in entries)
+        said.append(f"trained once for the book ({updates:,} updates in "
+                    f"{_duration(seconds)} on {' and '.join(devices)}, "
+                    f"{'/'.join(precisions)}) and shipped with it")
+    for source, words in (("trained", "trained in this run"), ("cache", "from your cache")):
+        if any(ORIGIN[n] == source for n in names):
+            said.append(words)
+    return "; ".join(said)
 
 
 def report() -> str:
@@ -357,6 +386,15 @@ def report() -> str:
     words = {"shipped": "shipped with the book", "cache": "from your cache",
              "trained": "trained here"}
     return ", ".join(f"{SOURCES[k]} {words[k]}" for k in order if SOURCES[k])
+
+
+def _duration(seconds: float) -> str:
+    """Seconds as a reader says them: "40 s", "7 min", "1.5 h"."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _say(key: str, message: str) -> None:
