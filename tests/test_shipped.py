@@ -428,3 +428,28 @@ def test_provenance_names_the_machine_and_updates_of_the_shipped_runs(book, monk
     assert shipped.provenance("toy-cpu.pt") == "trained in this run"
     with pytest.raises(ValueError, match="'other-cpu.pt'"):
         shipped.provenance("other-cpu.pt")
+
+
+def _export_many(folder: str, prefix: str) -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    from companion.run.checkpoint import identity
+
+    for i in range(8):
+        shipped.export(Path(folder), f"{prefix}{i}-cpu.pt", model, None,
+                       identity(model, {"i": i}), 10, {"step": [], "loss": []}, 60.0,
+                       torch.device("cpu"))
+
+
+def test_parallel_exports_into_one_folder_lose_no_entry(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    jobs = [ctx.Process(target=_export_many, args=(str(tmp_path), p)) for p in "ab"]
+    for j in jobs:
+        j.start()
+    for j in jobs:
+        j.join(60)
+    assert [j.exitcode for j in jobs] == [0, 0]
+    models = shipped.read_manifest(tmp_path)["models"]
+    assert sorted(models) == sorted(f"{p}{i}-cpu.pt" for p in "ab" for i in range(8))

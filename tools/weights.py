@@ -119,9 +119,8 @@ def run(chapters: list[Path], folder: Path) -> int:
         if code:
             print(f"{nb.stem} failed; what it finished is shipped, run again to go on")
             return code
-        manifest = shipped.read_manifest(folder)
-        manifest.setdefault("chapters", {})[nb.stem] = code_hash(nb)
-        shipped.write_manifest(manifest, folder)
+        with shipped.editing(folder) as manifest:
+            manifest.setdefault("chapters", {})[nb.stem] = code_hash(nb)
         print(f"{nb.stem}: done in {time.perf_counter() - start:.0f} s", flush=True)
     return report(folder, shipped.read_manifest(folder))
 

@@ -31,6 +31,7 @@ folder `BOOK_SHIP` names.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -47,6 +48,11 @@ from pathlib import Path
 import torch
 
 from . import profiles
+
+try:  # the manifest's lock; absent on Windows, where parallel exports are not supported
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
 from .checkpoint import CheckpointMismatchError, cache_dir, check_identity
 
 FORMAT = "companion-shipped-1"
@@ -443,43 +449,56 @@ def export(where: Path, name: str, model, average, ident: dict, step: int, histo
     and its manifest entry); returns the entry. The weights are the average's when the run
     has one. An entry is rewritten only when it is not this run's. A run that trained in
     less than WORTH seconds is not shipped (its file would cost the set more than its
-    training costs a reader): it is listed under "cheap" with its seconds; returns None."""
+    training costs a reader): it is listed under "cheap" with its seconds; returns None.
+    Several processes may export into one folder at once (`editing` locks the manifest)."""
     where.mkdir(parents=True, exist_ok=True)
-    manifest = read_manifest(where)
-    if train_seconds < WORTH and name not in manifest["models"]:
-        cheap = manifest.setdefault("cheap", {})
-        if cheap.get(name) != round(train_seconds, 1):
-            cheap[name] = round(train_seconds, 1)
+    with editing(where) as manifest:
+        if train_seconds < WORTH and name not in manifest["models"]:
+            manifest.setdefault("cheap", {})[name] = round(train_seconds, 1)
+            return None
+        old = manifest["models"].get(name)
+        chapters = sorted(set((old or {}).get("chapters", []))
+                          | ({chapter} if chapter else set()))
+        if old is not None and _current(old, where, ident, step):  # shipped: no rewrite
+            old["chapters"] = chapters
+            return old
+        part, net = ("ema", average.model) if average is not None else ("model", model)
+        ema = None if average is None else {"decay": average.decay,
+                                            "updates": average.updates}
+        trained = trained_by(device, train_seconds, model)
+        data, dtype = encode(net.state_dict(), part=part, ident=ident, step=step,
+                             history=history, train_seconds=train_seconds, ema=ema,
+                             trained=trained)
+        file = name.removesuffix(".pt") + ".safetensors"
+        losses = [v for v in history.get("loss", [])[-50:] if v == v]
+        entry = {
+            "file": file, "sha256": sha256(data), "bytes": len(data), "part": part,
+            "dtype": dtype, "n_params": int(ident.get("n_params", 0)), "step": int(step),
+            "identity": summary(ident),
+            "data": [f"{d['shape']} {d['dtype']}" for d in ident.get("data", [])],
+            "offline_data": profiles.env_flag("BOOK_OFFLINE"), "trained": trained,
+            "final_loss": round(sum(losses) / len(losses), 6) if losses else None,
+            "chapters": chapters,
+        }
+        _store(where / file, data)
+        manifest["models"][name] = entry
+        return entry
+
+
+@contextlib.contextmanager
+def editing(where: Path):
+    """The manifest of folder `where`, to change in place: read under an exclusive lock
+    (so that make weights' parallel chapters never lose each other's entries) and written
+    on the way out if it changed."""
+    where.mkdir(parents=True, exist_ok=True)
+    with open(where / ".manifest.lock", "a") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        manifest = read_manifest(where)
+        before = json.dumps(manifest, sort_keys=True)
+        yield manifest
+        if json.dumps(manifest, sort_keys=True) != before:
             write_manifest(manifest, where)
-        return None
-    old = manifest["models"].get(name)
-    chapters = sorted(set((old or {}).get("chapters", [])) | ({chapter} if chapter else set()))
-    if old is not None and _current(old, where, ident, step):  # shipped already: no rewrite
-        if old.get("chapters") != chapters:
-            manifest["models"][name] = {**old, "chapters": chapters}
-            write_manifest(manifest, where)
-        return manifest["models"][name]
-    part, net = ("ema", average.model) if average is not None else ("model", model)
-    ema = None if average is None else {"decay": average.decay, "updates": average.updates}
-    trained = trained_by(device, train_seconds, model)
-    data, dtype = encode(net.state_dict(), part=part, ident=ident, step=step,
-                         history=history, train_seconds=train_seconds, ema=ema,
-                         trained=trained)
-    file = name.removesuffix(".pt") + ".safetensors"
-    losses = [v for v in history.get("loss", [])[-50:] if v == v]
-    entry = {
-        "file": file, "sha256": sha256(data), "bytes": len(data), "part": part,
-        "dtype": dtype, "n_params": int(ident.get("n_params", 0)), "step": int(step),
-        "identity": summary(ident),
-        "data": [f"{d['shape']} {d['dtype']}" for d in ident.get("data", [])],
-        "offline_data": profiles.env_flag("BOOK_OFFLINE"), "trained": trained,
-        "final_loss": round(sum(losses) / len(losses), 6) if losses else None,
-        "chapters": chapters,
-    }
-    _store(where / file, data)
-    manifest["models"][name] = entry
-    write_manifest(manifest, where)
-    return entry
 
 
 def _current(entry: dict, where: Path, ident: dict, step: int) -> bool:
