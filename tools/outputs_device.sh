@@ -8,6 +8,15 @@
 #   tools/outputs_device.sh --dry-run [ENTRY...]    # here, on the CPU (see below)
 #   tools/outputs_device.sh --lease                 # one lease's one call (issue 81)
 #
+# --weights [--jobs N] [CHAPTER...]: the shipped set (issue 92) trained on the GPU: the
+# chapters (default: the pages furthest from their bars first, then the rest) run through
+# tools/weights.py --missing in the cpu profile, N queues at once (default 4; they share the
+# cache, whose locks make a model two chapters want train once), each stopped at the call's
+# deadline; the set lives in $BOOK_CACHE/weights between calls (started from the working
+# tree's companion/weights), and each call packs it into $OUT as weights.tar.part-aa, -ab,
+# ... (at most 15 MiB each): unpack here with
+#   cat weights.tar.part-* | tar xf - -C companion/weights
+#
 # --lease: what one lease (15 minutes of device time, one call of 10) is for. First the
 # DDPM step benchmark (benchmarks.run --only ddpm --step, at most $BENCH_S s, into
 # $OUT/bench.json), then the chapters `gpu_plan.py lease` fits into the call's budget,
@@ -51,7 +60,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 here=tools
-budget=540 deadline= wait_s=540 mode=list dry=0 skip=
+budget=540 deadline= wait_s=540 mode=list dry=0 skip= jobs=4
 entries=()
 while [ $# -gt 0 ]; do
   case $1 in
@@ -63,6 +72,8 @@ while [ $# -gt 0 ]; do
     --runner) mode=runner; shift ;;  # the detached process itself
     --dry-run) dry=1; shift ;;
     --lease) mode=lease; shift ;;
+    --weights) mode=weights; shift ;;
+    --jobs) jobs=$2; shift 2 ;;
     --skip) skip=$2; shift 2 ;;
     -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     -*) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -221,7 +232,41 @@ pack_out() {
   echo "this call: $((SECONDS - start)) s"
 }
 
+# the shipped set of $BOOK_SHIPPED into $OUT, in tar parts of at most 15 MiB
+pack_weights() {
+  rm -f "$OUT"/weights.tar.part-*
+  (cd "$BOOK_SHIPPED" && tar cf - manifest.json $(ls *.safetensors 2>/dev/null)) |
+    split -b 15M - "$OUT/weights.tar.part-"
+  local n
+  n=$(ls "$OUT"/weights.tar.part-* 2>/dev/null | wc -l)
+  echo "shipped set: $(ls "$BOOK_SHIPPED"/*.safetensors 2>/dev/null | wc -l) files," \
+    "$(du -sm "$BOOK_SHIPPED" | cut -f1) MB, in $n parts"
+  [ "$n" -le 8 ] || echo "more than 8 parts: a call brings back 8 files; trim the set"
+}
+
 case $mode in
+  weights)  # the shipped set, trained here (issue 92): worst pages first, N queues
+    export BOOK_SHIPPED=${BOOK_SHIPPED:-$BOOK_CACHE/weights}
+    if [ ! -f "$BOOK_SHIPPED/manifest.json" ]; then
+      mkdir -p "$BOOK_SHIPPED" && cp -p companion/weights/* "$BOOK_SHIPPED"/ 2>/dev/null
+    fi
+    [ ${#entries[@]} -gt 0 ] || entries=(18 21 19 17 16 13 9 22 11 12 15 14 20 10 6 7 8 1)
+    echo "=== weights ($(date -u +%H:%M:%S)): ${entries[*]} in $jobs queues"
+    pids=()
+    for ((q = 0; q < jobs; q++)); do
+      mine=()
+      for ((i = q; i < ${#entries[@]}; i += jobs)); do mine+=("${entries[$i]}"); done
+      [ ${#mine[@]} -gt 0 ] || continue
+      left=$((deadline - (SECONDS - start)))
+      BOOK_RUN_DEADLINE=$(( $(date +%s) + left )) timeout --kill-after=15 $((left + 30)) \
+        "$PY" $here/weights.py --missing "${mine[@]}" > "$OUT/weights-queue-$q.txt" 2>&1 &
+      pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid" || echo "a queue ended with exit $?"; done
+    tail -n 3 "$OUT"/weights-queue-*.txt
+    pack_weights
+    "$PY" $here/weights.py --check | head -14
+    echo "this call: $((SECONDS - start)) s" ;;
   lease)  # the benchmark, then the chapters the plan fits (issue 81)
     bench_s=${BENCH_S:-120}
     echo "=== bench ($(date -u +%H:%M:%S)): the DDPM step, at most $bench_s s"

@@ -1,6 +1,6 @@
 """`make weights`: train the shipped set (companion/weights) where it is missing or stale.
 
-    python tools/weights.py [--check] [CHAPTER ...]
+    python tools/weights.py [--check] [--missing] [CHAPTER ...]
 
 The chapters' notebooks are the list of what to train: each runs as a copy (nothing stored)
 in the `cpu` profile on the book's own data (BOOK_OFFLINE=1), with BOOK_SHIP pointing at the
@@ -8,7 +8,8 @@ shipped folder, so that every run `fit` finishes is exported there with its mani
 (companion.run.shipped.export) and every model already shipped loads instead of training.
 A chapter runs when the manifest has no record of it, or when its notebook's code changed
 since that record (`code_hash`); CHAPTER arguments (numbers or stems: 9, 09, 09_ddpm_mnist)
-run those chapters whatever the record says. The checkpoint cache is kept in
+run those chapters whatever the record says (with `--missing`, only those of them without a
+current record: tools/outputs_device.sh --weights, call after call). The checkpoint cache is kept in
 .cache/weights (BOOK_CACHE overrides), so a run stopped halfway resumes where it was; one
 notebook at a time, and each training run's start and end are printed as they happen.
 
@@ -129,10 +130,13 @@ def main(argv: list[str]) -> int:
     from companion.run import shipped
 
     folder = shipped.folder()
-    check = "--check" in argv
-    args = [a for a in argv if a != "--check"]
+    check, missing = "--check" in argv, "--missing" in argv
+    args = [a for a in argv if a not in ("--check", "--missing")]
     manifest = shipped.read_manifest(folder)
     chapters = pick(args, manifest)
+    if missing:  # of the chapters named, those without a current record (a lease's next call)
+        done = manifest.get("chapters", {})
+        chapters = [p for p in chapters if done.get(p.stem) != code_hash(p)]
     if check:
         bad = report(folder, manifest)
         print("would run: " + (", ".join(p.stem for p in chapters) or "nothing"))
