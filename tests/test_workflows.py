@@ -145,18 +145,27 @@ def test_pages_builds_with_the_book_extra_after_the_tests_pass_on_main():
 
 
 def test_pages_publishes_the_colab_edition_on_the_badges_branch():
+    """The edition is made from an HTML build of its own, in a job that waits for the tests
+    only (not for the PDF, whose TeX can fail, nor for Pages), and pushed on the branch the
+    badges open."""
     from companion.run import colab
 
     pages = load("pages.yml")
-    build = pages["jobs"]["build"]
-    runs = [s.get("run", "") for s in build["steps"]]
+    edition = pages["jobs"]["edition"]
+    assert "needs" not in edition and "conclusion == 'success'" in edition["if"]
+    assert edition["if"] == pages["jobs"]["build"]["if"]  # after the tests, as the site
+    runs = [s.get("run", "") for s in edition["steps"]]
     made = [i for i, r in enumerate(runs) if "tools/colab_edition.py" in r]
     html = [i for i, r in enumerate(runs) if "jupyter-book build . -W -n --keep-going\n" in r
             or r.rstrip().endswith("jupyter-book build . -W -n --keep-going")]
     assert made and html and made[0] > html[0], "the edition is made from the built site"
     assert '--ref "$SHA"' in runs[made[0]], "the install cells pin the tested commit"
+    assert "make mathjax" in runs, "the -W build needs the local MathJax"
+    assert not [r for r in runs if "pdflatex" in r or "texlive" in r or "pdf_check" in r]
+    build_runs = " ".join(s.get("run", "") for s in pages["jobs"]["build"]["steps"])
+    assert "tools/colab_edition.py" not in build_runs, "made once, beside the PDF's job"
     job = pages["jobs"]["colab"]
-    assert job["needs"] == "build"
+    assert job["needs"] == "edition"
     script = " ".join(s.get("run", "") for s in job["steps"])
     assert "EDITION_BRANCH" in script and "companion/run/colab.py" in script
     assert f'EDITION_BRANCH = "{colab.EDITION_BRANCH}"' in (

@@ -18,17 +18,21 @@ What changes, and how:
   says so in one added sentence (RUN_SENTENCE, from the notebook's `book.execution`
   metadata). Quotes stay straight, in the glued text as around it (the page's are curled
   by Sphinx's smartquotes). `{cite}` becomes "(Author Year; ...)", `{cite:t}`
-  "Author (Year)", each linked to its entry of the online bibliography; `{py:func}` and the
-  other `py` roles the short name in code font, linked to the API page; `{eq}`, `{numref}`,
-  `{ref}` and `{doc}` the number or title the web page shows, linked to it. MyST's links
-  to a label (`[text](#label)`) go to the web page too: Colab has no such anchors.
+  "Author (Year)", each linked to its entry in the references the edition ends with (at
+  the cite key); `{py:func}` and the other `py` roles the short name in code font, linked
+  to the API page; `{eq}`, `{numref}`, `{ref}` and `{doc}` the number or title the web page
+  shows, linked as MyST's links to a label (`[text](#label)`) are: into the notebook for
+  this chapter, to that chapter's edition for another (tools/colab_links.py says where
+  each link goes, and why).
 - Numbers and anchors come from the built site (_build/html: objects.inv, the equation
   numbers and figure captions of the chapter pages, the bibliography page). A label the
   site lacks or numbers otherwise (a site older than the notebooks) takes the number the
   sources give, counted as Sphinx counts (the tests check both agree on a current site),
   and the tool says so: run `make book` and build again.
-- A labelled display equation `$$ ... $$ (label)` gets `\\tag{N}` with the page's number;
-  `(label)=` target lines and `%` comments go.
+- A labelled display equation `$$ ... $$ (label)` gets `\\tag{N}` with the page's number,
+  after the target (`<a name>`) its links land on; a `(label)=` target line becomes that
+  target, at the end of the heading or the start of the paragraph it labels; `%` comments
+  go. An inline formula `$...$` is joined onto one line.
 - Directives: a dropdown (an admonition of class `dropdown`, `{dropdown}`, `{toggle}`)
   becomes `<details><summary>Title</summary>`, folded like the page's, and any other
   admonition a block quote opened by its bold title. Both are HTML elements around
@@ -47,11 +51,13 @@ What changes, and how:
 - The install cell pins the package to the commit the edition was built from (`--ref`,
   default `git rev-parse HEAD`); the badge opens the edition on EDITION_BRANCH.
 
-`problems(markdown, site)` is the checker the tests run on every Markdown cell: the MyST
-Colab would show raw, unbalanced maths, and links to the online book that the built site
-lacks. The tool prints one line per chapter (MyST constructs before -> after) and a table,
-then what it resolved from the sources because the site is older; it exits 1 when an
-edition has a problem or an unresolved name (links the site lacks only warn: `make book`).
+`notebook_problems(nb, site)` is the checker the tests run on every edition
+(`problems(markdown, site)` on one text): the MyST Colab would show raw, unbalanced maths,
+inline formulas across lines, links to an anchor without its target or to a chapter's web
+page, and links to the online book that the built site lacks. The tool prints one line
+per chapter (MyST constructs before -> after) and a table, then what it resolved from the
+sources because the site is older; it exits 1 when an edition has a problem or an
+unresolved name (links the site lacks only warn: `make book`).
 """
 
 from __future__ import annotations
@@ -64,7 +70,6 @@ import json
 import re
 import subprocess
 import sys
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,7 +80,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load(name: str, path: Path):
-    """A module from its file: companion/run/colab.py without `companion`'s torch import."""
+    """A module of tools/ from its file (tools/ is no package)."""
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
@@ -85,9 +90,12 @@ def _load(name: str, path: Path):
     return module
 
 
-colab = sys.modules.get("companion.run.colab") or _load("companion_run_colab",
-                                                        ROOT / "companion" / "run" / "colab.py")
+links = _load("colab_links", ROOT / "tools" / "colab_links.py")  # the site and where links go
+colab = links.colab  # companion/run/colab.py, without `companion`'s torch import
 prose_budget = _load("prose_budget", ROOT / "tools" / "prose_budget.py")
+Site, Reference, online_book = links.Site, links.Reference, links.online_book
+bibliography, load_site, index_sources = links.bibliography, links.load_site, links.index_sources
+_source, _escape = links.source, links.escape
 
 EDITION_BRANCH = colab.EDITION_BRANCH  # the branch the badges open
 RUN_SENTENCE = ("The numbers and verdict words in the text are the book's stored run ({run}); "
@@ -118,6 +126,10 @@ OPTION = re.compile(r"^\s*:(?P<key>[\w-]+):\s*(?P<value>.*)$")
 TARGET_LINE = re.compile(r"^\s*\((?P<label>[^()\s]+)\)=\s*$")
 COMMENT_LINE = re.compile(r"^\s*%")
 EQ_LABEL = re.compile(r"\$\$[ \t]*\((?P<label>[^()\s]+)\)[ \t]*$", re.M)
+# A labelled display, `$$ ... $$ (label)`: its body holds no `$$`, so a match never starts
+# at the closing `$$` of an earlier display (an opening `$$` is never followed by a label).
+LABELLED = re.compile(r"\$\$(?P<body>(?:(?!\$\$).)*?)\$\$[ \t]*\((?P<label>[^()\s]+)\)[ \t]*$",
+                      re.M | re.S)
 # One scan over a text, left to right: a role, a code span (left as it is) or a link to a
 # label of MyST's (`](#label)`).
 INLINE = re.compile(r"\{(?P<role>[a-z][\w:+.-]*)\}(?P<ticks>`+)(?P<body>.+?)(?P=ticks)"
@@ -126,220 +138,6 @@ INLINE = re.compile(r"\{(?P<role>[a-z][\w:+.-]*)\}(?P<ticks>`+)(?P<body>.+?)(?P=
 TITLED = re.compile(r"^(?P<title>.*?)\s*<(?P<target>[^<>]+)>$", re.S)
 INLINE_MATH = re.compile(r"\$\$.+?\$\$|\$[^$]+\$", re.S)
 MD = MarkdownIt("commonmark")
-
-
-# --- the online book -----------------------------------------------------------------------
-
-def online_book(repository_url: str | None = None) -> str:
-    """The online book's address, GitHub Pages' site of the repository of _config.yml:
-    https://github.com/OWNER/NAME -> https://OWNER.github.io/NAME/."""
-    url = repository_url or colab.repository(ROOT)[0]
-    owner, name = url.removeprefix("https://github.com/").strip("/").split("/")[:2]
-    return f"https://{owner.lower()}.github.io/{name}/"
-
-
-@dataclass(frozen=True)
-class Reference:
-    """One entry of book/references.bib, as a citation names it."""
-
-    key: str
-    names: tuple[str, ...]  # the authors' last names (with their "van den")
-    year: str
-    title: str
-
-    @property
-    def authors(self) -> str:
-        """The author part of an author-year citation, as the web page writes it."""
-        if len(self.names) == 1:
-            return self.names[0]
-        if len(self.names) == 2:
-            return f"{self.names[0]} and {self.names[1]}"
-        return f"{self.names[0]} et al."
-
-
-def bibliography(path: Path = ROOT / "book" / "references.bib") -> dict[str, Reference]:
-    """key -> Reference, with LaTeX accents decoded (pybtex, which the book's build uses)."""
-    from pybtex.backends.plaintext import Backend
-    from pybtex.database import parse_file
-    from pybtex.richtext import Text
-
-    backend = Backend()  # one: render_as() looks the plugin up again at every call (slow)
-
-    def plain(latex: str) -> str:
-        return Text.from_latex(latex).render(backend)
-
-    refs = {}
-    for key, entry in parse_file(str(path)).entries.items():
-        people = entry.persons.get("author") or entry.persons.get("editor") or []
-        names = tuple(plain(" ".join(p.prelast_names + p.last_names)) for p in people)
-        refs[key] = Reference(key, names, entry.fields.get("year", "n.d."),
-                              plain(entry.fields.get("title", "")))
-    return refs
-
-
-def _letters(text: str) -> str:
-    """Text reduced to lower-case letters and digits (accents dropped), for matching."""
-    text = unicodedata.normalize("NFKD", html.unescape(re.sub(r"<[^>]+>", "", text)))
-    return re.sub(r"[^a-z0-9]", "", text.lower())
-
-
-def bib_anchors(page: str, refs: dict[str, Reference]) -> dict[str, str]:
-    """key -> the id of its entry on the bibliography page. sphinxcontrib-bibtex numbers the
-    ids, so each key is found by its title, then by its first author and its year while
-    more than one entry holds the title ("Consistency models" is in two)."""
-    entries = [(m[1], _letters(m[2])) for m in
-               re.finditer(r'<div class="citation" id="([^"]+)"[^>]*>(.*?)</div>', page, re.S)]
-    anchors = {}
-    for key, ref in refs.items():
-        found = entries
-        for part in (ref.title, *ref.names[:1], ref.year):
-            if len(found) > 1:
-                found = [(i, text) for i, text in found if _letters(part) in text]
-        if len(found) == 1:
-            anchors[key] = found[0][0]
-    return anchors
-
-
-# --- what the built site shows -------------------------------------------------------------
-
-EQNO = re.compile(r'<span class="eqno">(\([^)<]*\))<a class="headerlink" '
-                  r'href="#equation-([^"]+)"')
-CAPTIONED = re.compile(r'<(figure|table)\b[^>]*\bid="([^"]+)"[^>]*>(.*?)</\1>', re.S)
-CAPTION_NUMBER = re.compile(r'<span class="caption-number">([^<]*)</span>')
-SECTION_NUMBER = re.compile(r'<span id="([^"]+)"></span><h\d><span class="section-number">'
-                            r'([\d.]+?)\.? </span>')
-
-
-@dataclass
-class Site:
-    """The built site's names, numbers and anchors (empty where there is no site)."""
-
-    base: str
-    root: Path | None = None
-    version: str = ""
-    py: dict[str, str] = field(default_factory=dict)  # object -> page#anchor
-    modules: dict[str, str] = field(default_factory=dict)  # module -> its page
-    labels: dict[str, tuple[str, str]] = field(default_factory=dict)  # -> (href, title)
-    docs: dict[str, tuple[str, str]] = field(default_factory=dict)  # -> (page, title)
-    numbers: dict[str, tuple[str, str]] = field(default_factory=dict)  # -> (href, "Fig. 1.2")
-    equations: dict[str, tuple[str, str]] = field(default_factory=dict)  # -> (href, "(1.2)")
-    bib: dict[str, str] = field(default_factory=dict)  # key -> page#anchor
-    bib_rank: dict[str, int] = field(default_factory=dict)  # key -> place on that page
-    _ids: dict[str, set[str] | None] = field(default_factory=dict)
-
-    def ids(self, page: str) -> set[str] | None:
-        """The ids of a page of the site (None when the site has no such page)."""
-        if page not in self._ids:
-            path = self.root / page if self.root else None
-            self._ids[page] = (set(re.findall(r'\bid="([^"]+)"', path.read_text()))
-                               if path and path.is_file() else None)
-        return self._ids[page]
-
-
-def load_site(root: Path | None, base: str | None = None,
-              refs: dict[str, Reference] | None = None) -> Site:
-    """What `make book` built into `root` (an empty Site when it is missing)."""
-    site = Site(base or online_book())
-    if root is None or not (Path(root) / "objects.inv").is_file():
-        return site
-    site.root = Path(root)
-    _read_inventory(site)
-    for page in sorted(site.root.glob("notebooks/*.html")):
-        _read_page(site, page.relative_to(site.root).as_posix(), page.read_text())
-    bib_page = site.root / "book" / "bibliography.html"
-    if bib_page.is_file():
-        text = bib_page.read_text()
-        anchors = bib_anchors(text, refs if refs is not None else bibliography())
-        site.bib = {k: f"book/bibliography.html#{a}" for k, a in anchors.items()}
-        place = {a: text.index(f'id="{a}"') for a in anchors.values()}
-        site.bib_rank = {k: place[a] for k, a in anchors.items()}
-    return site
-
-
-def _read_inventory(site: Site) -> None:
-    from sphinx.util.inventory import InventoryFile
-
-    raw = (site.root / "objects.inv").read_bytes()
-    version = re.search(rb"# Version: *(\S*)", raw)
-    site.version = version[1].decode() if version else ""
-    with open(site.root / "objects.inv", "rb") as f:
-        inv = InventoryFile.load(f, "", lambda a, b: a + b)
-    for domain, objects in sorted(inv.items()):
-        for name, (_, _, uri, shown) in objects.items():
-            title = "" if shown == "-" else shown
-            if domain == "py:module":
-                site.modules[name] = uri.split("#")[0]
-            if domain.startswith("py:"):
-                site.py.setdefault(name, uri)
-            elif domain == "std:label":
-                site.labels[name] = (uri, title)
-            elif domain == "std:doc":
-                site.docs[name] = (uri, title)
-
-
-def _read_page(site: Site, page: str, text: str) -> None:
-    """A chapter page's equation, figure, table and section numbers."""
-    for number, label in EQNO.findall(text):
-        site.equations[label] = (f"{page}#equation-{label}", number)
-    for _, label, inner in CAPTIONED.findall(text):
-        m = CAPTION_NUMBER.search(inner)
-        if m:
-            site.numbers[label] = (f"{page}#{label}", m[1].strip())
-    for label, number in SECTION_NUMBER.findall(text):
-        site.numbers.setdefault(label, (f"{page}#{label}", f"Section {number}"))
-
-
-# --- numbers from the sources, for a site older than the notebooks -----------------------
-
-def _source(cell: dict) -> str:
-    src = cell.get("source", "")
-    return "".join(src) if isinstance(src, list) else src
-
-
-def _chapter_number(path: Path) -> int:
-    """The chapter's number as the book shows it (`execution_status.chapter_numbers`); the
-    file's NN for a notebook outside the TOC (a planted one in the tests)."""
-    status = _load("execution_status", ROOT / "book" / "_ext" / "execution_status.py")
-    return status.chapter_numbers(ROOT).get(Path(path).stem, int(Path(path).name[:2]))
-
-
-SOURCE_NUMBERED = re.compile(
-    r"\$\$[ \t]*\((?P<eq>[^()\s]+)\)[ \t]*$"
-    r"|^\s*(?:`{3,}|:{3,})\{math\}.*\n(?:\s*:[\w-]+:.*\n)*?\s*:label:\s*(?P<math>\S+)"
-    r"|^\s*(?:`{3,}|:{3,})\{figure\}.*\n(?:\s*:[\w-]+:.*\n)*?\s*:name:\s*(?P<fig>\S+)",
-    re.M)
-
-
-def index_sources(paths) -> Site:
-    """Numbers and titles as Sphinx gives them, counted from the notebooks: labelled
-    equations (N.k) and named figures (Fig. N.k) in order, a label's heading as its title."""
-    found = Site("")
-    for path in paths:
-        _index_notebook(Path(path), found)
-    return found
-
-
-def _index_notebook(path: Path, found: Site) -> None:
-    nb = json.loads(path.read_text())
-    page, n = f"notebooks/{path.stem}.html", _chapter_number(path)
-    eqs, figs = [], []  # labels in order: their place is their number
-    for cell in nb["cells"]:
-        text = _source(cell)
-        if cell["cell_type"] == "code":
-            name = cell.get("metadata", {}).get("mystnb", {}).get("figure", {}).get("name")
-            figs += [name] if name else []
-            continue
-        for m in SOURCE_NUMBERED.finditer(text):
-            eqs += [m["eq"] or m["math"]] if m["eq"] or m["math"] else []
-            figs += [m["fig"]] if m["fig"] else []
-        for m in re.finditer(r"^\s*\(([^()\s]+)\)=\s*\n+\s*#+\s+(.*)$", text, re.M):
-            found.labels[m[1]] = (f"{page}#{m[1]}", m[2].strip())
-        for m in re.finditer(r"^\s*\(([^()\s]+)\)=\s*$", text, re.M):
-            found.labels.setdefault(m[1], (f"{page}#{m[1]}", ""))
-    for k, label in enumerate(eqs, 1):
-        found.equations[label] = (f"{page}#equation-{label}", f"({n}.{k})")
-    for k, label in enumerate(figs, 1):
-        found.numbers[label] = (f"{page}#{label}", f"Fig. {n}.{k}")
 
 
 # --- one chapter ---------------------------------------------------------------------------
@@ -358,6 +156,11 @@ class Book:
     def base(self) -> str:
         return self.site.base
 
+    @property
+    def edition(self) -> str:
+        """The Colab address of a chapter's edition, `{stem}` for its name."""
+        return links.edition_url(self.url, EDITION_BRANCH)
+
 
 @dataclass
 class Chapter:
@@ -371,9 +174,12 @@ class Chapter:
     unresolved: list[str] = field(default_factory=list)
     attachments: dict[str, dict] = field(default_factory=dict)
     outputs: dict[str, dict] = field(default_factory=dict)  # glue key -> its output data
+    cited: list[str] = field(default_factory=list)  # the cite keys, first citation first
 
-    def href(self, target: str) -> str:
-        return self.book.base + target
+    def link(self, href: str) -> str:
+        """Where a link to `href` (a page of the site#anchor) goes from this notebook: an
+        anchor in it, another chapter's edition, or the online book (links.route)."""
+        return links.route(href, self.page, self.book.base, self.book.edition)
 
     def lookup(self, table: str, label: str) -> tuple[str, str] | None:
         """(href, text) of a label: the site's, or the sources' (noted) where the site lacks
@@ -397,7 +203,7 @@ class Chapter:
     def inline(self, text: str) -> str:
         """Text with every role, labelled equation and link to a label resolved."""
         text = INLINE.sub(self._inline_match, text)
-        return EQ_LABEL.sub(self._tag, text)
+        return LABELLED.sub(self._tag, text)
 
     def _inline_match(self, m: re.Match) -> str:
         if m["code"]:
@@ -407,18 +213,20 @@ class Chapter:
         return self.role(m["role"], m["body"])
 
     def _tag(self, m: re.Match) -> str:
+        """A labelled display with the page's number as its `\\tag`, after the target its
+        links land on."""
         hit = self.lookup("equations", m["label"])
         if hit is None:
             self.unresolved.append(f"equation label {m['label']}")
-            return "$$"
-        return f"\\tag{{{hit[1].strip('()')}}}$$"
+            return f"$${m['body']}$$"
+        return f"{_target(hit[0])}$${m['body']}\\tag{{{hit[1].strip('()')}}}$$"
 
     def _label_href(self, label: str) -> str:
         """A MyST link to a label: the page that holds the label (found in the sources,
         which know every target line), at the label's anchor."""
         hit = (self.book.sources.labels.get(label) or self.book.site.labels.get(label)
                or self.lookup("numbers", label))
-        return self.href(hit[0] if hit else f"{self.page}#{label}")
+        return self.link(hit[0] if hit else f"{self.page}#{label}")
 
     def role(self, name: str, body: str) -> str:
         """The Markdown that shows `{name}`body`` as the web page does."""
@@ -448,29 +256,18 @@ class Chapter:
     def _cite(self, name: str, body: str) -> str:
         textual = name.startswith(("cite:t", "cite:ct"))
         parts = []
-        for key in self._cited_order([k.strip() for k in body.split(",")]):
+        keys = [k.strip() for k in body.split(",")]
+        for key in links.cited_order(keys, self.book.refs, self.book.site):
             ref = self.book.refs.get(key)
             if ref is None:
                 self.unresolved.append(f"citation {key}")
                 parts.append(key)
                 continue
-            href = self.href(self.book.site.bib.get(key, "book/bibliography.html"))
+            if key not in self.cited:
+                self.cited.append(key)
             shown = f"{ref.authors} ({ref.year})" if textual else f"{ref.authors} {ref.year}"
-            parts.append(f"[{_escape(shown)}]({href})")
+            parts.append(f"[{_escape(shown)}](#{key})")  # its entry in the references cell
         return ", ".join(parts) if textual else f"({'; '.join(parts)})"
-
-    def _cited_order(self, keys: list[str]) -> list[str]:
-        """The keys of one citation in the page's order: sphinxcontrib-bibtex lists them as
-        the bibliography page does (by author, year, title), not as the source names them."""
-        rank = self.book.site.bib_rank
-        refs = self.book.refs
-
-        def place(key):
-            ref = refs.get(key)
-            fallback = (ref.names[:1], ref.year, ref.title) if ref else ((key,), "", "")
-            return (rank.get(key, -1) if rank else 0, fallback)
-
-        return sorted(keys, key=place)
 
     def _py(self, name: str, body: str) -> str:
         title, target = _titled(body)
@@ -480,7 +277,7 @@ class Chapter:
         if not title and name.split(":")[1] in ("func", "meth"):
             shown += "()"
         uri = self._py_uri(short)
-        return f"[`{shown}`]({self.href(uri)})" if uri else f"`{shown}`"
+        return f"[`{shown}`]({self.link(uri)})" if uri else f"`{shown}`"
 
     def _py_uri(self, name: str) -> str | None:
         site = self.book.site
@@ -504,7 +301,7 @@ class Chapter:
         if hit is None:
             self.unresolved.append(f"label {label}")
             return _escape(title or label)
-        return f"[{_escape(title or hit[1] or label)}]({self.href(hit[0])})"
+        return f"[{_escape(title or hit[1] or label)}]({self.link(hit[0])})"
 
     def _numref(self, name: str, body: str) -> str:
         title, label = _titled(body)
@@ -514,7 +311,7 @@ class Chapter:
             return _escape(title or label)
         number = hit[1].split(" ", 1)[-1]
         shown = title.replace("{number}", number) if title else hit[1]
-        return f"[{_escape(shown)}]({self.href(hit[0])})"
+        return f"[{_escape(shown)}]({self.link(hit[0])})"
 
     def _eq(self, name: str, body: str) -> str:
         title, label = _titled(body)
@@ -522,7 +319,7 @@ class Chapter:
         if hit is None:
             self.unresolved.append(f"equation {label}")
             return _escape(title or label)
-        return f"[{_escape(title or hit[1])}]({self.href(hit[0])})"
+        return f"[{_escape(title or hit[1])}]({self.link(hit[0])})"
 
     def _doc(self, name: str, body: str) -> str:
         title, target = _titled(body)
@@ -530,24 +327,30 @@ class Chapter:
             Path("notebooks", target).as_posix()
         doc = re.sub(r"[^/]+/\.\./", "", doc).removesuffix(".md").removesuffix(".ipynb")
         page, shown = self.book.site.docs.get(doc, (f"{doc}.html", doc))
-        return f"[{_escape(title or shown)}]({self.href(page)})"
+        return f"[{_escape(title or shown)}]({self.link(page)})"
 
     # blocks ---------------------------------------------------------------------------------
 
     def markdown(self, text: str) -> str:
         """A Markdown cell of the book as Colab shows it."""
-        out = guard_display_math("".join(self.blocks(text.split("\n"))).rstrip("\n"))
+        out = "".join(self.blocks(text.split("\n"))).rstrip("\n")
+        out = join_inline_math(guard_display_math(out))
         return out + "\n" if text.endswith("\n") else out
 
     def blocks(self, lines: list[str]) -> list[str]:
         """Lines of MyST as pieces of CommonMark: text resolved, directives converted, code
-        fences kept; in document order, so that the glued values are met in order."""
+        fences kept; in document order, so that the glued values are met in order. A target
+        line `(label)=` becomes the target of the label's links, on the next block."""
         out, prose, i, in_math = [], [], 0, False
+        labels = []  # of the target lines not yet placed
 
         def flush():
             if prose:
                 out.append(self.inline("\n".join(prose)) + "\n")
                 prose.clear()
+            if labels and not in_math:  # before a fence: on a line of their own
+                out.append("".join(map(links.target, labels)) + "\n\n")
+                labels.clear()
 
         while i < len(lines):
             line = lines[i]
@@ -561,9 +364,16 @@ class Chapter:
                     out.append("\n".join(lines[i:end + 1]) + "\n")
                 i = end + 1
                 continue
-            if not in_math and TARGET_LINE.match(line):
+            target = None if in_math else TARGET_LINE.match(line)
+            if target:
                 prose.append("")  # a target line also ends a paragraph
-            elif not (not in_math and COMMENT_LINE.match(line)):
+                labels.append(target["label"])
+            elif not in_math and COMMENT_LINE.match(line):
+                pass  # a MyST comment: not shown
+            elif labels and line.strip() and not in_math:
+                prose += _anchored(line, labels)
+                labels.clear()
+            else:
                 prose.append(line)
             in_math ^= line.count("$$") % 2 == 1
             i += 1
@@ -609,13 +419,14 @@ class Chapter:
         return "".join(parts + [MD.renderInline(title[last:])]).strip()
 
     def _math(self, body: list[str], label: str | None, indent: str) -> str:
-        tag = ""
+        tag = mark = ""
         if label:
             hit = self.lookup("equations", label)
-            tag = f"\\tag{{{hit[1].strip('()')}}}" if hit else ""
+            tag, mark = (f"\\tag{{{hit[1].strip('()')}}}", _target(hit[0])) if hit else ("", "")
             if not hit:
                 self.unresolved.append(f"equation label {label}")
-        return _indented("$$\n" + "\n".join(body).strip("\n") + f"\n{tag}$$", indent) + "\n"
+        return _indented(f"{mark}$$\n" + "\n".join(body).strip("\n") + f"\n{tag}$$",
+                         indent) + "\n"
 
     def _figure(self, name: str, arg: str, options: dict, body: list[str], indent: str) -> str:
         src = arg.strip()
@@ -627,12 +438,17 @@ class Chapter:
         caption = "\n".join(body).strip()
         if name == "figure" and caption:
             text += "\n\n" + self.caption(caption, options.get("name"))
+        elif options.get("name"):  # no caption to hold the target: the image does
+            text = links.target(options["name"]) + text
         return _indented(text, indent) + "\n"
 
     def caption(self, caption: str, label: str | None) -> str:
-        """A figure's caption as a paragraph, led by its number when it has one."""
+        """A figure's caption as a paragraph, led by its number when it has one, and by the
+        target of the links to the figure (right under it) when it has a label."""
         hit = self.lookup("numbers", label) if label else None
-        lead = f"**{hit[1]}.** " if hit else ""
+        lead = f"{_target(hit[0])}**{hit[1]}.** " if hit else ""
+        if label and not hit:
+            lead = links.target(label)
         return lead + self.inline(caption)
 
     def _glue_directive(self, name: str, key: str, options: dict, body: list[str],
@@ -667,6 +483,70 @@ def guard_display_math(text: str) -> str:
     read them as list items (Jupyter and Colab take the maths out first; this holds
     either way, and `{}+` is TeX's own idiom for a binary operator at a line's start)."""
     return DISPLAY.sub(lambda m: LIST_START.sub(r"\1{}\2", m[0]), text)
+
+
+# One scan of prose, left to right: a code span, an escaped dollar, a display, an inline
+# formula (its body in `inline`).
+MATH_SCAN = re.compile(r"(`+)(?!`).+?(?<!`)\1(?!`)|\\\$|\$\$.+?\$\$|\$(?P<inline>[^$]+)\$", re.S)
+
+
+def join_inline_math(text: str) -> str:
+    """Every inline formula `$...$` on one line: CommonMark renderers that take the maths
+    out first (Jupyter's, Colab's) accept one across a line break, line-oriented ones do
+    not, and a continuation line such as `- x$` could be read as a list item."""
+    def one(m: re.Match) -> str:
+        if not m["inline"] or "\n" not in m["inline"]:
+            return m[0]
+        return "$" + re.sub(r"[ \t]*\n[ \t]*", " ", m["inline"]) + "$"
+
+    return _in_prose(text, lambda prose: MATH_SCAN.sub(one, prose))
+
+
+def broken_inline_math(text: str) -> list[str]:
+    """The inline formulas of a Markdown text that span a line break."""
+    found = []
+
+    def collect(prose: str) -> str:
+        found.extend(m[0] for m in MATH_SCAN.finditer(prose) if m["inline"] and "\n" in m[0])
+        return prose
+
+    _in_prose(text, collect)
+    return found
+
+
+def _in_prose(text: str, change) -> str:
+    """`text` with `change` applied to each run of lines outside code blocks."""
+    lines = text.split("\n")
+    code = {n for t in MD.parse(text) if t.type in ("fence", "code_block") and t.map
+            for n in range(*t.map)}
+    out, run = [], []
+    for n, line in enumerate(lines):
+        if n in code:
+            out += change("\n".join(run)).split("\n") if run else []
+            out.append(line)
+            run = []
+        else:
+            run.append(line)
+    out += change("\n".join(run)).split("\n") if run else []
+    return "\n".join(out)
+
+
+def _anchored(line: str, labels: list[str]) -> list[str]:
+    """The first line of a block, with the targets of the labels of the target lines before
+    it: at the end of a heading (Colab's table of contents shows its text), at the start of
+    a paragraph, or on a line of their own before anything else (a table, a list, HTML, a
+    display), where a prefix would change what the line is."""
+    marks = "".join(map(links.target, labels))
+    if re.match(r"^ {0,3}#{1,6}\s", line):
+        return [f"{line.rstrip()} {marks}"]
+    if re.match(r"^\s*([|>$<]|[-+*](\s|$)|\d{1,9}[.)](\s|$))", line):
+        return [marks, "", line]
+    return [re.sub(r"^\s*", lambda m: m[0] + marks, line, count=1)]
+
+
+def _target(href: str) -> str:
+    """The target of the links to `href` (page#anchor): its anchor, in this notebook."""
+    return links.target(href.partition("#")[2])
 
 
 def _titled(body: str) -> tuple[str, str]:
@@ -755,8 +635,18 @@ def edition(path: Path, book: Book) -> tuple[dict, Chapter]:
             cell["source"] = _code_cell(cell, book)
         cells.append(cell)
         cells += _caption_cell(cell, chapter)
-    nb["cells"] = cells
+    nb["cells"] = cells + _references_cell(chapter)
     return nb, chapter
+
+
+def _references_cell(chapter: Chapter) -> list[dict]:
+    """The works the chapter cites, as a last Markdown cell: its citations link there."""
+    if not chapter.cited:
+        return []
+    book = chapter.book
+    text = links.references(chapter.cited, book.refs, book.site)
+    return [{"cell_type": "markdown", "id": "colab-references", "metadata": {},
+             "source": text}]
 
 
 def _markdown_cell(cell: dict, chapter: Chapter, first: bool, nb: dict, path: Path) -> str:
@@ -813,17 +703,20 @@ ROLE_END = re.compile(r"\{[a-z][\w:+.-]*\}$")
 ROLE_ANYWHERE = re.compile(r"\{[a-z][\w:+.-]*\}`")
 
 
-def problems(markdown: str, site: Site | Path | str | None = None) -> list[str]:
+def problems(markdown: str, site: Site | Path | str | None = None,
+             names: set[str] | None = None) -> list[str]:
     """What Colab would show wrong in a Markdown cell, read as CommonMark (markdown-it-py):
     MyST left raw (roles, directive fences, colon fences, target lines, comments,
-    equation labels outside `\\tag`), unbalanced `$` or `$$`, links to anchors of the
-    notebook (Colab has none) and, given the built site, links to the online book whose
-    page or anchor the site lacks."""
-    own, links = checked(markdown, site)
-    return own + links
+    equation labels outside `\\tag`), unbalanced `$` or `$$`, an inline formula across a
+    line break, a link to an anchor without a target among `names` (the notebook's; the
+    cell's own by default) and, given a site, a link to a chapter's web page and links to
+    the online book whose page or anchor the built site lacks."""
+    own, lacking = checked(markdown, site, names)
+    return own + lacking
 
 
-def checked(markdown: str, site: Site | Path | str | None = None) -> tuple[list, list]:
+def checked(markdown: str, site: Site | Path | str | None = None,
+            names: set[str] | None = None) -> tuple[list, list]:
     """problems() in two lists: what Colab shows wrong, and the links the site lacks."""
     tokens = MD.parse(markdown)
     lines = markdown.split("\n")
@@ -835,9 +728,22 @@ def checked(markdown: str, site: Site | Path | str | None = None) -> tuple[list,
     found += _line_problems(prose)
     found += _role_problems(tokens)
     found += _dollar_problems("\n".join(line for _, line in prose))
-    links = _link_problems(tokens, _as_site(site))
-    own = [p for p in links if p.startswith("a link to an anchor of the notebook")]
-    return found + own, [p for p in links if p not in own]
+    found += [f"an inline formula across a line break: {f[:60]}" for f in
+              broken_inline_math(markdown)]
+    names = set(links.targets(markdown)) if names is None else names
+    astray = links.link_problems(links.hrefs(tokens), _as_site(site), names)
+    lacking = [p for p in astray if "the built site lacks" in p]
+    return found + [p for p in astray if p not in lacking], lacking
+
+
+def notebook_problems(nb: dict, site: Site | None = None) -> tuple[list, list]:
+    """checked() of every Markdown cell of an edition, its anchors looked up in the whole
+    notebook; the site's missing links once each."""
+    cells = [_source(c) for c in nb["cells"] if c["cell_type"] == "markdown"]
+    names = {n for text in cells for n in links.targets(text)}
+    found = [checked(text, site, names) for text in cells]
+    return ([p for own, _ in found for p in own],
+            list(dict.fromkeys(p for _, lacking in found for p in lacking)))
 
 
 def _line_problems(prose: list[tuple[int, str]]) -> list[str]:
@@ -881,34 +787,6 @@ def _dollar_problems(text: str) -> list[str]:
     return found
 
 
-def _links(tokens) -> list[str]:
-    hrefs = []
-    for t in tokens:
-        if t.type == "html_block":
-            hrefs += re.findall(r'\b(?:href|src)="([^"]*)"', t.content)
-        for kid in t.children or []:
-            if kid.type in ("link_open", "image"):
-                hrefs.append(kid.attrs.get("href") or kid.attrs.get("src") or "")
-            elif kid.type == "html_inline":
-                hrefs += re.findall(r'\b(?:href|src)="([^"]*)"', kid.content)
-    return hrefs
-
-
-def _link_problems(tokens, site: Site | None) -> list[str]:
-    found = []
-    for href in _links(tokens):
-        if href.startswith("#"):
-            found.append(f"a link to an anchor of the notebook, which Colab lacks: {href}")
-        elif site and site.root and href.startswith(site.base):
-            page, _, anchor = href.removeprefix(site.base).partition("#")
-            ids = site.ids(page or "index.html")
-            if ids is None:
-                found.append(f"a link to a page the built site lacks: {href}")
-            elif anchor and anchor not in ids:
-                found.append(f"a link to an anchor the built site lacks: {href}")
-    return found
-
-
 def _as_site(site) -> Site | None:
     if site is None or isinstance(site, Site):
         return site
@@ -932,22 +810,6 @@ def _cells_text(nb: dict) -> str:
 def head_commit() -> str:
     return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, check=True,
                           capture_output=True, text=True).stdout.strip()
-
-
-def changed_since_site(site: Site, paths) -> list[str]:
-    """The chapters (stems) whose notebook differs from the commit the site was built from
-    (objects.inv's version, `git describe`): their pages are older than their sources.
-    All of them when that commit is unknown."""
-    stems = [Path(p).stem for p in paths]
-    m = re.search(r"(?:^|-g)([0-9a-f]{7,40})(?:-dirty)?$", site.version)
-    if not m:
-        return stems
-    run = subprocess.run(["git", "diff", "--name-only", m[1], "--", "notebooks/*.ipynb"],
-                         cwd=ROOT, capture_output=True, text=True)
-    if run.returncode:
-        return stems
-    changed = {Path(line).stem for line in run.stdout.split()}
-    return [s for s in stems if s in changed]
 
 
 def uncommitted() -> list[str]:
@@ -1003,13 +865,11 @@ def build(path: Path, book: Book, out: Path) -> Report:
     """Write one chapter's edition and check it."""
     source = json.loads(Path(path).read_text())
     _, nb, chapter = write_edition(path, book, out)
-    found = [checked(_source(c), book.site) for c in nb["cells"]
-             if c["cell_type"] == "markdown"]
+    own, lacking = notebook_problems(nb, book.site)
     return Report(Path(path).stem, myst_counts(_cells_text(source)),
                   myst_counts(_cells_text(nb)),
                   sum(c.get("metadata", {}).get("cellView") == "form" for c in nb["cells"]),
-                  [p for own, _ in found for p in own],
-                  list(dict.fromkeys(p for _, links in found for p in links)), chapter)
+                  own, lacking, chapter)
 
 
 def table(reports: list[Report]) -> str:
@@ -1029,7 +889,7 @@ def table(reports: list[Report]) -> str:
 def staleness(book: Book, reports: list[Report], paths) -> list[str]:
     """What the tool resolved from the sources because the built site is older."""
     out = []
-    changed = changed_since_site(book.site, paths)
+    changed = links.changed_since_site(book.site, paths)
     if changed:
         out.append(f"The built site is from {book.site.version or 'an unknown commit'}; "
                    f"{len(changed)} chapter notebooks changed since: {', '.join(changed)}.")
