@@ -235,3 +235,94 @@ def test_a_broken_inline_formula_is_caught():
     planted = "so $J = -\\operatorname{tr} A\n+ \\tfrac12 \\|A\\|^2$. Then:\n\n- a list item"
     assert broken_inline_maths(planted) == ["+ \\tfrac12 \\|A\\|^2$. Then:"]
     assert broken_inline_maths("$$\na\n+ b\n$$\n\n- item $x$\n- item") == []
+
+
+# Issue 95: every figure is numbered and captioned, as in chapters 1-20: a code cell whose
+# stored outputs hold an image carries `mystnb: figure: {caption, name}` beside
+# `image: {alt}` in its metadata, the name `chN-fig-...`; without them the page shows an
+# unnumbered image with no caption, and the Colab edition no caption either. A captioned
+# cell has one displayed output, since myst-nb wraps every display output of the cell in
+# the figure (a second would repeat the name). The cells that cannot take a caption yet,
+# by their chapter and the first line of their source, each with the reason:
+IMAGE_MIME = ("image/png", "image/jpeg", "image/svg+xml")
+TWO_OUTPUTS = ("two displayed outputs in one cell: myst-nb wraps each in the figure, so the "
+               "cell must be split (the figure in a cell of its own) before it takes a caption")
+UNCAPTIONED = {
+    ("06_vae_mnist", "stats = {}"): "a table and the KL figure; " + TWO_OUTPUTS,
+    ("06_vae_mnist", "def knn(images):"): "the re-encoding figure and a table; " + TWO_OUTPUTS,
+    ("09_ddpm_mnist", "fig, ax = plt.subplots(figsize=(8, 4.6))"):
+        "the sample grid and the chain strip; " + TWO_OUTPUTS,
+    ("09_ddpm_mnist", "gen.manual_seed(6)"): "the denoise-only figure and a table; "
+                                             + TWO_OUTPUTS,
+}
+
+
+def figure_problems(cells: list[dict], stem: str) -> tuple[list[str], set[str]]:
+    """What keeps a notebook's figures from being numbered and captioned, and the first
+    lines of its image cells that UNCAPTIONED excuses."""
+    problems, excused, names = [], set(), set()
+    prefix = f"ch{int(stem[:2])}-fig-"
+    for cell in cells:
+        if cell["cell_type"] != "code":
+            continue
+        head = source(cell).strip().split("\n")[0]
+        shown = [o for o in cell.get("outputs", [])
+                 if o["output_type"] in ("display_data", "execute_result")]
+        meta = cell["metadata"].get("mystnb", {})
+        figure = meta.get("figure") or {}
+        if not any(m in o.get("data", {}) for o in shown for m in IMAGE_MIME):
+            if figure:
+                problems.append(f"{head!r}: a figure caption on a cell with no image")
+            continue
+        if not (figure.get("caption") and figure.get("name")):
+            if (stem, head) in UNCAPTIONED:
+                excused.add(head)
+            else:
+                problems.append(f"{head!r}: an image with no figure caption and name "
+                                "(mystnb: figure: caption:, name: in the cell's metadata)")
+            continue
+        name = str(figure["name"])
+        if not name.startswith(prefix) or name in names:
+            problems.append(f"{head!r}: figure name {name!r} is not a new {prefix}...")
+        names.add(name)
+        if not (meta.get("image") or {}).get("alt"):
+            problems.append(f"{head!r}: figure {name} has no alt text (mystnb: image: alt:)")
+        if len(shown) > 1:
+            problems.append(f"{head!r}: figure {name} has {len(shown)} displayed outputs; "
+                            "myst-nb would give each the caption and name")
+    return problems, excused
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
+def test_every_figure_is_numbered_and_captioned(path):
+    problems, excused = figure_problems(load(path)["cells"], path.stem)
+    assert not problems, f"{path.name}:\n  " + "\n  ".join(problems)
+    stale = {head for stem, head in UNCAPTIONED if stem == path.stem} - excused
+    assert not stale, (f"{path.name}: UNCAPTIONED lists cells that are captioned now or gone: "
+                       f"{sorted(stale)}; take them off the list")
+
+
+def test_an_uncaptioned_figure_is_caught():
+    def cell(meta, *data, first="fig = plot()"):
+        return {"cell_type": "code", "source": first + "\nshow(fig)", "metadata": meta,
+                "outputs": [{"output_type": "display_data", "data": d} for d in data]}
+    png, svg, md = {"image/png": "iVBO"}, {"image/svg+xml": "<svg/>"}, {"text/markdown": "|a|"}
+    good = {"mystnb": {"figure": {"caption": "A curve.", "name": "ch3-fig-curve"},
+                       "image": {"alt": "A rising curve."}}}
+    assert figure_problems([cell(good, png)], "03_elbo") == ([], set())
+    assert figure_problems([cell({}, md)], "03_elbo") == ([], set())  # no image, no figure
+    cases = {"no caption": ([cell({}, png)], "03_elbo"),
+             "an SVG image": ([cell({}, svg)], "03_elbo"),
+             "alt text alone": ([cell({"mystnb": {"image": {"alt": "A curve."}}}, png)],
+                                "03_elbo"),
+             "no alt text": ([cell({"mystnb": {"figure": good["mystnb"]["figure"]}}, png)],
+                             "03_elbo"),
+             "the same name twice": ([cell(good, png)] * 2, "03_elbo"),
+             "a table inside the figure": ([cell(good, md, png)], "03_elbo"),
+             "chapter 3's name in chapter 4": ([cell(good, png)], "04_reparameterization"),
+             "a caption and no image": ([cell(good, md)], "03_elbo")}
+    for what, (cells, stem) in cases.items():
+        assert len(figure_problems(cells, stem)[0]) == 1, what
+    excused = cell({}, png, md, first="stats = {}")
+    assert figure_problems([excused], "06_vae_mnist") == ([], {"stats = {}"})
+    assert figure_problems([excused], "07_hierarchical_vae")[0]  # excused in chapter 6 only
