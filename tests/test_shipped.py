@@ -453,3 +453,32 @@ def test_parallel_exports_into_one_folder_lose_no_entry(tmp_path):
     assert [j.exitcode for j in jobs] == [0, 0]
     models = shipped.read_manifest(tmp_path)["models"]
     assert sorted(models) == sorted(f"{p}{i}-cpu.pt" for p in "ab" for i in range(8))
+
+
+def staged(steps=None, resume_from=None):
+    """A recipe kept at stages (recipes.snapshots' pattern): an early run, then the full
+    run continued from it (recipes.common._continue)."""
+    from companion.recipes.common import _continue
+    from companion.run.checkpoint import checkpoint_path
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
+    optimizer = torch.optim.Adam(model.parameters(), 1e-2)
+    total, config = steps or 30, {"lr": 1e-2}
+    path = checkpoint_path("toy" if steps is None else f"toy-step{steps}", "cpu")
+    _continue(path, resume_from, model, config, (X, Y), optimizer,
+              {"ema": 0.9, "batch_size": 16}, total)
+    fit(model, mse, (X, Y), steps=total, batch_size=16, optimizer=optimizer, ema=0.9,
+        quiet=True, config=config, checkpoint=path)
+    return path
+
+
+def test_a_run_continued_from_a_shipped_early_run_loads_shipped_too(book, monkeypatch):
+    monkeypatch.setenv("BOOK_SHIP", str(book / "weights"))
+    staged(steps=None, resume_from=staged(steps=10))
+    monkeypatch.delenv("BOOK_SHIP")
+    for f in (book / "cache" / "checkpoints").iterdir():
+        f.unlink()
+    shipped.SOURCES.clear()
+    staged(steps=None, resume_from=staged(steps=10))  # the early file is not in the cache
+    assert shipped.SOURCES == {"shipped": 2}

@@ -306,6 +306,14 @@ def file_bytes(entry: dict) -> tuple[bytes, str] | None:
 
 
 # --- what fit asks ---------------------------------------------------------------------------
+def listed(name: str) -> bool:
+    """The shipped set lists checkpoint `name` and would be asked for it (not under
+    BOOK_TRAIN=1 or in the smoke run)."""
+    if profiles.env_flag("BOOK_TRAIN") or profiles.smoke_mode():
+        return False
+    return name in read_manifest().get("models", {})
+
+
 def find(name: str, ident: dict, total: int) -> Shipped | None:
     """The shipped run for checkpoint `name` if it is exactly this run (identity `ident`,
     `total` updates), else None (then fit trains). Not consulted under BOOK_TRAIN=1 or in
