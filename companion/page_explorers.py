@@ -36,7 +36,7 @@ from .affine_vae import pinned_gap
 from .explorers import pinned_samples
 from .kl import gaussian_mixture_1d, kl_mvn, kl_quadrature
 from .run import checks
-from .run.checkpoint import _remove_stale_tmp, _tmp_name
+from .run.checkpoint import replace_file as _replace
 from .toy import GaussianMixture, LinearGaussian, diffused_score
 
 F64 = torch.float64
@@ -982,24 +982,6 @@ def _npz_bytes(arrays: dict) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
-
-
-def _replace(path: Path, data: bytes) -> None:
-    """Write data to path atomically, as the checkpoints are written: into a temporary file
-    of this process's in the same folder, then os.replace. A run killed while writing leaves
-    the previous file whole (the page would fail on a truncated one with BadZipFile) and a
-    temporary file, which the next write removes once its process is gone."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(path)
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())  # the bytes on disk before the name points at them
-        os.replace(tmp, path)
-    finally:  # also when Ctrl-C lands inside the write
-        tmp.unlink(missing_ok=True)
 
 
 def _store(name, page, who: str, **arrays) -> Path | None:

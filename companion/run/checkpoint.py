@@ -301,6 +301,26 @@ def _remove_stale_tmp(path: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def replace_file(path: Path, data: bytes) -> None:
+    """Write data to path atomically, as the checkpoints are written: into a temporary file
+    of this process's in the same folder, then os.replace. A run killed while writing leaves
+    the previous file whole, or none (a reader would take a cut-off file for the whole: an
+    explorer's page fails with BadZipFile, a corpus is a third of itself) and a temporary
+    file, which the next write removes once its process is gone."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(path)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes on disk before the name points at them
+        os.replace(tmp, path)
+    finally:  # also when Ctrl-C lands inside the write
+        tmp.unlink(missing_ok=True)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
