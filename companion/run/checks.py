@@ -141,6 +141,19 @@ def flops_batch(batch) -> int:
                 "enough), and the network sees at most 1,000 examples a call")
 
 
+def text(name: str, value, what: str = "a str") -> str:
+    """`value` if it is a str (`what` says which: "one sentence, a str"); bytes, a list of
+    strings and anything else refused by name (a grammar read bytes or a list as a string
+    it never writes, -inf, and called that an answer)."""
+    if isinstance(value, str):
+        return value
+    hint = (f": decode it first, {name.split()[0]}.decode('utf-8')"
+            if isinstance(value, (bytes, bytearray)) else
+            ": pass one string, not a list (call once per string)"
+            if isinstance(value, (list, tuple)) else "")
+    raise ArgumentError(f"{name} must be {what}, got {_got(value)}{hint}")
+
+
 def one_of(name: str, value, options, what: str = ""):
     """`value` if it is one of `options`; `what` says what the options mean."""
     if value not in options:
