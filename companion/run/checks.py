@@ -339,8 +339,8 @@ def data(name: str, x) -> torch.Tensor:
 
 def batch(name: str, x, *, min_dims: int = 1, shape=None) -> torch.Tensor:
     """`x` if it is a non-empty floating-point batch (B, ...) with at least `min_dims`
-    dimensions and, with `shape`, of that whole shape (free: no device sync). 8-bit pixels
-    get the conversion to [-1, 1]."""
+    dimensions, at least one value an example, and, with `shape`, of that whole shape (free:
+    no device sync). 8-bit pixels get the conversion to [-1, 1]."""
     if not torch.is_tensor(x):
         raise ArgumentError(f"{name} must be a torch tensor, got {type(x).__name__}; convert "
                             f"it with torch.as_tensor({name}) (torch.from_numpy for a NumPy "
@@ -357,6 +357,10 @@ def batch(name: str, x, *, min_dims: int = 1, shape=None) -> torch.Tensor:
         raise ArgumentError(f"{name} is an empty batch (no images), shape {tuple(x.shape)}: "
                             "pass at least one image (check the batch size and the data "
                             "slice)")
+    if x.numel() == 0:  # (4, 0): a bound of 0 values per example was 0/0, NaN a row
+        raise ArgumentError(f"{name} holds no values in each of its {x.shape[0]} examples, "
+                            f"shape {tuple(x.shape)}: an example needs at least one value "
+                            "(check the slice or reshape that made it)")
     if shape is not None and tuple(x.shape) != tuple(shape):
         raise ArgumentError(f"{name} has shape {tuple(x.shape)}, expected {tuple(shape)}")
     return x
