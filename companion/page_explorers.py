@@ -827,8 +827,9 @@ def grid_page(n: int = 256, seed: int = 5, n_paths: int = 8, steps=GRID_STEPS) -
 
     The page draws, for the first n_paths points, the first coordinate (std 0.05) at every
     level divided by its exact scale sqrt(std^2 + sigma^2) (the exact flow keeps it
-    constant: a perfect solver draws flat lines). Bounds (the chapter's in brackets): n at
-    most MAX_GRID_POINTS = 10,000 [256]; n_paths at most MAX_PATHS = 200 [8]; steps,
+    constant: a perfect solver draws flat lines; all n of them where n_paths > n). Bounds
+    (the chapter's in brackets): n at most MAX_GRID_POINTS = 10,000 [256]; n_paths at most
+    MAX_PATHS = 200 [8]; steps,
     increasing step counts, as the solver pages' (at most MAX_STEP_COUNTS = 100 summing to
     MAX_STEPS_SUM = 5,000) [12 summing to 138]."""
     from . import edm
@@ -836,6 +837,7 @@ def grid_page(n: int = 256, seed: int = 5, n_paths: int = 8, steps=GRID_STEPS) -
     n = checks.size("n (the starting points)", n, MAX_GRID_POINTS, "every solver runs from "
                     "all of them on every grid (the chapter's 256)")
     _, _, n_paths, steps = _solver_sizes(1, 1, n_paths, steps)
+    n_paths = min(n_paths, n)  # as the solver pages' ends: 8 of 4 points were reported drawn
     _work("sum(steps) (the steps of each solver on each of the 12 grids)", sum(steps),
           MAX_GRID_STEPS_SUM, "every solver runs them on every rho (the chapter's 138); "
           "take fewer or smaller step counts")
