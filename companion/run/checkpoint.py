@@ -878,12 +878,12 @@ def read_checkpoint(path: Path) -> dict:
 
 def load_checkpoint(path: Path, model, optimizer, ema, identity, *,
                     generator: torch.Generator | None = None, scaler=None,
-                    note: bool = True) -> Resumed:
+                    note: bool = True, state: dict | None = None) -> Resumed:
     """Load a checkpoint into model/optimizer/ema (and restore the random state, fit's
     `generator` and the gradient scaler's). Checkpoints of earlier versions (without the
     CUDA or generator state, the data order, a checksum or the whole-file one) load as
-    they did."""
-    state = read_checkpoint(path)
+    they did. state: the file as `read_checkpoint` returned it (not read again)."""
+    state = read_checkpoint(path) if state is None else state
     check_identity(path, state.get("identity", {}), identity)
     try:
         model.load_state_dict(state["model"])
