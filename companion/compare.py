@@ -169,10 +169,14 @@ class Comparison:
 
 
 def _as_units(x, name: str) -> np.ndarray:
-    """x as a float array of shape (n,) or (n, k); anything else is an error."""
+    """x as a float array of shape (n,) or (n, k); anything else is an error (complex
+    values too: the cast to float dropped their imaginary parts, with a warning at most)."""
+    raw = x.detach().cpu() if hasattr(x, "detach") else x
+    if np.iscomplexobj(raw):
+        raise checks.ArgumentError(f"{name} must be real numbers, one per unit, got complex "
+                                   f"values: compare their .real or abs(), as is meant")
     try:
-        array = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x,
-                           dtype=float)
+        array = np.asarray(raw, dtype=float)
     except (TypeError, ValueError) as err:
         raise TypeError(f"{name} must be numbers, one per unit (a list, numpy array or "
                         f"tensor of shape (n,) or (n, k)); got {type(x).__name__}") from err
@@ -329,9 +333,30 @@ def independent(a: float, se_a: float, n_a: int, b: float, se_b: float, n_b: int
     """
     se_a = checks.real("se_a (a standard error)", se_a, low=0.0)
     se_b = checks.real("se_b (a standard error)", se_b, low=0.0)
-    df = welch_df(se_a**2 * n_a, n_a, se_b**2 * n_b, n_b)
+    if se_a == se_b == 0:
+        raise checks.ArgumentError(
+            "se_a and se_b are both 0: the difference has no standard error, and Welch's "
+            "degrees of freedom are 0/0; pass the standard errors the statistics have")
+    df = _welch_df_of_ses(se_a, n_a, se_b, n_b)
     return compare(checks.as_float(a) - checks.as_float(b), math.hypot(se_a, se_b),
                    n_a + n_b, df=df, test=test, unit=unit, level=level)
+
+
+SE_RANGE = (1e-70, 1e70)  # SEs whose se^2 n, its square and their sums are normal floats
+
+
+def _welch_df_of_ses(se_a: float, n_a, se_b: float, n_b) -> float:
+    """`welch_df` of var = se^2 n for two standard errors (not both 0). Outside SE_RANGE
+    the variances are taken in units of the larger SE (the same df): se_a = 1e-200 squared
+    to 0 and was refused as var_a and var_b, which the caller never passed; se_a = 1e200
+    overflowed."""
+    n_a = checks.count("n_a (the units of arm a; a variance needs 2)", n_a, minimum=2)
+    n_b = checks.count("n_b (the units of arm b; a variance needs 2)", n_b, minimum=2)
+    lo, hi = SE_RANGE
+    if all(se == 0 or lo <= se <= hi for se in (se_a, se_b)):
+        return welch_df(se_a**2 * n_a, n_a, se_b**2 * n_b, n_b)  # the book's SEs, as before
+    unit = max(se_a, se_b)
+    return welch_df((se_a / unit) ** 2 * n_a, n_a, (se_b / unit) ** 2 * n_b, n_b)
 
 
 def against_noise(value: float, redraws, *, unit: str = "redraw",

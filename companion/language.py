@@ -8,7 +8,8 @@ state the words differ, so the states are read off the words) and acyclic (every
 ends in a bounded number of words), so everything about it is exact:
 
     H(sentence) = sum_s v(s) H(P(. | s))            v(s): probability a sentence visits s
-    E[characters] = sum_s v(s) E_{w ~ P(. | s)}[len(w) + 1]   (the space or "." after w)
+    E[characters] = sum_s v(s) E_{w ~ P(. | s)}[len(w) + 1]   (the space or "." after w;
+                    "." itself counts 1 only as the whole, empty, sentence)
     entropy rate = H(sentence) / E[characters]   bits per character            (ch22-rate)
 
 The ratio is the rate of a long text of independent sentences (renewal-reward), and the
@@ -56,8 +57,11 @@ class Grammar:
             if len(set(words)) != len(words):
                 raise checks.ArgumentError(f"state {s!r} lists a word twice: the grammar "
                                            "must be unifilar (its words differ)")
+            for w, p, _ in options:  # NaN passed the sum check below (NaN > x is False)
+                checks.real(f"state {s!r}: the probability of {w!r}", p, low=0.0, high=1.0,
+                            open_low=True)
             total = sum(p for _, p, _ in options)
-            if any(p <= 0 for _, p, _ in options) or abs(total - 1) > 1e-9:
+            if abs(total - 1) > 1e-9:
                 raise checks.ArgumentError(f"state {s!r}: probabilities must be positive "
                                            f"and sum to 1, got a sum of {total}")
             for w, _, nxt in options:
@@ -112,9 +116,9 @@ class Grammar:
 
     def mean_characters(self) -> float:
         """E[number of characters of a sentence]: each word and the character after it (a
-        space, or "." after the last word)."""
+        space, or "." after the last word); the empty sentence "." has one."""
         v = self.visits()
-        return sum(v[s] * sum(p * (0 if w == PERIOD else len(w) + 1) for w, p, _ in opts)
+        return sum(v[s] * sum(p * _width(s, w) for w, p, _ in opts)
                    for s, opts in self.rules.items())
 
     def entropy_rate(self) -> float:
@@ -127,8 +131,8 @@ class Grammar:
 
         def longest(s):
             if s not in memo:
-                memo[s] = max((0 if w == PERIOD else len(w) + 1) +
-                              (0 if nxt is END else longest(nxt)) for w, _, nxt in self.rules[s])
+                memo[s] = max(_width(s, w) + (0 if nxt is END else longest(nxt))
+                              for w, _, nxt in self.rules[s])
             return memo[s]
 
         return longest(START)
@@ -203,34 +207,72 @@ class Grammar:
                        sentences: list[tuple[str, float]] | None = None) -> dict[str, float]:
         """The exact law of sentence[start:stop] given the characters on both sides,
         {fill: probability} over the fills of that length that make a sentence: what an
-        infilling model should match. sentences: `enumerate()`'s list, to reuse it."""
-        if not isinstance(sentence, str) or self.log2_prob(sentence) == -math.inf:
+        infilling model should match. sentences: `enumerate()`'s list, to reuse it (checked:
+        one entry per sentence of the grammar, and the log2-probabilities of those that
+        fit the span this grammar's)."""
+        if self.log2_prob(sentence) == -math.inf:
             raise checks.ArgumentError(f"sentence must be one the grammar writes, got "
                                        f"{sentence!r}")
-        if not (isinstance(start, int) and isinstance(stop, int)
-                and 0 <= start < stop <= len(sentence)):
+        # a bool is an int to Python: True read as 1
+        start, stop = (checks.count(k, v, minimum=0) for k, v in (("start", start),
+                                                                   ("stop", stop)))
+        if not 0 <= start < stop <= len(sentence):
             raise checks.ArgumentError(f"start and stop must cut a non-empty span of the "
                                        f"{len(sentence)} characters, 0 <= start < stop <= "
                                        f"{len(sentence)}, got {start!r} and {stop!r}")
         left, right = sentence[:start], sentence[stop:]
-        hits = [(t[start:stop], lp) for t, lp in (sentences or self.enumerate())
+        hits = [(t, lp) for t, lp in (self.enumerate() if sentences is None
+                                      else self._enumerated(sentences))
                 if len(t) == len(sentence) and t.startswith(left) and t.endswith(right)]
+        if sentences is not None:
+            if not hits:  # the sentence itself fits: a list without it is not the language
+                raise checks.ArgumentError(f"sentences lacks {sentence!r}: pass this "
+                                           "grammar's enumerate() list")
+            self._log2_probs("sentences", hits)
+        hits = [(t[start:stop], lp) for t, lp in hits]
         top = max(lp for _, lp in hits)
         weights = {f: 2.0 ** (lp - top) for f, lp in hits}
         total = sum(weights.values())
         return {f: w / total for f, w in sorted(weights.items(), key=lambda kv: -kv[1])}
 
+    def _enumerated(self, sentences) -> list:
+        """`sentences` as a list if it holds as many entries as the grammar has sentences
+        (fewer made fill_posterior's law a law over some of them)."""
+        sentences = checks.sequence("sentences", sentences, "g.enumerate()")
+        if len(sentences) != self.count():
+            raise checks.ArgumentError(
+                f"sentences must be enumerate()'s list, one (sentence, log2 P) per sentence "
+                f"of the grammar ({self.count():,}), got {len(sentences):,} entries: pass "
+                "g.enumerate(), or None to enumerate here")
+        return sentences
+
+    def _log2_probs(self, name: str, pairs) -> None:
+        """Each (sentence, log2 P) of `pairs` with this grammar's log2 P (to 1e-9): a list
+        of another grammar's, or of made-up values (0.0 each), made fill_posterior return a
+        law that is not the grammar's (a uniform one)."""
+        for t, lp in pairs:
+            want = self.log2_prob(t)
+            got = checks.as_float(lp)
+            if not isinstance(got, float) or not abs(got - want) <= 1e-9:
+                raise checks.ArgumentError(
+                    f"{name} gives {t!r} the log2-probability {lp!r}, where this grammar "
+                    f"gives it {want:.6g}: {name} must be this grammar's enumerate() list "
+                    "(log2 P of each sentence, 2^log2 P summing to 1 over them)")
+
     def words(self, sentence: str) -> list[str] | None:
         """The words of a sentence ("." last), or None if it is not one this grammar can
-        write (wrong spacing, no final "." or text after it)."""
-        if not isinstance(sentence, str) or not sentence.endswith(PERIOD):
+        write (wrong spacing, no final "." or text after it); a sentence that is not a str
+        is refused."""
+        checks.text("sentence", sentence, "one sentence, a str")
+        if not sentence.endswith(PERIOD):
             return None
         body = sentence[:-1]
         words = body.split(" ") if body else []
         return None if "" in words else [*words, PERIOD]
 
     def log2_prob(self, sentence: str) -> float:
-        """log2 P(sentence), exact; -inf for a string the grammar never writes."""
+        """log2 P(sentence), exact; -inf for a string the grammar never writes (a list or
+        bytes is refused: a str is the one kind of sentence)."""
         words = self.words(sentence)
         if words is None:
             return -math.inf
@@ -244,6 +286,17 @@ class Grammar:
             total += math.log2(hit[0][0])
             s = hit[0][1]
         return total  # the last word is ".", which always ends the sentence
+
+
+def _width(state, word: str) -> int:
+    """The characters `word`, said in `state`, adds to a sentence: the word and the space or
+    "." after it, so "." adds none, except as the whole sentence: "." said at START (the
+    start is never entered again: the grammar is acyclic) is the empty sentence, one
+    character. Counted as 0 there, a grammar that can say nothing had a rate of 1.0 bits a
+    character where it is 0.667, and one that says only "." divided by zero."""
+    if word == PERIOD:
+        return 1 if state == START else 0
+    return len(word) + 1
 
 
 def _zipf(options, scale=1.0):
@@ -327,9 +380,13 @@ class CharTokenizer:
     def decode(self, ids: torch.Tensor) -> list[str]:
         """(B, L) ids -> B strings, padding dropped; an id outside 0..V-1 is refused."""
         ids = torch.as_tensor(ids)
-        if ids.dim() != 2 or ids.is_floating_point():
-            raise checks.ArgumentError(f"ids must be an integer tensor (B, L), got "
-                                       f"{ids.dtype} of shape {tuple(ids.shape)}")
+        if ids.dim() != 2 or ids.is_floating_point() or ids.is_complex() or \
+                ids.dtype == torch.bool:  # a bool mask read as ids 0 and 1
+            raise checks.ArgumentError(f"ids must be an integer tensor (B, L) of token ids, "
+                                       f"got {ids.dtype} of shape {tuple(ids.shape)}"
+                                       + (": a mask? decode the ids it selects, or convert "
+                                          "0/1 ids with ids.long()"
+                                          if ids.dtype == torch.bool else ""))
         if len(ids) and ids.numel() and (ids.min() < 0 or ids.max() >= self.vocab_size):
             raise checks.ArgumentError(f"ids must lie in 0..{self.vocab_size - 1}, got "
                                        f"{int(ids.min())}..{int(ids.max())} (a masked "
@@ -363,25 +420,67 @@ def english_text(download: bool | None = None, root: str | Path | None = None,
     """(normalized text, where it came from). download: fetch Tiny Shakespeare (about 1 MB)
     into root (default: the book's data folder) if not there yet (default: unless
     $BOOK_OFFLINE is set); without it, or when the download fails, the Python
-    documentation's help topics that every Python installs."""
+    documentation's help topics that every Python installs.
+
+    The download is checked (its SHAKESPEARE_BYTES bytes, UTF-8) and written atomically
+    (`replace_file`), and a copy already there is read only if it has those bytes: a
+    download killed mid-write or an empty file is refused by name (CorruptDataError, which
+    says to delete it), never read as the corpus."""
     from .data import default_root, downloads_allowed
 
     download = downloads_allowed() if download is None else bool(download)
     path = Path(root) if root is not None else default_root()
     path = path / "tinyshakespeare.txt"
     if path.exists():
-        return normalize(path.read_text(encoding="utf-8")), f"Tiny Shakespeare ({path})"
+        return normalize(_read_shakespeare(path)), f"Tiny Shakespeare ({path})"
     if download:
-        import urllib.request
+        from .run.checkpoint import replace_file
 
         try:
-            with urllib.request.urlopen(SHAKESPEARE_URL, timeout=timeout) as response:
-                raw = response.read(4_000_000).decode("utf-8")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(raw, encoding="utf-8")
-            return normalize(raw), "Tiny Shakespeare (downloaded)"
+            raw = _fetch_shakespeare(timeout)
+            replace_file(path, raw)
+            return normalize(raw.decode("utf-8")), "Tiny Shakespeare (downloaded)"
         except (OSError, UnicodeDecodeError) as err:
             note = f" (the download failed: {str(err)[:80]})"
     else:
         note = ""
     return normalize(_python_docs()), "the Python documentation's help topics" + note
+
+
+# Tiny Shakespeare's size in bytes (ASCII: as many characters; Karpathy's input.txt, as
+# nanoGPT's shakespeare_char counts it): a copy of any other size was cut off or is another
+# file. The book's url has served this one file since 2015.
+SHAKESPEARE_BYTES = 1_115_394
+
+
+def _fetch_shakespeare(timeout: float) -> bytes:
+    """Tiny Shakespeare's bytes from SHAKESPEARE_URL, checked: OSError for a cut-off or
+    other download, UnicodeDecodeError for bytes that are not UTF-8 text."""
+    import urllib.request
+
+    with urllib.request.urlopen(SHAKESPEARE_URL, timeout=timeout) as response:
+        raw = response.read(SHAKESPEARE_BYTES + 1)
+    if len(raw) != SHAKESPEARE_BYTES:
+        raise OSError(f"got {len(raw):,} bytes, not Tiny Shakespeare's {SHAKESPEARE_BYTES:,}")
+    raw.decode("utf-8")  # before it is kept
+    return raw
+
+
+def _read_shakespeare(path: Path) -> str:
+    """The text of the copy at `path`, if it is whole: SHAKESPEARE_BYTES bytes of UTF-8."""
+    from .data import CorruptDataError
+
+    fix = ("delete it, and english_text(download=True) fetches it again (or put Karpathy's "
+           f"input.txt there: {SHAKESPEARE_URL})")
+    size = path.stat().st_size
+    if size != SHAKESPEARE_BYTES:
+        raise CorruptDataError(
+            f"{path} holds {size:,} bytes, not Tiny Shakespeare's {SHAKESPEARE_BYTES:,}: "
+            f"{'an empty file' if size == 0 else 'a download cut off, or another file'}; "
+            f"{fix}")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CorruptDataError(
+            f"{path} is not UTF-8 text (byte {err.start} cannot be decoded as UTF-8: "
+            f"{err.reason}); Tiny Shakespeare is plain ASCII: {fix}") from None

@@ -596,8 +596,14 @@ def _left_out(x: torch.Tensor, mu_r, cov_r, root_r, chunk: int = 256,
 
 
 def jackknife_se(loo) -> float:
-    """The jackknife standard error from left-out values l (N,): sqrt((N-1)/N sum (l - l̄)^2)."""
-    v = checks.numeric("loo (the left-out values)", loo, dtype=torch.float64).flatten()
+    """The jackknife standard error from left-out values l (N,): sqrt((N-1)/N sum (l - l̄)^2).
+    A table of them, (N, k), is refused: flattened, its N k values were read as N k units."""
+    v = checks.numeric("loo (the left-out values)", loo, dtype=torch.float64)
+    if v.dim() != 1:
+        raise checks.ArgumentError(
+            f"loo (the left-out values) must be 1-D, one value per unit left out (N,), got "
+            f"shape {tuple(v.shape)}: pass one statistic's values, e.g. loo[:, j] for "
+            "column j, one call each")
     if len(v) < 2 or not bool(torch.isfinite(v).all()):
         raise ValueError(f"need at least 2 finite left-out values, got {len(v)} "
                          f"({int((~torch.isfinite(v)).sum())} not finite)")

@@ -36,7 +36,7 @@ from .affine_vae import pinned_gap
 from .explorers import pinned_samples
 from .kl import gaussian_mixture_1d, kl_mvn, kl_quadrature
 from .run import checks
-from .run.checkpoint import _remove_stale_tmp, _tmp_name
+from .run.checkpoint import replace_file as _replace
 from .toy import GaussianMixture, LinearGaussian, diffused_score
 
 F64 = torch.float64
@@ -827,8 +827,9 @@ def grid_page(n: int = 256, seed: int = 5, n_paths: int = 8, steps=GRID_STEPS) -
 
     The page draws, for the first n_paths points, the first coordinate (std 0.05) at every
     level divided by its exact scale sqrt(std^2 + sigma^2) (the exact flow keeps it
-    constant: a perfect solver draws flat lines). Bounds (the chapter's in brackets): n at
-    most MAX_GRID_POINTS = 10,000 [256]; n_paths at most MAX_PATHS = 200 [8]; steps,
+    constant: a perfect solver draws flat lines; all n of them where n_paths > n). Bounds
+    (the chapter's in brackets): n at most MAX_GRID_POINTS = 10,000 [256]; n_paths at most
+    MAX_PATHS = 200 [8]; steps,
     increasing step counts, as the solver pages' (at most MAX_STEP_COUNTS = 100 summing to
     MAX_STEPS_SUM = 5,000) [12 summing to 138]."""
     from . import edm
@@ -836,6 +837,7 @@ def grid_page(n: int = 256, seed: int = 5, n_paths: int = 8, steps=GRID_STEPS) -
     n = checks.size("n (the starting points)", n, MAX_GRID_POINTS, "every solver runs from "
                     "all of them on every grid (the chapter's 256)")
     _, _, n_paths, steps = _solver_sizes(1, 1, n_paths, steps)
+    n_paths = min(n_paths, n)  # as the solver pages' ends: 8 of 4 points were reported drawn
     _work("sum(steps) (the steps of each solver on each of the 12 grids)", sum(steps),
           MAX_GRID_STEPS_SUM, "every solver runs them on every rho (the chapter's 138); "
           "take fewer or smaller step counts")
@@ -982,24 +984,6 @@ def _npz_bytes(arrays: dict) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
-
-
-def _replace(path: Path, data: bytes) -> None:
-    """Write data to path atomically, as the checkpoints are written: into a temporary file
-    of this process's in the same folder, then os.replace. A run killed while writing leaves
-    the previous file whole (the page would fail on a truncated one with BadZipFile) and a
-    temporary file, which the next write removes once its process is gone."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(path)
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())  # the bytes on disk before the name points at them
-        os.replace(tmp, path)
-    finally:  # also when Ctrl-C lands inside the write
-        tmp.unlink(missing_ok=True)
 
 
 def _store(name, page, who: str, **arrays) -> Path | None:

@@ -153,3 +153,17 @@ def test_ch21_model_refuses_its_arguments_before_training_anything(monkeypatch, 
     with pytest.raises(checks.ArgumentError, match=match):
         recipes.ch21_model(x, y, get_profile("ci"), "cpu", **kw)
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("kw, says", [
+    ({"p_drop": 1.5}, r"^p_drop \(each attribute's words dropped this often\) must be a "
+                      r"number in \[0, 1\], got 1.5"),
+    ({"p_uncond": float("nan")}, r"^p_uncond \(the whole caption dropped this often\) must "
+                                 r"be a finite number in \[0, 1\], got nan"),
+    ({"p_drop": "0.3"}, r"^p_drop .* must be a real number in \[0, 1\], got '0.3'"),
+])
+def test_caption_batch_refuses_a_probability_outside_0_1(kw, says):
+    """Issue 96, case 8: 1.5 dropped every attribute and NaN none, silently."""
+    level = {a: torch.full((4,), 2) for a in captions.ATTRIBUTES}
+    with pytest.raises(checks.ArgumentError, match=says):
+        recipes.caption_batch(torch.full((4,), 7), level, **kw)

@@ -223,3 +223,33 @@ def test_independent_combines_two_standard_errors_with_welchs_df():
         "jackknife")
     with pytest.raises(ValueError, match="se_a"):
         independent(1.0, -1.0, 10, 0.0, 1.0, 10)
+
+
+# --- issue 96, case 8 ---------------------------------------------------------------------
+@pytest.mark.parametrize("a, b, who", [
+    (np.array([1 + 1j, 2, 3]), np.array([1.0, 2, 3]), "a"),
+    (torch.tensor([1.0, 2, 3]), torch.tensor([1, 2, 3 + 5j]), "b"),
+    ([1.0, 2.0, 3.0], [1j, 2, 3], "b"),
+])
+def test_paired_refuses_complex_values(a, b, who):
+    """The cast to float dropped the imaginary parts: "within noise" of the real parts."""
+    with pytest.raises(TypeError, match=rf"^{who} must be real numbers, one per unit, got "
+                                        r"complex values: compare their \.real or abs\(\)"):
+        paired(a, b)
+    with pytest.raises(TypeError, match=rf"^{who} must be real numbers"):
+        welch(a, b)
+
+
+def test_independent_takes_tiny_and_huge_standard_errors():
+    """se_a = 1e-200 squared to 0, and the error blamed var_a and var_b, which the caller
+    never passed; se_a = 1e200 ended in a bare OverflowError."""
+    for se in (1e-200, 1e200, 1e-70, 1e80):
+        c = independent(1.0, se, 10, 0.5, 0.0, 10)
+        assert c.se == se and c.df == pytest.approx(9)  # arm a's SE alone: n_a - 1
+    c = independent(1.0, 3e-150, 10, 0.5, 4e-150, 20)
+    assert c.df == pytest.approx(welch_df(9 * 10, 10, 16 * 20, 20))  # scale-free
+    with pytest.raises(ValueError, match=r"^se_a and se_b are both 0: the difference has "
+                                         r"no standard error"):
+        independent(1.0, 0.0, 10, 0.5, 0.0, 10)
+    with pytest.raises(ValueError, match=r"^n_b \(the units of arm b; a variance needs 2\)"):
+        independent(1.0, 1e-200, 10, 0.5, 0.0, 1)

@@ -263,6 +263,37 @@ def test_config_errors(kw, match):
         DiT(**kw)
 
 
+@pytest.mark.parametrize("kw, match", [  # issue 96: bounded as TextConfig is
+    (dict(depth=10**6), r"^depth must be at most 1,000, got 1,000,000: each block"),
+    (dict(width=2**20, heads=1), r"^width must be at most 16,384, got 1,048,576"),
+    (dict(vocab_size=10**10), r"^vocab_size \(or None\) must be at most 1,048,576"),
+    (dict(num_classes=10**10), r"^num_classes \(or None\) must be at most 1,048,576, got "
+                               r"10,000,000,000: the label embedding"),
+    (dict(vocab_size=9, text_length=10**9), r"^text_length must be at most 65,536"),
+    (dict(vocab_size=9, text_depth=10**6), r"^text_depth must be at most 1,000"),
+    (dict(image_size=10**9), r"^image_size must be at most 4,096, got 1,000,000,000"),
+    (dict(image_size=4096, patch=2), r"^\(image_size / patch\)\^2 \(the image's tokens\) "
+                                     r"must be at most 65,536, got 4,194,304: attention"),
+    (dict(width=2**14, depth=1000, heads=1), r"^this DiTConfig builds [\d,]+ weights, more "
+                                             r"than MAX_PARAMS = 2,147,483,648 .*lower depth"),
+])
+def test_a_config_too_large_to_build_is_refused_before_anything_is_allocated(kw, match):
+    began = time.perf_counter()
+    with pytest.raises(ValueError, match=match):
+        DiTConfig(**kw)
+    assert time.perf_counter() - began < 0.5  # refused, not built
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(num_classes=10), dict(vocab_size=32),
+                                dict(vocab_size=32, cond="cross", text_depth=2),
+                                dict(vocab_size=32, cond="in_context"),
+                                dict(width=48, depth=3, heads=3, mlp_ratio=2, patch=7,
+                                     in_channels=3)])
+def test_config_n_params_counts_the_built_weights(kw):
+    model = DiT(**kw)
+    assert model.config.n_params() == n_params(model)
+
+
 def test_input_errors():
     x, t = _images(2)
     labels = DiT(**SMALL, num_classes=10)

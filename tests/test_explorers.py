@@ -499,6 +499,19 @@ def _grid_err(state: dict, rho: float, n: int, solver: str) -> float:
     return float(err[r, state["steps"].index(n), state["solvers"].index(solver)])
 
 
+def test_grid_explorer_draws_at_most_its_points():
+    """Issue 96: n = 4 with n_paths = 8 reported 8 paths drawn of 4 points (the solver
+    pages' ends were already cut to their points)."""
+    from companion.page_explorers import grid_page
+
+    page = grid_page(n=4, n_paths=8, steps=(2, 3))
+    assert (page["points"], page["drawn"]) == (4, 4)
+    paths = np.frombuffer(base64.b64decode(page["paths"]["f32"]), "<f4")
+    # rho 1..12, step counts 2 and 3, 3 solvers: (count + 1) levels of 4 points each
+    assert len(paths) == 12 * 3 * (3 + 4) * 4
+    assert grid_page(n=4, n_paths=3, steps=(2, 3))["drawn"] == 3
+
+
 @pytest.mark.slow  # over a second: make test, not check-fast
 @pytest.mark.usefixtures("one_thread")
 def test_grid_explorer_is_chapter_17s_computation():

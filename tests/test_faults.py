@@ -125,6 +125,45 @@ def test_unwritable_directory_is_named(tmp_path, monkeypatch):
         run(tmp_path)
 
 
+def test_a_read_only_folder_holding_the_finished_run_is_read(tmp_path, monkeypatch):
+    """Issue 96, case 12: a class's shared, read-only cache of trained models was refused,
+    though loading a finished run writes nothing. The folder is made read-only (chmod) and,
+    since root writes anywhere, every new file in it refused (the probe file and the lock
+    file alike): a run complete there loads without either; one that must train is refused
+    with what the checkpoint holds."""
+    import companion.run.checkpoint as tr
+
+    trained, first = run(tmp_path)  # 4 steps into m.pt
+    saved = (tmp_path / "m.pt").read_bytes()
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    real_open = os.open
+
+    def no_new_file(path, flags, *a, **k):
+        if Path(path).parent == tmp_path and flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *a, **k)
+
+    monkeypatch.setattr(tr.tempfile, "NamedTemporaryFile", denied)
+    monkeypatch.setattr(os, "open", no_new_file)
+    tmp_path.chmod(0o555)
+    try:
+        model, again = run(tmp_path)  # the same run: complete
+        with pytest.raises(CheckpointSaveError, match=rf"^cannot write checkpoints to "
+                                                      rf"{tmp_path} .*The checkpoint there "
+                                                      r"holds 4 of this run's 8 steps"):
+            run(tmp_path, steps=8)  # the same run, longer: it must train
+    finally:
+        tmp_path.chmod(0o755)
+    assert again.resumed_at == 4 and again.steps == 4 and again.history == first.history
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                 trained.state_dict().values(), strict=True))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]  # no lock, no probe
+    assert (tmp_path / "m.pt").read_bytes() == saved
+
+
 def test_failed_save_keeps_the_result_and_cleans_the_tmp(tmp_path, monkeypatch):
     import companion.run.checkpoint as tr
 

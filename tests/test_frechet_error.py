@@ -193,6 +193,10 @@ def test_jackknife_refuses_what_it_cannot_use():
         frechet_jackknife({"a": a}, ref, max_groups=2)
     with pytest.raises(ValueError, match="finite"):
         jackknife_se(torch.tensor([1.0, float("nan"), 2.0]))
+    # issue 96: a (3, 2) table was flattened into six units
+    with pytest.raises(ValueError, match=r"^loo \(the left-out values\) must be 1-D, one "
+                                         r"value per unit left out \(N,\), got shape \(3, 2\)"):
+        jackknife_se(torch.arange(6.0).view(3, 2))
     with pytest.raises(Exception, match="same n >= 3"):
         paired_jackknife(0.0, torch.zeros(5), torch.zeros(4))
     with pytest.raises(Exception, match="NaN or infinite"):

@@ -4,12 +4,14 @@ tokenizer, and the English text every machine has."""
 from __future__ import annotations
 
 import math
+import os
 import urllib.request
 
 import pytest
 import torch
 
 from companion import language as L
+from companion.data import CorruptDataError
 from companion.run.checks import ArgumentError
 
 END = L.END
@@ -142,7 +144,10 @@ def test_english_text_reads_a_downloaded_copy_and_falls_back(monkeypatch, tmp_pa
     monkeypatch.setattr(urllib.request, "urlopen", fails)
     text, source = L.english_text(download=True, root=tmp_path)
     assert "download failed: network unreachable" in source and len(text) > 100_000
-    (tmp_path / "tinyshakespeare.txt").write_text("First Citizen:\nBefore we proceed.\n")
+    copy = "First Citizen:\nBefore we proceed.\n"
+    (tmp_path / "tinyshakespeare.txt").write_text(copy)
+    # a whole copy, in small
+    monkeypatch.setattr(L, "SHAKESPEARE_BYTES", len(copy), raising=False)
     text, source = L.english_text(download=True, root=tmp_path)
     assert text == "first citizen before we proceed." and "Tiny Shakespeare" in source
 
@@ -193,3 +198,132 @@ def test_encode_refuses_a_length_past_its_bound_before_allocating():
                                             r"1,000,000,000: .*in batches"):
         tok.encode(["ab"] * 1000, 10**6)
     assert tok.encode(["ab", "b"], 3).tolist() == [[0, 1, 2], [1, 2, 2]]
+
+
+# --- issue 96: what a careless reader (or a kill) gives the text and the grammar -------------
+SMALL = "First Citizen:\nBefore we proceed any further, hear me speak.\n"
+
+
+class Response:
+    """What urlopen returns, holding `data` (a download that may stop short)."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def read(self, n=-1):
+        return self.data[:n] if n >= 0 else self.data
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.fixture
+def small_shakespeare(monkeypatch):
+    """Tiny Shakespeare in small: SMALL stands for the whole file; urlopen serves it."""
+    monkeypatch.setattr(L, "SHAKESPEARE_BYTES", len(SMALL), raising=False)
+    served = {"data": SMALL.encode()}
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: Response(served["data"]))
+    return served
+
+
+def test_english_text_downloads_whole_and_atomically(small_shakespeare, tmp_path):
+    text, source = L.english_text(download=True, root=tmp_path)
+    assert text == L.normalize(SMALL) and source == "Tiny Shakespeare (downloaded)"
+    assert (tmp_path / "tinyshakespeare.txt").read_text() == SMALL
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tinyshakespeare.txt"]
+
+
+def test_english_text_keeps_no_cut_off_download(small_shakespeare, tmp_path):
+    """A download that stops short is not kept (it fell back, and the next call read the
+    third of the file it had written as the corpus)."""
+    small_shakespeare["data"] = SMALL.encode()[:20]
+    text, source = L.english_text(download=True, root=tmp_path)
+    assert f"got 20 bytes, not Tiny Shakespeare's {len(SMALL)}" in source
+    assert "Python documentation" in source and not list(tmp_path.iterdir())
+
+
+def test_english_text_killed_mid_write_leaves_no_file(small_shakespeare, tmp_path,
+                                                      monkeypatch):
+    def killed(fd):
+        raise KeyboardInterrupt  # Ctrl-C, or SIGTERM's handler, inside the write
+
+    monkeypatch.setattr(os, "fsync", killed)
+    with pytest.raises(KeyboardInterrupt):
+        L.english_text(download=True, root=tmp_path)
+    assert not list(tmp_path.iterdir())  # neither the file nor its temporary one
+
+
+@pytest.mark.parametrize("content, words", [
+    (SMALL.encode()[:30], r"holds 30 bytes, not Tiny Shakespeare's \d+: a download cut off"),
+    (b"", r"holds 0 bytes, .*: an empty file; delete it, and english_text\(download=True\)"),
+    (SMALL.encode("utf-16")[:len(SMALL)], r"is not UTF-8 text \(byte 0 cannot be decoded"),
+])
+def test_english_text_refuses_a_damaged_copy_by_name(small_shakespeare, tmp_path, content,
+                                                     words):
+    path = tmp_path / "tinyshakespeare.txt"
+    path.write_bytes(content)
+    for download in (True, False):
+        with pytest.raises(CorruptDataError, match=words) as err:
+            L.english_text(download=download, root=tmp_path)
+        assert str(path) in str(err.value)
+    assert path.read_bytes() == content  # the reader decides: nothing deleted behind them
+
+
+def test_grammar_refuses_nan_probabilities():
+    with pytest.raises(ArgumentError, match=r"^state 'start': the probability of 'a' must be "
+                                            r"a finite number in \(0, 1\], got nan"):
+        L.Grammar({L.START: (("a", float("nan"), "x"), (".", 0.5, END)),
+                   "x": ((".", 1.0, END),)})
+
+
+def test_the_empty_sentence_counts_its_period():
+    """"." alone is a sentence of one character: rate 1 bit / 1.5 characters, not 1 / 1."""
+    g = L.Grammar({L.START: (("a", 0.5, "x"), (".", 0.5, END)), "x": ((".", 1.0, END),)})
+    sentences = enumerate_sentences(g)
+    assert sorted(sentences) == [(".", 0.5), ("a.", 0.5)]
+    assert g.mean_characters() == sum(p * len(s) for s, p in sentences) == 1.5
+    assert g.entropy_rate() == pytest.approx(2 / 3)
+    assert g.max_characters() == 2 and g.log2_prob(".") == -1.0
+    only = L.Grammar({L.START: ((".", 1.0, END),)})  # says nothing, certainly: 0 bits
+    assert (only.entropy_rate(), only.mean_characters(), only.max_characters()) == (0, 1, 1)
+
+
+@pytest.mark.parametrize("sentence, words", [
+    (["the cat sees a dog."], r"^sentence must be one sentence, a str, got a list: pass one"),
+    (b"the cat sees a dog.", r"^sentence must be one sentence, a str, got a bytes: decode it"),
+    (None, r"^sentence must be one sentence, a str, got None"),
+])
+def test_log2_prob_refuses_what_is_not_a_str(sentence, words):
+    g = L.toy_grammar()
+    for call in (g.log2_prob, g.words, lambda s: g.fill_posterior(s, 4, 7)):
+        with pytest.raises(ArgumentError, match=words):
+            call(sentence)
+
+
+def test_fill_posterior_refuses_bools_and_log2_probs_not_the_grammars(toy_sentences):
+    g, sentences = toy_sentences
+    s = "the cat sees a dog."
+    with pytest.raises(ArgumentError, match=r"^start must be a whole number >= 0, got True"):
+        g.fill_posterior(s, True, 7, sentences)
+    with pytest.raises(ArgumentError, match=r"^stop must be a whole number >= 0, got 7.0"):
+        g.fill_posterior(s, 4, 7.0, sentences)
+    flat = [(t, 0.0) for t, _ in sentences]  # made-up log2 P: the law was uniform
+    with pytest.raises(ArgumentError, match=r"^sentences gives '.*' the log2-probability "
+                                            r"0.0, where this grammar gives it -\d"):
+        g.fill_posterior(s, 4, 7, flat)
+    with pytest.raises(ArgumentError, match=r"^sentences must be enumerate\(\)'s list, one "
+                                            r"\(sentence, log2 P\) per sentence of the "
+                                            r"grammar \(190,512\), got 2 entries"):
+        g.fill_posterior(s, 4, 7, sentences[:2])
+    assert g.fill_posterior(s, 4, 7, sentences) == g.fill_posterior(s, 4, 7)
+
+
+def test_decode_refuses_a_bool_tensor():
+    tok = L.CharTokenizer("ab")
+    with pytest.raises(ArgumentError, match=r"^ids must be an integer tensor \(B, L\) of "
+                                            r"token ids, got torch.bool .*a mask\?"):
+        tok.decode(torch.tensor([[True, False]]))
+    assert tok.decode(torch.tensor([[1, 0, 2]], dtype=torch.uint8)) == ["ba"]

@@ -647,6 +647,40 @@ def test_a_recipe_refuses_an_argument_of_another_kind_by_name(case):
     _refused(*RECIPES[case])
 
 
+STEPS_PAST = {  # issue 96: no recipe trains past its profile's full run (lm_model's bound)
+    "ddpm": (lambda x: R.ddpm(x, CI, "cpu", steps=10**12), "pixel", 100),
+    "flow_matching": (lambda x: R.flow_matching(x, CI, "cpu", steps=10**12), "flows", 100),
+    "edm": (lambda x: R.edm(x, CI, "cpu", steps=10**12), "preconditioned", 100),
+    "vdm": (lambda x: R.vdm(x, CI, "cpu", steps=10**12), "variational", 100),
+    "latent_denoiser": (lambda x: R.latent_denoiser(None, x, CI, "cpu", scale=1.0,
+                                                    steps=10**12), "latents", 300),
+    "code_prior": (lambda x: R.code_prior(x, CI, "cpu", vq=None, variant="fsq",
+                                          steps=10**12), "discrete", 300),
+}
+
+
+@pytest.mark.parametrize("recipe", list(STEPS_PAST))
+def test_a_recipe_refuses_steps_past_its_full_run_before_training(recipe, monkeypatch,
+                                                                   tmp_path):
+    """10^12 steps trained until the process was killed; now refused first of all, with
+    the bound (the profile's full run) and what to do for a longer one."""
+    import importlib
+
+    call, family, full = STEPS_PAST[recipe]
+
+    def trains(*a, **k):
+        raise AssertionError("trained before refusing")
+
+    monkeypatch.setenv("BOOK_CACHE", str(tmp_path))
+    monkeypatch.setattr(importlib.import_module(f"companion.recipes.{family}"), "fit", trains)
+    with pytest.raises(checks.ArgumentError, match=rf"^steps \(the updates of an early run, "
+                                                   rf"or None for the full run\) must be at "
+                                                   rf"most {full:,}, got 1,000,000,000,000: "
+                                                   r"an early run stops partway"):
+        call(torch.rand(8, 1, 28, 28))
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_the_command_line_refuses_an_empty_profile(capsys):
     from companion import __main__ as cli
 

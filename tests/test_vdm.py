@@ -558,6 +558,11 @@ REFUSALS = [
     (lambda: vdm.gaussian_mmse(-1.0, STD), r"v \(the SNR\) must be a signal-to-noise ratio >= 0"),
     (lambda: vdm.vdm_bound(_model, vdm.LinearSchedule(), MU[None], T=4, decoder="gaussian",
                            stratified=True), r"continuous-time loss: leave T=None"),
+    # issue 96: an empty image per example gave a bound of NaN per row
+    (lambda: vdm.vdm_bound(_model, vdm.LinearSchedule(), torch.zeros(4, 0), decoder="gaussian"),
+     r"^x holds no values in each of its 4 examples, shape \(4, 0\): an example needs"),
+    (lambda: vdm.vdm_bound(_model, vdm.LinearSchedule(), torch.zeros(4, 1, 0, 0)),
+     r"^x holds no values in each of its 4 examples, shape \(4, 1, 0, 0\)"),
 ]
 
 

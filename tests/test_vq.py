@@ -404,3 +404,48 @@ def test_codes_out_of_range_or_of_the_wrong_shape_are_refused():
         negative_elbo(model, torch.zeros(3, 1, 28, 28), lambda c: torch.zeros(len(c), 1))
     with pytest.raises(ValueError, match=r"binarize"):
         negative_elbo(model, torch.full((3, 1, 28, 28), 0.5))
+
+
+# --- issue 96, case 9: the previous pass's silent ones ---------------------------------------
+def test_nearest_code_refuses_a_nan_row_or_code():
+    """A NaN row's distances are all NaN, and argmin called it code 0."""
+    codebook = torch.randn(4, 2, generator=gen(70))
+    z = torch.randn(3, 2, generator=gen(71))
+    z[1, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"^z holds 1 NaN or infinite value \(of 6\): a NaN "
+                                         r"row has no nearest code"):
+        nearest_code(z, codebook)
+    codebook[2, 1] = float("inf")
+    with pytest.raises(ValueError, match=r"^codebook holds 1 NaN or infinite value"):
+        nearest_code(z.nan_to_num(), codebook)
+
+
+def test_negative_elbo_refuses_a_log_probability_for_code_nll():
+    """-log p(k) of a discrete code is >= 0; prior.log_prob passed as it is made the bound
+    smaller than the uniform prior's by twice the codes' information."""
+    torch.manual_seed(0)
+    model = VQVAE(K=8, D=4)
+    prior = ARPrior(8, width=16, depth=1, heads=2)
+    x = (torch.rand(3, 1, 28, 28, generator=gen(72)) > 0.5).float()
+    with pytest.raises(ValueError, match=r"^code_nll must return -log p\(k\) >= 0 in nats "
+                                         r"\(a discrete code's probability is at most 1\), "
+                                         r"got 3 of 3 values below 0 or NaN, e.g. -\d.*negate"):
+        negative_elbo(model, x, prior.log_prob)
+    with pytest.raises(ValueError, match=r"got 1 of 3 values below 0 or NaN, e.g. nan"):
+        negative_elbo(model, x, lambda c: torch.tensor([1.0, float("nan"), 2.0]))
+    whole = negative_elbo(model, x, lambda c: -prior.log_prob(c))
+    assert bool((whole > negative_elbo(model, x, lambda c: torch.zeros(len(c)))).all())
+
+
+def test_vqvae_fsq_refuses_a_k_or_d_its_levels_contradict():
+    with pytest.raises(ValueError, match=r"^K=512 contradicts levels=\(2, 2\): FSQ's K = "
+                                         r"prod\(levels\) = 4 codes of D = len\(levels\) = 2 "
+                                         r"dimensions; leave K and D out"):
+        VQVAE(K=512, D=16, quantizer="fsq", levels=(2, 2))
+    with pytest.raises(ValueError, match=r"^D=16 contradicts levels=\(2, 2\)"):
+        VQVAE(D=16, quantizer="fsq", levels=(2, 2))
+    with pytest.raises(ValueError, match=r"^levels=\(2, 2\) is FSQ's: pass quantizer='fsq'"):
+        VQVAE(K=8, D=4, levels=(2, 2))
+    fsq = VQVAE(K=4, D=2, quantizer="fsq", levels=(2, 2))  # agreeing: taken
+    assert (fsq.K, fsq.D) == (4, 2) and (VQVAE().K, VQVAE().D) == (64, 16)
+    assert (VQVAE(quantizer="fsq").K, VQVAE(quantizer="fsq").D) == (1000, 4)

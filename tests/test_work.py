@@ -183,3 +183,34 @@ def test_a_network_whose_weights_take_a_gradient_is_computed_not_repeated(log):
         (grad,) = torch.autograd.grad(net(x).sum(), net.weight)
     assert grad.abs().sum() > 0
     assert read(log)["eval"][0]["calls"] == 2
+
+
+def test_two_runs_sharing_the_log_keep_both_runs_entries(log, monkeypatch):
+    """Issue 96: two smoke runs given one $BOOK_WORK_LOG each rewrote the file with their
+    own counts, so it held one run's. Each run's part is kept, and a run that writes
+    again replaces its own part, not the other's."""
+    monkeypatch.setattr(work, "_RUN", "run A", raising=False)
+    fit(nn.Linear(IN, OUT), lambda m, b: m(b).pow(2).mean(), torch.randn(N, IN), steps=300,
+        batch_size=BATCH, quiet=True)
+    counts_a = list(work._train)
+    work.reset()  # run B: another process, with counts of its own
+    monkeypatch.setattr(work, "_RUN", "run B", raising=False)
+    fit(nn.Linear(IN, 2 * OUT), lambda m, b: m(b).pow(2).mean(), torch.randn(N, IN),
+        steps=500, batch_size=BATCH, quiet=True)
+    both = read(log)
+    assert [e["steps"] for e in both["train"]] == [300, 500]
+    assert list(both["runs"]) == ["run A", "run B"]
+    work.reset()  # run A writes again (its exit's flush): B's entry stays, A's is not doubled
+    work._train.extend(counts_a)
+    monkeypatch.setattr(work, "_RUN", "run A", raising=False)
+    assert [e["steps"] for e in read(log)["train"]] == [300, 500]
+
+
+def test_a_log_of_one_earlier_run_is_kept_as_that_run(log):
+    earlier = {"train": [{"steps": 7}], "eval": [], "seconds": 1.0, "compute_seconds": 0.5}
+    log.write_text(json.dumps(earlier))
+    fit(nn.Linear(IN, OUT), lambda m, b: m(b).pow(2).mean(), torch.randn(N, IN), steps=300,
+        batch_size=BATCH, quiet=True)
+    data = read(log)
+    assert [e["steps"] for e in data["train"]] == [7, 300]
+    assert data["runs"]["an earlier run"] == earlier and data["compute_seconds"] >= 0.5

@@ -271,18 +271,24 @@ class DiTConfig:
     cond: str = "adaln"
 
     def __post_init__(self):
-        for name in ("width", "depth", "heads", "mlp_ratio", "T", "in_channels", "image_size",
-                     "text_length"):
+        # bounded sizes (checks.TRANSFORMER_SIZES, as TextConfig's): depth 10^6 built until
+        # memory ran out; image_size 10^9 looped over its divisors for a patch size
+        for name in ("width", "depth", "mlp_ratio", "in_channels", "image_size"):
+            checks.transformer_size(name, getattr(self, name))
+        checks.transformer_size("text_length", self.text_length, "length")
+        checks.transformer_size("text_depth", self.text_depth, "depth", minimum=0)
+        for name in ("heads", "T"):
             checks.count(name, getattr(self, name))
-        checks.count("text_depth", self.text_depth, 0)
         check_patch(self.patch, self.image_size, self.image_size)
+        checks.transformer_size("(image_size / patch)^2 (the image's tokens)",
+                                (self.image_size // checks.as_int(self.patch)) ** 2, "tokens")
         if self.width % self.heads or self.width % 4:
             raise checks.ArgumentError(f"width must be a multiple of heads (each head gets "
                                        f"width / heads channels) and of 4 (the 2-D sine-cosine "
                                        f"positions), got width {self.width}, heads {self.heads}")
-        for name in ("num_classes", "vocab_size"):
+        for name, kind in (("num_classes", "classes"), ("vocab_size", "vocab_size")):
             if getattr(self, name) is not None:
-                checks.count(f"{name} (or None)", getattr(self, name), 2)
+                checks.transformer_size(f"{name} (or None)", getattr(self, name), kind, 2)
         if self.num_classes is not None and self.vocab_size is not None:
             raise checks.ArgumentError("give num_classes (labels) or vocab_size (captions), "
                                        "not both")
@@ -291,6 +297,31 @@ class DiTConfig:
             raise checks.ArgumentError(f"cond={self.cond!r} conditions on captions: give "
                                        "vocab_size (labels and unconditional models use "
                                        "cond='adaln')")
+        checks.transformer_params(self, self.n_params(), "lower depth, width, mlp_ratio or "
+                                  "text_depth (the book's largest DiT, the gpu profile's "
+                                  "DiT-L, has about 15 million)")
+
+    def n_params(self) -> int:
+        """The weights DiT(self) has, counted from the sizes (nothing built): the patch
+        embedding, the time MLP, the labels' or the text encoder's embeddings and layers,
+        per block attention 4 w^2, MLP 2 r w^2, adaLN 6 w^2 (and a cross-attention), the
+        final layer; biases and norms too."""
+        w, r, p = (int(checks.as_int(getattr(self, k))) for k in ("width", "mlp_ratio",
+                                                                  "patch"))
+        c = int(checks.as_int(self.in_channels))
+        attention, mlp_w = 4 * w * w + 4 * w, 2 * r * w * w + r * w + w
+        block = attention + mlp_w + 6 * w * w + 6 * w
+        if self.cond == "cross":
+            block += attention + 2 * w
+        n = (p * p * c + 1) * w + 2 * (w * w + w) + self.depth * block
+        n += 2 * w * w + 2 * w + (w + 1) * p * p * c  # the final layer
+        if self.num_classes is not None:
+            n += (self.num_classes + 1) * w
+        if self.vocab_size is not None:
+            n += (self.vocab_size + self.text_length) * w + 2 * w
+            n += self.text_depth * (attention + mlp_w + 4 * w)
+            n += w * w + w if self.cond == "adaln" else 0
+        return n
 
 
 class DiT(nn.Module):

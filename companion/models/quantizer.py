@@ -86,6 +86,9 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     under a GPU's mixed precision the product would otherwise run in bf16 or fp16, whose
     rounding reorders codes that are not near a tie.
 
+    NaN or inf in z or the codebook is refused (on the CPU: on a GPU the check would cost a
+    device sync a call).
+
     Book: :eq:`ch19-nearest`.
     """
     checks.tensor("z", z, dims=2)
@@ -93,6 +96,10 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     if z.shape[1] != codebook.shape[1]:
         raise checks.ArgumentError(f"z (N, D) and codebook (K, D) must have one D, got z "
                                    f"{tuple(z.shape)} and codebook {tuple(codebook.shape)}")
+    for name, t in (("z", z), ("codebook", codebook)):  # a NaN row's distances: code 0
+        if checks.on_host(t):
+            checks.finite(name, t, "a NaN row has no nearest code (argmin called it code 0); "
+                          "a diverged encoder or codebook? check its training loss")
     dtype = torch.promote_types(torch.promote_types(z.dtype, codebook.dtype), torch.float32)
     with torch.autocast(z.device.type, enabled=False):
         z, codebook = z.to(dtype), codebook.to(dtype)

@@ -33,19 +33,10 @@ from .dit import Attention, EncoderLayer, linear
 from .unet import forward_flops
 from .unet import n_params as n_params  # re-exported: text_transformer.n_params(model)
 
-# The sizes a TextConfig may have (issue 96: depth 10^6 built until memory ran out, a
-# vocabulary of 10^10 failed in the allocator naming no argument); the book's are far below.
-LIMITS = {
-    "vocab_size": (2**20, "the embedding and the head hold width numbers per token (a "
-                   "character model has under 100, GPT-2's byte-pair vocabulary 50,257)"),
-    "length": (2**16, "attention compares every pair of positions (the book's longest "
-               "sequence has 44 characters)"),
-    "width": (2**14, "each block holds about 12 width^2 weights (the book's widest: 256)"),
-    "depth": (1_000, "each block adds its weights and a step of every forward pass (the "
-              "book's deepest: 6)"),
-    "mlp_ratio": (64, "the MLP holds 2 mlp_ratio width^2 weights a block (the book's: 4)"),
-}
-MAX_PARAMS = 2**31  # the weights of a whole TextTransformer: 8 GiB of float32
+# The sizes a TextConfig may have, and why (checks.TRANSFORMER_SIZES, shared with the DiT)
+LIMITS = {k: checks.TRANSFORMER_SIZES[k] for k in ("vocab_size", "length", "width", "depth",
+                                                   "mlp_ratio")}
+MAX_PARAMS = checks.MAX_TRANSFORMER_PARAMS  # the weights of a whole TextTransformer
 
 
 @dataclass(frozen=True)
@@ -63,16 +54,13 @@ class TextConfig:
     causal: bool = False
 
     def __post_init__(self):
-        for name, (most, why) in LIMITS.items():
-            checks.size(name, getattr(self, name), most, why,
-                        minimum=2 if name == "vocab_size" else 1)
+        for name in LIMITS:
+            checks.transformer_size(name, getattr(self, name),
+                                    minimum=2 if name == "vocab_size" else 1)
         checks.count("heads", self.heads)
-        if self.n_params() > MAX_PARAMS:
-            raise checks.ArgumentError(
-                f"this TextConfig builds {self.n_params():,} weights, more than MAX_PARAMS = "
-                f"{MAX_PARAMS:,} ({4 * MAX_PARAMS / 2**30:.0f} GiB of float32, before the "
-                "optimizer's two copies): lower depth, width, vocab_size or length (the "
-                "book's largest, the gpu profile's, has about 5 million)")
+        checks.transformer_params(self, self.n_params(), "lower depth, width, vocab_size or "
+                                  "length (the book's largest, the gpu profile's, has about "
+                                  "5 million)")
         if self.width % self.heads:
             raise checks.ArgumentError(f"width must be a multiple of heads (each head gets "
                                        f"width / heads channels), got width {self.width}, "

@@ -61,26 +61,39 @@ class VQTerms:
 class VQVAE(nn.Module):
     """Encoder, quantizer, decoder; x (B, 1, 28, 28) binary -> codes (B, 7, 7) -> logits.
 
-    K, D:       the codebook size and the code dimension (quantizer "vq").
+    K, D:       the codebook size and the code dimension (quantizer "vq"; None: 64 and 16).
     quantizer:  "vq" (`VectorQuantizer`: beta, ema, decay apply) or "fsq" (`FSQ` with
-                `levels`; K = prod(levels), D = len(levels)).
+                `levels`, None: (8, 5, 5, 5); K = prod(levels) and D = len(levels) follow
+                from them: a K or D given that differs is refused, as are levels for "vq").
     channels:   the channels after the first and second stride-2 convolution (the decoder
                 mirrors them), chapter 6's (32, 64) by default.
     """
 
-    def __init__(self, K: int = 64, D: int = 16, *, quantizer: str = "vq", beta: float = 0.25,
-                 ema: bool = False, decay: float = 0.99, levels=(8, 5, 5, 5),
+    def __init__(self, K: int | None = None, D: int | None = None, *, quantizer: str = "vq",
+                 beta: float = 0.25, ema: bool = False, decay: float = 0.99, levels=None,
                  channels: tuple[int, int] = (32, 64)):
         super().__init__()
         checks.one_of("quantizer", quantizer, QUANTIZERS,
                       " (a learned codebook, or finite scalar quantization)")
         c1, c2 = (checks.count(f"channels[{i}]", c) for i, c in enumerate(channels))
         if quantizer == "vq":
-            self.quantizer: VectorQuantizer | FSQ = VectorQuantizer(K, D, beta=beta, ema=ema,
-                                                                    decay=decay)
+            if levels is not None:
+                raise checks.ArgumentError(f"levels={levels!r} is FSQ's: pass "
+                                           "quantizer='fsq' with it, or K and D without it")
+            self.quantizer: VectorQuantizer | FSQ = VectorQuantizer(
+                64 if K is None else K, 16 if D is None else D, beta=beta, ema=ema,
+                decay=decay)
         else:
-            self.quantizer = FSQ(levels)
+            self.quantizer = FSQ((8, 5, 5, 5) if levels is None else levels)
         self.K, self.D = self.quantizer.K, self.quantizer.D
+        # FSQ's K and D follow from its levels: a K=512, D=16 given was silently not used
+        for name, given, got in (("K", K, self.K), ("D", D, self.D)):
+            if given is not None and checks.as_int(given) != got:
+                raise checks.ArgumentError(
+                    f"{name}={given!r} contradicts levels={tuple(self.quantizer.levels)}: "
+                    f"FSQ's K = prod(levels) = {self.K} codes of D = len(levels) = {self.D} "
+                    f"dimensions; leave K and D out with quantizer='fsq', or choose levels "
+                    f"that give them")
         self.encoder = nn.Sequential(*down_convs((c1, c2)), nn.Conv2d(c2, self.D, 1))
         self.decoder = nn.Sequential(nn.Conv2d(self.D, c2, 3, padding=1), nn.ReLU(),
                                      *up_convs((c2, c1), 1))
@@ -195,7 +208,21 @@ def negative_elbo(model: VQVAE, x: torch.Tensor,
             model.train(was)
         if code_nll is None:
             return -rec.double() + math.prod(GRID) * math.log(model.K)
-        return -rec.double() + map_chunks(nll, indices).double()
+        return -rec.double() + _code_nats(map_chunks(nll, indices).double())
+
+
+def _code_nats(nats: torch.Tensor) -> torch.Tensor:
+    """`nats` if every value is >= 0 (+inf too: a code of probability 0), read with one
+    device sync a call: -log p(k) of a discrete code is never below 0, and a log-probability
+    returned as it is (code_nll = prior.log_prob) made the bound smaller than it is."""
+    if checks.has_values(nats) and not bool((nats >= 0).all()):  # NaN too
+        bad = nats[~(nats >= 0)]
+        raise checks.ArgumentError(
+            f"code_nll must return -log p(k) >= 0 in nats (a discrete code's probability is "
+            f"at most 1), got {len(bad)} of {len(nats)} values below 0 or NaN, e.g. "
+            f"{bad[0].item():.4g}: a log-probability returned as it is? negate it "
+            "(code_nll = lambda k: -prior.log_prob(k))")
+    return nats
 
 
 def loss(model: VQVAE, x: torch.Tensor) -> tuple[torch.Tensor, dict]:

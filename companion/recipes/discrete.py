@@ -299,6 +299,7 @@ def code_prior(x, profile, device, *, vq, variant: str, kind: str = "masked",
     if variant not in VQ_VARIANTS:
         raise ValueError(f"variant must be one of {VQ_VARIANTS}, got {variant!r}")
     s = vq_settings(profile)
+    total = checks.early_steps(steps, s["steps"])
     _check_unit_images(x, "recipes.code_prior")
     if not isinstance(vq, VQVAE):
         raise checks.ArgumentError(f"vq must be the trained autoencoder whose codes the prior "
@@ -322,7 +323,6 @@ def code_prior(x, profile, device, *, vq, variant: str, kind: str = "masked",
             return masked.loss(model, k, s["schedule"], categories=vq.K)
         return -model.log_prob(k).mean()
 
-    total = s["steps"] if steps is None else steps
     path = code_prior_checkpoint(profile, steps, prefix, variant=variant, kind=kind)
     _continue(path, resume_from, model, config, x, optimizer,
               {"ema": s["ema"], "batch_size": s["prior_batch"]}, total)

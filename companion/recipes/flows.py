@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from ..run import checks
 from ..train import checkpoint_path, fit
 from .common import DDPM_CLIP, _at_steps, _check_unit_images, _continue, _profile, _unet_recipe
 from .pixel import ddpm_settings, eps_function
@@ -43,6 +44,7 @@ def flow_matching(x, profile, device, *, steps: int | None = None, resume_from=N
     from ..flow import flow_matching_loss
 
     s = ddpm_settings(profile)
+    total = checks.early_steps(steps, s["steps"])
     K = s["T"]
     _check_unit_images(x, "recipes.flow_matching")
     model, optimizer, config, warm_up = _unet_recipe(
@@ -52,7 +54,6 @@ def flow_matching(x, profile, device, *, steps: int | None = None, resume_from=N
         warm_up(step)
         return flow_matching_loss(model, x0, K)
 
-    total = s["steps"] if steps is None else steps
     path = flow_checkpoint(profile, steps, prefix)
     _continue(path, resume_from, model, config, x * 2 - 1, optimizer, s, total)
     result = fit(model, loss_fn, x * 2 - 1, steps=total, batch_size=s["batch_size"],

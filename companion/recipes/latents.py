@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..run import checks
 from ..train import checkpoint_path, fit
 from .common import _at_steps, _check_unit_images, _continue, _profile
 from .pixel import ddpm_diffusion, ddpm_settings
@@ -107,6 +108,7 @@ def latent_denoiser(vae, x, profile, device, *, scale: float, labels=None,
     from ..run.precision import default_optimizer
 
     s = latent_settings(profile)
+    total = checks.early_steps(steps, s["steps"])
     _check_unit_images(x, "recipes.latent_denoiser")
     mu, logvar = posterior_codes(vae, to_8bit_range(x))
     conditional = labels is not None
@@ -130,7 +132,6 @@ def latent_denoiser(vae, x, profile, device, *, scale: float, labels=None,
                            if conditional else ())
     # fit's own default optimizer, made here so that an early run can be resumed
     optimizer = default_optimizer(model.parameters(), s["lr"], device)
-    total = s["steps"] if steps is None else steps
     path = latent_checkpoint(profile, steps, prefix, conditional=conditional)
     _continue(path, resume_from, model, config, data, optimizer, s, total)
     result = fit(model, loss_fn, data, steps=total, batch_size=s["batch_size"],

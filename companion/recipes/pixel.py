@@ -109,7 +109,9 @@ def ddpm(x, profile, device, *, steps: int | None = None, resume_from=None,
         profile: the Profile whose sizes, epochs and batch size it uses (`get_profile()`).
         device: where to train (and where the returned model lives).
         steps: None (default) for the profile's number of updates, or train only this
-            many (an early checkpoint, saved in its own file).
+            many (an early checkpoint, saved in its own file); more than the profile's
+            are refused before anything is built (`checks.early_steps`), as in every
+            load-or-train recipe with `steps`.
         resume_from: a checkpoint of the same recipe with fewer steps to continue from
             when this run's own file does not exist yet (so the full run need not repeat
             the early one); default None.
@@ -120,7 +122,7 @@ def ddpm(x, profile, device, *, steps: int | None = None, resume_from=None,
         (EMA model in eval mode, FitResult).
     """
     s = ddpm_settings(profile)
-    total = s["steps"] if steps is None else steps
+    total = checks.early_steps(steps, s["steps"])  # before the network is built
     # the config leaves out the step count: an early checkpoint resumes into the full run
     model, optimizer, config, warm_up = _unet_recipe(s, profile, device, x, steps_of_net=s["T"],
                                                      T=s["T"])

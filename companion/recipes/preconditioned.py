@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from ..run import checks
 from ..train import checkpoint_path, fit
 from .common import DDPM_CLIP, _at_steps, _check_unit_images, _continue, _unet_recipe
 from .pixel import ddpm_settings, network_function
@@ -56,6 +57,7 @@ def edm(x, profile, device, *, steps: int | None = None, resume_from=None,
         raise ValueError(f"the noise distribution needs a finite P_mean and a P_std > 0 "
                          f"(ln sigma ~ N(P_mean, P_std^2)); got P_mean={pm!r}, P_std={ps!r}")
     s = ddpm_settings(profile)
+    total = checks.early_steps(steps, s["steps"])
     _check_unit_images(x, "recipes.edm")
     sigma_data = round((x.float() * 2 - 1).std().item(), 2)
     model, optimizer, config, warm_up = _unet_recipe(
@@ -70,7 +72,6 @@ def edm(x, profile, device, *, steps: int | None = None, resume_from=None,
         warm_up(step)
         return edm_loss(denoiser(model), y, P_mean=pm, P_std=ps)
 
-    total = s["steps"] if steps is None else steps
     path = edm_checkpoint(profile, steps, prefix, P_mean=pm, P_std=ps)
     _continue(path, resume_from, model, config, x * 2 - 1, optimizer, s, total)
     result = fit(model, loss_fn, x * 2 - 1, steps=total, batch_size=s["batch_size"],

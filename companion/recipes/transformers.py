@@ -168,6 +168,10 @@ def caption_batch(labels, level: dict, *, p_drop: float = ATTRIBUTE_P_DROP,
     unconditional half), drawn from torch's global generator (a resumed run redraws alike)."""
     from .. import captions
 
+    # 1.5 dropped every attribute and NaN none, silently (a comparison with NaN is False)
+    p_drop = checks.probability("p_drop (each attribute's words dropped this often)", p_drop)
+    p_uncond = checks.probability("p_uncond (the whole caption dropped this often)",
+                                  p_uncond)
     B = len(labels)
     keep = {a: torch.rand(B) >= p_drop for a in captions.ATTRIBUTES}
     texts = captions.caption(labels.cpu(), {a: v.cpu() for a, v in level.items()}, keep)

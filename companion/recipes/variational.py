@@ -76,6 +76,7 @@ def vdm(x, profile, device, *, steps: int | None = None, resume_from=None,
     if weighting not in VDM_WEIGHTINGS:
         raise ValueError(f"weighting must be one of {VDM_WEIGHTINGS}, got {weighting!r}")
     s = ddpm_settings(profile)
+    total = checks.early_steps(steps, s["steps"])
     _check_unit_images(x, "recipes.vdm")
     from ..run.precision import default_optimizer
 
@@ -106,7 +107,6 @@ def vdm(x, profile, device, *, steps: int | None = None, resume_from=None,
         return per_dim * V.weighted_loss(model, model.schedule, x11,
                                          V.sigmoid_weighting).mean()
 
-    total = s["steps"] if steps is None else steps
     path = vdm_checkpoint(profile, steps, prefix, weighting=weighting)
     x11 = x * 2 - 1
     _continue(path, resume_from, model, config, x11, optimizer, s, total)

@@ -301,6 +301,26 @@ def _remove_stale_tmp(path: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def replace_file(path: Path, data: bytes) -> None:
+    """Write data to path atomically, as the checkpoints are written: into a temporary file
+    of this process's in the same folder, then os.replace. A run killed while writing leaves
+    the previous file whole, or none (a reader would take a cut-off file for the whole: an
+    explorer's page fails with BadZipFile, a corpus is a third of itself) and a temporary
+    file, which the next write removes once its process is gone."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(path)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes on disk before the name points at them
+        os.replace(tmp, path)
+    finally:  # also when Ctrl-C lands inside the write
+        tmp.unlink(missing_ok=True)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -858,12 +878,12 @@ def read_checkpoint(path: Path) -> dict:
 
 def load_checkpoint(path: Path, model, optimizer, ema, identity, *,
                     generator: torch.Generator | None = None, scaler=None,
-                    note: bool = True) -> Resumed:
+                    note: bool = True, state: dict | None = None) -> Resumed:
     """Load a checkpoint into model/optimizer/ema (and restore the random state, fit's
     `generator` and the gradient scaler's). Checkpoints of earlier versions (without the
     CUDA or generator state, the data order, a checksum or the whole-file one) load as
-    they did."""
-    state = read_checkpoint(path)
+    they did. state: the file as `read_checkpoint` returned it (not read again)."""
+    state = read_checkpoint(path) if state is None else state
     check_identity(path, state.get("identity", {}), identity)
     try:
         model.load_state_dict(state["model"])

@@ -141,6 +141,19 @@ def flops_batch(batch) -> int:
                 "enough), and the network sees at most 1,000 examples a call")
 
 
+def text(name: str, value, what: str = "a str") -> str:
+    """`value` if it is a str (`what` says which: "one sentence, a str"); bytes, a list of
+    strings and anything else refused by name (a grammar read bytes or a list as a string
+    it never writes, -inf, and called that an answer)."""
+    if isinstance(value, str):
+        return value
+    hint = (f": decode it first, {name.split()[0]}.decode('utf-8')"
+            if isinstance(value, (bytes, bytearray)) else
+            ": pass one string, not a list (call once per string)"
+            if isinstance(value, (list, tuple)) else "")
+    raise ArgumentError(f"{name} must be {what}, got {_got(value)}{hint}")
+
+
 def one_of(name: str, value, options, what: str = ""):
     """`value` if it is one of `options`; `what` says what the options mean."""
     if value not in options:
@@ -326,8 +339,8 @@ def data(name: str, x) -> torch.Tensor:
 
 def batch(name: str, x, *, min_dims: int = 1, shape=None) -> torch.Tensor:
     """`x` if it is a non-empty floating-point batch (B, ...) with at least `min_dims`
-    dimensions and, with `shape`, of that whole shape (free: no device sync). 8-bit pixels
-    get the conversion to [-1, 1]."""
+    dimensions, at least one value an example, and, with `shape`, of that whole shape (free:
+    no device sync). 8-bit pixels get the conversion to [-1, 1]."""
     if not torch.is_tensor(x):
         raise ArgumentError(f"{name} must be a torch tensor, got {type(x).__name__}; convert "
                             f"it with torch.as_tensor({name}) (torch.from_numpy for a NumPy "
@@ -344,6 +357,10 @@ def batch(name: str, x, *, min_dims: int = 1, shape=None) -> torch.Tensor:
         raise ArgumentError(f"{name} is an empty batch (no images), shape {tuple(x.shape)}: "
                             "pass at least one image (check the batch size and the data "
                             "slice)")
+    if x.numel() == 0:  # (4, 0): a bound of 0 values per example was 0/0, NaN a row
+        raise ArgumentError(f"{name} holds no values in each of its {x.shape[0]} examples, "
+                            f"shape {tuple(x.shape)}: an example needs at least one value "
+                            "(check the slice or reshape that made it)")
     if shape is not None and tuple(x.shape) != tuple(shape):
         raise ArgumentError(f"{name} has shape {tuple(x.shape)}, expected {tuple(shape)}")
     return x
@@ -802,6 +819,45 @@ def broadcastable(names: str, a: torch.Tensor, b: torch.Tensor) -> None:
             raise ArgumentError(f"{names} must have shapes that broadcast together (one "
                                 f"value, or one per entry of the other), got "
                                 f"{tuple(a.shape)} and {tuple(b.shape)}")
+
+
+# --- a transformer's sizes (issue 96): TextConfig's and DiTConfig's ---------------------------
+# Past these, depth 10^6 built until memory ran out and a vocabulary of 10^10 failed in the
+# allocator, naming no argument; the book's sizes are far below.
+TRANSFORMER_SIZES = {
+    "vocab_size": (2**20, "the embedding and the head hold width numbers per token (a "
+                   "character model has under 100, GPT-2's byte-pair vocabulary 50,257)"),
+    "length": (2**16, "attention compares every pair of positions (the book's longest "
+               "sequence has 44 characters)"),
+    "width": (2**14, "each block holds about 12 width^2 weights (the book's widest: 256)"),
+    "depth": (1_000, "each block adds its weights and a step of every forward pass (the "
+              "book's deepest: 12)"),
+    "mlp_ratio": (64, "the MLP holds 2 mlp_ratio width^2 weights a block (the book's: 4)"),
+    "classes": (2**20, "the label embedding holds width numbers per class (the book's: 10)"),
+    "image_size": (4096, "the image is cut into (image_size / patch)^2 tokens, each with "
+                   "its position (the book's images: 28 x 28)"),
+    "tokens": (2**16, "attention compares every pair of tokens (the book's DiTs: 49)"),
+    "in_channels": (4096, "each patch is a token of patch^2 in_channels numbers (the book's "
+                    "digits: 1 channel)"),
+}
+MAX_TRANSFORMER_PARAMS = 2**31  # a whole transformer's weights: 8 GiB of float32
+
+
+def transformer_size(name: str, value, kind: str | None = None, minimum: int = 1) -> int:
+    """`value`, the size `name` of a transformer, as an int in minimum..its bound in
+    TRANSFORMER_SIZES (under `kind`, by default `name`), the why in the error."""
+    most, why = TRANSFORMER_SIZES[kind or name]
+    return size(name, value, most, why, minimum)
+
+
+def transformer_params(config, n: int, fix: str) -> None:
+    """A config (TextConfig, DiTConfig) that builds n weights: refused past
+    MAX_TRANSFORMER_PARAMS before anything is allocated; `fix` says what to lower."""
+    if n > MAX_TRANSFORMER_PARAMS:
+        raise ArgumentError(
+            f"this {type(config).__name__} builds {n:,} weights, more than MAX_PARAMS = "
+            f"{MAX_TRANSFORMER_PARAMS:,} ({4 * MAX_TRANSFORMER_PARAMS / 2**30:.0f} GiB of "
+            f"float32, before the optimizer's two copies): {fix}")
 
 
 # --- token ids and logits: what the transformers of chapters 21-22 read and return (issue 96) --

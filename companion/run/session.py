@@ -36,6 +36,7 @@ from .checkpoint import (
     check_writable,
     identity,
     load_checkpoint,
+    read_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -262,22 +263,32 @@ class Run:
                 save_every: int | None, save_seconds: float,
                 lock_timeout: float | None = None) -> None:
         """Train into checkpoint `path`: lock it for this run (until `cleanup` closes) and
-        resume from it if it exists."""
+        resume from it if it exists. A folder that takes no file (a class's shared,
+        read-only cache) is refused unless it holds this run complete: that one is read
+        as it is, without a lock (a lock file is a write, and a finished run writes
+        nothing)."""
         if self.ranks is not None:  # rank 0's path (a smoke run's cache is per process)
             path = Path(self.ranks.from_leader(str(path)))
         path = through_links(path)  # latest.pt -> run.pt: lock, resume and write run.pt
         self.path, self.identity = path, ident
         self.policy = _SavePolicy(self.total, save_every, save_seconds)
+        unwritable, state = None, None
         if self.leader:
-            check_writable(path)  # before any training, not after all of it
-            # before loading: no steps resumed twice
-            cleanup.enter_context(PathLock(path, lock_timeout))
+            try:
+                check_writable(path)  # before any training, not after all of it
+            except CheckpointSaveError as err:
+                if not path.is_file():
+                    raise
+                unwritable, state = err, read_checkpoint(path)
+                self._must_not_train(path, state, err)
+            if unwritable is None:  # before loading: no steps resumed twice
+                cleanup.enter_context(PathLock(path, lock_timeout))
         if self.ranks is not None:
             self.ranks.barrier("rank 0's lock on the checkpoint")  # the others wait for it
         if path.exists():
             saved = load_checkpoint(path, self.model, self.optimizer, self.ema, ident,
                                     generator=self.generator, scaler=self.scaler,
-                                    note=self.leader)
+                                    note=self.leader, state=state)
             if saved.step > self.total:
                 raise CheckpointMismatchError(
                     f"checkpoint {path} holds {saved.step} steps, more than this run's "
@@ -301,6 +312,20 @@ class Run:
                 torch.manual_seed(torch.initial_seed() + self.ranks.rank)
         self.resumed_at = self.step
         self.start = self.policy.last_time = time.perf_counter()
+
+    def _must_not_train(self, path: Path, state: dict, unwritable: CheckpointSaveError
+                        ) -> None:
+        """In a folder that takes no file, the checkpoint `state` read from `path` must
+        hold this run complete (its step this run's total, its identity this run's:
+        checked when it loads); else `unwritable`, the folder's error, with what it holds
+        and what to do."""
+        step = int(state["step"])
+        if step < self.total:
+            raise CheckpointSaveError(
+                f"{unwritable}. The checkpoint there holds {step} of this run's "
+                f"{self.total} steps: a complete one would be read as it is, but training "
+                "the rest needs a folder that takes files (copy the checkpoint into a "
+                "writable BOOK_CACHE to resume it there)") from unwritable
 
     def replica(self, model: nn.Module):
         """What the loss function calls: the model, or under torchrun its DDP replica."""

@@ -18,13 +18,18 @@ few rows (`few_rows`) and later ones repeat its output (companion.run.smoke).
 A network called inside another's counted call, or inside a training step, is counted once,
 in the outer one. tools/gpu_plan.py turns the counts into seconds on a GPU.
 
-The file is one JSON object, rewritten whole (atomically) as the counts move:
+The file is one JSON object, rewritten whole (atomically, under a lock) as the counts move;
+runs that share it each keep their own part ("runs": {run: its counts}), and the top level
+holds them all:
     {"train": [{"desc", "checkpoint", "steps" (those the gpu run takes), "total", "smoke_end",
                 "epochs", "rows", "batch", "examples", "flops_step", "ops_step",
                 "compiled", "params"}],
      "eval": [{"network", "shape", "calls", "flops_call", "ops_call"}],
      "seconds": wall time of the run so far, "compute_seconds": of it, in counted steps
-     and calls (here, on the CPU; the rest is the host's own work: data, plots, metrics)}
+     and calls (here, on the CPU; the rest is the host's own work: data, plots, metrics),
+     each summed over the runs,
+     "runs": {"process <pid> on <host>, <start>": {"train", "eval", "seconds",
+              "compute_seconds"} of that run alone}}
 An op is one ATen operation dispatched (views aside): about one kernel launch on a GPU,
 which costs the host a few microseconds whatever the work, so a small network's step
 takes ops x that however few its FLOPs. "compiled": the fit asks for torch.compile on a
@@ -37,6 +42,7 @@ import atexit
 import contextlib
 import json
 import os
+import socket
 import time
 import warnings
 from pathlib import Path
@@ -246,7 +252,8 @@ def few_rows(forward, args, kwargs):
 
 
 def flush(force: bool = False) -> None:
-    """Rewrite $BOOK_WORK_LOG with the counts so far (at most every FLUSH_S seconds)."""
+    """Write this run's counts so far into $BOOK_WORK_LOG (at most every FLUSH_S seconds),
+    keeping the other runs' (`_merge`)."""
     global _flushed, _registered
     path = os.environ.get(LOG_VAR, "").strip()
     now = time.perf_counter()
@@ -256,11 +263,70 @@ def flush(force: bool = False) -> None:
         atexit.register(flush, True)
         _registered = True
     _flushed = now
-    data = {"train": _train, "eval": list(_eval.values()), "seconds": round(now - _start, 1),
-            "compute_seconds": round(_compute[0], 1)}
-    tmp = Path(f"{path}.{os.getpid()}.tmp")
+    own = {"train": _train, "eval": list(_eval.values()), "seconds": round(now - _start, 1),
+           "compute_seconds": round(_compute[0], 1)}
     try:
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)
+        _merge(Path(path), own)
     except OSError as err:  # a count must never stop a run
         warnings.warn(f"${LOG_VAR} ({path}) could not be written: {err}", stacklevel=2)
+
+
+# This run's name in a shared log: two smoke runs given one $BOOK_WORK_LOG (notebooks run
+# side by side) each rewrote the whole file, and the last one's counts were all it kept.
+_RUN = f"process {os.getpid()} on {socket.gethostname()}, {time.strftime('%Y-%m-%d %H:%M:%S')}"
+
+
+def _merge(path: Path, own: dict) -> None:
+    """Put this run's counts `own` into the log at `path` beside the other runs': under a
+    lock on `<path>.lock` (left there: removing it would let a waiting run lock a file
+    no longer named), read the log, replace this run's part ("runs": {run: counts}), sum
+    the runs into the top-level "train", "eval", "seconds" and "compute_seconds" that
+    readers take, and write it atomically. A log begins with its first run: delete the
+    file to start a new one."""
+    with _locked(path.with_name(path.name + ".lock")):
+        runs = _runs(path)
+        runs[_RUN] = own
+        data = {"train": [e for r in runs.values() for e in r.get("train", [])],
+                "eval": [e for r in runs.values() for e in r.get("eval", [])],
+                "seconds": round(sum(r.get("seconds", 0.0) for r in runs.values()), 1),
+                "compute_seconds": round(sum(r.get("compute_seconds", 0.0)
+                                             for r in runs.values()), 1),
+                "runs": runs}
+        tmp = Path(f"{path}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, path)
+
+
+def _runs(path: Path) -> dict:
+    """{run: its counts} from the log at `path`: {} without one, the whole log as one
+    earlier run for a log of one run (written before logs were shared)."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (ValueError, UnicodeDecodeError) as err:  # kept aside, not written over
+        aside = path.with_name(path.name + ".unreadable")
+        os.replace(path, aside)
+        warnings.warn(f"${LOG_VAR} ({path}) was not a work log ({err}); moved to {aside}",
+                      stacklevel=3)
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    if isinstance(data.get("runs"), dict):
+        return data["runs"]
+    return {"an earlier run": data} if "train" in data or "eval" in data else {}
+
+
+@contextlib.contextmanager
+def _locked(lock: Path):
+    """An exclusive lock on the file `lock` while the block runs (fcntl.flock: the kernel
+    drops it if the process dies); none where files cannot be locked (Windows, some network
+    file systems), as the checkpoints' lock."""
+    with open(lock, "a") as f:
+        try:
+            import fcntl
+
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except (ImportError, OSError):
+            pass
+        yield
