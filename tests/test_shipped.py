@@ -482,3 +482,22 @@ def test_a_run_continued_from_a_shipped_early_run_loads_shipped_too(book, monkey
     shipped.SOURCES.clear()
     staged(steps=None, resume_from=staged(steps=10))  # the early file is not in the cache
     assert shipped.SOURCES == {"shipped": 2}
+
+
+def test_a_read_only_cache_loads_the_shipped_run_and_refuses_one_that_must_train(
+        book, monkeypatch):
+    from companion.run import checkpoint as ck
+    from companion.run import session
+
+    ship_one(book, monkeypatch)
+
+    def read_only(path):
+        raise ck.CheckpointSaveError(f"cannot write checkpoints to {path.parent}")
+
+    monkeypatch.setattr(session, "check_writable", read_only)
+    _, result = train()
+    assert shipped.SOURCES == {"shipped": 1} and result.resumed_at == 30
+    assert not list((book / "cache" / "checkpoints").iterdir())  # not even a lock file
+    with pytest.warns(UserWarning, match="config"), \
+            pytest.raises(ck.CheckpointSaveError, match="cannot write"):
+        train(lr=2e-2)  # another run: it must train, and cannot

@@ -263,10 +263,11 @@ class Run:
                 save_every: int | None, save_seconds: float,
                 lock_timeout: float | None = None) -> None:
         """Train into checkpoint `path`: lock it for this run (until `cleanup` closes) and
-        resume from it if it exists. A folder that takes no file (a class's shared,
-        read-only cache) is refused unless it holds this run complete: that one is read
-        as it is, without a lock (a lock file is a write, and a finished run writes
-        nothing)."""
+        resume from it if it exists, else take the shipped run of the same name if it is
+        this one (`shipped.find`). A folder that takes no file (a class's shared, read-only
+        cache) is refused unless it holds this run complete, or the shipped set does: that
+        one is read as it is, without a lock (a lock file is a write, and a finished run
+        writes nothing)."""
         if self.ranks is not None:  # rank 0's path (a smoke run's cache is per process)
             path = Path(self.ranks.from_leader(str(path)))
         path = through_links(path)  # latest.pt -> run.pt: lock, resume and write run.pt
@@ -277,10 +278,13 @@ class Run:
             try:
                 check_writable(path)  # before any training, not after all of it
             except CheckpointSaveError as err:
-                if not path.is_file():
+                if path.is_file():
+                    unwritable, state = err, read_checkpoint(path)
+                    self._must_not_train(path, state, err)
+                elif shipped.listed(path.name):  # the shipped file may serve: checked below
+                    unwritable = err
+                else:
                     raise
-                unwritable, state = err, read_checkpoint(path)
-                self._must_not_train(path, state, err)
             if unwritable is None:  # before loading: no steps resumed twice
                 cleanup.enter_context(PathLock(path, lock_timeout))
         if self.ranks is not None:
@@ -307,6 +311,8 @@ class Run:
             self.policy.saved(self.step)
             shipped.record("shipped", path.name)
         else:
+            if unwritable is not None:  # the shipped file was not this run's: it must train
+                raise unwritable
             shipped.record("trained", path.name)
             if self.ranks is not None and self.ranks.rank:  # not rank 0's noise on every rank
                 torch.manual_seed(torch.initial_seed() + self.ranks.rank)
