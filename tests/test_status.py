@@ -250,6 +250,7 @@ def test_device_cell_breaks_after_the_model_and_the_comma_only(tmp_path):
     assert es.device_cell(es.NotebookStatus(tmp_path / "a.ipynb", device="mps")) == "mps"
 
 
+@pytest.mark.slow
 def test_execute_records_which_models_trained_during_the_run(tmp_path, monkeypatch):
     """A stored run lists the checkpoints it trained (the shipped set lacked them): the
     first run of a fit trains it, the second loads it and lists nothing."""
