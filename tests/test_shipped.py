@@ -501,3 +501,18 @@ def test_a_read_only_cache_loads_the_shipped_run_and_refuses_one_that_must_train
     with pytest.warns(UserWarning, match="config"), \
             pytest.raises(ck.CheckpointSaveError, match="cannot write"):
         train(lr=2e-2)  # another run: it must train, and cannot
+
+
+def test_the_setup_cell_says_how_many_models_ship_for_its_profile(book, monkeypatch, capsys):
+    from companion.run.runtime import setup
+
+    setup(profile="cpu", device="cpu")
+    assert "shipped weights" not in capsys.readouterr().out  # none yet
+    ship_one(book, monkeypatch)
+    setup(profile="cpu", device="cpu")
+    assert "shipped weights: 1 model of this profile load" in capsys.readouterr().out
+    setup(profile="ci", device="cpu")
+    assert "shipped weights" not in capsys.readouterr().out  # another profile's
+    monkeypatch.setenv("BOOK_TRAIN", "1")
+    setup(profile="cpu", device="cpu")
+    assert "not used (BOOK_TRAIN=1)" in capsys.readouterr().out

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from . import checks, precision
+from . import checks, precision, shipped
 from .profiles import T4_VAR, Profile, get_profile, t4_emulated
 
 # Colab's T4 has 16 GB, of which about 15.8e9 bytes are usable after the CUDA context; the
@@ -98,6 +98,9 @@ def setup(seed: int = 0, profile: str | None = None, device: str | None = None,
     print(describe(prof, dev))
     if t4_emulated():
         print(emulate_t4(dev))
+    note = shipped.setup_line(prof.name)
+    if note:
+        print(note)
     _record_peak_memory()
     if prof.name == "gpu" and dev.type != "cuda":
         warnings.warn("the gpu profile runs the full experiments, which take hours without a "

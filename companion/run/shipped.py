@@ -359,6 +359,21 @@ def _not_this_run(name: str, why: str) -> None:
           + "\n  ".join(lines) + "\nRun make weights to ship this recipe.")
 
 
+def setup_line(profile_name: str) -> str:
+    """What the setup cell says of the shipped set for this profile: how many of its models
+    load instead of training, or that BOOK_TRAIN=1 trains them; "" when none ships."""
+    if profiles.smoke_mode():
+        return ""
+    models = [n for n in read_manifest().get("models", {}) if n.endswith(f"-{profile_name}.pt")]
+    if not models:
+        return ""
+    n = f"{len(models)} model{'s' if len(models) != 1 else ''}"
+    if profiles.env_flag("BOOK_TRAIN"):
+        return f"shipped weights: not used (BOOK_TRAIN=1): this profile's {n} train here"
+    return (f"shipped weights: {n} of this profile load instead of training when this run "
+            "asks for exactly their run (BOOK_TRAIN=1 trains them)")
+
+
 def record(source: str, name: str | None = None) -> None:
     """Note where a model of this process came from ("cache", "shipped", "trained"), and
     for checkpoint `name` which (`provenance` reads it)."""
