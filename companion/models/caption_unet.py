@@ -4,15 +4,18 @@
     eps = model(x, t, ids)             # ids: token ids (B, L), 0 = pad; all pads: no caption
 
 The caption goes through a small `TextEncoder` (`dit.py`) trained with the network, then
-by `cond`, the three ways DiT compares (Peebles and Xie 2023, section 3.2), here at the
-U-Net's 7x7 resolution where its attention already is:
+by `cond` one of three paths, here at the U-Net's 7x7 resolution where its attention already
+is. They echo DiT's conditioning choices (Peebles and Xie 2023, section 3.2: in-context
+tokens, cross-attention, adaLN, adaLN-Zero), but only "cross" is the same mechanism:
 
-  "pooled":     emb += W mean(words): one vector per caption, added to the step's embedding
-                in every residual block, as the label is in chapter 16 (DiT's adaLN way);
-                the words' order is lost;
+  "pooled":     emb += W mean(words): one vector per caption, added to the step's embedding,
+                which every residual block adds to its features as a bias (as DDPM adds the
+                step and chapter 16 the label; not adaLN's scale and shift); the words'
+                order is lost;
   "in_context": after each of the three 7x7 self-attentions, a layer in which every one of
-                the 49 positions attends to the 49 positions and the words together
-                (DiT's in-context tokens, U-ViT's all-as-tokens; Bao et al. 2023);
+                the 49 positions attends to the 49 positions and the words together (the
+                words are keys in these three layers only, not tokens carried through
+                every block as in DiT's in-context variant or U-ViT; Bao et al. 2023);
   "cross":      the same layer attending to the words only (Stable Diffusion's
                 cross-attention, Rombach et al. 2022); `attention_maps` shows where.
 
