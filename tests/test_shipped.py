@@ -26,6 +26,8 @@ from companion.train import fit
 
 X, Y = torch.randn(64, 3), torch.randn(64, 1)
 BUDGET_MB = 64
+# config entries a recipe computes from its data (the golden identities use fake data)
+FROM_DATA = {"n_train", "scale", "data"}
 
 
 def mse(model, batch):
@@ -346,8 +348,8 @@ def test_every_shipped_file_is_still_its_recipes_run():
                 stale.append(f"{name}: {key}")
         if want["structure"] != structure:
             stale.append(f"{name}: module tree")
-        wcfg = {k: v for k, v in want["config"].items() if k != "n_train"}
-        hcfg = {k: v for k, v in have["config"].items() if k != "n_train"}
+        wcfg = {k: v for k, v in want["config"].items() if k not in FROM_DATA}
+        hcfg = {k: v for k, v in have["config"].items() if k not in FROM_DATA}
         differ = sorted(k for k in wcfg.keys() | hcfg.keys() if wcfg.get(k) != hcfg.get(k))
         if differ:
             stale.append(f"{name}: config {differ}")
@@ -516,3 +518,31 @@ def test_the_setup_cell_says_how_many_models_ship_for_its_profile(book, monkeypa
     monkeypatch.setenv("BOOK_TRAIN", "1")
     setup(profile="cpu", device="cpu")
     assert "not used (BOOK_TRAIN=1)" in capsys.readouterr().out
+
+
+def test_a_shipped_full_run_is_loaded_even_when_its_early_run_trains(book, monkeypatch):
+    """The early stage too cheap to ship trains on the page; the full run still loads from
+    the shipped set (not continued from the early one, which would train it again)."""
+    monkeypatch.setenv("BOOK_SHIP", str(book / "weights"))
+    staged(steps=None, resume_from=staged(steps=10))
+    monkeypatch.delenv("BOOK_SHIP")
+    (book / "weights" / "toy-step10-cpu.safetensors").unlink()
+    with shipped.editing(book / "weights") as manifest:
+        del manifest["models"]["toy-step10-cpu.pt"]
+    for f in (book / "cache" / "checkpoints").iterdir():
+        f.unlink()
+    shipped.SOURCES.clear()
+    staged(steps=None, resume_from=staged(steps=10))
+    assert shipped.SOURCES == {"trained": 1, "shipped": 1}
+
+
+def test_a_cpu_run_ships_only_when_it_saves_enough_seconds_per_mb(tmp_path, monkeypatch):
+    from companion.run.checkpoint import identity
+
+    model = nn.Linear(300, 300)  # 90,300 weights: 0.17 MB in float16
+    monkeypatch.setattr(shipped, "WORTH", 40.0)
+    args = (model, None, identity(model, {}), 10, {"step": [], "loss": []})
+    assert shipped.export(tmp_path, "a-cpu.pt", *args, 5.0, torch.device("cpu")) is None
+    assert shipped.export(tmp_path, "b-cpu.pt", *args, 9.0, torch.device("cpu")) is not None
+    manifest = shipped.read_manifest(tmp_path)
+    assert list(manifest["cheap"]) == ["a-cpu.pt"] and list(manifest["models"]) == ["b-cpu.pt"]

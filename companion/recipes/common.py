@@ -6,7 +6,6 @@ clipped at DDPM_CLIP), labelled images, and the check that images lie in [0, 1].
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 
@@ -54,8 +53,8 @@ def _continue(path, resume_from, model, config, x11, optimizer, s: dict, total: 
         from ..run import shipped
         from ..run.checkpoint import identity, seed_from
 
-        if shipped.listed(Path(resume_from).name) and not Path(resume_from).exists():
-            return  # the early run came from the shipped set: so does this one, or it trains
+        if shipped.listed(path.name):
+            return  # the full run ships: fit loads it (a stale file: it trains whole)
 
         data = tuple(x11) if isinstance(x11, (tuple, list)) else (x11,)
         seed_from(path, resume_from, identity(model, config, data, optimizer, s["ema"],

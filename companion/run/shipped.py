@@ -60,7 +60,9 @@ FOLDER = Path(__file__).resolve().parents[1] / "weights"  # companion/weights
 MANIFEST = "manifest.json"
 TIMEOUT = 30.0  # seconds a fetch may wait for the server before training instead
 FLOAT16_MAX = 65504.0
-WORTH = 30.0  # seconds of training below which a run is not shipped: it trains on the page
+# a run trained on a CPU ships when it saves a reader at least this many seconds of training
+# per MB of its file; a cheaper one trains on the page (the whole set's budget is 64 MB)
+WORTH = 40.0
 
 # where this process's models came from: "cache", "shipped", "trained"
 SOURCES: Counter = Counter()
@@ -470,15 +472,13 @@ def export(where: Path, name: str, model, average, ident: dict, step: int, histo
            ) -> dict | None:
     """Write the finished run `name` into the shipped folder `where` (its .safetensors file
     and its manifest entry); returns the entry. The weights are the average's when the run
-    has one. An entry is rewritten only when it is not this run's. A run that trained in
-    less than WORTH seconds is not shipped (its file would cost the set more than its
-    training costs a reader): it is listed under "cheap" with its seconds; returns None.
+    has one. An entry is rewritten only when it is not this run's. A run that trained on a
+    CPU in less than WORTH seconds per MB of its file is not shipped (its file would cost
+    the set more than its training costs a reader): it is listed under "cheap" with its
+    seconds; returns None.
     Several processes may export into one folder at once (`editing` locks the manifest)."""
     where.mkdir(parents=True, exist_ok=True)
     with editing(where) as manifest:
-        if train_seconds < WORTH and name not in manifest["models"]:
-            manifest.setdefault("cheap", {})[name] = round(train_seconds, 1)
-            return None
         old = manifest["models"].get(name)
         chapters = sorted(set((old or {}).get("chapters", []))
                           | ({chapter} if chapter else set()))
@@ -492,6 +492,10 @@ def export(where: Path, name: str, model, average, ident: dict, step: int, histo
         data, dtype = encode(net.state_dict(), part=part, ident=ident, step=step,
                              history=history, train_seconds=train_seconds, ema=ema,
                              trained=trained)
+        if device.type == "cpu" and old is None and train_seconds < WORTH * len(data) / 2**20:
+            manifest.setdefault("cheap", {})[name] = round(train_seconds, 1)
+            return None
+        manifest.get("cheap", {}).pop(name, None)
         file = name.removesuffix(".pt") + ".safetensors"
         losses = [v for v in history.get("loss", [])[-50:] if v == v]
         entry = {
