@@ -24,6 +24,7 @@ import base64
 import io
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -640,7 +641,9 @@ def completions_page(stored) -> dict:
                                    f"{a['n_digits']!r}")
     return {"kind": "completions", "methods": [str(m) for m in a["methods"]],
             "masks": [str(m) for m in a["masks"]],
-            "descriptions": [str(d) for d in a["descriptions"]],
+            # "centre 14 x 14 square missing" as the text sets it, 14 × 14
+            "descriptions": [re.sub(r"(\d) x (\d)", r"\1 × \2", str(d))
+                             for d in a["descriptions"]],
             "controls": [control("digit", "test digit", 1, shown, 1, 1, fmt=0)],
             "number_names": list(COMPLETION_NUMBERS), "n_digits": int(a["n_digits"]),
             "completions_each": k, "numbers": pack(a["numbers"]),

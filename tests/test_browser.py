@@ -1052,8 +1052,14 @@ def set_control(browser, idx: int, control: dict, value) -> None:
                                    VALUE=json.dumps(value)))
 
 
+# The readout as the reader sees it: its subscripts and powers as <sub> and <sup> (x<sub>t</sub>),
+# without the words a screen reader says for a power (.bx-sr, not shown).
+READOUT = """(() => { const r = ROOT.querySelector('.bx-readout').cloneNode(true);
+  r.querySelectorAll('.bx-sr').forEach(e => e.remove()); return r.innerHTML; })()"""
+
+
 def readout(browser, idx: int) -> str:
-    return browser.evaluate(js("ROOT.querySelector('.bx-readout').textContent", idx))
+    return browser.evaluate(js(READOUT, idx))
 
 
 def controls_of(state: dict) -> list[dict]:
@@ -1269,6 +1275,38 @@ def test_explorer_controls_stay_with_the_plot_on_a_phone(browser, server, plante
     assert not lost, f"{page}: the slider is off screen or covered at {lost}"
 
 
+# Every text of an explorer (readout, labels, figure, notes) and its aria and title attributes.
+EXPLORER_TEXTS = """(() => {
+  const r = ROOT, out = [], walk = document.createTreeWalker(r, NodeFilter.SHOW_TEXT);
+  for (let n; (n = walk.nextNode());) if (!n.parentElement.closest('script')) out.push(n.data);
+  for (const e of r.querySelectorAll('[aria-label], [aria-valuetext], [title]')) {
+    out.push(...['aria-label', 'aria-valuetext', 'title'].map(a => e.getAttribute(a) || ''));
+  }
+  return out; })()"""
+# TeX or code spelling of a symbol the chapter typesets: x_t, 10^-4.42, sqrt(, log10, a log
+# axis's tick 1e-3 (a readout's 2.5e-03 is the chapter's table's), 14 x 14
+ASCII_NOTATION = re.compile(r"_\S|\^|sqrt\(|log10|(?<![\d.])1e[-+]?\d|\d x \d")
+
+
+@pytest.mark.parametrize("page, idx, name", EXPLORER_CASES)
+def test_explorer_notation_is_typeset(browser, server, planted_server, page, idx, name):
+    """An explorer's readout, labels, figure and notes show the chapter's symbols as the
+    text beside them does (x<sub>t</sub>, 10<sup>−4.42</sup>, √ᾱ<sub>t</sub>), and its
+    aria text says them in words or Unicode: no x_t, 10^-4.42, sqrt(, log10 or 14 x 14,
+    as drawn, after each slider has moved once and at each option of a radio group."""
+    server = planted_server if page == PLANTED_LATENT else server
+    state = open_explorer(browser, server + page, idx)
+    seen = set(browser.evaluate(js(EXPLORER_TEXTS, idx)))
+    for control in controls_of(state):
+        # a slider once; a radio group to each option (chapter 12's masks each name their own)
+        values = control.get("values")
+        for target in [values[len(values) // 3]] if values else control["options"]:
+            set_control(browser, idx, control, target)
+            seen |= set(browser.evaluate(js(EXPLORER_TEXTS, idx)))
+    ascii_ = sorted(t for t in seen if ASCII_NOTATION.search(t))
+    assert not ascii_, f"{page}: notation in ASCII: {ascii_}"
+
+
 # --- the numbers each explorer shows, from companion ---------------------------------------------
 def _kl_expected(state, values):
     import matplotlib
@@ -1299,7 +1337,7 @@ def _elbo_expected(state, values):
                            torch.tensor([0.2, 0.1], dtype=f64), 0.6)
     t = elbo_terms(model, torch.tensor([1.8, -0.9], dtype=f64), values["mean"], values["std"])
     return (f"gap = KL(q‖p(z|x)) = {t['gap']:.3f} nats; log p(x) = {t['log_px']:.3f}, "
-            f"ELBO = {t['elbo']:.3f}, E_q log p(x|z) = {t['reconstruction']:.3f}, "
+            f"ELBO = {t['elbo']:.3f}, 𝔼<sub>q</sub> log p(x|z) = {t['reconstruction']:.3f}, "
             f"−KL(q‖p(z)) = {-t['kl_prior']:.3f}")
 
 
@@ -1323,8 +1361,13 @@ def _forward_expected(state, values):
     t, sched = values["t"], values["schedule"]
     betas = {"linear": dm.linear_betas, "cosine": dm.cosine_betas}[sched](1000)
     a = dm.Diffusion(betas).alphas_bar[t - 1].item()
-    return (f"t = {t}, {sched} schedule: ᾱ_t = {a:.4f}, SNR = ᾱ_t/(1 − ᾱ_t) = "
-            f"10^{math.log10(a / (1 - a)):.2f}")
+    return (f"t = {t}, {sched} schedule: ᾱ<sub>t</sub> = {a:.4f}, SNR = ᾱ<sub>t</sub>/"
+            f"(1 − ᾱ<sub>t</sub>) = 10<sup>{_minus(f'{math.log10(a / (1 - a)):.2f}')}</sup>")
+
+
+def _minus(number: str) -> str:
+    """A number's sign as MathJax sets it in a power: a true minus."""
+    return number.replace("-", "−")
 
 
 def _solver_text(name, n, x, ref, means, ref_label):
@@ -1473,7 +1516,9 @@ def _completions_expected(state, values):
         ma = [str(m) for m in f["masks"]].index(values["mask"])
         me = [str(m) for m in f["methods"]].index(values["method"])
         acc, known, missing, spread, calls = f["numbers"][me, ma]
-        text, shown = str(f["descriptions"][ma]), f["truth"].shape[0]
+        # the page sets "14 x 14" as the text does, 14 × 14
+        text = str(f["descriptions"][ma]).replace(" x ", " × ")
+        shown = f["truth"].shape[0]
         n, k = int(f["n_digits"]), f["completions"].shape[2]
     return (f"test digit {values['digit']} of {shown} shown; over the table's {n:,} digits "
             f"× {k}, {text}, {values['method']}: judge accuracy {acc:.3f}, error on the "
@@ -1503,8 +1548,8 @@ def _chain_expected(state, values):
     t = values["t"]
     if t == 0:
         return "t = 0: the samples"
-    return (f"t = {t} of {len(snr)}: SNR ᾱ_t/(1 − ᾱ_t) = "
-            f"10^{math.log10(snr[t - 1]):.2f}")
+    return (f"t = {t} of {len(snr)}: SNR ᾱ<sub>t</sub>/(1 − ᾱ<sub>t</sub>) = "
+            f"10<sup>{_minus(f'{math.log10(snr[t - 1]):.2f}')}</sup>")
 
 
 def _chain_positions():
@@ -1556,8 +1601,8 @@ def _bound_expected(state, values):
     with one_thread():
         loss = vdm.gaussian_discrete_loss(chapter18_schedules()[name], T, std).item()
         exact = vdm.gaussian_continuous_loss(math.exp(10), math.exp(-6), std).item()
-    return (f"{name}, T = {T}: L_T = {loss:.4f} nats, against L_∞ = {exact:.4f} (exact, "
-            "the same for the three shapes: they share their ends)")
+    return (f"{name}, T = {T}: ℒ<sub>T</sub> = {loss:.4f} nats, against ℒ<sub>∞</sub> = "
+            f"{exact:.4f} (exact, the same for the three shapes: they share their ends)")
 
 
 def _straight_expected(state, values):
@@ -1577,9 +1622,10 @@ def _straight_expected(state, values):
     with torch.no_grad():
         l_q, l_e = loss(out.z_q.view(1, 2)).item(), loss(z).item()
     (a, b), (c, d), (p, q) = z[0].tolist(), g_st[0].tolist(), g_ze[0].tolist()
-    return (f"z_e = ({a:.1f}, {b:.1f}): code {k}, ({e[0]:.3g}, {e[1]:.3g}); L(z_q) = "
-            f"{l_q:.4f}, L(z_e) = {l_e:.4f}; straight-through gradient ({c:.3f}, {d:.3f}), "
-            f"gradient at z_e ({p:.3f}, {q:.3f}): {math.hypot(p - c, q - d):.3f} apart, "
+    return (f"z<sub>e</sub> = ({a:.1f}, {b:.1f}): code {k}, ({e[0]:.3g}, {e[1]:.3g}); "
+            f"ℒ(z<sub>q</sub>) = {l_q:.4f}, ℒ(z<sub>e</sub>) = {l_e:.4f}; straight-through "
+            f"gradient ({c:.3f}, {d:.3f}), gradient at z<sub>e</sub> ({p:.3f}, {q:.3f}): "
+            f"{math.hypot(p - c, q - d):.3f} apart, "
             f"{math.hypot(a - e[0], b - e[1]):.3f} from the code")
 
 

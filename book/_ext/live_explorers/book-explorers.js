@@ -60,6 +60,57 @@
     return out.includes(".") ? out.replace(/\.?0+$/, "") : out;
   }
 
+  // --- the chapters' notation -----------------------------------------------------------------
+  /* Symbols as MathJax sets them in the text beside the explorer. In the strings below a
+     subscript is written x_t or x_{t-1} and a superscript 10^{−4.42}; typeset() draws them as
+     <sub> and <sup> in HTML (readouts, labels, notes) and as shifted <tspan>s in the SVG.
+     Only text nodes are made, never HTML from a string: the readouts redraw on every step of
+     a slider, which MathJax would make slow. The names a state brings into these strings (a
+     solver's, a schedule's, a profile's) hold no _ or ^, which would be read as scripts. */
+  const SCRIPT = /([_^])(?:\{([^}]*)\}|(.))/gu;
+  function scripts(text) {  // [[text, "" | "sub" | "sup"], ...]
+    const out = [];
+    let at = 0;
+    for (const m of text.matchAll(SCRIPT)) {
+      out.push([text.slice(at, m.index), ""], [m[2] ?? m[3], m[1] === "_" ? "sub" : "sup"]);
+      at = m.index + m[0].length;
+    }
+    out.push([text.slice(at), ""]);
+    return out.filter(([s]) => s);
+  }
+
+  // the baseline's shift in em of the text; a script is drawn at 75%, so its own dy is larger
+  const SHIFT = {"": 0, sub: 0.25, sup: -0.4};
+  function typeset(node, text) {
+    const svg = node instanceof SVGElement;
+    let now = 0;
+    node.replaceChildren(...scripts(text).flatMap(([s, kind]) => {
+      if (svg) {  // SVG has no sub or sup, and not every browser draws baseline-shift: dy
+        const dy = `${(SHIFT[kind] - now) / (kind ? 0.75 : 1)}em`;
+        now = SHIFT[kind];
+        return [el("tspan", kind ? {dy, "font-size": "75%"} : {dy}, null, s)];
+      }
+      if (!kind) return [s];
+      const e = document.createElement(kind);
+      e.textContent = s;
+      if (kind === "sub") return [e];
+      // a screen reader says 10<sup>−4</sup> as "10 −4": the power in words, unseen
+      const said = document.createElement("span");
+      said.className = "bx-sr";
+      said.textContent = " to the power ";
+      return [said, e];
+    }));
+    return node;
+  }
+
+  // the same text for an aria attribute: Unicode's subscripts where it has them, powers in words
+  const SUBS = Object.fromEntries([..."0123456789aehijklmnoprstuvx"].map((c, i) =>
+    [c, [..."₀₁₂₃₄₅₆₇₈₉ₐₑₕᵢⱼₖₗₘₙₒₚᵣₛₜᵤᵥₓ"][i]]));
+  const plain = text => scripts(text).map(([s, kind]) => kind === "sup" ? ` to the power ${s}`
+    : kind === "sub" && [...s].every(c => SUBS[c]) ? [...s].map(c => SUBS[c]).join("") : s)
+    .join("");
+  const power = e => `10^{${String(e).replace("-", "−")}}`;  // a true minus, as MathJax's
+
   // --- SVG ------------------------------------------------------------------------------------
   function el(tag, attrs = {}, parent = null, text = null) {
     const e = document.createElementNS(SVGNS, tag);
@@ -68,6 +119,8 @@
     if (parent) parent.appendChild(e);
     return e;
   }
+  // an SVG text in the chapters' notation (typeset)
+  const tex = (parent, attrs, text) => typeset(el("text", attrs, parent), text);
 
   function ticks(lo, hi, n = 5) {
     const span = hi - lo, raw = span / n, mag = 10 ** Math.floor(Math.log10(raw));
@@ -80,7 +133,7 @@
   }
 
   const tickText = v => String(Number(v.toPrecision(6)));
-  const logTick = v => v >= 1e-2 && v <= 1e3 ? tickText(v) : `1e${Math.round(Math.log10(v))}`;
+  const logTick = v => v >= 1e-2 && v <= 1e3 ? tickText(v) : power(Math.round(Math.log10(v)));
 
   /* An axes box in an SVG: frame, ticks, labels; sx and sy map data to pixels. */
   function axes(svg, box, xlim, ylim, opt = {}) {
@@ -99,24 +152,24 @@
       for (const v of tk(x0, x1, opt.logx, opt.nx || 5)) {
         el("line", {x1: sx(v), x2: sx(v), y1: box.y + box.h, y2: box.y + box.h + 4,
                     class: "bx-axis"}, g);
-        el("text", {x: sx(v), y: box.y + box.h + 15, class: "bx-tick", "text-anchor": "middle"},
-           g, opt.logx ? logTick(v) : tickText(v));
+        tex(g, {x: sx(v), y: box.y + box.h + 15, class: "bx-tick", "text-anchor": "middle"},
+            opt.logx ? logTick(v) : tickText(v));
       }
     }
     if (!opt.noyticks) {
       for (const v of tk(y0, y1, opt.logy, opt.ny || 4)) {
         el("line", {x1: box.x - 4, x2: box.x, y1: sy(v), y2: sy(v), class: "bx-axis"}, g);
-        el("text", {x: box.x - 6, y: sy(v) + 4, class: "bx-tick", "text-anchor": "end"}, g,
-           opt.logy ? logTick(v) : tickText(v));
+        tex(g, {x: box.x - 6, y: sy(v) + 4, class: "bx-tick", "text-anchor": "end"},
+            opt.logy ? logTick(v) : tickText(v));
       }
     }
-    if (opt.xlabel) el("text", {x: box.x + box.w / 2, y: box.y + box.h + 31,
-                                class: "bx-label", "text-anchor": "middle"}, g, opt.xlabel);
-    if (opt.ylabel) el("text", {x: 0, y: 0, class: "bx-label", "text-anchor": "middle",
-                                transform: `translate(${box.x - 38},${box.y + box.h / 2}) rotate(-90)`},
-                       g, opt.ylabel);
-    if (opt.title) el("text", {x: box.x + box.w / 2, y: box.y - 8, class: "bx-title",
-                               "text-anchor": "middle"}, g, opt.title);
+    if (opt.xlabel) tex(g, {x: box.x + box.w / 2, y: box.y + box.h + 31,
+                            class: "bx-label", "text-anchor": "middle"}, opt.xlabel);
+    if (opt.ylabel) tex(g, {x: 0, y: 0, class: "bx-label", "text-anchor": "middle",
+                            transform: `translate(${box.x - 38},${box.y + box.h / 2}) rotate(-90)`},
+                        opt.ylabel);
+    if (opt.title) tex(g, {x: box.x + box.w / 2, y: box.y - 8, class: "bx-title",
+                           "text-anchor": "middle"}, opt.title);
     const clip = `bx-clip-${Math.random().toString(36).slice(2)}`;
     const cp = el("clipPath", {id: clip}, g);
     el("rect", {x: box.x, y: box.y, width: box.w, height: box.h}, cp);
@@ -159,7 +212,7 @@
     wrap.className = "bx-control";
     const label = document.createElement("label");
     label.htmlFor = id;
-    label.textContent = c.label;
+    typeset(label, c.label);
     const input = document.createElement("input");
     Object.assign(input, {type: "range", id, min: 0, max: c.values.length - 1, step: 1});
     input.dataset.name = c.name;
@@ -170,7 +223,7 @@
     const show = () => {
       const v = c.values[+input.value];
       out.textContent = v.toFixed(c.digits);
-      input.setAttribute("aria-valuetext", `${c.label} ${v.toFixed(c.digits)}`);
+      input.setAttribute("aria-valuetext", `${plain(c.label)} ${v.toFixed(c.digits)}`);
     };
     input.dataset.initial = input.value;  // the chapter's setting, for the reset button
     input.addEventListener("input", () => { show(); onchange(); });
@@ -204,7 +257,7 @@
     let timer = null;
     const label = playing => {
       btn.textContent = playing ? "❚❚" : "▶";
-      btn.setAttribute("aria-label", `${playing ? "pause" : "play"} ${c.label}`);
+      btn.setAttribute("aria-label", `${playing ? "pause" : "play"} ${plain(c.label)}`);
     };
     const stop = () => { clearInterval(timer); timer = null; label(false); };
     // about a hundred frames for a long slider; a short one steps slowly enough to read
@@ -262,7 +315,7 @@
     readout.className = "bx-readout";
     readout.setAttribute("aria-live", "polite");
     const svg = el("svg", {viewBox: `0 0 ${width} ${height}`, class: "bx-figure", role: "img",
-                           "aria-label": label});
+                           "aria-label": plain(label)});
     root.append(controls, readout, svg);
     const f = {controls, readout, svg, root};
     /* Side by side in the text column; stacked, at a readable size, on a phone. */
@@ -306,7 +359,7 @@
   function hint(f, text) {
     const note = document.createElement("p");
     note.className = "bx-hint";
-    note.textContent = text;
+    typeset(note, text);
     f.controls.appendChild(note);
   }
 
@@ -355,10 +408,10 @@
       const m = getM(), s = getS();
       const k = idx(cs.values, s) * cm.values.length + idx(cm.values, m);
       const title = `gap = KL(q‖p(z|x)) = ${fixed(T.gap[k], 3)} nats`;
-      const names = ["log p(x)", "ELBO", "E_q log p(x|z)", "−KL(q‖p(z))"];
+      const names = ["log p(x)", "ELBO", "𝔼_q log p(x|z)", "−KL(q‖p(z))"];
       const vals = [T.log_px[k], T.elbo[k], T.reconstruction[k], -T.kl_prior[k]];
-      f.readout.textContent = `${title}; ` + names.map((n, i) => `${n} = ${fixed(vals[i], 3)}`)
-        .join(", ");
+      typeset(f.readout, `${title}; ` + names.map((n, i) => `${n} = ${fixed(vals[i], 3)}`)
+        .join(", "));
       clear(f.svg);
       const z = Array.from({length: 400}, (_, i) => -4 + 8 * i / 399);
       const curves = [[z.map(v => normal(v, 0, 1)), "gray", "2,3", 1.5, "p(z)"],
@@ -385,8 +438,8 @@
         const a = bx.sx(Math.min(0, vals[i])), b = bx.sx(Math.max(0, vals[i]));
         el("rect", {x: a, y: y0, width: Math.max(b - a, 0.5), height: y1 - y0, fill: C[i]},
            bx.plot);
-        el("text", {x: bb.x - 5, y: (y0 + y1) / 2 + 4, class: "bx-tick", "text-anchor": "end"},
-           f.svg, n);
+        tex(f.svg, {x: bb.x - 5, y: (y0 + y1) / 2 + 4, class: "bx-tick", "text-anchor": "end"},
+            n);
       });
       el("line", {x1: bx.sx(0), x2: bx.sx(0), y1: bb.y, y2: bb.y + bb.h, class: "bx-axis"},
          bx.g);
@@ -453,9 +506,9 @@
         const y = cb.y + cb.h - (v - lo) / (hi - lo) * cb.h;
         el("text", {x: cb.x + 14, y: y + 4, class: "bx-tick"}, f.svg, tickText(v));
       }
-      el("text", {x: 0, y: 0, class: "bx-label", "text-anchor": "middle",
-                  transform: `translate(${cb.x + 44},${cb.y + cb.h / 2}) rotate(90)`}, f.svg,
-         "log10 gap (nats)");
+      tex(f.svg, {x: 0, y: 0, class: "bx-label", "text-anchor": "middle",
+                  transform: `translate(${cb.x + 44},${cb.y + cb.h / 2}) rotate(90)`},
+          "log_{10} gap (nats)");
       // samples against the data density
       const e = edges.subarray(is * (hist.shape[1] + 1), (is + 1) * (hist.shape[1] + 1));
       const h = hist.subarray(is * hist.shape[1], (is + 1) * hist.shape[1]);
@@ -550,8 +603,9 @@
     const draw = () => {
       const {t, sched, a} = state();
       const snr = a / (1 - a);
-      f.readout.textContent = `t = ${t}, ${sched} schedule: ᾱ_t = ${fixed(a, 4)}, ` +
-        `SNR = ᾱ_t/(1 − ᾱ_t) ${t === 0 ? "infinite" : `= 10^${fixed(Math.log10(snr), 2)}`}`;
+      const ratio = t === 0 ? "infinite" : `= ${power(fixed(Math.log10(snr), 2))}`;
+      typeset(f.readout, `t = ${t}, ${sched} schedule: ᾱ_t = ${fixed(a, 4)}, ` +
+        `SNR = ᾱ_t/(1 − ᾱ_t) ${ratio}`);
       clear(f.svg);
       const nw = f.narrow();
       f.size(nw ? 360 : 680, nw ? 600 : 300);
@@ -579,7 +633,7 @@
                        {ny: 2, noxticks: true, ylabel: "ᾱ_t"});
       const bot = axes(f.svg, nw ? {x: 60, y: 465, w: 280, h: 90} : {x: 380, y: 150, w: 285, h: 100},
                        [0, st.T], snrRange,
-                       {ny: 3, xlabel: "t", ylabel: "log10 SNR"});
+                       {ny: 3, xlabel: "t", ylabel: "log_{10} SNR"});
       st.schedules.forEach((k, c) => {
         const a_ = ab[k];
         el("path", {d: pathOf(ts, a_, top.sx, top.sy), stroke: C[c], "stroke-width": 2,
@@ -708,9 +762,9 @@
     const draw = () => {
       const T = getT(), name = getSched(), j = st.schedules.indexOf(name);
       const row = j * nT + Ts.indexOf(T), LT = loss[row];
-      f.readout.textContent = `${name}, T = ${T}: L_T = ${fixed(LT, 4)} nats, against ` +
-        `L_∞ = ${fixed(st.exact, 4)} (exact, the same for the three shapes: they share ` +
-        "their ends)";
+      typeset(f.readout, `${name}, T = ${T}: ℒ_T = ${fixed(LT, 4)} nats, against ` +
+        `ℒ_∞ = ${fixed(st.exact, 4)} (exact, the same for the three shapes: they share ` +
+        "their ends)");
       clear(f.svg);
       const nw = f.narrow(), c = C[j];
       f.size(nw ? 360 : 680, nw ? 560 : 290);
@@ -749,10 +803,10 @@
     hint(f, "Computed in Python for the chapter's Gaussian with the optimal " +
       "denoiser; the page looks the numbers up. Left: the three schedules, the chosen one's " +
       "levels at its steps (dots up to 64 steps); the learned schedule, at its random " +
-      "start, lies close to the linear one. Then each step's term of L_T divided by its " +
+      "start, lies close to the linear one. Then each step's term of ℒ_T divided by its " +
       "width in log SNR, so that on a linear scale its area would be the term: at least the " +
       "curve's area over the same interval, since the term takes mmse at the step's noisier " +
-      "end. The curve, ½ SNR mmse(SNR), has area L_∞ (log scale, nats per unit of log SNR).");
+      "end. The curve, ½ SNR mmse(SNR), has area ℒ_∞ (log scale, nats per unit of log SNR).");
     register(f, draw);
   }
 
@@ -782,17 +836,17 @@
       const a = getZ1(), b = getZ2(), i = idx(c2.values, b) * n + idx(c1.values, a);
       const v = j => num[6 * i + j], k = code[i], e = st.codes[k];
       const diff = Math.hypot(v(2) - v(4), v(3) - v(5)), dist = Math.hypot(a - e[0], b - e[1]);
-      f.readout.textContent = `z_e = (${fixed(a, 1)}, ${fixed(b, 1)}): code ${k}, ` +
-        `(${general(e[0], 3)}, ${general(e[1], 3)}); L(z_q) = ${fixed(v(1), 4)}, L(z_e) = ` +
+      typeset(f.readout, `z_e = (${fixed(a, 1)}, ${fixed(b, 1)}): code ${k}, ` +
+        `(${general(e[0], 3)}, ${general(e[1], 3)}); ℒ(z_q) = ${fixed(v(1), 4)}, ℒ(z_e) = ` +
         `${fixed(v(0), 4)}; straight-through gradient (${fixed(v(4), 3)}, ` +
         `${fixed(v(5), 3)}), gradient at z_e (${fixed(v(2), 3)}, ${fixed(v(3), 3)}): ` +
-        `${fixed(diff, 3)} apart, ${fixed(dist, 3)} from the code`;
+        `${fixed(diff, 3)} apart, ${fixed(dist, 3)} from the code`);
       clear(f.svg);
       const nw = f.narrow();
       f.size(nw ? 360 : 680, nw ? 690 : 312);
       const boxes = nw ? [{x: 60, y: 24, w: 280, h: 280}, {x: 60, y: 370, w: 280, h: 280}]
         : [{x: 55, y: 24, w: 250, h: 250}, {x: 405, y: 24, w: 250, h: 250}];
-      [["the codes' cells", tint], ["L(z), no quantizer", shade]].forEach(([title, pic], r) => {
+      [["the codes' cells", tint], ["ℒ(z), no quantizer", shade]].forEach(([title, pic], r) => {
         const ax = axes(f.svg, boxes[r], [-span, span], [-span, span],
                         {title, nx: 4, ny: 4, xlabel: "first coordinate",
                          ylabel: "second coordinate"});
@@ -819,8 +873,8 @@
     const getZ1 = slider(f.controls, c1, draw), getZ2 = slider(f.controls, c2, draw);
     hint(f, "Computed in Python with the chapter's quantizer and loss; the page " +
       "looks the numbers up. The white dot is z_e, the triangles the five codes (its own in " +
-      "black, dashed to it). From z_e: minus the gradient of L at z_e (red) and minus " +
-      "the straight-through gradient (blue), the slope at the code, each times 0.4. L(z_q) " +
+      "black, dashed to it). From z_e: minus the gradient of ℒ at z_e (red) and minus " +
+      "the straight-through gradient (blue), the slope at the code, each times 0.4. ℒ(z_q) " +
       "is flat inside a cell: its own gradient is zero there. A point on a border between " +
       "two cells (a few of the grid's lie on one) takes the lower-numbered code.");
     register(f, draw);
@@ -923,8 +977,8 @@
     });
     const draw = () => {
       const t = getT(), k = idx(ct.values, t);
-      f.readout.textContent = t === 0 ? "t = 0: the samples" : `t = ${t} of ${T}: SNR ` +
-        `ᾱ_t/(1 − ᾱ_t) = 10^${fixed(lsnr[t - 1], 2)}`;
+      typeset(f.readout, t === 0 ? "t = 0: the samples" : `t = ${t} of ${T}: SNR ` +
+        `ᾱ_t/(1 − ᾱ_t) = ${power(fixed(lsnr[t - 1], 2))}`);
       clear(f.svg);
       const nw = f.narrow();
       f.size(nw ? 360 : 680, nw ? 370 : 230);
@@ -940,15 +994,15 @@
         }
         ctx.putImageData(img, 0, 0);
         const y = pic.y + r * (h + 22);
-        el("text", {x: pic.x, y: y - 6, class: "bx-label"}, f.svg,
-           r ? (t ? "the network's guess of x_0" : "the samples") : `x_t, t = ${t}`);
+        tex(f.svg, {x: pic.x, y: y - 6, class: "bx-label"},
+            r ? (t ? "the network's guess of x_0" : "the samples") : `x_t, t = ${t}`);
         el("image", {href: rows[r].toDataURL(), x: pic.x, y, width: pic.w, height: h,
                      preserveAspectRatio: "none", style: "image-rendering: pixelated"}, f.svg);
       });
       const box = nw ? {x: 60, y: pic.y + 2 * h + 60, w: 280, h: 110}
         : {x: 490, y: 22, w: 175, h: 160};
       const lo = Math.floor(Math.min(...lsnr)), hi = Math.ceil(Math.max(...lsnr));
-      const ax = axes(f.svg, box, [0, T], [lo, hi], {xlabel: "t", ylabel: "log10 SNR", ny: 4,
+      const ax = axes(f.svg, box, [0, T], [lo, hi], {xlabel: "t", ylabel: "log_{10} SNR", ny: 4,
                                                       nx: 3, title: "signal to noise"});
       el("line", {x1: box.x, x2: box.x + box.w, y1: ax.sy(0), y2: ax.sy(0), class: "bx-ink",
                   stroke: "currentColor", "stroke-dasharray": "3,3"}, ax.plot);
