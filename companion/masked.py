@@ -482,7 +482,8 @@ def negative_elbo(denoiser: Callable, x0: torch.Tensor, sched="linear", *, n_t: 
     denoiser's logits (N, K, ...). n_t at most MAX_TIMES = 10,000; a non-finite logit at a
     masked position is refused (`checks.finite_logits`).
 
-    Book: :eq:`ch14-elbo`; with categories=K, :eq:`ch19-masked-bound`.
+    Book: :eq:`ch14-elbo`; with categories=K, :eq:`ch19-masked-bound`; for text,
+    :eq:`ch22-bound`.
     """
     _denoiser(denoiser)
     categories = check_categories(categories)
@@ -520,6 +521,8 @@ def ordered_nll(denoiser: Callable, x0: torch.Tensor, categories: int,
     range(L), left to right by default. L network calls, each on every sequence (at most
     MAX_IMAGES a call); no sequences (0, L) give an empty (0,). A non-finite logit among
     those read (position sigma(k)'s) is refused (`checks.finite_logits`).
+
+    Book: :eq:`ch22-bound`.
     """
     _denoiser(denoiser)
     categories = check_categories(categories)

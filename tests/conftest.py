@@ -1,4 +1,17 @@
+import atexit
+import os
+import shutil
+import tempfile
+
 import pytest
+
+# The tests never load the repository's shipped weights (companion/weights): a run that the
+# shipped set holds would load instead of train, and a recipe continued from an early run
+# would skip the resume the tests record. An empty folder of this session's stands in (the
+# notebooks' kernels inherit it); tests of the shipped set name their own folder, and those
+# of the repository's set read companion.run.shipped.FOLDER directly.
+os.environ["BOOK_SHIPPED"] = tempfile.mkdtemp(prefix="book-tests-shipped-")
+atexit.register(shutil.rmtree, os.environ["BOOK_SHIPPED"], ignore_errors=True)
 
 # torch is imported inside the fixtures: the xdist controller loads this file before it
 # starts the workers and runs no test, so a top-level import cost check-fast seconds

@@ -335,7 +335,11 @@ LAYOUT = r"""
   const article = document.querySelector('article.bd-article') || document.body;
   const box = article.getBoundingClientRect(), cs = getComputedStyle(article);
   const right = box.right - parseFloat(cs.paddingRight);
-  const visible = e => e.checkVisibility() && !e.closest('details:not([open]), .toggle-hidden');
+  // what the reader sees: not a permalink hidden until hover (a figure's "#"), not a
+  // closed dropdown, not a 1-px screen-reader-only text (the explorers' "to the power")
+  const visible = e => e.checkVisibility({visibilityProperty: true}) &&
+    !e.closest('details:not([open]), .toggle-hidden') &&
+    !(e.getBoundingClientRect().width <= 1 && getComputedStyle(e).position === 'absolute');
   const clips = e => getComputedStyle(e).overflowX !== 'visible';
   const kind = e => e.closest('mjx-container[display="true"]') ? 'display equation' :
     e.closest('.cell_input') ? 'code cell' :

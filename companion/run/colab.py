@@ -46,6 +46,9 @@ COLAB_PREINSTALLED = {
     "pillow": "11.3.0",
     "scipy": "1.16.3",
     "mlxtend": "0.23.4",
+    # the shipped weights' format (companion.run.shipped); the same list at its torch 2.11
+    # state (commit 03a8903) and at its torch 2.10 state (4647a1d) both give 0.7.0
+    "safetensors": "0.7.0",
 }
 # The kernel and notebook runner of the same image, and the other distributions the book's
 # packages pull in there (same source): `make test-colab` pins them too, so that the venv
