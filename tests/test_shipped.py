@@ -27,7 +27,7 @@ from companion.train import fit
 X, Y = torch.randn(64, 3), torch.randn(64, 1)
 BUDGET_MB = 64
 # config entries a recipe computes from its data (the golden identities use fake data)
-FROM_DATA = {"n_train", "scale", "data"}
+FROM_DATA = {"n_train", "scale", "data", "sigma_data"}
 
 
 def mse(model, batch):
