@@ -37,7 +37,6 @@ import json
 import os
 import platform
 import struct
-import tempfile
 import urllib.error
 import urllib.request
 import warnings
@@ -53,7 +52,7 @@ try:  # the manifest's lock; absent on Windows, where parallel exports are not s
     import fcntl
 except ImportError:  # pragma: no cover
     fcntl = None
-from .checkpoint import CheckpointMismatchError, cache_dir, check_identity
+from .checkpoint import CheckpointMismatchError, cache_dir, check_identity, replace_file
 
 FORMAT = "companion-shipped-1"
 FOLDER = Path(__file__).resolve().parents[1] / "weights"  # companion/weights
@@ -100,10 +99,8 @@ def read_manifest(where: Path | None = None) -> dict:
 
 def write_manifest(manifest: dict, where: Path) -> None:
     """Write the manifest atomically, sorted, one key a line (readable diffs)."""
-    path = where / MANIFEST
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    replace_file(where / MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True)
+                                    + "\n").encode())
 
 
 def summary(ident: dict) -> dict:
@@ -252,20 +249,6 @@ def _cached_copy(entry: dict) -> Path:
     return cache_dir() / "shipped" / entry["file"]
 
 
-def _store(path: Path, data: bytes) -> None:
-    """Write a fetched file atomically (a killed write leaves no partial file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide a shared cache's files
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def file_bytes(entry: dict) -> tuple[bytes, str] | None:
     """The verified bytes of the file `entry` names and where they came from: the folder
     (a checkout), else the copy fetched earlier into the cache, else a fetch (kept in the
@@ -300,7 +283,7 @@ def file_bytes(entry: dict) -> tuple[bytes, str] | None:
              "BOOK_TRAIN=1 to silence this)")
         return None
     try:
-        _store(copy, data)
+        replace_file(copy, data)
     except OSError as err:  # a read-only cache: use it from memory this time
         _say("store", f"fetched shipped weights cannot be kept in {copy.parent} ({err}); "
              "they are used from memory and fetched again next time")
@@ -507,7 +490,7 @@ def export(where: Path, name: str, model, average, ident: dict, step: int, histo
             "final_loss": round(sum(losses) / len(losses), 6) if losses else None,
             "chapters": chapters,
         }
-        _store(where / file, data)
+        replace_file(where / file, data)
         manifest["models"][name] = entry
         return entry
 
