@@ -1,10 +1,13 @@
 """Figures in one consistent style: image grids, loss curves, densities.
 
 The convention. The book's text column is COLUMN_PX = 688 pixels wide at a 1280-px
-window, and a figure wider than that is shrunk to fit, text and all. So a figure is made
-as wide as the column (`subplots`), its text is set in points that stay readable there,
-and `show` refuses a figure whose smallest text would be drawn under MIN_TEXT_PX pixels
-at the displayed scale, or whose axes have numbered ticks but no label.
+window, and a figure wider than that is shrunk to fit, text and all. On a 390-px phone the
+column is 342 px (companion.panels.PHONE_PX): a figure of panels side by side shows them one
+under the other (companion.panels), each shrunk only if it is wider than that, and a
+figure of one panel shrinks whole. So a figure of several panels is made as wide as the
+column and one panel about two thirds of it (`subplots`), its text is set in points that
+stay readable on both, and `show` refuses a figure whose smallest text would be drawn
+under MIN_TEXT_PX pixels on either, or whose axes have numbered ticks but no label.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 import torch
 from matplotlib.text import Text
 
+from . import panels
 from .run import checks
 
 PALETTE = ["#1f5fa8", "#d1495b", "#2e933c", "#edae49", "#6c4f9c", "#00798c"]
@@ -24,6 +28,9 @@ COLUMN_PX = 688  # the article column of the site at a 1280-px window
 DPI = 100  # figure.dpi and savefig.dpi of the style: 1 inch = 100 px
 COLUMN_INCHES = COLUMN_PX / DPI
 MIN_TEXT_PX = 9.0  # smallest readable text on screen, in CSS pixels
+# a figure of one column of panels, as a fraction of COLUMN_PX: shrunk whole to a phone's
+# 342-px column, its 9-pt (12.5-px) labels must keep 9 px, so it is at most 475 px wide
+ONE_PANEL = 0.66
 
 
 def use_style() -> None:
@@ -50,6 +57,7 @@ def use_style() -> None:
         set_matplotlib_formats("png")
     except Exception:
         pass
+    panels.use_png()  # the PNG says where its columns of panels are, for a phone
 
 
 def image_grid(x: torch.Tensor, nrow: int = 8, ax=None, title: str | None = None,
@@ -141,14 +149,17 @@ def loss_curves(history: dict, keys=("loss",), ax=None, window: int | None = Non
 
 
 def subplots(nrows: int = 1, ncols: int = 1, height: float | None = None,
-             width: float = 1.0, **kwargs):
-    """`plt.subplots` with the figure as wide as the text column.
+             width: float | None = None, **kwargs):
+    """`plt.subplots` with the figure as wide as the text column (one column of panels:
+    ONE_PANEL of it, so that its 9-pt labels stay 9 px on a phone).
 
     height: inches (default 2.6 per row of panels); width: a fraction of the column, for
     a figure that needs less. Constrained layout unless `layout` is given. Returns
     (fig, axes) like `plt.subplots`.
     """
     nrows, ncols = checks.count("nrows", nrows), checks.count("ncols", ncols)
+    if width is None:
+        width = 1.0 if ncols > 1 else ONE_PANEL
     if not 0 < width <= 1:
         raise ValueError(f"width is a fraction of the column, in (0, 1]; got {width}")
     if height is None:
@@ -245,6 +256,17 @@ def check(fig, column_px: float = COLUMN_PX, min_px: float = MIN_TEXT_PX) -> Non
             f"shrinks it by {displayed_scale(fig, column_px):.2f}. Make it with "
             "companion.plot.subplots (column width) or use larger fonts"
         )
+    layout = panels.layout(fig)
+    phone = layout.shown_text_px(panels.PHONE_PX)
+    if min(phone) < min_px:
+        i = phone.index(min(phone))
+        where = "the figure" if len(phone) == 1 else f"its column {i + 1} of {len(phone)}"
+        (x0, x1) = layout.cuts[i]
+        problems.append(
+            f"on a phone's {panels.PHONE_PX}-px column {where} ({x1 - x0} px wide) draws "
+            f"its smallest text {min(phone):.1f} px high (under {min_px:g} px). Make a "
+            "figure of one column of panels at most two thirds of the column wide "
+            "(companion.plot.subplots does), put panels side by side, or use larger fonts")
     missing = unlabelled_axes(fig)
     if missing:
         problems.append("numbered ticks without an axis label on "
