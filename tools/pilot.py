@@ -1,0 +1,178 @@
+"""Pilots (issue 93): a model's quality against its updates, so that its budget comes from
+the trend, not from what a reader could afford.
+
+    python tools/pilot.py ddpm --updates 900 1800 3000 4500 6000 [--n 256]
+
+One run of the family's recipe in the `cpu` profile on the book's own data (BOOK_OFFLINE=1),
+kept at each count of updates (`recipes.snapshots`: each stage resumes the one before, the
+learning rate has no decay after its warm-up, so the stages are one run), every stage
+scored the way the pages score it:
+
+- the Fréchet distance of N samples to the test set, in the judge's features, against the
+  floor: N real training digits, 5 draws (`metrics.frechet_floor`). The bar is 2x the floor;
+- the judge's mean top-class probability (test digits: about 0.97);
+- copying: the median distance of a sample to its nearest training digit, over that of a
+  held-out test digit (chapter 9's test; below 1 means samples sit nearer the training set
+  than new digits do).
+
+The checkpoints go to .cache/pilot (BOOK_CACHE overrides), never the reader's cache or the
+shipped set; a stopped pilot resumes. The table is printed and written, with the machine and
+the seconds each stage trained, to benchmarks/results/pilots/<family>-<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+OUT = ROOT / "benchmarks" / "results" / "pilots"
+BAR = 2.0  # the issue's bar: a distance within 2x the floor of real digits
+
+
+def _longer(top: int) -> None:
+    """Every pixel recipe reads its budget from chapter 9's `ddpm_settings` (one U-Net, one
+    budget, so that the chapters compare objectives, not budgets): make it `top` updates
+    wherever a recipes module took the name."""
+    import companion.recipes as recipes
+    from companion.recipes import pixel
+
+    settings = pixel.ddpm_settings
+
+    def longer(p):
+        return {**settings(p), "steps": top}
+
+    for module in vars(recipes).values():
+        if getattr(module, "ddpm_settings", None) is settings:
+            module.ddpm_settings = longer
+
+
+def _ddpm_sampler(model, profile, device):
+    from companion.recipes import pixel
+    diffusion, eps = pixel.ddpm_diffusion(profile, device), pixel.eps_function(model, device)
+    return lambda z, g: diffusion.sample(eps, z.shape, n_steps=100, variance="beta",
+                                         x_T=z, generator=g, quiet=True)
+
+
+def _vdm_sampler(model, profile, device):
+    from companion.recipes import variational
+    diffusion, eps = variational.vdm_sampler(model, profile, device)
+    return lambda z, g: diffusion.sample(eps, z.shape, n_steps=100, variance="beta",
+                                         x_T=z, generator=g, quiet=True)
+
+
+def _flow_sampler(model, profile, device):
+    from companion import flow, sde
+    from companion.recipes import pixel
+    vel = flow.velocity_field(pixel.eps_function(model, device),
+                              pixel.ddpm_settings(profile)["T"])
+    return lambda z, g: sde.heun(vel, z, flow.uniform_grid(50))  # 99 evaluations
+
+
+def _edm_sampler(model, profile, device):
+    from companion import edm
+    from companion.recipes import preconditioned
+    D = preconditioned.denoiser_function(model, device)
+    return lambda z, g: edm.heun(D, edm.SIGMA_MAX * z, edm.rho_grid(18))  # 35 evaluations
+
+
+def _families():
+    """{family: (recipe, its checkpoint path function, sampler(model, profile, device) ->
+    (z, generator) -> images on [-1, 1])}: the sampler each is judged by on its page."""
+    from companion.recipes import flows, pixel, preconditioned, variational
+    return {
+        "ddpm": (pixel.ddpm, pixel.ddpm_checkpoint, _ddpm_sampler),  # chapter 9
+        "flow": (flows.flow_matching, flows.flow_checkpoint, _flow_sampler),  # 13
+        "edm": (preconditioned.edm, preconditioned.edm_checkpoint, _edm_sampler),  # 17
+        "vdm": (variational.vdm, variational.vdm_checkpoint, _vdm_sampler),  # 18
+    }
+
+
+FAMILIES = ("ddpm", "flow", "edm", "vdm")
+
+
+def nearest(x, train):
+    """Each image's Euclidean distance to its nearest training image, (N,)."""
+    import torch
+    d = torch.cdist(x.flatten(1).float(), train.flatten(1).float())
+    return d.min(1).values
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("family", choices=FAMILIES)
+    ap.add_argument("--updates", type=int, nargs="+", required=True)
+    ap.add_argument("--n", type=int, default=256, help="samples a stage (default 256)")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("BOOK_OFFLINE", "1")
+    os.environ.setdefault("BOOK_PROFILE", "cpu")
+    os.environ.setdefault("BOOK_CACHE", str(ROOT / ".cache" / "pilot"))
+    empty = Path(os.environ["BOOK_CACHE"]) / "no-shipped"
+    empty.mkdir(parents=True, exist_ok=True)
+    os.environ["BOOK_SHIPPED"] = str(empty)  # the pilot trains; it never loads the set
+
+    import torch
+
+    import companion
+    import companion.run.precision
+    from companion import recipes
+    from companion.data import load
+    from companion.metrics import frechet_distance, frechet_floor, mean_top_probability
+    from companion.models.classifier import predict, to_unit
+    from companion.run import shipped
+
+    profile, device = companion.setup(seed=0)
+    data = load("mnist", n_train=profile.n_train, n_test=profile.n_test, device=device)
+    judge, _ = recipes.classifier(data, profile, device)
+    ref, _ = predict(judge, data.x_test)
+    ref = ref.cpu()
+    floors = frechet_floor(lambda x: predict(judge, to_unit(x))[0].cpu(),
+                           data.x_train * 2 - 1, ref, args.n)
+    floor = floors.mean().item()
+    held_out = nearest(data.x_test, data.x_train).median().item()
+
+    cuts = sorted(set(args.updates))
+    _longer(cuts[-1])
+    recipe, checkpoint, sampler = _families()[args.family]
+    started = time.time()
+    runs = recipes.snapshots(recipe, checkpoint, data.x_train, profile, device,
+                             fractions=[c / cuts[-1] for c in cuts[:-1]], total=cuts[-1],
+                             prefix="pilot")
+    rows = []
+    for k, (model, run) in sorted(runs.items()):
+        z = torch.randn(args.n, 1, 28, 28, device=device,
+                        generator=torch.Generator(device).manual_seed(12))
+        with torch.no_grad():
+            x = sampler(model, profile, device)(z, torch.Generator(device).manual_seed(5))
+        x = ((x.clamp(-1, 1) + 1) / 2).float()
+        f, p = predict(judge, x)
+        fd = frechet_distance(f.cpu(), ref)
+        copy = nearest(x, data.x_train).median().item() / held_out
+        tail = run.history["loss"][-100:]
+        loss, seconds = sum(tail) / max(1, len(tail)), run.train_seconds
+        rows.append(dict(updates=k, train_seconds=round(seconds), loss=round(loss, 4),
+                         fd=round(fd, 1), ratio=round(fd / floor, 2),
+                         top=round(mean_top_probability(p), 3), copy=round(copy, 3)))
+        print(f"{k:>6} updates: FD {fd:7.1f} = {fd / floor:5.2f} x floor, top-class "
+              f"{rows[-1]['top']:.3f}, nearest-train ratio {copy:.3f}, loss {loss:.4f}, "
+              f"{seconds:.0f} s trained", flush=True)
+    record = dict(family=args.family, n=args.n, floor=round(floor, 1),
+                  floor_sd=round(floors.std().item(), 1), bar=BAR, rows=rows,
+                  machine=shipped.trained_by(device, 0.0)["device"],
+                  precision=companion.run.precision.describe(device),
+                  torch=torch.__version__, seconds=round(time.time() - started),
+                  date=time.strftime("%Y-%m-%d"))
+    OUT.mkdir(parents=True, exist_ok=True)
+    out = OUT / f"{args.family}-{device.type}.json"
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"floor {floor:.1f} +- {record['floor_sd']} at N = {args.n}; wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
