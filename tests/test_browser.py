@@ -441,8 +441,20 @@ LAYOUT = r"""
     .map(e => `stderr: ${text(e)}`);
   const errorLines = lines.filter(l => /^\s*(\w*(Error|Warning|Exception)\b|Traceback)/.test(l))
     .map(l => `error text: ${l.trim().slice(0, 100)}`);
+  // Each figure image as shown: its text (the smallest, PNG px, that companion.panels
+  // wrote into it; a column of a figure stacked on a phone carries its own) and the scale
+  // it is drawn at. A figure stored before that (no data-text-px) has the book's 9-pt
+  // labels, 12.5 px. wider: the image is wider than its box (it scrolls sideways).
   const figures = [...article.querySelectorAll('.cell_output img, figure img')].filter(visible)
-    .map(i => ({alt: i.alt || '', src: (i.currentSrc || i.src).split('/').pop().slice(0, 24)}));
+    .map(i => { const panel = i.closest('.book-panel'), holder = i.closest('figure');
+      const box = (panel || i.closest('.cell_output') || holder || i).getBoundingClientRect();
+      const named = panel ? panel.closest('.book-panels') : i;
+      return {alt: i.alt || '', src: (i.currentSrc || i.src).split('/').pop().slice(0, 24),
+        name: (holder && holder.id) || (named.getAttribute('aria-label') || named.alt || '')
+          .slice(0, 50).trim(),
+        textPx: parseFloat((panel || i).dataset.textPx || '12.5'),
+        scale: i.getBoundingClientRect().width / (i.naturalWidth || 1),
+        wider: !panel && i.getBoundingClientRect().width > box.width + SLACK}; });
   const sidebar = [...document.querySelectorAll('nav.bd-docs-nav a.reference')]
     .map(a => ({href: a.href.split('#')[0], text: a.textContent.trim()}));
   const links = [...article.querySelectorAll('a.reference.internal')]
@@ -762,6 +774,55 @@ def test_phone_layout(browser, server, page):
     if page == STATUS or page in API:
         bad = too_wide(layout)
         assert not bad, f"{page}: wider than the phone's column:\n  " + "\n  ".join(bad)
+
+
+# Figures a phone shows with labels under 9 px, or wider than the screen: stored before their
+# PNGs said where their columns of panels are (companion.panels), each with the reason. The
+# list is what test_figures_readable_on_a_phone reads: a figure on it that has become
+# readable fails the test until its line goes, so the list only shrinks.
+PHONE_FIGURES = ROOT / "tests" / "data" / "figures_small_on_a_phone.txt"
+
+
+def phone_figures_listed() -> dict[tuple[str, str], str]:
+    """{(page, figure): reason} from PHONE_FIGURES: lines `page | figure | reason`."""
+    listed = {}
+    for line in PHONE_FIGURES.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            page, figure, reason = (part.strip() for part in line.split("|", 2))
+            listed[page, figure] = reason
+    return listed
+
+
+def small_on_a_phone(layout: dict) -> dict[str, str]:
+    """{figure: what is wrong} for the figures of a page laid out at PHONE width: text drawn
+    under companion.plot.MIN_TEXT_PX, or an image wider than its box. A figure stacked in
+    columns is one entry (its smallest column)."""
+    from companion.plot import MIN_TEXT_PX
+
+    found: dict[str, str] = {}
+    for f in layout["figures"]:
+        shown = f["textPx"] * f["scale"]
+        why = (f"scrolls sideways (labels {shown:.1f} px)" if f["wider"] else
+               f"labels {shown:.1f} px" if shown < MIN_TEXT_PX else None)
+        if why and f["name"] not in found:
+            found[f["name"]] = why
+    return found
+
+
+@pytest.mark.parametrize("page", CHAPTERS)
+def test_figures_readable_on_a_phone(browser, server, page):
+    """On a 390-px phone every figure's smallest text is drawn at 9 px or more and no figure
+    is wider than the screen (a figure of panels side by side shows them one under the
+    other: book/_ext/panels.py), except the figures PHONE_FIGURES lists with a reason."""
+    found = small_on_a_phone(visit_phone(browser, server, page))
+    listed = {f: r for (p, f), r in phone_figures_listed().items() if p == page}
+    new = [f"{name[:50]!r}: {why}" for name, why in found.items() if name not in listed]
+    assert not new, (f"{page}: figures a {PHONE}-px phone shows with labels under 9 px or "
+                     "wider than the screen (draw them with companion.plot.subplots, whose "
+                     "PNG stacks its columns on a phone):\n  " + "\n  ".join(new))
+    fixed = [name for name in listed if name not in found]
+    assert not fixed, (f"{page}: readable on a phone now, so take them off "
+                       f"{PHONE_FIGURES.name}: {fixed}")
 
 
 def test_intro_names_chapters_as_the_sidebar(browser, server):
