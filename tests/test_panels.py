@@ -139,3 +139,18 @@ def test_the_page_stacks_the_columns_of_a_figure_that_has_them(tmp_path):
     assert (f"width: {100 * width / (first[2] - first[0]):.4f}%; margin-left: -0.0000%; "
             "margin-top: -0.0000%") in out
     plt.close("all")
+
+
+def test_inside_ipython_the_style_makes_every_figures_png_carry_its_layout():
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    try:
+        plot.use_style()
+        fig = _row(2)
+        data, _ = shell.display_formatter.format(fig, include={"image/png"})
+        with Image.open(io.BytesIO(base64.b64decode(data["image/png"]))) as im:
+            assert panels.Layout.from_json(im.text[panels.KEY]) == panels.layout(fig)
+    finally:
+        InteractiveShell.clear_instance()
+        plt.close("all")
