@@ -33,8 +33,20 @@ MIN_TEXT_PX = 9.0  # smallest readable text on screen, in CSS pixels
 ONE_PANEL = 0.66
 
 
-def use_style() -> None:
-    """The book's matplotlib style; PNG output (SVG changes every run and breaks nbval)."""
+_PHONE = True  # use_style(phone=...): figures drawn and checked for a phone as well
+
+
+def use_style(phone: bool = True) -> None:
+    """The book's matplotlib style; PNG output (SVG changes every run and breaks nbval).
+
+    phone=False keeps the figures of a page stored before they were drawn for a phone
+    (chapters 6-20 until their re-execution): `subplots` makes one column of panels as
+    wide as the column, shared axes hide their inner tick labels, legends are unframed,
+    and `check` holds figures to the desktop column only. Their stored outputs, figure
+    sizes included, stay what nbval compares.
+    """
+    global _PHONE
+    _PHONE = bool(phone)
     mpl.rcParams.update({
         "figure.figsize": (COLUMN_INCHES, 3.6),
         "figure.dpi": DPI,
@@ -49,7 +61,7 @@ def use_style() -> None:
         "xtick.labelsize": 9,
         "ytick.labelsize": 9,
         # a legend drawn over data stays readable (on a phone a panel is small)
-        "legend.frameon": True,
+        "legend.frameon": phone,
         "legend.framealpha": 0.85,
         "legend.edgecolor": "none",
         "image.cmap": "gray",
@@ -163,14 +175,14 @@ def subplots(nrows: int = 1, ncols: int = 1, height: float | None = None,
     """
     nrows, ncols = checks.count("nrows", nrows), checks.count("ncols", ncols)
     if width is None:
-        width = 1.0 if ncols > 1 else ONE_PANEL
+        width = ONE_PANEL if ncols == 1 and _PHONE else 1.0
     if not 0 < width <= 1:
         raise ValueError(f"width is a fraction of the column, in (0, 1]; got {width}")
     if height is None:
         height = 0.4 + 2.6 * nrows
     kwargs.setdefault("layout", "constrained")
     fig, axes = plt.subplots(nrows, ncols, figsize=(width * COLUMN_INCHES, height), **kwargs)
-    if ncols > 1:  # on a phone each panel stands alone: every one keeps its tick labels
+    if ncols > 1 and _PHONE:  # on a phone each panel stands alone: all keep tick labels
         for ax in np.atleast_1d(axes).flat:
             ax.tick_params(labelleft=True, labelbottom=True)
     return fig, axes
@@ -266,7 +278,7 @@ def check(fig, column_px: float = COLUMN_PX, min_px: float = MIN_TEXT_PX) -> Non
         )
     layout = panels.layout(fig)
     phone = layout.shown_text_px(panels.PHONE_PX)
-    if min(phone) < min_px:
+    if _PHONE and min(phone) < min_px:
         i = phone.index(min(phone))
         where = "the figure" if len(phone) == 1 else f"its panel {i + 1} of {len(phone)}"
         (x0, _, x1, _) = layout.boxes[i]

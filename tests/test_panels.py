@@ -154,3 +154,20 @@ def test_inside_ipython_the_style_makes_every_figures_png_carry_its_layout():
     finally:
         InteractiveShell.clear_instance()
         plt.close("all")
+
+
+def test_a_page_stored_before_keeps_its_figures_with_phone_false():
+    """use_style(phone=False), for chapters not yet drawn for a phone: one column of
+    panels as wide as the column, and no phone check (their stored outputs stay)."""
+    try:
+        plot.use_style(phone=False)
+        fig, _ = plot.subplots()
+        assert fig.get_size_inches()[0] == pytest.approx(plot.COLUMN_INCHES)
+        fig.axes[0].plot([0, 1])
+        fig.axes[0].set(xlabel="x", ylabel="y")
+        plot.check(fig)  # 6 px on a phone, allowed here
+    finally:
+        plot.use_style()
+        plt.close("all")
+    with pytest.raises(ValueError, match="phone"):
+        plot.check(fig)
