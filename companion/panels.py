@@ -26,7 +26,6 @@ from matplotlib.text import Text
 
 KEY = "companion:panels"
 PHONE_PX = 342  # a 390-px phone's article column, inside the figure's padding
-DESKTOP_PX = 688  # the article column at a 1280-px window (companion.plot.COLUMN_PX)
 
 
 @dataclass(frozen=True)
