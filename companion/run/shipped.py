@@ -363,35 +363,49 @@ def setup_line(profile_name: str) -> str:
 
 def record(source: str, name: str | None = None) -> None:
     """Note where a model of this process came from ("cache", "shipped", "trained"), and
-    for checkpoint `name` which (`provenance` reads it)."""
+    for checkpoint `name` which (`facts` reads it)."""
     SOURCES[source] += 1
     if name is not None:
         ORIGIN[name] = source
 
 
-def provenance(*names: str) -> str:
-    """Where the models of checkpoints `names` came from in this process, in words for a
-    page's budget box: the machine, precision, updates and minutes of the shipped runs, or
-    "trained in this run" / "from your cache"."""
+def facts(*names: str) -> dict[str, str]:
+    """What trained the models of checkpoints `names` (default: every checkpoint this
+    process loaded or trained), in short phrases for a page's budget box, each under the
+    60 characters a glued text may have inside a sentence:
+
+        networks   "3 networks" (those in the shipped set)
+        updates    "4,500 updates" or "1,420 to 4,500 updates" (each network's)
+        time       "24 min": their training time added up, as the manifest records it
+        machine    "AMD EPYC, 2 cores" (and "... and ..." for several)
+        precision  "bf16 autocast" (and "/" for several)
+        source     where this run took them: "loaded from the shipped files", "trained in
+                   this run", "from your cache", or those joined
+
+    Models cheap enough not to ship are not among the networks (they train on the page).
+    """
+    names = names or tuple(ORIGIN)
     unknown = [n for n in names if n not in ORIGIN]
     if unknown:
         raise ValueError(f"no model of checkpoint {unknown[0]!r} was loaded or trained in "
                          "this process: name the checkpoints the page's fits used")
-    said = []
-    ship = [n for n in names if ORIGIN[n] == "shipped"]
-    if ship:
-        entries = [read_manifest()["models"][n] for n in ship]
-        devices = sorted({e["trained"]["device"] for e in entries})
-        precisions = sorted({e["trained"]["precision"] for e in entries})
-        seconds = sum(e["trained"]["seconds"] for e in entries)
-        updates = sum(e["step"] for e in entries)
-        said.append(f"trained once for the book ({updates:,} updates in "
-                    f"{_duration(seconds)} on {' and '.join(devices)}, "
-                    f"{'/'.join(precisions)}) and shipped with it")
-    for source, words in (("trained", "trained in this run"), ("cache", "from your cache")):
-        if any(ORIGIN[n] == source for n in names):
-            said.append(words)
-    return "; ".join(said)
+    models = read_manifest().get("models", {})
+    entries = [models[n] for n in names if n in models]
+    if not entries:
+        raise ValueError(f"none of {sorted(names)} is in the shipped set: run make weights, "
+                         "or name the checkpoints of the models the page shows")
+    steps = sorted({e["step"] for e in entries})
+    words = {"shipped": "loaded from the shipped files", "cache": "from your cache",
+             "trained": "trained in this run"}
+    sources = [words[k] for k in words if any(ORIGIN[n] == k for n in names if n in models)]
+    return dict(
+        networks=f"{len(entries)} network{'s' if len(entries) != 1 else ''}",
+        updates=f"{steps[0]:,} updates" if len(steps) == 1
+        else f"{steps[0]:,} to {steps[-1]:,} updates",
+        time=_duration(sum(e["trained"]["seconds"] for e in entries)),
+        machine=" and ".join(sorted({e["trained"]["device"] for e in entries})),
+        precision="/".join(sorted({e["trained"]["precision"] for e in entries})),
+        source=", ".join(sources))
 
 
 def report() -> str:
