@@ -143,6 +143,27 @@ def test_ar_sample_draws_the_models_law(monkeypatch):
     assert torch.equal(s, again)
 
 
+def test_ar_sample_temperature_sharpens_the_law():
+    """At temperature T each conditional is softmax(logits / T): the same chi-square test
+    against the law that this tempering gives, and T -> 0 draws the likeliest path."""
+    model = _model(V=2, length=3, causal=True, std=0.3)
+    x = _all_sequences(2, 3)
+    T = 0.5
+    with torch.no_grad():  # the tempered law, conditional by conditional
+        logits = model(x)[:, :, :3].double() / T                 # (8, V, L)
+        logp = logits.log_softmax(1).gather(1, x[:, None]).squeeze(1).sum(1)
+    p = logp.exp()
+    n = 4000
+    s = ar_sample(model, n, 3, temperature=T, generator=torch.Generator().manual_seed(1))
+    counts = torch.bincount(s[:, 0] * 4 + s[:, 1] * 2 + s[:, 2], minlength=8).double()
+    chi2 = float(((counts - n * p) ** 2 / (n * p)).sum())
+    assert chi2 < 24.3, (chi2, counts / n, p)
+    cold = ar_sample(model, 50, 3, temperature=1e-4, generator=torch.Generator().manual_seed(2))
+    assert (cold == cold[0]).all()  # one path, the greedy one
+    with pytest.raises(ValueError, match="temperature"):
+        ar_sample(model, 2, 3, temperature=0.0)
+
+
 # --- masked diffusion's denoiser ----------------------------------------------------------------
 
 def test_masked_loss_and_sample_run_on_the_bidirectional_model():

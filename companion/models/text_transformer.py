@@ -182,9 +182,11 @@ MAX_SAMPLES = 100_000
 
 
 @torch.no_grad()
-def ar_sample(model: TextTransformer, n: int, length: int, *,
+def ar_sample(model: TextTransformer, n: int, length: int, *, temperature: float = 1.0,
               generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-    """n sequences (n, length) long, ancestral: x_i ~ softmax(logits_i(x_<i)), left to right.
+    """n sequences (n, length) long, ancestral: x_i ~ softmax(logits_i(x_<i) / temperature),
+    left to right. temperature 1 draws the model's law; below 1 sharpens each conditional
+    towards its likeliest value (fewer mistakes, less variety), above 1 flattens it.
 
     One forward pass per position on the prefix drawn so far (no key-value cache: L^2 / 2
     positions' work instead of L, simple and enough at the book's lengths); at most
@@ -196,6 +198,7 @@ def ar_sample(model: TextTransformer, n: int, length: int, *,
     n = checks.size("n (the number of samples)", n, MAX_SAMPLES, "each runs the network "
                     "once per position; draw in batches")
     length = checks.count("length", length, maximum=model.config.length)
+    temperature = checks.positive("temperature", temperature)
     checks.generator("generator", generator)
     device = checks.device("device", device) or model.head.weight.device
     x = torch.zeros(n, length, dtype=torch.long, device=device)  # x_i unseen until drawn
@@ -207,7 +210,8 @@ def ar_sample(model: TextTransformer, n: int, length: int, *,
                            f"{logits.numel():,} logits"))
             if checks.on_host(logits):
                 checks.finite_logits("model", counts[-1:])
-            x[rows, i] = draw_values(logits[:, :, None], generator=generator)[0][:, 0]
+            x[rows, i] = draw_values(logits[:, :, None] / temperature,
+                                     generator=generator)[0][:, 0]
     checks.finite_logits("model", counts)
     return x
 
