@@ -457,13 +457,16 @@ class Evidence:
         self.anchors: list[list[str]] = []  # per row: the glue names of its phrase
 
     def verdict(self, claim: str, c: Comparison, *, fmt: str = ".3g", ahead: str = "ahead",
-                behind: str = "behind", tie: str = "within noise", trend: str = "") -> str:
+                behind: str = "behind", tie: str = "within noise", trend: str = "",
+                name: str | None = None) -> Verdict:
         """Record c as the row for `claim`; return its phrase for the prose.
 
         claim: what is compared, as the table's first column says it ("FD, VDM - L_simple");
         fmt: the format of the difference and its SE; ahead/behind/tie: the phrase for each
         verdict (at most SHORT characters: a longer one belongs in the table); trend: the
-        budget trend in words (`trend(...)`), if the comparison has one.
+        budget trend in words (`trend(...)`), if the comparison has one; name: the glue
+        name the prose links to the row by, where the phrase is glued inside a longer text
+        (gluing the returned `Verdict` itself names the row without it).
         """
         if not isinstance(c, Comparison):
             raise TypeError(f"verdict needs a Comparison (from paired, welch, "
@@ -479,6 +482,8 @@ class Evidence:
         phrase = {"ahead": ahead, "behind": behind, "tie": tie}[c.verdict]
         self.rows.append((claim, c, fmt, phrase, trend))
         self.anchors.append([])
+        if name is not None:
+            self.name(len(self.rows) - 1, name)
         return Verdict(phrase, self, len(self.rows) - 1)
 
     def name(self, row: int, anchor: str) -> None:

@@ -79,16 +79,19 @@ def test_a_glued_verdict_names_its_row_and_stores_plain_text(monkeypatch):
                      behind="lower")
     tie = ev.verdict("FD, A - C", paired(a, a + rng.normal(size=30)))
     ev.verdict("FD, A - D", paired(a, a + rng.normal(size=30)))  # glued nowhere
+    inside = ev.verdict("FD, A - E", paired(a, a + rng.normal(size=30)), name="ch99_sentence")
+    glue_module.glue("ch99_sentence", f"{inside} at every budget", display=False)
     glue_module.glue("ch99_fd_words", low, display=False)
     glue_module.glue("ch99_tie", tie, display=False)
     glue_module.glue("ch99_tie_again", tie, display=False)
     text = [d["application/papermill.record/text/plain"] for d, _ in shown]
-    assert text == ["'lower'", "'within noise'", "'within noise'"]  # a str, no class name
+    assert text[:3] == ["'lower'", "'within noise'", "'within noise'"]  # a str, no class
     rows = ev.markdown().splitlines()[2:]
     assert rows[0].startswith('| <a id="ch99_fd_words" name="ch99_fd_words"></a>FD, A - B')
     assert rows[1].startswith('| <a id="ch99_tie" name="ch99_tie"></a>'
                               '<a id="ch99_tie_again" name="ch99_tie_again"></a>FD, A - C')
     assert rows[2].startswith("| FD, A - D")
+    assert rows[3].startswith('| <a id="ch99_sentence" name="ch99_sentence"></a>FD, A - E')
     with pytest.raises(ValueError, match="glue name"):
         ev.name(0, "two words")
 
