@@ -11,8 +11,8 @@ and gpu profiles, with `Run.session` (where fit computes the identity, before an
 replaced by a recorder that takes no step, and `seed_from` (an early run resumed) by one
 that records what it would check. Nothing trains and nothing is written. What is recorded:
 the file name, the updates the run is asked for (its budget: a shipped file must have as
-many, tests/test_shipped.py), and the identity with the module tree as its SHA-256 and line count and the
-data's per-row sums left out (the shapes, dtypes and sampled sums stay).
+many, tests/test_shipped.py), and the identity with the module tree as its SHA-256 and
+line count and the data's per-row sums left out (the shapes, dtypes and sampled sums stay).
 
 When a recipe is meant to change (and so to retrain), write the file again:
     python tests/test_recipe_identities.py --write
