@@ -1,16 +1,19 @@
-"""Where a figure's columns of panels sit in its PNG, written into the PNG, so that a phone
-can show them one under the other.
+"""Where a figure's panels sit in its PNG, written into the PNG, so that a phone can show
+them one under the other in reading order.
 
 A figure of panels side by side is one PNG. Shrunk whole to a phone's column (PHONE_PX) its
-labels are drawn at 4-6 px. `layout(fig)` cuts the PNG into its columns of panels (axes
-whose boxes overlap across, a colorbar with the axes before it; the cut halfway between
-one column's box and the next) and finds the smallest text in each. `png(fig)`, the
-notebook's PNG of a figure once `companion.plot.use_style()` ran, carries that layout in a
-PNG text chunk (KEY); the book's page (book/_ext/panels.py) shows the columns stacked on a
-phone, each at most its own width, and the browser test measures the text each one shows.
+labels are drawn at 4-6 px. `layout(fig)` cuts the PNG into boxes, one per panel in reading
+order (row by row, left to right), and finds the smallest text in each. The panels are
+found from the axes: axes whose boxes overlap across make one column (a colorbar joins the
+axes before it), axes whose boxes overlap down make one row, and the cuts fall halfway
+between neighbouring columns and rows. A figure of one column stays whole: its rows keep
+their order and none of them is wider than the figure. `png(fig)`, the notebook's PNG of
+a figure once `companion.plot.use_style()` ran, carries the layout in a PNG text chunk
+(KEY); the book's page (book/_ext/panels.py) stacks the boxes on a phone, each at most its
+own width, and the browser test measures the text each one shows.
 
 A figure with text of its own (a suptitle, a figure legend, `fig.text`) stays whole: that
-text spans the columns and would be cut.
+text spans the panels and would be cut.
 """
 
 from __future__ import annotations
@@ -26,31 +29,31 @@ DESKTOP_PX = 688  # the article column at a 1280-px window (companion.plot.COLUM
 
 @dataclass(frozen=True)
 class Layout:
-    """A PNG of `size` (width, height) px cut into columns `cuts` [(x0, x1), ...] (px, left
-    to right, covering the width); `text_px[i]`: the smallest text in column i in PNG
-    pixels (font points * dpi / 72; inf where it has none)."""
+    """A PNG of `size` (width, height) px cut into `boxes` [(x0, y0, x1, y1), ...] (px, y
+    down, in reading order, covering the image); `text_px[i]`: the smallest text in box i
+    in PNG pixels (font points * dpi / 72; inf where it has none)."""
 
     size: tuple[int, int]
-    cuts: tuple[tuple[int, int], ...]
+    boxes: tuple[tuple[int, int, int, int], ...]
     text_px: tuple[float, ...]
 
     def shown_text_px(self, column_px: float = PHONE_PX, stacked: bool = True) -> list[float]:
-        """Each column's smallest text in CSS px on a column `column_px` wide: stacked, a
-        column is shrunk only when it is wider than the column; whole, all of them by the
-        PNG's width."""
+        """Each box's smallest text in CSS px on a column `column_px` wide: stacked, a box
+        is shrunk only when it is wider than the column; whole, all of them by the PNG's
+        width."""
         whole = min(1.0, column_px / self.size[0])
         return [t * (min(1.0, column_px / (x1 - x0)) if stacked else whole)
-                for (x0, x1), t in zip(self.cuts, self.text_px, strict=True)]
+                for (x0, _, x1, _), t in zip(self.boxes, self.text_px, strict=True)]
 
     def to_json(self) -> str:
         text = [round(t, 1) if math.isfinite(t) else None for t in self.text_px]
-        return json.dumps({"size": list(self.size), "cuts": [list(c) for c in self.cuts],
+        return json.dumps({"size": list(self.size), "boxes": [list(b) for b in self.boxes],
                            "text_px": text}, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> Layout:
         d = json.loads(text)
-        return cls(tuple(d["size"]), tuple(tuple(c) for c in d["cuts"]),
+        return cls(tuple(d["size"]), tuple(tuple(b) for b in d["boxes"]),
                    tuple(math.inf if t is None else float(t) for t in d["text_px"]))
 
 
@@ -63,21 +66,34 @@ def _figure_text(fig) -> bool:
                (not hasattr(t, "get_text") or t.get_text().strip()) for t in own)
 
 
-def _columns(spans: list[tuple[float, float, bool]]) -> list[list[float]]:
-    """Spans (x0, x1, is_colorbar) sorted by x0 merged into columns [x0, x1]: a span that
-    overlaps the column before it, or a colorbar, joins it."""
-    columns: list[list[float]] = []
-    for x0, x1, colorbar in sorted(spans):
-        if columns and (x0 < columns[-1][1] or colorbar):
-            columns[-1][1] = max(columns[-1][1], x1)
+def _merged(spans: list[tuple[float, float, bool]]) -> list[list[float]]:
+    """Spans (a, b, joins) sorted by a merged into bands [a, b]: a span that overlaps the
+    band before it, or one that joins (a colorbar), goes into it."""
+    bands: list[list[float]] = []
+    for a, b, joins in sorted(spans):
+        if bands and (a < bands[-1][1] or joins):
+            bands[-1][1] = max(bands[-1][1], b)
         else:
-            columns.append([x0, x1])
-    return columns
+            bands.append([a, b])
+    return bands
+
+
+def _cuts(bands: list[list[float]], end: int) -> list[tuple[int, int]]:
+    """The intervals [0, end) cut halfway between neighbouring bands."""
+    edges = [0] + [round((a[1] + b[0]) / 2) for a, b in zip(bands, bands[1:], strict=False)]
+    return list(zip(edges, edges[1:] + [end], strict=True))
+
+
+def _distance(box, x: float, y: float) -> float:
+    """From (x, y) to the centre of box (x0, y0, x1, y1), along the axes."""
+    x0, y0, x1, y1 = box
+    return abs(x - (x0 + x1) / 2) + abs(y - (y0 + y1) / 2)
 
 
 def layout(fig) -> Layout:
-    """The columns of `fig`'s PNG as the notebook stores it (bbox_inches="tight" at the
-    figure's dpi, savefig.pad_inches around), with the smallest text in each."""
+    """The panels of `fig`'s PNG as the notebook stores it (bbox_inches="tight" at the
+    figure's dpi, savefig.pad_inches around), in reading order, with the smallest text in
+    each."""
     import matplotlib as mpl
 
     from .plot import _texts
@@ -88,25 +104,30 @@ def layout(fig) -> Layout:
     box = fig.get_tightbbox(renderer).padded(mpl.rcParams["savefig.pad_inches"])
     width, height = int(box.width * dpi), int(box.height * dpi)  # as Agg sizes it
 
-    def px(x_display: float) -> float:  # display px -> px of the PNG
-        return (x_display / fig.dpi - box.x0) * dpi
+    def px(x: float, y: float) -> tuple[float, float]:  # display px -> PNG px, y down
+        return (x / fig.dpi - box.x0) * dpi, (box.y1 - y / fig.dpi) * dpi
 
-    spans = [(px(b.x0), px(b.x1), hasattr(ax, "_colorbar"))
+    found = [(px(b.x0, b.y1), px(b.x1, b.y0), hasattr(ax, "_colorbar"))
              for ax in fig.axes if ax.get_visible()
              for b in [ax.get_tightbbox(renderer)] if b is not None]
-    columns = [] if _figure_text(fig) else _columns(spans)
+    spans = [(p0[0], p1[0], bar) for p0, p1, bar in found]
+    columns = [] if _figure_text(fig) else _merged(spans)
     if len(columns) < 2:
-        cuts = [(0, width)]
+        boxes = [(0, 0, width, height)]
     else:
-        edges = [0] + [round((a[1] + b[0]) / 2) for a, b in zip(columns, columns[1:], strict=False)]
-        cuts = list(zip(edges, edges[1:] + [width], strict=True))
-    text_px = [math.inf] * len(cuts)
+        rows = _merged([(p0[1], p1[1], False) for p0, p1, _ in found])
+        boxes = [(x0, y0, x1, y1) for y0, y1 in _cuts(rows, height)
+                 for x0, x1 in _cuts(columns, width)]
+    text_px = [math.inf] * len(boxes)
     for t in _texts(fig, renderer):
         e = t.get_window_extent(renderer)
-        x = px((e.x0 + e.x1) / 2)
-        i = next((i for i, (_, x1) in enumerate(cuts) if x < x1), len(cuts) - 1)
+        x, y = px((e.x0 + e.x1) / 2, (e.y0 + e.y1) / 2)
+        i = next((i for i, (x0, y0, x1, y1) in enumerate(boxes)
+                  if x0 <= x < x1 and y0 <= y < y1), None)
+        if i is None:  # on an edge of the image
+            i = min(range(len(boxes)), key=lambda j, x=x, y=y: _distance(boxes[j], x, y))
         text_px[i] = min(text_px[i], t.get_fontsize() * dpi / 72)
-    return Layout((width, height), tuple(cuts), tuple(text_px))
+    return Layout((width, height), tuple(boxes), tuple(text_px))
 
 
 def png(fig) -> str | None:

@@ -33,8 +33,20 @@ MIN_TEXT_PX = 9.0  # smallest readable text on screen, in CSS pixels
 ONE_PANEL = 0.66
 
 
-def use_style() -> None:
-    """The book's matplotlib style; PNG output (SVG changes every run and breaks nbval)."""
+_PHONE = True  # use_style(phone=...): figures drawn and checked for a phone as well
+
+
+def use_style(phone: bool = True) -> None:
+    """The book's matplotlib style; PNG output (SVG changes every run and breaks nbval).
+
+    phone=False keeps the figures of a page stored before they were drawn for a phone
+    (chapters 6-20 until their re-execution): `subplots` makes one column of panels as
+    wide as the column, shared axes hide their inner tick labels, legends are unframed,
+    and `check` holds figures to the desktop column only. Their stored outputs, figure
+    sizes included, stay what nbval compares.
+    """
+    global _PHONE
+    _PHONE = bool(phone)
     mpl.rcParams.update({
         "figure.figsize": (COLUMN_INCHES, 3.6),
         "figure.dpi": DPI,
@@ -48,7 +60,10 @@ def use_style() -> None:
         "legend.fontsize": 9,
         "xtick.labelsize": 9,
         "ytick.labelsize": 9,
-        "legend.frameon": False,
+        # a legend drawn over data stays readable (on a phone a panel is small)
+        "legend.frameon": phone,
+        "legend.framealpha": 0.85,
+        "legend.edgecolor": "none",
         "image.cmap": "gray",
         "svg.hashsalt": "companion",
     })
@@ -154,18 +169,23 @@ def subplots(nrows: int = 1, ncols: int = 1, height: float | None = None,
     ONE_PANEL of it, so that its 9-pt labels stay 9 px on a phone).
 
     height: inches (default 2.6 per row of panels); width: a fraction of the column, for
-    a figure that needs less. Constrained layout unless `layout` is given. Returns
-    (fig, axes) like `plt.subplots`.
+    a figure that needs less. Constrained layout unless `layout` is given. With panels
+    side by side every panel keeps its tick labels, shared axes or not: a phone shows the
+    panels one under the other (companion.panels). Returns (fig, axes) like `plt.subplots`.
     """
     nrows, ncols = checks.count("nrows", nrows), checks.count("ncols", ncols)
     if width is None:
-        width = 1.0 if ncols > 1 else ONE_PANEL
+        width = ONE_PANEL if ncols == 1 and _PHONE else 1.0
     if not 0 < width <= 1:
         raise ValueError(f"width is a fraction of the column, in (0, 1]; got {width}")
     if height is None:
         height = 0.4 + 2.6 * nrows
     kwargs.setdefault("layout", "constrained")
-    return plt.subplots(nrows, ncols, figsize=(width * COLUMN_INCHES, height), **kwargs)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * COLUMN_INCHES, height), **kwargs)
+    if ncols > 1 and _PHONE:  # on a phone each panel stands alone: all keep tick labels
+        for ax in np.atleast_1d(axes).flat:
+            ax.tick_params(labelleft=True, labelbottom=True)
+    return fig, axes
 
 
 def _renderer(fig):
@@ -258,10 +278,10 @@ def check(fig, column_px: float = COLUMN_PX, min_px: float = MIN_TEXT_PX) -> Non
         )
     layout = panels.layout(fig)
     phone = layout.shown_text_px(panels.PHONE_PX)
-    if min(phone) < min_px:
+    if _PHONE and min(phone) < min_px:
         i = phone.index(min(phone))
-        where = "the figure" if len(phone) == 1 else f"its column {i + 1} of {len(phone)}"
-        (x0, x1) = layout.cuts[i]
+        where = "the figure" if len(phone) == 1 else f"its panel {i + 1} of {len(phone)}"
+        (x0, _, x1, _) = layout.boxes[i]
         problems.append(
             f"on a phone's {panels.PHONE_PX}-px column {where} ({x1 - x0} px wide) draws "
             f"its smallest text {min(phone):.1f} px high (under {min_px:g} px). Make a "

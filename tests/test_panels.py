@@ -32,15 +32,40 @@ def _row(ncols, **kw):
 
 def test_a_row_of_panels_is_cut_into_its_columns():
     layout = panels.layout(_row(3))
-    width = layout.size[0]
-    assert len(layout.cuts) == 3
-    assert layout.cuts[0][0] == 0 and layout.cuts[-1][1] == width
-    assert all(a[1] == b[0] for a, b in zip(layout.cuts, layout.cuts[1:], strict=False))
-    assert all(abs((x1 - x0) - width / 3) < 0.1 * width for x0, x1 in layout.cuts)
+    width, height = layout.size
+    assert len(layout.boxes) == 3
+    assert layout.boxes[0][0] == 0 and layout.boxes[-1][2] == width
+    assert all(a[2] == b[0] for a, b in zip(layout.boxes, layout.boxes[1:], strict=False))
+    assert all(y0 == 0 and y1 == height for _, y0, _, y1 in layout.boxes)
+    assert all(abs((x1 - x0) - width / 3) < 0.1 * width for x0, _, x1, _ in layout.boxes)
     # 9-pt tick labels, 12.5 px in the PNG; stacked on a phone none is shrunk
     assert layout.text_px == (12.5, 12.5, 12.5)
     assert min(layout.shown_text_px(panels.PHONE_PX)) == 12.5
     assert max(layout.shown_text_px(panels.PHONE_PX, stacked=False)) < 7
+    plt.close("all")
+
+
+def test_a_grid_is_cut_into_its_panels_in_reading_order():
+    """Rows stay together on a phone: panel (row 0, col 0), (0, 1), then row 1."""
+    plot.use_style()
+    fig, axes = plot.subplots(2, 2)
+    for i, ax in enumerate(axes.flat):
+        ax.plot([0, 1], [0, i])
+        ax.set(xlabel="x", ylabel="y", title=f"panel {i}")
+    layout = panels.layout(fig)
+    width, height = layout.size
+    assert len(layout.boxes) == 4
+    (a, b, c, d) = layout.boxes
+    assert a[0] == c[0] == 0 and b[2] == d[2] == width  # columns
+    assert a[1] == b[1] == 0 and c[3] == d[3] == height  # rows
+    assert a[2] == b[0] and a[3] == c[1]  # cut, nothing left out
+    # a panel spanning both columns leaves one column: the figure stays whole
+    fig = plt.figure(layout="constrained")
+    spec = fig.add_gridspec(2, 2)
+    fig.add_subplot(spec[0, :]).plot([0, 1])
+    fig.add_subplot(spec[1, 0]).plot([0, 1])
+    fig.add_subplot(spec[1, 1]).plot([0, 1])
+    assert len(panels.layout(fig).boxes) == 1
     plt.close("all")
 
 
@@ -50,9 +75,9 @@ def test_a_colorbar_stays_with_its_panel_and_figure_text_keeps_the_figure_whole(
     fig.colorbar(a.imshow([[0, 1], [2, 3]]), ax=a)
     b.plot([0, 1])
     b.set(xlabel="x", ylabel="y")
-    assert len(panels.layout(fig).cuts) == 2
+    assert len(panels.layout(fig).boxes) == 2
     fig.suptitle("a title over both panels")
-    assert panels.layout(fig).cuts == ((0, panels.layout(fig).size[0]),)
+    assert panels.layout(fig).boxes == ((0, 0, *panels.layout(fig).size),)
     plt.close("all")
 
 
@@ -72,7 +97,7 @@ def test_the_png_carries_its_layout(tmp_path):
 
 
 def test_layout_round_trips_text_free_columns():
-    layout = panels.Layout((10, 5), ((0, 4), (4, 10)), (12.5, math.inf))
+    layout = panels.Layout((10, 5), ((0, 0, 4, 5), (4, 0, 10, 5)), (12.5, math.inf))
     assert panels.Layout.from_json(layout.to_json()) == layout
 
 
@@ -109,7 +134,41 @@ def test_the_page_stacks_the_columns_of_a_figure_that_has_them(tmp_path):
     assert out.count('src="../_images/three.png"') == 4  # the whole, then three columns
     assert '<img data-text-px="12.5" alt="One"' in out  # one column: measured, not cut
     assert '<img alt="Old" src="../_images/old.png" />' in out  # no layout: as it was
-    first = panels.layout(fig).cuts[0]
+    first = panels.layout(fig).boxes[0]
     width = panels.layout(fig).size[0]
-    assert f"width: {100 * width / (first[1] - first[0]):.4f}%; margin-left: -0.0000%" in out
+    assert (f"width: {100 * width / (first[2] - first[0]):.4f}%; margin-left: -0.0000%; "
+            "margin-top: -0.0000%") in out
     plt.close("all")
+
+
+def test_inside_ipython_the_style_makes_every_figures_png_carry_its_layout():
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    try:
+        plot.use_style()
+        fig = _row(2)
+        data, _ = shell.display_formatter.format(fig, include={"image/png"})
+        with Image.open(io.BytesIO(base64.b64decode(data["image/png"]))) as im:
+            assert panels.Layout.from_json(im.text[panels.KEY]) == panels.layout(fig)
+    finally:
+        InteractiveShell.clear_instance()
+        plt.close("all")
+
+
+def test_a_page_stored_before_keeps_its_figures_with_phone_false():
+    """use_style(phone=False), for chapters not yet drawn for a phone: one column of
+    panels as wide as the column, and no phone check (their stored outputs stay)."""
+    try:
+        plot.use_style(phone=False)
+        fig, _ = plot.subplots()
+        assert fig.get_size_inches()[0] == pytest.approx(plot.COLUMN_INCHES)
+        fig.axes[0].plot([0, 1])
+        fig.axes[0].set(xlabel="x", ylabel="y")
+        plot.check(fig)  # 6 px on a phone, allowed here
+        plot.use_style()
+        with pytest.raises(ValueError, match="phone"):
+            plot.check(fig)
+    finally:
+        plot.use_style()
+        plt.close("all")
