@@ -22,9 +22,10 @@ import json
 import math
 from dataclasses import dataclass
 
+from matplotlib.text import Text
+
 KEY = "companion:panels"
 PHONE_PX = 342  # a 390-px phone's article column, inside the figure's padding
-DESKTOP_PX = 688  # the article column at a 1280-px window (companion.plot.COLUMN_PX)
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,31 @@ class Layout:
         d = json.loads(text)
         return cls(tuple(d["size"]), tuple(tuple(b) for b in d["boxes"]),
                    tuple(math.inf if t is None else float(t) for t in d["text_px"]))
+
+
+def drawn_texts(fig, renderer) -> list:
+    """The visible, non-empty texts the figure draws."""
+    found = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    out = []
+    for t in found:
+        # tick labels of ticks outside the view are kept but not drawn
+        if t.axes is not None and t in _all_ticklabels(t.axes) \
+                and t not in _drawn_ticklabels(t.axes):
+            continue
+        if t.get_window_extent(renderer).width > 0:
+            out.append(t)
+    return out
+
+
+def _all_ticklabels(ax):
+    return {lab for axis in (ax.xaxis, ax.yaxis)
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks()
+            for lab in (tick.label1, tick.label2)}
+
+
+def _drawn_ticklabels(ax):
+    return {lab for axis in (ax.xaxis, ax.yaxis)
+            for lab in axis.get_ticklabels(which="both") if lab.get_visible()}
 
 
 def _figure_text(fig) -> bool:
@@ -96,8 +122,6 @@ def layout(fig) -> Layout:
     each."""
     import matplotlib as mpl
 
-    from .plot import _texts
-
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     dpi = fig.dpi
@@ -119,7 +143,7 @@ def layout(fig) -> Layout:
         boxes = [(x0, y0, x1, y1) for y0, y1 in _cuts(rows, height)
                  for x0, x1 in _cuts(columns, width)]
     text_px = [math.inf] * len(boxes)
-    for t in _texts(fig, renderer):
+    for t in drawn_texts(fig, renderer):
         e = t.get_window_extent(renderer)
         x, y = px((e.x0 + e.x1) / 2, (e.y0 + e.y1) / 2)
         i = next((i for i, (x0, y0, x1, y1) in enumerate(boxes)

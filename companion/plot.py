@@ -18,7 +18,6 @@ import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from matplotlib.text import Text
 
 from . import panels
 from .run import checks
@@ -203,31 +202,6 @@ def displayed_scale(fig, column_px: float = COLUMN_PX) -> float:
     return min(1.0, column_px / natural)
 
 
-def _texts(fig, renderer):
-    """The visible, non-empty texts the figure draws."""
-    found = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
-    out = []
-    for t in found:
-        # tick labels of ticks outside the view are kept but not drawn
-        if t.axes is not None and t in _all_ticklabels(t.axes) \
-                and t not in _drawn_ticklabels(t.axes):
-            continue
-        if t.get_window_extent(renderer).width > 0:
-            out.append(t)
-    return out
-
-
-def _all_ticklabels(ax):
-    return {lab for axis in (ax.xaxis, ax.yaxis)
-            for tick in axis.get_major_ticks() + axis.get_minor_ticks()
-            for lab in (tick.label1, tick.label2)}
-
-
-def _drawn_ticklabels(ax):
-    return {lab for axis in (ax.xaxis, ax.yaxis)
-            for lab in axis.get_ticklabels(which="both") if lab.get_visible()}
-
-
 def smallest_text(fig, column_px: float = COLUMN_PX) -> tuple[float, str]:
     """(pixels, text): the smallest text of `fig` as drawn on the page.
 
@@ -236,7 +210,7 @@ def smallest_text(fig, column_px: float = COLUMN_PX) -> tuple[float, str]:
     renderer = _renderer(fig)
     scale = displayed_scale(fig, column_px)
     dpi = fig.dpi
-    texts = _texts(fig, renderer)
+    texts = panels.drawn_texts(fig, renderer)
     if not texts:
         return float("inf"), ""
     t = min(texts, key=lambda t: t.get_fontsize())

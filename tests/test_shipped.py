@@ -517,7 +517,9 @@ def test_the_setup_cell_says_how_many_models_ship_for_its_profile(book, monkeypa
     assert "shipped weights" not in capsys.readouterr().out  # none yet
     ship_one(book, monkeypatch)
     setup(profile="cpu", device="cpu")
-    assert "shipped weights: 1 model of this profile load" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "shipped weights: 1 model of this profile load" in out
+    assert max(len(line) for line in out.splitlines()) <= 80  # the book's printed width
     setup(profile="ci", device="cpu")
     assert "shipped weights" not in capsys.readouterr().out  # another profile's
     monkeypatch.setenv("BOOK_TRAIN", "1")

@@ -43,7 +43,7 @@ def _panels(tag: str, src: str, layout: panels.Layout) -> str:
         boxes.append(
             f'<div class="book-panel" style="max-width: {w}px" data-text-px="{_px(text)}">'
             f'<div style="aspect-ratio: {w} / {y1 - y0}"><img src="{html.escape(src)}" '
-            f'alt="" loading="lazy" style="width: {100 * width / w:.4f}%; '
+            f'alt="" style="width: {100 * width / w:.4f}%; '
             f'margin-left: -{100 * x0 / w:.4f}%; margin-top: -{100 * y0 / w:.4f}%"></div></div>')
     whole = tag.replace("<img ", f'<img data-text-px="{_px(min(layout.text_px))}" '
                         'class="book-whole" ', 1)

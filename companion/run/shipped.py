@@ -37,6 +37,7 @@ import json
 import os
 import platform
 import struct
+import textwrap
 import urllib.error
 import urllib.request
 import warnings
@@ -355,8 +356,9 @@ def setup_line(profile_name: str) -> str:
     n = f"{len(models)} model{'s' if len(models) != 1 else ''}"
     if profiles.env_flag("BOOK_TRAIN"):
         return f"shipped weights: not used (BOOK_TRAIN=1): this profile's {n} train here"
-    return (f"shipped weights: {n} of this profile load instead of training when this run "
-            "asks for exactly their run (BOOK_TRAIN=1 trains them)")
+    return textwrap.fill(f"shipped weights: {n} of this profile load instead of training "
+                         "when this run asks for exactly their run (BOOK_TRAIN=1 trains "
+                         "them)", 79)  # a printed line fits the page
 
 
 def record(source: str, name: str | None = None) -> None:
