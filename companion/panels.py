@@ -31,7 +31,7 @@ PHONE_PX = 342  # a 390-px phone's article column, inside the figure's padding
 @dataclass(frozen=True)
 class Layout:
     """A PNG of `size` (width, height) px cut into `boxes` [(x0, y0, x1, y1), ...] (px, y
-    down, in reading order, covering the image); `text_px[i]`: the smallest text in box i
+    down, in reading order, covering every panel); `text_px[i]`: the smallest text in box i
     in PNG pixels (font points * dpi / 72; inf where it has none)."""
 
     size: tuple[int, int]
@@ -116,6 +116,13 @@ def _distance(box, x: float, y: float) -> float:
     return abs(x - (x0 + x1) / 2) + abs(y - (y0 + y1) / 2)
 
 
+def _shows(ax) -> bool:
+    """Whether axes `ax` draws anything: its axis, or an artist or title of its own (an
+    `ax.axis("off")` slot left empty in a grid draws nothing)."""
+    return bool(ax.axison or ax.images or ax.lines or ax.collections or ax.patches
+                or ax.texts or ax.tables or ax.get_title() or ax.get_legend())
+
+
 def layout(fig) -> Layout:
     """The panels of `fig`'s PNG as the notebook stores it (bbox_inches="tight" at the
     figure's dpi, savefig.pad_inches around), in reading order, with the smallest text in
@@ -132,7 +139,7 @@ def layout(fig) -> Layout:
         return (x / fig.dpi - box.x0) * dpi, (box.y1 - y / fig.dpi) * dpi
 
     found = [(px(b.x0, b.y1), px(b.x1, b.y0), hasattr(ax, "_colorbar"))
-             for ax in fig.axes if ax.get_visible()
+             for ax in fig.axes if ax.get_visible() and _shows(ax)
              for b in [ax.get_tightbbox(renderer)] if b is not None]
     spans = [(p0[0], p1[0], bar) for p0, p1, bar in found]
     columns = [] if _figure_text(fig) else _merged(spans)
@@ -140,8 +147,13 @@ def layout(fig) -> Layout:
         boxes = [(0, 0, width, height)]
     else:
         rows = _merged([(p0[1], p1[1], False) for p0, p1, _ in found])
-        boxes = [(x0, y0, x1, y1) for y0, y1 in _cuts(rows, height)
-                 for x0, x1 in _cuts(columns, width)]
+        grid = [(x0, y0, x1, y1) for y0, y1 in _cuts(rows, height)
+                for x0, x1 in _cuts(columns, width)]
+        # a cell of the grid with no panel (a row one panel short) is left out: on a
+        # phone it would be a blank screen between two panels
+        centres = [((p0[0] + p1[0]) / 2, (p0[1] + p1[1]) / 2) for p0, p1, _ in found]
+        boxes = [b for b in grid
+                 if any(b[0] <= x < b[2] and b[1] <= y < b[3] for x, y in centres)]
     text_px = [math.inf] * len(boxes)
     for t in drawn_texts(fig, renderer):
         e = t.get_window_extent(renderer)

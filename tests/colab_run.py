@@ -74,8 +74,11 @@ if smoke:
         "import json; print('ASSERTS ' + json.dumps(__smoke_failed__))")
     nb.cells = [first] + nb.cells + [last]
 # startup_timeout: on two busy cores a kernel can take over nbclient's 60 s to start
+from datetime import datetime, timezone
+began = datetime.now(timezone.utc)
 NotebookClient(nb, timeout=900, startup_timeout=300, kernel_name="python3", allow_errors=smoke,
                resources={"metadata": {"path": sys.argv[2]}}).execute()
+ended = datetime.now(timezone.utc)
 errors = [(i, o.ename, (o.evalue or "").splitlines()[:1])
           for i, c in enumerate(code)
           for o in c.get("outputs", []) if o.output_type == "error"]
@@ -84,13 +87,19 @@ if smoke:
     for o in nb.cells[-1].get("outputs", []):
         if o.output_type == "stream" and "ASSERTS " in o.text:
             asserts = json.loads(o.text.split("ASSERTS ", 1)[1])
-from datetime import datetime
-def _seconds(c):  # nbclient's record of the cell's start and end
-    t = c.get("metadata", {}).get("execution", {})
-    a, b = t.get("iopub.execute_input"), t.get("shell.execute_reply")
-    return (datetime.fromisoformat(b.replace("Z", "+00:00"))
-            - datetime.fromisoformat(a.replace("Z", "+00:00"))).total_seconds() if a and b else 0.0
+def _when(c, key):  # nbclient's record of a cell's start or end
+    t = c.get("metadata", {}).get("execution", {}).get(key)
+    return datetime.fromisoformat(t.replace("Z", "+00:00")) if t else None
+def _seconds(c):
+    a, b = _when(c, "iopub.execute_input"), _when(c, "shell.execute_reply")
+    return (b - a).total_seconds() if a and b else 0.0
 slowest = sorted(((round(_seconds(c), 1), i) for i, c in enumerate(code)), reverse=True)[:3]
+# the time outside the cells: the kernel's start before the first, its shutdown after the last
+# (a chapter once took 925 s with 25 s in its cells: say which)
+ran = [c for c in nb.cells if c.cell_type == "code"]
+first, last = _when(ran[0], "iopub.execute_input"), _when(ran[-1], "shell.execute_reply")
+print("OUTSIDE " + json.dumps([round((first - began).total_seconds()) if first else None,
+                              round((ended - last).total_seconds()) if last else None]))
 print("ERRORS " + json.dumps(errors))
 print("SLOWEST " + json.dumps(slowest))
 print("ASSERTS " + json.dumps(asserts))
@@ -194,7 +203,7 @@ def execute(notebook: Path, env: dict, workdir: Path) -> tuple[str, float, str, 
         return notebook.name, seconds, "\n".join(tail) or "?", [], "", ""
     lines = {ln.split(" ", 1)[0]: json.loads(ln.split(" ", 1)[1])
              for ln in proc.stdout.splitlines()
-             if ln.startswith(("ERRORS ", "ASSERTS ", "SLOWEST "))}
+             if ln.startswith(("ERRORS ", "ASSERTS ", "SLOWEST ", "OUTSIDE "))}
     # an assert on what a two-step model achieves is expected to fail in the smoke run (it
     # is recorded, not raised); any exception is a bug in the profile's code path
     errors = [f"cell {i}: {name}: {' '.join(msg)}" for i, name, msg in lines["ERRORS"]]
@@ -202,6 +211,9 @@ def execute(notebook: Path, env: dict, workdir: Path) -> tuple[str, float, str, 
     thinned = f"{decisions.count('repeats')} slow networks repeated their output"
     # where CI's time goes, per cell (issue 65, point 11): the notebook's own code-cell numbers
     slowest = "slowest cells " + ", ".join(f"{i} ({s:.0f} s)" for s, i in lines["SLOWEST"])
+    start_s, stop_s = lines.get("OUTSIDE", [None, None])
+    if (start_s or 0) + (stop_s or 0) > 60:  # outside the cells: the kernel, not the chapter
+        slowest += f"; kernel start {start_s} s, shutdown {stop_s} s"
     return notebook.name, seconds, "\n".join(errors), lines["ASSERTS"], thinned, slowest
 
 

@@ -801,7 +801,8 @@ def small_on_a_phone(layout: dict) -> dict[str, str]:
 
     found: dict[str, str] = {}
     for f in layout["figures"]:
-        shown = f["textPx"] * f["scale"]
+        # a panel with no text carries Infinity, which comes back from JSON as None
+        shown = math.inf if f["textPx"] is None else f["textPx"] * f["scale"]
         why = (f"scrolls sideways (labels {shown:.1f} px)" if f["wider"] else
                f"labels {shown:.1f} px" if shown < MIN_TEXT_PX else None)
         if why and f["name"] not in found:

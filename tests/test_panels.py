@@ -66,6 +66,17 @@ def test_a_grid_is_cut_into_its_panels_in_reading_order():
     fig.add_subplot(spec[1, 0]).plot([0, 1])
     fig.add_subplot(spec[1, 1]).plot([0, 1])
     assert len(panels.layout(fig).boxes) == 1
+    # a slot of the grid switched off and left empty is no panel (chapter 8's samplers: a
+    # blank screen between two rows on a phone)
+    fig, axes = plot.subplots(2, 2)
+    for i, ax in enumerate(axes.flat[1:]):
+        ax.plot([0, 1], [0, i])
+        ax.set(xlabel="x", ylabel="y", title=f"panel {i}")
+    axes[0, 0].axis("off")
+    boxes = panels.layout(fig).boxes
+    assert len(boxes) == 3 and boxes[0][0] > 0  # row 0's right panel, then row 1
+    axes[0, 0].imshow([[0, 1], [1, 0]])  # an image grid's axes are off but show something
+    assert len(panels.layout(fig).boxes) == 4
     plt.close("all")
 
 

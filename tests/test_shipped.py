@@ -419,22 +419,43 @@ def test_what_a_stored_cpu_page_needs_is_shipped_or_too_cheap_to_ship():
                          + ". Run make weights for these chapters.")
 
 
-def test_provenance_names_the_machine_and_updates_of_the_shipped_runs(book, monkeypatch):
+def test_facts_name_the_machine_and_updates_of_the_shipped_runs(book, monkeypatch):
     ship_one(book, monkeypatch)
     monkeypatch.setattr(shipped, "ORIGIN", {})
     train()
-    line = shipped.provenance("toy-cpu.pt")
+    said = shipped.facts("toy-cpu.pt")
     entry = shipped.read_manifest()["models"]["toy-cpu.pt"]
-    assert line.startswith("trained once for the book (30 updates in ")
-    assert entry["trained"]["device"] in line and line.endswith("shipped with it")
+    assert said["runs"] == "1 training run" and said["updates"] == "30 updates"
+    assert said["machine"] == entry["trained"]["device"]
+    assert said["source"] == "loaded from the shipped files"
+    assert said == shipped.facts()  # default: every checkpoint of this process
+    assert all(len(v) <= 60 for v in said.values())  # glued inside a sentence
     monkeypatch.setenv("BOOK_TRAIN", "1")
     from companion.run.checkpoint import checkpoint_path
 
     Path(checkpoint_path("toy", "cpu")).unlink(missing_ok=True)
     train()
-    assert shipped.provenance("toy-cpu.pt") == "trained in this run"
+    assert shipped.facts("toy-cpu.pt")["source"] == "trained in this run"
     with pytest.raises(ValueError, match="'other-cpu.pt'"):
-        shipped.provenance("other-cpu.pt")
+        shipped.facts("other-cpu.pt")
+    shipped.ORIGIN["cheap-cpu.pt"] = "trained"
+    with pytest.raises(ValueError, match="make weights"):
+        shipped.facts("cheap-cpu.pt")
+    # a snapshot counts with its run, its seconds inside the run's; three sources at most
+    # 60 characters
+    manifest = shipped.read_manifest()
+    snap = {**entry, "step": 10, "trained": {**entry["trained"], "seconds": 1.0}}
+    manifest["models"]["toy-step10-cpu.pt"] = snap
+    monkeypatch.setattr(shipped, "read_manifest", lambda where=None: manifest)
+    shipped.ORIGIN.update({"toy-cpu.pt": "shipped", "toy-step10-cpu.pt": "cache"})
+    both = shipped.facts("toy-cpu.pt", "toy-step10-cpu.pt")
+    assert both["runs"] == "1 training run" and both["updates"] == "30 updates"
+    assert both["time"] == said["time"]
+    assert both["source"] == "from the shipped files and your cache"
+    shipped.ORIGIN["toy-cpu.pt"] = "trained"
+    manifest["models"]["cheap-cpu.pt"] = entry
+    three = shipped.facts("toy-cpu.pt", "toy-step10-cpu.pt", "cheap-cpu.pt")
+    assert three["runs"] == "2 training runs" and len(three["source"]) <= 60
 
 
 def _export_many(folder: str, prefix: str) -> None:

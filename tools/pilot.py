@@ -2,6 +2,7 @@
 the trend, not from what a reader could afford.
 
     python tools/pilot.py ddpm --updates 900 1800 3000 4500 6000 [--n 256]
+    python tools/pilot.py dit --size L --patch 2 --updates 900 1800 3000 4500 [--lr 1e-3]
 
 One run of the family's recipe in the `cpu` profile on the book's own data (BOOK_OFFLINE=1),
 kept at each count of updates (`recipes.snapshots`: each stage resumes the one before, the
@@ -13,7 +14,13 @@ scored the way the pages score it:
 - the judge's mean top-class probability (test digits: about 0.97);
 - copying: the median distance of a sample to its nearest training digit, over that of a
   held-out test digit (chapter 9's test; below 1 means samples sit nearer the training set
-  than new digits do).
+  than new digits do);
+- for the label-conditional networks of chapter 21 (`dit`, `unet-label`): how often the
+  judge reads the asked label, as many samples of each label, no guidance (w = 0), as the
+  page draws them. The bars: 0.8 for the transformers, 0.9 for the U-Net.
+
+`--size` and `--patch` give the DiT's size (S, M, L) and patch (2, 4, 7: 196, 49 or 16
+tokens), `--lr` its learning rate: a pilot may try what the recipe does not have yet.
 
 The checkpoints go to .cache/pilot (BOOK_CACHE overrides), never the reader's cache or the
 shipped set; a stopped pilot resumes. The table is printed and written, with the machine and
@@ -81,6 +88,39 @@ def _edm_sampler(model, profile, device):
     return lambda z, g: edm.heun(D, edm.SIGMA_MAX * z, edm.rho_grid(18))  # 35 evaluations
 
 
+def _transformer(size: str, patch: int, lr: float | None, top: int):
+    """Chapter 21's recipe with the DiT of `size` cut into `patch` x `patch` patches, the
+    learning rate `lr` (None: the recipe's) and `top` updates, for a pilot."""
+    from companion.recipes import transformers
+
+    sizes, settings = transformers.dit_sizes, transformers.dit_settings
+
+    def dit_sizes(p):
+        return {k: {**v, "patch": patch} for k, v in sizes(p).items()}
+
+    def dit_settings(p):
+        s = {**settings(p), "steps": top}
+        return s if lr is None else {**s, "lr": lr, "unet_lr": lr}
+
+    def ch21_updates(network, p, cond="label"):  # the U-Net too: `top`, not equal FLOPs
+        return top
+
+    transformers.dit_sizes, transformers.dit_settings = dit_sizes, dit_settings
+    transformers.ch21_updates = ch21_updates
+
+
+def _label_sampler(labels):
+    """The label-conditional sampler of chapter 21's comparison: chapter 9's chain, 50
+    respaced ancestral steps (the page's), no guidance."""
+    def sampler(model, profile, device):
+        from companion.recipes import pixel, transformers
+        diffusion = pixel.ddpm_diffusion(profile, device)
+        eps = transformers.ch21_eps_function(model, labels, 0.0, device)
+        return lambda z, g: diffusion.sample(eps, z.shape, n_steps=50, variance="posterior",
+                                             x_T=z, generator=g, quiet=True)
+    return sampler
+
+
 def _families():
     """{family: (recipe, its checkpoint path function, sampler(model, profile, device) ->
     (z, generator) -> images on [-1, 1])}: the sampler each is judged by on its page."""
@@ -93,7 +133,8 @@ def _families():
     }
 
 
-FAMILIES = ("ddpm", "flow", "edm", "vdm")
+FAMILIES = ("ddpm", "flow", "edm", "vdm", "dit", "unet-label")
+LABELLED = {"dit": 0.8, "unet-label": 0.9}  # the judge reads the asked label this often
 
 
 def nearest(x, train):
@@ -108,6 +149,10 @@ def main(argv=None) -> int:
     ap.add_argument("family", choices=FAMILIES)
     ap.add_argument("--updates", type=int, nargs="+", required=True)
     ap.add_argument("--n", type=int, default=256, help="samples a stage (default 256)")
+    ap.add_argument("--size", choices=("S", "M", "L"), default="L", help="the DiT's size")
+    ap.add_argument("--patch", type=int, choices=(2, 4, 7), default=4,
+                    help="the DiT's patch (default 4, the recipe's)")
+    ap.add_argument("--lr", type=float, help="learning rate (default: the recipe's)")
     args = ap.parse_args(argv)
     os.environ.setdefault("BOOK_OFFLINE", "1")
     os.environ.setdefault("BOOK_PROFILE", "cpu")
@@ -137,12 +182,30 @@ def main(argv=None) -> int:
     held_out = nearest(data.x_test, data.x_train).median().item()
 
     cuts = sorted(set(args.updates))
-    _longer(cuts[-1])
-    recipe, checkpoint, sampler = _families()[args.family]
+    labels = torch.arange(args.n, device=device) % 10
+    if args.family in LABELLED:
+        _transformer(args.size, args.patch, args.lr, cuts[-1])
+        network = "unet" if args.family == "unet-label" else f"dit-{args.size}"
+        prefix = f"pilot-p{args.patch}" + ("" if args.lr is None else f"-lr{args.lr:g}")
+
+        def recipe(x, profile, device, **stage):
+            return recipes.ch21_model(x, data.y_train, profile, device, network=network,
+                                      **stage)
+
+        def checkpoint(profile, steps, prefix=prefix):
+            return recipes.ch21_checkpoint(profile, steps, prefix, network=network)
+
+        sampler = _label_sampler(labels)
+    else:
+        if args.lr is not None or args.patch != 4:
+            raise SystemExit("--lr and --patch are for the dit and unet-label pilots")
+        _longer(cuts[-1])
+        recipe, checkpoint, sampler = _families()[args.family]
+        prefix = "pilot"
     started = time.time()
     runs = recipes.snapshots(recipe, checkpoint, data.x_train, profile, device,
                              fractions=[c / cuts[-1] for c in cuts[:-1]], total=cuts[-1],
-                             prefix="pilot")
+                             prefix=prefix)
     rows = []
     for k, (model, run) in sorted(runs.items()):
         z = torch.randn(args.n, 1, 28, 28, device=device,
@@ -158,17 +221,26 @@ def main(argv=None) -> int:
         rows.append(dict(updates=k, train_seconds=round(seconds), loss=round(loss, 4),
                          fd=round(fd, 1), ratio=round(fd / floor, 2),
                          top=round(mean_top_probability(p), 3), copy=round(copy, 3)))
+        asked = ""
+        if args.family in LABELLED:
+            rows[-1]["asked"] = round((p.argmax(1) == labels).float().mean().item(), 3)
+            asked = f", asked label read {rows[-1]['asked']:.3f}"
         print(f"{k:>6} updates: FD {fd:7.1f} = {fd / floor:5.2f} x floor, top-class "
-              f"{rows[-1]['top']:.3f}, nearest-train ratio {copy:.3f}, loss {loss:.4f}, "
-              f"{seconds:.0f} s trained", flush=True)
-    record = dict(family=args.family, n=args.n, floor=round(floor, 1),
-                  floor_sd=round(floors.std().item(), 1), bar=BAR, rows=rows,
+              f"{rows[-1]['top']:.3f}, nearest-train ratio {copy:.3f}{asked}, loss "
+              f"{loss:.4f}, {seconds:.0f} s trained", flush=True)
+    name = args.family
+    if args.family in LABELLED:
+        name += (f"-{args.size}" if args.family == "dit" else "") + f"-p{args.patch}"
+        name += "" if args.lr is None else f"-lr{args.lr:g}"
+    record = dict(family=name, n=args.n, floor=round(floor, 1),
+                  floor_sd=round(floors.std().item(), 1), bar=BAR,
+                  asked_bar=LABELLED.get(args.family), rows=rows,
                   machine=shipped.trained_by(device, 0.0)["device"],
                   precision=companion.run.precision.describe(device),
                   torch=torch.__version__, seconds=round(time.time() - started),
                   date=time.strftime("%Y-%m-%d"))
     OUT.mkdir(parents=True, exist_ok=True)
-    out = OUT / f"{args.family}-{device.type}.json"
+    out = OUT / f"{name}-{device.type}.json"
     out.write_text(json.dumps(record, indent=1) + "\n")
     print(f"floor {floor:.1f} +- {record['floor_sd']} at N = {args.n}; wrote {out}")
     return 0

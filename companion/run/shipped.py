@@ -363,35 +363,63 @@ def setup_line(profile_name: str) -> str:
 
 def record(source: str, name: str | None = None) -> None:
     """Note where a model of this process came from ("cache", "shipped", "trained"), and
-    for checkpoint `name` which (`provenance` reads it)."""
+    for checkpoint `name` which (`facts` reads it)."""
     SOURCES[source] += 1
     if name is not None:
         ORIGIN[name] = source
 
 
-def provenance(*names: str) -> str:
-    """Where the models of checkpoints `names` came from in this process, in words for a
-    page's budget box: the machine, precision, updates and minutes of the shipped runs, or
-    "trained in this run" / "from your cache"."""
+def facts(*names: str) -> dict[str, str]:
+    """What trained the models of checkpoints `names` (default: every checkpoint this
+    process loaded or trained), in short phrases for a page's budget box, each under the
+    60 characters a glued text may have inside a sentence:
+
+        runs       "3 training runs": the shipped files, a snapshot of a run
+                   (`name-stepN-...`) counted with its run
+        updates    "4,500 updates" or "1,500 to 12,000 updates" (each run's)
+        time       "24 min": the runs' training time added up, as the manifest records it
+                   (a snapshot's is part of its run's)
+        machine    "AMD EPYC, 2 cores" (and "... and ..." for several)
+        precision  "bf16 autocast" (and "/" for several)
+        source     where this run took them: "loaded from the shipped files", "trained in
+                   this run", "taken from your cache", or "from the shipped files and
+                   your cache" and the like
+
+    Models cheap enough not to ship are not counted (they train on the page).
+    """
+    names = names or tuple(ORIGIN)
     unknown = [n for n in names if n not in ORIGIN]
     if unknown:
         raise ValueError(f"no model of checkpoint {unknown[0]!r} was loaded or trained in "
                          "this process: name the checkpoints the page's fits used")
-    said = []
-    ship = [n for n in names if ORIGIN[n] == "shipped"]
-    if ship:
-        entries = [read_manifest()["models"][n] for n in ship]
-        devices = sorted({e["trained"]["device"] for e in entries})
-        precisions = sorted({e["trained"]["precision"] for e in entries})
-        seconds = sum(e["trained"]["seconds"] for e in entries)
-        updates = sum(e["step"] for e in entries)
-        said.append(f"trained once for the book ({updates:,} updates in "
-                    f"{_duration(seconds)} on {' and '.join(devices)}, "
-                    f"{'/'.join(precisions)}) and shipped with it")
-    for source, words in (("trained", "trained in this run"), ("cache", "from your cache")):
-        if any(ORIGIN[n] == source for n in names):
-            said.append(words)
-    return "; ".join(said)
+    models = read_manifest().get("models", {})
+    ours = [n for n in names if n in models]
+    if not ours:
+        raise ValueError(f"none of {sorted(names)} is in the shipped set: run make weights, "
+                         "or name the checkpoints of the models the page shows")
+
+    def run_of(name):  # "ch9-ddpm-step450-cpu.pt" -> "ch9-ddpm-cpu.pt"
+        head, _, tail = name.rpartition("-step")
+        return head + tail[tail.index("-"):] if head and "-" in tail else name
+
+    # a snapshot whose run is not on the page counts as a run of its own
+    full = [models[n] for n in ours if n == run_of(n) or run_of(n) not in ours]
+    steps = sorted({e["step"] for e in full})
+    words = {"shipped": ("loaded from the shipped files", "the shipped files"),
+             "cache": ("taken from your cache", "your cache"),
+             "trained": ("trained in this run", "training in this run")}
+    sources = [w for k, w in words.items() if any(ORIGIN[n] == k for n in ours)]
+    source = sources[0][0] if len(sources) == 1 else \
+        "from " + ", ".join(w[1] for w in sources[:-1]) + " and " + sources[-1][1]
+    entries = [models[n] for n in ours]
+    return dict(
+        runs=f"{len(full)} training run{'s' if len(full) != 1 else ''}",
+        updates=f"{steps[0]:,} updates" if len(steps) == 1
+        else f"{steps[0]:,} to {steps[-1]:,} updates",
+        time=_duration(sum(e["trained"]["seconds"] for e in full)),
+        machine=" and ".join(sorted({e["trained"]["device"] for e in entries})),
+        precision="/".join(sorted({e["trained"]["precision"] for e in entries})),
+        source=source)
 
 
 def report() -> str:
