@@ -380,7 +380,7 @@ def facts(*names: str) -> dict[str, str]:
         time       "24 min": the runs' training time added up, as the manifest records it
                    (a snapshot's is part of its run's)
         machine    "AMD EPYC, 2 cores" (and "... and ..." for several)
-        precision  "bf16 autocast" (and "/" for several)
+        precision  "float32" or "bfloat16", as the manifest records it ("/" for several)
         source     where this run took them: "loaded from the shipped files", "trained in
                    this run", "taken from your cache", or "from the shipped files and
                    your cache" and the like
