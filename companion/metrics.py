@@ -485,6 +485,42 @@ def frechet_floor(features: Callable, real: torch.Tensor, reference: torch.Tenso
                          for i in picks], dtype=torch.float64)
 
 
+ALIKE = 2.0  # a sample set within twice the floor of real digits looks like the data
+
+
+def alike(distances: dict, floor: float, *, bar: float = ALIKE) -> dict[str, str]:
+    """Which sample sets look like the data to the judge, for the sentence under a sample
+    figure: a set whose Fréchet distance is within `bar` times the floor (real digits, the
+    same N: `frechet_floor`'s mean) does. distances: {name: distance}, floor > 0.
+
+    Returns phrases of at most 60 characters, to glue into
+
+        "Within {bar}x the floor of real digits: {alike}. Beyond it: {unlike}."
+
+    alike / unlike: the names joined ("the flow and EDM, Heun"), "none", or, when the names
+    do not fit, a count ("4 of 7 sets"); nearest: the nearest set's name; ratio: its distance
+    over the floor ("1.6x"); bar: "2x".
+    """
+    floor = checks.real("floor (the real digits' distance)", floor, low=0.0, open_low=True)
+    bar = checks.real("bar", bar, low=1.0)
+    if not distances:
+        raise checks.ArgumentError("distances must name at least one sample set")
+    d = {str(k): checks.real(f"the distance of {k!r}", v, low=0.0)
+         for k, v in distances.items()}
+
+    def listed(names):
+        if not names:
+            return "none"
+        text = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+        return text if len(text) <= 60 else f"{len(names)} of {len(d)} sets"
+
+    nearest = min(d, key=d.get)
+    return dict(alike=listed([k for k, v in d.items() if v <= bar * floor]),
+                unlike=listed([k for k, v in d.items() if v > bar * floor]),
+                nearest=nearest if len(nearest) <= 60 else "one set",
+                ratio=f"{d[nearest] / floor:.1f}x", bar=f"{bar:g}x")
+
+
 MAX_GROUPS = 400  # left-out sets a distance: the cpu profile's N, one row each
 
 

@@ -61,7 +61,7 @@ def test_bits_are_the_exact_nll_or_the_bound_in_bits():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", recipes.LM_KINDS)
+@pytest.mark.parametrize("kind", recipes.LM_KINDS + ("fim",))
 def test_a_run_trains_and_an_early_checkpoint_resumes_into_it(tmp_path, monkeypatch, kind):
     monkeypatch.setenv("BOOK_CACHE", str(tmp_path))
     text = recipes.toy_text(CI)

@@ -199,3 +199,23 @@ def test_refine_posterior_raises_the_elbo_and_leaves_the_model_alone():
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert all(p.requires_grad for p in model.parameters())
     assert diag_normal(*q1).batch_shape == (10,)
+
+
+def test_alike_names_the_sets_within_twice_the_floor():
+    from companion.metrics import alike
+
+    said = alike({"DDPM": 115.0, "flow": 110.0, "EDM": 400.0}, floor=60.0)
+    assert said == dict(alike="DDPM and flow", unlike="EDM", nearest="flow", ratio="1.8x",
+                        bar="2x")
+    assert alike({"a": 10.0}, 60.0)["unlike"] == "none"
+    assert alike({"a": 200.0, "b": 300.0}, 60.0)["alike"] == "none"
+    assert alike({"a": 120.0}, 60.0)["alike"] == "a"  # the bar itself is within
+    many = {f"a long name for set {i}": 100.0 for i in range(6)}
+    assert alike(many, 60.0)["alike"] == "6 of 6 sets"
+    assert all(len(v) <= 60 for v in alike(many, 60.0).values())
+    with pytest.raises(ValueError, match="floor"):
+        alike({"a": 1.0}, 0.0)
+    with pytest.raises(ValueError, match="at least one"):
+        alike({}, 60.0)
+    with pytest.raises(ValueError, match="'a'"):
+        alike({"a": float("nan")}, 60.0)

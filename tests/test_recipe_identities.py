@@ -152,7 +152,7 @@ def _cases(recipes, profile):
            for c in ("pooled", "in_context", "cross")},
         "ch21_snapshots": lambda: R.ch21_snapshots(x, labels, p, dev, network="dit-S"),
         **{f"lm_model-{k}": (lambda k=k: R.lm_model(tokens, 20, p, dev, kind=k))
-           for k in R.LM_KINDS},
+           for k in R.LM_KINDS + ("fim",)},
         "lm_snapshots": lambda: R.lm_snapshots(tokens, 20, p, dev, kind="masked"),
     }
 

@@ -429,7 +429,7 @@ def test_facts_name_the_machine_and_updates_of_the_shipped_runs(book, monkeypatc
     train()
     said = shipped.facts("toy-cpu.pt")
     entry = shipped.read_manifest()["models"]["toy-cpu.pt"]
-    assert said["runs"] == "1 training run" and said["updates"] == "30 updates"
+    assert said["runs"] == "one training run" and said["updates"] == "30 updates"
     assert said["machine"] == entry["trained"]["device"]
     assert said["source"] == "loaded from the shipped files"
     assert said == shipped.facts()  # default: every checkpoint of this process
@@ -453,13 +453,13 @@ def test_facts_name_the_machine_and_updates_of_the_shipped_runs(book, monkeypatc
     monkeypatch.setattr(shipped, "read_manifest", lambda where=None: manifest)
     shipped.ORIGIN.update({"toy-cpu.pt": "shipped", "toy-step10-cpu.pt": "cache"})
     both = shipped.facts("toy-cpu.pt", "toy-step10-cpu.pt")
-    assert both["runs"] == "1 training run" and both["updates"] == "30 updates"
+    assert both["runs"] == "one training run" and both["updates"] == "30 updates"
     assert both["time"] == said["time"]
     assert both["source"] == "from the shipped files and your cache"
     shipped.ORIGIN["toy-cpu.pt"] = "trained"
     manifest["models"]["cheap-cpu.pt"] = entry
     three = shipped.facts("toy-cpu.pt", "toy-step10-cpu.pt", "cheap-cpu.pt")
-    assert three["runs"] == "2 training runs" and len(three["source"]) <= 60
+    assert three["runs"] == "two training runs" and len(three["source"]) <= 60
 
 
 def _export_many(folder: str, prefix: str) -> None:

@@ -15,6 +15,8 @@ from companion.models.text_transformer import (
     TextTransformer,
     ar_nll,
     ar_sample,
+    fim_prompt,
+    fim_psm,
     flops_per_sequence,
 )
 from companion.run import memory
@@ -141,6 +143,78 @@ def test_ar_sample_draws_the_models_law(monkeypatch):
     assert chi2 < 24.3, (chi2, counts / n, p)
     again = ar_sample(model, n, 3, generator=torch.Generator().manual_seed(0))
     assert torch.equal(s, again)
+
+
+def test_ar_sample_temperature_sharpens_the_law():
+    """At temperature T each conditional is softmax(logits / T): the same chi-square test
+    against the law that this tempering gives, and T -> 0 draws the likeliest path."""
+    model = _model(V=2, length=3, causal=True, std=0.3)
+    x = _all_sequences(2, 3)
+    T = 0.5
+    with torch.no_grad():  # the tempered law, conditional by conditional
+        logits = model(x)[:, :, :3].double() / T                 # (8, V, L)
+        logp = logits.log_softmax(1).gather(1, x[:, None]).squeeze(1).sum(1)
+    p = logp.exp()
+    n = 4000
+    s = ar_sample(model, n, 3, temperature=T, generator=torch.Generator().manual_seed(1))
+    counts = torch.bincount(s[:, 0] * 4 + s[:, 1] * 2 + s[:, 2], minlength=8).double()
+    chi2 = float(((counts - n * p) ** 2 / (n * p)).sum())
+    assert chi2 < 24.3, (chi2, counts / n, p)
+    cold = ar_sample(model, 50, 3, temperature=1e-4, generator=torch.Generator().manual_seed(2))
+    assert (cold == cold[0]).all()  # one path, the greedy one
+    with pytest.raises(ValueError, match="temperature"):
+        ar_sample(model, 2, 3, temperature=0.0)
+
+
+def test_ar_sample_keeps_a_prompt_and_draws_the_rest_from_its_conditional():
+    """With a prompt of two ids the third is drawn from softmax(logits_3(prompt)): a
+    chi-square test of its V = 2 frequencies (1 df, below 10.8 with probability 0.999)."""
+    model = _model(V=2, length=3, causal=True, std=0.3)
+    prompt = torch.tensor([1, 0])
+    with torch.no_grad():
+        p = model(torch.tensor([[1, 0, 0]]))[0, :, 2].double().softmax(0)
+    n = 4000
+    s = ar_sample(model, n, 3, prompt=prompt, generator=torch.Generator().manual_seed(3))
+    assert (s[:, :2] == prompt).all()
+    counts = torch.bincount(s[:, 2], minlength=2).double()
+    chi2 = float(((counts - n * p) ** 2 / (n * p)).sum())
+    assert chi2 < 10.8, (chi2, counts / n, p)
+    with pytest.raises(ValueError, match="prompt must be"):
+        ar_sample(model, 4, 3, prompt=torch.tensor([1, 0, 1]))
+    with pytest.raises(ValueError, match="prompt"):
+        ar_sample(model, 4, 3, prompt=torch.tensor([1, 5]))
+
+
+def test_fim_psm_moves_the_middle_to_the_end_and_keeps_every_id():
+    pad = 9
+    x = torch.tensor([[1, 2, 3, 4, 5, pad, pad], [6, 7, pad, pad, pad, pad, pad],
+                      [pad] * 7])
+    out = fim_psm(x, pad, rate=1.0, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (3, 10)
+    pre, suf, mid = pad + 1, pad + 2, pad + 3
+    for row, orig in zip(out.tolist(), x.tolist(), strict=True):
+        n = orig.index(pad)
+        assert row[0] == pre and row.count(suf) == 1 and row.count(mid) == 1
+        a, b = row.index(suf), row.index(mid)
+        prefix, suffix, middle = row[1:a], row[a + 1:b], row[b + 1:n + 3]
+        assert prefix + middle + suffix == orig[:n]  # the text, in PSM order
+        assert row[n + 3:] == [pad] * (len(row) - n - 3)
+    cut = fim_psm(x.repeat(200, 1), pad, rate=1.0,
+                  generator=torch.Generator().manual_seed(1))[::3]
+    assert len({tuple(r) for r in cut.tolist()}) > 5  # the cuts vary
+    same = fim_psm(x, pad, rate=0.0)
+    assert torch.equal(same[:, :7], x) and (same[:, 7:] == pad).all()
+    half = fim_psm(x[:1].repeat(2000, 1), pad, rate=0.5,
+                   generator=torch.Generator().manual_seed(2))
+    share = (half[:, 0] == pre).double().mean().item()
+    assert abs(share - 0.5) < 0.05, share
+    with pytest.raises(ValueError, match="rate"):
+        fim_psm(x, pad, rate=1.5)
+
+
+def test_fim_prompt_is_the_psm_order_up_to_the_middle():
+    p = fim_prompt(torch.tensor([1, 2]), torch.tensor([5]), pad=9)
+    assert p.tolist() == [10, 1, 2, 11, 5, 12]
 
 
 # --- masked diffusion's denoiser ----------------------------------------------------------------

@@ -22,6 +22,11 @@ scored the way the pages score it:
 `--size` and `--patch` give the DiT's size (S, M, L) and patch (2, 4, 7: 196, 49 or 16
 tokens), `--lr` its learning rate: a pilot may try what the recipe does not have yet.
 
+`--holdout F` (the learning-rate sweep: sweeps tune on a validation split, never on the test
+digits) trains on the first 1 - F of the training digits and scores each stage also by its
+validation loss: L_simple on the held-out last F, at fixed steps and noise (the same draws
+for every run, so that two learning rates are compared on the same terms, paired).
+
 The checkpoints go to .cache/pilot (BOOK_CACHE overrides), never the reader's cache or the
 shipped set; a stopped pilot resumes. The table is printed and written, with the machine and
 the seconds each stage trained, to benchmarks/results/pilots/<family>-<device>.json.
@@ -144,6 +149,27 @@ def nearest(x, train):
     return d.min(1).values
 
 
+def validation_loss(model, profile, device, x, y, labelled: bool, draws: int = 8):
+    """L_simple of `model` on held-out digits x (N, 1, 28, 28) in [0, 1]: each digit noised
+    `draws` times at steps and noise from seed 7 (the same for every model), the label
+    given to a conditional network. Returns (mean, its SE over digits)."""
+    import torch
+
+    from companion.recipes import pixel, transformers
+
+    diffusion = pixel.ddpm_diffusion(profile, device)
+    g = torch.Generator(device).manual_seed(7)
+    x0 = (x * 2 - 1).repeat(draws, 1, 1, 1)
+    t = torch.randint(1, diffusion.T + 1, (len(x0),), device=device, generator=g)
+    noise = torch.randn(x0.shape, device=device, generator=g)
+    eps = (transformers.ch21_eps_function(model, y.repeat(draws), 0.0, device)
+           if labelled else pixel.eps_function(model, device))
+    with torch.no_grad():
+        err = (eps(diffusion.q_sample(x0, t, noise), t).float() - noise).pow(2)
+    per_digit = err.flatten(1).mean(1).view(draws, len(x)).mean(0).double()
+    return per_digit.mean().item(), (per_digit.std() / len(x) ** 0.5).item()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("family", choices=FAMILIES)
@@ -153,7 +179,15 @@ def main(argv=None) -> int:
     ap.add_argument("--patch", type=int, choices=(2, 4, 7), default=4,
                     help="the DiT's patch (default 4, the recipe's)")
     ap.add_argument("--lr", type=float, help="learning rate (default: the recipe's)")
+    ap.add_argument("--holdout", type=float, default=0.0,
+                    help="share of the training digits held out for a validation loss")
     args = ap.parse_args(argv)
+    if not 0 <= args.holdout < 0.5:
+        raise SystemExit(f"--holdout is a share of the training digits in [0, 0.5), got "
+                         f"{args.holdout}")
+    if args.holdout and args.family not in ("ddpm", "dit", "unet-label"):
+        raise SystemExit("--holdout scores a noise predictor's L_simple: the ddpm, dit and "
+                         "unet-label pilots")
     os.environ.setdefault("BOOK_OFFLINE", "1")
     os.environ.setdefault("BOOK_PROFILE", "cpu")
     os.environ.setdefault("BOOK_CACHE", str(ROOT / ".cache" / "pilot"))
@@ -183,13 +217,17 @@ def main(argv=None) -> int:
 
     cuts = sorted(set(args.updates))
     labels = torch.arange(args.n, device=device) % 10
+    keep = len(data.x_train) - round(args.holdout * len(data.x_train))
+    x_train, y_train = data.x_train[:keep], data.y_train[:keep]
+    x_val, y_val = data.x_train[keep:], data.y_train[keep:]
     if args.family in LABELLED:
         _transformer(args.size, args.patch, args.lr, cuts[-1])
         network = "unet" if args.family == "unet-label" else f"dit-{args.size}"
-        prefix = f"pilot-p{args.patch}" + ("" if args.lr is None else f"-lr{args.lr:g}")
+        prefix = (f"pilot-p{args.patch}" + ("" if args.lr is None else f"-lr{args.lr:g}")
+                  + ("" if not args.holdout else f"-val{args.holdout:g}"))
 
         def recipe(x, profile, device, **stage):
-            return recipes.ch21_model(x, data.y_train, profile, device, network=network,
+            return recipes.ch21_model(x, y_train, profile, device, network=network,
                                       **stage)
 
         def checkpoint(profile, steps, prefix=prefix):
@@ -201,9 +239,9 @@ def main(argv=None) -> int:
             raise SystemExit("--lr and --patch are for the dit and unet-label pilots")
         _longer(cuts[-1])
         recipe, checkpoint, sampler = _families()[args.family]
-        prefix = "pilot"
+        prefix = "pilot" + ("" if not args.holdout else f"-val{args.holdout:g}")
     started = time.time()
-    runs = recipes.snapshots(recipe, checkpoint, data.x_train, profile, device,
+    runs = recipes.snapshots(recipe, checkpoint, x_train, profile, device,
                              fractions=[c / cuts[-1] for c in cuts[:-1]], total=cuts[-1],
                              prefix=prefix)
     rows = []
@@ -221,6 +259,12 @@ def main(argv=None) -> int:
         rows.append(dict(updates=k, train_seconds=round(seconds), loss=round(loss, 4),
                          fd=round(fd, 1), ratio=round(fd / floor, 2),
                          top=round(mean_top_probability(p), 3), copy=round(copy, 3)))
+        if args.holdout:
+            val = validation_loss(model, profile, device, x_val, y_val,
+                                  args.family in LABELLED)
+            rows[-1]["val_loss"], rows[-1]["val_se"] = round(val[0], 5), round(val[1], 5)
+            print(f"{k:>6} updates: validation loss {val[0]:.5f} +- {val[1]:.5f} "
+                  f"({len(x_val)} digits)", flush=True)
         asked = ""
         if args.family in LABELLED:
             rows[-1]["asked"] = round((p.argmax(1) == labels).float().mean().item(), 3)
@@ -228,7 +272,7 @@ def main(argv=None) -> int:
         print(f"{k:>6} updates: FD {fd:7.1f} = {fd / floor:5.2f} x floor, top-class "
               f"{rows[-1]['top']:.3f}, nearest-train ratio {copy:.3f}{asked}, loss "
               f"{loss:.4f}, {seconds:.0f} s trained", flush=True)
-    name = args.family
+    name = args.family + ("" if not args.holdout else f"-val{args.holdout:g}")
     if args.family in LABELLED:
         name += (f"-{args.size}" if args.family == "dit" else "") + f"-p{args.patch}"
         name += "" if args.lr is None else f"-lr{args.lr:g}"

@@ -8,6 +8,7 @@ autoregressive model, the same network differing only in its attention mask and 
     ar = TextTransformer(vocab_size=65, length=256, causal=True)   # autoregressive
     ar_nll(ar, x).mean()                                           # its loss: exact nats
     ar_sample(ar, 16, 256)                                         # one character a call
+    ar_nll(fim, fim_psm(x, pad=64))                                # fill-in-the-middle
 
 Both are nanoGPT (Karpathy 2022) without dropout: token plus learned position embeddings,
 `depth` pre-LayerNorm blocks (dit.EncoderLayer), a final LayerNorm and a linear head to
@@ -182,9 +183,14 @@ MAX_SAMPLES = 100_000
 
 
 @torch.no_grad()
-def ar_sample(model: TextTransformer, n: int, length: int, *,
-              generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-    """n sequences (n, length) long, ancestral: x_i ~ softmax(logits_i(x_<i)), left to right.
+def ar_sample(model: TextTransformer, n: int, length: int, *, temperature: float = 1.0,
+              prompt: torch.Tensor | None = None, generator: torch.Generator | None = None,
+              device=None) -> torch.Tensor:
+    """n sequences (n, length) long, ancestral: x_i ~ softmax(logits_i(x_<i) / temperature),
+    left to right. temperature 1 draws the model's law; below 1 sharpens each conditional
+    towards its likeliest value (fewer mistakes, less variety), above 1 flattens it.
+    prompt: ids (P,) or (n, P), P < length, kept as the first P positions of every sample
+    (a fill-in-the-middle model's `fim_prompt`); the draws start after it.
 
     One forward pass per position on the prefix drawn so far (no key-value cache: L^2 / 2
     positions' work instead of L, simple and enough at the book's lengths); at most
@@ -196,20 +202,75 @@ def ar_sample(model: TextTransformer, n: int, length: int, *,
     n = checks.size("n (the number of samples)", n, MAX_SAMPLES, "each runs the network "
                     "once per position; draw in batches")
     length = checks.count("length", length, maximum=model.config.length)
+    temperature = checks.positive("temperature", temperature)
     checks.generator("generator", generator)
     device = checks.device("device", device) or model.head.weight.device
     x = torch.zeros(n, length, dtype=torch.long, device=device)  # x_i unseen until drawn
+    start = 0
+    if prompt is not None:
+        prompt = checks.index_tensor("prompt", prompt)
+        prompt = prompt.expand(n, -1) if prompt.dim() == 1 else prompt
+        if prompt.dim() != 2 or len(prompt) != n or not 0 < prompt.shape[1] < length:
+            raise checks.ArgumentError(
+                f"prompt must be ids (P,) or (n, P) with 0 < P < length = {length}, got "
+                f"shape {tuple(prompt.shape)} for n = {n}")
+        checks.token_ids("prompt", prompt, 0, model.config.vocab_size - 1,
+                         fix="encode it with the model's tokenizer (and fim_prompt)")
+        start = prompt.shape[1]
+        x[:, :start] = prompt.to(device)
     counts = []
     for rows in memory.chunk_slices(n, min(memory.MAX_IMAGES, memory.rows_per_call(x))):
-        for i in range(length):
+        for i in range(start, length):
             logits = model(x[rows, :i + 1])[:, :, i].float()            # (b, V)
             counts.append((f"at position {i + 1} of {length}", checks.nonfinite_count(logits),
                            f"{logits.numel():,} logits"))
             if checks.on_host(logits):
                 checks.finite_logits("model", counts[-1:])
-            x[rows, i] = draw_values(logits[:, :, None], generator=generator)[0][:, 0]
+            x[rows, i] = draw_values(logits[:, :, None] / temperature,
+                                     generator=generator)[0][:, 0]
     checks.finite_logits("model", counts)
     return x
+
+
+def fim_psm(x: torch.Tensor, pad: int, *, rate: float = 0.5,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+    """Fill-in-the-middle training data (Bavarian et al. 2022, prefix-suffix-middle): each
+    sequence of ids x (B, L) whose text is the ids before its first `pad`, with probability
+    `rate` cut at two points drawn uniformly in its text and rewritten
+
+        PRE prefix SUF suffix MID middle pad ...        (B, L + 3)
+
+    with the sentinels PRE, SUF, MID = pad + 1, pad + 2, pad + 3 (the tokenizer's
+    vocab_size and the next two: the network needs vocab_size + 3 ids), so that a
+    left-to-right model trained on it (`ar_nll`) learns to write a middle from both sides;
+    the other sequences stay as they are, padded by three. One left-to-right model does both.
+    """
+    x = checks.index_tensor("x (token sequences (B, L))", x)
+    if x.dim() != 2:
+        raise checks.ArgumentError(f"x must be ids (B, L), got shape {tuple(x.shape)}")
+    rate = checks.real("rate", rate, low=0.0, high=1.0)
+    pre, suf, mid = pad + 1, pad + 2, pad + 3
+    out = torch.full((len(x), x.shape[1] + 3), pad, dtype=torch.long, device=x.device)
+    out[:, :x.shape[1]] = x
+    lengths = (x != pad).long().cumprod(1).sum(1).tolist()  # text before the first pad
+    u = torch.rand(len(x), 3, generator=generator).tolist()
+    for r, (n, (coin, a, b)) in enumerate(zip(lengths, u, strict=True)):
+        if coin >= rate:
+            continue
+        i, j = sorted((int(a * (n + 1)), int(b * (n + 1))))       # 0 <= i <= j <= n
+        row = x[r]
+        out[r, :n + 3] = torch.cat([row.new_tensor([pre]), row[:i], row.new_tensor([suf]),
+                                    row[j:n], row.new_tensor([mid]), row[i:j]])
+    return out
+
+
+def fim_prompt(prefix: torch.Tensor, suffix: torch.Tensor, pad: int) -> torch.Tensor:
+    """The prompt that asks a `fim_psm`-trained model for the middle between two texts'
+    ids: PRE prefix SUF suffix MID (1-D); `ar_sample(..., prompt=...)` then draws it."""
+    prefix, suffix = (checks.index_tensor(name, t).reshape(-1)
+                      for name, t in (("prefix", prefix), ("suffix", suffix)))
+    return torch.cat([prefix.new_tensor([pad + 1]), prefix, prefix.new_tensor([pad + 2]),
+                      suffix, prefix.new_tensor([pad + 3])])
 
 
 def flops_per_sequence(model: TextTransformer, length: int | None = None,

@@ -13,6 +13,7 @@ from .pixel import snapshots
 
 # --- chapter 22: masked diffusion against an autoregressive model on text ---------------------
 LM_KINDS = ("autoregressive", "masked")
+FIM_RATE = 0.5  # Bavarian et al.'s default share of fill-in-the-middle sequences
 
 
 def lm_settings(profile) -> dict:
@@ -106,20 +107,22 @@ def english_windows(profile, length: int = ENGLISH_LENGTH, download: bool | None
 
 
 def _lm_kind(kind) -> str:
-    if kind not in LM_KINDS:
-        raise checks.ArgumentError(f"kind must be one of {LM_KINDS}, got {kind!r}")
+    if kind not in LM_KINDS + ("fim",):
+        raise checks.ArgumentError(f"kind must be one of {LM_KINDS + ('fim',)}, got {kind!r}")
     return kind
 
 
 def lm_network(kind: str, profile, vocab_size: int, length: int):
     """The untrained transformer of `kind`: "masked" (bidirectional, the masked diffusion
-    denoiser) or "autoregressive" (the same network with a causal mask)."""
+    denoiser), "autoregressive" (the same network with a causal mask) or "fim" (causal,
+    for `fim_psm`'s sequences: three more ids, the sentinels, and three more positions)."""
     from ..models.text_transformer import TextTransformer
 
     s = lm_settings(profile)
-    return TextTransformer(vocab_size=vocab_size, length=length, width=s["width"],
-                           depth=s["depth"], heads=s["heads"],
-                           causal=_lm_kind(kind) == "autoregressive")
+    extra = 3 if _lm_kind(kind) == "fim" else 0
+    return TextTransformer(vocab_size=vocab_size + extra, length=length + extra,
+                           width=s["width"], depth=s["depth"], heads=s["heads"],
+                           causal=kind != "masked")
 
 
 def lm_checkpoint(profile, steps: int | None = None, prefix: str = "ch22", *,
@@ -132,15 +135,18 @@ def lm_model(x, vocab_size: int, profile, device, *, kind: str = "masked",
              steps: int | None = None, resume_from=None, prefix: str = "ch22"):
     """Chapter 22's language models, load-or-train on token sequences x (N, L): the masked
     diffusion model on chapter 14's bound (`masked.loss` with categories = vocab_size,
-    nats a sequence), or the autoregressive model on its exact negative log-likelihood
-    (`ar_nll`); Adam, gradients clipped at 1, EMA. Same network, batch and updates for both.
+    nats a sequence), the autoregressive model on its exact negative log-likelihood
+    (`ar_nll`), or ("fim") an autoregressive model on fill-in-the-middle sequences
+    (`fim_psm`, FIM_RATE of each batch rewritten afresh at every update; vocab_size is the
+    tokenizer's, whose last id is the padding); Adam, gradients clipped at 1, EMA. Same
+    network, batch and updates for all.
     steps: None (the profile's updates) or fewer (an early checkpoint in its own file,
     `lm_snapshots`); more are refused before anything trains (`checks.early_steps`).
 
     Returns (EMA model in eval mode, FitResult).
     """
     from .. import masked
-    from ..models.text_transformer import ar_nll
+    from ..models.text_transformer import ar_nll, fim_psm
     from ..run.precision import default_optimizer
 
     s = lm_settings(profile)
@@ -158,8 +164,12 @@ def lm_model(x, vocab_size: int, profile, device, *, kind: str = "masked",
     config = dict(profile=profile.name, kind=kind, vocab_size=vocab_size, length=x.shape[1],
                   lr=s["lr"], batch_size=s["batch_size"], ema=s["ema"], clip=1.0,
                   n_train=len(x), total=s["steps"])
+    if kind == "fim":
+        config["fim_rate"] = FIM_RATE
 
     def loss_fn(model, batch):
+        if kind == "fim":
+            return ar_nll(model, fim_psm(batch, vocab_size - 1, rate=FIM_RATE)).mean()
         if kind == "autoregressive":
             return ar_nll(model, batch).mean()
         return masked.loss(model, batch, categories=vocab_size)

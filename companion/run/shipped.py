@@ -374,7 +374,7 @@ def facts(*names: str) -> dict[str, str]:
     process loaded or trained), in short phrases for a page's budget box, each under the
     60 characters a glued text may have inside a sentence:
 
-        runs       "3 training runs": the shipped files, a snapshot of a run
+        runs       "three training runs" (figures from 10): the shipped files, a snapshot of a run
                    (`name-stepN-...`) counted with its run
         updates    "4,500 updates" or "1,500 to 12,000 updates" (each run's)
         time       "24 min": the runs' training time added up, as the manifest records it
@@ -413,7 +413,7 @@ def facts(*names: str) -> dict[str, str]:
         "from " + ", ".join(w[1] for w in sources[:-1]) + " and " + sources[-1][1]
     entries = [models[n] for n in ours]
     return dict(
-        runs=f"{len(full)} training run{'s' if len(full) != 1 else ''}",
+        runs=f"{_count(len(full))} training run{'s' if len(full) != 1 else ''}",
         updates=f"{steps[0]:,} updates" if len(steps) == 1
         else f"{steps[0]:,} to {steps[-1]:,} updates",
         time=_duration(sum(e["trained"]["seconds"] for e in full)),
@@ -430,6 +430,12 @@ def report() -> str:
     words = {"shipped": "shipped with the book", "cache": "from your cache",
              "trained": "trained here"}
     return ", ".join(f"{SOURCES[k]} {words[k]}" for k in order if SOURCES[k])
+
+
+def _count(n: int) -> str:
+    """A count as prose writes it: words up to nine, figures from 10."""
+    words = "zero one two three four five six seven eight nine".split()
+    return words[n] if n < 10 else f"{n:,}"
 
 
 def _duration(seconds: float) -> str:
