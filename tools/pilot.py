@@ -274,7 +274,7 @@ def main(argv=None) -> int:
               f"{loss:.4f}, {seconds:.0f} s trained", flush=True)
     name = args.family + ("" if not args.holdout else f"-val{args.holdout:g}")
     if args.family in LABELLED:
-        name += (f"-{args.size}" if args.family == "dit" else "") + f"-p{args.patch}"
+        name += f"-{args.size}-p{args.patch}" if args.family == "dit" else ""
         name += "" if args.lr is None else f"-lr{args.lr:g}"
     record = dict(family=name, n=args.n, floor=round(floor, 1),
                   floor_sd=round(floors.std().item(), 1), bar=BAR,
