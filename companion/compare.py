@@ -40,6 +40,7 @@ standard error is over the n rows only.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -412,6 +413,23 @@ def trend(comparisons, budgets, *, ahead: str = "ahead", behind: str = "behind",
     return "; ".join(f"{b}: {w} ({z})" for b, w, z in zip(budgets, words, zs, strict=True))
 
 
+ANCHOR = re.compile(r"[A-Za-z][\w-]*")
+
+
+class Verdict(str):
+    """A verdict phrase (a str) that knows its row of an Evidence table: gluing it names the
+    row (`Evidence.name`), so that the prose's link lands on the row, not the table."""
+
+    def __new__(cls, phrase: str, evidence: Evidence, row: int):
+        self = super().__new__(cls, phrase)
+        self.evidence, self.row = evidence, row
+        return self
+
+    def glued(self, name: str) -> None:
+        """Called by `glue(name, verdict)`: the row's anchor is the glue's name."""
+        self.evidence.name(self.row, name)
+
+
 class Evidence:
     """A chapter's evidence table: each inline verdict is a short phrase, and its row here
     holds what backs it (the difference, its standard error, z, the test, the degrees of
@@ -422,8 +440,12 @@ class Evidence:
                                          ahead="higher", behind="lower"), display=False)
         ev.table()                            # in the cell under (ch18-evidence)=
 
-    and the prose links the phrase to its row's table:
-    [{glue:text}`ch18_fd_words`](#ch18-evidence).
+    and the prose links the phrase to its own row, whose anchor is the glue's name:
+    [{glue:text}`ch18_fd_words`](#ch18_fd_words). `verdict` returns a `Verdict` (a str
+    that knows its row); `companion.run.glue.glue` of one names the row, and the table
+    writes an anchor per name (`<a id="ch18_fd_words" name=...></a>`, which the book's Sphinx
+    extension book/_ext/evidence_anchors.py makes a link target). A phrase glued before
+    any name is the table's to link to (#ch18-evidence).
     """
 
     def __init__(self, label: str):
@@ -432,15 +454,19 @@ class Evidence:
                              f"'ch18-evidence', got {label!r}")
         self.label = label
         self.rows: list[tuple[str, Comparison, str, str, str]] = []
+        self.anchors: list[list[str]] = []  # per row: the glue names of its phrase
 
     def verdict(self, claim: str, c: Comparison, *, fmt: str = ".3g", ahead: str = "ahead",
-                behind: str = "behind", tie: str = "within noise", trend: str = "") -> str:
+                behind: str = "behind", tie: str = "within noise", trend: str = "",
+                name: str | None = None) -> Verdict:
         """Record c as the row for `claim`; return its phrase for the prose.
 
         claim: what is compared, as the table's first column says it ("FD, VDM - L_simple");
         fmt: the format of the difference and its SE; ahead/behind/tie: the phrase for each
         verdict (at most SHORT characters: a longer one belongs in the table); trend: the
-        budget trend in words (`trend(...)`), if the comparison has one.
+        budget trend in words (`trend(...)`), if the comparison has one; name: the glue
+        name the prose links to the row by, where the phrase is glued inside a longer text
+        (gluing the returned `Verdict` itself names the row without it).
         """
         if not isinstance(c, Comparison):
             raise TypeError(f"verdict needs a Comparison (from paired, welch, "
@@ -455,7 +481,19 @@ class Evidence:
         format(0.0, fmt)  # a bad spec fails here, with format's own message
         phrase = {"ahead": ahead, "behind": behind, "tie": tie}[c.verdict]
         self.rows.append((claim, c, fmt, phrase, trend))
-        return phrase
+        self.anchors.append([])
+        if name is not None:
+            self.name(len(self.rows) - 1, name)
+        return Verdict(phrase, self, len(self.rows) - 1)
+
+    def name(self, row: int, anchor: str) -> None:
+        """Give row `row` the anchor `anchor` (a glue name: letters, digits, _ and -), the
+        target of the prose's link to it. `glue` calls this for a `Verdict`."""
+        if not isinstance(anchor, str) or not ANCHOR.fullmatch(anchor):
+            raise ValueError(f"an evidence row's anchor is a glue name (letters, digits, _ "
+                             f"and -, starting with a letter), got {anchor!r}")
+        if anchor not in self.anchors[row]:
+            self.anchors[row].append(anchor)
 
     def markdown(self) -> str:
         """The table as Markdown: one row per verdict, in the order they were made."""
@@ -464,11 +502,16 @@ class Evidence:
         def size(c, fmt):
             return f"{c.diff:+{fmt}} ± {c.se:{fmt}}"
 
-        rows = [[claim, size(c, fmt), f"{abs(c.z):.1f} {c.scale}", c.how,
+        def marks(names):
+            return "".join(f'<a id="{n}" name="{n}"></a>' for n in names)  # Colab reads name
+
+        rows = [[marks(names) + claim, size(c, fmt),
+                 f"{abs(c.z):.1f} {c.scale}, needs {c.threshold:.2f}", c.how,
                  f"{c.n:,} {c.unit}s", phrase, trend or "one budget"]
-                for claim, c, fmt, phrase, trend in self.rows]
-        return markdown(["claim", "difference ± SE", "|z|", "test", "over", "verdict",
-                         "along the budget"], rows, align="lrrllll")
+                for (claim, c, fmt, phrase, trend), names in zip(self.rows, self.anchors,
+                                                                 strict=True)]
+        return markdown(["claim", "difference ± SE", "|z| (a verdict needs)", "test",
+                         "over", "verdict", "along the budget"], rows, align="lrrllll")
 
     def table(self):
         """`markdown()` as an IPython Markdown object: end the table's cell with it."""

@@ -365,3 +365,16 @@ def test_editions_are_self_contained(editions):
         followed["edition"] += len(across)
         followed["citation"] += len(cited)
     assert min(followed.values()) > 0, followed  # each kind of link was there to check
+
+
+def test_a_link_to_an_evidence_row_finds_the_anchor_its_table_shows():
+    prose = "The gap is [lower](#ch99_fd_words)."
+    table = '| <a id="ch99_fd_words" name="ch99_fd_words"></a>FD, A - B | lower |\n'
+    nb = {"cells": [{"cell_type": "markdown", "metadata": {}, "source": [prose]},
+                    {"cell_type": "code", "metadata": {}, "source": ["ev.table()"],
+                     "outputs": [{"output_type": "execute_result", "metadata": {},
+                                  "data": {"text/markdown": [table]}}]}]}
+    assert ce.notebook_problems(nb) == ([], [])
+    nb["cells"][1]["outputs"] = []  # a table stored without its rows' anchors
+    own, _ = ce.notebook_problems(nb)
+    assert any("anchor the notebook lacks" in p for p in own), own

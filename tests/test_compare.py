@@ -168,7 +168,8 @@ def test_evidence_phrase_and_row_agree():
     for line, c, phrase in zip(lines, (far, near), said, strict=True):
         cells = [x.strip() for x in line.strip("|").split("|")]
         assert cells[1] == f"{c.diff:+.2f} ± {c.se:.2f}"
-        assert cells[2] == f"{abs(c.z):.1f} SE" and cells[3] == "paired t, 39 df"
+        assert cells[2] == f"{abs(c.z):.1f} SE, needs 2.02"  # t quantile, 39 df
+        assert cells[3] == "paired t, 39 df"
         assert cells[4] == "40 digits" and cells[5] == phrase
 
 

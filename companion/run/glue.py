@@ -125,6 +125,10 @@ def glue(name: str, variable: Any, display: bool = True, digits: int = DIGITS) -
         inside = "" if real is not None else f" (inside a {type(variable).__name__})"
         raise ValueError(f"glue({name!r}, {bad}{inside}): a NaN or infinite number would be "
                          "quoted in the prose as a result; find where it stopped being finite")
+    glued = getattr(variable, "glued", None)  # a verdict phrase names its evidence row
+    if callable(glued) and isinstance(variable, str):
+        glued(name)
+        variable = str(variable)
     stored = variable if real is None else round_significant(real, digits)
     bundle, metadata = format_display_data(stored)
     prefix = "" if display else GLUE_PREFIX
