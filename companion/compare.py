@@ -429,6 +429,9 @@ class Verdict(str):
         """Called by `glue(name, verdict)`: the row's anchor is the glue's name."""
         self.evidence.name(self.row, name)
 
+    def __reduce__(self):  # pickled or copied, a verdict is its phrase
+        return (str, (str(self),))
+
 
 class Evidence:
     """A chapter's evidence table: each inline verdict is a short phrase, and its row here

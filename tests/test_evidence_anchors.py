@@ -144,3 +144,14 @@ def test_every_stored_table_link_of_an_anchored_phrase_lands_on_its_row():
         rows = re.findall(r"\{glue:text\}`([\w-]+)[^`]*`[^\]]*\]\(#\1\)", prose)
         missing = sorted(set(rows) - el.row_anchors(nb))
         assert not missing, f"{p.name}: links to rows its stored tables lack: {missing}"
+
+
+def test_a_verdict_pickles_and_copies_as_its_phrase():
+    import copy
+    import pickle
+
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=20)
+    v = Evidence("ch99-evidence").verdict("x", paired(a, a + rng.normal(size=20)))
+    for back in (pickle.loads(pickle.dumps(v)), copy.deepcopy(v), copy.copy(v)):
+        assert back == str(v) and type(back) is str
