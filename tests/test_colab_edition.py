@@ -338,7 +338,7 @@ def test_editions_are_self_contained(editions):
                   f"{ce.EDITION_BRANCH}/notebooks/")
     assert ce.colab.colab_url("notebooks/01_autoencoders.ipynb") == \
         edition_of + "01_autoencoders.ipynb"  # where the badges point
-    names = {stem: [n for text in _markdown(nb) + ce._markdown_outputs(nb)
+    names = {stem: [n for text in _markdown(nb) + ce.links.markdown_outputs(nb)
                     for n in TARGETS.findall(text)]  # evidence rows: in the tables shown
              for stem, (_, nb, _, _) in built.items()}
     followed = {"#": 0, "edition": 0, "citation": 0}

@@ -741,22 +741,10 @@ def notebook_problems(nb: dict, site: Site | None = None) -> tuple[list, list]:
     notebook (its Markdown cells and the Markdown its code shows); the site's missing links
     once each."""
     cells = [_source(c) for c in nb["cells"] if c["cell_type"] == "markdown"]
-    names = {n for text in cells + _markdown_outputs(nb) for n in links.targets(text)}
+    names = {n for text in cells + links.markdown_outputs(nb) for n in links.targets(text)}
     found = [checked(text, site, names) for text in cells]
     return ([p for own, _ in found for p in own],
             list(dict.fromkeys(p for _, lacking in found for p in lacking)))
-
-
-def _markdown_outputs(nb: dict) -> list[str]:
-    """The Markdown the code cells show (an evidence table, whose rows are link targets:
-    companion.compare.Evidence)."""
-    texts = []
-    for cell in nb["cells"]:
-        for out in cell.get("outputs", []):
-            text = out.get("data", {}).get("text/markdown")
-            if text:
-                texts.append("".join(text) if isinstance(text, list) else text)
-    return texts
 
 
 def _line_problems(prose: list[tuple[int, str]]) -> list[str]:

@@ -93,6 +93,18 @@ def targets(markdown: str) -> list[str]:
     return TARGET.findall(markdown)
 
 
+def markdown_outputs(nb: dict) -> list[str]:
+    """The Markdown a notebook's code cells show (an evidence table, whose rows are link
+    targets: companion.compare.Evidence)."""
+    texts = []
+    for cell in nb["cells"]:
+        for out in cell.get("outputs", []):
+            text = out.get("data", {}).get("text/markdown")
+            if text:
+                texts.append("".join(text) if isinstance(text, list) else text)
+    return texts
+
+
 # --- the online book -----------------------------------------------------------------------
 
 def online_book(repository_url: str | None = None) -> str:

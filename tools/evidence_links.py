@@ -21,19 +21,16 @@ import re
 import sys
 from pathlib import Path
 
-ANCHOR = re.compile(r'<a id="([A-Za-z][\w-]*)"')
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import colab_links as links  # noqa: E402  (tools/ is no package)
+
 LINK = re.compile(r"\[(?P<text>[^\]]*?\{glue:text\}`(?P<key>[\w-]+)(?::[^`]*)?`[^\]]*)\]"
                   r"\(#(?P<label>ch\d+-evidence)\)")
 
 
 def row_anchors(nb: dict) -> set[str]:
     """The anchors of the evidence rows in a notebook's stored Markdown outputs."""
-    found = set()
-    for cell in nb["cells"]:
-        for out in cell.get("outputs", []):
-            text = out.get("data", {}).get("text/markdown", "")
-            found.update(ANCHOR.findall("".join(text) if isinstance(text, list) else text))
-    return found
+    return {n for text in links.markdown_outputs(nb) for n in links.targets(text)}
 
 
 def rewired(text: str, anchors: set[str]) -> tuple[str, int]:
