@@ -42,3 +42,16 @@ def test_peer_sampler_pads_crops_and_counts_steps_from_zero():
     assert (first[0][..., :2, :] == -1).all() and (first[0][..., :, 30:] == -1).all()
     torch.testing.assert_close(first[0][..., 2:30, 2:30], z)  # x_T goes in unchanged
     assert first[1].tolist() == [999] * 3 and last[1].tolist() == [0] * 3  # T..1 -> 999..0
+
+
+def test_a_dit_pilot_trains_the_patch_it_is_given():
+    from companion.recipes import transformers
+    from companion.run.profiles import get_profile
+
+    pilot = _pilot()
+    for patch in (2, 4, 7):
+        name = pilot._network("dit", "L", patch)
+        assert transformers.dit_patch(name) == patch
+        net = transformers.ch21_network(name, "label", get_profile("ci"))
+        assert net.config.patch == patch
+    assert pilot._network("unet-label", "L", 2) == "unet"

@@ -174,6 +174,17 @@ def _peer_sampler(model, profile, device):
                                          x_T=z, generator=g, quiet=True)
 
 
+def _network(family: str, size: str, patch: int) -> str:
+    """Chapter 21's name of the network a labelled pilot trains: "unet", or the DiT with
+    its patch in the name where it is not the recipe's default ("dit-L/2"), since the
+    recipe takes the patch from the name."""
+    from companion.recipes import transformers
+
+    if family == "unet-label":
+        return "unet"
+    return f"dit-{size}" + ("" if patch == transformers.DIT_PATCH else f"/{patch}")
+
+
 def _label_sampler(labels):
     """The label-conditional sampler of chapter 21's comparison: chapter 9's chain, 50
     respaced ancestral steps (the page's), no guidance."""
@@ -282,7 +293,7 @@ def main(argv=None) -> int:
     x_val, y_val = data.x_train[keep:], data.y_train[keep:]
     if args.family in LABELLED:
         _transformer(args.size, args.patch, args.lr, cuts[-1])
-        network = "unet" if args.family == "unet-label" else f"dit-{args.size}"
+        network = _network(args.family, args.size, args.patch)
         prefix = (f"pilot-p{args.patch}" + ("" if args.lr is None else f"-lr{args.lr:g}")
                   + ("" if not args.holdout else f"-val{args.holdout:g}"))
 
