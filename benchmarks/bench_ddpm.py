@@ -65,8 +65,9 @@ class PeerTrainer:
         self.loader = DataLoader(TensorDataset(padded), batch_size=BATCH, shuffle=True,
                                  drop_last=True)
 
-    def train(self, steps: int) -> float:
-        model, step, loss_log = self.model, 0, 0.0
+    def train(self, steps: int) -> list[float]:
+        """`steps` more updates; the loss of each, as the script logs it."""
+        model, step, losses = self.model, 0, []
         model.train()
         while step < steps:
             for (clean,) in self.loader:
@@ -87,11 +88,11 @@ class PeerTrainer:
                 self.lr.step()
                 self.opt.zero_grad()
                 self.ema.step(model.parameters())
-                loss_log = loss.detach().item()  # logs = {"loss": ...} every step
+                losses.append(loss.detach().item())  # logs = {"loss": ...} every step
                 step += 1
                 if step >= steps:
                     break
-        return loss_log
+        return losses
 
 
 def run(ctx: Context) -> dict:

@@ -19,6 +19,11 @@ def test_the_unet_gets_the_updates_of_equal_training_flops():
     ratio = recipes.network_flops("dit-L", CPU) / recipes.network_flops("unet", CPU)
     assert steps == round(2000 * ratio) and 250 < steps < 400  # 145 against 22 MFLOPs
     assert recipes.equal_flops_steps(2000, "dit-L", CPU) == 2000
+    # the page's pair: DiT-L/2, near the U-Net's FLOPs an image, sets the U-Net's updates
+    near = recipes.network_flops("dit-L/2", CPU) / recipes.network_flops("unet", CPU)
+    assert 0.7 < near < 0.9, near  # 117 against 145 MFLOPs
+    full = recipes.dit_settings(CPU)["steps"]
+    assert recipes.ch21_updates("unet", CPU) == round(full * near)
     sizes = [recipes.network_flops(f"dit-{s}", CPU) for s in recipes.DIT_SIZES]
     assert sizes == sorted(sizes) and sizes[-1] / sizes[0] > 5
     gpu = get_profile("gpu")  # there the U-Net trains about as long as in chapter 9
@@ -29,10 +34,22 @@ def test_the_unet_gets_the_updates_of_equal_training_flops():
 @pytest.mark.parametrize("network,cond,says", [("unet", "adaln", "reads a caption as one"),
                                                ("dit-M", "pooled", "cond='adaln'"),
                                                ("dit-XL", "label", "network must be"),
+                                               ("dit-L/3", "label", "with a patch"),
+                                               ("dit-L/", "label", "with a patch"),
                                                ("dit-M", "text", "cond must be")])
 def test_a_network_or_condition_of_no_recipe_is_refused(network, cond, says):
     with pytest.raises(checks.ArgumentError, match=says):
         recipes.network_flops(network, CPU, cond)
+
+
+def test_a_dit_names_its_patch_and_a_seed_its_file():
+    net = recipes.ch21_network("dit-L/2", "label", CPU)
+    assert net.config.patch == 2 and recipes.ch21_network("dit-L", "label", CPU).config.patch == 4
+    assert recipes.ch21_checkpoint(CPU, network="dit-L/2").name == "ch21-dit-L-p2-label-cpu.pt"
+    assert recipes.ch21_checkpoint(CPU, 500, network="unet", seed=2).name == \
+        "ch21-unet-label-seed2-step500-cpu.pt"
+    with pytest.raises(checks.ArgumentError, match="seed"):
+        recipes.ch21_checkpoint(CPU, network="unet", seed=-1)
 
 
 def test_training_captions_drop_attributes_and_whole_captions_at_their_rates():

@@ -18,12 +18,14 @@ sys.path.insert(0, str(EXT.parents[1] / "tools"))
 
 PAGE = """# Page
 
-The gap is [lower](#ch99_fd_words), the other [within noise](#ch99_tie).
+The gap is [lower](#ch99_fd_words), the other [within noise](#ch99_tie), a third
+[higher](#ch99_fd_VDM_simple) (a model's name in capitals).
 
 | claim | verdict |
 | :-- | :-- |
 | <a id="ch99_fd_words"></a>FD, A - B | lower |
 | <a id="ch99_tie" name="ch99_tie"></a><a id="ch99_tie_again"></a>FD, A - C | within noise |
+| <a id="ch99_fd_VDM_simple" name="ch99_fd_VDM_simple"></a>FD, VDM - L_simple | higher |
 """
 
 
@@ -46,9 +48,10 @@ def test_the_rows_anchors_become_targets_that_the_links_resolve(tmp_path):
     rc, log = _build(tmp_path, ["myst_parser", "evidence_anchors"])
     assert rc == 0, log
     page = (tmp_path / "out-html-2" / "index.html").read_text()
-    for name in ("ch99-fd-words", "ch99-tie", "ch99-tie-again"):
+    for name in ("ch99-fd-words", "ch99-tie", "ch99-tie-again", "ch99-fd-vdm-simple"):
         assert re.search(f'<span [^>]*id="{name}"', page), name
     assert 'href="#ch99-fd-words"' in page and 'href="#ch99-tie"' in page
+    assert 'href="#ch99-fd-vdm-simple"' in page  # Sphinx's names are lower case
     assert "&lt;a id" not in page and '<a id="ch99' not in page  # no raw tag left
 
 

@@ -250,7 +250,7 @@ TWO_OUTPUTS = ("two displayed outputs in one cell: myst-nb wraps each in the fig
 UNCAPTIONED = {
     ("06_vae_mnist", "stats = {}"): "a table and the KL figure; " + TWO_OUTPUTS,
     ("06_vae_mnist", "def knn(images):"): "the re-encoding figure and a table; " + TWO_OUTPUTS,
-    ("09_ddpm_mnist", "fig, ax = plt.subplots(figsize=(8, 4.6))"):
+    ("09_ddpm_mnist", "fig, ax = plot.subplots(height=1.8)"):
         "the sample grid and the chain strip; " + TWO_OUTPUTS,
     ("09_ddpm_mnist", "gen.manual_seed(6)"): "the denoise-only figure and a table; "
                                              + TWO_OUTPUTS,

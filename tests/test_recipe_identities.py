@@ -144,7 +144,9 @@ def _cases(recipes, profile):
             R.code_prior, R.code_prior_checkpoint, x, p, dev, total=R.vq_settings(p)["steps"],
             vq=vq("ema"), variant="ema", kind="autoregressive"),
         **{f"ch21_model-{n}-label": (lambda n=n: R.ch21_model(x, labels, p, dev, network=n))
-           for n in ("unet", "dit-S", "dit-M", "dit-L")},
+           for n in ("unet", "dit-S", "dit-M", "dit-L", "dit-L/2")},
+        "ch21_model-unet-label-seed1": lambda: R.ch21_model(x, labels, p, dev, network="unet",
+                                                            seed=1),
         **{f"ch21_model-dit-M-{c}": (lambda c=c: R.ch21_model(x, labels, p, dev, cond=c))
            for c in ("adaln", "in_context", "cross")},
         **{f"ch21_model-unet-{c}": (lambda c=c: R.ch21_model(x, labels, p, dev, network="unet",

@@ -3,6 +3,13 @@ the trend, not from what a reader could afford.
 
     python tools/pilot.py ddpm --updates 900 1800 3000 4500 6000 [--n 256]
     python tools/pilot.py dit --size L --patch 2 --updates 900 1800 3000 4500 [--lr 1e-3]
+    python tools/pilot.py diffusers --updates 900 1800 3000 4500 6000
+
+`diffusers` is the peer of `ddpm` for time to quality (benchmarks/README.md): diffusers'
+example recipe for unconditional images (benchmarks/bench_ddpm.py), trained once on the same
+digits and scored by the same sampler, count of steps and judge as chapter 9's DDPM. Its
+learning rate decays to the last count, as the example's does, so its stages are one run
+watched along the way; it is not cached.
 
 One run of the family's recipe in the `cpu` profile on the book's own data (BOOK_OFFLINE=1),
 kept at each count of updates (`recipes.snapshots`: each stage resumes the one before, the
@@ -114,6 +121,70 @@ def _transformer(size: str, patch: int, lr: float | None, top: int):
     transformers.ch21_updates = ch21_updates
 
 
+def _peer_snapshots(x, cuts, device) -> dict:
+    """diffusers' example recipe (benchmarks.bench_ddpm: UNet2DModel of about our U-Net's
+    size, DDPMScheduler T = 1000, AdamW 1e-4 with warm-up and a cosine decay to the last
+    cut, its EMA, batch 128, the same autocast) trained once on x (N, 1, 28, 28) in [0, 1]
+    padded to 32x32; its EMA weights kept at each cut: {cut: (network, run)}, run.history
+    the losses so far and run.train_seconds the training time alone."""
+    import copy
+    from types import SimpleNamespace
+
+    import torch
+
+    from benchmarks.bench_ddpm import PeerTrainer, peer_model
+
+    torch.manual_seed(0)
+    peer = peer_model(gpu_sizes=False).to(device)
+    trainer = PeerTrainer(peer, device, x.cpu(), cuts[-1])
+    kept, done, seconds, losses = {}, 0, 0.0, []
+    for cut in cuts:
+        t0 = time.perf_counter()
+        losses += trainer.train(cut - done)
+        seconds += time.perf_counter() - t0
+        done = cut
+        ema = copy.deepcopy(peer)
+        trainer.ema.copy_to(ema.parameters())
+        kept[cut] = (ema.eval(), SimpleNamespace(history={"loss": list(losses)},
+                                                 train_seconds=seconds))
+        print(f"{cut:>6} updates of diffusers' recipe: {seconds:.0f} s trained", flush=True)
+    return kept
+
+
+def _peer_sampler(model, profile, device):
+    """The peer judged by the same sampler as chapter 9's DDPM (100 respaced ancestral
+    steps) on its own chain: Ho et al.'s linear schedule at T = 1000, the schedule it
+    trained on. diffusers counts steps from 0, the book from 1."""
+    import torch
+    import torch.nn.functional as F
+
+    from companion.diffusion import Diffusion, linear_betas
+    from companion.run.precision import autocast_dtype
+
+    diffusion = Diffusion(linear_betas(1000), device=device)
+    dtype = autocast_dtype(device, model)
+
+    def eps(x, t):
+        with torch.autocast(device.type, dtype=dtype or torch.float32,
+                            enabled=dtype is not None):
+            out = model(F.pad(x, (2, 2, 2, 2), value=-1.0), t - 1).sample
+        return out[..., 2:30, 2:30].float()
+
+    return lambda z, g: diffusion.sample(eps, z.shape, n_steps=100, variance="beta",
+                                         x_T=z, generator=g, quiet=True)
+
+
+def _network(family: str, size: str, patch: int) -> str:
+    """Chapter 21's name of the network a labelled pilot trains: "unet", or the DiT with
+    its patch in the name where it is not the recipe's default ("dit-L/2"), since the
+    recipe takes the patch from the name."""
+    from companion.recipes import transformers
+
+    if family == "unet-label":
+        return "unet"
+    return f"dit-{size}" + ("" if patch == transformers.DIT_PATCH else f"/{patch}")
+
+
 def _label_sampler(labels):
     """The label-conditional sampler of chapter 21's comparison: chapter 9's chain, 50
     respaced ancestral steps (the page's), no guidance."""
@@ -138,7 +209,7 @@ def _families():
     }
 
 
-FAMILIES = ("ddpm", "flow", "edm", "vdm", "dit", "unet-label")
+FAMILIES = ("ddpm", "flow", "edm", "vdm", "dit", "unet-label", "diffusers")
 LABELLED = {"dit": 0.8, "unet-label": 0.9}  # the judge reads the asked label this often
 
 
@@ -222,7 +293,7 @@ def main(argv=None) -> int:
     x_val, y_val = data.x_train[keep:], data.y_train[keep:]
     if args.family in LABELLED:
         _transformer(args.size, args.patch, args.lr, cuts[-1])
-        network = "unet" if args.family == "unet-label" else f"dit-{args.size}"
+        network = _network(args.family, args.size, args.patch)
         prefix = (f"pilot-p{args.patch}" + ("" if args.lr is None else f"-lr{args.lr:g}")
                   + ("" if not args.holdout else f"-val{args.holdout:g}"))
 
@@ -234,6 +305,11 @@ def main(argv=None) -> int:
             return recipes.ch21_checkpoint(profile, steps, prefix, network=network)
 
         sampler = _label_sampler(labels)
+    elif args.family == "diffusers":
+        if args.lr is not None or args.patch != 4 or args.holdout:
+            raise SystemExit("diffusers runs its example's recipe: no --lr, --patch or "
+                             "--holdout")
+        sampler = _peer_sampler
     else:
         if args.lr is not None or args.patch != 4:
             raise SystemExit("--lr and --patch are for the dit and unet-label pilots")
@@ -241,9 +317,12 @@ def main(argv=None) -> int:
         recipe, checkpoint, sampler = _families()[args.family]
         prefix = "pilot" + ("" if not args.holdout else f"-val{args.holdout:g}")
     started = time.time()
-    runs = recipes.snapshots(recipe, checkpoint, x_train, profile, device,
-                             fractions=[c / cuts[-1] for c in cuts[:-1]], total=cuts[-1],
-                             prefix=prefix)
+    if args.family == "diffusers":
+        runs = _peer_snapshots(x_train, cuts, device)
+    else:
+        runs = recipes.snapshots(recipe, checkpoint, x_train, profile, device,
+                                 fractions=[c / cuts[-1] for c in cuts[:-1]],
+                                 total=cuts[-1], prefix=prefix)
     rows = []
     for k, (model, run) in sorted(runs.items()):
         z = torch.randn(args.n, 1, 28, 28, device=device,

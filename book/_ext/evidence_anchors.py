@@ -25,6 +25,7 @@ class EvidenceAnchors(Transform):
     default_priority = 870  # before myst_parser's ResolveAnchorIds (879)
 
     def apply(self, **kwargs) -> None:
+        made: set[str] = set()
         for raw in list(self.document.findall(nodes.raw)):
             if "html" not in raw.get("format", "").split():
                 continue
@@ -42,6 +43,13 @@ class EvidenceAnchors(Transform):
             target["names"].append(nodes.fully_normalize_name(m["name"]))
             self.document.note_explicit_target(target, target)
             parent.replace(raw, target)
+            made.add(target["names"][0])
+        # Sphinx keeps names in lower case and MyST looks a link up as it is written, so
+        # `#ch18_fd_VDM_simple` (Jupyter's spelling, case and all) would miss its row
+        for ref in self.document.findall(nodes.reference):
+            name = ref.get("refuri", "")[1:]
+            if ref.get("id_link") and nodes.fully_normalize_name(name) in made:
+                ref["refuri"] = "#" + nodes.fully_normalize_name(name)
 
 
 def setup(app):

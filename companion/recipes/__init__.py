@@ -113,6 +113,7 @@ from .preconditioned import (
 from .transformers import (  # noqa: F401  (private names too)
     ATTRIBUTE_P_DROP,
     CAPTION_P_UNCOND,
+    DIT_PATCH,
     DIT_SIZES,
     _network_flops,
     caption_batch,
@@ -122,6 +123,7 @@ from .transformers import (  # noqa: F401  (private names too)
     ch21_network,
     ch21_snapshots,
     ch21_updates,
+    dit_patch,
     dit_settings,
     dit_sizes,
     equal_flops_steps,
@@ -184,7 +186,8 @@ __all__ = [
     "VDM_STEPS_RANGE", "VDM_WEIGHTINGS", "vdm_checkpoint", "vdm", "vdm_eps_function",
     "vdm_sampler",
     # transformers
-    "DIT_SIZES", "dit_sizes", "CAPTION_P_UNCOND", "ATTRIBUTE_P_DROP", "dit_settings",
+    "DIT_SIZES", "DIT_PATCH", "dit_patch", "dit_sizes", "CAPTION_P_UNCOND", "ATTRIBUTE_P_DROP",
+    "dit_settings",
     "ch21_network", "network_flops", "equal_flops_steps", "ch21_updates", "text_levels",
     "caption_batch", "ch21_checkpoint", "ch21_model", "ch21_snapshots", "ch21_eps_function",
     # language

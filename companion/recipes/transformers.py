@@ -24,6 +24,7 @@ from .pixel import COND_P_UNCOND, ddpm, ddpm_diffusion, ddpm_settings, snapshots
 
 # --- chapter 21: transformers and text ------------------------------------------------------
 DIT_SIZES = ("S", "M", "L")
+DIT_PATCH = 4  # "dit-L" is DiT-L/4; "dit-L/2" cuts the image into 2x2 patches (196 tokens)
 
 
 def dit_sizes(profile) -> dict:
@@ -50,8 +51,15 @@ def dit_settings(profile) -> dict:
     DiTs' updates, batch, learning rate and EMA. The U-Net it is compared with trains for the
     updates that give it the largest DiT's training FLOPs (`equal_flops_steps`).
 
-    ci: 60 updates of 32 (a pipeline check). cpu: 2,000 updates of 64 at lr 1e-3 with
-    chapter 9's warm-up and clipping. gpu: 20,000 updates of 128 at lr 3e-4.
+    ci: 60 updates of 32 (a pipeline check). cpu: 4,500 updates of 64 (the book's pixel
+    budget, chapter 9's) at lr 4e-3 with chapter 9's warm-up and clipping: DiT-L/2's lowest
+    validation loss at the full budget (0.0281 at 4e-3; at 8e-3 the run blew up in its
+    last 250 updates, 0.172, and at 1.6e-2, the best of a 2,000-update sweep, two of
+    three seeds blew up and one never recovered; benchmarks/README.md). DiT-L/4's own sweep
+    at the full budget found 4e-3 and 8e-3 level (0.0306, 0.0305). gpu: 20,000 updates of
+    128 at lr 3e-4, not validated (the cpu sweep found 1e-3 far too low at batch 64).
+    unet_matches: the DiT whose training FLOPs the U-Net is given, DiT-L/2, whose FLOPs an
+    image are near the U-Net's own (cpu: 117 against 145 MFLOPs).
 
     The U-Nets that read captions (`CaptionUNet`) start from chapter 9's trained network and
     train caption_steps updates (ci 30, cpu 600, gpu 3,000) at caption_lr, with the DiTs'
@@ -59,11 +67,11 @@ def dit_settings(profile) -> dict:
     obeys the digit's word in about two thirds of 200 test captions (a tenth before).
     """
     p = _profile(profile)
-    return dict(T=ddpm_settings(profile)["T"], steps=p.pick(ci=60, cpu=2000, gpu=20000),
+    return dict(T=ddpm_settings(profile)["T"], steps=p.pick(ci=60, cpu=4500, gpu=20000),
                 batch_size=p.pick(ci=32, cpu=64, gpu=128),
-                lr=p.pick(ci=2e-3, cpu=1e-3, gpu=3e-4),
+                lr=p.pick(ci=2e-3, cpu=4e-3, gpu=3e-4),
                 ema=p.pick(ci=0.99, cpu=0.995, gpu=0.999),
-                unet_lr=ddpm_settings(profile)["lr"],
+                unet_lr=ddpm_settings(profile)["lr"], unet_matches="dit-L/2",
                 caption_steps=p.pick(ci=30, cpu=600, gpu=3000),
                 caption_lr=p.pick(ci=1e-3, cpu=1e-3, gpu=2e-4))
 
@@ -85,10 +93,16 @@ def ch21_network(network: str, cond: str, profile):
         if cond == "label":
             return UNet(config, num_classes=10)
         return CaptionUNet(config, vocab_size=len(captions.VOCAB), cond=cond)
-    shape = dit_sizes(profile)[size]
+    shape = {**dit_sizes(profile)[size], "patch": dit_patch(network)}
     if cond == "label":
         return DiT(**shape, T=T, num_classes=10)
     return DiT(**shape, T=T, vocab_size=len(captions.VOCAB), cond=cond, text_length=8)
+
+
+def dit_patch(network: str) -> int:
+    """The patch of a DiT named "dit-L" (DIT_PATCH) or "dit-L/2" (2), as DiT names them."""
+    _, _, p = network.partition("/")
+    return int(p) if p else DIT_PATCH
 
 
 def ch21_kind(network, cond) -> str | None:
@@ -107,10 +121,14 @@ def ch21_kind(network, cond) -> str | None:
                                        f"label, cond='label'), got cond={cond!r}: a DiT "
                                        "reads it with 'adaln'")
         return None
-    size = network.removeprefix("dit-") if isinstance(network, str) else None
-    if not isinstance(network, str) or not network.startswith("dit-") or size not in DIT_SIZES:
+    name, slash, patch = network.partition("/") if isinstance(network, str) else ("", "", "")
+    size = name.removeprefix("dit-")
+    if not name.startswith("dit-") or size not in DIT_SIZES or (
+            slash and patch not in ("2", "4", "7")):
         raise checks.ArgumentError(f"network must be 'unet' or one of "
-                                   f"{[f'dit-{s}' for s in DIT_SIZES]}, got {network!r}")
+                                   f"{[f'dit-{s}' for s in DIT_SIZES]}, with a patch "
+                                   f"(2, 4 or 7) as DiT writes it ('dit-L/2'), got "
+                                   f"{network!r}")
     if cond == "pooled":
         raise checks.ArgumentError("a DiT pools the caption with cond='adaln', not "
                                    "cond='pooled' (the U-Net's name for it)")
@@ -142,13 +160,13 @@ def equal_flops_steps(steps: int, network: str, profile, to: str = "dit-L") -> i
 
 def ch21_updates(network: str, profile, cond: str = "label") -> int:
     """The updates of chapter 21's full run of `network`: the profile's DiT updates; for the
-    label-conditioned U-Net those of equal training FLOPs to the largest DiT
-    (`equal_flops_steps`); for a U-Net reading captions, caption_steps from chapter 9's."""
+    label-conditioned U-Net those of equal training FLOPs to DiT-L/2 (`unet_matches`,
+    `equal_flops_steps`); for a U-Net reading captions, caption_steps from chapter 9's."""
     s = dit_settings(profile)
     if network != "unet":
         return s["steps"]
-    return equal_flops_steps(s["steps"], "unet", profile) if cond == "label" \
-        else s["caption_steps"]
+    return equal_flops_steps(s["steps"], "unet", profile, to=s["unet_matches"]) \
+        if cond == "label" else s["caption_steps"]
 
 
 def text_levels(x):
@@ -181,13 +199,18 @@ def caption_batch(labels, level: dict, *, p_drop: float = ATTRIBUTE_P_DROP,
 
 
 def ch21_checkpoint(profile, steps: int | None = None, prefix: str = "ch21", *,
-                    network: str = "dit-M", cond: str = "label"):
-    """The checkpoint file of chapter 21's `network` with `cond`, trained for `steps`."""
-    return checkpoint_path(_at_steps(f"{_prefix(prefix)}-{network}-{cond}", steps), profile)
+                    network: str = "dit-M", cond: str = "label", seed: int = 0):
+    """The checkpoint file of chapter 21's `network` with `cond`, trained for `steps` from
+    `seed` ("dit-L/2" is written dit-L-p2 in the file's name)."""
+    seed = checks.count("seed", seed, 0)
+    name = f"{_prefix(prefix)}-{network.replace('/', '-p')}-{cond}"
+    return checkpoint_path(_at_steps(name + (f"-seed{seed}" if seed else ""), steps),
+                           profile)
 
 
 def ch21_model(x, labels, profile, device, *, network: str = "dit-M", cond: str = "label",
-               steps: int | None = None, resume_from=None, prefix: str = "ch21"):
+               steps: int | None = None, resume_from=None, prefix: str = "ch21",
+               seed: int = 0):
     """Chapter 21's noise predictors, load-or-train: chapter 9's diffusion and loss
     (L_simple on [-1, 1]), Adam with its warm-up, clipping and EMA, conditioned on the label
     (dropped with COND_P_UNCOND) or on captions (attributes dropped with ATTRIBUTE_P_DROP,
@@ -196,7 +219,8 @@ def ch21_model(x, labels, profile, device, *, network: str = "dit-M", cond: str 
     Args:
         x: (N, 1, 28, 28) training images in [0, 1] (on `device`).
         labels: (N,) their digits.
-        network: "unet", "dit-S", "dit-M" or "dit-L".
+        network: "unet", or "dit-S", "dit-M" or "dit-L" at patch 4, or with another
+            patch as DiT names them ("dit-L/2").
         cond: "label", or captions: for a DiT "adaln", "in_context" or "cross"; for the
             U-Net "pooled", "in_context" or "cross" (`CaptionUNet`, started from chapter
             9's trained network, `ddpm`, whose checkpoint it loads or trains).
@@ -204,6 +228,8 @@ def ch21_model(x, labels, profile, device, *, network: str = "dit-M", cond: str 
             in its own file); more are refused before anything trains.
         resume_from: an early checkpoint of the same run to continue from.
         prefix: the checkpoint file's prefix.
+        seed: the network's initialization and the run's draws (seeds other than 0 in
+            their own files).
 
     Returns:
         (EMA model in eval mode, FitResult).
@@ -221,7 +247,8 @@ def ch21_model(x, labels, profile, device, *, network: str = "dit-M", cond: str 
     # chapter 9's network starts the run; a resumed stage starts from its early checkpoint
     start = captioned_unet and resume_from is None
     base = ddpm(x, profile, device)[0] if start else None
-    torch.manual_seed(0)
+    seed = checks.count("seed", seed, 0)
+    torch.manual_seed(seed)
     model = ch21_network(network, cond, profile).to(device)
     if start:
         from ..models.caption_unet import load_unet
@@ -236,6 +263,8 @@ def ch21_model(x, labels, profile, device, *, network: str = "dit-M", cond: str 
                   p_uncond=CAPTION_P_UNCOND if cond != "label" else COND_P_UNCOND,
                   p_drop=ATTRIBUTE_P_DROP if cond != "label" else 0.0,
                   init="ch9" if captioned_unet else "random")
+    if seed:  # seed 0's identity stays what its files were made with
+        config["seed"] = seed
     diffusion = ddpm_diffusion(profile, device)
     data = (x * 2 - 1, y)
     if cond != "label":
@@ -256,7 +285,7 @@ def ch21_model(x, labels, profile, device, *, network: str = "dit-M", cond: str 
         eps.config = model.config
         return diffusion.simple_loss(eps, x0)
 
-    path = ch21_checkpoint(profile, steps, prefix, network=network, cond=cond)
+    path = ch21_checkpoint(profile, steps, prefix, network=network, cond=cond, seed=seed)
     _continue(path, resume_from, model, config, data, optimizer, s, total)
     result = fit(model, loss_fn, data, steps=total, batch_size=s["batch_size"],
                  optimizer=optimizer, clip=DDPM_CLIP, ema=s["ema"], checkpoint=path,
@@ -266,16 +295,17 @@ def ch21_model(x, labels, profile, device, *, network: str = "dit-M", cond: str 
 
 
 def ch21_snapshots(x, labels, profile, device, *, network: str, cond: str = "label",
-                   fractions=(0.25, 0.5), prefix: str = "ch21") -> dict:
+                   fractions=(0.25, 0.5), prefix: str = "ch21", seed: int = 0) -> dict:
     """One run of `ch21_model` kept at fractions of its updates, {updates: (model,
     FitResult)}, each stage resumed from the one before (as `snapshots` does for the other
     recipes): the budget trend of chapter 21's comparisons, at no extra training."""
     def recipe(x, profile, device, **stage):
         return ch21_model(x, labels, profile, device, network=network, cond=cond,
-                          prefix=prefix, **stage)
+                          prefix=prefix, seed=seed, **stage)
 
     def checkpoint(profile, steps):
-        return ch21_checkpoint(profile, steps, prefix, network=network, cond=cond)
+        return ch21_checkpoint(profile, steps, prefix, network=network, cond=cond,
+                               seed=seed)
 
     return snapshots(recipe, checkpoint, x, profile, device, fractions=fractions,
                      total=ch21_updates(network, profile, cond))
