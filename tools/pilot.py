@@ -29,6 +29,11 @@ scored the way the pages score it:
 `--size` and `--patch` give the DiT's size (S, M, L) and patch (2, 4, 7: 196, 49 or 16
 tokens), `--lr` its learning rate: a pilot may try what the recipe does not have yet.
 
+`--seed S` repeats a run with another seed (its record's name ends in `-seedS`; give it its
+own BOOK_CACHE, since the checkpoints' names do not carry the seed). `BOOK_CPU_BF16=0`
+trains in float32 on a CPU with bf16 units (issue 93's check that bf16 reaches float32's
+loss and distance); its record's name ends in `-float32`.
+
 `--holdout F` (the learning-rate sweep: sweeps tune on a validation split, never on the test
 digits) trains on the first 1 - F of the training digits and scores each stage also by its
 validation loss: L_simple on the held-out last F, at fixed steps and noise (the same draws
@@ -246,6 +251,8 @@ def main(argv=None) -> int:
     ap.add_argument("family", choices=FAMILIES)
     ap.add_argument("--updates", type=int, nargs="+", required=True)
     ap.add_argument("--n", type=int, default=256, help="samples a stage (default 256)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="the training run's seed (default 0; the samples' noise is fixed)")
     ap.add_argument("--size", choices=("S", "M", "L"), default="L", help="the DiT's size")
     ap.add_argument("--patch", type=int, choices=(2, 4, 7), default=4,
                     help="the DiT's patch (default 4, the recipe's)")
@@ -276,7 +283,7 @@ def main(argv=None) -> int:
     from companion.models.classifier import predict, to_unit
     from companion.run import shipped
 
-    profile, device = companion.setup(seed=0)
+    profile, device = companion.setup(seed=args.seed)
     data = load("mnist", n_train=profile.n_train, n_test=profile.n_test, device=device)
     judge, _ = recipes.classifier(data, profile, device)
     ref, _ = predict(judge, data.x_test)
@@ -355,11 +362,15 @@ def main(argv=None) -> int:
     if args.family in LABELLED:
         name += f"-{args.size}-p{args.patch}" if args.family == "dit" else ""
         name += "" if args.lr is None else f"-lr{args.lr:g}"
+    name += "" if not args.seed else f"-seed{args.seed}"
+    precision = companion.run.precision.describe(device)
+    if precision != "bf16":  # the bf16 records keep their names; float32 is the check
+        name += f"-{precision}"
     record = dict(family=name, n=args.n, floor=round(floor, 1),
                   floor_sd=round(floors.std().item(), 1), bar=BAR,
                   asked_bar=LABELLED.get(args.family), rows=rows,
                   machine=shipped.trained_by(device, 0.0)["device"],
-                  precision=companion.run.precision.describe(device),
+                  precision=precision,
                   torch=torch.__version__, seconds=round(time.time() - started),
                   date=time.strftime("%Y-%m-%d"))
     OUT.mkdir(parents=True, exist_ok=True)
