@@ -187,6 +187,57 @@ def subplots(nrows: int = 1, ncols: int = 1, height: float | None = None,
     return fig, axes
 
 
+# where `label_points` tries a label, in points from its point to the text's baseline:
+# right, left, above, below, then the diagonals a row further out (rows of a 9-pt label's
+# height apart, so that labels in neighbouring rows never touch)
+_PLACES = ((5, -3), (-5, -3), (0, 8), (0, -14), (6, 19), (-6, 19), (6, -26), (-6, -26))
+
+
+def label_points(ax, points, labels, *, colors=None, fontsize: float = 9) -> list:
+    """Write labels[i] beside points[i] = (x, y) in data coordinates, each where it covers
+    no earlier label and no point: the places `_PLACES` lists are tried in turn, and a label
+    that fits nowhere takes the first. Call it after everything else is drawn on `ax` (the
+    layout it reads is the figure's then). Returns the text objects.
+
+    colors: one colour per label (default: the text colour)."""
+    points, labels = list(points), [str(t) for t in labels]
+    if len(points) != len(labels):
+        raise ValueError(f"label_points needs one label per point: {len(points)} points, "
+                         f"{len(labels)} labels")
+    colors = [None] * len(labels) if colors is None else list(colors)
+    renderer = _renderer(ax.figure)
+    r = fontsize * ax.figure.dpi / 72 / 3  # about a marker's half-width, in pixels
+    marks = [mpl.transforms.Bbox.from_extents(x - r, y - r, x + r, y + r)
+             for x, y in ax.transData.transform(np.asarray(points, dtype=float))]
+    frame = ax.get_window_extent(renderer)
+    placed, texts = [], []
+
+    def write(point, label, color, dx, dy):
+        scale = fontsize / 9  # the places are a 9-pt label's
+        far = abs(dy) > 15  # a row out: a thin line says whose label it is
+        t = ax.annotate(label, point, xytext=(dx * scale, dy * scale),
+                        textcoords="offset points", fontsize=fontsize, color=color,
+                        ha="left" if dx > 0 else "right" if dx < 0 else "center",
+                        arrowprops=dict(arrowstyle="-", lw=0.6, color=color or "0.3",
+                                        shrinkA=0, shrinkB=3) if far else None)
+        t.update_positions(renderer)
+        return t, mpl.text.Text.get_window_extent(t, renderer)  # the words, not the line
+
+    for i, (point, label, color) in enumerate(zip(points, labels, colors, strict=True)):
+        others = placed + marks[:i] + marks[i + 1:]
+        for dx, dy in _PLACES:
+            t, box = write(point, label, color, dx, dy)
+            if frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1) and \
+                    not any(box.overlaps(o) for o in others):
+                break
+            t.remove()
+        else:  # nowhere free: the first place, over whatever is there
+            t, box = write(point, label, color, *_PLACES[0])
+        placed.append(box)
+        texts.append(t)
+    return texts
+
+
 def _renderer(fig):
     fig.canvas.draw()
     return fig.canvas.get_renderer()

@@ -163,3 +163,27 @@ def test_animation_html_refuses_an_alt_text_that_says_nothing():
     with pytest.raises(ValueError, match="at least three words"):
         plot.animation_html(anim, "animation.png")
     plt.close(fig)
+
+
+def test_label_points_keeps_crowded_labels_apart():
+    from companion.plot import label_points, subplots
+
+    fig, ax = subplots(height=3.0)
+    points = [(0.4 + 0.03 * i, 0.5) for i in range(5)]  # labels wider than the gaps
+    ax.plot(*zip(*points, strict=True), "o")
+    ax.set(xlim=(0, 1), ylim=(0, 1))
+    names = [f"set number {i}" for i in range(5)]
+    renderer = plot._renderer(fig)
+    naive = [ax.annotate(n, p, xytext=(4, 2), textcoords="offset points", fontsize=9)
+             for n, p in zip(names, points, strict=True)]
+    boxes = [t.get_window_extent(renderer) for t in naive]
+    assert any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    for t in naive:
+        t.remove()
+    texts = label_points(ax, points, names)
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    assert [t.get_text() for t in texts] == names
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    with pytest.raises(ValueError, match="one label per point"):
+        label_points(ax, points, ["one"])
+    plt.close(fig)
