@@ -190,14 +190,16 @@ def subplots(nrows: int = 1, ncols: int = 1, height: float | None = None,
 # where `label_points` tries a label, in points from its point to the text's baseline:
 # right, left, above, below, then the diagonals a row further out (rows of a 9-pt label's
 # height apart, so that labels in neighbouring rows never touch)
-_PLACES = ((5, -3), (-5, -3), (0, 8), (0, -14), (6, 19), (-6, 19), (6, -26), (-6, -26))
+_PLACES = ((5, -3), (-5, -3), (0, 8), (0, -14), (6, 19), (-6, 19), (6, -26), (-6, -26),
+           (8, 30), (-8, 30), (8, -37), (-8, -37))
 
 
 def label_points(ax, points, labels, *, colors=None, fontsize: float = 9) -> list:
     """Write labels[i] beside points[i] = (x, y) in data coordinates, each where it covers
     no earlier label and no point: the places `_PLACES` lists are tried in turn, and a label
-    that fits nowhere takes the first. Call it after everything else is drawn on `ax` (the
-    layout it reads is the figure's then). Returns the text objects.
+    that fits nowhere takes the one where it covers least. Call it last, after everything
+    else is drawn on the figure: it fixes the figure's layout as it is then. Returns the
+    text objects.
 
     colors: one colour per label (default: the text colour)."""
     points, labels = list(points), [str(t) for t in labels]
@@ -206,6 +208,9 @@ def label_points(ax, points, labels, *, colors=None, fontsize: float = 9) -> lis
                          f"{len(labels)} labels")
     colors = [None] * len(labels) if colors is None else list(colors)
     renderer = _renderer(ax.figure)
+    # the layout as drawn now stays: a layout engine run again later would move the points
+    # and not the labels' offsets, and labels placed apart would meet
+    ax.figure.set_layout_engine("none")
     r = fontsize * ax.figure.dpi / 72 / 3  # about a marker's half-width, in pixels
     marks = [mpl.transforms.Bbox.from_extents(x - r, y - r, x + r, y + r)
              for x, y in ax.transData.transform(np.asarray(points, dtype=float))]
@@ -223,16 +228,25 @@ def label_points(ax, points, labels, *, colors=None, fontsize: float = 9) -> lis
         t.update_positions(renderer)
         return t, mpl.text.Text.get_window_extent(t, renderer)  # the words, not the line
 
+    def covered(box, others) -> float:
+        """The area of `box` over others and outside the frame, in square pixels."""
+        inside = mpl.transforms.Bbox.intersection(box, frame)
+        out = box.width * box.height - (inside.width * inside.height if inside else 0)
+        return out + sum(b.width * b.height for o in others
+                         if (b := mpl.transforms.Bbox.intersection(box, o)) is not None)
+
     for i, (point, label, color) in enumerate(zip(points, labels, colors, strict=True)):
         others = placed + marks[:i] + marks[i + 1:]
+        tried = []
         for dx, dy in _PLACES:
             t, box = write(point, label, color, dx, dy)
-            if frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1) and \
-                    not any(box.overlaps(o) for o in others):
+            if covered(box, others) == 0:
                 break
+            tried.append((covered(box, others), dx, dy))
             t.remove()
-        else:  # nowhere free: the first place, over whatever is there
-            t, box = write(point, label, color, *_PLACES[0])
+        else:  # nowhere free: where it covers least
+            _, dx, dy = min(tried)
+            t, box = write(point, label, color, dx, dy)
         placed.append(box)
         texts.append(t)
     return texts

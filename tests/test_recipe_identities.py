@@ -143,6 +143,10 @@ def _cases(recipes, profile):
         "code_prior-autoregressive-snapshots": lambda: R.snapshots(
             R.code_prior, R.code_prior_checkpoint, x, p, dev, total=R.vq_settings(p)["steps"],
             vq=vq("ema"), variant="ema", kind="autoregressive"),
+        "code_prior-masked-long-snapshots": lambda: R.snapshots(
+            R.code_prior, R.code_prior_checkpoint, x, p, dev,
+            total=R.vq_settings(p)["long_steps"], fractions=R.long_stages(p), vq=vq("fsq"),
+            variant="fsq", long=True),
         **{f"ch21_model-{n}-label": (lambda n=n: R.ch21_model(x, labels, p, dev, network=n))
            for n in ("unet", "dit-S", "dit-M", "dit-L", "dit-L/2")},
         "ch21_model-unet-label-seed1": lambda: R.ch21_model(x, labels, p, dev, network="unet",

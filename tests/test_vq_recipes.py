@@ -40,6 +40,24 @@ def test_the_settings_match_chapter_11s_compute():
     assert recipes.vq_steps(CI, 2000) == round(1.31 * 4 * 32) == 168
 
 
+def test_the_longer_run_of_a_prior_starts_with_the_matched_budget_in_files_of_its_own():
+    cpu = get_profile("cpu")
+    s = recipes.vq_settings(cpu)
+    assert s["long_steps"] == recipes.PRIOR_LONGER * s["steps"] == 24_000
+    assert [round(f * s["long_steps"]) for f in recipes.long_stages(cpu)] == [
+        3_000, 6_000, 12_000]
+    for p in (CI, get_profile("gpu")):
+        s = recipes.vq_settings(p)
+        assert round(recipes.long_stages(p)[0] * s["long_steps"]) == s["steps"]
+    long = recipes.code_prior_checkpoint(CI, 150, variant="fsq", kind="autoregressive",
+                                         long=True)
+    assert long.name == "ch19-autoregressive-prior-fsq-long-step150-ci.pt"
+    assert recipes.code_prior_checkpoint(CI, long=True) != recipes.code_prior_checkpoint(CI)
+    with pytest.raises(ValueError, match="long must be True"):
+        recipes.code_prior(torch.rand(2, 1, 28, 28), CI, "cpu", vq=None, variant="fsq",
+                           long="yes")
+
+
 @pytest.mark.slow  # trains four small autoencoders for a few steps
 def test_four_variants_one_remedy_each(short):
     models = {v: recipes.vqvae(short, CI, "cpu", variant=v) for v in recipes.VQ_VARIANTS}

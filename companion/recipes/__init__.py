@@ -36,6 +36,7 @@ from .common import (  # noqa: F401  (private names too)
 from .discrete import (  # noqa: F401  (private names too)
     MASKED_SCHEDULE,
     PRIOR_KINDS,
+    PRIOR_LONGER,
     VQ_COST_RATIO,
     VQ_D,
     VQ_K,
@@ -46,6 +47,7 @@ from .discrete import (  # noqa: F401  (private names too)
     chosen_variant,
     code_prior,
     code_prior_checkpoint,
+    long_stages,
     masked_diffusion,
     masked_settings,
     vq_priors,
@@ -177,7 +179,8 @@ __all__ = [
     "progressive_distillation", "consistency_distillation",
     # discrete
     "MASKED_SCHEDULE", "masked_settings", "masked_diffusion", "VQ_K", "VQ_D", "VQ_LEVELS",
-    "VQ_RESTART_AFTER", "VQ_COST_RATIO", "VQ_VARIANTS", "PRIOR_KINDS", "vq_settings",
+    "VQ_RESTART_AFTER", "VQ_COST_RATIO", "VQ_VARIANTS", "PRIOR_KINDS",
+    "PRIOR_LONGER", "long_stages", "vq_settings",
     "vq_steps", "vqvae_start", "vqvae", "chosen_variant", "vq_priors", "code_prior_checkpoint",
     "code_prior",
     # preconditioned

@@ -82,6 +82,8 @@ VQ_K, VQ_D, VQ_LEVELS, VQ_RESTART_AFTER = 64, 16, (4, 4, 4), 20
 VQ_COST_RATIO = 1.31
 VQ_VARIANTS = ("plain", "ema", "restart", "fsq")
 PRIOR_KINDS = ("masked", "autoregressive")
+# the priors' longer run on the cpu, in multiples of the budget matched to chapter 11's
+PRIOR_LONGER = 8
 
 
 def vq_settings(profile) -> dict:
@@ -103,6 +105,14 @@ def vq_settings(profile) -> dict:
     20,000), each step encoding a fresh binarization of its batch. A step on 32 digits
     (encoding and training) costs about the 1.095 GFLOP of one of chapter 11's denoiser on
     256 codes: the batch of 32 matches the two (the chapter measures the ratio).
+    At that budget chapter 11's denoiser is near the floor of real digits and the priors are
+    not, so each prior also has a longer run (`code_prior(..., long=True)`, in files of its
+    own, the same seed) of `long_steps` updates: ci / cpu / gpu 2 / PRIOR_LONGER / 4 times
+    the matched budget (600 / 24,000 / 80,000), kept where the budget doubles
+    (`long_stages`). A pilot on 2 cores: the autoregressive prior's decoded samples at
+    3,000 / 6,000 / 12,000 / 24,000 updates were 5.50 / 4.62 / 3.56 / 2.81 times the floor of
+    real digits (Frechet distance, 256 samples), still falling by about 0.9 a doubling: the
+    bar of 2 would take some 50,000-100,000 updates, 25-50 minutes a prior on 2 cores.
     """
     s = latent_settings(profile)
     return dict(
@@ -111,7 +121,20 @@ def vq_settings(profile) -> dict:
         batch_size=s["vae_batch"], lr=s["vae_lr"],
         width=64, depth=2, heads=4, schedule=MASKED_SCHEDULE,
         steps=s["steps"], prior_batch=32, prior_lr=s["lr"], clip=s["clip"], ema=s["ema"],
+        long_steps=_profile(profile).pick(ci=2, cpu=PRIOR_LONGER, gpu=4) * s["steps"],
     )
+
+
+def long_stages(profile) -> list[float]:
+    """The stages the priors' longer run is kept at, as fractions of its `long_steps`: the
+    matched budget (`steps`), then each doubling of it short of the end (the cpu's: 1/8,
+    1/4, 1/2)."""
+    s = vq_settings(profile)
+    stages, at = [], s["steps"]
+    while at < s["long_steps"]:
+        stages.append(at / s["long_steps"])
+        at *= 2
+    return stages
 
 
 def vq_steps(profile, n_train: int) -> int:
@@ -235,29 +258,38 @@ def chosen_variant(runs: dict) -> str:
 def vq_priors(x, profile, device, *, prefix: str = "ch19") -> tuple[str, dict]:
     """The calls of chapter 19's second stage: the four autoencoders (`vqvae`), the chosen
     one (`chosen_variant`), and both priors over its codes kept at a quarter, half and all
-    of their updates (`snapshots` of `code_prior`). Returns (the chosen variant, {kind:
-    {updates: (model, FitResult)}})."""
+    of their updates (`snapshots` of `code_prior`), at the matched budget and in the longer
+    run. Returns (the chosen variant, {kind or kind + "-long": {updates: (model,
+    FitResult)}})."""
     trained = {v: vqvae(x, profile, device, variant=v, prefix=prefix) for v in VQ_VARIANTS}
     chosen = chosen_variant({v: run for v, (_, run) in trained.items()})
-    total = vq_settings(profile)["steps"]
-    return chosen, {kind: snapshots(code_prior, code_prior_checkpoint, x, profile, device,
-                                    total=total, vq=trained[chosen][0], variant=chosen,
-                                    kind=kind, prefix=prefix)
-                    for kind in PRIOR_KINDS}
+    s, vq, staged = vq_settings(profile), trained[chosen][0], {}
+    for kind in PRIOR_KINDS:
+        staged[kind] = snapshots(code_prior, code_prior_checkpoint, x, profile, device,
+                                 total=s["steps"], vq=vq, variant=chosen, kind=kind,
+                                 prefix=prefix)
+        staged[kind + "-long"] = snapshots(
+            code_prior, code_prior_checkpoint, x, profile, device, total=s["long_steps"],
+            fractions=long_stages(profile), vq=vq, variant=chosen, kind=kind, prefix=prefix,
+            long=True)
+    return chosen, staged
 
 
 def code_prior_checkpoint(profile, steps: int | None = None, prefix: str = "ch19", *,
-                          variant: str = "fsq", kind: str = "masked", **_):
+                          variant: str = "fsq", kind: str = "masked", long: bool = False,
+                          **_):
     """The checkpoint file of a prior over `variant`'s codes trained for `steps` (None: the
-    full run); other keywords (those `snapshots` passes to `code_prior`) are ignored."""
+    full run), of the longer run if `long`; other keywords (those `snapshots` passes to
+    `code_prior`) are ignored."""
     checks.one_of("variant", variant, VQ_VARIANTS, " (the autoencoder the prior models)")
     checks.one_of("kind", kind, PRIOR_KINDS)
-    name = f"{_prefix(prefix)}-{kind}-prior-{variant}"
+    name = f"{_prefix(prefix)}-{kind}-prior-{variant}" + ("-long" if long else "")
     return checkpoint_path(_at_steps(name, steps), profile)
 
 
 def code_prior(x, profile, device, *, vq, variant: str, kind: str = "masked",
-               steps: int | None = None, resume_from=None, prefix: str = "ch19"):
+               steps: int | None = None, resume_from=None, prefix: str = "ch19",
+               long: bool = False):
     """A prior over the code grids of the autoencoder `vq`, `vqvae(x, ..., variant=variant)`
     (see `vq_settings`), load-or-train; the autoencoder stays frozen.
 
@@ -283,6 +315,8 @@ def code_prior(x, profile, device, *, vq, variant: str, kind: str = "masked",
         resume_from: an early checkpoint of the same recipe to continue from when this
             run's own file does not exist yet; default None.
         prefix: the checkpoint file's prefix (default "ch19").
+        long: False (default) for the budget matched to chapter 11's denoiser, True for
+            the longer run of `vq_settings`' long_steps updates, in files of its own.
 
     Returns:
         (EMA model in eval mode, FitResult).
@@ -299,7 +333,10 @@ def code_prior(x, profile, device, *, vq, variant: str, kind: str = "masked",
     if variant not in VQ_VARIANTS:
         raise ValueError(f"variant must be one of {VQ_VARIANTS}, got {variant!r}")
     s = vq_settings(profile)
-    total = checks.early_steps(steps, s["steps"])
+    if not isinstance(long, bool):
+        raise checks.ArgumentError(f"long must be True (the longer run) or False (the budget "
+                                   f"matched to chapter 11's), got {long!r}")
+    total = checks.early_steps(steps, s["long_steps" if long else "steps"])
     _check_unit_images(x, "recipes.code_prior")
     if not isinstance(vq, VQVAE):
         raise checks.ArgumentError(f"vq must be the trained autoencoder whose codes the prior "
@@ -323,7 +360,8 @@ def code_prior(x, profile, device, *, vq, variant: str, kind: str = "masked",
             return masked.loss(model, k, s["schedule"], categories=vq.K)
         return -model.log_prob(k).mean()
 
-    path = code_prior_checkpoint(profile, steps, prefix, variant=variant, kind=kind)
+    path = code_prior_checkpoint(profile, steps, prefix, variant=variant, kind=kind,
+                                 long=long)
     _continue(path, resume_from, model, config, x, optimizer,
               {"ema": s["ema"], "batch_size": s["prior_batch"]}, total)
     result = fit(model, loss_fn, x, steps=total, batch_size=s["prior_batch"],
