@@ -240,9 +240,10 @@ def label_points(ax, points, labels, *, colors=None, fontsize: float = 9) -> lis
         tried = []
         for dx, dy in _PLACES:
             t, box = write(point, label, color, dx, dy)
-            if covered(box, others) == 0:
+            cover = covered(box, others)
+            if cover == 0:
                 break
-            tried.append((covered(box, others), dx, dy))
+            tried.append((cover, dx, dy))
             t.remove()
         else:  # nowhere free: where it covers least
             _, dx, dy = min(tried)
