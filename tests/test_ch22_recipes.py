@@ -81,6 +81,25 @@ def test_a_run_trains_and_an_early_checkpoint_resumes_into_it(tmp_path, monkeypa
         recipes.lm_model(x.float(), V, CI, "cpu", kind=kind)
 
 
+def test_the_longer_run_starts_with_the_shared_run_in_files_of_its_own(tmp_path, monkeypatch):
+    monkeypatch.setenv("BOOK_CACHE", str(tmp_path))
+    for p in (CI, CPU, get_profile("gpu")):
+        s = recipes.lm_settings(p)
+        assert s["long_steps"] >= 2 * s["steps"]
+    assert recipes.lm_settings(CPU)["long_steps"] == recipes.LM_LONGER * 12_000 == 48_000
+    assert recipes.lm_checkpoint(CI, long=True) != recipes.lm_checkpoint(CI)
+    text = recipes.toy_text(CI)
+    x, V, steps = text["train"], text["tokenizer"].vocab_size, recipes.lm_settings(CI)["steps"]
+    shared, _ = recipes.lm_model(x, V, CI, "cpu", kind="masked")
+    kept = recipes.lm_snapshots(x, V, CI, "cpu", kind="masked", long=True, fractions=(0.5,))
+    assert sorted(kept) == [steps, recipes.lm_settings(CI)["long_steps"]]
+    first = kept[steps][0]  # the same seed and recipe: its first updates are the shared run
+    assert all(torch.equal(a, b) for a, b in zip(shared.state_dict().values(),
+                                                  first.state_dict().values(), strict=True))
+    with pytest.raises(checks.ArgumentError, match="long must be True"):
+        recipes.lm_model(x, V, CI, "cpu", kind="masked", long="yes")
+
+
 def test_english_windows_hold_out_the_last_tenth(monkeypatch):
     from companion import language
 

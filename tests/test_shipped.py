@@ -119,6 +119,23 @@ def test_a_value_beyond_float16_keeps_the_file_in_float32():
     assert shipped._ship_dtype({"w": torch.tensor([1.0, -6e4])}) is torch.float16
 
 
+
+
+def test_a_shipped_history_is_packed_and_reads_back_as_the_run_recorded_it(book, monkeypatch):
+    _, result = ship_one(book, monkeypatch, steps=40)
+    entry = shipped.read_manifest(book / "weights")["models"]["toy-cpu.pt"]
+    data = (book / "weights" / entry["file"]).read_bytes()
+    back = shipped.decode(data, "toy-cpu.pt", entry["file"]).history
+    assert back == result.history and back["step"] == list(range(1, 41))
+    header = data[8:8 + int.from_bytes(data[:8], "little")].decode()
+    assert '{\\"range\\": [1, 40]}' in header  # the updates stored as their first and last
+    # a gap, a bool and what float32 cannot hold stay as they were
+    odd = {"step": [1, 2, 4], "flag": [True, False], "big": [1e39, float("nan")], "n": 3}
+    again = shipped.unpack_history(json.loads(json.dumps(shipped.pack_history(odd))))
+    assert again["step"] == [1, 2, 4] and again["flag"] == [True, False]
+    assert again["big"][0] == 1e39 and again["big"][1] != again["big"][1] and again["n"] == 3
+    assert shipped.unpack_history(shipped.pack_history({"x": [0.1]})) == {"x": [
+        float(torch.tensor(0.1, dtype=torch.float32))]}  # a float64 keeps float32's digits
 # --- the order: cache, shipped, training ---------------------------------------------------------
 def test_an_empty_cache_loads_the_shipped_run_and_trains_nothing(book, monkeypatch):
     _, first = ship_one(book, monkeypatch)

@@ -16,6 +16,10 @@ LM_KINDS = ("autoregressive", "masked")
 FIM_RATE = 0.5  # Bavarian et al.'s default share of fill-in-the-middle sequences
 
 
+# the masked model's longer run on the cpu, in multiples of the matched budget
+LM_LONGER = 4
+
+
 def lm_settings(profile) -> dict:
     """Chapter 22's recipe per profile: the toy text's training and test sentences, the
     transformer (one size for both kinds, so that a step costs the same), updates, batch,
@@ -31,12 +35,18 @@ def lm_settings(profile) -> dict:
     bar, a tenth, lies about two doublings on. The autoregressive model was within 1% of
     the truth by 1,500. gpu: 100,000 sentences, width 256, depth 6, 20,000 updates of 256
     (English too).
+
+    `long_steps`: the masked model's longer run (`lm_model(..., long=True)`, files of its
+    own, the same seed), LM_LONGER times `steps` on the cpu (48,000, the two doublings
+    the trend asks for; about 27 minutes on 2 cores), twice on ci and gpu.
     """
     p = _profile(profile)
     return dict(n_train=p.pick(ci=512, cpu=20_000, gpu=100_000),
                 n_test=p.pick(ci=64, cpu=1_000, gpu=5_000),
                 width=p.pick(ci=32, cpu=64, gpu=256), depth=p.pick(ci=2, cpu=3, gpu=6),
                 heads=4, steps=p.pick(ci=40, cpu=12_000, gpu=20_000),
+                long_steps=p.pick(ci=2, cpu=LM_LONGER, gpu=2) * p.pick(ci=40, cpu=12_000,
+                                                                         gpu=20_000),
                 english_steps=p.pick(ci=40, cpu=1_500, gpu=20_000),
                 batch_size=p.pick(ci=32, cpu=64, gpu=256),
                 lr=p.pick(ci=2e-3, cpu=1e-3, gpu=3e-4),
@@ -126,13 +136,23 @@ def lm_network(kind: str, profile, vocab_size: int, length: int):
 
 
 def lm_checkpoint(profile, steps: int | None = None, prefix: str = "ch22", *,
-                  kind: str = "masked"):
-    """The checkpoint file of chapter 22's model of `kind` trained for `steps`."""
-    return checkpoint_path(_at_steps(f"{_prefix(prefix)}-{_lm_kind(kind)}", steps), profile)
+                  kind: str = "masked", long: bool = False):
+    """The checkpoint file of chapter 22's model of `kind` trained for `steps` (None: the
+    full run), of the longer run if `long`."""
+    name = f"{_prefix(prefix)}-{_lm_kind(kind)}" + ("-long" if _long(long) else "")
+    return checkpoint_path(_at_steps(name, steps), profile)
+
+
+def _long(long) -> bool:
+    if not isinstance(long, bool):
+        raise checks.ArgumentError(f"long must be True (the longer run, lm_settings' "
+                                   f"long_steps) or False (the matched budget), got {long!r}")
+    return long
 
 
 def lm_model(x, vocab_size: int, profile, device, *, kind: str = "masked",
-             steps: int | None = None, resume_from=None, prefix: str = "ch22"):
+             steps: int | None = None, resume_from=None, prefix: str = "ch22",
+             long: bool = False):
     """Chapter 22's language models, load-or-train on token sequences x (N, L): the masked
     diffusion model on chapter 14's bound (`masked.loss` with categories = vocab_size,
     nats a sequence), the autoregressive model on its exact negative log-likelihood
@@ -142,6 +162,8 @@ def lm_model(x, vocab_size: int, profile, device, *, kind: str = "masked",
     network, batch and updates for all.
     steps: None (the profile's updates) or fewer (an early checkpoint in its own file,
     `lm_snapshots`); more are refused before anything trains (`checks.early_steps`).
+    long: False (default) for the profile's `steps`, True for the longer run of its
+    `long_steps` (files of their own; up to `steps` updates it repeats the matched run).
 
     Returns (EMA model in eval mode, FitResult).
     """
@@ -157,13 +179,14 @@ def lm_model(x, vocab_size: int, profile, device, *, kind: str = "masked",
     vocab_size = checks.count("vocab_size", vocab_size, 2)
     checks.token_ids("x (token sequences (N, L))", x, 0, vocab_size - 1,
                      fix="pass the tokenizer's vocab_size, which counts the padding id")
-    total = checks.early_steps(steps, s["steps"])
+    full = s["long_steps" if _long(long) else "steps"]
+    total = checks.early_steps(steps, full)
     torch.manual_seed(0)
     model = lm_network(kind, profile, vocab_size, x.shape[1]).to(device)
     optimizer = default_optimizer(model.parameters(), s["lr"], device)
     config = dict(profile=profile.name, kind=kind, vocab_size=vocab_size, length=x.shape[1],
                   lr=s["lr"], batch_size=s["batch_size"], ema=s["ema"], clip=1.0,
-                  n_train=len(x), total=s["steps"])
+                  n_train=len(x), total=full)
     if kind == "fim":
         config["fim_rate"] = FIM_RATE
 
@@ -174,26 +197,28 @@ def lm_model(x, vocab_size: int, profile, device, *, kind: str = "masked",
             return ar_nll(model, batch).mean()
         return masked.loss(model, batch, categories=vocab_size)
 
-    path = lm_checkpoint(profile, steps, prefix, kind=kind)
+    path = lm_checkpoint(profile, steps, prefix, kind=kind, long=long)
     _continue(path, resume_from, model, config, x, optimizer, s, total)
     result = fit(model, loss_fn, x, steps=total, batch_size=s["batch_size"],
                  optimizer=optimizer, clip=1.0, ema=s["ema"], checkpoint=path, config=config,
-                 desc=f"{kind}" + ("" if steps is None else f", {steps} steps"))
+                 desc=f"{kind}" + (", longer" if long else "")
+                 + ("" if steps is None else f", {steps} steps"))
     return result.ema.model.eval(), result
 
 
 def lm_snapshots(x, vocab_size: int, profile, device, *, kind: str,
-                 fractions=(0.25, 0.5), prefix: str = "ch22") -> dict:
-    """One run of `lm_model` kept at fractions of its updates, {updates: (model,
-    FitResult)}: chapter 22's budget trend at no extra training."""
+                 fractions=(0.25, 0.5), prefix: str = "ch22", long: bool = False) -> dict:
+    """One run of `lm_model` (the longer one if `long`) kept at fractions of its updates,
+    {updates: (model, FitResult)}: chapter 22's budget trend at no extra training."""
     def recipe(x, profile, device, **stage):
-        return lm_model(x, vocab_size, profile, device, kind=kind, prefix=prefix, **stage)
+        return lm_model(x, vocab_size, profile, device, kind=kind, prefix=prefix,
+                        long=long, **stage)
 
     def checkpoint(profile, steps):
-        return lm_checkpoint(profile, steps, prefix, kind=kind)
+        return lm_checkpoint(profile, steps, prefix, kind=kind, long=long)
 
     return snapshots(recipe, checkpoint, x, profile, device, fractions=fractions,
-                     total=lm_settings(profile)["steps"])
+                     total=lm_settings(profile)["long_steps" if _long(long) else "steps"])
 
 
 @torch.no_grad()

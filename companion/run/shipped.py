@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import platform
 import struct
@@ -55,11 +56,12 @@ except ImportError:  # pragma: no cover
     fcntl = None
 from .checkpoint import CheckpointMismatchError, cache_dir, check_identity, replace_file
 
-FORMAT = "companion-shipped-1"
+FORMAT = "companion-shipped-2"  # 2: the history packed (`pack_history`)
 FOLDER = Path(__file__).resolve().parents[1] / "weights"  # companion/weights
 MANIFEST = "manifest.json"
 TIMEOUT = 30.0  # seconds a fetch may wait for the server before training instead
 FLOAT16_MAX = 65504.0
+FLOAT32_MAX = 3.4e38
 # a run trained on a CPU ships when it saves a reader at least this many seconds of training
 # per MB of its file; a cheaper one trains on the page (the whole set's budget is 64 MB)
 WORTH = 40.0
@@ -134,10 +136,45 @@ def encode(model_state: dict, *, part: str, ident: dict, step: int, history: dic
     tensors = {f"{part}/{k}": (v.to(dtype) if v.is_floating_point() else v)
                for k, v in tensors.items()}
     meta = {"format": FORMAT, "part": part, "identity": json.dumps(summary(ident)),
-            "step": str(int(step)), "history": json.dumps(history),
+            "step": str(int(step)), "history": json.dumps(pack_history(history)),
             "train_seconds": repr(float(train_seconds)), "ema": json.dumps(ema),
             "trained": json.dumps(trained)}
     return save(tensors, metadata=meta), str(dtype).removeprefix("torch.")
+
+
+def _float32(v, write: bool):
+    """v at float32's precision: as the shortest decimal that reads back as the same float32
+    (write), or as that float32's exact value (read); other values as they are."""
+    import numpy as np
+
+    if isinstance(v, float) and math.isfinite(v) and abs(v) < FLOAT32_MAX:
+        return float(str(np.float32(v))) if write else float(np.float32(v))
+    return v
+
+
+def pack_history(history: dict) -> dict:
+    """A run's history as its shipped file stores it, in about half the JSON: a list of
+    consecutive integers (the updates 1..N) as {"range": [first, last]}, floats at
+    float32's precision. `unpack_history` reads it back: a history of float32 losses (what
+    `fit` records) exactly as it was."""
+    def values(v):
+        if (isinstance(v, list) and len(v) > 1 and all(type(i) is int for i in v)
+                and v == list(range(v[0], v[0] + len(v)))):
+            return {"range": [v[0], v[-1]]}
+        return [_float32(i, True) for i in v] if isinstance(v, list) else _float32(v, True)
+
+    return {k: values(v) for k, v in history.items()}
+
+
+def unpack_history(packed: dict) -> dict:
+    """The history `pack_history` stored."""
+    def values(v):
+        if isinstance(v, dict) and list(v) == ["range"]:
+            return list(range(v["range"][0], v["range"][1] + 1))
+        return ([_float32(i, False) for i in v] if isinstance(v, list)
+                else _float32(v, False))
+
+    return {k: values(v) for k, v in packed.items()}
 
 
 @dataclass
@@ -176,7 +213,8 @@ def decode(data: bytes, name: str, source: str) -> Shipped:
         state = {k.split("/", 1)[1]: v for k, v in load(data).items()
                  if k.startswith(part + "/")}
         return Shipped(name, state, part, json.loads(meta["identity"]), int(meta["step"]),
-                       json.loads(meta["history"]), float(meta["train_seconds"]),
+                       unpack_history(json.loads(meta["history"])),
+                       float(meta["train_seconds"]),
                        json.loads(meta["ema"]), json.loads(meta["trained"]))
     except (ValueError, KeyError, struct.error, TypeError) as err:
         raise ShippedFileError(f"shipped weights {source} cannot be read ({err}); "
