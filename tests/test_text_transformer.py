@@ -20,6 +20,7 @@ from companion.models.text_transformer import (
     flops_per_sequence,
 )
 from companion.run import memory
+from companion.run.checks import ArgumentError
 
 TINY = dict(width=16, depth=2, heads=2, mlp_ratio=2)  # fast, and every code path
 
@@ -127,6 +128,22 @@ def test_ar_nll_is_a_normalized_law_and_chunks_alike(monkeypatch):
     assert (chunked - nll).abs().max() < 1e-6
 
 
+
+
+def test_ar_nll_among_the_first_ids_is_the_law_conditioned_on_no_other_id():
+    """V = 3, L = 2: over the 4 sequences of ids {0, 1}, among=2 sums to one, and each is
+    the brute-force softmax over the first two logits; an id outside them is refused."""
+    model = _model(V=3, length=2, causal=True, std=0.3)
+    x = _all_sequences(2, 2)
+    with torch.no_grad():
+        nll = ar_nll(model, x, among=2).double()
+        logits = model(x)[:, :2]
+        brute = -logits.log_softmax(1).gather(1, x[:, None]).squeeze(1).sum(1)
+    assert abs((-nll).exp().sum() - 1) < 1e-5
+    assert (nll - brute.double()).abs().max() < 1e-5
+    assert ((ar_nll(model, x).double() - nll) > 0).all()  # the third id had some mass
+    with pytest.raises(ArgumentError, match="outside the first among=2"):
+        ar_nll(model, torch.tensor([[0, 2]]), among=2)
 def test_ar_sample_draws_the_models_law(monkeypatch):
     """Empirical frequencies of all 8 sequences (V = 2, L = 3) against exp(-ar_nll): a
     chi-square statistic of 7 degrees of freedom, below 24.3 with probability 0.999."""

@@ -29,8 +29,9 @@ scored the way the pages score it:
 `--size` and `--patch` give the DiT's size (S, M, L) and patch (2, 4, 7: 196, 49 or 16
 tokens), `--lr` its learning rate: a pilot may try what the recipe does not have yet.
 
-`--seed S` repeats a run with another seed (its record's name ends in `-seedS`; give it its
-own BOOK_CACHE, since the checkpoints' names do not carry the seed). `BOOK_CPU_BF16=0`
+`--seed S` repeats a dit or unet-label run with another seed (its record's name and its
+checkpoints' end in `-seedS`); the pixel recipes seed their runs themselves (seed 0), so
+they refuse it. `BOOK_CPU_BF16=0`
 trains in float32 on a CPU with bf16 units (issue 93's check that bf16 reaches float32's
 loss and distance); its record's name ends in `-float32`.
 
@@ -260,6 +261,9 @@ def main(argv=None) -> int:
     ap.add_argument("--holdout", type=float, default=0.0,
                     help="share of the training digits held out for a validation loss")
     args = ap.parse_args(argv)
+    if args.seed and args.family not in LABELLED:  # it would repeat seed 0 to the digit
+        raise SystemExit(f"--seed is for the dit and unet-label pilots: the {args.family} "
+                         "recipe seeds its run itself (seed 0)")
     if not 0 <= args.holdout < 0.5:
         raise SystemExit(f"--holdout is a share of the training digits in [0, 0.5), got "
                          f"{args.holdout}")
@@ -306,10 +310,11 @@ def main(argv=None) -> int:
 
         def recipe(x, profile, device, **stage):
             return recipes.ch21_model(x, y_train, profile, device, network=network,
-                                      **stage)
+                                      seed=args.seed, **stage)
 
         def checkpoint(profile, steps, prefix=prefix):
-            return recipes.ch21_checkpoint(profile, steps, prefix, network=network)
+            return recipes.ch21_checkpoint(profile, steps, prefix, network=network,
+                                           seed=args.seed)
 
         sampler = _label_sampler(labels)
     elif args.family == "diffusers":

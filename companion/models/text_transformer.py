@@ -151,9 +151,16 @@ def _causal(model, who: str) -> TextTransformer:
     return model
 
 
-def ar_nll(model: TextTransformer, x: torch.Tensor) -> torch.Tensor:
+def ar_nll(model: TextTransformer, x: torch.Tensor, *, among: int | None = None
+           ) -> torch.Tensor:
     """-log p(x) = sum_i -log softmax(logits_i)[x_i], exact, nats: x (B, L) -> (B,) (B = 0:
     an empty (0,)).
+
+    among: None, or the softmax over the first `among` ids only: -log p(x | no other id
+    anywhere). A fill-in-the-middle model read on plain text (`fim_psm`) with among =
+    the tokenizer's vocab_size is conditioned on the text being plain: half its training
+    sequences start with PRE, so unconditioned it pays about a bit on every first
+    character for the format, not for the text.
 
     Its batch mean is the training loss. The network sees at most memory.MAX_IMAGES
     sequences a call (fewer when long: rows_per_call), so under torch.no_grad the memory
@@ -163,6 +170,11 @@ def ar_nll(model: TextTransformer, x: torch.Tensor) -> torch.Tensor:
     """
     model = _causal(model, "ar_nll")
     model.check_tokens(x)
+    if among is not None:
+        among = checks.count("among (the ids the softmax runs over)", among, 1)
+        if len(x) and int(x.max()) >= among:
+            raise checks.ArgumentError(f"x holds id {int(x.max())}, outside the first "
+                                       f"among={among} ids the softmax runs over")
     size = min(memory.MAX_IMAGES, memory.rows_per_call(x))
     parts, counts = [], []
     for rows in memory.chunk_slices(len(x), size) or [slice(0, 0)]:
@@ -171,6 +183,8 @@ def ar_nll(model: TextTransformer, x: torch.Tensor) -> torch.Tensor:
             counts.append((f"for sequences {rows.start}..{rows.stop - 1} of x",
                            checks.nonfinite_count(logits), f"{logits.numel():,} logits"))
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        if among is not None:
+            logits = logits[:, :among]
         parts.append(F.cross_entropy(logits, x[rows].long(), reduction="none").sum(1))
     checks.finite_logits("model", counts)
     return torch.cat(parts) if len(parts) != 1 else parts[0]

@@ -195,6 +195,6 @@ __all__ = [
     "ch21_network", "network_flops", "equal_flops_steps", "ch21_updates", "text_levels",
     "caption_batch", "ch21_checkpoint", "ch21_model", "ch21_snapshots", "ch21_eps_function",
     # language
-    "LM_KINDS", "LM_LONGER", "lm_settings", "toy_text", "ENGLISH_LENGTH", "english_windows", "lm_network",
-    "lm_checkpoint", "lm_model", "lm_snapshots", "lm_bits",
+    "LM_KINDS", "LM_LONGER", "lm_settings", "toy_text", "ENGLISH_LENGTH", "english_windows",
+    "lm_network", "lm_checkpoint", "lm_model", "lm_snapshots", "lm_bits",
 ]

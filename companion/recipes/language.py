@@ -222,21 +222,25 @@ def lm_snapshots(x, vocab_size: int, profile, device, *, kind: str,
 
 
 @torch.no_grad()
-def lm_bits(model, x, *, n_t: int = 32, generator: torch.Generator | None = None
-            ) -> torch.Tensor:
+def lm_bits(model, x, *, n_t: int = 32, generator: torch.Generator | None = None,
+            among: int | None = None) -> torch.Tensor:
     """Bits of each sequence of x (B, L) under `model`: the autoregressive model's exact
     -log2 p(x), or the masked diffusion model's bound (chapter 14's, by stratified Monte
     Carlo over n_t times, at most masked.MAX_TIMES = 10,000), an upper bound on its
     -log2 p(x). Divide their sum by the sequences' characters for bits per character. A
     model whose logits are NaN or infinite is refused (`checks.finite_logits`), as the
-    samplers refuse it."""
+    samplers refuse it. among: a causal model's softmax over its first `among` ids only
+    (`ar_nll`: the fill-in-the-middle model read on plain text, its sentinels out)."""
     from .. import masked
     from ..models.text_transformer import TextTransformer, ar_nll
 
     if not isinstance(model, TextTransformer):
         raise checks.ArgumentError("model must be one of chapter 22's TextTransformers "
                                    f"(lm_model), got {checks._got(model)}")
-    nats = (ar_nll(model, x) if model.config.causal else
+    if among is not None and not model.config.causal:
+        raise checks.ArgumentError("among is for a causal model's exact likelihood; the "
+                                   "masked model's bound runs over all its ids")
+    nats = (ar_nll(model, x, among=among) if model.config.causal else
             masked.negative_elbo(model, x, n_t=n_t, categories=model.config.vocab_size,
                                  generator=generator))
     return nats / math.log(2)
