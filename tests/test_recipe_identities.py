@@ -160,6 +160,8 @@ def _cases(recipes, profile):
         **{f"lm_model-{k}": (lambda k=k: R.lm_model(tokens, 20, p, dev, kind=k))
            for k in R.LM_KINDS + ("fim",)},
         "lm_snapshots": lambda: R.lm_snapshots(tokens, 20, p, dev, kind="masked"),
+        "lm_snapshots-long": lambda: R.lm_snapshots(tokens, 20, p, dev, kind="masked",
+                                                    long=True, fractions=(0.5,)),
     }
 
 
