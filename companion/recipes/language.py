@@ -42,12 +42,11 @@ def lm_settings(profile) -> dict:
     12% and 8% above the truth at 24,000 and 48,000 updates, still falling.
     """
     p = _profile(profile)
+    steps = p.pick(ci=40, cpu=12_000, gpu=20_000)
     return dict(n_train=p.pick(ci=512, cpu=20_000, gpu=100_000),
                 n_test=p.pick(ci=64, cpu=1_000, gpu=5_000),
                 width=p.pick(ci=32, cpu=64, gpu=256), depth=p.pick(ci=2, cpu=3, gpu=6),
-                heads=4, steps=p.pick(ci=40, cpu=12_000, gpu=20_000),
-                long_steps=p.pick(ci=2, cpu=LM_LONGER, gpu=2) * p.pick(ci=40, cpu=12_000,
-                                                                         gpu=20_000),
+                heads=4, steps=steps, long_steps=p.pick(ci=2, cpu=LM_LONGER, gpu=2) * steps,
                 english_steps=p.pick(ci=40, cpu=1_500, gpu=20_000),
                 batch_size=p.pick(ci=32, cpu=64, gpu=256),
                 lr=p.pick(ci=2e-3, cpu=1e-3, gpu=3e-4),
