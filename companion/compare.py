@@ -380,6 +380,28 @@ def against_noise(value: float, redraws, *, unit: str = "redraw",
     return Comparison(c.diff, c.se, c.n, c.unit, c.df, c.test, c.level, "noise SD")
 
 
+CLOSE = 2.5  # |z| under which a distance's verdict is judged again (chapter 20's protocol)
+
+
+def is_close(first: Comparison, close: float = CLOSE) -> bool:
+    """True when a distance's verdict is close enough to be judged again by a second
+    measure: |z| < close. The Fréchet distance's bias in N depends on the model, so a
+    verdict near the threshold may be the bias's (chapter 20)."""
+    if not close > 0:
+        raise ValueError(f"close must be a positive |z|, got {close!r}")
+    return abs(first.z) < close
+
+
+def settled(first: Comparison, second: Comparison, close: float = CLOSE) -> str:
+    """first's verdict ('ahead', 'behind', 'tie') where it is not close, or where a second
+    measure on the same samples (MMD², KID's statistic) agrees; 'tie' where a close
+    verdict and the second measure disagree. One rule for every chapter that compares
+    distances (chapters 18 and 20)."""
+    if not is_close(first, close) or second.verdict == first.verdict:
+        return first.verdict
+    return "tie"
+
+
 SHORT = 60  # the longest verdict phrase a sentence may hold (DESIGN.md, "The voice")
 
 

@@ -7,8 +7,12 @@ import pytest
 import torch
 
 from companion.compare import (
+    CLOSE,
+    Comparison,
     against_noise,
     compare,
+    is_close,
+    settled,
     independent,
     paired,
     t_quantile,
@@ -254,3 +258,19 @@ def test_independent_takes_tiny_and_huge_standard_errors():
         independent(1.0, 0.0, 10, 0.5, 0.0, 10)
     with pytest.raises(ValueError, match=r"^n_b \(the units of arm b; a variance needs 2\)"):
         independent(1.0, 1e-200, 10, 0.5, 0.0, 1)
+
+
+def test_a_close_distance_verdict_stands_only_where_the_second_measure_agrees():
+    """Chapter 20's protocol, used by chapters 18 and 20: |z| under CLOSE is judged again."""
+    def c(z):
+        return Comparison(diff=z, se=1.0, n=100)
+    lower, higher, level = c(-2.2), c(2.2), c(0.3)
+    assert lower.verdict == "behind" and is_close(lower) and not is_close(c(CLOSE))
+    assert settled(lower, c(-3.0)) == "behind"        # the second agrees
+    assert settled(lower, level) == "tie"             # it does not: no ranking
+    assert settled(lower, higher) == "tie"
+    assert settled(c(-4.0), level) == "behind"        # not close: the first stands
+    assert settled(level, c(5.0)) == "tie"            # a tie is never made a ranking
+    assert settled(c(-3.0), level, close=3.5) == "tie"
+    with pytest.raises(ValueError, match="close"):
+        is_close(lower, close=0)

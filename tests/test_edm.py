@@ -429,6 +429,30 @@ def test_snapshots_are_stages_of_one_run(monkeypatch, tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # trains the tiny U-Net three times for 4 steps
+def test_a_ddpm_seed_is_another_run_in_a_file_of_its_own(monkeypatch, tmp_path):
+    """Chapter 9's recipe with seed 1: its own file, other weights; seed 0 is the book's
+    run, named as before (its identity, tests/test_recipe_identities.py)."""
+    from companion import recipes
+    from companion.run import checks
+    from companion.run.profiles import get_profile
+
+    x = _short_ci(monkeypatch, tmp_path, steps=4)
+    p = get_profile("ci")
+    assert recipes.ddpm_checkpoint(p).name == "ch9-ddpm-ci.pt"
+    assert recipes.ddpm_checkpoint(p, 2, seed=1).name == "ch9-ddpm-seed1-step2-ci.pt"
+    with pytest.raises(checks.ArgumentError, match="seed"):
+        recipes.ddpm(x, p, "cpu", seed=-1)
+    zero, run0 = recipes.ddpm(x, p, "cpu")
+    one, run1 = recipes.ddpm(x, p, "cpu", seed=1)
+    assert recipes.ddpm_checkpoint(p, seed=1).exists() and run0.steps == run1.steps == 4
+    assert any(not torch.equal(a, b) for a, b in
+               zip(zero.parameters(), one.parameters(), strict=True))
+    again, _ = recipes.ddpm(x, p, "cpu", seed=1)  # loaded: the same run
+    for a, b in zip(one.parameters(), again.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_snapshots_and_the_noise_distribution_refuse_bad_settings(monkeypatch, tmp_path):
     from companion import recipes
     from companion.run.profiles import get_profile

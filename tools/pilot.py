@@ -29,9 +29,9 @@ scored the way the pages score it:
 `--size` and `--patch` give the DiT's size (S, M, L) and patch (2, 4, 7: 196, 49 or 16
 tokens), `--lr` its learning rate: a pilot may try what the recipe does not have yet.
 
-`--seed S` repeats a dit or unet-label run with another seed (its record's name and its
-checkpoints' end in `-seedS`); the pixel recipes seed their runs themselves (seed 0), so
-they refuse it. `BOOK_CPU_BF16=0`
+`--seed S` repeats a ddpm, dit or unet-label run with another seed (its record's name and
+its checkpoints' end in `-seedS`): the spread over training seeds; the other pixel recipes
+seed their runs themselves (seed 0), so they refuse it. `BOOK_CPU_BF16=0`
 trains in float32 on a CPU with bf16 units (issue 93's check that bf16 reaches float32's
 loss and distance); its record's name ends in `-float32`.
 
@@ -261,9 +261,9 @@ def main(argv=None) -> int:
     ap.add_argument("--holdout", type=float, default=0.0,
                     help="share of the training digits held out for a validation loss")
     args = ap.parse_args(argv)
-    if args.seed and args.family not in LABELLED:  # it would repeat seed 0 to the digit
-        raise SystemExit(f"--seed is for the dit and unet-label pilots: the {args.family} "
-                         "recipe seeds its run itself (seed 0)")
+    if args.seed and args.family not in (*LABELLED, "ddpm"):  # would repeat seed 0
+        raise SystemExit(f"--seed is for the ddpm, dit and unet-label pilots: the "
+                         f"{args.family} recipe seeds its run itself (seed 0)")
     if not 0 <= args.holdout < 0.5:
         raise SystemExit(f"--holdout is a share of the training digits in [0, 0.5), got "
                          f"{args.holdout}")
@@ -334,7 +334,8 @@ def main(argv=None) -> int:
     else:
         runs = recipes.snapshots(recipe, checkpoint, x_train, profile, device,
                                  fractions=[c / cuts[-1] for c in cuts[:-1]],
-                                 total=cuts[-1], prefix=prefix)
+                                 total=cuts[-1], prefix=prefix,
+                                 **({"seed": args.seed} if args.seed else {}))
     rows = []
     for k, (model, run) in sorted(runs.items()):
         z = torch.randn(args.n, 1, 28, 28, device=device,

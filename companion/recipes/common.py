@@ -61,8 +61,10 @@ def _continue(path, resume_from, model, config, x11, optimizer, s: dict, total: 
                                               s["batch_size"]), total)
 
 
-def _unet_recipe(s: dict, profile, device, x, *, steps_of_net: int, network=None, **more):
-    """The skeleton chapters 9, 13 and 14 share: seed 0, the profile's U-Net preset built
+def _unet_recipe(s: dict, profile, device, x, *, steps_of_net: int, network=None,
+                 seed: int = 0, **more):
+    """The skeleton chapters 9, 13 and 14 share: seed 0 (or `seed`, which the config then
+    names: another run of the same recipe), the profile's U-Net preset built
     for `steps_of_net` time steps (as `network`, default UNet), Adam, the config that
     identifies the run (`more` adds the recipe's own settings: T, or K and the loss), and
     the linear learning-rate warm-up over DDPM_WARMUP steps, a function of the global step
@@ -72,12 +74,14 @@ def _unet_recipe(s: dict, profile, device, x, *, steps_of_net: int, network=None
     from ..models.unet import UNet, preset
     from ..run.precision import default_optimizer
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)  # the weights, then (through fit) the batches and the noise
     model = (network or UNet)(preset(s["preset"], T=steps_of_net)).to(device)
     optimizer = default_optimizer(model.parameters(), s["lr"], device)
     config = dict(profile=profile.name, preset=s["preset"], lr=s["lr"],
                   batch_size=s["batch_size"], ema=s["ema"], clip=DDPM_CLIP,
                   warmup=DDPM_WARMUP, n_train=len(x), **more)
+    if seed:  # seed 0 keeps the shipped files' configs as they were
+        config["seed"] = seed
 
     return model, optimizer, config, _warm_up(optimizer, s["lr"])
 

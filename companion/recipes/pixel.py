@@ -91,13 +91,16 @@ def ddpm_diffusion(profile, device):
     return Diffusion(linear_betas(T, 1e-4 * 1000 / T, 0.02 * 1000 / T), device=device)
 
 
-def ddpm_checkpoint(profile, steps: int | None = None, prefix: str = "ch9"):
-    """The checkpoint file of the DDPM trained for `steps` (None: the profile's full run)."""
-    return checkpoint_path(_at_steps(f"{prefix}-ddpm", steps), profile)
+def ddpm_checkpoint(profile, steps: int | None = None, prefix: str = "ch9", seed: int = 0):
+    """The checkpoint file of the DDPM trained for `steps` (None: the profile's full run),
+    with `seed` (another seed than 0: `<prefix>-ddpm-seed<seed>`)."""
+    seed = checks.count("seed", seed, minimum=0)
+    name = f"{prefix}-ddpm" + (f"-seed{seed}" if seed else "")
+    return checkpoint_path(_at_steps(name, steps), profile)
 
 
 def ddpm(x, profile, device, *, steps: int | None = None, resume_from=None,
-         prefix: str = "ch9"):
+         prefix: str = "ch9", seed: int = 0):
     """Chapter 9's DDPM: the profile's U-Net trained with Algorithm 1 (L_simple), load-or-train.
 
     Adam with a linear learning-rate warm-up over DDPM_WARMUP steps, gradients clipped at
@@ -119,18 +122,21 @@ def ddpm(x, profile, device, *, steps: int | None = None, resume_from=None,
             the early one); default None.
         prefix: the checkpoint file's prefix (default "ch9"): two notebooks that may train
             at once pass different ones, so that they never write one file.
+        seed: the torch seed of the weights, the batches and the noise (default 0, the
+            book's run); another seed is another run of the same recipe, in a file of its
+            own (`<prefix>-ddpm-seed<seed>`): the spread over seeds (issue 93's bf16 check).
 
     Returns:
         (EMA model in eval mode, FitResult).
     """
     s = ddpm_settings(profile)
     total = checks.early_steps(steps, s["steps"])  # before the network is built
+    path = ddpm_checkpoint(profile, steps, prefix, seed)  # checks the seed
     # the config leaves out the step count: an early checkpoint resumes into the full run
     model, optimizer, config, warm_up = _unet_recipe(s, profile, device, x, steps_of_net=s["T"],
-                                                     T=s["T"])
+                                                     seed=seed, T=s["T"])
     diffusion = ddpm_diffusion(profile, device)
     _check_unit_images(x, "recipes.ddpm")
-    path = ddpm_checkpoint(profile, steps, prefix)
     x11 = x * 2 - 1  # the network works on [-1, 1]
     _continue(path, resume_from, model, config, x11, optimizer, s, total)
 
