@@ -55,3 +55,13 @@ def test_a_dit_pilot_trains_the_patch_it_is_given():
         net = transformers.ch21_network(name, "label", get_profile("ci"))
         assert net.config.patch == patch
     assert pilot._network("unet-label", "L", 2) == "unet"
+
+
+def test_a_pilot_of_one_count_or_a_seed_it_cannot_use_is_refused_before_it_trains():
+    import pytest
+
+    pilot = _pilot()
+    with pytest.raises(SystemExit, match="at least two counts"):
+        pilot.main(["ddpm", "--updates", "4500"])
+    with pytest.raises(SystemExit, match="seeds its run itself"):
+        pilot.main(["flow", "--seed", "1", "--updates", "900", "1800"])

@@ -264,6 +264,10 @@ def main(argv=None) -> int:
     if args.seed and args.family not in (*LABELLED, "ddpm"):  # would repeat seed 0
         raise SystemExit(f"--seed is for the ddpm, dit and unet-label pilots: the "
                          f"{args.family} recipe seeds its run itself (seed 0)")
+    if len(set(args.updates)) < 2 and args.family != "diffusers":
+        raise SystemExit("--updates needs at least two counts, the stages of one run "
+                         f"(e.g. 3000 4500), got {args.updates}: the recipe's snapshots "
+                         "keep the earlier ones")
     if not 0 <= args.holdout < 0.5:
         raise SystemExit(f"--holdout is a share of the training digits in [0, 0.5), got "
                          f"{args.holdout}")
