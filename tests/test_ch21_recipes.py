@@ -110,7 +110,7 @@ def test_a_run_trains_and_an_early_checkpoint_resumes_into_it(tmp_path, monkeypa
     path = recipes.ch21_checkpoint(ci, 20, network="dit-S", cond=cond)
     full, run = recipes.ch21_model(x, y, ci, "cpu", network="dit-S", cond=cond,
                                    resume_from=path)
-    assert run.steps == recipes.dit_settings(ci)["steps"]
+    assert run.steps == recipes.ch21_updates("dit-S", ci, cond)  # captions: caption_steps
     assert run.resumed_at == 20  # the early run's updates were not trained again
     assert any(not torch.equal(a, b) for a, b in zip(early.state_dict().values(),
                                                       full.state_dict().values(), strict=True))
@@ -136,6 +136,24 @@ def test_a_unet_reading_captions_starts_from_chapter_9s_and_trains_its_own_updat
     assert sum(near) > 0.9 * len(near)  # a few hundred small updates away, not a new network
 
 
+def test_a_dit_reading_captions_starts_from_itself_trained_on_labels(tmp_path, monkeypatch):
+    """ci: a caption DiT loads (or trains) the same DiT on labels first, then trains
+    caption_steps updates of its own from those weights."""
+    monkeypatch.setenv("BOOK_CACHE", str(tmp_path))
+    ci = get_profile("ci")
+    x, y = _bars(64), torch.arange(64) % 10
+    model, run = recipes.ch21_model(x, y, ci, "cpu", network="dit-S", cond="cross")
+    assert model.config.cond == "cross" and model.config.vocab_size is not None
+    assert run.steps == recipes.dit_settings(ci)["caption_steps"]
+    base = recipes.ch21_model(x, y, ci, "cpu", network="dit-S")[0]  # loaded, not trained
+    assert (tmp_path / "checkpoints" / "ch21-dit-S-label-ci.pt").exists()
+    shared = [k for k in base.state_dict() if k in model.state_dict()
+              and not k.startswith("time_mlp")]
+    near = [torch.allclose(base.state_dict()[k], model.state_dict()[k], atol=0.1)
+            for k in shared]
+    assert len(shared) > 20 and sum(near) > 0.9 * len(near)
+
+
 # --- issue 96: arguments checked before anything trains -------------------------------------------
 
 def _no_training(monkeypatch, tmp_path):
@@ -158,7 +176,7 @@ def _no_training(monkeypatch, tmp_path):
     (dict(network="dit-S", steps=10**12), r"^steps \(the updates of an early run, or None for "
                                           r"the full run\) must be at most 60, got "
                                           r"1,000,000,000,000: an early run stops partway"),
-    (dict(network="dit-S", cond="cross", steps=61), r"must be at most 60, got 61"),
+    (dict(network="dit-S", cond="cross", steps=31), r"must be at most 30, got 31"),
     (dict(network="unet", cond="pooled", steps=31), r"must be at most 30, got 31"),
 ])
 def test_ch21_model_refuses_its_arguments_before_training_anything(monkeypatch, tmp_path, kw,

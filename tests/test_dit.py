@@ -211,6 +211,43 @@ def test_no_label_gives_another_prediction_after_training():
     assert gap() > 1e-4
 
 
+@pytest.mark.parametrize("cond", CONDS)
+def test_a_caption_dit_started_from_a_label_dit_draws_as_it_does_without_a_label(cond):
+    """load_label_dit: "adaln" and "cross" compute the label DiT's unconditional prediction
+    for every caption, "in_context" for the empty caption only (the words join its attention
+    at once); and the caption is read once the text path trains."""
+    from companion.models.dit import load_label_dit
+
+    labelled = _randomize(DiT(**SMALL, num_classes=10))
+    x, t = _images()
+    plain = labelled(x, t, torch.full((3,), NO_LABEL))
+    model = load_label_dit(DiT(**SMALL, vocab_size=20, cond=cond), labelled)
+    ids = _captions()
+    _close(model(x, t, torch.zeros_like(ids)), plain, atol=1e-5)
+    gap = (model(x[:1], t[:1], ids[:1]) - plain[:1]).abs().max()
+    assert (gap > 1e-3) if cond == "in_context" else (gap < 1e-5), gap
+    # without the folded "no label" vector the start differs (else the above is vacuous)
+    assert (labelled(x, t, torch.zeros(3, dtype=torch.long)) - plain).abs().max() > 1e-3
+    target = torch.randn_like(x)
+    _sign_steps(model, lambda: ((model(x, t, ids) - target) ** 2).mean(), steps=3)
+    with torch.no_grad():
+        other = ids.clone()
+        other[0, 1] = 11
+        assert (model(x[:1], t[:1], other[:1]) - model(x[:1], t[:1], ids[:1])).abs().max() \
+            > 1e-4
+
+
+@pytest.mark.parametrize("kw", [dict(width=64), dict(patch=7), dict(num_classes=10)])
+def test_load_label_dit_refuses_another_shape_or_a_second_label_dit(kw):
+    from companion.models.dit import load_label_dit
+
+    labelled = DiT(**SMALL, num_classes=10)
+    caption = DiT(**{**SMALL, **kw}) if "num_classes" in kw else \
+        DiT(**{**SMALL, **kw}, vocab_size=20)
+    with pytest.raises(ValueError, match="of one shape"):
+        load_label_dit(caption, labelled)
+
+
 # --- attention ----------------------------------------------------------------------------------
 
 def test_explicit_attention_matches_the_fused_one():

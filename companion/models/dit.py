@@ -14,7 +14,7 @@ at zero, so each block starts as the identity and the network as the zero predic
 residual block likewise: a deep network that starts as a shallow one trains stably).
 
 Captions go through a small `TextEncoder` trained with the model, then by `cond`:
-  "adaln":      c = t_emb + W pooled, one vector per caption: the words' order is lost;
+  "adaln":      c = t_emb + W pooled: one vector per caption, the mean of the encoded words;
   "in_context": the text tokens join the image tokens through every block (DiT's in-context
                 conditioning), pads masked; only the image tokens come out;
   "cross":      each block attends from the image to the text tokens (PixArt-alpha, Chen et
@@ -437,6 +437,41 @@ class DiT(nn.Module):
                 maps.append(w)
         eps = self.final(h[:, :N], c)
         return unpatchify(eps, cfg.patch, cfg.in_channels, cfg.image_size, cfg.image_size), maps
+
+
+def load_label_dit(model: DiT, labelled: DiT) -> DiT:
+    """Start a caption DiT `model` from a trained label DiT `labelled` of the same shape
+    (chapter 21 trains only the reading of the caption, as the caption U-Nets do).
+
+    Every shared weight is copied; the label path's "no label" vector e_none is folded into
+    the time MLP's last bias, so that c = t_emb + e_none is the label DiT's unconditional
+    c; the pooled caption's map (cond "adaln") starts at zero. With "adaln" and "cross" the
+    result computes what `labelled` computes without a label, whatever the caption; with
+    "in_context" only for the empty caption: the words join every block's attention from
+    the first step.
+    """
+    cfg, old = model.config, getattr(labelled, "config", None)
+    if not isinstance(labelled, DiT) or old.num_classes is None or cfg.vocab_size is None \
+            or asdict(old) != {**asdict(cfg), "num_classes": old.num_classes,
+                               "vocab_size": None, "cond": "adaln",
+                               "text_length": old.text_length,
+                               "text_depth": old.text_depth}:
+        raise checks.ArgumentError(f"load_label_dit needs a label DiT (num_classes) and a "
+                                   f"caption DiT (vocab_size) of one shape (patch, width, "
+                                   f"depth, heads, T), got {old} and {cfg}")
+    def reads_text(k):  # the text encoder, the pooled map, the cross-attention layers
+        return k.startswith(("text.", "pool.")) or ".cross." in k or ".norm_cross." in k
+
+    state = {k: v for k, v in labelled.state_dict().items() if k != "label_emb.weight"}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or not all(map(reads_text, missing)):
+        raise checks.ArgumentError(f"the label DiT does not match this caption DiT: "
+                                   f"unexpected {unexpected[:3]}, missing {missing[:3]}")
+    with torch.no_grad():
+        model.time_mlp[-1].bias += labelled.label_emb.weight[old.num_classes]
+        if cfg.cond == "adaln":
+            nn.init.zeros_(model.pool.weight), nn.init.zeros_(model.pool.bias)
+    return model
 
 
 def flops_per_image(model: DiT, batch: int = 2) -> float:

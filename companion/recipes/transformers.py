@@ -61,8 +61,9 @@ def dit_settings(profile) -> dict:
     unet_matches: the DiT whose training FLOPs the U-Net is given, DiT-L/2, whose FLOPs an
     image are near the U-Net's own (cpu: 117 against 145 MFLOPs).
 
-    The U-Nets that read captions (`CaptionUNet`) start from chapter 9's trained network and
-    train caption_steps updates (ci 30, cpu 600, gpu 3,000) at caption_lr, with the DiTs'
+    The networks that read captions start from one that draws digits (the U-Nets,
+    `CaptionUNet`, from chapter 9's; a DiT from itself trained on labels) and train
+    caption_steps updates (ci 30, cpu 600, gpu 3,000) at caption_lr, with the DiTs'
     batch and EMA: on 2 cores (cpu) about 2.5 minutes each, where the cross-attention one
     obeys the digit's word in about two thirds of 200 test captions (a tenth before).
     """
@@ -96,7 +97,9 @@ def ch21_network(network: str, cond: str, profile):
     shape = {**dit_sizes(profile)[size], "patch": dit_patch(network)}
     if cond == "label":
         return DiT(**shape, T=T, num_classes=10)
-    return DiT(**shape, T=T, vocab_size=len(captions.VOCAB), cond=cond, text_length=8)
+    # the caption U-Nets' text encoder: two layers, at the network's width
+    return DiT(**shape, T=T, vocab_size=len(captions.VOCAB), cond=cond, text_length=8,
+               text_depth=2)
 
 
 def dit_patch(network: str) -> int:
@@ -161,12 +164,13 @@ def equal_flops_steps(steps: int, network: str, profile, to: str = "dit-L") -> i
 def ch21_updates(network: str, profile, cond: str = "label") -> int:
     """The updates of chapter 21's full run of `network`: the profile's DiT updates; for the
     label-conditioned U-Net those of equal training FLOPs to DiT-L/2 (`unet_matches`,
-    `equal_flops_steps`); for a U-Net reading captions, caption_steps from chapter 9's."""
+    `equal_flops_steps`); for a network reading captions, caption_steps from its label
+    network's (chapter 9's U-Net, or the same DiT trained on labels)."""
     s = dit_settings(profile)
-    if network != "unet":
-        return s["steps"]
-    return equal_flops_steps(s["steps"], "unet", profile, to=s["unet_matches"]) \
-        if cond == "label" else s["caption_steps"]
+    if cond != "label":
+        return s["caption_steps"]
+    return s["steps"] if network != "unet" else \
+        equal_flops_steps(s["steps"], "unet", profile, to=s["unet_matches"])
 
 
 def text_levels(x):
@@ -221,9 +225,11 @@ def ch21_model(x, labels, profile, device, *, network: str = "dit-M", cond: str 
         labels: (N,) their digits.
         network: "unet", or "dit-S", "dit-M" or "dit-L" at patch 4, or with another
             patch as DiT names them ("dit-L/2").
-        cond: "label", or captions: for a DiT "adaln", "in_context" or "cross"; for the
-            U-Net "pooled", "in_context" or "cross" (`CaptionUNet`, started from chapter
-            9's trained network, `ddpm`, whose checkpoint it loads or trains).
+        cond: "label", or captions: for a DiT "adaln", "in_context" or "cross", started
+            from the same DiT trained on labels (this recipe with cond="label",
+            `load_label_dit`); for the U-Net "pooled", "in_context" or "cross"
+            (`CaptionUNet`, started from chapter 9's trained network, `ddpm`). The
+            network they start from is loaded or trained first.
         steps: None (the profile's updates, `ch21_updates`) or fewer (an early checkpoint
             in its own file); more are refused before anything trains.
         resume_from: an early checkpoint of the same run to continue from.
@@ -243,18 +249,21 @@ def ch21_model(x, labels, profile, device, *, network: str = "dit-M", cond: str 
     y = _labelled_images(x, labels, "ch21_model")
     full = ch21_updates(network, profile, cond)
     total = checks.early_steps(steps, full)
-    captioned_unet = network == "unet" and cond != "label"
-    # chapter 9's network starts the run; a resumed stage starts from its early checkpoint
-    start = captioned_unet and resume_from is None
-    base = ddpm(x, profile, device)[0] if start else None
+    captioned = cond != "label"
     seed = checks.count("seed", seed, 0)
+    # a trained network starts the run (chapter 9's U-Net, or this DiT trained on labels);
+    # a resumed stage starts from its early checkpoint
+    start = captioned and resume_from is None
+    base = None if not start else ddpm(x, profile, device)[0] if network == "unet" else \
+        ch21_model(x, labels, profile, device, network=network, prefix=prefix,
+                   seed=seed)[0]
     torch.manual_seed(seed)
     model = ch21_network(network, cond, profile).to(device)
     if start:
         from ..models.caption_unet import load_unet
-        load_unet(model, base)
-    lr = s["caption_lr"] if captioned_unet else s["unet_lr"] if network == "unet" \
-        else s["lr"]
+        from ..models.dit import load_label_dit
+        (load_unet if network == "unet" else load_label_dit)(model, base)
+    lr = s["caption_lr"] if captioned else s["unet_lr"] if network == "unet" else s["lr"]
     optimizer = default_optimizer(model.parameters(), lr, device)
     warm_up = _warm_up(optimizer, lr)
     config = dict(profile=profile.name, network=network, cond=cond, T=s["T"], lr=lr,
@@ -262,7 +271,8 @@ def ch21_model(x, labels, profile, device, *, network: str = "dit-M", cond: str 
                   warmup=DDPM_WARMUP, n_train=len(x), total=full,
                   p_uncond=CAPTION_P_UNCOND if cond != "label" else COND_P_UNCOND,
                   p_drop=ATTRIBUTE_P_DROP if cond != "label" else 0.0,
-                  init="ch9" if captioned_unet else "random")
+                  init=("ch9" if network == "unet" else f"{network} label")
+                  if captioned else "random")
     if seed:  # seed 0's identity stays what its files were made with
         config["seed"] = seed
     diffusion = ddpm_diffusion(profile, device)
