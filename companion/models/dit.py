@@ -441,7 +441,7 @@ class DiT(nn.Module):
 
 def load_label_dit(model: DiT, labelled: DiT) -> DiT:
     """Start a caption DiT `model` from a trained label DiT `labelled` of the same shape
-    (chapter 21 trains only the reading of the caption, as the caption U-Nets do).
+    (chapter 21 fine-tunes it to read captions, as the caption U-Nets start from chapter 9's).
 
     Every shared weight is copied; the label path's "no label" vector e_none is folded into
     the time MLP's last bias, so that c = t_emb + e_none is the label DiT's unconditional
@@ -450,15 +450,14 @@ def load_label_dit(model: DiT, labelled: DiT) -> DiT:
     "in_context" only for the empty caption: the words join every block's attention from
     the first step.
     """
-    cfg, old = model.config, getattr(labelled, "config", None)
+    shape = ("patch", "width", "depth", "heads", "mlp_ratio", "T", "in_channels", "image_size")
+    old, cfg = getattr(labelled, "config", None), model.config
     if not isinstance(labelled, DiT) or old.num_classes is None or cfg.vocab_size is None \
-            or asdict(old) != {**asdict(cfg), "num_classes": old.num_classes,
-                               "vocab_size": None, "cond": "adaln",
-                               "text_length": old.text_length,
-                               "text_depth": old.text_depth}:
+            or any(getattr(old, k) != getattr(cfg, k) for k in shape):
         raise checks.ArgumentError(f"load_label_dit needs a label DiT (num_classes) and a "
-                                   f"caption DiT (vocab_size) of one shape (patch, width, "
-                                   f"depth, heads, T), got {old} and {cfg}")
+                                   f"caption DiT (vocab_size) of one shape ({', '.join(shape)}), "
+                                   f"got {old} and {cfg}")
+
     def reads_text(k):  # the text encoder, the pooled map, the cross-attention layers
         return k.startswith(("text.", "pool.")) or ".cross." in k or ".norm_cross." in k
 

@@ -254,9 +254,11 @@ def ch21_model(x, labels, profile, device, *, network: str = "dit-M", cond: str 
     # a trained network starts the run (chapter 9's U-Net, or this DiT trained on labels);
     # a resumed stage starts from its early checkpoint
     start = captioned and resume_from is None
-    base = None if not start else ddpm(x, profile, device)[0] if network == "unet" else \
-        ch21_model(x, labels, profile, device, network=network, prefix=prefix,
-                   seed=seed)[0]
+    if start and network == "unet":
+        base = ddpm(x, profile, device)[0]
+    elif start:
+        base = ch21_model(x, labels, profile, device, network=network, prefix=prefix,
+                          seed=seed)[0]
     torch.manual_seed(seed)
     model = ch21_network(network, cond, profile).to(device)
     if start:
