@@ -35,6 +35,8 @@ seed their runs themselves (seed 0), so they refuse it. `BOOK_CPU_BF16=0`
 trains in float32 on a CPU with bf16 units (issue 93's check that bf16 reaches float32's
 loss and distance); its record's name ends in `-float32`.
 
+`--tag long` ends the record's name in `-long`: a longer run beside the record of a shorter one.
+
 `--holdout F` (the learning-rate sweep: sweeps tune on a validation split, never on the test
 digits) trains on the first 1 - F of the training digits and scores each stage also by its
 validation loss: L_simple on the held-out last F, at fixed steps and noise (the same draws
@@ -260,6 +262,9 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, help="learning rate (default: the recipe's)")
     ap.add_argument("--holdout", type=float, default=0.0,
                     help="share of the training digits held out for a validation loss")
+    ap.add_argument("--tag", default="",
+                    help="a suffix for the record's name (e.g. long), so that a longer "
+                         "run keeps the shorter one's record")
     args = ap.parse_args(argv)
     if args.seed and args.family not in (*LABELLED, "ddpm"):  # would repeat seed 0
         raise SystemExit(f"--seed is for the ddpm, dit and unet-label pilots: the "
@@ -268,6 +273,9 @@ def main(argv=None) -> int:
         raise SystemExit("--updates needs at least two counts, the stages of one run "
                          f"(e.g. 3000 4500), got {args.updates}: the recipe's snapshots "
                          "keep the earlier ones")
+    if args.tag and not args.tag.replace("-", "").isalnum():
+        raise SystemExit(f"--tag is a word for a file name (letters, digits, -), got "
+                         f"{args.tag!r}")
     if not 0 <= args.holdout < 0.5:
         raise SystemExit(f"--holdout is a share of the training digits in [0, 0.5), got "
                          f"{args.holdout}")
@@ -373,6 +381,7 @@ def main(argv=None) -> int:
         name += f"-{args.size}-p{args.patch}" if args.family == "dit" else ""
         name += "" if args.lr is None else f"-lr{args.lr:g}"
     name += "" if not args.seed else f"-seed{args.seed}"
+    name += "" if not args.tag else f"-{args.tag}"
     precision = companion.run.precision.describe(device)
     if precision != "bf16":  # the bf16 records keep their names; float32 is the check
         name += f"-{precision}"
