@@ -52,6 +52,20 @@ def test_a_dit_names_its_patch_and_a_seed_its_file():
         recipes.ch21_checkpoint(CPU, network="unet", seed=-1)
 
 
+def test_a_label_dits_longer_run_has_its_own_file_and_twice_the_updates():
+    full = recipes.ch21_updates("dit-L/2", CPU)
+    assert recipes.ch21_updates("dit-L/2", CPU, long=True) == recipes.DIT_LONGER * full
+    assert recipes.ch21_checkpoint(CPU, network="dit-L/2", long=True).name == \
+        "ch21-dit-L-p2-label-long-cpu.pt"
+    assert recipes.ch21_checkpoint(CPU, 4500, network="dit-L/2", long=True).name == \
+        "ch21-dit-L-p2-label-long-step4500-cpu.pt"
+    for network, cond in (("unet", "label"), ("dit-L/2", "adaln")):
+        with pytest.raises(checks.ArgumentError, match="trained on labels"):
+            recipes.ch21_updates(network, CPU, cond, long=True)
+    with pytest.raises(checks.ArgumentError, match="long must be True"):
+        recipes.ch21_checkpoint(CPU, network="dit-L/2", long="yes")
+
+
 def test_training_captions_drop_attributes_and_whole_captions_at_their_rates():
     torch.manual_seed(0)
     n = 4000

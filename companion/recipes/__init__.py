@@ -116,6 +116,7 @@ from .preconditioned import (
 from .transformers import (  # noqa: F401  (private names too)
     ATTRIBUTE_P_DROP,
     CAPTION_P_UNCOND,
+    DIT_LONGER,
     DIT_PATCH,
     DIT_SIZES,
     _network_flops,
@@ -191,6 +192,7 @@ __all__ = [
     "vdm_sampler",
     # transformers
     "DIT_SIZES", "DIT_PATCH", "dit_patch", "dit_sizes", "CAPTION_P_UNCOND", "ATTRIBUTE_P_DROP",
+    "DIT_LONGER",
     "dit_settings",
     "ch21_network", "network_flops", "equal_flops_steps", "ch21_updates", "text_levels",
     "caption_batch", "ch21_checkpoint", "ch21_model", "ch21_snapshots", "ch21_eps_function",

@@ -43,6 +43,8 @@ def dit_sizes(profile) -> dict:
             "L": dict(width=64, depth=4, heads=4) if small else dict(width=256, depth=12,
                                                                       heads=8)}
 CAPTION_P_UNCOND = COND_P_UNCOND  # the whole caption dropped this often (guidance)
+# the label DiTs' longer run, in multiples of their budget: twice the U-Net's training FLOPs
+DIT_LONGER = 2
 ATTRIBUTE_P_DROP = 0.3  # each attribute's words dropped this often: "a seven" means any
 
 
@@ -66,15 +68,22 @@ def dit_settings(profile) -> dict:
     caption_steps updates (ci 30, cpu 600, gpu 3,000) at caption_lr, with the DiTs'
     batch and EMA: on 2 cores (cpu) about 2.5 minutes each, where the cross-attention one
     obeys the digit's word in about two thirds of 200 test captions (a tenth before).
+
+    long_steps: a label DiT's longer run (`ch21_model(..., long=True)`, seed 0 on the
+    page), DIT_LONGER times its updates. A pilot on 2 cores (tools/pilot.py, one seed):
+    DiT-L/2's samples carried the asked label 0.77 of the time at 4,500 updates and 0.875
+    at 9,000, at 2.15 and 1.24 times the floor of real digits (benchmarks/README.md).
     """
     p = _profile(profile)
-    return dict(T=ddpm_settings(profile)["T"], steps=p.pick(ci=60, cpu=4500, gpu=20000),
+    steps = p.pick(ci=60, cpu=4500, gpu=20000)
+    return dict(T=ddpm_settings(profile)["T"], steps=steps,
                 batch_size=p.pick(ci=32, cpu=64, gpu=128),
                 lr=p.pick(ci=2e-3, cpu=4e-3, gpu=3e-4),
                 ema=p.pick(ci=0.99, cpu=0.995, gpu=0.999),
                 unet_lr=ddpm_settings(profile)["lr"], unet_matches="dit-L/2",
                 caption_steps=p.pick(ci=30, cpu=600, gpu=3000),
-                caption_lr=p.pick(ci=1e-3, cpu=1e-3, gpu=2e-4))
+                caption_lr=p.pick(ci=1e-3, cpu=1e-3, gpu=2e-4),
+                long_steps=DIT_LONGER * steps)
 
 
 def ch21_network(network: str, cond: str, profile):
@@ -161,12 +170,15 @@ def equal_flops_steps(steps: int, network: str, profile, to: str = "dit-L") -> i
     return max(1, round(checks.count("steps", steps) * ratio))
 
 
-def ch21_updates(network: str, profile, cond: str = "label") -> int:
+def ch21_updates(network: str, profile, cond: str = "label", long: bool = False) -> int:
     """The updates of chapter 21's full run of `network`: the profile's DiT updates; for the
     label-conditioned U-Net those of equal training FLOPs to DiT-L/2 (`unet_matches`,
     `equal_flops_steps`); for a network reading captions, caption_steps from its label
-    network's (chapter 9's U-Net, or the same DiT trained on labels)."""
+    network's (chapter 9's U-Net, or the same DiT trained on labels); a label DiT's longer
+    run (`long`), long_steps."""
     s = dit_settings(profile)
+    if _long(long, network, cond):
+        return s["long_steps"]
     if cond != "label":
         return s["caption_steps"]
     return s["steps"] if network != "unet" else \
@@ -202,19 +214,34 @@ def caption_batch(labels, level: dict, *, p_drop: float = ATTRIBUTE_P_DROP,
     return captions.tokenize(texts, length).to(labels.device)
 
 
+def _long(long, network, cond) -> bool:
+    """Check `long` (a label DiT's longer run) against the network and condition."""
+    if not isinstance(long, bool):
+        raise checks.ArgumentError(f"long must be True (the longer run) or False (the "
+                                   f"budget), got {long!r}")
+    if long and (network == "unet" or cond != "label"):
+        raise checks.ArgumentError(f"the longer run (long=True) is a DiT's trained on "
+                                   f"labels (network 'dit-L/2' or another DiT, cond "
+                                   f"'label'), got network={network!r}, cond={cond!r}")
+    return long
+
+
 def ch21_checkpoint(profile, steps: int | None = None, prefix: str = "ch21", *,
-                    network: str = "dit-M", cond: str = "label", seed: int = 0):
+                    network: str = "dit-M", cond: str = "label", seed: int = 0,
+                    long: bool = False):
     """The checkpoint file of chapter 21's `network` with `cond`, trained for `steps` from
-    `seed` ("dit-L/2" is written dit-L-p2 in the file's name)."""
+    `seed` ("dit-L/2" is written dit-L-p2 in the file's name); the longer run's (`long`)
+    in files of its own."""
     seed = checks.count("seed", seed, 0)
-    name = f"{_prefix(prefix)}-{network.replace('/', '-p')}-{cond}"
+    name = (f"{_prefix(prefix)}-{network.replace('/', '-p')}-{cond}"
+            + ("-long" if _long(long, network, cond) else ""))
     return checkpoint_path(_at_steps(name + (f"-seed{seed}" if seed else ""), steps),
                            profile)
 
 
 def ch21_model(x, labels, profile, device, *, network: str = "dit-M", cond: str = "label",
                steps: int | None = None, resume_from=None, prefix: str = "ch21",
-               seed: int = 0):
+               seed: int = 0, long: bool = False):
     """Chapter 21's noise predictors, load-or-train: chapter 9's diffusion and loss
     (L_simple on [-1, 1]), Adam with its warm-up, clipping and EMA, conditioned on the label
     (dropped with COND_P_UNCOND) or on captions (attributes dropped with ATTRIBUTE_P_DROP,
@@ -236,6 +263,9 @@ def ch21_model(x, labels, profile, device, *, network: str = "dit-M", cond: str 
         prefix: the checkpoint file's prefix.
         seed: the network's initialization and the run's draws (seeds other than 0 in
             their own files).
+        long: False (default) for the budget, True for a label DiT's longer run of
+            `dit_settings`' long_steps updates, in files of its own (the same recipe and
+            seed: only the count of updates differs).
 
     Returns:
         (EMA model in eval mode, FitResult).
@@ -247,7 +277,7 @@ def ch21_model(x, labels, profile, device, *, network: str = "dit-M", cond: str 
     ch21_kind(network, cond)  # before chapter 9's network trains (10-15 minutes on a CPU)
     _prefix(prefix)
     y = _labelled_images(x, labels, "ch21_model")
-    full = ch21_updates(network, profile, cond)
+    full = ch21_updates(network, profile, cond, long)
     total = checks.early_steps(steps, full)
     captioned = cond != "label"
     seed = checks.count("seed", seed, 0)
@@ -297,7 +327,8 @@ def ch21_model(x, labels, profile, device, *, network: str = "dit-M", cond: str 
         eps.config = model.config
         return diffusion.simple_loss(eps, x0)
 
-    path = ch21_checkpoint(profile, steps, prefix, network=network, cond=cond, seed=seed)
+    path = ch21_checkpoint(profile, steps, prefix, network=network, cond=cond, seed=seed,
+                           long=long)
     _continue(path, resume_from, model, config, data, optimizer, s, total)
     result = fit(model, loss_fn, data, steps=total, batch_size=s["batch_size"],
                  optimizer=optimizer, clip=DDPM_CLIP, ema=s["ema"], checkpoint=path,
