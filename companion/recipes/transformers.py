@@ -220,7 +220,7 @@ def _long(long, network, cond) -> bool:
         raise checks.ArgumentError(f"long must be True (the longer run) or False (the "
                                    f"budget), got {long!r}")
     if long and (network == "unet" or cond != "label"):
-        raise checks.ArgumentError(f"the longer run (long=True) is a DiT's trained on "
+        raise checks.ArgumentError(f"the longer run (long=True) is for a DiT trained on "
                                    f"labels (network 'dit-L/2' or another DiT, cond "
                                    f"'label'), got network={network!r}, cond={cond!r}")
     return long
