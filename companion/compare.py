@@ -530,8 +530,13 @@ class Evidence:
         def marks(names):
             return "".join(f'<a id="{n}" name="{n}"></a>' for n in names)  # Colab reads name
 
+        def z_text(z, needs):  # as many digits as keep z on its side of the threshold
+            digits = next(d for d in (1, 2, 3, 4)
+                          if (round(z, d) >= needs) == (z >= needs))
+            return f"{z:.{digits}f}"
+
         rows = [[marks(names) + claim, size(c, fmt),
-                 f"{abs(c.z):.1f} {c.scale}, needs {c.threshold:.2f}", c.how,
+                 f"{z_text(abs(c.z), c.threshold)} {c.scale}, needs {c.threshold:.2f}", c.how,
                  f"{c.n:,} {c.unit}s", phrase, trend or "one budget"]
                 for (claim, c, fmt, phrase, trend), names in zip(self.rows, self.anchors,
                                                                  strict=True)]

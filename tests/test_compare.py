@@ -177,6 +177,21 @@ def test_evidence_phrase_and_row_agree():
         assert cells[4] == "40 digits" and cells[5] == phrase
 
 
+def test_evidence_row_keeps_z_on_its_side_of_the_threshold():
+    """A z that one decimal would round onto the threshold prints the digits that show
+    which side it is on: "2.0, needs 1.96" beside "within noise" would contradict itself."""
+    from companion.compare import Comparison, Evidence
+
+    ev = Evidence("ch99-evidence")
+    rows = {1.955: "1.955", 1.9: "1.9", 2.5: "2.5", 1.96: "2.0"}  # needs 1.95996
+    for z in rows:
+        ev.verdict(f"z {z}", Comparison(diff=z, se=1.0, n=10), fmt=".2f",
+                   ahead="higher", behind="lower")
+    cells = [line.strip("|").split("|")[2].strip()
+             for line in ev.markdown().splitlines()[2:]]
+    assert cells == [f"{text} SE, needs 1.96" for text in rows.values()]
+
+
 def test_evidence_refuses_a_long_phrase_and_a_bad_label():
     from companion.compare import Evidence
 
