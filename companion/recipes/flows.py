@@ -76,9 +76,9 @@ def fewstep_settings(profile) -> dict:
     a round. cd_N, cd_steps: consistency distillation's intervals of tau (K / cd_N a whole
     number, so that the student is called on grid times only: one network call a time, not
     two) and updates. ci: a pipeline check; cpu: fits the chapter's 15 minutes on 2 cores
-    with chapter 13's model shipped; cd_steps where its trend crossed the bar (issue 93: at
-    eight evaluations 2.3x the floor of real digits after 400 updates, 1.5x after 800; 200
-    gave 2.6x); gpu: minutes on a T4.
+    with chapter 13's model shipped; cd_steps where its trend crossed the bar (issue 93's
+    pilot, benchmarks/README.md: at eight evaluations 3.0, 2.3, 1.5 and 1.9 times the floor
+    of real digits after 200, 400, 800 and 1,600 updates); gpu: minutes on a T4.
     """
     return dict(
         pairs=profile.count(ci=64, cpu=1024, gpu=10_000),
