@@ -62,6 +62,24 @@ OUT = ROOT / "benchmarks" / "results" / "pilots"
 BAR = 2.0  # the issue's bar: a distance within 2x the floor of real digits
 
 
+def write_record(name: str, record: dict, device, seconds: float) -> Path:
+    """Write a pilot's record with the machine, precision, torch, seconds and date to
+    benchmarks/results/pilots/<name>-<device type>.json; returns the path."""
+    import torch
+
+    import companion.run.precision
+    from companion.run import shipped
+
+    record = dict(record, machine=shipped.trained_by(device, 0.0)["device"],
+                  precision=companion.run.precision.describe(device),
+                  torch=torch.__version__, seconds=round(seconds),
+                  date=time.strftime("%Y-%m-%d"))
+    OUT.mkdir(parents=True, exist_ok=True)
+    out = OUT / f"{name}-{device.type}.json"
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    return out
+
+
 def _longer(top: int) -> None:
     """Every pixel recipe reads its budget from chapter 9's `ddpm_settings` (one U-Net, one
     budget, so that the chapters compare objectives, not budgets): make it `top` updates
@@ -297,7 +315,6 @@ def main(argv=None) -> int:
     from companion.data import load
     from companion.metrics import frechet_distance, frechet_floor, mean_top_probability
     from companion.models.classifier import predict, to_unit
-    from companion.run import shipped
 
     profile, device = companion.setup(seed=args.seed)
     data = load("mnist", n_train=profile.n_train, n_test=profile.n_test, device=device)
@@ -387,14 +404,8 @@ def main(argv=None) -> int:
         name += f"-{precision}"
     record = dict(family=name, n=args.n, floor=round(floor, 1),
                   floor_sd=round(floors.std().item(), 1), bar=BAR,
-                  asked_bar=LABELLED.get(args.family), rows=rows,
-                  machine=shipped.trained_by(device, 0.0)["device"],
-                  precision=precision,
-                  torch=torch.__version__, seconds=round(time.time() - started),
-                  date=time.strftime("%Y-%m-%d"))
-    OUT.mkdir(parents=True, exist_ok=True)
-    out = OUT / f"{name}-{device.type}.json"
-    out.write_text(json.dumps(record, indent=1) + "\n")
+                  asked_bar=LABELLED.get(args.family), rows=rows)
+    out = write_record(name, record, device, time.time() - started)
     print(f"floor {floor:.1f} +- {record['floor_sd']} at N = {args.n}; wrote {out}")
     return 0
 

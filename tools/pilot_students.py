@@ -22,32 +22,29 @@ benchmarks/results/pilots/students-<device>.json.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
 os.environ.setdefault("BOOK_OFFLINE", "1")
 os.environ.setdefault("BOOK_PROFILE", "cpu")
 os.environ.setdefault("BOOK_CACHE", str(ROOT / ".cache" / "pilot"))
 
 import torch  # noqa: E402
+from pilot import BAR, write_record  # noqa: E402
 
 import companion  # noqa: E402
-import companion.run.precision  # noqa: E402
 from companion import fewstep, recipes  # noqa: E402
 from companion.data import load  # noqa: E402
 from companion.metrics import frechet_floor, frechet_jackknife  # noqa: E402
 from companion.models.classifier import predict, to_unit  # noqa: E402
 from companion.recipes import flows  # noqa: E402
-from companion.run import shipped  # noqa: E402
 from companion.run.memory import map_chunks  # noqa: E402
 
-N, BAR = 400, 2.0
-OUT = ROOT / "benchmarks" / "results" / "pilots"
+N = 400
 KINDS = {"consistency": "cd_steps", "distill": "distill_steps"}
 
 
@@ -119,13 +116,8 @@ def main(argv: list[str]) -> int:
         print(f"{r['set']:>40s}: {r['frechet']:6.1f}  {r['ratio']:.2f}x the floor"
               + ("  (within the bar)" if r["ratio"] <= BAR else ""))
     record = dict(family="students", n=N, floor=round(floor, 1), bar=BAR, rows=rows,
-                  seconds_per_run=seconds, machine=shipped.trained_by(device, 0.0)["device"],
-                  precision=companion.run.precision.describe(device),
-                  torch=torch.__version__, seconds=round(time.time() - started),
-                  date=time.strftime("%Y-%m-%d"))
-    OUT.mkdir(parents=True, exist_ok=True)
-    out = OUT / f"students-{device.type}.json"
-    out.write_text(json.dumps(record, indent=1) + "\n")
+                  seconds_per_run=seconds)
+    out = write_record("students", record, device, time.time() - started)
     print(f"floor {floor:.1f} at N = {N}; wrote {out}")
     return 0
 
