@@ -4,6 +4,7 @@ the trend, not from what a reader could afford.
     python tools/pilot.py ddpm --updates 900 1800 3000 4500 6000 [--n 256]
     python tools/pilot.py dit --size L --patch 2 --updates 900 1800 3000 4500 [--lr 1e-3]
     python tools/pilot.py diffusers --updates 900 1800 3000 4500 6000
+    python tools/pilot.py prior-ar --updates 24000 48000 96000
 
 `diffusers` is the peer of `ddpm` for time to quality (benchmarks/README.md): diffusers'
 example recipe for unconditional images (benchmarks/bench_ddpm.py), trained once on the same
@@ -25,6 +26,12 @@ scored the way the pages score it:
 - for the label-conditional networks of chapter 21 (`dit`, `unet-label`): how often the
   judge reads the asked label, as many samples of each label, no guidance (w = 0), as the
   page draws them. The bars: 0.8 for the transformers, 0.9 for the U-Net.
+
+`prior-ar` and `prior-masked` are chapter 19's priors over the codes of its chosen
+autoencoder (its four VQ-VAEs trained first, the choice made as the page makes it), in the
+longer run's recipe (`code_prior(..., long=True)`) carried to the last count; each stage's
+grids, decoded to the decoder's mean image, are its samples, drawn as the page draws them
+(the masked prior in 49 steps in random order). The copying test compares decoded samples.
 
 `--size` and `--patch` give the DiT's size (S, M, L) and patch (2, 4, 7: 196, 49 or 16
 tokens), `--lr` its learning rate: a pilot may try what the recipe does not have yet.
@@ -235,7 +242,44 @@ def _families():
     }
 
 
-FAMILIES = ("ddpm", "flow", "edm", "vdm", "dit", "unet-label", "diffusers")
+def _prior(kind: str, x, profile, device, top: int):
+    """Chapter 19's prior of `kind` over its chosen autoencoder's codes, its longer run
+    carried to `top` updates: (recipe, checkpoint, sampler) for `snapshots` and scoring."""
+    import torch
+
+    from companion import masked
+    from companion.recipes import discrete
+
+    trained = {v: discrete.vqvae(x, profile, device, variant=v, prefix="pilot")
+               for v in discrete.VQ_VARIANTS}
+    chosen = discrete.chosen_variant({v: run for v, (_, run) in trained.items()})
+    vq = trained[chosen][0]
+    settings = discrete.vq_settings
+    discrete.vq_settings = lambda p: {**settings(p), "long_steps": top}
+
+    def recipe(x, profile, device, **stage):
+        return discrete.code_prior(x, profile, device, vq=vq, variant=chosen, kind=kind,
+                                   long=True, **stage)
+
+    def checkpoint(profile, steps, prefix="pilot"):
+        return discrete.code_prior_checkpoint(profile, steps, prefix, variant=chosen,
+                                              kind=kind, long=True)
+
+    def sampler(model, profile, device):
+        def draw(z, g):  # the page's draws: z gives the count, g the randomness
+            if kind == "autoregressive":
+                k = model.sample(len(z), generator=g)
+            else:
+                k = masked.sample(lambda c: model(c).float(), (len(z), 7, 7), 49,
+                                  order="random", categories=settings(profile)["K"],
+                                  device=device, generator=g)
+            return torch.sigmoid(vq.decode_indices(k)) * 2 - 1
+        return draw
+    return recipe, checkpoint, sampler
+
+
+PRIORS = {"prior-ar": "autoregressive", "prior-masked": "masked"}
+FAMILIES = ("ddpm", "flow", "edm", "vdm", "dit", "unet-label", "diffusers", *PRIORS)
 LABELLED = {"dit": 0.8, "unet-label": 0.9}  # the judge reads the asked label this often
 
 
@@ -351,6 +395,13 @@ def main(argv=None) -> int:
             raise SystemExit("diffusers runs its example's recipe: no --lr, --patch or "
                              "--holdout")
         sampler = _peer_sampler
+    elif args.family in PRIORS:
+        if args.lr is not None or args.patch != 4 or args.holdout:
+            raise SystemExit("the priors run chapter 19's recipe: no --lr, --patch or "
+                             "--holdout")
+        recipe, checkpoint, sampler = _prior(PRIORS[args.family], x_train, profile, device,
+                                             cuts[-1])
+        prefix = "pilot"
     else:
         if args.lr is not None or args.patch != 4:
             raise SystemExit("--lr and --patch are for the dit and unet-label pilots")

@@ -58,8 +58,12 @@ def dit_settings(profile) -> dict:
     validation loss at the full budget (0.0281 at 4e-3; at 8e-3 the run blew up in its
     last 250 updates, 0.172, and at 1.6e-2, the best of a 2,000-update sweep, two of
     three seeds blew up and one never recovered; benchmarks/README.md). DiT-L/4's own sweep
-    at the full budget found 4e-3 and 8e-3 level (0.0306, 0.0305). gpu: 20,000 updates of
-    128 at lr 3e-4, not validated (the cpu sweep found 1e-3 far too low at batch 64).
+    at the full budget found 4e-3 and 8e-3 level (0.0306, 0.0305). gpu: 4,500 updates of
+    128, the images the cpu longer run needed for the bar (576,000): the chapter counts
+    ~37 min of GPU work at this budget, ~1 h 36 min at the 20,000 updates it had before
+    (tools/gpu_cost.py, on an H100's rates); lr 1e-3, the cpu rate scaled by the width
+    (64 / 256) as Adam's rate transfers across widths (muP, Yang et al. 2022), not
+    validated on a GPU.
     unet_matches: the DiT whose training FLOPs the U-Net is given, DiT-L/2, whose FLOPs an
     image are near the U-Net's own (cpu: 117 against 145 MFLOPs).
 
@@ -75,10 +79,10 @@ def dit_settings(profile) -> dict:
     at 9,000, at 2.15 and 1.24 times the floor of real digits (benchmarks/README.md).
     """
     p = _profile(profile)
-    steps = p.pick(ci=60, cpu=4500, gpu=20000)
+    steps = p.pick(ci=60, cpu=4500, gpu=4500)
     return dict(T=ddpm_settings(profile)["T"], steps=steps,
                 batch_size=p.pick(ci=32, cpu=64, gpu=128),
-                lr=p.pick(ci=2e-3, cpu=4e-3, gpu=3e-4),
+                lr=p.pick(ci=2e-3, cpu=4e-3, gpu=1e-3),
                 ema=p.pick(ci=0.99, cpu=0.995, gpu=0.999),
                 unet_lr=ddpm_settings(profile)["lr"], unet_matches="dit-L/2",
                 caption_steps=p.pick(ci=30, cpu=600, gpu=3000),
