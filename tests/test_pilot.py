@@ -67,3 +67,5 @@ def test_a_pilot_of_one_count_or_a_seed_it_cannot_use_is_refused_before_it_train
         pilot.main(["flow", "--seed", "1", "--updates", "900", "1800"])
     with pytest.raises(SystemExit, match="a word for a file name"):
         pilot.main(["vdm", "--tag", "../long", "--updates", "900", "1800"])
+    with pytest.raises(SystemExit, match="chapter 19's recipe"):
+        pilot.main(["prior-ar", "--lr", "1e-3", "--updates", "24000", "48000"])

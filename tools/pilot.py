@@ -244,7 +244,8 @@ def _families():
 
 def _prior(kind: str, x, profile, device, top: int):
     """Chapter 19's prior of `kind` over its chosen autoencoder's codes, its longer run
-    carried to `top` updates: (recipe, checkpoint, sampler) for `snapshots` and scoring."""
+    carried to `top` updates (vq_settings replaced for this process, as `_longer` does):
+    (recipe, checkpoint, sampler) for `snapshots` and scoring."""
     import torch
 
     from companion import masked
@@ -341,6 +342,8 @@ def main(argv=None) -> int:
     if not 0 <= args.holdout < 0.5:
         raise SystemExit(f"--holdout is a share of the training digits in [0, 0.5), got "
                          f"{args.holdout}")
+    if args.family in PRIORS and (args.lr is not None or args.patch != 4):
+        raise SystemExit("the priors run chapter 19's recipe: no --lr or --patch")
     if args.holdout and args.family not in ("ddpm", "dit", "unet-label"):
         raise SystemExit("--holdout scores a noise predictor's L_simple: the ddpm, dit and "
                          "unet-label pilots")
@@ -396,9 +399,6 @@ def main(argv=None) -> int:
                              "--holdout")
         sampler = _peer_sampler
     elif args.family in PRIORS:
-        if args.lr is not None or args.patch != 4 or args.holdout:
-            raise SystemExit("the priors run chapter 19's recipe: no --lr, --patch or "
-                             "--holdout")
         recipe, checkpoint, sampler = _prior(PRIORS[args.family], x_train, profile, device,
                                              cuts[-1])
         prefix = "pilot"

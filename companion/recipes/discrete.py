@@ -111,8 +111,11 @@ def vq_settings(profile) -> dict:
     the matched budget (600 / 24,000 / 80,000), kept where the budget doubles
     (`long_stages`). A pilot on 2 cores: the autoregressive prior's decoded samples at
     3,000 / 6,000 / 12,000 / 24,000 updates were 5.50 / 4.62 / 3.56 / 2.81 times the floor of
-    real digits (Frechet distance, 256 samples), still falling by about 0.9 a doubling: the
-    bar of 2 would take some 50,000-100,000 updates, 25-50 minutes a prior on 2 cores.
+    real digits (Frechet distance, 256 samples), still falling by about 0.9 a doubling.
+    Carried on (tools/pilot.py prior-ar, another run of the same recipe): 3.56 / 2.69 /
+    2.00 at 24,000 / 48,000 / 96,000 updates, the bar at 96,000 (43 minutes on 2 cores;
+    benchmarks/README.md). PRIOR_LONGER stays 8 until those runs are trained and shipped:
+    the pages load what ships, and the set has no room for them yet.
     """
     s = latent_settings(profile)
     return dict(

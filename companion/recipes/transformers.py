@@ -31,9 +31,9 @@ def dit_sizes(profile) -> dict:
     """The three transformers' width, depth and heads at patch 4 (49 tokens) in `profile`.
 
     ci and cpu: 3.2, 9.8 and 22 MFLOPs an image (43k to 318k weights), a sixth of chapter
-    9's cpu U-Net and less. gpu: about 80, 270 and 950 MFLOPs, the largest a third of the
-    gpu U-Net's 3.19 GFLOPs, so that at equal training FLOPs the U-Net trains for about as
-    many updates as chapter 9 gives it.
+    9's cpu U-Net and less. gpu: about 80, 270 and 950 MFLOPs; DiT-L at patch 2, the one
+    the U-Net is matched to, 4.18 GFLOPs against the gpu U-Net's 3.19, so that at equal
+    training FLOPs the U-Net trains 5,894 updates, near chapter 9's 6,000.
     """
     small = _profile(profile).name != "gpu"
     return {"S": dict(width=32, depth=2, heads=2) if small else dict(width=128, depth=4,
@@ -59,11 +59,12 @@ def dit_settings(profile) -> dict:
     last 250 updates, 0.172, and at 1.6e-2, the best of a 2,000-update sweep, two of
     three seeds blew up and one never recovered; benchmarks/README.md). DiT-L/4's own sweep
     at the full budget found 4e-3 and 8e-3 level (0.0306, 0.0305). gpu: 4,500 updates of
-    128, the images the cpu longer run needed for the bar (576,000): the chapter counts
-    ~37 min of GPU work at this budget, ~1 h 36 min at the 20,000 updates it had before
-    (tools/gpu_cost.py, on an H100's rates); lr 1e-3, the cpu rate scaled by the width
-    (64 / 256) as Adam's rate transfers across widths (muP, Yang et al. 2022), not
-    validated on a GPU.
+    128, as many images as the cpu longer run (576,000), whose DiT-L/2 read the asked
+    label 0.875 of the time: three seeds of each network then cost the chapter ~37 min of
+    GPU work at an H100's rates (tools/gpu_cost.py; more on a T4). lr 1e-3: the cpu rate
+    times 64 / 256, a heuristic after muP's 1/width rule for Adam on hidden weights (Yang
+    et al. 2022; this DiT is not muP-parametrized, and depth, batch and data change too):
+    untried.
     unet_matches: the DiT whose training FLOPs the U-Net is given, DiT-L/2, whose FLOPs an
     image are near the U-Net's own (cpu: 117 against 145 MFLOPs).
 
