@@ -31,7 +31,8 @@ scored the way the pages score it:
 autoencoder (its four VQ-VAEs trained first, the choice made as the page makes it), in the
 longer run's recipe (`code_prior(..., long=True)`) carried to the last count; each stage's
 grids, decoded to the decoder's mean image, are its samples, drawn as the page draws them
-(the masked prior in 49 steps in random order). The copying test compares decoded samples.
+(the masked prior in 49 steps in random order, in float32). The copying test compares
+decoded samples.
 
 `--size` and `--patch` give the DiT's size (S, M, L) and patch (2, 4, 7: 196, 49 or 16
 tokens), `--lr` its learning rate: a pilot may try what the recipe does not have yet.
