@@ -531,9 +531,10 @@ class Evidence:
             return "".join(f'<a id="{n}" name="{n}"></a>' for n in names)  # Colab reads name
 
         def z_text(z, needs):  # as many digits as keep z on its side of the threshold
-            digits = next(d for d in (1, 2, 3, 4)
-                          if (round(z, d) >= needs) == (z >= needs))
-            return f"{z:.{digits}f}"
+            for d in (1, 2, 3, 4):
+                if (round(z, d) >= needs) == (z >= needs):
+                    return f"{z:.{d}f}"
+            return f"{math.floor(z * 1e4) / 1e4:.4f}"  # a hair under: cut, not rounded up
 
         rows = [[marks(names) + claim, size(c, fmt),
                  f"{z_text(abs(c.z), c.threshold)} {c.scale}, needs {c.threshold:.2f}", c.how,

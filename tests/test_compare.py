@@ -183,7 +183,8 @@ def test_evidence_row_keeps_z_on_its_side_of_the_threshold():
     from companion.compare import Comparison, Evidence
 
     ev = Evidence("ch99-evidence")
-    rows = {1.955: "1.955", 1.9: "1.9", 2.5: "2.5", 1.96: "2.0"}  # needs 1.95996
+    rows = {1.955: "1.955", 1.9: "1.9", 2.5: "2.5", 1.96: "2.0",  # needs 1.95996
+            1.95995: "1.9599"}  # every rounding to 4 digits lands on the threshold
     for z in rows:
         ev.verdict(f"z {z}", Comparison(diff=z, se=1.0, n=10), fmt=".2f",
                    ahead="higher", behind="lower")
