@@ -27,7 +27,7 @@ def test_the_unet_gets_the_updates_of_equal_training_flops():
     sizes = [recipes.network_flops(f"dit-{s}", CPU) for s in recipes.DIT_SIZES]
     assert sizes == sorted(sizes) and sizes[-1] / sizes[0] > 5
     gpu = get_profile("gpu")  # there the U-Net trains about as long as in chapter 9
-    unet_gpu = recipes.equal_flops_steps(recipes.dit_settings(gpu)["steps"], "unet", gpu)
+    unet_gpu = recipes.ch21_updates("unet", gpu)  # equal FLOPs to the page's DiT-L/2
     assert 0.5 < unet_gpu / recipes.ddpm_settings(gpu)["steps"] < 1.5
 
 
