@@ -129,10 +129,13 @@ def test_a_shipped_history_is_packed_and_reads_back_as_the_run_recorded_it(book,
     assert back == result.history and back["step"] == list(range(1, 41))
     header = data[8:8 + int.from_bytes(data[:8], "little")].decode()
     assert '{\\"range\\": [1, 40]}' in header  # the updates stored as their first and last
+    assert '{\\"float32\\": \\"' in header  # the losses as float32 bytes, not decimals
+    assert '"loss": [' not in header.replace("\\", "")
     # a gap, a bool and what float32 cannot hold stay as they were
     odd = {"step": [1, 2, 4], "flag": [True, False], "big": [1e39, float("nan")], "n": 3}
     again = shipped.unpack_history(json.loads(json.dumps(shipped.pack_history(odd))))
     assert again["step"] == [1, 2, 4] and again["flag"] == [True, False]
+    assert "float32" not in json.dumps(shipped.pack_history(odd)["big"])
     assert again["big"][0] == 1e39 and again["big"][1] != again["big"][1] and again["n"] == 3
     assert shipped.unpack_history(shipped.pack_history({"x": [0.1]})) == {"x": [
         float(torch.tensor(0.1, dtype=torch.float32))]}  # a float64 keeps float32's digits
