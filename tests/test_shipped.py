@@ -607,6 +607,27 @@ def test_a_shipped_full_run_is_loaded_even_when_its_early_run_trains(book, monke
     assert shipped.SOURCES == {"trained": 1, "shipped": 1}
 
 
+def test_a_longer_run_past_a_shipped_early_run_trains_whole(book, monkeypatch):
+    """A recipe that grew (a later stage not shipped yet) and an early stage that ships but
+    is not in the cache (shipped files hold no optimizer state): the later stage trains
+    from its first update, not a FileNotFoundError for the early checkpoint."""
+    monkeypatch.setenv("BOOK_SHIP", str(book / "weights"))
+    staged(steps=None, resume_from=staged(steps=10))
+    monkeypatch.delenv("BOOK_SHIP")
+    (book / "weights" / "toy-cpu.safetensors").unlink()
+    with shipped.editing(book / "weights") as manifest:
+        del manifest["models"]["toy-cpu.pt"]
+    for f in (book / "cache" / "checkpoints").iterdir():
+        f.unlink()
+    shipped.SOURCES.clear()
+    early = staged(steps=10)
+    assert not early.exists()  # loaded from the shipped file, nothing cached
+    staged(steps=None, resume_from=early)
+    assert shipped.SOURCES == {"shipped": 1, "trained": 1}
+    saved = torch.load(book / "cache" / "checkpoints" / "toy-cpu.pt", weights_only=False)
+    assert saved["history"]["step"][0] == 1 and saved["step"] == 30
+
+
 def test_a_cpu_run_ships_only_when_it_saves_enough_seconds_per_mb(tmp_path, monkeypatch):
     from companion.run.checkpoint import identity
 

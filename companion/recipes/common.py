@@ -6,6 +6,7 @@ clipped at DDPM_CLIP), labelled images, and the check that images lie in [0, 1].
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
@@ -55,6 +56,8 @@ def _continue(path, resume_from, model, config, x11, optimizer, s: dict, total: 
 
         if shipped.listed(path.name):
             return  # the full run ships: fit loads it (a stale file: it trains whole)
+        if not Path(resume_from).exists() and shipped.listed(Path(resume_from).name):
+            return  # the early run ships without its optimizer's state: this one trains whole
 
         data = tuple(x11) if isinstance(x11, (tuple, list)) else (x11,)
         seed_from(path, resume_from, identity(model, config, data, optimizer, s["ema"],
