@@ -638,3 +638,8 @@ def test_a_cpu_run_ships_only_when_it_saves_enough_seconds_per_mb(tmp_path, monk
     assert shipped.export(tmp_path, "b-cpu.pt", *args, 9.0, torch.device("cpu")) is not None
     manifest = shipped.read_manifest(tmp_path)
     assert list(manifest["cheap"]) == ["a-cpu.pt"] and list(manifest["models"]) == ["b-cpu.pt"]
+    # listed as cheap, a run timed a little over the line stays cheap; well over it, ships
+    assert shipped.export(tmp_path, "a-cpu.pt", *args, 9.0, torch.device("cpu")) is None
+    assert shipped.read_manifest(tmp_path)["cheap"]["a-cpu.pt"] == 9.0
+    assert shipped.export(tmp_path, "a-cpu.pt", *args, 14.0, torch.device("cpu")) is not None
+    assert "a-cpu.pt" not in shipped.read_manifest(tmp_path)["cheap"]

@@ -67,6 +67,7 @@ FLOAT32_MAX = 3.4e38
 # a run trained on a CPU ships when it saves a reader at least this many seconds of training
 # per MB of its file; a cheaper one trains on the page (the whole set's budget is 64 MB)
 WORTH = 40.0
+CHEAP_MARGIN = 1.5  # a run listed as cheap ships past 1.5 times WORTH (`export`)
 
 # where this process's models came from: "cache", "shipped", "trained"
 SOURCES: Counter = Counter()
@@ -541,7 +542,8 @@ def export(where: Path, name: str, model, average, ident: dict, step: int, histo
     has one. An entry is rewritten only when it is not this run's. A run that trained on a
     CPU in less than WORTH seconds per MB of its file is not shipped (its file would cost
     the set more than its training costs a reader): it is listed under "cheap" with its
-    seconds; returns None.
+    seconds; returns None. A run already listed there ships only past CHEAP_MARGIN times
+    that line, so that noise in its timing does not flip it.
     Several processes may export into one folder at once (`editing` locks the manifest)."""
     where.mkdir(parents=True, exist_ok=True)
     with editing(where) as manifest:
@@ -558,7 +560,10 @@ def export(where: Path, name: str, model, average, ident: dict, step: int, histo
         data, dtype = encode(net.state_dict(), part=part, ident=ident, step=step,
                              history=history, train_seconds=train_seconds, ema=ema,
                              trained=trained)
-        if device.type == "cpu" and old is None and train_seconds < WORTH * len(data) / 2**20:
+        # a run already listed as cheap ships only well past the line: a timing's noise
+        # must not flip a page's model between trained on the page and loaded
+        worth = WORTH * (CHEAP_MARGIN if name in manifest.get("cheap", {}) else 1.0)
+        if device.type == "cpu" and old is None and train_seconds < worth * len(data) / 2**20:
             manifest.setdefault("cheap", {})[name] = round(train_seconds, 1)
             return None
         manifest.get("cheap", {}).pop(name, None)
