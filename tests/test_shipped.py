@@ -526,21 +526,24 @@ def test_parallel_exports_into_one_folder_lose_no_entry(tmp_path):
     assert sorted(models) == sorted(f"{p}{i}-cpu.pt" for p in "ab" for i in range(8))
 
 
-def staged(steps=None, resume_from=None):
+def staged(steps=None, resume_from=None, full=30, results=None):
     """A recipe kept at stages (recipes.snapshots' pattern): an early run, then the full
-    run continued from it (recipes.common._continue)."""
+    run of `full` updates continued from it (recipes.common._continue). results: a list
+    to append the FitResult to."""
     from companion.recipes.common import _continue
     from companion.run.checkpoint import checkpoint_path
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
     optimizer = torch.optim.Adam(model.parameters(), 1e-2)
-    total, config = steps or 30, {"lr": 1e-2}
+    total, config = steps or full, {"lr": 1e-2}
     path = checkpoint_path("toy" if steps is None else f"toy-step{steps}", "cpu")
     _continue(path, resume_from, model, config, (X, Y), optimizer,
               {"ema": 0.9, "batch_size": 16}, total)
-    fit(model, mse, (X, Y), steps=total, batch_size=16, optimizer=optimizer, ema=0.9,
-        quiet=True, config=config, checkpoint=path)
+    result = fit(model, mse, (X, Y), steps=total, batch_size=16, optimizer=optimizer,
+                 ema=0.9, quiet=True, config=config, checkpoint=path)
+    if results is not None:
+        results.append(result)
     return path
 
 
@@ -626,6 +629,22 @@ def test_a_longer_run_past_a_shipped_early_run_trains_whole(book, monkeypatch):
     assert shipped.SOURCES == {"shipped": 1, "trained": 1}
     saved = torch.load(book / "cache" / "checkpoints" / "toy-cpu.pt", weights_only=False)
     assert saved["history"]["step"][0] == 1 and saved["step"] == 30
+
+
+def test_a_grown_run_goes_on_from_its_cached_early_stage_past_a_stale_shipped_file(
+        book, monkeypatch):
+    """The full run ships at 30 updates; the recipe now asks 40. With its early stage in
+    the cache, the full run starts from that stage (10 updates), not from the first."""
+    monkeypatch.setenv("BOOK_SHIP", str(book / "weights"))
+    staged(steps=None, resume_from=staged(steps=10))
+    monkeypatch.delenv("BOOK_SHIP")
+    with shipped.editing(book / "weights") as manifest:
+        del manifest["models"]["toy-step10-cpu.pt"]  # the early stage trains into the cache
+    for f in (book / "cache" / "checkpoints").iterdir():
+        f.unlink()
+    results = []
+    staged(steps=None, resume_from=staged(steps=10), full=40, results=results)
+    assert results[-1].resumed_at == 10 and results[-1].steps == 40
 
 
 def test_a_cpu_run_ships_only_when_it_saves_enough_seconds_per_mb(tmp_path, monkeypatch):

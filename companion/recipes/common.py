@@ -54,14 +54,13 @@ def _continue(path, resume_from, model, config, x11, optimizer, s: dict, total: 
         from ..run import shipped
         from ..run.checkpoint import identity, seed_from
 
-        if shipped.listed(path.name):
-            return  # the full run ships: fit loads it (a stale file: it trains whole)
         if not Path(resume_from).exists() and shipped.listed(Path(resume_from).name):
             return  # the early run ships without its optimizer's state: this one trains whole
-
         data = tuple(x11) if isinstance(x11, (tuple, list)) else (x11,)
-        seed_from(path, resume_from, identity(model, config, data, optimizer, s["ema"],
-                                              s["batch_size"]), total)
+        ident = identity(model, config, data, optimizer, s["ema"], s["batch_size"])
+        if shipped.ships(path.name, ident, total):
+            return  # the full run ships: fit loads it
+        seed_from(path, resume_from, ident, total)  # a stale shipped file: it goes on
 
 
 def _unet_recipe(s: dict, profile, device, x, *, steps_of_net: int, network=None,

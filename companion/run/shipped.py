@@ -348,6 +348,19 @@ def listed(name: str) -> bool:
     return name in read_manifest().get("models", {})
 
 
+def ships(name: str, ident: dict, total: int) -> bool:
+    """The shipped set lists checkpoint `name` as exactly this run (identity `ident`,
+    `total` updates), so `find` would load it: read from the manifest, nothing fetched."""
+    if not listed(name):
+        return False
+    entry = read_manifest()["models"][name]
+    try:
+        check_identity(Path(entry["file"]), entry["identity"], ident)
+    except CheckpointMismatchError:
+        return False
+    return entry["step"] == total
+
+
 def find(name: str, ident: dict, total: int) -> Shipped | None:
     """The shipped run for checkpoint `name` if it is exactly this run (identity `ident`,
     `total` updates), else None (then fit trains). Not consulted under BOOK_TRAIN=1 or in
