@@ -43,12 +43,14 @@ def test_the_settings_match_chapter_11s_compute():
 def test_the_longer_run_of_a_prior_starts_with_the_matched_budget_in_files_of_its_own():
     cpu = get_profile("cpu")
     s = recipes.vq_settings(cpu)
-    assert s["long_steps"] == recipes.PRIOR_LONGER * s["steps"] == 24_000
+    assert s["long_steps"] == recipes.PRIOR_LONGER * s["steps"] == 96_000
     assert [round(f * s["long_steps"]) for f in recipes.long_stages(cpu)] == [
-        3_000, 6_000, 12_000]
+        3_000, 6_000, 12_000, 24_000, 48_000]
     for p in (CI, get_profile("gpu")):
         s = recipes.vq_settings(p)
         assert round(recipes.long_stages(p)[0] * s["long_steps"]) == s["steps"]
+    # a GPU trains at least as long as 2 cores do
+    assert recipes.vq_settings(get_profile("gpu"))["long_steps"] >= 96_000
     long = recipes.code_prior_checkpoint(CI, 150, variant="fsq", kind="autoregressive",
                                          long=True)
     assert long.name == "ch19-autoregressive-prior-fsq-long-step150-ci.pt"
