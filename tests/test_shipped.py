@@ -547,6 +547,20 @@ def staged(steps=None, resume_from=None, full=30, results=None):
     return path
 
 
+def ship_stages_but(book, monkeypatch, stem: str) -> None:
+    """Ship the staged toy (an early run of 10 updates, the full run of 30), then take
+    `stem` out of the shipped set and empty the cache: a set one stage short."""
+    monkeypatch.setenv("BOOK_SHIP", str(book / "weights"))
+    staged(steps=None, resume_from=staged(steps=10))
+    monkeypatch.delenv("BOOK_SHIP")
+    (book / "weights" / f"{stem}.safetensors").unlink()
+    with shipped.editing(book / "weights") as manifest:
+        del manifest["models"][f"{stem}.pt"]
+    for f in (book / "cache" / "checkpoints").iterdir():
+        f.unlink()
+    shipped.SOURCES.clear()
+
+
 def test_a_run_continued_from_a_shipped_early_run_loads_shipped_too(book, monkeypatch):
     monkeypatch.setenv("BOOK_SHIP", str(book / "weights"))
     staged(steps=None, resume_from=staged(steps=10))
@@ -597,15 +611,7 @@ def test_the_setup_cell_says_how_many_models_ship_for_its_profile(book, monkeypa
 def test_a_shipped_full_run_is_loaded_even_when_its_early_run_trains(book, monkeypatch):
     """The early stage too cheap to ship trains on the page; the full run still loads from
     the shipped set (not continued from the early one, which would train it again)."""
-    monkeypatch.setenv("BOOK_SHIP", str(book / "weights"))
-    staged(steps=None, resume_from=staged(steps=10))
-    monkeypatch.delenv("BOOK_SHIP")
-    (book / "weights" / "toy-step10-cpu.safetensors").unlink()
-    with shipped.editing(book / "weights") as manifest:
-        del manifest["models"]["toy-step10-cpu.pt"]
-    for f in (book / "cache" / "checkpoints").iterdir():
-        f.unlink()
-    shipped.SOURCES.clear()
+    ship_stages_but(book, monkeypatch, "toy-step10-cpu")
     staged(steps=None, resume_from=staged(steps=10))
     assert shipped.SOURCES == {"trained": 1, "shipped": 1}
 
@@ -614,15 +620,7 @@ def test_a_longer_run_past_a_shipped_early_run_trains_whole(book, monkeypatch):
     """A recipe that grew (a later stage not shipped yet) and an early stage that ships but
     is not in the cache (shipped files hold no optimizer state): the later stage trains
     from its first update, not a FileNotFoundError for the early checkpoint."""
-    monkeypatch.setenv("BOOK_SHIP", str(book / "weights"))
-    staged(steps=None, resume_from=staged(steps=10))
-    monkeypatch.delenv("BOOK_SHIP")
-    (book / "weights" / "toy-cpu.safetensors").unlink()
-    with shipped.editing(book / "weights") as manifest:
-        del manifest["models"]["toy-cpu.pt"]
-    for f in (book / "cache" / "checkpoints").iterdir():
-        f.unlink()
-    shipped.SOURCES.clear()
+    ship_stages_but(book, monkeypatch, "toy-cpu")
     early = staged(steps=10)
     assert not early.exists()  # loaded from the shipped file, nothing cached
     staged(steps=None, resume_from=early)
@@ -635,13 +633,7 @@ def test_a_grown_run_goes_on_from_its_cached_early_stage_past_a_stale_shipped_fi
         book, monkeypatch):
     """The full run ships at 30 updates; the recipe now asks 40. With its early stage in
     the cache, the full run starts from that stage (10 updates), not from the first."""
-    monkeypatch.setenv("BOOK_SHIP", str(book / "weights"))
-    staged(steps=None, resume_from=staged(steps=10))
-    monkeypatch.delenv("BOOK_SHIP")
-    with shipped.editing(book / "weights") as manifest:
-        del manifest["models"]["toy-step10-cpu.pt"]  # the early stage trains into the cache
-    for f in (book / "cache" / "checkpoints").iterdir():
-        f.unlink()
+    ship_stages_but(book, monkeypatch, "toy-step10-cpu")  # the early stage trains
     results = []
     staged(steps=None, resume_from=staged(steps=10), full=40, results=results)
     assert results[-1].resumed_at == 10 and results[-1].steps == 40
