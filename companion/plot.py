@@ -194,6 +194,29 @@ _PLACES = ((5, -3), (-5, -3), (0, 8), (0, -14), (6, 19), (-6, 19), (6, -26), (-6
            (8, 30), (-8, 30), (8, -37), (-8, -37))
 
 
+def log_labels(ax, axis: str = "y", mantissas=(1, 2, 3, 5)) -> None:
+    """Label a log axis in plain numbers (300, not 3 x 10^2) at the ticks m x 10^k with m in
+    `mantissas`, minor ticks included, so that a value between two decades can be read off;
+    the other ticks stay, unlabelled. Call it after the axis is set to log."""
+    if axis not in ("x", "y"):
+        raise ValueError(f"axis is 'x' or 'y', got {axis!r}")
+    which = ax.xaxis if axis == "x" else ax.yaxis
+    if which.get_scale() != "log":
+        raise ValueError(f"the {axis} axis is {which.get_scale()!r}, not 'log': set "
+                         f"ax.set_{axis}scale('log') first")
+    keep = {float(m) for m in mantissas}
+
+    def text(value, _):
+        if value <= 0:
+            return ""
+        m = value / 10.0 ** np.floor(np.log10(value) + 1e-9)
+        return f"{value:g}" if any(abs(m - k) < 1e-6 for k in keep) else ""
+
+    formatter = mpl.ticker.FuncFormatter(text)
+    which.set_major_formatter(formatter)
+    which.set_minor_formatter(formatter)
+
+
 def label_points(ax, points, labels, *, colors=None, fontsize: float = 9) -> list:
     """Write labels[i] beside points[i] = (x, y) in data coordinates, each where it covers
     no earlier label and no point: the places `_PLACES` lists are tried in turn, and a label

@@ -188,3 +188,24 @@ def test_label_points_keeps_crowded_labels_apart():
     with pytest.raises(ValueError, match="one label per point"):
         label_points(ax, points, ["one"])
     plt.close(fig)
+
+
+def test_log_labels_writes_plain_numbers_at_the_chosen_mantissas():
+    fig, ax = plt.subplots()
+    ax.set_yscale("log")
+    ax.plot([0, 1], [30, 2000])
+    plot.log_labels(ax)
+    fig.canvas.draw()
+    shown = [t.get_text() for t in ax.get_yticklabels() + ax.get_yticklabels(minor=True)
+             if t.get_text()]
+    assert {"100", "1000", "200", "300", "500"} <= set(shown)
+    assert not {"40", "400", "4000"} & set(shown)  # 4 is not asked for
+    assert not any("10^" in t or "times" in t for t in shown)
+    plt.close(fig)
+
+
+def test_log_labels_refuses_a_linear_axis():
+    fig, ax = plt.subplots()
+    with pytest.raises(ValueError, match="not 'log'"):
+        plot.log_labels(ax)
+    plt.close(fig)
